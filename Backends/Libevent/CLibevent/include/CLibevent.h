@@ -1,0 +1,47 @@
+#ifndef READINESS_CLIBEVENT_H
+#define READINESS_CLIBEVENT_H
+// A C shim over libevent with opaque pointers only: no libevent header is visible to Swift.
+#include <stdint.h>
+
+typedef struct rd_lev rd_lev;
+typedef struct rd_lev_reg rd_lev_reg;
+
+/// Readiness bits of a fired event.
+enum { RD_LEV_READ = 1, RD_LEV_WRITE = 2, RD_LEV_CLOSED = 4 };
+/// Triggers.
+enum { RD_LEV_LEVEL = 0, RD_LEV_EDGE = 1, RD_LEV_ONESHOT = 2 };
+/// Features (event_base_get_features).
+enum { RD_LEV_FEATURE_ET = 1, RD_LEV_FEATURE_O1 = 2, RD_LEV_FEATURE_FDS = 4, RD_LEV_FEATURE_EARLY_CLOSE = 8 };
+
+/// libevent's version string.
+const char *rd_lev_version(void);
+/// 1 if libevent was built with this method ("epoll", "poll", "select", ...).
+int rd_lev_supports_method(const char *method);
+/// A base that uses exactly `method` (NULL: libevent's own choice), ignoring EVENT_* environment
+/// variables. NULL on failure, with a reason in `error`.
+rd_lev *rd_lev_new(const char *method, char *error, int error_length);
+void rd_lev_free(rd_lev *lev);
+/// event_base_get_method.
+const char *rd_lev_method(const rd_lev *lev);
+/// RD_LEV_FEATURE_* bits.
+int rd_lev_features(const rd_lev *lev);
+/// Makes room for `count` fired events in one loop pass. 0, or -1 when out of memory.
+int rd_lev_reserve(rd_lev *lev, int count);
+
+/// Allocates and adds an event for `fd`. NULL on failure (errno set).
+rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int early_close);
+/// Replaces interest and trigger (re-arming a one-shot event). 0 or -1.
+int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close);
+/// Removes from the base (if added) and frees.
+void rd_lev_reg_free(rd_lev_reg *reg);
+/// Removes from the base without freeing (a descriptor found closed).
+void rd_lev_reg_remove(rd_lev_reg *reg);
+
+/// One loop pass: EVLOOP_ONCE, with EVLOOP_NONBLOCK when timeout_us is 0 and a timer when it is
+/// positive (-1: no timeout). Returns the number of fired events, or -1 (errno set).
+int rd_lev_loop(rd_lev *lev, int64_t timeout_us);
+int rd_lev_fired_fd(const rd_lev *lev, int i);
+int rd_lev_fired_what(const rd_lev *lev, int i);
+/// Makes fired entry i match no descriptor (its registration was removed before delivery).
+void rd_lev_mark_fired_dead(rd_lev *lev, int i);
+#endif

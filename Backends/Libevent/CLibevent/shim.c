@@ -1,0 +1,179 @@
+#include <sys/select.h>
+#include "CLibevent.h"
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <event2/event.h>
+
+struct rd_lev {
+    struct event_base *base;
+    struct event *timer;
+    int *fired_fd;
+    short *fired_what;
+    int fired, capacity;
+};
+
+struct rd_lev_reg {
+    rd_lev *lev;
+    struct event *ev;
+    int fd;
+};
+
+static void rd_lev_quiet(int severity, const char *msg) { (void)severity; (void)msg; }
+static pthread_once_t rd_lev_once = PTHREAD_ONCE_INIT;
+static void rd_lev_setup(void) { event_set_log_callback(rd_lev_quiet); }
+
+const char *rd_lev_version(void) { return event_get_version(); }
+
+int rd_lev_supports_method(const char *method) {
+    const char **methods = event_get_supported_methods();
+    for (int i = 0; methods && methods[i]; i++)
+        if (strcmp(methods[i], method) == 0) return 1;
+    return 0;
+}
+
+static void rd_lev_timer_fired(evutil_socket_t fd, short what, void *arg) { (void)fd; (void)what; (void)arg; }
+
+rd_lev *rd_lev_new(const char *method, char *error, int error_length) {
+    pthread_once(&rd_lev_once, rd_lev_setup);
+    if (method && !rd_lev_supports_method(method)) {
+        snprintf(error, (size_t)error_length, "libevent %s was built without the %s method", event_get_version(), method);
+        return NULL;
+    }
+    struct event_config *cfg = event_config_new();
+    if (!cfg) { snprintf(error, (size_t)error_length, "event_config_new failed"); return NULL; }
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_IGNORE_ENV);
+    if (method) {
+        const char **methods = event_get_supported_methods();
+        for (int i = 0; methods && methods[i]; i++)
+            if (strcmp(methods[i], method) != 0) event_config_avoid_method(cfg, methods[i]);
+    }
+    struct event_base *base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (!base) {
+        snprintf(error, (size_t)error_length, "event_base_new_with_config failed for method %s", method ? method : "(default)");
+        return NULL;
+    }
+    rd_lev *lev = calloc(1, sizeof *lev);
+    if (lev) lev->timer = evtimer_new(base, rd_lev_timer_fired, lev);
+    if (!lev || !lev->timer || rd_lev_reserve(lev, 64) != 0) {
+        if (lev && lev->timer) event_free(lev->timer);
+        if (lev) { free(lev->fired_fd); free(lev->fired_what); free(lev); }
+        event_base_free(base);
+        snprintf(error, (size_t)error_length, "out of memory");
+        return NULL;
+    }
+    lev->base = base;
+    return lev;
+}
+
+void rd_lev_free(rd_lev *lev) {
+    if (!lev) return;
+    event_free(lev->timer);
+    event_base_free(lev->base);
+    free(lev->fired_fd);
+    free(lev->fired_what);
+    free(lev);
+}
+
+const char *rd_lev_method(const rd_lev *lev) { return event_base_get_method(lev->base); }
+
+int rd_lev_features(const rd_lev *lev) {
+    int f = event_base_get_features(lev->base), out = 0;
+    if (f & EV_FEATURE_ET) out |= RD_LEV_FEATURE_ET;
+    if (f & EV_FEATURE_O1) out |= RD_LEV_FEATURE_O1;
+    if (f & EV_FEATURE_FDS) out |= RD_LEV_FEATURE_FDS;
+    if (f & EV_FEATURE_EARLY_CLOSE) out |= RD_LEV_FEATURE_EARLY_CLOSE;
+    return out;
+}
+
+int rd_lev_reserve(rd_lev *lev, int count) {
+    if (count <= lev->capacity) return 0;
+    int capacity = lev->capacity ? lev->capacity : 64;
+    while (capacity < count) capacity *= 2;
+    int *fds = realloc(lev->fired_fd, sizeof(int) * (size_t)capacity);
+    if (!fds) return -1;
+    lev->fired_fd = fds;
+    short *what = realloc(lev->fired_what, sizeof(short) * (size_t)capacity);
+    if (!what) return -1;
+    lev->fired_what = what;
+    lev->capacity = capacity;
+    return 0;
+}
+
+static void rd_lev_fired(evutil_socket_t fd, short what, void *arg) {
+    rd_lev_reg *reg = arg;
+    rd_lev *lev = reg->lev;
+    if (lev->fired >= lev->capacity) return; /* cannot happen: capacity covers every registration */
+    short bits = 0;
+    if (what & EV_READ) bits |= RD_LEV_READ;
+    if (what & EV_WRITE) bits |= RD_LEV_WRITE;
+    if (what & EV_CLOSED) bits |= RD_LEV_CLOSED;
+    lev->fired_fd[lev->fired] = (int)fd;
+    lev->fired_what[lev->fired] = bits;
+    lev->fired++;
+}
+
+static short rd_lev_what(int interest, int trigger, int early_close) {
+    short what = 0;
+    if (interest & RD_LEV_READ) what |= EV_READ | (early_close ? EV_CLOSED : 0);
+    if (interest & RD_LEV_WRITE) what |= EV_WRITE;
+    if (trigger != RD_LEV_ONESHOT) what |= EV_PERSIST;
+    if (trigger == RD_LEV_EDGE) what |= EV_ET;
+    return what;
+}
+
+rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int early_close) {
+    rd_lev_reg *reg = calloc(1, sizeof *reg);
+    if (!reg) { errno = ENOMEM; return NULL; }
+    reg->lev = lev;
+    reg->fd = fd;
+    reg->ev = event_new(lev->base, fd, rd_lev_what(interest, trigger, early_close), rd_lev_fired, reg);
+    if (!reg->ev) { free(reg); errno = ENOMEM; return NULL; }
+    if (event_add(reg->ev, NULL) != 0) {
+        int saved = errno;
+        event_free(reg->ev);
+        free(reg);
+        errno = saved ? saved : EINVAL;
+        return NULL;
+    }
+    return reg;
+}
+
+int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close) {
+    event_del(reg->ev);
+    if (event_assign(reg->ev, reg->lev->base, reg->fd, rd_lev_what(interest, trigger, early_close), rd_lev_fired, reg) != 0)
+        return -1;
+    return event_add(reg->ev, NULL);
+}
+
+void rd_lev_reg_remove(rd_lev_reg *reg) { event_del(reg->ev); }
+
+void rd_lev_reg_free(rd_lev_reg *reg) {
+    if (!reg) return;
+    event_free(reg->ev); /* event_free deletes it first */
+    free(reg);
+}
+
+int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
+    lev->fired = 0;
+    int flags = EVLOOP_ONCE;
+    if (timeout_us == 0) {
+        flags |= EVLOOP_NONBLOCK;
+    } else if (timeout_us > 0) {
+        struct timeval tv = {.tv_sec = (time_t)(timeout_us / 1000000), .tv_usec = (suseconds_t)(timeout_us % 1000000)};
+        evtimer_add(lev->timer, &tv);
+    }
+    errno = 0;
+    int result = event_base_loop(lev->base, flags);
+    int saved = errno;
+    if (timeout_us > 0) evtimer_del(lev->timer);
+    if (result < 0) { errno = saved ? saved : EIO; return -1; }
+    return lev->fired;
+}
+
+int rd_lev_fired_fd(const rd_lev *lev, int i) { return lev->fired_fd[i]; }
+int rd_lev_fired_what(const rd_lev *lev, int i) { return lev->fired_what[i]; }
+void rd_lev_mark_fired_dead(rd_lev *lev, int i) { lev->fired_fd[i] = -1; }

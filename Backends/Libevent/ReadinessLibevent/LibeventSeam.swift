@@ -1,0 +1,201 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibevent
+import ReadinessCore
+
+/// libevent 2.1 as a backend, with libevent's own choice of kernel method or a forced one.
+///
+/// Each registration owns one `struct event`, allocated when it is registered and reused; a wait runs
+/// one loop pass (`EVLOOP_ONCE`, plus `EVLOOP_NONBLOCK` for a zero timeout, plus a timer event for a
+/// finite one) whose callbacks only record (descriptor, bits) into an array sized for every
+/// registration, so nothing is lost when the caller's buffer is smaller: the rest is handed out by the
+/// next waits before libevent is asked again.
+///
+/// libevent accepts some misuse the contract refuses (it happily adds a second event for the same
+/// descriptor), so the contract's checks run before libevent is called. Where libevent's method cannot
+/// survive a descriptor closed while registered on its own (select fails the loop with EBADF; poll
+/// reports POLLNVAL as read and write), the backend finds the closed descriptor, deletes its event and
+/// marks it stale, as the kernel backends do.
+public final class LibeventSeam: PollerSeam {
+    /// The kernel method libevent is asked to use.
+    public enum Method: String, CaseIterable, Sendable {
+        case epoll, poll, select
+    }
+
+    public let capabilities: Capabilities
+    /// The method libevent reports it uses (`event_base_get_method`).
+    public let method: String
+    private let lev: OpaquePointer
+    private let waker: Waker
+    private let wakerReg: OpaquePointer
+    private let earlyClose: CInt
+    private var regs: [OpaquePointer] = []
+    private var pendingNext = 0
+    private var pendingEnd = 0
+
+    /// libevent's version, e.g. "2.1.12-stable".
+    public static var version: String { String(cString: rd_lev_version()) }
+
+    /// Whether this libevent was built with `method`.
+    public static func supports(_ method: Method) -> Bool { rd_lev_supports_method(method.rawValue) != 0 }
+
+    /// - Parameter method: nil lets libevent choose.
+    public init(method requested: Method?, waker: Waker) throws(PollerError) {
+        let name = requested.map { "libevent:\($0.rawValue)" } ?? "libevent"
+        var message = [CChar](repeating: 0, count: 256)
+        let made: OpaquePointer? = message.withUnsafeMutableBufferPointer { buffer in
+            if let requested {
+                return rd_lev_new(requested.rawValue, buffer.baseAddress, CInt(buffer.count))
+            }
+            return rd_lev_new(nil, buffer.baseAddress, CInt(buffer.count))
+        }
+        guard let made else {
+            throw .unavailable(backend: name, reason: String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        guard let wakerReg = rd_lev_reg_new(made, waker.fd, CInt(RD_LEV_READ), CInt(RD_LEV_LEVEL), 0) else {
+            let e = errno
+            rd_lev_free(made)
+            throw .system(operation: "event_add(waker)", errno: e)
+        }
+        lev = made
+        self.waker = waker
+        self.wakerReg = wakerReg
+        method = String(cString: rd_lev_method(made))
+        let features = rd_lev_features(made)
+        earlyClose = features & CInt(RD_LEV_FEATURE_EARLY_CLOSE) != 0 ? 1 : 0
+        let kernel = Method(rawValue: method)
+        capabilities = Capabilities(
+            name: name,
+            edgeTriggered: features & CInt(RD_LEV_FEATURE_ET) != 0,
+            oneShot: .native,
+            timeoutResolution: kernel == .select ? .microseconds(1) : .milliseconds(1),
+            // libevent's select method sizes its own fd_sets (beyond FD_SETSIZE), and libevent-2.1's
+            // epoll and poll have no limit but the process's.
+            maxDescriptor: CInt.max,
+            reportsReadClosed: earlyClose != 0,
+            reportsHangupAndError: false)
+    }
+
+    deinit {
+        for reg in regs { rd_lev_reg_free(reg) }
+        rd_lev_reg_free(wakerReg)
+        rd_lev_free(lev)
+    }
+
+    /// Creates a libevent poller; `method` nil lets libevent choose.
+    public static func makePoller(method: Method? = nil) throws(PollerError) -> SeamPoller<LibeventSeam> {
+        let waker = try Waker()
+        do {
+            return SeamPoller(waker: waker, seam: try LibeventSeam(method: method, waker: waker))
+        } catch {
+            waker.close()
+            throw error
+        }
+    }
+
+    private func trigger(_ r: Registration) -> CInt {
+        switch r.trigger {
+        case .level: CInt(RD_LEV_LEVEL)
+        case .edge: CInt(RD_LEV_EDGE)
+        case .oneShot: CInt(RD_LEV_ONESHOT)
+        }
+    }
+
+    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+        guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .system(operation: "realloc", errno: ENOMEM) }
+        guard let reg = rd_lev_reg_new(lev, fd, CInt(registration.interest.rawValue), trigger(registration), earlyClose) else {
+            throw .system(operation: "event_add", errno: errno)
+        }
+        regs.append(reg)
+    }
+
+    public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
+        let reg = regs[Int(old.index)]
+        guard rd_lev_reg_change(reg, CInt(new.interest.rawValue), trigger(new), earlyClose) == 0 else {
+            throw .system(operation: "event_add", errno: errno)
+        }
+    }
+
+    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+        let index = Int(registration.index)
+        rd_lev_reg_free(regs[index])
+        regs[index] = regs[lastIndex]
+        regs.removeLast()
+        dropPending(fd)
+    }
+
+    public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
+                     into events: EventBuffer) throws(PollerError) -> WaitStep {
+        if pendingNext == pendingEnd {
+            let us: Int64
+            switch timeout {
+            case .infinite: us = -1
+            case .nanoseconds(let ns): us = ns <= 0 ? 0 : (ns + 999) / 1000
+            }
+            let fired = rd_lev_loop(lev, us)
+            if fired < 0 {
+                let e = errno
+                if e == EINTR { return .interrupted }
+                if e == EBADF, dropClosed(&table) { return .interrupted }
+                throw .system(operation: "event_base_loop", errno: e)
+            }
+            pendingNext = 0
+            pendingEnd = Int(fired)
+        }
+        let checkOpen = method == "poll"
+        while pendingNext < pendingEnd && !events.isFull {
+            let fd = rd_lev_fired_fd(lev, CInt(pendingNext))
+            let what = rd_lev_fired_what(lev, CInt(pendingNext))
+            pendingNext += 1
+            if fd == waker.fd {
+                waker.drain()
+                events.append(Event(token: .waker, ready: .readable))
+                continue
+            }
+            guard fd >= 0, let registration = table[fd], registration.isActive else { continue }
+            // libevent's poll method turns POLLNVAL into read|write: check that the file is still there.
+            if checkOpen, !Sys.isOpen(fd) {
+                markStale(fd, &table)
+                continue
+            }
+            var ready = Ready()
+            if what & CInt(RD_LEV_READ) != 0 { ready.insert(.readable) }
+            if what & CInt(RD_LEV_WRITE) != 0 { ready.insert(.writable) }
+            if what & CInt(RD_LEV_CLOSED) != 0 { ready.insert(.readClosed) }
+            if registration.trigger == .oneShot { table.update(fd) { $0.armed = false } }
+            events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+        }
+        return .events(events.count)
+    }
+
+    /// Forgets recorded-but-undelivered events of a descriptor being deregistered.
+    private func dropPending(_ fd: CInt) {
+        var i = pendingNext
+        while i < pendingEnd {
+            if rd_lev_fired_fd(lev, CInt(i)) == fd {
+                // Overwrite with an entry that matches no registration.
+                rd_lev_mark_fired_dead(lev, CInt(i))
+            }
+            i += 1
+        }
+    }
+
+    private func markStale(_ fd: CInt, _ table: inout RegistrationTable) {
+        guard let registration = table[fd] else { return }
+        rd_lev_reg_remove(regs[Int(registration.index)])
+        table.update(fd) { $0.stale = true }
+    }
+
+    /// After EBADF from the loop: find the registered descriptors that were closed.
+    private func dropClosed(_ table: inout RegistrationTable) -> Bool {
+        var found = false
+        for fd in table.descriptors where table[fd]?.isActive == true && !Sys.isOpen(fd) {
+            markStale(fd, &table)
+            found = true
+        }
+        return found
+    }
+
+    public func close() {}
+}

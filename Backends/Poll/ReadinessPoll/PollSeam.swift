@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+
+/// poll(2): a `pollfd` array that mirrors the registration table's dense order, kept between waits
+/// (no rebuild per wait), with the waker in slot 0. One-shot is emulated by hiding a fired entry
+/// (a negative `fd`, which poll ignores); a descriptor closed while registered (POLLNVAL) is hidden
+/// the same way and marked stale.
+public final class PollSeam: PollerSeam {
+    public let capabilities: Capabilities
+    private let waker: Waker
+    private var fds: UnsafeMutablePointer<pollfd>
+    private var allocated: Int
+    private var used = 1
+    /// Where the next scan starts, so that when more descriptors are ready than the buffer holds,
+    /// every one gets its turn.
+    private var rotor = 0
+
+    /// Linux's POLLRDHUP (needs _GNU_SOURCE, so Glibc does not export it).
+    static let pollRDHUP: Int16 = 0x2000
+
+    public static let baseCapabilities = Capabilities(
+        name: "poll", edgeTriggered: false, oneShot: .emulated, timeoutResolution: .milliseconds(1),
+        maxDescriptor: CInt.max, reportsReadClosed: true, reportsHangupAndError: true)
+
+    public init(waker: Waker) {
+        capabilities = Self.baseCapabilities
+        self.waker = waker
+        allocated = 64
+        fds = .allocate(capacity: allocated)
+        fds[0] = pollfd(fd: waker.fd, events: Int16(POLLIN), revents: 0)
+    }
+
+    deinit { fds.deallocate() }
+
+    /// Creates a poll poller.
+    public static func makePoller() throws(PollerError) -> SeamPoller<PollSeam> {
+        let waker = try Waker()
+        return SeamPoller(waker: waker, seam: PollSeam(waker: waker))
+    }
+
+    @inline(__always)
+    private static func entry(_ fd: CInt, _ r: Registration) -> pollfd {
+        var events: Int16 = 0
+        if r.interest.contains(.readable) { events |= Int16(POLLIN) | pollRDHUP }
+        if r.interest.contains(.writable) { events |= Int16(POLLOUT) }
+        return pollfd(fd: r.isActive ? fd : -1, events: events, revents: 0)
+    }
+
+    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+        if used == allocated {
+            let grown = UnsafeMutablePointer<pollfd>.allocate(capacity: allocated * 2)
+            grown.moveInitialize(from: fds, count: used)
+            fds.deallocate()
+            fds = grown
+            allocated *= 2
+        }
+        fds[used] = Self.entry(fd, registration)
+        used += 1
+    }
+
+    public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
+        fds[Int(old.index) + 1] = Self.entry(fd, new)
+    }
+
+    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+        fds[Int(registration.index) + 1] = fds[lastIndex + 1]
+        used -= 1
+    }
+
+    public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
+                     into events: EventBuffer) throws(PollerError) -> WaitStep {
+        var n = Int(poll(fds, nfds_t(used), timeout.milliseconds))
+        if n < 0 {
+            if errno == EINTR { return .interrupted }
+            throw .system(operation: "poll", errno: errno)
+        }
+        if n > 0, fds[0].revents != 0 {
+            fds[0].revents = 0
+            waker.drain()
+            events.append(Event(token: .waker, ready: .readable))
+            n -= 1
+        }
+        let count = used - 1
+        guard n > 0, count > 0 else { return .events(events.count) }
+        let start = rotor % count
+        rotor = start + 1
+        var index = start
+        for _ in 0..<count where n > 0 && !events.isFull {
+            let slot = fds + index + 1
+            let revents = slot.pointee.revents
+            if revents != 0 {
+                n -= 1
+                slot.pointee.revents = 0
+                let fd = table.descriptors[index]
+                if revents & Int16(POLLNVAL) != 0 {
+                    slot.pointee.fd = -1
+                    table.update(fd) { $0.stale = true }
+                } else if let registration = table[fd] {
+                    var ready = Ready()
+                    if revents & Int16(POLLIN) != 0 { ready.insert(.readable) }
+                    if revents & Int16(POLLOUT) != 0 { ready.insert(.writable) }
+                    if revents & Self.pollRDHUP != 0 { ready.insert(.readClosed) }
+                    if revents & Int16(POLLHUP) != 0 { ready.insert(.hangup) }
+                    if revents & Int16(POLLERR) != 0 { ready.insert(.error) }
+                    if registration.trigger == .oneShot {
+                        slot.pointee.fd = -1
+                        table.update(fd) { $0.armed = false }
+                    }
+                    events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+                }
+            }
+            index += 1
+            if index == count { index = 0 }
+        }
+        // Entries not looked at (buffer full) keep their revents cleared by the next poll call.
+        return .events(events.count)
+    }
+
+    public func close() {}
+}

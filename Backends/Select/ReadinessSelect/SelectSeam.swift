@@ -1,0 +1,146 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSelect
+import ReadinessCore
+
+/// select(2): two master sets kept up to date on every registration change, copied (not rebuilt)
+/// before each wait; results are read by walking the registered descriptors, never 0 ..< FD_SETSIZE.
+/// Descriptors at or above FD_SETSIZE are refused by the contract's checks before FD_SET is reached.
+///
+/// select fails the whole call with EBADF when one descriptor was closed while registered; the
+/// backend then finds the closed ones (fcntl), marks them stale, drops them from the sets and retries.
+public final class SelectSeam: PollerSeam {
+    public let capabilities: Capabilities
+    private let waker: Waker
+    private let setBytes: Int
+    private let masterRead, masterWrite, workRead, workWrite: UnsafeMutableRawPointer
+    /// Highest descriptor in the master sets, recomputed lazily after the highest one leaves.
+    private var maxFD: CInt
+    private var maxFDDirty = false
+    private var rotor = 0
+
+    public static var baseCapabilities: Capabilities {
+        Capabilities(name: "select", edgeTriggered: false, oneShot: .emulated, timeoutResolution: .microseconds(1),
+                     maxDescriptor: rd_fd_setsize() - 1, reportsReadClosed: false, reportsHangupAndError: false)
+    }
+
+    public init(waker: Waker) throws(PollerError) {
+        capabilities = Self.baseCapabilities
+        guard waker.fd < rd_fd_setsize() else {
+            throw .unavailable(backend: "select", reason: "its wake-up descriptor \(waker.fd) is not below FD_SETSIZE (\(rd_fd_setsize()))")
+        }
+        self.waker = waker
+        setBytes = Int(rd_fd_set_bytes())
+        func makeSet(_ bytes: Int) -> UnsafeMutableRawPointer {
+            let set = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
+            rd_fd_zero(set)
+            return set
+        }
+        masterRead = makeSet(setBytes)
+        masterWrite = makeSet(setBytes)
+        workRead = makeSet(setBytes)
+        workWrite = makeSet(setBytes)
+        rd_fd_set(waker.fd, masterRead)
+        maxFD = waker.fd
+    }
+
+    deinit {
+        for set in [masterRead, masterWrite, workRead, workWrite] { set.deallocate() }
+    }
+
+    /// Creates a select poller.
+    public static func makePoller() throws(PollerError) -> SeamPoller<SelectSeam> {
+        let waker = try Waker()
+        do {
+            return SeamPoller(waker: waker, seam: try SelectSeam(waker: waker))
+        } catch {
+            waker.close()
+            throw error
+        }
+    }
+
+    /// Puts `fd` in the master sets as `r` asks (nil or inactive: in neither).
+    private func apply(_ fd: CInt, _ r: Registration?) {
+        let interest = r.map { $0.isActive ? $0.interest : [] } ?? []
+        if interest.contains(.readable) { rd_fd_set(fd, masterRead) } else { rd_fd_clr(fd, masterRead) }
+        if interest.contains(.writable) { rd_fd_set(fd, masterWrite) } else { rd_fd_clr(fd, masterWrite) }
+        if !interest.isEmpty, fd > maxFD { maxFD = fd }
+        if interest.isEmpty, fd == maxFD { maxFDDirty = true }
+    }
+
+    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+        apply(fd, registration)
+    }
+
+    public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
+        apply(fd, new)
+    }
+
+    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+        apply(fd, nil)
+    }
+
+    public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
+                     into events: EventBuffer) throws(PollerError) -> WaitStep {
+        if maxFDDirty { recomputeMax(table) }
+        workRead.copyMemory(from: masterRead, byteCount: setBytes)
+        workWrite.copyMemory(from: masterWrite, byteCount: setBytes)
+        let tv = timeout.secondsAndMicroseconds
+        var n = Int(rd_select(maxFD + 1, workRead, workWrite, tv.map { $0.seconds } ?? -1, tv.map { $0.microseconds } ?? 0))
+        if n < 0 {
+            switch errno {
+            case EINTR: return .interrupted
+            case EBADF where dropClosed(&table):
+                return .interrupted  // nothing observed yet; the wait loop retries with the time left
+            default: throw .system(operation: "select", errno: errno)
+            }
+        }
+        if n > 0, rd_fd_isset(waker.fd, workRead) != 0 {
+            waker.drain()
+            events.append(Event(token: .waker, ready: .readable))
+            n -= 1
+        }
+        let descriptors = table.descriptors
+        let count = descriptors.count
+        guard n > 0, count > 0 else { return .events(events.count) }
+        var index = rotor % count
+        rotor = index + 1
+        for _ in 0..<count where n > 0 && !events.isFull {
+            let fd = descriptors[index]
+            var ready = Ready()
+            if rd_fd_isset(fd, workRead) != 0 { ready.insert(.readable); n -= 1 }
+            if rd_fd_isset(fd, workWrite) != 0 { ready.insert(.writable); n -= 1 }
+            if !ready.isEmpty, let registration = table[fd], registration.isActive {
+                if registration.trigger == .oneShot {
+                    table.update(fd) { $0.armed = false }
+                    apply(fd, table[fd])
+                }
+                events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+            }
+            index += 1
+            if index == count { index = 0 }
+        }
+        return .events(events.count)
+    }
+
+    /// After EBADF: mark every closed, still-watched descriptor stale and stop watching it.
+    private func dropClosed(_ table: inout RegistrationTable) -> Bool {
+        var found = false
+        for fd in table.descriptors where table[fd]?.isActive == true && !Sys.isOpen(fd) {
+            table.update(fd) { $0.stale = true }
+            apply(fd, table[fd])
+            found = true
+        }
+        return found
+    }
+
+    private func recomputeMax(_ table: RegistrationTable) {
+        var highest = waker.fd
+        for fd in table.descriptors where fd > highest && table[fd]?.isActive == true { highest = fd }
+        maxFD = highest
+        maxFDDirty = false
+    }
+
+    public func close() {}
+}

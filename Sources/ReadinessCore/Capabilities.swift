@@ -1,0 +1,47 @@
+/// What a backend can do, as data. Tests and the conformance suite read these instead of the name.
+public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible {
+    public enum OneShot: String, Hashable, Sendable, Codable {
+        /// The kernel disarms the registration (EPOLLONESHOT, libevent without EV_PERSIST).
+        case native
+        /// The backend stops watching the descriptor after reporting it.
+        case emulated
+    }
+    /// The backend's name as selected ("epoll", "libevent:poll", ...).
+    public var name: String
+    /// Whether ``Trigger/edge`` is accepted.
+    public var edgeTriggered: Bool
+    public var oneShot: OneShot
+    /// The granularity of the underlying timeout (epoll/poll: 1 ms; select: 1 µs).
+    public var timeoutResolution: Duration
+    /// The largest descriptor the backend accepts.
+    public var maxDescriptor: CInt
+    /// Whether ``Ready/readClosed`` is reported.
+    public var reportsReadClosed: Bool
+    /// Whether ``Ready/hangup`` and ``Ready/error`` are reported (select and libevent fold them into
+    /// readable/writable).
+    public var reportsHangupAndError: Bool
+
+    public init(name: String, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
+                maxDescriptor: CInt, reportsReadClosed: Bool, reportsHangupAndError: Bool) {
+        self.name = name
+        self.edgeTriggered = edgeTriggered
+        self.oneShot = oneShot
+        self.timeoutResolution = timeoutResolution
+        self.maxDescriptor = maxDescriptor
+        self.reportsReadClosed = reportsReadClosed
+        self.reportsHangupAndError = reportsHangupAndError
+    }
+
+    /// The readiness bits this backend can report: what two backends are compared on.
+    public var observableReady: Ready {
+        var bits: Ready = [.readable, .writable]
+        if reportsReadClosed { bits.insert(.readClosed) }
+        if reportsHangupAndError { bits.formUnion([.hangup, .error]) }
+        return bits
+    }
+
+    public var description: String {
+        "\(name): edge=\(edgeTriggered) oneShot=\(oneShot.rawValue) resolution=\(timeoutResolution) "
+            + "maxfd=\(maxDescriptor) readClosed=\(reportsReadClosed) hangup/error=\(reportsHangupAndError)"
+    }
+}

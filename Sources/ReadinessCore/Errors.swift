@@ -1,0 +1,96 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every error a poller throws. The same misuse gives the same case on every backend, checked in the
+/// same order (see Docs/Contract.md), and leaves the poller usable and unchanged.
+public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The poller was closed; every later call fails this way.
+    case closed
+    /// A negative descriptor.
+    case invalidDescriptor(CInt)
+    /// The descriptor is not open (EBADF).
+    case badDescriptor(CInt)
+    /// The descriptor cannot be polled (a regular file or directory, or the kernel refused it).
+    case unsupportedDescriptor(CInt)
+    /// The backend cannot hold a descriptor this large (select: FD_SETSIZE).
+    case descriptorTooLarge(CInt, limit: CInt)
+    /// register() on a descriptor that is already registered.
+    case alreadyRegistered(CInt)
+    /// reregister() or deregister() on a descriptor that is not registered.
+    case notRegistered(CInt)
+    /// ``Token/waker`` is reserved for wake-ups.
+    case reservedToken
+    /// An empty ``Interest``.
+    case emptyInterest
+    /// The trigger is not available on this backend (edge-triggered where the kernel has no edges).
+    case unsupportedTrigger(Trigger, backend: String)
+    /// A system call failed in a way the contract does not name.
+    case system(operation: String, errno: CInt)
+    /// The backend could not be created here.
+    case unavailable(backend: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .closed: "the poller is closed"
+        case .invalidDescriptor(let fd): "descriptor \(fd) is negative"
+        case .badDescriptor(let fd): "descriptor \(fd) is not open (EBADF)"
+        case .unsupportedDescriptor(let fd): "descriptor \(fd) cannot be polled (regular file, directory or refused by the kernel)"
+        case .descriptorTooLarge(let fd, let limit): "descriptor \(fd) is too large for this backend (limit: below \(limit))"
+        case .alreadyRegistered(let fd): "descriptor \(fd) is already registered"
+        case .notRegistered(let fd): "descriptor \(fd) is not registered"
+        case .reservedToken: "token \(UInt64.max) is reserved for the waker"
+        case .emptyInterest: "interest must include readable, writable or both"
+        case .unsupportedTrigger(let t, let b): "\(t) triggering is not supported by the \(b) backend"
+        case .system(let op, let e): "\(op) failed: \(Errno.name(e)) (\(e)): \(Errno.message(e))"
+        case .unavailable(let b, let r): "backend \(b) is unavailable: \(r)"
+        }
+    }
+}
+
+/// Names and messages for errno values.
+public enum Errno {
+    /// The symbolic name ("ECONNREFUSED"), or "errno N" when unknown.
+    public static func name(_ code: CInt) -> String {
+        switch code {
+        case EPERM: "EPERM"
+        case ENOENT: "ENOENT"
+        case EINTR: "EINTR"
+        case EBADF: "EBADF"
+        case EAGAIN: "EAGAIN"
+        case ENOMEM: "ENOMEM"
+        case EACCES: "EACCES"
+        case EFAULT: "EFAULT"
+        case EEXIST: "EEXIST"
+        case EINVAL: "EINVAL"
+        case EMFILE: "EMFILE"
+        case ENFILE: "ENFILE"
+        case EPIPE: "EPIPE"
+        case ENOTSOCK: "ENOTSOCK"
+        case EAFNOSUPPORT: "EAFNOSUPPORT"
+        case EADDRINUSE: "EADDRINUSE"
+        case EADDRNOTAVAIL: "EADDRNOTAVAIL"
+        case ENETDOWN: "ENETDOWN"
+        case ENETUNREACH: "ENETUNREACH"
+        case ECONNABORTED: "ECONNABORTED"
+        case ECONNRESET: "ECONNRESET"
+        case EISCONN: "EISCONN"
+        case ENOTCONN: "ENOTCONN"
+        case ETIMEDOUT: "ETIMEDOUT"
+        case ECONNREFUSED: "ECONNREFUSED"
+        case EHOSTDOWN: "EHOSTDOWN"
+        case EHOSTUNREACH: "EHOSTUNREACH"
+        case EALREADY: "EALREADY"
+        case EINPROGRESS: "EINPROGRESS"
+        case EPROTOTYPE: "EPROTOTYPE"
+        case ENOPROTOOPT: "ENOPROTOOPT"
+        case ENOBUFS: "ENOBUFS"
+        default: "errno \(code)"
+        }
+    }
+    /// strerror(3)'s text.
+    public static func message(_ code: CInt) -> String {
+        guard let text = strerror(code) else { return "unknown error" }
+        return String(cString: text)
+    }
+}

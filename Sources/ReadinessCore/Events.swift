@@ -1,0 +1,132 @@
+/// A caller-chosen 64-bit value that comes back with every event of a registration.
+///
+/// ``Token/waker`` (the largest value) is reserved for the poller's wake-up event; registering with it
+/// fails with ``PollerError/reservedToken``.
+public struct Token: RawRepresentable, Hashable, Sendable, ExpressibleByIntegerLiteral, CustomStringConvertible {
+    public var rawValue: UInt64
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+    @inlinable public init(_ value: UInt64) { self.rawValue = value }
+    @inlinable public init(integerLiteral value: UInt64) { self.rawValue = value }
+    /// The token of the wake-up event produced by ``Waker/wake()``.
+    public static let waker = Token(rawValue: .max)
+    public var description: String { self == .waker ? "waker" : String(rawValue) }
+}
+
+/// What a registration waits for.
+public struct Interest: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt8
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let readable = Interest(rawValue: 1)
+    public static let writable = Interest(rawValue: 2)
+    public static let both: Interest = [.readable, .writable]
+    public var description: String {
+        switch self {
+        case .readable: "readable"
+        case .writable: "writable"
+        case .both: "readable|writable"
+        default: "none"
+        }
+    }
+}
+
+/// How a registration reports readiness.
+public enum Trigger: String, Hashable, Sendable, CaseIterable, Codable {
+    /// Reported on every wait while the condition holds (the default, on every backend).
+    case level
+    /// Reported once per change of state. Only where ``Capabilities/edgeTriggered`` is true.
+    case edge
+    /// Level-triggered, but the first event disarms the registration until it is re-armed with
+    /// ``Poller/reregister(_:token:interest:trigger:)``. Every backend has it (native or emulated).
+    case oneShot
+}
+
+/// Normalized readiness, the same bits on every backend.
+public struct Ready: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt8
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// A read will not block (data, end of file, or a pending error).
+    public static let readable = Ready(rawValue: 1 << 0)
+    /// A write will not block (buffer space, or a pending error).
+    public static let writable = Ready(rawValue: 1 << 1)
+    /// The peer shut down its sending side (EPOLLRDHUP, POLLRDHUP, EV_CLOSED); only where
+    /// ``Capabilities/reportsReadClosed``.
+    public static let readClosed = Ready(rawValue: 1 << 2)
+    /// Both directions are shut down, or the other end of a pipe is gone; only where
+    /// ``Capabilities/reportsHangupAndError``.
+    public static let hangup = Ready(rawValue: 1 << 3)
+    /// An error is pending on the descriptor (read it with SO_ERROR); only where
+    /// ``Capabilities/reportsHangupAndError``.
+    public static let error = Ready(rawValue: 1 << 4)
+
+    /// The one normalization rule every backend applies to what its kernel said (`raw`):
+    /// - readable and writable are reported only if asked for;
+    /// - read-closed implies readable (a read returns 0), and is reported only with readable interest;
+    /// - hang-up and error are always reported, and wake every direction that was asked for,
+    ///   so a waiter is never left asleep on a dead descriptor.
+    @inlinable
+    public static func normalized(_ raw: Ready, interest: Interest) -> Ready {
+        let asked = Ready(rawValue: interest.rawValue & 0b11)
+        var out = raw.intersection([.hangup, .error])
+        if !out.isEmpty { out.formUnion(asked) }
+        if interest.contains(.readable), raw.contains(.readClosed) { out.formUnion([.readable, .readClosed]) }
+        out.formUnion(raw.intersection(asked))
+        return out
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        if contains(.readable) { parts.append("readable") }
+        if contains(.writable) { parts.append("writable") }
+        if contains(.readClosed) { parts.append("readClosed") }
+        if contains(.hangup) { parts.append("hangup") }
+        if contains(.error) { parts.append("error") }
+        return parts.isEmpty ? "none" : parts.joined(separator: "|")
+    }
+}
+
+/// One readiness event: the registration's token and what is ready.
+public struct Event: Hashable, Sendable, CustomStringConvertible {
+    public var token: Token
+    public var ready: Ready
+    @inlinable public init(token: Token, ready: Ready) {
+        self.token = token
+        self.ready = ready
+    }
+    /// True for the event produced by ``Waker/wake()``.
+    @inlinable public var isWakeup: Bool { token == .waker }
+    public var description: String { "\(token):\(ready)" }
+}
+
+/// A reusable, caller-owned buffer that ``Poller/wait(into:timeout:)`` fills. Allocated once; a wait
+/// never allocates.
+public final class EventBuffer: RandomAccessCollection {
+    public let capacity: Int
+    @usableFromInline let storage: UnsafeMutablePointer<Event>
+    public private(set) var count: Int = 0
+
+    /// - Parameter capacity: the most events one wait returns (at least 1).
+    public init(capacity: Int = 256) {
+        self.capacity = Swift.max(1, capacity)
+        storage = .allocate(capacity: self.capacity)
+    }
+    deinit { storage.deallocate() }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { count }
+    public subscript(position: Int) -> Event {
+        precondition(position >= 0 && position < count, "EventBuffer index out of range")
+        return storage[position]
+    }
+    @inlinable public var isFull: Bool { count == capacity }
+
+    /// For backend implementations: empties the buffer before a wait.
+    public func removeAll() { count = 0 }
+    /// For backend implementations: appends one event; false when full.
+    @discardableResult
+    public func append(_ event: Event) -> Bool {
+        guard count < capacity else { return false }
+        (storage + count).initialize(to: event)
+        count += 1
+        return true
+    }
+}

@@ -1,0 +1,146 @@
+/// The state of one registered descriptor, shared by every backend.
+public struct Registration: Hashable, Sendable {
+    public var token: Token
+    public var interest: Interest
+    public var trigger: Trigger
+    /// False once a one-shot registration has fired, until it is re-armed.
+    public var armed: Bool = true
+    /// True once the backend saw that the descriptor was closed while registered (POLLNVAL, EBADF);
+    /// a stale registration reports nothing until it is deregistered.
+    public var stale: Bool = false
+    /// Distinguishes this registration from an earlier one of the same descriptor number
+    /// (epoll carries it in the event data, to recognise events of a file that is gone).
+    public var generation: UInt32 = 0
+    /// Position in ``RegistrationTable/descriptors``.
+    public var index: Int32 = 0
+
+    public init(token: Token, interest: Interest, trigger: Trigger) {
+        self.token = token
+        self.interest = interest
+        self.trigger = trigger
+    }
+
+    /// True when the backend should watch the descriptor now.
+    @inlinable public var isActive: Bool { armed && !stale }
+}
+
+/// Registered descriptors: a table indexed by descriptor number (O(1) look-up, as libev's `anfds`)
+/// plus a dense list of the registered numbers (O(1) insert and swap-remove, and iteration that never
+/// scans numbers nobody registered). Backends that keep a native array (poll's `pollfd`s, libevent's
+/// `struct event`s) mirror the dense list's order.
+public struct RegistrationTable: Sendable {
+    @usableFromInline var slots: [Registration?] = []
+    /// The registered descriptors, in dense order.
+    public private(set) var descriptors: [CInt] = []
+    private var nextGeneration: UInt32 = 1
+
+    public init() {}
+
+    @inlinable public var count: Int { descriptors.count }
+
+    /// The registration of `fd`, if any.
+    @inlinable public subscript(fd: CInt) -> Registration? {
+        let i = Int(fd)
+        return i >= 0 && i < slots.count ? slots[i] : nil
+    }
+
+    /// Changes the registration of a registered `fd` in place.
+    @inlinable public mutating func update(_ fd: CInt, _ body: (inout Registration) -> Void) {
+        let i = Int(fd)
+        guard i >= 0, i < slots.count, slots[i] != nil else { return }
+        body(&slots[i]!)
+    }
+
+    /// Adds `registration` for `fd` at the end of the dense list; returns it as stored.
+    @discardableResult
+    public mutating func insert(_ fd: CInt, _ registration: Registration) -> Registration {
+        let i = Int(fd)
+        if i >= slots.count {
+            slots.append(contentsOf: repeatElement(nil, count: max(i + 1, slots.count * 2) - slots.count))
+        }
+        var stored = registration
+        stored.generation = nextGeneration
+        nextGeneration &+= 1
+        if nextGeneration == 0 { nextGeneration = 1 }
+        stored.index = Int32(descriptors.count)
+        descriptors.append(fd)
+        slots[i] = stored
+        return stored
+    }
+
+    /// The generation the next ``insert(_:_:)`` will give.
+    public var upcomingGeneration: UInt32 { nextGeneration }
+
+    /// Replaces the token, interest and trigger of `fd` (keeping its place) and re-arms it.
+    public mutating func replace(_ fd: CInt, with registration: Registration) {
+        update(fd) { current in
+            current.token = registration.token
+            current.interest = registration.interest
+            current.trigger = registration.trigger
+            current.armed = registration.armed
+            current.stale = registration.stale
+        }
+    }
+
+    /// Removes `fd`: the last descriptor of the dense list moves into its place (swap-remove), as the
+    /// backends' mirrored arrays must do too.
+    public mutating func remove(_ fd: CInt) {
+        guard let registration = self[fd] else { return }
+        let index = Int(registration.index)
+        let last = descriptors.count - 1
+        if index != last {
+            let moved = descriptors[last]
+            descriptors[index] = moved
+            slots[Int(moved)]!.index = Int32(index)
+        }
+        descriptors.removeLast()
+        slots[Int(fd)] = nil
+    }
+
+    /// Removes everything (used when a poller closes).
+    public mutating func removeAll() {
+        slots.removeAll()
+        descriptors.removeAll()
+    }
+
+    // MARK: The contract's misuse checks, in their one order (Docs/Contract.md, "Misuse").
+
+    /// Checks a new registration; throws the contract's error for the first rule it breaks.
+    public func checkRegister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
+                              capabilities: Capabilities) throws(PollerError) {
+        guard fd >= 0 else { throw .invalidDescriptor(fd) }
+        guard fd <= capabilities.maxDescriptor else {
+            throw .descriptorTooLarge(fd, limit: capabilities.maxDescriptor &+ 1)
+        }
+        try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
+        guard self[fd] == nil else { throw .alreadyRegistered(fd) }
+        if let error = Sys.checkPollable(fd) { throw error }
+    }
+
+    /// Checks a change of registration; returns the current registration.
+    public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
+                                capabilities: Capabilities) throws(PollerError) -> Registration {
+        let current = try checkRegistered(fd)
+        try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
+        if let error = Sys.checkPollable(fd) { throw error }
+        return current
+    }
+
+    /// Checks that `fd` is registered; returns its registration.
+    public func checkRegistered(_ fd: CInt) throws(PollerError) -> Registration {
+        guard fd >= 0 else { throw .invalidDescriptor(fd) }
+        guard let current = self[fd] else { throw .notRegistered(fd) }
+        return current
+    }
+
+    static func checkArguments(token: Token, interest: Interest, trigger: Trigger,
+                               capabilities: Capabilities) throws(PollerError) {
+        guard token != .waker else { throw .reservedToken }
+        guard !interest.intersection(.both).isEmpty, interest.subtracting(.both).isEmpty else {
+            throw .emptyInterest
+        }
+        guard trigger != .edge || capabilities.edgeTriggered else {
+            throw .unsupportedTrigger(trigger, backend: capabilities.name)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+/// The small interface a kernel mechanism implements (in the spirit of redis' `ae_*.c`): add, modify,
+/// remove and wait. ``SeamPoller`` wraps it and keeps the whole contract (misuse checks in their
+/// order, the registration table, timeouts and EINTR, close-once), so a backend is one short file.
+///
+/// Each method is called only after the contract's checks passed, and the table is changed only after
+/// the method succeeded, so a failing backend call leaves everything as it was.
+public protocol PollerSeam: AnyObject {
+    var capabilities: Capabilities { get }
+    /// Start watching `fd`; it will sit at `index` in the dense list.
+    func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError)
+    /// Apply `new` (re-armed) to `fd`, currently registered as `old`.
+    func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError)
+    /// Stop watching `fd` (which may already be closed). The entry at `lastIndex` will move to
+    /// `registration.index`.
+    func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError)
+    /// One kernel wait of at most `timeout`: append normalized events to `events`, disarm one-shot
+    /// registrations that fired, mark registrations found closed as stale, report the waker's event
+    /// once (draining it). Return `.interrupted` on EINTR.
+    func wait(_ timeout: WaitTimeout, table: inout RegistrationTable, into events: EventBuffer) throws(PollerError) -> WaitStep
+    /// Release the backend's own descriptors (not the waker's: the poller closes that).
+    func close()
+}
+
+/// A ``Poller`` made of a ``PollerSeam``: every backend of this package is one.
+public final class SeamPoller<Seam: PollerSeam>: Poller {
+    public let seam: Seam
+    public let waker: Waker
+    public private(set) var table = RegistrationTable()
+    private var isClosed = false
+
+    /// - Parameter makeSeam: builds the backend around the poller's waker (which it must watch).
+    public init(waker: Waker, seam: Seam) {
+        self.waker = waker
+        self.seam = seam
+    }
+
+    deinit { if !isClosed { shutDown() } }
+
+    public var capabilities: Capabilities { seam.capabilities }
+
+    public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        guard !isClosed else { throw .closed }
+        try table.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities)
+        var registration = Registration(token: token, interest: interest, trigger: trigger)
+        registration.generation = table.upcomingGeneration
+        registration.index = Int32(table.count)
+        try seam.add(fd, registration, at: table.count)
+        table.insert(fd, registration)
+    }
+
+    public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        guard !isClosed else { throw .closed }
+        let old = try table.checkReregister(fd, token: token, interest: interest, trigger: trigger,
+                                            capabilities: seam.capabilities)
+        var new = old
+        new.token = token
+        new.interest = interest
+        new.trigger = trigger
+        new.armed = true
+        try seam.modify(fd, from: old, to: new)
+        table.replace(fd, with: new)
+    }
+
+    public func deregister(_ fd: CInt) throws(PollerError) {
+        guard !isClosed else { throw .closed }
+        let registration = try table.checkRegistered(fd)
+        try seam.remove(fd, registration, lastIndex: table.count - 1)
+        table.remove(fd)
+    }
+
+    @discardableResult
+    public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        guard !isClosed else { throw .closed }
+        events.removeAll()
+        return try runWait(timeout: timeout) { (remaining: WaitTimeout) throws(PollerError) -> WaitStep in
+            events.removeAll()
+            return try seam.wait(remaining, table: &table, into: events)
+        }
+    }
+
+    public func close() throws(PollerError) {
+        guard !isClosed else { throw .closed }
+        shutDown()
+    }
+
+    private func shutDown() {
+        isClosed = true
+        seam.close()
+        waker.close()
+        table.removeAll()
+    }
+}

@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CReadinessCore
+
+/// Thin, typed system-call wrappers. `EINTR` is handled in exactly one place: ``retryingEINTR(_:)``
+/// for calls that may simply be repeated, and ``runWait(timeout:_:)`` for waits, which must be repeated
+/// with the time that is left. `close` is never retried (on Linux the descriptor is gone either way).
+public enum Sys {
+    /// Runs `body` until it does not fail with EINTR. Returns its result, or -1 with `errno` set.
+    @inlinable
+    public static func retryingEINTR<T: BinaryInteger>(_ body: () -> T) -> T {
+        while true {
+            let result = body()
+            if result >= 0 || errno != EINTR { return result }
+        }
+    }
+
+    /// The errno of the last failed call on this thread.
+    @inlinable public static var lastError: CInt { errno }
+
+    /// Sets errno (used by test seams that simulate failures).
+    public static func setErrno(_ value: CInt) { rd_set_errno(value) }
+
+    /// What kind of descriptor `fd` is: `nil` when it is open and pollable in principle, otherwise the
+    /// contract's error (closed, regular file or directory).
+    public static func checkPollable(_ fd: CInt) -> PollerError? {
+        var st = stat()
+        if fstat(fd, &st) != 0 {
+            return errno == EBADF ? .badDescriptor(fd) : .system(operation: "fstat", errno: errno)
+        }
+        let kind = st.st_mode & S_IFMT
+        if kind == S_IFREG || kind == S_IFDIR { return .unsupportedDescriptor(fd) }
+        return nil
+    }
+
+    /// True when `fd` is an open descriptor (fcntl F_GETFD does not fail with EBADF).
+    @inlinable public static func isOpen(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) >= 0 || errno != EBADF }
+
+    /// Closes a descriptor once; EINTR is not retried (Linux has already released it).
+    @discardableResult
+    public static func close(_ fd: CInt) -> CInt { Glibc.close(fd) }
+
+    /// Makes a descriptor non-blocking.
+    public static func setNonBlocking(_ fd: CInt) -> Bool {
+        let flags = fcntl(fd, F_GETFL)
+        return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
+    }
+}
+
+/// Monotonic time in nanoseconds, without allocation.
+public enum MonotonicClock {
+    @inlinable public static var nowNanoseconds: Int64 { rd_monotonic_ns() }
+}
+
+/// The time a single backend wait call may block: the wait loop hands each attempt the time left.
+public enum WaitTimeout: Sendable, Equatable {
+    case infinite
+    case nanoseconds(Int64)
+
+    /// Milliseconds for epoll_wait/poll, rounded up so the call never returns before the deadline
+    /// (and a sub-millisecond timeout becomes 1 ms, not a busy 0). -1 means infinite.
+    @inlinable public var milliseconds: CInt {
+        switch self {
+        case .infinite: return -1
+        case .nanoseconds(let ns):
+            if ns <= 0 { return 0 }
+            let ms = (ns + 999_999) / 1_000_000
+            return ms > Int64(CInt.max) ? CInt.max : CInt(ms)
+        }
+    }
+
+    /// Seconds and microseconds for select/libevent, rounded up; nil means infinite.
+    @inlinable public var secondsAndMicroseconds: (seconds: Int, microseconds: Int)? {
+        switch self {
+        case .infinite: return nil
+        case .nanoseconds(let ns):
+            if ns <= 0 { return (0, 0) }
+            let us = (ns + 999) / 1000
+            return (Int(us / 1_000_000), Int(us % 1_000_000))
+        }
+    }
+}
+
+/// What one backend wait attempt observed.
+public enum WaitStep: Sendable, Equatable {
+    /// The call returned; `count` events were put in the buffer (0: timed out, or only events the
+    /// contract drops, such as those of a descriptor closed while registered).
+    case events(Int)
+    /// EINTR: a signal arrived.
+    case interrupted
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating; negative durations count as zero.
+    @inlinable public var clampedNanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        if seconds < 0 || (seconds == 0 && attoseconds <= 0) { return 0 }
+        if seconds >= Int64.max / 1_000_000_000 - 1 { return Int64.max / 2 }
+        return seconds * 1_000_000_000 + (attoseconds + 999_999_999) / 1_000_000_000
+    }
+}
+
+/// The contract's timeout and EINTR rules, written once for every backend.
+///
+/// - `nil`: block until at least one event.
+/// - zero: one non-blocking look (repeated only if a signal interrupted it).
+/// - otherwise: never return with nothing before the deadline, whatever the kernel's rounding or a
+///   signal did; each retry gets only the time that is left.
+@inlinable
+public func runWait(timeout: Duration?, _ attempt: (WaitTimeout) throws(PollerError) -> WaitStep) throws(PollerError) -> Int {
+    guard let timeout else {
+        while true {
+            if case .events(let n) = try attempt(.infinite), n > 0 { return n }
+        }
+    }
+    let total = timeout.clampedNanoseconds
+    if total == 0 {
+        while true {
+            if case .events(let n) = try attempt(.nanoseconds(0)) { return n }
+        }
+    }
+    let deadline = MonotonicClock.nowNanoseconds + total
+    var remaining = total
+    while true {
+        if case .events(let n) = try attempt(.nanoseconds(remaining)), n > 0 { return n }
+        let now = MonotonicClock.nowNanoseconds
+        if now >= deadline { return 0 }
+        remaining = deadline - now
+    }
+}
