@@ -1,8 +1,8 @@
 @_exported import ReadinessCore
-import ReadinessEpoll
-import ReadinessLibevent
-import ReadinessPoll
-import ReadinessSelect
+@_exported import ReadinessEpoll
+@_exported import ReadinessLibevent
+@_exported import ReadinessPoll
+@_exported import ReadinessSelect
 #if canImport(Glibc)
 import Glibc
 #endif

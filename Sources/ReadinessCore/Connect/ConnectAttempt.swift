@@ -1,0 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The outcome of a driven step.
+public enum ConnectProgress: Sendable, Hashable {
+    /// Still connecting: wait for the socket's token on the poller, or the deadline.
+    case inProgress
+    /// Connected: the caller now owns `fd` (non-blocking, close-on-exec, no longer registered).
+    case connected(ConnectedSocket)
+    case failed(ConnectError)
+}
+
+/// A connected socket handed to the caller.
+public struct ConnectedSocket: Sendable, Hashable {
+    public let fd: CInt
+    public let local: SocketAddress?
+    public let peer: SocketAddress?
+}
+
+/// One step of the state machine, for traces.
+public struct ConnectTraceEntry: Sendable, Hashable, CustomStringConvertible {
+    public let atNanoseconds: Int64
+    public let input: ConnectStateMachine.Input
+    public let action: ConnectStateMachine.Action
+    public let state: ConnectStateMachine.State
+    public var description: String { "\(input) -> \(action) [\(state)]" }
+}
+
+/// One connect attempt driven on a caller's poller: the driver of ``ConnectStateMachine``. It performs
+/// the machine's actions through a ``ConnectSyscalls`` seam and the poller, and guarantees the end of
+/// every path: deregistered before closed, closed exactly once, or handed over.
+///
+/// Step by step inside a caller's event loop (many in flight on one poller):
+/// ```swift
+/// let attempt = ConnectAttempt(to: address, poller: poller, token: 7, timeout: .seconds(2))
+/// var progress = attempt.start()
+/// // on an event for token 7:         progress = attempt.handle(event.ready)
+/// // when attempt.deadline has passed: progress = attempt.checkDeadline()
+/// ```
+public final class ConnectAttempt {
+    public let address: SocketAddress
+    public let token: Token
+    /// Monotonic deadline in nanoseconds (``MonotonicClock``), nil for none.
+    public let deadline: Int64?
+    public private(set) var machine: ConnectStateMachine
+    public private(set) var fd: CInt = -1
+    /// The machine's steps, when tracing was asked for.
+    public private(set) var trace: [ConnectTraceEntry] = []
+    private let poller: any Poller
+    private let syscalls: any ConnectSyscalls
+    private let localAddress: SocketAddress?
+    private let tracing: Bool
+    private var finalProgress: ConnectProgress?
+    private var names: (local: SocketAddress?, peer: SocketAddress?) = (nil, nil)
+
+    public init(to address: SocketAddress, poller: any Poller, token: Token, timeout: Duration?,
+                localAddress: SocketAddress? = nil, syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
+                trace: Bool = false) {
+        self.address = address
+        self.poller = poller
+        self.token = token
+        self.syscalls = syscalls
+        self.localAddress = localAddress
+        tracing = trace
+        machine = ConnectStateMachine(address: address)
+        deadline = timeout.map { MonotonicClock.nowNanoseconds + $0.clampedNanoseconds }
+    }
+
+    /// Whether the attempt has finished (connected, failed or cancelled).
+    public var isFinished: Bool { machine.state.isFinal }
+
+    /// Creates the socket and calls connect once.
+    public func start() -> ConnectProgress {
+        guard machine.state == .idle else { return finalProgress ?? .inProgress }
+        let made = syscalls.socket(domain: address.domain)
+        guard made.fd >= 0 else {
+            return finish(.failed(ConnectError(errno: made.errno, address: address)))
+        }
+        fd = made.fd
+        if let localAddress {
+            let e = syscalls.bind(fd, to: localAddress)
+            if e != 0 {
+                syscalls.close(fd)
+                fd = -1
+                return finish(.failed(ConnectError(errno: e, address: address)))
+            }
+        }
+        return feed(.connectReturned(errno: syscalls.connect(fd, to: address)))
+    }
+
+    /// A poller event for ``token``.
+    public func handle(_ ready: Ready) -> ConnectProgress { feed(.woke(ready)) }
+
+    /// Fails with ``ConnectError/Cause/timedOut`` once the deadline has passed.
+    public func checkDeadline(now: Int64 = MonotonicClock.nowNanoseconds) -> ConnectProgress {
+        if let deadline, now >= deadline, !isFinished { return feed(.deadlinePassed) }
+        return finalProgress ?? .inProgress
+    }
+
+    /// Stops the attempt: deregisters and closes the socket.
+    public func cancel() { _ = feed(.cancel) }
+
+    private func feed(_ first: ConnectStateMachine.Input) -> ConnectProgress {
+        var input = first
+        while true {
+            let action = machine.handle(input)
+            if tracing {
+                trace.append(ConnectTraceEntry(atNanoseconds: MonotonicClock.nowNanoseconds, input: input, action: action, state: machine.state))
+            }
+            switch action {
+            case .none:
+                return finalProgress ?? .inProgress
+            case .waitForWakeup:
+                return .inProgress
+            case .registerForWritable:
+                do {
+                    try poller.register(fd, token: token, interest: .writable, trigger: .level)
+                    machine.didRegister()
+                    return .inProgress
+                } catch {
+                    input = .registrationFailed(error)
+                }
+            case .readSocketError:
+                input = .socketError(syscalls.socketError(fd))
+            case .readAddresses:
+                let peer = syscalls.peerName(fd)
+                let local = peer.errno == 0 ? syscalls.localName(fd).address : nil
+                names = (local, peer.address)
+                input = .addresses(peerErrno: peer.errno, local: local, peer: peer.address)
+            case .succeed(let deregister):
+                if deregister { try? poller.deregister(fd) }
+                let socket = ConnectedSocket(fd: fd, local: names.local, peer: names.peer)
+                fd = -1
+                return finish(.connected(socket))
+            case .fail(let error, let deregister):
+                release(deregister: deregister)
+                return finish(.failed(error))
+            case .cancel(let deregister):
+                release(deregister: deregister)
+                return finish(.failed(ConnectError(.cancelled, address: address)))
+            }
+        }
+    }
+
+    /// Rule 10: deregister before close, close exactly once.
+    private func release(deregister: Bool) {
+        guard fd >= 0 else { return }
+        if deregister { try? poller.deregister(fd) }
+        syscalls.close(fd)
+        fd = -1
+    }
+
+    private func finish(_ progress: ConnectProgress) -> ConnectProgress {
+        finalProgress = progress
+        return progress
+    }
+
+    deinit {
+        // An attempt dropped while in flight must not leak its socket.
+        if fd >= 0 { cancel() }
+    }
+}

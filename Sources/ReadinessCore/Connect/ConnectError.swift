@@ -1,0 +1,82 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a connect failed: a cause a caller can act on, the errno behind it, and the address.
+public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Cause: String, Hashable, Sendable, Codable {
+        /// ECONNREFUSED: nothing listens there.
+        case refused
+        /// The deadline passed before the kernel finished.
+        case timedOut
+        /// ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: no route.
+        case unreachable
+        /// ECONNRESET, ECONNABORTED, EPIPE: the peer reset the connection during the handshake.
+        case reset
+        /// The socket connected to itself (TCP simultaneous open on a loopback port).
+        case selfConnect
+        /// Unix-domain EAGAIN: the listener's backlog is full and nothing is in progress.
+        case backlogFull
+        /// TCP EAGAIN or EADDRNOTAVAIL: no local port or address is free.
+        case addressUnavailable
+        /// ENOENT (Unix-domain path missing) or ECONNREFUSED on a path nobody listens on.
+        case noSuchPath
+        /// EACCES, EPERM: a firewall rule or file permissions forbid it.
+        case permissionDenied
+        /// The caller cancelled the attempt.
+        case cancelled
+        /// The poller failed (see ``ConnectError/pollerError``).
+        case poller
+        /// Any other errno.
+        case other
+    }
+
+    public var cause: Cause
+    /// The errno that proved the failure (nil for timeouts, cancels and self-connects).
+    public var errno: CInt?
+    public var address: SocketAddress?
+    /// The poller's error, for ``Cause/poller``.
+    public var pollerError: PollerError?
+    /// For a connect over several addresses: every attempt's error, in order.
+    public var attempts: [ConnectError]
+
+    public init(_ cause: Cause, errno: CInt? = nil, address: SocketAddress? = nil,
+                pollerError: PollerError? = nil, attempts: [ConnectError] = []) {
+        self.cause = cause
+        self.errno = errno
+        self.address = address
+        self.pollerError = pollerError
+        self.attempts = attempts
+    }
+
+    /// The one errno-to-cause table.
+    public static func cause(of code: CInt, family: SocketAddress.Family?) -> Cause {
+        switch code {
+        case ECONNREFUSED: family == .unix ? .noSuchPath : .refused
+        case ENOENT: .noSuchPath
+        case ETIMEDOUT: .timedOut
+        case ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: .unreachable
+        case ECONNRESET, ECONNABORTED, EPIPE: .reset
+        case EAGAIN: family == .unix ? .backlogFull : .addressUnavailable
+        case EADDRNOTAVAIL: .addressUnavailable
+        case EACCES, EPERM: .permissionDenied
+        default: .other
+        }
+    }
+
+    /// An error for `code` as returned by connect, SO_ERROR or getpeername.
+    public init(errno code: CInt, address: SocketAddress?) {
+        self.init(Self.cause(of: code, family: address?.family), errno: code, address: address)
+    }
+
+    public var errnoName: String? { errno.map(Errno.name) }
+
+    public var description: String {
+        var text = cause.rawValue
+        if let errno { text += " (\(Errno.name(errno)): \(Errno.message(errno)))" }
+        if let address { text += " connecting to \(address)" }
+        if let pollerError { text += ": \(pollerError)" }
+        if !attempts.isEmpty { text += "; attempts: " + attempts.map(\.description).joined(separator: "; ") }
+        return text
+    }
+}

@@ -1,0 +1,153 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The non-blocking connect, as a pure state machine (sans-IO): it takes what happened and returns
+/// what to do next. It performs no system call, so every transition is tested without sockets; a
+/// driver (``ConnectAttempt``) performs the actions. Docs/Connect.md has the diagram and the reason for
+/// each rule.
+///
+/// The rule it exists for: readiness proves nothing. A failed connect is readable and writable, and so
+/// is a successful one whose peer already wrote. Completion is decided only by `SO_ERROR` (and, when
+/// that is 0, by `getpeername`).
+public struct ConnectStateMachine: Sendable, Hashable {
+    public enum State: Hashable, Sendable {
+        /// connect(2) not yet called.
+        case idle
+        /// The kernel is connecting; waiting for a wake-up from the poller.
+        case waiting
+        /// A wake-up came (or connect returned 0): reading SO_ERROR.
+        case readingSocketError
+        /// SO_ERROR was 0: reading the peer and local addresses.
+        case readingAddresses
+        case connected
+        case failed(ConnectError)
+        case cancelled
+
+        public var isFinal: Bool {
+            switch self {
+            case .connected, .failed, .cancelled: true
+            default: false
+            }
+        }
+    }
+
+    /// What getsockopt(SOL_SOCKET, SO_ERROR) gave.
+    public enum SocketErrorResult: Hashable, Sendable {
+        /// getsockopt returned 0 with this value (Linux, BSD).
+        case value(CInt)
+        /// getsockopt returned -1 with this errno (Solaris puts the pending error there).
+        case callFailed(CInt)
+    }
+
+    public enum Input: Hashable, Sendable {
+        /// connect(2) returned 0 (`errno` 0) or failed with `errno`.
+        case connectReturned(errno: CInt)
+        /// The poller registration for writability failed.
+        case registrationFailed(PollerError)
+        /// The poller reported the socket; any readiness, even writable, only means "go and look".
+        case woke(Ready)
+        case socketError(SocketErrorResult)
+        /// getpeername's errno (0: connected) with both addresses when it succeeded.
+        case addresses(peerErrno: CInt, local: SocketAddress?, peer: SocketAddress?)
+        case deadlinePassed
+        case cancel
+    }
+
+    public enum Action: Hashable, Sendable {
+        /// Register the socket for writability (the wake-up of a finished connect).
+        case registerForWritable
+        /// Nothing to do until the next wake-up or the deadline.
+        case waitForWakeup
+        /// Call getsockopt(SO_ERROR) and feed ``Input/socketError(_:)``.
+        case readSocketError
+        /// Call getpeername and getsockname and feed ``Input/addresses(peerErrno:local:peer:)``.
+        case readAddresses
+        /// Finished: deregister if registered, then hand the socket to the caller.
+        case succeed(deregister: Bool)
+        /// Finished: deregister if registered, then close the socket, then report.
+        case fail(ConnectError, deregister: Bool)
+        /// Cancelled: deregister if registered, then close.
+        case cancel(deregister: Bool)
+        /// The input does not apply in this state (a late wake-up after the end): ignore it.
+        case none
+    }
+
+    public private(set) var state: State = .idle
+    /// Whether the socket is registered with the poller (so the end must deregister it first).
+    public private(set) var isRegistered = false
+    public let address: SocketAddress?
+    public let family: SocketAddress.Family?
+
+    public init(address: SocketAddress?) {
+        self.address = address
+        family = address?.family
+    }
+
+    /// Feeds one input; returns the one action to perform.
+    public mutating func handle(_ input: Input) -> Action {
+        if state.isFinal { return .none }
+        switch (state, input) {
+        case (_, .cancel):
+            state = .cancelled
+            return .cancel(deregister: isRegistered)
+        case (_, .deadlinePassed):
+            return fail(ConnectError(.timedOut, address: address))
+
+        // Rule 2: connected at once (Unix-domain, sometimes loopback): still confirm with SO_ERROR.
+        case (.idle, .connectReturned(0)):
+            state = .readingSocketError
+            return .readSocketError
+        // Rules 3 and 4: in progress; EINTR means the kernel goes on connecting: never call connect again.
+        case (.idle, .connectReturned(let e)) where e == EINPROGRESS || e == EINTR:
+            state = .waiting
+            return .registerForWritable
+        // Rules 8 and 9: anything else (EAGAIN included) fails at once, without waiting.
+        case (.idle, .connectReturned(let e)):
+            return fail(ConnectError(errno: e, address: address))
+
+        case (.waiting, .registrationFailed(let error)):
+            return fail(ConnectError(.poller, address: address, pollerError: error))
+        case (.readingAddresses, .registrationFailed(let error)):
+            return fail(ConnectError(.poller, address: address, pollerError: error))
+
+        // Rule 3: any wake-up means "go and look".
+        case (.waiting, .woke):
+            state = .readingSocketError
+            return .readSocketError
+
+        // Rules 5 and 6: SO_ERROR decides; -1 from getsockopt carries the error in errno (Solaris).
+        case (.readingSocketError, .socketError(.value(0))):
+            state = .readingAddresses
+            return .readAddresses
+        case (.readingSocketError, .socketError(.value(let e))),
+             (.readingSocketError, .socketError(.callFailed(let e))):
+            return fail(ConnectError(errno: e, address: address))
+
+        // Rule 6: ENOTCONN after SO_ERROR 0 is a spurious wake-up: keep waiting.
+        case (.readingAddresses, .addresses(ENOTCONN, _, _)):
+            state = .waiting
+            return isRegistered ? .waitForWakeup : .registerForWritable
+        case (.readingAddresses, .addresses(0, let local, let peer)):
+            // Rule 7: a loopback connect can reach itself (simultaneous open).
+            if let local, let peer, local == peer, local.family != .unix {
+                return fail(ConnectError(.selfConnect, address: address))
+            }
+            state = .connected
+            return .succeed(deregister: isRegistered)
+        case (.readingAddresses, .addresses(let e, _, _)):
+            return fail(ConnectError(errno: e, address: address))
+
+        default:
+            return .none
+        }
+    }
+
+    /// Records that the driver registered the socket (after ``Action/registerForWritable``).
+    public mutating func didRegister() { isRegistered = true }
+
+    private mutating func fail(_ error: ConnectError) -> Action {
+        state = .failed(error)
+        return .fail(error, deregister: isRegistered)
+    }
+}

@@ -1,0 +1,61 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The system calls a connect performs, as a seam: ``SystemConnectSyscalls`` makes the real calls,
+/// and tests substitute their own to inject any result and any errno deterministically.
+/// Each returns 0 or an errno (never relies on the thread's errno afterwards).
+public protocol ConnectSyscalls {
+    /// A non-blocking, close-on-exec stream socket: the descriptor, or -1 and an errno.
+    func socket(domain: CInt) -> (fd: CInt, errno: CInt)
+    func bind(_ fd: CInt, to address: SocketAddress) -> CInt
+    func connect(_ fd: CInt, to address: SocketAddress) -> CInt
+    func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult
+    func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?)
+    func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?)
+    func close(_ fd: CInt)
+}
+
+/// The real system calls.
+public struct SystemConnectSyscalls: ConnectSyscalls {
+    public init() {}
+
+    public func socket(domain: CInt) -> (fd: CInt, errno: CInt) {
+        let fd = Glibc.socket(domain, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        return (fd, fd < 0 ? errno : 0)
+    }
+
+    public func bind(_ fd: CInt, to address: SocketAddress) -> CInt {
+        if address.family != .unix {
+            var one: CInt = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
+        }
+        return address.withSockaddr { Glibc.bind(fd, $0, $1) } == 0 ? 0 : errno
+    }
+
+    /// connect(2) once. EINTR is returned as it is: the state machine treats it as "in progress"
+    /// and connect is never called again on this socket.
+    public func connect(_ fd: CInt, to address: SocketAddress) -> CInt {
+        address.withSockaddr { Glibc.connect(fd, $0, $1) } == 0 ? 0 : errno
+    }
+
+    public func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult {
+        var value: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length) == 0 ? .value(value) : .callFailed(errno)
+    }
+
+    public func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) {
+        var address = SocketAddress()
+        let status = address.withMutableSockaddr { getpeername(fd, $0, $1) }
+        return status == 0 ? (0, address) : (errno, nil)
+    }
+
+    public func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) {
+        var address = SocketAddress()
+        let status = address.withMutableSockaddr { getsockname(fd, $0, $1) }
+        return status == 0 ? (0, address) : (errno, nil)
+    }
+
+    public func close(_ fd: CInt) { Sys.close(fd) }
+}

@@ -1,0 +1,66 @@
+import ArgumentParser
+import Readiness
+
+struct ConnectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connect",
+        abstract: "Connect once (confirmed by SO_ERROR) and print the outcome, the time and the state machine's trace.")
+
+    @Argument(help: "HOST:PORT, [IPv6]:PORT or unix:PATH") var target: String
+    @Option(help: "Backend name (default: READINESS_BACKEND or the best available).") var backend: String?
+    @Option(help: "Timeout in milliseconds.") var timeout: Int = 5000
+    @Flag(help: "Print one JSON object.") var json = false
+
+    struct Output: Encodable {
+        let target: String
+        let backend: String
+        let connected: Bool
+        let local: String?
+        let peer: String?
+        let error: String?
+        let cause: String?
+        let errno: String?
+        let elapsedMilliseconds: Double
+        let attempts: [String]
+        let trace: [String]
+    }
+
+    func run() throws {
+        let chosen = try backend.map { name throws(SelectionError) in try Backend.named(name) } ?? Backend.default()
+        let poller = try chosen.makePoller()
+        defer { try? poller.close() }
+        let addresses = try SocketAddress.resolve(target)
+        let start = MonotonicClock.nowNanoseconds
+        var output: Output
+        let attempts = addresses.enumerated().map { index, address in
+            ConnectAttempt(to: address, poller: poller, token: Token(UInt64(index)),
+                           timeout: .milliseconds(timeout), trace: true)
+        }
+        let elapsed = { Double(MonotonicClock.nowNanoseconds - start) / 1e6 }
+        do {
+            let socket = try Connector.run(attempts, on: poller, attemptDelay: .milliseconds(250))
+            Sys.close(socket.fd)
+            output = Output(target: target, backend: chosen.name, connected: true, local: socket.local?.description,
+                            peer: socket.peer?.description, error: nil, cause: nil, errno: nil,
+                            elapsedMilliseconds: elapsed(), attempts: addresses.map(\.description),
+                            trace: Self.trace(attempts))
+        } catch {
+            output = Output(target: target, backend: chosen.name, connected: false, local: nil, peer: nil,
+                            error: error.description, cause: error.cause.rawValue, errno: error.errnoName,
+                            elapsedMilliseconds: elapsed(), attempts: addresses.map(\.description),
+                            trace: Self.trace(attempts))
+        }
+        if json {
+            try printJSON(output)
+        } else {
+            print(output.connected ? "connected \(output.local ?? "?") -> \(output.peer ?? "?")" : "failed: \(output.error ?? "")")
+            print("backend: \(output.backend), elapsed: \(String(format: "%.3f", output.elapsedMilliseconds)) ms")
+            for line in output.trace { print("  \(line)") }
+        }
+        if !output.connected { throw ExitCode(1) }
+    }
+
+    static func trace(_ attempts: [ConnectAttempt]) -> [String] {
+        attempts.flatMap { attempt in attempt.trace.map { "\(attempt.address): \($0)" } }
+    }
+}

@@ -1,0 +1,9 @@
+import Foundation
+
+/// Prints a value as one line of JSON (sorted keys, so the output is stable).
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
