@@ -1,3 +1,8 @@
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include "CReadinessCore.h"
 #include <errno.h>
 #include <sys/eventfd.h>
@@ -12,3 +17,7 @@ int64_t rd_monotonic_ns(void) {
 }
 
 void rd_set_errno(int value) { errno = value; }
+
+int rd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
+int rd_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+int rd_unshare_network(void) { return unshare(CLONE_NEWNET); }

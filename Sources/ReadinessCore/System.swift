@@ -41,6 +41,21 @@ public enum Sys {
     @discardableResult
     public static func close(_ fd: CInt) -> CInt { Glibc.close(fd) }
 
+    /// A non-blocking, close-on-exec pipe: (read end, write end), or nil with errno set.
+    public static func pipe() -> (read: CInt, write: CInt)? {
+        var fds: (CInt, CInt) = (-1, -1)
+        let status = withUnsafeMutablePointer(to: &fds) {
+            $0.withMemoryRebound(to: CInt.self, capacity: 2) { rd_pipe_nonblocking($0) }
+        }
+        return status == 0 ? (fds.0, fds.1) : nil
+    }
+
+    /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC: the new descriptor, or -1 with errno set.
+    public static func accept(_ listener: CInt) -> CInt { retryingEINTR { rd_accept_nonblocking(listener) } }
+
+    /// Moves the calling thread (only) into a new, empty network namespace. 0, or -1 with errno set.
+    public static func unshareNetwork() -> CInt { rd_unshare_network() }
+
     /// Makes a descriptor non-blocking.
     public static func setNonBlocking(_ fd: CInt) -> Bool {
         let flags = fcntl(fd, F_GETFL)

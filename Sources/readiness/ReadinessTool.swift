@@ -6,5 +6,6 @@ struct ReadinessTool: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "readiness",
         abstract: "Wait on sockets with epoll, poll, select or libevent, chosen at run time.",
-        subcommands: [BackendsCommand.self, ConnectCommand.self])
+        subcommands: [ConformanceCommand.self, BackendsCommand.self, ConnectCommand.self],
+        defaultSubcommand: ConformanceCommand.self)
 }

@@ -25,6 +25,8 @@ static void rd_lev_quiet(int severity, const char *msg) { (void)severity; (void)
 static pthread_once_t rd_lev_once = PTHREAD_ONCE_INIT;
 static void rd_lev_setup(void) { event_set_log_callback(rd_lev_quiet); }
 
+int rd_lev_fd_setsize(void) { return FD_SETSIZE; }
+
 const char *rd_lev_version(void) { return event_get_version(); }
 
 int rd_lev_supports_method(const char *method) {
@@ -148,6 +150,8 @@ int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_clos
         return -1;
     return event_add(reg->ev, NULL);
 }
+
+int rd_lev_reinit(rd_lev *lev) { return event_reinit(lev->base); }
 
 void rd_lev_reg_remove(rd_lev_reg *reg) { event_del(reg->ev); }
 

@@ -70,9 +70,9 @@ public final class LibeventSeam: PollerSeam {
             edgeTriggered: features & CInt(RD_LEV_FEATURE_ET) != 0,
             oneShot: .native,
             timeoutResolution: kernel == .select ? .microseconds(1) : .milliseconds(1),
-            // libevent's select method sizes its own fd_sets (beyond FD_SETSIZE), and libevent-2.1's
-            // epoll and poll have no limit but the process's.
-            maxDescriptor: CInt.max,
+            // libevent's select method grows its own fd_sets past FD_SETSIZE, but Debian builds it
+            // with _FORTIFY_SOURCE, whose FD_SET aborts the process at FD_SETSIZE: refuse those first.
+            maxDescriptor: kernel == .select ? rd_lev_fd_setsize() - 1 : CInt.max,
             reportsReadClosed: earlyClose != 0,
             reportsHangupAndError: false)
     }
@@ -123,6 +123,12 @@ public final class LibeventSeam: PollerSeam {
         regs[index] = regs[lastIndex]
         regs.removeLast()
         dropPending(fd)
+        // libevent's epoll method cannot delete a descriptor that was closed first (EBADF, which it
+        // ignores); if a dup keeps the file open it stays in the kernel set and fires for ever, making
+        // every later loop pass spin. Rebuilding the epoll set (event_reinit) removes it.
+        if method == "epoll", !Sys.isOpen(fd), rd_lev_reinit(lev) != 0 {
+            throw .system(operation: "event_reinit", errno: errno)
+        }
     }
 
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,

@@ -9,4 +9,11 @@ int64_t rd_monotonic_ns(void);
 /// The thread's errno, set (Swift cannot assign errno directly on every libc).
 void rd_set_errno(int value);
 
+/// pipe2(fds, O_NONBLOCK | O_CLOEXEC) (needs _GNU_SOURCE, hidden from Swift's Glibc).
+int rd_pipe_nonblocking(int fds[2]);
+/// accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC).
+int rd_accept_nonblocking(int listener);
+/// unshare(CLONE_NEWNET) for the calling thread.
+int rd_unshare_network(void);
+
 #endif

@@ -13,6 +13,8 @@ enum { RD_LEV_LEVEL = 0, RD_LEV_EDGE = 1, RD_LEV_ONESHOT = 2 };
 /// Features (event_base_get_features).
 enum { RD_LEV_FEATURE_ET = 1, RD_LEV_FEATURE_O1 = 2, RD_LEV_FEATURE_FDS = 4, RD_LEV_FEATURE_EARLY_CLOSE = 8 };
 
+/// FD_SETSIZE as this C library defines it.
+int rd_lev_fd_setsize(void);
 /// libevent's version string.
 const char *rd_lev_version(void);
 /// 1 if libevent was built with this method ("epoll", "poll", "select", ...).
@@ -34,6 +36,8 @@ rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int e
 int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close);
 /// Removes from the base (if added) and frees.
 void rd_lev_reg_free(rd_lev_reg *reg);
+/// event_reinit: rebuilds the method's kernel state (its epoll set) from the registered events.
+int rd_lev_reinit(rd_lev *lev);
 /// Removes from the base without freeing (a descriptor found closed).
 void rd_lev_reg_remove(rd_lev_reg *reg);
 

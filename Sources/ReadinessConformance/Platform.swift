@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Readiness
+import Synchronization
+
+/// Socket and thread plumbing for fixtures and steps. Every failure is a thrown ``SetupError``.
+struct SetupError: Error, CustomStringConvertible {
+    let description: String
+    init(_ what: String, _ code: CInt = errno) { description = "\(what): \(Errno.name(code))" }
+}
+
+enum Net {
+    static let streamFlags = CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue)
+
+    static func socketPair() throws -> (CInt, CInt) {
+        var fds: [CInt] = [-1, -1]
+        guard socketpair(AF_UNIX, streamFlags, 0, &fds) == 0 else { throw SetupError("socketpair") }
+        return (fds[0], fds[1])
+    }
+
+    static func pipe() throws -> (CInt, CInt) {
+        guard let fds = Sys.pipe() else { throw SetupError("pipe2") }
+        return (fds.read, fds.write)
+    }
+
+    static func listener(_ address: SocketAddress, backlog: CInt) throws -> CInt {
+        let fd = socket(address.domain, streamFlags, 0)
+        guard fd >= 0 else { throw SetupError("socket") }
+        var one: CInt = 1
+        if address.family != .unix { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) }
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, backlog) == 0 else {
+            let e = errno
+            close(fd)
+            throw SetupError("bind/listen \(address)", e)
+        }
+        return fd
+    }
+
+    static func localAddress(_ fd: CInt) throws -> SocketAddress {
+        do { return try SocketAddress.local(of: fd) } catch { throw SetupError("getsockname") }
+    }
+
+    /// A loopback port that nothing listens on (bound, read, closed).
+    static func freePort() throws -> UInt16 {
+        let fd = try listener(try SocketAddress("127.0.0.1:0"), backlog: 1)
+        defer { close(fd) }
+        return try localAddress(fd).port ?? 0
+    }
+
+    /// Waits up to `milliseconds` for `events` on one descriptor with poll(2).
+    static func waitFor(_ fd: CInt, _ events: Int16, milliseconds: CInt) -> Bool {
+        var entry = pollfd(fd: fd, events: events, revents: 0)
+        return poll(&entry, 1, milliseconds) == 1
+    }
+
+    /// A blocking-style connect for fixtures: returns the connected client.
+    static func connectNow(_ address: SocketAddress) throws -> CInt {
+        let fd = socket(address.domain, streamFlags, 0)
+        guard fd >= 0 else { throw SetupError("socket") }
+        let status = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        if status != 0 && errno != EINPROGRESS {
+            let e = errno
+            close(fd)
+            throw SetupError("connect \(address)", e)
+        }
+        guard status == 0 || waitFor(fd, Int16(POLLOUT), milliseconds: 2000) else {
+            close(fd)
+            throw SetupError("connect \(address) did not finish", ETIMEDOUT)
+        }
+        return fd
+    }
+
+    static func accept(_ listener: CInt, milliseconds: CInt = 2000) throws -> CInt {
+        guard waitFor(listener, Int16(POLLIN), milliseconds: milliseconds) else { throw SetupError("accept: nothing", ETIMEDOUT) }
+        let fd = Sys.accept(listener)
+        guard fd >= 0 else { throw SetupError("accept4") }
+        return fd
+    }
+
+    static func lingerZero(_ fd: CInt) {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+    }
+
+    static var uniquePath: String {
+        "/tmp/readiness-\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).sock"
+    }
+    private static let counter = Atomic<Int>(0)
+}
+
+/// A joinable pthread running a closure.
+final class Worker: @unchecked Sendable {
+    private var thread = pthread_t()
+    private let body: () -> Void
+    init(_ body: @escaping () -> Void) throws {
+        self.body = body
+        let box = Unmanaged.passRetained(self)
+        let status = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            let worker = Unmanaged<Worker>.fromOpaque(raw).takeRetainedValue()
+            // Threads inherit the creator's mask, and a test runner's threads may block signals.
+            var unblocked = sigset_t()
+            sigemptyset(&unblocked)
+            sigaddset(&unblocked, SIGUSR1)
+            pthread_sigmask(SIG_UNBLOCK, &unblocked, nil)
+            worker.body()
+            return nil
+        }, box.toOpaque())
+        if status != 0 {
+            box.release()
+            throw SetupError("pthread_create", status)
+        }
+    }
+    func signal(_ number: CInt) { pthread_kill(thread, number) }
+    func join() { pthread_join(thread, nil) }
+}
+
+/// SIGUSR1 without SA_RESTART, so a blocked wait returns EINTR.
+enum Interrupts {
+    static let delivered = Atomic<Int>(0)
+    private static let installed = Mutex(false)
+
+    static func install() {
+        installed.withLock { done in
+            guard !done else { return }
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { _ in Interrupts.delivered.add(1, ordering: .relaxed) }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0
+            sigaction(SIGUSR1, &action, nil)
+            done = true
+        }
+    }
+}
+
+/// A socket in a new, empty network namespace: no route goes anywhere from it.
+enum IsolatedNetwork {
+    /// Creates an IPv4 stream socket inside a fresh network namespace (on a throwaway thread, so the
+    /// process stays where it is). Throws when namespaces are not permitted here.
+    static func socket() throws -> CInt {
+        let result = Mutex<(CInt, CInt)>((-1, 0))
+        let worker = try Worker {
+            guard Sys.unshareNetwork() == 0 else {
+                result.withLock { $0 = (-1, errno) }
+                return
+            }
+            let fd = Glibc.socket(AF_INET, Net.streamFlags, 0)
+            result.withLock { $0 = (fd, fd < 0 ? errno : 0) }
+        }
+        worker.join()
+        let (fd, code) = result.withLock { $0 }
+        guard fd >= 0 else { throw SetupError("unshare(CLONE_NEWNET)/socket", code) }
+        return fd
+    }
+}
+
+/// Real system calls, except that `socket` comes from a private network namespace.
+struct IsolatedSyscalls: ConnectSyscalls {
+    let base = SystemConnectSyscalls()
+    let socketFD: CInt
+    func socket(domain: CInt) -> (fd: CInt, errno: CInt) { (socketFD, 0) }
+    func bind(_ fd: CInt, to address: SocketAddress) -> CInt { base.bind(fd, to: address) }
+    func connect(_ fd: CInt, to address: SocketAddress) -> CInt { base.connect(fd, to: address) }
+    func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult { base.socketError(fd) }
+    func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { base.peerName(fd) }
+    func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { base.localName(fd) }
+    func close(_ fd: CInt) { base.close(fd) }
+}

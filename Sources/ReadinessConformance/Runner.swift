@@ -1,0 +1,366 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Readiness
+import Synchronization
+
+/// One step as run: what the script expected and what the backend observed.
+public struct TraceLine: Sendable, Hashable, CustomStringConvertible {
+    public let index: Int
+    public let step: String
+    public let expected: Observation
+    public let observed: Observation
+    public var description: String { "\(index). \(step): \(observed)" }
+}
+
+/// The result of one scenario on one backend.
+public struct ScenarioResult: Sendable {
+    public enum Outcome: Sendable, Hashable {
+        case passed
+        /// A readable diff naming the first steps that differ.
+        case failed(String)
+        /// The backend lacks a capability, or the machine a facility; the reason says which.
+        case skipped(String)
+    }
+    public let scenario: String
+    public let backend: String
+    public let outcome: Outcome
+    public let trace: [TraceLine]
+    public let duration: Duration
+
+    public var passed: Bool { outcome == .passed }
+    public var isSkipped: Bool { if case .skipped = outcome { true } else { false } }
+}
+
+/// A step that cannot run on this machine (no network namespaces, no IPv6): the scenario is skipped.
+struct Unsupported: Error { let reason: String }
+
+/// Runs scripts against a poller and records normalized observations.
+final class ScenarioRun {
+    private var poller: (any Poller)?
+        private var endpoints: [String: CInt] = [:]
+    private var listeners: [String: (fd: CInt, address: SocketAddress)] = [:]
+    private var extras: [CInt] = []
+    /// Numbers of endpoints closed by a step: misuse steps still name them.
+    private var closedNumbers: [String: CInt] = [:]
+    private var paths: [String] = []
+    private let buffer = EventBuffer(capacity: 64)
+
+    init(poller: any Poller) {
+        // Scenarios write to sockets and pipes whose other end is gone: EPIPE, not a fatal SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        self.poller = poller
+    }
+
+    deinit { tearDown() }
+
+    func tearDown() {
+        for fd in endpoints.values { close(fd) }
+        for (fd, _) in listeners.values { close(fd) }
+        for fd in extras { close(fd) }
+        for path in paths { unlink(path) }
+        endpoints.removeAll()
+        listeners.removeAll()
+        extras.removeAll()
+        paths.removeAll()
+        try? poller?.close()
+        poller = nil
+    }
+
+    func setUp(_ fixture: Fixture) throws {
+        switch fixture {
+        case .socketPair(let a, let b):
+            (endpoints[a], endpoints[b]) = try Net.socketPair()
+        case .pipe(let r, let w):
+            (endpoints[r], endpoints[w]) = try Net.pipe()
+        case .tcpPair(let client, let server):
+            let listener = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 4)
+            defer { close(listener) }
+            endpoints[client] = try Net.connectNow(try Net.localAddress(listener))
+            endpoints[server] = try Net.accept(listener)
+        case .tcpListener(let name, let ipv6):
+            do {
+                let fd = try Net.listener(try SocketAddress(ipv6 ? "[::1]:0" : "127.0.0.1:0"), backlog: 16)
+                listeners[name] = (fd, try Net.localAddress(fd))
+            } catch where ipv6 {
+                throw Unsupported(reason: "IPv6 loopback is unavailable here (\(error))")
+            }
+        case .fullTCPListener(let name):
+            let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 0)
+            let address = try Net.localAddress(fd)
+            listeners[name] = (fd, address)
+            // Fill the accept queue until a connect no longer completes (its SYN is dropped).
+            for _ in 0..<16 {
+                let client = socket(AF_INET, Net.streamFlags, 0)
+                guard client >= 0 else { throw SetupError("socket") }
+                extras.append(client)
+                _ = address.withSockaddr { Glibc.connect(client, $0, $1) }
+                if !Net.waitFor(client, Int16(POLLOUT), milliseconds: 100) { return }
+            }
+            throw SetupError("the accept queue never filled", 0)
+        case .unixListener(let name):
+            let path = Net.uniquePath
+            let address = try SocketAddress(unixPath: path)
+            listeners[name] = (try Net.listener(address, backlog: 16), address)
+            paths.append(path)
+        case .fullUnixListener(let name):
+            let path = Net.uniquePath
+            let address = try SocketAddress(unixPath: path)
+            listeners[name] = (try Net.listener(address, backlog: 0), address)
+            paths.append(path)
+            for _ in 0..<64 {
+                let client = socket(AF_UNIX, Net.streamFlags, 0)
+                guard client >= 0 else { throw SetupError("socket") }
+                extras.append(client)
+                if address.withSockaddr({ Glibc.connect(client, $0, $1) }) != 0 && errno == EAGAIN { return }
+            }
+            throw SetupError("the Unix-domain backlog never filled", 0)
+        case .regularFile(let name):
+            let path = Net.uniquePath + ".file"
+            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw SetupError("open \(path)") }
+            endpoints[name] = fd
+            paths.append(path)
+        }
+    }
+
+    private func fd(_ name: String) -> CInt { endpoints[name] ?? closedNumbers[name] ?? -1 }
+
+    private func attempt(_ body: () throws(PollerError) -> Void) -> Observation {
+        do {
+            try body()
+            return .ok
+        } catch {
+            return .error(error.caseName)
+        }
+    }
+
+    private func livePoller() throws(PollerError) -> any Poller {
+        guard let poller else { throw .closed }
+        return poller
+    }
+
+    private func observeWait(_ timeout: Duration?, into events: EventBuffer) -> Observation {
+        do {
+            try livePoller().wait(into: events, timeout: timeout)
+        } catch {
+            return .error(error.caseName)
+        }
+        var out: [Token: Ready] = [:]
+        for event in events { out[event.token, default: []].formUnion(event.ready) }
+        return .events(out)
+    }
+
+    func run(_ step: Step) throws -> Observation {
+        switch step {
+        case .register(let e, let token, let interest, let trigger):
+            return attempt { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: trigger) }
+        case .reregister(let e, let token, let interest, let trigger):
+            return attempt { () throws(PollerError) in try livePoller().reregister(fd(e), token: Token(token), interest: interest, trigger: trigger) }
+        case .deregister(let e):
+            return attempt { () throws(PollerError) in try livePoller().deregister(fd(e)) }
+        case .registerNumber(let number, let token, let interest):
+            return attempt { () throws(PollerError) in try livePoller().register(number, token: Token(token), interest: interest, trigger: .level) }
+        case .registerBadArguments(let e, let token, let interest):
+            return attempt { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: .level) }
+        case .write(let e, let bytes):
+            let data = [UInt8](repeating: 0x2a, count: bytes)
+            let n = write(fd(e), data, data.count)
+            return n == bytes ? .ok : .note("write returned \(n) (\(Errno.name(errno)))")
+        case .fill(let e):
+            let chunk = [UInt8](repeating: 0, count: 65536)
+            var rounds = 0
+            while write(fd(e), chunk, chunk.count) > 0 && rounds < 4096 { rounds += 1 }
+            return .ok
+        case .drain(let e):
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while read(fd(e), &chunk, chunk.count) > 0 {}
+            return .ok
+        case .shutdownWrite(let e):
+            return shutdown(fd(e), CInt(SHUT_WR)) == 0 ? .ok : .note("shutdown failed: \(Errno.name(errno))")
+        case .close(let e):
+            close(fd(e))
+            closedNumbers[e] = endpoints.removeValue(forKey: e)
+            return .ok
+        case .resetClose(let e):
+            Net.lingerZero(fd(e))
+            close(fd(e))
+            closedNumbers[e] = endpoints.removeValue(forKey: e)
+            return .ok
+        case .reopenOnNumber(let e, let peer, let closed):
+            guard let number = closedNumbers[closed] else { throw SetupError("\(closed) was not closed", 0) }
+            let (first, second) = try Net.socketPair()
+            if first != number {
+                guard dup2(first, number) == number else { throw SetupError("dup2") }
+                close(first)
+            }
+            closedNumbers[closed] = nil
+            endpoints[e] = number
+            endpoints[peer] = second
+            return .ok
+        case .waitRounds(let capacity, let rounds):
+            let small = EventBuffer(capacity: capacity)
+            var seen: [Token: Ready] = [:]
+            for _ in 0..<rounds {
+                guard case .events(let events) = observeWait(.zero, into: small) else { continue }
+                for (token, ready) in events { seen[token, default: []].formUnion(ready) }
+            }
+            return .events(seen)
+        case .duplicate(let e, let name, let atLeast):
+            let copy = fcntl(fd(e), F_DUPFD_CLOEXEC, atLeast)
+            guard copy >= 0 else { throw SetupError("fcntl(F_DUPFD)") }
+            endpoints[name] = copy
+            return .ok
+        case .reopen(let e, let peer):
+            (endpoints[e], endpoints[peer]) = try Net.socketPair()
+            return .ok
+        case .wait(let timeout):
+            return observeWait(timeout, into: buffer)
+        case .waitSmall(let capacity, let timeout):
+            return observeWait(timeout, into: EventBuffer(capacity: capacity))
+        case .waitTimed(let timeout):
+            let start = MonotonicClock.nowNanoseconds
+            let cpuStart = Self.threadCPUNanoseconds()
+            let observed = observeWait(timeout, into: buffer)
+            let elapsed = MonotonicClock.nowNanoseconds - start
+            let cpu = Self.threadCPUNanoseconds() - cpuStart
+            // A wait that burns CPU for most of its timeout is a busy loop, whatever it returns.
+            if elapsed >= 20_000_000, cpu * 2 > elapsed {
+                return .note("busy loop: \(cpu / 1_000_000) ms of CPU in a \(elapsed / 1_000_000) ms wait")
+            }
+            return timing(observed, timeout: timeout, elapsed: elapsed, signals: nil)
+        case .waitInterrupted(let timeout, let signals):
+            Interrupts.install()
+            let before = Interrupts.delivered.load(ordering: .relaxed)
+            var observed = Observation.ok
+            var elapsed: Int64 = 0
+            let box = UnsafeSendable(self)
+            let worker = try Worker {
+                let start = MonotonicClock.nowNanoseconds
+                observed = box.value.observeWait(timeout, into: box.value.buffer)
+                elapsed = MonotonicClock.nowNanoseconds - start
+            }
+            let gap = UInt32(max(1, timeout.clampedNanoseconds / 1000 / Int64(signals + 1)))
+            for _ in 0..<signals {
+                usleep(gap)
+                worker.signal(SIGUSR1)
+            }
+            worker.join()
+            let delivered = Interrupts.delivered.load(ordering: .relaxed) - before
+            return timing(observed, timeout: timeout, elapsed: elapsed, signals: delivered)
+        case .wake(let times, let threads):
+            let poller = try livePoller()
+            let waker = poller.waker
+            let failures = Mutex<[String]>([])
+            let workers = try (0..<threads).map { _ in
+                try Worker {
+                    for _ in 0..<times {
+                        do throws(PollerError) { try waker.wake() } catch { failures.withLock { $0.append(error.caseName) } }
+                    }
+                }
+            }
+            for worker in workers { worker.join() }
+            return failures.withLock { $0.first.map { .error($0) } ?? .ok }
+        case .waitWokenByThread(let after):
+            let waker = try livePoller().waker
+            let worker = try Worker {
+                usleep(UInt32(after.clampedNanoseconds / 1000))
+                try? waker.wake()
+            }
+            let observed = observeWait(nil, into: buffer)
+            worker.join()
+            return observed
+        case .closePoller:
+            return attempt { () throws(PollerError) in try livePoller().close() }
+        case .connect(let target, let timeout):
+            return try connect(target, timeout: timeout)
+        }
+    }
+
+    private func timing(_ observed: Observation, timeout: Duration, elapsed: Int64, signals: Int?) -> Observation {
+        guard observed == .none else { return observed }
+        let wanted = timeout.clampedNanoseconds
+        let ms = Double(elapsed) / 1e6
+        if signals == 0 { return .note("no signal reached the waiting thread") }
+        if elapsed < wanted { return .note("returned early, after \(ms) ms of \(timeout)") }
+        if wanted == 0 && elapsed > 200_000_000 { return .note("a zero timeout blocked for \(ms) ms") }
+        return .note("no events, not before the timeout")
+    }
+
+    private static let connectToken: UInt64 = 900
+
+    private static func threadCPUNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    private func connect(_ target: ConnectTarget, timeout: Duration) throws -> Observation {
+        let poller = try livePoller()
+        var address: SocketAddress
+        var local: SocketAddress?
+        var syscalls: any ConnectSyscalls = SystemConnectSyscalls()
+        var peer = ConnectTarget.Peer.silent
+        var listener: CInt = -1
+        switch target {
+        case .listener(let name, let behaviour):
+            guard let entry = listeners[name] else { throw SetupError("no listener \(name)", 0) }
+            address = entry.address
+            listener = entry.fd
+            peer = behaviour
+        case .closedPort:
+            address = try SocketAddress(ip: "127.0.0.1", port: try Net.freePort())
+        case .missingUnixPath:
+            address = try SocketAddress(unixPath: Net.uniquePath + ".missing")
+        case .selfConnect:
+            address = try SocketAddress(ip: "127.0.0.1", port: try Net.freePort())
+            local = address
+        case .unreachable:
+            let fd: CInt
+            do { fd = try IsolatedNetwork.socket() } catch { throw Unsupported(reason: "no private network namespace here (\(error))") }
+            syscalls = IsolatedSyscalls(socketFD: fd)
+            address = try SocketAddress("192.0.2.1:80")  // TEST-NET-1, inside an empty namespace: no route
+        }
+        let attempt = ConnectAttempt(to: address, poller: poller, token: Token(Self.connectToken), timeout: timeout,
+                                     localAddress: local, syscalls: syscalls)
+        var progress = attempt.start()
+        if peer != .silent, progress == .inProgress || { if case .connected = progress { true } else { false } }() {
+            let accepted = try Net.accept(listener)
+            if peer == .writes {
+                _ = write(accepted, "hello", 5)
+                extras.append(accepted)
+            } else {
+                Net.lingerZero(accepted)
+                close(accepted)
+            }
+        }
+        while progress == .inProgress {
+            let remaining = attempt.deadline.map { Duration.nanoseconds(max(0, $0 - MonotonicClock.nowNanoseconds)) }
+            do {
+                try poller.wait(into: buffer, timeout: remaining)
+            } catch {
+                attempt.cancel()
+                return .error(error.caseName)
+            }
+            for event in buffer where event.token.rawValue == Self.connectToken {
+                progress = attempt.handle(event.ready)
+            }
+            if progress == .inProgress { progress = attempt.checkDeadline() }
+        }
+        switch progress {
+        case .connected(let socket):
+            close(socket.fd)
+            return .connect("connected")
+        case .failed(let error):
+            return .connect("failed:\(error.cause.rawValue)")
+        case .inProgress:
+            return .connect("in progress")
+        }
+    }
+}
+
+/// Hands a value to a worker thread that is joined before the value is used again.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

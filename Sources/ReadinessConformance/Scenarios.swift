@@ -1,0 +1,285 @@
+import Readiness
+
+// The scenario catalogue. Each line is a step and what a backend that reports every readiness bit
+// (epoll, poll) observes; a backend that cannot report a bit is compared with that bit removed.
+
+private let soon: Duration = .seconds(2)
+private let now: Duration = .zero
+private let quiet = Observation.note("no events, not before the timeout")
+
+private func ev(_ pairs: (UInt64, Ready)...) -> Observation {
+    var out: [Token: Ready] = [:]
+    for (token, ready) in pairs { out[Token(token)] = ready }
+    return .events(out)
+}
+private let woken = Observation.events([.waker: .readable])
+private func err(_ name: String) -> Observation { .error(name) }
+private func line(_ step: Step, _ expect: Observation = .ok) -> ScriptLine { ScriptLine(step, expect) }
+private func reg(_ e: String, _ token: UInt64, _ interest: Interest, _ trigger: Trigger = .level,
+                 _ expect: Observation = .ok) -> ScriptLine {
+    line(.register(e, token: token, interest: interest, trigger: trigger), expect)
+}
+private func rereg(_ e: String, _ token: UInt64, _ interest: Interest, _ trigger: Trigger = .level,
+                   _ expect: Observation = .ok) -> ScriptLine {
+    line(.reregister(e, token: token, interest: interest, trigger: trigger), expect)
+}
+private func wait(_ timeout: Duration?, _ expect: Observation) -> ScriptLine { line(.wait(timeout: timeout), expect) }
+private func write(_ e: String, _ bytes: Int = 1) -> ScriptLine { line(.write(e, bytes: bytes)) }
+private func connect(_ target: ConnectTarget, _ timeout: Duration = soon, _ outcome: String) -> ScriptLine {
+    line(.connect(target, timeout: timeout), .connect(outcome))
+}
+private let pair: [Fixture] = [.socketPair("a", "b")]
+private let twoPairs: [Fixture] = [.socketPair("a", "b"), .socketPair("c", "d")]
+
+extension Conformance {
+    /// Every scenario, by area.
+    public static let scenarios: [Scenario] = misuse + readiness + changes + oneShot + endings + timing
+        + closing + limits + wakeups + buffers + connects
+
+    static let misuse: [Scenario] = [
+        Scenario("misuse/register-twice", checks: "A second register of a descriptor fails and leaves the first registration as it was.", fixtures: pair, [
+            reg("a", 1, .readable), reg("a", 2, .writable, .level, err("alreadyRegistered")),
+            write("b"), wait(soon, ev((1, .readable))),
+        ]),
+        Scenario("misuse/not-registered", checks: "reregister and deregister of an unregistered descriptor fail; a second deregister fails.", fixtures: pair, [
+            rereg("a", 1, .readable, .level, err("notRegistered")), line(.deregister("a"), err("notRegistered")),
+            reg("a", 1, .readable), line(.deregister("a")), line(.deregister("a"), err("notRegistered")),
+            write("b"), wait(now, .none),
+        ]),
+        Scenario("misuse/negative-descriptor", checks: "A negative descriptor is refused before any system call.", [
+            line(.registerNumber(-1, token: 1, interest: .readable), err("invalidDescriptor")),
+            line(.registerNumber(-42, token: 1, interest: .both), err("invalidDescriptor")),
+        ]),
+        Scenario("misuse/closed-descriptor", checks: "A descriptor that is not open is refused with badDescriptor.", fixtures: pair, [
+            line(.close("a")), reg("a", 1, .readable, .level, err("badDescriptor")), wait(now, .none),
+        ]),
+        Scenario("misuse/reserved-token", checks: "The waker's token cannot be registered.", fixtures: pair, [
+            line(.registerBadArguments("a", token: .max, interest: .readable), err("reservedToken")),
+        ]),
+        Scenario("misuse/empty-interest", checks: "An empty interest is refused.", fixtures: pair, [
+            line(.registerBadArguments("a", token: 1, interest: []), err("emptyInterest")),
+            reg("a", 1, .readable), rereg("a", 1, [], .level, err("emptyInterest")),
+            write("b"), wait(soon, ev((1, .readable))),
+        ]),
+        Scenario("misuse/regular-file", checks: "A regular file cannot be polled and is refused.", fixtures: [.regularFile("f")], [
+            reg("f", 1, .readable, .level, err("unsupportedDescriptor")),
+        ]),
+        Scenario("misuse/edge-unsupported", checks: "Edge triggering is refused where the backend has no edges.", fixtures: pair,
+                 requires: [Requirement("needs a backend without edge triggering") { !$0.edgeTriggered }], [
+            reg("a", 1, .readable, .edge, err("unsupportedTrigger(edge)")), wait(now, .none),
+        ]),
+        Scenario("misuse/use-after-close", checks: "Every call after close fails with closed, close included.", fixtures: pair, [
+            reg("a", 1, .readable), line(.closePoller), reg("a", 2, .readable, .level, err("closed")),
+            line(.deregister("a"), err("closed")), wait(now, err("closed")),
+            line(.wake(times: 1, threads: 1), err("closed")), line(.closePoller, err("closed")),
+        ]),
+        Scenario("misuse/rollback", checks: "A failed call leaves no trace: the descriptor can be registered afresh.", fixtures: pair, [
+            reg("a", 1, .readable), reg("a", 2, .readable, .level, err("alreadyRegistered")),
+            line(.deregister("a")), reg("a", 3, .readable), write("b"), wait(soon, ev((3, .readable))),
+        ]),
+    ]
+
+    static let readiness: [Scenario] = [
+        Scenario("readiness/socketpair", checks: "Readable after the peer writes, not before, not after draining.", fixtures: pair, [
+            reg("a", 1, .readable), wait(now, .none), write("b"), wait(soon, ev((1, .readable))),
+            wait(now, ev((1, .readable))), line(.drain("a")), wait(now, .none),
+        ]),
+        Scenario("readiness/writable", checks: "Writable while there is buffer space, not when full, again once the peer reads.", fixtures: pair, [
+            reg("a", 1, .writable), wait(soon, ev((1, .writable))), line(.fill("a")), wait(now, .none),
+            line(.drain("b")), wait(soon, ev((1, .writable))),
+        ]),
+        Scenario("readiness/both", checks: "Interest in both directions reports each as it becomes true.", fixtures: pair, [
+            reg("a", 1, .both), wait(soon, ev((1, .writable))), write("b"), wait(soon, ev((1, [.readable, .writable]))),
+        ]),
+        Scenario("readiness/pipe", checks: "A pipe's write end is writable, its read end readable once written.", fixtures: [.pipe(read: "r", write: "w")], [
+            reg("r", 1, .readable), reg("w", 2, .writable), wait(soon, ev((2, .writable))),
+            write("w"), wait(soon, ev((1, .readable), (2, .writable))),
+        ]),
+        Scenario("readiness/several", checks: "Several ready descriptors are reported in one wait, each with its own token.", fixtures: twoPairs, [
+            reg("a", 1, .readable), reg("c", 2, .readable), write("b"), write("d"),
+            wait(soon, ev((1, .readable), (2, .readable))),
+        ]),
+        Scenario("readiness/nothing-ready", checks: "With nothing ready a wait times out with no event.", fixtures: pair, [
+            reg("a", 1, .readable), line(.waitTimed(.milliseconds(30)), quiet),
+        ]),
+    ]
+
+    static let changes: [Scenario] = [
+        Scenario("interest/change", checks: "reregister switches interest and token; the next wait reflects it.", fixtures: pair, [
+            reg("a", 1, .readable), write("b"), wait(soon, ev((1, .readable))),
+            rereg("a", 2, .writable), wait(soon, ev((2, .writable))),
+            rereg("a", 3, .readable), wait(soon, ev((3, .readable))),
+            rereg("a", 4, .both), wait(soon, ev((4, [.readable, .writable]))),
+        ]),
+        Scenario("interest/token-only", checks: "Changing only the token changes what the next events carry.", fixtures: pair, [
+            reg("a", 1, .readable), write("b"), rereg("a", 99, .readable), wait(soon, ev((99, .readable))),
+        ]),
+    ]
+
+    static let oneShot: [Scenario] = [
+        Scenario("oneshot/rearm", checks: "A one-shot registration fires once, stays silent while disarmed, and fires again when re-armed.", fixtures: pair, [
+            reg("a", 1, .readable, .oneShot), write("b"), wait(soon, ev((1, .readable))), wait(now, .none),
+            rereg("a", 1, .readable, .oneShot), wait(soon, ev((1, .readable))), wait(now, .none),
+            rereg("a", 2, .readable), wait(soon, ev((2, .readable))), wait(now, ev((2, .readable))),
+        ]),
+        Scenario("oneshot/deregister-disarmed", checks: "A disarmed one-shot registration can be deregistered and registered again.", fixtures: pair, [
+            reg("a", 1, .readable, .oneShot), write("b"), wait(soon, ev((1, .readable))),
+            line(.deregister("a")), reg("a", 2, .readable, .oneShot), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("edge/once-per-change", checks: "Edge triggering reports a change once, not the lasting state.", fixtures: pair,
+                 requires: [.edgeTriggered], [
+            reg("a", 1, .readable, .edge), write("b"), wait(soon, ev((1, .readable))), wait(now, .none),
+            write("b"), wait(soon, ev((1, .readable))), wait(now, .none),
+        ]),
+    ]
+
+    static let endings: [Scenario] = [
+        Scenario("eof/peer-closed", checks: "The peer's close makes a socketpair end readable (EOF), read-closed and hung up.", fixtures: pair, [
+            reg("a", 1, .readable), line(.close("b")), wait(soon, ev((1, [.readable, .readClosed, .hangup]))),
+        ]),
+        Scenario("eof/half-close", checks: "A TCP half-close is read-closed and readable; the socket stays writable, not hung up.",
+                 fixtures: [.tcpPair(client: "c", server: "s")], [
+            reg("s", 1, .readable), line(.shutdownWrite("c")), wait(soon, ev((1, [.readable, .readClosed]))),
+            rereg("s", 2, .both), wait(soon, ev((2, [.readable, .writable, .readClosed]))),
+        ]),
+        Scenario("reset/readable-interest", checks: "A TCP reset wakes a reader with readable, read-closed, hang-up and error.",
+                 fixtures: [.tcpPair(client: "c", server: "s")], [
+            reg("c", 1, .readable), line(.resetClose("s")), wait(soon, ev((1, [.readable, .readClosed, .hangup, .error]))),
+        ]),
+        Scenario("reset/writable-interest", checks: "A TCP reset wakes a writer too: an error always wakes the direction asked for.",
+                 fixtures: [.tcpPair(client: "c", server: "s")], [
+            reg("c", 1, .writable), wait(soon, ev((1, .writable))), line(.fill("c")), wait(now, .none),
+            line(.resetClose("s")), wait(soon, ev((1, [.writable, .hangup, .error]))),
+        ]),
+        Scenario("hangup/pipe-writer-closed", checks: "A pipe whose writer is gone is readable (EOF) and hung up.", fixtures: [.pipe(read: "r", write: "w")], [
+            reg("r", 1, .readable), line(.close("w")), wait(soon, ev((1, [.readable, .hangup]))),
+        ]),
+        Scenario("hangup/pipe-reader-closed", checks: "A pipe whose reader is gone is writable with an error (EPIPE).", fixtures: [.pipe(read: "r", write: "w")], [
+            reg("w", 1, .writable), line(.close("r")), wait(soon, ev((1, [.writable, .error]))),
+        ]),
+    ]
+
+    static let timing: [Scenario] = [
+        Scenario("timeout/not-early", checks: "A wait never returns empty before its timeout.", [
+            line(.waitTimed(.milliseconds(50)), quiet), line(.waitTimed(.milliseconds(7)), quiet),
+        ]),
+        Scenario("timeout/zero", checks: "A zero timeout looks and returns at once.", fixtures: pair, [
+            reg("a", 1, .readable), line(.waitTimed(.zero), quiet), write("b"), wait(now, ev((1, .readable))),
+        ]),
+        Scenario("timeout/sub-millisecond", checks: "A sub-millisecond timeout is not rounded down to a busy zero nor returned early.", [
+            line(.waitTimed(.microseconds(300)), quiet), line(.waitTimed(.microseconds(1500)), quiet),
+        ]),
+        Scenario("eintr/signals", checks: "Signals during a wait neither end it early nor lose its timeout.", [
+            line(.waitInterrupted(.milliseconds(150), signals: 5), quiet),
+        ]),
+    ]
+
+    static let closing: [Scenario] = [
+        Scenario("closed/while-registered", checks: "A descriptor closed while registered never wedges the poller; it is dropped and deregisters cleanly.", fixtures: twoPairs, [
+            reg("a", 1, .readable), reg("c", 2, .readable), line(.close("a")), write("d"),
+            wait(soon, ev((2, .readable))), line(.drain("c")), wait(now, .none), wait(now, .none),
+            line(.deregister("a")), write("d"), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("closed/number-reuse", checks: "A number reused by a new file after close needs the old registration removed first.", fixtures: pair, [
+            reg("a", 1, .readable), line(.close("a")), line(.waitTimed(.milliseconds(30)), quiet),
+            line(.reopenOnNumber("x", peer: "y", numberOf: "a")),
+            reg("x", 2, .readable, .level, err("alreadyRegistered")), line(.deregister("x")),
+            reg("x", 2, .readable), write("y"), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("closed/dup-lingers", checks: "Deregistering a closed descriptor whose file lives on through a dup stops its events.", fixtures: pair, [
+            reg("a", 1, .readable), line(.duplicate("a", as: "a2", atLeast: 100)), line(.close("a")),
+            line(.deregister("a")), write("b"), wait(now, .none), line(.waitTimed(.milliseconds(40)), quiet),
+            reg("a2", 2, .readable), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("dup/both-registered", checks: "A descriptor and its dup register independently and report under their own tokens.", fixtures: pair, [
+            reg("a", 1, .readable), line(.duplicate("a", as: "a2", atLeast: 100)), reg("a2", 2, .readable),
+            write("b"), wait(soon, ev((1, .readable), (2, .readable))),
+            line(.deregister("a")), wait(soon, ev((2, .readable))),
+        ]),
+    ]
+
+    static let limits: [Scenario] = [
+        Scenario("limit/fd-setsize-refused", checks: "select refuses a descriptor at or above FD_SETSIZE, naming the limit, before FD_SET.", fixtures: pair,
+                 requires: [.selectLimit], [
+            line(.duplicate("a", as: "big", atLeast: 1500)),
+            reg("big", 1, .readable, .level, err("descriptorTooLarge(limit: 1024)")), write("b"), wait(now, .none),
+        ]),
+        Scenario("limit/large-descriptor", checks: "Backends without select's limit accept and report a descriptor above 1024.", fixtures: pair,
+                 requires: [.noSmallLimit], [
+            line(.duplicate("a", as: "big", atLeast: 1500)), reg("big", 1, .readable), write("b"), wait(soon, ev((1, .readable))),
+        ]),
+    ]
+
+    static let wakeups: [Scenario] = [
+        Scenario("wake/coalesced", checks: "Many wakes from many threads give one wake-up event.", [
+            line(.wake(times: 100, threads: 4)), wait(soon, woken), wait(now, .none),
+        ]),
+        Scenario("wake/while-blocked", checks: "A wake from another thread ends a wait that has no timeout.", [
+            line(.waitWokenByThread(after: .milliseconds(20)), woken),
+        ]),
+        Scenario("wake/with-events", checks: "A wake-up and ready descriptors are reported together.", fixtures: pair, [
+            reg("a", 1, .readable), write("b"), line(.wake(times: 1, threads: 1)), wait(soon, ev((1, .readable)).adding(woken)),
+        ]),
+    ]
+
+    static let buffers: [Scenario] = [
+        Scenario("buffer/level-fair", checks: "More ready descriptors than the buffer holds: every one is reported over successive waits.",
+                 fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .socketPair("e", "f")], [
+            reg("a", 1, .readable), reg("c", 2, .readable), reg("e", 3, .readable), write("b"), write("d"), write("f"),
+            line(.waitRounds(capacity: 1, rounds: 3), ev((1, .readable), (2, .readable), (3, .readable))),
+        ]),
+        Scenario("buffer/one-shot-not-lost", checks: "One-shot events that do not fit in the buffer are delivered later, each once.",
+                 fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .socketPair("e", "f")], [
+            reg("a", 1, .readable, .oneShot), reg("c", 2, .readable, .oneShot), reg("e", 3, .readable, .oneShot),
+            write("b"), write("d"), write("f"),
+            line(.waitRounds(capacity: 1, rounds: 3), ev((1, .readable), (2, .readable), (3, .readable))),
+            wait(now, .none),
+        ]),
+    ]
+
+    static let connects: [Scenario] = [
+        Scenario("connect/success", checks: "A loopback connect completes, confirmed by SO_ERROR and getpeername.", fixtures: [.tcpListener("l", ipv6: false)], [
+            connect(.listener("l", peer: .silent), soon, "connected"),
+        ]),
+        Scenario("connect/peer-writes-first", checks: "A connect whose peer wrote at once (readable and writable) is a success, not an error.",
+                 fixtures: [.tcpListener("l", ipv6: false)], [
+            connect(.listener("l", peer: .writes), soon, "connected"),
+        ]),
+        Scenario("connect/refused", checks: "A port with no listener fails as refused, though the socket is writable.", [
+            connect(.closedPort, soon, "failed:refused"),
+        ]),
+        Scenario("connect/reset", checks: "A peer that resets at once (SO_LINGER 0) fails as reset.", fixtures: [.tcpListener("l", ipv6: false)], [
+            connect(.listener("l", peer: .resets), soon, "failed:reset"),
+        ]),
+        Scenario("connect/timeout", checks: "A listener whose queue is full never answers: the connect times out.", fixtures: [.fullTCPListener("l")], [
+            connect(.listener("l", peer: .silent), .milliseconds(150), "failed:timedOut"),
+        ]),
+        Scenario("connect/ipv6", checks: "An IPv6 loopback connect completes.", fixtures: [.tcpListener("l", ipv6: true)], [
+            connect(.listener("l", peer: .silent), soon, "connected"),
+        ]),
+        Scenario("connect/unix", checks: "A Unix-domain connect completes (connect returns 0; SO_ERROR still checked).", fixtures: [.unixListener("u")], [
+            connect(.listener("u", peer: .silent), soon, "connected"),
+        ]),
+        Scenario("connect/unix-missing-path", checks: "A Unix-domain path that does not exist fails at once as noSuchPath.", [
+            connect(.missingUnixPath, soon, "failed:noSuchPath"),
+        ]),
+        Scenario("connect/unix-backlog-full", checks: "A full Unix-domain backlog (EAGAIN) is backlogFull, never in progress.", fixtures: [.fullUnixListener("u")], [
+            connect(.listener("u", peer: .silent), soon, "failed:backlogFull"),
+        ]),
+        Scenario("connect/self", checks: "A loopback connect to its own address and port is detected and refused as selfConnect.", [
+            connect(.selfConnect, soon, "failed:selfConnect"),
+        ]),
+        Scenario("connect/unreachable", checks: "A network with no route fails as unreachable (in a private network namespace).", [
+            connect(.unreachable, soon, "failed:unreachable"),
+        ]),
+    ]
+}
+
+extension Observation {
+    /// Both observations' events together.
+    func adding(_ other: Observation) -> Observation {
+        guard case .events(var mine) = self, case .events(let theirs) = other else { return self }
+        mine.merge(theirs) { $0.union($1) }
+        return .events(mine)
+    }
+}

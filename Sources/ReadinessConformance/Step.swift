@@ -1,0 +1,107 @@
+import Readiness
+
+/// One step of a scenario's script. Endpoints are fixture names; tokens are plain numbers.
+public enum Step: Sendable, Hashable, CustomStringConvertible {
+    case register(String, token: UInt64, interest: Interest, trigger: Trigger)
+    case reregister(String, token: UInt64, interest: Interest, trigger: Trigger)
+    case deregister(String)
+    /// register() with a raw descriptor number (negative, or one nobody opened).
+    case registerNumber(CInt, token: UInt64, interest: Interest)
+    /// register() with a reserved token or an empty interest.
+    case registerBadArguments(String, token: UInt64, interest: Interest)
+    /// Writes `bytes` bytes.
+    case write(String, bytes: Int)
+    /// Writes until the socket buffer is full (the endpoint stops being writable).
+    case fill(String)
+    /// Reads everything available.
+    case drain(String)
+    case shutdownWrite(String)
+    case close(String)
+    /// Closes with SO_LINGER 0: the peer gets a reset.
+    case resetClose(String)
+    /// Duplicates an endpoint to the lowest free number at or above `atLeast`, as a new endpoint.
+    case duplicate(String, as: String, atLeast: CInt)
+    /// Opens a new socketpair whose first end takes the lowest free number (reusing a closed one).
+    case reopen(String, peer: String)
+    /// Waits and records the events (nil: block).
+    case wait(timeout: Duration?)
+    /// Waits with a buffer of `capacity` events.
+    case waitSmall(capacity: Int, timeout: Duration?)
+    /// `rounds` waits into a buffer of `capacity`; records the union of what they saw.
+    case waitRounds(capacity: Int, rounds: Int)
+    /// Replaces the (closed) number of `closed` by a new socketpair's first end (dup3), so the number is
+    /// reused by a different file.
+    case reopenOnNumber(String, peer: String, numberOf: String)
+    /// Waits with a timeout and records whether it returned early or blocked too long.
+    case waitTimed(Duration)
+    /// Waits on another thread while this one sends it `signals` SIGUSR1s; records the events and
+    /// whether the timeout still held.
+    case waitInterrupted(Duration, signals: Int)
+    /// `threads` threads each wake the poller `times` times (joined before the next step).
+    case wake(times: Int, threads: Int)
+    /// Blocks with no timeout while another thread wakes the poller after `after`.
+    case waitWokenByThread(after: Duration)
+    /// Closes the poller.
+    case closePoller
+    /// Connects through the connect state machine on this poller and records the outcome.
+    case connect(ConnectTarget, timeout: Duration)
+
+    public var description: String {
+        switch self {
+        case .register(let e, let t, let i, let tr): "register \(e) token \(t) \(i)\(tr == .level ? "" : " \(tr)")"
+        case .reregister(let e, let t, let i, let tr): "reregister \(e) token \(t) \(i)\(tr == .level ? "" : " \(tr)")"
+        case .deregister(let e): "deregister \(e)"
+        case .registerNumber(let fd, let t, let i): "register fd \(fd) token \(t) \(i)"
+        case .registerBadArguments(let e, let t, let i): "register \(e) token \(t) interest \(i)"
+        case .write(let e, let n): "write \(n) byte\(n == 1 ? "" : "s") to \(e)"
+        case .fill(let e): "fill \(e)'s send buffer"
+        case .drain(let e): "drain \(e)"
+        case .shutdownWrite(let e): "shutdown(SHUT_WR) \(e)"
+        case .close(let e): "close \(e)"
+        case .resetClose(let e): "close \(e) with SO_LINGER 0"
+        case .duplicate(let e, let n, let min): "dup \(e) as \(n) (fd >= \(min))"
+        case .reopen(let e, let p): "open socketpair \(e)/\(p) on the lowest free number"
+        case .wait(let t): "wait \(t.map { "\($0)" } ?? "forever")"
+        case .waitSmall(let c, let t): "wait \(t.map { "\($0)" } ?? "forever") into a buffer of \(c)"
+        case .waitRounds(let c, let r): "\(r) waits into a buffer of \(c)"
+        case .reopenOnNumber(let e, let p, let n): "open socketpair \(e)/\(p) on \(n)'s old number"
+        case .waitTimed(let t): "wait \(t) (timed)"
+        case .waitInterrupted(let t, let n): "wait \(t) while \(n) signals arrive"
+        case .wake(let times, let threads): "wake \(times)x from \(threads) thread\(threads == 1 ? "" : "s")"
+        case .waitWokenByThread(let after): "wait forever; another thread wakes after \(after)"
+        case .closePoller: "close the poller"
+        case .connect(let target, let timeout): "connect to \(target) within \(timeout)"
+        }
+    }
+}
+
+/// A step and what a backend with every capability observes.
+public struct ScriptLine: Sendable, Hashable {
+    public let step: Step
+    public let expect: Observation
+    public init(_ step: Step, _ expect: Observation = .ok) {
+        self.step = step
+        self.expect = expect
+    }
+}
+
+/// One conformance scenario: fixtures, a script, and what every backend must observe.
+public struct Scenario: Sendable, Identifiable, CustomStringConvertible {
+    /// "area/name".
+    public let id: String
+    /// What the scenario checks, in one sentence.
+    public let checks: String
+    public let fixtures: [Fixture]
+    public let script: [ScriptLine]
+    public let requirements: [Requirement]
+
+    public init(_ id: String, checks: String, fixtures: [Fixture] = [], requires: [Requirement] = [], _ script: [ScriptLine]) {
+        self.id = id
+        self.checks = checks
+        self.fixtures = fixtures
+        self.script = script
+        requirements = requires
+    }
+
+    public var description: String { id }
+}

@@ -1,0 +1,138 @@
+import ArgumentParser
+import Foundation
+import Readiness
+import ReadinessConformance
+
+struct ConformanceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "conformance",
+        abstract: "Run the conformance suite on backends and print the matrix of scenarios by backends.")
+
+    @Option(name: .customLong("backend"), help: "A backend to run (repeatable; default: every available one).")
+    var backendNames: [String] = []
+    @Option(help: "Only scenarios whose id starts with this prefix.") var only: String?
+    @Option(help: "Random differential scripts to run on all chosen backends (0: none).") var differential = 50
+    @Option(help: "First seed of the differential scripts.") var seed: UInt64 = 1
+    @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Print a Markdown table.") var markdown = false
+
+    struct Cell: Encodable {
+        let outcome: String
+        let detail: String?
+        let milliseconds: Double
+    }
+    struct Row: Encodable {
+        let scenario: String
+        let checks: String
+        let results: [String: Cell]
+    }
+    struct Totals: Encodable {
+        let passed: Int
+        let failed: Int
+        let skipped: Int
+        let seconds: Double
+    }
+    struct Output: Encodable {
+        let backends: [String]
+        let rows: [Row]
+        let totals: [String: Totals]
+        let differential: [String]
+        let differentialScripts: Int
+    }
+
+    func run() throws {
+        let chosen = try backendNames.isEmpty ? Backend.available : backendNames.map { name throws(SelectionError) in try Backend.named(name) }
+        let scenarios = Conformance.scenarios.filter { only == nil || $0.id.hasPrefix(only!) }
+        var reports: [BackendReport] = []
+        for backend in chosen {
+            reports.append(Conformance.run(backend: backend.name, scenarios: scenarios) { try backend.makePoller() })
+        }
+        let contenders = chosen.map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
+        var differences: [String] = []
+        if contenders.count > 1 {
+            for offset in 0..<UInt64(max(0, differential)) {
+                if let failure = Differential.check(seed: seed + offset, length: 30, contenders: contenders) {
+                    differences.append(failure.description)
+                }
+            }
+        }
+        let output = Output(
+            backends: chosen.map(\.name),
+            rows: scenarios.enumerated().map { index, scenario in
+                Row(scenario: scenario.id, checks: scenario.checks, results: Dictionary(uniqueKeysWithValues: reports.map { report in
+                    let result = report.results[index]
+                    let ms = Double(result.duration.components.attoseconds) / 1e15 + Double(result.duration.components.seconds) * 1000
+                    switch result.outcome {
+                    case .passed: return (report.backend, Cell(outcome: "pass", detail: nil, milliseconds: ms))
+                    case .failed(let diff): return (report.backend, Cell(outcome: "FAIL", detail: diff, milliseconds: ms))
+                    case .skipped(let why): return (report.backend, Cell(outcome: "skip", detail: why, milliseconds: ms))
+                    }
+                }))
+            },
+            totals: Dictionary(uniqueKeysWithValues: reports.map { report in
+                let (s, atto) = report.duration.components
+                return (report.backend, Totals(passed: report.passed, failed: report.failures.count, skipped: report.skipped,
+                                               seconds: Double(s) + Double(atto) / 1e18))
+            }),
+            differential: differences,
+            differentialScripts: contenders.count > 1 ? max(0, differential) : 0)
+
+        if json {
+            try printJSON(output)
+        } else {
+            print(markdown ? Self.markdown(output) : Self.text(output))
+        }
+        let failed = reports.contains { !$0.failures.isEmpty } || !differences.isEmpty
+        if failed { throw ExitCode(1) }
+    }
+
+    static func markdown(_ o: Output) -> String {
+        var lines = ["| scenario | " + o.backends.joined(separator: " | ") + " |",
+                     "|---|" + o.backends.map { _ in "---" }.joined(separator: "|") + "|"]
+        var notes: [String] = []
+        for row in o.rows {
+            let cells = o.backends.map { backend -> String in
+                guard let cell = row.results[backend] else { return "" }
+                if let detail = cell.detail {
+                    notes.append("- \(row.scenario) on \(backend): \(cell.outcome): \(detail.replacingOccurrences(of: "\n", with: "; "))")
+                }
+                return cell.outcome
+            }
+            lines.append("| \(row.scenario) | " + cells.joined(separator: " | ") + " |")
+        }
+        lines.append("| **totals (pass/fail/skip)** | " + o.backends.map { b in
+            let t = o.totals[b]!
+            return "\(t.passed)/\(t.failed)/\(t.skipped)"
+        }.joined(separator: " | ") + " |")
+        lines.append("| **time (s)** | " + o.backends.map { String(format: "%.2f", o.totals[$0]!.seconds) }.joined(separator: " | ") + " |")
+        lines.append("")
+        lines.append("Differential: \(o.differentialScripts) random scripts, \(o.differential.count) differences.")
+        if !notes.isEmpty { lines.append(""); lines.append(contentsOf: notes) }
+        for difference in o.differential { lines.append("```\n\(difference)\n```") }
+        return lines.joined(separator: "\n")
+    }
+
+    static func text(_ o: Output) -> String {
+        let width = max(8, (o.rows.map(\.scenario.count).max() ?? 8) + 1)
+        let column = max(8, (o.backends.map(\.count).max() ?? 8) + 1)
+        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+        var lines = [pad("scenario", width) + o.backends.map { pad($0, column) }.joined()]
+        var notes: [String] = []
+        for row in o.rows {
+            lines.append(pad(row.scenario, width) + o.backends.map { backend -> String in
+                guard let cell = row.results[backend] else { return pad("", column) }
+                if let detail = cell.detail { notes.append("\(cell.outcome) \(row.scenario) on \(backend): \(detail)") }
+                return pad(cell.outcome, column)
+            }.joined())
+        }
+        lines.append(pad("passed/failed/skipped", width) + o.backends.map { b in
+            let t = o.totals[b]!
+            return pad("\(t.passed)/\(t.failed)/\(t.skipped)", column)
+        }.joined())
+        lines.append(pad("seconds", width) + o.backends.map { pad(String(format: "%.2f", o.totals[$0]!.seconds), column) }.joined())
+        lines.append("differential: \(o.differentialScripts) random scripts on all backends, \(o.differential.count) differences")
+        lines.append(contentsOf: notes)
+        lines.append(contentsOf: o.differential)
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,47 @@
+// swift-tools-version: 6.1
+// Benchmarks of Readiness against raw syscall loops, libevent driven from C, and SwiftNIO.
+//
+// A separate package so that nothing here (SwiftNIO, the malloc counter, the C loops) is ever
+// resolved by a user of Readiness. Build and run from the repository root:
+//
+//   swift build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
+//   Tests/Benchmarks/.build/release/readiness-bench [--quick | --tiny] [--out DIR]
+import Foundation
+import PackageDescription
+
+// A path dependency's identity is the name of its folder, which depends on where the repository was
+// cloned; compute it instead of assuming "main".
+let rootIdentity = URL(fileURLWithPath: Context.packageDirectory)
+    .deletingLastPathComponent().deletingLastPathComponent().lastPathComponent.lowercased()
+
+let package = Package(
+    name: "ReadinessBenchmarks",
+    products: [
+        .executable(name: "readiness-bench", targets: ["readiness-bench"]),
+    ],
+    dependencies: [
+        .package(path: "../.."),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.0"),
+    ],
+    targets: [
+        // libevent for the C contender (pkg-config: libevent). Its header includes no libevent header.
+        .systemLibrary(name: "CBenchLibeventSystem", path: "Sources/CBenchLibeventSystem",
+                       pkgConfig: "libevent", providers: [.apt(["libevent-dev"])]),
+        // The contenders written in C: raw epoll/poll/select loops and libevent's own loop.
+        .target(name: "CReadinessBench", dependencies: ["CBenchLibeventSystem"],
+                path: "Sources/CReadinessBench",
+                cSettings: [.unsafeFlags(["-O2"])]),
+        .executableTarget(
+            name: "readiness-bench",
+            dependencies: [
+                "CReadinessBench",
+                .product(name: "Readiness", package: rootIdentity),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Sources/readiness-bench"),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,97 @@
+#ifndef CREADINESS_BENCH_H
+#define CREADINESS_BENCH_H
+// The benchmark's contenders written in C, behind plain C functions and opaque pointers: raw loops
+// over epoll_wait, poll and select (the physical limit), and libevent's own event loop. No libevent
+// (or epoll) header is visible to Swift; the .c files include them.
+#include <stdint.h>
+
+/// The mechanism a C contender drives.
+enum {
+    RB_EPOLL = 0,
+    RB_POLL = 1,
+    RB_SELECT = 2,
+    /// libevent's event loop (method: NULL for libevent's own choice, or "epoll"/"poll"/"select").
+    RB_LIBEVENT = 3,
+};
+
+/// How the ring handles each event (scenarios 1 and 4).
+enum {
+    /// Level-triggered, persistent registrations (libevent's test/bench.c).
+    RB_RING_PLAIN = 0,
+    /// One-shot registrations re-armed after every event (epoll: EPOLL_CTL_MOD; libevent: a
+    /// non-persistent event added again).
+    RB_RING_REARM = 1,
+    /// The connect state machine's pattern: after every event, deregister and register again.
+    RB_RING_REREGISTER = 2,
+};
+
+/// CLOCK_MONOTONIC in nanoseconds: the one clock every contender is timed with.
+int64_t rb_now_ns(void);
+/// FD_SETSIZE.
+int rb_fd_setsize(void);
+/// The libevent version string and the method libevent picks by default here.
+const char *rb_libevent_version(void);
+const char *rb_libevent_default_method(void);
+/// 1 when this libevent has `method`.
+int rb_libevent_supports(const char *method);
+
+// MARK: Descriptors (shared by every contender, so that all do the same system calls)
+
+/// A non-blocking AF_UNIX stream socketpair; 0 or -1 (errno).
+int rb_socketpair(int fds[2]);
+/// A non-blocking eventfd (never written: an idle descriptor that is never readable).
+int rb_idle_fd(void);
+/// One byte with send(2) / recv(2).
+int rb_send_byte(int fd);
+int rb_recv_byte(int fd);
+/// Drains everything readable (between rounds, if a round was cut short). Returns bytes read.
+long rb_drain(int fd);
+/// A non-blocking TCP listener on 127.0.0.1, ephemeral port, SO_REUSEADDR; -1 on failure.
+int rb_listener(int backlog, int *port);
+/// Accepts (accept4, non-blocking) and closes every pending connection; returns how many.
+int rb_accept_drain(int listener);
+/// Sets SO_LINGER {1, 0} and closes: an abortive close that leaves no TIME_WAIT behind, so 20,000
+/// connects per round do not exhaust the ephemeral ports. Every connect contender closes this way.
+void rb_abort_close(int fd);
+/// The highest open descriptor of the process (for the FD_SETSIZE check).
+int rb_highest_open_fd(void);
+/// 0 if fd is open, else errno.
+int rb_check_fd(int fd);
+
+// MARK: Scenario 1 and 4: the ring (libevent's test/bench.c)
+
+typedef struct rb_ring rb_ring;
+/// Registers every read end (outside the timed part). NULL on failure with a reason in `error`.
+rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds, const int *write_fds, int n,
+                     char *error, int error_length);
+/// One round: `active` first writes (untimed), then the timed loop until every event passed along the
+/// ring was read. Returns the timed nanoseconds (or -1 on failure); `waits` gets the number of loop
+/// passes and `events` the number of events handled.
+int64_t rb_ring_round(rb_ring *ring, int active, int writes, int64_t *waits, int64_t *events);
+void rb_ring_free(rb_ring *ring);
+
+// MARK: Scenario 2: one ready descriptor among N
+
+typedef struct rb_scale rb_scale;
+/// Registers `fds` (readable; `fds[active_index]` is the read end of a socketpair whose other end is
+/// `write_fd`).
+rb_scale *rb_scale_new(int kind, const char *method, const int *fds, int n, int active_index, int write_fd,
+                       char *error, int error_length);
+/// `iterations` times: send one byte, wait (non-blocking), recv it. Returns timed nanoseconds or -1.
+int64_t rb_scale_round(rb_scale *scale, int iterations, int64_t *waits);
+void rb_scale_free(rb_scale *scale);
+
+// MARK: Scenario 3: connect churn
+
+typedef struct rb_connect rb_connect;
+/// A poller with `listener` registered for readable (accept side, same thread).
+rb_connect *rb_connect_new(int kind, const char *method, int listener, int port, int max_in_flight,
+                           char *error, int error_length);
+/// `total` connects to 127.0.0.1:port, `in_flight` at a time, each confirmed by SO_ERROR, accepted and
+/// closed. Returns timed nanoseconds or -1; `failures` gets connects whose SO_ERROR was not 0 (or whose
+/// socket/connect failed), `waits` the number of loop passes.
+int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failures, int64_t *waits,
+                         int64_t deadline_ns);
+void rb_connect_free(rb_connect *c);
+
+#endif

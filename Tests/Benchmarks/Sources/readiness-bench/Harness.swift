@@ -1,0 +1,241 @@
+import CReadinessBench
+import Glibc
+
+/// How big a run is.
+enum RunMode: String, Sendable {
+    /// The published numbers (`make bench`).
+    case full
+    /// Everything, fewer rounds and smaller connect rounds: under a minute.
+    case quick
+    /// Tiny parameters, seconds: the test suite's smoke run (it only checks that everything runs).
+    case tiny
+}
+
+/// One scenario's parameters for a run mode.
+struct Plan: Sendable {
+    var mode: RunMode
+    /// Passes over the contenders; each pass runs every contender (order rotated between passes) so
+    /// that machine noise lands on all of them alike.
+    var passes: Int
+    /// Ring and interest churn: (n, a, w).
+    var ringConfigs: [(n: Int, active: Int, writes: Int)]
+    var churnConfigs: [(n: Int, active: Int, writes: Int)]
+    /// Timed ring rounds per pass, for a configuration with `events` events per round.
+    var ringRoundsPerPass: @Sendable (_ events: Int) -> Int
+    var ringWarmupRounds: Int
+    var scalingN: [Int]
+    /// The largest N run by the poll- and select-based contenders (the issue runs 8000 for epoll only).
+    var scalingMaxNonEpollN: Int
+    var scalingIterations: Int
+    var scalingRoundsPerPass: Int
+    var connectTotal: Int
+    var connectWarmup: Int
+    var connectInFlight: [Int]
+    var connectRoundsPerPass: Int
+
+    static func make(_ mode: RunMode) -> Plan {
+        switch mode {
+        case .full:
+            return Plan(
+                mode: mode, passes: 5,
+                ringConfigs: [(100, 1, 100), (1000, 100, 10_000), (8000, 100, 10_000)],
+                churnConfigs: [(100, 1, 100), (1000, 100, 10_000)],
+                ringRoundsPerPass: { events in max(5, min(200, 20_000 / max(1, events))) },
+                ringWarmupRounds: 2,
+                scalingN: [1, 10, 100, 1000, 8000], scalingMaxNonEpollN: 1000,
+                scalingIterations: 1000, scalingRoundsPerPass: 5,
+                connectTotal: 20_000, connectWarmup: 2000, connectInFlight: [1, 16, 128], connectRoundsPerPass: 1)
+        case .quick:
+            return Plan(
+                mode: mode, passes: 2,
+                ringConfigs: [(100, 1, 100), (1000, 100, 10_000), (8000, 100, 10_000)],
+                churnConfigs: [(100, 1, 100), (1000, 100, 10_000)],
+                ringRoundsPerPass: { events in max(2, min(50, 5000 / max(1, events))) },
+                ringWarmupRounds: 1,
+                scalingN: [1, 10, 100, 1000, 8000], scalingMaxNonEpollN: 1000,
+                scalingIterations: 300, scalingRoundsPerPass: 2,
+                connectTotal: 2000, connectWarmup: 200, connectInFlight: [1, 16, 128], connectRoundsPerPass: 1)
+        case .tiny:
+            return Plan(
+                mode: mode, passes: 1,
+                ringConfigs: [(10, 1, 10), (50, 5, 100)],
+                churnConfigs: [(10, 1, 10)],
+                ringRoundsPerPass: { _ in 1 },
+                ringWarmupRounds: 1,
+                scalingN: [1, 10, 100], scalingMaxNonEpollN: 100,
+                scalingIterations: 50, scalingRoundsPerPass: 1,
+                connectTotal: 50, connectWarmup: 5, connectInFlight: [1, 8], connectRoundsPerPass: 1)
+        }
+    }
+}
+
+/// What one timed round measured.
+struct Round {
+    var nanoseconds: Int64
+    /// Loop passes (waits) in the round.
+    var waits: Int64
+    /// Units of work: events (ring), iterations (scaling) or connections.
+    var units: Int64
+    var failures: Int64 = 0
+}
+
+/// A contender's instance for one configuration: registered (untimed), then rounds, then closed.
+protocol Instance: AnyObject {
+    func round() throws -> Round
+    func close()
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The kind of loop a contender is, for ratios.
+enum Family: String, Sendable {
+    case raw, libeventC, readiness, nio
+}
+
+/// One contender as listed in the tables.
+struct Contender: Sendable {
+    /// As printed: "raw epoll", "libevent (C)", "Readiness epoll", "SwiftNIO", ...
+    let name: String
+    let family: Family
+    /// The kernel mechanism underneath ("epoll", "poll", "select"): which raw loop it is compared to.
+    let mechanism: String
+}
+
+/// The measurements of one contender in one configuration.
+struct Result {
+    let scenario: Int
+    let scenarioTitle: String
+    /// "n=1000 a=100 w=10000", "N=100", "in flight 16"...
+    let parameters: String
+    /// For scenario 2's plot: N.
+    let x: Int
+    let contender: Contender
+    /// Per round: ns per unit (scenarios 1, 2, 4) or units per second (scenario 3).
+    var values: [Double] = []
+    var waits: Int64 = 0
+    var units: Int64 = 0
+    var failures: Int64 = 0
+    /// Heap allocations per wait (or per connection for scenario 3), counted over one untimed round.
+    var allocationsPerUnit: Double?
+    var allocationsPerWait: Double?
+    /// Why it did not run (FD_SETSIZE, method missing...).
+    var skipped: String?
+
+    var isRate: Bool { scenario == 3 }
+}
+
+enum Stats {
+    static func sorted(_ values: [Double]) -> [Double] { values.sorted() }
+
+    static func median(_ values: [Double]) -> Double {
+        let s = values.sorted()
+        guard !s.isEmpty else { return .nan }
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    /// Nearest-rank percentile (p in 0...100).
+    static func percentile(_ values: [Double], _ p: Double) -> Double {
+        let s = values.sorted()
+        guard !s.isEmpty else { return .nan }
+        let rank = Int((p / 100 * Double(s.count)).rounded(.up))
+        return s[min(s.count - 1, max(0, rank - 1))]
+    }
+}
+
+/// Runs every contender of one configuration: `passes` passes, contender order rotated each pass,
+/// each pass: set up (untimed registration), warm up, timed rounds, and in the last pass one more
+/// round with the allocation counter on; close before the next contender.
+func runConfiguration(
+    plan: Plan, scenario: Int, title: String, parameters: String, x: Int,
+    contenders: [Contender], roundsPerPass: Int, warmup: Int,
+    make: (Contender) throws -> any Instance,
+    log: (String) -> Void
+) -> [Result] {
+    var results = contenders.map { Result(scenario: scenario, scenarioTitle: title, parameters: parameters, x: x, contender: $0) }
+    for pass in 0..<plan.passes {
+        let order = contenders.indices.map { (($0 + pass) % contenders.count) }
+        for i in order {
+            if results[i].skipped != nil { continue }
+            let instance: any Instance
+            do {
+                instance = try make(contenders[i])
+            } catch {
+                results[i].skipped = "\(error)"
+                continue
+            }
+            defer { instance.close() }
+            do {
+                for _ in 0..<warmup { _ = try instance.round() }
+                for _ in 0..<roundsPerPass {
+                    let r = try instance.round()
+                    results[i].waits += r.waits
+                    results[i].units += r.units
+                    results[i].failures += r.failures
+                    let value: Double
+                    if scenario == 3 {
+                        value = Double(r.units) / (Double(r.nanoseconds) / 1e9)
+                    } else {
+                        value = Double(r.nanoseconds) / Double(max(1, r.units))
+                    }
+                    results[i].values.append(value)
+                }
+                if pass == plan.passes - 1, Allocations.available {
+                    var counted = Round(nanoseconds: 0, waits: 0, units: 0)
+                    let allocations = try Allocations.count { counted = try instance.round() }
+                    results[i].allocationsPerWait = Double(allocations) / Double(max(1, counted.waits))
+                    results[i].allocationsPerUnit = Double(allocations) / Double(max(1, counted.units))
+                }
+            } catch {
+                results[i].skipped = "failed: \(error)"
+                results[i].values = []
+            }
+        }
+    }
+    for r in results {
+        if let skipped = r.skipped {
+            log("  \(pad(r.contender.name, 26)) n/a: \(skipped)")
+        } else {
+            let unit = scenario == 3 ? "conn/s" : "ns"
+            log("  \(pad(r.contender.name, 26)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  allocs/wait \(r.allocationsPerWait.map { format($0, decimals: 2) } ?? "-")")
+        }
+    }
+    return results
+}
+
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
+
+/// A number for tables: 3 significant digits, thousands without separators.
+func format(_ value: Double, decimals: Int? = nil) -> String {
+    guard value.isFinite else { return "–" }
+    if let decimals { return fixed(value, decimals) }
+    let magnitude = abs(value)
+    if magnitude >= 1000 { return String(Int(value.rounded())) }
+    if magnitude >= 100 { return fixed(value, 0) }
+    if magnitude >= 10 { return fixed(value, 1) }
+    return fixed(value, 2)
+}
+
+func fixed(_ value: Double, _ decimals: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    var text = String(rounded)
+    if let dot = text.firstIndex(of: ".") {
+        let have = text.distance(from: dot, to: text.endIndex) - 1
+        if decimals == 0 {
+            text = String(text[..<dot])
+        } else if have < decimals {
+            text += String(repeating: "0", count: decimals - have)
+        } else if have > decimals {
+            text = String(text[...text.index(dot, offsetBy: decimals)])
+        }
+    } else if decimals > 0 {
+        text += "." + String(repeating: "0", count: decimals)
+    }
+    return text
+}

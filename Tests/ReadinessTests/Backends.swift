@@ -1,0 +1,4 @@
+import Readiness
+
+/// Every backend usable here: the tests are parameterised over this.
+let backends: [Backend] = Backend.available

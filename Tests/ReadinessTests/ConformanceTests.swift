@@ -1,0 +1,18 @@
+import Readiness
+import ReadinessConformance
+import Testing
+
+/// The conformance suite, on every backend and libevent variant: each scenario is one test case.
+@Suite("Conformance")
+struct ConformanceTests {
+    @Test("scenario", arguments: backends, Conformance.scenarios)
+    func scenario(backend: Backend, scenario: Scenario) throws {
+        let result = Conformance.run(scenario, backend: backend.name) { try backend.makePoller() }
+        switch result.outcome {
+        case .passed, .skipped:
+            break
+        case .failed(let diff):
+            Issue.record("\(scenario.id) on \(backend.name):\n\(diff)")
+        }
+    }
+}
