@@ -1,4 +1,51 @@
+import Glibc
 import Readiness
 
 /// Every backend usable here: the tests are parameterised over this.
 let backends: [Backend] = Backend.available
+
+/// Descriptors open in this process (the test runner is run with --no-parallel, so counts are stable).
+func openDescriptorCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while readdir(dir) != nil { count += 1 }
+    return count
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A loopback TCP listener on an ephemeral port.
+func tcpListener(backlog: CInt = 128) throws -> (fd: CInt, address: SocketAddress) {
+    let address = try SocketAddress("127.0.0.1:0")
+    let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+    var one: CInt = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
+    guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, backlog) == 0 else {
+        close(fd)
+        throw TestFailure("bind/listen: \(errno)")
+    }
+    return (fd, try SocketAddress.local(of: fd))
+}
+
+/// A loopback port nobody listens on.
+func closedPort() throws -> SocketAddress {
+    let (fd, address) = try tcpListener()
+    close(fd)
+    return address
+}
+
+/// Accepts and closes everything pending on a non-blocking listener.
+func acceptAll(_ listener: CInt) -> Int {
+    var count = 0
+    while true {
+        let fd = Sys.accept(listener)
+        if fd < 0 { return count }
+        close(fd)
+        count += 1
+    }
+}

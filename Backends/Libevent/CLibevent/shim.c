@@ -180,4 +180,3 @@ int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
 
 int rd_lev_fired_fd(const rd_lev *lev, int i) { return lev->fired_fd[i]; }
 int rd_lev_fired_what(const rd_lev *lev, int i) { return lev->fired_what[i]; }
-void rd_lev_mark_fired_dead(rd_lev *lev, int i) { lev->fired_fd[i] = -1; }

@@ -31,8 +31,15 @@ public final class LibeventSeam: PollerSeam {
     private let wakerReg: OpaquePointer
     private let earlyClose: CInt
     private var regs: [OpaquePointer] = []
-    private var pendingNext = 0
-    private var pendingEnd = 0
+    /// Descriptors that fired when the caller's buffer was full (capacity reserved at registration).
+    private var pending: [CInt] = []
+    /// poll(2) entries to look at `pending` again, one per registration.
+    private var recheck: UnsafeMutablePointer<pollfd>
+    private var recheckCapacity = 16
+    /// Per descriptor, the last wait that reported it (no token twice in one wait).
+    private var stamps: [UInt32] = []
+    private var epoch: UInt32 = 0
+    private let checkOpen: Bool
 
     /// libevent's version, e.g. "2.1.12-stable".
     public static var version: String { String(cString: rd_lev_version()) }
@@ -59,9 +66,11 @@ public final class LibeventSeam: PollerSeam {
             throw .system(operation: "event_add(waker)", errno: e)
         }
         lev = made
+        recheck = .allocate(capacity: recheckCapacity)
         self.waker = waker
         self.wakerReg = wakerReg
         method = String(cString: rd_lev_method(made))
+        checkOpen = method == "poll"
         let features = rd_lev_features(made)
         earlyClose = features & CInt(RD_LEV_FEATURE_EARLY_CLOSE) != 0 ? 1 : 0
         let kernel = Method(rawValue: method)
@@ -81,6 +90,7 @@ public final class LibeventSeam: PollerSeam {
         for reg in regs { rd_lev_reg_free(reg) }
         rd_lev_reg_free(wakerReg)
         rd_lev_free(lev)
+        recheck.deallocate()
     }
 
     /// Creates a libevent poller; `method` nil lets libevent choose.
@@ -108,6 +118,13 @@ public final class LibeventSeam: PollerSeam {
             throw .system(operation: "event_add", errno: errno)
         }
         regs.append(reg)
+        pending.reserveCapacity(regs.count + 1)
+        if regs.count > recheckCapacity {
+            recheck.deallocate()
+            recheckCapacity *= 2
+            recheck = .allocate(capacity: recheckCapacity)
+        }
+        if Int(fd) >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: Int(fd) + 1 - stamps.count)) }
     }
 
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
@@ -133,58 +150,105 @@ public final class LibeventSeam: PollerSeam {
 
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
-        if pendingNext == pendingEnd {
-            let us: Int64
-            switch timeout {
-            case .infinite: us = -1
-            case .nanoseconds(let ns): us = ns <= 0 ? 0 : (ns + 999) / 1000
-            }
-            let fired = rd_lev_loop(lev, us)
-            if fired < 0 {
-                let e = errno
-                if e == EINTR { return .interrupted }
-                if e == EBADF, dropClosed(&table) { return .interrupted }
-                throw .system(operation: "event_base_loop", errno: e)
-            }
-            pendingNext = 0
-            pendingEnd = Int(fired)
+        epoch &+= 1
+        if !pending.isEmpty { recheckPending(&table, events) }
+        if events.isFull { return .events(events.count) }
+
+        let us: Int64
+        switch timeout {
+        case _ where !events.isEmpty: us = 0
+        case .infinite: us = -1
+        case .nanoseconds(let ns): us = ns <= 0 ? 0 : (ns + 999) / 1000
         }
-        let checkOpen = method == "poll"
-        while pendingNext < pendingEnd && !events.isFull {
-            let fd = rd_lev_fired_fd(lev, CInt(pendingNext))
-            let what = rd_lev_fired_what(lev, CInt(pendingNext))
-            pendingNext += 1
+        let fired = rd_lev_loop(lev, us)
+        if fired < 0 {
+            let e = errno
+            if !events.isEmpty { return .events(events.count) }
+            if e == EINTR { return .interrupted }
+            if e == EBADF, dropClosed(&table) { return .interrupted }
+            throw .system(operation: "event_base_loop", errno: e)
+        }
+        for i in 0..<fired {
+            let fd = rd_lev_fired_fd(lev, i)
             if fd == waker.fd {
                 waker.drain()
-                events.append(Event(token: .waker, ready: .readable))
-                continue
+                if stamp(fd) { events.append(Event(token: .waker, ready: .readable)) }
+            } else if events.isFull {
+                if table[fd]?.isActive == true { pending.append(fd) }
+            } else {
+                deliver(fd, rd_lev_fired_what(lev, i), &table, events)
             }
-            guard fd >= 0, let registration = table[fd], registration.isActive else { continue }
-            // libevent's poll method turns POLLNVAL into read|write: check that the file is still there.
-            if checkOpen, !Sys.isOpen(fd) {
-                markStale(fd, &table)
-                continue
-            }
-            var ready = Ready()
-            if what & CInt(RD_LEV_READ) != 0 { ready.insert(.readable) }
-            if what & CInt(RD_LEV_WRITE) != 0 { ready.insert(.writable) }
-            if what & CInt(RD_LEV_CLOSED) != 0 { ready.insert(.readClosed) }
-            if registration.trigger == .oneShot { table.update(fd) { $0.armed = false } }
-            events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
         }
         return .events(events.count)
     }
 
-    /// Forgets recorded-but-undelivered events of a descriptor being deregistered.
-    private func dropPending(_ fd: CInt) {
-        var i = pendingNext
-        while i < pendingEnd {
-            if rd_lev_fired_fd(lev, CInt(i)) == fd {
-                // Overwrite with an entry that matches no registration.
-                rd_lev_mark_fired_dead(lev, CInt(i))
-            }
-            i += 1
+    /// Events that fired when the caller's buffer was full are not reported stale: like epoll, which
+    /// re-polls its ready list at each wait, the backend looks at them again with one poll(2) call,
+    /// reports those still ready, and re-arms one-shot ones that no longer are (libevent had already
+    /// disarmed them when it fired them).
+    private func recheckPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
+        var count = 0
+        for fd in pending {
+            guard let r = table[fd], r.isActive else { continue }
+            var bits: Int16 = 0
+            if r.interest.contains(.readable) { bits |= Int16(POLLIN) | (earlyClose != 0 ? 0x2000 : 0) }
+            if r.interest.contains(.writable) { bits |= Int16(POLLOUT) }
+            recheck[count] = pollfd(fd: fd, events: bits, revents: 0)
+            count += 1
         }
+        pending.removeAll(keepingCapacity: true)
+        guard count > 0 else { return }
+        _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
+        for i in 0..<count {
+            let entry = recheck[i]
+            let fd = entry.fd
+            if entry.revents & Int16(POLLNVAL) != 0 {
+                markStale(fd, &table)
+            } else if entry.revents == 0 {
+                if let r = table[fd], r.trigger == .oneShot { _ = rd_lev_reg_change(regs[Int(r.index)], CInt(r.interest.rawValue), trigger(r), earlyClose) }
+            } else if events.isFull {
+                pending.append(fd)
+            } else {
+                var what: CInt = 0
+                if entry.revents & Int16(POLLIN) != 0 { what |= CInt(RD_LEV_READ) }
+                if entry.revents & Int16(POLLOUT) != 0 { what |= CInt(RD_LEV_WRITE) }
+                if entry.revents & 0x2000 != 0 { what |= CInt(RD_LEV_CLOSED) }
+                if entry.revents & Int16(POLLERR | POLLHUP) != 0 { what |= CInt(RD_LEV_READ | RD_LEV_WRITE) }
+                deliver(fd, what, &table, events)
+            }
+        }
+    }
+
+    /// Turns one fired (descriptor, bits) into an event, unless it belongs to no live registration or
+    /// was already reported by this wait.
+    private func deliver(_ fd: CInt, _ what: CInt, _ table: inout RegistrationTable, _ events: EventBuffer) {
+        guard let registration = table[fd], registration.isActive else { return }
+        // libevent's poll method turns POLLNVAL into read|write: check that the file is still there.
+        if checkOpen, !Sys.isOpen(fd) {
+            markStale(fd, &table)
+            return
+        }
+        guard stamp(fd) else { return }
+        var ready = Ready()
+        if what & CInt(RD_LEV_READ) != 0 { ready.insert(.readable) }
+        if what & CInt(RD_LEV_WRITE) != 0 { ready.insert(.writable) }
+        if what & CInt(RD_LEV_CLOSED) != 0 { ready.insert(.readClosed) }
+        if registration.trigger == .oneShot { table.update(fd) { $0.armed = false } }
+        events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+    }
+
+    /// Marks `fd` as reported in this wait; false if it already was.
+    private func stamp(_ fd: CInt) -> Bool {
+        let i = Int(fd)
+        if i >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: i + 1 - stamps.count)) }
+        if stamps[i] == epoch { return false }
+        stamps[i] = epoch
+        return true
+    }
+
+    /// Forgets undelivered events of a descriptor being deregistered.
+    private func dropPending(_ fd: CInt) {
+        pending.removeAll { $0 == fd }
     }
 
     private func markStale(_ fd: CInt, _ table: inout RegistrationTable) {

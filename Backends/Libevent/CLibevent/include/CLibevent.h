@@ -46,6 +46,4 @@ void rd_lev_reg_remove(rd_lev_reg *reg);
 int rd_lev_loop(rd_lev *lev, int64_t timeout_us);
 int rd_lev_fired_fd(const rd_lev *lev, int i);
 int rd_lev_fired_what(const rd_lev *lev, int i);
-/// Makes fired entry i match no descriptor (its registration was removed before delivery).
-void rd_lev_mark_fired_dead(rd_lev *lev, int i);
 #endif

@@ -82,7 +82,28 @@ struct Round {
 /// A contender's instance for one configuration: registered (untimed), then rounds, then closed.
 protocol Instance: AnyObject {
     func round() throws -> Round
+    /// An untimed round before the timed ones (connect contenders make it shorter).
+    func warmUp() throws
     func close()
+}
+
+extension Instance {
+    func warmUp() throws { _ = try round() }
+}
+
+/// A connect contender: its warm-up round makes `warmupTotal` connects instead of the round's total.
+protocol ConnectInstance: Instance {
+    var total: Int { get set }
+    var warmupTotal: Int { get set }
+}
+
+extension ConnectInstance {
+    func warmUp() throws {
+        let timed = total
+        total = min(warmupTotal, timed)
+        defer { total = timed }
+        _ = try round()
+    }
 }
 
 struct BenchError: Error, CustomStringConvertible {
@@ -168,7 +189,7 @@ func runConfiguration(
             }
             defer { instance.close() }
             do {
-                for _ in 0..<warmup { _ = try instance.round() }
+                for _ in 0..<warmup { try instance.warmUp() }
                 for _ in 0..<roundsPerPass {
                     let r = try instance.round()
                     results[i].waits += r.waits

@@ -1,0 +1,144 @@
+import Glibc
+import Readiness
+import ReadinessConformance
+import Testing
+
+/// What the conformance scenarios cannot say as a script: resources, selection, data.
+@Suite("Poller")
+struct PollerTests {
+    @Test("a poller's life leaks no descriptor", arguments: backends)
+    func noDescriptorLeak(backend: Backend) throws {
+        let before = openDescriptorCount()
+        for _ in 0..<200 {
+            let poller = try backend.makePoller()
+            var fds: [CInt] = [-1, -1]
+            socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds)
+            try poller.register(fds[0], token: 1, interest: .readable)
+            try poller.wakeup()
+            try poller.wait(into: EventBuffer(capacity: 4), timeout: .zero)
+            try poller.close()
+            close(fds[0])
+            close(fds[1])
+        }
+        // Pollers dropped without close() release their descriptors too.
+        for _ in 0..<50 { _ = try backend.makePoller() }
+        #expect(openDescriptorCount() == before)
+    }
+
+    @Test("a waker outlives its closed poller safely", arguments: backends)
+    func wakerAfterClose(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        let waker = poller.waker
+        try poller.close()
+        #expect(throws: PollerError.closed) { try waker.wake() }
+    }
+
+    @Test("the wait path fills the caller's buffer and stops at its capacity", arguments: backends)
+    func bufferCapacity(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        for index in 0..<10 {
+            var fds: [CInt] = [-1, -1]
+            socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds)
+            pairs.append((fds[0], fds[1]))
+            try poller.register(fds[0], token: Token(UInt64(index)), interest: .writable)
+        }
+        let small = EventBuffer(capacity: 3)
+        #expect(try poller.wait(into: small, timeout: .seconds(1)) == 3)
+        #expect(small.count == 3)
+        let large = EventBuffer(capacity: 64)
+        #expect(try poller.wait(into: large, timeout: .seconds(1)) == 10)
+        #expect(Set(large.map(\.token.rawValue)) == Set(0..<10))
+    }
+
+    @Test("capabilities describe the backend", arguments: backends)
+    func capabilities(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let caps = poller.capabilities
+        #expect(caps.name == backend.name)
+        if backend == .select || backend == .libevent(.select) {
+            #expect(caps.maxDescriptor == 1023)
+            #expect(!caps.edgeTriggered)
+        }
+        if backend == .epoll {
+            #expect(caps.edgeTriggered && caps.oneShot == .native && caps.reportsReadClosed && caps.reportsHangupAndError)
+        }
+        if case .libevent(let method?) = backend.kind, let seam = (poller as? SeamPoller<LibeventSeam>)?.seam {
+            #expect(seam.method == method)
+        }
+    }
+}
+
+@Suite("Selection")
+struct SelectionTests {
+    @Test("every backend is available on Linux with libevent installed")
+    func available() {
+        #expect(Backend.available.map(\.name) == ["epoll", "poll", "libevent", "libevent:epoll", "libevent:poll", "libevent:select", "select"])
+    }
+
+    @Test("epoll is the default, and the report says why each other backend was skipped")
+    func defaultChoice() throws {
+        let report = Backend.selection(environment: [:])
+        #expect(report.chosen == .epoll)
+        #expect(report.entries.count == Backend.all.count)
+        for entry in report.entries where entry.backend != .epoll {
+            guard case .skipped(let why) = entry.verdict else {
+                Issue.record("\(entry.backend) should be skipped")
+                continue
+            }
+            #expect(why.contains("epoll was chosen first"))
+        }
+    }
+
+    @Test("the environment variable picks a backend", arguments: Backend.all)
+    func environment(backend: Backend) throws {
+        let chosen = try Backend.default(environment: [Backend.environmentVariable: backend.name])
+        #expect(chosen == backend)
+        let poller = try Backend.makeDefaultPoller(environment: [Backend.environmentVariable: backend.name])
+        #expect(poller.capabilities.name == backend.name)
+        try poller.close()
+    }
+
+    @Test("an unknown name is an error listing the valid ones")
+    func unknownName() {
+        do {
+            _ = try Backend.named("kqueue")
+            Issue.record("kqueue should be unknown")
+        } catch {
+            #expect(error.description.contains("kqueue"))
+            for backend in Backend.all { #expect(error.description.contains(backend.name)) }
+        }
+        #expect(throws: SelectionError.self) { try Backend.default(environment: [Backend.environmentVariable: "iouring"]) }
+        let report = Backend.selection(environment: [Backend.environmentVariable: "iouring"])
+        #expect(report.chosen == nil)
+        #expect(report.description.contains("valid names"))
+    }
+
+    @Test("names are case-insensitive and round-trip")
+    func names() throws {
+        for backend in Backend.all { #expect(try Backend.named(backend.name.uppercased()) == backend) }
+    }
+}
+
+@Suite("Differential")
+struct DifferentialTests {
+    @Test("random scripts observe the same on every backend", arguments: 0..<4)
+    func randomScripts(batch: Int) {
+        let contenders = backends.map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
+        for seed in UInt64(batch * 50)..<UInt64(batch * 50 + 50) {
+            if let failure = Differential.check(seed: seed, length: 30, contenders: contenders) {
+                Issue.record("\(failure)")
+                return
+            }
+        }
+    }
+
+    @Test("a seed reproduces its script")
+    func reproducible() {
+        #expect(Differential.script(seed: 42, length: 20) == Differential.script(seed: 42, length: 20))
+        #expect(Differential.script(seed: 42, length: 20) != Differential.script(seed: 43, length: 20))
+    }
+}
