@@ -260,3 +260,8 @@ func fixed(_ value: Double, _ decimals: Int) -> String {
     }
     return text
 }
+
+/// A NUL-terminated C buffer as a String.
+func string(fromCBuffer buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

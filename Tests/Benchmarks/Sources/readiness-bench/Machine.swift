@@ -30,7 +30,7 @@ struct Machine {
             ?? "Swift (version unknown)"
         let nio = readFile(repositoryRoot + "/Tests/Benchmarks/Package.resolved").flatMap { resolvedVersion($0, of: "swift-nio") } ?? "unknown"
         var limit = rlimit()
-        getrlimit(RLIMIT_NOFILE, &limit)
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
         return Machine(
             cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
             cpuModel: cpuModel,

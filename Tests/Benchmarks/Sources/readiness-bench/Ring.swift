@@ -52,7 +52,8 @@ final class CRing: Instance {
     let active: Int32, writes: Int32
 
     init(kind: CInt, method: String?, mode: RingMode, n: Int, active: Int, writes: Int) throws {
-        pairs = try Pairs(n)
+        let pairs = try Pairs(n)
+        self.pairs = pairs
         var message = [CChar](repeating: 0, count: 256)
         let made: OpaquePointer? = pairs.read.withUnsafeBufferPointer { r in
             pairs.write.withUnsafeBufferPointer { w in
@@ -64,7 +65,7 @@ final class CRing: Instance {
         }
         guard let made else {
             pairs.close()
-            throw BenchError(String(cString: message))
+            throw BenchError(string(fromCBuffer: message))
         }
         ring = made
         self.active = Int32(active)

@@ -45,7 +45,8 @@ final class CScale: Instance {
     let iterations: Int32
 
     init(kind: CInt, method: String?, n: Int, iterations: Int) throws {
-        fixture = try ScaleFixture(n)
+        let fixture = try ScaleFixture(n)
+        self.fixture = fixture
         var message = [CChar](repeating: 0, count: 256)
         let made: OpaquePointer? = fixture.fds.withUnsafeBufferPointer { f in
             if let method {
@@ -55,7 +56,7 @@ final class CScale: Instance {
         }
         guard let made else {
             fixture.close()
-            throw BenchError(String(cString: message))
+            throw BenchError(string(fromCBuffer: message))
         }
         scale = made
         self.iterations = Int32(iterations)

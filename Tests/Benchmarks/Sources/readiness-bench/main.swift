@@ -62,7 +62,7 @@ let out: String = {
 
 func log(_ line: String) {
     print(line)
-    fflush(stdout)
+    fflush(nil)
 }
 
 let plan = Plan.make(mode)

@@ -1,0 +1,140 @@
+import Glibc
+import Readiness
+import Testing
+
+/// Connects over real loopback sockets on every backend (the single outcomes are conformance scenarios).
+@Suite("Connect on sockets")
+struct ConnectSocketTests {
+    @Test("Happy Eyeballs: a refused address, then a listening one", arguments: backends)
+    func fallsBack(backend: Backend) throws {
+        let (listener, address) = try tcpListener()
+        defer { close(listener) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let socket = try Connector.connect(to: [try closedPort(), address], on: poller, timeout: .seconds(2))
+        #expect(socket.peer == address)
+        close(socket.fd)
+    }
+
+    @Test("every attempt failing lists every attempt", arguments: backends)
+    func allFail(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let addresses = [try closedPort(), try closedPort()]
+        do {
+            _ = try Connector.connect(to: addresses, on: poller, timeout: .seconds(2))
+            Issue.record("expected a failure")
+        } catch {
+            #expect(error.cause == .refused)
+            #expect(error.attempts.map(\.address) == addresses)
+        }
+    }
+
+    @Test("a hanging first attempt is overtaken after the attempt delay, then cancelled and closed", arguments: backends)
+    func staggered(backend: Backend) throws {
+        // A listener with a full accept queue: connects to it hang.
+        let (full, fullAddress) = try tcpListener(backlog: 0)
+        defer { close(full) }
+        var fillers: [CInt] = []
+        defer { for fd in fillers { close(fd) } }
+        for _ in 0..<16 {
+            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+            fillers.append(fd)
+            _ = fullAddress.withSockaddr { Glibc.connect(fd, $0, $1) }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&entry, 1, 100) == 0 { break }
+        }
+        let (good, goodAddress) = try tcpListener()
+        defer { close(good) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let before = openDescriptorCount()
+        let start = ContinuousClock.now
+        let socket = try Connector.connect(to: [fullAddress, goodAddress], on: poller, timeout: .seconds(3), attemptDelay: .milliseconds(50))
+        let took = ContinuousClock.now - start
+        #expect(socket.peer == goodAddress)
+        #expect(took >= .milliseconds(50))
+        close(socket.fd)
+        #expect(openDescriptorCount() == before)
+    }
+
+    @Test("many connects in flight on one poller, half refused: each outcome right, no descriptor left", arguments: backends)
+    func soak(backend: Backend) throws {
+        let (listener, good) = try tcpListener(backlog: 512)
+        defer { close(listener) }
+        let refused = try closedPort()
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listenerToken = Token(1_000_000)
+        try poller.register(listener, token: listenerToken, interest: .readable)
+        defer { try? poller.deregister(listener) }
+        let before = openDescriptorCount()
+
+        let total = 1000, inFlightLimit = 16
+        var attempts: [Int: ConnectAttempt] = [:]
+        var started = 0, connected = 0, failures: [ConnectError.Cause: Int] = [:]
+        let events = EventBuffer(capacity: 64)
+        func record(_ index: Int, _ progress: ConnectProgress) {
+            switch progress {
+            case .inProgress: return
+            case .connected(let socket): close(socket.fd); connected += 1
+            case .failed(let error): failures[error.cause, default: 0] += 1
+            }
+            attempts[index] = nil
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while (started < total || !attempts.isEmpty) && ContinuousClock.now < deadline {
+            while started < total && attempts.count < inFlightLimit {
+                let index = started
+                started += 1
+                let attempt = ConnectAttempt(to: index % 2 == 0 ? good : refused, poller: poller,
+                                             token: Token(UInt64(index)), timeout: .seconds(5))
+                attempts[index] = attempt
+                record(index, attempt.start())
+            }
+            try poller.wait(into: events, timeout: .milliseconds(100))
+            for event in events {
+                if event.token == listenerToken { _ = acceptAll(listener); continue }
+                let index = Int(event.token.rawValue)
+                if let attempt = attempts[index] { record(index, attempt.handle(event.ready)) }
+            }
+        }
+        _ = acceptAll(listener)
+        #expect(connected == total / 2)
+        #expect(failures == [.refused: total / 2])
+        #expect(openDescriptorCount() == before)
+    }
+
+    @Test("the command-line tool connects and reports in JSON")
+    func command() throws {
+        let (listener, address) = try tcpListener()
+        defer { close(listener) }
+        let output = try runTool(["connect", address.description, "--backend", "poll", "--json"])
+        #expect(output.contains("\"connected\":true"))
+        #expect(output.contains("\"backend\":\"poll\""))
+        let refused = try runTool(["connect", try closedPort().description, "--json"], expectSuccess: false)
+        #expect(refused.contains("\"cause\":\"refused\""))
+        #expect(refused.contains("\"errno\":\"ECONNREFUSED\""))
+    }
+}
+
+/// Runs the `readiness` tool built next to the test bundle and returns its standard output.
+func runTool(_ arguments: [String], expectSuccess: Bool = true) throws -> String {
+    var path = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &path, path.count - 1)
+    guard n > 0 else { throw TestFailure("readlink /proc/self/exe") }
+    let exe = String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let directory = exe.split(separator: "/").dropLast().joined(separator: "/")
+    let tool = "/" + directory + "/readiness"
+    guard access(tool, X_OK) == 0 else { throw TestFailure("no readiness tool at \(tool)") }
+    let command = ([tool] + arguments).map { "'\($0)'" }.joined(separator: " ")
+    guard let pipe = popen(command, "r") else { throw TestFailure("popen") }
+    var output = ""
+    var buffer = [CChar](repeating: 0, count: 4096)
+    while fgets(&buffer, Int32(buffer.count), pipe) != nil {
+        output += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    let status = pclose(pipe)
+    if expectSuccess && status != 0 { throw TestFailure("\(command) exited with \(status): \(output)") }
+    return output
+}
