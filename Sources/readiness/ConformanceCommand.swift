@@ -13,6 +13,7 @@ struct ConformanceCommand: ParsableCommand {
     @Option(help: "Only scenarios whose id starts with this prefix.") var only: String?
     @Option(help: "Random differential scripts to run on all chosen backends (0: none).") var differential = 50
     @Option(help: "First seed of the differential scripts.") var seed: UInt64 = 1
+    @Flag(help: "Only list the scenarios (Markdown), without running them.") var list = false
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Print a Markdown table.") var markdown = false
 
@@ -43,6 +44,13 @@ struct ConformanceCommand: ParsableCommand {
     func run() throws {
         let chosen = try backendNames.isEmpty ? Backend.available : backendNames.map { name throws(SelectionError) in try Backend.named(name) }
         let scenarios = Conformance.scenarios.filter { only == nil || $0.id.hasPrefix(only!) }
+        if list {
+            for scenario in scenarios {
+                let needs = scenario.requirements.map(\.reason).joined(separator: "; ")
+                print("| `\(scenario.id)` | \(scenario.checks) | \(needs.isEmpty ? "" : needs) |")
+            }
+            return
+        }
         var reports: [BackendReport] = []
         for backend in chosen {
             reports.append(Conformance.run(backend: backend.name, scenarios: scenarios) { try backend.makePoller() })

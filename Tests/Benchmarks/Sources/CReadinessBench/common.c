@@ -101,3 +101,9 @@ int rb_highest_open_fd(void) {
 }
 
 int rb_check_fd(int fd) { return fcntl(fd, F_GETFD) >= 0 ? 0 : errno; }
+
+void rb_malloc_probe(void) {
+    // Through a volatile pointer, so that the compiler cannot remove the malloc/free pair.
+    void *volatile p = malloc(48);
+    free(p);
+}

@@ -1,3 +1,4 @@
+import CReadinessBench
 import Glibc
 import MallocInterposerSwift
 
@@ -15,8 +16,7 @@ enum Allocations {
         MallocInterposerSwift.initialize()
         MallocInterposerSwift.reset()
         MallocInterposerSwift.hook()
-        let p = malloc(48)
-        free(p)
+        rb_malloc_probe()
         MallocInterposerSwift.unhook()
         let stats = MallocInterposerSwift.getStatistics()
         MallocInterposerSwift.reset()

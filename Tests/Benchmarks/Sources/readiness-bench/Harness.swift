@@ -32,19 +32,23 @@ struct Plan: Sendable {
     var connectWarmup: Int
     var connectInFlight: [Int]
     var connectRoundsPerPass: Int
+    /// Passes for connect churn (a round of 20,000 connects takes about a second).
+    var connectPasses: Int
 
     static func make(_ mode: RunMode) -> Plan {
         switch mode {
         case .full:
+            // Many short passes rather than a few long ones: every contender meets the same machine
+            // noise (this is a 2-core machine that may be doing other work).
             return Plan(
-                mode: mode, passes: 5,
+                mode: mode, passes: 12,
                 ringConfigs: [(100, 1, 100), (1000, 100, 10_000), (8000, 100, 10_000)],
                 churnConfigs: [(100, 1, 100), (1000, 100, 10_000)],
-                ringRoundsPerPass: { events in max(5, min(200, 20_000 / max(1, events))) },
-                ringWarmupRounds: 2,
+                ringRoundsPerPass: { events in max(2, min(100, 8000 / max(1, events))) },
+                ringWarmupRounds: 1,
                 scalingN: [1, 10, 100, 1000, 8000], scalingMaxNonEpollN: 1000,
-                scalingIterations: 1000, scalingRoundsPerPass: 5,
-                connectTotal: 20_000, connectWarmup: 2000, connectInFlight: [1, 16, 128], connectRoundsPerPass: 1)
+                scalingIterations: 1000, scalingRoundsPerPass: 2,
+                connectTotal: 20_000, connectWarmup: 2000, connectInFlight: [1, 16, 128], connectRoundsPerPass: 1, connectPasses: 5)
         case .quick:
             return Plan(
                 mode: mode, passes: 2,
@@ -54,7 +58,7 @@ struct Plan: Sendable {
                 ringWarmupRounds: 1,
                 scalingN: [1, 10, 100, 1000, 8000], scalingMaxNonEpollN: 1000,
                 scalingIterations: 300, scalingRoundsPerPass: 2,
-                connectTotal: 2000, connectWarmup: 200, connectInFlight: [1, 16, 128], connectRoundsPerPass: 1)
+                connectTotal: 2000, connectWarmup: 200, connectInFlight: [1, 16, 128], connectRoundsPerPass: 1, connectPasses: 2)
         case .tiny:
             return Plan(
                 mode: mode, passes: 1,
@@ -64,7 +68,7 @@ struct Plan: Sendable {
                 ringWarmupRounds: 1,
                 scalingN: [1, 10, 100], scalingMaxNonEpollN: 100,
                 scalingIterations: 50, scalingRoundsPerPass: 1,
-                connectTotal: 50, connectWarmup: 5, connectInFlight: [1, 8], connectRoundsPerPass: 1)
+                connectTotal: 50, connectWarmup: 5, connectInFlight: [1, 8], connectRoundsPerPass: 1, connectPasses: 1)
         }
     }
 }
@@ -166,6 +170,9 @@ enum Stats {
     }
 }
 
+/// Only the contenders whose name contains this (`--contender`, for profiling).
+nonisolated(unsafe) var contenderFilter: String?
+
 /// Runs every contender of one configuration: `passes` passes, contender order rotated each pass,
 /// each pass: set up (untimed registration), warm up, timed rounds, and in the last pass one more
 /// round with the allocation counter on; close before the next contender.
@@ -175,6 +182,8 @@ func runConfiguration(
     make: (Contender) throws -> any Instance,
     log: (String) -> Void
 ) -> [Result] {
+    let contenders = contenders.filter { contenderFilter.map($0.name.contains) ?? true }
+    guard !contenders.isEmpty else { return [] }
     var results = contenders.map { Result(scenario: scenario, scenarioTitle: title, parameters: parameters, x: x, contender: $0) }
     for pass in 0..<plan.passes {
         let order = contenders.indices.map { (($0 + pass) % contenders.count) }
@@ -220,7 +229,7 @@ func runConfiguration(
             log("  \(pad(r.contender.name, 26)) n/a: \(skipped)")
         } else {
             let unit = scenario == 3 ? "conn/s" : "ns"
-            log("  \(pad(r.contender.name, 26)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  allocs/wait \(r.allocationsPerWait.map { format($0, decimals: 2) } ?? "-")")
+            log("  \(pad(r.contender.name, 26)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  \(scenario == 3 ? "allocs/conn" : "allocs/wait") \((scenario == 3 ? r.allocationsPerUnit : r.allocationsPerWait).map { format($0, decimals: 2) } ?? "-")")
         }
     }
     return results

@@ -56,7 +56,7 @@ struct Report {
 
 
             """
-        md += "Run: **\(plan.mode.rawValue)** (\(plan.passes) passes over the contenders), \(machine.date), "
+        md += "Run: **\(plan.mode.rawValue)** (\(plan.passes) passes over the contenders; connect churn: \(plan.connectPasses)), \(machine.date), "
             + "\(fixed(seconds, 0)) s. Load average at the end of the run: \(Machine.loadAverage()) "
             + "(at the start: \(machine.loadAverage)).\n\n"
         if plan.mode != .full {
@@ -131,7 +131,7 @@ struct Report {
         """
         ## How to read the tables
 
-        - **median** over the timed rounds (\(plan.passes) passes; in each pass every contender is set up,
+        - **median** over the timed rounds (\(plan.passes) passes, connect churn \(plan.connectPasses); in each pass every contender is set up,
           warmed up, timed, and closed before the next one, in an order rotated between passes, so that
           machine noise falls on all of them alike). **spread** is p10–p90 of the rounds.
         - **× raw C**: the contender's median over the median of the raw C loop of the same kernel

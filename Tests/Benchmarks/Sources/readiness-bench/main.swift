@@ -12,10 +12,13 @@ let usage = """
                   temporary directory unless --out is given
       --out DIR   where Benchmarks.md and benchmark-scaling.svg go (default: the repository's Docs/)
       --only 1,3  run only these scenarios (for profiling; the report then has only those)
+      --contender TEXT   run only the contenders whose name contains TEXT (for profiling)
+      --passes K  passes over the contenders (default: 5 full, 2 quick, 1 tiny)
     """
 
 var mode = RunMode.full
 var outDirectory: String?
+var passesOverride: Int?
 var only: Set<Int> = [1, 2, 3, 4]
 var arguments = Array(CommandLine.arguments.dropFirst())
 while !arguments.isEmpty {
@@ -30,6 +33,12 @@ while !arguments.isEmpty {
     case "--only":
         guard !arguments.isEmpty else { print(usage); exit(2) }
         only = Set(arguments.removeFirst().split(separator: ",").compactMap { Int($0) })
+    case "--passes":
+        guard !arguments.isEmpty, let n = Int(arguments.removeFirst()), n > 0 else { print(usage); exit(2) }
+        passesOverride = n
+    case "--contender":
+        guard !arguments.isEmpty else { print(usage); exit(2) }
+        contenderFilter = arguments.removeFirst()
     case "-h", "--help":
         print(usage)
         exit(0)
@@ -65,7 +74,8 @@ func log(_ line: String) {
     fflush(nil)
 }
 
-let plan = Plan.make(mode)
+var plan = Plan.make(mode)
+if let passesOverride { plan.passes = passesOverride }
 let machine = Machine.describe(repositoryRoot: repositoryRoot)
 let runStart = rb_now_ns()
 log("readiness-bench (\(mode.rawValue)) — \(machine.summary)")
@@ -103,10 +113,12 @@ if only.contains(2) {
 
 // Scenario 3: connect churn.
 if only.contains(3) {
+    var connectPlan = plan
+    connectPlan.passes = passesOverride ?? plan.connectPasses
     for inFlight in plan.connectInFlight {
         log("scenario 3, connect churn, \(plan.connectTotal) connects, \(inFlight) in flight")
         results += runConfiguration(
-            plan: plan, scenario: 3, title: "Connect churn",
+            plan: connectPlan, scenario: 3, title: "Connect churn",
             parameters: "\(plan.connectTotal) connects, \(inFlight) in flight", x: inFlight,
             contenders: Contenders.connectContenders, roundsPerPass: plan.connectRoundsPerPass, warmup: 1,
             make: { contender in

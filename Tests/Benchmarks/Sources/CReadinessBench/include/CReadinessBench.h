@@ -55,6 +55,8 @@ int rb_accept_drain(int listener);
 void rb_abort_close(int fd);
 /// The highest open descriptor of the process (for the FD_SETSIZE check).
 int rb_highest_open_fd(void);
+/// One malloc and one free, for the allocation counter's self-test (cannot be optimised away).
+void rb_malloc_probe(void);
 /// 0 if fd is open, else errno.
 int rb_check_fd(int fd);
 

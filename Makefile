@@ -1,0 +1,45 @@
+# Readiness: `make run` (the main job: the conformance suite on every backend) and `make test`.
+# Both install what is missing first (libevent-dev, pkg-config) through apt.
+
+SWIFT ?= swift
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TEST_FLAGS := --no-parallel --disable-xctest
+
+.PHONY: run test check sanitize deps build bench bench-smoke clean
+
+deps:
+	@if pkg-config --exists libevent 2>/dev/null; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing libevent-dev and pkg-config through apt..."; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config \
+	    || { echo "error: could not install libevent-dev (need root or sudo). Install it by hand: apt-get install libevent-dev pkg-config" >&2; exit 1; }; \
+	else \
+	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
+	fi
+	@command -v $(SWIFT) >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is needed)" >&2; exit 1; }
+
+build: deps
+	$(SWIFT) build
+
+# The main job: the conformance matrix, every scenario on every available backend, plus differential scripts.
+run: deps
+	$(SWIFT) build --product readiness
+	$$($(SWIFT) build --show-bin-path)/readiness backends
+	$$($(SWIFT) build --show-bin-path)/readiness conformance --differential 200
+
+# The whole test suite, then the sanitizers over the same suite, then the benchmark smoke run.
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build $(TEST_FLAGS)
+	$(MAKE) --no-print-directory sanitize
+
+sanitize: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan $(TEST_FLAGS)
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(TEST_FLAGS)
+
+check: test
+
+clean:
+	rm -rf .build .build-asan .build-tsan Tests/Benchmarks/.build

@@ -1,0 +1,107 @@
+// A complete example of what the author of a new backend does, using only the public API a dependent
+// package sees (`import Readiness`, `import ReadinessConformance`): wrap a poller, run the suite on it.
+// Docs/Conformance.md walks through it.
+import Glibc
+import Readiness
+import ReadinessConformance
+import Testing
+
+/// A third-party backend: a poller that counts system-facing calls and delegates the work to an
+/// existing backend. A kqueue or io_uring backend would implement `Poller` (or `PollerSeam`) the same way.
+final class CountingPoller: Poller {
+    private let inner: any Poller
+    private(set) var calls = 0
+
+    init(wrapping inner: any Poller) { self.inner = inner }
+
+    var capabilities: Capabilities {
+        var caps = inner.capabilities
+        caps.name = "counting(\(caps.name))"
+        return caps
+    }
+    var waker: Waker { inner.waker }
+
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        calls += 1
+        try inner.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        calls += 1
+        try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func deregister(_ fd: CInt) throws(PollerError) {
+        calls += 1
+        try inner.deregister(fd)
+    }
+    func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        calls += 1
+        return try inner.wait(into: events, timeout: timeout)
+    }
+    func close() throws(PollerError) { try inner.close() }
+}
+
+@Suite("Third-party backend example")
+struct ThirdPartyBackendExample {
+    @Test("a wrapped backend passes the whole conformance suite")
+    func conformance() {
+        let report = Conformance.run(backend: "counting(poll)") {
+            CountingPoller(wrapping: try PollSeam.makePoller())
+        }
+        #expect(report.failures.isEmpty, "\(report.summary)")
+        #expect(report.passed > 40)
+    }
+
+    @Test("a broken backend is caught, with a diff naming the step")
+    func brokenBackendFails() {
+        /// Forgets to report writability: the suite must notice.
+        final class Broken: Poller {
+            let inner: any Poller
+            init() throws { inner = try PollSeam.makePoller() }
+            var capabilities: Capabilities { inner.capabilities }
+            var waker: Waker { inner.waker }
+            func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+                try inner.register(fd, token: token, interest: interest, trigger: trigger)
+            }
+            func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+                try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+            }
+            func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+            func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+                let n = try inner.wait(into: events, timeout: timeout)
+                let kept = events.filter { !$0.ready.contains(.writable) || $0.ready.contains(.readable) }
+                events.removeAll()
+                for event in kept { events.append(event) }
+                return n
+            }
+            func close() throws(PollerError) { try inner.close() }
+        }
+        let scenarios = Conformance.scenarios.filter { $0.id == "readiness/writable" }
+        let report = Conformance.run(backend: "broken", scenarios: scenarios) { try Broken() }
+        #expect(report.failures.count == 1)
+        guard case .failed(let diff)? = report.failures.first?.outcome else { return }
+        #expect(diff.contains("step 2"))
+    }
+}
+
+@Suite("Docs")
+struct DocsTests {
+    @Test("Docs/Conformance.md lists every scenario")
+    func scenarioList() throws {
+        let text = try readRepositoryFile("Docs/Conformance.md")
+        for scenario in Conformance.scenarios {
+            #expect(text.contains("`\(scenario.id)`"), "Docs/Conformance.md does not list \(scenario.id)")
+        }
+    }
+}
+
+/// Reads a file of this repository (the tests run from the package root).
+func readRepositoryFile(_ path: String) throws -> String {
+    guard let file = fopen(path, "r") else { throw TestFailure("cannot open \(path)") }
+    defer { fclose(file) }
+    var text = ""
+    var buffer = [CChar](repeating: 0, count: 4096)
+    while fgets(&buffer, Int32(buffer.count), file) != nil {
+        text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    return text
+}
