@@ -43,12 +43,12 @@ struct ConnectCommand: ParsableCommand {
             output = Output(target: target, backend: chosen.name, connected: true, local: socket.local?.description,
                             peer: socket.peer?.description, error: nil, cause: nil, errno: nil,
                             elapsedMilliseconds: elapsed(), attempts: addresses.map(\.description),
-                            trace: Self.trace(attempts))
+                            trace: Self.trace(attempts, since: start))
         } catch {
             output = Output(target: target, backend: chosen.name, connected: false, local: nil, peer: nil,
                             error: error.description, cause: error.cause.rawValue, errno: error.errnoName,
                             elapsedMilliseconds: elapsed(), attempts: addresses.map(\.description),
-                            trace: Self.trace(attempts))
+                            trace: Self.trace(attempts, since: start))
         }
         if json {
             try printJSON(output)
@@ -60,7 +60,9 @@ struct ConnectCommand: ParsableCommand {
         if !output.connected { throw ExitCode(1) }
     }
 
-    static func trace(_ attempts: [ConnectAttempt]) -> [String] {
-        attempts.flatMap { attempt in attempt.trace.map { "\(attempt.address): \($0)" } }
+    static func trace(_ attempts: [ConnectAttempt], since start: Int64) -> [String] {
+        attempts.flatMap { attempt in
+            attempt.trace.map { String(format: "+%.3f ms ", Double($0.atNanoseconds - start) / 1e6) + "\(attempt.address): \($0)" }
+        }.sorted()
     }
 }

@@ -151,3 +151,49 @@ public struct ConnectStateMachine: Sendable, Hashable {
         return .fail(error, deregister: isRegistered)
     }
 }
+
+extension ConnectStateMachine.State: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .idle: "idle"
+        case .waiting: "waiting"
+        case .readingSocketError: "readingSocketError"
+        case .readingAddresses: "readingAddresses"
+        case .connected: "connected"
+        case .failed(let error): "failed(\(error.cause.rawValue))"
+        case .cancelled: "cancelled"
+        }
+    }
+}
+
+extension ConnectStateMachine.Input: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .connectReturned(0): "connect() = 0"
+        case .connectReturned(let e): "connect() = -1 \(Errno.name(e))"
+        case .registrationFailed(let error): "register failed: \(error)"
+        case .woke(let ready): "woke: \(ready)"
+        case .socketError(.value(let e)): "getsockopt(SO_ERROR) = 0, value \(e == 0 ? "0" : Errno.name(e))"
+        case .socketError(.callFailed(let e)): "getsockopt(SO_ERROR) = -1 \(Errno.name(e))"
+        case .addresses(0, let local, let peer): "getpeername ok: \(local.map(\.description) ?? "?") -> \(peer.map(\.description) ?? "?")"
+        case .addresses(let e, _, _): "getpeername = -1 \(Errno.name(e))"
+        case .deadlinePassed: "deadline passed"
+        case .cancel: "cancel"
+        }
+    }
+}
+
+extension ConnectStateMachine.Action: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .registerForWritable: "register for writable"
+        case .waitForWakeup: "wait for the next wake-up"
+        case .readSocketError: "read SO_ERROR"
+        case .readAddresses: "read peer and local addresses"
+        case .succeed(let deregister): deregister ? "deregister, hand over" : "hand over"
+        case .fail(let error, let deregister): (deregister ? "deregister, close, " : "close, ") + "fail: \(error.cause.rawValue)"
+        case .cancel(let deregister): deregister ? "deregister, close" : "close"
+        case .none: "ignore"
+        }
+    }
+}
