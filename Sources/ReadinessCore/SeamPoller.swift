@@ -28,10 +28,22 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     public private(set) var table = RegistrationTable()
     private var isClosed = false
 
-    /// - Parameter makeSeam: builds the backend around the poller's waker (which it must watch).
+    /// - Parameters: the poller's waker, and the backend built around it (which must watch it).
     public init(waker: Waker, seam: Seam) {
         self.waker = waker
         self.seam = seam
+    }
+
+    /// Creates the poller's waker, then the backend around it; if the backend cannot be created the
+    /// waker is closed again, so a failed creation leaves no descriptor behind.
+    public static func make(_ makeSeam: (Waker) throws(PollerError) -> Seam) throws(PollerError) -> SeamPoller<Seam> {
+        let waker = try Waker()
+        do {
+            return SeamPoller(waker: waker, seam: try makeSeam(waker))
+        } catch {
+            waker.close()
+            throw error
+        }
     }
 
     deinit { if !isClosed { shutDown() } }

@@ -61,8 +61,12 @@ struct ConnectCommand: ParsableCommand {
     }
 
     static func trace(_ attempts: [ConnectAttempt], since start: Int64) -> [String] {
-        attempts.flatMap { attempt in
-            attempt.trace.map { String(format: "+%.3f ms ", Double($0.atNanoseconds - start) / 1e6) + "\(attempt.address): \($0)" }
-        }.sorted()
+        let steps: [(address: SocketAddress, entry: ConnectTraceEntry)] = attempts.flatMap { attempt in
+            attempt.trace.map { (attempt.address, $0) }
+        }
+        return steps.sorted { $0.entry.atNanoseconds < $1.entry.atNanoseconds }.map { step in
+            let ms = Double(step.entry.atNanoseconds - start) / 1e6
+            return String(format: "+%.3f ms ", ms) + "\(step.address): \(step.entry)"
+        }
     }
 }

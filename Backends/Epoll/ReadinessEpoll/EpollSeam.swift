@@ -41,13 +41,7 @@ public final class EpollSeam: PollerSeam {
 
     /// Creates an epoll poller.
     public static func makePoller() throws(PollerError) -> SeamPoller<EpollSeam> {
-        let waker = try Waker()
-        do {
-            return SeamPoller(waker: waker, seam: try EpollSeam(waker: waker))
-        } catch {
-            waker.close()
-            throw error
-        }
+        try SeamPoller.make { waker throws(PollerError) in try EpollSeam(waker: waker) }
     }
 
     @inline(__always)

@@ -95,13 +95,7 @@ public final class LibeventSeam: PollerSeam {
 
     /// Creates a libevent poller; `method` nil lets libevent choose.
     public static func makePoller(method: Method? = nil) throws(PollerError) -> SeamPoller<LibeventSeam> {
-        let waker = try Waker()
-        do {
-            return SeamPoller(waker: waker, seam: try LibeventSeam(method: method, waker: waker))
-        } catch {
-            waker.close()
-            throw error
-        }
+        try SeamPoller.make { waker throws(PollerError) in try LibeventSeam(method: method, waker: waker) }
     }
 
     private func trigger(_ r: Registration) -> CInt {

@@ -36,8 +36,7 @@ public final class PollSeam: PollerSeam {
 
     /// Creates a poll poller.
     public static func makePoller() throws(PollerError) -> SeamPoller<PollSeam> {
-        let waker = try Waker()
-        return SeamPoller(waker: waker, seam: PollSeam(waker: waker))
+        try SeamPoller.make { PollSeam(waker: $0) }
     }
 
     @inline(__always)

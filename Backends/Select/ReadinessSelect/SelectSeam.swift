@@ -51,13 +51,7 @@ public final class SelectSeam: PollerSeam {
 
     /// Creates a select poller.
     public static func makePoller() throws(PollerError) -> SeamPoller<SelectSeam> {
-        let waker = try Waker()
-        do {
-            return SeamPoller(waker: waker, seam: try SelectSeam(waker: waker))
-        } catch {
-            waker.close()
-            throw error
-        }
+        try SeamPoller.make { waker throws(PollerError) in try SelectSeam(waker: waker) }
     }
 
     /// Puts `fd` in the master sets as `r` asks (nil or inactive: in neither).
