@@ -8,6 +8,9 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     }
     /// The backend's name as selected ("epoll", "libevent:poll", ...).
     public var name: String
+    /// The kernel mechanism underneath ("epoll", "poll", "select"; for libevent, what
+    /// `event_base_get_method` reports).
+    public var mechanism: String
     /// Whether ``Trigger/edge`` is accepted.
     public var edgeTriggered: Bool
     public var oneShot: OneShot
@@ -21,9 +24,10 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     /// readable/writable).
     public var reportsHangupAndError: Bool
 
-    public init(name: String, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
+    public init(name: String, mechanism: String? = nil, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
                 maxDescriptor: CInt, reportsReadClosed: Bool, reportsHangupAndError: Bool) {
         self.name = name
+        self.mechanism = mechanism ?? name
         self.edgeTriggered = edgeTriggered
         self.oneShot = oneShot
         self.timeoutResolution = timeoutResolution
@@ -41,7 +45,7 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     }
 
     public var description: String {
-        "\(name): edge=\(edgeTriggered) oneShot=\(oneShot.rawValue) resolution=\(timeoutResolution) "
+        "\(name) (\(mechanism)): edge=\(edgeTriggered) oneShot=\(oneShot.rawValue) resolution=\(timeoutResolution) "
             + "maxfd=\(maxDescriptor) readClosed=\(reportsReadClosed) hangup/error=\(reportsHangupAndError)"
     }
 }

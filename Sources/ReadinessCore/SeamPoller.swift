@@ -69,7 +69,11 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         new.interest = interest
         new.trigger = trigger
         new.armed = true
-        try seam.modify(fd, from: old, to: new)
+        // The kernel never sees tokens (events carry the descriptor and generation), so a change of
+        // token alone on an armed registration costs no system call.
+        if new.interest != old.interest || new.trigger != old.trigger || !old.armed {
+            try seam.modify(fd, from: old, to: new)
+        }
         table.replace(fd, with: new)
     }
 

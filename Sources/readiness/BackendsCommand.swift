@@ -27,7 +27,7 @@ struct BackendsCommand: ParsableCommand {
             case .skipped(let why): (false, why)
             }
             return Row(name: entry.backend.name, available: poller != nil, chosen: chosen, reason: reason,
-                       capabilities: poller?.capabilities, method: (poller as? SeamPoller<LibeventSeam>)?.seam.method)
+                       capabilities: poller?.capabilities, method: poller?.capabilities.mechanism)
         }
         if json {
             try printJSON(rows)
@@ -35,7 +35,7 @@ struct BackendsCommand: ParsableCommand {
         }
         for row in rows {
             let mark = row.chosen ? "*" : (row.available ? " " : "-")
-            print("\(mark) \(row.name)\(row.method.map { " (libevent method: \($0))" } ?? "")")
+            print("\(mark) \(row.name)\(row.method.map { " (kernel method: \($0))" } ?? "")")
             if let caps = row.capabilities {
                 print("    edge-triggered: \(caps.edgeTriggered), one-shot: \(caps.oneShot.rawValue), timeout resolution: \(caps.timeoutResolution), largest fd: \(caps.maxDescriptor), read-closed: \(caps.reportsReadClosed), hang-up/error: \(caps.reportsHangupAndError)")
             }

@@ -66,8 +66,14 @@ struct PollerTests {
         if backend == .epoll {
             #expect(caps.edgeTriggered && caps.oneShot == .native && caps.reportsReadClosed && caps.reportsHangupAndError)
         }
-        if case .libevent(let method?) = backend.kind, let seam = (poller as? SeamPoller<LibeventSeam>)?.seam {
-            #expect(seam.method == method)
+        switch backend.kind {
+        case .libevent(let method?):
+            #expect(caps.mechanism == method)
+            #expect((poller as? SeamPoller<LibeventSeam>)?.seam.method == method)
+        case .libevent(nil):
+            #expect(caps.mechanism == "epoll")  // libevent's own choice on Linux
+        default:
+            #expect(caps.mechanism == backend.name)
         }
     }
 }

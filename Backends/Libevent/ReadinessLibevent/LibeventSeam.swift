@@ -76,6 +76,7 @@ public final class LibeventSeam: PollerSeam {
         let kernel = Method(rawValue: method)
         capabilities = Capabilities(
             name: name,
+            mechanism: method,
             edgeTriggered: features & CInt(RD_LEV_FEATURE_ET) != 0,
             oneShot: .native,
             timeoutResolution: kernel == .select ? .microseconds(1) : .milliseconds(1),
