@@ -105,6 +105,29 @@ struct ConnectSocketTests {
         #expect(openDescriptorCount() == before)
     }
 
+    @Test("rule 1: the connected socket is non-blocking and close-on-exec", arguments: backends)
+    func socketFlags(backend: Backend) throws {
+        let (listener, address) = try tcpListener()
+        defer { close(listener) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let socket = try Connector.connect(to: address, on: poller, timeout: .seconds(2))
+        defer { close(socket.fd) }
+        #expect(fcntl(socket.fd, F_GETFL) & O_NONBLOCK != 0)
+        #expect(fcntl(socket.fd, F_GETFD) & FD_CLOEXEC != 0)
+        // Handed over: no longer registered with the poller.
+        #expect(throws: PollerError.notRegistered(socket.fd)) { try poller.deregister(socket.fd) }
+    }
+
+    @Test("RFC 8305: families alternate, starting with the first address's")
+    func interleave() throws {
+        let v4a = try SocketAddress("127.0.0.1:1"), v4b = try SocketAddress("127.0.0.2:1")
+        let v6a = try SocketAddress("[::1]:1"), v6b = try SocketAddress("[::2]:1")
+        #expect(Connector.interleaveFamilies([v6a, v6b, v4a, v4b]) == [v6a, v4a, v6b, v4b])
+        #expect(Connector.interleaveFamilies([v4a, v4b, v6a]) == [v4a, v6a, v4b])
+        #expect(Connector.interleaveFamilies([]) == [])
+    }
+
     @Test("the command-line tool connects and reports in JSON")
     func command() throws {
         let (listener, address) = try tcpListener()
