@@ -85,7 +85,15 @@ public enum WaitTimeout: Sendable, Equatable {
         }
     }
 
-    /// Seconds and microseconds for select/libevent, rounded up; nil means infinite.
+    /// Microseconds, rounded up; -1 means infinite.
+    @inlinable public var microseconds: Int64 {
+        switch self {
+        case .infinite: return -1
+        case .nanoseconds(let ns): return ns <= 0 ? 0 : (ns + 999) / 1000
+        }
+    }
+
+    /// Seconds and microseconds for select, rounded up; nil means infinite.
     @inlinable public var secondsAndMicroseconds: (seconds: Int, microseconds: Int)? {
         switch self {
         case .infinite: return nil

@@ -71,6 +71,7 @@ public final class LibeventSeam: PollerSeam {
         self.wakerReg = wakerReg
         method = String(cString: rd_lev_method(made))
         checkOpen = method == "poll"
+        stamps = Array(repeating: 0, count: Int(waker.fd) + 1)
         let features = rd_lev_features(made)
         earlyClose = features & CInt(RD_LEV_FEATURE_EARLY_CLOSE) != 0 ? 1 : 0
         let kernel = Method(rawValue: method)
@@ -149,13 +150,8 @@ public final class LibeventSeam: PollerSeam {
         if !pending.isEmpty { recheckPending(&table, events) }
         if events.isFull { return .events(events.count) }
 
-        let us: Int64
-        switch timeout {
-        case _ where !events.isEmpty: us = 0
-        case .infinite: us = -1
-        case .nanoseconds(let ns): us = ns <= 0 ? 0 : (ns + 999) / 1000
-        }
-        let fired = rd_lev_loop(lev, us)
+        // Something already delivered from the overflow: only look, do not block.
+        let fired = rd_lev_loop(lev, events.isEmpty ? timeout.microseconds : 0)
         if fired < 0 {
             let e = errno
             if !events.isEmpty { return .events(events.count) }
