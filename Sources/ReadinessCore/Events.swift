@@ -102,7 +102,9 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
 public final class EventBuffer: RandomAccessCollection {
     public let capacity: Int
     @usableFromInline let storage: UnsafeMutablePointer<Event>
-    public private(set) var count: Int = 0
+    @usableFromInline var storedCount: Int = 0
+    /// How many events the last wait put in.
+    @inlinable public var count: Int { storedCount }
 
     /// - Parameter capacity: the most events one wait returns (at least 1).
     public init(capacity: Int = 256) {
@@ -111,22 +113,22 @@ public final class EventBuffer: RandomAccessCollection {
     }
     deinit { storage.deallocate() }
 
-    public var startIndex: Int { 0 }
-    public var endIndex: Int { count }
-    public subscript(position: Int) -> Event {
+    @inlinable public var startIndex: Int { 0 }
+    @inlinable public var endIndex: Int { storedCount }
+    @inlinable public subscript(position: Int) -> Event {
         precondition(position >= 0 && position < count, "EventBuffer index out of range")
         return storage[position]
     }
-    @inlinable public var isFull: Bool { count == capacity }
+    @inlinable public var isFull: Bool { storedCount == capacity }
 
     /// For backend implementations: empties the buffer before a wait.
-    public func removeAll() { count = 0 }
+    @inlinable public func removeAll() { storedCount = 0 }
     /// For backend implementations: appends one event; false when full.
-    @discardableResult
+    @inlinable @discardableResult
     public func append(_ event: Event) -> Bool {
-        guard count < capacity else { return false }
-        (storage + count).initialize(to: event)
-        count += 1
+        guard storedCount < capacity else { return false }
+        (storage + storedCount).initialize(to: event)
+        storedCount += 1
         return true
     }
 }

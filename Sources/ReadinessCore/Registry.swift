@@ -106,23 +106,29 @@ public struct RegistrationTable: Sendable {
     // MARK: The contract's misuse checks, in their one order (Docs/Contract.md, "Misuse").
 
     /// Checks a new registration; throws the contract's error for the first rule it breaks.
+    ///
+    /// `kernelChecksDescriptor`: the backend's own call fails for a closed descriptor (EBADF) and for a
+    /// regular file or directory (EPERM) and maps them to the same errors, as epoll_ctl does; the last
+    /// check (an `fstat`, one system call per registration) is then left to it.
     public func checkRegister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
-                              capabilities: Capabilities) throws(PollerError) {
+                              capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) {
         guard fd >= 0 else { throw .invalidDescriptor(fd) }
         guard fd <= capabilities.maxDescriptor else {
             throw .descriptorTooLarge(fd, limit: capabilities.maxDescriptor &+ 1)
         }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
         guard self[fd] == nil else { throw .alreadyRegistered(fd) }
-        if let error = Sys.checkPollable(fd) { throw error }
+        if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
     }
 
-    /// Checks a change of registration; returns the current registration.
+    /// Checks a change of registration; returns the current registration. The descriptor's kind was
+    /// checked when it was registered; here only that it is still open (`fcntl`, cheaper than `fstat`),
+    /// unless `kernelChecksDescriptor` (the backend's call will find a closed descriptor itself).
     public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
-                                capabilities: Capabilities) throws(PollerError) -> Registration {
+                                capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) -> Registration {
         let current = try checkRegistered(fd)
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
-        if let error = Sys.checkPollable(fd) { throw error }
+        if !kernelChecksDescriptor, !Sys.isOpen(fd) { throw .badDescriptor(fd) }
         return current
     }
 

@@ -19,14 +19,28 @@ public protocol PollerSeam: AnyObject {
     func wait(_ timeout: WaitTimeout, table: inout RegistrationTable, into events: EventBuffer) throws(PollerError) -> WaitStep
     /// Release the backend's own descriptors (not the waker's: the poller closes that).
     func close()
+    /// True when ``add(_:_:at:)`` and ``modify(_:from:to:)`` themselves fail with
+    /// ``PollerError/badDescriptor(_:)`` for a closed descriptor and
+    /// ``PollerError/unsupportedDescriptor(_:)`` for a regular file or directory (epoll_ctl's EBADF and
+    /// EPERM), leaving everything unchanged: the poller then skips its own checks before calling them.
+    var kernelChecksDescriptor: Bool { get }
+}
+
+extension PollerSeam {
+    public var kernelChecksDescriptor: Bool { false }
 }
 
 /// A ``Poller`` made of a ``PollerSeam``: every backend of this package is one.
 public final class SeamPoller<Seam: PollerSeam>: Poller {
     public let seam: Seam
     public let waker: Waker
-    public private(set) var table = RegistrationTable()
-    private var isClosed = false
+    // Used from one thread at a time (the contract) and never accessed overlapping: the dynamic
+    // exclusivity check of each wait's `inout` access (swift_beginAccess) would be pure cost.
+    @exclusivity(unchecked) @usableFromInline var storedTable = RegistrationTable()
+    @usableFromInline var isClosed = false
+
+    /// The registrations.
+    public var table: RegistrationTable { storedTable }
 
     /// - Parameters: the poller's waker, and the backend built around it (which must watch it).
     public init(waker: Waker, seam: Seam) {
@@ -52,45 +66,47 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
 
     public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
-        try table.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities)
+        try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
+                                      kernelChecksDescriptor: seam.kernelChecksDescriptor)
         var registration = Registration(token: token, interest: interest, trigger: trigger)
-        registration.generation = table.upcomingGeneration
-        registration.index = Int32(table.count)
-        try seam.add(fd, registration, at: table.count)
-        table.insert(fd, registration)
+        registration.generation = storedTable.upcomingGeneration
+        registration.index = Int32(storedTable.count)
+        try seam.add(fd, registration, at: storedTable.count)
+        storedTable.insert(fd, registration)
     }
 
     public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
-        let old = try table.checkReregister(fd, token: token, interest: interest, trigger: trigger,
-                                            capabilities: seam.capabilities)
-        var new = old
+        var new = try storedTable.checkRegistered(fd)
+        let old = new
         new.token = token
         new.interest = interest
         new.trigger = trigger
         new.armed = true
         // The kernel never sees tokens (events carry the descriptor and generation), so a change of
-        // token alone on an armed registration costs no system call.
-        if new.interest != old.interest || new.trigger != old.trigger || !old.armed {
-            try seam.modify(fd, from: old, to: new)
-        }
-        table.replace(fd, with: new)
+        // token alone on an armed registration costs no backend call.
+        let needsBackend = new.interest != old.interest || new.trigger != old.trigger || !old.armed
+        _ = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
+                                            capabilities: seam.capabilities,
+                                            kernelChecksDescriptor: needsBackend && seam.kernelChecksDescriptor)
+        if needsBackend { try seam.modify(fd, from: old, to: new) }
+        storedTable.replace(fd, with: new)
     }
 
     public func deregister(_ fd: CInt) throws(PollerError) {
         guard !isClosed else { throw .closed }
-        let registration = try table.checkRegistered(fd)
-        try seam.remove(fd, registration, lastIndex: table.count - 1)
-        table.remove(fd)
+        let registration = try storedTable.checkRegistered(fd)
+        try seam.remove(fd, registration, lastIndex: storedTable.count - 1)
+        storedTable.remove(fd)
     }
 
-    @discardableResult
+    @inlinable @discardableResult
     public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
         guard !isClosed else { throw .closed }
         events.removeAll()
         return try runWait(timeout: timeout) { (remaining: WaitTimeout) throws(PollerError) -> WaitStep in
             events.removeAll()
-            return try seam.wait(remaining, table: &table, into: events)
+            return try seam.wait(remaining, table: &storedTable, into: events)
         }
     }
 
@@ -103,6 +119,6 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         isClosed = true
         seam.close()
         waker.close()
-        table.removeAll()
+        storedTable.removeAll()
     }
 }

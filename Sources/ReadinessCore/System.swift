@@ -137,7 +137,8 @@ public func runWait(timeout: Duration?, _ attempt: (WaitTimeout) throws(PollerEr
             if case .events(let n) = try attempt(.infinite), n > 0 { return n }
         }
     }
-    let total = timeout.clampedNanoseconds
+    // The common non-blocking look, without Duration.components' 128-bit arithmetic.
+    let total = timeout == .zero ? 0 : timeout.clampedNanoseconds
     if total == 0 {
         while true {
             if case .events(let n) = try attempt(.nanoseconds(0)) { return n }

@@ -10,7 +10,7 @@ final class ScriptedSyscalls: ConnectSyscalls, @unchecked Sendable {
     var socketErrors: [ConnectStateMachine.SocketErrorResult] = [.value(0)]
     var peerErrnos: [CInt] = [0]
     var local = try! SocketAddress("127.0.0.1:40000")
-    var peer = try! SocketAddress("127.0.0.1:9")
+    var peer = try! SocketAddress("127.0.0.1:40001")
     let fd: CInt = 4242
 
     func socket(domain: CInt) -> (fd: CInt, errno: CInt) { log.append("socket"); return (fd, 0) }
@@ -52,7 +52,8 @@ final class RecordingPoller: Poller {
 
 @Suite("Connect driver (injected)")
 struct ConnectDriverTests {
-    let target = try! SocketAddress("127.0.0.1:9")
+    /// A destination port inside the ephemeral range, where a socket can meet itself.
+    let target = try! SocketAddress("127.0.0.1:40001")
 
     func attempt(_ sys: ScriptedSyscalls, _ poller: RecordingPoller, timeout: Duration? = .seconds(5)) -> ConnectAttempt {
         ConnectAttempt(to: target, poller: poller, token: 1, timeout: timeout, syscalls: sys, trace: true)
@@ -153,6 +154,16 @@ struct ConnectDriverTests {
         _ = a.start()
         #expect(a.handle(.writable) == .failed(ConnectError(.selfConnect, address: target)))
         #expect(sys.log.last == "close")
+    }
+
+    @Test("rule 7 costs no getsockname where a socket cannot meet itself (port outside the ephemeral range)")
+    func noSelfConnectCheckOutsideEphemeralRange() throws {
+        let sys = ScriptedSyscalls()
+        let poller = try RecordingPoller()
+        let a = ConnectAttempt(to: try SocketAddress("127.0.0.1:443"), poller: poller, token: 1, timeout: nil, syscalls: sys)
+        _ = a.start()
+        guard case .connected = a.handle(.writable) else { Issue.record("expected connected"); return }
+        #expect(!sys.log.contains("getsockname"))
     }
 
     @Test("the trace records every step")

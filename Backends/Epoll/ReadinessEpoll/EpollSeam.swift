@@ -12,6 +12,8 @@ import ReadinessCore
 /// the backend rebuilds its epoll set from the table (as libev does when it sees a stale generation).
 public final class EpollSeam: PollerSeam {
     public let capabilities: Capabilities
+    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by ``ctl``.
+    public var kernelChecksDescriptor: Bool { true }
     private var epfd: CInt
     private let waker: Waker
     private var native: UnsafeMutableRawPointer

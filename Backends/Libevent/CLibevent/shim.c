@@ -153,6 +153,11 @@ int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_clos
 
 int rd_lev_reinit(rd_lev *lev) { return event_reinit(lev->base); }
 
+int rd_lev_reg_reuse(rd_lev_reg *reg, int fd, int interest, int trigger, int early_close) {
+    reg->fd = fd;
+    return rd_lev_reg_change(reg, interest, trigger, early_close);
+}
+
 void rd_lev_reg_remove(rd_lev_reg *reg) { event_del(reg->ev); }
 
 void rd_lev_reg_free(rd_lev_reg *reg) {

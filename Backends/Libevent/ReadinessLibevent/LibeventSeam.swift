@@ -31,6 +31,8 @@ public final class LibeventSeam: PollerSeam {
     private let wakerReg: OpaquePointer
     private let earlyClose: CInt
     private var regs: [OpaquePointer] = []
+    /// Removed registrations, kept for reuse.
+    private var spare: [OpaquePointer] = []
     /// Descriptors that fired when the caller's buffer was full (capacity reserved at registration).
     private var pending: [CInt] = []
     /// poll(2) entries to look at `pending` again, one per registration.
@@ -90,6 +92,7 @@ public final class LibeventSeam: PollerSeam {
 
     deinit {
         for reg in regs { rd_lev_reg_free(reg) }
+        for reg in spare { rd_lev_reg_free(reg) }
         rd_lev_reg_free(wakerReg)
         rd_lev_free(lev)
         recheck.deallocate()
@@ -110,11 +113,24 @@ public final class LibeventSeam: PollerSeam {
 
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .system(operation: "realloc", errno: ENOMEM) }
-        guard let reg = rd_lev_reg_new(lev, fd, CInt(registration.interest.rawValue), trigger(registration), earlyClose) else {
-            throw .system(operation: "event_add", errno: errno)
+        let interest = CInt(registration.interest.rawValue)
+        let reg: OpaquePointer
+        if let reused = spare.last {
+            // A registration in steady state allocates nothing: removed events are kept and reassigned.
+            guard rd_lev_reg_reuse(reused, fd, interest, trigger(registration), earlyClose) == 0 else {
+                throw .system(operation: "event_add", errno: errno)
+            }
+            spare.removeLast()
+            reg = reused
+        } else {
+            guard let made = rd_lev_reg_new(lev, fd, interest, trigger(registration), earlyClose) else {
+                throw .system(operation: "event_add", errno: errno)
+            }
+            reg = made
         }
         regs.append(reg)
         pending.reserveCapacity(regs.count + 1)
+        spare.reserveCapacity(regs.count)
         if regs.count > recheckCapacity {
             recheck.deallocate()
             recheckCapacity *= 2
@@ -132,7 +148,8 @@ public final class LibeventSeam: PollerSeam {
 
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         let index = Int(registration.index)
-        rd_lev_reg_free(regs[index])
+        rd_lev_reg_remove(regs[index])
+        spare.append(regs[index])
         regs[index] = regs[lastIndex]
         regs.removeLast()
         dropPending(fd)

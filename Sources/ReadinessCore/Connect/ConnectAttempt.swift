@@ -125,7 +125,7 @@ public final class ConnectAttempt {
                 input = .socketError(syscalls.socketError(fd))
             case .readAddresses:
                 let peer = syscalls.peerName(fd)
-                let local = peer.errno == 0 ? syscalls.localName(fd).address : nil
+                let local = peer.errno == 0 && selfConnectPossible ? syscalls.localName(fd).address : nil
                 names = (local, peer.address)
                 input = .addresses(peerErrno: peer.errno, local: local, peer: peer.address)
             case .succeed(let deregister):
@@ -141,6 +141,15 @@ public final class ConnectAttempt {
                 return finish(.failed(ConnectError(.cancelled, address: address)))
             }
         }
+    }
+
+    /// Rule 7 needs the local name only where a socket can meet itself: a TCP destination port equal to
+    /// the port we are bound to, or, unbound, inside the kernel's ephemeral range. Elsewhere the
+    /// getsockname is skipped (one system call per connection).
+    private var selfConnectPossible: Bool {
+        guard address.family != .unix, let port = address.port else { return false }
+        if let bound = localAddress?.port, bound != 0 { return bound == port }
+        return EphemeralPorts.range.contains(port)
     }
 
     /// Rule 10: deregister before close, close exactly once.
@@ -160,4 +169,22 @@ public final class ConnectAttempt {
         // An attempt dropped while in flight must not leak its socket.
         if fd >= 0 { cancel() }
     }
+}
+
+/// The kernel's ephemeral port range (net.ipv4.ip_local_port_range), read once.
+enum EphemeralPorts {
+    static let range: ClosedRange<UInt16> = {
+        let fallback: ClosedRange<UInt16> = 32768...60999
+        let fd = open("/proc/sys/net/ipv4/ip_local_port_range", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return fallback }
+        defer { Sys.close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let n = read(fd, &bytes, bytes.count)
+        guard n > 0 else { return fallback }
+        let numbers = String(decoding: bytes[0..<n], as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+            .compactMap { UInt16($0) }
+        guard numbers.count == 2, numbers[0] <= numbers[1] else { return fallback }
+        // The kernel may use the whole range, and a bound port outside it is handled by the caller.
+        return numbers[0]...numbers[1]
+    }()
 }

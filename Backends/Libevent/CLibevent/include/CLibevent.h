@@ -32,6 +32,8 @@ int rd_lev_reserve(rd_lev *lev, int count);
 
 /// Allocates and adds an event for `fd`. NULL on failure (errno set).
 rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int early_close);
+/// Reuses a removed registration (its struct event) for `fd`, and adds it: no allocation. 0 or -1.
+int rd_lev_reg_reuse(rd_lev_reg *reg, int fd, int interest, int trigger, int early_close);
 /// Replaces interest and trigger (re-arming a one-shot event). 0 or -1.
 int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close);
 /// Removes from the base (if added) and frees.
