@@ -21,6 +21,12 @@ int64_t rb_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int64_t rb_thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 int rb_fd_setsize(void) { return FD_SETSIZE; }
 
 int rb_socketpair(int fds[2]) {
@@ -106,4 +112,24 @@ void rb_malloc_probe(void) {
     // Through a volatile pointer, so that the compiler cannot remove the malloc/free pair.
     void *volatile p = malloc(48);
     free(p);
+}
+
+int rb_tcp_connect(int port, int *fd_out) {
+    *fd_out = -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    struct sockaddr_in address = {0};
+    address.sin_family = AF_INET;
+    address.sin_port = htons((uint16_t)port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    *fd_out = fd;
+    if (connect(fd, (struct sockaddr *)&address, sizeof address) == 0) return 0;
+    return errno;
+}
+
+int rb_socket_error(int fd) {
+    int value = 0;
+    socklen_t length = sizeof value;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length) != 0) return errno;
+    return value;
 }

@@ -31,7 +31,7 @@ typedef struct rb_lev_connect rb_lev_connect;
 rb_lev_connect *rb_lev_connect_new(const char *method, int listener, int port, int max_in_flight, char *error,
                                    int error_length);
 int64_t rb_lev_connect_round(rb_lev_connect *c, int total, int in_flight, int64_t *failures, int64_t *waits,
-                             int64_t deadline_ns);
+                             int64_t *unaccepted, int64_t deadline_ns);
 void rb_lev_connect_free(rb_lev_connect *c);
 
 #endif

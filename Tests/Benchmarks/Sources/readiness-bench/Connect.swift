@@ -46,10 +46,10 @@ final class CConnect: ConnectInstance {
     }
 
     func round() throws -> Round {
-        var failures: Int64 = 0, waits: Int64 = 0
-        let ns = rb_connect_round(connect, Int32(total), inFlight, &failures, &waits, rb_now_ns() + 120_000_000_000)
+        var failures: Int64 = 0, waits: Int64 = 0, unaccepted: Int64 = 0
+        let ns = rb_connect_round(connect, Int32(total), inFlight, &failures, &waits, &unaccepted, rb_now_ns() + 120_000_000_000)
         guard ns >= 0 else { throw BenchError("C connect round failed or took over 120 s") }
-        return Round(nanoseconds: ns, waits: waits, units: Int64(total), failures: failures)
+        return Round(nanoseconds: ns, waits: waits, units: Int64(total), failures: failures, unaccepted: unaccepted)
     }
 
     func close() {
@@ -60,6 +60,10 @@ final class CConnect: ConnectInstance {
 
 /// Scenario 3 for a Readiness backend: `ConnectAttempt`s (SO_ERROR, then getpeername/getsockname),
 /// many in flight on one poller with distinct tokens, the listener on the same poller.
+///
+/// With `stateMachine` false (a diagnostic contender) the poller is driven by hand exactly as the raw
+/// C loop does (socket, connect, register writable, SO_ERROR, deregister, close), which separates the
+/// poller's cost from the connect state machine's extra system calls.
 final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
     let listener: Listener
     let poller: SeamPoller<Seam>
@@ -69,11 +73,15 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
     var warmupTotal: Int
     let inFlight: Int
     var attempts: [ConnectAttempt?]
+    let stateMachine: Bool
+    var sockets: [CInt]
     static var listenerToken: Token { Token(1 << 40) }
     var started = 0, done = 0, succeeded = 0, accepted = 0, failures = 0
 
-    init(poller: SeamPoller<Seam>, total: Int, inFlight: Int) throws {
+    init(poller: SeamPoller<Seam>, total: Int, inFlight: Int, stateMachine: Bool = true) throws {
         self.poller = poller
+        self.stateMachine = stateMachine
+        sockets = Array(repeating: -1, count: inFlight)
         do {
             listener = try Listener()
             address = try SocketAddress("127.0.0.1:\(listener.port)")
@@ -104,6 +112,10 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
 
     /// Starts connects in `slot` until one is in progress (or all were started).
     private func start(_ slot: Int) {
+        if !stateMachine {
+            startByHand(slot)
+            return
+        }
         while started < total {
             started += 1
             let attempt = ConnectAttempt(to: address, poller: poller, token: Token(UInt64(slot)), timeout: .seconds(10))
@@ -115,6 +127,48 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
         attempts[slot] = nil
     }
 
+    private func startByHand(_ slot: Int) {
+        while started < total {
+            started += 1
+            var fd: CInt = -1
+            let result = rb_tcp_connect(CInt(listener.port), &fd)
+            if result == EINPROGRESS || result == EINTR {
+                do {
+                    try poller.register(fd, token: Token(UInt64(slot)), interest: .writable)
+                    sockets[slot] = fd
+                    return
+                } catch {
+                    failures += 1
+                }
+            } else if result == 0, rb_socket_error(fd) == 0 {
+                succeeded += 1
+            } else {
+                failures += 1
+            }
+            if fd >= 0 { rb_abort_close(fd) }
+            done += 1
+        }
+        sockets[slot] = -1
+    }
+
+    private func finishByHand(_ slot: Int) {
+        let fd = sockets[slot]
+        guard fd >= 0 else { return }
+        if rb_socket_error(fd) == 0 { succeeded += 1 } else { failures += 1 }
+        try? poller.deregister(fd)
+        rb_abort_close(fd)
+        sockets[slot] = -1
+        done += 1
+        startByHand(slot)
+    }
+
+    // Specialised for each backend: the generic class is reached through `any Instance`, and an
+    // unspecialised loop would call SeamPoller's generic (not inlined) code, which a user of the
+    // concrete type never runs.
+    @_specialize(where Seam == EpollSeam)
+    @_specialize(where Seam == PollSeam)
+    @_specialize(where Seam == SelectSeam)
+    @_specialize(where Seam == LibeventSeam)
     func round() throws -> Round {
         started = 0
         done = 0
@@ -125,10 +179,12 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
         var passes: Int64 = 0
         let begin = rb_now_ns()
         for slot in 0..<inFlight { start(slot) }
+        var last = rb_now_ns()
         while done < total || accepted < succeeded {
             if rb_now_ns() > deadline { throw BenchError("connect round took over 120 s") }
             passes += 1
-            let n = try poller.wait(into: buffer, timeout: .seconds(1))
+            let n = try poller.wait(into: buffer, timeout: done < total ? .seconds(1) : .milliseconds(Int64(RB_ACCEPT_GRACE_MS)))
+            if n == 0, done == total { break }  // no accept came for the grace period
             for i in 0..<n {
                 let event = buffer[i]
                 if event.token == Self.listenerToken {
@@ -136,17 +192,27 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
                     continue
                 }
                 let slot = Int(event.token.rawValue)
+                if !stateMachine {
+                    finishByHand(slot)
+                    continue
+                }
                 guard let attempt = attempts[slot] else { continue }
                 if finished(attempt.handle(event.ready)) { start(slot) }
             }
+            if n > 0 { last = rb_now_ns() }
         }
-        let elapsed = rb_now_ns() - begin
-        return Round(nanoseconds: elapsed, waits: passes, units: Int64(total), failures: Int64(failures))
+        return Round(nanoseconds: last - begin, waits: passes, units: Int64(total), failures: Int64(failures),
+                     unaccepted: Int64(max(0, succeeded - accepted)))
     }
 
     func close() {
         for attempt in attempts { attempt?.cancel() }
         attempts = []
+        for fd in sockets where fd >= 0 {
+            try? poller.deregister(fd)
+            Glibc.close(fd)
+        }
+        sockets = []
         try? poller.close()
         listener.close()
     }

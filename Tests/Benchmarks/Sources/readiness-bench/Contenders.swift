@@ -21,13 +21,16 @@ enum Contenders {
         Contender(name: "Readiness libevent:select", family: .readiness, mechanism: "select"),
     ]
     static let nio = Contender(name: "SwiftNIO", family: .nio, mechanism: "epoll")
+    /// Diagnostic (scenario 3 only): the epoll poller driven by hand like the raw loop, without the
+    /// connect state machine's getpeername/getsockname.
+    static let pollerOnly = Contender(name: "Readiness epoll, poller only", family: .readiness, mechanism: "epoll")
 
     static var waitContenders: [Contender] { raw + [libeventC] + readiness }
-    static var connectContenders: [Contender] { raw + [libeventC] + readiness + [nio] }
+    static var connectContenders: [Contender] { raw + [libeventC] + readiness + [pollerOnly, nio] }
 
     /// The backend name of a Readiness contender ("epoll", "libevent:poll", ...).
     static func backendName(_ c: Contender) -> String {
-        String(c.name.dropFirst("Readiness ".count))
+        String(c.name.dropFirst("Readiness ".count).prefix { $0 != "," })
     }
 
     static func rawKind(_ mechanism: String) -> CInt {
@@ -92,7 +95,7 @@ enum Contenders {
             let (kind, method) = cKind(c)
             return try CConnect(kind: kind, method: method, total: total, inFlight: inFlight)
         case .readiness:
-            return try withPoller(c, ConnectMaker(total: total, inFlight: inFlight))
+            return try withPoller(c, ConnectMaker(total: total, inFlight: inFlight, stateMachine: c.name != pollerOnly.name))
         case .nio:
             return try NIOConnect(total: total, inFlight: inFlight)
         }
@@ -120,8 +123,8 @@ struct ScaleMaker: PollerConsumer {
 }
 
 struct ConnectMaker: PollerConsumer {
-    let total: Int, inFlight: Int
+    let total: Int, inFlight: Int, stateMachine: Bool
     func make<S: PollerSeam>(_ poller: SeamPoller<S>) throws -> any Instance {
-        try ReadinessConnect(poller: poller, total: total, inFlight: inFlight)
+        try ReadinessConnect(poller: poller, total: total, inFlight: inFlight, stateMachine: stateMachine)
     }
 }

@@ -81,6 +81,8 @@ struct Round {
     /// Units of work: events (ring), iterations (scaling) or connections.
     var units: Int64
     var failures: Int64 = 0
+    /// Connects the client saw succeed but the listener never produced (see RB_ACCEPT_GRACE_MS).
+    var unaccepted: Int64 = 0
 }
 
 /// A contender's instance for one configuration: registered (untimed), then rounds, then closed.
@@ -143,6 +145,11 @@ struct Result {
     var waits: Int64 = 0
     var units: Int64 = 0
     var failures: Int64 = 0
+    var unaccepted: Int64 = 0
+    /// On-CPU time of the benchmark thread and wall time over the timed rounds (diagnostics: a
+    /// difference means time spent off the CPU, preempted or blocked).
+    var cpuNanoseconds: Int64 = 0
+    var wallNanoseconds: Int64 = 0
     /// Heap allocations per wait (or per connection for scenario 3), counted over one untimed round.
     var allocationsPerUnit: Double?
     var allocationsPerWait: Double?
@@ -200,10 +207,14 @@ func runConfiguration(
             do {
                 for _ in 0..<warmup { try instance.warmUp() }
                 for _ in 0..<roundsPerPass {
+                    let cpuStart = rb_thread_cpu_ns()
                     let r = try instance.round()
+                    results[i].cpuNanoseconds += rb_thread_cpu_ns() - cpuStart
+                    results[i].wallNanoseconds += r.nanoseconds
                     results[i].waits += r.waits
                     results[i].units += r.units
                     results[i].failures += r.failures
+                    results[i].unaccepted += r.unaccepted
                     let value: Double
                     if scenario == 3 {
                         value = Double(r.units) / (Double(r.nanoseconds) / 1e9)
@@ -226,10 +237,10 @@ func runConfiguration(
     }
     for r in results {
         if let skipped = r.skipped {
-            log("  \(pad(r.contender.name, 26)) n/a: \(skipped)")
+            log("  \(pad(r.contender.name, 30)) n/a: \(skipped)")
         } else {
             let unit = scenario == 3 ? "conn/s" : "ns"
-            log("  \(pad(r.contender.name, 26)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  \(scenario == 3 ? "allocs/conn" : "allocs/wait") \((scenario == 3 ? r.allocationsPerUnit : r.allocationsPerWait).map { format($0, decimals: 2) } ?? "-")")
+            log("  \(pad(r.contender.name, 30)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  \(scenario == 3 ? "allocs/conn" : "allocs/wait") \((scenario == 3 ? r.allocationsPerUnit : r.allocationsPerWait).map { format($0, decimals: 2) } ?? "-")  on-CPU \(fixed(Double(r.cpuNanoseconds) / Double(max(1, r.wallNanoseconds)) * 100, 0))%")
         }
     }
     return results

@@ -138,6 +138,13 @@ final class ReadinessRing<Seam: PollerSeam>: Instance {
         count += 1
     }
 
+    // Specialised for each backend: the generic class is reached through `any Instance`, and an
+    // unspecialised loop would call SeamPoller's generic (not inlined) code, which a user of the
+    // concrete type never runs.
+    @_specialize(where Seam == EpollSeam)
+    @_specialize(where Seam == PollSeam)
+    @_specialize(where Seam == SelectSeam)
+    @_specialize(where Seam == LibeventSeam)
     func round() throws -> Round {
         count = 0
         fired = 0

@@ -103,6 +103,13 @@ final class ReadinessScale<Seam: PollerSeam>: Instance {
         }
     }
 
+    // Specialised for each backend: the generic class is reached through `any Instance`, and an
+    // unspecialised loop would call SeamPoller's generic (not inlined) code, which a user of the
+    // concrete type never runs.
+    @_specialize(where Seam == EpollSeam)
+    @_specialize(where Seam == PollSeam)
+    @_specialize(where Seam == SelectSeam)
+    @_specialize(where Seam == LibeventSeam)
     func round() throws -> Round {
         var passes: Int64 = 0
         let start = rb_now_ns()

@@ -12,13 +12,18 @@ let usage = """
                   temporary directory unless --out is given
       --out DIR   where Benchmarks.md and benchmark-scaling.svg go (default: the repository's Docs/)
       --only 1,3  run only these scenarios (for profiling; the report then has only those)
+      --render-only  rewrite the report from the last run's saved results (Tests/Benchmarks/.build/
+                  last-run.tsv), e.g. after editing Tests/Benchmarks/Analysis.md; measures nothing
       --contender TEXT   run only the contenders whose name contains TEXT (for profiling)
-      --passes K  passes over the contenders (default: 5 full, 2 quick, 1 tiny)
+      --passes K  passes over the contenders (default: 12 full, 2 quick, 1 tiny)
+      --scaling-n 1,100  the N of scenario 2 (for profiling)
     """
 
 var mode = RunMode.full
 var outDirectory: String?
 var passesOverride: Int?
+var renderOnly = false
+var scalingOverride: [Int]?
 var only: Set<Int> = [1, 2, 3, 4]
 var arguments = Array(CommandLine.arguments.dropFirst())
 while !arguments.isEmpty {
@@ -36,6 +41,11 @@ while !arguments.isEmpty {
     case "--passes":
         guard !arguments.isEmpty, let n = Int(arguments.removeFirst()), n > 0 else { print(usage); exit(2) }
         passesOverride = n
+    case "--scaling-n":
+        guard !arguments.isEmpty else { print(usage); exit(2) }
+        scalingOverride = arguments.removeFirst().split(separator: ",").compactMap { Int($0) }
+    case "--render-only":
+        renderOnly = true
     case "--contender":
         guard !arguments.isEmpty else { print(usage); exit(2) }
         contenderFilter = arguments.removeFirst()
@@ -74,8 +84,25 @@ func log(_ line: String) {
     fflush(nil)
 }
 
+let savedPath = repositoryRoot + "/Tests/Benchmarks/.build/last-run.tsv"
+if renderOnly {
+    do {
+        guard let text = Machine.readFile(savedPath) else { throw BenchError("no saved results at \(savedPath)") }
+        let saved = try Saved.decode(text)
+        let report = Report(results: saved.results, plan: saved.plan, machine: saved.machine, seconds: saved.seconds,
+                            repositoryRoot: repositoryRoot, loadAtEnd: saved.loadAtEnd)
+        try report.write(to: out)
+        log("rewrote \(out)/Benchmarks.md and \(out)/benchmark-scaling.svg from \(savedPath) (\(saved.plan.mode.rawValue) run of \(saved.machine.date))")
+        exit(0)
+    } catch {
+        log("error: \(error)")
+        exit(1)
+    }
+}
+
 var plan = Plan.make(mode)
 if let passesOverride { plan.passes = passesOverride }
+if let scalingOverride { plan.scalingN = scalingOverride }
 let machine = Machine.describe(repositoryRoot: repositoryRoot)
 let runStart = rb_now_ns()
 log("readiness-bench (\(mode.rawValue)) — \(machine.summary)")
@@ -148,8 +175,19 @@ if only.contains(4) {
 }
 
 let seconds = Double(rb_now_ns() - runStart) / 1e9
-let report = Report(results: results, plan: plan, machine: machine, seconds: seconds, repositoryRoot: repositoryRoot)
+let loadAtEnd = Machine.loadAverage()
+let report = Report(results: results, plan: plan, machine: machine, seconds: seconds, repositoryRoot: repositoryRoot,
+                    loadAtEnd: loadAtEnd)
 do {
+    // Saved for --render-only (not for tiny smoke runs, which must not replace a real run's results).
+    if mode != .tiny {
+        let text = Saved.encode(results: results, plan: plan, machine: machine, seconds: seconds, loadAtEnd: loadAtEnd)
+        if let file = fopen(savedPath, "w") {
+            let bytes = Array(text.utf8)
+            fwrite(bytes, 1, bytes.count, file)
+            fclose(file)
+        }
+    }
     try report.write(to: out)
     log("wrote \(out)/Benchmarks.md and \(out)/benchmark-scaling.svg in \(fixed(seconds, 1)) s")
 } catch {

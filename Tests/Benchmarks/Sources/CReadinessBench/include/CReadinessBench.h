@@ -27,6 +27,8 @@ enum {
 
 /// CLOCK_MONOTONIC in nanoseconds: the one clock every contender is timed with.
 int64_t rb_now_ns(void);
+/// CLOCK_THREAD_CPUTIME_ID in nanoseconds (diagnostics: on-CPU time of the calling thread).
+int64_t rb_thread_cpu_ns(void);
 /// FD_SETSIZE.
 int rb_fd_setsize(void);
 /// The libevent version string and the method libevent picks by default here.
@@ -53,6 +55,11 @@ int rb_accept_drain(int listener);
 /// Sets SO_LINGER {1, 0} and closes: an abortive close that leaves no TIME_WAIT behind, so 20,000
 /// connects per round do not exhaust the ephemeral ports. Every connect contender closes this way.
 void rb_abort_close(int fd);
+/// A non-blocking TCP socket connecting to 127.0.0.1:port (in *fd_out, -1 if socket failed): 0 when
+/// connected at once, else connect's errno (EINPROGRESS while the kernel connects).
+int rb_tcp_connect(int port, int *fd_out);
+/// getsockopt(SOL_SOCKET, SO_ERROR): the pending error (0: connected), or getsockopt's errno.
+int rb_socket_error(int fd);
 /// The highest open descriptor of the process (for the FD_SETSIZE check).
 int rb_highest_open_fd(void);
 /// One malloc and one free, for the allocation counter's self-test (cannot be optimised away).
@@ -90,10 +97,15 @@ typedef struct rb_connect rb_connect;
 rb_connect *rb_connect_new(int kind, const char *method, int listener, int port, int max_in_flight,
                            char *error, int error_length);
 /// `total` connects to 127.0.0.1:port, `in_flight` at a time, each confirmed by SO_ERROR, accepted and
-/// closed. Returns timed nanoseconds or -1; `failures` gets connects whose SO_ERROR was not 0 (or whose
-/// socket/connect failed), `waits` the number of loop passes.
+/// closed. Returns timed nanoseconds (up to the last event handled) or -1; `failures` gets connects
+/// whose SO_ERROR was not 0 (or whose socket/connect failed), `waits` the number of loop passes, and
+/// `unaccepted` the connections the client saw succeed but the listener never produced (the client's
+/// abortive close can beat the server's handshake processing): the round ends once every connect is
+/// done and no accept came for RB_ACCEPT_GRACE_MS.
 int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failures, int64_t *waits,
-                         int64_t deadline_ns);
+                         int64_t *unaccepted, int64_t deadline_ns);
+/// How long a round waits for accepts that may never come, once every connect is done.
+enum { RB_ACCEPT_GRACE_MS = 100 };
 void rb_connect_free(rb_connect *c);
 
 #endif
