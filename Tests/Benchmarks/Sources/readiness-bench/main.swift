@@ -12,8 +12,9 @@ let usage = """
                   temporary directory unless --out is given
       --out DIR   where Benchmarks.md and benchmark-scaling.svg go (default: the repository's Docs/)
       --only 1,3  run only these scenarios (for profiling; the report then has only those)
-      --render-only  rewrite the report from the last run's saved results (Tests/Benchmarks/.build/
-                  last-run.tsv), e.g. after editing Tests/Benchmarks/Analysis.md; measures nothing
+      --render-only  rewrite the report from the saved results of the last run that wrote Docs/
+                  (Tests/Benchmarks/.build/last-run.tsv), e.g. after editing Tests/Benchmarks/Analysis.md;
+                  measures nothing
       --contender TEXT   run only the contenders whose name contains TEXT (for profiling)
       --passes K  passes over the contenders (default: 12 full, 2 quick, 1 tiny)
       --scaling-n 1,100  the N of scenario 2 (for profiling)
@@ -179,8 +180,9 @@ let loadAtEnd = Machine.loadAverage()
 let report = Report(results: results, plan: plan, machine: machine, seconds: seconds, repositoryRoot: repositoryRoot,
                     loadAtEnd: loadAtEnd)
 do {
-    // Saved for --render-only (not for tiny smoke runs, which must not replace a real run's results).
-    if mode != .tiny {
+    // Saved for --render-only, only when the report goes to the repository's Docs/: the saved results
+    // are always those of the published report (a --quick --out /tmp run must not replace them).
+    if outDirectory == nil, mode != .tiny {
         let text = Saved.encode(results: results, plan: plan, machine: machine, seconds: seconds, loadAtEnd: loadAtEnd)
         if let file = fopen(savedPath, "w") {
             let bytes = Array(text.utf8)
