@@ -102,7 +102,7 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
 public final class EventBuffer: RandomAccessCollection {
     public let capacity: Int
     @usableFromInline let storage: UnsafeMutablePointer<Event>
-    @usableFromInline var storedCount: Int = 0
+    @exclusivity(unchecked) @usableFromInline var storedCount: Int = 0
     /// How many events the last wait put in.
     @inlinable public var count: Int { storedCount }
 

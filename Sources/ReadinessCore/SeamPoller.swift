@@ -37,7 +37,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     // Used from one thread at a time (the contract) and never accessed overlapping: the dynamic
     // exclusivity check of each wait's `inout` access (swift_beginAccess) would be pure cost.
     @exclusivity(unchecked) @usableFromInline var storedTable = RegistrationTable()
-    @usableFromInline var isClosed = false
+    @exclusivity(unchecked) @usableFromInline var isClosed = false
 
     /// The registrations.
     public var table: RegistrationTable { storedTable }
@@ -64,6 +64,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
 
     public var capabilities: Capabilities { seam.capabilities }
 
+    @inlinable
     public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
         try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
@@ -75,6 +76,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         storedTable.insert(fd, registration)
     }
 
+    @inlinable
     public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
         var new = try storedTable.checkRegistered(fd)
@@ -93,6 +95,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         storedTable.replace(fd, with: new)
     }
 
+    @inlinable
     public func deregister(_ fd: CInt) throws(PollerError) {
         guard !isClosed else { throw .closed }
         let registration = try storedTable.checkRegistered(fd)
