@@ -16,8 +16,6 @@ int64_t rd_monotonic_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-void rd_set_errno(int value) { errno = value; }
-
 int rd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
 int rd_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 int rd_unshare_network(void) { return unshare(CLONE_NEWNET); }

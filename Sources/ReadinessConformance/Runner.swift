@@ -211,9 +211,6 @@ final class ScenarioRun {
             guard copy >= 0 else { throw SetupError("fcntl(F_DUPFD)") }
             endpoints[name] = copy
             return .ok
-        case .reopen(let e, let peer):
-            (endpoints[e], endpoints[peer]) = try Net.socketPair()
-            return .ok
         case .wait(let timeout):
             return observeWait(timeout, into: buffer)
         case .waitSmall(let capacity, let timeout):

@@ -21,8 +21,6 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case resetClose(String)
     /// Duplicates an endpoint to the lowest free number at or above `atLeast`, as a new endpoint.
     case duplicate(String, as: String, atLeast: CInt)
-    /// Opens a new socketpair whose first end takes the lowest free number (reusing a closed one).
-    case reopen(String, peer: String)
     /// Waits and records the events (nil: block).
     case wait(timeout: Duration?)
     /// Waits with a buffer of `capacity` events.
@@ -60,7 +58,6 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .close(let e): "close \(e)"
         case .resetClose(let e): "close \(e) with SO_LINGER 0"
         case .duplicate(let e, let n, let min): "dup \(e) as \(n) (fd >= \(min))"
-        case .reopen(let e, let p): "open socketpair \(e)/\(p) on the lowest free number"
         case .wait(let t): "wait \(t.map { "\($0)" } ?? "forever")"
         case .waitSmall(let c, let t): "wait \(t.map { "\($0)" } ?? "forever") into a buffer of \(c)"
         case .waitRounds(let c, let r): "\(r) waits into a buffer of \(c)"

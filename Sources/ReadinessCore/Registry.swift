@@ -97,6 +97,19 @@ public struct RegistrationTable: Sendable {
         slots[Int(fd)] = nil
     }
 
+    /// After a backend call failed with EBADF: marks every active registration whose descriptor is
+    /// no longer open as stale, calling `stopWatching` for each so the backend drops it natively.
+    /// Returns false when none was found (the EBADF has another cause).
+    public mutating func markClosedStale(_ stopWatching: (CInt, Registration) -> Void) -> Bool {
+        var found = false
+        for fd in descriptors where self[fd]?.isActive == true && !Sys.isOpen(fd) {
+            update(fd) { $0.stale = true }
+            if let registration = self[fd] { stopWatching(fd, registration) }
+            found = true
+        }
+        return found
+    }
+
     /// Removes everything (used when a poller closes).
     public mutating func removeAll() {
         slots.removeAll()

@@ -16,12 +16,6 @@ public enum Sys {
         }
     }
 
-    /// The errno of the last failed call on this thread.
-    @inlinable public static var lastError: CInt { errno }
-
-    /// Sets errno (used by test seams that simulate failures).
-    public static func setErrno(_ value: CInt) { rd_set_errno(value) }
-
     /// What kind of descriptor `fd` is: `nil` when it is open and pollable in principle, otherwise the
     /// contract's error (closed, regular file or directory).
     public static func checkPollable(_ fd: CInt) -> PollerError? {
@@ -56,11 +50,6 @@ public enum Sys {
     /// Moves the calling thread (only) into a new, empty network namespace. 0, or -1 with errno set.
     public static func unshareNetwork() -> CInt { rd_unshare_network() }
 
-    /// Makes a descriptor non-blocking.
-    public static func setNonBlocking(_ fd: CInt) -> Bool {
-        let flags = fcntl(fd, F_GETFL)
-        return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
-    }
 }
 
 /// Monotonic time in nanoseconds, without allocation.

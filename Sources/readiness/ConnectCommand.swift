@@ -32,22 +32,19 @@ struct ConnectCommand: ParsableCommand {
         let addresses = try SocketAddress.resolve(target)
         let start = MonotonicClock.nowNanoseconds
         var output: Output
-        let attempts = addresses.enumerated().map { index, address in
-            ConnectAttempt(to: address, poller: poller, token: Token(UInt64(index)),
-                           timeout: .milliseconds(timeout), trace: true)
-        }
+        let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: .milliseconds(timeout), trace: true)
         let elapsed = { Double(MonotonicClock.nowNanoseconds - start) / 1e6 }
         do {
             let socket = try Connector.run(attempts, on: poller, attemptDelay: .milliseconds(250))
             Sys.close(socket.fd)
             output = Output(target: target, backend: chosen.name, connected: true, local: socket.local?.description,
                             peer: socket.peer?.description, error: nil, cause: nil, errno: nil,
-                            elapsedMilliseconds: elapsed(), attempts: addresses.map(\.description),
+                            elapsedMilliseconds: elapsed(), attempts: attempts.map(\.address.description),
                             trace: Self.trace(attempts, since: start))
         } catch {
             output = Output(target: target, backend: chosen.name, connected: false, local: nil, peer: nil,
                             error: error.description, cause: error.cause.rawValue, errno: error.errnoName,
-                            elapsedMilliseconds: elapsed(), attempts: addresses.map(\.description),
+                            elapsedMilliseconds: elapsed(), attempts: attempts.map(\.address.description),
                             trace: Self.trace(attempts, since: start))
         }
         if json {

@@ -173,7 +173,7 @@ public final class LibeventSeam: PollerSeam {
             let e = errno
             if !events.isEmpty { return .events(events.count) }
             if e == EINTR { return .interrupted }
-            if e == EBADF, dropClosed(&table) { return .interrupted }
+            if e == EBADF, table.markClosedStale({ rd_lev_reg_remove(regs[Int($1.index)]) }) { return .interrupted }
             throw .system(operation: "event_base_loop", errno: e)
         }
         for i in 0..<fired {
@@ -265,15 +265,6 @@ public final class LibeventSeam: PollerSeam {
         table.update(fd) { $0.stale = true }
     }
 
-    /// After EBADF from the loop: find the registered descriptors that were closed.
-    private func dropClosed(_ table: inout RegistrationTable) -> Bool {
-        var found = false
-        for fd in table.descriptors where table[fd]?.isActive == true && !Sys.isOpen(fd) {
-            markStale(fd, &table)
-            found = true
-        }
-        return found
-    }
 
     public func close() {}
 }

@@ -85,7 +85,7 @@ public final class SelectSeam: PollerSeam {
         if n < 0 {
             switch errno {
             case EINTR: return .interrupted
-            case EBADF where dropClosed(&table):
+            case EBADF where table.markClosedStale({ apply($0, $1) }):
                 return .interrupted  // nothing observed yet; the wait loop retries with the time left
             default: throw .system(operation: "select", errno: errno)
             }
@@ -116,17 +116,6 @@ public final class SelectSeam: PollerSeam {
             if index == count { index = 0 }
         }
         return .events(events.count)
-    }
-
-    /// After EBADF: mark every closed, still-watched descriptor stale and stop watching it.
-    private func dropClosed(_ table: inout RegistrationTable) -> Bool {
-        var found = false
-        for fd in table.descriptors where table[fd]?.isActive == true && !Sys.isOpen(fd) {
-            table.update(fd) { $0.stale = true }
-            apply(fd, table[fd])
-            found = true
-        }
-        return found
     }
 
     private func recomputeMax(_ table: RegistrationTable) {

@@ -6,8 +6,6 @@
 int rd_eventfd_nonblocking(void);
 /// CLOCK_MONOTONIC in nanoseconds.
 int64_t rd_monotonic_ns(void);
-/// The thread's errno, set (Swift cannot assign errno directly on every libc).
-void rd_set_errno(int value);
 
 /// pipe2(fds, O_NONBLOCK | O_CLOEXEC) (needs _GNU_SOURCE, hidden from Swift's Glibc).
 int rd_pipe_nonblocking(int fds[2]);

@@ -23,13 +23,20 @@ public enum Connector {
                                attemptDelay: Duration = .milliseconds(250),
                                syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                                trace: Bool = false) throws(ConnectError) -> ConnectedSocket {
-        let ordered = interleaveFamilies(addresses)
-        guard !ordered.isEmpty else { throw ConnectError(.other, errno: EINVAL) }
-        let attempts = ordered.enumerated().map { index, address in
+        let attempts = makeAttempts(to: addresses, on: poller, timeout: timeout, syscalls: syscalls, trace: trace)
+        guard !attempts.isEmpty else { throw ConnectError(.other, errno: EINVAL) }
+        return try run(attempts, on: poller, attemptDelay: attemptDelay)
+    }
+
+    /// The attempts ``connect(to:on:timeout:attemptDelay:syscalls:trace:)`` runs, in RFC 8305 order,
+    /// with tokens 0, 1, ...: for a caller that wants them afterwards (their traces), via ``run``.
+    public static func makeAttempts(to addresses: [SocketAddress], on poller: any Poller, timeout: Duration?,
+                                    syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
+                                    trace: Bool = false) -> [ConnectAttempt] {
+        interleaveFamilies(addresses).enumerated().map { index, address in
             ConnectAttempt(to: address, poller: poller, token: Token(UInt64(index)), timeout: timeout,
                            syscalls: syscalls, trace: trace)
         }
-        return try run(attempts, on: poller, attemptDelay: attemptDelay)
     }
 
     /// RFC 8305 §4: start with the first address's family, then alternate families.
