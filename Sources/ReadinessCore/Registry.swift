@@ -139,8 +139,10 @@ public struct RegistrationTable: Sendable {
     /// unless `kernelChecksDescriptor` (the backend's call will find a closed descriptor itself).
     public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
                                 capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) -> Registration {
-        let current = try checkRegistered(fd)
+        // The same order as register: the descriptor's sign, the arguments, the table, the kernel.
+        guard fd >= 0 else { throw .invalidDescriptor(fd) }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
+        let current = try checkRegistered(fd)
         if !kernelChecksDescriptor, !Sys.isOpen(fd) { throw .badDescriptor(fd) }
         return current
     }

@@ -79,19 +79,20 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     @inlinable
     public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
-        var new = try storedTable.checkRegistered(fd)
-        let old = new
+        let old = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
+                                                  capabilities: seam.capabilities,
+                                                  kernelChecksDescriptor: seam.kernelChecksDescriptor)
+        var new = old
         new.token = token
         new.interest = interest
         new.trigger = trigger
         new.armed = true
-        // The kernel never sees tokens (events carry the descriptor and generation), so a change of
-        // token alone on an armed registration costs no backend call.
-        let needsBackend = new.interest != old.interest || new.trigger != old.trigger || !old.armed
-        _ = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
-                                            capabilities: seam.capabilities,
-                                            kernelChecksDescriptor: needsBackend && seam.kernelChecksDescriptor)
-        if needsBackend { try seam.modify(fd, from: old, to: new) }
+        // Contract, "reregister": the registration is applied afresh to the file that has the number
+        // now, even one found closed (stale) whose number was reused. The backend is always asked,
+        // a token-only change included: epoll cannot know that its file is gone without asking the
+        // kernel (EPOLL_CTL_MOD's ENOENT), and every backend must behave alike.
+        new.stale = false
+        try seam.modify(fd, from: old, to: new)
         storedTable.replace(fd, with: new)
     }
 

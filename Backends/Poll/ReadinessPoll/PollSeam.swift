@@ -73,7 +73,7 @@ public final class PollSeam: PollerSeam {
         var n = Int(poll(fds, nfds_t(used), timeout.milliseconds))
         if n < 0 {
             if errno == EINTR { return .interrupted }
-            throw .system(operation: "poll", errno: errno)
+            throw .failed("poll", errno: errno)
         }
         if n > 0, fds[0].revents != 0 {
             fds[0].revents = 0

@@ -87,7 +87,7 @@ public final class SelectSeam: PollerSeam {
             case EINTR: return .interrupted
             case EBADF where table.markClosedStale({ apply($0, $1) }):
                 return .interrupted  // nothing observed yet; the wait loop retries with the time left
-            default: throw .system(operation: "select", errno: errno)
+            default: throw .failed("select", errno: errno)
             }
         }
         if n > 0, rd_fd_isset(waker.fd, workRead) != 0 {

@@ -64,7 +64,7 @@ public final class ConnectAttempt {
         self.localAddress = localAddress
         tracing = trace
         machine = ConnectStateMachine(address: address)
-        deadline = timeout.map { MonotonicClock.nowNanoseconds + $0.clampedNanoseconds }
+        deadline = timeout.map { MonotonicClock.deadline(after: $0.clampedNanoseconds) }
     }
 
     /// Whether the attempt has finished (connected, failed or cancelled).
@@ -74,16 +74,15 @@ public final class ConnectAttempt {
     public func start() -> ConnectProgress {
         guard machine.state == .idle else { return finalProgress ?? .inProgress }
         let made = syscalls.socket(domain: address.domain)
-        guard made.fd >= 0 else {
-            return finish(.failed(ConnectError(errno: made.errno, address: address)))
-        }
+        // Every ending goes through the machine, so that `isFinished` and the trace say so too.
+        guard made.fd >= 0 else { return feed(.setupFailed(errno: made.errno != 0 ? made.errno : EINVAL)) }
         fd = made.fd
         if let localAddress {
             let e = syscalls.bind(fd, to: localAddress)
             if e != 0 {
                 syscalls.close(fd)
                 fd = -1
-                return finish(.failed(ConnectError(errno: e, address: address)))
+                return feed(.setupFailed(errno: e))
             }
         }
         return feed(.connectReturned(errno: syscalls.connect(fd, to: address)))

@@ -23,6 +23,9 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case noSuchPath
         /// EACCES, EPERM: a firewall rule or file permissions forbid it.
         case permissionDenied
+        /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of descriptors or memory.
+        /// Nothing is wrong with the destination: retry once something was released.
+        case resourceExhausted
         /// The caller cancelled the attempt.
         case cancelled
         /// The poller failed (see ``ConnectError/pollerError``).
@@ -60,6 +63,7 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case EAGAIN: family == .unix ? .backlogFull : .addressUnavailable
         case EADDRNOTAVAIL: .addressUnavailable
         case EACCES, EPERM: .permissionDenied
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM: .resourceExhausted
         default: .other
         }
     }

@@ -41,6 +41,9 @@ public struct ConnectStateMachine: Sendable, Hashable {
     }
 
     public enum Input: Hashable, Sendable {
+        /// socket(2) or bind(2) failed with `errno` before connect could be called (EMFILE,
+        /// EAFNOSUPPORT, EADDRINUSE, ...): the attempt ends at once, with that errno.
+        case setupFailed(errno: CInt)
         /// connect(2) returned 0 (`errno` 0) or failed with `errno`.
         case connectReturned(errno: CInt)
         /// The poller registration for writability failed.
@@ -94,6 +97,10 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case (_, .deadlinePassed):
             return fail(ConnectError(.timedOut, address: address))
 
+        // Rule 1: no socket (or no local address): the attempt is over, with the errno that said so.
+        case (.idle, .setupFailed(let e)):
+            return fail(ConnectError(errno: e, address: address))
+
         // Rule 2: connected at once (Unix-domain, sometimes loopback): still confirm with SO_ERROR.
         case (.idle, .connectReturned(0)):
             state = .readingSocketError
@@ -106,10 +113,8 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case (.idle, .connectReturned(let e)):
             return fail(ConnectError(errno: e, address: address))
 
-        case (.waiting, .registrationFailed(let error)):
-            return fail(ConnectError(.poller, address: address, pollerError: error))
-        case (.readingAddresses, .registrationFailed(let error)):
-            return fail(ConnectError(.poller, address: address, pollerError: error))
+        case (.waiting, .registrationFailed(let error)), (.readingAddresses, .registrationFailed(let error)):
+            return fail(ConnectError(error.isResourceExhausted ? .resourceExhausted : .poller, address: address, pollerError: error))
 
         // Rule 3: any wake-up means "go and look".
         case (.waiting, .woke):
@@ -169,6 +174,7 @@ extension ConnectStateMachine.State: CustomStringConvertible {
 extension ConnectStateMachine.Input: CustomStringConvertible {
     public var description: String {
         switch self {
+        case .setupFailed(let e): "socket()/bind() = -1 \(Errno.name(e))"
         case .connectReturned(0): "connect() = 0"
         case .connectReturned(let e): "connect() = -1 \(Errno.name(e))"
         case .registrationFailed(let error): "register failed: \(error)"

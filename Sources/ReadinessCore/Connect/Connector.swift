@@ -90,7 +90,7 @@ public enum Connector {
             while started < attempts.count, now >= nextStart {
                 let index = started
                 started += 1
-                nextStart = now + delay
+                nextStart = now.saturatingAdd(delay)
                 if let socket = record(index, attempts[index].start()) { return socket }
             }
             for (index, attempt) in attempts.enumerated() where index < started && !attempt.isFinished {
@@ -112,8 +112,9 @@ public enum Connector {
                 throw ConnectError(.poller, pollerError: error)
             }
             for event in events where !event.isWakeup {
-                let index = Int(event.token.rawValue)
-                guard index < started, !attempts[index].isFinished else { continue }
+                // Tokens are the attempts' indices; any other token (a caller's) is not ours.
+                guard let index = Int(exactly: event.token.rawValue), index < started,
+                      !attempts[index].isFinished else { continue }
                 if let socket = record(index, attempts[index].handle(event.ready)) { return socket }
             }
         }
