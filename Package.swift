@@ -15,6 +15,14 @@ let package = Package(
         .library(name: "ReadinessConformance", targets: ["ReadinessConformance"]),
         .executable(name: "readiness", targets: ["readiness"]),
     ],
+    traits: [
+        // On by default so that the four backends are there out of the box. A dependent that does not
+        // want libevent (no libevent-dev, no pkg-config, nothing linked) turns it off:
+        //   .package(url: ..., from: ..., traits: [])
+        // The libevent backends then probe as "not built in (trait Libevent off)".
+        .default(enabledTraits: ["Libevent"]),
+        .trait(name: "Libevent", description: "The libevent backend (links the system's libevent 2.1; needs libevent-dev and pkg-config to build)."),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
@@ -35,14 +43,18 @@ let package = Package(
                 path: "Backends/Select/ReadinessSelect", swiftSettings: strict),
         .systemLibrary(name: "CLibeventSystem", path: "Backends/Libevent/CLibeventSystem",
                        pkgConfig: "libevent", providers: [.apt(["libevent-dev"])]),
-        .target(name: "CLibevent", dependencies: ["CLibeventSystem"], path: "Backends/Libevent/CLibevent"),
+        // Without the Libevent trait the backend's sources compile to nothing (#if Libevent /
+        // READINESS_LIBEVENT), so even this package's own `swift build --disable-default-traits`
+        // needs no libevent headers; nothing imports CLibeventSystem, so nothing links libevent.
+        .target(name: "CLibevent", dependencies: ["CLibeventSystem"], path: "Backends/Libevent/CLibevent",
+                cSettings: [.define("READINESS_LIBEVENT", .when(traits: ["Libevent"]))]),
         .target(name: "ReadinessLibevent", dependencies: ["ReadinessCore", "CLibevent"],
                 path: "Backends/Libevent/ReadinessLibevent", swiftSettings: strict),
 
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
                 dependencies: ["ReadinessCore", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
-                               "ReadinessLibevent"],
+                               .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],
                 path: "Sources/ReadinessConformance", swiftSettings: strict),

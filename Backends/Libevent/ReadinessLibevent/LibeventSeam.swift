@@ -1,3 +1,4 @@
+#if Libevent // the package trait; without it this module is empty
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -268,3 +269,4 @@ public final class LibeventSeam: PollerSeam {
 
     public func close() {}
 }
+#endif // Libevent
