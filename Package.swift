@@ -41,13 +41,16 @@ let package = Package(
         .target(name: "CSelect", path: "Backends/Select/CSelect"),
         .target(name: "ReadinessSelect", dependencies: ["ReadinessCore", "CSelect"],
                 path: "Backends/Select/ReadinessSelect", swiftSettings: strict),
-        .systemLibrary(name: "CLibeventSystem", path: "Backends/Libevent/CLibeventSystem",
-                       pkgConfig: "libevent", providers: [.apt(["libevent-dev"])]),
-        // Without the Libevent trait the backend's sources compile to nothing (#if Libevent /
-        // READINESS_LIBEVENT), so even this package's own `swift build --disable-default-traits`
-        // needs no libevent headers; nothing imports CLibeventSystem, so nothing links libevent.
-        .target(name: "CLibevent", dependencies: ["CLibeventSystem"], path: "Backends/Libevent/CLibevent",
-                cSettings: [.define("READINESS_LIBEVENT", .when(traits: ["Libevent"]))]),
+        // libevent's headers are included by shim.c only (event2/event-config.h defines _GNU_SOURCE,
+        // which changes glibc's fd_set and clashes with Swift's Glibc module), from the system include
+        // path (Debian: libevent-dev). There is no pkg-config system-library target: SwiftPM queries
+        // pkg-config for every such target of every package in the graph, trait or not, and a dependent
+        // with the trait off would be told to install libevent-dev. Without the Libevent trait the
+        // backend's sources compile to nothing (#if Libevent / READINESS_LIBEVENT) and -levent is not
+        // passed, so even this package's own `swift build --disable-default-traits` needs no libevent.
+        .target(name: "CLibevent", path: "Backends/Libevent/CLibevent",
+                cSettings: [.define("READINESS_LIBEVENT", .when(traits: ["Libevent"]))],
+                linkerSettings: [.linkedLibrary("event", .when(traits: ["Libevent"]))]),
         .target(name: "ReadinessLibevent", dependencies: ["ReadinessCore", "CLibevent"],
                 path: "Backends/Libevent/ReadinessLibevent", swiftSettings: strict),
 
