@@ -27,19 +27,19 @@ run: deps
 	$$($(SWIFT) build --show-bin-path)/readiness backends
 	$$($(SWIFT) build --show-bin-path)/readiness conformance --differential 200
 
-# The whole test suite, the benchmark smoke run (every contender runs; no timing is asserted),
-# then the sanitizers over the same suite.
+# Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
+# suite without the Libevent trait, the downstream package with the trait on and off, the benchmark
+# smoke run (every contender runs; no timing is asserted), the suite under ASan and TSan.
 test: deps
-	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build $(TEST_FLAGS)
-	$(MAKE) --no-print-directory bench-smoke
-	$(MAKE) --no-print-directory sanitize
+	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
 
+# The ASan/TSan stages alone, with the toolchain's lld (see .ci/test for why).
+LLD := $(shell [ -x "$$(dirname "$$(readlink -f "$$(command -v $(SWIFT))")")/ld.lld" ] && echo -Xswiftc -use-ld=lld)
 sanitize: deps
-	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan $(TEST_FLAGS)
-	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(TEST_FLAGS)
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan $(LLD)
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan $(LLD) $(TEST_FLAGS)
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan $(LLD)
+	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(LLD) $(TEST_FLAGS)
 
 check: test
 
@@ -49,9 +49,11 @@ bench: deps
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/release/readiness-bench
 
+# Writes its report to Tests/Benchmarks/.build/tiny-report; its allocation figures are labelled as
+# those of a debug build.
 bench-smoke: deps
 	$(SWIFT) build --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/debug/readiness-bench --tiny
 
 clean:
-	rm -rf .build .build-asan .build-tsan Tests/Benchmarks/.build
+	rm -rf .build .build-asan .build-tsan .build-nolibevent .build-docs Tests/Benchmarks/.build
