@@ -30,6 +30,7 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The backend could not be created here.
     case unavailable(backend: String, reason: String)
 
+    /// A message naming the failure.
     public var description: String {
         switch self {
         case .closed: "the poller is closed"

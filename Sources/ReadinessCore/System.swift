@@ -54,12 +54,15 @@ public enum Sys {
 
 /// Monotonic time in nanoseconds, without allocation.
 public enum MonotonicClock {
+    /// Now, from CLOCK_MONOTONIC.
     @inlinable public static var nowNanoseconds: Int64 { rd_monotonic_ns() }
 }
 
 /// The time a single backend wait call may block: the wait loop hands each attempt the time left.
 public enum WaitTimeout: Sendable, Equatable {
+    /// Block until an event.
     case infinite
+    /// Block at most this long.
     case nanoseconds(Int64)
 
     /// Milliseconds for epoll_wait/poll, rounded up so the call never returns before the deadline

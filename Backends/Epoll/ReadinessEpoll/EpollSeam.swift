@@ -11,8 +11,9 @@ import ReadinessCore
 /// is still in the kernel's interest list under a number we no longer own. It would fire for ever, so
 /// the backend rebuilds its epoll set from the table (as libev does when it sees a stale generation).
 public final class EpollSeam: PollerSeam {
+    /// What this epoll poller can do.
     public let capabilities: Capabilities
-    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by ``ctl``.
+    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by `ctl`.
     public var kernelChecksDescriptor: Bool { true }
     private var epfd: CInt
     private let waker: Waker
@@ -20,10 +21,12 @@ public final class EpollSeam: PollerSeam {
     private var nativeCapacity: Int
     private static let wakerData = UInt64.max
 
+    /// epoll's capabilities, before a poller exists.
     public static let baseCapabilities = Capabilities(
         name: "epoll", edgeTriggered: true, oneShot: .native, timeoutResolution: .milliseconds(1),
         maxDescriptor: CInt.max, reportsReadClosed: true, reportsHangupAndError: true)
 
+    /// Creates the epoll instance and registers the waker.
     public init(waker: Waker) throws(PollerError) {
         capabilities = Self.baseCapabilities
         self.waker = waker
@@ -74,10 +77,12 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
+    /// EPOLL_CTL_ADD for `fd` (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         try ctl(0, fd, registration, "epoll_ctl(ADD)")
     }
 
+    /// EPOLL_CTL_MOD for `fd`, re-arming it (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         var changed = new
         changed.generation = old.generation
@@ -89,6 +94,7 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
+    /// EPOLL_CTL_DEL for `fd`, tolerating a closed descriptor (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         guard rd_epoll_ctl(epfd, 2, fd, 0, 0) != 0 else { return }
         let e = errno
@@ -98,6 +104,7 @@ public final class EpollSeam: PollerSeam {
         throw .system(operation: "epoll_ctl(DEL)", errno: e)
     }
 
+    /// One epoll_wait of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         if events.capacity > nativeCapacity { try growNative(events.capacity) }
@@ -156,6 +163,7 @@ public final class EpollSeam: PollerSeam {
         nativeCapacity = capacity
     }
 
+    /// Closes the epoll descriptor.
     public func close() {
         if epfd >= 0 { Sys.close(epfd) }
         epfd = -1
