@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run test check sanitize deps build bench bench-smoke clean
+.PHONY: run test check sanitize deps build bench bench-smoke docs clean
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null; then :; \
@@ -54,6 +54,25 @@ bench: deps
 bench-smoke: deps
 	$(SWIFT) build --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/debug/readiness-bench --tiny
+
+# DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
+# catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so
+# each article has one copy: its Docs/ page. A Docs/ page without a link gets one here. .ci/doc-check
+# first fails on any public declaration without a doc comment. swift-docc-plugin is declared only
+# with READINESS_DOCS=1 (Package.swift), so dependents never resolve it.
+DOC_TARGETS := Readiness ReadinessCore ReadinessEpoll ReadinessPoll ReadinessSelect ReadinessLibevent
+DOCS_ARCHIVE := .build-docs/plugins/Swift-DocC/outputs/Readiness.doccarchive
+docs: deps
+	@for page in Docs/*.md; do \
+	  link=Sources/Readiness/Readiness.docc/$$(basename $$page); \
+	  if [ ! -e $$link ]; then ln -s ../../../$$page $$link; echo "linked $$page into the DocC catalog (commit $$link)"; fi; \
+	done
+	@.ci/doc-check
+	@mkdir -p .build-docs; READINESS_DOCS=1 $(SWIFT) package --scratch-path .build-docs generate-documentation \
+	  $(addprefix --target ,$(DOC_TARGETS)) --enable-experimental-combined-documentation --warnings-as-errors \
+	  > .build-docs/make-docs.log 2>&1 || { grep -vE '^\[[0-9]+/[0-9]+\]' .build-docs/make-docs.log; echo "make docs: failed (log: .build-docs/make-docs.log)"; exit 1; }
+	@if grep -E '^(warning|error):' .build-docs/make-docs.log; then echo "make docs: diagnostics above"; exit 1; fi
+	@echo "make docs: no warnings; $(DOCS_ARCHIVE)"
 
 clean:
 	rm -rf .build .build-asan .build-tsan .build-nolibevent .build-docs Tests/Benchmarks/.build

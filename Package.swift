@@ -70,3 +70,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// DocC (`make docs`): swift-docc-plugin is declared only when READINESS_DOCS=1, so that neither a
+// dependent nor a plain build of this package resolves it (SwiftPM resolves every declared dependency
+// of every package in the graph, used or not).
+if Context.environment["READINESS_DOCS"] == "1" {
+    package.dependencies.append(.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"))
+}

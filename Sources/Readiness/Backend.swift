@@ -59,10 +59,11 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     /// probe as unavailable, "not built in (trait Libevent off)".
     public static let all: [Backend] = [.epoll, .poll, .libevent, .libevent(.epoll), .libevent(.poll), .libevent(.select), .select]
 
-    /// Whether libevent is compiled into this build (the package trait `Libevent`, on by default).
     #if Libevent
+    /// Whether libevent is compiled into this build (the package trait `Libevent`, on by default).
     public static let libeventBuiltIn = true
     #else
+    /// Whether libevent is compiled into this build (the package trait `Libevent`, on by default).
     public static let libeventBuiltIn = false
     #endif
 
@@ -168,9 +169,9 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     /// let poller = try Backend.makeDefaultPoller()    // READINESS_BACKEND=poll overrides
     /// ```
     ///
-    /// It throws only ``PollerError``, the error of every other poller call, so one `catch` covers a
+    /// It throws only ``/ReadinessCore/PollerError``, the error of every other poller call, so one `catch` covers a
     /// whole start: a selection failure (an unknown or unavailable `READINESS_BACKEND`, no backend
-    /// available) is ``PollerError/unavailable(backend:reason:)`` whose reason is the
+    /// available) is ``/ReadinessCore/PollerError/unavailable(backend:reason:)`` whose reason is the
     /// ``SelectionError`` description. ``default(environment:)`` and ``selection(environment:)`` give
     /// the structured forms.
     public static func makeDefaultPoller(environment: [String: String]? = nil) throws(PollerError) -> any Poller {
@@ -270,7 +271,7 @@ public struct SelectionReport: Sendable, CustomStringConvertible {
 
 /// Errors of run-time selection (``Backend/named(_:)``, ``Backend/default(environment:)``).
 ///
-/// ``Backend/makeDefaultPoller(environment:)`` turns them into ``PollerError`` (see ``pollerError``).
+/// ``Backend/makeDefaultPoller(environment:)`` turns them into ``/ReadinessCore/PollerError`` (see ``pollerError``).
 public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
     /// No backend has this name; the valid names.
     case unknownName(String, valid: [String])
@@ -292,7 +293,7 @@ public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The same failure as a ``PollerError``: ``PollerError/unavailable(backend:reason:)`` naming the
+    /// The same failure as a ``/ReadinessCore/PollerError``: ``/ReadinessCore/PollerError/unavailable(backend:reason:)`` naming the
     /// backend (or "default" when none was named), with this error's description as the reason; a
     /// creation failure is the poller's own error.
     public var pollerError: PollerError {
