@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run test check sanitize deps build bench bench-smoke docs clean
+.PHONY: run tool test check sanitize deps build bench bench-smoke docs clean
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null; then :; \
@@ -22,10 +22,14 @@ build: deps
 	$(SWIFT) build
 
 # The main job: the conformance matrix, every scenario on every available backend, plus differential scripts.
-run: deps
-	$(SWIFT) build --product readiness
-	$$($(SWIFT) build --show-bin-path)/readiness backends
-	$$($(SWIFT) build --show-bin-path)/readiness conformance --differential 200
+# The tool is its own package (Tools/) so that swift-argument-parser never reaches a dependent.
+TOOL := .build/tools/debug/readiness
+tool: deps
+	$(SWIFT) build --package-path Tools --scratch-path .build/tools
+
+run: tool
+	$(TOOL) backends
+	$(TOOL) conformance --differential 200
 
 # Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
 # suite without the Libevent trait, the downstream package with the trait on and off, the benchmark

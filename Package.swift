@@ -13,7 +13,6 @@ let package = Package(
         .library(name: "Readiness", targets: ["Readiness"]),
         // The cross-backend conformance suite, for authors of new backends.
         .library(name: "ReadinessConformance", targets: ["ReadinessConformance"]),
-        .executable(name: "readiness", targets: ["readiness"]),
     ],
     traits: [
         // On by default so that the four backends are there out of the box. A dependent that does not
@@ -23,9 +22,10 @@ let package = Package(
         .default(enabledTraits: ["Libevent"]),
         .trait(name: "Libevent", description: "The libevent backend (links the system's libevent 2.1; needs libevent-dev and pkg-config to build)."),
     ],
-    dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-    ],
+    // No package dependencies: what a dependent resolves is this package alone. The command-line tool
+    // (Tools/, with swift-argument-parser) and the benchmarks (Tests/Benchmarks, with SwiftNIO) are
+    // packages of their own; swift-docc-plugin is declared only for `make docs` (the end of this file).
+    dependencies: [],
     targets: [
         // Core: the Poller contract, events, errors, registration table, waker, connect state machine.
         .target(name: "CReadinessCore", path: "Sources/CReadinessCore"),
@@ -61,10 +61,6 @@ let package = Package(
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],
                 path: "Sources/ReadinessConformance", swiftSettings: strict),
-        .executableTarget(name: "readiness",
-                          dependencies: ["Readiness", "ReadinessConformance",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                          path: "Sources/readiness", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
                     path: "Tests/ReadinessTests", swiftSettings: strict),
     ],
