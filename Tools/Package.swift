@@ -32,6 +32,11 @@ let package = Package(
             ],
             path: "Sources/readiness",
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]),
+        // Runs the built tool (make test: the "command-line tool" stage).
+        .testTarget(
+            name: "ReadinessToolTests",
+            dependencies: ["readiness", .product(name: "Readiness", package: rootIdentity)],
+            path: "Tests/ReadinessToolTests"),
     ],
     swiftLanguageModes: [.v6]
 )
