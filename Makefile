@@ -21,19 +21,20 @@ deps:
 build: deps
 	$(SWIFT) build
 
-# The main job: the conformance matrix, every scenario on every available backend, plus differential scripts.
-# The tool is its own package (Tools/) so that swift-argument-parser never reaches a dependent.
+# The command-line tool is its own package (Tools/) so that swift-argument-parser never reaches a dependent.
 TOOL := .build/tools/debug/readiness
 tool: deps
 	$(SWIFT) build --package-path Tools --scratch-path .build/tools
 
+# The main job: the conformance matrix, every scenario on every available backend, plus differential scripts.
 run: tool
 	$(TOOL) backends
 	$(TOOL) conformance --differential 200
 
 # Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
-# suite without the Libevent trait, the downstream package with the trait on and off, the benchmark
-# smoke run (every contender runs; no timing is asserted), the suite under ASan and TSan.
+# suite without the Libevent trait, the tool's tests, the downstream package with the trait on and off,
+# the benchmark smoke run (every contender runs; no timing is asserted), make docs, the suite under
+# ASan and TSan. Logs: .build/test-logs/. The last line: "N passed, N failed, N skipped".
 test: deps
 	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
 
