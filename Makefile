@@ -65,7 +65,8 @@ bench-smoke: deps
 # each article has one copy: its Docs/ page. A Docs/ page without a link gets one here. .ci/doc-check
 # first fails on any public declaration without a doc comment. swift-docc-plugin is declared only
 # with READINESS_DOCS=1 (Package.swift), so dependents never resolve it.
-DOC_TARGETS := Readiness ReadinessCore ReadinessEpoll ReadinessPoll ReadinessSelect ReadinessLibevent
+# (Every backend folder's Readiness* target: a new backend is documented without editing this line.)
+DOC_TARGETS := Readiness ReadinessCore $(sort $(notdir $(wildcard Backends/*/Readiness*)))
 DOCS_ARCHIVE := .build-docs/plugins/Swift-DocC/outputs/Readiness.doccarchive
 docs: deps
 	@for page in Docs/*.md; do \
