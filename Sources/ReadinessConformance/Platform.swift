@@ -84,7 +84,9 @@ enum Net {
     }
 
     static var uniquePath: String {
-        "/tmp/readiness-\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).sock"
+        // $TMPDIR when set and short enough for sun_path (108 bytes with the name), else /tmp.
+        let dir = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty || $0.utf8.count > 64 ? nil : $0 } ?? "/tmp"
+        return "\(dir)/readiness-\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).sock"
     }
     private static let counter = Atomic<Int>(0)
 }

@@ -46,6 +46,7 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
         if case .resourceExhausted = self { true } else { false }
     }
 
+    /// A message naming the failure.
     public var description: String {
         switch self {
         case .closed: "the poller is closed"

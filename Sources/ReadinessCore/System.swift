@@ -63,6 +63,7 @@ public enum Sys {
 
 /// Monotonic time in nanoseconds, without allocation.
 public enum MonotonicClock {
+    /// Now, from CLOCK_MONOTONIC.
     @inlinable public static var nowNanoseconds: Int64 { rd_monotonic_ns() }
 
     /// The monotonic instant `nanoseconds` from `now`, saturating at `Int64.max` (which no clock
@@ -83,7 +84,9 @@ extension Int64 {
 
 /// The time a single backend wait call may block: the wait loop hands each attempt the time left.
 public enum WaitTimeout: Sendable, Equatable {
+    /// Block until an event.
     case infinite
+    /// Block at most this long.
     case nanoseconds(Int64)
 
     /// Milliseconds for epoll_wait/poll, rounded up so the call never returns before the deadline

@@ -22,6 +22,7 @@ public final class Waker: Sendable {
     /// The eventfd, for the backend to watch for readability.
     public let fd: CInt
 
+    /// Creates the eventfd (non-blocking, close-on-exec).
     public init() throws(PollerError) {
         let fd = rd_eventfd_nonblocking()
         guard fd >= 0 else { throw .failed("eventfd", errno: errno) }

@@ -17,8 +17,9 @@ import ReadinessCore
 /// the same, the events already gathered are delivered first and the rebuild is retried by the next
 /// wait: a fired one-shot event is never lost.
 public final class EpollSeam: PollerSeam {
+    /// What this epoll poller can do.
     public let capabilities: Capabilities
-    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by ``ctl``.
+    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by `ctl`.
     public var kernelChecksDescriptor: Bool { true }
     private var epfd: CInt
     /// An empty epoll set kept for the next rebuild (-1 until one could be made).
@@ -30,10 +31,12 @@ public final class EpollSeam: PollerSeam {
     private var nativeCapacity: Int
     private static let wakerData = UInt64.max
 
+    /// epoll's capabilities, before a poller exists.
     public static let baseCapabilities = Capabilities(
         name: "epoll", edgeTriggered: true, oneShot: .native, timeoutResolution: .milliseconds(1),
         maxDescriptor: CInt.max, reportsReadClosed: true, reportsHangupAndError: true)
 
+    /// Creates the epoll instance and registers the waker.
     public init(waker: Waker) throws(PollerError) {
         capabilities = Self.baseCapabilities
         self.waker = waker
@@ -86,6 +89,7 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
+    /// EPOLL_CTL_ADD for `fd` (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         do {
             try ctl(rd_EPOLL_CTL_ADD, fd, registration, "epoll_ctl(ADD)")
@@ -97,6 +101,7 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
+    /// EPOLL_CTL_MOD for `fd`, re-arming it (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         var changed = new
         changed.generation = old.generation
@@ -110,6 +115,7 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
+    /// EPOLL_CTL_DEL for `fd`, tolerating a closed descriptor (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         guard rd_epoll_ctl(epfd, rd_EPOLL_CTL_DEL, fd, 0, 0) != 0 else { return }
         let e = errno
@@ -119,6 +125,7 @@ public final class EpollSeam: PollerSeam {
         throw .failed("epoll_ctl(DEL)", errno: e)
     }
 
+    /// One epoll_wait of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         // A rebuild that failed before is retried; failing again, the wait still delivers what the
@@ -201,6 +208,7 @@ public final class EpollSeam: PollerSeam {
         nativeCapacity = capacity
     }
 
+    /// Closes the epoll descriptor.
     public func close() {
         if epfd >= 0 { Sys.close(epfd) }
         if spare >= 0 { Sys.close(spare) }

@@ -1,3 +1,5 @@
+// Compiled only with the Libevent trait (Package.swift defines READINESS_LIBEVENT); without it, empty.
+#ifdef READINESS_LIBEVENT
 #include <sys/select.h>
 #include <sys/eventfd.h>
 #include "CLibevent.h"
@@ -271,3 +273,4 @@ int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
 
 int rd_lev_fired_fd(const rd_lev *lev, int i) { return lev->fired_fd[i]; }
 int rd_lev_fired_what(const rd_lev *lev, int i) { return lev->fired_what[i]; }
+#endif // READINESS_LIBEVENT

@@ -1,3 +1,4 @@
+#if Libevent // the package trait; without it this module is empty
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,9 +21,11 @@ import ReadinessCore
 public final class LibeventSeam: PollerSeam {
     /// The kernel method libevent is asked to use.
     public enum Method: String, CaseIterable, Sendable {
+        /// A kernel method libevent can be forced to use.
         case epoll, poll, select
     }
 
+    /// What this libevent poller can do (its method decides).
     public let capabilities: Capabilities
     /// The method libevent reports it uses (`event_base_get_method`).
     public let method: String
@@ -61,7 +64,7 @@ public final class LibeventSeam: PollerSeam {
     /// Whether this libevent was built with `method`.
     public static func supports(_ method: Method) -> Bool { rd_lev_supports_method(method.rawValue) != 0 }
 
-    /// - Parameter method: nil lets libevent choose.
+    /// A libevent base using the `requested` method (nil lets libevent choose), woken by `waker`.
     public init(method requested: Method?, waker: Waker) throws(PollerError) {
         let name = requested.map { "libevent:\($0.rawValue)" } ?? "libevent"
         var message = [CChar](repeating: 0, count: 256)
@@ -125,6 +128,7 @@ public final class LibeventSeam: PollerSeam {
         }
     }
 
+    /// Adds an event for `fd`, reusing a released `struct event` when there is one (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .failed("realloc", errno: ENOMEM) }
         let interest = CInt(registration.interest.rawValue)
@@ -154,6 +158,7 @@ public final class LibeventSeam: PollerSeam {
         if Int(fd) >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: Int(fd) + 1 - stamps.count)) }
     }
 
+    /// Re-assigns and re-adds the event of `fd` (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         let reg = regs[Int(old.index)]
         guard rd_lev_reg_change(reg, CInt(new.interest.rawValue), trigger(new), earlyClose) == 0 else {
@@ -161,6 +166,7 @@ public final class LibeventSeam: PollerSeam {
         }
     }
 
+    /// Deletes the event of `fd` and keeps it for reuse (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         let index = Int(registration.index)
         // libevent's epoll method cannot delete a file whose number was closed first (EBADF) or now
@@ -190,6 +196,7 @@ public final class LibeventSeam: PollerSeam {
         if rd_lev_reinit(lev) != 0, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: errno) }
     }
 
+    /// One libevent loop pass of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         if reinitPending { try reinit(&table) }
@@ -319,6 +326,7 @@ public final class LibeventSeam: PollerSeam {
     /// Linux's POLLRDHUP (needs _GNU_SOURCE, so Glibc does not export it).
     private static let pollRDHUP: Int16 = 0x2000
 
+    /// Nothing to do: the base is freed when the seam is released.
     public func close() {}
 }
 
@@ -339,3 +347,4 @@ struct FileIdentity: Equatable {
         }
     }
 }
+#endif // Libevent

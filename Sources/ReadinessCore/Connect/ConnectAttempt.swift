@@ -8,22 +8,31 @@ public enum ConnectProgress: Sendable, Hashable {
     case inProgress
     /// Connected: the caller now owns `fd` (non-blocking, close-on-exec, no longer registered).
     case connected(ConnectedSocket)
+    /// Failed: the socket is closed; why.
     case failed(ConnectError)
 }
 
 /// A connected socket handed to the caller.
 public struct ConnectedSocket: Sendable, Hashable {
+    /// The connected descriptor, now the caller's.
     public let fd: CInt
+    /// The local address (getsockname), when known.
     public let local: SocketAddress?
+    /// The peer's address (getpeername), when known.
     public let peer: SocketAddress?
 }
 
 /// One step of the state machine, for traces.
 public struct ConnectTraceEntry: Sendable, Hashable, CustomStringConvertible {
+    /// When the input arrived (monotonic nanoseconds).
     public let atNanoseconds: Int64
+    /// What the state machine was fed.
     public let input: ConnectStateMachine.Input
+    /// What it asked the driver to do.
     public let action: ConnectStateMachine.Action
+    /// The state it moved to.
     public let state: ConnectStateMachine.State
+    /// "input -> action [state]".
     public var description: String { "\(input) -> \(action) [\(state)]" }
 }
 
@@ -39,11 +48,15 @@ public struct ConnectTraceEntry: Sendable, Hashable, CustomStringConvertible {
 /// // when attempt.deadline has passed: progress = attempt.checkDeadline()
 /// ```
 public final class ConnectAttempt {
+    /// The address being connected to.
     public let address: SocketAddress
+    /// The token the socket is registered with on the poller.
     public let token: Token
     /// Monotonic deadline in nanoseconds (``MonotonicClock``), nil for none.
     public let deadline: Int64?
+    /// The state machine this attempt drives.
     public private(set) var machine: ConnectStateMachine
+    /// The socket, or -1 before it is created and after it is handed over or closed.
     public private(set) var fd: CInt = -1
     /// The machine's steps, when tracing was asked for.
     public private(set) var trace: [ConnectTraceEntry] = []
@@ -54,6 +67,7 @@ public final class ConnectAttempt {
     private var finalProgress: ConnectProgress?
     private var names: (local: SocketAddress?, peer: SocketAddress?) = (nil, nil)
 
+    /// An attempt to connect to `address` on `poller` under `token`; nothing happens until ``start()``.
     public init(to address: SocketAddress, poller: any Poller, token: Token, timeout: Duration?,
                 localAddress: SocketAddress? = nil, syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                 trace: Bool = false) {
