@@ -1,0 +1,328 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIOUring
+import ReadinessCore
+
+/// Linux io_uring used for readiness: `IORING_OP_POLL_ADD` requests on the registered descriptors,
+/// submitted in batches with the wait (one `io_uring_enter` submits the changes and waits with a
+/// timeout), completions drained into the caller's buffer. Raw system calls through a small C shim
+/// (`CIOUring`), so users need no liburing.
+///
+/// - level: a one-shot poll, re-armed by the next wait for every registration it delivered (the
+///   re-arm looks at the descriptor at once, so a lasting condition is reported again, as epoll's
+///   level mode re-polls its ready list);
+/// - one-shot: a one-shot poll, not re-armed until `reregister`;
+/// - edge: a multishot poll (a completion per wake-up of the file, as EPOLLET), where the kernel has it.
+///
+/// Every poll request carries `user_data = armID << 32 | fd`, where `armID` is unique per request this
+/// seam made (finer than the registration's generation: it also changes on re-arm and reregister). A
+/// completion whose pair is not the descriptor's current request belongs to a registration that was
+/// removed or changed, or to a file that is gone, and is dropped. A removed registration's request is
+/// cancelled with `IORING_OP_POLL_REMOVE`, submitted at once: a poll request holds a reference to its
+/// file, so until then a closed descriptor's file lives on (as through a dup).
+public final class IOUringSeam: PollerSeam {
+    public let capabilities: Capabilities
+    private let ring: OpaquePointer
+    private let waker: Waker
+    /// What the kernel offers, for the selection report.
+    public let kernelFacts: String
+
+    /// Per descriptor number: the current poll request and the wait bookkeeping.
+    private struct Slot {
+        /// The armID of the descriptor's current request (0: none).
+        var armID: UInt32 = 0
+        /// A request is in the kernel (its completion without IORING_CQE_F_MORE has not been seen).
+        var inFlight = false
+        /// Delivered by the last wait and level-triggered: re-armed by the next one.
+        var rearmQueued = false
+        /// Poll bits of a completion that did not fit in the caller's buffer (0: none kept).
+        var pendingMask: UInt32 = 0
+        /// The last wait that reported the descriptor (one event per registration per wait).
+        var stamp: UInt32 = 0
+    }
+    private var slots: [Slot] = []
+    private var nextArm: UInt32 = 1
+    /// Descriptors to re-arm at the next wait (capacity reserved at registration).
+    private var rearm: [CInt] = []
+    /// Descriptors with a kept completion, in arrival order (capacity reserved at registration).
+    private var pending: [CInt] = []
+    /// poll(2) entries to look at `pending` again before reporting it.
+    private var recheck: UnsafeMutablePointer<pollfd>
+    private var recheckCapacity = 16
+    private var epoch: UInt32 = 0
+    private var wakerInFlight = false
+    private var registered = 0
+    private var ringClosed = false
+
+    /// Tags in the low word's top bit (a descriptor is never negative): the waker's poll and the
+    /// completions of POLL_REMOVE requests, which carry nothing.
+    private static let controlBit: UInt64 = 1 << 31
+    private static let wakerData: UInt64 = controlBit | 1
+    private static let removeData: UInt64 = controlBit | 2
+    /// Ring sizes: submissions are flushed when the queue is full; completions beyond the completion
+    /// ring wait in the kernel (IORING_FEAT_NODROP) until the next drain.
+    private static let submissionEntries: UInt32 = 256
+    private static let completionEntries: UInt32 = 4096
+
+    public init(waker: Waker) throws(PollerError) {
+        var made: OpaquePointer?
+        var message = [CChar](repeating: 0, count: 256)
+        let status = message.withUnsafeMutableBufferPointer {
+            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, $0.baseAddress, CInt($0.count))
+        }
+        guard status == 0, let made else {
+            let reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw .unavailable(backend: "io_uring", reason: reason)
+        }
+        ring = made
+        self.waker = waker
+        recheck = .allocate(capacity: recheckCapacity)
+        let multishot = rd_uring_has_multishot(made) != 0
+        kernelFacts = Self.describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: multishot)
+        capabilities = Capabilities(
+            name: "io_uring", mechanism: "io_uring", edgeTriggered: multishot, oneShot: .native,
+            timeoutResolution: .nanoseconds(1), maxDescriptor: CInt.max,
+            reportsReadClosed: true, reportsHangupAndError: true)
+        try armWaker()
+    }
+
+    deinit {
+        close()
+        recheck.deallocate()
+    }
+
+    /// Creates an io_uring poller.
+    public static func makePoller() throws(PollerError) -> SeamPoller<IOUringSeam> {
+        try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker) }
+    }
+
+    static func describe(features: UInt32, flags: UInt32, multishot: Bool) -> String {
+        let disabled = rd_uring_disabled_setting()
+        var facts = ["features 0x\(String(features, radix: 16))", "setup flags 0x\(String(flags, radix: 16))"]
+        facts.append(multishot ? "multishot poll" : "no multishot poll (edge refused)")
+        facts.append(disabled < 0 ? "no io_uring_disabled sysctl" : "io_uring_disabled=\(disabled)")
+        return facts.joined(separator: ", ")
+    }
+
+    // MARK: Requests
+
+    @inline(__always)
+    private static func data(_ fd: CInt, _ armID: UInt32) -> UInt64 {
+        UInt64(armID) << 32 | UInt64(UInt32(bitPattern: fd))
+    }
+
+    @inline(__always)
+    private static func mask(_ r: Registration) -> UInt32 {
+        var bits: UInt32 = 0
+        if r.interest.contains(.readable) { bits |= rd_uring_POLLIN | rd_uring_POLLRDHUP }
+        if r.interest.contains(.writable) { bits |= rd_uring_POLLOUT }
+        return bits
+    }
+
+    private func check(_ status: CInt, _ operation: String) throws(PollerError) {
+        if status < 0 { throw .system(operation: operation, errno: -status) }
+    }
+
+    private func armWaker() throws(PollerError) {
+        try check(rd_uring_poll_add(ring, waker.fd, rd_uring_POLLIN, Self.wakerData, 0), "io_uring_enter(waker)")
+        wakerInFlight = true
+    }
+
+    /// Queues a fresh poll request for `fd` as `r` asks (submitted by the next wait).
+    private func arm(_ fd: CInt, _ r: Registration) throws(PollerError) {
+        let armID = nextArm
+        nextArm &+= 1
+        if nextArm == 0 { nextArm = 1 }
+        try check(rd_uring_poll_add(ring, fd, Self.mask(r), Self.data(fd, armID), r.trigger == .edge ? 1 : 0),
+                  "io_uring_enter(POLL_ADD)")
+        slots[Int(fd)].armID = armID
+        slots[Int(fd)].inFlight = true
+    }
+
+    /// Cancels `fd`'s request in the kernel, if it has one, and forgets everything kept for it.
+    private func disarm(_ fd: CInt) throws(PollerError) {
+        let slot = slots[Int(fd)]
+        if slot.inFlight {
+            try check(rd_uring_poll_remove(ring, Self.data(fd, slot.armID), Self.removeData), "io_uring_enter(POLL_REMOVE)")
+        }
+        if slot.pendingMask != 0, let at = pending.firstIndex(of: fd) { pending.remove(at: at) }
+        slots[Int(fd)] = Slot(stamp: slot.stamp)
+    }
+
+    // MARK: PollerSeam
+
+    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+        if Int(fd) >= slots.count {
+            slots.append(contentsOf: repeatElement(Slot(), count: max(Int(fd) + 1, slots.count * 2) - slots.count))
+        }
+        registered += 1
+        rearm.reserveCapacity(registered + 1)
+        pending.reserveCapacity(registered + 1)
+        if registered > recheckCapacity {
+            recheck.deallocate()
+            recheckCapacity = max(registered, recheckCapacity * 2)
+            recheck = .allocate(capacity: recheckCapacity)
+        }
+        slots[Int(fd)] = Slot(stamp: slots[Int(fd)].stamp)
+        do {
+            try arm(fd, registration)
+        } catch {
+            registered -= 1
+            throw error
+        }
+    }
+
+    public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
+        try disarm(fd)
+        if new.isActive { try arm(fd, new) }
+    }
+
+    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+        try disarm(fd)
+        registered -= 1
+        // Submitted now: the request holds the file, which must not outlive the registration (a
+        // descriptor deregistered then closed must look closed to its peer at once).
+        _ = rd_uring_submit(ring)
+    }
+
+    public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
+                     into events: EventBuffer) throws(PollerError) -> WaitStep {
+        epoch &+= 1
+        if !pending.isEmpty { recheckPending(&table, events) }
+        // Level registrations delivered by the last wait look again, in the same system call.
+        for fd in rearm {
+            guard slots[Int(fd)].rearmQueued else { continue }
+            slots[Int(fd)].rearmQueued = false
+            if let r = table[fd], r.isActive, !slots[Int(fd)].inFlight { try arm(fd, r) }
+        }
+        rearm.removeAll(keepingCapacity: true)
+        if !wakerInFlight { try armWaker() }
+
+        let block = events.isEmpty && pending.isEmpty
+        var nanoseconds: Int64 = -1
+        if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
+        let status = rd_uring_enter(ring, block && nanoseconds != 0 ? 1 : 0, nanoseconds)
+        if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
+            throw .system(operation: "io_uring_enter", errno: -status)
+        }
+        let ready = rd_uring_cq_ready(ring)
+        if ready == 0, events.isEmpty {
+            return status == -EINTR ? .interrupted : .events(0)
+        }
+        for i in 0..<ready {
+            var data: UInt64 = 0
+            var result: Int32 = 0
+            var flags: UInt32 = 0
+            rd_uring_cq_get(ring, i, &data, &result, &flags)
+            complete(data, result, flags, &table, events)
+        }
+        rd_uring_cq_advance(ring, ready)
+        return .events(events.count)
+    }
+
+    /// One completion: the waker, a control request's, a stale one (dropped), or a registration's.
+    private func complete(_ data: UInt64, _ result: Int32, _ flags: UInt32,
+                          _ table: inout RegistrationTable, _ events: EventBuffer) {
+        if data & Self.controlBit != 0 {
+            guard data == Self.wakerData else { return }
+            wakerInFlight = false
+            // With the buffer full the eventfd is left readable: the poll re-armed by the next wait
+            // reports it at once.
+            guard !events.isFull else { return }
+            waker.drain()
+            events.append(Event(token: .waker, ready: .readable))
+            return
+        }
+        let fd = CInt(bitPattern: UInt32(truncatingIfNeeded: data))
+        let i = Int(fd)
+        guard i < slots.count, slots[i].armID == UInt32(data >> 32) else { return }
+        if flags & rd_uring_CQE_F_MORE == 0 { slots[i].inFlight = false }
+        guard let registration = table[fd], registration.isActive else { return }
+        if result < 0 {
+            // EBADF: the descriptor was closed before the request was submitted. ECANCELED and the
+            // rest: the request ended without an event (a multishot poll the kernel stopped).
+            if result == -EBADF {
+                table.update(fd) { $0.stale = true }
+            } else if !slots[i].inFlight {
+                queueRearm(fd)
+            }
+            return
+        }
+        let mask = UInt32(bitPattern: result)
+        if slots[i].stamp == epoch {
+            // A second wake-up of a multishot (edge) request in the same drain: one event per wait.
+            if !slots[i].inFlight { queueRearm(fd) }
+            return
+        }
+        if events.isFull {
+            if slots[i].pendingMask == 0 { pending.append(fd) }
+            slots[i].pendingMask |= mask
+            return
+        }
+        deliver(fd, mask, registration, &table, events)
+    }
+
+    private func queueRearm(_ fd: CInt) {
+        guard !slots[Int(fd)].rearmQueued else { return }
+        slots[Int(fd)].rearmQueued = true
+        rearm.append(fd)
+    }
+
+    private func deliver(_ fd: CInt, _ mask: UInt32, _ registration: Registration,
+                         _ table: inout RegistrationTable, _ events: EventBuffer) {
+        slots[Int(fd)].stamp = epoch
+        var ready = Ready()
+        if mask & rd_uring_POLLIN != 0 { ready.insert(.readable) }
+        if mask & rd_uring_POLLOUT != 0 { ready.insert(.writable) }
+        if mask & rd_uring_POLLRDHUP != 0 { ready.insert(.readClosed) }
+        if mask & rd_uring_POLLHUP != 0 { ready.insert(.hangup) }
+        if mask & rd_uring_POLLERR != 0 { ready.insert(.error) }
+        switch registration.trigger {
+        case .level: queueRearm(fd)
+        case .oneShot: table.update(fd) { $0.armed = false }
+        case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
+        }
+        events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+    }
+
+    /// Completions kept because the caller's buffer was full are not reported stale: one poll(2) call
+    /// looks at them again; those still ready are reported, the others go back to the kernel (level
+    /// and one-shot requests completed when they fired) or stay with their multishot request (edge).
+    private func recheckPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
+        var count = 0
+        for fd in pending {
+            let mask = slots[Int(fd)].pendingMask
+            slots[Int(fd)].pendingMask = 0
+            guard mask != 0, let r = table[fd], r.isActive else { continue }
+            recheck[count] = pollfd(fd: fd, events: Int16(truncatingIfNeeded: Self.mask(r)), revents: 0)
+            count += 1
+        }
+        pending.removeAll(keepingCapacity: true)
+        guard count > 0 else { return }
+        _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
+        for j in 0..<count {
+            let entry = recheck[j]
+            let fd = entry.fd
+            guard let r = table[fd] else { continue }
+            let revents = UInt32(UInt16(bitPattern: entry.revents))
+            if revents & rd_uring_POLLNVAL != 0 {
+                table.update(fd) { $0.stale = true }
+            } else if revents == 0 {
+                if !slots[Int(fd)].inFlight { queueRearm(fd) }
+            } else if events.isFull {
+                pending.append(fd)
+                slots[Int(fd)].pendingMask = revents
+            } else {
+                deliver(fd, revents, r, &table, events)
+            }
+        }
+    }
+
+    /// Closes the ring: the kernel cancels its requests and drops their file references.
+    public func close() {
+        guard !ringClosed else { return }
+        ringClosed = true
+        rd_uring_close(ring)
+    }
+}
