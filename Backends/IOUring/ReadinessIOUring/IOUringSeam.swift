@@ -36,21 +36,19 @@ public final class IOUringSeam: PollerSeam {
         var inFlight = false
         /// Delivered by the last wait and level-triggered: re-armed by the next one.
         var rearmQueued = false
-        /// Poll bits of a completion that did not fit in the caller's buffer (0: none kept).
-        var pendingMask: UInt32 = 0
-        /// The last wait that reported the descriptor (one event per registration per wait).
-        var stamp: UInt32 = 0
+        /// A completion of the current request is kept in `pending`, to be looked at again.
+        var isPending = false
     }
     private var slots: [Slot] = []
     private var nextArm: UInt32 = 1
     /// Descriptors to re-arm at the next wait (capacity reserved at registration).
     private var rearm: [CInt] = []
-    /// Descriptors with a kept completion, in arrival order (capacity reserved at registration).
+    /// Descriptors whose request completed, in arrival order, not yet reported (capacity reserved at
+    /// registration).
     private var pending: [CInt] = []
     /// poll(2) entries to look at `pending` again before reporting it.
     private var recheck: UnsafeMutablePointer<pollfd>
     private var recheckCapacity = 16
-    private var epoch: UInt32 = 0
     private var wakerInFlight = false
     private var registered = 0
     private var ringClosed = false
@@ -146,8 +144,8 @@ public final class IOUringSeam: PollerSeam {
         if slot.inFlight {
             try check(rd_uring_poll_remove(ring, Self.data(fd, slot.armID), Self.removeData), "io_uring_enter(POLL_REMOVE)")
         }
-        if slot.pendingMask != 0, let at = pending.firstIndex(of: fd) { pending.remove(at: at) }
-        slots[Int(fd)] = Slot(stamp: slot.stamp)
+        if slot.isPending, let at = pending.firstIndex(of: fd) { pending.remove(at: at) }
+        slots[Int(fd)] = Slot()
     }
 
     // MARK: PollerSeam
@@ -164,7 +162,7 @@ public final class IOUringSeam: PollerSeam {
             recheckCapacity = max(registered, recheckCapacity * 2)
             recheck = .allocate(capacity: recheckCapacity)
         }
-        slots[Int(fd)] = Slot(stamp: slots[Int(fd)].stamp)
+        slots[Int(fd)] = Slot()
         do {
             try arm(fd, registration)
         } catch {
@@ -188,9 +186,8 @@ public final class IOUringSeam: PollerSeam {
 
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
-        epoch &+= 1
-        if !pending.isEmpty { recheckPending(&table, events) }
-        // Level registrations delivered by the last wait look again, in the same system call.
+        // Registrations delivered by the last wait (level), or found not ready after their request
+        // had completed, look again: the requests go in with the wait, in the same system call.
         for fd in rearm {
             guard slots[Int(fd)].rearmQueued else { continue }
             slots[Int(fd)].rearmQueued = false
@@ -199,17 +196,15 @@ public final class IOUringSeam: PollerSeam {
         rearm.removeAll(keepingCapacity: true)
         if !wakerInFlight { try armWaker() }
 
-        let block = events.isEmpty && pending.isEmpty
+        // Completions kept from the last wait: only look, do not block.
         var nanoseconds: Int64 = -1
         if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
-        let status = rd_uring_enter(ring, block && nanoseconds != 0 ? 1 : 0, nanoseconds)
+        let block = pending.isEmpty && nanoseconds != 0
+        let status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
             throw .system(operation: "io_uring_enter", errno: -status)
         }
         let ready = rd_uring_cq_ready(ring)
-        if ready == 0, events.isEmpty {
-            return status == -EINTR ? .interrupted : .events(0)
-        }
         for i in 0..<ready {
             var data: UInt64 = 0
             var result: Int32 = 0
@@ -218,10 +213,13 @@ public final class IOUringSeam: PollerSeam {
             complete(data, result, flags, &table, events)
         }
         rd_uring_cq_advance(ring, ready)
+        if !pending.isEmpty { deliverPending(&table, events) }
+        if events.isEmpty, ready == 0, status == -EINTR { return .interrupted }
         return .events(events.count)
     }
 
-    /// One completion: the waker, a control request's, a stale one (dropped), or a registration's.
+    /// One completion: the waker's (reported), a control request's or a stale one (dropped), or a
+    /// registration's, which joins `pending` to be looked at again before it is reported.
     private func complete(_ data: UInt64, _ result: Int32, _ flags: UInt32,
                           _ table: inout RegistrationTable, _ events: EventBuffer) {
         if data & Self.controlBit != 0 {
@@ -249,18 +247,10 @@ public final class IOUringSeam: PollerSeam {
             }
             return
         }
-        let mask = UInt32(bitPattern: result)
-        if slots[i].stamp == epoch {
-            // A second wake-up of a multishot (edge) request in the same drain: one event per wait.
-            if !slots[i].inFlight { queueRearm(fd) }
-            return
-        }
-        if events.isFull {
-            if slots[i].pendingMask == 0 { pending.append(fd) }
-            slots[i].pendingMask |= mask
-            return
-        }
-        deliver(fd, mask, registration, &table, events)
+        // A second completion of a multishot (edge) request before the first was reported: one event.
+        guard !slots[i].isPending else { return }
+        slots[i].isPending = true
+        pending.append(fd)
     }
 
     private func queueRearm(_ fd: CInt) {
@@ -269,53 +259,53 @@ public final class IOUringSeam: PollerSeam {
         rearm.append(fd)
     }
 
-    private func deliver(_ fd: CInt, _ mask: UInt32, _ registration: Registration,
-                         _ table: inout RegistrationTable, _ events: EventBuffer) {
-        slots[Int(fd)].stamp = epoch
-        var ready = Ready()
-        if mask & rd_uring_POLLIN != 0 { ready.insert(.readable) }
-        if mask & rd_uring_POLLOUT != 0 { ready.insert(.writable) }
-        if mask & rd_uring_POLLRDHUP != 0 { ready.insert(.readClosed) }
-        if mask & rd_uring_POLLHUP != 0 { ready.insert(.hangup) }
-        if mask & rd_uring_POLLERR != 0 { ready.insert(.error) }
-        switch registration.trigger {
-        case .level: queueRearm(fd)
-        case .oneShot: table.update(fd) { $0.armed = false }
-        case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
-        }
-        events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
-    }
-
-    /// Completions kept because the caller's buffer was full are not reported stale: one poll(2) call
-    /// looks at them again; those still ready are reported, the others go back to the kernel (level
-    /// and one-shot requests completed when they fired) or stay with their multishot request (edge).
-    private func recheckPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
+    /// A completion is a snapshot of the moment the file woke the request (and only the bits of that
+    /// wake-up), possibly long before this wait: the descriptor may have been drained, shut down or
+    /// closed since. As epoll polls each ready item again when it reports it, one poll(2) call looks
+    /// at the kept descriptors (as many as the buffer has room for, oldest first) and reports what is
+    /// true now. Those not ready any more go back to the kernel (a level or one-shot request completed
+    /// when it fired) or stay with their multishot request (edge); a closed one (POLLNVAL) is dropped
+    /// and marked stale. The rest wait for the next wait, which does not block.
+    private func deliverPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
+        let room = events.capacity - events.count
+        var taken = 0
         var count = 0
-        for fd in pending {
-            let mask = slots[Int(fd)].pendingMask
-            slots[Int(fd)].pendingMask = 0
-            guard mask != 0, let r = table[fd], r.isActive else { continue }
+        while taken < pending.count, count < room {
+            let fd = pending[taken]
+            taken += 1
+            slots[Int(fd)].isPending = false
+            guard let r = table[fd], r.isActive else { continue }
             recheck[count] = pollfd(fd: fd, events: Int16(truncatingIfNeeded: Self.mask(r)), revents: 0)
             count += 1
         }
-        pending.removeAll(keepingCapacity: true)
+        pending.removeFirst(taken)
         guard count > 0 else { return }
         _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
         for j in 0..<count {
             let entry = recheck[j]
             let fd = entry.fd
-            guard let r = table[fd] else { continue }
+            guard let registration = table[fd] else { continue }
             let revents = UInt32(UInt16(bitPattern: entry.revents))
             if revents & rd_uring_POLLNVAL != 0 {
                 table.update(fd) { $0.stale = true }
-            } else if revents == 0 {
-                if !slots[Int(fd)].inFlight { queueRearm(fd) }
-            } else if events.isFull {
-                pending.append(fd)
-                slots[Int(fd)].pendingMask = revents
-            } else {
-                deliver(fd, revents, r, &table, events)
+                continue
             }
+            if revents == 0 {
+                if !slots[Int(fd)].inFlight { queueRearm(fd) }
+                continue
+            }
+            var ready = Ready()
+            if revents & rd_uring_POLLIN != 0 { ready.insert(.readable) }
+            if revents & rd_uring_POLLOUT != 0 { ready.insert(.writable) }
+            if revents & rd_uring_POLLRDHUP != 0 { ready.insert(.readClosed) }
+            if revents & rd_uring_POLLHUP != 0 { ready.insert(.hangup) }
+            if revents & rd_uring_POLLERR != 0 { ready.insert(.error) }
+            switch registration.trigger {
+            case .level: queueRearm(fd)
+            case .oneShot: table.update(fd) { $0.armed = false }
+            case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
+            }
+            events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
         }
     }
 
