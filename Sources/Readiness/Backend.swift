@@ -112,6 +112,10 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         return nil
     }
 
+    /// What the kernel offers this backend, printed beside it in the selection report (io_uring: its
+    /// feature bits, multishot poll, `io_uring_disabled`), or nil.
+    public var kernelFacts: String? { kind == .ioUring ? IOUringSeam.kernelFacts() : nil }
+
     /// The backends that work on this machine, best first.
     public static var available: [Backend] { all.filter { $0.probe() == nil } }
 
@@ -167,10 +171,21 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
             } else {
                 verdict = .skipped("available, but \(environmentVariable) is invalid")
             }
-            entries.append(.init(backend: backend, verdict: verdict))
+            entries.append(.init(backend: backend, verdict: verdict.noting(backend.kernelFacts)))
         }
         if failure != nil { chosen = nil }
         return SelectionReport(entries: entries, chosen: chosen, failure: failure)
+    }
+}
+
+extension SelectionReport.Verdict {
+    /// The verdict with `facts` added in brackets.
+    func noting(_ facts: String?) -> Self {
+        guard let facts else { return self }
+        switch self {
+        case .chosen(let why): return .chosen("\(why) [\(facts)]")
+        case .skipped(let why): return .skipped("\(why) [\(facts)]")
+        }
     }
 }
 

@@ -75,16 +75,9 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
         p.cq_entries = cq_entries;
         fd = sys_setup(entries, &p);
     }
-    if (fd < 0) {
-        int e = errno;
-        int disabled = rd_uring_disabled_setting();
-        if (e == ENOSYS) return fail(why, why_size, e, "io_uring_setup: %s (kernel without io_uring)");
-        if (e == EPERM && disabled > 0) {
-            snprintf(why, (size_t)why_size, "io_uring_setup: EPERM (/proc/sys/kernel/io_uring_disabled is %d)", disabled);
-            return -e;
-        }
-        if (e == EPERM) return fail(why, why_size, e, "io_uring_setup: %s (EPERM: a seccomp filter or a security module refuses io_uring)");
-        return fail(why, why_size, e, "io_uring_setup: %s");
+    if (fd < 0) {  // the caller words the reason (ENOSYS, EPERM and io_uring_disabled, seccomp)
+        why[0] = 0;
+        return -errno;
     }
     static const struct { uint32_t bit; const char *fact; } needed[] = {
         {IORING_FEAT_SINGLE_MMAP, "IORING_FEAT_SINGLE_MMAP (Linux 5.4)"},

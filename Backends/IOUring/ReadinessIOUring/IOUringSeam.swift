@@ -70,7 +70,8 @@ public final class IOUringSeam: PollerSeam {
             rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, $0.baseAddress, CInt($0.count))
         }
         guard status == 0, let made else {
-            let reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            var reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if reason.isEmpty { reason = Self.setupFailure(errno: -status, disabled: rd_uring_disabled_setting()) }
             throw .unavailable(backend: "io_uring", reason: reason)
         }
         ring = made
@@ -95,9 +96,38 @@ public final class IOUringSeam: PollerSeam {
         try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker) }
     }
 
+    /// Why io_uring_setup failed, in the kernel's terms. `disabled` is /proc/sys/kernel/io_uring_disabled
+    /// (-1 when the kernel has no such setting).
+    public static func setupFailure(errno code: CInt, disabled: CInt) -> String {
+        let call = "io_uring_setup failed with \(Errno.name(code))"
+        switch code {
+        case ENOSYS: return "\(call): the kernel has no io_uring (CONFIG_IO_URING off, or older than 5.1)"
+        case EPERM where disabled == 2: return "\(call): /proc/sys/kernel/io_uring_disabled is 2 (io_uring disabled for everyone)"
+        case EPERM where disabled == 1: return "\(call): /proc/sys/kernel/io_uring_disabled is 1 (only the io_uring_group may use it)"
+        case EPERM: return "\(call): refused by a seccomp filter or a security module (io_uring_disabled is \(disabled))"
+        default: return "\(call): \(Errno.message(code))"
+        }
+    }
+
+    /// The kernel's io_uring, as the selection report prints it: what a ring offers here, or why none
+    /// can be made.
+    public static func kernelFacts() -> String {
+        var made: OpaquePointer?
+        var message = [CChar](repeating: 0, count: 256)
+        let status = message.withUnsafeMutableBufferPointer {
+            rd_uring_open(&made, 8, 16, $0.baseAddress, CInt($0.count))
+        }
+        guard status == 0, let made else {
+            let reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return reason.isEmpty ? setupFailure(errno: -status, disabled: rd_uring_disabled_setting()) : reason
+        }
+        defer { rd_uring_close(made) }
+        return describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: rd_uring_has_multishot(made) != 0)
+    }
+
     static func describe(features: UInt32, flags: UInt32, multishot: Bool) -> String {
         let disabled = rd_uring_disabled_setting()
-        var facts = ["features 0x\(String(features, radix: 16))", "setup flags 0x\(String(flags, radix: 16))"]
+        var facts = ["io_uring features 0x\(String(features, radix: 16))", "setup flags 0x\(String(flags, radix: 16))"]
         facts.append(multishot ? "multishot poll" : "no multishot poll (edge refused)")
         facts.append(disabled < 0 ? "no io_uring_disabled sysctl" : "io_uring_disabled=\(disabled)")
         return facts.joined(separator: ", ")

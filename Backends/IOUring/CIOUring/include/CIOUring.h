@@ -14,7 +14,7 @@ extern const uint32_t rd_uring_POLLIN, rd_uring_POLLOUT, rd_uring_POLLRDHUP, rd_
 extern const uint32_t rd_uring_CQE_F_MORE;
 
 /// Creates a ring with `entries` submission slots and `cq_entries` completion slots. Returns 0, or a
-/// negative errno with a sentence in `why` (the kernel fact that is missing, for the selection report).
+/// negative errno: io_uring_setup's (`why` empty), or -ENOTSUP with the missing kernel feature in `why`.
 int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, char *why, int why_size);
 void rd_uring_close(struct rd_uring *ring);
 /// The ring's descriptor and the kernel's IORING_FEAT_* bits and setup flags actually used.

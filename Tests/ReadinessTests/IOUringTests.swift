@@ -1,0 +1,175 @@
+import Glibc
+import Readiness
+import ReadinessConformance
+import Testing
+
+/// io_uring only: what the shared scenarios (which run it like every backend) cannot say.
+@Suite("io_uring")
+struct IOUringTests {
+    static let usable = Backend.ioUring.probe() == nil
+
+    @Test("setup failures name the kernel fact: ENOSYS, io_uring_disabled, seccomp")
+    func setupFailureReasons() {
+        #expect(IOUringSeam.setupFailure(errno: ENOSYS, disabled: -1).contains("no io_uring"))
+        #expect(IOUringSeam.setupFailure(errno: EPERM, disabled: 2).contains("io_uring_disabled is 2"))
+        #expect(IOUringSeam.setupFailure(errno: EPERM, disabled: 1).contains("io_uring_group"))
+        #expect(IOUringSeam.setupFailure(errno: EPERM, disabled: 0).contains("seccomp"))
+        #expect(IOUringSeam.setupFailure(errno: ENOMEM, disabled: 0).contains("ENOMEM"))
+    }
+
+    @Test("listed last, never the default, with its kernel facts in the report")
+    func selection() throws {
+        #expect(Backend.all.last == .ioUring)
+        #expect(try Backend.named("io_uring") == .ioUring)
+        let report = Backend.selection(environment: [:])
+        #expect(report.chosen != .ioUring)
+        let entry = try #require(report.entries.first { $0.backend == .ioUring })
+        guard case .skipped(let why) = entry.verdict else {
+            Issue.record("io_uring should not be chosen by default")
+            return
+        }
+        #expect(why.contains("io_uring"))
+        if Self.usable {
+            #expect(why.contains("features") && why.contains("io_uring_disabled="))
+        } else {
+            #expect(why.hasPrefix("unavailable: "))
+        }
+    }
+
+    @Test("the start-up self-test passes where a ring can be made", .enabled(if: usable))
+    func selfTest() throws {
+        #expect(Backend.ioUring.probe() == nil)
+        #expect(Backend.available.last == .ioUring)
+    }
+
+    @Test("deregister then close: the peer sees the close at once (the request is cancelled, not kept)", .enabled(if: usable))
+    func deregisterReleasesFile() throws {
+        let poller = try IOUringSeam.makePoller()
+        defer { try? poller.close() }
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]) }
+        try poller.register(fds[1], token: 1, interest: .readable)
+        try poller.wait(into: EventBuffer(capacity: 4), timeout: .zero)
+        try poller.deregister(fds[1])
+        close(fds[1])
+        var entry = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 1000) == 1)
+        #expect(entry.revents & Int16(POLLHUP) != 0)
+    }
+
+    @Test("closed while registered: its own events are dropped; the file is released by deregister", .enabled(if: usable))
+    func closedWhileRegistered() throws {
+        let poller = try IOUringSeam.makePoller()
+        defer { try? poller.close() }
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]) }
+        let events = EventBuffer(capacity: 4)
+        try poller.register(fds[1], token: 1, interest: .readable)
+        #expect(try poller.wait(into: events, timeout: .zero) == 0)
+        close(fds[1])
+        // The poll request holds the file: its peer writes to it and it fires, but the re-check
+        // (POLLNVAL) drops the event of a descriptor that is closed.
+        var byte: UInt8 = 1
+        #expect(write(fds[0], &byte, 1) == 1)
+        #expect(try poller.wait(into: events, timeout: .milliseconds(30)) == 0)
+        try poller.deregister(fds[1])
+        var entry = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 1000) == 1)
+        #expect(entry.revents & Int16(POLLHUP) != 0)
+    }
+
+    @Test("more ready descriptors than the buffer: none lost, none reported stale, each trigger", .enabled(if: usable),
+          arguments: [Trigger.level, .oneShot, .edge])
+    func overflow(trigger: Trigger) throws {
+        let poller = try IOUringSeam.makePoller()
+        defer { try? poller.close() }
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        for index in 0..<40 {
+            var fds: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+            pairs.append((fds[0], fds[1]))
+            try poller.register(fds[0], token: Token(UInt64(index)), interest: .readable, trigger: trigger)
+            var byte: UInt8 = 1
+            #expect(write(fds[1], &byte, 1) == 1)
+        }
+        let small = EventBuffer(capacity: 7)
+        #expect(try poller.wait(into: small, timeout: .seconds(1)) == 7)
+        var seen = Set(small.map(\.token.rawValue))
+        // Drain the even ones that were not reported yet: their kept completions are stale now.
+        var buffer = [UInt8](repeating: 0, count: 16)
+        for (index, pair) in pairs.enumerated() where index % 2 == 0 && !seen.contains(UInt64(index)) {
+            _ = read(pair.0, &buffer, buffer.count)
+        }
+        let drained = Set((0..<40).filter { $0 % 2 == 0 }.map(UInt64.init)).subtracting(seen)
+        for _ in 0..<20 {
+            try poller.wait(into: small, timeout: .milliseconds(20))
+            for event in small {
+                #expect(!drained.contains(event.token.rawValue), "token \(event.token) was drained before it was reported")
+                #expect(event.ready == .readable)
+                if trigger != .level { #expect(!seen.contains(event.token.rawValue), "token \(event.token) twice") }
+                seen.insert(event.token.rawValue)
+            }
+        }
+        #expect(seen.union(drained) == Set(0..<40))
+    }
+
+    /// Whether `script` closes an endpoint while it is registered: the one place io_uring may differ,
+    /// because its poll request holds the file, so the close reaches the peer only at deregister
+    /// (Docs/Contract.md, "A descriptor closed while registered").
+    static func closesWhileRegistered(_ script: [Step]) -> Bool {
+        var registered = Set<String>()
+        for step in script {
+            switch step {
+            case .register(let e, _, _, _): registered.insert(e)
+            case .deregister(let e): registered.remove(e)
+            case .close(let e) where registered.contains(e): return true
+            default: break
+            }
+        }
+        return false
+    }
+
+    @Test("random scripts observe the same on io_uring as on epoll, but for a close while registered", .enabled(if: usable),
+          arguments: 0..<4)
+    func differential(batch: Int) {
+        let contenders = [Backend.epoll, .ioUring].map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
+        for seed in UInt64(batch * 50)..<UInt64(batch * 50 + 50) {
+            guard let failure = Differential.check(seed: seed, length: 30, contenders: contenders) else { continue }
+            if !Self.closesWhileRegistered(failure.script) { Issue.record("\(failure)") }
+        }
+    }
+
+    @Test("edge and one-shot scripts observe the same on io_uring as on epoll", .enabled(if: usable), arguments: 0..<4)
+    func edgeDifferential(batch: Int) {
+        let fixtures: [Fixture] = [.socketPair("a", "b"), .socketPair("c", "d")]
+        for seed in UInt64(batch * 100)..<UInt64(batch * 100 + 100) {
+            var random = SplitMix64(seed: seed)
+            func pick<T>(_ choices: [T]) -> T { choices[Int(random.next() % UInt64(choices.count))] }
+            var steps: [Step] = []
+            for _ in 0..<24 {
+                let e = pick(["a", "c"])
+                switch random.next() % 8 {
+                case 0: steps.append(.register(e, token: 1 + random.next() % 3, interest: pick([.readable, .writable, .both]), trigger: pick([.edge, .edge, .oneShot])))
+                case 1: steps.append(.reregister(e, token: 1 + random.next() % 3, interest: pick([.readable, .writable, .both]), trigger: pick([.edge, .oneShot])))
+                case 2: steps.append(.write(pick(["b", "d"]), bytes: 1))
+                case 3: steps.append(.drain(e))
+                case 4: steps.append(.fill(e))
+                case 5: steps.append(.drain(pick(["b", "d"])))
+                default: steps.append(.wait(timeout: .zero))
+                }
+            }
+            steps.append(.wait(timeout: .zero))
+            let scenario = Scenario("edge-differential", checks: "random edge script", fixtures: fixtures, steps.map { ScriptLine($0) })
+            let epoll = Conformance.record(scenario, backend: "epoll") { try Backend.epoll.makePoller() }
+            let uring = Conformance.record(scenario, backend: "io_uring") { try Backend.ioUring.makePoller() }
+            let visible = Visibility(EpollSeam.baseCapabilities)
+            if let diff = Conformance.compare(epoll, uring, visible: visible) {
+                Issue.record("seed \(seed): \(diff)\n\(steps.map(\.description).joined(separator: "\n"))")
+                return
+            }
+        }
+    }
+}
