@@ -173,3 +173,64 @@ struct IOUringTests {
         }
     }
 }
+
+@Suite("io_uring threads")
+struct IOUringThreadTests {
+    /// Runs `body` on a new thread and waits for it.
+    static func onAnotherThread(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
+            box.body()
+            return nil
+        }, box)
+        pthread_join(thread, nil)
+    }
+
+    @Test("a poller that changes threads keeps its registrations (the ring has one submitting thread)",
+          .enabled(if: IOUringTests.usable))
+    func changesThreads() throws {
+        final class Shared: @unchecked Sendable {
+            let poller: SeamPoller<IOUringSeam>
+            var fds: [CInt] = [-1, -1]
+            var seen: [Event] = []
+            var failure: String?
+            init() throws { poller = try IOUringSeam.makePoller() }
+        }
+        let shared = try Shared()
+        defer { try? shared.poller.close() }
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &shared.fds) == 0)
+        defer { close(shared.fds[0]) }
+        let events = EventBuffer(capacity: 4)
+        try shared.poller.register(shared.fds[1], token: 1, interest: .readable)
+        #expect(try shared.poller.wait(into: events, timeout: .zero) == 0)
+        var byte: UInt8 = 1
+        #expect(write(shared.fds[0], &byte, 1) == 1)
+        Self.onAnotherThread {
+            do {
+                let events = EventBuffer(capacity: 4)
+                try shared.poller.wait(into: events, timeout: .seconds(1))
+                shared.seen = Array(events)
+                try shared.poller.deregister(shared.fds[1])
+                close(shared.fds[1])
+            } catch {
+                shared.failure = "\(error)"
+            }
+        }
+        #expect(shared.failure == nil)
+        #expect(shared.seen == [Event(token: 1, ready: .readable)])
+        var entry = pollfd(fd: shared.fds[0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 1000) == 1)
+        #expect(entry.revents & Int16(POLLHUP) != 0)
+        // And back on this thread: a new registration works.
+        var other: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &other) == 0)
+        defer { close(other[0]); close(other[1]) }
+        try shared.poller.register(other[0], token: 2, interest: .readable)
+        #expect(write(other[1], &byte, 1) == 1)
+        #expect(try shared.poller.wait(into: events, timeout: .seconds(1)) == 1)
+        #expect(Array(events) == [Event(token: 2, ready: .readable)])
+    }
+}

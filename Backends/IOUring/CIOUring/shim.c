@@ -20,6 +20,12 @@ const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
 #ifndef IORING_SETUP_SUBMIT_ALL
 #define IORING_SETUP_SUBMIT_ALL (1U << 7)
 #endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
 #ifndef IORING_FEAT_RSRC_TAGS
 #define IORING_FEAT_RSRC_TAGS (1U << 10)
 #endif
@@ -27,6 +33,7 @@ const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
 struct rd_uring {
     int fd;
     uint32_t features, setup_flags;
+    int disabled;  // IORING_SETUP_R_DISABLED: enabled by the first submission, which owns the ring
     // Submission ring: head (kernel), tail (ours), mask, and the SQE array.
     unsigned *sq_head, *sq_tail, sq_mask, sq_entries;
     struct io_uring_sqe *sqes;
@@ -64,16 +71,24 @@ static int fail(char *why, int size, int code, const char *fmt) {
 
 int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, char *why, int why_size) {
     *out = NULL;
+    // The best setup the kernel accepts, newest first. Completions are run in our own io_uring_enter
+    // (DEFER_TASKRUN, 6.1), not by interrupting whatever system call the thread is in; that needs a
+    // single submitting thread, which the ring learns when it is enabled (R_DISABLED until the first
+    // submission, so the thread that waits owns it, not the one that created the poller).
+    static const uint32_t ladder[] = {
+        IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
+            IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+        IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,  // 5.18
+        IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
+    };
     struct io_uring_params p;
-    memset(&p, 0, sizeof p);
-    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL;
-    p.cq_entries = cq_entries;
-    int fd = sys_setup(entries, &p);
-    if (fd < 0 && errno == EINVAL) {  // before Linux 5.18: no SUBMIT_ALL
+    int fd = -1;
+    for (size_t i = 0; i < sizeof ladder / sizeof ladder[0]; i++) {
         memset(&p, 0, sizeof p);
-        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+        p.flags = ladder[i];
         p.cq_entries = cq_entries;
         fd = sys_setup(entries, &p);
+        if (fd >= 0 || errno != EINVAL) break;
     }
     if (fd < 0) {  // the caller words the reason (ENOSYS, EPERM and io_uring_disabled, seccomp)
         why[0] = 0;
@@ -99,6 +114,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
     r->fd = fd;
     r->features = p.features;
     r->setup_flags = p.flags;
+    r->disabled = (p.flags & IORING_SETUP_R_DISABLED) != 0;
     // One mapping holds both rings (IORING_FEAT_SINGLE_MMAP); the SQEs are a second one.
     size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
@@ -151,6 +167,14 @@ uint32_t rd_uring_setup_flags(const struct rd_uring *r) { return r->setup_flags;
 // No feature bit names multishot poll; IORING_FEAT_RSRC_TAGS came with the same release (5.13).
 int rd_uring_has_multishot(const struct rd_uring *r) { return (r->features & IORING_FEAT_RSRC_TAGS) != 0; }
 
+/// Enables a ring set up disabled: the calling thread becomes its single submitter.
+static int enable(struct rd_uring *r) {
+    if (!r->disabled) return 0;
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) != 0) return -errno;
+    r->disabled = 0;
+    return 0;
+}
+
 /// Makes the written SQEs visible to the kernel (release: their contents before the tail).
 static void publish(struct rd_uring *r) {
     unsigned tail = *r->sq_tail;
@@ -162,7 +186,11 @@ static void publish(struct rd_uring *r) {
 int rd_uring_submit(struct rd_uring *r) {
     publish(r);
     if (r->sq_published == 0) return 0;
-    int n = sys_enter(r->fd, r->sq_published, 0, 0, NULL, 0);
+    int e = enable(r);
+    if (e < 0) return e;
+    // GETEVENTS with no minimum: also runs the completions deferred to us (DEFER_TASKRUN), so a
+    // cancelled request lets go of its file before this returns.
+    int n = sys_enter(r->fd, r->sq_published, 0, IORING_ENTER_GETEVENTS, NULL, 0);
     if (n < 0) return -errno;
     r->sq_published -= (unsigned)n;
     return n;
@@ -189,16 +217,31 @@ static struct io_uring_sqe *next_sqe(struct rd_uring *r, int *error) {
     return sqe;
 }
 
-int rd_uring_poll_add(struct rd_uring *r, int fd, uint32_t mask, uint64_t user_data, int multishot) {
+int rd_uring_poll_add(struct rd_uring *r, int fd, uint32_t mask, uint64_t user_data, int multishot,
+                      uint32_t *position) {
     int error = 0;
     struct io_uring_sqe *sqe = next_sqe(r, &error);
     if (!sqe) return error;
+    *position = r->sq_local_tail - 1;
     sqe->opcode = IORING_OP_POLL_ADD;
     sqe->fd = fd;
     sqe->poll32_events = mask;  // little-endian Linux: the 32-bit mask as is
     sqe->len = multishot ? IORING_POLL_ADD_MULTI : 0;
     sqe->user_data = user_data;
     return 0;
+}
+
+int rd_uring_unqueue(struct rd_uring *r, uint32_t position, uint64_t user_data) {
+    // The kernel's head counts the entries it has consumed; the request is still ours if it lies
+    // between that and our tail.
+    unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    if (position - head >= r->sq_local_tail - head) return 0;
+    struct io_uring_sqe *sqe = &r->sqes[position & r->sq_mask];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_NOP;
+    sqe->fd = -1;
+    sqe->user_data = user_data;
+    return 1;
 }
 
 int rd_uring_poll_remove(struct rd_uring *r, uint64_t target, uint64_t user_data) {
@@ -214,6 +257,8 @@ int rd_uring_poll_remove(struct rd_uring *r, uint64_t target, uint64_t user_data
 
 int rd_uring_enter(struct rd_uring *r, unsigned min_complete, int64_t timeout_ns) {
     publish(r);
+    int e = enable(r);
+    if (e < 0) return e;
     struct __kernel_timespec ts;
     struct io_uring_getevents_arg arg;
     memset(&arg, 0, sizeof arg);

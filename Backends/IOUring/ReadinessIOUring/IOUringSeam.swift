@@ -9,9 +9,9 @@ import ReadinessCore
 /// timeout), completions drained into the caller's buffer. Raw system calls through a small C shim
 /// (`CIOUring`), so users need no liburing.
 ///
-/// - level: a one-shot poll, re-armed by the next wait for every registration it delivered (the
-///   re-arm looks at the descriptor at once, so a lasting condition is reported again, as epoll's
-///   level mode re-polls its ready list);
+/// - level: a multishot poll (kept armed); a registration it reported is looked at again by the next
+///   wait, as epoll's level mode puts a reported item back on its ready list. On a kernel without
+///   multishot poll: a one-shot poll re-armed by the next wait (whose arm looks at the descriptor at once);
 /// - one-shot: a one-shot poll, not re-armed until `reregister`;
 /// - edge: a multishot poll (a completion per wake-up of the file, as EPOLLET), where the kernel has it.
 ///
@@ -23,7 +23,7 @@ import ReadinessCore
 /// file, so until then a closed descriptor's file lives on (as through a dup).
 public final class IOUringSeam: PollerSeam {
     public let capabilities: Capabilities
-    private let ring: OpaquePointer
+    private var ring: OpaquePointer
     private let waker: Waker
     /// What the kernel offers, for the selection report.
     public let kernelFacts: String
@@ -32,10 +32,18 @@ public final class IOUringSeam: PollerSeam {
     private struct Slot {
         /// The armID of the descriptor's current request (0: none).
         var armID: UInt32 = 0
+        /// Where its POLL_ADD was queued: while the kernel has not taken it, cancelling is unqueueing.
+        var position: UInt32 = 0
+        /// What the request asks for, to make it again on a new ring.
+        var mask: UInt32 = 0
+        var multishot = false
         /// A request is in the kernel (its completion without IORING_CQE_F_MORE has not been seen).
         var inFlight = false
-        /// Delivered by the last wait and level-triggered: re-armed by the next one.
+        /// Its request completed and it must be watched: the next wait submits a new one.
         var rearmQueued = false
+        /// Level-triggered and reported by the last wait, its multishot request still armed: the
+        /// next wait looks at it again (as epoll puts a reported level item back on its ready list).
+        var carried = false
         /// A completion of the current request is kept in `pending`, to be looked at again.
         var isPending = false
     }
@@ -43,6 +51,11 @@ public final class IOUringSeam: PollerSeam {
     private var nextArm: UInt32 = 1
     /// Descriptors to re-arm at the next wait (capacity reserved at registration).
     private var rearm: [CInt] = []
+    /// Level registrations reported by the last wait, looked at again by the next one.
+    private var carry: [CInt] = []
+    /// Level registrations use a multishot request (kept armed, no re-arm per event) where the kernel
+    /// has multishot poll; otherwise a one-shot request re-armed by the wait after each report.
+    private let levelMultishot: Bool
     /// Descriptors whose request completed, in arrival order, not yet reported (capacity reserved at
     /// registration).
     private var pending: [CInt] = []
@@ -53,11 +66,13 @@ public final class IOUringSeam: PollerSeam {
     private var registered = 0
     private var ringClosed = false
 
-    /// Tags in the low word's top bit (a descriptor is never negative): the waker's poll and the
-    /// completions of POLL_REMOVE requests, which carry nothing.
+    /// Tags in the low word's top bit (a descriptor is never negative): the waker's poll, unqueued
+    /// requests (NOPs), both with armID 0, and POLL_REMOVE requests, whose `user_data` is their
+    /// target's with this bit set (an armID is never 0), so a cancel that came too early (EALREADY:
+    /// the request was completing) is sent again.
     private static let controlBit: UInt64 = 1 << 31
     private static let wakerData: UInt64 = controlBit | 1
-    private static let removeData: UInt64 = controlBit | 2
+    private static let nopData: UInt64 = controlBit | 2
     /// Ring sizes: submissions are flushed when the queue is full; completions beyond the completion
     /// ring wait in the kernel (IORING_FEAT_NODROP) until the next drain.
     private static let submissionEntries: UInt32 = 256
@@ -78,6 +93,7 @@ public final class IOUringSeam: PollerSeam {
         self.waker = waker
         recheck = .allocate(capacity: recheckCapacity)
         let multishot = rd_uring_has_multishot(made) != 0
+        levelMultishot = multishot
         kernelFacts = Self.describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: multishot)
         capabilities = Capabilities(
             name: "io_uring", mechanism: "io_uring", edgeTriggered: multishot, oneShot: .native,
@@ -152,30 +168,84 @@ public final class IOUringSeam: PollerSeam {
         if status < 0 { throw .system(operation: operation, errno: -status) }
     }
 
+    /// Runs a ring call; if it fails with EEXIST (a ring with deferred completions has one submitting
+    /// thread, and this is another), moves to a new ring owned by this thread and runs it again.
+    private func owned(_ operation: String, _ call: () -> CInt) throws(PollerError) {
+        var status = call()
+        if status == -EEXIST {
+            try moveToNewRing()
+            status = call()
+        }
+        try check(status, operation)
+    }
+
+    /// A poller used from one thread at a time may still change threads: the new thread gets a new
+    /// ring, with a request for the waker and for every registration that had one (its file is
+    /// looked at afresh, so a ready edge registration may report once more). The old ring's
+    /// requests are cancelled by closing it.
+    private func moveToNewRing() throws(PollerError) {
+        var made: OpaquePointer?
+        var message = [CChar](repeating: 0, count: 256)
+        let status = message.withUnsafeMutableBufferPointer {
+            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, $0.baseAddress, CInt($0.count))
+        }
+        guard status == 0, let made else { throw .system(operation: "io_uring_setup", errno: -status) }
+        rd_uring_close(ring)
+        ring = made
+        wakerInFlight = false
+        try armWaker()
+        for i in slots.indices where slots[i].inFlight {
+            slots[i].inFlight = false
+            try queueAdd(CInt(i), mask: slots[i].mask, multishot: slots[i].multishot)
+        }
+    }
+
     private func armWaker() throws(PollerError) {
-        try check(rd_uring_poll_add(ring, waker.fd, rd_uring_POLLIN, Self.wakerData, 0), "io_uring_enter(waker)")
+        var position: UInt32 = 0
+        try owned("io_uring_enter(waker)") { rd_uring_poll_add(ring, waker.fd, rd_uring_POLLIN, Self.wakerData, 0, &position) }
         wakerInFlight = true
     }
 
     /// Queues a fresh poll request for `fd` as `r` asks (submitted by the next wait).
     private func arm(_ fd: CInt, _ r: Registration) throws(PollerError) {
+        let multishot = r.trigger == .edge || (r.trigger == .level && levelMultishot)
+        try queueAdd(fd, mask: Self.mask(r), multishot: multishot)
+    }
+
+    /// Queues a POLL_ADD under a new armID and records it in the descriptor's slot.
+    private func queueAdd(_ fd: CInt, mask: UInt32, multishot: Bool) throws(PollerError) {
         let armID = nextArm
         nextArm &+= 1
         if nextArm == 0 { nextArm = 1 }
-        try check(rd_uring_poll_add(ring, fd, Self.mask(r), Self.data(fd, armID), r.trigger == .edge ? 1 : 0),
-                  "io_uring_enter(POLL_ADD)")
+        var position: UInt32 = 0
+        try owned("io_uring_enter(POLL_ADD)") {
+            rd_uring_poll_add(ring, fd, mask, Self.data(fd, armID), multishot ? 1 : 0, &position)
+        }
         slots[Int(fd)].armID = armID
+        slots[Int(fd)].position = position
+        slots[Int(fd)].mask = mask
+        slots[Int(fd)].multishot = multishot
         slots[Int(fd)].inFlight = true
     }
 
-    /// Cancels `fd`'s request in the kernel, if it has one, and forgets everything kept for it.
-    private func disarm(_ fd: CInt) throws(PollerError) {
+    /// Cancels `fd`'s request, if it has one, and forgets everything kept for it. Returns true when a
+    /// POLL_REMOVE was queued (the request had been submitted), false when there was nothing to
+    /// cancel or the request was still queued here (it becomes a NOP, and the file was never held).
+    @discardableResult
+    private func disarm(_ fd: CInt) throws(PollerError) -> Bool {
         let slot = slots[Int(fd)]
-        if slot.inFlight {
-            try check(rd_uring_poll_remove(ring, Self.data(fd, slot.armID), Self.removeData), "io_uring_enter(POLL_REMOVE)")
+        var queued = false
+        if slot.inFlight, rd_uring_unqueue(ring, slot.position, Self.nopData) == 0 {
+            try cancel(Self.data(fd, slot.armID))
+            queued = true
         }
         if slot.isPending, let at = pending.firstIndex(of: fd) { pending.remove(at: at) }
         slots[Int(fd)] = Slot()
+        return queued
+    }
+
+    private func cancel(_ target: UInt64) throws(PollerError) {
+        try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_poll_remove(ring, target, target | Self.controlBit) }
     }
 
     // MARK: PollerSeam
@@ -186,6 +256,7 @@ public final class IOUringSeam: PollerSeam {
         }
         registered += 1
         rearm.reserveCapacity(registered + 1)
+        carry.reserveCapacity(registered + 1)
         pending.reserveCapacity(registered + 1)
         if registered > recheckCapacity {
             recheck.deallocate()
@@ -207,11 +278,11 @@ public final class IOUringSeam: PollerSeam {
     }
 
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
-        try disarm(fd)
+        let cancelled = try disarm(fd)
         registered -= 1
         // Submitted now: the request holds the file, which must not outlive the registration (a
         // descriptor deregistered then closed must look closed to its peer at once).
-        _ = rd_uring_submit(ring)
+        if cancelled { try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_submit(ring) } }
     }
 
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
@@ -225,12 +296,23 @@ public final class IOUringSeam: PollerSeam {
         }
         rearm.removeAll(keepingCapacity: true)
         if !wakerInFlight { try armWaker() }
+        for fd in carry where slots[Int(fd)].carried {
+            slots[Int(fd)].carried = false
+            guard !slots[Int(fd)].isPending, table[fd]?.isActive == true else { continue }
+            slots[Int(fd)].isPending = true
+            pending.append(fd)
+        }
+        carry.removeAll(keepingCapacity: true)
 
         // Completions kept from the last wait: only look, do not block.
         var nanoseconds: Int64 = -1
         if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
         let block = pending.isEmpty && nanoseconds != 0
-        let status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
+        var status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
+        if status == -EEXIST {
+            try moveToNewRing()
+            status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
+        }
         if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
             throw .system(operation: "io_uring_enter", errno: -status)
         }
@@ -253,6 +335,11 @@ public final class IOUringSeam: PollerSeam {
     private func complete(_ data: UInt64, _ result: Int32, _ flags: UInt32,
                           _ table: inout RegistrationTable, _ events: EventBuffer) {
         if data & Self.controlBit != 0 {
+            if data >> 32 != 0 {
+                // A POLL_REMOVE's: sent again if its request was completing (the next wait submits it).
+                if result == -EALREADY { try? cancel(data & ~Self.controlBit) }
+                return
+            }
             guard data == Self.wakerData else { return }
             wakerInFlight = false
             // With the buffer full the eventfd is left readable: the poll re-armed by the next wait
@@ -331,7 +418,13 @@ public final class IOUringSeam: PollerSeam {
             if revents & rd_uring_POLLHUP != 0 { ready.insert(.hangup) }
             if revents & rd_uring_POLLERR != 0 { ready.insert(.error) }
             switch registration.trigger {
-            case .level: queueRearm(fd)
+            case .level:
+                if slots[Int(fd)].inFlight {
+                    slots[Int(fd)].carried = true
+                    carry.append(fd)
+                } else {
+                    queueRearm(fd)
+                }
             case .oneShot: table.update(fd) { $0.armed = false }
             case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
             }

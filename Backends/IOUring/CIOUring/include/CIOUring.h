@@ -24,16 +24,22 @@ uint32_t rd_uring_setup_flags(const struct rd_uring *ring);
 /// Whether the kernel has multishot poll (IORING_POLL_ADD_MULTI, Linux 5.13).
 int rd_uring_has_multishot(const struct rd_uring *ring);
 
-/// Queues IORING_OP_POLL_ADD of `fd` for `mask`; multishot when `multishot`. Submits the queue first
-/// when it is full. 0, or a negative errno (from that submission).
-int rd_uring_poll_add(struct rd_uring *ring, int fd, uint32_t mask, uint64_t user_data, int multishot);
+/// Queues IORING_OP_POLL_ADD of `fd` for `mask`; multishot when `multishot`; its place in the
+/// submission order goes to `position`. Submits the queue first when it is full. 0, or a negative
+/// errno (from that submission).
+int rd_uring_poll_add(struct rd_uring *ring, int fd, uint32_t mask, uint64_t user_data, int multishot,
+                      uint32_t *position);
+/// Turns the request queued at `position` into a IORING_OP_NOP carrying `user_data` if the kernel has
+/// not taken it yet: 1 if it did, 0 if the request was already submitted.
+int rd_uring_unqueue(struct rd_uring *ring, uint32_t position, uint64_t user_data);
 /// Queues IORING_OP_POLL_REMOVE of the request `target`; its own completion carries `user_data`.
 int rd_uring_poll_remove(struct rd_uring *ring, uint64_t target, uint64_t user_data);
-/// Submits what is queued without waiting. The number submitted, or a negative errno.
+/// Submits what is queued without waiting. The number submitted, or a negative errno: -EEXIST when
+/// the ring belongs to another thread (DEFER_TASKRUN rings have a single submitter: make a new one).
 int rd_uring_submit(struct rd_uring *ring);
 /// Submits what is queued and waits in the same io_uring_enter for at least `min_complete`
 /// completions or `timeout_ns` (negative: no timeout; ignored when `min_complete` is 0).
-/// 0, or a negative errno (-EINTR, -ETIME, ...).
+/// 0, or a negative errno (-EINTR, -ETIME, -EEXIST as for rd_uring_submit, ...).
 int rd_uring_enter(struct rd_uring *ring, unsigned min_complete, int64_t timeout_ns);
 
 /// Completions ready to be read, then the `i`th of them (0 = oldest), then consume `n`.
