@@ -116,6 +116,35 @@ struct IOUringTests {
         #expect(seen.union(drained) == Set(0..<40))
     }
 
+    @Test("more completions than the completion ring holds (4096): none lost", .enabled(if: usable))
+    func completionRingOverflow() throws {
+        let poller = try IOUringSeam.makePoller()
+        defer { try? poller.close() }
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        let count = 5000
+        for index in 0..<count {
+            var fds: [CInt] = [-1, -1]
+            guard socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0 else {
+                Issue.record("socketpair: \(errno) after \(index) pairs")
+                return
+            }
+            pairs.append((fds[0], fds[1]))
+            try poller.register(fds[0], token: Token(UInt64(index)), interest: .readable, trigger: index % 2 == 0 ? .level : .oneShot)
+        }
+        // Every registration's request is submitted with this wait (the submission ring holds 256).
+        let events = EventBuffer(capacity: 64)
+        #expect(try poller.wait(into: events, timeout: .zero) == 0)
+        var byte: UInt8 = 1
+        for (_, b) in pairs { _ = write(b, &byte, 1) }
+        var seen = Set<UInt64>()
+        for _ in 0..<400 where seen.count < count {
+            try poller.wait(into: events, timeout: .milliseconds(100))
+            for event in events { seen.insert(event.token.rawValue) }
+        }
+        #expect(seen.count == count)
+    }
+
     /// Whether `script` closes an endpoint while it is registered: the one place io_uring may differ,
     /// because its poll request holds the file, so the close reaches the peer only at deregister
     /// (Docs/Contract.md, "A descriptor closed while registered").
