@@ -145,7 +145,7 @@ struct IOUringTests {
         #expect(seen.count == count)
     }
 
-    /// Whether `script` closes an endpoint while it is registered: the one place io_uring may differ,
+    /// Whether `script` closes an endpoint while it may be registered: the one place io_uring differs,
     /// because its poll request holds the file, so the close reaches the peer only at deregister
     /// (Docs/Contract.md, "A descriptor closed while registered").
     static func closesWhileRegistered(_ script: [Step]) -> Bool {
@@ -161,14 +161,36 @@ struct IOUringTests {
         return false
     }
 
-    @Test("random scripts observe the same on io_uring as on epoll, but for a close while registered", .enabled(if: usable),
-          arguments: 0..<4)
+    @Test("random scripts observe the same on io_uring as on epoll", .enabled(if: usable), arguments: 0..<4)
     func differential(batch: Int) {
         let contenders = [Backend.epoll, .ioUring].map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
         for seed in UInt64(batch * 50)..<UInt64(batch * 50 + 50) {
-            guard let failure = Differential.check(seed: seed, length: 30, contenders: contenders) else { continue }
-            if !Self.closesWhileRegistered(failure.script) { Issue.record("\(failure)") }
+            if let failure = Differential.check(seed: seed, length: 30, contenders: contenders) {
+                Issue.record("\(failure)")
+                return
+            }
         }
+    }
+
+    @Test("closeReleasesFile is false for a reason: scripts that close a registered descriptor differ, and only those",
+          .enabled(if: usable))
+    func closeKeepsFileOpen() throws {
+        let poller = try Backend.ioUring.makePoller()
+        #expect(!poller.capabilities.closeReleasesFile)
+        try poller.close()
+        var differing = 0
+        for seed in UInt64(0)..<200 {
+            let steps = Differential.script(seed: seed, length: 30)
+            let scenario = Scenario("close-kept", checks: "untransformed random script",
+                                    fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .pipe(read: "r", write: "w")],
+                                    steps.map { ScriptLine($0) })
+            let epoll = Conformance.record(scenario, backend: "epoll") { try Backend.epoll.makePoller() }
+            let uring = Conformance.record(scenario, backend: "io_uring") { try Backend.ioUring.makePoller() }
+            guard let diff = Conformance.compare(epoll, uring, visible: Visibility(EpollSeam.baseCapabilities)) else { continue }
+            differing += 1
+            if !Self.closesWhileRegistered(steps) { Issue.record("seed \(seed) differs without a close while registered: \(diff)") }
+        }
+        #expect(differing > 0, "no script showed the kept file: is closeReleasesFile still false on this kernel?")
     }
 
     @Test("edge and one-shot scripts observe the same on io_uring as on epoll", .enabled(if: usable), arguments: 0..<4)

@@ -135,9 +135,7 @@ struct SelectionTests {
 struct DifferentialTests {
     @Test("random scripts observe the same on every backend", arguments: 0..<4)
     func randomScripts(batch: Int) {
-        // io_uring runs the same scripts in IOUringTests, which tells its one known difference apart
-        // (a descriptor closed while registered: the poll request keeps the file open).
-        let contenders = backends.filter { $0 != .ioUring }.map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
+        let contenders = backends.map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
         for seed in UInt64(batch * 50)..<UInt64(batch * 50 + 50) {
             if let failure = Differential.check(seed: seed, length: 30, contenders: contenders) {
                 Issue.record("\(failure)")

@@ -35,7 +35,7 @@ struct rd_uring {
     uint32_t features, setup_flags;
     int disabled;  // IORING_SETUP_R_DISABLED: enabled by the first submission, which owns the ring
     // Submission ring: head (kernel), tail (ours), mask, and the SQE array.
-    unsigned *sq_head, *sq_tail, sq_mask, sq_entries;
+    unsigned *sq_head, *sq_tail, *sq_flags, sq_mask, sq_entries;
     struct io_uring_sqe *sqes;
     unsigned sq_local_tail;  // SQEs written but not yet published
     unsigned sq_published;   // published but not yet submitted
@@ -77,7 +77,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
     // submission, so the thread that waits owns it, not the one that created the poller).
     static const uint32_t ladder[] = {
         IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
-            IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+            IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED,
         IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,  // 5.18
         IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
     };
@@ -138,6 +138,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
     char *base = r->ring_map;
     r->sq_head = (unsigned *)(base + p.sq_off.head);
     r->sq_tail = (unsigned *)(base + p.sq_off.tail);
+    r->sq_flags = (unsigned *)(base + p.sq_off.flags);
     r->sq_mask = *(unsigned *)(base + p.sq_off.ring_mask);
     r->sq_entries = p.sq_entries;
     r->sqes = r->sqe_map;
@@ -188,6 +189,11 @@ int rd_uring_submit(struct rd_uring *r) {
     if (r->sq_published == 0) return 0;
     int e = enable(r);
     if (e < 0) return e;
+    // Completions the kernel deferred to us (IORING_SQ_TASKRUN) hold their requests: run them first,
+    // or a cancel finds its request busy (EALREADY) and the file stays held.
+    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) {
+        if (sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0) < 0 && errno != EINTR) return -errno;
+    }
     // GETEVENTS with no minimum: also runs the completions deferred to us (DEFER_TASKRUN), so a
     // cancelled request lets go of its file before this returns.
     int n = sys_enter(r->fd, r->sq_published, 0, IORING_ENTER_GETEVENTS, NULL, 0);

@@ -98,7 +98,7 @@ public final class IOUringSeam: PollerSeam {
         capabilities = Capabilities(
             name: "io_uring", mechanism: "io_uring", edgeTriggered: multishot, oneShot: .native,
             timeoutResolution: .nanoseconds(1), maxDescriptor: CInt.max,
-            reportsReadClosed: true, reportsHangupAndError: true)
+            reportsReadClosed: true, reportsHangupAndError: true, closeReleasesFile: false)
         try armWaker()
     }
 
