@@ -37,7 +37,7 @@ struct BackendsCommand: ParsableCommand {
             let mark = row.chosen ? "*" : (row.available ? " " : "-")
             print("\(mark) \(row.name)\(row.method.map { " (kernel method: \($0))" } ?? "")")
             if let caps = row.capabilities {
-                print("    edge-triggered: \(caps.edgeTriggered), one-shot: \(caps.oneShot.rawValue), timeout resolution: \(caps.timeoutResolution), largest fd: \(caps.maxDescriptor), read-closed: \(caps.reportsReadClosed), hang-up/error: \(caps.reportsHangupAndError)")
+                print("    edge-triggered: \(caps.edgeTriggered), one-shot: \(caps.oneShot.rawValue), timeout resolution: \(caps.timeoutResolution), largest fd: \(caps.maxDescriptor), read-closed: \(caps.reportsReadClosed), hang-up/error: \(caps.reportsHangupAndError), close releases the file: \(caps.closeReleasesFile)")
             }
             print("    \(row.chosen ? "chosen" : "skipped"): \(row.reason)")
         }
