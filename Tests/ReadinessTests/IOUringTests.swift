@@ -193,6 +193,26 @@ struct IOUringTests {
         #expect(differing > 0, "no script showed the kept file: is closeReleasesFile still false on this kernel?")
     }
 
+    @Test("the paths of older kernels pass every scenario and the differential scripts too", .enabled(if: usable),
+          arguments: [IOUringSeam.Features([]), [.multishot], [.deferredCompletions]])
+    func olderKernels(features: IOUringSeam.Features) throws {
+        let probe = try IOUringSeam.makePoller(allowing: features)
+        #expect(probe.seam.features == features)
+        #expect(probe.capabilities.edgeTriggered == features.contains(.multishot))
+        try probe.close()
+        let name = "io_uring\(features.rawValue)"
+        let report = Conformance.run(backend: name, scenarios: Conformance.scenarios) { try IOUringSeam.makePoller(allowing: features) }
+        for failure in report.failures { Issue.record("\(failure)") }
+        let contenders = [Differential.Contender(name: "epoll") { try Backend.epoll.makePoller() },
+                          Differential.Contender(name: name) { try IOUringSeam.makePoller(allowing: features) }]
+        for seed in UInt64(0)..<200 {
+            if let failure = Differential.check(seed: seed, length: 30, contenders: contenders) {
+                Issue.record("\(failure)")
+                return
+            }
+        }
+    }
+
     @Test("edge and one-shot scripts observe the same on io_uring as on epoll", .enabled(if: usable), arguments: 0..<4)
     func edgeDifferential(batch: Int) {
         let fixtures: [Fixture] = [.socketPair("a", "b"), .socketPair("c", "d")]

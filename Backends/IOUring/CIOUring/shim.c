@@ -69,7 +69,8 @@ static int fail(char *why, int size, int code, const char *fmt) {
     return -code;
 }
 
-int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, char *why, int why_size) {
+int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, int allow_deferred,
+                  char *why, int why_size) {
     *out = NULL;
     // The best setup the kernel accepts, newest first. Completions are run in our own io_uring_enter
     // (DEFER_TASKRUN, 6.1), not by interrupting whatever system call the thread is in; that needs a
@@ -83,7 +84,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
     };
     struct io_uring_params p;
     int fd = -1;
-    for (size_t i = 0; i < sizeof ladder / sizeof ladder[0]; i++) {
+    for (size_t i = allow_deferred ? 0 : 1; i < sizeof ladder / sizeof ladder[0]; i++) {
         memset(&p, 0, sizeof p);
         p.flags = ladder[i];
         p.cq_entries = cq_entries;
@@ -165,6 +166,7 @@ void rd_uring_close(struct rd_uring *r) {
 int rd_uring_fd(const struct rd_uring *r) { return r->fd; }
 uint32_t rd_uring_features(const struct rd_uring *r) { return r->features; }
 uint32_t rd_uring_setup_flags(const struct rd_uring *r) { return r->setup_flags; }
+int rd_uring_defers_completions(const struct rd_uring *r) { return (r->setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0; }
 // No feature bit names multishot poll; IORING_FEAT_RSRC_TAGS came with the same release (5.13).
 int rd_uring_has_multishot(const struct rd_uring *r) { return (r->features & IORING_FEAT_RSRC_TAGS) != 0; }
 

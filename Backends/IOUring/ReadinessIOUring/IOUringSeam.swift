@@ -78,11 +78,26 @@ public final class IOUringSeam: PollerSeam {
     private static let submissionEntries: UInt32 = 256
     private static let completionEntries: UInt32 = 4096
 
-    public init(waker: Waker) throws(PollerError) {
+    /// Kernel features the seam uses where the kernel has them; leaving some out runs the paths taken on
+    /// older kernels (the tests run the whole suite on each).
+    public struct Features: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// Multishot poll (5.13): edge triggering, and level requests that stay armed.
+        public static let multishot = Features(rawValue: 1)
+        /// IORING_SETUP_DEFER_TASKRUN (6.1): completions run inside our own io_uring_enter.
+        public static let deferredCompletions = Features(rawValue: 2)
+        public static let all: Features = [.multishot, .deferredCompletions]
+    }
+    /// The features this seam uses.
+    public let features: Features
+
+    public init(waker: Waker, allowing allowed: Features = .all) throws(PollerError) {
         var made: OpaquePointer?
         var message = [CChar](repeating: 0, count: 256)
+        let deferred: CInt = allowed.contains(.deferredCompletions) ? 1 : 0
         let status = message.withUnsafeMutableBufferPointer {
-            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, $0.baseAddress, CInt($0.count))
+            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, deferred, $0.baseAddress, CInt($0.count))
         }
         guard status == 0, let made else {
             var reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -92,8 +107,11 @@ public final class IOUringSeam: PollerSeam {
         ring = made
         self.waker = waker
         recheck = .allocate(capacity: recheckCapacity)
-        let multishot = rd_uring_has_multishot(made) != 0
+        let multishot = allowed.contains(.multishot) && rd_uring_has_multishot(made) != 0
         levelMultishot = multishot
+        var used: Features = multishot ? .multishot : []
+        if rd_uring_defers_completions(made) != 0 { used.insert(.deferredCompletions) }
+        features = used
         kernelFacts = Self.describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: multishot)
         capabilities = Capabilities(
             name: "io_uring", mechanism: "io_uring", edgeTriggered: multishot, oneShot: .native,
@@ -107,9 +125,9 @@ public final class IOUringSeam: PollerSeam {
         recheck.deallocate()
     }
 
-    /// Creates an io_uring poller.
-    public static func makePoller() throws(PollerError) -> SeamPoller<IOUringSeam> {
-        try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker) }
+    /// Creates an io_uring poller; `allowing` fewer features takes the paths of older kernels.
+    public static func makePoller(allowing allowed: Features = .all) throws(PollerError) -> SeamPoller<IOUringSeam> {
+        try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker, allowing: allowed) }
     }
 
     /// Why io_uring_setup failed, in the kernel's terms. `disabled` is /proc/sys/kernel/io_uring_disabled
@@ -131,7 +149,7 @@ public final class IOUringSeam: PollerSeam {
         var made: OpaquePointer?
         var message = [CChar](repeating: 0, count: 256)
         let status = message.withUnsafeMutableBufferPointer {
-            rd_uring_open(&made, 8, 16, $0.baseAddress, CInt($0.count))
+            rd_uring_open(&made, 8, 16, 1, $0.baseAddress, CInt($0.count))
         }
         guard status == 0, let made else {
             let reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -187,7 +205,8 @@ public final class IOUringSeam: PollerSeam {
         var made: OpaquePointer?
         var message = [CChar](repeating: 0, count: 256)
         let status = message.withUnsafeMutableBufferPointer {
-            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, $0.baseAddress, CInt($0.count))
+            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries,
+                          features.contains(.deferredCompletions) ? 1 : 0, $0.baseAddress, CInt($0.count))
         }
         guard status == 0, let made else { throw .system(operation: "io_uring_setup", errno: -status) }
         rd_uring_close(ring)

@@ -15,12 +15,16 @@ extern const uint32_t rd_uring_CQE_F_MORE;
 
 /// Creates a ring with `entries` submission slots and `cq_entries` completion slots. Returns 0, or a
 /// negative errno: io_uring_setup's (`why` empty), or -ENOTSUP with the missing kernel feature in `why`.
-int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, char *why, int why_size);
+/// `allow_deferred` 0 sets the ring up as a kernel without IORING_SETUP_DEFER_TASKRUN would (tests).
+int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, int allow_deferred,
+                  char *why, int why_size);
 void rd_uring_close(struct rd_uring *ring);
 /// The ring's descriptor and the kernel's IORING_FEAT_* bits and setup flags actually used.
 int rd_uring_fd(const struct rd_uring *ring);
 uint32_t rd_uring_features(const struct rd_uring *ring);
 uint32_t rd_uring_setup_flags(const struct rd_uring *ring);
+/// Whether completions run inside our own io_uring_enter (IORING_SETUP_DEFER_TASKRUN, Linux 6.1).
+int rd_uring_defers_completions(const struct rd_uring *ring);
 /// Whether the kernel has multishot poll (IORING_POLL_ADD_MULTI, Linux 5.13).
 int rd_uring_has_multishot(const struct rd_uring *ring);
 
