@@ -303,5 +303,28 @@ struct IOUringThreadTests {
         #expect(write(other[1], &byte, 1) == 1)
         #expect(try shared.poller.wait(into: events, timeout: .seconds(1)) == 1)
         #expect(Array(events) == [Event(token: 2, ready: .readable)])
+        // A deregister is the first call on another thread: its cancel moves to a new ring, and the
+        // file is released all the same.
+        var third: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &third) == 0)
+        defer { close(third[1]) }
+        try shared.poller.register(third[0], token: 3, interest: .readable)
+        try shared.poller.wait(into: events, timeout: .zero)
+        #expect(events.allSatisfy { $0.token != 3 })
+        let number = third[0]
+        Self.onAnotherThread {
+            do {
+                try shared.poller.deregister(number)
+            } catch {
+                shared.failure = "\(error)"
+            }
+        }
+        #expect(shared.failure == nil)
+        close(third[0])
+        entry = pollfd(fd: third[1], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 1000) == 1)
+        #expect(entry.revents & Int16(POLLHUP) != 0)
+        #expect(try shared.poller.wait(into: events, timeout: .zero) == 1)  // other[0] is still readable
+        #expect(Array(events) == [Event(token: 2, ready: .readable)])
     }
 }

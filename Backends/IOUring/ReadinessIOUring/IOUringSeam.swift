@@ -253,14 +253,13 @@ public final class IOUringSeam: PollerSeam {
     @discardableResult
     private func disarm(_ fd: CInt) throws(PollerError) -> Bool {
         let slot = slots[Int(fd)]
-        var queued = false
-        if slot.inFlight, rd_uring_unqueue(ring, slot.position, Self.nopData) == 0 {
-            try cancel(Self.data(fd, slot.armID))
-            queued = true
-        }
         if slot.isPending, let at = pending.firstIndex(of: fd) { pending.remove(at: at) }
+        // Forgotten before any ring call: if that call moves to a new ring, the request is not made
+        // again there (and the old ring, closed, cancels it).
         slots[Int(fd)] = Slot()
-        return queued
+        guard slot.inFlight, rd_uring_unqueue(ring, slot.position, Self.nopData) == 0 else { return false }
+        try cancel(Self.data(fd, slot.armID))
+        return true
     }
 
     private func cancel(_ target: UInt64) throws(PollerError) {
