@@ -32,7 +32,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     }
 
     /// Every backend this package knows, best first (the order the default is chosen in). io_uring is
-    /// last: it is chosen only when asked for (it loses to epoll on per-change cost; Docs/Contract.md).
+    /// last: it is chosen only when asked for (it does not beat epoll: Backends/IOUring/README.md).
     public static let all: [Backend] = [.epoll, .poll, .libevent, .libevent(.epoll), .libevent(.poll), .libevent(.select), .select, .ioUring]
 
     /// The environment variable that overrides ``default``: a backend name, e.g. `poll` or `libevent:select`.

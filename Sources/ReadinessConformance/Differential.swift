@@ -94,7 +94,7 @@ public enum Differential {
             switch step {
             case .register(let e, _, _, _): registered.insert(e)
             case .deregister(let e): registered.remove(e)
-            case .close(let e) where registered.contains(e):
+            case .close(let e) where registered.contains(e), .resetClose(let e) where registered.contains(e):
                 out.append(.deregister(e))
                 registered.remove(e)
             default: break
