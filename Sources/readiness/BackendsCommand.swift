@@ -26,7 +26,9 @@ struct BackendsCommand: ParsableCommand {
             case .chosen(let why): (true, why)
             case .skipped(let why): (false, why)
             }
-            return Row(name: entry.backend.name, available: poller != nil, chosen: chosen, reason: reason,
+            // A poller can be created yet fail its start-up self-test (io_uring with io_uring_enter refused).
+            let available = poller != nil && entry.backend.probe() == nil
+            return Row(name: entry.backend.name, available: available, chosen: chosen, reason: reason,
                        capabilities: poller?.capabilities, method: poller?.capabilities.mechanism)
         }
         if json {

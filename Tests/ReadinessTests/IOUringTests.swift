@@ -36,6 +36,47 @@ struct IOUringTests {
         }
     }
 
+    /// `readiness backends --json` run under strace's fault injection (`-e inject=SYSCALL:error=E`):
+    /// the io_uring row, as the tool prints it.
+    static func backendsRowUnderInjection(_ injection: String) throws -> String {
+        var path = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &path, path.count - 1)
+        guard n > 0 else { throw TestFailure("readlink /proc/self/exe") }
+        let exe = String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let tool = "/" + exe.split(separator: "/").dropLast().joined(separator: "/") + "/readiness"
+        guard access(tool, X_OK) == 0 else { throw TestFailure("no readiness tool at \(tool)") }
+        guard let pipe = popen("strace -f -qq -o /dev/null -e inject=\(injection) '\(tool)' backends --json", "r") else {
+            throw TestFailure("popen")
+        }
+        var output = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, CInt(buffer.count), pipe) != nil {
+            output += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        pclose(pipe)
+        guard let row = output.split(separator: "},{").map(String.init).first(where: { $0.contains("\"name\":\"io_uring\"") }) else {
+            throw TestFailure("no io_uring row in: \(output)")
+        }
+        return row
+    }
+
+    static let canInject = usable && access("/usr/bin/strace", X_OK) == 0
+
+    @Test("a kernel that refuses io_uring is skipped with the reason (faults injected with strace)",
+          .enabled(if: canInject))
+    func skippedWithReason() throws {
+        // io_uring_setup refused, as seccomp does: no ring at all.
+        let setup = try Self.backendsRowUnderInjection("io_uring_setup:error=EPERM")
+        #expect(setup.contains("\"available\":false"))
+        #expect(setup.contains("seccomp"))
+        // The ring is made but io_uring_enter is refused: only the start-up self-test finds it.
+        let enter = try Self.backendsRowUnderInjection("io_uring_enter:error=EPERM")
+        #expect(enter.contains("\"available\":false"))
+        #expect(enter.contains("self-test"))
+        let nosys = try Self.backendsRowUnderInjection("io_uring_setup:error=ENOSYS")
+        #expect(nosys.contains("ENOSYS") && nosys.contains("no io_uring"))
+    }
+
     @Test("the start-up self-test passes where a ring can be made", .enabled(if: usable))
     func selfTest() throws {
         #expect(Backend.ioUring.probe() == nil)

@@ -133,7 +133,7 @@ public final class IOUringSeam: PollerSeam {
     /// Why io_uring_setup failed, in the kernel's terms. `disabled` is /proc/sys/kernel/io_uring_disabled
     /// (-1 when the kernel has no such setting).
     public static func setupFailure(errno code: CInt, disabled: CInt) -> String {
-        let call = "io_uring_setup failed with \(Errno.name(code))"
+        let call = "io_uring_setup failed with \(code == ENOSYS ? "ENOSYS" : Errno.name(code))"
         switch code {
         case ENOSYS: return "\(call): the kernel has no io_uring (CONFIG_IO_URING off, or older than 5.1)"
         case EPERM where disabled == 2: return "\(call): /proc/sys/kernel/io_uring_disabled is 2 (io_uring disabled for everyone)"
@@ -152,8 +152,9 @@ public final class IOUringSeam: PollerSeam {
             rd_uring_open(&made, 8, 16, 1, $0.baseAddress, CInt($0.count))
         }
         guard status == 0, let made else {
-            let reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            return reason.isEmpty ? setupFailure(errno: -status, disabled: rd_uring_disabled_setting()) : reason
+            // Why there is no ring is the backend's unavailability reason; here only the setting.
+            let disabled = rd_uring_disabled_setting()
+            return disabled < 0 ? "no ring; no io_uring_disabled sysctl" : "no ring; io_uring_disabled=\(disabled)"
         }
         defer { rd_uring_close(made) }
         return describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: rd_uring_has_multishot(made) != 0)
