@@ -16,7 +16,7 @@ const uint32_t rd_uring_POLLIN = POLLIN, rd_uring_POLLOUT = POLLOUT, rd_uring_PO
     rd_uring_POLLHUP = POLLHUP, rd_uring_POLLERR = POLLERR, rd_uring_POLLNVAL = POLLNVAL;
 const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
 
-// Flags newer than Debian 12's headers, by their kernel values.
+// Flags that older kernel headers lack, by their kernel values.
 #ifndef IORING_SETUP_SUBMIT_ALL
 #define IORING_SETUP_SUBMIT_ALL (1U << 7)
 #endif
@@ -25,6 +25,12 @@ const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
 #endif
 #ifndef IORING_SETUP_DEFER_TASKRUN
 #define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+#ifndef IORING_SETUP_TASKRUN_FLAG
+#define IORING_SETUP_TASKRUN_FLAG (1U << 9)
+#endif
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
 #endif
 #ifndef IORING_FEAT_RSRC_TAGS
 #define IORING_FEAT_RSRC_TAGS (1U << 10)
