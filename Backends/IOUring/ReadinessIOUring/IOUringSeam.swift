@@ -361,6 +361,8 @@ public final class IOUringSeam: PollerSeam {
             }
             guard data == Self.wakerData else { return }
             wakerInFlight = false
+            // An error (the request cancelled) is no wake-up: the next wait arms the poll again.
+            guard result > 0 else { return }
             // With the buffer full the eventfd is left readable: the poll re-armed by the next wait
             // reports it at once.
             guard !events.isFull else { return }
