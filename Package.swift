@@ -1,5 +1,5 @@
 // swift-tools-version: 6.1
-// Readiness: wait on sockets with epoll, poll, select or libevent, chosen at run time.
+// Readiness: wait on sockets with epoll, poll, select, libevent or io_uring, chosen at run time.
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -54,9 +54,14 @@ let package = Package(
         .target(name: "ReadinessLibevent", dependencies: ["ReadinessCore", "CLibevent"],
                 path: "Backends/Libevent/ReadinessLibevent", swiftSettings: strict),
 
+        .target(name: "CIOUring", path: "Backends/IOUring/CIOUring"),
+        .target(name: "ReadinessIOUring", dependencies: ["ReadinessCore", "CIOUring"],
+                path: "Backends/IOUring/ReadinessIOUring", swiftSettings: strict),
+
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
                 dependencies: ["ReadinessCore", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
+                               "ReadinessIOUring",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],

@@ -26,7 +26,9 @@ struct BackendsCommand: ParsableCommand {
             case .chosen(let why): (true, why)
             case .skipped(let why): (false, why)
             }
-            return Row(name: entry.backend.name, available: poller != nil, chosen: chosen, reason: reason,
+            // A poller can be created yet fail its start-up self-test (io_uring with io_uring_enter refused).
+            let available = poller != nil && entry.backend.probe() == nil
+            return Row(name: entry.backend.name, available: available, chosen: chosen, reason: reason,
                        capabilities: poller?.capabilities, method: poller?.capabilities.mechanism)
         }
         if json {
@@ -38,7 +40,7 @@ struct BackendsCommand: ParsableCommand {
             let mark = row.chosen ? "*" : (row.available ? " " : "-")
             print("\(mark) \(row.name)\(row.method.map { " (kernel method: \($0))" } ?? "")")
             if let caps = row.capabilities {
-                print("    edge-triggered: \(caps.edgeTriggered), one-shot: \(caps.oneShot.rawValue), timeout resolution: \(caps.timeoutResolution), largest fd: \(caps.maxDescriptor), read-closed: \(caps.reportsReadClosed), hang-up/error: \(caps.reportsHangupAndError)")
+                print("    edge-triggered: \(caps.edgeTriggered), one-shot: \(caps.oneShot.rawValue), timeout resolution: \(caps.timeoutResolution), largest fd: \(caps.maxDescriptor), read-closed: \(caps.reportsReadClosed), hang-up/error: \(caps.reportsHangupAndError), close releases the file: \(caps.closeReleasesFile)")
             }
             print("    \(row.chosen ? "chosen" : "skipped"): \(row.reason)")
         }
