@@ -1,12 +1,20 @@
-import ArgumentParser
 import Readiness
 
-struct BackendsCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "backends",
-        abstract: "List every backend, whether it works here and why, and its capabilities.")
+struct BackendsCommand: Command {
+    private enum Name {
+        static let json = "json"
+    }
 
-    @Flag(help: "Print JSON instead of text.") var json = false
+    static let spec = CommandSpec(
+        name: "backends",
+        abstract: "List every backend, whether it works here and why, and its capabilities.",
+        options: [.flag(Name.json, help: "Print JSON instead of text.")])
+
+    let json: Bool
+
+    init(_ arguments: ParsedArguments) throws(UsageError) {
+        json = arguments.flag(Name.json)
+    }
 
     struct Row: Encodable {
         let name: String
@@ -17,7 +25,7 @@ struct BackendsCommand: ParsableCommand {
         let method: String?
     }
 
-    func run() throws {
+    func run() throws(ToolError) {
         let report = Backend.selection()
         let rows = report.entries.map { entry -> Row in
             let poller = try? entry.backend.makePoller()
@@ -33,7 +41,7 @@ struct BackendsCommand: ParsableCommand {
         }
         if json {
             try printJSON(rows)
-            if report.failure != nil { throw ExitCode(1) }
+            if report.failure != nil { throw .failed }
             return
         }
         for row in rows {
@@ -46,7 +54,7 @@ struct BackendsCommand: ParsableCommand {
         }
         if let failure = report.failure {
             printError("error: \(failure)")
-            throw ExitCode(1)
+            throw .failed
         }
     }
 }
