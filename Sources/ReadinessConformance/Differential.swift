@@ -60,7 +60,13 @@ public enum Differential {
                     steps.append(.register(e, token: token, interest: interest(), trigger: triggers[random.below(3)]))
                     model.didRegister(e)
                 }
-            case 4: steps.append(.reregister(e, token: token, interest: interest(), trigger: triggers[random.below(3)]))
+            case 4:
+                // As for register: a closed endpoint's number names a placeholder while exhausted.
+                if model.exhausted && model.closed.contains(e) {
+                    steps.append(.wait(timeout: .zero))
+                } else {
+                    steps.append(.reregister(e, token: token, interest: interest(), trigger: triggers[random.below(3)]))
+                }
             case 5:
                 steps.append(.deregister(e))
                 model.registered.remove(e)
@@ -70,7 +76,7 @@ public enum Differential {
             case 11: steps.append(.wake(times: 1 + random.below(3), threads: 1))
             case 12:
                 if random.below(3) == 0 {
-                    steps.append(contentsOf: model.close(["b", "d", "w", "a", "c"][random.below(5)]))
+                    steps.append(contentsOf: model.close(["b", "d", "w", "a", "c", "a2"][random.below(6)]))
                 } else {
                     steps.append(.wait(timeout: .zero))
                 }
@@ -241,6 +247,8 @@ struct ScriptModel {
             case .register(let e, _, _, _):
                 if model.exhausted && model.closed.contains(e) { return false }
                 model.didRegister(e)
+            case .reregister(let e, _, _, _):
+                if model.exhausted && model.closed.contains(e) { return false }
             case .deregister(let e):
                 model.registered.remove(e)
             case .close(let e):
