@@ -70,8 +70,9 @@ int rd_uring_disabled_setting(void) {
     return value;
 }
 
-static int fail(char *why, int size, int code, const char *fmt) {
-    snprintf(why, (size_t)size, fmt, strerror(code));
+/// A system call or allocation of the setup failed: `why` names it, the errno is returned.
+static int fail(char *why, int size, int code, const char *operation) {
+    snprintf(why, (size_t)size, "%s", operation);
     return -code;
 }
 
@@ -116,7 +117,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
     struct rd_uring *r = calloc(1, sizeof *r);
     if (!r) {
         close(fd);
-        return fail(why, why_size, ENOMEM, "calloc: %s");
+        return fail(why, why_size, ENOMEM, "calloc");
     }
     r->fd = fd;
     r->features = p.features;
@@ -131,7 +132,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
         int e = errno;
         close(fd);
         free(r);
-        return fail(why, why_size, e, "mmap(IORING_OFF_SQ_RING): %s");
+        return fail(why, why_size, e, "mmap(IORING_OFF_SQ_RING)");
     }
     r->sqe_map_size = p.sq_entries * sizeof(struct io_uring_sqe);
     r->sqe_map = mmap(NULL, r->sqe_map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
@@ -140,7 +141,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
         munmap(r->ring_map, r->ring_map_size);
         close(fd);
         free(r);
-        return fail(why, why_size, e, "mmap(IORING_OFF_SQES): %s");
+        return fail(why, why_size, e, "mmap(IORING_OFF_SQES)");
     }
     char *base = r->ring_map;
     r->sq_head = (unsigned *)(base + p.sq_off.head);
@@ -287,6 +288,24 @@ int rd_uring_enter(struct rd_uring *r, unsigned min_complete, int64_t timeout_ns
     // With something submitted the call returns the number submitted and hides -ETIME or -EINTR of
     // the wait: the caller looks at the completion queue either way.
     r->sq_published -= (unsigned)n < submit ? (unsigned)n : submit;
+    // A kernel without IORING_SETUP_SUBMIT_ALL may stop a batch short: the rest goes in now (no
+    // wait), so the requests the caller queued are all looked at by this wait.
+    while (n > 0 && r->sq_published > 0) {
+        submit = r->sq_published;
+        n = sys_enter(r->fd, submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+        if (n < 0) return errno == EINTR || errno == EAGAIN || errno == EBUSY ? 0 : -errno;
+        r->sq_published -= (unsigned)n < submit ? (unsigned)n : submit;
+    }
+    return 0;
+}
+
+int rd_uring_work_pending(const struct rd_uring *r) {
+    if (!(r->setup_flags & IORING_SETUP_DEFER_TASKRUN)) return 0;
+    return (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+}
+
+int rd_uring_run_work(struct rd_uring *r) {
+    if (sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0) < 0) return -errno;
     return 0;
 }
 

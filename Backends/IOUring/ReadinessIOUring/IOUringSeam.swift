@@ -99,11 +99,7 @@ public final class IOUringSeam: PollerSeam {
         let status = message.withUnsafeMutableBufferPointer {
             rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, deferred, $0.baseAddress, CInt($0.count))
         }
-        guard status == 0, let made else {
-            var reason = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if reason.isEmpty { reason = Self.setupFailure(errno: -status, disabled: rd_uring_disabled_setting()) }
-            throw .unavailable(backend: "io_uring", reason: reason)
-        }
+        guard status == 0, let made else { throw Self.openFailure(status: status, message: message) }
         ring = made
         self.waker = waker
         recheck = .allocate(capacity: recheckCapacity)
@@ -128,6 +124,20 @@ public final class IOUringSeam: PollerSeam {
     /// Creates an io_uring poller; `allowing` fewer features takes the paths of older kernels.
     public static func makePoller(allowing allowed: Features = .all) throws(PollerError) -> SeamPoller<IOUringSeam> {
         try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker, allowing: allowed) }
+    }
+
+    /// The error for a failed `rd_uring_open`: out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM, from io_uring_setup or a mapping) is ``PollerError/resourceExhausted(operation:errno:)``,
+    /// as for every backend; a kernel without io_uring, or refusing it, or lacking a feature, is
+    /// ``PollerError/unavailable(backend:reason:)``.
+    static func openFailure(status: CInt, message: [CChar]) -> PollerError {
+        let code = -status
+        let what = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if code == ENOTSUP, !what.isEmpty { return .unavailable(backend: "io_uring", reason: what) }
+        let operation = what.isEmpty ? "io_uring_setup" : what
+        if Errno.isResourceExhaustion(code) { return .failed(operation, errno: code) }
+        if what.isEmpty { return .unavailable(backend: "io_uring", reason: setupFailure(errno: code, disabled: rd_uring_disabled_setting())) }
+        return .unavailable(backend: "io_uring", reason: "\(operation) failed with \(Errno.name(code)): \(Errno.message(code))")
     }
 
     /// Why io_uring_setup failed, in the kernel's terms. `disabled` is /proc/sys/kernel/io_uring_disabled
@@ -184,7 +194,7 @@ public final class IOUringSeam: PollerSeam {
     }
 
     private func check(_ status: CInt, _ operation: String) throws(PollerError) {
-        if status < 0 { throw .system(operation: operation, errno: -status) }
+        if status < 0 { throw .failed(operation, errno: -status) }
     }
 
     /// Runs a ring call; if it fails with EEXIST (a ring with deferred completions has one submitting
@@ -209,7 +219,11 @@ public final class IOUringSeam: PollerSeam {
             rd_uring_open(&made, Self.submissionEntries, Self.completionEntries,
                           features.contains(.deferredCompletions) ? 1 : 0, $0.baseAddress, CInt($0.count))
         }
-        guard status == 0, let made else { throw .system(operation: "io_uring_setup", errno: -status) }
+        guard status == 0, let made else {
+            let error = Self.openFailure(status: status, message: message)
+            if case .unavailable = error { throw .system(operation: "io_uring_setup", errno: -status) }
+            throw error
+        }
         rd_uring_close(ring)
         ring = made
         wakerInFlight = false
@@ -333,8 +347,34 @@ public final class IOUringSeam: PollerSeam {
             status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         }
         if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
-            throw .system(operation: "io_uring_enter", errno: -status)
+            throw .failed("io_uring_enter", errno: -status)
         }
+        var drained = drainCompletions(&table, events)
+        // With deferred completions the kernel runs only a batch of them per io_uring_enter (20 on
+        // Linux 6.13 and later, two batches when the enter also submitted) and raises
+        // IORING_SQ_TASKRUN for the rest: polls armed on descriptors already ready complete this way,
+        // so a wait after many became ready would report only the first batches. While the flag says
+        // more are ready and the buffer has room for them, run the next batch (a system call taken
+        // only then; the common path, with fewer ready, makes none).
+        var rounds = 0
+        while rounds < Self.maxWorkRounds, pending.count < events.capacity - events.count, rd_uring_work_pending(ring) != 0 {
+            rounds += 1
+            // A failure here ends the extra batches, not the wait: what is left stays in the kernel
+            // for the next wait, and what was read is reported now.
+            let ran = rd_uring_run_work(ring)
+            drained += drainCompletions(&table, events)
+            if ran < 0, ran != -EINTR { break }
+        }
+        if !pending.isEmpty { deliverPending(&table, events) }
+        if events.isEmpty, drained == 0, status == -EINTR { return .interrupted }
+        return .events(events.count)
+    }
+
+    /// Bounds the extra batches of deferred completions one wait runs (each is a system call).
+    private static let maxWorkRounds = 64
+
+    /// Reads every completion in the completion queue. Returns how many there were.
+    private func drainCompletions(_ table: inout RegistrationTable, _ events: EventBuffer) -> UInt32 {
         let ready = rd_uring_cq_ready(ring)
         for i in 0..<ready {
             var data: UInt64 = 0
@@ -344,9 +384,7 @@ public final class IOUringSeam: PollerSeam {
             complete(data, result, flags, &table, events)
         }
         rd_uring_cq_advance(ring, ready)
-        if !pending.isEmpty { deliverPending(&table, events) }
-        if events.isEmpty, ready == 0, status == -EINTR { return .interrupted }
-        return .events(events.count)
+        return ready
     }
 
     /// One completion: the waker's (reported), a control request's or a stale one (dropped), or a

@@ -14,7 +14,8 @@ extern const uint32_t rd_uring_POLLIN, rd_uring_POLLOUT, rd_uring_POLLRDHUP, rd_
 extern const uint32_t rd_uring_CQE_F_MORE;
 
 /// Creates a ring with `entries` submission slots and `cq_entries` completion slots. Returns 0, or a
-/// negative errno: io_uring_setup's (`why` empty), or -ENOTSUP with the missing kernel feature in `why`.
+/// negative errno: io_uring_setup's (`why` empty), a later step's (`why` names it: "mmap(...)",
+/// "calloc"; nothing is left open), or -ENOTSUP with the missing kernel feature in `why`.
 /// `allow_deferred` 0 sets the ring up as a kernel without IORING_SETUP_DEFER_TASKRUN would (tests).
 int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, int allow_deferred,
                   char *why, int why_size);
@@ -45,6 +46,14 @@ int rd_uring_submit(struct rd_uring *ring);
 /// completions or `timeout_ns` (negative: no timeout; ignored when `min_complete` is 0).
 /// 0, or a negative errno (-EINTR, -ETIME, -EEXIST as for rd_uring_submit, ...).
 int rd_uring_enter(struct rd_uring *ring, unsigned min_complete, int64_t timeout_ns);
+
+/// Whether completions deferred to us (IORING_SETUP_DEFER_TASKRUN) are still waiting to be run: the
+/// kernel runs a bounded batch of them per pass (IO_LOCAL_TW_DEFAULT_MAX, 20, or min_complete if more;
+/// Linux 6.13 and later), and raises IORING_SQ_TASKRUN when it leaves some. Always 0 on other rings.
+int rd_uring_work_pending(const struct rd_uring *ring);
+/// Runs another batch of those completions into the completion queue, without waiting (one
+/// io_uring_enter with GETEVENTS and no minimum). 0, or a negative errno.
+int rd_uring_run_work(struct rd_uring *ring);
 
 /// Completions ready to be read, then the `i`th of them (0 = oldest), then consume `n`.
 unsigned rd_uring_cq_ready(const struct rd_uring *ring);
