@@ -22,6 +22,7 @@ import ReadinessCore
 /// cancelled with `IORING_OP_POLL_REMOVE`, submitted at once: a poll request holds a reference to its
 /// file, so until then a closed descriptor's file lives on (as through a dup).
 public final class IOUringSeam: PollerSeam {
+    /// What this backend can do (edge only with multishot poll).
     public let capabilities: Capabilities
     private var ring: OpaquePointer
     private let waker: Waker
@@ -81,17 +82,21 @@ public final class IOUringSeam: PollerSeam {
     /// Kernel features the seam uses where the kernel has them; leaving some out runs the paths taken on
     /// older kernels (the tests run the whole suite on each).
     public struct Features: OptionSet, Sendable {
+        /// The feature bits.
         public let rawValue: Int
+        /// Features from their bits.
         public init(rawValue: Int) { self.rawValue = rawValue }
         /// Multishot poll (5.13): edge triggering, and level requests that stay armed.
         public static let multishot = Features(rawValue: 1)
         /// IORING_SETUP_DEFER_TASKRUN (6.1): completions run inside our own io_uring_enter.
         public static let deferredCompletions = Features(rawValue: 2)
+        /// Every feature the kernel may offer.
         public static let all: Features = [.multishot, .deferredCompletions]
     }
     /// The features this seam uses.
     public let features: Features
 
+    /// Sets up a ring watching `waker`, using at most the `allowed` features (tests force older paths).
     public init(waker: Waker, allowing allowed: Features = .all) throws(PollerError) {
         var made: OpaquePointer?
         var message = [CChar](repeating: 0, count: 256)
@@ -283,6 +288,7 @@ public final class IOUringSeam: PollerSeam {
 
     // MARK: PollerSeam
 
+    /// Queues a poll request for `fd`, submitted with the next wait.
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         if Int(fd) >= slots.count {
             slots.append(contentsOf: repeatElement(Slot(), count: max(Int(fd) + 1, slots.count * 2) - slots.count))
@@ -305,11 +311,13 @@ public final class IOUringSeam: PollerSeam {
         }
     }
 
+    /// Replaces `fd`'s request: a cancel and a new request, queued for the next wait.
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         try disarm(fd)
         if new.isActive { try arm(fd, new) }
     }
 
+    /// Cancels `fd`'s request at once, so its file is released.
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         let cancelled = try disarm(fd)
         registered -= 1
@@ -318,6 +326,7 @@ public final class IOUringSeam: PollerSeam {
         if cancelled { try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_submit(ring) } }
     }
 
+    /// One `io_uring_enter` (submitting what was queued, waiting up to `timeout`), then the completions, re-checked.
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         // Registrations delivered by the last wait (level), or found not ready after their request
