@@ -23,6 +23,9 @@ let package = Package(
         .target(name: "CReadinessCore", path: "Sources/CReadinessCore"),
         .target(name: "ReadinessCore", dependencies: ["CReadinessCore"], path: "Sources/ReadinessCore",
                 swiftSettings: strict),
+        // Sockets, listeners, timers and connect (Happy Eyeballs, resolution): the layer above the contract.
+        .target(name: "ReadinessNet", dependencies: ["ReadinessCore"], path: "Sources/ReadinessNet",
+                swiftSettings: strict),
 
         // Backends: one folder each, depending only on the core (and their own C shim).
         .target(name: "CEpoll", path: "Backends/Epoll/CEpoll"),
@@ -41,7 +44,7 @@ let package = Package(
 
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
-                dependencies: ["ReadinessCore", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
+                dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
                                "ReadinessLibevent"],
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],
