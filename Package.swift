@@ -24,7 +24,8 @@ let package = Package(
         .target(name: "ReadinessCore", dependencies: ["CReadinessCore"], path: "Sources/ReadinessCore",
                 swiftSettings: strict),
         // Sockets, listeners, timers and connect (Happy Eyeballs, resolution): the layer above the contract.
-        .target(name: "ReadinessNet", dependencies: ["ReadinessCore"], path: "Sources/ReadinessNet",
+        .target(name: "CReadinessNet", path: "Sources/CReadinessNet"),
+        .target(name: "ReadinessNet", dependencies: ["ReadinessCore", "CReadinessNet"], path: "Sources/ReadinessNet",
                 swiftSettings: strict),
 
         // Backends: one folder each, depending only on the core (and their own C shim).
