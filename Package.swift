@@ -54,6 +54,11 @@ let package = Package(
                           dependencies: ["Readiness", "ReadinessConformance",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/readiness", swiftSettings: strict),
+        // Examples written only against `import Readiness`; the tests run them on every backend.
+        .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
+                          swiftSettings: strict),
+        .executableTarget(name: "readiness-http-load", dependencies: ["Readiness"],
+                          path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
                     path: "Tests/ReadinessTests", swiftSettings: strict),
     ],

@@ -98,10 +98,12 @@ public final class StreamSocket {
         try writeImpl(buffer)
     }
 
-    /// Writes as much of `bytes[offset...]` as the socket takes now.
-    public func write(_ bytes: [UInt8], from offset: Int = 0) throws(SocketError) -> IOResult {
+    /// Writes as much of `bytes[offset..<end]` (end: the whole array) as the socket takes now.
+    public func write(_ bytes: [UInt8], from offset: Int = 0, to end: Int? = nil) throws(SocketError) -> IOResult {
         let outcome = bytes.withUnsafeBytes { raw in
-            Result { () throws(SocketError) -> IOResult in try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset...])) }
+            Result { () throws(SocketError) -> IOResult in
+                try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset..<(end ?? raw.count)]))
+            }
         }
         return try outcome.get()
     }
