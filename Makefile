@@ -1,5 +1,5 @@
 # Readiness: `make run` (the main job: the conformance suite on every backend) and `make test`.
-# Both install what is missing first (libevent-dev, pkg-config) through apt.
+# Both install what is missing first (libevent-dev, pkg-config, and nginx-light for the HTTP example's test) through apt.
 
 SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -8,11 +8,11 @@ TEST_FLAGS := --no-parallel --disable-xctest
 .PHONY: run test check sanitize deps build bench bench-smoke clean
 
 deps:
-	@if pkg-config --exists libevent 2>/dev/null; then :; \
+	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "Installing libevent-dev and pkg-config through apt..."; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config \
-	    || { echo "error: could not install libevent-dev (need root or sudo). Install it by hand: apt-get install libevent-dev pkg-config" >&2; exit 1; }; \
+	  echo "Installing libevent-dev, pkg-config and nginx-light (the HTTP example's peer) through apt..."; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light \
+	    || { echo "error: could not install libevent-dev and nginx-light (need root or sudo). Install them by hand: apt-get install libevent-dev pkg-config nginx-light" >&2; exit 1; }; \
 	else \
 	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
 	fi
