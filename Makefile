@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run test check sanitize deps build bench bench-smoke clean
+.PHONY: run test check sanitize deps build bench bench-smoke bench-net clean
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
@@ -52,6 +52,16 @@ bench: deps
 bench-smoke: deps
 	$(SWIFT) build --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/debug/readiness-bench --tiny
+
+# The socket layer's figures (Docs/Sockets.md): the release examples against nginx beside `ab -k`, the
+# echo example beside the same server on SwiftNIO, accept while out of descriptors, allocations.
+bench-net: deps
+	@command -v ab >/dev/null 2>&1 || { echo "Installing apache2-utils (ab) through apt..."; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq apache2-utils || echo "warning: no ab; its row is skipped"; }
+	$(SWIFT) build -c release --product readiness-echo
+	$(SWIFT) build -c release --product readiness-http-load
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-net-bench
+	Tests/Benchmarks/.build/release/readiness-net-bench --examples $$($(SWIFT) build -c release --show-bin-path)
 
 clean:
 	rm -rf .build .build-asan .build-tsan Tests/Benchmarks/.build

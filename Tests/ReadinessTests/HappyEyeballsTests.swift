@@ -38,7 +38,7 @@ func runLoop(_ connect: HappyEyeballs, poller: any Poller, timers: Timers,
 
 @Suite("Happy Eyeballs, step by step")
 struct HappyEyeballsTests {
-    @Test("runs inside the caller's loop: other registrations' events reach the caller", arguments: backends)
+    @Test("runs inside the caller's loop: other registrations' events reach the caller; a refusal starts the next at once", arguments: backends)
     func inCallersLoop(backend: Backend) throws {
         let poller = try backend.makePoller()
         defer { try? poller.close() }
@@ -49,13 +49,18 @@ struct HappyEyeballsTests {
         try poller.register(fds[0], token: 5000, interest: .writable)   // always ready
         defer { try? poller.deregister(fds[0]) }
         let timers = Timers()
-        let connect = HappyEyeballs(addresses: [try closedPort(), listener.address], poller: poller,
+        let refused = try closedPort()
+        let connect = HappyEyeballs(addresses: [refused, listener.address], poller: poller,
                                     timers: timers, tokenBase: 100)
+        let start = ContinuousClock.now
         let (progress, others) = try runLoop(connect, poller: poller, timers: timers, otherToken: 5000)
+        // Section 5: the refusal started the next attempt at once, not after the 250 ms delay.
+        #expect(ContinuousClock.now - start < .milliseconds(200))
         guard case .connected(let socket) = progress else { Issue.record("\(progress)"); return }
         #expect(socket.peer == listener.address)
         #expect(others > 0)
-        #expect(connect.attempts.map(\.address) == [connect.attempts[0].address, listener.address])
+        #expect(connect.attempts.map(\.address) == [refused, listener.address])
+        #expect(timers.isEmpty)
         close(socket.fd)
     }
 
@@ -91,6 +96,34 @@ struct HappyEyeballsTests {
         #expect(timers.isEmpty)
         close(socket.fd)
         #expect(openDescriptorCount() == before)
+    }
+
+    @Test("cancel in flight deregisters and closes every attempt and cancels its timers", arguments: backends)
+    func cancelInFlight(backend: Backend) throws {
+        let (full, fullAddress) = try tcpListener(backlog: 0)
+        defer { close(full) }
+        var fillers: [CInt] = []
+        defer { for fd in fillers { close(fd) } }
+        for _ in 0..<16 {
+            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+            fillers.append(fd)
+            _ = fullAddress.withSockaddr { Glibc.connect(fd, $0, $1) }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&entry, 1, 100) == 0 { break }
+        }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let before = openDescriptorCount()
+        let timers = Timers()
+        let connect = HappyEyeballs(addresses: [fullAddress, fullAddress], poller: poller, timers: timers, tokenBase: 0)
+        #expect(connect.start().isInProgress)
+        #expect(!timers.isEmpty)                  // the attempt's deadline and the next start
+        connect.cancel()
+        #expect(connect.attempts.allSatisfy { $0.isFinished })
+        #expect(timers.isEmpty)
+        #expect(openDescriptorCount() == before)
+        let fd = connect.attempts[0].fd
+        #expect(fd == -1)
     }
 
     @Test("RFC 8305 section 3: an AAAA answer within the resolution delay goes first", arguments: backends)

@@ -102,7 +102,7 @@ public final class Listener {
 
     /// Accepts one queued connection.
     public func accept() throws(SocketError) -> AcceptResult {
-        if isBackingOff { return .backingOff(until: retryTime) }
+        if isBackingOff { return .backingOff(until: retryAt) }
         var peer = SocketAddress()
         while true {
             let client = NetSys.accept(fd, &peer)
@@ -135,8 +135,8 @@ public final class Listener {
         }
     }
 
+    /// While backing off: when to try again (monotonic ns).
     private var retryAt: Int64 = 0
-    private var retryTime: Int64 { retryAt }
 
     private func startBackoff() -> Int64 {
         exhaustionCount += 1

@@ -109,11 +109,12 @@ public final class StreamSocket {
     }
 
     /// Writes several buffers in one system call (sendmsg), as much as the socket takes now; at most
-    /// ``maximumVectoredBuffers`` buffers are written by one call. The iovec array is on the stack.
+    /// ``maximumVectoredBuffers`` buffers are written by one call. The iovec array is on the stack
+    /// (inlinable, so it is specialized for the caller's collection and allocates nothing).
+    @inlinable
     public func write(vectored buffers: some Collection<UnsafeRawBufferPointer>) throws(SocketError) -> IOResult {
         let count = Swift.min(buffers.count, Self.maximumVectoredBuffers)
         if count == 0 { return .transferred(0) }
-        let fd = self.fd
         let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { iov -> Int in
             var index = 0
             for buffer in buffers {
@@ -121,9 +122,17 @@ public final class StreamSocket {
                 iov[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
                 index += 1
             }
-            return NetSys.sendv(fd, iov.baseAddress!, count)
+            return sendv(iov.baseAddress!, count)
         }
-        return try NetSys.result(n, operation: "sendmsg", isRead: false)
+        return try vectoredResult(n)
+    }
+
+    @usableFromInline
+    func sendv(_ iov: UnsafePointer<iovec>, _ count: Int) -> Int { NetSys.sendv(fd, iov, count) }
+
+    @usableFromInline
+    func vectoredResult(_ n: Int) throws(SocketError) -> IOResult {
+        try NetSys.result(n, operation: "sendmsg", isRead: false)
     }
 
     /// The most buffers one vectored write takes (IOV_MAX).
