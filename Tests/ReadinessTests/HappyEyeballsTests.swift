@@ -36,8 +36,41 @@ func runLoop(_ connect: HappyEyeballs, poller: any Poller, timers: Timers,
     return (progress, others)
 }
 
+/// Real system calls, except socket(), which fails with EMFILE.
+struct NoDescriptorSyscalls: ConnectSyscalls {
+    let real = SystemConnectSyscalls()
+    func socket(domain: CInt) -> (fd: CInt, errno: CInt) { (-1, EMFILE) }
+    func bind(_ fd: CInt, to address: SocketAddress) -> CInt { real.bind(fd, to: address) }
+    func connect(_ fd: CInt, to address: SocketAddress) -> CInt { real.connect(fd, to: address) }
+    func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult { real.socketError(fd) }
+    func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { real.peerName(fd) }
+    func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { real.localName(fd) }
+    func close(_ fd: CInt) { real.close(fd) }
+}
+
 @Suite("Happy Eyeballs, step by step")
 struct HappyEyeballsTests {
+    @Test("an attempt whose socket() fails counts as failed: the next starts at once, and all failing ends", arguments: backends)
+    func socketFailure(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let timers = Timers()
+        let failing = ConnectAttempt(to: listener.address, poller: poller, token: 1, timeout: .seconds(2),
+                                     syscalls: NoDescriptorSyscalls())
+        let good = ConnectAttempt(to: listener.address, poller: poller, token: 2, timeout: .seconds(2))
+        let connect = HappyEyeballs(attempts: [failing, good], poller: poller, timers: timers, timerToken: 0,
+                                    attemptDelay: .seconds(5))
+        let (progress, _) = try runLoop(connect, poller: poller, timers: timers)
+        guard case .connected(let socket) = progress else { Issue.record("\(progress)"); return }
+        close(socket.fd)
+        let alone = HappyEyeballs(attempts: [ConnectAttempt(to: listener.address, poller: poller, token: 1, timeout: .seconds(2),
+                                                            syscalls: NoDescriptorSyscalls())],
+                                  poller: poller, timers: timers, timerToken: 0, attemptDelay: .seconds(5))
+        guard case .failed(let error) = alone.start() else { Issue.record("expected a failure at once"); return }
+        #expect(error.errno == EMFILE)
+    }
+
     @Test("runs inside the caller's loop: other registrations' events reach the caller; a refusal starts the next at once", arguments: backends)
     func inCallersLoop(backend: Backend) throws {
         let poller = try backend.makePoller()

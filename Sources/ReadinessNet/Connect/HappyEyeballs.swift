@@ -64,6 +64,9 @@ public final class HappyEyeballs {
     private var primaryFamily: SocketAddress.Family?
     private var nextFromPrimary = true
     private var deadlineTimers: [TimerID?] = []
+    /// Per attempt: whether it has ended here (its own `isFinished` is not relied on: an attempt whose
+    /// socket() failed reports the failure from start() and is counted as ended by that).
+    private var ended: [Bool] = []
     private var errors: [ConnectError] = []
     private var stepTimer: TimerID?
     /// When the next attempt may start (monotonic ns).
@@ -148,7 +151,7 @@ public final class HappyEyeballs {
         guard outcome == nil, started else { return current }
         if event.isWakeup {
             if resolution != nil { takeAnswers() }
-        } else if let index = attempts.firstIndex(where: { $0.token == event.token }), !attempts[index].isFinished {
+        } else if let index = attempts.firstIndex(where: { $0.token == event.token }), !ended[index] {
             record(index, attempts[index].handle(event.ready))
             if outcome != nil { return current }
         }
@@ -160,7 +163,7 @@ public final class HappyEyeballs {
         guard outcome == nil, started else { return current }
         if token == tokenBase {
             stepTimer = nil
-        } else if let index = attempts.firstIndex(where: { $0.token == token }), !attempts[index].isFinished {
+        } else if let index = attempts.firstIndex(where: { $0.token == token }), !ended[index] {
             deadlineTimers[index] = nil
             record(index, attempts[index].checkDeadline(now: now))
             if outcome != nil { return current }
@@ -170,8 +173,9 @@ public final class HappyEyeballs {
 
     /// Cancels every attempt and timer (the winner, once handed over, is the caller's).
     public func cancel() {
-        for (index, attempt) in attempts.enumerated() where !attempt.isFinished {
+        for (index, attempt) in attempts.enumerated() where !ended[index] {
             attempt.cancel()
+            ended[index] = true
             if let id = deadlineTimers[index] { timers.cancel(id) }
         }
         for pending in primary + secondary {
@@ -221,10 +225,12 @@ public final class HappyEyeballs {
         case .inProgress:
             return
         case .connected(let socket):
+            ended[index] = true
             if let id = deadlineTimers[index] { timers.cancel(id) }
             deadlineTimers[index] = nil
-            for (other, attempt) in attempts.enumerated() where other != index && !attempt.isFinished {
+            for (other, attempt) in attempts.enumerated() where other != index && !ended[other] {
                 attempt.cancel()
+                ended[other] = true
             }
             for timer in deadlineTimers.compactMap({ $0 }) { timers.cancel(timer) }
             for pending in primary + secondary {
@@ -236,6 +242,7 @@ public final class HappyEyeballs {
             stepTimer = nil
             outcome = .connected(socket)
         case .failed(let error):
+            ended[index] = true
             if let id = deadlineTimers[index] { timers.cancel(id) }
             deadlineTimers[index] = nil
             errors.append(error)
@@ -260,6 +267,7 @@ public final class HappyEyeballs {
             }
             attempts.append(attempt)
             deadlineTimers.append(nil)
+            ended.append(false)
             nextStart = Deadline.after(options.attemptDelay, now: now)
             let progress = attempt.start()
             if case .inProgress = progress {
@@ -269,7 +277,7 @@ public final class HappyEyeballs {
         }
         if let outcome { return outcome }
 
-        let live = attempts.contains { !$0.isFinished }
+        let live = ended.contains(false)
         let queued = (!primary.isEmpty || !secondary.isEmpty) && attempts.count < options.maximumAttempts
         if !live && !queued && !resolutionPending {
             outcome = finalFailure()
