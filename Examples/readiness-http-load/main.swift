@@ -218,6 +218,7 @@ final class Load {
             if addresses.isEmpty { try poller.wait(into: events, timeout: timers.timeout()) }
             if timers.popDue() != nil { throw UsageError("resolution timed out") }
         }
+        resolution.cancel()   // the other family's answer, if still to come, is not needed
         // 2. Connect every client, all in this loop.
         startedAt = MonotonicClock.nowNanoseconds
         for index in 0..<arguments.connections {

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// Why a name did not resolve.
 public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertible {
@@ -51,7 +50,11 @@ public struct SystemResolver: HostResolver {
 /// answers with ``takeAnswers()`` when it sees the wake-up event; nothing blocks the loop.
 ///
 /// A numeric address or a `unix:` path is answered at once, without threads.
-public final class Resolution: Sendable {
+///
+/// ``cancel()`` (``HappyEyeballs`` calls it when it ends) drops answers still to come, and from then on
+/// no lookup thread touches the waker: a caller may close the poller at once. A lookup itself cannot be
+/// interrupted (getaddrinfo has no cancel); its thread ends when the lookup does.
+public final class Resolution: @unchecked Sendable {
     /// One family's answer.
     public struct Answer: Sendable {
         public let family: SocketAddress.Family
@@ -63,8 +66,12 @@ public final class Resolution: Sendable {
     private struct State {
         var answers: [Answer] = []
         var outstanding = 0
+        var cancelled = false
     }
-    private let state: Mutex<State>
+    /// Guarded by `lock` (a pthread mutex: visible to ThreadSanitizer, and held while a lookup thread
+    /// wakes the poller, so that ``cancel()`` returning means no thread will touch the waker again).
+    private var state: State
+    private let lock = PThreadMutex()
 
     /// Starts resolving `host` (a name, a numeric IPv4 or IPv6 address) for `port`; `waker` is woken
     /// once per answer.
@@ -72,10 +79,10 @@ public final class Resolution: Sendable {
         self.host = host
         self.port = port
         if let numeric = try? SocketAddress(ip: host, port: port) {
-            state = Mutex(State(answers: [Answer(family: numeric.family, result: .success([numeric]))]))
+            state = State(answers: [Answer(family: numeric.family, result: .success([numeric]))])
             return
         }
-        state = Mutex(State(outstanding: 2))
+        state = State(outstanding: 2)
         for family in [SocketAddress.Family.ipv6, .ipv4] {
             let job = Job(resolution: self, family: family, waker: waker, resolver: resolver)
             Job.spawn(job)
@@ -96,25 +103,40 @@ public final class Resolution: Sendable {
     private init(immediate address: SocketAddress, host: String) {
         self.host = host
         port = 0
-        state = Mutex(State(answers: [Answer(family: address.family, result: .success([address]))]))
+        state = State(answers: [Answer(family: address.family, result: .success([address]))])
     }
 
     /// The answers that arrived since the last call (each is returned once).
     public func takeAnswers() -> [Answer] {
-        state.withLock { state in
+        lock.withLock {
             let out = state.answers
             state.answers.removeAll()
             return out
         }
     }
 
-    /// Whether every query has answered and every answer has been taken: nothing more will come.
-    public var isComplete: Bool { state.withLock { $0.outstanding == 0 && $0.answers.isEmpty } }
+    /// Whether every query has answered (or the resolution was cancelled) and every answer has been
+    /// taken: nothing more will come.
+    public var isComplete: Bool {
+        lock.withLock { (state.outstanding == 0 || state.cancelled) && state.answers.isEmpty }
+    }
 
-    fileprivate func deliver(_ answer: Answer) {
-        state.withLock { state in
-            state.answers.append(answer)
+    /// Drops the answers still to come; no lookup thread wakes the poller after this returns.
+    public func cancel() {
+        lock.withLock {
+            state.cancelled = true
+            state.answers.removeAll()
+        }
+    }
+
+    /// Called on a lookup thread: stores the answer and wakes the loop, unless cancelled.
+    fileprivate func deliver(_ answer: Answer, waker: Waker) {
+        lock.withLock {
             state.outstanding -= 1
+            guard !state.cancelled else { return }
+            state.answers.append(answer)
+            // The poller may be closed by now: its waker then refuses (never writes a reused descriptor).
+            try? waker.wake()
         }
     }
 
@@ -133,9 +155,7 @@ public final class Resolution: Sendable {
 
         func run() {
             let result = resolver.lookup(host: resolution.host, port: resolution.port, family: family)
-            resolution.deliver(Answer(family: family, result: result))
-            // The poller may be closed by now: its waker then refuses (never writes a reused descriptor).
-            try? waker.wake()
+            resolution.deliver(Answer(family: family, result: result), waker: waker)
         }
 
         static func spawn(_ job: Job) {
@@ -177,5 +197,24 @@ extension SocketAddress {
             throw ParseError(text: text, reason: "the port must be 0 to 65535")
         }
         return (host.isEmpty ? "127.0.0.1" : String(host), port)
+    }
+}
+
+/// A pthread mutex (ThreadSanitizer understands it), allocated once.
+final class PThreadMutex: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+    }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+    func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
     }
 }

@@ -75,7 +75,10 @@ public final class HappyEyeballs {
     private var resolutionDelayEnds: Int64?
     private var resolutionFailure: ResolutionError?
     private var started = false
-    private var outcome: Progress?
+    private var outcome: Progress? {
+        // Ended: answers still to come are of no use, and no lookup thread may wake the poller after.
+        didSet { if outcome != nil { resolution?.cancel() } }
+    }
     private var tokensUsed = 0
 
     private enum Pending {
