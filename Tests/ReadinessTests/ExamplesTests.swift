@@ -58,6 +58,19 @@ struct ExamplesTests {
     }
 }
 
+extension ExamplesTests {
+    @Test("the examples import only Readiness (no Glibc)")
+    func onlyPublicAPI() throws {
+        // #filePath is .../Tests/ReadinessTests/ExamplesTests.swift
+        let root = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
+        for name in ["readiness-echo", "readiness-http-load"] {
+            let source = try read("/" + root + "/Examples/\(name)/main.swift")
+            let imports = source.split(separator: "\n").filter { $0.hasPrefix("import ") || $0.hasPrefix("@_exported import ") }
+            #expect(imports == ["import Readiness"], "\(name): \(imports)")
+        }
+    }
+}
+
 /// A client of the echo test: writes a known pattern, reads it back and compares every byte.
 final class EchoClient {
     let index: Int, socket: StreamSocket, size: Int
