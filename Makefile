@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run test check sanitize deps build bench bench-smoke bench-net clean
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net docs clean
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
@@ -21,25 +21,30 @@ deps:
 build: deps
 	$(SWIFT) build
 
+# The command-line tool is its own package (Tools/) so that swift-argument-parser never reaches a dependent.
+TOOL := .build/tools/debug/readiness
+tool: deps
+	$(SWIFT) build --package-path Tools --scratch-path .build/tools
+
 # The main job: the conformance matrix, every scenario on every available backend, plus differential scripts.
-run: deps
-	$(SWIFT) build --product readiness
-	$$($(SWIFT) build --show-bin-path)/readiness backends
-	$$($(SWIFT) build --show-bin-path)/readiness conformance --differential 200
+run: tool
+	$(TOOL) backends
+	$(TOOL) conformance --differential 200
 
-# The whole test suite, the benchmark smoke run (every contender runs; no timing is asserted),
-# then the sanitizers over the same suite.
+# Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
+# suite without the Libevent trait, the tool's tests, the downstream package with the trait on and off,
+# the benchmark smoke run (every contender runs; no timing is asserted), make docs, the suite under
+# ASan and TSan. Logs: .build/test-logs/. The last line: "N passed, N failed, N skipped".
 test: deps
-	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build $(TEST_FLAGS)
-	$(MAKE) --no-print-directory bench-smoke
-	$(MAKE) --no-print-directory sanitize
+	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
 
+# The ASan/TSan stages alone, with the toolchain's lld (see .ci/test for why).
+LLD := $(shell [ -x "$$(dirname "$$(readlink -f "$$(command -v $(SWIFT))")")/ld.lld" ] && echo -Xswiftc -use-ld=lld)
 sanitize: deps
-	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan $(TEST_FLAGS)
-	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(TEST_FLAGS)
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan $(LLD)
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan $(LLD) $(TEST_FLAGS)
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan $(LLD)
+	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(LLD) $(TEST_FLAGS)
 
 check: test
 
@@ -49,6 +54,8 @@ bench: deps
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/release/readiness-bench
 
+# Writes its report to Tests/Benchmarks/.build/tiny-report; its allocation figures are labelled as
+# those of a debug build.
 bench-smoke: deps
 	$(SWIFT) build --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/debug/readiness-bench --tiny
@@ -63,5 +70,25 @@ bench-net: deps
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-net-bench
 	Tests/Benchmarks/.build/release/readiness-net-bench --examples $$($(SWIFT) build -c release --show-bin-path)
 
+# DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
+# catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so
+# each article has one copy: its Docs/ page. A Docs/ page without a link gets one here. .ci/doc-check
+# first fails on any public declaration without a doc comment. swift-docc-plugin is declared only
+# with READINESS_DOCS=1 (Package.swift), so dependents never resolve it.
+# (Every backend folder's Readiness* target: a new backend is documented without editing this line.)
+DOC_TARGETS := Readiness ReadinessCore ReadinessNet $(sort $(notdir $(wildcard Backends/*/Readiness*)))
+DOCS_ARCHIVE := .build-docs/plugins/Swift-DocC/outputs/Readiness.doccarchive
+docs: deps
+	@for page in Docs/*.md; do \
+	  link=Sources/Readiness/Readiness.docc/$$(basename $$page); \
+	  if [ ! -e $$link ]; then ln -s ../../../$$page $$link; echo "linked $$page into the DocC catalog (commit $$link)"; fi; \
+	done
+	@.ci/doc-check
+	@mkdir -p .build-docs; READINESS_DOCS=1 $(SWIFT) package --scratch-path .build-docs generate-documentation \
+	  $(addprefix --target ,$(DOC_TARGETS)) --enable-experimental-combined-documentation --warnings-as-errors \
+	  > .build-docs/make-docs.log 2>&1 || { grep -vE '^\[[0-9]+/[0-9]+\]' .build-docs/make-docs.log; echo "make docs: failed (log: .build-docs/make-docs.log)"; exit 1; }
+	@if grep -E '^(warning|error):' .build-docs/make-docs.log; then echo "make docs: diagnostics above"; exit 1; fi
+	@echo "make docs: no warnings; $(DOCS_ARCHIVE)"
+
 clean:
-	rm -rf .build .build-asan .build-tsan Tests/Benchmarks/.build
+	rm -rf .build .build-asan .build-tsan .build-nolibevent .build-docs Tests/Benchmarks/.build

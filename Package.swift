@@ -13,11 +13,19 @@ let package = Package(
         .library(name: "Readiness", targets: ["Readiness"]),
         // The cross-backend conformance suite, for authors of new backends.
         .library(name: "ReadinessConformance", targets: ["ReadinessConformance"]),
-        .executable(name: "readiness", targets: ["readiness"]),
     ],
-    dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    traits: [
+        // On by default so that the four backends are there out of the box. A dependent that does not
+        // want libevent (no libevent-dev, no pkg-config, nothing linked) turns it off:
+        //   .package(url: ..., from: ..., traits: [])
+        // The libevent backends then probe as "not built in (trait Libevent off)".
+        .default(enabledTraits: ["Libevent"]),
+        .trait(name: "Libevent", description: "The libevent backend (links the system's libevent 2.1; needs libevent-dev and pkg-config to build)."),
     ],
+    // No package dependencies: what a dependent resolves is this package alone. The command-line tool
+    // (Tools/, with swift-argument-parser) and the benchmarks (Tests/Benchmarks, with SwiftNIO) are
+    // packages of their own; swift-docc-plugin is declared only for `make docs` (the end of this file).
+    dependencies: [],
     targets: [
         // Core: the Poller contract, events, errors, registration table, waker, connect state machine.
         .target(name: "CReadinessCore", path: "Sources/CReadinessCore"),
@@ -37,23 +45,26 @@ let package = Package(
         .target(name: "CSelect", path: "Backends/Select/CSelect"),
         .target(name: "ReadinessSelect", dependencies: ["ReadinessCore", "CSelect"],
                 path: "Backends/Select/ReadinessSelect", swiftSettings: strict),
-        .systemLibrary(name: "CLibeventSystem", path: "Backends/Libevent/CLibeventSystem",
-                       pkgConfig: "libevent", providers: [.apt(["libevent-dev"])]),
-        .target(name: "CLibevent", dependencies: ["CLibeventSystem"], path: "Backends/Libevent/CLibevent"),
+        // libevent's headers are included by shim.c only (event2/event-config.h defines _GNU_SOURCE,
+        // which changes glibc's fd_set and clashes with Swift's Glibc module), from the system include
+        // path (Debian: libevent-dev). There is no pkg-config system-library target: SwiftPM queries
+        // pkg-config for every such target of every package in the graph, trait or not, and a dependent
+        // with the trait off would be told to install libevent-dev. Without the Libevent trait the
+        // backend's sources compile to nothing (#if Libevent / READINESS_LIBEVENT) and -levent is not
+        // passed, so even this package's own `swift build --disable-default-traits` needs no libevent.
+        .target(name: "CLibevent", path: "Backends/Libevent/CLibevent",
+                cSettings: [.define("READINESS_LIBEVENT", .when(traits: ["Libevent"]))],
+                linkerSettings: [.linkedLibrary("event", .when(traits: ["Libevent"]))]),
         .target(name: "ReadinessLibevent", dependencies: ["ReadinessCore", "CLibevent"],
                 path: "Backends/Libevent/ReadinessLibevent", swiftSettings: strict),
 
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
                 dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
-                               "ReadinessLibevent"],
+                               .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],
                 path: "Sources/ReadinessConformance", swiftSettings: strict),
-        .executableTarget(name: "readiness",
-                          dependencies: ["Readiness", "ReadinessConformance",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                          path: "Sources/readiness", swiftSettings: strict),
         // Examples written only against `import Readiness`; the tests run them on every backend.
         .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
                           swiftSettings: strict),
@@ -64,3 +75,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// DocC (`make docs`): swift-docc-plugin is declared only when READINESS_DOCS=1, so that neither a
+// dependent nor a plain build of this package resolves it (SwiftPM resolves every declared dependency
+// of every package in the graph, used or not).
+if Context.environment["READINESS_DOCS"] == "1" {
+    package.dependencies.append(.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"))
+}

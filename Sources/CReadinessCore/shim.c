@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include "CReadinessCore.h"
 #include <errno.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
 
@@ -19,3 +20,16 @@ int64_t rd_monotonic_ns(void) {
 int rd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
 int rd_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 int rd_unshare_network(void) { return unshare(CLONE_NEWNET); }
+
+int rd_kernel_can_poll(int fd) {
+    int probe = epoll_create1(EPOLL_CLOEXEC);
+    if (probe < 0) return -1;
+    struct epoll_event ev = {.events = EPOLLIN};
+    int added = epoll_ctl(probe, EPOLL_CTL_ADD, fd, &ev);
+    int saved = errno;
+    close(probe); /* drops the probe's interest in fd too */
+    if (added == 0) return 1;
+    if (saved == EPERM) return 0;
+    errno = saved;
+    return -1;
+}

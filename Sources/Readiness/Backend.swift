@@ -1,36 +1,77 @@
 @_exported import ReadinessCore
 @_exported import ReadinessEpoll
+#if Libevent
 @_exported import ReadinessLibevent
+#endif
 @_exported import ReadinessPoll
 @_exported import ReadinessSelect
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A backend that can be chosen at run time: a kernel mechanism (epoll, poll, select) or libevent with
 /// one of its methods.
+///
+/// Start with ``makeDefaultPoller(environment:)``; see <doc:Contract> for what every backend keeps.
 public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
+    /// What a backend is: a kernel mechanism, or libevent with a method.
     public enum Kind: Hashable, Sendable, Codable {
-        case epoll, poll, select
+        /// Linux epoll.
+        case epoll
+        /// POSIX poll.
+        case poll
+        /// POSIX select (descriptors below `FD_SETSIZE` only).
+        case select
         /// libevent; nil lets libevent choose its method.
         case libevent(method: String?)
     }
+
+    /// A kernel method libevent can be forced to.
+    public enum LibeventMethod: String, CaseIterable, Sendable {
+        /// libevent's epoll method.
+        case epoll
+        /// libevent's poll method.
+        case poll
+        /// libevent's select method.
+        case select
+    }
+
+    /// What this backend is.
     public let kind: Kind
 
+    /// Linux epoll.
     public static let epoll = Backend(kind: .epoll)
+    /// POSIX poll.
     public static let poll = Backend(kind: .poll)
+    /// POSIX select.
     public static let select = Backend(kind: .select)
     /// libevent with its own choice of method.
     public static let libevent = Backend(kind: .libevent(method: nil))
     /// libevent forced to one method ("epoll", "poll" or "select").
-    public static func libevent(_ method: LibeventSeam.Method) -> Backend {
+    public static func libevent(_ method: LibeventMethod) -> Backend {
         Backend(kind: .libevent(method: method.rawValue))
     }
 
     /// Every backend this package knows, best first (the order the default is chosen in).
+    ///
+    /// The libevent variants are listed even when the `Libevent` package trait is off; they then
+    /// probe as unavailable, "not built in (trait Libevent off)".
     public static let all: [Backend] = [.epoll, .poll, .libevent, .libevent(.epoll), .libevent(.poll), .libevent(.select), .select]
 
-    /// The environment variable that overrides ``default``: a backend name, e.g. `poll` or `libevent:select`.
+    #if Libevent
+    /// Whether libevent is compiled into this build (the package trait `Libevent`, on by default).
+    public static let libeventBuiltIn = true
+    #else
+    /// Whether libevent is compiled into this build (the package trait `Libevent`, on by default).
+    public static let libeventBuiltIn = false
+    #endif
+
+    /// Why the libevent backends are unavailable when the `Libevent` trait is off.
+    static let libeventNotBuiltIn = "not built in (trait Libevent off)"
+
+    /// The environment variable that overrides ``default(environment:)``: a backend name, e.g. `poll` or
+    /// `libevent:select`.
     public static let environmentVariable = "READINESS_BACKEND"
 
     /// The name used by ``named(_:)``, the environment variable and the command-line tool.
@@ -42,6 +83,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         case .libevent(let method): method.map { "libevent:\($0)" } ?? "libevent"
         }
     }
+    /// The backend's ``name``.
     public var description: String { name }
 
     /// The backend with this name; an unknown name is an error that lists the valid ones.
@@ -60,53 +102,103 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         case .poll: return try PollSeam.makePoller()
         case .select: return try SelectSeam.makePoller()
         case .libevent(let method):
+            #if Libevent
             guard let method else { return try LibeventSeam.makePoller() }
             guard let known = LibeventSeam.Method(rawValue: method) else {
                 throw .unavailable(backend: name, reason: "unknown libevent method \(method)")
             }
             return try LibeventSeam.makePoller(method: known)
+            #else
+            _ = method
+            throw .unavailable(backend: name, reason: Backend.libeventNotBuiltIn)
+            #endif
         }
     }
 
-    /// Why this backend cannot be used here, or nil when it can (it creates and closes a poller).
+    /// Why this backend cannot be used here, or nil when it can.
+    ///
+    /// The first probe of a backend creates and closes a poller; its verdict is cached for the life of
+    /// the process, so selection costs nothing after the first call. A failure that says nothing about
+    /// the backend (out of descriptors or memory: `EMFILE`, `ENFILE`, `ENOMEM`) is not cached.
     public func probe() -> String? {
+        if let cached = Backend.probeCache.withLock({ $0.verdicts[self] }) { return cached }
+        let verdict: String?
+        var lasting = true
         do {
             let poller = try makePoller()
             try poller.close()
-            return nil
+            verdict = nil
         } catch {
-            return error.description
+            verdict = error.description
+            if case .system(_, let code) = error, code == EMFILE || code == ENFILE || code == ENOMEM { lasting = false }
         }
+        Backend.probeCache.withLock { cache in
+            cache.probes += 1
+            if lasting { cache.verdicts[self] = .some(verdict) }
+        }
+        return verdict
     }
+
+    struct ProbeCache {
+        var verdicts: [Backend: String?] = [:]
+        /// Pollers created by probes since the process started (tests read it).
+        var probes = 0
+    }
+    static let probeCache = Mutex(ProbeCache())
 
     /// The backends that work on this machine, best first.
     public static var available: [Backend] { all.filter { $0.probe() == nil } }
 
     /// The backend to use: `READINESS_BACKEND` if set, otherwise the best available.
+    ///
+    /// Probes only what it needs (the requested backend, or the backends in order up to the first that
+    /// works), once per process. ``selection(environment:)`` explains the choice.
     public static func `default`(environment: [String: String]? = nil) throws(SelectionError) -> Backend {
-        let report = selection(environment: environment)
-        guard let chosen = report.chosen else { throw report.failure ?? .noneAvailable(report) }
-        return chosen
-    }
-
-    /// Creates a poller of the default backend.
-    public static func makeDefaultPoller(environment: [String: String]? = nil) throws(SelectionError) -> any Poller {
-        let backend = try Backend.default(environment: environment)
-        do {
-            return try backend.makePoller()
-        } catch {
-            throw .creationFailed(backend.name, error)
+        if let override = overrideValue(environment) {
+            let requested = try Backend.named(override)
+            if let problem = requested.probe() { throw .requestedUnavailable(requested.name, problem) }
+            return requested
         }
+        if let best = all.first(where: { $0.probe() == nil }) { return best }
+        throw .noneAvailable(selection(environment: environment))
     }
 
-    /// How the default is chosen, with the reason for every backend chosen or skipped.
+    /// Creates a ready poller of the default backend: the one call to start with.
+    ///
+    /// ```swift
+    /// let poller = try Backend.makeDefaultPoller()    // READINESS_BACKEND=poll overrides
+    /// ```
+    ///
+    /// It throws only ``/ReadinessCore/PollerError``, the error of every other poller call, so one `catch` covers a
+    /// whole start: a selection failure (an unknown or unavailable `READINESS_BACKEND`, no backend
+    /// available) is ``/ReadinessCore/PollerError/unavailable(backend:reason:)`` whose reason is the
+    /// ``SelectionError`` description. ``default(environment:)`` and ``selection(environment:)`` give
+    /// the structured forms.
+    public static func makeDefaultPoller(environment: [String: String]? = nil) throws(PollerError) -> any Poller {
+        let backend: Backend
+        do {
+            backend = try Backend.default(environment: environment)
+        } catch {
+            throw error.pollerError
+        }
+        return try backend.makePoller()
+    }
+
+    private static func overrideValue(_ environment: [String: String]?) -> String? {
+        let value = environment?[environmentVariable] ?? getenv(environmentVariable).map { String(cString: $0) }
+        guard let value, !value.isEmpty else { return nil }
+        return value
+    }
+
+    /// How the default is chosen, with the reason for every backend chosen or skipped (every backend is
+    /// probed, once per process).
     public static func selection(environment: [String: String]? = nil) -> SelectionReport {
-        let override = environment?[environmentVariable] ?? getenv(environmentVariable).map { String(cString: $0) }
+        let override = overrideValue(environment)
         var entries: [SelectionReport.Entry] = []
         var chosen: Backend?
         var failure: SelectionError?
         var requested: Backend?
-        if let override, !override.isEmpty {
+        if let override {
             do {
                 requested = try Backend.named(override)
             } catch {
@@ -119,8 +211,8 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
             if let problem {
                 verdict = .skipped("unavailable: \(problem)")
                 if backend == requested { failure = .requestedUnavailable(backend.name, problem) }
-            } else if chosen != nil {
-                verdict = .skipped("available; \(chosen!.name) was chosen first")
+            } else if let first = chosen {
+                verdict = .skipped("available; \(first.name) was chosen first")
             } else if let requested {
                 if backend == requested {
                     chosen = backend
@@ -143,18 +235,28 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
 
 /// Why each backend was chosen or skipped.
 public struct SelectionReport: Sendable, CustomStringConvertible {
+    /// The outcome for one backend, with the reason.
     public enum Verdict: Sendable, Hashable {
+        /// This backend is the default; why.
         case chosen(String)
+        /// This backend was not chosen; why (unavailable, or another was chosen first).
         case skipped(String)
     }
+    /// One backend and its verdict.
     public struct Entry: Sendable {
+        /// The backend.
         public let backend: Backend
+        /// Whether it was chosen, and why.
         public let verdict: Verdict
     }
+    /// Every backend of ``Backend/all``, in its order.
     public let entries: [Entry]
+    /// The backend chosen, or nil when selection failed.
     public let chosen: Backend?
+    /// Why selection failed, or nil.
     public let failure: SelectionError?
 
+    /// One line per backend, and the failure if any.
     public var description: String {
         var lines = entries.map { entry -> String in
             switch entry.verdict {
@@ -167,13 +269,20 @@ public struct SelectionReport: Sendable, CustomStringConvertible {
     }
 }
 
-/// Errors of run-time selection.
+/// Errors of run-time selection (``Backend/named(_:)``, ``Backend/default(environment:)``).
+///
+/// ``Backend/makeDefaultPoller(environment:)`` turns them into ``/ReadinessCore/PollerError`` (see ``pollerError``).
 public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
+    /// No backend has this name; the valid names.
     case unknownName(String, valid: [String])
+    /// The backend `READINESS_BACKEND` asks for cannot be used here; why.
     case requestedUnavailable(String, String)
+    /// No backend works here; the report says why for each.
     case noneAvailable(SelectionReport)
+    /// The chosen backend could not create a poller.
     case creationFailed(String, PollerError)
 
+    /// A message naming the backend and the reason.
     public var description: String {
         switch self {
         case .unknownName(let name, let valid):
@@ -181,6 +290,18 @@ public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
         case .requestedUnavailable(let name, let why): "backend \(name) was requested but is unavailable: \(why)"
         case .noneAvailable(let report): "no backend is available:\n\(report)"
         case .creationFailed(let name, let error): "backend \(name) could not be created: \(error)"
+        }
+    }
+
+    /// The same failure as a ``/ReadinessCore/PollerError``: ``/ReadinessCore/PollerError/unavailable(backend:reason:)`` naming the
+    /// backend (or "default" when none was named), with this error's description as the reason; a
+    /// creation failure is the poller's own error.
+    public var pollerError: PollerError {
+        switch self {
+        case .unknownName(let name, _): .unavailable(backend: name, reason: description)
+        case .requestedUnavailable(let name, _): .unavailable(backend: name, reason: description)
+        case .noneAvailable: .unavailable(backend: "default", reason: description)
+        case .creationFailed(_, let error): error
         }
     }
 }

@@ -13,7 +13,7 @@ public enum Conformance {
     public typealias Factory = () throws -> any Poller
 
     /// Runs one scenario on a new poller from `makePoller` and compares each step with the script.
-    public static func run(_ scenario: Scenario, backend: String, makePoller: Factory) -> ScenarioResult {
+    public static func run(_ scenario: Scenario, backend: String, makePoller: @escaping Factory) -> ScenarioResult {
         execute(scenario, backend: backend, makePoller: makePoller) { trace, visible in
             let diff = trace.filter { !Observation.agree($0.observed, $0.expected, visible) }.map {
                 "step \($0.index) (\($0.step)): expected \($0.expected.masked(visible)), observed \($0.observed.masked(visible))"
@@ -24,11 +24,11 @@ public enum Conformance {
 
     /// Runs a script without comparing it with expectations: the trace is the result (differential
     /// testing compares two backends' traces instead).
-    public static func record(_ scenario: Scenario, backend: String, makePoller: Factory) -> ScenarioResult {
+    public static func record(_ scenario: Scenario, backend: String, makePoller: @escaping Factory) -> ScenarioResult {
         execute(scenario, backend: backend, makePoller: makePoller) { _, _ in .passed }
     }
 
-    static func execute(_ scenario: Scenario, backend: String, makePoller: Factory,
+    static func execute(_ scenario: Scenario, backend: String, makePoller: @escaping Factory,
                         verdict: ([TraceLine], Visibility) -> ScenarioResult.Outcome) -> ScenarioResult {
         let start = ContinuousClock.now
         func result(_ outcome: ScenarioResult.Outcome, _ trace: [TraceLine] = []) -> ScenarioResult {
@@ -41,7 +41,7 @@ public enum Conformance {
             try? poller.close()
             return result(.skipped(missing.reason))
         }
-        let run = ScenarioRun(poller: poller)
+        let run = ScenarioRun(poller: poller, makePoller: makePoller)
         defer { run.tearDown() }
         var trace: [TraceLine] = []
         do {
@@ -59,7 +59,7 @@ public enum Conformance {
     }
 
     /// Runs every scenario (or the ones given) on one backend.
-    public static func run(backend: String, scenarios: [Scenario] = Conformance.scenarios, makePoller: Factory) -> BackendReport {
+    public static func run(backend: String, scenarios: [Scenario] = Conformance.scenarios, makePoller: @escaping Factory) -> BackendReport {
         let start = ContinuousClock.now
         let results = scenarios.map { run($0, backend: backend, makePoller: makePoller) }
         return BackendReport(backend: backend, results: results, duration: ContinuousClock.now - start)

@@ -30,38 +30,88 @@ public enum Differential {
     static let fixtures: [Fixture] = [.socketPair("a", "b"), .socketPair("c", "d"), .pipe(read: "r", write: "w")]
 
     /// A reproducible random script of `length` steps over two socketpairs and a pipe.
+    ///
+    /// Besides registrations, writes, reads, shut-downs, closes and wakes, the alphabet has the corners
+    /// where backends used to part: a dup of an endpoint (registered on its own), a number reused by a
+    /// new socketpair after a close, the same file put back on its old number, waits into a
+    /// one-event buffer, and stretches with the descriptor limit exhausted. The generator keeps a small
+    /// model of what is open and registered, so that it only writes what the contract defines: a closed
+    /// endpoint whose file lives on (a dup) or whose number is about to be reused is deregistered
+    /// first (Docs/Contract.md, "A descriptor closed while registered"), and nothing that needs a new
+    /// descriptor runs while the limit is exhausted.
     public static func script(seed: UInt64, length: Int) -> [Step] {
         var random = SplitMix64(seed: seed)
-        let watched = ["a", "c", "r", "w", "b"]
-        // A pipe end is watched in its own direction only: select sees a pipe's hang-up in the read
-        // set alone, so a read end watched for writability is outside what every backend can report
-        // (Docs/Contract.md, "Hang-up and error").
-        func interests(_ e: String) -> [Interest] {
-            switch e {
-            case "r": [.readable]
-            case "w": [.writable]
-            default: [.readable, .writable, .both]
-            }
-        }
-        func interest(_ e: String) -> Interest {
-            let choices = interests(e)
-            return choices[random.below(choices.count)]
-        }
+        var model = ScriptModel()
         let triggers: [Trigger] = [.level, .level, .oneShot]
         var steps: [Step] = []
         for _ in 0..<length {
-            let e = watched[random.below(watched.count)]
+            let e = model.watchable[random.below(model.watchable.count)]
             let token = UInt64(1 + random.below(4))
-            switch random.below(14) {
-            case 0, 1: steps.append(.register(e, token: token, interest: interest(e), trigger: triggers[random.below(3)]))
-            case 2: steps.append(.reregister(e, token: token, interest: interest(e), trigger: triggers[random.below(3)]))
-            case 3: steps.append(.deregister(e))
-            case 4, 5: steps.append(.write(["b", "d", "w", "a"][random.below(4)], bytes: 1 + random.below(3)))
-            case 6: steps.append(.drain(["a", "c", "r", "b"][random.below(4)]))
-            case 7: steps.append(.fill(["a", "c"][random.below(2)]))
-            case 8: steps.append(.shutdownWrite(["b", "d"][random.below(2)]))
-            case 9: steps.append(.wake(times: 1 + random.below(3), threads: 1))
-            case 10: steps.append(random.below(8) == 0 ? .close(["b", "d", "w"][random.below(3)]) : .wait(timeout: .zero))
+            func interest() -> Interest {
+                let choices = ScriptModel.interests(e)
+                return choices[random.below(choices.count)]
+            }
+            switch random.below(20) {
+            case 0, 1, 2, 3:
+                // A closed endpoint's number names a placeholder while the limit is exhausted.
+                if model.exhausted && model.closed.contains(e) {
+                    steps.append(.wait(timeout: .zero))
+                } else {
+                    steps.append(.register(e, token: token, interest: interest(), trigger: triggers[random.below(3)]))
+                    model.didRegister(e)
+                }
+            case 4: steps.append(.reregister(e, token: token, interest: interest(), trigger: triggers[random.below(3)]))
+            case 5:
+                steps.append(.deregister(e))
+                model.registered.remove(e)
+            case 6, 7, 8: steps.append(.write(["b", "d", "w", "a", "y"][random.below(5)], bytes: 1 + random.below(3)))
+            case 9: steps.append(.drain(["a", "c", "r", "b", "x"][random.below(5)]))
+            case 10: steps.append(random.below(2) == 0 ? .fill(["a", "c"][random.below(2)]) : .shutdownWrite(["b", "d"][random.below(2)]))
+            case 11: steps.append(.wake(times: 1 + random.below(3), threads: 1))
+            case 12:
+                if random.below(3) == 0 {
+                    steps.append(contentsOf: model.close(["b", "d", "w", "a", "c"][random.below(5)]))
+                } else {
+                    steps.append(.wait(timeout: .zero))
+                }
+            case 13:
+                // A dup of a, registered on its own number (a2), or a's file put back on a2's old number.
+                if !model.exhausted, !model.open.contains("a2"), model.open.contains("a") {
+                    if model.closed.contains("a2") {
+                        steps.append(.duplicateOnto("a", as: "a2", numberOf: "a2"))
+                        model.closed.remove("a2")
+                    } else if !model.everDuplicated {
+                        steps.append(.duplicate("a", as: "a2", atLeast: 100))
+                        model.everDuplicated = true
+                    }
+                    model.open.insert("a2")
+                } else {
+                    steps.append(.wait(timeout: .zero))
+                }
+            case 14:
+                // A new socketpair x/y on the number a closed endpoint had.
+                // Never while a closed endpoint is still registered: y takes the lowest free number.
+                if !model.exhausted, !model.open.contains("x"), model.registered.isDisjoint(with: model.closed),
+                   let old = model.closed.sorted().first(where: { $0 == "c" || $0 == "a" }),
+                   !(old == "a" && model.open.contains("a2")) {
+                    steps.append(.reopenOnNumber("x", peer: "y", numberOf: old))
+                    model.closed.remove(old)
+                    model.open.formUnion(["x", "y"])
+                } else {
+                    steps.append(.wait(timeout: .zero))
+                }
+            case 15, 16, 17:
+                // Every backend gets a turn for every ready registration and the waker within these rounds.
+                steps.append(.waitRounds(capacity: 1, rounds: 8))
+            case 18:
+                // Exhausting takes every free number, closed endpoints' included: not while one of
+                // those is still registered (a reused number, as with reopen).
+                if model.exhausted || model.registered.isDisjoint(with: model.closed) {
+                    steps.append(model.exhausted ? .restoreDescriptors : .exhaustDescriptors)
+                    model.exhausted.toggle()
+                } else {
+                    steps.append(.wait(timeout: .zero))
+                }
             default: steps.append(.wait(timeout: .zero))
             }
         }
@@ -74,8 +124,10 @@ public enum Differential {
     public static func check(seed: UInt64, length: Int, contenders: [Contender]) -> Failure? {
         let steps = script(seed: seed, length: length)
         guard let (a, b, diff) = firstDifference(steps, contenders) else { return nil }
+        // Removing a step can take a script outside the contract (a close without the deregister the
+        // generator put after it): only scripts the model accepts are kept.
         let shrunk = shrink(steps) { candidate in
-            differ(candidate, a, b) != nil
+            ScriptModel.accepts(candidate) && differ(candidate, a, b) != nil
         }
         return Failure(seed: seed, backends: (a.name, b.name), script: shrunk, diff: differ(shrunk, a, b) ?? diff)
     }
@@ -125,6 +177,96 @@ public enum Differential {
             }
         }
         return current
+    }
+}
+
+/// What the script generator knows of the endpoints, to keep its scripts inside the contract.
+struct ScriptModel {
+    var open: Set<String> = ["a", "b", "c", "d", "r", "w"]
+    var closed: Set<String> = []
+    var registered: Set<String> = []
+    var exhausted = false
+    var everDuplicated = false
+
+    /// Endpoints a step may register or reregister (closed ones too: the errors must agree).
+    var watchable: [String] { ["a", "c", "r", "w", "b", "a2", "x"] }
+
+    /// A pipe end is watched in its own direction only: select sees a pipe's hang-up in the read set
+    /// alone, so a read end watched for writability is outside what every backend can report
+    /// (Docs/Contract.md, "Hang-up and error").
+    static func interests(_ e: String) -> [Interest] {
+        switch e {
+        case "r": [.readable]
+        case "w": [.writable]
+        default: [.readable, .writable, .both]
+        }
+    }
+
+    /// Whether `steps` stays inside what the contract defines, by the rules the generator follows.
+    static func accepts(_ steps: [Step]) -> Bool {
+        var model = ScriptModel()
+        for step in steps {
+            let lingering = model.registered.intersection(model.closed)
+            switch step {
+            case .register(let e, _, _, _):
+                if model.exhausted && model.closed.contains(e) { return false }
+                model.didRegister(e)
+            case .deregister(let e):
+                model.registered.remove(e)
+            case .close(let e):
+                guard model.open.contains(e) else { return false }
+                model.open.remove(e)
+                model.closed.insert(e)
+            case .duplicate(let e, let name, _):
+                guard model.open.contains(e), !model.open.contains(name), !model.closed.contains(name) else { return false }
+                model.open.insert(name)
+            case .duplicateOnto(let e, let name, let number):
+                guard model.open.contains(e), model.closed.contains(number), name == number,
+                      !model.registered.contains(number) else { return false }
+                model.closed.remove(number)
+                model.open.insert(name)
+            case .reopenOnNumber(let e, let peer, let old):
+                guard model.closed.contains(old), lingering.isEmpty, !model.open.contains(e),
+                      !(old == "a" && model.open.contains("a2")) else { return false }
+                model.closed.remove(old)
+                model.open.formUnion([e, peer])
+            case .exhaustDescriptors:
+                guard lingering.isEmpty else { return false }
+                model.exhausted = true
+            case .restoreDescriptors:
+                model.exhausted = false
+            case .wait, .waitRounds, .waitSmall:
+                // A closed, still registered endpoint whose file lives on through a dup: epoll may
+                // report that file until deregistered (the contract says so).
+                for e in lingering where (e == "a" && model.open.contains("a2")) || (e == "a2" && model.open.contains("a")) {
+                    return false
+                }
+            default:
+                break
+            }
+        }
+        return true
+    }
+
+    mutating func didRegister(_ e: String) {
+        if open.contains(e) { registered.insert(e) }
+    }
+
+    /// Closes `e`. A registered endpoint whose file lives on through a dup is deregistered at once:
+    /// until then epoll (which watches files) and poll (which watches numbers) may differ, and the
+    /// contract says so.
+    mutating func close(_ e: String) -> [Step] {
+        guard open.contains(e) else { return [.wait(timeout: .zero)] }
+        open.remove(e)
+        closed.insert(e)
+        var steps: [Step] = [.close(e)]
+        let sharesFile = (e == "a" && open.contains("a2")) || (e == "a2" && open.contains("a"))
+        if registered.contains(e) && (sharesFile || e == "a" || e == "c") {
+            // a and c may have their numbers reused later: deregister before that can happen.
+            steps.append(.deregister(e))
+            registered.remove(e)
+        }
+        return steps
     }
 }
 

@@ -13,6 +13,8 @@ public enum Observation: Hashable, Sendable, CustomStringConvertible {
     case connect(String)
     /// Anything else a step checks (timing, counts), as text.
     case note(String)
+    /// Expected only: any one of these outcomes is right (see ``ScriptLine/init(_:anyOf:)``).
+    indirect case anyOf([Observation])
 
     public static let none = Observation.events([:])
 
@@ -25,6 +27,7 @@ public enum Observation: Hashable, Sendable, CustomStringConvertible {
         case .error(let name): return "error \(name)"
         case .connect(let outcome): return "connect \(outcome)"
         case .note(let text): return text
+        case .anyOf(let outcomes): return "one of: " + outcomes.map(\.description).joined(separator: " / ")
         }
     }
 
@@ -44,6 +47,8 @@ public enum Observation: Hashable, Sendable, CustomStringConvertible {
     /// for a token that one side saw hung up or in error (libevent's epoll method reports only
     /// EV_READ|EV_WRITE on EPOLLERR, without EV_CLOSED).
     public static func agree(_ a: Observation, _ b: Observation, _ visibility: Visibility) -> Bool {
+        if case .anyOf(let outcomes) = b { return outcomes.contains { agree(a, $0, visibility) } }
+        if case .anyOf(let outcomes) = a { return outcomes.contains { agree($0, b, visibility) } }
         guard case .events(let x) = a, case .events(let y) = b, !visibility.readClosedBesideHangup else {
             return a.masked(visibility) == b.masked(visibility)
         }
@@ -97,6 +102,7 @@ extension PollerError {
         case .emptyInterest: "emptyInterest"
         case .unsupportedTrigger(let trigger, _): "unsupportedTrigger(\(trigger))"
         case .system(let operation, let code): "system(\(operation), \(Errno.name(code)))"
+        case .resourceExhausted: "resourceExhausted"
         case .unavailable: "unavailable"
         }
     }
@@ -135,6 +141,10 @@ public enum Fixture: Sendable, Hashable {
     case fullUnixListener(String)
     /// A regular file (not pollable).
     case regularFile(String)
+    /// `count` socketpairs: endpoints "`name`0" ... with peers "`name`0'" ... (see ``Step/registerEach(_:count:firstToken:interest:)``).
+    case socketPairs(String, count: Int)
+    /// A device opened read-write by path (e.g. /dev/null, which the kernel cannot poll).
+    case device(String, path: String)
 }
 
 /// Where a connect step connects to.

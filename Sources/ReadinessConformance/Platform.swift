@@ -84,7 +84,9 @@ enum Net {
     }
 
     static var uniquePath: String {
-        "/tmp/readiness-\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).sock"
+        // $TMPDIR when set and short enough for sun_path (108 bytes with the name), else /tmp.
+        let dir = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty || $0.utf8.count > 64 ? nil : $0 } ?? "/tmp"
+        return "\(dir)/readiness-\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).sock"
     }
     private static let counter = Atomic<Int>(0)
 }
@@ -103,6 +105,7 @@ final class Worker: @unchecked Sendable {
             var unblocked = sigset_t()
             sigemptyset(&unblocked)
             sigaddset(&unblocked, SIGUSR1)
+            sigaddset(&unblocked, SIGUSR2)
             pthread_sigmask(SIG_UNBLOCK, &unblocked, nil)
             worker.body()
             return nil
@@ -166,4 +169,29 @@ struct IsolatedSyscalls: ConnectSyscalls {
     func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { base.peerName(fd) }
     func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { base.localName(fd) }
     func close(_ fd: CInt) { base.close(fd) }
+}
+
+/// A SIGUSR2 handler that wakes a poller, as a program's SIGINT/SIGTERM handler would: what it may
+/// touch from a signal handler is only the waker.
+enum SignalWake {
+    nonisolated(unsafe) private static var target: Waker?
+    private static let lock = Mutex(())
+
+    static func install(_ waker: Waker) {
+        lock.withLock { _ in
+            target = waker
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { _ in try? SignalWake.target?.wake() }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0
+            sigaction(SIGUSR2, &action, nil)
+        }
+    }
+
+    static func uninstall() {
+        lock.withLock { _ in
+            signal(SIGUSR2, SIG_IGN)
+            target = nil
+        }
+    }
 }

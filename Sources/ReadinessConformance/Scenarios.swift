@@ -29,12 +29,16 @@ private func connect(_ target: ConnectTarget, _ timeout: Duration = soon, _ outc
     line(.connect(target, timeout: timeout), .connect(outcome))
 }
 private let pair: [Fixture] = [.socketPair("a", "b")]
+/// A timeout no program waits out: the largest whole number of seconds whose nanoseconds fit in 64
+/// bits, a few seconds short of `Int64.max` nanoseconds, and `Duration`'s largest value.
+private let enormous: Duration = .seconds(9_223_372_030)
+private let largest = Duration(secondsComponent: .max, attosecondsComponent: 999_999_999_999_999_999)
 private let twoPairs: [Fixture] = [.socketPair("a", "b"), .socketPair("c", "d")]
 
 extension Conformance {
     /// Every scenario, by area.
     public static let scenarios: [Scenario] = misuse + readiness + changes + oneShot + endings + timing
-        + closing + limits + wakeups + buffers + connects
+        + closing + limits + wakeups + buffers + connects + hardening
 
     static let misuse: [Scenario] = [
         Scenario("misuse/register-twice", checks: "A second register of a descriptor fails and leaves the first registration as it was.", fixtures: pair, [
@@ -271,6 +275,95 @@ extension Conformance {
         ]),
         Scenario("connect/unreachable", checks: "A network with no route fails as unreachable (in a private network namespace).", [
             connect(.unreachable, soon, "failed:unreachable"),
+        ]),
+    ]
+}
+
+extension Conformance {
+    /// Corners outside test suites reached (libevent's, CPython's, mio's, SwiftNIO's, Go's, libuv's):
+    /// each scenario failed on at least one backend before the fix that it pins.
+    static let hardening: [Scenario] = [
+        Scenario("closed/deregister-many-closed", checks: "Deregistering several descriptors closed while registered succeeds once each, and the others keep working.",
+                 fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .socketPair("e", "f")], [
+            reg("a", 1, .readable), reg("c", 2, .readable), reg("e", 3, .readable), line(.close("a")), line(.close("c")),
+            line(.deregister("a")), line(.deregister("c")), line(.deregister("a"), err("notRegistered")),
+            write("f"), wait(soon, ev((3, .readable))), line(.deregister("e")), wait(now, .none),
+        ]),
+        Scenario("closed/deregister-hundreds-closed", checks: "Closing 300 registered descriptors, then deregistering each, leaves a working poller.",
+                 fixtures: [.socketPairs("p", count: 300), .socketPair("a", "b")], [
+            line(.registerEach("p", count: 300, firstToken: 10, interest: .readable)), reg("a", 1, .readable),
+            line(.closeEach("p", count: 300)), line(.deregisterEach("p", count: 300)),
+            write("b"), wait(soon, ev((1, .readable))), line(.waitTimed(.milliseconds(30)), .events([Token(1): .readable])),
+        ]),
+        Scenario("closed/dup-reused-deregistered", checks: "A closed descriptor kept open by a dup, its number reused, then deregistered: no event, no busy loop.",
+                 fixtures: pair, [
+            reg("a", 1, .readable), line(.duplicate("a", as: "a2", atLeast: 100)), line(.close("a")),
+            line(.reopenOnNumber("x", peer: "y", numberOf: "a")), line(.deregister("x")), write("b"),
+            line(.waitTimed(.milliseconds(200)), quiet), wait(now, .none),
+            reg("x", 2, .readable), write("y"), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("closed/rebuild-exhausted", checks: "With no descriptor left, a stale file's event never costs a ready one-shot event.",
+                 fixtures: [.socketPair("a", "b"), .socketPair("x", "y")], [
+            reg("x", 1, .readable, .oneShot), reg("a", 2, .readable), line(.duplicate("a", as: "a2", atLeast: 100)),
+            line(.close("a")), line(.deregister("a")), write("y"), write("b"), line(.exhaustDescriptors),
+            wait(soon, ev((1, .readable))), wait(now, .none), line(.restoreDescriptors), wait(now, .none),
+            rereg("x", 1, .readable, .oneShot), wait(soon, ev((1, .readable))),
+        ]),
+        Scenario("dup/back-on-same-number", checks: "The same file put back (dup2) on a number it was deregistered from registers again.", fixtures: pair, [
+            reg("a", 1, .readable), line(.duplicate("a", as: "a2", atLeast: 100)), reg("a2", 2, .readable),
+            line(.close("a2")), line(.deregister("a2")), line(.duplicateOnto("a", as: "a3", numberOf: "a2")),
+            reg("a3", 3, .readable), write("b"), wait(soon, ev((1, .readable), (3, .readable))),
+        ]),
+        Scenario("closed/reregister-reused", checks: "reregister of a registration whose descriptor was closed applies it to the file that has the number now.",
+                 fixtures: pair, [
+            reg("a", 1, .readable), line(.close("a")), wait(now, .none), line(.reopenOnNumber("x", peer: "y", numberOf: "a")),
+            rereg("x", 2, .both), write("y"), wait(soon, ev((2, [.readable, .writable]))), wait(now, ev((2, [.readable, .writable]))),
+        ]),
+        Scenario("closed/reregister-token-only-reused", checks: "A token-only reregister after close and reuse behaves as any reregister.",
+                 fixtures: pair, [
+            reg("a", 1, .readable), line(.close("a")), wait(now, .none), line(.reopenOnNumber("x", peer: "y", numberOf: "a")),
+            rereg("x", 5, .readable), write("y"), wait(soon, ev((5, .readable))),
+            rereg("x", 6, .readable, .oneShot), wait(soon, ev((6, .readable))), wait(now, .none),
+        ]),
+        Scenario("closed/number-reused-before-wait", checks: "A number closed while registered and reused before any wait: the old token may report the new file (poll, select watch numbers) or not (epoll watches files); deregistering mends it.",
+                 fixtures: pair, [
+            reg("a", 1, .readable), line(.close("a")), line(.reopenOnNumber("x", peer: "y", numberOf: "a")), write("y"),
+            ScriptLine(.wait(timeout: .milliseconds(50)), anyOf: [.none, ev((1, .readable))]),
+            line(.deregister("x")), reg("x", 2, .readable), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("wake/buffer-full", checks: "A wake-up is never lost when ready descriptors fill the buffer.", fixtures: twoPairs, [
+            reg("a", 1, .readable), reg("c", 2, .readable), write("b"), write("d"), line(.wake(times: 1, threads: 1)),
+            line(.waitRounds(capacity: 1, rounds: 3), ev((1, .readable), (2, .readable)).adding(woken)),
+        ]),
+        Scenario("wake/signal-handler", checks: "wake() called from a signal handler ends a wait that has no timeout.", [
+            line(.waitWokenBySignalHandler(after: .milliseconds(20)), woken),
+        ]),
+        Scenario("buffer/fills", checks: "A wait fills the caller's buffer when that many descriptors are ready, and takes no more than it holds.",
+                 fixtures: [.socketPairs("p", count: 70)], [
+            line(.registerEach("p", count: 70, firstToken: 1, interest: .readable)), line(.writeEach("p", count: 70)),
+            line(.waitCounting(capacity: 128, timeout: soon), .note("70 events")),
+            line(.waitCounting(capacity: 50, timeout: soon), .note("50 events")),
+        ]),
+        Scenario("timeout/enormous", checks: "Any Duration is accepted as a timeout: the largest ones neither trap nor fail.", fixtures: pair + [.tcpListener("l", ipv6: false)], [
+            reg("a", 1, .readable), write("b"), wait(enormous, ev((1, .readable))), wait(largest, ev((1, .readable))),
+            wait(.seconds(Int64.max), ev((1, .readable))), wait(.nanoseconds(Int64.min), ev((1, .readable))),
+            connect(.listener("l", peer: .silent), enormous, "connected"), connect(.listener("l", peer: .silent), largest, "connected"),
+        ]),
+        Scenario("limit/create-exhausted", checks: "Creating a poller with no or few descriptors left fails with resourceExhausted, never ends the process, leaks nothing.", [
+            line(.createPollersExhausted(upTo: 6), .note(ScenarioRun.createdOrExhausted)),
+        ]),
+        Scenario("connect/descriptors-exhausted", checks: "A connect whose socket() fails (EMFILE) ends at once as resourceExhausted.",
+                 fixtures: [.tcpListener("l", ipv6: false)], [
+            line(.exhaustDescriptors), connect(.listener("l", peer: .silent), soon, "failed:resourceExhausted"), line(.restoreDescriptors),
+            connect(.listener("l", peer: .silent), soon, "connected"),
+        ]),
+        Scenario("misuse/device-not-pollable", checks: "A device the kernel cannot poll (/dev/null) is refused as unsupportedDescriptor everywhere.",
+                 fixtures: [.device("n", path: "/dev/null")], [
+            reg("n", 1, .readable, .level, err("unsupportedDescriptor")), reg("n", 1, .writable, .level, err("unsupportedDescriptor")),
+        ]),
+        Scenario("misuse/reregister-order", checks: "reregister checks its arguments before whether the descriptor is registered, as register does.", fixtures: pair, [
+            rereg("a", .max, .readable, .level, err("reservedToken")), rereg("a", 1, [], .level, err("emptyInterest")),
+            rereg("a", 1, .readable, .level, err("notRegistered")),
         ]),
     ]
 }

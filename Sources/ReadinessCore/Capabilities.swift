@@ -1,5 +1,6 @@
 /// What a backend can do, as data. Tests and the conformance suite read these instead of the name.
 public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible {
+    /// How a backend provides ``Trigger/oneShot``.
     public enum OneShot: String, Hashable, Sendable, Codable {
         /// The kernel disarms the registration (EPOLLONESHOT, libevent without EV_PERSIST).
         case native
@@ -13,6 +14,7 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     public var mechanism: String
     /// Whether ``Trigger/edge`` is accepted.
     public var edgeTriggered: Bool
+    /// How ``Trigger/oneShot`` is provided.
     public var oneShot: OneShot
     /// The granularity of the underlying timeout (epoll/poll: 1 ms; select: 1 µs).
     public var timeoutResolution: Duration
@@ -24,6 +26,7 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     /// readable/writable).
     public var reportsHangupAndError: Bool
 
+    /// Capabilities with every field given; `mechanism` defaults to `name`.
     public init(name: String, mechanism: String? = nil, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
                 maxDescriptor: CInt, reportsReadClosed: Bool, reportsHangupAndError: Bool) {
         self.name = name
@@ -44,6 +47,7 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
         return bits
     }
 
+    /// Every capability on one line.
     public var description: String {
         "\(name) (\(mechanism)): edge=\(edgeTriggered) oneShot=\(oneShot.rawValue) resolution=\(timeoutResolution) "
             + "maxfd=\(maxDescriptor) readClosed=\(reportsReadClosed) hangup/error=\(reportsHangupAndError)"

@@ -27,9 +27,26 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
     case unsupportedTrigger(Trigger, backend: String)
     /// A system call failed in a way the contract does not name.
     case system(operation: String, errno: CInt)
+    /// The process or the system ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    /// Nothing was changed; the call can succeed once something is released.
+    case resourceExhausted(operation: String, errno: CInt)
     /// The backend could not be created here.
     case unavailable(backend: String, reason: String)
 
+    /// The error for a system call that failed with `code`: ``resourceExhausted(operation:errno:)``
+    /// for EMFILE, ENFILE, ENOBUFS and ENOMEM, otherwise ``system(operation:errno:)``.
+    @inlinable
+    public static func failed(_ operation: String, errno code: CInt) -> PollerError {
+        Errno.isResourceExhaustion(code) ? .resourceExhausted(operation: operation, errno: code)
+            : .system(operation: operation, errno: code)
+    }
+
+    /// True for ``resourceExhausted(operation:errno:)``.
+    public var isResourceExhausted: Bool {
+        if case .resourceExhausted = self { true } else { false }
+    }
+
+    /// A message naming the failure.
     public var description: String {
         switch self {
         case .closed: "the poller is closed"
@@ -43,6 +60,7 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
         case .emptyInterest: "interest must include readable, writable or both"
         case .unsupportedTrigger(let t, let b): "\(t) triggering is not supported by the \(b) backend"
         case .system(let op, let e): "\(op) failed: \(Errno.name(e)) (\(e)): \(Errno.message(e))"
+        case .resourceExhausted(let op, let e): "\(op) failed: out of resources: \(Errno.name(e)) (\(e)): \(Errno.message(e))"
         case .unavailable(let b, let r): "backend \(b) is unavailable: \(r)"
         }
     }
@@ -50,6 +68,11 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
 
 /// Names and messages for errno values.
 public enum Errno {
+    /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory, nothing wrong with the request.
+    @inlinable public static func isResourceExhaustion(_ code: CInt) -> Bool {
+        code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM
+    }
+
     /// The symbolic name ("ECONNREFUSED"), or "errno N" when unknown.
     public static func name(_ code: CInt) -> String {
         switch code {

@@ -3,22 +3,33 @@
 /// ``Token/waker`` (the largest value) is reserved for the poller's wake-up event; registering with it
 /// fails with ``PollerError/reservedToken``.
 public struct Token: RawRepresentable, Hashable, Sendable, ExpressibleByIntegerLiteral, CustomStringConvertible {
+    /// The value chosen by the caller.
     public var rawValue: UInt64
+    /// A token of this value.
     @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// A token of this value.
     @inlinable public init(_ value: UInt64) { self.rawValue = value }
+    /// A token written as an integer literal.
     @inlinable public init(integerLiteral value: UInt64) { self.rawValue = value }
     /// The token of the wake-up event produced by ``Waker/wake()``.
     public static let waker = Token(rawValue: .max)
+    /// The value, or "waker".
     public var description: String { self == .waker ? "waker" : String(rawValue) }
 }
 
 /// What a registration waits for.
 public struct Interest: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    /// The bits: 1 readable, 2 writable.
     public var rawValue: UInt8
+    /// An interest of these bits.
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Watch for reads that will not block.
     public static let readable = Interest(rawValue: 1)
+    /// Watch for writes that will not block.
     public static let writable = Interest(rawValue: 2)
+    /// Watch both directions.
     public static let both: Interest = [.readable, .writable]
+    /// "readable", "writable" or "readable|writable".
     public var description: String {
         switch self {
         case .readable: "readable"
@@ -42,7 +53,9 @@ public enum Trigger: String, Hashable, Sendable, CaseIterable, Codable {
 
 /// Normalized readiness, the same bits on every backend.
 public struct Ready: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    /// The bits.
     public var rawValue: UInt8
+    /// Readiness of these bits.
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// A read will not block (data, end of file, or a pending error).
     public static let readable = Ready(rawValue: 1 << 0)
@@ -73,6 +86,7 @@ public struct Ready: OptionSet, Hashable, Sendable, CustomStringConvertible {
         return out
     }
 
+    /// The bits' names joined by "|", or "none".
     public var description: String {
         var parts: [String] = []
         if contains(.readable) { parts.append("readable") }
@@ -86,20 +100,25 @@ public struct Ready: OptionSet, Hashable, Sendable, CustomStringConvertible {
 
 /// One readiness event: the registration's token and what is ready.
 public struct Event: Hashable, Sendable, CustomStringConvertible {
+    /// The token of the registration.
     public var token: Token
+    /// What is ready, normalized.
     public var ready: Ready
+    /// An event for `token`.
     @inlinable public init(token: Token, ready: Ready) {
         self.token = token
         self.ready = ready
     }
     /// True for the event produced by ``Waker/wake()``.
     @inlinable public var isWakeup: Bool { token == .waker }
+    /// "token:ready".
     public var description: String { "\(token):\(ready)" }
 }
 
 /// A reusable, caller-owned buffer that ``Poller/wait(into:timeout:)`` fills. Allocated once; a wait
 /// never allocates.
 public final class EventBuffer: RandomAccessCollection {
+    /// The most events one wait returns.
     public let capacity: Int
     @usableFromInline let storage: UnsafeMutablePointer<Event>
     @exclusivity(unchecked) @usableFromInline var storedCount: Int = 0
@@ -113,12 +132,16 @@ public final class EventBuffer: RandomAccessCollection {
     }
     deinit { storage.deallocate() }
 
+    /// Always 0.
     @inlinable public var startIndex: Int { 0 }
+    /// ``count``.
     @inlinable public var endIndex: Int { storedCount }
+    /// The event at `position` (0..<``count``).
     @inlinable public subscript(position: Int) -> Event {
         precondition(position >= 0 && position < count, "EventBuffer index out of range")
         return storage[position]
     }
+    /// True when a wait filled every slot (more events may be pending).
     @inlinable public var isFull: Bool { storedCount == capacity }
 
     /// For backend implementations: empties the buffer before a wait.

@@ -1,7 +1,10 @@
 /// The state of one registered descriptor, shared by every backend.
 public struct Registration: Hashable, Sendable {
+    /// The caller's token.
     public var token: Token
+    /// The directions watched.
     public var interest: Interest
+    /// Level, one-shot or edge.
     public var trigger: Trigger
     /// False once a one-shot registration has fired, until it is re-armed.
     public var armed: Bool = true
@@ -14,6 +17,7 @@ public struct Registration: Hashable, Sendable {
     /// Position in ``RegistrationTable/descriptors``.
     public var index: Int32 = 0
 
+    /// An armed registration.
     public init(token: Token, interest: Interest, trigger: Trigger) {
         self.token = token
         self.interest = interest
@@ -34,8 +38,10 @@ public struct RegistrationTable: Sendable {
     public private(set) var descriptors: [CInt] = []
     private var nextGeneration: UInt32 = 1
 
+    /// An empty table.
     public init() {}
 
+    /// How many descriptors are registered.
     @inlinable public var count: Int { descriptors.count }
 
     /// The registration of `fd`, if any.
@@ -139,8 +145,10 @@ public struct RegistrationTable: Sendable {
     /// unless `kernelChecksDescriptor` (the backend's call will find a closed descriptor itself).
     public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
                                 capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) -> Registration {
-        let current = try checkRegistered(fd)
+        // The same order as register: the descriptor's sign, the arguments, the table, the kernel.
+        guard fd >= 0 else { throw .invalidDescriptor(fd) }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
+        let current = try checkRegistered(fd)
         if !kernelChecksDescriptor, !Sys.isOpen(fd) { throw .badDescriptor(fd) }
         return current
     }

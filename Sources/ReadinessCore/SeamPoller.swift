@@ -5,6 +5,7 @@
 /// Each method is called only after the contract's checks passed, and the table is changed only after
 /// the method succeeded, so a failing backend call leaves everything as it was.
 public protocol PollerSeam: AnyObject {
+    /// What the backend can do.
     var capabilities: Capabilities { get }
     /// Start watching `fd`; it will sit at `index` in the dense list.
     func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError)
@@ -27,12 +28,15 @@ public protocol PollerSeam: AnyObject {
 }
 
 extension PollerSeam {
+    /// False: the poller checks descriptors itself.
     public var kernelChecksDescriptor: Bool { false }
 }
 
 /// A ``Poller`` made of a ``PollerSeam``: every backend of this package is one.
 public final class SeamPoller<Seam: PollerSeam>: Poller {
+    /// The backend.
     public let seam: Seam
+    /// The poller's waker (see ``Poller/waker``).
     public let waker: Waker
     // Used from one thread at a time (the contract) and never accessed overlapping: the dynamic
     // exclusivity check of each wait's `inout` access (swift_beginAccess) would be pure cost.
@@ -42,7 +46,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     /// The registrations.
     public var table: RegistrationTable { storedTable }
 
-    /// - Parameters: the poller's waker, and the backend built around it (which must watch it).
+    /// A poller of `seam`, the backend built around `waker` (which it must watch).
     public init(waker: Waker, seam: Seam) {
         self.waker = waker
         self.seam = seam
@@ -62,9 +66,11 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
 
     deinit { if !isClosed { shutDown() } }
 
+    /// The backend's capabilities.
     public var capabilities: Capabilities { seam.capabilities }
 
     @inlinable
+    /// See ``Poller/register(_:token:interest:trigger:)``.
     public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
         try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
@@ -77,25 +83,28 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     }
 
     @inlinable
+    /// See ``Poller/reregister(_:token:interest:trigger:)``.
     public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
-        var new = try storedTable.checkRegistered(fd)
-        let old = new
+        let old = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
+                                                  capabilities: seam.capabilities,
+                                                  kernelChecksDescriptor: seam.kernelChecksDescriptor)
+        var new = old
         new.token = token
         new.interest = interest
         new.trigger = trigger
         new.armed = true
-        // The kernel never sees tokens (events carry the descriptor and generation), so a change of
-        // token alone on an armed registration costs no backend call.
-        let needsBackend = new.interest != old.interest || new.trigger != old.trigger || !old.armed
-        _ = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
-                                            capabilities: seam.capabilities,
-                                            kernelChecksDescriptor: needsBackend && seam.kernelChecksDescriptor)
-        if needsBackend { try seam.modify(fd, from: old, to: new) }
+        // Contract, "reregister": the registration is applied afresh to the file that has the number
+        // now, even one found closed (stale) whose number was reused. The backend is always asked,
+        // a token-only change included: epoll cannot know that its file is gone without asking the
+        // kernel (EPOLL_CTL_MOD's ENOENT), and every backend must behave alike.
+        new.stale = false
+        try seam.modify(fd, from: old, to: new)
         storedTable.replace(fd, with: new)
     }
 
     @inlinable
+    /// See ``Poller/deregister(_:)``.
     public func deregister(_ fd: CInt) throws(PollerError) {
         guard !isClosed else { throw .closed }
         let registration = try storedTable.checkRegistered(fd)
@@ -104,6 +113,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     }
 
     @inlinable @discardableResult
+    /// See ``Poller/wait(into:timeout:)``.
     public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
         guard !isClosed else { throw .closed }
         events.removeAll()
@@ -113,6 +123,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         }
     }
 
+    /// See ``Poller/close()``.
     public func close() throws(PollerError) {
         guard !isClosed else { throw .closed }
         shutDown()

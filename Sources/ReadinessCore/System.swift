@@ -21,10 +21,19 @@ public enum Sys {
     public static func checkPollable(_ fd: CInt) -> PollerError? {
         var st = stat()
         if fstat(fd, &st) != 0 {
-            return errno == EBADF ? .badDescriptor(fd) : .system(operation: "fstat", errno: errno)
+            return errno == EBADF ? .badDescriptor(fd) : .failed("fstat", errno: errno)
         }
         let kind = st.st_mode & S_IFMT
         if kind == S_IFREG || kind == S_IFDIR { return .unsupportedDescriptor(fd) }
+        // Devices differ one by one (a terminal polls, /dev/null does not, and poll(2) would call it
+        // always ready): ask the kernel, as epoll_ctl does for the epoll backend.
+        if kind == S_IFCHR || kind == S_IFBLK {
+            switch rd_kernel_can_poll(fd) {
+            case 1: return nil
+            case 0: return .unsupportedDescriptor(fd)
+            default: return errno == EBADF ? .badDescriptor(fd) : .failed("epoll_ctl(probe)", errno: errno)
+            }
+        }
         return nil
     }
 
@@ -54,12 +63,30 @@ public enum Sys {
 
 /// Monotonic time in nanoseconds, without allocation.
 public enum MonotonicClock {
+    /// Now, from CLOCK_MONOTONIC.
     @inlinable public static var nowNanoseconds: Int64 { rd_monotonic_ns() }
+
+    /// The monotonic instant `nanoseconds` from `now`, saturating at `Int64.max` (which no clock
+    /// reaches: a deadline that far away never passes). Negative spans count as zero.
+    @inlinable
+    public static func deadline(after nanoseconds: Int64, from now: Int64 = nowNanoseconds) -> Int64 {
+        now.saturatingAdd(Swift.max(0, nanoseconds))
+    }
+}
+
+extension Int64 {
+    /// `self + other`, clamped to `Int64.min ... Int64.max` instead of trapping.
+    @inlinable public func saturatingAdd(_ other: Int64) -> Int64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? (other > 0 ? .max : .min) : sum
+    }
 }
 
 /// The time a single backend wait call may block: the wait loop hands each attempt the time left.
 public enum WaitTimeout: Sendable, Equatable {
+    /// Block until an event.
     case infinite
+    /// Block at most this long.
     case nanoseconds(Int64)
 
     /// Milliseconds for epoll_wait/poll, rounded up so the call never returns before the deadline
@@ -69,7 +96,7 @@ public enum WaitTimeout: Sendable, Equatable {
         case .infinite: return -1
         case .nanoseconds(let ns):
             if ns <= 0 { return 0 }
-            let ms = (ns + 999_999) / 1_000_000
+            let ms = Self.roundingUp(ns, to: 1_000_000)
             return ms > Int64(CInt.max) ? CInt.max : CInt(ms)
         }
     }
@@ -78,8 +105,13 @@ public enum WaitTimeout: Sendable, Equatable {
     @inlinable public var microseconds: Int64 {
         switch self {
         case .infinite: return -1
-        case .nanoseconds(let ns): return ns <= 0 ? 0 : (ns + 999) / 1000
+        case .nanoseconds(let ns): return ns <= 0 ? 0 : Self.roundingUp(ns, to: 1000)
         }
+    }
+
+    /// `ns / unit`, rounded up, for any `ns` (no `ns + unit - 1` that could overflow).
+    @inlinable static func roundingUp(_ ns: Int64, to unit: Int64) -> Int64 {
+        ns / unit + (ns % unit == 0 ? 0 : 1)
     }
 
     /// Seconds and microseconds for select, rounded up; nil means infinite.
@@ -88,7 +120,7 @@ public enum WaitTimeout: Sendable, Equatable {
         case .infinite: return nil
         case .nanoseconds(let ns):
             if ns <= 0 { return (0, 0) }
-            let us = (ns + 999) / 1000
+            let us = Self.roundingUp(ns, to: 1000)
             return (Int(us / 1_000_000), Int(us % 1_000_000))
         }
     }
@@ -104,12 +136,14 @@ public enum WaitStep: Sendable, Equatable {
 }
 
 extension Duration {
-    /// Whole nanoseconds, saturating; negative durations count as zero.
+    /// Whole nanoseconds, rounded up, saturating at `Int64.max` (about 292 years); negative durations
+    /// count as zero. Any `Duration` is accepted: nothing here can trap.
     @inlinable public var clampedNanoseconds: Int64 {
         let (seconds, attoseconds) = components
         if seconds < 0 || (seconds == 0 && attoseconds <= 0) { return 0 }
-        if seconds >= Int64.max / 1_000_000_000 - 1 { return Int64.max / 2 }
-        return seconds * 1_000_000_000 + (attoseconds + 999_999_999) / 1_000_000_000
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return .max }
+        return whole.saturatingAdd((attoseconds + 999_999_999) / 1_000_000_000)
     }
 }
 
@@ -133,7 +167,7 @@ public func runWait(timeout: Duration?, _ attempt: (WaitTimeout) throws(PollerEr
             if case .events(let n) = try attempt(.nanoseconds(0)) { return n }
         }
     }
-    let deadline = MonotonicClock.nowNanoseconds + total
+    let deadline = MonotonicClock.deadline(after: total)
     var remaining = total
     while true {
         if case .events(let n) = try attempt(.nanoseconds(remaining)), n > 0 { return n }

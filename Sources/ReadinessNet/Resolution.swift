@@ -4,24 +4,30 @@ import Glibc
 
 /// Why a name did not resolve.
 public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The name that was looked up.
     public var host: String
     /// getaddrinfo's text (gai_strerror), or "no address".
     public var reason: String
+    /// An error for `host`, with the resolver's text.
     public init(host: String, reason: String) {
         self.host = host
         self.reason = reason
     }
+    /// A one-line text for logs.
     public var description: String { "cannot resolve \(host): \(reason)" }
 }
 
 /// Looks up one address family of a name. Called on a background thread; may block.
 public protocol HostResolver: Sendable {
+    /// The addresses of `host` in one family (`.ipv6`: AAAA, `.ipv4`: A), with `port`.
     func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError>
 }
 
 /// getaddrinfo(3), one family per call (AF_INET6 for AAAA, AF_INET for A), SOCK_STREAM.
 public struct SystemResolver: HostResolver {
+    /// The system resolver.
     public init() {}
+    /// getaddrinfo for one family, SOCK_STREAM, duplicates removed.
     public func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
         var hints = addrinfo()
         hints.ai_family = family == .ipv6 ? AF_INET6 : AF_INET
@@ -46,7 +52,7 @@ public struct SystemResolver: HostResolver {
 }
 
 /// A name lookup running off the loop thread: the AAAA (IPv6) and A (IPv4) queries run separately on
-/// two background threads, and each answer wakes the loop's poller (``Waker``). The loop collects
+/// two background threads, and each answer wakes the loop's poller (``/ReadinessCore/Waker``). The loop collects
 /// answers with ``takeAnswers()`` when it sees the wake-up event; nothing blocks the loop.
 ///
 /// A numeric address or a `unix:` path is answered at once, without threads.
@@ -57,11 +63,15 @@ public struct SystemResolver: HostResolver {
 public final class Resolution: @unchecked Sendable {
     /// One family's answer.
     public struct Answer: Sendable {
+        /// Which query answered (`.ipv6` for AAAA, `.ipv4` for A).
         public let family: SocketAddress.Family
+        /// Its addresses, or why there are none.
         public let result: Result<[SocketAddress], ResolutionError>
     }
 
+    /// The name being resolved.
     public let host: String
+    /// The port every address gets.
     public let port: UInt16
     private struct State {
         var answers: [Answer] = []

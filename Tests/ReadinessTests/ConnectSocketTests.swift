@@ -127,37 +127,5 @@ struct ConnectSocketTests {
         #expect(Connector.interleaveFamilies([v4a, v4b, v6a]) == [v4a, v6a, v4b])
         #expect(Connector.interleaveFamilies([]) == [])
     }
-
-    @Test("the command-line tool connects and reports in JSON")
-    func command() throws {
-        let (listener, address) = try tcpListener()
-        defer { close(listener) }
-        let output = try runTool(["connect", address.description, "--backend", "poll", "--json"])
-        #expect(output.contains("\"connected\":true"))
-        #expect(output.contains("\"backend\":\"poll\""))
-        let refused = try runTool(["connect", try closedPort().description, "--json"], expectSuccess: false)
-        #expect(refused.contains("\"cause\":\"refused\""))
-        #expect(refused.contains("\"errno\":\"ECONNREFUSED\""))
-    }
-}
-
-/// Runs the `readiness` tool built next to the test bundle and returns its standard output.
-func runTool(_ arguments: [String], expectSuccess: Bool = true) throws -> String {
-    var path = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &path, path.count - 1)
-    guard n > 0 else { throw TestFailure("readlink /proc/self/exe") }
-    let exe = String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    let directory = exe.split(separator: "/").dropLast().joined(separator: "/")
-    let tool = "/" + directory + "/readiness"
-    guard access(tool, X_OK) == 0 else { throw TestFailure("no readiness tool at \(tool)") }
-    let command = ([tool] + arguments).map { "'\($0)'" }.joined(separator: " ")
-    guard let pipe = popen(command, "r") else { throw TestFailure("popen") }
-    var output = ""
-    var buffer = [CChar](repeating: 0, count: 4096)
-    while fgets(&buffer, Int32(buffer.count), pipe) != nil {
-        output += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-    let status = pclose(pipe)
-    if expectSuccess && status != 0 { throw TestFailure("\(command) exited with \(status): \(output)") }
-    return output
+    // The command-line tool's test is in Tools/Tests (the tool is a package of its own).
 }

@@ -10,35 +10,50 @@ import ReadinessCore
 /// no live registration comes from a file that was registered, closed while a `dup` kept it open, and
 /// is still in the kernel's interest list under a number we no longer own. It would fire for ever, so
 /// the backend rebuilds its epoll set from the table (as libev does when it sees a stale generation).
+///
+/// The rebuild needs a new epoll descriptor at a moment when the process may have none left (EMFILE):
+/// the backend keeps one spare, empty epoll set made in advance (libuv keeps a reserve descriptor for
+/// accept for the same reason), so a rebuild never fails for want of a descriptor. If it fails all
+/// the same, the events already gathered are delivered first and the rebuild is retried by the next
+/// wait: a fired one-shot event is never lost.
 public final class EpollSeam: PollerSeam {
+    /// What this epoll poller can do.
     public let capabilities: Capabilities
-    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by ``ctl``.
+    /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by `ctl`.
     public var kernelChecksDescriptor: Bool { true }
     private var epfd: CInt
+    /// An empty epoll set kept for the next rebuild (-1 until one could be made).
+    private var spare: CInt = -1
+    /// A rebuild that could not be done yet.
+    private var rebuildPending = false
     private let waker: Waker
     private var native: UnsafeMutableRawPointer
     private var nativeCapacity: Int
     private static let wakerData = UInt64.max
 
+    /// epoll's capabilities, before a poller exists.
     public static let baseCapabilities = Capabilities(
         name: "epoll", edgeTriggered: true, oneShot: .native, timeoutResolution: .milliseconds(1),
         maxDescriptor: CInt.max, reportsReadClosed: true, reportsHangupAndError: true)
 
+    /// Creates the epoll instance and registers the waker.
     public init(waker: Waker) throws(PollerError) {
         capabilities = Self.baseCapabilities
         self.waker = waker
         epfd = rd_epoll_create()
-        guard epfd >= 0 else { throw .system(operation: "epoll_create1", errno: errno) }
+        guard epfd >= 0 else { throw .failed("epoll_create1", errno: errno) }
         nativeCapacity = 64
         guard let events = rd_epoll_events_allocate(64) else {
             Sys.close(epfd)
-            throw .system(operation: "calloc", errno: ENOMEM)
+            throw .failed("calloc", errno: ENOMEM)
         }
         native = events
-        guard rd_epoll_ctl(epfd, 0, waker.fd, rd_EPOLLIN, Self.wakerData) == 0 else {
+        guard rd_epoll_ctl(epfd, rd_EPOLL_CTL_ADD, waker.fd, rd_EPOLLIN, Self.wakerData) == 0 else {
             let e = errno  // deinit (which runs for a fully initialized object) releases both
-            throw .system(operation: "epoll_ctl(waker)", errno: e)
+            throw .failed("epoll_ctl(waker)", errno: e)
         }
+        spare = rd_epoll_create()
+        guard spare >= 0 else { throw .failed("epoll_create1(spare)", errno: errno) }
     }
 
     /// Creates an epoll poller.
@@ -70,41 +85,57 @@ public final class EpollSeam: PollerSeam {
         switch e {
         case EBADF: throw .badDescriptor(fd)
         case EPERM: throw .unsupportedDescriptor(fd)
-        default: throw .system(operation: name, errno: e)
+        default: throw .failed(name, errno: e)
         }
     }
 
+    /// EPOLL_CTL_ADD for `fd` (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
-        try ctl(0, fd, registration, "epoll_ctl(ADD)")
+        do {
+            try ctl(rd_EPOLL_CTL_ADD, fd, registration, "epoll_ctl(ADD)")
+        } catch .system(_, EEXIST) {
+            // This very file is still in the set under this number: registered earlier, its number
+            // closed while a dup kept the file open, deregistered (DEL could not reach it), and now
+            // put back on the same number. Its stale entry is ours to update.
+            try ctl(rd_EPOLL_CTL_MOD, fd, registration, "epoll_ctl(MOD)")
+        }
     }
 
+    /// EPOLL_CTL_MOD for `fd`, re-arming it (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         var changed = new
         changed.generation = old.generation
         do {
-            try ctl(1, fd, changed, "epoll_ctl(MOD)")
+            try ctl(rd_EPOLL_CTL_MOD, fd, changed, "epoll_ctl(MOD)")
         } catch .system(_, ENOENT) {
-            // Not in the kernel's set (dropped by a rebuild while disarmed): add it back.
-            try ctl(0, fd, changed, "epoll_ctl(ADD)")
+            // Not in the kernel's set: dropped by a rebuild while disarmed, or the registered file was
+            // closed and the number now names another one. reregister applies the registration to
+            // the file the number names now (Docs/Contract.md, "reregister").
+            try ctl(rd_EPOLL_CTL_ADD, fd, changed, "epoll_ctl(ADD)")
         }
     }
 
+    /// EPOLL_CTL_DEL for `fd`, tolerating a closed descriptor (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
-        guard rd_epoll_ctl(epfd, 2, fd, 0, 0) != 0 else { return }
+        guard rd_epoll_ctl(epfd, rd_EPOLL_CTL_DEL, fd, 0, 0) != 0 else { return }
         let e = errno
         // Closed while registered (the kernel already forgot it), or a different file now has the
         // number: either way nothing of ours is left to remove under that number.
         if e == EBADF || e == ENOENT || e == EPERM { return }
-        throw .system(operation: "epoll_ctl(DEL)", errno: e)
+        throw .failed("epoll_ctl(DEL)", errno: e)
     }
 
+    /// One epoll_wait of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
+        // A rebuild that failed before is retried; failing again, the wait still delivers what the
+        // old set reports (below, a foreign event with nothing else to deliver throws instead).
+        if rebuildPending { try? rebuild(table) }
         if events.capacity > nativeCapacity { try growNative(events.capacity) }
         let n = rd_epoll_wait(epfd, native, CInt(events.capacity), timeout.milliseconds)
         if n < 0 {
             if errno == EINTR { return .interrupted }
-            throw .system(operation: "epoll_wait", errno: errno)
+            throw .failed("epoll_wait", errno: errno)
         }
         var sawForeign = false
         for i in 0..<Int(n) {
@@ -129,36 +160,60 @@ public final class EpollSeam: PollerSeam {
             if registration.trigger == .oneShot { table.update(fd) { $0.armed = false } }
             events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
         }
-        if sawForeign { try rebuild(table) }
+        if sawForeign {
+            rebuildPending = true
+            do {
+                try rebuild(table)
+            } catch {
+                // Deliver what was gathered (one-shot registrations are already disarmed); the next
+                // wait retries. With nothing to deliver, say why rather than spin on the stale file.
+                if events.isEmpty { throw error }
+            }
+        }
         return .events(events.count)
     }
 
     /// Replaces the epoll set by a new one holding exactly the live registrations, under the same
-    /// descriptor number (dup3), so a file that lingers through a dup stops firing.
+    /// descriptor number (dup3), so a file that lingers through a dup stops firing. The new set is the
+    /// spare made in advance; a new spare is made once the old set's descriptor is released.
     private func rebuild(_ table: RegistrationTable) throws(PollerError) {
-        let fresh = rd_epoll_create()
-        guard fresh >= 0 else { throw .system(operation: "epoll_create1", errno: errno) }
-        defer { Sys.close(fresh) }
-        _ = rd_epoll_ctl(fresh, 0, waker.fd, rd_EPOLLIN, Self.wakerData)
+        if spare < 0 {
+            spare = rd_epoll_create()
+            guard spare >= 0 else { throw .failed("epoll_create1", errno: errno) }
+        }
+        let fresh = spare
+        spare = -1
+        _ = rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, waker.fd, rd_EPOLLIN, Self.wakerData)
         for fd in table.descriptors {
             guard let r = table[fd], r.isActive else { continue }
-            _ = rd_epoll_ctl(fresh, 0, fd, Self.bits(r), Self.data(fd, r))
+            _ = rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, fd, Self.bits(r), Self.data(fd, r))
         }
-        guard rd_epoll_replace(fresh, epfd) >= 0 else { throw .system(operation: "dup3", errno: errno) }
+        // dup3 closes the old set (releasing its file) and puts the new one under the old number.
+        let replaced = rd_epoll_replace(fresh, epfd) >= 0
+        let e = errno
+        Sys.close(fresh)
+        // The next spare takes the number `fresh` just released. If that fails, the next rebuild
+        // makes one when it needs it.
+        spare = rd_epoll_create()
+        guard replaced else { throw .failed("dup3", errno: e) }
+        rebuildPending = false
     }
 
     private func growNative(_ capacity: Int) throws(PollerError) {
         guard let grown = rd_epoll_events_allocate(CInt(capacity)) else {
-            throw .system(operation: "calloc", errno: ENOMEM)
+            throw .failed("calloc", errno: ENOMEM)
         }
         rd_epoll_events_free(native)
         native = grown
         nativeCapacity = capacity
     }
 
+    /// Closes the epoll descriptor.
     public func close() {
         if epfd >= 0 { Sys.close(epfd) }
+        if spare >= 0 { Sys.close(spare) }
         epfd = -1
+        spare = -1
     }
 
     deinit {

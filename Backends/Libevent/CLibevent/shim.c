@@ -1,7 +1,12 @@
+// Compiled only with the Libevent trait (Package.swift defines READINESS_LIBEVENT); without it, empty.
+#ifdef READINESS_LIBEVENT
 #include <sys/select.h>
+#include <sys/eventfd.h>
 #include "CLibevent.h"
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -13,6 +18,8 @@ struct rd_lev {
     int *fired_fd;
     short *fired_what;
     int fired, capacity;
+    /* A reinit hit a fatal error: the base is half rebuilt and must not be used or freed. */
+    int broken;
 };
 
 struct rd_lev_reg {
@@ -22,8 +29,41 @@ struct rd_lev_reg {
 };
 
 static void rd_lev_quiet(int severity, const char *msg) { (void)severity; (void)msg; }
+
+/* libevent ends the process on a "fatal" error (exit(1) after its fatal callback), and creating a base
+ * is one: its signal pipe failing with EMFILE is fatal in poll_init/select_init. A library must never
+ * end its host. Base creation checks first that the descriptors it needs are there; should another
+ * thread take them in between, the fatal callback jumps back out of libevent to this thread's
+ * creation, which fails with EMFILE (leaking the half-made base's memory, never the process). Outside
+ * a guarded creation the callback returns, and libevent does what it always did. */
+static __thread jmp_buf *rd_lev_escape;
+static void rd_lev_fatal(int code) {
+    (void)code;
+    if (rd_lev_escape) longjmp(*rd_lev_escape, 1);
+}
+
 static pthread_once_t rd_lev_once = PTHREAD_ONCE_INIT;
-static void rd_lev_setup(void) { event_set_log_callback(rd_lev_quiet); }
+static void rd_lev_setup(void) {
+    event_set_log_callback(rd_lev_quiet);
+    event_set_fatal_callback(rd_lev_fatal);
+}
+
+/* The most descriptors a base takes: the method's own (epoll set, its timerfd) and the signal pipe. */
+enum { RD_LEV_BASE_DESCRIPTORS = 4 };
+
+/* 0 when `count` descriptors can be opened now (they are closed again), else -1 with errno. */
+static int rd_lev_descriptors_available(int count) {
+    int fds[RD_LEV_BASE_DESCRIPTORS];
+    int opened = 0, failure = 0;
+    while (opened < count) {
+        int fd = eventfd(0, EFD_CLOEXEC);
+        if (fd < 0) { failure = errno; break; }
+        fds[opened++] = fd;
+    }
+    while (opened > 0) close(fds[--opened]);
+    if (failure) { errno = failure; return -1; }
+    return 0;
+}
 
 int rd_lev_fd_setsize(void) { return FD_SETSIZE; }
 
@@ -38,23 +78,44 @@ int rd_lev_supports_method(const char *method) {
 
 static void rd_lev_timer_fired(evutil_socket_t fd, short what, void *arg) { (void)fd; (void)what; (void)arg; }
 
-rd_lev *rd_lev_new(const char *method, char *error, int error_length) {
+rd_lev *rd_lev_new(const char *method, char *error, int error_length, int *code) {
     pthread_once(&rd_lev_once, rd_lev_setup);
+    *code = 0;
     if (method && !rd_lev_supports_method(method)) {
         snprintf(error, (size_t)error_length, "libevent %s was built without the %s method", event_get_version(), method);
         return NULL;
     }
+    if (rd_lev_descriptors_available(RD_LEV_BASE_DESCRIPTORS) != 0) {
+        *code = errno;
+        snprintf(error, (size_t)error_length, "no descriptor left for libevent's base: %s", strerror(errno));
+        return NULL;
+    }
     struct event_config *cfg = event_config_new();
-    if (!cfg) { snprintf(error, (size_t)error_length, "event_config_new failed"); return NULL; }
-    event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_IGNORE_ENV);
+    if (!cfg) { *code = ENOMEM; snprintf(error, (size_t)error_length, "event_config_new failed"); return NULL; }
+    /* PRECISE_TIMER: CLOCK_MONOTONIC (and a timerfd for epoll), not the 4 ms coarse clock, so that
+     * timeouts keep the resolution the capabilities state. */
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_IGNORE_ENV | EVENT_BASE_FLAG_PRECISE_TIMER);
     if (method) {
         const char **methods = event_get_supported_methods();
         for (int i = 0; methods && methods[i]; i++)
             if (strcmp(methods[i], method) != 0) event_config_avoid_method(cfg, methods[i]);
     }
-    struct event_base *base = event_base_new_with_config(cfg);
+    jmp_buf escape;
+    struct event_base *volatile base = NULL;
+    if (setjmp(escape) == 0) {
+        rd_lev_escape = &escape;
+        base = event_base_new_with_config(cfg);
+        rd_lev_escape = NULL;
+    } else {
+        rd_lev_escape = NULL;
+        event_config_free(cfg);
+        *code = EMFILE;
+        snprintf(error, (size_t)error_length, "libevent's base creation hit a fatal error (descriptors exhausted)");
+        return NULL;
+    }
     event_config_free(cfg);
     if (!base) {
+        *code = errno == EMFILE || errno == ENFILE || errno == ENOMEM ? errno : 0;
         snprintf(error, (size_t)error_length, "event_base_new_with_config failed for method %s", method ? method : "(default)");
         return NULL;
     }
@@ -73,8 +134,10 @@ rd_lev *rd_lev_new(const char *method, char *error, int error_length) {
 
 void rd_lev_free(rd_lev *lev) {
     if (!lev) return;
-    event_free(lev->timer);
-    event_base_free(lev->base);
+    if (!lev->broken) {
+        event_free(lev->timer);
+        event_base_free(lev->base);
+    }
     free(lev->fired_fd);
     free(lev->fired_what);
     free(lev);
@@ -128,6 +191,7 @@ static short rd_lev_what(int interest, int trigger, int early_close) {
 }
 
 rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int early_close) {
+    if (lev->broken) { errno = EBADFD; return NULL; }
     rd_lev_reg *reg = calloc(1, sizeof *reg);
     if (!reg) { errno = ENOMEM; return NULL; }
     reg->lev = lev;
@@ -145,29 +209,53 @@ rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int e
 }
 
 int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close) {
+    if (reg->lev->broken) { errno = EBADFD; return -1; }
     event_del(reg->ev);
     if (event_assign(reg->ev, reg->lev->base, reg->fd, rd_lev_what(interest, trigger, early_close), rd_lev_fired, reg) != 0)
         return -1;
     return event_add(reg->ev, NULL);
 }
 
-int rd_lev_reinit(rd_lev *lev) { return event_reinit(lev->base); }
+int rd_lev_is_broken(const rd_lev *lev) { return lev->broken; }
+
+int rd_lev_reinit(rd_lev *lev) {
+    if (lev->broken) { errno = EBADFD; return -1; }
+    /* event_reinit closes the method's descriptors before it makes new ones, so it needs none spare;
+     * a fatal error all the same (another thread took them) leaves the base unusable, not the
+     * process ended. */
+    jmp_buf escape;
+    volatile int result = -1;
+    if (setjmp(escape) == 0) {
+        rd_lev_escape = &escape;
+        result = event_reinit(lev->base);
+        rd_lev_escape = NULL;
+    } else {
+        rd_lev_escape = NULL;
+        lev->broken = 1;
+        errno = EMFILE;
+        return -1;
+    }
+    return result;
+}
 
 int rd_lev_reg_reuse(rd_lev_reg *reg, int fd, int interest, int trigger, int early_close) {
     reg->fd = fd;
     return rd_lev_reg_change(reg, interest, trigger, early_close);
 }
 
-void rd_lev_reg_remove(rd_lev_reg *reg) { event_del(reg->ev); }
+void rd_lev_reg_remove(rd_lev_reg *reg) {
+    if (!reg->lev->broken) event_del(reg->ev);
+}
 
 void rd_lev_reg_free(rd_lev_reg *reg) {
     if (!reg) return;
-    event_free(reg->ev); /* event_free deletes it first */
+    if (!reg->lev->broken) event_free(reg->ev); /* event_free deletes it first */
     free(reg);
 }
 
 int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
     lev->fired = 0;
+    if (lev->broken) { errno = EBADFD; return -1; }
     int flags = EVLOOP_ONCE;
     if (timeout_us == 0) {
         flags |= EVLOOP_NONBLOCK;
@@ -185,3 +273,4 @@ int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
 
 int rd_lev_fired_fd(const rd_lev *lev, int i) { return lev->fired_fd[i]; }
 int rd_lev_fired_what(const rd_lev *lev, int i) { return lev->fired_what[i]; }
+#endif // READINESS_LIBEVENT

@@ -1,3 +1,4 @@
+#if Libevent // the package trait; without it this module is empty
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,9 +21,11 @@ import ReadinessCore
 public final class LibeventSeam: PollerSeam {
     /// The kernel method libevent is asked to use.
     public enum Method: String, CaseIterable, Sendable {
+        /// A kernel method libevent can be forced to use.
         case epoll, poll, select
     }
 
+    /// What this libevent poller can do (its method decides).
     public let capabilities: Capabilities
     /// The method libevent reports it uses (`event_base_get_method`).
     public let method: String
@@ -38,10 +41,22 @@ public final class LibeventSeam: PollerSeam {
     /// poll(2) entries to look at `pending` again, one per registration.
     private var recheck: UnsafeMutablePointer<pollfd>
     private var recheckCapacity = 16
-    /// Per descriptor, the last wait that reported it (no token twice in one wait).
-    private var stamps: [UInt32] = []
-    private var epoch: UInt32 = 0
+    /// Per descriptor, the last wait that reported it (no token twice in one wait). 64 bits: at a
+    /// billion waits a second the epoch would wrap after 584 years, so a stamp is never mistaken.
+    private var stamps: [UInt64] = []
+    private var epoch: UInt64 = 0
     private let checkOpen: Bool
+    /// The epoll method cannot remove a file whose number was closed (or now names another file):
+    /// such a deregistration asks for one `event_reinit`, done by the next wait for all of them.
+    private var reinitPending = false
+    /// For the epoll method: the identity of each registered file (dense order), to tell at
+    /// deregistration whether the number still names it.
+    private var files: [FileIdentity] = []
+    /// libevent's epoll method returns at most this many events per pass at first (its array grows
+    /// when a pass fills it): a pass that fired this many may have left ready events behind.
+    private static let epollFirstBatch = 32
+    /// The most loop passes one wait makes to fill the caller's buffer.
+    private static let maxPasses = 8
 
     /// libevent's version, e.g. "2.1.12-stable".
     public static var version: String { String(cString: rd_lev_version()) }
@@ -49,23 +64,25 @@ public final class LibeventSeam: PollerSeam {
     /// Whether this libevent was built with `method`.
     public static func supports(_ method: Method) -> Bool { rd_lev_supports_method(method.rawValue) != 0 }
 
-    /// - Parameter method: nil lets libevent choose.
+    /// A libevent base using the `requested` method (nil lets libevent choose), woken by `waker`.
     public init(method requested: Method?, waker: Waker) throws(PollerError) {
         let name = requested.map { "libevent:\($0.rawValue)" } ?? "libevent"
         var message = [CChar](repeating: 0, count: 256)
+        var code: CInt = 0
         let made: OpaquePointer? = message.withUnsafeMutableBufferPointer { buffer in
             if let requested {
-                return rd_lev_new(requested.rawValue, buffer.baseAddress, CInt(buffer.count))
+                return rd_lev_new(requested.rawValue, buffer.baseAddress, CInt(buffer.count), &code)
             }
-            return rd_lev_new(nil, buffer.baseAddress, CInt(buffer.count))
+            return rd_lev_new(nil, buffer.baseAddress, CInt(buffer.count), &code)
         }
         guard let made else {
+            if code != 0 { throw .failed("event_base_new(\(name))", errno: code) }
             throw .unavailable(backend: name, reason: String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         guard let wakerReg = rd_lev_reg_new(made, waker.fd, CInt(RD_LEV_READ), CInt(RD_LEV_LEVEL), 0) else {
             let e = errno
             rd_lev_free(made)
-            throw .system(operation: "event_add(waker)", errno: e)
+            throw .failed("event_add(waker)", errno: e)
         }
         lev = made
         recheck = .allocate(capacity: recheckCapacity)
@@ -111,24 +128,26 @@ public final class LibeventSeam: PollerSeam {
         }
     }
 
+    /// Adds an event for `fd`, reusing a released `struct event` when there is one (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
-        guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .system(operation: "realloc", errno: ENOMEM) }
+        guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .failed("realloc", errno: ENOMEM) }
         let interest = CInt(registration.interest.rawValue)
         let reg: OpaquePointer
         if let reused = spare.last {
             // A registration in steady state allocates nothing: removed events are kept and reassigned.
             guard rd_lev_reg_reuse(reused, fd, interest, trigger(registration), earlyClose) == 0 else {
-                throw .system(operation: "event_add", errno: errno)
+                throw .failed("event_add", errno: errno)
             }
             spare.removeLast()
             reg = reused
         } else {
             guard let made = rd_lev_reg_new(lev, fd, interest, trigger(registration), earlyClose) else {
-                throw .system(operation: "event_add", errno: errno)
+                throw .failed("event_add", errno: errno)
             }
             reg = made
         }
         regs.append(reg)
+        if method == "epoll" { files.append(FileIdentity(of: fd)) }
         pending.reserveCapacity(regs.count + 1)
         spare.reserveCapacity(regs.count)
         if regs.count > recheckCapacity {
@@ -139,55 +158,93 @@ public final class LibeventSeam: PollerSeam {
         if Int(fd) >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: Int(fd) + 1 - stamps.count)) }
     }
 
+    /// Re-assigns and re-adds the event of `fd` (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         let reg = regs[Int(old.index)]
         guard rd_lev_reg_change(reg, CInt(new.interest.rawValue), trigger(new), earlyClose) == 0 else {
-            throw .system(operation: "event_add", errno: errno)
+            throw .failed("event_add", errno: errno)
         }
     }
 
+    /// Deletes the event of `fd` and keeps it for reuse (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         let index = Int(registration.index)
+        // libevent's epoll method cannot delete a file whose number was closed first (EBADF) or now
+        // names another file (ENOENT), and ignores both; if a dup keeps the old file open it stays in
+        // the kernel set and fires for ever, making every later loop pass spin. Rebuilding the epoll
+        // set (event_reinit) removes it: once, at the next wait, however many were deregistered.
+        if method == "epoll", files[index] != FileIdentity(of: fd) { reinitPending = true }
         rd_lev_reg_remove(regs[index])
         spare.append(regs[index])
         regs[index] = regs[lastIndex]
         regs.removeLast()
-        dropPending(fd)
-        // libevent's epoll method cannot delete a descriptor that was closed first (EBADF, which it
-        // ignores); if a dup keeps the file open it stays in the kernel set and fires for ever, making
-        // every later loop pass spin. Rebuilding the epoll set (event_reinit) removes it.
-        if method == "epoll", !Sys.isOpen(fd), rd_lev_reinit(lev) != 0 {
-            throw .system(operation: "event_reinit", errno: errno)
+        if method == "epoll" {
+            files[index] = files[lastIndex]
+            files.removeLast()
         }
+        dropPending(fd)
     }
 
+    /// The deferred `event_reinit`. Registered descriptors found closed are dropped first (marked
+    /// stale), since libevent could not re-add them.
+    private func reinit(_ table: inout RegistrationTable) throws(PollerError) {
+        _ = table.markClosedStale { _, registration in rd_lev_reg_remove(regs[Int(registration.index)]) }
+        reinitPending = false
+        // libevent re-adds every event and reports a failure if any re-add failed (a number closed and
+        // reused by an unpollable file: the caller's error, Docs/Contract.md); the others are back, so
+        // only a base left unusable is an error.
+        if rd_lev_reinit(lev) != 0, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: errno) }
+    }
+
+    /// One libevent loop pass of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
+        if reinitPending { try reinit(&table) }
         epoch &+= 1
         if !pending.isEmpty { recheckPending(&table, events) }
         if events.isFull { return .events(events.count) }
 
-        // Something already delivered from the overflow: only look, do not block.
-        let fired = rd_lev_loop(lev, events.isEmpty ? timeout.microseconds : 0)
-        if fired < 0 {
-            let e = errno
-            if !events.isEmpty { return .events(events.count) }
-            if e == EINTR { return .interrupted }
-            if e == EBADF, table.markClosedStale({ rd_lev_reg_remove(regs[Int($1.index)]) }) { return .interrupted }
-            throw .system(operation: "event_base_loop", errno: e)
+        var passes = 0
+        while true {
+            // Something already delivered (overflow, an earlier pass): only look, do not block.
+            let fired = rd_lev_loop(lev, events.isEmpty ? timeout.microseconds : 0)
+            passes += 1
+            if fired < 0 {
+                let e = errno
+                if !events.isEmpty { return .events(events.count) }
+                if e == EINTR { return .interrupted }
+                if e == EBADF, table.markClosedStale({ rd_lev_reg_remove(regs[Int($1.index)]) }) { return .interrupted }
+                throw .failed("event_base_loop", errno: e)
+            }
+            let before = events.count
+            collect(fired, &table, events)
+            // libevent's epoll method hands out at most its array's size per pass (32 at first): while
+            // passes come back that full and the buffer has room, look again, so a wait fills the
+            // buffer as the other backends do. Level events seen twice are reported once (stamps).
+            guard fired >= Self.epollFirstBatch, !events.isFull, events.count > before, passes < Self.maxPasses else { break }
+        }
+        return .events(events.count)
+    }
+
+    /// Turns one pass's fired events into the caller's events. The waker comes first, and is drained
+    /// only when its event fits: an undrained eventfd fires again at the next pass, a drained one
+    /// whose event was refused would be a lost wake-up.
+    private func collect(_ fired: CInt, _ table: inout RegistrationTable, _ events: EventBuffer) {
+        for i in 0..<fired where rd_lev_fired_fd(lev, i) == waker.fd {
+            if !events.isFull, stamp(waker.fd) {
+                waker.drain()
+                events.append(Event(token: .waker, ready: .readable))
+            }
         }
         for i in 0..<fired {
             let fd = rd_lev_fired_fd(lev, i)
-            if fd == waker.fd {
-                waker.drain()
-                if stamp(fd) { events.append(Event(token: .waker, ready: .readable)) }
-            } else if events.isFull {
+            if fd == waker.fd { continue }
+            if events.isFull {
                 if table[fd]?.isActive == true { pending.append(fd) }
             } else {
                 deliver(fd, rd_lev_fired_what(lev, i), &table, events)
             }
         }
-        return .events(events.count)
     }
 
     /// Events that fired when the caller's buffer was full are not reported stale: like epoll, which
@@ -199,7 +256,7 @@ public final class LibeventSeam: PollerSeam {
         for fd in pending {
             guard let r = table[fd], r.isActive else { continue }
             var bits: Int16 = 0
-            if r.interest.contains(.readable) { bits |= Int16(POLLIN) | (earlyClose != 0 ? 0x2000 : 0) }
+            if r.interest.contains(.readable) { bits |= Int16(POLLIN) | (earlyClose != 0 ? Self.pollRDHUP : 0) }
             if r.interest.contains(.writable) { bits |= Int16(POLLOUT) }
             recheck[count] = pollfd(fd: fd, events: bits, revents: 0)
             count += 1
@@ -220,7 +277,7 @@ public final class LibeventSeam: PollerSeam {
                 var what: CInt = 0
                 if entry.revents & Int16(POLLIN) != 0 { what |= CInt(RD_LEV_READ) }
                 if entry.revents & Int16(POLLOUT) != 0 { what |= CInt(RD_LEV_WRITE) }
-                if entry.revents & 0x2000 != 0 { what |= CInt(RD_LEV_CLOSED) }
+                if entry.revents & Self.pollRDHUP != 0 { what |= CInt(RD_LEV_CLOSED) }
                 if entry.revents & Int16(POLLERR | POLLHUP) != 0 { what |= CInt(RD_LEV_READ | RD_LEV_WRITE) }
                 deliver(fd, what, &table, events)
             }
@@ -266,5 +323,28 @@ public final class LibeventSeam: PollerSeam {
     }
 
 
+    /// Linux's POLLRDHUP (needs _GNU_SOURCE, so Glibc does not export it).
+    private static let pollRDHUP: Int16 = 0x2000
+
+    /// Nothing to do: the base is freed when the seam is released.
     public func close() {}
 }
+
+/// Which file a descriptor number names (device and inode), to notice that a number was closed or
+/// now names another file.
+struct FileIdentity: Equatable {
+    let device: UInt64
+    let inode: UInt64
+    /// The identity of the file `fd` names now; a closed descriptor has none (all zero).
+    init(of fd: CInt) {
+        var st = stat()
+        if fstat(fd, &st) == 0 {
+            device = UInt64(st.st_dev)
+            inode = UInt64(st.st_ino)
+        } else {
+            device = 0
+            inode = 0
+        }
+    }
+}
+#endif // Libevent

@@ -8,6 +8,7 @@ import ReadinessCore
 /// (a negative `fd`, which poll ignores); a descriptor closed while registered (POLLNVAL) is hidden
 /// the same way and marked stale.
 public final class PollSeam: PollerSeam {
+    /// What this poll poller can do.
     public let capabilities: Capabilities
     private let waker: Waker
     private var fds: UnsafeMutablePointer<pollfd>
@@ -20,10 +21,12 @@ public final class PollSeam: PollerSeam {
     /// Linux's POLLRDHUP (needs _GNU_SOURCE, so Glibc does not export it).
     static let pollRDHUP: Int16 = 0x2000
 
+    /// poll's capabilities, before a poller exists.
     public static let baseCapabilities = Capabilities(
         name: "poll", edgeTriggered: false, oneShot: .emulated, timeoutResolution: .milliseconds(1),
         maxDescriptor: CInt.max, reportsReadClosed: true, reportsHangupAndError: true)
 
+    /// A poll seam whose first `pollfd` is the waker.
     public init(waker: Waker) {
         capabilities = Self.baseCapabilities
         self.waker = waker
@@ -47,6 +50,7 @@ public final class PollSeam: PollerSeam {
         return pollfd(fd: r.isActive ? fd : -1, events: events, revents: 0)
     }
 
+    /// Appends the `pollfd` of `fd` (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         if used == allocated {
             let grown = UnsafeMutablePointer<pollfd>.allocate(capacity: allocated * 2)
@@ -59,21 +63,24 @@ public final class PollSeam: PollerSeam {
         used += 1
     }
 
+    /// Updates the events of the `pollfd` of `fd` (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         fds[Int(old.index) + 1] = Self.entry(fd, new)
     }
 
+    /// Swap-removes the `pollfd` of `fd` (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         fds[Int(registration.index) + 1] = fds[lastIndex + 1]
         used -= 1
     }
 
+    /// One poll(2) of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         var n = Int(poll(fds, nfds_t(used), timeout.milliseconds))
         if n < 0 {
             if errno == EINTR { return .interrupted }
-            throw .system(operation: "poll", errno: errno)
+            throw .failed("poll", errno: errno)
         }
         if n > 0, fds[0].revents != 0 {
             fds[0].revents = 0
@@ -117,5 +124,6 @@ public final class PollSeam: PollerSeam {
         return .events(events.count)
     }
 
+    /// Nothing to do: poll holds no descriptor of its own.
     public func close() {}
 }

@@ -11,6 +11,7 @@ import ReadinessCore
 /// select fails the whole call with EBADF when one descriptor was closed while registered; the
 /// backend then finds the closed ones (fcntl), marks them stale, drops them from the sets and retries.
 public final class SelectSeam: PollerSeam {
+    /// What this select poller can do.
     public let capabilities: Capabilities
     private let waker: Waker
     private let setBytes: Int
@@ -20,11 +21,13 @@ public final class SelectSeam: PollerSeam {
     private var maxFDDirty = false
     private var rotor = 0
 
+    /// select's capabilities, before a poller exists.
     public static var baseCapabilities: Capabilities {
         Capabilities(name: "select", edgeTriggered: false, oneShot: .emulated, timeoutResolution: .microseconds(1),
                      maxDescriptor: rd_fd_setsize() - 1, reportsReadClosed: false, reportsHangupAndError: false)
     }
 
+    /// A select seam whose master sets hold the waker.
     public init(waker: Waker) throws(PollerError) {
         capabilities = Self.baseCapabilities
         guard waker.fd < rd_fd_setsize() else {
@@ -63,18 +66,22 @@ public final class SelectSeam: PollerSeam {
         if interest.isEmpty, fd == maxFD { maxFDDirty = true }
     }
 
+    /// Adds `fd` to the master sets (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
         apply(fd, registration)
     }
 
+    /// Updates `fd` in the master sets (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         apply(fd, new)
     }
 
+    /// Removes `fd` from the master sets (see `PollerSeam`).
     public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
         apply(fd, nil)
     }
 
+    /// One select(2) of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         if maxFDDirty { recomputeMax(table) }
@@ -87,7 +94,7 @@ public final class SelectSeam: PollerSeam {
             case EINTR: return .interrupted
             case EBADF where table.markClosedStale({ apply($0, $1) }):
                 return .interrupted  // nothing observed yet; the wait loop retries with the time left
-            default: throw .system(operation: "select", errno: errno)
+            default: throw .failed("select", errno: errno)
             }
         }
         if n > 0, rd_fd_isset(waker.fd, workRead) != 0 {
@@ -125,5 +132,6 @@ public final class SelectSeam: PollerSeam {
         maxFDDirty = false
     }
 
+    /// Nothing to do: select holds no descriptor of its own.
     public func close() {}
 }

@@ -8,22 +8,31 @@ public enum ConnectProgress: Sendable, Hashable {
     case inProgress
     /// Connected: the caller now owns `fd` (non-blocking, close-on-exec, no longer registered).
     case connected(ConnectedSocket)
+    /// Failed: the socket is closed; why.
     case failed(ConnectError)
 }
 
 /// A connected socket handed to the caller.
 public struct ConnectedSocket: Sendable, Hashable {
+    /// The connected descriptor, now the caller's.
     public let fd: CInt
+    /// The local address (getsockname), when known.
     public let local: SocketAddress?
+    /// The peer's address (getpeername), when known.
     public let peer: SocketAddress?
 }
 
 /// One step of the state machine, for traces.
 public struct ConnectTraceEntry: Sendable, Hashable, CustomStringConvertible {
+    /// When the input arrived (monotonic nanoseconds).
     public let atNanoseconds: Int64
+    /// What the state machine was fed.
     public let input: ConnectStateMachine.Input
+    /// What it asked the driver to do.
     public let action: ConnectStateMachine.Action
+    /// The state it moved to.
     public let state: ConnectStateMachine.State
+    /// "input -> action [state]".
     public var description: String { "\(input) -> \(action) [\(state)]" }
 }
 
@@ -39,11 +48,15 @@ public struct ConnectTraceEntry: Sendable, Hashable, CustomStringConvertible {
 /// // when attempt.deadline has passed: progress = attempt.checkDeadline()
 /// ```
 public final class ConnectAttempt {
+    /// The address being connected to.
     public let address: SocketAddress
+    /// The token the socket is registered with on the poller.
     public let token: Token
-    /// Monotonic deadline in nanoseconds (``MonotonicClock``), nil for none.
+    /// Monotonic deadline in nanoseconds (``/ReadinessCore/MonotonicClock``), nil for none.
     public let deadline: Int64?
+    /// The state machine this attempt drives.
     public private(set) var machine: ConnectStateMachine
+    /// The socket, or -1 before it is created and after it is handed over or closed.
     public private(set) var fd: CInt = -1
     /// The machine's steps, when tracing was asked for.
     public private(set) var trace: [ConnectTraceEntry] = []
@@ -54,6 +67,7 @@ public final class ConnectAttempt {
     private var finalProgress: ConnectProgress?
     private var names: (local: SocketAddress?, peer: SocketAddress?) = (nil, nil)
 
+    /// An attempt to connect to `address` on `poller` under `token`; nothing happens until ``start()``.
     public init(to address: SocketAddress, poller: any Poller, token: Token, timeout: Duration?,
                 localAddress: SocketAddress? = nil, syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                 trace: Bool = false) {
@@ -64,7 +78,7 @@ public final class ConnectAttempt {
         self.localAddress = localAddress
         tracing = trace
         machine = ConnectStateMachine(address: address)
-        deadline = timeout.map { MonotonicClock.nowNanoseconds + $0.clampedNanoseconds }
+        deadline = timeout.map { MonotonicClock.deadline(after: $0.clampedNanoseconds) }
     }
 
     /// Whether the attempt has finished (connected, failed or cancelled).
@@ -74,16 +88,15 @@ public final class ConnectAttempt {
     public func start() -> ConnectProgress {
         guard machine.state == .idle else { return finalProgress ?? .inProgress }
         let made = syscalls.socket(domain: address.domain)
-        guard made.fd >= 0 else {
-            return finish(.failed(ConnectError(errno: made.errno, address: address)))
-        }
+        // Every ending goes through the machine, so that `isFinished` and the trace say so too.
+        guard made.fd >= 0 else { return feed(.setupFailed(errno: made.errno != 0 ? made.errno : EINVAL)) }
         fd = made.fd
         if let localAddress {
             let e = syscalls.bind(fd, to: localAddress)
             if e != 0 {
                 syscalls.close(fd)
                 fd = -1
-                return finish(.failed(ConnectError(errno: e, address: address)))
+                return feed(.setupFailed(errno: e))
             }
         }
         return feed(.connectReturned(errno: syscalls.connect(fd, to: address)))

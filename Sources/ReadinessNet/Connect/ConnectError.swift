@@ -4,6 +4,7 @@ import Glibc
 
 /// Why a connect failed: a cause a caller can act on, the errno behind it, and the address.
 public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, in terms a caller can act on.
     public enum Cause: String, Hashable, Sendable, Codable {
         /// ECONNREFUSED: nothing listens there.
         case refused
@@ -23,6 +24,9 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case noSuchPath
         /// EACCES, EPERM: a firewall rule or file permissions forbid it.
         case permissionDenied
+        /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of descriptors or memory.
+        /// Nothing is wrong with the destination: retry once something was released.
+        case resourceExhausted
         /// The caller cancelled the attempt.
         case cancelled
         /// The poller failed (see ``ConnectError/pollerError``).
@@ -31,15 +35,18 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case other
     }
 
+    /// What went wrong.
     public var cause: Cause
     /// The errno that proved the failure (nil for timeouts, cancels and self-connects).
     public var errno: CInt?
+    /// The address that failed, when known.
     public var address: SocketAddress?
     /// The poller's error, for ``Cause/poller``.
     public var pollerError: PollerError?
     /// For a connect over several addresses: every attempt's error, in order.
     public var attempts: [ConnectError]
 
+    /// An error with its cause and whatever else is known.
     public init(_ cause: Cause, errno: CInt? = nil, address: SocketAddress? = nil,
                 pollerError: PollerError? = nil, attempts: [ConnectError] = []) {
         self.cause = cause
@@ -60,6 +67,7 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case EAGAIN: family == .unix ? .backlogFull : .addressUnavailable
         case EADDRNOTAVAIL: .addressUnavailable
         case EACCES, EPERM: .permissionDenied
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM: .resourceExhausted
         default: .other
         }
     }
@@ -69,8 +77,10 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         self.init(Self.cause(of: code, family: address?.family), errno: code, address: address)
     }
 
+    /// The symbolic name of ``errno`` ("ECONNREFUSED"), if any.
     public var errnoName: String? { errno.map(Errno.name) }
 
+    /// The cause, errno and address on one line.
     public var description: String {
         var text = cause.rawValue
         if let errno { text += " (\(Errno.name(errno)): \(Errno.message(errno)))" }

@@ -11,6 +11,7 @@ import Glibc
 /// is a successful one whose peer already wrote. Completion is decided only by `SO_ERROR` (and, when
 /// that is 0, by `getpeername`).
 public struct ConnectStateMachine: Sendable, Hashable {
+    /// Where a connect stands.
     public enum State: Hashable, Sendable {
         /// connect(2) not yet called.
         case idle
@@ -20,10 +21,14 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case readingSocketError
         /// SO_ERROR was 0: reading the peer and local addresses.
         case readingAddresses
+        /// Connected and confirmed by SO_ERROR and getpeername.
         case connected
+        /// Failed; why.
         case failed(ConnectError)
+        /// Cancelled by the caller.
         case cancelled
 
+        /// True once connected, failed or cancelled.
         public var isFinal: Bool {
             switch self {
             case .connected, .failed, .cancelled: true
@@ -40,20 +45,28 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case callFailed(CInt)
     }
 
+    /// What the driver feeds the state machine.
     public enum Input: Hashable, Sendable {
+        /// socket(2) or bind(2) failed with `errno` before connect could be called (EMFILE,
+        /// EAFNOSUPPORT, EADDRINUSE, ...): the attempt ends at once, with that errno.
+        case setupFailed(errno: CInt)
         /// connect(2) returned 0 (`errno` 0) or failed with `errno`.
         case connectReturned(errno: CInt)
         /// The poller registration for writability failed.
         case registrationFailed(PollerError)
         /// The poller reported the socket; any readiness, even writable, only means "go and look".
         case woke(Ready)
+        /// What getsockopt(SO_ERROR) gave.
         case socketError(SocketErrorResult)
         /// getpeername's errno (0: connected) with both addresses when it succeeded.
         case addresses(peerErrno: CInt, local: SocketAddress?, peer: SocketAddress?)
+        /// The deadline passed.
         case deadlinePassed
+        /// The caller cancelled.
         case cancel
     }
 
+    /// What the state machine asks the driver to do next.
     public enum Action: Hashable, Sendable {
         /// Register the socket for writability (the wake-up of a finished connect).
         case registerForWritable
@@ -73,12 +86,16 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case none
     }
 
+    /// The current state.
     public private(set) var state: State = .idle
     /// Whether the socket is registered with the poller (so the end must deregister it first).
     public private(set) var isRegistered = false
+    /// The address being connected to, for errors.
     public let address: SocketAddress?
+    /// Its family, which decides how some errnos are read (Unix-domain EAGAIN).
     public let family: SocketAddress.Family?
 
+    /// A machine in ``State-swift.enum/idle`` for `address`.
     public init(address: SocketAddress?) {
         self.address = address
         family = address?.family
@@ -94,6 +111,10 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case (_, .deadlinePassed):
             return fail(ConnectError(.timedOut, address: address))
 
+        // Rule 1: no socket (or no local address): the attempt is over, with the errno that said so.
+        case (.idle, .setupFailed(let e)):
+            return fail(ConnectError(errno: e, address: address))
+
         // Rule 2: connected at once (Unix-domain, sometimes loopback): still confirm with SO_ERROR.
         case (.idle, .connectReturned(0)):
             state = .readingSocketError
@@ -106,10 +127,8 @@ public struct ConnectStateMachine: Sendable, Hashable {
         case (.idle, .connectReturned(let e)):
             return fail(ConnectError(errno: e, address: address))
 
-        case (.waiting, .registrationFailed(let error)):
-            return fail(ConnectError(.poller, address: address, pollerError: error))
-        case (.readingAddresses, .registrationFailed(let error)):
-            return fail(ConnectError(.poller, address: address, pollerError: error))
+        case (.waiting, .registrationFailed(let error)), (.readingAddresses, .registrationFailed(let error)):
+            return fail(ConnectError(error.isResourceExhausted ? .resourceExhausted : .poller, address: address, pollerError: error))
 
         // Rule 3: any wake-up means "go and look".
         case (.waiting, .woke):
@@ -153,6 +172,7 @@ public struct ConnectStateMachine: Sendable, Hashable {
 }
 
 extension ConnectStateMachine.State: CustomStringConvertible {
+    /// The state's name, for traces.
     public var description: String {
         switch self {
         case .idle: "idle"
@@ -167,8 +187,10 @@ extension ConnectStateMachine.State: CustomStringConvertible {
 }
 
 extension ConnectStateMachine.Input: CustomStringConvertible {
+    /// The input, for traces.
     public var description: String {
         switch self {
+        case .setupFailed(let e): "socket()/bind() = -1 \(Errno.name(e))"
         case .connectReturned(0): "connect() = 0"
         case .connectReturned(let e): "connect() = -1 \(Errno.name(e))"
         case .registrationFailed(let error): "register failed: \(error)"
@@ -184,6 +206,7 @@ extension ConnectStateMachine.Input: CustomStringConvertible {
 }
 
 extension ConnectStateMachine.Action: CustomStringConvertible {
+    /// The action, for traces.
     public var description: String {
         switch self {
         case .registerForWritable: "register for writable"

@@ -8,23 +8,32 @@ import Glibc
 public protocol ConnectSyscalls {
     /// A non-blocking, close-on-exec stream socket: the descriptor, or -1 and an errno.
     func socket(domain: CInt) -> (fd: CInt, errno: CInt)
+    /// Binds `fd` to `address` (the self-connect test): 0 or an errno.
     func bind(_ fd: CInt, to address: SocketAddress) -> CInt
+    /// connect(2): 0 or an errno.
     func connect(_ fd: CInt, to address: SocketAddress) -> CInt
+    /// getsockopt(SOL_SOCKET, SO_ERROR), in either convention.
     func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult
+    /// getpeername: 0 and the address, or an errno.
     func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?)
+    /// getsockname: 0 and the address, or an errno.
     func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?)
+    /// Closes `fd`.
     func close(_ fd: CInt)
 }
 
 /// The real system calls.
 public struct SystemConnectSyscalls: ConnectSyscalls {
+    /// The real system calls.
     public init() {}
 
+    /// socket(2) with SOCK_NONBLOCK and SOCK_CLOEXEC.
     public func socket(domain: CInt) -> (fd: CInt, errno: CInt) {
         let fd = Glibc.socket(domain, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
         return (fd, fd < 0 ? errno : 0)
     }
 
+    /// bind(2), with SO_REUSEADDR for IP addresses.
     public func bind(_ fd: CInt, to address: SocketAddress) -> CInt {
         if address.family != .unix {
             var one: CInt = 1
@@ -39,23 +48,27 @@ public struct SystemConnectSyscalls: ConnectSyscalls {
         address.withSockaddr { Glibc.connect(fd, $0, $1) } == 0 ? 0 : errno
     }
 
+    /// getsockopt(SOL_SOCKET, SO_ERROR).
     public func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult {
         var value: CInt = 0
         var length = socklen_t(MemoryLayout<CInt>.size)
         return getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length) == 0 ? .value(value) : .callFailed(errno)
     }
 
+    /// getpeername(2).
     public func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) {
         var address = SocketAddress()
         let status = address.withMutableSockaddr { getpeername(fd, $0, $1) }
         return status == 0 ? (0, address) : (errno, nil)
     }
 
+    /// getsockname(2).
     public func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) {
         var address = SocketAddress()
         let status = address.withMutableSockaddr { getsockname(fd, $0, $1) }
         return status == 0 ? (0, address) : (errno, nil)
     }
 
+    /// close(2).
     public func close(_ fd: CInt) { Sys.close(fd) }
 }

@@ -11,6 +11,7 @@ public enum HostConnectError: Error, Sendable, CustomStringConvertible {
     /// Every address failed (the error lists each attempt).
     case connect(ConnectError)
 
+    /// A one-line text for logs.
     public var description: String {
         switch self {
         case .invalid(let error): "\(error)"

@@ -22,6 +22,7 @@
 /// Tokens: `tokenBase` is its timer token; attempt `i` uses `tokenBase + 1 + i`, up to
 /// ``Options/maximumAttempts``.
 public final class HappyEyeballs {
+    /// The RFC 8305 parameters and limits.
     public struct Options: Sendable {
         /// The connection attempt delay (RFC 8305 section 5; 250 ms recommended).
         public var attemptDelay: Duration = .milliseconds(250)
@@ -31,11 +32,13 @@ public final class HappyEyeballs {
         public var attemptTimeout: Duration? = .seconds(10)
         /// The most addresses tried; further ones are ignored.
         public var maximumAttempts = 16
+        /// The RFC's recommended values, a 10 s attempt timeout, at most 16 attempts.
         public init() {}
     }
 
     /// Where it stands.
     public enum Progress {
+        /// Still resolving or connecting: keep passing it its events and timers.
         case inProgress
         /// The winner: the caller owns the socket (no longer registered).
         case connected(ConnectedSocket)
@@ -44,6 +47,7 @@ public final class HappyEyeballs {
         /// The name did not resolve to any address.
         case unresolved(ResolutionError)
 
+        /// True for ``inProgress``.
         public var isInProgress: Bool {
             if case .inProgress = self { return true }
             return false
@@ -52,6 +56,7 @@ public final class HappyEyeballs {
 
     /// Every attempt started so far, in start order.
     public private(set) var attempts: [ConnectAttempt] = []
+    /// The parameters it runs with.
     public let options: Options
     /// Its timer token; attempts use the tokens after it.
     public let tokenBase: Token
@@ -139,6 +144,7 @@ public final class HappyEyeballs {
         return attempts.contains { $0.token == token }
     }
 
+    /// Whether it has ended (connected, failed, unresolved or cancelled).
     public var isFinished: Bool { outcome != nil }
 
     /// Starts: the first attempt, or waits for the resolution.

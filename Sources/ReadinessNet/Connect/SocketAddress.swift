@@ -4,18 +4,31 @@ import Glibc
 
 /// An IPv4, IPv6 or Unix-domain socket address, stored inline (no allocation).
 public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
-    public enum Family: String, Sendable, Codable { case ipv4, ipv6, unix }
+    /// The address family.
+    public enum Family: String, Sendable, Codable {
+        /// AF_INET.
+        case ipv4
+        /// AF_INET6.
+        case ipv6
+        /// AF_UNIX.
+        case unix
+    }
 
     private var storage = sockaddr_storage()
+    /// The length of the stored `sockaddr`.
     public private(set) var length: socklen_t = 0
 
     /// Errors of parsing or resolving an address.
     public struct ParseError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// The text that was parsed.
         public let text: String
+        /// Why it is invalid.
         public let reason: String
+        /// The text and the reason.
         public var description: String { "invalid address \"\(text)\": \(reason)" }
     }
 
+    /// IPv4, IPv6 or Unix-domain.
     public var family: Family {
         switch CInt(storage.ss_family) {
         case AF_INET6: .ipv6
@@ -155,6 +168,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return out
     }
 
+    /// An empty address (family unspecified), for the kernel to fill.
     public init() {}
 
     /// Calls `body` with a pointer to the address and its length.
@@ -185,6 +199,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// "1.2.3.4:80", "[::1]:80" or "unix:/path".
     public var description: String {
         withUnsafeBytes(of: storage) { raw -> String in
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
@@ -210,6 +225,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// Equal when the stored bytes are equal.
     public static func == (a: SocketAddress, b: SocketAddress) -> Bool {
         guard a.length == b.length else { return false }
         return withUnsafeBytes(of: a.storage) { x in
@@ -217,6 +233,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Hashes the stored bytes.
     public func hash(into hasher: inout Hasher) {
         withUnsafeBytes(of: storage) { raw in hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw[0..<Int(length)])) }
     }

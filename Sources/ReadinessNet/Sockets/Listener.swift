@@ -23,6 +23,7 @@ public final class Listener {
     public let address: SocketAddress
     /// The descriptor, or -1 once closed.
     public private(set) var fd: CInt
+    /// The back-off delays used when out of descriptors.
     public let backoff: AcceptBackoff
     /// Whether ``accept()`` is backing off (the listener is deregistered meanwhile).
     public private(set) var isBackingOff = false
@@ -49,7 +50,9 @@ public final class Listener {
         /// by a process that died). A live listener's path gives ``SocketError/Kind/addressInUse``,
         /// anything that is not a socket ``SocketError/Kind/pathNotSocket``; neither is removed.
         public var removeStaleUnixSocket = true
+        /// The delays of the out-of-descriptors back-off.
         public var backoff = AcceptBackoff()
+        /// The defaults: SOMAXCONN backlog, SO_REUSEADDR on, SO_REUSEPORT off, stale Unix sockets removed.
         public init() {}
     }
 
@@ -186,7 +189,7 @@ public enum AcceptResult {
     /// Nothing queued: wait for the listener's readability.
     case wouldBlock
     /// Out of descriptors or memory: the listener is deregistered until ``Listener/resume()``; call it
-    /// at this monotonic time (nanoseconds, ``MonotonicClock``) or when a descriptor is freed.
+    /// at this monotonic time (nanoseconds, ``/ReadinessCore/MonotonicClock``) or when a descriptor is freed.
     case backingOff(until: Int64)
 }
 
@@ -196,6 +199,7 @@ public struct AcceptBackoff: Sendable, Hashable {
     public var initial: Duration
     /// The longest delay (each further exhaustion doubles it up to this).
     public var maximum: Duration
+    /// Delays from `initial`, doubling up to `maximum`.
     public init(initial: Duration = .milliseconds(10), maximum: Duration = .seconds(1)) {
         self.initial = initial
         self.maximum = maximum

@@ -4,6 +4,7 @@ import Glibc
 
 /// Why a socket operation failed: a kind a caller can act on, the errno behind it and the call.
 public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, in terms a caller acts on.
     public enum Kind: String, Hashable, Sendable, Codable {
         /// ECONNRESET, EPIPE: the peer reset the connection, or it is closed for writing.
         case reset
@@ -29,12 +30,14 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case other
     }
 
+    /// What went wrong.
     public var kind: Kind
     /// The errno that proved it (nil for errors this layer decides, such as ``Kind/pathNotSocket``).
     public var errno: CInt?
     /// The system call or operation ("accept", "send", "bind").
     public var operation: String
 
+    /// An error of a known kind.
     public init(_ kind: Kind, errno: CInt? = nil, operation: String) {
         self.kind = kind
         self.errno = errno
@@ -62,8 +65,10 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The errno's symbolic name ("ECONNRESET"), if there is an errno.
     public var errnoName: String? { errno.map(Errno.name) }
 
+    /// A one-line text for logs.
     public var description: String {
         var text = "\(operation): \(kind.rawValue)"
         if let errno { text += " (\(Errno.name(errno)): \(Errno.message(errno)))" }
@@ -90,5 +95,6 @@ public enum IOResult: Hashable, Sendable {
 
 /// A direction to shut down.
 public enum ShutdownDirection: Sendable, Hashable {
+    /// SHUT_RD, SHUT_WR, SHUT_RDWR.
     case read, write, both
 }

@@ -9,7 +9,7 @@ import CReadinessNet
 ///   the object is released.
 /// - Registering through ``register(on:token:interest:trigger:)`` makes ``close()`` deregister the
 ///   descriptor **before** closing it (the contract's order), so a loop never has to remember.
-/// - ``read(into:)`` and ``write(_:)`` return an ``IOResult`` (bytes, would block, end of stream) and
+/// - `read(into:)` and `write(_:)` return an ``IOResult`` (bytes, would block, end of stream) and
 ///   throw a ``SocketError``; EINTR is retried inside; a write to a reset peer never raises SIGPIPE
 ///   (`MSG_NOSIGNAL`), it fails with ``SocketError/Kind/reset``.
 ///
@@ -33,6 +33,7 @@ public final class StreamSocket {
 
     deinit { close() }
 
+    /// Whether ``close()`` or ``release()`` has been called.
     public var isClosed: Bool { fd < 0 }
 
     // MARK: Registration
@@ -161,7 +162,9 @@ public final class StreamSocket {
 
     // MARK: Addresses and options
 
+    /// The local address (getsockname), nil once closed.
     public var localAddress: SocketAddress? { try? SocketAddress.local(of: fd) }
+    /// The peer's address (getpeername), nil once closed or not connected.
     public var peerAddress: SocketAddress? { try? SocketAddress.peer(of: fd) }
 
     /// The pending error (SO_ERROR), read and cleared; nil when there is none.
@@ -230,6 +233,7 @@ public struct KeepAlive: Hashable, Sendable {
     /// Unanswered probes before the connection is dropped (reads then fail with ``SocketError/Kind/aborted``).
     public var probes: Int
 
+    /// Keep-alive timings (the kernel counts whole seconds, at least 1).
     public init(idle: Duration = .seconds(60), interval: Duration = .seconds(10), probes: Int = 6) {
         self.idle = idle
         self.interval = interval

@@ -1,4 +1,4 @@
-/// Monotonic deadlines in nanoseconds (``MonotonicClock``), with saturating arithmetic.
+/// Monotonic deadlines in nanoseconds (``/ReadinessCore/MonotonicClock``), with saturating arithmetic.
 public enum Deadline {
     /// `now + duration`, saturating at `Int64.max` (a deadline that never comes).
     @inlinable
@@ -57,6 +57,7 @@ public final class Timers {
 
     /// Pending timers.
     public var count: Int { heap.count }
+    /// Whether no timer is pending.
     public var isEmpty: Bool { heap.isEmpty }
 
     /// The earliest pending deadline.

@@ -9,13 +9,14 @@ static const uint32_t rd_EPOLLIN = EPOLLIN, rd_EPOLLOUT = EPOLLOUT, rd_EPOLLRDHU
 
 static inline int rd_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
-/// op: 0 add, 1 modify, 2 delete.
+static const int rd_EPOLL_CTL_ADD = EPOLL_CTL_ADD, rd_EPOLL_CTL_MOD = EPOLL_CTL_MOD, rd_EPOLL_CTL_DEL = EPOLL_CTL_DEL;
+
+/// epoll_ctl with the event built here (the packed struct epoll_event stays in C).
 static inline int rd_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
-    static const int ops[3] = {EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL};
     struct epoll_event ev;
     ev.events = events;
     ev.data.u64 = data;
-    return epoll_ctl(epfd, ops[op], fd, &ev);
+    return epoll_ctl(epfd, op, fd, &ev);
 }
 
 /// An array of `count` epoll_events (opaque to Swift).

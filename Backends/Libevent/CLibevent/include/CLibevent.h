@@ -20,8 +20,9 @@ const char *rd_lev_version(void);
 /// 1 if libevent was built with this method ("epoll", "poll", "select", ...).
 int rd_lev_supports_method(const char *method);
 /// A base that uses exactly `method` (NULL: libevent's own choice), ignoring EVENT_* environment
-/// variables. NULL on failure, with a reason in `error`.
-rd_lev *rd_lev_new(const char *method, char *error, int error_length);
+/// variables, with precise timers. NULL on failure, with a reason in `error` and, when the cause is
+/// an exhausted resource, its errno in `code` (else 0). Never ends the process.
+rd_lev *rd_lev_new(const char *method, char *error, int error_length, int *code);
 void rd_lev_free(rd_lev *lev);
 /// event_base_get_method.
 const char *rd_lev_method(const rd_lev *lev);
@@ -40,6 +41,8 @@ int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_clos
 void rd_lev_reg_free(rd_lev_reg *reg);
 /// event_reinit: rebuilds the method's kernel state (its epoll set) from the registered events.
 int rd_lev_reinit(rd_lev *lev);
+/// 1 when a reinit hit a fatal error and the base can no longer be used.
+int rd_lev_is_broken(const rd_lev *lev);
 /// Removes from the base without freeing (a descriptor found closed).
 void rd_lev_reg_remove(rd_lev_reg *reg);
 

@@ -240,11 +240,18 @@ func runConfiguration(
             log("  \(pad(r.contender.name, 30)) n/a: \(skipped)")
         } else {
             let unit = scenario == 3 ? "conn/s" : "ns"
-            log("  \(pad(r.contender.name, 30)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  \(scenario == 3 ? "allocs/conn" : "allocs/wait") \((scenario == 3 ? r.allocationsPerUnit : r.allocationsPerWait).map { format($0, decimals: 2) } ?? "-")  on-CPU \(fixed(Double(r.cpuNanoseconds) / Double(max(1, r.wallNanoseconds)) * 100, 0))%")
+            log("  \(pad(r.contender.name, 30)) median \(format(Stats.median(r.values))) \(unit)  [\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))]  \(debugLabel)\(scenario == 3 ? "allocs/conn" : "allocs/wait") \((scenario == 3 ? r.allocationsPerUnit : r.allocationsPerWait).map { format($0, decimals: 2) } ?? "-")  on-CPU \(fixed(Double(r.cpuNanoseconds) / Double(max(1, r.wallNanoseconds)) * 100, 0))%")
         }
     }
     return results
 }
+
+/// Allocation figures of a debug build are labelled as such (see main.swift).
+#if DEBUG
+let debugLabel = "debug-build "
+#else
+let debugLabel = ""
+#endif
 
 func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s : s + String(repeating: " ", count: width - s.count)

@@ -165,11 +165,11 @@ struct Report {
             let group = rows.filter { $0.parameters == parameters }
             md += "### \(parameters)\n\n"
             if scenario == 3 {
-                md += "| Contender | median conn/s | spread (p10–p90) | × raw C | × libevent | × SwiftNIO | allocs/conn | failed |\n"
+                md += "| Contender | median conn/s | spread (p10–p90) | × raw C | × libevent | × SwiftNIO | \(debugLabel)allocs/conn | failed |\n"
                 md += "|---|--:|--:|--:|--:|--:|--:|--:|\n"
             } else {
                 let unit = scenario == 2 ? "ns per write+wait+read" : "ns per event"
-                let allocs = scenario == 4 ? "allocs/event" : "allocs/wait"
+                let allocs = debugLabel + (scenario == 4 ? "allocs/event" : "allocs/wait")
                 md += "| Contender | median \(unit) | spread (p10–p90) | × raw C | × libevent | \(allocs) | events/wait |\n"
                 md += "|---|--:|--:|--:|--:|--:|--:|\n"
             }

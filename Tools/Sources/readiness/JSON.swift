@@ -7,3 +7,8 @@ func printJSON<T: Encodable>(_ value: T) throws {
     let data = try encoder.encode(value)
     print(String(decoding: data, as: UTF8.self))
 }
+
+/// Prints a line to standard error (diagnostics, failures), keeping standard output for results.
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}

@@ -31,6 +31,7 @@ struct BackendsCommand: ParsableCommand {
         }
         if json {
             try printJSON(rows)
+            if report.failure != nil { throw ExitCode(1) }
             return
         }
         for row in rows {
@@ -41,6 +42,9 @@ struct BackendsCommand: ParsableCommand {
             }
             print("    \(row.chosen ? "chosen" : "skipped"): \(row.reason)")
         }
-        if let failure = report.failure { print("error: \(failure)") }
+        if let failure = report.failure {
+            printError("error: \(failure)")
+            throw ExitCode(1)
+        }
     }
 }

@@ -13,9 +13,14 @@ struct ConformanceCommand: ParsableCommand {
     @Option(help: "Only scenarios whose id starts with this prefix.") var only: String?
     @Option(help: "Random differential scripts to run on all chosen backends (0: none).") var differential = 50
     @Option(help: "First seed of the differential scripts.") var seed: UInt64 = 1
+    @Flag(help: "Run only the differential scripts, no scenario.") var differentialOnly = false
+    @Option(help: "Print the differential script of this seed and exit.") var showScript: UInt64?
     @Flag(help: "Only list the scenarios (Markdown), without running them.") var list = false
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Print a Markdown table.") var markdown = false
+
+    /// Steps per differential script.
+    static let scriptLength = 30
 
     struct Cell: Encodable {
         let outcome: String
@@ -42,8 +47,15 @@ struct ConformanceCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let showScript {
+            for (index, step) in Differential.script(seed: showScript, length: Self.scriptLength).enumerated() { print("\(index + 1). \(step)") }
+            return
+        }
         let chosen = try backendNames.isEmpty ? Backend.available : backendNames.map { name throws(SelectionError) in try Backend.named(name) }
-        let scenarios = Conformance.scenarios.filter { only == nil || $0.id.hasPrefix(only!) }
+        let scenarios = differentialOnly ? [] : Conformance.scenarios.filter { only == nil || $0.id.hasPrefix(only!) }
+        if let only, scenarios.isEmpty, !differentialOnly {
+            throw ValidationError("no scenario id starts with \"\(only)\" (see --list)")
+        }
         if list {
             for scenario in scenarios {
                 let needs = scenario.requirements.map(\.reason).joined(separator: "; ")
@@ -59,7 +71,7 @@ struct ConformanceCommand: ParsableCommand {
         var differences: [String] = []
         if contenders.count > 1 {
             for offset in 0..<UInt64(max(0, differential)) {
-                if let failure = Differential.check(seed: seed + offset, length: 30, contenders: contenders) {
+                if let failure = Differential.check(seed: seed + offset, length: Self.scriptLength, contenders: contenders) {
                     differences.append(failure.description)
                 }
             }

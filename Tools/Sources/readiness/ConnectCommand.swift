@@ -8,8 +8,12 @@ struct ConnectCommand: ParsableCommand {
 
     @Argument(help: "HOST:PORT, [IPv6]:PORT or unix:PATH") var target: String
     @Option(help: "Backend name (default: READINESS_BACKEND or the best available).") var backend: String?
-    @Option(help: "Timeout in milliseconds.") var timeout: Int = 5000
+    @Option(parsing: .unconditional, help: "Timeout in milliseconds (0 or more).") var timeout: Int = 5000
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard timeout >= 0 else { throw ValidationError("--timeout must not be negative (got \(timeout))") }
+    }
 
     struct Output: Encodable {
         let target: String
@@ -36,8 +40,10 @@ struct ConnectCommand: ParsableCommand {
         let elapsed = { Double(MonotonicClock.nowNanoseconds - start) / 1e6 }
         do {
             let socket = try Connector.run(attempts, on: poller, attemptDelay: .milliseconds(250))
+            // The attempt reads its local name only where a self-connect is possible: ask here.
+            let local = socket.local ?? (try? SocketAddress.local(of: socket.fd))
             Sys.close(socket.fd)
-            output = Output(target: target, backend: chosen.name, connected: true, local: socket.local?.description,
+            output = Output(target: target, backend: chosen.name, connected: true, local: local?.description,
                             peer: socket.peer?.description, error: nil, cause: nil, errno: nil,
                             elapsedMilliseconds: elapsed(), attempts: attempts.map(\.address.description),
                             trace: Self.trace(attempts, since: start))
@@ -50,9 +56,10 @@ struct ConnectCommand: ParsableCommand {
         if json {
             try printJSON(output)
         } else {
-            print(output.connected ? "connected \(output.local ?? "?") -> \(output.peer ?? "?")" : "failed: \(output.error ?? "")")
-            print("backend: \(output.backend), elapsed: \(String(format: "%.3f", output.elapsedMilliseconds)) ms")
-            for line in output.trace { print("  \(line)") }
+            let report: (String) -> Void = output.connected ? { print($0) } : { printError($0) }
+            report(output.connected ? "connected \(output.local ?? "?") -> \(output.peer ?? "?")" : "failed: \(output.error ?? "")")
+            report("backend: \(output.backend), elapsed: \(String(format: "%.3f", output.elapsedMilliseconds)) ms")
+            for line in output.trace { report("  \(line)") }
         }
         if !output.connected { throw ExitCode(1) }
     }

@@ -1,0 +1,103 @@
+import Glibc
+@testable import Readiness
+import Testing
+
+/// The start API: one call, one error type, and selection that probes each backend once.
+@Suite("Start")
+struct StartTests {
+    private func probes() -> Int { Backend.probeCache.withLock { $0.probes } }
+
+    @Test("makeDefaultPoller returns a ready poller of the default backend")
+    func ready() throws {
+        let poller = try Backend.makeDefaultPoller(environment: [:])
+        defer { try? poller.close() }
+        #expect(poller.capabilities.name == Backend.all.first { $0.probe() == nil }?.name)
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        try poller.register(fds[0], token: 1, interest: .writable)
+        let events = EventBuffer(capacity: 4)
+        #expect(try poller.wait(into: events, timeout: .seconds(1)) == 1)
+    }
+
+    @Test("every start failure is a PollerError naming the backend and saying why")
+    func oneErrorType() {
+        // An unknown name.
+        do {
+            _ = try Backend.makeDefaultPoller(environment: [Backend.environmentVariable: "kqueue"])
+            Issue.record("kqueue should be unknown")
+        } catch {
+            // `error` is statically a PollerError: the same type register and wait throw.
+            guard case .unavailable(let backend, let reason) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(backend == "kqueue")
+            #expect(reason.contains("valid names"))
+            for known in Backend.all { #expect(reason.contains(known.name)) }
+        }
+        // A start and a misuse caught by one catch.
+        func start() throws(PollerError) {
+            let poller = try Backend.makeDefaultPoller(environment: [:])
+            defer { try? poller.close() }
+            try poller.register(-1, token: 1, interest: .readable)
+        }
+        #expect(throws: PollerError.invalidDescriptor(-1)) { try start() }
+    }
+
+    @Test("SelectionError converts to the PollerError makeDefaultPoller throws")
+    func conversion() {
+        let unknown = SelectionError.unknownName("x", valid: ["epoll"])
+        #expect(unknown.pollerError == .unavailable(backend: "x", reason: unknown.description))
+        let missing = SelectionError.requestedUnavailable("libevent", "not built in (trait Libevent off)")
+        #expect(missing.pollerError == .unavailable(backend: "libevent", reason: missing.description))
+        #expect(SelectionError.creationFailed("epoll", .closed).pollerError == .closed)
+    }
+
+    @Test("selection probes each backend once per process, then answers from the cache")
+    func cached() throws {
+        _ = Backend.selection(environment: [:])          // every backend probed (or already cached)
+        let before = probes()
+        for _ in 0..<20 {
+            _ = try Backend.default(environment: [:])
+            _ = Backend.selection(environment: [:])
+            _ = Backend.available
+            for backend in Backend.all { _ = backend.probe() }
+        }
+        #expect(probes() == before)
+        // The report still gives every backend's reason.
+        let report = Backend.selection(environment: [:])
+        #expect(report.entries.count == Backend.all.count)
+        #expect(report.chosen != nil)
+    }
+
+    @Test("default() probes only up to the backend it returns")
+    func lazyDefault() throws {
+        let saved = Backend.probeCache.withLock { cache in
+            let saved = cache.verdicts
+            cache.verdicts = [:]
+            return saved
+        }
+        defer { Backend.probeCache.withLock { $0.verdicts.merge(saved) { current, _ in current } } }
+        let before = probes()
+        let chosen = try Backend.default(environment: [:])
+        let index = try #require(Backend.all.firstIndex(of: chosen))
+        #expect(probes() - before == index + 1)
+        _ = try Backend.default(environment: [Backend.environmentVariable: "poll"])
+        #expect(probes() - before == max(index + 1, 2))
+    }
+
+    #if !Libevent
+    @Test("without the Libevent trait, libevent is listed and says why it is unavailable")
+    func libeventOff() {
+        #expect(!Backend.libeventBuiltIn)
+        let report = Backend.selection(environment: [:])
+        for entry in report.entries where entry.backend.name.hasPrefix("libevent") {
+            #expect(entry.verdict == .skipped("unavailable: backend \(entry.backend.name) is unavailable: not built in (trait Libevent off)"))
+        }
+        #expect(throws: PollerError.unavailable(backend: "libevent", reason: "not built in (trait Libevent off)")) {
+            try Backend.libevent.makePoller()
+        }
+    }
+    #endif
+}
