@@ -131,8 +131,12 @@ struct ListenerTests {
     }
 }
 
+/// A Unix socket path under $TMPDIR (make test points it into .build), or /tmp where that is too long
+/// for sun_path.
 func tempPath(_ name: String) -> String {
-    let path = "/tmp/readiness-test-\(getpid())-\(name).sock"
+    let file = "readiness-test-\(getpid())-\(name).sock"
+    let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+    let path = directory.utf8.count + file.utf8.count < 100 ? directory + "/" + file : "/tmp/" + file
     unlink(path)
     return path
 }
