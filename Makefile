@@ -1,18 +1,18 @@
 # Readiness: `make run` (the main job: the conformance suite on every backend) and `make test`.
-# Both install what is missing first (libevent-dev, pkg-config) through apt.
+# Both install what is missing first (libevent-dev, pkg-config, and nginx-light for the HTTP example's test) through apt.
 
 SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run tool test check sanitize deps build bench bench-smoke docs clean
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net docs clean
 
 deps:
-	@if pkg-config --exists libevent 2>/dev/null; then :; \
+	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "Installing libevent-dev and pkg-config through apt..."; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config \
-	    || { echo "error: could not install libevent-dev (need root or sudo). Install it by hand: apt-get install libevent-dev pkg-config" >&2; exit 1; }; \
+	  echo "Installing libevent-dev, pkg-config and nginx-light (the HTTP example's peer) through apt..."; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light \
+	    || { echo "error: could not install libevent-dev and nginx-light (need root or sudo). Install them by hand: apt-get install libevent-dev pkg-config nginx-light" >&2; exit 1; }; \
 	else \
 	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
 	fi
@@ -61,13 +61,23 @@ bench-smoke: deps
 	$(SWIFT) build --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build
 	Tests/Benchmarks/.build/debug/readiness-bench --tiny
 
+# The socket layer's figures (Docs/Sockets.md): the release examples against nginx beside `ab -k`, the
+# echo example beside the same server on SwiftNIO, accept while out of descriptors, allocations.
+bench-net: deps
+	@command -v ab >/dev/null 2>&1 || { echo "Installing apache2-utils (ab) through apt..."; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq apache2-utils || echo "warning: no ab; its row is skipped"; }
+	$(SWIFT) build -c release --product readiness-echo
+	$(SWIFT) build -c release --product readiness-http-load
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-net-bench
+	Tests/Benchmarks/.build/release/readiness-net-bench --examples $$($(SWIFT) build -c release --show-bin-path)
+
 # DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
 # catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so
 # each article has one copy: its Docs/ page. A Docs/ page without a link gets one here. .ci/doc-check
 # first fails on any public declaration without a doc comment. swift-docc-plugin is declared only
 # with READINESS_DOCS=1 (Package.swift), so dependents never resolve it.
 # (Every backend folder's Readiness* target: a new backend is documented without editing this line.)
-DOC_TARGETS := Readiness ReadinessCore $(sort $(notdir $(wildcard Backends/*/Readiness*)))
+DOC_TARGETS := Readiness ReadinessCore ReadinessNet $(sort $(notdir $(wildcard Backends/*/Readiness*)))
 DOCS_ARCHIVE := .build-docs/plugins/Swift-DocC/outputs/Readiness.doccarchive
 docs: deps
 	@for page in Docs/*.md; do \

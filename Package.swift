@@ -34,6 +34,10 @@ let package = Package(
         .target(name: "CReadinessCore", path: "Sources/CReadinessCore"),
         .target(name: "ReadinessCore", dependencies: ["CReadinessCore"], path: "Sources/ReadinessCore",
                 swiftSettings: strict),
+        // Sockets, listeners, timers and connect (Happy Eyeballs, resolution): the layer above the contract.
+        .target(name: "CReadinessNet", path: "Sources/CReadinessNet"),
+        .target(name: "ReadinessNet", dependencies: ["ReadinessCore", "CReadinessNet"], path: "Sources/ReadinessNet",
+                swiftSettings: strict),
 
         // Backends: one folder each, depending only on the core (and their own C shim).
         .target(name: "CEpoll", path: "Backends/Epoll/CEpoll"),
@@ -63,7 +67,7 @@ let package = Package(
 
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
-                dependencies: ["ReadinessCore", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
+                dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
                                "ReadinessIOUring",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
@@ -73,6 +77,11 @@ let package = Package(
         .executableTarget(name: "readiness", dependencies: ["Readiness", "ReadinessConformance"],
                           path: "Sources/readiness", swiftSettings: strict),
 
+        // Examples written only against `import Readiness`; the tests run them on every backend.
+        .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
+                          swiftSettings: strict),
+        .executableTarget(name: "readiness-http-load", dependencies: ["Readiness"],
+                          path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
                     path: "Tests/ReadinessTests", swiftSettings: strict),
         // The tool's command-line parser (in process) and the built tool run as a user runs it.

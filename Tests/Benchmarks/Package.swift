@@ -18,6 +18,7 @@ let package = Package(
     name: "ReadinessBenchmarks",
     products: [
         .executable(name: "readiness-bench", targets: ["readiness-bench"]),
+        .executable(name: "readiness-net-bench", targets: ["readiness-net-bench"]),
     ],
     dependencies: [
         .package(path: "../.."),
@@ -42,6 +43,17 @@ let package = Package(
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Sources/readiness-bench"),
+        // The socket layer's figures (Docs/Sockets.md): the examples against nginx beside ab -k, the echo
+        // example beside the same server on SwiftNIO, accept while out of descriptors, allocations.
+        .executableTarget(
+            name: "readiness-net-bench",
+            dependencies: [
+                .product(name: "Readiness", package: rootIdentity),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Sources/readiness-net-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -52,71 +52,42 @@ public enum Connector {
         return out
     }
 
-    /// Runs `attempts` on `poller`, starting the next after `attemptDelay`; the first to connect wins.
+    /// Runs attempts made by ``makeAttempts(to:on:timeout:syscalls:trace:)`` to completion on a poller
+    /// dedicated to the call: a wait loop around ``HappyEyeballs``, which holds the RFC 8305 logic.
     public static func run(_ attempts: [ConnectAttempt], on poller: any Poller, attemptDelay: Duration) throws(ConnectError) -> ConnectedSocket {
-        let events = EventBuffer(capacity: max(4, attempts.count + 1))
-        let delay = attemptDelay.clampedNanoseconds
-        var started = 0
-        var nextStart = MonotonicClock.nowNanoseconds
-        var errors: [ConnectError?] = Array(repeating: nil, count: attempts.count)
+        let timers = Timers(capacity: attempts.count + 1)
+        let connect = HappyEyeballs(attempts: attempts, poller: poller, timers: timers,
+                                    timerToken: Token(rawValue: Token.waker.rawValue - 1), attemptDelay: attemptDelay)
+        guard case .connected(let socket) = try drive(connect, on: poller, timers: timers, capacity: attempts.count + 1) else {
+            throw ConnectError(.other, errno: EINVAL)  // no address: only a resolution ends this way
+        }
+        return socket
+    }
 
-        func cancelAll(except winner: Int?) {
-            for (index, attempt) in attempts.enumerated() where index != winner { attempt.cancel() }
-        }
-        func record(_ index: Int, _ progress: ConnectProgress) -> ConnectedSocket? {
-            switch progress {
-            case .connected(let socket):
-                cancelAll(except: index)
-                return socket
-            case .failed(let error):
-                errors[index] = error
-                nextStart = MonotonicClock.nowNanoseconds  // a failure starts the next attempt at once
-            case .inProgress:
-                break
-            }
-            return nil
-        }
-        func failure() -> ConnectError {
-            let all = errors.compactMap { $0 }
-            if all.count == 1 { return all[0] }
-            let timedOut = all.contains { $0.cause == .timedOut }
-            var error = all.last ?? ConnectError(.other)
-            if timedOut { error = ConnectError(.timedOut, address: error.address) }
-            error.attempts = all
-            return error
-        }
-
+    /// Waits until `connect` ends: `.connected` or `.unresolved` is returned, a connect failure thrown.
+    static func drive(_ connect: HappyEyeballs, on poller: any Poller, timers: Timers,
+                      capacity: Int) throws(ConnectError) -> HappyEyeballs.Progress {
+        let events = EventBuffer(capacity: max(4, capacity))
+        var progress = connect.start()
         while true {
-            let now = MonotonicClock.nowNanoseconds
-            while started < attempts.count, now >= nextStart {
-                let index = started
-                started += 1
-                nextStart = now.saturatingAdd(delay)
-                if let socket = record(index, attempts[index].start()) { return socket }
+            switch progress {
+            case .connected, .unresolved: return progress
+            case .failed(let error): throw error
+            case .inProgress: break
             }
-            for (index, attempt) in attempts.enumerated() where index < started && !attempt.isFinished {
-                if let socket = record(index, attempt.checkDeadline(now: now)) { return socket }
-            }
-            let live = attempts.prefix(started).contains { !$0.isFinished }
-            if !live && started == attempts.count { throw failure() }
-
-            // Sleep until an event, the next attempt's start, or the nearest deadline.
-            var wake: Int64? = started < attempts.count ? nextStart : nil
-            for attempt in attempts.prefix(started) where !attempt.isFinished {
-                if let deadline = attempt.deadline { wake = min(wake ?? deadline, deadline) }
-            }
-            let timeout = wake.map { Duration.nanoseconds(max(0, $0 - MonotonicClock.nowNanoseconds)) }
             do {
-                try poller.wait(into: events, timeout: timeout)
+                try poller.wait(into: events, timeout: timers.timeout())
             } catch {
-                cancelAll(except: nil)
+                connect.cancel()
                 throw ConnectError(.poller, pollerError: error)
             }
-            for event in events where !event.isWakeup {
-                // Tokens are the attempts' indices; any other token (a caller's) is not ours.
-                guard let index = Int(exactly: event.token.rawValue), index < started,
-                      !attempts[index].isFinished else { continue }
-                if let socket = record(index, attempts[index].handle(event.ready)) { return socket }
+            for event in events where event.isWakeup || connect.owns(event.token) {
+                progress = connect.handle(event)
+                if !progress.isInProgress { break }
+            }
+            let now = MonotonicClock.nowNanoseconds
+            while progress.isInProgress, let token = timers.popDue(now: now) {
+                progress = connect.handleTimer(token, now: now)
             }
         }
     }

@@ -52,7 +52,7 @@ public final class ConnectAttempt {
     public let address: SocketAddress
     /// The token the socket is registered with on the poller.
     public let token: Token
-    /// Monotonic deadline in nanoseconds (``MonotonicClock``), nil for none.
+    /// Monotonic deadline in nanoseconds (``/ReadinessCore/MonotonicClock``), nil for none.
     public let deadline: Int64?
     /// The state machine this attempt drives.
     public private(set) var machine: ConnectStateMachine

@@ -1,0 +1,147 @@
+// readiness-echo: an echo server on the public API only (no Glibc), on any backend.
+//
+//   readiness-echo --port 7000 [--host 127.0.0.1] [--backend epoll] [--connections N]
+//
+// It sends back every byte it receives, on every connection, until the client shuts down its side;
+// with --connections N it exits after N connections have ended, printing a summary line.
+// What it shows: Listener (with the EMFILE back-off), StreamSocket reads and writes that stop reading
+// while a peer does not read (back-pressure), Timers for the back-off, one poller for everything.
+import Readiness
+
+struct Arguments {
+    var host = "127.0.0.1"
+    var port: UInt16 = 7000
+    var backend: Backend?
+    var connections: Int?
+
+    init(_ args: [String]) throws(UsageError) {
+        var rest = args.dropFirst().makeIterator()
+        while let flag = rest.next() {
+            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            switch flag {
+            case "--host": host = value
+            case "--port": port = try UsageError.number(value, flag)
+            case "--backend":
+                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
+            case "--connections": connections = try UsageError.number(value, flag)
+            default: throw UsageError("unknown option \(flag)")
+            }
+        }
+    }
+}
+
+struct UsageError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+    static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {
+        guard let value = T(text) else { throw UsageError("\(flag): not a number: \(text)") }
+        return value
+    }
+}
+
+/// One client: what was read and not yet written back.
+final class Connection {
+    static let bufferSize = 64 * 1024
+    let socket: StreamSocket
+    let token: Token
+    var buffer = [UInt8](repeating: 0, count: Connection.bufferSize)
+    var pending = 0        // bytes in buffer not yet echoed
+    var written = 0        // of those, already written
+    var peerDone = false   // the client shut down its side
+    var echoed = 0
+
+    init(socket: StreamSocket, token: Token) {
+        self.socket = socket
+        self.token = token
+    }
+
+    enum Next { case keep, close }
+
+    /// Reads and echoes until the socket would block. Interest: readable while there is room,
+    /// writable while something is left to write.
+    func service(ready: Ready) throws -> Next {
+        while true {
+            if written < pending {
+                switch try socket.write(buffer, from: written, to: pending) {
+                case .transferred(let n): written += n; echoed += n; continue
+                case .wouldBlock, .endOfStream:
+                    try socket.reregister(token: token, interest: .writable)
+                    return .keep
+                }
+            }
+            pending = 0
+            written = 0
+            if peerDone { return .close }
+            switch try socket.read(into: &buffer) {
+            case .transferred(let n): pending = n
+            case .endOfStream: peerDone = true
+            case .wouldBlock:
+                try socket.reregister(token: token, interest: .readable)
+                return .keep
+            }
+        }
+    }
+}
+
+func serve(_ arguments: Arguments) throws {
+    let backend = try arguments.backend ?? Backend.default()
+    let poller = try backend.makePoller()
+    defer { try? poller.close() }
+    let listener = try Listener(bind: try SocketAddress(ip: arguments.host, port: arguments.port))
+    let listenerToken: Token = 0, resumeToken: Token = 1
+    try listener.register(on: poller, token: listenerToken)
+    let timers = Timers()
+    let events = EventBuffer(capacity: 256)
+    var connections: [UInt64: Connection] = [:]
+    var nextToken: UInt64 = 2
+    var finished = 0, echoed = 0, failures = 0
+
+    func end(_ connection: Connection) throws {
+        connection.socket.close()   // deregisters, then closes
+        connections[connection.token.rawValue] = nil
+        finished += 1
+        echoed += connection.echoed
+        try listener.resume()       // a descriptor is free: stop backing off now
+    }
+
+    while arguments.connections.map({ finished < $0 }) ?? true {
+        try poller.wait(into: events, timeout: timers.timeout())
+        for event in events {
+            if event.token == listenerToken {
+                accepting: while true {
+                    switch try listener.accept() {
+                    case .accepted(let socket, _):
+                        try socket.setNoDelay(true)
+                        let connection = Connection(socket: socket, token: Token(nextToken))
+                        nextToken += 1
+                        try socket.register(on: poller, token: connection.token, interest: .readable)
+                        connections[connection.token.rawValue] = connection
+                    case .wouldBlock:
+                        break accepting
+                    case .backingOff(let until):
+                        timers.schedule(at: until, token: resumeToken)
+                        break accepting
+                    }
+                }
+            } else if let connection = connections[event.token.rawValue] {
+                do {
+                    if try connection.service(ready: event.ready) == .close { try end(connection) }
+                } catch let error as SocketError {
+                    failures += 1
+                    print("connection \(connection.token): \(error)")
+                    try end(connection)
+                }
+            }
+        }
+        while let token = timers.popDue() {
+            if token == resumeToken { try listener.resume() }
+        }
+    }
+    print("connections \(finished) echoed-bytes \(echoed) failures \(failures) backend \(backend.name) accept-backoffs \(listener.exhaustionCount)")
+}
+
+do {
+    try serve(try Arguments(CommandLine.arguments))
+} catch {
+    fatalError("readiness-echo: \(error)")   // a non-zero exit without importing Glibc
+}

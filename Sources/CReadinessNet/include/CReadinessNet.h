@@ -1,0 +1,40 @@
+#ifndef CREADINESS_NET_H
+#define CREADINESS_NET_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+/// Socket constants and calls that Swift's Glibc module does not export (macros from netinet/tcp.h,
+/// _GNU_SOURCE functions) or exports awkwardly. Each returns -1 with errno set on failure.
+
+/// send(2) with MSG_NOSIGNAL: a write to a reset peer fails with EPIPE instead of raising SIGPIPE.
+ssize_t rd_net_send(int fd, const void *bytes, size_t count);
+/// sendmsg(2) of `count` buffers with MSG_NOSIGNAL.
+ssize_t rd_net_sendv(int fd, const struct iovec *buffers, int count);
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC, filling the peer's address.
+int rd_net_accept(int listener, struct sockaddr *address, socklen_t *length);
+/// A stream socket created non-blocking and close-on-exec in one call.
+int rd_net_stream_socket(int domain);
+
+/// Option levels and names.
+int rd_net_ipproto_tcp(void);
+int rd_net_tcp_nodelay(void);
+int rd_net_tcp_keepidle(void);
+int rd_net_tcp_keepintvl(void);
+int rd_net_tcp_keepcnt(void);
+int rd_net_so_reuseport(void);
+int rd_net_ipv6_v6only(void);
+int rd_net_ipproto_ipv6(void);
+/// SO_LINGER: `enabled` 0 turns it off; otherwise close waits up to `seconds` (0: reset at once).
+int rd_net_set_linger(int fd, int enabled, int seconds);
+/// The most buffers one sendmsg takes (IOV_MAX).
+int rd_net_iov_max(void);
+
+/// shutdown(2) directions.
+int rd_net_shut_rd(void);
+int rd_net_shut_wr(void);
+int rd_net_shut_rdwr(void);
+
+#endif

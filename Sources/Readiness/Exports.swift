@@ -1,0 +1,2 @@
+// The socket layer (streams, listeners, timers, connect) is part of what `import Readiness` gives.
+@_exported import ReadinessNet

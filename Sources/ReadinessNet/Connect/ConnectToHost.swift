@@ -1,0 +1,51 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why ``Connector/connect(toHost:on:options:)`` failed.
+public enum HostConnectError: Error, Sendable, CustomStringConvertible {
+    /// `HOST:PORT` could not be parsed.
+    case invalid(SocketAddress.ParseError)
+    /// The name resolved to no address.
+    case unresolved(ResolutionError)
+    /// Every address failed (the error lists each attempt).
+    case connect(ConnectError)
+
+    /// A one-line text for logs.
+    public var description: String {
+        switch self {
+        case .invalid(let error): "\(error)"
+        case .unresolved(let error): "\(error)"
+        case .connect(let error): "\(error)"
+        }
+    }
+}
+
+extension Connector {
+    /// Resolves `HOST:PORT` off this thread (AAAA and A separately, RFC 8305 section 3) and connects in
+    /// the Happy Eyeballs way, on a poller dedicated to the call. Inside your own loop, use
+    /// ``Resolution`` and ``HappyEyeballs`` directly.
+    public static func connect(toHost text: String, on poller: any Poller,
+                               options: HappyEyeballs.Options = HappyEyeballs.Options()) throws(HostConnectError) -> ConnectedSocket {
+        let resolution: Resolution
+        do {
+            resolution = try Resolution(text, waker: poller.waker)
+        } catch {
+            throw .invalid(error)
+        }
+        let timers = Timers()
+        let connect = HappyEyeballs(resolution: resolution, poller: poller, timers: timers, tokenBase: 0, options: options)
+        let progress: HappyEyeballs.Progress
+        do {
+            progress = try drive(connect, on: poller, timers: timers, capacity: options.maximumAttempts + 1)
+        } catch {
+            throw .connect(error)
+        }
+        switch progress {
+        case .connected(let socket): return socket
+        case .unresolved(let error): throw .unresolved(error)
+        case .failed(let error): throw .connect(error)
+        case .inProgress: throw .connect(ConnectError(.other))
+        }
+    }
+}

@@ -1,0 +1,330 @@
+/// A connect over several addresses that runs step by step inside the caller's loop, the way
+/// ``ConnectAttempt`` does for one: RFC 8305 ("Happy Eyeballs version 2").
+///
+/// 1. **Resolution** (when built with a ``Resolution``): AAAA and A are queried separately off the
+///    loop thread. An AAAA answer starts connecting at once; an A answer first waits up to
+///    ``Options/resolutionDelay`` (50 ms) for the AAAA one (section 3). Answers arriving later join
+///    the addresses not yet tried.
+/// 2. **Order**: families alternate, starting with IPv6 after a resolution, or with the first
+///    address's family for a given list (section 4).
+/// 3. **Attempts**: one starts every ``Options/attemptDelay`` (250 ms) while earlier ones go on; a
+///    failure starts the next at once (section 5).
+/// 4. **The first success wins**; every other attempt is cancelled (deregistered, then closed).
+///    When all fail, the error lists every attempt (``ConnectError/attempts``).
+///
+/// The loop gives it what concerns it, and it never waits or consumes other events:
+/// ```swift
+/// let connect = HappyEyeballs(resolution: resolution, poller: poller, timers: timers, tokenBase: 100)
+/// var progress = connect.start()
+/// // an event whose token connect.owns(_:), or the waker's event: progress = connect.handle(event)
+/// // a timer token connect.owns(_:) popped from timers:            progress = connect.handleTimer(token)
+/// ```
+/// Tokens: `tokenBase` is its timer token; attempt `i` uses `tokenBase + 1 + i`, up to
+/// ``Options/maximumAttempts``.
+public final class HappyEyeballs {
+    /// The RFC 8305 parameters and limits.
+    public struct Options: Sendable {
+        /// The connection attempt delay (RFC 8305 section 5; 250 ms recommended).
+        public var attemptDelay: Duration = .milliseconds(250)
+        /// How long an A answer waits for the AAAA answer (section 3; 50 ms recommended).
+        public var resolutionDelay: Duration = .milliseconds(50)
+        /// Each attempt's timeout; nil for none.
+        public var attemptTimeout: Duration? = .seconds(10)
+        /// The most addresses tried; further ones are ignored.
+        public var maximumAttempts = 16
+        /// The RFC's recommended values, a 10 s attempt timeout, at most 16 attempts.
+        public init() {}
+    }
+
+    /// Where it stands.
+    public enum Progress {
+        /// Still resolving or connecting: keep passing it its events and timers.
+        case inProgress
+        /// The winner: the caller owns the socket (no longer registered).
+        case connected(ConnectedSocket)
+        /// Every attempt failed; ``ConnectError/attempts`` lists them.
+        case failed(ConnectError)
+        /// The name did not resolve to any address.
+        case unresolved(ResolutionError)
+
+        /// True for ``inProgress``.
+        public var isInProgress: Bool {
+            if case .inProgress = self { return true }
+            return false
+        }
+    }
+
+    /// Every attempt started so far, in start order.
+    public private(set) var attempts: [ConnectAttempt] = []
+    /// The parameters it runs with.
+    public let options: Options
+    /// Its timer token; attempts use the tokens after it.
+    public let tokenBase: Token
+
+    private let poller: any Poller
+    private let timers: Timers
+    private let resolution: Resolution?
+    private var primary: [Pending] = []
+    private var secondary: [Pending] = []
+    private var primaryFamily: SocketAddress.Family?
+    private var nextFromPrimary = true
+    private var deadlineTimers: [TimerID?] = []
+    /// Per attempt: whether it has ended here (its own `isFinished` is not relied on: an attempt whose
+    /// socket() failed reports the failure from start() and is counted as ended by that).
+    private var ended: [Bool] = []
+    private var errors: [ConnectError] = []
+    private var stepTimer: TimerID?
+    /// When the next attempt may start (monotonic ns).
+    private var nextStart: Int64 = .min
+    /// While only the A answer is in: when to stop waiting for AAAA.
+    private var resolutionDelayEnds: Int64?
+    private var resolutionFailure: ResolutionError?
+    private var started = false
+    private var outcome: Progress? {
+        // Ended: answers still to come are of no use, and no lookup thread may wake the poller after.
+        didSet { if outcome != nil { resolution?.cancel() } }
+    }
+    private var tokensUsed = 0
+
+    private enum Pending {
+        case address(SocketAddress)
+        case attempt(ConnectAttempt)
+        var family: SocketAddress.Family {
+            switch self {
+            case .address(let address): address.family
+            case .attempt(let attempt): attempt.address.family
+            }
+        }
+    }
+
+    /// Over addresses already known (tried in RFC 8305 order, the first address's family first).
+    public init(addresses: [SocketAddress], poller: any Poller, timers: Timers, tokenBase: Token,
+                options: Options = Options()) {
+        self.poller = poller
+        self.timers = timers
+        self.tokenBase = tokenBase
+        self.options = options
+        resolution = nil
+        primaryFamily = addresses.first?.family
+        add(addresses.map(Pending.address))
+    }
+
+    /// Over a name being resolved: answers are taken on the poller's wake-up events.
+    public init(resolution: Resolution, poller: any Poller, timers: Timers, tokenBase: Token,
+                options: Options = Options()) {
+        self.poller = poller
+        self.timers = timers
+        self.tokenBase = tokenBase
+        self.options = options
+        self.resolution = resolution
+        primaryFamily = .ipv6
+    }
+
+    /// Over attempts already made (their tokens are theirs; `timerToken` must differ from them),
+    /// started in the order given.
+    public init(attempts: [ConnectAttempt], poller: any Poller, timers: Timers, timerToken: Token,
+                attemptDelay: Duration) {
+        self.poller = poller
+        self.timers = timers
+        tokenBase = timerToken
+        var options = Options()
+        options.attemptDelay = attemptDelay
+        options.maximumAttempts = attempts.count
+        self.options = options
+        resolution = nil
+        primary = attempts.map(Pending.attempt)
+        primaryFamily = attempts.first?.address.family
+    }
+
+    deinit { cancel() }
+
+    /// Whether `token` (of an event or a timer) belongs to this connect.
+    public func owns(_ token: Token) -> Bool {
+        if token == tokenBase { return true }
+        return attempts.contains { $0.token == token }
+    }
+
+    /// Whether it has ended (connected, failed, unresolved or cancelled).
+    public var isFinished: Bool { outcome != nil }
+
+    /// Starts: the first attempt, or waits for the resolution.
+    public func start() -> Progress {
+        guard !started else { return current }
+        started = true
+        if resolution != nil { takeAnswers() }
+        return advance(now: MonotonicClock.nowNanoseconds)
+    }
+
+    /// A poller event: an attempt's readiness, or the waker's event (a resolution answer may be in).
+    public func handle(_ event: Event) -> Progress {
+        guard outcome == nil, started else { return current }
+        if event.isWakeup {
+            if resolution != nil { takeAnswers() }
+        } else if let index = attempts.firstIndex(where: { $0.token == event.token }), !ended[index] {
+            record(index, attempts[index].handle(event.ready))
+            if outcome != nil { return current }
+        }
+        return advance(now: MonotonicClock.nowNanoseconds)
+    }
+
+    /// A timer popped from ``Timers`` whose token it owns.
+    public func handleTimer(_ token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> Progress {
+        guard outcome == nil, started else { return current }
+        if token == tokenBase {
+            stepTimer = nil
+        } else if let index = attempts.firstIndex(where: { $0.token == token }), !ended[index] {
+            deadlineTimers[index] = nil
+            record(index, attempts[index].checkDeadline(now: now))
+            if outcome != nil { return current }
+        }
+        return advance(now: now)
+    }
+
+    /// Cancels every attempt and timer (the winner, once handed over, is the caller's).
+    public func cancel() {
+        for (index, attempt) in attempts.enumerated() where !ended[index] {
+            attempt.cancel()
+            ended[index] = true
+            if let id = deadlineTimers[index] { timers.cancel(id) }
+        }
+        for pending in primary + secondary {
+            if case .attempt(let attempt) = pending { attempt.cancel() }
+        }
+        primary.removeAll()
+        secondary.removeAll()
+        if let stepTimer { timers.cancel(stepTimer) }
+        stepTimer = nil
+        if outcome == nil { outcome = .failed(ConnectError(.cancelled)) }
+    }
+
+    private var current: Progress { outcome ?? .inProgress }
+
+    private func add(_ items: [Pending]) {
+        for item in items {
+            if item.family == primaryFamily { primary.append(item) } else { secondary.append(item) }
+        }
+    }
+
+    private func takeAnswers() {
+        guard let resolution else { return }
+        for answer in resolution.takeAnswers() {
+            switch answer.result {
+            case .success(let addresses):
+                let known = Set(attempts.map(\.address))
+                let fresh = addresses.filter { !known.contains($0) }
+                add(fresh.map(Pending.address))
+                if answer.family == .ipv6 {
+                    resolutionDelayEnds = nil
+                } else if !resolution.isComplete, attempts.isEmpty, resolutionDelayEnds == nil {
+                    // Section 3: the A answer came first; give AAAA a moment.
+                    resolutionDelayEnds = Deadline.after(options.resolutionDelay)
+                }
+            case .failure(let error):
+                resolutionFailure = resolutionFailure ?? error
+                if answer.family == .ipv6 { resolutionDelayEnds = nil }
+            }
+        }
+        if resolution.isComplete { resolutionDelayEnds = nil }
+    }
+
+    private var resolutionPending: Bool { resolution.map { !$0.isComplete } ?? false }
+
+    private func record(_ index: Int, _ progress: ConnectProgress) {
+        switch progress {
+        case .inProgress:
+            return
+        case .connected(let socket):
+            ended[index] = true
+            if let id = deadlineTimers[index] { timers.cancel(id) }
+            deadlineTimers[index] = nil
+            for (other, attempt) in attempts.enumerated() where other != index && !ended[other] {
+                attempt.cancel()
+                ended[other] = true
+            }
+            for timer in deadlineTimers.compactMap({ $0 }) { timers.cancel(timer) }
+            for pending in primary + secondary {
+                if case .attempt(let attempt) = pending { attempt.cancel() }
+            }
+            primary.removeAll()
+            secondary.removeAll()
+            if let stepTimer { timers.cancel(stepTimer) }
+            stepTimer = nil
+            outcome = .connected(socket)
+        case .failed(let error):
+            ended[index] = true
+            if let id = deadlineTimers[index] { timers.cancel(id) }
+            deadlineTimers[index] = nil
+            errors.append(error)
+            nextStart = .min  // section 5: a failure starts the next attempt at once
+        }
+    }
+
+    /// Starts what is due, finishes when nothing is left, and sets the one timer it needs.
+    private func advance(now: Int64) -> Progress {
+        while outcome == nil {
+            let waitingForAAAA = resolutionDelayEnds.map { now < $0 } ?? false
+            let canStart = !waitingForAAAA && now >= nextStart && attempts.count < options.maximumAttempts
+            guard canStart, let next = popNext() else { break }
+            let attempt: ConnectAttempt
+            switch next {
+            case .attempt(let made): attempt = made
+            case .address(let address):
+                tokensUsed += 1
+                attempt = ConnectAttempt(to: address, poller: poller,
+                                         token: Token(rawValue: tokenBase.rawValue &+ UInt64(tokensUsed)),
+                                         timeout: options.attemptTimeout)
+            }
+            attempts.append(attempt)
+            deadlineTimers.append(nil)
+            ended.append(false)
+            nextStart = Deadline.after(options.attemptDelay, now: now)
+            let progress = attempt.start()
+            if case .inProgress = progress {
+                deadlineTimers[attempts.count - 1] = attempt.scheduleDeadline(on: timers)
+            }
+            record(attempts.count - 1, progress)
+        }
+        if let outcome { return outcome }
+
+        let live = ended.contains(false)
+        let queued = (!primary.isEmpty || !secondary.isEmpty) && attempts.count < options.maximumAttempts
+        if !live && !queued && !resolutionPending {
+            outcome = finalFailure()
+            if let stepTimer { timers.cancel(stepTimer) }
+            stepTimer = nil
+            return outcome!
+        }
+        // The one step timer: the next start (if something is queued), or the end of the resolution delay.
+        var wake: Int64?
+        if queued { wake = nextStart }
+        if let ends = resolutionDelayEnds, queued { wake = max(wake ?? ends, ends) }
+        if let stepTimer { timers.cancel(stepTimer) }
+        stepTimer = wake.map { timers.schedule(at: $0, token: tokenBase) }
+        return .inProgress
+    }
+
+    private func popNext() -> Pending? {
+        let preferPrimary = nextFromPrimary
+        let item: Pending
+        if (preferPrimary && !primary.isEmpty) || secondary.isEmpty {
+            guard !primary.isEmpty else { return nil }
+            item = primary.removeFirst()
+            nextFromPrimary = false
+        } else {
+            item = secondary.removeFirst()
+            nextFromPrimary = true
+        }
+        return item
+    }
+
+    private func finalFailure() -> Progress {
+        if errors.isEmpty {
+            return .unresolved(resolutionFailure ?? ResolutionError(host: resolution?.host ?? "", reason: "no address"))
+        }
+        if errors.count == 1 { return .failed(errors[0]) }
+        var error = errors.last!
+        if errors.contains(where: { $0.cause == .timedOut }) { error = ConnectError(.timedOut, address: error.address) }
+        error.attempts = errors
+        return .failed(error)
+    }
+}

@@ -1,0 +1,216 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CReadinessNet
+
+/// A listening TCP (IPv4 or IPv6) or Unix-domain socket.
+///
+/// `accept()` returns non-blocking, close-on-exec ``StreamSocket``s. ECONNABORTED (a client that gave
+/// up while queued), the network errors Linux passes on from a queued connection, and EINTR are not
+/// errors: the next queued connection is taken instead.
+///
+/// **Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM): back off.** The listener
+/// deregisters itself from its poller (so a level-triggered readable listener does not wake the loop
+/// again and again) and ``accept()`` returns ``AcceptResult/backingOff(until:)`` with the monotonic
+/// time to try again; the loop schedules a timer for it (``Timers``) and calls ``resume()`` when it
+/// fires, or earlier when it closes a connection of its own (a descriptor is free). Pending
+/// connections wait in the kernel's accept queue meanwhile and are served once descriptors free up.
+/// The delay starts at ``AcceptBackoff/initial`` and doubles up to ``AcceptBackoff/maximum``; an
+/// accepted connection resets it. Docs/Sockets.md explains why this rather than libuv's reserve
+/// descriptor (which accepts and closes queued clients, so they are never served).
+public final class Listener {
+    /// The bound address (with the port the kernel chose for port 0).
+    public let address: SocketAddress
+    /// The descriptor, or -1 once closed.
+    public private(set) var fd: CInt
+    /// The back-off delays used when out of descriptors.
+    public let backoff: AcceptBackoff
+    /// Whether ``accept()`` is backing off (the listener is deregistered meanwhile).
+    public private(set) var isBackingOff = false
+    /// How many times ``accept()`` ran out of descriptors or memory (for monitoring).
+    public private(set) var exhaustionCount = 0
+    private var currentDelay: Duration
+    private var registration: (poller: any Poller, token: Token)?
+    private var isRegistered = false
+    /// For a Unix-domain listener: the path to unlink on close.
+    private let unixPath: String?
+
+    /// Listener options.
+    public struct Options: Sendable {
+        /// The accept queue's length (the kernel caps it at net.core.somaxconn).
+        public var backlog: CInt = SOMAXCONN
+        /// SO_REUSEADDR (TCP): rebind a port whose old connections are in TIME_WAIT. On by default.
+        public var reuseAddress = true
+        /// SO_REUSEPORT (TCP): several listeners on one port, one per loop thread; the kernel spreads
+        /// connections over them.
+        public var reusePort = false
+        /// IPV6_V6ONLY for an IPv6 address: nil keeps the system default.
+        public var v6Only: Bool? = nil
+        /// Unix-domain path already there: remove it if it is a socket nobody listens on (stale, left
+        /// by a process that died). A live listener's path gives ``SocketError/Kind/addressInUse``,
+        /// anything that is not a socket ``SocketError/Kind/pathNotSocket``; neither is removed.
+        public var removeStaleUnixSocket = true
+        /// The delays of the out-of-descriptors back-off.
+        public var backoff = AcceptBackoff()
+        /// The defaults: SOMAXCONN backlog, SO_REUSEADDR on, SO_REUSEPORT off, stale Unix sockets removed.
+        public init() {}
+    }
+
+    /// Binds and listens.
+    public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
+        let fd = rd_net_stream_socket(address.domain)
+        guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
+        do throws(SocketError) {
+            if address.family != .unix {
+                if options.reuseAddress { try Self.set(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+                if options.reusePort { try Self.set(fd, SOL_SOCKET, rd_net_so_reuseport(), 1, "SO_REUSEPORT") }
+                if address.family == .ipv6, let v6Only = options.v6Only {
+                    try Self.set(fd, rd_net_ipproto_ipv6(), rd_net_ipv6_v6only(), v6Only ? 1 : 0, "IPV6_V6ONLY")
+                }
+            }
+            try Self.bind(fd, to: address, removeStale: options.removeStaleUnixSocket)
+            guard Glibc.listen(fd, options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen") }
+            self.address = address.family == .unix ? address : ((try? SocketAddress.local(of: fd)) ?? address)
+        } catch {
+            Sys.close(fd)
+            throw error
+        }
+        self.fd = fd
+        backoff = options.backoff
+        currentDelay = options.backoff.initial
+        unixPath = address.unixPath
+    }
+
+    deinit { close() }
+
+    /// Registers the listener for readability; while backing off it is deregistered and
+    /// ``resume()`` registers it again with the same token.
+    public func register(on poller: any Poller, token: Token) throws(PollerError) {
+        try poller.register(fd, token: token, interest: .readable, trigger: .level)
+        registration = (poller, token)
+        isRegistered = true
+    }
+
+    /// Deregisters (if registered) and closes; a Unix-domain listener removes its path. Later calls do
+    /// nothing.
+    public func close() {
+        guard fd >= 0 else { return }
+        if let registration, isRegistered { try? registration.poller.deregister(fd) }
+        registration = nil
+        isRegistered = false
+        Sys.close(fd)
+        fd = -1
+        if let unixPath { unlink(unixPath) }
+    }
+
+    /// Accepts one queued connection.
+    public func accept() throws(SocketError) -> AcceptResult {
+        if isBackingOff { return .backingOff(until: retryAt) }
+        var peer = SocketAddress()
+        while true {
+            let client = NetSys.accept(fd, &peer)
+            if client >= 0 {
+                currentDelay = backoff.initial
+                return .accepted(StreamSocket(adopting: client), peer: peer)
+            }
+            let code = errno
+            switch code {
+            case EAGAIN, EWOULDBLOCK:
+                return .wouldBlock
+            case ECONNABORTED, EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH:
+                continue  // that client is gone (accept(2): treat like EAGAIN and retry)
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                return .backingOff(until: startBackoff())
+            default:
+                throw SocketError(errno: code, operation: "accept")
+            }
+        }
+    }
+
+    /// Ends a back-off: registers the listener again so the loop hears of queued connections.
+    /// Call it when the back-off timer fires, or as soon as the loop has freed a descriptor.
+    public func resume() throws(PollerError) {
+        guard isBackingOff else { return }
+        isBackingOff = false
+        if let registration, !isRegistered {
+            try registration.poller.register(fd, token: registration.token, interest: .readable, trigger: .level)
+            isRegistered = true
+        }
+    }
+
+    /// While backing off: when to try again (monotonic ns).
+    private var retryAt: Int64 = 0
+
+    private func startBackoff() -> Int64 {
+        exhaustionCount += 1
+        isBackingOff = true
+        if let registration, isRegistered {
+            try? registration.poller.deregister(fd)
+            isRegistered = false
+        }
+        retryAt = Deadline.after(currentDelay)
+        let doubled = currentDelay * 2
+        currentDelay = doubled > backoff.maximum ? backoff.maximum : doubled
+        return retryAt
+    }
+
+    private static func set(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt, _ what: String) throws(SocketError) {
+        let code = NetSys.setOption(fd, level: level, name: name, value: value)
+        if code != 0 { throw SocketError(errno: code, operation: "setsockopt(\(what))") }
+    }
+
+    private static func bind(_ fd: CInt, to address: SocketAddress, removeStale: Bool) throws(SocketError) {
+        if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 { return }
+        let code = errno
+        guard code == EADDRINUSE, let path = address.unixPath else { throw SocketError(errno: code, operation: "bind") }
+        // A Unix path is there already. Only a socket nobody listens on is removed.
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw SocketError(errno: errno, operation: "bind") }
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw SocketError(.pathNotSocket, operation: "bind \(path)") }
+        guard removeStale, isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(path)") }
+        unlink(path)
+        if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind") }
+    }
+
+    /// A Unix socket path is stale when a connect to it is refused (nobody listens).
+    private static func isStale(_ address: SocketAddress) -> Bool {
+        let probe = rd_net_stream_socket(AF_UNIX)
+        guard probe >= 0 else { return false }
+        defer { Sys.close(probe) }
+        let status = address.withSockaddr { Glibc.connect(probe, $0, $1) }
+        return status != 0 && errno == ECONNREFUSED
+    }
+}
+
+/// What ``Listener/accept()`` did.
+public enum AcceptResult {
+    /// A connection and its peer's address.
+    case accepted(StreamSocket, peer: SocketAddress)
+    /// Nothing queued: wait for the listener's readability.
+    case wouldBlock
+    /// Out of descriptors or memory: the listener is deregistered until ``Listener/resume()``; call it
+    /// at this monotonic time (nanoseconds, ``/ReadinessCore/MonotonicClock``) or when a descriptor is freed.
+    case backingOff(until: Int64)
+}
+
+/// The accept back-off's delays.
+public struct AcceptBackoff: Sendable, Hashable {
+    /// The first delay after an exhaustion.
+    public var initial: Duration
+    /// The longest delay (each further exhaustion doubles it up to this).
+    public var maximum: Duration
+    /// Delays from `initial`, doubling up to `maximum`.
+    public init(initial: Duration = .milliseconds(10), maximum: Duration = .seconds(1)) {
+        self.initial = initial
+        self.maximum = maximum
+    }
+}
+
+extension SocketAddress {
+    /// The path of a Unix-domain address, nil otherwise.
+    public var unixPath: String? {
+        guard family == .unix else { return nil }
+        let text = description
+        return String(text.dropFirst("unix:".count))
+    }
+}

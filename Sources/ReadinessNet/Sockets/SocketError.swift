@@ -1,0 +1,100 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a socket operation failed: a kind a caller can act on, the errno behind it and the call.
+public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, in terms a caller acts on.
+    public enum Kind: String, Hashable, Sendable, Codable {
+        /// ECONNRESET, EPIPE: the peer reset the connection, or it is closed for writing.
+        case reset
+        /// ECONNABORTED, ETIMEDOUT: the connection was aborted (by keep-alive, or before accept).
+        case aborted
+        /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or kernel memory. Back off; retry later.
+        case resourceExhausted
+        /// EADDRINUSE: the address is taken (for a Unix path: a live listener is there).
+        case addressInUse
+        /// EADDRNOTAVAIL: the address is not local.
+        case addressUnavailable
+        /// EACCES, EPERM: a privileged port, or file permissions on a Unix path.
+        case permissionDenied
+        /// ENOTCONN: not connected (or already shut down).
+        case notConnected
+        /// EBADF: the socket was closed (by this object or underneath it).
+        case closed
+        /// ENOENT, ENOTDIR: a Unix path's directory is missing.
+        case noSuchPath
+        /// A Unix path is taken by something that is not a socket; it is never removed.
+        case pathNotSocket
+        /// Any other errno.
+        case other
+    }
+
+    /// What went wrong.
+    public var kind: Kind
+    /// The errno that proved it (nil for errors this layer decides, such as ``Kind/pathNotSocket``).
+    public var errno: CInt?
+    /// The system call or operation ("accept", "send", "bind").
+    public var operation: String
+
+    /// An error of a known kind.
+    public init(_ kind: Kind, errno: CInt? = nil, operation: String) {
+        self.kind = kind
+        self.errno = errno
+        self.operation = operation
+    }
+
+    /// An error for `code` as returned by `operation`, classified by the one errno-to-kind table.
+    public init(errno code: CInt, operation: String) {
+        self.init(Self.kind(of: code), errno: code, operation: operation)
+    }
+
+    /// The one errno-to-kind table.
+    public static func kind(of code: CInt) -> Kind {
+        switch code {
+        case ECONNRESET, EPIPE: .reset
+        case ECONNABORTED, ETIMEDOUT: .aborted
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM: .resourceExhausted
+        case EADDRINUSE: .addressInUse
+        case EADDRNOTAVAIL: .addressUnavailable
+        case EACCES, EPERM: .permissionDenied
+        case ENOTCONN: .notConnected
+        case EBADF: .closed
+        case ENOENT, ENOTDIR: .noSuchPath
+        default: .other
+        }
+    }
+
+    /// The errno's symbolic name ("ECONNRESET"), if there is an errno.
+    public var errnoName: String? { errno.map(Errno.name) }
+
+    /// A one-line text for logs.
+    public var description: String {
+        var text = "\(operation): \(kind.rawValue)"
+        if let errno { text += " (\(Errno.name(errno)): \(Errno.message(errno)))" }
+        return text
+    }
+}
+
+/// What one read or write did. Errors are thrown (``SocketError``); these are the outcomes a loop
+/// handles every time.
+public enum IOResult: Hashable, Sendable {
+    /// This many bytes were read or written (never 0 for a non-empty buffer).
+    case transferred(Int)
+    /// EAGAIN: nothing now; wait for readiness.
+    case wouldBlock
+    /// The peer shut down its sending side (read returned 0). Only reads report it.
+    case endOfStream
+
+    /// The byte count, or 0 for ``wouldBlock`` and ``endOfStream``.
+    @inlinable public var count: Int {
+        if case .transferred(let n) = self { return n }
+        return 0
+    }
+}
+
+/// A direction to shut down.
+public enum ShutdownDirection: Sendable, Hashable {
+    /// SHUT_RD, SHUT_WR, SHUT_RDWR.
+    case read, write, both
+}

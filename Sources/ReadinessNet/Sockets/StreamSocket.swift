@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CReadinessNet
+
+/// A connected TCP or Unix-domain stream socket over a descriptor it owns.
+///
+/// - The descriptor is non-blocking and close-on-exec, and closed exactly once: by ``close()``, or when
+///   the object is released.
+/// - Registering through ``register(on:token:interest:trigger:)`` makes ``close()`` deregister the
+///   descriptor **before** closing it (the contract's order), so a loop never has to remember.
+/// - `read(into:)` and `write(_:)` return an ``IOResult`` (bytes, would block, end of stream) and
+///   throw a ``SocketError``; EINTR is retried inside; a write to a reset peer never raises SIGPIPE
+///   (`MSG_NOSIGNAL`), it fails with ``SocketError/Kind/reset``.
+///
+/// Reads and writes do not allocate. Used from one thread at a time, like the poller.
+public final class StreamSocket {
+    /// The descriptor, or -1 once closed.
+    public private(set) var fd: CInt
+    /// The poller it is registered with through ``register(on:token:interest:trigger:)``, if any.
+    public private(set) var poller: (any Poller)?
+
+    /// Takes ownership of a connected, non-blocking stream socket descriptor.
+    public init(adopting fd: CInt) {
+        precondition(fd >= 0, "StreamSocket needs an open descriptor")
+        self.fd = fd
+    }
+
+    /// Takes ownership of a socket handed over by ``ConnectAttempt`` or ``Connector``.
+    public convenience init(_ connected: ConnectedSocket) {
+        self.init(adopting: connected.fd)
+    }
+
+    deinit { close() }
+
+    /// Whether ``close()`` or ``release()`` has been called.
+    public var isClosed: Bool { fd < 0 }
+
+    // MARK: Registration
+
+    /// Registers the socket with `poller`; ``close()`` will deregister it first.
+    public func register(on poller: any Poller, token: Token, interest: Interest,
+                         trigger: Trigger = .level) throws(PollerError) {
+        try poller.register(fd, token: token, interest: interest, trigger: trigger)
+        self.poller = poller
+    }
+
+    /// Changes the registration made with ``register(on:token:interest:trigger:)``.
+    public func reregister(token: Token, interest: Interest, trigger: Trigger = .level) throws(PollerError) {
+        guard let poller else { throw .notRegistered(fd) }
+        try poller.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+
+    /// Stops watching the socket (it stays open).
+    public func deregister() throws(PollerError) {
+        guard let poller else { return }
+        self.poller = nil
+        try poller.deregister(fd)
+    }
+
+    /// Deregisters (if registered), then closes the descriptor. Later calls do nothing.
+    public func close() {
+        guard fd >= 0 else { return }
+        if let poller {
+            try? poller.deregister(fd)
+            self.poller = nil
+        }
+        Sys.close(fd)
+        fd = -1
+    }
+
+    /// Gives the descriptor up: the caller owns it from now on (deregistered first).
+    public func release() -> CInt {
+        if poller != nil { try? deregister() }
+        let out = fd
+        fd = -1
+        return out
+    }
+
+    // MARK: Reading and writing
+
+    /// Reads up to `buffer.count` bytes.
+    @inlinable
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
+        try readImpl(buffer)
+    }
+
+    /// Reads up to `buffer.count` bytes into the start of `buffer` (its count does not change).
+    public func read(into buffer: inout [UInt8]) throws(SocketError) -> IOResult {
+        let outcome = buffer.withUnsafeMutableBytes { raw in
+            Result { () throws(SocketError) -> IOResult in try readImpl(raw) }
+        }
+        return try outcome.get()
+    }
+
+    /// Writes as much of `buffer` as the socket takes now.
+    @inlinable
+    public func write(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> IOResult {
+        try writeImpl(buffer)
+    }
+
+    /// Writes as much of `bytes[offset..<end]` (end: the whole array) as the socket takes now.
+    public func write(_ bytes: [UInt8], from offset: Int = 0, to end: Int? = nil) throws(SocketError) -> IOResult {
+        let outcome = bytes.withUnsafeBytes { raw in
+            Result { () throws(SocketError) -> IOResult in
+                try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset..<(end ?? raw.count)]))
+            }
+        }
+        return try outcome.get()
+    }
+
+    /// Writes several buffers in one system call (sendmsg), as much as the socket takes now; at most
+    /// ``maximumVectoredBuffers`` buffers are written by one call. The iovec array is on the stack
+    /// (inlinable, so it is specialized for the caller's collection and allocates nothing).
+    @inlinable
+    public func write(vectored buffers: some Collection<UnsafeRawBufferPointer>) throws(SocketError) -> IOResult {
+        let count = Swift.min(buffers.count, Self.maximumVectoredBuffers)
+        if count == 0 { return .transferred(0) }
+        let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { iov -> Int in
+            var index = 0
+            for buffer in buffers {
+                if index == count { break }
+                iov[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
+                index += 1
+            }
+            return sendv(iov.baseAddress!, count)
+        }
+        return try vectoredResult(n)
+    }
+
+    @usableFromInline
+    func sendv(_ iov: UnsafePointer<iovec>, _ count: Int) -> Int { NetSys.sendv(fd, iov, count) }
+
+    @usableFromInline
+    func vectoredResult(_ n: Int) throws(SocketError) -> IOResult {
+        try NetSys.result(n, operation: "sendmsg", isRead: false)
+    }
+
+    /// The most buffers one vectored write takes (IOV_MAX).
+    public static let maximumVectoredBuffers = Int(rd_net_iov_max())
+
+    @usableFromInline
+    func readImpl(_ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
+        try NetSys.result(NetSys.read(fd, buffer), operation: "read", isRead: true)
+    }
+
+    @usableFromInline
+    func writeImpl(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> IOResult {
+        if buffer.isEmpty { return .transferred(0) }
+        return try NetSys.result(NetSys.send(fd, buffer), operation: "send", isRead: false)
+    }
+
+    /// Shuts down one direction or both; the descriptor stays open.
+    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
+        let how: CInt = switch direction {
+        case .read: rd_net_shut_rd()
+        case .write: rd_net_shut_wr()
+        case .both: rd_net_shut_rdwr()
+        }
+        if Glibc.shutdown(fd, how) != 0 { throw SocketError(errno: errno, operation: "shutdown") }
+    }
+
+    // MARK: Addresses and options
+
+    /// The local address (getsockname), nil once closed.
+    public var localAddress: SocketAddress? { try? SocketAddress.local(of: fd) }
+    /// The peer's address (getpeername), nil once closed or not connected.
+    public var peerAddress: SocketAddress? { try? SocketAddress.peer(of: fd) }
+
+    /// The pending error (SO_ERROR), read and cleared; nil when there is none.
+    public func takePendingError() -> SocketError? {
+        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_ERROR) {
+        case .success(0): return nil
+        case .success(let code): return SocketError(errno: code, operation: "SO_ERROR")
+        case .failure(let error): return error
+        }
+    }
+
+    /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). TCP only.
+    public func setNoDelay(_ enabled: Bool) throws(SocketError) {
+        try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_nodelay(), enabled ? 1 : 0, "TCP_NODELAY")
+    }
+
+    /// SO_KEEPALIVE and its timings (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT); nil turns it off.
+    public func setKeepAlive(_ keepAlive: KeepAlive?) throws(SocketError) {
+        guard let keepAlive else {
+            try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 0, "SO_KEEPALIVE")
+            return
+        }
+        try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 1, "SO_KEEPALIVE")
+        try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepidle(), KeepAlive.seconds(keepAlive.idle), "TCP_KEEPIDLE")
+        try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepintvl(), KeepAlive.seconds(keepAlive.interval), "TCP_KEEPINTVL")
+        try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepcnt(), CInt(clamping: keepAlive.probes), "TCP_KEEPCNT")
+    }
+
+    /// SO_RCVBUF (the kernel doubles the value it is given, and clamps it to net.core.rmem_max).
+    public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
+        try set(level: SOL_SOCKET, name: SO_RCVBUF, CInt(clamping: bytes), "SO_RCVBUF")
+    }
+
+    /// SO_SNDBUF (doubled and clamped like ``setReceiveBufferSize(_:)``).
+    public func setSendBufferSize(_ bytes: Int) throws(SocketError) {
+        try set(level: SOL_SOCKET, name: SO_SNDBUF, CInt(clamping: bytes), "SO_SNDBUF")
+    }
+
+    /// The receive buffer size the kernel uses.
+    public func receiveBufferSize() throws(SocketError) -> Int {
+        try Int(NetSys.option(fd, level: SOL_SOCKET, name: SO_RCVBUF).get())
+    }
+
+    /// SO_LINGER.
+    public func setLinger(_ linger: Linger) throws(SocketError) {
+        let status: CInt = switch linger {
+        case .off: rd_net_set_linger(fd, 0, 0)
+        case .resetOnClose: rd_net_set_linger(fd, 1, 0)
+        case .wait(let duration): rd_net_set_linger(fd, 1, KeepAlive.seconds(duration))
+        }
+        if status != 0 { throw SocketError(errno: errno, operation: "SO_LINGER") }
+    }
+
+    private func set(level: CInt, name: CInt, _ value: CInt, _ operation: String) throws(SocketError) {
+        let code = NetSys.setOption(fd, level: level, name: name, value: value)
+        if code != 0 { throw SocketError(errno: code, operation: "setsockopt(\(operation))") }
+    }
+}
+
+/// TCP keep-alive timings.
+public struct KeepAlive: Hashable, Sendable {
+    /// Idle time before the first probe.
+    public var idle: Duration
+    /// Time between probes.
+    public var interval: Duration
+    /// Unanswered probes before the connection is dropped (reads then fail with ``SocketError/Kind/aborted``).
+    public var probes: Int
+
+    /// Keep-alive timings (the kernel counts whole seconds, at least 1).
+    public init(idle: Duration = .seconds(60), interval: Duration = .seconds(10), probes: Int = 6) {
+        self.idle = idle
+        self.interval = interval
+        self.probes = probes
+    }
+
+    /// Whole seconds, at least 1 (the kernel's unit and minimum), saturating.
+    static func seconds(_ duration: Duration) -> CInt {
+        let seconds = duration.components.seconds
+        return CInt(clamping: Swift.max(1, seconds))
+    }
+}
+
+/// What `close` does with unsent data (SO_LINGER).
+public enum Linger: Hashable, Sendable {
+    /// The default: close returns at once, the kernel sends what is left in the background.
+    case off
+    /// Close discards unsent data and sends a reset (RST) to the peer.
+    case resetOnClose
+    /// Close blocks up to this long (whole seconds) to send what is left. Avoid on a loop thread.
+    case wait(Duration)
+}

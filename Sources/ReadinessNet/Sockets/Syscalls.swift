@@ -1,0 +1,56 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CReadinessNet
+
+/// The socket layer's system calls. EINTR is retried in one place, ``Sys/retryingEINTR(_:)``,
+/// except for `close` (never retried on Linux) and `connect` (the connect state machine's rule 4).
+enum NetSys {
+    static let optionSize = socklen_t(MemoryLayout<CInt>.size)
+
+    /// setsockopt of an int; 0 or an errno.
+    static func setOption(_ fd: CInt, level: CInt, name: CInt, value: CInt) -> CInt {
+        var value = value
+        return setsockopt(fd, level, name, &value, optionSize) == 0 ? 0 : errno
+    }
+
+    /// getsockopt of an int, or an errno.
+    static func option(_ fd: CInt, level: CInt, name: CInt) -> Result<CInt, SocketError> {
+        var value: CInt = 0
+        var length = optionSize
+        guard getsockopt(fd, level, name, &value, &length) == 0 else {
+            return .failure(SocketError(errno: errno, operation: "getsockopt"))
+        }
+        return .success(value)
+    }
+
+    @inline(__always)
+    static func read(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        Sys.retryingEINTR { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    @inline(__always)
+    static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer) -> Int {
+        Sys.retryingEINTR { rd_net_send(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    @inline(__always)
+    static func sendv(_ fd: CInt, _ buffers: UnsafePointer<iovec>, _ count: Int) -> Int {
+        Sys.retryingEINTR { rd_net_sendv(fd, buffers, CInt(count)) }
+    }
+
+    @inline(__always)
+    static func accept(_ fd: CInt, _ address: inout SocketAddress) -> CInt {
+        Sys.retryingEINTR { address.withMutableSockaddr { rd_net_accept(fd, $0, $1) } }
+    }
+
+    /// The outcome of a read or write that returned `n` (errno is read only when n < 0).
+    @inline(__always)
+    static func result(_ n: Int, operation: StaticString, isRead: Bool) throws(SocketError) -> IOResult {
+        if n > 0 { return .transferred(n) }
+        if n == 0 { return isRead ? .endOfStream : .transferred(0) }
+        let code = errno
+        if code == EAGAIN || code == EWOULDBLOCK { return .wouldBlock }
+        throw SocketError(errno: code, operation: String(describing: operation))
+    }
+}

@@ -1,0 +1,189 @@
+/// Monotonic deadlines in nanoseconds (``/ReadinessCore/MonotonicClock``), with saturating arithmetic.
+public enum Deadline {
+    /// `now + duration`, saturating at `Int64.max` (a deadline that never comes).
+    @inlinable
+    public static func after(_ duration: Duration, now: Int64 = MonotonicClock.nowNanoseconds) -> Int64 {
+        let (sum, overflow) = now.addingReportingOverflow(duration.clampedNanoseconds)
+        return overflow ? .max : sum
+    }
+
+    /// The wait timeout that ends at `deadline`: zero when it has passed, otherwise the time left.
+    @inlinable
+    public static func timeout(until deadline: Int64, now: Int64 = MonotonicClock.nowNanoseconds) -> Duration {
+        deadline <= now ? .zero : .nanoseconds(deadline &- now)
+    }
+}
+
+/// A timer's handle, for ``Timers/cancel(_:)``. A handle of a timer that fired or was cancelled is
+/// stale: cancelling it does nothing, even when its slot has been reused.
+public struct TimerID: Hashable, Sendable {
+    @usableFromInline let slot: Int32
+    @usableFromInline let generation: UInt32
+}
+
+/// The deadlines a loop waits for: a binary min-heap of (deadline, token).
+///
+/// A loop uses it in two places (Docs/Sockets.md, "the deadline-to-timeout rule"):
+/// ```swift
+/// try poller.wait(into: events, timeout: timers.timeout())   // the nearest deadline, or nil: none
+/// /* handle events */
+/// let now = MonotonicClock.nowNanoseconds
+/// while let token = timers.popDue(now: now) { /* that timer's work */ }
+/// ```
+/// The wait never returns before the timeout (the poller contract), so a due timer is never missed and
+/// never spun on; a deadline already passed gives a zero timeout: events are still collected, then the
+/// timer fires.
+///
+/// Scheduling, cancelling and firing are O(log n) and allocate nothing once the arrays have grown to
+/// the most timers pending at once (slots are reused through a free list).
+public final class Timers {
+    @usableFromInline struct Slot {
+        var deadline: Int64
+        var token: Token
+        var generation: UInt32
+        /// Position in `heap`, or -1 when the slot is free.
+        var heapIndex: Int32
+        var nextFree: Int32
+    }
+    @usableFromInline var slots: [Slot] = []
+    @usableFromInline var heap: [Int32] = []
+    @usableFromInline var freeHead: Int32 = -1
+
+    /// - Parameter capacity: timers to make room for at once.
+    public init(capacity: Int = 64) {
+        slots.reserveCapacity(capacity)
+        heap.reserveCapacity(capacity)
+    }
+
+    /// Pending timers.
+    public var count: Int { heap.count }
+    /// Whether no timer is pending.
+    public var isEmpty: Bool { heap.isEmpty }
+
+    /// The earliest pending deadline.
+    public var nearestDeadline: Int64? { heap.first.map { slots[Int($0)].deadline } }
+
+    /// The wait timeout until the nearest deadline: nil (block) when no timer is pending, zero when one
+    /// is due. `limit` caps it (for a loop that must also look at something else now and then).
+    public func timeout(now: Int64 = MonotonicClock.nowNanoseconds, limit: Duration? = nil) -> Duration? {
+        guard let nearest = nearestDeadline else { return limit }
+        let timeout = Deadline.timeout(until: nearest, now: now)
+        if let limit, limit < timeout { return limit }
+        return timeout
+    }
+
+    /// Schedules `token` at a monotonic deadline (nanoseconds).
+    @discardableResult
+    public func schedule(at deadline: Int64, token: Token) -> TimerID {
+        let slot: Int32
+        if freeHead >= 0 {
+            slot = freeHead
+            freeHead = slots[Int(slot)].nextFree
+            slots[Int(slot)].deadline = deadline
+            slots[Int(slot)].token = token
+            slots[Int(slot)].generation &+= 1
+        } else {
+            slot = Int32(slots.count)
+            slots.append(Slot(deadline: deadline, token: token, generation: 0, heapIndex: -1, nextFree: -1))
+        }
+        let index = heap.count
+        heap.append(slot)
+        slots[Int(slot)].heapIndex = Int32(index)
+        siftUp(index)
+        return TimerID(slot: slot, generation: slots[Int(slot)].generation)
+    }
+
+    /// Schedules `token` after `delay` from now (saturating).
+    @discardableResult
+    public func schedule(after delay: Duration, token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> TimerID {
+        schedule(at: Deadline.after(delay, now: now), token: token)
+    }
+
+    /// Cancels a pending timer; false when it already fired or was cancelled.
+    @discardableResult
+    public func cancel(_ id: TimerID) -> Bool {
+        guard isPending(id) else { return false }
+        remove(at: Int(slots[Int(id.slot)].heapIndex))
+        return true
+    }
+
+    /// Whether the timer is still pending.
+    public func isPending(_ id: TimerID) -> Bool {
+        let index = Int(id.slot)
+        guard index >= 0, index < slots.count else { return false }
+        return slots[index].generation == id.generation && slots[index].heapIndex >= 0
+    }
+
+    /// Removes and returns the token of the earliest timer if it is due at `now`; nil otherwise.
+    /// Call it until nil to fire everything due.
+    public func popDue(now: Int64 = MonotonicClock.nowNanoseconds) -> Token? {
+        guard let first = heap.first, slots[Int(first)].deadline <= now else { return nil }
+        let token = slots[Int(first)].token
+        remove(at: 0)
+        return token
+    }
+
+    /// Removes every timer.
+    public func removeAll() {
+        while !heap.isEmpty { remove(at: heap.count - 1) }
+    }
+
+    private func remove(at index: Int) {
+        let slot = heap[index]
+        let last = heap.count - 1
+        if index != last {
+            heap[index] = heap[last]
+            slots[Int(heap[index])].heapIndex = Int32(index)
+        }
+        heap.removeLast()
+        slots[Int(slot)].heapIndex = -1
+        slots[Int(slot)].nextFree = freeHead
+        freeHead = slot
+        if index < heap.count {
+            siftDown(index)
+            siftUp(index)
+        }
+    }
+
+    private func less(_ a: Int, _ b: Int) -> Bool {
+        slots[Int(heap[a])].deadline < slots[Int(heap[b])].deadline
+    }
+
+    private func swapAt(_ a: Int, _ b: Int) {
+        heap.swapAt(a, b)
+        slots[Int(heap[a])].heapIndex = Int32(a)
+        slots[Int(heap[b])].heapIndex = Int32(b)
+    }
+
+    private func siftUp(_ start: Int) {
+        var child = start
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard less(child, parent) else { return }
+            swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    private func siftDown(_ start: Int) {
+        var parent = start
+        while true {
+            let left = 2 * parent + 1
+            guard left < heap.count else { return }
+            let right = left + 1
+            let smaller = right < heap.count && less(right, left) ? right : left
+            guard less(smaller, parent) else { return }
+            swapAt(smaller, parent)
+            parent = smaller
+        }
+    }
+}
+
+extension ConnectAttempt {
+    /// Schedules the attempt's deadline (if it has one) on `timers` with the attempt's token: when the
+    /// token fires, call ``checkDeadline(now:)``.
+    @discardableResult
+    public func scheduleDeadline(on timers: Timers) -> TimerID? {
+        deadline.map { timers.schedule(at: $0, token: token) }
+    }
+}

@@ -1,0 +1,213 @@
+import Glibc
+import Readiness
+import Testing
+
+/// The examples in Examples/ are run as the built executables, on every backend, against real peers:
+/// the echo server against clients that check every byte, the HTTP load client against nginx.
+@Suite("Examples")
+struct ExamplesTests {
+    @Test("readiness-echo serves 200 clients, every byte checked", arguments: backends)
+    func echo(backend: Backend) throws {
+        let clientCount = 200, payload = 32 * 1024
+        let port = try closedPort().port!
+        let server = try Spawned([try builtExecutable("readiness-echo"), "--port", "\(port)",
+                                  "--backend", backend.name, "--connections", "\(clientCount)"])
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+
+        // The server is up once a connect is not refused.
+        var clients: [EchoClient] = []
+        for index in 0..<clientCount {
+            var socket: ConnectedSocket?
+            for _ in 0..<500 where socket == nil {
+                do { socket = try Connector.connect(to: address, on: poller, timeout: .seconds(2)) } catch {
+                    guard error.cause == .refused, index == 0 else { throw error }
+                    usleep(10_000)
+                }
+            }
+            guard let socket else { throw TestFailure("the echo server did not start") }
+            let client = EchoClient(index: index, socket: StreamSocket(socket), size: payload)
+            try client.socket.register(on: poller, token: Token(UInt64(index)), interest: .both)
+            clients.append(client)
+        }
+        let events = EventBuffer(capacity: 256)
+        let giveUp = ContinuousClock.now + .seconds(60)
+        while clients.contains(where: { !$0.done }) && ContinuousClock.now < giveUp {
+            try poller.wait(into: events, timeout: .seconds(1))
+            for event in events where !event.isWakeup { try clients[Int(event.token.rawValue)].service() }
+        }
+        #expect(clients.allSatisfy { $0.done && $0.received == payload && $0.mismatches == 0 })
+        for client in clients { client.socket.close() }
+        let (status, output) = server.finish()
+        #expect(status == 0)
+        #expect(output.contains("connections \(clientCount) echoed-bytes \(clientCount * payload) failures 0"))
+    }
+
+    @Test("readiness-http-load: 50 keep-alive connections, 20,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"), arguments: backends)
+    func httpLoad(backend: Backend) throws {
+        let nginx = try Nginx.start()
+        defer { nginx.stop() }
+        let client = try Spawned([try builtExecutable("readiness-http-load"),
+                                  "--url", "http://127.0.0.1:\(nginx.port)/index.html",
+                                  "--connections", "50", "--requests", "20000", "--backend", backend.name])
+        let (status, output) = client.finish()
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("requests 20000 ok 20000 failed 0"), "\(output)")
+        #expect(output.contains("backend \(backend.name)"))
+    }
+}
+
+extension ExamplesTests {
+    @Test("the examples import only Readiness (no Glibc)")
+    func onlyPublicAPI() throws {
+        // #filePath is .../Tests/ReadinessTests/ExamplesTests.swift
+        let root = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
+        for name in ["readiness-echo", "readiness-http-load"] {
+            let source = try read("/" + root + "/Examples/\(name)/main.swift")
+            let imports = source.split(separator: "\n").filter { $0.hasPrefix("import ") || $0.hasPrefix("@_exported import ") }
+            #expect(imports == ["import Readiness"], "\(name): \(imports)")
+        }
+    }
+}
+
+/// A client of the echo test: writes a known pattern, reads it back and compares every byte.
+final class EchoClient {
+    let index: Int, socket: StreamSocket, size: Int
+    var sent = 0, received = 0, mismatches = 0, done = false
+    var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+    var outgoing: [UInt8]
+
+    init(index: Int, socket: StreamSocket, size: Int) {
+        self.index = index
+        self.socket = socket
+        self.size = size
+        outgoing = (0..<size).map { EchoClient.byte(client: index, at: $0) }
+    }
+
+    static func byte(client: Int, at offset: Int) -> UInt8 { UInt8(truncatingIfNeeded: client &* 131 &+ offset &* 7 &+ offset >> 8) }
+
+    func service() throws {
+        while sent < size {
+            guard case .transferred(let n) = try socket.write(outgoing, from: sent, to: min(size, sent + 4096)) else { break }
+            sent += n
+            if sent == size {
+                try socket.shutdown(.write)
+                try socket.reregister(token: Token(UInt64(index)), interest: .readable)
+            }
+        }
+        while true {
+            switch try socket.read(into: &buffer) {
+            case .transferred(let n):
+                for i in 0..<n where buffer[i] != EchoClient.byte(client: index, at: received + i) { mismatches += 1 }
+                received += n
+            case .endOfStream:
+                done = true
+                return
+            case .wouldBlock:
+                return
+            }
+        }
+    }
+}
+
+/// nginx on its own configuration, in a temporary directory under the build directory.
+let nginxPath: String? = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"].first { access($0, X_OK) == 0 }
+
+struct Nginx {
+    let directory: String
+    let port: UInt16
+
+    static func start() throws -> Nginx {
+        guard let nginxPath else { throw TestFailure("no nginx") }
+        let directory = try buildDirectory() + "/nginx-test-\(getpid())"
+        let port = try closedPort().port!
+        _ = system("rm -rf '\(directory)'")
+        mkdir(directory, 0o755)
+        mkdir(directory + "/www", 0o755)
+        try write(String(repeating: "readiness ", count: 100), to: directory + "/www/index.html")
+        try write("""
+            worker_processes 1;
+            pid \(directory)/nginx.pid;
+            error_log \(directory)/error.log;
+            events { worker_connections 1024; }
+            http {
+                access_log off;
+                keepalive_requests 1000000;
+                client_body_temp_path \(directory)/body;
+                proxy_temp_path \(directory)/proxy;
+                fastcgi_temp_path \(directory)/fastcgi;
+                uwsgi_temp_path \(directory)/uwsgi;
+                scgi_temp_path \(directory)/scgi;
+                server { listen 127.0.0.1:\(port); root \(directory)/www; }
+            }
+            """, to: directory + "/nginx.conf")
+        // Daemonised: nginx binds its listener before it forks, so it accepts once this returns.
+        let status = system("'\(nginxPath)' -c '\(directory)/nginx.conf' -p '\(directory)' -e '\(directory)/error.log'")
+        guard status == 0 else { throw TestFailure("nginx did not start (\(status)); see \(directory)/error.log") }
+        return Nginx(directory: directory, port: port)
+    }
+
+    func stop() {
+        if let text = try? read(directory + "/nginx.pid"), let pid = pid_t(text.filter { $0.isNumber }) {
+            kill(pid, SIGQUIT)
+            for _ in 0..<500 where kill(pid, 0) == 0 { usleep(10_000) }
+            if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        }
+        _ = system("rm -rf '\(directory)'")
+    }
+}
+
+/// A child process whose standard output (and error) is read when it ends.
+struct Spawned {
+    let pipe: UnsafeMutablePointer<FILE>
+
+    init(_ arguments: [String]) throws {
+        let command = arguments.map { "'\($0)'" }.joined(separator: " ") + " 2>&1"
+        guard let pipe = popen(command, "r") else { throw TestFailure("popen \(command)") }
+        self.pipe = pipe
+    }
+
+    /// Waits for the end; returns the exit status and the output.
+    func finish() -> (status: CInt, output: String) {
+        var output = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, CInt(buffer.count), pipe) != nil {
+            output += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        let status = pclose(pipe)
+        return ((status >> 8) & 0xff, output)
+    }
+}
+
+/// The directory the test bundle and the executables are built in.
+func buildDirectory() throws -> String {
+    var path = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &path, path.count - 1)
+    guard n > 0 else { throw TestFailure("readlink /proc/self/exe") }
+    let exe = String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return "/" + exe.split(separator: "/").dropLast().joined(separator: "/")
+}
+
+func builtExecutable(_ name: String) throws -> String {
+    let path = try buildDirectory() + "/" + name
+    guard access(path, X_OK) == 0 else { throw TestFailure("\(name) is not built at \(path) (swift build --build-tests builds it)") }
+    return path
+}
+
+func write(_ text: String, to path: String) throws {
+    guard let file = fopen(path, "w") else { throw TestFailure("cannot write \(path)") }
+    fputs(text, file)
+    fclose(file)
+}
+
+func read(_ path: String) throws -> String {
+    guard let file = fopen(path, "r") else { throw TestFailure("cannot read \(path)") }
+    defer { fclose(file) }
+    var output = ""
+    var buffer = [CChar](repeating: 0, count: 256)
+    while fgets(&buffer, CInt(buffer.count), file) != nil {
+        output += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    return output
+}

@@ -1,0 +1,147 @@
+import Glibc
+import Readiness
+import Testing
+
+/// A connected loopback TCP pair: (client, server), both owned StreamSockets.
+func tcpPair(on poller: any Poller, listener: Listener? = nil) throws -> (client: StreamSocket, server: StreamSocket) {
+    let owned = try listener ?? Listener(bind: try SocketAddress("127.0.0.1:0"))
+    let client = StreamSocket(try Connector.connect(to: owned.address, on: poller, timeout: .seconds(2)))
+    for _ in 0..<100 {
+        switch try owned.accept() {
+        case .accepted(let server, _): return (client, server)
+        case .wouldBlock: usleep(1000)
+        case .backingOff: throw TestFailure("unexpected back-off")
+        }
+    }
+    throw TestFailure("nothing to accept")
+}
+
+/// Waits until `socket`'s registration reports `ready` (or a second passes).
+func waitFor(_ ready: Ready, token: Token, on poller: any Poller) throws -> Ready {
+    let events = EventBuffer(capacity: 8)
+    let deadline = ContinuousClock.now + .seconds(2)
+    while ContinuousClock.now < deadline {
+        try poller.wait(into: events, timeout: .milliseconds(100))
+        for event in events where event.token == token && !event.ready.intersection(ready).isEmpty { return event.ready }
+    }
+    return []
+}
+
+@Suite("Stream sockets")
+struct StreamSocketTests {
+    @Test("read, write, would block, end of stream, through a poller", arguments: backends)
+    func roundTrip(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        try server.register(on: poller, token: 1, interest: .readable)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        #expect(try server.read(into: &buffer) == .wouldBlock)
+        #expect(try client.write(Array("hello".utf8)) == .transferred(5))
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+        #expect(try server.read(into: &buffer) == .transferred(5))
+        #expect(Array(buffer[0..<5]) == Array("hello".utf8))
+        try client.shutdown(.write)
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+        #expect(try server.read(into: &buffer) == .endOfStream)
+        // The other direction still works after a half close.
+        #expect(try server.write(Array("bye".utf8)) == .transferred(3))
+        usleep(10_000)
+        #expect(try client.read(into: &buffer) == .transferred(3))
+    }
+
+    @Test("a vectored write sends every buffer in order", arguments: backends)
+    func vectored(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        let parts: [[UInt8]] = [Array("GET / ".utf8), Array("HTTP/1.1\r\n".utf8), Array("\r\n".utf8)]
+        let sent = try parts[0].withUnsafeBytes { a in
+            try parts[1].withUnsafeBytes { b in
+                try parts[2].withUnsafeBytes { c in try client.write(vectored: [a, b, c]) }
+            }
+        }
+        #expect(sent == .transferred(18))
+        try server.register(on: poller, token: 2, interest: .readable)
+        _ = try waitFor(.readable, token: 2, on: poller)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let got = try server.read(into: &buffer)
+        #expect(got == .transferred(18))
+        #expect(Array(buffer[0..<18]) == parts.flatMap { $0 })
+    }
+
+    @Test("writing to a reset peer fails with reset, never SIGPIPE", arguments: backends)
+    func noSigpipe(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        try server.setLinger(.resetOnClose)
+        server.close()
+        usleep(20_000)
+        let chunk = [UInt8](repeating: 7, count: 1024)
+        var failure: SocketError?
+        // The first write may be accepted before the RST is seen; a later one fails with EPIPE/ECONNRESET.
+        for _ in 0..<100 {
+            do { _ = try client.write(chunk) } catch { failure = error; break }
+            usleep(1000)
+        }
+        #expect(failure?.kind == .reset)
+        var buffer = [UInt8](repeating: 0, count: 8)
+        // A reset connection reads as an error or end of stream, never a hang.
+        let read = Result { () throws(SocketError) in try client.read(into: &buffer) }
+        if case .success(let outcome) = read { #expect(outcome == .endOfStream) }
+    }
+
+    @Test("close deregisters before closing, exactly once; nothing leaks", arguments: backends)
+    func closeOnce(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let before = openDescriptorCount()
+        for _ in 0..<50 {
+            let (client, server) = try tcpPair(on: poller, listener: listener)
+            try client.register(on: poller, token: 3, interest: .readable)
+            let fd = client.fd
+            client.close()
+            client.close()
+            #expect(client.isClosed)
+            // Deregistered by close: the poller no longer knows the number.
+            #expect(throws: PollerError.notRegistered(fd)) { try poller.deregister(fd) }
+            _ = server  // released at the end of the iteration: closed by deinit
+        }
+        #expect(openDescriptorCount() == before)
+    }
+
+    @Test("typed options reach the kernel", arguments: [Backend.epoll])
+    func options(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, _) = try tcpPair(on: poller)
+        func intOption(_ level: CInt, _ name: CInt) -> CInt {
+            var value: CInt = -1
+            var length = socklen_t(MemoryLayout<CInt>.size)
+            getsockopt(client.fd, level, name, &value, &length)
+            return value
+        }
+        try client.setNoDelay(true)
+        let tcpNoDelay: CInt = 1  // TCP_NODELAY in netinet/tcp.h, which Glibc does not export
+        #expect(intOption(CInt(IPPROTO_TCP), tcpNoDelay) == 1)
+        try client.setNoDelay(false)
+        #expect(intOption(CInt(IPPROTO_TCP), tcpNoDelay) == 0)
+        try client.setKeepAlive(KeepAlive(idle: .seconds(30), interval: .seconds(5), probes: 3))
+        #expect(intOption(SOL_SOCKET, SO_KEEPALIVE) == 1)
+        try client.setKeepAlive(nil)
+        #expect(intOption(SOL_SOCKET, SO_KEEPALIVE) == 0)
+        try client.setReceiveBufferSize(64 * 1024)
+        #expect(try client.receiveBufferSize() >= 64 * 1024)
+        try client.setSendBufferSize(64 * 1024)
+        #expect(intOption(SOL_SOCKET, SO_SNDBUF) >= 64 * 1024)
+        try client.setLinger(.resetOnClose)
+        var linger = Glibc.linger()
+        var length = socklen_t(MemoryLayout<Glibc.linger>.size)
+        getsockopt(client.fd, SOL_SOCKET, SO_LINGER, &linger, &length)
+        #expect(linger.l_onoff == 1 && linger.l_linger == 0)
+        #expect(client.takePendingError() == nil)
+        #expect(client.peerAddress != nil && client.localAddress != nil)
+    }
+}
