@@ -36,6 +36,11 @@ let package = Package(
         .target(name: "ReadinessNet", dependencies: ["ReadinessCore", "CReadinessNet"], path: "Sources/ReadinessNet",
                 swiftSettings: strict),
 
+        // The event loop and async API: a loop thread per poller that is a SerialExecutor and TaskExecutor,
+        // with async connect, accept, read, write and sleep. Above the socket layer, below the umbrella.
+        .target(name: "ReadinessAsync", dependencies: ["ReadinessNet", "ReadinessCore"], path: "Sources/ReadinessAsync",
+                swiftSettings: strict),
+
         // Backends: one folder each, depending only on the core (and their own C shim).
         .target(name: "CEpoll", path: "Backends/Epoll/CEpoll"),
         .target(name: "ReadinessEpoll", dependencies: ["ReadinessCore", "CEpoll"],
@@ -60,7 +65,7 @@ let package = Package(
 
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
-                dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
+                dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessAsync", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],
