@@ -23,7 +23,7 @@ public struct AsyncSocket: Sendable {
 
     /// Reads up to `buffer.count` bytes (at least 1) as soon as some are there; 0 means the peer shut
     /// down its sending side.
-    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) -> Int {
+    nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) -> Int {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> Int in
@@ -32,7 +32,7 @@ public struct AsyncSocket: Sendable {
     }
 
     /// Reads up to `maximum` bytes into a new array (empty at end of stream).
-    public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
+    nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: maximum)
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: maximum, alignment: 1)
         defer { storage.deallocate() }
@@ -43,7 +43,7 @@ public struct AsyncSocket: Sendable {
     }
 
     /// Writes every byte of `buffer`, waiting for room as often as needed.
-    public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
+    nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in
@@ -52,7 +52,7 @@ public struct AsyncSocket: Sendable {
     }
 
     /// Writes every byte of `bytes`.
-    public func write(_ bytes: [UInt8], timeout: Duration? = nil) async throws(LoopError) {
+    nonisolated(nonsending) public func write(_ bytes: [UInt8], timeout: Duration? = nil) async throws(LoopError) {
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
         defer { storage.deallocate() }
         bytes.withUnsafeBytes { storage.copyMemory(from: $0) }
@@ -60,7 +60,7 @@ public struct AsyncSocket: Sendable {
     }
 
     /// Writes every byte of every buffer, in order, with vectored writes (sendmsg).
-    public func write(vectored buffers: [UnsafeRawBufferPointer], timeout: Duration? = nil) async throws(LoopError) {
+    nonisolated(nonsending) public func write(vectored buffers: [UnsafeRawBufferPointer], timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in
@@ -69,12 +69,12 @@ public struct AsyncSocket: Sendable {
     }
 
     /// Shuts down one direction or both (the socket stays open).
-    public func shutdown(_ direction: ShutdownDirection) async throws(LoopError) {
+    nonisolated(nonsending) public func shutdown(_ direction: ShutdownDirection) async throws(LoopError) {
         try await withStreamSocket { (socket) throws(SocketError) in try socket.shutdown(direction) }
     }
 
     /// Runs `body` on the loop thread with the underlying socket (for options: `setNoDelay`, ...).
-    public func withStreamSocket<T: Sendable>(_ body: (StreamSocket) throws(SocketError) -> T) async throws(LoopError) -> T {
+    nonisolated(nonsending) public func withStreamSocket<T: Sendable>(_ body: (StreamSocket) throws(SocketError) -> T) async throws(LoopError) -> T {
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> T in
             try state.withStream(id, body)
@@ -83,7 +83,7 @@ public struct AsyncSocket: Sendable {
 
     /// Closes the socket once (deregistered first); a task waiting on it resumes with
     /// ``LoopError/closed``. Later calls do nothing.
-    public func close() async {
+    nonisolated(nonsending) public func close() async {
         let id = self.id
         try? await loop.onLoop { (state) async throws(LoopError) in state.close(id) }
     }
@@ -101,7 +101,7 @@ public struct AsyncListener: Sendable {
     public let address: SocketAddress
 
     /// Waits for a connection; one accepting task at a time (``LoopError/busy``).
-    public func accept(timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+    nonisolated(nonsending) public func accept(timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         let loop = self.loop
@@ -112,7 +112,7 @@ public struct AsyncListener: Sendable {
     }
 
     /// Closes the listener once; a task waiting in ``accept(timeout:)`` resumes with ``LoopError/closed``.
-    public func close() async {
+    nonisolated(nonsending) public func close() async {
         let id = self.id
         try? await loop.onLoop { (state) async throws(LoopError) in state.close(id) }
     }
@@ -120,26 +120,26 @@ public struct AsyncListener: Sendable {
 
 extension EventLoop {
     /// Connects to one address, confirmed by SO_ERROR and getpeername (the connect state machine).
-    public func connect(to address: SocketAddress, timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+    nonisolated(nonsending) public func connect(to address: SocketAddress, timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
         var options = HappyEyeballs.Options()
         options.attemptTimeout = nil
         return try await connect(addresses: [address], resolution: nil, options: options, timeout: timeout)
     }
 
     /// Connects to the first of several addresses that answers, by RFC 8305 steps (Happy Eyeballs).
-    public func connect(to addresses: [SocketAddress], timeout: Duration? = nil,
+    nonisolated(nonsending) public func connect(to addresses: [SocketAddress], timeout: Duration? = nil,
                         options: HappyEyeballs.Options = HappyEyeballs.Options()) async throws(LoopError) -> AsyncSocket {
         try await connect(addresses: addresses, resolution: nil, options: options, timeout: timeout)
     }
 
     /// Resolves `host` off the loop (AAAA and A apart) and connects by Happy Eyeballs steps.
-    public func connect(host: String, port: UInt16, timeout: Duration? = nil,
+    nonisolated(nonsending) public func connect(host: String, port: UInt16, timeout: Duration? = nil,
                         options: HappyEyeballs.Options = HappyEyeballs.Options(),
                         resolver: any HostResolver = SystemResolver()) async throws(LoopError) -> AsyncSocket {
         try await connect(addresses: [], resolution: (host, port, resolver), options: options, timeout: timeout)
     }
 
-    private func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+    nonisolated(nonsending) private func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
                          options: HappyEyeballs.Options, timeout: Duration?) async throws(LoopError) -> AsyncSocket {
         let deadline = timeout.map { Deadline.after($0) }
         let (id, socket) = try await onLoop { (state) async throws(LoopError) -> (UInt64, ConnectedSocket) in
@@ -149,7 +149,7 @@ extension EventLoop {
     }
 
     /// Binds and listens (``Listener/Options``: `reusePort` for one listener per loop on one port).
-    public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> AsyncListener {
+    nonisolated(nonsending) public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> AsyncListener {
         let (id, bound) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress) in
             try state.listen(address, options: options)
         }
@@ -157,7 +157,7 @@ extension EventLoop {
     }
 
     /// Takes ownership of a connected, non-blocking stream socket descriptor.
-    public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
+    nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
         let id = try await onLoop { (state) async throws(LoopError) -> UInt64 in
             if state.isShutDown { throw .shutdown }
             return state.adopt(StreamSocket(adopting: fd))
@@ -166,25 +166,30 @@ extension EventLoop {
     }
 
     /// Suspends for `duration` on the loop's timers (cancellable: ``LoopError/cancelled``).
-    public func sleep(for duration: Duration) async throws(LoopError) {
+    nonisolated(nonsending) public func sleep(for duration: Duration) async throws(LoopError) {
         let deadline = Deadline.after(duration)
         try await onLoop { (state) async throws(LoopError) in try await state.sleep(until: deadline) }
     }
 
     /// Waits until a descriptor the caller owns is readable (it is watched only during the wait).
-    public func readable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
+    nonisolated(nonsending) public func readable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .read, deadline: deadline) }
     }
 
     /// Waits until a descriptor the caller owns is writable (it is watched only during the wait).
-    public func writable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
+    nonisolated(nonsending) public func writable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .write, deadline: deadline) }
     }
 
+    /// Jobs run and poller waits so far (for tests and monitoring).
+    nonisolated(nonsending) public func statistics() async throws(LoopError) -> (jobs: Int, iterations: Int) {
+        try await onLoop { (state) async throws(LoopError) -> (jobs: Int, iterations: Int) in (state.jobsRun, state.iterations) }
+    }
+
     /// How many sockets, listeners and waits the loop holds (for tests and monitoring).
-    public func entryCount() async throws(LoopError) -> Int {
+    nonisolated(nonsending) public func entryCount() async throws(LoopError) -> Int {
         try await onLoop { (state) async throws(LoopError) -> Int in state.entries.count }
     }
 }

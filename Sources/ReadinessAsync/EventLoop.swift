@@ -39,6 +39,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var thread = pthread_t()
     private let running = Atomic<Bool>(false)
     private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
+    /// Set (under `lock`) once the loop thread has closed everything and will touch nothing more.
+    private var isFinished = false
     /// A name for diagnostics (and the thread's name, truncated to 15 bytes).
     public let name: String
 
@@ -146,6 +148,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     }
 
     private func runJob(_ job: UnownedJob) {
+        state.jobsRun &+= 1
         job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
     }
 
@@ -173,14 +176,18 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var batch: [Submission] = []
         batch.reserveCapacity(256)
         while true {
-            // 1. What other threads (and resumed continuations) submitted.
-            lock.lock()
-            swap(&batch, &queue)
-            let stopping: Bool
-            if case .stopping = phase { stopping = true } else { stopping = false }
-            lock.unlock()
-            for submission in batch { handle(submission) }
-            batch.removeAll(keepingCapacity: true)
+            // 1. What other threads (and resumed continuations) submitted, and what that work submits
+            //    in turn (a task hopping back onto the loop), up to a budget: a hop costs no poller call.
+            var stopping = false
+            for _ in 0..<64 {
+                lock.lock()
+                swap(&batch, &queue)
+                if case .stopping = phase { stopping = true }
+                lock.unlock()
+                if batch.isEmpty { break }
+                for submission in batch { handle(submission) }
+                batch.removeAll(keepingCapacity: true)
+            }
             if stopping { break }
 
             // 2. Wait: not at all when more work is queued, else until the nearest deadline.
@@ -198,6 +205,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             sleeping = false
             lock.unlock()
 
+            state.iterations &+= 1
             // 3. Readiness, then timers.
             state.dispatchEvents()
             state.fireTimers(now: MonotonicClock.nowNanoseconds)
@@ -219,22 +227,26 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         while true {
             lock.lock()
             if queue.isEmpty {
-                phase = .stopped
-                let waiters = shutdownWaiters
-                shutdownWaiters = []
-                lock.broadcast()
+                phase = .stopped      // from now on submissions go to the global pool
                 lock.unlock()
-                try? poller.close()
-                state.poller = nil
-                running.store(false, ordering: .releasing)
-                for waiter in waiters { waiter.resume() }
-                return
+                break
             }
             swap(&batch, &queue)
             lock.unlock()
             for submission in batch { handle(submission) }
             batch.removeAll(keepingCapacity: true)
         }
+        try? poller.close()
+        state.poller = nil
+        running.store(false, ordering: .releasing)
+        // Only now (every descriptor closed) do the shutdown callers return.
+        let waiters: [UnsafeContinuation<Void, Never>] = lock.withLock {
+            isFinished = true
+            lock.broadcast()
+            defer { shutdownWaiters = [] }
+            return shutdownWaiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     // MARK: Shutdown
@@ -261,11 +273,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         _ = requestStop()
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             lock.lock()
-            switch phase {
-            case .stopped, .failed:
+            if case .failed = phase { isFinished = true }
+            if isFinished {
                 lock.unlock()
                 continuation.resume()
-            default:
+            } else {
                 shutdownWaiters.append(continuation)
                 lock.unlock()
             }
@@ -277,11 +289,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         precondition(!isLoopThread(), "syncShutdown on the loop's own thread would never return")
         _ = requestStop()
         lock.withLock {
-            while true {
-                switch phase {
-                case .stopped, .failed: return
-                default: lock.wait()
-                }
+            while !isFinished {
+                if case .failed = phase { return }
+                lock.wait()
             }
         }
     }
@@ -298,17 +308,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     // MARK: Running on the loop
 
-    /// Runs `body` on the loop thread with its state, under this loop's executor preference (no hop
-    /// when the task already prefers this loop), so that every resumption inside `body` runs on the
-    /// loop too. Fails with `.shutdown` when the loop no longer runs.
-    @inline(__always)
-    func onLoop<T>(_ body: (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
-        try await withTaskExecutorPreference(self) { () async throws(LoopError) -> T in
+    /// Runs `body` on the loop thread with its state. On the loop already (a task preferring it, or
+    /// an actor isolated to it) `body` runs at once, with no hop; elsewhere the task hops there under
+    /// this loop's executor preference, so that every resumption inside `body` runs on the loop too.
+    /// Fails with `.shutdown` when the loop no longer runs.
+    nonisolated(nonsending)
+    func onLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
+        if isLoopThread() { return try await body(state) }
+        return try await withTaskExecutorPreference(self) { () async throws(LoopError) -> T in
             try await run(body)
         }
     }
 
-    private func run<T>(_ body: (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
+    private func run<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
         guard isLoopThread() else { throw .shutdown }
         return try await body(state)
     }

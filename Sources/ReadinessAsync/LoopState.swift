@@ -77,6 +77,9 @@ final class LoopState {
     var nextID: UInt64 = 1
     var nextOperation: UInt64 = 1
     var isShutDown = false
+    /// Counters (loop-only): jobs run, loop iterations (poller waits).
+    var jobsRun = 0
+    var iterations = 0
 
     init() {
         entries.reserveCapacity(1024)
@@ -91,7 +94,7 @@ final class LoopState {
 
     /// Suspends until the direction is ready, the deadline passes, the task is cancelled, the entry is
     /// closed or the loop shuts down; whichever comes first resolves the slot, exactly once.
-    func wait(_ entry: Entry, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
+    nonisolated(nonsending) func wait(_ entry: Entry, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
         let operation = nextOperation
         nextOperation &+= 1
         let loop = self.loop!
@@ -114,6 +117,9 @@ final class LoopState {
         if busy { return continuation.resume(returning: .failed(.busy)) }
         // A cancel submitted before this point found no waiter; the flag it set is seen here.
         if Task.isCancelled { return continuation.resume(returning: .failed(.cancelled)) }
+        // A connect may have ended between its start and this wait (the task can be enqueued again in
+        // between): its outcome is kept on the entry.
+        if entry.connectOutcome != nil { return continuation.resume(returning: .ready) }
         if interest, !entry.registered.contains(direction.interest) {
             do {
                 try updateInterest(entry, entry.registered.union(direction.interest))
@@ -337,7 +343,7 @@ final class LoopState {
         return (entry, socket)
     }
 
-    func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {
+    nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {
         var (entry, socket) = try stream(id)
         if entry.read.isWaiting { throw .busy }
         while true {
@@ -353,7 +359,7 @@ final class LoopState {
         }
     }
 
-    func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?) async throws(LoopError) {
+    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?) async throws(LoopError) {
         var (entry, socket) = try stream(id)
         if entry.write.isWaiting { throw .busy }
         var offset = 0
@@ -371,7 +377,7 @@ final class LoopState {
         }
     }
 
-    func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?) async throws(LoopError) {
+    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?) async throws(LoopError) {
         var (entry, socket) = try stream(id)
         if entry.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
@@ -396,7 +402,7 @@ final class LoopState {
         return (id, listener.address)
     }
 
-    func accept(_ id: UInt64, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress) {
+    nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress) {
         var entry = try openEntry(id)
         guard case .listener(let listener) = entry.resource else { throw .closed }
         if entry.read.isWaiting { throw .busy }
@@ -425,7 +431,7 @@ final class LoopState {
         }
     }
 
-    func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+    nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
                  options: HappyEyeballs.Options, deadline: Int64?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
         if isShutDown { throw .shutdown }
         guard let poller else { throw .shutdown }
@@ -461,7 +467,7 @@ final class LoopState {
         }
     }
 
-    func sleep(until deadline: Int64) async throws(LoopError) {
+    nonisolated(nonsending) func sleep(until deadline: Int64) async throws(LoopError) {
         if isShutDown { throw .shutdown }
         let entry = Entry(id: newID(), resource: .sleep)
         entries[entry.id] = entry
@@ -473,7 +479,7 @@ final class LoopState {
         }
     }
 
-    func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
+    nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
         if isShutDown { throw .shutdown }
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }
         let entry: Entry
