@@ -73,6 +73,8 @@ let package = Package(
         // Examples written only against `import Readiness`; the tests run them on every backend.
         .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
                           swiftSettings: strict),
+        .executableTarget(name: "readiness-async-echo", dependencies: ["Readiness"], path: "Examples/readiness-async-echo",
+                          swiftSettings: strict),
         .executableTarget(name: "readiness-http-load", dependencies: ["Readiness"],
                           path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
