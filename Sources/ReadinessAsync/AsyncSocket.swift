@@ -16,6 +16,7 @@ import ReadinessNet
 /// Every operation runs on the loop thread: a task that prefers the loop
 /// (`Task(executorPreference: loop)`) does not hop at all.
 public struct AsyncSocket: Sendable {
+    /// The loop that owns it.
     public let loop: EventLoop
     let id: UInt64
     /// The peer's address when connected or accepted.
@@ -95,6 +96,7 @@ public struct AsyncSocket: Sendable {
 /// ENFILE, ENOBUFS or ENOMEM it stops watching the listener and tries again after the back-off delay,
 /// or as soon as a socket of this loop is closed; the waiting task just waits longer.
 public struct AsyncListener: Sendable {
+    /// The loop that owns it.
     public let loop: EventLoop
     let id: UInt64
     /// The bound address (with the port the kernel chose for port 0).

@@ -107,14 +107,18 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     // MARK: Executor
 
+    /// Queues a job (a task's or an actor's) to run on the loop thread, in order; wakes the loop if it
+    /// sleeps in the poller. After shutdown, jobs run on the global concurrent executor.
     public func enqueue(_ job: consuming ExecutorJob) {
         submit(.job(UnownedJob(job)))
     }
 
+    /// Same as the `ExecutorJob` overload.
     public func enqueue(_ job: UnownedJob) {
         submit(.job(job))
     }
 
+    /// This loop as an actor's executor (`nonisolated var unownedExecutor`).
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
@@ -124,6 +128,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         precondition(isLoopThread(), "not on the event loop \(name)'s thread")
     }
 
+    /// Whether the caller runs on the loop thread (the runtime's isolation check).
     public func isIsolatingCurrentContext() -> Bool? { isLoopThread() }
 
     /// Hands a submission to the loop; wakes it only if it sleeps in the poller.

@@ -9,6 +9,7 @@ import Synchronization
 /// one: ``next()`` goes round the loops. With ``listen(on:options:)`` every loop gets its own
 /// `SO_REUSEPORT` listener on the same port and the kernel spreads connections over them.
 public final class EventLoopGroup: Sendable {
+    /// The loops, each with its own thread and poller.
     public let loops: [EventLoop]
     private let counter = Atomic<Int>(0)
 
@@ -64,6 +65,7 @@ public final class EventLoopGroup: Sendable {
         for loop in loops { await loop.shutdown() }
     }
 
+    /// Shuts every loop down, blocking the calling thread (never a loop thread).
     public func syncShutdown() {
         for loop in loops { loop.syncShutdown() }
     }

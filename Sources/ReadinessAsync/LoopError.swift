@@ -24,6 +24,7 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The poller refused a registration.
     case poller(PollerError)
 
+    /// The error in words.
     public var description: String {
         switch self {
         case .cancelled: "cancelled"
