@@ -21,10 +21,11 @@ deps:
 build: deps
 	$(SWIFT) build
 
-# The command-line tool is its own package (Tools/) so that swift-argument-parser never reaches a dependent.
-TOOL := .build/tools/debug/readiness
+# The command-line tool (Sources/readiness): an executable of this package, with no package dependency
+# (it parses its own command line), so that a dependent resolves nothing but Readiness.
+TOOL := .build/debug/readiness
 tool: deps
-	$(SWIFT) build --package-path Tools --scratch-path .build/tools
+	$(SWIFT) build --product readiness
 
 # The main job: the conformance matrix, every scenario on every available backend, plus differential scripts.
 run: tool

@@ -1,5 +1,5 @@
 // swift-tools-version: 6.1
-// Readiness: wait on sockets with epoll, poll, select or libevent, chosen at run time.
+// Readiness: wait on sockets with epoll, poll, select, libevent or io_uring, chosen at run time.
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "Readiness", targets: ["Readiness"]),
         // The cross-backend conformance suite, for authors of new backends.
         .library(name: "ReadinessConformance", targets: ["ReadinessConformance"]),
+        // The command-line tool: backends, connect, the conformance matrix (`make run`).
+        .executable(name: "readiness", targets: ["readiness"]),
     ],
     traits: [
         // On by default so that the four backends are there out of the box. A dependent that does not
@@ -23,8 +25,9 @@ let package = Package(
         .trait(name: "Libevent", description: "The libevent backend (links the system's libevent 2.1; needs libevent-dev and pkg-config to build)."),
     ],
     // No package dependencies: what a dependent resolves is this package alone. The command-line tool
-    // (Tools/, with swift-argument-parser) and the benchmarks (Tests/Benchmarks, with SwiftNIO) are
-    // packages of their own; swift-docc-plugin is declared only for `make docs` (the end of this file).
+    // parses its command line itself (Sources/readiness/Arguments.swift) rather than depending on
+    // swift-argument-parser; the benchmarks (Tests/Benchmarks, with SwiftNIO) are a package of their
+    // own; swift-docc-plugin is declared only for `make docs` (the end of this file).
     dependencies: [],
     targets: [
         // Core: the Poller contract, events, errors, registration table, waker, connect state machine.
@@ -63,13 +66,22 @@ let package = Package(
         .target(name: "ReadinessLibevent", dependencies: ["ReadinessCore", "CLibevent"],
                 path: "Backends/Libevent/ReadinessLibevent", swiftSettings: strict),
 
+        .target(name: "CIOUring", path: "Backends/IOUring/CIOUring"),
+        .target(name: "ReadinessIOUring", dependencies: ["ReadinessCore", "CIOUring"],
+                path: "Backends/IOUring/ReadinessIOUring", swiftSettings: strict),
+
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
                 dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessAsync", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
+                               "ReadinessIOUring",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
         .target(name: "ReadinessConformance", dependencies: ["Readiness"],
                 path: "Sources/ReadinessConformance", swiftSettings: strict),
+        // The command-line tool: the top layer, on the library and the conformance suite only.
+        .executableTarget(name: "readiness", dependencies: ["Readiness", "ReadinessConformance"],
+                          path: "Sources/readiness", swiftSettings: strict),
+
         // Examples written only against `import Readiness`; the tests run them on every backend.
         .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
                           swiftSettings: strict),
@@ -79,6 +91,9 @@ let package = Package(
                           path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
                     path: "Tests/ReadinessTests", swiftSettings: strict),
+        // The tool's command-line parser (in process) and the built tool run as a user runs it.
+        .testTarget(name: "ReadinessToolTests", dependencies: ["readiness", "Readiness"],
+                    path: "Tests/ReadinessToolTests", swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,5 +1,6 @@
 @_exported import ReadinessCore
 @_exported import ReadinessEpoll
+@_exported import ReadinessIOUring
 #if Libevent
 @_exported import ReadinessLibevent
 #endif
@@ -23,6 +24,8 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         case poll
         /// POSIX select (descriptors below `FD_SETSIZE` only).
         case select
+        /// io_uring poll requests (Backends/IOUring); last in ``all``: never the default.
+        case ioUring
         /// libevent; nil lets libevent choose its method.
         case libevent(method: String?)
     }
@@ -46,6 +49,8 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     public static let poll = Backend(kind: .poll)
     /// POSIX select.
     public static let select = Backend(kind: .select)
+    /// io_uring poll requests: chosen only when asked for.
+    public static let ioUring = Backend(kind: .ioUring)
     /// libevent with its own choice of method.
     public static let libevent = Backend(kind: .libevent(method: nil))
     /// libevent forced to one method ("epoll", "poll" or "select").
@@ -53,11 +58,12 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         Backend(kind: .libevent(method: method.rawValue))
     }
 
-    /// Every backend this package knows, best first (the order the default is chosen in).
+    /// Every backend this package knows, best first (the order the default is chosen in). io_uring is
+    /// last: it is chosen only when asked for (it does not beat epoll: Backends/IOUring/README.md).
     ///
     /// The libevent variants are listed even when the `Libevent` package trait is off; they then
     /// probe as unavailable, "not built in (trait Libevent off)".
-    public static let all: [Backend] = [.epoll, .poll, .libevent, .libevent(.epoll), .libevent(.poll), .libevent(.select), .select]
+    public static let all: [Backend] = [.epoll, .poll, .libevent, .libevent(.epoll), .libevent(.poll), .libevent(.select), .select, .ioUring]
 
     #if Libevent
     /// Whether libevent is compiled into this build (the package trait `Libevent`, on by default).
@@ -80,6 +86,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         case .epoll: "epoll"
         case .poll: "poll"
         case .select: "select"
+        case .ioUring: "io_uring"
         case .libevent(let method): method.map { "libevent:\($0)" } ?? "libevent"
         }
     }
@@ -101,6 +108,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         case .epoll: return try EpollSeam.makePoller()
         case .poll: return try PollSeam.makePoller()
         case .select: return try SelectSeam.makePoller()
+        case .ioUring: return try IOUringSeam.makePoller()
         case .libevent(let method):
             #if Libevent
             guard let method else { return try LibeventSeam.makePoller() }
@@ -126,11 +134,11 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         var lasting = true
         do {
             let poller = try makePoller()
-            try poller.close()
-            verdict = nil
+            defer { try? poller.close() }
+            verdict = kind == .ioUring ? Self.selfTest(poller) : nil
         } catch {
             verdict = error.description
-            if case .system(_, let code) = error, code == EMFILE || code == ENFILE || code == ENOMEM { lasting = false }
+            if error.isResourceExhausted { lasting = false }
         }
         Backend.probeCache.withLock { cache in
             cache.probes += 1
@@ -145,6 +153,35 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         var probes = 0
     }
     static let probeCache = Mutex(ProbeCache())
+
+    /// A start-up self-test for a backend that can be created but may still not work (io_uring under a
+    /// seccomp filter that refuses io_uring_enter, a kernel that refuses poll requests): a pipe's read
+    /// end must be reported readable once the pipe is written, and not before.
+    static func selfTest(_ poller: any Poller) -> String? {
+        guard let pipe = Sys.pipe() else { return "self-test: pipe2 failed (\(Errno.name(errno)))" }
+        defer {
+            Sys.close(pipe.read)
+            Sys.close(pipe.write)
+        }
+        let events = EventBuffer(capacity: 4)
+        do {
+            try poller.register(pipe.read, token: 1, interest: .readable)
+            guard try poller.wait(into: events, timeout: .zero) == 0 else { return "self-test: an empty pipe was reported ready" }
+            var byte: UInt8 = 1
+            guard write(pipe.write, &byte, 1) == 1 else { return "self-test: write failed (\(Errno.name(errno)))" }
+            guard try poller.wait(into: events, timeout: .seconds(1)) == 1, events[0] == Event(token: 1, ready: .readable) else {
+                return "self-test: a written pipe was not reported readable within 1 s"
+            }
+            try poller.deregister(pipe.read)
+        } catch {
+            return "self-test: \(error)"
+        }
+        return nil
+    }
+
+    /// What the kernel offers this backend, printed beside it in the selection report (io_uring: its
+    /// feature bits, multishot poll, `io_uring_disabled`), or nil.
+    public var kernelFacts: String? { kind == .ioUring ? IOUringSeam.kernelFacts() : nil }
 
     /// The backends that work on this machine, best first.
     public static var available: [Backend] { all.filter { $0.probe() == nil } }
@@ -226,10 +263,21 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
             } else {
                 verdict = .skipped("available, but \(environmentVariable) is invalid")
             }
-            entries.append(.init(backend: backend, verdict: verdict))
+            entries.append(.init(backend: backend, verdict: verdict.noting(backend.kernelFacts)))
         }
         if failure != nil { chosen = nil }
         return SelectionReport(entries: entries, chosen: chosen, failure: failure)
+    }
+}
+
+extension SelectionReport.Verdict {
+    /// The verdict with `facts` added in brackets.
+    func noting(_ facts: String?) -> Self {
+        guard let facts else { return self }
+        switch self {
+        case .chosen(let why): return .chosen("\(why) [\(facts)]")
+        case .skipped(let why): return .skipped("\(why) [\(facts)]")
+        }
     }
 }
 

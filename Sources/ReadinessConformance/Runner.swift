@@ -349,6 +349,29 @@ final class ScenarioRun {
             worker.signal(SIGUSR2)
             worker.join()
             return observed
+        case .wakeReenteredBySignalHandler(let signals):
+            let poller = try livePoller()
+            let waker = poller.waker
+            SignalWake.install(waker)
+            defer { SignalWake.uninstall() }
+            let finished = Atomic<Bool>(false)
+            let worker = try Worker {
+                for _ in 0..<Self.wakesUnderSignals { try? waker.wake() }
+                finished.store(true, ordering: .releasing)
+            }
+            for _ in 0..<signals {
+                worker.signal(SIGUSR2)
+                usleep(50)
+            }
+            // A wake that a signal handler re-enters must not deadlock (a lock held by the interrupted
+            // wake): the loop finishes within seconds or the waker is not async-signal-safe.
+            let deadline = MonotonicClock.deadline(after: 10_000_000_000)
+            while !finished.load(ordering: .acquiring), MonotonicClock.nowNanoseconds < deadline { usleep(1000) }
+            guard finished.load(ordering: .acquiring) else {
+                return .note("deadlock: a wake() re-entered from a signal handler never returned")
+            }
+            worker.join()
+            return .ok
         case .deregisterAll(let names):
             for name in names {
                 do throws(PollerError) { try livePoller().deregister(fd(name)) } catch { return .error(error.caseName) }
@@ -427,6 +450,7 @@ final class ScenarioRun {
     static let createdOrExhausted = "each creation succeeded or failed with resourceExhausted; nothing leaked"
     static let inTime = "no events, not before the timeout"
     private static let lateTries = 5
+    private static let wakesUnderSignals = 20_000
 
     private static func openDescriptors() -> Int {
         guard let dir = opendir("/proc/self/fd") else { return -1 }

@@ -338,6 +338,15 @@ extension Conformance {
         Scenario("wake/signal-handler", checks: "wake() called from a signal handler ends a wait that has no timeout.", [
             line(.waitWokenBySignalHandler(after: .milliseconds(20)), woken),
         ]),
+        Scenario("wake/signal-handler-reentry", checks: "wake() from a signal handler that interrupted a wake() in progress neither deadlocks nor loses the wake-up.", [
+            line(.wakeReenteredBySignalHandler(signals: 200)), wait(soon, woken), wait(now, .none),
+        ]),
+        Scenario("closed/reregister-reused-dup-lingers", checks: "A registration revived on a reused number reports the new file only, though a dup keeps the old file open.",
+                 fixtures: pair, [
+            reg("a", 1, .readable), line(.duplicate("a", as: "a2", atLeast: 100)), line(.close("a")), wait(now, .none),
+            line(.reopenOnNumber("x", peer: "y", numberOf: "a")), rereg("x", 2, .readable), write("b"), wait(now, .none),
+            line(.waitTimed(.milliseconds(100)), quiet), write("y"), wait(soon, ev((2, .readable))),
+        ]),
         Scenario("buffer/fills", checks: "A wait fills the caller's buffer when that many descriptors are ready, and takes no more than it holds.",
                  fixtures: [.socketPairs("p", count: 70)], [
             line(.registerEach("p", count: 70, firstToken: 1, interest: .readable)), line(.writeEach("p", count: 70)),

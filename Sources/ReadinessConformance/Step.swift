@@ -69,6 +69,9 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     /// Blocks with no timeout while another thread sends the waiting thread a signal whose handler
     /// calls `wake()` (a waker must be async-signal-safe).
     case waitWokenBySignalHandler(after: Duration)
+    /// A thread calls `wake()` in a loop while `signals` signals interrupt it, each handler calling
+    /// `wake()` too (re-entering a wake in progress); records whether the thread finished.
+    case wakeReenteredBySignalHandler(signals: Int)
 
     public var description: String {
         switch self {
@@ -105,6 +108,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .deregisterEach(let p, let n): "deregister \(p)0...\(p)\(n - 1)"
         case .waitCounting(let c, let t): "wait \(t.map { "\($0)" } ?? "forever") into a buffer of \(c), counting events"
         case .waitWokenBySignalHandler(let after): "wait forever; a signal handler wakes after \(after)"
+        case .wakeReenteredBySignalHandler(let n): "wake in a loop while \(n) signal handlers wake too"
         }
     }
 }

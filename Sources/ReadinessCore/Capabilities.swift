@@ -25,10 +25,15 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     /// Whether ``Ready/hangup`` and ``Ready/error`` are reported (select and libevent fold them into
     /// readable/writable).
     public var reportsHangupAndError: Bool
+    /// Whether closing a registered descriptor closes its file at once, as the caller expects (false on
+    /// io_uring, whose armed poll request holds a reference to the file until the registration is
+    /// deregistered: only then does the peer see the close). Docs/Contract.md, "A descriptor closed
+    /// while registered".
+    public var closeReleasesFile: Bool
 
     /// Capabilities with every field given; `mechanism` defaults to `name`.
     public init(name: String, mechanism: String? = nil, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
-                maxDescriptor: CInt, reportsReadClosed: Bool, reportsHangupAndError: Bool) {
+                maxDescriptor: CInt, reportsReadClosed: Bool, reportsHangupAndError: Bool, closeReleasesFile: Bool = true) {
         self.name = name
         self.mechanism = mechanism ?? name
         self.edgeTriggered = edgeTriggered
@@ -37,6 +42,7 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
         self.maxDescriptor = maxDescriptor
         self.reportsReadClosed = reportsReadClosed
         self.reportsHangupAndError = reportsHangupAndError
+        self.closeReleasesFile = closeReleasesFile
     }
 
     /// The readiness bits this backend can report: what two backends are compared on.

@@ -77,9 +77,19 @@ public struct RegistrationTable: Sendable {
     /// The generation the next ``insert(_:_:)`` will give.
     public var upcomingGeneration: UInt32 { nextGeneration }
 
+    /// A generation no registration has had yet (``replace(_:with:)`` stores it): a reregistered
+    /// registration is told apart from what the kernel may still hold of its earlier self.
+    public mutating func takeGeneration() -> UInt32 {
+        let taken = nextGeneration
+        nextGeneration &+= 1
+        if nextGeneration == 0 { nextGeneration = 1 }
+        return taken
+    }
+
     /// Replaces the token, interest and trigger of `fd` (keeping its place) and re-arms it.
     public mutating func replace(_ fd: CInt, with registration: Registration) {
         update(fd) { current in
+            current.generation = registration.generation
             current.token = registration.token
             current.interest = registration.interest
             current.trigger = registration.trigger
@@ -149,7 +159,8 @@ public struct RegistrationTable: Sendable {
         guard fd >= 0 else { throw .invalidDescriptor(fd) }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
         let current = try checkRegistered(fd)
-        if !kernelChecksDescriptor, !Sys.isOpen(fd) { throw .badDescriptor(fd) }
+        // The same checks as register (one fstat; devices are asked): the number may name a new file.
+        if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
         return current
     }
 

@@ -99,6 +99,10 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         // a token-only change included: epoll cannot know that its file is gone without asking the
         // kernel (EPOLL_CTL_MOD's ENOENT), and every backend must behave alike.
         new.stale = false
+        // A new generation: if the registered file was closed while a dup keeps it open, the kernel
+        // may still hold it under this number (epoll); its events then carry the old generation and
+        // are recognised as foreign instead of reported under the revived registration.
+        new.generation = storedTable.takeGeneration()
         try seam.modify(fd, from: old, to: new)
         storedTable.replace(fd, with: new)
     }

@@ -31,7 +31,7 @@ public enum Sys {
             switch rd_kernel_can_poll(fd) {
             case 1: return nil
             case 0: return .unsupportedDescriptor(fd)
-            default: return errno == EBADF ? .badDescriptor(fd) : .failed("epoll_ctl(probe)", errno: errno)
+            default: return errno == EBADF ? .badDescriptor(fd) : .failed("epoll probe of a device", errno: errno)
             }
         }
         return nil

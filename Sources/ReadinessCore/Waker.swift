@@ -31,6 +31,9 @@ public final class Waker: Sendable {
 
     /// Wakes the poller's current or next wait. Thread-safe and async-signal-safe.
     public func wake() throws(PollerError) {
+        // A closed waker is refused before it is counted, so wakes that keep coming cannot hold up
+        // close(): it waits only for those that counted themselves before the closed bit was set.
+        if state.load(ordering: .acquiring) & Self.closedBit != 0 { throw .closed }
         let before = state.add(Self.oneWake, ordering: .acquiring).oldValue
         defer { state.subtract(Self.oneWake, ordering: .releasing) }
         if before & Self.closedBit != 0 { throw .closed }

@@ -127,5 +127,5 @@ struct ConnectSocketTests {
         #expect(Connector.interleaveFamilies([v4a, v4b, v6a]) == [v4a, v6a, v4b])
         #expect(Connector.interleaveFamilies([]) == [])
     }
-    // The command-line tool's test is in Tools/Tests (the tool is a package of its own).
+    // The command-line tool's tests are in Tests/ReadinessToolTests.
 }

@@ -82,12 +82,13 @@ struct PollerTests {
 
 @Suite("Selection")
 struct SelectionTests {
-    @Test("every backend is available on Linux with libevent built in; without it, libevent says why")
+    @Test("every backend is available on Linux with libevent built in (io_uring where the kernel allows it); without libevent, it says why")
     func available() {
+        let ioUring = Backend.ioUring.probe() == nil ? ["io_uring"] : []
         #if Libevent
-        #expect(Backend.available.map(\.name) == ["epoll", "poll", "libevent", "libevent:epoll", "libevent:poll", "libevent:select", "select"])
+        #expect(Backend.available.map(\.name) == ["epoll", "poll", "libevent", "libevent:epoll", "libevent:poll", "libevent:select", "select"] + ioUring)
         #else
-        #expect(Backend.available.map(\.name) == ["epoll", "poll", "select"])
+        #expect(Backend.available.map(\.name) == ["epoll", "poll", "select"] + ioUring)
         for backend in Backend.all where backend.name.hasPrefix("libevent") {
             #expect(backend.probe()?.contains("not built in (trait Libevent off)") == true)
         }

@@ -103,15 +103,15 @@ public final class EpollSeam: PollerSeam {
 
     /// EPOLL_CTL_MOD for `fd`, re-arming it (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
-        var changed = new
-        changed.generation = old.generation
+        // `new` carries a new generation (SeamPoller.reregister).
         do {
-            try ctl(rd_EPOLL_CTL_MOD, fd, changed, "epoll_ctl(MOD)")
+            try ctl(rd_EPOLL_CTL_MOD, fd, new, "epoll_ctl(MOD)")
         } catch .system(_, ENOENT) {
             // Not in the kernel's set: dropped by a rebuild while disarmed, or the registered file was
             // closed and the number now names another one. reregister applies the registration to
-            // the file the number names now (Docs/Contract.md, "reregister").
-            try ctl(rd_EPOLL_CTL_ADD, fd, changed, "epoll_ctl(ADD)")
+            // the file the number names now (Docs/Contract.md, "reregister"); if the old file lingers
+            // through a dup, its events carry the old generation and make the set be rebuilt.
+            try ctl(rd_EPOLL_CTL_ADD, fd, new, "epoll_ctl(ADD)")
         }
     }
 

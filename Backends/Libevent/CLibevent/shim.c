@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <unistd.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -20,6 +21,8 @@ struct rd_lev {
     int fired, capacity;
     /* A reinit hit a fatal error: the base is half rebuilt and must not be used or freed. */
     int broken;
+    /* CPU time of the calling thread during the last loop pass (to tell a spinning pass). */
+    int64_t last_loop_cpu_ns;
 };
 
 struct rd_lev_reg {
@@ -253,9 +256,19 @@ void rd_lev_reg_free(rd_lev_reg *reg) {
     free(reg);
 }
 
-int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
+static int64_t rd_lev_thread_cpu_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+int64_t rd_lev_last_loop_cpu_ns(const rd_lev *lev) { return lev->last_loop_cpu_ns; }
+
+int rd_lev_loop(rd_lev *lev, int64_t timeout_us, int measure_cpu) {
     lev->fired = 0;
+    lev->last_loop_cpu_ns = 0;
     if (lev->broken) { errno = EBADFD; return -1; }
+    int64_t cpu_start = measure_cpu ? rd_lev_thread_cpu_ns() : 0;
     int flags = EVLOOP_ONCE;
     if (timeout_us == 0) {
         flags |= EVLOOP_NONBLOCK;
@@ -267,6 +280,7 @@ int rd_lev_loop(rd_lev *lev, int64_t timeout_us) {
     int result = event_base_loop(lev->base, flags);
     int saved = errno;
     if (timeout_us > 0) evtimer_del(lev->timer);
+    if (measure_cpu) lev->last_loop_cpu_ns = rd_lev_thread_cpu_ns() - cpu_start;
     if (result < 0) { errno = saved ? saved : EIO; return -1; }
     return lev->fired;
 }

@@ -47,8 +47,20 @@ public final class LibeventSeam: PollerSeam {
     private var epoch: UInt64 = 0
     private let checkOpen: Bool
     /// The epoll method cannot remove a file whose number was closed (or now names another file):
-    /// such a deregistration asks for one `event_reinit`, done by the next wait for all of them.
-    private var reinitPending = false
+    /// if a dup keeps that file open, it fires for ever under a number libevent no longer maps, and
+    /// every loop pass spins. Such deregistrations are suspects; one `event_reinit` (O(n)) clears
+    /// them all. It runs when suspects reach an eighth of the registrations (so closing n connections
+    /// costs O(n) in all), when a loop pass is seen spinning, or after 20 clean passes (0.1 s).
+    private var suspects = 0
+    private var cleanPasses = 0
+    /// A registration was revived on a number that names another file now: the old file, if it
+    /// lingers, would be reported under the revived registration, so the next wait rebuilds first.
+    private var reinitBeforeNextPass = false
+    /// While there are suspects, a pass lasts at most this long and its CPU time is measured: a pass
+    /// that burned most of it spun on a lingering file.
+    private static let spinCheckMicroseconds: Int64 = 5_000
+    private static let cleanPassesBeforeReinit = 20
+    private static let minimumSuspectsBeforeReinit = 8
     /// For the epoll method: the identity of each registered file (dense order), to tell at
     /// deregistration whether the number still names it.
     private var files: [FileIdentity] = []
@@ -136,13 +148,13 @@ public final class LibeventSeam: PollerSeam {
         if let reused = spare.last {
             // A registration in steady state allocates nothing: removed events are kept and reassigned.
             guard rd_lev_reg_reuse(reused, fd, interest, trigger(registration), earlyClose) == 0 else {
-                throw .failed("event_add", errno: errno)
+                throw Self.addError(fd, errno)
             }
             spare.removeLast()
             reg = reused
         } else {
             guard let made = rd_lev_reg_new(lev, fd, interest, trigger(registration), earlyClose) else {
-                throw .failed("event_add", errno: errno)
+                throw Self.addError(fd, errno)
             }
             reg = made
         }
@@ -162,7 +174,16 @@ public final class LibeventSeam: PollerSeam {
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         let reg = regs[Int(old.index)]
         guard rd_lev_reg_change(reg, CInt(new.interest.rawValue), trigger(new), earlyClose) == 0 else {
-            throw .failed("event_add", errno: errno)
+            throw Self.addError(fd, errno)
+        }
+        if method == "epoll" {
+            // A revived registration (its file closed, the number reused): the old file may linger in
+            // libevent's epoll set through a dup, as at deregistration.
+            let now = FileIdentity(of: fd)
+            if files[Int(old.index)] != now {
+                files[Int(old.index)] = now
+                reinitBeforeNextPass = true
+            }
         }
     }
 
@@ -173,7 +194,7 @@ public final class LibeventSeam: PollerSeam {
         // names another file (ENOENT), and ignores both; if a dup keeps the old file open it stays in
         // the kernel set and fires for ever, making every later loop pass spin. Rebuilding the epoll
         // set (event_reinit) removes it: once, at the next wait, however many were deregistered.
-        if method == "epoll", files[index] != FileIdentity(of: fd) { reinitPending = true }
+        if method == "epoll", files[index] != FileIdentity(of: fd) { suspects += 1 }
         rd_lev_reg_remove(regs[index])
         spare.append(regs[index])
         regs[index] = regs[lastIndex]
@@ -189,7 +210,9 @@ public final class LibeventSeam: PollerSeam {
     /// stale), since libevent could not re-add them.
     private func reinit(_ table: inout RegistrationTable) throws(PollerError) {
         _ = table.markClosedStale { _, registration in rd_lev_reg_remove(regs[Int(registration.index)]) }
-        reinitPending = false
+        suspects = 0
+        cleanPasses = 0
+        reinitBeforeNextPass = false
         // libevent re-adds every event and reports a failure if any re-add failed (a number closed and
         // reused by an unpollable file: the caller's error, Docs/Contract.md); the others are back, so
         // only a base left unusable is an error.
@@ -199,7 +222,9 @@ public final class LibeventSeam: PollerSeam {
     /// One libevent loop pass of at most `timeout` (see `PollerSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
-        if reinitPending { try reinit(&table) }
+        if reinitBeforeNextPass || (suspects > 0 && suspects >= max(Self.minimumSuspectsBeforeReinit, regs.count / 8)) {
+            try reinit(&table)
+        }
         epoch &+= 1
         if !pending.isEmpty { recheckPending(&table, events) }
         if events.isFull { return .events(events.count) }
@@ -207,8 +232,22 @@ public final class LibeventSeam: PollerSeam {
         var passes = 0
         while true {
             // Something already delivered (overflow, an earlier pass): only look, do not block.
-            let fired = rd_lev_loop(lev, events.isEmpty ? timeout.microseconds : 0)
+            var microseconds = events.isEmpty ? timeout.microseconds : 0
+            let watching = suspects > 0 && microseconds != 0
+            if watching, microseconds < 0 || microseconds > Self.spinCheckMicroseconds { microseconds = Self.spinCheckMicroseconds }
+            let fired = rd_lev_loop(lev, microseconds, watching ? 1 : 0)
             passes += 1
+            if watching, fired == 0 {
+                // Nothing for us, and the pass ended by its timer: if it burned at least half of it
+                // on CPU, a lingering file made it spin. Rebuild and let the wait loop go on with the
+                // time left; a quiet pass counts towards the rebuild that clears the suspects anyway.
+                if rd_lev_last_loop_cpu_ns(lev) * 2 >= microseconds * 1000 {
+                    try reinit(&table)
+                    return .interrupted
+                }
+                cleanPasses += 1
+                if cleanPasses >= Self.cleanPassesBeforeReinit { try reinit(&table) }
+            }
             if fired < 0 {
                 let e = errno
                 if !events.isEmpty { return .events(events.count) }
@@ -325,6 +364,15 @@ public final class LibeventSeam: PollerSeam {
 
     /// Linux's POLLRDHUP (needs _GNU_SOURCE, so Glibc does not export it).
     private static let pollRDHUP: Int16 = 0x2000
+
+    /// The contract's error for a failed `event_add`: the kernel's refusals named as epoll names them.
+    private static func addError(_ fd: CInt, _ code: CInt) -> PollerError {
+        switch code {
+        case EBADF: .badDescriptor(fd)
+        case EPERM: .unsupportedDescriptor(fd)
+        default: .failed("event_add", errno: code)
+        }
+    }
 
     /// Nothing to do: the base is freed when the seam is released.
     public func close() {}

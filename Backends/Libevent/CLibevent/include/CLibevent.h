@@ -48,7 +48,10 @@ void rd_lev_reg_remove(rd_lev_reg *reg);
 
 /// One loop pass: EVLOOP_ONCE, with EVLOOP_NONBLOCK when timeout_us is 0 and a timer when it is
 /// positive (-1: no timeout). Returns the number of fired events, or -1 (errno set).
-int rd_lev_loop(rd_lev *lev, int64_t timeout_us);
+/// With `measure_cpu`, the thread's CPU time during the pass is kept for rd_lev_last_loop_cpu_ns.
+int rd_lev_loop(rd_lev *lev, int64_t timeout_us, int measure_cpu);
+/// CPU time the calling thread spent in the last measured rd_lev_loop, in nanoseconds.
+int64_t rd_lev_last_loop_cpu_ns(const rd_lev *lev);
 int rd_lev_fired_fd(const rd_lev *lev, int i);
 int rd_lev_fired_what(const rd_lev *lev, int i);
 #endif

@@ -169,6 +169,7 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
     @_specialize(where Seam == PollSeam)
     @_specialize(where Seam == SelectSeam)
     @_specialize(where Seam == LibeventSeam)
+    @_specialize(where Seam == IOUringSeam)
     func round() throws -> Round {
         started = 0
         done = 0

@@ -19,6 +19,7 @@ enum Contenders {
         Contender(name: "Readiness libevent:epoll", family: .readiness, mechanism: "epoll"),
         Contender(name: "Readiness libevent:poll", family: .readiness, mechanism: "poll"),
         Contender(name: "Readiness libevent:select", family: .readiness, mechanism: "select"),
+        Contender(name: "Readiness io_uring", family: .readiness, mechanism: "io_uring"),
     ]
     static let nio = Contender(name: "SwiftNIO", family: .nio, mechanism: "epoll")
     /// Diagnostic (scenario 3 only): the epoll poller driven by hand like the raw loop, without the
@@ -56,6 +57,7 @@ enum Contenders {
         case "libevent:epoll": return try body.make(libevent(.epoll))
         case "libevent:poll": return try body.make(libevent(.poll))
         case "libevent:select": return try body.make(libevent(.select))
+        case "io_uring": return try body.make(IOUringSeam.makePoller())
         default: throw BenchError("unknown backend \(c.name)")
         }
     }

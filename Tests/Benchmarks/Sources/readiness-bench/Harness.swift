@@ -189,7 +189,7 @@ func runConfiguration(
     make: (Contender) throws -> any Instance,
     log: (String) -> Void
 ) -> [Result] {
-    let contenders = contenders.filter { contenderFilter.map($0.name.contains) ?? true }
+    let contenders = contenders.filter { c in contenderFilter.map { $0.split(separator: "|").contains { c.name.contains($0) } } ?? true }
     guard !contenders.isEmpty else { return [] }
     var results = contenders.map { Result(scenario: scenario, scenarioTitle: title, parameters: parameters, x: x, contender: $0) }
     for pass in 0..<plan.passes {

@@ -237,6 +237,15 @@ struct Report {
                                     isMet: { $0 <= 1.05 }, render: { fixed($0, 2) + "×" }))
             }
         }
+        // Issue 14: io_uring against raw epoll (its target: faster on the ring at n=1000, a=100; the
+        // other scenarios show where it loses).
+        for (scenario, title) in times {
+            let uring = results(scenario, "Readiness io_uring").filter { $0.skipped == nil }
+            guard !uring.isEmpty else { continue }
+            checks.append(Check(target: "io_uring faster than raw epoll", scenario: title,
+                                values: uring.map { (label($0), ratio($0, to: find($0, "raw epoll (C)"))) },
+                                isMet: { $0 < 1.0 }, render: { fixed($0, 2) + "×" }))
+        }
         let connects = results(3, "Readiness epoll")
         if !connects.isEmpty {
             let inFlight: (Result) -> String = { "\($0.x) in flight" }

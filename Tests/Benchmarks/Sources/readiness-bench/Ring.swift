@@ -145,6 +145,7 @@ final class ReadinessRing<Seam: PollerSeam>: Instance {
     @_specialize(where Seam == PollSeam)
     @_specialize(where Seam == SelectSeam)
     @_specialize(where Seam == LibeventSeam)
+    @_specialize(where Seam == IOUringSeam)
     func round() throws -> Round {
         count = 0
         fired = 0

@@ -110,6 +110,7 @@ final class ReadinessScale<Seam: PollerSeam>: Instance {
     @_specialize(where Seam == PollSeam)
     @_specialize(where Seam == SelectSeam)
     @_specialize(where Seam == LibeventSeam)
+    @_specialize(where Seam == IOUringSeam)
     func round() throws -> Round {
         var passes: Int64 = 0
         let start = rb_now_ns()

@@ -15,7 +15,7 @@ let usage = """
       --render-only  rewrite the report from the saved results of the last run that wrote Docs/
                   (Tests/Benchmarks/.build/last-run.tsv), e.g. after editing Tests/Benchmarks/Analysis.md;
                   measures nothing
-      --contender TEXT   run only the contenders whose name contains TEXT (for profiling)
+      --contender TEXT   run only the contenders whose name contains TEXT, or one of TEXT|TEXT|... (for profiling)
       --passes K  passes over the contenders (default: 12 full, 2 quick, 1 tiny)
       --scaling-n 1,100  the N of scenario 2 (for profiling)
     """
@@ -137,7 +137,7 @@ if only.contains(1) {
 // Scenario 2: one ready descriptor among N.
 if only.contains(2) {
     for n in plan.scalingN {
-        let contenders = Contenders.waitContenders.filter { n <= plan.scalingMaxNonEpollN || $0.mechanism == "epoll" }
+        let contenders = Contenders.waitContenders.filter { n <= plan.scalingMaxNonEpollN || $0.mechanism == "epoll" || $0.mechanism == "io_uring" }
         log("scenario 2, scaling, N=\(n)")
         results += runConfiguration(
             plan: plan, scenario: 2, title: "Scaling", parameters: "N=\(n)", x: n,

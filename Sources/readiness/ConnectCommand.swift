@@ -1,18 +1,47 @@
-import ArgumentParser
 import Readiness
 
-struct ConnectCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "connect",
-        abstract: "Connect once (confirmed by SO_ERROR) and print the outcome, the time and the state machine's trace.")
+struct ConnectCommand: Command {
+    private enum Name {
+        static let target = "target"
+        static let backend = "backend"
+        static let timeout = "timeout"
+        static let json = "json"
+    }
 
-    @Argument(help: "HOST:PORT, [IPv6]:PORT or unix:PATH") var target: String
-    @Option(help: "Backend name (default: READINESS_BACKEND or the best available).") var backend: String?
-    @Option(parsing: .unconditional, help: "Timeout in milliseconds (0 or more).") var timeout: Int = 5000
-    @Flag(help: "Print one JSON object.") var json = false
+    /// The connect timeout when --timeout is not given.
+    static let defaultTimeoutMilliseconds = 5000
+    /// Happy Eyeballs (RFC 8305): the delay before the next address is tried.
+    static let attemptDelay: Duration = .milliseconds(250)
 
-    func validate() throws {
-        guard timeout >= 0 else { throw ValidationError("--timeout must not be negative (got \(timeout))") }
+    private static let timeoutOption = OptionSpec.value(
+        Name.timeout, help: "Timeout in milliseconds (0 or more).", default: String(defaultTimeoutMilliseconds))
+
+    private static let targetArgument = ArgumentSpec(name: Name.target, help: "HOST:PORT, [IPv6]:PORT or unix:PATH")
+
+    static let spec = CommandSpec(
+        name: "connect",
+        abstract: "Connect once (confirmed by SO_ERROR) and print the outcome, the time and the state machine's trace.",
+        arguments: [targetArgument],
+        options: [
+            .value(Name.backend, help: "Backend name (default: READINESS_BACKEND or the best available)."),
+            timeoutOption,
+            .flag(Name.json, help: "Print one JSON object."),
+        ])
+
+    let target: String
+    let backend: String?
+    let timeout: Int
+    let json: Bool
+
+    init(_ arguments: ParsedArguments) throws(UsageError) {
+        guard let target = arguments.arguments.first else {
+            throw .missingArgument(Self.targetArgument.label)
+        }
+        self.target = target
+        backend = arguments.value(Name.backend)
+        timeout = try arguments.integer(Self.timeoutOption) ?? Self.defaultTimeoutMilliseconds
+        json = arguments.flag(Name.json)
+        guard timeout >= 0 else { throw .invalid("--timeout must not be negative (got \(timeout))") }
     }
 
     struct Output: Encodable {
@@ -29,17 +58,19 @@ struct ConnectCommand: ParsableCommand {
         let trace: [String]
     }
 
-    func run() throws {
-        let chosen = try backend.map { name throws(SelectionError) in try Backend.named(name) } ?? Backend.default()
-        let poller = try chosen.makePoller()
+    func run() throws(ToolError) {
+        let chosen = try orFail { () throws(SelectionError) -> Backend in
+            if let backend { try Backend.named(backend) } else { try Backend.default() }
+        }
+        let poller = try orFail { () throws(PollerError) in try chosen.makePoller() }
         defer { try? poller.close() }
-        let addresses = try SocketAddress.resolve(target)
+        let addresses = try orFail { () throws(SocketAddress.ParseError) in try SocketAddress.resolve(target) }
         let start = MonotonicClock.nowNanoseconds
         var output: Output
         let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: .milliseconds(timeout), trace: true)
         let elapsed = { Double(MonotonicClock.nowNanoseconds - start) / 1e6 }
         do {
-            let socket = try Connector.run(attempts, on: poller, attemptDelay: .milliseconds(250))
+            let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay)
             // The attempt reads its local name only where a self-connect is possible: ask here.
             let local = socket.local ?? (try? SocketAddress.local(of: socket.fd))
             Sys.close(socket.fd)
@@ -61,7 +92,7 @@ struct ConnectCommand: ParsableCommand {
             report("backend: \(output.backend), elapsed: \(String(format: "%.3f", output.elapsedMilliseconds)) ms")
             for line in output.trace { report("  \(line)") }
         }
-        if !output.connected { throw ExitCode(1) }
+        if !output.connected { throw .failed }
     }
 
     static func trace(_ attempts: [ConnectAttempt], since start: Int64) -> [String] {

@@ -1,10 +1,10 @@
 import Foundation
 
 /// Prints a value as one line of JSON (sorted keys, so the output is stable).
-func printJSON<T: Encodable>(_ value: T) throws {
+func printJSON<T: Encodable>(_ value: T) throws(ToolError) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
-    let data = try encoder.encode(value)
+    let data = try orFail { () throws(any Error) -> Data in try encoder.encode(value) }
     print(String(decoding: data, as: UTF8.self))
 }
 

@@ -1,23 +1,71 @@
-import ArgumentParser
 import Foundation
 import Readiness
 import ReadinessConformance
 
-struct ConformanceCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "conformance",
-        abstract: "Run the conformance suite on backends and print the matrix of scenarios by backends.")
+struct ConformanceCommand: Command {
+    private enum Name {
+        static let backend = "backend"
+        static let only = "only"
+        static let differential = "differential"
+        static let seed = "seed"
+        static let differentialOnly = "differential-only"
+        static let showScript = "show-script"
+        static let list = "list"
+        static let json = "json"
+        static let markdown = "markdown"
+    }
 
-    @Option(name: .customLong("backend"), help: "A backend to run (repeatable; default: every available one).")
-    var backendNames: [String] = []
-    @Option(help: "Only scenarios whose id starts with this prefix.") var only: String?
-    @Option(help: "Random differential scripts to run on all chosen backends (0: none).") var differential = 50
-    @Option(help: "First seed of the differential scripts.") var seed: UInt64 = 1
-    @Flag(help: "Run only the differential scripts, no scenario.") var differentialOnly = false
-    @Option(help: "Print the differential script of this seed and exit.") var showScript: UInt64?
-    @Flag(help: "Only list the scenarios (Markdown), without running them.") var list = false
-    @Flag(help: "Print JSON.") var json = false
-    @Flag(help: "Print a Markdown table.") var markdown = false
+    /// Random differential scripts run when --differential is not given.
+    static let defaultDifferential = 50
+    /// The first seed when --seed is not given.
+    static let defaultSeed: UInt64 = 1
+
+    private enum Option {
+        static let differential = OptionSpec.value(
+            Name.differential, help: "Random differential scripts to run on all chosen backends (0: none).",
+            default: String(defaultDifferential))
+        static let seed = OptionSpec.value(
+            Name.seed, help: "First seed of the differential scripts.", default: String(defaultSeed))
+        static let showScript = OptionSpec.value(
+            Name.showScript, help: "Print the differential script of this seed and exit.")
+    }
+
+    static let spec = CommandSpec(
+        name: "conformance",
+        abstract: "Run the conformance suite on backends and print the matrix of scenarios by backends.",
+        options: [
+            .value(Name.backend, help: "A backend to run (repeatable; default: every available one).", repeatable: true),
+            .value(Name.only, help: "Only scenarios whose id starts with this prefix."),
+            Option.differential,
+            Option.seed,
+            .flag(Name.differentialOnly, help: "Run only the differential scripts, no scenario."),
+            Option.showScript,
+            .flag(Name.list, help: "Only list the scenarios (Markdown), without running them."),
+            .flag(Name.json, help: "Print JSON."),
+            .flag(Name.markdown, help: "Print a Markdown table."),
+        ])
+
+    let backendNames: [String]
+    let only: String?
+    let differential: Int
+    let seed: UInt64
+    let differentialOnly: Bool
+    let showScript: UInt64?
+    let list: Bool
+    let json: Bool
+    let markdown: Bool
+
+    init(_ arguments: ParsedArguments) throws(UsageError) {
+        backendNames = arguments.values(Name.backend)
+        only = arguments.value(Name.only)
+        differential = try arguments.integer(Option.differential) ?? Self.defaultDifferential
+        seed = try arguments.integer(Option.seed) ?? Self.defaultSeed
+        differentialOnly = arguments.flag(Name.differentialOnly)
+        showScript = try arguments.integer(Option.showScript)
+        list = arguments.flag(Name.list)
+        json = arguments.flag(Name.json)
+        markdown = arguments.flag(Name.markdown)
+    }
 
     /// Steps per differential script.
     static let scriptLength = 30
@@ -37,6 +85,8 @@ struct ConformanceCommand: ParsableCommand {
         let failed: Int
         let skipped: Int
         let seconds: Double
+
+        static let zero = Totals(passed: 0, failed: 0, skipped: 0, seconds: 0)
     }
     struct Output: Encodable {
         let backends: [String]
@@ -46,15 +96,19 @@ struct ConformanceCommand: ParsableCommand {
         let differentialScripts: Int
     }
 
-    func run() throws {
+    func run() throws(ToolError) {
         if let showScript {
             for (index, step) in Differential.script(seed: showScript, length: Self.scriptLength).enumerated() { print("\(index + 1). \(step)") }
             return
         }
-        let chosen = try backendNames.isEmpty ? Backend.available : backendNames.map { name throws(SelectionError) in try Backend.named(name) }
-        let scenarios = differentialOnly ? [] : Conformance.scenarios.filter { only == nil || $0.id.hasPrefix(only!) }
+        let named = try orFail { () throws(SelectionError) in try backendNames.map { name throws(SelectionError) in try Backend.named(name) } }
+        // A backend named twice runs once (the matrix has one column per backend).
+        let chosen = backendNames.isEmpty ? Backend.available : named.enumerated().filter { index, backend in
+            !named[..<index].contains { $0.name == backend.name }
+        }.map(\.element)
+        let scenarios = differentialOnly ? [] : Conformance.scenarios.filter { scenario in only.map(scenario.id.hasPrefix) ?? true }
         if let only, scenarios.isEmpty, !differentialOnly {
-            throw ValidationError("no scenario id starts with \"\(only)\" (see --list)")
+            throw .usage(.invalid("no scenario id starts with \"\(only)\" (see --list)"))
         }
         if list {
             for scenario in scenarios {
@@ -71,7 +125,7 @@ struct ConformanceCommand: ParsableCommand {
         var differences: [String] = []
         if contenders.count > 1 {
             for offset in 0..<UInt64(max(0, differential)) {
-                if let failure = Differential.check(seed: seed + offset, length: Self.scriptLength, contenders: contenders) {
+                if let failure = Differential.check(seed: seed &+ offset, length: Self.scriptLength, contenders: contenders) {
                     differences.append(failure.description)
                 }
             }
@@ -103,7 +157,7 @@ struct ConformanceCommand: ParsableCommand {
             print(markdown ? Self.markdown(output) : Self.text(output))
         }
         let failed = reports.contains { !$0.failures.isEmpty } || !differences.isEmpty
-        if failed { throw ExitCode(1) }
+        if failed { throw .failed }
     }
 
     static func markdown(_ o: Output) -> String {
@@ -121,10 +175,10 @@ struct ConformanceCommand: ParsableCommand {
             lines.append("| \(row.scenario) | " + cells.joined(separator: " | ") + " |")
         }
         lines.append("| **totals (pass/fail/skip)** | " + o.backends.map { b in
-            let t = o.totals[b]!
+            let t = o.totals[b, default: .zero]
             return "\(t.passed)/\(t.failed)/\(t.skipped)"
         }.joined(separator: " | ") + " |")
-        lines.append("| **time (s)** | " + o.backends.map { String(format: "%.2f", o.totals[$0]!.seconds) }.joined(separator: " | ") + " |")
+        lines.append("| **time (s)** | " + o.backends.map { String(format: "%.2f", o.totals[$0, default: .zero].seconds) }.joined(separator: " | ") + " |")
         lines.append("")
         lines.append("Differential: \(o.differentialScripts) random scripts, \(o.differential.count) differences.")
         if !notes.isEmpty { lines.append(""); lines.append(contentsOf: notes) }
@@ -146,10 +200,10 @@ struct ConformanceCommand: ParsableCommand {
             }.joined())
         }
         lines.append(pad("passed/failed/skipped", width) + o.backends.map { b in
-            let t = o.totals[b]!
+            let t = o.totals[b, default: .zero]
             return pad("\(t.passed)/\(t.failed)/\(t.skipped)", column)
         }.joined())
-        lines.append(pad("seconds", width) + o.backends.map { pad(String(format: "%.2f", o.totals[$0]!.seconds), column) }.joined())
+        lines.append(pad("seconds", width) + o.backends.map { pad(String(format: "%.2f", o.totals[$0, default: .zero].seconds), column) }.joined())
         lines.append("differential: \(o.differentialScripts) random scripts on all backends, \(o.differential.count) differences")
         lines.append(contentsOf: notes)
         lines.append(contentsOf: o.differential)

@@ -1,0 +1,65 @@
+#ifndef READINESS_CIOURING_H
+#define READINESS_CIOURING_H
+// A small io_uring shim over the raw system calls (no liburing): set up and map the rings, queue
+// poll requests, submit and wait in one io_uring_enter, read completions. Swift keeps the logic.
+#include <stdint.h>
+
+/// One ring (opaque to Swift).
+struct rd_uring;
+
+/// Poll bits io_uring reports (the poll(2) bits; POLLRDHUP needs _GNU_SOURCE, hence here).
+extern const uint32_t rd_uring_POLLIN, rd_uring_POLLOUT, rd_uring_POLLRDHUP, rd_uring_POLLHUP,
+    rd_uring_POLLERR, rd_uring_POLLNVAL;
+/// IORING_CQE_F_MORE: the request (multishot) stays armed after this completion.
+extern const uint32_t rd_uring_CQE_F_MORE;
+
+/// Creates a ring with `entries` submission slots and `cq_entries` completion slots. Returns 0, or a
+/// negative errno: io_uring_setup's (`why` empty), a later step's (`why` names it: "mmap(...)",
+/// "calloc"; nothing is left open), or -ENOTSUP with the missing kernel feature in `why`.
+/// `allow_deferred` 0 sets the ring up as a kernel without IORING_SETUP_DEFER_TASKRUN would (tests).
+int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, int allow_deferred,
+                  char *why, int why_size);
+void rd_uring_close(struct rd_uring *ring);
+/// The ring's descriptor and the kernel's IORING_FEAT_* bits and setup flags actually used.
+int rd_uring_fd(const struct rd_uring *ring);
+uint32_t rd_uring_features(const struct rd_uring *ring);
+uint32_t rd_uring_setup_flags(const struct rd_uring *ring);
+/// Whether completions run inside our own io_uring_enter (IORING_SETUP_DEFER_TASKRUN, Linux 6.1).
+int rd_uring_defers_completions(const struct rd_uring *ring);
+/// Whether the kernel has multishot poll (IORING_POLL_ADD_MULTI, Linux 5.13).
+int rd_uring_has_multishot(const struct rd_uring *ring);
+
+/// Queues IORING_OP_POLL_ADD of `fd` for `mask`; multishot when `multishot`; its place in the
+/// submission order goes to `position`. Submits the queue first when it is full. 0, or a negative
+/// errno (from that submission).
+int rd_uring_poll_add(struct rd_uring *ring, int fd, uint32_t mask, uint64_t user_data, int multishot,
+                      uint32_t *position);
+/// Turns the request queued at `position` into a IORING_OP_NOP carrying `user_data` if the kernel has
+/// not taken it yet: 1 if it did, 0 if the request was already submitted.
+int rd_uring_unqueue(struct rd_uring *ring, uint32_t position, uint64_t user_data);
+/// Queues IORING_OP_POLL_REMOVE of the request `target`; its own completion carries `user_data`.
+int rd_uring_poll_remove(struct rd_uring *ring, uint64_t target, uint64_t user_data);
+/// Submits what is queued without waiting. The number submitted, or a negative errno: -EEXIST when
+/// the ring belongs to another thread (DEFER_TASKRUN rings have a single submitter: make a new one).
+int rd_uring_submit(struct rd_uring *ring);
+/// Submits what is queued and waits in the same io_uring_enter for at least `min_complete`
+/// completions or `timeout_ns` (negative: no timeout; ignored when `min_complete` is 0).
+/// 0, or a negative errno (-EINTR, -ETIME, -EEXIST as for rd_uring_submit, ...).
+int rd_uring_enter(struct rd_uring *ring, unsigned min_complete, int64_t timeout_ns);
+
+/// Whether completions deferred to us (IORING_SETUP_DEFER_TASKRUN) are still waiting to be run: the
+/// kernel runs a bounded batch of them per pass (IO_LOCAL_TW_DEFAULT_MAX, 20, or min_complete if more;
+/// Linux 6.13 and later), and raises IORING_SQ_TASKRUN when it leaves some. Always 0 on other rings.
+int rd_uring_work_pending(const struct rd_uring *ring);
+/// Runs another batch of those completions into the completion queue, without waiting (one
+/// io_uring_enter with GETEVENTS and no minimum). 0, or a negative errno.
+int rd_uring_run_work(struct rd_uring *ring);
+
+/// Completions ready to be read, then the `i`th of them (0 = oldest), then consume `n`.
+unsigned rd_uring_cq_ready(const struct rd_uring *ring);
+void rd_uring_cq_get(const struct rd_uring *ring, unsigned i, uint64_t *user_data, int32_t *res, uint32_t *flags);
+void rd_uring_cq_advance(struct rd_uring *ring, unsigned n);
+
+/// /proc/sys/kernel/io_uring_disabled (0 allowed, 1 group only, 2 disabled), or -1 when absent.
+int rd_uring_disabled_setting(void);
+#endif

@@ -1,0 +1,500 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIOUring
+import ReadinessCore
+
+/// Linux io_uring used for readiness: `IORING_OP_POLL_ADD` requests on the registered descriptors,
+/// submitted in batches with the wait (one `io_uring_enter` submits the changes and waits with a
+/// timeout), completions drained into the caller's buffer. Raw system calls through a small C shim
+/// (`CIOUring`), so users need no liburing.
+///
+/// - level: a multishot poll (kept armed); a registration it reported is looked at again by the next
+///   wait, as epoll's level mode puts a reported item back on its ready list. On a kernel without
+///   multishot poll: a one-shot poll re-armed by the next wait (whose arm looks at the descriptor at once);
+/// - one-shot: a one-shot poll, not re-armed until `reregister`;
+/// - edge: a multishot poll (a completion per wake-up of the file, as EPOLLET), where the kernel has it.
+///
+/// Every poll request carries `user_data = armID << 32 | fd`, where `armID` is unique per request this
+/// seam made (finer than the registration's generation: it also changes on re-arm and reregister). A
+/// completion whose pair is not the descriptor's current request belongs to a registration that was
+/// removed or changed, or to a file that is gone, and is dropped. A removed registration's request is
+/// cancelled with `IORING_OP_POLL_REMOVE`, submitted at once: a poll request holds a reference to its
+/// file, so until then a closed descriptor's file lives on (as through a dup).
+public final class IOUringSeam: PollerSeam {
+    public let capabilities: Capabilities
+    private var ring: OpaquePointer
+    private let waker: Waker
+    /// What the kernel offers, for the selection report.
+    public let kernelFacts: String
+
+    /// Per descriptor number: the current poll request and the wait bookkeeping.
+    private struct Slot {
+        /// The armID of the descriptor's current request (0: none).
+        var armID: UInt32 = 0
+        /// Where its POLL_ADD was queued: while the kernel has not taken it, cancelling is unqueueing.
+        var position: UInt32 = 0
+        /// What the request asks for, to make it again on a new ring.
+        var mask: UInt32 = 0
+        var multishot = false
+        /// A request is in the kernel (its completion without IORING_CQE_F_MORE has not been seen).
+        var inFlight = false
+        /// Its request completed and it must be watched: the next wait submits a new one.
+        var rearmQueued = false
+        /// Level-triggered and reported by the last wait, its multishot request still armed: the
+        /// next wait looks at it again (as epoll puts a reported level item back on its ready list).
+        var carried = false
+        /// A completion of the current request is kept in `pending`, to be looked at again.
+        var isPending = false
+    }
+    private var slots: [Slot] = []
+    private var nextArm: UInt32 = 1
+    /// Descriptors to re-arm at the next wait (capacity reserved at registration).
+    private var rearm: [CInt] = []
+    /// Level registrations reported by the last wait, looked at again by the next one.
+    private var carry: [CInt] = []
+    /// Level registrations use a multishot request (kept armed, no re-arm per event) where the kernel
+    /// has multishot poll; otherwise a one-shot request re-armed by the wait after each report.
+    private let levelMultishot: Bool
+    /// Descriptors whose request completed, in arrival order, not yet reported (capacity reserved at
+    /// registration).
+    private var pending: [CInt] = []
+    /// poll(2) entries to look at `pending` again before reporting it.
+    private var recheck: UnsafeMutablePointer<pollfd>
+    private var recheckCapacity = 16
+    private var wakerInFlight = false
+    private var registered = 0
+    private var ringClosed = false
+
+    /// Tags in the low word's top bit (a descriptor is never negative): the waker's poll, unqueued
+    /// requests (NOPs), both with armID 0, and POLL_REMOVE requests, whose `user_data` is their
+    /// target's with this bit set (an armID is never 0), so a cancel that came too early (EALREADY:
+    /// the request was completing) is sent again.
+    private static let controlBit: UInt64 = 1 << 31
+    private static let wakerData: UInt64 = controlBit | 1
+    private static let nopData: UInt64 = controlBit | 2
+    /// Ring sizes: submissions are flushed when the queue is full; completions beyond the completion
+    /// ring wait in the kernel (IORING_FEAT_NODROP) until the next drain.
+    private static let submissionEntries: UInt32 = 256
+    private static let completionEntries: UInt32 = 4096
+
+    /// Kernel features the seam uses where the kernel has them; leaving some out runs the paths taken on
+    /// older kernels (the tests run the whole suite on each).
+    public struct Features: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// Multishot poll (5.13): edge triggering, and level requests that stay armed.
+        public static let multishot = Features(rawValue: 1)
+        /// IORING_SETUP_DEFER_TASKRUN (6.1): completions run inside our own io_uring_enter.
+        public static let deferredCompletions = Features(rawValue: 2)
+        public static let all: Features = [.multishot, .deferredCompletions]
+    }
+    /// The features this seam uses.
+    public let features: Features
+
+    public init(waker: Waker, allowing allowed: Features = .all) throws(PollerError) {
+        var made: OpaquePointer?
+        var message = [CChar](repeating: 0, count: 256)
+        let deferred: CInt = allowed.contains(.deferredCompletions) ? 1 : 0
+        let status = message.withUnsafeMutableBufferPointer {
+            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries, deferred, $0.baseAddress, CInt($0.count))
+        }
+        guard status == 0, let made else { throw Self.openFailure(status: status, message: message) }
+        ring = made
+        self.waker = waker
+        recheck = .allocate(capacity: recheckCapacity)
+        let multishot = allowed.contains(.multishot) && rd_uring_has_multishot(made) != 0
+        levelMultishot = multishot
+        var used: Features = multishot ? .multishot : []
+        if rd_uring_defers_completions(made) != 0 { used.insert(.deferredCompletions) }
+        features = used
+        kernelFacts = Self.describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: multishot)
+        capabilities = Capabilities(
+            name: "io_uring", mechanism: "io_uring", edgeTriggered: multishot, oneShot: .native,
+            timeoutResolution: .nanoseconds(1), maxDescriptor: CInt.max,
+            reportsReadClosed: true, reportsHangupAndError: true, closeReleasesFile: false)
+        try armWaker()
+    }
+
+    deinit {
+        close()
+        recheck.deallocate()
+    }
+
+    /// Creates an io_uring poller; `allowing` fewer features takes the paths of older kernels.
+    public static func makePoller(allowing allowed: Features = .all) throws(PollerError) -> SeamPoller<IOUringSeam> {
+        try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker, allowing: allowed) }
+    }
+
+    /// The error for a failed `rd_uring_open`: out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM, from io_uring_setup or a mapping) is ``PollerError/resourceExhausted(operation:errno:)``,
+    /// as for every backend; a kernel without io_uring, or refusing it, or lacking a feature, is
+    /// ``PollerError/unavailable(backend:reason:)``.
+    static func openFailure(status: CInt, message: [CChar]) -> PollerError {
+        let code = -status
+        let what = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if code == ENOTSUP, !what.isEmpty { return .unavailable(backend: "io_uring", reason: what) }
+        let operation = what.isEmpty ? "io_uring_setup" : what
+        if Errno.isResourceExhaustion(code) { return .failed(operation, errno: code) }
+        if what.isEmpty { return .unavailable(backend: "io_uring", reason: setupFailure(errno: code, disabled: rd_uring_disabled_setting())) }
+        return .unavailable(backend: "io_uring", reason: "\(operation) failed with \(Errno.name(code)): \(Errno.message(code))")
+    }
+
+    /// Why io_uring_setup failed, in the kernel's terms. `disabled` is /proc/sys/kernel/io_uring_disabled
+    /// (-1 when the kernel has no such setting).
+    public static func setupFailure(errno code: CInt, disabled: CInt) -> String {
+        let call = "io_uring_setup failed with \(code == ENOSYS ? "ENOSYS" : Errno.name(code))"
+        switch code {
+        case ENOSYS: return "\(call): the kernel has no io_uring (CONFIG_IO_URING off, or older than 5.1)"
+        case EPERM where disabled == 2: return "\(call): /proc/sys/kernel/io_uring_disabled is 2 (io_uring disabled for everyone)"
+        case EPERM where disabled == 1: return "\(call): /proc/sys/kernel/io_uring_disabled is 1 (only the io_uring_group may use it)"
+        case EPERM: return "\(call): refused by a seccomp filter or a security module (io_uring_disabled is \(disabled))"
+        default: return "\(call): \(Errno.message(code))"
+        }
+    }
+
+    /// The kernel's io_uring, as the selection report prints it: what a ring offers here, or why none
+    /// can be made.
+    public static func kernelFacts() -> String {
+        var made: OpaquePointer?
+        var message = [CChar](repeating: 0, count: 256)
+        let status = message.withUnsafeMutableBufferPointer {
+            rd_uring_open(&made, 8, 16, 1, $0.baseAddress, CInt($0.count))
+        }
+        guard status == 0, let made else {
+            // Why there is no ring is the backend's unavailability reason; here only the setting.
+            let disabled = rd_uring_disabled_setting()
+            return disabled < 0 ? "no ring; no io_uring_disabled sysctl" : "no ring; io_uring_disabled=\(disabled)"
+        }
+        defer { rd_uring_close(made) }
+        return describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: rd_uring_has_multishot(made) != 0)
+    }
+
+    static func describe(features: UInt32, flags: UInt32, multishot: Bool) -> String {
+        let disabled = rd_uring_disabled_setting()
+        var facts = ["io_uring features 0x\(String(features, radix: 16))", "setup flags 0x\(String(flags, radix: 16))"]
+        facts.append(multishot ? "multishot poll" : "no multishot poll (edge refused)")
+        facts.append(disabled < 0 ? "no io_uring_disabled sysctl" : "io_uring_disabled=\(disabled)")
+        return facts.joined(separator: ", ")
+    }
+
+    // MARK: Requests
+
+    @inline(__always)
+    private static func data(_ fd: CInt, _ armID: UInt32) -> UInt64 {
+        UInt64(armID) << 32 | UInt64(UInt32(bitPattern: fd))
+    }
+
+    @inline(__always)
+    private static func mask(_ r: Registration) -> UInt32 {
+        var bits: UInt32 = 0
+        if r.interest.contains(.readable) { bits |= rd_uring_POLLIN | rd_uring_POLLRDHUP }
+        if r.interest.contains(.writable) { bits |= rd_uring_POLLOUT }
+        return bits
+    }
+
+    private func check(_ status: CInt, _ operation: String) throws(PollerError) {
+        if status < 0 { throw .failed(operation, errno: -status) }
+    }
+
+    /// Runs a ring call; if it fails with EEXIST (a ring with deferred completions has one submitting
+    /// thread, and this is another), moves to a new ring owned by this thread and runs it again.
+    private func owned(_ operation: String, _ call: () -> CInt) throws(PollerError) {
+        var status = call()
+        if status == -EEXIST {
+            try moveToNewRing()
+            status = call()
+        }
+        try check(status, operation)
+    }
+
+    /// A poller used from one thread at a time may still change threads: the new thread gets a new
+    /// ring, with a request for the waker and for every registration that had one (its file is
+    /// looked at afresh, so a ready edge registration may report once more). The old ring's
+    /// requests are cancelled by closing it.
+    private func moveToNewRing() throws(PollerError) {
+        var made: OpaquePointer?
+        var message = [CChar](repeating: 0, count: 256)
+        let status = message.withUnsafeMutableBufferPointer {
+            rd_uring_open(&made, Self.submissionEntries, Self.completionEntries,
+                          features.contains(.deferredCompletions) ? 1 : 0, $0.baseAddress, CInt($0.count))
+        }
+        guard status == 0, let made else {
+            let error = Self.openFailure(status: status, message: message)
+            if case .unavailable = error { throw .system(operation: "io_uring_setup", errno: -status) }
+            throw error
+        }
+        rd_uring_close(ring)
+        ring = made
+        wakerInFlight = false
+        try armWaker()
+        for i in slots.indices where slots[i].inFlight {
+            slots[i].inFlight = false
+            try queueAdd(CInt(i), mask: slots[i].mask, multishot: slots[i].multishot)
+        }
+    }
+
+    private func armWaker() throws(PollerError) {
+        var position: UInt32 = 0
+        try owned("io_uring_enter(waker)") { rd_uring_poll_add(ring, waker.fd, rd_uring_POLLIN, Self.wakerData, 0, &position) }
+        wakerInFlight = true
+    }
+
+    /// Queues a fresh poll request for `fd` as `r` asks (submitted by the next wait).
+    private func arm(_ fd: CInt, _ r: Registration) throws(PollerError) {
+        let multishot = r.trigger == .edge || (r.trigger == .level && levelMultishot)
+        try queueAdd(fd, mask: Self.mask(r), multishot: multishot)
+    }
+
+    /// Queues a POLL_ADD under a new armID and records it in the descriptor's slot.
+    private func queueAdd(_ fd: CInt, mask: UInt32, multishot: Bool) throws(PollerError) {
+        let armID = nextArm
+        nextArm &+= 1
+        if nextArm == 0 { nextArm = 1 }
+        var position: UInt32 = 0
+        try owned("io_uring_enter(POLL_ADD)") {
+            rd_uring_poll_add(ring, fd, mask, Self.data(fd, armID), multishot ? 1 : 0, &position)
+        }
+        slots[Int(fd)].armID = armID
+        slots[Int(fd)].position = position
+        slots[Int(fd)].mask = mask
+        slots[Int(fd)].multishot = multishot
+        slots[Int(fd)].inFlight = true
+    }
+
+    /// Cancels `fd`'s request, if it has one, and forgets everything kept for it. Returns true when a
+    /// POLL_REMOVE was queued (the request had been submitted), false when there was nothing to
+    /// cancel or the request was still queued here (it becomes a NOP, and the file was never held).
+    @discardableResult
+    private func disarm(_ fd: CInt) throws(PollerError) -> Bool {
+        let slot = slots[Int(fd)]
+        if slot.isPending, let at = pending.firstIndex(of: fd) { pending.remove(at: at) }
+        // Forgotten before any ring call: if that call moves to a new ring, the request is not made
+        // again there (and the old ring, closed, cancels it).
+        slots[Int(fd)] = Slot()
+        guard slot.inFlight, rd_uring_unqueue(ring, slot.position, Self.nopData) == 0 else { return false }
+        try cancel(Self.data(fd, slot.armID))
+        return true
+    }
+
+    private func cancel(_ target: UInt64) throws(PollerError) {
+        try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_poll_remove(ring, target, target | Self.controlBit) }
+    }
+
+    // MARK: PollerSeam
+
+    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+        if Int(fd) >= slots.count {
+            slots.append(contentsOf: repeatElement(Slot(), count: max(Int(fd) + 1, slots.count * 2) - slots.count))
+        }
+        registered += 1
+        rearm.reserveCapacity(registered + 1)
+        carry.reserveCapacity(registered + 1)
+        pending.reserveCapacity(registered + 1)
+        if registered > recheckCapacity {
+            recheck.deallocate()
+            recheckCapacity = max(registered, recheckCapacity * 2)
+            recheck = .allocate(capacity: recheckCapacity)
+        }
+        slots[Int(fd)] = Slot()
+        do {
+            try arm(fd, registration)
+        } catch {
+            registered -= 1
+            throw error
+        }
+    }
+
+    public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
+        try disarm(fd)
+        if new.isActive { try arm(fd, new) }
+    }
+
+    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+        let cancelled = try disarm(fd)
+        registered -= 1
+        // Submitted now: the request holds the file, which must not outlive the registration (a
+        // descriptor deregistered then closed must look closed to its peer at once).
+        if cancelled { try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_submit(ring) } }
+    }
+
+    public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
+                     into events: EventBuffer) throws(PollerError) -> WaitStep {
+        // Registrations delivered by the last wait (level), or found not ready after their request
+        // had completed, look again: the requests go in with the wait, in the same system call.
+        for fd in rearm {
+            guard slots[Int(fd)].rearmQueued else { continue }
+            slots[Int(fd)].rearmQueued = false
+            if let r = table[fd], r.isActive, !slots[Int(fd)].inFlight { try arm(fd, r) }
+        }
+        rearm.removeAll(keepingCapacity: true)
+        if !wakerInFlight { try armWaker() }
+        for fd in carry where slots[Int(fd)].carried {
+            slots[Int(fd)].carried = false
+            guard !slots[Int(fd)].isPending, table[fd]?.isActive == true else { continue }
+            slots[Int(fd)].isPending = true
+            pending.append(fd)
+        }
+        carry.removeAll(keepingCapacity: true)
+
+        // Completions kept from the last wait: only look, do not block.
+        var nanoseconds: Int64 = -1
+        if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
+        let block = pending.isEmpty && nanoseconds != 0
+        var status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
+        if status == -EEXIST {
+            try moveToNewRing()
+            status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
+        }
+        if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
+            throw .failed("io_uring_enter", errno: -status)
+        }
+        var drained = drainCompletions(&table, events)
+        // With deferred completions the kernel runs only a batch of them per io_uring_enter (20 on
+        // Linux 6.13 and later, two batches when the enter also submitted) and raises
+        // IORING_SQ_TASKRUN for the rest: polls armed on descriptors already ready complete this way,
+        // so a wait after many became ready would report only the first batches. While the flag says
+        // more are ready and the buffer has room for them, run the next batch (a system call taken
+        // only then; the common path, with fewer ready, makes none).
+        var rounds = 0
+        while rounds < Self.maxWorkRounds, pending.count < events.capacity - events.count, rd_uring_work_pending(ring) != 0 {
+            rounds += 1
+            // A failure here ends the extra batches, not the wait: what is left stays in the kernel
+            // for the next wait, and what was read is reported now.
+            let ran = rd_uring_run_work(ring)
+            drained += drainCompletions(&table, events)
+            if ran < 0, ran != -EINTR { break }
+        }
+        if !pending.isEmpty { deliverPending(&table, events) }
+        if events.isEmpty, drained == 0, status == -EINTR { return .interrupted }
+        return .events(events.count)
+    }
+
+    /// Bounds the extra batches of deferred completions one wait runs (each is a system call).
+    private static let maxWorkRounds = 64
+
+    /// Reads every completion in the completion queue. Returns how many there were.
+    private func drainCompletions(_ table: inout RegistrationTable, _ events: EventBuffer) -> UInt32 {
+        let ready = rd_uring_cq_ready(ring)
+        for i in 0..<ready {
+            var data: UInt64 = 0
+            var result: Int32 = 0
+            var flags: UInt32 = 0
+            rd_uring_cq_get(ring, i, &data, &result, &flags)
+            complete(data, result, flags, &table, events)
+        }
+        rd_uring_cq_advance(ring, ready)
+        return ready
+    }
+
+    /// One completion: the waker's (reported), a control request's or a stale one (dropped), or a
+    /// registration's, which joins `pending` to be looked at again before it is reported.
+    private func complete(_ data: UInt64, _ result: Int32, _ flags: UInt32,
+                          _ table: inout RegistrationTable, _ events: EventBuffer) {
+        if data & Self.controlBit != 0 {
+            if data >> 32 != 0 {
+                // A POLL_REMOVE's: sent again if its request was completing (the next wait submits it).
+                if result == -EALREADY { try? cancel(data & ~Self.controlBit) }
+                return
+            }
+            guard data == Self.wakerData else { return }
+            wakerInFlight = false
+            // An error (the request cancelled) is no wake-up: the next wait arms the poll again.
+            guard result > 0 else { return }
+            // With the buffer full the eventfd is left readable: the poll re-armed by the next wait
+            // reports it at once.
+            guard !events.isFull else { return }
+            waker.drain()
+            events.append(Event(token: .waker, ready: .readable))
+            return
+        }
+        let fd = CInt(bitPattern: UInt32(truncatingIfNeeded: data))
+        let i = Int(fd)
+        guard i < slots.count, slots[i].armID == UInt32(data >> 32) else { return }
+        if flags & rd_uring_CQE_F_MORE == 0 { slots[i].inFlight = false }
+        guard let registration = table[fd], registration.isActive else { return }
+        if result < 0 {
+            // EBADF: the descriptor was closed before the request was submitted. ECANCELED and the
+            // rest: the request ended without an event (a multishot poll the kernel stopped).
+            if result == -EBADF {
+                table.update(fd) { $0.stale = true }
+            } else if !slots[i].inFlight {
+                queueRearm(fd)
+            }
+            return
+        }
+        // A second completion of a multishot (edge) request before the first was reported: one event.
+        guard !slots[i].isPending else { return }
+        slots[i].isPending = true
+        pending.append(fd)
+    }
+
+    private func queueRearm(_ fd: CInt) {
+        guard !slots[Int(fd)].rearmQueued else { return }
+        slots[Int(fd)].rearmQueued = true
+        rearm.append(fd)
+    }
+
+    /// A completion is a snapshot of the moment the file woke the request (and only the bits of that
+    /// wake-up), possibly long before this wait: the descriptor may have been drained, shut down or
+    /// closed since. As epoll polls each ready item again when it reports it, one poll(2) call looks
+    /// at the kept descriptors (as many as the buffer has room for, oldest first) and reports what is
+    /// true now. Those not ready any more go back to the kernel (a level or one-shot request completed
+    /// when it fired) or stay with their multishot request (edge); a closed one (POLLNVAL) is dropped
+    /// and marked stale. The rest wait for the next wait, which does not block.
+    private func deliverPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
+        let room = events.capacity - events.count
+        var taken = 0
+        var count = 0
+        while taken < pending.count, count < room {
+            let fd = pending[taken]
+            taken += 1
+            slots[Int(fd)].isPending = false
+            guard let r = table[fd], r.isActive else { continue }
+            recheck[count] = pollfd(fd: fd, events: Int16(truncatingIfNeeded: Self.mask(r)), revents: 0)
+            count += 1
+        }
+        pending.removeFirst(taken)
+        guard count > 0 else { return }
+        _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
+        for j in 0..<count {
+            let entry = recheck[j]
+            let fd = entry.fd
+            guard let registration = table[fd] else { continue }
+            let revents = UInt32(UInt16(bitPattern: entry.revents))
+            if revents & rd_uring_POLLNVAL != 0 {
+                table.update(fd) { $0.stale = true }
+                continue
+            }
+            if revents == 0 {
+                if !slots[Int(fd)].inFlight { queueRearm(fd) }
+                continue
+            }
+            var ready = Ready()
+            if revents & rd_uring_POLLIN != 0 { ready.insert(.readable) }
+            if revents & rd_uring_POLLOUT != 0 { ready.insert(.writable) }
+            if revents & rd_uring_POLLRDHUP != 0 { ready.insert(.readClosed) }
+            if revents & rd_uring_POLLHUP != 0 { ready.insert(.hangup) }
+            if revents & rd_uring_POLLERR != 0 { ready.insert(.error) }
+            switch registration.trigger {
+            case .level:
+                if slots[Int(fd)].inFlight {
+                    slots[Int(fd)].carried = true
+                    carry.append(fd)
+                } else {
+                    queueRearm(fd)
+                }
+            case .oneShot: table.update(fd) { $0.armed = false }
+            case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
+            }
+            events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+        }
+    }
+
+    /// Closes the ring: the kernel cancels its requests and drops their file references.
+    public func close() {
+        guard !ringClosed else { return }
+        ringClosed = true
+        rd_uring_close(ring)
+    }
+}

@@ -1,0 +1,201 @@
+import Foundation
+import Glibc
+import Readiness
+import Testing
+
+/// The `readiness` tool, run as a user runs it (it is built next to this test bundle).
+@Suite("Command-line tool")
+struct ToolTests {
+    @Test("the command-line tool connects and reports in JSON")
+    func command() throws {
+        let (listener, address) = try tcpListener()
+        defer { close(listener) }
+        let output = try runTool(["connect", address.description, "--backend", "poll", "--json"], expectSuccess: true)
+        #expect(output.contains("\"connected\":true"))
+        #expect(output.contains("\"backend\":\"poll\""))
+        let refused = try runTool(["connect", try closedPort().description, "--json"], expectSuccess: false)
+        #expect(refused.contains("\"cause\":\"refused\""))
+        #expect(refused.contains("\"errno\":\"ECONNREFUSED\""))
+    }
+
+    @Test("backends lists every backend with the reason for each")
+    func backends() throws {
+        let output = try runTool(["backends"], expectSuccess: true)
+        for backend in Backend.all { #expect(output.contains(backend.name)) }
+        #expect(output.contains("chosen"))
+    }
+
+    @Test("a usage mistake: exit status 64, the message and the usage line on standard error, nothing on standard output",
+          arguments: UsageMistake.all)
+    func usageMistake(_ mistake: UsageMistake) throws {
+        let run = try runTool(mistake.arguments)
+        #expect(run.status == usageStatus)
+        #expect(run.output.isEmpty)
+        #expect(run.errors.contains("Error: \(mistake.message)"))
+        #expect(run.errors.contains("Usage: readiness \(mistake.command) "))
+        #expect(run.errors.contains("See 'readiness \(mistake.command) --help' for more information."))
+    }
+
+    @Test("help: the tool's and each subcommand's, on standard output, exit status 0",
+          arguments: [(["--help"], "USAGE: readiness <subcommand>"), (["-h"], "USAGE: readiness <subcommand>"),
+                      (["help"], "USAGE: readiness <subcommand>"),
+                      (["help", "connect"], "USAGE: readiness connect <target>"),
+                      (["connect", "--help"], "USAGE: readiness connect <target>"),
+                      (["backends", "-h"], "USAGE: readiness backends [--json]"),
+                      (["conformance", "--only", "x", "--help"], "USAGE: readiness conformance [--backend <backend> ...]")])
+    func help(arguments: [String], usage: String) throws {
+        let run = try runTool(arguments)
+        #expect(run.status == 0)
+        #expect(run.output.hasPrefix("OVERVIEW: "))
+        #expect(run.output.contains(usage))
+        #expect(run.errors.isEmpty)
+    }
+
+    @Test("a failure at run time: exit status 1, the reason on standard error")
+    func runtimeFailures() throws {
+        let unknown = try runTool(["connect", "127.0.0.1:1", "--backend", "nosuch"])
+        #expect(unknown.status == failureStatus)
+        #expect(unknown.errors.hasPrefix("Error: unknown backend \"nosuch\""))
+        #expect(!unknown.errors.contains("Usage:"))
+        let environment = try runTool(["backends"], environment: ["READINESS_BACKEND": "nosuch"])
+        #expect(environment.status == failureStatus)
+        #expect(environment.errors.hasPrefix("error: "))
+        #expect(environment.output.contains("poll"))
+        let badConformanceBackend = try runTool(["conformance", "--backend", "nosuch", "--only", "misuse/"])
+        #expect(badConformanceBackend.status == failureStatus)
+        #expect(badConformanceBackend.output.isEmpty)
+    }
+
+    @Test("options take both value forms, and negative numbers, on the built tool")
+    func valueForms() throws {
+        let spaced = try runTool(["conformance", "--show-script", "7"])
+        let joined = try runTool(["--show-script=7"])
+        #expect(spaced.status == 0)
+        #expect(spaced.output == joined.output)
+        #expect(spaced.output.hasPrefix("1. "))
+        let listed = try runTool(["conformance", "--list", "--only=misuse/", "--differential", "-3"])
+        #expect(listed.status == 0)
+        #expect(listed.output.split(separator: "\n").allSatisfy { $0.hasPrefix("| `misuse/") })
+    }
+}
+
+/// Exit statuses the tool promises (sysexits.h's EX_USAGE for a wrong command line).
+let usageStatus: Int32 = 64
+let failureStatus: Int32 = 1
+
+/// A wrong command line and what the tool must say about it.
+struct UsageMistake: Sendable, CustomStringConvertible {
+    let arguments: [String]
+    let message: String
+    /// The subcommand whose usage is shown.
+    let command: String
+
+    var description: String { arguments.joined(separator: " ") }
+
+    static let all = [
+        UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout", "-5"],
+                     message: "--timeout must not be negative (got -5)", command: "connect"),
+        UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout=-5"],
+                     message: "--timeout must not be negative (got -5)", command: "connect"),
+        UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout"],
+                     message: "Missing value for '--timeout <timeout>'", command: "connect"),
+        UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout", "soon"],
+                     message: "The value 'soon' is invalid for '--timeout <timeout>'", command: "connect"),
+        UsageMistake(arguments: ["connect"], message: "Missing expected argument '<target>'", command: "connect"),
+        UsageMistake(arguments: ["conformance", "--only", "nosuch"],
+                     message: "no scenario id starts with \"nosuch\" (see --list)", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--bogus"], message: "Unknown option '--bogus'", command: "conformance"),
+        UsageMistake(arguments: ["--bogus=1"], message: "Unknown option '--bogus'", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--seed", "-1"],
+                     message: "The value '-1' is invalid for '--seed <seed>'", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--only", "--json"],
+                     message: "Missing value for '--only <only>'", command: "conformance"),
+        UsageMistake(arguments: ["backends", "--json=yes"], message: "The option '--json' takes no value", command: "backends"),
+        UsageMistake(arguments: ["backends", "extra"], message: "Unexpected argument 'extra'", command: "backends"),
+        UsageMistake(arguments: ["bogus"], message: "Unexpected argument 'bogus'", command: "conformance"),
+    ]
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A loopback TCP listener on an ephemeral port.
+func tcpListener() throws -> (fd: CInt, address: SocketAddress) {
+    let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+    let address = try SocketAddress("127.0.0.1:0")
+    guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, listen(fd, 16) == 0 else {
+        close(fd)
+        throw TestFailure("bind/listen: \(errno)")
+    }
+    return (fd, try SocketAddress.local(of: fd))
+}
+
+/// A loopback port nobody listens on.
+func closedPort() throws -> SocketAddress {
+    let (fd, address) = try tcpListener()
+    close(fd)
+    return address
+}
+/// What a run of the tool printed and how it ended.
+struct ToolRun {
+    let status: Int32
+    let output: String
+    let errors: String
+}
+
+/// The `readiness` tool of the root package's build directory: the test bundle is built next to it
+/// (.build/<triple>/debug/, or the scratch path's, as with the sanitizer builds).
+func toolPath() throws -> String {
+    var path = [CChar](repeating: 0, count: Int(PATH_MAX))
+    let n = readlink("/proc/self/exe", &path, path.count - 1)
+    guard n > 0 else { throw TestFailure("readlink /proc/self/exe") }
+    let exe = String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let tool = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("readiness").path
+    guard access(tool, X_OK) == 0 else { throw TestFailure("no readiness tool at \(tool)") }
+    return tool
+}
+
+/// Runs the tool with `arguments` (and `environment` added to this process's) and waits for it.
+/// Its standard output and error go to files, so that neither can fill a pipe while the other is read.
+func runTool(_ arguments: [String], environment: [String: String] = [:]) throws -> ToolRun {
+    let directory = FileManager.default.temporaryDirectory
+    let name = "readiness-tool-test-\(getpid())-\(UInt64.random(in: 0 ... .max))"
+    let outputURL = directory.appendingPathComponent(name + ".out")
+    let errorsURL = directory.appendingPathComponent(name + ".err")
+    defer {
+        try? FileManager.default.removeItem(at: outputURL)
+        try? FileManager.default.removeItem(at: errorsURL)
+    }
+    guard FileManager.default.createFile(atPath: outputURL.path, contents: nil),
+          FileManager.default.createFile(atPath: errorsURL.path, contents: nil) else {
+        throw TestFailure("cannot create files in \(directory.path)")
+    }
+    let output = try FileHandle(forWritingTo: outputURL)
+    let errors = try FileHandle(forWritingTo: errorsURL)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try toolPath())
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    process.standardOutput = output
+    process.standardError = errors
+    try process.run()
+    process.waitUntilExit()
+    try output.close()
+    try errors.close()
+    return ToolRun(status: process.terminationStatus,
+                   output: String(decoding: try Data(contentsOf: outputURL), as: UTF8.self),
+                   errors: String(decoding: try Data(contentsOf: errorsURL), as: UTF8.self))
+}
+
+/// Runs the tool and returns its standard output; a run that does not succeed (or that does, when
+/// `expectSuccess` is false) is a failure.
+func runTool(_ arguments: [String], expectSuccess: Bool) throws -> String {
+    let run = try runTool(arguments)
+    if expectSuccess != (run.status == 0) {
+        throw TestFailure("readiness \(arguments.joined(separator: " ")) exited with \(run.status): \(run.output)\(run.errors)")
+    }
+    return run.output
+}
