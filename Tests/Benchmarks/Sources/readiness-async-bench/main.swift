@@ -15,15 +15,24 @@ import Readiness
 import Synchronization
 
 Allocations.ensureInterposed()
-var total = 20_000
-if let index = CommandLine.arguments.firstIndex(of: "--connects"), index + 1 < CommandLine.arguments.count {
-    total = Int(CommandLine.arguments[index + 1]) ?? total
-}
+let total: Int = {
+    if let index = CommandLine.arguments.firstIndex(of: "--connects"), index + 1 < CommandLine.arguments.count {
+        return Int(CommandLine.arguments[index + 1]) ?? 20_000
+    }
+    return 20_000
+}()
 let inFlight = 64
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
     func take() -> Bool { value.add(1, ordering: .relaxed).newValue <= total }
+}
+
+func fixed(_ value: Double, _ digits: Int = 0) -> String {
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    return digits == 0 ? String(Int(rounded)) : String(rounded)
 }
 
 func seconds(_ duration: Duration) -> Double {
@@ -100,19 +109,35 @@ func asyncChurn() async throws -> Double {
     return rate
 }
 
+/// Heap allocations per async connect and close (one task, 2,000 in a row, after a warm-up).
+func allocationsPerConnect() async throws -> Double {
+    guard Allocations.available else { return -1 }
+    let loop = try EventLoop(backend: .epoll, name: "bench-allocs")
+    let count = try await Task(executorPreference: loop) { () async throws -> Int in
+        for _ in 0..<500 { await (try await loop.connect(to: address)).close() }
+        MallocInterposerSwift.reset()
+        MallocInterposerSwift.hook()
+        for _ in 0..<2_000 { await (try await loop.connect(to: address)).close() }
+        MallocInterposerSwift.unhook()
+        return MallocInterposerSwift.getStatistics().mallocCount
+    }.value
+    await loop.shutdown()
+    return Double(count) / 2_000
+}
+
 // 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from 64 tasks.
 func nioChurn() async throws -> Double {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    let bootstrap = ClientBootstrap(group: group)
     let counter = Counter()
     let port = Int(address.port!)
     let start = ContinuousClock.now
     try await withThrowingTaskGroup(of: Void.self) { tasks in
         for _ in 0..<inFlight {
             tasks.addTask {
+                let bootstrap = ClientBootstrap(group: group)
                 while counter.take() {
                     let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
-                    try await channel.close()
+                    try? await channel.close()   // the server may have closed it first ("already closed")
                 }
             }
         }
@@ -168,16 +193,19 @@ func pingPong(roundTrips: Int) async throws -> (rate: Double, allocationsPerOper
     }
     await client.close(); await peer.close(); await pingListener.close()
     await loop.shutdown()
+    print("  (ping-pong: \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included)")
     return (rate, allocations < 0 ? -1 : Double(allocations) / Double(roundTrips * 4))
 }
 
-let sync = try syncChurn()
-let async = try await asyncChurn()
-let nio = try await nioChurn()
-print(String(format: "connect churn (%d connects, %d in flight, epoll): sync ConnectAttempt %.0f/s, async EventLoop.connect %.0f/s, SwiftNIO ClientBootstrap %.0f/s", total, inFlight, sync, async, nio))
-print(String(format: "  ratios: async/sync %.2fx, async/SwiftNIO %.2fx", async / sync, async / nio))
+let syncRate = try syncChurn()
+let asyncRate = try await asyncChurn()
+let nioRate = try await nioChurn()
+print("connect churn (\(total) connects, \(inFlight) in flight, epoll): sync ConnectAttempt \(fixed(syncRate))/s, async EventLoop.connect \(fixed(asyncRate))/s, SwiftNIO ClientBootstrap \(fixed(nioRate))/s")
+print("  ratios: async/sync \(fixed(asyncRate / syncRate, 2))x, async/SwiftNIO \(fixed(asyncRate / nioRate, 2))x")
+let perConnect = try await allocationsPerConnect()
+print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
 let ping = try await pingPong(roundTrips: 20_000)
-print(String(format: "ping-pong (64 B each way, one loop): %.0f round trips/s; heap allocations per awaited read or write: %.3f%@", ping.rate, ping.allocationsPerOperation, Allocations.available ? "" : " (not counted here)"))
+print("ping-pong (64 B each way, one loop): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
 acceptor.cancel()
 await listener.close()
 await server.shutdown()
