@@ -38,6 +38,8 @@ final class Entry {
         /// A caller-owned descriptor, watched only while a task waits on it.
         case foreign(CInt)
         case connect(HappyEyeballs)
+        /// A connect to one address: the state machine's driver alone (token `connectBit | id << 5 | 1`).
+        case attempt(ConnectAttempt)
         case sleep
     }
 
@@ -171,7 +173,7 @@ final class LoopState {
             return
         case .listener(let listener): fd = listener.fd
         case .foreign(let descriptor): fd = descriptor
-        case .connect, .sleep: return
+        case .connect, .attempt, .sleep: return
         }
         if old.isEmpty {
             try poller.register(fd, token: entry.token, interest: wanted)
@@ -193,8 +195,12 @@ final class LoopState {
             }
             let raw = event.token.rawValue
             if raw & connectBit != 0 {
-                guard let entry = entries[(raw & ~connectBit) >> 5], case .connect(let connect) = entry.resource else { continue }
-                connectProgress(entry, connect.handle(event))
+                guard let entry = entries[(raw & ~connectBit) >> 5] else { continue }
+                switch entry.resource {
+                case .connect(let connect): connectProgress(entry, connect.handle(event))
+                case .attempt(let attempt): connectProgress(entry, attempt.handle(event.ready))
+                default: break
+                }
                 continue
             }
             guard let entry = entries[raw >> 2] else { continue }
@@ -258,6 +264,14 @@ final class LoopState {
         }
     }
 
+    private func connectProgress(_ entry: Entry, _ progress: ConnectProgress) {
+        switch progress {
+        case .inProgress: return
+        case .connected(let socket): connectProgress(entry, HappyEyeballs.Progress.connected(socket))
+        case .failed(let error): connectProgress(entry, HappyEyeballs.Progress.failed(error))
+        }
+    }
+
     private func connectProgress(_ entry: Entry, _ progress: HappyEyeballs.Progress) {
         guard !progress.isInProgress else { return }
         entry.connectOutcome = progress
@@ -311,6 +325,8 @@ final class LoopState {
         case .connect(let connect):
             resolving.remove(entry.id)
             connect.cancel()        // deregisters and closes every attempt's socket
+        case .attempt(let attempt):
+            attempt.cancel()        // deregisters and closes its socket (nothing once it was handed over)
         case .sleep:
             break
         }
@@ -439,6 +455,9 @@ final class LoopState {
         let base = Token(rawValue: connectBit | id << 5)
         var options = options
         options.maximumAttempts = min(options.maximumAttempts, 31)
+        if resolution == nil, addresses.count == 1 {
+            return try await connect(to: addresses[0], id: id, base: base, poller: poller, deadline: deadline)
+        }
         let connect: HappyEyeballs
         if let resolution {
             let lookup = Resolution(host: resolution.host, port: resolution.port, waker: poller.waker, resolver: resolution.resolver)
@@ -463,6 +482,34 @@ final class LoopState {
         case .connected(let socket): return (adopt(StreamSocket(socket)), socket)
         case .failed(let error): throw .connect(error)
         case .unresolved(let error): throw .resolution(error)
+        case .inProgress: throw .closed
+        }
+    }
+
+    /// One address: the `ConnectAttempt` driver alone (the same state machine; no Happy Eyeballs
+    /// bookkeeping). The deadline is the wait's.
+    nonisolated(nonsending) private func connect(to address: SocketAddress, id: UInt64, base: Token, poller: any Poller,
+                                                 deadline: Int64?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
+        let attempt = ConnectAttempt(to: address, poller: poller, token: Token(rawValue: base.rawValue | 1), timeout: nil)
+        let entry = Entry(id: id, resource: .attempt(attempt))
+        entries[id] = entry
+        var progress = attempt.start()
+        if case .inProgress = progress {
+            let outcome = await wait(entry, .write, deadline: deadline, interest: false)
+            if case .failed(let error) = outcome {
+                close(entry, reason: error)   // cancels the attempt: deregistered, closed once
+                throw error
+            }
+            switch entry.connectOutcome {
+            case .connected(let socket)?: progress = .connected(socket)
+            case .failed(let error)?: progress = .failed(error)
+            default: progress = .failed(ConnectError(.cancelled, address: address))
+            }
+        }
+        close(entry, reason: .closed)
+        switch progress {
+        case .connected(let socket): return (adopt(StreamSocket(socket)), socket)
+        case .failed(let error): throw .connect(error)
         case .inProgress: throw .closed
         }
     }
