@@ -63,7 +63,9 @@ func echo(_ socket: AsyncSocket) async -> Int? {
 
 func serve(_ arguments: Arguments) async throws {
     let backend = try arguments.backend ?? Backend.default()
-    let loop = try EventLoop(backend: backend)
+    // Every connection's code is nonisolated and runs in tasks preferring the loop: with jobs run on the
+    // loop as a task executor they never hop (Docs/Async.md, "Executor semantics").
+    let loop = try EventLoop(backend: backend, jobs: .taskExecutor)
     let listener = try await loop.listen(on: try SocketAddress(ip: arguments.host, port: arguments.port))
     let limit = arguments.connections ?? .max
     let summary = await Task(executorPreference: loop) { () async -> String in

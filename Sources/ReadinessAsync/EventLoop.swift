@@ -41,8 +41,21 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
     /// Set (under `lock`) once the loop thread has closed everything and will touch nothing more.
     private var isFinished = false
-    /// A name for diagnostics (and the thread's name, truncated to 15 bytes).
+    /// A name for diagnostics.
     public let name: String
+    /// How jobs run (Docs/Async.md, "Executor semantics").
+    public let jobs: JobIsolation
+
+    /// How the loop runs a job.
+    public enum JobIsolation: Sendable, Hashable {
+        /// `runSynchronously(isolatedTo: loop, taskExecutor: loop)`: the job is isolated to the loop's
+        /// serial executor. Actors isolated to the loop never hop; nonisolated code in a task preferring
+        /// the loop takes one hop (a job, no poller call) after each `await`.
+        case serialExecutor
+        /// `runSynchronously(on: loop)` as a task executor: nonisolated code in a task preferring the
+        /// loop never hops; an actor isolated to the loop takes one hop per `await` into it.
+        case taskExecutor
+    }
 
     enum Phase { case starting, running, stopping, stopped, failed(PollerError) }
 
@@ -55,9 +68,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
     /// Sendable, never crosses threads). Throws what the factory threw.
-    public init(name: String = "readiness-loop",
+    public init(name: String = "readiness-loop", jobs: JobIsolation = .serialExecutor,
                 makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) throws(PollerError) {
         self.name = name
+        self.jobs = jobs
         state = LoopState()
         state.loop = self
         let box = Unmanaged.passRetained(StartBox(loop: self, makePoller: makePoller)).toOpaque()
@@ -154,7 +168,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func runJob(_ job: UnownedJob) {
         state.jobsRun &+= 1
-        job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+        switch jobs {
+        case .serialExecutor: job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+        case .taskExecutor: job.runSynchronously(on: asUnownedTaskExecutor())
+        }
     }
 
     // MARK: The loop

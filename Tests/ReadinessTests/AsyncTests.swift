@@ -7,9 +7,10 @@ import Testing
 struct AsyncTests {
     // MARK: Executor
 
-    @Test("a task preferring the loop, and an actor isolated to it, run on the loop thread", arguments: backends)
-    func executor(backend: Backend) async throws {
-        try await withLoop(backend) { loop in
+    @Test("a task preferring the loop, and an actor isolated to it, run on the loop thread",
+          arguments: backends, [EventLoop.JobIsolation.serialExecutor, .taskExecutor])
+    func executor(backend: Backend, jobs: EventLoop.JobIsolation) async throws {
+        try await withLoop(backend, jobs: jobs) { loop in
             let onLoop = await Task(executorPreference: loop) { loop.inLoop }.value
             #expect(onLoop)
             #expect(!loop.inLoop)
@@ -379,10 +380,11 @@ struct AsyncTests {
 // MARK: Helpers
 
 /// Runs `body` with a loop over `backend`, shuts it down, and checks that no descriptor is left.
-func withLoop(_ backend: Backend, _ body: (EventLoop) async throws -> Void) async throws {
+func withLoop(_ backend: Backend, jobs: EventLoop.JobIsolation = .serialExecutor,
+              _ body: (EventLoop) async throws -> Void) async throws {
     warmUp(backend)
     let before = openDescriptorCount()
-    let loop = try EventLoop(backend: backend)
+    let loop = try EventLoop(backend: backend, jobs: jobs)
     do {
         try await body(loop)
     } catch {
