@@ -12,6 +12,7 @@ import MallocInterposerSwift
 import NIOCore
 import NIOPosix
 import Readiness
+import ReadinessAsync
 import Synchronization
 
 Allocations.ensureInterposed()
@@ -88,8 +89,8 @@ func syncChurn() throws -> Double {
 }
 
 // 1b. Async connects on one EventLoop: 64 tasks preferring the loop.
-func asyncChurn() async throws -> Double {
-    let loop = try EventLoop(backend: .epoll, name: "bench-client")
+func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> Double {
+    let loop = try EventLoop(backend: .epoll, name: "bench-client", jobs: jobs)
     let counter = Counter()
     let start = ContinuousClock.now
     await withTaskGroup(of: Void.self) { group in
@@ -149,8 +150,8 @@ func nioChurn() async throws -> Double {
 }
 
 // 2. Ping-pong on one loop; allocations per awaited operation.
-func pingPong(roundTrips: Int) async throws -> (rate: Double, allocationsPerOperation: Double) {
-    let loop = try EventLoop(backend: .epoll, name: "bench-pingpong")
+func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> (rate: Double, allocationsPerOperation: Double) {
+    let loop = try EventLoop(backend: .epoll, name: "bench-pingpong", jobs: jobs)
     let pingListener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
     let client = try await loop.connect(to: pingListener.address)
     let peer = try await pingListener.accept()
@@ -198,14 +199,17 @@ func pingPong(roundTrips: Int) async throws -> (rate: Double, allocationsPerOper
 }
 
 let syncRate = try syncChurn()
-let asyncRate = try await asyncChurn()
+let asyncRate = try await asyncChurn(jobs: .serialExecutor)
 let nioRate = try await nioChurn()
-print("connect churn (\(total) connects, \(inFlight) in flight, epoll): sync ConnectAttempt \(fixed(syncRate))/s, async EventLoop.connect \(fixed(asyncRate))/s, SwiftNIO ClientBootstrap \(fixed(nioRate))/s")
-print("  ratios: async/sync \(fixed(asyncRate / syncRate, 2))x, async/SwiftNIO \(fixed(asyncRate / nioRate, 2))x")
+let asyncTaskRate = try await asyncChurn(jobs: .taskExecutor)
+print("connect churn (\(total) connects, \(inFlight) in flight, epoll): sync ConnectAttempt \(fixed(syncRate))/s, async EventLoop.connect \(fixed(asyncRate))/s (jobs .serialExecutor), \(fixed(asyncTaskRate))/s (jobs .taskExecutor), SwiftNIO ClientBootstrap \(fixed(nioRate))/s")
+print("  ratios: async/sync \(fixed(asyncRate / syncRate, 2))x and \(fixed(asyncTaskRate / syncRate, 2))x, async/SwiftNIO \(fixed(asyncRate / nioRate, 2))x and \(fixed(asyncTaskRate / nioRate, 2))x")
 let perConnect = try await allocationsPerConnect()
 print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
-let ping = try await pingPong(roundTrips: 20_000)
-print("ping-pong (64 B each way, one loop): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.serialExecutor, .taskExecutor] {
+    let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
+    print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
+}
 acceptor.cancel()
 await listener.close()
 await server.shutdown()
