@@ -87,6 +87,8 @@ let package = Package(
                           swiftSettings: strict),
         .executableTarget(name: "readiness-async-echo", dependencies: ["Readiness"], path: "Examples/readiness-async-echo",
                           swiftSettings: strict),
+        .executableTarget(name: "readiness-async-http-load", dependencies: ["Readiness"],
+                          path: "Examples/readiness-async-http-load", swiftSettings: strict),
         .executableTarget(name: "readiness-http-load", dependencies: ["Readiness"],
                           path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],

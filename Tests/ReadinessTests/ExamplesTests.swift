@@ -45,11 +45,12 @@ struct ExamplesTests {
         #expect(output.contains("connections \(clientCount) echoed-bytes \(clientCount * payload) failures 0"))
     }
 
-    @Test("readiness-http-load: 50 keep-alive connections, 20,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"), arguments: backends)
-    func httpLoad(backend: Backend) throws {
+    @Test("readiness-http-load and readiness-async-http-load: 50 keep-alive connections, 20,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"),
+          arguments: backends, ["readiness-http-load", "readiness-async-http-load"])
+    func httpLoad(backend: Backend, example: String) throws {
         let nginx = try Nginx.start()
         defer { nginx.stop() }
-        let client = try Spawned([try builtExecutable("readiness-http-load"),
+        let client = try Spawned([try builtExecutable(example),
                                   "--url", "http://127.0.0.1:\(nginx.port)/index.html",
                                   "--connections", "50", "--requests", "20000", "--backend", backend.name])
         let (status, output) = client.finish()
@@ -64,7 +65,7 @@ extension ExamplesTests {
     func onlyPublicAPI() throws {
         // #filePath is .../Tests/ReadinessTests/ExamplesTests.swift
         let root = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
-        for name in ["readiness-echo", "readiness-async-echo", "readiness-http-load"] {
+        for name in ["readiness-echo", "readiness-async-echo", "readiness-http-load", "readiness-async-http-load"] {
             let source = try read("/" + root + "/Examples/\(name)/main.swift")
             let imports = source.split(separator: "\n").filter { $0.hasPrefix("import ") || $0.hasPrefix("@_exported import ") }
             #expect(imports == ["import Readiness"], "\(name): \(imports)")
