@@ -160,9 +160,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             lock.unlock()
             // The thread is gone: a task still preferring this loop runs on the global pool from now
             // on (Docs/Async.md, "After shutdown"). A cancel has nothing left to cancel.
-            if case .job(let job) = submission {
-                job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: globalConcurrentExecutor.asUnownedTaskExecutor())
-            }
+            if case .job(let job) = submission { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
         }
     }
 
