@@ -39,6 +39,11 @@ let package = Package(
         .target(name: "ReadinessNet", dependencies: ["ReadinessCore", "CReadinessNet"], path: "Sources/ReadinessNet",
                 swiftSettings: strict),
 
+        // The event loop and async API: a loop thread per poller that is a SerialExecutor and TaskExecutor,
+        // with async connect, accept, read, write and sleep. Above the socket layer, below the umbrella.
+        .target(name: "ReadinessAsync", dependencies: ["ReadinessNet", "ReadinessCore"], path: "Sources/ReadinessAsync",
+                swiftSettings: strict),
+
         // Backends: one folder each, depending only on the core (and their own C shim).
         .target(name: "CEpoll", path: "Backends/Epoll/CEpoll"),
         .target(name: "ReadinessEpoll", dependencies: ["ReadinessCore", "CEpoll"],
@@ -67,7 +72,7 @@ let package = Package(
 
         // The umbrella a user imports: re-exports the core and selects a backend at run time.
         .target(name: "Readiness",
-                dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
+                dependencies: ["ReadinessCore", "ReadinessNet", "ReadinessAsync", "ReadinessEpoll", "ReadinessPoll", "ReadinessSelect",
                                "ReadinessIOUring",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
@@ -80,6 +85,10 @@ let package = Package(
         // Examples written only against `import Readiness`; the tests run them on every backend.
         .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
                           swiftSettings: strict),
+        .executableTarget(name: "readiness-async-echo", dependencies: ["Readiness"], path: "Examples/readiness-async-echo",
+                          swiftSettings: strict),
+        .executableTarget(name: "readiness-async-http-load", dependencies: ["Readiness"],
+                          path: "Examples/readiness-async-http-load", swiftSettings: strict),
         .executableTarget(name: "readiness-http-load", dependencies: ["Readiness"],
                           path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],

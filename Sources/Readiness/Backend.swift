@@ -353,3 +353,28 @@ public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
         }
     }
 }
+
+extension EventLoop {
+    /// A loop over `backend` (its thread creates the poller).
+    public convenience init(backend: Backend, name: String = "readiness-loop",
+                            jobs: JobIsolation = .serialExecutor) throws(PollerError) {
+        try self.init(name: name, jobs: jobs) { () throws(PollerError) -> any Poller in try backend.makePoller() }
+    }
+
+    /// A loop over the default backend (``Backend/default(environment:)``: `READINESS_BACKEND` or the best).
+    public convenience init(name: String = "readiness-loop", jobs: JobIsolation = .serialExecutor) throws(SelectionError) {
+        let backend = try Backend.default()
+        do {
+            try self.init(backend: backend, name: name, jobs: jobs)
+        } catch {
+            throw .creationFailed(backend.name, error)
+        }
+    }
+}
+
+extension EventLoopGroup {
+    /// `count` loops over `backend`.
+    public convenience init(backend: Backend, count: Int = EventLoopGroup.coreCount) throws(PollerError) {
+        try self.init(count: count) { () throws(PollerError) -> any Poller in try backend.makePoller() }
+    }
+}

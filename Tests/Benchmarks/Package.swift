@@ -19,6 +19,7 @@ let package = Package(
     products: [
         .executable(name: "readiness-bench", targets: ["readiness-bench"]),
         .executable(name: "readiness-net-bench", targets: ["readiness-net-bench"]),
+        .executable(name: "readiness-async-bench", targets: ["readiness-async-bench"]),
     ],
     dependencies: [
         .package(path: "../.."),
@@ -54,6 +55,17 @@ let package = Package(
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Sources/readiness-net-bench"),
+        // The async layer's figures (Docs/Async.md): connect churn sync vs async vs SwiftNIO, ping-pong
+        // round trips and allocations per awaited operation.
+        .executableTarget(
+            name: "readiness-async-bench",
+            dependencies: [
+                .product(name: "Readiness", package: rootIdentity),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+            ],
+            path: "Sources/readiness-async-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -6,11 +6,12 @@ import Testing
 /// the echo server against clients that check every byte, the HTTP load client against nginx.
 @Suite("Examples")
 struct ExamplesTests {
-    @Test("readiness-echo serves 200 clients, every byte checked", arguments: backends)
-    func echo(backend: Backend) throws {
+    @Test("readiness-echo and readiness-async-echo serve 200 clients, every byte checked",
+          arguments: backends, ["readiness-echo", "readiness-async-echo"])
+    func echo(backend: Backend, example: String) throws {
         let clientCount = 200, payload = 32 * 1024
         let port = try closedPort().port!
-        let server = try Spawned([try builtExecutable("readiness-echo"), "--port", "\(port)",
+        let server = try Spawned([try builtExecutable(example), "--port", "\(port)",
                                   "--backend", backend.name, "--connections", "\(clientCount)"])
         let address = try SocketAddress(ip: "127.0.0.1", port: port)
         let poller = try backend.makePoller()
@@ -44,11 +45,12 @@ struct ExamplesTests {
         #expect(output.contains("connections \(clientCount) echoed-bytes \(clientCount * payload) failures 0"))
     }
 
-    @Test("readiness-http-load: 50 keep-alive connections, 20,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"), arguments: backends)
-    func httpLoad(backend: Backend) throws {
+    @Test("readiness-http-load and readiness-async-http-load: 50 keep-alive connections, 20,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"),
+          arguments: backends, ["readiness-http-load", "readiness-async-http-load"])
+    func httpLoad(backend: Backend, example: String) throws {
         let nginx = try Nginx.start()
         defer { nginx.stop() }
-        let client = try Spawned([try builtExecutable("readiness-http-load"),
+        let client = try Spawned([try builtExecutable(example),
                                   "--url", "http://127.0.0.1:\(nginx.port)/index.html",
                                   "--connections", "50", "--requests", "20000", "--backend", backend.name])
         let (status, output) = client.finish()
@@ -63,7 +65,7 @@ extension ExamplesTests {
     func onlyPublicAPI() throws {
         // #filePath is .../Tests/ReadinessTests/ExamplesTests.swift
         let root = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
-        for name in ["readiness-echo", "readiness-http-load"] {
+        for name in ["readiness-echo", "readiness-async-echo", "readiness-http-load", "readiness-async-http-load"] {
             let source = try read("/" + root + "/Examples/\(name)/main.swift")
             let imports = source.split(separator: "\n").filter { $0.hasPrefix("import ") || $0.hasPrefix("@_exported import ") }
             #expect(imports == ["import Readiness"], "\(name): \(imports)")

@@ -11,6 +11,10 @@ import Readiness
 nonisolated(unsafe) var examples = ""
 nonisolated(unsafe) var only: Set<String> = ["http", "echo", "exhaustion", "allocations"]
 nonisolated(unsafe) var rounds = 5
+/// The echo server run beside SwiftNIO: readiness-echo (the sync loop) or readiness-async-echo (EventLoop tasks).
+nonisolated(unsafe) var echoExample = "readiness-echo"
+/// Only these backends (all available ones by default).
+nonisolated(unsafe) var onlyBackends: Set<String>?
 var arguments = Array(CommandLine.arguments.dropFirst())
 if arguments.first == "nio-echo" {
     // A child process: the SwiftNIO echo server.
@@ -24,6 +28,8 @@ while !arguments.isEmpty {
     case "--examples": examples = arguments.removeFirst()
     case "--only": only = Set(arguments.removeFirst().split(separator: ",").map(String.init))
     case "--rounds": rounds = Int(arguments.removeFirst()) ?? rounds
+    case "--echo-example": echoExample = arguments.removeFirst()
+    case "--backends": onlyBackends = Set(arguments.removeFirst().split(separator: ",").map(String.init))
     default: print("unknown argument \(flag)"); exit(2)
     }
 }
@@ -128,7 +134,7 @@ func connectRetrying(_ address: SocketAddress, poller: any Poller) throws -> Str
     throw BenchError("no server at \(address)")
 }
 
-nonisolated(unsafe) let backends = Backend.available
+nonisolated(unsafe) let backends = Backend.available.filter { onlyBackends?.contains($0.name) ?? true }
 nonisolated(unsafe) var report: [String] = ["# Socket layer figures", "",
                         "One run of `readiness-net-bench` (release builds), \(rounds) rounds, median of rounds. Machine: "
                         + "\(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores, shared.", ""]
@@ -268,7 +274,7 @@ func echoScenario() throws {
     var results: [String: [Double]] = [:], ratios: [String: [Double]] = [:]
     for round in 0..<rounds {
         for backend in backends {
-            let mineCommand = "\(examples)/readiness-echo --port PORT --backend \(backend.name)"
+            let mineCommand = "\(examples)/\(echoExample) --port PORT --backend \(backend.name)"
             var mine = 0.0, theirs = 0.0
             if round % 2 == 0 { theirs = try runServer(nioCommand); mine = try runServer(mineCommand) } else { mine = try runServer(mineCommand); theirs = try runServer(nioCommand) }
             results[backend.name, default: []].append(mine)
@@ -282,7 +288,7 @@ func echoScenario() throws {
     for name in ["SwiftNIO"] + backends.map(\.name) {
         let values = results[name] ?? []
         let ratio = name == "SwiftNIO" ? "" : ratios[name].map { String(Int((median($0) * 100).rounded())) + "%" } ?? "n/a"
-        report.append("| \(name == "SwiftNIO" ? "SwiftNIO 2 (ServerBootstrap, 1 event loop; all pairs)" : "readiness-echo, \(name)") | \(Int(median(values) / 1e6)) | \(ratio) | \(values.count) |")
+        report.append("| \(name == "SwiftNIO" ? "SwiftNIO 2 (ServerBootstrap, 1 event loop; all pairs)" : "\(echoExample), \(name)") | \(Int(median(values) / 1e6)) | \(ratio) | \(values.count) |")
     }
     report.append("")
 }

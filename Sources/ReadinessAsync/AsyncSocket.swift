@@ -1,0 +1,197 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+import ReadinessNet
+
+/// A connected stream socket owned by an ``EventLoop``: a Sendable handle (the loop and a number).
+///
+/// - One task may wait to read and one to write at a time; a second waiter in the same direction
+///   fails with ``LoopError/busy``.
+/// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``,
+///   and every later operation fails with ``LoopError/closed``. ``EventLoop/shutdown()`` closes it too.
+/// - A deadline (`timeout`) bounds the whole operation; cancelling the task ends a wait with
+///   ``LoopError/cancelled`` (the socket stays open: it is not the operation's).
+///
+/// Every operation runs on the loop thread: a task that prefers the loop
+/// (`Task(executorPreference: loop)`) does not hop at all.
+public struct AsyncSocket: Sendable {
+    /// The loop that owns it.
+    public let loop: EventLoop
+    let id: UInt64
+    /// The peer's address when connected or accepted.
+    public let peer: SocketAddress?
+
+    /// Reads up to `buffer.count` bytes (at least 1) as soon as some are there; 0 means the peer shut
+    /// down its sending side.
+    nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) -> Int {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Int in
+            try await state.read(id, into: buffer, deadline: deadline)
+        }
+    }
+
+    /// Reads up to `maximum` bytes into a new array (empty at end of stream).
+    nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: maximum)
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: maximum, alignment: 1)
+        defer { storage.deallocate() }
+        let n = try await read(into: storage, timeout: timeout)
+        bytes.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: storage[..<n])) }
+        bytes.removeLast(maximum - n)
+        return bytes
+    }
+
+    /// Writes every byte of `buffer`, waiting for room as often as needed.
+    nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.write(id, buffer, deadline: deadline)
+        }
+    }
+
+    /// Writes every byte of `bytes`.
+    nonisolated(nonsending) public func write(_ bytes: [UInt8], timeout: Duration? = nil) async throws(LoopError) {
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+        defer { storage.deallocate() }
+        bytes.withUnsafeBytes { storage.copyMemory(from: $0) }
+        try await write(UnsafeRawBufferPointer(storage), timeout: timeout)
+    }
+
+    /// Writes every byte of every buffer, in order, with vectored writes (sendmsg).
+    nonisolated(nonsending) public func write(vectored buffers: [UnsafeRawBufferPointer], timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.write(id, vectored: buffers, deadline: deadline)
+        }
+    }
+
+    /// Shuts down one direction or both (the socket stays open).
+    nonisolated(nonsending) public func shutdown(_ direction: ShutdownDirection) async throws(LoopError) {
+        try await withStreamSocket { (socket) throws(SocketError) in try socket.shutdown(direction) }
+    }
+
+    /// Runs `body` on the loop thread with the underlying socket (for options: `setNoDelay`, ...).
+    nonisolated(nonsending) public func withStreamSocket<T: Sendable>(_ body: (StreamSocket) throws(SocketError) -> T) async throws(LoopError) -> T {
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> T in
+            try state.withStream(id, body)
+        }
+    }
+
+    /// Closes the socket once (deregistered first); a task waiting on it resumes with
+    /// ``LoopError/closed``. Later calls do nothing.
+    nonisolated(nonsending) public func close() async {
+        let id = self.id
+        try? await loop.onLoop { (state) async throws(LoopError) in state.close(id) }
+    }
+}
+
+/// A listening socket owned by an ``EventLoop``.
+///
+/// ``accept(timeout:)`` keeps the listener's out-of-descriptors strategy (Docs/Sockets.md): on EMFILE,
+/// ENFILE, ENOBUFS or ENOMEM it stops watching the listener and tries again after the back-off delay,
+/// or as soon as a socket of this loop is closed; the waiting task just waits longer.
+public struct AsyncListener: Sendable {
+    /// The loop that owns it.
+    public let loop: EventLoop
+    let id: UInt64
+    /// The bound address (with the port the kernel chose for port 0).
+    public let address: SocketAddress
+
+    /// Waits for a connection; one accepting task at a time (``LoopError/busy``).
+    nonisolated(nonsending) public func accept(timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        let loop = self.loop
+        let (socket, peer) = try await loop.onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress) in
+            try await state.accept(id, deadline: deadline)
+        }
+        return AsyncSocket(loop: loop, id: socket, peer: peer)
+    }
+
+    /// Closes the listener once; a task waiting in ``accept(timeout:)`` resumes with ``LoopError/closed``.
+    nonisolated(nonsending) public func close() async {
+        let id = self.id
+        try? await loop.onLoop { (state) async throws(LoopError) in state.close(id) }
+    }
+}
+
+extension EventLoop {
+    /// Connects to one address, confirmed by SO_ERROR and getpeername (the connect state machine).
+    nonisolated(nonsending) public func connect(to address: SocketAddress, timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+        var options = HappyEyeballs.Options()
+        options.attemptTimeout = nil
+        return try await connect(addresses: [address], resolution: nil, options: options, timeout: timeout)
+    }
+
+    /// Connects to the first of several addresses that answers, by RFC 8305 steps (Happy Eyeballs).
+    nonisolated(nonsending) public func connect(to addresses: [SocketAddress], timeout: Duration? = nil,
+                        options: HappyEyeballs.Options = HappyEyeballs.Options()) async throws(LoopError) -> AsyncSocket {
+        try await connect(addresses: addresses, resolution: nil, options: options, timeout: timeout)
+    }
+
+    /// Resolves `host` off the loop (AAAA and A apart) and connects by Happy Eyeballs steps.
+    nonisolated(nonsending) public func connect(host: String, port: UInt16, timeout: Duration? = nil,
+                        options: HappyEyeballs.Options = HappyEyeballs.Options(),
+                        resolver: any HostResolver = SystemResolver()) async throws(LoopError) -> AsyncSocket {
+        try await connect(addresses: [], resolution: (host, port, resolver), options: options, timeout: timeout)
+    }
+
+    nonisolated(nonsending) private func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+                         options: HappyEyeballs.Options, timeout: Duration?) async throws(LoopError) -> AsyncSocket {
+        let deadline = timeout.map { Deadline.after($0) }
+        let (id, socket) = try await onLoop { (state) async throws(LoopError) -> (UInt64, ConnectedSocket) in
+            try await state.connect(addresses: addresses, resolution: resolution, options: options, deadline: deadline)
+        }
+        return AsyncSocket(loop: self, id: id, peer: socket.peer)
+    }
+
+    /// Binds and listens (``Listener/Options``: `reusePort` for one listener per loop on one port).
+    nonisolated(nonsending) public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> AsyncListener {
+        let (id, bound) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress) in
+            try state.listen(address, options: options)
+        }
+        return AsyncListener(loop: self, id: id, address: bound)
+    }
+
+    /// Takes ownership of a connected, non-blocking stream socket descriptor.
+    nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
+        let id = try await onLoop { (state) async throws(LoopError) -> UInt64 in
+            if state.isShutDown { throw .shutdown }
+            return state.adopt(StreamSocket(adopting: fd))
+        }
+        return AsyncSocket(loop: self, id: id, peer: try? SocketAddress.peer(of: fd))
+    }
+
+    /// Suspends for `duration` on the loop's timers (cancellable: ``LoopError/cancelled``).
+    nonisolated(nonsending) public func sleep(for duration: Duration) async throws(LoopError) {
+        let deadline = Deadline.after(duration)
+        try await onLoop { (state) async throws(LoopError) in try await state.sleep(until: deadline) }
+    }
+
+    /// Waits until a descriptor the caller owns is readable (it is watched only during the wait).
+    nonisolated(nonsending) public func readable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .read, deadline: deadline) }
+    }
+
+    /// Waits until a descriptor the caller owns is writable (it is watched only during the wait).
+    nonisolated(nonsending) public func writable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .write, deadline: deadline) }
+    }
+
+    /// Jobs run and poller waits so far (for tests and monitoring).
+    nonisolated(nonsending) public func statistics() async throws(LoopError) -> (jobs: Int, iterations: Int) {
+        try await onLoop { (state) async throws(LoopError) -> (jobs: Int, iterations: Int) in (state.jobsRun, state.iterations) }
+    }
+
+    /// How many sockets, listeners and waits the loop holds (for tests and monitoring).
+    nonisolated(nonsending) public func entryCount() async throws(LoopError) -> Int {
+        try await onLoop { (state) async throws(LoopError) -> Int in state.entries.count }
+    }
+}

@@ -1,0 +1,347 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+import ReadinessNet
+import Synchronization
+
+/// One thread that owns one ``Poller`` (any backend), its timers and a submission queue, and runs Swift
+/// tasks: a `SerialExecutor` (actors can be isolated to it) and a `TaskExecutor`
+/// (`Task(executorPreference: loop)`). Docs/Async.md describes the threading model.
+///
+/// The handle is Sendable; the loop state is not, and lives on the loop thread only.
+///
+/// ```swift
+/// let loop = try EventLoop { () throws(PollerError) in try Backend.default().makePoller() }
+/// Task(executorPreference: loop) {
+///     let socket = try await loop.connect(to: address, timeout: .seconds(2))
+///     try await socket.write(request)
+///     let n = try await socket.read(into: buffer)
+///     await socket.close()
+/// }
+/// await loop.shutdown()
+/// ```
+public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
+    // Why `@unchecked Sendable` is true:
+    // - `state` (a `LoopState`, not Sendable: the poller, the timers, every socket and waiter) is
+    //   touched only on the loop thread. The only way to it is `loopState`, which checks `inLoop`; every
+    //   public operation first hops onto the loop (its executor) and fails with `.shutdown` when it is
+    //   not there. The loop thread creates the poller itself (through the factory).
+    // - `queue`, `sleeping`, `phase`, `waker` are guarded by `lock`.
+    // - `thread` is written once by the loop thread before `init` returns (published through `lock`)
+    //   and never again; `running` is atomic.
+    private let state: LoopState
+    private let lock = ConditionLock()
+    private var queue: [Submission] = []
+    private var sleeping = false
+    private var phase = Phase.starting
+    private var waker: Waker?
+    private var thread = pthread_t()
+    private let running = Atomic<Bool>(false)
+    private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
+    /// Set (under `lock`) once the loop thread has closed everything and will touch nothing more.
+    private var isFinished = false
+    /// A name for diagnostics.
+    public let name: String
+    /// How jobs run (Docs/Async.md, "Executor semantics").
+    public let jobs: JobIsolation
+
+    /// How the loop runs a job.
+    public enum JobIsolation: Sendable, Hashable {
+        /// `runSynchronously(isolatedTo: loop, taskExecutor: loop)`: the job is isolated to the loop's
+        /// serial executor. Actors isolated to the loop never hop; nonisolated code in a task preferring
+        /// the loop takes one hop (a job, no poller call) after each `await`.
+        case serialExecutor
+        /// `runSynchronously(on: loop)` as a task executor: nonisolated code in a task preferring the
+        /// loop never hops; an actor isolated to the loop takes one hop per `await` into it.
+        case taskExecutor
+    }
+
+    enum Phase { case starting, running, stopping, stopped, failed(PollerError) }
+
+    /// What other threads hand to the loop.
+    enum Submission {
+        case job(UnownedJob)
+        /// A waiting operation's task was cancelled: entry, direction, operation number.
+        case cancel(entry: UInt64, direction: Direction, operation: UInt64)
+    }
+
+    /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
+    /// Sendable, never crosses threads). Throws what the factory threw.
+    public init(name: String = "readiness-loop", jobs: JobIsolation = .serialExecutor,
+                makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) throws(PollerError) {
+        self.name = name
+        self.jobs = jobs
+        state = LoopState()
+        state.loop = self
+        let box = Unmanaged.passRetained(StartBox(loop: self, makePoller: makePoller)).toOpaque()
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<StartBox>.fromOpaque(raw!).takeRetainedValue()
+            box.loop.threadMain(box.makePoller)
+            return nil
+        }, box)
+        guard status == 0 else {
+            Unmanaged<StartBox>.fromOpaque(box).release()
+            throw .system(operation: "pthread_create", errno: status)
+        }
+        pthread_detach(thread)
+        let outcome: PollerError? = lock.withLock {
+            while case .starting = phase { lock.wait() }
+            if case .failed(let error) = phase { return error }
+            return nil
+        }
+        if let outcome { throw outcome }
+    }
+
+    private final class StartBox {
+        let loop: EventLoop
+        let makePoller: @Sendable () throws(PollerError) -> any Poller
+        init(loop: EventLoop, makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) {
+            self.loop = loop
+            self.makePoller = makePoller
+        }
+    }
+
+    // MARK: Threads
+
+    /// Whether the caller runs on this loop's thread (while the loop runs).
+    @inlinable public var inLoop: Bool { isLoopThread() }
+
+    @usableFromInline
+    func isLoopThread() -> Bool {
+        running.load(ordering: .acquiring) && pthread_equal(pthread_self(), thread) != 0
+    }
+
+    /// The loop state; only on the loop thread.
+    var loopState: LoopState {
+        precondition(isLoopThread(), "EventLoop state touched off its thread")
+        return state
+    }
+
+    // MARK: Executor
+
+    /// Queues a job (a task's or an actor's) to run on the loop thread, in order; wakes the loop if it
+    /// sleeps in the poller. After shutdown, jobs run on the global concurrent executor.
+    public func enqueue(_ job: consuming ExecutorJob) {
+        submit(.job(UnownedJob(job)))
+    }
+
+    /// Same as the `ExecutorJob` overload.
+    public func enqueue(_ job: UnownedJob) {
+        submit(.job(job))
+    }
+
+    /// This loop as an actor's executor (`nonisolated var unownedExecutor`).
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    /// Crashes unless called on the loop thread (what `assumeIsolated` relies on).
+    public func checkIsolated() {
+        precondition(isLoopThread(), "not on the event loop \(name)'s thread")
+    }
+
+    /// Whether the caller runs on the loop thread (the runtime's isolation check).
+    public func isIsolatingCurrentContext() -> Bool? { isLoopThread() }
+
+    /// Hands a submission to the loop; wakes it only if it sleeps in the poller.
+    func submit(_ submission: Submission) {
+        lock.lock()
+        switch phase {
+        case .running, .stopping, .starting:
+            queue.append(submission)
+            let wake = sleeping
+            sleeping = false
+            let waker = self.waker
+            lock.unlock()
+            if wake { try? waker?.wake() }
+        case .stopped, .failed:
+            lock.unlock()
+            // The thread is gone: a task still preferring this loop runs on the global pool from now
+            // on (Docs/Async.md, "After shutdown"). A cancel has nothing left to cancel.
+            if case .job(let job) = submission { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+        }
+    }
+
+    private func runJob(_ job: UnownedJob) {
+        state.jobsRun &+= 1
+        switch jobs {
+        case .serialExecutor: job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+        case .taskExecutor: job.runSynchronously(on: asUnownedTaskExecutor())
+        }
+    }
+
+    // MARK: The loop
+
+    private func threadMain(_ makePoller: @Sendable () throws(PollerError) -> any Poller) {
+        thread = pthread_self()
+        let poller: any Poller
+        do {
+            poller = try makePoller()
+        } catch {
+            lock.withLock {
+                phase = .failed(error)
+                lock.broadcast()
+            }
+            return
+        }
+        state.poller = poller
+        running.store(true, ordering: .releasing)
+        lock.withLock {
+            waker = poller.waker
+            phase = .running
+            lock.broadcast()
+        }
+        var batch: [Submission] = []
+        batch.reserveCapacity(256)
+        while true {
+            // 1. What other threads (and resumed continuations) submitted, and what that work submits
+            //    in turn (a task hopping back onto the loop), up to a budget: a hop costs no poller call.
+            var stopping = false
+            for _ in 0..<64 {
+                lock.lock()
+                swap(&batch, &queue)
+                if case .stopping = phase { stopping = true }
+                lock.unlock()
+                if batch.isEmpty { break }
+                for submission in batch { handle(submission) }
+                batch.removeAll(keepingCapacity: true)
+            }
+            if stopping { break }
+
+            // 2. Wait: not at all when more work is queued, else until the nearest deadline.
+            lock.lock()
+            let idle = queue.isEmpty
+            sleeping = idle
+            lock.unlock()
+            let timeout: Duration? = idle ? state.timers.timeout() : .zero
+            do {
+                try poller.wait(into: state.events, timeout: timeout)
+            } catch {
+                fatalError("EventLoop \(name): the poller failed: \(error)")
+            }
+            lock.lock()
+            sleeping = false
+            lock.unlock()
+
+            state.iterations &+= 1
+            // 3. Readiness, then timers.
+            state.dispatchEvents()
+            state.fireTimers(now: MonotonicClock.nowNanoseconds)
+        }
+        finish(poller, batch: &batch)
+    }
+
+    private func handle(_ submission: Submission) {
+        switch submission {
+        case .job(let job): runJob(job)
+        case .cancel(let entry, let direction, let operation): state.cancel(entry: entry, direction: direction, operation: operation)
+        }
+    }
+
+    /// Shutdown on the loop thread: every pending operation fails with `.shutdown`, every owned
+    /// descriptor is closed (once), then the tasks they resumed run until nothing is queued.
+    private func finish(_ poller: any Poller, batch: inout [Submission]) {
+        state.shutDown()
+        while true {
+            lock.lock()
+            if queue.isEmpty {
+                phase = .stopped      // from now on submissions go to the global pool
+                lock.unlock()
+                break
+            }
+            swap(&batch, &queue)
+            lock.unlock()
+            for submission in batch { handle(submission) }
+            batch.removeAll(keepingCapacity: true)
+        }
+        try? poller.close()
+        state.poller = nil
+        running.store(false, ordering: .releasing)
+        // Only now (every descriptor closed) do the shutdown callers return.
+        let waiters: [UnsafeContinuation<Void, Never>] = lock.withLock {
+            isFinished = true
+            lock.broadcast()
+            defer { shutdownWaiters = [] }
+            return shutdownWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Shutdown
+
+    private func requestStop() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        switch phase {
+        case .running:
+            phase = .stopping
+            let wake = sleeping
+            sleeping = false
+            if wake { try? waker?.wake() }
+            return true
+        case .stopping: return true
+        default: return false
+        }
+    }
+
+    /// Shuts the loop down and waits until it has: every pending operation fails with
+    /// ``LoopError/shutdown``, every socket and listener it owns is closed exactly once, the poller is
+    /// closed. Later calls return at once. Callable from any task, on the loop or not.
+    public func shutdown() async {
+        _ = requestStop()
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            lock.lock()
+            if case .failed = phase { isFinished = true }
+            if isFinished {
+                lock.unlock()
+                continuation.resume()
+            } else {
+                shutdownWaiters.append(continuation)
+                lock.unlock()
+            }
+        }
+    }
+
+    /// Like ``shutdown()``, blocking the calling thread; never call it on the loop thread.
+    public func syncShutdown() {
+        precondition(!isLoopThread(), "syncShutdown on the loop's own thread would never return")
+        _ = requestStop()
+        lock.withLock {
+            while !isFinished {
+                if case .failed = phase { return }
+                lock.wait()
+            }
+        }
+    }
+
+    /// Whether ``shutdown()`` has been asked for (or has finished).
+    public var isShuttingDown: Bool {
+        lock.withLock {
+            switch phase {
+            case .starting, .running: false
+            default: true
+            }
+        }
+    }
+
+    // MARK: Running on the loop
+
+    /// Runs `body` on the loop thread with its state. On the loop already (a task preferring it, or
+    /// an actor isolated to it) `body` runs at once, with no hop; elsewhere the task hops there under
+    /// this loop's executor preference, so that every resumption inside `body` runs on the loop too.
+    /// Fails with `.shutdown` when the loop no longer runs.
+    nonisolated(nonsending)
+    func onLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
+        if isLoopThread() { return try await body(state) }
+        return try await withTaskExecutorPreference(self) { () async throws(LoopError) -> T in
+            try await run(body)
+        }
+    }
+
+    private func run<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
+        guard isLoopThread() else { throw .shutdown }
+        return try await body(state)
+    }
+}

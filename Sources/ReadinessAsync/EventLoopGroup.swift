@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+import ReadinessNet
+import Synchronization
+
+/// N event loops (one per core by default), each its own thread and poller, and a simple way to pick
+/// one: ``next()`` goes round the loops. With ``listen(on:options:)`` every loop gets its own
+/// `SO_REUSEPORT` listener on the same port and the kernel spreads connections over them.
+public final class EventLoopGroup: Sendable {
+    /// The loops, each with its own thread and poller.
+    public let loops: [EventLoop]
+    private let counter = Atomic<Int>(0)
+
+    /// The number of online cores.
+    public static var coreCount: Int { max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))) }
+
+    /// Starts `count` loops, each creating its poller with `makePoller` on its own thread; if one cannot
+    /// start, those already started are shut down and the error is thrown.
+    public init(count: Int = EventLoopGroup.coreCount, name: String = "readiness-loop",
+                makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) throws(PollerError) {
+        var loops: [EventLoop] = []
+        for index in 0..<max(1, count) {
+            do {
+                loops.append(try EventLoop(name: "\(name)-\(index)", makePoller: makePoller))
+            } catch {
+                for loop in loops { loop.syncShutdown() }
+                throw error
+            }
+        }
+        self.loops = loops
+    }
+
+    /// The next loop, round robin.
+    public func next() -> EventLoop {
+        loops[counter.add(1, ordering: .relaxed).oldValue % loops.count]
+    }
+
+    /// The loop whose thread this is, if any.
+    public var current: EventLoop? { loops.first { $0.inLoop } }
+
+    /// One listener per loop on the same address (SO_REUSEPORT; a port-0 address takes the first
+    /// listener's port for the others).
+    public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> [AsyncListener] {
+        var options = options
+        options.reusePort = true
+        var listeners: [AsyncListener] = []
+        var target = address
+        for loop in loops {
+            do {
+                let listener = try await loop.listen(on: target, options: options)
+                listeners.append(listener)
+                target = listener.address
+            } catch {
+                for listener in listeners { await listener.close() }
+                throw error
+            }
+        }
+        return listeners
+    }
+
+    /// Shuts every loop down (``EventLoop/shutdown()``).
+    public func shutdown() async {
+        for loop in loops { await loop.shutdown() }
+    }
+
+    /// Shuts every loop down, blocking the calling thread (never a loop thread).
+    public func syncShutdown() {
+        for loop in loops { loop.syncShutdown() }
+    }
+}

@@ -1,0 +1,41 @@
+import ReadinessCore
+import ReadinessNet
+
+/// Every error of the async layer: misuse and the loop's own outcomes are cases of their own, and the
+/// errors of the layers below are carried as they are.
+public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The task was cancelled while (or before) it waited; what the operation owned was released.
+    case cancelled
+    /// The operation's deadline passed.
+    case timedOut
+    /// The socket or listener is closed, or was closed by another task while this one waited.
+    case closed
+    /// Another task is already waiting in this direction on this socket (one reader and one writer at a
+    /// time; one accepter per listener).
+    case busy
+    /// The loop is shut down (or shut down while this operation waited).
+    case shutdown
+    /// A socket call failed.
+    case socket(SocketError)
+    /// A connect failed (through the connect state machine: SO_ERROR and getpeername).
+    case connect(ConnectError)
+    /// The name did not resolve.
+    case resolution(ResolutionError)
+    /// The poller refused a registration.
+    case poller(PollerError)
+
+    /// The error in words.
+    public var description: String {
+        switch self {
+        case .cancelled: "cancelled"
+        case .timedOut: "timed out"
+        case .closed: "the socket is closed"
+        case .busy: "another task is already waiting in this direction"
+        case .shutdown: "the event loop is shut down"
+        case .socket(let error): "\(error)"
+        case .connect(let error): "connect: \(error)"
+        case .resolution(let error): "\(error)"
+        case .poller(let error): "poller: \(error)"
+        }
+    }
+}

@@ -1,0 +1,521 @@
+import Glibc
+import Readiness
+import Testing
+
+/// The event loop and async API (Sources/ReadinessAsync), on every backend.
+@Suite("Async", .serialized)
+struct AsyncTests {
+    // MARK: Executor
+
+    @Test("a task preferring the loop, and an actor isolated to it, run on the loop thread",
+          arguments: backends, [EventLoop.JobIsolation.serialExecutor, .taskExecutor])
+    func executor(backend: Backend, jobs: EventLoop.JobIsolation) async throws {
+        try await withLoop(backend, jobs: jobs) { loop in
+            let onLoop = await Task(executorPreference: loop) { loop.inLoop }.value
+            #expect(onLoop)
+            #expect(!loop.inLoop)
+            let actor = LoopActor(loop: loop)
+            #expect(await actor.check())
+            // Resumptions come back to the loop thread too.
+            let afterSleep = try await Task(executorPreference: loop) { () async throws -> Bool in
+                try await loop.sleep(for: .milliseconds(1))
+                return loop.inLoop
+            }.value
+            #expect(afterSleep)
+        }
+    }
+
+    // MARK: I/O
+
+    @Test("connect, accept, write (plain and vectored), read, end of stream", arguments: backends)
+    func echo(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+                async let accepted = listener.accept(timeout: .seconds(5))
+                let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                let server = try await accepted
+                #expect(client.peer == listener.address)
+                let payload = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+                async let sent: Void = client.write(payload)
+                var received: [UInt8] = []
+                while received.count < payload.count {
+                    let chunk = try await server.read(upTo: 65536, timeout: .seconds(5))
+                    #expect(!chunk.isEmpty)
+                    if chunk.isEmpty { break }
+                    received += chunk
+                }
+                try await sent
+                #expect(received == payload)
+                // Vectored: three buffers, one of them empty.
+                let parts: [[UInt8]] = [[1, 2, 3], [], [4, 5]]
+                let buffers = parts.map { part in
+                    let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: part.count, alignment: 1)
+                    part.withUnsafeBytes { raw.copyMemory(from: $0) }
+                    return UnsafeRawBufferPointer(raw)
+                }
+                try await server.write(vectored: buffers)
+                for buffer in buffers { buffer.deallocate() }
+                var back: [UInt8] = []
+                while back.count < 5 { back += try await client.read(upTo: 16, timeout: .seconds(5)) }
+                #expect(back == [1, 2, 3, 4, 5])
+                try await client.shutdown(.write)
+                #expect(try await server.read(upTo: 16, timeout: .seconds(5)).isEmpty)
+                await client.close()
+                await server.close()
+                await listener.close()
+                #expect(try await loop.entryCount() == 0)
+            }.value
+        }
+    }
+
+    @Test("connect by name: off-loop resolution and Happy Eyeballs steps", arguments: backends)
+    func connectByName(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let client = try await loop.connect(host: "localhost", port: listener.address.port!, timeout: .seconds(5))
+            let server = try await listener.accept(timeout: .seconds(5))
+            await client.close()
+            await server.close()
+            await listener.close()
+            // Refused: the state machine's cause comes through.
+            let port = try closedPort()
+            let error = await #expect(throws: LoopError.self) { _ = try await loop.connect(to: port, timeout: .seconds(5)) }
+            if case .connect(let connectError)? = error { #expect(connectError.cause == .refused) } else { Issue.record("\(String(describing: error))") }
+            let unresolved = await #expect(throws: LoopError.self) {
+                _ = try await loop.connect(host: "name.invalid", port: 80, timeout: .seconds(5), resolver: FailingResolver())
+            }
+            if case .resolution? = unresolved {} else { Issue.record("\(String(describing: unresolved))") }
+        }
+    }
+
+    // MARK: Deadlines
+
+    @Test("deadlines: read, accept, readable, connect and sleep", arguments: backends)
+    func deadlines(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+                defer { buffer.deallocate() }
+                let start = ContinuousClock.now
+                await #expect(throws: LoopError.timedOut) { _ = try await client.read(into: buffer, timeout: .milliseconds(30)) }
+                #expect(ContinuousClock.now - start >= .milliseconds(30))
+                await #expect(throws: LoopError.timedOut) { _ = try await listener.accept(timeout: .milliseconds(10)) }
+                var fds: [CInt] = [0, 0]
+                #expect(pipe(&fds) == 0)
+                await #expect(throws: LoopError.timedOut) { try await loop.readable(fds[0], timeout: .milliseconds(10)) }
+                close(fds[0]); close(fds[1])
+                let sleepStart = ContinuousClock.now
+                try await loop.sleep(for: .milliseconds(20))
+                #expect(ContinuousClock.now - sleepStart >= .milliseconds(20))
+                // The socket is still usable after a timed-out read.
+                try await server.write([42])
+                #expect(try await client.read(into: buffer, timeout: .seconds(5)) == 1)
+                // A connect that cannot finish (a full accept queue drops SYNs) times out.
+                if let stuck = try StuckListener() {
+                    await #expect(throws: LoopError.timedOut) { _ = try await loop.connect(to: stuck.address, timeout: .milliseconds(50)) }
+                    stuck.close()
+                }
+                await client.close(); await server.close(); await listener.close()
+            }.value
+        }
+    }
+
+    // MARK: Cancellation
+
+    @Test("cancellation at every suspension point: nothing leaked", arguments: backends)
+    func cancellation(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                let before = openDescriptorCount()
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+                defer { buffer.deallocate() }
+
+                // read
+                let read = Task(executorPreference: loop) { try await readOnce(client) }
+                try await loop.sleep(for: .milliseconds(5))
+                read.cancel()
+                await #expect(throws: LoopError.cancelled) { _ = try await read.value }
+                // write: fill the send buffer first (the peer does not read)
+                try await client.withStreamSocket { (socket) throws(SocketError) in try socket.setSendBufferSize(4096) }
+                let big = [UInt8](repeating: 1, count: 8 << 20)
+                let write = Task(executorPreference: loop) { try await client.write(big) }
+                try await loop.sleep(for: .milliseconds(20))
+                write.cancel()
+                await #expect(throws: LoopError.cancelled) { try await write.value }
+                // accept
+                let accept = Task(executorPreference: loop) { try await listener.accept() }
+                try await loop.sleep(for: .milliseconds(5))
+                accept.cancel()
+                await #expect(throws: LoopError.cancelled) { _ = try await accept.value }
+                // sleep
+                let sleep = Task(executorPreference: loop) { try await loop.sleep(for: .seconds(60)) }
+                try await loop.sleep(for: .milliseconds(5))
+                sleep.cancel()
+                await #expect(throws: LoopError.cancelled) { try await sleep.value }
+                // readable on a caller's descriptor
+                var fds: [CInt] = [0, 0]
+                #expect(pipe(&fds) == 0)
+                let pipeRead = fds[0]
+                let readable = Task(executorPreference: loop) { try await loop.readable(pipeRead) }
+                try await loop.sleep(for: .milliseconds(5))
+                readable.cancel()
+                await #expect(throws: LoopError.cancelled) { try await readable.value }
+                close(fds[0]); close(fds[1])
+                // connect in flight (SYN dropped by a full accept queue): its socket is closed
+                if let stuck = try StuckListener() {
+                    let stuckBefore = openDescriptorCount()
+                    let stuckAddress = stuck.address
+                    let connect = Task(executorPreference: loop) { try await loop.connect(to: stuckAddress) }
+                    try await loop.sleep(for: .milliseconds(20))
+                    connect.cancel()
+                    await #expect(throws: LoopError.cancelled) { _ = try await connect.value }
+                    #expect(openDescriptorCount() == stuckBefore)
+                    stuck.close()
+                }
+                // connect while resolving (a slow resolver)
+                let resolving = Task(executorPreference: loop) {
+                    try await loop.connect(host: "slow.example", port: 1, resolver: SlowResolver(address: listener.address))
+                }
+                try await loop.sleep(for: .milliseconds(5))
+                resolving.cancel()
+                await #expect(throws: LoopError.cancelled) { _ = try await resolving.value }
+                // already cancelled before it waits
+                let early = Task(executorPreference: loop) { () async throws -> Int in
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    return try await readOnce(client)
+                }
+                await #expect(throws: LoopError.cancelled) { _ = try await early.value }
+
+                #expect(openDescriptorCount() == before)
+                await client.close(); await server.close(); await listener.close()
+                #expect(try await loop.entryCount() == 0)
+            }.value
+        }
+    }
+
+    // MARK: Misuse
+
+    @Test("misuse is a typed error: two readers, closed while suspended, closed, after shutdown", arguments: backends)
+    func misuse(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        defer { loop.syncShutdown() }   // also when an expectation throws (a live loop thread keeps the process)
+        let (listener, client, server) = try await connectedPair(loop)
+        let (otherListener, otherClient, otherServer) = try await connectedPair(loop)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+        defer { buffer.deallocate() }
+        let first = Task(executorPreference: loop) { try await readOnce(client) }
+        try await loop.sleep(for: .milliseconds(5))
+        await #expect(throws: LoopError.busy) { _ = try await client.read(into: buffer) }
+        // Closing the socket resumes the suspended reader with .closed.
+        await client.close()
+        await #expect(throws: LoopError.closed) { _ = try await first.value }
+        await #expect(throws: LoopError.closed) { _ = try await client.read(into: buffer) }
+        await #expect(throws: LoopError.closed) { try await client.write([1]) }
+        await client.close()   // twice: nothing
+        // Closing a listener resumes its accepter.
+        let accept = Task { try await listener.accept() }
+        try await loop.sleep(for: .milliseconds(5))
+        await listener.close()
+        await #expect(throws: LoopError.closed) { _ = try await accept.value }
+        // Shutdown resumes a pending read with .shutdown; afterwards everything fails so.
+        let pending = Task { try await readOnce(otherServer) }
+        try await loop.sleep(for: .milliseconds(5))
+        await loop.shutdown()
+        await #expect(throws: LoopError.shutdown) { _ = try await pending.value }
+        await #expect(throws: LoopError.shutdown) { _ = try await server.read(into: buffer) }
+        await #expect(throws: LoopError.shutdown) { try await otherClient.write([1]) }
+        await #expect(throws: LoopError.shutdown) { _ = try await otherListener.accept() }
+        await #expect(throws: LoopError.shutdown) { try await loop.sleep(for: .milliseconds(1)) }
+        await #expect(throws: LoopError.shutdown) { _ = try await loop.listen(on: try SocketAddress("127.0.0.1:0")) }
+        await loop.shutdown()   // twice: returns at once
+        // A task that still prefers the stopped loop runs (on the global pool).
+        let late = await Task(executorPreference: loop) { 7 }.value
+        #expect(late == 7)
+    }
+
+    // MARK: Shutdown
+
+    @Test("shutdown with 1,000 pending operations: each fails once, every descriptor closed", arguments: backends)
+    func shutdownPending(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let loop = try EventLoop(backend: backend)
+        defer { loop.syncShutdown() }
+        // select cannot watch descriptors >= FD_SETSIZE (1024): fewer sockets there, more sleeps.
+        let pairs = backend.name.hasSuffix("select") ? 200 : 400
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: { var o = Listener.Options(); o.backlog = 1024; return o }())
+        var sockets: [AsyncSocket] = []
+        for _ in 0..<pairs {
+            async let accepted = listener.accept(timeout: .seconds(5))
+            sockets.append(try await loop.connect(to: listener.address, timeout: .seconds(5)))
+            sockets.append(try await accepted)
+        }
+        let results = ResultsBox()
+        await withTaskGroup(of: Void.self) { group in
+            for socket in sockets {
+                group.addTask(executorPreference: loop) {
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+                    defer { buffer.deallocate() }
+                    do { _ = try await socket.read(into: buffer) } catch { results.add(error) }
+                }
+            }
+            for _ in 0..<(1000 - sockets.count - 1) {
+                group.addTask(executorPreference: loop) {
+                    do { try await loop.sleep(for: .seconds(60)) } catch { results.add(error) }
+                }
+            }
+            group.addTask { do { _ = try await listener.accept() } catch { results.add(error) } }
+            // Every operation is suspended once the loop has nothing left to run.
+            while (try? await loop.entryCount()) ?? 0 < sockets.count + 1 + (1000 - sockets.count - 1) {
+                usleep(5_000)
+            }
+            await loop.shutdown()
+        }
+        #expect(results.errors.count == 1000)
+        #expect(results.errors.allSatisfy { $0 == .shutdown })
+        loop.syncShutdown()
+        #expect(await settledDescriptorCount(before) == before)
+    }
+
+    // MARK: Scale
+
+    @Test("10,000 connect/echo/close tasks on one loop", .timeLimit(.minutes(1)), arguments: backends)
+    func manyTasks(backend: Backend) async throws {
+        // Descriptors: each task holds two (client and server side) and the process may open 20,000, so
+        // at most 2,000 tasks run at once; select (FD_SETSIZE 1024) does 2,000 tasks, 400 at once.
+        let selectLike = backend.name.hasSuffix("select")
+        let total = selectLike ? 2_000 : 10_000
+        let wave = selectLike ? 400 : 2_000
+        try await withLoop(backend) { loop in
+            var options = Listener.Options()
+            options.backlog = 4096
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+            let server = Task(executorPreference: loop) {
+                await withTaskGroup(of: Void.self) { connections in
+                    while let socket = try? await listener.accept() {
+                        connections.addTask(executorPreference: loop) {
+                            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 1)
+                            defer { buffer.deallocate() }
+                            while let n = try? await socket.read(into: buffer), n > 0 {
+                                try? await socket.write(UnsafeRawBufferPointer(rebasing: buffer[..<n]))
+                            }
+                            await socket.close()
+                        }
+                    }
+                }
+            }
+            let echoed = Counter()
+            var started = 0
+            while started < total {
+                let count = min(wave, total - started)
+                await withTaskGroup(of: Void.self) { group in
+                    for index in started..<(started + count) {
+                        group.addTask(executorPreference: loop) {
+                            do {
+                                let client = try await loop.connect(to: listener.address, timeout: .seconds(20))
+                                let message = (0..<32).map { UInt8(truncatingIfNeeded: index &+ $0) }
+                                try await client.write(message, timeout: .seconds(20))
+                                var back: [UInt8] = []
+                                while back.count < message.count {
+                                    let chunk = try await client.read(upTo: 64, timeout: .seconds(20))
+                                    if chunk.isEmpty { break }
+                                    back += chunk
+                                }
+                                await client.close()
+                                if back == message { echoed.increment() }
+                            } catch {
+                                Issue.record("task \(index): \(error)")
+                            }
+                        }
+                    }
+                }
+                started += count
+            }
+            #expect(echoed.value == total)
+            await listener.close()
+            _ = await server.value
+        }
+    }
+
+    // MARK: Multi-core
+
+    @Test("a group of loops with SO_REUSEPORT listeners serves clients on every loop", arguments: backends)
+    func group(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let group = try EventLoopGroup(backend: backend, count: 2)
+        defer { group.syncShutdown() }
+        #expect(group.next() !== group.next())
+        let listeners = try await group.listen(on: try SocketAddress("127.0.0.1:0"))
+        #expect(Set(listeners.map { $0.address.port }).count == 1)
+        let served = Counter()
+        for listener in listeners {
+            Task(executorPreference: listener.loop) {
+                while let socket = try? await listener.accept() {
+                    #expect(listener.loop.inLoop)
+                    served.increment()
+                    await socket.close()
+                }
+            }
+        }
+        for _ in 0..<100 {
+            let loop = group.next()
+            let client = try await loop.connect(to: listeners[0].address, timeout: .seconds(5))
+            await client.close()
+        }
+        var waited = 0
+        while served.value < 100, waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(served.value == 100)
+        await group.shutdown()
+        #expect(await settledDescriptorCount(before) == before)
+    }
+}
+
+// MARK: Helpers
+
+/// Runs `body` with a loop over `backend`, shuts it down, and checks that no descriptor is left.
+func withLoop(_ backend: Backend, jobs: EventLoop.JobIsolation = .serialExecutor,
+              _ body: (EventLoop) async throws -> Void) async throws {
+    warmUp(backend)
+    let before = openDescriptorCount()
+    let loop = try EventLoop(backend: backend, jobs: jobs)
+    do {
+        try await body(loop)
+    } catch {
+        await loop.shutdown()
+        throw error
+    }
+    await loop.shutdown()
+    let after = await settledDescriptorCount(before)
+    #expect(after == before, "descriptors leaked on \(backend): \(before) before, \(after) after: \(descriptorTargets())")
+}
+
+/// What each open descriptor is (for a failure message).
+func descriptorTargets() -> [String] {
+    var out: [String] = []
+    for fd in 0..<256 {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let n = readlink("/proc/self/fd/\(fd)", &buffer, 255)
+        if n > 0 { out.append("\(fd):" + String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+    }
+    return out
+}
+
+/// Creates and closes one poller, so that a library's lazily opened process-wide descriptors (libevent
+/// keeps one after its first timed wait) are open before a test counts.
+func warmUp(_ backend: Backend) {
+    guard let poller = try? backend.makePoller() else { return }
+    _ = try? poller.wait(into: EventBuffer(capacity: 4), timeout: .milliseconds(1))
+    try? poller.close()
+}
+
+/// The descriptor count once it equals `expected`, or after half a second: a name lookup's thread
+/// (getaddrinfo reading /etc/hosts) may still hold a descriptor for a moment after its connect ended.
+func settledDescriptorCount(_ expected: Int) async -> Int {
+    for _ in 0..<50 {
+        if openDescriptorCount() == expected { return expected }
+        usleep(10_000)   // not Task.sleep: its first use makes libdispatch open timer descriptors
+    }
+    return openDescriptorCount()
+}
+
+func connectedPair(_ loop: EventLoop) async throws -> (AsyncListener, AsyncSocket, AsyncSocket) {
+    let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+    async let accepted = listener.accept(timeout: .seconds(5))
+    let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+    return (listener, client, try await accepted)
+}
+
+/// One read into a buffer of its own.
+func readOnce(_ socket: AsyncSocket, timeout: Duration? = nil) async throws(LoopError) -> Int {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+    defer { buffer.deallocate() }
+    return try await socket.read(into: buffer, timeout: timeout)
+}
+
+actor LoopActor {
+    let loop: EventLoop
+    init(loop: EventLoop) { self.loop = loop }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    func check() -> Bool {
+        loop.preconditionIsolated()
+        return loop.inLoop
+    }
+}
+
+final class Counter: Sendable {
+    private let storage = PThreadLockedInt()
+    func increment() { storage.add(1) }
+    var value: Int { storage.value }
+}
+
+final class PThreadLockedInt: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var count = 0
+    init() { pthread_mutex_init(&mutex, nil) }
+    func add(_ n: Int) { pthread_mutex_lock(&mutex); count += n; pthread_mutex_unlock(&mutex) }
+    var value: Int { pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }; return count }
+}
+
+final class ResultsBox: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var stored: [LoopError] = []
+    init() { pthread_mutex_init(&mutex, nil) }
+    func add(_ error: any Error) {
+        pthread_mutex_lock(&mutex)
+        stored.append(error as? LoopError ?? .closed)
+        pthread_mutex_unlock(&mutex)
+    }
+    var errors: [LoopError] { pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }; return stored }
+}
+
+struct FailingResolver: HostResolver {
+    func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+        .failure(ResolutionError(host: host, reason: "test"))
+    }
+}
+
+struct SlowResolver: HostResolver {
+    let address: SocketAddress
+    func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+        usleep(200_000)
+        return family == .ipv4 ? .success([address]) : .failure(ResolutionError(host: host, reason: "no AAAA"))
+    }
+}
+
+/// A loopback listener whose accept queue is full (backlog 0, filled, never accepted): further SYNs
+/// are dropped, so a connect to it stays in progress. nil where the kernel does not behave so.
+final class StuckListener {
+    let fd: CInt
+    let address: SocketAddress
+    var fillers: [CInt] = []
+
+    init?() throws {
+        let (fd, address) = try tcpListener(backlog: 0)
+        self.fd = fd
+        self.address = address
+        // Fill the queue with blocking connects (each completes at once while there is room).
+        for _ in 0..<4 {
+            let poller = try Backend.poll.makePoller()
+            defer { try? poller.close() }
+            guard let socket = try? Connector.connect(to: address, on: poller, timeout: .milliseconds(50)) else { break }
+            fillers.append(socket.fd)
+        }
+        if fillers.isEmpty {
+            close()
+            return nil
+        }
+    }
+
+    func close() {
+        for filler in fillers { Glibc.close(filler) }
+        fillers = []
+        Glibc.close(fd)
+    }
+}
