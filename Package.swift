@@ -83,13 +83,16 @@ let package = Package(
                           path: "Sources/readiness", swiftSettings: strict),
 
         // Examples written only against `import Readiness`; the tests run them on every backend.
-        .executableTarget(name: "readiness-echo", dependencies: ["Readiness"], path: "Examples/readiness-echo",
+        // What the examples share (their command lines, the HTTP response parser), on `Readiness` only.
+        .target(name: "ExampleSupport", dependencies: ["Readiness"], path: "Examples/ExampleSupport",
+                swiftSettings: strict),
+        .executableTarget(name: "readiness-echo", dependencies: ["Readiness", "ExampleSupport"], path: "Examples/readiness-echo",
                           swiftSettings: strict),
-        .executableTarget(name: "readiness-async-echo", dependencies: ["Readiness"], path: "Examples/readiness-async-echo",
+        .executableTarget(name: "readiness-async-echo", dependencies: ["Readiness", "ExampleSupport"], path: "Examples/readiness-async-echo",
                           swiftSettings: strict),
-        .executableTarget(name: "readiness-async-http-load", dependencies: ["Readiness"],
+        .executableTarget(name: "readiness-async-http-load", dependencies: ["Readiness", "ExampleSupport"],
                           path: "Examples/readiness-async-http-load", swiftSettings: strict),
-        .executableTarget(name: "readiness-http-load", dependencies: ["Readiness"],
+        .executableTarget(name: "readiness-http-load", dependencies: ["Readiness", "ExampleSupport"],
                           path: "Examples/readiness-http-load", swiftSettings: strict),
         .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
                     path: "Tests/ReadinessTests", swiftSettings: strict),

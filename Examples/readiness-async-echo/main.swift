@@ -6,38 +6,10 @@
 // preferring the loop, so every read and write runs on the loop thread. It sends back every byte it
 // receives until the client shuts down its side; with --connections N it exits after N connections
 // have ended, printing the same summary line as readiness-echo.
+import ExampleSupport
 import Readiness
 
-struct Arguments {
-    var host = "127.0.0.1"
-    var port: UInt16 = 7000
-    var backend: Backend?
-    var connections: Int?
 
-    init(_ args: [String]) throws(UsageError) {
-        var rest = args.dropFirst().makeIterator()
-        while let flag = rest.next() {
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
-            switch flag {
-            case "--host": host = value
-            case "--port": port = try UsageError.number(value, flag)
-            case "--backend":
-                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
-            case "--connections": connections = try UsageError.number(value, flag)
-            default: throw UsageError("unknown option \(flag)")
-            }
-        }
-    }
-}
-
-struct UsageError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-    static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {
-        guard let value = T(text) else { throw UsageError("\(flag): not a number: \(text)") }
-        return value
-    }
-}
 
 /// Echoes one connection; returns the bytes echoed, or nil when it failed.
 func echo(_ socket: AsyncSocket) async -> Int? {
@@ -61,7 +33,7 @@ func echo(_ socket: AsyncSocket) async -> Int? {
     return echoed
 }
 
-func serve(_ arguments: Arguments) async throws {
+func serve(_ arguments: EchoArguments) async throws {
     let backend = try arguments.backend ?? Backend.default()
     // Every connection's code is nonisolated and runs in tasks preferring the loop: with jobs run on the
     // loop as a task executor they never hop (Docs/Async.md, "Executor semantics").
@@ -95,7 +67,7 @@ func serve(_ arguments: Arguments) async throws {
 }
 
 do {
-    try await serve(try Arguments(CommandLine.arguments))
+    try await serve(try EchoArguments(CommandLine.arguments))
 } catch {
     fatalError("readiness-async-echo: \(error)")
 }

@@ -6,38 +6,10 @@
 // with --connections N it exits after N connections have ended, printing a summary line.
 // What it shows: Listener (with the EMFILE back-off), StreamSocket reads and writes that stop reading
 // while a peer does not read (back-pressure), Timers for the back-off, one poller for everything.
+import ExampleSupport
 import Readiness
 
-struct Arguments {
-    var host = "127.0.0.1"
-    var port: UInt16 = 7000
-    var backend: Backend?
-    var connections: Int?
 
-    init(_ args: [String]) throws(UsageError) {
-        var rest = args.dropFirst().makeIterator()
-        while let flag = rest.next() {
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
-            switch flag {
-            case "--host": host = value
-            case "--port": port = try UsageError.number(value, flag)
-            case "--backend":
-                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
-            case "--connections": connections = try UsageError.number(value, flag)
-            default: throw UsageError("unknown option \(flag)")
-            }
-        }
-    }
-}
-
-struct UsageError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-    static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {
-        guard let value = T(text) else { throw UsageError("\(flag): not a number: \(text)") }
-        return value
-    }
-}
 
 /// One client: what was read and not yet written back.
 final class Connection {
@@ -83,7 +55,7 @@ final class Connection {
     }
 }
 
-func serve(_ arguments: Arguments) throws {
+func serve(_ arguments: EchoArguments) throws {
     let backend = try arguments.backend ?? Backend.default()
     let poller = try backend.makePoller()
     defer { try? poller.close() }
@@ -141,7 +113,7 @@ func serve(_ arguments: Arguments) throws {
 }
 
 do {
-    try serve(try Arguments(CommandLine.arguments))
+    try serve(try EchoArguments(CommandLine.arguments))
 } catch {
     fatalError("readiness-echo: \(error)")   // a non-zero exit without importing Glibc
 }

@@ -8,160 +8,9 @@
 // Content-Length body (chunked bodies count as failures). What it shows: Resolution (getaddrinfo off
 // the loop thread) and HappyEyeballs per connection inside one loop, StreamSocket I/O without
 // allocation per request, Timers for the overall deadline, reconnecting when the server closes.
+import ExampleSupport
 import Readiness
 
-struct Arguments {
-    var host = "127.0.0.1"
-    var port: UInt16 = 80
-    var path = "/"
-    var connections = 50
-    var requests = 20_000
-    var backend: Backend?
-    var timeout: Duration = .seconds(60)
-
-    init(_ args: [String]) throws(UsageError) {
-        var rest = args.dropFirst().makeIterator()
-        while let flag = rest.next() {
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
-            switch flag {
-            case "--url": try parseURL(value)
-            case "--connections": connections = try UsageError.number(value, flag)
-            case "--requests": requests = try UsageError.number(value, flag)
-            case "--timeout": timeout = .seconds(try UsageError.number(value, flag) as Int)
-            case "--backend":
-                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
-            default: throw UsageError("unknown option \(flag)")
-            }
-        }
-        guard connections > 0, requests > 0 else { throw UsageError("--connections and --requests must be positive") }
-    }
-
-    mutating func parseURL(_ url: String) throws(UsageError) {
-        guard url.hasPrefix("http://") else { throw UsageError("only http:// URLs") }
-        let rest = url.dropFirst("http://".count)
-        let authority = rest.prefix { $0 != "/" }
-        path = rest.count > authority.count ? String(rest.dropFirst(authority.count)) : "/"
-        do {
-            (host, port) = try SocketAddress.splitHostPort(authority.contains(":") ? String(authority) : "\(authority):80")
-        } catch {
-            throw UsageError("\(error)")
-        }
-    }
-}
-
-struct UsageError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-    static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {
-        guard let value = T(text) else { throw UsageError("\(flag): not a number: \(text)") }
-        return value
-    }
-}
-
-/// Incremental parsing of one response at a time, in a buffer reused for the connection's life.
-struct ResponseParser {
-    enum Outcome: Equatable { case needMore, complete(status: Int, close: Bool), malformed }
-
-    var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-    var filled = 0
-    private var bodyLeft: Int?       // nil while reading the head
-    private var status = 0
-    private var close = false
-
-    static let crlfcrlf: [UInt8] = Array("\r\n\r\n".utf8)
-    static let contentLength: [UInt8] = Array("content-length:".utf8)
-    static let connection: [UInt8] = Array("connection:".utf8)
-    static let closeToken: [UInt8] = Array("close".utf8)
-
-    /// Consumes what is buffered; returns a complete response (leaving the bytes after it buffered).
-    mutating func next() -> Outcome {
-        if bodyLeft == nil {
-            guard let end = find(Self.crlfcrlf, in: 0..<filled) else {
-                return filled == buffer.count ? .malformed : .needMore
-            }
-            guard let head = parseHead(0..<end) else { return .malformed }
-            (status, bodyLeft, close) = head
-            consume(end + Self.crlfcrlf.count)
-        }
-        let take = min(bodyLeft!, filled)
-        consume(take)
-        bodyLeft! -= take
-        if bodyLeft! > 0 { return .needMore }
-        bodyLeft = nil
-        return .complete(status: status, close: close)
-    }
-
-    /// The status code, Content-Length and whether the server will close, from the head's bytes.
-    private func parseHead(_ range: Range<Int>) -> (Int, Int, Bool)? {
-        let statusStart = "HTTP/1.1 ".utf8.count
-        guard range.count >= statusStart + 3 else { return nil }
-        var status = 0
-        for index in statusStart..<(statusStart + 3) {
-            let digit = Int(buffer[index]) - Int(UInt8(ascii: "0"))
-            guard (0...9).contains(digit) else { return nil }
-            status = status * 10 + digit
-        }
-        var length: Int?
-        var close = false
-        var lineStart = range.lowerBound
-        while lineStart < range.upperBound {
-            let lineEnd = find(Self.crlfcrlf[0..<2], in: lineStart..<range.upperBound) ?? range.upperBound
-            if hasPrefix(Self.contentLength, at: lineStart, end: lineEnd) {
-                var value = 0
-                for index in (lineStart + Self.contentLength.count)..<lineEnd {
-                    let byte = buffer[index]
-                    if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") { value = value * 10 + Int(byte - UInt8(ascii: "0")) }
-                }
-                length = value
-            } else if hasPrefix(Self.connection, at: lineStart, end: lineEnd) {
-                close = find(Self.closeToken[...], in: lineStart..<lineEnd, caseInsensitive: true) != nil
-            }
-            lineStart = lineEnd + 2
-        }
-        guard let length else { return nil }   // chunked or close-delimited: not supported here
-        return (status, length, close)
-    }
-
-    private func hasPrefix(_ prefix: [UInt8], at start: Int, end: Int) -> Bool {
-        guard end - start >= prefix.count else { return false }
-        for (offset, byte) in prefix.enumerated() where lowercased(buffer[start + offset]) != byte { return false }
-        return true
-    }
-
-    private func lowercased(_ byte: UInt8) -> UInt8 {
-        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte + 32 : byte
-    }
-
-    private func find(_ needle: some Collection<UInt8>, in range: Range<Int>, caseInsensitive: Bool = false) -> Int? {
-        let count = needle.count
-        guard range.count >= count else { return nil }
-        var index = range.lowerBound
-        while index + count <= range.upperBound {
-            var match = true
-            var offset = 0
-            for byte in needle {
-                let have = caseInsensitive ? lowercased(buffer[index + offset]) : buffer[index + offset]
-                if have != byte { match = false; break }
-                offset += 1
-            }
-            if match { return index }
-            index += 1
-        }
-        return nil
-    }
-
-    /// Drops `count` bytes from the front (moving the rest; no allocation).
-    private mutating func consume(_ count: Int) {
-        guard count > 0 else { return }
-        let remaining = filled - count
-        if remaining > 0 {
-            buffer.withUnsafeMutableBytes { raw in
-                raw.baseAddress!.copyMemory(from: raw.baseAddress! + count, byteCount: remaining)
-            }
-        }
-        filled = remaining
-    }
-}
 
 /// One keep-alive connection: connecting, then request and response in turn.
 final class Client {
@@ -183,7 +32,7 @@ final class Client {
 }
 
 final class Load {
-    let arguments: Arguments
+    let arguments: HTTPLoadArguments
     let poller: any Poller
     let timers = Timers()
     let request: [UInt8]
@@ -194,7 +43,7 @@ final class Load {
     let deadlineToken: Token
     let backendName: String
 
-    init(_ arguments: Arguments, poller: any Poller, backendName: String) {
+    init(_ arguments: HTTPLoadArguments, poller: any Poller, backendName: String) {
         self.arguments = arguments
         self.backendName = backendName
         self.poller = poller
@@ -368,7 +217,7 @@ final class Load {
 }
 
 do {
-    let arguments = try Arguments(CommandLine.arguments)
+    let arguments = try HTTPLoadArguments(CommandLine.arguments)
     let backend = try arguments.backend ?? Backend.default()
     let poller = try backend.makePoller()
     defer { try? poller.close() }

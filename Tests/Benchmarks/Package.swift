@@ -44,11 +44,16 @@ let package = Package(
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
             path: "Sources/readiness-bench"),
+        // What the socket and async benchmarks share: counting allocations with malloc-interposer.
+        .target(name: "BenchSupport",
+                dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")],
+                path: "Sources/BenchSupport"),
         // The socket layer's figures (Docs/Sockets.md): the examples against nginx beside ab -k, the echo
         // example beside the same server on SwiftNIO, accept while out of descriptors, allocations.
         .executableTarget(
             name: "readiness-net-bench",
             dependencies: [
+                "BenchSupport",
                 .product(name: "Readiness", package: rootIdentity),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -60,6 +65,7 @@ let package = Package(
         .executableTarget(
             name: "readiness-async-bench",
             dependencies: [
+                "BenchSupport",
                 .product(name: "Readiness", package: rootIdentity),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

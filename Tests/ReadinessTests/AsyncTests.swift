@@ -287,7 +287,7 @@ struct AsyncTests {
         // Descriptors: each task holds two (client and server side) and the process may open 20,000, so
         // at most 2,000 tasks run at once; select (FD_SETSIZE 1024) does 2,000 tasks, 400 at once.
         let selectLike = backend.name.hasSuffix("select")
-        let total = selectLike ? 2_000 : 10_000
+        let total = (selectLike ? 2_000 : 10_000) / loadDivisor
         let wave = selectLike ? 400 : 2_000
         try await withLoop(backend) { loop in
             var options = Listener.Options()

@@ -49,3 +49,22 @@ func acceptAll(_ listener: CInt) -> Int {
         count += 1
     }
 }
+
+/// A loopback listener whose accept queue is full, so that connects to it hang: the listener, its
+/// address, and the filler connections (close them all).
+func fullTCPListener() throws -> (fd: CInt, address: SocketAddress, fillers: [CInt]) {
+    let (full, address) = try tcpListener(backlog: 0)
+    var fillers: [CInt] = []
+    for _ in 0..<16 {
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+        fillers.append(fd)
+        _ = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        if poll(&entry, 1, 100) == 0 { break }
+    }
+    return (full, address, fillers)
+}
+
+/// The load tests' sizes are divided by READINESS_TEST_SCALE (default 1): `make test` runs them at full
+/// size in its main stage and smaller under the sanitizers, whose point is races and memory, not load.
+let loadDivisor: Int = getenv("READINESS_TEST_SCALE").flatMap { Int(String(cString: $0)) }.map { max(1, $0) } ?? 1

@@ -33,17 +33,8 @@ struct ConnectSocketTests {
     @Test("a hanging first attempt is overtaken after the attempt delay, then cancelled and closed", arguments: backends)
     func staggered(backend: Backend) throws {
         // A listener with a full accept queue: connects to it hang.
-        let (full, fullAddress) = try tcpListener(backlog: 0)
-        defer { close(full) }
-        var fillers: [CInt] = []
-        defer { for fd in fillers { close(fd) } }
-        for _ in 0..<16 {
-            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
-            fillers.append(fd)
-            _ = fullAddress.withSockaddr { Glibc.connect(fd, $0, $1) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&entry, 1, 100) == 0 { break }
-        }
+        let (full, fullAddress, fillers) = try fullTCPListener()
+        defer { close(full); for fd in fillers { close(fd) } }
         let (good, goodAddress) = try tcpListener()
         defer { close(good) }
         let poller = try backend.makePoller()

@@ -36,18 +36,6 @@ func runLoop(_ connect: HappyEyeballs, poller: any Poller, timers: Timers,
     return (progress, others)
 }
 
-/// Real system calls, except socket(), which fails with EMFILE.
-struct NoDescriptorSyscalls: ConnectSyscalls {
-    let real = SystemConnectSyscalls()
-    func socket(domain: CInt) -> (fd: CInt, errno: CInt) { (-1, EMFILE) }
-    func bind(_ fd: CInt, to address: SocketAddress) -> CInt { real.bind(fd, to: address) }
-    func connect(_ fd: CInt, to address: SocketAddress) -> CInt { real.connect(fd, to: address) }
-    func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult { real.socketError(fd) }
-    func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { real.peerName(fd) }
-    func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { real.localName(fd) }
-    func close(_ fd: CInt) { real.close(fd) }
-}
-
 @Suite("Happy Eyeballs, step by step")
 struct HappyEyeballsTests {
     @Test("an attempt whose socket() fails counts as failed: the next starts at once, and all failing ends", arguments: backends)
@@ -57,7 +45,7 @@ struct HappyEyeballsTests {
         let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
         let timers = Timers()
         let failing = ConnectAttempt(to: listener.address, poller: poller, token: 1, timeout: .seconds(2),
-                                     syscalls: NoDescriptorSyscalls())
+                                     syscalls: FailingSetupSyscalls(socketErrno: EMFILE))
         let good = ConnectAttempt(to: listener.address, poller: poller, token: 2, timeout: .seconds(2))
         let connect = HappyEyeballs(attempts: [failing, good], poller: poller, timers: timers, timerToken: 0,
                                     attemptDelay: .seconds(5))
@@ -65,7 +53,7 @@ struct HappyEyeballsTests {
         guard case .connected(let socket) = progress else { Issue.record("\(progress)"); return }
         close(socket.fd)
         let alone = HappyEyeballs(attempts: [ConnectAttempt(to: listener.address, poller: poller, token: 1, timeout: .seconds(2),
-                                                            syscalls: NoDescriptorSyscalls())],
+                                                            syscalls: FailingSetupSyscalls(socketErrno: EMFILE))],
                                   poller: poller, timers: timers, timerToken: 0, attemptDelay: .seconds(5))
         guard case .failed(let error) = alone.start() else { Issue.record("expected a failure at once"); return }
         #expect(error.errno == EMFILE)
@@ -99,17 +87,8 @@ struct HappyEyeballsTests {
 
     @Test("a hanging attempt is overtaken after the attempt delay; losers are closed", arguments: backends)
     func attemptDelay(backend: Backend) throws {
-        let (full, fullAddress) = try tcpListener(backlog: 0)
-        defer { close(full) }
-        var fillers: [CInt] = []
-        defer { for fd in fillers { close(fd) } }
-        for _ in 0..<16 {
-            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
-            fillers.append(fd)
-            _ = fullAddress.withSockaddr { Glibc.connect(fd, $0, $1) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&entry, 1, 100) == 0 { break }
-        }
+        let (full, fullAddress, fillers) = try fullTCPListener()
+        defer { close(full); for fd in fillers { close(fd) } }
         let good = try Listener(bind: try SocketAddress("127.0.0.1:0"))
         let poller = try backend.makePoller()
         defer { try? poller.close() }
@@ -133,17 +112,8 @@ struct HappyEyeballsTests {
 
     @Test("cancel in flight deregisters and closes every attempt and cancels its timers", arguments: backends)
     func cancelInFlight(backend: Backend) throws {
-        let (full, fullAddress) = try tcpListener(backlog: 0)
-        defer { close(full) }
-        var fillers: [CInt] = []
-        defer { for fd in fillers { close(fd) } }
-        for _ in 0..<16 {
-            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
-            fillers.append(fd)
-            _ = fullAddress.withSockaddr { Glibc.connect(fd, $0, $1) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&entry, 1, 100) == 0 { break }
-        }
+        let (full, fullAddress, fillers) = try fullTCPListener()
+        defer { close(full); for fd in fillers { close(fd) } }
         let poller = try backend.makePoller()
         defer { try? poller.close() }
         let before = openDescriptorCount()

@@ -7,6 +7,7 @@
 //    ClientBootstrap on one event loop (connects awaited from tasks); 64 in flight each, same run.
 // 2. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
 //    round trips per second and heap allocations per awaited read or write, every thread counted.
+import BenchSupport
 import Glibc
 import MallocInterposerSwift
 import NIOCore

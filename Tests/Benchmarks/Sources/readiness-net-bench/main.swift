@@ -5,6 +5,7 @@
 // DIR holds the release builds of the examples (readiness-echo, readiness-http-load):
 //   swift build -c release --product readiness-echo && swift build -c release --product readiness-http-load
 // `make bench-net` does both and runs this. Prints a Markdown report.
+import BenchSupport
 import Glibc
 import Readiness
 

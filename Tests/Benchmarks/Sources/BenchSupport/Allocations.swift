@@ -1,14 +1,15 @@
 import MallocInterposerSwift
 import Glibc
 
+/// Shared by readiness-net-bench and readiness-async-bench.
 /// Heap allocations counted by malloc-interposer (re-executing under LD_PRELOAD when linking alone
 /// does not interpose), as the main benchmark does.
-nonisolated(unsafe) var probeSink: [Int] = []
+nonisolated(unsafe) public var probeSink: [Int] = []
 
-enum Allocations {
-    nonisolated(unsafe) static var available = false
+public enum Allocations {
+    nonisolated(unsafe) public static var available = false
 
-    static func selfTest() -> Bool {
+    public static func selfTest() -> Bool {
         MallocInterposerSwift.initialize()
         MallocInterposerSwift.reset()
         MallocInterposerSwift.hook()
@@ -20,9 +21,10 @@ enum Allocations {
         return stats.mallocCount >= 1
     }
 
-    static func ensureInterposed() {
+    public static func ensureInterposed() {
         if selfTest() { available = true; return }
-        let marker = "READINESS_NET_BENCH_PRELOADED"
+        // Set once this process re-executed itself with the interposer preloaded.
+        let marker = "READINESS_BENCH_PRELOADED"
         guard getenv(marker) == nil else { print("note: allocations are not counted here"); return }
         let directory = executablePath().split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         let library = directory + "/libMallocInterposerSwift.so"
@@ -34,7 +36,7 @@ enum Allocations {
         execv(executablePath(), &argv)
     }
 
-    static func count(_ body: () throws -> Void) rethrows -> Int {
+    public static func count(_ body: () throws -> Void) rethrows -> Int {
         MallocInterposerSwift.reset()
         MallocInterposerSwift.hook()
         defer { MallocInterposerSwift.unhook() }
@@ -44,7 +46,7 @@ enum Allocations {
     }
 }
 
-func executablePath() -> String {
+public func executablePath() -> String {
     var path = [CChar](repeating: 0, count: 4096)
     let length = readlink("/proc/self/exe", &path, path.count - 1)
     return String(decoding: path[0..<max(0, length)].map { UInt8(bitPattern: $0) }, as: UTF8.self)

@@ -1,0 +1,78 @@
+// What the examples share (their command lines, and the HTTP client's response parser), written, like
+// them, only against `import Readiness`.
+import Readiness
+
+/// The command line of readiness-http-load and readiness-async-http-load.
+public struct HTTPLoadArguments: Sendable {
+    public var host = "127.0.0.1"
+    public var port: UInt16 = 80
+    public var path = "/"
+    public var connections = 50
+    public var requests = 20_000
+    public var backend: Backend?
+    public var timeout: Duration = .seconds(60)
+
+    public init(_ args: [String]) throws(UsageError) {
+        var rest = args.dropFirst().makeIterator()
+        while let flag = rest.next() {
+            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            switch flag {
+            case "--url": try parseURL(value)
+            case "--connections": connections = try UsageError.number(value, flag)
+            case "--requests": requests = try UsageError.number(value, flag)
+            case "--timeout": timeout = .seconds(try UsageError.number(value, flag) as Int)
+            case "--backend":
+                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
+            default: throw UsageError("unknown option \(flag)")
+            }
+        }
+        guard connections > 0, requests > 0 else { throw UsageError("--connections and --requests must be positive") }
+    }
+
+    public mutating func parseURL(_ url: String) throws(UsageError) {
+        guard url.hasPrefix("http://") else { throw UsageError("only http:// URLs") }
+        let rest = url.dropFirst("http://".count)
+        let authority = rest.prefix { $0 != "/" }
+        path = rest.count > authority.count ? String(rest.dropFirst(authority.count)) : "/"
+        do {
+            (host, port) = try SocketAddress.splitHostPort(authority.contains(":") ? String(authority) : "\(authority):80")
+        } catch {
+            throw UsageError("\(error)")
+        }
+    }
+}
+
+
+/// The command line of readiness-echo and readiness-async-echo.
+public struct EchoArguments: Sendable {
+    public var host = "127.0.0.1"
+    public var port: UInt16 = 7000
+    public var backend: Backend?
+    public var connections: Int?
+
+    public init(_ args: [String]) throws(UsageError) {
+        var rest = args.dropFirst().makeIterator()
+        while let flag = rest.next() {
+            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            switch flag {
+            case "--host": host = value
+            case "--port": port = try UsageError.number(value, flag)
+            case "--backend":
+                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
+            case "--connections": connections = try UsageError.number(value, flag)
+            default: throw UsageError("unknown option \(flag)")
+            }
+        }
+    }
+}
+
+/// A command-line mistake, printed with the usage line.
+public struct UsageError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+    public static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {
+        guard let value = T(text) else { throw UsageError("\(flag): not a number: \(text)") }
+        return value
+    }
+}
+

@@ -1,0 +1,109 @@
+// The HTTP/1.1 response parser of the load examples.
+
+/// Incremental parsing of one response at a time, in a buffer reused for the connection's life.
+public struct ResponseParser {
+    public enum Outcome: Equatable { case needMore, complete(status: Int, close: Bool), malformed }
+
+    public var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+    public var filled = 0
+    private var bodyLeft: Int?       // nil while reading the head
+    private var status = 0
+    private var close = false
+
+    /// An empty parser with its buffer.
+    public init() {}
+
+    public static let crlfcrlf: [UInt8] = Array("\r\n\r\n".utf8)
+    public static let contentLength: [UInt8] = Array("content-length:".utf8)
+    public static let connection: [UInt8] = Array("connection:".utf8)
+    public static let closeToken: [UInt8] = Array("close".utf8)
+
+    /// Consumes what is buffered; returns a complete response (leaving the bytes after it buffered).
+    public mutating func next() -> Outcome {
+        if bodyLeft == nil {
+            guard let end = find(Self.crlfcrlf, in: 0..<filled) else {
+                return filled == buffer.count ? .malformed : .needMore
+            }
+            guard let head = parseHead(0..<end) else { return .malformed }
+            (status, bodyLeft, close) = head
+            consume(end + Self.crlfcrlf.count)
+        }
+        let take = min(bodyLeft!, filled)
+        consume(take)
+        bodyLeft! -= take
+        if bodyLeft! > 0 { return .needMore }
+        bodyLeft = nil
+        return .complete(status: status, close: close)
+    }
+
+    /// The status code, Content-Length and whether the server will close, from the head's bytes.
+    private func parseHead(_ range: Range<Int>) -> (Int, Int, Bool)? {
+        let statusStart = "HTTP/1.1 ".utf8.count
+        guard range.count >= statusStart + 3 else { return nil }
+        var status = 0
+        for index in statusStart..<(statusStart + 3) {
+            let digit = Int(buffer[index]) - Int(UInt8(ascii: "0"))
+            guard (0...9).contains(digit) else { return nil }
+            status = status * 10 + digit
+        }
+        var length: Int?
+        var close = false
+        var lineStart = range.lowerBound
+        while lineStart < range.upperBound {
+            let lineEnd = find(Self.crlfcrlf[0..<2], in: lineStart..<range.upperBound) ?? range.upperBound
+            if hasPrefix(Self.contentLength, at: lineStart, end: lineEnd) {
+                var value = 0
+                for index in (lineStart + Self.contentLength.count)..<lineEnd {
+                    let byte = buffer[index]
+                    if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") { value = value * 10 + Int(byte - UInt8(ascii: "0")) }
+                }
+                length = value
+            } else if hasPrefix(Self.connection, at: lineStart, end: lineEnd) {
+                close = find(Self.closeToken[...], in: lineStart..<lineEnd, caseInsensitive: true) != nil
+            }
+            lineStart = lineEnd + 2
+        }
+        guard let length else { return nil }   // chunked or close-delimited: not supported here
+        return (status, length, close)
+    }
+
+    private func hasPrefix(_ prefix: [UInt8], at start: Int, end: Int) -> Bool {
+        guard end - start >= prefix.count else { return false }
+        for (offset, byte) in prefix.enumerated() where lowercased(buffer[start + offset]) != byte { return false }
+        return true
+    }
+
+    private func lowercased(_ byte: UInt8) -> UInt8 {
+        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte + 32 : byte
+    }
+
+    private func find(_ needle: some Collection<UInt8>, in range: Range<Int>, caseInsensitive: Bool = false) -> Int? {
+        let count = needle.count
+        guard range.count >= count else { return nil }
+        var index = range.lowerBound
+        while index + count <= range.upperBound {
+            var match = true
+            var offset = 0
+            for byte in needle {
+                let have = caseInsensitive ? lowercased(buffer[index + offset]) : buffer[index + offset]
+                if have != byte { match = false; break }
+                offset += 1
+            }
+            if match { return index }
+            index += 1
+        }
+        return nil
+    }
+
+    /// Drops `count` bytes from the front (moving the rest; no allocation).
+    private mutating func consume(_ count: Int) {
+        guard count > 0 else { return }
+        let remaining = filled - count
+        if remaining > 0 {
+            buffer.withUnsafeMutableBytes { raw in
+                raw.baseAddress!.copyMemory(from: raw.baseAddress! + count, byteCount: remaining)
+            }
+        }
+        filled = remaining
+    }
+}
