@@ -82,7 +82,7 @@ let package = Package(
         .executableTarget(name: "readiness", dependencies: ["Readiness", "ReadinessConformance"],
                           path: "Sources/readiness", swiftSettings: strict),
 
-        // Examples written only against `import Readiness`; the tests run them on every backend.
+        // Examples written only against `import Readiness` (and what they share); the tests run them on every backend.
         // What the examples share (their command lines, the HTTP response parser), on `Readiness` only.
         .target(name: "ExampleSupport", dependencies: ["Readiness"], path: "Examples/ExampleSupport",
                 swiftSettings: strict),
