@@ -195,6 +195,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
         var batch: [Submission] = []
         batch.reserveCapacity(256)
+        var waitFailures = 0
+        var failure: PollerError?
         while true {
             // 1. What other threads (and resumed continuations) submitted, and what that work submits
             //    in turn (a task hopping back onto the loop), up to a budget: a hop costs no poller call.
@@ -216,22 +218,41 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             sleeping = idle
             lock.unlock()
             let timeout: Duration? = idle ? state.timers.timeout() : .zero
+            var waited = true
             do {
                 try poller.wait(into: state.events, timeout: timeout)
             } catch {
-                fatalError("EventLoop \(name): the poller failed: \(error)")
+                waited = false
+                failure = error
             }
             lock.lock()
             sleeping = false
             lock.unlock()
+            if !waited {
+                // Out of descriptors or memory may pass: pause (no busy loop) and wait again. Any
+                // other failure, or exhaustion that lasts, ends the loop as a shutdown does, every
+                // pending operation failing with `.poller(error)`; the process goes on.
+                if failure?.isResourceExhausted == true, waitFailures < Self.waitRetries {
+                    waitFailures += 1
+                    usleep(Self.waitRetryPauseMicroseconds)
+                    continue
+                }
+                break
+            }
+            waitFailures = 0
+            failure = nil
 
             state.iterations &+= 1
             // 3. Readiness, then timers.
             state.dispatchEvents()
             state.fireTimers(now: MonotonicClock.nowNanoseconds)
         }
-        finish(poller, batch: &batch)
+        finish(poller, batch: &batch, reason: failure.map { .poller($0) } ?? .shutdown)
     }
+
+    /// How long a loop whose waits fail for want of descriptors or memory keeps trying (100 × 10 ms).
+    private static let waitRetries = 100
+    private static let waitRetryPauseMicroseconds: UInt32 = 10_000
 
     private func handle(_ submission: Submission) {
         switch submission {
@@ -242,8 +263,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Shutdown on the loop thread: every pending operation fails with `.shutdown`, every owned
     /// descriptor is closed (once), then the tasks they resumed run until nothing is queued.
-    private func finish(_ poller: any Poller, batch: inout [Submission]) {
-        state.shutDown()
+    private func finish(_ poller: any Poller, batch: inout [Submission], reason: LoopError) {
+        state.shutDown(reason: reason)
         while true {
             lock.lock()
             if queue.isEmpty {

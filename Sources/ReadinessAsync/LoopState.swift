@@ -332,10 +332,11 @@ final class LoopState {
         }
     }
 
-    /// Shutdown: every waiter resumes with `.shutdown`, everything owned is closed once.
-    func shutDown() {
+    /// Shutdown: every waiter resumes with `reason` (`.shutdown`, or `.poller` when the poller could
+    /// no longer wait), everything owned is closed once.
+    func shutDown(reason: LoopError = .shutdown) {
         isShutDown = true
-        for entry in Array(entries.values) { close(entry, reason: .shutdown) }
+        for entry in Array(entries.values) { close(entry, reason: reason) }
         timers.removeAll()
     }
 

@@ -1,5 +1,6 @@
 import Glibc
 import Readiness
+import Synchronization
 import Testing
 
 /// The event loop and async API (Sources/ReadinessAsync), on every backend.
@@ -517,5 +518,58 @@ final class StuckListener {
         for filler in fillers { Glibc.close(filler) }
         fillers = []
         Glibc.close(fd)
+    }
+}
+
+/// A poller of any backend whose waits start failing once told to (a kernel error the loop cannot
+/// mend), for the loop's handling of a failed wait.
+final class FailingWaitPoller: Poller {
+    /// Shared between the test and the loop thread.
+    final class Switch: Sendable {
+        let on = Atomic<Bool>(false)
+    }
+    let inner: any Poller
+    let failing: Switch
+    init(_ inner: any Poller, failing: Switch) {
+        self.inner = inner
+        self.failing = failing
+    }
+    var capabilities: Capabilities { inner.capabilities }
+    var waker: Waker { inner.waker }
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try inner.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+    func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        if failing.on.load(ordering: .acquiring) { throw .system(operation: "epoll_wait", errno: EIO) }
+        return try inner.wait(into: events, timeout: timeout)
+    }
+    func close() throws(PollerError) { try inner.close() }
+}
+
+extension AsyncTests {
+    @Test("a poller whose wait fails ends the loop like a shutdown: pending operations fail with .poller, the process goes on",
+          arguments: backends)
+    func failedWait(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let failing = FailingWaitPoller.Switch()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            FailingWaitPoller(try backend.makePoller(), failing: failing)
+        }
+        let sleeper = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { try await loop.sleep(for: .seconds(30)) } catch { return error }
+            return nil
+        }
+        try await loop.sleep(for: .milliseconds(20))
+        failing.on.store(true, ordering: .releasing)
+        await Task(executorPreference: loop) {}.value   // wakes the loop, whose next wait fails
+        let outcome = await sleeper.value
+        #expect(outcome == LoopError.poller(PollerError.system(operation: "epoll_wait", errno: EIO)))
+        await loop.shutdown()
+        #expect(await settledDescriptorCount(before) == before)
     }
 }
