@@ -187,6 +187,12 @@ public final class HappyEyeballs {
             ended[index] = true
             if let id = deadlineTimers[index] { timers.cancel(id) }
         }
+        dropQueued()
+        if outcome == nil { outcome = .failed(ConnectError(.cancelled)) }
+    }
+
+    /// Cancels the attempts not started yet and the timer that would start the next one.
+    private func dropQueued() {
         for pending in primary + secondary {
             if case .attempt(let attempt) = pending { attempt.cancel() }
         }
@@ -194,7 +200,6 @@ public final class HappyEyeballs {
         secondary.removeAll()
         if let stepTimer { timers.cancel(stepTimer) }
         stepTimer = nil
-        if outcome == nil { outcome = .failed(ConnectError(.cancelled)) }
     }
 
     private var current: Progress { outcome ?? .inProgress }
@@ -242,13 +247,7 @@ public final class HappyEyeballs {
                 ended[other] = true
             }
             for timer in deadlineTimers.compactMap({ $0 }) { timers.cancel(timer) }
-            for pending in primary + secondary {
-                if case .attempt(let attempt) = pending { attempt.cancel() }
-            }
-            primary.removeAll()
-            secondary.removeAll()
-            if let stepTimer { timers.cancel(stepTimer) }
-            stepTimer = nil
+            dropQueued()
             outcome = .connected(socket)
         case .failed(let error):
             ended[index] = true

@@ -3,8 +3,7 @@ public enum Deadline {
     /// `now + duration`, saturating at `Int64.max` (a deadline that never comes).
     @inlinable
     public static func after(_ duration: Duration, now: Int64 = MonotonicClock.nowNanoseconds) -> Int64 {
-        let (sum, overflow) = now.addingReportingOverflow(duration.clampedNanoseconds)
-        return overflow ? .max : sum
+        MonotonicClock.deadline(after: duration.clampedNanoseconds, from: now)
     }
 
     /// The wait timeout that ends at `deadline`: zero when it has passed, otherwise the time left.
