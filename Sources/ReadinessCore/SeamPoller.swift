@@ -32,7 +32,8 @@ extension PollerSeam {
     public var kernelChecksDescriptor: Bool { false }
 }
 
-/// A ``Poller`` made of a ``PollerSeam``: every backend of this package is one.
+/// A ``Poller`` made of a ``PollerSeam``: every backend of this package is one, wrapped in a
+/// ``SpecializedPoller`` so that calls through `any Poller` run code specialised for its seam.
 public final class SeamPoller<Seam: PollerSeam>: Poller {
     /// The backend.
     public let seam: Seam
@@ -67,7 +68,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     deinit { if !isClosed { shutDown() } }
 
     /// The backend's capabilities.
-    public var capabilities: Capabilities { seam.capabilities }
+    @inlinable public var capabilities: Capabilities { seam.capabilities }
 
     @inlinable
     /// See ``Poller/register(_:token:interest:trigger:)``.
@@ -139,4 +140,66 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         waker.close()
         storedTable.removeAll()
     }
+}
+
+/// A backend's own poller type: a ``SeamPoller`` of one concrete seam whose `Poller` conformance is
+/// compiled in the module that declares the type.
+///
+/// Run-time selection hands a library `any Poller`. A call through it lands in the conformance's
+/// witness; for `SeamPoller<Seam>` that witness is generic over `Seam` (every seam call through a
+/// witness table, nothing inlined), whereas for a `SpecializedPoller` the witnesses below are
+/// instantiated for the concrete seam in the backend's module, with ``SeamPoller``'s inlinable code
+/// inlined into them. So `any Poller` costs one indirect call more than the concrete type, and code
+/// generic over `P: Poller` costs the same. A third-party backend gets the same by declaring, in its
+/// own module, `final class MyPoller: SpecializedPoller { let base: SeamPoller<MySeam> ... }`.
+public protocol SpecializedPoller: Poller {
+    /// The backend's seam.
+    associatedtype Seam: PollerSeam
+    /// The poller all calls go to.
+    var base: SeamPoller<Seam> { get }
+    /// Wraps `base`.
+    init(base: SeamPoller<Seam>)
+}
+
+extension SpecializedPoller {
+    /// Creates the waker, then the seam around it (see ``SeamPoller/make(_:)``), and wraps them.
+    @inlinable
+    public static func make(_ makeSeam: (Waker) throws(PollerError) -> Seam) throws(PollerError) -> Self {
+        Self(base: try SeamPoller.make(makeSeam))
+    }
+
+    /// The backend.
+    @inlinable public var seam: Seam { base.seam }
+    /// The registrations.
+    @inlinable public var table: RegistrationTable { base.table }
+    /// See ``Poller/capabilities``.
+    @inlinable public var capabilities: Capabilities { base.capabilities }
+    /// See ``Poller/waker``.
+    @inlinable public var waker: Waker { base.waker }
+
+    /// See ``Poller/register(_:token:interest:trigger:)``.
+    @inlinable
+    public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try base.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+
+    /// See ``Poller/reregister(_:token:interest:trigger:)``.
+    @inlinable
+    public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try base.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+
+    /// See ``Poller/deregister(_:)``.
+    @inlinable
+    public func deregister(_ fd: CInt) throws(PollerError) { try base.deregister(fd) }
+
+    /// See ``Poller/wait(into:timeout:)``.
+    @inlinable @discardableResult
+    public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        try base.wait(into: events, timeout: timeout)
+    }
+
+    /// See ``Poller/close()``.
+    @inlinable
+    public func close() throws(PollerError) { try base.close() }
 }

@@ -308,7 +308,7 @@ struct IOUringThreadTests {
           .enabled(if: IOUringTests.usable))
     func changesThreads() throws {
         final class Shared: @unchecked Sendable {
-            let poller: SeamPoller<IOUringSeam>
+            let poller: IOUringPoller
             var fds: [CInt] = [-1, -1]
             var seen: [Event] = []
             var failure: String?

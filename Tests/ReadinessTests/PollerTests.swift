@@ -70,7 +70,7 @@ struct PollerTests {
         case .libevent(let method?):
             #expect(caps.mechanism == method)
             #if Libevent
-            #expect((poller as? SeamPoller<LibeventSeam>)?.seam.method == method)
+            #expect((poller as? LibeventPoller)?.seam.method == method)
             #endif
         case .libevent(nil):
             #expect(caps.mechanism == "epoll")  // libevent's own choice on Linux

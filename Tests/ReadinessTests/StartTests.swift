@@ -100,4 +100,35 @@ struct StartTests {
         }
     }
     #endif
+
+    /// Names the concrete type `withConcreteType` ran with.
+    private struct TypeName: PollerBody {
+        func run<P: Poller>(_ poller: P) -> String { "\(P.self)" }
+    }
+
+    @Test("every backend's poller is a SpecializedPoller, so `any Poller` runs specialised code",
+          arguments: backends)
+    func specialisedConformance(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        // The conformance of `SeamPoller<Seam>` is generic (its witnesses call the seam through a
+        // witness table); a SpecializedPoller's is compiled in the backend's module for its seam.
+        #expect(poller is any SpecializedPoller, "\(type(of: poller))")
+        #expect(!(poller is SeamPoller<PollSeam>) && !(poller is SeamPoller<EpollSeam>))
+        let expected = switch backend.kind {
+        case .epoll: "EpollPoller"
+        case .poll: "PollPoller"
+        case .select: "SelectPoller"
+        case .ioUring: "IOUringPoller"
+        case .libevent: "LibeventPoller"
+        }
+        #expect(Backend.withConcreteType(of: poller, TypeName()) == expected)
+    }
+
+    @Test("withConcreteType runs a third-party poller through the existential")
+    func concreteTypeOfThirdParty() throws {
+        let poller = CountingPoller(wrapping: try PollSeam.makePoller())
+        defer { try? poller.close() }
+        #expect(Backend.withConcreteType(of: poller, TypeName()) == "CountingPoller")
+    }
 }

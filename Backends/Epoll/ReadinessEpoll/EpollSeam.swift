@@ -4,6 +4,15 @@ import Glibc
 import CEpoll
 import ReadinessCore
 
+/// The epoll poller (``EpollSeam/makePoller()``): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+public final class EpollPoller: SpecializedPoller {
+    /// The poller every call goes to.
+    public let base: SeamPoller<EpollSeam>
+    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    public init(base: SeamPoller<EpollSeam>) { self.base = base }
+}
+
 /// Linux epoll: native one-shot and edge triggering, O(1) registration and O(ready) waits.
 ///
 /// Each event carries the descriptor and the registration's generation. An event whose pair matches
@@ -57,8 +66,8 @@ public final class EpollSeam: PollerSeam {
     }
 
     /// Creates an epoll poller.
-    public static func makePoller() throws(PollerError) -> SeamPoller<EpollSeam> {
-        try SeamPoller.make { waker throws(PollerError) in try EpollSeam(waker: waker) }
+    public static func makePoller() throws(PollerError) -> EpollPoller {
+        try EpollPoller.make { waker throws(PollerError) in try EpollSeam(waker: waker) }
     }
 
     @inline(__always)

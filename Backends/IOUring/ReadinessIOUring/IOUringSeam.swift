@@ -4,6 +4,15 @@ import Glibc
 import CIOUring
 import ReadinessCore
 
+/// The io_uring poller (``IOUringSeam/makePoller()``): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+public final class IOUringPoller: SpecializedPoller {
+    /// The poller every call goes to.
+    public let base: SeamPoller<IOUringSeam>
+    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    public init(base: SeamPoller<IOUringSeam>) { self.base = base }
+}
+
 /// Linux io_uring used for readiness: `IORING_OP_POLL_ADD` requests on the registered descriptors,
 /// submitted in batches with the wait (one `io_uring_enter` submits the changes and waits with a
 /// timeout), completions drained into the caller's buffer. Raw system calls through a small C shim
@@ -127,8 +136,8 @@ public final class IOUringSeam: PollerSeam {
     }
 
     /// Creates an io_uring poller; `allowing` fewer features takes the paths of older kernels.
-    public static func makePoller(allowing allowed: Features = .all) throws(PollerError) -> SeamPoller<IOUringSeam> {
-        try SeamPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker, allowing: allowed) }
+    public static func makePoller(allowing allowed: Features = .all) throws(PollerError) -> IOUringPoller {
+        try IOUringPoller.make { waker throws(PollerError) in try IOUringSeam(waker: waker, allowing: allowed) }
     }
 
     /// The error for a failed `rd_uring_open`: out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,

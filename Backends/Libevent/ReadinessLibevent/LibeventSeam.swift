@@ -5,6 +5,15 @@ import Glibc
 import CLibevent
 import ReadinessCore
 
+/// The libevent poller (``LibeventSeam/makePoller()``): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+public final class LibeventPoller: SpecializedPoller {
+    /// The poller every call goes to.
+    public let base: SeamPoller<LibeventSeam>
+    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    public init(base: SeamPoller<LibeventSeam>) { self.base = base }
+}
+
 /// libevent 2.1 as a backend, with libevent's own choice of kernel method or a forced one.
 ///
 /// Each registration owns one `struct event`, allocated when it is registered and reused; a wait runs
@@ -128,8 +137,8 @@ public final class LibeventSeam: PollerSeam {
     }
 
     /// Creates a libevent poller; `method` nil lets libevent choose.
-    public static func makePoller(method: Method? = nil) throws(PollerError) -> SeamPoller<LibeventSeam> {
-        try SeamPoller.make { waker throws(PollerError) in try LibeventSeam(method: method, waker: waker) }
+    public static func makePoller(method: Method? = nil) throws(PollerError) -> LibeventPoller {
+        try LibeventPoller.make { waker throws(PollerError) in try LibeventSeam(method: method, waker: waker) }
     }
 
     private func trigger(_ r: Registration) -> CInt {

@@ -3,6 +3,15 @@ import Glibc
 #endif
 import ReadinessCore
 
+/// The poll poller (``PollSeam/makePoller()``): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+public final class PollPoller: SpecializedPoller {
+    /// The poller every call goes to.
+    public let base: SeamPoller<PollSeam>
+    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    public init(base: SeamPoller<PollSeam>) { self.base = base }
+}
+
 /// poll(2): a `pollfd` array that mirrors the registration table's dense order, kept between waits
 /// (no rebuild per wait), with the waker in slot 0. One-shot is emulated by hiding a fired entry
 /// (a negative `fd`, which poll ignores); a descriptor closed while registered (POLLNVAL) is hidden
@@ -38,8 +47,8 @@ public final class PollSeam: PollerSeam {
     deinit { fds.deallocate() }
 
     /// Creates a poll poller.
-    public static func makePoller() throws(PollerError) -> SeamPoller<PollSeam> {
-        try SeamPoller.make { PollSeam(waker: $0) }
+    public static func makePoller() throws(PollerError) -> PollPoller {
+        try PollPoller.make { PollSeam(waker: $0) }
     }
 
     @inline(__always)

@@ -4,6 +4,15 @@ import Glibc
 import CSelect
 import ReadinessCore
 
+/// The select poller (``SelectSeam/makePoller()``): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+public final class SelectPoller: SpecializedPoller {
+    /// The poller every call goes to.
+    public let base: SeamPoller<SelectSeam>
+    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    public init(base: SeamPoller<SelectSeam>) { self.base = base }
+}
+
 /// select(2): two master sets kept up to date on every registration change, copied (not rebuilt)
 /// before each wait; results are read by walking the registered descriptors, never 0 ..< FD_SETSIZE.
 /// Descriptors at or above FD_SETSIZE are refused by the contract's checks before FD_SET is reached.
@@ -53,8 +62,8 @@ public final class SelectSeam: PollerSeam {
     }
 
     /// Creates a select poller.
-    public static func makePoller() throws(PollerError) -> SeamPoller<SelectSeam> {
-        try SeamPoller.make { waker throws(PollerError) in try SelectSeam(waker: waker) }
+    public static func makePoller() throws(PollerError) -> SelectPoller {
+        try SelectPoller.make { waker throws(PollerError) in try SelectSeam(waker: waker) }
     }
 
     /// Puts `fd` in the master sets as `r` asks (nil or inactive: in neither).

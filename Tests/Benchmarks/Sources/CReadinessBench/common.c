@@ -10,6 +10,7 @@
 #include <sys/eventfd.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,6 +108,20 @@ int rb_highest_open_fd(void) {
 }
 
 int rb_check_fd(int fd) { return fcntl(fd, F_GETFD) >= 0 ? 0 : errno; }
+
+int rb_contract_check(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    mode_t kind = st.st_mode & S_IFMT;
+    return kind == S_IFREG || kind == S_IFDIR ? -1 : 0;
+}
+
+int rb_confirm_names(int fd) {
+    struct sockaddr_storage peer, local;
+    socklen_t peer_length = sizeof peer, local_length = sizeof local;
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_length) != 0) return -1;
+    return getsockname(fd, (struct sockaddr *)&local, &local_length) != 0 ? -1 : 0;
+}
 
 void rb_malloc_probe(void) {
     // Through a volatile pointer, so that the compiler cannot remove the malloc/free pair.

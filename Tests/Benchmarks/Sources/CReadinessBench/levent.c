@@ -68,7 +68,7 @@ struct rb_lev_ring {
     struct event **events;
     ring_arg *args;
     int *rfd, *wfd;
-    int n, mode, count, fired, writes;
+    int n, mode, count, fired, writes, flags;
 };
 
 static void ring_cb(evutil_socket_t fd, short which, void *arg) {
@@ -86,9 +86,11 @@ static void ring_cb(evutil_socket_t fd, short which, void *arg) {
     }
     r->count++;
     if (r->mode == RB_RING_REARM) {
+        if (r->flags & RB_CHECKS) rb_contract_check((int)fd);
         event_add(r->events[idx], NULL);  // a non-persistent event is removed when it fires
     } else if (r->mode == RB_RING_REREGISTER) {
         event_del(r->events[idx]);
+        if (r->flags & RB_CHECKS) rb_contract_check((int)fd);
         event_add(r->events[idx], NULL);
     }
 }
@@ -140,6 +142,8 @@ int64_t rb_lev_ring_round(rb_lev_ring *r, int active, int writes, int64_t *waits
     *events = r->count;
     return elapsed;
 }
+
+void rb_lev_ring_set_flags(rb_lev_ring *r, int flags) { r->flags = flags; }
 
 void rb_lev_ring_free(rb_lev_ring *r) {
     if (!r) return;
@@ -232,7 +236,7 @@ struct rb_lev_connect {
     struct sockaddr_in address;
     connect_slot *slots;
     char *event_storage;
-    int total, started, done, succeeded, accepted;
+    int total, started, done, succeeded, accepted, flags;
     int64_t failures;
 };
 
@@ -245,6 +249,7 @@ static void lev_connect_cb(evutil_socket_t fd, short which, void *arg) {
     int value = 0;
     socklen_t length = sizeof value;
     if (getsockopt((int)fd, SOL_SOCKET, SO_ERROR, &value, &length) != 0) value = errno;
+    if (value == 0 && (c->flags & RB_NAMES) && rb_confirm_names((int)fd) != 0) value = -1;
     if (value == 0) {
         c->succeeded++;
     } else {
@@ -289,6 +294,13 @@ static void lev_connect_start(rb_lev_connect *c, int slot) {
         s->fd = fd;
         // Connected at once or in progress: either way the event fires (a connected socket is
         // writable) and SO_ERROR confirms.
+        if ((c->flags & RB_CHECKS) && rb_contract_check(fd) != 0) {
+            rb_abort_close(fd);
+            s->fd = -1;
+            c->failures++;
+            c->done++;
+            continue;
+        }
         event_assign(s->ev, c->base, fd, EV_WRITE, lev_connect_cb, s);
         event_add(s->ev, NULL);
         return;
@@ -359,6 +371,8 @@ int64_t rb_lev_connect_round(rb_lev_connect *c, int total, int in_flight, int64_
     *unaccepted = c->succeeded > c->accepted ? c->succeeded - c->accepted : 0;
     return last - start;
 }
+
+void rb_lev_connect_set_flags(rb_lev_connect *c, int flags) { c->flags = flags; }
 
 void rb_lev_connect_free(rb_lev_connect *c) {
     if (!c) return;

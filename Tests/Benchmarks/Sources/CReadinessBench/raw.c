@@ -31,7 +31,7 @@ static int set_too_small(const int *fds, int n, char *error, int error_length) {
 struct rb_ring {
     int kind, mode, n;
     int *rfd, *wfd;
-    int count, fired, writes;
+    int count, fired, writes, flags;
     rb_lev_ring *lev;
     // epoll
     int epfd;
@@ -170,12 +170,14 @@ static int64_t ring_poll(rb_ring *r, int64_t *waits) {
             if (rearm) r->pfds[k].fd = -1;  // one-shot: disarmed when it fires
             ring_handle(r, idx);
             if (rearm) {
+                if (r->flags & RB_CHECKS) rb_contract_check(r->rfd[idx]);
                 r->pfds[k].fd = r->rfd[idx];
                 k++;
             } else if (rereg) {
                 // Deregister (swap-remove) and register again (append); look at slot k again, which
                 // now holds the entry that was last (with its own revents).
                 int last = count - 1;
+                if (r->flags & RB_CHECKS) rb_contract_check(r->rfd[idx]);
                 struct pollfd moved = r->pfds[last];
                 int moved_idx = r->at[last];
                 r->pfds[k] = moved;
@@ -217,9 +219,11 @@ static int64_t ring_select(rb_ring *r, int64_t *waits) {
             if (rearm) FD_CLR(fd, &r->master);
             ring_handle(r, idx);
             if (rearm) {
+                if (r->flags & RB_CHECKS) rb_contract_check(fd);
                 FD_SET(fd, &r->master);
             } else if (rereg) {
                 FD_CLR(fd, &r->master);
+                if (r->flags & RB_CHECKS) rb_contract_check(fd);
                 FD_SET(fd, &r->master);
             }
         }
@@ -248,6 +252,11 @@ int64_t rb_ring_round(rb_ring *r, int active, int writes, int64_t *waits, int64_
     }
     *events = r->count;
     return elapsed;
+}
+
+void rb_ring_set_flags(rb_ring *r, int flags) {
+    r->flags = flags;
+    if (r->lev) rb_lev_ring_set_flags(r->lev, flags);
 }
 
 void rb_ring_free(rb_ring *r) {
@@ -407,7 +416,7 @@ struct rb_connect {
     fd_set master_read, master_write, work_read, work_write;
     int maxfd;
     // per round
-    int total, started, done, succeeded, accepted;
+    int total, started, done, succeeded, accepted, flags;
     int64_t failures;
 };
 
@@ -503,6 +512,13 @@ static void connect_start(rb_connect *c, int slot) {
             c->done++;
             continue;
         }
+        if ((c->flags & RB_CHECKS) && rb_contract_check(fd) != 0) {
+            rb_abort_close(fd);
+            c->fd[slot] = -1;
+            c->failures++;
+            c->done++;
+            continue;
+        }
         switch (c->kind) {
         case RB_EPOLL: {
             struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)slot};
@@ -525,6 +541,7 @@ static void connect_finish(rb_connect *c, int slot, int registered) {
     int value = 0;
     socklen_t length = sizeof value;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length) != 0) value = errno;
+    if (value == 0 && (c->flags & RB_NAMES) && rb_confirm_names(fd) != 0) value = -1;
     if (value == 0) {
         c->succeeded++;
     } else {
@@ -540,6 +557,11 @@ static void connect_finish(rb_connect *c, int slot, int registered) {
     rb_abort_close(fd);
     c->fd[slot] = -1;
     c->done++;
+}
+
+void rb_connect_set_flags(rb_connect *c, int flags) {
+    c->flags = flags;
+    if (c->lev) rb_lev_connect_set_flags(c->lev, flags);
 }
 
 int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failures, int64_t *waits,

@@ -26,7 +26,7 @@ final class CConnect: ConnectInstance {
     var warmupTotal: Int
     let inFlight: Int32
 
-    init(kind: CInt, method: String?, total: Int, inFlight: Int) throws {
+    init(kind: CInt, method: String?, flags: CInt, total: Int, inFlight: Int) throws {
         listener = try Listener()
         var message = [CChar](repeating: 0, count: 256)
         let made: OpaquePointer?
@@ -40,6 +40,7 @@ final class CConnect: ConnectInstance {
             throw BenchError(string(fromCBuffer: message))
         }
         connect = made
+        rb_connect_set_flags(made, flags)
         self.total = total
         warmupTotal = total
         self.inFlight = Int32(inFlight)
@@ -64,9 +65,9 @@ final class CConnect: ConnectInstance {
 /// With `stateMachine` false (a diagnostic contender) the poller is driven by hand exactly as the raw
 /// C loop does (socket, connect, register writable, SO_ERROR, deregister, close), which separates the
 /// poller's cost from the connect state machine's extra system calls.
-final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
+final class ReadinessConnect: ConnectInstance {
     let listener: Listener
-    let poller: SeamPoller<Seam>
+    let poller: any Poller
     let buffer = EventBuffer(capacity: 256)
     let address: SocketAddress
     var total: Int
@@ -78,7 +79,7 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
     static var listenerToken: Token { Token(1 << 40) }
     var started = 0, done = 0, succeeded = 0, accepted = 0, failures = 0
 
-    init(poller: SeamPoller<Seam>, total: Int, inFlight: Int, stateMachine: Bool = true) throws {
+    init(poller: any Poller, total: Int, inFlight: Int, stateMachine: Bool = true) throws {
         self.poller = poller
         self.stateMachine = stateMachine
         sockets = Array(repeating: -1, count: inFlight)
@@ -162,14 +163,6 @@ final class ReadinessConnect<Seam: PollerSeam>: ConnectInstance {
         startByHand(slot)
     }
 
-    // Specialised for each backend: the generic class is reached through `any Instance`, and an
-    // unspecialised loop would call SeamPoller's generic (not inlined) code, which a user of the
-    // concrete type never runs.
-    @_specialize(where Seam == EpollSeam)
-    @_specialize(where Seam == PollSeam)
-    @_specialize(where Seam == SelectSeam)
-    @_specialize(where Seam == LibeventSeam)
-    @_specialize(where Seam == IOUringSeam)
     func round() throws -> Round {
         started = 0
         done = 0

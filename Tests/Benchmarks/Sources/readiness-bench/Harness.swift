@@ -129,6 +129,13 @@ struct Contender: Sendable {
     let family: Family
     /// The kernel mechanism underneath ("epoll", "poll", "select"): which raw loop it is compared to.
     let mechanism: String
+    /// C contenders: libevent forced to this method (nil: its own choice).
+    var method: String? = nil
+    /// C contenders: what the like-for-like loops add (RB_NAMES, RB_CHECKS).
+    var flags: CInt = 0
+    /// Readiness contenders: the loop opens the poller once into its concrete type
+    /// (`Backend.withConcreteType`) instead of calling it through `any Poller`.
+    var specialised = false
 }
 
 /// The measurements of one contender in one configuration.

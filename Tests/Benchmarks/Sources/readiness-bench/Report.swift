@@ -38,6 +38,20 @@ struct Report {
     /// The raw C loop of the contender's kernel mechanism, in the same configuration.
     func rawBaseline(_ r: Result) -> Result? { find(r, "raw \(r.contender.mechanism) (C)") }
 
+    /// A Readiness contender's like-for-like C loop (``Contenders/likeForLike(_:scenario:)``) in the
+    /// same configuration.
+    func likeForLike(_ r: Result) -> Result? {
+        guard r.contender.family == .readiness, !r.contender.name.hasSuffix("poller only"),
+              let base = Contenders.likeForLike(r.contender, scenario: r.scenario) else { return nil }
+        return find(r, base.name)
+    }
+
+    /// The specialised diagnostic row of a run-time-selected Readiness contender.
+    func specialisedRow(_ r: Result) -> Result? {
+        guard r.contender.family == .readiness, !r.contender.specialised else { return nil }
+        return find(r, r.contender.name + ", specialised")
+    }
+
     /// Time ratio (scenarios 1, 2, 4: > 1 is slower) or rate ratio (scenario 3: > 1 is faster).
     func ratio(_ r: Result, to base: Result?) -> Double? {
         guard let base, r.skipped == nil, !r.values.isEmpty else { return nil }
@@ -165,31 +179,33 @@ struct Report {
             let group = rows.filter { $0.parameters == parameters }
             md += "### \(parameters)\n\n"
             if scenario == 3 {
-                md += "| Contender | median conn/s | spread (p10–p90) | × raw C | × libevent | × SwiftNIO | \(debugLabel)allocs/conn | failed |\n"
-                md += "|---|--:|--:|--:|--:|--:|--:|--:|\n"
+                md += "| Contender | median conn/s | spread (p10–p90) | × raw C | × like-for-like | × libevent | × SwiftNIO | \(debugLabel)allocs/conn | failed |\n"
+                md += "|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
             } else {
                 let unit = scenario == 2 ? "ns per write+wait+read" : "ns per event"
                 let allocs = debugLabel + (scenario == 4 ? "allocs/event" : "allocs/wait")
-                md += "| Contender | median \(unit) | spread (p10–p90) | × raw C | × libevent | \(allocs) | events/wait |\n"
-                md += "|---|--:|--:|--:|--:|--:|--:|\n"
+                md += "| Contender | median \(unit) | spread (p10–p90) | × raw C | × like-for-like | × specialised | × libevent | \(allocs) | events/wait |\n"
+                md += "|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
             }
             for r in group {
                 if let skipped = r.skipped {
-                    md += "| \(r.contender.name) | n/a | \(escape(skipped)) | | | |\(scenario == 3 ? " | |" : " |")\n"
+                    md += "| \(r.contender.name) | n/a | \(escape(skipped)) | | | | |\(scenario == 3 ? " | |" : " | |")\n"
                     continue
                 }
                 let spread = "\(format(Stats.percentile(r.values, 10)))–\(format(Stats.percentile(r.values, 90)))"
                 let raw = ratio(r, to: rawBaseline(r)).map { fixed($0, 2) } ?? "–"
                 let lev = ratio(r, to: find(r, Contenders.libeventC.name)).map { fixed($0, 2) } ?? "–"
+                let like = ratio(r, to: likeForLike(r)).map { fixed($0, 2) } ?? "–"
+                let spec = ratio(r, to: specialisedRow(r)).map { fixed($0, 3) } ?? "–"
                 if scenario == 3 {
                     let nio = ratio(r, to: find(r, Contenders.nio.name)).map { fixed($0, 2) } ?? "–"
                     let allocs = r.allocationsPerUnit.map { fixed($0, 2) } ?? "–"
                     let failed = r.unaccepted > 0 ? "\(r.failures) (\(r.unaccepted) never accepted)" : "\(r.failures)"
-                    md += "| \(r.contender.name) | \(format(median(r))) | \(spread) | \(raw) | \(lev) | \(nio) | \(allocs) | \(failed) |\n"
+                    md += "| \(r.contender.name) | \(format(median(r))) | \(spread) | \(raw) | \(like) | \(lev) | \(nio) | \(allocs) | \(failed) |\n"
                 } else {
                     let allocs = (scenario == 4 ? r.allocationsPerUnit : r.allocationsPerWait).map { fixed($0, 2) } ?? "–"
                     let perWait = Double(r.units) / Double(max(1, r.waits))
-                    md += "| \(r.contender.name) | \(format(median(r))) | \(spread) | \(raw) | \(lev) | \(allocs) | \(fixed(perWait, 1)) |\n"
+                    md += "| \(r.contender.name) | \(format(median(r))) | \(spread) | \(raw) | \(like) | \(spec) | \(lev) | \(allocs) | \(fixed(perWait, 1)) |\n"
                 }
             }
             md += "\n"
@@ -259,6 +275,30 @@ struct Report {
                                 values: connects.map { (inFlight($0), ratio($0, to: find($0, Contenders.nio.name))) },
                                 isMet: { $0 >= 4.0 }, render: { fixed($0, 2) + "×" }))
         }
+        // Issue 13: the run-time-selected path against the specialised one, and every backend against
+        // its like-for-like C loop.
+        let allScenarios = [(1, "1 ring"), (2, "2 scaling"), (3, "3 connect churn"), (4, "4 interest churn")]
+        for contender in Contenders.readiness {
+            let backend = Contenders.backendName(contender)
+            for (scenario, title) in allScenarios where scenario != 3 {
+                let ours = results(scenario, contender.name).filter { $0.skipped == nil && specialisedRow($0) != nil }
+                guard !ours.isEmpty else { continue }
+                checks.append(Check(target: "\(backend): run-time-selected within 1.02× of specialised", scenario: title,
+                                    values: ours.map { (label($0), ratio($0, to: specialisedRow($0))) },
+                                    isMet: { $0 <= 1.02 }, render: { fixed($0, 3) + "×" }))
+            }
+        }
+        for contender in Contenders.readiness {
+            let backend = Contenders.backendName(contender)
+            for (scenario, title) in allScenarios {
+                let ours = results(scenario, contender.name).filter { $0.skipped == nil && likeForLike($0) != nil }
+                guard let first = ours.first, let base = likeForLike(first) else { continue }
+                let faster = scenario == 3
+                checks.append(Check(target: "\(backend) within 1.05× of \(base.contender.name)", scenario: title,
+                                    values: ours.map { (label($0), ratio($0, to: likeForLike($0))) },
+                                    isMet: { faster ? $0 >= 1 / 1.05 : $0 <= 1.05 }, render: { fixed($0, 2) + "×" }))
+            }
+        }
         if Allocations.available {
             func worst(_ rows: [Result], _ value: (Result) -> Double?) -> (String, Double?) {
                 guard let top = rows.filter({ value($0) != nil }).max(by: { value($0)! < value($1)! }) else { return ("–", nil) }
@@ -290,7 +330,7 @@ struct Report {
         }
         guard !checks.isEmpty else { return "" }
         var md = """
-            ## Targets (issue 6), as measured in this run
+            ## Targets (issues 6 and 13), as measured in this run
 
             Ratios of medians, same configuration, same run (time: lower is better; connect rate: higher
             is better).

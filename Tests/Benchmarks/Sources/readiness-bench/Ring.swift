@@ -51,7 +51,7 @@ final class CRing: Instance {
     let ring: OpaquePointer
     let active: Int32, writes: Int32
 
-    init(kind: CInt, method: String?, mode: RingMode, n: Int, active: Int, writes: Int) throws {
+    init(kind: CInt, method: String?, flags: CInt, mode: RingMode, n: Int, active: Int, writes: Int) throws {
         let pairs = try Pairs(n)
         self.pairs = pairs
         var message = [CChar](repeating: 0, count: 256)
@@ -68,6 +68,7 @@ final class CRing: Instance {
             throw BenchError(string(fromCBuffer: message))
         }
         ring = made
+        rb_ring_set_flags(made, flags)
         self.active = Int32(active)
         self.writes = Int32(writes)
     }
@@ -85,10 +86,11 @@ final class CRing: Instance {
     }
 }
 
-/// A Readiness backend on the ring, through its concrete `SeamPoller` type.
-final class ReadinessRing<Seam: PollerSeam>: Instance {
+/// A Readiness backend on the ring.
+final class ReadinessRing: PollerLoop {
     let pairs: Pairs
-    let poller: SeamPoller<Seam>
+    let poller: any Poller
+    let specialised: Bool
     let buffer = EventBuffer(capacity: 256)
     let mode: RingMode
     let n: Int, active: Int, writes: Int
@@ -96,8 +98,9 @@ final class ReadinessRing<Seam: PollerSeam>: Instance {
     let wfd: UnsafeMutablePointer<CInt>
     var count = 0, fired = 0, remaining = 0
 
-    init(poller: SeamPoller<Seam>, mode: RingMode, n: Int, active: Int, writes: Int) throws {
+    init(poller: any Poller, specialised: Bool, mode: RingMode, n: Int, active: Int, writes: Int) throws {
         self.poller = poller
+        self.specialised = specialised
         do {
             pairs = try Pairs(n)
         } catch {
@@ -138,15 +141,7 @@ final class ReadinessRing<Seam: PollerSeam>: Instance {
         count += 1
     }
 
-    // Specialised for each backend: the generic class is reached through `any Instance`, and an
-    // unspecialised loop would call SeamPoller's generic (not inlined) code, which a user of the
-    // concrete type never runs.
-    @_specialize(where Seam == EpollSeam)
-    @_specialize(where Seam == PollSeam)
-    @_specialize(where Seam == SelectSeam)
-    @_specialize(where Seam == LibeventSeam)
-    @_specialize(where Seam == IOUringSeam)
-    func round() throws -> Round {
+    func round<P: Poller>(on poller: P) throws -> Round {
         count = 0
         fired = 0
         remaining = writes

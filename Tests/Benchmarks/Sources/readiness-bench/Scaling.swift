@@ -75,16 +75,18 @@ final class CScale: Instance {
     }
 }
 
-final class ReadinessScale<Seam: PollerSeam>: Instance {
+final class ReadinessScale: PollerLoop {
     let fixture: ScaleFixture
-    let poller: SeamPoller<Seam>
+    let poller: any Poller
+    let specialised: Bool
     let buffer = EventBuffer(capacity: 256)
     let iterations: Int
     let fds: UnsafeMutablePointer<CInt>
     let writeFD: CInt
 
-    init(poller: SeamPoller<Seam>, n: Int, iterations: Int) throws {
+    init(poller: any Poller, specialised: Bool, n: Int, iterations: Int) throws {
         self.poller = poller
+        self.specialised = specialised
         do {
             fixture = try ScaleFixture(n)
         } catch {
@@ -103,15 +105,7 @@ final class ReadinessScale<Seam: PollerSeam>: Instance {
         }
     }
 
-    // Specialised for each backend: the generic class is reached through `any Instance`, and an
-    // unspecialised loop would call SeamPoller's generic (not inlined) code, which a user of the
-    // concrete type never runs.
-    @_specialize(where Seam == EpollSeam)
-    @_specialize(where Seam == PollSeam)
-    @_specialize(where Seam == SelectSeam)
-    @_specialize(where Seam == LibeventSeam)
-    @_specialize(where Seam == IOUringSeam)
-    func round() throws -> Round {
+    func round<P: Poller>(on poller: P) throws -> Round {
         var passes: Int64 = 0
         let start = rb_now_ns()
         for _ in 0..<iterations {

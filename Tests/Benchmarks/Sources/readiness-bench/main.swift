@@ -175,7 +175,7 @@ if only.contains(4) {
             let events = config.active + config.writes
             results += runConfiguration(
                 plan: plan, scenario: 4, title: "Interest churn", parameters: parameters, x: config.n,
-                contenders: Contenders.waitContenders, roundsPerPass: plan.ringRoundsPerPass(events),
+                contenders: Contenders.churnContenders, roundsPerPass: plan.ringRoundsPerPass(events),
                 warmup: plan.ringWarmupRounds,
                 make: { try Contenders.ring($0, mode: churn, n: config.n, active: config.active, writes: config.writes) },
                 log: log)

@@ -67,6 +67,22 @@ void rb_malloc_probe(void);
 /// 0 if fd is open, else errno.
 int rb_check_fd(int fd);
 
+// MARK: Like-for-like: the system calls the contract adds, made by a C loop too
+
+/// What a like-for-like C loop adds to the plain one, so that its ratio measures the Swift code alone.
+enum {
+    /// After SO_ERROR says connected: getpeername, then getsockname (Docs/Connect.md, rule 7).
+    RB_NAMES = 1,
+    /// Before each registration or re-registration: one fstat, refusing regular files and directories
+    /// (the contract's descriptor check on backends whose kernel call does not check: poll, select,
+    /// libevent).
+    RB_CHECKS = 2,
+};
+/// The contract's per-change descriptor check: 0, or -1 (closed, regular file, directory).
+int rb_contract_check(int fd);
+/// The connect state machine's confirmation beyond SO_ERROR: 0 when the socket has a peer and a name.
+int rb_confirm_names(int fd);
+
 // MARK: Scenario 1 and 4: the ring (libevent's test/bench.c)
 
 typedef struct rb_ring rb_ring;
@@ -78,6 +94,8 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
 /// passes and `events` the number of events handled.
 int64_t rb_ring_round(rb_ring *ring, int active, int writes, int64_t *waits, int64_t *events);
 void rb_ring_free(rb_ring *ring);
+/// RB_CHECKS: check the descriptor before each re-arm or re-register (poll, select, libevent).
+void rb_ring_set_flags(rb_ring *ring, int flags);
 
 // MARK: Scenario 2: one ready descriptor among N
 
@@ -107,5 +125,7 @@ int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failu
 /// How long a round waits for accepts that may never come, once every connect is done.
 enum { RB_ACCEPT_GRACE_MS = 100 };
 void rb_connect_free(rb_connect *c);
+/// RB_NAMES and RB_CHECKS (checks: before each registration; every kind).
+void rb_connect_set_flags(rb_connect *c, int flags);
 
 #endif
