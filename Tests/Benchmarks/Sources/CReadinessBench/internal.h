@@ -20,7 +20,7 @@ rb_lev_ring *rb_lev_ring_new(const char *method, int mode, const int *read_fds, 
                              char *error, int error_length);
 int64_t rb_lev_ring_round(rb_lev_ring *ring, int active, int writes, int64_t *waits, int64_t *events);
 void rb_lev_ring_free(rb_lev_ring *ring);
-void rb_lev_ring_set_flags(rb_lev_ring *ring, int flags);
+int rb_lev_ring_set_flags(rb_lev_ring *ring, int flags, int waker_fd);
 
 typedef struct rb_lev_scale rb_lev_scale;
 rb_lev_scale *rb_lev_scale_new(const char *method, const int *fds, int n, int active_index, int write_fd,

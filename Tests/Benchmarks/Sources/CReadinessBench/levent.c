@@ -69,6 +69,7 @@ struct rb_lev_ring {
     ring_arg *args;
     int *rfd, *wfd;
     int n, mode, count, fired, writes, flags;
+    struct event *waker;
 };
 
 static void ring_cb(evutil_socket_t fd, short which, void *arg) {
@@ -143,10 +144,22 @@ int64_t rb_lev_ring_round(rb_lev_ring *r, int active, int writes, int64_t *waits
     return elapsed;
 }
 
-void rb_lev_ring_set_flags(rb_lev_ring *r, int flags) { r->flags = flags; }
+static void waker_cb(evutil_socket_t fd, short which, void *arg) {
+    (void)fd;
+    (void)which;
+    (void)arg;
+}
+
+int rb_lev_ring_set_flags(rb_lev_ring *r, int flags, int waker_fd) {
+    r->flags = flags;
+    if (!(flags & RB_WAKER) || r->waker) return 0;
+    r->waker = event_new(r->base, waker_fd, EV_READ | EV_PERSIST, waker_cb, NULL);
+    return r->waker && event_add(r->waker, NULL) == 0 ? 0 : -1;
+}
 
 void rb_lev_ring_free(rb_lev_ring *r) {
     if (!r) return;
+    if (r->waker) event_free(r->waker);
     for (int i = 0; i < r->n && r->events; i++)
         if (r->events[i]) event_free(r->events[i]);
     if (r->base) event_base_free(r->base);

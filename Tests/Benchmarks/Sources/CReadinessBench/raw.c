@@ -32,6 +32,7 @@ struct rb_ring {
     int kind, mode, n;
     int *rfd, *wfd;
     int count, fired, writes, flags;
+    int waker;  // RB_WAKER: an idle eventfd in the watched set, else -1
     rb_lev_ring *lev;
     // epoll
     int epfd;
@@ -64,6 +65,7 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
     r->mode = mode;
     r->n = n;
     r->epfd = -1;
+    r->waker = -1;
     if (kind == RB_LIBEVENT) {
         r->lev = rb_lev_ring_new(method, mode, read_fds, write_fds, n, error, error_length);
         if (!r->lev) {
@@ -90,7 +92,7 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
         }
         break;
     case RB_POLL:
-        r->pfds = calloc((size_t)n, sizeof(struct pollfd));
+        r->pfds = calloc((size_t)n + 1, sizeof(struct pollfd));  // + the waker's, if any
         r->at = malloc(sizeof(int) * (size_t)n);
         r->slot = malloc(sizeof(int) * (size_t)n);
         for (int i = 0; i < n; i++) {
@@ -153,7 +155,7 @@ static int64_t ring_poll(rb_ring *r, int64_t *waits) {
     const int count = r->n;
     int64_t passes = 0, start = rb_now_ns();
     while (r->count != r->fired) {
-        int n = poll(r->pfds, (nfds_t)count, 0);
+        int n = poll(r->pfds, (nfds_t)(count + (r->waker >= 0)), 0);
         if (n < 0) {
             if (errno == EINTR) continue;
             return -1;
@@ -254,14 +256,37 @@ int64_t rb_ring_round(rb_ring *r, int active, int writes, int64_t *waits, int64_
     return elapsed;
 }
 
-void rb_ring_set_flags(rb_ring *r, int flags) {
+int rb_ring_set_flags(rb_ring *r, int flags) {
     r->flags = flags;
-    if (r->lev) rb_lev_ring_set_flags(r->lev, flags);
+    if (r->waker < 0 && (flags & RB_WAKER)) {
+        r->waker = rb_idle_fd();
+        if (r->waker < 0) return -1;
+    } else if (r->kind != RB_LIBEVENT) {
+        return 0;
+    }
+    switch (r->kind) {
+    case RB_LIBEVENT: return rb_lev_ring_set_flags(r->lev, flags, r->waker);
+    case RB_EPOLL: {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};  // never written: never fires
+        return epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->waker, &ev);
+    }
+    case RB_POLL:
+        r->pfds[r->n].fd = r->waker;  // after the ring's entries, outside its scan
+        r->pfds[r->n].events = POLLIN;
+        return 0;
+    case RB_SELECT:
+        if (r->waker >= FD_SETSIZE) return -1;
+        FD_SET(r->waker, &r->master);
+        if (r->waker > r->maxfd) r->maxfd = r->waker;
+        return 0;
+    }
+    return -1;
 }
 
 void rb_ring_free(rb_ring *r) {
     if (!r) return;
     if (r->lev) rb_lev_ring_free(r->lev);
+    if (r->waker >= 0) close(r->waker);
     if (r->epfd >= 0) close(r->epfd);
     free(r->events);
     free(r->pfds);

@@ -68,7 +68,11 @@ final class CRing: Instance {
             throw BenchError(string(fromCBuffer: message))
         }
         ring = made
-        rb_ring_set_flags(made, flags)
+        guard rb_ring_set_flags(made, flags) == 0 else {
+            rb_ring_free(made)
+            pairs.close()
+            throw BenchError("the like-for-like additions could not be set up (errno \(errno))")
+        }
         self.active = Int32(active)
         self.writes = Int32(writes)
     }

@@ -10,13 +10,14 @@ final class ScaleFixture {
     let activeIndex: Int
     var writeFD: CInt = -1
 
-    init(_ n: Int) throws {
+    /// `extra` more idle eventfds at the end (a C loop's stand-in for a Readiness poller's waker).
+    init(_ n: Int, extra: Int = 0) throws {
         activeIndex = n / 2
         var pair: [CInt] = [-1, -1]
         guard rb_socketpair(&pair) == 0 else { throw BenchError("socketpair: errno \(errno)") }
         writeFD = pair[1]
-        fds.reserveCapacity(n)
-        for i in 0..<n {
+        fds.reserveCapacity(n + extra)
+        for i in 0..<(n + extra) {
             if i == activeIndex {
                 fds.append(pair[0])
                 continue
@@ -44,8 +45,9 @@ final class CScale: Instance {
     let scale: OpaquePointer
     let iterations: Int32
 
-    init(kind: CInt, method: String?, n: Int, iterations: Int) throws {
-        let fixture = try ScaleFixture(n)
+    init(kind: CInt, method: String?, flags: CInt, n: Int, iterations: Int) throws {
+        let fixture = try ScaleFixture(n, extra: flags & CInt(RB_WAKER) != 0 ? 1 : 0)
+        let n = fixture.fds.count
         self.fixture = fixture
         var message = [CChar](repeating: 0, count: 256)
         let made: OpaquePointer? = fixture.fds.withUnsafeBufferPointer { f in

@@ -77,6 +77,8 @@ enum {
     /// (the contract's descriptor check on backends whose kernel call does not check: poll, select,
     /// libevent).
     RB_CHECKS = 2,
+    /// A waker: one more descriptor (an idle eventfd) in the watched set, as every Readiness poller has.
+    RB_WAKER = 4,
 };
 /// The contract's per-change descriptor check: 0, or -1 (closed, regular file, directory).
 int rb_contract_check(int fd);
@@ -94,8 +96,9 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
 /// passes and `events` the number of events handled.
 int64_t rb_ring_round(rb_ring *ring, int active, int writes, int64_t *waits, int64_t *events);
 void rb_ring_free(rb_ring *ring);
-/// RB_CHECKS: check the descriptor before each re-arm or re-register (poll, select, libevent).
-void rb_ring_set_flags(rb_ring *ring, int flags);
+/// RB_CHECKS: check the descriptor before each re-arm or re-register (poll, select, libevent);
+/// RB_WAKER: watch one more, idle descriptor. 0, or -1 when the waker could not be added.
+int rb_ring_set_flags(rb_ring *ring, int flags);
 
 // MARK: Scenario 2: one ready descriptor among N
 
