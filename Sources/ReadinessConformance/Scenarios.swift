@@ -239,6 +239,13 @@ extension Conformance {
             line(.waitRounds(capacity: 1, rounds: 3), ev((1, .readable), (2, .readable), (3, .readable))),
             wait(now, .none),
         ]),
+        Scenario("buffer/fired-one-shot-above-the-rest", checks: "After the highest-numbered registration fires one-shot (and so leaves the set), a lower ready descriptor is reported by every non-blocking wait.",
+                 fixtures: [.socketPair("a", "b"), .socketPair("c", "d")], [
+            line(.duplicate("c", as: "high", atLeast: 600)),
+            reg("high", 1, .readable, .oneShot), reg("a", 2, .readable),
+            write("d"), wait(soon, ev((1, .readable))),
+            write("b"), wait(now, ev((2, .readable))), wait(now, ev((2, .readable))), wait(now, ev((2, .readable))),
+        ]),
     ]
 
     static let connects: [Scenario] = [

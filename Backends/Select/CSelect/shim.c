@@ -5,9 +5,6 @@
 int rd_fd_setsize(void) { return FD_SETSIZE; }
 int rd_fd_set_bytes(void) { return (int)sizeof(fd_set); }
 void rd_fd_zero(void *set) { FD_ZERO((fd_set *)set); }
-void rd_fd_set(int fd, void *set) { FD_SET(fd, (fd_set *)set); }
-void rd_fd_clr(int fd, void *set) { FD_CLR(fd, (fd_set *)set); }
-int rd_fd_isset(int fd, const void *set) { return FD_ISSET(fd, (const fd_set *)set); }
 
 int rd_select(int nfds, void *readfds, void *writefds, long seconds, long microseconds) {
     struct timeval tv = {.tv_sec = seconds, .tv_usec = microseconds};

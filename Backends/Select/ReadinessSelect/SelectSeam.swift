@@ -29,6 +29,8 @@ public final class SelectSeam: PollerSeam {
     private var maxFD: CInt
     private var maxFDDirty = false
     private var rotor = 0
+    /// Descriptors in the master write set: with none, a wait passes no write set at all.
+    private var writers = 0
 
     /// select's capabilities, before a poller exists.
     public static var baseCapabilities: Capabilities {
@@ -70,7 +72,14 @@ public final class SelectSeam: PollerSeam {
     private func apply(_ fd: CInt, _ r: Registration?) {
         let interest = r.map { $0.isActive ? $0.interest : [] } ?? []
         if interest.contains(.readable) { rd_fd_set(fd, masterRead) } else { rd_fd_clr(fd, masterRead) }
-        if interest.contains(.writable) { rd_fd_set(fd, masterWrite) } else { rd_fd_clr(fd, masterWrite) }
+        let wasWriter = rd_fd_isset(fd, masterWrite) != 0
+        if interest.contains(.writable) {
+            rd_fd_set(fd, masterWrite)
+            if !wasWriter { writers += 1 }
+        } else if wasWriter {
+            rd_fd_clr(fd, masterWrite)
+            writers -= 1
+        }
         if !interest.isEmpty, fd > maxFD { maxFD = fd }
         if interest.isEmpty, fd == maxFD { maxFDDirty = true }
     }
@@ -94,10 +103,14 @@ public final class SelectSeam: PollerSeam {
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         if maxFDDirty { recomputeMax(table) }
-        workRead.copyMemory(from: masterRead, byteCount: setBytes)
-        workWrite.copyMemory(from: masterWrite, byteCount: setBytes)
+        // Only the words that hold descriptors up to maxFD: select reads no further.
+        let bytes = Int(rd_fd_set_bytes_through(maxFD))
+        workRead.copyMemory(from: masterRead, byteCount: bytes)
+        let watchesWrites = writers > 0
+        if watchesWrites { workWrite.copyMemory(from: masterWrite, byteCount: bytes) }
         let tv = timeout.secondsAndMicroseconds
-        var n = Int(rd_select(maxFD + 1, workRead, workWrite, tv.map { $0.seconds } ?? -1, tv.map { $0.microseconds } ?? 0))
+        var n = Int(rd_select(maxFD + 1, workRead, watchesWrites ? workWrite : nil,
+                              tv.map { $0.seconds } ?? -1, tv.map { $0.microseconds } ?? 0))
         if n < 0 {
             switch errno {
             case EINTR: return .interrupted
@@ -119,8 +132,11 @@ public final class SelectSeam: PollerSeam {
         for _ in 0..<count where n > 0 && !events.isFull {
             let fd = descriptors[index]
             var ready = Ready()
-            if rd_fd_isset(fd, workRead) != 0 { ready.insert(.readable); n -= 1 }
-            if rd_fd_isset(fd, workWrite) != 0 { ready.insert(.writable); n -= 1 }
+            // Above maxFD (an inactive registration) the work sets were not copied: not this wait's.
+            if fd <= maxFD {
+                if rd_fd_isset(fd, workRead) != 0 { ready.insert(.readable); n -= 1 }
+                if watchesWrites, rd_fd_isset(fd, workWrite) != 0 { ready.insert(.writable); n -= 1 }
+            }
             if !ready.isEmpty, let registration = table[fd], registration.isActive {
                 if registration.trigger == .oneShot {
                     table.update(fd) { $0.armed = false }

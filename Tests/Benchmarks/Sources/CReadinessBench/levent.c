@@ -249,7 +249,7 @@ struct rb_lev_connect {
     struct sockaddr_in address;
     connect_slot *slots;
     char *event_storage;
-    int total, started, done, succeeded, accepted, flags;
+    int total, started, done, succeeded, accepted, flags, select_method;
     int64_t failures;
 };
 
@@ -297,6 +297,12 @@ static void lev_connect_start(rb_lev_connect *c, int slot) {
             c->done++;
             continue;
         }
+        if (c->select_method && fd >= FD_SETSIZE) {  // as the raw select loop: libevent would abort
+            close(fd);
+            c->failures++;
+            c->done++;
+            continue;
+        }
         int result = connect(fd, (struct sockaddr *)&c->address, sizeof c->address);
         if (result != 0 && errno != EINPROGRESS && errno != EINTR) {
             rb_abort_close(fd);
@@ -324,6 +330,7 @@ rb_lev_connect *rb_lev_connect_new(const char *method, int listener, int port, i
                                    int error_length) {
     rb_lev_connect *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    c->select_method = method && strcmp(method, "select") == 0;
     c->base = make_base(method, error, error_length);
     if (!c->base) {
         free(c);

@@ -26,6 +26,11 @@ static int set_too_small(const int *fds, int n, char *error, int error_length) {
     return 0;
 }
 
+/// select's limit applies to libevent's select method too (Debian's libevent aborts past it).
+static int uses_select(int kind, const char *method) {
+    return kind == RB_SELECT || (kind == RB_LIBEVENT && method && strcmp(method, "select") == 0);
+}
+
 // MARK: - Ring
 
 struct rb_ring {
@@ -33,6 +38,7 @@ struct rb_ring {
     int *rfd, *wfd;
     int count, fired, writes, flags;
     int waker;  // RB_WAKER: an idle eventfd in the watched set, else -1
+    int limited;  // select or libevent's select method: descriptors below FD_SETSIZE only
     rb_lev_ring *lev;
     // epoll
     int epfd;
@@ -66,6 +72,11 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
     r->n = n;
     r->epfd = -1;
     r->waker = -1;
+    r->limited = uses_select(kind, method);
+    if (r->limited && set_too_small(read_fds, n, error, error_length)) {
+        free(r);
+        return NULL;
+    }
     if (kind == RB_LIBEVENT) {
         r->lev = rb_lev_ring_new(method, mode, read_fds, write_fds, n, error, error_length);
         if (!r->lev) {
@@ -260,7 +271,7 @@ int rb_ring_set_flags(rb_ring *r, int flags) {
     r->flags = flags;
     if (r->waker < 0 && (flags & RB_WAKER)) {
         r->waker = rb_idle_fd();
-        if (r->waker < 0) return -1;
+        if (r->waker < 0 || (r->limited && r->waker >= FD_SETSIZE)) return -1;
     } else if (r->kind != RB_LIBEVENT) {
         return 0;
     }
@@ -320,6 +331,10 @@ rb_scale *rb_scale_new(int kind, const char *method, const int *fds, int n, int 
     s->active_fd = fds[active_index];
     s->write_fd = write_fd;
     s->epfd = -1;
+    if (uses_select(kind, method) && set_too_small(fds, n, error, error_length)) {
+        free(s);
+        return NULL;
+    }
     if (kind == RB_LIBEVENT) {
         s->lev = rb_lev_scale_new(method, fds, n, active_index, write_fd, error, error_length);
         if (!s->lev) {
@@ -455,6 +470,10 @@ rb_connect *rb_connect_new(int kind, const char *method, int listener, int port,
     c->listener = listener;
     c->max = max_in_flight;
     c->epfd = -1;
+    if (uses_select(kind, method) && set_too_small(&listener, 1, error, error_length)) {
+        free(c);
+        return NULL;
+    }
     if (kind == RB_LIBEVENT) {
         c->lev = rb_lev_connect_new(method, listener, port, max_in_flight, error, error_length);
         if (!c->lev) {
