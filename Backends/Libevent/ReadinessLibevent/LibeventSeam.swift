@@ -38,6 +38,8 @@ public final class LibeventSeam: PollerSeam {
     public let capabilities: Capabilities
     /// The method libevent reports it uses (`event_base_get_method`).
     public let method: String
+    /// Whether that method is epoll, whose passes are capped by its event array (see `wait`).
+    private let usesEpoll: Bool
     private let lev: OpaquePointer
     private let waker: Waker
     private let wakerReg: OpaquePointer
@@ -110,6 +112,7 @@ public final class LibeventSeam: PollerSeam {
         self.waker = waker
         self.wakerReg = wakerReg
         method = String(cString: rd_lev_method(made))
+        usesEpoll = method == "epoll"
         checkOpen = method == "poll"
         stamps = Array(repeating: 0, count: Int(waker.fd) + 1)
         let features = rd_lev_features(made)
@@ -269,7 +272,10 @@ public final class LibeventSeam: PollerSeam {
             // libevent's epoll method hands out at most its array's size per pass (32 at first): while
             // passes come back that full and the buffer has room, look again, so a wait fills the
             // buffer as the other backends do. Level events seen twice are reported once (stamps).
-            guard fired >= Self.epollFirstBatch, !events.isFull, events.count > before, passes < Self.maxPasses else { break }
+            // poll and select report every ready descriptor in one pass: another would scan them all
+            // again for nothing.
+            guard usesEpoll, fired >= Self.epollFirstBatch, !events.isFull, events.count > before,
+                  passes < Self.maxPasses else { break }
         }
         return .events(events.count)
     }

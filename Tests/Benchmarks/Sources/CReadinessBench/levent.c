@@ -27,7 +27,7 @@ int rb_libevent_supports(const char *method) {
 }
 
 /// A base with `method` (NULL: libevent's own choice), ignoring EVENT_* environment variables.
-static struct event_base *make_base(const char *method, char *error, int error_length) {
+static struct event_base *make_base(const char *method, int flags, char *error, int error_length) {
     event_set_log_callback(quiet);
     if (method && !rb_libevent_supports(method)) {
         RB_FAIL(error, error_length, "libevent %s has no %s method", event_get_version(), method);
@@ -36,6 +36,7 @@ static struct event_base *make_base(const char *method, char *error, int error_l
     struct event_config *cfg = event_config_new();
     if (!cfg) return NULL;
     event_config_set_flag(cfg, EVENT_BASE_FLAG_IGNORE_ENV);
+    if (flags & RB_PRECISE) event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
     if (method) {
         const char **methods = event_get_supported_methods();
         for (int i = 0; methods && methods[i]; i++)
@@ -49,7 +50,7 @@ static struct event_base *make_base(const char *method, char *error, int error_l
 
 const char *rb_libevent_default_method(void) {
     static char name[32];
-    struct event_base *base = make_base(NULL, NULL, 0);
+    struct event_base *base = make_base(NULL, 0, NULL, 0);
     if (!base) return "unavailable";
     strncpy(name, event_base_get_method(base), sizeof name - 1);
     event_base_free(base);
@@ -77,6 +78,7 @@ static void ring_cb(evutil_socket_t fd, short which, void *arg) {
     ring_arg *a = arg;
     rb_lev_ring *r = a->ring;
     int idx = a->idx;
+    if (r->flags & RB_OPEN_CHECK) rb_check_fd((int)fd);
     rb_recv_byte((int)fd);
     if (r->writes) {
         int next = idx + 1;
@@ -96,11 +98,11 @@ static void ring_cb(evutil_socket_t fd, short which, void *arg) {
     }
 }
 
-rb_lev_ring *rb_lev_ring_new(const char *method, int mode, const int *read_fds, const int *write_fds, int n,
+rb_lev_ring *rb_lev_ring_new(const char *method, int flags, int mode, const int *read_fds, const int *write_fds, int n,
                              char *error, int error_length) {
     rb_lev_ring *r = calloc(1, sizeof *r);
     if (!r) return NULL;
-    r->base = make_base(method, error, error_length);
+    r->base = make_base(method, flags, error, error_length);
     if (!r->base) {
         free(r);
         return NULL;
@@ -175,27 +177,29 @@ void rb_lev_ring_free(rb_lev_ring *r) {
 struct rb_lev_scale {
     struct event_base *base;
     struct event **events;
-    int n, write_fd, got;
+    int n, write_fd, got, flags;
 };
 
 static void scale_cb(evutil_socket_t fd, short which, void *arg) {
     (void)which;
     rb_lev_scale *s = arg;
+    if (s->flags & RB_OPEN_CHECK) rb_check_fd((int)fd);
     rb_recv_byte((int)fd);
     s->got++;
 }
 
-rb_lev_scale *rb_lev_scale_new(const char *method, const int *fds, int n, int active_index, int write_fd,
+rb_lev_scale *rb_lev_scale_new(const char *method, int flags, const int *fds, int n, int active_index, int write_fd,
                                char *error, int error_length) {
     (void)active_index;
     rb_lev_scale *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->base = make_base(method, error, error_length);
+    s->base = make_base(method, flags, error, error_length);
     if (!s->base) {
         free(s);
         return NULL;
     }
     s->n = n;
+    s->flags = flags;
     s->write_fd = write_fd;
     s->events = calloc((size_t)n, sizeof(struct event *));
     for (int i = 0; i < n; i++) {
@@ -259,6 +263,7 @@ static void lev_connect_cb(evutil_socket_t fd, short which, void *arg) {
     (void)which;
     connect_slot *s = arg;
     rb_lev_connect *c = s->c;
+    if (c->flags & RB_OPEN_CHECK) rb_check_fd((int)fd);
     int value = 0;
     socklen_t length = sizeof value;
     if (getsockopt((int)fd, SOL_SOCKET, SO_ERROR, &value, &length) != 0) value = errno;
@@ -326,12 +331,13 @@ static void lev_connect_start(rb_lev_connect *c, int slot) {
     }
 }
 
-rb_lev_connect *rb_lev_connect_new(const char *method, int listener, int port, int max_in_flight, char *error,
+rb_lev_connect *rb_lev_connect_new(const char *method, int flags, int listener, int port, int max_in_flight, char *error,
                                    int error_length) {
     rb_lev_connect *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->select_method = method && strcmp(method, "select") == 0;
-    c->base = make_base(method, error, error_length);
+    c->flags = flags;
+    c->base = make_base(method, flags, error, error_length);
     if (!c->base) {
         free(c);
         return NULL;
@@ -391,8 +397,6 @@ int64_t rb_lev_connect_round(rb_lev_connect *c, int total, int in_flight, int64_
     *unaccepted = c->succeeded > c->accepted ? c->succeeded - c->accepted : 0;
     return last - start;
 }
-
-void rb_lev_connect_set_flags(rb_lev_connect *c, int flags) { c->flags = flags; }
 
 void rb_lev_connect_free(rb_lev_connect *c) {
     if (!c) return;

@@ -63,7 +63,17 @@ static inline void ring_handle(rb_ring *r, int idx) {
     r->count++;
 }
 
-rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds, const int *write_fds, int n,
+static int ring_set_flags(rb_ring *r, int flags);
+
+/// Applies the like-for-like additions (`rb_ring_new`'s `flags`) to a new ring, or frees it.
+static rb_ring *with_flags(rb_ring *r, int flags, char *error, int error_length) {
+    if (ring_set_flags(r, flags) == 0) return r;
+    RB_FAIL(error, error_length, "the waker could not be added (errno %d)", errno);
+    rb_ring_free(r);
+    return NULL;
+}
+
+rb_ring *rb_ring_new(int kind, const char *method, int flags, int mode, const int *read_fds, const int *write_fds, int n,
                      char *error, int error_length) {
     rb_ring *r = calloc(1, sizeof *r);
     if (!r) return NULL;
@@ -78,12 +88,12 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
         return NULL;
     }
     if (kind == RB_LIBEVENT) {
-        r->lev = rb_lev_ring_new(method, mode, read_fds, write_fds, n, error, error_length);
+        r->lev = rb_lev_ring_new(method, flags, mode, read_fds, write_fds, n, error, error_length);
         if (!r->lev) {
             free(r);
             return NULL;
         }
-        return r;
+        return with_flags(r, flags, error, error_length);
     }
     r->rfd = malloc(sizeof(int) * (size_t)n);
     r->wfd = malloc(sizeof(int) * (size_t)n);
@@ -130,7 +140,7 @@ rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds
         rb_ring_free(r);
         return NULL;
     }
-    return r;
+    return with_flags(r, flags, error, error_length);
 }
 
 static int64_t ring_epoll(rb_ring *r, int64_t *waits) {
@@ -267,7 +277,7 @@ int64_t rb_ring_round(rb_ring *r, int active, int writes, int64_t *waits, int64_
     return elapsed;
 }
 
-int rb_ring_set_flags(rb_ring *r, int flags) {
+static int ring_set_flags(rb_ring *r, int flags) {
     r->flags = flags;
     if (r->waker < 0 && (flags & RB_WAKER)) {
         r->waker = rb_idle_fd();
@@ -321,7 +331,7 @@ struct rb_scale {
     int maxfd;
 };
 
-rb_scale *rb_scale_new(int kind, const char *method, const int *fds, int n, int active_index, int write_fd,
+rb_scale *rb_scale_new(int kind, const char *method, int flags, const int *fds, int n, int active_index, int write_fd,
                        char *error, int error_length) {
     rb_scale *s = calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -336,7 +346,7 @@ rb_scale *rb_scale_new(int kind, const char *method, const int *fds, int n, int 
         return NULL;
     }
     if (kind == RB_LIBEVENT) {
-        s->lev = rb_lev_scale_new(method, fds, n, active_index, write_fd, error, error_length);
+        s->lev = rb_lev_scale_new(method, flags, fds, n, active_index, write_fd, error, error_length);
         if (!s->lev) {
             free(s);
             return NULL;
@@ -462,20 +472,21 @@ struct rb_connect {
 
 #define LISTENER_TOKEN UINT32_MAX
 
-rb_connect *rb_connect_new(int kind, const char *method, int listener, int port, int max_in_flight,
+rb_connect *rb_connect_new(int kind, const char *method, int flags, int listener, int port, int max_in_flight,
                            char *error, int error_length) {
     rb_connect *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->kind = kind;
     c->listener = listener;
     c->max = max_in_flight;
+    c->flags = flags;
     c->epfd = -1;
     if (uses_select(kind, method) && set_too_small(&listener, 1, error, error_length)) {
         free(c);
         return NULL;
     }
     if (kind == RB_LIBEVENT) {
-        c->lev = rb_lev_connect_new(method, listener, port, max_in_flight, error, error_length);
+        c->lev = rb_lev_connect_new(method, flags, listener, port, max_in_flight, error, error_length);
         if (!c->lev) {
             free(c);
             return NULL;
@@ -601,11 +612,6 @@ static void connect_finish(rb_connect *c, int slot, int registered) {
     rb_abort_close(fd);
     c->fd[slot] = -1;
     c->done++;
-}
-
-void rb_connect_set_flags(rb_connect *c, int flags) {
-    c->flags = flags;
-    if (c->lev) rb_lev_connect_set_flags(c->lev, flags);
 }
 
 int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failures, int64_t *waits,

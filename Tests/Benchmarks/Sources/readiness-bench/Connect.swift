@@ -31,16 +31,15 @@ final class CConnect: ConnectInstance {
         var message = [CChar](repeating: 0, count: 256)
         let made: OpaquePointer?
         if let method {
-            made = rb_connect_new(kind, method, listener.fd, CInt(listener.port), CInt(inFlight), &message, 256)
+            made = rb_connect_new(kind, method, flags, listener.fd, CInt(listener.port), CInt(inFlight), &message, 256)
         } else {
-            made = rb_connect_new(kind, nil, listener.fd, CInt(listener.port), CInt(inFlight), &message, 256)
+            made = rb_connect_new(kind, nil, flags, listener.fd, CInt(listener.port), CInt(inFlight), &message, 256)
         }
         guard let made else {
             listener.close()
             throw BenchError(string(fromCBuffer: message))
         }
         connect = made
-        rb_connect_set_flags(made, flags)
         self.total = total
         warmupTotal = total
         self.inFlight = Int32(inFlight)

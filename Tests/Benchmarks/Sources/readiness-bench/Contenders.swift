@@ -46,7 +46,9 @@ enum Contenders {
     static func adding(_ flags: CInt, to c: Contender) -> Contender {
         guard flags != 0 else { return c }
         var parts: [String] = []
+        if flags & CInt(RB_PRECISE) != 0 { parts.append("precise timer") }
         if flags & CInt(RB_WAKER) != 0 { parts.append("waker") }
+        if flags & CInt(RB_OPEN_CHECK) != 0 { parts.append("open check") }
         if flags & CInt(RB_NAMES) != 0 { parts.append("names") }
         if flags & CInt(RB_CHECKS) != 0 { parts.append("checks") }
         let name = String(c.name.dropLast(" (C)".count)) + " + \(parts.joined(separator: " + ")) (C)"
@@ -55,7 +57,8 @@ enum Contenders {
 
     /// The C loop a Readiness contender is compared with like for like in `scenario`: the same kernel
     /// mechanism (libevent's own loop with the same method, for the libevent backends) watching the
-    /// same descriptors (a waker's too) and making the same system calls the contract makes: in
+    /// same descriptors (a waker's too), libevent configured alike (its precise timer), and making the
+    /// same system calls the contract makes: in
     /// connect churn the names (`getpeername`, `getsockname`), and wherever a registration changes,
     /// the descriptor check (`fstat`) of the backends whose kernel call does not check (every one but
     /// epoll). nil for io_uring (no C loop of it here).
@@ -71,6 +74,11 @@ enum Contenders {
         // The waker's descriptor is in every Readiness poller's set; in connect churn (2 to 129
         // descriptors, ~30 µs of kernel work per connection) it is left out of the C loops.
         var flags: CInt = scenario == 3 ? 0 : CInt(RB_WAKER)
+        // Readiness's libevent bases use EVENT_BASE_FLAG_PRECISE_TIMER (the contract's timeouts).
+        if backend.hasPrefix("libevent") { flags |= CInt(RB_PRECISE) }
+        // libevent's poll method reports a closed descriptor (POLLNVAL) as readable and writable: the
+        // backend asks whether each fired descriptor is still open.
+        if backend.hasPrefix("libevent"), c.mechanism == "poll" { flags |= CInt(RB_OPEN_CHECK) }
         if scenario == 3 { flags |= CInt(RB_NAMES) }
         if (scenario == 3 || scenario == 4) && backend != "epoll" { flags |= CInt(RB_CHECKS) }
         return adding(flags, to: base)

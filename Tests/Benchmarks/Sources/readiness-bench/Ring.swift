@@ -58,9 +58,9 @@ final class CRing: Instance {
         let made: OpaquePointer? = pairs.read.withUnsafeBufferPointer { r in
             pairs.write.withUnsafeBufferPointer { w in
                 if let method {
-                    return rb_ring_new(kind, method, mode.rawValue, r.baseAddress, w.baseAddress, CInt(n), &message, 256)
+                    return rb_ring_new(kind, method, flags, mode.rawValue, r.baseAddress, w.baseAddress, CInt(n), &message, 256)
                 }
-                return rb_ring_new(kind, nil, mode.rawValue, r.baseAddress, w.baseAddress, CInt(n), &message, 256)
+                return rb_ring_new(kind, nil, flags, mode.rawValue, r.baseAddress, w.baseAddress, CInt(n), &message, 256)
             }
         }
         guard let made else {
@@ -68,11 +68,6 @@ final class CRing: Instance {
             throw BenchError(string(fromCBuffer: message))
         }
         ring = made
-        guard rb_ring_set_flags(made, flags) == 0 else {
-            rb_ring_free(made)
-            pairs.close()
-            throw BenchError("the like-for-like additions could not be set up (errno \(errno))")
-        }
         self.active = Int32(active)
         self.writes = Int32(writes)
     }

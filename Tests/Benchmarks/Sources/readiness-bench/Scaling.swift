@@ -52,9 +52,9 @@ final class CScale: Instance {
         var message = [CChar](repeating: 0, count: 256)
         let made: OpaquePointer? = fixture.fds.withUnsafeBufferPointer { f in
             if let method {
-                return rb_scale_new(kind, method, f.baseAddress, CInt(n), CInt(fixture.activeIndex), fixture.writeFD, &message, 256)
+                return rb_scale_new(kind, method, flags, f.baseAddress, CInt(n), CInt(fixture.activeIndex), fixture.writeFD, &message, 256)
             }
-            return rb_scale_new(kind, nil, f.baseAddress, CInt(n), CInt(fixture.activeIndex), fixture.writeFD, &message, 256)
+            return rb_scale_new(kind, nil, flags, f.baseAddress, CInt(n), CInt(fixture.activeIndex), fixture.writeFD, &message, 256)
         }
         guard let made else {
             fixture.close()

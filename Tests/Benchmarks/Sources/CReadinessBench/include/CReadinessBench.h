@@ -79,6 +79,12 @@ enum {
     RB_CHECKS = 2,
     /// A waker: one more descriptor (an idle eventfd) in the watched set, as every Readiness poller has.
     RB_WAKER = 4,
+    /// libevent: the base made with EVENT_BASE_FLAG_PRECISE_TIMER (CLOCK_MONOTONIC, and with the epoll
+    /// method a timerfd set on every dispatch), as Readiness's libevent backend makes it.
+    RB_PRECISE = 8,
+    /// libevent's poll method: for each fired event, fcntl(F_GETFD) (libevent reports POLLNVAL as
+    /// read|write, so Readiness must ask whether the descriptor is still open).
+    RB_OPEN_CHECK = 16,
 };
 /// The contract's per-change descriptor check: 0, or -1 (closed, regular file, directory).
 int rb_contract_check(int fd);
@@ -89,23 +95,20 @@ int rb_confirm_names(int fd);
 
 typedef struct rb_ring rb_ring;
 /// Registers every read end (outside the timed part). NULL on failure with a reason in `error`.
-rb_ring *rb_ring_new(int kind, const char *method, int mode, const int *read_fds, const int *write_fds, int n,
+rb_ring *rb_ring_new(int kind, const char *method, int flags, int mode, const int *read_fds, const int *write_fds, int n,
                      char *error, int error_length);
 /// One round: `active` first writes (untimed), then the timed loop until every event passed along the
 /// ring was read. Returns the timed nanoseconds (or -1 on failure); `waits` gets the number of loop
 /// passes and `events` the number of events handled.
 int64_t rb_ring_round(rb_ring *ring, int active, int writes, int64_t *waits, int64_t *events);
 void rb_ring_free(rb_ring *ring);
-/// RB_CHECKS: check the descriptor before each re-arm or re-register (poll, select, libevent);
-/// RB_WAKER: watch one more, idle descriptor. 0, or -1 when the waker could not be added.
-int rb_ring_set_flags(rb_ring *ring, int flags);
 
 // MARK: Scenario 2: one ready descriptor among N
 
 typedef struct rb_scale rb_scale;
 /// Registers `fds` (readable; `fds[active_index]` is the read end of a socketpair whose other end is
 /// `write_fd`).
-rb_scale *rb_scale_new(int kind, const char *method, const int *fds, int n, int active_index, int write_fd,
+rb_scale *rb_scale_new(int kind, const char *method, int flags, const int *fds, int n, int active_index, int write_fd,
                        char *error, int error_length);
 /// `iterations` times: send one byte, wait (non-blocking), recv it. Returns timed nanoseconds or -1.
 int64_t rb_scale_round(rb_scale *scale, int iterations, int64_t *waits);
@@ -115,7 +118,7 @@ void rb_scale_free(rb_scale *scale);
 
 typedef struct rb_connect rb_connect;
 /// A poller with `listener` registered for readable (accept side, same thread).
-rb_connect *rb_connect_new(int kind, const char *method, int listener, int port, int max_in_flight,
+rb_connect *rb_connect_new(int kind, const char *method, int flags, int listener, int port, int max_in_flight,
                            char *error, int error_length);
 /// `total` connects to 127.0.0.1:port, `in_flight` at a time, each confirmed by SO_ERROR, accepted and
 /// closed. Returns timed nanoseconds (up to the last event handled) or -1; `failures` gets connects
@@ -128,7 +131,5 @@ int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failu
 /// How long a round waits for accepts that may never come, once every connect is done.
 enum { RB_ACCEPT_GRACE_MS = 100 };
 void rb_connect_free(rb_connect *c);
-/// RB_NAMES and RB_CHECKS (checks: before each registration; every kind).
-void rb_connect_set_flags(rb_connect *c, int flags);
 
 #endif
