@@ -110,6 +110,7 @@ struct Report {
 
             """
         md += targets()
+        md += selectionSummary()
         md += method()
         md += scenarioTables(1, "Scenario 1: ring (libevent's test/bench.c)", """
             n socketpairs, a of them active, w writes passed along the ring: each read of a byte writes
@@ -158,6 +159,20 @@ struct Report {
         - **× raw C**: the contender's median over the median of the raw C loop of the same kernel
           mechanism (for libevent: the method it uses), same configuration, same run. For time
           (scenarios 1, 2, 4) lower is better; for connect churn (a rate) higher is better.
+        - **× like-for-like**: a Readiness contender's median over that of the C loop that does what the
+          contract makes this backend do, and nothing else: the same mechanism (libevent's own loop
+          with the same method for the libevent backends) watching one more idle descriptor (the
+          waker's), libevent bases with `EVENT_BASE_FLAG_PRECISE_TIMER` (as Readiness makes them), and
+          the contract's system calls: `getpeername` + `getsockname` after `SO_ERROR` in connect churn
+          (*names*), one `fstat` before each registration change where the kernel call does not check
+          the descriptor (*checks*: every backend but epoll), and for libevent's poll method one
+          `fcntl` per fired event (*open check*: it reports a closed descriptor as readable). The
+          remaining ratio is the cost of the Swift code alone.
+        - **× specialised**: a run-time-selected contender (the user's path: `Backend.named(_:)`,
+          `makePoller()`, every call through `any Poller`) over the same loop with the poller opened
+          once into its concrete type (`Backend.withConcreteType`, the row "…, specialised").
+          "Readiness epoll, generic SeamPoller" is what run-time selection handed a user before every
+          backend had its own `SpecializedPoller` type: `SeamPoller<EpollSeam>` through `any Poller`.
         - **× libevent**: the same against libevent's own loop driven from C (its default method).
         - **allocs/wait** (scenarios 1, 2), **allocs/event** (scenario 4, where every event also changes a
           registration) and **allocs/conn** (scenario 3): heap allocations counted with malloc-interposer
@@ -215,6 +230,40 @@ struct Report {
 
     private func escape(_ s: String) -> String {
         String(s.map { $0 == "|" ? "/" : $0 })
+    }
+
+    // MARK: Run-time selection
+
+    /// Issue 13 in one table: per backend, the run-time-selected path over the specialised one across
+    /// every configuration of scenarios 1, 2 and 4; and what run-time selection cost before.
+    private func selectionSummary() -> String {
+        func spread(_ ratios: [Double]) -> String {
+            guard !ratios.isEmpty else { return "| – | – | – |" }
+            let within = ratios.filter { $0 <= 1.02 }.count
+            return "| \(fixed(Stats.median(ratios), 3))× | \(fixed(ratios.min()!, 3))–\(fixed(ratios.max()!, 3))× | \(within) of \(ratios.count) |"
+        }
+        let timed = results.filter { $0.scenario != 3 && $0.skipped == nil && !$0.values.isEmpty }
+        var md = """
+            ## Run-time selection (issue 13), as measured in this run
+
+            Per backend, over every configuration of scenarios 1, 2 and 4: the run-time-selected path
+            (`Backend.named(_:).makePoller()`, every call through `any Poller`) over the same loop
+            with the poller opened into its concrete type (`Backend.withConcreteType`). The last row
+            is what run-time selection handed a user before (`SeamPoller<EpollSeam>` through
+            `any Poller`) over the same specialised row.
+
+            | Backend | × specialised, median | min–max | configurations within 1.02× |
+            |---|--:|--:|--:|
+
+            """
+        for contender in Contenders.readiness {
+            let ratios = timed.filter { $0.contender.name == contender.name }.compactMap { ratio($0, to: specialisedRow($0)) }
+            md += "| \(Contenders.backendName(contender)) \(spread(ratios))\n"
+        }
+        let before = timed.filter { $0.contender.name == Contenders.genericSeamPoller.name }
+            .compactMap { ratio($0, to: find($0, "Readiness epoll, specialised")) }
+        md += "| epoll before (generic `SeamPoller`) \(spread(before))\n"
+        return md + "\n"
     }
 
     // MARK: Targets
