@@ -23,7 +23,8 @@ public protocol PollerSeam: AnyObject {
     /// True when ``add(_:_:at:)`` and ``modify(_:from:to:)`` themselves fail with
     /// ``PollerError/badDescriptor(_:)`` for a closed descriptor and
     /// ``PollerError/unsupportedDescriptor(_:)`` for a regular file or directory (epoll_ctl's EBADF and
-    /// EPERM), leaving everything unchanged: the poller then skips its own checks before calling them.
+    /// EPERM, or a seam's own ``Sys/checkPollable(_:status:)`` made first), leaving everything
+    /// unchanged: the poller then skips its own checks before calling them.
     var kernelChecksDescriptor: Bool { get }
 }
 

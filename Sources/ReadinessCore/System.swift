@@ -20,6 +20,12 @@ public enum Sys {
     /// contract's error (closed, regular file or directory).
     public static func checkPollable(_ fd: CInt) -> PollerError? {
         var st = stat()
+        return checkPollable(fd, status: &st)
+    }
+
+    /// ``checkPollable(_:)``, leaving the `fstat` it made in `st` (for a backend that needs the file's
+    /// identity too, so that one system call serves both).
+    public static func checkPollable(_ fd: CInt, status st: inout stat) -> PollerError? {
         if fstat(fd, &st) != 0 {
             return errno == EBADF ? .badDescriptor(fd) : .failed("fstat", errno: errno)
         }

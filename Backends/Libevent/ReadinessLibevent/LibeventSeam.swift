@@ -154,6 +154,7 @@ public final class LibeventSeam: PollerSeam {
 
     /// Adds an event for `fd`, reusing a released `struct event` when there is one (see `PollerSeam`).
     public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+        let identity = try checkedIdentity(fd)
         guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .failed("realloc", errno: ENOMEM) }
         let interest = CInt(registration.interest.rawValue)
         let reg: OpaquePointer
@@ -171,7 +172,7 @@ public final class LibeventSeam: PollerSeam {
             reg = made
         }
         regs.append(reg)
-        if method == "epoll" { files.append(FileIdentity(of: fd)) }
+        if let identity { files.append(identity) }
         pending.reserveCapacity(regs.count + 1)
         spare.reserveCapacity(regs.count)
         if regs.count > recheckCapacity {
@@ -184,19 +185,32 @@ public final class LibeventSeam: PollerSeam {
 
     /// Re-assigns and re-adds the event of `fd` (see `PollerSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
+        let now = try checkedIdentity(fd)
         let reg = regs[Int(old.index)]
         guard rd_lev_reg_change(reg, CInt(new.interest.rawValue), trigger(new), earlyClose) == 0 else {
             throw Self.addError(fd, errno)
         }
-        if method == "epoll" {
+        if let now {
             // A revived registration (its file closed, the number reused): the old file may linger in
             // libevent's epoll set through a dup, as at deregistration.
-            let now = FileIdentity(of: fd)
             if files[Int(old.index)] != now {
                 files[Int(old.index)] = now
                 reinitBeforeNextPass = true
             }
         }
+    }
+
+    /// The epoll method needs the identity of each registered file (see `files`): its seam makes the
+    /// contract's descriptor check itself, with the one `fstat` that gives both.
+    public var kernelChecksDescriptor: Bool { usesEpoll }
+
+    /// For the epoll method: the contract's descriptor check, and the file's identity from the same
+    /// `fstat` (nil for the other methods, whose poller made the check).
+    private func checkedIdentity(_ fd: CInt) throws(PollerError) -> FileIdentity? {
+        guard usesEpoll else { return nil }
+        var st = stat()
+        if let error = Sys.checkPollable(fd, status: &st) { throw error }
+        return FileIdentity(st)
     }
 
     /// Deletes the event of `fd` and keeps it for reuse (see `PollerSeam`).
@@ -206,7 +220,7 @@ public final class LibeventSeam: PollerSeam {
         // names another file (ENOENT), and ignores both; if a dup keeps the old file open it stays in
         // the kernel set and fires for ever, making every later loop pass spin. Rebuilding the epoll
         // set (event_reinit) removes it: once, at the next wait, however many were deregistered.
-        if method == "epoll", files[index] != FileIdentity(of: fd) { suspects += 1 }
+        if usesEpoll, files[index] != FileIdentity(of: fd) { suspects += 1 }
         rd_lev_reg_remove(regs[index])
         spare.append(regs[index])
         regs[index] = regs[lastIndex]
@@ -398,6 +412,12 @@ public final class LibeventSeam: PollerSeam {
 struct FileIdentity: Equatable {
     let device: UInt64
     let inode: UInt64
+    /// The identity of the file `st` describes.
+    init(_ st: stat) {
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+    }
+
     /// The identity of the file `fd` names now; a closed descriptor has none (all zero).
     init(of fd: CInt) {
         var st = stat()
