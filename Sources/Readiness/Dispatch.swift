@@ -18,8 +18,10 @@ extension Backend {
     ///
     /// Not needed for speed in most code: every backend's poller is a ``SpecializedPoller``, so a call
     /// through `any Poller` already runs code specialised for its backend, one indirect call away.
-    /// This removes that call too and lets the compiler inline the poller into a hot loop written
-    /// generically (Docs/Benchmarks.md measures both paths).
+    /// This makes that call a direct one, which the compiler may inline. LLVM's function merging can
+    /// fold the per-backend copies back into one body that calls through a pointer; a build that
+    /// wants them kept passes `-Xfrontend -disable-llvm-merge-functions-pass`, as Tests/Benchmarks
+    /// does (Docs/Benchmarks.md measures both paths).
     @inlinable
     public static func withConcreteType<Body: PollerBody>(of poller: any Poller, _ body: Body) throws(Body.Failure) -> Body.Output {
         if let concrete = poller as? EpollPoller { return try body.run(concrete) }

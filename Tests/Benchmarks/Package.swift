@@ -43,7 +43,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
             ],
-            path: "Sources/readiness-bench"),
+            path: "Sources/readiness-bench",
+            // LLVM's function merging would fold the per-backend copies of a loop specialised through
+            // Backend.withConcreteType back into one body that calls the seam through a pointer: the
+            // "…, specialised" rows must be what they say.
+            swiftSettings: [.unsafeFlags(["-Xfrontend", "-disable-llvm-merge-functions-pass"])]),
         // What the socket and async benchmarks share: counting allocations with malloc-interposer.
         .target(name: "BenchSupport",
                 dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")],

@@ -246,8 +246,14 @@ int rd_lev_reg_reuse(rd_lev_reg *reg, int fd, int interest, int trigger, int ear
     return rd_lev_reg_change(reg, interest, trigger, early_close);
 }
 
-void rd_lev_reg_remove(rd_lev_reg *reg) {
-    if (!reg->lev->broken) event_del(reg->ev);
+int rd_lev_reg_remove(rd_lev_reg *reg) {
+    if (reg->lev->broken) return 0;
+    /* libevent's epoll method returns success when EPOLL_CTL_DEL fails with ENOENT, EBADF or EPERM
+     * (epoll.c, epoll_apply_one_change) and makes no other system call on the way back, so errno is
+     * what the kernel said. The poll and select methods make no system call here. */
+    errno = 0;
+    event_del(reg->ev);
+    return errno == ENOENT || errno == EBADF || errno == EPERM;
 }
 
 void rd_lev_reg_free(rd_lev_reg *reg) {

@@ -75,9 +75,14 @@ public final class LibeventSeam: PollerSeam {
     /// For the epoll method: the identity of each registered file (dense order), to tell at
     /// deregistration whether the number still names it.
     private var files: [FileIdentity] = []
-    /// libevent's epoll method returns at most this many events per pass at first (its array grows
-    /// when a pass fills it): a pass that fired this many may have left ready events behind.
+    /// libevent's epoll method returns at most its array's size per pass: 32 at first (and after a
+    /// reinit), doubled (up to 4096) by each pass that fills it. `epollBatch` follows it from below:
+    /// it doubles only when a pass fired that many, so it never exceeds libevent's array, and a pass
+    /// that may have filled the array (one slot can go to libevent's own timerfd) is followed by
+    /// another.
     private static let epollFirstBatch = 32
+    private static let epollLargestBatch = 4096
+    private var epollBatch = LibeventSeam.epollFirstBatch
     /// The most loop passes one wait makes to fill the caller's buffer.
     private static let maxPasses = 8
 
@@ -219,13 +224,15 @@ public final class LibeventSeam: PollerSeam {
         // libevent's epoll method cannot delete a file whose number was closed first (EBADF) or now
         // names another file (ENOENT), and ignores both; if a dup keeps the old file open it stays in
         // the kernel set and fires for ever, making every later loop pass spin. Rebuilding the epoll
-        // set (event_reinit) removes it: once, at the next wait, however many were deregistered.
-        if usesEpoll, files[index] != FileIdentity(of: fd) { suspects += 1 }
-        rd_lev_reg_remove(regs[index])
+        // set (event_reinit) removes it: once, at the next wait, however many were deregistered. The
+        // shim reports the refused delete (no system call of our own); a registration already found
+        // closed had its delete refused earlier.
+        let refused = rd_lev_reg_remove(regs[index]) != 0
+        if usesEpoll, refused || registration.stale { suspects += 1 }
         spare.append(regs[index])
         regs[index] = regs[lastIndex]
         regs.removeLast()
-        if method == "epoll" {
+        if usesEpoll {
             files[index] = files[lastIndex]
             files.removeLast()
         }
@@ -235,13 +242,14 @@ public final class LibeventSeam: PollerSeam {
     /// The deferred `event_reinit`. Registered descriptors found closed are dropped first (marked
     /// stale), since libevent could not re-add them.
     private func reinit(_ table: inout RegistrationTable) throws(PollerError) {
-        _ = table.markClosedStale { _, registration in rd_lev_reg_remove(regs[Int(registration.index)]) }
+        _ = table.markClosedStale { _, registration in _ = rd_lev_reg_remove(regs[Int(registration.index)]) }
         suspects = 0
         cleanPasses = 0
         reinitBeforeNextPass = false
         // libevent re-adds every event and reports a failure if any re-add failed (a number closed and
         // reused by an unpollable file: the caller's error, Docs/Contract.md); the others are back, so
         // only a base left unusable is an error.
+        epollBatch = Self.epollFirstBatch  // the reinit makes libevent's epoll array anew
         if rd_lev_reinit(lev) != 0, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: errno) }
     }
 
@@ -278,18 +286,18 @@ public final class LibeventSeam: PollerSeam {
                 let e = errno
                 if !events.isEmpty { return .events(events.count) }
                 if e == EINTR { return .interrupted }
-                if e == EBADF, table.markClosedStale({ rd_lev_reg_remove(regs[Int($1.index)]) }) { return .interrupted }
+                if e == EBADF, table.markClosedStale({ _ = rd_lev_reg_remove(regs[Int($1.index)]) }) { return .interrupted }
                 throw .failed("event_base_loop", errno: e)
             }
             let before = events.count
             collect(fired, &table, events)
-            // libevent's epoll method hands out at most its array's size per pass (32 at first): while
-            // passes come back that full and the buffer has room, look again, so a wait fills the
-            // buffer as the other backends do. Level events seen twice are reported once (stamps).
-            // poll and select report every ready descriptor in one pass: another would scan them all
-            // again for nothing.
-            guard usesEpoll, fired >= Self.epollFirstBatch, !events.isFull, events.count > before,
-                  passes < Self.maxPasses else { break }
+            // libevent's epoll method hands out at most its array's size per pass: while passes come
+            // back that full and the buffer has room, look again, so a wait fills the buffer as the
+            // other backends do. Level events seen twice are reported once (stamps). poll and select
+            // report every ready descriptor in one pass: another would scan them all again for nothing.
+            guard usesEpoll, fired >= epollBatch - 1 else { break }
+            if fired >= epollBatch { epollBatch = min(epollBatch * 2, Self.epollLargestBatch) }
+            guard !events.isFull, events.count > before, passes < Self.maxPasses else { break }
         }
         return .events(events.count)
     }
@@ -386,7 +394,7 @@ public final class LibeventSeam: PollerSeam {
 
     private func markStale(_ fd: CInt, _ table: inout RegistrationTable) {
         guard let registration = table[fd] else { return }
-        rd_lev_reg_remove(regs[Int(registration.index)])
+        _ = rd_lev_reg_remove(regs[Int(registration.index)])
         table.update(fd) { $0.stale = true }
     }
 
@@ -416,18 +424,6 @@ struct FileIdentity: Equatable {
     init(_ st: stat) {
         device = UInt64(st.st_dev)
         inode = UInt64(st.st_ino)
-    }
-
-    /// The identity of the file `fd` names now; a closed descriptor has none (all zero).
-    init(of fd: CInt) {
-        var st = stat()
-        if fstat(fd, &st) == 0 {
-            device = UInt64(st.st_dev)
-            inode = UInt64(st.st_ino)
-        } else {
-            device = 0
-            inode = 0
-        }
     }
 }
 #endif // Libevent

@@ -80,7 +80,11 @@ public final class SelectSeam: PollerSeam {
             rd_fd_clr(fd, masterWrite)
             writers -= 1
         }
-        if !interest.isEmpty, fd > maxFD { maxFD = fd }
+        if !interest.isEmpty, fd >= maxFD {
+            // Also a re-armed highest descriptor: the maximum is known again, no rescan needed.
+            maxFD = fd
+            maxFDDirty = false
+        }
         if interest.isEmpty, fd == maxFD { maxFDDirty = true }
     }
 

@@ -43,8 +43,10 @@ void rd_lev_reg_free(rd_lev_reg *reg);
 int rd_lev_reinit(rd_lev *lev);
 /// 1 when a reinit hit a fatal error and the base can no longer be used.
 int rd_lev_is_broken(const rd_lev *lev);
-/// Removes from the base without freeing (a descriptor found closed).
-void rd_lev_reg_remove(rd_lev_reg *reg);
+/// Removes from the base without freeing. Returns 1 when the method's kernel call refused the
+/// delete (epoll_ctl's ENOENT, EBADF or EPERM, which libevent ignores): the number no longer names
+/// the registered file, which may linger in the epoll set. 0 otherwise.
+int rd_lev_reg_remove(rd_lev_reg *reg);
 
 /// One loop pass: EVLOOP_ONCE, with EVLOOP_NONBLOCK when timeout_us is 0 and a timer when it is
 /// positive (-1: no timeout). Returns the number of fired events, or -1 (errno set).

@@ -166,11 +166,13 @@ struct Report {
           the contract's system calls: `getpeername` + `getsockname` after `SO_ERROR` in connect churn
           (*names*), one `fstat` before each registration change where the kernel call does not check
           the descriptor (*checks*: every backend but epoll), and for libevent's poll method one
-          `fcntl` per fired event (*open check*: it reports a closed descriptor as readable). The
-          remaining ratio is the cost of the Swift code alone.
+          `fcntl` per fired event (*open check*: it reports a closed descriptor as readable). In
+          connect churn the C loops watch no waker (the connect and accept system calls dominate).
+          The remaining ratio is the cost of the Swift code alone.
         - **× specialised**: a run-time-selected contender (the user's path: `Backend.named(_:)`,
           `makePoller()`, every call through `any Poller`) over the same loop with the poller opened
-          once into its concrete type (`Backend.withConcreteType`, the row "…, specialised").
+          once into its concrete type (`Backend.withConcreteType`, the row "…, specialised"; the
+          benchmark is built without LLVM's function merging, so that row's poller calls are direct).
           "Readiness epoll, generic SeamPoller" is what run-time selection handed a user before every
           backend had its own `SpecializedPoller` type: `SeamPoller<EpollSeam>` through `any Poller`.
         - **× libevent**: the same against libevent's own loop driven from C (its default method).
