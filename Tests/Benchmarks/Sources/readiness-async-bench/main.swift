@@ -1,11 +1,19 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
-//   swift run -c release --package-path Tests/Benchmarks readiness-async-bench [--connects N]
+//   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R]
+//                         [--only sync,async,async-task,nio,nio-async,flyingsocks,allocations,pingpong]
 //
-// 1. Connect churn against one listener (an EventLoop of its own that accepts and closes): the sync
-//    ConnectAttempt loop on one poller, the async EventLoop.connect on one loop, and SwiftNIO's
-//    ClientBootstrap on one event loop (connects awaited from tasks); 64 in flight each, same run.
-// 2. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
+// 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
+//    number of connects in flight, R rounds (the contenders' order rotates each round), same run:
+//    - sync: the ConnectAttempt loop on one epoll poller (the floor the async layer is held to);
+//    - async / async-task: EventLoop.connect from tasks preferring one loop (jobs .serialExecutor /
+//      .taskExecutor), each connect then close;
+//    - nio: SwiftNIO ClientBootstrap on one event loop, the futures awaited from tasks (off the loop);
+//    - nio-async: SwiftNIO as an async user writes it: ClientBootstrap.connect wrapping the channel in
+//      NIOAsyncChannel, closed by executeThenClose;
+//    - flyingsocks: FlyingSocks AsyncSocket.connected on its shared client pool.
+// 2. Heap allocations per async connect and close (1 in flight, every thread, the listener's side too).
+// 3. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
 //    round trips per second and heap allocations per awaited read or write, every thread counted.
 import BenchSupport
 import Glibc
@@ -17,13 +25,16 @@ import ReadinessAsync
 import Synchronization
 
 Allocations.ensureInterposed()
-let total: Int = {
-    if let index = CommandLine.arguments.firstIndex(of: "--connects"), index + 1 < CommandLine.arguments.count {
-        return Int(CommandLine.arguments[index + 1]) ?? 20_000
-    }
-    return 20_000
-}()
-let inFlight = 64
+signal(SIGPIPE, SIG_IGN)
+func option(_ name: String) -> String? {
+    guard let index = CommandLine.arguments.firstIndex(of: name), index + 1 < CommandLine.arguments.count else { return nil }
+    return CommandLine.arguments[index + 1]
+}
+let total = option("--connects").flatMap { Int($0) } ?? 20_000
+let inFlightLevels = option("--in-flight").map { $0.split(separator: ",").compactMap { Int($0) } } ?? [1, 16, 64]
+let rounds = option("--rounds").flatMap { Int($0) } ?? 1
+let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
+let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong"])
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
@@ -41,8 +52,14 @@ func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
 // The shared listener: its own loop accepts and closes everything.
-let server = try EventLoop(backend: .epoll, name: "bench-server")
+let server = try EventLoop(backend: .epoll, name: "bench-server", jobs: .taskExecutor)
 var listenOptions = Listener.Options()
 listenOptions.backlog = 4096
 let listener = try await server.listen(on: try SocketAddress("127.0.0.1:0"), options: listenOptions)
@@ -58,7 +75,7 @@ let acceptor = Task(executorPreference: server) {
 let address = listener.address
 
 // 1a. Sync ConnectAttempt loop on one poller.
-func syncChurn() throws -> Double {
+func syncChurn(inFlight: Int) throws -> Double {
     let poller = try Backend.epoll.makePoller()
     defer { try? poller.close() }
     let events = EventBuffer(capacity: 256)
@@ -89,8 +106,8 @@ func syncChurn() throws -> Double {
     return Double(total) / seconds(ContinuousClock.now - start)
 }
 
-// 1b. Async connects on one EventLoop: 64 tasks preferring the loop.
-func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> Double {
+// 1b. Async connects on one EventLoop: tasks preferring the loop.
+func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int) async throws -> Double {
     let loop = try EventLoop(backend: .epoll, name: "bench-client", jobs: jobs)
     let counter = Counter()
     let start = ContinuousClock.now
@@ -107,9 +124,14 @@ func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> Dou
         }
     }
     let rate = Double(total) / seconds(ContinuousClock.now - start)
+    let statistics = try await loop.statistics()
+    hops[jobs == .automatic ? "async" : jobs == .serialExecutor ? "async-serial" : "async-task", default: []].append(
+        (Double(statistics.jobs) / Double(total), Double(statistics.iterations) / Double(total)))
     await loop.shutdown()
     return rate
 }
+/// Jobs the client loop ran and poller waits it made, per connect (each async run).
+nonisolated(unsafe) var hops: [String: [(jobs: Double, waits: Double)]] = [:]
 
 /// Heap allocations per async connect and close (one task, 2,000 in a row, after a warm-up).
 func allocationsPerConnect() async throws -> Double {
@@ -127,8 +149,8 @@ func allocationsPerConnect() async throws -> Double {
     return Double(count) / 2_000
 }
 
-// 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from 64 tasks.
-func nioChurn() async throws -> Double {
+// 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from tasks.
+func nioChurn(inFlight: Int) async throws -> Double {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let counter = Counter()
     let port = Int(address.port!)
@@ -140,6 +162,34 @@ func nioChurn() async throws -> Double {
                 while counter.take() {
                     let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
                     try? await channel.close()   // the server may have closed it first ("already closed")
+                }
+            }
+        }
+        try await tasks.waitForAll()
+    }
+    let rate = Double(total) / seconds(ContinuousClock.now - start)
+    try await group.shutdownGracefully()
+    return rate
+}
+
+// 1d. SwiftNIO as an async user writes it: the channel wrapped in NIOAsyncChannel, closed by
+//     executeThenClose.
+func nioAsyncChurn(inFlight: Int) async throws -> Double {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let counter = Counter()
+    let port = Int(address.port!)
+    let start = ContinuousClock.now
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for _ in 0..<inFlight {
+            tasks.addTask {
+                let bootstrap = ClientBootstrap(group: group)
+                while counter.take() {
+                    let channel = try await bootstrap.connect(host: "127.0.0.1", port: port) { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        }
+                    }
+                    try? await channel.executeThenClose { _, _ in }   // the server may have closed it first
                 }
             }
         }
@@ -199,15 +249,58 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
     return (rate, allocations < 0 ? -1 : Double(allocations) / Double(roundTrips * 4))
 }
 
-let syncRate = try syncChurn()
-let asyncRate = try await asyncChurn(jobs: .serialExecutor)
-let nioRate = try await nioChurn()
-let asyncTaskRate = try await asyncChurn(jobs: .taskExecutor)
-print("connect churn (\(total) connects, \(inFlight) in flight, epoll): sync ConnectAttempt \(fixed(syncRate))/s, async EventLoop.connect \(fixed(asyncRate))/s (jobs .serialExecutor), \(fixed(asyncTaskRate))/s (jobs .taskExecutor), SwiftNIO ClientBootstrap \(fixed(nioRate))/s")
-print("  ratios: async/sync \(fixed(asyncRate / syncRate, 2))x and \(fixed(asyncTaskRate / syncRate, 2))x, async/SwiftNIO \(fixed(asyncRate / nioRate, 2))x and \(fixed(asyncTaskRate / nioRate, 2))x")
+// Connect churn: every contender at every level, the order rotated each round.
+let names = [
+    "sync": "sync ConnectAttempt loop (epoll)",
+    "async": "async EventLoop.connect (jobs .automatic, the default)",
+    "async-serial": "async EventLoop.connect (jobs .serialExecutor)",
+    "async-task": "async EventLoop.connect (jobs .taskExecutor)",
+    "nio": "SwiftNIO ClientBootstrap (futures awaited)",
+    "nio-async": "SwiftNIO NIOAsyncChannel",
+    "flyingsocks": "FlyingSocks AsyncSocket.connected",
+]
+let running = contenders.filter { only.contains($0) }
+for inFlight in inFlightLevels where !running.isEmpty {
+    var rates: [String: [Double]] = [:]
+    for round in 0..<rounds {
+        let order = Array(running[(round % running.count)...] + running[..<(round % running.count)])
+        for name in order {
+            let rate: Double
+            switch name {
+            case "sync": rate = try syncChurn(inFlight: inFlight)
+            case "async": rate = try await asyncChurn(jobs: .automatic, inFlight: inFlight)
+            case "async-serial": rate = try await asyncChurn(jobs: .serialExecutor, inFlight: inFlight)
+            case "async-task": rate = try await asyncChurn(jobs: .taskExecutor, inFlight: inFlight)
+            case "nio": rate = try await nioChurn(inFlight: inFlight)
+            case "nio-async": rate = try await nioAsyncChurn(inFlight: inFlight)
+            default: rate = try await flyingSocksChurn(port: address.port!, total: total, inFlight: inFlight)
+            }
+            rates[name, default: []].append(rate)
+        }
+    }
+    print("connect churn: \(total) connects, \(inFlight) in flight, \(rounds) round(s), same listener (conn/s per round; median)")
+    for name in running {
+        let values = rates[name] ?? []
+        print("  \(names[name]!): \(values.map { fixed($0) }.joined(separator: ", ")); median \(fixed(median(values)))")
+    }
+    for mine in ["async", "async-serial", "async-task"] where hops[mine] != nil {
+        print("  \(mine): per connect \(hops[mine]!.map { fixed($0.jobs, 2) + " jobs, " + fixed($0.waits, 2) + " poller waits" }.joined(separator: "; "))")
+    }
+    hops = [:]
+    for mine in ["async", "async-serial", "async-task"] where rates[mine] != nil {
+        var line = "  \(mine) vs"
+        for other in running where !other.hasPrefix("async") {
+            let ratios = zip(rates[mine]!, rates[other]!).map { $0 / $1 }
+            line += " \(other) \(ratios.map { fixed($0, 2) + "x" }.joined(separator: "/"))"
+        }
+        print(line)
+    }
+}
+if only.contains("allocations") {
 let perConnect = try await allocationsPerConnect()
 print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
-for jobs in [ReadinessAsync.EventLoop.JobIsolation.serialExecutor, .taskExecutor] {
+}
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong") {
     let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
     print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
 }
