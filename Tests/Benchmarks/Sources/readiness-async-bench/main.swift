@@ -1,13 +1,13 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
 //   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R]
-//                         [--only sync,async,async-task,nio,nio-async,flyingsocks,allocations,pingpong]
+//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,hops]
 //
 // 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
 //    number of connects in flight, R rounds (the contenders' order rotates each round), same run:
 //    - sync: the ConnectAttempt loop on one epoll poller (the floor the async layer is held to);
-//    - async / async-task: EventLoop.connect from tasks preferring one loop (jobs .serialExecutor /
-//      .taskExecutor), each connect then close;
+//    - async / async-serial / async-task: EventLoop.connect from tasks preferring one loop (jobs
+//      .automatic, the default / .serialExecutor / .taskExecutor), each connect then close;
 //    - nio: SwiftNIO ClientBootstrap on one event loop, the futures awaited from tasks (off the loop);
 //    - nio-async: SwiftNIO as an async user writes it: ClientBootstrap.connect wrapping the channel in
 //      NIOAsyncChannel, closed by executeThenClose;
@@ -15,6 +15,7 @@
 // 2. Heap allocations per async connect and close (1 in flight, every thread, the listener's side too).
 // 3. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
 //    round trips per second and heap allocations per awaited read or write, every thread counted.
+// 4. Jobs per awaited operation from a task preferring the loop and from an actor isolated to it.
 import BenchSupport
 import Glibc
 import MallocInterposerSwift
@@ -34,7 +35,7 @@ let total = option("--connects").flatMap { Int($0) } ?? 20_000
 let inFlightLevels = option("--in-flight").map { $0.split(separator: ",").compactMap { Int($0) } } ?? [1, 16, 64]
 let rounds = option("--rounds").flatMap { Int($0) } ?? 1
 let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
-let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong"])
+let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "hops"])
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
@@ -230,9 +231,11 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
         }
     }
     try await run(2_000)   // warm-up: tables and queues at their size
+    let jobsBefore = try await loop.statistics().jobs
     let start = ContinuousClock.now
     try await run(roundTrips)
     let rate = Double(roundTrips) / seconds(ContinuousClock.now - start)
+    let jobsPerRoundTrip = Double(try await loop.statistics().jobs - jobsBefore) / Double(roundTrips)
     // Allocations: the two tasks themselves and the group are counted too; divided by the 4
     // awaited operations of each round trip (each side one read and one write).
     var allocations = -1
@@ -245,10 +248,43 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
     }
     await client.close(); await peer.close(); await pingListener.close()
     await loop.shutdown()
-    print("  (ping-pong: \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included)")
+    print("  (ping-pong, jobs \(jobs): \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included; \(fixed(jobsPerRoundTrip, 2)) jobs per round trip, 4 suspensions each)")
     return (rate, allocations < 0 ? -1 : Double(allocations) / Double(roundTrips * 4))
 }
 
+if only.contains("allocations") {
+let perConnect = try await allocationsPerConnect()
+print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
+}
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong") {
+    let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
+    print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
+}
+// 4. Jobs per awaited loop operation (1,000 sleeps of 1 µs), from a task preferring the loop and from
+//    an actor isolated to the loop (in a task with no executor preference), in each job mode.
+actor SleepingActor {
+    let loop: ReadinessAsync.EventLoop
+    init(loop: ReadinessAsync.EventLoop) { self.loop = loop }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    func sleeps(_ count: Int) async throws -> Int {
+        let before = try await loop.statistics().jobs
+        for _ in 0..<count { try await loop.sleep(for: .microseconds(1)) }
+        return try await loop.statistics().jobs - before
+    }
+}
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("hops") {
+    let loop = try EventLoop(backend: .epoll, name: "bench-hops", jobs: jobs)
+    let fromTask = try await Task(executorPreference: loop) { () async throws -> Int in
+        let before = try await loop.statistics().jobs
+        for _ in 0..<1_000 { try await loop.sleep(for: .microseconds(1)) }
+        return try await loop.statistics().jobs - before
+    }.value
+    let fromActor = try await SleepingActor(loop: loop).sleeps(1_000)
+    print("jobs per awaited sleep (jobs \(jobs)): task preferring the loop \(fixed(Double(fromTask) / 1_000, 2)), actor isolated to the loop \(fixed(Double(fromActor) / 1_000, 2))")
+    await loop.shutdown()
+}
+// Connect churn last: the contenders leave threads behind (SwiftNIO, FlyingSocks's shared pool) that
+// would be counted by the allocation figures above.
 // Connect churn: every contender at every level, the order rotated each round.
 let names = [
     "sync": "sync ConnectAttempt loop (epoll)",
@@ -295,14 +331,6 @@ for inFlight in inFlightLevels where !running.isEmpty {
         }
         print(line)
     }
-}
-if only.contains("allocations") {
-let perConnect = try await allocationsPerConnect()
-print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
-}
-for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong") {
-    let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
-    print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
 }
 acceptor.cancel()
 await listener.close()
