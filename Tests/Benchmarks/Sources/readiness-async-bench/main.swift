@@ -1,7 +1,7 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
 //   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R]
-//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,hops]
+//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,hops,interleaved]
 //
 // 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
 //    number of connects in flight, R rounds (the contenders' order rotates each round), same run:
@@ -16,6 +16,7 @@
 // 3. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
 //    round trips per second and heap allocations per awaited read or write, every thread counted.
 // 4. Jobs per awaited operation from a task preferring the loop and from an actor isolated to it.
+// 5. Sync vs async (default jobs) interleaved in alternating chunks, each level, R rounds.
 import BenchSupport
 import Glibc
 import MallocInterposerSwift
@@ -35,11 +36,13 @@ let total = option("--connects").flatMap { Int($0) } ?? 20_000
 let inFlightLevels = option("--in-flight").map { $0.split(separator: ",").compactMap { Int($0) } } ?? [1, 16, 64]
 let rounds = option("--rounds").flatMap { Int($0) } ?? 1
 let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
-let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "hops"])
+let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "hops", "interleaved"])
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
-    func take() -> Bool { value.add(1, ordering: .relaxed).newValue <= total }
+    let limit: Int
+    init(limit: Int = total) { self.limit = limit }
+    func take() -> Bool { value.add(1, ordering: .relaxed).newValue <= limit }
 }
 
 func fixed(_ value: Double, _ digits: Int = 0) -> String {
@@ -76,7 +79,7 @@ let acceptor = Task(executorPreference: server) {
 let address = listener.address
 
 // 1a. Sync ConnectAttempt loop on one poller.
-func syncChurn(inFlight: Int) throws -> Double {
+func syncChurn(inFlight: Int, total: Int = total) throws -> Double {
     let poller = try Backend.epoll.makePoller()
     defer { try? poller.close() }
     let events = EventBuffer(capacity: 256)
@@ -108,9 +111,9 @@ func syncChurn(inFlight: Int) throws -> Double {
 }
 
 // 1b. Async connects on one EventLoop: tasks preferring the loop.
-func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int) async throws -> Double {
+func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, total: Int = total) async throws -> Double {
     let loop = try EventLoop(backend: .epoll, name: "bench-client", jobs: jobs)
-    let counter = Counter()
+    let counter = Counter(limit: total)
     let start = ContinuousClock.now
     await withTaskGroup(of: Void.self) { group in
         for _ in 0..<inFlight {
@@ -283,6 +286,37 @@ for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .
     print("jobs per awaited sleep (jobs \(jobs)): task preferring the loop \(fixed(Double(fromTask) / 1_000, 2)), actor isolated to the loop \(fixed(Double(fromActor) / 1_000, 2))")
     await loop.shutdown()
 }
+// Sync vs async (the default jobs) interleaved: 10 chunks of total/10 connects each, alternating, so
+// that both meet the same machine state (other work on the 2 cores, and the TIME_WAIT sockets that pile
+// up over a run and make every later connect() search longer for a port).
+func interleaved(inFlight: Int) async throws -> (sync: Double, async: Double) {
+    let chunk = max(total / 10, 1)
+    var syncTime = 0.0, asyncTime = 0.0
+    for index in 0..<10 {
+        if index % 2 == 0 {
+            syncTime += Double(chunk) / (try syncChurn(inFlight: inFlight, total: chunk))
+            asyncTime += Double(chunk) / (try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk))
+        } else {
+            asyncTime += Double(chunk) / (try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk))
+            syncTime += Double(chunk) / (try syncChurn(inFlight: inFlight, total: chunk))
+        }
+    }
+    return (Double(chunk * 10) / syncTime, Double(chunk * 10) / asyncTime)
+}
+if only.contains("interleaved") {
+    for inFlight in inFlightLevels {
+        var ratios: [Double] = []
+        var line = ""
+        for _ in 0..<rounds {
+            let (syncRate, asyncRate) = try await interleaved(inFlight: inFlight)
+            ratios.append(asyncRate / syncRate)
+            line += " \(fixed(asyncRate))/\(fixed(syncRate))"
+        }
+        print("interleaved (\(total) connects each side per round, 10 alternating chunks), \(inFlight) in flight: async (.automatic)/sync conn/s\(line); ratio \(ratios.map { fixed($0, 2) + "x" }.joined(separator: ", "))")
+    }
+    hops = [:]
+}
+
 // Connect churn last: the contenders leave threads behind (SwiftNIO, FlyingSocks's shared pool) that
 // would be counted by the allocation figures above.
 // Connect churn: every contender at every level, the order rotated each round.
