@@ -56,6 +56,15 @@ func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 
+/// CPU time of the calling thread, in seconds.
+func threadCPU() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+/// CPU seconds the last churn's client thread used (the sync loop's thread, or the async loop's).
+nonisolated(unsafe) var lastClientCPU = 0.0
+
 func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
     guard !sorted.isEmpty else { return .nan }
@@ -85,6 +94,7 @@ func syncChurn(inFlight: Int, total: Int = total) throws -> Double {
     let events = EventBuffer(capacity: 256)
     var attempts: [UInt64: ConnectAttempt] = [:]
     var started = 0, done = 0, nextToken: UInt64 = 1
+    let cpuStart = threadCPU()
     let start = ContinuousClock.now
     func finished(_ progress: ConnectProgress) -> Bool {
         switch progress {
@@ -107,13 +117,16 @@ func syncChurn(inFlight: Int, total: Int = total) throws -> Double {
             }
         }
     }
-    return Double(total) / seconds(ContinuousClock.now - start)
+    let rate = Double(total) / seconds(ContinuousClock.now - start)
+    lastClientCPU = threadCPU() - cpuStart
+    return rate
 }
 
 // 1b. Async connects on one EventLoop: tasks preferring the loop.
 func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, total: Int = total) async throws -> Double {
     let loop = try EventLoop(backend: .epoll, name: "bench-client", jobs: jobs)
     let counter = Counter(limit: total)
+    let cpuStart = await Task(executorPreference: loop) { threadCPU() }.value
     let start = ContinuousClock.now
     await withTaskGroup(of: Void.self) { group in
         for _ in 0..<inFlight {
@@ -128,6 +141,7 @@ func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, tota
         }
     }
     let rate = Double(total) / seconds(ContinuousClock.now - start)
+    lastClientCPU = await Task(executorPreference: loop) { threadCPU() }.value - cpuStart
     let statistics = try await loop.statistics()
     hops[jobs == .automatic ? "async" : jobs == .serialExecutor ? "async-serial" : "async-task", default: []].append(
         (Double(statistics.jobs) / Double(total), Double(statistics.iterations) / Double(total)))
@@ -289,30 +303,31 @@ for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .
 // Sync vs async (the default jobs) interleaved: 10 chunks of total/10 connects each, alternating, so
 // that both meet the same machine state (other work on the 2 cores, and the TIME_WAIT sockets that pile
 // up over a run and make every later connect() search longer for a port).
-func interleaved(inFlight: Int) async throws -> (sync: Double, async: Double) {
+func interleaved(inFlight: Int) async throws -> (sync: Double, async: Double, syncMicros: Double, asyncMicros: Double) {
     let chunk = max(total / 10, 1)
     var syncTime = 0.0, asyncTime = 0.0
+    var syncCPU = 0.0, asyncCPU = 0.0
+    func runSync() throws { syncTime += Double(chunk) / (try syncChurn(inFlight: inFlight, total: chunk)); syncCPU += lastClientCPU }
+    func runAsync() async throws { asyncTime += Double(chunk) / (try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk)); asyncCPU += lastClientCPU }
     for index in 0..<10 {
-        if index % 2 == 0 {
-            syncTime += Double(chunk) / (try syncChurn(inFlight: inFlight, total: chunk))
-            asyncTime += Double(chunk) / (try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk))
-        } else {
-            asyncTime += Double(chunk) / (try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk))
-            syncTime += Double(chunk) / (try syncChurn(inFlight: inFlight, total: chunk))
-        }
+        if index % 2 == 0 { try runSync(); try await runAsync() } else { try await runAsync(); try runSync() }
     }
-    return (Double(chunk * 10) / syncTime, Double(chunk * 10) / asyncTime)
+    let count = Double(chunk * 10)
+    return (count / syncTime, count / asyncTime, syncCPU / count * 1e6, asyncCPU / count * 1e6)
 }
 if only.contains("interleaved") {
     for inFlight in inFlightLevels {
-        var ratios: [Double] = []
-        var line = ""
+        var ratios: [Double] = [], cpuRatios: [Double] = []
+        var line = "", cpuLine = ""
         for _ in 0..<rounds {
-            let (syncRate, asyncRate) = try await interleaved(inFlight: inFlight)
+            let (syncRate, asyncRate, syncMicros, asyncMicros) = try await interleaved(inFlight: inFlight)
             ratios.append(asyncRate / syncRate)
+            cpuRatios.append(syncMicros / asyncMicros)
             line += " \(fixed(asyncRate))/\(fixed(syncRate))"
+            cpuLine += " \(fixed(asyncMicros, 1))/\(fixed(syncMicros, 1))"
         }
         print("interleaved (\(total) connects each side per round, 10 alternating chunks), \(inFlight) in flight: async (.automatic)/sync conn/s\(line); ratio \(ratios.map { fixed($0, 2) + "x" }.joined(separator: ", "))")
+        print("  client thread CPU per connect, async/sync µs\(cpuLine); sync/async (connects per CPU second, async vs sync) \(cpuRatios.map { fixed($0, 2) + "x" }.joined(separator: ", "))")
     }
     hops = [:]
 }
