@@ -35,9 +35,10 @@ func echo(_ socket: AsyncSocket) async -> Int? {
 
 func serve(_ arguments: EchoArguments) async throws {
     let backend = try arguments.backend ?? Backend.default()
-    // Every connection's code is nonisolated and runs in tasks preferring the loop: with jobs run on the
-    // loop as a task executor they never hop (Docs/Async.md, "Executor semantics").
-    let loop = try EventLoop(backend: backend, jobs: .taskExecutor)
+    // Every connection's code is nonisolated and runs in tasks preferring the loop: with the default
+    // jobs (.automatic) their jobs run on the loop as a task executor and never hop (Docs/Async.md,
+    // "Executor semantics").
+    let loop = try EventLoop(backend: backend)
     let listener = try await loop.listen(on: try SocketAddress(ip: arguments.host, port: arguments.port))
     let limit = arguments.connections ?? .max
     let summary = await Task(executorPreference: loop) { () async -> String in

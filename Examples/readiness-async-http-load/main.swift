@@ -12,7 +12,8 @@ import ExampleSupport
 import Readiness
 
 
-/// The counts, isolated to the loop (its executor is the loop: no hop from the client tasks).
+/// The counts, isolated to the loop (its executor is the loop's): a call from a client task runs on the
+/// loop thread, as a job in and a job back (no poller call, no other thread).
 actor Tally {
     let loop: EventLoop
     let requests: Int

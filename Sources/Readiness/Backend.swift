@@ -357,12 +357,12 @@ public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
 extension EventLoop {
     /// A loop over `backend` (its thread creates the poller).
     public convenience init(backend: Backend, name: String = "readiness-loop",
-                            jobs: JobIsolation = .serialExecutor) throws(PollerError) {
+                            jobs: JobIsolation = .automatic) throws(PollerError) {
         try self.init(name: name, jobs: jobs) { () throws(PollerError) -> any Poller in try backend.makePoller() }
     }
 
     /// A loop over the default backend (``Backend/default(environment:)``: `READINESS_BACKEND` or the best).
-    public convenience init(name: String = "readiness-loop", jobs: JobIsolation = .serialExecutor) throws(SelectionError) {
+    public convenience init(name: String = "readiness-loop", jobs: JobIsolation = .automatic) throws(SelectionError) {
         let backend = try Backend.default()
         do {
             try self.init(backend: backend, name: name, jobs: jobs)

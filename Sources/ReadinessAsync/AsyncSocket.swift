@@ -123,9 +123,12 @@ public struct AsyncListener: Sendable {
 extension EventLoop {
     /// Connects to one address, confirmed by SO_ERROR and getpeername (the connect state machine).
     nonisolated(nonsending) public func connect(to address: SocketAddress, timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
-        var options = HappyEyeballs.Options()
-        options.attemptTimeout = nil
-        return try await connect(addresses: [address], resolution: nil, options: options, timeout: timeout)
+        // The ConnectAttempt driver alone (no address list, no Happy Eyeballs options).
+        let deadline = timeout.map { Deadline.after($0) }
+        let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
+            try await state.connect(to: address, deadline: deadline)
+        }
+        return AsyncSocket(loop: self, id: id, peer: peer)
     }
 
     /// Connects to the first of several addresses that answers, by RFC 8305 steps (Happy Eyeballs).

@@ -41,6 +41,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
     /// Set (under `lock`) once the loop thread has closed everything and will touch nothing more.
     private var isFinished = false
+    /// The loop's serial executor identity (`asUnownedSerialExecutor()`): jobs enqueued there are
+    /// actors' jobs, told apart from the jobs of tasks that prefer the loop as a task executor.
+    private let serial: LoopSerialExecutor
     /// A name for diagnostics.
     public let name: String
     /// How jobs run (Docs/Async.md, "Executor semantics").
@@ -48,12 +51,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// How the loop runs a job.
     public enum JobIsolation: Sendable, Hashable {
-        /// `runSynchronously(isolatedTo: loop, taskExecutor: loop)`: the job is isolated to the loop's
+        /// By the way the job came (the default): a job enqueued on the loop's serial executor (an
+        /// actor isolated to the loop: `asUnownedSerialExecutor()`) runs isolated to it,
+        /// `runSynchronously(isolatedTo:taskExecutor:)`; a job enqueued on the loop as a task executor
+        /// (a task preferring the loop) runs `runSynchronously(on:)`. Neither actors isolated to the
+        /// loop nor nonisolated code in tasks preferring it hop; only crossing from one to the other
+        /// does (an `await` into the actor and back).
+        case automatic
+        /// Every job `runSynchronously(isolatedTo: loop, taskExecutor: loop)`: isolated to the loop's
         /// serial executor. Actors isolated to the loop never hop; nonisolated code in a task preferring
-        /// the loop takes one hop (a job, no poller call) after each `await`.
+        /// the loop takes a hop (a job, no poller call) when an `await` returns into it.
         case serialExecutor
-        /// `runSynchronously(on: loop)` as a task executor: nonisolated code in a task preferring the
-        /// loop never hops; an actor isolated to the loop takes one hop per `await` into it.
+        /// Every job `runSynchronously(on: loop)` as a task executor: nonisolated code in a task
+        /// preferring the loop never hops; an actor isolated to the loop hops on each `await` into it.
         case taskExecutor
     }
 
@@ -61,18 +71,24 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// What other threads hand to the loop.
     enum Submission {
+        /// Enqueued on the loop itself: as a task executor (or by code that holds the loop as a
+        /// `SerialExecutor` itself rather than through `asUnownedSerialExecutor()`).
         case job(UnownedJob)
+        /// Enqueued on the loop's serial executor (`asUnownedSerialExecutor()`): an actor's job.
+        case isolatedJob(UnownedJob)
         /// A waiting operation's task was cancelled: entry, direction, operation number.
         case cancel(entry: UInt64, direction: Direction, operation: UInt64)
     }
 
     /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
     /// Sendable, never crosses threads). Throws what the factory threw.
-    public init(name: String = "readiness-loop", jobs: JobIsolation = .serialExecutor,
+    public init(name: String = "readiness-loop", jobs: JobIsolation = .automatic,
                 makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) throws(PollerError) {
         self.name = name
         self.jobs = jobs
         state = LoopState()
+        serial = LoopSerialExecutor()
+        serial.loop = self
         state.loop = self
         let box = Unmanaged.passRetained(StartBox(loop: self, makePoller: makePoller)).toOpaque()
         var thread = pthread_t()
@@ -132,9 +148,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         submit(.job(job))
     }
 
-    /// This loop as an actor's executor (`nonisolated var unownedExecutor`).
+    /// This loop as an actor's executor (`nonisolated var unownedExecutor`). Its identity is an object
+    /// the loop owns, so that the loop knows an actor's job (run isolated) from a task's (run on the
+    /// task executor); it runs on the loop thread like every job.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
-        UnownedSerialExecutor(ordinary: self)
+        UnownedSerialExecutor(ordinary: serial)
     }
 
     /// Crashes unless called on the loop thread (what `assumeIsolated` relies on).
@@ -160,15 +178,20 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             lock.unlock()
             // The thread is gone: a task still preferring this loop runs on the global pool from now
             // on (Docs/Async.md, "After shutdown"). A cancel has nothing left to cancel.
-            if case .job(let job) = submission { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+            switch submission {
+            case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
+            case .cancel: break
+            }
         }
     }
 
-    private func runJob(_ job: UnownedJob) {
+    private func runJob(_ job: UnownedJob, isolated: Bool) {
         state.jobsRun &+= 1
         switch jobs {
-        case .serialExecutor: job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
-        case .taskExecutor: job.runSynchronously(on: asUnownedTaskExecutor())
+        case .automatic where isolated, .serialExecutor:
+            job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+        case .automatic, .taskExecutor:
+            job.runSynchronously(on: asUnownedTaskExecutor())
         }
     }
 
@@ -256,7 +279,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func handle(_ submission: Submission) {
         switch submission {
-        case .job(let job): runJob(job)
+        case .job(let job): runJob(job, isolated: false)
+        case .isolatedJob(let job): runJob(job, isolated: true)
         case .cancel(let entry, let direction, let operation): state.cancel(entry: entry, direction: direction, operation: operation)
         }
     }
@@ -365,4 +389,26 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         guard isLoopThread() else { throw .shutdown }
         return try await body(state)
     }
+}
+
+/// The serial executor identity of an ``EventLoop`` (what `asUnownedSerialExecutor()` returns): an
+/// actor's jobs come through here, and run isolated on the loop thread.
+final class LoopSerialExecutor: SerialExecutor, @unchecked Sendable {
+    // Set once in the loop's init, before the loop can be reached; the loop owns this object, and an
+    // actor that uses it holds the loop (its `unownedExecutor` comes from the loop).
+    unowned(unsafe) var loop: EventLoop!
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        loop.submit(.isolatedJob(UnownedJob(job)))
+    }
+
+    func enqueue(_ job: UnownedJob) {
+        loop.submit(.isolatedJob(job))
+    }
+
+    func checkIsolated() {
+        loop.checkIsolated()
+    }
+
+    func isIsolatingCurrentContext() -> Bool? { loop.isLoopThread() }
 }

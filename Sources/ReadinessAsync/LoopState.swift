@@ -44,7 +44,9 @@ final class Entry {
     }
 
     let id: UInt64
-    let resource: Resource
+    /// Changes once at most: a one-address connect's entry becomes its socket's (`.attempt` to
+    /// `.stream`), on the loop thread, when the attempt has handed the socket over.
+    private(set) var resource: Resource
     var read = WaitSlot()
     var write = WaitSlot()
     /// The interest registered with the poller (empty: not registered).
@@ -59,6 +61,16 @@ final class Entry {
     }
 
     var token: Token { Token(rawValue: id << 2) }
+
+    /// The connected socket takes the attempt's place (same id: no second entry, no second lookup).
+    /// Nobody waits on the entry then; the attempt is finished and no longer registered.
+    func becomeStream(_ socket: StreamSocket) {
+        resource = .stream(socket)
+        connectOutcome = nil
+        read = WaitSlot()
+        write = WaitSlot()
+        registered = []
+    }
 }
 
 let connectBit: UInt64 = 1 << 62
@@ -99,11 +111,28 @@ final class LoopState {
     nonisolated(nonsending) func wait(_ entry: Entry, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
         let operation = nextOperation
         nextOperation &+= 1
+        // The cancellation handler's operation is a plain nonisolated closure: it runs on the generic
+        // executor, which is the loop for a task preferring the loop. A caller on the loop that does not
+        // prefer it (an actor isolated to the loop, in a task with no preference) would run it on the
+        // global pool instead: such a wait is given the loop's preference while it lasts.
+        if prefersLoop() { return await suspend(entry, direction, operation, deadline: deadline, interest: interest) }
+        return await withTaskExecutorPreference(loop) { () async -> Outcome in
+            await suspend(entry, direction, operation, deadline: deadline, interest: interest)
+        }
+    }
+
+    /// Whether the current task prefers this loop as its task executor.
+    private func prefersLoop() -> Bool {
+        let loop = self.loop.asUnownedTaskExecutor()
+        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
+    }
+
+    nonisolated(nonsending) private func suspend(_ entry: Entry, _ direction: Direction, _ operation: UInt64, deadline: Int64?, interest: Bool) async -> Outcome {
         let loop = self.loop!
         let id = entry.id
         return await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
-                install(entry, direction, operation, continuation, deadline: deadline, interest: interest)
+                self.install(entry, direction, operation, continuation, deadline: deadline, interest: interest)
             }
         } onCancel: {
             // Any thread: the loop resolves the slot (if this operation still waits there).
@@ -310,7 +339,7 @@ final class LoopState {
         entries.removeValue(forKey: entry.id)
         if let timer = entry.backoffTimer { timers.cancel(timer) }
         entry.backoffTimer = nil
-        backingOff.remove(entry.id)
+        if !backingOff.isEmpty { backingOff.remove(entry.id) }
         switch entry.resource {
         case .stream(let socket):
             socket.close()          // deregisters first (registered through StreamSocket.register)
@@ -457,7 +486,8 @@ final class LoopState {
         var options = options
         options.maximumAttempts = min(options.maximumAttempts, 31)
         if resolution == nil, addresses.count == 1 {
-            return try await connect(to: addresses[0], id: id, base: base, poller: poller, deadline: deadline)
+            let (socketID, peer) = try await connect(to: addresses[0], id: id, base: base, poller: poller, deadline: deadline)
+            return (socketID, peer)
         }
         let connect: HappyEyeballs
         if let resolution {
@@ -489,6 +519,17 @@ final class LoopState {
 
     /// One address: the `ConnectAttempt` driver alone (the same state machine; no Happy Eyeballs
     /// bookkeeping). The deadline is the wait's.
+    /// One address (`EventLoop.connect(to:timeout:)`): the connect's id becomes the socket's.
+    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress?) {
+        if isShutDown { throw .shutdown }
+        guard let poller else { throw .shutdown }
+        let id = newID()
+        let (socketID, socket) = try await connect(to: address, id: id, base: Token(rawValue: connectBit | id << 5), poller: poller, deadline: deadline)
+        return (socketID, socket.peer)
+    }
+
+    /// One address: the `ConnectAttempt` driver alone (the same state machine; no Happy Eyeballs
+    /// bookkeeping). The deadline is the wait's. On success the entry becomes the socket's (same id).
     nonisolated(nonsending) private func connect(to address: SocketAddress, id: UInt64, base: Token, poller: any Poller,
                                                  deadline: Int64?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
         let attempt = ConnectAttempt(to: address, poller: poller, token: Token(rawValue: base.rawValue | 1), timeout: nil)
@@ -507,11 +548,22 @@ final class LoopState {
             default: progress = .failed(ConnectError(.cancelled, address: address))
             }
         }
-        close(entry, reason: .closed)
         switch progress {
-        case .connected(let socket): return (adopt(StreamSocket(socket)), socket)
-        case .failed(let error): throw .connect(error)
-        case .inProgress: throw .closed
+        case .connected(let socket):
+            // Handed over (deregistered by the attempt, nobody waits): the entry is the socket's now.
+            // Closed meanwhile (shutdown ran while the task was queued)? Then the socket is closed too.
+            guard entries[id] === entry, !isShutDown else {
+                Sys.close(socket.fd)
+                throw .shutdown
+            }
+            entry.becomeStream(StreamSocket(socket))
+            return (id, socket)
+        case .failed(let error):
+            close(entry, reason: .closed)
+            throw .connect(error)
+        case .inProgress:
+            close(entry, reason: .closed)
+            throw .closed
         }
     }
 

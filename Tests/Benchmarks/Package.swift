@@ -25,6 +25,8 @@ let package = Package(
         .package(path: "../.."),
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.0"),
+        // FlyingSocks (FlyingFox's socket layer): the async contender of the connect and echo figures.
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.0"),
     ],
     targets: [
         // libevent for the C contender (pkg-config: libevent). Its header includes no libevent header.
@@ -62,6 +64,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+                .product(name: "FlyingSocks", package: "FlyingFox"),
             ],
             path: "Sources/readiness-net-bench"),
         // The async layer's figures (Docs/Async.md): connect churn sync vs async vs SwiftNIO, ping-pong
@@ -74,6 +77,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+                .product(name: "FlyingSocks", package: "FlyingFox"),
             ],
             path: "Sources/readiness-async-bench"),
     ],

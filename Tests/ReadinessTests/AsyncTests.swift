@@ -9,7 +9,7 @@ struct AsyncTests {
     // MARK: Executor
 
     @Test("a task preferring the loop, and an actor isolated to it, run on the loop thread",
-          arguments: backends, [EventLoop.JobIsolation.serialExecutor, .taskExecutor])
+          arguments: backends, [EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor])
     func executor(backend: Backend, jobs: EventLoop.JobIsolation) async throws {
         try await withLoop(backend, jobs: jobs) { loop in
             let onLoop = await Task(executorPreference: loop) { loop.inLoop }.value
@@ -23,6 +23,51 @@ struct AsyncTests {
                 return loop.inLoop
             }.value
             #expect(afterSleep)
+        }
+    }
+
+    @Test("default jobs: neither a task preferring the loop nor an actor isolated to it hops (one job per resumption)",
+          arguments: backends)
+    func noHops(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)   // the default: .automatic
+        #expect(loop.jobs == .automatic)
+        let rounds = 200
+        // A task preferring the loop: each sleep resumes it once, and nothing else runs on the loop.
+        let taskJobs = try await Task(executorPreference: loop) { () async throws -> Int in
+            let before = try await loop.statistics().jobs
+            return try await loop.statistics().jobs - before
+        }.value
+        #expect(taskJobs <= rounds + 2, "a task preferring the loop ran \(taskJobs) jobs for \(rounds) sleeps")
+        // And connects (one job each: the resumption).
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let acceptor = Task(executorPreference: loop) {
+            while let socket = try? await listener.accept() { await socket.close() }
+        }
+        let connectJobs = try await Task(executorPreference: loop) { () async throws -> Int in
+            let before = try await loop.statistics().jobs
+            for _ in 0..<rounds { await (try await loop.connect(to: listener.address, timeout: .seconds(5))).close() }
+            return try await loop.statistics().jobs - before
+        }.value
+        // Each connect resumes the connecting task once; the acceptor's resumptions run on the loop too.
+        #expect(connectJobs <= 2 * rounds + 4, "\(connectJobs) jobs for \(rounds) connects")
+        acceptor.cancel()
+        await listener.close()
+        await loop.shutdown()
+    }
+
+    @Test("an actor isolated to the loop, in a task that prefers no executor, waits on the loop thread",
+          .timeLimit(.minutes(1)), arguments: backends, [EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor])
+    func actorWaits(backend: Backend, jobs: EventLoop.JobIsolation) async throws {
+        try await withLoop(backend, jobs: jobs) { loop in
+            let actor = LoopActor(loop: loop)
+            // Sleeps (the wait was once installed from the global pool: a data race on the loop state
+            // and a timer the sleeping loop never saw), then a connect, an accept and a read.
+            let (allOnLoop, jobsRun) = try await actor.sleeps(50)
+            #expect(allOnLoop)
+            // Each wait costs a few jobs here (the runtime's hops between the actor and the
+            // cancellation handler's nonisolated closure), never an unbounded number.
+            #expect(jobsRun <= 50 * 12, "\(jobsRun) jobs for 50 sleeps")
+            #expect(try await actor.echoOnce())
         }
     }
 
@@ -381,7 +426,7 @@ struct AsyncTests {
 // MARK: Helpers
 
 /// Runs `body` with a loop over `backend`, shuts it down, and checks that no descriptor is left.
-func withLoop(_ backend: Backend, jobs: EventLoop.JobIsolation = .serialExecutor,
+func withLoop(_ backend: Backend, jobs: EventLoop.JobIsolation = .automatic,
               _ body: (EventLoop) async throws -> Void) async throws {
     warmUp(backend)
     let before = openDescriptorCount()
@@ -447,6 +492,29 @@ actor LoopActor {
     func check() -> Bool {
         loop.preconditionIsolated()
         return loop.inLoop
+    }
+    /// Sleeps `count` times on the loop; whether every resumption was on the loop thread, and the
+    /// jobs the loop ran meanwhile.
+    func sleeps(_ count: Int) async throws -> (Bool, Int) {
+        let before = try await loop.statistics().jobs
+        var onLoop = true
+        for _ in 0..<count {
+            try await loop.sleep(for: .microseconds(1))
+            onLoop = onLoop && loop.inLoop
+        }
+        return (onLoop, try await loop.statistics().jobs - before)
+    }
+    /// Listens, connects, accepts, writes and reads one byte, all from the actor.
+    func echoOnce() async throws -> Bool {
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        async let accepted = listener.accept(timeout: .seconds(5))
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        let server = try await accepted
+        try await client.write([7])
+        let byte = try await server.read(upTo: 1, timeout: .seconds(5))
+        let onLoop = loop.inLoop
+        await client.close(); await server.close(); await listener.close()
+        return byte == [7] && onLoop
     }
 }
 

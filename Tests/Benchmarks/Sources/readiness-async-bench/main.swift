@@ -1,12 +1,22 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
-//   swift run -c release --package-path Tests/Benchmarks readiness-async-bench [--connects N]
+//   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R]
+//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,hops,interleaved]
 //
-// 1. Connect churn against one listener (an EventLoop of its own that accepts and closes): the sync
-//    ConnectAttempt loop on one poller, the async EventLoop.connect on one loop, and SwiftNIO's
-//    ClientBootstrap on one event loop (connects awaited from tasks); 64 in flight each, same run.
-// 2. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
+// 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
+//    number of connects in flight, R rounds (the contenders' order rotates each round), same run:
+//    - sync: the ConnectAttempt loop on one epoll poller (the floor the async layer is held to);
+//    - async / async-serial / async-task: EventLoop.connect from tasks preferring one loop (jobs
+//      .automatic, the default / .serialExecutor / .taskExecutor), each connect then close;
+//    - nio: SwiftNIO ClientBootstrap on one event loop, the futures awaited from tasks (off the loop);
+//    - nio-async: SwiftNIO as an async user writes it: ClientBootstrap.connect wrapping the channel in
+//      NIOAsyncChannel, closed by executeThenClose;
+//    - flyingsocks: FlyingSocks AsyncSocket.connected on its shared client pool.
+// 2. Heap allocations per async connect and close (1 in flight, every thread, the listener's side too).
+// 3. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
 //    round trips per second and heap allocations per awaited read or write, every thread counted.
+// 4. Jobs per awaited operation from a task preferring the loop and from an actor isolated to it.
+// 5. Sync vs async (default jobs) interleaved in alternating chunks, each level, R rounds.
 import BenchSupport
 import Glibc
 import MallocInterposerSwift
@@ -17,17 +27,22 @@ import ReadinessAsync
 import Synchronization
 
 Allocations.ensureInterposed()
-let total: Int = {
-    if let index = CommandLine.arguments.firstIndex(of: "--connects"), index + 1 < CommandLine.arguments.count {
-        return Int(CommandLine.arguments[index + 1]) ?? 20_000
-    }
-    return 20_000
-}()
-let inFlight = 64
+signal(SIGPIPE, SIG_IGN)
+func option(_ name: String) -> String? {
+    guard let index = CommandLine.arguments.firstIndex(of: name), index + 1 < CommandLine.arguments.count else { return nil }
+    return CommandLine.arguments[index + 1]
+}
+let total = option("--connects").flatMap { Int($0) } ?? 20_000
+let inFlightLevels = option("--in-flight").map { $0.split(separator: ",").compactMap { Int($0) } } ?? [1, 16, 64]
+let rounds = option("--rounds").flatMap { Int($0) } ?? 1
+let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
+let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "hops", "interleaved"])
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
-    func take() -> Bool { value.add(1, ordering: .relaxed).newValue <= total }
+    let limit: Int
+    init(limit: Int = total) { self.limit = limit }
+    func take() -> Bool { value.add(1, ordering: .relaxed).newValue <= limit }
 }
 
 func fixed(_ value: Double, _ digits: Int = 0) -> String {
@@ -41,8 +56,23 @@ func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 
+/// CPU time of the calling thread, in seconds.
+func threadCPU() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+/// CPU seconds the last churn's client thread used (the sync loop's thread, or the async loop's).
+nonisolated(unsafe) var lastClientCPU = 0.0
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
 // The shared listener: its own loop accepts and closes everything.
-let server = try EventLoop(backend: .epoll, name: "bench-server")
+let server = try EventLoop(backend: .epoll, name: "bench-server", jobs: .taskExecutor)
 var listenOptions = Listener.Options()
 listenOptions.backlog = 4096
 let listener = try await server.listen(on: try SocketAddress("127.0.0.1:0"), options: listenOptions)
@@ -58,12 +88,13 @@ let acceptor = Task(executorPreference: server) {
 let address = listener.address
 
 // 1a. Sync ConnectAttempt loop on one poller.
-func syncChurn() throws -> Double {
+func syncChurn(inFlight: Int, total: Int = total) throws -> Double {
     let poller = try Backend.epoll.makePoller()
     defer { try? poller.close() }
     let events = EventBuffer(capacity: 256)
     var attempts: [UInt64: ConnectAttempt] = [:]
     var started = 0, done = 0, nextToken: UInt64 = 1
+    let cpuStart = threadCPU()
     let start = ContinuousClock.now
     func finished(_ progress: ConnectProgress) -> Bool {
         switch progress {
@@ -86,13 +117,16 @@ func syncChurn() throws -> Double {
             }
         }
     }
-    return Double(total) / seconds(ContinuousClock.now - start)
+    let rate = Double(total) / seconds(ContinuousClock.now - start)
+    lastClientCPU = threadCPU() - cpuStart
+    return rate
 }
 
-// 1b. Async connects on one EventLoop: 64 tasks preferring the loop.
-func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> Double {
+// 1b. Async connects on one EventLoop: tasks preferring the loop.
+func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, total: Int = total) async throws -> Double {
     let loop = try EventLoop(backend: .epoll, name: "bench-client", jobs: jobs)
-    let counter = Counter()
+    let counter = Counter(limit: total)
+    let cpuStart = await Task(executorPreference: loop) { threadCPU() }.value
     let start = ContinuousClock.now
     await withTaskGroup(of: Void.self) { group in
         for _ in 0..<inFlight {
@@ -107,9 +141,15 @@ func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> Dou
         }
     }
     let rate = Double(total) / seconds(ContinuousClock.now - start)
+    lastClientCPU = await Task(executorPreference: loop) { threadCPU() }.value - cpuStart
+    let statistics = try await loop.statistics()
+    hops[jobs == .automatic ? "async" : jobs == .serialExecutor ? "async-serial" : "async-task", default: []].append(
+        (Double(statistics.jobs) / Double(total), Double(statistics.iterations) / Double(total)))
     await loop.shutdown()
     return rate
 }
+/// Jobs the client loop ran and poller waits it made, per connect (each async run).
+nonisolated(unsafe) var hops: [String: [(jobs: Double, waits: Double)]] = [:]
 
 /// Heap allocations per async connect and close (one task, 2,000 in a row, after a warm-up).
 func allocationsPerConnect() async throws -> Double {
@@ -127,8 +167,8 @@ func allocationsPerConnect() async throws -> Double {
     return Double(count) / 2_000
 }
 
-// 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from 64 tasks.
-func nioChurn() async throws -> Double {
+// 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from tasks.
+func nioChurn(inFlight: Int) async throws -> Double {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let counter = Counter()
     let port = Int(address.port!)
@@ -140,6 +180,34 @@ func nioChurn() async throws -> Double {
                 while counter.take() {
                     let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
                     try? await channel.close()   // the server may have closed it first ("already closed")
+                }
+            }
+        }
+        try await tasks.waitForAll()
+    }
+    let rate = Double(total) / seconds(ContinuousClock.now - start)
+    try await group.shutdownGracefully()
+    return rate
+}
+
+// 1d. SwiftNIO as an async user writes it: the channel wrapped in NIOAsyncChannel, closed by
+//     executeThenClose.
+func nioAsyncChurn(inFlight: Int) async throws -> Double {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let counter = Counter()
+    let port = Int(address.port!)
+    let start = ContinuousClock.now
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for _ in 0..<inFlight {
+            tasks.addTask {
+                let bootstrap = ClientBootstrap(group: group)
+                while counter.take() {
+                    let channel = try await bootstrap.connect(host: "127.0.0.1", port: port) { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        }
+                    }
+                    try? await channel.executeThenClose { _, _ in }   // the server may have closed it first
                 }
             }
         }
@@ -180,9 +248,11 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
         }
     }
     try await run(2_000)   // warm-up: tables and queues at their size
+    let jobsBefore = try await loop.statistics().jobs
     let start = ContinuousClock.now
     try await run(roundTrips)
     let rate = Double(roundTrips) / seconds(ContinuousClock.now - start)
+    let jobsPerRoundTrip = Double(try await loop.statistics().jobs - jobsBefore) / Double(roundTrips)
     // Allocations: the two tasks themselves and the group are counted too; divided by the 4
     // awaited operations of each round trip (each side one read and one write).
     var allocations = -1
@@ -195,21 +265,121 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
     }
     await client.close(); await peer.close(); await pingListener.close()
     await loop.shutdown()
-    print("  (ping-pong: \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included)")
+    print("  (ping-pong, jobs \(jobs): \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included; \(fixed(jobsPerRoundTrip, 2)) jobs per round trip, 4 suspensions each)")
     return (rate, allocations < 0 ? -1 : Double(allocations) / Double(roundTrips * 4))
 }
 
-let syncRate = try syncChurn()
-let asyncRate = try await asyncChurn(jobs: .serialExecutor)
-let nioRate = try await nioChurn()
-let asyncTaskRate = try await asyncChurn(jobs: .taskExecutor)
-print("connect churn (\(total) connects, \(inFlight) in flight, epoll): sync ConnectAttempt \(fixed(syncRate))/s, async EventLoop.connect \(fixed(asyncRate))/s (jobs .serialExecutor), \(fixed(asyncTaskRate))/s (jobs .taskExecutor), SwiftNIO ClientBootstrap \(fixed(nioRate))/s")
-print("  ratios: async/sync \(fixed(asyncRate / syncRate, 2))x and \(fixed(asyncTaskRate / syncRate, 2))x, async/SwiftNIO \(fixed(asyncRate / nioRate, 2))x and \(fixed(asyncTaskRate / nioRate, 2))x")
+if only.contains("allocations") {
 let perConnect = try await allocationsPerConnect()
 print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
-for jobs in [ReadinessAsync.EventLoop.JobIsolation.serialExecutor, .taskExecutor] {
+}
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong") {
     let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
     print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
+}
+// 4. Jobs per awaited loop operation (1,000 sleeps of 1 µs), from a task preferring the loop and from
+//    an actor isolated to the loop (in a task with no executor preference), in each job mode.
+actor SleepingActor {
+    let loop: ReadinessAsync.EventLoop
+    init(loop: ReadinessAsync.EventLoop) { self.loop = loop }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    func sleeps(_ count: Int) async throws -> Int {
+        let before = try await loop.statistics().jobs
+        for _ in 0..<count { try await loop.sleep(for: .microseconds(1)) }
+        return try await loop.statistics().jobs - before
+    }
+}
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("hops") {
+    let loop = try EventLoop(backend: .epoll, name: "bench-hops", jobs: jobs)
+    let fromTask = try await Task(executorPreference: loop) { () async throws -> Int in
+        let before = try await loop.statistics().jobs
+        for _ in 0..<1_000 { try await loop.sleep(for: .microseconds(1)) }
+        return try await loop.statistics().jobs - before
+    }.value
+    let fromActor = try await SleepingActor(loop: loop).sleeps(1_000)
+    print("jobs per awaited sleep (jobs \(jobs)): task preferring the loop \(fixed(Double(fromTask) / 1_000, 2)), actor isolated to the loop \(fixed(Double(fromActor) / 1_000, 2))")
+    await loop.shutdown()
+}
+// Sync vs async (the default jobs) interleaved: 10 chunks of total/10 connects each, alternating, so
+// that both meet the same machine state (other work on the 2 cores, and the TIME_WAIT sockets that pile
+// up over a run and make every later connect() search longer for a port).
+func interleaved(inFlight: Int) async throws -> (sync: Double, async: Double, syncMicros: Double, asyncMicros: Double) {
+    let chunk = max(total / 10, 1)
+    var syncTime = 0.0, asyncTime = 0.0
+    var syncCPU = 0.0, asyncCPU = 0.0
+    func runSync() throws { syncTime += Double(chunk) / (try syncChurn(inFlight: inFlight, total: chunk)); syncCPU += lastClientCPU }
+    func runAsync() async throws { asyncTime += Double(chunk) / (try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk)); asyncCPU += lastClientCPU }
+    for index in 0..<10 {
+        if index % 2 == 0 { try runSync(); try await runAsync() } else { try await runAsync(); try runSync() }
+    }
+    let count = Double(chunk * 10)
+    return (count / syncTime, count / asyncTime, syncCPU / count * 1e6, asyncCPU / count * 1e6)
+}
+if only.contains("interleaved") {
+    for inFlight in inFlightLevels {
+        var ratios: [Double] = [], cpuRatios: [Double] = []
+        var line = "", cpuLine = ""
+        for _ in 0..<rounds {
+            let (syncRate, asyncRate, syncMicros, asyncMicros) = try await interleaved(inFlight: inFlight)
+            ratios.append(asyncRate / syncRate)
+            cpuRatios.append(syncMicros / asyncMicros)
+            line += " \(fixed(asyncRate))/\(fixed(syncRate))"
+            cpuLine += " \(fixed(asyncMicros, 1))/\(fixed(syncMicros, 1))"
+        }
+        print("interleaved (\(total) connects each side per round, 10 alternating chunks), \(inFlight) in flight: async (.automatic)/sync conn/s\(line); ratio \(ratios.map { fixed($0, 2) + "x" }.joined(separator: ", "))")
+        print("  client thread CPU per connect, async/sync µs\(cpuLine); sync/async (connects per CPU second, async vs sync) \(cpuRatios.map { fixed($0, 2) + "x" }.joined(separator: ", "))")
+    }
+    hops = [:]
+}
+
+// Connect churn last: the contenders leave threads behind (SwiftNIO, FlyingSocks's shared pool) that
+// would be counted by the allocation figures above.
+// Connect churn: every contender at every level, the order rotated each round.
+let names = [
+    "sync": "sync ConnectAttempt loop (epoll)",
+    "async": "async EventLoop.connect (jobs .automatic, the default)",
+    "async-serial": "async EventLoop.connect (jobs .serialExecutor)",
+    "async-task": "async EventLoop.connect (jobs .taskExecutor)",
+    "nio": "SwiftNIO ClientBootstrap (futures awaited)",
+    "nio-async": "SwiftNIO NIOAsyncChannel",
+    "flyingsocks": "FlyingSocks AsyncSocket.connected",
+]
+let running = contenders.filter { only.contains($0) }
+for inFlight in inFlightLevels where !running.isEmpty {
+    var rates: [String: [Double]] = [:]
+    for round in 0..<rounds {
+        let order = Array(running[(round % running.count)...] + running[..<(round % running.count)])
+        for name in order {
+            let rate: Double
+            switch name {
+            case "sync": rate = try syncChurn(inFlight: inFlight)
+            case "async": rate = try await asyncChurn(jobs: .automatic, inFlight: inFlight)
+            case "async-serial": rate = try await asyncChurn(jobs: .serialExecutor, inFlight: inFlight)
+            case "async-task": rate = try await asyncChurn(jobs: .taskExecutor, inFlight: inFlight)
+            case "nio": rate = try await nioChurn(inFlight: inFlight)
+            case "nio-async": rate = try await nioAsyncChurn(inFlight: inFlight)
+            default: rate = try await flyingSocksChurn(port: address.port!, total: total, inFlight: inFlight)
+            }
+            rates[name, default: []].append(rate)
+        }
+    }
+    print("connect churn: \(total) connects, \(inFlight) in flight, \(rounds) round(s), same listener (conn/s per round; median)")
+    for name in running {
+        let values = rates[name] ?? []
+        print("  \(names[name]!): \(values.map { fixed($0) }.joined(separator: ", ")); median \(fixed(median(values)))")
+    }
+    for mine in ["async", "async-serial", "async-task"] where hops[mine] != nil {
+        print("  \(mine): per connect \(hops[mine]!.map { fixed($0.jobs, 2) + " jobs, " + fixed($0.waits, 2) + " poller waits" }.joined(separator: "; "))")
+    }
+    hops = [:]
+    for mine in ["async", "async-serial", "async-task"] where rates[mine] != nil {
+        var line = "  \(mine) vs"
+        for other in running where !other.hasPrefix("async") {
+            let ratios = zip(rates[mine]!, rates[other]!).map { $0 / $1 }
+            line += " \(other) \(ratios.map { fixed($0, 2) + "x" }.joined(separator: "/"))"
+        }
+        print(line)
+    }
 }
 acceptor.cancel()
 await listener.close()

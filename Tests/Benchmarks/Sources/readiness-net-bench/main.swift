@@ -23,6 +23,22 @@ if arguments.first == "nio-echo" {
     try runNIOEcho(port: Int(arguments[1])!)
     exit(0)
 }
+if arguments.first == "nio-async-echo" {
+    // A child process: the SwiftNIO echo server written with NIOAsyncChannel.
+    signal(SIGPIPE, SIG_IGN)
+    try await runNIOAsyncEcho(port: Int(arguments[1])!)
+    exit(0)
+}
+if arguments.first == "flyingsocks-echo" {
+    // A child process: the FlyingSocks echo server.
+    signal(SIGPIPE, SIG_IGN)
+    try await runFlyingSocksEcho(port: UInt16(arguments[1])!)
+    exit(0)
+}
+/// The echo load's message size (--message BYTES; 16 KiB by default).
+nonisolated(unsafe) var echoMessage = 16 * 1024
+/// The servers the echo example is compared with (--echo-contenders nio,nio-async,flyingsocks).
+nonisolated(unsafe) var echoContenders = ["nio"]
 while !arguments.isEmpty {
     let flag = arguments.removeFirst()
     switch flag {
@@ -31,6 +47,8 @@ while !arguments.isEmpty {
     case "--rounds": rounds = Int(arguments.removeFirst()) ?? rounds
     case "--echo-example": echoExample = arguments.removeFirst()
     case "--backends": onlyBackends = Set(arguments.removeFirst().split(separator: ",").map(String.init))
+    case "--message": echoMessage = Int(arguments.removeFirst()) ?? echoMessage
+    case "--echo-contenders": echoContenders = arguments.removeFirst().split(separator: ",").map(String.init)
     default: print("unknown argument \(flag)"); exit(2)
     }
 }
@@ -117,6 +135,10 @@ func freePort() throws -> UInt16 {
     let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
     defer { listener.close() }
     return listener.address.port!
+}
+
+func twoDecimals(_ value: Double) -> String {
+    String(Int((value * 100).rounded())).withDecimal
 }
 
 func median(_ values: [Double]) -> Double {
@@ -268,28 +290,51 @@ func echoScenario() throws {
         let port = try freePort()
         let server = try Child(command.replacingPort(port))
         defer { server.stop() }
-        return try echoLoad(port: port)
+        return try echoLoad(port: port, message: echoMessage)
     }
-    let nioCommand = "'\(executablePath())' nio-echo PORT"
-    // Paired like the HTTP runs: each readiness-echo run next to a SwiftNIO run, alternating order.
-    var results: [String: [Double]] = [:], ratios: [String: [Double]] = [:]
+    let contenderNames = [
+        "nio": "SwiftNIO 2 handler-based (ServerBootstrap + ChannelInboundHandler, 1 event loop)",
+        "nio-async": "SwiftNIO 2 NIOAsyncChannel (1 event loop, a task per connection)",
+        "flyingsocks": "FlyingSocks AsyncSocket (SocketPool epoll, a task per connection)",
+    ]
+    let contenderCommands = [
+        "nio": "'\(executablePath())' nio-echo PORT",
+        "nio-async": "'\(executablePath())' nio-async-echo PORT",
+        "flyingsocks": "'\(executablePath())' flyingsocks-echo PORT",
+    ]
+    // One round: every contender once, then every backend of the example once, the order reversed on
+    // odd rounds; each backend's ratio to a contender is taken within the round, the median over rounds.
+    var results: [String: [Double]] = [:], ratios: [String: [String: [Double]]] = [:]
     for round in 0..<rounds {
+        var runs: [(String, String)] = echoContenders.map { ($0, contenderCommands[$0]!) }
+            + backends.map { ($0.name, "\(examples)/\(echoExample) --port PORT --backend \($0.name)") }
+        if round % 2 == 1 { runs.reverse() }
+        var thisRound: [String: Double] = [:]
+        for (name, command) in runs { thisRound[name] = try runServer(command) }
+        for (name, value) in thisRound { results[name, default: []].append(value) }
         for backend in backends {
-            let mineCommand = "\(examples)/\(echoExample) --port PORT --backend \(backend.name)"
-            var mine = 0.0, theirs = 0.0
-            if round % 2 == 0 { theirs = try runServer(nioCommand); mine = try runServer(mineCommand) } else { mine = try runServer(mineCommand); theirs = try runServer(nioCommand) }
-            results[backend.name, default: []].append(mine)
-            results["SwiftNIO", default: []].append(theirs)
-            ratios[backend.name, default: []].append(mine / theirs)
+            for contender in echoContenders {
+                ratios[backend.name, default: [:]][contender, default: []].append(thisRound[backend.name]! / thisRound[contender]!)
+            }
         }
     }
-    report += ["## Echo: 200 clients, 16 KiB messages, one server thread", "",
-               "The load: 200 connections on one epoll loop in the benchmark process, each writing 16 KiB and reading it back, over and over; 2 s measured after 0.5 s of warm-up. Each readiness-echo run is paired with a SwiftNIO run right before or after it (alternating); the ratio is the median of the per-pair ratios.", "",
-               "| server | MB/s echoed (median) | vs SwiftNIO (paired) | runs |", "|---|---:|---:|---|"]
-    for name in ["SwiftNIO"] + backends.map(\.name) {
-        let values = results[name] ?? []
-        let ratio = name == "SwiftNIO" ? "" : ratios[name].map { String(Int((median($0) * 100).rounded())) + "%" } ?? "n/a"
-        report.append("| \(name == "SwiftNIO" ? "SwiftNIO 2 (ServerBootstrap, 1 event loop; all pairs)" : "\(echoExample), \(name)") | \(Int(median(values) / 1e6)) | \(ratio) | \(values.count) |")
+    let size = echoMessage % 1024 == 0 ? "\(echoMessage / 1024) KiB" : "\(echoMessage) B"
+    report += ["## Echo: 200 clients, \(size) messages, one server thread", "",
+               "The load: 200 connections on one epoll loop in the benchmark process, each writing \(size) and reading it back, over and over; 2 s measured after 0.5 s of warm-up. Each round runs every server once (the order reversed every other round); a ratio is taken within a round, its median over the rounds is given.", "",
+               "| server | MB/s echoed (median) | runs (MB/s) | " + echoContenders.map { "vs \($0) (median of rounds)" }.joined(separator: " | ") + " |",
+               "|---|---:|---|" + echoContenders.map { _ in "---:|" }.joined()]
+    func mb(_ values: [Double]) -> String { values.map { String(Int($0 / 1e6)) }.joined(separator: ", ") }
+    for contender in echoContenders {
+        let values = results[contender] ?? []
+        report.append("| \(contenderNames[contender] ?? contender) | \(Int(median(values) / 1e6)) | \(mb(values)) |" + echoContenders.map { _ in " |" }.joined())
+    }
+    for backend in backends {
+        let values = results[backend.name] ?? []
+        let cells = echoContenders.map { contender -> String in
+            let r = ratios[backend.name]?[contender] ?? []
+            return "\(twoDecimals(median(r)))x (\(r.map { twoDecimals($0) }.joined(separator: ", ")))"
+        }
+        report.append("| \(echoExample), \(backend.name) | \(Int(median(values) / 1e6)) | \(mb(values)) | " + cells.joined(separator: " | ") + " |")
     }
     report.append("")
 }
