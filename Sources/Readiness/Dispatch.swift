@@ -16,7 +16,7 @@ extension Backend {
     /// per backend, since this function is inlined there); any other poller (a third-party backend)
     /// runs the generic code through the existential.
     ///
-    /// Not needed for speed in most code: every backend's poller is a ``SpecializedPoller``, so a call
+    /// Not needed for speed in most code: every backend's poller is a ``/ReadinessCore/SpecializedPoller``, so a call
     /// through `any Poller` already runs code specialised for its backend, one indirect call away.
     /// This makes that call a direct one, which the compiler may inline. LLVM's function merging can
     /// fold the per-backend copies back into one body that calls through a pointer; a build that

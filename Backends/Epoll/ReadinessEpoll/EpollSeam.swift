@@ -4,12 +4,12 @@ import Glibc
 import CEpoll
 import ReadinessCore
 
-/// The epoll poller (``EpollSeam/makePoller()``): its `Poller` conformance is compiled here, for this
-/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+/// The epoll poller (`EpollSeam.makePoller()`): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
 public final class EpollPoller: SpecializedPoller {
     /// The poller every call goes to.
     public let base: SeamPoller<EpollSeam>
-    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
     public init(base: SeamPoller<EpollSeam>) { self.base = base }
 }
 

@@ -4,12 +4,12 @@ import Glibc
 import CIOUring
 import ReadinessCore
 
-/// The io_uring poller (``IOUringSeam/makePoller()``): its `Poller` conformance is compiled here, for this
-/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+/// The io_uring poller (`IOUringSeam.makePoller()`): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
 public final class IOUringPoller: SpecializedPoller {
     /// The poller every call goes to.
     public let base: SeamPoller<IOUringSeam>
-    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
     public init(base: SeamPoller<IOUringSeam>) { self.base = base }
 }
 

@@ -5,12 +5,12 @@ import Glibc
 import CLibevent
 import ReadinessCore
 
-/// The libevent poller (``LibeventSeam/makePoller()``): its `Poller` conformance is compiled here, for this
-/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+/// The libevent poller (`LibeventSeam.makePoller()`): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
 public final class LibeventPoller: SpecializedPoller {
     /// The poller every call goes to.
     public let base: SeamPoller<LibeventSeam>
-    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
     public init(base: SeamPoller<LibeventSeam>) { self.base = base }
 }
 

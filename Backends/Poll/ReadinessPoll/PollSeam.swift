@@ -3,12 +3,12 @@ import Glibc
 #endif
 import ReadinessCore
 
-/// The poll poller (``PollSeam/makePoller()``): its `Poller` conformance is compiled here, for this
-/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+/// The poll poller (`PollSeam.makePoller()`): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
 public final class PollPoller: SpecializedPoller {
     /// The poller every call goes to.
     public let base: SeamPoller<PollSeam>
-    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
     public init(base: SeamPoller<PollSeam>) { self.base = base }
 }
 

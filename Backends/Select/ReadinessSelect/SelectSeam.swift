@@ -4,12 +4,12 @@ import Glibc
 import CSelect
 import ReadinessCore
 
-/// The select poller (``SelectSeam/makePoller()``): its `Poller` conformance is compiled here, for this
-/// seam, so calls through `any Poller` run specialised code (``SpecializedPoller``).
+/// The select poller (`SelectSeam.makePoller()`): its `Poller` conformance is compiled here, for this
+/// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
 public final class SelectPoller: SpecializedPoller {
     /// The poller every call goes to.
     public let base: SeamPoller<SelectSeam>
-    /// Wraps `base` (see ``SpecializedPoller/make(_:)``).
+    /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
     public init(base: SeamPoller<SelectSeam>) { self.base = base }
 }
 
