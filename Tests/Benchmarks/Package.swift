@@ -50,9 +50,11 @@ let package = Package(
             // Backend.withConcreteType back into one body that calls the seam through a pointer: the
             // "…, specialised" rows must be what they say.
             swiftSettings: [.unsafeFlags(["-Xfrontend", "-disable-llvm-merge-functions-pass"])]),
-        // What the socket and async benchmarks share: counting allocations with malloc-interposer.
+        // What the socket and async benchmarks share: counting allocations with malloc-interposer, and
+        // the loopback address of their FlyingSocks contenders.
         .target(name: "BenchSupport",
-                dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")],
+                dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+                               .product(name: "FlyingSocks", package: "FlyingFox")],
                 path: "Sources/BenchSupport"),
         // The socket layer's figures (Docs/Sockets.md): the examples against nginx beside ab -k, the echo
         // example beside the same server on SwiftNIO, accept while out of descriptors, allocations.

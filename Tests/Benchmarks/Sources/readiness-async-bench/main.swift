@@ -167,8 +167,10 @@ func allocationsPerConnect() async throws -> Double {
     return Double(count) / 2_000
 }
 
-// 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from tasks.
-func nioChurn(inFlight: Int) async throws -> Double {
+/// SwiftNIO connect churn on one event loop: `inFlight` tasks, each calling `connectAndClose` with its
+/// bootstrap and the listener's port until `total` connects were taken; connections per second.
+func nioChurn(inFlight: Int,
+              _ connectAndClose: @escaping @Sendable (ClientBootstrap, Int) async throws -> Void) async throws -> Double {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let counter = Counter()
     let port = Int(address.port!)
@@ -177,10 +179,7 @@ func nioChurn(inFlight: Int) async throws -> Double {
         for _ in 0..<inFlight {
             tasks.addTask {
                 let bootstrap = ClientBootstrap(group: group)
-                while counter.take() {
-                    let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
-                    try? await channel.close()   // the server may have closed it first ("already closed")
-                }
+                while counter.take() { try await connectAndClose(bootstrap, port) }
             }
         }
         try await tasks.waitForAll()
@@ -190,32 +189,25 @@ func nioChurn(inFlight: Int) async throws -> Double {
     return rate
 }
 
+// 1c. SwiftNIO: ClientBootstrap on one event loop, connects awaited from tasks.
+func nioChurn(inFlight: Int) async throws -> Double {
+    try await nioChurn(inFlight: inFlight) { bootstrap, port in
+        let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
+        try? await channel.close()   // the server may have closed it first ("already closed")
+    }
+}
+
 // 1d. SwiftNIO as an async user writes it: the channel wrapped in NIOAsyncChannel, closed by
 //     executeThenClose.
 func nioAsyncChurn(inFlight: Int) async throws -> Double {
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    let counter = Counter()
-    let port = Int(address.port!)
-    let start = ContinuousClock.now
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-        for _ in 0..<inFlight {
-            tasks.addTask {
-                let bootstrap = ClientBootstrap(group: group)
-                while counter.take() {
-                    let channel = try await bootstrap.connect(host: "127.0.0.1", port: port) { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                        }
-                    }
-                    try? await channel.executeThenClose { _, _ in }   // the server may have closed it first
-                }
+    try await nioChurn(inFlight: inFlight) { bootstrap, port in
+        let channel = try await bootstrap.connect(host: "127.0.0.1", port: port) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
             }
         }
-        try await tasks.waitForAll()
+        try? await channel.executeThenClose { _, _ in }   // the server may have closed it first
     }
-    let rate = Double(total) / seconds(ContinuousClock.now - start)
-    try await group.shutdownGracefully()
-    return rate
 }
 
 // 2. Ping-pong on one loop; allocations per awaited operation.
