@@ -54,9 +54,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         /// By the way the job came (the default): a job enqueued on the loop's serial executor (an
         /// actor isolated to the loop: `asUnownedSerialExecutor()`) runs isolated to it,
         /// `runSynchronously(isolatedTo:taskExecutor:)`; a job enqueued on the loop as a task executor
-        /// (a task preferring the loop) runs `runSynchronously(on:)`. Neither actors isolated to the
-        /// loop nor nonisolated code in tasks preferring it hop; only crossing from one to the other
-        /// does (an `await` into the actor and back).
+        /// (a task preferring the loop) runs `runSynchronously(on:)`. Code in a task preferring the
+        /// loop does not hop, nor does an actor isolated to the loop running in such a task; an actor
+        /// called from a task that prefers no executor takes a job per `await` (Docs/Async.md).
         case automatic
         /// Every job `runSynchronously(isolatedTo: loop, taskExecutor: loop)`: isolated to the loop's
         /// serial executor. Actors isolated to the loop never hop; nonisolated code in a task preferring

@@ -340,6 +340,12 @@ final class LoopState {
         if let timer = entry.backoffTimer { timers.cancel(timer) }
         entry.backoffTimer = nil
         if !backingOff.isEmpty { backingOff.remove(entry.id) }
+        // A connect whose socket was handed over after its waiter gave up (cancelled, or it had not
+        // installed yet): nobody will take the socket, so it is closed here, once.
+        if case .connected(let socket)? = entry.connectOutcome {
+            entry.connectOutcome = nil
+            Sys.close(socket.fd)
+        }
         switch entry.resource {
         case .stream(let socket):
             socket.close()          // deregisters first (registered through StreamSocket.register)
@@ -508,6 +514,7 @@ final class LoopState {
             }
             progress = entry.connectOutcome ?? .failed(ConnectError(.cancelled))
         }
+        entry.connectOutcome = nil            // taken: `close` must not close the winner's socket
         close(entry, reason: .closed)         // the winner was handed over; the rest are cancelled
         switch progress {
         case .connected(let socket): return (adopt(StreamSocket(socket)), socket)
@@ -551,9 +558,10 @@ final class LoopState {
         switch progress {
         case .connected(let socket):
             // Handed over (deregistered by the attempt, nobody waits): the entry is the socket's now.
-            // Closed meanwhile (shutdown ran while the task was queued)? Then the socket is closed too.
+            // Closed meanwhile (shutdown ran while the task was queued)? Then `close` closed the socket
+            // it found on the entry; an entry still there is closed now, which closes it.
             guard entries[id] === entry, !isShutDown else {
-                Sys.close(socket.fd)
+                close(entry, reason: .shutdown)
                 throw .shutdown
             }
             entry.becomeStream(StreamSocket(socket))
