@@ -23,8 +23,10 @@ public struct AsyncSocket: Sendable {
     public let peer: SocketAddress?
 
     /// Reads up to `buffer.count` bytes (at least 1) as soon as some are there; 0 means the peer shut
-    /// down its sending side.
+    /// down its sending side. An empty buffer is refused with ``LoopError/invalidArgument(_:)`` (a read
+    /// of nothing would return 0, which means the end of the stream).
     nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) -> Int {
+        if buffer.isEmpty { throw .invalidArgument("read into an empty buffer") }
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> Int in
@@ -32,16 +34,20 @@ public struct AsyncSocket: Sendable {
         }
     }
 
-    /// Reads up to `maximum` bytes into a new array (empty at end of stream).
+    /// Reads up to `maximum` bytes (at least 1) into a new array, empty at end of stream. One read takes
+    /// at most ``maximumReadChunk`` bytes, however large `maximum` is; `maximum` below 1 is refused with
+    /// ``LoopError/invalidArgument(_:)``.
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: maximum)
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: maximum, alignment: 1)
+        guard maximum > 0 else { throw .invalidArgument("read(upTo: \(maximum))") }
+        let size = Swift.min(maximum, Self.maximumReadChunk)
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 1)
         defer { storage.deallocate() }
         let n = try await read(into: storage, timeout: timeout)
-        bytes.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: storage[..<n])) }
-        bytes.removeLast(maximum - n)
-        return bytes
+        return Array(UnsafeRawBufferPointer(rebasing: storage[..<n]))
     }
+
+    /// The most bytes one ``read(upTo:timeout:)`` takes (1 MiB): a larger `maximum` is not allocated.
+    public static let maximumReadChunk = 1 << 20
 
     /// Writes every byte of `buffer`, waiting for room as often as needed.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
@@ -161,13 +167,20 @@ extension EventLoop {
         return AsyncListener(loop: self, id: id, address: bound)
     }
 
-    /// Takes ownership of a connected, non-blocking stream socket descriptor.
+    /// Takes ownership of a connected stream socket descriptor (made non-blocking here).
+    ///
+    /// Fails with ``LoopError/socket(_:)`` (``SocketError/Kind/invalidArgument`` for a negative
+    /// descriptor or one that is not a stream socket, ``SocketError/Kind/closed`` for one that is not
+    /// open) or ``LoopError/shutdown``. **Ownership passes only on success: a descriptor whose adoption
+    /// failed stays the caller's, open**, the same rule as ``StreamSocket/init(adopting:)``.
     nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
-        let id = try await onLoop { (state) async throws(LoopError) -> UInt64 in
+        let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
             if state.isShutDown { throw .shutdown }
-            return state.adopt(StreamSocket(adopting: fd))
+            let socket: StreamSocket
+            do throws(SocketError) { socket = try StreamSocket(adopting: fd) } catch { throw .socket(error) }
+            return (state.adopt(socket), socket.peerAddress)
         }
-        return AsyncSocket(loop: self, id: id, peer: try? SocketAddress.peer(of: fd))
+        return AsyncSocket(loop: self, id: id, peer: peer)
     }
 
     /// Suspends for `duration` on the loop's timers (cancellable: ``LoopError/cancelled``).

@@ -16,12 +16,19 @@ public final class EventLoopGroup: Sendable {
     /// The number of online cores.
     public static var coreCount: Int { max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))) }
 
-    /// Starts `count` loops, each creating its poller with `makePoller` on its own thread; if one cannot
-    /// start, those already started are shut down and the error is thrown.
+    /// The most loops a group starts (each is a thread with a poller).
+    public static let maximumLoops = 1024
+
+    /// Starts `count` loops (1 to ``maximumLoops``; another count fails with
+    /// `PollerError.system(operation:errno: EINVAL)`), each creating its poller with `makePoller` on its
+    /// own thread; if one cannot start, those already started are shut down and the error is thrown.
     public init(count: Int = EventLoopGroup.coreCount, name: String = "readiness-loop",
                 makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) throws(PollerError) {
+        guard (1...Self.maximumLoops).contains(count) else {
+            throw .system(operation: "EventLoopGroup(count: \(count)): 1 to \(Self.maximumLoops) loops", errno: EINVAL)
+        }
         var loops: [EventLoop] = []
-        for index in 0..<max(1, count) {
+        for index in 0..<count {
             do {
                 loops.append(try EventLoop(name: "\(name)-\(index)", makePoller: makePoller))
             } catch {
@@ -34,7 +41,9 @@ public final class EventLoopGroup: Sendable {
 
     /// The next loop, round robin.
     public func next() -> EventLoop {
-        loops[counter.add(1, ordering: .relaxed).oldValue % loops.count]
+        // The counter wraps after Int.max calls: taken as unsigned, it never indexes below zero.
+        let turn = UInt(bitPattern: counter.wrappingAdd(1, ordering: .relaxed).oldValue)
+        return loops[Int(turn % UInt(loops.count))]
     }
 
     /// The loop whose thread this is, if any.

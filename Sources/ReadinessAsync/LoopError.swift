@@ -23,6 +23,9 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     case resolution(ResolutionError)
     /// The poller refused a registration.
     case poller(PollerError)
+    /// The caller passed a value the operation cannot take (an empty read buffer, a negative count,
+    /// options out of range); the text names it. Nothing was done: no system call, nothing owned.
+    case invalidArgument(String)
 
     /// The error in words.
     public var description: String {
@@ -36,6 +39,7 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
         case .connect(let error): "connect: \(error)"
         case .resolution(let error): "\(error)"
         case .poller(let error): "poller: \(error)"
+        case .invalidArgument(let what): "invalid argument: \(what)"
         }
     }
 }

@@ -52,6 +52,8 @@ final class Entry {
     /// The interest registered with the poller (empty: not registered).
     var registered: Interest = []
     var connectOutcome: HappyEyeballs.Progress?
+    /// A one-address connect's attempt timeout (``HappyEyeballs/Options/attemptTimeout``).
+    var connectTimer: TimerID?
     var backoffTimer: TimerID?
     var isBackingOff = false
 
@@ -264,8 +266,14 @@ final class LoopState {
         while let token = timers.popDue(now: now) {
             let raw = token.rawValue
             if raw & connectBit != 0 {
-                guard let entry = entries[(raw & ~connectBit) >> 5], case .connect(let connect) = entry.resource else { continue }
-                connectProgress(entry, connect.handleTimer(token, now: now))
+                guard let entry = entries[(raw & ~connectBit) >> 5] else { continue }
+                switch entry.resource {
+                case .connect(let connect): connectProgress(entry, connect.handleTimer(token, now: now))
+                case .attempt(let attempt):
+                    entry.connectTimer = nil
+                    connectProgress(entry, attempt.checkDeadline(now: now))
+                default: break
+                }
                 continue
             }
             guard let entry = entries[raw >> 2] else { continue }
@@ -303,6 +311,8 @@ final class LoopState {
 
     private func connectProgress(_ entry: Entry, _ progress: HappyEyeballs.Progress) {
         guard !progress.isInProgress else { return }
+        if let timer = entry.connectTimer { timers.cancel(timer) }
+        entry.connectTimer = nil
         entry.connectOutcome = progress
         resolving.remove(entry.id)
         resolve(entry, .write, .ready)
@@ -339,6 +349,8 @@ final class LoopState {
         entries.removeValue(forKey: entry.id)
         if let timer = entry.backoffTimer { timers.cancel(timer) }
         entry.backoffTimer = nil
+        if let timer = entry.connectTimer { timers.cancel(timer) }
+        entry.connectTimer = nil
         if !backingOff.isEmpty { backingOff.remove(entry.id) }
         // A connect whose socket was handed over after its waiter gave up (cancelled, or it had not
         // installed yet): nobody will take the socket, so it is closed here, once.
@@ -487,13 +499,16 @@ final class LoopState {
                  options: HappyEyeballs.Options, deadline: Int64?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
         if isShutDown { throw .shutdown }
         guard let poller else { throw .shutdown }
+        if let reason = options.invalidReason { throw .invalidArgument(reason) }
+        if resolution == nil, addresses.isEmpty { throw .connect(ConnectError(.noAddress)) }
         let id = newID()
         let base = Token(rawValue: connectBit | id << 5)
         var options = options
         options.maximumAttempts = min(options.maximumAttempts, 31)
         if resolution == nil, addresses.count == 1 {
-            let (socketID, peer) = try await connect(to: addresses[0], id: id, base: base, poller: poller, deadline: deadline)
-            return (socketID, peer)
+            // The attempt driver alone, with the options' attempt timeout as for any list.
+            return try await connect(to: addresses[0], id: id, base: base, poller: poller, deadline: deadline,
+                                     attemptTimeout: options.attemptTimeout)
         }
         let connect: HappyEyeballs
         if let resolution {
@@ -511,6 +526,12 @@ final class LoopState {
             if case .failed(let error) = outcome {
                 close(entry, reason: error)   // cancels every attempt: deregistered, closed once
                 throw error
+            }
+            // Ended, but the loop shut down before this task ran again: the winner (if any) was closed
+            // with the entry.
+            guard entries[id] === entry, !isShutDown else {
+                close(entry, reason: .shutdown)
+                throw .shutdown
             }
             progress = entry.connectOutcome ?? .failed(ConnectError(.cancelled))
         }
@@ -531,19 +552,23 @@ final class LoopState {
         if isShutDown { throw .shutdown }
         guard let poller else { throw .shutdown }
         let id = newID()
-        let (socketID, socket) = try await connect(to: address, id: id, base: Token(rawValue: connectBit | id << 5), poller: poller, deadline: deadline)
+        let (socketID, socket) = try await connect(to: address, id: id, base: Token(rawValue: connectBit | id << 5), poller: poller,
+                                                   deadline: deadline, attemptTimeout: nil)
         return (socketID, socket.peer)
     }
 
     /// One address: the `ConnectAttempt` driver alone (the same state machine; no Happy Eyeballs
-    /// bookkeeping). The deadline is the wait's. On success the entry becomes the socket's (same id).
+    /// bookkeeping). The deadline is the wait's; `attemptTimeout` (a list's option) ends the attempt
+    /// itself with `ConnectError(.timedOut)`, as it does for an attempt of several. On success the entry
+    /// becomes the socket's (same id).
     nonisolated(nonsending) private func connect(to address: SocketAddress, id: UInt64, base: Token, poller: any Poller,
-                                                 deadline: Int64?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
-        let attempt = ConnectAttempt(to: address, poller: poller, token: Token(rawValue: base.rawValue | 1), timeout: nil)
+                                                 deadline: Int64?, attemptTimeout: Duration?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
+        let attempt = ConnectAttempt(to: address, poller: poller, token: Token(rawValue: base.rawValue | 1), timeout: attemptTimeout)
         let entry = Entry(id: id, resource: .attempt(attempt))
         entries[id] = entry
         var progress = attempt.start()
         if case .inProgress = progress {
+            entry.connectTimer = attempt.scheduleDeadline(on: timers)
             let outcome = await wait(entry, .write, deadline: deadline, interest: false)
             if case .failed(let error) = outcome {
                 close(entry, reason: error)   // cancels the attempt: deregistered, closed once
@@ -616,8 +641,40 @@ final class LoopState {
     }
 
     func withStream<T>(_ id: UInt64, _ body: (StreamSocket) throws(SocketError) -> T) throws(LoopError) -> T {
-        let (_, socket) = try stream(id)
+        let (entry, socket) = try stream(id)
+        defer { reconcile(entry, socket) }
         do { return try body(socket) } catch { throw .socket(error) }
+    }
+
+    /// After the escape hatch (`withStreamSocket`), which may have closed, released, deregistered or
+    /// re-registered the socket behind the loop's back: the loop's record of the registration is made
+    /// true again, so that no wait trusts a registration that is gone.
+    private func reconcile(_ entry: Entry, _ socket: StreamSocket) {
+        guard entries[entry.id] === entry else { return }
+        if socket.isClosed {
+            close(entry, reason: .closed)   // closed or released by the body: the loop forgets it
+            return
+        }
+        let intact: Bool
+        if entry.registered.isEmpty {
+            intact = socket.poller == nil
+        } else if let registration = socket.registration, socket.poller === poller {
+            intact = registration.token == entry.token && registration.interest == entry.registered && registration.trigger == .level
+        } else {
+            intact = false
+        }
+        guard !intact else { return }
+        try? socket.deregister()
+        entry.registered = []
+        var wanted: Interest = []
+        if entry.read.isWaiting || entry.read.lingering { wanted.insert(.readable) }
+        if entry.write.isWaiting || entry.write.lingering { wanted.insert(.writable) }
+        do {
+            try updateInterest(entry, wanted)
+        } catch {
+            resolve(entry, .read, .failed(.poller(error)))
+            resolve(entry, .write, .failed(.poller(error)))
+        }
     }
 }
 

@@ -118,7 +118,7 @@ public final class LibeventSeam: PollerSeam {
         self.wakerReg = wakerReg
         method = String(cString: rd_lev_method(made))
         usesEpoll = method == "epoll"
-        checkOpen = method == "poll"
+        checkOpen = method == "poll" || method == "select"
         stamps = Array(repeating: 0, count: Int(waker.fd) + 1)
         let features = rd_lev_features(made)
         earlyClose = features & CInt(RD_LEV_FEATURE_EARLY_CLOSE) != 0 ? 1 : 0
@@ -364,7 +364,8 @@ public final class LibeventSeam: PollerSeam {
     /// was already reported by this wait.
     private func deliver(_ fd: CInt, _ what: CInt, _ table: inout RegistrationTable, _ events: EventBuffer) {
         guard let registration = table[fd], registration.isActive else { return }
-        // libevent's poll method turns POLLNVAL into read|write: check that the file is still there.
+        // libevent's poll method turns POLLNVAL into read|write, and select(2) reports a descriptor
+        // closed during the call as ready: check that the file is still there.
         if checkOpen, !Sys.isOpen(fd) {
             markStale(fd, &table)
             return

@@ -19,6 +19,9 @@ public final class SelectPoller: SpecializedPoller {
 ///
 /// select fails the whole call with EBADF when one descriptor was closed while registered; the
 /// backend then finds the closed ones (fcntl), marks them stale, drops them from the sets and retries.
+/// A descriptor closed by another thread *during* the call is reported ready by the kernel (it polls a
+/// number it can no longer resolve as readable and writable): each reported descriptor is checked to
+/// be open (one fcntl per reported descriptor) and a closed one is marked stale instead.
 public final class SelectSeam: PollerSeam {
     /// What this select poller can do.
     public let capabilities: Capabilities
@@ -142,6 +145,13 @@ public final class SelectSeam: PollerSeam {
                 if watchesWrites, rd_fd_isset(fd, workWrite) != 0 { ready.insert(.writable); n -= 1 }
             }
             if !ready.isEmpty, let registration = table[fd], registration.isActive {
+                guard Sys.isOpen(fd) else {
+                    table.update(fd) { $0.stale = true }
+                    apply(fd, table[fd])
+                    index += 1
+                    if index == count { index = 0 }
+                    continue
+                }
                 if registration.trigger == .oneShot {
                     table.update(fd) { $0.armed = false }
                     apply(fd, table[fd])

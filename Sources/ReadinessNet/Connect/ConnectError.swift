@@ -29,6 +29,8 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case resourceExhausted
         /// The caller cancelled the attempt.
         case cancelled
+        /// There was no address to try: an empty address list.
+        case noAddress
         /// The poller failed (see ``ConnectError/pollerError``).
         case poller
         /// Any other errno.

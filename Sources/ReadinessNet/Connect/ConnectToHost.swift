@@ -10,6 +10,8 @@ public enum HostConnectError: Error, Sendable, CustomStringConvertible {
     case unresolved(ResolutionError)
     /// Every address failed (the error lists each attempt).
     case connect(ConnectError)
+    /// The options cannot be used (``HappyEyeballs/Options/invalidReason``); nothing was started.
+    case invalidOptions(String)
 
     /// A one-line text for logs.
     public var description: String {
@@ -17,16 +19,22 @@ public enum HostConnectError: Error, Sendable, CustomStringConvertible {
         case .invalid(let error): "\(error)"
         case .unresolved(let error): "\(error)"
         case .connect(let error): "\(error)"
+        case .invalidOptions(let reason): reason
         }
     }
 }
 
 extension Connector {
+    /// The most events one wait of ``connect(toHost:on:options:)`` takes (more attempts than this are
+    /// served over several waits).
+    static let eventCapacity = 64
+
     /// Resolves `HOST:PORT` off this thread (AAAA and A separately, RFC 8305 section 3) and connects in
     /// the Happy Eyeballs way, on a poller dedicated to the call. Inside your own loop, use
     /// ``Resolution`` and ``HappyEyeballs`` directly.
     public static func connect(toHost text: String, on poller: any Poller,
                                options: HappyEyeballs.Options = HappyEyeballs.Options()) throws(HostConnectError) -> ConnectedSocket {
+        if let reason = options.invalidReason { throw .invalidOptions(reason) }
         let resolution: Resolution
         do {
             resolution = try Resolution(text, waker: poller.waker)
@@ -37,7 +45,7 @@ extension Connector {
         let connect = HappyEyeballs(resolution: resolution, poller: poller, timers: timers, tokenBase: 0, options: options)
         let progress: HappyEyeballs.Progress
         do {
-            progress = try drive(connect, on: poller, timers: timers, capacity: options.maximumAttempts + 1)
+            progress = try drive(connect, on: poller, timers: timers, capacity: min(options.maximumAttempts, Self.eventCapacity) + 1)
         } catch {
             throw .connect(error)
         }

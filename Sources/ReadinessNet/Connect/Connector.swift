@@ -24,7 +24,7 @@ public enum Connector {
                                syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                                trace: Bool = false) throws(ConnectError) -> ConnectedSocket {
         let attempts = makeAttempts(to: addresses, on: poller, timeout: timeout, syscalls: syscalls, trace: trace)
-        guard !attempts.isEmpty else { throw ConnectError(.other, errno: EINVAL) }
+        guard !attempts.isEmpty else { throw ConnectError(.noAddress) }
         return try run(attempts, on: poller, attemptDelay: attemptDelay)
     }
 
@@ -59,7 +59,7 @@ public enum Connector {
         let connect = HappyEyeballs(attempts: attempts, poller: poller, timers: timers,
                                     timerToken: Token(rawValue: Token.waker.rawValue - 1), attemptDelay: attemptDelay)
         guard case .connected(let socket) = try drive(connect, on: poller, timers: timers, capacity: attempts.count + 1) else {
-            throw ConnectError(.other, errno: EINVAL)  // no address: only a resolution ends this way
+            throw ConnectError(.noAddress)  // no attempt: only a resolution ends otherwise
         }
         return socket
     }

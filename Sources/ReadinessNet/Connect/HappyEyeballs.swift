@@ -30,8 +30,15 @@ public final class HappyEyeballs {
         public var resolutionDelay: Duration = .milliseconds(50)
         /// Each attempt's timeout; nil for none.
         public var attemptTimeout: Duration? = .seconds(10)
-        /// The most addresses tried; further ones are ignored.
+        /// The most addresses tried; further ones are ignored. At least 1: ``EventLoop`` and
+        /// ``Connector`` refuse a smaller value with a typed error, and this type itself tries one
+        /// address then.
         public var maximumAttempts = 16
+
+        /// Why these options cannot be used, or nil when they can.
+        public var invalidReason: String? {
+            maximumAttempts < 1 ? "HappyEyeballs.Options.maximumAttempts must be at least 1" : nil
+        }
         /// The RFC's recommended values, a 10 s attempt timeout, at most 16 attempts.
         public init() {}
     }
@@ -85,6 +92,8 @@ public final class HappyEyeballs {
         didSet { if outcome != nil { resolution?.cancel() } }
     }
     private var tokensUsed = 0
+    /// ``Options/maximumAttempts``, at least 1.
+    private var attemptLimit: Int { max(1, options.maximumAttempts) }
 
     private enum Pending {
         case address(SocketAddress)
@@ -262,7 +271,7 @@ public final class HappyEyeballs {
     private func advance(now: Int64) -> Progress {
         while outcome == nil {
             let waitingForAAAA = resolutionDelayEnds.map { now < $0 } ?? false
-            let canStart = !waitingForAAAA && now >= nextStart && attempts.count < options.maximumAttempts
+            let canStart = !waitingForAAAA && now >= nextStart && attempts.count < attemptLimit
             guard canStart, let next = popNext() else { break }
             let attempt: ConnectAttempt
             switch next {
@@ -286,7 +295,7 @@ public final class HappyEyeballs {
         if let outcome { return outcome }
 
         let live = ended.contains(false)
-        let queued = (!primary.isEmpty || !secondary.isEmpty) && attempts.count < options.maximumAttempts
+        let queued = (!primary.isEmpty || !secondary.isEmpty) && attempts.count < attemptLimit
         if !live && !queued && !resolutionPending {
             outcome = finalFailure()
             if let stepTimer { timers.cancel(stepTimer) }
@@ -318,7 +327,8 @@ public final class HappyEyeballs {
 
     private func finalFailure() -> Progress {
         if errors.isEmpty {
-            return .unresolved(resolutionFailure ?? ResolutionError(host: resolution?.host ?? "", reason: "no address"))
+            guard let resolution else { return .failed(ConnectError(.noAddress)) }   // an empty list
+            return .unresolved(resolutionFailure ?? ResolutionError(host: resolution.host, reason: "no address"))
         }
         if errors.count == 1 { return .failed(errors[0]) }
         var error = errors.last!

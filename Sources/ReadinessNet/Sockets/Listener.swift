@@ -76,8 +76,8 @@ public final class Listener {
             throw error
         }
         self.fd = fd
-        backoff = options.backoff
-        currentDelay = options.backoff.initial
+        backoff = options.backoff.sanitized
+        currentDelay = backoff.initial
         unixPath = address.unixPath
     }
 
@@ -111,7 +111,7 @@ public final class Listener {
             let client = NetSys.accept(fd, &peer)
             if client >= 0 {
                 currentDelay = backoff.initial
-                return .accepted(StreamSocket(adopting: client), peer: peer)
+                return .accepted(StreamSocket(owning: client), peer: peer)
             }
             let code = errno
             switch code {
@@ -129,13 +129,22 @@ public final class Listener {
 
     /// Ends a back-off: registers the listener again so the loop hears of queued connections.
     /// Call it when the back-off timer fires, or as soon as the loop has freed a descriptor.
+    ///
+    /// If the registration fails, the listener stays backing off and a new back-off period starts (the
+    /// next ``accept()`` returns ``AcceptResult/backingOff(until:)`` with a later time): it is never left
+    /// unwatched, and a caller retrying at that time does not spin.
     public func resume() throws(PollerError) {
         guard isBackingOff else { return }
-        isBackingOff = false
         if let registration, !isRegistered {
-            try registration.poller.register(fd, token: registration.token, interest: .readable, trigger: .level)
+            do {
+                try registration.poller.register(fd, token: registration.token, interest: .readable, trigger: .level)
+            } catch {
+                nextBackoffPeriod()
+                throw error
+            }
             isRegistered = true
         }
+        isBackingOff = false
     }
 
     /// While backing off: when to try again (monotonic ns).
@@ -148,10 +157,15 @@ public final class Listener {
             try? registration.poller.deregister(fd)
             isRegistered = false
         }
+        nextBackoffPeriod()
+        return retryAt
+    }
+
+    /// Sets the time to try again and doubles the delay, up to the maximum.
+    private func nextBackoffPeriod() {
         retryAt = Deadline.after(currentDelay)
         let doubled = currentDelay * 2
         currentDelay = doubled > backoff.maximum ? backoff.maximum : doubled
-        return retryAt
     }
 
     private static func set(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt, _ what: String) throws(SocketError) {
@@ -203,6 +217,15 @@ public struct AcceptBackoff: Sendable, Hashable {
     public init(initial: Duration = .milliseconds(10), maximum: Duration = .seconds(1)) {
         self.initial = initial
         self.maximum = maximum
+    }
+
+    /// The shortest delay a listener uses: a back-off of zero or less would retry at once, a spin.
+    public static let minimumDelay: Duration = .milliseconds(1)
+
+    /// The delays a listener uses: `initial` at least ``minimumDelay``, `maximum` at least `initial`.
+    var sanitized: AcceptBackoff {
+        let first = initial < Self.minimumDelay ? Self.minimumDelay : initial
+        return AcceptBackoff(initial: first, maximum: maximum < first ? first : maximum)
     }
 }
 

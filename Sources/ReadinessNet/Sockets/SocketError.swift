@@ -26,6 +26,9 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case noSuchPath
         /// A Unix path is taken by something that is not a socket; it is never removed.
         case pathNotSocket
+        /// The caller's argument is out of range (an empty read buffer, an offset outside the array, a
+        /// descriptor that is negative or not a stream socket): refused before any system call.
+        case invalidArgument
         /// Any other errno.
         case other
     }

@@ -19,16 +19,47 @@ public final class StreamSocket {
     public private(set) var fd: CInt
     /// The poller it is registered with through ``register(on:token:interest:trigger:)``, if any.
     public private(set) var poller: (any Poller)?
+    /// What it is registered for on ``poller`` (nil when not registered): the token, interest and
+    /// trigger of the last ``register(on:token:interest:trigger:)`` or ``reregister(token:interest:trigger:)``.
+    public private(set) var registration: (token: Token, interest: Interest, trigger: Trigger)?
 
-    /// Takes ownership of a connected, non-blocking stream socket descriptor.
-    public init(adopting fd: CInt) {
-        precondition(fd >= 0, "StreamSocket needs an open descriptor")
+    /// Takes ownership of a stream socket descriptor, and makes it non-blocking.
+    ///
+    /// Refused with ``SocketError/Kind/invalidArgument`` when `fd` is negative or not a stream socket,
+    /// and with ``SocketError/Kind/closed`` when it is not open. **A descriptor whose adoption failed
+    /// stays the caller's, open** (as fdopen(3) leaves it): only a socket that was made owns it.
+    public init(adopting fd: CInt) throws(SocketError) {
+        try Self.checkAdoptable(fd)
         self.fd = fd
     }
 
     /// Takes ownership of a socket handed over by ``ConnectAttempt`` or ``Connector``.
     public convenience init(_ connected: ConnectedSocket) {
-        self.init(adopting: connected.fd)
+        self.init(owning: connected.fd)
+    }
+
+    /// A descriptor this package made (accept4, a connect attempt): non-blocking already, not checked.
+    init(owning fd: CInt) {
+        self.fd = fd
+    }
+
+    /// What ``init(adopting:)`` checks: an open stream socket, made non-blocking.
+    private static func checkAdoptable(_ fd: CInt) throws(SocketError) {
+        guard fd >= 0 else { throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd)") }
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0 else { throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_GETFL)") }
+        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_TYPE) {
+        case .success(let type) where type == CInt(SOCK_STREAM.rawValue):
+            break
+        case .success:
+            throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): not a stream socket")
+        case .failure(let error):
+            guard error.errno == ENOTSOCK else { throw error }
+            throw SocketError(.invalidArgument, errno: ENOTSOCK, operation: "adopt descriptor \(fd): not a socket")
+        }
+        if flags & O_NONBLOCK == 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 {
+            throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_SETFL, O_NONBLOCK)")
+        }
     }
 
     deinit { close() }
@@ -43,18 +74,21 @@ public final class StreamSocket {
                          trigger: Trigger = .level) throws(PollerError) {
         try poller.register(fd, token: token, interest: interest, trigger: trigger)
         self.poller = poller
+        registration = (token, interest, trigger)
     }
 
     /// Changes the registration made with ``register(on:token:interest:trigger:)``.
     public func reregister(token: Token, interest: Interest, trigger: Trigger = .level) throws(PollerError) {
         guard let poller else { throw .notRegistered(fd) }
         try poller.reregister(fd, token: token, interest: interest, trigger: trigger)
+        registration = (token, interest, trigger)
     }
 
     /// Stops watching the socket (it stays open).
     public func deregister() throws(PollerError) {
         guard let poller else { return }
         self.poller = nil
+        registration = nil
         try poller.deregister(fd)
     }
 
@@ -64,6 +98,7 @@ public final class StreamSocket {
         if let poller {
             try? poller.deregister(fd)
             self.poller = nil
+            registration = nil
         }
         Sys.close(fd)
         fd = -1
@@ -79,7 +114,8 @@ public final class StreamSocket {
 
     // MARK: Reading and writing
 
-    /// Reads up to `buffer.count` bytes.
+    /// Reads up to `buffer.count` bytes. An empty buffer is refused (``SocketError/Kind/invalidArgument``):
+    /// a read of 0 bytes would look like the end of the stream.
     @inlinable
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
         try readImpl(buffer)
@@ -99,11 +135,16 @@ public final class StreamSocket {
         try writeImpl(buffer)
     }
 
-    /// Writes as much of `bytes[offset..<end]` (end: the whole array) as the socket takes now.
+    /// Writes as much of `bytes[offset..<end]` (end: the whole array) as the socket takes now; a range
+    /// outside the array is refused (``SocketError/Kind/invalidArgument``).
     public func write(_ bytes: [UInt8], from offset: Int = 0, to end: Int? = nil) throws(SocketError) -> IOResult {
+        let end = end ?? bytes.count
+        guard offset >= 0, offset <= end, end <= bytes.count else {
+            throw SocketError(.invalidArgument, operation: "write(from: \(offset), to: \(end)) of \(bytes.count) bytes")
+        }
         let outcome = bytes.withUnsafeBytes { raw in
             Result { () throws(SocketError) -> IOResult in
-                try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset..<(end ?? raw.count)]))
+                try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset..<end]))
             }
         }
         return try outcome.get()
@@ -141,7 +182,8 @@ public final class StreamSocket {
 
     @usableFromInline
     func readImpl(_ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
-        try NetSys.result(NetSys.read(fd, buffer), operation: "read", isRead: true)
+        if buffer.isEmpty { throw SocketError(.invalidArgument, operation: "read into an empty buffer") }
+        return try NetSys.result(NetSys.read(fd, buffer), operation: "read", isRead: true)
     }
 
     @usableFromInline

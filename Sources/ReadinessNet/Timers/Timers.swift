@@ -35,9 +35,14 @@ public struct TimerID: Hashable, Sendable {
 ///
 /// Scheduling, cancelling and firing are O(log n) and allocate nothing once the arrays have grown to
 /// the most timers pending at once (slots are reused through a free list).
+///
+/// Timers due at the same deadline fire in the order they were scheduled (as libuv's and SwiftNIO's
+/// do): each carries a sequence number that breaks ties.
 public final class Timers {
     @usableFromInline struct Slot {
         var deadline: Int64
+        /// Scheduling order, for timers with the same deadline.
+        var sequence: UInt64
         var token: Token
         var generation: UInt32
         /// Position in `heap`, or -1 when the slot is free.
@@ -47,6 +52,7 @@ public final class Timers {
     @usableFromInline var slots: [Slot] = []
     @usableFromInline var heap: [Int32] = []
     @usableFromInline var freeHead: Int32 = -1
+    @usableFromInline var nextSequence: UInt64 = 0
 
     /// - Parameter capacity: timers to make room for at once.
     public init(capacity: Int = 64) {
@@ -75,15 +81,18 @@ public final class Timers {
     @discardableResult
     public func schedule(at deadline: Int64, token: Token) -> TimerID {
         let slot: Int32
+        let sequence = nextSequence
+        nextSequence &+= 1
         if freeHead >= 0 {
             slot = freeHead
             freeHead = slots[Int(slot)].nextFree
             slots[Int(slot)].deadline = deadline
+            slots[Int(slot)].sequence = sequence
             slots[Int(slot)].token = token
             slots[Int(slot)].generation &+= 1
         } else {
             slot = Int32(slots.count)
-            slots.append(Slot(deadline: deadline, token: token, generation: 0, heapIndex: -1, nextFree: -1))
+            slots.append(Slot(deadline: deadline, sequence: sequence, token: token, generation: 0, heapIndex: -1, nextFree: -1))
         }
         let index = heap.count
         heap.append(slot)
@@ -145,7 +154,8 @@ public final class Timers {
     }
 
     private func less(_ a: Int, _ b: Int) -> Bool {
-        slots[Int(heap[a])].deadline < slots[Int(heap[b])].deadline
+        let x = slots[Int(heap[a])], y = slots[Int(heap[b])]
+        return x.deadline < y.deadline || (x.deadline == y.deadline && x.sequence < y.sequence)
     }
 
     private func swapAt(_ a: Int, _ b: Int) {
