@@ -41,9 +41,13 @@ public final class EventLoopGroup: Sendable {
 
     /// The next loop, round robin.
     public func next() -> EventLoop {
-        // The counter wraps after Int.max calls: taken as unsigned, it never indexes below zero.
-        let turn = UInt(bitPattern: counter.wrappingAdd(1, ordering: .relaxed).oldValue)
-        return loops[Int(turn % UInt(loops.count))]
+        loops[Self.index(ofTurn: counter.wrappingAdd(1, ordering: .relaxed).oldValue, count: loops.count)]
+    }
+
+    /// The loop index of the counter's turn: the counter wraps after `Int.max` calls, and taken as
+    /// unsigned it never indexes below zero.
+    static func index(ofTurn turn: Int, count: Int) -> Int {
+        Int(UInt(bitPattern: turn) % UInt(count))
     }
 
     /// The loop whose thread this is, if any.

@@ -125,11 +125,14 @@ public final class EventBuffer: RandomAccessCollection {
     /// How many events the last wait put in.
     @inlinable public var count: Int { storedCount }
 
-    /// - Parameter capacity: the most events one wait returns (at least 1).
+    /// - Parameter capacity: the most events one wait returns, clamped to 1 ... ``maximumCapacity``.
     public init(capacity: Int = 256) {
-        self.capacity = Swift.max(1, capacity)
+        self.capacity = Swift.min(Swift.max(1, capacity), Self.maximumCapacity)
         storage = .allocate(capacity: self.capacity)
     }
+
+    /// The largest buffer (2^20 events, 16 MiB): a larger capacity asked for is clamped to it.
+    public static let maximumCapacity = 1 << 20
     deinit { storage.deallocate() }
 
     /// Always 0.

@@ -373,14 +373,16 @@ public final class IOUringSeam: PollerSeam {
         // IORING_SQ_TASKRUN for the rest: polls armed on descriptors already ready complete this way,
         // so a wait after many became ready would report only the first batches. While the flag says
         // more are ready and the buffer has room for them, run the next batch (a system call taken
-        // only then; the common path, with fewer ready, makes none).
-        var rounds = 0
-        while rounds < Self.maxWorkRounds, pending.count < events.capacity - events.count, rd_uring_work_pending(ring) != 0 {
-            rounds += 1
+        // only then; the common path, with fewer ready, makes none), until the buffer is full (the
+        // contract: a wait fills it) or batches stop yielding completions.
+        var idleRounds = 0
+        while idleRounds < Self.maxIdleWorkRounds, pending.count < events.capacity - events.count, rd_uring_work_pending(ring) != 0 {
             // A failure here ends the extra batches, not the wait: what is left stays in the kernel
             // for the next wait, and what was read is reported now.
             let ran = rd_uring_run_work(ring)
-            drained += drainCompletions(&table, events)
+            let more = drainCompletions(&table, events)
+            drained += more
+            idleRounds = more == 0 ? idleRounds + 1 : 0
             if ran < 0, ran != -EINTR { break }
         }
         if !pending.isEmpty { deliverPending(&table, events) }
@@ -388,8 +390,9 @@ public final class IOUringSeam: PollerSeam {
         return .events(events.count)
     }
 
-    /// Bounds the extra batches of deferred completions one wait runs (each is a system call).
-    private static let maxWorkRounds = 64
+    /// Extra batches of deferred completions in a row that completed nothing before a wait stops
+    /// running them (each is a system call); a batch that completes something never ends the wait.
+    private static let maxIdleWorkRounds = 2
 
     /// Reads every completion in the completion queue. Returns how many there were.
     private func drainCompletions(_ table: inout RegistrationTable, _ events: EventBuffer) -> UInt32 {

@@ -83,7 +83,8 @@ public final class LibeventSeam: PollerSeam {
     private static let epollFirstBatch = 32
     private static let epollLargestBatch = 4096
     private var epollBatch = LibeventSeam.epollFirstBatch
-    /// The most loop passes one wait makes to fill the caller's buffer.
+    /// The loop passes one wait makes to fill the caller's buffer, plus one per largest batch the
+    /// buffer holds (each pass that finds no new event ends the wait).
     private static let maxPasses = 8
 
     /// libevent's version, e.g. "2.1.12-stable".
@@ -297,7 +298,11 @@ public final class LibeventSeam: PollerSeam {
             // report every ready descriptor in one pass: another would scan them all again for nothing.
             guard usesEpoll, fired >= epollBatch - 1 else { break }
             if fired >= epollBatch { epollBatch = min(epollBatch * 2, Self.epollLargestBatch) }
-            guard !events.isFull, events.count > before, passes < Self.maxPasses else { break }
+            // Passes grow to libevent's largest array; the cap only bounds a wait whose passes keep
+            // finding new events (each pass that finds none ends the wait), so it allows enough
+            // largest passes to fill the caller's buffer.
+            guard !events.isFull, events.count > before,
+                  passes < Self.maxPasses + events.capacity / Self.epollLargestBatch else { break }
         }
         return .events(events.count)
     }

@@ -6,10 +6,13 @@ public enum Deadline {
         MonotonicClock.deadline(after: duration.clampedNanoseconds, from: now)
     }
 
-    /// The wait timeout that ends at `deadline`: zero when it has passed, otherwise the time left.
+    /// The wait timeout that ends at `deadline`: zero when it has passed, otherwise the time left
+    /// (saturating at `Int64.max` nanoseconds, whatever `deadline` and `now` are).
     @inlinable
     public static func timeout(until deadline: Int64, now: Int64 = MonotonicClock.nowNanoseconds) -> Duration {
-        deadline <= now ? .zero : .nanoseconds(deadline &- now)
+        if deadline <= now { return .zero }
+        let (left, overflow) = deadline.subtractingReportingOverflow(now)
+        return .nanoseconds(overflow ? .max : left)
     }
 }
 
@@ -69,11 +72,13 @@ public final class Timers {
     public var nearestDeadline: Int64? { heap.first.map { slots[Int($0)].deadline } }
 
     /// The wait timeout until the nearest deadline: nil (block) when no timer is pending, zero when one
-    /// is due. `limit` caps it (for a loop that must also look at something else now and then).
+    /// is due. `limit` caps it (for a loop that must also look at something else now and then); a
+    /// negative limit counts as zero.
     public func timeout(now: Int64 = MonotonicClock.nowNanoseconds, limit: Duration? = nil) -> Duration? {
-        guard let nearest = nearestDeadline else { return limit }
+        let cap = limit.map { $0 < .zero ? .zero : $0 }
+        guard let nearest = nearestDeadline else { return cap }
         let timeout = Deadline.timeout(until: nearest, now: now)
-        if let limit, limit < timeout { return limit }
+        if let cap, cap < timeout { return cap }
         return timeout
     }
 
