@@ -6,7 +6,7 @@ import Glibc
 public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The name that was looked up.
     public var host: String
-    /// getaddrinfo's text (gai_strerror), or "no address".
+    /// getaddrinfo's text (gai_strerror), "no address", or why the name was refused without a lookup.
     public var reason: String
     /// An error for `host`, with the resolver's text.
     public init(host: String, reason: String) {
@@ -23,12 +23,18 @@ public protocol HostResolver: Sendable {
     func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError>
 }
 
-/// getaddrinfo(3), one family per call (AF_INET6 for AAAA, AF_INET for A), SOCK_STREAM.
+/// getaddrinfo(3), one family per call (AF_INET6 for AAAA, AF_INET for A), SOCK_STREAM; `localhost`,
+/// `localhost.` and `*.localhost` are answered here (RFC 6761 section 6.3).
 public struct SystemResolver: HostResolver {
     /// The system resolver.
     public init() {}
-    /// getaddrinfo for one family, SOCK_STREAM, duplicates removed.
+    /// getaddrinfo for one family, SOCK_STREAM, duplicates removed. A name containing a NUL byte fails
+    /// (C would see only the part before it). `localhost`, `localhost.` and any `*.localhost` name (ASCII
+    /// case-insensitive) never reach getaddrinfo, so never a name server: `[::1]:port` for `.ipv6`,
+    /// `127.0.0.1:port` for `.ipv4`.
     public func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+        guard !host.utf8.contains(0) else { return .failure(ResolutionError(host: host, reason: SocketAddress.nulInName)) }
+        if SocketAddress.isLocalhostName(host) { return .success([SocketAddress.loopback(family, port: port)]) }
         var hints = addrinfo()
         hints.ai_family = family == .ipv6 ? AF_INET6 : AF_INET
         hints.ai_socktype = CInt(SOCK_STREAM.rawValue)
@@ -55,7 +61,9 @@ public struct SystemResolver: HostResolver {
 /// two background threads, and each answer wakes the loop's poller (``/ReadinessCore/Waker``). The loop collects
 /// answers with ``takeAnswers()`` when it sees the wake-up event; nothing blocks the loop.
 ///
-/// A numeric address or a `unix:` path is answered at once, without threads.
+/// A numeric address or a `unix:` path is answered at once, without threads; so is a host that is not a
+/// valid name (empty, with a NUL byte, a `:`, whitespace or a control character, longer than 253 bytes,
+/// or ending in a number without being `A.B.C.D`): a failure saying why.
 ///
 /// ``cancel()`` (``HappyEyeballs`` calls it when it ends) drops answers still to come, and from then on
 /// no lookup thread touches the waker: a caller may close the poller at once. A lookup itself cannot be
@@ -83,8 +91,10 @@ public final class Resolution: @unchecked Sendable {
     private var state: State
     private let lock = PThreadMutex()
 
-    /// Starts resolving `host` (a name, a numeric IPv4 or IPv6 address) for `port`; `waker` is woken
-    /// once per answer.
+    /// Starts resolving `host` (a name, or a numeric IPv4 or IPv6 address, which is answered at once and
+    /// never looked up) for `port`; `waker` is woken once per answer from a lookup thread. A host that is
+    /// not a valid name is answered at once with a failure, without a lookup (a NUL byte: "the name
+    /// contains a NUL byte").
     public init(host: String, port: UInt16, waker: Waker, resolver: any HostResolver = SystemResolver()) {
         self.host = host
         self.port = port
@@ -92,16 +102,20 @@ public final class Resolution: @unchecked Sendable {
             state = State(answers: [Answer(family: numeric.family, result: .success([numeric]))])
             return
         }
+        if let problem = SocketAddress.nameProblem(host) {
+            state = State(answers: [Answer(family: .ipv6, result: .failure(ResolutionError(host: host, reason: problem)))])
+            return
+        }
         state = State(outstanding: 2)
         for family in [SocketAddress.Family.ipv6, .ipv4] {
-            let job = Job(resolution: self, family: family, waker: waker, resolver: resolver)
-            Job.spawn(job)
+            Job.spawn(Job(resolution: self, family: family, waker: waker, resolver: resolver))
         }
     }
 
-    /// Answers for `HOST:PORT`, `[IPv6]:PORT` or `unix:PATH`.
+    /// Answers for `HOST:PORT`, `[IPv6]:PORT` or `unix:PATH`, parsed as ``SocketAddress/splitHostPort(_:)``
+    /// and ``SocketAddress/init(_:)`` parse them.
     public convenience init(_ text: String, waker: Waker, resolver: any HostResolver = SystemResolver()) throws(SocketAddress.ParseError) {
-        if text.hasPrefix("unix:") {
+        if SocketAddress.unixPathText(text) != nil {
             let address = try SocketAddress(text)
             self.init(immediate: address, host: text)
             return
@@ -184,29 +198,6 @@ public final class Resolution: @unchecked Sendable {
                 job.run()
             }
         }
-    }
-}
-
-extension SocketAddress {
-    /// Splits `HOST:PORT` or `[IPv6]:PORT` (an empty host is 127.0.0.1).
-    public static func splitHostPort(_ text: String) throws(ParseError) -> (host: String, port: UInt16) {
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-                throw ParseError(text: text, reason: "expected [IPv6]:PORT")
-            }
-            let host = text[text.index(after: text.startIndex)..<close]
-            guard let port = UInt16(text[text.index(close, offsetBy: 2)...]) else {
-                throw ParseError(text: text, reason: "the port must be 0 to 65535")
-            }
-            return (String(host), port)
-        }
-        guard let colon = text.lastIndex(of: ":") else { throw ParseError(text: text, reason: "expected HOST:PORT") }
-        let host = text[..<colon]
-        if host.contains(":") { throw ParseError(text: text, reason: "put an IPv6 address in brackets: [::1]:PORT") }
-        guard let port = UInt16(text[text.index(after: colon)...]) else {
-            throw ParseError(text: text, reason: "the port must be 0 to 65535")
-        }
-        return (host.isEmpty ? "127.0.0.1" : String(host), port)
     }
 }
 

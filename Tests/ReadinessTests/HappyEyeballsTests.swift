@@ -182,7 +182,7 @@ struct HappyEyeballsTests {
         #expect(error.host == "nowhere.test")
     }
 
-    @Test("the system resolver: localhost through getaddrinfo, off the loop thread", arguments: backends)
+    @Test("the system resolver: localhost answered on this machine (RFC 6761), off the loop thread", arguments: backends)
     func localhost(backend: Backend) throws {
         let poller = try backend.makePoller()
         defer { try? poller.close() }
@@ -190,6 +190,9 @@ struct HappyEyeballsTests {
         let socket = try Connector.connect(toHost: "localhost:\(listener.address.port!)", on: poller)
         #expect(socket.peer == listener.address)
         close(socket.fd)
-        #expect(throws: HostConnectError.self) { _ = try Connector.connect(toHost: "no-such-host.invalid:80", on: poller) }
+        // Refused by the parser before any lookup (no name server is asked in the tests).
+        do { _ = try Connector.connect(toHost: ":80", on: poller); Issue.record("an empty host was accepted") } catch {
+            if case .invalid = error {} else { Issue.record("\(error)") }
+        }
     }
 }
