@@ -17,7 +17,7 @@ public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertibl
     public var description: String { "cannot resolve \(host): \(reason)" }
 }
 
-/// Looks up one address family of a name. Called on a background thread; may block.
+/// Looks up one address family of a name. Called on a lookup-pool thread; may block.
 public protocol HostResolver: Sendable {
     /// The addresses of `host` in one family (`.ipv6`: AAAA, `.ipv4`: A), with `port`.
     func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError>
@@ -57,17 +57,25 @@ public struct SystemResolver: HostResolver {
     }
 }
 
-/// A name lookup running off the loop thread: the AAAA (IPv6) and A (IPv4) queries run separately on
-/// two background threads, and each answer wakes the loop's poller (``/ReadinessCore/Waker``). The loop collects
-/// answers with ``takeAnswers()`` when it sees the wake-up event; nothing blocks the loop.
+/// A name lookup running off the loop thread: the AAAA (IPv6) and A (IPv4) queries run separately, as
+/// two jobs of the process-wide lookup pool, and each answer wakes the loop's poller
+/// (``/ReadinessCore/Waker``). The loop collects answers with ``takeAnswers()`` when it sees the wake-up
+/// event; nothing blocks the loop.
 ///
-/// A numeric address or a `unix:` path is answered at once, without threads; so is a host that is not a
+/// The pool has at most ``maximumLookupThreads`` threads in the whole process, started when a job finds
+/// none idle; they then stay, idle on a condition variable, for the life of the process. Jobs wait
+/// their turn in one FIFO queue, so thousands of resolutions never mean thousands of threads (or of
+/// resolver sockets). A lookup that hangs holds its thread until the system resolver gives up
+/// (resolv.conf timeouts) and delays the jobs queued behind it.
+///
+/// A numeric address or a `unix:` path is answered at once, without a job; so is a host that is not a
 /// valid name (empty, with a NUL byte, a `:`, whitespace or a control character, longer than 253 bytes,
 /// or ending in a number without being `A.B.C.D`): a failure saying why.
 ///
-/// ``cancel()`` (``HappyEyeballs`` calls it when it ends) drops answers still to come, and from then on
-/// no lookup thread touches the waker: a caller may close the poller at once. A lookup itself cannot be
-/// interrupted (getaddrinfo has no cancel); its thread ends when the lookup does.
+/// ``cancel()`` (``HappyEyeballs`` calls it when it ends) drops the answers still to come: a job of this
+/// resolution still queued is dropped without calling the resolver; one already running cannot be
+/// interrupted (getaddrinfo has no cancel), and its answer is discarded when it ends. Once ``cancel()``
+/// returns no pool thread touches the waker: a caller may close the poller at once.
 public final class Resolution: @unchecked Sendable {
     /// One family's answer.
     public struct Answer: Sendable {
@@ -76,6 +84,9 @@ public final class Resolution: @unchecked Sendable {
         /// Its addresses, or why there are none.
         public let result: Result<[SocketAddress], ResolutionError>
     }
+
+    /// The most lookups running at once in this process: the number of lookup-pool threads.
+    public static let maximumLookupThreads = 4
 
     /// The name being resolved.
     public let host: String
@@ -86,13 +97,13 @@ public final class Resolution: @unchecked Sendable {
         var outstanding = 0
         var cancelled = false
     }
-    /// Guarded by `lock` (a pthread mutex: visible to ThreadSanitizer, and held while a lookup thread
+    /// Guarded by `lock` (a pthread mutex: visible to ThreadSanitizer, and held while a pool thread
     /// wakes the poller, so that ``cancel()`` returning means no thread will touch the waker again).
     private var state: State
     private let lock = PThreadMutex()
 
     /// Starts resolving `host` (a name, or a numeric IPv4 or IPv6 address, which is answered at once and
-    /// never looked up) for `port`; `waker` is woken once per answer from a lookup thread. A host that is
+    /// never looked up) for `port`; `waker` is woken once per answer coming from the pool. A host that is
     /// not a valid name is answered at once with a failure, without a lookup (a NUL byte: "the name
     /// contains a NUL byte").
     public init(host: String, port: UInt16, waker: Waker, resolver: any HostResolver = SystemResolver()) {
@@ -108,7 +119,7 @@ public final class Resolution: @unchecked Sendable {
         }
         state = State(outstanding: 2)
         for family in [SocketAddress.Family.ipv6, .ipv4] {
-            Job.spawn(Job(resolution: self, family: family, waker: waker, resolver: resolver))
+            LookupPool.shared.submit(Job(resolution: self, family: family, waker: waker, resolver: resolver))
         }
     }
 
@@ -145,7 +156,8 @@ public final class Resolution: @unchecked Sendable {
         lock.withLock { (state.outstanding == 0 || state.cancelled) && state.answers.isEmpty }
     }
 
-    /// Drops the answers still to come; no lookup thread wakes the poller after this returns.
+    /// Drops the answers still to come: queued lookups of this resolution never run, a running one's
+    /// answer is discarded, and no pool thread wakes the poller after this returns.
     public func cancel() {
         lock.withLock {
             state.cancelled = true
@@ -153,7 +165,16 @@ public final class Resolution: @unchecked Sendable {
         }
     }
 
-    /// Called on a lookup thread: stores the answer and wakes the loop, unless cancelled.
+    /// Called on a pool thread before the lookup: false (the job is over) once cancelled.
+    fileprivate func beginLookup() -> Bool {
+        lock.withLock {
+            guard state.cancelled else { return true }
+            state.outstanding -= 1
+            return false
+        }
+    }
+
+    /// Called on a pool thread: stores the answer and wakes the loop, unless cancelled.
     fileprivate func deliver(_ answer: Answer, waker: Waker) {
         lock.withLock {
             state.outstanding -= 1
@@ -164,39 +185,96 @@ public final class Resolution: @unchecked Sendable {
         }
     }
 
-    /// One family's query on its own detached thread.
-    private final class Job: Sendable {
+    /// One family's query, queued in the lookup pool.
+    fileprivate struct Job: Sendable {
         let resolution: Resolution
         let family: SocketAddress.Family
         let waker: Waker
         let resolver: any HostResolver
-        init(resolution: Resolution, family: SocketAddress.Family, waker: Waker, resolver: any HostResolver) {
-            self.resolution = resolution
-            self.family = family
-            self.waker = waker
-            self.resolver = resolver
-        }
 
         func run() {
+            guard resolution.beginLookup() else { return }
             let result = resolver.lookup(host: resolution.host, port: resolution.port, family: family)
             resolution.deliver(Answer(family: family, result: result), waker: waker)
         }
+    }
+}
 
-        static func spawn(_ job: Job) {
-            let context = Unmanaged.passRetained(job).toOpaque()
-            var thread = pthread_t()
-            let status = pthread_create(&thread, nil, { raw in
-                let job = Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue()
-                job.run()
-                return nil
-            }, context)
-            if status == 0 {
-                pthread_detach(thread)
-            } else {
-                // No thread: answer on this one rather than never.
-                Unmanaged<Job>.fromOpaque(context).release()
-                job.run()
+/// The process-wide lookup pool: one FIFO queue of jobs and at most ``Resolution/maximumLookupThreads``
+/// detached threads, each started when a job finds no idle one, then kept (idle on a condition
+/// variable) for the life of the process. A pthread mutex and condition variable: ThreadSanitizer sees them.
+private final class LookupPool: @unchecked Sendable {
+    static let shared = LookupPool()
+    /// The queue is compacted once this many taken slots sit at its front (and they are half of it).
+    private static let compactionThreshold = 64
+
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let jobQueued = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Guarded by `mutex`: the jobs (slots before `head` are taken), the threads, the idle ones.
+    private var queue: [Resolution.Job?] = []
+    private var head = 0
+    private var threads = 0
+    private var idle = 0
+
+    private init() {
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        jobQueued.initialize(to: pthread_cond_t())
+        pthread_cond_init(jobQueued, nil)
+    }
+
+    /// Queues `job`, and starts a thread if no idle one is left for it and the limit allows. If no
+    /// thread can be started and there is none at all, runs the job on this thread rather than never.
+    func submit(_ job: Resolution.Job) {
+        pthread_mutex_lock(mutex)
+        queue.append(job)
+        var runHere = false
+        if queue.count - head > idle, threads < Resolution.maximumLookupThreads {
+            if startThread() {
+                threads += 1
+            } else if threads == 0 {
+                queue.removeLast()
+                runHere = true
             }
+        }
+        pthread_cond_signal(jobQueued)
+        pthread_mutex_unlock(mutex)
+        if runHere { job.run() }
+    }
+
+    private func startThread() -> Bool {
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { _ in
+            LookupPool.shared.work()
+            return nil
+        }, nil)
+        guard status == 0 else { return false }
+        pthread_detach(thread)
+        return true
+    }
+
+    /// A pool thread: takes the jobs in order, for ever.
+    private func work() {
+        pthread_mutex_lock(mutex)
+        while true {
+            while head == queue.count {
+                idle += 1
+                pthread_cond_wait(jobQueued, mutex)
+                idle -= 1
+            }
+            let job = queue[head]
+            queue[head] = nil
+            head += 1
+            if head == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head >= Self.compactionThreshold, head * 2 >= queue.count {
+                queue.removeFirst(head)
+                head = 0
+            }
+            pthread_mutex_unlock(mutex)
+            job?.run()
+            pthread_mutex_lock(mutex)
         }
     }
 }

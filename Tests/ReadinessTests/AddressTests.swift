@@ -14,6 +14,28 @@ final class RecordingResolver: HostResolver {
     }
 }
 
+/// Blocks every lookup until released, counting the lookups running at once and the calls per name.
+final class GatedResolver: HostResolver {
+    struct Counts {
+        var running = 0
+        var maximum = 0
+        var calls: [String: Int] = [:]
+        var released = false
+    }
+    let counts = Mutex(Counts())
+    func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+        counts.withLock {
+            $0.running += 1
+            $0.maximum = max($0.maximum, $0.running)
+            $0.calls[host, default: 0] += 1
+        }
+        while !counts.withLock({ $0.released }) { usleep(1_000) }
+        counts.withLock { $0.running -= 1 }
+        return .failure(ResolutionError(host: host, reason: "answered"))
+    }
+    func release() { counts.withLock { $0.released = true } }
+}
+
 /// Polls `condition` every millisecond until it holds or `timeout` passes.
 func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
     let end = ContinuousClock.now + timeout
@@ -208,6 +230,44 @@ struct AddressTests {
         for host in ["localhost", "LOCALHOST.", "a.localhost", "b.a.Localhost."] { #expect(SocketAddress.isLocalhostName(host), "\(host)") }
         for host in ["localhost.example", "notlocalhost", "localhostx", "localhost..", "example.com", ""] {
             #expect(!SocketAddress.isLocalhostName(host), "\(host)")
+        }
+    }
+
+    @Test("name lookups share a bounded pool: never more at once than the bound; queued lookups of a cancelled resolution never run")
+    func boundedPool() throws {
+        let bound = Resolution.maximumLookupThreads
+        let waker = try Waker()
+        defer { waker.close() }
+        let resolver = GatedResolver()
+        defer { resolver.release() }
+        let resolutions = (0..<50).map { Resolution(host: "host\($0).test", port: 80, waker: waker, resolver: resolver) }
+        #expect(eventually { resolver.counts.withLock { $0.running } >= bound })
+        usleep(50_000)   // room for more to start, if anything were unbounded
+        #expect(resolver.counts.withLock { $0.maximum } <= bound)
+        // Cancel the first two (running now, FIFO) and the last 38 (still queued).
+        let cancelled = [0, 1] + Array(12..<50)
+        let live = 2..<12
+        for index in cancelled { resolutions[index].cancel() }
+        resolver.release()
+        var answers = [Int: Int]()
+        #expect(eventually {
+            for index in live { answers[index, default: 0] += resolutions[index].takeAnswers().count }
+            return live.allSatisfy { answers[$0] == 2 && resolutions[$0].isComplete }
+        })
+        // Every job queued before this one has been taken by a worker once it answers (FIFO).
+        let sentinel = Resolution(host: "sentinel.test", port: 80, waker: waker, resolver: resolver)
+        var sentinelAnswers = 0
+        #expect(eventually {
+            sentinelAnswers += sentinel.takeAnswers().count
+            return sentinelAnswers == 2
+        })
+        let counts = resolver.counts.withLock { $0 }
+        #expect(counts.maximum <= bound)
+        for index in 12..<50 { #expect(counts.calls["host\(index).test"] == nil, "host\(index).test was looked up after cancel") }
+        for index in live { #expect(counts.calls["host\(index).test"] == 2) }
+        for index in cancelled {
+            #expect(resolutions[index].takeAnswers().isEmpty)
+            #expect(resolutions[index].isComplete)
         }
     }
 }
