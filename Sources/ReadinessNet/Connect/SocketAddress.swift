@@ -88,7 +88,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// 1 to 107 bytes, no NUL byte. Shown as `unix:@name`; its ``unixPath`` is nil.
     public init(abstractUnixName name: String) throws(ParseError) {
         let bytes = Array(name.utf8)
-        guard !bytes.contains(0) else { throw ParseError(text: name, reason: "an abstract name contains no NUL byte") }
+        guard !bytes.contains(0) else { throw ParseError(text: name, reason: Self.nulInName) }
         guard !bytes.isEmpty, bytes.count < Self.sunPathCapacity else {
             throw ParseError(text: name, reason: "an abstract name must have 1 to \(Self.sunPathCapacity - 1) bytes")
         }
@@ -205,7 +205,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     private static let unixScheme = "unix:"
     /// The loopback IPv4 address, 127.0.0.1, in host byte order.
     private static let ipv4Loopback: UInt32 = 0x7F00_0001
-    /// Why `failure` of a name: it contains a NUL byte (C would see only the part before it).
+    /// The reason given for a name with a NUL byte (C would see only the part before it).
     static let nulInName = "the name contains a NUL byte"
 
     /// The path of a `unix:PATH` text, nil for any other text (byte-wise: no grapheme merging).
