@@ -1,12 +1,20 @@
 import Glibc
 import Readiness
 @testable import ReadinessNet
-import Synchronization
 import Testing
+
+/// A value behind a pthread mutex (ThreadSanitizer understands it; Synchronization's Mutex, a bare
+/// futex on Linux, it does not).
+final class Locked<Value>: @unchecked Sendable {
+    private let mutex = PThreadMutex()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&value) } }
+}
 
 /// Records every lookup and answers at once with the loopback address of the family asked for.
 final class RecordingResolver: HostResolver {
-    let calls = Mutex<[String]>([])
+    let calls = Locked<[String]>([])
     func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
         calls.withLock { $0.append(host) }
         let address = try? SocketAddress(ip: family == .ipv6 ? "::1" : "127.0.0.1", port: port)
@@ -22,7 +30,7 @@ final class GatedResolver: HostResolver {
         var calls: [String: Int] = [:]
         var released = false
     }
-    let counts = Mutex(Counts())
+    let counts = Locked(Counts())
     func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
         counts.withLock {
             $0.running += 1
