@@ -35,7 +35,9 @@ public struct HTTPLoadArguments: Sendable {
         let authority = rest.prefix { $0 != "/" }
         path = rest.count > authority.count ? String(rest.dropFirst(authority.count)) : "/"
         do {
-            (host, port) = try SocketAddress.splitHostPort(authority.contains(":") ? String(authority) : "\(authority):80")
+            // No port: "name", "1.2.3.4" or "[::1]" (whose last ':' is inside the brackets).
+            let hasPort = authority.split(separator: "]", omittingEmptySubsequences: false).last?.contains(":") ?? false
+            (host, port) = try SocketAddress.splitHostPort(hasPort ? String(authority) : "\(authority):80")
         } catch {
             throw UsageError("\(error)")
         }

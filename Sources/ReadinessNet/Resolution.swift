@@ -6,7 +6,7 @@ import Glibc
 public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The name that was looked up.
     public var host: String
-    /// getaddrinfo's text (gai_strerror), or "no address".
+    /// getaddrinfo's text (gai_strerror), "no address", or why the name was refused without a lookup.
     public var reason: String
     /// An error for `host`, with the resolver's text.
     public init(host: String, reason: String) {
@@ -17,18 +17,24 @@ public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertibl
     public var description: String { "cannot resolve \(host): \(reason)" }
 }
 
-/// Looks up one address family of a name. Called on a background thread; may block.
+/// Looks up one address family of a name. Called on a lookup-pool thread; may block.
 public protocol HostResolver: Sendable {
     /// The addresses of `host` in one family (`.ipv6`: AAAA, `.ipv4`: A), with `port`.
     func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError>
 }
 
-/// getaddrinfo(3), one family per call (AF_INET6 for AAAA, AF_INET for A), SOCK_STREAM.
+/// getaddrinfo(3), one family per call (AF_INET6 for AAAA, AF_INET for A), SOCK_STREAM; `localhost`,
+/// `localhost.` and `*.localhost` are answered here (RFC 6761 section 6.3).
 public struct SystemResolver: HostResolver {
     /// The system resolver.
     public init() {}
-    /// getaddrinfo for one family, SOCK_STREAM, duplicates removed.
+    /// getaddrinfo for one family, SOCK_STREAM, duplicates removed. A name containing a NUL byte fails
+    /// (C would see only the part before it). `localhost`, `localhost.` and any `*.localhost` name (ASCII
+    /// case-insensitive) never reach getaddrinfo, so never a name server: `[::1]:port` for `.ipv6`,
+    /// `127.0.0.1:port` for `.ipv4`.
     public func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+        guard !host.utf8.contains(0) else { return .failure(ResolutionError(host: host, reason: SocketAddress.nulInName)) }
+        if SocketAddress.isLocalhostName(host) { return .success([SocketAddress.loopback(family, port: port)]) }
         var hints = addrinfo()
         hints.ai_family = family == .ipv6 ? AF_INET6 : AF_INET
         hints.ai_socktype = CInt(SOCK_STREAM.rawValue)
@@ -51,15 +57,25 @@ public struct SystemResolver: HostResolver {
     }
 }
 
-/// A name lookup running off the loop thread: the AAAA (IPv6) and A (IPv4) queries run separately on
-/// two background threads, and each answer wakes the loop's poller (``/ReadinessCore/Waker``). The loop collects
-/// answers with ``takeAnswers()`` when it sees the wake-up event; nothing blocks the loop.
+/// A name lookup running off the loop thread: the AAAA (IPv6) and A (IPv4) queries run separately, as
+/// two jobs of the process-wide lookup pool, and each answer wakes the loop's poller
+/// (``/ReadinessCore/Waker``). The loop collects answers with ``takeAnswers()`` when it sees the wake-up
+/// event; nothing blocks the loop.
 ///
-/// A numeric address or a `unix:` path is answered at once, without threads.
+/// The pool has at most ``maximumLookupThreads`` threads in the whole process, started when a job finds
+/// none idle; they then stay, idle on a condition variable, for the life of the process. Jobs wait
+/// their turn in one FIFO queue, so thousands of resolutions never mean thousands of threads (or of
+/// resolver sockets). A lookup that hangs holds its thread until the system resolver gives up
+/// (resolv.conf timeouts) and delays the jobs queued behind it.
 ///
-/// ``cancel()`` (``HappyEyeballs`` calls it when it ends) drops answers still to come, and from then on
-/// no lookup thread touches the waker: a caller may close the poller at once. A lookup itself cannot be
-/// interrupted (getaddrinfo has no cancel); its thread ends when the lookup does.
+/// A numeric address or a `unix:` path is answered at once, without a job; so is a host that is not a
+/// valid name (empty, with a NUL byte, a `:`, whitespace or a control character, longer than 253 bytes,
+/// or ending in a number without being `A.B.C.D`): a failure saying why.
+///
+/// ``cancel()`` (``HappyEyeballs`` calls it when it ends) drops the answers still to come: a job of this
+/// resolution still queued is dropped without calling the resolver; one already running cannot be
+/// interrupted (getaddrinfo has no cancel), and its answer is discarded when it ends. Once ``cancel()``
+/// returns no pool thread touches the waker: a caller may close the poller at once.
 public final class Resolution: @unchecked Sendable {
     /// One family's answer.
     public struct Answer: Sendable {
@@ -68,6 +84,9 @@ public final class Resolution: @unchecked Sendable {
         /// Its addresses, or why there are none.
         public let result: Result<[SocketAddress], ResolutionError>
     }
+
+    /// The most lookups running at once in this process: the number of lookup-pool threads.
+    public static let maximumLookupThreads = 4
 
     /// The name being resolved.
     public let host: String
@@ -78,13 +97,15 @@ public final class Resolution: @unchecked Sendable {
         var outstanding = 0
         var cancelled = false
     }
-    /// Guarded by `lock` (a pthread mutex: visible to ThreadSanitizer, and held while a lookup thread
+    /// Guarded by `lock` (a pthread mutex: visible to ThreadSanitizer, and held while a pool thread
     /// wakes the poller, so that ``cancel()`` returning means no thread will touch the waker again).
     private var state: State
     private let lock = PThreadMutex()
 
-    /// Starts resolving `host` (a name, a numeric IPv4 or IPv6 address) for `port`; `waker` is woken
-    /// once per answer.
+    /// Starts resolving `host` (a name, or a numeric IPv4 or IPv6 address, which is answered at once and
+    /// never looked up) for `port`; `waker` is woken once per answer coming from the pool. A host that is
+    /// not a valid name is answered at once with a failure, without a lookup (a NUL byte: "the name
+    /// contains a NUL byte").
     public init(host: String, port: UInt16, waker: Waker, resolver: any HostResolver = SystemResolver()) {
         self.host = host
         self.port = port
@@ -92,16 +113,20 @@ public final class Resolution: @unchecked Sendable {
             state = State(answers: [Answer(family: numeric.family, result: .success([numeric]))])
             return
         }
+        if let problem = SocketAddress.nameProblem(host) {
+            state = State(answers: [Answer(family: .ipv6, result: .failure(ResolutionError(host: host, reason: problem)))])
+            return
+        }
         state = State(outstanding: 2)
         for family in [SocketAddress.Family.ipv6, .ipv4] {
-            let job = Job(resolution: self, family: family, waker: waker, resolver: resolver)
-            Job.spawn(job)
+            LookupPool.shared.submit(Job(resolution: self, family: family, waker: waker, resolver: resolver))
         }
     }
 
-    /// Answers for `HOST:PORT`, `[IPv6]:PORT` or `unix:PATH`.
+    /// Answers for `HOST:PORT`, `[IPv6]:PORT` or `unix:PATH`, parsed as ``SocketAddress/splitHostPort(_:)``
+    /// and ``SocketAddress/init(_:)`` parse them.
     public convenience init(_ text: String, waker: Waker, resolver: any HostResolver = SystemResolver()) throws(SocketAddress.ParseError) {
-        if text.hasPrefix("unix:") {
+        if SocketAddress.unixPathText(text) != nil {
             let address = try SocketAddress(text)
             self.init(immediate: address, host: text)
             return
@@ -131,7 +156,8 @@ public final class Resolution: @unchecked Sendable {
         lock.withLock { (state.outstanding == 0 || state.cancelled) && state.answers.isEmpty }
     }
 
-    /// Drops the answers still to come; no lookup thread wakes the poller after this returns.
+    /// Drops the answers still to come: queued lookups of this resolution never run, a running one's
+    /// answer is discarded, and no pool thread wakes the poller after this returns.
     public func cancel() {
         lock.withLock {
             state.cancelled = true
@@ -139,7 +165,16 @@ public final class Resolution: @unchecked Sendable {
         }
     }
 
-    /// Called on a lookup thread: stores the answer and wakes the loop, unless cancelled.
+    /// Called on a pool thread before the lookup: false (the job is over) once cancelled.
+    fileprivate func beginLookup() -> Bool {
+        lock.withLock {
+            guard state.cancelled else { return true }
+            state.outstanding -= 1
+            return false
+        }
+    }
+
+    /// Called on a pool thread: stores the answer and wakes the loop, unless cancelled.
     fileprivate func deliver(_ answer: Answer, waker: Waker) {
         lock.withLock {
             state.outstanding -= 1
@@ -150,63 +185,97 @@ public final class Resolution: @unchecked Sendable {
         }
     }
 
-    /// One family's query on its own detached thread.
-    private final class Job: Sendable {
+    /// One family's query, queued in the lookup pool.
+    fileprivate struct Job: Sendable {
         let resolution: Resolution
         let family: SocketAddress.Family
         let waker: Waker
         let resolver: any HostResolver
-        init(resolution: Resolution, family: SocketAddress.Family, waker: Waker, resolver: any HostResolver) {
-            self.resolution = resolution
-            self.family = family
-            self.waker = waker
-            self.resolver = resolver
-        }
 
         func run() {
+            guard resolution.beginLookup() else { return }
             let result = resolver.lookup(host: resolution.host, port: resolution.port, family: family)
             resolution.deliver(Answer(family: family, result: result), waker: waker)
-        }
-
-        static func spawn(_ job: Job) {
-            let context = Unmanaged.passRetained(job).toOpaque()
-            var thread = pthread_t()
-            let status = pthread_create(&thread, nil, { raw in
-                let job = Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue()
-                job.run()
-                return nil
-            }, context)
-            if status == 0 {
-                pthread_detach(thread)
-            } else {
-                // No thread: answer on this one rather than never.
-                Unmanaged<Job>.fromOpaque(context).release()
-                job.run()
-            }
         }
     }
 }
 
-extension SocketAddress {
-    /// Splits `HOST:PORT` or `[IPv6]:PORT` (an empty host is 127.0.0.1).
-    public static func splitHostPort(_ text: String) throws(ParseError) -> (host: String, port: UInt16) {
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-                throw ParseError(text: text, reason: "expected [IPv6]:PORT")
+/// The process-wide lookup pool: one FIFO queue of jobs and at most ``Resolution/maximumLookupThreads``
+/// detached threads, each started when a job finds no idle one, then kept (idle on a condition
+/// variable) for the life of the process. A pthread mutex and condition variable: ThreadSanitizer sees them.
+private final class LookupPool: @unchecked Sendable {
+    static let shared = LookupPool()
+    /// The queue is compacted once this many taken slots sit at its front (and they are half of it).
+    private static let compactionThreshold = 64
+
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let jobQueued = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Guarded by `mutex`: the jobs (slots before `head` are taken), the threads, the idle ones.
+    private var queue: [Resolution.Job?] = []
+    private var head = 0
+    private var threads = 0
+    private var idle = 0
+
+    private init() {
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        jobQueued.initialize(to: pthread_cond_t())
+        pthread_cond_init(jobQueued, nil)
+    }
+
+    /// Queues `job`, and starts a thread if no idle one is left for it and the limit allows. If no
+    /// thread can be started and there is none at all, runs the job on this thread rather than never.
+    func submit(_ job: Resolution.Job) {
+        pthread_mutex_lock(mutex)
+        queue.append(job)
+        var runHere = false
+        if queue.count - head > idle, threads < Resolution.maximumLookupThreads {
+            if startThread() {
+                threads += 1
+            } else if threads == 0 {
+                queue.removeLast()
+                runHere = true
             }
-            let host = text[text.index(after: text.startIndex)..<close]
-            guard let port = UInt16(text[text.index(close, offsetBy: 2)...]) else {
-                throw ParseError(text: text, reason: "the port must be 0 to 65535")
+        }
+        pthread_cond_signal(jobQueued)
+        pthread_mutex_unlock(mutex)
+        if runHere { job.run() }
+    }
+
+    private func startThread() -> Bool {
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { _ in
+            LookupPool.shared.work()
+            return nil
+        }, nil)
+        guard status == 0 else { return false }
+        pthread_detach(thread)
+        return true
+    }
+
+    /// A pool thread: takes the jobs in order, for ever.
+    private func work() {
+        pthread_mutex_lock(mutex)
+        while true {
+            while head == queue.count {
+                idle += 1
+                pthread_cond_wait(jobQueued, mutex)
+                idle -= 1
             }
-            return (String(host), port)
+            let job = queue[head]
+            queue[head] = nil
+            head += 1
+            if head == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head >= Self.compactionThreshold, head * 2 >= queue.count {
+                queue.removeFirst(head)
+                head = 0
+            }
+            pthread_mutex_unlock(mutex)
+            job?.run()
+            pthread_mutex_lock(mutex)
         }
-        guard let colon = text.lastIndex(of: ":") else { throw ParseError(text: text, reason: "expected HOST:PORT") }
-        let host = text[..<colon]
-        if host.contains(":") { throw ParseError(text: text, reason: "put an IPv6 address in brackets: [::1]:PORT") }
-        guard let port = UInt16(text[text.index(after: colon)...]) else {
-            throw ParseError(text: text, reason: "the port must be 0 to 65535")
-        }
-        return (host.isEmpty ? "127.0.0.1" : String(host), port)
     }
 }
 

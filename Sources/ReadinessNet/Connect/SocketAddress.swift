@@ -49,8 +49,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         self.length = length
     }
 
-    /// A numeric IPv4 or IPv6 address and a port.
+    /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets, no zone id) and a port.
     public init(ip: String, port: UInt16) throws(ParseError) {
+        guard !ip.utf8.contains(0) else { throw ParseError(text: ip, reason: "the address contains a NUL byte") }
         var v4 = in_addr()
         var v6 = in6_addr()
         if inet_pton(AF_INET, ip, &v4) == 1 {
@@ -70,37 +71,78 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// A Unix-domain path (at most 107 bytes).
+    /// A Unix-domain path in the filesystem: 1 to 107 bytes, no NUL byte (a path starting with NUL
+    /// would be a Linux abstract name: use ``init(abstractUnixName:)`` for that).
     public init(unixPath path: String) throws(ParseError) {
-        var sun = sockaddr_un()
-        sun.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: sun.sun_path)
-        guard !bytes.isEmpty, bytes.count < capacity else {
-            throw ParseError(text: path, reason: "a Unix-domain path must have 1 to \(capacity - 1) bytes")
+        guard !bytes.contains(0) else {
+            throw ParseError(text: path, reason: "the path contains a NUL byte (for an abstract name use init(abstractUnixName:))")
         }
-        withUnsafeMutableBytes(of: &sun.sun_path) { dst in
-            dst.copyBytes(from: bytes)
+        guard !bytes.isEmpty, bytes.count < Self.sunPathCapacity else {
+            throw ParseError(text: path, reason: "a Unix-domain path must have 1 to \(Self.sunPathCapacity - 1) bytes")
         }
-        self.init(raw: sun, length: socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1))
+        self.init(sunPath: bytes, length: bytes.count + 1)   // with its terminating NUL
     }
 
-    /// Parses `A.B.C.D:PORT`, `[IPv6]:PORT` or `unix:PATH` (numeric only; see ``resolve(_:)``).
+    /// A Linux abstract Unix-domain name (no file; it goes away with the last socket bound to it):
+    /// 1 to 107 bytes, no NUL byte. Shown as `unix:@name`; its ``unixPath`` is nil.
+    public init(abstractUnixName name: String) throws(ParseError) {
+        let bytes = Array(name.utf8)
+        guard !bytes.contains(0) else { throw ParseError(text: name, reason: Self.nulInName) }
+        guard !bytes.isEmpty, bytes.count < Self.sunPathCapacity else {
+            throw ParseError(text: name, reason: "an abstract name must have 1 to \(Self.sunPathCapacity - 1) bytes")
+        }
+        self.init(sunPath: [0] + bytes, length: bytes.count + 1)   // a leading NUL, no terminating one
+    }
+
+    /// The capacity of `sun_path` (108 bytes on Linux).
+    private static let sunPathCapacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+
+    private init(sunPath bytes: [UInt8], length: Int) {
+        var sun = sockaddr_un()
+        sun.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sun.sun_path) { dst in dst.copyBytes(from: bytes) }
+        self.init(raw: sun, length: socklen_t(MemoryLayout<sa_family_t>.size + length))
+    }
+
+    /// The bytes of `sun_path` within ``length`` (nil unless this is a Unix-domain address).
+    var sunPathBytes: [UInt8]? {
+        guard CInt(storage.ss_family) == AF_UNIX else { return nil }
+        let start = MemoryLayout<sa_family_t>.size
+        let end = min(Int(length), MemoryLayout<sockaddr_un>.size)
+        return end > start ? withUnsafeBytes(of: storage) { Array($0[start..<end]) } : []
+    }
+
+    /// The name of a Linux abstract Unix-domain address (without the leading NUL), nil otherwise.
+    public var abstractUnixName: String? {
+        guard let bytes = sunPathBytes, bytes.first == 0 else { return nil }
+        return String(decoding: bytes.dropFirst(), as: UTF8.self)
+    }
+
+    /// Parses `A.B.C.D:PORT`, `[IPv6]:PORT` or `unix:PATH` (numeric only; see ``resolve(_:)``). The
+    /// grammar is ``splitHostPort(_:)``'s; `unix:@x` is the filesystem path `@x`, never an abstract name.
     public init(_ text: String) throws(ParseError) {
-        if text.hasPrefix("unix:") {
-            try self.init(unixPath: String(text.dropFirst(5)))
+        if let path = Self.unixPathText(text) {
+            try self.init(unixPath: path)
             return
         }
-        let (host, port) = try Self.split(text)
-        try self.init(ip: host, port: port)
+        let (host, port) = try Self.parseHostPort(text)
+        do {
+            try self.init(ip: host, port: port)
+        } catch {
+            throw ParseError(text: text, reason: "the host is not a numeric IPv4 or IPv6 address (resolve names with SocketAddress.resolve or Resolution)")
+        }
     }
 
     /// Resolves `HOST:PORT` (names through getaddrinfo), `[IPv6]:PORT` or `unix:PATH`; returns every
-    /// address, in the resolver's order.
+    /// address, in the resolver's order. A numeric host is never looked up; `localhost`, `localhost.` and
+    /// `*.localhost` (any case) are `[::1]:PORT` then `127.0.0.1:PORT`, never asked of the system
+    /// resolver (RFC 6761 section 6.3). Blocks while getaddrinfo runs: inside a loop, use ``Resolution``.
     public static func resolve(_ text: String) throws(ParseError) -> [SocketAddress] {
-        if text.hasPrefix("unix:") { return [try SocketAddress(text)] }
-        let (host, port) = try split(text)
+        if unixPathText(text) != nil { return [try SocketAddress(text)] }
+        let (host, port) = try parseHostPort(text)
         if let numeric = try? SocketAddress(ip: host, port: port) { return [numeric] }
+        if isLocalhostName(host) { return [loopback(.ipv6, port: port), loopback(.ipv4, port: port)] }
         var hints = addrinfo()
         hints.ai_socktype = CInt(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
@@ -122,24 +164,133 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return out
     }
 
-    private static func split(_ text: String) throws(ParseError) -> (String, UInt16) {
-        var host: Substring
+    /// Splits `HOST:PORT` or `[IPv6]:PORT` without resolving anything. The grammar (Docs/Connect.md,
+    /// "Addresses and names"): brackets hold exactly an IPv6 address (no zone id); an unbracketed host is
+    /// 1 to 253 bytes with no `:`, NUL, whitespace or control character, and a dotted-decimal IPv4
+    /// address if it ends in a number; the port is 1 to 5 ASCII digits, 0 to 65535.
+    public static func splitHostPort(_ text: String) throws(ParseError) -> (host: String, port: UInt16) {
+        try parseHostPort(text)
+    }
+
+    /// The one `HOST:PORT` parser: ``init(_:)``, ``resolve(_:)``, ``splitHostPort(_:)`` and
+    /// `Resolution.init(_:waker:resolver:)` all go through it.
+    private static func parseHostPort(_ text: String) throws(ParseError) -> (host: String, port: UInt16) {
+        let refuse = { (reason: String) in ParseError(text: text, reason: reason) }
+        guard !text.utf8.contains(0) else { throw refuse("the text contains a NUL byte") }
+        let host: Substring
         let portText: Substring
         if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-                throw ParseError(text: text, reason: "expected [IPv6]:PORT")
-            }
+            guard let close = text.firstIndex(of: "]") else { throw refuse("expected [IPv6]:PORT, with a closing ]") }
             host = text[text.index(after: text.startIndex)..<close]
-            portText = text[text.index(close, offsetBy: 2)...]
+            if let problem = ipv6LiteralProblem(host) { throw refuse(problem) }
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw refuse("expected a port after the brackets: [IPv6]:PORT") }
+            portText = rest.dropFirst()
         } else {
-            guard let colon = text.lastIndex(of: ":") else { throw ParseError(text: text, reason: "expected HOST:PORT") }
+            guard let colon = text.firstIndex(of: ":") else { throw refuse("expected HOST:PORT") }
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
-            if host.contains(":") { throw ParseError(text: text, reason: "put an IPv6 address in brackets: [::1]:PORT") }
+            if portText.contains(":") { throw refuse("put an IPv6 address in brackets, as in [::1]:80") }
+            if let problem = nameProblem(host) { throw refuse(problem) }
         }
-        guard let port = UInt16(portText) else { throw ParseError(text: text, reason: "the port must be 0 to 65535") }
-        if host.isEmpty { host = "127.0.0.1" }
+        guard let port = parsePort(portText) else { throw refuse("the port must be 1 to \(maximumPortDigits) ASCII digits, 0 to 65535") }
         return (String(host), port)
+    }
+
+    /// The longest host name, in bytes (RFC 1035: 253 characters in text form).
+    static let maximumNameLength = 253
+    /// The longest port text: five digits (leading zeros allowed).
+    private static let maximumPortDigits = 5
+    /// The prefix of a Unix-domain path in the text forms.
+    private static let unixScheme = "unix:"
+    /// The loopback IPv4 address, 127.0.0.1, in host byte order.
+    private static let ipv4Loopback: UInt32 = 0x7F00_0001
+    /// The reason given for a name with a NUL byte (C would see only the part before it).
+    static let nulInName = "the name contains a NUL byte"
+
+    /// The path of a `unix:PATH` text, nil for any other text (byte-wise: no grapheme merging).
+    static func unixPathText(_ text: String) -> String? {
+        guard text.utf8.starts(with: unixScheme.utf8) else { return nil }
+        return String(decoding: text.utf8.dropFirst(unixScheme.utf8.count), as: UTF8.self)
+    }
+
+    /// Why the inside of brackets is not an IPv6 address, nil when it is one.
+    private static func ipv6LiteralProblem(_ host: Substring) -> String? {
+        if host.isEmpty { return "the brackets are empty: write an IPv6 address in them, as in [::1]:80" }
+        if host.contains("%") { return "IPv6 zone ids (%) are not supported" }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, String(host), &v6) == 1 else {
+            return "brackets hold only an IPv6 address, as in [::1]:80; write an IPv4 address or a name without them"
+        }
+        return nil
+    }
+
+    /// Why `name` (an unbracketed host: a name or a dotted-decimal IPv4 address) is refused, nil when
+    /// it is acceptable. Shared with ``Resolution``, whose `host` is checked the same way.
+    static func nameProblem(_ name: some StringProtocol) -> String? {
+        if name.utf8.contains(0) { return nulInName }
+        if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
+        if name.contains(":") { return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)" }
+        if name.unicodeScalars.contains(where: \.properties.isWhitespace) { return "the name contains whitespace" }
+        if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "the name contains a control character"
+        }
+        if name.utf8.count > maximumNameLength { return "a name has at most \(maximumNameLength) bytes" }
+        if endsInNumber(name) {
+            var v4 = in_addr()
+            if inet_pton(AF_INET, String(name), &v4) != 1 {
+                return "not a numeric IPv4 address A.B.C.D (each 0 to 255), and a name cannot end in a number"
+            }
+        }
+        return nil
+    }
+
+    /// Whether the last label (after one trailing dot) is a number, decimal or `0x` hexadecimal: the
+    /// forms inet_aton (and so getaddrinfo) would take as an IPv4 address, such as `127.1`.
+    private static func endsInNumber(_ name: some StringProtocol) -> Bool {
+        var labels = name.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        if labels.count > 1, labels.last?.isEmpty == true { labels.removeLast() }
+        guard let last = labels.last, !last.isEmpty else { return false }
+        if last.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) { return true }
+        let hexPrefix = [UInt8(ascii: "0"), UInt8(ascii: "x")]
+        let lowered = last.map { $0 | 0x20 }
+        return lowered.starts(with: hexPrefix) && lowered.dropFirst(2).allSatisfy {
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0)
+        }
+    }
+
+    /// 1 to 5 ASCII digits, 0 to 65535 (no sign, no space).
+    private static func parsePort(_ text: Substring) -> UInt16? {
+        guard (1...maximumPortDigits).contains(text.utf8.count),
+              text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
+        return UInt16(text)
+    }
+
+    /// Whether `name` is `localhost`, `localhost.` or ends in `.localhost` (ASCII case-insensitive):
+    /// the names RFC 6761 section 6.3 keeps on this machine.
+    static func isLocalhostName(_ name: some StringProtocol) -> Bool {
+        let dot = UInt8(ascii: ".")
+        var bytes = name.utf8.map { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) ? $0 | 0x20 : $0 }
+        if bytes.last == dot { bytes.removeLast() }
+        let localhost = Array("localhost".utf8)
+        guard bytes.count >= localhost.count, bytes.suffix(localhost.count).elementsEqual(localhost) else { return false }
+        return bytes.count == localhost.count || bytes[bytes.count - localhost.count - 1] == dot
+    }
+
+    /// `[::1]:port` (`.ipv6`) or `127.0.0.1:port` (otherwise), built without parsing.
+    static func loopback(_ family: Family, port: UInt16) -> SocketAddress {
+        if family == .ipv6 {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { $0[$0.count - 1] = 1 }
+            return SocketAddress(raw: sin6)
+        }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        sin.sin_addr.s_addr = ipv4Loopback.bigEndian
+        return SocketAddress(raw: sin)
     }
 
     private init<T>(raw: T, length: socklen_t? = nil) {
@@ -199,7 +350,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// "1.2.3.4:80", "[::1]:80" or "unix:/path".
+    /// "1.2.3.4:80", "[::1]:80", "unix:/path", or "unix:@name" for an abstract name (a display form:
+    /// ``init(_:)`` reads "unix:@name" back as the path "@name").
     public var description: String {
         withUnsafeBytes(of: storage) { raw -> String in
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
@@ -213,8 +365,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
                 inet_ntop(AF_INET6, &sin6.sin6_addr, &text, socklen_t(text.count))
                 return "[\(Self.string(text))]:\(UInt16(bigEndian: sin6.sin6_port))"
             case AF_UNIX:
-                let pathBytes = raw[MemoryLayout<sa_family_t>.size..<Int(max(length, socklen_t(MemoryLayout<sa_family_t>.size)))]
-                return "unix:" + String(decoding: pathBytes.prefix { $0 != 0 }, as: UTF8.self)
+                if let name = abstractUnixName { return "unix:@" + name }
+                return "unix:" + String(decoding: (sunPathBytes ?? []).prefix { $0 != 0 }, as: UTF8.self)
             default:
                 return "unspecified"
             }

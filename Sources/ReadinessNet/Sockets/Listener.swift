@@ -230,10 +230,11 @@ public struct AcceptBackoff: Sendable, Hashable {
 }
 
 extension SocketAddress {
-    /// The path of a Unix-domain address, nil otherwise.
+    /// The filesystem path of a Unix-domain address, read from the address bytes (up to the first NUL):
+    /// nil for any other address, for an abstract name (no file: ``Listener/close()`` must unlink
+    /// nothing), for an unnamed socket, and for a path that is not UTF-8.
     public var unixPath: String? {
-        guard family == .unix else { return nil }
-        let text = description
-        return String(text.dropFirst("unix:".count))
+        guard let bytes = sunPathBytes, let first = bytes.first, first != 0 else { return nil }
+        return String(validating: bytes.prefix { $0 != 0 }, as: UTF8.self)
     }
 }
