@@ -374,7 +374,7 @@ extension EventLoop {
 
 extension EventLoopGroup {
     /// `count` loops over `backend`.
-    public convenience init(backend: Backend, count: Int = EventLoopGroup.coreCount) throws(PollerError) {
+    public convenience init(backend: Backend, count: Int = EventLoopGroup.defaultCount) throws(PollerError) {
         try self.init(count: count) { () throws(PollerError) -> any Poller in try backend.makePoller() }
     }
 }

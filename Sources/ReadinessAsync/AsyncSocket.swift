@@ -176,6 +176,8 @@ extension EventLoop {
     nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
             if state.isShutDown { throw .shutdown }
+            try state.checkForeign(fd, "adopt")
+            if state.foreign[fd] != nil { throw .invalidArgument("adopt: descriptor \(fd) is being waited on (readable/writable)") }
             let socket: StreamSocket
             do throws(SocketError) { socket = try StreamSocket(adopting: fd) } catch { throw .socket(error) }
             return (state.adopt(socket), socket.peerAddress)

@@ -16,13 +16,16 @@ public final class EventLoopGroup: Sendable {
     /// The number of online cores.
     public static var coreCount: Int { max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))) }
 
+    /// The default number of loops: one per core, at most ``maximumLoops``.
+    public static var defaultCount: Int { min(coreCount, maximumLoops) }
+
     /// The most loops a group starts (each is a thread with a poller).
     public static let maximumLoops = 1024
 
     /// Starts `count` loops (1 to ``maximumLoops``; another count fails with
     /// `PollerError.system(operation:errno: EINVAL)`), each creating its poller with `makePoller` on its
     /// own thread; if one cannot start, those already started are shut down and the error is thrown.
-    public init(count: Int = EventLoopGroup.coreCount, name: String = "readiness-loop",
+    public init(count: Int = EventLoopGroup.defaultCount, name: String = "readiness-loop",
                 makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) throws(PollerError) {
         guard (1...Self.maximumLoops).contains(count) else {
             throw .system(operation: "EventLoopGroup(count: \(count)): 1 to \(Self.maximumLoops) loops", errno: EINVAL)

@@ -56,6 +56,9 @@ final class Entry {
     var connectTimer: TimerID?
     var backoffTimer: TimerID?
     var isBackingOff = false
+    /// The descriptor this entry owns (a stream or a listener), -1 otherwise: marked in
+    /// `LoopState.owned` while the entry lives.
+    var ownedFD: CInt = -1
 
     init(id: UInt64, resource: Resource) {
         self.id = id
@@ -87,6 +90,9 @@ final class LoopState {
     let events = EventBuffer(capacity: 512)
     var entries: [UInt64: Entry] = [:]
     var foreign: [CInt: UInt64] = [:]
+    /// By descriptor number: whether a stream or listener of this loop owns it (so that a descriptor
+    /// is never adopted twice, nor waited on as a caller's while the loop owns it).
+    private var owned: [Bool] = []
     /// Connects whose name is still being resolved (they take answers on the waker's events).
     var resolving: Set<UInt64> = []
     var backingOff: Set<UInt64> = []
@@ -358,6 +364,10 @@ final class LoopState {
             entry.connectOutcome = nil
             Sys.close(socket.fd)
         }
+        if entry.ownedFD >= 0 {
+            owned[Int(entry.ownedFD)] = false
+            entry.ownedFD = -1
+        }
         switch entry.resource {
         case .stream(let socket):
             socket.close()          // deregisters first (registered through StreamSocket.register)
@@ -391,8 +401,25 @@ final class LoopState {
 
     func adopt(_ socket: StreamSocket) -> UInt64 {
         let id = newID()
-        entries[id] = Entry(id: id, resource: .stream(socket))
+        let entry = Entry(id: id, resource: .stream(socket))
+        entries[id] = entry
+        own(entry, socket.fd)
         return id
+    }
+
+    /// Whether a stream or listener of this loop owns `fd`.
+    func owns(_ fd: CInt) -> Bool { fd >= 0 && Int(fd) < owned.count && owned[Int(fd)] }
+
+    private func own(_ entry: Entry, _ fd: CInt) {
+        guard fd >= 0 else { return }
+        if Int(fd) >= owned.count { owned.append(contentsOf: repeatElement(false, count: Int(fd) + 1 - owned.count)) }
+        owned[Int(fd)] = true
+        entry.ownedFD = fd
+    }
+
+    /// A descriptor a caller may hand over or wait on: not one this loop owns or already watches.
+    func checkForeign(_ fd: CInt, _ operation: String) throws(LoopError) {
+        if owns(fd) { throw .invalidArgument("\(operation): descriptor \(fd) belongs to a socket or listener of this loop") }
     }
 
     private func openEntry(_ id: UInt64) throws(LoopError) -> Entry {
@@ -462,7 +489,9 @@ final class LoopState {
         let listener: Listener
         do { listener = try Listener(bind: address, options: options) } catch { throw .socket(error) }
         let id = newID()
-        entries[id] = Entry(id: id, resource: .listener(listener))
+        let entry = Entry(id: id, resource: .listener(listener))
+        entries[id] = entry
+        own(entry, listener.fd)
         return (id, listener.address)
     }
 
@@ -574,6 +603,12 @@ final class LoopState {
                 close(entry, reason: error)   // cancels the attempt: deregistered, closed once
                 throw error
             }
+            // Ended, but the loop shut down before this task ran again: the socket (if any) was
+            // closed with the entry.
+            guard entries[id] === entry, !isShutDown else {
+                close(entry, reason: .shutdown)
+                throw .shutdown
+            }
             switch entry.connectOutcome {
             case .connected(let socket)?: progress = .connected(socket)
             case .failed(let error)?: progress = .failed(error)
@@ -590,6 +625,7 @@ final class LoopState {
                 throw .shutdown
             }
             entry.becomeStream(StreamSocket(socket))
+            own(entry, socket.fd)
             return (id, socket)
         case .failed(let error):
             close(entry, reason: .closed)
@@ -615,6 +651,7 @@ final class LoopState {
     nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
         if isShutDown { throw .shutdown }
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }
+        try checkForeign(fd, direction == .read ? "readable" : "writable")
         let entry: Entry
         if let id = foreign[fd], let existing = entries[id] {
             entry = existing
@@ -665,6 +702,9 @@ final class LoopState {
         }
         guard !intact else { return }
         try? socket.deregister()
+        // The loop's poller may still hold the number (the body registered the socket elsewhere
+        // without deregistering here first): drop it too, so the number is clean for the next owner.
+        if !entry.registered.isEmpty, socket.poller == nil { try? poller?.deregister(socket.fd) }
         entry.registered = []
         var wanted: Interest = []
         if entry.read.isWaiting || entry.read.lingering { wanted.insert(.readable) }

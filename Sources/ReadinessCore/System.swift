@@ -144,12 +144,23 @@ public enum WaitStep: Sendable, Equatable {
 extension Duration {
     /// Whole nanoseconds, rounded up, saturating at `Int64.max` (about 292 years); negative durations
     /// count as zero. Any `Duration` is accepted: nothing here can trap.
+    ///
+    /// It reads the 128-bit attosecond count, never `components`, whose `Int64` seconds trap for a
+    /// duration longer than `Int64.max` seconds (`.seconds(Int64.max) * 2` is a valid `Duration`).
     @inlinable public var clampedNanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        if seconds < 0 || (seconds == 0 && attoseconds <= 0) { return 0 }
-        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return .max }
-        return whole.saturatingAdd((attoseconds + 999_999_999) / 1_000_000_000)
+        let total = attoseconds
+        if total <= 0 { return 0 }
+        let (whole, part) = total.quotientAndRemainder(dividingBy: 1_000_000_000)
+        let rounded = part > 0 ? whole + 1 : whole
+        return rounded > Int128(Int64.max) ? .max : Int64(rounded)
+    }
+
+    /// Whole seconds, rounded down, saturating at `Int64.min ... Int64.max` (never traps).
+    @inlinable public var clampedSeconds: Int64 {
+        let seconds = attoseconds / 1_000_000_000_000_000_000
+        if seconds > Int128(Int64.max) { return .max }
+        if seconds < Int128(Int64.min) { return .min }
+        return Int64(seconds)
     }
 }
 

@@ -68,7 +68,12 @@ public struct SystemResolver: HostResolver {
 /// resolver sockets). A lookup that hangs holds its thread until the system resolver gives up
 /// (resolv.conf timeouts) and delays the jobs queued behind it.
 ///
-/// A numeric address or a `unix:` path is answered at once, without a job; so is a host that is not a
+/// A process that forks: the child starts with an empty pool of its own (`pthread_atfork`), so its
+/// lookups run there as in the parent.
+///
+/// A numeric address or a `unix:` path is answered at once, without a job, and so is `localhost` (or a
+/// `*.localhost` name) given to the ``SystemResolver`` (RFC 6761: it never waits behind other lookups);
+/// so is a host that is not a
 /// valid name (empty, with a NUL byte, a `:`, whitespace or a control character, longer than 253 bytes,
 /// or ending in a number without being `A.B.C.D`): a failure saying why.
 ///
@@ -85,8 +90,10 @@ public final class Resolution: @unchecked Sendable {
         public let result: Result<[SocketAddress], ResolutionError>
     }
 
-    /// The most lookups running at once in this process: the number of lookup-pool threads.
-    public static let maximumLookupThreads = 4
+    /// The most lookups running at once in this process: the number of lookup-pool threads. libuv's
+    /// pool has 4 threads for every kind of blocking work; these run only name lookups, and a name
+    /// server that does not answer holds a thread for seconds, so there are more of them.
+    public static let maximumLookupThreads = 16
 
     /// The name being resolved.
     public let host: String
@@ -115,6 +122,13 @@ public final class Resolution: @unchecked Sendable {
         }
         if let problem = SocketAddress.nameProblem(host) {
             state = State(answers: [Answer(family: .ipv6, result: .failure(ResolutionError(host: host, reason: problem)))])
+            return
+        }
+        if resolver is SystemResolver, SocketAddress.isLocalhostName(host) {
+            // What SystemResolver would answer, without a place in the pool's queue.
+            state = State(answers: [SocketAddress.Family.ipv6, .ipv4].map {
+                Answer(family: $0, result: .success([SocketAddress.loopback($0, port: port)]))
+            })
             return
         }
         state = State(outstanding: 2)
@@ -221,6 +235,23 @@ private final class LookupPool: @unchecked Sendable {
         pthread_mutex_init(mutex, nil)
         jobQueued.initialize(to: pthread_cond_t())
         pthread_cond_init(jobQueued, nil)
+        // fork(2) copies this state but none of the threads: the child would count threads it does not
+        // have (and never start one), or find the mutex held by a thread that is not there. The mutex
+        // is held across the fork, and the child starts from an empty pool with the queue it had.
+        pthread_atfork({ LookupPool.shared.lockForFork() }, { LookupPool.shared.unlockAfterFork() },
+                       { LookupPool.shared.resetInChild() })
+    }
+
+    private func lockForFork() { pthread_mutex_lock(mutex) }
+    private func unlockAfterFork() { pthread_mutex_unlock(mutex) }
+    private func resetInChild() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(jobQueued, nil)
+        threads = 0
+        idle = 0
+        // Jobs still queued are left to the parent's threads; the child does not run them twice.
+        queue.removeAll()
+        head = 0
     }
 
     /// Queues `job`, and starts a thread if no idle one is left for it and the limit allows. If no

@@ -85,26 +85,26 @@ struct EdgeTests {
     @Test("shutdown racing a multi-address connect's success fails it with .shutdown", arguments: backends)
     func shutdownRacingConnect(backend: Backend) async throws {
         let before = openDescriptorCount()
-        for _ in 0..<max(1, 30 / loadDivisor) {
+        var outcomes: [String: Int] = [:]
+        for _ in 0..<max(1, 200 / loadDivisor) {
             let loop = try EventLoop(backend: backend)
             let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
             let other = try closedPort()
-            // The connecting task prefers no executor: it hops, so shutdown can land between the
-            // connect's success on the loop and the task taking it.
-            let connect = Task { () async -> LoopError? in
-                do throws(LoopError) {
-                    let socket = try await loop.connect(to: [listener.address, other], timeout: .seconds(5))
-                    await socket.close()
-                    return nil
-                } catch { return error }
-            }
-            usleep(UInt32.random(in: 0...400))   // not Task.sleep: libdispatch would open descriptors
+            // An actor isolated to the loop, in a task that prefers no executor: its connect resumes in
+            // two jobs (the wait's, then the hop back to the actor), and a shutdown can come in between.
+            let connector = ShutdownRacer(loop: loop)
+            // Three shapes: two addresses (Happy Eyeballs), a list of one, one address.
+            let shape = Int.random(in: 0..<3)
+            let targets = shape == 0 ? [listener.address, other] : [listener.address]
+            let connect = Task { await connector.connect(to: targets, single: shape == 2) }
+            usleep(UInt32.random(in: 0...300))   // not Task.sleep: libdispatch would open descriptors
             await loop.shutdown()
-            if let error = await connect.value {
-                #expect(error == .shutdown, "got \(error)")
-            }
+            let error = await connect.value
+            outcomes[error.map { "\($0)" } ?? "connected", default: 0] += 1
+            if let error { #expect(error == .shutdown, "a connect cut by shutdown failed with \(error)") }
         }
         #expect(await settledDescriptorCount(before) == before)
+        print("shutdown racing connect on \(backend): \(outcomes)")
     }
 
     // MARK: Timers keep scheduling order (item 10)
@@ -158,6 +158,15 @@ struct EdgeTests {
             try await loop.sleep(for: .milliseconds(20))
             try await client.write([3])
             #expect(try await third.value == [3])
+            // ... or registers it with another poller without deregistering first (refused: one
+            // poller at a time), while a read waits.
+            let fifth = Task { try await server.read(upTo: 8, timeout: .seconds(2)) }
+            try await loop.sleep(for: .milliseconds(20))
+            try await server.withStreamSocket { (socket) throws(SocketError) in
+                #expect(throws: PollerError.self) { try socket.register(on: poller, token: 9, interest: .readable) }
+            }
+            try await client.write([5])
+            #expect(try await fifth.value == [5])
             // ... or registers it with another poller while a read waits.
             let fourth = Task { try await server.read(upTo: 8, timeout: .seconds(2)) }
             try await loop.sleep(for: .milliseconds(20))
@@ -175,6 +184,70 @@ struct EdgeTests {
             await client.close()
             await listener.close()
         }
+    }
+
+    // MARK: One owner per descriptor (review)
+
+    @Test("a descriptor the loop owns is never adopted again, nor waited on as the caller's", arguments: backends)
+    func oneOwner(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let (a, b) = try socketPair()
+            let adopted = try await loop.adopt(descriptor: a)
+            do throws(LoopError) {
+                _ = try await loop.adopt(descriptor: a)
+                Issue.record("adopted twice")
+            } catch {
+                guard case .invalidArgument = error else { Issue.record("adopting twice: \(error)"); return }
+            }
+            let serverFD = try await server.withStreamSocket { (socket) throws(SocketError) in socket.fd }
+            for fd in [a, serverFD] {
+                await #expect(throws: LoopError.self) { try await loop.adopt(descriptor: fd) }
+                do throws(LoopError) {
+                    try await loop.readable(fd, timeout: .milliseconds(10))
+                    Issue.record("waited on a descriptor the loop owns")
+                } catch {
+                    guard case .invalidArgument = error else { Issue.record("readable of an owned descriptor: \(error)"); return }
+                }
+            }
+            // Still the loop's, and still working.
+            _ = write(b, "z", 1)
+            #expect(try await adopted.read(upTo: 4, timeout: .seconds(5)) == Array("z".utf8))
+            await adopted.close()
+            close(b)
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: io_uring's extra batches end (review)
+
+    @Test("a wait returns while a registered descriptor fires without pause", .timeLimit(.minutes(1)), arguments: backends)
+    func busyDescriptorDoesNotHoldTheWait(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a, b) = try socketPair()
+        defer { close(a); close(b) }
+        try poller.register(a, token: 1, interest: .readable)
+        let stop = Atomic<Bool>(false)
+        let writer = Thread {
+            var byte: UInt8 = 0
+            while !stop.load(ordering: .relaxed) {
+                _ = write(b, &byte, 1)
+                _ = read(a, &byte, 1)   // drained at once: each write is a new completion
+            }
+        }
+        let events = EventBuffer(capacity: 64)
+        var slowest: Duration = .zero
+        for _ in 0..<50 {
+            let start = ContinuousClock.now
+            try poller.wait(into: events, timeout: .milliseconds(5))
+            slowest = max(slowest, ContinuousClock.now - start)
+        }
+        stop.store(true, ordering: .relaxed)
+        writer.join()
+        #expect(slowest < .milliseconds(500), "a wait took \(slowest) while a descriptor kept firing")
     }
 
     // MARK: Listener.resume keeps its back-off when it cannot register (item 13)
@@ -220,26 +293,35 @@ struct EdgeTests {
           arguments: backends)
     func foreignClosedDuringWait(backend: Backend) async throws {
         try await withLoop(backend) { loop in
-            for direction in ["read", "accept"] {
+            for kind in ["stream", "listener"] {
                 let fd: CInt
                 var peer: CInt = -1
-                if direction == "read" {
-                    let pair = try socketPair()
-                    fd = pair.0
-                    peer = pair.1
+                if kind == "stream" {
+                    (fd, peer) = try socketPair()
                 } else {
                     fd = try tcpListener().fd
                 }
+                // A second wait, on a descriptor that becomes readable after the close: it wakes the
+                // loop while the closed number is still in the poller's set.
+                let (other, otherPeer) = try socketPair()
                 let waiter = Task(executorPreference: loop) { () async -> LoopError? in
                     do throws(LoopError) { try await loop.readable(fd, timeout: .milliseconds(400)) } catch { return error }
                     return nil
                 }
-                try await loop.sleep(for: .milliseconds(50))
-                close(fd)
-                // Something else wakes the loop meanwhile (a sleep), as in a busy server.
-                try await loop.sleep(for: .milliseconds(20))
+                let wake = Task(executorPreference: loop) { try? await loop.readable(other, timeout: .seconds(2)) }
+                // The owner closes it on a thread of its own while the loop sleeps in the poller.
+                let closer = Thread {
+                    usleep(50_000)
+                    close(fd)
+                    usleep(5_000)
+                    _ = write(otherPeer, "x", 1)
+                }
                 let outcome = await waiter.value
-                #expect(outcome == .timedOut, "\(direction): a wait on a descriptor closed by its owner ended with \(outcome.map { String(describing: $0) } ?? "ready")")
+                await wake.value
+                closer.join()
+                #expect(outcome == .timedOut, "\(kind): a wait on a descriptor closed by its owner ended with \(outcome.map { String(describing: $0) } ?? "ready")")
+                close(other)
+                close(otherPeer)
                 if peer >= 0 { close(peer) }
             }
         }
@@ -291,6 +373,22 @@ struct EdgeTests {
         let events = EventBuffer(capacity: count * 2)
         try poller.wait(into: events, timeout: .seconds(1))
         #expect(events.count == count, "\(events.count) of \(count) ready descriptors reported in one wait")
+    }
+}
+
+/// Connects from an actor isolated to the loop, in a task that prefers no executor.
+actor ShutdownRacer {
+    let loop: EventLoop
+    init(loop: EventLoop) { self.loop = loop }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    /// nil when connected (the socket is closed again), else the error.
+    func connect(to addresses: [SocketAddress], single: Bool) async -> LoopError? {
+        do throws(LoopError) {
+            let socket = single ? try await loop.connect(to: addresses[0], timeout: .seconds(5))
+                                : try await loop.connect(to: addresses, timeout: .seconds(5))
+            await socket.close()
+            return nil
+        } catch { return error }
     }
 }
 

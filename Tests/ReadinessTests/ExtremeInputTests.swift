@@ -105,11 +105,14 @@ enum Extremes {
         .seconds(Int64.min), .seconds(Int64.max),
         Duration(secondsComponent: .max, attosecondsComponent: 999_999_999_999_999_999),
         Duration(secondsComponent: .min, attosecondsComponent: -999_999_999_999_999_999),
+        // Longer than Int64.max seconds: `components` traps on these (found in review).
+        .seconds(Int64.max) * 2, .seconds(Int64.max) + .seconds(1), Duration(attoseconds: .max), Duration(attoseconds: .min),
     ]
     /// Durations that end at once (or never start): safe to wait for.
     static let shortDurations: [Duration] = [.zero, Duration(secondsComponent: 0, attosecondsComponent: 1), Duration(secondsComponent: 0, attosecondsComponent: -1), .nanoseconds(-1), .nanoseconds(1),
                                              .milliseconds(-5), .seconds(Int64.min),
-                                             Duration(secondsComponent: .min, attosecondsComponent: -999_999_999_999_999_999)]
+                                             Duration(secondsComponent: .min, attosecondsComponent: -999_999_999_999_999_999),
+                                             Duration(attoseconds: .min)]
     static let descriptors: [CInt] = [.min, -2, -1, 1_023, 1_024, 65_535, 1 << 20, .max]
     static let tokens: [UInt64] = [0, 1, UInt64(Int64.max), UInt64(Int64.max) + 1, .max - 1, .max]
     static let longText = String(repeating: "a", count: 100_000)

@@ -374,15 +374,21 @@ public final class IOUringSeam: PollerSeam {
         // so a wait after many became ready would report only the first batches. While the flag says
         // more are ready and the buffer has room for them, run the next batch (a system call taken
         // only then; the common path, with fewer ready, makes none), until the buffer is full (the
-        // contract: a wait fills it) or batches stop yielding completions.
-        var idleRounds = 0
-        while idleRounds < Self.maxIdleWorkRounds, pending.count < events.capacity - events.count, rd_uring_work_pending(ring) != 0 {
+        // contract: a wait fills it) or batches stop bringing new ready registrations. Progress is
+        // counted in registrations newly pending, not completions: a descriptor written without pause
+        // completes its multishot request at every batch and would otherwise keep the wait going.
+        // The cap bounds the batches in any case (a batch runs about 20 completions).
+        var idleRounds = 0, rounds = 0
+        let cap = Self.maxIdleWorkRounds + Self.workRoundsPerBuffer(events.capacity)
+        while idleRounds < Self.maxIdleWorkRounds, rounds < cap, pending.count < events.capacity - events.count,
+              rd_uring_work_pending(ring) != 0 {
+            rounds += 1
+            let before = pending.count
             // A failure here ends the extra batches, not the wait: what is left stays in the kernel
             // for the next wait, and what was read is reported now.
             let ran = rd_uring_run_work(ring)
-            let more = drainCompletions(&table, events)
-            drained += more
-            idleRounds = more == 0 ? idleRounds + 1 : 0
+            drained += drainCompletions(&table, events)
+            idleRounds = pending.count > before ? 0 : idleRounds + 1
             if ran < 0, ran != -EINTR { break }
         }
         if !pending.isEmpty { deliverPending(&table, events) }
@@ -390,9 +396,13 @@ public final class IOUringSeam: PollerSeam {
         return .events(events.count)
     }
 
-    /// Extra batches of deferred completions in a row that completed nothing before a wait stops
-    /// running them (each is a system call); a batch that completes something never ends the wait.
+    /// Extra batches of deferred completions in a row that made nothing newly ready before a wait
+    /// stops running them (each is a system call).
     private static let maxIdleWorkRounds = 2
+
+    /// The most extra batches one wait runs besides the idle ones: enough to fill a buffer of
+    /// `capacity` at a few completions per batch.
+    private static func workRoundsPerBuffer(_ capacity: Int) -> Int { 64 + capacity / 4 }
 
     /// Reads every completion in the completion queue. Returns how many there were.
     private func drainCompletions(_ table: inout RegistrationTable, _ events: EventBuffer) -> UInt32 {

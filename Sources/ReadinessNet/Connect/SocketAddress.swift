@@ -179,18 +179,23 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         guard !text.utf8.contains(0) else { throw refuse("the text contains a NUL byte") }
         let host: Substring
         let portText: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw refuse("expected [IPv6]:PORT, with a closing ]") }
-            host = text[text.index(after: text.startIndex)..<close]
+        // Byte-wise throughout (the grammar is ASCII): a ':' followed by a combining mark is one
+        // Character, which a Character search would miss.
+        let bytes = text.utf8
+        if bytes.first == UInt8(ascii: "[") {
+            guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { throw refuse("expected [IPv6]:PORT, with a closing ]") }
+            host = text[bytes.index(after: bytes.startIndex)..<close]
             if let problem = ipv6LiteralProblem(host) { throw refuse(problem) }
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { throw refuse("expected a port after the brackets: [IPv6]:PORT") }
-            portText = rest.dropFirst()
+            let afterClose = bytes.index(after: close)
+            guard afterClose < bytes.endIndex, bytes[afterClose] == UInt8(ascii: ":") else {
+                throw refuse("expected a port after the brackets: [IPv6]:PORT")
+            }
+            portText = text[bytes.index(after: afterClose)...]
         } else {
-            guard let colon = text.firstIndex(of: ":") else { throw refuse("expected HOST:PORT") }
+            guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { throw refuse("expected HOST:PORT") }
             host = text[..<colon]
-            portText = text[text.index(after: colon)...]
-            if portText.contains(":") { throw refuse("put an IPv6 address in brackets, as in [::1]:80") }
+            portText = text[bytes.index(after: colon)...]
+            if portText.utf8.contains(UInt8(ascii: ":")) { throw refuse("put an IPv6 address in brackets, as in [::1]:80") }
             if let problem = nameProblem(host) { throw refuse(problem) }
         }
         guard let port = parsePort(portText) else { throw refuse("the port must be 1 to \(maximumPortDigits) ASCII digits, 0 to 65535") }
@@ -217,7 +222,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// Why the inside of brackets is not an IPv6 address, nil when it is one.
     private static func ipv6LiteralProblem(_ host: Substring) -> String? {
         if host.isEmpty { return "the brackets are empty: write an IPv6 address in them, as in [::1]:80" }
-        if host.contains("%") { return "IPv6 zone ids (%) are not supported" }
+        if host.utf8.contains(UInt8(ascii: "%")) { return "IPv6 zone ids (%) are not supported" }
         var v6 = in6_addr()
         guard inet_pton(AF_INET6, String(host), &v6) == 1 else {
             return "brackets hold only an IPv6 address, as in [::1]:80; write an IPv4 address or a name without them"
@@ -230,7 +235,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     static func nameProblem(_ name: some StringProtocol) -> String? {
         if name.utf8.contains(0) { return nulInName }
         if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
-        if name.contains(":") { return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)" }
+        if name.utf8.contains(UInt8(ascii: ":")) { return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)" }
         if name.unicodeScalars.contains(where: \.properties.isWhitespace) { return "the name contains whitespace" }
         if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
             return "the name contains a control character"

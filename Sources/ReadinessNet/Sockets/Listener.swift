@@ -164,8 +164,8 @@ public final class Listener {
     /// Sets the time to try again and doubles the delay, up to the maximum.
     private func nextBackoffPeriod() {
         retryAt = Deadline.after(currentDelay)
-        let doubled = currentDelay * 2
-        currentDelay = doubled > backoff.maximum ? backoff.maximum : doubled
+        // Compared before doubling: twice a huge delay would overflow Duration's 128 bits.
+        currentDelay = currentDelay > backoff.maximum / 2 ? backoff.maximum : currentDelay * 2
     }
 
     private static func set(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt, _ what: String) throws(SocketError) {
@@ -222,10 +222,15 @@ public struct AcceptBackoff: Sendable, Hashable {
     /// The shortest delay a listener uses: a back-off of zero or less would retry at once, a spin.
     public static let minimumDelay: Duration = .milliseconds(1)
 
-    /// The delays a listener uses: `initial` at least ``minimumDelay``, `maximum` at least `initial`.
+    /// The longest delay a listener uses (a year): longer ones are lowered to it.
+    public static let maximumDelay: Duration = .seconds(365 * 24 * 3600)
+
+    /// The delays a listener uses: within ``minimumDelay`` ... ``maximumDelay``, `maximum` at least
+    /// `initial`.
     var sanitized: AcceptBackoff {
-        let first = initial < Self.minimumDelay ? Self.minimumDelay : initial
-        return AcceptBackoff(initial: first, maximum: maximum < first ? first : maximum)
+        func clamp(_ delay: Duration) -> Duration { min(max(delay, Self.minimumDelay), Self.maximumDelay) }
+        let first = clamp(initial)
+        return AcceptBackoff(initial: first, maximum: max(clamp(maximum), first))
     }
 }
 

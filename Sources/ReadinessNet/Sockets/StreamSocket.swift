@@ -69,9 +69,12 @@ public final class StreamSocket {
 
     // MARK: Registration
 
-    /// Registers the socket with `poller`; ``close()`` will deregister it first.
+    /// Registers the socket with `poller`; ``close()`` will deregister it first. A socket is registered
+    /// with one poller at a time: while it is registered (here or elsewhere) this fails with
+    /// ``PollerError/alreadyRegistered(_:)``; deregister it first.
     public func register(on poller: any Poller, token: Token, interest: Interest,
                          trigger: Trigger = .level) throws(PollerError) {
+        if self.poller != nil { throw .alreadyRegistered(fd) }
         try poller.register(fd, token: token, interest: interest, trigger: trigger)
         self.poller = poller
         registration = (token, interest, trigger)
@@ -284,8 +287,7 @@ public struct KeepAlive: Hashable, Sendable {
 
     /// Whole seconds, at least 1 (the kernel's unit and minimum), saturating.
     static func seconds(_ duration: Duration) -> CInt {
-        let seconds = duration.components.seconds
-        return CInt(clamping: Swift.max(1, seconds))
+        CInt(clamping: Swift.max(1, duration.clampedSeconds))
     }
 }
 

@@ -159,8 +159,9 @@ public final class Timers {
     }
 
     private func less(_ a: Int, _ b: Int) -> Bool {
-        let x = slots[Int(heap[a])], y = slots[Int(heap[b])]
-        return x.deadline < y.deadline || (x.deadline == y.deadline && x.sequence < y.sequence)
+        let x = Int(heap[a]), y = Int(heap[b])
+        let dx = slots[x].deadline, dy = slots[y].deadline
+        return dx < dy || (dx == dy && slots[x].sequence < slots[y].sequence)
     }
 
     private func swapAt(_ a: Int, _ b: Int) {
