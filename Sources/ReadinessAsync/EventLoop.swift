@@ -235,9 +235,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
             if stopping { break }
 
-            // 2. Wait: not at all when more work is queued, else until the nearest deadline.
+            // 2. Wait: not at all when more work is queued or a stop was asked for since the last look
+            //    (its requester saw the loop awake and did not wake it), else until the nearest deadline.
             lock.lock()
-            let idle = queue.isEmpty
+            var stopAsked = false
+            if case .stopping = phase { stopAsked = true }
+            let idle = queue.isEmpty && !stopAsked
             sleeping = idle
             lock.unlock()
             let timeout: Duration? = idle ? state.timers.timeout() : .zero

@@ -107,6 +107,28 @@ struct EdgeTests {
         print("shutdown racing connect on \(backend): \(outcomes)")
     }
 
+    // MARK: A shutdown is never lost (found by the race test above)
+
+    @Test("shutdown requested while the loop goes to sleep is never lost", .timeLimit(.minutes(2)), arguments: backends)
+    func shutdownNeverLost(backend: Backend) async throws {
+        // The loop checks for a stop, runs its jobs, then decides to sleep: a shutdown requested in
+        // between found it not yet sleeping (no wake-up) and the loop then slept for ever.
+        for round in 0..<max(1, 100 / loadDivisor) {
+            let loop = try EventLoop(backend: backend)
+            // A job that runs for a while, so that the stop comes while the loop is between its stop
+            // check and its sleep.
+            let started = Atomic<Bool>(false)
+            let job = Task(executorPreference: loop) { () -> Int in
+                started.store(true, ordering: .releasing)
+                usleep(2_000)
+                return round
+            }
+            while !started.load(ordering: .acquiring) { usleep(50) }
+            await loop.shutdown()
+            _ = await job.value
+        }
+    }
+
     // MARK: Timers keep scheduling order (item 10)
 
     @Test("timers at one deadline fire in the order they were scheduled")
