@@ -299,6 +299,20 @@ final class ScenarioRun {
             let observed = observeWait(nil, into: buffer)
             worker.join()
             return observed
+        case .waitWhileClosedByThread(let e, let after):
+            guard endpoints[e] != nil else { return Self.closedEndpoint }
+            let waker = try livePoller().waker
+            let number = fd(e)
+            let worker = try Worker {
+                usleep(UInt32(after.clampedNanoseconds / 1000))
+                close(number)
+                usleep(5_000)
+                try? waker.wake()
+            }
+            let observed = observeWait(nil, into: buffer)
+            worker.join()
+            closedNumbers[e] = endpoints.removeValue(forKey: e)
+            return observed
         case .closePoller:
             return attempt { () throws(PollerError) in try livePoller().close() }
         case .connect(let target, let timeout):

@@ -338,6 +338,13 @@ extension Conformance {
             ScriptLine(.wait(timeout: .milliseconds(50)), anyOf: [.none, ev((1, .readable))]),
             line(.deregister("x")), reg("x", 2, .readable), wait(soon, ev((2, .readable))),
         ]),
+        Scenario("closed/by-another-thread-during-wait", checks: "A descriptor closed by another thread while a wait blocks is not reported (select's kernel call reports such a number ready); it deregisters cleanly.",
+                 fixtures: twoPairs, [
+            reg("a", 1, .readable), line(.fill("c")), reg("c", 2, [.readable, .writable]),
+            line(.waitWhileClosedByThread("a", after: .milliseconds(20)), woken),
+            line(.waitWhileClosedByThread("c", after: .milliseconds(20)), woken),
+            line(.deregister("a")), line(.deregister("c")), wait(now, .none),
+        ]),
         Scenario("wake/buffer-full", checks: "A wake-up is never lost when ready descriptors fill the buffer.", fixtures: twoPairs, [
             reg("a", 1, .readable), reg("c", 2, .readable), write("b"), write("d"), line(.wake(times: 1, threads: 1)),
             line(.waitRounds(capacity: 1, rounds: 3), ev((1, .readable), (2, .readable)).adding(woken)),

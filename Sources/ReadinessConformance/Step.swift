@@ -39,6 +39,10 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case wake(times: Int, threads: Int)
     /// Blocks with no timeout while another thread wakes the poller after `after`.
     case waitWokenByThread(after: Duration)
+    /// Blocks with no timeout while another thread closes the endpoint after `after`, then wakes the
+    /// poller a moment later (so that the kernel looks at every descriptor again while the number is
+    /// closed); records the events.
+    case waitWhileClosedByThread(String, after: Duration)
     /// Closes the poller.
     case closePoller
     /// Connects through the connect state machine on this poller and records the outcome.
@@ -95,6 +99,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .waitInterrupted(let t, let n): "wait \(t) while \(n) signals arrive"
         case .wake(let times, let threads): "wake \(times)x from \(threads) thread\(threads == 1 ? "" : "s")"
         case .waitWokenByThread(let after): "wait forever; another thread wakes after \(after)"
+        case .waitWhileClosedByThread(let e, let after): "wait forever; another thread closes \(e) after \(after), then wakes"
         case .closePoller: "close the poller"
         case .connect(let target, let timeout): "connect to \(target) within \(timeout)"
         case .duplicateOnto(let e, let name, let number): "dup \(e) onto \(number)'s old number as \(name)"
