@@ -30,7 +30,7 @@ public final class HappyEyeballs {
         public var resolutionDelay: Duration = .milliseconds(50)
         /// Each attempt's timeout; nil for none.
         public var attemptTimeout: Duration? = .seconds(10)
-        /// The most addresses tried; further ones are ignored. At least 1: ``EventLoop`` and
+        /// The most addresses tried; further ones are ignored. At least 1: `EventLoop` and
         /// ``Connector`` refuse a smaller value with a typed error, and this type itself tries one
         /// address then.
         public var maximumAttempts = 16

@@ -71,7 +71,7 @@ public final class StreamSocket {
 
     /// Registers the socket with `poller`; ``close()`` will deregister it first. A socket is registered
     /// with one poller at a time: while it is registered (here or elsewhere) this fails with
-    /// ``PollerError/alreadyRegistered(_:)``; deregister it first.
+    /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)``; deregister it first.
     public func register(on poller: any Poller, token: Token, interest: Interest,
                          trigger: Trigger = .level) throws(PollerError) {
         if self.poller != nil { throw .alreadyRegistered(fd) }
