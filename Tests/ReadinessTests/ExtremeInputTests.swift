@@ -56,6 +56,13 @@ struct ExtremeInputTests {
         report.record()
     }
 
+    @Test("pollers made and closed on four threads at once, every backend (libevent's method list was not thread-safe)")
+    func concurrentCreation() async {
+        let report = childReport()
+        await #expect(processExitsWith: .success) { Extremes.concurrentCreation() }
+        report.record()
+    }
+
     @Test("EventLoopGroup: the round robin never indexes below zero when its counter wraps")
     func groupTurns() {
         for count in [1, 2, 3, 7, 1024] {
@@ -342,6 +349,25 @@ enum Extremes {
         }
         close(file)
         checkDescriptors(before, "pollers")
+    }
+
+    // MARK: Pollers on several threads
+
+    static func concurrentCreation() {
+        guardAgainstHang()
+        for backend in Backend.available {
+            let failures = Mutex(0)
+            let threads = (0..<4).map { _ in
+                Thread {
+                    for _ in 0..<300 {
+                        guard let poller = try? backend.makePoller() else { failures.withLock { $0 += 1 }; continue }
+                        try? poller.close()
+                    }
+                }
+            }
+            threads.forEach { $0.join() }
+            if failures.withLock({ $0 }) > 0 { fail("\(backend): \(failures.withLock { $0 }) pollers could not be made") }
+        }
     }
 
     // MARK: The event loop

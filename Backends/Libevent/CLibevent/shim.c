@@ -45,10 +45,22 @@ static void rd_lev_fatal(int code) {
     if (rd_lev_escape) longjmp(*rd_lev_escape, 1);
 }
 
+/* libevent 2.1's event_get_supported_methods() frees and rebuilds a static array on every call, so two
+ * threads making pollers at once read freed memory or free it twice (found by FlyingFox's suite on the
+ * forced methods). The list is read once, in the one-time set-up, and kept here. */
+enum { RD_LEV_MAX_METHODS = 16, RD_LEV_METHOD_NAME = 32 };
+static char rd_lev_methods[RD_LEV_MAX_METHODS][RD_LEV_METHOD_NAME];
+static int rd_lev_method_count;
+
 static pthread_once_t rd_lev_once = PTHREAD_ONCE_INIT;
 static void rd_lev_setup(void) {
     event_set_log_callback(rd_lev_quiet);
     event_set_fatal_callback(rd_lev_fatal);
+    const char **methods = event_get_supported_methods();
+    for (int i = 0; methods && methods[i] && rd_lev_method_count < RD_LEV_MAX_METHODS; i++) {
+        snprintf(rd_lev_methods[rd_lev_method_count], RD_LEV_METHOD_NAME, "%s", methods[i]);
+        rd_lev_method_count++;
+    }
 }
 
 /* The most descriptors a base takes: the method's own (epoll set, its timerfd) and the signal pipe. */
@@ -73,9 +85,9 @@ int rd_lev_fd_setsize(void) { return FD_SETSIZE; }
 const char *rd_lev_version(void) { return event_get_version(); }
 
 int rd_lev_supports_method(const char *method) {
-    const char **methods = event_get_supported_methods();
-    for (int i = 0; methods && methods[i]; i++)
-        if (strcmp(methods[i], method) == 0) return 1;
+    pthread_once(&rd_lev_once, rd_lev_setup);
+    for (int i = 0; i < rd_lev_method_count; i++)
+        if (strcmp(rd_lev_methods[i], method) == 0) return 1;
     return 0;
 }
 
@@ -99,9 +111,8 @@ rd_lev *rd_lev_new(const char *method, char *error, int error_length, int *code)
      * timeouts keep the resolution the capabilities state. */
     event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_IGNORE_ENV | EVENT_BASE_FLAG_PRECISE_TIMER);
     if (method) {
-        const char **methods = event_get_supported_methods();
-        for (int i = 0; methods && methods[i]; i++)
-            if (strcmp(methods[i], method) != 0) event_config_avoid_method(cfg, methods[i]);
+        for (int i = 0; i < rd_lev_method_count; i++)
+            if (strcmp(rd_lev_methods[i], method) != 0) event_config_avoid_method(cfg, rd_lev_methods[i]);
     }
     jmp_buf escape;
     struct event_base *volatile base = NULL;
