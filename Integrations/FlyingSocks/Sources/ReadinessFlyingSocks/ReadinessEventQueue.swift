@@ -151,7 +151,10 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                     if open.waiting { open.closeRequested = true; try? open.poller.waker.wake() } else { open.closePoller() }
                 }
                 let poller: any Poller
-                do throws(PollerError) { poller = try makePoller() } catch {
+                do throws(PollerError) {
+                    // One poller created at a time (readinessPollerCreation: a libevent race in the core).
+                    poller = try readinessPollerCreation.withLock { (_: inout Void) throws(PollerError) -> any Poller in try makePoller() }
+                } catch {
                     throw FlyingSocks.SocketError.failed(type: "Readiness poller", errno: 0, message: error.description)
                 }
                 session = Session(poller: poller, maxEvents: maxEvents)

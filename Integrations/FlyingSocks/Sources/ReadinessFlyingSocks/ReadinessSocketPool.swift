@@ -197,7 +197,11 @@ public final class ReadinessSocketPool: AsyncSocketPool {
             var loops: [EventLoop] = []
             do {
                 for i in 0..<count {
-                    loops.append(try EventLoop(backend: chosen, name: "readiness-flyingsocks-\(i)"))
+                    // One poller created at a time (readinessPollerCreation: a libevent race in the core).
+                    let loop = try readinessPollerCreation.withLock { (_: inout Void) throws(PollerError) -> EventLoop in
+                        try EventLoop(backend: chosen, name: "readiness-flyingsocks-\(i)")
+                    }
+                    loops.append(loop)
                 }
             } catch {
                 for loop in loops { loop.syncShutdown() }
