@@ -34,7 +34,8 @@ run: tool
 
 # Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
 # suite without the Libevent trait, the tool's tests, the downstream package with the trait on and off,
-# the benchmark smoke run (every contender runs; no timing is asserted), make docs, the suite under
+# FlyingFox's and FlyingSocks' suites on Readiness (make flyingfox), the benchmark smoke run (every
+# contender runs; no timing is asserted), make docs, the suite under
 # ASan and TSan. Logs: .build/test-logs/. The last line: "N passed, N failed, N skipped".
 test: deps
 	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
