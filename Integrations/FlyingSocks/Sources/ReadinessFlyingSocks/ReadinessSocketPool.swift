@@ -198,8 +198,9 @@ public final class ReadinessSocketPool: AsyncSocketPool {
             do {
                 for i in 0..<count {
                     // One poller created at a time (readinessPollerCreation: a libevent race in the core).
-                    let loop = try readinessPollerCreation.withLock { (_: inout Void) throws(PollerError) -> EventLoop in
-                        try EventLoop(backend: chosen, name: "readiness-flyingsocks-\(i)")
+                    let loop = try readinessPollerCreation.withLock { (created: inout Int) throws(PollerError) -> EventLoop in
+                        created += 1
+                        return try EventLoop(backend: chosen, name: "readiness-flyingsocks-\(i)")
                     }
                     loops.append(loop)
                 }

@@ -169,7 +169,9 @@ struct ReadinessEventQueueTests {
         try await pool.prepare()
         let running = Task { try await pool.run() }
         let (a, b) = try socketPair()
-        defer { try? a.close(); try? b.close() }
+        // Each descriptor closed once: a second close could close another test's descriptor of the same number.
+        var bOpen = true
+        defer { try? a.close(); if bOpen { try? b.close() } }
 
         try await pool.suspendSocket(a, untilReadyFor: .write)
         let reader = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
@@ -186,6 +188,7 @@ struct ReadinessEventQueueTests {
         // The peer goes away: a reader is resumed (readable at end of stream) and reads nothing.
         let last = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
         try await Task.sleep(for: .milliseconds(30))
+        bOpen = false
         try b.close()
         try? await last.value
         #expect(throws: (any Error).self) { _ = try a.read(atMost: 1) }
