@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net docs clean
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net docs clean flyingfox
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
@@ -34,7 +34,8 @@ run: tool
 
 # Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
 # suite without the Libevent trait, the tool's tests, the downstream package with the trait on and off,
-# the benchmark smoke run (every contender runs; no timing is asserted), make docs, the suite under
+# FlyingFox's and FlyingSocks' suites on Readiness (make flyingfox), the benchmark smoke run (every
+# contender runs; no timing is asserted), make docs, the suite under
 # ASan and TSan. Logs: .build/test-logs/. The last line: "N passed, N failed, N skipped".
 test: deps
 	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
@@ -48,6 +49,14 @@ sanitize: deps
 	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(LLD) $(TEST_FLAGS)
 
 check: test
+
+# FlyingFox's and FlyingSocks' own test suites (FlyingFox 0.27.1, unmodified tests) with their socket pool
+# swapped for Readiness's (Integrations/FlyingSocks), once per backend, in a network namespace with
+# loopback only; first the adapter's own tests. One line per backend; the known failures and their
+# reasons are listed in .ci/flyingfox. Docs/Integrations.md has the results. Needs root or user
+# namespaces (unshare -n), and resolves FlyingFox (the only stage that does).
+flyingfox: deps
+	@SWIFT="$(SWIFT)" .ci/flyingfox
 
 # Benchmarks: a separate package (Tests/Benchmarks) so that SwiftNIO and the allocation counter never
 # reach what a library user resolves. `make bench` rewrites Docs/Benchmarks.md and the scaling plot.
@@ -92,4 +101,4 @@ docs: deps
 	@echo "make docs: no warnings; $(DOCS_ARCHIVE)"
 
 clean:
-	rm -rf .build .build-asan .build-tsan .build-nolibevent .build-docs Tests/Benchmarks/.build
+	rm -rf .build .build-asan .build-tsan .build-nolibevent .build-docs Tests/Benchmarks/.build Integrations/FlyingSocks/.build

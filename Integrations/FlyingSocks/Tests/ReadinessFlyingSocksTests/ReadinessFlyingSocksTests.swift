@@ -1,0 +1,252 @@
+// The adapters on every available backend: FlyingFox's HTTPServer served on each pool, a request from
+// a FlyingSocks client socket; cancellation, run() and error mapping of ReadinessSocketPool; the
+// EventQueue under FlyingSocks' own SocketPool.
+import FlyingFox
+import FlyingSocks
+import Foundation
+import Readiness
+import ReadinessFlyingSocks
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A connected non-blocking AF_UNIX stream pair (FlyingSocks' own `Socket.makePair` is `package`).
+private func socketPair() throws -> (FlyingSocks.Socket, FlyingSocks.Socket) {
+    var fds: [Int32] = [-1, -1]
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw POSIXError(.EMFILE) }
+    let a = FlyingSocks.Socket(file: .init(rawValue: fds[0]))
+    let b = FlyingSocks.Socket(file: .init(rawValue: fds[1]))
+    try a.setFlags(.nonBlocking)
+    try b.setFlags(.nonBlocking)
+    return (a, b)
+}
+
+/// Serves one route on `pool`, sends one request with a FlyingSocks client socket on `clientPool`, and
+/// returns the whole response (the server closes after it: `Connection: close`).
+private func exchange(serverPool: some AsyncSocketPool, clientPool: some AsyncSocketPool) async throws -> String {
+    let server = HTTPServer(address: .loopback(port: 0), timeout: 5, pool: serverPool)
+    await server.appendRoute("*") { request in
+        HTTPResponse(statusCode: .ok, body: Data("hello \(request.path)".utf8))
+    }
+    let serving = Task { try await server.run() }
+    defer { serving.cancel() }
+    try await server.waitUntilListening(timeout: 5)
+    let port: UInt16
+    switch await server.listeningAddress {
+    case let .ip4(_, p), let .ip6(_, p): port = p
+    default: throw POSIXError(.EADDRNOTAVAIL)
+    }
+
+    let client = try await AsyncSocket.connected(to: .loopback(port: port), pool: clientPool, timeout: 5)
+    try await client.write(Data("GET /readiness HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8))
+    var response: [UInt8] = []
+    while true {
+        let chunk: [UInt8]
+        do { chunk = try await client.read(atMost: 4096) } catch FlyingSocks.SocketError.disconnected { break }
+        if chunk.isEmpty { break }
+        response += chunk
+    }
+    try? client.close()
+    await server.stop()
+    return String(decoding: response, as: UTF8.self)
+}
+
+@Suite("ReadinessSocketPool", .serialized)
+struct ReadinessSocketPoolTests {
+    @Test("FlyingFox's HTTPServer on the pool answers a FlyingSocks client", arguments: Backend.available)
+    func httpServer(backend: Backend) async throws {
+        let serverPool = ReadinessSocketPool(backend: backend)
+        let clientPool = ReadinessSocketPool(backend: backend)
+        try await clientPool.prepare()
+        let running = Task { try await clientPool.run() }
+        defer { running.cancel() }
+        let response = try await exchange(serverPool: serverPool, clientPool: clientPool)
+        #expect(response.hasPrefix("HTTP/1.1 200"), "\(backend): \(response)")
+        #expect(response.hasSuffix("hello /readiness"), "\(backend): \(response)")
+    }
+
+    @Test("the same on a pool over two loops of a group", arguments: Backend.available)
+    func httpServerOnGroup(backend: Backend) async throws {
+        let group = try EventLoopGroup(backend: backend, count: 2)
+        let pool = ReadinessSocketPool(group: group)
+        // One pool for the server and the client: the server prepares and runs it (a second run()
+        // would throw, as with FlyingSocks' pools).
+        let response = try await exchange(serverPool: pool, clientPool: pool)
+        #expect(response.hasPrefix("HTTP/1.1 200"), "\(backend): \(response)")
+        await group.shutdown()
+        // The same descriptor always waits on the same loop.
+        #expect(pool.loop(for: 7) === group.loops[1])
+        #expect(pool.loop(for: 8) === group.loops[0])
+    }
+
+    @Test("a suspended socket resumes when ready, and with CancellationError when its task is cancelled", arguments: Backend.available)
+    func readyAndCancelled(backend: Backend) async throws {
+        let pool = ReadinessSocketPool(backend: backend)
+        try await pool.prepare()
+        let running = Task { try await pool.run() }
+        defer { running.cancel() }
+        let (a, b) = try socketPair()
+        defer { try? a.close(); try? b.close() }
+
+        // Writable at once; readable once the peer writes.
+        try await pool.suspendSocket(a, untilReadyFor: .write)
+        let reader = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(20))
+        _ = try b.write(Data([1]))
+        try await reader.value
+        _ = try a.read(atMost: 1)
+
+        // Nothing to read: only cancellation ends the wait.
+        let waiting = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(50))
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        // Cancelled before it waits.
+        let early = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await pool.suspendSocket(a, untilReadyFor: .read)
+        }
+        await #expect(throws: CancellationError.self) { try await early.value }
+    }
+
+    @Test("run(): not before prepare(), not twice; when it ends, waiting sockets get CancellationError and new ones an error", arguments: Backend.available)
+    func runLifecycle(backend: Backend) async throws {
+        let pool = ReadinessSocketPool(backend: backend)
+        await #expect(throws: (any Error).self) { try await pool.run() }
+        let (a, b) = try socketPair()
+        defer { try? a.close(); try? b.close() }
+        await #expect(throws: (any Error).self) { try await pool.suspendSocket(a, untilReadyFor: .read) }
+
+        try await pool.prepare()
+        let running = Task { try await pool.run() }
+        try await Task.sleep(for: .milliseconds(20))
+        await #expect(throws: (any Error).self) { try await pool.run() }
+
+        let waiting = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(50))
+        running.cancel()
+        await #expect(throws: CancellationError.self) { try await running.value }
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        await #expect(throws: (any Error).self) { try await pool.suspendSocket(a, untilReadyFor: .read) }
+
+        // prepare() again makes a new loop: the pool runs again (FlyingFox restarts a server this way).
+        try await pool.prepare()
+        let again = Task { try await pool.run() }
+        _ = try b.write(Data([1]))
+        try await pool.suspendSocket(a, untilReadyFor: .read)
+        again.cancel()
+        _ = await again.result
+    }
+
+    @Test("a descriptor that is not open gives SocketError.disconnected; two readers of one socket both return", arguments: Backend.available)
+    func errorsAndSecondWaiter(backend: Backend) async throws {
+        let pool = ReadinessSocketPool(backend: backend)
+        try await pool.prepare()
+        let running = Task { try await pool.run() }
+        defer { running.cancel() }
+
+        let (a, b) = try socketPair()
+        defer { try? a.close(); try? b.close() }
+        let closed = FlyingSocks.Socket(file: .init(rawValue: 1_000))   // not open in this process
+        await #expect(throws: FlyingSocks.SocketError.disconnected) { try await pool.suspendSocket(closed, untilReadyFor: .read) }
+
+        // Readiness has one waiter per direction: the second returns (spuriously) after 1 ms, FlyingSocks retries.
+        let first = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(30))
+        try await pool.suspendSocket(a, untilReadyFor: .read)
+        #expect(pool.busyFallbacks == 1)
+        _ = try b.write(Data([1]))
+        try await first.value
+    }
+}
+
+@Suite("ReadinessEventQueue under FlyingSocks' SocketPool", .serialized)
+struct ReadinessEventQueueTests {
+    @Test("a socket resumes when ready, with CancellationError when cancelled; the pool stops", arguments: Backend.available)
+    func socketPool(backend: Backend) async throws {
+        let pool = SocketPool(queue: ReadinessEventQueue(backend: backend, maxEvents: 8))
+        try await pool.prepare()
+        let running = Task { try await pool.run() }
+        let (a, b) = try socketPair()
+        // Each descriptor closed once: a second close could close another test's descriptor of the same number.
+        var bOpen = true
+        defer { try? a.close(); if bOpen { try? b.close() } }
+
+        try await pool.suspendSocket(a, untilReadyFor: .write)
+        let reader = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(30))   // registered while the queue waits: applied after a wake
+        _ = try b.write(Data([1]))
+        try await reader.value
+        _ = try a.read(atMost: 1)
+
+        let waiting = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(30))
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+
+        // The peer goes away: a reader is resumed (readable at end of stream) and reads nothing.
+        let last = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(30))
+        bOpen = false
+        try b.close()
+        try? await last.value
+        #expect(throws: (any Error).self) { _ = try a.read(atMost: 1) }
+
+        running.cancel()
+        _ = await running.result
+    }
+
+    @Test("the queue maps events as FlyingSocks' epoll queue does", arguments: Backend.available)
+    func queueDirectly(backend: Backend) throws {
+        var queue = ReadinessEventQueue(backend: backend, maxEvents: 4)
+        try queue.open()
+        #expect(queue.backendName != nil)
+        let (a, b) = try socketPair()
+        defer { try? a.close(); try? b.close() }
+        try queue.addEvents([.read, .write], for: a.file)
+        let writable = try queue.getNotifications()
+        #expect(writable == [EventNotification(file: a.file, events: [.write], errors: [])])
+        try queue.removeEvents([.write], for: a.file)
+        _ = try b.write(Data([1]))
+        #expect(try queue.getNotifications() == [EventNotification(file: a.file, events: [.read], errors: [])])
+        try queue.removeEvents([.read], for: a.file)
+        try queue.stop()
+        #expect(throws: FlyingSocks.SocketError.disconnected) { try queue.getNotifications() }
+        try queue.close()
+        #expect(throws: FlyingSocks.SocketError.disconnected) { try queue.close() }
+        // Opened again after a close (SocketPool.prepare after a run).
+        try queue.open()
+        try queue.addEvents([.write], for: b.file)
+        #expect(try queue.getNotifications().map(\.file) == [b.file])
+        try queue.stop()
+        try queue.close()
+    }
+
+    @Test("stop() from another thread ends a wait in progress; close() during it is done by the waiter", arguments: Backend.available)
+    func stopDuringWait(backend: Backend) async throws {
+        var queue = ReadinessEventQueue(backend: backend)
+        try queue.open()
+        let (a, b) = try socketPair()
+        defer { try? a.close(); try? b.close() }
+        try queue.addEvents([.read], for: a.file)
+        let waiter = queue
+        let waiting = Task.detached { try waiter.getNotifications() }
+        try await Task.sleep(for: .milliseconds(30))
+        try queue.stop()
+        try queue.close()
+        await #expect(throws: FlyingSocks.SocketError.disconnected) { try await waiting.value }
+    }
+
+    @Test("FlyingFox's HTTPServer on SocketPool<ReadinessEventQueue>", arguments: Backend.available)
+    func httpServer(backend: Backend) async throws {
+        let serverPool = SocketPool(queue: ReadinessEventQueue(backend: backend))
+        let clientPool = SocketPool(queue: ReadinessEventQueue(backend: backend))
+        try await clientPool.prepare()
+        let running = Task { try await clientPool.run() }
+        defer { running.cancel() }
+        let response = try await exchange(serverPool: serverPool, clientPool: clientPool)
+        #expect(response.hasPrefix("HTTP/1.1 200"), "\(backend): \(response)")
+        #expect(response.hasSuffix("hello /readiness"), "\(backend): \(response)")
+    }
+}
