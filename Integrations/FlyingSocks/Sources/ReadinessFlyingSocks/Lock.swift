@@ -29,16 +29,3 @@ final class ReadinessLocked<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
-
-/// Held while the adapters create a poller (an `EventLoop` of the pool, a poller of the queue), so that
-/// no two threads of this process create one through them at the same time.
-///
-/// A workaround, to remove once the core has fixed it: Readiness's libevent shim
-/// (Backends/Libevent/CLibevent/shim.c, `rd_lev_supports_method` and `rd_lev_new`) calls libevent's
-/// `event_get_supported_methods()`, which in libevent 2.1 frees and reallocates one static array on
-/// every call. Two pollers of a forced libevent method (`libevent:epoll`, `:poll`, `:select`) created
-/// on two threads at once read freed memory or free it twice: FlyingFox's suite crashed in `strcmp`
-/// or in `malloc` about once in 30 runs on those backends, as every HTTPServer makes its own loop.
-/// Its value counts the pollers created (not `Void`: ThreadSanitizer reports the exclusivity check of a
-/// zero-sized stored value as a race with the read of the mutex beside it).
-let readinessPollerCreation = ReadinessLocked<Int>(0)

@@ -152,11 +152,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 }
                 let poller: any Poller
                 do throws(PollerError) {
-                    // One poller created at a time (readinessPollerCreation: a libevent race in the core).
-                    poller = try readinessPollerCreation.withLock { (created: inout Int) throws(PollerError) -> any Poller in
-                        created += 1
-                        return try makePoller()
-                    }
+                    poller = try makePoller()
                 } catch {
                     throw FlyingSocks.SocketError.failed(type: "Readiness poller", errno: 0, message: error.description)
                 }

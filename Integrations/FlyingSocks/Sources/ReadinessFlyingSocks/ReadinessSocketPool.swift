@@ -197,12 +197,7 @@ public final class ReadinessSocketPool: AsyncSocketPool {
             var loops: [EventLoop] = []
             do {
                 for i in 0..<count {
-                    // One poller created at a time (readinessPollerCreation: a libevent race in the core).
-                    let loop = try readinessPollerCreation.withLock { (created: inout Int) throws(PollerError) -> EventLoop in
-                        created += 1
-                        return try EventLoop(backend: chosen, name: "readiness-flyingsocks-\(i)")
-                    }
-                    loops.append(loop)
+                    loops.append(try EventLoop(backend: chosen, name: "readiness-flyingsocks-\(i)"))
                 }
             } catch {
                 for loop in loops { loop.syncShutdown() }
