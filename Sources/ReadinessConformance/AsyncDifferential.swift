@@ -106,11 +106,33 @@ public enum AsyncDifferential {
         guard let reference = contenders.first else { return nil }
         for other in contenders.dropFirst() {
             guard let diff = await differ(generated, reference, other) else { continue }
-            let shrunk = await shrink(generated) { candidate in await differ(candidate, reference, other) != nil }
+            // Only scripts that await a task after cancelling it, or after the shutdown, are kept: the
+            // others would wait for ever.
+            let shrunk = await shrink(generated) { candidate in
+                guard accepts(candidate) else { return false }
+                return await differ(candidate, reference, other) != nil
+            }
             return Failure(seed: seed, backends: (reference.name, other.name), script: shrunk,
                            diff: await differ(shrunk, reference, other) ?? diff)
         }
         return nil
+    }
+
+    /// Whether every await of `steps` is of a task that was cancelled or ended by the loop's shutdown
+    /// (what the generator writes; a shrunk script must keep it).
+    static func accepts(_ steps: [AsyncStep]) -> Bool {
+        var ending: Set<String> = []
+        var shutDown = false
+        for step in steps {
+            switch step {
+            case .start(let task, _): ending.remove(task)
+            case .startCancelled(let task, _), .cancel(let task): ending.insert(task)
+            case .shutdownLoop: shutDown = true
+            case .await(let task): if !shutDown && !ending.contains(task) { return false }
+            default: break
+            }
+        }
+        return true
     }
 
     /// Where two backends' runs of `steps` differ (nil when they agree).

@@ -10,8 +10,14 @@ typealias AsyncResult = (observation: Observation, socket: AsyncSocket?)
 /// The names of tasks in the order they finished.
 final class FinishLog: Sendable {
     private let names = Mutex<[String]>([])
-    func append(_ name: String) { names.withLock { $0.append(name) } }
+    private let all = Mutex<Set<String>>([])
+    func append(_ name: String) {
+        names.withLock { $0.append(name) }
+        all.withLock { _ = $0.insert(name) }
+    }
     func take() -> [String] { names.withLock { names in defer { names.removeAll() }; return names } }
+    /// Whether the task named `name` has finished (and forgets it, when it has).
+    func finished(_ name: String) -> Bool { all.withLock { $0.remove(name) != nil } }
 }
 
 /// Runs an async script on one loop and records normalized outcomes. Used by the script's own task
@@ -31,6 +37,9 @@ final class AsyncRun {
 
     /// Bytes of the buffer a read step reads into.
     static let readBuffer = 65_536
+    /// How long an await step waits for a task before it records that the task never ended (a backend
+    /// that loses an event would otherwise hang the suite).
+    static let watchdog: Duration = .seconds(15)
     /// How long the listener step waits for each filler connection of a full accept queue.
     static let fillerWait: CInt = 100
 
@@ -100,6 +109,15 @@ final class AsyncRun {
             return .ok
         case .await(let name):
             guard let (task, operation) = tasks.removeValue(forKey: name) else { return .note("no task \(name)") }
+            let deadline = ContinuousClock.now + Self.watchdog
+            while !finished.finished(name) {
+                if ContinuousClock.now > deadline {
+                    task.cancel()
+                    tasks["\(name) (abandoned)"] = (task, operation)
+                    return .note("still waiting after \(Self.watchdog)")
+                }
+                if isShutDown { usleep(1000) } else { try? await loop.sleep(for: .milliseconds(1)) }
+            }
             let result = await task.value
             if let socket = result.socket, let made = operation.madeSocket { sockets[made] = socket }
             return result.observation

@@ -11,6 +11,7 @@ struct ConformanceCommand: Command {
         static let seed = "seed"
         static let differentialOnly = "differential-only"
         static let showScript = "show-script"
+        static let showAsyncScript = "show-async-script"
         static let list = "list"
         static let json = "json"
         static let markdown = "markdown"
@@ -32,6 +33,8 @@ struct ConformanceCommand: Command {
         static let differentialAsync = OptionSpec.value(
             Name.differentialAsync, help: "Random async differential scripts (interleaved async operations) to run on all chosen backends (0: none).",
             default: String(defaultDifferentialAsync))
+        static let showAsyncScript = OptionSpec.value(
+            Name.showAsyncScript, help: "Run the async differential script of this seed on the first chosen backend, print each step's outcome, and exit.")
         static let showScript = OptionSpec.value(
             Name.showScript, help: "Print the differential script of this seed and exit.")
     }
@@ -47,6 +50,7 @@ struct ConformanceCommand: Command {
             Option.differentialAsync,
             .flag(Name.differentialOnly, help: "Run only the differential scripts, no scenario."),
             Option.showScript,
+            Option.showAsyncScript,
             .flag(Name.list, help: "Only list the scenarios (Markdown), without running them."),
             .flag(Name.json, help: "Print JSON."),
             .flag(Name.markdown, help: "Print a Markdown table."),
@@ -59,6 +63,7 @@ struct ConformanceCommand: Command {
     let seed: UInt64
     let differentialOnly: Bool
     let showScript: UInt64?
+    let showAsyncScript: UInt64?
     let list: Bool
     let json: Bool
     let markdown: Bool
@@ -71,6 +76,7 @@ struct ConformanceCommand: Command {
         seed = try arguments.integer(Option.seed) ?? Self.defaultSeed
         differentialOnly = arguments.flag(Name.differentialOnly)
         showScript = try arguments.integer(Option.showScript)
+        showAsyncScript = try arguments.integer(Option.showAsyncScript)
         list = arguments.flag(Name.list)
         json = arguments.flag(Name.json)
         markdown = arguments.flag(Name.markdown)
@@ -127,6 +133,15 @@ struct ConformanceCommand: Command {
         let chosen = backendNames.isEmpty ? Backend.available : named.enumerated().filter { index, backend in
             !named[..<index].contains { $0.name == backend.name }
         }.map(\.element)
+        if let showAsyncScript, let backend = chosen.first {
+            let steps = AsyncDifferential.script(seed: showAsyncScript, length: Self.asyncScriptLength)
+            let result = Self.blocking { () async -> ScenarioResult in
+                await AsyncConformance.record(steps, backend: backend.name) { () throws(PollerError) -> any Poller in try backend.makePoller() }
+            }
+            for line in result.trace { print("\(line.index). \(line.step): \(line.observed)") }
+            if case .failed(let why) = result.outcome { print("FAIL on \(backend.name): \(why)") }
+            return
+        }
         let scenarios = differentialOnly ? [] : Conformance.scenarios.filter { scenario in only.map(scenario.id.hasPrefix) ?? true }
         let asyncScenarios = differentialOnly ? [] : AsyncConformance.scenarios.filter { scenario in only.map(scenario.id.hasPrefix) ?? true }
         if let only, scenarios.isEmpty, asyncScenarios.isEmpty, !differentialOnly {
