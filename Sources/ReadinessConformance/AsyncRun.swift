@@ -30,6 +30,7 @@ final class AsyncRun {
     /// Numbers of the caller's descriptors it closed: later steps still name them.
     private var closedCallers: [String: CInt] = [:]
     private var listeners: [String: (fd: CInt, address: SocketAddress)] = [:]
+    private var loopListeners: [String: AsyncListener] = [:]
     private var fillers: [CInt] = []
     private var tasks: [String: (task: Task<AsyncResult, Never>, operation: AsyncOperation)] = [:]
     private let finished = FinishLog()
@@ -42,6 +43,9 @@ final class AsyncRun {
     static let watchdog: Duration = .seconds(15)
     /// How long the listener step waits for each filler connection of a full accept queue.
     static let fillerWait: CInt = 100
+
+    /// Loopback, port chosen by the kernel.
+    static let loopback = try! SocketAddress("127.0.0.1:0")
 
     init(loop: EventLoop) {
         signal(SIGPIPE, SIG_IGN)
@@ -80,6 +84,14 @@ final class AsyncRun {
             keep(r, x)
             keep(w, y)
             return .ok
+        case .listen(let name):
+            let address = try SocketAddress("127.0.0.1:0")
+            do throws(LoopError) {
+                loopListeners[name] = try await loop.listen(on: address)
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
         case .listener(let name):
             let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 16)
             listeners[name] = (fd, try Net.localAddress(fd))
@@ -209,7 +221,7 @@ final class AsyncRun {
 
     private func tcpPair(_ client: String, _ server: String) async -> Observation {
         do throws(LoopError) {
-            let listener = try await loop.listen(on: try! SocketAddress("127.0.0.1:0"))
+            let listener = try await loop.listen(on: Self.loopback)
             let timeout: Duration = .seconds(5)
             let accepting = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
                 do throws(LoopError) { return .success(try await listener.accept(timeout: timeout)) } catch { return .failure(error) }
@@ -249,6 +261,7 @@ final class AsyncRun {
         switch target {
         case .listener(let name), .fullListener(let name): listeners[name]?.address
         case .closedPort: (try? Net.freePort()).flatMap { try? SocketAddress("127.0.0.1:\($0)") }
+        case .loopListener(let name): loopListeners[name]?.address
         }
     }
 
@@ -340,6 +353,18 @@ final class AsyncRun {
                     return (.error(error.caseName), nil)
                 }
             }
+        case .accept(let name, _, let timeout):
+            guard let listener = loopListeners[name] else { return missing("listener \(name)") }
+            return {
+                do throws(LoopError) {
+                    return (.note("accepted"), try await listener.accept(timeout: timeout))
+                } catch {
+                    return (.error(error.caseName), nil)
+                }
+            }
+        case .closeListener(let name):
+            guard let listener = loopListeners[name] else { return missing("listener \(name)") }
+            return { await listener.close(); return (.ok, nil) }
         case .readEmpty(let name):
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in
@@ -362,7 +387,7 @@ extension AsyncOperation {
     /// The socket name a successful connect keeps.
     var madeSocket: String? {
         switch self {
-        case .connect(let name, _, _), .connectFirst(let name, _, _, _): name
+        case .connect(let name, _, _), .connectFirst(let name, _, _, _), .accept(_, let name, _): name
         default: nil
         }
     }

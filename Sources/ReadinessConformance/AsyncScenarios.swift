@@ -27,7 +27,7 @@ private let holdsFile = Requirement("needs a poller that holds a watched descrip
 
 extension AsyncConformance {
     /// Every async scenario, by area.
-    public static let scenarios: [AsyncScenario] = io + caller + cancellation + deadlines + misuse + shutdown + connects + sleeps + adoption
+    public static let scenarios: [AsyncScenario] = io + caller + cancellation + deadlines + misuse + shutdown + connects + accepts + sleeps + adoption
 
     static let io: [AsyncScenario] = [
         AsyncScenario("async/io/read-write", checks: "Bytes written on one end are read on the other; an empty socket times out.", [
@@ -152,6 +152,21 @@ extension AsyncConformance {
         ]),
     ]
 
+    static let accepts: [AsyncScenario] = [
+        AsyncScenario("async/accept/busy-and-closed", checks: "One accepting task at a time (busy for a second); the accepted socket carries bytes; closing the listener ends a suspended accept with closed.", [
+            line(.listen("l")), start("t1", .accept("l", as: "s", timeout: long)), op(.accept("l", as: "s2", timeout: long), fails(.busy)),
+            op(.connect(as: "c", to: .loopListener("l"), timeout: long), .connect("connected")), join("t1", .note("accepted")),
+            op(write("c", 3)), op(read("s"), bytes(3)),
+            start("t2", .accept("l", as: "s3", timeout: long)), op(.closeListener("l")), join("t2", fails(.closed)),
+            op(.accept("l", as: "s4", timeout: .zero), fails(.closed)),
+        ]),
+        AsyncScenario("async/accept/timed-out", checks: "An accept with nobody connecting times out at its deadline; the listener still accepts after.", [
+            line(.listen("l")), op(.accept("l", as: "s", timeout: .milliseconds(20)), fails(.timedOut)),
+            op(.connect(as: "c", to: .loopListener("l"), timeout: long), .connect("connected")),
+            op(.accept("l", as: "s", timeout: long), .note("accepted")),
+        ]),
+    ]
+
     static let sleeps: [AsyncScenario] = [
         AsyncScenario("async/sleep/order", checks: "Sleeps due at (nearly) one deadline end in the order they began.", [
             start("t1", .sleep(.milliseconds(20))), start("t2", .sleep(.milliseconds(20))), start("t3", .sleep(.milliseconds(20))),
@@ -170,7 +185,7 @@ extension AsyncConformance {
         AsyncScenario("async/adopt/good-and-bad", checks: "adopt takes a stream socket; -1 and a pipe are refused with socket(invalidArgument) and stay the caller's, open.", [
             line(.callerPair("x", "y")), line(.adopt("x", as: "a")), line(.adopt("y", as: "b")),
             op(write("a", 2)), op(read("b"), bytes(2)),
-            line(.adoptNumber(-1), .error("socket(invalidArgument)")),
+            line(.adoptNumber(-1), .error("socket(invalidArgument)")), line(.adoptNumber(999_999), .error("socket(closed)")),
             line(.callerPipe(read: "r", write: "w")), line(.adopt("r", as: "p"), .error("socket(invalidArgument)")),
             line(.isOpen("r"), open), line(.isOpen("w"), open),
         ]),

@@ -33,6 +33,11 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     case connectFirst(as: String, to: [AsyncTarget], attemptDelay: Duration, timeout: Duration?)
     /// `read(into:)` with an empty buffer (refused: `.invalidArgument`).
     case readEmpty(String)
+    /// Accepts one connection on a loop listener (``AsyncStep/listen(_:)``), kept as socket `as`:
+    /// "accepted" or an error.
+    case accept(String, as: String, timeout: Duration?)
+    /// Closes a loop listener (a task suspended in accept resumes with `.closed`).
+    case closeListener(String)
 
     /// The operation in words.
     public var description: String {
@@ -53,6 +58,8 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .connectFirst(let s, let targets, let delay, let t):
             return "connect \(s) to the first of \(targets.map(\.description).joined(separator: ", ")) (\(delay) apart)\(within(t))"
         case .readEmpty(let s): return "read \(s) into an empty buffer"
+        case .accept(let l, let s, let t): return "accept \(s) on \(l)\(within(t))"
+        case .closeListener(let l): return "close listener \(l)"
         }
     }
 }
@@ -65,6 +72,8 @@ public enum AsyncTarget: Sendable, Hashable, CustomStringConvertible {
     case fullListener(String)
     /// A loopback port nobody listens on.
     case closedPort
+    /// A listener the loop owns (``AsyncStep/listen(_:)``).
+    case loopListener(String)
 
     /// The target in words.
     public var description: String {
@@ -72,6 +81,7 @@ public enum AsyncTarget: Sendable, Hashable, CustomStringConvertible {
         case .listener(let name): "listener \(name)"
         case .fullListener(let name): "full listener \(name)"
         case .closedPort: "a closed port"
+        case .loopListener(let name): "loop listener \(name)"
         }
     }
 }
@@ -86,6 +96,8 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
     case callerPair(String, String)
     /// A pipe the caller keeps.
     case callerPipe(read: String, write: String)
+    /// A loopback TCP listener the loop owns (`loop.listen(on:)`).
+    case listen(String)
     /// A caller's loopback TCP listener that never accepts.
     case listener(String)
     /// A caller's loopback TCP listener whose accept queue is full.
@@ -123,6 +135,7 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
         case .tcpPair(let c, let s): "TCP connection \(c) -> \(s) on the loop"
         case .callerPair(let a, let b): "caller's socketpair \(a)/\(b)"
         case .callerPipe(let r, let w): "caller's pipe \(r)/\(w)"
+        case .listen(let name): "listen \(name) on the loop"
         case .listener(let name): "caller's listener \(name)"
         case .fullListener(let name): "caller's listener \(name) with a full accept queue"
         case .run(let operation): "\(operation)"
