@@ -86,12 +86,14 @@ extension AsyncConformance {
             line(.startCancelled("t2", .sleep(.seconds(3600)))), join("t2", fails(.cancelled)),
             op(write("b", 1)), line(.startCancelled("t3", read("a"))), join("t3", bytes(1)),
         ]),
-        AsyncScenario("async/cancel/during-wait", checks: "Cancelling a suspended read, sleep or readable ends it with cancelled and leaves the socket usable.", [
+        AsyncScenario("async/cancel/during-wait", checks: "Cancelling a suspended read, sleep, readable or connect ends it with cancelled, leaves the socket usable and the caller's descriptor open.", [
             pair, start("t1", read("a")), line(.cancel("t1")), join("t1", fails(.cancelled)),
             op(write("b", 1)), op(read("a"), bytes(1)),
             start("t2", .sleep(.seconds(3600))), line(.cancel("t2")), join("t2", fails(.cancelled)),
             line(.callerPair("x", "y")), start("t3", .readable("x", timeout: nil)), line(.cancel("t3")), join("t3", fails(.cancelled)),
             op(.readable("x", timeout: .zero), fails(.timedOut)), line(.isOpen("x"), open),
+            line(.fullListener("l")), start("t4", .connect(as: "c", to: .fullListener("l"), timeout: nil)), line(.cancel("t4")),
+            join("t4", fails(.cancelled)),
         ]),
     ]
 
@@ -121,13 +123,15 @@ extension AsyncConformance {
     ]
 
     static let shutdown: [AsyncScenario] = [
-        AsyncScenario("async/shutdown/pending", checks: "Shutdown ends every pending read, write, sleep and readable with shutdown; later operations fail with shutdown and leave the caller's descriptors open.", [
+        AsyncScenario("async/shutdown/pending", checks: "Shutdown ends every pending read, write, sleep, readable and connect (one address or several) with shutdown; later operations fail with shutdown and leave the caller's descriptors open.", [
             pair, line(.socketPair("c", "d")), line(.callerPair("x", "y")),
             start("t1", read("a")), start("t2", write("c", large)), start("t3", .sleep(.seconds(3600))),
             start("t4", .readable("x", timeout: nil)), start("t5", read("b")),
+            line(.fullListener("l")), start("t6", .connect(as: "e", to: .fullListener("l"), timeout: nil)),
+            start("t7", .connectFirst(as: "f", to: [.fullListener("l"), .fullListener("l")], attemptDelay: .milliseconds(10), timeout: nil)),
             line(.shutdownLoop),
             join("t1", fails(.shutdown)), join("t2", fails(.shutdown)), join("t3", fails(.shutdown)),
-            join("t4", fails(.shutdown)), join("t5", fails(.shutdown)),
+            join("t4", fails(.shutdown)), join("t5", fails(.shutdown)), join("t6", fails(.shutdown)), join("t7", fails(.shutdown)),
             op(read("a"), fails(.shutdown)), op(.sleep(.zero), fails(.shutdown)),
             op(.readable("x", timeout: .zero), fails(.shutdown)),
             line(.adopt("y", as: "c"), fails(.shutdown)), line(.isOpen("y"), open), line(.isOpen("x"), open),
@@ -182,12 +186,14 @@ extension AsyncConformance {
     ]
 
     static let adoption: [AsyncScenario] = [
-        AsyncScenario("async/adopt/good-and-bad", checks: "adopt takes a stream socket; -1 and a pipe are refused with socket(invalidArgument) and stay the caller's, open.", [
+        AsyncScenario("async/adopt/good-and-bad", checks: "adopt takes a stream socket; -1, a number not open and a pipe are refused (socket(invalidArgument), socket(closed)) and stay the caller's, open; so is a descriptor a task waits on with readable (invalidArgument).", [
             line(.callerPair("x", "y")), line(.adopt("x", as: "a")), line(.adopt("y", as: "b")),
             op(write("a", 2)), op(read("b"), bytes(2)),
             line(.adoptNumber(-1), .error("socket(invalidArgument)")), line(.adoptNumber(999_999), .error("socket(closed)")),
             line(.callerPipe(read: "r", write: "w")), line(.adopt("r", as: "p"), .error("socket(invalidArgument)")),
             line(.isOpen("r"), open), line(.isOpen("w"), open),
+            line(.callerPair("u", "v")), start("t1", .readable("u", timeout: nil)), line(.adopt("u", as: "q"), fails(.invalidArgument(""))),
+            line(.cancel("t1")), join("t1", fails(.cancelled)), line(.isOpen("u"), open), line(.adopt("u", as: "q")),
         ]),
     ]
 }
