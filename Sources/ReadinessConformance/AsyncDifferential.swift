@@ -42,6 +42,10 @@ public enum AsyncDifferential {
     }
 
     static let sockets = ["a", "b", "c", "d"]
+    /// A write in a task that fills the socket buffers and waits for the peer's reads.
+    static let largeWrite = 300_000
+    /// A direct read that takes a good part of a full buffer.
+    static let largeRead = 65_536
     static let taskNames = ["t1", "t2", "t3"]
     /// What every script starts with.
     static let prelude: [AsyncStep] = [.socketPair("a", "b"), .socketPair("c", "d"), .callerPair("x", "y")]
@@ -64,6 +68,7 @@ public enum AsyncDifferential {
                 let operations: [AsyncOperation] = [
                     .read(socket(), upTo: 64, timeout: nil), .read(socket(), upTo: 64, timeout: nil),
                     .write(socket(), bytes: 1 + random.below(3), timeout: nil),
+                    .write(socket(), bytes: largeWrite, timeout: nil),
                     .sleep(.seconds(3600)), .readable("x", timeout: nil), .writable("x", timeout: nil),
                 ]
                 let operation = operations[random.below(operations.count)]
@@ -78,7 +83,7 @@ public enum AsyncDifferential {
                 steps.append(contentsOf: [.cancel(task), .await(task)])
                 running.remove(task)
             case 6, 7:
-                steps.append(.run(.read(socket(), upTo: 64, timeout: .zero)))
+                steps.append(.run(.read(socket(), upTo: random.below(2) == 0 ? 64 : largeRead, timeout: .zero)))
             case 8, 9, 10:
                 steps.append(.run(.write(socket(), bytes: 1 + random.below(3), timeout: .zero)))
             case 11:
@@ -86,9 +91,16 @@ public enum AsyncDifferential {
             case 12:
                 steps.append(.run(.readable("x", timeout: .zero)))
             case 13:
-                steps.append(.run(.shutdownWrite(socket())))
+                let e = socket()
+                // Not while a large write may wait on the pair: select cannot wake that writer when the
+                // socket hangs up (async/io/writer-hung-up, a known difference).
+                steps.append(accepts(steps + [.run(.shutdownWrite(e))]) ? .run(.shutdownWrite(e)) : .run(.sleep(.zero)))
             case 14:
-                steps.append(random.below(3) == 0 ? .run(.close(socket())) : .run(.read(socket(), upTo: 1, timeout: .zero)))
+                switch random.below(6) {
+                case 0: steps.append(.run(.close(socket())))
+                case 1: steps.append(.run(.closeInside(socket())))
+                default: steps.append(.run(.read(socket(), upTo: 1, timeout: .zero)))
+                }
             default:
                 steps.append(.run(.sleep(.zero)))
             }
@@ -120,20 +132,41 @@ public enum AsyncDifferential {
 
     /// Whether every await of `steps` is of a task that was cancelled or ended by the loop's shutdown
     /// (what the generator writes; a shrunk script must keep it).
+    /// No socket of a pair is shut down for writing while a large write on the pair has not been
+    /// awaited: select cannot wake that writer once the socket hangs up (the known difference that
+    /// `async/io/writer-hung-up` shows), and the generator looks for new ones.
     static func accepts(_ steps: [AsyncStep]) -> Bool {
         var ending: Set<String> = []
         var shutDown = false
+        var largeWrites: [String: String] = [:]
         for step in steps {
             switch step {
-            case .start(let task, _): ending.remove(task)
-            case .startCancelled(let task, _), .cancel(let task): ending.insert(task)
+            case .start(let task, _), .startCancelled(let task, _):
+                if case .start = step { ending.remove(task) } else { ending.insert(task) }
+                largeWrites[task] = largeWriter(step)
+            case .cancel(let task): ending.insert(task)
             case .shutdownLoop: shutDown = true
-            case .await(let task): if !shutDown && !ending.contains(task) { return false }
+            case .await(let task):
+                if !shutDown && !ending.contains(task) { return false }
+                largeWrites.removeValue(forKey: task)
+            case .run(.shutdownWrite(let e)):
+                if largeWrites.values.contains(where: { pairOf($0) == pairOf(e) }) { return false }
             default: break
             }
         }
         return true
     }
+
+    /// The socket a large write of this step waits on, if it starts one.
+    static func largeWriter(_ step: AsyncStep) -> String? {
+        switch step {
+        case .start(_, .write(let e, let n, _)) where n == largeWrite, .startCancelled(_, .write(let e, let n, _)) where n == largeWrite: e
+        default: nil
+        }
+    }
+
+    /// Which of the two socketpairs a socket belongs to.
+    static func pairOf(_ e: String) -> Int { e == "a" || e == "b" ? 0 : 1 }
 
     /// Where two backends' runs of `steps` differ (nil when they agree).
     static func differ(_ steps: [AsyncStep], _ a: Contender, _ b: Contender) async -> String? {
