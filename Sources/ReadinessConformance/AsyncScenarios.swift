@@ -48,6 +48,10 @@ extension AsyncConformance {
             line(.tcpPair(client: "c", server: "s")), op(.shutdownWrite("c")), op(read("s"), eof),
             op(write("s", 5)), op(read("c"), bytes(5)),
         ]),
+        AsyncScenario("async/io/writer-hung-up", checks: "A task waiting for room to write on a socketpair end that hangs up (both directions shut down, no error) is woken and fails with socket(reset), not left waiting.", [
+            pair, start("t1", write("a", large, brief)), op(.shutdownWrite("a")), op(.shutdownWrite("b")),
+            join("t1", .error("socket(reset)")),
+        ]),
         AsyncScenario("async/io/write-larger-than-buffers", checks: "A write larger than both socket buffers waits for room until every byte is read.", [
             pair, start("t1", write("a", large)), op(.readAll("b", bytes: large, timeout: long), bytes(large)),
             join("t1", .ok),
