@@ -102,6 +102,7 @@ final class AsyncRun {
         case .run(let operation):
             let result = await resolve(operation)()
             if let socket = result.socket, let made = operation.madeSocket { sockets[made] = socket }
+            if operation.closes { placeSentinel() }
             return result.observation
         case .start(let name, let operation), .startCancelled(let name, let operation):
             guard tasks[name] == nil else { return .note("task \(name) is already running") }
@@ -139,6 +140,7 @@ final class AsyncRun {
         case .shutdownLoop:
             await loop.shutdown()
             isShutDown = true
+            placeSentinel()
             return .ok
         case .adopt(let caller, let name):
             guard let kept = callers[caller] else { return .note("no descriptor \(caller)") }
@@ -192,6 +194,14 @@ final class AsyncRun {
         for fd in fillers { close(fd) }
         fillers.removeAll()
         return problems
+    }
+
+    /// Opens /dev/null on the lowest free number (most likely the one a close just freed) and keeps
+    /// it as a caller's descriptor: a loop that closed that number again (a socket closed twice) would
+    /// close the sentinel, which ``finish()`` reports.
+    private func placeSentinel() {
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 { keep("sentinel \(fd)", fd) }
     }
 
     // MARK: Set-up
@@ -384,6 +394,14 @@ final class AsyncRun {
 }
 
 extension AsyncOperation {
+    /// Whether the operation closes a socket or listener of the loop.
+    var closes: Bool {
+        switch self {
+        case .close, .resetClose, .closeInside, .closeListener: true
+        default: false
+        }
+    }
+
     /// The socket name a successful connect keeps.
     var madeSocket: String? {
         switch self {
