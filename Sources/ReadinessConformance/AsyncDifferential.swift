@@ -181,21 +181,24 @@ public enum AsyncDifferential {
         return lines.isEmpty ? nil : lines.joined(separator: "\n")
     }
 
-    /// Removes steps (one at a time, repeatedly) while the script still fails.
+    /// Removes steps while the script still fails: two neighbours at a time (a task's cancel and its
+    /// await, a start and its await go together), then one at a time, until nothing more can go.
     static func shrink(_ steps: [AsyncStep], stillFails: ([AsyncStep]) async -> Bool) async -> [AsyncStep] {
         var current = steps
         var changed = true
         while changed {
             changed = false
-            var index = current.count - 1
-            while index >= 0 {
-                var candidate = current
-                candidate.remove(at: index)
-                if !candidate.isEmpty, await stillFails(candidate) {
-                    current = candidate
-                    changed = true
+            for width in [2, 1] {
+                var index = current.count - width
+                while index >= 0 {
+                    var candidate = current
+                    candidate.removeSubrange(index..<index + width)
+                    if !candidate.isEmpty, await stillFails(candidate) {
+                        current = candidate
+                        changed = true
+                    }
+                    index = Swift.min(index, current.count - width) - 1
                 }
-                index -= 1
             }
         }
         return current
