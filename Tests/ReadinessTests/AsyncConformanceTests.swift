@@ -17,24 +17,10 @@ struct AsyncConformanceTests {
         case .skipped(let reason):
             // Reported as skipped, with the reason: never counted as a pass.
             try Test.cancel("\(scenario.id) skipped on \(backend.name): \(reason)")
-        case .failed(let diff) where Self.knownDefects.contains("\(backend.name) \(scenario.id)"):
-            // A defect found by the suite and not fixed yet: reported as a known issue (and as a
-            // failure once it no longer fails, so that this list is kept true).
-            withKnownIssue("known defect (Docs/Conformance.md, \"A difference found this way\")") {
-                Issue.record("\(scenario.id) on \(backend.name):\n\(diff)")
-            }
         case .failed(let diff):
             Issue.record("\(scenario.id) on \(backend.name):\n\(diff)")
         }
-        if result.passed && Self.knownDefects.contains("\(backend.name) \(scenario.id)") {
-            Issue.record("\(scenario.id) passes on \(backend.name) now: remove it from knownDefects")
-        }
     }
-
-    /// Backend and scenario of the defects the async suite found that the core has not fixed yet: a
-    /// writer waiting for room on a socketpair end that hangs up is never woken where the kernel
-    /// reports the hang-up in select's read set only.
-    static let knownDefects: Set<String> = ["select async/io/writer-hung-up", "libevent:select async/io/writer-hung-up"]
 
     /// Scripts per run of the test (the tool's `make run` runs more).
     static let differentialScripts: UInt64 = 100
