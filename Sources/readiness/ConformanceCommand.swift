@@ -7,9 +7,11 @@ struct ConformanceCommand: Command {
         static let backend = "backend"
         static let only = "only"
         static let differential = "differential"
+        static let differentialAsync = "differential-async"
         static let seed = "seed"
         static let differentialOnly = "differential-only"
         static let showScript = "show-script"
+        static let showAsyncScript = "show-async-script"
         static let list = "list"
         static let json = "json"
         static let markdown = "markdown"
@@ -17,6 +19,8 @@ struct ConformanceCommand: Command {
 
     /// Random differential scripts run when --differential is not given.
     static let defaultDifferential = 50
+    /// Random async differential scripts run when --differential-async is not given.
+    static let defaultDifferentialAsync = 50
     /// The first seed when --seed is not given.
     static let defaultSeed: UInt64 = 1
 
@@ -26,6 +30,11 @@ struct ConformanceCommand: Command {
             default: String(defaultDifferential))
         static let seed = OptionSpec.value(
             Name.seed, help: "First seed of the differential scripts.", default: String(defaultSeed))
+        static let differentialAsync = OptionSpec.value(
+            Name.differentialAsync, help: "Random async differential scripts (interleaved async operations) to run on all chosen backends (0: none).",
+            default: String(defaultDifferentialAsync))
+        static let showAsyncScript = OptionSpec.value(
+            Name.showAsyncScript, help: "Run the async differential script of this seed on the first chosen backend, print each step's outcome, and exit.")
         static let showScript = OptionSpec.value(
             Name.showScript, help: "Print the differential script of this seed and exit.")
     }
@@ -38,8 +47,10 @@ struct ConformanceCommand: Command {
             .value(Name.only, help: "Only scenarios whose id starts with this prefix."),
             Option.differential,
             Option.seed,
+            Option.differentialAsync,
             .flag(Name.differentialOnly, help: "Run only the differential scripts, no scenario."),
             Option.showScript,
+            Option.showAsyncScript,
             .flag(Name.list, help: "Only list the scenarios (Markdown), without running them."),
             .flag(Name.json, help: "Print JSON."),
             .flag(Name.markdown, help: "Print a Markdown table."),
@@ -48,9 +59,11 @@ struct ConformanceCommand: Command {
     let backendNames: [String]
     let only: String?
     let differential: Int
+    let differentialAsync: Int
     let seed: UInt64
     let differentialOnly: Bool
     let showScript: UInt64?
+    let showAsyncScript: UInt64?
     let list: Bool
     let json: Bool
     let markdown: Bool
@@ -59,9 +72,11 @@ struct ConformanceCommand: Command {
         backendNames = arguments.values(Name.backend)
         only = arguments.value(Name.only)
         differential = try arguments.integer(Option.differential) ?? Self.defaultDifferential
+        differentialAsync = try arguments.integer(Option.differentialAsync) ?? Self.defaultDifferentialAsync
         seed = try arguments.integer(Option.seed) ?? Self.defaultSeed
         differentialOnly = arguments.flag(Name.differentialOnly)
         showScript = try arguments.integer(Option.showScript)
+        showAsyncScript = try arguments.integer(Option.showAsyncScript)
         list = arguments.flag(Name.list)
         json = arguments.flag(Name.json)
         markdown = arguments.flag(Name.markdown)
@@ -69,6 +84,8 @@ struct ConformanceCommand: Command {
 
     /// Steps per differential script.
     static let scriptLength = 30
+    /// Random steps per async differential script (between its prelude and its shutdown).
+    static let asyncScriptLength = 24
 
     struct Cell: Encodable {
         let outcome: String
@@ -76,6 +93,8 @@ struct ConformanceCommand: Command {
         let milliseconds: Double
     }
     struct Row: Encodable {
+        /// "poller" (a ``Scenario``) or "async" (an ``AsyncScenario``).
+        let layer: String
         let scenario: String
         let checks: String
         let results: [String: Cell]
@@ -92,8 +111,16 @@ struct ConformanceCommand: Command {
         let backends: [String]
         let rows: [Row]
         let totals: [String: Totals]
+        let asyncTotals: [String: Totals]
         let differential: [String]
         let differentialScripts: Int
+        let differentialAsync: [String]
+        let differentialAsyncScripts: Int
+    }
+
+    enum Layer {
+        static let poller = "poller"
+        static let async = "async"
     }
 
     func run() throws(ToolError) {
@@ -106,12 +133,26 @@ struct ConformanceCommand: Command {
         let chosen = backendNames.isEmpty ? Backend.available : named.enumerated().filter { index, backend in
             !named[..<index].contains { $0.name == backend.name }
         }.map(\.element)
+        if let showAsyncScript, let backend = chosen.first {
+            let steps = AsyncDifferential.script(seed: showAsyncScript, length: Self.asyncScriptLength)
+            let result = Self.blocking { () async -> ScenarioResult in
+                await AsyncConformance.record(steps, backend: backend.name) { () throws(PollerError) -> any Poller in try backend.makePoller() }
+            }
+            for line in result.trace { print("\(line.index). \(line.step): \(line.observed)") }
+            if case .failed(let why) = result.outcome { print("FAIL on \(backend.name): \(why)") }
+            return
+        }
         let scenarios = differentialOnly ? [] : Conformance.scenarios.filter { scenario in only.map(scenario.id.hasPrefix) ?? true }
-        if let only, scenarios.isEmpty, !differentialOnly {
+        let asyncScenarios = differentialOnly ? [] : AsyncConformance.scenarios.filter { scenario in only.map(scenario.id.hasPrefix) ?? true }
+        if let only, scenarios.isEmpty, asyncScenarios.isEmpty, !differentialOnly {
             throw .usage(.invalid("no scenario id starts with \"\(only)\" (see --list)"))
         }
         if list {
             for scenario in scenarios {
+                let needs = scenario.requirements.map(\.reason).joined(separator: "; ")
+                print("| `\(scenario.id)` | \(scenario.checks) | \(needs.isEmpty ? "" : needs) |")
+            }
+            for scenario in asyncScenarios {
                 let needs = scenario.requirements.map(\.reason).joined(separator: "; ")
                 print("| `\(scenario.id)` | \(scenario.checks) | \(needs.isEmpty ? "" : needs) |")
             }
@@ -120,6 +161,15 @@ struct ConformanceCommand: Command {
         var reports: [BackendReport] = []
         for backend in chosen {
             reports.append(Conformance.run(backend: backend.name, scenarios: scenarios) { try backend.makePoller() })
+        }
+        let asyncReports = Self.blocking { () async -> [BackendReport] in
+            var reports: [BackendReport] = []
+            for backend in chosen {
+                reports.append(await AsyncConformance.run(backend: backend.name, scenarios: asyncScenarios) { () throws(PollerError) -> any Poller in
+                    try backend.makePoller()
+                })
+            }
+            return reports
         }
         let contenders = chosen.map { backend in Differential.Contender(name: backend.name) { try backend.makePoller() } }
         var differences: [String] = []
@@ -130,83 +180,146 @@ struct ConformanceCommand: Command {
                 }
             }
         }
+        let asyncContenders = chosen.map { backend in
+            AsyncDifferential.Contender(name: backend.name) { () throws(PollerError) -> any Poller in try backend.makePoller() }
+        }
+        let asyncScripts = asyncContenders.count > 1 ? max(0, differentialAsync) : 0
+        let (seed, length) = (self.seed, Self.asyncScriptLength)
+        let asyncDifferences = Self.blocking { () async -> [String] in
+            var differences: [String] = []
+            for offset in 0..<UInt64(asyncScripts) {
+                if let failure = await AsyncDifferential.check(seed: seed &+ offset, length: length, contenders: asyncContenders) {
+                    differences.append(failure.description)
+                }
+            }
+            return differences
+        }
         let output = Output(
             backends: chosen.map(\.name),
-            rows: scenarios.enumerated().map { index, scenario in
-                Row(scenario: scenario.id, checks: scenario.checks, results: Dictionary(uniqueKeysWithValues: reports.map { report in
-                    let result = report.results[index]
-                    let ms = Double(result.duration.components.attoseconds) / 1e15 + Double(result.duration.components.seconds) * 1000
-                    switch result.outcome {
-                    case .passed: return (report.backend, Cell(outcome: "pass", detail: nil, milliseconds: ms))
-                    case .failed(let diff): return (report.backend, Cell(outcome: "FAIL", detail: diff, milliseconds: ms))
-                    case .skipped(let why): return (report.backend, Cell(outcome: "skip", detail: why, milliseconds: ms))
-                    }
-                }))
-            },
-            totals: Dictionary(uniqueKeysWithValues: reports.map { report in
-                let (s, atto) = report.duration.components
-                return (report.backend, Totals(passed: report.passed, failed: report.failures.count, skipped: report.skipped,
-                                               seconds: Double(s) + Double(atto) / 1e18))
-            }),
+            rows: Self.rows(Layer.poller, scenarios.map { ($0.id, $0.checks) }, reports)
+                + Self.rows(Layer.async, asyncScenarios.map { ($0.id, $0.checks) }, asyncReports),
+            totals: Self.totals(reports),
+            asyncTotals: Self.totals(asyncReports),
             differential: differences,
-            differentialScripts: contenders.count > 1 ? max(0, differential) : 0)
+            differentialScripts: contenders.count > 1 ? max(0, differential) : 0,
+            differentialAsync: asyncDifferences,
+            differentialAsyncScripts: asyncScripts)
 
         if json {
             try printJSON(output)
         } else {
             print(markdown ? Self.markdown(output) : Self.text(output))
         }
-        let failed = reports.contains { !$0.failures.isEmpty } || !differences.isEmpty
+        let failed = (reports + asyncReports).contains { !$0.failures.isEmpty } || !differences.isEmpty || !asyncDifferences.isEmpty
         if failed { throw .failed }
     }
 
-    static func markdown(_ o: Output) -> String {
-        var lines = ["| scenario | " + o.backends.joined(separator: " | ") + " |",
-                     "|---|" + o.backends.map { _ in "---" }.joined(separator: "|") + "|"]
-        var notes: [String] = []
-        for row in o.rows {
-            let cells = o.backends.map { backend -> String in
-                guard let cell = row.results[backend] else { return "" }
-                if let detail = cell.detail {
-                    notes.append("- \(row.scenario) on \(backend): \(cell.outcome): \(detail.replacingOccurrences(of: "\n", with: "; "))")
+    static func rows(_ layer: String, _ scenarios: [(id: String, checks: String)], _ reports: [BackendReport]) -> [Row] {
+        scenarios.enumerated().map { index, scenario in
+            Row(layer: layer, scenario: scenario.id, checks: scenario.checks, results: Dictionary(uniqueKeysWithValues: reports.map { report in
+                let result = report.results[index]
+                let ms = Double(result.duration.components.attoseconds) / 1e15 + Double(result.duration.components.seconds) * 1000
+                switch result.outcome {
+                case .passed: return (report.backend, Cell(outcome: "pass", detail: nil, milliseconds: ms))
+                case .failed(let diff): return (report.backend, Cell(outcome: "FAIL", detail: diff, milliseconds: ms))
+                case .skipped(let why): return (report.backend, Cell(outcome: "skip", detail: why, milliseconds: ms))
                 }
-                return cell.outcome
-            }
-            lines.append("| \(row.scenario) | " + cells.joined(separator: " | ") + " |")
+            }))
         }
-        lines.append("| **totals (pass/fail/skip)** | " + o.backends.map { b in
-            let t = o.totals[b, default: .zero]
-            return "\(t.passed)/\(t.failed)/\(t.skipped)"
-        }.joined(separator: " | ") + " |")
-        lines.append("| **time (s)** | " + o.backends.map { String(format: "%.2f", o.totals[$0, default: .zero].seconds) }.joined(separator: " | ") + " |")
+    }
+
+    static func totals(_ reports: [BackendReport]) -> [String: Totals] {
+        Dictionary(uniqueKeysWithValues: reports.map { report in
+            let (s, atto) = report.duration.components
+            return (report.backend, Totals(passed: report.passed, failed: report.failures.count, skipped: report.skipped,
+                                           seconds: Double(s) + Double(atto) / 1e18))
+        })
+    }
+
+    /// Runs async work from the tool's synchronous command and waits for its value.
+    static func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
+        let result = ResultBox<T>()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            result.value = await body()
+            done.signal()
+        }
+        done.wait()
+        return result.value!
+    }
+
+    /// The layers' matrices in order: the poller scenarios, then the async ones (a layer with no row is left out).
+    static func layers(_ o: Output) -> [(name: String, rows: [Row], totals: [String: Totals])] {
+        [(Layer.poller, o.totals), (Layer.async, o.asyncTotals)].compactMap { layer, totals in
+            let rows = o.rows.filter { $0.layer == layer }
+            return rows.isEmpty ? nil : (layer, rows, totals)
+        }
+    }
+
+    static func markdown(_ o: Output) -> String {
+        var lines: [String] = []
+        var notes: [String] = []
+        for layer in layers(o) {
+            if !lines.isEmpty { lines.append("") }
+            lines.append("| \(layer.name) scenario | " + o.backends.joined(separator: " | ") + " |")
+            lines.append("|---|" + o.backends.map { _ in "---" }.joined(separator: "|") + "|")
+            for row in layer.rows {
+                let cells = o.backends.map { backend -> String in
+                    guard let cell = row.results[backend] else { return "" }
+                    if let detail = cell.detail {
+                        notes.append("- \(row.scenario) on \(backend): \(cell.outcome): \(detail.replacingOccurrences(of: "\n", with: "; "))")
+                    }
+                    return cell.outcome
+                }
+                lines.append("| \(row.scenario) | " + cells.joined(separator: " | ") + " |")
+            }
+            lines.append("| **totals (pass/fail/skip)** | " + o.backends.map { b in
+                let t = layer.totals[b, default: .zero]
+                return "\(t.passed)/\(t.failed)/\(t.skipped)"
+            }.joined(separator: " | ") + " |")
+            lines.append("| **time (s)** | " + o.backends.map { String(format: "%.2f", layer.totals[$0, default: .zero].seconds) }.joined(separator: " | ") + " |")
+        }
         lines.append("")
-        lines.append("Differential: \(o.differentialScripts) random scripts, \(o.differential.count) differences.")
+        lines.append("Differential: \(o.differentialScripts) random scripts, \(o.differential.count) differences; "
+            + "async: \(o.differentialAsyncScripts) random scripts, \(o.differentialAsync.count) differences.")
         if !notes.isEmpty { lines.append(""); lines.append(contentsOf: notes) }
-        for difference in o.differential { lines.append("```\n\(difference)\n```") }
+        for difference in o.differential + o.differentialAsync { lines.append("```\n\(difference)\n```") }
         return lines.joined(separator: "\n")
     }
 
     static func text(_ o: Output) -> String {
-        let width = max(8, (o.rows.map(\.scenario.count).max() ?? 8) + 1)
+        let width = max(22, (o.rows.map(\.scenario.count).max() ?? 8) + 1)
         let column = max(8, (o.backends.map(\.count).max() ?? 8) + 1)
         func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
-        var lines = [pad("scenario", width) + o.backends.map { pad($0, column) }.joined()]
+        var lines: [String] = []
         var notes: [String] = []
-        for row in o.rows {
-            lines.append(pad(row.scenario, width) + o.backends.map { backend -> String in
-                guard let cell = row.results[backend] else { return pad("", column) }
-                if let detail = cell.detail { notes.append("\(cell.outcome) \(row.scenario) on \(backend): \(detail)") }
-                return pad(cell.outcome, column)
+        for layer in layers(o) {
+            if !lines.isEmpty { lines.append("") }
+            lines.append(pad("\(layer.name) scenario", width) + o.backends.map { pad($0, column) }.joined())
+            for row in layer.rows {
+                lines.append(pad(row.scenario, width) + o.backends.map { backend -> String in
+                    guard let cell = row.results[backend] else { return pad("", column) }
+                    if let detail = cell.detail { notes.append("\(cell.outcome) \(row.scenario) on \(backend): \(detail)") }
+                    return pad(cell.outcome, column)
+                }.joined())
+            }
+            lines.append(pad("passed/failed/skipped", width) + o.backends.map { b in
+                let t = layer.totals[b, default: .zero]
+                return pad("\(t.passed)/\(t.failed)/\(t.skipped)", column)
             }.joined())
+            lines.append(pad("seconds", width) + o.backends.map { pad(String(format: "%.2f", layer.totals[$0, default: .zero].seconds), column) }.joined())
         }
-        lines.append(pad("passed/failed/skipped", width) + o.backends.map { b in
-            let t = o.totals[b, default: .zero]
-            return pad("\(t.passed)/\(t.failed)/\(t.skipped)", column)
-        }.joined())
-        lines.append(pad("seconds", width) + o.backends.map { pad(String(format: "%.2f", o.totals[$0, default: .zero].seconds), column) }.joined())
         lines.append("differential: \(o.differentialScripts) random scripts on all backends, \(o.differential.count) differences")
+        lines.append("async differential: \(o.differentialAsyncScripts) random scripts on all backends, \(o.differentialAsync.count) differences")
         lines.append(contentsOf: notes)
         lines.append(contentsOf: o.differential)
+        lines.append(contentsOf: o.differentialAsync)
         return lines.joined(separator: "\n")
     }
+}
+
+/// The value of a task the tool's main thread waits for (written before the semaphore is signalled,
+/// read after it is waited for).
+final class ResultBox<T>: @unchecked Sendable {
+    var value: T?
 }

@@ -51,6 +51,15 @@ struct ThirdPartyBackendExample {
         #expect(report.passed > 40)
     }
 
+    @Test("a wrapped backend passes the async scenarios (an EventLoop over it)")
+    func asyncConformance() async {
+        let report = await AsyncConformance.run(backend: "counting(poll)") { () throws(PollerError) -> any Poller in
+            CountingPoller(wrapping: try PollSeam.makePoller())
+        }
+        #expect(report.failures.isEmpty, "\(report.summary)")
+        #expect(report.passed > 20)
+    }
+
     @Test("a broken backend is caught, with a diff naming the step")
     func brokenBackendFails() {
         /// Forgets to report writability: the suite must notice.
@@ -85,10 +94,13 @@ struct ThirdPartyBackendExample {
 
 @Suite("Docs")
 struct DocsTests {
-    @Test("Docs/Conformance.md lists every scenario")
+    @Test("Docs/Conformance.md lists every scenario, poller and async")
     func scenarioList() throws {
         let text = try readRepositoryFile("Docs/Conformance.md")
         for scenario in Conformance.scenarios {
+            #expect(text.contains("`\(scenario.id)`"), "Docs/Conformance.md does not list \(scenario.id)")
+        }
+        for scenario in AsyncConformance.scenarios {
             #expect(text.contains("`\(scenario.id)`"), "Docs/Conformance.md does not list \(scenario.id)")
         }
     }

@@ -77,6 +77,27 @@ struct ToolTests {
         #expect(listed.status == 0)
         #expect(listed.output.split(separator: "\n").allSatisfy { $0.hasPrefix("| `misuse/") })
     }
+
+    @Test("one report: the poller rows and the async rows, each with its layer; --only filters both")
+    func layers() throws {
+        let both = try runTool(["conformance", "--only", "async/sleep/order", "--backend", "poll", "--differential", "0",
+                                "--differential-async", "2", "--json"])
+        #expect(both.status == 0, "\(both.errors)")
+        let object = try JSONSerialization.jsonObject(with: Data(both.output.utf8)) as? [String: Any]
+        let rows = object?["rows"] as? [[String: Any]] ?? []
+        #expect(rows.map { $0["layer"] as? String } == ["async"])
+        #expect(rows.first?["scenario"] as? String == "async/sleep/order")
+        #expect(object?["differentialAsyncScripts"] as? Int == 0)   // one backend: nothing to compare
+        let poller = try runTool(["conformance", "--only", "readiness/pipe", "--backend", "poll", "--differential", "0", "--json"])
+        let pollerRows = (try JSONSerialization.jsonObject(with: Data(poller.output.utf8)) as? [String: Any])?["rows"] as? [[String: Any]] ?? []
+        #expect(pollerRows.map { $0["layer"] as? String } == ["poller"])
+        let text = try runTool(["conformance", "--only", "async/io/eof", "--backend", "poll", "--differential", "0"])
+        #expect(text.output.hasPrefix("async scenario"))
+        #expect(text.output.contains("async differential: 0 random scripts"))
+        let shown = try runTool(["conformance", "--show-async-script", "3", "--backend", "poll"])
+        #expect(shown.status == 0)
+        #expect(shown.output.hasPrefix("1. socketpair a/b, both adopted: ok"))
+    }
 }
 
 /// Exit statuses the tool promises (sysexits.h's EX_USAGE for a wrong command line).

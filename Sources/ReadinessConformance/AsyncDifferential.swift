@@ -1,0 +1,206 @@
+import Readiness
+
+/// Differential testing of the async layer: seeded random interleavings of async operations over two
+/// socketpairs the loop owns, a socketpair the caller owns and three tasks, run on several backends,
+/// whose outcomes must be identical step by step. A failure names the seed and the shortest script that
+/// still shows the difference.
+///
+/// Outcomes are made independent of timing: the runner lets the loop run one round (a zero-timeout
+/// poller wait) after every step; a direct operation that would wait has a zero deadline; a task's
+/// operation has no deadline, and a task is only awaited after it is cancelled (its outcome is then
+/// what it finished with, or `cancelled`), or after the loop's shutdown.
+public enum AsyncDifferential {
+    /// A backend under test.
+    public struct Contender: Sendable {
+        /// The name in reports.
+        public let name: String
+        /// The poller factory of its loops.
+        public let makePoller: AsyncConformance.Factory
+        /// A contender.
+        public init(name: String, makePoller: @escaping AsyncConformance.Factory) {
+            self.name = name
+            self.makePoller = makePoller
+        }
+    }
+
+    /// A difference: the seed, the two backends, the shortest script found and where they differ.
+    public struct Failure: Sendable, CustomStringConvertible {
+        /// The seed of the generated script.
+        public let seed: UInt64
+        /// The two backends that differ.
+        public let backends: (String, String)
+        /// The shortest script found that still shows the difference.
+        public let script: [AsyncStep]
+        /// The steps whose outcomes differ.
+        public let diff: String
+        /// The failure in words.
+        public var description: String {
+            var text = "async seed \(seed): \(backends.0) and \(backends.1) differ on this \(script.count)-step script:\n"
+            for (index, step) in script.enumerated() { text += "  \(index + 1). \(step)\n" }
+            return text + diff
+        }
+    }
+
+    static let sockets = ["a", "b", "c", "d"]
+    /// A write in a task that fills the socket buffers and waits for the peer's reads.
+    static let largeWrite = 300_000
+    /// A direct read that takes a good part of a full buffer.
+    static let largeRead = 65_536
+    static let taskNames = ["t1", "t2", "t3"]
+    /// What every script starts with.
+    static let prelude: [AsyncStep] = [.socketPair("a", "b"), .socketPair("c", "d"), .callerPair("x", "y")]
+
+    /// A reproducible random script: `length` random steps between the prelude and the shutdown.
+    public static func script(seed: UInt64, length: Int) -> [AsyncStep] {
+        var random = SplitMix64(seed: seed)
+        var running: Set<String> = []
+        var steps = prelude
+        func socket() -> String { sockets[random.below(sockets.count)] }
+        for _ in 0..<length {
+            let free = taskNames.filter { !running.contains($0) }
+            let busy = taskNames.filter { running.contains($0) }
+            switch random.below(16) {
+            case 0, 1, 2, 3:
+                guard let task = free.first else {
+                    steps.append(.run(.sleep(.zero)))
+                    continue
+                }
+                let operations: [AsyncOperation] = [
+                    .read(socket(), upTo: 64, timeout: nil), .read(socket(), upTo: 64, timeout: nil),
+                    .write(socket(), bytes: 1 + random.below(3), timeout: nil),
+                    .write(socket(), bytes: largeWrite, timeout: nil),
+                    .sleep(.seconds(3600)), .readable("x", timeout: nil), .writable("x", timeout: nil),
+                ]
+                let operation = operations[random.below(operations.count)]
+                steps.append(random.below(6) == 0 ? .startCancelled(task, operation) : .start(task, operation))
+                running.insert(task)
+            case 4, 5:
+                guard !busy.isEmpty else {
+                    steps.append(.run(.sleep(.zero)))
+                    continue
+                }
+                let task = busy[random.below(busy.count)]
+                steps.append(contentsOf: [.cancel(task), .await(task)])
+                running.remove(task)
+            case 6, 7:
+                steps.append(.run(.read(socket(), upTo: random.below(2) == 0 ? 64 : largeRead, timeout: .zero)))
+            case 8, 9, 10:
+                steps.append(.run(.write(socket(), bytes: 1 + random.below(3), timeout: .zero)))
+            case 11:
+                steps.append(.callerWrite("y", bytes: 1))
+            case 12:
+                steps.append(.run(.readable("x", timeout: .zero)))
+            case 13:
+                let e = socket()
+                // Not while a large write may wait on the pair: select cannot wake that writer when the
+                // socket hangs up (async/io/writer-hung-up, a known difference).
+                steps.append(accepts(steps + [.run(.shutdownWrite(e))]) ? .run(.shutdownWrite(e)) : .run(.sleep(.zero)))
+            case 14:
+                switch random.below(6) {
+                case 0: steps.append(.run(.close(socket())))
+                case 1: steps.append(.run(.closeInside(socket())))
+                default: steps.append(.run(.read(socket(), upTo: 1, timeout: .zero)))
+                }
+            default:
+                steps.append(.run(.sleep(.zero)))
+            }
+        }
+        steps.append(.shutdownLoop)
+        for task in taskNames where running.contains(task) { steps.append(.await(task)) }
+        steps.append(.run(.read("a", upTo: 64, timeout: .zero)))
+        return steps
+    }
+
+    /// Runs the script of `seed` on every contender and compares each with the first. Returns nil when
+    /// all agree, otherwise the shrunk failure.
+    public static func check(seed: UInt64, length: Int, contenders: [Contender]) async -> Failure? {
+        let generated = script(seed: seed, length: length)
+        guard let reference = contenders.first else { return nil }
+        for other in contenders.dropFirst() {
+            guard let diff = await differ(generated, reference, other) else { continue }
+            // Only scripts that await a task after cancelling it, or after the shutdown, are kept: the
+            // others would wait for ever.
+            let shrunk = await shrink(generated) { candidate in
+                guard accepts(candidate) else { return false }
+                return await differ(candidate, reference, other) != nil
+            }
+            return Failure(seed: seed, backends: (reference.name, other.name), script: shrunk,
+                           diff: await differ(shrunk, reference, other) ?? diff)
+        }
+        return nil
+    }
+
+    /// Whether every await of `steps` is of a task that was cancelled or ended by the loop's shutdown
+    /// (what the generator writes; a shrunk script must keep it).
+    /// No socket of a pair is shut down for writing while a large write on the pair has not been
+    /// awaited: select cannot wake that writer once the socket hangs up (the known difference that
+    /// `async/io/writer-hung-up` shows), and the generator looks for new ones.
+    static func accepts(_ steps: [AsyncStep]) -> Bool {
+        var ending: Set<String> = []
+        var shutDown = false
+        var largeWrites: [String: String] = [:]
+        for step in steps {
+            switch step {
+            case .start(let task, _), .startCancelled(let task, _):
+                if case .start = step { ending.remove(task) } else { ending.insert(task) }
+                largeWrites[task] = largeWriter(step)
+            case .cancel(let task): ending.insert(task)
+            case .shutdownLoop: shutDown = true
+            case .await(let task):
+                if !shutDown && !ending.contains(task) { return false }
+                largeWrites.removeValue(forKey: task)
+            case .run(.shutdownWrite(let e)):
+                if largeWrites.values.contains(where: { pairOf($0) == pairOf(e) }) { return false }
+            default: break
+            }
+        }
+        return true
+    }
+
+    /// The socket a large write of this step waits on, if it starts one.
+    static func largeWriter(_ step: AsyncStep) -> String? {
+        switch step {
+        case .start(_, .write(let e, let n, _)) where n == largeWrite, .startCancelled(_, .write(let e, let n, _)) where n == largeWrite: e
+        default: nil
+        }
+    }
+
+    /// Which of the two socketpairs a socket belongs to.
+    static func pairOf(_ e: String) -> Int { e == "a" || e == "b" ? 0 : 1 }
+
+    /// Where two backends' runs of `steps` differ (nil when they agree).
+    static func differ(_ steps: [AsyncStep], _ a: Contender, _ b: Contender) async -> String? {
+        let x = await AsyncConformance.record(steps, backend: a.name, makePoller: a.makePoller)
+        let y = await AsyncConformance.record(steps, backend: b.name, makePoller: b.makePoller)
+        if case .failed(let why) = x.outcome { return "\(a.name) failed: \(why)" }
+        if case .failed(let why) = y.outcome { return "\(b.name) failed: \(why)" }
+        var lines: [String] = []
+        for (p, q) in zip(x.trace, y.trace) where p.observed != q.observed {
+            lines.append("step \(p.index) (\(p.step)): \(a.name) observed \(p.observed), \(b.name) observed \(q.observed)")
+        }
+        return lines.isEmpty ? nil : lines.joined(separator: "\n")
+    }
+
+    /// Removes steps while the script still fails: two neighbours at a time (a task's cancel and its
+    /// await, a start and its await go together), then one at a time, until nothing more can go.
+    static func shrink(_ steps: [AsyncStep], stillFails: ([AsyncStep]) async -> Bool) async -> [AsyncStep] {
+        var current = steps
+        var changed = true
+        while changed {
+            changed = false
+            for width in [2, 1] {
+                var index = current.count - width
+                while index >= 0 {
+                    var candidate = current
+                    candidate.removeSubrange(index..<index + width)
+                    if !candidate.isEmpty, await stillFails(candidate) {
+                        current = candidate
+                        changed = true
+                    }
+                    index = Swift.min(index, current.count - width) - 1
+                }
+            }
+        }
+        return current
+    }
+}

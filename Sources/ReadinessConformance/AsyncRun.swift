@@ -1,0 +1,412 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Readiness
+import Synchronization
+
+/// What an operation ended with, and the socket it made (a connect).
+typealias AsyncResult = (observation: Observation, socket: AsyncSocket?)
+
+/// The names of tasks in the order they finished.
+final class FinishLog: Sendable {
+    private let names = Mutex<[String]>([])
+    private let all = Mutex<Set<String>>([])
+    func append(_ name: String) {
+        names.withLock { $0.append(name) }
+        all.withLock { _ = $0.insert(name) }
+    }
+    func take() -> [String] { names.withLock { names in defer { names.removeAll() }; return names } }
+    /// Whether the task named `name` has finished (and forgets it, when it has).
+    func finished(_ name: String) -> Bool { all.withLock { $0.remove(name) != nil } }
+}
+
+/// Runs an async script on one loop and records normalized outcomes. Used by the script's own task
+/// only (which prefers the loop); tasks it starts get Sendable values, never this object.
+final class AsyncRun {
+    let loop: EventLoop
+    private var sockets: [String: AsyncSocket] = [:]
+    /// The caller's descriptors, with the file each was made with (device, inode).
+    private var callers: [String: (fd: CInt, device: UInt64, inode: UInt64)] = [:]
+    /// Numbers of the caller's descriptors it closed: later steps still name them.
+    private var closedCallers: [String: CInt] = [:]
+    private var listeners: [String: (fd: CInt, address: SocketAddress)] = [:]
+    private var loopListeners: [String: AsyncListener] = [:]
+    private var fillers: [CInt] = []
+    private var tasks: [String: (task: Task<AsyncResult, Never>, operation: AsyncOperation)] = [:]
+    private let finished = FinishLog()
+    private(set) var isShutDown = false
+
+    /// Bytes of the buffer a read step reads into.
+    static let readBuffer = 65_536
+    /// How long an await step waits for a task before it records that the task never ended (a backend
+    /// that loses an event would otherwise hang the suite).
+    static let watchdog: Duration = .seconds(15)
+    /// How long the listener step waits for each filler connection of a full accept queue.
+    static let fillerWait: CInt = 100
+
+    /// Loopback, port chosen by the kernel.
+    static let loopback = try! SocketAddress("127.0.0.1:0")
+
+    init(loop: EventLoop) {
+        signal(SIGPIPE, SIG_IGN)
+        self.loop = loop
+    }
+
+    /// Lets the loop run one round with a zero-timeout poller wait: ready waiters and due timers are
+    /// resumed, and tasks run to their next suspension, before the next step. This is what makes the
+    /// outcomes independent of timing.
+    func settle() async {
+        if !isShutDown { try? await loop.sleep(for: .zero) }
+    }
+
+    func run(_ step: AsyncStep) async -> Observation {
+        do {
+            return try await perform(step)
+        } catch {
+            return .note("set-up failed: \(error)")
+        }
+    }
+
+    private func perform(_ step: AsyncStep) async throws -> Observation {
+        switch step {
+        case .socketPair(let a, let b):
+            let (x, y) = try Net.socketPair()
+            return await adoptBoth((a, x), (b, y))
+        case .tcpPair(let client, let server):
+            return await tcpPair(client, server)
+        case .callerPair(let a, let b):
+            let (x, y) = try Net.socketPair()
+            keep(a, x)
+            keep(b, y)
+            return .ok
+        case .callerPipe(let r, let w):
+            let (x, y) = try Net.pipe()
+            keep(r, x)
+            keep(w, y)
+            return .ok
+        case .listen(let name):
+            let address = try SocketAddress("127.0.0.1:0")
+            do throws(LoopError) {
+                loopListeners[name] = try await loop.listen(on: address)
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
+        case .listener(let name):
+            let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 16)
+            listeners[name] = (fd, try Net.localAddress(fd))
+            return .ok
+        case .fullListener(let name):
+            try fullListener(name)
+            return .ok
+        case .run(let operation):
+            let result = await resolve(operation)()
+            if let socket = result.socket, let made = operation.madeSocket { sockets[made] = socket }
+            if operation.closes { placeSentinel() }
+            return result.observation
+        case .start(let name, let operation), .startCancelled(let name, let operation):
+            guard tasks[name] == nil else { return .note("task \(name) is already running") }
+            let body = resolve(operation)
+            let log = finished
+            let task = Task(executorPreference: loop) { () async -> AsyncResult in
+                let result = await body()
+                log.append(name)
+                return result
+            }
+            if case .startCancelled = step { task.cancel() }
+            tasks[name] = (task, operation)
+            return .ok
+        case .cancel(let name):
+            guard let task = tasks[name]?.task else { return .note("no task \(name)") }
+            task.cancel()
+            return .ok
+        case .await(let name):
+            guard let (task, operation) = tasks.removeValue(forKey: name) else { return .note("no task \(name)") }
+            let deadline = ContinuousClock.now + Self.watchdog
+            while !finished.finished(name) {
+                if ContinuousClock.now > deadline {
+                    task.cancel()
+                    tasks["\(name) (abandoned)"] = (task, operation)
+                    return .note("still waiting after \(Self.watchdog)")
+                }
+                if isShutDown { usleep(1000) } else { try? await loop.sleep(for: .milliseconds(1)) }
+            }
+            let result = await task.value
+            if let socket = result.socket, let made = operation.madeSocket { sockets[made] = socket }
+            return result.observation
+        case .finished:
+            let names = finished.take()
+            return .note(names.isEmpty ? "none" : names.joined(separator: " "))
+        case .shutdownLoop:
+            await loop.shutdown()
+            isShutDown = true
+            placeSentinel()
+            return .ok
+        case .adopt(let caller, let name):
+            guard let kept = callers[caller] else { return .note("no descriptor \(caller)") }
+            do throws(LoopError) {
+                sockets[name] = try await loop.adopt(descriptor: kept.fd)
+                callers.removeValue(forKey: caller)
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
+        case .adoptNumber(let number):
+            do throws(LoopError) {
+                _ = try await loop.adopt(descriptor: number)
+                return .note("adopted \(number)")
+            } catch {
+                return .error(error.caseName)
+            }
+        case .isOpen(let caller):
+            guard let kept = callers[caller] else { return .note(closedCallers[caller] == nil ? "no descriptor \(caller)" : "closed by its owner") }
+            return .note(Self.sameFile(kept) ? "open" : "closed")
+        case .callerWrite(let caller, let bytes):
+            guard let kept = callers[caller] else { return .note("no descriptor \(caller)") }
+            let data = [UInt8](repeating: 0x61, count: bytes)
+            let n = data.withUnsafeBytes { Glibc.write(kept.fd, $0.baseAddress, $0.count) }
+            return n == bytes ? .ok : .note("write: \(n < 0 ? Errno.name(errno) : "\(n) bytes")")
+        case .callerClose(let caller):
+            guard let kept = callers.removeValue(forKey: caller) else { return .note("no descriptor \(caller)") }
+            close(kept.fd)
+            closedCallers[caller] = kept.fd
+            return .ok
+        }
+    }
+
+    /// Shuts the loop down (if a step did not), waits for every task, and checks and closes the caller's
+    /// descriptors. Returns what went wrong, if anything.
+    func finish() async -> [String] {
+        var problems: [String] = []
+        if !isShutDown {
+            await loop.shutdown()
+            isShutDown = true
+        }
+        for (_, running) in tasks { _ = await running.task.value }
+        tasks.removeAll()
+        for (name, kept) in callers.sorted(by: { $0.key < $1.key }) {
+            if !Self.sameFile(kept) { problems.append("the caller's descriptor \(name) (\(kept.fd)) was closed or replaced behind its owner") }
+            close(kept.fd)
+        }
+        callers.removeAll()
+        for (fd, _) in listeners.values { close(fd) }
+        listeners.removeAll()
+        for fd in fillers { close(fd) }
+        fillers.removeAll()
+        return problems
+    }
+
+    /// Opens /dev/null on the lowest free number (most likely the one a close just freed) and keeps
+    /// it as a caller's descriptor: a loop that closed that number again (a socket closed twice) would
+    /// close the sentinel, which ``finish()`` reports.
+    private func placeSentinel() {
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 { keep("sentinel \(fd)", fd) }
+    }
+
+    // MARK: Set-up
+
+    private func keep(_ name: String, _ fd: CInt) {
+        var info = stat()
+        fstat(fd, &info)
+        callers[name] = (fd, UInt64(info.st_dev), UInt64(info.st_ino))
+    }
+
+    private static func sameFile(_ kept: (fd: CInt, device: UInt64, inode: UInt64)) -> Bool {
+        var info = stat()
+        return fstat(kept.fd, &info) == 0 && UInt64(info.st_dev) == kept.device && UInt64(info.st_ino) == kept.inode
+    }
+
+    private func adoptBoth(_ first: (String, CInt), _ second: (String, CInt)) async -> Observation {
+        for (name, fd) in [first, second] {
+            do throws(LoopError) {
+                sockets[name] = try await loop.adopt(descriptor: fd)
+            } catch {
+                close(fd)
+                return .error(error.caseName)
+            }
+        }
+        return .ok
+    }
+
+    private func tcpPair(_ client: String, _ server: String) async -> Observation {
+        do throws(LoopError) {
+            let listener = try await loop.listen(on: Self.loopback)
+            let timeout: Duration = .seconds(5)
+            let accepting = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
+                do throws(LoopError) { return .success(try await listener.accept(timeout: timeout)) } catch { return .failure(error) }
+            }
+            let connected: AsyncSocket
+            do throws(LoopError) { connected = try await loop.connect(to: listener.address, timeout: timeout) } catch {
+                _ = await accepting.value
+                await listener.close()
+                throw error
+            }
+            sockets[client] = connected
+            sockets[server] = try await accepting.value.get()
+            await listener.close()
+            return .ok
+        } catch {
+            return .error(error.caseName)
+        }
+    }
+
+    private func fullListener(_ name: String) throws {
+        let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 0)
+        let address = try Net.localAddress(fd)
+        listeners[name] = (fd, address)
+        for _ in 0..<16 {
+            let client = socket(AF_INET, Net.streamFlags, 0)
+            guard client >= 0 else { throw SetupError("socket") }
+            fillers.append(client)
+            _ = address.withSockaddr { Glibc.connect(client, $0, $1) }
+            if !Net.waitFor(client, Int16(POLLOUT), milliseconds: Self.fillerWait) { return }
+        }
+        throw SetupError("the accept queue never filled", 0)
+    }
+
+    // MARK: Operations
+
+    private func address(_ target: AsyncTarget) -> SocketAddress? {
+        switch target {
+        case .listener(let name), .fullListener(let name): listeners[name]?.address
+        case .closedPort: (try? Net.freePort()).flatMap { try? SocketAddress("127.0.0.1:\($0)") }
+        case .loopListener(let name): loopListeners[name]?.address
+        }
+    }
+
+    /// The operation with its names resolved, as a closure a task can run.
+    private func resolve(_ operation: AsyncOperation) -> @Sendable () async -> AsyncResult {
+        let loop = self.loop
+        func missing(_ what: String) -> @Sendable () async -> AsyncResult { { (.note("no \(what)"), nil) } }
+        func caller(_ name: String) -> CInt? { callers[name]?.fd ?? closedCallers[name] }
+        switch operation {
+        case .read(let name, let maximum, let timeout):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let bytes = try await socket.read(upTo: maximum, timeout: timeout)
+                return .note(bytes.isEmpty ? "end of stream" : "\(bytes.count) bytes")
+            } }
+        case .readAll(let name, let total, let timeout):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var count = 0
+                while count < total {
+                    let bytes = try await socket.read(upTo: Swift.min(Self.readBuffer, total - count), timeout: timeout)
+                    if bytes.isEmpty { break }
+                    count += bytes.count
+                }
+                return .note("\(count) bytes")
+            } }
+        case .write(let name, let bytes, let timeout):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                try await socket.write([UInt8](repeating: 0x62, count: bytes), timeout: timeout)
+                return .ok
+            } }
+        case .shutdownWrite(let name):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                try await socket.shutdown(.write)
+                return .ok
+            } }
+        case .close(let name):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await socket.close(); return (.ok, nil) }
+        case .resetClose(let name):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                try await socket.withStreamSocket { (stream) throws(SocketError) in Net.lingerZero(stream.fd) }
+                await socket.close()
+                return .ok
+            } }
+        case .closeInside(let name):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                try await socket.withStreamSocket { (stream) throws(SocketError) in stream.close() }
+                return .ok
+            } }
+        case .sleep(let duration):
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                try await loop.sleep(for: duration)
+                return .ok
+            } }
+        case .sleepTimed(let duration):
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let start = ContinuousClock.now
+                try await loop.sleep(for: duration)
+                return .note(ContinuousClock.now - start >= duration ? "slept" : "early")
+            } }
+        case .readable(let name, let timeout), .writable(let name, let timeout):
+            guard let fd = caller(name) else { return missing("descriptor \(name)") }
+            let reading = if case .readable = operation { true } else { false }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                if reading { try await loop.readable(fd, timeout: timeout) } else { try await loop.writable(fd, timeout: timeout) }
+                return .ok
+            } }
+        case .connect(_, let target, let timeout):
+            guard let address = address(target) else { return missing("address for \(target)") }
+            return {
+                do throws(LoopError) {
+                    return (.connect("connected"), try await loop.connect(to: address, timeout: timeout))
+                } catch {
+                    return (.error(error.caseName), nil)
+                }
+            }
+        case .connectFirst(_, let targets, let delay, let timeout):
+            let addresses = targets.compactMap(address)
+            let options = { var options = HappyEyeballs.Options(); options.attemptDelay = delay; return options }()
+            return {
+                do throws(LoopError) {
+                    return (.connect("connected"), try await loop.connect(to: addresses, timeout: timeout, options: options))
+                } catch {
+                    return (.error(error.caseName), nil)
+                }
+            }
+        case .accept(let name, _, let timeout):
+            guard let listener = loopListeners[name] else { return missing("listener \(name)") }
+            return {
+                do throws(LoopError) {
+                    return (.note("accepted"), try await listener.accept(timeout: timeout))
+                } catch {
+                    return (.error(error.caseName), nil)
+                }
+            }
+        case .closeListener(let name):
+            guard let listener = loopListeners[name] else { return missing("listener \(name)") }
+            return { await listener.close(); return (.ok, nil) }
+        case .readEmpty(let name):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                _ = try await socket.read(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+                return .ok
+            } }
+        }
+    }
+
+    private static func observe(_ body: () async throws(LoopError) -> Observation) async -> AsyncResult {
+        do throws(LoopError) {
+            return (try await body(), nil)
+        } catch {
+            return (.error(error.caseName), nil)
+        }
+    }
+}
+
+extension AsyncOperation {
+    /// Whether the operation closes a socket or listener of the loop.
+    var closes: Bool {
+        switch self {
+        case .close, .resetClose, .closeInside, .closeListener: true
+        default: false
+        }
+    }
+
+    /// The socket name a successful connect keeps.
+    var madeSocket: String? {
+        switch self {
+        case .connect(let name, _, _), .connectFirst(let name, _, _, _), .accept(_, let name, _): name
+        default: nil
+        }
+    }
+}

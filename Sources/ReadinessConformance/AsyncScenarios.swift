@@ -1,0 +1,205 @@
+import Readiness
+
+// The async scenario catalogue. Each line is a step and its outcome on every backend; the runner lets
+// the loop run one round (a zero-timeout poller wait) after every step, so that outcomes depend on
+// what happened, not on timing. Every deadline that matters ends on its own: nothing here waits for
+// a deadline that something else is racing.
+
+private let long: Duration = .seconds(5)
+private let brief: Duration = .milliseconds(300)
+private let largest = Duration(secondsComponent: .max, attosecondsComponent: 999_999_999_999_999_999)
+/// More than any socket buffer pair holds here (a write of this size must wait for the reader).
+private let large = 4 << 20
+
+private func line(_ step: AsyncStep, _ expect: Observation = .ok) -> AsyncLine { AsyncLine(step, expect) }
+private func op(_ operation: AsyncOperation, _ expect: Observation = .ok) -> AsyncLine { line(.run(operation), expect) }
+private func start(_ task: String, _ operation: AsyncOperation) -> AsyncLine { line(.start(task, operation)) }
+private func join(_ task: String, _ expect: Observation) -> AsyncLine { line(.await(task), expect) }
+private func bytes(_ n: Int) -> Observation { .note("\(n) bytes") }
+private func fails(_ error: LoopError) -> Observation { .error(error.caseName) }
+private func read(_ s: String, _ timeout: Duration? = long) -> AsyncOperation { .read(s, upTo: 64, timeout: timeout) }
+private func write(_ s: String, _ n: Int = 1, _ timeout: Duration? = long) -> AsyncOperation { .write(s, bytes: n, timeout: timeout) }
+private let eof = Observation.note("end of stream")
+private let pair = line(.socketPair("a", "b"))
+private let open = Observation.note("open")
+private let releasesFile = Requirement("needs a poller whose watched descriptor's close releases its file (not io_uring)") { $0.closeReleasesFile }
+private let reportsHangup = Requirement("needs a poller that reports hang-up to a writer (select reports it in the read set only: Docs/Contract.md, reportsHangupAndError)") { $0.reportsHangupAndError }
+private let holdsFile = Requirement("needs a poller that holds a watched descriptor's file until it stops watching (io_uring)") { !$0.closeReleasesFile }
+
+extension AsyncConformance {
+    /// Every async scenario, by area.
+    public static let scenarios: [AsyncScenario] = io + caller + cancellation + deadlines + misuse + shutdown + connects + accepts + sleeps + adoption
+
+    static let io: [AsyncScenario] = [
+        AsyncScenario("async/io/read-write", checks: "Bytes written on one end are read on the other; an empty socket times out.", [
+            pair, op(write("a", 3)), op(read("b"), bytes(3)), op(read("b", .zero), fails(.timedOut)),
+            op(write("b", 2)), op(read("a"), bytes(2)),
+        ]),
+        AsyncScenario("async/io/reader-woken", checks: "A task suspended in read is resumed by the peer's write.", [
+            pair, start("t1", read("a")), op(write("b", 2)), join("t1", bytes(2)),
+        ]),
+        AsyncScenario("async/io/eof", checks: "The peer's close is end of stream, for every later read too.", [
+            pair, start("t1", read("a")), op(.close("b")), join("t1", eof), op(read("a"), eof),
+        ]),
+        AsyncScenario("async/io/reset", checks: "A TCP reset ends a suspended read with socket(reset).", [
+            line(.tcpPair(client: "c", server: "s")), start("t1", read("c")), op(.resetClose("s")),
+            join("t1", .error("socket(reset)")),
+        ]),
+        AsyncScenario("async/io/half-close", checks: "A TCP half-close is end of stream on one side; the other direction still carries bytes.", [
+            line(.tcpPair(client: "c", server: "s")), op(.shutdownWrite("c")), op(read("s"), eof),
+            op(write("s", 5)), op(read("c"), bytes(5)),
+        ]),
+        AsyncScenario("async/io/writer-hung-up", checks: "A task waiting for room to write on a socketpair end that hangs up (both directions shut down, no error) is woken and fails with socket(reset), not left waiting.",
+                      requires: [reportsHangup], [
+            pair, start("t1", write("a", large, brief)), op(.shutdownWrite("a")), op(.shutdownWrite("b")),
+            join("t1", .error("socket(reset)")),
+        ]),
+        AsyncScenario("async/io/write-larger-than-buffers", checks: "A write larger than both socket buffers waits for room until every byte is read.", [
+            pair, start("t1", write("a", large)), op(.readAll("b", bytes: large, timeout: long), bytes(large)),
+            join("t1", .ok),
+        ]),
+    ]
+
+    static let caller: [AsyncScenario] = [
+        AsyncScenario("async/caller/readable-writable", checks: "readable and writable on a caller's descriptor end when it is ready and leave it open.", [
+            line(.callerPair("x", "y")), op(.writable("x", timeout: long)), op(.readable("x", timeout: .zero), fails(.timedOut)),
+            start("t1", .readable("x", timeout: long)), line(.callerWrite("y", bytes: 1)), join("t1", .ok),
+            line(.isOpen("x"), open),
+        ]),
+        AsyncScenario("async/caller/closed-during-wait", checks: "A caller's descriptor closed by its owner during a wait does not end it: it times out at its deadline.", [
+            line(.callerPair("x", "y")), start("t1", .readable("x", timeout: brief)), line(.callerClose("x")),
+            join("t1", fails(.timedOut)), line(.isOpen("y"), open),
+        ]),
+        AsyncScenario("async/caller/closed-then-peer-writes", checks: "A caller's descriptor closed during a wait is released at once: its peer's write fails (EPIPE); the wait still times out.",
+                      requires: [releasesFile], [
+            line(.callerPair("x", "y")), start("t1", .readable("x", timeout: brief)), line(.callerClose("x")),
+            line(.callerWrite("y", bytes: 1), .note("write: EPIPE")), join("t1", fails(.timedOut)),
+        ]),
+        AsyncScenario("async/caller/closed-file-held", checks: "Where the poller holds a watched file (io_uring), a caller's descriptor closed during a wait is released when the wait ends: the peer writes until then, EPIPE after; the wait times out.",
+                      requires: [holdsFile], [
+            line(.callerPair("x", "y")), start("t1", .readable("x", timeout: brief)), line(.callerClose("x")),
+            line(.callerWrite("y", bytes: 1)), join("t1", fails(.timedOut)), line(.callerWrite("y", bytes: 1), .note("write: EPIPE")),
+        ]),
+        AsyncScenario("async/caller/registration-dropped", checks: "A socket closed inside withStreamSocket while a task reads: the reader ends with closed, later operations too.", [
+            pair, start("t1", read("a")), op(.closeInside("a")), join("t1", fails(.closed)),
+            op(read("a"), fails(.closed)), op(write("b"), .error("socket(reset)")),
+        ]),
+    ]
+
+    static let cancellation: [AsyncScenario] = [
+        AsyncScenario("async/cancel/before-wait", checks: "A task cancelled before it waits ends with cancelled; one that need not wait still gets its data.", [
+            pair, line(.startCancelled("t1", read("a"))), join("t1", fails(.cancelled)),
+            line(.startCancelled("t2", .sleep(.seconds(3600)))), join("t2", fails(.cancelled)),
+            op(write("b", 1)), line(.startCancelled("t3", read("a"))), join("t3", bytes(1)),
+        ]),
+        AsyncScenario("async/cancel/during-wait", checks: "Cancelling a suspended read, sleep, readable or connect ends it with cancelled, leaves the socket usable and the caller's descriptor open.", [
+            pair, start("t1", read("a")), line(.cancel("t1")), join("t1", fails(.cancelled)),
+            op(write("b", 1)), op(read("a"), bytes(1)),
+            start("t2", .sleep(.seconds(3600))), line(.cancel("t2")), join("t2", fails(.cancelled)),
+            line(.callerPair("x", "y")), start("t3", .readable("x", timeout: nil)), line(.cancel("t3")), join("t3", fails(.cancelled)),
+            op(.readable("x", timeout: .zero), fails(.timedOut)), line(.isOpen("x"), open),
+            line(.fullListener("l")), start("t4", .connect(as: "c", to: .fullListener("l"), timeout: nil)), line(.cancel("t4")),
+            join("t4", fails(.cancelled)),
+        ]),
+    ]
+
+    static let deadlines: [AsyncScenario] = [
+        AsyncScenario("async/deadline/zero-negative-huge", checks: "A zero or negative deadline times out at once; the largest Duration waits like no deadline.", [
+            pair, op(read("a", .zero), fails(.timedOut)), op(read("a", .seconds(-1)), fails(.timedOut)),
+            op(read("a", Duration(secondsComponent: .min, attosecondsComponent: 0)), fails(.timedOut)),
+            start("t1", read("a", largest)), op(write("b", 1)), join("t1", bytes(1)),
+            op(.sleep(.zero)), op(.sleep(.seconds(-1))),
+            start("t2", .sleep(largest)), line(.cancel("t2")), join("t2", fails(.cancelled)),
+        ]),
+    ]
+
+    static let misuse: [AsyncScenario] = [
+        AsyncScenario("async/misuse/close-while-suspended", checks: "A socket closed by another task: the suspended reader ends with closed, every later operation too; closing twice does nothing.", [
+            pair, start("t1", read("a")), op(.close("a")), join("t1", fails(.closed)),
+            op(read("a"), fails(.closed)), op(write("a"), fails(.closed)), op(.close("a")), op(read("b"), eof),
+        ]),
+        AsyncScenario("async/misuse/two-waiters", checks: "A second task waiting in the same direction gets busy; the first is unaffected.", [
+            pair, start("t1", read("a")), op(read("a"), fails(.busy)), start("t2", read("a")), join("t2", fails(.busy)),
+            op(write("b", 1)), join("t1", bytes(1)),
+            start("t3", write("a", large)), op(write("a", 1), fails(.busy)), line(.cancel("t3")), join("t3", fails(.cancelled)),
+        ]),
+        AsyncScenario("async/misuse/empty-read", checks: "A read into an empty buffer is refused with invalidArgument, not reported as end of stream.", [
+            pair, op(.readEmpty("a"), fails(.invalidArgument(""))), op(write("b", 1)), op(read("a"), bytes(1)),
+        ]),
+    ]
+
+    static let shutdown: [AsyncScenario] = [
+        AsyncScenario("async/shutdown/pending", checks: "Shutdown ends every pending read, write, sleep, readable and connect (one address or several) with shutdown; later operations fail with shutdown and leave the caller's descriptors open.", [
+            pair, line(.socketPair("c", "d")), line(.callerPair("x", "y")),
+            start("t1", read("a")), start("t2", write("c", large)), start("t3", .sleep(.seconds(3600))),
+            start("t4", .readable("x", timeout: nil)), start("t5", read("b")),
+            line(.fullListener("l")), start("t6", .connect(as: "e", to: .fullListener("l"), timeout: nil)),
+            start("t7", .connectFirst(as: "f", to: [.fullListener("l"), .fullListener("l")], attemptDelay: .milliseconds(10), timeout: nil)),
+            line(.shutdownLoop),
+            join("t1", fails(.shutdown)), join("t2", fails(.shutdown)), join("t3", fails(.shutdown)),
+            join("t4", fails(.shutdown)), join("t5", fails(.shutdown)), join("t6", fails(.shutdown)), join("t7", fails(.shutdown)),
+            op(read("a"), fails(.shutdown)), op(.sleep(.zero), fails(.shutdown)),
+            op(.readable("x", timeout: .zero), fails(.shutdown)),
+            line(.adopt("y", as: "c"), fails(.shutdown)), line(.isOpen("y"), open), line(.isOpen("x"), open),
+        ]),
+    ]
+
+    static let connects: [AsyncScenario] = [
+        AsyncScenario("async/connect/success", checks: "A loopback connect completes and the socket writes.", [
+            line(.listener("l")), op(.connect(as: "c", to: .listener("l"), timeout: long), .connect("connected")),
+            op(write("c", 3)), op(.close("c")),
+        ]),
+        AsyncScenario("async/connect/refused", checks: "A port with no listener fails as connect(refused).", [
+            op(.connect(as: "c", to: .closedPort, timeout: long), .error("connect(refused)")),
+        ]),
+        AsyncScenario("async/connect/timed-out", checks: "A listener whose accept queue is full never answers: the connect times out at its deadline.", [
+            line(.fullListener("l")), op(.connect(as: "c", to: .fullListener("l"), timeout: brief), fails(.timedOut)),
+        ]),
+        AsyncScenario("async/connect/fallback", checks: "Happy Eyeballs: the first address refuses, the second answers.", [
+            line(.listener("l")),
+            op(.connectFirst(as: "c", to: [.closedPort, .listener("l")], attemptDelay: .milliseconds(50), timeout: long), .connect("connected")),
+            op(write("c", 1)),
+        ]),
+    ]
+
+    static let accepts: [AsyncScenario] = [
+        AsyncScenario("async/accept/busy-and-closed", checks: "One accepting task at a time (busy for a second); the accepted socket carries bytes; closing the listener ends a suspended accept with closed.", [
+            line(.listen("l")), start("t1", .accept("l", as: "s", timeout: long)), op(.accept("l", as: "s2", timeout: long), fails(.busy)),
+            op(.connect(as: "c", to: .loopListener("l"), timeout: long), .connect("connected")), join("t1", .note("accepted")),
+            op(write("c", 3)), op(read("s"), bytes(3)),
+            start("t2", .accept("l", as: "s3", timeout: long)), op(.closeListener("l")), join("t2", fails(.closed)),
+            op(.accept("l", as: "s4", timeout: .zero), fails(.closed)),
+        ]),
+        AsyncScenario("async/accept/timed-out", checks: "An accept with nobody connecting times out at its deadline; the listener still accepts after.", [
+            line(.listen("l")), op(.accept("l", as: "s", timeout: .milliseconds(20)), fails(.timedOut)),
+            op(.connect(as: "c", to: .loopListener("l"), timeout: long), .connect("connected")),
+            op(.accept("l", as: "s", timeout: long), .note("accepted")),
+        ]),
+    ]
+
+    static let sleeps: [AsyncScenario] = [
+        AsyncScenario("async/sleep/order", checks: "Sleeps due at (nearly) one deadline end in the order they began.", [
+            start("t1", .sleep(.milliseconds(20))), start("t2", .sleep(.milliseconds(20))), start("t3", .sleep(.milliseconds(20))),
+            start("t4", .sleep(.milliseconds(20))), start("t5", .sleep(.milliseconds(20))),
+            op(.sleep(.milliseconds(60))), line(.finished, .note("t1 t2 t3 t4 t5")),
+        ]),
+        AsyncScenario("async/sleep/sizes", checks: "Sleeps of every size, from a nanosecond to 20 ms, never end early; a negative one ends at once.", [
+            op(.sleepTimed(.zero), .note("slept")), op(.sleepTimed(.nanoseconds(1)), .note("slept")),
+            op(.sleepTimed(.microseconds(1)), .note("slept")), op(.sleepTimed(.microseconds(500)), .note("slept")),
+            op(.sleepTimed(.milliseconds(1)), .note("slept")), op(.sleepTimed(.milliseconds(20)), .note("slept")),
+            op(.sleep(.nanoseconds(-1))),
+        ]),
+    ]
+
+    static let adoption: [AsyncScenario] = [
+        AsyncScenario("async/adopt/good-and-bad", checks: "adopt takes a stream socket; -1, a number not open and a pipe are refused (socket(invalidArgument), socket(closed)) and stay the caller's, open; so is a descriptor a task waits on with readable (invalidArgument).", [
+            line(.callerPair("x", "y")), line(.adopt("x", as: "a")), line(.adopt("y", as: "b")),
+            op(write("a", 2)), op(read("b"), bytes(2)),
+            line(.adoptNumber(-1), .error("socket(invalidArgument)")), line(.adoptNumber(999_999), .error("socket(closed)")),
+            line(.callerPipe(read: "r", write: "w")), line(.adopt("r", as: "p"), .error("socket(invalidArgument)")),
+            line(.isOpen("r"), open), line(.isOpen("w"), open),
+            line(.callerPair("u", "v")), start("t1", .readable("u", timeout: nil)), line(.adopt("u", as: "q"), fails(.invalidArgument(""))),
+            line(.cancel("t1")), join("t1", fails(.cancelled)), line(.isOpen("u"), open), line(.adopt("u", as: "q")),
+        ]),
+    ]
+}

@@ -1,0 +1,211 @@
+import Readiness
+
+/// One async operation of a script: run by the script itself (``AsyncStep/run(_:)``, the script waits
+/// for its outcome) or in a task of its own (``AsyncStep/start(_:_:)``). Socket names are loop-owned
+/// sockets (``AsyncStep/socketPair(_:_:)``, ``AsyncStep/tcpPair(_:_:)``, a successful connect or adopt);
+/// `readable`/`writable` name caller-owned descriptors (``AsyncStep/callerPair(_:_:)``).
+public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
+    /// One read of up to `upTo` bytes: "n bytes", "end of stream" or an error.
+    case read(String, upTo: Int, timeout: Duration?)
+    /// Reads until `bytes` bytes came (or the stream ended): "n bytes" or an error.
+    case readAll(String, bytes: Int, timeout: Duration?)
+    /// Writes `bytes` bytes (every one, waiting for room as often as needed).
+    case write(String, bytes: Int, timeout: Duration?)
+    /// `shutdown(.write)`: the peer reads end of stream.
+    case shutdownWrite(String)
+    /// Closes the socket (once; a suspended task resumes with `.closed`).
+    case close(String)
+    /// Closes with SO_LINGER 0 through `withStreamSocket`: a TCP peer gets a reset.
+    case resetClose(String)
+    /// Closes the socket's descriptor behind the loop's back, inside `withStreamSocket`.
+    case closeInside(String)
+    /// `loop.sleep(for:)`.
+    case sleep(Duration)
+    /// `loop.sleep(for:)`, recorded as "slept" when it did not return before `duration`, else "early".
+    case sleepTimed(Duration)
+    /// `loop.readable(_:timeout:)` on a caller-owned descriptor.
+    case readable(String, timeout: Duration?)
+    /// `loop.writable(_:timeout:)` on a caller-owned descriptor.
+    case writable(String, timeout: Duration?)
+    /// Connects to one address (kept as socket `as` on success): "connected" or an error.
+    case connect(as: String, to: AsyncTarget, timeout: Duration?)
+    /// Connects to the first address of a list that answers (Happy Eyeballs steps, `attemptDelay` apart).
+    case connectFirst(as: String, to: [AsyncTarget], attemptDelay: Duration, timeout: Duration?)
+    /// `read(into:)` with an empty buffer (refused: `.invalidArgument`).
+    case readEmpty(String)
+    /// Accepts one connection on a loop listener (``AsyncStep/listen(_:)``), kept as socket `as`:
+    /// "accepted" or an error.
+    case accept(String, as: String, timeout: Duration?)
+    /// Closes a loop listener (a task suspended in accept resumes with `.closed`).
+    case closeListener(String)
+
+    /// The operation in words.
+    public var description: String {
+        func within(_ timeout: Duration?) -> String { timeout.map { " within \($0)" } ?? "" }
+        switch self {
+        case .read(let s, let n, let t): return "read up to \(n) from \(s)\(within(t))"
+        case .readAll(let s, let n, let t): return "read \(n) bytes from \(s)\(within(t))"
+        case .write(let s, let n, let t): return "write \(n) bytes to \(s)\(within(t))"
+        case .shutdownWrite(let s): return "shutdown(.write) \(s)"
+        case .close(let s): return "close \(s)"
+        case .resetClose(let s): return "close \(s) with SO_LINGER 0"
+        case .closeInside(let s): return "close \(s)'s descriptor inside withStreamSocket"
+        case .sleep(let d): return "sleep \(d)"
+        case .sleepTimed(let d): return "sleep \(d) (timed)"
+        case .readable(let c, let t): return "readable(\(c))\(within(t))"
+        case .writable(let c, let t): return "writable(\(c))\(within(t))"
+        case .connect(let s, let target, let t): return "connect \(s) to \(target)\(within(t))"
+        case .connectFirst(let s, let targets, let delay, let t):
+            return "connect \(s) to the first of \(targets.map(\.description).joined(separator: ", ")) (\(delay) apart)\(within(t))"
+        case .readEmpty(let s): return "read \(s) into an empty buffer"
+        case .accept(let l, let s, let t): return "accept \(s) on \(l)\(within(t))"
+        case .closeListener(let l): return "close listener \(l)"
+        }
+    }
+}
+
+/// Where an async connect goes.
+public enum AsyncTarget: Sendable, Hashable, CustomStringConvertible {
+    /// A listener made by ``AsyncStep/listener(_:)``.
+    case listener(String)
+    /// A listener made by ``AsyncStep/fullListener(_:)``: its accept queue is full, connects hang.
+    case fullListener(String)
+    /// A loopback port nobody listens on.
+    case closedPort
+    /// A listener the loop owns (``AsyncStep/listen(_:)``).
+    case loopListener(String)
+
+    /// The target in words.
+    public var description: String {
+        switch self {
+        case .listener(let name): "listener \(name)"
+        case .fullListener(let name): "full listener \(name)"
+        case .closedPort: "a closed port"
+        case .loopListener(let name): "loop listener \(name)"
+        }
+    }
+}
+
+/// One step of an async scenario's script.
+public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
+    /// A socketpair whose two ends the loop adopts (sockets `a` and `b`).
+    case socketPair(String, String)
+    /// A loopback TCP connection made on the loop (listen, connect, accept; the listener closed after).
+    case tcpPair(client: String, server: String)
+    /// A socketpair the caller keeps (descriptors for `readable`, `writable` and `adopt`).
+    case callerPair(String, String)
+    /// A pipe the caller keeps.
+    case callerPipe(read: String, write: String)
+    /// A loopback TCP listener the loop owns (`loop.listen(on:)`).
+    case listen(String)
+    /// A caller's loopback TCP listener that never accepts.
+    case listener(String)
+    /// A caller's loopback TCP listener whose accept queue is full.
+    case fullListener(String)
+    /// Runs an operation and records its outcome.
+    case run(AsyncOperation)
+    /// Starts an operation in a new task (preferring the loop) named `task`; it runs until it suspends.
+    case start(String, AsyncOperation)
+    /// Starts an operation in a task that is cancelled before it first runs.
+    case startCancelled(String, AsyncOperation)
+    /// Cancels a task.
+    case cancel(String)
+    /// Waits for a task and records its operation's outcome.
+    case await(String)
+    /// Records the tasks finished since the last such step, in the order they finished.
+    case finished
+    /// `loop.shutdown()`.
+    case shutdownLoop
+    /// `loop.adopt(descriptor:)` of a caller's descriptor, kept as socket `as` on success (the caller's
+    /// on failure).
+    case adopt(String, as: String)
+    /// `loop.adopt(descriptor:)` of a raw number.
+    case adoptNumber(CInt)
+    /// Whether a caller's descriptor is still open, the same file as when it was made: "open" or "closed".
+    case isOpen(String)
+    /// The caller writes `bytes` bytes to its descriptor.
+    case callerWrite(String, bytes: Int)
+    /// The caller closes its descriptor.
+    case callerClose(String)
+
+    /// The step in words.
+    public var description: String {
+        switch self {
+        case .socketPair(let a, let b): "socketpair \(a)/\(b), both adopted"
+        case .tcpPair(let c, let s): "TCP connection \(c) -> \(s) on the loop"
+        case .callerPair(let a, let b): "caller's socketpair \(a)/\(b)"
+        case .callerPipe(let r, let w): "caller's pipe \(r)/\(w)"
+        case .listen(let name): "listen \(name) on the loop"
+        case .listener(let name): "caller's listener \(name)"
+        case .fullListener(let name): "caller's listener \(name) with a full accept queue"
+        case .run(let operation): "\(operation)"
+        case .start(let task, let operation): "\(task): start \(operation)"
+        case .startCancelled(let task, let operation): "\(task): start, cancelled at once, \(operation)"
+        case .cancel(let task): "cancel \(task)"
+        case .await(let task): "await \(task)"
+        case .finished: "tasks finished so far, in order"
+        case .shutdownLoop: "shut the loop down"
+        case .adopt(let c, let s): "adopt \(c) as \(s)"
+        case .adoptNumber(let n): "adopt descriptor \(n)"
+        case .isOpen(let c): "is \(c) open"
+        case .callerWrite(let c, let n): "caller writes \(n) bytes to \(c)"
+        case .callerClose(let c): "caller closes \(c)"
+        }
+    }
+}
+
+/// A step and the outcome every backend must give.
+public struct AsyncLine: Sendable, Hashable {
+    /// The step.
+    public let step: AsyncStep
+    /// What it must observe (``Observation/anyOf(_:)`` for several allowed outcomes).
+    public let expect: Observation
+    /// A step and its outcome.
+    public init(_ step: AsyncStep, _ expect: Observation = .ok) {
+        self.step = step
+        self.expect = expect
+    }
+}
+
+/// One async scenario: a script of operations on an ``EventLoop``, an outcome per step, and at the end
+/// descriptor accounting (nothing leaked after the loop's shutdown, every caller's descriptor intact).
+public struct AsyncScenario: Sendable, Identifiable, CustomStringConvertible {
+    /// "async/area/name".
+    public let id: String
+    /// What the scenario checks, in one sentence.
+    public let checks: String
+    /// The script.
+    public let script: [AsyncLine]
+    /// Capabilities it needs (a backend without one skips it, with the reason).
+    public let requirements: [Requirement]
+
+    /// A scenario.
+    public init(_ id: String, checks: String, requires: [Requirement] = [], _ script: [AsyncLine]) {
+        self.id = id
+        self.checks = checks
+        self.script = script
+        requirements = requires
+    }
+
+    /// The id.
+    public var description: String { id }
+}
+
+extension LoopError {
+    /// The case name, without descriptor numbers or texts: what async conformance compares
+    /// ("timedOut", "socket(reset)", "connect(refused)", "poller(badDescriptor)").
+    public var caseName: String {
+        switch self {
+        case .cancelled: "cancelled"
+        case .timedOut: "timedOut"
+        case .closed: "closed"
+        case .busy: "busy"
+        case .shutdown: "shutdown"
+        case .socket(let error): "socket(\(error.kind.rawValue))"
+        case .connect(let error): "connect(\(error.cause.rawValue))"
+        case .resolution: "resolution"
+        case .poller(let error): "poller(\(error.caseName))"
+        case .invalidArgument: "invalidArgument"
+        }
+    }
+}
