@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net docs clean flyingfox
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox docs clean flyingfox
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
@@ -80,6 +80,14 @@ bench-net: deps
 	$(SWIFT) build -c release --product readiness-http-load
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-net-bench
 	Tests/Benchmarks/.build/release/readiness-net-bench --examples $$($(SWIFT) build -c release --show-bin-path)
+
+# FlyingFox's HTTPServer on its own epoll pool beside ReadinessSocketPool on every backend, under wrk
+# (Docs/Integrations.md, "Measured"); prints a Markdown table.
+bench-flyingfox: deps
+	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk through apt..."; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk || { echo "error: no wrk" >&2; exit 1; }; }
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-flyingfox-bench
+	Tests/Benchmarks/.build/release/readiness-flyingfox-bench
 
 # DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
 # catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so

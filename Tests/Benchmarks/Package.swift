@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "readiness-bench", targets: ["readiness-bench"]),
         .executable(name: "readiness-net-bench", targets: ["readiness-net-bench"]),
         .executable(name: "readiness-async-bench", targets: ["readiness-async-bench"]),
+        .executable(name: "readiness-flyingfox-bench", targets: ["readiness-flyingfox-bench"]),
     ],
     dependencies: [
         .package(path: "../.."),
@@ -27,6 +28,8 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.0"),
         // FlyingSocks (FlyingFox's socket layer): the async contender of the connect and echo figures.
         .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.0"),
+        // ReadinessSocketPool (Integrations/FlyingSocks): FlyingFox's HTTPServer on Readiness under wrk.
+        .package(path: "../../Integrations/FlyingSocks"),
     ],
     targets: [
         // libevent for the C contender (pkg-config: libevent). Its header includes no libevent header.
@@ -82,6 +85,17 @@ let package = Package(
                 .product(name: "FlyingSocks", package: "FlyingFox"),
             ],
             path: "Sources/readiness-async-bench"),
+        // FlyingFox's HTTPServer on its own epoll pool beside the same server on ReadinessSocketPool, every
+        // backend, under wrk (Docs/Integrations.md, "Measured").
+        .executableTarget(
+            name: "readiness-flyingfox-bench",
+            dependencies: [
+                .product(name: "Readiness", package: rootIdentity),
+                .product(name: "ReadinessFlyingSocks", package: "FlyingSocks"),
+                .product(name: "FlyingFox", package: "FlyingFox"),
+                .product(name: "FlyingSocks", package: "FlyingFox"),
+            ],
+            path: "Sources/readiness-flyingfox-bench"),
     ],
     swiftLanguageModes: [.v6]
 )
