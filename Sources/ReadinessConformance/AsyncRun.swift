@@ -41,8 +41,6 @@ final class AsyncRun {
     /// How long an await step waits for a task before it records that the task never ended (a backend
     /// that loses an event would otherwise hang the suite).
     static let watchdog: Duration = .seconds(15)
-    /// How long the listener step waits for each filler connection of a full accept queue.
-    static let fillerWait: CInt = 100
 
     /// Loopback, port chosen by the kernel.
     static let loopback = try! SocketAddress("127.0.0.1:0")
@@ -252,17 +250,7 @@ final class AsyncRun {
     }
 
     private func fullListener(_ name: String) throws {
-        let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 0)
-        let address = try Net.localAddress(fd)
-        listeners[name] = (fd, address)
-        for _ in 0..<16 {
-            let client = socket(AF_INET, Net.streamFlags, 0)
-            guard client >= 0 else { throw SetupError("socket") }
-            fillers.append(client)
-            _ = address.withSockaddr { Glibc.connect(client, $0, $1) }
-            if !Net.waitFor(client, Int16(POLLOUT), milliseconds: Self.fillerWait) { return }
-        }
-        throw SetupError("the accept queue never filled", 0)
+        listeners[name] = try Net.fullListener { fillers.append($0) }
     }
 
     // MARK: Operations

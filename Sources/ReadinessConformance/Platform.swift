@@ -48,6 +48,26 @@ enum Net {
         return try localAddress(fd).port ?? 0
     }
 
+    /// A loopback listener whose accept queue is full, so that a connect to it never completes (its SYN
+    /// is dropped): connects until one no longer completes. Each filler connection is handed to
+    /// `keep` as it is made (the caller closes them), so that none leaks when this throws.
+    static func fullListener(keep: (CInt) -> Void) throws -> (fd: CInt, address: SocketAddress) {
+        let fd = try listener(try SocketAddress("127.0.0.1:0"), backlog: 0)
+        let address = try localAddress(fd)
+        for _ in 0..<16 {
+            let client = socket(AF_INET, streamFlags, 0)
+            guard client >= 0 else { close(fd); throw SetupError("socket") }
+            keep(client)
+            _ = address.withSockaddr { Glibc.connect(client, $0, $1) }
+            if !waitFor(client, Int16(POLLOUT), milliseconds: fillerWaitMilliseconds) { return (fd, address) }
+        }
+        close(fd)
+        throw SetupError("the accept queue never filled", 0)
+    }
+
+    /// How long a filler connection of ``fullListener(keep:)`` may take to complete.
+    static let fillerWaitMilliseconds: CInt = 100
+
     /// Waits up to `milliseconds` for `events` on one descriptor with poll(2).
     static func waitFor(_ fd: CInt, _ events: Int16, milliseconds: CInt) -> Bool {
         var entry = pollfd(fd: fd, events: events, revents: 0)

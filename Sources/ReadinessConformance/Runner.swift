@@ -93,18 +93,7 @@ final class ScenarioRun {
                 throw Unsupported(reason: "IPv6 loopback is unavailable here (\(error))")
             }
         case .fullTCPListener(let name):
-            let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 0)
-            let address = try Net.localAddress(fd)
-            listeners[name] = (fd, address)
-            // Fill the accept queue until a connect no longer completes (its SYN is dropped).
-            for _ in 0..<16 {
-                let client = socket(AF_INET, Net.streamFlags, 0)
-                guard client >= 0 else { throw SetupError("socket") }
-                extras.append(client)
-                _ = address.withSockaddr { Glibc.connect(client, $0, $1) }
-                if !Net.waitFor(client, Int16(POLLOUT), milliseconds: 100) { return }
-            }
-            throw SetupError("the accept queue never filled", 0)
+            listeners[name] = try Net.fullListener { extras.append($0) }
         case .unixListener(let name):
             let path = Net.uniquePath
             let address = try SocketAddress(unixPath: path)
