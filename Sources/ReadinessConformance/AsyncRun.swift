@@ -216,11 +216,13 @@ final class AsyncRun {
     }
 
     private func adoptBoth(_ first: (String, CInt), _ second: (String, CInt)) async -> Observation {
-        for (name, fd) in [first, second] {
+        let pair = [first, second]
+        for (index, (name, fd)) in pair.enumerated() {
             do throws(LoopError) {
                 sockets[name] = try await loop.adopt(descriptor: fd)
             } catch {
-                close(fd)
+                // A refused adoption leaves the descriptor the caller's: close it and the one not tried.
+                for (_, left) in pair[index...] { close(left) }
                 return .error(error.caseName)
             }
         }

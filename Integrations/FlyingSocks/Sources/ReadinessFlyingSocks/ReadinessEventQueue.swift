@@ -98,6 +98,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
 
         /// Makes the poller's registration of `fd` be `interest` (nothing: deregistered).
         func apply(_ fd: Int32, _ interest: Interest) throws(PollerError) {
+            guard fd >= 0 else { throw .invalidDescriptor(fd) }
             let current = registered[fd]
             if interest.isEmpty {
                 guard current != nil else { return }
@@ -105,14 +106,9 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 try poller.deregister(fd)
             } else if let current {
                 guard current != interest else { return }
-                do {
-                    try poller.reregister(fd, token: Token(UInt64(fd)), interest: interest)
-                } catch {
-                    // The number may name a new file (the old one closed while registered): start over.
-                    try? poller.deregister(fd)
-                    registered[fd] = nil
-                    try poller.register(fd, token: Token(UInt64(fd)), interest: interest)
-                }
+                // reregister applies the registration to whatever file the number names now (the
+                // contract); on failure the registration stays as it was, for the other direction's waiter.
+                try poller.reregister(fd, token: Token(UInt64(fd)), interest: interest)
                 registered[fd] = interest
             } else {
                 try poller.register(fd, token: Token(UInt64(fd)), interest: interest)
@@ -193,6 +189,9 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                     open.pending[fd] = wanted
                     return open.poller.waker
                 }
+                // Applied now: a change recorded during an earlier wait is superseded (left behind, it
+                // would be applied over this one by the next wait).
+                open.pending[fd] = nil
                 do throws(PollerError) { try open.apply(fd, wanted) } catch {
                     throw Shared.socketError(error, fd: fd)
                 }
