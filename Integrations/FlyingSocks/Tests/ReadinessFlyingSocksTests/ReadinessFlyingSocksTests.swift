@@ -223,6 +223,42 @@ struct ReadinessEventQueueTests {
         try queue.close()
     }
 
+    @Test("a change made during a wait that returns events is superseded by a later direct change (review)", arguments: Backend.available)
+    func pendingSuperseded(backend: Backend) async throws {
+        for _ in 0..<10 {
+            var queue = ReadinessEventQueue(backend: backend)
+            try queue.open()
+            let (a, b) = try socketPair()
+            let (c, d) = try socketPair()
+            try queue.addEvents([.read], for: a.file)
+            try queue.addEvents([.read], for: c.file)
+            let waiter = queue
+            let first = Task.detached { try waiter.getNotifications() }
+            try await Task.sleep(for: .milliseconds(20))
+            // c becomes readable and, at once, a's read is removed: the change is recorded for the
+            // waiting thread, whose wait returns c's event (the change is then still pending).
+            _ = try d.write(Data([1]))
+            try queue.removeEvents([.read], for: a.file)
+            #expect(try await first.value.map(\.file).contains(c.file))
+            // Nobody waits now: a's read is added back directly, c's removed.
+            try queue.addEvents([.read], for: a.file)
+            try queue.removeEvents([.read], for: c.file)
+            _ = try b.write(Data([2]))
+            let second = Task.detached { try waiter.getNotifications() }
+            let stopper = Task.detached {
+                try await Task.sleep(for: .seconds(2))
+                var stopping = waiter
+                try? stopping.stop()
+            }
+            let files = (try? await second.value)?.map(\.file) ?? []
+            stopper.cancel()
+            #expect(files.contains(a.file), "a's read, added back after the change made during the wait, was lost")
+            try? queue.stop()
+            try? queue.close()
+            for socket in [a, b, c, d] { try? socket.close() }
+        }
+    }
+
     @Test("stop() from another thread ends a wait in progress; close() during it is done by the waiter", arguments: Backend.available)
     func stopDuringWait(backend: Backend) async throws {
         var queue = ReadinessEventQueue(backend: backend)
