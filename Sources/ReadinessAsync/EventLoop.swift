@@ -24,9 +24,9 @@ import Synchronization
 public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     // Why `@unchecked Sendable` is true:
     // - `state` (a `LoopState`, not Sendable: the poller, the timers, every socket and waiter) is
-    //   touched only on the loop thread. The only way to it is `loopState`, which checks `inLoop`; every
-    //   public operation first hops onto the loop (its executor) and fails with `.shutdown` when it is
-    //   not there. The loop thread creates the poller itself (through the factory).
+    //   touched only on the loop thread: the loop thread itself, and `onLoop`/`run`, which reach it only
+    //   after checking that they run there; every public operation first hops onto the loop (its
+    //   executor) and fails with `.shutdown` when it is not there. The loop thread creates the poller itself (through the factory).
     // - `queue`, `sleeping`, `phase`, `waker` are guarded by `lock`.
     // - `thread` is written once by the loop thread before `init` returns (published through `lock`)
     //   and never again; `running` is atomic.
@@ -127,12 +127,6 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     @usableFromInline
     func isLoopThread() -> Bool {
         running.load(ordering: .acquiring) && pthread_equal(pthread_self(), thread) != 0
-    }
-
-    /// The loop state; only on the loop thread.
-    var loopState: LoopState {
-        precondition(isLoopThread(), "EventLoop state touched off its thread")
-        return state
     }
 
     // MARK: Executor
@@ -352,10 +346,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
     }
 
-    /// Like ``shutdown()``, blocking the calling thread; never call it on the loop thread.
+    /// Like ``shutdown()``, blocking the calling thread until the loop has finished. Called on the loop
+    /// thread itself (which cannot wait for its own end), it asks for the shutdown and returns at once:
+    /// the loop stops when the current job returns.
     public func syncShutdown() {
-        precondition(!isLoopThread(), "syncShutdown on the loop's own thread would never return")
         _ = requestStop()
+        if isLoopThread() { return }
         lock.withLock {
             while !isFinished {
                 if case .failed = phase { return }

@@ -43,7 +43,7 @@ final class AsyncRun {
     static let watchdog: Duration = .seconds(15)
 
     /// Loopback, port chosen by the kernel.
-    static let loopback = try! SocketAddress("127.0.0.1:0")
+    static let loopback = (try? SocketAddress(ip: "127.0.0.1", port: 0)) ?? SocketAddress()
 
     init(loop: EventLoop) {
         signal(SIGPIPE, SIG_IGN)

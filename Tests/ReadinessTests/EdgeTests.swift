@@ -129,6 +129,14 @@ struct EdgeTests {
         }
     }
 
+    @Test("syncShutdown on the loop's own thread asks for the shutdown instead of trapping", .timeLimit(.minutes(1)), arguments: backends)
+    func syncShutdownOnLoop(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        await Task(executorPreference: loop) { loop.syncShutdown() }.value
+        await loop.shutdown()
+        #expect(loop.isShuttingDown)
+    }
+
     // MARK: Timers keep scheduling order (item 10)
 
     @Test("timers at one deadline fire in the order they were scheduled")

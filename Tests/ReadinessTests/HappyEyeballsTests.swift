@@ -200,6 +200,8 @@ struct HappyEyeballsTests {
         let poller = try backend.makePoller()
         defer { try? poller.close() }
         let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        // SystemResolver answers "localhost" itself (RFC 6761), never through getaddrinfo: nothing leaves
+        // the machine (AddressTests pins it).
         let socket = try Connector.connect(toHost: "localhost:\(listener.address.port!)", on: poller)
         #expect(socket.peer == listener.address)
         close(socket.fd)
