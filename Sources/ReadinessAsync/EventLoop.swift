@@ -411,3 +411,14 @@ final class LoopSerialExecutor: SerialExecutor, @unchecked Sendable {
 
     func isIsolatingCurrentContext() -> Bool? { loop.isLoopThread() }
 }
+
+extension EventLoop {
+    /// The loop's poller's capabilities: which backend it runs on (`name`), and what that backend
+    /// can report (Docs/Contract.md). Fails with ``LoopError/shutdown`` once the loop stopped.
+    nonisolated(nonsending) public func capabilities() async throws(LoopError) -> Capabilities {
+        try await onLoop { (state) async throws(LoopError) -> Capabilities in
+            guard let poller = state.poller else { throw .shutdown }
+            return poller.capabilities
+        }
+    }
+}

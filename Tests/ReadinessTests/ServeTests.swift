@@ -1,0 +1,107 @@
+import Glibc
+import Readiness
+import Synchronization
+import Testing
+
+/// Serving (Sources/ReadinessAsync/Serve.swift) and the default group, on every backend.
+@Suite("Serve", .serialized)
+struct ServeTests {
+    /// Echoes one message per connection and records where the handler ran.
+    static func echo(_ served: Counter, _ offLoop: Counter) -> @Sendable (AsyncSocket) async -> Void {
+        { socket in
+            if !socket.loop.inLoop { offLoop.increment() }
+            guard let bytes = try? await socket.read(upTo: 64, timeout: .seconds(5)), !bytes.isEmpty else { return }
+            try? await socket.write(bytes, timeout: .seconds(5))
+            served.increment()
+        }
+    }
+
+    static func roundTrip(_ loop: EventLoop, _ address: SocketAddress, _ i: Int) async throws {
+        let client = try await loop.connect(to: address, timeout: .seconds(5))
+        let message = Array("hello \(i)".utf8)
+        try await client.write(message, timeout: .seconds(5))
+        var got: [UInt8] = []
+        while got.count < message.count {
+            let chunk = try await client.read(upTo: 64, timeout: .seconds(5))
+            if chunk.isEmpty { break }
+            got += chunk
+        }
+        #expect(got == message)
+        // The server closes its side when the handler returns.
+        #expect(try await client.read(upTo: 1, timeout: .seconds(5)).isEmpty)
+        await client.close()
+    }
+
+    @Test("a group serves every loop, each connection's handler on its loop, until cancelled; nothing leaks",
+          .timeLimit(.minutes(2)), arguments: backends)
+    func group(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let group = try EventLoopGroup(backend: backend, count: 2)
+        // A port picked first, so that the clients know it: bind to 0, read it back, serve on it.
+        let probe = try await group.loops[0].listen(on: try SocketAddress("127.0.0.1:0"))
+        let address = probe.address
+        await probe.close()
+        let served = Counter(), offLoop = Counter()
+        let server = Task { try await group.serve(on: address, Self.echo(served, offLoop)) }
+        var connected = false
+        for _ in 0..<200 where !connected {
+            if let client = try? await group.loops[1].connect(to: address, timeout: .seconds(1)) {
+                await client.close()
+                connected = true
+            } else {
+                try await group.loops[1].sleep(for: .milliseconds(5))
+            }
+        }
+        #expect(connected)
+        for i in 0..<40 { try await Self.roundTrip(group.next(), address, i) }
+        #expect(served.value == 40)
+        #expect(offLoop.value == 0)
+        server.cancel()
+        try await server.value   // cancelled: returns, no error
+        // The listeners are closed: nothing accepts any more.
+        await #expect(throws: LoopError.self) { try await group.loops[0].connect(to: address, timeout: .seconds(1)) }
+        await group.shutdown()
+        #expect(await settledDescriptorCount(before) == before)
+    }
+
+    @Test("a listener's serve ends when the listener is closed, after its connections' handlers",
+          .timeLimit(.minutes(2)), arguments: backends)
+    func listenerClosed(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let served = Counter(), offLoop = Counter()
+            let server = Task { try await listener.serve(Self.echo(served, offLoop)) }
+            for i in 0..<5 { try await Self.roundTrip(loop, listener.address, i) }
+            await listener.close()
+            try await server.value
+            #expect(served.value == 5)
+            #expect(offLoop.value == 0)
+        }
+    }
+
+    @Test("serve ends at the loop's shutdown", .timeLimit(.minutes(2)), arguments: backends)
+    func shutdownEnds(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let started = Counter()
+        let server = Task {
+            try await loop.serve(on: try SocketAddress("127.0.0.1:0")) { _ in started.increment() }
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        await loop.shutdown()
+        // Returns or throws .shutdown (the listen itself may meet the shutdown): never hangs.
+        do { try await server.value } catch let error as LoopError { #expect(error == .shutdown) }
+    }
+
+    @Test("EventLoopGroup() picks READINESS_BACKEND's backend, as EventLoop() does")
+    func defaultGroup() async throws {
+        // The environment this process runs with: whichever backend it names (or the best).
+        let expected = try Backend.default()
+        let group = try EventLoopGroup(count: 2)
+        #expect(group.loops.count == 2)
+        for loop in group.loops { #expect(try await loop.capabilities().name == expected.name) }
+        await group.shutdown()
+        #expect(throws: SelectionError.self) { try EventLoopGroup(count: 0) }
+        #expect(throws: SelectionError.self) { try EventLoopGroup(count: Int.max) }
+    }
+}
