@@ -10,9 +10,10 @@ TEST_FLAGS := --no-parallel --disable-xctest
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "Installing libevent-dev, pkg-config and nginx-light (the HTTP example's peer) through apt..."; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light \
-	    || { echo "error: could not install libevent-dev and nginx-light (need root or sudo). Install them by hand: apt-get install libevent-dev pkg-config nginx-light" >&2; exit 1; }; \
+	  echo "Installing libevent-dev, pkg-config and nginx-light (the HTTP example's peer) with apt (log: .build/apt.log)..."; \
+	  mkdir -p .build; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light; } > .build/apt.log 2>&1 \
+	    || { tail -20 .build/apt.log >&2; echo "error: could not install libevent-dev and nginx-light (need root or sudo; log: .build/apt.log). Install them by hand: apt-get install libevent-dev pkg-config nginx-light" >&2; exit 1; }; \
 	else \
 	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
 	fi
