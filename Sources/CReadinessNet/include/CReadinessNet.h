@@ -37,4 +37,22 @@ int rd_net_shut_rd(void);
 int rd_net_shut_wr(void);
 int rd_net_shut_rdwr(void);
 
+/// Signals delivered to descriptors (signals.c): a handler that writes each signal's number as one
+/// byte to every subscribed descriptor whose mask holds it (bit n-1 for signal n).
+#define RD_SIGNAL_SLOTS 256
+#define RD_SIGNAL_MAX 64
+/// The highest signal number that can be watched (SIGRTMAX, at most RD_SIGNAL_MAX).
+int rd_signal_max(void);
+/// Claims a slot for `fd` (the non-blocking write end of a pipe) and the signals of `mask`; the slot,
+/// or -1 with ENOSPC when all RD_SIGNAL_SLOTS are taken. Callers serialise the calls below.
+int rd_signal_subscribe(int fd, uint64_t mask);
+/// Frees a slot; when it returns no handler writes to its descriptor any more.
+void rd_signal_unsubscribe(int slot);
+/// Installs the handler for `signo`, saving the action it replaces; 0, or -1 with errno.
+int rd_signal_install(int signo);
+/// Puts back the action `rd_signal_install` saved for `signo`; 0, or -1 with errno.
+int rd_signal_restore(int signo);
+/// A pipe whose both ends are non-blocking and close-on-exec (pipe2): 0, or -1 with errno.
+int rd_signal_pipe(int ends[2]);
+
 #endif

@@ -1,0 +1,79 @@
+// Signals delivered to descriptors: the handler writes the signal's number as one byte to the write
+// end of every subscriber's pipe whose mask holds it (the self-pipe of libevent and libuv). Only
+// async-signal-safe calls in the handler (write), errno kept. Slots are lock-free for the handler;
+// subscribe/unsubscribe/install/restore are serialised by the caller (ReadinessNet's Signals lock).
+#define _GNU_SOURCE
+#include "CReadinessNet.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+static _Atomic int slot_fd[RD_SIGNAL_SLOTS];
+static _Atomic uint64_t slot_mask[RD_SIGNAL_SLOTS];
+static _Atomic int handlers_running;
+static struct sigaction saved_action[RD_SIGNAL_MAX + 1];
+
+static void rd_signal_handler(int signo) {
+    int saved_errno = errno;
+    atomic_fetch_add(&handlers_running, 1);
+    if (signo >= 1 && signo <= RD_SIGNAL_MAX) {
+        uint64_t bit = UINT64_C(1) << (signo - 1);
+        unsigned char byte = (unsigned char)signo;
+        for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
+            if ((atomic_load(&slot_mask[i]) & bit) == 0) continue;
+            int fd = atomic_load(&slot_fd[i]);
+            // A full pipe drops the byte: the subscriber has that signal pending already.
+            if (fd >= 0) (void)write(fd, &byte, 1);
+        }
+    }
+    atomic_fetch_sub(&handlers_running, 1);
+    errno = saved_errno;
+}
+
+int rd_signal_max(void) { return SIGRTMAX < RD_SIGNAL_MAX ? SIGRTMAX : RD_SIGNAL_MAX; }
+
+int rd_signal_subscribe(int fd, uint64_t mask) {
+    static int initialised;
+    if (!initialised) {
+        for (int i = 0; i < RD_SIGNAL_SLOTS; i++) atomic_store(&slot_fd[i], -1);
+        initialised = 1;
+    }
+    for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
+        if (atomic_load(&slot_fd[i]) >= 0) continue;
+        atomic_store(&slot_fd[i], fd);
+        atomic_store(&slot_mask[i], mask);
+        return i;
+    }
+    errno = ENOSPC;
+    return -1;
+}
+
+void rd_signal_unsubscribe(int slot) {
+    if (slot < 0 || slot >= RD_SIGNAL_SLOTS) return;
+    atomic_store(&slot_mask[slot], 0);
+    atomic_store(&slot_fd[slot], -1);
+    // A handler that read the old descriptor may still be writing to it: wait until none runs, so
+    // that the caller can close it (and its number be reused) safely. Handlers are a few writes long.
+    while (atomic_load(&handlers_running) != 0) sched_yield();
+}
+
+int rd_signal_install(int signo) {
+    if (signo < 1 || signo > rd_signal_max()) { errno = EINVAL; return -1; }
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = rd_signal_handler;
+    action.sa_flags = SA_RESTART;
+    sigfillset(&action.sa_mask);
+    return sigaction(signo, &action, &saved_action[signo]);
+}
+
+int rd_signal_restore(int signo) {
+    if (signo < 1 || signo > rd_signal_max()) { errno = EINVAL; return -1; }
+    return sigaction(signo, &saved_action[signo], NULL);
+}
+
+int rd_signal_pipe(int ends[2]) { return pipe2(ends, O_NONBLOCK | O_CLOEXEC); }

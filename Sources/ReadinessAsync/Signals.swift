@@ -1,0 +1,88 @@
+import ReadinessCore
+import ReadinessNet
+
+extension EventLoop {
+    /// The deliveries of `signals` to the process, from now on, as an async sequence waited on by this
+    /// loop (no Dispatch, no handler code of the caller's):
+    ///
+    /// ```swift
+    /// for await signal in try loop.signals([.interrupt, .terminate]) {
+    ///     print("\(signal): shutting down"); break
+    /// }
+    /// ```
+    ///
+    /// While the sequence watches, the signals' default actions (SIGINT's and SIGTERM's exit) do not
+    /// happen; they are put back when it stops. It stops when ``SignalSequence/finish()`` is called,
+    /// when the iterating task is cancelled, or when the loop shuts down (then iteration ends with
+    /// nil). Every sequence of a signal gets every delivery (several loops, several watchers);
+    /// repeats of one signal may merge, as the kernel merges them (``/ReadinessNet/SignalSubscription``).
+    /// One task iterates a sequence at a time: ask for one sequence per task. An empty set, or a signal
+    /// that cannot be watched (``/ReadinessNet/Signal/invalidReason``), is
+    /// ``LoopError/invalidArgument(_:)``; a shut-down loop is ``LoopError/shutdown``.
+    public func signals(_ signals: some Sequence<Signal>) throws(LoopError) -> SignalSequence {
+        if isShuttingDown { throw .shutdown }
+        let subscription: SignalSubscription
+        do {
+            subscription = try SignalSubscription(signals)
+        } catch {
+            throw error.kind == .invalidArgument ? .invalidArgument(error.operation) : .socket(error)
+        }
+        return SignalSequence(loop: self, subscription: subscription)
+    }
+}
+
+/// Signals as they are delivered to the process (``EventLoop/signals(_:)``).
+public final class SignalSequence: AsyncSequence, Sendable {
+    public typealias Element = Signal
+    public typealias Failure = Never
+
+    /// The loop that waits for them.
+    public let loop: EventLoop
+    let subscription: SignalSubscription
+
+    init(loop: EventLoop, subscription: SignalSubscription) {
+        self.loop = loop
+        self.subscription = subscription
+    }
+
+    /// The signals it watches.
+    public var signals: Set<Signal> { subscription.signals }
+
+    /// Stops watching at once (the signals' previous actions are put back); an iteration in progress
+    /// returns what had come, then nil.
+    public func finish() {
+        subscription.stop()
+        subscription.wake()
+    }
+
+    deinit { subscription.close() }
+
+    public func makeAsyncIterator() -> Iterator { Iterator(sequence: self) }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        let sequence: SignalSequence
+        var pending: ArraySlice<Signal> = []
+
+        /// The next signal; nil once the sequence stopped (finished, the task cancelled, the loop shut
+        /// down, or another task iterating it at the same time).
+        public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async -> Signal? {
+            let subscription = sequence.subscription
+            while true {
+                if let signal = pending.popFirst() { return signal }
+                pending = subscription.drain()[...]
+                if !pending.isEmpty { continue }
+                if subscription.stopped { return nil }
+                do {
+                    try await sequence.loop.readable(subscription.descriptor)
+                } catch {
+                    // Cancelled, shut down, or .busy: watching ends for this sequence.
+                    subscription.stop()
+                    pending = subscription.drain()[...]
+                    return pending.popFirst()
+                }
+            }
+        }
+
+        public mutating func next() async -> Signal? { await next(isolation: nil) }
+    }
+}

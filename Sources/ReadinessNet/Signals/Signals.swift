@@ -1,0 +1,217 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CReadinessNet
+
+/// A POSIX signal that can be watched: its number, with names for the ones servers handle.
+public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The signal's number (SIGINT is 2).
+    public let rawValue: CInt
+    public init(rawValue: CInt) { self.rawValue = rawValue }
+
+    /// SIGINT (Ctrl-C).
+    public static let interrupt = Signal(rawValue: SIGINT)
+    /// SIGTERM: asked to stop (what service managers and `kill` send first).
+    public static let terminate = Signal(rawValue: SIGTERM)
+    /// SIGHUP: the terminal went away; by convention, reload configuration.
+    public static let hangup = Signal(rawValue: SIGHUP)
+    /// SIGQUIT.
+    public static let quit = Signal(rawValue: SIGQUIT)
+    /// SIGUSR1 and SIGUSR2: the application's own.
+    public static let user1 = Signal(rawValue: SIGUSR1)
+    public static let user2 = Signal(rawValue: SIGUSR2)
+    /// SIGCHLD: a child process changed state.
+    public static let child = Signal(rawValue: SIGCHLD)
+    /// SIGWINCH: the terminal's size changed.
+    public static let windowChange = Signal(rawValue: SIGWINCH)
+    /// SIGPIPE (sockets of this package never raise it: they write with MSG_NOSIGNAL).
+    public static let pipe = Signal(rawValue: SIGPIPE)
+    /// SIGALRM.
+    public static let alarm = Signal(rawValue: SIGALRM)
+
+    /// The highest number that can be watched (SIGRTMAX).
+    public static var maximum: CInt { rd_signal_max() }
+
+    /// Why this signal cannot be watched, or nil: out of range, a signal no process can catch
+    /// (SIGKILL, SIGSTOP), or one the kernel raises for a fault in the running code (SIGSEGV, SIGBUS,
+    /// SIGFPE, SIGILL, SIGTRAP, SIGSYS: a handler that returns would fault again at once).
+    public var invalidReason: String? {
+        if rawValue < 1 || rawValue > Self.maximum { return "signal \(rawValue) is outside 1...\(Self.maximum)" }
+        switch rawValue {
+        case SIGKILL, SIGSTOP: return "\(self) cannot be caught"
+        case SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS: return "\(self) reports a fault in the running code"
+        default: return nil
+        }
+    }
+
+    public var description: String {
+        switch rawValue {
+        case SIGINT: "SIGINT"
+        case SIGTERM: "SIGTERM"
+        case SIGHUP: "SIGHUP"
+        case SIGQUIT: "SIGQUIT"
+        case SIGUSR1: "SIGUSR1"
+        case SIGUSR2: "SIGUSR2"
+        case SIGCHLD: "SIGCHLD"
+        case SIGWINCH: "SIGWINCH"
+        case SIGPIPE: "SIGPIPE"
+        case SIGALRM: "SIGALRM"
+        case SIGKILL: "SIGKILL"
+        case SIGSTOP: "SIGSTOP"
+        case SIGSEGV: "SIGSEGV"
+        default: "signal \(rawValue)"
+        }
+    }
+}
+
+/// Signals delivered to a descriptor: while it is open, every delivery of one of its signals to the
+/// process writes the signal's number to a pipe whose read end is ``descriptor``; a poller (or an
+/// ``/ReadinessAsync/EventLoop``) waits for it to be readable, then ``drain()`` returns what came.
+///
+/// - Every subscription of a signal gets every delivery of it (several loops, several watchers).
+/// - Deliveries of one signal may merge into one, as the kernel merges pending signals: a subscriber
+///   that does not drain loses none of its signals' *kinds*, only repeats (its pipe holds 64 KiB).
+/// - While at least one subscription watches a signal, the process's action for it is this
+///   package's handler (the default action, such as SIGINT's exit, does not happen); when the last one
+///   closes, the action it replaced is put back.
+/// - The handler is async-signal-safe (one `write` per subscriber, errno kept), runs on whichever
+///   thread the kernel picks, and restarts interrupted system calls (`SA_RESTART`).
+/// - At most 256 subscriptions at once (``SocketError/Kind/resourceExhausted`` beyond).
+public final class SignalSubscription: @unchecked Sendable {
+    // Immutable after init except `isClosed`, which `lock` guards; the registry's lock serialises the
+    // C slot table and the handler installation.
+    /// The signals it watches.
+    public let signals: Set<Signal>
+    /// The pipe's read end (non-blocking, close-on-exec): readable when a signal came.
+    public let descriptor: CInt
+    private let writeEnd: CInt
+    private let slot: CInt
+    private let lock = PThreadMutex()
+    private var isClosed = false
+    private var isStopped = false
+
+    /// Watches `signals` (at least one; each must be watchable: ``Signal/invalidReason``).
+    public init(_ signals: some Sequence<Signal>) throws(SocketError) {
+        let set = Set(signals)
+        guard !set.isEmpty else { throw SocketError(.invalidArgument, operation: "watch signals: no signal given") }
+        if let reason = set.lazy.compactMap(\.invalidReason).first {
+            throw SocketError(.invalidArgument, operation: "watch signals: \(reason)")
+        }
+        var ends: [CInt] = [-1, -1]
+        guard rd_signal_pipe(&ends) == 0 else {
+            throw SocketError(errno: errno, operation: "watch signals: pipe2")
+        }
+        var mask: UInt64 = 0
+        for signal in set { mask |= 1 << UInt64(signal.rawValue - 1) }
+        let slot: CInt
+        do {
+            slot = try SignalRegistry.shared.subscribe(fd: ends[1], mask: mask, signals: set)
+        } catch {
+            Glibc.close(ends[0]); Glibc.close(ends[1])
+            throw error
+        }
+        self.signals = set
+        self.descriptor = ends[0]
+        self.writeEnd = ends[1]
+        self.slot = slot
+    }
+
+    /// The signals that came since the last call, oldest first (empty when none): one entry per
+    /// delivery the pipe held.
+    public func drain() -> [Signal] {
+        lock.withLock {
+            guard !isClosed else { return [] }
+            var found: [Signal] = []
+            var bytes = [UInt8](repeating: 0, count: 64)
+            while true {
+                let n = bytes.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    for byte in bytes[..<n] where byte != 0 { found.append(Signal(rawValue: CInt(byte))) }
+                    if n < bytes.count { break }
+                } else if n < 0 && errno == EINTR {
+                    continue
+                } else {
+                    break
+                }
+            }
+            return found
+        }
+    }
+
+    /// Makes ``descriptor`` readable without a signal (a zero byte, which ``drain()`` skips): wakes a
+    /// waiter so that it can see that the subscription is closing.
+    public func wake() {
+        var zero: UInt8 = 0
+        _ = lock.withLock { isClosed ? -1 : write(writeEnd, &zero, 1) }
+    }
+
+    /// Stops watching: no later signal reaches the pipe, and the action each signal had before is put
+    /// back when no subscription watches it any more. The pipe stays open (``wake()`` still works, what
+    /// came before can still be drained) until ``close()``. Later calls do nothing.
+    public func stop() {
+        let first = lock.withLock { () -> Bool in
+            defer { isStopped = true }
+            return !isStopped
+        }
+        if first { SignalRegistry.shared.unsubscribe(slot: slot, signals: signals) }
+    }
+
+    /// Whether ``stop()`` (or ``close()``) was called.
+    public var stopped: Bool { lock.withLock { isStopped } }
+
+    /// Stops watching (``stop()``) and closes both ends of the pipe. Call it once no task waits on
+    /// ``descriptor``; later calls do nothing. Deinitialisation closes it too.
+    public func close() {
+        stop()
+        let first = lock.withLock { () -> Bool in
+            defer { isClosed = true }
+            return !isClosed
+        }
+        guard first else { return }
+        Glibc.close(descriptor)
+        Glibc.close(writeEnd)
+    }
+
+    deinit { close() }
+}
+
+/// The process-wide table behind ``SignalSubscription``: how many subscriptions watch each signal
+/// (the handler is installed for the first and the old action put back after the last).
+final class SignalRegistry: @unchecked Sendable {
+    static let shared = SignalRegistry()
+    private let lock = PThreadMutex()
+    private var watchers: [CInt: Int] = [:]
+
+    func subscribe(fd: CInt, mask: UInt64, signals: Set<Signal>) throws(SocketError) -> CInt {
+        let result: Result<CInt, SocketError> = lock.withLock {
+            let slot = rd_signal_subscribe(fd, mask)
+            if slot < 0 {
+                return .failure(SocketError(.resourceExhausted, errno: errno, operation: "watch signals: every one of the \(RD_SIGNAL_SLOTS) subscriptions is taken"))
+            }
+            var installed: [CInt] = []
+            for signal in signals where watchers[signal.rawValue, default: 0] == 0 {
+                if rd_signal_install(signal.rawValue) != 0 {
+                    let code = errno
+                    for number in installed { _ = rd_signal_restore(number) }
+                    rd_signal_unsubscribe(slot)
+                    return .failure(SocketError(errno: code, operation: "watch signals: sigaction(\(signal))"))
+                }
+                installed.append(signal.rawValue)
+            }
+            for signal in signals { watchers[signal.rawValue, default: 0] += 1 }
+            return .success(slot)
+        }
+        return try result.get()
+    }
+
+    func unsubscribe(slot: CInt, signals: Set<Signal>) {
+        lock.withLock {
+            rd_signal_unsubscribe(slot)
+            for signal in signals {
+                let left = watchers[signal.rawValue, default: 1] - 1
+                watchers[signal.rawValue] = left > 0 ? left : nil
+                if left <= 0 { _ = rd_signal_restore(signal.rawValue) }
+            }
+        }
+    }
+}
