@@ -105,3 +105,87 @@ struct ServeTests {
         #expect(throws: SelectionError.self) { try EventLoopGroup(count: Int.max) }
     }
 }
+
+/// Graceful shutdown (Sources/ReadinessAsync/GracefulShutdown.swift), on every backend.
+@Suite("Graceful shutdown", .serialized)
+struct GracefulShutdownTests {
+    @Test("stops accepting, lets a request in flight finish, then returns", .timeLimit(.minutes(1)), arguments: backends)
+    func drains(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let address = listener.address
+        let handled = Counter()
+        let server = Task {
+            try await listener.serve { socket in
+                guard let bytes = try? await socket.read(upTo: 64, timeout: .seconds(5)), !bytes.isEmpty else { return }
+                try? await socket.loop.sleep(for: .milliseconds(150))    // work in flight
+                try? await socket.write(bytes, timeout: .seconds(5))
+                handled.increment()
+            }
+        }
+        let client = try await loop.connect(to: address, timeout: .seconds(5))
+        try await client.write(Array("ping".utf8))
+        try await loop.sleep(for: .milliseconds(30))           // the handler has the request
+        let clock = ContinuousClock()
+        let start = clock.now
+        let stopping = Task { await loop.shutdown(gracePeriod: .seconds(5)) }
+        // The reply still comes, after the shutdown began.
+        let reply = try await client.read(upTo: 64, timeout: .seconds(5))
+        #expect(reply == Array("ping".utf8))
+        await client.close()
+        await stopping.value
+        #expect(clock.now - start < .seconds(4), "returned when the connection finished, not at the grace period's end")
+        #expect(handled.value == 1)
+        try await server.value
+        #expect(loop.isShuttingDown)
+    }
+
+    @Test("a connection still open at the grace period's end fails with .shutdown", .timeLimit(.minutes(1)), arguments: backends)
+    func gracePeriodEnds(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let outcome = Mutex<LoopError?>(nil)
+        let server = Task {
+            try await listener.serve { socket in
+                do throws(LoopError) { _ = try await socket.read(upTo: 64) } catch { outcome.withLock { $0 = error } }
+            }
+        }
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        try await loop.sleep(for: .milliseconds(30))
+        let clock = ContinuousClock()
+        let start = clock.now
+        await loop.shutdown(gracePeriod: .milliseconds(200))
+        let took = clock.now - start
+        #expect(took >= .milliseconds(180) && took < .seconds(3), "took \(took)")
+        try await server.value
+        #expect(outcome.withLock { $0 } == .shutdown)
+        _ = client
+    }
+
+    @Test("cancelling the shutting-down task ends the grace period at once; any Duration is taken",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func cancelled(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let server = Task { try await listener.serve { socket in _ = try? await socket.read(upTo: 64) } }
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        try await loop.sleep(for: .milliseconds(30))
+        let clock = ContinuousClock()
+        let start = clock.now
+        let stopping = Task { await loop.shutdown(gracePeriod: .seconds(Int64.max)) }
+        try await Task.sleep(for: .milliseconds(50))
+        stopping.cancel()
+        await stopping.value
+        #expect(clock.now - start < .seconds(3))
+        try await server.value
+        _ = client
+        // Already shut down: any grace period returns at once.
+        await loop.shutdown(gracePeriod: .zero)
+        await loop.shutdown(gracePeriod: .seconds(-5))
+        await EventLoop.shutdownAll([loop])
+    }
+}
+
+extension EventLoop {
+    static func shutdownAll(_ loops: [EventLoop]) async { for loop in loops { await loop.shutdown() } }
+}
