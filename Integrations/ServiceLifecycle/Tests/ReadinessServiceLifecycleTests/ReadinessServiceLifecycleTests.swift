@@ -1,0 +1,98 @@
+import Logging
+import Readiness
+import ReadinessServiceLifecycle
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+let backends = Backend.available
+
+/// The services in a real `ServiceGroup`, on every backend.
+@Suite("ServiceLifecycle", .serialized)
+struct ReadinessServiceLifecycleTests {
+    static let logger = Logger(label: "readiness-service-lifecycle-tests")
+
+    /// A free loopback port: bound to 0 and released.
+    static func freeAddress(_ loop: EventLoop) async throws -> SocketAddress {
+        let probe = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let address = probe.address
+        await probe.close()
+        return address
+    }
+
+    static func connect(_ loop: EventLoop, _ address: SocketAddress) async throws -> AsyncSocket {
+        for _ in 0..<200 {
+            if let socket = try? await loop.connect(to: address, timeout: .seconds(1)) { return socket }
+            try await loop.sleep(for: .milliseconds(5))
+        }
+        return try await loop.connect(to: address, timeout: .seconds(1))
+    }
+
+    @Test("a graceful shutdown lets a request in flight finish, then the server and its group stop",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func graceful(backend: Backend) async throws {
+        let group = try EventLoopGroup(backend: backend, count: 2)
+        let clientLoop = try EventLoop(backend: backend)
+        let address = try await Self.freeAddress(clientLoop)
+        let handled = Atomic<Int>(0)
+        let server = ServerService(group: group, address: address, gracePeriod: .seconds(10)) { socket in
+            guard let bytes = try? await socket.read(upTo: 64, timeout: .seconds(5)), !bytes.isEmpty else { return }
+            try? await socket.loop.sleep(for: .milliseconds(150))   // the request in flight
+            try? await socket.write(bytes, timeout: .seconds(5))
+            handled.add(1, ordering: .relaxed)
+        }
+        let services = ServiceGroup(services: [server], logger: Self.logger)
+        let running = Task { try await services.run() }
+        let client = try await Self.connect(clientLoop, address)
+        try await client.write(Array("ping".utf8))
+        try await clientLoop.sleep(for: .milliseconds(30))
+        await services.triggerGracefulShutdown()
+        #expect(try await client.read(upTo: 64, timeout: .seconds(5)) == Array("ping".utf8))
+        await client.close()
+        try await running.value
+        #expect(handled.load(ordering: .relaxed) == 1)
+        for loop in group.loops { #expect(loop.isShuttingDown) }
+        // Nothing listens any more.
+        await #expect(throws: LoopError.self) { try await clientLoop.connect(to: address, timeout: .seconds(1)) }
+        await clientLoop.shutdown()
+    }
+
+    @Test("cancelling the service group stops at once: a connection that would never finish is cancelled",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func cancelled(backend: Backend) async throws {
+        let group = try EventLoopGroup(backend: backend, count: 1)
+        let clientLoop = try EventLoop(backend: backend)
+        let address = try await Self.freeAddress(clientLoop)
+        let outcome = Mutex<LoopError?>(nil)
+        let server = ServerService(group: group, address: address, gracePeriod: .seconds(3600)) { socket in
+            do throws(LoopError) { _ = try await socket.read(upTo: 64) } catch { outcome.withLock { $0 = error } }
+        }
+        let services = ServiceGroup(services: [server, EventLoopGroupService(group: group)], logger: Self.logger)
+        let running = Task { try await services.run() }
+        let client = try await Self.connect(clientLoop, address)
+        try await clientLoop.sleep(for: .milliseconds(30))
+        let clock = ContinuousClock()
+        let start = clock.now
+        running.cancel()
+        _ = try? await running.value
+        #expect(clock.now - start < .seconds(5))
+        // Its task is cancelled with the serving task (structured), or meets the shutdown first.
+        let ended = outcome.withLock { $0 }
+        #expect(ended == .cancelled || ended == .shutdown, "\(String(describing: ended))")
+        for loop in group.loops { #expect(loop.isShuttingDown) }
+        await client.close()
+        await clientLoop.shutdown()
+    }
+
+    @Test("a server that cannot listen fails the service group with the listen error", arguments: backends)
+    func listenFails(backend: Backend) async throws {
+        let group = try EventLoopGroup(backend: backend, count: 1)
+        let holder = try await group.loops[0].listen(on: try SocketAddress("127.0.0.1:0"))
+        var options = Listener.Options()
+        options.reusePort = false
+        let server = ServerService(group: group, address: holder.address, options: options) { _ in }
+        let services = ServiceGroup(services: [server, EventLoopGroupService(group: group)], logger: Self.logger)
+        await #expect(throws: LoopError.self) { try await services.run() }
+        await group.shutdown()
+    }
+}
