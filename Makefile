@@ -1,5 +1,5 @@
 # Readiness: `make run` (the main job: the conformance suite on every backend) and `make test`.
-# Both install what is missing first (libevent-dev, pkg-config, and nginx-light for the HTTP example's test) through apt.
+# Both install what is missing first (libevent-dev, pkg-config, and nginx-light, curl and wrk for the HTTP examples' tests) through apt.
 
 SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -8,12 +8,13 @@ TEST_FLAGS := --no-parallel --disable-xctest
 .PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox docs clean flyingfox
 
 deps:
-	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1; then :; \
+	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 \
+	    && command -v curl >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "Installing libevent-dev, pkg-config and nginx-light (the HTTP example's peer) with apt (log: .build/apt.log)..."; \
+	  echo "Installing libevent-dev, pkg-config, nginx-light, curl and wrk (the HTTP examples' peers) with apt (log: .build/apt.log)..."; \
 	  mkdir -p .build; \
-	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light; } > .build/apt.log 2>&1 \
-	    || { tail -20 .build/apt.log >&2; echo "error: could not install libevent-dev and nginx-light (need root or sudo; log: .build/apt.log). Install them by hand: apt-get install libevent-dev pkg-config nginx-light" >&2; exit 1; }; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light curl wrk; } > .build/apt.log 2>&1 \
+	    || { tail -20 .build/apt.log >&2; echo "error: could not install libevent-dev and nginx-light (need root or sudo; log: .build/apt.log). Install them by hand: apt-get install libevent-dev pkg-config nginx-light curl wrk" >&2; exit 1; }; \
 	else \
 	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
 	fi

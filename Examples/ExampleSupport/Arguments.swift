@@ -68,6 +68,33 @@ public struct EchoArguments: Sendable {
     }
 }
 
+/// The command line of readiness-http-server.
+public struct HTTPServerArguments: Sendable {
+    public var host = "127.0.0.1"
+    public var port: UInt16 = 8080
+    public var backend: Backend?
+    public var loops: Int?
+    public var grace: Int64 = 10
+
+    public init(_ args: [String]) throws(UsageError) {
+        var rest = args.dropFirst().makeIterator()
+        while let flag = rest.next() {
+            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            switch flag {
+            case "--host": host = value
+            case "--port": port = try UsageError.number(value, flag)
+            case "--backend":
+                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
+            case "--loops": loops = try UsageError.number(value, flag)
+            case "--grace": grace = try UsageError.number(value, flag)
+            default: throw UsageError("unknown option \(flag)")
+            }
+        }
+        if let loops, !(1...EventLoopGroup.maximumLoops).contains(loops) { throw UsageError("--loops: 1 to \(EventLoopGroup.maximumLoops)") }
+        guard grace >= 0 else { throw UsageError("--grace: not negative") }
+    }
+}
+
 /// A command-line mistake, printed with the usage line.
 public struct UsageError: Error, Sendable, CustomStringConvertible {
     public let description: String

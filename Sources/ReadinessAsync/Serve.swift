@@ -68,6 +68,23 @@ extension EventLoopGroup {
     nonisolated(nonsending) public func serve(on address: SocketAddress, options: Listener.Options = Listener.Options(),
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listeners = try await listen(on: address, options: options)
+        do {
+            try await serve(listeners, handler)
+        } catch {
+            for listener in listeners { await listener.close() }
+            throw error
+        }
+        for listener in listeners { await listener.close() }
+    }
+
+    /// Serves `listeners` (each on its own loop, as ``listen(on:options:)`` makes them): one accepting
+    /// task per listener preferring its loop, each connection's task on its listener's loop
+    /// (``AsyncListener/serve(_:)``). For a server that needs the listeners first (to print the port
+    /// it bound, for one). Returns when every listener stopped accepting (closed, its loop shut down,
+    /// or the calling task cancelled) and every connection's task finished; the first accept failure
+    /// is thrown then. It does not close the listeners.
+    nonisolated(nonsending) public func serve(_ listeners: [AsyncListener],
+                                              _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let failures: [LoopError] = await withTaskGroup(of: LoopError?.self) { group in
             for listener in listeners {
                 group.addTask(executorPreference: listener.loop) {
@@ -83,7 +100,6 @@ extension EventLoopGroup {
             for await failure in group { if let failure { failures.append(failure) } }
             return failures
         }
-        for listener in listeners { await listener.close() }
         if let first = failures.first { throw first }
     }
 }

@@ -1,0 +1,151 @@
+import Glibc
+import Readiness
+import Testing
+
+let curlPath: String? = ["/usr/bin/curl", "/usr/local/bin/curl"].first { access($0, X_OK) == 0 }
+let wrkPath: String? = ["/usr/bin/wrk", "/usr/local/bin/wrk"].first { access($0, X_OK) == 0 }
+
+/// A child process with a pid (for signals), its output in a file.
+final class Child {
+    let pid: pid_t
+    let outputPath: String
+
+    init(_ arguments: [String]) throws {
+        outputPath = try buildDirectory() + "/child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
+        guard status == 0 else { throw TestFailure("posix_spawn \(arguments[0]): \(status)") }
+        self.pid = pid
+    }
+
+    var output: String { (try? read(outputPath)) ?? "" }
+
+    /// Waits until the output contains `text` (true), or the child ended or `seconds` passed (false).
+    func waitForOutput(_ text: String, seconds: Int = 20) -> Bool {
+        for _ in 0..<(seconds * 100) {
+            if output.contains(text) { return true }
+            var status: CInt = 0
+            if waitpid(pid, &status, WNOHANG) == pid { return output.contains(text) }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// Waits for the end, at most `seconds` (then kills it): the exit status, or nil if it was killed
+    /// or ended by a signal.
+    func wait(seconds: Int) -> CInt? {
+        for _ in 0..<(seconds * 100) {
+            var status: CInt = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                return status & 0x7f == 0 ? (status >> 8) & 0xff : nil
+            }
+            usleep(10_000)
+        }
+        kill(pid, SIGKILL)
+        var status: CInt = 0
+        waitpid(pid, &status, 0)
+        return nil
+    }
+
+    deinit {
+        if kill(pid, 0) == 0 { kill(pid, SIGKILL); var status: CInt = 0; waitpid(pid, &status, 0) }
+        unlink(outputPath)
+    }
+}
+
+/// Examples/readiness-http-server, run as its built executable on every backend, against curl, wrk and
+/// raw clients; then SIGTERM with a request in flight.
+@Suite("HTTP server example", .serialized)
+struct HTTPServerExampleTests {
+    /// Sends `request` on a new connection and reads until the server closes it.
+    static func exchange(_ loop: EventLoop, _ address: SocketAddress, _ request: [UInt8]) async throws -> String {
+        let socket = try await loop.connect(to: address, timeout: .seconds(5))
+        try await socket.write(request, timeout: .seconds(5))
+        var received: [UInt8] = []
+        while true {
+            let bytes = try await socket.read(upTo: 65536, timeout: .seconds(10))
+            if bytes.isEmpty { break }
+            received += bytes
+        }
+        await socket.close()
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    static func run(_ arguments: [String]) throws -> (status: CInt, output: String) {
+        try Spawned(arguments).finish()
+    }
+
+    @Test("keep-alive, pipelining, Connection: close, HTTP/1.0, a head too large, wrk; SIGTERM answers the request in flight and exits 0",
+          .enabled(if: curlPath != nil && wrkPath != nil, "curl and wrk are not installed: apt-get install curl wrk (make deps does)"),
+          .timeLimit(.minutes(2)), arguments: backends)
+    func server(backend: Backend) async throws {
+        let port = try closedPort().port!
+        // stdbuf -oL: its standard output is a file here, which Swift's print buffers fully.
+        let server = try Child(["/usr/bin/stdbuf", "-oL", try builtExecutable("readiness-http-server"), "--port", "\(port)",
+                                "--backend", backend.name, "--loops", "2", "--grace", "10"])
+        #expect(server.waitForOutput("listening on 127.0.0.1:\(port) backend \(backend.name) loops 2"), "\(server.output)")
+        let url = "http://127.0.0.1:\(port)"
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+
+        // curl: one request, then two on one keep-alive connection, then HTTP/1.0.
+        let one = try Self.run([curlPath!, "-s", "-i", url + "/"])
+        #expect(one.status == 0 && one.output.contains("HTTP/1.1 200 OK") && one.output.hasSuffix("Hello, world!"), "\(one.output)")
+        let two = try Self.run([curlPath!, "-s", "-v", url + "/", url + "/missing"])
+        #expect(two.output.contains("Re-using existing connection") || two.output.contains("Reusing existing connection"), "\(two.output)")
+        #expect(two.output.contains("404 Not Found"))
+        let old = try Self.run([curlPath!, "-s", "-i", "-0", url + "/"])
+        #expect(old.output.contains("Connection: close"), "\(old.output)")
+
+        let loop = try EventLoop(backend: backend)
+        // Pipelining: three requests in one write, the last asking to close; three answers, in order.
+        let pipelined = try await Self.exchange(loop, address, Array(
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        // The answers follow each other with no separator after a body: find each status line.
+        let statuses = pipelined.split(separator: "HTTP/1.1 ").map { $0.split(separator: "\r\n").first ?? "" }
+        #expect(statuses == ["200 OK", "404 Not Found", "200 OK"], "\(pipelined)")
+        // A head over the 8 KiB limit: 431, then the server closes.
+        let huge = try await Self.exchange(loop, address, Array(("GET / HTTP/1.1\r\nX-Big: " + String(repeating: "a", count: 10_000) + "\r\n\r\n").utf8))
+        #expect(huge.hasPrefix("HTTP/1.1 431 "), "\(huge.prefix(80))")
+        // Garbage: 400.
+        let garbage = try await Self.exchange(loop, address, Array("HELLO\r\n\r\n".utf8))
+        #expect(garbage.hasPrefix("HTTP/1.1 400 "), "\(garbage.prefix(80))")
+
+        // wrk: one second of keep-alive load; every answer a 2xx, no socket error.
+        let load = try Self.run([wrkPath!, "-t1", "-c16", "-d1s", url + "/"])
+        #expect(load.status == 0 && load.output.contains("Requests/sec"), "\(load.output)")
+        #expect(!load.output.contains("Non-2xx") && !load.output.contains("Socket errors"), "\(load.output)")
+
+        // SIGTERM with a request in flight (and an idle keep-alive connection open): the answer
+        // comes, the server exits 0 well within the grace period.
+        let idle = try await loop.connect(to: address, timeout: .seconds(5))
+        let inFlight = try await loop.connect(to: address, timeout: .seconds(5))
+        try await inFlight.write(Array("GET /sleep?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: .seconds(5))
+        try await loop.sleep(for: .milliseconds(100))
+        let clock = ContinuousClock()
+        let start = clock.now
+        kill(server.pid, SIGTERM)
+        var reply: [UInt8] = []
+        while !String(decoding: reply, as: UTF8.self).contains("slept 500 ms") {
+            let bytes = try await inFlight.read(upTo: 4096, timeout: .seconds(5))
+            if bytes.isEmpty { break }
+            reply += bytes
+        }
+        #expect(String(decoding: reply, as: UTF8.self).contains("slept 500 ms"), "\(String(decoding: reply, as: UTF8.self))")
+        // The idle connection is closed by the drain, without an answer.
+        #expect(try await idle.read(upTo: 64, timeout: .seconds(5)).isEmpty)
+        let status = server.wait(seconds: 10)
+        #expect(status == 0, "\(server.output)")
+        #expect(clock.now - start < .seconds(5))
+        #expect(server.output.contains("SIGTERM: draining") && server.output.contains("stopped"), "\(server.output)")
+        await idle.close()
+        await inFlight.close()
+        await loop.shutdown()
+    }
+}
