@@ -136,13 +136,6 @@ struct Slab {
         self[resource.key] === resource
     }
 
-    /// Puts another resource in a live resource's slot (same key): a connected stream taking its
-    /// connect's place.
-    mutating func replace(_ key: ResourceKey, with resource: any LoopResource) {
-        precondition(self[key] != nil && resource.key == key)
-        slots[Int(key.index)].resource = resource
-    }
-
     /// Frees the resource's slot; its key (and every token made from it) is stale from now on.
     mutating func remove(_ key: ResourceKey) {
         guard let resource = self[key], !slots[Int(key.index)].isAlias, resource.key == key else { return }
