@@ -52,7 +52,7 @@ struct LoopStructureTests {
         #expect(second.key.token(TimerPurpose(rawValue: (1 << TimerPurpose.bits) - 1)) != .waker)
     }
 
-    @Test("a timer of a closed resource fires after its slot was reused: ignored; the new one's fires")
+    @Test("a timer or event of a closed resource comes after its slot was reused: ignored; the new one's is delivered")
     func staleTimerIgnored() {
         let state = LoopState()
         let old = state.slab.insert { RecordingResource(key: $0) }
@@ -67,6 +67,15 @@ struct LoopStructureTests {
         state.timers.schedule(at: 0, token: reused.key.token(.recordingTest))
         state.fireTimers(now: 1)
         #expect(reused.timers == [.recordingTest])
+        // A readiness event under the old token (a registration closed since): ignored; the new
+        // resource's token reaches it, by index.
+        state.events.removeAll()
+        _ = state.events.append(Event(token: old.key.token, ready: .readable))
+        _ = state.events.append(Event(token: reused.key.token, ready: .writable))
+        state.dispatchEvents()
+        #expect(reused.events == [reused.key.token])
+        #expect(old.events.isEmpty)
+        reused.events.removeAll()
         // A stale resolution answer (its connect gone) is ignored too.
         state.resolutionAnswered(old.key.token)
         #expect(reused.events.isEmpty)
@@ -76,6 +85,28 @@ struct LoopStructureTests {
         state.close(reused, reason: .closed)
         #expect(reused.released == 1)
         #expect(state.resourceCount == 0)
+    }
+
+    @Test("a closed socket's handle, its slot reused by a new socket: .closed, and the new socket untouched", arguments: backends)
+    func staleHandle(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, stale, staleServer) = try await connectedPair(loop)
+                await stale.close()
+                await staleServer.close()
+                async let accepted = listener.accept(timeout: .seconds(5))
+                let fresh = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                let server = try await accepted
+                #expect(ResourceKey(fresh.id).index == ResourceKey(stale.id).index || ResourceKey(server.id).index == ResourceKey(stale.id).index)
+                await #expect(throws: LoopError.closed) { _ = try await stale.read(upTo: 8, timeout: .milliseconds(50)) }
+                await #expect(throws: LoopError.closed) { try await stale.write([1]) }
+                await stale.close()   // a second close of the old handle: nothing of the new socket's
+                try await server.write([7])
+                #expect(try await fresh.read(upTo: 8, timeout: .seconds(5)) == [7])
+                await fresh.close(); await server.close(); await listener.close()
+                #expect(try await loop.entryCount() == 0)
+            }.value
+        }
     }
 
     @Test("Happy Eyeballs takes its tokens from an allocator: 40 attempts, one token each, no cap")
