@@ -210,6 +210,6 @@ extension EventLoop {
 
     /// How many sockets, listeners and waits the loop holds (for tests and monitoring).
     nonisolated(nonsending) public func entryCount() async throws(LoopError) -> Int {
-        try await onLoop { (state) async throws(LoopError) -> Int in state.entries.count }
+        try await onLoop { (state) async throws(LoopError) -> Int in state.resourceCount }
     }
 }

@@ -76,8 +76,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case job(UnownedJob)
         /// Enqueued on the loop's serial executor (`asUnownedSerialExecutor()`): an actor's job.
         case isolatedJob(UnownedJob)
-        /// A waiting operation's task was cancelled: entry, direction, operation number.
-        case cancel(entry: UInt64, direction: Direction, operation: UInt64)
+        /// A waiting operation's task was cancelled: resource, direction, operation number.
+        case cancel(key: ResourceKey, direction: Direction, operation: UInt64)
+        /// A name resolution's answer is in (from a lookup thread), for the connect holding the token.
+        case resolved(Token)
     }
 
     /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
@@ -174,7 +176,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             // on (Docs/Async.md, "After shutdown"). A cancel has nothing left to cancel.
             switch submission {
             case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-            case .cancel: break
+            case .cancel, .resolved: break
             }
         }
     }
@@ -278,7 +280,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         switch submission {
         case .job(let job): runJob(job, isolated: false)
         case .isolatedJob(let job): runJob(job, isolated: true)
-        case .cancel(let entry, let direction, let operation): state.cancel(entry: entry, direction: direction, operation: operation)
+        case .cancel(let key, let direction, let operation): state.cancel(key: key, direction: direction, operation: operation)
+        case .resolved(let token): state.resolutionAnswered(token)
         }
     }
 

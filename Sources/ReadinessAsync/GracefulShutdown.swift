@@ -48,16 +48,15 @@ extension EventLoopGroup {
 extension LoopState {
     /// Closes every listener of the loop (its accepting task resumes with `.closed`).
     func stopAccepting() {
-        for entry in Array(entries.values) {
-            if case .listener = entry.resource { close(entry, reason: .closed) }
+        for resource in slab.resources where resource is ListenerResource {
+            close(resource, reason: .closed)
         }
     }
 
-    /// How many connected sockets the loop holds.
+    /// How many connected sockets the loop holds (a connect still in progress is not one).
     var connectionCount: Int {
-        entries.values.reduce(0) { count, entry in
-            if case .stream = entry.resource { return count + 1 }
-            return count
+        slab.resources.reduce(0) { count, resource in
+            (resource as? StreamResource)?.socket != nil ? count + 1 : count
         }
     }
 }

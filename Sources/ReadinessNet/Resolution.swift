@@ -113,7 +113,35 @@ public final class Resolution: @unchecked Sendable {
     /// never looked up) for `port`; `waker` is woken once per answer coming from the pool. A host that is
     /// not a valid name is answered at once with a failure, without a lookup (a NUL byte: "the name
     /// contains a NUL byte").
-    public init(host: String, port: UInt16, waker: Waker, resolver: any HostResolver = SystemResolver()) {
+    public convenience init(host: String, port: UInt16, waker: Waker, resolver: any HostResolver = SystemResolver()) {
+        self.init(host: host, port: port, signal: .waker(waker), resolver: resolver)
+    }
+
+    /// Starts resolving as ``init(host:port:waker:resolver:)`` does, calling `notify` (on a lookup
+    /// thread, never after ``cancel()`` has returned) once per answer coming from the pool instead of
+    /// waking a poller: for a loop that takes answers on a token of their own.
+    package convenience init(host: String, port: UInt16, resolver: any HostResolver = SystemResolver(),
+                             notify: @escaping @Sendable () -> Void) {
+        self.init(host: host, port: port, signal: .notify(notify), resolver: resolver)
+    }
+
+    /// How the pool tells the loop that an answer is in.
+    fileprivate enum Signal: Sendable {
+        /// Wakes the poller: the answer is taken on the wake-up event.
+        case waker(Waker)
+        /// Calls the loop's hook.
+        case notify(@Sendable () -> Void)
+
+        func send() {
+            switch self {
+            // The poller may be closed by now: its waker then refuses (never writes a reused descriptor).
+            case .waker(let waker): try? waker.wake()
+            case .notify(let notify): notify()
+            }
+        }
+    }
+
+    private init(host: String, port: UInt16, signal: Signal, resolver: any HostResolver) {
         self.host = host
         self.port = port
         if let numeric = try? SocketAddress(ip: host, port: port) {
@@ -133,7 +161,7 @@ public final class Resolution: @unchecked Sendable {
         }
         state = State(outstanding: 2)
         for family in [SocketAddress.Family.ipv6, .ipv4] {
-            LookupPool.shared.submit(Job(resolution: self, family: family, waker: waker, resolver: resolver))
+            LookupPool.shared.submit(Job(resolution: self, family: family, signal: signal, resolver: resolver))
         }
     }
 
@@ -189,13 +217,12 @@ public final class Resolution: @unchecked Sendable {
     }
 
     /// Called on a pool thread: stores the answer and wakes the loop, unless cancelled.
-    fileprivate func deliver(_ answer: Answer, waker: Waker) {
+    fileprivate func deliver(_ answer: Answer, signal: Signal) {
         lock.withLock {
             state.outstanding -= 1
             guard !state.cancelled else { return }
             state.answers.append(answer)
-            // The poller may be closed by now: its waker then refuses (never writes a reused descriptor).
-            try? waker.wake()
+            signal.send()
         }
     }
 
@@ -203,13 +230,13 @@ public final class Resolution: @unchecked Sendable {
     fileprivate struct Job: Sendable {
         let resolution: Resolution
         let family: SocketAddress.Family
-        let waker: Waker
+        let signal: Signal
         let resolver: any HostResolver
 
         func run() {
             guard resolution.beginLookup() else { return }
             let result = resolver.lookup(host: resolution.host, port: resolution.port, family: family)
-            resolution.deliver(Answer(family: family, result: result), waker: waker)
+            resolution.deliver(Answer(family: family, result: result), signal: signal)
         }
     }
 }

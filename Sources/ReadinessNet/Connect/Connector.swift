@@ -57,11 +57,19 @@ public enum Connector {
     public static func run(_ attempts: [ConnectAttempt], on poller: any Poller, attemptDelay: Duration) throws(ConnectError) -> ConnectedSocket {
         let timers = Timers(capacity: attempts.count + 1)
         let connect = HappyEyeballs(attempts: attempts, poller: poller, timers: timers,
-                                    timerToken: Token(rawValue: Token.waker.rawValue - 1), attemptDelay: attemptDelay)
+                                    timerToken: unusedToken(besides: attempts), attemptDelay: attemptDelay)
         guard case .connected(let socket) = try drive(connect, on: poller, timers: timers, capacity: attempts.count + 1) else {
             throw ConnectError(.noAddress)  // no attempt: only a resolution ends otherwise
         }
         return socket
+    }
+
+    /// The smallest token none of `attempts` uses (the timer's: no token is borrowed from the waker's).
+    static func unusedToken(besides attempts: [ConnectAttempt]) -> Token {
+        let used = Set(attempts.map(\.token))
+        var candidate: UInt64 = 0
+        while used.contains(Token(rawValue: candidate)) { candidate += 1 }
+        return Token(rawValue: candidate)
     }
 
     /// Waits until `connect` ends: `.connected` or `.unresolved` is returned, a connect failure thrown.

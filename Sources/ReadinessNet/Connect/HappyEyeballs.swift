@@ -19,8 +19,10 @@
 /// // an event whose token connect.owns(_:), or the waker's event: progress = connect.handle(event)
 /// // a timer token connect.owns(_:) popped from timers:            progress = connect.handleTimer(token)
 /// ```
-/// Tokens: `tokenBase` is its timer token; attempt `i` uses `tokenBase + 1 + i`, up to
-/// ``Options/maximumAttempts``.
+/// Tokens: it takes them from a ``TokenAllocator`` (`tokens:`), one for its timer, then one per attempt
+/// as the attempt starts, with no limit but ``Options/maximumAttempts``; an event loop hands out tokens
+/// of its own (`EventLoop` allocates them in its slab). Given a `tokenBase` instead, `tokenBase` is its
+/// timer token and attempt `i` uses `tokenBase + 1 + i`.
 public final class HappyEyeballs {
     /// The RFC 8305 parameters and limits.
     public struct Options: Sendable {
@@ -65,11 +67,13 @@ public final class HappyEyeballs {
     public private(set) var attempts: [ConnectAttempt] = []
     /// The parameters it runs with.
     public let options: Options
-    /// Its timer token; attempts use the tokens after it.
+    /// Its timer token (the first it allocated; with a `tokenBase`, attempts use the tokens after it).
     public let tokenBase: Token
 
     private let poller: any Poller
     private let timers: Timers
+    /// Where attempt tokens come from (nil: attempts made by the caller).
+    private let tokens: (any TokenAllocator)?
     private let resolution: Resolution?
     private var primary: [Pending] = []
     private var secondary: [Pending] = []
@@ -91,7 +95,6 @@ public final class HappyEyeballs {
         // Ended: answers still to come are of no use, and no lookup thread may wake the poller after.
         didSet { if outcome != nil { resolution?.cancel() } }
     }
-    private var tokensUsed = 0
     /// ``Options/maximumAttempts``, at least 1.
     private var attemptLimit: Int { max(1, options.maximumAttempts) }
 
@@ -106,24 +109,41 @@ public final class HappyEyeballs {
         }
     }
 
-    /// Over addresses already known (tried in RFC 8305 order, the first address's family first).
-    public init(addresses: [SocketAddress], poller: any Poller, timers: Timers, tokenBase: Token,
+    /// Over addresses already known (tried in RFC 8305 order, the first address's family first), with
+    /// tokens `tokenBase`, `tokenBase + 1`, ... (``TokenBlock``).
+    public convenience init(addresses: [SocketAddress], poller: any Poller, timers: Timers, tokenBase: Token,
+                            options: Options = Options()) {
+        self.init(addresses: addresses, poller: poller, timers: timers, tokens: TokenBlock(first: tokenBase), options: options)
+    }
+
+    /// Over addresses already known, with tokens from `tokens`.
+    public init(addresses: [SocketAddress], poller: any Poller, timers: Timers, tokens: any TokenAllocator,
                 options: Options = Options()) {
         self.poller = poller
         self.timers = timers
-        self.tokenBase = tokenBase
+        self.tokens = tokens
+        tokenBase = tokens.makeToken()
         self.options = options
         resolution = nil
         primaryFamily = addresses.first?.family
         add(addresses.map(Pending.address))
     }
 
-    /// Over a name being resolved: answers are taken on the poller's wake-up events.
-    public init(resolution: Resolution, poller: any Poller, timers: Timers, tokenBase: Token,
+    /// Over a name being resolved (answers are taken by ``handle(_:)`` on a wake-up event), with tokens
+    /// `tokenBase`, `tokenBase + 1`, ... (``TokenBlock``).
+    public convenience init(resolution: Resolution, poller: any Poller, timers: Timers, tokenBase: Token,
+                            options: Options = Options()) {
+        self.init(resolution: resolution, poller: poller, timers: timers, tokens: TokenBlock(first: tokenBase), options: options)
+    }
+
+    /// Over a name being resolved, with tokens from `tokens`. Pass it a wake-up event (``Token/waker``)
+    /// when an answer may be in.
+    public init(resolution: Resolution, poller: any Poller, timers: Timers, tokens: any TokenAllocator,
                 options: Options = Options()) {
         self.poller = poller
         self.timers = timers
-        self.tokenBase = tokenBase
+        self.tokens = tokens
+        tokenBase = tokens.makeToken()
         self.options = options
         self.resolution = resolution
         primaryFamily = .ipv6
@@ -135,6 +155,7 @@ public final class HappyEyeballs {
                 attemptDelay: Duration) {
         self.poller = poller
         self.timers = timers
+        tokens = nil
         tokenBase = timerToken
         var options = Options()
         options.attemptDelay = attemptDelay
@@ -277,9 +298,8 @@ public final class HappyEyeballs {
             switch next {
             case .attempt(let made): attempt = made
             case .address(let address):
-                tokensUsed += 1
-                attempt = ConnectAttempt(to: address, poller: poller,
-                                         token: Token(rawValue: tokenBase.rawValue &+ UInt64(tokensUsed)),
+                guard let tokens else { preconditionFailure("an address to try without a token allocator") }
+                attempt = ConnectAttempt(to: address, poller: poller, token: tokens.makeToken(),
                                          timeout: options.attemptTimeout)
             }
             attempts.append(attempt)
@@ -335,5 +355,25 @@ public final class HappyEyeballs {
         if errors.contains(where: { $0.cause == .timedOut }) { error = ConnectError(.timedOut, address: error.address) }
         error.attempts = errors
         return .failed(error)
+    }
+}
+
+/// Hands out tokens for a connect's attempts and timer (``HappyEyeballs``), one at a time as they are
+/// needed: each must differ from every other registration and timer token of the poller and timers it
+/// uses, and from ``Token/waker``.
+public protocol TokenAllocator: AnyObject {
+    /// A token nothing else uses.
+    func makeToken() -> Token
+}
+
+/// Consecutive tokens from `first` (`first`, `first + 1`, ...): for a caller that reserves a block.
+public final class TokenBlock: TokenAllocator {
+    private var next: Token
+    /// Tokens from `first` upward.
+    public init(first: Token) { next = first }
+    /// The next token of the block.
+    public func makeToken() -> Token {
+        defer { next = Token(rawValue: next.rawValue &+ 1) }
+        return next
     }
 }

@@ -1,0 +1,38 @@
+import ReadinessCore
+import ReadinessNet
+
+/// How the loop does the async operations' I/O: the seam between ``AsyncSocket``/``AsyncListener``
+/// (and `EventLoop.connect`) and the kernel.
+///
+/// - ``ReadinessDriver`` (today, every backend): try the syscall, and on EAGAIN wait for the poller's
+///   readiness event, then try again. It is the only place these retry loops live.
+/// - A completion driver (io_uring submission and completion, a later issue) belongs in
+///   `Backends/IOUring/`: it submits the read, write, accept or connect itself and resumes the task
+///   with the completion's result, behind the same ``AsyncSocket`` API and held to the same async
+///   conformance scenarios. It is chosen where `LoopState.driver` is set, for a loop whose poller can
+///   complete operations; this protocol then becomes `package` (the driver's target, in that folder,
+///   depends on ReadinessAsync). The ``Poller`` seam stays readiness-only: the completion driver
+///   reaches its ring by other means (Backends/IOUring/README.md, "Completion I/O").
+///
+/// Every requirement runs on the loop thread (`EventLoop.onLoop` took the task there) and fails
+/// with the loop's errors (``LoopError``); `id` is the resource's number (its slab key).
+protocol IODriver: Sendable {
+    /// Reads up to `buffer.count` bytes as soon as some are there (0: end of stream).
+    nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
+                                      on loop: LoopState) async throws(LoopError) -> Int
+    /// Writes every byte.
+    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
+                                       on loop: LoopState) async throws(LoopError)
+    /// Writes every byte of every buffer, in order.
+    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
+                                       on loop: LoopState) async throws(LoopError)
+    /// Accepts a connection: the new stream's number and its peer.
+    nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress)
+    /// Connects to one address: the stream's number and its peer.
+    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
+                                         on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?)
+    /// Connects by Happy Eyeballs steps to a list, or to a name being resolved.
+    nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+                                         options: HappyEyeballs.Options, deadline: Int64?,
+                                         on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket)
+}

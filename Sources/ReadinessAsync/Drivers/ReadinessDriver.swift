@@ -1,0 +1,186 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+import ReadinessNet
+
+/// The readiness driver over any ``Poller`` (every backend): each operation tries its syscall until
+/// it would block, then waits for the poller's readiness event on the resource (`LoopState.wait`) and
+/// tries again. The only place the async retry loops live (``IODriver``).
+struct ReadinessDriver: IODriver {
+    nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
+                                      on loop: LoopState) async throws(LoopError) -> Int {
+        var (stream, socket) = try loop.stream(id)
+        if stream.record.read.isWaiting { throw .busy }
+        while true {
+            let result: IOResult
+            do { result = try socket.read(into: buffer) } catch { throw .socket(error) }
+            switch result {
+            case .transferred(let n): return n
+            case .endOfStream: return 0
+            case .wouldBlock: break
+            }
+            if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) { throw error }
+            (stream, socket) = try loop.stream(id)
+        }
+    }
+
+    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
+                                       on loop: LoopState) async throws(LoopError) {
+        var (stream, socket) = try loop.stream(id)
+        if stream.record.write.isWaiting { throw .busy }
+        var offset = 0
+        while offset < buffer.count {
+            let result: IOResult
+            do {
+                result = try socket.write(UnsafeRawBufferPointer(rebasing: buffer[offset...]))
+            } catch { throw .socket(error) }
+            if case .transferred(let n) = result {
+                offset += n
+                continue
+            }
+            if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            (stream, socket) = try loop.stream(id)
+        }
+    }
+
+    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
+                                       on loop: LoopState) async throws(LoopError) {
+        var (stream, socket) = try loop.stream(id)
+        if stream.record.write.isWaiting { throw .busy }
+        var remaining = RemainingBuffers(buffers: buffers)
+        while !remaining.isEmpty {
+            let result: IOResult
+            do { result = try socket.write(vectored: remaining) } catch { throw .socket(error) }
+            if case .transferred(let n) = result {
+                remaining.advance(by: n)
+                continue
+            }
+            if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            (stream, socket) = try loop.stream(id)
+        }
+    }
+
+    nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        var listener = try loop.listener(id)
+        if listener.record.read.isWaiting { throw .busy }
+        while true {
+            let result: AcceptResult
+            do { result = try listener.listener.accept() } catch { throw .socket(error) }
+            let outcome: Outcome
+            switch result {
+            case .accepted(let socket, let peer):
+                return (loop.adopt(socket), peer)
+            case .wouldBlock:
+                outcome = await loop.wait(listener, .read, deadline: deadline, interest: true)
+            case .backingOff(let until):
+                // Out of descriptors: not watched until the back-off ends (its time, or a descriptor
+                // of this loop closed).
+                listener.beginBackoff(until: until, loop: loop)
+                outcome = await loop.wait(listener, .read, deadline: deadline, interest: false)
+            }
+            if case .failed(let error) = outcome { throw error }
+            listener = try loop.listener(id)
+        }
+    }
+
+    /// One address (`EventLoop.connect(to:timeout:)`): the connect's resource becomes the socket's.
+    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
+                                         on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
+        if loop.isShutDown { throw .shutdown }
+        guard let poller = loop.poller else { throw .shutdown }
+        let (id, socket) = try await connect(to: address, poller: poller, deadline: deadline, attemptTimeout: nil, on: loop)
+        return (id, socket.peer)
+    }
+
+    /// One address: the ``ConnectAttempt`` driver alone (the same state machine; no Happy Eyeballs
+    /// bookkeeping). The deadline is the wait's; `attemptTimeout` (a list's option) ends the attempt
+    /// itself with `ConnectError(.timedOut)`, as it does for an attempt of several. On success the
+    /// resource becomes the socket's (same key).
+    nonisolated(nonsending) private func connect(to address: SocketAddress, poller: any Poller, deadline: Int64?,
+                                                 attemptTimeout: Duration?, on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
+        let stream = loop.slab.insert { key in
+            StreamResource(key: key) { token in ConnectAttempt(to: address, poller: poller, token: token, timeout: attemptTimeout) }
+        }
+        let id = stream.key.raw
+        var progress = stream.attempt!.start()
+        if case .inProgress = progress {
+            stream.attemptTimer = stream.attempt!.scheduleDeadline(on: loop.timers)
+            let outcome = await loop.wait(stream, .write, deadline: deadline, interest: false)
+            if case .failed(let error) = outcome {
+                loop.close(stream, reason: error)   // cancels the attempt: deregistered, closed once
+                throw error
+            }
+            // Ended, but the loop shut down before this task ran again: the socket (if any) was
+            // closed with the resource.
+            guard loop.slab.contains(stream), !loop.isShutDown else {
+                loop.close(stream, reason: .shutdown)
+                throw .shutdown
+            }
+            progress = stream.outcome ?? .failed(ConnectError(.cancelled, address: address))
+        }
+        switch progress {
+        case .connected(let socket):
+            // Handed over (deregistered by the attempt, nobody waits): the resource is the socket's
+            // now. Closed meanwhile (shutdown ran while the task was queued)? Then `close` closed the
+            // socket it found; a resource still there is closed now, which closes it.
+            guard loop.slab.contains(stream), !loop.isShutDown else {
+                loop.close(stream, reason: .shutdown)
+                throw .shutdown
+            }
+            stream.becomeStream(StreamSocket(socket))
+            loop.own(stream, socket.fd)
+            return (id, socket)
+        case .failed(let error):
+            loop.close(stream, reason: .closed)
+            throw .connect(error)
+        case .inProgress:
+            loop.close(stream, reason: .closed)
+            throw .closed
+        }
+    }
+
+    nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+                                         options: HappyEyeballs.Options, deadline: Int64?,
+                                         on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
+        if loop.isShutDown { throw .shutdown }
+        guard let poller = loop.poller else { throw .shutdown }
+        if let reason = options.invalidReason { throw .invalidArgument(reason) }
+        if resolution == nil, addresses.isEmpty { throw .connect(ConnectError(.noAddress)) }
+        if resolution == nil, addresses.count == 1 {
+            // The attempt driver alone, with the options' attempt timeout as for any list.
+            return try await connect(to: addresses[0], poller: poller, deadline: deadline,
+                                     attemptTimeout: options.attemptTimeout, on: loop)
+        }
+        let connect = loop.slab.insert { ConnectResource(key: $0, loop: loop) }
+        var progress: HappyEyeballs.Progress
+        if let resolution {
+            progress = connect.start(host: resolution.host, port: resolution.port, resolver: resolution.resolver,
+                                     poller: poller, options: options)
+        } else {
+            progress = connect.start(addresses: addresses, poller: poller, options: options)
+        }
+        if progress.isInProgress {
+            let outcome = await loop.wait(connect, .write, deadline: deadline, interest: false)
+            if case .failed(let error) = outcome {
+                loop.close(connect, reason: error)   // cancels every attempt: deregistered, closed once
+                throw error
+            }
+            // Ended, but the loop shut down before this task ran again: the winner (if any) was closed
+            // with the resource.
+            guard loop.slab.contains(connect), !loop.isShutDown else {
+                loop.close(connect, reason: .shutdown)
+                throw .shutdown
+            }
+            progress = connect.outcome ?? .failed(ConnectError(.cancelled))
+        }
+        connect.outcome = nil                      // taken: `close` must not close the winner's socket
+        loop.close(connect, reason: .closed)       // the winner was handed over; the rest are cancelled
+        switch progress {
+        case .connected(let socket): return (loop.adopt(StreamSocket(socket)), socket)
+        case .failed(let error): throw .connect(error)
+        case .unresolved(let error): throw .resolution(error)
+        case .inProgress: throw .closed
+        }
+    }
+}

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+import ReadinessNet
+
+/// A waiting direction of a resource.
+enum Direction: UInt8, Sendable {
+    case read = 1
+    case write = 2
+    var interest: Interest { self == .read ? .readable : .writable }
+    /// The purpose of this direction's deadline timer.
+    var deadline: TimerPurpose { self == .read ? .readDeadline : .writeDeadline }
+}
+
+/// How a wait ended. A plain enum (no `any Error` box): resuming allocates nothing.
+enum Outcome {
+    case ready
+    case failed(LoopError)
+}
+
+/// One direction's waiter: the continuation is taken exactly once (resolve), on the loop thread.
+struct WaitSlot {
+    var continuation: UnsafeContinuation<Outcome, Never>?
+    var operation: UInt64 = 0
+    var timer: TimerID?
+    /// Resumed since the last event: the next event with nobody waiting keeps the interest once (the
+    /// resumed task has probably not read yet), the one after drops it.
+    var lingering = false
+    var isWaiting: Bool { continuation != nil }
+}
+
+/// What the loop keeps on every resource, whatever its kind: its two waiters, the interest registered
+/// with the poller, the descriptor it owns.
+struct LoopRecord {
+    var read = WaitSlot()
+    var write = WaitSlot()
+    /// The interest registered with the poller (empty: not registered).
+    var registered: Interest = []
+    /// The descriptor this resource owns (a stream or a listener), -1 otherwise: marked in
+    /// `LoopState.owned` while the resource lives.
+    var ownedFD: CInt = -1
+    /// A one-shot operation (a connect) has its outcome: a wait on it returns at once (the task can
+    /// be enqueued again between the operation's start and its wait).
+    var isDone = false
+
+    subscript(direction: Direction) -> WaitSlot {
+        get { direction == .read ? read : write }
+        set { if direction == .read { read = newValue } else { write = newValue } }
+    }
+}
+
+/// What the loop owns: one type per kind, each in its own file (Resources/: stream, listener,
+/// connect, caller-owned descriptor, sleep). The loop dispatches events and timers to it by its key
+/// and closes it through this protocol alone, so that a new kind (a datagram socket, a signal) is a new
+/// file and no new case in any switch.
+///
+/// Everything here runs on the loop thread.
+protocol LoopResource: AnyObject {
+    /// Its slot in the loop's slab (its registration token: `key.token`).
+    var key: ResourceKey { get }
+    /// Its waiters and registration, kept by the loop.
+    var record: LoopRecord { get set }
+    /// The descriptor the loop registers for its waits, nil when it has none to watch (a connect
+    /// registers its own sockets; a sleep watches nothing).
+    var watchedDescriptor: CInt? { get }
+    /// Makes the poller's interest `wanted` (was `old`) under `token`; false when it watches nothing.
+    func applyInterest(_ wanted: Interest, old: Interest, token: Token, poller: any Poller) throws(PollerError) -> Bool
+    /// A readiness event for `token` (its key's, or one of its aliases').
+    func ready(_ ready: Ready, token: Token, loop: LoopState)
+    /// A timer of its own purpose (not a wait deadline: the loop handles those) is due.
+    func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState)
+    /// Releases what it owns, once: the loop has resumed its waiters and freed its slot already.
+    func release(loop: LoopState)
+}
+
+extension LoopResource {
+    var watchedDescriptor: CInt? { nil }
+
+    /// Registers the watched descriptor with the loop's poller directly.
+    func applyInterest(_ wanted: Interest, old: Interest, token: Token, poller: any Poller) throws(PollerError) -> Bool {
+        guard let fd = watchedDescriptor else { return false }
+        if old.isEmpty {
+            try poller.register(fd, token: token, interest: wanted)
+        } else if wanted.isEmpty {
+            try poller.deregister(fd)
+        } else {
+            try poller.reregister(fd, token: token, interest: wanted)
+        }
+        return true
+    }
+
+    /// Readiness resumes the waiters (level-triggered bookkeeping in `LoopState.deliver`).
+    func ready(_ ready: Ready, token: Token, loop: LoopState) {
+        loop.deliver(self, ready)
+    }
+
+    func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState) {}
+}

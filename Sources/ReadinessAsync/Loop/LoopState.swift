@@ -1,0 +1,220 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ReadinessCore
+import ReadinessNet
+
+/// Everything the loop thread owns. Not Sendable: it is reached only through
+/// `EventLoop.loopState`/`onLoop`, on the loop thread (the invariant is written on ``EventLoop``).
+///
+/// Structure (Docs/Async.md, "Structure"): the resources live in a ``Slab`` (this file: holding,
+/// owning and closing them); waits and their continuations are in LoopWaits.swift; events, timers
+/// and resolution answers are dispatched in LoopDispatch.swift; each resource kind is a
+/// ``LoopResource`` in Resources/; the async I/O retry loops are the ``IODriver``'s (Drivers/).
+final class LoopState {
+    /// Set in the loop's init, cleared when the loop has finished (breaks the cycle).
+    unowned(unsafe) var loop: EventLoop!
+    var poller: (any Poller)?
+    let timers = Timers(capacity: LoopState.initialCapacity)
+    let events = EventBuffer(capacity: LoopState.eventCapacity)
+    var slab = Slab(capacity: LoopState.initialCapacity)
+    /// How the async operations do their I/O (the readiness driver: try, then wait for readiness).
+    let driver: any IODriver = ReadinessDriver()
+    /// Caller-owned descriptors being waited on, by number.
+    var foreign: [CInt: ResourceKey] = [:]
+    /// By descriptor number: whether a stream or listener of this loop owns it (so that a descriptor
+    /// is never adopted twice, nor waited on as a caller's while the loop owns it).
+    private var owned: [Bool] = []
+    /// Listeners out of descriptors, waiting for one to be freed (or for their back-off timer).
+    var backingOff: Set<ResourceKey> = []
+    var nextOperation: UInt64 = 1
+    var isShutDown = false
+    /// Counters (loop-only): jobs run, loop iterations (poller waits).
+    var jobsRun = 0
+    var iterations = 0
+
+    /// Resources and timers made room for at start.
+    static let initialCapacity = 1024
+    /// The most events one poller wait takes.
+    static let eventCapacity = 512
+
+    init() {}
+
+    /// How many resources the loop holds (`EventLoop.entryCount()`).
+    var resourceCount: Int { slab.count }
+
+    // MARK: Owning descriptors
+
+    /// Whether a stream or listener of this loop owns `fd`.
+    func owns(_ fd: CInt) -> Bool { fd >= 0 && Int(fd) < owned.count && owned[Int(fd)] }
+
+    func own(_ resource: any LoopResource, _ fd: CInt) {
+        guard fd >= 0 else { return }
+        if Int(fd) >= owned.count { owned.append(contentsOf: repeatElement(false, count: Int(fd) + 1 - owned.count)) }
+        owned[Int(fd)] = true
+        resource.record.ownedFD = fd
+    }
+
+    /// A descriptor a caller may hand over or wait on: not one this loop owns or already watches.
+    func checkForeign(_ fd: CInt, _ operation: String) throws(LoopError) {
+        if owns(fd) { throw .invalidArgument("\(operation): descriptor \(fd) belongs to a socket or listener of this loop") }
+    }
+
+    /// Takes ownership of a connected socket: a stream resource of its own.
+    func adopt(_ socket: StreamSocket) -> UInt64 {
+        let stream = slab.insert { StreamResource(key: $0, socket: socket) }
+        own(stream, socket.fd)
+        return stream.key.raw
+    }
+
+    // MARK: Finding resources
+
+    /// The live resource `id` names, or `.closed` (`.shutdown` once the loop shuts down).
+    func resource(_ id: UInt64) throws(LoopError) -> any LoopResource {
+        if isShutDown { throw .shutdown }
+        guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { throw .closed }
+        return resource
+    }
+
+    func stream(_ id: UInt64) throws(LoopError) -> (StreamResource, StreamSocket) {
+        guard let stream = try resource(id) as? StreamResource, let socket = stream.socket else { throw .closed }
+        return (stream, socket)
+    }
+
+    func listener(_ id: UInt64) throws(LoopError) -> ListenerResource {
+        guard let listener = try resource(id) as? ListenerResource else { throw .closed }
+        return listener
+    }
+
+    // MARK: Interest
+
+    /// Registers, changes or removes the resource's poller interest.
+    func updateInterest(_ resource: any LoopResource, _ wanted: Interest) throws(PollerError) {
+        let old = resource.record.registered
+        guard wanted != old else { return }
+        guard let poller else { throw .closed }
+        guard try resource.applyInterest(wanted, old: old, token: resource.key.token, poller: poller) else { return }
+        resource.record.registered = wanted
+    }
+
+    // MARK: Closing
+
+    func close(_ id: UInt64) {
+        guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return }
+        close(resource, reason: .closed)
+    }
+
+    /// Removes the resource, resumes its waiters with `reason`, and releases what it owns, exactly
+    /// once (a second call finds it gone).
+    func close(_ resource: any LoopResource, reason: LoopError) {
+        guard slab.contains(resource) else { return }
+        resolve(resource, .read, .failed(reason))
+        resolve(resource, .write, .failed(reason))
+        slab.remove(resource.key)
+        let fd = resource.record.ownedFD
+        if fd >= 0 {
+            owned[Int(fd)] = false
+            resource.record.ownedFD = -1
+        }
+        resource.release(loop: self)
+    }
+
+    /// Shutdown: every waiter resumes with `reason` (`.shutdown`, or `.poller` when the poller could
+    /// no longer wait), everything owned is closed once.
+    func shutDown(reason: LoopError = .shutdown) {
+        isShutDown = true
+        for resource in slab.resources { close(resource, reason: reason) }
+        timers.removeAll()
+    }
+
+    /// A descriptor was closed on this loop: listeners out of descriptors try again now.
+    func descriptorFreed() {
+        guard !backingOff.isEmpty else { return }
+        for key in Array(backingOff) {
+            if let listener = slab[key] as? ListenerResource, listener.key == key {
+                listener.endBackoff(loop: self)
+            } else {
+                backingOff.remove(key)
+            }
+        }
+    }
+
+    // MARK: The escape hatch
+
+    func withStream<T>(_ id: UInt64, _ body: (StreamSocket) throws(SocketError) -> T) throws(LoopError) -> T {
+        let (stream, socket) = try stream(id)
+        defer { reconcile(stream, socket) }
+        do { return try body(socket) } catch { throw .socket(error) }
+    }
+
+    /// After the escape hatch (`withStreamSocket`), which may have closed, released, deregistered or
+    /// re-registered the socket behind the loop's back: the loop's record of the registration is made
+    /// true again, so that no wait trusts a registration that is gone.
+    private func reconcile(_ stream: StreamResource, _ socket: StreamSocket) {
+        guard slab.contains(stream) else { return }
+        if socket.isClosed {
+            close(stream, reason: .closed)   // closed or released by the body: the loop forgets it
+            return
+        }
+        let intact: Bool
+        if stream.record.registered.isEmpty {
+            intact = socket.poller == nil
+        } else if let registration = socket.registration, socket.poller === poller {
+            intact = registration.token == stream.key.token && registration.interest == stream.record.registered
+                && registration.trigger == .level
+        } else {
+            intact = false
+        }
+        guard !intact else { return }
+        try? socket.deregister()
+        // The loop's poller may still hold the number (the body registered the socket elsewhere
+        // without deregistering here first): drop it too, so the number is clean for the next owner.
+        if !stream.record.registered.isEmpty, socket.poller == nil { try? poller?.deregister(socket.fd) }
+        stream.record.registered = []
+        var wanted: Interest = []
+        if stream.record.read.isWaiting || stream.record.read.lingering { wanted.insert(.readable) }
+        if stream.record.write.isWaiting || stream.record.write.lingering { wanted.insert(.writable) }
+        do {
+            try updateInterest(stream, wanted)
+        } catch {
+            resolve(stream, .read, .failed(.poller(error)))
+            resolve(stream, .write, .failed(.poller(error)))
+        }
+    }
+
+    // MARK: The async operations (each runs on the loop thread; `EventLoop.onLoop` took it there)
+
+    nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {
+        try await driver.read(id, into: buffer, deadline: deadline, on: self)
+    }
+
+    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?) async throws(LoopError) {
+        try await driver.write(id, buffer, deadline: deadline, on: self)
+    }
+
+    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?) async throws(LoopError) {
+        try await driver.write(id, vectored: buffers, deadline: deadline, on: self)
+    }
+
+    nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress) {
+        try await driver.accept(id, deadline: deadline, on: self)
+    }
+
+    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress?) {
+        try await driver.connect(to: address, deadline: deadline, on: self)
+    }
+
+    nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+                                         options: HappyEyeballs.Options, deadline: Int64?) async throws(LoopError) -> (UInt64, ConnectedSocket) {
+        try await driver.connect(addresses: addresses, resolution: resolution, options: options, deadline: deadline, on: self)
+    }
+
+    func listen(_ address: SocketAddress, options: Listener.Options) throws(LoopError) -> (UInt64, SocketAddress) {
+        if isShutDown { throw .shutdown }
+        let listener: Listener
+        do { listener = try Listener(bind: address, options: options) } catch { throw .socket(error) }
+        let resource = slab.insert { ListenerResource(key: $0, listener: listener) }
+        own(resource, listener.fd)
+        return (resource.key.raw, listener.address)
+    }
+}

@@ -1,0 +1,87 @@
+import ReadinessCore
+import ReadinessNet
+
+/// Waits and their continuations: a task suspends on one direction of a resource until it is ready,
+/// its deadline passes, the task is cancelled, the resource is closed or the loop shuts down;
+/// whichever comes first resolves the wait, exactly once, on the loop thread.
+extension LoopState {
+    /// Suspends until the direction is ready, the deadline passes, the task is cancelled, the resource
+    /// is closed or the loop shuts down; whichever comes first resolves the slot, exactly once.
+    /// `interest`: register the direction with the poller while waiting (false: something else
+    /// resolves the wait, a connect's progress or a listener's back-off).
+    nonisolated(nonsending) func wait(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
+        let operation = nextOperation
+        nextOperation &+= 1
+        // The cancellation handler's operation is a plain nonisolated closure: it runs on the generic
+        // executor, which is the loop for a task preferring the loop. A caller on the loop that does not
+        // prefer it (an actor isolated to the loop, in a task with no preference) would run it on the
+        // global pool instead: such a wait is given the loop's preference while it lasts.
+        if prefersLoop() { return await suspend(resource, direction, operation, deadline: deadline, interest: interest) }
+        return await withTaskExecutorPreference(loop) { () async -> Outcome in
+            await suspend(resource, direction, operation, deadline: deadline, interest: interest)
+        }
+    }
+
+    /// Whether the current task prefers this loop as its task executor.
+    private func prefersLoop() -> Bool {
+        let loop = self.loop.asUnownedTaskExecutor()
+        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
+    }
+
+    nonisolated(nonsending) private func suspend(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
+                                                 deadline: Int64?, interest: Bool) async -> Outcome {
+        let loop = self.loop!
+        let key = resource.key
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
+                self.install(resource, direction, operation, continuation, deadline: deadline, interest: interest)
+            }
+        } onCancel: {
+            // Any thread: the loop resolves the slot (if this operation still waits there).
+            loop.submit(.cancel(key: key, direction: direction, operation: operation))
+        }
+    }
+
+    private func install(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
+                         _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?, interest: Bool) {
+        if isShutDown { return continuation.resume(returning: .failed(.shutdown)) }
+        guard slab.contains(resource) else { return continuation.resume(returning: .failed(.closed)) }
+        if resource.record[direction].isWaiting { return continuation.resume(returning: .failed(.busy)) }
+        // A cancel submitted before this point found no waiter; the flag it set is seen here.
+        if Task.isCancelled { return continuation.resume(returning: .failed(.cancelled)) }
+        // A connect may have ended between its start and this wait (the task can be enqueued again in
+        // between): its outcome is kept on the resource.
+        if resource.record.isDone { return continuation.resume(returning: .ready) }
+        if interest, !resource.record.registered.contains(direction.interest) {
+            do {
+                try updateInterest(resource, resource.record.registered.union(direction.interest))
+            } catch {
+                return continuation.resume(returning: .failed(.poller(error)))
+            }
+        }
+        var slot = WaitSlot(continuation: continuation, operation: operation)
+        if let deadline {
+            slot.timer = timers.schedule(at: deadline, token: resource.key.token(direction.deadline))
+        }
+        resource.record[direction] = slot
+    }
+
+    /// Resumes the direction's waiter, if any, exactly once.
+    func resolve(_ resource: any LoopResource, _ direction: Direction, _ outcome: Outcome) {
+        let slot = resource.record[direction]
+        guard let continuation = slot.continuation else { return }
+        if let timer = slot.timer { timers.cancel(timer) }
+        var cleared = WaitSlot()
+        if case .ready = outcome { cleared.lingering = true }
+        resource.record[direction] = cleared
+        continuation.resume(returning: outcome)
+    }
+
+    /// A waiting task was cancelled (submitted from any thread).
+    func cancel(key: ResourceKey, direction: Direction, operation: UInt64) {
+        guard let resource = slab[key], resource.key == key else { return }
+        let slot = resource.record[direction]
+        guard slot.isWaiting, slot.operation == operation else { return }
+        resolve(resource, direction, .failed(.cancelled))
+    }
+}

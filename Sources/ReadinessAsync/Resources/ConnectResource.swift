@@ -1,0 +1,83 @@
+import ReadinessCore
+import ReadinessNet
+
+/// A connect over several addresses, or a name then its addresses (``HappyEyeballs``): its attempts'
+/// registrations and its timers use tokens it allocates from the loop's slab (aliases of this
+/// resource: as many as it has attempts, no block, no cap), and a name resolution's answers come on a
+/// token of their own, through the loop's queue (not on the waker's event).
+final class ConnectResource: LoopResource, TokenAllocator {
+    let key: ResourceKey
+    var record = LoopRecord()
+    /// Set once, right after the resource takes its slot (it allocates the connect's tokens).
+    private(set) var connect: HappyEyeballs!
+    /// The connect's outcome, kept until the connecting task takes it.
+    var outcome: HappyEyeballs.Progress?
+    /// The token resolution answers come on (nil without a resolution).
+    private(set) var resolutionToken: Token?
+    /// Every alias slot it took (freed with it).
+    private var aliases: [ResourceKey] = []
+    private unowned(unsafe) let loop: LoopState
+
+    init(key: ResourceKey, loop: LoopState) {
+        self.key = key
+        self.loop = loop
+    }
+
+    /// Over known addresses.
+    func start(addresses: [SocketAddress], poller: any Poller, options: HappyEyeballs.Options) -> HappyEyeballs.Progress {
+        connect = HappyEyeballs(addresses: addresses, poller: poller, timers: loop.timers, tokens: self, options: options)
+        return connect.start()
+    }
+
+    /// Over a name being resolved: each answer is submitted to the loop with the resolution's token.
+    func start(host: String, port: UInt16, resolver: any HostResolver, poller: any Poller,
+               options: HappyEyeballs.Options) -> HappyEyeballs.Progress {
+        let token = makeToken()
+        resolutionToken = token
+        let eventLoop = loop.loop!
+        let resolution = Resolution(host: host, port: port, resolver: resolver) {
+            eventLoop.submit(.resolved(token))
+        }
+        connect = HappyEyeballs(resolution: resolution, poller: poller, timers: loop.timers, tokens: self, options: options)
+        return connect.start()
+    }
+
+    /// A fresh token of the loop's slab that dispatches here.
+    func makeToken() -> Token {
+        let alias = loop.slab.insertAlias(of: self)
+        aliases.append(alias)
+        return alias.token
+    }
+
+    func ready(_ ready: Ready, token: Token, loop: LoopState) {
+        if token == resolutionToken {
+            progress(connect.handle(Event(token: .waker, ready: .readable)), loop: loop)
+        } else {
+            progress(connect.handle(Event(token: token, ready: ready)), loop: loop)
+        }
+    }
+
+    func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState) {
+        guard purpose == .none else { return }
+        progress(connect.handleTimer(token, now: now), loop: loop)
+    }
+
+    func progress(_ progress: HappyEyeballs.Progress, loop: LoopState) {
+        guard !progress.isInProgress else { return }
+        outcome = progress
+        record.isDone = true
+        loop.resolve(self, .write, .ready)
+    }
+
+    func release(loop: LoopState) {
+        // A winner handed over after its waiter gave up: nobody will take the socket.
+        if case .connected(let socket)? = outcome {
+            outcome = nil
+            Sys.close(socket.fd)
+        }
+        connect?.cancel()        // deregisters and closes every attempt's socket, drops the resolution
+        connect = nil            // it holds this resource (its token allocator): the cycle ends here
+        for alias in aliases { loop.slab.remove(alias: alias) }
+        aliases.removeAll()
+    }
+}

@@ -1,0 +1,60 @@
+import ReadinessCore
+import ReadinessNet
+
+/// A listening socket the loop owns (``AsyncListener``), with its out-of-descriptors back-off: while
+/// backing off it is not watched, and accepting resumes at the back-off's time or as soon as a
+/// descriptor of this loop is closed.
+final class ListenerResource: LoopResource {
+    let key: ResourceKey
+    var record = LoopRecord()
+    let listener: Listener
+    private(set) var isBackingOff = false
+    private var backoffTimer: TimerID?
+
+    init(key: ResourceKey, listener: Listener) {
+        self.key = key
+        self.listener = listener
+    }
+
+    var watchedDescriptor: CInt? { listener.fd }
+
+    /// Out of descriptors: stop watching (a readable listener would wake the loop in a spin), try
+    /// again at `until` or when this loop closes a descriptor.
+    func beginBackoff(until: Int64, loop: LoopState) {
+        try? loop.updateInterest(self, [])
+        isBackingOff = true
+        loop.backingOff.insert(key)
+        if backoffTimer == nil {
+            backoffTimer = loop.timers.schedule(at: until, token: key.token(.backoff))
+        }
+    }
+
+    func endBackoff(loop: LoopState) {
+        guard isBackingOff else { return }
+        isBackingOff = false
+        loop.backingOff.remove(key)
+        if let backoffTimer { loop.timers.cancel(backoffTimer) }
+        backoffTimer = nil
+        try? listener.resume()   // never registered through the Listener: this only ends its back-off
+        loop.resolve(self, .read, .ready)
+    }
+
+    func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState) {
+        guard purpose == .backoff else { return }
+        backoffTimer = nil
+        endBackoff(loop: loop)
+    }
+
+    func release(loop: LoopState) {
+        if let backoffTimer { loop.timers.cancel(backoffTimer) }
+        backoffTimer = nil
+        if isBackingOff { loop.backingOff.remove(key) }
+        try? loop.updateInterest(self, [])
+        listener.close()
+    }
+}
+
+extension TimerPurpose {
+    /// A listener's accept back-off has ended.
+    static let backoff = TimerPurpose(rawValue: 3)
+}

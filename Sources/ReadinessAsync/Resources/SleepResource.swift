@@ -1,0 +1,26 @@
+import ReadinessCore
+import ReadinessNet
+
+/// A sleep on the loop's timers (`EventLoop.sleep(for:)`): a read wait with a deadline and nothing to
+/// watch.
+final class SleepResource: LoopResource {
+    let key: ResourceKey
+    var record = LoopRecord()
+
+    init(key: ResourceKey) { self.key = key }
+
+    func release(loop: LoopState) {}
+}
+
+extension LoopState {
+    nonisolated(nonsending) func sleep(until deadline: Int64) async throws(LoopError) {
+        if isShutDown { throw .shutdown }
+        let sleep = slab.insert { SleepResource(key: $0) }
+        let outcome = await wait(sleep, .read, deadline: deadline, interest: false)
+        close(sleep, reason: .closed)
+        switch outcome {
+        case .ready, .failed(.timedOut): return
+        case .failed(let error): throw error
+        }
+    }
+}
