@@ -2,12 +2,12 @@
 // package sees (`import Readiness`, `import ReadinessConformance`): wrap a poller, run the suite on it.
 // Docs/Conformance.md walks through it.
 import Glibc
-import Readiness
+@_spi(Backend) import Readiness
 import ReadinessConformance
 import Testing
 
 /// A third-party backend: a poller that counts system-facing calls and delegates the work to an
-/// existing backend. A kqueue or io_uring backend would implement `Poller` (or `PollerSeam`) the same way.
+/// existing backend. A kqueue or io_uring backend would implement `Poller` (or `BackendSeam`) the same way.
 final class CountingPoller: Poller {
     private let inner: any Poller
     private(set) var calls = 0

@@ -36,7 +36,15 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
     public init(backend: Backend? = nil, maxEvents: Int = 20) {
         self.init(maxEvents: maxEvents) { () throws(PollerError) -> any Poller in
             if let backend { return try backend.makePoller() }
-            return try Backend.makeDefaultPoller()
+            do {
+                return try Backend.makeDefaultPoller()
+            } catch .creationFailed(_, let error) {
+                throw error
+            } catch {
+                // FlyingSocks' factory speaks PollerError: a selection failure is the default backend's
+                // unavailability, with the selection's reason.
+                throw .unavailable(backend: "default", reason: error.description)
+            }
         }
     }
 
