@@ -36,13 +36,12 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
     public init(backend: Backend? = nil, maxEvents: Int = 20) {
         self.init(maxEvents: maxEvents) { () throws(PollerError) -> any Poller in
             if let backend { return try backend.makePoller() }
-            do {
+            do throws(SelectionError) {
                 return try Backend.makeDefaultPoller()
-            } catch .creationFailed(_, let error) {
-                throw error
             } catch {
-                // FlyingSocks' factory speaks PollerError: a selection failure is the default backend's
-                // unavailability, with the selection's reason.
+                // The factory speaks PollerError: a poller's own failure as it is, a selection failure
+                // as the default backend's unavailability, with the selection's reason.
+                if case .creationFailed(_, let pollerError) = error { throw pollerError }
                 throw .unavailable(backend: "default", reason: error.description)
             }
         }
