@@ -82,7 +82,10 @@ let package = Package(
                                "ReadinessIOUring",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
-        .target(name: "ReadinessConformance", dependencies: ["Readiness"],
+        // The conformance suite's own C shim: fixtures that need _GNU_SOURCE (an isolated network
+        // namespace), kept out of the core.
+        .target(name: "CReadinessConformance", path: "Sources/CReadinessConformance"),
+        .target(name: "ReadinessConformance", dependencies: ["Readiness", "CReadinessConformance"],
                 path: "Sources/ReadinessConformance", swiftSettings: strict),
         // The command-line tool: the top layer, on the library and the conformance suite only.
         .executableTarget(name: "readiness", dependencies: ["Readiness", "ReadinessConformance"],

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 @_spi(Backend) import Readiness
-import CReadinessCore  // rd_unshare_network: a test-fixture call, kept out of the core's Swift API
+import CReadinessConformance
 import Synchronization
 
 /// Socket and thread plumbing for fixtures and steps. Every failure is a thrown ``SetupError``.

@@ -1,5 +1,6 @@
-// A complete example of what the author of a new backend does, using only the public API a dependent
-// package sees (`import Readiness`, `import ReadinessConformance`): wrap a poller, run the suite on it.
+// A complete example of what the author of a new backend does, using only what a dependent package
+// sees (`import Readiness` with the backend author's kit, `@_spi(Backend)`, and
+// `import ReadinessConformance`): wrap a poller, run the suite on it.
 // Docs/Conformance.md walks through it.
 import Glibc
 @_spi(Backend) import Readiness
