@@ -18,7 +18,7 @@ deps:
 	else \
 	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
 	fi
-	@command -v $(SWIFT) >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is needed)" >&2; exit 1; }
+	@command -v $(SWIFT) >/dev/null || { echo "error: swift is not on PATH (Swift 6.2 or newer is needed: the async layer uses nonisolated(nonsending))" >&2; exit 1; }
 
 build: deps
 	$(SWIFT) build

@@ -1,4 +1,7 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
+// 6.2: the async layer uses `nonisolated(nonsending)` (SE-0461, first in the Swift 6.2 compiler), so an
+// older toolchain cannot build it; this line makes SwiftPM say so at once instead of failing in the
+// compiler. (The manifest itself needs 6.1, for package traits.) Built and tested with 6.3.1.
 // Readiness: wait on sockets with epoll, poll, select, libevent or io_uring, chosen at run time.
 import PackageDescription
 
@@ -11,7 +14,8 @@ let package = Package(
     products: [
         // What a networking library depends on: the contract, every backend, run-time selection, connect.
         .library(name: "Readiness", targets: ["Readiness"]),
-        // The cross-backend conformance suite, for authors of new backends.
+        // The cross-backend conformance suite, for authors of new backends (who import the kit with
+        // `@_spi(Backend) import Readiness`: Docs/Contract.md, "Writing a backend").
         .library(name: "ReadinessConformance", targets: ["ReadinessConformance"]),
         // The command-line tool: backends, connect, the conformance matrix (`make run`).
         .executable(name: "readiness", targets: ["readiness"]),
@@ -30,11 +34,13 @@ let package = Package(
     // own; swift-docc-plugin is declared only for `make docs` (the end of this file).
     dependencies: [],
     targets: [
-        // Core: the Poller contract, events, errors, registration table, waker, connect state machine.
+        // Core: the Poller contract, events, errors, the waker, and (behind `@_spi(Backend)`) the backend
+        // author's kit: BackendSeam, ContractPoller, SpecializedPoller, the registration table, Sys.
         .target(name: "CReadinessCore", path: "Sources/CReadinessCore"),
         .target(name: "ReadinessCore", dependencies: ["CReadinessCore"], path: "Sources/ReadinessCore",
                 swiftSettings: strict),
-        // Sockets, listeners, timers and connect (Happy Eyeballs, resolution): the layer above the contract.
+        // Sockets, listeners, timers and connect (the connect state machine, Happy Eyeballs, resolution):
+        // the layer above the contract.
         .target(name: "CReadinessNet", path: "Sources/CReadinessNet"),
         .target(name: "ReadinessNet", dependencies: ["ReadinessCore", "CReadinessNet"], path: "Sources/ReadinessNet",
                 swiftSettings: strict),
@@ -76,7 +82,10 @@ let package = Package(
                                "ReadinessIOUring",
                                .target(name: "ReadinessLibevent", condition: .when(traits: ["Libevent"]))],
                 path: "Sources/Readiness", swiftSettings: strict),
-        .target(name: "ReadinessConformance", dependencies: ["Readiness"],
+        // The conformance suite's own C shim: fixtures that need _GNU_SOURCE (an isolated network
+        // namespace), kept out of the core.
+        .target(name: "CReadinessConformance", path: "Sources/CReadinessConformance"),
+        .target(name: "ReadinessConformance", dependencies: ["Readiness", "CReadinessConformance"],
                 path: "Sources/ReadinessConformance", swiftSettings: strict),
         // The command-line tool: the top layer, on the library and the conformance suite only.
         .executableTarget(name: "readiness", dependencies: ["Readiness", "ReadinessConformance"],

@@ -39,7 +39,7 @@ final class Load {
     var addresses: [SocketAddress] = []
     var clients: [Client] = []
     var issued = 0, ok = 0, failed = 0, reconnects = 0
-    var startedAt: Int64 = 0
+    var startedAt = Deadline.now
     let deadlineToken: Token
     let backendName: String
 
@@ -69,7 +69,7 @@ final class Load {
         }
         resolution.cancel()   // the other family's answer, if still to come, is not needed
         // 2. Connect every client, all in this loop.
-        startedAt = MonotonicClock.nowNanoseconds
+        startedAt = .now
         for index in 0..<arguments.connections {
             let client = Client(index: index)
             clients.append(client)
@@ -88,7 +88,7 @@ final class Load {
                     try service(client)
                 }
             }
-            let now = MonotonicClock.nowNanoseconds
+            let now = Deadline.now
             while let token = timers.popDue(now: now) {
                 if token == deadlineToken { throw UsageError("timed out after \(completed) responses") }
                 let index = Int(token.rawValue / Client.tokensPerClient)
@@ -97,7 +97,7 @@ final class Load {
                 }
             }
         }
-        let seconds = Double(MonotonicClock.nowNanoseconds - startedAt) / 1e9
+        let seconds = Double((Deadline.now - startedAt).attoseconds) / 1e18
         let rate = Int((Double(completed) / seconds).rounded())
         print("requests \(completed) ok \(ok) failed \(failed) reconnects \(reconnects) "
               + "seconds \(Double(Int(seconds * 1000)) / 1000) requests-per-second \(rate) "

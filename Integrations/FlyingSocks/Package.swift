@@ -1,4 +1,5 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
+// 6.2: Readiness (a path dependency) needs the Swift 6.2 compiler (`nonisolated(nonsending)`).
 // FlyingSocks (and so FlyingFox) on Readiness: an `AsyncSocketPool` over Readiness's `EventLoop`
 // (`ReadinessSocketPool`) and an `EventQueue` over any `Poller` (`ReadinessEventQueue`, for FlyingSocks'
 // own `SocketPool`), with the backend chosen at run time (READINESS_BACKEND). A package of its own so

@@ -1,6 +1,5 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "CReadinessCore.h"
@@ -19,7 +18,6 @@ int64_t rd_monotonic_ns(void) {
 
 int rd_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
 int rd_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
-int rd_unshare_network(void) { return unshare(CLONE_NEWNET); }
 
 int rd_kernel_can_poll(int fd) {
     int probe = epoll_create1(EPOLL_CLOEXEC);

@@ -1,11 +1,11 @@
-@_exported import ReadinessCore
-@_exported import ReadinessEpoll
-@_exported import ReadinessIOUring
+@_spi(Backend) @_exported import ReadinessCore
+@_spi(Backend) @_exported import ReadinessEpoll
+@_spi(Backend) @_exported import ReadinessIOUring
 #if Libevent
-@_exported import ReadinessLibevent
+@_spi(Backend) @_exported import ReadinessLibevent
 #endif
-@_exported import ReadinessPoll
-@_exported import ReadinessSelect
+@_spi(Backend) @_exported import ReadinessPoll
+@_spi(Backend) @_exported import ReadinessSelect
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -158,7 +158,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     /// seccomp filter that refuses io_uring_enter, a kernel that refuses poll requests): a pipe's read
     /// end must be reported readable once the pipe is written, and not before.
     static func selfTest(_ poller: any Poller) -> String? {
-        guard let pipe = Sys.pipe() else { return "self-test: pipe2 failed (\(Errno.name(errno)))" }
+        guard let pipe = Sys.pipe() else { return "self-test: pipe2 failed (\(ErrnoTable.name(errno)))" }
         defer {
             Sys.close(pipe.read)
             Sys.close(pipe.write)
@@ -168,7 +168,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
             try poller.register(pipe.read, token: 1, interest: .readable)
             guard try poller.wait(into: events, timeout: .zero) == 0 else { return "self-test: an empty pipe was reported ready" }
             var byte: UInt8 = 1
-            guard write(pipe.write, &byte, 1) == 1 else { return "self-test: write failed (\(Errno.name(errno)))" }
+            guard write(pipe.write, &byte, 1) == 1 else { return "self-test: write failed (\(ErrnoTable.name(errno)))" }
             guard try poller.wait(into: events, timeout: .seconds(1)) == 1, events[0] == Event(token: 1, ready: .readable) else {
                 return "self-test: a written pipe was not reported readable within 1 s"
             }
@@ -206,19 +206,17 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     /// let poller = try Backend.makeDefaultPoller()    // READINESS_BACKEND=poll overrides
     /// ```
     ///
-    /// It throws only ``/ReadinessCore/PollerError``, the error of every other poller call, so one `catch` covers a
-    /// whole start: a selection failure (an unknown or unavailable `READINESS_BACKEND`, no backend
-    /// available) is ``/ReadinessCore/PollerError/unavailable(backend:reason:)`` whose reason is the
-    /// ``SelectionError`` description. ``default(environment:)`` and ``selection(environment:)`` give
-    /// the structured forms.
-    public static func makeDefaultPoller(environment: [String: String]? = nil) throws(PollerError) -> any Poller {
-        let backend: Backend
+    /// A selection failure (an unknown or unavailable `READINESS_BACKEND`, no backend available) and
+    /// a creation failure are both ``SelectionError``, as from every entry that selects a backend
+    /// (``default(environment:)``, `EventLoop.init(name:jobs:)`): a poller's own error is kept
+    /// in ``SelectionError/creationFailed(_:_:)``.
+    public static func makeDefaultPoller(environment: [String: String]? = nil) throws(SelectionError) -> any Poller {
+        let backend = try Backend.default(environment: environment)
         do {
-            backend = try Backend.default(environment: environment)
+            return try backend.makePoller()
         } catch {
-            throw error.pollerError
+            throw .creationFailed(backend.name, error)
         }
-        return try backend.makePoller()
     }
 
     private static func overrideValue(_ environment: [String: String]?) -> String? {
@@ -317,9 +315,9 @@ public struct SelectionReport: Sendable, CustomStringConvertible {
     }
 }
 
-/// Errors of run-time selection (``Backend/named(_:)``, ``Backend/default(environment:)``).
-///
-/// ``Backend/makeDefaultPoller(environment:)`` turns them into ``/ReadinessCore/PollerError`` (see ``pollerError``).
+/// Errors of run-time selection: the one error of every entry that chooses a backend
+/// (``Backend/named(_:)``, ``Backend/default(environment:)``, ``Backend/makeDefaultPoller(environment:)``,
+/// `EventLoop.init(name:jobs:)`).
 public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
     /// No backend has this name; the valid names.
     case unknownName(String, valid: [String])
@@ -327,7 +325,7 @@ public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
     case requestedUnavailable(String, String)
     /// No backend works here; the report says why for each.
     case noneAvailable(SelectionReport)
-    /// The chosen backend could not create a poller.
+    /// The chosen backend could not create a poller: its name and the poller's error.
     case creationFailed(String, PollerError)
 
     /// A message naming the backend and the reason.
@@ -338,18 +336,6 @@ public indirect enum SelectionError: Error, Sendable, CustomStringConvertible {
         case .requestedUnavailable(let name, let why): "backend \(name) was requested but is unavailable: \(why)"
         case .noneAvailable(let report): "no backend is available:\n\(report)"
         case .creationFailed(let name, let error): "backend \(name) could not be created: \(error)"
-        }
-    }
-
-    /// The same failure as a ``/ReadinessCore/PollerError``: ``/ReadinessCore/PollerError/unavailable(backend:reason:)`` naming the
-    /// backend (or "default" when none was named), with this error's description as the reason; a
-    /// creation failure is the poller's own error.
-    public var pollerError: PollerError {
-        switch self {
-        case .unknownName(let name, _): .unavailable(backend: name, reason: description)
-        case .requestedUnavailable(let name, _): .unavailable(backend: name, reason: description)
-        case .noneAvailable: .unavailable(backend: "default", reason: description)
-        case .creationFailed(_, let error): error
         }
     }
 }

@@ -1,6 +1,15 @@
+@_spi(Backend) import ReadinessCore
+@_spi(Backend) import ReadinessEpoll
+@_spi(Backend) import ReadinessPoll
+@_spi(Backend) import ReadinessSelect
+@_spi(Backend) import ReadinessIOUring
+#if Libevent
+@_spi(Backend) import ReadinessLibevent
+#endif
 /// Code generic over the concrete type of a poller, run by ``Backend/withConcreteType(of:_:)``.
 ///
 /// Closures cannot be generic, so the code is a type with a generic method.
+@_spi(Backend)
 public protocol PollerBody {
     /// What ``run(_:)`` returns.
     associatedtype Output
@@ -10,6 +19,7 @@ public protocol PollerBody {
     func run<P: Poller>(_ poller: P) throws(Failure) -> Output
 }
 
+@_spi(Backend)
 extension Backend {
     /// Opens `poller` once and calls `body` with it as its concrete type: for the package's backends
     /// the caller's generic code is then specialised for each one (the caller's module compiles a copy

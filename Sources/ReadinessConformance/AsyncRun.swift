@@ -163,7 +163,7 @@ final class AsyncRun {
             guard let kept = callers[caller] else { return .note("no descriptor \(caller)") }
             let data = [UInt8](repeating: 0x61, count: bytes)
             let n = data.withUnsafeBytes { Glibc.write(kept.fd, $0.baseAddress, $0.count) }
-            return n == bytes ? .ok : .note("write: \(n < 0 ? Errno.name(errno) : "\(n) bytes")")
+            return n == bytes ? .ok : .note("write: \(n < 0 ? ErrnoTable.name(errno) : "\(n) bytes")")
         case .callerClose(let caller):
             guard let kept = callers.removeValue(forKey: caller) else { return .note("no descriptor \(caller)") }
             close(kept.fd)

@@ -101,7 +101,7 @@ extension PollerError {
         case .reservedToken: "reservedToken"
         case .emptyInterest: "emptyInterest"
         case .unsupportedTrigger(let trigger, _): "unsupportedTrigger(\(trigger))"
-        case .system(let operation, let code): "system(\(operation), \(Errno.name(code)))"
+        case .system(let operation, let code): "system(\(operation), \(ErrnoTable.name(code)))"
         case .resourceExhausted: "resourceExhausted"
         case .unavailable: "unavailable"
         }

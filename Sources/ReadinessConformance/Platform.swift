@@ -1,13 +1,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Readiness
+@_spi(Backend) import Readiness
+import CReadinessConformance
 import Synchronization
 
 /// Socket and thread plumbing for fixtures and steps. Every failure is a thrown ``SetupError``.
 struct SetupError: Error, CustomStringConvertible {
     let description: String
-    init(_ what: String, _ code: CInt = errno) { description = "\(what): \(Errno.name(code))" }
+    init(_ what: String, _ code: CInt = errno) { description = "\(what): \(ErrnoTable.name(code))" }
 }
 
 enum Net {
@@ -164,7 +165,7 @@ enum IsolatedNetwork {
     static func socket() throws -> CInt {
         let result = Mutex<(CInt, CInt)>((-1, 0))
         let worker = try Worker {
-            guard Sys.unshareNetwork() == 0 else {
+            guard rd_unshare_network() == 0 else {  // unshare(CLONE_NEWNET), this thread only
                 result.withLock { $0 = (-1, errno) }
                 return
             }

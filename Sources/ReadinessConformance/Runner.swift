@@ -115,7 +115,7 @@ final class ScenarioRun {
             for i in 0..<count { (endpoints["\(name)\(i)"], endpoints["\(name)\(i)'"]) = try Net.socketPair() }
         case .device(let name, let path):
             let fd = open(path, O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else { throw Unsupported(reason: "\(path) cannot be opened here (\(Errno.name(errno)))") }
+            guard fd >= 0 else { throw Unsupported(reason: "\(path) cannot be opened here (\(ErrnoTable.name(errno)))") }
             endpoints[name] = fd
         case .regularFile(let name):
             let path = Net.uniquePath + ".file"
@@ -170,7 +170,7 @@ final class ScenarioRun {
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
             let data = [UInt8](repeating: 0x2a, count: bytes)
             let n = write(fd, data, data.count)
-            return n == bytes ? .ok : .note("write returned \(n) (\(Errno.name(errno)))")
+            return n == bytes ? .ok : .note("write returned \(n) (\(ErrnoTable.name(errno)))")
         case .fill(let e):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
             let chunk = [UInt8](repeating: 0, count: 65536)
@@ -184,7 +184,7 @@ final class ScenarioRun {
             return .ok
         case .shutdownWrite(let e):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
-            return shutdown(fd, CInt(SHUT_WR)) == 0 ? .ok : .note("shutdown failed: \(Errno.name(errno))")
+            return shutdown(fd, CInt(SHUT_WR)) == 0 ? .ok : .note("shutdown failed: \(ErrnoTable.name(errno))")
         case .close(let e):
             guard endpoints[e] != nil else { return Self.closedEndpoint }
             close(fd(e))
@@ -327,7 +327,7 @@ final class ScenarioRun {
             }
             return .ok
         case .writeEach(let prefix, let count):
-            for i in 0..<count where write(fd("\(prefix)\(i)'"), "x", 1) != 1 { return .note("write failed: \(Errno.name(errno))") }
+            for i in 0..<count where write(fd("\(prefix)\(i)'"), "x", 1) != 1 { return .note("write failed: \(ErrnoTable.name(errno))") }
             return .ok
         case .closeEach(let prefix, let count):
             for i in 0..<count { _ = try run(.close("\(prefix)\(i)")) }
@@ -521,7 +521,7 @@ final class ScenarioRun {
             }
         }
         while progress == .inProgress {
-            let remaining = attempt.deadline.map { Duration.nanoseconds(max(0, $0 - MonotonicClock.nowNanoseconds)) }
+            let remaining = attempt.deadline.map { $0.timeout() }
             do {
                 try poller.wait(into: buffer, timeout: remaining)
             } catch {

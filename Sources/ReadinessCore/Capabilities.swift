@@ -32,7 +32,7 @@ public struct Capabilities: Hashable, Sendable, Codable, CustomStringConvertible
     public var closeReleasesFile: Bool
 
     /// Capabilities with every field given; `mechanism` defaults to `name`.
-    public init(name: String, mechanism: String? = nil, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
+    @_spi(Backend) public init(name: String, mechanism: String? = nil, edgeTriggered: Bool, oneShot: OneShot, timeoutResolution: Duration,
                 maxDescriptor: CInt, reportsReadClosed: Bool, reportsHangupAndError: Bool, closeReleasesFile: Bool = true) {
         self.name = name
         self.mechanism = mechanism ?? name

@@ -35,9 +35,8 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
 
     /// The error for a system call that failed with `code`: ``resourceExhausted(operation:errno:)``
     /// for EMFILE, ENFILE, ENOBUFS and ENOMEM, otherwise ``system(operation:errno:)``.
-    @inlinable
-    public static func failed(_ operation: String, errno code: CInt) -> PollerError {
-        Errno.isResourceExhaustion(code) ? .resourceExhausted(operation: operation, errno: code)
+    @_spi(Backend) public static func failed(_ operation: String, errno code: CInt) -> PollerError {
+        ErrnoTable.category(of: code) == .resourceExhausted ? .resourceExhausted(operation: operation, errno: code)
             : .system(operation: operation, errno: code)
     }
 
@@ -59,22 +58,79 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
         case .reservedToken: "token \(UInt64.max) is reserved for the waker"
         case .emptyInterest: "interest must include readable, writable or both"
         case .unsupportedTrigger(let t, let b): "\(t) triggering is not supported by the \(b) backend"
-        case .system(let op, let e): "\(op) failed: \(Errno.name(e)) (\(e)): \(Errno.message(e))"
-        case .resourceExhausted(let op, let e): "\(op) failed: out of resources: \(Errno.name(e)) (\(e)): \(Errno.message(e))"
+        case .system(let op, let e): "\(op) failed: \(ErrnoTable.name(e)) (\(e)): \(ErrnoTable.message(e))"
+        case .resourceExhausted(let op, let e): "\(op) failed: out of resources: \(ErrnoTable.name(e)) (\(e)): \(ErrnoTable.message(e))"
         case .unavailable(let b, let r): "backend \(b) is unavailable: \(r)"
         }
     }
 }
 
-/// Names and messages for errno values.
-public enum Errno {
-    /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory, nothing wrong with the request.
-    @inlinable public static func isResourceExhaustion(_ code: CInt) -> Bool {
-        code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM
+/// The package's one errno table: what each errno value means (``Category``), its symbolic name and
+/// its message. Every error type classifies errno through ``category(of:)`` (``PollerError``,
+/// `SocketError`, `ConnectError`, the listener's accept), so a value is classified in one place.
+/// Inside the package only: callers outside it see the typed errors, never this table.
+package enum ErrnoTable {
+    /// What an errno value says, before any one call's error type gives it a name of its own.
+    package enum Category: Hashable, Sendable {
+        /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory; nothing wrong with the request.
+        case resourceExhausted
+        /// EAGAIN (EWOULDBLOCK): nothing now.
+        case wouldBlock
+        /// EINTR: a signal arrived.
+        case interrupted
+        /// ECONNREFUSED: nothing listens there.
+        case refused
+        /// ECONNRESET, EPIPE: the peer reset the connection, or it is closed for writing.
+        case reset
+        /// ECONNABORTED: the connection was aborted (before accept, or during a handshake).
+        case aborted
+        /// ETIMEDOUT: the kernel gave up (a handshake, keep-alive).
+        case timedOut
+        /// ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: no route.
+        case unreachable
+        /// EPROTO, ENOPROTOOPT, ENONET, EOPNOTSUPP: a protocol failure a queued connection can pass
+        /// on to accept (accept(2)).
+        case protocolFailure
+        /// EADDRINUSE: the address is taken.
+        case addressInUse
+        /// EADDRNOTAVAIL: the address is not local (or no local port is free).
+        case addressUnavailable
+        /// EACCES, EPERM: forbidden (a privileged port, a firewall rule, file permissions).
+        case permissionDenied
+        /// ENOTCONN: not connected.
+        case notConnected
+        /// EBADF: the descriptor is not open.
+        case badDescriptor
+        /// ENOENT, ENOTDIR: a path's file or directory is missing.
+        case noSuchPath
+        /// Anything else.
+        case other
+    }
+
+    /// The category of `code`: the one errno classification.
+    package static func category(of code: CInt) -> Category {
+        switch code {
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM: .resourceExhausted
+        case EAGAIN, EWOULDBLOCK: .wouldBlock
+        case EINTR: .interrupted
+        case ECONNREFUSED: .refused
+        case ECONNRESET, EPIPE: .reset
+        case ECONNABORTED: .aborted
+        case ETIMEDOUT: .timedOut
+        case ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: .unreachable
+        case EPROTO, ENOPROTOOPT, ENONET, EOPNOTSUPP: .protocolFailure
+        case EADDRINUSE: .addressInUse
+        case EADDRNOTAVAIL: .addressUnavailable
+        case EACCES, EPERM: .permissionDenied
+        case ENOTCONN: .notConnected
+        case EBADF: .badDescriptor
+        case ENOENT, ENOTDIR: .noSuchPath
+        default: .other
+        }
     }
 
     /// The symbolic name ("ECONNREFUSED"), or "errno N" when unknown.
-    public static func name(_ code: CInt) -> String {
+    package static func name(_ code: CInt) -> String {
         switch code {
         case EPERM: "EPERM"
         case ENOENT: "ENOENT"
@@ -112,7 +168,7 @@ public enum Errno {
         }
     }
     /// strerror(3)'s text.
-    public static func message(_ code: CInt) -> String {
+    package static func message(_ code: CInt) -> String {
         guard let text = strerror(code) else { return "unknown error" }
         return String(cString: text)
     }

@@ -77,7 +77,7 @@ public struct Ready: OptionSet, Hashable, Sendable, CustomStringConvertible {
     /// - hang-up and error are always reported, and wake every direction that was asked for,
     ///   so a waiter is never left asleep on a dead descriptor.
     @inlinable
-    public static func normalized(_ raw: Ready, interest: Interest) -> Ready {
+    @_spi(Backend) public static func normalized(_ raw: Ready, interest: Interest) -> Ready {
         let asked = Ready(rawValue: interest.rawValue & 0b11)
         var out = raw.intersection([.hangup, .error])
         if !out.isEmpty { out.formUnion(asked) }
@@ -148,10 +148,10 @@ public final class EventBuffer: RandomAccessCollection {
     @inlinable public var isFull: Bool { storedCount == capacity }
 
     /// For backend implementations: empties the buffer before a wait.
-    @inlinable public func removeAll() { storedCount = 0 }
+    @_spi(Backend) @inlinable public func removeAll() { storedCount = 0 }
     /// For backend implementations: appends one event; false when full.
     @inlinable @discardableResult
-    public func append(_ event: Event) -> Bool {
+    @_spi(Backend) public func append(_ event: Event) -> Bool {
         guard storedCount < capacity else { return false }
         (storage + storedCount).initialize(to: event)
         storedCount += 1

@@ -1,4 +1,5 @@
 /// The state of one registered descriptor, shared by every backend.
+@_spi(Backend)
 public struct Registration: Hashable, Sendable {
     /// The caller's token.
     public var token: Token
@@ -32,6 +33,7 @@ public struct Registration: Hashable, Sendable {
 /// plus a dense list of the registered numbers (O(1) insert and swap-remove, and iteration that never
 /// scans numbers nobody registered). Backends that keep a native array (poll's `pollfd`s, libevent's
 /// `struct event`s) mirror the dense list's order.
+@_spi(Backend)
 public struct RegistrationTable: Sendable {
     @usableFromInline var slots: [Registration?] = []
     /// The registered descriptors, in dense order.

@@ -6,6 +6,7 @@ import CReadinessCore
 /// Thin, typed system-call wrappers. `EINTR` is handled in exactly one place: ``retryingEINTR(_:)``
 /// for calls that may simply be repeated, and ``runWait(timeout:_:)`` for waits, which must be repeated
 /// with the time that is left. `close` is never retried (on Linux the descriptor is gone either way).
+@_spi(Backend)
 public enum Sys {
     /// Runs `body` until it does not fail with EINTR. Returns its result, or -1 with `errno` set.
     @inlinable
@@ -51,7 +52,7 @@ public enum Sys {
     public static func close(_ fd: CInt) -> CInt { Glibc.close(fd) }
 
     /// A non-blocking, close-on-exec pipe: (read end, write end), or nil with errno set.
-    public static func pipe() -> (read: CInt, write: CInt)? {
+    package static func pipe() -> (read: CInt, write: CInt)? {
         var fds: (CInt, CInt) = (-1, -1)
         let status = withUnsafeMutablePointer(to: &fds) {
             $0.withMemoryRebound(to: CInt.self, capacity: 2) { rd_pipe_nonblocking($0) }
@@ -60,35 +61,34 @@ public enum Sys {
     }
 
     /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC: the new descriptor, or -1 with errno set.
-    public static func accept(_ listener: CInt) -> CInt { retryingEINTR { rd_accept_nonblocking(listener) } }
-
-    /// Moves the calling thread (only) into a new, empty network namespace. 0, or -1 with errno set.
-    public static func unshareNetwork() -> CInt { rd_unshare_network() }
-
+    package static func accept(_ listener: CInt) -> CInt { retryingEINTR { rd_accept_nonblocking(listener) } }
 }
 
-/// Monotonic time in nanoseconds, without allocation.
-public enum MonotonicClock {
+/// Monotonic time in nanoseconds, without allocation. Inside the package only: a caller outside
+/// it uses `Deadline` (ReadinessNet), which wraps these nanoseconds in a type.
+@usableFromInline
+package enum MonotonicClock {
     /// Now, from CLOCK_MONOTONIC.
-    @inlinable public static var nowNanoseconds: Int64 { rd_monotonic_ns() }
+    @inlinable package static var nowNanoseconds: Int64 { rd_monotonic_ns() }
 
     /// The monotonic instant `nanoseconds` from `now`, saturating at `Int64.max` (which no clock
     /// reaches: a deadline that far away never passes). Negative spans count as zero.
     @inlinable
-    public static func deadline(after nanoseconds: Int64, from now: Int64 = nowNanoseconds) -> Int64 {
+    package static func deadline(after nanoseconds: Int64, from now: Int64 = nowNanoseconds) -> Int64 {
         now.saturatingAdd(Swift.max(0, nanoseconds))
     }
 }
 
 extension Int64 {
     /// `self + other`, clamped to `Int64.min ... Int64.max` instead of trapping.
-    @inlinable public func saturatingAdd(_ other: Int64) -> Int64 {
+    @inlinable package func saturatingAdd(_ other: Int64) -> Int64 {
         let (sum, overflow) = addingReportingOverflow(other)
         return overflow ? (other > 0 ? .max : .min) : sum
     }
 }
 
 /// The time a single backend wait call may block: the wait loop hands each attempt the time left.
+@_spi(Backend)
 public enum WaitTimeout: Sendable, Equatable {
     /// Block until an event.
     case infinite
@@ -133,6 +133,7 @@ public enum WaitTimeout: Sendable, Equatable {
 }
 
 /// What one backend wait attempt observed.
+@_spi(Backend)
 public enum WaitStep: Sendable, Equatable {
     /// The call returned; `count` events were put in the buffer (0: timed out, or only events the
     /// contract drops, such as those of a descriptor closed while registered).
@@ -147,7 +148,7 @@ extension Duration {
     ///
     /// It reads the 128-bit attosecond count, never `components`, whose `Int64` seconds trap for a
     /// duration longer than `Int64.max` seconds (`.seconds(Int64.max) * 2` is a valid `Duration`).
-    @inlinable public var clampedNanoseconds: Int64 {
+    @inlinable package var clampedNanoseconds: Int64 {
         let total = attoseconds
         if total <= 0 { return 0 }
         let (whole, part) = total.quotientAndRemainder(dividingBy: 1_000_000_000)
@@ -156,7 +157,7 @@ extension Duration {
     }
 
     /// Whole seconds, rounded down, saturating at `Int64.min ... Int64.max` (never traps).
-    @inlinable public var clampedSeconds: Int64 {
+    @inlinable package var clampedSeconds: Int64 {
         let seconds = attoseconds / 1_000_000_000_000_000_000
         if seconds > Int128(Int64.max) { return .max }
         if seconds < Int128(Int64.min) { return .min }
@@ -170,7 +171,7 @@ extension Duration {
 /// - zero: one non-blocking look (repeated only if a signal interrupted it).
 /// - otherwise: never return with nothing before the deadline, whatever the kernel's rounding or a
 ///   signal did; each retry gets only the time that is left.
-@inlinable
+@_spi(Backend) @inlinable
 public func runWait(timeout: Duration?, _ attempt: (WaitTimeout) throws(PollerError) -> WaitStep) throws(PollerError) -> Int {
     guard let timeout else {
         while true {

@@ -20,10 +20,10 @@ public final class Waker: Sendable {
     private static let closedBit = 1
     private static let oneWake = 2
     /// The eventfd, for the backend to watch for readability.
-    public let fd: CInt
+    @_spi(Backend) public let fd: CInt
 
     /// Creates the eventfd (non-blocking, close-on-exec).
-    public init() throws(PollerError) {
+    @_spi(Backend) public init() throws(PollerError) {
         let fd = rd_eventfd_nonblocking()
         guard fd >= 0 else { throw .failed("eventfd", errno: errno) }
         self.fd = fd
@@ -48,13 +48,13 @@ public final class Waker: Sendable {
     /// For backends: consumes pending wakes (coalescing them into the one event being reported).
     /// Call it only when the wake-up event is put in the caller's buffer, never before: a drained
     /// wake-up that is not reported is lost.
-    public func drain() {
+    @_spi(Backend) public func drain() {
         var value: UInt64 = 0
         _ = Sys.retryingEINTR { Glibc.read(fd, &value, 8) }
     }
 
     /// For the owning poller: closes the eventfd once, after every wake in progress has written.
-    public func close() {
+    @_spi(Backend) public func close() {
         let before = state.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing).oldValue
         guard before & Self.closedBit == 0 else { return }
         // A wake past its check is one write(2) from its end: yield until none is left.

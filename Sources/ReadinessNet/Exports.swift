@@ -1,2 +1,2 @@
 // The layer is written over the poller contract; a user of ReadinessNet gets the contract too.
-@_exported import ReadinessCore
+@_spi(Backend) @_exported import ReadinessCore

@@ -1,4 +1,4 @@
-import Readiness
+@_spi(Backend) import Readiness
 
 struct ConnectCommand: Command {
     private enum Name {
@@ -65,10 +65,10 @@ struct ConnectCommand: Command {
         let poller = try orFail { () throws(PollerError) in try chosen.makePoller() }
         defer { try? poller.close() }
         let addresses = try orFail { () throws(SocketAddress.ParseError) in try SocketAddress.resolve(target) }
-        let start = MonotonicClock.nowNanoseconds
+        let start = Deadline.now
         var output: Output
         let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: .milliseconds(timeout), trace: true)
-        let elapsed = { Double(MonotonicClock.nowNanoseconds - start) / 1e6 }
+        let elapsed = { Self.milliseconds(Deadline.now - start) }
         do {
             let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay)
             // The attempt reads its local name only where a self-connect is possible: ask here.
@@ -95,12 +95,15 @@ struct ConnectCommand: Command {
         if !output.connected { throw .failed }
     }
 
-    static func trace(_ attempts: [ConnectAttempt], since start: Int64) -> [String] {
+    /// `duration` in milliseconds, for the report.
+    static func milliseconds(_ duration: Duration) -> Double { Double(duration.attoseconds) / 1e15 }
+
+    static func trace(_ attempts: [ConnectAttempt], since start: Deadline) -> [String] {
         let steps: [(address: SocketAddress, entry: ConnectTraceEntry)] = attempts.flatMap { attempt in
             attempt.trace.map { (attempt.address, $0) }
         }
-        return steps.sorted { $0.entry.atNanoseconds < $1.entry.atNanoseconds }.map { step in
-            let ms = Double(step.entry.atNanoseconds - start) / 1e6
+        return steps.sorted { $0.entry.at < $1.entry.at }.map { step in
+            let ms = milliseconds(step.entry.at - start)
             return String(format: "+%.3f ms ", ms) + "\(step.address): \(step.entry)"
         }
     }

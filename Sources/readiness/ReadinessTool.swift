@@ -6,7 +6,7 @@ import Foundation
 enum ReadinessTool {
     static let spec = ToolSpec(
         name: "readiness",
-        abstract: "Wait on sockets with epoll, poll, select or libevent, chosen at run time.",
+        abstract: "Wait on sockets with epoll, poll, select, libevent or io_uring, chosen at run time.",
         commands: commands.map { $0.spec },
         defaultCommand: ConformanceCommand.spec)
 

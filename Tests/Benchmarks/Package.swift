@@ -1,4 +1,5 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
+// 6.2: Readiness (a path dependency) needs the Swift 6.2 compiler (`nonisolated(nonsending)`).
 // Benchmarks of Readiness against raw syscall loops, libevent driven from C, and SwiftNIO.
 //
 // A separate package so that nothing here (SwiftNIO, the malloc counter, the C loops) is ever

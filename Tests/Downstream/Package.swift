@@ -1,4 +1,5 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
+// 6.2: Readiness (a path dependency) needs the Swift 6.2 compiler (`nonisolated(nonsending)`).
 // A networking library's-eye view of Readiness: a package that depends on it by path, the way a
 // dependent would, and uses only the `Readiness` product. `make test` builds and runs it twice:
 //

@@ -1,5 +1,5 @@
 import Glibc
-import Readiness
+@_spi(Backend) import Readiness
 @testable import ReadinessNet
 import Testing
 

@@ -1,5 +1,5 @@
 import Glibc
-import Readiness
+@_spi(Backend) import Readiness
 
 /// Every backend usable here: the tests are parameterised over this.
 let backends: [Backend] = Backend.available

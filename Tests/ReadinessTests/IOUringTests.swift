@@ -1,5 +1,5 @@
 import Glibc
-import Readiness
+@_spi(Backend) import Readiness
 import ReadinessConformance
 import Testing
 

@@ -1,5 +1,5 @@
 import Glibc
-@testable import Readiness
+@_spi(Backend) @testable import Readiness
 import Testing
 
 /// The start API: one call, one error type, and selection that probes each backend once.
@@ -20,38 +20,31 @@ struct StartTests {
         #expect(try poller.wait(into: events, timeout: .seconds(1)) == 1)
     }
 
-    @Test("every start failure is a PollerError naming the backend and saying why")
-    func oneErrorType() {
-        // An unknown name.
+    @Test("every selection failure is a SelectionError, whichever entry selects")
+    func oneErrorType() throws {
+        // An unknown name: the same case from makeDefaultPoller, default and named.
+        let environment = [Backend.environmentVariable: "kqueue"]
         do {
-            _ = try Backend.makeDefaultPoller(environment: [Backend.environmentVariable: "kqueue"])
+            _ = try Backend.makeDefaultPoller(environment: environment)
             Issue.record("kqueue should be unknown")
         } catch {
-            // `error` is statically a PollerError: the same type register and wait throw.
-            guard case .unavailable(let backend, let reason) = error else {
+            // `error` is statically a SelectionError, as from Backend.default and EventLoop.init.
+            guard case .unknownName(let name, let valid) = error else {
                 Issue.record("unexpected \(error)")
                 return
             }
-            #expect(backend == "kqueue")
-            #expect(reason.contains("valid names"))
-            for known in Backend.all { #expect(reason.contains(known.name)) }
+            #expect(name == "kqueue")
+            #expect(valid == Backend.all.map(\.name))
+            #expect(error.description.contains("valid names"))
         }
-        // A start and a misuse caught by one catch.
-        func start() throws(PollerError) {
-            let poller = try Backend.makeDefaultPoller(environment: [:])
-            defer { try? poller.close() }
-            try poller.register(-1, token: 1, interest: .readable)
-        }
-        #expect(throws: PollerError.invalidDescriptor(-1)) { try start() }
-    }
-
-    @Test("SelectionError converts to the PollerError makeDefaultPoller throws")
-    func conversion() {
-        let unknown = SelectionError.unknownName("x", valid: ["epoll"])
-        #expect(unknown.pollerError == .unavailable(backend: "x", reason: unknown.description))
-        let missing = SelectionError.requestedUnavailable("libevent", "not built in (trait Libevent off)")
-        #expect(missing.pollerError == .unavailable(backend: "libevent", reason: missing.description))
-        #expect(SelectionError.creationFailed("epoll", .closed).pollerError == .closed)
+        #expect(throws: SelectionError.self) { try Backend.default(environment: environment) }
+        #expect(throws: SelectionError.self) { try Backend.named("kqueue") }
+        // A poller's own error stays a PollerError, wrapped only where a backend was being selected.
+        let creation = SelectionError.creationFailed("epoll", .closed)
+        guard case .creationFailed("epoll", .closed) = creation else { throw TestFailure("creationFailed lost its error") }
+        let poller = try Backend.makeDefaultPoller(environment: [:])
+        defer { try? poller.close() }
+        #expect(throws: PollerError.invalidDescriptor(-1)) { try poller.register(-1, token: 1, interest: .readable) }
     }
 
     @Test("selection probes each backend once per process, then answers from the cache")
@@ -111,10 +104,10 @@ struct StartTests {
     func specialisedConformance(backend: Backend) throws {
         let poller = try backend.makePoller()
         defer { try? poller.close() }
-        // The conformance of `SeamPoller<Seam>` is generic (its witnesses call the seam through a
+        // The conformance of `ContractPoller<Seam>` is generic (its witnesses call the seam through a
         // witness table); a SpecializedPoller's is compiled in the backend's module for its seam.
         #expect(poller is any SpecializedPoller, "\(type(of: poller))")
-        #expect(!(poller is SeamPoller<PollSeam>) && !(poller is SeamPoller<EpollSeam>))
+        #expect(!(poller is ContractPoller<PollSeam>) && !(poller is ContractPoller<EpollSeam>))
         let expected = switch backend.kind {
         case .epoll: "EpollPoller"
         case .poll: "PollPoller"

@@ -1,13 +1,14 @@
-// A complete example of what the author of a new backend does, using only the public API a dependent
-// package sees (`import Readiness`, `import ReadinessConformance`): wrap a poller, run the suite on it.
+// A complete example of what the author of a new backend does, using only what a dependent package
+// sees (`import Readiness` with the backend author's kit, `@_spi(Backend)`, and
+// `import ReadinessConformance`): wrap a poller, run the suite on it.
 // Docs/Conformance.md walks through it.
 import Glibc
-import Readiness
+@_spi(Backend) import Readiness
 import ReadinessConformance
 import Testing
 
 /// A third-party backend: a poller that counts system-facing calls and delegates the work to an
-/// existing backend. A kqueue or io_uring backend would implement `Poller` (or `PollerSeam`) the same way.
+/// existing backend. A kqueue or io_uring backend would implement `Poller` (or `BackendSeam`) the same way.
 final class CountingPoller: Poller {
     private let inner: any Poller
     private(set) var calls = 0

@@ -10,7 +10,7 @@ struct TimersTests {
         timers.schedule(at: 100, token: 1)
         timers.schedule(at: 200, token: 2)
         timers.schedule(at: 100, token: 4)
-        #expect(timers.nearestDeadline == 100)
+        #expect(timers.nearestDeadline == Deadline(nanoseconds: 100))
         #expect(timers.popDue(now: 99) == nil)
         var fired: [UInt64] = []
         while let token = timers.popDue(now: 200) { fired.append(token.rawValue) }
@@ -77,7 +77,7 @@ struct TimersTests {
                 model.removeAll { $0.deadline <= now }
             }
             #expect(timers.count == model.count)
-            if let nearest = model.map(\.deadline).min() { #expect(timers.nearestDeadline == nearest) }
+            if let nearest = model.map(\.deadline).min() { #expect(timers.nearestDeadline?.nanoseconds == nearest) }
         }
     }
 }

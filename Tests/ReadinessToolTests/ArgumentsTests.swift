@@ -153,8 +153,8 @@ struct ArgumentsTests {
 
             """)
         #expect(tool.help(for: nil) == """
-            OVERVIEW: Wait on sockets with epoll, poll, select or libevent, chosen at run
-            time.
+            OVERVIEW: Wait on sockets with epoll, poll, select, libevent or io_uring,
+            chosen at run time.
 
             USAGE: readiness <subcommand>
 

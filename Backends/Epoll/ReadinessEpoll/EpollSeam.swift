@@ -2,15 +2,16 @@
 import Glibc
 #endif
 import CEpoll
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 
 /// The epoll poller (`EpollSeam.makePoller()`): its `Poller` conformance is compiled here, for this
 /// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
+@_spi(Backend)
 public final class EpollPoller: SpecializedPoller {
     /// The poller every call goes to.
-    public let base: SeamPoller<EpollSeam>
+    public let base: ContractPoller<EpollSeam>
     /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
-    public init(base: SeamPoller<EpollSeam>) { self.base = base }
+    public init(base: ContractPoller<EpollSeam>) { self.base = base }
 }
 
 /// Linux epoll: native one-shot and edge triggering, O(1) registration and O(ready) waits.
@@ -25,7 +26,8 @@ public final class EpollPoller: SpecializedPoller {
 /// accept for the same reason), so a rebuild never fails for want of a descriptor. If it fails all
 /// the same, the events already gathered are delivered first and the rebuild is retried by the next
 /// wait: a fired one-shot event is never lost.
-public final class EpollSeam: PollerSeam {
+@_spi(Backend)
+public final class EpollSeam: BackendSeam {
     /// What this epoll poller can do.
     public let capabilities: Capabilities
     /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by `ctl`.
@@ -98,8 +100,8 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
-    /// EPOLL_CTL_ADD for `fd` (see `PollerSeam`).
-    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+    /// EPOLL_CTL_ADD for `fd` (see `BackendSeam`).
+    public func add(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         do {
             try ctl(rd_EPOLL_CTL_ADD, fd, registration, "epoll_ctl(ADD)")
         } catch .system(_, EEXIST) {
@@ -110,9 +112,9 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
-    /// EPOLL_CTL_MOD for `fd`, re-arming it (see `PollerSeam`).
+    /// EPOLL_CTL_MOD for `fd`, re-arming it (see `BackendSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
-        // `new` carries a new generation (SeamPoller.reregister).
+        // `new` carries a new generation (ContractPoller.reregister).
         do {
             try ctl(rd_EPOLL_CTL_MOD, fd, new, "epoll_ctl(MOD)")
         } catch .system(_, ENOENT) {
@@ -124,8 +126,8 @@ public final class EpollSeam: PollerSeam {
         }
     }
 
-    /// EPOLL_CTL_DEL for `fd`, tolerating a closed descriptor (see `PollerSeam`).
-    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+    /// EPOLL_CTL_DEL for `fd`, tolerating a closed descriptor (see `BackendSeam`).
+    public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         guard rd_epoll_ctl(epfd, rd_EPOLL_CTL_DEL, fd, 0, 0) != 0 else { return }
         let e = errno
         // Closed while registered (the kernel already forgot it), or a different file now has the
@@ -134,7 +136,7 @@ public final class EpollSeam: PollerSeam {
         throw .failed("epoll_ctl(DEL)", errno: e)
     }
 
-    /// One epoll_wait of at most `timeout` (see `PollerSeam`).
+    /// One epoll_wait of at most `timeout` (see `BackendSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         // A rebuild that failed before is retried; failing again, the wait still delivers what the
@@ -150,8 +152,7 @@ public final class EpollSeam: PollerSeam {
         for i in 0..<Int(n) {
             let data = rd_epoll_event_data(native, CInt(i))
             if data == Self.wakerData {
-                waker.drain()
-                events.append(Event(token: .waker, ready: .readable))
+                waker.report(into: events)
                 continue
             }
             let fd = CInt(bitPattern: UInt32(truncatingIfNeeded: data))
@@ -159,15 +160,8 @@ public final class EpollSeam: PollerSeam {
                 sawForeign = true
                 continue
             }
-            let raw = rd_epoll_event_bits(native, CInt(i))
-            var ready = Ready()
-            if raw & rd_EPOLLIN != 0 { ready.insert(.readable) }
-            if raw & rd_EPOLLOUT != 0 { ready.insert(.writable) }
-            if raw & rd_EPOLLRDHUP != 0 { ready.insert(.readClosed) }
-            if raw & rd_EPOLLHUP != 0 { ready.insert(.hangup) }
-            if raw & rd_EPOLLERR != 0 { ready.insert(.error) }
-            if registration.trigger == .oneShot { table.update(fd) { $0.armed = false } }
-            events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+            // EPOLL* bits have poll(2)'s values.
+            table.report(fd, Ready(pollBits: rd_epoll_event_bits(native, CInt(i))), into: events)
         }
         if sawForeign {
             rebuildPending = true

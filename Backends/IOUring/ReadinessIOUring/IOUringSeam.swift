@@ -2,15 +2,16 @@
 import Glibc
 #endif
 import CIOUring
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 
 /// The io_uring poller (`IOUringSeam.makePoller()`): its `Poller` conformance is compiled here, for this
 /// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
+@_spi(Backend)
 public final class IOUringPoller: SpecializedPoller {
     /// The poller every call goes to.
-    public let base: SeamPoller<IOUringSeam>
+    public let base: ContractPoller<IOUringSeam>
     /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
-    public init(base: SeamPoller<IOUringSeam>) { self.base = base }
+    public init(base: ContractPoller<IOUringSeam>) { self.base = base }
 }
 
 /// Linux io_uring used for readiness: `IORING_OP_POLL_ADD` requests on the registered descriptors,
@@ -30,7 +31,8 @@ public final class IOUringPoller: SpecializedPoller {
 /// removed or changed, or to a file that is gone, and is dropped. A removed registration's request is
 /// cancelled with `IORING_OP_POLL_REMOVE`, submitted at once: a poll request holds a reference to its
 /// file, so until then a closed descriptor's file lives on (as through a dup).
-public final class IOUringSeam: PollerSeam {
+@_spi(Backend)
+public final class IOUringSeam: BackendSeam {
     /// What this backend can do (edge only with multishot poll).
     public let capabilities: Capabilities
     private var ring: OpaquePointer
@@ -149,21 +151,21 @@ public final class IOUringSeam: PollerSeam {
         let what = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         if code == ENOTSUP, !what.isEmpty { return .unavailable(backend: "io_uring", reason: what) }
         let operation = what.isEmpty ? "io_uring_setup" : what
-        if Errno.isResourceExhaustion(code) { return .failed(operation, errno: code) }
+        if ErrnoTable.category(of: code) == .resourceExhausted { return .failed(operation, errno: code) }
         if what.isEmpty { return .unavailable(backend: "io_uring", reason: setupFailure(errno: code, disabled: rd_uring_disabled_setting())) }
-        return .unavailable(backend: "io_uring", reason: "\(operation) failed with \(Errno.name(code)): \(Errno.message(code))")
+        return .unavailable(backend: "io_uring", reason: "\(operation) failed with \(ErrnoTable.name(code)): \(ErrnoTable.message(code))")
     }
 
     /// Why io_uring_setup failed, in the kernel's terms. `disabled` is /proc/sys/kernel/io_uring_disabled
     /// (-1 when the kernel has no such setting).
     public static func setupFailure(errno code: CInt, disabled: CInt) -> String {
-        let call = "io_uring_setup failed with \(code == ENOSYS ? "ENOSYS" : Errno.name(code))"
+        let call = "io_uring_setup failed with \(code == ENOSYS ? "ENOSYS" : ErrnoTable.name(code))"
         switch code {
         case ENOSYS: return "\(call): the kernel has no io_uring (CONFIG_IO_URING off, or older than 5.1)"
         case EPERM where disabled == 2: return "\(call): /proc/sys/kernel/io_uring_disabled is 2 (io_uring disabled for everyone)"
         case EPERM where disabled == 1: return "\(call): /proc/sys/kernel/io_uring_disabled is 1 (only the io_uring_group may use it)"
         case EPERM: return "\(call): refused by a seccomp filter or a security module (io_uring_disabled is \(disabled))"
-        default: return "\(call): \(Errno.message(code))"
+        default: return "\(call): \(ErrnoTable.message(code))"
         }
     }
 
@@ -295,10 +297,10 @@ public final class IOUringSeam: PollerSeam {
         try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_poll_remove(ring, target, target | Self.controlBit) }
     }
 
-    // MARK: PollerSeam
+    // MARK: BackendSeam
 
     /// Queues a poll request for `fd`, submitted with the next wait.
-    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+    public func add(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         if Int(fd) >= slots.count {
             slots.append(contentsOf: repeatElement(Slot(), count: max(Int(fd) + 1, slots.count * 2) - slots.count))
         }
@@ -327,7 +329,7 @@ public final class IOUringSeam: PollerSeam {
     }
 
     /// Cancels `fd`'s request at once, so its file is released.
-    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+    public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         let cancelled = try disarm(fd)
         registered -= 1
         // Submitted now: the request holds the file, which must not outlive the registration (a
@@ -435,8 +437,7 @@ public final class IOUringSeam: PollerSeam {
             // With the buffer full the eventfd is left readable: the poll re-armed by the next wait
             // reports it at once.
             guard !events.isFull else { return }
-            waker.drain()
-            events.append(Event(token: .waker, ready: .readable))
+            waker.report(into: events)
             return
         }
         let fd = CInt(bitPattern: UInt32(truncatingIfNeeded: data))
@@ -448,7 +449,7 @@ public final class IOUringSeam: PollerSeam {
             // EBADF: the descriptor was closed before the request was submitted. ECANCELED and the
             // rest: the request ended without an event (a multishot poll the kernel stopped).
             if result == -EBADF {
-                table.update(fd) { $0.stale = true }
+                table.markStale(fd)
             } else if !slots[i].inFlight {
                 queueRearm(fd)
             }
@@ -494,19 +495,14 @@ public final class IOUringSeam: PollerSeam {
             guard let registration = table[fd] else { continue }
             let revents = UInt32(UInt16(bitPattern: entry.revents))
             if revents & rd_uring_POLLNVAL != 0 {
-                table.update(fd) { $0.stale = true }
+                table.markStale(fd)
                 continue
             }
             if revents == 0 {
                 if !slots[Int(fd)].inFlight { queueRearm(fd) }
                 continue
             }
-            var ready = Ready()
-            if revents & rd_uring_POLLIN != 0 { ready.insert(.readable) }
-            if revents & rd_uring_POLLOUT != 0 { ready.insert(.writable) }
-            if revents & rd_uring_POLLRDHUP != 0 { ready.insert(.readClosed) }
-            if revents & rd_uring_POLLHUP != 0 { ready.insert(.hangup) }
-            if revents & rd_uring_POLLERR != 0 { ready.insert(.error) }
+            // The request's own follow-up; reporting (below) disarms a one-shot registration.
             switch registration.trigger {
             case .level:
                 if slots[Int(fd)].inFlight {
@@ -515,10 +511,10 @@ public final class IOUringSeam: PollerSeam {
                 } else {
                     queueRearm(fd)
                 }
-            case .oneShot: table.update(fd) { $0.armed = false }
+            case .oneShot: break
             case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
             }
-            events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+            table.report(fd, Ready(pollBits: revents), into: events)   // poll(2) bits
         }
     }
 

@@ -3,15 +3,16 @@
 import Glibc
 #endif
 import CLibevent
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 
 /// The libevent poller (`LibeventSeam.makePoller()`): its `Poller` conformance is compiled here, for this
 /// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
+@_spi(Backend)
 public final class LibeventPoller: SpecializedPoller {
     /// The poller every call goes to.
-    public let base: SeamPoller<LibeventSeam>
+    public let base: ContractPoller<LibeventSeam>
     /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
-    public init(base: SeamPoller<LibeventSeam>) { self.base = base }
+    public init(base: ContractPoller<LibeventSeam>) { self.base = base }
 }
 
 /// libevent 2.1 as a backend, with libevent's own choice of kernel method or a forced one.
@@ -27,7 +28,8 @@ public final class LibeventPoller: SpecializedPoller {
 /// survive a descriptor closed while registered on its own (select fails the loop with EBADF; poll
 /// reports POLLNVAL as read and write), the backend finds the closed descriptor, deletes its event and
 /// marks it stale, as the kernel backends do.
-public final class LibeventSeam: PollerSeam {
+@_spi(Backend)
+public final class LibeventSeam: BackendSeam {
     /// The kernel method libevent is asked to use.
     public enum Method: String, CaseIterable, Sendable {
         /// A kernel method libevent can be forced to use.
@@ -158,8 +160,8 @@ public final class LibeventSeam: PollerSeam {
         }
     }
 
-    /// Adds an event for `fd`, reusing a released `struct event` when there is one (see `PollerSeam`).
-    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+    /// Adds an event for `fd`, reusing a released `struct event` when there is one (see `BackendSeam`).
+    public func add(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         let identity = try checkedIdentity(fd)
         guard rd_lev_reserve(lev, CInt(regs.count + 2)) == 0 else { throw .failed("realloc", errno: ENOMEM) }
         let interest = CInt(registration.interest.rawValue)
@@ -189,7 +191,7 @@ public final class LibeventSeam: PollerSeam {
         if Int(fd) >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: Int(fd) + 1 - stamps.count)) }
     }
 
-    /// Re-assigns and re-adds the event of `fd` (see `PollerSeam`).
+    /// Re-assigns and re-adds the event of `fd` (see `BackendSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         let now = try checkedIdentity(fd)
         let reg = regs[Int(old.index)]
@@ -219,9 +221,10 @@ public final class LibeventSeam: PollerSeam {
         return FileIdentity(st)
     }
 
-    /// Deletes the event of `fd` and keeps it for reuse (see `PollerSeam`).
-    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+    /// Deletes the event of `fd` and keeps it for reuse (see `BackendSeam`).
+    public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         let index = Int(registration.index)
+        let lastIndex = regs.count - 1   // the table's swap-remove, mirrored
         // libevent's epoll method cannot delete a file whose number was closed first (EBADF) or now
         // names another file (ENOENT), and ignores both; if a dup keeps the old file open it stays in
         // the kernel set and fires for ever, making every later loop pass spin. Rebuilding the epoll
@@ -254,7 +257,7 @@ public final class LibeventSeam: PollerSeam {
         if rd_lev_reinit(lev) != 0, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: errno) }
     }
 
-    /// One libevent loop pass of at most `timeout` (see `PollerSeam`).
+    /// One libevent loop pass of at most `timeout` (see `BackendSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         if reinitBeforeNextPass || (suspects > 0 && suspects >= max(Self.minimumSuspectsBeforeReinit, regs.count / 8)) {
@@ -312,10 +315,7 @@ public final class LibeventSeam: PollerSeam {
     /// whose event was refused would be a lost wake-up.
     private func collect(_ fired: CInt, _ table: inout RegistrationTable, _ events: EventBuffer) {
         for i in 0..<fired where rd_lev_fired_fd(lev, i) == waker.fd {
-            if !events.isFull, stamp(waker.fd) {
-                waker.drain()
-                events.append(Event(token: .waker, ready: .readable))
-            }
+            if !events.isFull, stamp(waker.fd) { waker.report(into: events) }
         }
         for i in 0..<fired {
             let fd = rd_lev_fired_fd(lev, i)
@@ -368,7 +368,7 @@ public final class LibeventSeam: PollerSeam {
     /// Turns one fired (descriptor, bits) into an event, unless it belongs to no live registration or
     /// was already reported by this wait.
     private func deliver(_ fd: CInt, _ what: CInt, _ table: inout RegistrationTable, _ events: EventBuffer) {
-        guard let registration = table[fd], registration.isActive else { return }
+        guard table[fd]?.isActive == true else { return }
         // libevent's poll method turns POLLNVAL into read|write, and select(2) reports a descriptor
         // closed during the call as ready: check that the file is still there.
         if checkOpen, !Sys.isOpen(fd) {
@@ -380,8 +380,7 @@ public final class LibeventSeam: PollerSeam {
         if what & CInt(RD_LEV_READ) != 0 { ready.insert(.readable) }
         if what & CInt(RD_LEV_WRITE) != 0 { ready.insert(.writable) }
         if what & CInt(RD_LEV_CLOSED) != 0 { ready.insert(.readClosed) }
-        if registration.trigger == .oneShot { table.update(fd) { $0.armed = false } }
-        events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+        table.report(fd, ready, into: events)
     }
 
     /// Marks `fd` as reported in this wait; false if it already was.
@@ -401,7 +400,7 @@ public final class LibeventSeam: PollerSeam {
     private func markStale(_ fd: CInt, _ table: inout RegistrationTable) {
         guard let registration = table[fd] else { return }
         _ = rd_lev_reg_remove(regs[Int(registration.index)])
-        table.update(fd) { $0.stale = true }
+        table.markStale(fd)
     }
 
 

@@ -1,22 +1,24 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 
 /// The poll poller (`PollSeam.makePoller()`): its `Poller` conformance is compiled here, for this
 /// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
+@_spi(Backend)
 public final class PollPoller: SpecializedPoller {
     /// The poller every call goes to.
-    public let base: SeamPoller<PollSeam>
+    public let base: ContractPoller<PollSeam>
     /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
-    public init(base: SeamPoller<PollSeam>) { self.base = base }
+    public init(base: ContractPoller<PollSeam>) { self.base = base }
 }
 
 /// poll(2): a `pollfd` array that mirrors the registration table's dense order, kept between waits
 /// (no rebuild per wait), with the waker in slot 0. One-shot is emulated by hiding a fired entry
 /// (a negative `fd`, which poll ignores); a descriptor closed while registered (POLLNVAL) is hidden
 /// the same way and marked stale.
-public final class PollSeam: PollerSeam {
+@_spi(Backend)
+public final class PollSeam: BackendSeam {
     /// What this poll poller can do.
     public let capabilities: Capabilities
     private let waker: Waker
@@ -27,8 +29,8 @@ public final class PollSeam: PollerSeam {
     /// every one gets its turn.
     private var rotor = 0
 
-    /// Linux's POLLRDHUP (needs _GNU_SOURCE, so Glibc does not export it).
-    static let pollRDHUP: Int16 = 0x2000
+    /// Linux's POLLRDHUP, as a `pollfd` event bit.
+    static let pollRDHUP = Int16(Ready.pollRDHUP)
 
     /// poll's capabilities, before a poller exists.
     public static let baseCapabilities = Capabilities(
@@ -59,8 +61,8 @@ public final class PollSeam: PollerSeam {
         return pollfd(fd: r.isActive ? fd : -1, events: events, revents: 0)
     }
 
-    /// Appends the `pollfd` of `fd` (see `PollerSeam`).
-    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+    /// Appends the `pollfd` of `fd` (see `BackendSeam`).
+    public func add(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         if used == allocated {
             let grown = UnsafeMutablePointer<pollfd>.allocate(capacity: allocated * 2)
             grown.moveInitialize(from: fds, count: used)
@@ -72,18 +74,18 @@ public final class PollSeam: PollerSeam {
         used += 1
     }
 
-    /// Updates the events of the `pollfd` of `fd` (see `PollerSeam`).
+    /// Updates the events of the `pollfd` of `fd` (see `BackendSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         fds[Int(old.index) + 1] = Self.entry(fd, new)
     }
 
-    /// Swap-removes the `pollfd` of `fd` (see `PollerSeam`).
-    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
-        fds[Int(registration.index) + 1] = fds[lastIndex + 1]
+    /// Swap-removes the `pollfd` of `fd` (see `BackendSeam`).
+    public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         used -= 1
+        fds[Int(registration.index) + 1] = fds[used]   // the table's swap-remove, mirrored
     }
 
-    /// One poll(2) of at most `timeout` (see `PollerSeam`).
+    /// One poll(2) of at most `timeout` (see `BackendSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         var n = Int(poll(fds, nfds_t(used), timeout.milliseconds))
@@ -93,8 +95,7 @@ public final class PollSeam: PollerSeam {
         }
         if n > 0, fds[0].revents != 0 {
             fds[0].revents = 0
-            waker.drain()
-            events.append(Event(token: .waker, ready: .readable))
+            waker.report(into: events)
             n -= 1
         }
         let count = used - 1
@@ -111,19 +112,10 @@ public final class PollSeam: PollerSeam {
                 let fd = table.descriptors[index]
                 if revents & Int16(POLLNVAL) != 0 {
                     slot.pointee.fd = -1
-                    table.update(fd) { $0.stale = true }
-                } else if let registration = table[fd] {
-                    var ready = Ready()
-                    if revents & Int16(POLLIN) != 0 { ready.insert(.readable) }
-                    if revents & Int16(POLLOUT) != 0 { ready.insert(.writable) }
-                    if revents & Self.pollRDHUP != 0 { ready.insert(.readClosed) }
-                    if revents & Int16(POLLHUP) != 0 { ready.insert(.hangup) }
-                    if revents & Int16(POLLERR) != 0 { ready.insert(.error) }
-                    if registration.trigger == .oneShot {
-                        slot.pointee.fd = -1
-                        table.update(fd) { $0.armed = false }
-                    }
-                    events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+                    table.markStale(fd)
+                } else if let fired = table.report(fd, Ready(pollBits: UInt32(UInt16(bitPattern: revents))), into: events),
+                          fired.trigger == .oneShot {
+                    slot.pointee.fd = -1   // disarmed: hidden from poll until reregistered
                 }
             }
             index += 1

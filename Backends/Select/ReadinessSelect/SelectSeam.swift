@@ -2,15 +2,16 @@
 import Glibc
 #endif
 import CSelect
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 
 /// The select poller (`SelectSeam.makePoller()`): its `Poller` conformance is compiled here, for this
 /// seam, so calls through `any Poller` run specialised code (``/ReadinessCore/SpecializedPoller``).
+@_spi(Backend)
 public final class SelectPoller: SpecializedPoller {
     /// The poller every call goes to.
-    public let base: SeamPoller<SelectSeam>
+    public let base: ContractPoller<SelectSeam>
     /// Wraps `base` (see ``/ReadinessCore/SpecializedPoller/make(_:)``).
-    public init(base: SeamPoller<SelectSeam>) { self.base = base }
+    public init(base: ContractPoller<SelectSeam>) { self.base = base }
 }
 
 /// select(2): two master sets kept up to date on every registration change, copied (not rebuilt)
@@ -22,7 +23,8 @@ public final class SelectPoller: SpecializedPoller {
 /// A descriptor closed by another thread *during* the call is reported ready by the kernel (it polls a
 /// number it can no longer resolve as readable and writable): each reported descriptor is checked to
 /// be open (one fcntl per reported descriptor) and a closed one is marked stale instead.
-public final class SelectSeam: PollerSeam {
+@_spi(Backend)
+public final class SelectSeam: BackendSeam {
     /// What this select poller can do.
     public let capabilities: Capabilities
     private let waker: Waker
@@ -91,22 +93,22 @@ public final class SelectSeam: PollerSeam {
         if interest.isEmpty, fd == maxFD { maxFDDirty = true }
     }
 
-    /// Adds `fd` to the master sets (see `PollerSeam`).
-    public func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError) {
+    /// Adds `fd` to the master sets (see `BackendSeam`).
+    public func add(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         apply(fd, registration)
     }
 
-    /// Updates `fd` in the master sets (see `PollerSeam`).
+    /// Updates `fd` in the master sets (see `BackendSeam`).
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         apply(fd, new)
     }
 
-    /// Removes `fd` from the master sets (see `PollerSeam`).
-    public func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError) {
+    /// Removes `fd` from the master sets (see `BackendSeam`).
+    public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         apply(fd, nil)
     }
 
-    /// One select(2) of at most `timeout` (see `PollerSeam`).
+    /// One select(2) of at most `timeout` (see `BackendSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         if maxFDDirty { recomputeMax(table) }
@@ -127,8 +129,7 @@ public final class SelectSeam: PollerSeam {
             }
         }
         if n > 0, rd_fd_isset(waker.fd, workRead) != 0 {
-            waker.drain()
-            events.append(Event(token: .waker, ready: .readable))
+            waker.report(into: events)
             n -= 1
         }
         let descriptors = table.descriptors
@@ -144,19 +145,13 @@ public final class SelectSeam: PollerSeam {
                 if rd_fd_isset(fd, workRead) != 0 { ready.insert(.readable); n -= 1 }
                 if watchesWrites, rd_fd_isset(fd, workWrite) != 0 { ready.insert(.writable); n -= 1 }
             }
-            if !ready.isEmpty, let registration = table[fd], registration.isActive {
-                guard Sys.isOpen(fd) else {
-                    table.update(fd) { $0.stale = true }
+            if !ready.isEmpty, table[fd]?.isActive == true {
+                if !Sys.isOpen(fd) {
+                    table.markStale(fd)
                     apply(fd, table[fd])
-                    index += 1
-                    if index == count { index = 0 }
-                    continue
+                } else if let fired = table.report(fd, ready, into: events), fired.trigger == .oneShot {
+                    apply(fd, table[fd])   // disarmed: out of the master sets until reregistered
                 }
-                if registration.trigger == .oneShot {
-                    table.update(fd) { $0.armed = false }
-                    apply(fd, table[fd])
-                }
-                events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
             }
             index += 1
             if index == count { index = 0 }

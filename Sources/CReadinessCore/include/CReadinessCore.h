@@ -11,8 +11,6 @@ int64_t rd_monotonic_ns(void);
 int rd_pipe_nonblocking(int fds[2]);
 /// accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC).
 int rd_accept_nonblocking(int listener);
-/// unshare(CLONE_NEWNET) for the calling thread.
-int rd_unshare_network(void);
 /// Whether the kernel can report readiness for `fd` (its file has a poll method): 1 yes, 0 no
 /// (epoll_ctl refuses it with EPERM, as for /dev/null), -1 with errno when it could not be told.
 /// Asks a throwaway epoll set, so it costs three system calls: used for character and block

@@ -76,7 +76,7 @@ struct ReadinessDriver: IODriver {
             case .backingOff(let until):
                 // Out of descriptors: not watched until the back-off ends (its time, or a descriptor
                 // of this loop closed).
-                listener.beginBackoff(until: until, loop: loop)
+                listener.beginBackoff(until: until.nanoseconds, loop: loop)
                 outcome = await loop.wait(listener, .read, deadline: deadline, interest: false)
             }
             if case .failed(let error) = outcome { throw error }

@@ -1,4 +1,4 @@
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 import ReadinessNet
 
 /// A connect over several addresses, or a name then its addresses (``HappyEyeballs``): its attempts'

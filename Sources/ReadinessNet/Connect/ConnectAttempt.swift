@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+@_spi(Backend) import ReadinessCore
 
 /// The outcome of a driven step.
 public enum ConnectProgress: Sendable, Hashable {
@@ -24,8 +25,8 @@ public struct ConnectedSocket: Sendable, Hashable {
 
 /// One step of the state machine, for traces.
 public struct ConnectTraceEntry: Sendable, Hashable, CustomStringConvertible {
-    /// When the input arrived (monotonic nanoseconds).
-    public let atNanoseconds: Int64
+    /// When the input arrived.
+    public let at: Deadline
     /// What the state machine was fed.
     public let input: ConnectStateMachine.Input
     /// What it asked the driver to do.
@@ -52,8 +53,8 @@ public final class ConnectAttempt {
     public let address: SocketAddress
     /// The token the socket is registered with on the poller.
     public let token: Token
-    /// Monotonic deadline in nanoseconds (``/ReadinessCore/MonotonicClock``), nil for none.
-    public let deadline: Int64?
+    /// When the attempt gives up, nil for never.
+    public let deadline: Deadline?
     /// The state machine this attempt drives.
     public private(set) var machine: ConnectStateMachine
     /// The socket, or -1 before it is created and after it is handed over or closed.
@@ -78,7 +79,7 @@ public final class ConnectAttempt {
         self.localAddress = localAddress
         tracing = trace
         machine = ConnectStateMachine(address: address)
-        deadline = timeout.map { MonotonicClock.deadline(after: $0.clampedNanoseconds) }
+        deadline = timeout.map { Deadline.after($0, now: .now) }
     }
 
     /// Whether the attempt has finished (connected, failed or cancelled).
@@ -106,10 +107,13 @@ public final class ConnectAttempt {
     public func handle(_ ready: Ready) -> ConnectProgress { feed(.woke(ready)) }
 
     /// Fails with ``ConnectError/Cause/timedOut`` once the deadline has passed.
-    public func checkDeadline(now: Int64 = MonotonicClock.nowNanoseconds) -> ConnectProgress {
-        if let deadline, now >= deadline, !isFinished { return feed(.deadlinePassed) }
+    public func checkDeadline(now: Deadline = .now) -> ConnectProgress {
+        if let deadline, deadline.hasPassed(now: now), !isFinished { return feed(.deadlinePassed) }
         return finalProgress ?? .inProgress
     }
+
+    /// ``checkDeadline(now:)`` at a raw monotonic instant (inside the package only).
+    package func checkDeadline(now: Int64) -> ConnectProgress { checkDeadline(now: Deadline(nanoseconds: now)) }
 
     /// Stops the attempt: deregisters and closes the socket.
     public func cancel() { _ = feed(.cancel) }
@@ -119,7 +123,7 @@ public final class ConnectAttempt {
         while true {
             let action = machine.handle(input)
             if tracing {
-                trace.append(ConnectTraceEntry(atNanoseconds: MonotonicClock.nowNanoseconds, input: input, action: action, state: machine.state))
+                trace.append(ConnectTraceEntry(at: .now, input: input, action: action, state: machine.state))
             }
             switch action {
             case .none:

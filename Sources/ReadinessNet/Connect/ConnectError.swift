@@ -58,19 +58,20 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         self.attempts = attempts
     }
 
-    /// The one errno-to-cause table.
+    /// The cause of `code` (returned by a connect to an address of `family`), from the package's one
+    /// errno classification.
     public static func cause(of code: CInt, family: SocketAddress.Family?) -> Cause {
-        switch code {
-        case ECONNREFUSED: family == .unix ? .noSuchPath : .refused
-        case ENOENT: .noSuchPath
-        case ETIMEDOUT: .timedOut
-        case ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: .unreachable
-        case ECONNRESET, ECONNABORTED, EPIPE: .reset
-        case EAGAIN: family == .unix ? .backlogFull : .addressUnavailable
-        case EADDRNOTAVAIL: .addressUnavailable
-        case EACCES, EPERM: .permissionDenied
-        case EMFILE, ENFILE, ENOBUFS, ENOMEM: .resourceExhausted
-        default: .other
+        switch ErrnoTable.category(of: code) {
+        case .refused: family == .unix ? .noSuchPath : .refused
+        case .noSuchPath: code == ENOENT ? .noSuchPath : .other
+        case .timedOut: .timedOut
+        case .unreachable: .unreachable
+        case .reset, .aborted: .reset
+        case .wouldBlock: family == .unix ? .backlogFull : .addressUnavailable
+        case .addressUnavailable: .addressUnavailable
+        case .permissionDenied: .permissionDenied
+        case .resourceExhausted: .resourceExhausted
+        case .interrupted, .protocolFailure, .addressInUse, .notConnected, .badDescriptor, .other: .other
         }
     }
 
@@ -80,12 +81,12 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The symbolic name of ``errno`` ("ECONNREFUSED"), if any.
-    public var errnoName: String? { errno.map(Errno.name) }
+    public var errnoName: String? { errno.map(ErrnoTable.name) }
 
     /// The cause, errno and address on one line.
     public var description: String {
         var text = cause.rawValue
-        if let errno { text += " (\(Errno.name(errno)): \(Errno.message(errno)))" }
+        if let errno { text += " (\(ErrnoTable.name(errno)): \(ErrnoTable.message(errno)))" }
         if let address { text += " connecting to \(address)" }
         if let pollerError { text += ": \(pollerError)" }
         if !attempts.isEmpty { text += "; attempts: " + attempts.map(\.description).joined(separator: "; ") }

@@ -190,15 +190,15 @@ extension ConnectStateMachine.Input: CustomStringConvertible {
     /// The input, for traces.
     public var description: String {
         switch self {
-        case .setupFailed(let e): "socket()/bind() = -1 \(Errno.name(e))"
+        case .setupFailed(let e): "socket()/bind() = -1 \(ErrnoTable.name(e))"
         case .connectReturned(0): "connect() = 0"
-        case .connectReturned(let e): "connect() = -1 \(Errno.name(e))"
+        case .connectReturned(let e): "connect() = -1 \(ErrnoTable.name(e))"
         case .registrationFailed(let error): "register failed: \(error)"
         case .woke(let ready): "woke: \(ready)"
-        case .socketError(.value(let e)): "getsockopt(SO_ERROR) = 0, value \(e == 0 ? "0" : Errno.name(e))"
-        case .socketError(.callFailed(let e)): "getsockopt(SO_ERROR) = -1 \(Errno.name(e))"
+        case .socketError(.value(let e)): "getsockopt(SO_ERROR) = 0, value \(e == 0 ? "0" : ErrnoTable.name(e))"
+        case .socketError(.callFailed(let e)): "getsockopt(SO_ERROR) = -1 \(ErrnoTable.name(e))"
         case .addresses(0, let local, let peer): "getpeername ok: \(local.map(\.description) ?? "?") -> \(peer.map(\.description) ?? "?")"
-        case .addresses(let e, _, _): "getpeername = -1 \(Errno.name(e))"
+        case .addresses(let e, _, _): "getpeername = -1 \(ErrnoTable.name(e))"
         case .deadlinePassed: "deadline passed"
         case .cancel: "cancel"
         }

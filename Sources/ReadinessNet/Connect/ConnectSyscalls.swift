@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+@_spi(Backend) import ReadinessCore
 
 /// The system calls a connect performs, as a seam: ``SystemConnectSyscalls`` makes the real calls,
 /// and tests substitute their own to inject any result and any errno deterministically.

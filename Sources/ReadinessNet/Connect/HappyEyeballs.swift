@@ -198,7 +198,7 @@ public final class HappyEyeballs {
     }
 
     /// A timer popped from ``Timers`` whose token it owns.
-    public func handleTimer(_ token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> Progress {
+    package func handleTimer(_ token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> Progress {
         guard outcome == nil, started else { return current }
         if token == tokenBase {
             stepTimer = nil

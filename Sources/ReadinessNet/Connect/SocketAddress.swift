@@ -306,21 +306,21 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The address of a socket's local end (getsockname).
-    public static func local(of fd: CInt) throws(ParseError) -> SocketAddress {
+    public static func local(of fd: CInt) throws(SocketError) -> SocketAddress {
         try name(of: fd, peer: false)
     }
 
     /// The address of a socket's peer (getpeername).
-    public static func peer(of fd: CInt) throws(ParseError) -> SocketAddress {
+    public static func peer(of fd: CInt) throws(SocketError) -> SocketAddress {
         try name(of: fd, peer: true)
     }
 
-    private static func name(of fd: CInt, peer: Bool) throws(ParseError) -> SocketAddress {
+    private static func name(of fd: CInt, peer: Bool) throws(SocketError) -> SocketAddress {
         var out = SocketAddress()
         let status = out.withMutableSockaddr { address, length in
             peer ? getpeername(fd, address, length) : getsockname(fd, address, length)
         }
-        guard status == 0 else { throw ParseError(text: "fd \(fd)", reason: Errno.name(errno)) }
+        guard status == 0 else { throw SocketError(errno: errno, operation: peer ? "getpeername" : "getsockname") }
         return out
     }
 

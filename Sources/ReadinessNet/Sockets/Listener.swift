@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+@_spi(Backend) import ReadinessCore
 import CReadinessNet
 
 /// A listening TCP (IPv4 or IPv6) or Unix-domain socket.
@@ -11,8 +12,8 @@ import CReadinessNet
 ///
 /// **Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM): back off.** The listener
 /// deregisters itself from its poller (so a level-triggered readable listener does not wake the loop
-/// again and again) and ``accept()`` returns ``AcceptResult/backingOff(until:)`` with the monotonic
-/// time to try again; the loop schedules a timer for it (``Timers``) and calls ``resume()`` when it
+/// again and again) and ``accept()`` returns ``AcceptResult/backingOff(until:)`` with the
+/// ``Deadline`` to try again; the loop schedules a timer for it (``Timers``) and calls ``resume()`` when it
 /// fires, or earlier when it closes a connection of its own (a descriptor is free). Pending
 /// connections wait in the kernel's accept queue meanwhile and are served once descriptors free up.
 /// The delay starts at ``AcceptBackoff/initial`` and doubles up to ``AcceptBackoff/maximum``; an
@@ -114,12 +115,12 @@ public final class Listener {
                 return .accepted(StreamSocket(owning: client), peer: peer)
             }
             let code = errno
-            switch code {
-            case EAGAIN, EWOULDBLOCK:
+            switch ErrnoTable.category(of: code) {
+            case .wouldBlock:
                 return .wouldBlock
-            case ECONNABORTED, EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH:
+            case .aborted, .protocolFailure, .unreachable:
                 continue  // that client is gone (accept(2): treat like EAGAIN and retry)
-            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+            case .resourceExhausted:
                 return .backingOff(until: startBackoff())
             default:
                 throw SocketError(errno: code, operation: "accept")
@@ -147,10 +148,10 @@ public final class Listener {
         isBackingOff = false
     }
 
-    /// While backing off: when to try again (monotonic ns).
-    private var retryAt: Int64 = 0
+    /// While backing off: when to try again.
+    private var retryAt = Deadline(nanoseconds: 0)
 
-    private func startBackoff() -> Int64 {
+    private func startBackoff() -> Deadline {
         exhaustionCount += 1
         isBackingOff = true
         if let registration, isRegistered {
@@ -163,7 +164,7 @@ public final class Listener {
 
     /// Sets the time to try again and doubles the delay, up to the maximum.
     private func nextBackoffPeriod() {
-        retryAt = Deadline.after(currentDelay)
+        retryAt = .after(currentDelay)
         // Compared before doubling: twice a huge delay would overflow Duration's 128 bits.
         currentDelay = currentDelay > backoff.maximum / 2 ? backoff.maximum : currentDelay * 2
     }
@@ -203,8 +204,8 @@ public enum AcceptResult {
     /// Nothing queued: wait for the listener's readability.
     case wouldBlock
     /// Out of descriptors or memory: the listener is deregistered until ``Listener/resume()``; call it
-    /// at this monotonic time (nanoseconds, ``/ReadinessCore/MonotonicClock``) or when a descriptor is freed.
-    case backingOff(until: Int64)
+    /// at this ``Deadline`` or when a descriptor is freed.
+    case backingOff(until: Deadline)
 }
 
 /// The accept back-off's delays.

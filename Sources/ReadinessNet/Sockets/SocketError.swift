@@ -47,34 +47,34 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         self.operation = operation
     }
 
-    /// An error for `code` as returned by `operation`, classified by the one errno-to-kind table.
+    /// An error for `code` as returned by `operation`, classified by ``kind(of:)`` (the package's one errno classification).
     public init(errno code: CInt, operation: String) {
         self.init(Self.kind(of: code), errno: code, operation: operation)
     }
 
-    /// The one errno-to-kind table.
+    /// The kind of `code`, from the package's one errno classification.
     public static func kind(of code: CInt) -> Kind {
-        switch code {
-        case ECONNRESET, EPIPE: .reset
-        case ECONNABORTED, ETIMEDOUT: .aborted
-        case EMFILE, ENFILE, ENOBUFS, ENOMEM: .resourceExhausted
-        case EADDRINUSE: .addressInUse
-        case EADDRNOTAVAIL: .addressUnavailable
-        case EACCES, EPERM: .permissionDenied
-        case ENOTCONN: .notConnected
-        case EBADF: .closed
-        case ENOENT, ENOTDIR: .noSuchPath
-        default: .other
+        switch ErrnoTable.category(of: code) {
+        case .reset: .reset
+        case .aborted, .timedOut: .aborted
+        case .resourceExhausted: .resourceExhausted
+        case .addressInUse: .addressInUse
+        case .addressUnavailable: .addressUnavailable
+        case .permissionDenied: .permissionDenied
+        case .notConnected: .notConnected
+        case .badDescriptor: .closed
+        case .noSuchPath: .noSuchPath
+        case .wouldBlock, .interrupted, .refused, .unreachable, .protocolFailure, .other: .other
         }
     }
 
     /// The errno's symbolic name ("ECONNRESET"), if there is an errno.
-    public var errnoName: String? { errno.map(Errno.name) }
+    public var errnoName: String? { errno.map(ErrnoTable.name) }
 
     /// A one-line text for logs.
     public var description: String {
         var text = "\(operation): \(kind.rawValue)"
-        if let errno { text += " (\(Errno.name(errno)): \(Errno.message(errno)))" }
+        if let errno { text += " (\(ErrnoTable.name(errno)): \(ErrnoTable.message(errno)))" }
         return text
     }
 }

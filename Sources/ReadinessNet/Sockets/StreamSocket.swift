@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+@_spi(Backend) import ReadinessCore
 import CReadinessNet
 
 /// A connected TCP or Unix-domain stream socket over a descriptor it owns.

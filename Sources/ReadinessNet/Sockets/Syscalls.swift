@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+@_spi(Backend) import ReadinessCore
 import CReadinessNet
 
 /// The socket layer's system calls. EINTR is retried in one place, ``Sys/retryingEINTR(_:)``,

@@ -1,21 +1,3 @@
-/// Monotonic deadlines in nanoseconds (``/ReadinessCore/MonotonicClock``), with saturating arithmetic.
-public enum Deadline {
-    /// `now + duration`, saturating at `Int64.max` (a deadline that never comes).
-    @inlinable
-    public static func after(_ duration: Duration, now: Int64 = MonotonicClock.nowNanoseconds) -> Int64 {
-        MonotonicClock.deadline(after: duration.clampedNanoseconds, from: now)
-    }
-
-    /// The wait timeout that ends at `deadline`: zero when it has passed, otherwise the time left
-    /// (saturating at `Int64.max` nanoseconds, whatever `deadline` and `now` are).
-    @inlinable
-    public static func timeout(until deadline: Int64, now: Int64 = MonotonicClock.nowNanoseconds) -> Duration {
-        if deadline <= now { return .zero }
-        let (left, overflow) = deadline.subtractingReportingOverflow(now)
-        return .nanoseconds(overflow ? .max : left)
-    }
-}
-
 /// A timer's handle, for ``Timers/cancel(_:)``. A handle of a timer that fired or was cancelled is
 /// stale: cancelling it does nothing, even when its slot has been reused.
 public struct TimerID: Hashable, Sendable {
@@ -29,7 +11,7 @@ public struct TimerID: Hashable, Sendable {
 /// ```swift
 /// try poller.wait(into: events, timeout: timers.timeout())   // the nearest deadline, or nil: none
 /// /* handle events */
-/// let now = MonotonicClock.nowNanoseconds
+/// let now = Deadline.now
 /// while let token = timers.popDue(now: now) { /* that timer's work */ }
 /// ```
 /// The wait never returns before the timeout (the poller contract), so a due timer is never missed and
@@ -69,22 +51,33 @@ public final class Timers {
     public var isEmpty: Bool { heap.isEmpty }
 
     /// The earliest pending deadline.
-    public var nearestDeadline: Int64? { heap.first.map { slots[Int($0)].deadline } }
+    public var nearestDeadline: Deadline? { heap.first.map { Deadline(nanoseconds: slots[Int($0)].deadline) } }
 
     /// The wait timeout until the nearest deadline: nil (block) when no timer is pending, zero when one
     /// is due. `limit` caps it (for a loop that must also look at something else now and then); a
     /// negative limit counts as zero.
-    public func timeout(now: Int64 = MonotonicClock.nowNanoseconds, limit: Duration? = nil) -> Duration? {
+    public func timeout(now: Deadline = .now, limit: Duration? = nil) -> Duration? {
+        timeout(now: now.nanoseconds, limit: limit)
+    }
+
+    /// ``timeout(now:limit:)`` at a raw monotonic instant (inside the package only).
+    package func timeout(now: Int64, limit: Duration? = nil) -> Duration? {
         let cap = limit.map { $0 < .zero ? .zero : $0 }
-        guard let nearest = nearestDeadline else { return cap }
+        guard let nearest = heap.first.map({ slots[Int($0)].deadline }) else { return cap }
         let timeout = Deadline.timeout(until: nearest, now: now)
         if let cap, cap < timeout { return cap }
         return timeout
     }
 
-    /// Schedules `token` at a monotonic deadline (nanoseconds).
+    /// Schedules `token` at `deadline`.
     @discardableResult
-    public func schedule(at deadline: Int64, token: Token) -> TimerID {
+    public func schedule(at deadline: Deadline, token: Token) -> TimerID {
+        schedule(at: deadline.nanoseconds, token: token)
+    }
+
+    /// ``schedule(at:token:)`` at a raw monotonic deadline (inside the package only).
+    @discardableResult
+    package func schedule(at deadline: Int64, token: Token) -> TimerID {
         let slot: Int32
         let sequence = nextSequence
         nextSequence &+= 1
@@ -108,7 +101,13 @@ public final class Timers {
 
     /// Schedules `token` after `delay` from now (saturating).
     @discardableResult
-    public func schedule(after delay: Duration, token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> TimerID {
+    public func schedule(after delay: Duration, token: Token, now: Deadline = .now) -> TimerID {
+        schedule(at: Deadline.after(delay, now: now.nanoseconds), token: token)
+    }
+
+    /// ``schedule(after:token:now:)`` from a raw monotonic instant (inside the package only).
+    @discardableResult
+    package func schedule(after delay: Duration, token: Token, now: Int64) -> TimerID {
         schedule(at: Deadline.after(delay, now: now), token: token)
     }
 
@@ -129,7 +128,10 @@ public final class Timers {
 
     /// Removes and returns the token of the earliest timer if it is due at `now`; nil otherwise.
     /// Call it until nil to fire everything due.
-    public func popDue(now: Int64 = MonotonicClock.nowNanoseconds) -> Token? {
+    public func popDue(now: Deadline = .now) -> Token? { popDue(now: now.nanoseconds) }
+
+    /// ``popDue(now:)`` at a raw monotonic instant (inside the package only).
+    package func popDue(now: Int64) -> Token? {
         guard let first = heap.first, slots[Int(first)].deadline <= now else { return nil }
         let token = slots[Int(first)].token
         remove(at: 0)
@@ -200,5 +202,13 @@ extension ConnectAttempt {
     @discardableResult
     public func scheduleDeadline(on timers: Timers) -> TimerID? {
         deadline.map { timers.schedule(at: $0, token: token) }
+    }
+}
+
+extension HappyEyeballs {
+    /// A timer popped from ``Timers`` whose token it owns, handled at `now`.
+    @_disfavoredOverload
+    public func handleTimer(_ token: Token, now: Deadline = .now) -> Progress {
+        handleTimer(token, now: now.nanoseconds)
     }
 }

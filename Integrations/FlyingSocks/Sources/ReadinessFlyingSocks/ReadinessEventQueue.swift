@@ -36,7 +36,14 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
     public init(backend: Backend? = nil, maxEvents: Int = 20) {
         self.init(maxEvents: maxEvents) { () throws(PollerError) -> any Poller in
             if let backend { return try backend.makePoller() }
-            return try Backend.makeDefaultPoller()
+            do throws(SelectionError) {
+                return try Backend.makeDefaultPoller()
+            } catch {
+                // The factory speaks PollerError: a poller's own failure as it is, a selection failure
+                // as the default backend's unavailability, with the selection's reason.
+                if case .creationFailed(_, let pollerError) = error { throw pollerError }
+                throw .unavailable(backend: "default", reason: error.description)
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 import CReadinessBench
-import Readiness
+@_spi(Backend) import Readiness  // the backend kit: seams, concrete pollers, withConcreteType
 
 /// Every contender, in table order.
 enum Contenders {
@@ -34,9 +34,9 @@ enum Contenders {
         Contender(name: "Readiness \($0), specialised", family: .readiness, mechanism: mechanism($0), specialised: true)
     }
     /// Diagnostic: what run-time selection handed a user before every backend had a
-    /// `SpecializedPoller` type: the epoll poller as a bare `SeamPoller<EpollSeam>` through
+    /// `SpecializedPoller` type: the epoll poller as a bare `ContractPoller<EpollSeam>` through
     /// `any Poller`, whose conformance is generic over the seam.
-    static let genericSeamPoller = Contender(name: "Readiness epoll, generic SeamPoller", family: .readiness, mechanism: "epoll")
+    static let genericSeamPoller = Contender(name: "Readiness epoll, generic ContractPoller", family: .readiness, mechanism: "epoll")
     static let nio = Contender(name: "SwiftNIO", family: .nio, mechanism: "epoll")
     /// Diagnostic (scenario 3 only): the epoll poller driven by hand like the raw loop, without the
     /// connect state machine's getpeername/getsockname.
@@ -123,7 +123,7 @@ enum Contenders {
     /// A fresh poller of the backend, chosen at run time as a user does.
     static func makePoller(_ c: Contender) throws -> any Poller {
         if c.name == genericSeamPoller.name {
-            return try SeamPoller.make { waker throws(PollerError) in try EpollSeam(waker: waker) }
+            return try ContractPoller.make { waker throws(PollerError) in try EpollSeam(waker: waker) }
         }
         let backend = try Backend.named(backendName(c))
         if let problem = backend.probe() { throw BenchError(problem) }

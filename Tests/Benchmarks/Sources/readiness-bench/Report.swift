@@ -173,8 +173,8 @@ struct Report {
           `makePoller()`, every call through `any Poller`) over the same loop with the poller opened
           once into its concrete type (`Backend.withConcreteType`, the row "…, specialised"; the
           benchmark is built without LLVM's function merging, so that row's poller calls are direct).
-          "Readiness epoll, generic SeamPoller" is what run-time selection handed a user before every
-          backend had its own `SpecializedPoller` type: `SeamPoller<EpollSeam>` through `any Poller`.
+          "Readiness epoll, generic ContractPoller" is what run-time selection handed a user before every
+          backend had its own `SpecializedPoller` type: `ContractPoller<EpollSeam>` through `any Poller`.
         - **× libevent**: the same against libevent's own loop driven from C (its default method).
         - **allocs/wait** (scenarios 1, 2), **allocs/event** (scenario 4, where every event also changes a
           registration) and **allocs/conn** (scenario 3): heap allocations counted with malloc-interposer
@@ -251,7 +251,7 @@ struct Report {
             Per backend, over every configuration of scenarios 1, 2 and 4: the run-time-selected path
             (`Backend.named(_:).makePoller()`, every call through `any Poller`) over the same loop
             with the poller opened into its concrete type (`Backend.withConcreteType`). The last row
-            is what run-time selection handed a user before (`SeamPoller<EpollSeam>` through
+            is what run-time selection handed a user before (`ContractPoller<EpollSeam>` through
             `any Poller`) over the same specialised row.
 
             | Backend | × specialised, median | min–max | configurations within 1.02× |
@@ -264,7 +264,7 @@ struct Report {
         }
         let before = timed.filter { $0.contender.name == Contenders.genericSeamPoller.name }
             .compactMap { ratio($0, to: find($0, "Readiness epoll, specialised")) }
-        md += "| epoll before (generic `SeamPoller`) \(spread(before))\n"
+        md += "| epoll before (generic `ContractPoller`) \(spread(before))\n"
         return md + "\n"
     }
 

@@ -272,15 +272,15 @@ func echoLoad(port: UInt16, clients clientCount: Int = 200, message: Int = 16 * 
     var total = 0
     for index in 0..<clientCount { try pump(index) }
     let events = EventBuffer(capacity: 256)
-    let warmUpEnd = MonotonicClock.nowNanoseconds + 500_000_000
+    let warmUpEnd = Deadline.now.nanoseconds + 500_000_000
     var start: Int64 = 0, startBytes = 0
     let end = warmUpEnd + Int64(seconds * 1e9)
-    while MonotonicClock.nowNanoseconds < end {
-        if start == 0 && MonotonicClock.nowNanoseconds >= warmUpEnd { start = MonotonicClock.nowNanoseconds; startBytes = total }
+    while Deadline.now.nanoseconds < end {
+        if start == 0 && Deadline.now.nanoseconds >= warmUpEnd { start = Deadline.now.nanoseconds; startBytes = total }
         try poller.wait(into: events, timeout: .milliseconds(100))
         for event in events where !event.isWakeup { try pump(Int(event.token.rawValue)) }
     }
-    let elapsed = Double(MonotonicClock.nowNanoseconds - start) / 1e9
+    let elapsed = Double(Deadline.now.nanoseconds - start) / 1e9
     for socket in sockets { socket.close() }
     return Double(total - startBytes) / elapsed
 }
@@ -368,11 +368,11 @@ func exhaustionScenario() throws {
         for _ in 1..<clientCount { sockets.append(StreamSocket(try Connector.connect(to: address, on: poller, timeout: .seconds(5)))) }
         usleep(200_000)
         let cpuBefore = server.cpuSeconds
-        let holdStart = MonotonicClock.nowNanoseconds
+        let holdStart = Deadline.now.nanoseconds
         usleep(2_000_000)
         let cpuSeconds = server.cpuSeconds - cpuBefore
-        let cpu = cpuSeconds / (Double(MonotonicClock.nowNanoseconds - holdStart) / 1e9)
-        let serveStart = MonotonicClock.nowNanoseconds
+        let cpu = cpuSeconds / (Double(Deadline.now.nanoseconds - holdStart) / 1e9)
+        let serveStart = Deadline.now.nanoseconds
         let message = [UInt8](repeating: 1, count: 64)
         var got = [Int](repeating: 0, count: clientCount)
         var buffer = [UInt8](repeating: 0, count: 256)
@@ -382,8 +382,8 @@ func exhaustionScenario() throws {
         }
         var served = 0
         let events = EventBuffer(capacity: 256)
-        let giveUp = MonotonicClock.nowNanoseconds + 120_000_000_000
-        while served < clientCount && MonotonicClock.nowNanoseconds < giveUp {
+        let giveUp = Deadline.now.nanoseconds + 120_000_000_000
+        while served < clientCount && Deadline.now.nanoseconds < giveUp {
             try poller.wait(into: events, timeout: .milliseconds(500))
             for event in events where !event.isWakeup {
                 let index = Int(event.token.rawValue)
@@ -392,7 +392,7 @@ func exhaustionScenario() throws {
                 if got[index] >= message.count { sockets[index].close(); served += 1 }
             }
         }
-        let serveSeconds = Double(MonotonicClock.nowNanoseconds - serveStart) / 1e9
+        let serveSeconds = Double(Deadline.now.nanoseconds - serveStart) / 1e9
         for socket in sockets { socket.close() }
         let (_, out) = server.wait()
         let backoffs = field("accept-backoffs", in: out).map { String(Int($0)) } ?? "?"
@@ -455,13 +455,13 @@ func allocationScenario() throws {
 
     // Timers in steady state.
     let timers = Timers(capacity: 1024)
-    for index in 0..<512 { timers.schedule(at: Int64(index), token: Token(UInt64(index))) }
-    while timers.popDue(now: .max) != nil {}
+    for index in 0..<512 { timers.schedule(at: Deadline(nanoseconds: Int64(index)), token: Token(UInt64(index))) }
+    while timers.popDue(now: .distantFuture) != nil {}
     let timerOps = Allocations.count {
         for index in 0..<iterations {
-            let id = timers.schedule(at: Int64(index % 512), token: 1)
+            let id = timers.schedule(at: Deadline(nanoseconds: Int64(index % 512)), token: 1)
             if index % 2 == 0 { timers.cancel(id) }
-            if index % 512 == 511 { while timers.popDue(now: .max) != nil {} }
+            if index % 512 == 511 { while timers.popDue(now: .distantFuture) != nil {} }
         }
     }
 

@@ -1,26 +1,29 @@
 /// The small interface a kernel mechanism implements (in the spirit of redis' `ae_*.c`): add, modify,
-/// remove and wait. ``SeamPoller`` wraps it and keeps the whole contract (misuse checks in their
+/// remove and wait. ``ContractPoller`` wraps it and keeps the whole contract (misuse checks in their
 /// order, the registration table, timeouts and EINTR, close-once), so a backend is one short file.
 ///
 /// Each method is called only after the contract's checks passed, and the table is changed only after
 /// the method succeeded, so a failing backend call leaves everything as it was.
-public protocol PollerSeam: AnyObject {
+@_spi(Backend)
+public protocol BackendSeam: AnyObject {
     /// What the backend can do.
     var capabilities: Capabilities { get }
-    /// Start watching `fd`; it will sit at `index` in the dense list.
-    func add(_ fd: CInt, _ registration: Registration, at index: Int) throws(PollerError)
+    /// Start watching `fd`. `registration.index` is its place in the table's dense list (the end): a
+    /// backend that mirrors that list in a native array appends to it.
+    func add(_ fd: CInt, _ registration: Registration) throws(PollerError)
     /// Apply `new` (re-armed) to `fd`, currently registered as `old`.
     func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError)
-    /// Stop watching `fd` (which may already be closed). The entry at `lastIndex` will move to
-    /// `registration.index`.
-    func remove(_ fd: CInt, _ registration: Registration, lastIndex: Int) throws(PollerError)
-    /// One kernel wait of at most `timeout`: append normalized events to `events`, disarm one-shot
-    /// registrations that fired, mark registrations found closed as stale, report the waker's event
-    /// once (draining it). Return `.interrupted` on EINTR.
+    /// Stop watching `fd` (which may already be closed). The table swap-removes it: its last entry
+    /// moves to `registration.index`, which a backend mirroring the dense list does to its own array.
+    func remove(_ fd: CInt, _ registration: Registration) throws(PollerError)
+    /// One kernel wait of at most `timeout`: report what fired with
+    /// ``RegistrationTable/report(_:_:into:)`` (normalised, one-shot disarmed; ``Ready/init(pollBits:)``
+    /// maps poll-style bits), mark registrations found closed with ``RegistrationTable/markStale(_:)``,
+    /// report the waker once with ``Waker/report(into:)``. Return `.interrupted` on EINTR.
     func wait(_ timeout: WaitTimeout, table: inout RegistrationTable, into events: EventBuffer) throws(PollerError) -> WaitStep
     /// Release the backend's own descriptors (not the waker's: the poller closes that).
     func close()
-    /// True when ``add(_:_:at:)`` and ``modify(_:from:to:)`` themselves fail with
+    /// True when ``add(_:_:)`` and ``modify(_:from:to:)`` themselves fail with
     /// ``PollerError/badDescriptor(_:)`` for a closed descriptor and
     /// ``PollerError/unsupportedDescriptor(_:)`` for a regular file or directory (epoll_ctl's EBADF and
     /// EPERM, or a seam's own ``Sys/checkPollable(_:status:)`` made first), leaving everything
@@ -28,14 +31,16 @@ public protocol PollerSeam: AnyObject {
     var kernelChecksDescriptor: Bool { get }
 }
 
-extension PollerSeam {
+@_spi(Backend)
+extension BackendSeam {
     /// False: the poller checks descriptors itself.
     public var kernelChecksDescriptor: Bool { false }
 }
 
-/// A ``Poller`` made of a ``PollerSeam``: every backend of this package is one, wrapped in a
+/// A ``Poller`` made of a ``BackendSeam``: every backend of this package is one, wrapped in a
 /// ``SpecializedPoller`` so that calls through `any Poller` run code specialised for its seam.
-public final class SeamPoller<Seam: PollerSeam>: Poller {
+@_spi(Backend)
+public final class ContractPoller<Seam: BackendSeam>: Poller {
     /// The backend.
     public let seam: Seam
     /// The poller's waker (see ``Poller/waker``).
@@ -56,10 +61,10 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
 
     /// Creates the poller's waker, then the backend around it; if the backend cannot be created the
     /// waker is closed again, so a failed creation leaves no descriptor behind.
-    public static func make(_ makeSeam: (Waker) throws(PollerError) -> Seam) throws(PollerError) -> SeamPoller<Seam> {
+    public static func make(_ makeSeam: (Waker) throws(PollerError) -> Seam) throws(PollerError) -> ContractPoller<Seam> {
         let waker = try Waker()
         do {
-            return SeamPoller(waker: waker, seam: try makeSeam(waker))
+            return ContractPoller(waker: waker, seam: try makeSeam(waker))
         } catch {
             waker.close()
             throw error
@@ -80,7 +85,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
         var registration = Registration(token: token, interest: interest, trigger: trigger)
         registration.generation = storedTable.upcomingGeneration
         registration.index = Int32(storedTable.count)
-        try seam.add(fd, registration, at: storedTable.count)
+        try seam.add(fd, registration)
         storedTable.insert(fd, registration)
     }
 
@@ -114,7 +119,7 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     public func deregister(_ fd: CInt) throws(PollerError) {
         guard !isClosed else { throw .closed }
         let registration = try storedTable.checkRegistered(fd)
-        try seam.remove(fd, registration, lastIndex: storedTable.count - 1)
+        try seam.remove(fd, registration)
         storedTable.remove(fd)
     }
 
@@ -143,30 +148,32 @@ public final class SeamPoller<Seam: PollerSeam>: Poller {
     }
 }
 
-/// A backend's own poller type: a ``SeamPoller`` of one concrete seam whose `Poller` conformance is
+/// A backend's own poller type: a ``ContractPoller`` of one concrete seam whose `Poller` conformance is
 /// compiled in the module that declares the type.
 ///
 /// Run-time selection hands a library `any Poller`. A call through it lands in the conformance's
-/// witness; for `SeamPoller<Seam>` that witness is generic over `Seam` (every seam call through a
+/// witness; for `ContractPoller<Seam>` that witness is generic over `Seam` (every seam call through a
 /// witness table, nothing inlined), whereas for a `SpecializedPoller` the witnesses below are
-/// instantiated for the concrete seam in the backend's module, with ``SeamPoller``'s inlinable code
+/// instantiated for the concrete seam in the backend's module, with ``ContractPoller``'s inlinable code
 /// inlined into them. So `any Poller` costs one indirect call more than the concrete type, and code
 /// generic over `P: Poller` costs the same. A third-party backend gets the same by declaring, in its
-/// own module, `final class MyPoller: SpecializedPoller { let base: SeamPoller<MySeam> ... }`.
+/// own module, `final class MyPoller: SpecializedPoller { let base: ContractPoller<MySeam> ... }`.
+@_spi(Backend)
 public protocol SpecializedPoller: Poller {
     /// The backend's seam.
-    associatedtype Seam: PollerSeam
+    associatedtype Seam: BackendSeam
     /// The poller all calls go to.
-    var base: SeamPoller<Seam> { get }
+    var base: ContractPoller<Seam> { get }
     /// Wraps `base`.
-    init(base: SeamPoller<Seam>)
+    init(base: ContractPoller<Seam>)
 }
 
+@_spi(Backend)
 extension SpecializedPoller {
-    /// Creates the waker, then the seam around it (see ``SeamPoller/make(_:)``), and wraps them.
+    /// Creates the waker, then the seam around it (see ``ContractPoller/make(_:)``), and wraps them.
     @inlinable
     public static func make(_ makeSeam: (Waker) throws(PollerError) -> Seam) throws(PollerError) -> Self {
-        Self(base: try SeamPoller.make(makeSeam))
+        Self(base: try ContractPoller.make(makeSeam))
     }
 
     /// The backend.
@@ -204,3 +211,11 @@ extension SpecializedPoller {
     @inlinable
     public func close() throws(PollerError) { try base.close() }
 }
+
+/// The seam's name before issue 21 (an anagram of ``ContractPoller``'s old name).
+@_spi(Backend) @available(*, deprecated, renamed: "BackendSeam")
+public typealias PollerSeam = BackendSeam
+
+/// The contract-keeping poller's name before issue 21.
+@_spi(Backend) @available(*, deprecated, renamed: "ContractPoller")
+public typealias SeamPoller<Seam: BackendSeam> = ContractPoller<Seam>
