@@ -365,10 +365,15 @@ struct AsyncTests {
             var options = Listener.Options()
             options.backlog = 4096
             let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+            // Server sides still open: a wave starts when the last one's are closed, so that at most
+            // 2 x wave descriptors are open (select: under FD_SETSIZE, whatever the scheduling).
+            let open = Counter()
             let server = Task(executorPreference: loop) {
                 await withTaskGroup(of: Void.self) { connections in
                     while let socket = try? await listener.accept() {
+                        open.increment()
                         connections.addTask(executorPreference: loop) {
+                            defer { open.decrement() }
                             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 1)
                             defer { buffer.deallocate() }
                             while let n = try? await socket.read(into: buffer), n > 0 {
@@ -383,6 +388,7 @@ struct AsyncTests {
             var started = 0
             while started < total {
                 let count = min(wave, total - started)
+                for _ in 0..<10_000 where open.value > 0 { try await loop.sleep(for: .milliseconds(1)) }
                 await withTaskGroup(of: Void.self) { group in
                     for index in started..<(started + count) {
                         group.addTask(executorPreference: loop) {
@@ -547,6 +553,7 @@ actor LoopActor {
 final class Counter: Sendable {
     private let storage = PThreadLockedInt()
     func increment() { storage.add(1) }
+    func decrement() { storage.add(-1) }
     var value: Int { storage.value }
 }
 
