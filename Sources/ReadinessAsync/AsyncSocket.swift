@@ -57,7 +57,7 @@ public struct AsyncSocket: Sendable {
     /// Writes every byte of `buffer`, waiting for room as often as needed.
     ///
     /// **For library authors** who manage memory themselves: `buffer` must stay allocated and unchanged
-    /// until the call returns. Applications write ``Bytes`` (``write(_:timeout:)-(Bytes,_)``) or `[UInt8]`.
+    /// until the call returns. Applications write ``Bytes`` or `[UInt8]` (the `write(_:timeout:)` forms that take them).
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id

@@ -154,6 +154,36 @@ struct BytesTests {
         }
     }
 
+    @Test("the line protocol of Docs/Async.md (\"Bytes\"): find, use a span, consume, read more", arguments: backends)
+    func lines(backend: Backend) async throws {
+        try await withPair(backend) { loop, client, socket in
+            let text = (0..<2_000).map { "line \($0)\n" }.joined()
+            async let sent: Void = { try await client.write(Bytes(text.utf8)); try await client.shutdown(.write) }()
+            var lines: [String] = []
+            func handle(_ line: Span<UInt8>) {
+                var bytes: [UInt8] = []
+                for index in line.indices { bytes.append(line[index]) }
+                lines.append(String(decoding: bytes, as: UTF8.self))
+            }
+            // As in Docs/Async.md.
+            var buffer = Bytes()                                          // no storage yet: nothing held while idle
+            while true {
+                if let end = buffer.firstIndex(of: UInt8(ascii: "\n")) {   // a whole line is buffered
+                    handle(buffer.span.extracting(first: end))           // a Span<UInt8>: no copy
+                    buffer.removeFirst(end + 1)                           // consumed; emptied, it is all room again
+                    continue
+                }
+                let n = try await socket.read(into: &buffer, maximum: 16 * 1024, timeout: .seconds(30))   // appends
+                if n == 0 { break }                                       // the peer shut down its side
+            }
+            try await socket.write(Bytes("bye\n".utf8))                   // every byte, no copy (or a [UInt8])
+            try await sent
+            #expect(lines == (0..<2_000).map { "line \($0)" })
+            #expect(buffer.capacity <= 2 * 16 * 1024)   // the room, and once doubled for a partial line
+            #expect(try await client.read(upTo: 16, timeout: .seconds(5)) == Array("bye\n".utf8))
+        }
+    }
+
     @Test("bad numbers are typed errors: maximum 0, negative, Int.max", arguments: backends)
     func misuse(backend: Backend) async throws {
         try await withPair(backend) { loop, client, server in

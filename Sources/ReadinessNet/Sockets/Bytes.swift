@@ -312,10 +312,14 @@ public struct Bytes: Sendable {
 }
 
 extension Bytes: RandomAccessCollection {
+    /// Offsets from the first readable byte.
     public typealias Index = Int
+    /// A byte.
     public typealias Element = UInt8
 
+    /// 0: the first readable byte.
     @inlinable public var startIndex: Int { 0 }
+    /// ``count``.
     @inlinable public var endIndex: Int { count }
 
     /// The readable byte at `position` (0 is the first readable byte).
@@ -324,6 +328,7 @@ extension Bytes: RandomAccessCollection {
         return storage!.base.load(fromByteOffset: start + position, as: UInt8.self)
     }
 
+    /// Calls `body` with the readable bytes (always contiguous), valid only during the call.
     public func withContiguousStorageIfAvailable<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R? {
         try body(UnsafeBufferPointer(start: storage == nil ? nil : readablePointer.assumingMemoryBound(to: UInt8.self), count: count))
     }
@@ -337,12 +342,14 @@ extension Bytes: Equatable, Hashable {
         return memcmp(lhs.readablePointer, rhs.readablePointer, lhs.count) == 0
     }
 
+    /// Hashes the readable bytes.
     public func hash(into hasher: inout Hasher) {
         withUnsafeBytes { hasher.combine(bytes: $0) }
     }
 }
 
 extension Bytes: ExpressibleByArrayLiteral {
+    /// A buffer holding the literal's bytes.
     public init(arrayLiteral elements: UInt8...) {
         self.init(elements)
     }
@@ -372,7 +379,9 @@ extension StreamSocket {
     ///
     /// Room: when `buffer` has fewer than `min(maximum,` ``maximumReadReservation``) bytes free after
     /// its readable ones, its consumed front is reclaimed, and it grows only when that is not enough (at
-    /// least doubling). A buffer reused with the same `maximum` allocates only on its first read. A
+    /// least doubling). Read into again and again with the same `maximum`, a buffer emptied between
+    /// reads allocates only on its first read, and one that keeps fewer than `maximum` unconsumed bytes
+    /// grows once more at most (to twice that room). A
     /// `maximum` below 1 is refused (``SocketError/Kind/invalidArgument``), memory that cannot be
     /// allocated is ``SocketError/Kind/resourceExhausted``; `buffer` is unchanged then.
     public func read(into buffer: inout Bytes, maximum: Int = defaultReadSize) throws(SocketError) -> IOResult {
