@@ -22,6 +22,14 @@ extension AsyncSocket {
     ///   ``LoopError/socket(_:)`` with ``SocketError/Kind/resourceExhausted``.
     nonisolated(nonsending) public func read(into buffer: inout Bytes, maximum: Int = StreamSocket.defaultReadSize,
                                              timeout: Duration? = nil) async throws(LoopError) -> Int {
+        try await readAppending(into: &buffer, maximum: maximum, timeout: timeout)
+    }
+
+    /// What ``read(into:maximum:timeout:)`` does, for the forms built on it. Inlined: a call to another
+    /// `nonisolated(nonsending)` function that is not inlined costs a hop per call with
+    /// ``EventLoop/JobIsolation/serialExecutor`` jobs (measured by the ping-pong benchmark).
+    @inline(__always)
+    nonisolated(nonsending) func readAppending(into buffer: inout Bytes, maximum: Int, timeout: Duration?) async throws(LoopError) -> Int {
         guard maximum > 0 else { throw .invalidArgument("read(into:maximum: \(maximum))") }
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
@@ -41,7 +49,7 @@ extension AsyncSocket {
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,
                                                       timeout: Duration? = nil) async throws(LoopError) -> Bytes {
         var bytes = Bytes()
-        _ = try await read(into: &bytes, maximum: maximum, timeout: timeout)
+        _ = try await readAppending(into: &bytes, maximum: maximum, timeout: timeout)
         return bytes
     }
 
@@ -54,7 +62,8 @@ extension AsyncSocket {
     }
 
     /// Writes `count` bytes with `write(socket, offset)`, which writes from `offset` on what the socket
-    /// takes now; on the loop thread, each attempt synchronous.
+    /// takes now; on the loop thread, each attempt synchronous. Inlined, like `readAppending`.
+    @inline(__always)
     nonisolated(nonsending) func writeAll(count: Int, timeout: Duration?,
                                           _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }

@@ -47,7 +47,9 @@ public struct AsyncSocket: Sendable {
     /// nothing).
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
         guard maximum > 0 else { throw .invalidArgument("read(upTo: \(maximum))") }
-        return Array(try await readAvailable(maximum: Swift.min(maximum, Self.maximumReadChunk), timeout: timeout))
+        var bytes = Bytes()
+        _ = try await readAppending(into: &bytes, maximum: Swift.min(maximum, Self.maximumReadChunk), timeout: timeout)
+        return Array(bytes)
     }
 
     /// The most bytes one ``read(upTo:timeout:)`` takes (1 MiB): a larger `maximum` is not allocated

@@ -73,6 +73,32 @@ struct BytesTests {
         #expect(Array(partial) == Array(repeating: 1, count: 4) + Array(repeating: 2, count: 12))
     }
 
+    // MARK: StreamSocket
+
+    @Test("StreamSocket: read appends into Bytes, write from an offset, would block, end of stream, bad numbers", arguments: backends)
+    func streamSocket(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        try server.register(on: poller, token: 1, interest: .readable)
+        var buffer: Bytes = [0]
+        #expect(try server.read(into: &buffer, maximum: 64) == .wouldBlock)
+        #expect(buffer == [0])
+        #expect(try client.write(Bytes("xxhello".utf8), from: 2) == .transferred(5))
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+        #expect(try server.read(into: &buffer, maximum: 3) == .transferred(3))   // at most `maximum`
+        #expect(try server.read(into: &buffer, maximum: 64) == .transferred(2))
+        #expect(buffer == Bytes([0] + Array("hello".utf8)))
+        #expect(throws: SocketError.self) { try server.read(into: &buffer, maximum: 0) }
+        #expect(throws: SocketError.self) { try client.write(buffer, from: -1) }
+        #expect(throws: SocketError.self) { try client.write(buffer, from: buffer.count + 1) }
+        #expect(try client.write(buffer, from: buffer.count) == .transferred(0))
+        try client.shutdown(.write)
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+        #expect(try server.read(into: &buffer, maximum: .max) == .endOfStream)
+        #expect(buffer.count == 6)
+    }
+
     // MARK: Async
 
     @Test("round trip: reads append into one reused buffer, writes of Bytes and [UInt8], end of stream", arguments: backends)

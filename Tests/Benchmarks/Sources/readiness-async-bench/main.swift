@@ -1,6 +1,6 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
-//   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R]
+//   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R] [--round-trips N]
 //                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,pingpong-bytes,hops,interleaved]
 //
 // 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
@@ -37,6 +37,8 @@ func option(_ name: String) -> String? {
 let total = option("--connects").flatMap { Int($0) } ?? 20_000
 let inFlightLevels = option("--in-flight").map { $0.split(separator: ",").compactMap { Int($0) } } ?? [1, 16, 64]
 let rounds = option("--rounds").flatMap { Int($0) } ?? 1
+/// Round trips of each ping-pong figure.
+let roundTrips = option("--round-trips").flatMap { Int($0) } ?? 20_000
 let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
 let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "pingpong-bytes", "hops", "interleaved"])
 
@@ -292,11 +294,11 @@ let perConnect = try await allocationsPerConnect()
 print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
 }
 for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong") {
-    let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
+    let ping = try await pingPong(roundTrips: roundTrips, jobs: jobs)
     print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
 }
 for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong-bytes") {
-    let ping = try await pingPong(roundTrips: 20_000, jobs: jobs, owned: true)
+    let ping = try await pingPong(roundTrips: roundTrips, jobs: jobs, owned: true)
     print("ping-pong with Bytes (64 B each way, read(into: &bytes)/write(bytes), one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
 }
 // 4. Jobs per awaited loop operation (1,000 sleeps of 1 µs), from a task preferring the loop and from
