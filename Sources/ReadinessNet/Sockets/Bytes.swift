@@ -19,8 +19,9 @@ import Glibc
 /// - **No storage until it is needed.** `Bytes()` holds no memory (``capacity`` 0); a read into a
 ///   buffer without room waits for the socket to be readable before it allocates, so an idle
 ///   connection's read holds no memory.
-/// - Never traps on a caller's number: a negative count is taken as 0, a count past the end as the end,
-///   and a capacity that cannot be allocated is reported (``reserveCapacity(_:)`` returns false).
+/// - Never traps on a caller's number (but for the subscript, which traps outside `0..<count` like
+///   every collection's): a negative count is taken as 0, a count past the end as the end, and a
+///   capacity that cannot be allocated is reported (``reserveCapacity(_:)`` returns false).
 ///
 /// Named `Bytes` so that it does not clash with SwiftNIO's `ByteBuffer` in a file that imports both.
 ///
@@ -41,9 +42,9 @@ public struct Bytes: Sendable {
 
     /// Memory allocated with malloc (so that an allocation that fails is reported, not a trap), freed
     /// once. Its bytes are changed only through a `Bytes` that holds the only reference
-    /// (`isKnownUniquelyReferenced`): a shared storage is copied first. An operation in progress (a
-    /// read, a write, later a completion-based one) holds a reference of its own, so a buffer that is
-    /// still shared with it is copied before it is changed.
+    /// (`isKnownUniquelyReferenced`): a shared storage is copied first. A write in progress holds a
+    /// reference of its own (the value it was given), as a completion-based read would, so a buffer
+    /// still shared with one is copied before it is changed.
     @usableFromInline
     final class Storage: @unchecked Sendable {
         @usableFromInline let base: UnsafeMutableRawPointer
