@@ -171,6 +171,15 @@ struct BytesTests {
             let copy = shared
             await #expect(throws: LoopError.timedOut) { _ = try await server.read(into: &shared, timeout: .milliseconds(30)) }
             #expect(Self.address(shared) == Self.address(copy))
+            // Data already there: a read that must allocate does not wait for it (so a cancelled task
+            // still gets it, as with the raw forms).
+            try await client.write([5])
+            try await loop.sleep(for: .milliseconds(20))
+            let cancelled = Task(executorPreference: loop) { () async throws -> Bytes in
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await server.readAvailable(maximum: 10)
+            }
+            #expect(try await cancelled.value == [5])
             // Data arrives: now it allocates and reads.
             async let read = server.readAvailable(maximum: 100, timeout: .seconds(5))
             try await loop.sleep(for: .milliseconds(20))
