@@ -13,8 +13,10 @@ extension AsyncSocket {
     ///   (``Bytes/removeAll(keepingCapacity:)``, ``Bytes/removeFirst(_:)``) and read into again with the
     ///   same `maximum` allocates nothing.
     /// - **Idle reads hold no memory**: a read that would have to allocate (a `Bytes()` with no storage,
-    ///   a full or shared buffer) first waits until the socket is readable, and only then makes room. A
-    ///   read with room tries at once.
+    ///   a full or shared buffer) makes room only once the socket has something to read: it asks first
+    ///   (a one-byte `recv` with MSG_PEEK into the stack) and, when nothing is there, waits for
+    ///   readability holding no memory. A read with data ready returns it without suspending (even in
+    ///   a cancelled task), like every read. A read with room tries at once.
     /// - `buffer` is held `inout` for the whole operation: the caller cannot touch it meanwhile, and on
     ///   an error it holds what it held before (room made for the read may remain).
     /// - A `maximum` below 1 is ``LoopError/invalidArgument(_:)``; a larger one than the room is fine
@@ -43,7 +45,7 @@ extension AsyncSocket {
     }
 
     /// Reads up to `maximum` bytes (at least 1) into a new buffer, empty at the end of the stream. It
-    /// waits until the socket is readable before it allocates (an idle connection holds no memory);
+    /// allocates only once there is something to read (an idle connection holds no memory);
     /// the buffer's capacity is `min(maximum,` ``StreamSocket/maximumReadReservation``). One allocation
     /// per read: a loop that reads much reuses one buffer with ``read(into:maximum:timeout:)``.
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,

@@ -42,7 +42,7 @@ public struct AsyncSocket: Sendable {
     /// Reads up to `maximum` bytes (at least 1) into a new array of exactly the bytes read, empty at end
     /// of stream. One read takes at most ``maximumReadChunk`` bytes, however large `maximum` is;
     /// `maximum` below 1 is refused with ``LoopError/invalidArgument(_:)``. Like
-    /// ``readAvailable(maximum:timeout:)`` it waits until the socket is readable before it allocates;
+    /// ``readAvailable(maximum:timeout:)`` it allocates only once there is something to read;
     /// the array is a copy of what was read (a convenience: ``read(into:maximum:timeout:)`` copies
     /// nothing).
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {

@@ -17,7 +17,7 @@ import Glibc
 ///   and writes therefore allocates only while it grows: **0 allocations per read and write in steady
 ///   state**.
 /// - **No storage until it is needed.** `Bytes()` holds no memory (``capacity`` 0); a read into a
-///   buffer without room waits for the socket to be readable before it allocates, so an idle
+///   buffer without room allocates only once the socket has something to read, so an idle
 ///   connection's read holds no memory.
 /// - Never traps on a caller's number (but for the subscript, which traps outside `0..<count` like
 ///   every collection's): a negative count is taken as 0, a count past the end as the end, and a
@@ -384,7 +384,8 @@ extension StreamSocket {
     /// reads allocates only on its first read, and one that keeps fewer than `maximum` unconsumed bytes
     /// grows once more at most (to twice that room). A
     /// `maximum` below 1 is refused (``SocketError/Kind/invalidArgument``), memory that cannot be
-    /// allocated is ``SocketError/Kind/resourceExhausted``; `buffer` is unchanged then.
+    /// allocated is ``SocketError/Kind/resourceExhausted``; `buffer` is unchanged then. Room is made
+    /// before the system call, so a read that would block may leave it made (call it once readable).
     public func read(into buffer: inout Bytes, maximum: Int = defaultReadSize) throws(SocketError) -> IOResult {
         guard maximum > 0 else { throw SocketError(.invalidArgument, operation: "read(into:maximum: \(maximum))") }
         let wanted = Swift.min(maximum, Self.maximumReadReservation)
