@@ -18,6 +18,10 @@ import ReadinessNet
 /// with the loop's errors (``LoopError``); `id` is the resource's number (its slab key).
 protocol IODriver: Sendable {
     /// Reads up to `buffer.count` bytes as soon as some are there (0: end of stream).
+    /// An operation whose attempts the caller makes (the owned-bytes forms), retried until it does
+    /// not return `wouldBlock`; `waitFirst`: a read that allocates waits before its first attempt.
+    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool, on loop: LoopState,
+                                         _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
                                       on loop: LoopState) async throws(LoopError) -> Int
     /// Writes every byte.

@@ -184,6 +184,11 @@ final class LoopState {
 
     // MARK: The async operations (each runs on the loop thread; `EventLoop.onLoop` took it there)
 
+    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                         _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
+        try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
+    }
+
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {
         try await driver.read(id, into: buffer, deadline: deadline, on: self)
     }
