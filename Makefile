@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox docs clean flyingfox
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox bench-http docs clean flyingfox
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 \
@@ -90,6 +90,15 @@ bench-flyingfox: deps
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk || { echo "error: no wrk" >&2; exit 1; }; }
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-flyingfox-bench
 	Tests/Benchmarks/.build/release/readiness-flyingfox-bench
+
+# Examples/readiness-http-server beside nginx (1 worker) and SwiftNIO's NIOHTTP1 server (1 thread) under
+# wrk -c64 and -c256: requests/s, server CPU per request, peak RSS; interleaved rounds, ratios per round.
+bench-http: deps
+	$(SWIFT) build -c release --product readiness-http-server
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-http-bench
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product nio-http-server
+	Tests/Benchmarks/.build/release/readiness-http-bench --server $$($(SWIFT) build -c release --show-bin-path)/readiness-http-server \
+	  --nio Tests/Benchmarks/.build/release/nio-http-server $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
 
 # DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
 # catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so

@@ -22,6 +22,8 @@ let package = Package(
         .executable(name: "readiness-net-bench", targets: ["readiness-net-bench"]),
         .executable(name: "readiness-async-bench", targets: ["readiness-async-bench"]),
         .executable(name: "readiness-flyingfox-bench", targets: ["readiness-flyingfox-bench"]),
+        .executable(name: "readiness-http-bench", targets: ["readiness-http-bench"]),
+        .executable(name: "nio-http-server", targets: ["nio-http-server"]),
     ],
     dependencies: [
         .package(path: "../.."),
@@ -97,6 +99,17 @@ let package = Package(
                 .product(name: "FlyingSocks", package: "FlyingFox"),
             ],
             path: "Sources/readiness-flyingfox-bench"),
+        // Examples/readiness-http-server beside nginx and SwiftNIO's NIOHTTP1 server under wrk (issue 22's
+        // figures): a driver that starts the three and reads their CPU and memory from /proc.
+        .executableTarget(name: "readiness-http-bench", path: "Sources/readiness-http-bench"),
+        .executableTarget(
+            name: "nio-http-server",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/nio-http-server"),
     ],
     swiftLanguageModes: [.v6]
 )
