@@ -6,6 +6,7 @@
 #include "CReadinessNet.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -36,10 +37,22 @@ static void rd_signal_handler(int signo) {
 
 int rd_signal_max(void) { return SIGRTMAX < RD_SIGNAL_MAX ? SIGRTMAX : RD_SIGNAL_MAX; }
 
+// A child made by fork (without exec) keeps the handler and the parent's pipe write ends: it must
+// not tell the parent of its own signals, and a handler that ran in another thread at the fork
+// would leave the counter raised for ever.
+static void rd_signal_after_fork_in_child(void) {
+    for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
+        atomic_store(&slot_mask[i], 0);
+        atomic_store(&slot_fd[i], -1);
+    }
+    atomic_store(&handlers_running, 0);
+}
+
 int rd_signal_subscribe(int fd, uint64_t mask) {
     static int initialised;
     if (!initialised) {
         for (int i = 0; i < RD_SIGNAL_SLOTS; i++) atomic_store(&slot_fd[i], -1);
+        pthread_atfork(NULL, NULL, rd_signal_after_fork_in_child);
         initialised = 1;
     }
     for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
@@ -73,6 +86,10 @@ int rd_signal_install(int signo) {
 
 int rd_signal_restore(int signo) {
     if (signo < 1 || signo > rd_signal_max()) { errno = EINVAL; return -1; }
+    // Only over our own handler: an action someone installed after ours stays theirs.
+    struct sigaction current;
+    if (sigaction(signo, NULL, &current) != 0) return -1;
+    if (current.sa_handler != rd_signal_handler) return 0;
     return sigaction(signo, &saved_action[signo], NULL);
 }
 

@@ -28,8 +28,17 @@ extension AsyncListener {
                     socket = try await listener.accept()
                 } catch {
                     switch error {
-                    case .closed, .shutdown, .cancelled: return nil
-                    default: return error
+                    case .closed, .cancelled:
+                        // Closed: a graceful stop, the connections finish. Cancelled: the group's
+                        // tasks are cancelled with it.
+                        return nil
+                    case .shutdown:
+                        // The loop is gone: a handler waiting on something else (a stream, a sleep
+                        // of its own) is told to stop too, so that serve returns.
+                        connections.cancelAll()
+                        return nil
+                    default:
+                        return error
                     }
                 }
                 connections.addTask(executorPreference: loop) {
@@ -82,7 +91,8 @@ extension EventLoopGroup {
     /// (``AsyncListener/serve(_:)``). For a server that needs the listeners first (to print the port
     /// it bound, for one). Returns when every listener stopped accepting (closed, its loop shut down,
     /// or the calling task cancelled) and every connection's task finished; the first accept failure
-    /// is thrown then. It does not close the listeners.
+    /// is thrown then. It closes a listener whose accepting failed at once (the kernel would queue
+    /// connections on it), and no other.
     nonisolated(nonsending) public func serve(_ listeners: [AsyncListener],
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let failures: [LoopError] = await withTaskGroup(of: LoopError?.self) { group in
@@ -92,6 +102,9 @@ extension EventLoopGroup {
                         try await listener.serve(handler)
                         return nil
                     } catch {
+                        // Closed at once: with SO_REUSEPORT the kernel would go on queueing a share of
+                        // the new connections on a listener nobody accepts from.
+                        await listener.close()
                         return error
                     }
                 }

@@ -33,7 +33,9 @@ extension EventLoop {
 
 /// Signals as they are delivered to the process (``EventLoop/signals(_:)``).
 public final class SignalSequence: AsyncSequence, Sendable {
+    /// Each element is one delivery of a watched signal.
     public typealias Element = Signal
+    /// Iteration never throws: it ends with nil.
     public typealias Failure = Never
 
     /// The loop that waits for them.
@@ -57,8 +59,10 @@ public final class SignalSequence: AsyncSequence, Sendable {
 
     deinit { subscription.close() }
 
+    /// An iterator over the deliveries (one task at a time).
     public func makeAsyncIterator() -> Iterator { Iterator(sequence: self) }
 
+    /// Iterates the deliveries; holds the sequence (and so its pipe) while it exists.
     public struct Iterator: AsyncIteratorProtocol {
         let sequence: SignalSequence
         var pending: ArraySlice<Signal> = []
@@ -72,10 +76,13 @@ public final class SignalSequence: AsyncSequence, Sendable {
                 pending = subscription.drain()[...]
                 if !pending.isEmpty { continue }
                 if subscription.stopped { return nil }
-                do {
+                do throws(LoopError) {
                     try await sequence.loop.readable(subscription.descriptor)
                 } catch {
-                    // Cancelled, shut down, or .busy: watching ends for this sequence.
+                    // Another task iterates this sequence: this iteration ends, the other goes on
+                    // (and the signals stay watched).
+                    if case .busy = error { return nil }
+                    // Cancelled, shut down, or the poller failed: watching ends for this sequence.
                     subscription.stop()
                     pending = subscription.drain()[...]
                     return pending.popFirst()
@@ -83,6 +90,7 @@ public final class SignalSequence: AsyncSequence, Sendable {
             }
         }
 
+        /// ``next(isolation:)`` without an actor.
         public mutating func next() async -> Signal? { await next(isolation: nil) }
     }
 }

@@ -7,6 +7,7 @@ import CReadinessNet
 public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     /// The signal's number (SIGINT is 2).
     public let rawValue: CInt
+    /// The signal numbered `rawValue` (any number: ``invalidReason`` says whether it can be watched).
     public init(rawValue: CInt) { self.rawValue = rawValue }
 
     /// SIGINT (Ctrl-C).
@@ -17,8 +18,9 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
     public static let hangup = Signal(rawValue: SIGHUP)
     /// SIGQUIT.
     public static let quit = Signal(rawValue: SIGQUIT)
-    /// SIGUSR1 and SIGUSR2: the application's own.
+    /// SIGUSR1: the application's own.
     public static let user1 = Signal(rawValue: SIGUSR1)
+    /// SIGUSR2: the application's own.
     public static let user2 = Signal(rawValue: SIGUSR2)
     /// SIGCHLD: a child process changed state.
     public static let child = Signal(rawValue: SIGCHLD)
@@ -44,6 +46,7 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
         }
     }
 
+    /// The signal's name ("SIGTERM"), or "signal N".
     public var description: String {
         switch rawValue {
         case SIGINT: "SIGINT"
@@ -149,11 +152,14 @@ public final class SignalSubscription: @unchecked Sendable {
     /// back when no subscription watches it any more. The pipe stays open (``wake()`` still works, what
     /// came before can still be drained) until ``close()``. Later calls do nothing.
     public func stop() {
-        let first = lock.withLock { () -> Bool in
-            defer { isStopped = true }
-            return !isStopped
+        // Under the lock: a `close()` racing this one finds the slot freed before it closes the pipe
+        // (the handler never writes to a number the pipe no longer holds). The registry never takes
+        // this lock, so the order is fixed.
+        lock.withLock {
+            guard !isStopped else { return }
+            isStopped = true
+            SignalRegistry.shared.unsubscribe(slot: slot, signals: signals)
         }
-        if first { SignalRegistry.shared.unsubscribe(slot: slot, signals: signals) }
     }
 
     /// Whether ``stop()`` (or ``close()``) was called.
@@ -206,12 +212,14 @@ final class SignalRegistry: @unchecked Sendable {
 
     func unsubscribe(slot: CInt, signals: Set<Signal>) {
         lock.withLock {
-            rd_signal_unsubscribe(slot)
+            // The action is put back before the slot is freed: a signal that comes in between reaches
+            // either this subscriber or the action it replaced, never nobody.
             for signal in signals {
                 let left = watchers[signal.rawValue, default: 1] - 1
                 watchers[signal.rawValue] = left > 0 ? left : nil
                 if left <= 0 { _ = rd_signal_restore(signal.rawValue) }
             }
+            rd_signal_unsubscribe(slot)
         }
     }
 }

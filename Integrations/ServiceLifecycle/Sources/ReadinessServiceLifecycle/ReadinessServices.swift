@@ -9,8 +9,8 @@ import ServiceLifecycle
 /// cancels the service (its cancellation signals, or a service that ended the group), the drain ends
 /// at once: whatever is pending fails with `LoopError.shutdown`.
 ///
-/// Put it in the `ServiceGroup` beside the services that use the group (your server), so that the
-/// group's loops outlive them and stop last.
+/// Put it **first** in the `ServiceGroup`'s services, before those that use the group (your server): a
+/// service group shuts its services down in reverse order, so the loops stop last.
 public struct EventLoopGroupService: Service {
     /// The group it shuts down.
     public let group: EventLoopGroup
@@ -30,12 +30,17 @@ public struct EventLoopGroupService: Service {
     }
 }
 
-/// A server as a `Service`: serves `address` on every loop of `group` (`EventLoopGroup.serve(on:)`, each
+/// A server as a `Service`: serves `address` on every loop of `group` (`EventLoopGroup.serve`, each
 /// connection's `handler` in a task preferring its loop) until the service group asks for a graceful
-/// shutdown; then it stops accepting, gives the connections `gracePeriod` to finish, shuts the group
-/// down, and returns. Cancellation (the service group's cancellation signals, or another service
-/// ending the group) cancels the connections' tasks and shuts the group down at once. A failure to listen, or an accept failure that ends
-/// serving, is thrown (the default `ServiceGroup` behaviour then ends the whole group).
+/// shutdown; then it stops accepting (its listeners closed), gives its connections `gracePeriod` to
+/// finish, cancels those still running, and returns. It never shuts the group down: other services
+/// may use it; put an ``EventLoopGroupService`` for the group **first** in the `ServiceGroup` (a
+/// service group shuts its services down in reverse order, so the loops stop last).
+///
+/// Cancellation (the service group's cancellation signals, or another service ending the group)
+/// cancels the connections' tasks at once. A failure to listen, or an accept failure that ends
+/// serving, is thrown (the default `ServiceGroup` behaviour then ends the whole group); a group that
+/// was shut down before the listeners were made ends the service quietly.
 public struct ServerService: Service {
     public let group: EventLoopGroup
     public let address: SocketAddress
@@ -53,25 +58,40 @@ public struct ServerService: Service {
     }
 
     public func run() async throws {
-        let group = self.group, address = self.address, options = self.options
-        let handler = self.handler, gracePeriod = self.gracePeriod
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask {
-                // Ends when the drain below closes the listeners and the connections finished (or
-                // the group shut down), or fails (then the drain is cancelled: the group shuts down).
-                try await group.serve(on: address, options: options, handler)
-            }
-            tasks.addTask {
-                try? await gracefulShutdown()
-                await group.shutdown(gracePeriod: gracePeriod)
-            }
-            do {
-                try await tasks.next()
-            } catch {
-                tasks.cancelAll()
-                throw error
-            }
-            try await tasks.next()
+        let group = self.group, handler = self.handler, gracePeriod = self.gracePeriod
+        let listeners: [AsyncListener]
+        do {
+            listeners = try await group.listen(on: address, options: options)
+        } catch {
+            if case .shutdown = error { return }
+            throw error
         }
+        // Until the graceful shutdown, or until serving ends by itself (a failure, the loops shut down):
+        // `waiter` (which inherits the service group's task locals) ends at the first of the two.
+        let waiter = Task { try? await gracefulShutdown() }
+        let serving = Task {
+            defer { waiter.cancel() }
+            try await group.serve(listeners, handler)
+        }
+        await withTaskCancellationHandler {
+            await waiter.value
+        } onCancel: {
+            waiter.cancel()
+            serving.cancel()
+        }
+        // Stop accepting; the connections get the grace period, then their tasks are cancelled.
+        for listener in listeners { await listener.close() }
+        // A loop's sleep takes any Duration (saturated); a shut-down loop ends it at once.
+        let deadline = Task {
+            try? await group.loops[0].sleep(for: gracePeriod)
+            serving.cancel()
+        }
+        _ = await withTaskCancellationHandler {
+            await serving.result
+        } onCancel: {
+            serving.cancel()
+        }
+        deadline.cancel()
+        try await serving.value
     }
 }
