@@ -12,16 +12,20 @@
 // - Routes: `/` answers "Hello, world!"; `/sleep?ms=N` answers after N ms (at most 60 s): a request
 //   in flight for the shutdown test.
 // - Prints `listening on HOST:PORT backend NAME loops N` once it accepts. SIGTERM or SIGINT: stops
-//   accepting, closes idle keep-alive connections, lets requests in flight be answered (then closes
-//   their connections) within the grace period (10 s), and exits 0; a second signal exits at once.
+//   accepting, ends idle keep-alive connections, lets requests in flight be answered (then closes
+//   their connections) within the grace period (10 s), and exits 0; a second signal stops at once.
+// - Requests are parsed strictly where leniency lets one request mean two things (RFC 9112): a space
+//   before a header's colon, two different Content-Lengths, any Transfer-Encoding are refused; only
+//   GET and HEAD are served (405 otherwise). Error answers close gently (no reset over the answer).
 //   (Its output is a file or a pipe for a script: Swift's print buffers it; `stdbuf -oL` makes each
 //   line appear when printed.)
 import ExampleSupport
 import Readiness
 import Synchronization
 
-/// The connections, for the drain: which are between requests (closed at once when the drain starts)
-/// and which have a request in flight (closed after its answer).
+/// The connections, for the drain: which are between requests (their reading side is shut down when
+/// the drain starts: the read in progress ends as at the end of the stream, and a request already
+/// read is still answered) and which have a request in flight (closed after its answer).
 final class Connections: Sendable {
     private struct State {
         var sockets: [Int: (socket: AsyncSocket, busy: Bool)] = [:]
@@ -30,10 +34,9 @@ final class Connections: Sendable {
     }
     private let state = Mutex(State())
 
-    /// Registers a connection; nil when the drain has begun (the connection is closed at once).
-    func add(_ socket: AsyncSocket) -> Int? {
+    /// Registers a connection.
+    func add(_ socket: AsyncSocket) -> Int {
         state.withLock { s in
-            if s.draining { return nil }
             s.next += 1
             s.sockets[s.next] = (socket, false)
             return s.next
@@ -50,7 +53,7 @@ final class Connections: Sendable {
         }
     }
 
-    /// Begins the drain: the idle connections, to be closed now.
+    /// Begins the drain: the idle connections, whose reading side is to be shut down now.
     func drain() -> [AsyncSocket] {
         state.withLock { s in
             s.draining = true
@@ -59,12 +62,19 @@ final class Connections: Sendable {
     }
 }
 
+/// Trims spaces and tabs at both ends.
+func trimmed(_ text: Substring) -> Substring {
+    let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+    return text.drop(while: blank).reversed().drop(while: blank).reversed().reduce(into: "") { $0.append($1) }[...]
+}
+
 /// One parsed request head.
 struct Request {
     var method = "", target = "", version = ""
     var keepAlive = true
-    var contentLength = 0
-    var chunked = false
+    /// An HTTP/1.0 request that asked for keep-alive (its answer says so).
+    var keepAliveRequested = false
+    var contentLength: Int?
 }
 
 enum ParseResult {
@@ -74,8 +84,24 @@ enum ParseResult {
 }
 
 let headLimit = 8 * 1024
+let bodyLimit = 1 << 20
 
-/// Parses the request at the start of `bytes` (its head and its body).
+/// Whether `name` is an RFC 9110 token (a header name: no space, no separator).
+func isToken(_ name: Substring) -> Bool {
+    !name.isEmpty && name.utf8.allSatisfy { byte in
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+}
+
+/// Parses the request at the start of `bytes` (its head and its body). Strict where leniency lets a
+/// request mean two things to two parsers (RFC 9112 sections 5 and 6.3): a space before a header's
+/// colon, Content-Length given twice with different values or not a plain number, and any
+/// Transfer-Encoding (this server reads no chunked bodies) are refused.
 func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     // The head ends at the first CRLF CRLF.
     var end: Int?
@@ -88,74 +114,107 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     if end - bytes.startIndex > headLimit { return .failed(status: "431 Request Header Fields Too Large") }
     guard let head = String(validating: bytes[bytes.startIndex..<end], as: UTF8.self) else { return .failed(status: "400 Bad Request") }
     var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).makeIterator()
-    let requestLine = (lines.next() ?? "").split(separator: " ")
-    guard requestLine.count == 3, requestLine[2].hasPrefix("HTTP/1.") else { return .failed(status: "400 Bad Request") }
+    let requestLine = (lines.next() ?? "").split(separator: " ", omittingEmptySubsequences: false)
+    guard requestLine.count == 3, requestLine[2] == "HTTP/1.1" || requestLine[2] == "HTTP/1.0",
+          isToken(requestLine[0]), requestLine[1].hasPrefix("/") else { return .failed(status: "400 Bad Request") }
     var request = Request(method: String(requestLine[0]), target: String(requestLine[1]), version: String(requestLine[2]))
-    request.keepAlive = request.version == "HTTP/1.1"
+    var connectionTokens: [Substring] = []
     while let line = lines.next() {
-        guard let colon = line.firstIndex(of: ":") else { return .failed(status: "400 Bad Request") }
+        guard let colon = line.firstIndex(of: ":"), isToken(line[..<colon]) else { return .failed(status: "400 Bad Request") }
         let name = line[..<colon].lowercased()
-        let value = line[line.index(after: colon)...].trimmingPrefix(" ").lowercased()
+        let value = trimmed(line[line.index(after: colon)...])
         switch name {
         case "connection":
-            if value.contains("close") { request.keepAlive = false }
-            if value.contains("keep-alive") { request.keepAlive = true }
+            connectionTokens += value.lowercased().split(separator: ",").map { trimmed($0) }
         case "content-length":
-            guard let length = Int(value), length >= 0, length <= 1 << 20 else { return .failed(status: "400 Bad Request") }
+            guard !value.isEmpty, value.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+                  let length = Int(value) else { return .failed(status: "400 Bad Request") }
+            if let earlier = request.contentLength, earlier != length { return .failed(status: "400 Bad Request") }
+            guard length <= bodyLimit else { return .failed(status: "413 Content Too Large") }
             request.contentLength = length
         case "transfer-encoding":
-            request.chunked = true
+            return .failed(status: "501 Not Implemented")
         default:
             break
         }
     }
-    if request.chunked { return .failed(status: "501 Not Implemented") }
-    let total = end - bytes.startIndex + 4 + request.contentLength
+    // close wins over keep-alive; HTTP/1.1 keeps the connection unless told, HTTP/1.0 closes unless asked.
+    if connectionTokens.contains("close") {
+        request.keepAlive = false
+    } else if request.version == "HTTP/1.0" {
+        request.keepAlive = connectionTokens.contains("keep-alive")
+        request.keepAliveRequested = request.keepAlive
+    }
+    let total = end - bytes.startIndex + 4 + (request.contentLength ?? 0)
     guard bytes.count >= total else { return .incomplete }
     return .request(request, consumed: total)
 }
 
-func response(_ status: String, _ body: String, keepAlive: Bool) -> [UInt8] {
+/// A response: `Connection: close` when the connection ends after it, `Connection: keep-alive` for an
+/// HTTP/1.0 client that asked to keep it; the body left out for HEAD (its length still given).
+func response(_ status: String, _ body: String, keepAlive: Bool, keepAliveRequested: Bool = false, head: Bool = false) -> [UInt8] {
     var text = "HTTP/1.1 \(status)\r\nContent-Length: \(body.utf8.count)\r\nContent-Type: text/plain\r\n"
-    if !keepAlive { text += "Connection: close\r\n" }
-    text += "\r\n" + body
+    if !keepAlive { text += "Connection: close\r\n" } else if keepAliveRequested { text += "Connection: keep-alive\r\n" }
+    text += "\r\n"
+    if !head { text += body }
     return Array(text.utf8)
 }
 
 /// The answer to one request, after the work it asks for.
 func answer(_ request: Request, on loop: EventLoop) async -> [UInt8] {
+    let head = request.method == "HEAD"
+    func reply(_ status: String, _ body: String) -> [UInt8] {
+        response(status, body, keepAlive: request.keepAlive, keepAliveRequested: request.keepAliveRequested, head: head)
+    }
+    guard request.method == "GET" || head else { return reply("405 Method Not Allowed", "GET or HEAD\n") }
     if request.target.hasPrefix("/sleep?ms="), let ms = Int(request.target.dropFirst("/sleep?ms=".count)) {
         try? await loop.sleep(for: .milliseconds(min(max(ms, 0), 60_000)))
-        return response("200 OK", "slept \(ms) ms\n", keepAlive: request.keepAlive)
+        return reply("200 OK", "slept \(ms) ms\n")
     }
     if request.target == "/" || request.target.hasPrefix("/?") {
-        return response("200 OK", "Hello, world!", keepAlive: request.keepAlive)
+        return reply("200 OK", "Hello, world!")
     }
-    return response("404 Not Found", "not found\n", keepAlive: request.keepAlive)
+    return reply("404 Not Found", "not found\n")
+}
+
+/// Sends an error answer and closes gently: the writing side shut down, what the client still sends
+/// read and dropped (a second at most), so that the answer is not lost to a reset.
+func refuse(_ socket: AsyncSocket, _ out: [UInt8]) async {
+    guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
+    try? await socket.shutdown(.write)
+    var drained = 0
+    while drained < 1 << 20, let bytes = try? await socket.read(upTo: 64 * 1024, timeout: .seconds(1)), !bytes.isEmpty {
+        drained += bytes.count
+    }
 }
 
 /// Serves one connection until the client closes it, asks to, a request is refused, or the drain.
 func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
-    guard let id = connections.add(socket) else { return }
+    let id = connections.add(socket)
     defer { connections.remove(id) }
     _ = try? await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
     var pending: [UInt8] = []
+    var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
     while true {
         guard let bytes = try? await socket.read(upTo: 64 * 1024, timeout: .seconds(60)), !bytes.isEmpty else { return }
         _ = connections.setBusy(id, true)
+        if start > 0 {
+            pending.removeFirst(start)
+            start = 0
+        }
         pending += bytes
         var out: [UInt8] = []
         var keepGoing = true
         while keepGoing {
-            switch parse(pending[...]) {
+            switch parse(pending[start...]) {
             case .incomplete:
                 keepGoing = false
             case .failed(let status):
                 out += response(status, "\(status)\n", keepAlive: false)
-                try? await socket.write(out, timeout: .seconds(10))
+                await refuse(socket, out)
                 return
             case .request(let request, let consumed):
-                pending.removeFirst(consumed)
+                start += consumed
                 out += await answer(request, on: socket.loop)
                 if !request.keepAlive {
                     try? await socket.write(out, timeout: .seconds(10))
@@ -166,8 +225,8 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
         if !out.isEmpty {
             guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
         }
-        // Between requests: idle. The drain closes idle connections; one that was busy closes now.
-        if pending.isEmpty, connections.setBusy(id, false) { return }
+        // Between requests: idle. During the drain, a connection that was busy ends after its answer.
+        if start == pending.count, connections.setBusy(id, false) { return }
     }
 }
 
@@ -176,7 +235,10 @@ func run(_ arguments: HTTPServerArguments) async throws {
     let group = try EventLoopGroup(backend: backend, count: arguments.loops ?? EventLoopGroup.defaultCount)
     let listeners = try await group.listen(on: try SocketAddress(ip: arguments.host, port: arguments.port))
     let connections = Connections()
-    let signals = try group.loops[0].signals([.terminate, .interrupt])
+    // Signals wait on a loop of their own, which outlives the group's drain: a second signal during
+    // the grace period is still seen, whichever loop has finished draining.
+    let control = try EventLoop(backend: backend, name: "readiness-http-server-signals")
+    let signals = try control.signals([.terminate, .interrupt])
     print("listening on \(arguments.host):\(listeners[0].address.port ?? 0) backend \(backend.name) loops \(group.loops.count)")
     let server = Task {
         try await group.serve(listeners) { socket in await serveConnection(socket, connections) }
@@ -189,12 +251,19 @@ func run(_ arguments: HTTPServerArguments) async throws {
             break
         }
         print("\(signal): draining (grace \(arguments.grace) s)")
-        for socket in connections.drain() { await socket.close() }   // idle keep-alive connections
-        stopping = Task { await group.shutdown(gracePeriod: .seconds(arguments.grace)) }
+        // Stop accepting first, then end the idle connections' reads; those with a request in flight
+        // answer it and close; the rest get the grace period.
+        for listener in listeners { await listener.close() }
+        for socket in connections.drain() { try? await socket.shutdown(.read) }
+        stopping = Task {
+            await group.shutdown(gracePeriod: .seconds(arguments.grace))
+            signals.finish()
+        }
     }
     await stopping?.value
     signals.finish()
     _ = try? await server.value
+    await control.shutdown()
     print("stopped")
 }
 
@@ -202,5 +271,5 @@ do {
     try await run(try HTTPServerArguments(CommandLine.arguments))
 } catch {
     print("readiness-http-server: \(error)")
-    fatalError("readiness-http-server: \(error)")
+    print("usage: readiness-http-server --port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS]")
 }

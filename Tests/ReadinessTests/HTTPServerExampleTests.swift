@@ -117,6 +117,23 @@ struct HTTPServerExampleTests {
         let garbage = try await Self.exchange(loop, address, Array("HELLO\r\n\r\n".utf8))
         #expect(garbage.hasPrefix("HTTP/1.1 400 "), "\(garbage.prefix(80))")
 
+        // Strict where leniency lets a request mean two things (RFC 9112), HEAD without a body, 405.
+        for (request, status) in [
+            ("GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello", "400 "),
+            ("GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n", "400 "),
+            ("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "501 "),
+            ("GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", "400 "),
+            ("POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", "405 "),
+        ] {
+            let answer = try await Self.exchange(loop, address, Array(request.utf8))
+            #expect(answer.hasPrefix("HTTP/1.1 " + status), "\(request.debugDescription): \(answer.prefix(60))")
+        }
+        let headAnswer = try await Self.exchange(loop, address, Array("HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))
+        #expect(headAnswer.hasPrefix("HTTP/1.1 200 OK") && headAnswer.contains("Content-Length: 13") && headAnswer.hasSuffix("\r\n\r\n"),
+                "\(headAnswer)")
+        let keepAlive10 = try Self.run([curlPath!, "-s", "-i", "-0", "-H", "Connection: keep-alive", url + "/"])
+        #expect(keepAlive10.output.contains("Connection: keep-alive"), "\(keepAlive10.output)")
+
         // wrk: one second of keep-alive load; every answer a 2xx, no socket error.
         let load = try Self.run([wrkPath!, "-t1", "-c16", "-d1s", url + "/"])
         #expect(load.status == 0 && load.output.contains("Requests/sec"), "\(load.output)")
