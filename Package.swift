@@ -42,8 +42,9 @@ let package = Package(
         // Sockets, listeners, timers and connect (the connect state machine, Happy Eyeballs, resolution):
         // the layer above the contract.
         .target(name: "CReadinessNet", path: "Sources/CReadinessNet"),
+        // Lifetimes: `Bytes` returns `Span`/`RawSpan`/`MutableRawSpan` views (`@_lifetime` getters).
         .target(name: "ReadinessNet", dependencies: ["ReadinessCore", "CReadinessNet"], path: "Sources/ReadinessNet",
-                swiftSettings: strict),
+                swiftSettings: strict + [.enableExperimentalFeature("Lifetimes")]),
 
         // The event loop and async API: a loop thread per poller that is a SerialExecutor and TaskExecutor,
         // with async connect, accept, read, write and sleep. Above the socket layer, below the umbrella.

@@ -1,11 +1,18 @@
 // The HTTP/1.1 response parser of the load examples.
 
+import Readiness
+
 /// Incremental parsing of one response at a time, in a buffer reused for the connection's life.
 public struct ResponseParser {
     public enum Outcome: Equatable { case needMore, complete(status: Int, close: Bool), malformed }
 
-    public var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-    public var filled = 0
+    /// What was read and not parsed yet: reads append to it (at most ``room`` bytes), parsing consumes
+    /// from its front. Its storage is allocated once and reused.
+    public var buffer = Bytes(capacity: ResponseParser.capacity)
+    /// The most bytes buffered at once: a head that does not fit is malformed.
+    public static let capacity = 64 * 1024
+    /// How many bytes the next read may take.
+    public var room: Int { Self.capacity - buffer.count }
     private var bodyLeft: Int?       // nil while reading the head
     private var status = 0
     private var close = false
@@ -21,14 +28,14 @@ public struct ResponseParser {
     /// Consumes what is buffered; returns a complete response (leaving the bytes after it buffered).
     public mutating func next() -> Outcome {
         if bodyLeft == nil {
-            guard let end = find(Self.crlfcrlf, in: 0..<filled) else {
-                return filled == buffer.count ? .malformed : .needMore
+            guard let end = find(Self.crlfcrlf, in: 0..<buffer.count) else {
+                return buffer.count == Self.capacity ? .malformed : .needMore
             }
             guard let head = parseHead(0..<end) else { return .malformed }
             (status, bodyLeft, close) = head
             consume(end + Self.crlfcrlf.count)
         }
-        let take = min(bodyLeft!, filled)
+        let take = min(bodyLeft!, buffer.count)
         consume(take)
         bodyLeft! -= take
         if bodyLeft! > 0 { return .needMore }
@@ -95,15 +102,8 @@ public struct ResponseParser {
         return nil
     }
 
-    /// Drops `count` bytes from the front (moving the rest; no allocation).
+    /// Drops `count` bytes from the front (nothing moves; an emptied buffer is room again).
     private mutating func consume(_ count: Int) {
-        guard count > 0 else { return }
-        let remaining = filled - count
-        if remaining > 0 {
-            buffer.withUnsafeMutableBytes { raw in
-                raw.baseAddress!.copyMemory(from: raw.baseAddress! + count, byteCount: remaining)
-            }
-        }
-        filled = remaining
+        buffer.removeFirst(count)
     }
 }

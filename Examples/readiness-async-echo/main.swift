@@ -13,15 +13,15 @@ import Readiness
 
 /// Echoes one connection; returns the bytes echoed, or nil when it failed.
 func echo(_ socket: AsyncSocket) async -> Int? {
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 1)
-    defer { buffer.deallocate() }
+    var buffer = Bytes()   // no memory until the first bytes arrive; then reused (no allocation per read)
     var echoed = 0
     do {
         try await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
         while true {
-            let n = try await socket.read(into: buffer)
+            let n = try await socket.read(into: &buffer, maximum: 64 * 1024)
             if n == 0 { break }   // the client shut down its side
-            try await socket.write(UnsafeRawBufferPointer(rebasing: buffer[..<n]))
+            try await socket.write(buffer)
+            buffer.removeAll(keepingCapacity: true)
             echoed += n
         }
     } catch {

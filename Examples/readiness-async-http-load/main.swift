@@ -43,8 +43,6 @@ actor Tally {
 /// One keep-alive connection's task.
 func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArguments, request: [UInt8]) async throws(LoopError) {
     var parser = ResponseParser()
-    let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 1)
-    defer { chunk.deallocate() }
     var socket: AsyncSocket?
     var connections = 0
     while await tally.take() {
@@ -53,7 +51,7 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                 let connected = try await loop.connect(host: arguments.host, port: arguments.port, timeout: .seconds(5))
                 try await connected.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
                 socket = connected
-                parser.filled = 0
+                parser.buffer.removeAll(keepingCapacity: true)
                 connections += 1
                 if connections > 1 { await tally.reconnected() }
             }
@@ -74,9 +72,8 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                     socket = nil
                     break response
                 case .needMore:
-                    let room = parser.buffer.count - parser.filled
-                    let n = try await current.read(into: UnsafeMutableRawBufferPointer(rebasing: chunk[..<room]),
-                                                   timeout: arguments.timeout)
+                    // Appended to the parser's buffer: no copy, no allocation.
+                    let n = try await current.read(into: &parser.buffer, maximum: parser.room, timeout: arguments.timeout)
                     if n == 0 {
                         // The server closed with the request unanswered (a keep-alive limit): again.
                         await tally.giveBack()
@@ -84,11 +81,6 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                         socket = nil
                         break response
                     }
-                    let filled = parser.filled
-                    parser.buffer.withUnsafeMutableBytes { raw in
-                        raw.baseAddress!.advanced(by: filled).copyMemory(from: chunk.baseAddress!, byteCount: n)
-                    }
-                    parser.filled += n
                 }
             }
         } catch {

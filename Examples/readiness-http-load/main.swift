@@ -125,7 +125,7 @@ final class Load {
             try socket.setNoDelay(true)
             try socket.register(on: poller, token: client.tokenBase, interest: .readable)
             client.socket = socket
-            client.parser.filled = 0
+            client.parser.buffer.removeAll(keepingCapacity: true)
             try sendNext(client)
         case .failed(let error):
             throw error
@@ -162,18 +162,15 @@ final class Load {
                 if client.written == request.count { try socket.reregister(token: client.tokenBase, interest: .readable) }
             }
             while true {
-                let filled = client.parser.filled
-                let outcome = try client.parser.buffer.withUnsafeMutableBytes { raw throws(SocketError) -> IOResult in
-                    try socket.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[filled...]))
-                }
+                let outcome = try socket.read(into: &client.parser.buffer, maximum: client.parser.room)
                 switch outcome {
                 case .wouldBlock:
                     return
                 case .endOfStream:
                     try reconnect(client, lostRequest: client.inFlight)
                     return
-                case .transferred(let n):
-                    client.parser.filled += n
+                case .transferred:
+                    break   // appended to the parser's buffer
                 }
                 parse: while client.inFlight {
                     switch client.parser.next() {

@@ -25,6 +25,11 @@ public struct AsyncSocket: Sendable {
     /// Reads up to `buffer.count` bytes (at least 1) as soon as some are there; 0 means the peer shut
     /// down its sending side. An empty buffer is refused with ``LoopError/invalidArgument(_:)`` (a read
     /// of nothing would return 0, which means the end of the stream).
+    ///
+    /// **For library authors** who manage memory themselves: `buffer` must stay allocated, and must not
+    /// be touched, until the call returns (the loop writes into it after a suspension, and after a
+    /// cancellation the call returns only once it no longer does). Applications read into ``Bytes``
+    /// (``read(into:maximum:timeout:)``) or use ``readAvailable(maximum:timeout:)``.
     nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) -> Int {
         if buffer.isEmpty { throw .invalidArgument("read into an empty buffer") }
         let deadline = timeout.map { Deadline.after($0) }
@@ -34,22 +39,27 @@ public struct AsyncSocket: Sendable {
         }
     }
 
-    /// Reads up to `maximum` bytes (at least 1) into a new array, empty at end of stream. One read takes
-    /// at most ``maximumReadChunk`` bytes, however large `maximum` is; `maximum` below 1 is refused with
-    /// ``LoopError/invalidArgument(_:)``.
+    /// Reads up to `maximum` bytes (at least 1) into a new array of exactly the bytes read, empty at end
+    /// of stream. One read takes at most ``maximumReadChunk`` bytes, however large `maximum` is;
+    /// `maximum` below 1 is refused with ``LoopError/invalidArgument(_:)``. Like
+    /// ``readAvailable(maximum:timeout:)`` it allocates only once there is something to read;
+    /// the array is a copy of what was read (a convenience: ``read(into:maximum:timeout:)`` copies
+    /// nothing).
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
         guard maximum > 0 else { throw .invalidArgument("read(upTo: \(maximum))") }
-        let size = Swift.min(maximum, Self.maximumReadChunk)
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 1)
-        defer { storage.deallocate() }
-        let n = try await read(into: storage, timeout: timeout)
-        return Array(UnsafeRawBufferPointer(rebasing: storage[..<n]))
+        var bytes = Bytes()
+        _ = try await readAppending(into: &bytes, maximum: Swift.min(maximum, Self.maximumReadChunk), timeout: timeout)
+        return Array(bytes)
     }
 
-    /// The most bytes one ``read(upTo:timeout:)`` takes (1 MiB): a larger `maximum` is not allocated.
+    /// The most bytes one ``read(upTo:timeout:)`` takes (1 MiB): a larger `maximum` is not allocated
+    /// (the same figure as ``StreamSocket/maximumReadReservation``).
     public static let maximumReadChunk = 1 << 20
 
     /// Writes every byte of `buffer`, waiting for room as often as needed.
+    ///
+    /// **For library authors** who manage memory themselves: `buffer` must stay allocated and unchanged
+    /// until the call returns. Applications write ``Bytes`` or `[UInt8]` (the `write(_:timeout:)` forms that take them).
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
@@ -58,15 +68,17 @@ public struct AsyncSocket: Sendable {
         }
     }
 
-    /// Writes every byte of `bytes`.
+    /// Writes every byte of `bytes`, waiting for room as often as needed (no copy, no allocation: the
+    /// operation holds the array's storage until it ends).
     nonisolated(nonsending) public func write(_ bytes: [UInt8], timeout: Duration? = nil) async throws(LoopError) {
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
-        defer { storage.deallocate() }
-        bytes.withUnsafeBytes { storage.copyMemory(from: $0) }
-        try await write(UnsafeRawBufferPointer(storage), timeout: timeout)
+        try await writeAll(count: bytes.count, timeout: timeout) { (socket, offset) throws(SocketError) -> IOResult in
+            try socket.write(bytes, from: offset)
+        }
     }
 
     /// Writes every byte of every buffer, in order, with vectored writes (sendmsg).
+    ///
+    /// **For library authors**: every buffer must stay allocated and unchanged until the call returns.
     nonisolated(nonsending) public func write(vectored buffers: [UnsafeRawBufferPointer], timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id

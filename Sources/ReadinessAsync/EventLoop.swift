@@ -15,8 +15,9 @@ import Synchronization
 /// let loop = try EventLoop { () throws(PollerError) in try Backend.default().makePoller() }
 /// Task(executorPreference: loop) {
 ///     let socket = try await loop.connect(to: address, timeout: .seconds(2))
-///     try await socket.write(request)
-///     let n = try await socket.read(into: buffer)
+///     try await socket.write(request)                  // Bytes or [UInt8]
+///     var response = Bytes()
+///     let n = try await socket.read(into: &response)    // appends; 0 at the end of the stream
 ///     await socket.close()
 /// }
 /// await loop.shutdown()

@@ -1,7 +1,7 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
-//   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R]
-//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,hops,interleaved]
+//   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R] [--round-trips N]
+//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,pingpong-bytes,hops,interleaved]
 //
 // 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
 //    number of connects in flight, R rounds (the contenders' order rotates each round), same run:
@@ -14,7 +14,9 @@
 //    - flyingsocks: FlyingSocks AsyncSocket.connected on its shared client pool.
 // 2. Heap allocations per async connect and close (1 in flight, every thread, the listener's side too).
 // 3. Ping-pong over one connection on one loop (64 bytes each way, both sides suspending every time):
-//    round trips per second and heap allocations per awaited read or write, every thread counted.
+//    round trips per second and heap allocations per awaited read or write, every thread counted;
+//    with raw buffers (the library authors' forms) and with owned `Bytes` (pingpong-bytes: one reused
+//    buffer per side, read(into: &bytes) and write(bytes)).
 // 4. Jobs per awaited operation from a task preferring the loop and from an actor isolated to it.
 // 5. Sync vs async (default jobs) interleaved in alternating chunks, each level, R rounds.
 import BenchSupport
@@ -35,8 +37,10 @@ func option(_ name: String) -> String? {
 let total = option("--connects").flatMap { Int($0) } ?? 20_000
 let inFlightLevels = option("--in-flight").map { $0.split(separator: ",").compactMap { Int($0) } } ?? [1, 16, 64]
 let rounds = option("--rounds").flatMap { Int($0) } ?? 1
+/// Round trips of each ping-pong figure.
+let roundTrips = option("--round-trips").flatMap { Int($0) } ?? 20_000
 let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
-let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "hops", "interleaved"])
+let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "pingpong-bytes", "hops", "interleaved"])
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
@@ -211,12 +215,13 @@ func nioAsyncChurn(inFlight: Int) async throws -> Double {
 }
 
 // 2. Ping-pong on one loop; allocations per awaited operation.
-func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) async throws -> (rate: Double, allocationsPerOperation: Double) {
+func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation, owned: Bool = false) async throws -> (rate: Double, allocationsPerOperation: Double) {
     let loop = try EventLoop(backend: .epoll, name: "bench-pingpong", jobs: jobs)
     let pingListener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
     let client = try await loop.connect(to: pingListener.address)
     let peer = try await pingListener.accept()
     func run(_ count: Int) async throws {
+        if owned { return try await runOwned(count) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask(executorPreference: loop) {
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
@@ -234,6 +239,29 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
                     try await client.write(UnsafeRawBufferPointer(buffer))
                     var got = 0
                     while got < 64 { got += try await client.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[got...])) }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+    // The same with owned bytes: one reused `Bytes` per side (allocated before the loop), no pointer.
+    func runOwned(_ count: Int) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask(executorPreference: loop) {
+                var buffer = Bytes(capacity: 64)
+                for _ in 0..<count {
+                    while buffer.count < 64 { _ = try await peer.read(into: &buffer, maximum: 64 - buffer.count) }
+                    try await peer.write(buffer)
+                    buffer.removeAll(keepingCapacity: true)
+                }
+            }
+            group.addTask(executorPreference: loop) {
+                let message = Bytes(repeatElement(UInt8(1), count: 64))
+                var buffer = Bytes(capacity: 64)
+                for _ in 0..<count {
+                    try await client.write(message)
+                    while buffer.count < 64 { _ = try await client.read(into: &buffer, maximum: 64 - buffer.count) }
+                    buffer.removeAll(keepingCapacity: true)
                 }
             }
             try await group.waitForAll()
@@ -257,7 +285,7 @@ func pingPong(roundTrips: Int, jobs: ReadinessAsync.EventLoop.JobIsolation) asyn
     }
     await client.close(); await peer.close(); await pingListener.close()
     await loop.shutdown()
-    print("  (ping-pong, jobs \(jobs): \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included; \(fixed(jobsPerRoundTrip, 2)) jobs per round trip, 4 suspensions each)")
+    print("  (ping-pong\(owned ? " with Bytes" : ""), jobs \(jobs): \(allocations) heap allocations in \(roundTrips) round trips, the task group and its two tasks included; \(fixed(jobsPerRoundTrip, 2)) jobs per round trip, 4 suspensions each)")
     return (rate, allocations < 0 ? -1 : Double(allocations) / Double(roundTrips * 4))
 }
 
@@ -266,8 +294,12 @@ let perConnect = try await allocationsPerConnect()
 print("heap allocations per async connect and close (every thread, the listener's accept and close included): \(perConnect < 0 ? "not counted here" : fixed(perConnect, 1))")
 }
 for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong") {
-    let ping = try await pingPong(roundTrips: 20_000, jobs: jobs)
+    let ping = try await pingPong(roundTrips: roundTrips, jobs: jobs)
     print("ping-pong (64 B each way, one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
+}
+for jobs in [ReadinessAsync.EventLoop.JobIsolation.automatic, .serialExecutor, .taskExecutor] where only.contains("pingpong-bytes") {
+    let ping = try await pingPong(roundTrips: roundTrips, jobs: jobs, owned: true)
+    print("ping-pong with Bytes (64 B each way, read(into: &bytes)/write(bytes), one loop, jobs \(jobs)): \(fixed(ping.rate))/s round trips; heap allocations per awaited read or write: \(Allocations.available ? fixed(ping.allocationsPerOperation, 3) : "not counted here")")
 }
 // 4. Jobs per awaited loop operation (1,000 sleeps of 1 µs), from a task preferring the loop and from
 //    an actor isolated to the loop (in a task with no executor preference), in each job mode.

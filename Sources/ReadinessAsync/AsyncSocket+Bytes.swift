@@ -1,0 +1,84 @@
+import ReadinessCore
+import ReadinessNet
+
+/// Reading and writing owned bytes (``Bytes``, `[UInt8]`): no raw pointer crosses a suspension, no
+/// copy, and 0 allocations per read and write once a reused buffer has grown (Docs/Async.md, "Bytes").
+extension AsyncSocket {
+    /// Appends up to `maximum` bytes to `buffer` as soon as some are there; returns how many (at least
+    /// 1), or 0 when the peer shut down its sending side.
+    ///
+    /// - **Room**: when `buffer` has fewer than `min(maximum,` ``StreamSocket/maximumReadReservation``)
+    ///   bytes free after its readable ones, the consumed front is reclaimed first and the buffer grows
+    ///   only when that is not enough (``StreamSocket/read(into:maximum:)``). A buffer emptied
+    ///   (``Bytes/removeAll(keepingCapacity:)``, ``Bytes/removeFirst(_:)``) and read into again with the
+    ///   same `maximum` allocates nothing.
+    /// - **Idle reads hold no memory**: a read that would have to allocate (a `Bytes()` with no storage,
+    ///   a full or shared buffer) makes room only once the socket has something to read: it asks first
+    ///   (a one-byte `recv` with MSG_PEEK into the stack) and, when nothing is there, waits for
+    ///   readability holding no memory. A read with data ready returns it without suspending (even in
+    ///   a cancelled task), like every read. A read with room tries at once.
+    /// - `buffer` is held `inout` for the whole operation: the caller cannot touch it meanwhile, and on
+    ///   an error it holds what it held before (room made for the read may remain).
+    /// - A `maximum` below 1 is ``LoopError/invalidArgument(_:)``; a larger one than the room is fine
+    ///   (`Int.max`: the room the buffer has, or 1 MiB of new room). Memory that cannot be allocated is
+    ///   ``LoopError/socket(_:)`` with ``SocketError/Kind/resourceExhausted``.
+    nonisolated(nonsending) public func read(into buffer: inout Bytes, maximum: Int = StreamSocket.defaultReadSize,
+                                             timeout: Duration? = nil) async throws(LoopError) -> Int {
+        try await readAppending(into: &buffer, maximum: maximum, timeout: timeout)
+    }
+
+    /// What ``read(into:maximum:timeout:)`` does, for the forms built on it. Inlined: a call to another
+    /// `nonisolated(nonsending)` function that is not inlined costs a hop per call with
+    /// ``EventLoop/JobIsolation/serialExecutor`` jobs (measured by the ping-pong benchmark).
+    @inline(__always)
+    nonisolated(nonsending) func readAppending(into buffer: inout Bytes, maximum: Int, timeout: Duration?) async throws(LoopError) -> Int {
+        guard maximum > 0 else { throw .invalidArgument("read(into:maximum: \(maximum))") }
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        let room = Swift.min(maximum, StreamSocket.maximumReadReservation)
+        let result = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
+            try await state.perform(id, .read, deadline: deadline, waitFirst: !buffer.hasRoom(room)) { (socket) throws(SocketError) -> IOResult in
+                try socket.read(into: &buffer, maximum: maximum)
+            }
+        }
+        return result.count   // .endOfStream: 0
+    }
+
+    /// Reads up to `maximum` bytes (at least 1) into a new buffer, empty at the end of the stream. It
+    /// allocates only once there is something to read (an idle connection holds no memory);
+    /// the buffer's capacity is `min(maximum,` ``StreamSocket/maximumReadReservation``). One allocation
+    /// per read: a loop that reads much reuses one buffer with ``read(into:maximum:timeout:)``.
+    nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,
+                                                      timeout: Duration? = nil) async throws(LoopError) -> Bytes {
+        var bytes = Bytes()
+        _ = try await readAppending(into: &bytes, maximum: maximum, timeout: timeout)
+        return bytes
+    }
+
+    /// Writes every readable byte of `bytes`, waiting for room as often as needed (no copy: the
+    /// operation holds the storage, shared with the caller's value, until it ends).
+    nonisolated(nonsending) public func write(_ bytes: Bytes, timeout: Duration? = nil) async throws(LoopError) {
+        try await writeAll(count: bytes.count, timeout: timeout) { (socket, offset) throws(SocketError) -> IOResult in
+            try socket.write(bytes, from: offset)
+        }
+    }
+
+    /// Writes `count` bytes with `write(socket, offset)`, which writes from `offset` on what the socket
+    /// takes now; on the loop thread, each attempt synchronous. Inlined, like `readAppending`.
+    @inline(__always)
+    nonisolated(nonsending) func writeAll(count: Int, timeout: Duration?,
+                                          _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        var offset = 0
+        _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
+            try await state.perform(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+                while offset < count {
+                    guard case .transferred(let n) = try write(socket, offset), n > 0 else { return .wouldBlock }
+                    offset += n
+                }
+                return .transferred(offset)
+            }
+        }
+    }
+}
