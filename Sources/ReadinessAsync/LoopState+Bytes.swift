@@ -18,8 +18,8 @@ extension LoopState {
     /// Busy, closed, shutdown, deadline and cancellation rules are those of `read`/`write`.
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
-        var (entry, socket) = try streamEntry(id)
-        if direction == .read ? entry.read.isWaiting : entry.write.isWaiting { throw .busy }
+        var (stream, socket) = try self.stream(id)
+        if direction == .read ? stream.record.read.isWaiting : stream.record.write.isWaiting { throw .busy }
         var wait = waitFirst && direction == .read && !Self.readWouldNotBlock(socket)
         while true {
             if !wait {
@@ -28,8 +28,8 @@ extension LoopState {
                 if result != .wouldBlock { return result }
             }
             wait = false
-            if case .failed(let error) = await self.wait(entry, direction, deadline: deadline, interest: true) { throw error }
-            (entry, socket) = try streamEntry(id)
+            if case .failed(let error) = await self.wait(stream, direction, deadline: deadline, interest: true) { throw error }
+            (stream, socket) = try self.stream(id)
         }
     }
 
@@ -46,12 +46,5 @@ extension LoopState {
             default: return true   // the read reports it
             }
         }
-    }
-
-    /// The open stream `id` (what `LoopState.stream` does, kept apart so that this file stands alone).
-    private func streamEntry(_ id: UInt64) throws(LoopError) -> (Entry, StreamSocket) {
-        if isShutDown { throw .shutdown }
-        guard let entry = entries[id], case .stream(let socket) = entry.resource else { throw .closed }
-        return (entry, socket)
     }
 }
