@@ -55,4 +55,26 @@ int rd_signal_restore(int signo);
 /// A pipe whose both ends are non-blocking and close-on-exec (pipe2): 0, or -1 with errno.
 int rd_signal_pipe(int ends[2]);
 
+/// Datagram sockets (DatagramSocket.swift).
+/// A datagram socket created non-blocking and close-on-exec in one call.
+int rd_net_datagram_socket(int domain);
+/// A connected pair of Unix datagram sockets, non-blocking and close-on-exec: 0, or -1 with errno.
+int rd_net_datagram_pair(int ends[2]);
+/// sendto(2) with MSG_NOSIGNAL; `address` NULL sends to the connected peer.
+ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sockaddr *address, socklen_t length);
+/// recvmsg(2) of one datagram with MSG_TRUNC: returns the datagram's real length (which may exceed
+/// `count`), fills the source address, and sets `*truncated` to 1 when the datagram did not fit.
+ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int *truncated);
+/// Joins (`join` 1) or leaves (0) the IPv4 or IPv6 multicast group `group` on interface `interface`
+/// (0: the kernel's choice); EAFNOSUPPORT for another family.
+int rd_net_multicast_membership(int fd, const struct sockaddr *group, unsigned interface, int join);
+/// The interface outgoing multicast uses (IP_MULTICAST_IF by index, or IPV6_MULTICAST_IF).
+int rd_net_multicast_interface(int fd, int domain, unsigned interface);
+/// IP_TTL or IPV6_UNICAST_HOPS (`multicast` 0), IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS (1).
+int rd_net_set_hops(int fd, int domain, int multicast, int value);
+/// IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP.
+int rd_net_set_multicast_loop(int fd, int domain, int enabled);
+/// The index of the interface named `name` (if_nametoindex), 0 when there is none.
+unsigned rd_net_interface_index(const char *name);
+
 #endif
