@@ -183,4 +183,23 @@ struct ReadinessDriver: IODriver {
         case .inProgress: throw .closed
         }
     }
+
+    nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                             on loop: LoopState,
+                                             _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
+        var datagram = try loop.datagram(id)
+        if datagram.record[direction].isWaiting { throw .busy }
+        // A receive that would allocate first asks whether a datagram is queued (MSG_PEEK, no buffer).
+        var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
+        while true {
+            if !wait {
+                let result: R?
+                do { result = try attempt(datagram.socket) } catch { throw .socket(error) }
+                if let result { return result }
+            }
+            wait = false
+            if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
+            datagram = try loop.datagram(id)
+        }
+    }
 }

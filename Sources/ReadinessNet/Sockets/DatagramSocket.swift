@@ -313,6 +313,16 @@ public final class DatagramSocket {
                                           isTruncated: truncated != 0))
     }
 
+    /// Whether a receive would not block now (a datagram is queued, or an error waits to be
+    /// reported), asked without a buffer and without consuming anything: poll(2) with a zero timeout.
+    /// (A `recv` with MSG_PEEK would take a pending error, such as a connected socket's refusal, and
+    /// the receive that follows would never report it.)
+    public func hasQueuedDatagram() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let n = Sys.retryingEINTR { Glibc.poll(&entry, 1, 0) }
+        return n != 0   // ready, an error pending, or poll failed: the receive reports it
+    }
+
     // MARK: Addresses and options
 
     /// The local address (getsockname), nil once closed.
