@@ -5,6 +5,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -137,3 +138,65 @@ int rd_net_set_multicast_loop(int fd, int domain, int enabled) {
 }
 
 unsigned rd_net_interface_index(const char *name) { return if_nametoindex(name); }
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UIO_MAXIOV
+#define UIO_MAXIOV 1024
+#endif
+
+size_t rd_net_mmsg_scratch_size(unsigned count) { return (size_t)count * (sizeof(struct mmsghdr) + sizeof(struct iovec)); }
+
+int rd_net_recvmmsg(int fd, void *payloads, size_t slot, unsigned count, struct sockaddr_storage *sources,
+                    socklen_t *source_lengths, size_t *lengths, int *truncated, void *scratch) {
+    struct mmsghdr *headers = scratch;
+    struct iovec *buffers = (struct iovec *)(headers + count);
+    memset(headers, 0, sizeof *headers * count);
+    for (unsigned i = 0; i < count; i++) {
+        buffers[i].iov_base = (char *)payloads + (size_t)i * slot;
+        buffers[i].iov_len = slot;
+        headers[i].msg_hdr.msg_iov = &buffers[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        headers[i].msg_hdr.msg_name = &sources[i];
+        headers[i].msg_hdr.msg_namelen = sizeof sources[i];
+    }
+    int n = recvmmsg(fd, headers, count, MSG_TRUNC | MSG_WAITFORONE, NULL);
+    for (int i = 0; i < n; i++) {
+        lengths[i] = headers[i].msg_len;
+        truncated[i] = (headers[i].msg_hdr.msg_flags & MSG_TRUNC) ? 1 : 0;
+        source_lengths[i] = headers[i].msg_hdr.msg_namelen;
+    }
+    return n;
+}
+
+int rd_net_sendmmsg(int fd, const void *payloads, size_t slot, const size_t *lengths,
+                    const struct sockaddr_storage *destinations, const socklen_t *destination_lengths,
+                    unsigned count, void *scratch) {
+    struct mmsghdr *headers = scratch;
+    struct iovec *buffers = (struct iovec *)(headers + count);
+    memset(headers, 0, sizeof *headers * count);
+    for (unsigned i = 0; i < count; i++) {
+        buffers[i].iov_base = (char *)payloads + (size_t)i * slot;
+        buffers[i].iov_len = lengths[i];
+        headers[i].msg_hdr.msg_iov = &buffers[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        if (destination_lengths[i] > 0) {
+            headers[i].msg_hdr.msg_name = (void *)&destinations[i];
+            headers[i].msg_hdr.msg_namelen = destination_lengths[i];
+        }
+    }
+    return sendmmsg(fd, headers, count, MSG_NOSIGNAL);
+}
+
+int rd_net_mmsg_max(void) { return UIO_MAXIOV; }
+
+int rd_net_set_udp_segment(int fd, int size) { return setsockopt(fd, SOL_UDP, UDP_SEGMENT, &size, sizeof size); }
+
+int rd_net_set_udp_gro(int fd, int enabled) { return setsockopt(fd, SOL_UDP, UDP_GRO, &enabled, sizeof enabled); }

@@ -90,6 +90,37 @@ public struct AsyncDatagramSocket: Sendable {
         }
     }
 
+    /// Receives the datagrams queued, as many as `batch` has slots, with one `recvmmsg` once at least
+    /// one is there: their number (at least 1; ``DatagramBatch/count``). The batch's storage is
+    /// reused: nothing is allocated per datagram. `batch` must not be used elsewhere until this returns.
+    nonisolated(nonsending) public func receive(into batch: DatagramBatch, timeout: Duration? = nil) async throws(LoopError) -> Int {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Int in
+            try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Int? in
+                if case .transferred(let n) = try socket.receive(into: batch) { return n }
+                return nil
+            }
+        }
+    }
+
+    /// Sends every datagram of `batch` with `sendmmsg`, waiting for room as often as needed. On an
+    /// error (a deadline, cancellation, a refusal) some of them may have been sent.
+    nonisolated(nonsending) public func send(_ batch: DatagramBatch, timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        var sent = 0
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+                while sent < batch.count {
+                    guard case .transferred(let n) = try socket.send(batch, from: sent), n > 0 else { return nil }
+                    sent += n
+                }
+                return ()
+            }
+        }
+    }
+
     /// Runs `body` on the loop thread with the underlying socket, for options (`setBroadcast`,
     /// `joinMulticast`, ...). Closing, releasing or registering it there is not allowed.
     nonisolated(nonsending) public func withDatagramSocket<T: Sendable>(_ body: (DatagramSocket) throws(SocketError) -> T) async throws(LoopError) -> T {

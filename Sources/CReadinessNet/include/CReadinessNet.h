@@ -77,4 +77,25 @@ int rd_net_set_multicast_loop(int fd, int domain, int enabled);
 /// The index of the interface named `name` (if_nametoindex), 0 when there is none.
 unsigned rd_net_interface_index(const char *name);
 
+/// Batched datagram I/O. `scratch` holds the message headers: `rd_net_mmsg_scratch_size(count)` bytes,
+/// allocated once by the caller; every array has `count` elements, payload `i` is at
+/// `payloads + i * slot`.
+size_t rd_net_mmsg_scratch_size(unsigned count);
+/// recvmmsg(2) of up to `count` datagrams, each with MSG_TRUNC: the number received (or -1 with
+/// errno); for each, `lengths[i]` is its real length, `truncated[i]` 1 when it exceeded `slot`, and
+/// `sources[i]`/`source_lengths[i]` its source.
+int rd_net_recvmmsg(int fd, void *payloads, size_t slot, unsigned count, struct sockaddr_storage *sources,
+                    socklen_t *source_lengths, size_t *lengths, int *truncated, void *scratch);
+/// sendmmsg(2) of `count` datagrams with MSG_NOSIGNAL: `lengths[i]` bytes each, to `destinations[i]`
+/// (length 0: the connected peer); the number sent, or -1 with errno.
+int rd_net_sendmmsg(int fd, const void *payloads, size_t slot, const size_t *lengths,
+                    const struct sockaddr_storage *destinations, const socklen_t *destination_lengths,
+                    unsigned count, void *scratch);
+/// The most messages one recvmmsg/sendmmsg takes (UIO_MAXIOV).
+int rd_net_mmsg_max(void);
+/// UDP_SEGMENT (GSO): the kernel splits one send into datagrams of `size` bytes (0: off).
+int rd_net_set_udp_segment(int fd, int size);
+/// UDP_GRO: 0, or -1 with errno (ENOPROTOOPT where the kernel lacks it).
+int rd_net_set_udp_gro(int fd, int enabled);
+
 #endif
