@@ -23,6 +23,11 @@ struct SignalTests {
     func delivered(backend: Backend) async throws {
         warmUp(backend)
         let before = openDescriptorCount()
+        // SIGUSR1's action is put back as it was (a conformance run installs a handler for it once per
+        // process and relies on it later: SIG_DFL would end the process at its next SIGUSR1).
+        var user1Before = sigaction()
+        sigaction(SIGUSR1, nil, &user1Before)
+        defer { sigaction(SIGUSR1, &user1Before, nil) }
         signal(SIGUSR1, SIG_IGN)
         #expect(Self.action(SIGUSR1) == 1)
         // SIGUSR2's action before (SIG_DFL, or SIG_IGN once a conformance run's SignalWake has
@@ -52,7 +57,6 @@ struct SignalTests {
             #expect(Self.action(SIGUSR1) == 1)
             #expect(Self.action(SIGUSR2) == user2Before)
         }
-        signal(SIGUSR1, SIG_DFL)
         #expect(await settledDescriptorCount(before) == before)
     }
 

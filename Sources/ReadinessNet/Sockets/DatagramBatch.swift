@@ -9,7 +9,7 @@ import CReadinessNet
 /// length per slot, all allocated once by ``init(capacity:slotSize:)``. Receiving into it and sending
 /// from it allocate nothing, so a loop that reuses one batch allocates nothing per datagram.
 ///
-/// For receiving, ``DatagramSocket/receive(into:)-(DatagramBatch)`` fills slots `0..<count`: each
+/// For receiving, `socket.receive(into: batch)` fills slots `0..<count`: each
 /// slot's ``datagram(_:)`` (count, real length, source, truncation) and ``withPayload(_:_:)``.
 /// For sending, ``append(_:to:)`` copies a payload into the next slot, and
 /// ``DatagramSocket/send(_:from:)`` sends slots from an index on.
