@@ -122,7 +122,8 @@ public struct AsyncDatagramSocket: Sendable {
     }
 
     /// Runs `body` on the loop thread with the underlying socket, for options (`setBroadcast`,
-    /// `joinMulticast`, ...). Closing, releasing or registering it there is not allowed.
+    /// `joinMulticast`, `setSegmentSize`, ...). A socket closed or released there is forgotten by the
+    /// loop (a waiter ends with ``LoopError/closed``); registering it elsewhere is not supported.
     nonisolated(nonsending) public func withDatagramSocket<T: Sendable>(_ body: (DatagramSocket) throws(SocketError) -> T) async throws(LoopError) -> T {
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> T in

@@ -103,6 +103,11 @@ struct AsyncDatagramTests {
                 let (bytes, datagram) = try await server.receive(timeout: .seconds(5))
                 #expect(Array(bytes) == Array("unix".utf8))
                 #expect(datagram.source == client.localAddress)
+                // Released inside withDatagramSocket: the loop forgets it.
+                let released = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                let fd = try await released.withDatagramSocket { (socket) throws(SocketError) -> CInt in socket.release() }
+                Glibc.close(fd)
+                await #expect(throws: LoopError.closed) { _ = try await released.receive(timeout: .seconds(1)) }
                 await server.close()
                 await client.close()
                 #expect(access(path, F_OK) != 0 && access(path + ".c", F_OK) != 0)

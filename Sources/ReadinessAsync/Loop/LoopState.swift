@@ -235,6 +235,8 @@ final class LoopState {
 
     func withDatagram<T>(_ id: UInt64, _ body: (DatagramSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let datagram = try datagram(id)
+        // Closed or released by the body: the loop forgets it (its waiters end with .closed).
+        defer { if datagram.socket.isClosed { close(datagram, reason: .closed) } }
         do { return try body(datagram.socket) } catch { throw .socket(error) }
     }
 
