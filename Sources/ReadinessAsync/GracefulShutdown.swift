@@ -21,8 +21,8 @@ extension EventLoop {
         _ = try? await onLoop { (state) async throws(LoopError) in state.stopAccepting() }
         var pause = Duration.milliseconds(1)
         while !Task.isCancelled, MonotonicClock.nowNanoseconds < deadline {
-            guard let open = try? await onLoop({ (state) async throws(LoopError) -> Int in state.connectionCount }),
-                  open > 0 else { break }
+            guard let remaining = try? await onLoop({ (state) async throws(LoopError) -> Int in state.connectionCount }),
+                  remaining > 0 else { break }
             // The connections' tasks close them; look again soon (1 ms, doubling to 20 ms).
             let left = Deadline.timeout(until: deadline)
             do { try await sleep(for: min(pause, left)) } catch { break }

@@ -33,7 +33,9 @@ extension EventLoop {
 
 /// Signals as they are delivered to the process (``EventLoop/signals(_:)``).
 public final class SignalSequence: AsyncSequence, Sendable {
+    /// Each element is one delivery of a watched signal.
     public typealias Element = Signal
+    /// Iterating never fails: it ends (nil) when the sequence stops.
     public typealias Failure = Never
 
     /// The loop that waits for them.
@@ -57,8 +59,10 @@ public final class SignalSequence: AsyncSequence, Sendable {
 
     deinit { subscription.close() }
 
+    /// An iterator over the deliveries.
     public func makeAsyncIterator() -> Iterator { Iterator(sequence: self) }
 
+    /// Waits for the next delivery on the loop.
     public struct Iterator: AsyncIteratorProtocol {
         let sequence: SignalSequence
         var pending: ArraySlice<Signal> = []
@@ -83,6 +87,7 @@ public final class SignalSequence: AsyncSequence, Sendable {
             }
         }
 
+        /// The next signal, or nil once the sequence stopped (as ``next(isolation:)``).
         public mutating func next() async -> Signal? { await next(isolation: nil) }
     }
 }

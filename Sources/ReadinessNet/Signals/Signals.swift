@@ -7,6 +7,7 @@ import CReadinessNet
 public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     /// The signal's number (SIGINT is 2).
     public let rawValue: CInt
+    /// The signal numbered `rawValue` (checked when it is watched, not here).
     public init(rawValue: CInt) { self.rawValue = rawValue }
 
     /// SIGINT (Ctrl-C).
@@ -19,6 +20,7 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
     public static let quit = Signal(rawValue: SIGQUIT)
     /// SIGUSR1 and SIGUSR2: the application's own.
     public static let user1 = Signal(rawValue: SIGUSR1)
+    /// SIGUSR2.
     public static let user2 = Signal(rawValue: SIGUSR2)
     /// SIGCHLD: a child process changed state.
     public static let child = Signal(rawValue: SIGCHLD)
@@ -44,6 +46,7 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
         }
     }
 
+    /// The signal's name ("SIGINT"), or "signal N" for one without a name here.
     public var description: String {
         switch rawValue {
         case SIGINT: "SIGINT"
@@ -66,7 +69,7 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
 
 /// Signals delivered to a descriptor: while it is open, every delivery of one of its signals to the
 /// process writes the signal's number to a pipe whose read end is ``descriptor``; a poller (or an
-/// ``/ReadinessAsync/EventLoop``) waits for it to be readable, then ``drain()`` returns what came.
+/// `EventLoop`) waits for it to be readable, then ``drain()`` returns what came.
 ///
 /// - Every subscription of a signal gets every delivery of it (several loops, several watchers).
 /// - Deliveries of one signal may merge into one, as the kernel merges pending signals: a subscriber

@@ -11,7 +11,7 @@ import CReadinessNet
 ///
 /// For receiving, `socket.receive(into: batch)` fills slots `0..<count`: each
 /// slot's ``datagram(_:)`` (count, real length, source, truncation) and ``withPayload(_:_:)``.
-/// For sending, ``append(_:to:)`` copies a payload into the next slot, and
+/// For sending, `append(_:to:)` copies a payload into the next slot, and
 /// ``DatagramSocket/send(_:from:)`` sends slots from an index on.
 ///
 /// Used from one thread at a time, like the socket.
@@ -19,7 +19,7 @@ public final class DatagramBatch {
     /// How many datagrams it holds at most (1 to ``maximumCapacity``).
     public let capacity: Int
     /// The bytes of each slot: larger datagrams are received truncated (and reported as such); a
-    /// larger payload is refused by ``append(_:to:)``.
+    /// larger payload is refused by `append(_:to:)`.
     public let slotSize: Int
     /// The datagrams it holds (received, or appended to send).
     public private(set) var count = 0
@@ -113,7 +113,7 @@ public final class DatagramBatch {
         count += 1
     }
 
-    /// Copies `bytes` into the next slot (see ``append(_:to:)``).
+    /// Copies `bytes` into the next slot (the raw-buffer form).
     public func append(_ bytes: [UInt8], to destination: SocketAddress? = nil) throws(SocketError) {
         let outcome = bytes.withUnsafeBytes { raw in Result { () throws(SocketError) in try append(raw, to: destination) } }
         try outcome.get()

@@ -10,7 +10,7 @@ import CReadinessNet
 ///   the object is released. A socket bound to a Unix path unlinks it on ``close()``.
 /// - Registering through ``register(on:token:interest:trigger:)`` makes ``close()`` deregister the
 ///   descriptor **before** closing it, as ``StreamSocket`` does.
-/// - ``send(_:to:)`` and ``receive(into:)`` move one datagram each: a send returns
+/// - `send(_:to:)` and `receive(into:)` move one datagram each: a send returns
 ///   ``IOResult/transferred(_:)`` (the whole datagram, or an error: a datagram is never sent in part) or
 ///   ``IOResult/wouldBlock``; a receive returns a ``DatagramReceiveResult``: the datagram's byte count,
 ///   its source and whether it was **truncated** (`MSG_TRUNC`: it did not fit the buffer; the rest is
@@ -201,7 +201,7 @@ public final class DatagramSocket {
     // MARK: Connecting
 
     /// Sets the default destination and the only accepted source (connect(2) on a datagram socket:
-    /// nothing is sent). Afterwards ``send(_:)`` needs no address, datagrams from other sources are
+    /// nothing is sent). Afterwards `send(_:)` needs no address, datagrams from other sources are
     /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
     /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
     public func connect(to peer: SocketAddress) throws(SocketError) {
