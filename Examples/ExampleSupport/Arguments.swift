@@ -105,3 +105,45 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+
+/// The command line of readiness-udp-echo (server, or `--client` load mode).
+public struct UDPEchoArguments: Sendable {
+    public var host = "127.0.0.1"
+    public var port: UInt16 = 7000
+    public var backend: Backend?
+    /// Load mode: send datagrams to the server and check every echo.
+    public var client = false
+    /// Load mode: how many datagrams; server: exit after echoing this many (or after `idle` seconds
+    /// without one, once the first came).
+    public var datagrams: Int?
+    /// Load mode: the bytes of each datagram (8 to 65,507).
+    public var size = 64
+    /// Load mode: the most datagrams in flight (sent, not yet echoed).
+    public var window = 32
+    /// Seconds without a datagram after which the server exits (nil: never), and the client stops
+    /// waiting for echoes.
+    public var idle: Int?
+
+    public init(_ args: [String]) throws(UsageError) {
+        var rest = args.dropFirst().makeIterator()
+        while let flag = rest.next() {
+            if flag == "--client" { client = true; continue }
+            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            switch flag {
+            case "--host": host = value
+            case "--port": port = try UsageError.number(value, flag)
+            case "--backend":
+                do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
+            case "--datagrams": datagrams = try UsageError.number(value, flag)
+            case "--size": size = try UsageError.number(value, flag)
+            case "--window": window = try UsageError.number(value, flag)
+            case "--idle": idle = try UsageError.number(value, flag)
+            default: throw UsageError("unknown option \(flag)")
+            }
+        }
+        guard size >= 8, size <= DatagramSocket.maximumUDPPayload else { throw UsageError("--size must be 8 to 65507") }
+        guard window >= 1, window <= DatagramBatch.maximumCapacity else { throw UsageError("--window must be 1 to 1024") }
+        if let datagrams, datagrams < 1 { throw UsageError("--datagrams must be positive") }
+        if let idle, idle < 1 { throw UsageError("--idle must be positive") }
+    }
+}

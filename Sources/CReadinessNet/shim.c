@@ -1,8 +1,11 @@
 #define _GNU_SOURCE
 #include "CReadinessNet.h"
+#include <errno.h>
 #include <limits.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -45,3 +48,155 @@ int rd_net_iov_max(void) { return IOV_MAX; }
 int rd_net_shut_rd(void) { return SHUT_RD; }
 int rd_net_shut_wr(void) { return SHUT_WR; }
 int rd_net_shut_rdwr(void) { return SHUT_RDWR; }
+
+
+int rd_net_datagram_socket(int domain) { return socket(domain, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); }
+
+int rd_net_datagram_pair(int ends[2]) {
+    return socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, ends);
+}
+
+ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sockaddr *address, socklen_t length) {
+    return sendto(fd, bytes, count, MSG_NOSIGNAL, address, address ? length : 0);
+}
+
+ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int *truncated) {
+    struct iovec buffer = { .iov_base = bytes, .iov_len = count };
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_name = address;
+    message.msg_namelen = length ? *length : 0;
+    message.msg_iov = &buffer;
+    message.msg_iovlen = 1;
+    ssize_t n = recvmsg(fd, &message, MSG_TRUNC);
+    if (n >= 0) {
+        if (length) *length = message.msg_namelen;
+        *truncated = (message.msg_flags & MSG_TRUNC) ? 1 : 0;
+    }
+    return n;
+}
+
+int rd_net_multicast_membership(int fd, const struct sockaddr *group, unsigned interface, int join) {
+    if (group->sa_family == AF_INET) {
+        struct ip_mreqn request;
+        memset(&request, 0, sizeof request);
+        request.imr_multiaddr = ((const struct sockaddr_in *)group)->sin_addr;
+        request.imr_ifindex = (int)interface;
+        return setsockopt(fd, IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP, &request, sizeof request);
+    }
+    if (group->sa_family == AF_INET6) {
+        struct ipv6_mreq request;
+        memset(&request, 0, sizeof request);
+        request.ipv6mr_multiaddr = ((const struct sockaddr_in6 *)group)->sin6_addr;
+        request.ipv6mr_interface = interface;
+        return setsockopt(fd, IPPROTO_IPV6, join ? IPV6_ADD_MEMBERSHIP : IPV6_DROP_MEMBERSHIP, &request, sizeof request);
+    }
+    errno = EAFNOSUPPORT;
+    return -1;
+}
+
+int rd_net_multicast_interface(int fd, int domain, unsigned interface) {
+    if (domain == AF_INET) {
+        struct ip_mreqn request;
+        memset(&request, 0, sizeof request);
+        request.imr_ifindex = (int)interface;
+        return setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &request, sizeof request);
+    }
+    if (domain == AF_INET6) {
+        int value = (int)interface;
+        return setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, &value, sizeof value);
+    }
+    errno = EAFNOSUPPORT;
+    return -1;
+}
+
+int rd_net_set_hops(int fd, int domain, int multicast, int value) {
+    if (domain == AF_INET) {
+        if (multicast) {
+            unsigned char ttl = (unsigned char)value;
+            return setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl);
+        }
+        return setsockopt(fd, IPPROTO_IP, IP_TTL, &value, sizeof value);
+    }
+    if (domain == AF_INET6)
+        return setsockopt(fd, IPPROTO_IPV6, multicast ? IPV6_MULTICAST_HOPS : IPV6_UNICAST_HOPS, &value, sizeof value);
+    errno = EAFNOSUPPORT;
+    return -1;
+}
+
+int rd_net_set_multicast_loop(int fd, int domain, int enabled) {
+    if (domain == AF_INET) {
+        unsigned char value = enabled ? 1 : 0;
+        return setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &value, sizeof value);
+    }
+    if (domain == AF_INET6) {
+        unsigned value = enabled ? 1 : 0;
+        return setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &value, sizeof value);
+    }
+    errno = EAFNOSUPPORT;
+    return -1;
+}
+
+unsigned rd_net_interface_index(const char *name) { return if_nametoindex(name); }
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UIO_MAXIOV
+#define UIO_MAXIOV 1024
+#endif
+
+size_t rd_net_mmsg_scratch_size(unsigned count) { return (size_t)count * (sizeof(struct mmsghdr) + sizeof(struct iovec)); }
+
+int rd_net_recvmmsg(int fd, void *payloads, size_t slot, unsigned count, struct sockaddr_storage *sources,
+                    socklen_t *source_lengths, size_t *lengths, int *truncated, void *scratch) {
+    struct mmsghdr *headers = scratch;
+    struct iovec *buffers = (struct iovec *)(headers + count);
+    memset(headers, 0, sizeof *headers * count);
+    for (unsigned i = 0; i < count; i++) {
+        buffers[i].iov_base = (char *)payloads + (size_t)i * slot;
+        buffers[i].iov_len = slot;
+        headers[i].msg_hdr.msg_iov = &buffers[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        headers[i].msg_hdr.msg_name = &sources[i];
+        headers[i].msg_hdr.msg_namelen = sizeof sources[i];
+    }
+    int n = recvmmsg(fd, headers, count, MSG_TRUNC | MSG_WAITFORONE, NULL);
+    for (int i = 0; i < n; i++) {
+        lengths[i] = headers[i].msg_len;
+        truncated[i] = (headers[i].msg_hdr.msg_flags & MSG_TRUNC) ? 1 : 0;
+        source_lengths[i] = headers[i].msg_hdr.msg_namelen;
+    }
+    return n;
+}
+
+int rd_net_sendmmsg(int fd, const void *payloads, size_t slot, const size_t *lengths,
+                    const struct sockaddr_storage *destinations, const socklen_t *destination_lengths,
+                    unsigned count, void *scratch) {
+    struct mmsghdr *headers = scratch;
+    struct iovec *buffers = (struct iovec *)(headers + count);
+    memset(headers, 0, sizeof *headers * count);
+    for (unsigned i = 0; i < count; i++) {
+        buffers[i].iov_base = (char *)payloads + (size_t)i * slot;
+        buffers[i].iov_len = lengths[i];
+        headers[i].msg_hdr.msg_iov = &buffers[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        if (destination_lengths[i] > 0) {
+            headers[i].msg_hdr.msg_name = (void *)&destinations[i];
+            headers[i].msg_hdr.msg_namelen = destination_lengths[i];
+        }
+    }
+    return sendmmsg(fd, headers, count, MSG_NOSIGNAL);
+}
+
+int rd_net_mmsg_max(void) { return UIO_MAXIOV; }
+
+int rd_net_set_udp_segment(int fd, int size) { return setsockopt(fd, SOL_UDP, UDP_SEGMENT, &size, sizeof size); }
+
+int rd_net_set_udp_gro(int fd, int enabled) { return setsockopt(fd, SOL_UDP, UDP_GRO, &enabled, sizeof enabled); }

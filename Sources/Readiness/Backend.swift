@@ -367,7 +367,7 @@ extension EventLoopGroup {
     /// `count` loops (one per core by default) over the default backend
     /// (``Backend/default(environment:)``: `READINESS_BACKEND`, or the best available), as
     /// ``EventLoop/init(name:jobs:)`` picks it: `EventLoopGroup()` is the group a server wants.
-    /// A loop that cannot start (or a count outside 1 to ``EventLoopGroup/maximumLoops``) is
+    /// A loop that cannot start (or a count outside 1 to `EventLoopGroup.maximumLoops`) is
     /// ``SelectionError/creationFailed(_:_:)``.
     public convenience init(count: Int = EventLoopGroup.defaultCount, name: String = "readiness-loop") throws(SelectionError) {
         let backend = try Backend.default()

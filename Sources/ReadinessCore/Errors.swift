@@ -103,6 +103,8 @@ package enum ErrnoTable {
         case badDescriptor
         /// ENOENT, ENOTDIR: a path's file or directory is missing.
         case noSuchPath
+        /// EMSGSIZE: a datagram larger than the protocol or the socket's send buffer allows.
+        case messageTooLarge
         /// Anything else.
         case other
     }
@@ -125,6 +127,7 @@ package enum ErrnoTable {
         case ENOTCONN: .notConnected
         case EBADF: .badDescriptor
         case ENOENT, ENOTDIR: .noSuchPath
+        case EMSGSIZE: .messageTooLarge
         default: .other
         }
     }
@@ -157,6 +160,7 @@ package enum ErrnoTable {
         case ENOTCONN: "ENOTCONN"
         case ETIMEDOUT: "ETIMEDOUT"
         case ECONNREFUSED: "ECONNREFUSED"
+        case EMSGSIZE: "EMSGSIZE"
         case EHOSTDOWN: "EHOSTDOWN"
         case EHOSTUNREACH: "EHOSTUNREACH"
         case EALREADY: "EALREADY"

@@ -261,3 +261,30 @@ private func withPair(_ backend: Backend,
         }.value
     }
 }
+
+/// A read that waits before it allocates asks whether data is there without taking a pending error.
+@Suite("Bytes: idle reads and errors", .serialized)
+struct BytesIdleReadErrorTests {
+    @Test("a reset before an idle read is reported as a reset (it read as the end of the stream when the check was recv(MSG_PEEK))",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func resetIsNotEndOfStream(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.withStreamSocket { (socket) throws(SocketError) in try socket.setLinger(.resetOnClose) }
+            try await client.write([1])                 // so that the server's side has something to lose
+            await client.close()                        // RST
+            try await loop.sleep(for: .milliseconds(50))
+            var outcome = "no error"
+            do throws(LoopError) {
+                _ = try await server.readAvailable(timeout: .seconds(5))   // the byte, then the reset
+                let again = try await server.readAvailable(timeout: .seconds(5))
+                outcome = again.isEmpty ? "end of stream" : "\(again.count) bytes"
+            } catch {
+                if case .socket(let socketError) = error { outcome = "\(socketError.kind)" } else { outcome = "\(error)" }
+            }
+            #expect(outcome == "reset", "\(outcome)")
+            await server.close()
+            await listener.close()
+        }
+    }
+}

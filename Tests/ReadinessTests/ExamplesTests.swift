@@ -62,6 +62,33 @@ struct ExamplesTests {
 }
 
 extension ExamplesTests {
+    @Test("readiness-udp-echo: the batched server and its --client load mode, every echo checked",
+          arguments: backends, [64, 1_200])
+    func udpEcho(backend: Backend, size: Int) throws {
+        let datagrams = 2_000 / loadDivisor
+        let probe = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let address = try #require(probe.localAddress)
+        probe.close()
+        let server = try Spawned([try builtExecutable("readiness-udp-echo"), "--port", "\(address.port!)",
+                                  "--backend", backend.name, "--datagrams", "\(datagrams)", "--idle", "2"])
+        // The server is up once its port is taken.
+        var up = false
+        for _ in 0..<500 where !up {
+            do { _ = try DatagramSocket(bind: address); usleep(10_000) } catch { up = error.kind == .addressInUse }
+        }
+        #expect(up, "the UDP echo server did not start")
+        let client = try Spawned([try builtExecutable("readiness-udp-echo"), "--client", "--port", "\(address.port!)",
+                                  "--datagrams", "\(datagrams)", "--size", "\(size)", "--window", "32",
+                                  "--backend", backend.name])
+        let (clientStatus, clientOutput) = client.finish()
+        #expect(clientStatus == 0, "\(clientOutput)")
+        #expect(clientOutput.contains("sent \(datagrams) echoed \(datagrams) lost 0 corrupt 0 size \(size)"), "\(clientOutput)")
+        let (serverStatus, serverOutput) = server.finish()
+        #expect(serverStatus == 0, "\(serverOutput)")
+        #expect(serverOutput.contains("datagrams \(datagrams) echoed-bytes \(datagrams * size) truncated 0 backend \(backend.name)"),
+                "\(serverOutput)")
+    }
+
     @Test("the examples import only Readiness (and what they share, itself on Readiness only; no Glibc)")
     func onlyPublicAPI() throws {
         // #filePath is .../Tests/ReadinessTests/ExamplesTests.swift
@@ -69,7 +96,7 @@ extension ExamplesTests {
         func imports(_ path: String) throws -> [Substring] {
             try read("/" + root + path).split(separator: "\n").filter { $0.hasPrefix("import ") || $0.hasPrefix("@_exported import ") }
         }
-        for name in ["readiness-echo", "readiness-async-echo", "readiness-http-load", "readiness-async-http-load"] {
+        for name in ["readiness-echo", "readiness-async-echo", "readiness-http-load", "readiness-async-http-load", "readiness-udp-echo"] {
             #expect(try imports("/Examples/\(name)/main.swift") == ["import ExampleSupport", "import Readiness"], "\(name)")
         }
         for file in ["Arguments.swift", "ResponseParser.swift"] {

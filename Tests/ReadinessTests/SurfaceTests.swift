@@ -14,7 +14,9 @@ struct SurfaceTests {
             (ENOMEM, .resourceExhausted), (EADDRINUSE, .addressInUse), (EADDRNOTAVAIL, .addressUnavailable),
             (EACCES, .permissionDenied), (EPERM, .permissionDenied), (ENOTCONN, .notConnected),
             (EBADF, .closed), (ENOENT, .noSuchPath), (ENOTDIR, .noSuchPath), (EAGAIN, .other),
-            (ECONNREFUSED, .other), (EINVAL, .other), (EHOSTUNREACH, .other),
+            (EINVAL, .other), (EHOSTUNREACH, .other),
+            // Issue 23 (datagrams): a connected datagram socket's refusal, and a datagram too large.
+            (ECONNREFUSED, .refused), (EMSGSIZE, .messageTooLarge),
         ]
         for (code, kind) in socketKinds { #expect(SocketError.kind(of: code) == kind, "\(ErrnoTable.name(code))") }
         let tcp = SocketAddress.Family.ipv4, unix = SocketAddress.Family.unix
@@ -26,7 +28,7 @@ struct SurfaceTests {
             (EAGAIN, unix, .backlogFull), (EAGAIN, tcp, .addressUnavailable), (EAGAIN, nil, .addressUnavailable),
             (EADDRNOTAVAIL, tcp, .addressUnavailable), (EACCES, tcp, .permissionDenied), (EPERM, tcp, .permissionDenied),
             (EMFILE, tcp, .resourceExhausted), (ENOMEM, tcp, .resourceExhausted), (EINVAL, tcp, .other),
-            (EADDRINUSE, tcp, .other), (EBADF, tcp, .other),
+            (EADDRINUSE, tcp, .other), (EBADF, tcp, .other), (EMSGSIZE, tcp, .other),
         ]
         for (code, family, cause) in causes {
             #expect(ConnectError.cause(of: code, family: family) == cause, "\(ErrnoTable.name(code)) \(String(describing: family))")

@@ -55,4 +55,47 @@ int rd_signal_restore(int signo);
 /// A pipe whose both ends are non-blocking and close-on-exec (pipe2): 0, or -1 with errno.
 int rd_signal_pipe(int ends[2]);
 
+/// Datagram sockets (DatagramSocket.swift).
+/// A datagram socket created non-blocking and close-on-exec in one call.
+int rd_net_datagram_socket(int domain);
+/// A connected pair of Unix datagram sockets, non-blocking and close-on-exec: 0, or -1 with errno.
+int rd_net_datagram_pair(int ends[2]);
+/// sendto(2) with MSG_NOSIGNAL; `address` NULL sends to the connected peer.
+ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sockaddr *address, socklen_t length);
+/// recvmsg(2) of one datagram with MSG_TRUNC: returns the datagram's real length (which may exceed
+/// `count`), fills the source address, and sets `*truncated` to 1 when the datagram did not fit.
+ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int *truncated);
+/// Joins (`join` 1) or leaves (0) the IPv4 or IPv6 multicast group `group` on interface `interface`
+/// (0: the kernel's choice); EAFNOSUPPORT for another family.
+int rd_net_multicast_membership(int fd, const struct sockaddr *group, unsigned interface, int join);
+/// The interface outgoing multicast uses (IP_MULTICAST_IF by index, or IPV6_MULTICAST_IF).
+int rd_net_multicast_interface(int fd, int domain, unsigned interface);
+/// IP_TTL or IPV6_UNICAST_HOPS (`multicast` 0), IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS (1).
+int rd_net_set_hops(int fd, int domain, int multicast, int value);
+/// IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP.
+int rd_net_set_multicast_loop(int fd, int domain, int enabled);
+/// The index of the interface named `name` (if_nametoindex), 0 when there is none.
+unsigned rd_net_interface_index(const char *name);
+
+/// Batched datagram I/O. `scratch` holds the message headers: `rd_net_mmsg_scratch_size(count)` bytes,
+/// allocated once by the caller; every array has `count` elements, payload `i` is at
+/// `payloads + i * slot`.
+size_t rd_net_mmsg_scratch_size(unsigned count);
+/// recvmmsg(2) of up to `count` datagrams, each with MSG_TRUNC: the number received (or -1 with
+/// errno); for each, `lengths[i]` is its real length, `truncated[i]` 1 when it exceeded `slot`, and
+/// `sources[i]`/`source_lengths[i]` its source.
+int rd_net_recvmmsg(int fd, void *payloads, size_t slot, unsigned count, struct sockaddr_storage *sources,
+                    socklen_t *source_lengths, size_t *lengths, int *truncated, void *scratch);
+/// sendmmsg(2) of `count` datagrams with MSG_NOSIGNAL: `lengths[i]` bytes each, to `destinations[i]`
+/// (length 0: the connected peer); the number sent, or -1 with errno.
+int rd_net_sendmmsg(int fd, const void *payloads, size_t slot, const size_t *lengths,
+                    const struct sockaddr_storage *destinations, const socklen_t *destination_lengths,
+                    unsigned count, void *scratch);
+/// The most messages one recvmmsg/sendmmsg takes (UIO_MAXIOV).
+int rd_net_mmsg_max(void);
+/// UDP_SEGMENT (GSO): the kernel splits one send into datagrams of `size` bytes (0: off).
+int rd_net_set_udp_segment(int fd, int size);
+/// UDP_GRO: 0, or -1 with errno (ENOPROTOOPT where the kernel lacks it).
+int rd_net_set_udp_gro(int fd, int enabled);
+
 #endif

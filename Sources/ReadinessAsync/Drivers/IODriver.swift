@@ -39,4 +39,11 @@ protocol IODriver: Sendable {
     nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
                                          options: HappyEyeballs.Options, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket)
+    /// One datagram operation on datagram socket `id` whose attempts the caller makes (``AsyncDatagramSocket``):
+    /// `attempt` runs on the loop thread, at once (or, with `waitFirst`, once a datagram is queued),
+    /// and again each time `direction` is ready, until it returns a value (nil: it would block). One
+    /// waiter per direction (``LoopError/busy``); no pointer an attempt takes outlives it.
+    nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                             on loop: LoopState,
+                                             _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R
 }

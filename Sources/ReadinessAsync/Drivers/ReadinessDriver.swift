@@ -35,17 +35,14 @@ struct ReadinessDriver: IODriver {
     }
 
     /// Whether a read of `socket` would not block now (bytes, the end of the stream or an error to
-    /// report), asked without a buffer: `recv` of one byte with MSG_PEEK into the stack.
+    /// report), asked without a buffer: `poll` with a zero timeout. Not `recv(MSG_PEEK)`, which takes a
+    /// pending error (a reset would then read as the end of the stream).
     private static func readWouldNotBlock(_ socket: StreamSocket) -> Bool {
-        var byte: UInt8 = 0
+        var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
         while true {
-            let n = recv(socket.fd, &byte, 1, CInt(MSG_PEEK) | CInt(MSG_DONTWAIT))
-            if n >= 0 { return true }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return false
-            default: return true   // the read reports it
-            }
+            let n = poll(&entry, 1, 0)
+            if n >= 0 { return n > 0 }
+            if errno != EINTR { return true }   // the read reports it
         }
     }
 
@@ -222,6 +219,25 @@ struct ReadinessDriver: IODriver {
         case .failed(let error): throw .connect(error)
         case .unresolved(let error): throw .resolution(error)
         case .inProgress: throw .closed
+        }
+    }
+
+    nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                             on loop: LoopState,
+                                             _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
+        var datagram = try loop.datagram(id)
+        if datagram.record[direction].isWaiting { throw .busy }
+        // A receive that would allocate first asks whether a datagram is queued (MSG_PEEK, no buffer).
+        var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
+        while true {
+            if !wait {
+                let result: R?
+                do { result = try attempt(datagram.socket) } catch { throw .socket(error) }
+                if let result { return result }
+            }
+            wait = false
+            if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
+            datagram = try loop.datagram(id)
         }
     }
 }

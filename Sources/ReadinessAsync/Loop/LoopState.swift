@@ -81,6 +81,11 @@ final class LoopState {
         return (stream, socket)
     }
 
+    func datagram(_ id: UInt64) throws(LoopError) -> DatagramResource {
+        guard let datagram = try resource(id) as? DatagramResource, !datagram.socket.isClosed else { throw .closed }
+        return datagram
+    }
+
     func listener(_ id: UInt64) throws(LoopError) -> ListenerResource {
         guard let listener = try resource(id) as? ListenerResource else { throw .closed }
         return listener
@@ -221,5 +226,27 @@ final class LoopState {
         let resource = slab.insert { ListenerResource(key: $0, listener: listener) }
         own(resource, listener.fd)
         return (resource.key.raw, listener.address)
+    }
+
+    /// Makes a datagram socket with `make` and takes ownership of it: a resource of its own.
+    func openDatagram(_ make: () throws(SocketError) -> DatagramSocket) throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) {
+        if isShutDown { throw .shutdown }
+        let socket: DatagramSocket
+        do { socket = try make() } catch { throw .socket(error) }
+        let resource = slab.insert { DatagramResource(key: $0, socket: socket) }
+        own(resource, socket.fd)
+        return (resource.key.raw, socket.localAddress, socket.peerAddress)
+    }
+
+    func withDatagram<T>(_ id: UInt64, _ body: (DatagramSocket) throws(SocketError) -> T) throws(LoopError) -> T {
+        let datagram = try datagram(id)
+        // Closed or released by the body: the loop forgets it (its waiters end with .closed).
+        defer { if datagram.socket.isClosed { close(datagram, reason: .closed) } }
+        do { return try body(datagram.socket) } catch { throw .socket(error) }
+    }
+
+    nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                             _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
+        try await driver.datagram(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
     }
 }

@@ -71,7 +71,7 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case .addressUnavailable: .addressUnavailable
         case .permissionDenied: .permissionDenied
         case .resourceExhausted: .resourceExhausted
-        case .interrupted, .protocolFailure, .addressInUse, .notConnected, .badDescriptor, .other: .other
+        case .interrupted, .protocolFailure, .addressInUse, .notConnected, .badDescriptor, .messageTooLarge, .other: .other
         }
     }
 

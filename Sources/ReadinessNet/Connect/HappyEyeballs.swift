@@ -136,7 +136,7 @@ public final class HappyEyeballs {
         self.init(resolution: resolution, poller: poller, timers: timers, tokens: TokenBlock(first: tokenBase), options: options)
     }
 
-    /// Over a name being resolved, with tokens from `tokens`. Pass it a wake-up event (``Token/waker``)
+    /// Over a name being resolved, with tokens from `tokens`. Pass it a wake-up event (``/ReadinessCore/Token/waker``)
     /// when an answer may be in.
     public init(resolution: Resolution, poller: any Poller, timers: Timers, tokens: any TokenAllocator,
                 options: Options = Options()) {
@@ -360,7 +360,7 @@ public final class HappyEyeballs {
 
 /// Hands out tokens for a connect's attempts and timer (``HappyEyeballs``), one at a time as they are
 /// needed: each must differ from every other registration and timer token of the poller and timers it
-/// uses, and from ``Token/waker``.
+/// uses, and from ``/ReadinessCore/Token/waker``.
 public protocol TokenAllocator: AnyObject {
     /// A token nothing else uses.
     func makeToken() -> Token

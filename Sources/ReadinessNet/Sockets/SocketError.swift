@@ -8,6 +8,12 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Kind: String, Hashable, Sendable, Codable {
         /// ECONNRESET, EPIPE: the peer reset the connection, or it is closed for writing.
         case reset
+        /// ECONNREFUSED: nothing listens there. For a connected ``DatagramSocket``: an ICMP
+        /// port-unreachable came back for an earlier datagram, reported by the next call.
+        case refused
+        /// EMSGSIZE: a datagram larger than the protocol allows (65,507 bytes of UDP over IPv4) or than
+        /// the socket's send buffer; nothing was sent.
+        case messageTooLarge
         /// ECONNABORTED, ETIMEDOUT: the connection was aborted (by keep-alive, or before accept).
         case aborted
         /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or kernel memory. Back off; retry later.
@@ -64,7 +70,9 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case .notConnected: .notConnected
         case .badDescriptor: .closed
         case .noSuchPath: .noSuchPath
-        case .wouldBlock, .interrupted, .refused, .unreachable, .protocolFailure, .other: .other
+        case .refused: .refused
+        case .messageTooLarge: .messageTooLarge
+        case .wouldBlock, .interrupted, .unreachable, .protocolFailure, .other: .other
         }
     }
 

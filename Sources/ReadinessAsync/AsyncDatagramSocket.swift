@@ -1,0 +1,163 @@
+import ReadinessCore
+import ReadinessNet
+
+/// A UDP (IPv4, IPv6) or Unix datagram socket owned by an ``EventLoop``: a Sendable handle (the loop
+/// and a number), made by ``EventLoop/bindDatagram(to:options:)`` or
+/// ``EventLoop/connectDatagram(to:from:options:)`` (tokio's `UdpSocket::bind` and `connect`).
+///
+/// - Each send and receive moves one whole datagram (``DatagramSocket``): a receive tells the source
+///   and whether the datagram was truncated (``ReceivedDatagram``), never silently.
+/// - One task may wait to receive and one to send at a time; a second waiter in the same direction
+///   fails with ``LoopError/busy``.
+/// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``, and
+///   every later operation fails with ``LoopError/closed``. ``EventLoop/shutdown()`` closes it too
+///   (``LoopError/shutdown``).
+/// - A deadline (`timeout`) bounds the operation (``LoopError/timedOut``); cancelling the task ends a
+///   wait with ``LoopError/cancelled`` (the socket stays open). A datagram ready is received, and a
+///   send with room is made, without suspending.
+/// - A connected socket's refusal (an ICMP port-unreachable for an earlier datagram) fails the next
+///   operation with ``LoopError/socket(_:)`` of kind ``SocketError/Kind/refused``.
+public struct AsyncDatagramSocket: Sendable {
+    /// The loop that owns it.
+    public let loop: EventLoop
+    let id: UInt64
+    /// The bound address (with the port the kernel chose for port 0); nil for a nameless Unix socket.
+    public let localAddress: SocketAddress?
+    /// The connected peer, if connected.
+    public let peer: SocketAddress?
+
+    /// Sends the readable bytes of `bytes` as one datagram to `destination` (nil: the connected peer),
+    /// waiting for room in the send buffer if needed. No copy: the operation holds the storage.
+    nonisolated(nonsending) public func send(_ bytes: Bytes, to destination: SocketAddress? = nil,
+                                             timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+                try socket.send(bytes, to: destination) == .wouldBlock ? nil : ()
+            }
+        }
+    }
+
+    /// Sends `bytes` as one datagram (no copy).
+    nonisolated(nonsending) public func send(_ bytes: [UInt8], to destination: SocketAddress? = nil,
+                                             timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+                try socket.send(bytes, destination: destination) == .wouldBlock ? nil : ()
+            }
+        }
+    }
+
+    /// Receives one datagram appended to `buffer`, up to `maximum` bytes of it (at least 1; the
+    /// default takes any UDP datagram whole): its count, source and truncation. Room is made only
+    /// once a datagram is queued when `buffer` lacks it (an idle receive holds no new memory), as for
+    /// ``AsyncSocket/read(into:maximum:timeout:)``. A `maximum` below 1 is
+    /// ``LoopError/invalidArgument(_:)``.
+    nonisolated(nonsending) public func receive(into buffer: inout Bytes, maximum: Int = DatagramSocket.maximumUDPPayload,
+                                                timeout: Duration? = nil) async throws(LoopError) -> ReceivedDatagram {
+        guard maximum > 0 else { throw .invalidArgument("receive(into:maximum: \(maximum))") }
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        let room = Swift.min(maximum, StreamSocket.maximumReadReservation)
+        return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram in
+            try await state.datagram(id, .read, deadline: deadline, waitFirst: !buffer.hasRoom(room)) { (socket) throws(SocketError) -> ReceivedDatagram? in
+                try socket.receive(into: &buffer, maximum: maximum).datagram
+            }
+        }
+    }
+
+    /// Receives one datagram into a new buffer (allocated once a datagram is queued): the bytes and
+    /// the datagram's description.
+    nonisolated(nonsending) public func receive(maximum: Int = DatagramSocket.maximumUDPPayload,
+                                                timeout: Duration? = nil) async throws(LoopError) -> (bytes: Bytes, datagram: ReceivedDatagram) {
+        var bytes = Bytes()
+        let datagram = try await receive(into: &bytes, maximum: maximum, timeout: timeout)
+        return (bytes, datagram)
+    }
+
+    /// Receives one datagram into the start of `buffer` (its count does not change; an empty array
+    /// drops a datagram and tells its length).
+    nonisolated(nonsending) public func receive(into buffer: inout [UInt8], timeout: Duration? = nil) async throws(LoopError) -> ReceivedDatagram {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram in
+            try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> ReceivedDatagram? in
+                try socket.receive(into: &buffer).datagram
+            }
+        }
+    }
+
+    /// Receives the datagrams queued, as many as `batch` has slots, with one `recvmmsg` once at least
+    /// one is there: their number (at least 1; ``DatagramBatch/count``). The batch's storage is
+    /// reused: nothing is allocated per datagram. `batch` must not be used elsewhere until this returns.
+    nonisolated(nonsending) public func receive(into batch: DatagramBatch, timeout: Duration? = nil) async throws(LoopError) -> Int {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Int in
+            try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Int? in
+                if case .transferred(let n) = try socket.receive(into: batch) { return n }
+                return nil
+            }
+        }
+    }
+
+    /// Sends every datagram of `batch` with `sendmmsg`, waiting for room as often as needed. On an
+    /// error (a deadline, cancellation, a refusal) some of them may have been sent.
+    nonisolated(nonsending) public func send(_ batch: DatagramBatch, timeout: Duration? = nil) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        var sent = 0
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+                while sent < batch.count {
+                    guard case .transferred(let n) = try socket.send(batch, from: sent), n > 0 else { return nil }
+                    sent += n
+                }
+                return ()
+            }
+        }
+    }
+
+    /// Runs `body` on the loop thread with the underlying socket, for options (`setBroadcast`,
+    /// `joinMulticast`, `setSegmentSize`, ...). A socket closed or released there is forgotten by the
+    /// loop (a waiter ends with ``LoopError/closed``); registering it elsewhere is not supported.
+    nonisolated(nonsending) public func withDatagramSocket<T: Sendable>(_ body: (DatagramSocket) throws(SocketError) -> T) async throws(LoopError) -> T {
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> T in
+            try state.withDatagram(id, body)
+        }
+    }
+
+    /// Closes the socket once (deregistered first; a bound Unix path is unlinked); a task waiting on
+    /// it resumes with ``LoopError/closed``. Later calls do nothing.
+    nonisolated(nonsending) public func close() async {
+        let id = self.id
+        try? await loop.onLoop { (state) async throws(LoopError) in state.close(id) }
+    }
+}
+
+extension EventLoop {
+    /// A datagram socket bound to `address` (port 0: the kernel chooses; ``AsyncDatagramSocket/localAddress``
+    /// tells which), owned by this loop.
+    nonisolated(nonsending) public func bindDatagram(to address: SocketAddress,
+                                                     options: DatagramSocket.Options = DatagramSocket.Options()) async throws(LoopError) -> AsyncDatagramSocket {
+        let (id, local, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
+            try state.openDatagram { () throws(SocketError) in try DatagramSocket(bind: address, options: options) }
+        }
+        return AsyncDatagramSocket(loop: self, id: id, localAddress: local, peer: peer)
+    }
+
+    /// A datagram socket connected to `peer` (bound to `local` when given, else an ephemeral port):
+    /// sends need no address, only `peer`'s datagrams are received, and a refusal is reported
+    /// (``SocketError/Kind/refused``).
+    nonisolated(nonsending) public func connectDatagram(to peer: SocketAddress, from local: SocketAddress? = nil,
+                                                        options: DatagramSocket.Options = DatagramSocket.Options()) async throws(LoopError) -> AsyncDatagramSocket {
+        let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
+            try state.openDatagram { () throws(SocketError) in try DatagramSocket(connectedTo: peer, from: local, options: options) }
+        }
+        return AsyncDatagramSocket(loop: self, id: id, localAddress: bound, peer: connected)
+    }
+}

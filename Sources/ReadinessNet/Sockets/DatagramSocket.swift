@@ -1,0 +1,503 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+@_spi(Backend) import ReadinessCore
+import CReadinessNet
+
+/// A UDP (IPv4 or IPv6) or Unix-domain datagram socket over a descriptor it owns.
+///
+/// - The descriptor is non-blocking and close-on-exec, and closed exactly once: by ``close()``, or when
+///   the object is released. A socket bound to a Unix path unlinks it on ``close()``.
+/// - Registering through ``register(on:token:interest:trigger:)`` makes ``close()`` deregister the
+///   descriptor **before** closing it, as ``StreamSocket`` does.
+/// - `send(_:to:)` and `receive(into:)` move one datagram each: a send returns
+///   ``IOResult/transferred(_:)`` (the whole datagram, or an error: a datagram is never sent in part) or
+///   ``IOResult/wouldBlock``; a receive returns a ``DatagramReceiveResult``: the datagram's byte count,
+///   its source and whether it was **truncated** (`MSG_TRUNC`: it did not fit the buffer; the rest is
+///   gone, and the result says so, never silently).
+/// - EINTR is retried inside (`Sys.retryingEINTR`, the one place); EAGAIN is ``IOResult/wouldBlock``;
+///   ECONNREFUSED (a connected socket's earlier datagram drew an ICMP port-unreachable) is
+///   ``SocketError/Kind/refused``, EMSGSIZE ``SocketError/Kind/messageTooLarge``, ENOBUFS
+///   ``SocketError/Kind/resourceExhausted``.
+///
+/// Sends and receives do not allocate. Used from one thread at a time, like the poller.
+public final class DatagramSocket {
+    /// The descriptor, or -1 once closed.
+    public private(set) var fd: CInt
+    /// The poller it is registered with through ``register(on:token:interest:trigger:)``, if any.
+    public private(set) var poller: (any Poller)?
+    /// What it is registered for on ``poller`` (nil when not registered).
+    public private(set) var registration: (token: Token, interest: Interest, trigger: Trigger)?
+    /// The address family (the socket's domain).
+    public let family: SocketAddress.Family
+    /// For a socket bound to a Unix path: the path to unlink on close.
+    private var unixPath: String?
+
+    /// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers); a buffer this large
+    /// receives any UDP datagram whole.
+    public static let maximumUDPPayload = 65_507
+
+    /// Options applied before `bind`.
+    public struct Options: Sendable {
+        /// SO_REUSEADDR: several sockets on one address (multicast receivers). Off by default.
+        public var reuseAddress = false
+        /// SO_REUSEPORT: several sockets on one port, one per loop thread; the kernel spreads datagrams
+        /// over them by source.
+        public var reusePort = false
+        /// IPV6_V6ONLY for an IPv6 address: nil keeps the system default (dual-stack on Linux: an
+        /// IPv6 socket bound to `::` also receives IPv4 datagrams, from IPv4-mapped sources).
+        public var v6Only: Bool? = nil
+        /// SO_BROADCAST: may send to a broadcast address.
+        public var broadcast = false
+        /// SO_RCVBUF, when given (the kernel doubles it and clamps it to net.core.rmem_max).
+        public var receiveBufferSize: Int? = nil
+        /// SO_SNDBUF, when given (doubled and clamped like the receive buffer).
+        public var sendBufferSize: Int? = nil
+        /// The defaults: no reuse, system dual-stack default, no broadcast, system buffer sizes.
+        public init() {}
+    }
+
+    /// A socket bound to `address` (port 0: the kernel chooses; ``localAddress`` tells which).
+    ///
+    /// A Unix path that exists already fails with ``SocketError/Kind/addressInUse`` and is not
+    /// touched; the socket unlinks its own path on ``close()``.
+    public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
+        let fd = try Self.makeSocket(address.domain)
+        do throws(SocketError) {
+            try Self.apply(options, fd: fd, family: address.family)
+            let status = address.withSockaddr { Glibc.bind(fd, $0, $1) }
+            guard status == 0 else { throw SocketError(errno: errno, operation: "bind \(address)") }
+        } catch {
+            Sys.close(fd)
+            throw error
+        }
+        self.fd = fd
+        family = address.family
+        unixPath = address.unixPath
+    }
+
+    /// An unbound socket of `family` (the kernel binds an IP socket to an ephemeral port on its first
+    /// send; a Unix one stays nameless, so nobody can answer it: bind it to receive replies).
+    public init(family: SocketAddress.Family, options: Options = Options()) throws(SocketError) {
+        let domain: CInt = switch family {
+        case .ipv4: AF_INET
+        case .ipv6: AF_INET6
+        case .unix: AF_UNIX
+        }
+        let fd = try Self.makeSocket(domain)
+        do throws(SocketError) { try Self.apply(options, fd: fd, family: family) } catch {
+            Sys.close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.family = family
+    }
+
+    /// A socket connected to `peer`: bound to `local` when given (else an ephemeral port, or nameless
+    /// for Unix), then ``connect(to:)``.
+    public convenience init(connectedTo peer: SocketAddress, from local: SocketAddress? = nil,
+                            options: Options = Options()) throws(SocketError) {
+        if let local {
+            guard local.family == peer.family else {
+                throw SocketError(.invalidArgument, operation: "connect \(peer) from \(local): families differ")
+            }
+            try self.init(bind: local, options: options)
+        } else {
+            try self.init(family: peer.family, options: options)
+        }
+        try connect(to: peer)
+    }
+
+    /// A connected pair of Unix datagram sockets (socketpair), each the other's peer.
+    public static func pair() throws(SocketError) -> (DatagramSocket, DatagramSocket) {
+        var ends: (CInt, CInt) = (-1, -1)
+        let status = withUnsafeMutablePointer(to: &ends) {
+            $0.withMemoryRebound(to: CInt.self, capacity: 2) { rd_net_datagram_pair($0) }
+        }
+        guard status == 0 else { throw SocketError(errno: errno, operation: "socketpair") }
+        return (DatagramSocket(owning: ends.0, family: .unix), DatagramSocket(owning: ends.1, family: .unix))
+    }
+
+    private init(owning fd: CInt, family: SocketAddress.Family) {
+        self.fd = fd
+        self.family = family
+    }
+
+    private static func makeSocket(_ domain: CInt) throws(SocketError) -> CInt {
+        let fd = rd_net_datagram_socket(domain)
+        guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
+        return fd
+    }
+
+    private static func apply(_ options: Options, fd: CInt, family: SocketAddress.Family) throws(SocketError) {
+        if family != .unix {
+            if options.reuseAddress { try set(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+            if options.reusePort { try set(fd, SOL_SOCKET, rd_net_so_reuseport(), 1, "SO_REUSEPORT") }
+            if options.broadcast { try set(fd, SOL_SOCKET, SO_BROADCAST, 1, "SO_BROADCAST") }
+            if family == .ipv6, let v6Only = options.v6Only {
+                try set(fd, rd_net_ipproto_ipv6(), rd_net_ipv6_v6only(), v6Only ? 1 : 0, "IPV6_V6ONLY")
+            }
+        }
+        if let size = options.receiveBufferSize { try set(fd, SOL_SOCKET, SO_RCVBUF, CInt(clamping: size), "SO_RCVBUF") }
+        if let size = options.sendBufferSize { try set(fd, SOL_SOCKET, SO_SNDBUF, CInt(clamping: size), "SO_SNDBUF") }
+    }
+
+    deinit { close() }
+
+    /// Whether ``close()`` or ``release()`` has been called.
+    public var isClosed: Bool { fd < 0 }
+
+    // MARK: Registration
+
+    /// Registers the socket with `poller`; ``close()`` will deregister it first. One poller at a time:
+    /// while it is registered this fails with ``/ReadinessCore/PollerError/alreadyRegistered(_:)``.
+    public func register(on poller: any Poller, token: Token, interest: Interest,
+                         trigger: Trigger = .level) throws(PollerError) {
+        if self.poller != nil { throw .alreadyRegistered(fd) }
+        try poller.register(fd, token: token, interest: interest, trigger: trigger)
+        self.poller = poller
+        registration = (token, interest, trigger)
+    }
+
+    /// Changes the registration made with ``register(on:token:interest:trigger:)``.
+    public func reregister(token: Token, interest: Interest, trigger: Trigger = .level) throws(PollerError) {
+        guard let poller else { throw .notRegistered(fd) }
+        try poller.reregister(fd, token: token, interest: interest, trigger: trigger)
+        registration = (token, interest, trigger)
+    }
+
+    /// Stops watching the socket (it stays open).
+    public func deregister() throws(PollerError) {
+        guard let poller else { return }
+        self.poller = nil
+        registration = nil
+        try poller.deregister(fd)
+    }
+
+    /// Deregisters (if registered), then closes the descriptor, and unlinks a bound Unix path. Later
+    /// calls do nothing.
+    public func close() {
+        guard fd >= 0 else { return }
+        if let poller {
+            try? poller.deregister(fd)
+            self.poller = nil
+            registration = nil
+        }
+        Sys.close(fd)
+        fd = -1
+        if let unixPath { unlink(unixPath) }
+        unixPath = nil
+    }
+
+    /// Gives the descriptor up: the caller owns it (and a bound Unix path) from now on.
+    public func release() -> CInt {
+        if poller != nil { try? deregister() }
+        let out = fd
+        fd = -1
+        unixPath = nil
+        return out
+    }
+
+    // MARK: Connecting
+
+    /// Sets the default destination and the only accepted source (connect(2) on a datagram socket:
+    /// nothing is sent). Afterwards `send(_:)` needs no address, datagrams from other sources are
+    /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
+    /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
+    public func connect(to peer: SocketAddress) throws(SocketError) {
+        guard peer.family == family else {
+            throw SocketError(.invalidArgument, operation: "connect \(peer): not a \(family.rawValue) address")
+        }
+        let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
+        guard status == 0 else { throw SocketError(errno: errno, operation: "connect \(peer)") }
+    }
+
+    // MARK: Sending and receiving
+
+    /// Sends `buffer` as one datagram to `destination` (nil: to the connected peer). An empty buffer
+    /// sends an empty datagram. ``IOResult/transferred(_:)`` is always the whole count.
+    @inlinable
+    public func send(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress? = nil) throws(SocketError) -> IOResult {
+        try sendImpl(buffer, to: destination)
+    }
+
+    /// Sends `bytes[offset..<end]` (end: the whole array) as one datagram; a range outside the array
+    /// is refused (``SocketError/Kind/invalidArgument``) before any system call.
+    public func send(_ bytes: [UInt8], from offset: Int = 0, to end: Int? = nil,
+                     destination: SocketAddress? = nil) throws(SocketError) -> IOResult {
+        let end = end ?? bytes.count
+        guard offset >= 0, offset <= end, end <= bytes.count else {
+            throw SocketError(.invalidArgument, operation: "send(from: \(offset), to: \(end)) of \(bytes.count) bytes")
+        }
+        let outcome = bytes.withUnsafeBytes { raw in
+            Result { () throws(SocketError) -> IOResult in
+                try sendImpl(UnsafeRawBufferPointer(rebasing: raw[offset..<end]), to: destination)
+            }
+        }
+        return try outcome.get()
+    }
+
+    /// Sends the readable bytes of `bytes` as one datagram.
+    public func send(_ bytes: Bytes, to destination: SocketAddress? = nil) throws(SocketError) -> IOResult {
+        let outcome = bytes.withUnsafeBytes { raw in
+            Result { () throws(SocketError) -> IOResult in try sendImpl(raw, to: destination) }
+        }
+        return try outcome.get()
+    }
+
+    @usableFromInline
+    func sendImpl(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress?) throws(SocketError) -> IOResult {
+        if let destination, destination.family != family {
+            throw SocketError(.invalidArgument, operation: "send to \(destination): not a \(family.rawValue) address")
+        }
+        let fd = self.fd
+        let n: Int
+        if let destination {
+            n = destination.withSockaddr { address, length in
+                Sys.retryingEINTR { rd_net_sendto(fd, buffer.baseAddress, buffer.count, address, length) }
+            }
+        } else {
+            n = Sys.retryingEINTR { rd_net_sendto(fd, buffer.baseAddress, buffer.count, nil, 0) }
+        }
+        return try NetSys.result(n, operation: "sendto", isRead: false)
+    }
+
+    /// Receives one datagram into `buffer`: its byte count (at most `buffer.count`), its source and
+    /// whether it was truncated. An empty buffer is allowed: it takes the next datagram and reports
+    /// its length (truncated unless the datagram was empty), a way to drop one.
+    @inlinable
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> DatagramReceiveResult {
+        try receiveImpl(buffer)
+    }
+
+    /// Receives one datagram into the start of `buffer` (its count does not change).
+    public func receive(into buffer: inout [UInt8]) throws(SocketError) -> DatagramReceiveResult {
+        let outcome = buffer.withUnsafeMutableBytes { raw in
+            Result { () throws(SocketError) -> DatagramReceiveResult in try receiveImpl(raw) }
+        }
+        return try outcome.get()
+    }
+
+    /// Receives one datagram appended to `bytes`, up to `maximum` bytes of it (at least 1, refused
+    /// otherwise; the default, ``maximumUDPPayload``, receives any UDP datagram whole; at most
+    /// ``StreamSocket/maximumReadReservation`` is reserved). Room is made before the system call (as for the
+    /// stream read), so a receive that would block may leave it made; memory that cannot be allocated
+    /// is ``SocketError/Kind/resourceExhausted``.
+    public func receive(into bytes: inout Bytes, maximum: Int = DatagramSocket.maximumUDPPayload) throws(SocketError) -> DatagramReceiveResult {
+        guard maximum >= 1 else { throw SocketError(.invalidArgument, operation: "receive(into:maximum: \(maximum))") }
+        let wanted = Swift.min(maximum, StreamSocket.maximumReadReservation)
+        guard bytes.makeRoom(wanted) else {
+            throw SocketError(.resourceExhausted, operation: "receive: allocating room for \(wanted) bytes")
+        }
+        let room = bytes.unsafeRoom
+        let result = try receiveImpl(UnsafeMutableRawBufferPointer(rebasing: room[..<Swift.min(wanted, room.count)]))
+        if case .received(let datagram) = result { bytes.commit(datagram.count) }
+        return result
+    }
+
+    @usableFromInline
+    func receiveImpl(_ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> DatagramReceiveResult {
+        var source = SocketAddress()
+        var truncated: CInt = 0
+        let fd = self.fd
+        let n = source.withMutableSockaddr { address, length in
+            Sys.retryingEINTR { rd_net_recvfrom(fd, buffer.baseAddress, buffer.count, address, length, &truncated) }
+        }
+        if n < 0 {
+            let code = errno
+            if code == EAGAIN || code == EWOULDBLOCK { return .wouldBlock }
+            throw SocketError(errno: code, operation: "recvmsg")
+        }
+        let count = Swift.min(n, buffer.count)
+        return .received(ReceivedDatagram(count: count, length: n, source: source.length > 0 ? source : nil,
+                                          isTruncated: truncated != 0))
+    }
+
+    /// Whether a receive would not block now (a datagram is queued, or an error waits to be
+    /// reported), asked without a buffer and without consuming anything: poll(2) with a zero timeout.
+    /// (A `recv` with MSG_PEEK would take a pending error, such as a connected socket's refusal, and
+    /// the receive that follows would never report it.)
+    public func hasQueuedDatagram() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let n = Sys.retryingEINTR { Glibc.poll(&entry, 1, 0) }
+        return n != 0   // ready, an error pending, or poll failed: the receive reports it
+    }
+
+    // MARK: Addresses and options
+
+    /// The local address (getsockname), nil once closed.
+    public var localAddress: SocketAddress? { try? SocketAddress.local(of: fd) }
+    /// The connected peer (getpeername), nil once closed or not connected.
+    public var peerAddress: SocketAddress? { try? SocketAddress.peer(of: fd) }
+
+    /// The pending error (SO_ERROR), read and cleared: for a connected socket, a refusal not yet
+    /// reported by a send or receive; nil when there is none.
+    public func takePendingError() -> SocketError? {
+        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_ERROR) {
+        case .success(0): return nil
+        case .success(let code): return SocketError(errno: code, operation: "SO_ERROR")
+        case .failure(let error): return error
+        }
+    }
+
+    /// SO_BROADCAST: may send to a broadcast address (EACCES without it).
+    public func setBroadcast(_ enabled: Bool) throws(SocketError) {
+        try Self.set(fd, SOL_SOCKET, SO_BROADCAST, enabled ? 1 : 0, "SO_BROADCAST")
+    }
+
+    /// SO_RCVBUF (the kernel doubles the value and clamps it to net.core.rmem_max). Datagrams that
+    /// arrive while it is full are dropped by the kernel.
+    public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
+        try Self.set(fd, SOL_SOCKET, SO_RCVBUF, CInt(clamping: bytes), "SO_RCVBUF")
+    }
+
+    /// SO_SNDBUF (doubled and clamped like ``setReceiveBufferSize(_:)``).
+    public func setSendBufferSize(_ bytes: Int) throws(SocketError) {
+        try Self.set(fd, SOL_SOCKET, SO_SNDBUF, CInt(clamping: bytes), "SO_SNDBUF")
+    }
+
+    /// The receive buffer size the kernel uses.
+    public func receiveBufferSize() throws(SocketError) -> Int {
+        try Int(NetSys.option(fd, level: SOL_SOCKET, name: SO_RCVBUF).get())
+    }
+
+    /// The send buffer size the kernel uses.
+    public func sendBufferSize() throws(SocketError) -> Int {
+        try Int(NetSys.option(fd, level: SOL_SOCKET, name: SO_SNDBUF).get())
+    }
+
+    /// The unicast TTL (IP_TTL) or hop limit (IPV6_UNICAST_HOPS): 1 to 255; -1 for IPv6 restores the
+    /// route's default. Outside that range: ``SocketError/Kind/invalidArgument``.
+    public func setHopLimit(_ hops: Int) throws(SocketError) {
+        try setHops(hops, multicast: false)
+    }
+
+    /// The multicast TTL (IP_MULTICAST_TTL) or hop limit (IPV6_MULTICAST_HOPS): 0 to 255 (1, the
+    /// default, stays on the local network; 0 on this host).
+    public func setMulticastHopLimit(_ hops: Int) throws(SocketError) {
+        try setHops(hops, multicast: true)
+    }
+
+    private func setHops(_ hops: Int, multicast: Bool) throws(SocketError) {
+        let lowest = multicast ? 0 : (family == .ipv6 ? -1 : 1)
+        guard family != .unix, hops >= lowest, hops <= Self.maximumHops else {
+            throw SocketError(.invalidArgument, operation: "\(multicast ? "multicast " : "")hop limit \(hops) on \(family.rawValue)")
+        }
+        if rd_net_set_hops(fd, domain, multicast ? 1 : 0, CInt(hops)) != 0 {
+            throw SocketError(errno: errno, operation: multicast ? "setsockopt(multicast hops)" : "setsockopt(hops)")
+        }
+    }
+
+    /// The largest TTL or hop limit.
+    public static let maximumHops = 255
+
+    /// Whether this host receives its own multicast datagrams (IP_MULTICAST_LOOP,
+    /// IPV6_MULTICAST_LOOP; on by default).
+    public func setMulticastLoop(_ enabled: Bool) throws(SocketError) {
+        if rd_net_set_multicast_loop(fd, domain, enabled ? 1 : 0) != 0 {
+            throw SocketError(errno: errno, operation: "setsockopt(multicast loop)")
+        }
+    }
+
+    /// The interface outgoing multicast leaves by (IP_MULTICAST_IF, IPV6_MULTICAST_IF), by index
+    /// (``interfaceIndex(named:)``; 0: the routing table's choice).
+    public func setMulticastInterface(_ index: UInt32) throws(SocketError) {
+        if rd_net_multicast_interface(fd, domain, index) != 0 {
+            throw SocketError(errno: errno, operation: "setsockopt(multicast interface \(index))")
+        }
+    }
+
+    /// Joins the IPv4 or IPv6 multicast `group` (its port is ignored) on interface `index` (0: the
+    /// kernel's choice by route). A group of the other family, or not multicast, is refused
+    /// (``SocketError/Kind/invalidArgument``).
+    public func joinMulticast(_ group: SocketAddress, interface index: UInt32 = 0) throws(SocketError) {
+        try membership(group, index, join: true)
+    }
+
+    /// Leaves a group joined with ``joinMulticast(_:interface:)``.
+    public func leaveMulticast(_ group: SocketAddress, interface index: UInt32 = 0) throws(SocketError) {
+        try membership(group, index, join: false)
+    }
+
+    private func membership(_ group: SocketAddress, _ index: UInt32, join: Bool) throws(SocketError) {
+        guard group.family == family, group.isMulticast else {
+            throw SocketError(.invalidArgument, operation: "\(join ? "join" : "leave") \(group): not a \(family.rawValue) multicast group")
+        }
+        let status = group.withSockaddr { address, _ in rd_net_multicast_membership(fd, address, index, join ? 1 : 0) }
+        if status != 0 { throw SocketError(errno: errno, operation: join ? "IP_ADD_MEMBERSHIP" : "IP_DROP_MEMBERSHIP") }
+    }
+
+    /// The index of the network interface `name` ("lo", "eth0"), nil when there is none.
+    public static func interfaceIndex(named name: String) -> UInt32? {
+        guard !name.utf8.contains(0) else { return nil }
+        let index = rd_net_interface_index(name)
+        return index == 0 ? nil : index
+    }
+
+    private var domain: CInt {
+        switch family {
+        case .ipv4: AF_INET
+        case .ipv6: AF_INET6
+        case .unix: AF_UNIX
+        }
+    }
+
+    private static func set(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt, _ operation: String) throws(SocketError) {
+        let code = NetSys.setOption(fd, level: level, name: name, value: value)
+        if code != 0 { throw SocketError(errno: code, operation: "setsockopt(\(operation))") }
+    }
+}
+
+/// One datagram received: how many bytes were stored, how long it was, and where it came from.
+public struct ReceivedDatagram: Hashable, Sendable {
+    /// The bytes stored in the caller's buffer.
+    public var count: Int
+    /// The datagram's real length (MSG_TRUNC): larger than ``count`` when it was truncated.
+    public var length: Int
+    /// The sender's address: nil for a nameless Unix sender (an unbound socket, a socketpair's end).
+    public var source: SocketAddress?
+    /// The datagram did not fit the buffer: `length - count` bytes of it are lost.
+    public var isTruncated: Bool
+
+    /// A received datagram's description.
+    public init(count: Int, length: Int, source: SocketAddress?, isTruncated: Bool) {
+        self.count = count
+        self.length = length
+        self.source = source
+        self.isTruncated = isTruncated
+    }
+}
+
+/// What one datagram receive did. Errors are thrown (``SocketError``).
+public enum DatagramReceiveResult: Hashable, Sendable {
+    /// A datagram (possibly empty, possibly truncated: look at ``ReceivedDatagram/isTruncated``).
+    case received(ReceivedDatagram)
+    /// EAGAIN: no datagram queued; wait for readability.
+    case wouldBlock
+
+    /// The datagram, or nil for ``wouldBlock``.
+    public var datagram: ReceivedDatagram? {
+        if case .received(let datagram) = self { return datagram }
+        return nil
+    }
+}
+
+extension SocketAddress {
+    /// Whether this is an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) multicast address.
+    public var isMulticast: Bool {
+        withSockaddr { address, _ in
+            switch CInt(address.pointee.sa_family) {
+            case AF_INET:
+                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                    UInt32(bigEndian: $0.pointee.sin_addr.s_addr) >> 28 == 0xE
+                }
+            case AF_INET6:
+                address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+                    withUnsafeBytes(of: $0.pointee.sin6_addr) { $0[0] == 0xFF }
+                }
+            default:
+                false
+            }
+        }
+    }
+}
