@@ -123,17 +123,24 @@ struct GracefulShutdownTests {
                 handled.increment()
             }
         }
-        let client = try await loop.connect(to: address, timeout: .seconds(5))
+        // The client on a loop of its own: the drained loop's connection count is the server's alone.
+        let clientLoop = try EventLoop(backend: backend)
+        let client = try await clientLoop.connect(to: address, timeout: .seconds(5))
         try await client.write(Array("ping".utf8))
-        try await loop.sleep(for: .milliseconds(30))           // the handler has the request
+        try await clientLoop.sleep(for: .milliseconds(30))     // the handler has the request
         let clock = ContinuousClock()
         let start = clock.now
         let stopping = Task { await loop.shutdown(gracePeriod: .seconds(5)) }
+        try await clientLoop.sleep(for: .milliseconds(30))
+        // It stopped accepting: a new connect is refused while the request is still in flight.
+        await #expect(throws: LoopError.self) { try await clientLoop.connect(to: address, timeout: .seconds(1)) }
         // The reply still comes, after the shutdown began.
         let reply = try await client.read(upTo: 64, timeout: .seconds(5))
         #expect(reply == Array("ping".utf8))
-        await client.close()
+        #expect(try await client.read(upTo: 64, timeout: .seconds(5)).isEmpty)   // closed after its answer
         await stopping.value
+        await client.close()
+        await clientLoop.shutdown()
         #expect(clock.now - start < .seconds(4), "returned when the connection finished, not at the grace period's end")
         #expect(handled.value == 1)
         try await server.value

@@ -18,7 +18,7 @@ struct SignalTests {
         return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self)
     }
 
-    @Test("a watched signal arrives in order, on the loop, and its old action is put back after finish",
+    @Test("watched signals arrive, on the loop, and their old actions are put back after finish",
           .timeLimit(.minutes(1)), arguments: backends)
     func delivered(backend: Backend) async throws {
         warmUp(backend)
@@ -46,7 +46,7 @@ struct SignalTests {
                 }
                 return got
             }.value
-            #expect(got == [.user1, .user2])
+            #expect(Set(got) == [.user1, .user2] && got.count == 2)   // pending signals: the kernel picks the order
             // A signal raised while nobody iterates waits in the pipe for the next iteration.
             Self.send(SIGUSR2)
             var iterator = signals.makeAsyncIterator()

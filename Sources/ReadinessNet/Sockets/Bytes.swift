@@ -40,6 +40,11 @@ public struct Bytes: Sendable {
     /// The offset just past the last readable byte.
     @usableFromInline var end: Int
 
+    /// The largest capacity a buffer asks for (64 GiB): a larger one is reported as an allocation
+    /// that failed (``reserveCapacity(_:)`` returns false) without asking malloc, whose answer to an
+    /// absurd size is not always a null pointer (sanitizers, some allocators abort).
+    public static let maximumCapacity = 1 << 36
+
     /// Memory allocated with malloc (so that an allocation that fails is reported, not a trap), freed
     /// once. Its bytes are changed only through a `Bytes` that holds the only reference
     /// (`isKnownUniquelyReferenced`): a shared storage is copied first. A write in progress holds a
@@ -51,7 +56,7 @@ public struct Bytes: Sendable {
         @usableFromInline let capacity: Int
 
         init?(capacity: Int) {
-            guard capacity > 0, let base = malloc(capacity) else { return nil }
+            guard capacity > 0, capacity <= Bytes.maximumCapacity, let base = malloc(capacity) else { return nil }
             self.base = base
             self.capacity = capacity
         }
