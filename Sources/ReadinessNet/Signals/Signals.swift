@@ -69,7 +69,7 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
 
 /// Signals delivered to a descriptor: while it is open, every delivery of one of its signals to the
 /// process writes the signal's number to a pipe whose read end is ``descriptor``; a poller (or an
-/// ``/ReadinessAsync/EventLoop``) waits for it to be readable, then ``drain()`` returns what came.
+/// `EventLoop`) waits for it to be readable, then ``drain()`` returns what came.
 ///
 /// - Every subscription of a signal gets every delivery of it (several loops, several watchers).
 /// - Deliveries of one signal may merge into one, as the kernel merges pending signals: a subscriber
