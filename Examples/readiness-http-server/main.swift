@@ -23,42 +23,35 @@ import ExampleSupport
 import Readiness
 import Synchronization
 
+/// One connection, as the drain sees it: whether a request is in flight (an atomic flag: set and
+/// cleared by the connection's task on its loop, read by the drain).
+final class Connection: Sendable {
+    let socket: AsyncSocket
+    let busy = Atomic<Bool>(false)
+    init(_ socket: AsyncSocket) { self.socket = socket }
+}
+
 /// The connections, for the drain: which are between requests (their reading side is shut down when
 /// the drain starts: the read in progress ends as at the end of the stream, and a request already
-/// read is still answered) and which have a request in flight (closed after its answer).
+/// read is still answered) and which have a request in flight (closed after its answer). The set
+/// changes once per connection, in an actor; the per-request state is atomic (no lock per request).
 final class Connections: Sendable {
-    private struct State {
-        var sockets: [Int: (socket: AsyncSocket, busy: Bool)] = [:]
-        var next = 0
-        var draining = false
+    private actor Registry {
+        var all: [ObjectIdentifier: Connection] = [:]
+        func add(_ connection: Connection) { all[ObjectIdentifier(connection)] = connection }
+        func remove(_ connection: Connection) { all[ObjectIdentifier(connection)] = nil }
+        func snapshot() -> [Connection] { Array(all.values) }
     }
-    private let state = Mutex(State())
+    private let registry = Registry()
+    let draining = Atomic<Bool>(false)
 
-    /// Registers a connection.
-    func add(_ socket: AsyncSocket) -> Int {
-        state.withLock { s in
-            s.next += 1
-            s.sockets[s.next] = (socket, false)
-            return s.next
-        }
-    }
-
-    func remove(_ id: Int) { _ = state.withLock { $0.sockets.removeValue(forKey: id) } }
-
-    /// Marks a connection busy (a request arrived) or idle; returns whether the drain has begun.
-    func setBusy(_ id: Int, _ busy: Bool) -> Bool {
-        state.withLock { s in
-            s.sockets[id]?.busy = busy
-            return s.draining
-        }
-    }
+    func add(_ connection: Connection) async { await registry.add(connection) }
+    func remove(_ connection: Connection) async { await registry.remove(connection) }
 
     /// Begins the drain: the idle connections, whose reading side is to be shut down now.
-    func drain() -> [AsyncSocket] {
-        state.withLock { s in
-            s.draining = true
-            return s.sockets.values.filter { !$0.busy }.map(\.socket)
-        }
+    func drain() async -> [AsyncSocket] {
+        draining.store(true, ordering: .sequentiallyConsistent)
+        return await registry.snapshot().filter { !$0.busy.load(ordering: .sequentiallyConsistent) }.map(\.socket)
     }
 }
 
@@ -190,14 +183,15 @@ func refuse(_ socket: AsyncSocket, _ out: [UInt8]) async {
 
 /// Serves one connection until the client closes it, asks to, a request is refused, or the drain.
 func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
-    let id = connections.add(socket)
-    defer { connections.remove(id) }
+    let connection = Connection(socket)
+    await connections.add(connection)
+    defer { Task { await connections.remove(connection) } }
     _ = try? await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
     var pending: [UInt8] = []
     var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
     while true {
         guard let bytes = try? await socket.read(upTo: 64 * 1024, timeout: .seconds(60)), !bytes.isEmpty else { return }
-        _ = connections.setBusy(id, true)
+        connection.busy.store(true, ordering: .sequentiallyConsistent)
         if start > 0 {
             pending.removeFirst(start)
             start = 0
@@ -226,7 +220,10 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
             guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
         }
         // Between requests: idle. During the drain, a connection that was busy ends after its answer.
-        if start == pending.count, connections.setBusy(id, false) { return }
+        if start == pending.count {
+            connection.busy.store(false, ordering: .sequentiallyConsistent)
+            if connections.draining.load(ordering: .sequentiallyConsistent) { return }
+        }
     }
 }
 
@@ -254,7 +251,7 @@ func run(_ arguments: HTTPServerArguments) async throws {
         // Stop accepting first, then end the idle connections' reads; those with a request in flight
         // answer it and close; the rest get the grace period.
         for listener in listeners { await listener.close() }
-        for socket in connections.drain() { try? await socket.shutdown(.read) }
+        for socket in await connections.drain() { try? await socket.shutdown(.read) }
         stopping = Task {
             await group.shutdown(gracePeriod: .seconds(arguments.grace))
             signals.finish()
