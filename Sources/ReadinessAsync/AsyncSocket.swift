@@ -51,6 +51,9 @@ public struct AsyncSocket: Sendable {
         _ = try await readAppending(into: &bytes, maximum: Swift.min(maximum, Self.maximumReadChunk), timeout: timeout)
         // One memcpy: `Array(bytes)` would copy element by element (seconds per 4 MiB in a debug build).
         let count = bytes.count
+        // Not through the empty case: the standard library would write the count into its shared
+        // empty-array storage, a race ThreadSanitizer reports.
+        if count == 0 { return [] }
         return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             bytes.withUnsafeBytes { raw in
                 if let source = raw.baseAddress, let target = buffer.baseAddress, count > 0 {
