@@ -55,12 +55,6 @@ final class Connections: Sendable {
     }
 }
 
-/// Trims spaces and tabs at both ends.
-func trimmed(_ text: Substring) -> Substring {
-    let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
-    return text.drop(while: blank).reversed().drop(while: blank).reversed().reduce(into: "") { $0.append($1) }[...]
-}
-
 /// One parsed request head.
 struct Request {
     var method = "", target = "", version = ""
@@ -79,15 +73,70 @@ enum ParseResult {
 let headLimit = 8 * 1024
 let bodyLimit = 1 << 20
 
+// The parser works on the bytes (no String per line or per header): the request head is ASCII but for
+// header values, which it checks are UTF-8 (RFC 9110 allows no more) only when a byte is not ASCII.
+let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), space = UInt8(ascii: " "), tab = UInt8(ascii: "\t")
+let colon = UInt8(ascii: ":"), comma = UInt8(ascii: ","), slash = UInt8(ascii: "/")
+
+/// A byte in ASCII lower case.
+func lowercased(_ byte: UInt8) -> UInt8 {
+    byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+}
+
+/// Whether `bytes` are `lowercase` (an ASCII literal in lower case), ignoring the case of `bytes`.
+func matches(_ bytes: ArraySlice<UInt8>, _ lowercase: String) -> Bool {
+    bytes.count == lowercase.utf8.count && zip(bytes, lowercase.utf8).allSatisfy { lowercased($0) == $1 }
+}
+
+/// `bytes` without spaces and tabs at either end.
+func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+    let blank: (UInt8) -> Bool = { $0 == space || $0 == tab }
+    guard let first = bytes.firstIndex(where: { !blank($0) }), let last = bytes.lastIndex(where: { !blank($0) }) else { return [] }
+    return bytes[first...last]
+}
+
 /// Whether `name` is an RFC 9110 token (a header name: no space, no separator).
-func isToken(_ name: Substring) -> Bool {
-    !name.isEmpty && name.utf8.allSatisfy { byte in
+func isToken(_ name: ArraySlice<UInt8>) -> Bool {
+    !name.isEmpty && name.allSatisfy { byte in
         switch byte {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
             return true
         default:
             return "!#$%&'*+-.^_`|~".utf8.contains(byte)
         }
+    }
+}
+
+/// A Content-Length value: digits only (no sign, no space inside), within `Int`.
+func decimal(_ bytes: ArraySlice<UInt8>) -> Int? {
+    guard !bytes.isEmpty else { return nil }
+    var value = 0
+    for byte in bytes {
+        guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+        let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+        let (sum, o2) = times10.addingReportingOverflow(Int(byte - UInt8(ascii: "0")))
+        guard !o1, !o2 else { return nil }
+        value = sum
+    }
+    return value
+}
+
+/// The lines of a request head (which holds no empty line), split at CRLF.
+struct Lines: Sequence, IteratorProtocol {
+    var rest: ArraySlice<UInt8>
+    var done = false
+    mutating func next() -> ArraySlice<UInt8>? {
+        guard !done else { return nil }
+        var i = rest.startIndex
+        while i + 1 < rest.endIndex {
+            if rest[i] == cr, rest[i + 1] == lf {
+                defer { rest = rest[(i + 2)...] }
+                return rest[..<i]
+            }
+            i += 1
+        }
+        done = true
+        return rest
     }
 }
 
@@ -100,43 +149,44 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     var end: Int?
     var i = bytes.startIndex
     while i + 3 < bytes.endIndex {
-        if bytes[i] == 13, bytes[i + 1] == 10, bytes[i + 2] == 13, bytes[i + 3] == 10 { end = i; break }
+        if bytes[i] == cr, bytes[i + 1] == lf, bytes[i + 2] == cr, bytes[i + 3] == lf { end = i; break }
         i += 1
     }
     guard let end else { return bytes.count > headLimit ? .failed(status: "431 Request Header Fields Too Large") : .incomplete }
     if end - bytes.startIndex > headLimit { return .failed(status: "431 Request Header Fields Too Large") }
-    guard let head = String(validating: bytes[bytes.startIndex..<end], as: UTF8.self) else { return .failed(status: "400 Bad Request") }
-    var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).makeIterator()
-    let requestLine = (lines.next() ?? "").split(separator: " ", omittingEmptySubsequences: false)
-    guard requestLine.count == 3, requestLine[2] == "HTTP/1.1" || requestLine[2] == "HTTP/1.0",
-          isToken(requestLine[0]), requestLine[1].hasPrefix("/") else { return .failed(status: "400 Bad Request") }
-    var request = Request(method: String(requestLine[0]), target: String(requestLine[1]), version: String(requestLine[2]))
-    var connectionTokens: [Substring] = []
+    let head = bytes[bytes.startIndex..<end]
+    if head.contains(where: { $0 >= 0x80 }), String(validating: head, as: UTF8.self) == nil { return .failed(status: "400 Bad Request") }
+    var lines = Lines(rest: head)
+    let requestLine = (lines.next() ?? []).split(separator: space, omittingEmptySubsequences: false)
+    guard requestLine.count == 3, requestLine[2].elementsEqual("HTTP/1.1".utf8) || requestLine[2].elementsEqual("HTTP/1.0".utf8),
+          isToken(requestLine[0]), requestLine[1].first == slash else { return .failed(status: "400 Bad Request") }
+    var request = Request(method: String(decoding: requestLine[0], as: UTF8.self),
+                          target: String(decoding: requestLine[1], as: UTF8.self),
+                          version: String(decoding: requestLine[2], as: UTF8.self))
+    var close = false, keepAlive = false
     while let line = lines.next() {
-        guard let colon = line.firstIndex(of: ":"), isToken(line[..<colon]) else { return .failed(status: "400 Bad Request") }
-        let name = line[..<colon].lowercased()
-        let value = trimmed(line[line.index(after: colon)...])
-        switch name {
-        case "connection":
-            connectionTokens += value.lowercased().split(separator: ",").map { trimmed($0) }
-        case "content-length":
-            guard !value.isEmpty, value.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
-                  let length = Int(value) else { return .failed(status: "400 Bad Request") }
+        guard let colonIndex = line.firstIndex(of: colon), isToken(line[..<colonIndex]) else { return .failed(status: "400 Bad Request") }
+        let name = line[..<colonIndex]
+        let value = trimmed(line[(colonIndex + 1)...])
+        if matches(name, "connection") {
+            for option in value.split(separator: comma, omittingEmptySubsequences: false).map(trimmed) {
+                if matches(option, "close") { close = true } else if matches(option, "keep-alive") { keepAlive = true }
+            }
+        } else if matches(name, "content-length") {
+            guard let length = decimal(value) else { return .failed(status: "400 Bad Request") }
             if let earlier = request.contentLength, earlier != length { return .failed(status: "400 Bad Request") }
             guard length <= bodyLimit else { return .failed(status: "413 Content Too Large") }
             request.contentLength = length
-        case "transfer-encoding":
+        } else if matches(name, "transfer-encoding") {
             return .failed(status: "501 Not Implemented")
-        default:
-            break
         }
     }
     // close wins over keep-alive; HTTP/1.1 keeps the connection unless told, HTTP/1.0 closes unless asked.
-    if connectionTokens.contains("close") {
+    if close {
         request.keepAlive = false
     } else if request.version == "HTTP/1.0" {
-        request.keepAlive = connectionTokens.contains("keep-alive")
-        request.keepAliveRequested = request.keepAlive
+        request.keepAlive = keepAlive
+        request.keepAliveRequested = keepAlive
     }
     let total = end - bytes.startIndex + 4 + (request.contentLength ?? 0)
     guard bytes.count >= total else { return .incomplete }
@@ -153,6 +203,10 @@ func response(_ status: String, _ body: String, keepAlive: Bool, keepAliveReques
     return Array(text.utf8)
 }
 
+/// The answer most requests get (`GET /` on a kept connection), made once.
+let helloBody = "Hello, world!"
+let helloKeptAlive = response("200 OK", helloBody, keepAlive: true)
+
 /// The answer to one request, after the work it asks for.
 func answer(_ request: Request, on loop: EventLoop) async -> [UInt8] {
     let head = request.method == "HEAD"
@@ -165,7 +219,8 @@ func answer(_ request: Request, on loop: EventLoop) async -> [UInt8] {
         return reply("200 OK", "slept \(ms) ms\n")
     }
     if request.target == "/" || request.target.hasPrefix("/?") {
-        return reply("200 OK", "Hello, world!")
+        if !head, request.keepAlive, !request.keepAliveRequested { return helloKeptAlive }
+        return reply("200 OK", helloBody)
     }
     return reply("404 Not Found", "not found\n")
 }

@@ -22,12 +22,14 @@ import CReadinessNet
 ///
 /// Sends and receives do not allocate. Used from one thread at a time, like the poller.
 public final class DatagramSocket {
+    /// The descriptor and its registration.
+    private var descriptor: OwnedDescriptor
     /// The descriptor, or -1 once closed.
-    public private(set) var fd: CInt
+    public var fd: CInt { descriptor.fd }
     /// The poller it is registered with through ``register(on:token:interest:trigger:)``, if any.
-    public private(set) var poller: (any Poller)?
+    public var poller: (any Poller)? { descriptor.poller }
     /// What it is registered for on ``poller`` (nil when not registered).
-    public private(set) var registration: (token: Token, interest: Interest, trigger: Trigger)?
+    public var registration: (token: Token, interest: Interest, trigger: Trigger)? { descriptor.registration }
     /// The address family (the socket's domain).
     public let family: SocketAddress.Family
     /// For a socket bound to a Unix path: the path to unlink on close.
@@ -71,7 +73,7 @@ public final class DatagramSocket {
             Sys.close(fd)
             throw error
         }
-        self.fd = fd
+        descriptor = OwnedDescriptor(fd)
         family = address.family
         unixPath = address.unixPath
     }
@@ -89,7 +91,7 @@ public final class DatagramSocket {
             Sys.close(fd)
             throw error
         }
-        self.fd = fd
+        descriptor = OwnedDescriptor(fd)
         self.family = family
     }
 
@@ -119,7 +121,7 @@ public final class DatagramSocket {
     }
 
     private init(owning fd: CInt, family: SocketAddress.Family) {
-        self.fd = fd
+        descriptor = OwnedDescriptor(fd)
         self.family = family
     }
 
@@ -145,7 +147,7 @@ public final class DatagramSocket {
     deinit { close() }
 
     /// Whether ``close()`` or ``release()`` has been called.
-    public var isClosed: Bool { fd < 0 }
+    public var isClosed: Bool { descriptor.isClosed }
 
     // MARK: Registration
 
@@ -153,49 +155,31 @@ public final class DatagramSocket {
     /// while it is registered this fails with ``/ReadinessCore/PollerError/alreadyRegistered(_:)``.
     public func register(on poller: any Poller, token: Token, interest: Interest,
                          trigger: Trigger = .level) throws(PollerError) {
-        if self.poller != nil { throw .alreadyRegistered(fd) }
-        try poller.register(fd, token: token, interest: interest, trigger: trigger)
-        self.poller = poller
-        registration = (token, interest, trigger)
+        try descriptor.register(on: poller, token: token, interest: interest, trigger: trigger)
     }
 
     /// Changes the registration made with ``register(on:token:interest:trigger:)``.
     public func reregister(token: Token, interest: Interest, trigger: Trigger = .level) throws(PollerError) {
-        guard let poller else { throw .notRegistered(fd) }
-        try poller.reregister(fd, token: token, interest: interest, trigger: trigger)
-        registration = (token, interest, trigger)
+        try descriptor.reregister(token: token, interest: interest, trigger: trigger)
     }
 
     /// Stops watching the socket (it stays open).
     public func deregister() throws(PollerError) {
-        guard let poller else { return }
-        self.poller = nil
-        registration = nil
-        try poller.deregister(fd)
+        try descriptor.deregister()
     }
 
     /// Deregisters (if registered), then closes the descriptor, and unlinks a bound Unix path. Later
     /// calls do nothing.
     public func close() {
-        guard fd >= 0 else { return }
-        if let poller {
-            try? poller.deregister(fd)
-            self.poller = nil
-            registration = nil
-        }
-        Sys.close(fd)
-        fd = -1
+        guard descriptor.close() else { return }
         if let unixPath { unlink(unixPath) }
         unixPath = nil
     }
 
     /// Gives the descriptor up: the caller owns it (and a bound Unix path) from now on.
     public func release() -> CInt {
-        if poller != nil { try? deregister() }
-        let out = fd
-        fd = -1
         unixPath = nil
-        return out
+        return descriptor.release()
     }
 
     // MARK: Connecting

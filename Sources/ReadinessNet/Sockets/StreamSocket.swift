@@ -16,13 +16,15 @@ import CReadinessNet
 ///
 /// Reads and writes do not allocate. Used from one thread at a time, like the poller.
 public final class StreamSocket {
+    /// The descriptor and its registration.
+    private var descriptor: OwnedDescriptor
     /// The descriptor, or -1 once closed.
-    public private(set) var fd: CInt
+    public var fd: CInt { descriptor.fd }
     /// The poller it is registered with through ``register(on:token:interest:trigger:)``, if any.
-    public private(set) var poller: (any Poller)?
+    public var poller: (any Poller)? { descriptor.poller }
     /// What it is registered for on ``poller`` (nil when not registered): the token, interest and
     /// trigger of the last ``register(on:token:interest:trigger:)`` or ``reregister(token:interest:trigger:)``.
-    public private(set) var registration: (token: Token, interest: Interest, trigger: Trigger)?
+    public var registration: (token: Token, interest: Interest, trigger: Trigger)? { descriptor.registration }
 
     /// Takes ownership of a stream socket descriptor, and makes it non-blocking.
     ///
@@ -31,7 +33,7 @@ public final class StreamSocket {
     /// stays the caller's, open** (as fdopen(3) leaves it): only a socket that was made owns it.
     public init(adopting fd: CInt) throws(SocketError) {
         try Self.checkAdoptable(fd)
-        self.fd = fd
+        descriptor = OwnedDescriptor(fd)
     }
 
     /// Takes ownership of a socket handed over by ``ConnectAttempt`` or ``Connector``.
@@ -41,7 +43,7 @@ public final class StreamSocket {
 
     /// A descriptor this package made (accept4, a connect attempt): non-blocking already, not checked.
     init(owning fd: CInt) {
-        self.fd = fd
+        descriptor = OwnedDescriptor(fd)
     }
 
     /// What ``init(adopting:)`` checks: an open stream socket, made non-blocking.
@@ -66,7 +68,7 @@ public final class StreamSocket {
     deinit { close() }
 
     /// Whether ``close()`` or ``release()`` has been called.
-    public var isClosed: Bool { fd < 0 }
+    public var isClosed: Bool { descriptor.isClosed }
 
     // MARK: Registration
 
@@ -75,45 +77,27 @@ public final class StreamSocket {
     /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)``; deregister it first.
     public func register(on poller: any Poller, token: Token, interest: Interest,
                          trigger: Trigger = .level) throws(PollerError) {
-        if self.poller != nil { throw .alreadyRegistered(fd) }
-        try poller.register(fd, token: token, interest: interest, trigger: trigger)
-        self.poller = poller
-        registration = (token, interest, trigger)
+        try descriptor.register(on: poller, token: token, interest: interest, trigger: trigger)
     }
 
     /// Changes the registration made with ``register(on:token:interest:trigger:)``.
     public func reregister(token: Token, interest: Interest, trigger: Trigger = .level) throws(PollerError) {
-        guard let poller else { throw .notRegistered(fd) }
-        try poller.reregister(fd, token: token, interest: interest, trigger: trigger)
-        registration = (token, interest, trigger)
+        try descriptor.reregister(token: token, interest: interest, trigger: trigger)
     }
 
     /// Stops watching the socket (it stays open).
     public func deregister() throws(PollerError) {
-        guard let poller else { return }
-        self.poller = nil
-        registration = nil
-        try poller.deregister(fd)
+        try descriptor.deregister()
     }
 
     /// Deregisters (if registered), then closes the descriptor. Later calls do nothing.
     public func close() {
-        guard fd >= 0 else { return }
-        if let poller {
-            try? poller.deregister(fd)
-            self.poller = nil
-            registration = nil
-        }
-        Sys.close(fd)
-        fd = -1
+        descriptor.close()
     }
 
     /// Gives the descriptor up: the caller owns it from now on (deregistered first).
     public func release() -> CInt {
-        if poller != nil { try? deregister() }
-        let out = fd
-        fd = -1
-        return out
+        descriptor.release()
     }
 
     // MARK: Reading and writing

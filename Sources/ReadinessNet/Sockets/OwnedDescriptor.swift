@@ -1,0 +1,58 @@
+@_spi(Backend) import ReadinessCore
+
+/// A descriptor a socket owns, and its registration with one poller: what ``StreamSocket`` and
+/// ``DatagramSocket`` share (mio's `IoSource`). Only the socket that holds it changes it, so its
+/// invariants (registered with at most one poller; deregistered before it is closed; -1 once closed or
+/// released) cannot be broken from outside.
+struct OwnedDescriptor {
+    /// The descriptor, or -1 once closed or released.
+    private(set) var fd: CInt
+    /// The poller it is registered with, if any.
+    private(set) var poller: (any Poller)?
+    /// The token, interest and trigger of the last registration (nil when not registered).
+    private(set) var registration: (token: Token, interest: Interest, trigger: Trigger)?
+
+    init(_ fd: CInt) { self.fd = fd }
+
+    var isClosed: Bool { fd < 0 }
+
+    /// One poller at a time: while registered, `.alreadyRegistered`.
+    mutating func register(on poller: any Poller, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        if self.poller != nil { throw .alreadyRegistered(fd) }
+        try poller.register(fd, token: token, interest: interest, trigger: trigger)
+        self.poller = poller
+        registration = (token, interest, trigger)
+    }
+
+    mutating func reregister(token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        guard let poller else { throw .notRegistered(fd) }
+        try poller.reregister(fd, token: token, interest: interest, trigger: trigger)
+        registration = (token, interest, trigger)
+    }
+
+    /// Stops watching the descriptor (it stays open); nothing when not registered.
+    mutating func deregister() throws(PollerError) {
+        guard let poller else { return }
+        self.poller = nil
+        registration = nil
+        try poller.deregister(fd)
+    }
+
+    /// Deregisters (the contract's order: before the close), then closes. Returns false when it was
+    /// closed or released already.
+    @discardableResult
+    mutating func close() -> Bool {
+        guard fd >= 0 else { return false }
+        try? deregister()
+        Sys.close(fd)
+        fd = -1
+        return true
+    }
+
+    /// Gives the descriptor up, deregistered: the caller owns it from now on.
+    mutating func release() -> CInt {
+        try? deregister()
+        defer { fd = -1 }
+        return fd
+    }
+}
