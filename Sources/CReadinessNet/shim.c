@@ -60,7 +60,7 @@ ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sock
     return sendto(fd, bytes, count, MSG_NOSIGNAL, address, address ? length : 0);
 }
 
-ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int *truncated) {
+ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int peek, int *truncated) {
     struct iovec buffer = { .iov_base = bytes, .iov_len = count };
     struct msghdr message;
     memset(&message, 0, sizeof message);
@@ -68,12 +68,19 @@ ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *addr
     message.msg_namelen = length ? *length : 0;
     message.msg_iov = &buffer;
     message.msg_iovlen = 1;
-    ssize_t n = recvmsg(fd, &message, MSG_TRUNC);
+    ssize_t n = recvmsg(fd, &message, MSG_TRUNC | (peek ? MSG_PEEK : 0));
     if (n >= 0) {
         if (length) *length = message.msg_namelen;
         *truncated = (message.msg_flags & MSG_TRUNC) ? 1 : 0;
     }
     return n;
+}
+
+int rd_net_disconnect(int fd) {
+    struct sockaddr unspecified;
+    memset(&unspecified, 0, sizeof unspecified);
+    unspecified.sa_family = AF_UNSPEC;
+    return connect(fd, &unspecified, sizeof unspecified);
 }
 
 int rd_net_multicast_membership(int fd, const struct sockaddr *group, unsigned interface, int join) {

@@ -160,4 +160,22 @@ extension EventLoop {
         }
         return AsyncDatagramSocket(loop: self, id: id, localAddress: bound, peer: connected)
     }
+
+    /// Takes ownership of a datagram socket descriptor made elsewhere (``DatagramSocket/init(adopting:)``:
+    /// made non-blocking, closed by the loop from now on).
+    ///
+    /// Fails with ``LoopError/socket(_:)`` (``SocketError/Kind/invalidArgument`` for a negative
+    /// descriptor or one that is not a datagram socket, ``SocketError/Kind/closed`` for one that is not
+    /// open), ``LoopError/invalidArgument(_:)`` for a descriptor the loop already owns or waits on, or
+    /// ``LoopError/shutdown``. **Ownership passes only on success: a descriptor whose adoption failed
+    /// stays the caller's, open**, as for ``adopt(descriptor:)``.
+    nonisolated(nonsending) public func adoptDatagram(descriptor fd: CInt) async throws(LoopError) -> AsyncDatagramSocket {
+        let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
+            if state.isShutDown { throw .shutdown }
+            try state.checkForeign(fd, "adoptDatagram")
+            if state.foreign[fd] != nil { throw .invalidArgument("adoptDatagram: descriptor \(fd) is being waited on (readable/writable)") }
+            return try state.openDatagram { () throws(SocketError) in try DatagramSocket(adopting: fd) }
+        }
+        return AsyncDatagramSocket(loop: self, id: id, localAddress: bound, peer: connected)
+    }
 }

@@ -97,7 +97,8 @@ package enum ErrnoTable {
         case addressUnavailable
         /// EACCES, EPERM: forbidden (a privileged port, a firewall rule, file permissions).
         case permissionDenied
-        /// ENOTCONN: not connected.
+        /// ENOTCONN: not connected; EDESTADDRREQ: a datagram sent with no destination on a socket
+        /// that is not connected.
         case notConnected
         /// EBADF: the descriptor is not open.
         case badDescriptor
@@ -124,7 +125,7 @@ package enum ErrnoTable {
         case EADDRINUSE: .addressInUse
         case EADDRNOTAVAIL: .addressUnavailable
         case EACCES, EPERM: .permissionDenied
-        case ENOTCONN: .notConnected
+        case ENOTCONN, EDESTADDRREQ: .notConnected
         case EBADF: .badDescriptor
         case ENOENT, ENOTDIR: .noSuchPath
         case EMSGSIZE: .messageTooLarge
@@ -158,6 +159,7 @@ package enum ErrnoTable {
         case ECONNRESET: "ECONNRESET"
         case EISCONN: "EISCONN"
         case ENOTCONN: "ENOTCONN"
+        case EDESTADDRREQ: "EDESTADDRREQ"
         case ETIMEDOUT: "ETIMEDOUT"
         case ECONNREFUSED: "ECONNREFUSED"
         case EMSGSIZE: "EMSGSIZE"

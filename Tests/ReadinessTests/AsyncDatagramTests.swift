@@ -41,6 +41,40 @@ struct AsyncDatagramTests {
         }
     }
 
+    @Test("adoptDatagram: a descriptor made elsewhere served by the loop; a refusal leaves it the caller's, open",
+          arguments: backends)
+    func adoptDatagram(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (a, b) = try DatagramSocket.pair()
+            let adopted = try await loop.adoptDatagram(descriptor: a.release())
+            #expect(try b.send(Array("ping".utf8)) == .transferred(4))
+            var buffer = Bytes()
+            let datagram = try await adopted.receive(into: &buffer, timeout: .seconds(5))
+            #expect(datagram.count == 4 && buffer == Bytes(Array("ping".utf8)))
+            try await adopted.send(Array("pong".utf8))
+            var reply = [UInt8](repeating: 0, count: 8)
+            for _ in 0..<500 {
+                if case .received = try b.receive(into: &reply) { break }
+                usleep(2_000)
+            }
+            #expect(Array(reply[..<4]) == Array("pong".utf8))
+            // Refused: a stream socket, a descriptor the loop owns already; nothing taken.
+            let stream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { Glibc.close(stream) }
+            await #expect(throws: LoopError.self) { _ = try await loop.adoptDatagram(descriptor: stream) }
+            #expect(fcntl(stream, F_GETFD) != -1)
+            let owned = try await adopted.withDatagramSocket { $0.fd }
+            do throws(LoopError) {
+                _ = try await loop.adoptDatagram(descriptor: owned)
+                Issue.record("adopted a descriptor the loop owns")
+            } catch {
+                guard case .invalidArgument = error else { Issue.record("\(error)"); return }
+            }
+            await adopted.close()
+            #expect(fcntl(owned, F_GETFD) == -1)
+        }
+    }
+
     @Test("truncation, refusal, busy, closed while waiting, deadlines, cancellation, shutdown", arguments: backends)
     func rules(backend: Backend) async throws {
         try await withLoop(backend) { loop in

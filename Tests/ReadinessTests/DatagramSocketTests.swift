@@ -234,6 +234,85 @@ struct DatagramSocketTests {
         }
     }
 
+    @Test("adopting a descriptor made elsewhere: made non-blocking, its family found; refusals leave it open")
+    func adopting() throws {
+        // A blocking IPv4 datagram socket made with socket(2), as libuv's uv_udp_open takes one.
+        let raw = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        try #require(raw >= 0)
+        let adopted = try DatagramSocket(adopting: raw)
+        #expect(adopted.family == .ipv4)
+        #expect(fcntl(raw, F_GETFL) & O_NONBLOCK != 0)
+        var buffer = [UInt8](repeating: 0, count: 8)
+        #expect(try adopted.receive(into: &buffer) == .wouldBlock)   // non-blocking: no hang
+        let peer = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        #expect(try adopted.send(Array("hi".utf8), destination: peer.localAddress) == .transferred(2))
+        adopted.close()
+        #expect(fcntl(raw, F_GETFD) == -1)   // closed by the socket that owned it
+
+        let (a, b) = try DatagramSocket.pair()
+        let unix = try DatagramSocket(adopting: a.release())
+        #expect(unix.family == .unix)
+        #expect(try b.send(Array("x".utf8)) == .transferred(1))
+        #expect(try unix.receive(into: &buffer).datagram?.count == 1)
+
+        // Refused: nothing is taken, the descriptor stays the caller's and open.
+        let stream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let netlink = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue), 0)
+        var pipeEnds: [CInt] = [-1, -1]
+        try #require(pipe(&pipeEnds) == 0)
+        defer { for fd in [stream, netlink, pipeEnds[0], pipeEnds[1]] where fd >= 0 { Glibc.close(fd) } }
+        for fd in [stream, pipeEnds[0], -1, netlink] {
+            #expect(throws: SocketError.self) { try DatagramSocket(adopting: fd) }
+            do { _ = try DatagramSocket(adopting: fd) } catch { #expect(error.kind == .invalidArgument, "\(fd): \(error)") }
+            if fd >= 0 { #expect(fcntl(fd, F_GETFD) != -1) }
+        }
+        // Not open: .closed.
+        let gone = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        Glibc.close(gone)
+        do { _ = try DatagramSocket(adopting: gone); Issue.record("adopted a closed descriptor") } catch { #expect(error.kind == .closed) }
+    }
+
+    @Test("peek: the next datagram copied without being taken, truncation told; disconnect dissolves the association",
+          arguments: backends)
+    func peekAndDisconnect(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let server = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let other = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let serverAddress = try #require(server.localAddress)
+        let client = try DatagramSocket(connectedTo: serverAddress)
+        try server.register(on: poller, token: 1, interest: .readable)
+        var small = [UInt8](repeating: 0, count: 2)
+        #expect(try server.peek(into: &small) == .wouldBlock)
+        #expect(try client.send(Array("hello".utf8)) == .transferred(5))
+        _ = try waitFor(.readable, token: 1, on: poller)
+        // A peek into a short buffer: truncated, with the real length; the datagram stays queued.
+        let peeked = try #require(try server.peek(into: &small).datagram)
+        #expect(peeked.count == 2 && peeked.length == 5 && peeked.isTruncated && small == Array("he".utf8))
+        #expect(peeked.source == client.localAddress)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let again = try #require(try server.peek(into: &buffer).datagram)
+        #expect(again.count == 5 && !again.isTruncated)
+        let taken = try #require(try server.receive(into: &buffer).datagram)
+        #expect(taken.count == 5 && Array(buffer[..<5]) == Array("hello".utf8))
+        #expect(try server.receive(into: &buffer) == .wouldBlock)
+
+        // Connected: no address needed, and only the peer's datagrams arrive. Disconnected: a send
+        // needs an address (a typed notConnected), and any source is heard again.
+        #expect(client.peerAddress == serverAddress)
+        try client.disconnect()
+        #expect(client.peerAddress == nil)
+        do { _ = try client.send(Array("x".utf8)); Issue.record("sent with no destination") } catch {
+            #expect(error.kind == .notConnected)
+        }
+        try client.register(on: poller, token: 2, interest: .readable)
+        let clientAddress = try #require(client.localAddress)
+        #expect(try other.send(Array("from other".utf8), destination: clientAddress) == .transferred(10))
+        _ = try waitFor(.readable, token: 2, on: poller)
+        #expect(try client.receive(into: &buffer).datagram?.source == other.localAddress)
+        try client.disconnect()   // not connected: changes nothing
+    }
+
     @Test("no descriptor leaked: close, release, deinit, failed binds", arguments: backends)
     func noLeak(backend: Backend) throws {
         let poller = try backend.makePoller()

@@ -64,7 +64,10 @@ int rd_net_datagram_pair(int ends[2]);
 ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sockaddr *address, socklen_t length);
 /// recvmsg(2) of one datagram with MSG_TRUNC: returns the datagram's real length (which may exceed
 /// `count`), fills the source address, and sets `*truncated` to 1 when the datagram did not fit.
-ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int *truncated);
+/// `peek` non-zero: MSG_PEEK, the datagram stays queued.
+ssize_t rd_net_recvfrom(int fd, void *bytes, size_t count, struct sockaddr *address, socklen_t *length, int peek, int *truncated);
+/// Dissolves a datagram socket's association (connect(2) to AF_UNSPEC): 0, or -1 with errno.
+int rd_net_disconnect(int fd);
 /// Joins (`join` 1) or leaves (0) the IPv4 or IPv6 multicast group `group` on interface `interface`
 /// (0: the kernel's choice); EAFNOSUPPORT for another family.
 int rd_net_multicast_membership(int fd, const struct sockaddr *group, unsigned interface, int join);

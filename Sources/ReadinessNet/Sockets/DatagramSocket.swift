@@ -110,6 +110,28 @@ public final class DatagramSocket {
         try connect(to: peer)
     }
 
+    /// Takes ownership of a datagram socket descriptor made elsewhere (libuv's `uv_udp_open`, mio's
+    /// `from_raw_fd`), and makes it non-blocking; its family is the socket's domain (SO_DOMAIN).
+    ///
+    /// Refused with ``SocketError/Kind/invalidArgument`` when `fd` is negative, not a socket, not a
+    /// datagram socket or of a family other than IPv4, IPv6 and Unix, and with
+    /// ``SocketError/Kind/closed`` when it is not open. **A descriptor whose adoption failed stays the
+    /// caller's, open.** A Unix path it is bound to stays the caller's too: ``close()`` does not unlink it.
+    public init(adopting fd: CInt) throws(SocketError) {
+        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_DGRAM.rawValue), kind: "datagram")
+        let family: SocketAddress.Family
+        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
+        case .success(AF_INET): family = .ipv4
+        case .success(AF_INET6): family = .ipv6
+        case .success(AF_UNIX): family = .unix
+        case .success(let domain):
+            throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): address family \(domain) is not IPv4, IPv6 or Unix")
+        case .failure(let error): throw error
+        }
+        descriptor = OwnedDescriptor(fd)
+        self.family = family
+    }
+
     /// A connected pair of Unix datagram sockets (socketpair), each the other's peer.
     public static func pair() throws(SocketError) -> (DatagramSocket, DatagramSocket) {
         var ends: (CInt, CInt) = (-1, -1)
@@ -196,6 +218,15 @@ public final class DatagramSocket {
         guard status == 0 else { throw SocketError(errno: errno, operation: "connect \(peer)") }
     }
 
+    /// Dissolves the association ``connect(to:)`` made (connect(2) to AF_UNSPEC): a destination is
+    /// needed again to send, and datagrams from any source are received. Doing it on a socket that is
+    /// not connected changes nothing.
+    public func disconnect() throws(SocketError) {
+        guard Sys.retryingEINTR({ rd_net_disconnect(fd) }) == 0 else {
+            throw SocketError(errno: errno, operation: "disconnect (connect to AF_UNSPEC)")
+        }
+    }
+
     // MARK: Sending and receiving
 
     /// Sends `buffer` as one datagram to `destination` (nil: to the connected peer). An empty buffer
@@ -279,18 +310,34 @@ public final class DatagramSocket {
         return result
     }
 
+    /// Copies the next datagram into `buffer` **without taking it** (MSG_PEEK; tokio's `peek_from`):
+    /// the same result as ``receive(into:)-(UnsafeMutableRawBufferPointer)``, truncation and length
+    /// included, and the next receive gets the same datagram. A pending error (a connected socket's
+    /// refusal) is reported, and cleared, as a receive reports it.
+    public func peek(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> DatagramReceiveResult {
+        try receiveImpl(buffer, peek: true)
+    }
+
+    /// ``peek(into:)-(UnsafeMutableRawBufferPointer)`` into the start of `buffer` (its count does not change).
+    public func peek(into buffer: inout [UInt8]) throws(SocketError) -> DatagramReceiveResult {
+        let outcome = buffer.withUnsafeMutableBytes { raw in
+            Result { () throws(SocketError) -> DatagramReceiveResult in try receiveImpl(raw, peek: true) }
+        }
+        return try outcome.get()
+    }
+
     @usableFromInline
-    func receiveImpl(_ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> DatagramReceiveResult {
+    func receiveImpl(_ buffer: UnsafeMutableRawBufferPointer, peek: Bool = false) throws(SocketError) -> DatagramReceiveResult {
         var source = SocketAddress()
         var truncated: CInt = 0
         let fd = self.fd
         let n = source.withMutableSockaddr { address, length in
-            Sys.retryingEINTR { rd_net_recvfrom(fd, buffer.baseAddress, buffer.count, address, length, &truncated) }
+            Sys.retryingEINTR { rd_net_recvfrom(fd, buffer.baseAddress, buffer.count, address, length, peek ? 1 : 0, &truncated) }
         }
         if n < 0 {
             let code = errno
             if code == EAGAIN || code == EWOULDBLOCK { return .wouldBlock }
-            throw SocketError(errno: code, operation: "recvmsg")
+            throw SocketError(errno: code, operation: peek ? "recvmsg(MSG_PEEK)" : "recvmsg")
         }
         let count = Swift.min(n, buffer.count)
         return .received(ReceivedDatagram(count: count, length: n, source: source.length > 0 ? source : nil,

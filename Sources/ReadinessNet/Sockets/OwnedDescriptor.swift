@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 @_spi(Backend) import ReadinessCore
 
 /// A descriptor a socket owns, and its registration with one poller: what ``StreamSocket`` and
@@ -13,6 +16,26 @@ struct OwnedDescriptor {
     private(set) var registration: (token: Token, interest: Interest, trigger: Trigger)?
 
     init(_ fd: CInt) { self.fd = fd }
+
+    /// What adopting a caller's descriptor checks: open, a socket of `type` (SOCK_STREAM,
+    /// SOCK_DGRAM), then made non-blocking. Failing leaves the descriptor the caller's, open.
+    static func checkAdoptable(_ fd: CInt, type: CInt, kind: String) throws(SocketError) {
+        guard fd >= 0 else { throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd)") }
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0 else { throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_GETFL)") }
+        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_TYPE) {
+        case .success(let actual) where actual == type:
+            break
+        case .success:
+            throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): not a \(kind) socket")
+        case .failure(let error):
+            guard error.errno == ENOTSOCK else { throw error }
+            throw SocketError(.invalidArgument, errno: ENOTSOCK, operation: "adopt descriptor \(fd): not a socket")
+        }
+        if flags & O_NONBLOCK == 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 {
+            throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_SETFL, O_NONBLOCK)")
+        }
+    }
 
     var isClosed: Bool { fd < 0 }
 

@@ -48,21 +48,7 @@ public final class StreamSocket {
 
     /// What ``init(adopting:)`` checks: an open stream socket, made non-blocking.
     private static func checkAdoptable(_ fd: CInt) throws(SocketError) {
-        guard fd >= 0 else { throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd)") }
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0 else { throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_GETFL)") }
-        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_TYPE) {
-        case .success(let type) where type == CInt(SOCK_STREAM.rawValue):
-            break
-        case .success:
-            throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): not a stream socket")
-        case .failure(let error):
-            guard error.errno == ENOTSOCK else { throw error }
-            throw SocketError(.invalidArgument, errno: ENOTSOCK, operation: "adopt descriptor \(fd): not a socket")
-        }
-        if flags & O_NONBLOCK == 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 {
-            throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_SETFL, O_NONBLOCK)")
-        }
+        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_STREAM.rawValue), kind: "stream")
     }
 
     deinit { close() }
