@@ -75,6 +75,9 @@ public struct HTTPServerArguments: Sendable {
     public var backend: Backend?
     public var loops: Int?
     public var grace: Int64 = 10
+    /// Seconds a request has, from its first byte, to arrive whole (head and body): a client that
+    /// sends a byte now and then (slowloris) is answered 408 and closed.
+    public var requestTimeout: Int64 = 10
 
     public init(_ args: [String]) throws(UsageError) {
         var rest = args.dropFirst().makeIterator()
@@ -87,11 +90,13 @@ public struct HTTPServerArguments: Sendable {
                 do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
             case "--loops": loops = try UsageError.number(value, flag)
             case "--grace": grace = try UsageError.number(value, flag)
+            case "--request-timeout": requestTimeout = try UsageError.number(value, flag)
             default: throw UsageError("unknown option \(flag)")
             }
         }
         if let loops, !(1...EventLoopGroup.maximumLoops).contains(loops) { throw UsageError("--loops: 1 to \(EventLoopGroup.maximumLoops)") }
         guard grace >= 0 else { throw UsageError("--grace: not negative") }
+        guard requestTimeout > 0 else { throw UsageError("--request-timeout: at least 1") }
     }
 }
 

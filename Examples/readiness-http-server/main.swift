@@ -2,13 +2,16 @@
 // Dispatch), on any backend.
 //
 //   readiness-http-server --port 8080 [--host 127.0.0.1] [--backend epoll] [--loops N] [--grace SECONDS]
+//                         [--request-timeout SECONDS]
 //
 // - One loop per core by default (`--loops`), every loop accepting on its own SO_REUSEPORT listener,
 //   each connection's task on its loop (`EventLoopGroup.serve`).
 // - HTTP/1.1 keep-alive, pipelining (every complete request in a read is answered, the answers in one
 //   write), `Connection: close`, HTTP/1.0 (closes unless `Connection: keep-alive`), request bodies by
 //   Content-Length, a limit on the request head (8 KiB: 431, then close), 400 on a malformed head, 501
-//   on a chunked request body.
+//   on a chunked request body. A request must arrive whole within 10 s of its first byte
+//   (`--request-timeout`): a client that sends a byte now and then (slowloris) gets 408 and is closed;
+//   an idle keep-alive connection is closed after 60 s.
 // - Routes: `/` answers "Hello, world!"; `/sleep?ms=N` answers after N ms (at most 60 s): a request
 //   in flight for the shutdown test.
 // - Prints `listening on HOST:PORT backend NAME loops N` once it accepts. SIGTERM or SIGINT: stops
@@ -226,26 +229,49 @@ func answer(_ request: Request, on loop: EventLoop) async -> [UInt8] {
 }
 
 /// Sends an error answer and closes gently: the writing side shut down, what the client still sends
-/// read and dropped (a second at most), so that the answer is not lost to a reset.
+/// read and dropped (for a second at most in all, and 1 MiB), so that the answer is not lost to a reset.
 func refuse(_ socket: AsyncSocket, _ out: [UInt8]) async {
     guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
     try? await socket.shutdown(.write)
+    let clock = ContinuousClock()
+    let deadline = clock.now + .seconds(1)
     var drained = 0
-    while drained < 1 << 20, let bytes = try? await socket.read(upTo: 64 * 1024, timeout: .seconds(1)), !bytes.isEmpty {
+    while drained < 1 << 20, clock.now < deadline,
+          let bytes = try? await socket.read(upTo: 64 * 1024, timeout: deadline - clock.now), !bytes.isEmpty {
         drained += bytes.count
     }
 }
 
+/// How long a kept connection may stay idle between requests.
+let idleTimeout = Duration.seconds(60)
+
 /// Serves one connection until the client closes it, asks to, a request is refused, or the drain.
-func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
+/// A request must be whole within `requestTimeout` of its first byte: the deadline holds across reads,
+/// so bytes dribbled in one at a time do not extend it.
+func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestTimeout: Duration) async {
     let connection = Connection(socket)
     await connections.add(connection)
     defer { Task { await connections.remove(connection) } }
     _ = try? await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
     var pending: [UInt8] = []
     var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
+    let clock = ContinuousClock()
+    var requestDeadline: ContinuousClock.Instant?   // set while a request has begun and is not whole
     while true {
-        guard let bytes = try? await socket.read(upTo: 64 * 1024, timeout: .seconds(60)), !bytes.isEmpty else { return }
+        var timeout = idleTimeout
+        if let requestDeadline {
+            let left = requestDeadline - clock.now
+            if left <= .zero { return await refuse(socket, response("408 Request Timeout", "408 Request Timeout\n", keepAlive: false)) }
+            timeout = min(timeout, left)
+        }
+        let bytes: [UInt8]
+        do { bytes = try await socket.read(upTo: 64 * 1024, timeout: timeout) } catch {
+            if case .timedOut = error, requestDeadline != nil {
+                await refuse(socket, response("408 Request Timeout", "408 Request Timeout\n", keepAlive: false))
+            }
+            return
+        }
+        if bytes.isEmpty { return }
         connection.busy.store(true, ordering: .sequentiallyConsistent)
         if start > 0 {
             pending.removeFirst(start)
@@ -253,6 +279,7 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
         }
         pending += bytes
         var out: [UInt8] = []
+        var answered = false
         var keepGoing = true
         while keepGoing {
             switch parse(pending[start...]) {
@@ -264,6 +291,7 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
                 return
             case .request(let request, let consumed):
                 start += consumed
+                answered = true
                 out += await answer(request, on: socket.loop)
                 if !request.keepAlive {
                     try? await socket.write(out, timeout: .seconds(10))
@@ -273,6 +301,13 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections) async {
         }
         if !out.isEmpty {
             guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
+        }
+        // Part of a request is here: its clock starts with its first byte (this read's, when a request
+        // ended in it), and runs across reads.
+        if start < pending.count {
+            if answered || requestDeadline == nil { requestDeadline = clock.now + requestTimeout }
+        } else {
+            requestDeadline = nil
         }
         // Between requests: idle. During the drain, a connection that was busy ends after its answer.
         if start == pending.count {
@@ -293,7 +328,9 @@ func run(_ arguments: HTTPServerArguments) async throws {
     let signals = try control.signals([.terminate, .interrupt])
     print("listening on \(arguments.host):\(listeners[0].address.port ?? 0) backend \(backend.name) loops \(group.loops.count)")
     let server = Task {
-        try await group.serve(listeners) { socket in await serveConnection(socket, connections) }
+        try await group.serve(listeners) { socket in
+            await serveConnection(socket, connections, requestTimeout: .seconds(arguments.requestTimeout))
+        }
     }
     var stopping: Task<Void, Never>?
     for await signal in signals {
@@ -323,5 +360,5 @@ do {
     try await run(try HTTPServerArguments(CommandLine.arguments))
 } catch {
     print("readiness-http-server: \(error)")
-    print("usage: readiness-http-server --port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS]")
+    print("usage: readiness-http-server --port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS] [--request-timeout SECONDS]")
 }

@@ -89,7 +89,7 @@ struct HTTPServerExampleTests {
         let port = try closedPort().port!
         // stdbuf -oL: its standard output is a file here, which Swift's print buffers fully.
         let server = try Child(["/usr/bin/stdbuf", "-oL", try builtExecutable("readiness-http-server"), "--port", "\(port)",
-                                "--backend", backend.name, "--loops", "2", "--grace", "10"])
+                                "--backend", backend.name, "--loops", "2", "--grace", "10", "--request-timeout", "2"])
         #expect(server.waitForOutput("listening on 127.0.0.1:\(port) backend \(backend.name) loops 2"), "\(server.output)")
         let url = "http://127.0.0.1:\(port)"
         let address = try SocketAddress(ip: "127.0.0.1", port: port)
@@ -128,6 +128,29 @@ struct HTTPServerExampleTests {
             let answer = try await Self.exchange(loop, address, Array(request.utf8))
             #expect(answer.hasPrefix("HTTP/1.1 " + status), "\(request.debugDescription): \(answer.prefix(60))")
         }
+        // Slowloris: a head dribbled a line every 200 ms gets 408 once 2 s (--request-timeout) have
+        // passed since its first byte, then the connection ends (the gentle close is bounded too).
+        let slow = try await loop.connect(to: address, timeout: .seconds(5))
+        try await slow.write(Array("GET / HTTP/1.1\r\n".utf8), timeout: .seconds(5))
+        let began = ContinuousClock.now
+        var slowReply: [UInt8] = []
+        var ended = false
+        while !ended, ContinuousClock.now - began < .seconds(10) {
+            if !String(decoding: slowReply, as: UTF8.self).contains("\r\n\r\n") {
+                do { try await slow.write(Array("X-Slow: 1\r\n".utf8), timeout: .seconds(1)) } catch { break }
+            }
+            do throws(LoopError) {
+                let bytes = try await slow.read(upTo: 4096, timeout: .milliseconds(200))
+                if bytes.isEmpty { ended = true }
+                slowReply += bytes
+            } catch {
+                guard case .timedOut = error else { break }
+            }
+        }
+        let elapsed = ContinuousClock.now - began
+        #expect(String(decoding: slowReply, as: UTF8.self).hasPrefix("HTTP/1.1 408 "), "\(String(decoding: slowReply, as: UTF8.self))")
+        #expect(elapsed >= .milliseconds(1_500) && elapsed < .seconds(6), "\(elapsed)")
+        await slow.close()
         let headAnswer = try await Self.exchange(loop, address, Array("HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))
         #expect(headAnswer.hasPrefix("HTTP/1.1 200 OK") && headAnswer.contains("Content-Length: 13") && headAnswer.hasSuffix("\r\n\r\n"),
                 "\(headAnswer)")
