@@ -206,6 +206,7 @@ extension LoopError {
         case .resolution: "resolution"
         case .poller(let error): "poller(\(error.caseName))"
         case .invalidArgument: "invalidArgument"
+        case .resourceExhausted: "resourceExhausted"
         }
     }
 }
