@@ -192,7 +192,7 @@ struct EdgeTests {
             // poller at a time), while a read waits.
             let fifth = Task { try await server.read(upTo: 8, timeout: .seconds(2)) }
             try await loop.sleep(for: .milliseconds(20))
-            try await server.withStreamSocket { (socket) throws(SocketError) in
+            _ = try await server.withStreamSocket { (socket) throws(SocketError) in
                 #expect(throws: PollerError.self) { try socket.register(on: poller, token: 9, interest: .readable) }
             }
             try await client.write([5])
