@@ -202,9 +202,15 @@ extension EventLoop {
             if state.isShutDown { throw .shutdown }
             try state.checkForeign(fd, "adopt")
             if state.foreign[fd] != nil { throw .invalidArgument("adopt: descriptor \(fd) is being waited on (readable/writable)") }
+            try state.checkRoom()
             let socket: StreamSocket
             do throws(SocketError) { socket = try StreamSocket(adopting: fd) } catch { throw .socket(error) }
-            return (state.adopt(socket), socket.peerAddress)
+            do throws(LoopError) {
+                return (try state.adopt(socket), socket.peerAddress)
+            } catch {
+                _ = socket.release()   // not adopted: the descriptor stays the caller's, open
+                throw error
+            }
         }
         return AsyncSocket(loop: self, id: id, peer: peer)
     }

@@ -26,6 +26,11 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The caller passed a value the operation cannot take (an empty read buffer, a negative count,
     /// options out of range); the text names it. Nothing was done: no system call, nothing owned.
     case invalidArgument(String)
+    /// The loop already holds as many resources as it can number (sockets, listeners, waits, sleeps and
+    /// connect attempts, 2^24 at once). Nothing was done: a descriptor handed to
+    /// ``EventLoop/adopt(descriptor:)`` stays the caller's, open; a connection waiting to be accepted
+    /// stays queued; a socket the operation had made is closed. Closing resources makes room again.
+    case resourceExhausted
 
     /// The error in words.
     public var description: String {
@@ -40,6 +45,7 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
         case .resolution(let error): "\(error)"
         case .poller(let error): "poller: \(error)"
         case .invalidArgument(let what): "invalid argument: \(what)"
+        case .resourceExhausted: "the event loop holds as many resources as it can"
         }
     }
 }

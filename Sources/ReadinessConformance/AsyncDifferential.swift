@@ -1,7 +1,8 @@
 import Readiness
 
 /// Differential testing of the async layer: seeded random interleavings of async operations over two
-/// socketpairs the loop owns, a socketpair the caller owns and three tasks, run on several backends,
+/// socketpairs the loop owns, a connected pair of Unix datagram sockets the loop owns, a socketpair the
+/// caller owns and three tasks, run on several backends,
 /// whose outcomes must be identical step by step. A failure names the seed and the shortest script that
 /// still shows the difference.
 ///
@@ -42,13 +43,17 @@ public enum AsyncDifferential {
     }
 
     static let sockets = ["a", "b", "c", "d"]
+    /// The datagram sockets (a connected Unix pair: sends need no destination).
+    static let datagramSockets = ["p", "q"]
+    /// The most bytes of a datagram a direct send makes (0: an empty datagram).
+    static let datagramBytes = 4
     /// A write in a task that fills the socket buffers and waits for the peer's reads.
     static let largeWrite = 300_000
     /// A direct read that takes a good part of a full buffer.
     static let largeRead = 65_536
     static let taskNames = ["t1", "t2", "t3"]
     /// What every script starts with.
-    static let prelude: [AsyncStep] = [.socketPair("a", "b"), .socketPair("c", "d"), .callerPair("x", "y")]
+    static let prelude: [AsyncStep] = [.socketPair("a", "b"), .socketPair("c", "d"), .callerPair("x", "y"), .unixDatagramPair("p", "q")]
 
     /// A reproducible random script: `length` random steps between the prelude and the shutdown.
     public static func script(seed: UInt64, length: Int) -> [AsyncStep] {
@@ -56,10 +61,11 @@ public enum AsyncDifferential {
         var running: Set<String> = []
         var steps = prelude
         func socket() -> String { sockets[random.below(sockets.count)] }
+        func endpoint() -> String { datagramSockets[random.below(datagramSockets.count)] }
         for _ in 0..<length {
             let free = taskNames.filter { !running.contains($0) }
             let busy = taskNames.filter { running.contains($0) }
-            switch random.below(16) {
+            switch random.below(19) {
             case 0, 1, 2, 3:
                 guard let task = free.first else {
                     steps.append(.run(.sleep(.zero)))
@@ -70,6 +76,7 @@ public enum AsyncDifferential {
                     .write(socket(), bytes: 1 + random.below(3), timeout: nil),
                     .write(socket(), bytes: largeWrite, timeout: nil),
                     .sleep(.seconds(3600)), .readable("x", timeout: nil), .writable("x", timeout: nil),
+                    .receive(endpoint(), upTo: 64, timeout: nil), .send(endpoint(), bytes: 1 + random.below(3), to: nil, timeout: nil),
                 ]
                 let operation = operations[random.below(operations.count)]
                 steps.append(random.below(6) == 0 ? .startCancelled(task, operation) : .start(task, operation))
@@ -101,8 +108,19 @@ public enum AsyncDifferential {
                 case 1: steps.append(.run(.closeInside(socket())))
                 default: steps.append(.run(.read(socket(), upTo: 1, timeout: .zero)))
                 }
-            default:
+            case 15:
                 steps.append(.run(.sleep(.zero)))
+            case 16, 17:
+                steps.append(.run(.send(endpoint(), bytes: random.below(datagramBytes), to: nil, timeout: .zero)))
+            default:
+                let e = endpoint()
+                switch random.below(8) {
+                case 0: steps.append(.run(.fill(e)))
+                case 1: steps.append(.run(.drain(e)))
+                case 2: steps.append(.run(.close(e)))
+                case 3: steps.append(.run(.receiveBatch(e, slots: 4, timeout: .zero)))
+                default: steps.append(.run(.receive(e, upTo: random.below(2) == 0 ? 64 : 1, timeout: .zero)))
+                }
             }
         }
         steps.append(.shutdownLoop)

@@ -31,6 +31,11 @@ final class AsyncRun {
     private var closedCallers: [String: CInt] = [:]
     private var listeners: [String: (fd: CInt, address: SocketAddress)] = [:]
     private var loopListeners: [String: AsyncListener] = [:]
+    private var datagrams: [String: AsyncDatagramSocket] = [:]
+    /// Each datagram socket's bound address, by name (kept after it is closed: sends still name it).
+    private var datagramAddresses: [String: SocketAddress] = [:]
+    /// The paths Unix datagram sockets were bound on: gone once the loop has shut down.
+    private var unixPaths: [String] = []
     private var fillers: [CInt] = []
     private var tasks: [String: (task: Task<AsyncResult, Never>, operation: AsyncOperation)] = [:]
     private let finished = FinishLog()
@@ -44,6 +49,14 @@ final class AsyncRun {
 
     /// Loopback, port chosen by the kernel.
     static let loopback = (try? SocketAddress(ip: "127.0.0.1", port: 0)) ?? SocketAddress()
+    /// Bytes of each slot of a batch receive's `DatagramBatch`.
+    static let batchSlot = 2048
+    /// Bytes of each datagram a fill step sends.
+    static let fillDatagram = 1024
+    /// The most datagrams a fill or drain step sends or takes (a socket that never fills is reported).
+    static let fillLimit = 1 << 16
+    /// Numbers the Unix datagram paths of this process.
+    private static let pathCounter = Atomic<Int>(0)
 
     init(loop: EventLoop) {
         signal(SIGPIPE, SIG_IGN)
@@ -169,6 +182,23 @@ final class AsyncRun {
             close(kept.fd)
             closedCallers[caller] = kept.fd
             return .ok
+        case .udpPair(let a, let b):
+            do throws(LoopError) {
+                for name in [a, b] { keepDatagram(name, try await loop.bindDatagram(to: Self.loopback)) }
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
+        case .unixDatagramPair(let a, let b):
+            return try await unixDatagramPair(a, b)
+        case .connectDatagram(let name, let target):
+            guard let peer = address(target) else { return .note("no address for \(target)") }
+            do throws(LoopError) {
+                keepDatagram(name, try await loop.connectDatagram(to: peer))
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
         }
     }
 
@@ -191,6 +221,11 @@ final class AsyncRun {
         listeners.removeAll()
         for fd in fillers { close(fd) }
         fillers.removeAll()
+        for path in unixPaths where access(path, F_OK) == 0 {
+            problems.append("the Unix datagram path \(path) was left behind after the loop's shutdown")
+            unlink(path)
+        }
+        unixPaths.removeAll()
         return problems
     }
 
@@ -251,6 +286,42 @@ final class AsyncRun {
         }
     }
 
+    private func keepDatagram(_ name: String, _ socket: AsyncDatagramSocket) {
+        datagrams[name] = socket
+        datagramAddresses[name] = socket.localAddress
+    }
+
+    /// Two Unix datagram sockets on paths of their own: `b` bound, `a` bound and connected to `b`, then
+    /// `b` connected to `a` (through `withDatagramSocket`).
+    private func unixDatagramPair(_ a: String, _ b: String) async throws -> Observation {
+        let base = "/tmp/readiness-conformance-\(getpid())-\(Self.pathCounter.add(1, ordering: .relaxed).newValue)"
+        let (pathA, pathB) = (base + "-" + a, base + "-" + b)
+        let (addressA, addressB) = (try SocketAddress(unixPath: pathA), try SocketAddress(unixPath: pathB))
+        unlink(pathA)
+        unlink(pathB)
+        unixPaths += [pathA, pathB]
+        do throws(LoopError) {
+            let second = try await loop.bindDatagram(to: addressB)
+            keepDatagram(b, second)
+            keepDatagram(a, try await loop.connectDatagram(to: addressB, from: addressA))
+            try await second.withDatagramSocket { (socket) throws(SocketError) in try socket.connect(to: addressA) }
+            return .ok
+        } catch {
+            return .error(error.caseName)
+        }
+    }
+
+    /// A datagram's outcome in words, its source named when it is a socket of the script.
+    private static func describe(_ datagram: ReceivedDatagram, held: Int, names: [String: SocketAddress]) -> Observation {
+        var text = "\(datagram.count) bytes"
+        if let source = datagram.source {
+            text += " from " + (names.first { $0.value == source }?.key ?? "\(source)")
+        }
+        if datagram.isTruncated { text += ", truncated from \(datagram.length)" }
+        if held != datagram.count { text += " (the buffer holds \(held))" }
+        return .note(text)
+    }
+
     private func fullListener(_ name: String) throws {
         listeners[name] = try Net.fullListener { fillers.append($0) }
     }
@@ -261,6 +332,7 @@ final class AsyncRun {
         switch target {
         case .listener(let name), .fullListener(let name): listeners[name]?.address
         case .closedPort: (try? Net.freePort()).flatMap { try? SocketAddress("127.0.0.1:\($0)") }
+        case .closedUDPPort: try? DatagramSocket(bind: Self.loopback).localAddress   // closed on return
         case .loopListener(let name): loopListeners[name]?.address
         }
     }
@@ -301,6 +373,7 @@ final class AsyncRun {
                 return .ok
             } }
         case .close(let name):
+            if let datagram = datagrams[name] { return { await datagram.close(); return (.ok, nil) } }
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await socket.close(); return (.ok, nil) }
         case .resetClose(let name):
@@ -365,6 +438,67 @@ final class AsyncRun {
         case .closeListener(let name):
             guard let listener = loopListeners[name] else { return missing("listener \(name)") }
             return { await listener.close(); return (.ok, nil) }
+        case .send(let name, let bytes, let destination, let timeout):
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            var address: SocketAddress?
+            if let destination {
+                guard let found = datagramAddresses[destination] else { return missing("address of \(destination)") }
+                address = found
+            }
+            return { [address] in await Self.observe { () throws(LoopError) -> Observation in
+                try await socket.send([UInt8](repeating: 0x63, count: bytes), to: address, timeout: timeout)
+                return .ok
+            } }
+        case .receive(let name, let maximum, let timeout):
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            let names = datagramAddresses
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var buffer = Bytes()
+                let datagram = try await socket.receive(into: &buffer, maximum: maximum, timeout: timeout)
+                return Self.describe(datagram, held: buffer.count, names: names)
+            } }
+        case .receiveBatch(let name, let slots, let timeout):
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let batch: DatagramBatch
+                do throws(SocketError) { batch = try DatagramBatch(capacity: slots, slotSize: Self.batchSlot) } catch {
+                    return .note("batch: \(error)")
+                }
+                let n = try await socket.receive(into: batch, timeout: timeout)
+                var sizes: [String] = []
+                for index in 0..<n {
+                    do throws(SocketError) { sizes.append("\(try batch.datagram(index).count)") } catch { sizes.append("?") }
+                }
+                let counted = batch.count == n ? "" : " (the batch counts \(batch.count))"
+                return .note("\(n) datagrams: \(sizes.joined(separator: " ")) bytes\(counted)")
+            } }
+        case .fill(let name):
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let datagram = [UInt8](repeating: 0x64, count: Self.fillDatagram)
+                for _ in 0..<Self.fillLimit {
+                    do throws(LoopError) { try await socket.send(datagram, timeout: .zero) } catch {
+                        if error == .timedOut { return .note("filled") }
+                        throw error
+                    }
+                }
+                return .note("never full after \(Self.fillLimit) datagrams")
+            } }
+        case .drain(let name):
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var buffer = Bytes()
+                for taken in 0..<Self.fillLimit {
+                    do throws(LoopError) {
+                        buffer.removeAll(keepingCapacity: true)
+                        _ = try await socket.receive(into: &buffer, timeout: .zero)
+                    } catch {
+                        if error == .timedOut { return .note(taken > 0 ? "drained" : "nothing queued") }
+                        throw error
+                    }
+                }
+                return .note("still datagrams after \(Self.fillLimit)")
+            } }
         case .readEmpty(let name):
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in

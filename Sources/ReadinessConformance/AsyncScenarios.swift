@@ -24,11 +24,17 @@ private let pair = line(.socketPair("a", "b"))
 private let open = Observation.note("open")
 private let releasesFile = Requirement("needs a poller whose watched descriptor's close releases its file (not io_uring)") { $0.closeReleasesFile }
 private let reportsHangup = Requirement("needs a poller that reports hang-up to a writer (select reports it in the read set only: Docs/Contract.md, reportsHangupAndError)") { $0.reportsHangupAndError }
+private let udp = line(.udpPair("u", "v"))
+private let unixPair = line(.unixDatagramPair("p", "q"))
+private func send(_ s: String, _ n: Int = 1, to: String? = nil, _ timeout: Duration? = long) -> AsyncOperation { .send(s, bytes: n, to: to, timeout: timeout) }
+private func receive(_ s: String, _ upTo: Int = 64, _ timeout: Duration? = long) -> AsyncOperation { .receive(s, upTo: upTo, timeout: timeout) }
+private func datagram(_ n: Int, from source: String) -> Observation { .note("\(n) bytes from \(source)") }
 private let holdsFile = Requirement("needs a poller that holds a watched descriptor's file until it stops watching (io_uring)") { !$0.closeReleasesFile }
 
 extension AsyncConformance {
     /// Every async scenario, by area.
     public static let scenarios: [AsyncScenario] = io + caller + cancellation + deadlines + misuse + shutdown + connects + accepts + sleeps + adoption
+        + datagrams
 
     static let io: [AsyncScenario] = [
         AsyncScenario("async/io/read-write", checks: "Bytes written on one end are read on the other; an empty socket times out.", [
@@ -200,6 +206,76 @@ extension AsyncConformance {
             line(.isOpen("r"), open), line(.isOpen("w"), open),
             line(.callerPair("u", "v")), start("t1", .readable("u", timeout: nil)), line(.adopt("u", as: "q"), fails(.invalidArgument(""))),
             line(.cancel("t1")), join("t1", fails(.cancelled)), line(.isOpen("u"), open), line(.adopt("u", as: "q")),
+        ]),
+    ]
+
+    static let datagrams: [AsyncScenario] = [
+        AsyncScenario("async/datagram/udp-ping-pong", checks: "Datagrams between two UDP sockets bound on 127.0.0.1 arrive whole, one per receive, in order, with their source; a task suspended in receive is woken by a send.", [
+            udp, op(send("u", 3, to: "v")), op(receive("v"), datagram(3, from: "u")),
+            op(send("v", 2, to: "u")), op(receive("u"), datagram(2, from: "v")),
+            op(send("u", 1, to: "v")), op(send("u", 2, to: "v")),
+            op(receive("v"), datagram(1, from: "u")), op(receive("v"), datagram(2, from: "u")),
+            start("t1", receive("u")), op(send("v", 5, to: "u")), join("t1", datagram(5, from: "v")),
+        ]),
+        AsyncScenario("async/datagram/unix-ping-pong", checks: "The same over a connected pair of Unix datagram sockets: sends need no destination, the source is the peer's path.", [
+            unixPair, op(send("p", 3)), op(receive("q"), datagram(3, from: "p")),
+            op(send("q", 2)), op(receive("p"), datagram(2, from: "q")),
+            start("t1", receive("p")), op(send("q", 5)), join("t1", datagram(5, from: "q")),
+        ]),
+        AsyncScenario("async/datagram/timed-out", checks: "A receive with nothing queued times out at its deadline (zero or not); the socket still receives after.", [
+            udp, op(receive("v", 64, .zero), fails(.timedOut)), op(receive("v", 64, .milliseconds(20)), fails(.timedOut)),
+            op(send("u", 4, to: "v")), op(receive("v"), datagram(4, from: "u")),
+        ]),
+        AsyncScenario("async/datagram/two-waiters", checks: "A second receiver, or a second sender while the peer's queue is full, gets busy; the first is unaffected: the receiver gets the next datagram, the sender sends once the peer's queue is drained.", [
+            udp, start("t1", receive("v")), op(receive("v"), fails(.busy)), start("t2", receive("v")), join("t2", fails(.busy)),
+            op(send("u", 1, to: "v")), join("t1", datagram(1, from: "u")),
+            unixPair, op(.fill("p"), .note("filled")), start("t3", send("p", 7)), op(send("p", 1), fails(.busy)),
+            op(.drain("q"), .note("drained")), join("t3", .ok), op(receive("q"), datagram(7, from: "p")),
+        ]),
+        AsyncScenario("async/datagram/cancel", checks: "Cancelling a suspended receive or send ends it with cancelled and leaves the socket usable; a cancelled task with a datagram queued still gets it.", [
+            udp, start("t1", receive("v")), line(.cancel("t1")), join("t1", fails(.cancelled)),
+            op(send("u", 1, to: "v")), op(receive("v"), datagram(1, from: "u")),
+            op(send("u", 2, to: "v")), line(.startCancelled("t2", receive("v"))), join("t2", datagram(2, from: "u")),
+            line(.startCancelled("t3", receive("v"))), join("t3", fails(.cancelled)),
+            unixPair, op(.fill("p"), .note("filled")), start("t4", send("p")), line(.cancel("t4")), join("t4", fails(.cancelled)),
+            op(.drain("q"), .note("drained")), op(send("p", 3)), op(receive("q"), datagram(3, from: "p")),
+        ]),
+        AsyncScenario("async/datagram/close-while-waiting", checks: "A datagram socket closed by another task: a suspended receiver or sender ends with closed, every later operation too; closing twice does nothing.", [
+            udp, start("t1", receive("v")), op(.close("v")), join("t1", fails(.closed)),
+            op(receive("v"), fails(.closed)), op(send("v", 1, to: "u"), fails(.closed)), op(.close("v")),
+            op(send("u", 1, to: "v")),
+            unixPair, op(.fill("p"), .note("filled")), start("t2", send("p")), op(.close("p")), join("t2", fails(.closed)),
+            op(send("p"), fails(.closed)),
+        ]),
+        AsyncScenario("async/datagram/shutdown", checks: "Shutdown ends a pending receive and send with shutdown; later operations and new datagram sockets fail with shutdown; the Unix paths are removed.", [
+            udp, unixPair, start("t1", receive("v")), op(.fill("p"), .note("filled")), start("t2", send("p")),
+            line(.shutdownLoop), join("t1", fails(.shutdown)), join("t2", fails(.shutdown)),
+            op(receive("u", 64, .zero), fails(.shutdown)), op(send("u", 1, to: "v"), fails(.shutdown)),
+            op(.close("q")), line(.connectDatagram(as: "c", to: .closedUDPPort), fails(.shutdown)),
+        ]),
+        AsyncScenario("async/datagram/truncated", checks: "A datagram longer than the receive's maximum is truncated and says so with its real length; its rest is dropped, not read as the next datagram; a maximum below 1 is invalidArgument.", [
+            udp, op(send("u", 100, to: "v")), op(receive("v", 10), .note("10 bytes from u, truncated from 100")),
+            op(send("u", 5, to: "v")), op(receive("v", 64), datagram(5, from: "u")),
+            op(receive("v", 0), fails(.invalidArgument(""))),
+            unixPair, op(send("p", 100)), op(receive("q", 10), .note("10 bytes from p, truncated from 100")),
+        ]),
+        AsyncScenario("async/datagram/refused", checks: "A UDP socket connected to a port nobody is bound to: its send succeeds, the refusal comes on a later call as socket(refused), once; the socket stays usable.", [
+            line(.connectDatagram(as: "c", to: .closedUDPPort)), op(send("c")), op(receive("c"), .error("socket(refused)")),
+            op(receive("c", 64, .zero), fails(.timedOut)),
+        ]),
+        AsyncScenario("async/datagram/batch", checks: "A batched receive takes every queued datagram, up to its slots, in one call, each with its length; the rest stay queued.", [
+            udp, op(send("u", 1, to: "v")), op(send("u", 2, to: "v")), op(send("u", 3, to: "v")),
+            op(.receiveBatch("v", slots: 8, timeout: long), .note("3 datagrams: 1 2 3 bytes")),
+            op(receive("v", 64, .zero), fails(.timedOut)),
+            op(send("u", 4, to: "v")), op(send("u", 5, to: "v")), op(send("u", 6, to: "v")),
+            op(.receiveBatch("v", slots: 2, timeout: long), .note("2 datagrams: 4 5 bytes")), op(receive("v"), datagram(6, from: "u")),
+            start("t1", .receiveBatch("v", slots: 8, timeout: long)), op(send("u", 7, to: "v")), join("t1", .note("1 datagrams: 7 bytes")),
+        ]),
+        AsyncScenario("async/datagram/empty", checks: "An empty datagram is received as 0 bytes (not an end of stream), alone in a batch too, and the next datagram follows.", [
+            udp, op(send("u", 0, to: "v")), op(receive("v"), datagram(0, from: "u")),
+            op(send("u", 0, to: "v")), op(.receiveBatch("v", slots: 4, timeout: long), .note("1 datagrams: 0 bytes")),
+            op(send("u", 1, to: "v")), op(receive("v"), datagram(1, from: "u")),
+            unixPair, op(send("p", 0)), op(receive("q"), datagram(0, from: "p")),
         ]),
     ]
 }

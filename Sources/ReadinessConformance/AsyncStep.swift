@@ -3,7 +3,9 @@ import Readiness
 /// One async operation of a script: run by the script itself (``AsyncStep/run(_:)``, the script waits
 /// for its outcome) or in a task of its own (``AsyncStep/start(_:_:)``). Socket names are loop-owned
 /// sockets (``AsyncStep/socketPair(_:_:)``, ``AsyncStep/tcpPair(_:_:)``, a successful connect or adopt);
-/// `readable`/`writable` name caller-owned descriptors (``AsyncStep/callerPair(_:_:)``).
+/// `readable`/`writable` name caller-owned descriptors (``AsyncStep/callerPair(_:_:)``); the datagram
+/// operations name loop-owned datagram sockets (``AsyncStep/udpPair(_:_:)``,
+/// ``AsyncStep/unixDatagramPair(_:_:)``, ``AsyncStep/connectDatagram(as:to:)``).
 public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// One read of up to `upTo` bytes: "n bytes", "end of stream" or an error.
     case read(String, upTo: Int, timeout: Duration?)
@@ -38,6 +40,20 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     case accept(String, as: String, timeout: Duration?)
     /// Closes a loop listener (a task suspended in accept resumes with `.closed`).
     case closeListener(String)
+    /// Sends one datagram of `bytes` bytes to the datagram socket named `to` (nil: the connected peer).
+    case send(String, bytes: Int, to: String?, timeout: Duration?)
+    /// Receives one datagram, at most `upTo` bytes of it: "n bytes", then "from s" naming its source when
+    /// it is a socket of the script, then "truncated from m" when it was longer; or an error.
+    case receive(String, upTo: Int, timeout: Duration?)
+    /// Receives the queued datagrams into a `DatagramBatch` of `slots` slots in one call:
+    /// "k datagrams: n1 n2 ... bytes".
+    case receiveBatch(String, slots: Int, timeout: Duration?)
+    /// Sends datagrams with a zero deadline until one times out (the peer's queue or the send buffer is
+    /// full): "filled", or an error.
+    case fill(String)
+    /// Receives with a zero deadline until one times out: "drained" (at least one datagram taken) or
+    /// "nothing queued", or an error.
+    case drain(String)
 
     /// The operation in words.
     public var description: String {
@@ -60,6 +76,11 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .readEmpty(let s): return "read \(s) into an empty buffer"
         case .accept(let l, let s, let t): return "accept \(s) on \(l)\(within(t))"
         case .closeListener(let l): return "close listener \(l)"
+        case .send(let s, let n, let to, let t): return "send a \(n)-byte datagram from \(s)\(to.map { " to \($0)" } ?? "")\(within(t))"
+        case .receive(let s, let n, let t): return "receive a datagram of up to \(n) bytes on \(s)\(within(t))"
+        case .receiveBatch(let s, let n, let t): return "receive a batch of up to \(n) datagrams on \(s)\(within(t))"
+        case .fill(let s): return "send from \(s) until the peer's queue is full"
+        case .drain(let s): return "receive on \(s) until nothing is queued"
         }
     }
 }
@@ -74,6 +95,8 @@ public enum AsyncTarget: Sendable, Hashable, CustomStringConvertible {
     case closedPort
     /// A listener the loop owns (``AsyncStep/listen(_:)``).
     case loopListener(String)
+    /// A loopback UDP port no socket is bound to.
+    case closedUDPPort
 
     /// The target in words.
     public var description: String {
@@ -82,6 +105,7 @@ public enum AsyncTarget: Sendable, Hashable, CustomStringConvertible {
         case .fullListener(let name): "full listener \(name)"
         case .closedPort: "a closed port"
         case .loopListener(let name): "loop listener \(name)"
+        case .closedUDPPort: "a closed UDP port"
         }
     }
 }
@@ -127,6 +151,15 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
     case callerWrite(String, bytes: Int)
     /// The caller closes its descriptor.
     case callerClose(String)
+    /// Two UDP sockets the loop binds on 127.0.0.1 (ports chosen by the kernel), not connected: a send
+    /// names its destination.
+    case udpPair(String, String)
+    /// Two Unix datagram sockets the loop binds on paths of their own, each connected to the other (a
+    /// datagram socketpair's shape, with names): sends need no destination, and a sender waits while
+    /// its peer's queue is full.
+    case unixDatagramPair(String, String)
+    /// A UDP socket the loop connects to a target (`loop.connectDatagram(to:)`), kept as `as`.
+    case connectDatagram(as: String, to: AsyncTarget)
 
     /// The step in words.
     public var description: String {
@@ -150,6 +183,9 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
         case .isOpen(let c): "is \(c) open"
         case .callerWrite(let c, let n): "caller writes \(n) bytes to \(c)"
         case .callerClose(let c): "caller closes \(c)"
+        case .udpPair(let a, let b): "UDP sockets \(a) and \(b) bound on the loop"
+        case .unixDatagramPair(let a, let b): "Unix datagram sockets \(a) and \(b) bound and connected to each other on the loop"
+        case .connectDatagram(let s, let target): "connect UDP socket \(s) to \(target)"
         }
     }
 }
@@ -206,6 +242,7 @@ extension LoopError {
         case .resolution: "resolution"
         case .poller(let error): "poller(\(error.caseName))"
         case .invalidArgument: "invalidArgument"
+        case .resourceExhausted: "resourceExhausted"
         }
     }
 }

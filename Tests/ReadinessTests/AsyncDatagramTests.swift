@@ -16,7 +16,8 @@ struct AsyncDatagramTests {
                     var served = 0
                     while served < 20 {
                         let datagram = try await server.receive(into: &buffer, timeout: .seconds(5))
-                        try await server.send(buffer, to: datagram.source)
+                        let source: SocketAddress = try #require(datagram.source)
+                        try await server.send(buffer, to: source)
                         buffer.removeAll(keepingCapacity: true)
                         served += 1
                     }

@@ -27,22 +27,22 @@ extension TimerPurpose {
 @Suite("Loop structure")
 struct LoopStructureTests {
     @Test("slab: a freed slot is reused under a new generation; the old key and its tokens find nothing")
-    func slabReuse() {
+    func slabReuse() throws {
         var slab = Slab(capacity: 4)
-        let first = slab.insert { RecordingResource(key: $0) }
+        let first = try slab.insert { RecordingResource(key: $0) }
         let oldKey = first.key
         #expect(slab[oldKey] === first)
         #expect(slab[oldKey.token(.readDeadline)] === first)
         slab.remove(oldKey)
         #expect(slab[oldKey] == nil)
-        let second = slab.insert { RecordingResource(key: $0) }
+        let second = try slab.insert { RecordingResource(key: $0) }
         #expect(second.key.index == oldKey.index)
         #expect(second.key.generation != oldKey.generation)
         #expect(slab[oldKey] == nil)
         #expect(slab[oldKey.token(.recordingTest)] == nil)
         #expect(slab[second.key] === second)
         // Aliases dispatch to their resource, are not counted, and are freed on their own.
-        let alias = slab.insertAlias(of: second)
+        let alias = try slab.insertAlias(of: second)
         #expect(slab[alias] === second)
         #expect(slab.count == 1)
         slab.remove(alias: alias)
@@ -53,13 +53,13 @@ struct LoopStructureTests {
     }
 
     @Test("a timer or event of a closed resource comes after its slot was reused: ignored; the new one's is delivered")
-    func staleTimerIgnored() {
+    func staleTimerIgnored() throws {
         let state = LoopState()
-        let old = state.slab.insert { RecordingResource(key: $0) }
+        let old = try state.slab.insert { RecordingResource(key: $0) }
         state.timers.schedule(at: 0, token: old.key.token(.recordingTest))
         state.close(old, reason: .closed)
         #expect(old.released == 1)
-        let reused = state.slab.insert { RecordingResource(key: $0) }
+        let reused = try state.slab.insert { RecordingResource(key: $0) }
         #expect(reused.key.index == old.key.index)
         state.fireTimers(now: 1)
         #expect(reused.timers.isEmpty)

@@ -103,12 +103,17 @@ struct ReadinessDriver: IODriver {
         var listener = try loop.listener(id)
         if listener.record.read.isWaiting { throw .busy }
         while true {
+            // No slot for the connection: it stays queued (accepted once resources are closed).
+            try loop.checkRoom()
             let result: AcceptResult
             do { result = try listener.listener.accept() } catch { throw .socket(error) }
             let outcome: Outcome
             switch result {
             case .accepted(let socket, let peer):
-                return (loop.adopt(socket), peer)
+                do throws(LoopError) { return (try loop.adopt(socket), peer) } catch {
+                    socket.close()
+                    throw error
+                }
             case .wouldBlock:
                 outcome = await loop.wait(listener, .read, deadline: deadline, interest: true)
             case .backingOff(let until):
@@ -137,7 +142,7 @@ struct ReadinessDriver: IODriver {
     /// resource becomes the socket's (same key).
     nonisolated(nonsending) private func connect(to address: SocketAddress, poller: any Poller, deadline: Int64?,
                                                  attemptTimeout: Duration?, on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
-        let stream = loop.slab.insert { key in
+        let stream = try loop.slab.insert { key in
             StreamResource(key: key) { token in ConnectAttempt(to: address, poller: poller, token: token, timeout: attemptTimeout) }
         }
         let id = stream.key.raw
@@ -190,7 +195,7 @@ struct ReadinessDriver: IODriver {
             return try await connect(to: addresses[0], poller: poller, deadline: deadline,
                                      attemptTimeout: options.attemptTimeout, on: loop)
         }
-        let connect = loop.slab.insert { ConnectResource(key: $0, loop: loop) }
+        let connect = try loop.slab.insert { ConnectResource(key: $0, loop: loop) }
         var progress: HappyEyeballs.Progress
         if let resolution {
             progress = connect.start(host: resolution.host, port: resolution.port, resolver: resolution.resolver,
@@ -198,7 +203,7 @@ struct ReadinessDriver: IODriver {
         } else {
             progress = connect.start(addresses: addresses, poller: poller, options: options)
         }
-        if progress.isInProgress {
+        if progress.isInProgress, !connect.isExhausted {
             let outcome = await loop.wait(connect, .write, deadline: deadline, interest: false)
             if case .failed(let error) = outcome {
                 loop.close(connect, reason: error)   // cancels every attempt: deregistered, closed once
@@ -212,10 +217,21 @@ struct ReadinessDriver: IODriver {
             }
             progress = connect.outcome ?? .failed(ConnectError(.cancelled))
         }
+        if connect.isExhausted {
+            // An attempt found no token: the connect ends (`close` closes a winner it holds too).
+            if !progress.isInProgress { connect.outcome = progress }
+            loop.close(connect, reason: .resourceExhausted)
+            throw .resourceExhausted
+        }
         connect.outcome = nil                      // taken: `close` must not close the winner's socket
         loop.close(connect, reason: .closed)       // the winner was handed over; the rest are cancelled
         switch progress {
-        case .connected(let socket): return (loop.adopt(StreamSocket(socket)), socket)
+        case .connected(let socket):
+            let stream = StreamSocket(socket)
+            do throws(LoopError) { return (try loop.adopt(stream), socket) } catch {
+                stream.close()
+                throw error
+            }
         case .failed(let error): throw .connect(error)
         case .unresolved(let error): throw .resolution(error)
         case .inProgress: throw .closed

@@ -60,11 +60,18 @@ final class LoopState {
         if owns(fd) { throw .invalidArgument("\(operation): descriptor \(fd) belongs to a socket or listener of this loop") }
     }
 
-    /// Takes ownership of a connected socket: a stream resource of its own.
-    func adopt(_ socket: StreamSocket) -> UInt64 {
-        let stream = slab.insert { StreamResource(key: $0, socket: socket) }
+    /// Takes ownership of a connected socket: a stream resource of its own. When the slab is full
+    /// (``LoopError/resourceExhausted``) the socket is left to the caller, who closes or releases it.
+    func adopt(_ socket: StreamSocket) throws(LoopError) -> UInt64 {
+        let stream = try slab.insert { StreamResource(key: $0, socket: socket) }
         own(stream, socket.fd)
         return stream.key.raw
+    }
+
+    /// Fails with ``LoopError/resourceExhausted`` when the slab has no slot left: asked before an
+    /// operation makes or takes anything (a socket, a queued connection, a caller's descriptor).
+    func checkRoom() throws(LoopError) {
+        if slab.isFull { throw .resourceExhausted }
     }
 
     // MARK: Finding resources
@@ -221,9 +228,14 @@ final class LoopState {
 
     func listen(_ address: SocketAddress, options: Listener.Options) throws(LoopError) -> (UInt64, SocketAddress) {
         if isShutDown { throw .shutdown }
+        try checkRoom()
         let listener: Listener
         do { listener = try Listener(bind: address, options: options) } catch { throw .socket(error) }
-        let resource = slab.insert { ListenerResource(key: $0, listener: listener) }
+        let resource: ListenerResource
+        do { resource = try slab.insert { ListenerResource(key: $0, listener: listener) } } catch {
+            listener.close()
+            throw error
+        }
         own(resource, listener.fd)
         return (resource.key.raw, listener.address)
     }
@@ -231,9 +243,14 @@ final class LoopState {
     /// Makes a datagram socket with `make` and takes ownership of it: a resource of its own.
     func openDatagram(_ make: () throws(SocketError) -> DatagramSocket) throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) {
         if isShutDown { throw .shutdown }
+        try checkRoom()
         let socket: DatagramSocket
         do { socket = try make() } catch { throw .socket(error) }
-        let resource = slab.insert { DatagramResource(key: $0, socket: socket) }
+        let resource: DatagramResource
+        do { resource = try slab.insert { DatagramResource(key: $0, socket: socket) } } catch {
+            socket.close()
+            throw error
+        }
         own(resource, socket.fd)
         return (resource.key.raw, socket.localAddress, socket.peerAddress)
     }

@@ -85,15 +85,23 @@ struct Slab {
     private var freeHead: Int32 = -1
     /// Resources held (aliases excluded).
     private(set) var count = 0
+    /// The most slots it holds, aliases included: ``ResourceKey/maximumSlots`` (what a key can number);
+    /// a test lowers it to reach the limit.
+    let maximumSlots: Int
 
-    init(capacity: Int) {
-        slots.reserveCapacity(capacity)
+    init(capacity: Int, maximumSlots: Int = ResourceKey.maximumSlots) {
+        self.maximumSlots = Swift.min(Swift.max(1, maximumSlots), ResourceKey.maximumSlots)
+        slots.reserveCapacity(Swift.min(capacity, self.maximumSlots))
     }
 
-    /// Takes a slot for the resource `make` builds with its key.
+    /// Whether every slot is taken: the next insert fails with ``LoopError/resourceExhausted``.
+    var isFull: Bool { freeHead < 0 && slots.count >= maximumSlots }
+
+    /// Takes a slot for the resource `make` builds with its key. Fails with
+    /// ``LoopError/resourceExhausted`` when every slot is taken (`make` is not called then).
     @discardableResult
-    mutating func insert<R: LoopResource>(_ make: (ResourceKey) -> R) -> R {
-        let key = takeSlot()
+    mutating func insert<R: LoopResource>(_ make: (ResourceKey) -> R) throws(LoopError) -> R {
+        let key = try takeSlot()
         let resource = make(key)
         slots[Int(key.index)].resource = resource
         slots[Int(key.index)].isAlias = false
@@ -101,22 +109,23 @@ struct Slab {
         return resource
     }
 
-    /// Takes a slot that dispatches to `resource` (which frees it with ``remove(alias:)``).
-    mutating func insertAlias(of resource: any LoopResource) -> ResourceKey {
-        let key = takeSlot()
+    /// Takes a slot that dispatches to `resource` (which frees it with ``remove(alias:)``); fails
+    /// like ``insert(_:)``.
+    mutating func insertAlias(of resource: any LoopResource) throws(LoopError) -> ResourceKey {
+        let key = try takeSlot()
         slots[Int(key.index)].resource = resource
         slots[Int(key.index)].isAlias = true
         return key
     }
 
-    private mutating func takeSlot() -> ResourceKey {
+    private mutating func takeSlot() throws(LoopError) -> ResourceKey {
         if freeHead >= 0 {
             let index = Int(freeHead)
             freeHead = slots[index].nextFree
             slots[index].nextFree = -1
             return ResourceKey(index: UInt32(index), generation: slots[index].generation)
         }
-        precondition(slots.count < ResourceKey.maximumSlots, "the loop holds \(ResourceKey.maximumSlots) resources")
+        guard slots.count < maximumSlots else { throw .resourceExhausted }
         slots.append(Slot())
         return ResourceKey(index: UInt32(slots.count - 1), generation: 0)
     }

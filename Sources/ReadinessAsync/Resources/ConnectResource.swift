@@ -16,6 +16,9 @@ final class ConnectResource: LoopResource, TokenAllocator {
     private(set) var resolutionToken: Token?
     /// Every alias slot it took (freed with it).
     private var aliases: [ResourceKey] = []
+    /// Whether a token was asked for with the slab full: the connect ends with
+    /// ``LoopError/resourceExhausted`` (its waiter is resumed, the resource closed by the driver).
+    private(set) var isExhausted = false
     private unowned(unsafe) let loop: LoopState
 
     init(key: ResourceKey, loop: LoopState) {
@@ -42,14 +45,22 @@ final class ConnectResource: LoopResource, TokenAllocator {
         return connect.start()
     }
 
-    /// A fresh token of the loop's slab that dispatches here.
+    /// A fresh token of the loop's slab that dispatches here. With the slab full, the resource's own
+    /// token (its events are ignored from then on) and the connect is marked exhausted: the caller of
+    /// `start` or `progress` ends it at once, before the poller is waited on again.
     func makeToken() -> Token {
-        let alias = loop.slab.insertAlias(of: self)
-        aliases.append(alias)
-        return alias.token
+        do throws(LoopError) {
+            let alias = try loop.slab.insertAlias(of: self)
+            aliases.append(alias)
+            return alias.token
+        } catch {
+            isExhausted = true
+            return key.token
+        }
     }
 
     func ready(_ ready: Ready, token: Token, loop: LoopState) {
+        guard !isExhausted else { return }
         if token == resolutionToken {
             progress(connect.handle(Event(token: .waker, ready: .readable)), loop: loop)
         } else {
@@ -58,13 +69,13 @@ final class ConnectResource: LoopResource, TokenAllocator {
     }
 
     func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState) {
-        guard purpose == .none else { return }
+        guard purpose == .none, !isExhausted else { return }
         progress(connect.handleTimer(token, now: now), loop: loop)
     }
 
     func progress(_ progress: HappyEyeballs.Progress, loop: LoopState) {
-        guard !progress.isInProgress else { return }
-        outcome = progress
+        if !progress.isInProgress { outcome = progress }   // a winner is closed by `release` if not taken
+        guard !progress.isInProgress || isExhausted else { return }
         record.isDone = true
         loop.resolve(self, .write, .ready)
     }

@@ -33,7 +33,7 @@ extension LoopState {
         if let key = foreign[fd], let existing = slab[key] as? ForeignResource {
             resource = existing
         } else {
-            resource = slab.insert { ForeignResource(key: $0, fd: fd) }
+            resource = try slab.insert { ForeignResource(key: $0, fd: fd) }
             foreign[fd] = resource.key
         }
         let outcome = await wait(resource, direction, deadline: deadline, interest: true)

@@ -15,7 +15,7 @@ final class SleepResource: LoopResource {
 extension LoopState {
     nonisolated(nonsending) func sleep(until deadline: Int64) async throws(LoopError) {
         if isShutDown { throw .shutdown }
-        let sleep = slab.insert { SleepResource(key: $0) }
+        let sleep = try slab.insert { SleepResource(key: $0) }
         let outcome = await wait(sleep, .read, deadline: deadline, interest: false)
         close(sleep, reason: .closed)
         switch outcome {

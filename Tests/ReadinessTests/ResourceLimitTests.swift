@@ -1,0 +1,95 @@
+import Glibc
+@_spi(Backend) import Readiness
+@testable import ReadinessAsync
+import Testing
+
+/// A loop at its limit of resources (the slab's 2^24 slots, lowered here through the slab's internal
+/// `maximumSlots`): every operation that needs a slot fails with `LoopError.resourceExhausted`, never a
+/// trap, and leaks nothing.
+@Suite("Loop resource limit", .serialized)
+struct ResourceLimitTests {
+    /// The slots of the lowered slab in the loop test: a listener, a datagram socket, an adopted socket.
+    static let slots = 3
+
+    @Test("slab: a full slab refuses a resource and an alias with resourceExhausted, without calling make; a freed slot is taken again")
+    func slabFull() throws {
+        var slab = Slab(capacity: 2, maximumSlots: 2)
+        let first = try slab.insert { RecordingResource(key: $0) }
+        let alias = try slab.insertAlias(of: first)
+        #expect(slab.isFull)
+        var made = 0
+        #expect(throws: LoopError.resourceExhausted) {
+            try slab.insert { key in made += 1; return RecordingResource(key: key) }
+        }
+        #expect(made == 0)
+        #expect(throws: LoopError.resourceExhausted) { try slab.insertAlias(of: first) }
+        #expect(slab.count == 1)
+        slab.remove(alias: alias)
+        #expect(!slab.isFull)
+        let second = try slab.insert { RecordingResource(key: $0) }
+        #expect(slab[second.key] === second && slab[first.key] === first)
+        // The limit is at most what a key can number.
+        #expect(Slab(capacity: 0, maximumSlots: .max).maximumSlots == ResourceKey.maximumSlots)
+    }
+
+    @Test("a full loop: adopt, listen, bind, connect (one address or several), accept, sleep and readable fail with resourceExhausted; nothing leaks; the caller's descriptor stays open; closing makes room",
+          arguments: backends)
+    func loopFull(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                try await loop.onLoop { (state) async throws(LoopError) in
+                    state.slab = Slab(capacity: Self.slots, maximumSlots: Self.slots)
+                }
+                let loopback = try SocketAddress("127.0.0.1:0")
+                let listener = try await loop.listen(on: loopback)
+                let datagram = try await loop.bindDatagram(to: loopback)
+                let (x, y) = try socketPair()
+                defer { close(y) }
+                let adopted = try await loop.adopt(descriptor: x)
+                #expect(try await loop.entryCount() == Self.slots)
+
+                // A connection queued on the listener, not yet accepted.
+                let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+                defer { close(client) }
+                #expect(listener.address.withSockaddr { Glibc.connect(client, $0, $1) } == 0)
+
+                let before = openDescriptorCount()
+                await #expect(throws: LoopError.resourceExhausted) { _ = try await loop.adopt(descriptor: y) }
+                #expect(fcntl(y, F_GETFD) >= 0)   // still the caller's, open
+                await #expect(throws: LoopError.resourceExhausted) { _ = try await loop.listen(on: loopback) }
+                await #expect(throws: LoopError.resourceExhausted) { _ = try await loop.bindDatagram(to: loopback) }
+                await #expect(throws: LoopError.resourceExhausted) { _ = try await loop.connectDatagram(to: listener.address) }
+                await #expect(throws: LoopError.resourceExhausted) {
+                    _ = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                }
+                await #expect(throws: LoopError.resourceExhausted) {
+                    _ = try await loop.connect(to: [listener.address, listener.address], timeout: .seconds(5))
+                }
+                await #expect(throws: LoopError.resourceExhausted) { _ = try await listener.accept(timeout: .seconds(5)) }
+                await #expect(throws: LoopError.resourceExhausted) { try await loop.sleep(for: .milliseconds(1)) }
+                await #expect(throws: LoopError.resourceExhausted) { try await loop.readable(y, timeout: .seconds(5)) }
+                #expect(openDescriptorCount() == before)
+                #expect(try await loop.entryCount() == Self.slots)
+
+                // One slot free: a connect over several addresses takes it, then finds no token for
+                // its timer: it ends at once, its slot freed, no socket left.
+                await adopted.close()
+                await #expect(throws: LoopError.resourceExhausted) {
+                    _ = try await loop.connect(to: [try closedPort(), listener.address], timeout: .seconds(5))
+                }
+                #expect(openDescriptorCount() == before - 1)
+                #expect(try await loop.entryCount() == Self.slots - 1)
+
+                // The queued connection was left queued: accepted now that there is room.
+                let server = try await listener.accept(timeout: .seconds(5))
+                try await server.write([7])
+                var byte: UInt8 = 0
+                #expect(recv(client, &byte, 1, 0) == 1 && byte == 7)
+                await server.close()
+                await datagram.close()
+                await listener.close()
+                #expect(try await loop.entryCount() == 0)
+            }.value
+        }
+    }
+}
