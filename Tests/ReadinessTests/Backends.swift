@@ -11,7 +11,10 @@ let backends: [Backend] = {
     let names = list.split(separator: ",").map { String($0) }
     let chosen = Backend.available.filter { names.contains($0.name) }
     let missing = names.filter { name in !chosen.contains { $0.name == name } }
-    if !missing.isEmpty { fputs("READINESS_TEST_BACKENDS: not available here: \(missing.joined(separator: ", "))\n", stderr) }
+    if !missing.isEmpty {
+        let message = "READINESS_TEST_BACKENDS: not available here: \(missing.joined(separator: ", "))\n"
+        _ = message.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+    }
     return chosen.isEmpty ? Backend.available : chosen
 }()
 
