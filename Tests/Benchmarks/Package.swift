@@ -76,11 +76,13 @@ let package = Package(
             ],
             path: "Sources/readiness-net-bench"),
         // The async layer's figures (Docs/Async.md): connect churn sync vs async vs SwiftNIO, ping-pong
-        // round trips and allocations per awaited operation.
+        // round trips and allocations per awaited operation, CPU per connect beside a like-for-like C loop,
+        // what a deadline costs.
         .executableTarget(
             name: "readiness-async-bench",
             dependencies: [
                 "BenchSupport",
+                "CReadinessBench",
                 .product(name: "Readiness", package: rootIdentity),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -59,7 +59,9 @@ struct LoopRecord {
 protocol LoopResource: AnyObject {
     /// Its slot in the loop's slab (its registration token: `key.token`).
     var key: ResourceKey { get }
-    /// Its waiters and registration, kept by the loop.
+    /// Its waiters and registration, kept by the loop. Each kind stores it `@exclusivity(unchecked)`:
+    /// only the loop thread touches it, in short accesses that call nothing out (a continuation is
+    /// resumed after its slot was cleared), so the dynamic check of each access would be pure cost.
     var record: LoopRecord { get set }
     /// The descriptor the loop registers for its waits, nil when it has none to watch (a connect
     /// registers its own sockets; a sleep watches nothing).

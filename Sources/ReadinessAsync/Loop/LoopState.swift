@@ -17,7 +17,9 @@ final class LoopState {
     var poller: (any Poller)?
     let timers = Timers(capacity: LoopState.initialCapacity)
     let events = EventBuffer(capacity: LoopState.eventCapacity)
-    var slab = Slab(capacity: LoopState.initialCapacity)
+    /// Loop thread only, and never accessed overlapping (`insert`'s closure only builds the resource):
+    /// unchecked, as each of the several accesses an operation makes would pay swift_beginAccess.
+    @exclusivity(unchecked) var slab = Slab(capacity: LoopState.initialCapacity)
     /// How the async operations do their I/O (the readiness driver: try, then wait for readiness).
     let driver: any IODriver = ReadinessDriver()
     /// Caller-owned descriptors being waited on, by number.
@@ -27,7 +29,7 @@ final class LoopState {
     private var owned: [Bool] = []
     /// Listeners out of descriptors, waiting for one to be freed (or for their back-off timer).
     var backingOff: Set<ResourceKey> = []
-    var nextOperation: UInt64 = 1
+    @exclusivity(unchecked) var nextOperation: UInt64 = 1
     var isShutDown = false
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
     var jobsRun = 0

@@ -7,7 +7,7 @@ import ReadinessNet
 /// token of their own, through the loop's queue (not on the waker's event).
 final class ConnectResource: LoopResource, TokenAllocator {
     let key: ResourceKey
-    var record = LoopRecord()
+    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     /// Set once, right after the resource takes its slot (it allocates the connect's tokens).
     private(set) var connect: HappyEyeballs!
     /// The connect's outcome, kept until the connecting task takes it.

@@ -5,7 +5,7 @@ import ReadinessNet
 /// direction, one sender on its write direction.
 final class DatagramResource: LoopResource {
     let key: ResourceKey
-    var record = LoopRecord()
+    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let socket: DatagramSocket
 
     init(key: ResourceKey, socket: DatagramSocket) {

@@ -8,7 +8,7 @@ import ReadinessNet
 /// waits on it; never closed by the loop.
 final class ForeignResource: LoopResource {
     let key: ResourceKey
-    var record = LoopRecord()
+    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let fd: CInt
 
     init(key: ResourceKey, fd: CInt) {

@@ -6,7 +6,7 @@ import ReadinessNet
 /// descriptor of this loop is closed.
 final class ListenerResource: LoopResource {
     let key: ResourceKey
-    var record = LoopRecord()
+    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let listener: Listener
     private(set) var isBackingOff = false
     private var backoffTimer: TimerID?

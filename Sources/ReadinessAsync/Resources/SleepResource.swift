@@ -5,7 +5,7 @@ import ReadinessNet
 /// watch.
 final class SleepResource: LoopResource {
     let key: ResourceKey
-    var record = LoopRecord()
+    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
 
     init(key: ResourceKey) { self.key = key }
 

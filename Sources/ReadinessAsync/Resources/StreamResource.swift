@@ -10,15 +10,15 @@ import ReadinessNet
 /// second object).
 final class StreamResource: LoopResource {
     let key: ResourceKey
-    var record = LoopRecord()
+    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     /// The socket, once connected (nil while the attempt runs, and for an attempt that failed).
-    private(set) var socket: StreamSocket?
+    @exclusivity(unchecked) private(set) var socket: StreamSocket?
     /// The connect to one address, while it runs.
-    private(set) var attempt: ConnectAttempt?
+    @exclusivity(unchecked) private(set) var attempt: ConnectAttempt?
     /// The attempt's outcome, kept until the connecting task takes it.
-    var outcome: ConnectProgress?
+    @exclusivity(unchecked) var outcome: ConnectProgress?
     /// The attempt's timeout (``HappyEyeballs/Options/attemptTimeout``), while it runs.
-    var attemptTimer: TimerID?
+    @exclusivity(unchecked) var attemptTimer: TimerID?
 
     init(key: ResourceKey, socket: StreamSocket) {
         self.key = key

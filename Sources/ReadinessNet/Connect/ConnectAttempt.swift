@@ -55,18 +55,21 @@ public final class ConnectAttempt {
     public let token: Token
     /// When the attempt gives up, nil for never.
     public let deadline: Deadline?
+    // The mutable state is used by one thread at a time (the poller's) and never accessed overlapping
+    // (no step calls out while it holds an access): the dynamic exclusivity check of each access
+    // (swift_beginAccess, several per step) would be pure cost.
     /// The state machine this attempt drives.
-    public private(set) var machine: ConnectStateMachine
+    @exclusivity(unchecked) public private(set) var machine: ConnectStateMachine
     /// The socket, or -1 before it is created and after it is handed over or closed.
-    public private(set) var fd: CInt = -1
+    @exclusivity(unchecked) public private(set) var fd: CInt = -1
     /// The machine's steps, when tracing was asked for.
     public private(set) var trace: [ConnectTraceEntry] = []
     private let poller: any Poller
     private let syscalls: any ConnectSyscalls
     private let localAddress: SocketAddress?
     private let tracing: Bool
-    private var finalProgress: ConnectProgress?
-    private var names: (local: SocketAddress?, peer: SocketAddress?) = (nil, nil)
+    @exclusivity(unchecked) private var finalProgress: ConnectProgress?
+    @exclusivity(unchecked) private var names: (local: SocketAddress?, peer: SocketAddress?) = (nil, nil)
 
     /// An attempt to connect to `address` on `poller` under `token`; nothing happens until ``start()``.
     public init(to address: SocketAddress, poller: any Poller, token: Token, timeout: Duration?,

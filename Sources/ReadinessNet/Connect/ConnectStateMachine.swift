@@ -102,63 +102,86 @@ public struct ConnectStateMachine: Sendable, Hashable {
     }
 
     /// Feeds one input; returns the one action to perform.
+    ///
+    /// The input is switched on alone and the state's case tested by ``stage`` (no `(state, input)`
+    /// tuple: both hold addresses, and the tuple was a copy of some 450 bytes at every step).
     public mutating func handle(_ input: Input) -> Action {
-        if state.isFinal { return .none }
-        switch (state, input) {
-        case (_, .cancel):
+        let stage = self.stage
+        if stage == .final { return .none }
+        switch input {
+        case .cancel:
             state = .cancelled
             return .cancel(deregister: isRegistered)
-        case (_, .deadlinePassed):
+        case .deadlinePassed:
             return fail(ConnectError(.timedOut, address: address))
 
         // Rule 1: no socket (or no local address): the attempt is over, with the errno that said so.
-        case (.idle, .setupFailed(let e)):
+        case .setupFailed(let e):
+            guard stage == .idle else { return .none }
             return fail(ConnectError(errno: e, address: address))
 
-        // Rule 2: connected at once (Unix-domain, sometimes loopback): still confirm with SO_ERROR.
-        case (.idle, .connectReturned(0)):
-            state = .readingSocketError
-            return .readSocketError
-        // Rules 3 and 4: in progress; EINTR means the kernel goes on connecting: never call connect again.
-        case (.idle, .connectReturned(let e)) where e == EINPROGRESS || e == EINTR:
-            state = .waiting
-            return .registerForWritable
-        // Rules 8 and 9: anything else (EAGAIN included) fails at once, without waiting.
-        case (.idle, .connectReturned(let e)):
+        case .connectReturned(let e):
+            guard stage == .idle else { return .none }
+            // Rule 2: connected at once (Unix-domain, sometimes loopback): still confirm with SO_ERROR.
+            if e == 0 {
+                state = .readingSocketError
+                return .readSocketError
+            }
+            // Rules 3 and 4: in progress; EINTR means the kernel goes on connecting: never call connect again.
+            if e == EINPROGRESS || e == EINTR {
+                state = .waiting
+                return .registerForWritable
+            }
+            // Rules 8 and 9: anything else (EAGAIN included) fails at once, without waiting.
             return fail(ConnectError(errno: e, address: address))
 
-        case (.waiting, .registrationFailed(let error)), (.readingAddresses, .registrationFailed(let error)):
+        case .registrationFailed(let error):
+            guard stage == .waiting || stage == .readingAddresses else { return .none }
             return fail(ConnectError(error.isResourceExhausted ? .resourceExhausted : .poller, address: address, pollerError: error))
 
         // Rule 3: any wake-up means "go and look".
-        case (.waiting, .woke):
+        case .woke:
+            guard stage == .waiting else { return .none }
             state = .readingSocketError
             return .readSocketError
 
         // Rules 5 and 6: SO_ERROR decides; -1 from getsockopt carries the error in errno (Solaris).
-        case (.readingSocketError, .socketError(.value(0))):
-            state = .readingAddresses
-            return .readAddresses
-        case (.readingSocketError, .socketError(.value(let e))),
-             (.readingSocketError, .socketError(.callFailed(let e))):
-            return fail(ConnectError(errno: e, address: address))
+        case .socketError(let result):
+            guard stage == .readingSocketError else { return .none }
+            switch result {
+            case .value(0):
+                state = .readingAddresses
+                return .readAddresses
+            case .value(let e), .callFailed(let e):
+                return fail(ConnectError(errno: e, address: address))
+            }
 
-        // Rule 6: ENOTCONN after SO_ERROR 0 is a spurious wake-up: keep waiting.
-        case (.readingAddresses, .addresses(ENOTCONN, _, _)):
-            state = .waiting
-            return isRegistered ? .waitForWakeup : .registerForWritable
-        case (.readingAddresses, .addresses(0, let local, let peer)):
+        case .addresses(let e, let local, let peer):
+            guard stage == .readingAddresses else { return .none }
+            // Rule 6: ENOTCONN after SO_ERROR 0 is a spurious wake-up: keep waiting.
+            if e == ENOTCONN {
+                state = .waiting
+                return isRegistered ? .waitForWakeup : .registerForWritable
+            }
+            guard e == 0 else { return fail(ConnectError(errno: e, address: address)) }
             // Rule 7: a loopback connect can reach itself (simultaneous open).
             if let local, let peer, local == peer, local.family != .unix {
                 return fail(ConnectError(.selfConnect, address: address))
             }
             state = .connected
             return .succeed(deregister: isRegistered)
-        case (.readingAddresses, .addresses(let e, _, _)):
-            return fail(ConnectError(errno: e, address: address))
+        }
+    }
 
-        default:
-            return .none
+    /// The state's case without its payload, tested without copying the state.
+    private enum Stage { case idle, waiting, readingSocketError, readingAddresses, final }
+    private var stage: Stage {
+        switch state {
+        case .idle: .idle
+        case .waiting: .waiting
+        case .readingSocketError: .readingSocketError
+        case .readingAddresses: .readingAddresses
+        case .connected, .failed, .cancelled: .final
         }
     }
 

@@ -708,3 +708,73 @@ void rb_connect_free(rb_connect *c) {
     free(c->fd);
     free(c);
 }
+
+// MARK: - Client-only connect churn (the async benchmark's C loop)
+
+typedef struct {
+    int epfd, *fd, port, started, done, total;
+    int64_t failures;
+} client_churn;
+
+/// SO_ERROR, then the names; deregistered before the close.
+static void client_finish(client_churn *c, int fd, int registered) {
+    if (rb_socket_error(fd) != 0 || rb_confirm_names(fd) != 0) c->failures++;
+    if (registered) epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+    close(fd);
+    c->done++;
+}
+
+/// Starts connects in `slot` until one is in progress (or all were started).
+static void client_start(client_churn *c, int slot) {
+    c->fd[slot] = -1;
+    while (c->started < c->total) {
+        c->started++;
+        int fd;
+        int e = rb_tcp_connect(c->port, &fd);  // socket (non-blocking, close-on-exec) and connect
+        if (fd >= 0 && e == 0) {
+            client_finish(c, fd, 0);  // connected at once: still confirmed by SO_ERROR
+        } else if (fd < 0 || (e != EINPROGRESS && e != EINTR)) {
+            if (fd >= 0) close(fd);
+            c->failures++;
+            c->done++;
+        } else {
+            struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)slot};
+            epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
+            c->fd[slot] = fd;
+            return;
+        }
+    }
+}
+
+int64_t rb_client_connect_churn(int port, int total, int in_flight) {
+    if (in_flight < 1 || in_flight > 65536) return -1;
+    client_churn c = {.port = port, .total = total};
+    c.epfd = epoll_create1(EPOLL_CLOEXEC);
+    c.fd = malloc(sizeof(int) * (size_t)in_flight);
+    if (c.epfd < 0 || !c.fd) {
+        if (c.epfd >= 0) close(c.epfd);
+        free(c.fd);
+        return -1;
+    }
+    struct epoll_event events[256];
+    for (int s = 0; s < in_flight; s++) client_start(&c, s);
+    int64_t result = 0;
+    while (c.done < c.total) {
+        int n = epoll_wait(c.epfd, events, 256, 5000);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            result = -1;
+            break;
+        }
+        for (int j = 0; j < n; j++) {
+            int slot = (int)events[j].data.u32;
+            client_finish(&c, c.fd[slot], 1);
+            client_start(&c, slot);
+        }
+    }
+    for (int s = 0; s < in_flight; s++)
+        if (c.fd[s] >= 0) close(c.fd[s]);
+    close(c.epfd);
+    free(c.fd);
+    return result < 0 ? -1 : c.failures;
+}

@@ -1,7 +1,8 @@
 // readiness-async-bench: the async layer's figures (Docs/Async.md), one run, ratios.
 //
 //   readiness-async-bench [--connects N] [--in-flight 1,16,64] [--rounds R] [--round-trips N]
-//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,pingpong-bytes,hops,interleaved]
+//                         [--only sync,async,async-serial,async-task,nio,nio-async,flyingsocks,allocations,pingpong,pingpong-bytes,hops,interleaved,cpu,deadline]
+//                         [--cpu-contenders c,async,async-deadline]
 //
 // 1. Connect churn against one listener (an EventLoop of its own that accepts and closes), at each
 //    number of connects in flight, R rounds (the contenders' order rotates each round), same run:
@@ -19,7 +20,16 @@
 //    buffer per side, read(into: &bytes) and write(bytes)).
 // 4. Jobs per awaited operation from a task preferring the loop and from an actor isolated to it.
 // 5. Sync vs async (default jobs) interleaved in alternating chunks, each level, R rounds.
+// 6. CPU per connect (cpu): the like-for-like C loop (CReadinessBench rb_client_connect_churn: socket,
+//    connect, epoll, SO_ERROR, getpeername, getsockname, close) vs EventLoop.connect + close without and
+//    with a 5 s timeout, same listener, in 10 or more chunks per round (a multiple of the contenders),
+//    the order turning each chunk; process CPU (getrusage, every thread: the listener's accepts and
+//    closes too) and the client thread's CPU per connect; ratios async/C per round and their median.
+// 7. What a deadline costs (deadline): the same operations with and without a timeout, alternating in
+//    12 chunks, same run: connect + close, read and write (a socketpair ping-pong on one loop: each read
+//    suspends, a 64 B write does not), sleep (1 µs; a sleep is its deadline: no untimed form).
 import BenchSupport
+import CReadinessBench
 import Glibc
 import MallocInterposerSwift
 import NIOCore
@@ -40,7 +50,7 @@ let rounds = option("--rounds").flatMap { Int($0) } ?? 1
 /// Round trips of each ping-pong figure.
 let roundTrips = option("--round-trips").flatMap { Int($0) } ?? 20_000
 let contenders = ["sync", "async", "async-serial", "async-task", "nio", "nio-async", "flyingsocks"]
-let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "pingpong-bytes", "hops", "interleaved"])
+let only = Set(option("--only").map { $0.split(separator: ",").map(String.init) } ?? contenders + ["allocations", "pingpong", "pingpong-bytes", "hops", "interleaved", "cpu", "deadline"])
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
@@ -65,6 +75,15 @@ func threadCPU() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+/// CPU time of the whole process (every thread, user and system: getrusage), in seconds.
+func processCPU() -> Double { processCPUSplit().total }
+/// The same, split: user and user + system.
+func processCPUSplit() -> (user: Double, total: Double) {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    let user = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+    return (user, user + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6)
 }
 /// CPU seconds the last churn's client thread used (the sync loop's thread, or the async loop's).
 nonisolated(unsafe) var lastClientCPU = 0.0
@@ -127,7 +146,8 @@ func syncChurn(inFlight: Int, total: Int = total) throws -> Double {
 }
 
 // 1b. Async connects on one EventLoop: tasks preferring the loop.
-func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, total: Int = total) async throws -> Double {
+func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, total: Int = total,
+                timeout: Duration? = nil) async throws -> Double {
     let loop = try EventLoop(backend: .epoll, name: "bench-client", jobs: jobs)
     let counter = Counter(limit: total)
     let cpuStart = await Task(executorPreference: loop) { threadCPU() }.value
@@ -137,7 +157,7 @@ func asyncChurn(jobs: ReadinessAsync.EventLoop.JobIsolation, inFlight: Int, tota
             group.addTask(executorPreference: loop) {
                 while counter.take() {
                     do {
-                        let socket = try await loop.connect(to: address)
+                        let socket = try await loop.connect(to: address, timeout: timeout)
                         await socket.close()
                     } catch { fatalError("async connect: \(error)") }
                 }
@@ -354,6 +374,138 @@ if only.contains("interleaved") {
         print("  client thread CPU per connect, async/sync µs\(cpuLine); sync/async (connects per CPU second, async vs sync) \(cpuRatios.map { fixed($0, 2) + "x" }.joined(separator: ", "))")
     }
     hops = [:]
+}
+
+// 6. CPU per connect: the like-for-like C loop vs the async connect without and with a deadline.
+/// The C loop on the calling thread: `total` connects, `inFlight` at a time; its thread's CPU.
+func cChurn(inFlight: Int, total: Int) -> Double {
+    let start = threadCPU()
+    let failures = rb_client_connect_churn(Int32(address.port!), Int32(total), Int32(inFlight))
+    if failures != 0 { fatalError("C connect churn: \(failures < 0 ? "the loop failed" : "\(failures) connects failed")") }
+    return threadCPU() - start
+}
+let cpuContenders = option("--cpu-contenders").map { $0.split(separator: ",").map(String.init) } ?? ["c", "async", "async-deadline"]
+if only.contains("cpu") {
+    for inFlight in inFlightLevels {
+        var process: [String: [Double]] = [:], thread: [String: [Double]] = [:], user: [String: [Double]] = [:]
+        // Chunks: 10 or more, a multiple of the contenders, so that each is first, second... equally often.
+        let chunks = (10 + cpuContenders.count - 1) / cpuContenders.count * cpuContenders.count
+        let chunk = max(total / chunks, 1)
+        for _ in 0..<rounds {
+            var processSum: [String: Double] = [:], threadSum: [String: Double] = [:], userSum: [String: Double] = [:]
+            for index in 0..<chunks {
+                let order = Array(cpuContenders[(index % cpuContenders.count)...] + cpuContenders[..<(index % cpuContenders.count)])
+                for name in order {
+                    let before = processCPUSplit()
+                    let clientThread: Double
+                    switch name {
+                    case "c": clientThread = cChurn(inFlight: inFlight, total: chunk)
+                    case "async-deadline":
+                        _ = try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk, timeout: .seconds(5))
+                        clientThread = lastClientCPU
+                    default:
+                        _ = try await asyncChurn(jobs: .automatic, inFlight: inFlight, total: chunk)
+                        clientThread = lastClientCPU
+                    }
+                    let after = processCPUSplit()
+                    processSum[name, default: 0] += after.total - before.total
+                    userSum[name, default: 0] += after.user - before.user
+                    threadSum[name, default: 0] += clientThread
+                }
+            }
+            for name in cpuContenders {
+                process[name, default: []].append(processSum[name]! / Double(chunk * chunks) * 1e6)
+                thread[name, default: []].append(threadSum[name]! / Double(chunk * chunks) * 1e6)
+                user[name, default: []].append(userSum[name]! / Double(chunk * chunks) * 1e6)
+            }
+        }
+        hops = [:]
+        print("CPU per connect (+ close), \(chunk * chunks) connects a contender a round in \(chunks) chunks (order turning), \(inFlight) in flight, µs per round; median")
+        for name in cpuContenders {
+            print("  \(name): process \(process[name]!.map { fixed($0, 1) }.joined(separator: ", ")); median \(fixed(median(process[name]!), 1)) | client thread \(thread[name]!.map { fixed($0, 1) }.joined(separator: ", ")); median \(fixed(median(thread[name]!), 1)) | process user \(user[name]!.map { fixed($0, 1) }.joined(separator: ", ")); median \(fixed(median(user[name]!), 1))")
+        }
+        for name in cpuContenders where name != "c" && process["c"] != nil {
+            let ratios = zip(process[name]!, process["c"]!).map { $0 / $1 }
+            let threadRatios = zip(thread[name]!, thread["c"]!).map { $0 / $1 }
+            print("  \(name)/c: process CPU \(ratios.map { fixed($0, 2) + "x" }.joined(separator: ", ")); median \(fixed(median(ratios), 2))x | client thread \(threadRatios.map { fixed($0, 2) + "x" }.joined(separator: ", ")); median \(fixed(median(threadRatios), 2))x")
+        }
+        if let with = process["async-deadline"], let without = process["async"] {
+            let differences = zip(with, without).map { $0 - $1 }
+            print("  deadline cost, connect (async-deadline - async, process CPU): \(differences.map { fixed($0, 2) }.joined(separator: ", ")) µs; median \(fixed(median(differences), 2)) µs")
+        }
+    }
+}
+
+// 7. What a deadline costs: read, write (socketpair ping-pong on one loop) and sleep, with and without
+//    a timeout, alternating chunks, process CPU per operation.
+if only.contains("deadline") {
+    let loop = try EventLoop(backend: .epoll, name: "bench-deadline")
+    var pair: [CInt] = [0, 0]
+    guard socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &pair) == 0 else { fatalError("socketpair: errno \(errno)") }
+    let left = try await loop.adopt(descriptor: pair[0]), right = try await loop.adopt(descriptor: pair[1])
+    /// `count` round trips of 64 B: one side writes then reads, the other reads then writes.
+    func pingPong(_ count: Int, readTimeout: Duration?, writeTimeout: Duration?) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, socket) in [left, right].enumerated() {
+                group.addTask(executorPreference: loop) {
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+                    defer { buffer.deallocate() }
+                    for _ in 0..<count {
+                        if index == 0 { try await socket.write(UnsafeRawBufferPointer(buffer), timeout: writeTimeout) }
+                        var got = 0
+                        while got < 64 {
+                            got += try await socket.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[got...]), timeout: readTimeout)
+                        }
+                        if index == 1 { try await socket.write(UnsafeRawBufferPointer(buffer), timeout: writeTimeout) }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+    func sleeps(_ count: Int) async throws {
+        try await Task(executorPreference: loop) { () async throws -> Void in
+            for _ in 0..<count { try await loop.sleep(for: .microseconds(1)) }
+        }.value
+    }
+    let variants = ["plain", "read-timeout", "write-timeout", "sleep"]
+    let chunks = 12   // a multiple of the 4 variants: each is first, second... equally often
+    let chunk = max(roundTrips / chunks, 1)
+    // A 1 µs sleep waits a whole millisecond (the poller's timeout is rounded up): fewer of them.
+    let sleepChunk = max(chunk / 50, 10)
+    try await pingPong(2_000, readTimeout: nil, writeTimeout: nil)   // warm-up
+    var perOperation: [String: [Double]] = [:]
+    for _ in 0..<rounds {
+        var sums: [String: Double] = [:]
+        for index in 0..<chunks {
+            for name in Array(variants[(index % variants.count)...] + variants[..<(index % variants.count)]) {
+                let before = processCPU()
+                switch name {
+                case "plain": try await pingPong(chunk, readTimeout: nil, writeTimeout: nil)
+                case "read-timeout": try await pingPong(chunk, readTimeout: .seconds(5), writeTimeout: nil)
+                case "write-timeout": try await pingPong(chunk, readTimeout: nil, writeTimeout: .seconds(5))
+                default: try await sleeps(sleepChunk)
+                }
+                sums[name, default: 0] += processCPU() - before
+            }
+        }
+        for name in variants {
+            // A round trip is 2 reads and 2 writes; a sleep is one operation.
+            let operations = name == "sleep" ? Double(sleepChunk * chunks) : Double(chunk * chunks * 4)
+            perOperation[name, default: []].append(sums[name]! / operations * 1e6)
+        }
+    }
+    print("deadline cost: \(chunk * chunks) ping-pong round trips (64 B each way, a socketpair on one loop) and \(sleepChunk * chunks) sleeps a variant a round, \(chunks) chunks, order turning; process CPU µs per read or write; median")
+    for name in variants {
+        print("  \(name): \(perOperation[name]!.map { fixed($0, 3) }.joined(separator: ", ")); median \(fixed(median(perOperation[name]!), 3))\(name == "sleep" ? " (µs per sleep(for: 1 µs), the whole operation: schedule, wait, fire, resume)" : "")")
+    }
+    for (name, operation) in [("read-timeout", "read"), ("write-timeout", "write")] {
+        // Only the timed operations differ: 2 of the 4 operations of a round trip.
+        let differences = zip(perOperation[name]!, perOperation["plain"]!).map { ($0 - $1) * 2 }
+        print("  deadline cost, \(operation) (per timed \(operation), with - without): \(differences.map { fixed($0, 3) }.joined(separator: ", ")) µs; median \(fixed(median(differences), 3)) µs")
+    }
+    await left.close(); await right.close()
+    await loop.shutdown()
 }
 
 // Connect churn last: the contenders leave threads behind (SwiftNIO, FlyingSocks's shared pool) that

@@ -132,4 +132,11 @@ int64_t rb_connect_round(rb_connect *c, int total, int in_flight, int64_t *failu
 enum { RB_ACCEPT_GRACE_MS = 100 };
 void rb_connect_free(rb_connect *c);
 
+/// The async benchmark's like-for-like C loop (readiness-async-bench --only cpu): client side only (the
+/// listener is another thread's), one epoll, `in_flight` connects at a time. Per connect: socket
+/// (SOCK_NONBLOCK | SOCK_CLOEXEC), connect, EPOLL_CTL_ADD (EPOLLOUT), epoll_wait, getsockopt(SO_ERROR),
+/// getpeername, getsockname, EPOLL_CTL_DEL, close. Returns the connects that failed, or -1 when the
+/// loop itself failed (or waited 5 s for nothing).
+int64_t rb_client_connect_churn(int port, int total, int in_flight);
+
 #endif
