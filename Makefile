@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox bench-http docs clean flyingfox
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox bench-http bench-udp docs clean flyingfox
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 \
@@ -99,6 +99,16 @@ bench-http: deps
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product nio-http-server
 	Tests/Benchmarks/.build/release/readiness-http-bench --server $$($(SWIFT) build -c release --show-bin-path)/readiness-http-server \
 	  --nio Tests/Benchmarks/.build/release/nio-http-server $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
+
+# UDP echo (issue 23; Docs/Sockets.md, "Datagrams", "Measured"): AsyncDatagramSocket one datagram at a
+# time and batched beside SwiftNIO's DatagramBootstrap (vectored reads) and C recvmmsg/sendmmsg and
+# recvfrom/sendto loops, one C load client for all; datagrams/s, server CPU and system calls per datagram
+# (strace -c, and perf stat when it works). ROUNDS, SECONDS_PER_RUN; QUICK=1 for a sanity run.
+bench-udp: deps
+	@command -v strace >/dev/null 2>&1 || { echo "Installing strace through apt..."; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace || echo "warning: no strace; the system-call breakdown is skipped"; }
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-udp-bench
+	Tests/Benchmarks/.build/release/readiness-udp-bench $(if $(QUICK),--quick) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
 
 # DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
 # catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so

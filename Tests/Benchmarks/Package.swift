@@ -24,6 +24,7 @@ let package = Package(
         .executable(name: "readiness-flyingfox-bench", targets: ["readiness-flyingfox-bench"]),
         .executable(name: "readiness-http-bench", targets: ["readiness-http-bench"]),
         .executable(name: "nio-http-server", targets: ["nio-http-server"]),
+        .executable(name: "readiness-udp-bench", targets: ["readiness-udp-bench"]),
     ],
     dependencies: [
         .package(path: "../.."),
@@ -112,6 +113,18 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Sources/nio-http-server"),
+        // UDP echo (issue 23, Docs/Sockets.md "Datagrams"): Readiness's AsyncDatagramSocket single and
+        // batched beside SwiftNIO's DatagramBootstrap and C recvmmsg/sendmmsg and recvfrom/sendto loops,
+        // every server a child process driven by one C load client; system calls per datagram.
+        .executableTarget(
+            name: "readiness-udp-bench",
+            dependencies: [
+                "CReadinessBench",
+                .product(name: "Readiness", package: rootIdentity),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Sources/readiness-udp-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -138,5 +138,42 @@ void rb_connect_free(rb_connect *c);
 /// getpeername, getsockname, EPOLL_CTL_DEL, close. Returns the connects that failed, or -1 when the
 /// loop itself failed (or waited 5 s for nothing).
 int64_t rb_client_connect_churn(int port, int total, int in_flight);
+// MARK: UDP echo (readiness-udp-bench): the C servers and the one load client every server gets
+
+/// The datagrams one recvmmsg or sendmmsg of the C batched server moves at most (the batch of
+/// Examples/readiness-udp-echo and of the Readiness batched contender).
+enum { RB_UDP_BATCH = 64 };
+/// The bytes of each slot of the C servers (the largest datagram they echo whole).
+enum { RB_UDP_SLOT = 2048 };
+/// The client's receive timeout: a datagram not back by then is counted lost (the window refilled).
+enum { RB_UDP_LOSS_TIMEOUT_MS = 100 };
+
+/// A non-blocking UDP socket bound to 127.0.0.1, port chosen by the kernel (in *port); -1 on failure.
+int rb_udp_bound(int *port);
+/// Echoes for ever (returns only on an error, -1 with errno): epoll_wait (level-triggered), then
+/// recvmmsg of up to RB_UDP_BATCH datagrams and one sendmmsg of them back in place, until recvmmsg
+/// would block.
+int rb_udp_echo_batched(int fd);
+/// The same loop one datagram per system call: recvfrom then sendto, until recvfrom would block.
+int rb_udp_echo_single(int fd);
+
+/// What one load run saw. Only datagrams that came back inside the measured interval count.
+typedef struct {
+    int64_t sent;        ///< datagrams sent in the measured interval
+    int64_t echoed;      ///< echoes received intact, in order, in the measured interval
+    int64_t lost;        ///< datagrams never seen back (a gap in the sequence, or the timeout)
+    int64_t late;        ///< echoes older than one already counted lost (not counted as echoed)
+    int64_t corrupt;     ///< echoes of the wrong length or content
+    int64_t elapsed_ns;  ///< the measured interval
+    int64_t client_cpu_ns; ///< the client thread's CPU over the measured interval
+} rb_udp_load_result;
+
+/// The load client: a connected UDP socket to 127.0.0.1:port keeping `window` datagrams of `size`
+/// bytes (8 or more: a sequence number, then a pattern) in flight, sending what the window allows
+/// with one sendmmsg and receiving with recvmmsg (MSG_WAITFORONE); checks each echo's sequence
+/// number, length and last byte. Runs `warmup_ns` unmeasured, then measures `duration_ns` (or, when
+/// `datagrams` > 0, until that many are echoed: for the system-call counts). 0, or -1 with a reason.
+int rb_udp_load(int port, int size, int window, int64_t warmup_ns, int64_t duration_ns, int64_t datagrams,
+                rb_udp_load_result *result, char *error, int error_length);
 
 #endif
