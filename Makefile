@@ -5,7 +5,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_FLAGS := --no-parallel --disable-xctest
 
-.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox bench-http bench-udp docs clean flyingfox
+.PHONY: run tool test check sanitize deps build bench bench-smoke bench-net bench-flyingfox bench-http bench-udp bench-idle docs clean flyingfox
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 \
@@ -109,6 +109,16 @@ bench-udp: deps
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace || echo "warning: no strace; the system-call breakdown is skipped"; }
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-udp-bench
 	Tests/Benchmarks/.build/release/readiness-udp-bench $(if $(QUICK),--quick) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
+
+# Memory per idle connection (Docs/Async.md, "Memory per idle connection"): the release async echo example
+# (epoll, io_uring, poll) beside SwiftNIO (handler-based, NIOAsyncChannel) and FlyingSocks, 4,000
+# connections each with one 4-byte round trip, the server's RSS before and after; 3 rounds, rotated;
+# then where Readiness's bytes go (mallinfo2, glibc's mtrace). Prints Markdown.
+bench-idle: deps
+	$(SWIFT) build -c release --product readiness-async-echo
+	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-idle-bench
+	Tests/Benchmarks/.build/release/readiness-idle-bench --echo $$($(SWIFT) build -c release --show-bin-path)/readiness-async-echo \
+	  $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(CONNECTIONS),--connections $(CONNECTIONS))
 
 # DocC: one combined archive for the modules the Readiness product exports, warnings as errors. The
 # catalog (Sources/Readiness/Readiness.docc) holds the landing page and symbolic links to Docs/*.md, so

@@ -11,18 +11,23 @@ import Readiness
 
 
 
+/// The most bytes one read takes.
+let readSize = 64 * 1024
+
 /// Echoes one connection; returns the bytes echoed, or nil when it failed.
+///
+/// `readAvailable` reads into the loop's own buffer and returns exactly the bytes read: the task holds
+/// no buffer while it waits, so an idle connection costs its task and the loop's entry, no read
+/// buffer (Docs/Async.md, "Memory per idle connection").
 func echo(_ socket: AsyncSocket) async -> Int? {
-    var buffer = Bytes()   // no memory until the first bytes arrive; then reused (no allocation per read)
     var echoed = 0
     do {
         try await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
         while true {
-            let n = try await socket.read(into: &buffer, maximum: 64 * 1024)
-            if n == 0 { break }   // the client shut down its side
-            try await socket.write(buffer)
-            buffer.removeAll(keepingCapacity: true)
-            echoed += n
+            let bytes = try await socket.readAvailable(maximum: readSize)
+            if bytes.isEmpty { break }   // the client shut down its side
+            try await socket.write(bytes)
+            echoed += bytes.count
         }
     } catch {
         print("connection: \(error)")

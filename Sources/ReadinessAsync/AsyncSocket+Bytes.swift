@@ -44,15 +44,39 @@ extension AsyncSocket {
         return result.count   // .endOfStream: 0
     }
 
-    /// Reads up to `maximum` bytes (at least 1) into a new buffer, empty at the end of the stream. It
-    /// allocates only once there is something to read (an idle connection holds no memory);
-    /// the buffer's capacity is `min(maximum,` ``StreamSocket/maximumReadReservation``). One allocation
-    /// per read: a loop that reads much reuses one buffer with ``read(into:maximum:timeout:)``.
+    /// Reads up to `maximum` bytes (at least 1; at most ``AsyncSocket/maximumReadChunk``) into a new
+    /// buffer of exactly the bytes read, empty at the end of the stream. **An idle connection's read
+    /// holds no memory**: the read goes into the loop's own buffer (one per loop) and only the bytes
+    /// read are copied out, into storage of their size, so nothing is allocated while the read waits
+    /// and the result holds no unused room. One allocation and one copy per read: a loop that streams
+    /// much and wants no copy reuses one buffer with ``read(into:maximum:timeout:)``.
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,
                                                       timeout: Duration? = nil) async throws(LoopError) -> Bytes {
-        var bytes = Bytes()
-        _ = try await readAppending(into: &bytes, maximum: maximum, timeout: timeout)
-        return bytes
+        guard maximum > 0 else { throw .invalidArgument("read(into:maximum: \(maximum))") }
+        return try await readCopying(maximum: maximum, timeout: timeout) { (read) throws(SocketError) -> Bytes in
+            var bytes = Bytes()
+            guard bytes.makeRoom(read.count) else {
+                throw SocketError(.resourceExhausted, operation: "read: allocating \(read.count) bytes")
+            }
+            if let source = read.baseAddress, let target = bytes.unsafeRoom.baseAddress {
+                target.copyMemory(from: source, byteCount: read.count)
+            }
+            bytes.commit(read.count)
+            return bytes
+        }
+    }
+
+    /// What ``readAvailable(maximum:timeout:)`` and ``read(upTo:timeout:)`` share: a read into the
+    /// loop's buffer whose bytes `take` copies out (`IODriver.readCopying`). Inlined, like
+    /// `readAppending`.
+    @inline(__always)
+    nonisolated(nonsending) func readCopying<T: Sendable>(maximum: Int, timeout: Duration?,
+                                                          _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> T in
+            try await state.readCopying(id, maximum: Swift.min(maximum, Self.maximumReadChunk), deadline: deadline, take)
+        }
     }
 
     /// Writes every readable byte of `bytes`, waiting for room as often as needed (no copy: the

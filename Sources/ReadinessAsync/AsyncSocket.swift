@@ -42,25 +42,23 @@ public struct AsyncSocket: Sendable {
     /// Reads up to `maximum` bytes (at least 1) into a new array of exactly the bytes read, empty at end
     /// of stream. One read takes at most ``maximumReadChunk`` bytes, however large `maximum` is;
     /// `maximum` below 1 is refused with ``LoopError/invalidArgument(_:)``. Like
-    /// ``readAvailable(maximum:timeout:)`` it allocates only once there is something to read;
-    /// the array is a copy of what was read (a convenience: ``read(into:maximum:timeout:)`` copies
-    /// nothing).
+    /// ``readAvailable(maximum:timeout:)`` it reads into the loop's own buffer and copies out only the
+    /// bytes read, so a read that waits holds no memory (a convenience: ``read(into:maximum:timeout:)``
+    /// copies nothing).
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
         guard maximum > 0 else { throw .invalidArgument("read(upTo: \(maximum))") }
-        var bytes = Bytes()
-        _ = try await readAppending(into: &bytes, maximum: Swift.min(maximum, Self.maximumReadChunk), timeout: timeout)
-        // One memcpy: `Array(bytes)` would copy element by element (seconds per 4 MiB in a debug build).
-        let count = bytes.count
-        // Not through the empty case: the standard library would write the count into its shared
-        // empty-array storage, a race ThreadSanitizer reports.
-        if count == 0 { return [] }
-        return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            bytes.withUnsafeBytes { raw in
-                if let source = raw.baseAddress, let target = buffer.baseAddress, count > 0 {
+        return try await readCopying(maximum: maximum, timeout: timeout) { (read) throws(SocketError) -> [UInt8] in
+            let count = read.count
+            // Not through the empty case: the standard library would write the count into its shared
+            // empty-array storage, a race ThreadSanitizer reports.
+            if count == 0 { return [] }
+            // One memcpy (`Array(read)` would copy element by element: seconds per 4 MiB in a debug build).
+            return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+                if let source = read.baseAddress, let target = buffer.baseAddress {
                     target.initialize(from: source.assumingMemoryBound(to: UInt8.self), count: count)
                 }
+                initialized = count
             }
-            initialized = count
         }
     }
 

@@ -25,6 +25,7 @@ let package = Package(
         .executable(name: "readiness-http-bench", targets: ["readiness-http-bench"]),
         .executable(name: "nio-http-server", targets: ["nio-http-server"]),
         .executable(name: "readiness-udp-bench", targets: ["readiness-udp-bench"]),
+        .executable(name: "readiness-idle-bench", targets: ["readiness-idle-bench"]),
     ],
     dependencies: [
         .package(path: "../.."),
@@ -57,18 +58,25 @@ let package = Package(
             // Backend.withConcreteType back into one body that calls the seam through a pointer: the
             // "…, specialised" rows must be what they say.
             swiftSettings: [.unsafeFlags(["-Xfrontend", "-disable-llvm-merge-functions-pass"])]),
-        // What the socket and async benchmarks share: counting allocations with malloc-interposer, and
-        // the loopback address of their FlyingSocks contenders.
+        // What the socket and async benchmarks share: counting allocations with malloc-interposer.
         .target(name: "BenchSupport",
-                dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer"),
-                               .product(name: "FlyingSocks", package: "FlyingFox")],
+                dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")],
                 path: "Sources/BenchSupport"),
+        // The contenders' echo servers (SwiftNIO handler-based and NIOAsyncChannel, FlyingSocks) and the
+        // loopback address of the FlyingSocks contenders; without the malloc counter, whose header on
+        // every allocation would change the memory they are measured for (readiness-idle-bench).
+        .target(name: "EchoServers",
+                dependencies: [.product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "FlyingSocks", package: "FlyingFox")],
+                path: "Sources/EchoServers"),
         // The socket layer's figures (Docs/Sockets.md): the examples against nginx beside ab -k, the echo
         // example beside the same server on SwiftNIO, accept while out of descriptors, allocations.
         .executableTarget(
             name: "readiness-net-bench",
             dependencies: [
                 "BenchSupport",
+                "EchoServers",
                 .product(name: "Readiness", package: rootIdentity),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -76,6 +84,20 @@ let package = Package(
                 .product(name: "FlyingSocks", package: "FlyingFox"),
             ],
             path: "Sources/readiness-net-bench"),
+        // Memory per idle connection (Docs/Async.md, "Memory per idle connection"): 4,000 connections
+        // each with a task suspended in a read, the server's RSS before and after, Readiness's async echo
+        // example beside SwiftNIO (handler-based and NIOAsyncChannel) and FlyingSocks, each server a
+        // child process of this one (no malloc counter linked: see EchoServers).
+        // glibc's mallinfo2 for readiness-idle-bench's breakdown (malloc.h is not in Swift's Glibc module).
+        .target(name: "CHeapInfo", path: "Sources/CHeapInfo"),
+        .executableTarget(
+            name: "readiness-idle-bench",
+            dependencies: [
+                "CHeapInfo",
+                "EchoServers",
+                .product(name: "Readiness", package: rootIdentity),
+            ],
+            path: "Sources/readiness-idle-bench"),
         // The async layer's figures (Docs/Async.md): connect churn sync vs async vs SwiftNIO, ping-pong
         // round trips and allocations per awaited operation, CPU per connect beside a like-for-like C loop,
         // what a deadline costs.
@@ -84,6 +106,7 @@ let package = Package(
             dependencies: [
                 "BenchSupport",
                 "CReadinessBench",
+                "EchoServers",
                 .product(name: "Readiness", package: rootIdentity),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -181,12 +181,17 @@ struct BytesTests {
                 return try await server.readAvailable(maximum: 10)
             }
             #expect(try await cancelled.value == [5])
-            // Data arrives: now it allocates and reads.
+            // Data arrives: it is read into the loop's buffer and copied out into storage of its size
+            // (no unused room kept by the result).
             async let read = server.readAvailable(maximum: 100, timeout: .seconds(5))
             try await loop.sleep(for: .milliseconds(20))
             try await client.write([7, 8])
             let bytes = try await read
-            #expect(bytes == [7, 8] && bytes.capacity == 100)
+            #expect(bytes == [7, 8] && bytes.capacity == 2)
+            // End of stream: empty, with no storage.
+            try await client.shutdown(.write)
+            let end = try await server.readAvailable(maximum: 100, timeout: .seconds(5))
+            #expect(end.isEmpty && end.capacity == 0)
         }
     }
 

@@ -8,7 +8,7 @@ enum ReadmeSnippets {
         let group = try EventLoopGroup()                    // one loop per core; READINESS_BACKEND=poll overrides
         let server = Task {
             try await group.serve(on: try SocketAddress("127.0.0.1:8080")) { socket in   // each connection's task, on its loop
-                // readAvailable waits for data before it allocates: an idle connection holds no buffer.
+                // readAvailable reads into the loop's buffer and returns exactly the bytes read: an idle connection holds no buffer.
                 while let bytes = try? await socket.readAvailable(timeout: .seconds(30)), !bytes.isEmpty {
                     try? await socket.write(bytes)          // every byte, no copy
                 }

@@ -24,6 +24,15 @@ protocol IODriver: Sendable {
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
                                       on loop: LoopState) async throws(LoopError) -> Int
+    /// Reads up to `maximum` bytes (at least 1; at most `LoopState.readScratchSize`) as soon as some
+    /// are there into memory that is the driver's, not the caller's, and hands them to `take` on the
+    /// loop thread, synchronously, before anything else uses that memory (an empty buffer: the end of
+    /// the stream); `take` copies them into storage of the size read. So the caller allocates nothing
+    /// while the read waits: an idle connection's read holds no buffer. The readiness driver reads
+    /// into the loop's scratch buffer (one per loop); a completion driver would read into a buffer
+    /// the kernel picks when data arrives (io_uring's provided buffers) and give it back after `take`.
+    nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
+                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T
     /// Writes every byte.
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
                                        on loop: LoopState) async throws(LoopError)

@@ -46,6 +46,36 @@ struct ReadinessDriver: IODriver {
         }
     }
 
+    /// Each attempt reads into the loop's scratch buffer and, when it read something (or the end of
+    /// the stream), hands it to `take` in the same attempt: no suspension between the read and the
+    /// copy, so the one scratch buffer serves every read of the loop.
+    nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
+                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        var taken: T?
+        _ = try await perform(id, .read, deadline: deadline, waitFirst: false, on: loop) { (socket) throws(SocketError) -> IOResult in
+            try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, into: &taken, take)
+        }
+        // `perform` returns only a result that is not `wouldBlock`, which set `taken`.
+        guard let taken else { throw .closed }
+        return taken
+    }
+
+    /// One attempt of `readCopying`. Not inlined: its locals would otherwise take room in the async
+    /// frame of every task waiting in such a read (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
+    private static func readCopyingAttempt<T>(_ socket: StreamSocket, maximum: Int, loop: LoopState, into taken: inout T?,
+                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(SocketError) -> IOResult {
+        let scratch = try loop.readScratch()
+        let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
+        let result = try socket.read(into: room)
+        switch result {
+        case .transferred(let n): taken = try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
+        case .endOfStream: taken = try take(UnsafeRawBufferPointer(start: nil, count: 0))
+        case .wouldBlock: break
+        }
+        return result
+    }
+
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
                                       on loop: LoopState) async throws(LoopError) -> Int {
         var (stream, socket) = try loop.stream(id)

@@ -40,7 +40,28 @@ final class LoopState {
     /// The most events one poller wait takes.
     static let eventCapacity = 512
 
+    /// The owned-bytes reads' buffer (`readAvailable`, `read(upTo:)`: ``IODriver/readCopying``): one
+    /// per loop, allocated by the first such read, of ``readScratchSize`` bytes. Each read copies what
+    /// it read out of it at once, so no connection holds a buffer while it waits. malloc'd (a size
+    /// this large is mapped): only the pages the largest read touched are resident.
+    private var scratch: UnsafeMutableRawBufferPointer?
+    /// The scratch buffer's size: the most bytes one owned-bytes read takes (1 MiB).
+    static let readScratchSize = StreamSocket.maximumReadReservation
+
     init() {}
+
+    deinit { free(scratch?.baseAddress) }
+
+    /// The loop's scratch buffer for reads that copy out what they read (allocated on first use).
+    func readScratch() throws(SocketError) -> UnsafeMutableRawBufferPointer {
+        if let scratch { return scratch }
+        guard let base = malloc(Self.readScratchSize) else {
+            throw SocketError(.resourceExhausted, operation: "read: allocating the loop's \(Self.readScratchSize)-byte read buffer")
+        }
+        let buffer = UnsafeMutableRawBufferPointer(start: base, count: Self.readScratchSize)
+        scratch = buffer
+        return buffer
+    }
 
     /// How many resources the loop holds (`EventLoop.entryCount()`).
     var resourceCount: Int { slab.count }
@@ -201,6 +222,11 @@ final class LoopState {
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
         try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
+    }
+
+    nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?,
+                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        try await driver.readCopying(id, maximum: maximum, deadline: deadline, on: self, take)
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {

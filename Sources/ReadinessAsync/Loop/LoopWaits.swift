@@ -9,6 +9,10 @@ extension LoopState {
     /// is closed or the loop shuts down; whichever comes first resolves the slot, exactly once.
     /// `interest`: register the direction with the poller while waiting (false: something else
     /// resolves the wait, a connect's progress or a listener's back-off).
+    ///
+    /// Not inlined: each operation's frame would otherwise hold room for both of its paths (Docs/Async.md,
+    /// "Memory per idle connection").
+    @inline(never)
     nonisolated(nonsending) func wait(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
         let operation = nextOperation
         nextOperation &+= 1
@@ -42,6 +46,9 @@ extension LoopState {
         }
     }
 
+    /// Not inlined: its locals would otherwise take room in the async frame of every waiting task
+    /// (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
     private func install(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
                          _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?, interest: Bool) {
         if isShutDown { return continuation.resume(returning: .failed(.shutdown)) }

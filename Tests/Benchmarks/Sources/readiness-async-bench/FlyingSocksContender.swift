@@ -2,6 +2,7 @@
 // client pool, as a FlyingSocks user connects. In a file of its own: its names (AsyncSocket,
 // SocketAddress, Socket) would clash with Readiness's.
 import BenchSupport
+import EchoServers
 import FlyingSocks
 import Glibc
 import Synchronization

@@ -6,6 +6,7 @@
 //   swift build -c release --product readiness-echo && swift build -c release --product readiness-http-load
 // `make bench-net` does both and runs this. Prints a Markdown report.
 import BenchSupport
+import EchoServers
 import Glibc
 import Readiness
 

@@ -1,12 +1,11 @@
 // The echo server on FlyingSocks (FlyingFox's socket layer), as its users write one: an AsyncSocket
 // listener on a SocketPool (epoll), one task per connection reading and writing back. In a file of its
 // own: its names (AsyncSocket, Socket, SocketAddress) would clash with Readiness's.
-import BenchSupport
 import FlyingSocks
 import Foundation
 import Glibc
 
-func runFlyingSocksEcho(port: UInt16) async throws {
+public func runFlyingSocksEcho(port: UInt16) async throws {
     let pool: some AsyncSocketPool = .make()
     try await pool.prepare()
     let poolTask = Task { try await pool.run() }

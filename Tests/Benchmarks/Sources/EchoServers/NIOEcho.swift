@@ -13,7 +13,7 @@ final class EchoHandler: ChannelInboundHandler, Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
 }
 
-func runNIOEcho(port: Int) throws {
+public func runNIOEcho(port: Int) throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let channel = try ServerBootstrap(group: group)
         .serverChannelOption(ChannelOptions.backlog, value: 4096)
@@ -28,7 +28,7 @@ func runNIOEcho(port: Int) throws {
 /// channel in `NIOAsyncChannel<ByteBuffer, ByteBuffer>`, one task per connection writing back every
 /// buffer it reads. One event-loop thread (SwiftNIO 2 has no task executor: the connection tasks run
 /// on Swift's global concurrent executor, which is what an async SwiftNIO server does).
-func runNIOAsyncEcho(port: Int) async throws {
+public func runNIOAsyncEcho(port: Int) async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let server = try await ServerBootstrap(group: group)
         .serverChannelOption(ChannelOptions.backlog, value: 4096)

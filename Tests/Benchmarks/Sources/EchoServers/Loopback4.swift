@@ -1,4 +1,4 @@
-// What the FlyingSocks contenders of readiness-async-bench and readiness-net-bench share.
+// What the FlyingSocks contenders of readiness-async-bench, readiness-net-bench and readiness-idle-bench share.
 import FlyingSocks
 #if canImport(Glibc)
 import Glibc
