@@ -18,7 +18,8 @@
 //   accepting, ends idle keep-alive connections, lets requests in flight be answered (then closes
 //   their connections) within the grace period (10 s), and exits 0; a second signal stops at once.
 // - Requests are parsed strictly where leniency lets one request mean two things (RFC 9112): a space
-//   before a header's colon, two different Content-Lengths, any Transfer-Encoding are refused; only
+//   before a header's colon, two different Content-Lengths, any Transfer-Encoding, a lone CR or LF or
+//   another control byte in the head are refused (empty lines before a request line are ignored); only
 //   GET and HEAD are served (405 otherwise). Error answers close gently (no reset over the answer).
 //   (Its output is a file or a pipe for a script: Swift's print buffers it; `stdbuf -oL` makes each
 //   line appear when printed.)
@@ -110,6 +111,13 @@ func isToken(_ name: ArraySlice<UInt8>) -> Bool {
     }
 }
 
+/// Whether `line` holds a control byte (below 0x20 or DEL), a tab allowed where `tabs`: a lone CR or
+/// LF inside a line is one, and would make a line end for a lenient parser and not for this one (a
+/// request smuggled past a front end).
+func hasControl(_ line: ArraySlice<UInt8>, tabs: Bool) -> Bool {
+    line.contains { byte in (byte < 0x20 && !(tabs && byte == tab)) || byte == 0x7F }
+}
+
 /// A Content-Length value: digits only (no sign, no space inside), within `Int`.
 func decimal(_ bytes: ArraySlice<UInt8>) -> Int? {
     guard !bytes.isEmpty else { return nil }
@@ -148,19 +156,24 @@ struct Lines: Sequence, IteratorProtocol {
 /// colon, Content-Length given twice with different values or not a plain number, and any
 /// Transfer-Encoding (this server reads no chunked bodies) are refused.
 func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
-    // The head ends at the first CRLF CRLF.
+    // Empty lines before a request line are ignored (RFC 9112 section 2.2: a client may send a CRLF
+    // after a request's body); they are consumed with the request. The head ends at the first CRLF CRLF.
+    var begin = bytes.startIndex
+    while begin + 1 < bytes.endIndex, bytes[begin] == cr, bytes[begin + 1] == lf { begin += 2 }
     var end: Int?
-    var i = bytes.startIndex
+    var i = begin
     while i + 3 < bytes.endIndex {
         if bytes[i] == cr, bytes[i + 1] == lf, bytes[i + 2] == cr, bytes[i + 3] == lf { end = i; break }
         i += 1
     }
     guard let end else { return bytes.count > headLimit ? .failed(status: "431 Request Header Fields Too Large") : .incomplete }
     if end - bytes.startIndex > headLimit { return .failed(status: "431 Request Header Fields Too Large") }
-    let head = bytes[bytes.startIndex..<end]
+    let head = bytes[begin..<end]
     if head.contains(where: { $0 >= 0x80 }), String(validating: head, as: UTF8.self) == nil { return .failed(status: "400 Bad Request") }
     var lines = Lines(rest: head)
-    let requestLine = (lines.next() ?? []).split(separator: space, omittingEmptySubsequences: false)
+    let firstLine = lines.next() ?? []
+    guard !hasControl(firstLine, tabs: false) else { return .failed(status: "400 Bad Request") }
+    let requestLine = firstLine.split(separator: space, omittingEmptySubsequences: false)
     guard requestLine.count == 3, requestLine[2].elementsEqual("HTTP/1.1".utf8) || requestLine[2].elementsEqual("HTTP/1.0".utf8),
           isToken(requestLine[0]), requestLine[1].first == slash else { return .failed(status: "400 Bad Request") }
     var request = Request(method: String(decoding: requestLine[0], as: UTF8.self),
@@ -168,7 +181,7 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
                           version: String(decoding: requestLine[2], as: UTF8.self))
     var close = false, keepAlive = false
     while let line = lines.next() {
-        guard let colonIndex = line.firstIndex(of: colon), isToken(line[..<colonIndex]) else { return .failed(status: "400 Bad Request") }
+        guard !hasControl(line, tabs: true), let colonIndex = line.firstIndex(of: colon), isToken(line[..<colonIndex]) else { return .failed(status: "400 Bad Request") }
         let name = line[..<colonIndex]
         let value = trimmed(line[(colonIndex + 1)...])
         if matches(name, "connection") {

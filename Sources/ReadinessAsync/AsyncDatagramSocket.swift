@@ -2,8 +2,9 @@ import ReadinessCore
 import ReadinessNet
 
 /// A UDP (IPv4, IPv6) or Unix datagram socket owned by an ``EventLoop``: a Sendable handle (the loop
-/// and a number), made by ``EventLoop/bindDatagram(to:options:)`` or
-/// ``EventLoop/connectDatagram(to:from:options:)`` (tokio's `UdpSocket::bind` and `connect`).
+/// and a number), made by ``EventLoop/bindDatagram(to:options:)``,
+/// ``EventLoop/connectDatagram(to:from:options:)`` (tokio's `UdpSocket::bind` and `connect`) or
+/// ``EventLoop/adoptDatagram(descriptor:)``.
 ///
 /// - Each send and receive moves one whole datagram (``DatagramSocket``): a receive tells the source
 ///   and whether the datagram was truncated (``ReceivedDatagram``), never silently.
@@ -22,8 +23,10 @@ public struct AsyncDatagramSocket: Sendable {
     public let loop: EventLoop
     let id: UInt64
     /// The bound address (with the port the kernel chose for port 0); nil for a nameless Unix socket.
+    /// Read when the socket was made: a later `connect` or `disconnect` inside
+    /// ``withDatagramSocket(_:)`` does not change it (ask the socket there).
     public let localAddress: SocketAddress?
-    /// The connected peer, if connected.
+    /// The connected peer, if connected when the socket was made (as ``localAddress``, not updated).
     public let peer: SocketAddress?
 
     /// Sends the readable bytes of `bytes` as one datagram to `destination` (nil: the connected peer),
@@ -174,7 +177,7 @@ extension EventLoop {
             if state.isShutDown { throw .shutdown }
             try state.checkForeign(fd, "adoptDatagram")
             if state.foreign[fd] != nil { throw .invalidArgument("adoptDatagram: descriptor \(fd) is being waited on (readable/writable)") }
-            return try state.openDatagram { () throws(SocketError) in try DatagramSocket(adopting: fd) }
+            return try state.openDatagram(adopted: true) { () throws(SocketError) in try DatagramSocket(adopting: fd) }
         }
         return AsyncDatagramSocket(loop: self, id: id, localAddress: bound, peer: connected)
     }

@@ -9,6 +9,10 @@ import ReadinessNet
 // `executorPreference: loop`, so its operations run where the socket lives.
 
 extension AsyncListener {
+    /// How long ``serve(_:)`` pauses when the loop holds as many resources as it can
+    /// (``LoopError/resourceExhausted``) before it accepts again.
+    static let fullLoopPause = Duration.milliseconds(10)
+
     /// Accepts connections until the listener is closed, its loop shuts down or the calling task is
     /// cancelled, and runs `handler` for each in a task of its own that prefers the listener's loop;
     /// the connection is closed when `handler` returns.
@@ -17,7 +21,8 @@ extension AsyncListener {
     /// finished (cancelling the calling task cancels them too). Throws the accept failure that is
     /// none of those (a listener the kernel no longer accepts on, a poller failure), after the same
     /// wait for the connections. An out-of-descriptors accept is not a failure: the listener backs off
-    /// (Docs/Sockets.md) and accepting goes on.
+    /// (Docs/Sockets.md) and accepting goes on; nor is a loop that holds as many resources as it can
+    /// (``LoopError/resourceExhausted``): the connection stays queued, `serve` pauses 10 ms and accepts again.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = self
         let loop = self.loop
@@ -37,6 +42,12 @@ extension AsyncListener {
                         // of its own) is told to stop too, so that serve returns.
                         connections.cancelAll()
                         return nil
+                    case .resourceExhausted:
+                        // The loop holds as many resources as it can: the connection stays queued.
+                        // Pause (on the task's clock: a loop timer would need a slot) and try again once
+                        // the connections being served have had time to close; never a spin.
+                        do { try await Task.sleep(for: Self.fullLoopPause) } catch { return nil }
+                        continue
                     default:
                         return error
                     }

@@ -192,7 +192,12 @@ final class AsyncRun {
         case .unixDatagramPair(let a, let b):
             return try await unixDatagramPair(a, b)
         case .connectDatagram(let name, let target):
-            guard let peer = address(target) else { return .note("no address for \(target)") }
+            // A closed UDP port stays bound (by a socket of ours) until the connect has taken its own
+            // port, so the kernel cannot give the connecting socket that very port.
+            var holder: DatagramSocket?
+            if case .closedUDPPort = target { holder = try? DatagramSocket(bind: Self.loopback) }
+            defer { holder?.close() }
+            guard let peer = holder?.localAddress ?? address(target) else { return .note("no address for \(target)") }
             do throws(LoopError) {
                 keepDatagram(name, try await loop.connectDatagram(to: peer))
                 return .ok

@@ -264,7 +264,8 @@ struct DatagramSocketTests {
         for fd in [stream, pipeEnds[0], -1, netlink] {
             #expect(throws: SocketError.self) { try DatagramSocket(adopting: fd) }
             do { _ = try DatagramSocket(adopting: fd) } catch { #expect(error.kind == .invalidArgument, "\(fd): \(error)") }
-            if fd >= 0 { #expect(fcntl(fd, F_GETFD) != -1) }
+            // Open and unchanged (still blocking: nothing was set before the refusal).
+            if fd >= 0 { #expect(fcntl(fd, F_GETFD) != -1 && fcntl(fd, F_GETFL) & O_NONBLOCK == 0) }
         }
         // Not open: .closed.
         let gone = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
@@ -280,7 +281,7 @@ struct DatagramSocketTests {
         let server = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
         let other = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
         let serverAddress = try #require(server.localAddress)
-        let client = try DatagramSocket(connectedTo: serverAddress)
+        let client = try DatagramSocket(connectedTo: serverAddress, from: try SocketAddress("127.0.0.1:0"))
         try server.register(on: poller, token: 1, interest: .readable)
         var small = [UInt8](repeating: 0, count: 2)
         #expect(try server.peek(into: &small) == .wouldBlock)
@@ -302,11 +303,15 @@ struct DatagramSocketTests {
         #expect(client.peerAddress == serverAddress)
         try client.disconnect()
         #expect(client.peerAddress == nil)
+        // Linux gives up a port the kernel chose (bound to port 0 here): the next send takes a new one.
+        #expect(client.localAddress?.port == 0)
         do { _ = try client.send(Array("x".utf8)); Issue.record("sent with no destination") } catch {
             #expect(error.kind == .notConnected)
         }
         try client.register(on: poller, token: 2, interest: .readable)
+        #expect(try client.send(Array("hi".utf8), destination: other.localAddress) == .transferred(2))
         let clientAddress = try #require(client.localAddress)
+        #expect(clientAddress.port != 0)
         #expect(try other.send(Array("from other".utf8), destination: clientAddress) == .transferred(10))
         _ = try waitFor(.readable, token: 2, on: poller)
         #expect(try client.receive(into: &buffer).datagram?.source == other.localAddress)

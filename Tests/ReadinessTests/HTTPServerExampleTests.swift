@@ -124,6 +124,12 @@ struct HTTPServerExampleTests {
             ("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "501 "),
             ("GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", "400 "),
             ("POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", "405 "),
+            // A lone LF or CR inside the head (a line end to a lenient front end), a control byte.
+            ("GET / HTTP/1.1\r\nX: y\nContent-Length: 24\r\n\r\nGET /secret HTTP/1.1\r\n\r\n", "400 "),
+            ("GET / HTTP/1.1\r\nX: y\rZ: z\r\n\r\n", "400 "),
+            ("GET /a\u{01}b HTTP/1.1\r\n\r\n", "400 "),
+            // Empty lines before the request line are ignored (RFC 9112 section 2.2).
+            ("\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n", "200 "),
         ] {
             let answer = try await Self.exchange(loop, address, Array(request.utf8))
             #expect(answer.hasPrefix("HTTP/1.1 " + status), "\(request.debugDescription): \(answer.prefix(60))")

@@ -32,6 +32,48 @@ struct ResourceLimitTests {
         #expect(Slab(capacity: 0, maximumSlots: .max).maximumSlots == ResourceKey.maximumSlots)
     }
 
+    @Test("serve on a full loop: the next connection waits queued (no failure, no spin) and is served once a slot is free",
+          arguments: backends)
+    func serveFull(backend: Backend) async throws {
+        // serve pauses with Task.sleep, whose first use makes the concurrency runtime's own timer
+        // descriptor (kept for the process): made here, before the loop counts descriptors.
+        try await Task.sleep(for: .milliseconds(1))
+        try await withLoop(backend) { loop in
+            try await loop.onLoop { (state) async throws(LoopError) in
+                state.slab = Slab(capacity: 2, maximumSlots: 2)   // the listener and one connection
+            }
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let served = Counter()
+            let server = Task {
+                try await listener.serve { socket in
+                    // Each connection: one byte in, one byte back, then closed by serve.
+                    if let byte = try? await socket.read(upTo: 1, timeout: .seconds(5)), !byte.isEmpty {
+                        served.increment()
+                        try? await socket.write(byte, timeout: .seconds(5))
+                    }
+                }
+            }
+            var clients: [CInt] = []
+            defer { for fd in clients { close(fd) } }
+            for _ in 0..<3 {
+                let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+                clients.append(fd)
+                #expect(listener.address.withSockaddr { Glibc.connect(fd, $0, $1) } == 0)
+            }
+            // One at a time: each answers once the connection before it was closed (its slot freed).
+            for fd in clients {
+                var byte: UInt8 = 7
+                #expect(write(fd, &byte, 1) == 1)
+                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                #expect(poll(&entry, 1, 5_000) == 1)
+                #expect(read(fd, &byte, 1) == 1 && byte == 7)
+            }
+            #expect(served.value == 3)
+            await listener.close()
+            try await server.value
+        }
+    }
+
     @Test("a full loop: adopt, listen, bind, connect (one address or several), accept, sleep and readable fail with resourceExhausted; nothing leaks; the caller's descriptor stays open; closing makes room",
           arguments: backends)
     func loopFull(backend: Backend) async throws {

@@ -269,14 +269,16 @@ final class LoopState {
     }
 
     /// Makes a datagram socket with `make` and takes ownership of it: a resource of its own.
-    func openDatagram(_ make: () throws(SocketError) -> DatagramSocket) throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) {
+    /// A datagram resource for the socket `make` makes. `adopted`: the socket's descriptor is the
+    /// caller's, handed back open (released, not closed) if no resource can be made for it.
+    func openDatagram(adopted: Bool = false, _ make: () throws(SocketError) -> DatagramSocket) throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) {
         if isShutDown { throw .shutdown }
         try checkRoom()
         let socket: DatagramSocket
         do { socket = try make() } catch { throw .socket(error) }
         let resource: DatagramResource
         do { resource = try slab.insert { DatagramResource(key: $0, socket: socket) } } catch {
-            socket.close()
+            if adopted { _ = socket.release() } else { socket.close() }
             throw error
         }
         own(resource, socket.fd)

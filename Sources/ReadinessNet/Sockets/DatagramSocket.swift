@@ -6,8 +6,9 @@ import CReadinessNet
 
 /// A UDP (IPv4 or IPv6) or Unix-domain datagram socket over a descriptor it owns.
 ///
-/// - The descriptor is non-blocking and close-on-exec, and closed exactly once: by ``close()``, or when
-///   the object is released. A socket bound to a Unix path unlinks it on ``close()``.
+/// - The descriptor is non-blocking (and close-on-exec when this package made it; an adopted one keeps
+///   its flag), and closed exactly once: by ``close()``, or when the object is released. A socket bound
+///   to a Unix path by ``init(bind:options:)`` unlinks it on ``close()``.
 /// - Registering through ``register(on:token:interest:trigger:)`` makes ``close()`` deregister the
 ///   descriptor **before** closing it, as ``StreamSocket`` does.
 /// - `send(_:to:)` and `receive(into:)` move one datagram each: a send returns
@@ -118,15 +119,17 @@ public final class DatagramSocket {
     /// ``SocketError/Kind/closed`` when it is not open. **A descriptor whose adoption failed stays the
     /// caller's, open.** A Unix path it is bound to stays the caller's too: ``close()`` does not unlink it.
     public init(adopting fd: CInt) throws(SocketError) {
-        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_DGRAM.rawValue), kind: "datagram")
-        let family: SocketAddress.Family
-        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
-        case .success(AF_INET): family = .ipv4
-        case .success(AF_INET6): family = .ipv6
-        case .success(AF_UNIX): family = .unix
-        case .success(let domain):
-            throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): address family \(domain) is not IPv4, IPv6 or Unix")
-        case .failure(let error): throw error
+        var family = SocketAddress.Family.unix
+        // The family is checked before the descriptor is made non-blocking: a refused one is unchanged.
+        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_DGRAM.rawValue), kind: "datagram") { (fd) throws(SocketError) in
+            switch NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
+            case .success(AF_INET): family = .ipv4
+            case .success(AF_INET6): family = .ipv6
+            case .success(AF_UNIX): family = .unix
+            case .success(let domain):
+                throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): address family \(domain) is not IPv4, IPv6 or Unix")
+            case .failure(let error): throw error
+            }
         }
         descriptor = OwnedDescriptor(fd)
         self.family = family
@@ -219,8 +222,11 @@ public final class DatagramSocket {
     }
 
     /// Dissolves the association ``connect(to:)`` made (connect(2) to AF_UNSPEC): a destination is
-    /// needed again to send, and datagrams from any source are received. Doing it on a socket that is
-    /// not connected changes nothing.
+    /// needed again to send (``SocketError/Kind/notConnected`` without one), and datagrams from any
+    /// source are received. **Linux gives up a local port the kernel chose** (at the connect, or at a
+    /// bind to port 0): the socket takes a new ephemeral port at its next send; bind it to a port of
+    /// your choosing to keep its address.
+    /// Doing it on a socket that is not connected changes nothing.
     public func disconnect() throws(SocketError) {
         guard Sys.retryingEINTR({ rd_net_disconnect(fd) }) == 0 else {
             throw SocketError(errno: errno, operation: "disconnect (connect to AF_UNSPEC)")

@@ -18,8 +18,10 @@ struct OwnedDescriptor {
     init(_ fd: CInt) { self.fd = fd }
 
     /// What adopting a caller's descriptor checks: open, a socket of `type` (SOCK_STREAM,
-    /// SOCK_DGRAM), then made non-blocking. Failing leaves the descriptor the caller's, open.
-    static func checkAdoptable(_ fd: CInt, type: CInt, kind: String) throws(SocketError) {
+    /// SOCK_DGRAM), whatever `check` adds; only then is it made non-blocking. Failing leaves the
+    /// descriptor the caller's, open and unchanged.
+    static func checkAdoptable(_ fd: CInt, type: CInt, kind: String,
+                               _ check: (CInt) throws(SocketError) -> Void = { _ in }) throws(SocketError) {
         guard fd >= 0 else { throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd)") }
         let flags = fcntl(fd, F_GETFL)
         guard flags >= 0 else { throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_GETFL)") }
@@ -32,6 +34,7 @@ struct OwnedDescriptor {
             guard error.errno == ENOTSOCK else { throw error }
             throw SocketError(.invalidArgument, errno: ENOTSOCK, operation: "adopt descriptor \(fd): not a socket")
         }
+        try check(fd)
         if flags & O_NONBLOCK == 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 {
             throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_SETFL, O_NONBLOCK)")
         }
