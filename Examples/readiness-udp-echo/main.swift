@@ -4,8 +4,8 @@
 //   readiness-udp-echo --client --port 7000 [--host ...] [--datagrams N] [--size B] [--window W] [--idle S]
 //
 // The server receives with batches (one recvmmsg for every datagram queued, into storage allocated
-// once) and sends every echo of a batch back with one sendmmsg; it exits after N datagrams, or after S
-// seconds without one, printing a summary line. The client keeps up to W datagrams in flight, each
+// once) and sends the batch back as it is (each datagram to its source, no copy) with one sendmmsg;
+// it exits after N datagrams, or after S seconds without one, printing a summary line. The client keeps up to W datagrams in flight, each
 // carrying its sequence number and a pattern, checks every echo, and counts the datagrams that never
 // came back (UDP may drop them: that is counted, never hidden).
 import ExampleSupport
@@ -30,21 +30,19 @@ func serve(_ arguments: UDPEchoArguments, backend: Backend) async throws {
     let loop = try EventLoop(backend: backend)
     let socket = try await loop.bindDatagram(to: try SocketAddress(ip: arguments.host, port: arguments.port))
     let summary = try await Task(executorPreference: loop) { () async throws -> String in
-        let received = try DatagramBatch(capacity: batchCapacity, slotSize: DatagramSocket.maximumUDPPayload)
-        let replies = try DatagramBatch(capacity: batchCapacity, slotSize: DatagramSocket.maximumUDPPayload)
+        let batch = try DatagramBatch(capacity: batchCapacity, slotSize: DatagramSocket.maximumUDPPayload)
         var datagrams = 0, bytes = 0, truncated = 0
         let limit = arguments.datagrams ?? .max
         while datagrams < limit {
             let timeout: Duration? = datagrams > 0 ? arguments.idle.map { .seconds($0) } : nil
-            guard let n = try await receiveUnlessIdle(socket, into: received, timeout: timeout) else { break }
-            replies.removeAll()
+            guard let n = try await receiveUnlessIdle(socket, into: batch, timeout: timeout) else { break }
             for slot in 0..<n {
-                let datagram = try received.datagram(slot)
+                let datagram = try batch.datagram(slot)
                 if datagram.isTruncated { truncated += 1 }
-                try received.withPayload(slot) { try replies.append($0, to: datagram.source) }
                 bytes += datagram.count
             }
-            try await socket.send(replies, timeout: .seconds(5))
+            // The received batch sent back as it is: each datagram to its source, no copy.
+            try await socket.send(batch, timeout: .seconds(5))
             datagrams += n
         }
         return "datagrams \(datagrams) echoed-bytes \(bytes) truncated \(truncated) backend \(backend.name)"

@@ -12,7 +12,9 @@ import CReadinessNet
 /// For receiving, `socket.receive(into: batch)` fills slots `0..<count`: each
 /// slot's ``datagram(_:)`` (count, real length, source, truncation) and ``withPayload(_:_:)``.
 /// For sending, `append(_:to:)` copies a payload into the next slot, and
-/// ``DatagramSocket/send(_:from:)`` sends slots from an index on.
+/// ``DatagramSocket/send(_:from:)`` sends slots from an index on. **A received batch can be sent as it
+/// is**: each datagram goes back to its source with no copy (an echo in place); a truncated slot sends
+/// the bytes it stored, and reports that count as its length from then on.
 ///
 /// Used from one thread at a time, like the socket.
 public final class DatagramBatch {
@@ -155,6 +157,10 @@ public final class DatagramBatch {
             throw SocketError(.invalidArgument, operation: "send from slot \(start) of a batch of \(count)")
         }
         if start == count { return 0 }
+        // A received batch sent back (an echo in place, no copy): each slot goes to its source with
+        // the bytes stored in it. A truncated slot's length is the datagram's real length, larger
+        // than the slot: the bytes stored are what is sent (never bytes past the slot).
+        for i in start..<count where lengths[i] > slotSize { lengths[i] = slotSize }
         let remaining = UInt32(count - start)
         let n = Sys.retryingEINTR {
             rd_net_sendmmsg(fd, payloads + start * slotSize, slotSize, lengths + start, addresses + start,
