@@ -103,7 +103,7 @@ public struct ConnectStateMachine: Sendable, Hashable {
 
     /// Feeds one input; returns the one action to perform.
     ///
-    /// The input is switched on alone and the state's case tested by ``stage`` (no `(state, input)`
+    /// The input is switched on alone and the state's case tested by its private `stage` (no `(state, input)`
     /// tuple: both hold addresses, and the tuple was a copy of some 450 bytes at every step).
     public mutating func handle(_ input: Input) -> Action {
         let stage = self.stage
