@@ -15,6 +15,9 @@
 
 static _Atomic int slot_fd[RD_SIGNAL_SLOTS];
 static _Atomic uint64_t slot_mask[RD_SIGNAL_SLOTS];
+/* Per slot, the signals whose byte a full pipe refused: the subscriber learns of them at its next drain
+ * (rd_signal_take_overflow), so a full pipe loses repeats, never a kind (as libev's pending flags). */
+static _Atomic uint64_t slot_overflow[RD_SIGNAL_SLOTS];
 static _Atomic int handlers_running;
 static struct sigaction saved_action[RD_SIGNAL_MAX + 1];
 
@@ -27,8 +30,9 @@ static void rd_signal_handler(int signo) {
         for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
             if ((atomic_load(&slot_mask[i]) & bit) == 0) continue;
             int fd = atomic_load(&slot_fd[i]);
-            // A full pipe drops the byte: the subscriber has that signal pending already.
-            if (fd >= 0) (void)write(fd, &byte, 1);
+            // A full pipe refuses the byte: the signal is kept in the slot's overflow mask instead
+            // (the pipe is readable, so the subscriber drains it and finds the mask).
+            if (fd >= 0 && write(fd, &byte, 1) != 1) atomic_fetch_or(&slot_overflow[i], bit);
         }
     }
     atomic_fetch_sub(&handlers_running, 1);
@@ -39,13 +43,21 @@ int rd_signal_max(void) { return SIGRTMAX < RD_SIGNAL_MAX ? SIGRTMAX : RD_SIGNAL
 
 // A child made by fork (without exec) keeps the handler and the parent's pipe write ends: it must
 // not tell the parent of its own signals, and a handler that ran in another thread at the fork
-// would leave the counter raised for ever.
+// would leave the counter raised for ever. It has no subscription, so each signal gets back the
+// action it had before ours (a forked worker's SIGTERM ends it again, as it would have).
 static void rd_signal_after_fork_in_child(void) {
     for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
         atomic_store(&slot_mask[i], 0);
         atomic_store(&slot_fd[i], -1);
+        atomic_store(&slot_overflow[i], 0);
     }
     atomic_store(&handlers_running, 0);
+    for (int signo = 1; signo <= RD_SIGNAL_MAX && signo <= SIGRTMAX; signo++) {
+        struct sigaction current;
+        if (sigaction(signo, NULL, &current) == 0 && current.sa_handler == rd_signal_handler) {
+            (void)sigaction(signo, &saved_action[signo], NULL);
+        }
+    }
 }
 
 int rd_signal_subscribe(int fd, uint64_t mask) {
@@ -57,12 +69,18 @@ int rd_signal_subscribe(int fd, uint64_t mask) {
     }
     for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
         if (atomic_load(&slot_fd[i]) >= 0) continue;
+        atomic_store(&slot_overflow[i], 0);
         atomic_store(&slot_fd[i], fd);
         atomic_store(&slot_mask[i], mask);
         return i;
     }
     errno = ENOSPC;
     return -1;
+}
+
+uint64_t rd_signal_take_overflow(int slot) {
+    if (slot < 0 || slot >= RD_SIGNAL_SLOTS) return 0;
+    return atomic_exchange(&slot_overflow[slot], 0);
 }
 
 void rd_signal_unsubscribe(int slot) {
@@ -76,6 +94,11 @@ void rd_signal_unsubscribe(int slot) {
 
 int rd_signal_install(int signo) {
     if (signo < 1 || signo > rd_signal_max()) { errno = EINVAL; return -1; }
+    // Ours already (a child after fork had its actions put back, so the caller's count may say
+    // installed when it is not: it installs whenever a subscription wants the signal).
+    struct sigaction current;
+    if (sigaction(signo, NULL, &current) != 0) return -1;
+    if (current.sa_handler == rd_signal_handler) return 1;
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = rd_signal_handler;

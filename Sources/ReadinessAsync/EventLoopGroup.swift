@@ -57,8 +57,13 @@ public final class EventLoopGroup: Sendable {
     public var current: EventLoop? { loops.first { $0.inLoop } }
 
     /// One listener per loop on the same address (SO_REUSEPORT; a port-0 address takes the first
-    /// listener's port for the others).
+    /// listener's port for the others). A Unix-domain address cannot be shared that way (SO_REUSEPORT
+    /// is for IP; a second bind of the path fails): with more than one loop it is refused
+    /// (``LoopError/invalidArgument(_:)``) before anything is bound; listen on one loop instead.
     public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> [AsyncListener] {
+        if address.family == .unix, loops.count > 1 {
+            throw .invalidArgument("listen on \(address): a Unix-domain address cannot be shared by the group's \(loops.count) loops (SO_REUSEPORT is for IP): listen on one loop")
+        }
         var options = options
         options.reusePort = true
         var listeners: [AsyncListener] = []

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Readiness
+@_spi(Backend) import Readiness
 import Synchronization
 
 /// One step as run: what the script expected and what the backend observed.
@@ -163,6 +163,11 @@ final class ScenarioRun {
             return attempt { () throws(PollerError) in try livePoller().deregister(fd(e)) }
         case .registerNumber(let number, let token, let interest):
             return attempt { () throws(PollerError) in try livePoller().register(number, token: Token(token), interest: interest, trigger: .level) }
+        case .registerWaker(let token):
+            return attempt { () throws(PollerError) in
+                let poller = try livePoller()
+                try poller.register(poller.waker.fd, token: Token(token), interest: .readable, trigger: .level)
+            }
         case .registerBadArguments(let e, let token, let interest):
             return attempt { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: .level) }
         // I/O goes only to open endpoints: a closed endpoint's number may name anything by now.

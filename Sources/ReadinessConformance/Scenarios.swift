@@ -60,6 +60,10 @@ extension Conformance {
         Scenario("misuse/reserved-token", checks: "The waker's token cannot be registered.", fixtures: pair, [
             line(.registerBadArguments("a", token: .max, interest: .readable), err("reservedToken")),
         ]),
+        Scenario("misuse/poller-own-descriptor", checks: "The poller's own waker descriptor cannot be registered (alreadyRegistered); wake-ups still arrive once and drain.", fixtures: pair, [
+            line(.registerWaker(token: 1), err("alreadyRegistered")),
+            line(.wake(times: 1, threads: 1)), wait(soon, woken), wait(now, .none),
+        ]),
         Scenario("misuse/empty-interest", checks: "An empty interest is refused.", fixtures: pair, [
             line(.registerBadArguments("a", token: 1, interest: []), err("emptyInterest")),
             reg("a", 1, .readable), rereg("a", 1, [], .level, err("emptyInterest")),

@@ -9,6 +9,8 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case registerNumber(CInt, token: UInt64, interest: Interest)
     /// register() with a reserved token or an empty interest.
     case registerBadArguments(String, token: UInt64, interest: Interest)
+    /// register() of the poller's own waker descriptor (refused: the poller holds it).
+    case registerWaker(token: UInt64)
     /// Writes `bytes` bytes.
     case write(String, bytes: Int)
     /// Writes until the socket buffer is full (the endpoint stops being writable).
@@ -84,6 +86,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .deregister(let e): "deregister \(e)"
         case .registerNumber(let fd, let t, let i): "register fd \(fd) token \(t) \(i)"
         case .registerBadArguments(let e, let t, let i): "register \(e) token \(t) interest \(i)"
+        case .registerWaker(let t): "register the poller's waker descriptor token \(t)"
         case .write(let e, let n): "write \(n) byte\(n == 1 ? "" : "s") to \(e)"
         case .fill(let e): "fill \(e)'s send buffer"
         case .drain(let e): "drain \(e)"

@@ -29,12 +29,18 @@ public protocol BackendSeam: AnyObject {
     /// EPERM, or a seam's own ``Sys/checkPollable(_:status:)`` made first), leaving everything
     /// unchanged: the poller then skips its own checks before calling them.
     var kernelChecksDescriptor: Bool { get }
+    /// Whether `fd` is one of the backend's own descriptors (its kernel object: the epoll set, the
+    /// io_uring ring). Registering such a number, or the waker's, is refused with
+    /// ``PollerError/alreadyRegistered(_:)`` (the poller itself holds it), as on every backend.
+    func ownsDescriptor(_ fd: CInt) -> Bool
 }
 
 @_spi(Backend)
 extension BackendSeam {
     /// False: the poller checks descriptors itself.
     public var kernelChecksDescriptor: Bool { false }
+    /// False: the backend has no descriptor of its own besides the waker.
+    public func ownsDescriptor(_ fd: CInt) -> Bool { false }
 }
 
 /// A ``Poller`` made of a ``BackendSeam``: every backend of this package is one, wrapped in a
@@ -81,7 +87,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         guard !isClosed else { throw .closed }
         try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
-                                      kernelChecksDescriptor: seam.kernelChecksDescriptor)
+                                      kernelChecksDescriptor: seam.kernelChecksDescriptor,
+                                      heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd))
         var registration = Registration(token: token, interest: interest, trigger: trigger)
         registration.generation = storedTable.upcomingGeneration
         registration.index = Int32(storedTable.count)

@@ -140,15 +140,18 @@ public struct RegistrationTable: Sendable {
     ///
     /// `kernelChecksDescriptor`: the backend's own call fails for a closed descriptor (EBADF) and for a
     /// regular file or directory (EPERM) and maps them to the same errors, as epoll_ctl does; the last
-    /// check (an `fstat`, one system call per registration) is then left to it.
+    /// check (an `fstat`, one system call per registration) is then left to it. `heldByPoller`: `fd`
+    /// is one the poller itself uses (its waker, its kernel object), refused as already registered
+    /// (a caller's registration would take over the poller's own events).
     public func checkRegister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
-                              capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) {
+                              capabilities: Capabilities, kernelChecksDescriptor: Bool = false,
+                              heldByPoller: Bool = false) throws(PollerError) {
         guard fd >= 0 else { throw .invalidDescriptor(fd) }
         guard fd <= capabilities.maxDescriptor else {
             throw .descriptorTooLarge(fd, limit: capabilities.maxDescriptor &+ 1)
         }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
-        guard self[fd] == nil else { throw .alreadyRegistered(fd) }
+        guard self[fd] == nil, !heldByPoller else { throw .alreadyRegistered(fd) }
         if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
     }
 

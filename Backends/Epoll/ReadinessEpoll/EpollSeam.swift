@@ -32,6 +32,8 @@ public final class EpollSeam: BackendSeam {
     public let capabilities: Capabilities
     /// epoll_ctl fails with EBADF (closed) and EPERM (regular file, directory), mapped by `ctl`.
     public var kernelChecksDescriptor: Bool { true }
+    /// The epoll set and its spare.
+    public func ownsDescriptor(_ fd: CInt) -> Bool { fd == epfd || fd == spare }
     private var epfd: CInt
     /// An empty epoll set kept for the next rebuild (-1 until one could be made).
     private var spare: CInt = -1

@@ -518,6 +518,9 @@ public final class IOUringSeam: BackendSeam {
         }
     }
 
+    /// The ring's descriptor (the current ring's: it moves when the poller changes threads).
+    public func ownsDescriptor(_ fd: CInt) -> Bool { !ringClosed && fd == rd_uring_fd(ring) }
+
     /// Closes the ring: the kernel cancels its requests and drops their file references.
     public func close() {
         guard !ringClosed else { return }

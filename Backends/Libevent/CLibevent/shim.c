@@ -224,10 +224,19 @@ rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int e
 
 int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close) {
     if (reg->lev->broken) { errno = EBADFD; return -1; }
+    /* The event as it was, put back if the new one cannot be added (ENOMEM, ENOSPC): a failed change
+     * leaves the registration watched as before (the contract's rollback). */
+    short old_what = event_get_events(reg->ev);
+    int was_pending = event_pending(reg->ev, EV_READ | EV_WRITE, NULL) != 0;   /* a fired one-shot is not */
     event_del(reg->ev);
-    if (event_assign(reg->ev, reg->lev->base, reg->fd, rd_lev_what(interest, trigger, early_close), rd_lev_fired, reg) != 0)
-        return -1;
-    return event_add(reg->ev, NULL);
+    if (event_assign(reg->ev, reg->lev->base, reg->fd, rd_lev_what(interest, trigger, early_close), rd_lev_fired, reg) == 0
+        && event_add(reg->ev, NULL) == 0)
+        return 0;
+    int saved = errno;
+    if (event_assign(reg->ev, reg->lev->base, reg->fd, old_what, rd_lev_fired, reg) == 0 && was_pending)
+        (void)event_add(reg->ev, NULL);
+    errno = saved;
+    return -1;
 }
 
 int rd_lev_is_broken(const rd_lev *lev) { return lev->broken; }

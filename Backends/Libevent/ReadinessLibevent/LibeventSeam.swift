@@ -47,6 +47,8 @@ public final class LibeventSeam: BackendSeam {
     private let wakerReg: OpaquePointer
     private let earlyClose: CInt
     private var regs: [OpaquePointer] = []
+    /// Set by ``close()``: the events and the base are freed.
+    private var baseFreed = false
     /// Removed registrations, kept for reuse.
     private var spare: [OpaquePointer] = []
     /// Descriptors that fired when the caller's buffer was full (capacity reserved at registration).
@@ -110,6 +112,13 @@ public final class LibeventSeam: BackendSeam {
             if code != 0 { throw .failed("event_base_new(\(name))", errno: code) }
             throw .unavailable(backend: name, reason: String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
+        // The select method's FD_SET aborts the process (fortify) for a descriptor at FD_SETSIZE or
+        // above: a waker there (a process with over a thousand descriptors open) is refused, as the
+        // select backend refuses it.
+        if Method(rawValue: String(cString: rd_lev_method(made))) == .select, waker.fd >= rd_lev_fd_setsize() {
+            rd_lev_free(made)
+            throw .unavailable(backend: name, reason: "its wake-up descriptor \(waker.fd) is not below FD_SETSIZE (\(rd_lev_fd_setsize()))")
+        }
         guard let wakerReg = rd_lev_reg_new(made, waker.fd, CInt(RD_LEV_READ), CInt(RD_LEV_LEVEL), 0) else {
             let e = errno
             rd_lev_free(made)
@@ -140,10 +149,7 @@ public final class LibeventSeam: BackendSeam {
     }
 
     deinit {
-        for reg in regs { rd_lev_reg_free(reg) }
-        for reg in spare { rd_lev_reg_free(reg) }
-        rd_lev_reg_free(wakerReg)
-        rd_lev_free(lev)
+        close()
         recheck.deallocate()
     }
 
@@ -416,8 +422,18 @@ public final class LibeventSeam: BackendSeam {
         }
     }
 
-    /// Nothing to do: the base is freed when the seam is released.
-    public func close() {}
+    /// Frees the events and the base, which closes libevent's own descriptors (its epoll set, timerfd,
+    /// signal pair) now, not when the seam is released. Once: the poller calls nothing after it.
+    public func close() {
+        guard !baseFreed else { return }
+        baseFreed = true
+        for reg in regs { rd_lev_reg_free(reg) }
+        for reg in spare { rd_lev_reg_free(reg) }
+        regs.removeAll()
+        spare.removeAll()
+        rd_lev_reg_free(wakerReg)
+        rd_lev_free(lev)
+    }
 }
 
 /// Which file a descriptor number names (device and inode), to notice that a number was closed or

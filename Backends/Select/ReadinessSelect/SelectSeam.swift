@@ -121,11 +121,12 @@ public final class SelectSeam: BackendSeam {
         var n = Int(rd_select(maxFD + 1, workRead, watchesWrites ? workWrite : nil,
                               tv.map { $0.seconds } ?? -1, tv.map { $0.microseconds } ?? 0))
         if n < 0 {
-            switch errno {
+            let code = errno   // read once: markClosedStale's fcntl calls change errno
+            switch code {
             case EINTR: return .interrupted
             case EBADF where table.markClosedStale({ apply($0, $1) }):
                 return .interrupted  // nothing observed yet; the wait loop retries with the time left
-            default: throw .failed("select", errno: errno)
+            default: throw .failed("select", errno: code)
             }
         }
         if n > 0, rd_fd_isset(waker.fd, workRead) != 0 {

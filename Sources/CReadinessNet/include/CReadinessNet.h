@@ -46,9 +46,12 @@ int rd_signal_max(void);
 /// Claims a slot for `fd` (the non-blocking write end of a pipe) and the signals of `mask`; the slot,
 /// or -1 with ENOSPC when all RD_SIGNAL_SLOTS are taken. Callers serialise the calls below.
 int rd_signal_subscribe(int fd, uint64_t mask);
+/// The signals whose byte a full pipe refused since the last call (bit n-1 for signal n), cleared.
+uint64_t rd_signal_take_overflow(int slot);
 /// Frees a slot; when it returns no handler writes to its descriptor any more.
 void rd_signal_unsubscribe(int slot);
-/// Installs the handler for `signo`, saving the action it replaces; 0, or -1 with errno.
+/// Installs the handler for `signo`, saving the action it replaces: 0; 1 when it is installed already
+/// (nothing saved); -1 with errno.
 int rd_signal_install(int signo);
 /// Puts back the action `rd_signal_install` saved for `signo`; 0, or -1 with errno.
 int rd_signal_restore(int signo);

@@ -90,6 +90,8 @@ public struct ConnectStateMachine: Sendable, Hashable {
     public private(set) var state: State = .idle
     /// Whether the socket is registered with the poller (so the end must deregister it first).
     public private(set) var isRegistered = false
+    /// Whether the last wake-up reported hang-up or error (rule 6).
+    private var wokeWithHangup = false
     /// The address being connected to, for errors.
     public let address: SocketAddress?
     /// Its family, which decides how some errnos are read (Unix-domain EAGAIN).
@@ -140,8 +142,9 @@ public struct ConnectStateMachine: Sendable, Hashable {
             return fail(ConnectError(error.isResourceExhausted ? .resourceExhausted : .poller, address: address, pollerError: error))
 
         // Rule 3: any wake-up means "go and look".
-        case .woke:
+        case .woke(let ready):
             guard stage == .waiting else { return .none }
+            wokeWithHangup = !ready.isDisjoint(with: [.hangup, .error])
             state = .readingSocketError
             return .readSocketError
 
@@ -158,7 +161,12 @@ public struct ConnectStateMachine: Sendable, Hashable {
 
         case .addresses(let e, let local, let peer):
             guard stage == .readingAddresses else { return .none }
-            // Rule 6: ENOTCONN after SO_ERROR 0 is a spurious wake-up: keep waiting.
+            // Rule 6: ENOTCONN after SO_ERROR 0 is a spurious wake-up: keep waiting; unless the
+            // wake-up said hang-up or error: the socket is closed without an error left to read
+            // (it was taken), and waiting on its level-triggered hang-up would spin.
+            if e == ENOTCONN, wokeWithHangup {
+                return fail(ConnectError(errno: ECONNRESET, address: address))
+            }
             if e == ENOTCONN {
                 state = .waiting
                 return isRegistered ? .waitForWakeup : .registerForWritable

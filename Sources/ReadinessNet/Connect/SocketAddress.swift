@@ -327,6 +327,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// An empty address (family unspecified), for the kernel to fill.
     public init() {}
 
+    /// An empty address (``init()``, length 0): never a destination, though its ``family`` reads as
+    /// IPv4. Entries that take a destination refuse it (``SocketError/Kind/invalidArgument``).
+    var isEmpty: Bool { length == 0 }
+
     /// Calls `body` with a pointer to the address and its length.
     public func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
         try withUnsafeBytes(of: storage) { raw in

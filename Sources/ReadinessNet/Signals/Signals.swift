@@ -73,7 +73,9 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
 ///
 /// - Every subscription of a signal gets every delivery of it (several loops, several watchers).
 /// - Deliveries of one signal may merge into one, as the kernel merges pending signals: a subscriber
-///   that does not drain loses none of its signals' *kinds*, only repeats (its pipe holds 64 KiB).
+///   that does not drain loses none of its signals' *kinds*, only repeats: its pipe holds 64 KiB of
+///   deliveries, and a delivery the full pipe refuses is kept as a flag for its signal, which the next
+///   ``drain()`` returns after the pipe's (as libev keeps a pending flag per signal).
 /// - While at least one subscription watches a signal, the process's action for it is this
 ///   package's handler (the default action, such as SIGINT's exit, does not happen); when the last one
 ///   closes, the action it replaced is put back.
@@ -92,6 +94,8 @@ public final class SignalSubscription: @unchecked Sendable {
     private let lock = PThreadMutex()
     private var isClosed = false
     private var isStopped = false
+    /// Signals the full pipe refused, taken from the slot when it was freed (``stop()``), for ``drain()``.
+    private var overflow: UInt64 = 0
 
     /// Watches `signals` (at least one; each must be watchable: ``Signal/invalidReason``).
     public init(_ signals: some Sequence<Signal>) throws(SocketError) {
@@ -137,6 +141,12 @@ public final class SignalSubscription: @unchecked Sendable {
                     break
                 }
             }
+            // Deliveries whose byte the full pipe refused: each kind once, after what the pipe held.
+            let refused = overflow | (isStopped ? 0 : rd_signal_take_overflow(slot))
+            overflow = 0
+            for number in 1...UInt64(RD_SIGNAL_MAX) where refused & (1 << (number - 1)) != 0 {
+                found.append(Signal(rawValue: CInt(number)))
+            }
             return found
         }
     }
@@ -158,7 +168,7 @@ public final class SignalSubscription: @unchecked Sendable {
         lock.withLock {
             guard !isStopped else { return }
             isStopped = true
-            SignalRegistry.shared.unsubscribe(slot: slot, signals: signals)
+            overflow |= SignalRegistry.shared.unsubscribe(slot: slot, signals: signals)
         }
     }
 
@@ -195,14 +205,17 @@ final class SignalRegistry: @unchecked Sendable {
                 return .failure(SocketError(.resourceExhausted, errno: errno, operation: "watch signals: every one of the \(RD_SIGNAL_SLOTS) subscriptions is taken"))
             }
             var installed: [CInt] = []
-            for signal in signals where watchers[signal.rawValue, default: 0] == 0 {
-                if rd_signal_install(signal.rawValue) != 0 {
+            // Asked for every signal, not only those no subscription watches yet: a child made by
+            // fork has its actions put back while these counts are the parent's.
+            for signal in signals {
+                let result = rd_signal_install(signal.rawValue)
+                if result < 0 {
                     let code = errno
                     for number in installed { _ = rd_signal_restore(number) }
                     rd_signal_unsubscribe(slot)
                     return .failure(SocketError(errno: code, operation: "watch signals: sigaction(\(signal))"))
                 }
-                installed.append(signal.rawValue)
+                if result == 0 { installed.append(signal.rawValue) }
             }
             for signal in signals { watchers[signal.rawValue, default: 0] += 1 }
             return .success(slot)
@@ -210,7 +223,10 @@ final class SignalRegistry: @unchecked Sendable {
         return try result.get()
     }
 
-    func unsubscribe(slot: CInt, signals: Set<Signal>) {
+    /// Frees the slot; returns the signals its full pipe refused that were not yet taken (as
+    /// `rd_signal_take_overflow`), read once no handler writes to the slot and before another
+    /// subscription can claim it.
+    func unsubscribe(slot: CInt, signals: Set<Signal>) -> UInt64 {
         lock.withLock {
             // The action is put back before the slot is freed: a signal that comes in between reaches
             // either this subscriber or the action it replaced, never nobody.
@@ -220,6 +236,7 @@ final class SignalRegistry: @unchecked Sendable {
                 if left <= 0 { _ = rd_signal_restore(signal.rawValue) }
             }
             rd_signal_unsubscribe(slot)
+            return rd_signal_take_overflow(slot)
         }
     }
 }

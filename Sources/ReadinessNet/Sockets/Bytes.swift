@@ -163,7 +163,9 @@ public struct Bytes: Sendable {
             append(UnsafeRawBufferPointer(buffer))
         }
         if copied != nil { return }
-        ensureRoom(bytes.underestimatedCount)
+        // The count is the sequence's estimate, not bytes that exist: room for it is a hint, and a
+        // count that cannot be allocated (any Int) is not a trap; each byte gets room as it comes.
+        _ = makeRoom(bytes.underestimatedCount)
         for byte in bytes { append(byte) }
     }
 
@@ -178,11 +180,16 @@ public struct Bytes: Sendable {
     }
 
     /// Appends up to `maximum` bytes written by `body` into uninitialised room (what it appends to
-    /// `output` is kept; nothing is zero-filled). A `maximum` of 0 or less gives `body` no room.
+    /// `output` is kept; nothing is zero-filled). A `maximum` of 0 or less gives `body` no room; one
+    /// that cannot be allocated (past ``maximumCapacity``, or more than malloc gives) gives `body` the
+    /// room the buffer has already (possibly none), never a trap: check what was appended.
     public mutating func append<E: Error>(addingCapacity maximum: Int,
                                           initializingWith body: (inout OutputRawSpan) throws(E) -> Void) throws(E) {
-        let room = Swift.max(maximum, 0)
-        if room > 0 { ensureRoom(room) }
+        var room = Swift.max(maximum, 0)
+        if room > 0, !makeRoom(room) {
+            // The room already there, only in storage this buffer alone holds (never shared bytes).
+            room = storage != nil && isKnownUniquelyReferenced(&storage) ? Swift.min(room, capacity - end) : 0
+        }
         guard let storage else {
             var output = OutputRawSpan()
             try body(&output)

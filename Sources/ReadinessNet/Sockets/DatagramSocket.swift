@@ -214,7 +214,7 @@ public final class DatagramSocket {
     /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
     /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
     public func connect(to peer: SocketAddress) throws(SocketError) {
-        guard peer.family == family else {
+        guard peer.family == family, !peer.isEmpty else {
             throw SocketError(.invalidArgument, operation: "connect \(peer): not a \(family.rawValue) address")
         }
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
@@ -268,7 +268,7 @@ public final class DatagramSocket {
 
     @usableFromInline
     func sendImpl(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress?) throws(SocketError) -> IOResult {
-        if let destination, destination.family != family {
+        if let destination, destination.family != family || destination.isEmpty {
             throw SocketError(.invalidArgument, operation: "send to \(destination): not a \(family.rawValue) address")
         }
         let fd = self.fd

@@ -85,11 +85,25 @@ public final class Listener {
     deinit { close() }
 
     /// Registers the listener for readability; while backing off it is deregistered and
-    /// ``resume()`` registers it again with the same token.
+    /// ``resume()`` registers it again with the same token. One poller at a time, as for a stream:
+    /// registering again before ``deregister()`` fails with
+    /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)`` (a second poller would keep watching a
+    /// number `close()` no longer deregisters there).
     public func register(on poller: any Poller, token: Token) throws(PollerError) {
+        if registration != nil { throw .alreadyRegistered(fd) }
         try poller.register(fd, token: token, interest: .readable, trigger: .level)
         registration = (poller, token)
         isRegistered = true
+    }
+
+    /// Stops watching (the back-off's registration included): ``register(on:token:)`` may then be
+    /// called again, on any poller. ``/ReadinessCore/PollerError/notRegistered(_:)`` if it was not
+    /// registered.
+    public func deregister() throws(PollerError) {
+        guard let registration else { throw .notRegistered(fd) }
+        if isRegistered { try registration.poller.deregister(fd) }
+        self.registration = nil
+        isRegistered = false
     }
 
     /// Deregisters (if registered) and closes; a Unix-domain listener removes its path. Later calls do
