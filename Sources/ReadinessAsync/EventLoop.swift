@@ -42,6 +42,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
     /// Set (under `lock`) once the loop thread has closed everything and will touch nothing more.
     private var isFinished = false
+    /// Set (under `lock`) by ``shutdown(gracePeriod:)``: the loop stops accepting and ends within its
+    /// grace period (``AsyncListener/serve(_:)`` then cancels its connections' tasks once it has ended).
+    private var draining = false
     /// The loop's serial executor identity (`asUnownedSerialExecutor()`): jobs enqueued there are
     /// actors' jobs, told apart from the jobs of tasks that prefer the loop as a task executor.
     private let serial: LoopSerialExecutor
@@ -337,6 +340,17 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// closed. Later calls return at once. Callable from any task, on the loop or not.
     public func shutdown() async {
         _ = requestStop()
+        await finished()
+    }
+
+    /// Marks the loop as draining (a graceful shutdown has begun).
+    func beginDraining() { lock.withLock { draining = true } }
+
+    /// Whether a graceful shutdown has begun (``shutdown(gracePeriod:)``).
+    var isDraining: Bool { lock.withLock { draining } }
+
+    /// Returns once the loop has finished (every descriptor closed), without asking it to stop.
+    func finished() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             lock.lock()
             if case .failed = phase { isFinished = true }

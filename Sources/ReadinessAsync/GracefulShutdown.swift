@@ -11,21 +11,27 @@ extension EventLoop {
     /// 2. waits until the loop holds no connected socket (their tasks closed them, or ``serve`` did when
     ///    their handlers returned), at most `gracePeriod`;
     /// 3. ``shutdown()``: whatever is still pending fails with ``LoopError/shutdown`` and every socket
-    ///    left is closed.
+    ///    left is closed; ``AsyncListener/serve(_:)`` then cancels its connections' tasks, so that a
+    ///    handler waiting on something else than this loop (a `Task.sleep`, another loop) ends too.
     ///
     /// Cancelling the calling task ends step 2 at once (a second SIGTERM: "stop now"). A zero or
     /// negative grace period is ``shutdown()`` after step 1; a huge one waits as long as connections
     /// stay open. Returns once the loop has finished.
     public func shutdown(gracePeriod: Duration) async {
         let deadline = Deadline.after(gracePeriod)   // saturates: any Duration
+        beginDraining()
         _ = try? await onLoop { (state) async throws(LoopError) in state.stopAccepting() }
         var pause = Duration.milliseconds(1)
         while !Task.isCancelled, MonotonicClock.nowNanoseconds < deadline {
             guard let connections = try? await onLoop({ (state) async throws(LoopError) -> Int in state.connectionCount }),
                   connections > 0 else { break }
             // The connections' tasks close them; look again soon (1 ms, doubling to 20 ms).
-            let left = Deadline.timeout(until: deadline)
-            do { try await sleep(for: min(pause, left)) } catch { break }
+            let interval = min(pause, Deadline.timeout(until: deadline))
+            do throws(LoopError) { try await sleep(for: interval) } catch {
+                // A loop holding as many resources as it can has no slot for a sleep: the task's clock.
+                guard case .resourceExhausted = error else { break }
+                do { try await Task.sleep(for: interval) } catch { break }
+            }
             pause = min(pause * 2, .milliseconds(20))
         }
         await shutdown()

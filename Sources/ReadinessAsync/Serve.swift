@@ -28,14 +28,24 @@ extension AsyncListener {
         let loop = self.loop
         let failure: LoopError? = await withDiscardingTaskGroup { connections in
             while true {
+                // Cancelled: stop at once, though connections are still queued (accept takes one
+                // before it would wait, so a flood would otherwise keep a cancelled serve going).
+                if Task.isCancelled { return nil }
                 let socket: AsyncSocket
                 do throws(LoopError) {
                     socket = try await listener.accept()
                 } catch {
                     switch error {
+                    case .closed where loop.isDraining:
+                        // A graceful shutdown closed it: the connections finish within the grace
+                        // period; once the loop has ended, the tasks still running (a handler waiting
+                        // on something else than the loop) are cancelled, as a plain shutdown does.
+                        await loop.finished()
+                        connections.cancelAll()
+                        return nil
                     case .closed, .cancelled:
-                        // Closed: a graceful stop, the connections finish. Cancelled: the group's
-                        // tasks are cancelled with it.
+                        // Closed: the connections finish. Cancelled: the group's tasks are
+                        // cancelled with it.
                         return nil
                     case .shutdown:
                         // The loop is gone: a handler waiting on something else (a stream, a sleep

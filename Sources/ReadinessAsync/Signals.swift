@@ -32,7 +32,8 @@ extension EventLoop {
 }
 
 /// Signals as they are delivered to the process (``EventLoop/signals(_:)``).
-public final class SignalSequence: AsyncSequence, Sendable {
+public final class SignalSequence: AsyncSequence, @unchecked Sendable {
+    // Sendable: `backlog` is touched only under `lock`; the rest is immutable.
     /// Each element is one delivery of a watched signal.
     public typealias Element = Signal
     /// Iteration never throws: it ends with nil.
@@ -41,6 +42,11 @@ public final class SignalSequence: AsyncSequence, Sendable {
     /// The loop that waits for them.
     public let loop: EventLoop
     let subscription: SignalSubscription
+    /// Deliveries drained from the pipe and not yet returned: kept by the sequence, not by an
+    /// iterator, so that an iteration that ends early (`break` after the first of two signals) loses
+    /// none; the next iteration returns them first.
+    private var backlog: [Signal] = []
+    private let lock = ConditionLock()
 
     init(loop: EventLoop, subscription: SignalSubscription) {
         self.loop = loop
@@ -62,19 +68,24 @@ public final class SignalSequence: AsyncSequence, Sendable {
     /// An iterator over the deliveries (one task at a time).
     public func makeAsyncIterator() -> Iterator { Iterator(sequence: self) }
 
+    /// The oldest delivery not returned yet: the backlog's, else the pipe's (drained into the backlog).
+    func nextDelivered() -> Signal? {
+        lock.withLock {
+            if backlog.isEmpty { backlog = subscription.drain() }
+            return backlog.isEmpty ? nil : backlog.removeFirst()
+        }
+    }
+
     /// Iterates the deliveries; holds the sequence (and so its pipe) while it exists.
     public struct Iterator: AsyncIteratorProtocol {
         let sequence: SignalSequence
-        var pending: ArraySlice<Signal> = []
 
         /// The next signal; nil once the sequence stopped (finished, the task cancelled, the loop shut
         /// down, or another task iterating it at the same time).
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async -> Signal? {
             let subscription = sequence.subscription
             while true {
-                if let signal = pending.popFirst() { return signal }
-                pending = subscription.drain()[...]
-                if !pending.isEmpty { continue }
+                if let signal = sequence.nextDelivered() { return signal }
                 if subscription.stopped { return nil }
                 do throws(LoopError) {
                     try await sequence.loop.readable(subscription.descriptor)
@@ -84,8 +95,7 @@ public final class SignalSequence: AsyncSequence, Sendable {
                     if case .busy = error { return nil }
                     // Cancelled, shut down, or the poller failed: watching ends for this sequence.
                     subscription.stop()
-                    pending = subscription.drain()[...]
-                    return pending.popFirst()
+                    return sequence.nextDelivered()
                 }
             }
         }

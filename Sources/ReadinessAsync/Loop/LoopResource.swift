@@ -27,6 +27,10 @@ struct WaitSlot {
     /// Resumed since the last event: the next event with nobody waiting keeps the interest once (the
     /// resumed task has probably not read yet), the one after drops it.
     var lingering = false
+    /// An operation of this direction is running (waiting, or resumed and not yet run again): a
+    /// second one is ``LoopError/busy`` for the whole of the first, not only while it waits
+    /// (`LoopState.claim`).
+    var inUse = false
     var isWaiting: Bool { continuation != nil }
 }
 

@@ -182,10 +182,10 @@ final class LoopState {
         do { return try body(socket) } catch { throw .socket(error) }
     }
 
-    /// After the escape hatch (`withStreamSocket`), which may have closed, released, deregistered or
-    /// re-registered the socket behind the loop's back: the loop's record of the registration is made
-    /// true again, so that no wait trusts a registration that is gone.
-    private func reconcile(_ stream: StreamResource, _ socket: StreamSocket) {
+    /// After the escape hatch (`withStreamSocket`, `withDatagramSocket`), which may have closed,
+    /// released, deregistered or re-registered the socket behind the loop's back: the loop's record of
+    /// the registration is made true again, so that no wait trusts a registration that is gone.
+    private func reconcile(_ stream: any LoopResource, _ socket: some HatchSocket) {
         guard slab.contains(stream) else { return }
         if socket.isClosed {
             close(stream, reason: .closed)   // closed or released by the body: the loop forgets it
@@ -219,30 +219,63 @@ final class LoopState {
 
     // MARK: The async operations (each runs on the loop thread; `EventLoop.onLoop` took it there)
 
+    /// Marks `direction` of resource `id` in use for one operation (whatever the driver), or throws
+    /// ``LoopError/busy`` if an operation of that direction runs: between the event that resumes a
+    /// waiting write and the write's next attempt, a second writer would otherwise find no waiter and
+    /// put its bytes in the middle of the first's. Ended by ``release(_:_:)`` (a `defer`).
+    func claim(_ id: UInt64, _ direction: Direction) throws(LoopError) {
+        let resource = try resource(id)
+        if direction == .read {
+            if resource.record.read.inUse { throw .busy }
+            resource.record.read.inUse = true
+        } else {
+            if resource.record.write.inUse { throw .busy }
+            resource.record.write.inUse = true
+        }
+    }
+
+    /// Ends ``claim(_:_:)`` (nothing if the resource is gone).
+    func release(_ id: UInt64, _ direction: Direction) {
+        guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return }
+        if direction == .read { resource.record.read.inUse = false } else { resource.record.write.inUse = false }
+    }
+
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
-        try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
+        try claim(id, direction)
+        defer { release(id, direction) }
+        return try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
     }
 
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
-        try await driver.readCopying(id, maximum: maximum, deadline: deadline, on: self, take)
+        try claim(id, .read)
+        defer { release(id, .read) }
+        return try await driver.readCopying(id, maximum: maximum, deadline: deadline, on: self, take)
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {
-        try await driver.read(id, into: buffer, deadline: deadline, on: self)
+        try claim(id, .read)
+        defer { release(id, .read) }
+        return try await driver.read(id, into: buffer, deadline: deadline, on: self)
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?) async throws(LoopError) {
+        try claim(id, .write)
+        defer { release(id, .write) }
         try await driver.write(id, buffer, deadline: deadline, on: self)
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?) async throws(LoopError) {
+        try claim(id, .write)
+        defer { release(id, .write) }
         try await driver.write(id, vectored: buffers, deadline: deadline, on: self)
     }
 
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress) {
-        try await driver.accept(id, deadline: deadline, on: self)
+        try claim(id, .read)
+        defer { release(id, .read) }
+        return try await driver.accept(id, deadline: deadline, on: self)
     }
 
     nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress?) {
@@ -287,13 +320,28 @@ final class LoopState {
 
     func withDatagram<T>(_ id: UInt64, _ body: (DatagramSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let datagram = try datagram(id)
-        // Closed or released by the body: the loop forgets it (its waiters end with .closed).
-        defer { if datagram.socket.isClosed { close(datagram, reason: .closed) } }
+        // Closed or released by the body: the loop forgets it (its waiters end with .closed); a
+        // registration changed behind the loop's back is made right, as for a stream.
+        defer { reconcile(datagram, datagram.socket) }
         do { return try body(datagram.socket) } catch { throw .socket(error) }
     }
 
     nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                              _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
-        try await driver.datagram(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
+        try claim(id, direction)
+        defer { release(id, direction) }
+        return try await driver.datagram(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
     }
 }
+
+/// What the escape hatches lend (``StreamSocket``, ``DatagramSocket``): what `reconcile` looks at.
+protocol HatchSocket: AnyObject {
+    var isClosed: Bool { get }
+    var fd: CInt { get }
+    var poller: (any Poller)? { get }
+    var registration: (token: Token, interest: Interest, trigger: Trigger)? { get }
+    func deregister() throws(PollerError)
+}
+
+extension StreamSocket: HatchSocket {}
+extension DatagramSocket: HatchSocket {}

@@ -67,6 +67,7 @@ extension LoopState {
             }
         }
         var slot = WaitSlot(continuation: continuation, operation: operation)
+        slot.inUse = resource.record[direction].inUse   // the operation waiting is still running
         if let deadline {
             slot.timer = timers.schedule(at: deadline, token: resource.key.token(direction.deadline))
         }
@@ -80,6 +81,7 @@ extension LoopState {
         if let timer = slot.timer { timers.cancel(timer) }
         var cleared = WaitSlot()
         if case .ready = outcome { cleared.lingering = true }
+        cleared.inUse = slot.inUse   // resumed, its operation runs on until it returns
         resource.record[direction] = cleared
         continuation.resume(returning: outcome)
     }

@@ -1,0 +1,130 @@
+import Glibc
+import Readiness
+import Synchronization
+import Testing
+
+/// What an outside review of the async layer found, each on every backend: a second writer slipping
+/// into a first writer's message, a graceful shutdown whose serve waited for ever on a handler that
+/// waits elsewhere, the datagram escape hatch's registration left wrong, and signals lost by an
+/// iteration that ended early.
+@Suite("Async hardening (review)", .serialized)
+struct AsyncHardeningTests {
+    @Test("two writers on one socket: the second is busy for the whole of the first's write, never in the middle of its bytes",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func writersNeverInterleave(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let message = 4 << 20
+            // The reader drains everything until the end of the stream, so the long write suspends
+            // and resumes many times meanwhile.
+            let reader = Task(executorPreference: loop) { () async throws -> [UInt8] in
+                var got = Bytes()
+                while try await server.read(into: &got, maximum: 65_536, timeout: .seconds(20)) > 0 {}
+                return Array(got)
+            }
+            let long = Task(executorPreference: loop) { () async throws in
+                try await client.write([UInt8](repeating: 0xAA, count: message), timeout: .seconds(20))
+            }
+            let busy = Atomic<Int>(0)
+            let shorts = Task(executorPreference: loop) { () async -> Int in
+                var written = 0
+                for _ in 0..<20_000 {
+                    do throws(LoopError) {
+                        try await client.write([0xBB], timeout: .seconds(20))
+                        written += 1
+                    } catch {
+                        if case .busy = error { busy.add(1, ordering: .relaxed) }
+                    }
+                    await Task.yield()
+                }
+                return written
+            }
+            try await long.value
+            let written = await shorts.value
+            await client.close()
+            let got = try await reader.value
+            #expect(got.count == message + written)
+            // Every 0xAA of the long write is in one run: no 0xBB inside it.
+            if let first = got.firstIndex(of: 0xAA), let last = got.lastIndex(of: 0xAA) {
+                let inside = got[first...last].indices.filter { got[$0] != 0xAA }
+                #expect(last - first + 1 == message, "a short write landed inside the long one (\(busy.load(ordering: .relaxed)) busy) at \(inside.prefix(5)) of \(first)...\(last), written \(written)")
+            }
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    @Test("graceful shutdown: serve returns though a handler waits on something else than the loop (its task is cancelled once the loop has ended)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func gracefulServeEnds(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let entered = Atomic<Int>(0), cancelled = Atomic<Int>(0)
+        let server = Task {
+            try await listener.serve { _ in
+                entered.add(1, ordering: .relaxed)
+                do { try await Task.sleep(for: .seconds(3600)) } catch { cancelled.add(1, ordering: .relaxed) }
+            }
+        }
+        // A plain blocking client (loopback connects complete at once).
+        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        #expect(listener.address.withSockaddr { Glibc.connect(client, $0, $1) } == 0)
+        defer { close(client) }
+        while entered.load(ordering: .relaxed) == 0 { usleep(1000) }
+        await loop.shutdown(gracePeriod: .milliseconds(100))
+        // serve must return; a watchdog turns a hang into a failure (and ends it by cancelling).
+        let ended = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { _ = await server.result; return true }
+            group.addTask { try? await Task.sleep(for: .seconds(10)); return false }
+            let first = await group.next()!
+            server.cancel()
+            group.cancelAll()
+            return first
+        }
+        #expect(ended, "serve did not return after the graceful shutdown")
+        #expect(cancelled.load(ordering: .relaxed) == 1)
+    }
+
+    @Test("withDatagramSocket that deregisters behind the loop's back: a waiting receive still gets its datagram",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramHatchReconciled(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let receiver = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let sender = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let waiting = Task(executorPreference: loop) { () async throws -> Int in
+                try await receiver.receive(timeout: .seconds(5)).bytes.count
+            }
+            // Let the receive register and wait.
+            try await loop.sleep(for: .milliseconds(50))
+            try await receiver.withDatagramSocket { (socket) throws(SocketError) in try? socket.deregister() }
+            try await sender.send([1, 2, 3], to: receiver.localAddress!)
+            #expect(try await waiting.value == 3)
+            await receiver.close()
+            await sender.close()
+        }
+    }
+
+    @Test("signals: an iteration that ends after the first of two deliveries leaves the second to the next iteration",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func signalsSurviveBreak(backend: Backend) async throws {
+        var saved1 = sigaction(), saved2 = sigaction()
+        sigaction(SIGUSR1, nil, &saved1)
+        sigaction(SIGUSR2, nil, &saved2)
+        defer { sigaction(SIGUSR1, &saved1, nil); sigaction(SIGUSR2, &saved2, nil) }
+        try await withLoop(backend) { loop in
+            let signals = try loop.signals([.user1, .user2])
+            SignalTests.send(SIGUSR1)
+            SignalTests.send(SIGUSR2)
+            try await loop.sleep(for: .milliseconds(50))   // both delivered (to another thread) by now
+            var first: Signal?
+            for await signal in signals { first = signal; break }
+            // Without the fix the second iteration would wait for ever: finish() ends it after 2 s.
+            let stopper = Task { try? await Task.sleep(for: .seconds(2)); signals.finish() }
+            var second: Signal?
+            for await signal in signals { second = signal; break }
+            stopper.cancel()
+            #expect(Set([first, second].compactMap { $0 }) == [.user1, .user2])
+            signals.finish()
+        }
+    }
+}
