@@ -1,0 +1,156 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIOUring
+@_spi(Backend) import ReadinessCore
+
+/// Completion I/O on the poller's own ring (``/ReadinessCore/CompletionRing``): receive, send,
+/// sendmsg, accept and cancel requests queued with the poll requests and submitted by the same
+/// `io_uring_enter` as the wait; their completions are told from the polls' by the top bits of
+/// `user_data` (``IOUringSeam/operationBit``) and kept until the loop takes them.
+extension IOUringSeam {
+    /// Provided buffers (one group): how many, and how large each is. 32 × 32 KiB: 1 MiB of address
+    /// space, resident only where data was received.
+    static let providedBufferCount: UInt32 = 32
+    static let providedBufferBytes: UInt32 = 32 * 1024
+    /// The provided-buffer group's number.
+    static let providedBufferGroup: UInt16 = 1
+
+    /// See ``/ReadinessCore/CompletionRing/providedBufferSize``.
+    public var providedBufferSize: Int { Int(Self.providedBufferBytes) }
+
+    /// Which features the ring has: provided buffers unless the kernel refused their registration.
+    public var completionFeatures: CompletionFeatures { buffersRefused ? [] : .providedBuffers }
+
+    @inline(__always)
+    private static func operationData(_ tag: UInt64) -> UInt64 { operationBit | (tag & ~(operationBit | operationCancelBit)) }
+
+    private func queued(_ operation: String, _ call: () -> CInt) throws(PollerError) {
+        try owned(operation, call)
+        operationsInFlight += 1
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/receive(_:into:tag:)``.
+    public func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
+        let length = UInt32(clamping: buffer.count)
+        try queued("io_uring_enter(RECV)") { rd_uring_prep_recv(ring, fd, buffer.baseAddress, length, Self.operationData(tag), -1) }
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/receiveProvided(_:maximum:tag:)``. Registers the buffers
+    /// first if none are; fails with `unsupported` when the kernel refuses them.
+    public func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
+        if providedBuffers == nil { try registerProvidedBuffers() }
+        let length = UInt32(clamping: Swift.min(maximum, Int(Self.providedBufferBytes)))
+        try queued("io_uring_enter(RECV)") {
+            rd_uring_prep_recv(ring, fd, nil, length, Self.operationData(tag), CInt(Self.providedBufferGroup))
+        }
+    }
+
+    private func registerProvidedBuffers() throws(PollerError) {
+        if buffersRefused { throw .system(operation: "io_uring_register(PBUF_RING)", errno: EINVAL) }
+        var made: OpaquePointer?
+        let status = rd_uring_buffers_register(ring, Self.providedBufferGroup, Self.providedBufferCount,
+                                               Self.providedBufferBytes, &made)
+        guard status == 0, let made else {
+            if status == -EINVAL || status == -ENOSYS || status == -EOPNOTSUPP { buffersRefused = true }
+            throw .failed("io_uring_register(PBUF_RING)", errno: -status)
+        }
+        providedBuffers = made
+    }
+
+    func freeProvidedBuffers() {
+        rd_uring_buffers_free(nil, providedBuffers)
+        providedBuffers = nil
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/send(_:_:tag:)``.
+    public func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) {
+        let length = UInt32(clamping: buffer.count)
+        try queued("io_uring_enter(SEND)") { rd_uring_prep_send(ring, fd, buffer.baseAddress, length, Self.operationData(tag)) }
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/sendMessage(_:_:tag:)``.
+    public func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
+        try queued("io_uring_enter(SENDMSG)") { rd_uring_prep_sendmsg(ring, fd, message, Self.operationData(tag)) }
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/accept(_:tag:)``.
+    public func accept(_ fd: CInt, tag: UInt64) throws(PollerError) {
+        try queued("io_uring_enter(ACCEPT)") { rd_uring_prep_accept(ring, fd, Self.operationData(tag)) }
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/cancel(tag:)``.
+    public func cancel(tag: UInt64) throws(PollerError) {
+        let target = Self.operationData(tag)
+        try owned("io_uring_enter(ASYNC_CANCEL)") { rd_uring_prep_cancel(ring, target, target | Self.operationCancelBit) }
+        try submitNow()
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/submitNow()``.
+    public func submitNow() throws(PollerError) {
+        try owned("io_uring_enter(submit)") { rd_uring_submit(ring) }
+    }
+
+    /// An operation's completion (or its cancel's, dropped), kept for ``takeCompletions(_:)``.
+    func completeOperation(_ data: UInt64, _ result: Int32, _ flags: UInt32) {
+        if data & Self.operationCancelBit != 0 { return }
+        if flags & rd_uring_CQE_F_MORE == 0 { operationsInFlight -= 1 }
+        let buffer: UInt16? = flags & rd_uring_CQE_F_BUFFER != 0 ? UInt16(truncatingIfNeeded: flags >> rd_uring_CQE_BUFFER_SHIFT) : nil
+        operationCompletions.append(OperationCompletion(tag: data & ~Self.operationBit, result: result, bufferID: buffer))
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/takeCompletions(_:)``.
+    public func takeCompletions(_ body: (OperationCompletion) -> Void) {
+        guard !operationCompletions.isEmpty else { return }
+        for completion in operationCompletions { body(completion) }
+        operationCompletions.removeAll(keepingCapacity: true)
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/providedBuffer(_:)``.
+    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer {
+        rd_uring_buffers_address(providedBuffers, id)
+    }
+
+    /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``.
+    public func giveBack(_ id: UInt16) {
+        guard let providedBuffers else { return }
+        rd_uring_buffers_give_back(providedBuffers, id)
+    }
+}
+
+/// The io_uring poller completes operations too (the async layer's completion driver).
+@_spi(Backend)
+extension IOUringPoller: CompletionRing {
+    /// See ``/ReadinessCore/CompletionRing/completionFeatures``.
+    public var completionFeatures: CompletionFeatures { seam.completionFeatures }
+    /// See ``/ReadinessCore/CompletionRing/providedBufferSize``.
+    public var providedBufferSize: Int { seam.providedBufferSize }
+    /// See ``/ReadinessCore/CompletionRing/receive(_:into:tag:)``.
+    public func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
+        try seam.receive(fd, into: buffer, tag: tag)
+    }
+    /// See ``/ReadinessCore/CompletionRing/receiveProvided(_:maximum:tag:)``.
+    public func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
+        try seam.receiveProvided(fd, maximum: maximum, tag: tag)
+    }
+    /// See ``/ReadinessCore/CompletionRing/send(_:_:tag:)``.
+    public func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) {
+        try seam.send(fd, buffer, tag: tag)
+    }
+    /// See ``/ReadinessCore/CompletionRing/sendMessage(_:_:tag:)``.
+    public func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
+        try seam.sendMessage(fd, message, tag: tag)
+    }
+    /// See ``/ReadinessCore/CompletionRing/accept(_:tag:)``.
+    public func accept(_ fd: CInt, tag: UInt64) throws(PollerError) { try seam.accept(fd, tag: tag) }
+    /// See ``/ReadinessCore/CompletionRing/cancel(tag:)``.
+    public func cancel(tag: UInt64) throws(PollerError) { try seam.cancel(tag: tag) }
+    /// See ``/ReadinessCore/CompletionRing/submitNow()``.
+    public func submitNow() throws(PollerError) { try seam.submitNow() }
+    /// See ``/ReadinessCore/CompletionRing/takeCompletions(_:)``.
+    public func takeCompletions(_ body: (OperationCompletion) -> Void) { seam.takeCompletions(body) }
+    /// See ``/ReadinessCore/CompletionRing/providedBuffer(_:)``.
+    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer { seam.providedBuffer(id) }
+    /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``.
+    public func giveBack(_ id: UInt16) { seam.giveBack(id) }
+}
