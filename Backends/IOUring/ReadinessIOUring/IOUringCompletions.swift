@@ -9,10 +9,13 @@ import CIOUring
 /// `io_uring_enter` as the wait; their completions are told from the polls' by the top bits of
 /// `user_data` (``IOUringSeam/operationBit``) and kept until the loop takes them.
 extension IOUringSeam {
-    /// Provided buffers (one group): how many, and how large each is. 32 × 32 KiB: 1 MiB of address
-    /// space, resident only where data was received.
-    static let providedBufferCount: UInt32 = 32
-    static let providedBufferBytes: UInt32 = 32 * 1024
+    /// Provided buffers (one group): how many, and how large each is. 256 × 4 KiB: 1 MiB of address
+    /// space (as the readiness driver's scratch buffer), resident only where data was received. Many
+    /// small buffers rather than a few large ones: every connection whose data arrives in one batch of
+    /// completions takes one before the loop gives any back, and a receive finding none fails with
+    /// ENOBUFS (the driver then reads by readiness). A larger read tops up with recv(2).
+    static let providedBufferCount: UInt32 = 256
+    static let providedBufferBytes: UInt32 = 4 * 1024
     /// The provided-buffer group's number.
     static let providedBufferGroup: UInt16 = 1
 

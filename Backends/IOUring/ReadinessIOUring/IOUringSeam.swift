@@ -415,8 +415,8 @@ public final class IOUringSeam: BackendSeam {
         }
         if !pending.isEmpty { deliverPending(&table, events) }
         // Operation completions are no registration's event: a wait that reaped only those still
-        // returns (a waker event), so that the loop takes them.
-        if events.isEmpty, !operationCompletions.isEmpty { waker.report(into: events) }
+        // returns (a waker event, without reading the eventfd: nobody woke it), so that the loop takes them.
+        if events.isEmpty, !operationCompletions.isEmpty { _ = events.append(Event(token: .waker, ready: .readable)) }
         if events.isEmpty, drained == 0, status == -EINTR { return .interrupted }
         return .events(events.count)
     }
