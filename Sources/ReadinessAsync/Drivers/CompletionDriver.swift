@@ -49,6 +49,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     private let readiness = ReadinessDriver()
     /// Operations in the kernel (submitted, last completion not yet taken).
     private(set) var inFlight = 0
+    /// Operations that went to the readiness driver's path, and operations completed (``IODriverInfo``).
+    private(set) var fallbacks = 0
+    private(set) var completed = 0
 
     init(ring: any CompletionRing) {
         self.ring = ring
@@ -66,6 +69,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             guard let pointer = UnsafeRawPointer(bitPattern: UInt(completion.tag)) else { return }
             let op = Unmanaged<CompletionOperation>.fromOpaque(pointer).takeRetainedValue()
             inFlight -= 1
+            completed += 1
             op.result = completion.result
             op.bufferID = completion.bufferID
             guard let continuation = op.continuation else { return }
@@ -136,7 +140,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
         // A cancelled task still takes data that is there (the readiness driver tries first).
-        if Task.isCancelled || buffer.isEmpty { return try await readiness.read(id, into: buffer, deadline: deadline, on: loop) }
+        if Task.isCancelled || buffer.isEmpty {
+            fallbacks += 1
+            return try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+        }
         let op = CompletionOperation()
         let fd = socket.fd
         try await run(op, stream, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
@@ -155,7 +162,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     nonisolated(nonsending) private func retryOrFail<T>(_ result: Int32, operation: String,
                                                          _ fallback: () async throws(LoopError) -> T) async throws(LoopError) -> T {
         let code = -result
-        if code == EAGAIN || code == ENOBUFS || code == EINTR { return try await fallback() }
+        if code == EAGAIN || code == ENOBUFS || code == EINTR {
+            fallbacks += 1
+            return try await fallback()
+        }
         if code == ECANCELED { throw .cancelled }
         throw .socket(SocketError(errno: code, operation: operation))
     }
@@ -165,6 +175,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
         if Task.isCancelled || !ring.completionFeatures.contains(.providedBuffers) {
+            fallbacks += 1
             return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
         }
         let op = CompletionOperation()
@@ -176,6 +187,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             }
         } catch .poller(let error) where !ring.completionFeatures.contains(.providedBuffers) {
             _ = error   // the kernel refused the provided buffers: the readiness path from now on
+            fallbacks += 1
             return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
         }
         let result = op.result
@@ -296,7 +308,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if listener.record.read.isWaiting { throw .busy }
             // A cancelled task still takes a queued connection; a listener out of descriptors backs off
             // (both as the readiness driver does them).
-            if Task.isCancelled || listener.isBackingOff { return try await readiness.accept(id, deadline: deadline, on: loop) }
+            if Task.isCancelled || listener.isBackingOff {
+                fallbacks += 1
+                return try await readiness.accept(id, deadline: deadline, on: loop)
+            }
             try loop.checkRoom()
             let op = CompletionOperation()
             let fd = listener.listener.fd
@@ -325,6 +340,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if -result == ECANCELED { throw .cancelled }
             // Any other error (out of descriptors, a client that went away, EAGAIN): the readiness
             // driver's accept, which retries, backs off or reports it as it always does.
+            fallbacks += 1
             return try await readiness.accept(id, deadline: deadline, on: loop)
         }
     }

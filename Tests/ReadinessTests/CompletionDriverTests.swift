@@ -1,0 +1,123 @@
+import Glibc
+import Readiness
+import Testing
+
+/// What the io_uring completion driver (Sources/ReadinessAsync/Drivers/CompletionDriver.swift) must
+/// keep: an operation given up ends in the kernel before its task resumes, closing a socket with a
+/// pending read lets go of its file, provided buffers come back. The behaviour is every driver's, so
+/// the first two run on every backend; on io_uring they run the completion driver.
+@Suite("Async completion driver", .serialized)
+struct AsyncCompletionDriverTests {
+    enum GiveUp: String, CaseIterable, Sendable { case deadline, cancellation }
+
+    /// How long a read waits before it is given up, and how long the test then leaves the kernel to
+    /// write into a buffer it should no longer hold.
+    static let pause: Duration = .milliseconds(50)
+    static let sentinel: UInt8 = 0xAA
+    static let payload = [UInt8](repeating: 0x11, count: 16)
+
+    @Test("a read into the caller's buffer given up (deadline, cancellation) never writes it afterwards, and the data stays for the next read",
+          .timeLimit(.minutes(1)), arguments: backends, GiveUp.allCases)
+    func givenUpReadLeavesBuffer(backend: Backend, giveUp: GiveUp) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, a, b) = try await connectedPair(loop)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+            defer { buffer.deallocate() }
+            buffer.initializeMemory(as: UInt8.self, repeating: Self.sentinel)
+            nonisolated(unsafe) let shared = buffer
+            let timeout: Duration? = giveUp == .deadline ? Self.pause : nil
+            let reader = Task { () async -> LoopError? in
+                do throws(LoopError) { _ = try await a.read(into: shared, timeout: timeout) } catch { return error }
+                return nil
+            }
+            if giveUp == .cancellation {
+                try await loop.sleep(for: Self.pause)
+                reader.cancel()
+            }
+            let error = await reader.value
+            #expect(error == (giveUp == .deadline ? .timedOut : .cancelled))
+            try await b.write(Self.payload)
+            try await loop.sleep(for: Self.pause)
+            #expect(buffer.allSatisfy { $0 == Self.sentinel }, "the given-up read wrote the buffer after it returned")
+            let again = try await a.read(upTo: 64, timeout: .seconds(5))
+            #expect(again == Self.payload)
+            #expect(try await loop.ioDriver().operationsInKernel == 0)
+            await a.close()
+            await b.close()
+            await listener.close()
+        }
+    }
+
+    enum ReadForm: String, CaseIterable, Sendable { case callerBuffer, copying }
+
+    @Test("closing a socket whose read is pending ends the read with .closed and releases its file: the peer sees the end of the stream",
+          .timeLimit(.minutes(1)), arguments: backends, ReadForm.allCases)
+    func closeWithPendingRead(backend: Backend, form: ReadForm) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, a, b) = try await connectedPair(loop)
+            let reader = Task { () async -> LoopError? in
+                do throws(LoopError) {
+                    switch form {
+                    case .callerBuffer: _ = try await readOnce(a)
+                    case .copying: _ = try await a.read(upTo: 64)
+                    }
+                } catch { return error }
+                return nil
+            }
+            try await loop.sleep(for: Self.pause)   // the read is pending (in the kernel on io_uring)
+            await a.close()
+            #expect(await reader.value == .closed)
+            // The file is gone, not only the number: the peer reads the end of the stream at once.
+            let bytes = try await b.read(upTo: 64, timeout: .seconds(2))
+            #expect(bytes.isEmpty)
+            #expect(try await loop.ioDriver().operationsInKernel == 0)
+            await b.close()
+            await listener.close()
+        }
+    }
+
+    @Test("io_uring loops use the completion driver; READINESS_IO_DRIVER=readiness keeps the readiness driver")
+    func driverChoice() async throws {
+        guard IOUringTests.usable else { return }
+        let completion = try EventLoop(backend: .ioUring)
+        #expect(try await completion.ioDriver().kind == .completion)
+        await completion.shutdown()
+        setenv("READINESS_IO_DRIVER", "readiness", 1)
+        let readiness = try EventLoop(backend: .ioUring)
+        unsetenv("READINESS_IO_DRIVER")
+        #expect(try await readiness.ioDriver().kind == .readiness)
+        await readiness.shutdown()
+        if let other = backends.first(where: { $0 != .ioUring }) {
+            let loop = try EventLoop(backend: other)
+            #expect(try await loop.ioDriver().kind == .readiness)
+            await loop.shutdown()
+        }
+    }
+
+    /// More reads than the ring has provided buffers (256): each is given back after its bytes were
+    /// copied, or the later reads would find none (ENOBUFS) and fall back to readiness.
+    @Test("every provided buffer is given back: a thousand copying reads, no fallback, nothing left in the kernel",
+          .timeLimit(.minutes(1)))
+    func providedBuffersReturned() async throws {
+        guard IOUringTests.usable else { return }
+        let rounds = 1_000
+        try await withLoop(.ioUring) { loop in
+            let (listener, a, b) = try await connectedPair(loop)
+            let before = try await loop.ioDriver()
+            for round in 0..<rounds {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 100)
+                async let echoed = a.read(upTo: message.count, timeout: .seconds(5))
+                try await b.write(message)
+                #expect(try await echoed == message)
+            }
+            let after = try await loop.ioDriver()
+            #expect(after.kind == .completion)
+            #expect(after.readinessFallbacks == before.readinessFallbacks, "reads fell back to readiness: a provided buffer was not given back")
+            #expect(after.completed - before.completed >= rounds)
+            #expect(after.operationsInKernel == 0)
+            await a.close()
+            await b.close()
+            await listener.close()
+        }
+    }
+}
