@@ -170,14 +170,25 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         throw .socket(SocketError(errno: code, operation: operation))
     }
 
+    /// Kept small, as every idle connection's task is suspended in it: the submission and the wait
+    /// are one call (`receiveProvided`), taking the bytes is a synchronous one (`takeProvided`), and the
+    /// readiness path another (`readinessCopying`), none inlined (Docs/Async.md, "Memory per idle connection").
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        if let op = try await receiveProvided(id, maximum: maximum, deadline: deadline, on: loop) {
+            if let taken = try takeProvided(op, id, maximum: maximum, on: loop, take) { return taken }
+        }
+        return try await readinessCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
+    }
+
+    /// Submits a receive into a provided buffer and waits for its completion; nil: the readiness path
+    /// instead (a cancelled task, which still takes ready data; no provided buffers).
+    @inline(never)
+    nonisolated(nonsending) private func receiveProvided(_ id: UInt64, maximum: Int, deadline: Int64?,
+                                                         on loop: LoopState) async throws(LoopError) -> CompletionOperation? {
         let (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
-        if Task.isCancelled || !ring.completionFeatures.contains(.providedBuffers) {
-            fallbacks += 1
-            return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
-        }
+        if Task.isCancelled || !ring.completionFeatures.contains(.providedBuffers) { return nil }
         let op = CompletionOperation()
         let fd = socket.fd
         let room = Swift.max(maximum, 1)
@@ -187,29 +198,46 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             }
         } catch .poller(let error) where !ring.completionFeatures.contains(.providedBuffers) {
             _ = error   // the kernel refused the provided buffers: the readiness path from now on
-            fallbacks += 1
-            return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
+            return nil
         }
+        return op
+    }
+
+    /// The completed receive: its bytes handed to `take` and its buffer given back, its error thrown,
+    /// or nil when the readiness path is to read instead (no provided buffer was free, EAGAIN).
+    @inline(never)
+    private func takeProvided<T>(_ op: CompletionOperation, _ id: UInt64, maximum: Int, on loop: LoopState,
+                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         let result = op.result
-        if result >= 0 {
-            let buffer = op.bufferID
-            defer { if let buffer { ring.giveBack(buffer) } }
-            if !Self.keeps(op.failure) { throw op.failure! }
-            guard result > 0, let buffer else {
-                do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }
+        guard result >= 0 else {
+            if let failure = op.failure { throw failure }
+            let code = -result
+            if code == EAGAIN || code == ENOBUFS || code == EINTR { return nil }
+            if code == ECANCELED { throw .cancelled }
+            throw .socket(SocketError(errno: code, operation: "read"))
+        }
+        let buffer = op.bufferID
+        defer { if let buffer { ring.giveBack(buffer) } }
+        if !Self.keeps(op.failure) { throw op.failure! }
+        guard result > 0, let buffer else {
+            do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }
+        }
+        let bytes = UnsafeRawBufferPointer(start: ring.providedBuffer(buffer), count: Int(result))
+        let room = Swift.max(maximum, 1)
+        do {
+            if Int(result) < room, Int(result) == ring.providedBufferSize, let socket = try? loop.stream(id).1 {
+                return try Self.topUp(bytes, socket: socket, maximum: room, loop: loop, take)
             }
-            let bytes = UnsafeRawBufferPointer(start: ring.providedBuffer(buffer), count: Int(result))
-            do {
-                if Int(result) < room, Int(result) == ring.providedBufferSize {
-                    return try Self.topUp(bytes, socket: socket, maximum: room, loop: loop, take)
-                }
-                return try take(bytes)
-            } catch { throw .socket(error) }
-        }
-        if let failure = op.failure { throw failure }
-        return try await retryOrFail(result, operation: "read") { () async throws(LoopError) -> T in
-            try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
-        }
+            return try take(bytes)
+        } catch { throw .socket(error) }
+    }
+
+    /// The readiness driver's copying read, counted as a fallback.
+    @inline(never)
+    nonisolated(nonsending) private func readinessCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
+                                                             _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        fallbacks += 1
+        return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
     }
 
     /// A provided buffer came back full and the caller asked for more: as one recv(2) of `maximum`
