@@ -35,9 +35,13 @@ public protocol CompletionRing: AnyObject {
     func submitNow() throws(PollerError)
     /// Hands every operation completion the last waits reaped to `body`, oldest first, and forgets them.
     func takeCompletions(_ body: (OperationCompletion) -> Void)
-    /// The provided buffer `id` (``OperationCompletion/bufferID``): valid until ``giveBack(_:)``.
-    func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer
-    /// Gives provided buffer `id` back to the kernel.
+    /// Where provided buffer `id` starts (``OperationCompletion/bufferID``; a completion's bytes are
+    /// at ``OperationCompletion/bufferOffset`` from there): valid until ``giveBack(_:)``, nil once the
+    /// ring is closed.
+    func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer?
+    /// Gives back the part of provided buffer `id` one completion used (once per completion that
+    /// named it): the buffer goes back to the kernel when the kernel is done with it and every part
+    /// was given back.
     func giveBack(_ id: UInt16)
 }
 
@@ -68,10 +72,16 @@ public struct OperationCompletion: Sendable {
     public var result: Int32
     /// The provided buffer the data went to, if any (give it back with ``CompletionRing/giveBack(_:)``).
     public var bufferID: UInt16?
+    /// Where in that buffer the data starts (buffers consumed incrementally hold several receives).
+    public var bufferOffset: Int
+    /// The receive ended at its buffer's end: it may have been cut short, more may be waiting.
+    public var filledBuffer: Bool
     /// A completion with its parts.
-    public init(tag: UInt64, result: Int32, bufferID: UInt16?) {
+    public init(tag: UInt64, result: Int32, bufferID: UInt16?, bufferOffset: Int = 0, filledBuffer: Bool = false) {
         self.tag = tag
         self.result = result
         self.bufferID = bufferID
+        self.bufferOffset = bufferOffset
+        self.filledBuffer = filledBuffer
     }
 }

@@ -16,7 +16,14 @@
 const uint32_t rd_uring_POLLIN = POLLIN, rd_uring_POLLOUT = POLLOUT, rd_uring_POLLRDHUP = POLLRDHUP,
     rd_uring_POLLHUP = POLLHUP, rd_uring_POLLERR = POLLERR, rd_uring_POLLNVAL = POLLNVAL;
 const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
 const uint32_t rd_uring_CQE_F_BUFFER = IORING_CQE_F_BUFFER, rd_uring_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
+const uint32_t rd_uring_CQE_F_BUF_MORE = IORING_CQE_F_BUF_MORE;
 
 // Flags that older kernel headers lack, by their kernel values.
 #ifndef IORING_SETUP_SUBMIT_ALL
@@ -404,7 +411,7 @@ struct rd_uring_buffers {
     uint16_t group, tail;
 };
 
-int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count, uint32_t size,
+int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count, uint32_t size, int incremental,
                               struct rd_uring_buffers **out) {
     *out = NULL;
     if (count == 0 || (count & (count - 1)) != 0 || count > 32768) return -EINVAL;
@@ -436,6 +443,7 @@ int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count
     reg.ring_addr = (uint64_t)(uintptr_t)ring;
     reg.ring_entries = count;
     reg.bgid = group;
+    reg.pad = incremental ? IOU_PBUF_RING_INC : 0;  // `flags` in newer headers
     if (e == 0 && syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) != 0) e = -errno;
     if (e < 0) {
         munmap(memory, b->memory_size);

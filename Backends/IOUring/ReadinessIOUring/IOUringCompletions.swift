@@ -4,23 +4,31 @@ import Glibc
 import CIOUring
 @_spi(Backend) import ReadinessCore
 
+/// How the provided buffers are laid out: 1 MiB of address space either way (as the readiness
+/// driver's scratch buffer), resident only where data was received.
+struct ProvidedBufferLayout {
+    let count: UInt32
+    let size: UInt32
+    let incremental: Bool
+    /// Where the kernel has IOU_PBUF_RING_INC (Linux 6.12): 16 × 64 KiB, each consumed a receive at a
+    /// time, so a small read takes only its bytes of a buffer and a large one fits whole.
+    static let incremental = ProvidedBufferLayout(count: 16, size: 64 * 1024, incremental: true)
+    /// Otherwise 256 × 4 KiB, one receive each: many small ones, as every connection whose data arrives
+    /// in one batch of completions takes one before the loop gives any back (a receive finding none
+    /// fails with ENOBUFS, and the driver reads by readiness). A larger read tops up with recv(2).
+    static let small = ProvidedBufferLayout(count: 256, size: 4 * 1024, incremental: false)
+}
+
 /// Completion I/O on the poller's own ring (``/ReadinessCore/CompletionRing``): receive, send,
 /// sendmsg, accept and cancel requests queued with the poll requests and submitted by the same
 /// `io_uring_enter` as the wait; their completions are told from the polls' by the top bits of
 /// `user_data` (``IOUringSeam/operationBit``) and kept until the loop takes them.
 extension IOUringSeam {
-    /// Provided buffers (one group): how many, and how large each is. 256 × 4 KiB: 1 MiB of address
-    /// space (as the readiness driver's scratch buffer), resident only where data was received. Many
-    /// small buffers rather than a few large ones: every connection whose data arrives in one batch of
-    /// completions takes one before the loop gives any back, and a receive finding none fails with
-    /// ENOBUFS (the driver then reads by readiness). A larger read tops up with recv(2).
-    static let providedBufferCount: UInt32 = 256
-    static let providedBufferBytes: UInt32 = 4 * 1024
     /// The provided-buffer group's number.
     static let providedBufferGroup: UInt16 = 1
 
     /// See ``/ReadinessCore/CompletionRing/providedBufferSize``.
-    public var providedBufferSize: Int { Int(Self.providedBufferBytes) }
+    public var providedBufferSize: Int { Int(bufferLayout.size) }
 
     /// Which features the ring has: provided buffers unless the kernel refused their registration.
     public var completionFeatures: CompletionFeatures { buffersRefused ? [] : .providedBuffers }
@@ -43,22 +51,32 @@ extension IOUringSeam {
     /// first if none are; fails with `unsupported` when the kernel refuses them.
     public func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
         if providedBuffers == nil { try registerProvidedBuffers() }
-        let length = UInt32(clamping: Swift.min(maximum, Int(Self.providedBufferBytes)))
+        let length = UInt32(clamping: Swift.min(maximum, Int(bufferLayout.size)))
         try queued("io_uring_enter(RECV)") {
             rd_uring_prep_recv(ring, fd, nil, length, Self.operationData(tag), CInt(Self.providedBufferGroup))
         }
     }
 
+    /// Registers the buffers: incrementally consumed where the kernel takes it, else small ones.
     private func registerProvidedBuffers() throws(PollerError) {
         if buffersRefused { throw .system(operation: "io_uring_register(PBUF_RING)", errno: EINVAL) }
-        var made: OpaquePointer?
-        let status = rd_uring_buffers_register(ring, Self.providedBufferGroup, Self.providedBufferCount,
-                                               Self.providedBufferBytes, &made)
-        guard status == 0, let made else {
-            if status == -EINVAL || status == -ENOSYS || status == -EOPNOTSUPP { buffersRefused = true }
-            throw .failed("io_uring_register(PBUF_RING)", errno: -status)
+        var status: CInt = -EINVAL
+        for layout in [ProvidedBufferLayout.incremental, .small] {
+            var made: OpaquePointer?
+            status = rd_uring_buffers_register(ring, Self.providedBufferGroup, layout.count, layout.size,
+                                               layout.incremental ? 1 : 0, &made)
+            if status == 0, let made {
+                providedBuffers = made
+                bufferLayout = layout
+                bufferFill = Array(repeating: 0, count: Int(layout.count))
+                bufferParts = Array(repeating: 0, count: Int(layout.count))
+                bufferDone = Array(repeating: false, count: Int(layout.count))
+                return
+            }
+            if status != -EINVAL { break }
         }
-        providedBuffers = made
+        if status == -EINVAL || status == -ENOSYS || status == -EOPNOTSUPP { buffersRefused = true }
+        throw .failed("io_uring_register(PBUF_RING)", errno: -status)
     }
 
     func freeProvidedBuffers() {
@@ -98,8 +116,27 @@ extension IOUringSeam {
     func completeOperation(_ data: UInt64, _ result: Int32, _ flags: UInt32) {
         if data & Self.operationCancelBit != 0 { return }
         if flags & rd_uring_CQE_F_MORE == 0 { operationsInFlight -= 1 }
-        let buffer: UInt16? = flags & rd_uring_CQE_F_BUFFER != 0 ? UInt16(truncatingIfNeeded: flags >> rd_uring_CQE_BUFFER_SHIFT) : nil
-        operationCompletions.append(OperationCompletion(tag: data & ~Self.operationBit, result: result, bufferID: buffer))
+        var completion = OperationCompletion(tag: data & ~Self.operationBit, result: result, bufferID: nil)
+        if flags & rd_uring_CQE_F_BUFFER != 0 {
+            let id = UInt16(truncatingIfNeeded: flags >> rd_uring_CQE_BUFFER_SHIFT)
+            let i = Int(id)
+            let used = Swift.max(Int(result), 0)
+            completion.bufferID = id
+            if bufferLayout.incremental, i < bufferFill.count {
+                // The kernel fills the buffer on from where the last receive into it stopped; without
+                // IORING_CQE_F_BUF_MORE it is used up (this receive may have been cut short there).
+                completion.bufferOffset = bufferFill[i]
+                bufferFill[i] += used
+                bufferParts[i] += 1
+                if flags & rd_uring_CQE_F_BUF_MORE == 0 {
+                    bufferDone[i] = true
+                    completion.filledBuffer = true
+                }
+            } else {
+                completion.filledBuffer = used == Int(bufferLayout.size)
+            }
+        }
+        operationCompletions.append(completion)
     }
 
     /// See ``/ReadinessCore/CompletionRing/takeCompletions(_:)``.
@@ -110,13 +147,23 @@ extension IOUringSeam {
     }
 
     /// See ``/ReadinessCore/CompletionRing/providedBuffer(_:)``.
-    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer {
-        rd_uring_buffers_address(providedBuffers, id)
+    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? {
+        guard let providedBuffers else { return nil }
+        return rd_uring_buffers_address(providedBuffers, id)
     }
 
-    /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``.
+    /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``. An incrementally consumed buffer goes back
+    /// once the kernel is done with it and every part of it was given back.
     public func giveBack(_ id: UInt16) {
         guard let providedBuffers else { return }
+        let i = Int(id)
+        if bufferLayout.incremental, i < bufferParts.count {
+            bufferParts[i] -= 1
+            guard bufferParts[i] <= 0, bufferDone[i] else { return }
+            bufferParts[i] = 0
+            bufferFill[i] = 0
+            bufferDone[i] = false
+        }
         rd_uring_buffers_give_back(providedBuffers, id)
     }
 }
@@ -153,7 +200,7 @@ extension IOUringPoller: CompletionRing {
     /// See ``/ReadinessCore/CompletionRing/takeCompletions(_:)``.
     public func takeCompletions(_ body: (OperationCompletion) -> Void) { seam.takeCompletions(body) }
     /// See ``/ReadinessCore/CompletionRing/providedBuffer(_:)``.
-    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer { seam.providedBuffer(id) }
+    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? { seam.providedBuffer(id) }
     /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``.
     public func giveBack(_ id: UInt16) { seam.giveBack(id) }
 }

@@ -85,6 +85,14 @@ public final class IOUringSeam: BackendSeam {
     /// which owns the ring); `buffersRefused`: the kernel said no (no IORING_REGISTER_PBUF_RING).
     var providedBuffers: OpaquePointer?
     var buffersRefused = false
+    /// The provided buffers' layout once registered: incremental (a few large buffers, each filled a
+    /// receive at a time) or not (many small ones, one receive each).
+    var bufferLayout = ProvidedBufferLayout.small
+    /// Per provided buffer: how far the kernel has filled it, how many completions named it and were
+    /// not given back yet, and whether the kernel is done with it.
+    var bufferFill: [Int] = []
+    var bufferParts: [Int] = []
+    var bufferDone: [Bool] = []
     /// Operations submitted and not yet completed (their completion without IORING_CQE_F_MORE).
     var operationsInFlight = 0
 

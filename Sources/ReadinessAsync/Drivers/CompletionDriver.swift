@@ -18,6 +18,8 @@ final class CompletionOperation {
     /// The last completion's result (a count, a descriptor, or a negative errno) and provided buffer.
     @exclusivity(unchecked) var result: Int32 = 0
     @exclusivity(unchecked) var bufferID: UInt16?
+    @exclusivity(unchecked) var bufferOffset = 0
+    @exclusivity(unchecked) var filledBuffer = false
     /// A vectored write's message and iovecs (kept until the completion).
     @exclusivity(unchecked) var message: UnsafeMutablePointer<msghdr>?
 
@@ -72,6 +74,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             completed += 1
             op.result = completion.result
             op.bufferID = completion.bufferID
+            op.bufferOffset = completion.bufferOffset
+            op.filledBuffer = completion.filledBuffer
             guard let continuation = op.continuation else { return }
             op.continuation = nil
             if let resource = loop.slab[op.key], resource.key == op.key {
@@ -222,10 +226,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         guard result > 0, let buffer else {
             do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }
         }
-        let bytes = UnsafeRawBufferPointer(start: ring.providedBuffer(buffer), count: Int(result))
+        guard let base = ring.providedBuffer(buffer) else { throw .shutdown }
+        let bytes = UnsafeRawBufferPointer(start: base + op.bufferOffset, count: Int(result))
         let room = Swift.max(maximum, 1)
         do {
-            if Int(result) < room, Int(result) == ring.providedBufferSize, let socket = try? loop.stream(id).1 {
+            // Cut short by the buffer's end: read on, as one recv(2) of `maximum` would have.
+            if Int(result) < room, op.filledBuffer, let socket = try? loop.stream(id).1 {
                 return try Self.topUp(bytes, socket: socket, maximum: room, loop: loop, take)
             }
             return try take(bytes)

@@ -65,6 +65,9 @@ void rd_uring_cq_advance(struct rd_uring *ring, unsigned n);
 
 /// IORING_CQE_F_BUFFER: the completion used provided buffer `flags >> rd_uring_CQE_BUFFER_SHIFT`.
 extern const uint32_t rd_uring_CQE_F_BUFFER, rd_uring_CQE_BUFFER_SHIFT;
+/// IORING_CQE_F_BUF_MORE: an incrementally consumed buffer (IOU_PBUF_RING_INC) is not used up: the
+/// kernel goes on filling it after this completion's bytes.
+extern const uint32_t rd_uring_CQE_F_BUF_MORE;
 struct msghdr;
 /// IORING_OP_RECV of up to `length` bytes into `buffer`, or (`group` >= 0) into a buffer the kernel
 /// takes from provided-buffer group `group` when data is there.
@@ -79,10 +82,11 @@ int rd_uring_prep_accept(struct rd_uring *ring, int fd, uint64_t user_data);
 int rd_uring_prep_cancel(struct rd_uring *ring, uint64_t target, uint64_t user_data);
 
 /// A ring of provided buffers (IORING_REGISTER_PBUF_RING, Linux 5.19): `count` (a power of two)
-/// buffers of `size` bytes in group `group`, all given to the kernel. 0, or a negative errno (-EINVAL
-/// from a kernel without provided-buffer rings).
+/// buffers of `size` bytes in group `group`, all given to the kernel; `incremental`: each buffer is
+/// consumed a receive at a time (IOU_PBUF_RING_INC, Linux 6.12). 0, or a negative errno (-EINVAL from
+/// a kernel without provided-buffer rings, or without incremental consumption).
 struct rd_uring_buffers;
-int rd_uring_buffers_register(struct rd_uring *ring, uint16_t group, uint32_t count, uint32_t size,
+int rd_uring_buffers_register(struct rd_uring *ring, uint16_t group, uint32_t count, uint32_t size, int incremental,
                               struct rd_uring_buffers **out);
 /// Gives buffer `id` back to the kernel.
 void rd_uring_buffers_give_back(struct rd_uring_buffers *buffers, uint16_t id);
