@@ -1,5 +1,5 @@
 import Glibc
-import Readiness
+@_spi(Backend) import Readiness
 import Testing
 
 /// What the io_uring completion driver (Sources/ReadinessAsync/Drivers/CompletionDriver.swift) must
@@ -94,36 +94,61 @@ struct AsyncCompletionDriverTests {
         }
     }
 
-    /// More reads than the ring has provided buffers (256 × 4 KiB, or 16 × 64 KiB consumed a receive at
-    /// a time) and more bytes than they hold (1 MiB): each is given back after its bytes were copied,
-    /// or the later reads would find none (ENOBUFS) and fall back to readiness.
-    @Test("every provided buffer is given back: a thousand copying reads of 2 MB in all, no fallback, nothing left in the kernel",
-          .timeLimit(.minutes(1)))
-    func providedBuffersReturned() async throws {
+    /// The provided-buffer layouts a kernel may leave the driver with.
+    enum BufferLayout: String, CaseIterable, Sendable {
+        /// 16 × 64 KiB consumed a receive at a time (Linux 6.12).
+        case incremental
+        /// 256 × 4 KiB, one receive each (5.19).
+        case small
+        /// None: copying reads take the readiness path.
+        case none
+        var allowed: IOUringSeam.Features {
+            switch self {
+            case .incremental: .all
+            case .small: IOUringSeam.Features.all.subtracting(.incrementalBuffers)
+            case .none: IOUringSeam.Features.all.subtracting([.providedBuffers, .incrementalBuffers])
+            }
+        }
+    }
+
+    /// More reads than the ring has provided buffers and more bytes than they hold (1 MiB), each read
+    /// larger than a small buffer (so that it is cut short there and reads on with recv(2)): each part
+    /// is given back after its bytes were copied, or the later reads would find no buffer (ENOBUFS) and
+    /// fall back to readiness.
+    @Test("every provided buffer is given back: a thousand copying reads of 5 kB, no fallback, nothing left in the kernel",
+          .timeLimit(.minutes(1)), arguments: BufferLayout.allCases)
+    func providedBuffersReturned(layout: BufferLayout) async throws {
         guard IOUringTests.usable else { return }
         let rounds = 1_000
-        let size = 2_000
-        try await withLoop(.ioUring) { loop in
-            let (listener, a, b) = try await connectedPair(loop)
-            let before = try await loop.ioDriver()
-            for round in 0..<rounds {
-                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: size)
-                async let echoed = a.read(upTo: message.count, timeout: .seconds(5))
-                try await b.write(message)
-                var received = try await echoed
-                while received.count < message.count {   // a segment boundary may split it
-                    received += try await a.read(upTo: message.count - received.count, timeout: .seconds(5))
-                }
-                #expect(received == message)
+        let size = 5_000
+        let descriptors = openDescriptorCount()
+        let allowed = layout.allowed
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in try IOUringSeam.makePoller(allowing: allowed) }
+        let (listener, a, b) = try await connectedPair(loop)
+        let before = try await loop.ioDriver()
+        for round in 0..<rounds {
+            let message = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: size)
+            async let echoed = a.read(upTo: message.count, timeout: .seconds(5))
+            try await b.write(message)
+            var received = try await echoed
+            while received.count < message.count {   // a segment boundary may split it
+                received += try await a.read(upTo: message.count - received.count, timeout: .seconds(5))
             }
-            let after = try await loop.ioDriver()
-            #expect(after.kind == .completion)
+            #expect(received == message)
+        }
+        let after = try await loop.ioDriver()
+        #expect(after.kind == .completion)
+        if layout == .none {
+            #expect(after.readinessFallbacks - before.readinessFallbacks >= rounds, "copying reads without provided buffers take the readiness path")
+        } else {
             #expect(after.readinessFallbacks == before.readinessFallbacks, "reads fell back to readiness: a provided buffer was not given back")
             #expect(after.completed - before.completed >= rounds)
-            #expect(after.operationsInKernel == 0)
-            await a.close()
-            await b.close()
-            await listener.close()
         }
+        #expect(after.operationsInKernel == 0)
+        await a.close()
+        await b.close()
+        await listener.close()
+        await loop.shutdown()
+        #expect(await settledDescriptorCount(descriptors) == descriptors)
     }
 }

@@ -61,7 +61,8 @@ extension IOUringSeam {
     private func registerProvidedBuffers() throws(PollerError) {
         if buffersRefused { throw .system(operation: "io_uring_register(PBUF_RING)", errno: EINVAL) }
         var status: CInt = -EINVAL
-        for layout in [ProvidedBufferLayout.incremental, .small] {
+        let layouts: [ProvidedBufferLayout] = features.contains(.incrementalBuffers) ? [.incremental, .small] : [.small]
+        for layout in layouts {
             var made: OpaquePointer?
             status = rd_uring_buffers_register(ring, Self.providedBufferGroup, layout.count, layout.size,
                                                layout.incremental ? 1 : 0, &made)

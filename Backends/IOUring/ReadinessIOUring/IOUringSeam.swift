@@ -126,8 +126,12 @@ public final class IOUringSeam: BackendSeam {
         public static let multishot = Features(rawValue: 1)
         /// IORING_SETUP_DEFER_TASKRUN (6.1): completions run inside our own io_uring_enter.
         public static let deferredCompletions = Features(rawValue: 2)
+        /// Provided-buffer rings (5.19) for the completion driver's copying reads.
+        public static let providedBuffers = Features(rawValue: 4)
+        /// Provided buffers consumed a receive at a time (IOU_PBUF_RING_INC, 6.12).
+        public static let incrementalBuffers = Features(rawValue: 8)
         /// Every feature the kernel may offer.
-        public static let all: Features = [.multishot, .deferredCompletions]
+        public static let all: Features = [.multishot, .deferredCompletions, .providedBuffers, .incrementalBuffers]
     }
     /// The features this seam uses.
     public let features: Features
@@ -148,6 +152,9 @@ public final class IOUringSeam: BackendSeam {
         levelMultishot = multishot
         var used: Features = multishot ? .multishot : []
         if rd_uring_defers_completions(made) != 0 { used.insert(.deferredCompletions) }
+        // Registered on first use; the kernel may still refuse them then (`completionFeatures`).
+        used.formUnion(allowed.intersection([.providedBuffers, .incrementalBuffers]))
+        buffersRefused = !allowed.contains(.providedBuffers)
         features = used
         kernelFacts = Self.describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: multishot)
         capabilities = Capabilities(
