@@ -22,6 +22,9 @@ final class CompletionOperation {
     @exclusivity(unchecked) var filledBuffer = false
     /// A vectored write's message and iovecs (kept until the completion).
     @exclusivity(unchecked) var message: UnsafeMutablePointer<msghdr>?
+    /// The driver's list of operations in the kernel (the kernel's reference keeps them alive).
+    @exclusivity(unchecked) unowned(unsafe) var previous: CompletionOperation?
+    @exclusivity(unchecked) unowned(unsafe) var next: CompletionOperation?
 
     /// The tag the kernel carries: this object's address (held retained while the kernel has it).
     var tag: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
@@ -39,7 +42,7 @@ final class CompletionOperation {
 /// resumes with the completion's result. A write first tries its system call (a send rarely blocks),
 /// then submits what is left. Connects, datagrams and the owned-bytes `perform` go to the readiness
 /// driver, as do operations the ring cannot take (a provided buffer missing, a back-off), so that
-/// behaviour is the same. Chosen in `LoopState.chooseDriver` (opt-out: `READINESS_IO_DRIVER=readiness`).
+/// behaviour is the same. Chosen in `LoopState.start` (opt-out: `READINESS_IO_DRIVER=readiness`).
 ///
 /// Deadlines, cancellation, close and shutdown cancel an operation in the kernel (`LoopState.resolve`);
 /// its task resumes only on the operation's last completion, so a caller's buffer is never written
@@ -51,6 +54,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     private let readiness = ReadinessDriver()
     /// Operations in the kernel (submitted, last completion not yet taken).
     private(set) var inFlight = 0
+    /// Those operations, newest first (so that a shutdown that outlasts ``drainLimit`` resumes them).
+    private unowned(unsafe) var newest: CompletionOperation?
     /// Operations that went to the readiness driver's path, and operations completed (``IODriverInfo``).
     private(set) var fallbacks = 0
     private(set) var completed = 0
@@ -70,7 +75,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         ring.takeCompletions { completion in
             guard let pointer = UnsafeRawPointer(bitPattern: UInt(completion.tag)) else { return }
             let op = Unmanaged<CompletionOperation>.fromOpaque(pointer).takeRetainedValue()
-            inFlight -= 1
+            unlink(op)
             completed += 1
             op.result = completion.result
             op.bufferID = completion.bufferID
@@ -89,6 +94,22 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
     }
 
+    private func link(_ op: CompletionOperation) {
+        _ = Unmanaged.passRetained(op)   // the kernel's reference, taken back by `dispatch`
+        op.next = newest
+        newest?.previous = op
+        newest = op
+        inFlight += 1
+    }
+
+    private func unlink(_ op: CompletionOperation) {
+        if let previous = op.previous { previous.next = op.next } else { newest = op.next }
+        op.next?.previous = op.previous
+        op.previous = nil
+        op.next = nil
+        inFlight -= 1
+    }
+
     /// The wait for `op` was given up (`LoopState.resolve`): the kernel is asked to cancel it.
     func abandon(_ op: CompletionOperation, reason: LoopError) {
         op.failure = reason
@@ -103,6 +124,16 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             _ = try? poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))
             dispatch(loop)
         }
+        // Not done in time (the ring's close, next, cancels them in the kernel): their tasks resume
+        // anyway, with their failure, rather than never.
+        while let op = newest {
+            unlink(op)
+            Unmanaged.passUnretained(op).release()
+            op.result = -ECANCELED
+            op.bufferID = nil
+            if op.failure == nil { op.failure = .shutdown }
+            op.continuation.take()?.resume(returning: .ready)
+        }
     }
 
     /// How long shutdown waits for cancelled operations (1 s; a socket's cancel completes at once).
@@ -116,8 +147,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let ring = self.ring
         let outcome = await loop.wait(for: op, resource, direction, deadline: deadline) { (op) throws(PollerError) in
             try start(ring, op.tag)
-            _ = Unmanaged.passRetained(op)   // the kernel's reference, taken back by `dispatch`
-            self.inFlight += 1
+            self.link(op)
         }
         if case .failed(let error) = outcome { throw error }
     }
