@@ -26,8 +26,9 @@ public protocol CompletionRing: AnyObject {
     func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError)
     /// Queues a sendmsg of `message` (MSG_NOSIGNAL); the message and its iovecs stay valid until the completion.
     func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError)
-    /// Queues an accept4 (non-blocking, close-on-exec) on listening socket `fd`.
-    func accept(_ fd: CInt, tag: UInt64) throws(PollerError)
+    /// Queues an accept4 (non-blocking, close-on-exec) on listening socket `fd`; `multishot`: it stays
+    /// armed and completes once per connection (``OperationCompletion/more`` set while it stays armed).
+    func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError)
     /// Asks the kernel to cancel the operation `tag` and submits at once: its completion (-ECANCELED,
     /// or its result if it was completing) follows.
     func cancel(tag: UInt64) throws(PollerError)
@@ -76,6 +77,8 @@ public struct OperationCompletion: Sendable {
     public var bufferOffset: Int
     /// The receive ended at its buffer's end: it may have been cut short, more may be waiting.
     public var filledBuffer: Bool
+    /// The operation stays armed (a multishot one): more completions of it follow.
+    public var more = false
     /// A completion with its parts.
     public init(tag: UInt64, result: Int32, bufferID: UInt16?, bufferOffset: Int = 0, filledBuffer: Bool = false) {
         self.tag = tag

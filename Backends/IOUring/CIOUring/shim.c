@@ -380,11 +380,12 @@ int rd_uring_prep_sendmsg(struct rd_uring *r, int fd, const struct msghdr *messa
     return 0;
 }
 
-int rd_uring_prep_accept(struct rd_uring *r, int fd, uint64_t user_data) {
+int rd_uring_prep_accept(struct rd_uring *r, int fd, uint64_t user_data, int multishot) {
     int error = 0;
     struct io_uring_sqe *sqe = next_sqe(r, &error);
     if (!sqe) return error;
     sqe->opcode = IORING_OP_ACCEPT;
+    if (multishot) sqe->ioprio = IORING_ACCEPT_MULTISHOT;
     sqe->fd = fd;
     sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
     sqe->user_data = user_data;

@@ -96,9 +96,9 @@ extension IOUringSeam {
         try queued("io_uring_enter(SENDMSG)") { rd_uring_prep_sendmsg(ring, fd, message, Self.operationData(tag)) }
     }
 
-    /// See ``/ReadinessCore/CompletionRing/accept(_:tag:)``.
-    public func accept(_ fd: CInt, tag: UInt64) throws(PollerError) {
-        try queued("io_uring_enter(ACCEPT)") { rd_uring_prep_accept(ring, fd, Self.operationData(tag)) }
+    /// See ``/ReadinessCore/CompletionRing/accept(_:tag:multishot:)``.
+    public func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) {
+        try queued("io_uring_enter(ACCEPT)") { rd_uring_prep_accept(ring, fd, Self.operationData(tag), multishot ? 1 : 0) }
     }
 
     /// See ``/ReadinessCore/CompletionRing/cancel(tag:)``.
@@ -118,6 +118,7 @@ extension IOUringSeam {
         if data & Self.operationCancelBit != 0 { return }
         if flags & rd_uring_CQE_F_MORE == 0 { operationsInFlight -= 1 }
         var completion = OperationCompletion(tag: data & ~Self.operationBit, result: result, bufferID: nil)
+        completion.more = flags & rd_uring_CQE_F_MORE != 0
         if flags & rd_uring_CQE_F_BUFFER != 0 {
             let id = UInt16(truncatingIfNeeded: flags >> rd_uring_CQE_BUFFER_SHIFT)
             let i = Int(id)
@@ -192,8 +193,10 @@ extension IOUringPoller: CompletionRing {
     public func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
         try seam.sendMessage(fd, message, tag: tag)
     }
-    /// See ``/ReadinessCore/CompletionRing/accept(_:tag:)``.
-    public func accept(_ fd: CInt, tag: UInt64) throws(PollerError) { try seam.accept(fd, tag: tag) }
+    /// See ``/ReadinessCore/CompletionRing/accept(_:tag:multishot:)``.
+    public func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) {
+        try seam.accept(fd, tag: tag, multishot: multishot)
+    }
     /// See ``/ReadinessCore/CompletionRing/cancel(tag:)``.
     public func cancel(tag: UInt64) throws(PollerError) { try seam.cancel(tag: tag) }
     /// See ``/ReadinessCore/CompletionRing/submitNow()``.

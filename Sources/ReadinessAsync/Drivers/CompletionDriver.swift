@@ -20,6 +20,10 @@ final class CompletionOperation {
     @exclusivity(unchecked) var bufferID: UInt16?
     @exclusivity(unchecked) var bufferOffset = 0
     @exclusivity(unchecked) var filledBuffer = false
+    /// A listener's multishot accept (its completions go to the listener's queue, no task waits on it).
+    @exclusivity(unchecked) var isMultishotAccept = false
+    /// A multishot accept being cancelled because its queue is full (not given up: what it accepts is kept).
+    @exclusivity(unchecked) var stopping = false
     /// A vectored write's message and iovecs (kept until the completion).
     @exclusivity(unchecked) var message: UnsafeMutablePointer<msghdr>?
     /// The driver's list of operations in the kernel (the kernel's reference keeps them alive).
@@ -74,9 +78,15 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     func dispatch(_ loop: LoopState) {
         ring.takeCompletions { completion in
             guard let pointer = UnsafeRawPointer(bitPattern: UInt(completion.tag)) else { return }
-            let op = Unmanaged<CompletionOperation>.fromOpaque(pointer).takeRetainedValue()
-            unlink(op)
+            let unmanaged = Unmanaged<CompletionOperation>.fromOpaque(pointer)
+            // A multishot operation stays in the kernel (and keeps its reference) while `more` is set.
+            let op = completion.more ? unmanaged.takeUnretainedValue() : unmanaged.takeRetainedValue()
+            if !completion.more { unlink(op) }
             completed += 1
+            if op.isMultishotAccept {
+                accepted(op, completion, loop: loop)
+                return
+            }
             op.result = completion.result
             op.bufferID = completion.bufferID
             op.bufferOffset = completion.bufferOffset
@@ -160,6 +170,51 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         case nil, .timedOut?, .cancelled?: true
         default: false
         }
+    }
+
+    // MARK: Multishot accept
+
+    /// The most connections a listener's multishot accept takes ahead of its `accept` calls: then it is
+    /// cancelled, and the rest wait in the kernel's backlog as they would for the readiness driver.
+    static let acceptQueueLimit = 16
+    /// The kernel refused a multishot accept (before 5.19): single accepts from then on.
+    private var multishotAcceptRefused = false
+
+    /// A completion of a listener's multishot accept: the connection joins the listener's queue (or is
+    /// closed, the listener being gone), an error that ended it is kept for the next `accept`, and a
+    /// task waiting in `accept` looks again.
+    private func accepted(_ op: CompletionOperation, _ completion: OperationCompletion, loop: LoopState) {
+        let result = completion.result
+        guard let listener = loop.slab[op.key] as? ListenerResource, listener.key == op.key, listener.multishot === op,
+              op.failure == nil else {
+            if result >= 0 { Sys.close(result) }
+            return
+        }
+        if !completion.more { listener.multishot = nil }
+        if result >= 0 {
+            listener.acceptQueue.append(result)
+            if completion.more, !op.stopping, listener.acceptQueue.count >= Self.acceptQueueLimit {
+                // Cancelled; its completions until the last still queue what it accepted.
+                op.stopping = true
+                try? ring.cancel(tag: op.tag)
+            }
+        } else if -result == EINVAL {
+            multishotAcceptRefused = true
+            listener.acceptFailure = result
+        } else if -result != ECANCELED {
+            listener.acceptFailure = result
+        }
+        loop.resolve(listener, .read, .ready)
+    }
+
+    /// Arms `listener`'s multishot accept.
+    private func armMultishotAccept(_ listener: ListenerResource) throws(LoopError) {
+        let op = CompletionOperation()
+        op.isMultishotAccept = true
+        op.key = listener.key
+        do throws(PollerError) { try ring.accept(listener.listener.fd, tag: op.tag, multishot: true) } catch { throw .poller(error) }
+        link(op)
+        listener.multishot = op
     }
 
     // MARK: IODriver
@@ -366,7 +421,53 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         return message
     }
 
+    /// A connection from the listener's queue, which its multishot accept fills (armed by the first
+    /// `accept` that finds the queue empty, and kept armed): a connection accepted while no task waited
+    /// is handed out without a system call to the kernel's queue.
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        if multishotAcceptRefused { return try await acceptOnce(id, deadline: deadline, on: loop) }
+        while true {
+            let listener = try loop.listener(id)
+            if listener.record.read.isWaiting { throw .busy }
+            // A listener out of descriptors backs off as the readiness driver does it; a cancelled task
+            // still takes a connection that is there.
+            if listener.isBackingOff || (Task.isCancelled && listener.acceptQueue.isEmpty) {
+                return try await readinessAccept(id, deadline: deadline, on: loop)
+            }
+            try loop.checkRoom()
+            if !listener.acceptQueue.isEmpty {
+                let fd = listener.acceptQueue.removeFirst()
+                let socket = StreamSocket(owning: fd)
+                // The peer, asked now; a client gone already (ENOTCONN) is skipped as accept(2) does.
+                guard let peer = try? SocketAddress.peer(of: fd) else {
+                    socket.close()
+                    continue
+                }
+                do throws(LoopError) { return (try loop.adopt(socket), peer) } catch {
+                    socket.close()
+                    throw error
+                }
+            }
+            if listener.acceptFailure != nil {
+                // The error that ended the multishot accept (out of descriptors, ...): the readiness
+                // driver's accept meets it again and reports or backs off as it always does.
+                listener.acceptFailure = nil
+                return try await readinessAccept(id, deadline: deadline, on: loop)
+            }
+            if listener.multishot == nil { try armMultishotAccept(listener) }
+            if case .failed(let error) = await loop.wait(listener, .read, deadline: deadline, interest: false) { throw error }
+        }
+    }
+
+    @inline(never)
+    nonisolated(nonsending) private func readinessAccept(_ id: UInt64, deadline: Int64?,
+                                                         on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        fallbacks += 1
+        return try await readiness.accept(id, deadline: deadline, on: loop)
+    }
+
+    /// One accept submitted per call (a kernel without multishot accept).
+    nonisolated(nonsending) private func acceptOnce(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
         while true {
             let listener = try loop.listener(id)
             if listener.record.read.isWaiting { throw .busy }
@@ -380,7 +481,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             let op = CompletionOperation()
             let fd = listener.listener.fd
             try await run(op, listener, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
-                try ring.accept(fd, tag: tag)
+                try ring.accept(fd, tag: tag, multishot: false)
             }
             let result = op.result
             if result >= 0 {

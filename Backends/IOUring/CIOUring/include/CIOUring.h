@@ -76,8 +76,9 @@ int rd_uring_prep_recv(struct rd_uring *ring, int fd, void *buffer, uint32_t len
 int rd_uring_prep_send(struct rd_uring *ring, int fd, const void *buffer, uint32_t length, uint64_t user_data);
 /// IORING_OP_SENDMSG (MSG_NOSIGNAL); `message` and its iovecs must stay valid until the completion.
 int rd_uring_prep_sendmsg(struct rd_uring *ring, int fd, const struct msghdr *message, uint64_t user_data);
-/// IORING_OP_ACCEPT (SOCK_NONBLOCK | SOCK_CLOEXEC; the peer is not asked for).
-int rd_uring_prep_accept(struct rd_uring *ring, int fd, uint64_t user_data);
+/// IORING_OP_ACCEPT (SOCK_NONBLOCK | SOCK_CLOEXEC; the peer is not asked for); `multishot`: it stays
+/// armed, a completion per connection with IORING_CQE_F_MORE (Linux 5.19).
+int rd_uring_prep_accept(struct rd_uring *ring, int fd, uint64_t user_data, int multishot);
 /// IORING_OP_ASYNC_CANCEL of the request whose user_data is `target`.
 int rd_uring_prep_cancel(struct rd_uring *ring, uint64_t target, uint64_t user_data);
 
