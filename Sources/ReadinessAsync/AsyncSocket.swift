@@ -236,6 +236,19 @@ extension EventLoop {
         try await onLoop { (state) async throws(LoopError) -> (jobs: Int, iterations: Int) in (state.jobsRun, state.iterations) }
     }
 
+    /// Which I/O driver the loop's async operations use, and its counters (for tests and monitoring):
+    /// the completion driver on an io_uring loop unless `READINESS_IO_DRIVER=readiness` was set when the
+    /// loop started, the readiness driver otherwise (Docs/Async.md, "I/O drivers").
+    nonisolated(nonsending) public func ioDriver() async throws(LoopError) -> IODriverInfo {
+        try await onLoop { (state) async throws(LoopError) -> IODriverInfo in
+            guard let completions = state.completions else {
+                return IODriverInfo(kind: .readiness, operationsInKernel: 0, readinessFallbacks: 0, completed: 0)
+            }
+            return IODriverInfo(kind: .completion, operationsInKernel: completions.inFlight,
+                                readinessFallbacks: completions.fallbacks, completed: completions.completed)
+        }
+    }
+
     /// How many sockets, listeners and waits the loop holds (for tests and monitoring).
     nonisolated(nonsending) public func entryCount() async throws(LoopError) -> Int {
         try await onLoop { (state) async throws(LoopError) -> Int in state.resourceCount }

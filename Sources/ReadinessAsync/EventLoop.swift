@@ -209,7 +209,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
             return
         }
-        state.poller = poller
+        state.start(with: poller)
         running.store(true, ordering: .releasing)
         lock.withLock {
             waker = poller.waker
@@ -271,6 +271,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             state.iterations &+= 1
             // 3. Readiness, then timers.
             state.dispatchEvents()
+            state.completions?.dispatch(state)
             state.fireTimers(now: MonotonicClock.nowNanoseconds)
         }
         finish(poller, batch: &batch, reason: failure.map { .poller($0) } ?? .shutdown)

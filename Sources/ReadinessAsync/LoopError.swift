@@ -53,3 +53,23 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// Which I/O driver a loop's async operations use (``EventLoop/ioDriver()``), with its counters.
+public struct IODriverInfo: Sendable, Hashable {
+    /// The drivers.
+    public enum Kind: String, Sendable, Hashable {
+        /// Try the system call, and on EAGAIN wait for the poller's readiness event (every backend).
+        case readiness
+        /// Reads, writes that would block and accepts submitted to the io_uring ring, resumed by their completions.
+        case completion
+    }
+    /// The loop's driver.
+    public var kind: Kind
+    /// Operations submitted to the kernel whose last completion has not come yet (0 for the readiness driver).
+    public var operationsInKernel: Int
+    /// Operations the completion driver handed to the readiness path because the ring could not do
+    /// them (no provided buffer free, EAGAIN, a listener out of descriptors, a cancelled task).
+    public var readinessFallbacks: Int
+    /// Operations the completion driver saw complete.
+    public var completed: Int
+}

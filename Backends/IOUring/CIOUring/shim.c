@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,6 +16,14 @@
 const uint32_t rd_uring_POLLIN = POLLIN, rd_uring_POLLOUT = POLLOUT, rd_uring_POLLRDHUP = POLLRDHUP,
     rd_uring_POLLHUP = POLLHUP, rd_uring_POLLERR = POLLERR, rd_uring_POLLNVAL = POLLNVAL;
 const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+const uint32_t rd_uring_CQE_F_BUFFER = IORING_CQE_F_BUFFER, rd_uring_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
+const uint32_t rd_uring_CQE_F_BUF_MORE = IORING_CQE_F_BUF_MORE;
 
 // Flags that older kernel headers lack, by their kernel values.
 #ifndef IORING_SETUP_SUBMIT_ALL
@@ -322,4 +331,155 @@ void rd_uring_cq_get(const struct rd_uring *r, unsigned i, uint64_t *user_data, 
 
 void rd_uring_cq_advance(struct rd_uring *r, unsigned n) {
     __atomic_store_n(r->cq_head, *r->cq_head + n, __ATOMIC_RELEASE);
+}
+
+// MARK: Completion I/O (operations submitted to the ring; their completions carry the caller's tag)
+
+int rd_uring_prep_recv(struct rd_uring *r, int fd, void *buffer, uint32_t length, uint64_t user_data, int group) {
+    int error = 0;
+    struct io_uring_sqe *sqe = next_sqe(r, &error);
+    if (!sqe) return error;
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buffer;
+    sqe->len = length;
+    sqe->user_data = user_data;
+    if (group >= 0) {
+        // The kernel picks a buffer of the group when data is there (IOSQE_BUFFER_SELECT); `length`
+        // caps the read.
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = (uint16_t)group;
+        sqe->addr = 0;
+    }
+    return 0;
+}
+
+int rd_uring_prep_send(struct rd_uring *r, int fd, const void *buffer, uint32_t length, uint64_t user_data) {
+    int error = 0;
+    struct io_uring_sqe *sqe = next_sqe(r, &error);
+    if (!sqe) return error;
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buffer;
+    sqe->len = length;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    sqe->user_data = user_data;
+    return 0;
+}
+
+int rd_uring_prep_sendmsg(struct rd_uring *r, int fd, const struct msghdr *message, uint64_t user_data) {
+    int error = 0;
+    struct io_uring_sqe *sqe = next_sqe(r, &error);
+    if (!sqe) return error;
+    sqe->opcode = IORING_OP_SENDMSG;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)message;
+    sqe->len = 1;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    sqe->user_data = user_data;
+    return 0;
+}
+
+int rd_uring_prep_accept(struct rd_uring *r, int fd, uint64_t user_data, int multishot) {
+    int error = 0;
+    struct io_uring_sqe *sqe = next_sqe(r, &error);
+    if (!sqe) return error;
+    sqe->opcode = IORING_OP_ACCEPT;
+    if (multishot) sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+    sqe->fd = fd;
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sqe->user_data = user_data;
+    return 0;
+}
+
+int rd_uring_prep_cancel(struct rd_uring *r, uint64_t target, uint64_t user_data) {
+    int error = 0;
+    struct io_uring_sqe *sqe = next_sqe(r, &error);
+    if (!sqe) return error;
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = user_data;
+    return 0;
+}
+
+struct rd_uring_buffers {
+    struct io_uring_buf_ring *ring;
+    size_t ring_size;
+    unsigned char *memory;
+    size_t memory_size;
+    uint32_t count, size, mask;
+    uint16_t group, tail;
+};
+
+int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count, uint32_t size, int incremental,
+                              struct rd_uring_buffers **out) {
+    *out = NULL;
+    if (count == 0 || (count & (count - 1)) != 0 || count > 32768) return -EINVAL;
+    struct rd_uring_buffers *b = calloc(1, sizeof *b);
+    if (!b) return -ENOMEM;
+    b->ring_size = count * sizeof(struct io_uring_buf);
+    void *ring = mmap(NULL, b->ring_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED) {
+        free(b);
+        return -ENOMEM;
+    }
+    // The buffers' memory is mapped, not touched: only the pages data was received into are resident.
+    b->memory_size = (size_t)count * size;
+    void *memory = mmap(NULL, b->memory_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) {
+        munmap(ring, b->ring_size);
+        free(b);
+        return -ENOMEM;
+    }
+    b->ring = ring;
+    b->memory = memory;
+    b->count = count;
+    b->size = size;
+    b->mask = count - 1;
+    b->group = group;
+    int e = enable(r);
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)ring;
+    reg.ring_entries = count;
+    reg.bgid = group;
+    reg.pad = incremental ? IOU_PBUF_RING_INC : 0;  // `flags` in newer headers
+    if (e == 0 && syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) != 0) e = -errno;
+    if (e < 0) {
+        munmap(memory, b->memory_size);
+        munmap(ring, b->ring_size);
+        free(b);
+        return e;
+    }
+    for (uint32_t i = 0; i < count; i++) rd_uring_buffers_give_back(b, (uint16_t)i);
+    *out = b;
+    return 0;
+}
+
+void rd_uring_buffers_give_back(struct rd_uring_buffers *b, uint16_t id) {
+    struct io_uring_buf *entry = &b->ring->bufs[b->tail & b->mask];
+    entry->addr = (uint64_t)(uintptr_t)(b->memory + (size_t)id * b->size);
+    entry->len = b->size;
+    entry->bid = id;
+    b->tail++;
+    // Release: the entry before the tail that publishes it.
+    __atomic_store_n(&b->ring->tail, b->tail, __ATOMIC_RELEASE);
+}
+
+void *rd_uring_buffers_address(const struct rd_uring_buffers *b, uint16_t id) {
+    return b->memory + (size_t)id * b->size;
+}
+
+void rd_uring_buffers_free(struct rd_uring *r, struct rd_uring_buffers *b) {
+    if (!b) return;
+    if (r) {
+        struct io_uring_buf_reg reg;
+        memset(&reg, 0, sizeof reg);
+        reg.bgid = b->group;
+        syscall(__NR_io_uring_register, r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+    }
+    munmap(b->memory, b->memory_size);
+    munmap(b->ring, b->ring_size);
+    free(b);
 }

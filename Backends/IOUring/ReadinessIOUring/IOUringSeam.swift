@@ -35,7 +35,7 @@ public final class IOUringPoller: SpecializedPoller {
 public final class IOUringSeam: BackendSeam {
     /// What this backend can do (edge only with multishot poll).
     public let capabilities: Capabilities
-    private var ring: OpaquePointer
+    var ring: OpaquePointer
     private let waker: Waker
     /// What the kernel offers, for the selection report.
     public let kernelFacts: String
@@ -61,6 +61,8 @@ public final class IOUringSeam: BackendSeam {
     }
     private var slots: [Slot] = []
     private var nextArm: UInt32 = 1
+    /// armIDs stay below this, so a poll's `user_data` never has ``operationBit`` or ``operationCancelBit``.
+    private static let armIDLimit: UInt32 = 1 << 31
     /// Descriptors to re-arm at the next wait (capacity reserved at registration).
     private var rearm: [CInt] = []
     /// Level registrations reported by the last wait, looked at again by the next one.
@@ -77,12 +79,35 @@ public final class IOUringSeam: BackendSeam {
     private var wakerInFlight = false
     private var registered = 0
     private var ringClosed = false
+    /// Operation completions reaped by the waits, not yet taken (``CompletionRing``; IOUringCompletions.swift).
+    var operationCompletions: [OperationCompletion] = []
+    /// The provided-buffer ring, registered by the first receive that asks for one (on the loop thread,
+    /// which owns the ring); `buffersRefused`: the kernel said no (no IORING_REGISTER_PBUF_RING).
+    var providedBuffers: OpaquePointer?
+    var buffersRefused = false
+    /// The provided buffers' layout once registered: incremental (a few large buffers, each filled a
+    /// receive at a time) or not (many small ones, one receive each).
+    var bufferLayout = ProvidedBufferLayout.small
+    /// Per provided buffer: how far the kernel has filled it, how many completions named it and were
+    /// not given back yet, and whether the kernel is done with it.
+    var bufferFill: [Int] = []
+    var bufferParts: [Int] = []
+    var bufferDone: [Bool] = []
+    /// Operations submitted and not yet completed (their completion without IORING_CQE_F_MORE).
+    var operationsInFlight = 0
 
     /// Tags in the low word's top bit (a descriptor is never negative): the waker's poll, unqueued
     /// requests (NOPs), both with armID 0, and POLL_REMOVE requests, whose `user_data` is their
     /// target's with this bit set (an armID is never 0), so a cancel that came too early (EALREADY:
     /// the request was completing) is sent again.
-    private static let controlBit: UInt64 = 1 << 31
+    ///
+    /// The two top bits of `user_data` are the completion operations' (``CompletionRing``): an armID
+    /// stays below 2^31, so a poll request never has them.
+    static let controlBit: UInt64 = 1 << 31
+    /// An operation of the completion driver: `user_data` is this bit and the operation's tag.
+    static let operationBit: UInt64 = 1 << 63
+    /// An operation's cancel request: its completion is dropped (the operation's own follows).
+    static let operationCancelBit: UInt64 = 1 << 62
     private static let wakerData: UInt64 = controlBit | 1
     private static let nopData: UInt64 = controlBit | 2
     /// Ring sizes: submissions are flushed when the queue is full; completions beyond the completion
@@ -101,8 +126,12 @@ public final class IOUringSeam: BackendSeam {
         public static let multishot = Features(rawValue: 1)
         /// IORING_SETUP_DEFER_TASKRUN (6.1): completions run inside our own io_uring_enter.
         public static let deferredCompletions = Features(rawValue: 2)
+        /// Provided-buffer rings (5.19) for the completion driver's copying reads.
+        public static let providedBuffers = Features(rawValue: 4)
+        /// Provided buffers consumed a receive at a time (IOU_PBUF_RING_INC, 6.12).
+        public static let incrementalBuffers = Features(rawValue: 8)
         /// Every feature the kernel may offer.
-        public static let all: Features = [.multishot, .deferredCompletions]
+        public static let all: Features = [.multishot, .deferredCompletions, .providedBuffers, .incrementalBuffers]
     }
     /// The features this seam uses.
     public let features: Features
@@ -123,6 +152,9 @@ public final class IOUringSeam: BackendSeam {
         levelMultishot = multishot
         var used: Features = multishot ? .multishot : []
         if rd_uring_defers_completions(made) != 0 { used.insert(.deferredCompletions) }
+        // Registered on first use; the kernel may still refuse them then (`completionFeatures`).
+        used.formUnion(allowed.intersection([.providedBuffers, .incrementalBuffers]))
+        buffersRefused = !allowed.contains(.providedBuffers)
         features = used
         kernelFacts = Self.describe(features: rd_uring_features(made), flags: rd_uring_setup_flags(made), multishot: multishot)
         capabilities = Capabilities(
@@ -215,7 +247,7 @@ public final class IOUringSeam: BackendSeam {
 
     /// Runs a ring call; if it fails with EEXIST (a ring with deferred completions has one submitting
     /// thread, and this is another), moves to a new ring owned by this thread and runs it again.
-    private func owned(_ operation: String, _ call: () -> CInt) throws(PollerError) {
+    func owned(_ operation: String, _ call: () -> CInt) throws(PollerError) {
         var status = call()
         if status == -EEXIST {
             try moveToNewRing()
@@ -229,6 +261,9 @@ public final class IOUringSeam: BackendSeam {
     /// looked at afresh, so a ready edge registration may report once more). The old ring's
     /// requests are cancelled by closing it.
     private func moveToNewRing() throws(PollerError) {
+        // Completion operations are not carried over (the async loop uses its ring from one thread, so
+        // it never moves); the provided buffers go with the old ring.
+        freeProvidedBuffers()
         var made: OpaquePointer?
         var message = [CChar](repeating: 0, count: 256)
         let status = message.withUnsafeMutableBufferPointer {
@@ -266,7 +301,7 @@ public final class IOUringSeam: BackendSeam {
     private func queueAdd(_ fd: CInt, mask: UInt32, multishot: Bool) throws(PollerError) {
         let armID = nextArm
         nextArm &+= 1
-        if nextArm == 0 { nextArm = 1 }
+        if nextArm >= Self.armIDLimit { nextArm = 1 }
         var position: UInt32 = 0
         try owned("io_uring_enter(POLL_ADD)") {
             rd_uring_poll_add(ring, fd, mask, Self.data(fd, armID), multishot ? 1 : 0, &position)
@@ -360,7 +395,7 @@ public final class IOUringSeam: BackendSeam {
         // Completions kept from the last wait: only look, do not block.
         var nanoseconds: Int64 = -1
         if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
-        let block = pending.isEmpty && nanoseconds != 0
+        let block = pending.isEmpty && operationCompletions.isEmpty && nanoseconds != 0
         var status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         if status == -EEXIST {
             try moveToNewRing()
@@ -394,6 +429,9 @@ public final class IOUringSeam: BackendSeam {
             if ran < 0, ran != -EINTR { break }
         }
         if !pending.isEmpty { deliverPending(&table, events) }
+        // Operation completions are no registration's event: a wait that reaped only those still
+        // returns (a waker event, without reading the eventfd: nobody woke it), so that the loop takes them.
+        if events.isEmpty, !operationCompletions.isEmpty { _ = events.append(Event(token: .waker, ready: .readable)) }
         if events.isEmpty, drained == 0, status == -EINTR { return .interrupted }
         return .events(events.count)
     }
@@ -424,6 +462,10 @@ public final class IOUringSeam: BackendSeam {
     /// registration's, which joins `pending` to be looked at again before it is reported.
     private func complete(_ data: UInt64, _ result: Int32, _ flags: UInt32,
                           _ table: inout RegistrationTable, _ events: EventBuffer) {
+        if data & Self.operationBit != 0 {
+            completeOperation(data, result, flags)
+            return
+        }
         if data & Self.controlBit != 0 {
             if data >> 32 != 0 {
                 // A POLL_REMOVE's: sent again if its request was completing (the next wait submits it).
@@ -526,5 +568,6 @@ public final class IOUringSeam: BackendSeam {
         guard !ringClosed else { return }
         ringClosed = true
         rd_uring_close(ring)
+        freeProvidedBuffers()
     }
 }

@@ -20,7 +20,7 @@ extension LoopState {
         let registered = resource.record.registered
         var keep = registered
         if registered.contains(.readable), !ready.isDisjoint(with: [.readable, .readClosed, .hangup, .error]) {
-            if resource.record.read.isWaiting {
+            if resource.record.read.waitsForReadiness {
                 resolve(resource, .read, .ready)
             } else if resource.record.read.lingering {
                 resource.record.read.lingering = false
@@ -29,7 +29,7 @@ extension LoopState {
             }
         }
         if registered.contains(.writable), !ready.isDisjoint(with: [.writable, .hangup, .error]) {
-            if resource.record.write.isWaiting {
+            if resource.record.write.waitsForReadiness {
                 resolve(resource, .write, .ready)
             } else if resource.record.write.lingering {
                 resource.record.write.lingering = false

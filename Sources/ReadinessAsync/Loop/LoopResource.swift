@@ -20,8 +20,12 @@ enum Outcome {
 }
 
 /// One direction's waiter: the continuation is taken exactly once (resolve), on the loop thread.
+/// With the completion driver the waiter may instead be an operation in the kernel (`op`): its task
+/// resumes on the operation's last completion, never before (a failure only cancels it: `resolve`).
 struct WaitSlot {
     var continuation: UnsafeContinuation<Outcome, Never>?
+    /// The completion driver's operation in the kernel for this direction (its continuation is the op's).
+    var op: CompletionOperation?
     var operation: UInt64 = 0
     var timer: TimerID?
     /// Resumed since the last event: the next event with nobody waiting keeps the interest once (the
@@ -31,7 +35,10 @@ struct WaitSlot {
     /// second one is ``LoopError/busy`` for the whole of the first, not only while it waits
     /// (`LoopState.claim`).
     var inUse = false
-    var isWaiting: Bool { continuation != nil }
+    /// Somebody waits: a task for readiness, or an operation in the kernel (a second one is `busy`).
+    var isWaiting: Bool { continuation != nil || op != nil }
+    /// A task waits for readiness (an operation in the kernel wants no readiness events).
+    var waitsForReadiness: Bool { continuation != nil }
 }
 
 /// What the loop keeps on every resource, whatever its kind: its two waiters, the interest registered

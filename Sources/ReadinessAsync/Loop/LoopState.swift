@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 import ReadinessNet
 
 /// Everything the loop thread owns. Not Sendable: it is reached only through
@@ -20,8 +20,12 @@ final class LoopState {
     /// Loop thread only, and never accessed overlapping (`insert`'s closure only builds the resource):
     /// unchecked, as each of the several accesses an operation makes would pay swift_beginAccess.
     @exclusivity(unchecked) var slab = Slab(capacity: LoopState.initialCapacity)
-    /// How the async operations do their I/O (the readiness driver: try, then wait for readiness).
-    let driver: any IODriver = ReadinessDriver()
+    /// How the async operations do their I/O: the readiness driver (try, then wait for readiness), or
+    /// the completion driver when the poller can complete operations (`chooseDriver`).
+    private(set) var driver: any IODriver = ReadinessDriver()
+    /// The completion driver, when it is the loop's driver (its operations' completions are taken after
+    /// each wait; `resolve` cancels an operation through it).
+    private(set) var completions: CompletionDriver?
     /// Caller-owned descriptors being waited on, by number.
     var foreign: [CInt: ResourceKey] = [:]
     /// By descriptor number: whether a stream or listener of this loop owns it (so that a descriptor
@@ -49,6 +53,24 @@ final class LoopState {
     static let readScratchSize = StreamSocket.maximumReadReservation
 
     init() {}
+
+    /// Sets the poller (on the loop thread) and picks the driver: the completion driver when the poller
+    /// is also a ``CompletionRing`` (io_uring) and `READINESS_IO_DRIVER` is not `readiness`.
+    func start(with poller: any Poller) {
+        self.poller = poller
+        guard let ring = poller as? any CompletionRing, Self.driverSetting() != "readiness" else { return }
+        let completions = CompletionDriver(ring: ring)
+        self.completions = completions
+        driver = completions
+    }
+
+    /// `READINESS_IO_DRIVER`: `readiness` keeps the readiness driver on io_uring (for comparison).
+    private static func driverSetting() -> String? {
+        getenv(CompletionDriver.environmentKey).map { String(cString: $0) }
+    }
+
+    /// Which driver the loop's async operations use: "completion" or "readiness".
+    var driverName: String { completions == nil ? "readiness" : "completion" }
 
     deinit { free(scratch?.baseAddress) }
 
@@ -160,6 +182,8 @@ final class LoopState {
         isShutDown = true
         for resource in slab.resources { close(resource, reason: reason) }
         timers.removeAll()
+        // The operations closing cancelled end in the kernel before their tasks resume.
+        if let completions, let poller { completions.drain(poller, loop: self) }
     }
 
     /// A descriptor was closed on this loop: listeners out of descriptors try again now.
@@ -207,8 +231,8 @@ final class LoopState {
         if !stream.record.registered.isEmpty, socket.poller == nil { try? poller?.deregister(socket.fd) }
         stream.record.registered = []
         var wanted: Interest = []
-        if stream.record.read.isWaiting || stream.record.read.lingering { wanted.insert(.readable) }
-        if stream.record.write.isWaiting || stream.record.write.lingering { wanted.insert(.writable) }
+        if stream.record.read.waitsForReadiness || stream.record.read.lingering { wanted.insert(.readable) }
+        if stream.record.write.waitsForReadiness || stream.record.write.lingering { wanted.insert(.writable) }
         do {
             try updateInterest(stream, wanted)
         } catch {

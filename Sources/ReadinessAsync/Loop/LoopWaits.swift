@@ -75,8 +75,22 @@ extension LoopState {
     }
 
     /// Resumes the direction's waiter, if any, exactly once.
+    ///
+    /// An operation in the kernel (the completion driver) is not resumed here: a failure (deadline,
+    /// cancellation, close, shutdown) frees the slot and asks the kernel to cancel the operation, and
+    /// its task resumes with that failure on the operation's last completion, once the kernel is done
+    /// with the caller's buffer. Readiness does nothing to it.
     func resolve(_ resource: any LoopResource, _ direction: Direction, _ outcome: Outcome) {
         let slot = resource.record[direction]
+        if let op = slot.op {
+            guard case .failed(let reason) = outcome else { return }
+            if let timer = slot.timer { timers.cancel(timer) }
+            var cleared = WaitSlot()
+            cleared.inUse = slot.inUse   // its operation runs on until the kernel's last completion
+            resource.record[direction] = cleared
+            completions?.abandon(op, reason: reason)
+            return
+        }
         guard let continuation = slot.continuation else { return }
         if let timer = slot.timer { timers.cancel(timer) }
         var cleared = WaitSlot()
@@ -84,6 +98,55 @@ extension LoopState {
         cleared.inUse = slot.inUse   // resumed, its operation runs on until it returns
         resource.record[direction] = cleared
         continuation.resume(returning: outcome)
+    }
+
+    /// Suspends until the operation `start` submits (the completion driver) has completed for good:
+    /// the slot holds it meanwhile (one per direction: ``LoopError/busy``), a deadline or a
+    /// cancellation cancels it (`resolve`). `.ready` once it completed (its result is on `op`, with
+    /// `op.failure` if it was cancelled meanwhile); a failure when it was never submitted.
+    @inline(never)
+    nonisolated(nonsending) func wait(for op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction,
+                                      deadline: Int64?, start: (CompletionOperation) throws(PollerError) -> Void) async -> Outcome {
+        let operation = nextOperation
+        nextOperation &+= 1
+        if prefersLoop() { return await suspend(for: op, resource, direction, operation, deadline: deadline, start: start) }
+        return await withTaskExecutorPreference(loop) { () async -> Outcome in
+            await suspend(for: op, resource, direction, operation, deadline: deadline, start: start)
+        }
+    }
+
+    nonisolated(nonsending) private func suspend(for op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction,
+                                                 _ operation: UInt64, deadline: Int64?,
+                                                 start: (CompletionOperation) throws(PollerError) -> Void) async -> Outcome {
+        let loop = self.loop!
+        let key = resource.key
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
+                self.install(op, resource, direction, operation, continuation, deadline: deadline, start: start)
+            }
+        } onCancel: {
+            loop.submit(.cancel(key: key, direction: direction, operation: operation))
+        }
+    }
+
+    @inline(never)
+    private func install(_ op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
+                         _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?,
+                         start: (CompletionOperation) throws(PollerError) -> Void) {
+        if isShutDown { return continuation.resume(returning: .failed(.shutdown)) }
+        guard slab.contains(resource) else { return continuation.resume(returning: .failed(.closed)) }
+        if resource.record[direction].isWaiting { return continuation.resume(returning: .failed(.busy)) }
+        if Task.isCancelled { return continuation.resume(returning: .failed(.cancelled)) }
+        do throws(PollerError) { try start(op) } catch { return continuation.resume(returning: .failed(.poller(error))) }
+        op.continuation = continuation
+        op.key = resource.key
+        op.direction = direction
+        var slot = WaitSlot(continuation: nil, op: op, operation: operation)
+        slot.inUse = resource.record[direction].inUse
+        if let deadline {
+            slot.timer = timers.schedule(at: deadline, token: resource.key.token(direction.deadline))
+        }
+        resource.record[direction] = slot
     }
 
     /// A waiting task was cancelled (submitted from any thread).

@@ -1,4 +1,4 @@
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 import ReadinessNet
 
 /// A listening socket the loop owns (``AsyncListener``), with its out-of-descriptors back-off: while
@@ -10,6 +10,12 @@ final class ListenerResource: LoopResource {
     let listener: Listener
     private(set) var isBackingOff = false
     private var backoffTimer: TimerID?
+    /// The completion driver's multishot accept, while armed, and the connections it accepted that no
+    /// `accept` has taken yet (at most `CompletionDriver.acceptQueueLimit` or so; closed with the
+    /// listener), and the error that ended it, for the next `accept` to meet by readiness.
+    var multishot: CompletionOperation?
+    var acceptQueue: [CInt] = []
+    var acceptFailure: Int32?
 
     init(key: ResourceKey, listener: Listener) {
         self.key = key
@@ -46,6 +52,14 @@ final class ListenerResource: LoopResource {
     }
 
     func release(loop: LoopState) {
+        // The multishot accept is cancelled before the descriptor is closed; what it accepted and
+        // nobody took is closed.
+        if let multishot {
+            self.multishot = nil
+            loop.completions?.abandon(multishot, reason: .closed)
+        }
+        for fd in acceptQueue { Sys.close(fd) }
+        acceptQueue = []
         if let backoffTimer { loop.timers.cancel(backoffTimer) }
         backoffTimer = nil
         if isBackingOff { loop.backingOff.remove(key) }

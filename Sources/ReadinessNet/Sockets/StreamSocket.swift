@@ -41,8 +41,9 @@ public final class StreamSocket {
         self.init(owning: connected.fd)
     }
 
-    /// A descriptor this package made (accept4, a connect attempt): non-blocking already, not checked.
-    init(owning fd: CInt) {
+    /// A descriptor this package made (accept4, a connect attempt, the completion driver's accept):
+    /// non-blocking already, not checked.
+    package init(owning fd: CInt) {
         descriptor = OwnedDescriptor(fd)
     }
 

@@ -60,6 +60,42 @@ unsigned rd_uring_cq_ready(const struct rd_uring *ring);
 void rd_uring_cq_get(const struct rd_uring *ring, unsigned i, uint64_t *user_data, int32_t *res, uint32_t *flags);
 void rd_uring_cq_advance(struct rd_uring *ring, unsigned n);
 
+// MARK: Completion I/O: operations queued like the polls (submitted by the next rd_uring_enter or
+// rd_uring_submit); each completion carries `user_data`. 0, or a negative errno.
+
+/// IORING_CQE_F_BUFFER: the completion used provided buffer `flags >> rd_uring_CQE_BUFFER_SHIFT`.
+extern const uint32_t rd_uring_CQE_F_BUFFER, rd_uring_CQE_BUFFER_SHIFT;
+/// IORING_CQE_F_BUF_MORE: an incrementally consumed buffer (IOU_PBUF_RING_INC) is not used up: the
+/// kernel goes on filling it after this completion's bytes.
+extern const uint32_t rd_uring_CQE_F_BUF_MORE;
+struct msghdr;
+/// IORING_OP_RECV of up to `length` bytes into `buffer`, or (`group` >= 0) into a buffer the kernel
+/// takes from provided-buffer group `group` when data is there.
+int rd_uring_prep_recv(struct rd_uring *ring, int fd, void *buffer, uint32_t length, uint64_t user_data, int group);
+/// IORING_OP_SEND (MSG_NOSIGNAL).
+int rd_uring_prep_send(struct rd_uring *ring, int fd, const void *buffer, uint32_t length, uint64_t user_data);
+/// IORING_OP_SENDMSG (MSG_NOSIGNAL); `message` and its iovecs must stay valid until the completion.
+int rd_uring_prep_sendmsg(struct rd_uring *ring, int fd, const struct msghdr *message, uint64_t user_data);
+/// IORING_OP_ACCEPT (SOCK_NONBLOCK | SOCK_CLOEXEC; the peer is not asked for); `multishot`: it stays
+/// armed, a completion per connection with IORING_CQE_F_MORE (Linux 5.19).
+int rd_uring_prep_accept(struct rd_uring *ring, int fd, uint64_t user_data, int multishot);
+/// IORING_OP_ASYNC_CANCEL of the request whose user_data is `target`.
+int rd_uring_prep_cancel(struct rd_uring *ring, uint64_t target, uint64_t user_data);
+
+/// A ring of provided buffers (IORING_REGISTER_PBUF_RING, Linux 5.19): `count` (a power of two)
+/// buffers of `size` bytes in group `group`, all given to the kernel; `incremental`: each buffer is
+/// consumed a receive at a time (IOU_PBUF_RING_INC, Linux 6.12). 0, or a negative errno (-EINVAL from
+/// a kernel without provided-buffer rings, or without incremental consumption).
+struct rd_uring_buffers;
+int rd_uring_buffers_register(struct rd_uring *ring, uint16_t group, uint32_t count, uint32_t size, int incremental,
+                              struct rd_uring_buffers **out);
+/// Gives buffer `id` back to the kernel.
+void rd_uring_buffers_give_back(struct rd_uring_buffers *buffers, uint16_t id);
+/// Where buffer `id` is.
+void *rd_uring_buffers_address(const struct rd_uring_buffers *buffers, uint16_t id);
+/// Unregisters (when `ring` is not NULL) and frees the buffers.
+void rd_uring_buffers_free(struct rd_uring *ring, struct rd_uring_buffers *buffers);
+
 /// /proc/sys/kernel/io_uring_disabled (0 allowed, 1 group only, 2 disabled), or -1 when absent.
 int rd_uring_disabled_setting(void);
 #endif

@@ -4,6 +4,12 @@
 // /proc), and peak RSS (VmHWM). Interleaved rounds (the order turns every round), ratios per round.
 //
 //   readiness-http-bench --server PATH [--nio PATH] [--rounds 3] [--seconds 5] [--backend epoll]
+//                        [--backends epoll,io_uring,io_uring-readiness] [--connections 64,256] [--no-nginx]
+//
+// --backends runs one Readiness server per entry, each on one loop: a backend's name, or
+// `io_uring-readiness` (io_uring with READINESS_IO_DRIVER=readiness: the readiness driver instead of
+// the completion driver that io_uring loops use by default). Their per-round ratios to the first
+// entry follow the table.
 //
 // Every server answers "Hello, world!" (13 bytes) to `GET /` over keep-alive connections on 127.0.0.1.
 // `make bench-http` builds everything in release and runs it; it prints a Markdown table.
@@ -14,21 +20,27 @@ struct Options {
     var nio: String?
     var rounds = 3
     var seconds = 5
-    var backend = "epoll"
+    var backends = ["epoll"]
     var connections = [64, 256]
+    var nginx = true
 }
 
 func parse() -> Options {
     var options = Options()
     var rest = CommandLine.arguments.dropFirst().makeIterator()
     while let flag = rest.next() {
+        if flag == "--no-nginx" {
+            options.nginx = false
+            continue
+        }
         guard let value = rest.next() else { fatalError("\(flag) needs a value") }
         switch flag {
         case "--server": options.server = value
         case "--nio": options.nio = value
         case "--rounds": options.rounds = max(1, Int(value) ?? 3)
         case "--seconds": options.seconds = max(1, Int(value) ?? 5)
-        case "--backend": options.backend = value
+        case "--backend": options.backends = [value]
+        case "--backends": options.backends = value.split(separator: ",").map(String.init)
         case "--connections": options.connections = value.split(separator: ",").compactMap { Int($0) }
         default: fatalError("unknown option \(flag)")
         }
@@ -61,13 +73,17 @@ final class Server {
     let port: Int
     let directory: String?
 
-    init(name: String, executable: String, arguments: [String], port: Int, directory: String? = nil) throws {
+    init(name: String, executable: String, arguments: [String], port: Int, directory: String? = nil,
+         environment: [String: String] = [:]) throws {
         self.name = name
         self.port = port
         self.directory = directory
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -191,10 +207,17 @@ func median(_ values: [Double]) -> Double {
 let options = parse()
 guard FileManager.default.isExecutableFile(atPath: "/usr/bin/wrk") else { fatalError("wrk is not installed (apt-get install wrk)") }
 var servers: [Server] = []
-let readinessPort = freePort()
-servers.append(try Server(name: "Readiness (readiness-http-server, 1 loop, \(options.backend))", executable: options.server,
-                          arguments: ["--port", "\(readinessPort)", "--loops", "1", "--backend", options.backend], port: readinessPort))
-if let nginx = try startNginx() { servers.append(nginx) }
+for entry in options.backends {
+    // `io_uring-readiness`: io_uring polled by the readiness driver (the completion driver opted out).
+    let readinessDriver = entry.hasSuffix("-readiness")
+    let backend = readinessDriver ? String(entry.dropLast("-readiness".count)) : entry
+    let driver = backend == "io_uring" ? (readinessDriver ? ", readiness driver" : ", completion driver") : ""
+    let port = freePort()
+    servers.append(try Server(name: "Readiness (readiness-http-server, 1 loop, \(backend)\(driver))", executable: options.server,
+                              arguments: ["--port", "\(port)", "--loops", "1", "--backend", backend], port: port,
+                              environment: readinessDriver ? ["READINESS_IO_DRIVER": "readiness"] : [:]))
+}
+if options.nginx, let nginx = try startNginx() { servers.append(nginx) }
 if let nio = options.nio {
     let port = freePort()
     servers.append(try Server(name: "SwiftNIO (NIOHTTP1, 1 thread)", executable: nio, arguments: ["--port", "\(port)"], port: port))
@@ -243,6 +266,19 @@ for (index, server) in servers.enumerated() {
     let cpuCell = String(format: "%.1f us", median(cpu[index][options.connections.first ?? 64] ?? []))
     let rss = String(format: "%.1f MB", server.peakRSSMegabytes)
     print("| \(server.name)\(errors[index] ? " (wrk saw errors)" : "") | " + cells.joined(separator: " | ") + " | \(cpuCell) | \(rss) |")
+}
+if options.backends.count > 1 {
+    // Each Readiness server against the first one, per round (same round, same machine state).
+    print("")
+    for index in 1..<options.backends.count {
+        for connections in options.connections {
+            let mine = rates[index][connections] ?? [], first = rates[0][connections] ?? []
+            guard mine.count == first.count, !mine.isEmpty else { continue }
+            let ratios = zip(mine, first).map { $0 / $1 }
+            let cpuRatios = zip(cpu[index][connections] ?? [], cpu[0][connections] ?? []).map { $0 / $1 }
+            print("- \(servers[index].name) / \(servers[0].name), -c\(connections): req/s \(String(format: "%.2f", median(ratios)))x (rounds: \(ratios.map { String(format: "%.2f", $0) }.joined(separator: ", "))), CPU per request \(String(format: "%.2f", median(cpuRatios)))x")
+        }
+    }
 }
 print("")
 print("\(options.rounds) rounds x \(options.seconds) s per server and concurrency, wrk -t1, interleaved (the order turns each round); \(ProcessInfo.processInfo.activeProcessorCount) cores; \(Date())")

@@ -1,6 +1,11 @@
 // readiness-net-bench: figures for the socket layer (Docs/Sockets.md), in one run.
 //
 //   readiness-net-bench --examples DIR [--only http,echo,exhaustion,allocations] [--rounds N]
+//                       [--echo-example readiness-async-echo] [--backends epoll,io_uring] [--echo-contenders nio]
+//
+// With readiness-async-echo and io_uring among the backends, the echo also runs io_uring with the
+// readiness driver (READINESS_IO_DRIVER=readiness; the row "io_uring-readiness") beside the
+// completion driver that io_uring loops use by default, and gives each row's ratio to epoll per round.
 //
 // DIR holds the release builds of the examples (readiness-echo, readiness-http-load):
 //   swift build -c release --product readiness-echo && swift build -c release --product readiness-http-load
@@ -306,17 +311,24 @@ func echoScenario() throws {
     // One round: every contender once, then every backend of the example once, the order reversed on
     // odd rounds; each backend's ratio to a contender is taken within the round, the median over rounds.
     var results: [String: [Double]] = [:], ratios: [String: [String: [Double]]] = [:]
+    // The example's rows: each backend, and io_uring's readiness driver beside its completion driver
+    // (the async example only: the sync one has no driver).
+    var rows = backends.map { ($0.name, "\(examples)/\(echoExample) --port PORT --backend \($0.name)") }
+    if echoExample == "readiness-async-echo", backends.contains(.ioUring) {
+        rows.append(("io_uring-readiness", "env READINESS_IO_DRIVER=readiness \(examples)/\(echoExample) --port PORT --backend io_uring"))
+    }
+    var toEpoll: [String: [Double]] = [:]
     for round in 0..<rounds {
-        var runs: [(String, String)] = echoContenders.map { ($0, contenderCommands[$0]!) }
-            + backends.map { ($0.name, "\(examples)/\(echoExample) --port PORT --backend \($0.name)") }
+        var runs: [(String, String)] = echoContenders.map { ($0, contenderCommands[$0]!) } + rows
         if round % 2 == 1 { runs.reverse() }
         var thisRound: [String: Double] = [:]
         for (name, command) in runs { thisRound[name] = try runServer(command) }
         for (name, value) in thisRound { results[name, default: []].append(value) }
-        for backend in backends {
+        for (name, _) in rows {
             for contender in echoContenders {
-                ratios[backend.name, default: [:]][contender, default: []].append(thisRound[backend.name]! / thisRound[contender]!)
+                ratios[name, default: [:]][contender, default: []].append(thisRound[name]! / thisRound[contender]!)
             }
+            if let epoll = thisRound["epoll"], name != "epoll" { toEpoll[name, default: []].append(thisRound[name]! / epoll) }
         }
     }
     let size = echoMessage % 1024 == 0 ? "\(echoMessage / 1024) KiB" : "\(echoMessage) B"
@@ -329,13 +341,18 @@ func echoScenario() throws {
         let values = results[contender] ?? []
         report.append("| \(contenderNames[contender] ?? contender) | \(Int(median(values) / 1e6)) | \(mb(values)) |" + echoContenders.map { _ in " |" }.joined())
     }
-    for backend in backends {
-        let values = results[backend.name] ?? []
+    for (name, _) in rows {
+        let values = results[name] ?? []
         let cells = echoContenders.map { contender -> String in
-            let r = ratios[backend.name]?[contender] ?? []
+            let r = ratios[name]?[contender] ?? []
             return "\(twoDecimals(median(r)))x (\(r.map { twoDecimals($0) }.joined(separator: ", ")))"
         }
-        report.append("| \(echoExample), \(backend.name) | \(Int(median(values) / 1e6)) | \(mb(values)) | " + cells.joined(separator: " | ") + " |")
+        report.append("| \(echoExample), \(name) | \(Int(median(values) / 1e6)) | \(mb(values)) | " + cells.joined(separator: " | ") + " |")
+    }
+    report.append("")
+    for (name, _) in rows where name != "epoll" {
+        guard let r = toEpoll[name], !r.isEmpty else { continue }
+        report.append("- \(echoExample), \(name) / epoll, per round: \(twoDecimals(median(r)))x (\(r.map { twoDecimals($0) }.joined(separator: ", ")))")
     }
     report.append("")
 }

@@ -1,0 +1,531 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+@_spi(Backend) import ReadinessCore
+import ReadinessNet
+
+/// One operation the completion driver submitted: the kernel holds a reference to it (its tag is its
+/// address) from the submission to its last completion, and its task waits on `continuation` until then.
+final class CompletionOperation {
+    @exclusivity(unchecked) var continuation: UnsafeContinuation<Outcome, Never>?
+    /// Whose slot holds it while its task waits (set when it is submitted).
+    @exclusivity(unchecked) var key = ResourceKey(0)
+    @exclusivity(unchecked) var direction = Direction.read
+    /// Set when the wait was given up (deadline, cancellation, close, shutdown): the kernel was asked
+    /// to cancel the operation; its task ends with this failure unless the operation completed anyway
+    /// and its result may be kept (`CompletionDriver.keeps`).
+    @exclusivity(unchecked) var failure: LoopError?
+    /// The last completion's result (a count, a descriptor, or a negative errno) and provided buffer.
+    @exclusivity(unchecked) var result: Int32 = 0
+    @exclusivity(unchecked) var bufferID: UInt16?
+    @exclusivity(unchecked) var bufferOffset = 0
+    @exclusivity(unchecked) var filledBuffer = false
+    /// A listener's multishot accept (its completions go to the listener's queue, no task waits on it).
+    @exclusivity(unchecked) var isMultishotAccept = false
+    /// A multishot accept being cancelled because its queue is full (not given up: what it accepts is kept).
+    @exclusivity(unchecked) var stopping = false
+    /// A vectored write's message and iovecs (kept until the completion).
+    @exclusivity(unchecked) var message: UnsafeMutablePointer<msghdr>?
+    /// The driver's list of operations in the kernel (the kernel's reference keeps them alive).
+    @exclusivity(unchecked) unowned(unsafe) var previous: CompletionOperation?
+    @exclusivity(unchecked) unowned(unsafe) var next: CompletionOperation?
+
+    /// The tag the kernel carries: this object's address (held retained while the kernel has it).
+    var tag: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
+
+    deinit {
+        if let message {
+            message.pointee.msg_iov?.deallocate()
+            message.deallocate()
+        }
+    }
+}
+
+/// The completion driver (``IODriver``) for a loop whose poller is also a ``CompletionRing`` (io_uring):
+/// a read, `readCopying`, write or accept that would wait is submitted to the ring, and its task
+/// resumes with the completion's result. A write first tries its system call (a send rarely blocks),
+/// then submits what is left. Connects, datagrams and the owned-bytes `perform` go to the readiness
+/// driver, as do operations the ring cannot take (a provided buffer missing, a back-off), so that
+/// behaviour is the same. Chosen in `LoopState.start` (opt-out: `READINESS_IO_DRIVER=readiness`).
+///
+/// Deadlines, cancellation, close and shutdown cancel an operation in the kernel (`LoopState.resolve`);
+/// its task resumes only on the operation's last completion, so a caller's buffer is never written
+/// after the call returned, and a closed socket's file is let go at once (the cancel is submitted
+/// before the descriptor is closed).
+final class CompletionDriver: IODriver, @unchecked Sendable {
+    // Loop thread only (every requirement of IODriver runs there), as the `LoopState` it belongs to.
+    private let ring: any CompletionRing
+    private let readiness = ReadinessDriver()
+    /// Operations in the kernel (submitted, last completion not yet taken).
+    private(set) var inFlight = 0
+    /// Those operations, newest first (so that a shutdown that outlasts ``drainLimit`` resumes them).
+    private unowned(unsafe) var newest: CompletionOperation?
+    /// Operations that went to the readiness driver's path, and operations completed (``IODriverInfo``).
+    private(set) var fallbacks = 0
+    private(set) var completed = 0
+
+    init(ring: any CompletionRing) {
+        self.ring = ring
+    }
+
+    /// The environment variable that picks the driver: `readiness` keeps the readiness driver on a
+    /// loop whose poller could complete operations (for comparison).
+    static let environmentKey = "READINESS_IO_DRIVER"
+
+    // MARK: The loop's side
+
+    /// Takes the completions the last poller wait reaped, frees their slots and resumes their tasks.
+    func dispatch(_ loop: LoopState) {
+        ring.takeCompletions { completion in
+            guard let pointer = UnsafeRawPointer(bitPattern: UInt(completion.tag)) else { return }
+            let unmanaged = Unmanaged<CompletionOperation>.fromOpaque(pointer)
+            // A multishot operation stays in the kernel (and keeps its reference) while `more` is set.
+            let op = completion.more ? unmanaged.takeUnretainedValue() : unmanaged.takeRetainedValue()
+            if !completion.more { unlink(op) }
+            completed += 1
+            if op.isMultishotAccept {
+                accepted(op, completion, loop: loop)
+                return
+            }
+            op.result = completion.result
+            op.bufferID = completion.bufferID
+            op.bufferOffset = completion.bufferOffset
+            op.filledBuffer = completion.filledBuffer
+            guard let continuation = op.continuation else { return }
+            op.continuation = nil
+            if let resource = loop.slab[op.key], resource.key == op.key {
+                let slot = resource.record[op.direction]
+                if slot.op === op {
+                    if let timer = slot.timer { loop.timers.cancel(timer) }
+                    var cleared = WaitSlot()
+                    cleared.inUse = slot.inUse   // resumed, its operation runs on until it returns
+                    resource.record[op.direction] = cleared
+                }
+            }
+            continuation.resume(returning: .ready)
+        }
+    }
+
+    private func link(_ op: CompletionOperation) {
+        _ = Unmanaged.passRetained(op)   // the kernel's reference, taken back by `dispatch`
+        op.next = newest
+        newest?.previous = op
+        newest = op
+        inFlight += 1
+    }
+
+    private func unlink(_ op: CompletionOperation) {
+        if let previous = op.previous { previous.next = op.next } else { newest = op.next }
+        op.next?.previous = op.previous
+        op.previous = nil
+        op.next = nil
+        inFlight -= 1
+    }
+
+    /// The wait for `op` was given up (`LoopState.resolve`): the kernel is asked to cancel it.
+    func abandon(_ op: CompletionOperation, reason: LoopError) {
+        op.failure = reason
+        try? ring.cancel(tag: op.tag)
+    }
+
+    /// Shutdown: every operation was cancelled (its resource closed); the loop waits (up to
+    /// ``drainLimit``) for their last completions so that their tasks resume with the kernel done.
+    func drain(_ poller: any Poller, loop: LoopState) {
+        let deadline = MonotonicClock.nowNanoseconds + Self.drainLimit
+        while inFlight > 0, MonotonicClock.nowNanoseconds < deadline {
+            _ = try? poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))
+            dispatch(loop)
+        }
+        // Not done in time (the ring's close, next, cancels them in the kernel): their tasks resume
+        // anyway, with their failure, rather than never.
+        while let op = newest {
+            unlink(op)
+            Unmanaged.passUnretained(op).release()
+            op.result = -ECANCELED
+            op.bufferID = nil
+            if op.failure == nil { op.failure = .shutdown }
+            op.continuation.take()?.resume(returning: .ready)
+        }
+    }
+
+    /// How long shutdown waits for cancelled operations (1 s; a socket's cancel completes at once).
+    static let drainLimit: Int64 = 1_000_000_000
+    static let drainStepMilliseconds = 10
+
+    /// Submits one operation (`start` queues it under `op.tag`) and waits for its last completion.
+    nonisolated(nonsending) private func run(_ op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction,
+                                             deadline: Int64?, on loop: LoopState,
+                                             _ start: (any CompletionRing, UInt64) throws(PollerError) -> Void) async throws(LoopError) {
+        let ring = self.ring
+        let outcome = await loop.wait(for: op, resource, direction, deadline: deadline) { (op) throws(PollerError) in
+            try start(ring, op.tag)
+            self.link(op)
+        }
+        if case .failed(let error) = outcome { throw error }
+    }
+
+    /// Whether a result that came in although the wait was given up is kept: yes after a deadline or a
+    /// cancellation (the data or connection is the caller's; the cancel lost the race), no once the
+    /// resource was closed or the loop shuts down.
+    private static func keeps(_ failure: LoopError?) -> Bool {
+        switch failure {
+        case nil, .timedOut?, .cancelled?: true
+        default: false
+        }
+    }
+
+    // MARK: Multishot accept
+
+    /// The most connections a listener's multishot accept takes ahead of its `accept` calls: then it is
+    /// cancelled, and the rest wait in the kernel's backlog as they would for the readiness driver.
+    static let acceptQueueLimit = 16
+    /// The kernel refused a multishot accept (before 5.19): single accepts from then on.
+    private var multishotAcceptRefused = false
+
+    /// A completion of a listener's multishot accept: the connection joins the listener's queue (or is
+    /// closed, the listener being gone), an error that ended it is kept for the next `accept`, and a
+    /// task waiting in `accept` looks again.
+    private func accepted(_ op: CompletionOperation, _ completion: OperationCompletion, loop: LoopState) {
+        let result = completion.result
+        guard let listener = loop.slab[op.key] as? ListenerResource, listener.key == op.key, listener.multishot === op,
+              op.failure == nil else {
+            if result >= 0 { Sys.close(result) }
+            return
+        }
+        if !completion.more { listener.multishot = nil }
+        if result >= 0 {
+            listener.acceptQueue.append(result)
+            if completion.more, !op.stopping, listener.acceptQueue.count >= Self.acceptQueueLimit {
+                // Cancelled; its completions until the last still queue what it accepted.
+                op.stopping = true
+                try? ring.cancel(tag: op.tag)
+            }
+        } else if -result == EINVAL {
+            multishotAcceptRefused = true
+            listener.acceptFailure = result
+        } else if -result != ECANCELED {
+            listener.acceptFailure = result
+        }
+        loop.resolve(listener, .read, .ready)
+    }
+
+    /// Arms `listener`'s multishot accept.
+    private func armMultishotAccept(_ listener: ListenerResource) throws(LoopError) {
+        let op = CompletionOperation()
+        op.isMultishotAccept = true
+        op.key = listener.key
+        do throws(PollerError) { try ring.accept(listener.listener.fd, tag: op.tag, multishot: true) } catch { throw .poller(error) }
+        link(op)
+        listener.multishot = op
+    }
+
+    // MARK: IODriver
+
+    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool, on loop: LoopState,
+                                         _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
+        try await readiness.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: loop, attempt)
+    }
+
+    nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
+                                      on loop: LoopState) async throws(LoopError) -> Int {
+        let (stream, socket) = try loop.stream(id)
+        if stream.record.read.isWaiting { throw .busy }
+        // A cancelled task still takes data that is there (the readiness driver tries first).
+        if Task.isCancelled || buffer.isEmpty {
+            fallbacks += 1
+            return try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+        }
+        let op = CompletionOperation()
+        let fd = socket.fd
+        try await run(op, stream, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+            try ring.receive(fd, into: buffer, tag: tag)
+        }
+        let result = op.result
+        if result >= 0, Self.keeps(op.failure) { return Int(result) }
+        if let failure = op.failure { throw failure }
+        return try await retryOrFail(result, operation: "read") { () async throws(LoopError) -> Int in
+            try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+        }
+    }
+
+    /// A failed operation's errno: EAGAIN or ENOBUFS (no provided buffer free) go to the readiness
+    /// driver's path (`fallback`); others are the socket's error.
+    nonisolated(nonsending) private func retryOrFail<T>(_ result: Int32, operation: String,
+                                                         _ fallback: () async throws(LoopError) -> T) async throws(LoopError) -> T {
+        let code = -result
+        if code == EAGAIN || code == ENOBUFS || code == EINTR {
+            fallbacks += 1
+            return try await fallback()
+        }
+        if code == ECANCELED { throw .cancelled }
+        throw .socket(SocketError(errno: code, operation: operation))
+    }
+
+    /// Kept small, as every idle connection's task is suspended in it: the submission and the wait
+    /// are one call (`receiveProvided`), taking the bytes is a synchronous one (`takeProvided`), and the
+    /// readiness path another (`readinessCopying`), none inlined (Docs/Async.md, "Memory per idle connection").
+    nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
+                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        if let op = try await receiveProvided(id, maximum: maximum, deadline: deadline, on: loop) {
+            if let taken = try takeProvided(op, id, maximum: maximum, on: loop, take) { return taken }
+        }
+        return try await readinessCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
+    }
+
+    /// Submits a receive into a provided buffer and waits for its completion; nil: the readiness path
+    /// instead (a cancelled task, which still takes ready data; no provided buffers).
+    @inline(never)
+    nonisolated(nonsending) private func receiveProvided(_ id: UInt64, maximum: Int, deadline: Int64?,
+                                                         on loop: LoopState) async throws(LoopError) -> CompletionOperation? {
+        let (stream, socket) = try loop.stream(id)
+        if stream.record.read.isWaiting { throw .busy }
+        if Task.isCancelled || !ring.completionFeatures.contains(.providedBuffers) { return nil }
+        let op = CompletionOperation()
+        let fd = socket.fd
+        let room = Swift.max(maximum, 1)
+        do {
+            try await run(op, stream, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                try ring.receiveProvided(fd, maximum: room, tag: tag)
+            }
+        } catch .poller(let error) where !ring.completionFeatures.contains(.providedBuffers) {
+            _ = error   // the kernel refused the provided buffers: the readiness path from now on
+            return nil
+        }
+        return op
+    }
+
+    /// The completed receive: its bytes handed to `take` and its buffer given back, its error thrown,
+    /// or nil when the readiness path is to read instead (no provided buffer was free, EAGAIN).
+    @inline(never)
+    private func takeProvided<T>(_ op: CompletionOperation, _ id: UInt64, maximum: Int, on loop: LoopState,
+                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
+        let result = op.result
+        guard result >= 0 else {
+            if let failure = op.failure { throw failure }
+            let code = -result
+            if code == EAGAIN || code == ENOBUFS || code == EINTR { return nil }
+            if code == ECANCELED { throw .cancelled }
+            throw .socket(SocketError(errno: code, operation: "read"))
+        }
+        let buffer = op.bufferID
+        defer { if let buffer { ring.giveBack(buffer) } }
+        if !Self.keeps(op.failure) { throw op.failure! }
+        guard result > 0, let buffer else {
+            do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }
+        }
+        guard let base = ring.providedBuffer(buffer) else { throw .shutdown }
+        let bytes = UnsafeRawBufferPointer(start: base + op.bufferOffset, count: Int(result))
+        let room = Swift.max(maximum, 1)
+        do {
+            // Cut short by the buffer's end: read on, as one recv(2) of `maximum` would have.
+            if Int(result) < room, op.filledBuffer, let socket = try? loop.stream(id).1 {
+                return try Self.topUp(bytes, socket: socket, maximum: room, loop: loop, take)
+            }
+            return try take(bytes)
+        } catch { throw .socket(error) }
+    }
+
+    /// The readiness driver's copying read, counted as a fallback.
+    @inline(never)
+    nonisolated(nonsending) private func readinessCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
+                                                             _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        fallbacks += 1
+        return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
+    }
+
+    /// A provided buffer came back full and the caller asked for more: as one recv(2) of `maximum`
+    /// would (the readiness driver's read), what else is there now is read after it, in the loop's
+    /// scratch buffer, and `take` gets both at once.
+    @inline(never)
+    private static func topUp<T>(_ first: UnsafeRawBufferPointer, socket: StreamSocket, maximum: Int, loop: LoopState,
+                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(SocketError) -> T {
+        let scratch = try loop.readScratch()
+        let room = Swift.min(maximum, scratch.count)
+        scratch.copyMemory(from: first)
+        var count = first.count
+        // An error or the end of the stream is left for the next read (recv reports it again).
+        if room > count, case .transferred(let n)? = try? socket.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[count..<room])) {
+            count += n
+        }
+        return try take(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+    }
+
+    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
+                                       on loop: LoopState) async throws(LoopError) {
+        var (stream, socket) = try loop.stream(id)
+        if stream.record.write.isWaiting { throw .busy }
+        var offset = 0
+        // First the system call itself: a send rarely blocks, and then no suspension.
+        do {
+            if case .transferred(let n) = try socket.write(buffer) { offset = n }
+        } catch { throw .socket(error) }
+        while offset < buffer.count {
+            let op = CompletionOperation()
+            let fd = socket.fd
+            let rest = UnsafeRawBufferPointer(rebasing: buffer[offset...])
+            try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                try ring.send(fd, rest, tag: tag)
+            }
+            if let failure = op.failure { throw failure }
+            if op.result < 0 {
+                // EAGAIN and the like: the readiness driver writes the rest (no resubmission loop).
+                return try await retryOrFail(op.result, operation: "send") { () async throws(LoopError) in
+                    try await readiness.write(id, rest, deadline: deadline, on: loop)
+                }
+            }
+            offset += Int(op.result)
+            (stream, socket) = try loop.stream(id)
+        }
+    }
+
+    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
+                                       on loop: LoopState) async throws(LoopError) {
+        var (stream, socket) = try loop.stream(id)
+        if stream.record.write.isWaiting { throw .busy }
+        var remaining = RemainingBuffers(buffers: buffers)
+        do {
+            if !remaining.isEmpty, case .transferred(let n) = try socket.write(vectored: remaining) { remaining.advance(by: n) }
+        } catch { throw .socket(error) }
+        while !remaining.isEmpty {
+            let op = CompletionOperation()
+            let fd = socket.fd
+            let message = Self.message(for: remaining)
+            op.message = message
+            try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                try ring.sendMessage(fd, message, tag: tag)
+            }
+            if let failure = op.failure { throw failure }
+            if op.result < 0 {
+                let rest = Array(remaining)
+                return try await retryOrFail(op.result, operation: "sendmsg") { () async throws(LoopError) in
+                    try await readiness.write(id, vectored: rest, deadline: deadline, on: loop)
+                }
+            }
+            remaining.advance(by: Int(op.result))
+            (stream, socket) = try loop.stream(id)
+        }
+    }
+
+    /// A `msghdr` naming the remaining buffers (at most IOV_MAX of them), allocated for the operation.
+    private static func message(for remaining: RemainingBuffers) -> UnsafeMutablePointer<msghdr> {
+        let count = Swift.min(remaining.count, StreamSocket.maximumVectoredBuffers)
+        let iov = UnsafeMutablePointer<iovec>.allocate(capacity: Swift.max(count, 1))
+        var index = 0
+        for buffer in remaining {
+            if index == count { break }
+            iov[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
+            index += 1
+        }
+        let message = UnsafeMutablePointer<msghdr>.allocate(capacity: 1)
+        message.initialize(to: msghdr())
+        message.pointee.msg_iov = iov
+        message.pointee.msg_iovlen = count
+        return message
+    }
+
+    /// A connection from the listener's queue, which its multishot accept fills (armed by the first
+    /// `accept` that finds the queue empty, and kept armed): a connection accepted while no task waited
+    /// is handed out without a system call to the kernel's queue.
+    nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        if multishotAcceptRefused { return try await acceptOnce(id, deadline: deadline, on: loop) }
+        while true {
+            let listener = try loop.listener(id)
+            if listener.record.read.isWaiting { throw .busy }
+            // A listener out of descriptors backs off as the readiness driver does it; a cancelled task
+            // still takes a connection that is there.
+            if listener.isBackingOff || (Task.isCancelled && listener.acceptQueue.isEmpty) {
+                return try await readinessAccept(id, deadline: deadline, on: loop)
+            }
+            try loop.checkRoom()
+            if !listener.acceptQueue.isEmpty {
+                let fd = listener.acceptQueue.removeFirst()
+                let socket = StreamSocket(owning: fd)
+                // The peer, asked now; a client gone already (ENOTCONN) is skipped as accept(2) does.
+                guard let peer = try? SocketAddress.peer(of: fd) else {
+                    socket.close()
+                    continue
+                }
+                do throws(LoopError) { return (try loop.adopt(socket), peer) } catch {
+                    socket.close()
+                    throw error
+                }
+            }
+            if listener.acceptFailure != nil {
+                // The error that ended the multishot accept (out of descriptors, ...): the readiness
+                // driver's accept meets it again and reports or backs off as it always does.
+                listener.acceptFailure = nil
+                return try await readinessAccept(id, deadline: deadline, on: loop)
+            }
+            if listener.multishot == nil { try armMultishotAccept(listener) }
+            if case .failed(let error) = await loop.wait(listener, .read, deadline: deadline, interest: false) { throw error }
+        }
+    }
+
+    @inline(never)
+    nonisolated(nonsending) private func readinessAccept(_ id: UInt64, deadline: Int64?,
+                                                         on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        fallbacks += 1
+        return try await readiness.accept(id, deadline: deadline, on: loop)
+    }
+
+    /// One accept submitted per call (a kernel without multishot accept).
+    nonisolated(nonsending) private func acceptOnce(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        while true {
+            let listener = try loop.listener(id)
+            if listener.record.read.isWaiting { throw .busy }
+            // A cancelled task still takes a queued connection; a listener out of descriptors backs off
+            // (both as the readiness driver does them).
+            if Task.isCancelled || listener.isBackingOff {
+                fallbacks += 1
+                return try await readiness.accept(id, deadline: deadline, on: loop)
+            }
+            try loop.checkRoom()
+            let op = CompletionOperation()
+            let fd = listener.listener.fd
+            try await run(op, listener, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                try ring.accept(fd, tag: tag, multishot: false)
+            }
+            let result = op.result
+            if result >= 0 {
+                let socket = StreamSocket(owning: result)
+                if !Self.keeps(op.failure) {
+                    socket.close()
+                    throw op.failure!
+                }
+                // The peer, asked now; a client gone already (ENOTCONN) is skipped as accept(2) does.
+                let peer: SocketAddress
+                do { peer = try SocketAddress.peer(of: result) } catch {
+                    socket.close()
+                    continue
+                }
+                do throws(LoopError) { return (try loop.adopt(socket), peer) } catch {
+                    socket.close()
+                    throw error
+                }
+            }
+            if let failure = op.failure { throw failure }
+            if -result == ECANCELED { throw .cancelled }
+            // Any other error (out of descriptors, a client that went away, EAGAIN): the readiness
+            // driver's accept, which retries, backs off or reports it as it always does.
+            fallbacks += 1
+            return try await readiness.accept(id, deadline: deadline, on: loop)
+        }
+    }
+
+    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
+                                         on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
+        try await readiness.connect(to: address, deadline: deadline, on: loop)
+    }
+
+    nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
+                                         options: HappyEyeballs.Options, deadline: Int64?,
+                                         on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
+        try await readiness.connect(addresses: addresses, resolution: resolution, options: options, deadline: deadline, on: loop)
+    }
+
+    nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                             on loop: LoopState,
+                                             _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
+        try await readiness.datagram(id, direction, deadline: deadline, waitFirst: waitFirst, on: loop, attempt)
+    }
+}

@@ -1,0 +1,205 @@
+import Glibc
+@_spi(Backend) import Readiness
+import Testing
+
+/// What the io_uring completion driver (Sources/ReadinessAsync/Drivers/CompletionDriver.swift) must
+/// keep: an operation given up ends in the kernel before its task resumes, closing a socket with a
+/// pending read lets go of its file, provided buffers come back. The behaviour is every driver's, so
+/// the first two run on every backend; on io_uring they run the completion driver.
+@Suite("Async completion driver", .serialized)
+struct AsyncCompletionDriverTests {
+    enum GiveUp: String, CaseIterable, Sendable { case deadline, cancellation }
+
+    /// How long a read waits before it is given up, and how long the test then leaves the kernel to
+    /// write into a buffer it should no longer hold.
+    static let pause: Duration = .milliseconds(50)
+    static let sentinel: UInt8 = 0xAA
+    static let payload = [UInt8](repeating: 0x11, count: 16)
+
+    @Test("a read into the caller's buffer given up (deadline, cancellation) never writes it afterwards, and the data stays for the next read",
+          .timeLimit(.minutes(1)), arguments: backends, GiveUp.allCases)
+    func givenUpReadLeavesBuffer(backend: Backend, giveUp: GiveUp) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, a, b) = try await connectedPair(loop)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+            defer { buffer.deallocate() }
+            buffer.initializeMemory(as: UInt8.self, repeating: Self.sentinel)
+            nonisolated(unsafe) let shared = buffer
+            let timeout: Duration? = giveUp == .deadline ? Self.pause : nil
+            let reader = Task { () async -> LoopError? in
+                do throws(LoopError) { _ = try await a.read(into: shared, timeout: timeout) } catch { return error }
+                return nil
+            }
+            if giveUp == .cancellation {
+                try await loop.sleep(for: Self.pause)
+                reader.cancel()
+            }
+            let error = await reader.value
+            #expect(error == (giveUp == .deadline ? .timedOut : .cancelled))
+            try await b.write(Self.payload)
+            try await loop.sleep(for: Self.pause)
+            #expect(buffer.allSatisfy { $0 == Self.sentinel }, "the given-up read wrote the buffer after it returned")
+            let again = try await a.read(upTo: 64, timeout: .seconds(5))
+            #expect(again == Self.payload)
+            try await Self.expectNothingInKernel(loop, closing: listener)
+            await a.close()
+            await b.close()
+        }
+    }
+
+    /// Closes the listener (whose multishot accept stays armed while it is open) and checks that no
+    /// operation is left in the kernel once its cancel completed (a loop iteration later).
+    static func expectNothingInKernel(_ loop: EventLoop, closing listener: AsyncListener) async throws {
+        await listener.close()
+        try await loop.sleep(for: .milliseconds(20))
+        #expect(try await loop.ioDriver().operationsInKernel == 0)
+    }
+
+    enum ReadForm: String, CaseIterable, Sendable { case callerBuffer, copying }
+
+    @Test("closing a socket whose read is pending ends the read with .closed and releases its file: the peer sees the end of the stream",
+          .timeLimit(.minutes(1)), arguments: backends, ReadForm.allCases)
+    func closeWithPendingRead(backend: Backend, form: ReadForm) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, a, b) = try await connectedPair(loop)
+            let reader = Task { () async -> LoopError? in
+                do throws(LoopError) {
+                    switch form {
+                    case .callerBuffer: _ = try await readOnce(a)
+                    case .copying: _ = try await a.read(upTo: 64)
+                    }
+                } catch { return error }
+                return nil
+            }
+            try await loop.sleep(for: Self.pause)   // the read is pending (in the kernel on io_uring)
+            await a.close()
+            #expect(await reader.value == .closed)
+            // The file is gone, not only the number: the peer reads the end of the stream at once.
+            let bytes = try await b.read(upTo: 64, timeout: .seconds(2))
+            #expect(bytes.isEmpty)
+            try await Self.expectNothingInKernel(loop, closing: listener)
+            await b.close()
+        }
+    }
+
+    @Test("io_uring loops use the completion driver; READINESS_IO_DRIVER=readiness keeps the readiness driver")
+    func driverChoice() async throws {
+        guard IOUringTests.usable else { return }
+        let completion = try EventLoop(backend: .ioUring)
+        #expect(try await completion.ioDriver().kind == .completion)
+        await completion.shutdown()
+        setenv("READINESS_IO_DRIVER", "readiness", 1)
+        let readiness = try EventLoop(backend: .ioUring)
+        unsetenv("READINESS_IO_DRIVER")
+        #expect(try await readiness.ioDriver().kind == .readiness)
+        await readiness.shutdown()
+        if let other = backends.first(where: { $0 != .ioUring }) {
+            let loop = try EventLoop(backend: other)
+            #expect(try await loop.ioDriver().kind == .readiness)
+            await loop.shutdown()
+        }
+    }
+
+    /// The provided-buffer layouts a kernel may leave the driver with.
+    enum BufferLayout: String, CaseIterable, Sendable {
+        /// 16 × 64 KiB consumed a receive at a time (Linux 6.12).
+        case incremental
+        /// 256 × 4 KiB, one receive each (5.19).
+        case small
+        /// None: copying reads take the readiness path.
+        case none
+        var allowed: IOUringSeam.Features {
+            switch self {
+            case .incremental: .all
+            case .small: IOUringSeam.Features.all.subtracting(.incrementalBuffers)
+            case .none: IOUringSeam.Features.all.subtracting([.providedBuffers, .incrementalBuffers])
+            }
+        }
+    }
+
+    /// More reads than the ring has provided buffers and more bytes than they hold (1 MiB), each read
+    /// larger than a small buffer (so that it is cut short there and reads on with recv(2)): each part
+    /// is given back after its bytes were copied, or the later reads would find no buffer (ENOBUFS) and
+    /// fall back to readiness.
+    @Test("every provided buffer is given back: a thousand copying reads of 5 kB, no fallback, nothing left in the kernel",
+          .timeLimit(.minutes(1)), arguments: BufferLayout.allCases)
+    func providedBuffersReturned(layout: BufferLayout) async throws {
+        guard IOUringTests.usable else { return }
+        let rounds = 1_000
+        let size = 5_000
+        let descriptors = openDescriptorCount()
+        let allowed = layout.allowed
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in try IOUringSeam.makePoller(allowing: allowed) }
+        let (listener, a, b) = try await connectedPair(loop)
+        let before = try await loop.ioDriver()
+        for round in 0..<rounds {
+            let message = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: size)
+            async let echoed = a.read(upTo: message.count, timeout: .seconds(5))
+            try await b.write(message)
+            var received = try await echoed
+            while received.count < message.count {   // a segment boundary may split it
+                received += try await a.read(upTo: message.count - received.count, timeout: .seconds(5))
+            }
+            #expect(received == message)
+        }
+        let after = try await loop.ioDriver()
+        #expect(after.kind == .completion)
+        if layout == .none {
+            #expect(after.readinessFallbacks - before.readinessFallbacks >= rounds, "copying reads without provided buffers take the readiness path")
+        } else {
+            #expect(after.readinessFallbacks == before.readinessFallbacks, "reads fell back to readiness: a provided buffer was not given back")
+            #expect(after.completed - before.completed >= rounds)
+        }
+        try await Self.expectNothingInKernel(loop, closing: listener)
+        await a.close()
+        await b.close()
+        await loop.shutdown()
+        #expect(await settledDescriptorCount(descriptors) == descriptors)
+    }
+
+    /// A blocking loopback client (its connect completes in the listener's backlog).
+    static func client(_ address: SocketAddress) throws -> CInt {
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+        guard address.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
+            close(fd)
+            throw TestFailure("connect: \(errno)")
+        }
+        return fd
+    }
+
+    /// io_uring's multishot accept takes connections ahead of the `accept` calls (up to a bound): every
+    /// one is handed out in order of arrival, none is lost, and those nobody took are closed with the
+    /// listener. The same outcome on every backend.
+    @Test("connections that arrive while nobody accepts are all accepted later; closing the listener closes the rest, no descriptor left",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func acceptsAhead(backend: Backend) async throws {
+        let clients = 40
+        let taken = 30
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            // The first accept arms the multishot accept on io_uring.
+            async let first = listener.accept(timeout: .seconds(5))
+            var fds = [try Self.client(listener.address)]
+            await (try await first).close()
+            for _ in 1..<clients { fds.append(try Self.client(listener.address)) }
+            try await loop.sleep(for: .milliseconds(50))   // accepted ahead, up to the bound, on io_uring
+            for _ in 0..<taken {
+                let socket = try await listener.accept(timeout: .seconds(5))
+                await socket.close()
+            }
+            await listener.close()
+            // Every client was either accepted and closed or refused with the listener: each reads
+            // the end of the stream or a reset, none hangs.
+            for fd in fds {
+                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                #expect(poll(&entry, 1, 2_000) == 1, "a client's connection was left open")
+                close(fd)
+            }
+            if backend == .ioUring {
+                try await loop.sleep(for: .milliseconds(20))
+                #expect(try await loop.ioDriver().operationsInKernel == 0)
+            }
+        }
+    }
+}
