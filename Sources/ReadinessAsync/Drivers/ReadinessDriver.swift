@@ -48,32 +48,38 @@ struct ReadinessDriver: IODriver {
 
     /// Each attempt reads into the loop's scratch buffer and, when it read something (or the end of
     /// the stream), hands it to `take` in the same attempt: no suspension between the read and the
-    /// copy, so the one scratch buffer serves every read of the loop.
+    /// copy, so the one scratch buffer serves every read of the loop. Not inlined, and its own retry
+    /// loop (not `perform`'s, whose attempt closure and its captures would take room here): this
+    /// frame is held by every task waiting in such a read (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
-        var taken: T?
-        _ = try await perform(id, .read, deadline: deadline, waitFirst: false, on: loop) { (socket) throws(SocketError) -> IOResult in
-            try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, into: &taken, take)
+        var (stream, socket) = try loop.stream(id)
+        if stream.record.read.isWaiting { throw .busy }
+        while true {
+            if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
+            if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) { throw error }
+            (stream, socket) = try loop.stream(id)
         }
-        // `perform` returns only a result that is not `wouldBlock`, which set `taken`.
-        guard let taken else { throw .closed }
-        return taken
     }
 
-    /// One attempt of `readCopying`. Not inlined: its locals would otherwise take room in the async
-    /// frame of every task waiting in such a read (Docs/Async.md, "Memory per idle connection").
+    /// One attempt of `readCopying`: what `take` made of the bytes read (or of the end of the
+    /// stream), nil when the read would block. Not inlined: its locals would otherwise take room in
+    /// the async frame of every task waiting in such a read.
     @inline(never)
-    private static func readCopyingAttempt<T>(_ socket: StreamSocket, maximum: Int, loop: LoopState, into taken: inout T?,
-                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(SocketError) -> IOResult {
-        let scratch = try loop.readScratch()
-        let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
-        let result = try socket.read(into: room)
-        switch result {
-        case .transferred(let n): taken = try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
-        case .endOfStream: taken = try take(UnsafeRawBufferPointer(start: nil, count: 0))
-        case .wouldBlock: break
+    private static func readCopyingAttempt<T>(_ socket: StreamSocket, maximum: Int, loop: LoopState,
+                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
+        do throws(SocketError) {
+            let scratch = try loop.readScratch()
+            let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
+            switch try socket.read(into: room) {
+            case .transferred(let n): return try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
+            case .endOfStream: return try take(UnsafeRawBufferPointer(start: nil, count: 0))
+            case .wouldBlock: return nil
+            }
+        } catch {
+            throw .socket(error)
         }
-        return result
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,

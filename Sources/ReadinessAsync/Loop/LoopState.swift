@@ -106,6 +106,9 @@ final class LoopState {
         return resource
     }
 
+    /// Not inlined: its casts' temporaries would take room in the async frame of every operation
+    /// that waits (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
     func stream(_ id: UInt64) throws(LoopError) -> (StreamResource, StreamSocket) {
         guard let stream = try resource(id) as? StreamResource, let socket = stream.socket else { throw .closed }
         return (stream, socket)

@@ -11,29 +11,17 @@ extension LoopState {
     /// resolves the wait, a connect's progress or a listener's back-off).
     ///
     /// Not inlined: each operation's frame would otherwise hold room for both of its paths (Docs/Async.md,
-    /// "Memory per idle connection").
+    /// "Memory per idle connection"). The common path (a task preferring the loop) suspends in this
+    /// frame itself; the other is a function of its own, so that its closure takes no room here.
     @inline(never)
     nonisolated(nonsending) func wait(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
-        let operation = nextOperation
-        nextOperation &+= 1
         // The cancellation handler's operation is a plain nonisolated closure: it runs on the generic
         // executor, which is the loop for a task preferring the loop. A caller on the loop that does not
         // prefer it (an actor isolated to the loop, in a task with no preference) would run it on the
         // global pool instead: such a wait is given the loop's preference while it lasts.
-        if prefersLoop() { return await suspend(resource, direction, operation, deadline: deadline, interest: interest) }
-        return await withTaskExecutorPreference(loop) { () async -> Outcome in
-            await suspend(resource, direction, operation, deadline: deadline, interest: interest)
-        }
-    }
-
-    /// Whether the current task prefers this loop as its task executor.
-    private func prefersLoop() -> Bool {
-        let loop = self.loop.asUnownedTaskExecutor()
-        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
-    }
-
-    nonisolated(nonsending) private func suspend(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
-                                                 deadline: Int64?, interest: Bool) async -> Outcome {
+        guard prefersLoop() else { return await waitPreferringLoop(resource, direction, deadline: deadline, interest: interest) }
+        let operation = nextOperation
+        nextOperation &+= 1
         let loop = self.loop!
         let key = resource.key
         return await withTaskCancellationHandler {
@@ -43,6 +31,22 @@ extension LoopState {
         } onCancel: {
             // Any thread: the loop resolves the slot (if this operation still waits there).
             loop.submit(.cancel(key: key, direction: direction, operation: operation))
+        }
+    }
+
+    /// Whether the current task prefers this loop as its task executor.
+    private func prefersLoop() -> Bool {
+        let loop = self.loop.asUnownedTaskExecutor()
+        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
+    }
+
+    /// `wait` in a task that does not prefer the loop: the same wait under the loop's preference
+    /// while it lasts.
+    @inline(never)
+    nonisolated(nonsending) private func waitPreferringLoop(_ resource: any LoopResource, _ direction: Direction,
+                                                            deadline: Int64?, interest: Bool) async -> Outcome {
+        await withTaskExecutorPreference(loop) { () async -> Outcome in
+            await wait(resource, direction, deadline: deadline, interest: interest)
         }
     }
 
