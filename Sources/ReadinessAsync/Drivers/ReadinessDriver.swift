@@ -48,18 +48,33 @@ struct ReadinessDriver: IODriver {
 
     /// Each attempt reads into the loop's scratch buffer and, when it read something (or the end of
     /// the stream), hands it to `take` in the same attempt: no suspension between the read and the
-    /// copy, so the one scratch buffer serves every read of the loop. Not inlined, and its own retry
-    /// loop (not `perform`'s, whose attempt closure and its captures would take room here): this
-    /// frame is held by every task waiting in such a read (Docs/Async.md, "Memory per idle connection").
-    @inline(never)
+    /// copy, so the one scratch buffer serves every read of the loop. The first attempt is made here,
+    /// in the caller's frame: a read with data ready calls no other async function (with
+    /// ``EventLoop/JobIsolation/serialExecutor`` jobs each such call would cost a hop); the waits are
+    /// `readCopyingWaiting`'s.
+    @inline(__always)
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
-        var (stream, socket) = try loop.stream(id)
+        let (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
+        if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
+        return try await readCopyingWaiting(stream, id, maximum: maximum, deadline: deadline, on: loop, take)
+    }
+
+    /// `readCopying` once its first attempt would block: wait for readability, then try again. Not
+    /// inlined, with its own retry loop (not `perform`'s, whose attempt closure and its captures would
+    /// take room here) and the wait in this frame (`waitInFrame`): this frame is held by every task
+    /// waiting in such a read, most idle connections' (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
+    nonisolated(nonsending) private func readCopyingWaiting<T>(_ stream: StreamResource, _ id: UInt64, maximum: Int, deadline: Int64?,
+                                                               on loop: LoopState,
+                                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        var stream = stream
         while true {
-            if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
-            if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) { throw error }
+            if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) { throw error }
+            let socket: StreamSocket
             (stream, socket) = try loop.stream(id)
+            if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
         }
     }
 
