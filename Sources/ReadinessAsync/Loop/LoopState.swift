@@ -148,6 +148,9 @@ final class LoopState {
         guard slab.contains(resource) else { return }
         resolve(resource, .read, .failed(reason))
         resolve(resource, .write, .failed(reason))
+        // The deadline timers outlive their waits (armed lazily): they go with the resource.
+        if let timer = resource.record.read.timer { timers.cancel(timer) }
+        if let timer = resource.record.write.timer { timers.cancel(timer) }
         slab.remove(resource.key)
         let fd = resource.record.ownedFD
         if fd >= 0 {

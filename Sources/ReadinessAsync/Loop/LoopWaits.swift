@@ -79,19 +79,46 @@ extension LoopState {
                 return continuation.resume(returning: .failed(.poller(error)))
             }
         }
-        var slot = WaitSlot(continuation: continuation, operation: operation)
+        var slot = WaitSlot(continuation: continuation, operation: operation, timer: resource.record[direction].timer)
         if let deadline {
-            slot.timer = timers.schedule(at: deadline, token: resource.key.token(direction.deadline))
+            slot.deadline = deadline
+            slot.timer = armDeadline(slot.timer, at: deadline, token: resource.key.token(direction.deadline))
         }
         resource.record[direction] = slot
+    }
+
+    /// A wait's deadline timer. The direction's timer still pending from an earlier wait is kept when
+    /// it fires no later than `deadline` (it is armed again for the rest then: `deadlineFired`), so a
+    /// deadline that only moves forward, as a server's per-read timeout does, touches the timer heap
+    /// once per expiry of the timer rather than twice per read (nginx and libuv do the same); an
+    /// earlier deadline moves it.
+    private func armDeadline(_ armed: TimerID?, at deadline: Int64, token: Token) -> TimerID {
+        if let armed, let at = timers.deadline(of: armed) {
+            if at <= deadline { return armed }
+            timers.cancel(armed)
+        }
+        return timers.schedule(at: deadline, token: token)
+    }
+
+    /// The direction's deadline timer fired: its waiter times out if its deadline has passed; a waiter
+    /// with a later deadline (the timer was kept from an earlier wait) gets the timer again, at its own
+    /// deadline. Nobody waiting, or a waiter without a deadline: nothing.
+    func deadlineFired(_ resource: any LoopResource, _ direction: Direction, token: Token, now: Int64) {
+        // Another timer of this direction still pending is the one that decides (it fires no later
+        // than the waiter's deadline).
+        if let armed = resource.record[direction].timer, timers.isPending(armed) { return }
+        resource.record[direction].timer = nil
+        let slot = resource.record[direction]
+        guard slot.isWaiting, slot.deadline != WaitSlot.noDeadline else { return }
+        if slot.deadline <= now { return resolve(resource, direction, .failed(.timedOut)) }
+        resource.record[direction].timer = timers.schedule(at: slot.deadline, token: token)
     }
 
     /// Resumes the direction's waiter, if any, exactly once.
     func resolve(_ resource: any LoopResource, _ direction: Direction, _ outcome: Outcome) {
         let slot = resource.record[direction]
         guard let continuation = slot.continuation else { return }
-        if let timer = slot.timer { timers.cancel(timer) }
-        var cleared = WaitSlot()
+        var cleared = WaitSlot(timer: slot.timer)   // the deadline timer stays armed for the next wait
         if case .ready = outcome { cleared.lingering = true }
         resource.record[direction] = cleared
         continuation.resume(returning: outcome)

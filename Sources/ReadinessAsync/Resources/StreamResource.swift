@@ -58,8 +58,8 @@ final class StreamResource: LoopResource {
     func becomeStream(_ socket: StreamSocket) {
         connecting = nil
         self.socket = socket
-        record.read = WaitSlot()
-        record.write = WaitSlot()
+        record.read = WaitSlot(timer: record.read.timer)     // a deadline timer stays the resource's
+        record.write = WaitSlot(timer: record.write.timer)
         record.registered = []
         record.isDone = false
     }
