@@ -139,6 +139,36 @@ struct AsyncTests {
         }
     }
 
+    @Test("a socket's peer address is the one given: IPv4 and IPv6 (kept inline), a Unix path (kept apart)",
+          arguments: backends)
+    func peerAddresses(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let path = "/tmp/readiness-async-peer-\(getpid())-\(backend.name).sock"
+                unlink(path)
+                var addresses = [try SocketAddress("127.0.0.1:0"), try SocketAddress(unixPath: path)]
+                addresses.append(try SocketAddress(ip: "::1", port: 0))   // skipped below where IPv6 is off
+                for address in addresses {
+                    guard let listener = try? await loop.listen(on: address) else {
+                        #expect(address.family == .ipv6, "could not listen on \(address)")
+                        continue
+                    }
+                    async let accepted = listener.accept(timeout: .seconds(5))
+                    let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                    let server = try await accepted
+                    #expect(client.peer == listener.address)
+                    #expect(client.peer?.description == listener.address.description)
+                    #expect(server.peer?.family == address.family)
+                    if address.family != .unix {
+                        let local = try await client.withStreamSocket { (stream) throws(SocketError) in stream.localAddress }
+                        #expect(server.peer == local)
+                    }
+                    await client.close(); await server.close(); await listener.close()
+                }
+            }.value
+        }
+    }
+
     @Test("connect by name: off-loop resolution and Happy Eyeballs steps", arguments: backends)
     func connectByName(backend: Backend) async throws {
         try await withLoop(backend) { loop in
