@@ -19,8 +19,17 @@ public struct AsyncSocket: Sendable {
     /// The loop that owns it.
     public let loop: EventLoop
     let id: UInt64
+    /// The peer's address, compact (``PeerAddress``).
+    private let peerAddress: PeerAddress
+
     /// The peer's address when connected or accepted.
-    public let peer: SocketAddress?
+    public var peer: SocketAddress? { peerAddress.address }
+
+    init(loop: EventLoop, id: UInt64, peer: SocketAddress?) {
+        self.loop = loop
+        self.id = id
+        peerAddress = PeerAddress(peer)
+    }
 
     /// Reads up to `buffer.count` bytes (at least 1) as soon as some are there; 0 means the peer shut
     /// down its sending side. An empty buffer is refused with ``LoopError/invalidArgument(_:)`` (a read

@@ -398,7 +398,15 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     nonisolated(nonsending)
     func onLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
         if isLoopThread() { return try await body(state) }
-        return try await withTaskExecutorPreference(self) { () async throws(LoopError) -> T in
+        return try await hopOnLoop(body)
+    }
+
+    /// `onLoop` off the loop. Not inlined: the preference and its closure would otherwise take room in
+    /// the async frame of every operation, on the loop too (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
+    nonisolated(nonsending)
+    private func hopOnLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
+        try await withTaskExecutorPreference(self) { () async throws(LoopError) -> T in
             try await run(body)
         }
     }

@@ -139,6 +139,36 @@ struct AsyncTests {
         }
     }
 
+    @Test("a socket's peer address is the one given: IPv4 and IPv6 (kept inline), a Unix path (kept apart)",
+          arguments: backends)
+    func peerAddresses(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let path = "/tmp/readiness-async-peer-\(getpid())-\(backend.name).sock"
+                unlink(path)
+                var addresses = [try SocketAddress("127.0.0.1:0"), try SocketAddress(unixPath: path)]
+                addresses.append(try SocketAddress(ip: "::1", port: 0))   // skipped below where IPv6 is off
+                for address in addresses {
+                    guard let listener = try? await loop.listen(on: address) else {
+                        #expect(address.family == .ipv6, "could not listen on \(address)")
+                        continue
+                    }
+                    async let accepted = listener.accept(timeout: .seconds(5))
+                    let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                    let server = try await accepted
+                    #expect(client.peer == listener.address)
+                    #expect(client.peer?.description == listener.address.description)
+                    #expect(server.peer?.family == address.family)
+                    if address.family != .unix {
+                        let local = try await client.withStreamSocket { (stream) throws(SocketError) in stream.localAddress }
+                        #expect(server.peer == local)
+                    }
+                    await client.close(); await server.close(); await listener.close()
+                }
+            }.value
+        }
+    }
+
     @Test("connect by name: off-loop resolution and Happy Eyeballs steps", arguments: backends)
     func connectByName(backend: Backend) async throws {
         try await withLoop(backend) { loop in
@@ -191,6 +221,67 @@ struct AsyncTests {
                 }
                 await client.close(); await server.close(); await listener.close()
             }.value
+        }
+    }
+
+    @Test("a read's deadline timer outlives the read: a later deadline is waited in full, an earlier one holds, a close leaves no timer",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func keptDeadlineTimer(backend: Backend) async throws {
+        /// How long the peer takes to write, so that each first read waits (and arms its timer).
+        let writeDelay = Duration.milliseconds(10)
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                /// A read with `timeout` that the peer answers after `writeDelay`.
+                func answeredRead(_ timeout: Duration) async throws {
+                    let writer = Task(executorPreference: loop) {
+                        try await loop.sleep(for: writeDelay)
+                        try await server.write([1])
+                    }
+                    #expect(try await client.read(upTo: 8, timeout: timeout) == [1])
+                    try await writer.value
+                }
+                // The kept timer fires before this read's deadline: armed again, the read waits in full.
+                try await answeredRead(.milliseconds(150))
+                let later = Duration.milliseconds(400)
+                var start = ContinuousClock.now
+                await #expect(throws: LoopError.timedOut) { _ = try await client.read(upTo: 8, timeout: later) }
+                #expect(ContinuousClock.now - start >= later)
+                // An earlier deadline than the kept timer's: the timer moves.
+                try await answeredRead(.seconds(20))
+                let earlier = Duration.milliseconds(50)
+                start = ContinuousClock.now
+                await #expect(throws: LoopError.timedOut) { _ = try await client.read(upTo: 8, timeout: earlier) }
+                let elapsed = ContinuousClock.now - start
+                #expect(elapsed >= earlier && elapsed < .seconds(10), "timed out after \(elapsed)")
+                await client.close(); await server.close(); await listener.close()
+            }.value
+            // Sockets closed with their read timers kept (deadlines 150 to 250 ms away): the timers go
+            // with them, so the idle loop does not wake at those deadlines.
+            let sockets = 25
+            let (listener, client, server) = try await connectedPair(loop)
+            var pairs: [(AsyncSocket, AsyncSocket)] = []
+            for _ in 0..<sockets {
+                async let accepted = listener.accept(timeout: .seconds(5))
+                let connected = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                pairs.append((connected, try await accepted))
+            }
+            try await Task(executorPreference: loop) {
+                for (index, (reader, writer)) in pairs.enumerated() {
+                    let writing = Task(executorPreference: loop) {
+                        try await loop.sleep(for: .milliseconds(1))
+                        try await writer.write([1])
+                    }
+                    _ = try await reader.read(upTo: 8, timeout: .milliseconds(150 + 4 * index))
+                    try await writing.value
+                    await reader.close(); await writer.close()
+                }
+            }.value
+            let before = try await loop.statistics().iterations
+            usleep(400_000)   // not Task.sleep: its first use makes libdispatch open timer descriptors
+            let woken = try await loop.statistics().iterations - before
+            #expect(woken <= 3, "the idle loop woke \(woken) times after its sockets were closed")
+            await client.close(); await server.close(); await listener.close()
         }
     }
 

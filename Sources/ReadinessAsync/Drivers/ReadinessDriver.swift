@@ -48,32 +48,53 @@ struct ReadinessDriver: IODriver {
 
     /// Each attempt reads into the loop's scratch buffer and, when it read something (or the end of
     /// the stream), hands it to `take` in the same attempt: no suspension between the read and the
-    /// copy, so the one scratch buffer serves every read of the loop.
+    /// copy, so the one scratch buffer serves every read of the loop. The first attempt is made here,
+    /// in the caller's frame: a read with data ready calls no other async function (with
+    /// ``EventLoop/JobIsolation/serialExecutor`` jobs each such call would cost a hop); the waits are
+    /// `readCopyingWaiting`'s.
+    @inline(__always)
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
-        var taken: T?
-        _ = try await perform(id, .read, deadline: deadline, waitFirst: false, on: loop) { (socket) throws(SocketError) -> IOResult in
-            try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, into: &taken, take)
-        }
-        // `perform` returns only a result that is not `wouldBlock`, which set `taken`.
-        guard let taken else { throw .closed }
-        return taken
+        let (stream, socket) = try loop.stream(id)
+        if stream.record.read.isWaiting { throw .busy }
+        if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
+        return try await readCopyingWaiting(stream, id, maximum: maximum, deadline: deadline, on: loop, take)
     }
 
-    /// One attempt of `readCopying`. Not inlined: its locals would otherwise take room in the async
-    /// frame of every task waiting in such a read (Docs/Async.md, "Memory per idle connection").
+    /// `readCopying` once its first attempt would block: wait for readability, then try again. Not
+    /// inlined, with its own retry loop (not `perform`'s, whose attempt closure and its captures would
+    /// take room here) and the wait in this frame (`waitInFrame`): this frame is held by every task
+    /// waiting in such a read, most idle connections' (Docs/Async.md, "Memory per idle connection").
     @inline(never)
-    private static func readCopyingAttempt<T>(_ socket: StreamSocket, maximum: Int, loop: LoopState, into taken: inout T?,
-                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(SocketError) -> IOResult {
-        let scratch = try loop.readScratch()
-        let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
-        let result = try socket.read(into: room)
-        switch result {
-        case .transferred(let n): taken = try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
-        case .endOfStream: taken = try take(UnsafeRawBufferPointer(start: nil, count: 0))
-        case .wouldBlock: break
+    nonisolated(nonsending) private func readCopyingWaiting<T>(_ stream: StreamResource, _ id: UInt64, maximum: Int, deadline: Int64?,
+                                                               on loop: LoopState,
+                                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+        var stream = stream
+        while true {
+            if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) { throw error }
+            let socket: StreamSocket
+            (stream, socket) = try loop.stream(id)
+            if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
         }
-        return result
+    }
+
+    /// One attempt of `readCopying`: what `take` made of the bytes read (or of the end of the
+    /// stream), nil when the read would block. Not inlined: its locals would otherwise take room in
+    /// the async frame of every task waiting in such a read.
+    @inline(never)
+    private static func readCopyingAttempt<T>(_ socket: StreamSocket, maximum: Int, loop: LoopState,
+                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
+        do throws(SocketError) {
+            let scratch = try loop.readScratch()
+            let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
+            switch try socket.read(into: room) {
+            case .transferred(let n): return try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
+            case .endOfStream: return try take(UnsafeRawBufferPointer(start: nil, count: 0))
+            case .wouldBlock: return nil
+            }
+        } catch {
+            throw .socket(error)
+        }
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,

@@ -46,11 +46,9 @@ extension LoopState {
             let purpose = TimerPurpose(of: token)
             switch purpose {
             case .readDeadline:
-                resource.record.read.timer = nil
-                resolve(resource, .read, .failed(.timedOut))
+                deadlineFired(resource, .read, token: token, now: now)
             case .writeDeadline:
-                resource.record.write.timer = nil
-                resolve(resource, .write, .failed(.timedOut))
+                deadlineFired(resource, .write, token: token, now: now)
             default:
                 resource.timerFired(purpose, token: token, now: now, loop: self)
             }

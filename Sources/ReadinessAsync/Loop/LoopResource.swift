@@ -27,6 +27,12 @@ struct WaitSlot {
     /// The completion driver's operation in the kernel for this direction (its continuation is the op's).
     var op: CompletionOperation?
     var operation: UInt64 = 0
+    /// The waiter's deadline, ``noDeadline`` for none.
+    var deadline = WaitSlot.noDeadline
+    /// The direction's deadline timer, armed lazily: it outlives the wait that armed it, a later wait
+    /// whose deadline is no earlier keeps it, and when it fires before its waiter's deadline it is
+    /// armed again for the rest (LoopWaits.swift: `armDeadline`, `deadlineFired`). Cancelled when the
+    /// resource is closed.
     var timer: TimerID?
     /// Resumed since the last event: the next event with nobody waiting keeps the interest once (the
     /// resumed task has probably not read yet), the one after drops it.
@@ -39,6 +45,8 @@ struct WaitSlot {
     var isWaiting: Bool { continuation != nil || op != nil }
     /// A task waits for readiness (an operation in the kernel wants no readiness events).
     var waitsForReadiness: Bool { continuation != nil }
+    /// ``deadline`` when the waiter has none.
+    static let noDeadline = Int64.max
 }
 
 /// What the loop keeps on every resource, whatever its kind: its two waiters, the interest registered

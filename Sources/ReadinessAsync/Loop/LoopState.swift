@@ -128,6 +128,9 @@ final class LoopState {
         return resource
     }
 
+    /// Not inlined: its casts' temporaries would take room in the async frame of every operation
+    /// that waits (Docs/Async.md, "Memory per idle connection").
+    @inline(never)
     func stream(_ id: UInt64) throws(LoopError) -> (StreamResource, StreamSocket) {
         guard let stream = try resource(id) as? StreamResource, let socket = stream.socket else { throw .closed }
         return (stream, socket)
@@ -167,6 +170,9 @@ final class LoopState {
         guard slab.contains(resource) else { return }
         resolve(resource, .read, .failed(reason))
         resolve(resource, .write, .failed(reason))
+        // The deadline timers outlive their waits (armed lazily): they go with the resource.
+        if let timer = resource.record.read.timer { timers.cancel(timer) }
+        if let timer = resource.record.write.timer { timers.cancel(timer) }
         slab.remove(resource.key)
         let fd = resource.record.ownedFD
         if fd >= 0 {

@@ -10,30 +10,27 @@ extension LoopState {
     /// `interest`: register the direction with the poller while waiting (false: something else
     /// resolves the wait, a connect's progress or a listener's back-off).
     ///
-    /// Not inlined: each operation's frame would otherwise hold room for both of its paths (Docs/Async.md,
-    /// "Memory per idle connection").
+    /// Not inlined: each operation's frame would otherwise hold room for its locals (Docs/Async.md,
+    /// "Memory per idle connection"). The common path (a task preferring the loop) suspends in this
+    /// frame itself; the other is a function of its own, so that its closure takes no room here.
     @inline(never)
     nonisolated(nonsending) func wait(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
-        let operation = nextOperation
-        nextOperation &+= 1
+        await waitInFrame(resource, direction, deadline: deadline, interest: interest)
+    }
+
+    /// `wait` in its caller's frame: for the copying read (`IODriver.readCopying`), where most idle
+    /// connections wait. One frame fewer in the chain such a task holds (a frame's header and the
+    /// arguments' copies: 112 bytes), which keeps the chain in two slabs of the task allocator, not
+    /// three (Docs/Async.md, "Memory per idle connection").
+    @inline(__always)
+    nonisolated(nonsending) func waitInFrame(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
         // The cancellation handler's operation is a plain nonisolated closure: it runs on the generic
         // executor, which is the loop for a task preferring the loop. A caller on the loop that does not
         // prefer it (an actor isolated to the loop, in a task with no preference) would run it on the
         // global pool instead: such a wait is given the loop's preference while it lasts.
-        if prefersLoop() { return await suspend(resource, direction, operation, deadline: deadline, interest: interest) }
-        return await withTaskExecutorPreference(loop) { () async -> Outcome in
-            await suspend(resource, direction, operation, deadline: deadline, interest: interest)
-        }
-    }
-
-    /// Whether the current task prefers this loop as its task executor.
-    private func prefersLoop() -> Bool {
-        let loop = self.loop.asUnownedTaskExecutor()
-        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
-    }
-
-    nonisolated(nonsending) private func suspend(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
-                                                 deadline: Int64?, interest: Bool) async -> Outcome {
+        guard prefersLoop() else { return await waitPreferringLoop(resource, direction, deadline: deadline, interest: interest) }
+        let operation = nextOperation
+        nextOperation &+= 1
         let loop = self.loop!
         let key = resource.key
         return await withTaskCancellationHandler {
@@ -43,6 +40,22 @@ extension LoopState {
         } onCancel: {
             // Any thread: the loop resolves the slot (if this operation still waits there).
             loop.submit(.cancel(key: key, direction: direction, operation: operation))
+        }
+    }
+
+    /// Whether the current task prefers this loop as its task executor.
+    private func prefersLoop() -> Bool {
+        let loop = self.loop.asUnownedTaskExecutor()
+        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
+    }
+
+    /// `wait` in a task that does not prefer the loop: the same wait under the loop's preference
+    /// while it lasts.
+    @inline(never)
+    nonisolated(nonsending) private func waitPreferringLoop(_ resource: any LoopResource, _ direction: Direction,
+                                                            deadline: Int64?, interest: Bool) async -> Outcome {
+        await withTaskExecutorPreference(loop) { () async -> Outcome in
+            await wait(resource, direction, deadline: deadline, interest: interest)
         }
     }
 
@@ -66,12 +79,40 @@ extension LoopState {
                 return continuation.resume(returning: .failed(.poller(error)))
             }
         }
-        var slot = WaitSlot(continuation: continuation, operation: operation)
+        var slot = WaitSlot(continuation: continuation, operation: operation, timer: resource.record[direction].timer)
         slot.inUse = resource.record[direction].inUse   // the operation waiting is still running
         if let deadline {
-            slot.timer = timers.schedule(at: deadline, token: resource.key.token(direction.deadline))
+            slot.deadline = deadline
+            slot.timer = armDeadline(slot.timer, at: deadline, token: resource.key.token(direction.deadline))
         }
         resource.record[direction] = slot
+    }
+
+    /// A wait's deadline timer. The direction's timer still pending from an earlier wait is kept when
+    /// it fires no later than `deadline` (it is armed again for the rest then: `deadlineFired`), so a
+    /// deadline that only moves forward, as a server's per-read timeout does, touches the timer heap
+    /// once per expiry of the timer rather than twice per read (nginx and libuv do the same); an
+    /// earlier deadline moves it.
+    private func armDeadline(_ armed: TimerID?, at deadline: Int64, token: Token) -> TimerID {
+        if let armed, let at = timers.deadline(of: armed) {
+            if at <= deadline { return armed }
+            timers.cancel(armed)
+        }
+        return timers.schedule(at: deadline, token: token)
+    }
+
+    /// The direction's deadline timer fired: its waiter times out if its deadline has passed; a waiter
+    /// with a later deadline (the timer was kept from an earlier wait) gets the timer again, at its own
+    /// deadline. Nobody waiting, or a waiter without a deadline: nothing.
+    func deadlineFired(_ resource: any LoopResource, _ direction: Direction, token: Token, now: Int64) {
+        // Another timer of this direction still pending is the one that decides (it fires no later
+        // than the waiter's deadline).
+        if let armed = resource.record[direction].timer, timers.isPending(armed) { return }
+        resource.record[direction].timer = nil
+        let slot = resource.record[direction]
+        guard slot.isWaiting, slot.deadline != WaitSlot.noDeadline else { return }
+        if slot.deadline <= now { return resolve(resource, direction, .failed(.timedOut)) }
+        resource.record[direction].timer = timers.schedule(at: slot.deadline, token: token)
     }
 
     /// Resumes the direction's waiter, if any, exactly once.
@@ -92,8 +133,7 @@ extension LoopState {
             return
         }
         guard let continuation = slot.continuation else { return }
-        if let timer = slot.timer { timers.cancel(timer) }
-        var cleared = WaitSlot()
+        var cleared = WaitSlot(timer: slot.timer)   // the deadline timer stays armed for the next wait
         if case .ready = outcome { cleared.lingering = true }
         cleared.inUse = slot.inUse   // resumed, its operation runs on until it returns
         resource.record[direction] = cleared
@@ -141,10 +181,11 @@ extension LoopState {
         op.continuation = continuation
         op.key = resource.key
         op.direction = direction
-        var slot = WaitSlot(continuation: nil, op: op, operation: operation)
+        var slot = WaitSlot(continuation: nil, op: op, operation: operation, timer: resource.record[direction].timer)
         slot.inUse = resource.record[direction].inUse
         if let deadline {
-            slot.timer = timers.schedule(at: deadline, token: resource.key.token(direction.deadline))
+            slot.deadline = deadline
+            slot.timer = armDeadline(slot.timer, at: deadline, token: resource.key.token(direction.deadline))
         }
         resource.record[direction] = slot
     }

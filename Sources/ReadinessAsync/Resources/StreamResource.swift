@@ -13,12 +13,34 @@ final class StreamResource: LoopResource {
     @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     /// The socket, once connected (nil while the attempt runs, and for an attempt that failed).
     @exclusivity(unchecked) private(set) var socket: StreamSocket?
+    /// What a connect to one address keeps while it runs, in a box of its own: nil once connected, so
+    /// that a connected socket (most of them, idle or not) holds no room for it (an outcome holds two
+    /// addresses: about 330 bytes; Docs/Async.md, "Memory per idle connection").
+    @exclusivity(unchecked) private var connecting: Connecting?
+
+    /// A connect's state (``StreamResource/connecting``).
+    private final class Connecting {
+        /// The connect to one address, while it runs.
+        var attempt: ConnectAttempt?
+        /// The attempt's outcome, kept until the connecting task takes it.
+        var outcome: ConnectProgress?
+        /// The attempt's timeout (``HappyEyeballs/Options/attemptTimeout``), while it runs.
+        var timer: TimerID?
+        init(_ attempt: ConnectAttempt) { self.attempt = attempt }
+    }
+
     /// The connect to one address, while it runs.
-    @exclusivity(unchecked) private(set) var attempt: ConnectAttempt?
+    var attempt: ConnectAttempt? { connecting?.attempt }
     /// The attempt's outcome, kept until the connecting task takes it.
-    @exclusivity(unchecked) var outcome: ConnectProgress?
+    var outcome: ConnectProgress? {
+        get { connecting?.outcome }
+        set { connecting?.outcome = newValue }
+    }
     /// The attempt's timeout (``HappyEyeballs/Options/attemptTimeout``), while it runs.
-    @exclusivity(unchecked) var attemptTimer: TimerID?
+    var attemptTimer: TimerID? {
+        get { connecting?.timer }
+        set { connecting?.timer = newValue }
+    }
 
     init(key: ResourceKey, socket: StreamSocket) {
         self.key = key
@@ -28,17 +50,16 @@ final class StreamResource: LoopResource {
     /// Connecting: `makeAttempt` builds the attempt with this resource's token.
     init(key: ResourceKey, connecting makeAttempt: (Token) -> ConnectAttempt) {
         self.key = key
-        attempt = makeAttempt(key.token)
+        connecting = Connecting(makeAttempt(key.token))
     }
 
     /// The connected socket takes the attempt's place. Nobody waits on it then; the attempt is
     /// finished and no longer registered.
     func becomeStream(_ socket: StreamSocket) {
-        attempt = nil
-        outcome = nil
+        connecting = nil
         self.socket = socket
-        record.read = WaitSlot()
-        record.write = WaitSlot()
+        record.read = WaitSlot(timer: record.read.timer)     // a deadline timer stays the resource's
+        record.write = WaitSlot(timer: record.write.timer)
         record.registered = []
         record.isDone = false
     }

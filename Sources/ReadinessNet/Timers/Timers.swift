@@ -130,6 +130,11 @@ public final class Timers {
         return slots[index].generation == id.generation && slots[index].heapIndex >= 0
     }
 
+    /// The deadline of a pending timer; nil when it fired or was cancelled (inside the package only).
+    package func deadline(of id: TimerID) -> Int64? {
+        isPending(id) ? slots[Int(id.slot)].deadline : nil
+    }
+
     /// Removes and returns the token of the earliest timer if it is due at `now`; nil otherwise.
     /// Call it until nil to fire everything due.
     public func popDue(now: Deadline = .now) -> Token? { popDue(now: now.nanoseconds) }

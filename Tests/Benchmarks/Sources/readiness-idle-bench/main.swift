@@ -60,7 +60,7 @@ func runReadinessEcho(port: UInt16, backend name: String, holdsBuffer: Bool) asy
         await withDiscardingTaskGroup { connections in
             while let socket = try? await listener.accept() {
                 connections.addTask(executorPreference: loop) {
-                    if holdsBuffer { await echoHoldingBuffer(socket) } else { await echoAsTheExample(socket) }
+                    if holdsBuffer { await echoHoldingBuffer(socket) } else { _ = await echoAsTheExample(socket) }
                 }
             }
         }
@@ -68,19 +68,25 @@ func runReadinessEcho(port: UInt16, backend name: String, holdsBuffer: Bool) asy
 }
 
 /// Examples/readiness-async-echo's `echo`, statement for statement (so that its task's frames are the
-/// example's), for the breakdown: `readAvailable`, no buffer held across the read.
-func echoAsTheExample(_ socket: AsyncSocket) async {
+/// example's: the bytes counted, the count returned), for the breakdown: `readAvailable`, no buffer held
+/// across the read.
+func echoAsTheExample(_ socket: AsyncSocket) async -> Int? {
+    var echoed = 0
     do {
         try await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
         while true {
             let bytes = try await socket.readAvailable(maximum: echoReadSize)
             if bytes.isEmpty { break }
             try await socket.write(bytes)
+            echoed += bytes.count
         }
     } catch {
         print("connection: \(error)")
+        await socket.close()
+        return nil
     }
     await socket.close()
+    return echoed
 }
 
 /// The echo as the example was before issue 24: one `Bytes` per connection, emptied keeping its
