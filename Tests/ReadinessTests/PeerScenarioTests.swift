@@ -1,0 +1,799 @@
+import Glibc
+import Readiness
+import Testing
+
+/// Scenarios taken from other event libraries' test suites (mio, tokio, libuv, CPython, Go, SwiftNIO,
+/// libevent), as they map onto this package's public API, on every backend.
+@Suite("Peer scenarios")
+struct PeerScenarioTests {
+    // MARK: Half-close (tokio tcp_shutdown, mio tcp shutdown_write, libuv tcp-shutdown-after-write)
+
+    @Test("async half-close: end of stream stays end of stream, the other direction still works", arguments: backends)
+    func asyncHalfClose(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.write(Array("hello".utf8), timeout: .seconds(5))
+            try await client.shutdown(.write)
+            var received: [UInt8] = []
+            while true {
+                let chunk = try await server.read(upTo: 64, timeout: .seconds(5))
+                if chunk.isEmpty { break }
+                received += chunk
+            }
+            #expect(received == Array("hello".utf8))
+            // A second and third read at end of stream: 0 again at once, never a hang or an error.
+            #expect(try await server.read(upTo: 64, timeout: .seconds(5)) == [])
+            #expect(try await readOnce(server, timeout: .seconds(5)) == 0)
+            try await server.write(Array("bye".utf8), timeout: .seconds(5))
+            #expect(try await client.read(upTo: 64, timeout: .seconds(5)) == Array("bye".utf8))
+            await server.close()
+            #expect(try await client.read(upTo: 64, timeout: .seconds(5)) == [])
+            await client.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Reset peer (tokio tcp_stream, Go TestCloseWrite, libuv tcp-write-to-half-open)
+
+    @Test("async write and read after the peer reset: a typed socket error, no SIGPIPE, no hang", arguments: backends)
+    func asyncResetPeer(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await server.withStreamSocket { (socket) throws(SocketError) in try socket.setLinger(.resetOnClose) }
+            await server.close()
+            usleep(20_000)
+            var writeError: LoopError?
+            do {
+                for _ in 0..<64 { try await client.write([UInt8](repeating: 1, count: 4096), timeout: .seconds(5)) }
+            } catch {
+                writeError = error as? LoopError
+            }
+            guard case .socket(let socketError) = writeError else {
+                Issue.record("expected .socket, got \(String(describing: writeError)) on \(backend)")
+                return
+            }
+            #expect(socketError.kind == .reset, "\(socketError)")
+            // Reads after the reset: an error or end of stream, never a hang.
+            do {
+                _ = try await readOnce(client, timeout: .seconds(5))
+            } catch {
+                #expect(error as? LoopError != .timedOut)
+            }
+            await client.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Zero-length writes (tokio tcp_stream write_zero, libuv tcp-write-queue-order, Go)
+
+    @Test("async zero-length writes return at once and send nothing", arguments: backends)
+    func asyncZeroWrites(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.write([UInt8](), timeout: .seconds(5))
+            try await client.write(Bytes(), timeout: .seconds(5))
+            try await client.write(UnsafeRawBufferPointer(start: nil, count: 0), timeout: .seconds(5))
+            try await client.write(vectored: [], timeout: .seconds(5))
+            try await client.write(vectored: [UnsafeRawBufferPointer(start: nil, count: 0)], timeout: .seconds(5))
+            try await client.write(Array("x".utf8), timeout: .seconds(5))
+            #expect(try await server.read(upTo: 64, timeout: .seconds(5)) == Array("x".utf8))
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Timeouts of 0, negative, tiny, huge (libevent regress, Go TestDeadline, tokio time_timeout)
+
+    @Test("async timeouts of zero, negative, one nanosecond and Duration.max", arguments: backends)
+    func asyncExtremeTimeouts(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            // Nothing to read: a zero, negative or tiny deadline times out at once.
+            for timeout: Duration in [.zero, .seconds(-1), .nanoseconds(1), .nanoseconds(-1)] {
+                let start = ContinuousClock.now
+                do {
+                    _ = try await readOnce(server, timeout: timeout)
+                    Issue.record("read with timeout \(timeout) returned on \(backend)")
+                } catch {
+                    #expect(error as? LoopError == .timedOut, "\(timeout): \(error)")
+                }
+                #expect(ContinuousClock.now - start < .seconds(1))
+                do {
+                    _ = try await listener.accept(timeout: timeout)
+                    Issue.record("accept with timeout \(timeout) returned on \(backend)")
+                } catch {
+                    #expect(error as? LoopError == .timedOut, "\(timeout): \(error)")
+                }
+            }
+            // A read that need not wait succeeds with any deadline (a zero one included).
+            try await client.write(Array("abcdef".utf8), timeout: .seconds(5))
+            usleep(20_000)
+            for timeout: Duration in [.zero, .seconds(-5), .nanoseconds(1), .seconds(Int64.max)] {
+                #expect(try await server.read(upTo: 1, timeout: timeout) != [], "\(timeout)")
+            }
+            // Writes that need not wait succeed with a zero deadline.
+            try await client.write(Array("z".utf8), timeout: .zero)
+            try await client.write(Array("z".utf8), timeout: .seconds(-1))
+            // Sleeps.
+            for duration: Duration in [.zero, .seconds(-1), .nanoseconds(1), .nanoseconds(-1), .milliseconds(1)] {
+                let start = ContinuousClock.now
+                try await loop.sleep(for: duration)
+                #expect(ContinuousClock.now - start < .seconds(1))
+            }
+            // A huge timeout that is cancelled ends (the rest read first).
+            while (try? await server.read(upTo: 64, timeout: .milliseconds(20))) != nil {}
+            let task = Task { () async throws(LoopError) -> Int in try await readOnce(server, timeout: .seconds(Int64.max)) }
+            usleep(20_000)
+            task.cancel()
+            let outcome = await task.result
+            #expect(throws: LoopError.cancelled) { try outcome.get() }
+            let sleeper = Task { () async -> LoopError? in
+                do { try await loop.sleep(for: .seconds(Int64.max)) } catch { return error as? LoopError }
+                return nil
+            }
+            usleep(20_000)
+            sleeper.cancel()
+            #expect(await sleeper.value == .cancelled)
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Close while another task waits (tokio, NIO close while reading/writing)
+
+    @Test("close while another task waits to write on a full buffer: .closed, no hang", arguments: backends)
+    func closeWhileWriting(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.withStreamSocket { (socket) throws(SocketError) in try socket.setSendBufferSize(4096) }
+            let big = [UInt8](repeating: 7, count: 8 << 20)
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(big, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            usleep(50_000)
+            await client.close()
+            #expect(await writer.value == .closed)
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    @Test("close of a listener while a task waits to accept: .closed; accept after: .closed", arguments: backends)
+    func closeWhileAccepting(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            #expect(listener.address.port != 0)
+            let accepter = Task { () async throws(LoopError) -> AsyncSocket in try await listener.accept(timeout: .seconds(10)) }
+            usleep(30_000)
+            await listener.close()
+            let outcome = await accepter.result
+            #expect(throws: LoopError.closed) { _ = try outcome.get() }
+            await #expect(throws: LoopError.closed) { _ = try await listener.accept(timeout: .seconds(1)) }
+            await listener.close()
+        }
+    }
+
+    // MARK: Many bytes through a slow reader (mio tcp write_shutdown, tokio tcp_echo, libuv tcp-writealot)
+
+    @Test("8 MiB through a slow reader arrive intact", arguments: backends)
+    func slowReader(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let count = 8 << 20
+            let data = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 11) }
+            let writer = Task { () async -> LoopError? in
+                do {
+                    try await client.write(data, timeout: .seconds(30))
+                    try await client.shutdown(.write)
+                } catch { return error as? LoopError }
+                return nil
+            }
+            var received: [UInt8] = []
+            received.reserveCapacity(count)
+            var reads = 0
+            while true {
+                let chunk = try await server.read(upTo: 65_536, timeout: .seconds(30))
+                if chunk.isEmpty { break }
+                received += chunk
+                reads += 1
+                if reads % 16 == 0 { try await loop.sleep(for: .milliseconds(1)) }
+            }
+            #expect(await writer.value == nil)
+            #expect(received.count == count)
+            #expect(received == data)
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Rebinding right after close (libuv tcp-bind-error, Go TestListenCloseListen, CPython)
+
+    @Test("a listener rebinds its address at once after close, with a connection in TIME_WAIT", arguments: backends)
+    func rebindAfterClose(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            // The server side closes first: its end is in TIME_WAIT.
+            await server.close()
+            #expect(try await client.read(upTo: 8, timeout: .seconds(5)) == [])
+            await client.close()
+            let address = listener.address
+            await listener.close()
+            let again = try await loop.listen(on: address)
+            #expect(again.address == address)
+            async let accepted = again.accept(timeout: .seconds(5))
+            let second = try await loop.connect(to: address, timeout: .seconds(5))
+            let third = try await accepted
+            await second.close()
+            await third.close()
+            await again.close()
+        }
+    }
+
+    // MARK: IPv6 (mio tcp connect_ipv6, tokio tcp_connect ipv6, Go ipv6 loopback)
+
+    @Test("IPv6 loopback: listen on [::1]:0, connect, echo", arguments: backends)
+    func ipv6Loopback(backend: Backend) async throws {
+        let probe = socket(AF_INET6, CInt(SOCK_STREAM.rawValue), 0)
+        var ok = probe >= 0
+        if ok {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_addr = in6addr_loopback
+            ok = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) == 0 }
+            }
+            close(probe)
+        }
+        if !ok { try Test.cancel("::1 is not usable in this network namespace: skipped") }
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("[::1]:0"))
+            #expect(listener.address.port != 0)
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            let server = try await accepted
+            try await client.write(Array("six".utf8), timeout: .seconds(5))
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == Array("six".utf8))
+            #expect(server.peer?.family == .ipv6)
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Datagrams (mio udp_socket, tokio udp, libuv udp-send-and-recv, CPython test_socket)
+
+    @Test("async datagrams: an empty datagram is one datagram; truncation is reported", arguments: backends)
+    func asyncDatagramEdges(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let b = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let bAddress = try await b.withDatagramSocket { (socket) throws(SocketError) -> SocketAddress in
+                try SocketAddress.local(of: socket.fd)
+            }
+            try await a.send([UInt8](), to: bAddress, timeout: .seconds(5))
+            var buffer = [UInt8](repeating: 0, count: 4)
+            let empty = try await b.receive(into: &buffer, timeout: .seconds(5))
+            #expect(empty.count == 0)
+            #expect(empty.length == 0)
+            #expect(!empty.isTruncated)
+            try await a.send(Array("0123456789".utf8), to: bAddress, timeout: .seconds(5))
+            let truncated = try await b.receive(into: &buffer, timeout: .seconds(5))
+            #expect(truncated.count == 4)
+            #expect(truncated.length == 10)
+            #expect(truncated.isTruncated)
+            #expect(buffer == Array("0123".utf8))
+            // Nothing left: the rest of a truncated datagram is gone.
+            await #expect(throws: LoopError.timedOut) { _ = try await b.receive(into: &buffer, timeout: .milliseconds(20)) }
+            await a.close()
+            await b.close()
+        }
+    }
+
+    @Test("async connected UDP to a closed port: the refusal is a typed error, then the socket still works", arguments: backends)
+    func asyncRefusedUDP(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let closed = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+            let port = try SocketAddress.local(of: closed.fd)
+            closed.close()
+            let socket = try await loop.connectDatagram(to: port)
+            try await socket.send(Array("ping".utf8), timeout: .seconds(5))
+            var buffer = [UInt8](repeating: 0, count: 16)
+            var refused: LoopError?
+            do {
+                _ = try await socket.receive(into: &buffer, timeout: .seconds(5))
+            } catch {
+                refused = error as? LoopError
+            }
+            guard case .socket(let error) = refused else {
+                Issue.record("expected a refusal, got \(String(describing: refused)) on \(backend)")
+                await socket.close()
+                return
+            }
+            #expect(error.kind == .refused, "\(error)")
+            // The error was consumed: the next wait times out.
+            await #expect(throws: LoopError.timedOut) { _ = try await socket.receive(into: &buffer, timeout: .milliseconds(20)) }
+            await socket.close()
+        }
+    }
+
+    // MARK: Equal deadlines (tokio time_sleep, libuv timer-order, NIO scheduled tasks)
+
+    @Test("sleeps with one deadline resume in the order they began", arguments: backends)
+    func sleepOrder(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            final class Order: @unchecked Sendable {
+                var mutex = pthread_mutex_t()
+                var values: [Int] = []
+                init() { pthread_mutex_init(&mutex, nil) }
+                func add(_ v: Int) { pthread_mutex_lock(&mutex); values.append(v); pthread_mutex_unlock(&mutex) }
+            }
+            let order = Order()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<20 {
+                    group.addTask(executorPreference: loop) {
+                        try await loop.sleep(for: .milliseconds(50 - i * 2))
+                        order.add(i)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(order.values == Array((0..<20).reversed()), "\(order.values)")
+        }
+    }
+
+    // MARK: Timers cancelled from another's handler (libevent regress event_del in callback, libuv timer)
+
+    @Test("a timer cancelled by the handler of one due at the same instant never fires")
+    func timerCancelledByAnother() {
+        let timers = Timers()
+        let now = Deadline.now
+        let first = timers.schedule(at: now, token: 1)
+        let second = timers.schedule(at: now, token: 2)
+        let third = timers.schedule(at: now, token: 3)
+        #expect(timers.popDue(now: now) == 1)
+        #expect(timers.cancel(second))
+        #expect(!timers.cancel(first))
+        #expect(timers.popDue(now: now) == 3)
+        #expect(timers.popDue(now: now) == nil)
+        #expect(!timers.cancel(third))
+        // The freed slots are reused: stale ids still cancel nothing.
+        let fourth = timers.schedule(at: now, token: 4)
+        #expect(!timers.cancel(second))
+        #expect(!timers.cancel(first))
+        #expect(timers.isPending(fourth))
+        #expect(timers.popDue(now: now) == 4)
+    }
+
+    // MARK: Pollers (mio registering, poll; CPython test_selectors)
+
+    @Test("a wait interrupted by signals neither returns early nor loses its timeout", arguments: backends)
+    func waitInterrupted(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        action.sa_flags = 0   // no SA_RESTART
+        var old = sigaction()
+        sigaction(SIGALRM, &action, &old)
+        defer { sigaction(SIGALRM, &old, nil) }
+        var timer = itimerval(it_interval: timeval(tv_sec: 0, tv_usec: 20_000), it_value: timeval(tv_sec: 0, tv_usec: 20_000))
+        setitimer(Int32(ITIMER_REAL.rawValue), &timer, nil)
+        defer {
+            var off = itimerval()
+            setitimer(Int32(ITIMER_REAL.rawValue), &off, nil)
+        }
+        let events = EventBuffer(capacity: 4)
+        let start = ContinuousClock.now
+        let n = try poller.wait(into: events, timeout: .milliseconds(150))
+        let elapsed = ContinuousClock.now - start
+        #expect(n == 0)
+        #expect(elapsed >= .milliseconds(150), "\(elapsed)")
+        #expect(elapsed < .seconds(2), "\(elapsed)")
+    }
+
+    @Test("a registration changed to writable in the handler of its readable event reports writable", arguments: backends)
+    func reregisterInHandler(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        try server.register(on: poller, token: 5, interest: .readable)
+        #expect(try client.write(Array("a".utf8)) == .transferred(1))
+        #expect(try waitFor(.readable, token: 5, on: poller).contains(.readable))
+        try server.reregister(token: 6, interest: .writable)
+        let ready = try waitFor(.writable, token: 6, on: poller)
+        #expect(ready.contains(.writable))
+        #expect(!ready.contains(.readable))
+        // Deregistered, nothing more comes for it.
+        try server.deregister()
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .milliseconds(20))
+        for event in events { #expect(event.token != 5 && event.token != 6) }
+        // Re-added after removal (libevent: event_add after event_del).
+        try server.register(on: poller, token: 7, interest: .readable)
+        #expect(try waitFor(.readable, token: 7, on: poller).contains(.readable))
+    }
+
+    @Test("edge-triggered readable is reported again only after new data (mio edge)", arguments: backends)
+    func edgeAgain(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        if !poller.capabilities.edgeTriggered { try Test.cancel("\(backend) has no edge trigger: skipped") }
+        let (client, server) = try tcpPair(on: poller)
+        try server.register(on: poller, token: 1, interest: .readable, trigger: .edge)
+        #expect(try client.write(Array("a".utf8)) == .transferred(1))
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .milliseconds(30))
+        #expect(!events.contains { $0.token == 1 }, "edge reported twice without new data")
+        #expect(try client.write(Array("b".utf8)) == .transferred(1))
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+    }
+
+    // MARK: Dropped without close (mio drop, tokio drop, Go finalizers)
+
+    @Test("sockets, listeners and datagram sockets dropped without close leak nothing", arguments: backends)
+    func dropWithoutClose(backend: Backend) throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        do {
+            let poller = try backend.makePoller()
+            do {
+                let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+                let (client, server) = try tcpPair(on: poller, listener: listener)
+                try client.register(on: poller, token: 1, interest: .readable)
+                try server.register(on: poller, token: 2, interest: .both)
+                let datagram = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+                try datagram.register(on: poller, token: 3, interest: .readable)
+                let (p, q) = try DatagramSocket.pair()
+                _ = (p, q)
+                _ = try poller.wait(into: EventBuffer(capacity: 8), timeout: .zero)
+            }
+            try poller.close()
+        }
+        #expect(openDescriptorCount() == before, "\(descriptorTargets())")
+    }
+
+    // MARK: Batch 2
+
+    @Test("Unix-domain stream: listen, connect, echo, unnamed peer, path removed on close", arguments: backends)
+    func unixStream(backend: Backend) async throws {
+        let path = "/tmp/readiness-peer-\(getpid())-\(backend.name).sock"
+        unlink(path)
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress(unixPath: path))
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: try SocketAddress(unixPath: path), timeout: .seconds(5))
+            let server = try await accepted
+            try await client.write(Array("unix".utf8), timeout: .seconds(5))
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == Array("unix".utf8))
+            try await server.write(Array("back".utf8), timeout: .seconds(5))
+            #expect(try await client.read(upTo: 8, timeout: .seconds(5)) == Array("back".utf8))
+            await client.close()
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == [])
+            await server.close()
+            await listener.close()
+            #expect(access(path, F_OK) != 0)
+            // Bound again at once.
+            let again = try await loop.listen(on: try SocketAddress(unixPath: path))
+            await again.close()
+        }
+    }
+
+    @Test("a peer that closes with unread data resets: the reader gets a typed reset, not end of stream forever", arguments: backends)
+    func closeWithUnreadData(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.write(Array("unread".utf8), timeout: .seconds(5))
+            usleep(20_000)
+            await server.close()   // unread data: the kernel sends RST
+            var outcome: LoopError?
+            do { _ = try await readOnce(client, timeout: .seconds(5)) } catch { outcome = error as? LoopError }
+            guard case .socket(let error) = outcome else {
+                Issue.record("expected a reset, got \(String(describing: outcome)) on \(backend)")
+                await client.close(); await listener.close()
+                return
+            }
+            #expect(error.kind == .reset, "\(error)")
+            await client.close()
+            await listener.close()
+        }
+    }
+
+    @Test("write after our own shutdown(.write): a typed error at once; read after shutdown(.read): end of stream", arguments: backends)
+    func ownShutdown(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.shutdown(.write)
+            var outcome: LoopError?
+            do { try await client.write(Array("late".utf8), timeout: .seconds(2)) } catch { outcome = error as? LoopError }
+            guard case .socket(let error) = outcome else {
+                Issue.record("expected a socket error, got \(String(describing: outcome)) on \(backend)")
+                return
+            }
+            #expect(error.kind == .reset, "\(error)")
+            try await server.shutdown(.read)
+            #expect(try await server.read(upTo: 8, timeout: .seconds(2)) == [])
+            try await client.shutdown(.write)   // twice: nothing new
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
+
+    @Test("connect to a closed port is refused, typed; with a zero timeout it times out or connects; nothing leaks", arguments: backends)
+    func connectEdges(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let closed = try closedPort()
+            var outcome: LoopError?
+            do { _ = try await loop.connect(to: closed, timeout: .seconds(5)) } catch { outcome = error as? LoopError }
+            guard case .connect(let error) = outcome else {
+                Issue.record("expected a refusal, got \(String(describing: outcome)) on \(backend)")
+                return
+            }
+            #expect(error.cause == .refused, "\(error)")
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            for timeout: Duration in [.zero, .seconds(-1), .nanoseconds(1)] {
+                do {
+                    let socket = try await loop.connect(to: listener.address, timeout: timeout)
+                    await socket.close()
+                } catch {
+                    #expect(error as? LoopError == .timedOut, "\(timeout): \(error)")
+                }
+            }
+            while let socket = try? await listener.accept(timeout: .milliseconds(20)) { await socket.close() }
+            await listener.close()
+        }
+    }
+
+    @Test("a read that timed out or was cancelled loses no data: the next read gets it", arguments: backends)
+    func noDataLostOnTimeout(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            await #expect(throws: LoopError.timedOut) { _ = try await server.read(upTo: 8, timeout: .milliseconds(10)) }
+            let reader = Task { () async -> LoopError? in
+                do { _ = try await server.read(upTo: 8, timeout: .seconds(5)) } catch { return error as? LoopError }
+                return nil
+            }
+            usleep(10_000)
+            reader.cancel()
+            #expect(await reader.value == .cancelled)
+            try await client.write(Array("kept".utf8), timeout: .seconds(5))
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == Array("kept".utf8))
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("one reader and one writer on one socket at once (full duplex)", arguments: backends)
+    func fullDuplex(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let reader = Task { () async -> [UInt8]? in try? await client.read(upTo: 8, timeout: .seconds(5)) }
+            usleep(10_000)
+            let big = [UInt8](repeating: 3, count: 4 << 20)
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(big, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            var total = 0
+            while total < big.count {
+                let chunk = try await server.read(upTo: 1 << 16, timeout: .seconds(10))
+                if chunk.isEmpty { break }
+                total += chunk.count
+            }
+            #expect(total == big.count)
+            #expect(await writer.value == nil)
+            try await server.write(Array("r".utf8), timeout: .seconds(5))
+            #expect(await reader.value == Array("r".utf8))
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("many queued connections are all accepted (backlog drained)", arguments: backends)
+    func manyQueued(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var options = Listener.Options()
+            options.backlog = 8
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+            var fds: [CInt] = []
+            for _ in 0..<8 {
+                let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+                _ = listener.address.withSockaddr { Glibc.connect(fd, $0, $1) }
+                fds.append(fd)
+            }
+            usleep(20_000)
+            var accepted = 0
+            for _ in 0..<8 {
+                let socket = try await listener.accept(timeout: .seconds(5))
+                accepted += 1
+                await socket.close()
+            }
+            #expect(accepted == 8)
+            for fd in fds { close(fd) }
+            await listener.close()
+        }
+    }
+
+    @Test("Unix datagram pair: an empty datagram, and a send to a closed peer is typed", arguments: backends)
+    func unixDatagrams(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a, b) = try DatagramSocket.pair()
+        try b.register(on: poller, token: 1, interest: .readable)
+        #expect(try a.send([UInt8]()) == .transferred(0))
+        #expect(try waitFor(.readable, token: 1, on: poller).contains(.readable))
+        var buffer = [UInt8](repeating: 0, count: 8)
+        let result = try b.receive(into: &buffer)
+        #expect(result.datagram?.count == 0)
+        b.close()
+        do {
+            _ = try a.send(Array("x".utf8))
+            Issue.record("a send to a closed Unix peer succeeded")
+        } catch {
+            #expect(error.kind == .refused || error.kind == .reset || error.kind == .notConnected, "\(error)")
+        }
+        a.close()
+    }
+
+    // MARK: Batch 3
+
+    @Test("wake-ups coalesce: three wakes give one waker event, the next wait sleeps its timeout", arguments: backends)
+    func wakerCoalesces(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        try poller.waker.wake()
+        try poller.waker.wake()
+        try poller.waker.wake()
+        let events = EventBuffer(capacity: 8)
+        let n = try poller.wait(into: events, timeout: .seconds(2))
+        #expect(n == 1)
+        #expect(events.contains { $0.token == .waker })
+        let start = ContinuousClock.now
+        let m = try poller.wait(into: events, timeout: .milliseconds(40))
+        #expect(m == 0, "\(Array(events))")
+        #expect(ContinuousClock.now - start >= .milliseconds(40))
+        // A wake from another thread ends a blocking wait.
+        let waker = poller.waker
+        let thread = Thread { usleep(20_000); try? waker.wake() }
+        let k = try poller.wait(into: events, timeout: nil)
+        #expect(k == 1)
+        thread.join()
+    }
+
+    @Test("one-shot: reported once, then again only after reregister", arguments: backends)
+    func oneShotRearm(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        #expect(try client.write(Array("a".utf8)) == .transferred(1))
+        try server.register(on: poller, token: 9, interest: .readable, trigger: .oneShot)
+        #expect(try waitFor(.readable, token: 9, on: poller).contains(.readable))
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .milliseconds(30))
+        #expect(!events.contains { $0.token == 9 }, "one-shot reported twice")
+        try server.reregister(token: 10, interest: .readable, trigger: .oneShot)
+        #expect(try waitFor(.readable, token: 10, on: poller).contains(.readable))
+        _ = try poller.wait(into: events, timeout: .milliseconds(30))
+        #expect(!events.contains { $0.token == 10 || $0.token == 9 })
+        try server.deregister()
+    }
+
+    @Test("level-triggered with a one-event buffer: both ready descriptors are reported, in turn", arguments: backends)
+    func levelFairness(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a1, a2) = try tcpPair(on: poller)
+        let (b1, b2) = try tcpPair(on: poller)
+        #expect(try a1.write(Array("a".utf8)) == .transferred(1))
+        #expect(try b1.write(Array("b".utf8)) == .transferred(1))
+        usleep(10_000)
+        try a2.register(on: poller, token: 1, interest: .readable)
+        try b2.register(on: poller, token: 2, interest: .readable)
+        let events = EventBuffer(capacity: 1)
+        var seen: Set<Token> = []
+        for _ in 0..<4 {
+            #expect(try poller.wait(into: events, timeout: .seconds(1)) == 1)
+            for event in events { seen.insert(event.token) }
+        }
+        #expect(seen == [1, 2])
+    }
+
+    @Test("the peer's half-close and full close wake a reader; a full close wakes a writer where hang-up is reported", arguments: backends)
+    func closeBits(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        try server.register(on: poller, token: 1, interest: .readable)
+        try client.shutdown(.write)
+        let ready = try waitFor(.readable, token: 1, on: poller)
+        #expect(ready.contains(.readable))
+        if poller.capabilities.reportsReadClosed { #expect(ready.contains(.readClosed), "\(ready)") }
+        #expect(!ready.contains(.hangup), "\(ready)")
+        var buffer = [UInt8](repeating: 0, count: 4)
+        #expect(try server.read(into: &buffer) == .endOfStream)
+        try server.shutdown(.write)
+        let both = try waitFor([.readable], token: 1, on: poller)
+        #expect(both.contains(.readable))
+        if poller.capabilities.reportsHangupAndError { #expect(both.contains(.hangup), "\(both)") }
+    }
+
+    @Test("two sequences of one signal both get its delivery; finish ends the iteration", arguments: backends)
+    func twoSignalSequences(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let first = try loop.signals([.user1])
+            let second = try loop.signals([.user1])
+            let a = Task { () async -> Signal? in
+                var iterator = first.makeAsyncIterator()
+                return await iterator.next()
+            }
+            let b = Task { () async -> Signal? in
+                var iterator = second.makeAsyncIterator()
+                return await iterator.next()
+            }
+            usleep(20_000)
+            kill(getpid(), SIGUSR1)   // not raise: a Swift concurrency thread blocks signals
+            #expect(await a.value == .user1)
+            #expect(await b.value == .user1)
+            let third = try loop.signals([.user2])
+            let c = Task { () async -> Signal? in
+                var iterator = third.makeAsyncIterator()
+                return await iterator.next()
+            }
+            usleep(20_000)
+            third.finish()
+            #expect(await c.value == nil)
+            first.finish(); second.finish()
+        }
+    }
+
+    @Test("graceful shutdown: a served connection finishes within the grace period; a stuck one is ended after it", arguments: backends)
+    func gracefulServe(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let server = Task {
+            try await listener.serve { socket in
+                // Echo until end of stream.
+                while let chunk = try? await socket.read(upTo: 64, timeout: .seconds(30)), !chunk.isEmpty {
+                    try? await socket.write(chunk, timeout: .seconds(5))
+                }
+            }
+        }
+        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
+        _ = "hi".withCString { send(client, $0, 2, 0) }
+        var buffer = [UInt8](repeating: 0, count: 8)
+        #expect(recv(client, &buffer, 8, 0) == 2)
+        let start = ContinuousClock.now
+        await loop.shutdown(gracePeriod: .milliseconds(200))
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed >= .milliseconds(150), "\(elapsed)")
+        #expect(elapsed < .seconds(5), "\(elapsed)")
+        _ = try? await server.value
+        #expect(recv(client, &buffer, 8, 0) == 0)
+        close(client)
+        #expect(await settledDescriptorCount(before) == before, "\(descriptorTargets())")
+    }
+
+    @Test("async datagram: a second receiver is busy; send and receive at once", arguments: backends)
+    func datagramBusy(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let address = try await a.withDatagramSocket { (socket) throws(SocketError) -> SocketAddress in try SocketAddress.local(of: socket.fd) }
+            let receiver = Task { () async -> Int? in
+                var buffer = [UInt8](repeating: 0, count: 8)
+                return try? await a.receive(into: &buffer, timeout: .seconds(5)).count
+            }
+            usleep(20_000)
+            var buffer = [UInt8](repeating: 0, count: 8)
+            await #expect(throws: LoopError.busy) { _ = try await a.receive(into: &buffer, timeout: .seconds(1)) }
+            try await a.send(Array("self".utf8), to: address, timeout: .seconds(1))
+            #expect(await receiver.value == 4)
+            await a.close()
+        }
+    }
+}
