@@ -796,4 +796,83 @@ struct PeerScenarioTests {
             await a.close()
         }
     }
+
+    // MARK: Batch 4
+
+    @Test("async vectored writes of more buffers than IOV_MAX, and of large buffers to a slow reader, arrive in order", arguments: backends)
+    func vectoredMany(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.withStreamSocket { (socket) throws(SocketError) in try socket.setSendBufferSize(4096) }
+            var parts: [[UInt8]] = (0..<3000).map { i in [UInt8(truncatingIfNeeded: i), UInt8(truncatingIfNeeded: i >> 8), 0xEE] }
+            parts += (0..<3).map { i in [UInt8](repeating: UInt8(i + 1), count: 1 << 20) }
+            let expected = parts.flatMap { $0 }
+            let storage = parts.map { part -> UnsafeMutableRawBufferPointer in
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: part.count, alignment: 1)
+                buffer.copyBytes(from: part)
+                return buffer
+            }
+            defer { for buffer in storage { buffer.deallocate() } }
+            nonisolated(unsafe) let buffers = storage.map { UnsafeRawBufferPointer($0) }
+            let writer = Task { () async -> LoopError? in
+                do {
+                    try await client.write(vectored: buffers, timeout: .seconds(30))
+                    try await client.shutdown(.write)
+                } catch { return error as? LoopError }
+                return nil
+            }
+            var received: [UInt8] = []
+            while true {
+                let chunk = try await server.read(upTo: 1 << 16, timeout: .seconds(30))
+                if chunk.isEmpty { break }
+                received += chunk
+            }
+            #expect(await writer.value == nil)
+            #expect(received.count == expected.count)
+            #expect(received == expected)
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("a dual-stack IPv6 datagram socket sends to an IPv4 address (as Go, tokio and CPython do)", arguments: backends)
+    func dualStackSend(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let v4 = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let v4Address = try await v4.withDatagramSocket { (socket) throws(SocketError) -> SocketAddress in try SocketAddress.local(of: socket.fd) }
+            let v6: AsyncDatagramSocket
+            do {
+                v6 = try await loop.bindDatagram(to: try SocketAddress("[::]:0"))
+            } catch {
+                await v4.close()
+                try Test.cancel("no IPv6 here: \(error)")
+            }
+            try await v6.send(Array("46".utf8), to: v4Address, timeout: .seconds(2))
+            let datagram = try await v4.receive(timeout: .seconds(2))
+            #expect(datagram.bytes.withUnsafeBytes { Array($0) } == Array("46".utf8))
+            // The reply comes back from an IPv4-mapped source.
+            let source = try #require(datagram.datagram.source)
+            #expect(source.family == .ipv4)
+            try await v4.send(Array("64".utf8), to: source, timeout: .seconds(2))
+            let reply = try await v6.receive(timeout: .seconds(2))
+            #expect(reply.bytes.withUnsafeBytes { Array($0) } == Array("64".utf8))
+            #expect(reply.datagram.source?.family == .ipv6)
+            // Connected to an IPv4 peer, from an IPv6 socket and from an IPv6 local address.
+            try await v6.withDatagramSocket { (socket) throws(SocketError) in try socket.connect(to: v4Address) }
+            try await v6.send(Array("c".utf8), timeout: .seconds(2))
+            #expect(try await v4.receive(timeout: .seconds(2)).bytes.count == 1)
+            let connected = try await loop.connectDatagram(to: v4Address, from: try SocketAddress("[::]:0"))
+            try await connected.send(Array("d".utf8), timeout: .seconds(2))
+            #expect(try await v4.receive(timeout: .seconds(2)).bytes.count == 1)
+            // The other way round stays refused, before any system call; an IPv6-only socket gets the
+            // kernel's typed refusal.
+            let v6Address = try await v6.withDatagramSocket { (socket) throws(SocketError) -> SocketAddress in try SocketAddress.local(of: socket.fd) }
+            await #expect(throws: LoopError.self) { try await v4.send(Array("x".utf8), to: v6Address, timeout: .seconds(1)) }
+            var options = DatagramSocket.Options()
+            options.v6Only = true
+            let only = try DatagramSocket(bind: try SocketAddress("[::]:0"), options: options)
+            #expect(throws: SocketError.self) { _ = try only.send(Array("x".utf8), destination: v4Address) }
+            only.close()
+            await connected.close(); await v4.close(); await v6.close()
+        }
+    }
 }
