@@ -875,4 +875,130 @@ struct PeerScenarioTests {
             await connected.close(); await v4.close(); await v6.close()
         }
     }
+
+    // MARK: Batch 5
+
+    @Test("sleeps and read deadlines never end early, at any duration (Go TestVariousDeadlines)", arguments: backends)
+    func neverEarly(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let durations: [Duration] = [.nanoseconds(1), .microseconds(1), .microseconds(100), .microseconds(999),
+                                         .milliseconds(1), .microseconds(1500), .milliseconds(3), .milliseconds(10), .milliseconds(25)]
+            for duration in durations {
+                var start = ContinuousClock.now
+                try await loop.sleep(for: duration)
+                var elapsed = ContinuousClock.now - start
+                #expect(elapsed >= duration, "sleep \(duration) ended after \(elapsed) on \(backend)")
+                #expect(elapsed < duration + .seconds(1))
+                start = ContinuousClock.now
+                await #expect(throws: LoopError.timedOut) { _ = try await server.read(upTo: 8, timeout: duration) }
+                elapsed = ContinuousClock.now - start
+                #expect(elapsed >= duration, "read deadline \(duration) ended after \(elapsed) on \(backend)")
+            }
+            // Many sleeps at once, each with its own small duration: none early.
+            let results = await withTaskGroup(of: (Duration, Duration).self) { group in
+                for i in 0..<50 {
+                    let duration = Duration.microseconds(137 * (i + 1))
+                    group.addTask(executorPreference: loop) {
+                        let start = ContinuousClock.now
+                        try? await loop.sleep(for: duration)
+                        return (duration, ContinuousClock.now - start)
+                    }
+                }
+                var out: [(Duration, Duration)] = []
+                for await r in group { out.append(r) }
+                return out
+            }
+            for (duration, elapsed) in results { #expect(elapsed >= duration, "\(duration): \(elapsed)") }
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("Unix abstract names: listen, connect, close, listen again at once", arguments: backends)
+    func abstractUnix(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let name = try SocketAddress(abstractUnixName: "readiness-peer-\(getpid())-\(backend.name)")
+            let listener = try await loop.listen(on: name)
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: name, timeout: .seconds(5))
+            let server = try await accepted
+            try await client.write(Array("@".utf8), timeout: .seconds(2))
+            #expect(try await server.read(upTo: 4, timeout: .seconds(2)) == Array("@".utf8))
+            await client.close(); await server.close(); await listener.close()
+            let again = try await loop.listen(on: name)
+            await again.close()
+        }
+    }
+
+    @Test("a dual-stack listener accepts IPv4 clients (IPv4-mapped peers)", arguments: backends)
+    func dualStackListener(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener: AsyncListener
+            do { listener = try await loop.listen(on: try SocketAddress("[::]:0")) } catch { try Test.cancel("no IPv6 here: \(error)") }
+            let port = try #require(listener.address.port)
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: try SocketAddress("127.0.0.1:\(port)"), timeout: .seconds(5))
+            let server = try await accepted
+            #expect(server.peer?.family == .ipv6)
+            try await client.write(Array("4".utf8), timeout: .seconds(2))
+            #expect(try await server.read(upTo: 4, timeout: .seconds(2)) == Array("4".utf8))
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("Unix connect to a missing path, a stale socket file and a regular file: typed, nothing leaks", arguments: backends)
+    func unixConnectErrors(backend: Backend) async throws {
+        let missing = "/tmp/readiness-peer-missing-\(getpid())"
+        let stale = "/tmp/readiness-peer-stale-\(getpid())-\(backend.name)"
+        let regular = "/tmp/readiness-peer-regular-\(getpid())-\(backend.name)"
+        unlink(missing); unlink(stale); unlink(regular)
+        // A socket file nobody listens on (bound, then closed without unlink).
+        let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        let staleAddress = try SocketAddress(unixPath: stale)
+        _ = staleAddress.withSockaddr { bind(fd, $0, $1) }
+        close(fd)
+        let file = open(regular, O_CREAT | O_WRONLY, 0o600)
+        close(file)
+        defer { unlink(stale); unlink(regular) }
+        try await withLoop(backend) { loop in
+            for path in [missing, stale, regular] {
+                do {
+                    let socket = try await loop.connect(to: try SocketAddress(unixPath: path), timeout: .seconds(2))
+                    Issue.record("connected to \(path)")
+                    await socket.close()
+                } catch {
+                    guard case .connect = error as? LoopError else {
+                        Issue.record("\(path): \(error)")
+                        continue
+                    }
+                }
+            }
+            // Listening on a stale socket file takes it over; on a regular file is refused.
+            let listener = try await loop.listen(on: staleAddress)
+            await listener.close()
+            do {
+                let refused = try await loop.listen(on: try SocketAddress(unixPath: regular))
+                Issue.record("listened on a regular file")
+                await refused.close()
+            } catch {
+                if case .socket(let e) = error as? LoopError { #expect(e.kind == .pathNotSocket, "\(e)") } else { Issue.record("\(error)") }
+            }
+            #expect(access(regular, F_OK) == 0)
+        }
+    }
+
+    @Test("readable on a pipe whose writer closed, writable on a pipe whose reader closed: both wake", arguments: backends)
+    func pipeHangups(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var ends: [CInt] = [-1, -1]
+            #expect(pipe(&ends) == 0)
+            close(ends[1])
+            try await loop.readable(ends[0], timeout: .seconds(2))
+            close(ends[0])
+            #expect(pipe(&ends) == 0)
+            close(ends[0])
+            try await loop.writable(ends[1], timeout: .seconds(2))
+            close(ends[1])
+        }
+    }
 }
