@@ -1050,4 +1050,33 @@ struct PeerScenarioTests {
             await listener.close()
         }
     }
+
+    @Test("shutdown(.read) wakes a blocked reader with end of stream; shutdown(.write) wakes a blocked writer with a typed error (Go CloseRead/CloseWrite)", arguments: backends)
+    func shutdownWakesWaiters(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let reader = Task { () async -> String in
+                do { return "read \(try await server.read(upTo: 8, timeout: .seconds(3)).count)" } catch { return "\(error)" }
+            }
+            usleep(30_000)
+            try await server.shutdown(.read)
+            #expect(await reader.value == "read 0", "\(backend)")
+            try await client.withStreamSocket { (socket) throws(SocketError) in try socket.setSendBufferSize(4096) }
+            let big = [UInt8](repeating: 1, count: 8 << 20)
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(big, timeout: .seconds(3)) } catch { return error as? LoopError }
+                return nil
+            }
+            usleep(50_000)
+            try await client.shutdown(.write)
+            let outcome = await writer.value
+            guard case .socket(let error) = outcome else {
+                Issue.record("expected a socket error, got \(String(describing: outcome)) on \(backend)")
+                await client.close(); await server.close(); await listener.close()
+                return
+            }
+            #expect(error.kind == .reset, "\(error)")
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
 }
