@@ -1079,4 +1079,72 @@ struct PeerScenarioTests {
             await client.close(); await server.close(); await listener.close()
         }
     }
+
+    @Test("accept backlog overflow: concurrent connects to a listener with backlog 1 that accepts late either connect or time out; nothing hangs or leaks", arguments: backends)
+    func backlogOverflow(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var options = Listener.Options()
+            options.backlog = 1
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+            let address = listener.address
+            let outcomes = await withTaskGroup(of: String.self) { group in
+                for _ in 0..<12 {
+                    group.addTask(executorPreference: loop) {
+                        do {
+                            let socket = try await loop.connect(to: address, timeout: .milliseconds(300))
+                            await socket.close()
+                            return "connected"
+                        } catch {
+                            return "\(error)"
+                        }
+                    }
+                }
+                var out: [String] = []
+                for await outcome in group { out.append(outcome) }
+                return out
+            }
+            for outcome in outcomes { #expect(outcome == "connected" || outcome == "timed out", "\(backend): \(outcome)") }
+            while let socket = try? await listener.accept(timeout: .milliseconds(50)) { await socket.close() }
+            await listener.close()
+        }
+    }
+
+    @Test("shutdown while a task waits on a caller's descriptor: .shutdown, and the descriptor stays the caller's", arguments: backends)
+    func shutdownDuringForeignWait(backend: Backend) async throws {
+        var ends: [CInt] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        let loop = try EventLoop(backend: backend)
+        let fd = ends[0]
+        let waiter = Task { () async -> LoopError? in
+            do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+            return nil
+        }
+        usleep(30_000)
+        await loop.shutdown()
+        #expect(await waiter.value == .shutdown)
+        #expect(fcntl(fd, F_GETFD) >= 0, "the caller's descriptor was closed")
+    }
+
+    @Test("a zero-timeout wait right after registering a ready descriptor reports it (mio zero_duration_polls_events)", arguments: backends)
+    func zeroTimeoutSeesReady(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        #expect(try client.write(Array("z".utf8)) == .transferred(1))
+        usleep(10_000)
+        try server.register(on: poller, token: 3, interest: .readable)
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .zero)
+        #expect(events.contains { $0.token == 3 && $0.ready.contains(.readable) }, "\(backend): \(Array(events))")
+        // And after a reregister to both directions, a zero-timeout wait reports both.
+        try server.reregister(token: 4, interest: .both)
+        _ = try poller.wait(into: events, timeout: .zero)
+        let both = events.first { $0.token == 4 }?.ready ?? []
+        #expect(both.contains(.readable) && both.contains(.writable), "\(backend): \(both)")
+        // A waker woken just before a zero-timeout wait is reported by it.
+        try poller.waker.wake()
+        _ = try poller.wait(into: events, timeout: .zero)
+        #expect(events.contains { $0.token == .waker }, "\(backend): \(Array(events))")
+    }
 }
