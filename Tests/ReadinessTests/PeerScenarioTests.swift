@@ -1147,4 +1147,38 @@ struct PeerScenarioTests {
         _ = try poller.wait(into: events, timeout: .zero)
         #expect(events.contains { $0.token == .waker }, "\(backend): \(Array(events))")
     }
+
+    @Test("a destination of the wrong family: the same invalidArgument from a single send and a batch, and the slots before it are sent")
+    func batchWrongFamily() throws {
+        let v4 = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let sink = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let (unixA, unixB) = try DatagramSocket.pair()
+        defer { v4.close(); sink.close(); unixA.close(); unixB.close() }
+        let good = try #require(sink.localAddress)
+        let cases: [(DatagramSocket, SocketAddress, SocketAddress?)] = [
+            (v4, try SocketAddress("[::1]:9"), good),
+            (v4, try SocketAddress(unixPath: "/tmp/readiness-nowhere"), good),
+            (unixA, try SocketAddress("127.0.0.1:9"), nil),
+        ]
+        for (socket, wrong, first) in cases {
+            var single: SocketError.Kind?
+            do { _ = try socket.send([1], destination: wrong) } catch { single = error.kind }
+            #expect(single == .invalidArgument, "single send to \(wrong): \(String(describing: single))")
+            let batch = try DatagramBatch(capacity: 4, slotSize: 16)
+            try batch.append([1], to: first)
+            try batch.append([2], to: wrong)
+            // The slot before the wrong one is sent; the wrong one is refused as the single send is.
+            #expect(try socket.send(batch, from: 0) == .transferred(1), "\(wrong)")
+            var kind: SocketError.Kind?
+            do { _ = try socket.send(batch, from: 1) } catch { kind = error.kind }
+            #expect(kind == .invalidArgument, "batch send to \(wrong): \(String(describing: kind))")
+        }
+        // An IPv4 destination of a dual-stack IPv6 socket is no misuse, in a batch as in a single send.
+        guard let v6 = try? DatagramSocket(bind: try SocketAddress("[::]:0")) else { return }
+        defer { v6.close() }
+        let batch = try DatagramBatch(capacity: 2, slotSize: 16)
+        try batch.append([4], to: good)
+        #expect(try v6.send(batch, from: 0) == .transferred(1))
+        #expect(try v6.send([6], destination: good) == .transferred(1))
+    }
 }
