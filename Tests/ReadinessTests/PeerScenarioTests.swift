@@ -1181,4 +1181,37 @@ struct PeerScenarioTests {
         #expect(try v6.send(batch, from: 0) == .transferred(1))
         #expect(try v6.send([6], destination: good) == .transferred(1))
     }
+
+    @Test("Unix stream pair: our own shutdown(.write) ends a writer waiting for room, and shutdown(.read) a waiting reader, as on TCP", arguments: backends)
+    func unixShutdownWakesWaiters(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var ends: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &ends) == 0)
+            let a = try await loop.adopt(descriptor: ends[0])
+            let b = try await loop.adopt(descriptor: ends[1])
+            let reader = Task { () async -> String in
+                do { return "read \(try await b.read(upTo: 8, timeout: .seconds(3)).count)" } catch { return "\(error)" }
+            }
+            usleep(30_000)
+            try await b.shutdown(.read)
+            #expect(await reader.value == "read 0", "\(backend)")
+            let big = [UInt8](repeating: 1, count: 8 << 20)
+            let writer = Task { () async -> LoopError? in
+                do { try await a.write(big, timeout: .seconds(3)) } catch { return error as? LoopError }
+                return nil
+            }
+            usleep(50_000)
+            let start = ContinuousClock.now
+            try await a.shutdown(.write)
+            let outcome = await writer.value
+            #expect(ContinuousClock.now - start < .seconds(2), "\(backend): the writer waited to its deadline")
+            guard case .socket(let error) = outcome else {
+                Issue.record("expected a socket error, got \(String(describing: outcome)) on \(backend)")
+                await a.close(); await b.close()
+                return
+            }
+            #expect(error.kind == .reset, "\(error)")
+            await a.close(); await b.close()
+        }
+    }
 }
