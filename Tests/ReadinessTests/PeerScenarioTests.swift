@@ -1252,4 +1252,31 @@ struct PeerScenarioTests {
         _ = try poller.wait(into: events, timeout: .milliseconds(20))
         #expect(events.map(\.token) == [3], "\(backend): \(events.map(\.token))")
     }
+
+    @Test("port 0 and broadcast destinations: typed errors, the socket still usable (libuv udp-send-and-recv, Go TestUDPZeroBytePayload)", arguments: backends)
+    func oddDestinations(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let socket = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let own = try await socket.withDatagramSocket { (s) throws(SocketError) -> SocketAddress in try SocketAddress.local(of: s.fd) }
+            for text in ["127.0.0.1:0", "255.255.255.255:9"] {
+                do {
+                    try await socket.send(Array("x".utf8), to: try SocketAddress(text), timeout: .seconds(1))
+                    Issue.record("send to \(text) succeeded on \(backend)")
+                } catch {
+                    guard case .socket = error as? LoopError else { Issue.record("\(text): \(error)"); continue }
+                }
+            }
+            try await socket.send(Array("self".utf8), to: own, timeout: .seconds(1))
+            #expect(try await socket.receive(timeout: .seconds(1)).bytes.count == 4)
+            // A stream connect to port 0 is refused, typed.
+            do {
+                let s = try await loop.connect(to: try SocketAddress("127.0.0.1:0"), timeout: .seconds(1))
+                Issue.record("connected to port 0")
+                await s.close()
+            } catch {
+                guard case .connect = error as? LoopError else { Issue.record("port 0: \(error)"); return }
+            }
+            await socket.close()
+        }
+    }
 }
