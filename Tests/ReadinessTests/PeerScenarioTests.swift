@@ -1279,4 +1279,28 @@ struct PeerScenarioTests {
             await socket.close()
         }
     }
+
+    @Test("a writer waiting for room when the peer closes with unread data (RST) ends with reset, on every backend", arguments: backends)
+    func writerPeerReset(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let big = [UInt8](repeating: 1, count: 16 << 20)
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(big, timeout: .seconds(5)) } catch { return error as? LoopError }
+                return nil
+            }
+            usleep(50_000)
+            let start = ContinuousClock.now
+            await server.close()   // unread bytes: RST
+            let outcome = await writer.value
+            #expect(ContinuousClock.now - start < .seconds(3), "\(backend): the writer waited to its deadline")
+            guard case .socket(let error) = outcome else {
+                Issue.record("expected a reset, got \(String(describing: outcome)) on \(backend)")
+                await client.close(); await listener.close()
+                return
+            }
+            #expect(error.kind == .reset, "\(error)")
+            await client.close(); await listener.close()
+        }
+    }
 }
