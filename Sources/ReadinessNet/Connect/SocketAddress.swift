@@ -282,6 +282,22 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return bytes.count == localhost.count || bytes[bytes.count - localhost.count - 1] == dot
     }
 
+    /// For an IPv4 address, the same address and port IPv4-mapped (`[::ffff:A.B.C.D]:port`), which a
+    /// dual-stack IPv6 socket sends to and connects to; nil for any other family.
+    package var ipv4Mapped: SocketAddress? {
+        guard family == .ipv4 else { return nil }
+        let sin = withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in.self) }
+        var sin6 = sockaddr_in6()
+        sin6.sin6_family = sa_family_t(AF_INET6)
+        sin6.sin6_port = sin.sin_port
+        withUnsafeMutableBytes(of: &sin6.sin6_addr) { bytes in
+            bytes[10] = 0xFF
+            bytes[11] = 0xFF
+            withUnsafeBytes(of: sin.sin_addr) { bytes[12..<16].copyBytes(from: $0) }
+        }
+        return SocketAddress(raw: sin6)
+    }
+
     /// `[::1]:port` (`.ipv6`) or `127.0.0.1:port` (otherwise), built without parsing.
     static func loopback(_ family: Family, port: UInt16) -> SocketAddress {
         if family == .ipv6 {

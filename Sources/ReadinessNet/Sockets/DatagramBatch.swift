@@ -154,17 +154,37 @@ public final class DatagramBatch {
         return Int(n)
     }
 
-    /// sendmmsg of slots `start..<count`: the number sent (nil: would block).
-    func send(_ fd: CInt, from start: Int) throws(SocketError) -> Int? {
+    /// sendmmsg of slots `start..<count` from a socket of `family`: the number sent (nil: would block).
+    func send(_ fd: CInt, from start: Int, family: SocketAddress.Family) throws(SocketError) -> Int? {
         guard start >= 0, start <= count else {
             throw SocketError(.invalidArgument, operation: "send from slot \(start) of a batch of \(count)")
         }
         if start == count { return 0 }
-        // A received batch sent back (an echo in place, no copy): each slot goes to its source with
-        // the bytes stored in it. A truncated slot's length is the datagram's real length, larger
-        // than the slot: the bytes stored are what is sent (never bytes past the slot).
-        for i in start..<count where lengths[i] > slotSize { lengths[i] = slotSize }
-        let remaining = UInt32(count - start)
+        let domain: CInt = switch family {
+        case .ipv4: AF_INET
+        case .ipv6: AF_INET6
+        case .unix: AF_UNIX
+        }
+        var end = count
+        for i in start..<count {
+            // A received batch sent back (an echo in place, no copy): each slot goes to its source with
+            // the bytes stored in it. A truncated slot's length is the datagram's real length, larger
+            // than the slot: the bytes stored are what is sent (never bytes past the slot).
+            if lengths[i] > slotSize { lengths[i] = slotSize }
+            // A destination of another family is refused as a single send refuses it (an IPv4 one of
+            // an IPv6 socket is sent, IPv4-mapped by the kernel): the slots before it are sent, and
+            // the send that starts at it fails.
+            guard addressLengths[i] > 0 else { continue }
+            let slotFamily = CInt(addresses[i].ss_family)
+            if slotFamily == domain || (domain == AF_INET6 && slotFamily == AF_INET) { continue }
+            if i == start {
+                let shown = address(i).map { "\($0)" } ?? "family \(slotFamily)"
+                throw SocketError(.invalidArgument, operation: "send slot \(i) to \(shown): not a \(family.rawValue) address")
+            }
+            end = i
+            break
+        }
+        let remaining = UInt32(end - start)
         let n = Sys.retryingEINTR {
             rd_net_sendmmsg(fd, payloads + start * slotSize, slotSize, lengths + start, addresses + start,
                             addressLengths + start, remaining, scratch)
@@ -190,9 +210,12 @@ extension DatagramSocket {
     /// Sends the batch's datagrams from slot `start` on with one `sendmmsg`: ``IOResult/transferred(_:)``
     /// with the number of **datagrams** sent (fewer than asked when the send buffer filled: send the
     /// rest from `start + n` once writable), or ``IOResult/wouldBlock``. A `start` outside
-    /// `0...count` is refused.
+    /// `0...count` is refused. A slot whose destination is of another family is refused with
+    /// ``SocketError/Kind/invalidArgument``, as ``send(_:to:)`` refuses it: the slots before it are sent
+    /// (the count says how many) and the send that starts at it fails, before any system call. An IPv4
+    /// destination of an IPv6 socket is not refused: the kernel sends it IPv4-mapped.
     public func send(_ batch: DatagramBatch, from start: Int = 0) throws(SocketError) -> IOResult {
-        guard let n = try batch.send(fd, from: start) else { return .wouldBlock }
+        guard let n = try batch.send(fd, from: start, family: family) else { return .wouldBlock }
         return .transferred(n)
     }
 }

@@ -97,11 +97,12 @@ public final class DatagramSocket {
     }
 
     /// A socket connected to `peer`: bound to `local` when given (else an ephemeral port, or nameless
-    /// for Unix), then ``connect(to:)``.
+    /// for Unix), then ``connect(to:)``. An IPv6 `local` takes an IPv4 `peer` (IPv4-mapped, as
+    /// ``connect(to:)`` does); any other mix of families is refused.
     public convenience init(connectedTo peer: SocketAddress, from local: SocketAddress? = nil,
                             options: Options = Options()) throws(SocketError) {
         if let local {
-            guard local.family == peer.family else {
+            guard local.family == peer.family || (local.family == .ipv6 && peer.family == .ipv4) else {
                 throw SocketError(.invalidArgument, operation: "connect \(peer) from \(local): families differ")
             }
             try self.init(bind: local, options: options)
@@ -210,15 +211,27 @@ public final class DatagramSocket {
     // MARK: Connecting
 
     /// Sets the default destination and the only accepted source (connect(2) on a datagram socket:
-    /// nothing is sent). Afterwards `send(_:)` needs no address, datagrams from other sources are
+    /// nothing is sent). An IPv4 peer of an IPv6 socket is IPv4-mapped (`::ffff:A.B.C.D`). Afterwards `send(_:)` needs no address, datagrams from other sources are
     /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
     /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
     public func connect(to peer: SocketAddress) throws(SocketError) {
-        guard peer.family == family, !peer.isEmpty else {
-            throw SocketError(.invalidArgument, operation: "connect \(peer): not a \(family.rawValue) address")
-        }
+        let peer = try destination(peer, "connect")
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
         guard status == 0 else { throw SocketError(errno: errno, operation: "connect \(peer)") }
+    }
+
+    /// `address` as this socket sends to it: as it is when the families match; an IPv4 address from an
+    /// IPv6 socket IPv4-mapped (`::ffff:A.B.C.D`, as Go does; the kernel refuses it with
+    /// ``SocketError/Kind/other`` (ENETUNREACH) when the socket is IPv6-only); any other mix refused
+    /// with ``SocketError/Kind/invalidArgument`` before any system call.
+    @usableFromInline
+    func destination(_ address: SocketAddress, _ operation: String) throws(SocketError) -> SocketAddress {
+        if address.isEmpty {
+            throw SocketError(.invalidArgument, operation: "\(operation) an empty address (SocketAddress()): no destination")
+        }
+        if address.family == family { return address }
+        if family == .ipv6, let mapped = address.ipv4Mapped { return mapped }
+        throw SocketError(.invalidArgument, operation: "\(operation) \(address): not a \(family.rawValue) address")
     }
 
     /// Dissolves the association ``connect(to:)`` made (connect(2) to AF_UNSPEC): a destination is
@@ -236,7 +249,9 @@ public final class DatagramSocket {
     // MARK: Sending and receiving
 
     /// Sends `buffer` as one datagram to `destination` (nil: to the connected peer). An empty buffer
-    /// sends an empty datagram. ``IOResult/transferred(_:)`` is always the whole count.
+    /// sends an empty datagram. An IPv4 destination of an IPv6 socket is IPv4-mapped
+    /// (`::ffff:A.B.C.D`: a dual-stack socket sends it over IPv4); an IPv6 destination of an IPv4
+    /// socket, or an IP one of a Unix socket, is ``SocketError/Kind/invalidArgument``. ``IOResult/transferred(_:)`` is always the whole count.
     @inlinable
     public func send(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress? = nil) throws(SocketError) -> IOResult {
         try sendImpl(buffer, to: destination)
@@ -268,9 +283,7 @@ public final class DatagramSocket {
 
     @usableFromInline
     func sendImpl(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress?) throws(SocketError) -> IOResult {
-        if let destination, destination.family != family || destination.isEmpty {
-            throw SocketError(.invalidArgument, operation: "send to \(destination): not a \(family.rawValue) address")
-        }
+        let destination = try destination.map { (address) throws(SocketError) in try self.destination(address, "send to") }
         let fd = self.fd
         let n: Int
         if let destination {
