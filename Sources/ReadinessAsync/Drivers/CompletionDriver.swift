@@ -96,8 +96,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if let resource = loop.slab[op.key], resource.key == op.key {
                 let slot = resource.record[op.direction]
                 if slot.op === op {
-                    if let timer = slot.timer { loop.timers.cancel(timer) }
-                    var cleared = WaitSlot()
+                    // The deadline timer stays armed for the next wait (lazy, as on the readiness path).
+                    var cleared = WaitSlot(timer: slot.timer)
                     cleared.inUse = slot.inUse   // resumed, its operation runs on until it returns
                     resource.record[op.direction] = cleared
                 }
@@ -133,7 +133,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     func drain(_ poller: any Poller, loop: LoopState) {
         let deadline = MonotonicClock.nowNanoseconds + Self.drainLimit
         while inFlight > 0, MonotonicClock.nowNanoseconds < deadline {
-            _ = try? poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))
+            // A poller that fails (the loop may be ending because of it) would fail at once on every
+            // turn: a spin for the whole limit. Its operations are given up below instead.
+            guard (try? poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))) != nil else { break }
             dispatch(loop)
         }
         // Not done in time (the ring's close, next, cancels them in the kernel): their tasks resume
@@ -366,14 +368,18 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
                 try ring.send(fd, rest, tag: tag)
             }
+            // Bytes the kernel sent count even when the wait was given up meanwhile (a deadline, a
+            // cancellation): a write whose every byte went out succeeds, as on the readiness path.
+            if op.result > 0, Self.keeps(op.failure) { offset += Int(op.result) }
+            if offset == buffer.count { return }
             if let failure = op.failure { throw failure }
             if op.result < 0 {
                 // EAGAIN and the like: the readiness driver writes the rest (no resubmission loop).
+                let left = UnsafeRawBufferPointer(rebasing: buffer[offset...])
                 return try await retryOrFail(op.result, operation: "send") { () async throws(LoopError) in
-                    try await readiness.write(id, rest, deadline: deadline, on: loop)
+                    try await readiness.write(id, left, deadline: deadline, on: loop)
                 }
             }
-            offset += Int(op.result)
             (stream, socket) = try loop.stream(id)
         }
     }
@@ -394,6 +400,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
                 try ring.sendMessage(fd, message, tag: tag)
             }
+            if op.result > 0, Self.keeps(op.failure) { remaining.advance(by: Int(op.result)) }
+            if remaining.isEmpty { return }   // every byte went out, whatever became of the wait
             if let failure = op.failure { throw failure }
             if op.result < 0 {
                 let rest = Array(remaining)
@@ -401,7 +409,6 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     try await readiness.write(id, vectored: rest, deadline: deadline, on: loop)
                 }
             }
-            remaining.advance(by: Int(op.result))
             (stream, socket) = try loop.stream(id)
         }
     }

@@ -281,7 +281,10 @@ final class LoopState {
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         try claim(id, .read)
         defer { release(id, .read) }
-        return try await driver.readCopying(id, maximum: maximum, deadline: deadline, on: self, take)
+        // The concrete drivers, not `driver`: a call through the existential is not inlined, and its
+        // frame would stay in every idle connection's task (Docs/Async.md, "Memory per idle connection").
+        if let completions { return try await completions.readCopying(id, maximum: maximum, deadline: deadline, on: self, take) }
+        return try await ReadinessDriver().readCopying(id, maximum: maximum, deadline: deadline, on: self, take)
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {

@@ -125,8 +125,7 @@ extension LoopState {
         let slot = resource.record[direction]
         if let op = slot.op {
             guard case .failed(let reason) = outcome else { return }
-            if let timer = slot.timer { timers.cancel(timer) }
-            var cleared = WaitSlot()
+            var cleared = WaitSlot(timer: slot.timer)   // the deadline timer stays armed (lazy)
             cleared.inUse = slot.inUse   // its operation runs on until the kernel's last completion
             resource.record[direction] = cleared
             completions?.abandon(op, reason: reason)

@@ -5,7 +5,7 @@
 // before and after; the difference over N is the memory per idle connection. Rounds rotate the order.
 //
 //   readiness-idle-bench --echo PATH [--connections 4000] [--rounds 3] [--backends epoll,io_uring,poll]
-//                        [--no-breakdown]
+//                        [--no-breakdown] [--breakdown-backend NAME]
 //
 // PATH is the release build of Examples/readiness-async-echo (`make bench-idle` builds it). The other
 // servers run from this binary (child modes below): SwiftNIO handler-based and NIOAsyncChannel (one
@@ -133,6 +133,8 @@ struct Options {
     var rounds = 3
     var backends = ["epoll", "io_uring", "poll"]
     var breakdown = true
+    /// The backend the breakdown's server runs on.
+    var breakdownBackend = "epoll"
 }
 
 func parseOptions() -> Options {
@@ -143,6 +145,7 @@ func parseOptions() -> Options {
         guard let value = rest.next() else { fatalError("\(flag) needs a value") }
         switch flag {
         case "--echo": options.echo = value
+        case "--breakdown-backend": options.breakdownBackend = value
         case "--connections": options.connections = max(1, Int(value) ?? options.connections)
         case "--rounds": options.rounds = max(1, Int(value) ?? options.rounds)
         case "--backends": options.backends = value.split(separator: ",").map(String.init)
@@ -350,12 +353,12 @@ struct Breakdown {
 
 /// The in-binary Readiness echo (as the example reads) with the heap read before and after and, when
 /// the tracer is there, every allocation made meanwhile that is still live.
-func breakdown(connections: Int) throws -> Breakdown {
+func breakdown(connections: Int, backend: String) throws -> Breakdown {
     let port = freePort()
     let trace = NSTemporaryDirectory() + "readiness-idle-bench-\(getpid()).mtrace"
     let traced = FileManager.default.isReadableFile(atPath: mallocDebugLibrary)
     let environment = traced ? ["LD_PRELOAD": mallocDebugLibrary, "MALLOC_TRACE": trace] : [:]
-    let server = try Server(executablePath(), ["readiness-echo", "\(port)", "epoll", "available"], port: port,
+    let server = try Server(executablePath(), ["readiness-echo", "\(port)", backend, "available"], port: port,
                             environment: environment)
     defer { server.stop(); try? FileManager.default.removeItem(atPath: trace) }
     for fd in try openIdle(warmUpConnections, port: port) { close(fd) }
@@ -455,9 +458,9 @@ for contender in contenders {
 
 if options.breakdown {
     do {
-        let result = try breakdown(connections: options.connections)
+        let result = try breakdown(connections: options.connections, backend: options.breakdownBackend)
         let n = Double(result.connections)
-        print("\n## Where the bytes go (Readiness, epoll, the example's reads)\n")
+        print("\n## Where the bytes go (Readiness, \(options.breakdownBackend), the example's reads)\n")
         print("Heap in use (mallinfo2: arenas + mapped blocks) per connection: \(String(format: "%.0f", Double(result.heapAfter - result.heapBefore) / n)) bytes.")
         if result.live.isEmpty {
             print("(no allocation sizes: \(mallocDebugLibrary) is missing, or its trace is empty)")
