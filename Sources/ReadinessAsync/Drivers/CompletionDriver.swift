@@ -63,6 +63,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// Operations that went to the readiness driver's path, and operations completed (``IODriverInfo``).
     private(set) var fallbacks = 0
     private(set) var completed = 0
+    /// Given-up operations whose cancel could not be submitted (a full submission queue, a failed
+    /// `io_uring_enter`): asked again after each wait until it goes in or they complete.
+    private var cancelsToRetry: [CompletionOperation] = []
 
     init(ring: any CompletionRing) {
         self.ring = ring
@@ -76,6 +79,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
 
     /// Takes the completions the last poller wait reaped, frees their slots and resumes their tasks.
     func dispatch(_ loop: LoopState) {
+        defer { if !cancelsToRetry.isEmpty { retryCancels() } }
         ring.takeCompletions { completion in
             guard let pointer = UnsafeRawPointer(bitPattern: UInt(completion.tag)) else { return }
             let unmanaged = Unmanaged<CompletionOperation>.fromOpaque(pointer)
@@ -125,7 +129,17 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// The wait for `op` was given up (`LoopState.resolve`): the kernel is asked to cancel it.
     func abandon(_ op: CompletionOperation, reason: LoopError) {
         op.failure = reason
-        try? ring.cancel(tag: op.tag)
+        do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
+    }
+
+    /// Asks again for the cancels that could not be submitted, of the operations still waiting for
+    /// their last completion (a task waits on each: without its cancel it could wait for the peer).
+    private func retryCancels() {
+        let pending = cancelsToRetry
+        cancelsToRetry.removeAll()
+        for op in pending where op.continuation != nil {
+            do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
+        }
     }
 
     /// Shutdown: every operation was cancelled (its resource closed); the loop waits (up to
