@@ -211,7 +211,7 @@ extension DatagramSocket {
     /// with the number of **datagrams** sent (fewer than asked when the send buffer filled: send the
     /// rest from `start + n` once writable), or ``IOResult/wouldBlock``. A `start` outside
     /// `0...count` is refused. A slot whose destination is of another family is refused with
-    /// ``SocketError/Kind/invalidArgument``, as ``send(_:to:)`` refuses it: the slots before it are sent
+    /// ``SocketError/Kind/invalidArgument``, as a single `send(_:to:)` refuses it: the slots before it are sent
     /// (the count says how many) and the send that starts at it fails, before any system call. An IPv4
     /// destination of an IPv6 socket is not refused: the kernel sends it IPv4-mapped.
     public func send(_ batch: DatagramBatch, from start: Int = 0) throws(SocketError) -> IOResult {
