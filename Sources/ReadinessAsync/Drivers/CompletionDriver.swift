@@ -7,28 +7,33 @@ import ReadinessNet
 /// One operation the completion driver submitted: the kernel holds a reference to it (its tag is its
 /// address) from the submission to its last completion, and its task waits on `continuation` until then.
 final class CompletionOperation {
+    // Stored in this order (the 8-byte fields, then the small ones, the failure last): no padding
+    // between them, so the object is 113 bytes (a 128-byte malloc chunk) rather than 128 (a 144-byte
+    // one); every idle connection's task on io_uring holds one (Docs/Async.md, "Memory per idle connection").
     @exclusivity(unchecked) var continuation: UnsafeContinuation<Outcome, Never>?
     /// Whose slot holds it while its task waits (set when it is submitted).
     @exclusivity(unchecked) var key = ResourceKey(0)
-    @exclusivity(unchecked) var direction = Direction.read
-    /// Set when the wait was given up (deadline, cancellation, close, shutdown): the kernel was asked
-    /// to cancel the operation; its task ends with this failure unless the operation completed anyway
-    /// and its result may be kept (`CompletionDriver.keeps`).
-    @exclusivity(unchecked) var failure: LoopError?
-    /// The last completion's result (a count, a descriptor, or a negative errno) and provided buffer.
-    @exclusivity(unchecked) var result: Int32 = 0
-    @exclusivity(unchecked) var bufferID: UInt16?
-    @exclusivity(unchecked) var bufferOffset = 0
-    @exclusivity(unchecked) var filledBuffer = false
-    /// A listener's multishot accept (its completions go to the listener's queue, no task waits on it).
-    @exclusivity(unchecked) var isMultishotAccept = false
-    /// A multishot accept being cancelled because its queue is full (not given up: what it accepts is kept).
-    @exclusivity(unchecked) var stopping = false
     /// A vectored write's message and iovecs (kept until the completion).
     @exclusivity(unchecked) var message: UnsafeMutablePointer<msghdr>?
     /// The driver's list of operations in the kernel (the kernel's reference keeps them alive).
     @exclusivity(unchecked) unowned(unsafe) var previous: CompletionOperation?
     @exclusivity(unchecked) unowned(unsafe) var next: CompletionOperation?
+    /// The last completion's result (a count, a descriptor, or a negative errno) and provided buffer.
+    /// Before a receive into a provided buffer is submitted, its descriptor and size
+    /// (`CompletionDriver.submitReceive`): no closure holds them while its task waits.
+    @exclusivity(unchecked) var bufferOffset = 0
+    @exclusivity(unchecked) var result: Int32 = 0
+    @exclusivity(unchecked) var bufferID: UInt16?
+    @exclusivity(unchecked) var direction = Direction.read
+    @exclusivity(unchecked) var filledBuffer = false
+    /// A listener's multishot accept (its completions go to the listener's queue, no task waits on it).
+    @exclusivity(unchecked) var isMultishotAccept = false
+    /// A multishot accept being cancelled because its queue is full (not given up: what it accepts is kept).
+    @exclusivity(unchecked) var stopping = false
+    /// Set when the wait was given up (deadline, cancellation, close, shutdown): the kernel was asked
+    /// to cancel the operation; its task ends with this failure unless the operation completed anyway
+    /// and its result may be kept (`CompletionDriver.keeps`).
+    @exclusivity(unchecked) var failure: LoopError?
 
     /// The tag the kernel carries: this object's address (held retained while the kernel has it).
     var tag: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
@@ -297,17 +302,28 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if stream.record.read.isWaiting { throw .busy }
         if Task.isCancelled || !ring.completionFeatures.contains(.providedBuffers) { return nil }
         let op = CompletionOperation()
-        let fd = socket.fd
-        let room = Swift.max(maximum, 1)
-        do {
-            try await run(op, stream, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
-                try ring.receiveProvided(fd, maximum: room, tag: tag)
-            }
-        } catch .poller(let error) where !ring.completionFeatures.contains(.providedBuffers) {
-            _ = error   // the kernel refused the provided buffers: the readiness path from now on
-            return nil
+        op.result = socket.fd
+        op.bufferOffset = Swift.max(maximum, 1)
+        // The submission (`submitReceive`) and the wait in this frame, not `run`'s: one frame fewer in
+        // every idle task, and nothing but `op` and the stream held across the suspension.
+        if case .failed(let error) = await loop.waitInFrame(receiving: op, on: stream, deadline: deadline) {
+            // The kernel refused the provided buffers: the readiness path from now on.
+            if case .poller = error, !ring.completionFeatures.contains(.providedBuffers) { return nil }
+            throw error
         }
         return op
+    }
+
+    /// Submits the receive `receiveProvided` prepared on `op` (on the loop thread, from
+    /// `LoopState.waitInFrame(receiving:)`): its descriptor in `result` and its size in `bufferOffset`
+    /// until then, both fields of the completion after.
+    func submitReceive(_ op: CompletionOperation) throws(PollerError) {
+        let fd = op.result
+        let room = op.bufferOffset
+        op.result = 0
+        op.bufferOffset = 0
+        try ring.receiveProvided(fd, maximum: room, tag: op.tag)
+        link(op)
     }
 
     /// The completed receive: its bytes handed to `take` and its buffer given back, its error thrown,

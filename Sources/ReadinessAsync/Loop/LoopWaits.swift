@@ -168,6 +168,47 @@ extension LoopState {
         }
     }
 
+    /// `wait(for:)` for the completion driver's receive into a provided buffer, in its caller's frame
+    /// (`CompletionDriver.receiveProvided`, where most idle connections wait on io_uring), as
+    /// `waitInFrame` is for the readiness driver's read: one frame fewer, and no `start` closure held
+    /// across the suspension (`op` carries the receive: `CompletionDriver.submitReceive`), which keeps
+    /// the chain in two slabs of the task allocator (Docs/Async.md, "Memory per idle connection").
+    @inline(__always)
+    nonisolated(nonsending) func waitInFrame(receiving op: CompletionOperation, on stream: StreamResource, deadline: Int64?) async -> Outcome {
+        guard prefersLoop() else { return await waitPreferringLoop(receiving: op, on: stream, deadline: deadline) }
+        let operation = nextOperation
+        nextOperation &+= 1
+        let loop = self.loop!
+        let key = stream.key
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
+                self.install(receiving: op, stream, operation, continuation, deadline: deadline)
+            }
+        } onCancel: {
+            loop.submit(.cancel(key: key, direction: .read, operation: operation))
+        }
+    }
+
+    /// `waitInFrame(receiving:)` in a task that does not prefer the loop: the same wait under the
+    /// loop's preference while it lasts.
+    @inline(never)
+    nonisolated(nonsending) private func waitPreferringLoop(receiving op: CompletionOperation, on stream: StreamResource,
+                                                            deadline: Int64?) async -> Outcome {
+        await withTaskExecutorPreference(loop) { () async -> Outcome in
+            await waitInFrame(receiving: op, on: stream, deadline: deadline)
+        }
+    }
+
+    @inline(never)
+    private func install(receiving op: CompletionOperation, _ stream: StreamResource, _ operation: UInt64,
+                         _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?) {
+        install(op, stream, .read, operation, continuation, deadline: deadline) { (op) throws(PollerError) in
+            // Only the completion driver waits this way (never nil here: no trap if it were).
+            guard let completions else { throw PollerError.closed }
+            try completions.submitReceive(op)
+        }
+    }
+
     @inline(never)
     private func install(_ op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
                          _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?,
