@@ -475,6 +475,111 @@ struct PeerScenarioTests2 {
         #expect(openDescriptorCount() == before)
     }
 
+    @Test("libuv tcp-close-while-connecting / Go dial with a cancelled context: async connects cancelled before and during the connect", arguments: backends)
+    func asyncConnectCancelled(backend: Backend) async throws {
+        let full = try fullTCPListener()
+        defer { close(full.fd); for fd in full.fillers { close(fd) } }
+        try await withLoop(backend) { loop in
+            // Cancelled before it starts: .cancelled at once, nothing connected.
+            let early = Task { () async -> String in
+                withUnsafeCurrentTask { $0?.cancel() }
+                do throws(LoopError) { _ = try await loop.connect(to: full.address, timeout: .seconds(30)); return "connected" } catch { return "\(error)" }
+            }
+            #expect(await early.value == "\(LoopError.cancelled)", "on \(backend)")
+            // Cancelled while the SYN waits on a full backlog, single address and Happy Eyeballs.
+            for useList in [false, true] {
+                let start = ContinuousClock.now
+                let task = Task { () async -> String in
+                    do throws(LoopError) {
+                        let socket = useList ? try await loop.connect(to: [full.address, full.address], timeout: .seconds(30))
+                                             : try await loop.connect(to: full.address, timeout: .seconds(30))
+                        await socket.close()
+                        return "connected"
+                    } catch { return "\(error)" }
+                }
+                try await loop.sleep(for: .milliseconds(50))
+                task.cancel()
+                #expect(await task.value == "\(LoopError.cancelled)", "list \(useList) on \(backend)")
+                #expect(ContinuousClock.now - start < .seconds(5))
+            }
+            // Resolution cancelled while the injected resolver is slow (SwiftNIO slow AAAA and A).
+            let release = LookupRelease()
+            defer { release.release() }
+            let resolver = ScriptedResolver(v6: [], v6Delay: .seconds(5), v4: [], v4Delay: .seconds(5), release: release)
+            let slow = Task { () async -> String in
+                do throws(LoopError) { _ = try await loop.connect(host: "slow.test", port: 80, timeout: .seconds(30), resolver: resolver); return "connected" } catch { return "\(error)" }
+            }
+            try await loop.sleep(for: .milliseconds(30))
+            slow.cancel()
+            #expect(await slow.value == "\(LoopError.cancelled)", "on \(backend)")
+            release.release()
+        }
+    }
+
+    @Test("libuv test-poll-oob: urgent data does not make a readable registration spin; the normal data is reported", arguments: backends)
+    func outOfBandData(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let client = try Connector.connect(to: listener.address, on: poller, timeout: .seconds(2))
+        defer { close(client.fd) }
+        var server: CInt = -1
+        for _ in 0..<200 where server < 0 { server = accept(listener.fd, nil, nil); if server < 0 { usleep(5_000) } }
+        try #require(server >= 0)
+        defer { close(server) }
+        try poller.register(server, token: 5, interest: .readable)
+        var bang: UInt8 = 33
+        #expect(Glibc.send(client.fd, &bang, 1, CInt(MSG_OOB)) == 1)
+        usleep(20_000)
+        let events = EventBuffer(capacity: 4)
+        // Only urgent data: whatever a backend reports, a bounded number of waits and no spinning of
+        // a 20 ms wait into hundreds of events.
+        var reports = 0
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .milliseconds(60) {
+            reports += try poller.wait(into: events, timeout: .milliseconds(20))
+            var byte: UInt8 = 0
+            _ = recv(server, &byte, 1, CInt(MSG_OOB | MSG_DONTWAIT))
+        }
+        #expect(reports < 20, "\(reports) reports on \(backend)")
+        send(client.fd, "abc")
+        var got: [UInt8] = []
+        let giveUp = ContinuousClock.now + .seconds(2)
+        while got.count < 3 && ContinuousClock.now < giveUp {
+            try poller.wait(into: events, timeout: .milliseconds(100))
+            var buffer = [UInt8](repeating: 0, count: 16)
+            let n = recv(server, &buffer, 16, CInt(MSG_DONTWAIT))
+            if n > 0 { got += buffer[..<n] }
+        }
+        #expect(got == Array("abc".utf8), "on \(backend)")
+        try poller.deregister(server)
+        _ = listener
+    }
+
+    @Test("tokio many timers, async: 2,000 sleeps, half cancelled, the rest end", arguments: backends)
+    func asyncManySleeps(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let results = await withTaskGroup(of: LoopError?.self, returning: [LoopError?].self) { group in
+                var tasks: [Task<LoopError?, Never>] = []
+                for i in 0..<2_000 {
+                    let task = Task { () async -> LoopError? in
+                        do throws(LoopError) { try await loop.sleep(for: i % 2 == 0 ? .seconds(3_600) : .milliseconds(Int64(i % 50))); return nil } catch { return error }
+                    }
+                    tasks.append(task)
+                }
+                try? await loop.sleep(for: .milliseconds(20))
+                for (i, task) in tasks.enumerated() where i % 2 == 0 { task.cancel() }
+                for task in tasks { group.addTask { await task.value } }
+                var all: [LoopError?] = []
+                for await result in group { all.append(result) }
+                return all
+            }
+            #expect(results.count == 2_000)
+            #expect(results.filter { $0 == .cancelled }.count == 1_000, "on \(backend)")
+            #expect(results.filter { $0 == nil }.count == 1_000, "on \(backend)")
+        }
+    }
+
     // MARK: CLI
 
     @Test("readiness CLI: bad input gives a message and a non-zero exit, never a trap")
