@@ -349,6 +349,18 @@ struct PeerScenarioTests2 {
         #expect(timers.timeout(limit: .seconds(-3)) == .zero)
     }
 
+    @Test("Timers(capacity:) with any count (negative, zero, huge, Int.max) never traps and works")
+    func timersCapacityExtremes() {
+        for capacity in [Int.min, -1, 0, 1, 1 << 40, Int.max] {
+            let timers = Timers(capacity: capacity)
+            let id = timers.schedule(after: .zero, token: 1)
+            timers.schedule(after: .seconds(1), token: 2)
+            #expect(timers.popDue() == 1)
+            #expect(!timers.cancel(id))
+            #expect(timers.count == 1)
+        }
+    }
+
     @Test("tokio many timers: 10,000 random deadlines fire in order, cancelling half", arguments: [backends.first!])
     func manyTimers(backend: Backend) throws {
         let timers = Timers()
@@ -577,6 +589,32 @@ struct PeerScenarioTests2 {
             #expect(results.count == 2_000)
             #expect(results.filter { $0 == .cancelled }.count == 1_000, "on \(backend)")
             #expect(results.filter { $0 == nil }.count == 1_000, "on \(backend)")
+        }
+    }
+
+    @Test("connect state machine, getsockopt conventions: an errno of any value (negative, huge, 0 by -1) gives a typed failure and a description")
+    func stateMachineOddErrnos() {
+        let address = try! SocketAddress("127.0.0.1:9")
+        for code: CInt in [-1, .min, .max, 4096, EINTR, EINPROGRESS, EAGAIN, 0] {
+            for result: ConnectStateMachine.SocketErrorResult in [.value(code), .callFailed(code)] {
+                var machine = ConnectStateMachine(address: address)
+                _ = machine.handle(.connectReturned(errno: EINPROGRESS))
+                machine.didRegister()
+                #expect(machine.handle(.woke(.writable)) == .readSocketError)
+                let action = machine.handle(.socketError(result))
+                if case .value(0) = result {
+                    #expect(action == .readAddresses)
+                    continue
+                }
+                guard case .failed(let error) = machine.state else { Issue.record("\(result): \(machine.state)"); continue }
+                #expect(!error.description.isEmpty)
+                // Later events after the end change nothing.
+                #expect(machine.handle(.woke(.readable)) == .none)
+                #expect(machine.handle(.cancel) == .none || machine.state.isFinal)
+            }
+            var machine = ConnectStateMachine(address: address)
+            _ = machine.handle(.connectReturned(errno: code))
+            _ = "\(machine.state)"
         }
     }
 
