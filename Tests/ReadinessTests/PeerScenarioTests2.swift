@@ -409,6 +409,36 @@ struct PeerScenarioTests2 {
         }
     }
 
+    @Test("libuv loop close with active timers / tokio runtime drop: sleeps and a connect in progress end with .shutdown", arguments: backends)
+    func shutdownEndsSleeps(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let full = try fullTCPListener()
+        let loop = try EventLoop(backend: backend)
+        let sleeps = (0..<10).map { i in
+            Task { () async -> LoopError? in
+                do throws(LoopError) { try await loop.sleep(for: i == 0 ? Duration(secondsComponent: .max, attosecondsComponent: 0) : .seconds(3_600)); return nil } catch { return error }
+            }
+        }
+        let connecting = Task { () async -> String in
+            do throws(LoopError) { let s = try await loop.connect(to: full.address, timeout: nil); await s.close(); return "connected" } catch { return "\(error)" }
+        }
+        try await loop.sleep(for: .milliseconds(30))
+        let start = ContinuousClock.now
+        await loop.shutdown()
+        for sleep in sleeps { #expect(await sleep.value == .shutdown, "on \(backend)") }
+        #expect(await connecting.value == "\(LoopError.shutdown)", "on \(backend)")
+        #expect(ContinuousClock.now - start < .seconds(5))
+        do throws(LoopError) {
+            try await loop.sleep(for: .zero)
+            Issue.record("a sleep on a shut-down loop succeeded on \(backend)")
+        } catch {
+            #expect(error == .shutdown)
+        }
+        close(full.fd); for fd in full.fillers { close(fd) }
+        #expect(await settledDescriptorCount(before) == before, "on \(backend)")
+    }
+
     // MARK: Connect and Happy Eyeballs (Go dial_test, SwiftNIO HappyEyeballsTests, libuv tcp-connect-error)
 
     @Test("SwiftNIO all connections fail: both families refused gives .failed listing every attempt", arguments: backends)
