@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
 /// The small interface a kernel mechanism implements (in the spirit of redis' `ae_*.c`): add, modify,
 /// remove and wait. ``ContractPoller`` wraps it and keeps the whole contract (misuse checks in their
 /// order, the registration table, timeouts and EINTR, close-once), so a backend is one short file.
@@ -55,6 +60,10 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     // exclusivity check of each wait's `inout` access (swift_beginAccess) would be pure cost.
     @exclusivity(unchecked) @usableFromInline var storedTable = RegistrationTable()
     @exclusivity(unchecked) @usableFromInline var isClosed = false
+    /// Bit 0: closing (set by `close()`, never cleared). The other bits count the waits in progress,
+    /// so that a `close()` from another thread during a wait wakes it, waits for it to end with
+    /// `closed`, and only then releases the descriptors (Docs/Contract.md, "Threads").
+    @usableFromInline let waitState = Atomic<Int>(0)
 
     /// The registrations.
     public var table: RegistrationTable { storedTable }
@@ -133,17 +142,37 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     @inlinable @discardableResult
     /// See ``Poller/wait(into:timeout:)``.
     public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
-        guard !isClosed else { throw .closed }
+        // Counted before anything is touched: a close() from another thread waits for this wait to
+        // end before it releases the descriptors; once closing has begun a wait starts no more.
+        let before = waitState.add(2, ordering: .acquiring).oldValue
+        defer { waitState.subtract(2, ordering: .releasing) }
+        guard before & 1 == 0 else { throw .closed }
         events.removeAll()
-        return try runWait(timeout: timeout) { (remaining: WaitTimeout) throws(PollerError) -> WaitStep in
+        let n = try runWait(timeout: timeout) { (remaining: WaitTimeout) throws(PollerError) -> WaitStep in
             events.removeAll()
             return try seam.wait(remaining, table: &storedTable, into: events)
         }
+        // Woken by a close() from another thread: the events collected are no longer the caller's.
+        if waitState.load(ordering: .acquiring) & 1 != 0 {
+            events.removeAll()
+            throw .closed
+        }
+        return n
     }
 
-    /// See ``Poller/close()``.
+    /// See ``Poller/close()``. It may be called from another thread while a wait runs (the one
+    /// overlap the contract allows besides the waker): it wakes that wait, which ends with `closed`,
+    /// and releases the descriptors only after it ended.
     public func close() throws(PollerError) {
         guard !isClosed else { throw .closed }
+        let before = waitState.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
+        guard before & 1 == 0 else { throw .closed }
+        // A wait in progress: wake it (again every millisecond, in case it had not yet reached the
+        // kernel's wait, or a backend re-arms its waker only at the start of a wait) until it ended.
+        while waitState.load(ordering: .acquiring) != 1 {
+            try? waker.wake()
+            usleep(1_000)
+        }
         shutDown()
     }
 

@@ -2,7 +2,8 @@
 /// there once.
 ///
 /// A poller is used from one thread at a time, except ``waker`` (and so ``wakeup()``), which any
-/// thread may use while another waits.
+/// thread may use while another waits, and ``close()``, which another thread may call during a wait:
+/// the wait then ends with ``PollerError/closed``.
 public protocol Poller: AnyObject {
     /// What this backend can do.
     var capabilities: Capabilities { get }
@@ -20,7 +21,8 @@ public protocol Poller: AnyObject {
     @discardableResult
     func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int
     /// Releases the poller's own descriptors, exactly once. Registered descriptors stay open: they
-    /// belong to the caller. Every later call fails with ``PollerError/closed``.
+    /// belong to the caller. Every later call fails with ``PollerError/closed``. Called from another
+    /// thread during a wait, it wakes that wait (which fails with `closed`) and returns after it ended.
     func close() throws(PollerError)
 }
 

@@ -43,11 +43,17 @@ public final class Timers {
     @exclusivity(unchecked) @usableFromInline var freeHead: Int32 = -1
     @exclusivity(unchecked) @usableFromInline var nextSequence: UInt64 = 0
 
-    /// - Parameter capacity: timers to make room for at once.
+    /// - Parameter capacity: timers to make room for at once, clamped to 0 ... ``maximumReservedCapacity``
+    ///   (a hint: more timers than that still fit, the arrays grow). Before the clamp, a huge capacity
+    ///   (`Int.max`) ended the process in the allocator.
     public init(capacity: Int = 64) {
-        slots.reserveCapacity(capacity)
-        heap.reserveCapacity(capacity)
+        let reserved = Swift.min(Swift.max(0, capacity), Self.maximumReservedCapacity)
+        slots.reserveCapacity(reserved)
+        heap.reserveCapacity(reserved)
     }
+
+    /// The most timers ``init(capacity:)`` makes room for in advance (65,536: 2.9 MB).
+    public static let maximumReservedCapacity = 1 << 16
 
     /// Pending timers.
     public var count: Int { heap.count }
