@@ -57,7 +57,10 @@ struct ReadinessDriver: IODriver {
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         let (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
-        if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
+        // After a short read with no readiness event since, a try would fail: wait first (LoopRecord.readDrained).
+        if !stream.record.readDrained, let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) {
+            return taken
+        }
         return try await readCopyingWaiting(stream, id, maximum: maximum, deadline: deadline, on: loop, take)
     }
 
@@ -74,7 +77,7 @@ struct ReadinessDriver: IODriver {
             if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) { throw error }
             let socket: StreamSocket
             (stream, socket) = try loop.stream(id)
-            if let taken = try Self.readCopyingAttempt(socket, maximum: maximum, loop: loop, take) { return taken }
+            if let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) { return taken }
         }
     }
 
@@ -82,13 +85,15 @@ struct ReadinessDriver: IODriver {
     /// stream), nil when the read would block. Not inlined: its locals would otherwise take room in
     /// the async frame of every task waiting in such a read.
     @inline(never)
-    private static func readCopyingAttempt<T>(_ socket: StreamSocket, maximum: Int, loop: LoopState,
+    private static func readCopyingAttempt<T>(_ stream: StreamResource, _ socket: StreamSocket, maximum: Int, loop: LoopState,
                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         do throws(SocketError) {
             let scratch = try loop.readScratch()
             let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
             switch try socket.read(into: room) {
-            case .transferred(let n): return try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
+            case .transferred(let n):
+                stream.record.readDrained = n < room.count
+                return try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
             case .endOfStream: return try take(UnsafeRawBufferPointer(start: nil, count: 0))
             case .wouldBlock: return nil
             }
@@ -101,14 +106,21 @@ struct ReadinessDriver: IODriver {
                                       on loop: LoopState) async throws(LoopError) -> Int {
         var (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
+        // After a short read with no readiness event since, a try would fail: wait first (LoopRecord.readDrained).
+        var wait = stream.record.readDrained && !buffer.isEmpty
         while true {
-            let result: IOResult
-            do { result = try socket.read(into: buffer) } catch { throw .socket(error) }
-            switch result {
-            case .transferred(let n): return n
-            case .endOfStream: return 0
-            case .wouldBlock: break
+            if !wait {
+                let result: IOResult
+                do { result = try socket.read(into: buffer) } catch { throw .socket(error) }
+                switch result {
+                case .transferred(let n):
+                    stream.record.readDrained = n < buffer.count
+                    return n
+                case .endOfStream: return 0
+                case .wouldBlock: break
+                }
             }
+            wait = false
             if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) { throw error }
             (stream, socket) = try loop.stream(id)
         }

@@ -20,6 +20,7 @@ extension LoopState {
         let registered = resource.record.registered
         var keep = registered
         if registered.contains(.readable), !ready.isDisjoint(with: [.readable, .readClosed, .hangup, .error]) {
+            resource.record.readDrained = false
             if resource.record.read.waitsForReadiness {
                 resolve(resource, .read, .ready)
             } else if resource.record.read.lingering {

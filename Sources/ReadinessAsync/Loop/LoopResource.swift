@@ -62,6 +62,15 @@ struct LoopRecord {
     /// A one-shot operation (a connect) has its outcome: a wait on it returns at once (the task can
     /// be enqueued again between the operation's start and its wait).
     var isDone = false
+    /// The last read of this stream got fewer bytes than it had room for, so the socket's receive
+    /// queue was empty then, and no readiness event for reading has come since: the next read waits
+    /// for readiness before it tries (a try would fail with `EAGAIN`: one system call per request
+    /// saved in a request-response exchange, as nginx's and tokio's short-read rule does). Only a
+    /// hint: the registrations are level-triggered, so a wait with data already queued is reported
+    /// at the loop's next poll, whatever the hint says (urgent data, a read through the escape hatch).
+    /// Cleared by any readiness event for reading (`LoopState.deliver`) and when the registration is
+    /// rebuilt (`reconcile`).
+    var readDrained = false
 
     subscript(direction: Direction) -> WaitSlot {
         get { direction == .read ? read : write }

@@ -217,6 +217,7 @@ final class LoopState {
     /// the registration is made true again, so that no wait trusts a registration that is gone.
     private func reconcile(_ stream: any LoopResource, _ socket: some HatchSocket) {
         guard slab.contains(stream) else { return }
+        stream.record.readDrained = false   // the body may have read: the next read tries first
         if socket.isClosed {
             close(stream, reason: .closed)   // closed or released by the body: the loop forgets it
             return
