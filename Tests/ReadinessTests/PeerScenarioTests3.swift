@@ -1,0 +1,798 @@
+import Glibc
+import Readiness
+import Synchronization
+import Testing
+
+// Helpers private to this file.
+
+private func p3StreamPair() -> (CInt, CInt) {
+    var fds: [CInt] = [-1, -1]
+    socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds)
+    return (fds[0], fds[1])
+}
+
+private func p3Send(_ fd: CInt, _ text: String = "x") {
+    var bytes = Array(text.utf8)
+    _ = Glibc.write(fd, &bytes, bytes.count)
+}
+
+/// A connected loopback TCP pair of `StreamSocket`s, and the listener (close all three).
+private func p3TCPPair() throws -> (client: StreamSocket, server: StreamSocket, listener: Listener) {
+    let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+    let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0, listener.address.withSockaddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
+        if fd >= 0 { close(fd) }
+        listener.close()
+        throw TestFailure("connect: \(errno)")
+    }
+    let client = try StreamSocket(adopting: fd)
+    for _ in 0..<200 {
+        if case .accepted(let server, _) = try listener.accept() { return (client, server, listener) }
+        usleep(1_000)
+    }
+    client.close()
+    listener.close()
+    throw TestFailure("accept: nothing queued")
+}
+
+private func intOption(_ fd: CInt, _ level: CInt, _ name: CInt) -> CInt {
+    var value: CInt = -1
+    var length = socklen_t(MemoryLayout<CInt>.size)
+    guard getsockopt(fd, level, name, &value, &length) == 0 else { return -1 }
+    return value
+}
+
+private func socketErrorKind(_ body: () throws -> Void) -> SocketError.Kind? {
+    do { try body() } catch let error as SocketError { return error.kind } catch { return nil }
+    return nil
+}
+
+private func loopErrorKind(_ error: LoopError?) -> SocketError.Kind? {
+    if case .socket(let socketError) = error { return socketError.kind }
+    return nil
+}
+
+/// Third round of scenarios from peers' test suites (libuv, tokio, mio, Go net, CPython test_socket /
+/// test_selectors / test_asyncio, SwiftNIO), on what the first two rounds did not reach: addresses,
+/// socket options and their bad values, bind errors, deadlines reset and already passed, a loop that
+/// must not spin on events nobody waits for, signals re-subscribed and on several loops, pipes.
+@Suite("Peer scenarios, third round")
+struct PeerScenarioTests3 {
+    // MARK: Addresses
+
+    @Test("libuv test-getsockname / mio tcp_stream peer_addr after reset: both ends' addresses agree; after the peer's reset peerAddress is nil, no trap", arguments: backends)
+    func getsockname(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let (clientLocal, clientPeer) = try await client.withStreamSocket { (s) throws(SocketError) in (s.localAddress, s.peerAddress) }
+            let (serverLocal, serverPeer) = try await server.withStreamSocket { (s) throws(SocketError) in (s.localAddress, s.peerAddress) }
+            #expect(clientPeer == listener.address)
+            #expect(serverLocal == listener.address)
+            #expect(clientLocal == serverPeer)
+            #expect(clientLocal?.port != 0 && clientLocal?.port != nil)
+            #expect(client.peer == listener.address)
+            #expect(server.peer == clientLocal)
+            // The server resets the connection (SO_LINGER 0, libuv uv_tcp_close_reset).
+            try await server.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
+            await server.close()
+            var readError: LoopError?
+            do { _ = try await client.read(upTo: 16, timeout: .seconds(5)) } catch { readError = error as? LoopError }
+            #expect(loopErrorKind(readError) == .reset, "\(String(describing: readError)) on \(backend)")
+            let afterReset = try await client.withStreamSocket { (s) throws(SocketError) in s.peerAddress }
+            #expect(afterReset == nil, "getpeername after a reset: \(String(describing: afterReset))")
+            #expect(client.peer == listener.address, "the address the socket connected to is kept")
+            await client.close()
+            await listener.close()
+        }
+    }
+
+    // MARK: Bind errors (tokio net_bind_resource, libuv tcp-bind-error, udp-bind)
+
+    @Test("tokio net_bind_resource / libuv tcp-bind-error: binding a bound port again is addressInUse, a foreign address addressUnavailable, TCP and UDP, sync and async; nothing leaks", arguments: backends)
+    func bindErrors(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            // A second listener on the same port (SO_REUSEADDR does not allow two listening sockets).
+            var listenError: LoopError?
+            do { _ = try await loop.listen(on: listener.address) } catch { listenError = error as? LoopError }
+            #expect(loopErrorKind(listenError) == .addressInUse, "\(String(describing: listenError))")
+            #expect(socketErrorKind { _ = try Listener(bind: listener.address) } == .addressInUse)
+            // 192.0.2.1 (TEST-NET-1) is not an address of this host.
+            #expect(socketErrorKind { _ = try Listener(bind: try SocketAddress("192.0.2.1:0")) } == .addressUnavailable)
+            #expect(socketErrorKind { _ = try DatagramSocket(bind: try SocketAddress("192.0.2.1:0")) } == .addressUnavailable)
+            // UDP: a bound port again.
+            let udp = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let udpAddress = try #require(udp.localAddress)
+            #expect(socketErrorKind { _ = try DatagramSocket(bind: udpAddress) } == .addressInUse)
+            var asyncError: LoopError?
+            do { _ = try await loop.bindDatagram(to: udpAddress) } catch { asyncError = error as? LoopError }
+            #expect(loopErrorKind(asyncError) == .addressInUse, "\(String(describing: asyncError))")
+            // The originals still work.
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            let server = try await accepted
+            let sender = try DatagramSocket(family: .ipv4)
+            defer { sender.close() }
+            #expect(try sender.send(Array("u".utf8), destination: udpAddress) == .transferred(1))
+            #expect(try await udp.receive(timeout: .seconds(5)).bytes == Bytes("u".utf8))
+            await client.close(); await server.close(); await listener.close(); await udp.close()
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
+
+    @Test("CPython test_socket non-blocking accept on an empty listener: wouldBlock at once; a registered listener reports the queued connection", arguments: backends)
+    func nonBlockingAcceptEmpty(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let start = ContinuousClock.now
+        for _ in 0..<3 {
+            guard case .wouldBlock = try listener.accept() else { Issue.record("accept on an empty listener did not say wouldBlock"); return }
+        }
+        #expect(ContinuousClock.now - start < .milliseconds(500))
+        try listener.register(on: poller, token: 7)
+        let events = EventBuffer(capacity: 4)
+        #expect(try poller.wait(into: events, timeout: .milliseconds(20)) == 0)
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+        defer { close(fd) }
+        _ = listener.address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        var reported = false
+        for _ in 0..<10 where !reported {
+            try poller.wait(into: events, timeout: .seconds(1))
+            reported = events.contains { $0.token == 7 && $0.ready.contains(.readable) }
+        }
+        #expect(reported)
+        guard case .accepted(let socket, let peer) = try listener.accept() else { Issue.record("no connection"); return }
+        #expect(peer == (try SocketAddress.local(of: fd)))
+        socket.close()
+        guard case .wouldBlock = try listener.accept() else { Issue.record("a second accept found a connection"); return }
+    }
+
+    // MARK: Selectors / registration bookkeeping
+
+    @Test("CPython test_selectors get_key/modify / mio reregister with another token: the same events again, a new token, deregister twice", arguments: backends)
+    func reregisterTokens(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a, peer) = p3StreamPair()
+        defer { close(a); close(peer) }
+        try poller.register(a, token: 1, interest: .readable)
+        p3Send(peer)
+        let events = EventBuffer(capacity: 4)
+        try poller.wait(into: events, timeout: .seconds(1))
+        #expect(events.map(\.token) == [1])
+        // modify() with the same events (CPython test_modify): nothing changes, still reported.
+        try poller.reregister(a, token: 1, interest: .readable)
+        try poller.wait(into: events, timeout: .seconds(1))
+        #expect(events.map(\.token) == [1])
+        // Another token (mio registering: reregister with a new token): only the new one is reported.
+        try poller.reregister(a, token: 2, interest: .readable)
+        for _ in 0..<2 {
+            try poller.wait(into: events, timeout: .seconds(1))
+            #expect(events.map(\.token) == [2], "\(Array(events)) on \(backend)")
+        }
+        try poller.deregister(a)
+        #expect(try poller.wait(into: events, timeout: .milliseconds(20)) == 0)
+        #expect(throws: PollerError.notRegistered(a)) { try poller.deregister(a) }
+        #expect(throws: PollerError.notRegistered(a)) { try poller.reregister(a, token: 3, interest: .readable) }
+        // Registered again after all that: it works under the new token.
+        try poller.register(a, token: 4, interest: .readable)
+        try poller.wait(into: events, timeout: .seconds(1))
+        #expect(events.map(\.token) == [4])
+    }
+
+    @Test("CPython test_selectors get_key/get_map: a socket's registration tells its token, interest and trigger through register, reregister, deregister and close", arguments: backends)
+    func registrationBookkeeping(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server, listener) = try p3TCPPair()
+        defer { client.close(); server.close(); listener.close() }
+        #expect(client.registration == nil)
+        try client.register(on: poller, token: 5, interest: .readable)
+        #expect(client.registration?.token == 5)
+        #expect(client.registration?.interest == .readable)
+        #expect(client.registration?.trigger == .level)
+        #expect(client.poller != nil)
+        #expect(throws: PollerError.alreadyRegistered(client.fd)) { try client.register(on: poller, token: 6, interest: .readable) }
+        try client.reregister(token: 6, interest: .both)
+        #expect(client.registration?.token == 6)
+        #expect(client.registration?.interest == .both)
+        // A failing reregister (an empty interest) leaves the registration as it was.
+        #expect(throws: PollerError.emptyInterest) { try client.reregister(token: 7, interest: []) }
+        #expect(client.registration?.token == 6)
+        #expect(client.registration?.interest == .both)
+        let events = EventBuffer(capacity: 4)
+        try poller.wait(into: events, timeout: .seconds(1))
+        #expect(events.contains { $0.token == 6 && $0.ready.contains(.writable) })
+        try client.deregister()
+        #expect(client.registration == nil)
+        #expect(client.poller == nil)
+        // A second deregister does nothing (the socket's deregister is idempotent, as its close is);
+        // the poller itself says notRegistered.
+        try client.deregister()
+        #expect(client.registration == nil)
+        #expect(throws: PollerError.notRegistered(client.fd)) { try poller.deregister(client.fd) }
+        try client.register(on: poller, token: 8, interest: .writable)
+        let fd = client.fd
+        client.close()
+        #expect(client.registration == nil)
+        #expect(client.isClosed)
+        // close() deregistered first: the poller no longer knows the number.
+        #expect(throws: PollerError.self) { try poller.deregister(fd) }
+        #expect(try poller.wait(into: events, timeout: .milliseconds(10)) == 0)
+    }
+
+    // MARK: Socket options (CPython getsockopt/setsockopt, tokio set_linger/nodelay, libuv tcp-flags)
+
+    @Test("CPython setsockopt/getsockopt round trips / tokio set_linger, set_nodelay / libuv tcp-flags: values read back; extreme values saturate to what the kernel accepts", arguments: backends)
+    func socketOptionRoundTrips(backend: Backend) throws {
+        let (client, server, listener) = try p3TCPPair()
+        defer { client.close(); server.close(); listener.close() }
+        let fd = client.fd
+        try client.setNoDelay(true)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY) != 0)
+        try client.setNoDelay(false)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY) == 0)
+        try client.setKeepAlive(KeepAlive(idle: .seconds(30), interval: .seconds(5), probes: 3))
+        #expect(intOption(fd, SOL_SOCKET, SO_KEEPALIVE) != 0)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPIDLE) == 30)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPINTVL) == 5)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT) == 3)
+        // Below one second: one second (never 0, which the kernel refuses).
+        try client.setKeepAlive(KeepAlive(idle: .milliseconds(1), interval: .zero, probes: 1))
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPIDLE) == 1)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPINTVL) == 1)
+        // Huge and out-of-range values saturate ("Option values saturate", Docs/Sockets.md): the
+        // kernel's limits are 32,767 s and 127 probes; zero or negative probes are one.
+        try client.setKeepAlive(KeepAlive(idle: .seconds(Int64.max), interval: .seconds(1 << 40), probes: Int.max))
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPIDLE) == 32_767)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPINTVL) == 32_767)
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT) == 127)
+        try client.setKeepAlive(KeepAlive(idle: .seconds(60), interval: .seconds(10), probes: Int.min))
+        #expect(intOption(fd, CInt(IPPROTO_TCP), TCP_KEEPCNT) == 1)
+        try client.setKeepAlive(nil)
+        #expect(intOption(fd, SOL_SOCKET, SO_KEEPALIVE) == 0)
+        // Linger.
+        func linger() -> (CInt, CInt) {
+            var value = Glibc.linger()
+            var length = socklen_t(MemoryLayout<Glibc.linger>.size)
+            getsockopt(fd, SOL_SOCKET, SO_LINGER, &value, &length)
+            return (value.l_onoff, value.l_linger)
+        }
+        try client.setLinger(.resetOnClose)
+        #expect(linger() == (1, 0))
+        try client.setLinger(.wait(.seconds(3)))
+        #expect(linger() == (1, 3))
+        // A wait of zero must not become a reset on close: at least one second.
+        try client.setLinger(.wait(.zero))
+        #expect(linger() == (1, 1))
+        try client.setLinger(.wait(.seconds(-5)))
+        #expect(linger() == (1, 1))
+        try client.setLinger(.off)
+        #expect(linger().0 == 0)
+        // Buffer sizes: the kernel doubles what it is given.
+        try client.setReceiveBufferSize(16_384)
+        #expect(try client.receiveBufferSize() >= 16_384)
+        try client.setReceiveBufferSize(Int.max)
+        try client.setReceiveBufferSize(Int.min)
+        try client.setSendBufferSize(Int.min)
+        #expect(try client.receiveBufferSize() > 0)
+        // The connection still carries bytes.
+        #expect(try client.write(Array("ok".utf8)) == .transferred(2))
+        usleep(10_000)
+        var buffer = [UInt8](repeating: 0, count: 8)
+        #expect(try server.read(into: &buffer) == .transferred(2))
+    }
+
+    @Test("libuv test-udp-options: hop limits 1...255 read back, 0/256/-1/Int.max/Int.min refused typed on IPv4; broadcast and multicast loop toggle; the socket still sends", arguments: backends)
+    func udpOptions(backend: Backend) throws {
+        let socket = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { socket.close() }
+        let fd = socket.fd
+        for ttl in [1, 64, 255] {
+            try socket.setHopLimit(ttl)
+            #expect(intOption(fd, CInt(IPPROTO_IP), IP_TTL) == CInt(ttl))
+        }
+        for bad in [0, 256, -1, Int.max, Int.min] {
+            #expect(socketErrorKind { try socket.setHopLimit(bad) } == .invalidArgument, "ttl \(bad)")
+            #expect(intOption(fd, CInt(IPPROTO_IP), IP_TTL) == 255, "a refused value changed nothing")
+        }
+        for ttl in [0, 1, 255] {
+            try socket.setMulticastHopLimit(ttl)
+            #expect(intOption(fd, CInt(IPPROTO_IP), IP_MULTICAST_TTL) == CInt(ttl))
+        }
+        for bad in [-1, 256, Int.max, Int.min] {
+            #expect(socketErrorKind { try socket.setMulticastHopLimit(bad) } == .invalidArgument, "multicast ttl \(bad)")
+        }
+        try socket.setBroadcast(true)
+        #expect(intOption(fd, SOL_SOCKET, SO_BROADCAST) != 0)
+        try socket.setBroadcast(false)
+        #expect(intOption(fd, SOL_SOCKET, SO_BROADCAST) == 0)
+        try socket.setMulticastLoop(false)
+        #expect(intOption(fd, CInt(IPPROTO_IP), IP_MULTICAST_LOOP) == 0)
+        try socket.setMulticastLoop(true)
+        #expect(intOption(fd, CInt(IPPROTO_IP), IP_MULTICAST_LOOP) != 0)
+        // A Unix datagram socket has no hop limit: typed, not a system call's surprise.
+        let (u1, u2) = try DatagramSocket.pair()
+        defer { u1.close(); u2.close() }
+        #expect(socketErrorKind { try u1.setHopLimit(64) } == .invalidArgument)
+        // Still sends to itself.
+        let own = try #require(socket.localAddress)
+        #expect(try socket.send(Array("ttl".utf8), destination: own) == .transferred(3))
+        var buffer = [UInt8](repeating: 0, count: 8)
+        var got: ReceivedDatagram?
+        for _ in 0..<100 where got == nil {
+            got = try socket.receive(into: &buffer).datagram
+            if got == nil { usleep(1_000) }
+        }
+        #expect(got?.count == 3)
+        #expect(got?.source == own)
+    }
+
+    // MARK: UDP (libuv udp-connect, mio udp_socket, tokio udp peek_from / try_recv)
+
+    @Test("libuv test-udp-connect / mio udp connected vs unconnected: a connected socket hears only its peer; disconnect opens it again and a send without destination is notConnected", arguments: backends)
+    func udpConnectFilters(backend: Backend) throws {
+        // `a` is bound to a port named explicitly: Linux gives up a port it chose itself at a
+        // disconnect (Docs/Sockets.md, "Connected sockets"), and keeps one the program chose.
+        let probe = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let port = try #require(probe.localAddress?.port)
+        probe.close()
+        let a = try DatagramSocket(bind: try SocketAddress(ip: "127.0.0.1", port: port))
+        let b = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let c = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { a.close(); b.close(); c.close() }
+        let aAddress = try #require(a.localAddress), bAddress = try #require(b.localAddress)
+        try a.connect(to: bAddress)
+        #expect(a.peerAddress == bAddress)
+        #expect(try c.send(Array("from c".utf8), destination: aAddress) == .transferred(6))
+        #expect(try b.send(Array("from b".utf8), destination: aAddress) == .transferred(6))
+        // Three datagrams from b, in order, whole (mio udp multiple sends).
+        for text in ["1", "22", "333"] { _ = try b.send(Array(text.utf8), destination: aAddress) }
+        usleep(20_000)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        var texts: [String] = []
+        while case .received(let datagram) = try a.receive(into: &buffer) {
+            #expect(datagram.source == bAddress, "a connected socket received from \(String(describing: datagram.source))")
+            texts.append(String(decoding: buffer[..<datagram.count], as: UTF8.self))
+        }
+        #expect(texts == ["from b", "1", "22", "333"])
+        #expect(try a.send(Array("to b".utf8)) == .transferred(4))
+        try a.disconnect()
+        #expect(a.peerAddress == nil)
+        #expect(socketErrorKind { _ = try a.send(Array("nowhere".utf8)) } == .notConnected)
+        // A socket bound to a port the program chose keeps it; others are heard again.
+        #expect(a.localAddress == aAddress)
+        #expect(try c.send(Array("again".utf8), destination: aAddress) == .transferred(5))
+        var again: ReceivedDatagram?
+        for _ in 0..<100 where again == nil {
+            again = try a.receive(into: &buffer).datagram
+            if again == nil { usleep(1_000) }
+        }
+        #expect(again?.source == c.localAddress)
+        // Connect again, to c this time.
+        try a.connect(to: try #require(c.localAddress))
+        #expect(try a.send(Array("hi c".utf8)) == .transferred(4))
+    }
+
+    @Test("tokio udp peek_from / try_recv: peek shows the next datagram and its source without taking it, a short peek reports the real length; an empty socket is wouldBlock", arguments: backends)
+    func udpPeek(backend: Backend) throws {
+        let receiver = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let sender = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { receiver.close(); sender.close() }
+        var small = [UInt8](repeating: 0, count: 4)
+        #expect(try receiver.peek(into: &small) == .wouldBlock)
+        #expect(try receiver.receive(into: &small) == .wouldBlock)
+        #expect(!receiver.hasQueuedDatagram())
+        let to = try #require(receiver.localAddress)
+        _ = try sender.send(Array("hello world".utf8), destination: to)
+        _ = try sender.send(Array("second".utf8), destination: to)
+        var waited = 0
+        while !receiver.hasQueuedDatagram(), waited < 1000 { usleep(1_000); waited += 1 }
+        for _ in 0..<3 {
+            let peeked = try #require(try receiver.peek(into: &small).datagram)
+            #expect(peeked.count == 4 && peeked.length == 11 && peeked.isTruncated)
+            #expect(peeked.source == sender.localAddress)
+            #expect(small == Array("hell".utf8))
+        }
+        var big = [UInt8](repeating: 0, count: 64)
+        let whole = try #require(try receiver.receive(into: &big).datagram)
+        #expect(whole.count == 11 && !whole.isTruncated)
+        #expect(Array(big[..<11]) == Array("hello world".utf8))
+        let next = try #require(try receiver.peek(into: &big).datagram)
+        #expect(Array(big[..<next.count]) == Array("second".utf8))
+        #expect(try receiver.receive(into: &big).datagram?.count == 6)
+        #expect(try receiver.receive(into: &big) == .wouldBlock)
+    }
+
+    @Test("Go TestWriteToTimeout / TestReadFromTimeout / tokio send_to too large: an oversized async datagram is messageTooLarge, a receive times out near its deadline, then the socket works", arguments: backends)
+    func asyncDatagramTimeouts(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let b = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let bAddress = try #require(b.localAddress)
+            var sendError: LoopError?
+            do { try await a.send([UInt8](repeating: 1, count: 70_000), to: bAddress, timeout: .seconds(1)) } catch { sendError = error as? LoopError }
+            #expect(loopErrorKind(sendError) == .messageTooLarge, "\(String(describing: sendError))")
+            let start = ContinuousClock.now
+            await #expect(throws: LoopError.timedOut) { _ = try await b.receive(timeout: .milliseconds(50)) }
+            let elapsed = ContinuousClock.now - start
+            #expect(elapsed >= .milliseconds(50) && elapsed < .seconds(2), "\(elapsed)")
+            try await a.send(Array("fits".utf8), to: bAddress, timeout: .seconds(1))
+            let (bytes, datagram) = try await b.receive(timeout: .seconds(5))
+            #expect(bytes == Bytes("fits".utf8))
+            #expect(datagram.source == a.localAddress)
+            await a.close(); await b.close()
+        }
+    }
+
+    // MARK: Deadlines (Go TestDeadlineReset, TestAcceptTimeout with a past deadline)
+
+    @Test("Go TestDeadlineReset: after a read that timed out, or one that beat its deadline, a read without a deadline waits past the old deadline and gets the data", arguments: backends)
+    func deadlineReset(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            // 1. A read that timed out; then one with no deadline, data 200 ms later.
+            await #expect(throws: LoopError.timedOut) { _ = try await server.read(upTo: 8, timeout: .milliseconds(30)) }
+            let late = Task { try? await loop.sleep(for: .milliseconds(200)); try? await client.write(Array("a".utf8)) }
+            #expect(try await server.read(upTo: 8) == Array("a".utf8))
+            await late.value
+            // 2. A read that beat its 150 ms deadline (its timer is kept, lazily); the next read has no
+            //    deadline and waits 400 ms: the old timer fires meanwhile and must not end it.
+            try await client.write(Array("b".utf8))
+            #expect(try await server.read(upTo: 8, timeout: .milliseconds(150)) == Array("b".utf8))
+            let later = Task { try? await loop.sleep(for: .milliseconds(400)); try? await client.write(Array("c".utf8)) }
+            #expect(try await server.read(upTo: 8) == Array("c".utf8))
+            await later.value
+            // 3. The same with a later deadline than the kept timer: it still ends at its own deadline.
+            try await client.write(Array("d".utf8))
+            #expect(try await server.read(upTo: 8, timeout: .milliseconds(100)) == Array("d".utf8))
+            let start = ContinuousClock.now
+            await #expect(throws: LoopError.timedOut) { _ = try await server.read(upTo: 8, timeout: .milliseconds(300)) }
+            #expect(ContinuousClock.now - start >= .milliseconds(300))
+            // 4. Accept: a timed-out accept, then one without a deadline.
+            await #expect(throws: LoopError.timedOut) { _ = try await listener.accept(timeout: .milliseconds(30)) }
+            let dialer = Task { () -> AsyncSocket? in
+                try? await loop.sleep(for: .milliseconds(150))
+                return try? await loop.connect(to: listener.address, timeout: .seconds(5))
+            }
+            let third = try await listener.accept()
+            await third.close()
+            await dialer.value?.close()
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("Go TestAcceptTimeout / TestReadTimeout with a past deadline: every operation that need not wait succeeds with a zero or negative timeout (accept, reads, readable/writable, datagrams)", arguments: backends)
+    func pastDeadlineSucceedsWhenReady(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            for timeout: Duration in [.zero, .seconds(-1)] {
+                // accept with a connection queued.
+                let dialer = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                try await loop.sleep(for: .milliseconds(20))
+                let accepted = try await listener.accept(timeout: timeout)
+                await accepted.close(); await dialer.close()
+                // Every read form with data ready.
+                try await client.write(Array("abc".utf8))
+                try await loop.sleep(for: .milliseconds(20))
+                #expect(try await server.readAvailable(maximum: 1, timeout: timeout) == Bytes("a".utf8), "\(timeout)")
+                var bytes = Bytes()
+                #expect(try await server.read(into: &bytes, maximum: 1, timeout: timeout) == 1)
+                #expect(try await server.read(upTo: 1, timeout: timeout) == Array("c".utf8))
+                // A caller's descriptors.
+                let (p, q) = p3StreamPair()
+                p3Send(q)
+                try await loop.readable(p, timeout: timeout)
+                try await loop.writable(p, timeout: timeout)
+                close(p); close(q)
+                // Datagrams.
+                let d = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                try await d.send(Array("x".utf8), to: try #require(d.localAddress), timeout: timeout)
+                try await loop.sleep(for: .milliseconds(20))
+                #expect(try await d.receive(timeout: timeout).bytes == Bytes("x".utf8))
+                await d.close()
+            }
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    // MARK: A loop that must not spin (libuv tcp-unexpected-read)
+
+    @Test("libuv test-tcp-unexpected-read: data nobody reads, a connection nobody accepts, a datagram nobody receives: the loop does not spin", arguments: backends)
+    func noSpinOnUnwantedReadiness(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let d = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let dAddress = try #require(d.localAddress)
+            // Each has waited once (its registration exists), then is left alone.
+            try await client.write(Array("1".utf8))
+            _ = try await server.read(upTo: 8, timeout: .seconds(5))
+            let sender = try DatagramSocket(family: .ipv4)
+            defer { sender.close() }
+            _ = try sender.send(Array("1".utf8), destination: dAddress)
+            _ = try await d.receive(timeout: .seconds(5))
+            // Now: unread bytes, a queued connection, an unread datagram.
+            try await client.write(Array("unexpected".utf8))
+            let dialer = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            _ = try sender.send(Array("2".utf8), destination: dAddress)
+            try await loop.sleep(for: .milliseconds(50))
+            let before = try await loop.statistics()
+            try await loop.sleep(for: .milliseconds(300))
+            let after = try await loop.statistics()
+            let iterations = after.iterations - before.iterations
+            #expect(iterations < 40, "\(iterations) loop iterations in 300 ms with nobody waiting on \(backend)")
+            // Everything is still there.
+            #expect(try await server.read(upTo: 64, timeout: .seconds(5)) == Array("unexpected".utf8))
+            let queued = try await listener.accept(timeout: .seconds(5))
+            #expect(try await d.receive(timeout: .seconds(5)).bytes == Bytes("2".utf8))
+            await queued.close(); await dialer.close(); await d.close()
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("libuv test-timer-from-check / tokio coop: a task sleeping 1 ns in a loop does not starve a read or a longer sleep", arguments: backends)
+    func shortSleepsDoNotStarve(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let done = Atomic<Bool>(false)
+            let spinner = Task(executorPreference: loop) { () -> Int in
+                var count = 0
+                let start = ContinuousClock.now
+                while !done.load(ordering: .relaxed), ContinuousClock.now - start < .seconds(10) {
+                    try? await loop.sleep(for: .nanoseconds(1))
+                    count += 1
+                }
+                return count
+            }
+            let start = ContinuousClock.now
+            let writer = Task { try? await loop.sleep(for: .milliseconds(50)); try? await client.write(Array("r".utf8)) }
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == Array("r".utf8))
+            try await loop.sleep(for: .milliseconds(30))
+            done.store(true, ordering: .relaxed)
+            #expect(ContinuousClock.now - start < .seconds(3))
+            #expect(await spinner.value > 0)
+            await writer.value
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    // MARK: Resource bookkeeping (libuv test-walk-handles, test-loop-close)
+
+    @Test("libuv test-walk-handles: entryCount counts what the loop holds and returns to zero after reads time out, sleeps and waits are cancelled, connects fail and everything closes", arguments: backends)
+    func walkHandles(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            #expect(try await loop.entryCount() == 0)
+            let (listener, client, server) = try await connectedPair(loop)
+            #expect(try await loop.entryCount() == 3)
+            // A read that times out leaves only its socket.
+            await #expect(throws: LoopError.timedOut) { _ = try await server.read(upTo: 8, timeout: .milliseconds(10)) }
+            await #expect(throws: LoopError.timedOut) { _ = try await listener.accept(timeout: .milliseconds(10)) }
+            #expect(try await loop.entryCount() == 3)
+            // A sleep is one entry while it waits, none after its cancel.
+            let sleeper = Task { try await loop.sleep(for: .seconds(60)) }
+            try await loop.sleep(for: .milliseconds(20))
+            #expect(try await loop.entryCount() == 4)
+            sleeper.cancel()
+            _ = await sleeper.result
+            // A readable wait on a caller's descriptor that times out, and one cancelled.
+            let (p, q) = p3StreamPair()
+            await #expect(throws: LoopError.timedOut) { try await loop.readable(p, timeout: .milliseconds(10)) }
+            let waiter = Task { try await loop.readable(p, timeout: .seconds(60)) }
+            try await loop.sleep(for: .milliseconds(20))
+            waiter.cancel()
+            _ = await waiter.result
+            close(p); close(q)
+            // A refused connect.
+            await #expect(throws: LoopError.self) { _ = try await loop.connect(to: try closedPort(), timeout: .seconds(5)) }
+            #expect(try await loop.entryCount() == 3)
+            await client.close(); await server.close(); await listener.close()
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
+
+    // MARK: Half-closure and shutdown (SwiftNIO EOF with pending writes, mio shutdown both)
+
+    @Test("SwiftNIO half-closure / EOF with pending writes: the peer's shutdown(.write) during our 8 MiB write; the write completes, the peer reads it all, we read end of stream", arguments: backends)
+    func eofDuringPendingWrite(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let count = 8 << 20
+            let data = Bytes((0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) })
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(data, timeout: .seconds(30)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            try await server.shutdown(.write)   // the peer says it has nothing more to send
+            var received = Bytes()
+            while received.count < count {
+                let n = try await server.read(into: &received, maximum: 1 << 20, timeout: .seconds(30))
+                if n == 0 { break }
+            }
+            #expect(await writer.value == nil)
+            #expect(received.count == count)
+            #expect(received == data)
+            #expect(try await client.read(upTo: 8, timeout: .seconds(5)) == [])
+            // Our direction is still open: more bytes arrive after the peer's end of stream.
+            try await client.write(Array("tail".utf8), timeout: .seconds(5))
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == Array("tail".utf8))
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("mio tcp_stream shutdown(Both) / tokio shutdown: after shutdown(.both) our read is end of stream, our write a typed error, the peer reads end of stream; a second shutdown is harmless", arguments: backends)
+    func shutdownBoth(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await server.write(Array("before".utf8))
+            try await loop.sleep(for: .milliseconds(10))
+            try await client.shutdown(.both)
+            // Bytes already received may be returned first; then end of stream, again and again.
+            var reads: [[UInt8]] = []
+            for _ in 0..<4 {
+                let chunk = try await client.read(upTo: 64, timeout: .seconds(5))
+                reads.append(chunk)
+                if chunk.isEmpty { break }
+            }
+            #expect(reads.last == [], "\(reads) on \(backend)")
+            #expect(try await client.read(upTo: 64, timeout: .seconds(5)) == [])
+            var writeError: LoopError?
+            do { try await client.write(Array("after".utf8), timeout: .seconds(5)) } catch { writeError = error as? LoopError }
+            #expect(loopErrorKind(writeError) != nil, "\(String(describing: writeError))")
+            #expect(try await server.read(upTo: 64, timeout: .seconds(5)) == [])
+            // shutdown again: nothing breaks (ENOTCONN is not a crash; either outcome is typed).
+            do { try await client.shutdown(.both) } catch { #expect(loopErrorKind(error as? LoopError) != nil, "\(error)") }
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("Go TestListenerClose / libuv tcp-close-accept: closing a listener with unaccepted connections: their clients see end of stream or a reset, typed, at once", arguments: backends)
+    func listenerCloseWithQueued(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            var clients: [AsyncSocket] = []
+            for _ in 0..<3 { clients.append(try await loop.connect(to: listener.address, timeout: .seconds(5))) }
+            try await loop.sleep(for: .milliseconds(20))
+            await listener.close()
+            for client in clients {
+                let start = ContinuousClock.now
+                do {
+                    let bytes = try await client.read(upTo: 8, timeout: .seconds(5))
+                    #expect(bytes == [], "a client of a closed listener read \(bytes)")
+                } catch {
+                    #expect(loopErrorKind(error as? LoopError) == .reset, "\(error) on \(backend)")
+                }
+                #expect(ContinuousClock.now - start < .seconds(2))
+                await client.close()
+            }
+            // The port is free again.
+            let again = try await loop.listen(on: listener.address)
+            await again.close()
+        }
+    }
+
+    // MARK: Write ordering (libuv tcp-write-queue-order)
+
+    @Test("libuv test-tcp-write-queue-order: 200 writes back to back into a full buffer arrive in order; a concurrent second writer is .busy and never lands in the middle", arguments: backends)
+    func writeQueueOrder(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.withStreamSocket { (s) throws(SocketError) in try s.setSendBufferSize(4096) }
+            let chunk = 16 * 1024
+            let writer = Task(executorPreference: loop) { () async -> LoopError? in
+                do {
+                    for i in 0..<200 {
+                        try await client.write([UInt8](repeating: UInt8(truncatingIfNeeded: i), count: chunk), timeout: .seconds(30))
+                    }
+                } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(30))
+            // The first writer waits for room: a second one is refused, sending nothing.
+            await #expect(throws: LoopError.busy) { try await client.write(Array("intruder".utf8), timeout: .seconds(1)) }
+            var received = 0
+            var inOrder = true
+            var buffer = Bytes()
+            while received < 200 * chunk {
+                let n = try await server.read(into: &buffer, maximum: 1 << 20, timeout: .seconds(30))
+                if n == 0 { break }
+                for (offset, byte) in buffer.enumerated() where byte != UInt8(truncatingIfNeeded: (received + offset) / chunk) {
+                    inOrder = false
+                }
+                received += buffer.count
+                buffer.removeAll(keepingCapacity: true)
+            }
+            #expect(await writer.value == nil)
+            #expect(received == 200 * chunk)
+            #expect(inOrder)
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    // MARK: Signals (tokio signal drop_then_get_a_signal, ctrl_c twice; libuv signal-multiple-loops)
+
+    @Test("tokio signal drop-then-get / ctrl_c twice / libuv signal-multiple-loops: one sequence gets two deliveries in turn, a new one after the first finished gets the next, two loops both get one", arguments: backends)
+    func signalsRecreatedAndOnTwoLoops(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let other = try EventLoop(backend: backend)
+            // A sequence kept open for the whole test, so SIGUSR2's default action (exit) never applies.
+            let keeper = try other.signals([.user2])
+            let first = try loop.signals([.user2])
+            let task = Task { () async -> [Signal] in
+                var iterator = first.makeAsyncIterator()
+                var seen: [Signal] = []
+                while seen.count < 2, let signal = await iterator.next() {
+                    seen.append(signal)
+                }
+                return seen
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            kill(getpid(), SIGUSR2)
+            try await loop.sleep(for: .milliseconds(50))
+            kill(getpid(), SIGUSR2)
+            #expect(await task.value == [.user2, .user2])
+            first.finish()
+            // Dropped and made again on the same loop: the next delivery arrives there.
+            let second = try loop.signals([.user2])
+            let again = Task { () async -> Signal? in
+                var iterator = second.makeAsyncIterator()
+                return await iterator.next()
+            }
+            let onOther = Task { () async -> Signal? in
+                var iterator = keeper.makeAsyncIterator()
+                return await iterator.next()
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            kill(getpid(), SIGUSR2)
+            #expect(await again.value == .user2)
+            #expect(await onOther.value == .user2)
+            second.finish()
+            keeper.finish()
+            await other.shutdown()
+        }
+    }
+
+    // MARK: Pipes (mio unix_pipe, tokio readable/writable readiness)
+
+    @Test("mio unix_pipe / tokio AsyncFd readiness: loop.readable and loop.writable on a pipe's ends: data, a full pipe that drains, the writer's close", arguments: backends)
+    func pipeReadiness(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var fds: [CInt] = [-1, -1]
+            #expect(pipe(&fds) == 0)
+            let (r, w) = (fds[0], fds[1])
+            _ = fcntl(r, F_SETFL, O_NONBLOCK)
+            _ = fcntl(w, F_SETFL, O_NONBLOCK)
+            await #expect(throws: LoopError.timedOut) { try await loop.readable(r, timeout: .milliseconds(20)) }
+            try await loop.writable(w, timeout: .seconds(1))
+            p3Send(w, "data")
+            try await loop.readable(r, timeout: .seconds(1))
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            #expect(Glibc.read(r, &buffer, buffer.count) == 4)
+            // Fill the pipe; a writer's wait then ends when a reader drains it.
+            let filler = [UInt8](repeating: 9, count: 1 << 16)
+            while Glibc.write(w, filler, filler.count) > 0 {}
+            await #expect(throws: LoopError.timedOut) { try await loop.writable(w, timeout: .milliseconds(20)) }
+            let drainer = Task { () -> Int in
+                try? await loop.sleep(for: .milliseconds(50))
+                var total = 0
+                var chunk = [UInt8](repeating: 0, count: 1 << 16)
+                while true {
+                    let n = Glibc.read(r, &chunk, chunk.count)
+                    if n <= 0 { break }
+                    total += n
+                }
+                return total
+            }
+            try await loop.writable(w, timeout: .seconds(5))
+            #expect(await drainer.value > 0)
+            // The writer's close makes the reader readable (end of file).
+            close(w)
+            try await loop.readable(r, timeout: .seconds(1))
+            #expect(Glibc.read(r, &buffer, buffer.count) == 0)
+            close(r)
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
+}
