@@ -795,4 +795,262 @@ struct PeerScenarioTests3 {
             #expect(try await loop.entryCount() == 0)
         }
     }
+
+    // MARK: Second batch: connect errors, owned bytes, batches, shutdown from inside
+
+    @Test("libuv test-tcp-connect-error / Go TestDialError: connects to broadcast, multicast, port 0 and 0.0.0.0 fail typed and at once; an IPv4-mapped IPv6 address reaches an IPv4 listener", arguments: backends)
+    func connectErrors(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let closed = try closedPort()
+            let port = try #require(closed.port)
+            for text in ["255.255.255.255:\(port)", "224.0.0.1:\(port)", "127.0.0.1:0", "0.0.0.0:\(port)"] {
+                let start = ContinuousClock.now
+                var failure: LoopError?
+                do {
+                    let socket = try await loop.connect(to: try SocketAddress(text), timeout: .seconds(5))
+                    await socket.close()
+                } catch { failure = error as? LoopError }
+                guard case .connect(let error) = failure else {
+                    Issue.record("\(text): \(String(describing: failure)) on \(backend)")
+                    continue
+                }
+                #expect(error.cause != .timedOut, "\(text): \(error)")
+                #expect(ContinuousClock.now - start < .seconds(2), "\(text)")
+            }
+            #expect(try await loop.entryCount() == 0)
+            // [::ffff:127.0.0.1]: an IPv6 socket to an IPv4 listener (Go's and tokio's dual-stack dial).
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let mapped = try SocketAddress("[::ffff:127.0.0.1]:\(listener.address.port!)")
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: mapped, timeout: .seconds(5))
+            let server = try await accepted
+            try await client.write(Array("v4".utf8))
+            #expect(try await server.read(upTo: 8, timeout: .seconds(5)) == Array("v4".utf8))
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("SwiftNIO ByteBuffer readerIndex / tokio BytesMut advance: a Bytes whose front was consumed writes only its readable bytes, sync and async; write(from:) counts from the readable start", arguments: backends)
+    func consumedBytesWrite(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            var message = Bytes("skip this|hello".utf8)
+            message.removeFirst(10)
+            #expect(message == Bytes("hello".utf8))
+            try await client.write(message, timeout: .seconds(5))
+            var got = Bytes()
+            while got.count < 5 { if try await server.read(into: &got, maximum: 64, timeout: .seconds(5)) == 0 { break } }
+            #expect(got == Bytes("hello".utf8))
+            // A large one, consumed at the front, through a small send buffer (the write waits).
+            try await client.withStreamSocket { (s) throws(SocketError) in try s.setSendBufferSize(4096) }
+            var large = Bytes((0..<(1 << 20) + 100).map { UInt8(truncatingIfNeeded: $0 % 251) })
+            large.removeFirst(100)
+            let expected = Bytes((100..<(1 << 20) + 100).map { UInt8(truncatingIfNeeded: $0 % 251) })
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(large, timeout: .seconds(30)) } catch { return error as? LoopError }
+                return nil
+            }
+            var received = Bytes()
+            while received.count < expected.count {
+                if try await server.read(into: &received, maximum: 1 << 16, timeout: .seconds(30)) == 0 { break }
+            }
+            #expect(await writer.value == nil)
+            #expect(received == expected)
+            // The sync form: from: counts from the readable start.
+            let (a, b, l) = try p3TCPPair()
+            defer { a.close(); b.close(); l.close() }
+            var text = Bytes("xxabcdef".utf8)
+            text.removeFirst(2)
+            #expect(try a.write(text, from: 2) == .transferred(4))
+            #expect(try a.write(text, from: 6) == .transferred(0))
+            #expect(socketErrorKind { _ = try a.write(text, from: 7) } == .invalidArgument)
+            #expect(socketErrorKind { _ = try a.write(text, from: -1) } == .invalidArgument)
+            usleep(10_000)
+            var into = Bytes()
+            #expect(try b.read(into: &into) == .transferred(4))
+            #expect(into == Bytes("cdef".utf8))
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("Go TestUDPZeroByteBuffer / CPython recvfrom_into(0): an async receive into an empty array takes one datagram and reports its length; the next receive gets the next", arguments: backends)
+    func asyncZeroByteReceive(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let b = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let to = try #require(b.localAddress)
+            try await a.send(Array("dropped".utf8), to: to)
+            try await a.send(Array("kept".utf8), to: to)
+            var empty: [UInt8] = []
+            let first = try await b.receive(into: &empty, timeout: .seconds(5))
+            #expect(first.count == 0 && first.length == 7 && first.isTruncated, "\(first)")
+            #expect(first.source == a.localAddress)
+            var room = [UInt8](repeating: 0, count: 16)
+            let second = try await b.receive(into: &room, timeout: .seconds(5))
+            #expect(Array(room[..<second.count]) == Array("kept".utf8))
+            // An empty datagram into an empty array: not truncated.
+            try await a.send([UInt8](), to: to)
+            let third = try await b.receive(into: &empty, timeout: .seconds(5))
+            #expect(third.count == 0 && third.length == 0 && !third.isTruncated, "\(third)")
+            await a.close(); await b.close()
+        }
+    }
+
+    @Test("Go/CPython sendmmsg edge cases: an empty batch is sent at once with nothing sent; a batch of capacity 1 receives three queued datagrams one per call", arguments: backends)
+    func batchEdges(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let b = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let to = try #require(b.localAddress)
+            let empty = try DatagramBatch(capacity: 4, slotSize: 64)
+            let start = ContinuousClock.now
+            try await a.send(empty, timeout: .seconds(2))
+            #expect(ContinuousClock.now - start < .seconds(1))
+            let sync = try DatagramSocket(family: .ipv4)
+            defer { sync.close() }
+            #expect(try sync.send(empty) == .transferred(0))
+            let out = try DatagramBatch(capacity: 4, slotSize: 64)
+            for text in ["one", "two", "three"] { try out.append(Array(text.utf8), to: to) }
+            try await a.send(out, timeout: .seconds(2))
+            let one = try DatagramBatch(capacity: 1, slotSize: 64)
+            var texts: [String] = []
+            for _ in 0..<3 {
+                #expect(try await b.receive(into: one, timeout: .seconds(5)) == 1)
+                texts.append(String(decoding: try one.payload(0), as: UTF8.self))
+            }
+            #expect(texts == ["one", "two", "three"])
+            await #expect(throws: LoopError.timedOut) { _ = try await b.receive(into: one, timeout: .milliseconds(20)) }
+            await a.close(); await b.close()
+        }
+    }
+
+    @Test("libuv test-loop-stop / tokio runtime shutdown from a task: await loop.shutdown() from a task on the loop returns; the loop's pending operations end with .shutdown", arguments: backends)
+    func shutdownFromInsideTheLoop(backend: Backend) async throws {
+        let before = openDescriptorCount()
+        let loop = try EventLoop(backend: backend)
+        let (listener, client, server) = try await connectedPair(loop)
+        let reader = Task { () async -> LoopError? in
+            do { _ = try await server.read(upTo: 8, timeout: .seconds(30)) } catch { return error as? LoopError }
+            return nil
+        }
+        try await loop.sleep(for: .milliseconds(20))
+        let finished = Atomic<Bool>(false)
+        let stopper = Task(executorPreference: loop) {
+            #expect(loop.inLoop)
+            await loop.shutdown()
+            finished.store(true, ordering: .releasing)
+        }
+        let start = ContinuousClock.now
+        while !finished.load(ordering: .acquiring), ContinuousClock.now - start < .seconds(10) { usleep(5_000) }
+        let returned = finished.load(ordering: .acquiring)
+        #expect(returned, "shutdown from a task on the loop did not return on \(backend)")
+        guard returned else { return }
+        await stopper.value
+        #expect(await reader.value == .shutdown)
+        #expect(loop.isShuttingDown)
+        await #expect(throws: LoopError.shutdown) { try await loop.sleep(for: .milliseconds(1)) }
+        await client.close(); await listener.close()
+        await loop.shutdown()
+        #expect(await settledDescriptorCount(before) == before)
+    }
+
+    @Test("SwiftNIO shutdownGracefully with odd timeouts: a grace period of zero or below ends at once with a connection open; Duration's largest with nothing open returns at once", arguments: backends)
+    func gracefulShutdownExtremes(backend: Backend) async throws {
+        for grace: Duration in [.zero, .seconds(-1), Duration(secondsComponent: Int64.min, attosecondsComponent: 0)] {
+            let loop = try EventLoop(backend: backend)
+            let (listener, client, server) = try await connectedPair(loop)
+            let reader = Task { () async -> LoopError? in
+                do { _ = try await server.read(upTo: 8) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(10))
+            let start = ContinuousClock.now
+            await loop.shutdown(gracePeriod: grace)
+            #expect(ContinuousClock.now - start < .seconds(2), "\(grace)")
+            #expect(await reader.value == .shutdown, "\(grace)")
+            await client.close(); await listener.close()
+        }
+        for grace: Duration in [.seconds(Int64.max), Duration(secondsComponent: Int64.max, attosecondsComponent: 999_999_999_999_999_999)] {
+            let loop = try EventLoop(backend: backend)
+            let start = ContinuousClock.now
+            await loop.shutdown(gracePeriod: grace)
+            #expect(ContinuousClock.now - start < .seconds(2), "\(grace)")
+            #expect(loop.isShuttingDown)
+        }
+    }
+
+    @Test("tokio read_buf with a huge buffer / Go TestCopyPipeIntoTCP: reads with maximum Int.max return at most 1 MiB each (readAvailable) and every byte arrives", arguments: backends)
+    func hugeReadMaximum(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let count = 3 << 20
+            let data = Bytes((0..<count).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 8) })
+            let writer = Task { () async -> LoopError? in
+                do { try await client.write(data, timeout: .seconds(30)); try await client.shutdown(.write) } catch { return error as? LoopError }
+                return nil
+            }
+            var received = Bytes()
+            var largest = 0
+            var useAvailable = true
+            while true {
+                if useAvailable {
+                    let chunk = try await server.readAvailable(maximum: Int.max, timeout: .seconds(30))
+                    if chunk.isEmpty { break }
+                    largest = max(largest, chunk.count)
+                    received.append(contentsOf: chunk.span)
+                } else {
+                    if try await server.read(into: &received, maximum: Int.max, timeout: .seconds(30)) == 0 { break }
+                }
+                useAvailable.toggle()
+            }
+            #expect(await writer.value == nil)
+            #expect(largest <= 1 << 20)
+            #expect(received == data)
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("libuv test-tcp-try-write / tokio try_write: a write into a full buffer is partial then wouldBlock; a read of an empty socket wouldBlock; both recover once the peer drains", arguments: backends)
+    func tryWriteTryRead(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server, listener) = try p3TCPPair()
+        defer { client.close(); server.close(); listener.close() }
+        var small = [UInt8](repeating: 0, count: 16)
+        #expect(try server.read(into: &small) == .wouldBlock)
+        try client.setSendBufferSize(4096)
+        try server.setReceiveBufferSize(4096)
+        let block = [UInt8](repeating: 5, count: 1 << 20)
+        var sent = 0
+        var sawPartial = false
+        while true {
+            let result = try client.write(block)
+            if case .transferred(let n) = result {
+                sent += n
+                if n < block.count { sawPartial = true }
+                continue
+            }
+            #expect(result == .wouldBlock)
+            break
+        }
+        #expect(sawPartial && sent > 0)
+        // Registered for writable now: not reported while full; reported once the peer drains.
+        try client.register(on: poller, token: 1, interest: .writable)
+        let events = EventBuffer(capacity: 4)
+        #expect(try poller.wait(into: events, timeout: .milliseconds(20)) == 0)
+        var drained = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while drained < sent {
+            if case .transferred(let n) = try server.read(into: &buffer) { drained += n } else { usleep(1_000) }
+        }
+        #expect(drained == sent)
+        try poller.wait(into: events, timeout: .seconds(2))
+        #expect(events.contains { $0.token == 1 && $0.ready.contains(.writable) })
+        #expect(try client.write(Array("more".utf8)) == .transferred(4))
+        var tail = 0
+        for _ in 0..<1000 where tail < 4 {
+            if case .transferred(let n) = try server.read(into: &buffer) { tail += n } else { usleep(1_000) }
+        }
+        #expect(tail == 4)
+    }
 }
