@@ -1053,4 +1053,129 @@ struct PeerScenarioTests3 {
         }
         #expect(tail == 4)
     }
+
+    // MARK: Third batch: interrupted writes, full datagram queues, shared foreign descriptors
+
+    @Test("Go TestWriteTimeout / tokio write cancelled: a write that timed out or was cancelled mid-way leaves a stream that is a prefix of its bytes then the next write's, never a duplicate or a busy socket", arguments: backends)
+    func interruptedWritesKeepTheStream(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await client.withStreamSocket { (s) throws(SocketError) in try s.setSendBufferSize(4096) }
+            try await server.withStreamSocket { (s) throws(SocketError) in try s.setReceiveBufferSize(4096) }
+            let count = 8 << 20
+            let data = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 13) }
+            // 1. Timed out.
+            await #expect(throws: LoopError.timedOut) { try await client.write(data, timeout: .milliseconds(100)) }
+            // 2. The next write is not busy: with the buffer still full it times out too.
+            await #expect(throws: LoopError.timedOut) { try await client.write(Array("|".utf8), timeout: .milliseconds(50)) }
+            // 3. Cancelled mid-way.
+            let cancelled = Task { () async -> LoopError? in
+                do { try await client.write(data, timeout: .seconds(30)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(50))
+            cancelled.cancel()
+            #expect(await cancelled.value == .cancelled)
+            // 4. Then a marker, and the end of the stream.
+            let marker = Array("<end>".utf8)
+            let finisher = Task { () async -> LoopError? in
+                do { try await client.write(marker, timeout: .seconds(30)); try await client.shutdown(.write) } catch { return error as? LoopError }
+                return nil
+            }
+            var received: [UInt8] = []
+            while true {
+                let chunk = try await server.read(upTo: 1 << 16, timeout: .seconds(30))
+                if chunk.isEmpty { break }
+                received += chunk
+            }
+            #expect(await finisher.value == nil)
+            // received = data[0..<a] + ("|" or nothing) + data[0..<b] + marker: check the shape.
+            #expect(received.count >= marker.count && Array(received.suffix(marker.count)) == marker)
+            var rest = received.dropLast(marker.count)[...]
+            var prefixA = 0
+            while prefixA < rest.count, prefixA < count, rest[rest.startIndex + prefixA] == data[prefixA] { prefixA += 1 }
+            // The first write's prefix ends where the second write (the "|" byte, if sent) or the third
+            // one (data again from its start) begins.
+            rest = rest.dropFirst(prefixA)
+            if rest.first == UInt8(ascii: "|") { rest = rest.dropFirst() }
+            let third = Array(rest)
+            let thirdMatches = third.count <= count && third == Array(data[0..<third.count])
+            #expect(thirdMatches, "received \(received.count) bytes: first prefix \(prefixA), then \(third.count) bytes that are not a prefix of the data on \(backend)")
+            #expect(prefixA > 0)
+            await client.close(); await server.close(); await listener.close()
+        }
+    }
+
+    @Test("tokio uds_datagram send on a full queue / libuv udp-try-send: an async send to a Unix datagram peer whose queue is full waits, and completes once the peer drains", arguments: backends)
+    func unixDatagramFullQueue(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (one, two) = try DatagramSocket.pair()
+            let twoFD = two.release()
+            defer { close(twoFD) }
+            let sender = try await loop.adoptDatagram(descriptor: one.release())
+            // Fill the peer's queue.
+            let payload = [UInt8](repeating: 3, count: 512)
+            var queued = 0
+            while true {
+                let outcome = try await sender.withDatagramSocket { (s) throws(SocketError) in try s.send(payload) }
+                guard case .transferred = outcome else { break }
+                queued += 1
+                if queued > 100_000 { break }
+            }
+            #expect(queued > 0 && queued <= 100_000)
+            await #expect(throws: LoopError.timedOut) { try await sender.send(payload, timeout: .milliseconds(30)) }
+            let total = queued, size = payload.count
+            let drainer = Task { () -> Int in
+                try? await loop.sleep(for: .milliseconds(50))
+                var buffer = [UInt8](repeating: 0, count: 1024)
+                var drained = 0
+                // Exactly the datagrams queued: "last" may be sent as soon as room frees.
+                while drained < total, Glibc.recv(twoFD, &buffer, buffer.count, CInt(MSG_DONTWAIT)) == size { drained += 1 }
+                return drained
+            }
+            try await sender.send(Array("last".utf8), timeout: .seconds(5))
+            #expect(await drainer.value == queued)
+            var buffer = [UInt8](repeating: 0, count: 16)
+            var got = -1
+            for _ in 0..<200 where got < 0 {
+                got = Glibc.recv(twoFD, &buffer, buffer.count, CInt(MSG_DONTWAIT))
+                if got < 0 { usleep(1_000) }
+            }
+            #expect(got == 4)
+            await sender.close()
+        }
+    }
+
+    @Test("tokio AsyncFd readable and writable at once: one task waits readable and another writable on one caller descriptor; a second reader is busy; each ends on its own event", arguments: backends)
+    func foreignReadAndWriteWaiters(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (fd, peer) = p3StreamPair()
+            defer { close(fd); close(peer) }
+            // Fill fd's send direction so that writable has to wait too.
+            let block = [UInt8](repeating: 1, count: 1 << 16)
+            while Glibc.send(fd, block, block.count, CInt(MSG_DONTWAIT)) > 0 {}
+            let reader = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            let writer = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.writable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(30))
+            await #expect(throws: LoopError.busy) { try await loop.readable(fd, timeout: .seconds(1)) }
+            #expect(try await loop.entryCount() == 1)
+            // Readable first: the writer keeps waiting.
+            p3Send(peer, "r")
+            #expect(await reader.value == nil)
+            try await loop.sleep(for: .milliseconds(30))
+            // Then the peer drains: the writer ends.
+            var sink = [UInt8](repeating: 0, count: 1 << 16)
+            while Glibc.recv(peer, &sink, sink.count, CInt(MSG_DONTWAIT)) > 0 {}
+            #expect(await writer.value == nil)
+            #expect(try await loop.entryCount() == 0)
+            // A reader again, after both ended: a timed-out wait, then one that sees the byte still there.
+            try await loop.readable(fd, timeout: .seconds(1))
+        }
+    }
 }
