@@ -1178,4 +1178,93 @@ struct PeerScenarioTests3 {
             try await loop.readable(fd, timeout: .seconds(1))
         }
     }
+
+    // MARK: Fourth batch: dual-stack binds, adopted connects, a signal pending at finish
+
+    @Test("libuv test-tcp-bind6-error / Go TestDualStackTCPListener: [::]:P beside 0.0.0.0:P is addressInUse when dual-stack, allowed with v6Only; UDP the same", arguments: backends)
+    func dualStackBindConflicts(backend: Backend) throws {
+        let probe = socket(AF_INET6, CInt(SOCK_STREAM.rawValue), 0)
+        guard probe >= 0 else { return }   // no IPv6 here: nothing to check (reported as a pass with no expectation)
+        close(probe)
+        let v4 = try Listener(bind: try SocketAddress("0.0.0.0:0"))
+        defer { v4.close() }
+        let port = try #require(v4.address.port)
+        var dual = Listener.Options()
+        dual.v6Only = false
+        #expect(socketErrorKind { _ = try Listener(bind: try SocketAddress("[::]:\(port)"), options: dual) } == .addressInUse)
+        var only = Listener.Options()
+        only.v6Only = true
+        let v6 = try Listener(bind: try SocketAddress("[::]:\(port)"), options: only)
+        #expect(v6.address.port == port)
+        v6.close()
+        // UDP.
+        let u4 = try DatagramSocket(bind: try SocketAddress("0.0.0.0:0"))
+        defer { u4.close() }
+        let uport = try #require(u4.localAddress?.port)
+        var udual = DatagramSocket.Options()
+        udual.v6Only = false
+        #expect(socketErrorKind { _ = try DatagramSocket(bind: try SocketAddress("[::]:\(uport)"), options: udual) } == .addressInUse)
+        var uonly = DatagramSocket.Options()
+        uonly.v6Only = true
+        let u6 = try DatagramSocket(bind: try SocketAddress("[::]:\(uport)"), options: uonly)
+        #expect(u6.localAddress?.port == uport)
+        u6.close()
+    }
+
+    @Test("libuv test-tcp-open (uv_tcp_open of a connecting socket): an adopted socket whose connect is in progress writes once connected; one whose connect was refused fails its read typed", arguments: backends)
+    func adoptConnectingSocket(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+            let status = listener.address.withSockaddr { Glibc.connect(fd, $0, $1) }
+            #expect(status == 0 || errno == EINPROGRESS)
+            let client = try await loop.adopt(descriptor: fd)
+            try await client.write(Array("early".utf8), timeout: .seconds(5))
+            let server = try await listener.accept(timeout: .seconds(5))
+            #expect(try await server.read(upTo: 16, timeout: .seconds(5)) == Array("early".utf8))
+            await client.close(); await server.close(); await listener.close()
+            // Refused.
+            let closed = try closedPort()
+            let refusedFD = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+            _ = closed.withSockaddr { Glibc.connect(refusedFD, $0, $1) }
+            let refused = try await loop.adopt(descriptor: refusedFD)
+            var readError: LoopError?
+            do { _ = try await refused.read(upTo: 8, timeout: .seconds(5)) } catch { readError = error as? LoopError }
+            #expect(loopErrorKind(readError) == .refused, "\(String(describing: readError)) on \(backend)")
+            await refused.close()
+        }
+    }
+
+    @Test("libuv test-signal pending-on-close / tokio signal drop: a finished sequence returns only what came before finish(), then nil; a sequence made after a delivery sees only later ones", arguments: backends)
+    func signalPendingAtFinish(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let keeper = try loop.signals([.user2])   // keeps SIGUSR2 caught for the whole test
+            let unread = try loop.signals([.user2])
+            kill(getpid(), SIGUSR2)
+            try await loop.sleep(for: .milliseconds(30))
+            unread.finish()   // its delivery is never read
+            let late = try loop.signals([.user2])
+            let lateTask = Task { () async -> [Signal] in
+                var iterator = late.makeAsyncIterator()
+                var seen: [Signal] = []
+                while let signal = await iterator.next() { seen.append(signal) }
+                return seen
+            }
+            var keeperIterator = keeper.makeAsyncIterator()
+            #expect(await keeperIterator.next() == .user2)   // the first delivery
+            try await loop.sleep(for: .milliseconds(30))
+            kill(getpid(), SIGUSR2)
+            #expect(await keeperIterator.next() == .user2)   // the second
+            try await loop.sleep(for: .milliseconds(30))
+            late.finish()
+            #expect(await lateTask.value == [.user2], "a sequence made after the first delivery saw it, or missed the second")
+            // The finished sequence: what had come before finish() is still returned, then nil (the
+            // documented rule, as AsyncStream's finish; libuv and tokio drop it with the handle). The
+            // second delivery, after finish(), is not in it.
+            var finished = unread.makeAsyncIterator()
+            #expect(await finished.next() == .user2)
+            #expect(await finished.next() == nil)
+            keeper.finish()
+        }
+    }
 }
