@@ -1267,4 +1267,82 @@ struct PeerScenarioTests3 {
             keeper.finish()
         }
     }
+
+    // MARK: Fifth batch: error states nobody waits on, sockets used from another loop
+
+    @Test("libuv test-tcp-unexpected-read, error states: a reset connection, a hung-up one and a refused connected UDP socket that nobody waits on do not make the loop spin", arguments: backends)
+    func noSpinOnErrorStates(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            // A connection whose peer resets, after one read made its registration.
+            let (listener, client, server) = try await connectedPair(loop)
+            try await server.write(Array("1".utf8))
+            _ = try await client.read(upTo: 8, timeout: .seconds(5))
+            try await server.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
+            await server.close()
+            // A connection whose peer closes normally (end of stream, then hang-up after our write).
+            let (listener2, client2, server2) = try await connectedPair(loop)
+            try await server2.write(Array("1".utf8))
+            _ = try await client2.read(upTo: 8, timeout: .seconds(5))
+            await server2.close()
+            // A connected UDP socket refused by the port it sends to, after one receive made its registration.
+            let closed = try closedPort()
+            let udp = try await loop.connectDatagram(to: try SocketAddress("127.0.0.1:\(closed.port!)"))
+            await #expect(throws: LoopError.timedOut) { _ = try await udp.receive(timeout: .milliseconds(5)) }
+            try await udp.send(Array("x".utf8), timeout: .seconds(1))
+            try await loop.sleep(for: .milliseconds(50))
+            let before = try await loop.statistics()
+            try await loop.sleep(for: .milliseconds(300))
+            let after = try await loop.statistics()
+            let iterations = after.iterations - before.iterations
+            #expect(iterations < 40, "\(iterations) loop iterations in 300 ms with nobody waiting on \(backend)")
+            // Each error is still there for the next operation.
+            var readError: LoopError?
+            do { _ = try await client.read(upTo: 8, timeout: .seconds(5)) } catch { readError = error as? LoopError }
+            #expect(loopErrorKind(readError) == .reset, "\(String(describing: readError))")
+            #expect(try await client2.read(upTo: 8, timeout: .seconds(5)) == [])
+            var udpError: LoopError?
+            do { _ = try await udp.receive(timeout: .seconds(5)) } catch { udpError = error as? LoopError }
+            #expect(loopErrorKind(udpError) == .refused, "\(String(describing: udpError))")
+            await client.close(); await listener.close()
+            await client2.close(); await listener2.close()
+            await udp.close()
+        }
+    }
+
+    @Test("tokio: an I/O object used from another runtime's task / SwiftNIO: a channel used off its event loop: a socket of one loop read and written from tasks preferring another; that loop's shutdown ends them", arguments: backends)
+    func socketUsedFromAnotherLoop(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let other = try EventLoop(backend: backend)
+            let (listener, client, server) = try await connectedPair(loop)
+            let reader = Task(executorPreference: other) { () async throws -> [UInt8] in
+                #expect(other.inLoop)
+                let bytes = try await server.read(upTo: 16, timeout: .seconds(5))
+                #expect(other.inLoop, "the task resumed off its own loop")
+                return bytes
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            let writer = Task(executorPreference: other) { () async throws in
+                try await client.write(Array("across".utf8), timeout: .seconds(5))
+            }
+            try await writer.value
+            #expect(try await reader.value == Array("across".utf8))
+            // A sleep and a read on `loop` from a task of `other`, then `loop` shuts down: both end.
+            let sleeper = Task(executorPreference: other) { () async -> LoopError? in
+                do { try await loop.sleep(for: .seconds(30)) } catch { return error as? LoopError }
+                return nil
+            }
+            let waiting = Task(executorPreference: other) { () async -> LoopError? in
+                do { _ = try await server.read(upTo: 16, timeout: .seconds(30)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await other.sleep(for: .milliseconds(30))
+            await loop.shutdown()
+            #expect(await sleeper.value == .shutdown)
+            #expect(await waiting.value == .shutdown)
+            // `other` still works.
+            try await other.sleep(for: .milliseconds(1))
+            await other.shutdown()
+            _ = listener
+        }
+    }
 }
