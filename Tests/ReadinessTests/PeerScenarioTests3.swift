@@ -1345,4 +1345,53 @@ struct PeerScenarioTests3 {
             _ = listener
         }
     }
+
+    @Test("Go TestReadWriteDeadlineRace: 3,000 reads with tiny and zero timeouts race 3,000 one-byte writes and short sleeps; every byte written is read once, nothing is left behind", arguments: backends)
+    func readWriteDeadlineRace(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            let writes = 3_000
+            let writer = Task(executorPreference: loop) { () async -> Int in
+                var written = 0
+                let timeouts: [Duration?] = [.milliseconds(1), .zero, nil, .microseconds(1), .seconds(5)]
+                for i in 0..<writes {
+                    do {
+                        try await client.write([UInt8(truncatingIfNeeded: i)], timeout: timeouts[i % timeouts.count])
+                        written += 1
+                    } catch {}
+                    if i % 50 == 0 { try? await loop.sleep(for: .microseconds(i % 7)) }
+                }
+                try? await client.shutdown(.write)
+                return written
+            }
+            let sleeper = Task(executorPreference: loop) {
+                for i in 0..<500 { try? await loop.sleep(for: .microseconds(i % 300)) }
+            }
+            var received: [UInt8] = []
+            var timedOut = 0
+            let timeouts: [Duration] = [.microseconds(1), .zero, .milliseconds(1), .microseconds(100), .seconds(-1)]
+            var i = 0
+            while true {
+                do {
+                    let chunk = try await server.read(upTo: 7, timeout: timeouts[i % timeouts.count])
+                    if chunk.isEmpty { break }
+                    received += chunk
+                } catch LoopError.timedOut {
+                    timedOut += 1
+                } catch {
+                    Issue.record("read: \(error) on \(backend)")
+                    break
+                }
+                i += 1
+                if i > 1_000_000 { Issue.record("no end of stream"); break }
+            }
+            let written = await writer.value
+            await sleeper.value
+            #expect(written == writes, "only \(written) one-byte writes succeeded")
+            #expect(received.count == written)
+            #expect(received == (0..<written).map { UInt8(truncatingIfNeeded: $0) })
+            await client.close(); await server.close(); await listener.close()
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
 }
