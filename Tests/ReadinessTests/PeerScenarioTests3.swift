@@ -1394,4 +1394,51 @@ struct PeerScenarioTests3 {
             #expect(try await loop.entryCount() == 0)
         }
     }
+
+    @Test("Go TestDialerDualStack / tokio lookup_host with odd answers: a resolver answering the wrong family, duplicates, port 0, or nothing at all: connects or fails typed, never hangs without a timeout", arguments: backends)
+    func oddResolverAnswers(backend: Backend) async throws {
+        struct Scripted: HostResolver {
+            let v6: Result<[SocketAddress], ResolutionError>
+            let v4: Result<[SocketAddress], ResolutionError>
+            func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+                family == .ipv6 ? v6 : v4
+            }
+        }
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let port = listener.address.port!
+            let good = listener.address
+            let zero = try SocketAddress("127.0.0.1:0")
+            let cases: [(String, Scripted, Bool)] = [
+                ("an IPv4 address in the AAAA answer", Scripted(v6: .success([good]), v4: .success([])), true),
+                ("the same address eight times", Scripted(v6: .success([]), v4: .success(Array(repeating: good, count: 8))), true),
+                ("port 0, then the listener", Scripted(v6: .success([]), v4: .success([zero, good])), true),
+                ("only port 0", Scripted(v6: .success([]), v4: .success([zero])), false),
+                ("nothing in either family", Scripted(v6: .success([]), v4: .success([])), false),
+                ("both fail", Scripted(v6: .failure(ResolutionError(host: "h", reason: "no")), v4: .failure(ResolutionError(host: "h", reason: "no"))), false),
+            ]
+            for (what, resolver, connects) in cases {
+                let attempt = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
+                    do { return .success(try await loop.connect(host: "scripted.example", port: port, resolver: resolver)) } catch { return .failure(error as! LoopError) }
+                }
+                let watchdog = Task { if (try? await loop.sleep(for: .seconds(10))) != nil { attempt.cancel() } }   // not Task.sleep: libdispatch's timer descriptors
+                let outcome = await attempt.value
+                watchdog.cancel()
+                switch outcome {
+                case .success(let socket):
+                    #expect(connects, "\(what): connected")
+                    let server = try await listener.accept(timeout: .seconds(5))
+                    await server.close()
+                    await socket.close()
+                case .failure(let error):
+                    #expect(!connects, "\(what): \(error) on \(backend)")
+                    #expect(error != .cancelled, "\(what): hung until the watchdog cancelled it on \(backend)")
+                }
+            }
+            // Nothing left queued or held.
+            await #expect(throws: LoopError.timedOut) { _ = try await listener.accept(timeout: .milliseconds(20)) }
+            await listener.close()
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
 }
