@@ -1441,4 +1441,31 @@ struct PeerScenarioTests3 {
             #expect(try await loop.entryCount() == 0)
         }
     }
+
+    @Test("SwiftNIO cleanupExistingSocketFile / Go TestUnixListenerStale: a live Unix listener with a full backlog is not taken for a stale socket; once closed, its path is free", arguments: backends)
+    func unixListenerFullBacklogIsNotStale(backend: Backend) throws {
+        let path = "/tmp/readiness-peers3-\(getpid())-\(String(backend.name.map { $0 == ":" ? "-" : $0 })).sock"
+        unlink(path)
+        var options = Listener.Options()
+        options.backlog = 0
+        let live = try Listener(bind: try SocketAddress(unixPath: path), options: options)
+        var fillers: [CInt] = []
+        defer { for fd in fillers { close(fd) } }
+        for _ in 0..<64 {
+            let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+            let status = live.address.withSockaddr { Glibc.connect(fd, $0, $1) }
+            let code = errno
+            fillers.append(fd)
+            if status != 0 { #expect(code == EAGAIN, "connect: \(code)"); break }
+        }
+        let start = ContinuousClock.now
+        #expect(socketErrorKind { _ = try Listener(bind: try SocketAddress(unixPath: path)) } == .addressInUse)
+        #expect(ContinuousClock.now - start < .seconds(1))
+        var st = stat()
+        #expect(lstat(path, &st) == 0, "the live listener's path was removed")
+        live.close()
+        let again = try Listener(bind: try SocketAddress(unixPath: path))
+        again.close()
+        #expect(lstat(path, &st) != 0)
+    }
 }
