@@ -888,6 +888,15 @@ struct PeerScenarioTests3 {
             var room = [UInt8](repeating: 0, count: 16)
             let second = try await b.receive(into: &room, timeout: .seconds(5))
             #expect(Array(room[..<second.count]) == Array("kept".utf8))
+            // A Bytes whose front was consumed sends only its readable bytes (sync and async).
+            var consumed = Bytes("headerpayload".utf8)
+            consumed.removeFirst(6)
+            try await a.send(consumed, to: to)
+            #expect(try await b.receive(timeout: .seconds(5)).bytes == Bytes("payload".utf8))
+            let sync = try DatagramSocket(family: .ipv4)
+            defer { sync.close() }
+            #expect(try sync.send(consumed, to: to) == .transferred(7))
+            #expect(try await b.receive(timeout: .seconds(5)).bytes == Bytes("payload".utf8))
             // An empty datagram into an empty array: not truncated.
             try await a.send([UInt8](), to: to)
             let third = try await b.receive(into: &empty, timeout: .seconds(5))
@@ -1467,5 +1476,53 @@ struct PeerScenarioTests3 {
         let again = try Listener(bind: try SocketAddress(unixPath: path))
         again.close()
         #expect(lstat(path, &st) != 0)
+    }
+
+    @Test("libuv benchmark-pound / tokio many concurrent reads: 400 connections (200 on select) each waiting in readAvailable, every peer writes 64 KiB at once: each reader gets exactly its own bytes", arguments: backends)
+    func manyConcurrentReaders(backend: Backend) async throws {
+        let connections = backend.name.contains("select") ? 200 : 400   // select: descriptors below 1,024
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            var clients: [AsyncSocket] = [], servers: [AsyncSocket] = []
+            for _ in 0..<connections {
+                async let accepted = listener.accept(timeout: .seconds(5))
+                clients.append(try await loop.connect(to: listener.address, timeout: .seconds(5)))
+                servers.append(try await accepted)
+            }
+            let size = 64 * 1024
+            let results = await withTaskGroup(of: (Int, Bool).self) { group in
+                for (index, server) in servers.enumerated() {
+                    group.addTask(executorPreference: loop) {
+                        var received = Bytes()
+                        while received.count < size {
+                            guard let chunk = try? await server.readAvailable(maximum: 16 * 1024, timeout: .seconds(30)), !chunk.isEmpty else { break }
+                            received.append(contentsOf: chunk.span)
+                        }
+                        // memcmp, not Bytes' ==: a debug build compares byte by byte, seconds for 8 MiB.
+                        let expected = [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: size)
+                        let same = received.count == size && received.withUnsafeBytes { raw in
+                            expected.withUnsafeBytes { memcmp(raw.baseAddress!, $0.baseAddress!, size) == 0 }
+                        }
+                        return (index, same)
+                    }
+                }
+                try? await loop.sleep(for: .milliseconds(50))   // every reader waiting
+                for (index, client) in clients.enumerated() {
+                    let bytes = [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: size)
+                    group.addTask(executorPreference: loop) {
+                        do { try await client.write(bytes, timeout: .seconds(30)) } catch { return (-1 - index, false) }
+                        return (-1 - index, true)
+                    }
+                }
+                var outcomes: [(Int, Bool)] = []
+                for await outcome in group { outcomes.append(outcome) }
+                return outcomes
+            }
+            let failed = results.filter { !$0.1 }.map(\.0)
+            #expect(results.count == 2 * connections)
+            #expect(failed.isEmpty, "readers (index) or writers (-1 - index) that failed on \(backend): \(failed.prefix(10))")
+            for socket in clients + servers { await socket.close() }
+            await listener.close()
+        }
     }
 }
