@@ -252,7 +252,8 @@ public struct KeepAlive: Hashable, Sendable {
     /// Unanswered probes before the connection is dropped (reads then fail with ``SocketError/Kind/aborted``).
     public var probes: Int
 
-    /// Keep-alive timings (the kernel counts whole seconds, at least 1).
+    /// Keep-alive timings (the kernel counts whole seconds, 1 to 32,767, and 1 to 127 probes; values
+    /// outside saturate to those limits).
     public init(idle: Duration = .seconds(60), interval: Duration = .seconds(10), probes: Int = 6) {
         self.idle = idle
         self.interval = interval
