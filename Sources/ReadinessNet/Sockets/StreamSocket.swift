@@ -204,10 +204,12 @@ public final class StreamSocket {
             try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 0, "SO_KEEPALIVE")
             return
         }
-        try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 1, "SO_KEEPALIVE")
+        // The timings first: a socket that refuses them (not TCP) is left as it was, keep-alive not
+        // turned on with the kernel's default timings.
         try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepidle(), KeepAlive.seconds(keepAlive.idle), "TCP_KEEPIDLE")
         try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepintvl(), KeepAlive.seconds(keepAlive.interval), "TCP_KEEPINTVL")
-        try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepcnt(), CInt(clamping: keepAlive.probes), "TCP_KEEPCNT")
+        try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_keepcnt(), KeepAlive.probeCount(keepAlive.probes), "TCP_KEEPCNT")
+        try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 1, "SO_KEEPALIVE")
     }
 
     /// SO_RCVBUF (the kernel doubles the value it is given, and clamps it to net.core.rmem_max).
@@ -230,7 +232,7 @@ public final class StreamSocket {
         let status: CInt = switch linger {
         case .off: rd_net_set_linger(fd, 0, 0)
         case .resetOnClose: rd_net_set_linger(fd, 1, 0)
-        case .wait(let duration): rd_net_set_linger(fd, 1, KeepAlive.seconds(duration))
+        case .wait(let duration): rd_net_set_linger(fd, 1, CInt(clamping: Swift.max(1, duration.clampedSeconds)))
         }
         if status != 0 { throw SocketError(errno: errno, operation: "SO_LINGER") }
     }
@@ -250,16 +252,28 @@ public struct KeepAlive: Hashable, Sendable {
     /// Unanswered probes before the connection is dropped (reads then fail with ``SocketError/Kind/aborted``).
     public var probes: Int
 
-    /// Keep-alive timings (the kernel counts whole seconds, at least 1).
+    /// Keep-alive timings (the kernel counts whole seconds, 1 to 32,767, and 1 to 127 probes; values
+    /// outside saturate to those limits).
     public init(idle: Duration = .seconds(60), interval: Duration = .seconds(10), probes: Int = 6) {
         self.idle = idle
         self.interval = interval
         self.probes = probes
     }
 
-    /// Whole seconds, at least 1 (the kernel's unit and minimum), saturating.
+    /// The most seconds Linux takes for TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE,
+    /// MAX_TCP_KEEPINTVL); more is EINVAL.
+    static let maximumSeconds = 32_767
+    /// The most probes Linux takes for TCP_KEEPCNT (MAX_TCP_KEEPCNT); more, or fewer than 1, is EINVAL.
+    static let maximumProbes = 127
+
+    /// Whole seconds, 1 (the kernel's unit and minimum) to ``maximumSeconds``, saturating.
     static func seconds(_ duration: Duration) -> CInt {
-        CInt(clamping: Swift.max(1, duration.clampedSeconds))
+        CInt(Swift.min(Int64(maximumSeconds), Swift.max(1, duration.clampedSeconds)))
+    }
+
+    /// A probe count, 1 to ``maximumProbes``, saturating.
+    static func probeCount(_ probes: Int) -> CInt {
+        CInt(Swift.min(maximumProbes, Swift.max(1, probes)))
     }
 }
 
