@@ -489,7 +489,7 @@ struct PeerScenarioTests3 {
                 close(p); close(q)
                 // Datagrams.
                 let d = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
-                try await d.send(Array("x".utf8), to: try #require(d.localAddress), timeout: timeout)
+                try await d.send(Array("x".utf8), to: d.localAddress, timeout: timeout)
                 try await loop.sleep(for: .milliseconds(20))
                 #expect(try await d.receive(timeout: timeout).bytes == Bytes("x".utf8))
                 await d.close()
