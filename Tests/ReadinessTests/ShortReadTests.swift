@@ -121,4 +121,38 @@ struct ShortReadTests {
             await listener.close()
         }
     }
+
+    @Test("bytes queued after a short read, with no poll since: a read with a zero timeout, or in a cancelled task, still takes them",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func staleHintZeroTimeout(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            try await Task(executorPreference: loop) { () async throws in
+                for round in 0..<20 {
+                    try await client.write([1], timeout: .seconds(5))
+                    try await loop.sleep(for: .milliseconds(2))
+                    #expect(try await server.read(upTo: 64, timeout: .seconds(5)) == [1])   // short: the hint is set
+                    // Sent from the loop thread without the loop polling in between: loopback queues
+                    // the bytes before send returns, and no readiness event has cleared the hint.
+                    let sent = try await client.withStreamSocket { (socket) throws(SocketError) -> Int in
+                        var bytes: [UInt8] = [2, 3]
+                        return send(socket.fd, &bytes, 2, 0)
+                    }
+                    #expect(sent == 2)
+                    var got: [UInt8] = []
+                    if round % 2 == 0 {
+                        got = try await server.read(upTo: 64, timeout: .zero)
+                    } else {
+                        withUnsafeCurrentTask { $0?.cancel() }
+                        got = try await server.read(upTo: 64, timeout: .seconds(5))
+                    }
+                    #expect(got == [2, 3], "round \(round)")
+                    if round % 2 == 1 { break }   // this task is cancelled now
+                }
+            }.value
+            await client.close()
+            await server.close()
+            await listener.close()
+        }
+    }
 }

@@ -58,10 +58,11 @@ struct ReadinessDriver: IODriver {
         let (stream, socket) = try loop.stream(id)
         if stream.record.read.isWaiting { throw .busy }
         // After a short read with no readiness event since, a try would fail: wait first (LoopRecord.readDrained).
-        if !stream.record.readDrained, let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) {
+        let untried = stream.record.readDrained
+        if !untried, let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) {
             return taken
         }
-        return try await readCopyingWaiting(stream, id, maximum: maximum, deadline: deadline, on: loop, take)
+        return try await readCopyingWaiting(stream, id, maximum: maximum, deadline: deadline, untried: untried, on: loop, take)
     }
 
     /// `readCopying` once its first attempt would block: wait for readability, then try again. Not
@@ -70,14 +71,35 @@ struct ReadinessDriver: IODriver {
     /// waiting in such a read, most idle connections' (Docs/Async.md, "Memory per idle connection").
     @inline(never)
     nonisolated(nonsending) private func readCopyingWaiting<T>(_ stream: StreamResource, _ id: UInt64, maximum: Int, deadline: Int64?,
-                                                               on loop: LoopState,
+                                                               untried: Bool, on loop: LoopState,
                                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         var stream = stream
+        var untried = untried
         while true {
-            if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) { throw error }
+            if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) {
+                if untried, let taken = try Self.readCopyingLastTry(id, after: error, maximum: maximum, loop: loop, take) { return taken }
+                throw error
+            }
+            untried = false
             let socket: StreamSocket
             (stream, socket) = try loop.stream(id)
             if let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) { return taken }
+        }
+    }
+
+    /// A read that waited without trying first (the short-read hint) and failed with a timeout or a
+    /// cancellation tries once before it reports that: bytes that were queued all along (the hint was
+    /// stale) are returned as they would have been without the hint (a deadline already passed or a
+    /// cancelled task still takes data that is there). Nil: report `error`.
+    @inline(never)
+    private static func readCopyingLastTry<T>(_ id: UInt64, after error: LoopError, maximum: Int, loop: LoopState,
+                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
+        switch error {
+        case .timedOut, .cancelled:
+            guard let (stream, socket) = try? loop.stream(id) else { return nil }
+            return try readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take)
+        default:
+            return nil
         }
     }
 
@@ -120,10 +142,23 @@ struct ReadinessDriver: IODriver {
                 case .wouldBlock: break
                 }
             }
+            if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) {
+                // Waited without trying first (the hint): a deadline already passed or a cancelled
+                // task still takes bytes that were queued all along (`readCopyingLastTry`).
+                guard wait, error == .timedOut || error == .cancelled, let (_, socket) = try? loop.stream(id) else { throw error }
+                switch try Self.lastTry(socket, into: buffer) {
+                case .transferred(let n): return n
+                case .endOfStream: return 0
+                case .wouldBlock: throw error
+                }
+            }
             wait = false
-            if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) { throw error }
             (stream, socket) = try loop.stream(id)
         }
+    }
+
+    private static func lastTry(_ socket: StreamSocket, into buffer: UnsafeMutableRawBufferPointer) throws(LoopError) -> IOResult {
+        do { return try socket.read(into: buffer) } catch { throw .socket(error) }
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
