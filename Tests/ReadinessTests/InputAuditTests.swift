@@ -1,0 +1,65 @@
+import Glibc
+@_spi(Backend) import Readiness
+import Testing
+
+/// The input audit (review, 2026-12-04): caller values at public entries that the "Extreme input",
+/// hardening and ownership suites did not reach. Each test failed before its fix, or pins a rule of
+/// the docs that was found misstated.
+@Suite("Input audit", .serialized)
+struct InputAuditTests {
+    // MARK: Vectored writes and empty buffers
+
+    /// IOV_MAX empty buffers, then one byte: before, the iovec array took the first IOV_MAX buffers
+    /// whatever their size, so the call wrote nothing (`.transferred(0)`) however often it was made:
+    /// a caller's "write until done" loop spun for ever on a writable socket.
+    @Test("write(vectored:): empty buffers are skipped, so IOV_MAX empty ones before a byte still write it")
+    func vectoredEmptyBuffers() throws {
+        let pair = try socketPair()
+        let socket = try StreamSocket(adopting: pair.0)
+        defer { socket.close(); close(pair.1) }
+        var byte: UInt8 = 42
+        let result = withUnsafeBytes(of: &byte) { raw in
+            let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+            let buffers = Array(repeating: empty, count: StreamSocket.maximumVectoredBuffers) + [raw]
+            return Result { () throws(SocketError) -> IOResult in try socket.write(vectored: buffers) }
+        }
+        #expect(try result.get() == .transferred(1))
+        var received: UInt8 = 0
+        #expect(recv(pair.1, &received, 1, CInt(MSG_DONTWAIT)) == 1)
+        #expect(received == 42)
+        // Nothing but empty buffers: nothing to write, no system call (a closed socket is not asked).
+        let nothing = [UnsafeRawBufferPointer](repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: 3)
+        #expect(try socket.write(vectored: nothing) == .transferred(0))
+    }
+
+    @Test("async write(vectored:): more than IOV_MAX buffers, empty ones among them, arrive whole and in order", arguments: backends)
+    func asyncVectored(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        async let accepted = listener.accept(timeout: .seconds(5))
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        let server = try await accepted
+        let count = StreamSocket.maximumVectoredBuffers * 2 + 5
+        let payload = (0..<count).map { UInt8(truncatingIfNeeded: $0) }
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 1)
+        defer { raw.deallocate() }
+        raw.copyBytes(from: payload)
+        var buffers: [UnsafeRawBufferPointer] = []
+        for index in 0..<count {
+            buffers.append(UnsafeRawBufferPointer(start: nil, count: 0))   // an empty one before each byte
+            buffers.append(UnsafeRawBufferPointer(rebasing: raw[index..<(index + 1)]))
+        }
+        try await client.write(vectored: buffers, timeout: .seconds(5))
+        var received: [UInt8] = []
+        while received.count < count {
+            let chunk = try await server.read(upTo: count, timeout: .seconds(5))
+            if chunk.isEmpty { break }
+            received += chunk
+        }
+        #expect(received == payload)
+        await client.close()
+        await server.close()
+        await listener.close()
+        await loop.shutdown()
+    }
+}
