@@ -62,4 +62,44 @@ struct InputAuditTests {
         await listener.close()
         await loop.shutdown()
     }
+
+    // MARK: The empty address
+
+    /// Before: `socket(AF_UNSPEC)` failed with EAFNOSUPPORT, reported as `.other`, where every entry
+    /// that sends or connects refuses the empty address with `invalidArgument` (OwnershipHardeningTests).
+    @Test("the empty address (SocketAddress()) is nothing to bind: Listener and DatagramSocket refuse it with invalidArgument, opening nothing")
+    func emptyBind() throws {
+        let before = openDescriptorCount()
+        #expect { _ = try Listener(bind: SocketAddress()) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        #expect { _ = try DatagramSocket(bind: SocketAddress()) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        var options = Listener.Options()
+        options.reusePort = true
+        #expect { _ = try Listener(bind: SocketAddress(), options: options) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        #expect(openDescriptorCount() == before)
+    }
+
+    @Test("the event loop's listen and bindDatagram refuse the empty address with .socket(invalidArgument)", arguments: backends)
+    func emptyBindOnLoop(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        do {
+            _ = try await loop.listen(on: SocketAddress())
+            Issue.record("listen on SocketAddress() succeeded")
+        } catch {
+            guard case .socket(let socketError) = error, socketError.kind == .invalidArgument else {
+                Issue.record("listen on SocketAddress(): \(error)")
+                return
+            }
+        }
+        do {
+            _ = try await loop.bindDatagram(to: SocketAddress())
+            Issue.record("bindDatagram to SocketAddress() succeeded")
+        } catch {
+            guard case .socket(let socketError) = error, socketError.kind == .invalidArgument else {
+                Issue.record("bindDatagram to SocketAddress(): \(error)")
+                return
+            }
+        }
+        #expect(try await loop.entryCount() == 0)
+        await loop.shutdown()
+    }
 }
