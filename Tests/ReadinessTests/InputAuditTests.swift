@@ -102,4 +102,40 @@ struct InputAuditTests {
         #expect(try await loop.entryCount() == 0)
         await loop.shutdown()
     }
+
+    // MARK: The contract's misuse table
+
+    /// Docs/Contract.md, "Misuse", rule 9: reregister checks the descriptor's kind too (the number may
+    /// name a new file), so a number that now names a regular file is `unsupportedDescriptor` on every
+    /// backend, and the registration is left as it was (deregister still works).
+    @Test("reregister of a number that now names a regular file is unsupportedDescriptor (misuse rule 9)", arguments: backends)
+    func reregisterRegularFile(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let pair = try socketPair()
+        defer { close(pair.1) }
+        try poller.register(pair.0, token: 1, interest: .readable)
+        close(pair.0)
+        let path = "/tmp/readiness-audit-\(getpid())"
+        let file = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        unlink(path)
+        #expect(file == pair.0, "the lowest free number is reused")
+        defer { close(file) }
+        #expect(throws: PollerError.unsupportedDescriptor(file)) {
+            try poller.reregister(file, token: 2, interest: .readable)
+        }
+        try poller.deregister(file)
+    }
+
+    /// Docs/Contract.md, "Misuse", rule 5: interest bits other than readable and writable are refused
+    /// as `emptyInterest`, as an empty interest is.
+    @Test("an interest with bits other than readable and writable is emptyInterest (misuse rule 5)", arguments: backends)
+    func unknownInterestBits(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let pair = try socketPair()
+        defer { close(pair.0); close(pair.1) }
+        #expect(throws: PollerError.emptyInterest) { try poller.register(pair.0, token: 1, interest: Interest(rawValue: 0x80)) }
+        #expect(throws: PollerError.emptyInterest) { try poller.register(pair.0, token: 1, interest: [.readable, Interest(rawValue: 0x80)]) }
+    }
 }
