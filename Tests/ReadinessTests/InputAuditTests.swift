@@ -138,4 +138,58 @@ struct InputAuditTests {
         #expect(throws: PollerError.emptyInterest) { try poller.register(pair.0, token: 1, interest: Interest(rawValue: 0x80)) }
         #expect(throws: PollerError.emptyInterest) { try poller.register(pair.0, token: 1, interest: [.readable, Interest(rawValue: 0x80)]) }
     }
+
+    // MARK: Backend probes
+
+    /// `Backend.probe()` promises not to cache a failure that says nothing about the backend (out of
+    /// descriptors or memory). io_uring's probe also runs a self-test (a pipe registered and written);
+    /// before, a self-test that could not make its pipe (EMFILE) was cached, so io_uring stayed
+    /// unavailable for the life of the process once a probe had run short of descriptors. In a child
+    /// process: the probe cache is per process.
+    @Test("a backend probe that ran out of descriptors in io_uring's self-test is probed again, not cached")
+    func probeNotCachedWhenExhausted() async {
+        let path = "/tmp/readiness-audit-report-\(getpid())"
+        unlink(path)
+        setenv(ChildReport.variable, path, 1)
+        await #expect(processExitsWith: .success) { InputAuditChild.probeAfterExhaustion() }
+        ChildReport(path: path).record()
+    }
+}
+
+enum InputAuditChild {
+    static func fail(_ text: String) -> Never { Extremes.fail(text) }
+
+    static func probeAfterExhaustion() {
+        alarm(60)
+        // Skipped where io_uring cannot run here at all (made directly: the probe cache is untouched).
+        let before = openDescriptorCount()
+        guard let poller = try? Backend.ioUring.makePoller() else { exit(0) }
+        let used = openDescriptorCount() - before
+        try? poller.close()
+        // Every number below the limit taken but `used + 1`: the poller can be made, its self-test's
+        // pipe (two descriptors) cannot.
+        var limit = rlimit()
+        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        var lowered = limit
+        lowered.rlim_cur = 512
+        guard setrlimit(CInt(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { fail("setrlimit") }
+        var fillers: [CInt] = []
+        while true {
+            let fd = dup(0)
+            if fd < 0 { break }
+            fillers.append(fd)
+        }
+        guard errno == EMFILE, fillers.count > used + 1 else { fail("could not fill the descriptor table (\(fillers.count))") }
+        for _ in 0..<(used + 1) { close(fillers.removeLast()) }
+        let first = Backend.ioUring.probe()
+        guard let first, first.contains("pipe2") else {
+            fail("the first probe did not fail in the self-test's pipe2: \(first ?? "available")")
+        }
+        for fd in fillers { close(fd) }
+        guard setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 else { fail("setrlimit back") }
+        if let second = Backend.ioUring.probe() {
+            fail("descriptors are free again, but io_uring is still unavailable: \(second)")
+        }
+        exit(0)
+    }
 }
