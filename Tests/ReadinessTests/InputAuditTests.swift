@@ -1,5 +1,6 @@
 import Glibc
 @_spi(Backend) import Readiness
+import Synchronization
 import Testing
 
 /// The input audit (review, 2026-12-04): caller values at public entries that the "Extreme input",
@@ -137,6 +138,65 @@ struct InputAuditTests {
         defer { close(pair.0); close(pair.1) }
         #expect(throws: PollerError.emptyInterest) { try poller.register(pair.0, token: 1, interest: Interest(rawValue: 0x80)) }
         #expect(throws: PollerError.emptyInterest) { try poller.register(pair.0, token: 1, interest: [.readable, Interest(rawValue: 0x80)]) }
+    }
+
+    // MARK: Connector.run and HappyEyeballs(attempts:): the caller's list
+
+    /// Runs `Connector.run(attempts)` on another thread; if it has not ended after 3 s (it hung), the
+    /// poller is closed under it (the contract lets close() end a wait on another thread) so that the
+    /// test ends. Returns the error and whether it ended by itself.
+    static func runGuarded(_ attempts: [ConnectAttempt], on poller: any Poller) -> (error: ConnectError?, endedAlone: Bool) {
+        final class Box: @unchecked Sendable {
+            var attempts: [ConnectAttempt] = []
+            var poller: (any Poller)?
+            var error: ConnectError?
+            let done = Mutex(false)
+        }
+        let box = Box()
+        box.attempts = attempts
+        box.poller = poller
+        let thread = Thread {
+            do throws(ConnectError) { _ = try Connector.run(box.attempts, on: box.poller!, attemptDelay: .zero) } catch { box.error = error }
+            box.done.withLock { $0 = true }
+        }
+        for _ in 0..<300 where !box.done.withLock({ $0 }) { usleep(10_000) }
+        let endedAlone = box.done.withLock { $0 }
+        if !endedAlone { try? poller.close() }
+        thread.join()
+        return (box.error, endedAlone)
+    }
+
+    /// The same attempt twice in the list: before, the second entry's start() found it already
+    /// started and it was counted as a second attempt that never ended (its events and its deadline
+    /// timer went to the first entry): the connect never ended, deadline or not.
+    @Test("Connector.run with the same attempt twice ends with the attempt's outcome (it hung)", arguments: backends)
+    func duplicateAttempt(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let refused = try closedPort()
+        let before = openDescriptorCount()
+        let attempt = ConnectAttempt(to: refused, poller: poller, token: 5, timeout: .seconds(2))
+        let (error, endedAlone) = Self.runGuarded([attempt, attempt], on: poller)
+        #expect(endedAlone, "the connect never ended")
+        #expect(error?.cause == .refused, "\(String(describing: error))")
+        #expect(openDescriptorCount() == before)
+    }
+
+    /// Two attempts under one token: before, every event and deadline of that token went to the first
+    /// attempt that had it, so once that one had ended the second was never told of its own: the
+    /// connect never ended.
+    @Test("Connector.run with two attempts under one token ends with their outcome (it hung)", arguments: backends)
+    func sharedToken(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let refused = try closedPort()
+        let before = openDescriptorCount()
+        let attempts = [ConnectAttempt(to: refused, poller: poller, token: 5, timeout: .seconds(2)),
+                        ConnectAttempt(to: refused, poller: poller, token: 5, timeout: .seconds(2))]
+        let (error, endedAlone) = Self.runGuarded(attempts, on: poller)
+        #expect(endedAlone, "the connect never ended")
+        #expect(error?.cause == .refused, "\(String(describing: error))")
+        #expect(openDescriptorCount() == before)
     }
 
     // MARK: Backend probes
