@@ -209,16 +209,15 @@ public final class HappyEyeballs {
     /// A timer popped from ``Timers`` whose token it owns.
     package func handleTimer(_ token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> Progress {
         guard outcome == nil, started else { return current }
-        if token == tokenBase {
-            stepTimer = nil
-        } else {
-            for index in attempts.indices where attempts[index].token == token && !ended[index] {
-                let progress = attempts[index].checkDeadline(now: now)
-                if case .inProgress = progress { continue }   // another attempt's deadline under a shared token
-                deadlineTimers[index] = nil
-                record(index, progress)
-                if outcome != nil { return current }
-            }
+        if token == tokenBase { stepTimer = nil }
+        // Also when the token is the step timer's: a timer token equal to an attempt's (the caller's
+        // choice in `init(attempts:...)`) must not swallow that attempt's deadline.
+        for index in attempts.indices where attempts[index].token == token && !ended[index] {
+            let progress = attempts[index].checkDeadline(now: now)
+            if case .inProgress = progress { continue }   // not its deadline: another timer under the token
+            deadlineTimers[index] = nil
+            record(index, progress)
+            if outcome != nil { return current }
         }
         return advance(now: now)
     }
