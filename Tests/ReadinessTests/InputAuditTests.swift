@@ -226,6 +226,62 @@ struct InputAuditTests {
         #expect(error.cause == .timedOut)
     }
 
+    // MARK: The loop's own descriptors
+
+    /// A connect in progress holds its attempt's socket, which the loop closes when the connect ends.
+    /// Before, the loop did not count it as one of its own: `adopt(descriptor:)` of that number was
+    /// accepted, and the socket had two owners that would each close it (the second close perhaps
+    /// another file's). Now refused as for a descriptor a socket of the loop owns.
+    @Test("adopt(descriptor:) of the socket of a connect in progress on the same loop is invalidArgument (one address, and Happy Eyeballs)",
+          arguments: backends)
+    func adoptConnecting(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let full = try fullTCPListener()   // its accept queue is full: the connects stay in progress
+        defer { close(full.fd); full.fillers.forEach { close($0) } }
+        for addresses in [[full.address], [full.address, full.address]] {
+            let before = OwnershipHardeningTests.openDescriptors()
+            let connecting = Task { try await loop.connect(to: addresses, timeout: .seconds(10)) }
+            var fresh: Set<CInt> = []
+            for _ in 0..<200 where fresh.isEmpty {
+                try await Task.sleep(for: .milliseconds(5))
+                fresh = Self.sockets(OwnershipHardeningTests.openDescriptors().subtracting(before))
+            }
+            #expect(fresh.count == 1, "the connect's socket: \(fresh)")
+            for fd in fresh {
+                do {
+                    let adopted = try await loop.adopt(descriptor: fd)
+                    Issue.record("adopted descriptor \(fd) of a connect in progress (\(addresses.count) addresses)")
+                    _ = try? await adopted.withStreamSocket { (socket) throws(SocketError) in socket.release() }   // not ours: give it back
+                } catch {
+                    if case .invalidArgument = error {} else { Issue.record("adopt(descriptor: \(fd)): \(error)") }
+                }
+                do {
+                    _ = try await loop.adoptDatagram(descriptor: fd)
+                    Issue.record("adoptDatagram of descriptor \(fd) of a connect in progress")
+                } catch {
+                    switch error {   // refused: as the loop's own, or as not a datagram socket
+                    case .invalidArgument: break
+                    case .socket(let socketError) where socketError.kind == .invalidArgument: break
+                    default: Issue.record("adoptDatagram(descriptor: \(fd)): \(error)")
+                    }
+                }
+            }
+            connecting.cancel()
+            _ = await connecting.result
+            #expect(Self.sockets(OwnershipHardeningTests.openDescriptors().subtracting(before)).isEmpty)
+        }
+        await loop.shutdown()
+    }
+
+    /// The sockets among `descriptors` (the test runtime may open other kinds meanwhile).
+    static func sockets(_ descriptors: Set<CInt>) -> Set<CInt> {
+        descriptors.filter { fd in
+            var target = [CChar](repeating: 0, count: 256)
+            let n = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
+            return n > 0 && String(cString: target).hasPrefix("socket:")
+        }
+    }
+
     // MARK: Backend probes
 
     /// `Backend.probe()` promises not to cache a failure that says nothing about the backend (out of
