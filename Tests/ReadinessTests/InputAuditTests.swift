@@ -273,6 +273,51 @@ struct InputAuditTests {
         await loop.shutdown()
     }
 
+    /// io_uring's completion driver accepts ahead of the calls (a multishot accept) and keeps the
+    /// connections no `accept` has taken yet; the loop closes them with the listener. Before, they
+    /// were not counted as the loop's: `adopt(descriptor:)` of one was accepted (two owners).
+    @Test("adopt(descriptor:) of a connection the loop accepted ahead (io_uring's multishot accept) is invalidArgument", arguments: backends)
+    func adoptQueuedConnection(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        // The first accept arms the multishot accept (completion driver) and takes the first client.
+        async let first = listener.accept(timeout: .seconds(5))
+        let client1 = try Self.tcpConnect(listener.address)
+        let server1 = try await first
+        let known = OwnershipHardeningTests.openDescriptors()
+        let client2 = try Self.tcpConnect(listener.address)
+        var queued: Set<CInt> = []
+        for _ in 0..<100 where queued.isEmpty {   // accepted ahead only where a completion driver runs
+            try await Task.sleep(for: .milliseconds(5))
+            queued = Self.sockets(OwnershipHardeningTests.openDescriptors().subtracting(known).subtracting([client2]))
+            if (try await loop.ioDriver()).kind != .completion { break }
+        }
+        for fd in queued {
+            do {
+                let adopted = try await loop.adopt(descriptor: fd)
+                Issue.record("adopted descriptor \(fd), a connection the loop accepted ahead")
+                _ = try? await adopted.withStreamSocket { (socket) throws(SocketError) in socket.release() }
+            } catch {
+                if case .invalidArgument = error {} else { Issue.record("adopt(descriptor: \(fd)): \(error)") }
+            }
+        }
+        let server2 = try await listener.accept(timeout: .seconds(5))   // still handed out
+        await server1.close()
+        await server2.close()
+        await listener.close()
+        close(client1)
+        close(client2)
+        await loop.shutdown()
+    }
+
+    /// A blocking TCP connect (loopback: it completes at once): the client's descriptor.
+    static func tcpConnect(_ address: SocketAddress) throws -> CInt {
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+        guard address.withSockaddr({ connect(fd, $0, $1) }) == 0 else { close(fd); throw TestFailure("connect: \(errno)") }
+        return fd
+    }
+
     /// The sockets among `descriptors` (the test runtime may open other kinds meanwhile).
     static func sockets(_ descriptors: Set<CInt>) -> Set<CInt> {
         descriptors.filter { fd in

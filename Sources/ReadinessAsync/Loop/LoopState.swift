@@ -103,18 +103,21 @@ final class LoopState {
     /// A descriptor a caller may hand over or wait on: not one this loop owns or already watches.
     func checkForeign(_ fd: CInt, _ operation: String) throws(LoopError) {
         if owns(fd) { throw .invalidArgument("\(operation): descriptor \(fd) belongs to a socket or listener of this loop") }
-        if isConnecting(fd) { throw .invalidArgument("\(operation): descriptor \(fd) is the socket of a connect in progress on this loop") }
+        if holdsUnowned(fd) {
+            throw .invalidArgument("\(operation): descriptor \(fd) is held by this loop (a connect in progress, or a connection accepted ahead)")
+        }
     }
 
-    /// Whether `fd` is the socket of a connect attempt this loop runs (one address, or Happy
-    /// Eyeballs): not yet owned (`own` takes it once connected), but closed by the loop when the
-    /// connect ends, so a second owner would close it twice. A scan of the resources: asked only by
-    /// the entries that take a caller's descriptor.
-    func isConnecting(_ fd: CInt) -> Bool {
+    /// Whether `fd` is a socket the loop holds before it owns it: a connect attempt's (one address, or
+    /// Happy Eyeballs; `own` takes it once connected) or a connection the completion driver accepted
+    /// ahead of the calls. The loop closes those itself, so a second owner would close them twice. A
+    /// scan of the resources: asked only by the entries that take a caller's descriptor.
+    func holdsUnowned(_ fd: CInt) -> Bool {
         guard fd >= 0 else { return false }
         return slab.resources.contains { resource in
             if let stream = resource as? StreamResource { return stream.attempt?.fd == fd }
             if let connect = resource as? ConnectResource { return connect.connect?.attempts.contains { $0.fd == fd } ?? false }
+            if let listener = resource as? ListenerResource { return listener.acceptQueue.contains(fd) }
             return false
         }
     }
