@@ -327,6 +327,26 @@ struct InputAuditTests {
         }
     }
 
+    /// Docs/Async.md, "Misuse": a loop count outside 1...1024 is `PollerError.system(EINVAL)`; from the
+    /// umbrella's `EventLoopGroup(count:)` (no backend named) it comes inside `SelectionError.creationFailed`.
+    @Test("EventLoopGroup: a count outside 1...1024 is PollerError.system(EINVAL), or SelectionError.creationFailed holding it")
+    func groupCount() {
+        for count in [Int.min, -1, 0, EventLoopGroup.maximumLoops + 1, Int.max] {
+            do {
+                _ = try EventLoopGroup(backend: .poll, count: count)
+                Issue.record("EventLoopGroup(backend:count: \(count)) was made")
+            } catch {
+                guard case .system(_, let code) = error, code == EINVAL else { Issue.record("count \(count): \(error)"); continue }
+            }
+            do {
+                _ = try EventLoopGroup(count: count)
+                Issue.record("EventLoopGroup(count: \(count)) was made")
+            } catch {
+                guard case .creationFailed(_, .system(_, let code)) = error, code == EINVAL else { Issue.record("count \(count): \(error)"); continue }
+            }
+        }
+    }
+
     // MARK: Backend probes
 
     /// `Backend.probe()` promises not to cache a failure that says nothing about the backend (out of
