@@ -101,9 +101,12 @@ final class LoopState {
     }
 
     /// A descriptor a caller may hand over or wait on: not one this loop owns or already watches.
-    func checkForeign(_ fd: CInt, _ operation: String) throws(LoopError) {
+    /// `adopting`: the caller's descriptor is to become the loop's, so one the loop holds without
+    /// owning it yet is refused too (a scan: only adoption asks, never a `readable`/`writable` wait,
+    /// which closes nothing and meets an attempt's registration in the poller anyway).
+    func checkForeign(_ fd: CInt, _ operation: String, adopting: Bool = false) throws(LoopError) {
         if owns(fd) { throw .invalidArgument("\(operation): descriptor \(fd) belongs to a socket or listener of this loop") }
-        if holdsUnowned(fd) {
+        if adopting, holdsUnowned(fd) {
             throw .invalidArgument("\(operation): descriptor \(fd) is held by this loop (a connect in progress, or a connection accepted ahead)")
         }
     }
