@@ -135,7 +135,12 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         do {
             let poller = try makePoller()
             defer { try? poller.close() }
-            verdict = kind == .ioUring ? Self.selfTest(poller) : nil
+            if kind == .ioUring {
+                // A self-test that ran short of descriptors or memory says nothing about io_uring either.
+                (verdict, lasting) = Self.selfTest(poller)
+            } else {
+                verdict = nil
+            }
         } catch {
             verdict = error.description
             if error.isResourceExhausted { lasting = false }
@@ -156,9 +161,14 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
 
     /// A start-up self-test for a backend that can be created but may still not work (io_uring under a
     /// seccomp filter that refuses io_uring_enter, a kernel that refuses poll requests): a pipe's read
-    /// end must be reported readable once the pipe is written, and not before.
-    static func selfTest(_ poller: any Poller) -> String? {
-        guard let pipe = Sys.pipe() else { return "self-test: pipe2 failed (\(ErrnoTable.name(errno)))" }
+    /// end must be reported readable once the pipe is written, and not before. Returns the reason it
+    /// failed (nil: it passed) and whether that verdict is about the backend: a failure for want of
+    /// descriptors or memory (EMFILE, ENFILE, ENOMEM; `resourceExhausted`) is not, and is not cached.
+    static func selfTest(_ poller: any Poller) -> (verdict: String?, lasting: Bool) {
+        guard let pipe = Sys.pipe() else {
+            let code = errno
+            return ("self-test: pipe2 failed (\(ErrnoTable.name(code)))", ![EMFILE, ENFILE, ENOMEM].contains(code))
+        }
         defer {
             Sys.close(pipe.read)
             Sys.close(pipe.write)
@@ -166,17 +176,17 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         let events = EventBuffer(capacity: 4)
         do {
             try poller.register(pipe.read, token: 1, interest: .readable)
-            guard try poller.wait(into: events, timeout: .zero) == 0 else { return "self-test: an empty pipe was reported ready" }
+            guard try poller.wait(into: events, timeout: .zero) == 0 else { return ("self-test: an empty pipe was reported ready", true) }
             var byte: UInt8 = 1
-            guard write(pipe.write, &byte, 1) == 1 else { return "self-test: write failed (\(ErrnoTable.name(errno)))" }
+            guard write(pipe.write, &byte, 1) == 1 else { return ("self-test: write failed (\(ErrnoTable.name(errno)))", true) }
             guard try poller.wait(into: events, timeout: .seconds(1)) == 1, events[0] == Event(token: 1, ready: .readable) else {
-                return "self-test: a written pipe was not reported readable within 1 s"
+                return ("self-test: a written pipe was not reported readable within 1 s", true)
             }
             try poller.deregister(pipe.read)
         } catch {
-            return "self-test: \(error)"
+            return ("self-test: \(error)", !error.isResourceExhausted)
         }
-        return nil
+        return (nil, true)
     }
 
     /// What the kernel offers this backend, printed beside it in the selection report (io_uring: its

@@ -175,7 +175,7 @@ extension EventLoop {
     nonisolated(nonsending) public func adoptDatagram(descriptor fd: CInt) async throws(LoopError) -> AsyncDatagramSocket {
         let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
             if state.isShutDown { throw .shutdown }
-            try state.checkForeign(fd, "adoptDatagram")
+            try state.checkForeign(fd, "adoptDatagram", adopting: true)
             if state.foreign[fd] != nil { throw .invalidArgument("adoptDatagram: descriptor \(fd) is being waited on (readable/writable)") }
             return try state.openDatagram(adopted: true) { () throws(SocketError) in try DatagramSocket(adopting: fd) }
         }

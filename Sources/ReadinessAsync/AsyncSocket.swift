@@ -207,7 +207,7 @@ extension EventLoop {
     nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
             if state.isShutDown { throw .shutdown }
-            try state.checkForeign(fd, "adopt")
+            try state.checkForeign(fd, "adopt", adopting: true)
             if state.foreign[fd] != nil { throw .invalidArgument("adopt: descriptor \(fd) is being waited on (readable/writable)") }
             try state.checkRoom()
             let socket: StreamSocket

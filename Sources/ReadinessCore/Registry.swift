@@ -155,9 +155,10 @@ public struct RegistrationTable: Sendable {
         if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
     }
 
-    /// Checks a change of registration; returns the current registration. The descriptor's kind was
-    /// checked when it was registered; here only that it is still open (`fcntl`, cheaper than `fstat`),
-    /// unless `kernelChecksDescriptor` (the backend's call will find a closed descriptor itself).
+    /// Checks a change of registration; returns the current registration. The descriptor is checked
+    /// as `register` checks it (open, and of a kind the kernel can poll: one `fstat`), since the
+    /// number may name a new file by now, unless `kernelChecksDescriptor` (the backend's call finds a
+    /// closed descriptor or a regular file itself).
     public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
                                 capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) -> Registration {
         // The same order as register: the descriptor's sign, the arguments, the table, the kernel.

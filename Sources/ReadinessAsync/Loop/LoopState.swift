@@ -101,8 +101,28 @@ final class LoopState {
     }
 
     /// A descriptor a caller may hand over or wait on: not one this loop owns or already watches.
-    func checkForeign(_ fd: CInt, _ operation: String) throws(LoopError) {
+    /// `adopting`: the caller's descriptor is to become the loop's, so one the loop holds without
+    /// owning it yet is refused too (a scan: only adoption asks, never a `readable`/`writable` wait,
+    /// which closes nothing and meets an attempt's registration in the poller anyway).
+    func checkForeign(_ fd: CInt, _ operation: String, adopting: Bool = false) throws(LoopError) {
         if owns(fd) { throw .invalidArgument("\(operation): descriptor \(fd) belongs to a socket or listener of this loop") }
+        if adopting, holdsUnowned(fd) {
+            throw .invalidArgument("\(operation): descriptor \(fd) is held by this loop (a connect in progress, or a connection accepted ahead)")
+        }
+    }
+
+    /// Whether `fd` is a socket the loop holds before it owns it: a connect attempt's (one address, or
+    /// Happy Eyeballs; `own` takes it once connected) or a connection the completion driver accepted
+    /// ahead of the calls. The loop closes those itself, so a second owner would close them twice. A
+    /// scan of the resources: asked only by the entries that take a caller's descriptor.
+    func holdsUnowned(_ fd: CInt) -> Bool {
+        guard fd >= 0 else { return false }
+        return slab.resources.contains { resource in
+            if let stream = resource as? StreamResource { return stream.attempt?.fd == fd }
+            if let connect = resource as? ConnectResource { return connect.connect?.attempts.contains { $0.fd == fd } ?? false }
+            if let listener = resource as? ListenerResource { return listener.acceptQueue.contains(fd) }
+            return false
+        }
     }
 
     /// Takes ownership of a connected socket: a stream resource of its own. When the slab is full

@@ -150,13 +150,18 @@ public final class HappyEyeballs {
     }
 
     /// Over attempts already made (their tokens are theirs; `timerToken` must differ from them),
-    /// started in the order given.
+    /// started in the order given. An attempt listed twice is run once. Give each attempt a token of
+    /// its own: attempts that share one are each handed every event and timer of that token (a
+    /// wake-up is only "go and look" to an attempt, so none is left waiting for ever).
     public init(attempts: [ConnectAttempt], poller: any Poller, timers: Timers, timerToken: Token,
                 attemptDelay: Duration) {
         self.poller = poller
         self.timers = timers
         tokens = nil
         tokenBase = timerToken
+        // The same attempt twice would be started twice and counted as two, the second never ending.
+        var seen = Set<ObjectIdentifier>()
+        let attempts = attempts.filter { seen.insert(ObjectIdentifier($0)).inserted }
         var options = Options()
         options.attemptDelay = attemptDelay
         options.maximumAttempts = attempts.count
@@ -190,9 +195,13 @@ public final class HappyEyeballs {
         guard outcome == nil, started else { return current }
         if event.isWakeup {
             if resolution != nil { takeAnswers() }
-        } else if let index = attempts.firstIndex(where: { $0.token == event.token }), !ended[index] {
-            record(index, attempts[index].handle(event.ready))
-            if outcome != nil { return current }
+        } else {
+            // Every live attempt under the token (tokens should differ; if they do not, none of them
+            // may be left without its events).
+            for index in attempts.indices where attempts[index].token == event.token && !ended[index] {
+                record(index, attempts[index].handle(event.ready))
+                if outcome != nil { return current }
+            }
         }
         return advance(now: MonotonicClock.nowNanoseconds)
     }
@@ -200,11 +209,14 @@ public final class HappyEyeballs {
     /// A timer popped from ``Timers`` whose token it owns.
     package func handleTimer(_ token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> Progress {
         guard outcome == nil, started else { return current }
-        if token == tokenBase {
-            stepTimer = nil
-        } else if let index = attempts.firstIndex(where: { $0.token == token }), !ended[index] {
+        if token == tokenBase { stepTimer = nil }
+        // Also when the token is the step timer's: a timer token equal to an attempt's (the caller's
+        // choice in `init(attempts:...)`) must not swallow that attempt's deadline.
+        for index in attempts.indices where attempts[index].token == token && !ended[index] {
+            let progress = attempts[index].checkDeadline(now: now)
+            if case .inProgress = progress { continue }   // not its deadline: another timer under the token
             deadlineTimers[index] = nil
-            record(index, attempts[index].checkDeadline(now: now))
+            record(index, progress)
             if outcome != nil { return current }
         }
         return advance(now: now)

@@ -63,8 +63,12 @@ public final class DatagramSocket {
     /// A socket bound to `address` (port 0: the kernel chooses; ``localAddress`` tells which).
     ///
     /// A Unix path that exists already fails with ``SocketError/Kind/addressInUse`` and is not
-    /// touched; the socket unlinks its own path on ``close()``.
+    /// touched; the socket unlinks its own path on ``close()``. The empty address (`SocketAddress()`)
+    /// is refused with ``SocketError/Kind/invalidArgument`` before any system call.
     public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
+        if address.isEmpty {
+            throw SocketError(.invalidArgument, operation: "bind to an empty address (SocketAddress()): no address to bind")
+        }
         let fd = try Self.makeSocket(address.domain)
         do throws(SocketError) {
             try Self.apply(options, fd: fd, family: address.family)

@@ -57,8 +57,13 @@ public final class Listener {
         public init() {}
     }
 
-    /// Binds and listens.
+    /// Binds and listens. The empty address (`SocketAddress()`) is refused with
+    /// ``SocketError/Kind/invalidArgument`` before any system call, as every entry that takes an
+    /// address refuses it.
     public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
+        if address.isEmpty {
+            throw SocketError(.invalidArgument, operation: "listen on an empty address (SocketAddress()): no address to bind")
+        }
         let fd = rd_net_stream_socket(address.domain)
         guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
         do throws(SocketError) {

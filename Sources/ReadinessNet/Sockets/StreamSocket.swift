@@ -126,7 +126,9 @@ public final class StreamSocket {
     }
 
     /// Writes several buffers in one system call (sendmsg), as much as the socket takes now; at most
-    /// ``maximumVectoredBuffers`` buffers are written by one call. The iovec array is on the stack
+    /// ``maximumVectoredBuffers`` non-empty buffers are written by one call (empty ones are skipped, so
+    /// a list that starts with IOV_MAX empty buffers still writes the bytes after them; a list with no
+    /// byte at all is `.transferred(0)` without a system call). The iovec array is on the stack
     /// (inlinable, so it is specialized for the caller's collection and allocates nothing).
     @inlinable
     public func write(vectored buffers: some Collection<UnsafeRawBufferPointer>) throws(SocketError) -> IOResult {
@@ -134,12 +136,12 @@ public final class StreamSocket {
         if count == 0 { return .transferred(0) }
         let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { iov -> Int in
             var index = 0
-            for buffer in buffers {
+            for buffer in buffers where !buffer.isEmpty {
                 if index == count { break }
                 iov[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
                 index += 1
             }
-            return sendv(iov.baseAddress!, count)
+            return index == 0 ? 0 : sendv(iov.baseAddress!, index)
         }
         return try vectoredResult(n)
     }
