@@ -323,7 +323,7 @@ struct InputAuditTests {
         descriptors.filter { fd in
             var target = [CChar](repeating: 0, count: 256)
             let n = readlink("/proc/self/fd/\(fd)", &target, target.count - 1)
-            return n > 0 && String(cString: target).hasPrefix("socket:")
+            return n > 0 && String(decoding: target[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("socket:")
         }
     }
 
