@@ -60,10 +60,24 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     // exclusivity check of each wait's `inout` access (swift_beginAccess) would be pure cost.
     @exclusivity(unchecked) @usableFromInline var storedTable = RegistrationTable()
     @exclusivity(unchecked) @usableFromInline var isClosed = false
-    /// Bit 0: closing (set by `close()`, never cleared). The other bits count the waits in progress,
-    /// so that a `close()` from another thread during a wait wakes it, waits for it to end with
-    /// `closed`, and only then releases the descriptors (Docs/Contract.md, "Threads").
+    /// Bit 0: closing (set by `close()`, never cleared). The other bits count the calls in progress
+    /// (waits, registrations, changes, removals), so that a `close()` from another thread during one
+    /// wakes a wait, lets the call end (with `closed` for a wait), and only then releases the
+    /// descriptors; a call that begins once closing has begun fails with `closed` before it touches
+    /// anything (Docs/Contract.md, "Threads").
     @usableFromInline let waitState = Atomic<Int>(0)
+
+    /// Counts a call in progress (``waitState``), or throws `closed` once closing has begun; each
+    /// successful `enter()` is paired with one `leave()`.
+    @inlinable func enter() throws(PollerError) {
+        let before = waitState.add(2, ordering: .acquiring).oldValue
+        if before & 1 != 0 {
+            waitState.subtract(2, ordering: .releasing)
+            throw .closed
+        }
+    }
+
+    @inlinable func leave() { waitState.subtract(2, ordering: .releasing) }
 
     /// The registrations.
     public var table: RegistrationTable { storedTable }
@@ -94,6 +108,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     @inlinable
     /// See ``Poller/register(_:token:interest:trigger:)``.
     public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try enter()
+        defer { leave() }
         guard !isClosed else { throw .closed }
         try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
                                       kernelChecksDescriptor: seam.kernelChecksDescriptor,
@@ -108,6 +124,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     @inlinable
     /// See ``Poller/reregister(_:token:interest:trigger:)``.
     public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try enter()
+        defer { leave() }
         guard !isClosed else { throw .closed }
         let old = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
                                                   capabilities: seam.capabilities,
@@ -133,6 +151,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     @inlinable
     /// See ``Poller/deregister(_:)``.
     public func deregister(_ fd: CInt) throws(PollerError) {
+        try enter()
+        defer { leave() }
         guard !isClosed else { throw .closed }
         let registration = try storedTable.checkRegistered(fd)
         try seam.remove(fd, registration)
@@ -144,9 +164,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
         // Counted before anything is touched: a close() from another thread waits for this wait to
         // end before it releases the descriptors; once closing has begun a wait starts no more.
-        let before = waitState.add(2, ordering: .acquiring).oldValue
-        defer { waitState.subtract(2, ordering: .releasing) }
-        guard before & 1 == 0 else { throw .closed }
+        try enter()
+        defer { leave() }
         events.removeAll()
         let n = try runWait(timeout: timeout) { (remaining: WaitTimeout) throws(PollerError) -> WaitStep in
             events.removeAll()
@@ -160,15 +179,17 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         return n
     }
 
-    /// See ``Poller/close()``. It may be called from another thread while a wait runs (the one
-    /// overlap the contract allows besides the waker): it wakes that wait, which ends with `closed`,
-    /// and releases the descriptors only after it ended.
+    /// See ``Poller/close()``. It may be called from another thread while a wait or another call runs
+    /// (the one overlap the contract allows besides the waker): it wakes a wait, which ends with
+    /// `closed`, lets a registration call in progress end, and releases the descriptors only after
+    /// every such call ended; a call that begins after it fails with `closed`.
     public func close() throws(PollerError) {
         guard !isClosed else { throw .closed }
         let before = waitState.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
         guard before & 1 == 0 else { throw .closed }
-        // A wait in progress: wake it (again every millisecond, in case it had not yet reached the
-        // kernel's wait, or a backend re-arms its waker only at the start of a wait) until it ended.
+        // A call in progress: wake a wait (again every millisecond, in case it had not yet reached
+        // the kernel's wait, or a backend re-arms its waker only at the start of a wait) until every
+        // call ended.
         while waitState.load(ordering: .acquiring) != 1 {
             try? waker.wake()
             usleep(1_000)

@@ -2,8 +2,8 @@
 /// there once.
 ///
 /// A poller is used from one thread at a time, except ``waker`` (and so ``wakeup()``), which any
-/// thread may use while another waits, and ``close()``, which another thread may call during a wait:
-/// the wait then ends with ``PollerError/closed``.
+/// thread may use while another waits, and ``close()``, which another thread may call during a wait
+/// or any other call: the wait then ends with ``PollerError/closed``, as does every call begun after.
 public protocol Poller: AnyObject {
     /// What this backend can do.
     var capabilities: Capabilities { get }
@@ -22,7 +22,8 @@ public protocol Poller: AnyObject {
     func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int
     /// Releases the poller's own descriptors, exactly once. Registered descriptors stay open: they
     /// belong to the caller. Every later call fails with ``PollerError/closed``. Called from another
-    /// thread during a wait, it wakes that wait (which fails with `closed`) and returns after it ended.
+    /// thread during a wait, it wakes that wait (which fails with `closed`); it returns once every call
+    /// in progress ended.
     func close() throws(PollerError)
 }
 

@@ -238,6 +238,61 @@ struct PeerScenarioTests2 {
         #expect(openDescriptorCount() == before, "on \(backend)")
     }
 
+    @Test("poller.close() from another thread while the owner registers and waits: once a call failed with .closed every later one does, and the owner never reaches released descriptors",
+          arguments: backends)
+    func closeWhileOwnerWorks(backend: Backend) throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let pairs = (0..<8).map { _ in streamPair() }
+        for round in 0..<20 {
+            let shared = SharedPoller(try backend.makePoller())
+            let log = Mutex<[String]>([])
+            let entered = Atomic<Bool>(false)
+            let join = spawn {
+                entered.store(true, ordering: .releasing)
+                var closedSeen = false
+                // The owner: registration churn and short waits until the poller is closed under it,
+                // then (as a loop that stops would) deregisters everything it had.
+                for step in 0..<100_000 {
+                    let fd = pairs[step % pairs.count].0
+                    do {
+                        if round % 2 == 0 {
+                            try shared.poller.register(fd, token: Token(UInt64(step % pairs.count)), interest: .readable)
+                            try shared.poller.deregister(fd)
+                        } else {
+                            try shared.poller.wait(into: EventBuffer(capacity: 4), timeout: .milliseconds(1))
+                        }
+                        if closedSeen { log.withLock { $0.append("a call after .closed succeeded at step \(step)") } }
+                    } catch PollerError.closed {
+                        closedSeen = true
+                    } catch {
+                        log.withLock { $0.append("step \(step): \(error)") }
+                    }
+                    if closedSeen {
+                        for (a, _) in pairs {
+                            do {
+                                try shared.poller.deregister(a)
+                                log.withLock { $0.append("deregister after .closed succeeded") }
+                            } catch PollerError.closed {
+                            } catch {
+                                log.withLock { $0.append("deregister after .closed: \(error)") }
+                            }
+                        }
+                        return
+                    }
+                }
+                log.withLock { $0.append("never closed") }
+            }
+            while !entered.load(ordering: .acquiring) { usleep(100) }
+            usleep(UInt32(500 + round * 100))
+            try shared.poller.close()
+            join()
+            #expect(log.withLock { $0 } == [], "round \(round) on \(backend)")
+        }
+        for (a, b) in pairs { close(a); close(b) }
+        #expect(openDescriptorCount() == before, "on \(backend)")
+    }
+
     @Test("CPython test_selectors: register, reregister and deregister of a closed fd; wait after deregister", arguments: backends)
     func closedDescriptorCalls(backend: Backend) throws {
         let poller = try backend.makePoller()

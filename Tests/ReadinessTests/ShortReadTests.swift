@@ -155,4 +155,24 @@ struct ShortReadTests {
             await listener.close()
         }
     }
+
+    @Test("a socket the poller cannot watch (select above FD_SETSIZE): after a short read, bytes already queued are still read",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func unwatchableSocket(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var pair: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+            // The loop's end above FD_SETSIZE (select cannot watch it; every other backend can).
+            let high = fcntl(pair[0], F_DUPFD_CLOEXEC, 1100)
+            close(pair[0])
+            try #require(high >= 1100)
+            let socket = try await loop.adopt(descriptor: high)
+            #expect(write(pair[1], "hi", 2) == 2)
+            #expect(try await socket.read(upTo: 8, timeout: .seconds(5)) == Array("hi".utf8))   // short: the hint is set
+            #expect(write(pair[1], "yo", 2) == 2)
+            #expect(try await socket.read(upTo: 8, timeout: .seconds(5)) == Array("yo".utf8))
+            await socket.close()
+            close(pair[1])
+        }
+    }
 }

@@ -123,6 +123,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         inFlight += 1
     }
 
+    /// Whether the kernel still holds `op` (linked: submitted, its last completion not taken yet).
+    private func isInFlight(_ op: CompletionOperation) -> Bool { op === newest || op.previous != nil }
+
     private func unlink(_ op: CompletionOperation) {
         if let previous = op.previous { previous.next = op.next } else { newest = op.next }
         op.next?.previous = op.previous
@@ -137,12 +140,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
     }
 
-    /// Asks again for the cancels that could not be submitted, of the operations still waiting for
-    /// their last completion (a task waits on each: without its cancel it could wait for the peer).
+    /// Asks again for the cancels that could not be submitted, of the operations still in the kernel
+    /// (a task may wait on one: without its cancel it could wait for the peer; a closed listener's
+    /// multishot accept, which no task waits on, would keep its file and port and go on accepting).
     private func retryCancels() {
         let pending = cancelsToRetry
         cancelsToRetry.removeAll()
-        for op in pending where op.continuation != nil {
+        for op in pending where isInFlight(op) {
             do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
         }
     }
@@ -219,7 +223,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if completion.more, !op.stopping, listener.acceptQueue.count >= Self.acceptQueueLimit {
                 // Cancelled; its completions until the last still queue what it accepted.
                 op.stopping = true
-                try? ring.cancel(tag: op.tag)
+                do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
             }
         } else if -result == EINVAL {
             multishotAcceptRefused = true

@@ -87,15 +87,16 @@ struct ReadinessDriver: IODriver {
         }
     }
 
-    /// A read that waited without trying first (the short-read hint) and failed with a timeout or a
-    /// cancellation tries once before it reports that: bytes that were queued all along (the hint was
-    /// stale) are returned as they would have been without the hint (a deadline already passed or a
-    /// cancelled task still takes data that is there). Nil: report `error`.
+    /// A read that waited without trying first (the short-read hint) and failed with a timeout, a
+    /// cancellation or the poller's refusal to watch the socket (select above FD_SETSIZE) tries once
+    /// before it reports that: bytes that were queued all along (the hint was stale) are returned as
+    /// they would have been without the hint (a deadline already passed, a cancelled task or a socket
+    /// the poller cannot watch still takes data that is there). Nil: report `error`.
     @inline(never)
     private static func readCopyingLastTry<T>(_ id: UInt64, after error: LoopError, maximum: Int, loop: LoopState,
                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         switch error {
-        case .timedOut, .cancelled:
+        case .timedOut, .cancelled, .poller:
             guard let (stream, socket) = try? loop.stream(id) else { return nil }
             return try readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take)
         default:
@@ -143,9 +144,9 @@ struct ReadinessDriver: IODriver {
                 }
             }
             if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) {
-                // Waited without trying first (the hint): a deadline already passed or a cancelled
-                // task still takes bytes that were queued all along (`readCopyingLastTry`).
-                guard wait, error == .timedOut || error == .cancelled, let (_, socket) = try? loop.stream(id) else { throw error }
+                // Waited without trying first (the hint): a deadline already passed, a cancelled task
+                // or an unwatchable socket still takes bytes that were queued all along (`readCopyingLastTry`).
+                guard wait, Self.triesLast(after: error), let (_, socket) = try? loop.stream(id) else { throw error }
                 switch try Self.lastTry(socket, into: buffer) {
                 case .transferred(let n): return n
                 case .endOfStream: return 0
@@ -154,6 +155,14 @@ struct ReadinessDriver: IODriver {
             }
             wait = false
             (stream, socket) = try loop.stream(id)
+        }
+    }
+
+    /// Whether a read that waited without trying first tries once after `error` (`readCopyingLastTry`).
+    private static func triesLast(after error: LoopError) -> Bool {
+        switch error {
+        case .timedOut, .cancelled, .poller: return true
+        default: return false
         }
     }
 
