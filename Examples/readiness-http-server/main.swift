@@ -305,7 +305,8 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
             case .request(let request, let consumed):
                 start += consumed
                 answered = true
-                out += await answer(request, on: socket.loop)
+                let reply = await answer(request, on: socket.loop)
+                if out.isEmpty { out = reply } else { out += reply }   // one answer: its bytes shared, not copied
                 if !request.keepAlive {
                     try? await socket.write(out, timeout: .seconds(10))
                     return
