@@ -1000,4 +1000,90 @@ struct PeerScenarioTests4 {
         #expect(status == 0, "\(output.suffix(400))")
         #expect(output.contains("connections \(clientCount) echoed-bytes \((clientCount - 1) * payload) failures 0"), "\(output.suffix(400))")
     }
+    @Test("readiness-async-echo with clients that reset in the middle (SwiftNIO EchoServer, libuv tcp-close-reset): the good clients get every byte, the reset ones count as failures at most, the server exits 0 after all",
+          .timeLimit(.minutes(2)), arguments: backends)
+    func asyncEchoWithResets(backend: Backend) async throws {
+        let good = 40, resetting = 20
+        let port = try closedPort().port!
+        let server = try Spawned([try builtExecutable("readiness-async-echo"), "--port", "\(port)",
+                                  "--backend", backend.name, "--connections", "\(good + resetting)"])
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        var up = false
+        for _ in 0..<500 where !up {
+            let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+            if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) == 0 {
+                // A resetting client: half a message, then RST.
+                var half = [UInt8](repeating: 5, count: 1000)
+                _ = Glibc.write(fd, &half, half.count)
+                p4SetLingerReset(fd)
+                up = true
+            } else { p4Pause(10) }
+            close(fd)
+        }
+        #expect(up, "the echo server did not start on \(backend)")
+        let loop = try EventLoop(backend: backend)
+        let echoed = P4Counter()
+        let failures = P4Lines()
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<(good + resetting - 1) {
+                group.addTask(executorPreference: loop) {
+                    do throws(LoopError) {
+                        let socket = try await loop.connect(to: address, timeout: .seconds(10))
+                        let message = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &+ index) }
+                        if index < resetting - 1 {
+                            try await socket.write(Array(message.prefix(5_000)), timeout: .seconds(10))
+                            try await socket.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
+                            await socket.close()
+                            return
+                        }
+                        try await socket.write(message, timeout: .seconds(10))
+                        try await socket.shutdown(.write)
+                        var back: [UInt8] = []
+                        while true {
+                            let bytes = try await socket.readAvailable(timeout: .seconds(10))
+                            if bytes.isEmpty { break }
+                            back += bytes
+                        }
+                        await socket.close()
+                        if back == message { echoed.add() } else { failures.append("\(index): \(back.count) bytes back") }
+                    } catch {
+                        failures.append("\(index): \(error)")
+                    }
+                }
+            }
+        }
+        await loop.shutdown()
+        #expect(echoed.value == good, "\(failures.all.prefix(5)) on \(backend)")
+        let (status, output) = server.finish()
+        #expect(status == 0, "\(output.suffix(400))")
+        let summary = output.split(separator: "\n").first { $0.hasPrefix("connections ") }.map(String.init) ?? ""
+        #expect(summary.hasPrefix("connections \(good + resetting) echoed-bytes "), "\(output.suffix(400)) on \(backend)")
+        let failed = summary.split(separator: " ").firstIndex(of: "failures").flatMap { Int(summary.split(separator: " ")[$0 + 1]) }
+        #expect(failed.map { $0 <= resetting } == true, "\(summary) on \(backend)")
+    }
+
+    @Test("the readiness CLI as a program (Go TestDialTimeout, libuv tcp-connect-timeout): connect to a full backlog with --timeout 200 reports timedOut in JSON after about 200 ms and exits 1; to a Unix path and to [::1] it connects",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func cliConnect(backend: Backend) async throws {
+        let tool = try builtExecutable("readiness")
+        let (full, fullAddress, fillers) = try fullTCPListener()
+        defer { close(full); for fd in fillers { close(fd) } }
+        let start = ContinuousClock.now
+        let timedOut = try Spawned([tool, "connect", fullAddress.description, "--timeout", "200", "--json", "--backend", backend.name]).finish()
+        let elapsed = ContinuousClock.now - start
+        #expect(timedOut.status == 1, "\(timedOut.output)")
+        #expect(timedOut.output.contains("\"cause\":\"timedOut\"") && timedOut.output.contains("\"backend\":\"\(backend.name)\""), "\(timedOut.output)")
+        #expect(elapsed >= .milliseconds(200) && elapsed < .seconds(3), "\(elapsed) on \(backend)")
+
+        let path = tempPath("p4-cli")
+        let unixListener = try Listener(bind: try SocketAddress(unixPath: path))
+        defer { unixListener.close() }
+        let unix = try Spawned([tool, "connect", "unix:" + path, "--json", "--backend", backend.name]).finish()
+        #expect(unix.status == 0 && unix.output.contains("\"connected\":true"), "\(unix.output)")
+
+        let v6 = try Listener(bind: try SocketAddress("[::1]:0"))
+        defer { v6.close() }
+        let six = try Spawned([tool, "connect", v6.address.description, "--json", "--backend", backend.name]).finish()
+        #expect(six.status == 0 && six.output.contains("\"connected\":true") && six.output.contains("\"peer\":\"[::1]:"), "\(six.output)")
+    }
 }
