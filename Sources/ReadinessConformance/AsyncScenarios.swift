@@ -181,6 +181,16 @@ extension AsyncConformance {
             op(.connect(as: "c", to: .loopListener("l"), timeout: long), .connect("connected")),
             op(.accept("l", as: "s", timeout: long), .note("accepted")),
         ]),
+        AsyncScenario("async/accept/reset-while-queued", checks: "A connection its client resets before it is accepted is still handed out, as accept(2) does, with or without an accept already waiting (io_uring's multishot accept armed); its read fails with socket(reset), and the listener accepts the next one.", [
+            line(.listen("l")),
+            op(.connect(as: "c1", to: .loopListener("l"), timeout: long), .connect("connected")), op(.resetClose("c1")),
+            op(.accept("l", as: "s1", timeout: long), .note("accepted")), op(read("s1"), .error("socket(reset)")),
+            op(.accept("l", as: "none", timeout: .zero), fails(.timedOut)),
+            op(.connect(as: "c2", to: .loopListener("l"), timeout: long), .connect("connected")), op(.resetClose("c2")),
+            op(.accept("l", as: "s2", timeout: long), .note("accepted")), op(read("s2"), .error("socket(reset)")),
+            op(.connect(as: "c3", to: .loopListener("l"), timeout: long), .connect("connected")),
+            op(.accept("l", as: "s3", timeout: long), .note("accepted")), op(write("c3", 2)), op(read("s3"), bytes(2)),
+        ]),
     ]
 
     static let sleeps: [AsyncScenario] = [

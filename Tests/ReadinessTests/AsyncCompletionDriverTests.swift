@@ -202,4 +202,39 @@ struct AsyncCompletionDriverTests {
             }
         }
     }
+
+    enum Family: String, CaseIterable, Sendable { case ipv4, ipv6 }
+
+    @Test("a connection reset before it is accepted is handed out with its client's address, as accept(2) gives it (the completion driver asks the kernel after the accept: getpeername is ENOTCONN then); the echo example counted it on epoll and waited for it for ever on io_uring",
+          .timeLimit(.minutes(1)), arguments: backends, Family.allCases)
+    func resetBeforeAcceptKeepsPeer(backend: Backend, family: Family) async throws {
+        try await withLoop(backend) { loop in
+            let host = family == .ipv4 ? "127.0.0.1" : "::1"
+            let listener = try await loop.listen(on: try SocketAddress(ip: host, port: 0))
+            for armedFirst in [false, true] {
+                // With an accept already waiting, io_uring's multishot accept takes the connection
+                // before the reset; without, it is accepted from the kernel's queue after it.
+                if armedFirst {
+                    await #expect(throws: LoopError.timedOut) { _ = try await listener.accept(timeout: .zero) }
+                }
+                let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                let clientAddress = try await client.withStreamSocket { (s) throws(SocketError) in s.localAddress }
+                try await client.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
+                await client.close()
+                try await loop.sleep(for: .milliseconds(10))
+                let accepted = try await listener.accept(timeout: .seconds(5))
+                #expect(accepted.peer == clientAddress, "\(String(describing: accepted.peer)) on \(backend)")
+                do throws(LoopError) {
+                    let bytes = try await accepted.read(upTo: 16, timeout: .seconds(5))
+                    Issue.record("read \(bytes.count) bytes from a reset connection on \(backend)")
+                } catch {
+                    var reset = false
+                    if case .socket(let cause) = error, cause.kind == .reset { reset = true }
+                    #expect(reset, "\(error) on \(backend)")
+                }
+                await accepted.close()
+            }
+            await listener.close()
+        }
+    }
 }

@@ -193,11 +193,15 @@ struct Nginx {
 }
 
 /// A child process whose standard output (and error) is read when it ends.
+///
+/// It runs under `timeout`: a child that never ends (a server waiting for a connection it was not
+/// given) is stopped after `limit` seconds with SIGTERM (SIGKILL 5 s later), so `finish` reports exit
+/// status 124 (137) and the test fails with the output instead of hanging the whole run.
 struct Spawned {
     let pipe: UnsafeMutablePointer<FILE>
 
-    init(_ arguments: [String]) throws {
-        let command = arguments.map { "'\($0)'" }.joined(separator: " ") + " 2>&1"
+    init(_ arguments: [String], limit seconds: Int = 120) throws {
+        let command = "timeout --kill-after=5 \(seconds) " + arguments.map { "'\($0)'" }.joined(separator: " ") + " 2>&1"
         guard let pipe = popen(command, "r") else { throw TestFailure("popen \(command)") }
         self.pipe = pipe
     }

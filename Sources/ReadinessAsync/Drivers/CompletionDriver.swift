@@ -481,8 +481,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if !listener.acceptQueue.isEmpty {
                 let fd = listener.acceptQueue.removeFirst()
                 let socket = StreamSocket(owning: fd)
-                // The peer, asked now; a client gone already (ENOTCONN) is skipped as accept(2) does.
-                guard let peer = try? SocketAddress.peer(of: fd) else {
+                // The peer, asked now, as accept(2) reports it: a connection its client reset while it
+                // waited is still handed out (its reads and writes then fail with `reset`).
+                guard let peer = try? SocketAddress.acceptedPeer(of: fd) else {
                     socket.close()
                     continue
                 }
@@ -533,9 +534,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     socket.close()
                     throw op.failure!
                 }
-                // The peer, asked now; a client gone already (ENOTCONN) is skipped as accept(2) does.
+                // The peer, asked now, as accept(2) reports it (a connection reset while it waited
+                // included).
                 let peer: SocketAddress
-                do { peer = try SocketAddress.peer(of: result) } catch {
+                do { peer = try SocketAddress.acceptedPeer(of: result) } catch {
                     socket.close()
                     continue
                 }

@@ -331,6 +331,26 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         try name(of: fd, peer: true)
     }
 
+    /// The peer of a connection just accepted without asking `accept(2)` for the address (io_uring's
+    /// multishot accept), as `accept(2)` would have reported it.
+    ///
+    /// `getpeername` fails with ENOTCONN once the peer has reset the connection, and a connection reset
+    /// while it waited in the listen queue is still handed out by `accept(2)`, with its address. The
+    /// kernel keeps that address: `SO_PEERNAME` asks for it the way `accept(2)` does, given exactly the
+    /// length of the connection's own address family (a longer one is EINVAL).
+    package static func acceptedPeer(of fd: CInt) throws(SocketError) -> SocketAddress {
+        do { return try peer(of: fd) } catch let error where error.errno == ENOTCONN {
+            let local = try name(of: fd, peer: false)
+            var out = SocketAddress()
+            let status = out.withMutableSockaddr { address, length in
+                length.pointee = local.length
+                return getsockopt(fd, SOL_SOCKET, SO_PEERNAME, UnsafeMutableRawPointer(address), length)
+            }
+            guard status == 0, out.length == local.length else { throw error }
+            return out
+        }
+    }
+
     private static func name(of fd: CInt, peer: Bool) throws(SocketError) -> SocketAddress {
         var out = SocketAddress()
         let status = out.withMutableSockaddr { address, length in
