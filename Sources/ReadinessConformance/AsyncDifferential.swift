@@ -2,7 +2,8 @@ import Readiness
 
 /// Differential testing of the async layer: seeded random interleavings of async operations over two
 /// socketpairs the loop owns, a connected pair of Unix datagram sockets the loop owns, a socketpair the
-/// caller owns and three tasks, run on several backends,
+/// caller owns, a loop listener with the TCP connections made to it and accepted from it (connected,
+/// reset, closed, accepted before or after, the listener closed) and three tasks, run on several backends,
 /// whose outcomes must be identical step by step. A failure names the seed and the shortest script that
 /// still shows the difference.
 ///
@@ -42,7 +43,9 @@ public enum AsyncDifferential {
         }
     }
 
-    static let sockets = ["a", "b", "c", "d"]
+    /// The stream sockets: two socketpairs, then a TCP client (`k`, connected to `l`) and the
+    /// connection accepted from `l` (`s`), each made again by a later connect or accept.
+    static let sockets = ["a", "b", "c", "d", "k", "s"]
     /// The datagram sockets (a connected Unix pair: sends need no destination).
     static let datagramSockets = ["p", "q"]
     /// The most bytes of a datagram a direct send makes (0: an empty datagram).
@@ -53,7 +56,8 @@ public enum AsyncDifferential {
     static let largeRead = 65_536
     static let taskNames = ["t1", "t2", "t3"]
     /// What every script starts with.
-    static let prelude: [AsyncStep] = [.socketPair("a", "b"), .socketPair("c", "d"), .callerPair("x", "y"), .unixDatagramPair("p", "q")]
+    static let prelude: [AsyncStep] = [.socketPair("a", "b"), .socketPair("c", "d"), .callerPair("x", "y"), .unixDatagramPair("p", "q"),
+                                       .listen("l")]
 
     /// A reproducible random script: `length` random steps between the prelude and the shutdown.
     public static func script(seed: UInt64, length: Int) -> [AsyncStep] {
@@ -65,7 +69,7 @@ public enum AsyncDifferential {
         for _ in 0..<length {
             let free = taskNames.filter { !running.contains($0) }
             let busy = taskNames.filter { running.contains($0) }
-            switch random.below(19) {
+            switch random.below(21) {
             case 0, 1, 2, 3:
                 guard let task = free.first else {
                     steps.append(.run(.sleep(.zero)))
@@ -77,6 +81,7 @@ public enum AsyncDifferential {
                     .write(socket(), bytes: largeWrite, timeout: nil),
                     .sleep(.seconds(3600)), .readable("x", timeout: nil), .writable("x", timeout: nil),
                     .receive(endpoint(), upTo: 64, timeout: nil), .send(endpoint(), bytes: 1 + random.below(3), to: nil, timeout: nil),
+                    .accept("l", as: "s", timeout: nil),
                 ]
                 let operation = operations[random.below(operations.count)]
                 steps.append(random.below(6) == 0 ? .startCancelled(task, operation) : .start(task, operation))
@@ -112,6 +117,19 @@ public enum AsyncDifferential {
                 steps.append(.run(.sleep(.zero)))
             case 16, 17:
                 steps.append(.run(.send(endpoint(), bytes: random.below(datagramBytes), to: nil, timeout: .zero)))
+            case 19, 20:
+                // The listener: connections made, reset or closed before or after their accept, accepts
+                // that find one queued or not (io_uring's multishot accept takes them ahead), the
+                // listener closed with connections queued.
+                switch random.below(16) {
+                case 0, 1, 2, 3, 4: steps.append(.run(.connect(as: "k", to: .loopListener("l"), timeout: .seconds(5))))
+                case 5, 6, 7, 8: steps.append(.run(.accept("l", as: "s", timeout: .zero)))
+                case 9, 10: steps.append(.run(.resetClose("k")))
+                case 11: steps.append(.run(.resetClose("s")))
+                case 12, 13: steps.append(.run(.close("k")))
+                case 14: steps.append(.run(.close("s")))
+                default: steps.append(.run(.closeListener("l")))
+                }
             default:
                 let e = endpoint()
                 switch random.below(8) {
@@ -183,8 +201,8 @@ public enum AsyncDifferential {
         }
     }
 
-    /// Which of the two socketpairs a socket belongs to.
-    static func pairOf(_ e: String) -> Int { e == "a" || e == "b" ? 0 : 1 }
+    /// Which pair a socket belongs to: a socketpair, or the TCP client and accepted connection.
+    static func pairOf(_ e: String) -> Int { e == "a" || e == "b" ? 0 : e == "c" || e == "d" ? 1 : 2 }
 
     /// Where two backends' runs of `steps` differ (nil when they agree).
     static func differ(_ steps: [AsyncStep], _ a: Contender, _ b: Contender) async -> String? {

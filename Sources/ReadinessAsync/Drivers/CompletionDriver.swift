@@ -214,7 +214,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let result = completion.result
         guard let listener = loop.slab[op.key] as? ListenerResource, listener.key == op.key, listener.multishot === op,
               op.failure == nil else {
-            if result >= 0 { Sys.close(result) }
+            if result >= 0 { ListenerResource.reset(result) }
             return
         }
         if !completion.more { listener.multishot = nil }

@@ -53,18 +53,27 @@ final class ListenerResource: LoopResource {
 
     func release(loop: LoopState) {
         // The multishot accept is cancelled before the descriptor is closed; what it accepted and
-        // nobody took is closed.
+        // nobody took is reset, as the kernel resets what waits in a closed listener's queue.
         if let multishot {
             self.multishot = nil
             loop.completions?.abandon(multishot, reason: .closed)
         }
-        for fd in acceptQueue { Sys.close(fd) }
+        for fd in acceptQueue { Self.reset(fd) }
         acceptQueue = []
         if let backoffTimer { loop.timers.cancel(backoffTimer) }
         backoffTimer = nil
         if isBackingOff { loop.backingOff.remove(key) }
         try? loop.updateInterest(self, [])
         listener.close()
+    }
+
+    /// Closes a connection accepted ahead (io_uring's multishot accept) that no `accept` will take,
+    /// with a reset (SO_LINGER 0): the client sees what it sees when a listener is closed with the
+    /// connection still in the kernel's queue, not an end of stream as if a server had closed it.
+    static func reset(_ fd: CInt) {
+        let socket = StreamSocket(owning: fd)
+        try? socket.setLinger(.resetOnClose)
+        socket.close()
     }
 }
 
