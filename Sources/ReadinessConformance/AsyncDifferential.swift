@@ -81,7 +81,7 @@ public enum AsyncDifferential {
                     .write(socket(), bytes: largeWrite, timeout: nil),
                     .sleep(.seconds(3600)), .readable("x", timeout: nil), .writable("x", timeout: nil),
                     .receive(endpoint(), upTo: 64, timeout: nil), .send(endpoint(), bytes: 1 + random.below(3), to: nil, timeout: nil),
-                    .accept("l", as: "s", timeout: nil),
+                    .accept("l", as: "s", timeout: nil), .readAll(socket(), bytes: 2 + random.below(4), timeout: nil),
                 ]
                 let operation = operations[random.below(operations.count)]
                 steps.append(random.below(6) == 0 ? .startCancelled(task, operation) : .start(task, operation))
@@ -121,8 +121,11 @@ public enum AsyncDifferential {
                 // The listener: connections made, reset or closed before or after their accept, accepts
                 // that find one queued or not (io_uring's multishot accept takes them ahead), the
                 // listener closed with connections queued.
-                switch random.below(16) {
-                case 0, 1, 2, 3, 4: steps.append(.run(.connect(as: "k", to: .loopListener("l"), timeout: .seconds(5))))
+                switch random.below(18) {
+                case 0, 1, 2, 3: steps.append(.run(.connect(as: "k", to: .loopListener("l"), timeout: .seconds(5))))
+                case 4: steps.append(.run(.connectFirst(as: "k", to: [.closedPort, .loopListener("l")], attemptDelay: .milliseconds(50), timeout: .seconds(5))))
+                case 15: steps.append(.run(.connect(as: "k", to: .closedPort, timeout: .seconds(5))))
+                case 16: steps.append(.run(.readEmpty(socket())))
                 case 5, 6, 7, 8: steps.append(.run(.accept("l", as: "s", timeout: .zero)))
                 case 9, 10: steps.append(.run(.resetClose("k")))
                 case 11: steps.append(.run(.resetClose("s")))
