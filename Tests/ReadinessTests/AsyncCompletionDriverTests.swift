@@ -134,21 +134,25 @@ struct AsyncCompletionDriverTests {
         let before = try await loop.ioDriver()
         for round in 0..<rounds {
             let message = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: size)
-            async let echoed = a.read(upTo: message.count, timeout: .seconds(5))
+            // Each read asks for a byte more than comes, so it comes back short and the next one waits
+            // in the ring without trying recv(2) first (the driver's hint). A read may still take bytes
+            // already there at once (the first; without provided buffers, one whose hint a readiness
+            // event cleared): most reads, not all, are counted below.
+            async let echoed = a.read(upTo: message.count + 1, timeout: .seconds(5))
             try await b.write(message)
             var received = try await echoed
             while received.count < message.count {   // a segment boundary may split it
-                received += try await a.read(upTo: message.count - received.count, timeout: .seconds(5))
+                received += try await a.read(upTo: message.count - received.count + 1, timeout: .seconds(5))
             }
             #expect(received == message)
         }
         let after = try await loop.ioDriver()
         #expect(after.kind == .completion)
         if layout == .none {
-            #expect(after.readinessFallbacks - before.readinessFallbacks >= rounds, "copying reads without provided buffers take the readiness path")
+            #expect(after.readinessFallbacks - before.readinessFallbacks >= rounds * 9 / 10, "copying reads without provided buffers take the readiness path")
         } else {
             #expect(after.readinessFallbacks == before.readinessFallbacks, "reads fell back to readiness: a provided buffer was not given back")
-            #expect(after.completed - before.completed >= rounds)
+            #expect(after.completed - before.completed >= rounds * 9 / 10)
         }
         try await Self.expectNothingInKernel(loop, closing: listener)
         await a.close()

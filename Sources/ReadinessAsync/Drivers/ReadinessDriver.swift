@@ -106,9 +106,9 @@ struct ReadinessDriver: IODriver {
 
     /// One attempt of `readCopying`: what `take` made of the bytes read (or of the end of the
     /// stream), nil when the read would block. Not inlined: its locals would otherwise take room in
-    /// the async frame of every task waiting in such a read.
+    /// the async frame of every task waiting in such a read. The completion driver's first try too.
     @inline(never)
-    private static func readCopyingAttempt<T>(_ stream: StreamResource, _ socket: StreamSocket, maximum: Int, loop: LoopState,
+    static func readCopyingAttempt<T>(_ stream: StreamResource, _ socket: StreamSocket, maximum: Int, loop: LoopState,
                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         do throws(SocketError) {
             let scratch = try loop.readScratch()
