@@ -23,7 +23,7 @@ enum PeerAddress: Sendable {
     }
 
     init(_ address: SocketAddress?) {
-        guard let address else { self = .none; return }
+        guard let address, address.length > 0 else { self = .none; return }   // the empty address: no peer
         let length = Int(address.length)
         guard length <= MemoryLayout<InlineBytes>.size else { self = .boxed(Boxed(address)); return }
         var bytes: InlineBytes = (0, 0, 0, 0)

@@ -194,14 +194,15 @@ struct Nginx {
 
 /// A child process whose standard output (and error) is read when it ends.
 ///
-/// It runs under `timeout`: a child that never ends (a server waiting for a connection it was not
-/// given) is stopped after `limit` seconds with SIGTERM (SIGKILL 5 s later), so `finish` reports exit
-/// status 124 (137) and the test fails with the output instead of hanging the whole run.
+/// It runs under `timeout` (in the test run's process group, `--foreground`, so that stopping the run
+/// stops it too): a child that never ends (a server waiting for a connection it was not given) is
+/// stopped after `limit` seconds with SIGTERM (SIGKILL 5 s later), so `finish` reports exit status
+/// 124 (137) and the test fails with the output instead of hanging the whole run.
 struct Spawned {
     let pipe: UnsafeMutablePointer<FILE>
 
     init(_ arguments: [String], limit seconds: Int = 120) throws {
-        let command = "timeout --kill-after=5 \(seconds) " + arguments.map { "'\($0)'" }.joined(separator: " ") + " 2>&1"
+        let command = "timeout --foreground --kill-after=5 \(seconds) " + arguments.map { "'\($0)'" }.joined(separator: " ") + " 2>&1"
         guard let pipe = popen(command, "r") else { throw TestFailure("popen \(command)") }
         self.pipe = pipe
     }
@@ -214,6 +215,8 @@ struct Spawned {
             output += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
         let status = pclose(pipe)
+        // A child ended by a signal reports 128 + the signal, as a shell does (not 0).
+        if status & 0x7f != 0 { return (128 + (status & 0x7f), output) }
         return ((status >> 8) & 0xff, output)
     }
 }

@@ -1100,7 +1100,7 @@ struct PeerScenarioTests4 {
         let (full, fullAddress, fillers) = try fullTCPListener()
         defer { close(full); for fd in fillers { close(fd) } }
         let start = ContinuousClock.now
-        let timedOut = try Spawned([tool, "connect", fullAddress.description, "--timeout", "200", "--json", "--backend", backend.name]).finish()
+        let timedOut = try Spawned([tool, "connect", fullAddress.description, "--timeout", "200", "--json", "--backend", backend.name], limit: 30).finish()
         let elapsed = ContinuousClock.now - start
         #expect(timedOut.status == 1, "\(timedOut.output)")
         #expect(timedOut.output.contains("\"cause\":\"timedOut\"") && timedOut.output.contains("\"backend\":\"\(backend.name)\""), "\(timedOut.output)")
@@ -1109,12 +1109,12 @@ struct PeerScenarioTests4 {
         let path = tempPath("p4-cli")
         let unixListener = try Listener(bind: try SocketAddress(unixPath: path))
         defer { unixListener.close() }
-        let unix = try Spawned([tool, "connect", "unix:" + path, "--json", "--backend", backend.name]).finish()
+        let unix = try Spawned([tool, "connect", "unix:" + path, "--json", "--backend", backend.name], limit: 30).finish()
         #expect(unix.status == 0 && unix.output.contains("\"connected\":true"), "\(unix.output)")
 
         let v6 = try Listener(bind: try SocketAddress("[::1]:0"))
         defer { v6.close() }
-        let six = try Spawned([tool, "connect", v6.address.description, "--json", "--backend", backend.name]).finish()
+        let six = try Spawned([tool, "connect", v6.address.description, "--json", "--backend", backend.name], limit: 30).finish()
         #expect(six.status == 0 && six.output.contains("\"connected\":true") && six.output.contains("\"peer\":\"[::1]:"), "\(six.output)")
     }
 }

@@ -28,6 +28,8 @@ final class CompletionOperation {
     @exclusivity(unchecked) var filledBuffer = false
     /// A listener's multishot accept (its completions go to the listener's queue, no task waits on it).
     @exclusivity(unchecked) var isMultishotAccept = false
+    /// A multishot accept that has accepted a connection (its EINVAL is then no refusal by the kernel).
+    @exclusivity(unchecked) var acceptedAny = false
     /// A multishot accept being cancelled because its queue is full (not given up: what it accepts is kept).
     @exclusivity(unchecked) var stopping = false
     /// Set when the wait was given up (deadline, cancellation, close, shutdown): the kernel was asked
@@ -219,13 +221,16 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
         if !completion.more { listener.multishot = nil }
         if result >= 0 {
+            op.acceptedAny = true
             listener.acceptQueue.append(result)
             if completion.more, !op.stopping, listener.acceptQueue.count >= Self.acceptQueueLimit {
                 // Cancelled; its completions until the last still queue what it accepted.
                 op.stopping = true
                 do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
             }
-        } else if -result == EINVAL {
+        } else if -result == EINVAL, !op.acceptedAny {
+            // Refused at once: a kernel without multishot accept (before 5.19). An EINVAL after
+            // connections came (a socket no longer listening) is this listener's error, not the kernel's.
             multishotAcceptRefused = true
             listener.acceptFailure = result
         } else if -result != ECANCELED {
@@ -534,11 +539,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 let fd = listener.acceptQueue.removeFirst()
                 let socket = StreamSocket(owning: fd)
                 // The peer, asked now, as accept(2) reports it: a connection its client reset while it
-                // waited is still handed out (its reads and writes then fail with `reset`).
-                guard let peer = try? SocketAddress.acceptedPeer(of: fd) else {
-                    socket.close()
-                    continue
-                }
+                // waited is still handed out (its reads and writes then fail with `reset`). Never
+                // dropped: where the kernel will not say (a security module refusing the question),
+                // the connection comes without a peer (`AsyncSocket.peer` nil), as accept(2) gives it.
+                let peer = (try? SocketAddress.acceptedPeer(of: fd)) ?? SocketAddress()
                 do throws(LoopError) { return (try loop.adopt(socket), peer) } catch {
                     socket.close()
                     throw error
@@ -587,12 +591,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     throw op.failure!
                 }
                 // The peer, asked now, as accept(2) reports it (a connection reset while it waited
-                // included).
-                let peer: SocketAddress
-                do { peer = try SocketAddress.acceptedPeer(of: result) } catch {
-                    socket.close()
-                    continue
-                }
+                // included; none where the kernel will not say, as above).
+                let peer = (try? SocketAddress.acceptedPeer(of: result)) ?? SocketAddress()
                 do throws(LoopError) { return (try loop.adopt(socket), peer) } catch {
                     socket.close()
                     throw error

@@ -337,16 +337,22 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// `getpeername` fails with ENOTCONN once the peer has reset the connection, and a connection reset
     /// while it waited in the listen queue is still handed out by `accept(2)`, with its address. The
     /// kernel keeps that address: `SO_PEERNAME` asks for it the way `accept(2)` does, given exactly the
-    /// length of the connection's own address family (a longer one is EINVAL).
+    /// length of the family's address (a longer one is EINVAL, a shorter one truncated). TCP only: an
+    /// accepted Unix-domain socket keeps its peer for getpeername.
     package static func acceptedPeer(of fd: CInt) throws(SocketError) -> SocketAddress {
         do { return try peer(of: fd) } catch let error where error.errno == ENOTCONN {
-            let local = try name(of: fd, peer: false)
+            let size: Int
+            switch try name(of: fd, peer: false).domain {
+            case AF_INET: size = MemoryLayout<sockaddr_in>.size
+            case AF_INET6: size = MemoryLayout<sockaddr_in6>.size
+            default: throw error
+            }
             var out = SocketAddress()
             let status = out.withMutableSockaddr { address, length in
-                length.pointee = local.length
+                length.pointee = socklen_t(size)
                 return getsockopt(fd, SOL_SOCKET, SO_PEERNAME, UnsafeMutableRawPointer(address), length)
             }
-            guard status == 0, out.length == local.length else { throw error }
+            guard status == 0 else { throw error }
             return out
         }
     }
