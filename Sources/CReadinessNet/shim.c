@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -207,3 +208,8 @@ int rd_net_mmsg_max(void) { return UIO_MAXIOV; }
 int rd_net_set_udp_segment(int fd, int size) { return setsockopt(fd, SOL_UDP, UDP_SEGMENT, &size, sizeof size); }
 
 int rd_net_set_udp_gro(int fd, int enabled) { return setsockopt(fd, SOL_UDP, UDP_GRO, &enabled, sizeof enabled); }
+
+int rd_net_bytes_queued(int fd) {
+    int count = 0;
+    return ioctl(fd, FIONREAD, &count) == 0 ? count : -1;
+}

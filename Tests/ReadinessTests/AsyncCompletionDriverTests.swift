@@ -137,7 +137,7 @@ struct AsyncCompletionDriverTests {
             // Each read asks for a byte more than comes, so it comes back short and the next one waits
             // in the ring without trying recv(2) first (the driver's hint). A read may still take bytes
             // already there at once (the first; without provided buffers, one whose hint a readiness
-            // event cleared): most reads, not all, are counted below.
+            // event cleared).
             async let echoed = a.read(upTo: message.count + 1, timeout: .seconds(5))
             try await b.write(message)
             var received = try await echoed
@@ -149,7 +149,10 @@ struct AsyncCompletionDriverTests {
         let after = try await loop.ioDriver()
         #expect(after.kind == .completion)
         if layout == .none {
-            #expect(after.readinessFallbacks - before.readinessFallbacks >= rounds * 9 / 10, "copying reads without provided buffers take the readiness path")
+            // None goes through the ring (a 5 kB write is sent at once: no completion either); how
+            // many wait first depends on whether a readiness event cleared the hint in between.
+            #expect(after.completed == before.completed, "copying reads without provided buffers take the readiness path")
+            #expect(after.readinessFallbacks > before.readinessFallbacks)
         } else {
             #expect(after.readinessFallbacks == before.readinessFallbacks, "reads fell back to readiness: a provided buffer was not given back")
             #expect(after.completed - before.completed >= rounds * 9 / 10)

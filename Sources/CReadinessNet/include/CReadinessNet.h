@@ -29,6 +29,8 @@ int rd_net_ipv6_v6only(void);
 int rd_net_ipproto_ipv6(void);
 /// SO_LINGER: `enabled` 0 turns it off; otherwise close waits up to `seconds` (0: reset at once).
 int rd_net_set_linger(int fd, int enabled, int seconds);
+/// Bytes queued to read on a socket (ioctl FIONREAD), or -1 with errno.
+int rd_net_bytes_queued(int fd);
 /// The most buffers one sendmsg takes (IOV_MAX).
 int rd_net_iov_max(void);
 

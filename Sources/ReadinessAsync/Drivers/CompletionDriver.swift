@@ -269,17 +269,42 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if let n = try Self.tryFirst(stream, socket, into: buffer) { return n }
         let op = CompletionOperation()
         let fd = socket.fd
-        try await run(op, stream, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
-            try ring.receive(fd, into: buffer, tag: tag)
+        do {
+            try await run(op, stream, .read, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                try ring.receive(fd, into: buffer, tag: tag)
+            }
+        } catch {
+            // As in `readCopying`: one last try before a timeout, a cancellation or a poller error.
+            if let n = try Self.lastTry(id, after: error, into: buffer, loop: loop) { return n }
+            throw error
         }
         let result = op.result
         if result >= 0, Self.keeps(op.failure) {
             if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = result > 0 && Int(result) < buffer.count }
             return Int(result)
         }
-        if let failure = op.failure { throw failure }
+        if let failure = op.failure {
+            if let n = try Self.lastTry(id, after: failure, into: buffer, loop: loop) { return n }
+            throw failure
+        }
         return try await retryOrFail(result, operation: "read") { () async throws(LoopError) -> Int in
             try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+        }
+    }
+
+    /// `read(into:)`'s last try after `error` (a timeout, a cancellation, a poller error; nil for any
+    /// other, or when nothing is queued): the kernel no longer holds the buffer (the task resumes on
+    /// the receive's last completion).
+    @inline(never)
+    private static func lastTry(_ id: UInt64, after error: LoopError, into buffer: UnsafeMutableRawBufferPointer,
+                                loop: LoopState) throws(LoopError) -> Int? {
+        switch error {
+        case .timedOut, .cancelled, .poller:
+            guard let (stream, socket) = try? loop.stream(id) else { return nil }
+            stream.record.readDrained = false
+            return try tryFirst(stream, socket, into: buffer)
+        default:
+            return nil
         }
     }
 
@@ -330,9 +355,15 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         if let taken = try Self.tryFirst(id, maximum: maximum, loop: loop, take) { return taken }
-        if let op = try await receiveProvided(id, maximum: maximum, deadline: deadline, on: loop) {
-            if let taken = try takeProvided(op, id, maximum: maximum, on: loop, take) { return taken }
+        let op: CompletionOperation?
+        do { op = try await receiveProvided(id, maximum: maximum, deadline: deadline, on: loop) } catch {
+            // A timeout, a cancellation or a failed submission may have come before the kernel tried
+            // the receive (a task cancelled between the check and the submission): as the readiness
+            // driver does after a hinted wait, one last recv(2) takes bytes queued all along.
+            if let taken = try ReadinessDriver.readCopyingLastTry(id, after: error, maximum: maximum, loop: loop, take) { return taken }
+            throw error
         }
+        if let op, let taken = try takeProvided(op, id, maximum: maximum, on: loop, take) { return taken }
         return try await readinessCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
     }
 
@@ -400,6 +431,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         defer { if let buffer { ring.giveBack(buffer) } }
         if !Self.keeps(op.failure) { throw op.failure! }
         guard result > 0, let buffer else {
+            // The end of the stream: later reads try recv(2) first and meet it at once.
+            if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = false }
             do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }
         }
         guard let base = ring.providedBuffer(buffer) else { throw .shutdown }
@@ -435,8 +468,11 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let room = Swift.min(maximum, scratch.count)
         scratch.copyMemory(from: first)
         var count = first.count
-        // An error or the end of the stream is left for the next read (recv reports it again).
-        if room > count, case .transferred(let n)? = try? socket.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[count..<room])) {
+        // Only what is queued: an error (a reset) or the end of the stream is left for the next read,
+        // which meets it as the readiness driver's would. (A recv(2) past the queued bytes would take
+        // a pending ECONNRESET and clear it, and the next read would see an end of stream.)
+        let more = Swift.min(room - count, socket.bytesQueued)
+        if more > 0, case .transferred(let n)? = try? socket.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[count..<count + more])) {
             count += n
         }
         stream.record.readDrained = count < room

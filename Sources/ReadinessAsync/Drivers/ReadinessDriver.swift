@@ -93,7 +93,7 @@ struct ReadinessDriver: IODriver {
     /// they would have been without the hint (a deadline already passed, a cancelled task or a socket
     /// the poller cannot watch still takes data that is there). Nil: report `error`.
     @inline(never)
-    private static func readCopyingLastTry<T>(_ id: UInt64, after error: LoopError, maximum: Int, loop: LoopState,
+    static func readCopyingLastTry<T>(_ id: UInt64, after error: LoopError, maximum: Int, loop: LoopState,
                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         switch error {
         case .timedOut, .cancelled, .poller:

@@ -69,7 +69,9 @@ struct LoopRecord {
     /// hint: the registrations are level-triggered, so a wait with data already queued is reported
     /// at the loop's next poll, whatever the hint says (urgent data, a read through the escape hatch).
     /// Cleared by any readiness event for reading (`LoopState.deliver`) and when the registration is
-    /// rebuilt (`reconcile`).
+    /// rebuilt (`reconcile`). The completion driver sets and clears it by its reads alone (its
+    /// receives register no readiness): a hinted read is submitted to the ring, where the kernel tries
+    /// the receive at once, so bytes already queued complete it and no wake-up is lost either.
     var readDrained = false
 
     subscript(direction: Direction) -> WaitSlot {
