@@ -229,11 +229,11 @@ public final class StreamSocket {
         try Int(NetSys.option(fd, level: SOL_SOCKET, name: SO_RCVBUF).get())
     }
 
-    /// SO_LINGER.
     /// How many bytes are queued to read now (FIONREAD), 0 when the kernel will not say. Reading no
     /// more than that never meets the socket's pending error, which recv(2) reports once and clears.
     package var bytesQueued: Int { Swift.max(0, Int(rd_net_bytes_queued(fd))) }
 
+    /// SO_LINGER.
     public func setLinger(_ linger: Linger) throws(SocketError) {
         let status: CInt = switch linger {
         case .off: rd_net_set_linger(fd, 0, 0)
