@@ -36,10 +36,10 @@ run: tool
 	$(TOOL) conformance --differential 200 --differential-async 500
 
 # Every stage, quietly, then a summary table (.ci/test; V=1 prints everything): the test suite, the
-# suite without the Libevent trait, the tool's tests, the downstream package with the trait on and off,
-# FlyingFox's and FlyingSocks' suites on Readiness (make flyingfox), the benchmark smoke run (every
-# contender runs; no timing is asserted), make docs, the suite under
-# ASan and TSan. Logs: .build/test-logs/. The last line: "N passed, N failed, N skipped".
+# tool's tests, the downstream package with the trait on and off, FlyingFox's and FlyingSocks' suites
+# on Readiness (make flyingfox), the benchmark smoke run (every contender runs; no timing is asserted),
+# make docs, the suite under ASan, and under TSan built without the Libevent trait (libevent hidden).
+# Logs: .build/test-logs/. The last line: "N passed, N failed, N skipped".
 test: deps
 	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
 

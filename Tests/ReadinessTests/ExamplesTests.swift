@@ -45,10 +45,10 @@ struct ExamplesTests {
         #expect(output.contains("connections \(clientCount) echoed-bytes \(clientCount * payload) failures 0"))
     }
 
-    @Test("readiness-http-load and readiness-async-http-load: 50 keep-alive connections, 20,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"),
+    @Test("readiness-http-load and readiness-async-http-load: 50 keep-alive connections, 5,000 requests against nginx", .enabled(if: nginxPath != nil, "nginx is not installed: apt-get install nginx-light (make deps does)"),
           arguments: backends, ["readiness-http-load", "readiness-async-http-load"])
     func httpLoad(backend: Backend, example: String) throws {
-        let requests = 20_000 / loadDivisor
+        let requests = 5_000 / loadDivisor
         let nginx = try Nginx.start()
         defer { nginx.stop() }
         let client = try Spawned([try builtExecutable(example),
