@@ -82,6 +82,106 @@ struct AsyncCompletionDriverTests {
         }
     }
 
+    /// One read of the socket in the given form: its bytes, empty at the end of the stream.
+    static func readChunk(_ socket: AsyncSocket, _ form: ReadForm, maximum: Int, timeout: Duration?) async throws(LoopError) -> [UInt8] {
+        switch form {
+        case .copying:
+            return try await socket.read(upTo: maximum, timeout: timeout)
+        case .callerBuffer:
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximum, alignment: 1)
+            defer { buffer.deallocate() }
+            let n = try await socket.read(into: buffer, timeout: timeout)
+            return Array(buffer[..<n])
+        }
+    }
+
+    /// A read that comes back short (one byte of a large request) leaves the "drained" hint set, so
+    /// the next read waits first, in the ring on io_uring, without trying recv(2): the situations below
+    /// begin there.
+    static func setDrainedHint(_ a: AsyncSocket, _ b: AsyncSocket, _ loop: EventLoop, _ form: ReadForm) async throws {
+        try await b.write([0x01])
+        try await loop.sleep(for: .milliseconds(20))
+        #expect(try await readChunk(a, form, maximum: 1 << 20, timeout: .seconds(5)) == [0x01])
+    }
+
+    /// Bytes followed by a reset: every byte is read, then the reset, never an end of stream. On
+    /// io_uring a receive whose provided buffer came back full is topped up with what FIONREAD says is
+    /// queued: a recv(2) past it took the pending ECONNRESET (and cleared it), and the next read saw an
+    /// end of stream. 4 KiB and 64 KiB fill one buffer of either layout exactly.
+    @Test("bytes then a reset: every byte, then .reset, never an end of stream (a receive that fills a provided buffer exactly is topped up only with what is queued)",
+          .timeLimit(.minutes(1)), arguments: backends, [4_096, 65_536, 100_000])
+    func bytesThenReset(backend: Backend, size: Int) async throws {
+        for form in ReadForm.allCases {
+            try await withLoop(backend) { loop in try await Self.bytesThenReset(loop, size: size, form: form) }
+        }
+        guard backend == .ioUring, IOUringTests.usable else { return }
+        // The 4 KiB buffers of kernels without incremental ones.
+        for form in ReadForm.allCases {
+            let loop = try EventLoop { () throws(PollerError) -> any Poller in
+                try IOUringSeam.makePoller(allowing: BufferLayout.small.allowed)
+            }
+            do { try await Self.bytesThenReset(loop, size: size, form: form) } catch { await loop.shutdown(); throw error }
+            await loop.shutdown()
+        }
+    }
+
+    static func bytesThenReset(_ loop: EventLoop, size: Int, form: ReadForm) async throws {
+        let (listener, a, b) = try await connectedPair(loop)
+        try await setDrainedHint(a, b, loop, form)
+        let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 8) }
+        try await b.write(data, timeout: .seconds(5))
+        try await b.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
+        await b.close()
+        try await loop.sleep(for: .milliseconds(50))   // the bytes and the reset are both queued
+        var received: [UInt8] = []
+        var ending = "nothing"
+        for _ in 0..<1_000 {
+            do throws(LoopError) {
+                let chunk = try await readChunk(a, form, maximum: 1 << 20, timeout: .seconds(5))
+                if chunk.isEmpty { ending = "end of stream"; break }
+                received += chunk
+            } catch {
+                if case .socket(let cause) = error, cause.kind == .reset { ending = "reset" } else { ending = "\(error)" }
+                break
+            }
+        }
+        #expect(received.count == size && received == data, "\(received.count) of \(size) bytes (\(form))")
+        #expect(ending == "reset", "after \(received.count) bytes: \(ending) (\(form))")
+        await a.close()
+        await listener.close()
+    }
+
+    enum LastChance: String, CaseIterable, Sendable { case zeroTimeout, cancelledTask }
+
+    /// A read that must wait (the hint set) and is given up before it waited, by a deadline already
+    /// passed or a task already cancelled, still takes what is queued (the kernel was never asked, on
+    /// io_uring: the read ends with the last recv(2) the readiness driver makes).
+    @Test("a read given up before it waited (zero timeout, cancelled task) still takes the bytes queued, after a short read set the drained hint",
+          .timeLimit(.minutes(1)), arguments: backends, LastChance.allCases)
+    func givenUpReadTakesQueued(backend: Backend, chance: LastChance) async throws {
+        try await withLoop(backend) { loop in
+            for form in ReadForm.allCases {
+                let (listener, a, b) = try await connectedPair(loop)
+                try await Self.setDrainedHint(a, b, loop, form)
+                try await b.write(Self.payload)
+                try await loop.sleep(for: .milliseconds(20))
+                let got: [UInt8]
+                switch chance {
+                case .zeroTimeout:
+                    got = try await Self.readChunk(a, form, maximum: 64, timeout: .zero)
+                case .cancelledTask:
+                    let reader = Task(executorPreference: loop) { () async throws(LoopError) -> [UInt8] in
+                        withUnsafeCurrentTask { $0?.cancel() }
+                        return try await Self.readChunk(a, form, maximum: 64, timeout: .seconds(5))
+                    }
+                    got = try await reader.value
+                }
+                #expect(got == Self.payload, "\(got.count) bytes (\(form))")
+                await a.close(); await b.close(); await listener.close()
+            }
+        }
+    }
+
     @Test("io_uring loops use the completion driver; READINESS_IO_DRIVER=readiness keeps the readiness driver")
     func driverChoice() async throws {
         guard IOUringTests.usable else { return }
