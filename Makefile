@@ -43,7 +43,9 @@ run: tool
 test: deps
 	@SWIFT="$(SWIFT)" V="$(V)" .ci/test
 
-# The ASan/TSan stages alone, with the toolchain's lld (see .ci/test for why).
+# The suite under ASan and TSan on every backend at full load, with the toolchain's lld (see .ci/test
+# for why); `make test`'s sanitizer stages run a tenth of the load on a share of the backends, TSan
+# without the Libevent trait, in .build-tsan-nolibevent.
 LLD := $(shell [ -x "$$(dirname "$$(readlink -f "$$(command -v $(SWIFT))")")/ld.lld" ] && echo -Xswiftc -use-ld=lld)
 sanitize: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan $(LLD)
@@ -141,4 +143,4 @@ docs: deps
 	@echo "make docs: no warnings; $(DOCS_ARCHIVE)"
 
 clean:
-	rm -rf .build .build-asan .build-tsan .build-nolibevent .build-docs Tests/Benchmarks/.build Integrations/FlyingSocks/.build
+	rm -rf .build .build-asan .build-tsan .build-tsan-nolibevent .build-docs Tests/Benchmarks/.build Integrations/FlyingSocks/.build

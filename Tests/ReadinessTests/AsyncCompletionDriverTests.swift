@@ -130,6 +130,18 @@ struct AsyncCompletionDriverTests {
         try await setDrainedHint(a, b, loop, form)
         let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 8) }
         try await b.write(data, timeout: .seconds(5))
+        // Every byte delivered before the reset (which drops what the sender still holds): b's send
+        // queue empty (SIOCOUTQ: bytes not yet acknowledged), a's receive window permitting.
+        var unsent = -1
+        for _ in 0..<2_000 {
+            unsent = try await b.withStreamSocket { (s) throws(SocketError) -> Int in
+                var n: CInt = 0
+                return ioctl(s.fd, UInt(TIOCOUTQ), &n) == 0 ? Int(n) : -1
+            }
+            if unsent == 0 { break }
+            try await loop.sleep(for: .milliseconds(1))
+        }
+        #expect(unsent == 0, "\(unsent) bytes still unacknowledged before the reset (\(form))")
         try await b.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
         await b.close()
         try await loop.sleep(for: .milliseconds(50))   // the bytes and the reset are both queued

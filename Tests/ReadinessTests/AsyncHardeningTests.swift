@@ -46,13 +46,14 @@ struct AsyncHardeningTests {
             #expect(got.count == message + written)
             // Every 0xAA of the long write in one run: from the first one on, `message` bytes with no
             // 0xBB among them (memchr: a byte-by-byte search of 4 MiB takes seconds in a debug build).
-            let (first, intruder) = got.withUnsafeBytes { bytes -> (Int?, Int?) in
-                guard let base = bytes.baseAddress, let at = memchr(base, 0xAA, bytes.count) else { return (nil, nil) }
+            let (first, window, intruder) = got.withUnsafeBytes { bytes -> (Int?, Int, Int?) in
+                guard let base = bytes.baseAddress, let at = memchr(base, 0xAA, bytes.count) else { return (nil, 0, nil) }
                 let first = base.distance(to: UnsafeRawPointer(at))
                 let window = min(message, bytes.count - first)
-                return (first, memchr(base + first, 0xBB, window).map { base.distance(to: UnsafeRawPointer($0)) })
+                return (first, window, memchr(base + first, 0xBB, window).map { base.distance(to: UnsafeRawPointer($0)) })
             }
             if let first {
+                #expect(window == message, "only \(window) bytes from the long write's first byte on")
                 #expect(intruder == nil, "a short write landed inside the long one (\(busy.load(ordering: .relaxed)) busy) at \(intruder ?? -1), after its start at \(first), written \(written)")
             }
             await server.close()

@@ -2,9 +2,9 @@ import Glibc
 @_spi(Backend) import Readiness
 
 /// Every backend usable here: the tests are parameterised over this. READINESS_TEST_BACKENDS (names,
-/// comma-separated) narrows it: `make test` runs every backend in its main stage, and under the
-/// sanitizers, whose point is races and memory in code every backend shares, the five backends without
-/// libevent's forced methods (libevent's own choice stays). A name that is not available here is left
+/// comma-separated) narrows it: `make test` runs every backend in its main stage, and a share of them
+/// under the sanitizers (.ci/test: AddressSanitizer on the five without libevent's forced methods,
+/// ThreadSanitizer, built without the Libevent trait, on epoll, poll and io_uring). A name that is not available here is left
 /// out and said on standard error; a list with none available means every backend.
 let backends: [Backend] = {
     guard let list = getenv("READINESS_TEST_BACKENDS").map({ String(cString: $0) }), !list.isEmpty else { return Backend.available }

@@ -1080,7 +1080,8 @@ struct PeerScenarioTests3 {
             let (listener, client, server) = try await connectedPair(loop)
             try await client.withStreamSocket { (s) throws(SocketError) in try s.setSendBufferSize(4096) }
             try await server.withStreamSocket { (s) throws(SocketError) in try s.setReceiveBufferSize(4096) }
-            // Far more than both 4 KiB buffers hold: each interrupted write stops part-way.
+            // Far more than both 4 KiB buffers hold (about 64 KiB on loopback): the first write stops
+            // part-way, and the buffers stay full until the reader starts (step 4).
             let count = 1 << 20
             let data = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 13) }
             // 1. Timed out.
@@ -1162,6 +1163,94 @@ struct PeerScenarioTests3 {
             }
             #expect(got == 4)
             await sender.close()
+        }
+    }
+
+    /// An unconnected Unix datagram socket sending to a bound receiver whose queue is full: send(2)
+    /// says EAGAIN, but poll says writable (the sender's own buffer has room; the kernel checks the
+    /// receiver's queue in poll only for a connected sender, and wakes no unconnected one when the
+    /// queue drains). A send that waited for writability woke at once, failed again, and waited
+    /// again: the loop thread spun at full speed until the deadline.
+    @Test("tokio uds_datagram send_to a full receiver / CPython test_socket: an unconnected Unix datagram send to a receiver whose queue is full waits without spinning the loop, and completes once the receiver drains", arguments: backends)
+    func unconnectedUnixDatagramFullReceiver(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let path = tempPath("full-receiver-\(String(backend.name.map { $0 == ":" ? "-" : $0 }))")
+            defer { unlink(path) }
+            let target = try SocketAddress(unixPath: path)
+            let receiver = try DatagramSocket(bind: target)
+            defer { receiver.close() }
+            let sender = try await loop.adoptDatagram(descriptor: try DatagramSocket(family: .unix).release())
+            let payload = [UInt8](repeating: 5, count: 64)
+            var queued = 0
+            while queued <= 100_000 {
+                let outcome = try await sender.withDatagramSocket { (s) throws(SocketError) in try s.send(payload, destination: target) }
+                guard case .transferred = outcome else { break }
+                queued += 1
+            }
+            #expect(queued > 0 && queued <= 100_000)
+            let before = try await loop.statistics()
+            await #expect(throws: LoopError.timedOut) { try await sender.send(payload, to: target, timeout: .milliseconds(300)) }
+            let after = try await loop.statistics()
+            let iterations = after.iterations - before.iterations
+            #expect(iterations < 60, "\(iterations) loop iterations in a 300 ms send on \(backend)")
+            // The receiver takes one: the waiting send goes out soon after, though nothing wakes it.
+            let receiverFD = receiver.fd
+            let drainer = Task { () -> Bool in
+                try? await loop.sleep(for: .milliseconds(50))
+                var buffer = [UInt8](repeating: 0, count: 128)
+                return Glibc.recv(receiverFD, &buffer, buffer.count, CInt(MSG_DONTWAIT)) == payload.count
+            }
+            let start = ContinuousClock.now
+            try await sender.send(Array("last".utf8), to: target, timeout: .seconds(5))
+            #expect(ContinuousClock.now - start < .seconds(2))
+            #expect(await drainer.value)
+            await sender.close()
+        }
+    }
+
+    /// A UDP socket with IP_RECVERR (libuv's UV_UDP_LINUX_RECVERR) keeps an ICMP error in its error
+    /// queue, which a plain receive never empties: poll reports an error condition for ever, so a
+    /// waiting receive is woken every iteration and finds nothing. Before, its deadline never won
+    /// (each time its timer fired the receive was between a wake and its next wait) and the receive
+    /// waited for ever; the loop spun meanwhile.
+    @Test("libuv udp recverr / Go TestUDPConnSpecificMethods: a receive on a UDP socket whose error queue holds an ICMP error (IP_RECVERR) ends at its deadline without spinning the loop, and still gets the next datagram", arguments: backends)
+    func receiveWithQueuedICMPError(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let d = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+            let address = try #require(d.localAddress)
+            try await d.withDatagramSocket { (s) throws(SocketError) in
+                var on: CInt = 1
+                guard setsockopt(s.fd, CInt(IPPROTO_IP), IP_RECVERR, &on, socklen_t(MemoryLayout<CInt>.size)) == 0 else {
+                    throw SocketError(errno: errno, operation: "setsockopt(IP_RECVERR)")
+                }
+            }
+            // A port nobody listens on: the kernel answers port unreachable, queued on d.
+            let probe = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+            let closed = try #require(probe.localAddress)
+            probe.close()
+            try await d.send(Array("ping".utf8), to: closed, timeout: .seconds(1))
+            try await loop.sleep(for: .milliseconds(20))
+            // The first receive may report the refusal (the socket's pending error); then none.
+            _ = try? await d.receive(timeout: .milliseconds(50))
+            let before = try await loop.statistics()
+            let start = ContinuousClock.now
+            await #expect(throws: LoopError.timedOut) { _ = try await d.receive(timeout: .milliseconds(300)) }
+            #expect(ContinuousClock.now - start < .seconds(2))
+            let after = try await loop.statistics()
+            let iterations = after.iterations - before.iterations
+            #expect(iterations < 60, "\(iterations) loop iterations in a 300 ms receive on \(backend)")
+            let sender = try DatagramSocket(family: .ipv4)
+            defer { sender.close() }
+            let senderFD = sender.fd
+            let late = Task { () -> Bool in
+                try? await loop.sleep(for: .milliseconds(30))
+                let bytes = Array("late".utf8)
+                return address.withSockaddr { Glibc.sendto(senderFD, bytes, bytes.count, 0, $0, $1) } == 4
+            }
+            let got = try await d.receive(timeout: .seconds(2))
+            #expect(got.bytes == Bytes("late".utf8))
+            #expect(await late.value)
+            await d.close()
         }
     }
 

@@ -22,6 +22,7 @@ struct ReadinessDriver: IODriver {
         var (stream, socket) = try loop.stream(id)
         if direction == .read ? stream.record.read.isWaiting : stream.record.write.isWaiting { throw .busy }
         var wait = waitFirst && direction == .read && !Self.readWouldNotBlock(socket)
+        var woken = false
         while true {
             if !wait {
                 let result: IOResult
@@ -29,7 +30,9 @@ struct ReadinessDriver: IODriver {
                 if result != .wouldBlock { return result }
             }
             wait = false
+            if woken, loop.expired(deadline) { throw .timedOut }
             if case .failed(let error) = await loop.wait(stream, direction, deadline: deadline, interest: true) { throw error }
+            woken = true
             (stream, socket) = try loop.stream(id)
         }
     }
@@ -75,12 +78,15 @@ struct ReadinessDriver: IODriver {
                                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         var stream = stream
         var untried = untried
+        var woken = false
         while true {
+            if woken, loop.expired(deadline) { throw .timedOut }
             if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) {
                 if untried, let taken = try Self.readCopyingLastTry(id, after: error, maximum: maximum, loop: loop, take) { return taken }
                 throw error
             }
             untried = false
+            woken = true
             let socket: StreamSocket
             (stream, socket) = try loop.stream(id)
             if let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) { return taken }
@@ -131,6 +137,7 @@ struct ReadinessDriver: IODriver {
         if stream.record.read.isWaiting { throw .busy }
         // After a short read with no readiness event since, a try would fail: wait first (LoopRecord.readDrained).
         var wait = stream.record.readDrained && !buffer.isEmpty
+        var woken = false
         while true {
             if !wait {
                 let result: IOResult
@@ -143,6 +150,7 @@ struct ReadinessDriver: IODriver {
                 case .wouldBlock: break
                 }
             }
+            if woken, loop.expired(deadline) { throw .timedOut }
             if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) {
                 // Waited without trying first (the hint): a deadline already passed, a cancelled task
                 // or an unwatchable socket still takes bytes that were queued all along (`readCopyingLastTry`).
@@ -154,6 +162,7 @@ struct ReadinessDriver: IODriver {
                 }
             }
             wait = false
+            woken = true
             (stream, socket) = try loop.stream(id)
         }
     }
@@ -175,6 +184,7 @@ struct ReadinessDriver: IODriver {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var offset = 0
+        var woken = false
         while offset < buffer.count {
             let result: IOResult
             do {
@@ -184,7 +194,9 @@ struct ReadinessDriver: IODriver {
                 offset += n
                 continue
             }
+            if woken, loop.expired(deadline) { throw .timedOut }
             if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            woken = true
             (stream, socket) = try loop.stream(id)
         }
     }
@@ -194,6 +206,7 @@ struct ReadinessDriver: IODriver {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
+        var woken = false
         while !remaining.isEmpty {
             let result: IOResult
             do { result = try socket.write(vectored: remaining) } catch { throw .socket(error) }
@@ -201,7 +214,9 @@ struct ReadinessDriver: IODriver {
                 remaining.advance(by: n)
                 continue
             }
+            if woken, loop.expired(deadline) { throw .timedOut }
             if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            woken = true
             (stream, socket) = try loop.stream(id)
         }
     }
@@ -209,6 +224,7 @@ struct ReadinessDriver: IODriver {
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
         var listener = try loop.listener(id)
         if listener.record.read.isWaiting { throw .busy }
+        var woken = false
         while true {
             // No slot for the connection: it stays queued (accepted once resources are closed).
             try loop.checkRoom()
@@ -222,6 +238,7 @@ struct ReadinessDriver: IODriver {
                     throw error
                 }
             case .wouldBlock:
+                if woken, loop.expired(deadline) { throw .timedOut }
                 outcome = await loop.wait(listener, .read, deadline: deadline, interest: true)
             case .backingOff(let until):
                 // Out of descriptors: not watched until the back-off ends (its time, or a descriptor
@@ -230,6 +247,7 @@ struct ReadinessDriver: IODriver {
                 outcome = await loop.wait(listener, .read, deadline: deadline, interest: false)
             }
             if case .failed(let error) = outcome { throw error }
+            woken = true
             listener = try loop.listener(id)
         }
     }
@@ -352,6 +370,9 @@ struct ReadinessDriver: IODriver {
         if datagram.record[direction].isWaiting { throw .busy }
         // A receive that would allocate first asks whether a datagram is queued (MSG_PEEK, no buffer).
         var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
+        var woke = false
+        var spurious = 0   // wakes in a row after which the attempt still found nothing to do
+        var pause = Self.retryPause
         while true {
             if !wait {
                 let result: R?
@@ -359,8 +380,34 @@ struct ReadinessDriver: IODriver {
                 if let result { return result }
             }
             wait = false
-            if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
+            if woke { spurious &+= 1 }
+            if woke, spurious >= (direction == .write ? 1 : 2) {
+                // Ready by the poller, yet the attempt would block, wake after wake. A send: an
+                // unconnected Unix datagram send to a receiver whose queue is full (the kernel checks
+                // that queue in poll only for a connected sender, and wakes no other when it drains).
+                // A receive: an error condition nothing clears (an ICMP error in the error queue of a
+                // socket with IP_RECVERR, which a receive never takes). Level-triggered readiness
+                // would wake the wait at once, every iteration: pause instead, not watching the
+                // direction, doubling the pause up to a cap, then try and watch again.
+                let retryAt = MonotonicClock.nowNanoseconds &+ pause
+                pause = Swift.min(pause &* 2, Self.retryPauseCap)
+                let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
+                try? loop.updateInterest(datagram, datagram.record.registered.subtracting(direction.interest))
+                if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: false) {
+                    guard case .timedOut = error, until == retryAt, deadline.map({ $0 > retryAt }) ?? true else { throw error }
+                }
+                woke = false
+            } else {
+                if woke || spurious > 0, loop.expired(deadline) { throw .timedOut }
+                if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
+                woke = true
+            }
             datagram = try loop.datagram(id)
         }
     }
+
+    /// A datagram operation's first pause when readiness keeps waking it for nothing (1 ms), and
+    /// its longest (64 ms).
+    static let retryPause: Int64 = 1_000_000
+    static let retryPauseCap: Int64 = 64_000_000
 }

@@ -42,6 +42,7 @@ extension LoopState {
     }
 
     func fireTimers(now: Int64) {
+        timersCheckedAt = now
         while let token = timers.popDue(now: now) {
             guard let resource = slab[token] else { continue }
             let purpose = TimerPurpose(of: token)

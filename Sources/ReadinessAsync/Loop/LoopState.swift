@@ -35,6 +35,8 @@ final class LoopState {
     var backingOff: Set<ResourceKey> = []
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
     var isShutDown = false
+    /// When the loop last fired its due timers (monotonic nanoseconds): see `expired(_:)`.
+    var timersCheckedAt: Int64 = .min
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
     var jobsRun = 0
     var iterations = 0

@@ -59,6 +59,18 @@ extension LoopState {
         }
     }
 
+    /// Whether `deadline` passed by the loop's last look at its timers. An operation the poller woke
+    /// whose attempt still would block asks this before it waits again: its deadline timer fires in
+    /// the same iteration as the readiness, after it, while the operation is between the wake and its
+    /// next wait, and then resolves nothing; readiness that wakes it every iteration for nothing (an
+    /// error condition nothing clears) would otherwise keep it waiting past its deadline for ever.
+    /// Not asked by a first wait: an operation whose deadline passed before it began still waits one
+    /// poll (what is ready then is taken).
+    func expired(_ deadline: Int64?) -> Bool {
+        guard let deadline else { return false }
+        return deadline <= timersCheckedAt
+    }
+
     /// Not inlined: its locals would otherwise take room in the async frame of every waiting task
     /// (Docs/Async.md, "Memory per idle connection").
     @inline(never)
