@@ -23,7 +23,8 @@ enum PeerAddress: Sendable {
     }
 
     init(_ address: SocketAddress?) {
-        guard let address, address.length > 0 else { self = .none; return }   // the empty address: no peer
+        // The empty address, or a nameless Unix-domain client's: no peer to name.
+        guard let address, address.length > 0, !address.isNamelessUnix else { self = .none; return }
         let length = Int(address.length)
         guard length <= MemoryLayout<InlineBytes>.size else { self = .boxed(Boxed(address)); return }
         var bytes: InlineBytes = (0, 0, 0, 0)

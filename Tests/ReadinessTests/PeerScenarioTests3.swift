@@ -1232,6 +1232,13 @@ struct PeerScenarioTests3 {
             try await loop.sleep(for: .milliseconds(20))
             // The first receive may report the refusal (the socket's pending error); then none.
             _ = try? await d.receive(timeout: .milliseconds(50))
+            // The error is still queued (else the rest tests nothing: an ICMP rate limit, a port
+            // reused meanwhile).
+            let queued = try await d.withDatagramSocket { (s) throws(SocketError) -> Bool in
+                var entry = pollfd(fd: s.fd, events: Int16(POLLIN), revents: 0)
+                return poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLERR) != 0 && entry.revents & Int16(POLLIN) == 0
+            }
+            #expect(queued, "no ICMP error left in the error queue on \(backend)")
             let before = try await loop.statistics()
             let start = ContinuousClock.now
             await #expect(throws: LoopError.timedOut) { _ = try await d.receive(timeout: .milliseconds(300)) }
@@ -1251,6 +1258,40 @@ struct PeerScenarioTests3 {
             #expect(got.bytes == Bytes("late".utf8))
             #expect(await late.value)
             await d.close()
+        }
+    }
+
+    /// getsockname of a Unix socket without a name reports the family alone (two bytes); it was
+    /// handed out as the address "unix:", which nobody can send to, while a datagram from the same
+    /// socket has no source (nil).
+    @Test("CPython testUnbound / Go TestUnixgramAutobind: a nameless Unix socket (unbound, a socketpair's end, a client that did not bind) has no local or peer address: nil, as the source of its datagrams is", arguments: backends)
+    func namelessUnixAddressesAreNil(backend: Backend) async throws {
+        let (a, b) = try DatagramSocket.pair()
+        #expect(a.localAddress == nil && a.peerAddress == nil && b.localAddress == nil)
+        a.close(); b.close()
+        let unbound = try DatagramSocket(family: .unix)
+        #expect(unbound.localAddress == nil)
+        unbound.close()
+        try await withLoop(backend) { loop in
+            let path = tempPath("nameless-\(String(backend.name.map { $0 == ":" ? "-" : $0 }))")
+            defer { unlink(path) }
+            let listener = try await loop.listen(on: try SocketAddress(unixPath: path))
+            async let accepted = listener.accept(timeout: .seconds(5))
+            let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            let server = try await accepted
+            #expect(server.peer == nil, "\(String(describing: server.peer)) on \(backend)")
+            #expect(client.peer == listener.address)
+            #expect(try await client.withStreamSocket { (s) throws(SocketError) in s.localAddress } == nil)
+            #expect(try await server.withStreamSocket { (s) throws(SocketError) in s.peerAddress } == nil)
+            let receiverPath = path + "d"
+            defer { unlink(receiverPath) }
+            let receiver = try await loop.bindDatagram(to: try SocketAddress(unixPath: receiverPath))
+            let sender = try await loop.adoptDatagram(descriptor: try DatagramSocket(family: .unix).release())
+            #expect(sender.localAddress == nil)
+            try await sender.send(Array("x".utf8), to: receiver.localAddress, timeout: .seconds(1))
+            #expect(try await receiver.receive(timeout: .seconds(5)).datagram.source == nil)
+            await sender.close(); await receiver.close()
+            await client.close(); await server.close(); await listener.close()
         }
     }
 

@@ -78,18 +78,17 @@ struct ReadinessDriver: IODriver {
                                                                _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         var stream = stream
         var untried = untried
-        var woken = false
         while true {
-            if woken, loop.expired(deadline) { throw .timedOut }
             if case .failed(let error) = await loop.waitInFrame(stream, .read, deadline: deadline, interest: true) {
                 if untried, let taken = try Self.readCopyingLastTry(id, after: error, maximum: maximum, loop: loop, take) { return taken }
                 throw error
             }
             untried = false
-            woken = true
             let socket: StreamSocket
             (stream, socket) = try loop.stream(id)
             if let taken = try Self.readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take) { return taken }
+            // Woken for nothing: wait again only before the deadline (`LoopState.expired`).
+            if loop.expired(deadline) { throw .timedOut }
         }
     }
 
@@ -243,6 +242,7 @@ struct ReadinessDriver: IODriver {
             case .backingOff(let until):
                 // Out of descriptors: not watched until the back-off ends (its time, or a descriptor
                 // of this loop closed).
+                if woken, loop.expired(deadline) { throw .timedOut }
                 listener.beginBackoff(until: until.nanoseconds, loop: loop)
                 outcome = await loop.wait(listener, .read, deadline: deadline, interest: false)
             }
@@ -371,7 +371,8 @@ struct ReadinessDriver: IODriver {
         // A receive that would allocate first asks whether a datagram is queued (MSG_PEEK, no buffer).
         var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
         var woke = false
-        var spurious = 0   // wakes in a row after which the attempt still found nothing to do
+        var immediate = false   // the wake came in the first poll after the wait began
+        var spurious = 0        // such wakes in a row after which the attempt still found nothing
         var pause = Self.retryPause
         while true {
             if !wait {
@@ -380,27 +381,37 @@ struct ReadinessDriver: IODriver {
                 if let result { return result }
             }
             wait = false
-            if woke { spurious &+= 1 }
-            if woke, spurious >= (direction == .write ? 1 : 2) {
-                // Ready by the poller, yet the attempt would block, wake after wake. A send: an
-                // unconnected Unix datagram send to a receiver whose queue is full (the kernel checks
-                // that queue in poll only for a connected sender, and wakes no other when it drains).
-                // A receive: an error condition nothing clears (an ICMP error in the error queue of a
-                // socket with IP_RECVERR, which a receive never takes). Level-triggered readiness
-                // would wake the wait at once, every iteration: pause instead, not watching the
-                // direction, doubling the pause up to a cap, then try and watch again.
+            if woke {
+                if immediate {
+                    spurious &+= 1
+                } else {
+                    // It had really waited: readiness works for this socket now.
+                    spurious = 0
+                    pause = Self.retryPause
+                }
+            }
+            if woke, immediate, spurious >= (direction == .write ? 1 : 2) {
+                // Ready at once by the poller, yet the attempt would block, wake after wake. A send:
+                // an unconnected Unix datagram send to a receiver whose queue is full (the kernel
+                // checks that queue in poll only for a connected sender, and wakes no other when it
+                // drains). A receive: an error condition nothing clears (an ICMP error in the error
+                // queue of a socket with IP_RECVERR, which a receive never takes). Level-triggered
+                // readiness would wake the wait at once, every iteration: pause instead, not watching
+                // the direction, doubling the pause up to a cap, then try and watch again.
                 let retryAt = MonotonicClock.nowNanoseconds &+ pause
                 pause = Swift.min(pause &* 2, Self.retryPauseCap)
                 let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
                 try? loop.updateInterest(datagram, datagram.record.registered.subtracting(direction.interest))
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: false) {
-                    guard case .timedOut = error, until == retryAt, deadline.map({ $0 > retryAt }) ?? true else { throw error }
+                    guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
                 }
                 woke = false
             } else {
                 if woke || spurious > 0, loop.expired(deadline) { throw .timedOut }
+                let waitedAt = loop.iterations
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
                 woke = true
+                immediate = loop.iterations == waitedAt &+ 1
             }
             datagram = try loop.datagram(id)
         }

@@ -40,6 +40,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// The socket(2) domain for this address.
     public var domain: CInt { CInt(storage.ss_family) }
 
+    /// The name the kernel reports for a Unix-domain socket that has none (unbound, a socketpair's
+    /// end): the family alone, no path. Not an address anybody can send to or connect to.
+    package var isNamelessUnix: Bool { domain == AF_UNIX && Int(length) <= MemoryLayout<sa_family_t>.size }
+
     /// Copies a kernel-provided address.
     public init?(_ address: UnsafePointer<sockaddr>, length: socklen_t) {
         guard length > 0, Int(length) <= MemoryLayout<sockaddr_storage>.size else { return nil }

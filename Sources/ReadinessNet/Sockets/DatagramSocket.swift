@@ -379,10 +379,12 @@ public final class DatagramSocket {
 
     // MARK: Addresses and options
 
-    /// The local address (getsockname), nil once closed.
-    public var localAddress: SocketAddress? { try? SocketAddress.local(of: fd) }
-    /// The connected peer (getpeername), nil once closed or not connected.
-    public var peerAddress: SocketAddress? { try? SocketAddress.peer(of: fd) }
+    /// The local address (getsockname), nil once closed, and for a nameless Unix-domain socket (as
+    /// ``ReceivedDatagram/source`` is nil for its datagrams).
+    public var localAddress: SocketAddress? { (try? SocketAddress.local(of: fd)).flatMap { $0.isNamelessUnix ? nil : $0 } }
+    /// The connected peer (getpeername), nil once closed or not connected, and for a nameless
+    /// Unix-domain peer (a socketpair's other end).
+    public var peerAddress: SocketAddress? { (try? SocketAddress.peer(of: fd)).flatMap { $0.isNamelessUnix ? nil : $0 } }
 
     /// The pending error (SO_ERROR), read and cleared: for a connected socket, a refusal not yet
     /// reported by a send or receive; nil when there is none.

@@ -181,10 +181,11 @@ public final class StreamSocket {
 
     // MARK: Addresses and options
 
-    /// The local address (getsockname), nil once closed.
-    public var localAddress: SocketAddress? { try? SocketAddress.local(of: fd) }
-    /// The peer's address (getpeername), nil once closed or not connected.
-    public var peerAddress: SocketAddress? { try? SocketAddress.peer(of: fd) }
+    /// The local address (getsockname), nil once closed, and for a nameless Unix-domain socket.
+    public var localAddress: SocketAddress? { (try? SocketAddress.local(of: fd)).flatMap { $0.isNamelessUnix ? nil : $0 } }
+    /// The peer's address (getpeername), nil once closed or not connected, and for a nameless
+    /// Unix-domain peer (a client that did not bind, a socketpair's other end).
+    public var peerAddress: SocketAddress? { (try? SocketAddress.peer(of: fd)).flatMap { $0.isNamelessUnix ? nil : $0 } }
 
     /// The pending error (SO_ERROR), read and cleared; nil when there is none.
     public func takePendingError() -> SocketError? {
