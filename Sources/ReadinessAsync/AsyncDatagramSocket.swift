@@ -59,7 +59,7 @@ public struct AsyncDatagramSocket: Sendable {
     /// once a datagram is queued when `buffer` lacks it (an idle receive holds no new memory), as for
     /// ``AsyncSocket/read(into:maximum:timeout:)``. A `maximum` below 1 is
     /// ``LoopError/invalidArgument(_:)``.
-    nonisolated(nonsending) public func receive(into buffer: inout Bytes, maximum: Int = DatagramSocket.maximumUDPPayload,
+    nonisolated(nonsending) public func receive(into buffer: inout Bytes, maximum: Int = DatagramSocket.defaultReceiveSize,
                                                 timeout: Duration? = nil) async throws(LoopError) -> ReceivedDatagram {
         guard maximum > 0 else { throw .invalidArgument("receive(into:maximum: \(maximum))") }
         let deadline = timeout.map { Deadline.after($0) }
@@ -74,7 +74,7 @@ public struct AsyncDatagramSocket: Sendable {
 
     /// Receives one datagram into a new buffer (allocated once a datagram is queued): the bytes and
     /// the datagram's description.
-    nonisolated(nonsending) public func receive(maximum: Int = DatagramSocket.maximumUDPPayload,
+    nonisolated(nonsending) public func receive(maximum: Int = DatagramSocket.defaultReceiveSize,
                                                 timeout: Duration? = nil) async throws(LoopError) -> (bytes: Bytes, datagram: ReceivedDatagram) {
         var bytes = Bytes()
         let datagram = try await receive(into: &bytes, maximum: maximum, timeout: timeout)

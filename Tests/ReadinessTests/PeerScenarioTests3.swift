@@ -1295,6 +1295,34 @@ struct PeerScenarioTests3 {
         }
     }
 
+    /// The receive's default size was the IPv4 maximum (65,507): the largest IPv6 datagram (65,527
+    /// bytes) came back truncated by 20 bytes.
+    @Test("tokio udp / Go TestUDPServer: the largest IPv6 UDP datagram (65,527 bytes) is received whole by a receive with its default size, sync and async; a batch slot holds it", arguments: backends)
+    func largestIPv6Datagram(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            guard let receiver = try? DatagramSocket(bind: try SocketAddress(ip: "::1", port: 0)) else {
+                try Test.cancel("IPv6 loopback is not available here")
+            }
+            let address = try #require(receiver.localAddress)
+            let sender = try DatagramSocket(family: .ipv6)
+            defer { sender.close() }
+            let payload = (0..<65_527).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            #expect(try sender.send(payload, destination: address) == .transferred(payload.count))
+            var entry = pollfd(fd: receiver.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&entry, 1, 2_000) == 1)
+            var bytes = Bytes()
+            let result = try receiver.receive(into: &bytes)
+            guard case .received(let datagram) = result else { Issue.record("\(result)"); receiver.close(); return }
+            #expect(!datagram.isTruncated && datagram.count == payload.count && Array(bytes) == payload)
+            #expect(try DatagramBatch(capacity: 2, slotSize: payload.count).capacity == 2)
+            let d = try await loop.adoptDatagram(descriptor: receiver.release())
+            #expect(try sender.send(payload, destination: address) == .transferred(payload.count))
+            let (got, received) = try await d.receive(timeout: .seconds(5))
+            #expect(!received.isTruncated && Array(got) == payload, "\(received.count) bytes, truncated \(received.isTruncated) on \(backend)")
+            await d.close()
+        }
+    }
+
     @Test("tokio AsyncFd readable and writable at once: one task waits readable and another writable on one caller descriptor; a second reader is busy; each ends on its own event", arguments: backends)
     func foreignReadAndWriteWaiters(backend: Backend) async throws {
         try await withLoop(backend) { loop in

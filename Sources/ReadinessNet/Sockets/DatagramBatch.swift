@@ -37,10 +37,10 @@ public final class DatagramBatch {
     public static let maximumCapacity = Int(rd_net_mmsg_max())
 
     /// A batch of `capacity` slots (1 to ``maximumCapacity``) of `slotSize` bytes each (0 to
-    /// ``DatagramSocket/maximumUDPPayload``, or to 16 MiB in total); other values are refused with
+    /// ``DatagramSocket/defaultReceiveSize``, or to 16 MiB in total); other values are refused with
     /// ``SocketError/Kind/invalidArgument``.
     public init(capacity: Int, slotSize: Int) throws(SocketError) {
-        guard capacity >= 1, capacity <= Self.maximumCapacity, slotSize >= 0, slotSize <= DatagramSocket.maximumUDPPayload,
+        guard capacity >= 1, capacity <= Self.maximumCapacity, slotSize >= 0, slotSize <= DatagramSocket.defaultReceiveSize,
               capacity * slotSize <= Self.maximumBytes else {
             throw SocketError(.invalidArgument, operation: "DatagramBatch(capacity: \(capacity), slotSize: \(slotSize))")
         }

@@ -36,9 +36,14 @@ public final class DatagramSocket {
     /// For a socket bound to a Unix path: the path to unlink on close.
     private var unixPath: String?
 
-    /// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers); a buffer this large
-    /// receives any UDP datagram whole.
+    /// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers): the most one send
+    /// over IPv4 carries (more is ``SocketError/Kind/messageTooLarge``).
     public static let maximumUDPPayload = 65_507
+
+    /// What a receive takes by default (65,535 bytes): any UDP datagram whole, over IPv4 (65,507 at
+    /// most) or IPv6 (65,527, the IPv6 payload less the UDP header; jumbograms aside), and a Unix
+    /// datagram up to that size (a larger one, which a Unix socket may carry, is reported truncated).
+    public static let defaultReceiveSize = 65_535
 
     /// Options applied before `bind`.
     public struct Options: Sendable {
@@ -317,11 +322,11 @@ public final class DatagramSocket {
     }
 
     /// Receives one datagram appended to `bytes`, up to `maximum` bytes of it (at least 1, refused
-    /// otherwise; the default, ``maximumUDPPayload``, receives any UDP datagram whole; at most
+    /// otherwise; the default, ``defaultReceiveSize``, receives any UDP datagram whole; at most
     /// ``StreamSocket/maximumReadReservation`` is reserved). Room is made before the system call (as for the
     /// stream read), so a receive that would block may leave it made; memory that cannot be allocated
     /// is ``SocketError/Kind/resourceExhausted``.
-    public func receive(into bytes: inout Bytes, maximum: Int = DatagramSocket.maximumUDPPayload) throws(SocketError) -> DatagramReceiveResult {
+    public func receive(into bytes: inout Bytes, maximum: Int = DatagramSocket.defaultReceiveSize) throws(SocketError) -> DatagramReceiveResult {
         guard maximum >= 1 else { throw SocketError(.invalidArgument, operation: "receive(into:maximum: \(maximum))") }
         let wanted = Swift.min(maximum, StreamSocket.maximumReadReservation)
         guard bytes.makeRoom(wanted) else {
