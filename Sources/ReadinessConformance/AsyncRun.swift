@@ -191,6 +191,25 @@ final class AsyncRun {
             }
         case .unixDatagramPair(let a, let b):
             return try await unixDatagramPair(a, b)
+        case .unixDatagramUnconnected(let sender, let receiver):
+            let path = "/tmp/readiness-conformance-\(getpid())-\(Self.pathCounter.add(1, ordering: .relaxed).newValue)-\(receiver)"
+            unlink(path)
+            unixPaths.append(path)
+            let address: SocketAddress
+            do { address = try SocketAddress(unixPath: path) } catch { return .note("no address for \(path)") }
+            do throws(LoopError) {
+                keepDatagram(receiver, try await loop.bindDatagram(to: address))
+                let nameless: DatagramSocket
+                do { nameless = try DatagramSocket(family: .unix) } catch { return .error("socket(\(error.kind))") }
+                let fd = nameless.release()
+                do throws(LoopError) { keepDatagram(sender, try await loop.adoptDatagram(descriptor: fd)) } catch {
+                    close(fd)
+                    throw error
+                }
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
         case .connectDatagram(let name, let target):
             // A closed UDP port stays bound (by a socket of ours) until the connect has taken its own
             // port, so the kernel cannot give the connecting socket that very port.
@@ -483,6 +502,19 @@ final class AsyncRun {
                 let datagram = [UInt8](repeating: 0x64, count: Self.fillDatagram)
                 for _ in 0..<Self.fillLimit {
                     do throws(LoopError) { try await socket.send(datagram, timeout: .zero) } catch {
+                        if error == .timedOut { return .note("filled") }
+                        throw error
+                    }
+                }
+                return .note("never full after \(Self.fillLimit) datagrams")
+            } }
+        case .fillTo(let name, let destination):
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            guard let address = datagramAddresses[destination] else { return missing("address of \(destination)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let datagram = [UInt8](repeating: 0x64, count: Self.fillDatagram)
+                for _ in 0..<Self.fillLimit {
+                    do throws(LoopError) { try await socket.send(datagram, to: address, timeout: .zero) } catch {
                         if error == .timedOut { return .note("filled") }
                         throw error
                     }

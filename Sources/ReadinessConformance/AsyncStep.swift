@@ -51,6 +51,8 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// Sends datagrams with a zero deadline until one times out (the peer's queue or the send buffer is
     /// full): "filled", or an error.
     case fill(String)
+    /// `fill` to the datagram socket named `to` (a socket that is not connected to it).
+    case fillTo(String, to: String)
     /// Receives with a zero deadline until one times out: "drained" (at least one datagram taken) or
     /// "nothing queued", or an error.
     case drain(String)
@@ -80,6 +82,7 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .receive(let s, let n, let t): return "receive a datagram of up to \(n) bytes on \(s)\(within(t))"
         case .receiveBatch(let s, let n, let t): return "receive a batch of up to \(n) datagrams on \(s)\(within(t))"
         case .fill(let s): return "send from \(s) until the peer's queue is full"
+        case .fillTo(let s, let to): return "send from \(s) to \(to) until its queue is full"
         case .drain(let s): return "receive on \(s) until nothing is queued"
         }
     }
@@ -158,6 +161,11 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
     /// datagram socketpair's shape, with names): sends need no destination, and a sender waits while
     /// its peer's queue is full.
     case unixDatagramPair(String, String)
+    /// A Unix datagram socket the loop binds on a path of its own (`receiver`), and a nameless one that
+    /// is not connected (`sender`, adopted): its sends name their destination, and poll reports it
+    /// writable though the receiver's queue is full (the kernel checks that queue only for a connected
+    /// sender, and wakes no other sender when it drains).
+    case unixDatagramUnconnected(sender: String, receiver: String)
     /// A UDP socket the loop connects to a target (`loop.connectDatagram(to:)`), kept as `as`.
     case connectDatagram(as: String, to: AsyncTarget)
 
@@ -185,6 +193,7 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
         case .callerClose(let c): "caller closes \(c)"
         case .udpPair(let a, let b): "UDP sockets \(a) and \(b) bound on the loop"
         case .unixDatagramPair(let a, let b): "Unix datagram sockets \(a) and \(b) bound and connected to each other on the loop"
+        case .unixDatagramUnconnected(let s, let r): "Unix datagram socket \(r) bound on the loop, \(s) nameless and not connected"
         case .connectDatagram(let s, let target): "connect UDP socket \(s) to \(target)"
         }
     }
