@@ -30,7 +30,7 @@ func serve(_ arguments: UDPEchoArguments, backend: Backend) async throws {
     let loop = try EventLoop(backend: backend)
     let socket = try await loop.bindDatagram(to: try SocketAddress(ip: arguments.host, port: arguments.port))
     let summary = try await Task(executorPreference: loop) { () async throws -> String in
-        let batch = try DatagramBatch(capacity: batchCapacity, slotSize: DatagramSocket.maximumUDPPayload)
+        let batch = try DatagramBatch(capacity: batchCapacity, slotSize: DatagramSocket.defaultReceiveSize)
         var datagrams = 0, bytes = 0, truncated = 0
         let limit = arguments.datagrams ?? .max
         while datagrams < limit {

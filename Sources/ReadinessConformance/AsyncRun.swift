@@ -191,7 +191,7 @@ final class AsyncRun {
             }
         case .unixDatagramPair(let a, let b):
             return try await unixDatagramPair(a, b)
-        case .unixDatagramUnconnected(let sender, let receiver):
+        case .unixDatagramUnconnected(let senders, let receiver):
             let path = "/tmp/readiness-conformance-\(getpid())-\(Self.pathCounter.add(1, ordering: .relaxed).newValue)-\(receiver)"
             unlink(path)
             unixPaths.append(path)
@@ -199,12 +199,14 @@ final class AsyncRun {
             do { address = try SocketAddress(unixPath: path) } catch { return .note("no address for \(path)") }
             do throws(LoopError) {
                 keepDatagram(receiver, try await loop.bindDatagram(to: address))
-                let nameless: DatagramSocket
-                do { nameless = try DatagramSocket(family: .unix) } catch { return .error("socket(\(error.kind))") }
-                let fd = nameless.release()
-                do throws(LoopError) { keepDatagram(sender, try await loop.adoptDatagram(descriptor: fd)) } catch {
-                    close(fd)
-                    throw error
+                for sender in senders {
+                    let nameless: DatagramSocket
+                    do { nameless = try DatagramSocket(family: .unix) } catch { return .error("socket(\(error.kind))") }
+                    let fd = nameless.release()
+                    do throws(LoopError) { keepDatagram(sender, try await loop.adoptDatagram(descriptor: fd)) } catch {
+                        close(fd)
+                        throw error
+                    }
                 }
                 return .ok
             } catch {

@@ -253,10 +253,11 @@ extension AsyncConformance {
             unixPair, op(.fill("p"), .note("filled")), start("t3", send("p", 7)), op(send("p", 1), fails(.busy)),
             op(.drain("q"), .note("drained")), join("t3", .ok), op(receive("q"), datagram(7, from: "p")),
         ]),
-        AsyncScenario("async/datagram/unconnected-full-receiver", checks: "A nameless, unconnected Unix datagram sender whose receiver's queue is full, which poll reports writable all along: a send times out at its deadline (it waited for ever when readiness woke it every iteration for nothing), and a send waiting when the receiver drains its queue goes out though nothing wakes it.", [
-            line(.unixDatagramUnconnected(sender: "s", receiver: "r")), op(.fillTo("s", to: "r"), .note("filled")),
+        AsyncScenario("async/datagram/unconnected-full-receiver", checks: "Nameless, unconnected Unix datagram senders f and s; f fills the receiver's queue (10 datagrams with Linux's default net.unix.max_dgram_qlen), and poll reports s writable all along: s's send times out at its deadline (it waited for ever when readiness woke it every iteration for nothing), and a send of s waiting when the receiver drains the queue goes out though nothing wakes s (the kernel wakes f, whose datagrams were taken) and arrives.", [
+            line(.unixDatagramUnconnected(senders: ["f", "s"], receiver: "r")), op(.fillTo("f", to: "r"), .note("filled")),
             op(send("s", 1, to: "r", brief), fails(.timedOut)),
             start("t1", send("s", 7, to: "r")), op(.drain("r"), .note("drained")), join("t1", .ok),
+            op(receive("r"), .note("7 bytes")),
         ]),
         AsyncScenario("async/datagram/cancel", checks: "Cancelling a suspended receive or send ends it with cancelled and leaves the socket usable; a cancelled task with a datagram queued still gets it.", [
             udp, start("t1", receive("v")), line(.cancel("t1")), join("t1", fails(.cancelled)),

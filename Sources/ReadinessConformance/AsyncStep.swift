@@ -161,11 +161,11 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
     /// datagram socketpair's shape, with names): sends need no destination, and a sender waits while
     /// its peer's queue is full.
     case unixDatagramPair(String, String)
-    /// A Unix datagram socket the loop binds on a path of its own (`receiver`), and a nameless one that
-    /// is not connected (`sender`, adopted): its sends name their destination, and poll reports it
-    /// writable though the receiver's queue is full (the kernel checks that queue only for a connected
-    /// sender, and wakes no other sender when it drains).
-    case unixDatagramUnconnected(sender: String, receiver: String)
+    /// A Unix datagram socket the loop binds on a path of its own (`receiver`), and nameless ones that
+    /// are not connected (`senders`, adopted): their sends name their destination, and poll reports
+    /// them writable though the receiver's queue is full (the kernel checks that queue only for a
+    /// connected sender, and wakes only a sender whose own datagrams the receiver takes).
+    case unixDatagramUnconnected(senders: [String], receiver: String)
     /// A UDP socket the loop connects to a target (`loop.connectDatagram(to:)`), kept as `as`.
     case connectDatagram(as: String, to: AsyncTarget)
 
@@ -193,7 +193,7 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
         case .callerClose(let c): "caller closes \(c)"
         case .udpPair(let a, let b): "UDP sockets \(a) and \(b) bound on the loop"
         case .unixDatagramPair(let a, let b): "Unix datagram sockets \(a) and \(b) bound and connected to each other on the loop"
-        case .unixDatagramUnconnected(let s, let r): "Unix datagram socket \(r) bound on the loop, \(s) nameless and not connected"
+        case .unixDatagramUnconnected(let s, let r): "Unix datagram socket \(r) bound on the loop, \(s.joined(separator: " and ")) nameless and not connected"
         case .connectDatagram(let s, let target): "connect UDP socket \(s) to \(target)"
         }
     }

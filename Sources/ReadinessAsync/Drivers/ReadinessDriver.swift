@@ -371,8 +371,6 @@ struct ReadinessDriver: IODriver {
         // A receive that would allocate first asks whether a datagram is queued (MSG_PEEK, no buffer).
         var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
         var woke = false
-        var immediate = false   // the wake came in the first poll after the wait began
-        var spurious = 0        // such wakes in a row after which the attempt still found nothing
         var pause = Self.retryPause
         while true {
             if !wait {
@@ -381,23 +379,11 @@ struct ReadinessDriver: IODriver {
                 if let result { return result }
             }
             wait = false
-            if woke {
-                if immediate {
-                    spurious &+= 1
-                } else {
-                    // It had really waited: readiness works for this socket now.
-                    spurious = 0
-                    pause = Self.retryPause
-                }
-            }
-            if woke, immediate, spurious >= (direction == .write ? 1 : 2) {
-                // Ready at once by the poller, yet the attempt would block, wake after wake. A send:
-                // an unconnected Unix datagram send to a receiver whose queue is full (the kernel
-                // checks that queue in poll only for a connected sender, and wakes no other when it
-                // drains). A receive: an error condition nothing clears (an ICMP error in the error
-                // queue of a socket with IP_RECVERR, which a receive never takes). Level-triggered
-                // readiness would wake the wait at once, every iteration: pause instead, not watching
-                // the direction, doubling the pause up to a cap, then try and watch again.
+            if woke, Self.readinessLies(datagram.socket, direction) {
+                // Ready by the poller, yet the attempt would block, and the kernel will report it ready
+                // again at once and wake nobody when the condition ends: level-triggered readiness would
+                // wake this wait every iteration. Pause instead, not watching the direction, doubling the
+                // pause up to a cap, then try again.
                 let retryAt = MonotonicClock.nowNanoseconds &+ pause
                 pause = Swift.min(pause &* 2, Self.retryPauseCap)
                 let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
@@ -405,16 +391,34 @@ struct ReadinessDriver: IODriver {
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: false) {
                     guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
                 }
-                woke = false
             } else {
-                if woke || spurious > 0, loop.expired(deadline) { throw .timedOut }
-                let waitedAt = loop.iterations
+                if woke, loop.expired(deadline) { throw .timedOut }
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
                 woke = true
-                immediate = loop.iterations == waitedAt &+ 1
             }
             datagram = try loop.datagram(id)
         }
+    }
+
+    /// Whether a datagram socket the poller reported ready, whose attempt still would block, is in one
+    /// of the two states where poll says ready for ever and nothing wakes a waiter when they end (asked
+    /// only then: a system call). A send: a Unix datagram socket that is not connected (it names its
+    /// destination; the kernel checks the receiver's queue in poll only for a connected sender, and
+    /// wakes no other sender when that queue drains). A receive: an error condition with nothing to
+    /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes).
+    private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction) -> Bool {
+        if direction == .write {
+            guard socket.family == .unix else { return false }
+            var address = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let status = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(socket.fd, $0, &length) }
+            }
+            return status != 0 && errno == ENOTCONN
+        }
+        var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 0) == 1 else { return false }
+        return entry.revents & Int16(POLLERR) != 0 && entry.revents & Int16(POLLIN) == 0
     }
 
     /// A datagram operation's first pause when readiness keeps waking it for nothing (1 ms), and
