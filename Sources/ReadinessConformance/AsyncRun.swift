@@ -500,29 +500,11 @@ final class AsyncRun {
             } }
         case .fill(let name):
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
-            return { await Self.observe { () throws(LoopError) -> Observation in
-                let datagram = [UInt8](repeating: 0x64, count: Self.fillDatagram)
-                for _ in 0..<Self.fillLimit {
-                    do throws(LoopError) { try await socket.send(datagram, timeout: .zero) } catch {
-                        if error == .timedOut { return .note("filled") }
-                        throw error
-                    }
-                }
-                return .note("never full after \(Self.fillLimit) datagrams")
-            } }
+            return { await Self.fill(socket, to: nil) }
         case .fillTo(let name, let destination):
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             guard let address = datagramAddresses[destination] else { return missing("address of \(destination)") }
-            return { await Self.observe { () throws(LoopError) -> Observation in
-                let datagram = [UInt8](repeating: 0x64, count: Self.fillDatagram)
-                for _ in 0..<Self.fillLimit {
-                    do throws(LoopError) { try await socket.send(datagram, to: address, timeout: .zero) } catch {
-                        if error == .timedOut { return .note("filled") }
-                        throw error
-                    }
-                }
-                return .note("never full after \(Self.fillLimit) datagrams")
-            } }
+            return { await Self.fill(socket, to: address) }
         case .drain(let name):
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in
@@ -544,6 +526,27 @@ final class AsyncRun {
                 _ = try await socket.read(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
                 return .ok
             } }
+        }
+    }
+
+    /// Sends from `socket` (to its peer, or to `destination`) without waiting until a send would block:
+    /// "filled", or a note that the queue never filled.
+    private static func fill(_ socket: AsyncDatagramSocket, to destination: SocketAddress?) async -> AsyncResult {
+        await observe { () throws(LoopError) -> Observation in
+            let datagram = [UInt8](repeating: 0x64, count: fillDatagram)
+            for _ in 0..<fillLimit {
+                do throws(LoopError) {
+                    if let destination {
+                        try await socket.send(datagram, to: destination, timeout: .zero)
+                    } else {
+                        try await socket.send(datagram, timeout: .zero)
+                    }
+                } catch {
+                    if error == .timedOut { return .note("filled") }
+                    throw error
+                }
+            }
+            return .note("never full after \(fillLimit) datagrams")
         }
     }
 

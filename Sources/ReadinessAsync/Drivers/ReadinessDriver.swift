@@ -409,12 +409,8 @@ struct ReadinessDriver: IODriver {
     private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction) -> Bool {
         if direction == .write {
             guard socket.family == .unix else { return false }
-            var address = sockaddr_storage()
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let status = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(socket.fd, $0, &length) }
-            }
-            return status != 0 && errno == ENOTCONN
+            do { _ = try SocketAddress.peer(of: socket.fd) } catch { return error.errno == ENOTCONN }
+            return false
         }
         var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
         guard poll(&entry, 1, 0) == 1 else { return false }
