@@ -1272,6 +1272,21 @@ struct PeerScenarioTests3 {
         let unbound = try DatagramSocket(family: .unix)
         #expect(unbound.localAddress == nil)
         unbound.close()
+        // The synchronous accept's peer is not optional: mio's unnamed address, which says so.
+        let syncPath = tempPath("nameless-sync-\(String(backend.name.map { $0 == ":" ? "-" : $0 }))")
+        let syncAddress = try SocketAddress(unixPath: syncPath)
+        let syncListener = try Listener(bind: syncAddress)
+        let raw = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(syncAddress.withSockaddr { Glibc.connect(raw, $0, $1) } == 0)
+        if case .accepted(let accepted, let peer) = try syncListener.accept() {
+            #expect(peer.isNamelessUnix && peer.unixPath == nil && peer.abstractUnixName == nil)
+            accepted.close()
+        } else {
+            Issue.record("the connected client was not accepted")
+        }
+        #expect(!syncAddress.isNamelessUnix && syncAddress.unixPath == syncPath)
+        close(raw)
+        syncListener.close()
         try await withLoop(backend) { loop in
             let path = tempPath("nameless-\(String(backend.name.map { $0 == ":" ? "-" : $0 }))")
             defer { unlink(path) }

@@ -42,7 +42,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// The name the kernel reports for a Unix-domain socket that has none (unbound, a socketpair's
     /// end): the family alone, no path. Not an address anybody can send to or connect to.
-    package var isNamelessUnix: Bool { domain == AF_UNIX && Int(length) <= MemoryLayout<sa_family_t>.size }
+    /// (mio's `is_unnamed`; what the synchronous ``Listener/accept()`` reports for a client that did
+    /// not bind; ``StreamSocket/peerAddress`` and ``DatagramSocket/localAddress`` answer nil instead.)
+    public var isNamelessUnix: Bool { domain == AF_UNIX && Int(length) <= MemoryLayout<sa_family_t>.size }
 
     /// Copies a kernel-provided address.
     public init?(_ address: UnsafePointer<sockaddr>, length: socklen_t) {
