@@ -41,6 +41,8 @@ static void rd_signal_handler(int signo) {
 
 int rd_signal_max(void) { return SIGRTMAX < RD_SIGNAL_MAX ? SIGRTMAX : RD_SIGNAL_MAX; }
 
+int rd_signal_rtmin(void) { return SIGRTMIN; }
+
 // A child made by fork (without exec) keeps the handler and the parent's pipe write ends: it must
 // not tell the parent of its own signals, and a handler that ran in another thread at the fork
 // would leave the counter raised for ever. It has no subscription, so each signal gets back the

@@ -60,12 +60,20 @@ public final class EventLoopGroup: Sendable {
     /// listener's port for the others). A Unix-domain address cannot be shared that way (SO_REUSEPORT
     /// is for IP; a second bind of the path fails): with more than one loop it is refused
     /// (``LoopError/invalidArgument(_:)``) before anything is bound; listen on one loop instead.
+    ///
+    /// A port something else is bound to fails with ``SocketError/Kind/addressInUse``, as one
+    /// loop's listen does, even when that is another group's (or process's) SO_REUSEPORT listeners,
+    /// which the kernel would otherwise let this group join and split the connections with. Set
+    /// `options.reusePort` to join such a group on purpose. A one-loop group does not set SO_REUSEPORT.
     public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> [AsyncListener] {
         if address.family == .unix, loops.count > 1 {
             throw .invalidArgument("listen on \(address): a Unix-domain address cannot be shared by the group's \(loops.count) loops (SO_REUSEPORT is for IP): listen on one loop")
         }
         var options = options
-        options.reusePort = true
+        if loops.count > 1, !options.reusePort {
+            do throws(SocketError) { try Listener.checkUnshared(address, options: options) } catch { throw .socket(error) }
+            options.reusePort = true
+        }
         var listeners: [AsyncListener] = []
         var target = address
         for loop in loops {

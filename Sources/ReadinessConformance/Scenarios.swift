@@ -313,6 +313,13 @@ extension Conformance {
             line(.waitTimed(.milliseconds(200)), quiet), wait(now, .none),
             reg("x", 2, .readable), write("y"), wait(soon, ev((2, .readable))),
         ]),
+        Scenario("closed/dup-reused-registered-again", checks: "A closed descriptor kept open by a dup, its number reused, deregistered and registered again for the new file: the old file's readiness is never reported under the new registration.",
+                 fixtures: pair, [
+            reg("a", 1, .readable), line(.duplicate("a", as: "a2", atLeast: 100)), line(.close("a")),
+            line(.reopenOnNumber("x", peer: "y", numberOf: "a")), line(.deregister("x")), reg("x", 2, .readable), write("b"),
+            line(.waitTimed(.milliseconds(200)), quiet), wait(now, .none),
+            write("y"), wait(soon, ev((2, .readable))),
+        ]),
         Scenario("closed/rebuild-exhausted", checks: "With no descriptor left, a stale file's event never costs a ready one-shot event.",
                  fixtures: [.socketPair("a", "b"), .socketPair("x", "y")], [
             reg("x", 1, .readable, .oneShot), reg("a", 2, .readable), line(.duplicate("a", as: "a2", atLeast: 100)),

@@ -522,6 +522,21 @@ struct AsyncTests {
         #expect(group.next() !== group.next())
         let listeners = try await group.listen(on: try SocketAddress("127.0.0.1:0"))
         #expect(Set(listeners.map { $0.address.port }).count == 1)
+        // Go TestTCPListener: a port this group serves is in use for another group, of one loop or
+        // of two (SO_REUSEPORT would have let the second join and split the connections), unless it
+        // asks to share it.
+        for count in [1, 2] {
+            let other = try EventLoopGroup(backend: backend, count: count)
+            var refusal: LoopError?
+            do { _ = try await other.listen(on: listeners[0].address) } catch { refusal = error as? LoopError }
+            if case .socket(let error)? = refusal { #expect(error.kind == .addressInUse, "\(error)") } else {
+                Issue.record("a group of \(count) listened on a port another group serves: \(String(describing: refusal))")
+            }
+            var sharing = Listener.Options()
+            sharing.reusePort = true
+            if count == 2 { for joined in try await other.listen(on: listeners[0].address, options: sharing) { await joined.close() } }
+            await other.shutdown()
+        }
         let served = Counter()
         for listener in listeners {
             Task(executorPreference: listener.loop) {

@@ -82,6 +82,10 @@ struct DatagramSocketTests {
         let gone = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
         let address = try #require(gone.localAddress)
         gone.close()
+        // Closed: a receive would report it at once, so one would not block (poll ignores fd -1).
+        #expect(gone.hasQueuedDatagram())
+        var nothing = [UInt8](repeating: 0, count: 1)
+        #expect(throws: SocketError.self) { try gone.receive(into: &nothing) }
         let client = try DatagramSocket(connectedTo: address)
         #expect(client.peerAddress == address)
         try client.register(on: poller, token: 1, interest: .readable)
@@ -213,6 +217,9 @@ struct DatagramSocketTests {
         }
         let v6 = try DatagramSocket(bind: try SocketAddress("[::1]:0"))
         try v6.setHopLimit(-1)   // the route's default
+        // mio set_get_ttl: unicast 0 is refused on IPv6 as on IPv4 (the kernel would take it).
+        #expect(throws: SocketError(.invalidArgument, operation: "hop limit 0 on ipv6")) { try v6.setHopLimit(0) }
+        try v6.setMulticastHopLimit(0)
         #expect(throws: SocketError.self) { try v6.setMulticastHopLimit(-1) }
         // Addresses of the other family, non-multicast groups, ranges outside the array: refused.
         #expect(throws: SocketError.self) { try a.send([1], destination: try SocketAddress("[::1]:9")) }
@@ -315,7 +322,13 @@ struct DatagramSocketTests {
         #expect(try other.send(Array("from other".utf8), destination: clientAddress) == .transferred(10))
         _ = try waitFor(.readable, token: 2, on: poller)
         #expect(try client.receive(into: &buffer).datagram?.source == other.localAddress)
-        try client.disconnect()   // not connected: changes nothing
+        // mio reconnect_udp_socket: disconnecting a socket that is not connected changes nothing,
+        // not even the port the kernel chose (connect to AF_UNSPEC would give it up).
+        try client.disconnect()
+        #expect(client.localAddress == clientAddress)
+        #expect(try other.send(Array("still".utf8), destination: clientAddress) == .transferred(5))
+        _ = try waitFor(.readable, token: 2, on: poller)
+        #expect(try client.receive(into: &buffer).datagram?.source == other.localAddress)
     }
 
     @Test("no descriptor leaked: close, release, deinit, failed binds", arguments: backends)

@@ -675,6 +675,76 @@ struct PeerScenarioTests4 {
         }
     }
 
+    /// Only a closed connection or datagram socket ended the back-off; a listener, a connect's
+    /// socket or a caller's descriptor closed by the loop left the listener waiting out its timer.
+    @Test("SwiftNIO AcceptBackoffHandler: a listener backing off for want of descriptors accepts as soon as the loop closes any of its descriptors (a listener, a connect that failed), not at its back-off timer",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func backoffEndsWhenLoopClosesAnything(backend: Backend) async throws {
+        for freeing in ["listener", "connect"] {
+            try await withLoop(backend) { loop in
+                var options = Listener.Options()
+                options.backoff = AcceptBackoff(initial: .seconds(10), maximum: .seconds(10))
+                let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+                let spare = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+                // A connect in flight (its SYN dropped by a full accept queue) whose deadline passes
+                // during the exhaustion: closing its socket frees a descriptor.
+                let stuck = freeing == "connect" ? try StuckListener() : nil
+                defer { stuck?.close() }
+                if freeing == "connect", stuck == nil { await spare.close(); await listener.close(); return }
+                let stuckAddress = stuck?.address
+                let connecting = Task(executorPreference: loop) { () async -> LoopError? in
+                    guard let target = stuckAddress else { return nil }
+                    return await p4Outcome { () throws(LoopError) in _ = try await loop.connect(to: target, timeout: .milliseconds(700)) }
+                }
+                if stuckAddress != nil {   // its socket made before the exhaustion
+                    while try await loop.entryCount() < 3 { p4Pause(1) }
+                }
+                let client = try p4RawConnect(listener.address)
+                defer { close(client) }
+                var saved = rlimit()
+                getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+                var highest: CInt = 0
+                for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
+                var lowered = saved
+                lowered.rlim_cur = rlim_t(highest + 1)
+                guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
+                var fillers: [CInt] = []
+                func restore() {
+                    for fd in fillers { close(fd) }
+                    fillers.removeAll()
+                    var back = saved
+                    setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &back)
+                }
+                defer { restore() }
+                while true {
+                    let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                    if fd < 0 { break }
+                    fillers.append(fd)
+                }
+                let accepting = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
+                    do throws(LoopError) { return .success(try await listener.accept(timeout: .seconds(20))) } catch { return .failure(error) }
+                }
+                p4Pause(200)   // it tried, and backs off for 10 s (not Task.sleep: it would open descriptors)
+                let clock = ContinuousClock()
+                let start = clock.now
+                if freeing == "listener" { await spare.close() }
+                let result = await accepting.value
+                let waited = clock.now - start
+                restore()
+                #expect(waited < .seconds(3), "accepted \(waited) after the \(freeing) freed a descriptor on \(backend)")
+                switch result {
+                case .success(let socket): await socket.close()
+                case .failure(let error): Issue.record("accept: \(error) after the \(freeing) on \(backend)")
+                }
+                if freeing == "connect" {
+                    #expect(await connecting.value == .timedOut, "the stuck connect on \(backend)")
+                    await spare.close()
+                }
+                await listener.close()
+            }
+        }
+    }
+
     @Test("Go TestAcceptIgnoreAbortedConnRequest: a client that resets before it is accepted does not fail accept; the next client is accepted and served",
           .timeLimit(.minutes(1)), arguments: backends)
     func acceptIgnoresAbortedRequest(backend: Backend) async throws {
@@ -1116,5 +1186,67 @@ struct PeerScenarioTests4 {
         defer { v6.close() }
         let six = try Spawned([tool, "connect", v6.address.description, "--json", "--backend", backend.name], limit: 30).finish()
         #expect(six.status == 0 && six.output.contains("\"connected\":true") && six.output.contains("\"peer\":\"[::1]:"), "\(six.output)")
+    }
+
+    /// The loop let a caller's descriptor go only when the resolved waiter's task ran again. A task
+    /// resumed in the same loop iteration, ahead of it (its readiness is dispatched before the timers
+    /// fire), that closed the descriptor and reused its number had the number refused for adoption
+    /// ("being waited on"), and a wait on the new file there trusted the closed file's registration
+    /// (epoll and libevent with its epoll method: it was never woken).
+    @Test("libuv test-poll-close: a caller's descriptor whose wait timed out or was cancelled is the caller's again at once, even for a task the same iteration resumed first: its number can be adopted, and a wait on a new file there is woken", arguments: backends)
+    func resolvedForeignWaitLetsGo(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                for (adopting, timingOut) in [(true, true), (false, true), (true, false), (false, false)] {
+                    let label = "\(adopting ? "adopt" : "wait") after \(timingOut ? "a timeout" : "a cancellation") on \(backend)"
+                    var fds: [CInt] = [0, 0], trigger: [CInt] = [0, 0]
+                    #expect(pipe(&fds) == 0 && pipe(&trigger) == 0)
+                    let (fd, writeEnd, triggerRead) = (fds[0], fds[1], trigger[0])
+                    let waiter = Task(executorPreference: loop) { () async -> LoopError? in
+                        await p4Outcome { () throws(LoopError) in
+                            try await loop.readable(fd, timeout: timingOut ? .milliseconds(30) : nil)
+                        }
+                    }
+                    // Woken in the iteration that resolves the waiter, and run before the waiter's task.
+                    let replacer = Task(executorPreference: loop) { () async -> String? in
+                        if let error = await p4Outcome({ () throws(LoopError) in try await loop.readable(triggerRead, timeout: .seconds(5)) }) {
+                            return "trigger: \(error)"
+                        }
+                        if adopting {
+                            let replacement = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                            close(fd); close(writeEnd)
+                            guard dup2(replacement, fd) == fd else { return "dup2" }
+                            close(replacement)
+                            do throws(LoopError) {
+                                let adopted = try await loop.adopt(descriptor: fd)
+                                await adopted.close()
+                                return nil
+                            } catch {
+                                close(fd)
+                                return "\(error)"
+                            }
+                        }
+                        var other: [CInt] = [0, 0]
+                        guard pipe(&other) == 0 else { return "pipe" }
+                        close(fd); close(writeEnd)
+                        guard dup2(other[0], fd) == fd else { return "dup2" }
+                        close(other[0])
+                        defer { close(fd); close(other[1]) }
+                        guard write(other[1], "x", 1) == 1 else { return "write" }
+                        return await p4Outcome({ () throws(LoopError) in try await loop.readable(fd, timeout: .milliseconds(500)) })
+                            .map { "\($0)" }
+                    }
+                    while try await loop.entryCount() < 2 { try await loop.sleep(for: .milliseconds(1)) }
+                    #expect(write(trigger[1], "t", 1) == 1)
+                    if !timingOut { Task.detached { waiter.cancel() } }   // from another thread
+                    p4Pause(60)   // this is the loop thread: the next iteration sees both at once
+                    let failure = await replacer.value
+                    #expect(failure == nil, "\(label): \(failure ?? "")")
+                    #expect(await waiter.value == (timingOut ? .timedOut : .cancelled), "\(label)")
+                    close(trigger[0]); close(trigger[1])
+                }
+                #expect(try await loop.entryCount() == 0)
+            }.value
+        }
     }
 }

@@ -67,6 +67,10 @@ public final class LibeventSeam: BackendSeam {
     /// them all. It runs when suspects reach an eighth of the registrations (so closing n connections
     /// costs O(n) in all), when a loop pass is seen spinning, or after 20 clean passes (0.1 s).
     private var suspects = 0
+    /// The numbers of those suspects: a lingering file keeps its number in libevent's epoll set, so a
+    /// registration added on one of them would be reported the old file's readiness; such an add
+    /// rebuilds before the next pass.
+    private var suspectNumbers: Set<CInt> = []
     private var cleanPasses = 0
     /// A registration was revived on a number that names another file now: the old file, if it
     /// lingers, would be reported under the revived registration, so the next wait rebuilds first.
@@ -187,6 +191,7 @@ public final class LibeventSeam: BackendSeam {
         }
         regs.append(reg)
         if let identity { files.append(identity) }
+        if usesEpoll, suspectNumbers.contains(fd) { reinitBeforeNextPass = true }
         pending.reserveCapacity(regs.count + 1)
         spare.reserveCapacity(regs.count)
         if regs.count > recheckCapacity {
@@ -238,7 +243,10 @@ public final class LibeventSeam: BackendSeam {
         // shim reports the refused delete (no system call of our own); a registration already found
         // closed had its delete refused earlier.
         let refused = rd_lev_reg_remove(regs[index]) != 0
-        if usesEpoll, refused || registration.stale { suspects += 1 }
+        if usesEpoll, refused || registration.stale {
+            suspects += 1
+            suspectNumbers.insert(fd)
+        }
         spare.append(regs[index])
         regs[index] = regs[lastIndex]
         regs.removeLast()
@@ -254,6 +262,7 @@ public final class LibeventSeam: BackendSeam {
     private func reinit(_ table: inout RegistrationTable) throws(PollerError) {
         _ = table.markClosedStale { _, registration in _ = rd_lev_reg_remove(regs[Int(registration.index)]) }
         suspects = 0
+        suspectNumbers.removeAll(keepingCapacity: true)
         cleanPasses = 0
         reinitBeforeNextPass = false
         // libevent re-adds every event and reports a failure if any re-add failed (a number closed and

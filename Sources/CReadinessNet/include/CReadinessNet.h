@@ -45,6 +45,9 @@ int rd_net_shut_rdwr(void);
 #define RD_SIGNAL_MAX 64
 /// The highest signal number that can be watched (SIGRTMAX, at most RD_SIGNAL_MAX).
 int rd_signal_max(void);
+/// SIGRTMIN: the first real-time signal the C library leaves to applications (glibc keeps 32 and 33
+/// for its threads).
+int rd_signal_rtmin(void);
 /// Claims a slot for `fd` (the non-blocking write end of a pipe) and the signals of `mask`; the slot,
 /// or -1 with ENOSPC when all RD_SIGNAL_SLOTS are taken. Callers serialise the calls below.
 int rd_signal_subscribe(int fd, uint64_t mask);

@@ -123,7 +123,11 @@ extension LoopState {
         resource.record[direction].timer = nil
         let slot = resource.record[direction]
         guard slot.isWaiting, slot.deadline != WaitSlot.noDeadline else { return }
-        if slot.deadline <= now { return resolve(resource, direction, .failed(.timedOut)) }
+        if slot.deadline <= now {
+            resolve(resource, direction, .failed(.timedOut))
+            if let foreign = resource as? ForeignResource { settleForeign(foreign) }
+            return
+        }
         resource.record[direction].timer = timers.schedule(at: slot.deadline, token: token)
     }
 
@@ -248,5 +252,6 @@ extension LoopState {
         let slot = resource.record[direction]
         guard slot.isWaiting, slot.operation == operation else { return }
         resolve(resource, direction, .failed(.cancelled))
+        if let foreign = resource as? ForeignResource { settleForeign(foreign) }
     }
 }

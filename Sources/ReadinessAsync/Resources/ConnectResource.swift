@@ -90,5 +90,6 @@ final class ConnectResource: LoopResource, TokenAllocator {
         connect = nil            // it holds this resource (its token allocator): the cycle ends here
         for alias in aliases { loop.slab.remove(alias: alias) }
         aliases.removeAll()
+        loop.descriptorFreed()   // its attempts' sockets: a listener out of descriptors tries again now
     }
 }

@@ -18,6 +18,12 @@ final class ForeignResource: LoopResource {
 
     var watchedDescriptor: CInt? { fd }
 
+    /// Readiness resumes the waiter, and the descriptor is let go at once (`settleForeign`).
+    func ready(_ ready: Ready, token: Token, loop: LoopState) {
+        loop.deliver(self, ready)
+        loop.settleForeign(self)
+    }
+
     func release(loop: LoopState) {
         try? loop.updateInterest(self, [])
         loop.foreign.removeValue(forKey: fd)
@@ -25,6 +31,17 @@ final class ForeignResource: LoopResource {
 }
 
 extension LoopState {
+    /// A caller's descriptor is watched only while a task waits on it: when its last waiter is
+    /// resolved (ready, deadline, cancellation), the loop deregisters it and forgets the number at
+    /// once, not when the waiter's task runs again. Until then the caller, told to cancel the wait
+    /// before closing, could close the descriptor and reuse its number while the loop still held it:
+    /// an adoption refused as "being waited on", a connect's socket refused as registered, a wait on
+    /// the new file trusting a registration of the closed one (libuv test-poll-close).
+    func settleForeign(_ resource: ForeignResource) {
+        guard slab.contains(resource), !resource.record.read.isWaiting, !resource.record.write.isWaiting else { return }
+        close(resource, reason: .closed)
+    }
+
     nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
         if isShutDown { throw .shutdown }
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }

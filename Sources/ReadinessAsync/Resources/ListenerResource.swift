@@ -65,6 +65,7 @@ final class ListenerResource: LoopResource {
         if isBackingOff { loop.backingOff.remove(key) }
         try? loop.updateInterest(self, [])
         listener.close()
+        loop.descriptorFreed()   // another listener out of descriptors tries again now
     }
 
     /// Closes a connection accepted ahead (io_uring's multishot accept) that no `accept` will take,

@@ -115,7 +115,7 @@ final class StreamResource: LoopResource {
         if let socket {
             socket.close()       // deregisters first (registered through StreamSocket.register)
             record.registered = []
-            loop.descriptorFreed()
         }
+        loop.descriptorFreed()   // the socket or the connect's: a listener out of descriptors tries again now
     }
 }

@@ -36,9 +36,11 @@ public struct Signal: RawRepresentable, Hashable, Sendable, CustomStringConverti
 
     /// Why this signal cannot be watched, or nil: out of range, a signal no process can catch
     /// (SIGKILL, SIGSTOP), or one the kernel raises for a fault in the running code (SIGSEGV, SIGBUS,
-    /// SIGFPE, SIGILL, SIGTRAP, SIGSYS: a handler that returns would fault again at once).
+    /// SIGFPE, SIGILL, SIGTRAP, SIGSYS: a handler that returns would fault again at once), or one
+    /// the C library keeps for itself (glibc's 32 and 33, below SIGRTMIN: sigaction refuses them).
     public var invalidReason: String? {
         if rawValue < 1 || rawValue > Self.maximum { return "signal \(rawValue) is outside 1...\(Self.maximum)" }
+        if rawValue > SIGSYS && rawValue < rd_signal_rtmin() { return "\(self) is kept by the C library (below SIGRTMIN)" }
         switch rawValue {
         case SIGKILL, SIGSTOP: return "\(self) cannot be caught"
         case SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS: return "\(self) reports a fault in the running code"

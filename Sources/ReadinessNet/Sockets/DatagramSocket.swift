@@ -248,8 +248,10 @@ public final class DatagramSocket {
     /// source are received. **Linux gives up a local port the kernel chose** (at the connect, or at a
     /// bind to port 0): the socket takes a new ephemeral port at its next send; bind it to a port of
     /// your choosing to keep its address.
-    /// Doing it on a socket that is not connected changes nothing.
+    /// Doing it on a socket that is not connected changes nothing: not even a port the kernel chose
+    /// (it is not asked: Linux would give that port up too).
     public func disconnect() throws(SocketError) {
+        do { _ = try SocketAddress.peer(of: fd) } catch { if error.errno == ENOTCONN { return } }
         guard Sys.retryingEINTR({ rd_net_disconnect(fd) }) == 0 else {
             throw SocketError(errno: errno, operation: "disconnect (connect to AF_UNSPEC)")
         }
@@ -376,7 +378,9 @@ public final class DatagramSocket {
     /// reported), asked without a buffer and without consuming anything: poll(2) with a zero timeout.
     /// (A `recv` with MSG_PEEK would take a pending error, such as a connected socket's refusal, and
     /// the receive that follows would never report it.)
+    /// A closed socket answers true: its receive reports ``SocketError/Kind/closed`` at once.
     public func hasQueuedDatagram() -> Bool {
+        guard fd >= 0 else { return true }
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let n = Sys.retryingEINTR { Glibc.poll(&entry, 1, 0) }
         return n != 0   // ready, an error pending, or poll failed: the receive reports it
@@ -441,7 +445,9 @@ public final class DatagramSocket {
 
     private func setHops(_ hops: Int, multicast: Bool) throws(SocketError) {
         let lowest = multicast ? 0 : (family == .ipv6 ? -1 : 1)
-        guard family != .unix, hops >= lowest, hops <= Self.maximumHops else {
+        // Unicast 0 is refused on both families (the kernel takes 0 on IPv6: a hop limit no
+        // packet could leave with).
+        guard family != .unix, hops >= lowest, hops <= Self.maximumHops, multicast || hops != 0 else {
             throw SocketError(.invalidArgument, operation: "\(multicast ? "multicast " : "")hop limit \(hops) on \(family.rawValue)")
         }
         if rd_net_set_hops(fd, domain, multicast ? 1 : 0, CInt(hops)) != 0 {

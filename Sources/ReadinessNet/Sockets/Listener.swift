@@ -87,6 +87,23 @@ public final class Listener {
         unixPath = address.unixPath
     }
 
+    /// Fails with ``SocketError/Kind/addressInUse`` when something is bound to `address` (an IP
+    /// address with a port) that a listener without SO_REUSEPORT could not share: a bind of a socket
+    /// that never listens, closed at once. A group of listeners that shares its port through
+    /// SO_REUSEPORT asks this first, so that it joins nobody else's group (another server of this
+    /// user on the port would split the connections with it, silently).
+    package static func checkUnshared(_ address: SocketAddress, options: Options) throws(SocketError) {
+        guard !address.isEmpty, address.family != .unix, address.port != 0 else { return }
+        let fd = rd_net_stream_socket(address.domain)
+        guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
+        defer { Sys.close(fd) }
+        if options.reuseAddress { try set(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
+        if address.family == .ipv6, let v6Only = options.v6Only {
+            try set(fd, rd_net_ipproto_ipv6(), rd_net_ipv6_v6only(), v6Only ? 1 : 0, "IPV6_V6ONLY")
+        }
+        try bind(fd, to: address, removeStale: false)
+    }
+
     deinit { close() }
 
     /// Registers the listener for readability; while backing off it is deregistered and
