@@ -59,7 +59,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     // Used from one thread at a time (the contract) and never accessed overlapping: the dynamic
     // exclusivity check of each wait's `inout` access (swift_beginAccess) would be pure cost.
     @exclusivity(unchecked) @usableFromInline var storedTable = RegistrationTable()
-    @exclusivity(unchecked) @usableFromInline var isClosed = false
+    @exclusivity(unchecked) @usableFromInline var released = false
     /// Bit 0: closing (set by `close()`, never cleared). The other bits count the calls in progress
     /// (waits, registrations, changes, removals), so that a `close()` from another thread during one
     /// wakes a wait, lets the call end (with `closed` for a wait), and only then releases the
@@ -82,6 +82,9 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     /// The registrations.
     public var table: RegistrationTable { storedTable }
 
+    /// See ``Poller/isClosed``.
+    public var isClosed: Bool { waitState.load(ordering: .acquiring) & 1 != 0 }
+
     /// A poller of `seam`, the backend built around `waker` (which it must watch).
     public init(waker: Waker, seam: Seam) {
         self.waker = waker
@@ -100,7 +103,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         }
     }
 
-    deinit { if !isClosed { shutDown() } }
+    deinit { if !released { shutDown() } }
 
     /// The backend's capabilities.
     @inlinable public var capabilities: Capabilities { seam.capabilities }
@@ -110,7 +113,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     public func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         try enter()
         defer { leave() }
-        guard !isClosed else { throw .closed }
+        guard !released else { throw .closed }
         try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
                                       kernelChecksDescriptor: seam.kernelChecksDescriptor,
                                       heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd))
@@ -126,7 +129,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     public func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
         try enter()
         defer { leave() }
-        guard !isClosed else { throw .closed }
+        guard !released else { throw .closed }
         let old = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
                                                   capabilities: seam.capabilities,
                                                   kernelChecksDescriptor: seam.kernelChecksDescriptor)
@@ -153,7 +156,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     public func deregister(_ fd: CInt) throws(PollerError) {
         try enter()
         defer { leave() }
-        guard !isClosed else { throw .closed }
+        guard !released else { throw .closed }
         let registration = try storedTable.checkRegistered(fd)
         try seam.remove(fd, registration)
         storedTable.remove(fd)
@@ -184,7 +187,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     /// `closed`, lets a registration call in progress end, and releases the descriptors only after
     /// every such call ended; a call that begins after it fails with `closed`.
     public func close() throws(PollerError) {
-        guard !isClosed else { throw .closed }
+        guard !released else { throw .closed }
         let before = waitState.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
         guard before & 1 == 0 else { throw .closed }
         // A call in progress: wake a wait (again every millisecond, in case it had not yet reached
@@ -198,7 +201,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     }
 
     private func shutDown() {
-        isClosed = true
+        released = true
         seam.close()
         waker.close()
         storedTable.removeAll()
@@ -267,6 +270,9 @@ extension SpecializedPoller {
     /// See ``Poller/close()``.
     @inlinable
     public func close() throws(PollerError) { try base.close() }
+
+    /// See ``Poller/isClosed``.
+    @inlinable public var isClosed: Bool { base.isClosed }
 }
 
 /// The seam's name before issue 21 (an anagram of ``ContractPoller``'s old name).

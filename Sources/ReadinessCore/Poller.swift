@@ -25,9 +25,17 @@ public protocol Poller: AnyObject {
     /// thread during a wait, it wakes that wait (which fails with `closed`); it returns once every call
     /// in progress ended.
     func close() throws(PollerError)
+    /// Whether ``close()`` has begun (any thread may ask): every call now fails with
+    /// ``PollerError/closed``, and nothing is registered any more. A socket type that remembers its
+    /// poller asks this to let itself be registered on another one.
+    var isClosed: Bool { get }
 }
 
 extension Poller {
+    /// A backend that does not say answers false (its sockets must then be deregistered, which
+    /// fails with ``PollerError/closed`` and forgets the poller, before they move to another).
+    public var isClosed: Bool { false }
+
     /// Registers `fd` level-triggered.
     public func register(_ fd: CInt, token: Token, interest: Interest) throws(PollerError) {
         try register(fd, token: token, interest: interest, trigger: .level)

@@ -50,6 +50,38 @@ struct StreamSocketTests {
         #expect(try client.read(into: &buffer) == .transferred(3))
     }
 
+    /// The sockets kept the closed poller as theirs: register on another failed with
+    /// alreadyRegistered though they were registered nowhere.
+    @Test("CPython test_selectors test_close / mio: after its poller is closed, a stream socket, a listener and a datagram socket register on another poller and report there", arguments: backends)
+    func registerAfterPollerClosed(backend: Backend) throws {
+        let first = try backend.makePoller()
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let (client, server) = try tcpPair(on: first, listener: listener)
+        let (a, b) = try DatagramSocket.pair()
+        try server.register(on: first, token: 1, interest: .readable)
+        try listener.register(on: first, token: 2)
+        try a.register(on: first, token: 3, interest: .readable)
+        #expect(!first.isClosed)
+        #expect(throws: PollerError.alreadyRegistered(server.fd)) { try server.register(on: first, token: 1, interest: .readable) }
+        try first.close()
+        #expect(first.isClosed)
+        let second = try backend.makePoller()
+        defer { try? second.close() }
+        try server.register(on: second, token: 11, interest: .readable)
+        try listener.register(on: second, token: 12)
+        try a.register(on: second, token: 13, interest: .readable)
+        #expect(throws: PollerError.alreadyRegistered(server.fd)) { try server.register(on: second, token: 11, interest: .readable) }
+        #expect(try client.write(Array("x".utf8)) == .transferred(1))
+        #expect(try waitFor(.readable, token: 11, on: second).contains(.readable))
+        #expect(try b.send(Array("y".utf8)) == .transferred(1))
+        #expect(try waitFor(.readable, token: 13, on: second).contains(.readable))
+        let other = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(other) }
+        #expect(listener.address.withSockaddr { Glibc.connect(other, $0, $1) } == 0)
+        #expect(try waitFor(.readable, token: 12, on: second).contains(.readable))
+        server.close(); client.close(); listener.close(); a.close(); b.close()
+    }
+
     @Test("a vectored write sends every buffer in order", arguments: backends)
     func vectored(backend: Backend) throws {
         let poller = try backend.makePoller()

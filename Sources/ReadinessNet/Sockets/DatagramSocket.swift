@@ -187,7 +187,8 @@ public final class DatagramSocket {
     // MARK: Registration
 
     /// Registers the socket with `poller`; ``close()`` will deregister it first. One poller at a time:
-    /// while it is registered this fails with ``/ReadinessCore/PollerError/alreadyRegistered(_:)``.
+    /// while it is registered this fails with ``/ReadinessCore/PollerError/alreadyRegistered(_:)``
+    /// (a poller closed since holds nothing: the socket may go to another).
     public func register(on poller: any Poller, token: Token, interest: Interest,
                          trigger: Trigger = .level) throws(PollerError) {
         try descriptor.register(on: poller, token: token, interest: interest, trigger: trigger)

@@ -110,9 +110,14 @@ public final class Listener {
     /// ``resume()`` registers it again with the same token. One poller at a time, as for a stream:
     /// registering again before ``deregister()`` fails with
     /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)`` (a second poller would keep watching a
-    /// number `close()` no longer deregisters there).
+    /// number `close()` no longer deregisters there). A poller closed since holds nothing: the
+    /// listener may go to another.
     public func register(on poller: any Poller, token: Token) throws(PollerError) {
-        if registration != nil { throw .alreadyRegistered(fd) }
+        if let registration {
+            guard registration.poller.isClosed else { throw .alreadyRegistered(fd) }
+            self.registration = nil
+            isRegistered = false
+        }
         try poller.register(fd, token: token, interest: .readable, trigger: .level)
         registration = (poller, token)
         isRegistered = true

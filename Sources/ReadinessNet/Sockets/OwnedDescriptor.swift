@@ -42,9 +42,14 @@ struct OwnedDescriptor {
 
     var isClosed: Bool { fd < 0 }
 
-    /// One poller at a time: while registered, `.alreadyRegistered`.
+    /// One poller at a time: while registered, `.alreadyRegistered`. A poller closed since holds
+    /// nothing: the socket may be registered on another (CPython's selector `close`, mio's `Poll` dropped).
     mutating func register(on poller: any Poller, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
-        if self.poller != nil { throw .alreadyRegistered(fd) }
+        if let current = self.poller {
+            guard current.isClosed else { throw .alreadyRegistered(fd) }
+            self.poller = nil
+            registration = nil
+        }
         try poller.register(fd, token: token, interest: interest, trigger: trigger)
         self.poller = poller
         registration = (token, interest, trigger)

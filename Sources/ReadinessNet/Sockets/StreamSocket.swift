@@ -61,7 +61,8 @@ public final class StreamSocket {
 
     /// Registers the socket with `poller`; ``close()`` will deregister it first. A socket is registered
     /// with one poller at a time: while it is registered (here or elsewhere) this fails with
-    /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)``; deregister it first.
+    /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)``; deregister it first. A poller closed
+    /// since (``/ReadinessCore/Poller/isClosed``) holds nothing: the socket may go to another.
     public func register(on poller: any Poller, token: Token, interest: Interest,
                          trigger: Trigger = .level) throws(PollerError) {
         try descriptor.register(on: poller, token: token, interest: interest, trigger: trigger)
