@@ -18,6 +18,35 @@ struct TimersTests {
         #expect(timers.count == 1)
     }
 
+    /// A handler that scheduled its timer again at the current time kept the drain going for ever.
+    @Test("libuv test-timer (a timer restarted from its callback with timeout 0): a timer scheduled during a drain fires in the next drain, not in the same one")
+    func rescheduledDuringDrain() {
+        let timers = Timers()
+        timers.schedule(at: 100, token: 1)
+        timers.schedule(at: 100, token: 2)
+        var fired: [UInt64] = []
+        while let token = timers.popDue(now: 100), fired.count < 10 {
+            fired.append(token.rawValue)
+            timers.schedule(at: 100, token: token)   // again, due at once
+            timers.schedule(at: 50, token: 9)        // even earlier than what is left
+        }
+        #expect(fired == [1, 2])
+        // Due just after the drain's time, in the order they were scheduled: the next drain fires them.
+        #expect(timers.popDue(now: 100) == nil)
+        var next: [UInt64] = []
+        while let token = timers.popDue(now: 101), next.count < 10 { next.append(token.rawValue) }
+        #expect(next == [1, 9, 2, 9])
+        #expect(timers.count == 0)
+        // At the largest time there is no later deadline: the drain still ends.
+        timers.schedule(at: 5, token: 7)
+        var atLatest = 0
+        while let token = timers.popDue(now: Deadline(nanoseconds: .max)), atLatest < 10 {
+            atLatest += 1
+            timers.schedule(at: Deadline(nanoseconds: .max), token: token)
+        }
+        #expect(atLatest == 1 && timers.count == 1)
+    }
+
     @Test("the deadline-to-timeout rule: none pending blocks, a due one gives zero, otherwise the time left")
     func timeout() {
         let timers = Timers()

@@ -42,6 +42,11 @@ public final class Timers {
     @exclusivity(unchecked) @usableFromInline var heap: [Int32] = []
     @exclusivity(unchecked) @usableFromInline var freeHead: Int32 = -1
     @exclusivity(unchecked) @usableFromInline var nextSequence: UInt64 = 0
+    /// The drain in progress (``popDue(now:)`` until nil): its `now`, and the first sequence
+    /// number scheduled since it began. A timer scheduled during it is due no earlier than just after
+    /// that `now` (so it waits for the next drain, behind the timers already due), and never fires in
+    /// it (the cutoff: even at the largest `now`). Nil between drains.
+    @exclusivity(unchecked) var drain: (now: Int64, cutoff: UInt64)?
 
     /// - Parameter capacity: timers to make room for at once, clamped to 0 ... ``maximumReservedCapacity``
     ///   (a hint: more timers than that still fit, the arrays grow). Before the clamp, a huge capacity
@@ -88,6 +93,8 @@ public final class Timers {
     /// ``schedule(at:token:)`` at a raw monotonic deadline (inside the package only).
     @discardableResult
     package func schedule(at deadline: Int64, token: Token) -> TimerID {
+        var deadline = deadline
+        if let drain, deadline <= drain.now, drain.now < .max { deadline = drain.now + 1 }
         let slot: Int32
         let sequence = nextSequence
         nextSequence &+= 1
@@ -142,12 +149,20 @@ public final class Timers {
     }
 
     /// Removes and returns the token of the earliest timer if it is due at `now`; nil otherwise.
-    /// Call it until nil to fire everything due.
+    /// Call it until nil to fire everything due. A timer scheduled during that drain (a handler that
+    /// schedules itself again at `now`, or earlier) is not due in it: its deadline becomes just after
+    /// `now`, so it fires in the next drain, after the next wait, as libuv's timers do; a drain never
+    /// runs for ever. (A drain left before nil keeps that rule until the next one: its `now` has passed.)
     public func popDue(now: Deadline = .now) -> Token? { popDue(now: now.nanoseconds) }
 
     /// ``popDue(now:)`` at a raw monotonic instant (inside the package only).
     package func popDue(now: Int64) -> Token? {
-        guard let first = heap.first, slots[Int(first)].deadline <= now else { return nil }
+        let cutoff = drain?.cutoff ?? nextSequence
+        guard let first = heap.first, slots[Int(first)].deadline <= now, slots[Int(first)].sequence < cutoff else {
+            drain = nil
+            return nil
+        }
+        drain = (now, cutoff)
         let token = slots[Int(first)].token
         remove(at: 0)
         return token
