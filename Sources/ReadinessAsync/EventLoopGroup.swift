@@ -7,7 +7,8 @@ import Synchronization
 
 /// N event loops (one per core by default), each its own thread and poller, and a simple way to pick
 /// one: ``next()`` goes round the loops. With ``listen(on:options:)`` every loop gets its own
-/// `SO_REUSEPORT` listener on the same port and the kernel spreads connections over them.
+/// listener on the same port (`SO_REUSEPORT`, with more than one loop) and the kernel spreads
+/// connections over them.
 public final class EventLoopGroup: Sendable {
     /// The loops, each with its own thread and poller.
     public let loops: [EventLoop]

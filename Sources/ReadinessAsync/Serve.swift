@@ -89,7 +89,7 @@ extension EventLoop {
 }
 
 extension EventLoopGroup {
-    /// Serves `address` on every loop of the group: one `SO_REUSEPORT` listener per loop
+    /// Serves `address` on every loop of the group: one listener per loop (`SO_REUSEPORT` with more)
     /// (``listen(on:options:)``), one accepting task per loop preferring it, each connection's task on
     /// its listener's loop (``AsyncListener/serve(_:)``). Returns when every loop stopped accepting
     /// (the group shuts down, or the calling task is cancelled) and every connection's task finished;

@@ -675,8 +675,8 @@ struct PeerScenarioTests4 {
         }
     }
 
-    /// Only a closed connection or datagram socket ended the back-off; a listener, a connect's
-    /// socket or a caller's descriptor closed by the loop left the listener waiting out its timer.
+    /// Only a closed connection or datagram socket ended the back-off; a listener or a connect's
+    /// socket closed by the loop (a failed or timed-out connect) left the listener waiting out its timer.
     @Test("SwiftNIO AcceptBackoffHandler: a listener backing off for want of descriptors accepts as soon as the loop closes any of its descriptors (a listener, a connect that failed), not at its back-off timer",
           .timeLimit(.minutes(1)), arguments: backends)
     func backoffEndsWhenLoopClosesAnything(backend: Backend) async throws {
@@ -743,6 +743,70 @@ struct PeerScenarioTests4 {
                 await listener.close()
             }
         }
+    }
+
+    /// A synchronous listener registered while it backed off (after a deregistration, or on a new
+    /// poller once its first was closed) was watched at once: its queued client kept it readable and
+    /// accept() would not take it, so the loop spun until resume(). And once closed, accept() still
+    /// answered the back-off instead of the close.
+    @Test("libuv tcp-emfile / CPython test_selectors: a listener registered while it backs off is watched only from resume(), and accept() on it once closed reports the close",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func listenerRegisteredWhileBackingOff(backend: Backend) throws {
+        var options = Listener.Options()
+        options.backoff = AcceptBackoff(initial: .seconds(30), maximum: .seconds(30))
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"), options: options)
+        var clients = [try p4RawConnect(listener.address), try p4RawConnect(listener.address)]
+        defer { for fd in clients { close(fd) } }
+        let first = try backend.makePoller()
+        let second = try backend.makePoller()
+        defer { try? second.close() }
+        try listener.register(on: first, token: 1)
+        /// accept() out of descriptors (the soft limit lowered to the highest open one, every hole
+        /// filled), then everything put back: whether it backed off.
+        func backOff() throws -> Bool {
+            var saved = rlimit()
+            getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+            var highest: CInt = 0
+            for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
+            var lowered = saved
+            lowered.rlim_cur = rlim_t(highest + 1)
+            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
+            var fillers: [CInt] = []
+            defer {
+                for fd in fillers { close(fd) }
+                var back = saved
+                setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &back)
+            }
+            while true {
+                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                if fd < 0 { break }
+                fillers.append(fd)
+            }
+            if case .backingOff = try listener.accept() { return true }
+            return false
+        }
+        guard try backOff() else { Issue.record("accept did not back off out of descriptors on \(backend)"); return }
+        let events = EventBuffer(capacity: 8)
+        try listener.deregister()
+        try listener.register(on: first, token: 1)
+        #expect(try first.wait(into: events, timeout: .milliseconds(50)) == 0, "registered again after deregister on \(backend)")
+        try first.close()
+        try listener.register(on: second, token: 2)
+        #expect(try second.wait(into: events, timeout: .milliseconds(50)) == 0, "registered on a new poller on \(backend)")
+        #expect(listener.isBackingOff)
+        try listener.resume()
+        #expect(try waitFor(.readable, token: 2, on: second).contains(.readable))
+        if case .accepted(let served, _) = try listener.accept() { served.close() } else {
+            Issue.record("nothing accepted after resume on \(backend)")
+        }
+        // Backing off again, then closed: accept() reports the close, not the back-off.
+        guard try backOff() else { Issue.record("accept did not back off the second time on \(backend)"); return }
+        listener.close()
+        do { _ = try listener.accept(); Issue.record("accept on a closed listener on \(backend)") } catch {
+            #expect(error.kind == .closed, "\(error)")
+        }
+        for fd in clients { close(fd) }
+        clients = []
     }
 
     @Test("Go TestAcceptIgnoreAbortedConnRequest: a client that resets before it is accepted does not fail accept; the next client is accepted and served",
@@ -1189,11 +1253,13 @@ struct PeerScenarioTests4 {
     }
 
     /// The loop let a caller's descriptor go only when the resolved waiter's task ran again. A task
-    /// resumed in the same loop iteration, ahead of it (its readiness is dispatched before the timers
-    /// fire), that closed the descriptor and reused its number had the number refused for adoption
-    /// ("being waited on"), and a wait on the new file there trusted the closed file's registration
-    /// (epoll and libevent with its epoll method: it was never woken).
-    @Test("libuv test-poll-close: a caller's descriptor whose wait timed out or was cancelled is the caller's again at once, even for a task the same iteration resumed first: its number can be adopted, and a wait on a new file there is woken", arguments: backends)
+    /// that ran before it (resumed in the same loop iteration: readiness is dispatched before the
+    /// timers fire; or started right after the cancellation) and closed the descriptor and reused its
+    /// number had the number refused for adoption ("being waited on"), and a wait on the new file
+    /// there trusted the closed file's registration (epoll and libevent with its epoll method: it was
+    /// never woken).
+    @Test("libuv test-poll-close: a caller's descriptor whose wait timed out or was cancelled is the caller's again at once, even for a task that runs before the waiter's: its number can be adopted, and a wait on a new file there is woken",
+          .timeLimit(.minutes(1)), arguments: backends)
     func resolvedForeignWaitLetsGo(backend: Backend) async throws {
         try await withLoop(backend) { loop in
             try await Task(executorPreference: loop) {
@@ -1202,51 +1268,67 @@ struct PeerScenarioTests4 {
                     var fds: [CInt] = [0, 0], trigger: [CInt] = [0, 0]
                     #expect(pipe(&fds) == 0 && pipe(&trigger) == 0)
                     let (fd, writeEnd, triggerRead) = (fds[0], fds[1], trigger[0])
+                    defer { close(trigger[0]); close(trigger[1]) }
                     let waiter = Task(executorPreference: loop) { () async -> LoopError? in
                         await p4Outcome { () throws(LoopError) in
-                            try await loop.readable(fd, timeout: timingOut ? .milliseconds(30) : nil)
+                            try await loop.readable(fd, timeout: timingOut ? .milliseconds(300) : nil)
                         }
                     }
-                    // Woken in the iteration that resolves the waiter, and run before the waiter's task.
-                    let replacer = Task(executorPreference: loop) { () async -> String? in
-                        if let error = await p4Outcome({ () throws(LoopError) in try await loop.readable(triggerRead, timeout: .seconds(5)) }) {
-                            return "trigger: \(error)"
-                        }
-                        if adopting {
-                            let replacement = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                            close(fd); close(writeEnd)
-                            guard dup2(replacement, fd) == fd else { return "dup2" }
-                            close(replacement)
-                            do throws(LoopError) {
-                                let adopted = try await loop.adopt(descriptor: fd)
-                                await adopted.close()
-                                return nil
-                            } catch {
-                                close(fd)
-                                return "\(error)"
+                    var waited = 0
+                    while try await loop.entryCount() < 1, waited < 1_000 { try await loop.sleep(for: .milliseconds(1)); waited += 1 }
+                    let replacer: Task<String?, Never>
+                    if timingOut {
+                        // Woken in the iteration whose timers time the waiter out: it runs first.
+                        replacer = Task(executorPreference: loop) { () async -> String? in
+                            if let error = await p4Outcome({ () throws(LoopError) in try await loop.readable(triggerRead, timeout: .seconds(5)) }) {
+                                return "trigger: \(error)"
                             }
+                            return await Self.replaceNumber(fd, writeEnd: writeEnd, adopting: adopting, loop: loop)
                         }
-                        var other: [CInt] = [0, 0]
-                        guard pipe(&other) == 0 else { return "pipe" }
-                        close(fd); close(writeEnd)
-                        guard dup2(other[0], fd) == fd else { return "dup2" }
-                        close(other[0])
-                        defer { close(fd); close(other[1]) }
-                        guard write(other[1], "x", 1) == 1 else { return "write" }
-                        return await p4Outcome({ () throws(LoopError) in try await loop.readable(fd, timeout: .milliseconds(500)) })
-                            .map { "\($0)" }
+                        waited = 0
+                        while try await loop.entryCount() < 2, waited < 1_000 { try await loop.sleep(for: .milliseconds(1)); waited += 1 }
+                        #expect(write(trigger[1], "t", 1) == 1)
+                        p4Pause(400)   // this is the loop thread: its next iteration sees both at once
+                    } else {
+                        // Cancelled on the loop, then a task started: it runs before the waiter's task.
+                        waiter.cancel()
+                        replacer = Task(executorPreference: loop) { () async -> String? in
+                            await Self.replaceNumber(fd, writeEnd: writeEnd, adopting: adopting, loop: loop)
+                        }
                     }
-                    while try await loop.entryCount() < 2 { try await loop.sleep(for: .milliseconds(1)) }
-                    #expect(write(trigger[1], "t", 1) == 1)
-                    if !timingOut { Task.detached { waiter.cancel() } }   // from another thread
-                    p4Pause(60)   // this is the loop thread: the next iteration sees both at once
                     let failure = await replacer.value
                     #expect(failure == nil, "\(label): \(failure ?? "")")
                     #expect(await waiter.value == (timingOut ? .timedOut : .cancelled), "\(label)")
-                    close(trigger[0]); close(trigger[1])
                 }
                 #expect(try await loop.entryCount() == 0)
             }.value
         }
+    }
+
+    /// Closes the pipe `fd` reads and puts a new file on its number: a socket the loop adopts, or a
+    /// pipe with a byte in it that the loop must see readable. What went wrong, or nil.
+    private static func replaceNumber(_ fd: CInt, writeEnd: CInt, adopting: Bool, loop: EventLoop) async -> String? {
+        if adopting {
+            let replacement = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            close(fd); close(writeEnd)
+            guard dup2(replacement, fd) == fd else { return "dup2" }
+            close(replacement)
+            do throws(LoopError) {
+                let adopted = try await loop.adopt(descriptor: fd)
+                await adopted.close()
+                return nil
+            } catch {
+                close(fd)
+                return "\(error)"
+            }
+        }
+        var other: [CInt] = [0, 0]
+        guard pipe(&other) == 0 else { return "pipe" }
+        close(fd); close(writeEnd)
+        guard dup2(other[0], fd) == fd else { return "dup2" }
+        close(other[0])
+        defer { close(fd); close(other[1]) }
+        guard write(other[1], "x", 1) == 1 else { return "write" }
+        return await p4Outcome({ () throws(LoopError) in try await loop.readable(fd, timeout: .milliseconds(500)) }).map { "\($0)" }
     }
 }

@@ -82,6 +82,30 @@ struct StreamSocketTests {
         server.close(); client.close(); listener.close(); a.close(); b.close()
     }
 
+    /// An empty write on a closed socket answered `.transferred(0)`, where a write of bytes says closed.
+    @Test("CPython send(b'') / Go Write(nil) after Close: an empty write on a closed stream socket fails as closed, as a write of bytes does", arguments: backends)
+    func emptyWriteAfterClose(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (client, server) = try tcpPair(on: poller)
+        #expect(try client.write([UInt8]()) == .transferred(0))   // open: no system call, nothing sent
+        client.close()
+        server.close()
+        let empty: [UInt8] = []
+        let attempts: [(String, () throws(SocketError) -> IOResult)] = [
+            ("write([])", { () throws(SocketError) in try client.write(empty) }),
+            ("write(Bytes())", { () throws(SocketError) in try client.write(Bytes()) }),
+            ("write(bytes, from: count)", { () throws(SocketError) in try client.write(Bytes([1, 2]), from: 2) }),
+            ("write(vectored: [])", { () throws(SocketError) in try client.write(vectored: [UnsafeRawBufferPointer]()) }),
+            ("write([1])", { () throws(SocketError) in try client.write([1]) }),
+        ]
+        for (name, attempt) in attempts {
+            do { _ = try attempt(); Issue.record("\(name) on a closed socket succeeded on \(backend)") } catch {
+                #expect(error.kind == .closed, "\(name): \(error)")
+            }
+        }
+    }
+
     @Test("a vectored write sends every buffer in order", arguments: backends)
     func vectored(backend: Backend) throws {
         let poller = try backend.makePoller()

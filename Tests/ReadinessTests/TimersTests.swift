@@ -37,14 +37,16 @@ struct TimersTests {
         while let token = timers.popDue(now: 101), next.count < 10 { next.append(token.rawValue) }
         #expect(next == [1, 9, 2, 9])
         #expect(timers.count == 0)
-        // At the largest time there is no later deadline: the drain still ends.
-        timers.schedule(at: 5, token: 7)
-        var atLatest = 0
-        while let token = timers.popDue(now: Deadline(nanoseconds: .max)), atLatest < 10 {
-            atLatest += 1
-            timers.schedule(at: Deadline(nanoseconds: .max), token: token)
+        // At the largest time there is no later deadline: the drain still ends, and still fires every
+        // timer that was due before it began, whatever the handlers schedule (here, earlier ones).
+        timers.schedule(at: 10, token: 7)
+        timers.schedule(at: 20, token: 8)
+        var atLatest: [UInt64] = []
+        while let token = timers.popDue(now: Deadline(nanoseconds: .max)), atLatest.count < 10 {
+            atLatest.append(token.rawValue)
+            timers.schedule(at: 5, token: token)
         }
-        #expect(atLatest == 1 && timers.count == 1)
+        #expect(atLatest == [7, 8] && timers.count == 2)
     }
 
     @Test("the deadline-to-timeout rule: none pending blocks, a due one gives zero, otherwise the time left")

@@ -416,7 +416,7 @@ extension StreamSocket {
         guard offset >= 0, offset <= bytes.count else {
             throw SocketError(.invalidArgument, operation: "write(from: \(offset)) of \(bytes.count) bytes")
         }
-        if offset == bytes.count { return .transferred(0) }
+        if offset == bytes.count { return try writeImpl(UnsafeRawBufferPointer(start: nil, count: 0)) }
         return try bytes.withUnsafeBytes { (raw) throws(SocketError) -> IOResult in
             try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset...]))
         }

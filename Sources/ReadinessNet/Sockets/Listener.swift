@@ -107,7 +107,8 @@ public final class Listener {
     deinit { close() }
 
     /// Registers the listener for readability; while backing off it is deregistered and
-    /// ``resume()`` registers it again with the same token. One poller at a time, as for a stream:
+    /// ``resume()`` registers it again with the same token (registered during a back-off, it is
+    /// watched from ``resume()`` on). One poller at a time, as for a stream:
     /// registering again before ``deregister()`` fails with
     /// ``/ReadinessCore/PollerError/alreadyRegistered(_:)`` (a second poller would keep watching a
     /// number `close()` no longer deregisters there). A poller closed since holds nothing: the
@@ -117,6 +118,12 @@ public final class Listener {
             guard registration.poller.isClosed else { throw .alreadyRegistered(fd) }
             self.registration = nil
             isRegistered = false
+        }
+        // Backing off: watched again only by ``resume()`` (queued clients keep it readable, and
+        // ``accept()`` would not take them: the loop would spin until then).
+        if isBackingOff {
+            registration = (poller, token)
+            return
         }
         try poller.register(fd, token: token, interest: .readable, trigger: .level)
         registration = (poller, token)
@@ -140,6 +147,7 @@ public final class Listener {
         if let registration, isRegistered { try? registration.poller.deregister(fd) }
         registration = nil
         isRegistered = false
+        isBackingOff = false   // accept() reports the close, not a back-off of a listener that is gone
         Sys.close(fd)
         fd = -1
         if let unixPath { unlink(unixPath) }

@@ -129,10 +129,12 @@ public final class StreamSocket {
     /// Writes several buffers in one system call (sendmsg), as much as the socket takes now; at most
     /// ``maximumVectoredBuffers`` non-empty buffers are written by one call (empty ones are skipped, so
     /// a list that starts with IOV_MAX empty buffers still writes the bytes after them; a list with no
-    /// byte at all is `.transferred(0)` without a system call). The iovec array is on the stack
+    /// byte at all is `.transferred(0)` without a system call, on an open socket: a closed one is
+    /// ``SocketError/Kind/closed``, as any write). The iovec array is on the stack
     /// (inlinable, so it is specialized for the caller's collection and allocates nothing).
     @inlinable
     public func write(vectored buffers: some Collection<UnsafeRawBufferPointer>) throws(SocketError) -> IOResult {
+        if fd < 0 { throw SocketError(errno: EBADF, operation: "sendmsg") }
         let count = Swift.min(buffers.count, Self.maximumVectoredBuffers)
         if count == 0 { return .transferred(0) }
         let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { iov -> Int in
@@ -166,7 +168,12 @@ public final class StreamSocket {
 
     @usableFromInline
     func writeImpl(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> IOResult {
-        if buffer.isEmpty { return .transferred(0) }
+        // Nothing to send needs no system call, on an open socket: a closed one says so, as a write of
+        // bytes does (CPython's send(b"") and Go's Write(nil) after Close fail too).
+        if buffer.isEmpty {
+            if fd < 0 { throw SocketError(errno: EBADF, operation: "send") }
+            return .transferred(0)
+        }
         return try NetSys.result(NetSys.send(fd, buffer), operation: "send", isRead: false)
     }
 

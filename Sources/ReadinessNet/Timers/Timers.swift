@@ -44,8 +44,9 @@ public final class Timers {
     @exclusivity(unchecked) @usableFromInline var nextSequence: UInt64 = 0
     /// The drain in progress (``popDue(now:)`` until nil): its `now`, and the first sequence
     /// number scheduled since it began. A timer scheduled during it is due no earlier than just after
-    /// that `now` (so it waits for the next drain, behind the timers already due), and never fires in
-    /// it (the cutoff: even at the largest `now`). Nil between drains.
+    /// that `now` (so it waits for the next drain, behind the timers already due; at the largest `now`,
+    /// at that `now`, behind every timer already due there), and never fires in it (the cutoff). Nil
+    /// between drains.
     @exclusivity(unchecked) var drain: (now: Int64, cutoff: UInt64)?
 
     /// - Parameter capacity: timers to make room for at once, clamped to 0 ... ``maximumReservedCapacity``
@@ -94,7 +95,7 @@ public final class Timers {
     @discardableResult
     package func schedule(at deadline: Int64, token: Token) -> TimerID {
         var deadline = deadline
-        if let drain, deadline <= drain.now, drain.now < .max { deadline = drain.now + 1 }
+        if let drain, deadline <= drain.now { deadline = drain.now == .max ? .max : drain.now + 1 }
         let slot: Int32
         let sequence = nextSequence
         nextSequence &+= 1
