@@ -391,14 +391,24 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     // MARK: Running on the loop
 
-    /// Runs `body` on the loop thread with its state. On the loop already (a task preferring it, or
-    /// an actor isolated to it) `body` runs at once, with no hop; elsewhere the task hops there under
-    /// this loop's executor preference, so that every resumption inside `body` runs on the loop too.
-    /// Fails with `.shutdown` when the loop no longer runs.
+    /// Runs `body` on the loop thread with its state. On the loop already, in a task preferring it,
+    /// `body` runs at once, with no hop; otherwise the task takes this loop's executor preference for
+    /// `body` (and hops there if it is elsewhere), so that every resumption inside `body` runs on the
+    /// loop too. On the loop thread, a task that does not prefer the loop (`Task.immediate` started
+    /// there, or an actor isolated to the loop in such a task) takes the preference as well: nonisolated
+    /// code would otherwise resume on the global pool after its first wait and touch the loop's state
+    /// from there. (`#isolation` would spare an actor that preference, but compiling it here crashes
+    /// the 6.3 compiler.) Fails with `.shutdown` when the loop no longer runs.
     nonisolated(nonsending)
     func onLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
-        if isLoopThread() { return try await body(state) }
+        if isLoopThread(), taskPrefersLoop() { return try await body(state) }
         return try await hopOnLoop(body)
+    }
+
+    /// Whether the current task prefers this loop as its task executor.
+    private func taskPrefersLoop() -> Bool {
+        let executor = asUnownedTaskExecutor()
+        return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == executor }
     }
 
     /// `onLoop` off the loop. Not inlined: the preference and its closure would otherwise take room in

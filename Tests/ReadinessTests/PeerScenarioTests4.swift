@@ -1331,4 +1331,85 @@ struct PeerScenarioTests4 {
         guard write(other[1], "x", 1) == 1 else { return "write" }
         return await p4Outcome({ () throws(LoopError) in try await loop.readable(fd, timeout: .milliseconds(500)) }).map { "\($0)" }
     }
+
+    /// An operation of a task running on the loop thread that did not prefer the loop (`Task.immediate`
+    /// started there) ran inline, and after its first wait went on from the global pool: a connect
+    /// that timed out deregistered its socket from another thread, racing the loop's own poller calls.
+    @Test("SE-0472 Task.immediate started on the loop thread (no preference for the loop): its operations run wholly on the loop, the poller is never called from another thread, and each ends as it should",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func immediateTaskOperationsStayOnLoop(backend: Backend) async throws {
+        guard let stuck = try StuckListener() else {
+            try Test.cancel("the kernel accepted every connection: no connect stays in flight")
+        }
+        defer { stuck.close() }
+        warmUp(backend)
+        let check = P4ThreadCheck()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            P4ThreadCheckingPoller(wrapping: try backend.makePoller(), check: check)
+        }
+        let target = stuck.address
+        let outcomes = await Task(executorPreference: loop) { () async -> [LoopError?] in
+            var tasks: [Task<LoopError?, Never>] = []
+            for _ in 0..<20 {
+                tasks.append(Task.immediate { () async -> LoopError? in
+                    await p4Outcome { () throws(LoopError) in _ = try await loop.connect(to: target, timeout: .milliseconds(50)) }
+                })
+            }
+            var out: [LoopError?] = []
+            for task in tasks { out.append(await task.value) }
+            return out
+        }.value
+        await loop.shutdown()
+        #expect(outcomes.allSatisfy { $0 == .timedOut }, "\(outcomes) on \(backend)")
+        #expect(check.offLoopCalls.load(ordering: .relaxed) == 0, "poller calls from another thread on \(backend)")
+    }
+}
+
+/// Where a poller's calls come from: the thread of its waits is the loop's.
+final class P4ThreadCheck: Sendable {
+    let loopThread = Atomic<UInt>(0)
+    let offLoopCalls = Atomic<Int>(0)
+
+    func note(waiting: Bool) {
+        let me = UInt(pthread_self())
+        if waiting {
+            _ = loopThread.compareExchange(expected: 0, desired: me, ordering: .relaxed)
+            return
+        }
+        let loop = loopThread.load(ordering: .relaxed)
+        if loop != 0, loop != me { offLoopCalls.add(1, ordering: .relaxed) }
+    }
+}
+
+/// A poller that notes every call made from a thread other than its waits' (test plumbing).
+final class P4ThreadCheckingPoller: Poller {
+    private let inner: any Poller
+    private let check: P4ThreadCheck
+
+    init(wrapping inner: any Poller, check: P4ThreadCheck) {
+        self.inner = inner
+        self.check = check
+    }
+
+    var capabilities: Capabilities { inner.capabilities }
+    var waker: Waker { inner.waker }
+    var isClosed: Bool { inner.isClosed }
+
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        check.note(waiting: false)
+        try inner.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        check.note(waiting: false)
+        try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func deregister(_ fd: CInt) throws(PollerError) {
+        check.note(waiting: false)
+        try inner.deregister(fd)
+    }
+    func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        check.note(waiting: true)
+        return try inner.wait(into: events, timeout: timeout)
+    }
+    func close() throws(PollerError) { try inner.close() }
 }
