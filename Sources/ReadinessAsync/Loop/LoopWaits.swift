@@ -25,10 +25,11 @@ extension LoopState {
     @inline(__always)
     nonisolated(nonsending) func waitInFrame(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
         // The cancellation handler's operation is a plain nonisolated closure: it runs on the generic
-        // executor, which is the loop for a task preferring the loop. A caller on the loop that does not
-        // prefer it (an actor isolated to the loop, in a task with no preference) would run it on the
-        // global pool instead: such a wait is given the loop's preference while it lasts.
-        guard prefersLoop() else { return await waitPreferringLoop(resource, direction, deadline: deadline, interest: interest) }
+        // executor, which is the loop for a task preferring the loop. Every wait runs inside
+        // `EventLoop.onLoop`, which gives the task the loop's preference for the whole operation when
+        // it has none (an actor isolated to the loop, `Task.immediate` started there): asked once
+        // there, not again here.
+        assert(prefersLoop(), "a loop wait outside EventLoop.onLoop's preference")
         let operation = nextOperation
         nextOperation &+= 1
         let loop = self.loop!
@@ -47,16 +48,6 @@ extension LoopState {
     private func prefersLoop() -> Bool {
         let loop = self.loop.asUnownedTaskExecutor()
         return withUnsafeCurrentTask { task in task?.unownedTaskExecutor == loop }
-    }
-
-    /// `wait` in a task that does not prefer the loop: the same wait under the loop's preference
-    /// while it lasts.
-    @inline(never)
-    nonisolated(nonsending) private func waitPreferringLoop(_ resource: any LoopResource, _ direction: Direction,
-                                                            deadline: Int64?, interest: Bool) async -> Outcome {
-        await withTaskExecutorPreference(loop) { () async -> Outcome in
-            await wait(resource, direction, deadline: deadline, interest: interest)
-        }
     }
 
     /// Whether `deadline` passed by the loop's last look at its timers. An operation the poller woke
@@ -164,10 +155,8 @@ extension LoopState {
                                       deadline: Int64?, start: (CompletionOperation) throws(PollerError) -> Void) async -> Outcome {
         let operation = nextOperation
         nextOperation &+= 1
-        if prefersLoop() { return await suspend(for: op, resource, direction, operation, deadline: deadline, start: start) }
-        return await withTaskExecutorPreference(loop) { () async -> Outcome in
-            await suspend(for: op, resource, direction, operation, deadline: deadline, start: start)
-        }
+        assert(prefersLoop(), "a loop wait outside EventLoop.onLoop's preference")
+        return await suspend(for: op, resource, direction, operation, deadline: deadline, start: start)
     }
 
     nonisolated(nonsending) private func suspend(for op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction,
@@ -191,7 +180,7 @@ extension LoopState {
     /// the chain in two slabs of the task allocator (Docs/Async.md, "Memory per idle connection").
     @inline(__always)
     nonisolated(nonsending) func waitInFrame(receiving op: CompletionOperation, on stream: StreamResource, deadline: Int64?) async -> Outcome {
-        guard prefersLoop() else { return await waitPreferringLoop(receiving: op, on: stream, deadline: deadline) }
+        assert(prefersLoop(), "a loop wait outside EventLoop.onLoop's preference")
         let operation = nextOperation
         nextOperation &+= 1
         let loop = self.loop!
@@ -202,16 +191,6 @@ extension LoopState {
             }
         } onCancel: {
             loop.submit(.cancel(key: key, direction: .read, operation: operation))
-        }
-    }
-
-    /// `waitInFrame(receiving:)` in a task that does not prefer the loop: the same wait under the
-    /// loop's preference while it lasts.
-    @inline(never)
-    nonisolated(nonsending) private func waitPreferringLoop(receiving op: CompletionOperation, on stream: StreamResource,
-                                                            deadline: Int64?) async -> Outcome {
-        await withTaskExecutorPreference(loop) { () async -> Outcome in
-            await waitInFrame(receiving: op, on: stream, deadline: deadline)
         }
     }
 
