@@ -1362,6 +1362,24 @@ struct PeerScenarioTests4 {
         await loop.shutdown()
         #expect(outcomes.allSatisfy { $0 == .timedOut }, "\(outcomes) on \(backend)")
         #expect(check.offLoopCalls.load(ordering: .relaxed) == 0, "poller calls from another thread on \(backend)")
+        // The backend itself (io_uring's completion driver included, which the wrapper hides): a read
+        // that waits and a write, each in a Task.immediate started on the loop thread (the waits
+        // assert the loop's preference in debug builds).
+        try await withLoop(backend) { loop in
+            let (a, b) = try socketPair()
+            let left = try await loop.adopt(descriptor: a)
+            let right = try await loop.adopt(descriptor: b)
+            let got = await Task(executorPreference: loop) { () async -> [UInt8]? in
+                let reader = Task.immediate { () async -> [UInt8]? in try? await right.read(upTo: 16, timeout: .seconds(5)) }
+                let writer = Task.immediate { () async -> Bool in
+                    (try? await left.write(Array("immediate".utf8), timeout: .seconds(5))) != nil
+                }
+                #expect(await writer.value)
+                return await reader.value
+            }.value
+            #expect(got == Array("immediate".utf8), "\(String(describing: got)) on \(backend)")
+            await left.close(); await right.close()
+        }
     }
 }
 

@@ -80,6 +80,17 @@ struct StreamSocketTests {
         #expect(listener.address.withSockaddr { Glibc.connect(other, $0, $1) } == 0)
         #expect(try waitFor(.readable, token: 12, on: second).contains(.readable))
         server.close(); client.close(); listener.close(); a.close(); b.close()
+        // A backend that does not say it was closed (`isClosed` false): deregister fails with closed
+        // and forgets it, for a listener as for a stream (the listener kept it, and refused the next
+        // poller with alreadyRegistered).
+        let silent = CountingPoller(wrapping: try backend.makePoller())
+        let quiet = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { quiet.close() }
+        try quiet.register(on: silent, token: 5)
+        try silent.close()
+        #expect(throws: PollerError.alreadyRegistered(quiet.fd)) { try quiet.register(on: second, token: 6) }
+        #expect(throws: PollerError.closed) { try quiet.deregister() }
+        try quiet.register(on: second, token: 6)
     }
 
     /// An empty write on a closed socket answered `.transferred(0)`, where a write of bytes says closed.

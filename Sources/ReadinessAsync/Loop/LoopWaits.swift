@@ -11,8 +11,8 @@ extension LoopState {
     /// resolves the wait, a connect's progress or a listener's back-off).
     ///
     /// Not inlined: each operation's frame would otherwise hold room for its locals (Docs/Async.md,
-    /// "Memory per idle connection"). The common path (a task preferring the loop) suspends in this
-    /// frame itself; the other is a function of its own, so that its closure takes no room here.
+    /// "Memory per idle connection"). Every wait runs in a task preferring the loop (`EventLoop.onLoop`
+    /// sees to it), and suspends in this frame itself.
     @inline(never)
     nonisolated(nonsending) func wait(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?, interest: Bool) async -> Outcome {
         await waitInFrame(resource, direction, deadline: deadline, interest: interest)

@@ -122,6 +122,7 @@ public final class Listener {
         // Backing off: watched again only by ``resume()`` (queued clients keep it readable, and
         // ``accept()`` would not take them: the loop would spin until then).
         if isBackingOff {
+            if poller.isClosed { throw .closed }
             registration = (poller, token)
             return
         }
@@ -135,9 +136,11 @@ public final class Listener {
     /// registered.
     public func deregister() throws(PollerError) {
         guard let registration else { throw .notRegistered(fd) }
-        if isRegistered { try registration.poller.deregister(fd) }
+        let watched = isRegistered
+        // Forgotten first, as a stream's is: a poller that fails (closed, ...) does not keep it.
         self.registration = nil
         isRegistered = false
+        if watched { try registration.poller.deregister(fd) }
     }
 
     /// Deregisters (if registered) and closes; a Unix-domain listener removes its path. Later calls do

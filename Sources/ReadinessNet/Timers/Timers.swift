@@ -78,6 +78,7 @@ public final class Timers {
 
     /// ``timeout(now:limit:)`` at a raw monotonic instant (inside the package only).
     package func timeout(now: Int64, limit: Duration? = nil) -> Duration? {
+        drain = nil   // asked before a wait: a drain left before nil is over
         let cap = limit.map { $0 < .zero ? .zero : $0 }
         guard let nearest = heap.first.map({ slots[Int($0)].deadline }) else { return cap }
         let timeout = Deadline.timeout(until: nearest, now: now)
@@ -153,7 +154,8 @@ public final class Timers {
     /// Call it until nil to fire everything due. A timer scheduled during that drain (a handler that
     /// schedules itself again at `now`, or earlier) is not due in it: its deadline becomes just after
     /// `now`, so it fires in the next drain, after the next wait, as libuv's timers do; a drain never
-    /// runs for ever. (A drain left before nil keeps that rule until the next one: its `now` has passed.)
+    /// runs for ever. (A drain left before nil lasts until ``timeout(now:limit:)`` is asked, before the
+    /// next wait.)
     public func popDue(now: Deadline = .now) -> Token? { popDue(now: now.nanoseconds) }
 
     /// ``popDue(now:)`` at a raw monotonic instant (inside the package only).
