@@ -1383,6 +1383,50 @@ struct PeerScenarioTests4 {
     }
 }
 
+extension PeerScenarioTests4 {
+    /// On io_uring's completion driver the receive and the send both waited in the kernel on the
+    /// socket's one wait queue, which wakes the newest waiter first: the send took the reset, and the
+    /// receive then read 0, an end of stream; the readiness driver resumes the reader first, which
+    /// gets the reset.
+    @Test("tokio tcp_stream / SwiftNIO: a peer's reset while a read and a large write both wait fails both with reset, never an end of stream, on every backend (io_uring's completion driver included)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func resetWithReaderAndWriterWaiting(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+                let client = try p4RawConnect(listener.address)
+                let server = try await listener.accept(timeout: .seconds(5))
+                let reader = Task(executorPreference: loop) { () async -> String in
+                    do throws(LoopError) {
+                        let got = try await server.read(upTo: 4096, timeout: .seconds(10))
+                        return got.isEmpty ? "end of stream" : "\(got.count) bytes"
+                    } catch { return "\(error)" }
+                }
+                try await loop.sleep(for: .milliseconds(20))   // the read waits first
+                let writer = Task(executorPreference: loop) { () async -> String in
+                    let big = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 << 20, alignment: 1)
+                    defer { big.deallocate() }
+                    big.initializeMemory(as: UInt8.self, repeating: 7)
+                    do throws(LoopError) {
+                        try await server.write(UnsafeRawBufferPointer(big), timeout: .seconds(10))
+                        return "written"
+                    } catch { return "\(error)" }
+                }
+                try await loop.sleep(for: .milliseconds(50))   // the write waits too (nobody reads)
+                p4SetLingerReset(client)
+                close(client)
+                let read = await reader.value
+                let wrote = await writer.value
+                let reset = "\(LoopError.socket(SocketError(.reset, errno: ECONNRESET, operation: "read")))"
+                #expect(read.contains("reset") || read == reset, "the read got \(read) on \(backend)")
+                #expect(wrote.contains("reset"), "the write got \(wrote) on \(backend)")
+                await server.close()
+                await listener.close()
+            }.value
+        }
+    }
+}
+
 /// Where a poller's calls come from: the thread of its waits is the loop's.
 final class P4ThreadCheck: Sendable {
     let loopThread = Atomic<UInt>(0)

@@ -102,6 +102,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             op.bufferID = completion.bufferID
             op.bufferOffset = completion.bufferOffset
             op.filledBuffer = completion.filledBuffer
+            if op.direction == .write, completion.result < 0, Self.failsConnection(-completion.result) {
+                noteSendFailure(op, -completion.result, loop: loop)
+            }
             guard let continuation = op.continuation else { return }
             op.continuation = nil
             if let resource = loop.slab[op.key], resource.key == op.key {
@@ -115,6 +118,25 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             }
             continuation.resume(returning: .ready)
         }
+    }
+
+    /// Errnos that end the connection (what a receive would have reported as `reset` or `aborted`).
+    private static func failsConnection(_ code: Int32) -> Bool {
+        code == ECONNRESET || code == ECONNABORTED || code == ETIMEDOUT
+    }
+
+    /// A send took a connection failure while a read of its stream is in progress (waiting in the
+    /// kernel, or resumed and not yet run): that read reports it (`LoopState.readFailures`).
+    @inline(never)
+    private func noteSendFailure(_ op: CompletionOperation, _ code: Int32, loop: LoopState) {
+        guard let resource = loop.slab[op.key], resource.key == op.key, resource.record.read.inUse else { return }
+        loop.readFailures[op.key] = code
+    }
+
+    /// The failure a send took for this read's stream, taken (nil: none; the read's end of stream stands).
+    static func takeReadFailure(_ id: UInt64, loop: LoopState) -> LoopError? {
+        guard !loop.readFailures.isEmpty, let code = loop.readFailures.removeValue(forKey: ResourceKey(id)) else { return nil }
+        return .socket(SocketError(errno: code, operation: "read"))
     }
 
     private func link(_ op: CompletionOperation) {
@@ -280,6 +302,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
         let result = op.result
         if result >= 0, Self.keeps(op.failure) {
+            if result == 0, let failure = Self.takeReadFailure(id, loop: loop) { throw failure }
             if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = result > 0 && Int(result) < buffer.count }
             return Int(result)
         }
@@ -431,6 +454,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         defer { if let buffer { ring.giveBack(buffer) } }
         if !Self.keeps(op.failure) { throw op.failure! }
         guard result > 0, let buffer else {
+            if let failure = Self.takeReadFailure(id, loop: loop) { throw failure }
             // The end of the stream: later reads try recv(2) first and meet it at once.
             if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = false }
             do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }

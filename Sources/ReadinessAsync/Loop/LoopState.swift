@@ -33,6 +33,12 @@ final class LoopState {
     private var owned: [Bool] = []
     /// Listeners out of descriptors, waiting for one to be freed (or for their back-off timer).
     var backingOff: Set<ResourceKey> = []
+    /// The completion driver: a connection failure (reset, abort, timeout: its errno) that a stream's
+    /// send took in the kernel while a read of the same stream was in progress. The kernel reports it
+    /// once, to whichever waiter it wakes first (the newest: the send), and the receive then reads 0;
+    /// that read reports the failure instead of an end of stream, as the readiness driver's reader
+    /// (resumed first) gets it. Empty but in that moment.
+    var readFailures: [ResourceKey: CInt] = [:]
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
     var isShutDown = false
     /// When the loop last fired its due timers (monotonic nanoseconds): see `expired(_:)`.

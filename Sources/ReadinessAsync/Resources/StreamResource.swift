@@ -103,6 +103,7 @@ final class StreamResource: LoopResource {
     }
 
     func release(loop: LoopState) {
+        if !loop.readFailures.isEmpty { loop.readFailures.removeValue(forKey: key) }
         if let attemptTimer { loop.timers.cancel(attemptTimer) }
         attemptTimer = nil
         // A connect whose socket was handed over after its waiter gave up (cancelled, or it had not
