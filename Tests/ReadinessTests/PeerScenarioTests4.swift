@@ -1391,15 +1391,19 @@ extension PeerScenarioTests4 {
     @Test("tokio tcp_stream / SwiftNIO: a peer's reset while a read and a large write both wait fails both with reset, never an end of stream, on every backend (io_uring's completion driver included)",
           .timeLimit(.minutes(1)), arguments: backends)
     func resetWithReaderAndWriterWaiting(backend: Backend) async throws {
+      for copying in [true, false] {   // read(upTo:) (a provided buffer on io_uring), read(into:) (the caller's)
         try await withLoop(backend) { loop in
             try await Task(executorPreference: loop) {
                 let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
                 let client = try p4RawConnect(listener.address)
                 let server = try await listener.accept(timeout: .seconds(5))
                 let reader = Task(executorPreference: loop) { () async -> String in
+                    let room = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
+                    defer { room.deallocate() }
                     do throws(LoopError) {
-                        let got = try await server.read(upTo: 4096, timeout: .seconds(10))
-                        return got.isEmpty ? "end of stream" : "\(got.count) bytes"
+                        let count = copying ? try await server.read(upTo: 4096, timeout: .seconds(10)).count
+                                            : try await server.read(into: room, timeout: .seconds(10))
+                        return count == 0 ? "end of stream" : "\(count) bytes"
                     } catch { return "\(error)" }
                 }
                 try await loop.sleep(for: .milliseconds(20))   // the read waits first
@@ -1418,12 +1422,13 @@ extension PeerScenarioTests4 {
                 let read = await reader.value
                 let wrote = await writer.value
                 let reset = "\(LoopError.socket(SocketError(.reset, errno: ECONNRESET, operation: "read")))"
-                #expect(read.contains("reset") || read == reset, "the read got \(read) on \(backend)")
+                #expect(read.contains("reset") || read == reset, "the \(copying ? "copying" : "raw") read got \(read) on \(backend)")
                 #expect(wrote.contains("reset"), "the write got \(wrote) on \(backend)")
                 await server.close()
                 await listener.close()
             }.value
         }
+      }
     }
 }
 

@@ -120,16 +120,20 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
     }
 
-    /// Errnos that end the connection (what a receive would have reported as `reset` or `aborted`).
+    /// Errnos that end the connection (a reset, an abort, a retransmission or keep-alive timeout, an
+    /// unreachable peer): what a receive would have reported. Not EPIPE: after the peer's FIN the
+    /// kernel turns a reset into EPIPE, and a receive reads the end of stream there anyway.
     private static func failsConnection(_ code: Int32) -> Bool {
         code == ECONNRESET || code == ECONNABORTED || code == ETIMEDOUT
+            || code == EHOSTUNREACH || code == ENETUNREACH || code == EHOSTDOWN
     }
 
-    /// A send took a connection failure while a read of its stream is in progress (waiting in the
-    /// kernel, or resumed and not yet run): that read reports it (`LoopState.readFailures`).
+    /// A send took a connection failure while a receive of its stream still waits in the kernel (woken
+    /// after the send, it will read 0): that read reports it (`LoopState.readFailures`). A receive
+    /// already completed (data, or the FIN, before the failure) is not: its end of stream stands.
     @inline(never)
     private func noteSendFailure(_ op: CompletionOperation, _ code: Int32, loop: LoopState) {
-        guard let resource = loop.slab[op.key], resource.key == op.key, resource.record.read.inUse else { return }
+        guard let resource = loop.slab[op.key], resource.key == op.key, resource.record.read.op != nil else { return }
         loop.readFailures[op.key] = code
     }
 

@@ -37,8 +37,9 @@ final class LoopState {
     /// send took in the kernel while a read of the same stream was in progress. The kernel reports it
     /// once, to whichever waiter it wakes first (the newest: the send), and the receive then reads 0;
     /// that read reports the failure instead of an end of stream, as the readiness driver's reader
-    /// (resumed first) gets it. Empty but in that moment.
-    var readFailures: [ResourceKey: CInt] = [:]
+    /// (resumed first) gets it. Empty but in that moment (the read takes it, or drops it when its
+    /// claim ends).
+    @exclusivity(unchecked) var readFailures: [ResourceKey: CInt] = [:]
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
     var isShutDown = false
     /// When the loop last fired its due timers (monotonic nanoseconds): see `expired(_:)`.
@@ -296,7 +297,13 @@ final class LoopState {
     /// Ends ``claim(_:_:)`` (nothing if the resource is gone).
     func release(_ id: UInt64, _ direction: Direction) {
         guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return }
-        if direction == .read { resource.record.read.inUse = false } else { resource.record.write.inUse = false }
+        if direction == .read {
+            resource.record.read.inUse = false
+            // A failure handed to this read and not taken by it (it ended otherwise): not the next one's.
+            if !readFailures.isEmpty { readFailures.removeValue(forKey: resource.key) }
+        } else {
+            resource.record.write.inUse = false
+        }
     }
 
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,

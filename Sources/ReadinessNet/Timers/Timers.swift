@@ -70,7 +70,8 @@ public final class Timers {
     public var nearestDeadline: Deadline? { heap.first.map { Deadline(nanoseconds: slots[Int($0)].deadline) } }
 
     /// The wait timeout until the nearest deadline: nil (block) when no timer is pending, zero when one
-    /// is due. `limit` caps it (for a loop that must also look at something else now and then); a
+    /// is due. Asking it ends a drain in progress (``popDue(now:)``): ask it before the wait, not from
+    /// a timer's handler. `limit` caps it (for a loop that must also look at something else now and then); a
     /// negative limit counts as zero.
     public func timeout(now: Deadline = .now, limit: Duration? = nil) -> Duration? {
         timeout(now: now.nanoseconds, limit: limit)
