@@ -72,6 +72,37 @@ private func p4SetLingerReset(_ fd: CInt) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
 }
 
+/// Every descriptor taken (test plumbing): the soft limit lowered to the highest open descriptor and
+/// every hole below it filled with /dev/null. `restore()` (once; later calls do nothing) gives all
+/// back. Not Task.sleep meanwhile: its first use opens descriptors.
+final class P4Exhaustion {
+    private var saved = rlimit()
+    private var fillers: [CInt] = []
+    private var restored = false
+
+    init() throws {
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+        var highest: CInt = 0
+        for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
+        var lowered = saved
+        lowered.rlim_cur = rlim_t(highest + 1)
+        guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
+        while true {
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if fd < 0 { break }
+            fillers.append(fd)
+        }
+    }
+
+    func restore() {
+        guard !restored else { return }
+        restored = true
+        for fd in fillers { close(fd) }
+        fillers.removeAll()
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+    }
+}
+
 /// A counter tasks share.
 final class P4Counter: Sendable {
     private let atomic = Atomic<Int>(0)
@@ -620,36 +651,15 @@ struct PeerScenarioTests4 {
             defer { for fd in clients { close(fd) } }
             for _ in 0..<4 { clients.append(try p4RawConnect(listener.address)) }
             // Lower the soft limit to just above the highest open descriptor, then fill every hole.
-            var saved = rlimit()
-            getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
-            var highest: CInt = 0
-            for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
-            var lowered = saved
-            lowered.rlim_cur = rlim_t(highest + 1)
-            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
-            var fillers: [CInt] = []
-            var restored = false
-            func restore() {
-                guard !restored else { return }
-                restored = true
-                for fd in fillers { close(fd) }
-                fillers.removeAll()
-                var back = saved
-                setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &back)
-            }
-            defer { restore() }
-            while true {
-                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                if fd < 0 { break }
-                fillers.append(fd)
-            }
+            let exhaustion = try P4Exhaustion()
+            defer { exhaustion.restore() }
             let statsBefore = try await loop.statistics()
             let accepting = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
                 do throws(LoopError) { return .success(try await listener.accept(timeout: .seconds(10))) } catch { return .failure(error) }
             }
             p4Pause(400)
             let statsDuring = try await loop.statistics()
-            restore()
+            exhaustion.restore()
             let first = await accepting.value
             // The loop woke a few times per back-off step, not thousands of times (a spin).
             #expect(statsDuring.iterations - statsBefore.iterations < 200,
@@ -701,26 +711,8 @@ struct PeerScenarioTests4 {
                 }
                 let client = try p4RawConnect(listener.address)
                 defer { close(client) }
-                var saved = rlimit()
-                getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
-                var highest: CInt = 0
-                for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
-                var lowered = saved
-                lowered.rlim_cur = rlim_t(highest + 1)
-                guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
-                var fillers: [CInt] = []
-                func restore() {
-                    for fd in fillers { close(fd) }
-                    fillers.removeAll()
-                    var back = saved
-                    setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &back)
-                }
-                defer { restore() }
-                while true {
-                    let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                    if fd < 0 { break }
-                    fillers.append(fd)
-                }
+                let exhaustion = try P4Exhaustion()
+                defer { exhaustion.restore() }
                 let accepting = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
                     do throws(LoopError) { return .success(try await listener.accept(timeout: .seconds(20))) } catch { return .failure(error) }
                 }
@@ -730,7 +722,7 @@ struct PeerScenarioTests4 {
                 if freeing == "listener" { await spare.close() }
                 let result = await accepting.value
                 let waited = clock.now - start
-                restore()
+                exhaustion.restore()
                 #expect(waited < .seconds(3), "accepted \(waited) after the \(freeing) freed a descriptor on \(backend)")
                 switch result {
                 case .success(let socket): await socket.close()
@@ -764,24 +756,8 @@ struct PeerScenarioTests4 {
         /// accept() out of descriptors (the soft limit lowered to the highest open one, every hole
         /// filled), then everything put back: whether it backed off.
         func backOff() throws -> Bool {
-            var saved = rlimit()
-            getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
-            var highest: CInt = 0
-            for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
-            var lowered = saved
-            lowered.rlim_cur = rlim_t(highest + 1)
-            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
-            var fillers: [CInt] = []
-            defer {
-                for fd in fillers { close(fd) }
-                var back = saved
-                setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &back)
-            }
-            while true {
-                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
-                if fd < 0 { break }
-                fillers.append(fd)
-            }
+            let exhaustion = try P4Exhaustion()
+            defer { exhaustion.restore() }
             if case .backingOff = try listener.accept() { return true }
             return false
         }
