@@ -187,6 +187,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func runJob(_ job: UnownedJob, isolated: Bool) {
         state.jobsRun &+= 1
+        state.budget = LoopState.operationBudget
         switch jobs {
         case .automatic where isolated, .serialExecutor:
             job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
@@ -240,7 +241,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             lock.lock()
             var stopAsked = false
             if case .stopping = phase { stopAsked = true }
-            let idle = queue.isEmpty && !stopAsked
+            let idle = queue.isEmpty && !stopAsked && state.yielded.isEmpty
             sleeping = idle
             lock.unlock()
             let timeout: Duration? = idle ? state.timers.timeout() : .zero
@@ -273,6 +274,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             state.dispatchEvents()
             state.completions?.dispatch(state)
             state.fireTimers(now: MonotonicClock.nowNanoseconds)
+            // 4. Tasks that spent their operation budget go on behind that I/O and those timers.
+            if !state.yielded.isEmpty { state.resumeYielded() }
         }
         finish(poller, batch: &batch, reason: failure.map { .poller($0) } ?? .shutdown)
     }
@@ -294,6 +297,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// descriptor is closed (once), then the tasks they resumed run until nothing is queued.
     private func finish(_ poller: any Poller, batch: inout [Submission], reason: LoopError) {
         state.shutDown(reason: reason)
+        state.resumeYielded()   // their operations fail with `.shutdown`
         while true {
             lock.lock()
             if queue.isEmpty {
@@ -401,8 +405,23 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// the 6.3 compiler.) Fails with `.shutdown` when the loop no longer runs.
     nonisolated(nonsending)
     func onLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
-        if isLoopThread(), taskPrefersLoop() { return try await body(state) }
+        if isLoopThread(), taskPrefersLoop() {
+            state.budget &-= 1
+            if state.budget < 0 { try await yieldToPoller() }
+            return try await body(state)
+        }
         return try await hopOnLoop(body)
+    }
+
+    /// A task that started ``LoopState/operationBudget`` operations in one job without suspending
+    /// waits for the loop's next poller wait, its readiness and its timers (tokio's coop budget): the
+    /// loop's other tasks, I/O and timers are never starved by one whose I/O is always ready. Fails
+    /// with `.shutdown` when the loop stopped meanwhile.
+    @inline(never)
+    nonisolated(nonsending)
+    private func yieldToPoller() async throws(LoopError) {
+        await withUnsafeContinuation { state.yielded.append($0) }
+        guard isLoopThread(), !state.isShutDown else { throw .shutdown }
     }
 
     /// Whether the current task prefers this loop as its task executor.
@@ -423,6 +442,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func run<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
         guard isLoopThread() else { throw .shutdown }
+        state.budget &-= 1
+        if state.budget < 0 { try await yieldToPoller() }
         return try await body(state)
     }
 }

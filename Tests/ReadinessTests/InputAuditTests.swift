@@ -104,6 +104,32 @@ struct InputAuditTests {
         await loop.shutdown()
     }
 
+    /// Before: a connect to the empty address made a socket, called connect (EINVAL) and failed as
+    /// `other`; now it is `invalidAddress`, before any socket exists, on the poller and the loop alike.
+    @Test("a connect to the empty address fails with invalidAddress, opening nothing", arguments: backends)
+    func emptyConnect(backend: Backend) async throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let before = openDescriptorCount()
+        #expect { _ = try Connector.connect(to: SocketAddress(), on: poller, timeout: .seconds(1)) } throws: {
+            ($0 as? ConnectError)?.cause == .invalidAddress
+        }
+        #expect(openDescriptorCount() == before)
+        let loop = try EventLoop(backend: backend)
+        do {
+            _ = try await loop.connect(to: SocketAddress(), timeout: .seconds(1))
+            Issue.record("connect to SocketAddress() succeeded")
+        } catch {
+            guard case .connect(let connectError) = error, connectError.cause == .invalidAddress else {
+                Issue.record("connect to SocketAddress(): \(error)")
+                await loop.shutdown()
+                return
+            }
+        }
+        #expect(try await loop.entryCount() == 0)
+        await loop.shutdown()
+    }
+
     // MARK: The contract's misuse table
 
     /// Docs/Contract.md, "Misuse", rule 9: reregister checks the descriptor's kind too (the number may

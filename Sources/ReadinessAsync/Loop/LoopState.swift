@@ -44,9 +44,25 @@ final class LoopState {
     var isShutDown = false
     /// When the loop last fired its due timers (monotonic nanoseconds): see `expired(_:)`.
     var timersCheckedAt: Int64 = .min
+    /// The operations the running job may still start before it yields (`EventLoop.onLoop`): reset to
+    /// ``operationBudget`` as each job starts. A task whose every operation completes at once never
+    /// suspends, so without it that task would hold the loop thread for ever (tokio's coop budget).
+    @exclusivity(unchecked) var budget = LoopState.operationBudget
+    /// Tasks that spent their budget, resumed after the next poller wait (no sleep while any is here)
+    /// and its readiness and timers: they go on behind the I/O and the timers that were due.
+    @exclusivity(unchecked) var yielded: [UnsafeContinuation<Void, Never>] = []
+    /// How many operations a job starts before it yields to the poller.
+    static let operationBudget = 128
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
     var jobsRun = 0
     var iterations = 0
+
+    /// Resumes the tasks that yielded (their jobs queue for the loop's next turn).
+    func resumeYielded() {
+        let tasks = yielded
+        yielded.removeAll(keepingCapacity: true)
+        for task in tasks { task.resume() }
+    }
 
     /// Resources and timers made room for at start.
     static let initialCapacity = 1024

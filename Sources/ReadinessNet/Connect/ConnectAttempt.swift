@@ -91,6 +91,8 @@ public final class ConnectAttempt {
     /// Creates the socket and calls connect once.
     public func start() -> ConnectProgress {
         guard machine.state == .idle else { return finalProgress ?? .inProgress }
+        // An empty address is no destination: refused before a socket exists (connect would say EINVAL).
+        if address.isEmpty { return feed(.setupFailed(errno: EINVAL)) }
         let made = syscalls.socket(domain: address.domain)
         // Every ending goes through the machine, so that `isFinished` and the trace say so too.
         guard made.fd >= 0 else { return feed(.setupFailed(errno: made.errno != 0 ? made.errno : EINVAL)) }

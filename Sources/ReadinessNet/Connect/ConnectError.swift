@@ -31,6 +31,9 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case cancelled
         /// There was no address to try: an empty address list.
         case noAddress
+        /// EINVAL, EAFNOSUPPORT: the address cannot be a destination (an empty ``SocketAddress/init()``,
+        /// a family the socket cannot reach). Refused before any socket exists for an empty address.
+        case invalidAddress
         /// The poller failed (see ``ConnectError/pollerError``).
         case poller
         /// Any other errno.
@@ -71,6 +74,7 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case .addressUnavailable: .addressUnavailable
         case .permissionDenied: .permissionDenied
         case .resourceExhausted: .resourceExhausted
+        case .other where code == EINVAL || code == EAFNOSUPPORT: .invalidAddress
         case .interrupted, .protocolFailure, .addressInUse, .notConnected, .badDescriptor, .messageTooLarge, .other: .other
         }
     }
