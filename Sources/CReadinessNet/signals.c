@@ -19,6 +19,8 @@ static _Atomic uint64_t slot_mask[RD_SIGNAL_SLOTS];
  * (rd_signal_take_overflow), so a full pipe loses repeats, never a kind (as libev's pending flags). */
 static _Atomic uint64_t slot_overflow[RD_SIGNAL_SLOTS];
 static _Atomic int handlers_running;
+/* Bumped in a child made by fork: the subscriptions and counts it inherited are the parent's. */
+static _Atomic unsigned long fork_generation;
 static struct sigaction saved_action[RD_SIGNAL_MAX + 1];
 
 static void rd_signal_handler(int signo) {
@@ -32,7 +34,13 @@ static void rd_signal_handler(int signo) {
             int fd = atomic_load(&slot_fd[i]);
             // A full pipe refuses the byte: the signal is kept in the slot's overflow mask instead
             // (the pipe is readable, so the subscriber drains it and finds the mask).
-            if (fd >= 0 && write(fd, &byte, 1) != 1) atomic_fetch_or(&slot_overflow[i], bit);
+            // Then one zero byte (which drain skips): a subscriber that emptied the pipe and took the
+            // overflow between the refused write and the flag is woken again to find it.
+            if (fd >= 0 && write(fd, &byte, 1) != 1) {
+                atomic_fetch_or(&slot_overflow[i], bit);
+                unsigned char wake = 0;
+                (void)!write(fd, &wake, 1);
+            }
         }
     }
     atomic_fetch_sub(&handlers_running, 1);
@@ -42,6 +50,8 @@ static void rd_signal_handler(int signo) {
 int rd_signal_max(void) { return SIGRTMAX < RD_SIGNAL_MAX ? SIGRTMAX : RD_SIGNAL_MAX; }
 
 int rd_signal_rtmin(void) { return SIGRTMIN; }
+
+unsigned long rd_signal_generation(void) { return atomic_load(&fork_generation); }
 
 // A child made by fork (without exec) keeps the handler and the parent's pipe write ends: it must
 // not tell the parent of its own signals, and a handler that ran in another thread at the fork
@@ -54,6 +64,7 @@ static void rd_signal_after_fork_in_child(void) {
         atomic_store(&slot_overflow[i], 0);
     }
     atomic_store(&handlers_running, 0);
+    atomic_fetch_add(&fork_generation, 1);
     for (int signo = 1; signo <= RD_SIGNAL_MAX && signo <= SIGRTMAX; signo++) {
         struct sigaction current;
         if (sigaction(signo, NULL, &current) == 0 && current.sa_handler == rd_signal_handler) {

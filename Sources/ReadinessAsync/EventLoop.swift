@@ -310,6 +310,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             for submission in batch { handle(submission) }
             batch.removeAll(keepingCapacity: true)
         }
+        // Tasks that spent their budget in this drain (a task that retries what fails with `.shutdown`
+        // never suspends otherwise, and would hold the loop thread for ever) go on from the global
+        // pool, where every operation fails with `.shutdown`.
+        state.resumeYielded()
         try? poller.close()
         state.poller = nil
         running.store(false, ordering: .releasing)

@@ -56,3 +56,110 @@ struct PeerScenarioTests5 {
         }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// libuv test-signal.c's fork cases, tokio's "dropping one listener keeps the other's": in a child
+    /// made by fork, the parent's counts and slots are not the child's. Before: the child's close of
+    /// a subscription it inherited freed the slot its own new subscription had taken (exit 2: that
+    /// subscription never got its signal), and the child's last subscription did not put the action
+    /// back, the parent's count still holding it (exit 3: the handler stayed, swallowing the signal).
+    @Test("signals in a forked child: an inherited subscription's close leaves the child's own alone; the child's last close puts the action back")
+    func forkedChildSubscriptions() throws {
+        var saved1 = sigaction(), saved2 = sigaction()
+        sigaction(SIGUSR1, nil, &saved1)
+        sigaction(SIGUSR2, nil, &saved2)
+        defer { sigaction(SIGUSR1, &saved1, nil); sigaction(SIGUSR2, &saved2, nil) }
+        signal(SIGUSR1, SIG_IGN)
+        signal(SIGUSR2, SIG_IGN)
+        let inherited = try SignalSubscription([.user1])
+        defer { inherited.close() }
+        let child = fork()
+        if child == 0 {
+            // The child (one thread, the forking thread's mask: unblock the two signals for raise).
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGUSR1)
+            sigaddset(&set, SIGUSR2)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            // Its own subscription takes the first free slot, the inherited one's.
+            guard let own = try? SignalSubscription([.user1, .user2]) else { _exit(1) }
+            inherited.close()
+            raise(SIGUSR2)
+            guard own.drain().contains(.user2) else { _exit(2) }
+            own.close()
+            var action = sigaction()
+            sigaction(SIGUSR1, nil, &action)
+            _exit(unsafeBitCast(action.__sigaction_handler.sa_handler, to: Int.self) == 1 ? 0 : 3)   // SIG_IGN is back
+        }
+        #expect(child > 0)
+        var status: CInt = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        #expect(status == 0, "the child exited with \(status >> 8)")
+        // The parent's subscription is untouched by the child.
+        let raiser = Thread {
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGUSR1)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            raise(SIGUSR1)
+        }
+        raiser.join()
+        #expect(inherited.drain().contains(.user1))
+    }
+}
+
+extension PeerScenarioTests5 {
+    /// SwiftNIO "close while writes are pending", Go "close unblocks pending operations", on a pool of
+    /// connections: a task that catches the read's `.shutdown` and then closes 200 sockets in one job
+    /// spends its operation budget inside the shutdown's drain. Found in review of the budget: its
+    /// continuation was parked for a poller wait that never comes (the task never ended).
+    @Test("after shutdown, a task that closes 200 sockets in one go ends", arguments: backends)
+    func closeManyAfterShutdown(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        var sockets: [AsyncSocket] = []
+        var peers: [CInt] = []
+        for _ in 0..<200 {
+            let (a, b) = try socketPair()
+            sockets.append(try await loop.adopt(descriptor: a))
+            peers.append(b)
+        }
+        defer { for peer in peers { close(peer) } }
+        let all = sockets
+        let task = Task(executorPreference: loop) { () async -> Bool in
+            let failed: Bool
+            do { _ = try await all[0].readAvailable(); failed = false } catch { failed = true }
+            for socket in all { await socket.close() }
+            return failed
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        await loop.shutdown()
+        #expect(await task.value)
+    }
+
+    /// SwiftNIO testTasksScheduledDuringShutdownAreAutomaticallyCancelled, tokio's interval during
+    /// runtime shutdown: a periodic task that logs and retries whatever fails. During the shutdown's
+    /// drain its sleep fails at once without suspending, so it never gave the loop thread back: before,
+    /// `shutdown()` returned only when the task gave up (here after 2,000,000 retries).
+    @Test("a task that retries a failing sleep does not hold up shutdown", arguments: backends)
+    func retryingTaskDoesNotHoldShutdown(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let stop = P5Counter(), started = P5Counter()
+        let task = Task(executorPreference: loop) { () async -> Int in
+            var failures = 0
+            started.add()
+            while stop.value == 0, failures < 2_000_000 {
+                do { try await loop.sleep(for: .seconds(1)) } catch { failures += 1 }
+            }
+            return failures
+        }
+        while started.value == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        try await Task.sleep(for: .milliseconds(20))
+        let clock = ContinuousClock()
+        let began = clock.now
+        await loop.shutdown()
+        let took = clock.now - began
+        stop.add()
+        let failures = await task.value
+        #expect(took < .seconds(2) && failures < 2_000_000, "shutdown took \(took), \(failures) retries")
+    }
+}

@@ -27,7 +27,7 @@ struct SurfaceTests {
             (ECONNRESET, tcp, .reset), (ECONNABORTED, tcp, .reset), (EPIPE, tcp, .reset),
             (EAGAIN, unix, .backlogFull), (EAGAIN, tcp, .addressUnavailable), (EAGAIN, nil, .addressUnavailable),
             (EADDRNOTAVAIL, tcp, .addressUnavailable), (EACCES, tcp, .permissionDenied), (EPERM, tcp, .permissionDenied),
-            (EMFILE, tcp, .resourceExhausted), (ENOMEM, tcp, .resourceExhausted), (EINVAL, tcp, .other),
+            (EMFILE, tcp, .resourceExhausted), (ENOMEM, tcp, .resourceExhausted), (EINVAL, tcp, .invalidAddress), (EAFNOSUPPORT, unix, .invalidAddress),
             (EADDRINUSE, tcp, .other), (EBADF, tcp, .other), (EMSGSIZE, tcp, .other),
         ]
         for (code, family, cause) in causes {

@@ -48,6 +48,9 @@ int rd_signal_max(void);
 /// SIGRTMIN: the first real-time signal the C library leaves to applications (glibc keeps 32 and 33
 /// for its threads).
 int rd_signal_rtmin(void);
+/// How many times this process is a child made by fork (without exec) since the first subscription:
+/// a subscription made in another generation is the parent's, its slot freed in the child.
+unsigned long rd_signal_generation(void);
 /// Claims a slot for `fd` (the non-blocking write end of a pipe) and the signals of `mask`; the slot,
 /// or -1 with ENOSPC when all RD_SIGNAL_SLOTS are taken. Callers serialise the calls below.
 int rd_signal_subscribe(int fd, uint64_t mask);

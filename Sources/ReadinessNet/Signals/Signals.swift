@@ -93,6 +93,9 @@ public final class SignalSubscription: @unchecked Sendable {
     public let descriptor: CInt
     private let writeEnd: CInt
     private let slot: CInt
+    /// The process generation it was made in (`rd_signal_generation`): in a child made by fork the
+    /// inherited subscription's slot was freed (and may be another's), its counts reset.
+    private let generation: UInt
     private let lock = PThreadMutex()
     private var isClosed = false
     private var isStopped = false
@@ -112,9 +115,9 @@ public final class SignalSubscription: @unchecked Sendable {
         }
         var mask: UInt64 = 0
         for signal in set { mask |= 1 << UInt64(signal.rawValue - 1) }
-        let slot: CInt
+        let slot: CInt, generation: UInt
         do {
-            slot = try SignalRegistry.shared.subscribe(fd: ends[1], mask: mask, signals: set)
+            (slot, generation) = try SignalRegistry.shared.subscribe(fd: ends[1], mask: mask, signals: set)
         } catch {
             Glibc.close(ends[0]); Glibc.close(ends[1])
             throw error
@@ -123,6 +126,7 @@ public final class SignalSubscription: @unchecked Sendable {
         self.descriptor = ends[0]
         self.writeEnd = ends[1]
         self.slot = slot
+        self.generation = generation
     }
 
     /// The signals that came since the last call, oldest first (empty when none): one entry per
@@ -144,7 +148,8 @@ public final class SignalSubscription: @unchecked Sendable {
                 }
             }
             // Deliveries whose byte the full pipe refused: each kind once, after what the pipe held.
-            let refused = overflow | (isStopped ? 0 : rd_signal_take_overflow(slot))
+            let inherited = UInt(rd_signal_generation()) != generation
+            let refused = overflow | (isStopped || inherited ? 0 : rd_signal_take_overflow(slot))
             overflow = 0
             for number in 1...UInt64(RD_SIGNAL_MAX) where refused & (1 << (number - 1)) != 0 {
                 found.append(Signal(rawValue: CInt(number)))
@@ -170,7 +175,7 @@ public final class SignalSubscription: @unchecked Sendable {
         lock.withLock {
             guard !isStopped else { return }
             isStopped = true
-            overflow |= SignalRegistry.shared.unsubscribe(slot: slot, signals: signals)
+            overflow |= SignalRegistry.shared.unsubscribe(slot: slot, signals: signals, generation: generation)
         }
     }
 
@@ -199,9 +204,23 @@ final class SignalRegistry: @unchecked Sendable {
     static let shared = SignalRegistry()
     private let lock = PThreadMutex()
     private var watchers: [CInt: Int] = [:]
+    /// The process generation `watchers` counts for: a child made by fork starts from none.
+    private var generation: UInt = 0
 
-    func subscribe(fd: CInt, mask: UInt64, signals: Set<Signal>) throws(SocketError) -> CInt {
-        let result: Result<CInt, SocketError> = lock.withLock {
+    /// Forgets the parent's counts in a child made by fork (its hook freed every slot and put every
+    /// action back). Under `lock`.
+    private func catchUpAfterFork() -> UInt {
+        let current = UInt(rd_signal_generation())
+        if current != generation {
+            watchers = [:]
+            generation = current
+        }
+        return current
+    }
+
+    func subscribe(fd: CInt, mask: UInt64, signals: Set<Signal>) throws(SocketError) -> (slot: CInt, generation: UInt) {
+        let result: Result<(slot: CInt, generation: UInt), SocketError> = lock.withLock {
+            let generation = catchUpAfterFork()
             let slot = rd_signal_subscribe(fd, mask)
             if slot < 0 {
                 return .failure(SocketError(.resourceExhausted, errno: errno, operation: "watch signals: every one of the \(RD_SIGNAL_SLOTS) subscriptions is taken"))
@@ -220,7 +239,7 @@ final class SignalRegistry: @unchecked Sendable {
                 if result == 0 { installed.append(signal.rawValue) }
             }
             for signal in signals { watchers[signal.rawValue, default: 0] += 1 }
-            return .success(slot)
+            return .success((slot, generation))
         }
         return try result.get()
     }
@@ -228,8 +247,11 @@ final class SignalRegistry: @unchecked Sendable {
     /// Frees the slot; returns the signals its full pipe refused that were not yet taken (as
     /// `rd_signal_take_overflow`), read once no handler writes to the slot and before another
     /// subscription can claim it.
-    func unsubscribe(slot: CInt, signals: Set<Signal>) -> UInt64 {
+    func unsubscribe(slot: CInt, signals: Set<Signal>, generation: UInt) -> UInt64 {
         lock.withLock {
+            // Made by the parent of this forked child: its slot is free or another's now, and its
+            // signals were not counted here.
+            guard catchUpAfterFork() == generation else { return 0 }
             // The action is put back before the slot is freed: a signal that comes in between reaches
             // either this subscriber or the action it replaced, never nobody.
             for signal in signals {
