@@ -163,3 +163,95 @@ extension PeerScenarioTests5 {
         #expect(took < .seconds(2) && failures < 2_000_000, "shutdown took \(took), \(failures) retries")
     }
 }
+
+/// A connect that never completes: socket() hands out a pipe's read end (never writable) and connect
+/// says EINPROGRESS, so the attempt waits until its deadline.
+private final class P5HangingSyscalls: ConnectSyscalls, @unchecked Sendable {
+    private var writeEnds: [CInt] = []
+    private let base = SystemConnectSyscalls()
+    func socket(domain: CInt) -> (fd: CInt, errno: CInt) {
+        var ends: [CInt] = [-1, -1]
+        guard pipe(&ends) == 0 else { return (-1, errno) }
+        _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
+        writeEnds.append(ends[1])
+        return (ends[0], 0)
+    }
+    func bind(_ fd: CInt, to address: SocketAddress) -> CInt { 0 }
+    func connect(_ fd: CInt, to address: SocketAddress) -> CInt { EINPROGRESS }
+    func socketError(_ fd: CInt) -> ConnectStateMachine.SocketErrorResult { base.socketError(fd) }
+    func peerName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { base.peerName(fd) }
+    func localName(_ fd: CInt) -> (errno: CInt, address: SocketAddress?) { base.localName(fd) }
+    func close(_ fd: CInt) { base.close(fd) }
+    deinit { for fd in writeEnds { Glibc.close(fd) } }
+}
+
+extension PeerScenarioTests5 {
+    /// SwiftNIO HappyEyeballsTest (one resolver answers, the other hangs) with the attempts capped:
+    /// once the one attempt allowed has failed, nothing can start. Before: the connect waited for the
+    /// other family's lookup (here 3 s; for ever with a lookup that never returns).
+    @Test("Happy Eyeballs: with every allowed attempt made and failed, the connect fails without waiting for a lookup", arguments: backends)
+    func attemptCapEndsWithoutLookup(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let refused = try closedPort()
+        let release = LookupRelease()
+        defer { release.release() }
+        let resolver = ScriptedResolver(v6: [refused], v6Delay: .zero, v4: [listener.address], v4Delay: .seconds(3), release: release)
+        var options = HappyEyeballs.Options()
+        options.maximumAttempts = 1
+        let timers = Timers()
+        let began = ContinuousClock.now
+        let connect = HappyEyeballs(resolution: Resolution(host: "example.test", port: 1, waker: poller.waker, resolver: resolver),
+                                    poller: poller, timers: timers, tokenBase: 0, options: options)
+        let (progress, _) = try runLoop(connect, poller: poller, timers: timers)
+        let took = ContinuousClock.now - began
+        guard case .failed(let error) = progress else { Issue.record("\(progress)"); return }
+        #expect(error.cause == .refused && connect.attempts.count == 1)
+        #expect(took < .seconds(1), "took \(took)")
+    }
+
+    /// A list or an answer that names one address twice: the repeat costs no attempt. Before: with
+    /// two attempts allowed, [refused, refused, listener] tried the refused address twice and never
+    /// the listener.
+    @Test("Happy Eyeballs: an address named twice is tried once (a list, an answer)", arguments: backends)
+    func duplicateAddressesTriedOnce(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let refused = try closedPort()
+        var options = HappyEyeballs.Options()
+        options.maximumAttempts = 2
+        let timers = Timers()
+        let fromList = HappyEyeballs(addresses: [refused, refused, listener.address], poller: poller, timers: timers,
+                                     tokenBase: 0, options: options)
+        let (listed, _) = try runLoop(fromList, poller: poller, timers: timers)
+        if case .connected(let socket) = listed { close(socket.fd) } else { Issue.record("list: \(listed)") }
+        #expect(fromList.attempts.map(\.address) == [refused, listener.address])
+        let resolver = ScriptedResolver(v6: [], v6Delay: .zero, v4: [refused, refused, listener.address], v4Delay: .zero)
+        let fromAnswer = HappyEyeballs(resolution: Resolution(host: "example.test", port: 1, waker: poller.waker, resolver: resolver),
+                                       poller: poller, timers: timers, tokenBase: 100, options: options)
+        let (answered, _) = try runLoop(fromAnswer, poller: poller, timers: timers)
+        if case .connected(let socket) = answered { close(socket.fd) } else { Issue.record("answer: \(answered)") }
+        #expect(Connector.interleaveFamilies([refused, refused, listener.address]) == [refused, listener.address])
+    }
+
+    /// SwiftNIO HappyEyeballsTest "all fail: the error lists each": when one attempt timed out and a
+    /// later one was refused, the time-out named the refused attempt's address. Now the timed-out one's.
+    @Test("Happy Eyeballs: a combined time-out names the address that timed out", arguments: backends)
+    func combinedTimeoutNamesItsAddress(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let hangingSyscalls = P5HangingSyscalls()
+        let hanging = ConnectAttempt(to: try SocketAddress("127.0.0.1:9"), poller: poller, token: 1,
+                                     timeout: .milliseconds(100), syscalls: hangingSyscalls)
+        let refused = ConnectAttempt(to: try closedPort(), poller: poller, token: 2, timeout: .seconds(2))
+        let timers = Timers()
+        let connect = HappyEyeballs(attempts: [hanging, refused], poller: poller, timers: timers, timerToken: 0,
+                                    attemptDelay: .seconds(5))
+        let (progress, _) = try runLoop(connect, poller: poller, timers: timers)
+        guard case .failed(let error) = progress else { Issue.record("\(progress)"); return }
+        #expect(error.cause == .timedOut && error.address == hanging.address, "\(error)")
+        #expect(error.attempts.map(\.cause) == [.timedOut, .refused])
+    }
+}

@@ -90,6 +90,8 @@ public final class HappyEyeballs {
     /// While only the A answer is in: when to stop waiting for AAAA.
     private var resolutionDelayEnds: Int64?
     private var resolutionFailure: ResolutionError?
+    /// Every address queued or tried.
+    private var seen: Set<SocketAddress> = []
     private var started = false
     private var outcome: Progress? {
         // Ended: answers still to come are of no use, and no lookup thread may wake the poller after.
@@ -246,8 +248,11 @@ public final class HappyEyeballs {
 
     private var current: Progress { outcome ?? .inProgress }
 
+    /// Queues addresses not seen yet (a list or an answer that names one twice, or an answer that
+    /// repeats one already queued or tried, costs no second attempt).
     private func add(_ items: [Pending]) {
         for item in items {
+            if case .address(let address) = item, !seen.insert(address).inserted { continue }
             if item.family == primaryFamily { primary.append(item) } else { secondary.append(item) }
         }
     }
@@ -257,9 +262,7 @@ public final class HappyEyeballs {
         for answer in resolution.takeAnswers() {
             switch answer.result {
             case .success(let addresses):
-                let known = Set(attempts.map(\.address))
-                let fresh = addresses.filter { !known.contains($0) }
-                add(fresh.map(Pending.address))
+                add(addresses.map(Pending.address))
                 if answer.family == .ipv6 {
                     resolutionDelayEnds = nil
                 } else if !resolution.isComplete, attempts.isEmpty, resolutionDelayEnds == nil {
@@ -328,7 +331,8 @@ public final class HappyEyeballs {
 
         let live = ended.contains(false)
         let queued = (!primary.isEmpty || !secondary.isEmpty) && attempts.count < attemptLimit
-        if !live && !queued && !resolutionPending {
+        // An answer still to come can start nothing once the attempts allowed are all made.
+        if !live && !queued && !(resolutionPending && attempts.count < attemptLimit) {
             outcome = finalFailure()
             if let stepTimer { timers.cancel(stepTimer) }
             stepTimer = nil
@@ -364,7 +368,8 @@ public final class HappyEyeballs {
         }
         if errors.count == 1 { return .failed(errors[0]) }
         var error = errors.last!
-        if errors.contains(where: { $0.cause == .timedOut }) { error = ConnectError(.timedOut, address: error.address) }
+        // Any attempt that timed out makes the whole a time-out: named by that attempt's address.
+        if let timedOut = errors.last(where: { $0.cause == .timedOut }) { error = ConnectError(.timedOut, address: timedOut.address) }
         error.attempts = errors
         return .failed(error)
     }
