@@ -7,6 +7,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
+#include <pthread.h>
+#include <string.h>
 
 int rd_eventfd_nonblocking(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
@@ -30,4 +32,16 @@ int rd_kernel_can_poll(int fd) {
     if (saved == EPERM) return 0;
     errno = saved;
     return -1;
+}
+
+int rd_name_current_thread(const char *name) {
+    char cut[16];
+    size_t length = strnlen(name, sizeof cut - 1);
+    // Never end inside a character: back off over continuation bytes (10xxxxxx) when cut short.
+    if (name[length] != 0) {
+        while (length > 0 && ((unsigned char)name[length] & 0xC0) == 0x80) length--;
+    }
+    memcpy(cut, name, length);
+    cut[length] = 0;
+    return pthread_setname_np(pthread_self(), cut);
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CReadinessCore
 import ReadinessCore
 import ReadinessNet
 import Synchronization
@@ -48,7 +49,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// The loop's serial executor identity (`asUnownedSerialExecutor()`): jobs enqueued there are
     /// actors' jobs, told apart from the jobs of tasks that prefer the loop as a task executor.
     private let serial: LoopSerialExecutor
-    /// A name for diagnostics.
+    /// A name for diagnostics, and the loop thread's name (as `ps -L`, `top -H`, gdb and perf show it:
+    /// up to its first NUL, cut to the kernel's 15 bytes on a character boundary).
     public let name: String
     /// How jobs run (Docs/Async.md, "Executor semantics").
     public let jobs: JobIsolation
@@ -200,6 +202,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func threadMain(_ makePoller: @Sendable () throws(PollerError) -> any Poller) {
         thread = pthread_self()
+        _ = rd_name_current_thread(name)
         let poller: any Poller
         do {
             poller = try makePoller()
@@ -277,6 +280,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             // 4. Tasks that spent their operation budget go on behind that I/O and those timers.
             if !state.yielded.isEmpty { state.resumeYielded() }
         }
+        // A failed wait ends the loop as a shutdown does, and says so from now on (`isShuttingDown`,
+        // operations and `signals` refused) while it closes what it held.
+        lock.withLock { if case .running = phase { phase = .stopping } }
         finish(poller, batch: &batch, reason: failure.map { .poller($0) } ?? .shutdown)
     }
 

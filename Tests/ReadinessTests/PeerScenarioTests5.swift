@@ -255,3 +255,62 @@ extension PeerScenarioTests5 {
         #expect(error.attempts.map(\.cause) == [.timedOut, .refused])
     }
 }
+
+extension PeerScenarioTests5 {
+    /// SwiftNIO testEventLoopThreadName: the loop's thread carries its name. Before: the process's name.
+    @Test("the loop thread is named after the loop (cut to 15 bytes on a character boundary, up to a NUL)")
+    func loopThreadName() async throws {
+        func threadName(of loop: EventLoop) async throws -> String {
+            try await Task(executorPreference: loop) { () -> String in
+                let path = "/proc/thread-self/comm"
+                let fd = open(path, O_RDONLY)
+                guard fd >= 0 else { return "" }
+                defer { close(fd) }
+                var bytes = [UInt8](repeating: 0, count: 64)
+                let n = read(fd, &bytes, bytes.count)
+                return String(decoding: bytes[..<max(0, n)], as: UTF8.self).trimmingCharacters(in: "\n")
+            }.value
+        }
+        for (name, expected) in [("io-1", "io-1"), ("readiness-loop-12", "readiness-loop-"),
+                                 ("ααααααααα", "ααααααα"), ("a\u{0}b", "a")] {
+            let loop = try EventLoop(name: name, makePoller: { () throws(PollerError) -> any Poller in try Backend.epoll.makePoller() })
+            #expect(try await threadName(of: loop) == expected, "\(name)")
+            await loop.shutdown()
+        }
+    }
+}
+
+private extension String {
+    func trimmingCharacters(in text: String) -> String {
+        var out = self
+        while let last = out.last, text.contains(last) { out.removeLast() }
+        return out
+    }
+}
+
+extension PeerScenarioTests5 {
+    /// A loop whose poller failed ends as a shutdown does: while it closes what it held, it already
+    /// says it is shutting down (so `signals()` and the like are refused). Before: `isShuttingDown`
+    /// was false in that window (the phase went from running to stopped directly).
+    @Test("a loop ending on a failed wait says it is shutting down while it closes what it held", arguments: backends)
+    func failedWaitIsShuttingDown(backend: Backend) async throws {
+        let failing = FailingWaitPoller.Switch()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            FailingWaitPoller(try backend.makePoller(), failing: failing)
+        }
+        let sleeper = Task(executorPreference: loop) { () async -> (LoopError?, Bool) in
+            do throws(LoopError) { try await loop.sleep(for: .seconds(30)) } catch {
+                var refused = false
+                do throws(LoopError) { _ = try loop.signals([.user1]) } catch { refused = error == .shutdown }
+                return (error, loop.isShuttingDown && refused)
+            }
+            return (nil, false)
+        }
+        try await loop.sleep(for: .milliseconds(20))
+        failing.on.store(true, ordering: .releasing)
+        await Task(executorPreference: loop) {}.value
+        let (error, said) = await sleeper.value
+        #expect(error != nil && said)
+        await loop.shutdown()
+    }
+}
