@@ -38,6 +38,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var sleeping = false
     private var phase = Phase.starting
     private var waker: Waker?
+    /// The poller's highest descriptor (`Capabilities.maxDescriptor`), set before `init` returns.
+    private var descriptorLimit: CInt = .max
+    /// The highest descriptor the loop's poller can wait on (select's FD_SETSIZE - 1, else the
+    /// process's limit): for checks made off the loop (``signals(_:)``).
+    var maxDescriptor: CInt { lock.withLock { descriptorLimit } }
     private var thread = pthread_t()
     private let running = Atomic<Bool>(false)
     private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
@@ -217,6 +222,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         running.store(true, ordering: .releasing)
         lock.withLock {
             waker = poller.waker
+            descriptorLimit = poller.capabilities.maxDescriptor
             phase = .running
             lock.broadcast()
         }

@@ -18,7 +18,8 @@ extension EventLoop {
     /// repeats of one signal may merge, as the kernel merges them (``/ReadinessNet/SignalSubscription``).
     /// One task iterates a sequence at a time: ask for one sequence per task. An empty set, or a signal
     /// that cannot be watched (``/ReadinessNet/Signal/invalidReason``), is
-    /// ``LoopError/invalidArgument(_:)``; a shut-down loop is ``LoopError/shutdown``.
+    /// ``LoopError/invalidArgument(_:)``; a shut-down loop is ``LoopError/shutdown``; a pipe the loop's
+    /// poller cannot wait on (select past FD_SETSIZE) is `.poller(.descriptorTooLarge)`.
     public func signals(_ signals: some Sequence<Signal>) throws(LoopError) -> SignalSequence {
         if isShuttingDown { throw .shutdown }
         let subscription: SignalSubscription
@@ -26,6 +27,14 @@ extension EventLoop {
             subscription = try SignalSubscription(signals)
         } catch {
             throw error.kind == .invalidArgument ? .invalidArgument(error.operation) : .socket(error)
+        }
+        // A pipe this loop's poller cannot wait on (select, past FD_SETSIZE) would end the iteration at
+        // once, with no signal, as if one had come: refused here instead.
+        let limit = maxDescriptor
+        if subscription.descriptor > limit {
+            let fd = subscription.descriptor
+            subscription.close()
+            throw .poller(.descriptorTooLarge(fd, limit: limit &+ 1))
         }
         return SignalSequence(loop: self, subscription: subscription)
     }

@@ -314,3 +314,34 @@ extension PeerScenarioTests5 {
         await loop.shutdown()
     }
 }
+
+extension PeerScenarioTests5 {
+    /// CPython test_selectors test_above_fd_setsize, on the signal pipe: a loop on select whose
+    /// signal pipe lands past FD_SETSIZE. Before: `signals()` succeeded and the iteration ended at
+    /// once with nil, as if a signal had come (a server's `for await` then shut down for nothing).
+    @Test("signals() on a select loop whose pipe would be past FD_SETSIZE fails with descriptorTooLarge",
+          arguments: backends.filter { $0.makesSelectPoller })
+    func signalPipeAboveSelectLimit(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        var filler: [CInt] = []
+        defer { for fd in filler { close(fd) } }
+        while filler.last.map({ $0 < 1100 }) ?? true {
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { Issue.record("open: \(errno)"); await loop.shutdown(); return }
+            filler.append(fd)
+        }
+        do throws(LoopError) {
+            let sequence = try loop.signals([.user1])
+            sequence.finish()
+            Issue.record("signals() succeeded")
+        } catch {
+            guard case .poller(.descriptorTooLarge) = error else { Issue.record("\(error)"); await loop.shutdown(); return }
+        }
+        await loop.shutdown()
+    }
+}
+
+private extension Backend {
+    /// select, or libevent forced to its select method.
+    var makesSelectPoller: Bool { "\(self)" == "select" || "\(self)" == "libevent:select" }
+}
