@@ -192,7 +192,7 @@ int rd_net_sendmmsg(int fd, const void *payloads, size_t slot, const size_t *len
     memset(headers, 0, sizeof *headers * count);
     for (unsigned i = 0; i < count; i++) {
         buffers[i].iov_base = (char *)payloads + (size_t)i * slot;
-        buffers[i].iov_len = lengths[i];
+        buffers[i].iov_len = lengths[i] < slot ? lengths[i] : slot;   // a truncated slot: what it holds
         headers[i].msg_hdr.msg_iov = &buffers[i];
         headers[i].msg_hdr.msg_iovlen = 1;
         if (destination_lengths[i] > 0) {

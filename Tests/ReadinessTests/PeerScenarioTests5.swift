@@ -345,3 +345,63 @@ private extension Backend {
     /// select, or libevent forced to its select method.
     var makesSelectPoller: Bool { "\(self)" == "select" || "\(self)" == "libevent:select" }
 }
+
+extension PeerScenarioTests5 {
+    /// Caller values are checked: a negative buffer size was passed on, and the kernel, reading it
+    /// unsigned, set the largest buffer it allows. Now refused with invalidArgument, nothing changed.
+    @Test("a negative buffer size is refused (invalidArgument), not turned into the largest buffer")
+    func negativeBufferSize() throws {
+        let before = openDescriptorCount()
+        let socket = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let size = try socket.receiveBufferSize()
+        for set in [socket.setReceiveBufferSize, socket.setSendBufferSize] {
+            #expect { try set(-1) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        }
+        #expect(try socket.receiveBufferSize() == size)
+        let (a, b) = try socketPair()
+        let stream = try StreamSocket(adopting: a)
+        #expect { try stream.setReceiveBufferSize(Int.min) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        stream.close()
+        close(b)
+        var options = DatagramSocket.Options()
+        options.sendBufferSize = -5
+        #expect { _ = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"), options: options) } throws: {
+            ($0 as? SocketError)?.kind == .invalidArgument
+        }
+        socket.close()
+        #expect(openDescriptorCount() == before)
+    }
+
+    /// A received batch sent back (an echo in place): a truncated slot sends what it holds, and still
+    /// tells its truncation and real length after (before: its length was cut to the slot while it
+    /// stayed marked truncated, `length - count == 0`). A batch sent from its end on a closed socket is
+    /// `closed`, as an empty single send is (before: 0 datagrams sent).
+    @Test("a truncated batch slot sent back keeps its length; a batch send on a closed socket is closed")
+    func batchEchoKeepsTruncation() throws {
+        let server = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let client = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { client.close() }
+        _ = try client.send([UInt8](repeating: 7, count: 100), to: try #require(server.localAddress))
+        let batch = try DatagramBatch(capacity: 4, slotSize: 10)
+        var received = IOResult.wouldBlock
+        for _ in 0..<100 where received == .wouldBlock {
+            received = try server.receive(into: batch)
+            if received == .wouldBlock { usleep(1_000) }
+        }
+        #expect(received == .transferred(1))
+        let before = try batch.datagram(0)
+        #expect(before.isTruncated && before.length == 100 && before.count == 10)
+        #expect(try server.send(batch) == .transferred(1))
+        let after = try batch.datagram(0)
+        #expect(after == before, "\(after)")
+        var reply = [UInt8](repeating: 0, count: 200)
+        var echoed: ReceivedDatagram?
+        for _ in 0..<100 where echoed == nil {
+            echoed = try client.receive(into: &reply).datagram
+            if echoed == nil { usleep(1_000) }
+        }
+        #expect(echoed?.count == 10)
+        server.close()
+        #expect { _ = try server.send(batch, from: batch.count) } throws: { ($0 as? SocketError)?.kind == .closed }
+    }
+}

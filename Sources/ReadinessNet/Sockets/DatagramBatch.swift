@@ -159,7 +159,11 @@ public final class DatagramBatch {
         guard start >= 0, start <= count else {
             throw SocketError(.invalidArgument, operation: "send from slot \(start) of a batch of \(count)")
         }
-        if start == count { return 0 }
+        if start == count {
+            // Nothing to send, but a closed socket is closed (as an empty single send says).
+            if fd < 0 { throw SocketError(errno: EBADF, operation: "sendmmsg") }
+            return 0
+        }
         let domain: CInt = switch family {
         case .ipv4: AF_INET
         case .ipv6: AF_INET6
@@ -169,8 +173,8 @@ public final class DatagramBatch {
         for i in start..<count {
             // A received batch sent back (an echo in place, no copy): each slot goes to its source with
             // the bytes stored in it. A truncated slot's length is the datagram's real length, larger
-            // than the slot: the bytes stored are what is sent (never bytes past the slot).
-            if lengths[i] > slotSize { lengths[i] = slotSize }
+            // than the slot: the bytes stored are what is sent (never bytes past the slot; the C shim
+            // cuts it, so the slot still tells its truncation and real length afterwards).
             // A destination of another family is refused as a single send refuses it (an IPv4 one of
             // an IPv6 socket is sent, IPv4-mapped by the kernel): the slots before it are sent, and
             // the send that starts at it fails.

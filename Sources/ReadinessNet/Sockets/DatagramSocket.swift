@@ -175,8 +175,8 @@ public final class DatagramSocket {
                 try set(fd, rd_net_ipproto_ipv6(), rd_net_ipv6_v6only(), v6Only ? 1 : 0, "IPV6_V6ONLY")
             }
         }
-        if let size = options.receiveBufferSize { try set(fd, SOL_SOCKET, SO_RCVBUF, CInt(clamping: size), "SO_RCVBUF") }
-        if let size = options.sendBufferSize { try set(fd, SOL_SOCKET, SO_SNDBUF, CInt(clamping: size), "SO_SNDBUF") }
+        if let size = options.receiveBufferSize { try set(fd, SOL_SOCKET, SO_RCVBUF, try NetSys.bufferSize(size, "SO_RCVBUF"), "SO_RCVBUF") }
+        if let size = options.sendBufferSize { try set(fd, SOL_SOCKET, SO_SNDBUF, try NetSys.bufferSize(size, "SO_SNDBUF"), "SO_SNDBUF") }
     }
 
     deinit { close() }
@@ -267,6 +267,12 @@ public final class DatagramSocket {
     @inlinable
     public func send(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress? = nil) throws(SocketError) -> IOResult {
         try sendImpl(buffer, to: destination)
+    }
+
+    /// Sends `bytes` as one datagram to `destination`: `send(array, to: address)`, as the `Bytes`,
+    /// raw-buffer and async forms read (the ranged form's `to:` is an end index).
+    public func send(_ bytes: [UInt8], to destination: SocketAddress) throws(SocketError) -> IOResult {
+        try send(bytes, from: 0, to: nil, destination: destination)
     }
 
     /// Sends `bytes[offset..<end]` (end: the whole array) as one datagram; a range outside the array
@@ -414,12 +420,12 @@ public final class DatagramSocket {
     /// SO_RCVBUF (the kernel doubles the value and clamps it to net.core.rmem_max). Datagrams that
     /// arrive while it is full are dropped by the kernel.
     public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
-        try Self.set(fd, SOL_SOCKET, SO_RCVBUF, CInt(clamping: bytes), "SO_RCVBUF")
+        try Self.set(fd, SOL_SOCKET, SO_RCVBUF, try NetSys.bufferSize(bytes, "SO_RCVBUF"), "SO_RCVBUF")
     }
 
     /// SO_SNDBUF (doubled and clamped like ``setReceiveBufferSize(_:)``).
     public func setSendBufferSize(_ bytes: Int) throws(SocketError) {
-        try Self.set(fd, SOL_SOCKET, SO_SNDBUF, CInt(clamping: bytes), "SO_SNDBUF")
+        try Self.set(fd, SOL_SOCKET, SO_SNDBUF, try NetSys.bufferSize(bytes, "SO_SNDBUF"), "SO_SNDBUF")
     }
 
     /// The receive buffer size the kernel uses.
