@@ -128,12 +128,15 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             || code == EHOSTUNREACH || code == ENETUNREACH || code == EHOSTDOWN
     }
 
-    /// A send took a connection failure while a receive of its stream still waits in the kernel (woken
-    /// after the send, it will read 0): that read reports it (`LoopState.readFailures`). A receive
-    /// already completed (data, or the FIN, before the failure) is not: its end of stream stands.
+    /// A send took a connection failure while a read of its stream is in progress (a receive still in
+    /// the kernel, or a read on the readiness path: `read(into: &Bytes)`, a provided-buffer read that
+    /// fell back; woken after the send, it will read 0): that read reports it
+    /// (`LoopState.readFailures`). A read already completed (data, or the FIN, before the failure) is
+    /// not: its end of stream stands.
     @inline(never)
     private func noteSendFailure(_ op: CompletionOperation, _ code: Int32, loop: LoopState) {
-        guard let resource = loop.slab[op.key], resource.key == op.key, resource.record.read.op != nil else { return }
+        guard let resource = loop.slab[op.key], resource.key == op.key,
+              resource.record.read.op != nil || resource.record.read.inUse else { return }
         loop.readFailures[op.key] = code
     }
 

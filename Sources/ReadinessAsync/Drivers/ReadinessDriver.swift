@@ -27,6 +27,9 @@ struct ReadinessDriver: IODriver {
             if !wait {
                 let result: IOResult
                 do throws(SocketError) { result = try attempt(socket) } catch { throw .socket(error) }
+                if result == .endOfStream, direction == .read, let failure = CompletionDriver.takeReadFailure(id, loop: loop) {
+                    throw failure   // io_uring: a send took the reset this read would have met
+                }
                 if result != .wouldBlock { return result }
             }
             wait = false
@@ -122,7 +125,9 @@ struct ReadinessDriver: IODriver {
             case .transferred(let n):
                 stream.record.readDrained = n < room.count
                 return try take(UnsafeRawBufferPointer(rebasing: room[..<n]))
-            case .endOfStream: return try take(UnsafeRawBufferPointer(start: nil, count: 0))
+            case .endOfStream:
+                if case .socket(let failure)? = CompletionDriver.takeReadFailure(stream.key.raw, loop: loop) { throw failure }
+                return try take(UnsafeRawBufferPointer(start: nil, count: 0))
             case .wouldBlock: return nil
             }
         } catch {
