@@ -139,8 +139,10 @@ public struct RegistrationTable: Sendable {
     /// Checks a new registration; throws the contract's error for the first rule it breaks.
     ///
     /// `kernelChecksDescriptor`: the backend's own call fails for a closed descriptor (EBADF) and for a
-    /// regular file or directory (EPERM) and maps them to the same errors, as epoll_ctl does; the last
-    /// check (an `fstat`, one system call per registration) is then left to it. `heldByPoller`: `fd`
+    /// file without a poll method (EPERM: a regular file on disk, a directory, /dev/null) and maps them
+    /// to the same errors, as epoll_ctl does; the device probe is then left to it. The file's kind is
+    /// still checked (one `fstat`): procfs, sysfs and cgroup files are regular files with a poll
+    /// method, which epoll_ctl accepts and every other backend refuses. `heldByPoller`: `fd`
     /// is one the poller itself uses (its waker, its kernel object), refused as already registered
     /// (a caller's registration would take over the poller's own events).
     public func checkRegister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
@@ -152,7 +154,7 @@ public struct RegistrationTable: Sendable {
         }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
         guard self[fd] == nil, !heldByPoller else { throw .alreadyRegistered(fd) }
-        if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
+        if let error = kernelChecksDescriptor ? Sys.checkKind(fd) : Sys.checkPollable(fd) { throw error }
     }
 
     /// Checks a change of registration; returns the current registration. The descriptor is checked

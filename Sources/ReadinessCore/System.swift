@@ -44,6 +44,18 @@ public enum Sys {
         return nil
     }
 
+    /// The part of ``checkPollable(_:)`` that a backend whose kernel call probes the file itself
+    /// (epoll_ctl) still needs: open, and neither a regular file nor a directory (procfs and sysfs
+    /// regular files have a poll method, so epoll_ctl would take them).
+    public static func checkKind(_ fd: CInt) -> PollerError? {
+        var st = stat()
+        if fstat(fd, &st) != 0 {
+            return errno == EBADF ? .badDescriptor(fd) : .failed("fstat", errno: errno)
+        }
+        let kind = st.st_mode & S_IFMT
+        return kind == S_IFREG || kind == S_IFDIR ? .unsupportedDescriptor(fd) : nil
+    }
+
     /// True when `fd` is an open descriptor (fcntl F_GETFD does not fail with EBADF).
     @inlinable public static func isOpen(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) >= 0 || errno != EBADF }
 

@@ -405,3 +405,22 @@ extension PeerScenarioTests5 {
         #expect { _ = try server.send(batch, from: batch.count) } throws: { ($0 as? SocketError)?.kind == .closed }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// CPython test_selectors (a regular file: epoll's EPERM), tokio AsyncFd on files: Contract rule 9
+    /// on the regular files of procfs and sysfs, which have a poll method. Before: the epoll backend
+    /// took them (and reported them ready on every wait); every other backend refused them.
+    @Test("a procfs regular file is unsupportedDescriptor on every backend (epoll_ctl would take it)", arguments: backends)
+    func procfsFileRefused(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        for path in ["/proc/self/mounts", "/proc/sys/kernel/hostname"] {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { Issue.record("open \(path): \(errno)"); continue }
+            defer { close(fd) }
+            #expect(throws: PollerError.unsupportedDescriptor(fd), "\(path)") {
+                try poller.register(fd, token: Token(1), interest: .readable, trigger: .level)
+            }
+        }
+    }
+}
