@@ -424,3 +424,29 @@ extension PeerScenarioTests5 {
         }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// A datagram socket shut down for reading (Linux applies SHUT_RD even when it answers ENOTCONN)
+    /// polls readable for ever while each receive would block. Before: a waiting receive woke on every
+    /// loop iteration until its deadline (a busy loop: tens of thousands of iterations in 300 ms).
+    @Test("a receive on a datagram socket shut down for reading does not spin the loop", arguments: backends)
+    func datagramReadShutdownDoesNotSpin(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let socket = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                _ = try await socket.withDatagramSocket { shutdown($0.fd, CInt(SHUT_RD)) }
+                let before = try await loop.statistics().iterations
+                var buffer = [UInt8](repeating: 0, count: 64)
+                do {
+                    _ = try await socket.receive(into: &buffer, timeout: .milliseconds(300))
+                    Issue.record("a datagram arrived")
+                } catch {
+                    #expect(error as? LoopError == .timedOut)
+                }
+                let iterations = try await loop.statistics().iterations - before
+                #expect(iterations < 200, "\(iterations) loop iterations in 300 ms")
+                await socket.close()
+            }.value
+        }
+    }
+}

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 import ReadinessNet
 
 /// The readiness driver over any ``Poller`` (every backend): each operation tries its syscall until
@@ -410,15 +410,19 @@ struct ReadinessDriver: IODriver {
     /// only then: a system call). A send: a Unix datagram socket that is not connected (it names its
     /// destination; the kernel checks the receiver's queue in poll only for a connected sender, and
     /// wakes no other sender when that queue drains). A receive: an error condition with nothing to
-    /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes).
+    /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes),
+    /// or a socket shut down for reading (`shutdown(SHUT_RD)`, which Linux applies to a datagram
+    /// socket even when it answers ENOTCONN): readable for ever (POLLRDHUP), each receive EAGAIN.
     private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction) -> Bool {
         if direction == .write {
             guard socket.family == .unix else { return false }
             do { _ = try SocketAddress.peer(of: socket.fd) } catch { return error.errno == ENOTCONN }
             return false
         }
-        var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+        let readShutdown = Int16(truncatingIfNeeded: Ready.pollRDHUP)
+        var entry = pollfd(fd: socket.fd, events: Int16(POLLIN) | readShutdown, revents: 0)
         guard poll(&entry, 1, 0) == 1 else { return false }
+        if entry.revents & readShutdown != 0 { return true }
         return entry.revents & Int16(POLLERR) != 0 && entry.revents & Int16(POLLIN) == 0
     }
 
