@@ -450,3 +450,27 @@ extension PeerScenarioTests5 {
         }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// SwiftNIO testTimeOutDuringDNSResolution, Go DialTimeout during the lookup: the synchronous
+    /// connect by name had no bound while the name resolved (the attempt timeout starts with an
+    /// attempt), so a name server that never answers held the call for its whole resolv.conf
+    /// timeouts. Now `timeout:` bounds the whole call (new parameter; a resolver can be injected).
+    @Test("Connector.connect(toHost:timeout:) is bounded while the name resolves", arguments: backends)
+    func hostConnectBoundedDuringLookup(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let release = LookupRelease()
+        defer { release.release() }
+        let resolver = ScriptedResolver(v6: [], v6Delay: .seconds(5), v4: [], v4Delay: .seconds(5), release: release)
+        let began = ContinuousClock.now
+        do {
+            _ = try Connector.connect(toHost: "example.test:80", on: poller, timeout: .milliseconds(200), resolver: resolver)
+            Issue.record("connected")
+        } catch {
+            guard case .connect(let connectError) = error, connectError.cause == .timedOut else { Issue.record("\(error)"); return }
+        }
+        let took = ContinuousClock.now - began
+        #expect(took < .seconds(2), "took \(took)")
+    }
+}

@@ -32,12 +32,19 @@ extension Connector {
     /// Resolves `HOST:PORT` off this thread (AAAA and A separately, RFC 8305 section 3) and connects in
     /// the Happy Eyeballs way, on a poller dedicated to the call. Inside your own loop, use
     /// ``Resolution`` and ``HappyEyeballs`` directly.
+    ///
+    /// `timeout` bounds the whole call, the name lookup included (the options' `attemptTimeout` bounds
+    /// each attempt only, from its start): when it passes, every attempt is closed, the lookup left to
+    /// end on its own, and the call fails with ``ConnectError/Cause/timedOut``. Any `Duration` is
+    /// valid (saturating); nil waits as long as the lookup and the attempts take.
     public static func connect(toHost text: String, on poller: any Poller,
-                               options: HappyEyeballs.Options = HappyEyeballs.Options()) throws(HostConnectError) -> ConnectedSocket {
+                               options: HappyEyeballs.Options = HappyEyeballs.Options(), timeout: Duration? = nil,
+                               resolver: any HostResolver = SystemResolver()) throws(HostConnectError) -> ConnectedSocket {
         if let reason = options.invalidReason { throw .invalidOptions(reason) }
+        let deadline = timeout.map { Deadline.after($0).nanoseconds }
         let resolution: Resolution
         do {
-            resolution = try Resolution(text, waker: poller.waker)
+            resolution = try Resolution(text, waker: poller.waker, resolver: resolver)
         } catch {
             throw .invalid(error)
         }
@@ -45,7 +52,8 @@ extension Connector {
         let connect = HappyEyeballs(resolution: resolution, poller: poller, timers: timers, tokenBase: 0, options: options)
         let progress: HappyEyeballs.Progress
         do {
-            progress = try drive(connect, on: poller, timers: timers, capacity: min(options.maximumAttempts, Self.eventCapacity) + 1)
+            progress = try drive(connect, on: poller, timers: timers, capacity: min(options.maximumAttempts, Self.eventCapacity) + 1,
+                                 deadline: deadline)
         } catch {
             throw .connect(error)
         }

@@ -75,9 +75,10 @@ public enum Connector {
         return Token(rawValue: candidate)
     }
 
-    /// Waits until `connect` ends: `.connected` or `.unresolved` is returned, a connect failure thrown.
+    /// Waits until `connect` ends: `.connected` or `.unresolved` is returned, a connect failure thrown
+    /// (`timedOut`, everything cancelled, once `deadline` passes: monotonic nanoseconds).
     static func drive(_ connect: HappyEyeballs, on poller: any Poller, timers: Timers,
-                      capacity: Int) throws(ConnectError) -> HappyEyeballs.Progress {
+                      capacity: Int, deadline: Int64? = nil) throws(ConnectError) -> HappyEyeballs.Progress {
         let events = EventBuffer(capacity: max(4, capacity))
         var progress = connect.start()
         while true {
@@ -86,8 +87,17 @@ public enum Connector {
             case .failed(let error): throw error
             case .inProgress: break
             }
+            var timeout = timers.timeout()
+            if let deadline {
+                let left = Deadline.timeout(until: deadline)
+                if left <= .zero {
+                    connect.cancel()
+                    throw ConnectError(.timedOut)
+                }
+                timeout = timeout.map { min($0, left) } ?? left
+            }
             do {
-                try poller.wait(into: events, timeout: timers.timeout())
+                try poller.wait(into: events, timeout: timeout)
             } catch {
                 connect.cancel()
                 throw ConnectError(.poller, pollerError: error)
