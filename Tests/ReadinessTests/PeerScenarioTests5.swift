@@ -211,31 +211,6 @@ extension PeerScenarioTests5 {
         #expect(took < .seconds(1), "took \(took)")
     }
 
-    /// A list or an answer that names one address twice: the repeat costs no attempt. Before: with
-    /// two attempts allowed, [refused, refused, listener] tried the refused address twice and never
-    /// the listener.
-    @Test("Happy Eyeballs: an address named twice is tried once (a list, an answer)", arguments: backends)
-    func duplicateAddressesTriedOnce(backend: Backend) throws {
-        let poller = try backend.makePoller()
-        defer { try? poller.close() }
-        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
-        let refused = try closedPort()
-        var options = HappyEyeballs.Options()
-        options.maximumAttempts = 2
-        let timers = Timers()
-        let fromList = HappyEyeballs(addresses: [refused, refused, listener.address], poller: poller, timers: timers,
-                                     tokenBase: 0, options: options)
-        let (listed, _) = try runLoop(fromList, poller: poller, timers: timers)
-        if case .connected(let socket) = listed { close(socket.fd) } else { Issue.record("list: \(listed)") }
-        #expect(fromList.attempts.map(\.address) == [refused, listener.address])
-        let resolver = ScriptedResolver(v6: [], v6Delay: .zero, v4: [refused, refused, listener.address], v4Delay: .zero)
-        let fromAnswer = HappyEyeballs(resolution: Resolution(host: "example.test", port: 1, waker: poller.waker, resolver: resolver),
-                                       poller: poller, timers: timers, tokenBase: 100, options: options)
-        let (answered, _) = try runLoop(fromAnswer, poller: poller, timers: timers)
-        if case .connected(let socket) = answered { close(socket.fd) } else { Issue.record("answer: \(answered)") }
-        #expect(Connector.interleaveFamilies([refused, refused, listener.address]) == [refused, listener.address])
-    }
-
     /// SwiftNIO HappyEyeballsTest "all fail: the error lists each": when one attempt timed out and a
     /// later one was refused, the time-out named the refused attempt's address. Now the timed-out one's.
     @Test("Happy Eyeballs: a combined time-out names the address that timed out", arguments: backends)
@@ -347,29 +322,30 @@ private extension Backend {
 }
 
 extension PeerScenarioTests5 {
-    /// Caller values are checked: a negative buffer size was passed on, and the kernel, reading it
-    /// unsigned, set the largest buffer it allows. Now refused with invalidArgument, nothing changed.
-    @Test("a negative buffer size is refused (invalidArgument), not turned into the largest buffer")
+    /// Option values saturate: a negative buffer size was passed on, and the kernel, reading it
+    /// unsigned, set the largest buffer it allows. Now it is the smallest, as 0 is.
+    @Test("a negative buffer size saturates to the smallest buffer, not the largest")
     func negativeBufferSize() throws {
-        let before = openDescriptorCount()
         let socket = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
-        let size = try socket.receiveBufferSize()
-        for set in [socket.setReceiveBufferSize, socket.setSendBufferSize] {
-            #expect { try set(-1) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
-        }
-        #expect(try socket.receiveBufferSize() == size)
+        defer { socket.close() }
+        try socket.setReceiveBufferSize(0)
+        try socket.setSendBufferSize(0)
+        let (smallestReceive, smallestSend) = (try socket.receiveBufferSize(), try socket.sendBufferSize())
+        try socket.setReceiveBufferSize(-1)
+        try socket.setSendBufferSize(Int.min)
+        #expect(try socket.receiveBufferSize() == smallestReceive && socket.sendBufferSize() == smallestSend)
         let (a, b) = try socketPair()
         let stream = try StreamSocket(adopting: a)
-        #expect { try stream.setReceiveBufferSize(Int.min) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
-        stream.close()
-        close(b)
+        defer { stream.close(); close(b) }
+        try stream.setReceiveBufferSize(0)
+        let smallest = try stream.receiveBufferSize()
+        try stream.setReceiveBufferSize(-5)
+        #expect(try stream.receiveBufferSize() == smallest)
         var options = DatagramSocket.Options()
-        options.sendBufferSize = -5
-        #expect { _ = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"), options: options) } throws: {
-            ($0 as? SocketError)?.kind == .invalidArgument
-        }
-        socket.close()
-        #expect(openDescriptorCount() == before)
+        options.receiveBufferSize = -5
+        let optioned = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"), options: options)
+        defer { optioned.close() }
+        #expect(try optioned.receiveBufferSize() == smallestReceive)
     }
 
     /// A received batch sent back (an echo in place): a truncated slot sends what it holds, and still

@@ -39,14 +39,11 @@ public enum Connector {
         }
     }
 
-    /// RFC 8305 §4: start with the first address's family, then alternate families; an address named
-    /// twice is kept once (its first place).
+    /// RFC 8305 §4: start with the first address's family, then alternate families.
     public static func interleaveFamilies(_ addresses: [SocketAddress]) -> [SocketAddress] {
         guard let first = addresses.first else { return [] }
-        var seen = Set<SocketAddress>()
-        let unique = addresses.filter { seen.insert($0).inserted }
-        var same = unique.filter { $0.family == first.family }
-        var other = unique.filter { $0.family != first.family }
+        var same = addresses.filter { $0.family == first.family }
+        var other = addresses.filter { $0.family != first.family }
         var out: [SocketAddress] = []
         while !same.isEmpty || !other.isEmpty {
             if !same.isEmpty { out.append(same.removeFirst()) }

@@ -90,8 +90,6 @@ public final class HappyEyeballs {
     /// While only the A answer is in: when to stop waiting for AAAA.
     private var resolutionDelayEnds: Int64?
     private var resolutionFailure: ResolutionError?
-    /// Every address queued or tried.
-    private var seen: Set<SocketAddress> = []
     private var started = false
     private var outcome: Progress? {
         // Ended: answers still to come are of no use, and no lookup thread may wake the poller after.
@@ -248,11 +246,8 @@ public final class HappyEyeballs {
 
     private var current: Progress { outcome ?? .inProgress }
 
-    /// Queues addresses not seen yet (a list or an answer that names one twice, or an answer that
-    /// repeats one already queued or tried, costs no second attempt).
     private func add(_ items: [Pending]) {
         for item in items {
-            if case .address(let address) = item, !seen.insert(address).inserted { continue }
             if item.family == primaryFamily { primary.append(item) } else { secondary.append(item) }
         }
     }
@@ -262,7 +257,9 @@ public final class HappyEyeballs {
         for answer in resolution.takeAnswers() {
             switch answer.result {
             case .success(let addresses):
-                add(addresses.map(Pending.address))
+                let known = Set(attempts.map(\.address))
+                let fresh = addresses.filter { !known.contains($0) }
+                add(fresh.map(Pending.address))
                 if answer.family == .ipv6 {
                     resolutionDelayEnds = nil
                 } else if !resolution.isComplete, attempts.isEmpty, resolutionDelayEnds == nil {

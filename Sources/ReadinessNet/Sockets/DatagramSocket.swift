@@ -175,8 +175,8 @@ public final class DatagramSocket {
                 try set(fd, rd_net_ipproto_ipv6(), rd_net_ipv6_v6only(), v6Only ? 1 : 0, "IPV6_V6ONLY")
             }
         }
-        if let size = options.receiveBufferSize { try set(fd, SOL_SOCKET, SO_RCVBUF, try NetSys.bufferSize(size, "SO_RCVBUF"), "SO_RCVBUF") }
-        if let size = options.sendBufferSize { try set(fd, SOL_SOCKET, SO_SNDBUF, try NetSys.bufferSize(size, "SO_SNDBUF"), "SO_SNDBUF") }
+        if let size = options.receiveBufferSize { try set(fd, SOL_SOCKET, SO_RCVBUF, NetSys.bufferSize(size), "SO_RCVBUF") }
+        if let size = options.sendBufferSize { try set(fd, SOL_SOCKET, SO_SNDBUF, NetSys.bufferSize(size), "SO_SNDBUF") }
     }
 
     deinit { close() }
@@ -420,12 +420,12 @@ public final class DatagramSocket {
     /// SO_RCVBUF (the kernel doubles the value and clamps it to net.core.rmem_max). Datagrams that
     /// arrive while it is full are dropped by the kernel.
     public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
-        try Self.set(fd, SOL_SOCKET, SO_RCVBUF, try NetSys.bufferSize(bytes, "SO_RCVBUF"), "SO_RCVBUF")
+        try Self.set(fd, SOL_SOCKET, SO_RCVBUF, NetSys.bufferSize(bytes), "SO_RCVBUF")
     }
 
     /// SO_SNDBUF (doubled and clamped like ``setReceiveBufferSize(_:)``).
     public func setSendBufferSize(_ bytes: Int) throws(SocketError) {
-        try Self.set(fd, SOL_SOCKET, SO_SNDBUF, try NetSys.bufferSize(bytes, "SO_SNDBUF"), "SO_SNDBUF")
+        try Self.set(fd, SOL_SOCKET, SO_SNDBUF, NetSys.bufferSize(bytes), "SO_SNDBUF")
     }
 
     /// The receive buffer size the kernel uses.

@@ -225,12 +225,12 @@ public final class StreamSocket {
 
     /// SO_RCVBUF (the kernel doubles the value it is given, and clamps it to net.core.rmem_max).
     public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
-        try set(level: SOL_SOCKET, name: SO_RCVBUF, try NetSys.bufferSize(bytes, "SO_RCVBUF"), "SO_RCVBUF")
+        try set(level: SOL_SOCKET, name: SO_RCVBUF, NetSys.bufferSize(bytes), "SO_RCVBUF")
     }
 
     /// SO_SNDBUF (doubled and clamped like ``setReceiveBufferSize(_:)``).
     public func setSendBufferSize(_ bytes: Int) throws(SocketError) {
-        try set(level: SOL_SOCKET, name: SO_SNDBUF, try NetSys.bufferSize(bytes, "SO_SNDBUF"), "SO_SNDBUF")
+        try set(level: SOL_SOCKET, name: SO_SNDBUF, NetSys.bufferSize(bytes), "SO_SNDBUF")
     }
 
     /// The receive buffer size the kernel uses.

@@ -9,12 +9,9 @@ import CReadinessNet
 enum NetSys {
     static let optionSize = socklen_t(MemoryLayout<CInt>.size)
 
-    /// A buffer size for SO_RCVBUF / SO_SNDBUF: saturated to `CInt`; a negative one is refused (the
-    /// kernel reads it unsigned and would take the largest buffer it allows).
-    static func bufferSize(_ bytes: Int, _ option: String) throws(SocketError) -> CInt {
-        guard bytes >= 0 else { throw SocketError(.invalidArgument, operation: "\(option): a negative size (\(bytes))") }
-        return CInt(clamping: bytes)
-    }
+    /// A buffer size for SO_RCVBUF / SO_SNDBUF, saturated to `0...CInt.max`: a negative one is the
+    /// smallest buffer (the kernel, reading it unsigned, would take the largest it allows).
+    static func bufferSize(_ bytes: Int) -> CInt { CInt(clamping: Swift.max(0, bytes)) }
 
     /// setsockopt of an int; 0 or an errno.
     static func setOption(_ fd: CInt, level: CInt, name: CInt, value: CInt) -> CInt {
