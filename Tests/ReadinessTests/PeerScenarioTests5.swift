@@ -450,3 +450,40 @@ extension PeerScenarioTests5 {
         #expect(took < .seconds(2), "took \(took)")
     }
 }
+
+extension PeerScenarioTests5 {
+    /// libev's "fd closed and reopened between iterations": a registered number closed, reused by a
+    /// new socket, deregistered and registered again before the next wait is watched for the new file.
+    @Test("a registered number closed and reused, deregistered and registered again, reports the new file", arguments: backends)
+    func reusedNumberRegisteredAgain(backend: Backend) throws {
+      for deregisterFirst in [false, true] {   // deregistered while the number is free, or once reused
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a, b) = try socketPair()
+        try poller.register(a, token: Token(1), interest: .readable, trigger: .level)
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .milliseconds(10))
+        close(a)
+        close(b)
+        var outcome = "deregistered"
+        if deregisterFirst { do { try poller.deregister(a) } catch { outcome = "\(error)" } }
+        let (x, y) = try socketPair()
+        defer { close(y) }
+        var number = x
+        if x != a { number = dup2(x, a); close(x) }
+        defer { close(number) }
+        #expect(number == a)
+        if !deregisterFirst { do { try poller.deregister(a) } catch { outcome = "\(error)" } }
+        #expect(outcome == "deregistered", "deregister after close: \(outcome)")
+        try poller.register(a, token: Token(2), interest: .readable, trigger: .level)
+        _ = write(y, "z", 1)
+        var seen = false
+        for _ in 0..<5 where !seen {
+            _ = try poller.wait(into: events, timeout: .milliseconds(100))
+            seen = events.contains { $0.token == Token(2) && $0.ready.contains(.readable) }
+        }
+        #expect(seen, "deregistered first: \(deregisterFirst)")
+        try? poller.close()
+      }
+    }
+}

@@ -93,6 +93,10 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
         var registered: [Int32: Interest] = [:]
         /// What is wanted, to apply before the next wait (recorded while a wait is in progress).
         var pending: [Int32: Interest] = [:]
+        /// Numbers whose interest went to none during a wait: the descriptor may have been closed and
+        /// its number reused since, so the registration is made anew when the pending interest is
+        /// applied, even if it equals the old file's (which the kernel may have dropped with it).
+        var removedDuringWait: Set<Int32> = []
         var waiting = false
         var stopped = false
         var closeRequested = false
@@ -168,6 +172,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 guard let open = session, !open.stopped else { throw FlyingSocks.SocketError.disconnected }
                 open.stopped = true
                 open.pending = [:]
+                open.removedDuringWait = []
                 return open.waiting ? open.poller.waker : nil
             }
             try? waker?.wake()
@@ -194,6 +199,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 let wanted = transform(open.pending[fd] ?? open.registered[fd] ?? [])
                 if open.waiting {
                     open.pending[fd] = wanted
+                    if wanted.isEmpty { open.removedDuringWait.insert(fd) }
                     return open.poller.waker
                 }
                 // Applied now: a change recorded during an earlier wait is superseded (left behind, it
@@ -214,8 +220,13 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                     guard let open = current, !open.stopped else { throw FlyingSocks.SocketError.disconnected }
                     var failed: [EventNotification] = []
                     let pending = open.pending
+                    let removed = open.removedDuringWait
+                    open.removedDuringWait = []
                     open.pending = [:]
                     for (fd, interest) in pending {
+                        if removed.contains(fd), !interest.isEmpty, open.registered[fd] != nil {
+                            try? open.apply(fd, [])   // anew: the number may name another file now
+                        }
                         do throws(PollerError) { try open.apply(fd, interest) } catch {
                             let events = ReadinessEventQueue.events(open.registered[fd] ?? interest)
                             failed.append(EventNotification(file: .init(rawValue: fd), events: events, errors: [.error]))
