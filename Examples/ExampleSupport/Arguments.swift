@@ -7,6 +7,8 @@ public struct HTTPLoadArguments: Sendable {
     public var host = "127.0.0.1"
     public var port: UInt16 = 80
     public var path = "/"
+    /// The Host header: the URL's authority as written (`127.0.0.1:8080`, `[::1]:8080`), RFC 9110 7.2.
+    public var hostHeader = "127.0.0.1"
     public var connections = 50
     public var requests = 20_000
     public var backend: Backend?
@@ -34,6 +36,7 @@ public struct HTTPLoadArguments: Sendable {
         let rest = url.dropFirst("http://".count)
         let authority = rest.prefix { $0 != "/" }
         path = rest.count > authority.count ? String(rest.dropFirst(authority.count)) : "/"
+        hostHeader = String(authority)
         do {
             // No port: "name", "1.2.3.4" or "[::1]" (whose last ':' is inside the brackets).
             let hasPort = authority.split(separator: "]", omittingEmptySubsequences: false).last?.contains(":") ?? false

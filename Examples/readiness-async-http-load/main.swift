@@ -36,6 +36,8 @@ actor Tally {
     func giveBack() { issued -= 1 }
     func record(status: Int) { if status == 200 { ok += 1 } else { failed += 1 } }
     func recordMalformed() { failed += 1 }
+    /// A request that failed for good (timed out, or its connection could not be made): counted, not retried.
+    func recordFailure() { failed += 1 }
     func reconnected() { reconnects += 1 }
     var summary: (ok: Int, failed: Int, reconnects: Int) { (ok, failed, reconnects) }
 }
@@ -84,9 +86,18 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                 }
             }
         } catch {
-            guard case .socket(let socketError) = error else { throw error }
-            print("client \(index): \(socketError)")
-            await tally.giveBack()
+            switch error {
+            case .socket(let socketError):
+                // The connection broke: the request is sent again on a new one.
+                print("client \(index): \(socketError)")
+                await tally.giveBack()
+            case .timedOut, .connect, .resolution:
+                // No answer in time, or no connection: a failed request, counted (never an abort of the run).
+                print("client \(index): \(error)")
+                await tally.recordFailure()
+            default:
+                throw error
+            }
             await socket?.close()
             socket = nil
         }
@@ -98,7 +109,7 @@ func load(_ arguments: HTTPLoadArguments) async throws {
     let backend = try arguments.backend ?? Backend.default()
     let loop = try EventLoop(backend: backend)
     let tally = Tally(loop: loop, requests: arguments.requests)
-    let request = Array("GET \(arguments.path) HTTP/1.1\r\nHost: \(arguments.host)\r\nUser-Agent: readiness-async-http-load\r\n\r\n".utf8)
+    let request = Array("GET \(arguments.path) HTTP/1.1\r\nHost: \(arguments.hostHeader)\r\nUser-Agent: readiness-async-http-load\r\n\r\n".utf8)
     let started = ContinuousClock.now
     try await withThrowingTaskGroup(of: Void.self) { group in
         for index in 0..<arguments.connections {
@@ -122,5 +133,5 @@ func load(_ arguments: HTTPLoadArguments) async throws {
 do {
     try await load(try HTTPLoadArguments(CommandLine.arguments))
 } catch {
-    fatalError("readiness-async-http-load: \(error)")   // a non-zero exit without importing Glibc
+    exitFailing("readiness-async-http-load", error)
 }

@@ -83,10 +83,19 @@ func serve(_ arguments: EchoArguments) throws {
                 accepting: while true {
                     switch try listener.accept() {
                     case .accepted(let socket, _):
-                        try socket.setNoDelay(true)
+                        // One connection's failure (a descriptor select cannot hold, an option the
+                        // kernel refuses) ends that connection, not the server.
                         let connection = Connection(socket: socket, token: Token(nextToken))
                         nextToken += 1
-                        try socket.register(on: poller, token: connection.token, interest: .readable)
+                        do {
+                            try socket.setNoDelay(true)
+                            try socket.register(on: poller, token: connection.token, interest: .readable)
+                        } catch {
+                            failures += 1
+                            print("connection \(connection.token): \(error)")
+                            socket.close()
+                            continue accepting
+                        }
                         connections[connection.token.rawValue] = connection
                     case .wouldBlock:
                         break accepting
@@ -98,7 +107,7 @@ func serve(_ arguments: EchoArguments) throws {
             } else if let connection = connections[event.token.rawValue] {
                 do {
                     if try connection.service(ready: event.ready) == .close { try end(connection) }
-                } catch let error as SocketError {
+                } catch {
                     failures += 1
                     print("connection \(connection.token): \(error)")
                     try end(connection)
@@ -115,5 +124,5 @@ func serve(_ arguments: EchoArguments) throws {
 do {
     try serve(try EchoArguments(CommandLine.arguments))
 } catch {
-    fatalError("readiness-echo: \(error)")   // a non-zero exit without importing Glibc
+    exitFailing("readiness-echo", error)
 }

@@ -47,7 +47,7 @@ final class Load {
         self.arguments = arguments
         self.backendName = backendName
         self.poller = poller
-        request = Array("GET \(arguments.path) HTTP/1.1\r\nHost: \(arguments.host)\r\nUser-Agent: readiness-http-load\r\n\r\n".utf8)
+        request = Array("GET \(arguments.path) HTTP/1.1\r\nHost: \(arguments.hostHeader)\r\nUser-Agent: readiness-http-load\r\n\r\n".utf8)
         deadlineToken = Token(UInt64(arguments.connections) * Client.tokensPerClient)
     }
 
@@ -220,5 +220,5 @@ do {
     defer { try? poller.close() }
     try Load(arguments, poller: poller, backendName: backend.name).run()
 } catch {
-    fatalError("readiness-http-load: \(error)")   // a non-zero exit without importing Glibc
+    exitFailing("readiness-http-load", error)
 }

@@ -8,8 +8,9 @@
 //   each connection's task on its loop (`EventLoopGroup.serve`).
 // - HTTP/1.1 keep-alive, pipelining (every complete request in a read is answered, the answers in one
 //   write), `Connection: close`, HTTP/1.0 (closes unless `Connection: keep-alive`), request bodies by
-//   Content-Length, a limit on the request head (8 KiB: 431, then close), 400 on a malformed head, 501
-//   on a chunked request body. A request must arrive whole within 10 s of its first byte
+//   Content-Length, a limit on the request head (8 KiB: 431, a longer request line 414, then close), 400
+//   on a malformed head or an HTTP/1.1 request without exactly one Host, 501 on a chunked request body,
+//   absolute-form targets (their path served). A request must arrive whole within 10 s of its first byte
 //   (`--request-timeout`): a client that sends a byte now and then (slowloris) gets 408 and is closed;
 //   an idle keep-alive connection is closed after 60 s.
 // - Routes: `/` answers "Hello, world!"; `/sleep?ms=N` answers after N ms (at most 60 s): a request
@@ -20,7 +21,10 @@
 // - Requests are parsed strictly where leniency lets one request mean two things (RFC 9112): a space
 //   before a header's colon, two different Content-Lengths, any Transfer-Encoding, a lone CR or LF or
 //   another control byte in the head are refused (empty lines before a request line are ignored); only
-//   GET and HEAD are served (405 otherwise). Error answers close gently (no reset over the answer).
+//   GET and HEAD are served (405 with Allow otherwise, answered as soon as the head is in: a body
+//   is not waited for). Error answers close gently (no reset over the answer); so does a last answer
+//   (`Connection: close`) with more requests unread behind it. During the drain answers say
+//   `Connection: close`. A failed start (a bad argument, a port in use) exits with status 2 or 1.
 //   (Its output is a file or a pipe for a script: Swift's print buffers it; `stdbuf -oL` makes each
 //   line appear when printed.)
 import ExampleSupport
@@ -161,11 +165,21 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     var begin = bytes.startIndex
     while begin + 1 < bytes.endIndex, bytes[begin] == cr, bytes[begin + 1] == lf { begin += 2 }
     var end: Int?
+    var firstLineEnd: Int?
     var i = begin
-    while i + 3 < bytes.endIndex {
-        if bytes[i] == cr, bytes[i + 1] == lf, bytes[i + 2] == cr, bytes[i + 3] == lf { end = i; break }
+    while i + 1 < bytes.endIndex {
+        // A lone LF ends a line for a lenient parser and not for this one: refused at once (RFC 9112
+        // section 2.2), not left to wait for a CRLF CRLF that never comes.
+        if bytes[i + 1] == lf, bytes[i] != cr { return .failed(status: "400 Bad Request") }
+        if bytes[i] == cr, bytes[i + 1] == lf {
+            if firstLineEnd == nil { firstLineEnd = i }
+            if i + 3 < bytes.endIndex, bytes[i + 2] == cr, bytes[i + 3] == lf { end = i; break }
+        }
         i += 1
     }
+    if bytes.first == lf, begin == bytes.startIndex { return .failed(status: "400 Bad Request") }
+    // A request line longer than the head's limit: 414 (RFC 9112 section 3); a longer head: 431.
+    if (firstLineEnd ?? bytes.endIndex) - begin > headLimit { return .failed(status: "414 URI Too Long") }
     guard let end else { return bytes.count > headLimit ? .failed(status: "431 Request Header Fields Too Large") : .incomplete }
     if end - bytes.startIndex > headLimit { return .failed(status: "431 Request Header Fields Too Large") }
     let head = bytes[begin..<end]
@@ -175,16 +189,34 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     guard !hasControl(firstLine, tabs: false) else { return .failed(status: "400 Bad Request") }
     let requestLine = firstLine.split(separator: space, omittingEmptySubsequences: false)
     guard requestLine.count == 3, requestLine[2].elementsEqual("HTTP/1.1".utf8) || requestLine[2].elementsEqual("HTTP/1.0".utf8),
-          isToken(requestLine[0]), requestLine[1].first == slash else { return .failed(status: "400 Bad Request") }
+          isToken(requestLine[0]), !requestLine[1].isEmpty else { return .failed(status: "400 Bad Request") }
+    // The target: origin-form (/path), absolute-form (http://host/path, which a server must accept:
+    // RFC 9112 section 3.2.2; its path is served), or asterisk-form for OPTIONS (refused below: 405).
+    var target = requestLine[1]
+    if target.first != slash {
+        let text = String(decoding: target, as: UTF8.self).lowercased()
+        if text.hasPrefix("http://") || text.hasPrefix("https://") {
+            let afterScheme = target.dropFirst(text.hasPrefix("http://") ? 7 : 8)
+            let path = afterScheme.drop { $0 != slash }
+            target = path.isEmpty ? ArraySlice("/".utf8) : path
+        } else if !(target.elementsEqual("*".utf8) && requestLine[0].elementsEqual("OPTIONS".utf8)) {
+            return .failed(status: "400 Bad Request")
+        }
+    }
     var request = Request(method: String(decoding: requestLine[0], as: UTF8.self),
-                          target: String(decoding: requestLine[1], as: UTF8.self),
+                          target: String(decoding: target, as: UTF8.self),
                           version: String(decoding: requestLine[2], as: UTF8.self))
-    var close = false, keepAlive = false
+    // Only GET and HEAD are served: anything else is answered at once, its body not waited for (a
+    // client sending `Expect: 100-continue` learns before it sends the body).
+    guard request.method == "GET" || request.method == "HEAD" else { return .failed(status: "405 Method Not Allowed") }
+    var close = false, keepAlive = false, hosts = 0
     while let line = lines.next() {
         guard !hasControl(line, tabs: true), let colonIndex = line.firstIndex(of: colon), isToken(line[..<colonIndex]) else { return .failed(status: "400 Bad Request") }
         let name = line[..<colonIndex]
         let value = trimmed(line[(colonIndex + 1)...])
-        if matches(name, "connection") {
+        if matches(name, "host") {
+            hosts += 1
+        } else if matches(name, "connection") {
             for option in value.split(separator: comma, omittingEmptySubsequences: false).map(trimmed) {
                 if matches(option, "close") { close = true } else if matches(option, "keep-alive") { keepAlive = true }
             }
@@ -197,6 +229,9 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
             return .failed(status: "501 Not Implemented")
         }
     }
+    // An HTTP/1.1 request names its host exactly once (RFC 9112 section 3.2).
+    if request.version == "HTTP/1.1", hosts != 1 { return .failed(status: "400 Bad Request") }
+    if hosts > 1 { return .failed(status: "400 Bad Request") }
     // close wins over keep-alive; HTTP/1.1 keeps the connection unless told, HTTP/1.0 closes unless asked.
     if close {
         request.keepAlive = false
@@ -213,6 +248,7 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
 /// HTTP/1.0 client that asked to keep it; the body left out for HEAD (its length still given).
 func response(_ status: String, _ body: String, keepAlive: Bool, keepAliveRequested: Bool = false, head: Bool = false) -> [UInt8] {
     var text = "HTTP/1.1 \(status)\r\nContent-Length: \(body.utf8.count)\r\nContent-Type: text/plain\r\n"
+    if status.hasPrefix("405") { text += "Allow: GET, HEAD\r\n" }
     if !keepAlive { text += "Connection: close\r\n" } else if keepAliveRequested { text += "Connection: keep-alive\r\n" }
     text += "\r\n"
     if !head { text += body }
@@ -229,7 +265,6 @@ func answer(_ request: Request, on loop: EventLoop) async -> [UInt8] {
     func reply(_ status: String, _ body: String) -> [UInt8] {
         response(status, body, keepAlive: request.keepAlive, keepAliveRequested: request.keepAliveRequested, head: head)
     }
-    guard request.method == "GET" || head else { return reply("405 Method Not Allowed", "GET or HEAD\n") }
     if request.target.hasPrefix("/sleep?ms="), let ms = Int(request.target.dropFirst("/sleep?ms=".count)) {
         try? await loop.sleep(for: .milliseconds(min(max(ms, 0), 60_000)))
         return reply("200 OK", "slept \(ms) ms\n")
@@ -302,17 +337,24 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
                 out += response(status, "\(status)\n", keepAlive: false)
                 await refuse(socket, out)
                 return
-            case .request(let request, let consumed):
+            case .request(var request, let consumed):
                 start += consumed
                 answered = true
+                // During the drain the answer says the connection ends with it (RFC 9112 section 9.6).
+                if connections.draining.load(ordering: .sequentiallyConsistent) { request.keepAlive = false }
                 let reply = await answer(request, on: socket.loop)
                 if out.isEmpty { out = reply } else { out += reply }   // one answer: its bytes shared, not copied
                 if !request.keepAlive {
+                    // Requests the client sent after this one, unread, would make the close a reset
+                    // over the answer: close gently then, as for an error.
+                    if start < pending.count { return await refuse(socket, out) }
                     try? await socket.write(out, timeout: .seconds(10))
                     return
                 }
             }
         }
+        // Empty lines after a request (RFC 9112 section 2.2) begin no request.
+        while start + 1 < pending.count, pending[start] == cr, pending[start + 1] == lf { start += 2 }
         if !out.isEmpty {
             guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
         }
@@ -373,6 +415,6 @@ func run(_ arguments: HTTPServerArguments) async throws {
 do {
     try await run(try HTTPServerArguments(CommandLine.arguments))
 } catch {
-    print("readiness-http-server: \(error)")
-    print("usage: readiness-http-server --port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS] [--request-timeout SECONDS]")
+    exitFailing("readiness-http-server", error,
+                usage: "readiness-http-server --port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS] [--request-timeout SECONDS]")
 }

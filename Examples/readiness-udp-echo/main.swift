@@ -112,5 +112,5 @@ do {
         try await serve(arguments, backend: backend)
     }
 } catch {
-    fatalError("readiness-udp-echo: \(error)")
+    exitFailing("readiness-udp-echo", error)
 }

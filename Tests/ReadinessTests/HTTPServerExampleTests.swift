@@ -82,6 +82,17 @@ struct HTTPServerExampleTests {
         try Spawned(arguments).finish()
     }
 
+    /// Before: a failed start printed the error and exited 0 (scripts saw success).
+    @Test("a failed start exits non-zero: 2 for a command-line mistake, 1 for a port in use")
+    func failedStartExitsNonZero() throws {
+        let server = try builtExecutable("readiness-http-server")
+        #expect(try Self.run([server, "--port", "99999"]).status == 2)
+        let taken = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { taken.close() }
+        let inUse = try Self.run([server, "--port", "\(taken.address.port!)", "--loops", "1"])
+        #expect(inUse.status == 1, "\(inUse.output)")
+    }
+
     @Test("keep-alive, pipelining, Connection: close, HTTP/1.0, a head too large, wrk; SIGTERM answers the request in flight and exits 0",
           .enabled(if: curlPath != nil && wrkPath != nil, "curl and wrk are not installed: apt-get install curl wrk (make deps does)"),
           .timeLimit(.minutes(2)), arguments: backends)
@@ -129,11 +140,39 @@ struct HTTPServerExampleTests {
             ("GET / HTTP/1.1\r\nX: y\rZ: z\r\n\r\n", "400 "),
             ("GET /a\u{01}b HTTP/1.1\r\n\r\n", "400 "),
             // Empty lines before the request line are ignored (RFC 9112 section 2.2).
-            ("\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n", "200 "),
+            ("\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "200 "),
+            // Stop 32 (each failed before): LF-only lines refused at once (they waited for the request
+            // timeout: 408); an HTTP/1.1 request without exactly one Host (200 before); absolute-form
+            // (400 before); a request line over 8 KiB (431 before); a POST announcing a body with
+            // `Expect: 100-continue` answered 405 at once, with Allow (408 after the timeout before).
+            ("GET / HTTP/1.1\nHost: x\n\n", "400 "),
+            ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "400 "),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", "400 "),
+            ("GET http://x/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "200 "),
+            ("GET /" + String(repeating: "a", count: 9_000) + " HTTP/1.1\r\nHost: x\r\n\r\n", "414 "),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n", "405 "),
         ] {
             let answer = try await Self.exchange(loop, address, Array(request.utf8))
-            #expect(answer.hasPrefix("HTTP/1.1 " + status), "\(request.debugDescription): \(answer.prefix(60))")
+            #expect(answer.hasPrefix("HTTP/1.1 " + status), "\(request.prefix(80).debugDescription): \(answer.prefix(60))")
+            if status == "405 " { #expect(answer.contains("\r\nAllow: GET, HEAD\r\n"), "\(answer)") }
         }
+        // A CRLF after a request (RFC 9112 section 2.2) begins no request: the connection stays idle.
+        // Before: the server took it for a request begun, and sent an unasked 408 after 2 s.
+        let trailing = try await loop.connect(to: address, timeout: .seconds(5))
+        try await trailing.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n".utf8), timeout: .seconds(5))
+        var first: [UInt8] = []
+        while !String(decoding: first, as: UTF8.self).hasSuffix("Hello, world!") {
+            let bytes = try await trailing.read(upTo: 4096, timeout: .seconds(5))
+            if bytes.isEmpty { break }
+            first += bytes
+        }
+        do {
+            let later = try await trailing.read(upTo: 4096, timeout: .seconds(3))
+            Issue.record("after a trailing CRLF: \(String(decoding: later, as: UTF8.self).prefix(60))")
+        } catch {
+            #expect(error == .timedOut)
+        }
+        await trailing.close()
         // Slowloris: a head dribbled a line every 200 ms gets 408 once 2 s (--request-timeout) have
         // passed since its first byte, then the connection ends (the gentle close is bounded too).
         let slow = try await loop.connect(to: address, timeout: .seconds(5))
@@ -157,7 +196,7 @@ struct HTTPServerExampleTests {
         #expect(String(decoding: slowReply, as: UTF8.self).hasPrefix("HTTP/1.1 408 "), "\(String(decoding: slowReply, as: UTF8.self))")
         #expect(elapsed >= .milliseconds(1_500) && elapsed < .seconds(6), "\(elapsed)")
         await slow.close()
-        let headAnswer = try await Self.exchange(loop, address, Array("HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))
+        let headAnswer = try await Self.exchange(loop, address, Array("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
         #expect(headAnswer.hasPrefix("HTTP/1.1 200 OK") && headAnswer.contains("Content-Length: 13") && headAnswer.hasSuffix("\r\n\r\n"),
                 "\(headAnswer)")
         let keepAlive10 = try Self.run([curlPath!, "-s", "-i", "-0", "-H", "Connection: keep-alive", url + "/"])
