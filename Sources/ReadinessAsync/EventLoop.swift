@@ -40,8 +40,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private var waker: Waker?
     /// The poller's highest descriptor (`Capabilities.maxDescriptor`), set before `init` returns.
     private var descriptorLimit: CInt = .max
-    /// The highest descriptor the loop's poller can wait on (select's FD_SETSIZE - 1, else the
-    /// process's limit): for checks made off the loop (``signals(_:)``).
+    /// The highest descriptor the loop's poller can wait on (`Capabilities.maxDescriptor`: select's
+    /// FD_SETSIZE - 1, `CInt.max` for the others): for checks made off the loop (``signals(_:)``).
     var maxDescriptor: CInt { lock.withLock { descriptorLimit } }
     private var thread = pthread_t()
     private let running = Atomic<Bool>(false)
@@ -437,7 +437,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     nonisolated(nonsending)
     private func yieldToPoller() async throws(LoopError) {
         await withUnsafeContinuation { state.yielded.append($0) }
-        guard isLoopThread(), !state.isShutDown else { throw .shutdown }
+        guard isLoopThread() else { throw .shutdown }
+        if state.isShutDown { throw state.shutdownReason }
     }
 
     /// Whether the current task prefers this loop as its task executor.

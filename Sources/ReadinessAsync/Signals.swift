@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ReadinessCore
 import ReadinessNet
 
@@ -33,7 +36,12 @@ extension EventLoop {
         let limit = maxDescriptor
         if subscription.descriptor > limit {
             let fd = subscription.descriptor
+            // A signal that came since the handler was installed is given back to the action it had
+            // before (the process's default, a handler of its own): raised again once that is back.
+            subscription.stop()
+            let caught = Set(subscription.drain())
             subscription.close()
+            for signal in caught { kill(getpid(), signal.rawValue) }
             throw .poller(.descriptorTooLarge(fd, limit: limit &+ 1))
         }
         return SignalSequence(loop: self, subscription: subscription)

@@ -295,7 +295,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             return try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
         }
         // Bytes already queued are read at once (as `readCopying` does); the ring only for a read that waits.
-        if let n = try Self.tryFirst(stream, socket, into: buffer) { return n }
+        if let n = try Self.tryFirst(stream, socket, into: buffer, loop: loop) { return n }
         let op = CompletionOperation()
         let fd = socket.fd
         do {
@@ -332,7 +332,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         case .timedOut, .cancelled, .poller:
             guard let (stream, socket) = try? loop.stream(id) else { return nil }
             stream.record.readDrained = false
-            return try tryFirst(stream, socket, into: buffer)
+            return try tryFirst(stream, socket, into: buffer, loop: loop)
         default:
             return nil
         }
@@ -341,14 +341,17 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// `read(into:)`'s first try: recv(2) into the caller's buffer unless the last read came back short
     /// (the `readDrained` hint); nil when it was not tried or would block (the hint is then set).
     @inline(never)
-    private static func tryFirst(_ stream: StreamResource, _ socket: StreamSocket, into buffer: UnsafeMutableRawBufferPointer) throws(LoopError) -> Int? {
+    private static func tryFirst(_ stream: StreamResource, _ socket: StreamSocket, into buffer: UnsafeMutableRawBufferPointer,
+                                 loop: LoopState) throws(LoopError) -> Int? {
         if stream.record.readDrained { return nil }
         do throws(SocketError) {
             switch try socket.read(into: buffer) {
             case .transferred(let n):
                 stream.record.readDrained = n < buffer.count
                 return n
-            case .endOfStream: return 0
+            case .endOfStream:
+                if case .socket(let failure)? = Self.takeReadFailure(stream.key.raw, loop: loop) { throw failure }
+                return 0
             case .wouldBlock:
                 stream.record.readDrained = true
                 return nil

@@ -150,7 +150,9 @@ struct ReadinessDriver: IODriver {
                 case .transferred(let n):
                     stream.record.readDrained = n < buffer.count
                     return n
-                case .endOfStream: return 0
+                case .endOfStream:
+                    if let failure = CompletionDriver.takeReadFailure(id, loop: loop) { throw failure }
+                    return 0
                 case .wouldBlock: break
                 }
             }
@@ -161,7 +163,9 @@ struct ReadinessDriver: IODriver {
                 guard wait, Self.triesLast(after: error), let (_, socket) = try? loop.stream(id) else { throw error }
                 switch try Self.lastTry(socket, into: buffer) {
                 case .transferred(let n): return n
-                case .endOfStream: return 0
+                case .endOfStream:
+                    if let failure = CompletionDriver.takeReadFailure(id, loop: loop) { throw failure }
+                    return 0
                 case .wouldBlock: throw error
                 }
             }

@@ -42,6 +42,9 @@ final class LoopState {
     @exclusivity(unchecked) var readFailures: [ResourceKey: CInt] = [:]
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
     var isShutDown = false
+    /// Why the loop ended (`.shutdown`, or `.poller(error)` after a failed wait): what operations that
+    /// were waiting to go on are told.
+    var shutdownReason: LoopError = .shutdown
     /// When the loop last fired its due timers (monotonic nanoseconds): see `expired(_:)`.
     var timersCheckedAt: Int64 = .min
     /// The operations the running job may still start before it yields (`EventLoop.onLoop`): reset to
@@ -51,6 +54,7 @@ final class LoopState {
     /// Tasks that spent their budget, resumed after the next poller wait (no sleep while any is here)
     /// and its readiness and timers: they go on behind the I/O and the timers that were due.
     @exclusivity(unchecked) var yielded: [UnsafeContinuation<Void, Never>] = []
+    private var yieldedSpare: [UnsafeContinuation<Void, Never>] = []
     /// How many operations a job starts before it yields to the poller.
     static let operationBudget = 128
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
@@ -59,9 +63,9 @@ final class LoopState {
 
     /// Resumes the tasks that yielded (their jobs queue for the loop's next turn).
     func resumeYielded() {
-        let tasks = yielded
-        yielded.removeAll(keepingCapacity: true)
-        for task in tasks { task.resume() }
+        swap(&yielded, &yieldedSpare)   // two buffers in turn: no copy, no allocation
+        for task in yieldedSpare { task.resume() }
+        yieldedSpare.removeAll(keepingCapacity: true)
     }
 
     /// Resources and timers made room for at start.
@@ -231,6 +235,7 @@ final class LoopState {
     /// no longer wait), everything owned is closed once.
     func shutDown(reason: LoopError = .shutdown) {
         isShutDown = true
+        shutdownReason = reason
         for resource in slab.resources { close(resource, reason: reason) }
         timers.removeAll()
         // The operations closing cancelled end in the kernel before their tasks resume.

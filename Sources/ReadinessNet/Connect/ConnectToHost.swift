@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Why ``Connector/connect(toHost:on:options:)`` failed.
+/// Why ``Connector/connect(toHost:on:options:timeout:resolver:)`` failed.
 public enum HostConnectError: Error, Sendable, CustomStringConvertible {
     /// `HOST:PORT` could not be parsed.
     case invalid(SocketAddress.ParseError)

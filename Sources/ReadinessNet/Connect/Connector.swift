@@ -88,8 +88,10 @@ public enum Connector {
             if let deadline {
                 let left = Deadline.timeout(until: deadline)
                 if left <= .zero {
+                    var error = ConnectError(.timedOut, address: connect.attempts.last?.address)
+                    error.attempts = connect.failures   // what failed before the deadline (Connect.md 11)
                     connect.cancel()
-                    throw ConnectError(.timedOut)
+                    throw error
                 }
                 timeout = timeout.map { min($0, left) } ?? left
             }

@@ -179,6 +179,10 @@ public final class HappyEyeballs {
         return attempts.contains { $0.token == token }
     }
 
+    /// The attempts' failures so far, in order (for an error made outside, such as a whole-call
+    /// deadline's: ``ConnectError/attempts``).
+    package var failures: [ConnectError] { errors }
+
     /// Whether it has ended (connected, failed, unresolved or cancelled).
     public var isFinished: Bool { outcome != nil }
 
