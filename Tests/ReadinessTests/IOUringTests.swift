@@ -372,3 +372,28 @@ struct IOUringThreadTests {
         #expect(Array(events) == [Event(token: 2, ready: .readable)])
     }
 }
+
+extension IOUringTests {
+    /// liburing's `cq_ring_needs_flush` (IORING_SQ_CQ_OVERFLOW): more than the completion queue's 4,096
+    /// ready at once overflow into the kernel's list, which a wait must flush to fill the caller's
+    /// buffer (the contract's "a wait fills the buffer"). Before: a wait of one-shot registrations, or
+    /// on a ring without deferred completions, reported about 4,096 of 9,984.
+    @Test("a wait with more ready than the completion queue holds fills the buffer (overflow flushed)", .enabled(if: usable),
+          arguments: [IOUringSeam.Features.all, [], [.multishot]], [Trigger.level, .oneShot])
+    func overflowFlushed(features: IOUringSeam.Features, trigger: Trigger) throws {
+        let poller = try IOUringSeam.makePoller(allowing: features)
+        defer { try? poller.close() }
+        let pairCount = 4_992 / max(1, loadDivisor)
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        for index in 0..<pairCount {
+            let pair = try socketPair()
+            pairs.append(pair)
+            try poller.register(pair.0, token: Token(UInt64(2 * index)), interest: .writable, trigger: trigger)
+            try poller.register(pair.1, token: Token(UInt64(2 * index + 1)), interest: .writable, trigger: trigger)
+        }
+        let events = EventBuffer(capacity: pairCount * 4)
+        try poller.wait(into: events, timeout: .seconds(1))
+        #expect(events.count == pairCount * 2, "\(events.count) of \(pairCount * 2) ready descriptors reported in one wait")
+    }
+}

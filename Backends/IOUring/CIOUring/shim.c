@@ -287,6 +287,11 @@ int rd_uring_enter(struct rd_uring *r, unsigned min_complete, int64_t timeout_ns
     struct io_uring_getevents_arg arg;
     memset(&arg, 0, sizeof arg);
     if (min_complete > 0 && timeout_ns >= 0) {
+        // The kernel adds the timeout to the current time without saturating (io_cqring_wait, unlike
+        // ppoll and epoll_pwait2): past about 292 years less the uptime the sum wraps negative and the
+        // wait ends at once, again and again. 100 years is beyond any real wait; the caller waits again.
+        const int64_t longest = INT64_C(100) * 365 * 24 * 3600 * 1000000000;
+        if (timeout_ns > longest) timeout_ns = longest;
         ts.tv_sec = timeout_ns / 1000000000;
         ts.tv_nsec = timeout_ns % 1000000000;
         arg.ts = (uint64_t)(uintptr_t)&ts;
@@ -309,8 +314,12 @@ int rd_uring_enter(struct rd_uring *r, unsigned min_complete, int64_t timeout_ns
 }
 
 int rd_uring_work_pending(const struct rd_uring *r) {
+    unsigned flags = __atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE);
+    // Completions the full queue could not take wait in the kernel's overflow list (any ring): an
+    // enter with GETEVENTS flushes them (liburing's cq_ring_needs_flush).
+    if (flags & IORING_SQ_CQ_OVERFLOW) return 1;
     if (!(r->setup_flags & IORING_SETUP_DEFER_TASKRUN)) return 0;
-    return (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+    return (flags & IORING_SQ_TASKRUN) != 0;
 }
 
 int rd_uring_run_work(struct rd_uring *r) {

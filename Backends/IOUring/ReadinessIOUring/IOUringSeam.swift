@@ -414,7 +414,8 @@ public final class IOUringSeam: BackendSeam {
         // contract: a wait fills it) or batches stop bringing new ready registrations. Progress is
         // counted in registrations newly pending, not completions: a descriptor written without pause
         // completes its multishot request at every batch and would otherwise keep the wait going.
-        // The cap bounds the batches in any case (a batch runs about 20 completions).
+        // The cap bounds the batches in any case (a batch runs about 20 completions). The same loop
+        // flushes completions that overflowed the queue (more than 4,096 ready at once), on any ring.
         var idleRounds = 0, rounds = 0
         let cap = Self.maxIdleWorkRounds + Self.workRoundsPerBuffer(events.capacity)
         while idleRounds < Self.maxIdleWorkRounds, rounds < cap, pending.count < events.capacity - events.count,

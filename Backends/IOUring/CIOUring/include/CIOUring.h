@@ -49,7 +49,9 @@ int rd_uring_enter(struct rd_uring *ring, unsigned min_complete, int64_t timeout
 
 /// Whether completions deferred to us (IORING_SETUP_DEFER_TASKRUN) are still waiting to be run: the
 /// kernel runs a bounded batch of them per pass (IO_LOCAL_TW_DEFAULT_MAX, 20, or min_complete if more;
-/// Linux 6.13 and later), and raises IORING_SQ_TASKRUN when it leaves some. Always 0 on other rings.
+/// Linux 6.13 and later), and raises IORING_SQ_TASKRUN when it leaves some; or, on any ring, whether
+/// completions overflowed the completion queue (IORING_SQ_CQ_OVERFLOW: more than its 4,096 entries
+/// were ready at once) and wait in the kernel's list for an enter with GETEVENTS to flush them.
 int rd_uring_work_pending(const struct rd_uring *ring);
 /// Runs another batch of those completions into the completion queue, without waiting (one
 /// io_uring_enter with GETEVENTS and no minimum). 0, or a negative errno.
