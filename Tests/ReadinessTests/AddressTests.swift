@@ -84,6 +84,8 @@ let acceptedHostPorts = [
     AcceptedHostPort(text: "example.com:65535", host: "example.com", port: 65535),
     AcceptedHostPort(text: "my_host-1.example:22", host: "my_host-1.example", port: 22),
     AcceptedHostPort(text: "\(longestName):1", host: longestName, port: 1),
+    // The root's trailing dot is not counted (Go isDomainName): refused as too long before stop 32.
+    AcceptedHostPort(text: "\(longestName).:1", host: longestName + ".", port: 1),
 ]
 
 let refusedHostPorts = [
@@ -119,6 +121,7 @@ let refusedHostPorts = [
     RefusedHostPort(text: "localhost\0.evil.example:80", reason: "NUL"),
     RefusedHostPort(text: "127.0.0.1:80\0", reason: "NUL"),
     RefusedHostPort(text: "\(longestName)a:1", reason: "253"),
+    RefusedHostPort(text: "\(longestName)a.:1", reason: "253"),
     RefusedHostPort(text: "127.1:80", reason: "numeric"),
     RefusedHostPort(text: "0x7f000001:80", reason: "numeric"),
     RefusedHostPort(text: "1.2.3.4.5:80", reason: "numeric"),

@@ -487,3 +487,65 @@ extension PeerScenarioTests5 {
       }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// unix(7) BUGS, CPython test_socket's longest Unix paths: a peer bound (by another program) to a
+    /// path of all 108 bytes, no NUL, is reported with an address length past sockaddr_un, which
+    /// sendto refuses with EINVAL. Before: a reply to the received source failed (invalidArgument or
+    /// .other), on the single and the batched paths.
+    @Test("a reply reaches a Unix-domain peer bound to a path of all 108 bytes (single and batched)")
+    func longestUnixPathPeer() throws {
+        let directory = "/tmp/rd-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { rmdir(directory) }
+        let name = directory + "/" + String(repeating: "p", count: 108 - directory.utf8.count - 1)
+        #expect(name.utf8.count == 108)
+        defer { unlink(name) }
+        let raw = socket(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0)
+        defer { close(raw) }
+        var sun = sockaddr_un()
+        sun.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: Array(name.utf8)) }
+        let bound = withUnsafePointer(to: &sun) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0, "bind: \(errno)")
+        let serverPath = directory + "/s"
+        defer { unlink(serverPath) }
+        let server = try DatagramSocket(bind: try SocketAddress(unixPath: serverPath))
+        defer { server.close() }
+        var target = sockaddr_un()
+        target.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &target.sun_path) { $0.copyBytes(from: Array(serverPath.utf8)) }
+        for batched in [false, true] {
+            let sent = withUnsafePointer(to: &target) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(raw, "ping", 4, 0, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            #expect(sent == 4)
+            if batched {
+                let batch = try DatagramBatch(capacity: 2, slotSize: 64)
+                #expect(try server.receive(into: batch) == .transferred(1))
+                #expect(try server.send(batch) == .transferred(1))
+            } else {
+                var buffer = [UInt8](repeating: 0, count: 64)
+                let source = try #require(try server.receive(into: &buffer).datagram?.source)
+                #expect(try server.send([1, 2], to: source) == .transferred(2))
+            }
+            var reply = [UInt8](repeating: 0, count: 16)
+            #expect(recv(raw, &reply, reply.count, CInt(MSG_DONTWAIT)) > 0, "batched \(batched): no reply")
+        }
+    }
+}
+
+extension PeerScenarioTests5 {
+    /// Docs/Connect.md: every parser accepts and refuses the same strings. Before: splitHostPort read
+    /// `unix:80` as the host `unix` and port 80, where SocketAddress, resolve and Resolution read the
+    /// Unix path `80`; and it refused `unix:/run/a.sock`, which they accept.
+    @Test("splitHostPort refuses unix:PATH, which the other parsers read as a Unix-domain path")
+    func splitHostPortRefusesUnix() throws {
+        for text in ["unix:80", "unix:/run/a.sock"] {
+            #expect(throws: SocketAddress.ParseError.self) { try SocketAddress.splitHostPort(text) }
+            #expect(try SocketAddress(text).family == .unix)
+        }
+    }
+}

@@ -52,7 +52,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         withUnsafeMutableBytes(of: &storage) { dst in
             dst.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length)))
         }
-        self.length = length
+        self.length = Self.kernelLength(length, family: CInt(storage.ss_family))
+    }
+
+    /// A length the kernel reported, as the kernel takes it back: a Unix-domain peer bound to a path of
+    /// all 108 bytes (no NUL) is reported with a length past `sizeof(sockaddr_un)` (unix(7), BUGS),
+    /// which sendto and connect refuse with EINVAL; cut to `sockaddr_un`, it names the same socket.
+    private static func kernelLength(_ length: socklen_t, family: CInt) -> socklen_t {
+        family == AF_UNIX ? min(length, socklen_t(MemoryLayout<sockaddr_un>.size)) : length
     }
 
     /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets, no zone id) and a port.
@@ -174,8 +181,13 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// "Addresses and names"): brackets hold exactly an IPv6 address (no zone id); an unbracketed host is
     /// 1 to 253 bytes with no `:`, NUL, whitespace or control character, and a dotted-decimal IPv4
     /// address if it ends in a number; the port is 1 to 5 ASCII digits, 0 to 65535.
+    /// `unix:PATH` is refused (it names a Unix-domain address, as ``init(_:)``, ``resolve(_:)`` and
+    /// `Resolution` read it: `unix:80` is the path `80`, never the host `unix`).
     public static func splitHostPort(_ text: String) throws(ParseError) -> (host: String, port: UInt16) {
-        try parseHostPort(text)
+        if unixPathText(text) != nil {
+            throw ParseError(text: text, reason: "a Unix-domain address (unix:PATH) has no host and port")
+        }
+        return try parseHostPort(text)
     }
 
     /// The one `HOST:PORT` parser: ``init(_:)``, ``resolve(_:)``, ``splitHostPort(_:)`` and
@@ -246,7 +258,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
             return "the name contains a control character"
         }
-        if name.utf8.count > maximumNameLength { return "a name has at most \(maximumNameLength) bytes" }
+        // 253 bytes, not counting one trailing dot (the root: `example.com.` names `example.com`).
+        let counted = name.hasSuffix(".") ? name.utf8.count - 1 : name.utf8.count
+        if counted > maximumNameLength { return "a name has at most \(maximumNameLength) bytes (a trailing dot aside)" }
         if endsInNumber(name) {
             var v4 = in_addr()
             if inet_pton(AF_INET, String(name), &v4) != 1 {
@@ -392,7 +406,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         let result = try withUnsafeMutableBytes(of: &storage) { raw in
             try body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &size)
         }
-        length = size
+        length = Self.kernelLength(size, family: CInt(storage.ss_family))
         return result
     }
 

@@ -151,6 +151,12 @@ public final class DatagramBatch {
             throw SocketError(errno: code, operation: "recvmmsg")
         }
         count = Int(n)
+        // A Unix-domain source bound to a path of all 108 bytes comes with a length past sockaddr_un,
+        // which sendmmsg would refuse (an echo in place): cut as SocketAddress cuts it.
+        let unixLength = socklen_t(MemoryLayout<sockaddr_un>.size)
+        for i in 0..<count where addressLengths[i] > unixLength && CInt(addresses[i].ss_family) == AF_UNIX {
+            addressLengths[i] = unixLength
+        }
         return Int(n)
     }
 
