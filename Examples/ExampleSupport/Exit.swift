@@ -1,5 +1,6 @@
 // How the examples end when they cannot run: a message on standard error and a non-zero status (no
-// trap, no crash backtrace), so that scripts and harnesses see a failed start as one.
+// trap, no crash backtrace), so that scripts and harnesses see a failed start as one. The one file of
+// the examples that imports Glibc (the standard error stream and the exit status are not Readiness's).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,4 +14,10 @@ public func exitFailing(_ program: String, _ error: any Error, usage: String? = 
     let bytes = Array(text.utf8)
     _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
     exit(mistake ? 2 : 1)
+}
+
+/// A failure while running (no address, a deadline passed): status 1, not a command-line mistake.
+public struct RunFailure: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -63,9 +63,9 @@ final class Load {
             for answer in resolution.takeAnswers() {
                 if case .success(let found) = answer.result { addresses += found }
             }
-            if addresses.isEmpty && resolution.isComplete { throw UsageError("cannot resolve \(arguments.host)") }
+            if addresses.isEmpty && resolution.isComplete { throw RunFailure("cannot resolve \(arguments.host)") }
             if addresses.isEmpty { try poller.wait(into: events, timeout: timers.timeout()) }
-            if timers.popDue() != nil { throw UsageError("resolution timed out") }
+            if timers.popDue() != nil { throw RunFailure("resolution timed out") }
         }
         resolution.cancel()   // the other family's answer, if still to come, is not needed
         // 2. Connect every client, all in this loop.
@@ -90,7 +90,7 @@ final class Load {
             }
             let now = Deadline.now
             while let token = timers.popDue(now: now) {
-                if token == deadlineToken { throw UsageError("timed out after \(completed) responses") }
+                if token == deadlineToken { throw RunFailure("timed out after \(completed) responses") }
                 let index = Int(token.rawValue / Client.tokensPerClient)
                 if index < clients.count, let connect = clients[index].connect, connect.owns(token) {
                     try connected(clients[index], connect.handleTimer(token, now: now))

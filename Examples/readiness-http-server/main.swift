@@ -177,7 +177,7 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
         }
         i += 1
     }
-    if bytes.first == lf, begin == bytes.startIndex { return .failed(status: "400 Bad Request") }
+    if begin < bytes.endIndex, bytes[begin] == lf { return .failed(status: "400 Bad Request") }
     // A request line longer than the head's limit: 414 (RFC 9112 section 3); a longer head: 431.
     if (firstLineEnd ?? bytes.endIndex) - begin > headLimit { return .failed(status: "414 URI Too Long") }
     guard let end else { return bytes.count > headLimit ? .failed(status: "431 Request Header Fields Too Large") : .incomplete }
@@ -196,9 +196,11 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     if target.first != slash {
         let text = String(decoding: target, as: UTF8.self).lowercased()
         if text.hasPrefix("http://") || text.hasPrefix("https://") {
+            // The authority ends at the first '/', '?' or '#' (RFC 3986); it may not be empty.
             let afterScheme = target.dropFirst(text.hasPrefix("http://") ? 7 : 8)
-            let path = afterScheme.drop { $0 != slash }
-            target = path.isEmpty ? ArraySlice("/".utf8) : path
+            let rest = afterScheme.drop { $0 != slash && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "#") }
+            guard rest.startIndex > afterScheme.startIndex else { return .failed(status: "400 Bad Request") }
+            target = rest.first == slash ? rest : ArraySlice("/".utf8) + rest
         } else if !(target.elementsEqual("*".utf8) && requestLine[0].elementsEqual("OPTIONS".utf8)) {
             return .failed(status: "400 Bad Request")
         }
@@ -305,12 +307,19 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
     var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
     let clock = ContinuousClock()
     var requestDeadline: ContinuousClock.Instant?   // set while a request has begun and is not whole
+    // When an idle connection is closed: 60 s after its last answer (or its start). Bytes that begin no
+    // request (the empty lines RFC 9112 lets a client send) do not move it.
+    var idleDeadline = clock.now + idleTimeout
     while true {
-        var timeout = idleTimeout
+        let timeout: Duration
         if let requestDeadline {
+            // A request has begun: its own clock, whatever the idle one says.
             let left = requestDeadline - clock.now
             if left <= .zero { return await refuse(socket, response("408 Request Timeout", "408 Request Timeout\n", keepAlive: false)) }
-            timeout = min(timeout, left)
+            timeout = left
+        } else {
+            timeout = idleDeadline - clock.now
+            if timeout <= .zero { return }
         }
         let bytes: [UInt8]
         do { bytes = try await socket.read(upTo: 64 * 1024, timeout: timeout) } catch {
@@ -358,6 +367,7 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
         if !out.isEmpty {
             guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
         }
+        if answered { idleDeadline = clock.now + idleTimeout }
         // Part of a request is here: its clock starts with its first byte (this read's, when a request
         // ended in it), and runs across reads.
         if start < pending.count {

@@ -149,6 +149,9 @@ struct HTTPServerExampleTests {
             ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "400 "),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", "400 "),
             ("GET http://x/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "200 "),
+            ("GET HTTP://x?y=/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "200 "),   // served as /?y=/a
+            ("GET http:///a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "400 "),      // no authority
+            ("\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "400 "),
             ("GET /" + String(repeating: "a", count: 9_000) + " HTTP/1.1\r\nHost: x\r\n\r\n", "414 "),
             ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n", "405 "),
         ] {

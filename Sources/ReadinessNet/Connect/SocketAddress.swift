@@ -258,6 +258,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
             return "the name contains a control character"
         }
+        // No empty label: ".", ".example", "a..b" and "a.." name nothing (one trailing dot is the root).
+        let labels = name.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        if labels.dropLast(name.hasSuffix(".") ? 1 : 0).contains(where: \.isEmpty) { return "a name has an empty label (two dots, or a dot first)" }
         // 253 bytes, not counting one trailing dot (the root: `example.com.` names `example.com`).
         let counted = name.hasSuffix(".") ? name.utf8.count - 1 : name.utf8.count
         if counted > maximumNameLength { return "a name has at most \(maximumNameLength) bytes (a trailing dot aside)" }

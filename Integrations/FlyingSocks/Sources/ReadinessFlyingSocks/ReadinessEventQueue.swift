@@ -203,8 +203,12 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                     return open.poller.waker
                 }
                 // Applied now: a change recorded during an earlier wait is superseded (left behind, it
-                // would be applied over this one by the next wait).
+                // would be applied over this one by the next wait). A removal recorded then still counts:
+                // the number may name a new file now, whose registration is made anew.
                 open.pending[fd] = nil
+                if open.removedDuringWait.remove(fd) != nil, !wanted.isEmpty, open.registered[fd] != nil {
+                    try? open.apply(fd, [])
+                }
                 do throws(PollerError) { try open.apply(fd, wanted) } catch {
                     throw Shared.socketError(error, fd: fd)
                 }
