@@ -77,6 +77,10 @@ struct ConformanceCommand: Command {
         differentialOnly = arguments.flag(Name.differentialOnly)
         showScript = try arguments.integer(Option.showScript)
         showAsyncScript = try arguments.integer(Option.showAsyncScript)
+        // A count of scripts is at least 0: a negative one is a mistake, not "none" (it ran nothing and
+        // reported success).
+        if differential < 0 { throw .invalidValue(String(differential), option: Option.differential.name) }
+        if differentialAsync < 0 { throw .invalidValue(String(differentialAsync), option: Option.differentialAsync.name) }
         list = arguments.flag(Name.list)
         json = arguments.flag(Name.json)
         markdown = arguments.flag(Name.markdown)
@@ -139,7 +143,10 @@ struct ConformanceCommand: Command {
                 await AsyncConformance.record(steps, backend: backend.name) { () throws(PollerError) -> any Poller in try backend.makePoller() }
             }
             for line in result.trace { print("\(line.index). \(line.step): \(line.observed)") }
-            if case .failed(let why) = result.outcome { print("FAIL on \(backend.name): \(why)") }
+            if case .failed(let why) = result.outcome {
+                print("FAIL on \(backend.name): \(why)")
+                throw .failed   // a failing script is a failure (exit status 1), as in a full run
+            }
             return
         }
         let scenarios = differentialOnly ? [] : Conformance.scenarios.filter { scenario in only.map(scenario.id.hasPrefix) ?? true }

@@ -55,8 +55,10 @@ struct ArgumentsTests {
         #expect(throws: UsageError.invalid("--timeout must not be negative (got -5)")) {
             try ConnectCommand(arguments)
         }
-        let differential = try ConformanceCommand(try parsed(["--differential", "-3"]).1)
-        #expect(differential.differential == -3)
+        // ... which refuses a negative count of scripts (it ran none and reported success before).
+        #expect(throws: UsageError.invalidValue("-3", option: "differential")) {
+            try ConformanceCommand(try parsed(["--differential", "-3"]).1)
+        }
         // A negative number where an argument is expected is an argument.
         #expect(try parsed(["connect", "-1"]).1.arguments == ["-1"])
     }

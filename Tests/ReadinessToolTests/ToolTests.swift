@@ -73,8 +73,11 @@ struct ToolTests {
         #expect(spaced.status == 0)
         #expect(spaced.output == joined.output)
         #expect(spaced.output.hasPrefix("1. "))
-        let listed = try runTool(["conformance", "--list", "--only=misuse/", "--differential", "-3"])
+        let listed = try runTool(["conformance", "--list", "--only=misuse/", "--differential", "3"])
         #expect(listed.status == 0)
+        // A negative number is a value: it reaches the command's check (a count of scripts: at least 0).
+        let negative = try runTool(["conformance", "--list", "--differential", "-3"])
+        #expect(negative.status == usageStatus && negative.errors.contains("'-3' is invalid for 'differential'"))
         #expect(listed.output.split(separator: "\n").allSatisfy { $0.hasPrefix("| `misuse/") })
     }
 
@@ -114,6 +117,11 @@ struct UsageMistake: Sendable, CustomStringConvertible {
     var description: String { arguments.joined(separator: " ") }
 
     static let all = [
+        // Stop 32: a negative count of scripts ran none and reported success (exit 0).
+        UsageMistake(arguments: ["conformance", "--differential", "-5", "--differential-only"],
+                     message: "The value '-5' is invalid for 'differential'", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--differential-async", "-1", "--differential-only"],
+                     message: "The value '-1' is invalid for 'differential-async'", command: "conformance"),
         UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout", "-5"],
                      message: "--timeout must not be negative (got -5)", command: "connect"),
         UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout=-5"],
