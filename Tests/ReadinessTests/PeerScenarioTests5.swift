@@ -549,3 +549,45 @@ extension PeerScenarioTests5 {
         }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// SwiftNIO ByteBufferTest (reserveCapacity never lowers the capacity): a buffer whose storage is
+    /// shared with a copy was reallocated at the size asked for. Before: 1 MiB became 16 bytes.
+    @Test("reserveCapacity on shared storage never shrinks the buffer")
+    func reserveSharedKeepsCapacity() {
+        var a = Bytes(capacity: 1 << 20)
+        a.append(1)
+        let b = a
+        let reserved = a.reserveCapacity(16)
+        #expect(reserved && a.capacity >= 1 << 20 && Array(a) == [1] && Array(b) == [1])
+    }
+}
+
+extension PeerScenarioTests5 {
+    /// libuv test-pipe-bind-error, Go UnixListener's close: a socket unlinks its own path on close, and
+    /// only while the path is still its file. Before: a listener (or datagram socket) whose path had
+    /// been removed and bound again by another unlinked the other's live socket file on close.
+    @Test("close unlinks the bound path only while it is still the socket's own file (listener, datagram)")
+    func closeUnlinksOnlyOwnPath() throws {
+        for datagram in [false, true] {
+            let path = "/tmp/rd-own-\(getpid())-\(datagram)"
+            unlink(path)
+            defer { unlink(path) }
+            let address = try SocketAddress(unixPath: path)
+            let first: () -> Void
+            if datagram {
+                let socket = try DatagramSocket(bind: address)
+                first = { socket.close() }
+            } else {
+                let listener = try Listener(bind: address)
+                first = { listener.close() }
+            }
+            unlink(path)   // an operator's rm
+            let second = try Listener(bind: address)   // another server takes the path
+            first()
+            #expect(access(path, F_OK) == 0, "datagram \(datagram): the second socket's path was unlinked")
+            second.close()
+            #expect(access(path, F_OK) != 0, "datagram \(datagram): the second socket did not unlink its own path")
+        }
+    }
+}

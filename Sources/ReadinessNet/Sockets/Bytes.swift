@@ -230,13 +230,14 @@ public struct Bytes: Sendable {
 
     /// Makes room for `minimumCapacity` bytes in all (the readable ones included) without a further
     /// allocation. Returns false when that memory could not be allocated (the buffer is unchanged);
-    /// a `minimumCapacity` of ``capacity`` or less changes nothing.
+    /// a `minimumCapacity` of ``capacity`` or less changes nothing (storage shared with a copy is made
+    /// the buffer's own at its capacity at least: reserving never shrinks).
     @discardableResult
     public mutating func reserveCapacity(_ minimumCapacity: Int) -> Bool {
         let wanted = Swift.max(minimumCapacity, count)
         if let storage, storage.capacity >= wanted, isKnownUniquelyReferenced(&self.storage) { return true }
         if wanted == 0 { return true }
-        return reallocate(capacity: wanted)
+        return reallocate(capacity: Swift.max(wanted, capacity))
     }
 
     // MARK: For the socket layer

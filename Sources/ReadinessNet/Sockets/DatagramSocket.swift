@@ -34,7 +34,7 @@ public final class DatagramSocket {
     /// The address family (the socket's domain).
     public let family: SocketAddress.Family
     /// For a socket bound to a Unix path: the path to unlink on close.
-    private var unixPath: String?
+    private var boundPath: BoundPath?
 
     /// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers): the most one send
     /// over IPv4 carries (more is ``SocketError/Kind/messageTooLarge``).
@@ -85,7 +85,7 @@ public final class DatagramSocket {
         }
         descriptor = OwnedDescriptor(fd)
         family = address.family
-        unixPath = address.unixPath
+        boundPath = BoundPath(address)
     }
 
     /// An unbound socket of `family` (the kernel binds an IP socket to an ephemeral port on its first
@@ -208,13 +208,13 @@ public final class DatagramSocket {
     /// calls do nothing.
     public func close() {
         guard descriptor.close() else { return }
-        if let unixPath { unlink(unixPath) }
-        unixPath = nil
+        boundPath?.unlinkIfOurs()
+        boundPath = nil
     }
 
     /// Gives the descriptor up: the caller owns it (and a bound Unix path) from now on.
     public func release() -> CInt {
-        unixPath = nil
+        boundPath = nil
         return descriptor.release()
     }
 

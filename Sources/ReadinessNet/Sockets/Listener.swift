@@ -34,7 +34,7 @@ public final class Listener {
     private var registration: (poller: any Poller, token: Token)?
     private var isRegistered = false
     /// For a Unix-domain listener: the path to unlink on close.
-    private let unixPath: String?
+    private let boundPath: BoundPath?
 
     /// Listener options.
     public struct Options: Sendable {
@@ -84,7 +84,7 @@ public final class Listener {
         self.fd = fd
         backoff = options.backoff.sanitized
         currentDelay = backoff.initial
-        unixPath = address.unixPath
+        boundPath = BoundPath(address)
     }
 
     /// Fails with ``SocketError/Kind/addressInUse`` when something is bound to `address` (an IP
@@ -153,7 +153,7 @@ public final class Listener {
         isBackingOff = false   // accept() reports the close, not a back-off of a listener that is gone
         Sys.close(fd)
         fd = -1
-        if let unixPath { unlink(unixPath) }
+        boundPath?.unlinkIfOurs()
     }
 
     /// Accepts one queued connection.

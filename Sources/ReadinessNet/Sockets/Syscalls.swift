@@ -59,3 +59,30 @@ enum NetSys {
         throw SocketError(errno: code, operation: String(describing: operation))
     }
 }
+
+/// The Unix-domain path a socket bound (its file's device and inode read right after the bind): it is
+/// unlinked on close only while it is still that file. An operator's `rm`, or another process that
+/// bound the same path since, keeps what is now there (Go's UnixListener notes that race; this closes it).
+struct BoundPath: Sendable {
+    let path: String
+    private let device: UInt
+    private let inode: UInt
+
+    /// The path `fd`'s address names, if it is a filesystem path (not abstract, not nameless) and it is
+    /// a socket now.
+    init?(_ address: SocketAddress) {
+        guard let path = address.unixPath else { return nil }
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        self.path = path
+        device = UInt(st.st_dev)
+        inode = UInt(st.st_ino)
+    }
+
+    /// Unlinks the path if it is still the file bound.
+    func unlinkIfOurs() {
+        var st = stat()
+        guard lstat(path, &st) == 0, UInt(st.st_dev) == device, UInt(st.st_ino) == inode else { return }
+        unlink(path)
+    }
+}
