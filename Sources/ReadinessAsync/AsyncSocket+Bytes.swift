@@ -14,7 +14,8 @@ extension AsyncSocket {
     ///   same `maximum` allocates nothing.
     /// - **Idle reads hold no memory**: a read that would have to allocate (a `Bytes()` with no storage,
     ///   a full or shared buffer) makes room only once the socket has something to read: it asks first
-    ///   (a one-byte `recv` with MSG_PEEK into the stack) and, when nothing is there, waits for
+    ///   (`poll` with a zero timeout: not `recv(MSG_PEEK)`, which would take a pending error) and,
+    ///   when nothing is there, waits for
     ///   readability holding no memory. A read with data ready returns it without suspending (even in
     ///   a cancelled task), like every read. A read with room tries at once.
     /// - `buffer` is held `inout` for the whole operation: the caller cannot touch it meanwhile, and on

@@ -57,17 +57,20 @@ public enum AsyncConformance {
         return observed == expected
     }
 
-    /// Whether a script ran in this process yet (see ``execute(_:_:requirements:backend:makePoller:verdict:)``).
+    /// Whether a script ran in this process yet (see ``execute(_:_:requirements:backend:makePoller:warming:verdict:)``).
     private static let warmedUp = Mutex(false)
 
     static func execute(_ id: String, _ script: [AsyncLine], requirements: [Requirement], backend: String,
-                        makePoller: @escaping Factory,
+                        makePoller: @escaping Factory, warming: Bool = false,
                         verdict: ([TraceLine]) -> ScenarioResult.Outcome) async -> ScenarioResult {
         // The first script in a process runs twice, the first time unjudged: the runtime and libdispatch
         // open process-wide descriptors on first use (a timerfd of libdispatch's manager thread), which
-        // the descriptor accounting would otherwise blame on the loop.
-        if !warmedUp.withLock({ done in defer { done = true }; return done }) {
-            _ = await execute(id, script, requirements: requirements, backend: backend, makePoller: makePoller) { _ in .passed }
+        // the descriptor accounting would otherwise blame on the loop. Only a warm-up that ran (made a
+        // loop) counts: one skipped for the backend's capabilities warms nothing.
+        if !warming, !warmedUp.withLock({ $0 }) {
+            let warm = await execute(id, script, requirements: requirements, backend: backend, makePoller: makePoller,
+                                     warming: true) { _ in .passed }
+            if case .skipped = warm.outcome {} else { warmedUp.withLock { $0 = true } }
         }
         let start = ContinuousClock.now
         func result(_ outcome: ScenarioResult.Outcome, _ trace: [TraceLine] = []) -> ScenarioResult {
