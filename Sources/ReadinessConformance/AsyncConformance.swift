@@ -68,9 +68,9 @@ public enum AsyncConformance {
         // the descriptor accounting would otherwise blame on the loop. Only a warm-up that ran (made a
         // loop) counts: one skipped for the backend's capabilities warms nothing.
         if !warming, !warmedUp.withLock({ $0 }) {
-            let warm = await execute(id, script, requirements: requirements, backend: backend, makePoller: makePoller,
-                                     warming: true) { _ in .passed }
-            if case .skipped = warm.outcome {} else { warmedUp.withLock { $0 = true } }
+            // It marks the process warmed once it has made its loop (EventLoop below).
+            _ = await execute(id, script, requirements: requirements, backend: backend, makePoller: makePoller,
+                              warming: true) { _ in .passed }
         }
         let start = ContinuousClock.now
         func result(_ outcome: ScenarioResult.Outcome, _ trace: [TraceLine] = []) -> ScenarioResult {
@@ -92,6 +92,7 @@ public enum AsyncConformance {
         do { loop = try EventLoop(name: "conformance", makePoller: makePoller) } catch {
             return result(.failed("the loop could not be created: \(error)"))
         }
+        if warming { warmedUp.withLock { $0 = true } }
         let run = AsyncRun(loop: loop)
         let trace = await withTaskExecutorPreference(loop) { () async -> [TraceLine] in
             var trace: [TraceLine] = []

@@ -207,9 +207,11 @@ public final class DatagramSocket {
     /// Deregisters (if registered), then closes the descriptor, and unlinks a bound Unix path. Later
     /// calls do nothing.
     public func close() {
-        guard descriptor.close() else { return }
+        guard !descriptor.isClosed else { return }
+        // Unlinked while the socket still holds its file: its inode number cannot have been reused.
         boundPath?.unlinkIfOurs()
         boundPath = nil
+        _ = descriptor.close()
     }
 
     /// Gives the descriptor up: the caller owns it (and a bound Unix path) from now on.

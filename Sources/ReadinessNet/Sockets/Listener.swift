@@ -151,9 +151,10 @@ public final class Listener {
         registration = nil
         isRegistered = false
         isBackingOff = false   // accept() reports the close, not a back-off of a listener that is gone
+        // Unlinked while the socket still holds its file: its inode number cannot have been reused.
+        boundPath?.unlinkIfOurs()
         Sys.close(fd)
         fd = -1
-        boundPath?.unlinkIfOurs()
     }
 
     /// Accepts one queued connection.

@@ -75,14 +75,15 @@ struct BoundPath: Sendable {
         var st = stat()
         guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
         self.path = path
-        device = UInt(st.st_dev)
-        inode = UInt(st.st_ino)
+        device = UInt(truncatingIfNeeded: st.st_dev)
+        inode = UInt(truncatingIfNeeded: st.st_ino)
     }
 
-    /// Unlinks the path if it is still the file bound.
+    /// Unlinks the path if it is still the file bound. Call it before closing the socket: while the
+    /// socket holds the file, no other file can have its inode number.
     func unlinkIfOurs() {
         var st = stat()
-        guard lstat(path, &st) == 0, UInt(st.st_dev) == device, UInt(st.st_ino) == inode else { return }
+        guard lstat(path, &st) == 0, UInt(truncatingIfNeeded: st.st_dev) == device, UInt(truncatingIfNeeded: st.st_ino) == inode else { return }
         unlink(path)
     }
 }

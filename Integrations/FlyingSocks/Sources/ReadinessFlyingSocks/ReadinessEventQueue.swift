@@ -127,6 +127,16 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
             }
         }
 
+        /// Drops `fd`'s registration so that the next `apply` registers it anew (the number may name
+        /// another file since its interest went to none). A failed deregister keeps the registration
+        /// as it was (the next `apply` changes it in place, as before).
+        func registerAnew(_ fd: Int32) {
+            do throws(PollerError) {
+                try poller.deregister(fd)
+                registered[fd] = nil
+            } catch {}
+        }
+
         func closePoller() {
             guard !closed else { return }
             closed = true
@@ -207,7 +217,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 // the number may name a new file now, whose registration is made anew.
                 open.pending[fd] = nil
                 if open.removedDuringWait.remove(fd) != nil, !wanted.isEmpty, open.registered[fd] != nil {
-                    try? open.apply(fd, [])
+                    open.registerAnew(fd)
                 }
                 do throws(PollerError) { try open.apply(fd, wanted) } catch {
                     throw Shared.socketError(error, fd: fd)
@@ -229,7 +239,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                     open.pending = [:]
                     for (fd, interest) in pending {
                         if removed.contains(fd), !interest.isEmpty, open.registered[fd] != nil {
-                            try? open.apply(fd, [])   // anew: the number may name another file now
+                            open.registerAnew(fd)   // the number may name another file now
                         }
                         do throws(PollerError) { try open.apply(fd, interest) } catch {
                             let events = ReadinessEventQueue.events(open.registered[fd] ?? interest)
