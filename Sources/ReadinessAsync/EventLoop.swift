@@ -45,7 +45,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     var maxDescriptor: CInt { lock.withLock { descriptorLimit } }
     private var thread = pthread_t()
     private let running = Atomic<Bool>(false)
-    private var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
+    private var shutdownWaiters: [(id: UInt64, continuation: UnsafeContinuation<Void, Never>)] = []
+    private var lastWaiterID: UInt64 = 0
     /// Set (under `lock`) once the loop thread has closed everything and will touch nothing more.
     private var isFinished = false
     /// Set (under `lock`) by ``shutdown(gracePeriod:)``: the loop stops accepting and ends within its
@@ -334,7 +335,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             isFinished = true
             lock.broadcast()
             defer { shutdownWaiters = [] }
-            return shutdownWaiters
+            return shutdownWaiters.map(\.continuation)
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -379,9 +380,38 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 lock.unlock()
                 continuation.resume()
             } else {
-                shutdownWaiters.append(continuation)
+                lastWaiterID &+= 1
+                shutdownWaiters.append((lastWaiterID, continuation))
                 lock.unlock()
             }
+        }
+    }
+
+    /// ``finished()``, or sooner: when the calling task is cancelled (before or during the wait).
+    func finishedUnlessCancelled() async {
+        let id = lock.withLock { () -> UInt64 in
+            lastWaiterID &+= 1
+            return lastWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                lock.lock()
+                if case .failed = phase { isFinished = true }
+                // Cancelled already (the handler below may have run before this was queued): at once.
+                if isFinished || Task.isCancelled {
+                    lock.unlock()
+                    continuation.resume()
+                } else {
+                    shutdownWaiters.append((id, continuation))
+                    lock.unlock()
+                }
+            }
+        } onCancel: {
+            let waiter: UnsafeContinuation<Void, Never>? = lock.withLock {
+                guard let index = shutdownWaiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return shutdownWaiters.remove(at: index).continuation
+            }
+            waiter?.resume()
         }
     }
 

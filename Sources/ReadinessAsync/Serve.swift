@@ -40,7 +40,8 @@ extension AsyncListener {
                         // A graceful shutdown closed it: the connections finish within the grace
                         // period; once the loop has ended, the tasks still running (a handler waiting
                         // on something else than the loop) are cancelled, as a plain shutdown does.
-                        await loop.finished()
+                        // Cancelling `serve` ends this wait too (its connections are cancelled with it).
+                        await loop.finishedUnlessCancelled()
                         connections.cancelAll()
                         return nil
                     case .closed, .cancelled:

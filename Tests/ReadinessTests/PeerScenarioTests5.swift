@@ -591,3 +591,105 @@ extension PeerScenarioTests5 {
         }
     }
 }
+
+extension PeerScenarioTests5 {
+    /// Go's DialContext with a cancelled context never dials. Before: a task cancelled before its
+    /// connect still made the socket and called connect(2): a live listener accepted a connection that
+    /// then ended, a Unix-domain connect (done inside connect(2)) even returned a connected socket, and
+    /// a connect by name started a lookup.
+    @Test("a connect in a task cancelled already starts nothing: no socket, no SYN, no lookup", arguments: backends)
+    func cancelledConnectStartsNothing(backend: Backend) async throws {
+        let path = "/tmp/rd-cc-\(getpid())"
+        unlink(path)
+        defer { unlink(path) }
+        try await withLoop(backend) { loop in
+            let tcp = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let unix = try await loop.listen(on: try SocketAddress(unixPath: path))
+            let resolver = RecordingResolver()
+            for form in ["tcp", "unix", "list", "name"] {
+                let outcome = await Task { () async -> String in
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    do throws(LoopError) {
+                        let socket: AsyncSocket
+                        switch form {
+                        case "tcp": socket = try await loop.connect(to: tcp.address, timeout: .seconds(5))
+                        case "unix": socket = try await loop.connect(to: unix.address, timeout: .seconds(5))
+                        case "list": socket = try await loop.connect(to: [tcp.address, tcp.address], timeout: .seconds(5))
+                        default: socket = try await loop.connect(host: "example.test", port: tcp.address.port!,
+                                                                  timeout: .seconds(5), resolver: resolver)
+                        }
+                        await socket.close()
+                        return "connected"
+                    } catch { return "\(error)" }
+                }.value
+                #expect(outcome == "\(LoopError.cancelled)", "\(form) on \(backend)")
+            }
+            for listener in [tcp, unix] {
+                do {
+                    let accepted = try await listener.accept(timeout: .milliseconds(200))
+                    Issue.record("a connection reached \(listener.address) on \(backend)")
+                    await accepted.close()
+                } catch {
+                    #expect(error as? LoopError == .timedOut)
+                }
+            }
+            #expect(resolver.calls.withLock { $0 }.isEmpty, "a lookup started on \(backend)")
+            await tcp.close()
+            await unix.close()
+        }
+    }
+
+    /// tokio's cancellation safety (a ready write completes): a vectored write of more buffers than one
+    /// sendmsg takes (IOV_MAX), with room for all of them, in a cancelled task. Before: io_uring's
+    /// completion driver sent the first 1,024 and failed with .cancelled (the readiness driver sent all).
+    @Test("a vectored write of 2,000 buffers that need not wait completes in a cancelled task", arguments: backends)
+    func cancelledVectoredWriteCompletes(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (a, b) = try socketPair()
+            defer { close(b) }
+            let socket = try await loop.adopt(descriptor: a)
+            let outcome = await Task(executorPreference: loop) { () async -> String in
+                withUnsafeCurrentTask { $0?.cancel() }
+                let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: 2_000, alignment: 1)
+                defer { raw.deallocate() }
+                raw.initializeMemory(as: UInt8.self, repeating: 7)
+                let whole = UnsafeRawBufferPointer(raw)
+                let buffers = (0..<whole.count).map { UnsafeRawBufferPointer(rebasing: whole[$0..<$0 + 1]) }
+                do throws(LoopError) {
+                    try await socket.write(vectored: buffers)
+                    return "written"
+                } catch { return "\(error)" }
+            }.value
+            #expect(outcome == "written", "on \(backend)")
+            var received = 0
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while received < 2_000, case let n = read(b, &chunk, chunk.count), n > 0 { received += n }
+            #expect(received == 2_000)
+            await socket.close()
+        }
+    }
+
+    /// Go's Server.Shutdown(ctx) returns when its context ends. Before: a `serve` cancelled during a
+    /// graceful shutdown waited in the drain until the loop finished (here the 60 s grace period, held
+    /// by a connection of the loop's own).
+    @Test("serve cancelled during a graceful shutdown returns at once", arguments: backends)
+    func serveCancelledDuringDrain(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let other = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let held = try await loop.connect(to: other.address, timeout: .seconds(5))   // keeps the drain waiting
+        let serving = Task { () async -> Void in try? await listener.serve { _ in } }
+        try await Task.sleep(for: .milliseconds(50))
+        let draining = Task { await loop.shutdown(gracePeriod: .seconds(60)) }
+        try await Task.sleep(for: .milliseconds(100))
+        let clock = ContinuousClock()
+        let began = clock.now
+        serving.cancel()
+        await serving.value
+        let took = clock.now - began
+        #expect(took < .seconds(2), "serve returned after \(took) on \(backend)")
+        draining.cancel()   // the second signal: stop now
+        await draining.value
+        _ = held
+    }
+}

@@ -551,7 +551,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if stream.record.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
         do {
-            if !remaining.isEmpty, case .transferred(let n) = try socket.write(vectored: remaining) { remaining.advance(by: n) }
+            // As the readiness driver does: sendmsg until it would block (one call takes at most
+            // IOV_MAX buffers), so a write that need not wait completes without the ring, even in a
+            // cancelled task.
+            while !remaining.isEmpty, case .transferred(let n) = try socket.write(vectored: remaining), n > 0 {
+                remaining.advance(by: n)
+            }
         } catch { throw .socket(error) }
         while !remaining.isEmpty {
             let op = CompletionOperation()

@@ -266,6 +266,8 @@ struct ReadinessDriver: IODriver {
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
         if loop.isShutDown { throw .shutdown }
         guard let poller = loop.poller else { throw .shutdown }
+        // A task cancelled already starts nothing: no socket, no SYN, no lookup (Go's DialContext).
+        if Task.isCancelled { throw .cancelled }
         let (id, socket) = try await connect(to: address, poller: poller, deadline: deadline, attemptTimeout: nil, on: loop)
         return (id, socket.peer)
     }
@@ -323,6 +325,7 @@ struct ReadinessDriver: IODriver {
         if loop.isShutDown { throw .shutdown }
         guard let poller = loop.poller else { throw .shutdown }
         if let reason = options.invalidReason { throw .invalidArgument(reason) }
+        if Task.isCancelled { throw .cancelled }   // nothing started (see above)
         if resolution == nil, addresses.isEmpty { throw .connect(ConnectError(.noAddress)) }
         if resolution == nil, addresses.count == 1 {
             // The attempt driver alone, with the options' attempt timeout as for any list.
