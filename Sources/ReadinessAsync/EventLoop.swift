@@ -373,45 +373,45 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Returns once the loop has finished (every descriptor closed), without asking it to stop.
     func finished() async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            lock.lock()
-            if case .failed = phase { isFinished = true }
-            if isFinished {
-                lock.unlock()
-                continuation.resume()
-            } else {
-                lastWaiterID &+= 1
-                shutdownWaiters.append((lastWaiterID, continuation))
-                lock.unlock()
-            }
-        }
+        let id = nextFinishWaiterID()
+        await withUnsafeContinuation { queueFinishWaiter(id, $0, unlessCancelled: false) }
     }
 
     /// ``finished()``, or sooner: when the calling task is cancelled (before or during the wait).
     func finishedUnlessCancelled() async {
-        let id = lock.withLock { () -> UInt64 in
-            lastWaiterID &+= 1
-            return lastWaiterID
-        }
+        let id = nextFinishWaiterID()
         await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-                lock.lock()
-                if case .failed = phase { isFinished = true }
-                // Cancelled already (the handler below may have run before this was queued): at once.
-                if isFinished || Task.isCancelled {
-                    lock.unlock()
-                    continuation.resume()
-                } else {
-                    shutdownWaiters.append((id, continuation))
-                    lock.unlock()
-                }
-            }
+            await withUnsafeContinuation { queueFinishWaiter(id, $0, unlessCancelled: true) }
         } onCancel: {
             let waiter: UnsafeContinuation<Void, Never>? = lock.withLock {
                 guard let index = shutdownWaiters.firstIndex(where: { $0.id == id }) else { return nil }
                 return shutdownWaiters.remove(at: index).continuation
             }
             waiter?.resume()
+        }
+    }
+
+    private func nextFinishWaiterID() -> UInt64 {
+        lock.withLock {
+            lastWaiterID &+= 1
+            return lastWaiterID
+        }
+    }
+
+    /// Resumes `continuation` at once when the loop has finished (or, `unlessCancelled`, when the task is
+    /// cancelled already: the cancellation handler may have run before this was queued); queues it
+    /// otherwise, for the loop's end to resume.
+    private func queueFinishWaiter(
+        _ id: UInt64, _ continuation: UnsafeContinuation<Void, Never>, unlessCancelled: Bool
+    ) {
+        lock.lock()
+        if case .failed = phase { isFinished = true }
+        if isFinished || (unlessCancelled && Task.isCancelled) {
+            lock.unlock()
+            continuation.resume()
+        } else {
+            shutdownWaiters.append((id, continuation))
+            lock.unlock()
         }
     }
 

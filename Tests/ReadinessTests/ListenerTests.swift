@@ -4,6 +4,27 @@ import Testing
 
 @Suite("Listeners")
 struct ListenerTests {
+    @Test("a nameless Unix address binds to the abstract name Linux gives it, and `address` says which (mio unix_listener autobind)")
+    func namelessUnixListenerAddress() throws {
+        var raw = sockaddr_un()
+        raw.sun_family = sa_family_t(AF_UNIX)
+        let nameless = try #require(withUnsafePointer(to: &raw) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                SocketAddress($0, length: socklen_t(MemoryLayout<sa_family_t>.size))
+            }
+        })
+        #expect(nameless.isNamelessUnix)
+        let listener = try Listener(bind: nameless)
+        defer { listener.close() }
+        let name = try #require(listener.address.abstractUnixName, "address: \(listener.address)")
+        #expect(!name.isEmpty)
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        let client = StreamSocket(try Connector.connect(to: listener.address, on: poller, timeout: .seconds(2)))
+        defer { client.close() }
+        #expect(client.peerAddress == listener.address)
+    }
+
     @Test("TCP over IPv4 and IPv6, and Unix paths: accepted streams are non-blocking and close-on-exec",
           arguments: backends)
     func acceptKinds(backend: Backend) throws {

@@ -76,7 +76,10 @@ public final class Listener {
             }
             try Self.bind(fd, to: address, removeStale: options.removeStaleUnixSocket)
             guard Glibc.listen(fd, options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen") }
-            self.address = address.family == .unix ? address : ((try? SocketAddress.local(of: fd)) ?? address)
+            // The kernel's name for it: the port it chose for port 0, the abstract name Linux gave a
+            // nameless Unix address (autobind); a Unix path as given (getsockname may cut it).
+            let named = address.family == .unix && !address.isNamelessUnix
+            self.address = named ? address : ((try? SocketAddress.local(of: fd)) ?? address)
         } catch {
             Sys.close(fd)
             throw error
