@@ -27,21 +27,31 @@ public enum AsyncConformance {
     static let settlePause: useconds_t = 10_000
 
     /// Runs one scenario on a new loop over `makePoller` and compares each step with the script.
-    public static func run(_ scenario: AsyncScenario, backend: String, makePoller: @escaping Factory) async -> ScenarioResult {
-        await execute(scenario.id, scenario.script, requirements: scenario.requirements, backend: backend, makePoller: makePoller) { trace in
-            let diff = trace.filter { !matches($0.observed, $0.expected) }.map {
-                "step \($0.index) (\($0.step)): expected \($0.expected), observed \($0.observed)"
+    ///
+    /// With no result within `timeLimit` (a loop whose poller never returns) the scenario fails as
+    /// hung and its task is left running; `nil` waits for it, unbounded.
+    public static func run(_ scenario: AsyncScenario, backend: String, timeLimit: Duration? = Conformance.defaultTimeLimit,
+                           makePoller: @escaping Factory) async -> ScenarioResult {
+        let outcome = await Watchdog.run(limit: timeLimit) { () async -> ScenarioResult in
+            await execute(scenario.id, scenario.script, requirements: scenario.requirements, backend: backend, makePoller: makePoller) { trace in
+                let diff = trace.filter { !matches($0.observed, $0.expected) }.map {
+                    "step \($0.index) (\($0.step)): expected \($0.expected), observed \($0.observed)"
+                }
+                return diff.isEmpty ? .passed : .failed(diff.joined(separator: "\n"))
             }
-            return diff.isEmpty ? .passed : .failed(diff.joined(separator: "\n"))
         }
+        return outcome ?? Watchdog.hung(scenario.id, backend: backend, limit: timeLimit ?? .zero)
     }
 
     /// Runs every async scenario (or the ones given) on one backend.
     public static func run(backend: String, scenarios: [AsyncScenario] = AsyncConformance.scenarios,
+                           timeLimit: Duration? = Conformance.defaultTimeLimit,
                            makePoller: @escaping Factory) async -> BackendReport {
         let start = ContinuousClock.now
         var results: [ScenarioResult] = []
-        for scenario in scenarios { results.append(await run(scenario, backend: backend, makePoller: makePoller)) }
+        for scenario in scenarios {
+            results.append(await run(scenario, backend: backend, timeLimit: timeLimit, makePoller: makePoller))
+        }
         return BackendReport(backend: backend, results: results, duration: ContinuousClock.now - start)
     }
 

@@ -12,14 +12,25 @@ public enum Conformance {
     /// Creates a fresh poller for each scenario.
     public typealias Factory = () throws -> any Poller
 
+    /// How long a scenario may take before it fails as hung (``run(_:backend:timeLimit:makePoller:)``).
+    public static let defaultTimeLimit: Duration = .seconds(60)
+
     /// Runs one scenario on a new poller from `makePoller` and compares each step with the script.
-    public static func run(_ scenario: Scenario, backend: String, makePoller: @escaping Factory) -> ScenarioResult {
-        execute(scenario, backend: backend, makePoller: makePoller) { trace, visible in
-            let diff = trace.filter { !Observation.agree($0.observed, $0.expected, visible) }.map {
-                "step \($0.index) (\($0.step)): expected \($0.expected.masked(visible)), observed \($0.observed.masked(visible))"
+    ///
+    /// The scenario runs on a thread of its own: with no result within `timeLimit` (a backend whose
+    /// wait ignores its timeout and its waker) it fails as hung, and that thread is left running.
+    /// `nil` runs it on the calling thread, unbounded.
+    public static func run(_ scenario: Scenario, backend: String, timeLimit: Duration? = defaultTimeLimit,
+                           makePoller: @escaping Factory) -> ScenarioResult {
+        let outcome = Watchdog.run(limit: timeLimit) {
+            execute(scenario, backend: backend, makePoller: makePoller) { trace, visible in
+                let diff = trace.filter { !Observation.agree($0.observed, $0.expected, visible) }.map {
+                    "step \($0.index) (\($0.step)): expected \($0.expected.masked(visible)), observed \($0.observed.masked(visible))"
+                }
+                return diff.isEmpty ? .passed : .failed(diff.joined(separator: "\n"))
             }
-            return diff.isEmpty ? .passed : .failed(diff.joined(separator: "\n"))
         }
+        return outcome ?? Watchdog.hung(scenario.id, backend: backend, limit: timeLimit ?? .zero)
     }
 
     /// Runs a script without comparing it with expectations: the trace is the result (differential
@@ -59,9 +70,10 @@ public enum Conformance {
     }
 
     /// Runs every scenario (or the ones given) on one backend.
-    public static func run(backend: String, scenarios: [Scenario] = Conformance.scenarios, makePoller: @escaping Factory) -> BackendReport {
+    public static func run(backend: String, scenarios: [Scenario] = Conformance.scenarios, timeLimit: Duration? = defaultTimeLimit,
+                           makePoller: @escaping Factory) -> BackendReport {
         let start = ContinuousClock.now
-        let results = scenarios.map { run($0, backend: backend, makePoller: makePoller) }
+        let results = scenarios.map { run($0, backend: backend, timeLimit: timeLimit, makePoller: makePoller) }
         return BackendReport(backend: backend, results: results, duration: ContinuousClock.now - start)
     }
 

@@ -138,6 +138,8 @@ final class Worker: @unchecked Sendable {
     }
     func signal(_ number: CInt) { pthread_kill(thread, number) }
     func join() { pthread_join(thread, nil) }
+    /// Leaves the thread to end on its own (it is not joined).
+    func detach() { pthread_detach(thread) }
 }
 
 /// SIGUSR1 without SA_RESTART, so a blocked wait returns EINTR.

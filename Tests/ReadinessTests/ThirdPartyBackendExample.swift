@@ -61,6 +61,52 @@ struct ThirdPartyBackendExample {
         #expect(report.passed > 20)
     }
 
+    @Test("a backend whose wait hangs fails as hung within the time limit, poller and async suites (the run goes on)")
+    func hangingBackendFails() async {
+        /// Ignores its timeout and its waker on the first wait: blocks for 2 s, then behaves.
+        final class Hanging: Poller, @unchecked Sendable {
+            let inner: any Poller
+            private var hung = false
+            init() throws(PollerError) { inner = try PollSeam.makePoller() }
+            var capabilities: Capabilities { inner.capabilities }
+            var waker: Waker { inner.waker }
+            func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+                try inner.register(fd, token: token, interest: interest, trigger: trigger)
+            }
+            func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+                try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+            }
+            func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+            func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+                if !hung {
+                    hung = true
+                    usleep(2_000_000)
+                }
+                return try inner.wait(into: events, timeout: timeout)
+            }
+            func close() throws(PollerError) { try inner.close() }
+        }
+        let scenarios = Conformance.scenarios.filter { $0.id == "readiness/writable" }
+        let start = ContinuousClock.now
+        let report = Conformance.run(backend: "hanging", scenarios: scenarios, timeLimit: .milliseconds(300)) { try Hanging() }
+        #expect(ContinuousClock.now - start < .seconds(1.5))
+        #expect(report.failures.count == 1)
+        if case .failed(let reason)? = report.failures.first?.outcome { #expect(reason.contains("no result within")) }
+        // Without a limit the same scenario waits for the slow wait and passes.
+        let unbounded = Conformance.run(backend: "hanging", scenarios: scenarios, timeLimit: nil) { try Hanging() }
+        #expect(unbounded.failures.isEmpty, "\(unbounded.summary)")
+
+        let asyncScenarios = AsyncConformance.scenarios.filter { $0.id == "async/io/reader-woken" }
+        let asyncStart = ContinuousClock.now
+        let asyncReport = await AsyncConformance.run(backend: "hanging", scenarios: asyncScenarios, timeLimit: .milliseconds(300)) {
+            () throws(PollerError) -> any Poller in try Hanging()
+        }
+        #expect(ContinuousClock.now - asyncStart < .seconds(1.5))
+        #expect(asyncReport.failures.count == 1)
+        if case .failed(let reason)? = asyncReport.failures.first?.outcome { #expect(reason.contains("no result within")) }
+        usleep(2_500_000)   // the abandoned scenarios end before the next test counts descriptors
+    }
+
     @Test("a broken backend is caught, with a diff naming the step")
     func brokenBackendFails() {
         /// Forgets to report writability: the suite must notice.
