@@ -52,6 +52,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// Set (under `lock`) by ``shutdown(gracePeriod:)``: the loop stops accepting and ends within its
     /// grace period (``AsyncListener/serve(_:)`` then cancels its connections' tasks once it has ended).
     private var draining = false
+    /// The signal subscriptions of this loop's ``signals(_:)`` sequences (under `lock`): stopped when the
+    /// loop shuts down, iterated or not, so that no signal stays caught by a loop that ended.
+    private var signalWatchers: [WeakSubscription] = []
     /// The loop's serial executor identity (`asUnownedSerialExecutor()`): jobs enqueued there are
     /// actors' jobs, told apart from the jobs of tasks that prefer the loop as a task executor.
     private let serial: LoopSerialExecutor
@@ -309,6 +312,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// Shutdown on the loop thread: every pending operation fails with `.shutdown`, every owned
     /// descriptor is closed (once), then the tasks they resumed run until nothing is queued.
     private func finish(_ poller: any Poller, batch: inout [Submission], reason: LoopError) {
+        let watchers = lock.withLock { () -> [WeakSubscription] in
+            defer { signalWatchers = [] }
+            return signalWatchers
+        }
+        for watcher in watchers { watcher.subscription?.stop() }
         state.shutDown(reason: reason)
         state.resumeYielded()   // their operations fail with `.shutdown`
         while true {
@@ -367,6 +375,20 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Marks the loop as draining (a graceful shutdown has begun).
     func beginDraining() { lock.withLock { draining = true } }
+
+    /// Keeps `subscription` to stop when the loop shuts down; false (nothing kept) when it has begun to.
+    func watch(_ subscription: SignalSubscription) -> Bool {
+        lock.withLock {
+            switch phase {
+            case .starting, .running:
+                signalWatchers.removeAll { $0.subscription == nil }
+                signalWatchers.append(WeakSubscription(subscription: subscription))
+                return true
+            default:
+                return false
+            }
+        }
+    }
 
     /// Whether a graceful shutdown has begun (``shutdown(gracePeriod:)``).
     var isDraining: Bool { lock.withLock { draining } }

@@ -7,7 +7,8 @@ import ReadinessNet
 extension EventLoop {
     /// Shuts the loop down gracefully:
     /// 1. stops accepting: every listener of the loop is closed (a task in `accept` resumes with
-    ///    ``LoopError/closed``, so ``AsyncListener/serve(_:)`` stops and waits for its connections);
+    ///    ``LoopError/closed``, so ``AsyncListener/serve(_:)`` stops and waits for its connections),
+    ///    and a later `listen` on the loop is refused with ``LoopError/shutdown``;
     /// 2. waits until the loop holds no connected socket (their tasks closed them, or ``serve`` did when
     ///    their handlers returned), at most `gracePeriod`;
     /// 3. ``shutdown()``: whatever is still pending fails with ``LoopError/shutdown`` and every socket
@@ -52,8 +53,9 @@ extension EventLoopGroup {
 }
 
 extension LoopState {
-    /// Closes every listener of the loop (its accepting task resumes with `.closed`).
+    /// Closes every listener of the loop (its accepting task resumes with `.closed`) and refuses new ones.
     func stopAccepting() {
+        accepting = false
         for resource in slab.resources where resource is ListenerResource {
             close(resource, reason: .closed)
         }

@@ -36,16 +36,32 @@ extension EventLoop {
         let limit = maxDescriptor
         if subscription.descriptor > limit {
             let fd = subscription.descriptor
-            // A signal that came since the handler was installed is given back to the action it had
-            // before (the process's default, a handler of its own): raised again once that is back.
-            subscription.stop()
-            let caught = Set(subscription.drain())
-            subscription.close()
-            for signal in caught { kill(getpid(), signal.rawValue) }
+            Self.giveBack(subscription)
             throw .poller(.descriptorTooLarge(fd, limit: limit &+ 1))
+        }
+        // Stopped by the loop's shutdown, iterated or not; a loop that began shutting down since the
+        // check above takes none.
+        guard watch(subscription) else {
+            Self.giveBack(subscription)
+            throw .shutdown
         }
         return SignalSequence(loop: self, subscription: subscription)
     }
+
+    /// Closes a subscription that will not be returned. A signal that came since the handler was
+    /// installed is given back to the action it had before (the process's default, a handler of its
+    /// own): raised again once that is back.
+    private static func giveBack(_ subscription: SignalSubscription) {
+        subscription.stop()
+        let caught = Set(subscription.drain())
+        subscription.close()
+        for signal in caught { kill(getpid(), signal.rawValue) }
+    }
+}
+
+/// A signal subscription a loop stops at its shutdown, held weakly (the sequence owns it).
+struct WeakSubscription {
+    weak var subscription: SignalSubscription?
 }
 
 /// Signals as they are delivered to the process (``EventLoop/signals(_:)``).

@@ -166,12 +166,14 @@ enum ReadmeSnippets {
     }
 
     static func secondSignal(group: EventLoopGroup) async throws {
+        let signalLoop = try EventLoop()   // not the group's: it must outlive their drain
         var stopping: Task<Void, Never>?
-        for await signal in try group.loops[0].signals([.interrupt, .terminate]) {
+        for await signal in try signalLoop.signals([.interrupt, .terminate]) {
             _ = signal
             if let stopping { stopping.cancel(); break }          // the second signal: stop now
             stopping = Task { await group.shutdown(gracePeriod: .seconds(10)) }
         }
         await stopping?.value
+        await signalLoop.shutdown()
     }
 }

@@ -147,6 +147,23 @@ struct GracefulShutdownTests {
         #expect(loop.isShuttingDown)
     }
 
+    @Test("listen on a loop draining for a graceful shutdown is refused with .shutdown (Go: Serve after Shutdown)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func listenWhileDraining(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let clientLoop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let client = try await clientLoop.connect(to: listener.address, timeout: .seconds(5))
+        let held = try await listener.accept()            // a connection that holds the drain
+        let stopping = Task { await loop.shutdown(gracePeriod: .seconds(5)) }
+        try await clientLoop.sleep(for: .milliseconds(50))   // the drain has begun
+        await #expect(throws: LoopError.shutdown) { _ = try await loop.listen(on: try SocketAddress("127.0.0.1:0")) }
+        await held.close()
+        await stopping.value
+        await client.close()
+        await clientLoop.shutdown()
+    }
+
     @Test("a connection still open at the grace period's end fails with .shutdown", .timeLimit(.minutes(1)), arguments: backends)
     func gracePeriodEnds(backend: Backend) async throws {
         let loop = try EventLoop(backend: backend)

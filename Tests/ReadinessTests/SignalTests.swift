@@ -109,6 +109,20 @@ struct SignalTests {
         #expect(throws: LoopError.shutdown) { try loop.signals([.user2]) }
     }
 
+    @Test("a sequence nobody iterates is stopped by its loop's shutdown: the old action is back (libuv closes signal handles with the loop)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func idleSequenceStopsAtShutdown(backend: Backend) async throws {
+        let before = Self.action(SIGUSR2)
+        let loop = try EventLoop(backend: backend)
+        let idle = try loop.signals([.user2])
+        #expect(Self.action(SIGUSR2) != before)
+        await loop.shutdown()
+        #expect(Self.action(SIGUSR2) == before)
+        var iterator = idle.makeAsyncIterator()
+        #expect(await iterator.next() == nil)
+        withExtendedLifetime(idle) {}
+    }
+
     @Test("signals that cannot be watched are refused with a typed error, and leave nothing open", arguments: backends)
     func refused(backend: Backend) async throws {
         warmUp(backend)

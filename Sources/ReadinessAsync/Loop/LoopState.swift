@@ -42,6 +42,8 @@ final class LoopState {
     @exclusivity(unchecked) var readFailures: [ResourceKey: CInt] = [:]
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
     var isShutDown = false
+    /// False once a graceful shutdown stopped accepting: `listen` is refused from then on.
+    var accepting = true
     /// Why the loop ended (`.shutdown`, or `.poller(error)` after a failed wait): what operations that
     /// were waiting to go on are told.
     var shutdownReason: LoopError = .shutdown
@@ -378,7 +380,9 @@ final class LoopState {
     }
 
     func listen(_ address: SocketAddress, options: Listener.Options) throws(LoopError) -> (UInt64, SocketAddress) {
-        if isShutDown { throw .shutdown }
+        // A graceful shutdown stopped accepting (`stopAccepting`): a listener made now would accept
+        // through the grace period, and its connections would hold the drain.
+        if isShutDown || !accepting { throw .shutdown }
         try checkRoom()
         let listener: Listener
         do { listener = try Listener(bind: address, options: options) } catch { throw .socket(error) }
