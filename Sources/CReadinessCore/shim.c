@@ -34,6 +34,12 @@ int rd_kernel_can_poll(int fd) {
     return -1;
 }
 
+int rd_is_path_only(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    return (flags & O_PATH) ? 1 : 0;
+}
+
 int rd_name_current_thread(const char *name) {
     char cut[16];
     size_t length = strnlen(name, sizeof cut - 1);

@@ -167,7 +167,10 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     public func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
         // Counted before anything is touched: a close() from another thread waits for this wait to
         // end before it releases the descriptors; once closing has begun a wait starts no more.
-        try enter()
+        do { try enter() } catch {
+            events.removeAll()   // a closed poller reports nothing: not even the last wait's events
+            throw error
+        }
         defer { leave() }
         events.removeAll()
         let n = try runWait(timeout: timeout) { (remaining: WaitTimeout) throws(PollerError) -> WaitStep in

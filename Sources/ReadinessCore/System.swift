@@ -32,6 +32,7 @@ public enum Sys {
         }
         let kind = st.st_mode & S_IFMT
         if kind == S_IFREG || kind == S_IFDIR { return .unsupportedDescriptor(fd) }
+        if let refusal = checkPathOnly(fd) { return refusal }
         // Devices differ one by one (a terminal polls, /dev/null does not, and poll(2) would call it
         // always ready): ask the kernel, as epoll_ctl does for the epoll backend.
         if kind == S_IFCHR || kind == S_IFBLK {
@@ -53,11 +54,26 @@ public enum Sys {
             return errno == EBADF ? .badDescriptor(fd) : .failed("fstat", errno: errno)
         }
         let kind = st.st_mode & S_IFMT
+        // (An O_PATH descriptor: epoll_ctl itself refuses it with EBADF.)
         return kind == S_IFREG || kind == S_IFDIR ? .unsupportedDescriptor(fd) : nil
     }
 
-    /// True when `fd` is an open descriptor (fcntl F_GETFD does not fail with EBADF).
-    @inlinable public static func isOpen(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) >= 0 || errno != EBADF }
+    /// An O_PATH descriptor is a location, not an open file (fstat works on it, I/O does not): the
+    /// kernel's poll calls it POLLNVAL, select always ready, epoll_ctl EBADF. Every backend refuses it
+    /// as epoll does, with ``PollerError/badDescriptor(_:)``.
+    private static func checkPathOnly(_ fd: CInt) -> PollerError? {
+        rd_is_path_only(fd) == 0 ? nil : .badDescriptor(fd)
+    }
+
+    /// True when `fd` is an open descriptor that can do I/O: fcntl F_GETFL does not fail with EBADF,
+    /// and it was not opened with O_PATH (a location only, which poll and select cannot watch).
+    public static func isOpen(_ fd: CInt) -> Bool {
+        switch rd_is_path_only(fd) {
+        case 0: return true
+        case 1: return false
+        default: return errno != EBADF
+        }
+    }
 
     /// Closes a descriptor once; EINTR is not retried (Linux has already released it).
     @discardableResult

@@ -123,7 +123,9 @@ public final class EpollSeam: BackendSeam {
             // Not in the kernel's set: dropped by a rebuild while disarmed, or the registered file was
             // closed and the number now names another one. reregister applies the registration to
             // the file the number names now (Docs/Contract.md, "reregister"); if the old file lingers
-            // through a dup, its events carry the old generation and make the set be rebuilt.
+            // through a dup, its events carry the old generation and make the set be rebuilt. That
+            // file is checked as register checks one (a procfs file has a poll method: ADD would take it).
+            if let refusal = Sys.checkKind(fd) { throw refusal }
             try ctl(rd_EPOLL_CTL_ADD, fd, new, "epoll_ctl(ADD)")
         }
     }

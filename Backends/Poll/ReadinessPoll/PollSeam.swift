@@ -100,9 +100,7 @@ public final class PollSeam: BackendSeam {
         }
         let count = used - 1
         guard n > 0, count > 0 else { return .events(events.count) }
-        let start = rotor % count
-        rotor = start + 1
-        var index = start
+        var index = rotor % count
         for _ in 0..<count where n > 0 && !events.isFull {
             let slot = fds + index + 1
             let revents = slot.pointee.revents
@@ -121,7 +119,10 @@ public final class PollSeam: BackendSeam {
             index += 1
             if index == count { index = 0 }
         }
-        // Entries not looked at (buffer full) keep their revents cleared by the next poll call.
+        // The next wait starts after the last one looked at: with the buffer full, the ready ones
+        // not reported come first next time (a rotor moving one place would starve a sparse few).
+        // Entries not looked at keep their revents, cleared by the next poll call.
+        rotor = index
         return .events(events.count)
     }
 

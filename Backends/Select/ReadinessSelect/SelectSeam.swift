@@ -137,7 +137,6 @@ public final class SelectSeam: BackendSeam {
         let count = descriptors.count
         guard n > 0, count > 0 else { return .events(events.count) }
         var index = rotor % count
-        rotor = index + 1
         for _ in 0..<count where n > 0 && !events.isFull {
             let fd = descriptors[index]
             var ready = Ready()
@@ -157,6 +156,9 @@ public final class SelectSeam: BackendSeam {
             index += 1
             if index == count { index = 0 }
         }
+        // The next wait starts after the last one looked at: with the buffer full, the ready ones
+        // not reported come first next time (a rotor moving one place would starve a sparse few).
+        rotor = index
         return .events(events.count)
     }
 

@@ -16,6 +16,10 @@ int rd_accept_nonblocking(int listener);
 /// Asks a throwaway epoll set, so it costs three system calls: used for character and block
 /// devices only, whose support varies device by device.
 int rd_kernel_can_poll(int fd);
+/// Whether `fd` was opened with O_PATH (a location, not an open file: no I/O, and poll(2) calls it
+/// POLLNVAL, select(2) always ready, epoll_ctl EBADF): 1 yes, 0 no, -1 with errno (EBADF: not open).
+/// One fcntl(F_GETFL).
+int rd_is_path_only(int fd);
 /// Names the calling thread (as `ps -L`, `top -H`, gdb and perf show it): `name` up to its first NUL,
 /// cut to the kernel's 15 bytes on a UTF-8 character boundary. 0, or an errno.
 int rd_name_current_thread(const char *name);
