@@ -91,3 +91,153 @@ struct PeerScenarioTests6 {
         #expect(seen[0] == 2 && seen[1] == 2 && seen[99] == 2, "\(seen)")
     }
 }
+
+/// The socket layer beside mio's and Go's net tests, stop 33.
+extension PeerScenarioTests6 {
+    /// Go TestDialerLocalAddr with a Unix path: a connect that binds a local path and fails leaves no
+    /// file. Before: the file stayed, and every later connect from that path failed at bind with
+    /// EADDRINUSE, reported as `.other` (now `.addressInUse` where the path is really taken).
+    @Test("a failed connect from a Unix local path removes the path; a taken local address is addressInUse", arguments: backends)
+    func unixLocalPathNotLeft(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let local = try SocketAddress(unixPath: tempPath("client"))
+        let missing = try SocketAddress(unixPath: tempPath("missing"))
+        do {
+            _ = try Connector.connect(to: missing, on: poller, timeout: .seconds(2), localAddress: local)
+            Issue.record("connected to a missing path")
+        } catch {
+            #expect(error.cause == .noSuchPath, "\(error)")
+        }
+        #expect(access(local.unixPath!, F_OK) != 0, "the local path was left behind")
+        let listener = try Listener(bind: try SocketAddress(unixPath: tempPath("server")))
+        defer { listener.close() }
+        let connected = try Connector.connect(to: listener.address, on: poller, timeout: .seconds(2), localAddress: local)
+        defer { close(connected.fd); unlink(local.unixPath!) }
+        // The connected socket keeps its path: a second connect from it finds it taken.
+        do {
+            let second = try Connector.connect(to: listener.address, on: poller, timeout: .seconds(2), localAddress: local)
+            close(second.fd)
+            Issue.record("bound a path in use")
+        } catch {
+            #expect(error.cause == .addressInUse, "\(error)")
+        }
+        #expect(access(local.unixPath!, F_OK) == 0, "the connected socket's path was removed by the failed attempt")
+    }
+
+    /// Go TestDialerLocalAddr (favoriteAddrFamily): a local address of another family than the
+    /// destination. Before: a socket was made, then bind failed (EAFNOSUPPORT or EINVAL).
+    @Test("a local address of the other family is invalidAddress (EAFNOSUPPORT) before any socket", arguments: backends)
+    func localAddressOtherFamily(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let before = openDescriptorCount()
+        for (destination, local) in [(listener.address, try SocketAddress("[::]:0")),
+                                     (try SocketAddress("[::1]:1"), try SocketAddress("127.0.0.1:0"))] {
+            let attempt = ConnectAttempt(to: destination, poller: poller, token: 1, timeout: .seconds(1), localAddress: local)
+            guard case .failed(let error) = attempt.start() else {
+                Issue.record("connected \(local) to \(destination)")
+                attempt.cancel()
+                continue
+            }
+            #expect(error.cause == .invalidAddress && error.errno == EAFNOSUPPORT, "\(error)")
+            #expect(attempt.fd == -1)
+        }
+        #expect(openDescriptorCount() == before)
+    }
+
+    /// mio set_get_multicast_loop / libuv udp-options: an option of IP multicast on a Unix-domain
+    /// socket is the caller's mistake. Before: `.other` (EAFNOSUPPORT from the shim), while the hop
+    /// limits and joins said `.invalidArgument`.
+    @Test("multicast loop and interface on a Unix datagram socket are invalidArgument")
+    func multicastOptionsOnUnix() throws {
+        let (a, b) = try DatagramSocket.pair()
+        defer { a.close(); b.close() }
+        #expect { try a.setMulticastLoop(true) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        #expect { try a.setMulticastInterface(1) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+    }
+
+    /// Go TestUnixListenerStale with EMFILE (libuv tcp-emfile): the stale-path probe needs a second
+    /// descriptor. Before: with none left, the path was reported as `.addressInUse` (a live
+    /// listener), and the stale file stayed.
+    @Test("replacing a stale Unix path out of descriptors is resourceExhausted, not addressInUse")
+    func staleProbeOutOfDescriptors() throws {
+        let path = tempPath("stale")
+        let raw = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        try #require(raw >= 0)
+        let address = try SocketAddress(unixPath: path)
+        try #require(address.withSockaddr { Glibc.bind(raw, $0, $1) } == 0)
+        close(raw)   // the file stays: stale
+        defer { unlink(path) }
+        var limit = rlimit()
+        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        let saved = limit
+        var fillers: [CInt] = []
+        limit.rlim_cur = rlim_t(openDescriptorCount() + 8)
+        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        while true {
+            let fd = dup(0)
+            if fd < 0 { break }
+            fillers.append(fd)
+        }
+        close(fillers.removeLast())   // room for the listener's socket, none for the probe
+        var outcome: SocketError?
+        do throws(SocketError) {
+            let listener = try Listener(bind: address)   // removeStaleUnixSocket is on by default
+            listener.close()
+        } catch {
+            outcome = error
+        }
+        fillers.forEach { close($0) }
+        var restore = saved
+        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore)
+        #expect(outcome?.kind == .resourceExhausted, "\(String(describing: outcome))")
+        // With descriptors again, the stale path is replaced.
+        let listener = try Listener(bind: address)
+        listener.close()
+    }
+
+    /// A caller's `withMutableSockaddr` body that writes a length past the storage. Before: the length
+    /// was kept, and `==` and `hash` read past the 128 bytes (a trap in a debug build).
+    @Test("a length written past sockaddr_storage is cut to it")
+    func oversizedLength() {
+        var address = SocketAddress()
+        address.withMutableSockaddr { raw, length in
+            raw.pointee.sa_family = sa_family_t(AF_INET6)
+            length.pointee = 4096
+        }
+        #expect(Int(address.length) == MemoryLayout<sockaddr_storage>.size)
+        _ = address.hashValue
+        #expect(address == address)
+    }
+
+    /// An ICMP host-unreachable on a connected datagram socket, or a route missing: a kind of its
+    /// own (ConnectError had `.unreachable`). Before: `.other`.
+    @Test("ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN are SocketError.unreachable")
+    func unreachableKind() {
+        for code in [ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN] {
+            #expect(SocketError.kind(of: code) == .unreachable, "\(code)")
+        }
+    }
+
+    /// Go and Rust print a scoped IPv6 address with its zone. Before: two link-local addresses on
+    /// different interfaces compared unequal and printed alike.
+    @Test("a scoped IPv6 address prints its interface index")
+    func scopedDescription() throws {
+        func scoped(_ scope: UInt32) -> SocketAddress {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = UInt16(80).bigEndian
+            inet_pton(AF_INET6, "fe80::1", &sin6.sin6_addr)
+            sin6.sin6_scope_id = scope
+            return withUnsafePointer(to: &sin6) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress($0, length: socklen_t(MemoryLayout<sockaddr_in6>.size))! }
+            }
+        }
+        #expect(scoped(1) != scoped(2))
+        #expect(scoped(1).description == "[fe80::1%1]:80")
+        #expect(scoped(0).description == "[fe80::1]:80")
+    }
+}

@@ -67,6 +67,8 @@ public final class ConnectAttempt {
     private let poller: any Poller
     private let syscalls: any ConnectSyscalls
     private let localAddress: SocketAddress?
+    /// The Unix path bound for `localAddress`, unlinked if the attempt ends without a connection.
+    private var boundPath: BoundPath?
     private let tracing: Bool
     @exclusivity(unchecked) private var finalProgress: ConnectProgress?
     @exclusivity(unchecked) private var names: (local: SocketAddress?, peer: SocketAddress?) = (nil, nil)
@@ -93,6 +95,9 @@ public final class ConnectAttempt {
         guard machine.state == .idle else { return finalProgress ?? .inProgress }
         // An empty address is no destination: refused before a socket exists (connect would say EINVAL).
         if address.isEmpty { return feed(.setupFailed(errno: EINVAL)) }
+        // A local address of another family could not be bound to this socket (the kernel's
+        // EAFNOSUPPORT or EINVAL, after a socket was made): refused before, as the same cause.
+        if let localAddress, localAddress.family != address.family { return feed(.setupFailed(errno: EAFNOSUPPORT)) }
         let made = syscalls.socket(domain: address.domain)
         // Every ending goes through the machine, so that `isFinished` and the trace say so too.
         guard made.fd >= 0 else { return feed(.setupFailed(errno: made.errno != 0 ? made.errno : EINVAL)) }
@@ -104,6 +109,9 @@ public final class ConnectAttempt {
                 fd = -1
                 return feed(.setupFailed(errno: e))
             }
+            // A Unix path the bind made: removed again if the attempt fails or is cancelled (a
+            // connected socket keeps it, as Go's and mio's do: its owner unlinks it).
+            boundPath = BoundPath(localAddress)
         }
         return feed(.connectReturned(errno: syscalls.connect(fd, to: address)))
     }
@@ -178,6 +186,8 @@ public final class ConnectAttempt {
     private func release(deregister: Bool) {
         guard fd >= 0 else { return }
         if deregister { try? poller.deregister(fd) }
+        boundPath?.unlinkIfOurs()   // before the close: while the socket holds the file, it is ours
+        boundPath = nil
         syscalls.close(fd)
         fd = -1
     }

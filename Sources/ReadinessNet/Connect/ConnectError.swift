@@ -20,6 +20,9 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case backlogFull
         /// TCP EAGAIN or EADDRNOTAVAIL: no local port or address is free.
         case addressUnavailable
+        /// EADDRINUSE: the local address asked for is taken (bind), or a connection with the same
+        /// local and remote address exists.
+        case addressInUse
         /// ENOENT (Unix-domain path missing) or ECONNREFUSED on a path nobody listens on.
         case noSuchPath
         /// EACCES, EPERM: a firewall rule or file permissions forbid it.
@@ -32,7 +35,9 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         /// There was no address to try: an empty address list.
         case noAddress
         /// EINVAL, EAFNOSUPPORT: the address cannot be a destination (an empty ``SocketAddress/init()``,
-        /// a family the socket cannot reach). Refused before any socket exists for an empty address.
+        /// a family the socket cannot reach), or the local address asked for is of another family than
+        /// the destination. Refused before any socket exists for an empty address and for a family
+        /// mismatch.
         case invalidAddress
         /// The poller failed (see ``ConnectError/pollerError``).
         case poller
@@ -75,7 +80,8 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case .permissionDenied: .permissionDenied
         case .resourceExhausted: .resourceExhausted
         case .other where code == EINVAL || code == EAFNOSUPPORT: .invalidAddress
-        case .interrupted, .protocolFailure, .addressInUse, .notConnected, .badDescriptor, .messageTooLarge, .other: .other
+        case .addressInUse: .addressInUse
+        case .interrupted, .protocolFailure, .notConnected, .badDescriptor, .messageTooLarge, .other: .other
         }
     }
 

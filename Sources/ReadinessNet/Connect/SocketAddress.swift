@@ -58,8 +58,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// A length the kernel reported, as the kernel takes it back: a Unix-domain peer bound to a path of
     /// all 108 bytes (no NUL) is reported with a length past `sizeof(sockaddr_un)` (unix(7), BUGS),
     /// which sendto and connect refuse with EINVAL; cut to `sockaddr_un`, it names the same socket.
+    /// Any length past `sockaddr_storage` (a caller's `withMutableSockaddr` body) is cut to it.
     private static func kernelLength(_ length: socklen_t, family: CInt) -> socklen_t {
-        family == AF_UNIX ? min(length, socklen_t(MemoryLayout<sockaddr_un>.size)) : length
+        let stored = min(length, socklen_t(MemoryLayout<sockaddr_storage>.size))
+        return family == AF_UNIX ? min(stored, socklen_t(MemoryLayout<sockaddr_un>.size)) : stored
     }
 
     /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets, no zone id) and a port.
@@ -424,8 +426,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// "1.2.3.4:80", "[::1]:80", "unix:/path", or "unix:@name" for an abstract name (a display form:
-    /// ``init(_:)`` reads "unix:@name" back as the path "@name").
+    /// "1.2.3.4:80", "[::1]:80", "[fe80::1%2]:80" for a scoped IPv6 address (its interface index),
+    /// "unix:/path", or "unix:@name" for an abstract name (a display form: ``init(_:)`` reads
+    /// "unix:@name" back as the path "@name", and refuses a zone).
     public var description: String {
         withUnsafeBytes(of: storage) { raw -> String in
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
@@ -437,7 +440,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             case AF_INET6:
                 var sin6 = raw.load(as: sockaddr_in6.self)
                 inet_ntop(AF_INET6, &sin6.sin6_addr, &text, socklen_t(text.count))
-                return "[\(Self.string(text))]:\(UInt16(bigEndian: sin6.sin6_port))"
+                // A scoped address (link-local) shows its interface index, as Go and Rust show the zone:
+                // two such addresses on different interfaces are not equal and must not print alike.
+                let scope = sin6.sin6_scope_id == 0 ? "" : "%\(sin6.sin6_scope_id)"
+                return "[\(Self.string(text))\(scope)]:\(UInt16(bigEndian: sin6.sin6_port))"
             case AF_UNIX:
                 if let name = abstractUnixName { return "unix:@" + name }
                 return "unix:" + String(decoding: (sunPathBytes ?? []).prefix { $0 != 0 }, as: UTF8.self)

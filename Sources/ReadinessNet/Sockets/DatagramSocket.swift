@@ -470,6 +470,9 @@ public final class DatagramSocket {
     /// Whether this host receives its own multicast datagrams (IP_MULTICAST_LOOP,
     /// IPV6_MULTICAST_LOOP; on by default).
     public func setMulticastLoop(_ enabled: Bool) throws(SocketError) {
+        guard family != .unix else {
+            throw SocketError(.invalidArgument, operation: "multicast loop on a Unix-domain socket")
+        }
         if rd_net_set_multicast_loop(fd, domain, enabled ? 1 : 0) != 0 {
             throw SocketError(errno: errno, operation: "setsockopt(multicast loop)")
         }
@@ -478,6 +481,9 @@ public final class DatagramSocket {
     /// The interface outgoing multicast leaves by (IP_MULTICAST_IF, IPV6_MULTICAST_IF), by index
     /// (``interfaceIndex(named:)``; 0: the routing table's choice).
     public func setMulticastInterface(_ index: UInt32) throws(SocketError) {
+        guard family != .unix else {
+            throw SocketError(.invalidArgument, operation: "multicast interface on a Unix-domain socket")
+        }
         if rd_net_multicast_interface(fd, domain, index) != 0 {
             throw SocketError(errno: errno, operation: "setsockopt(multicast interface \(index))")
         }

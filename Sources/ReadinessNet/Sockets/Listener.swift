@@ -238,15 +238,17 @@ public final class Listener {
         var st = stat()
         guard lstat(path, &st) == 0 else { throw SocketError(errno: errno, operation: "bind") }
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw SocketError(.pathNotSocket, operation: "bind \(path)") }
-        guard removeStale, isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(path)") }
+        guard removeStale, try isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(path)") }
         unlink(path)
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind") }
     }
 
     /// A Unix socket path is stale when a connect to it is refused (nobody listens).
-    private static func isStale(_ address: SocketAddress) -> Bool {
+    /// Out of descriptors for the probe: ``SocketError/Kind/resourceExhausted`` (back off), not a
+    /// verdict on the path.
+    private static func isStale(_ address: SocketAddress) throws(SocketError) -> Bool {
         let probe = rd_net_stream_socket(AF_UNIX)
-        guard probe >= 0 else { return false }
+        guard probe >= 0 else { throw SocketError(errno: errno, operation: "socket (probing \(address) for a listener)") }
         defer { Sys.close(probe) }
         let status = address.withSockaddr { Glibc.connect(probe, $0, $1) }
         return status != 0 && errno == ECONNREFUSED

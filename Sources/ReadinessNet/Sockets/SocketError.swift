@@ -26,6 +26,10 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case permissionDenied
         /// ENOTCONN: not connected (or already shut down).
         case notConnected
+        /// ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: no route to the peer. For a connected
+        /// ``DatagramSocket``: an ICMP host- or network-unreachable came back for an earlier datagram,
+        /// reported by the next call (as ``refused`` reports a port-unreachable).
+        case unreachable
         /// EBADF: the socket was closed (by this object or underneath it).
         case closed
         /// ENOENT, ENOTDIR: a Unix path's directory is missing.
@@ -72,7 +76,8 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case .noSuchPath: .noSuchPath
         case .refused: .refused
         case .messageTooLarge: .messageTooLarge
-        case .wouldBlock, .interrupted, .unreachable, .protocolFailure, .other: .other
+        case .unreachable: .unreachable
+        case .wouldBlock, .interrupted, .protocolFailure, .other: .other
         }
     }
 
