@@ -188,11 +188,17 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case .stopped, .failed:
             lock.unlock()
             // The thread is gone: a task still preferring this loop runs on the global pool from now
-            // on (Docs/Async.md, "After shutdown"). A cancel has nothing left to cancel.
-            switch submission {
-            case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-            case .cancel, .resolved: break
-            }
+            // on (Docs/Async.md, "After shutdown").
+            Self.handOff(submission)
+        }
+    }
+
+    /// A submission the stopped loop will not run: a job goes to the global pool; a cancel or an
+    /// answered lookup has nothing left to act on.
+    private static func handOff(_ submission: Submission) {
+        switch submission {
+        case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
+        case .cancel, .resolved: break
         }
     }
 
@@ -296,6 +302,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         finish(poller, batch: &batch, reason: failure.map { .poller($0) } ?? .shutdown)
     }
 
+    /// How many rounds of queued jobs the shutdown runs on the loop thread before it hands the rest to
+    /// the global pool (each round runs every job queued at its start; the tasks resumed with
+    /// `.shutdown` usually end in a few).
+    static let drainRounds = 1_000
+
     /// How long a loop whose waits fail for want of descriptors or memory keeps trying (100 × 10 ms).
     private static let waitRetries = 100
     private static let waitRetryPauseMicroseconds: UInt32 = 10_000
@@ -319,15 +330,23 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         for watcher in watchers { watcher.subscription?.stop() }
         state.shutDown(reason: reason)
         state.resumeYielded()   // their operations fail with `.shutdown`
+        var rounds = 0
         while true {
             lock.lock()
-            if queue.isEmpty {
+            // A task that enqueues itself again each time it runs (`Task.yield()` in a loop, which
+            // puts the job back on the loop) would keep the queue from ever emptying: after
+            // `drainRounds` rounds what is queued goes to the global pool with whatever comes later.
+            if queue.isEmpty || rounds == Self.drainRounds {
                 phase = .stopped      // from now on submissions go to the global pool
+                swap(&batch, &queue)
                 lock.unlock()
+                for submission in batch { Self.handOff(submission) }
+                batch.removeAll(keepingCapacity: true)
                 break
             }
             swap(&batch, &queue)
             lock.unlock()
+            rounds += 1
             for submission in batch { handle(submission) }
             batch.removeAll(keepingCapacity: true)
         }
@@ -356,6 +375,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         switch phase {
         case .running:
             phase = .stopping
+            state.stopRequested.store(true, ordering: .relaxed)
             let wake = sleeping
             sleeping = false
             if wake { try? waker?.wake() }

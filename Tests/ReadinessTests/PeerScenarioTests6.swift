@@ -1,5 +1,6 @@
 import Glibc
 import Readiness
+import Synchronization
 import Testing
 
 /// Scenarios from the peers' test suites (CPython test_selectors, libevent regress, mio, Go), stop 33.
@@ -240,4 +241,64 @@ extension PeerScenarioTests6 {
         #expect(scoped(1).description == "[fe80::1%1]:80")
         #expect(scoped(0).description == "[fe80::1]:80")
     }
+}
+
+/// The async layer beside tokio's and SwiftNIO's shutdown tests, stop 33.
+extension PeerScenarioTests6 {
+    /// tokio runtime drop / SwiftNIO EventLoopTest: a task that puts itself back on the loop each time
+    /// it runs (`Task.yield()` in a loop) kept the shutdown's drain from ever ending: `shutdown()`
+    /// returned only when the task stopped by itself. Now the drain hands what is queued to the global
+    /// pool after a bounded number of rounds.
+    @Test("shutdown returns while a task keeps yielding back onto the loop", .timeLimit(.minutes(1)), arguments: backends)
+    func shutdownWithYieldingTask(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let stop = P6Flag(), done = P6Flag()
+        let spinner = Task(executorPreference: loop) {
+            while !stop.isSet {
+                _ = try? await loop.sleep(for: .microseconds(1))   // .shutdown once stopping
+                await Task.yield()
+            }
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        let stopping = Task {
+            await loop.shutdown()
+            done.set()
+        }
+        for _ in 0..<300 where !done.isSet { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(done.isSet, "shutdown() had not returned after 3 s")
+        stop.set()
+        await spinner.value
+        await stopping.value
+    }
+
+    /// Docs/Async.md's misuse table: any operation after (or during) shutdown is `.shutdown`. Before:
+    /// in the job that asked for the stop (`syncShutdown()` on the loop thread) and in jobs queued
+    /// behind it, `listen`, `bindDatagram` and `sleep` still worked (the refusal began only when the
+    /// loop thread started its shutdown).
+    @Test("operations asked for after syncShutdown on the loop thread are refused with .shutdown", arguments: backends)
+    func operationsAfterStopRequested(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let refusals = await Task(executorPreference: loop) { () async -> [String] in
+            loop.syncShutdown()
+            var refused: [String] = []
+            do { _ = try await loop.listen(on: try SocketAddress("127.0.0.1:0")) } catch {
+                if case .shutdown? = error as? LoopError { refused.append("listen") }
+            }
+            do { _ = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0")) } catch {
+                if case .shutdown? = error as? LoopError { refused.append("bindDatagram") }
+            }
+            do { try await loop.sleep(for: .milliseconds(1)) } catch {
+                if case .shutdown? = error as? LoopError { refused.append("sleep") }
+            }
+            return refused
+        }.value
+        #expect(refusals == ["listen", "bindDatagram", "sleep"])
+        await loop.shutdown()
+    }
+}
+
+private final class P6Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    var isSet: Bool { value.load(ordering: .relaxed) }
 }

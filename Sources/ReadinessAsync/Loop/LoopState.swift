@@ -3,6 +3,7 @@ import Glibc
 #endif
 @_spi(Backend) import ReadinessCore
 import ReadinessNet
+import Synchronization
 
 /// Everything the loop thread owns. Not Sendable: it is reached only through
 /// `EventLoop.loopState`/`onLoop`, on the loop thread (the invariant is written on ``EventLoop``).
@@ -41,7 +42,14 @@ final class LoopState {
     /// claim ends).
     @exclusivity(unchecked) var readFailures: [ResourceKey: CInt] = [:]
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
-    var isShutDown = false
+    /// Set by `shutDown`, on the loop thread.
+    private var shutDownStarted = false
+    /// Set by `EventLoop.requestStop` (any thread) the moment a shutdown is asked for: operations are
+    /// refused from then on, not only once the loop thread begins its shutdown (a job that asks for
+    /// the stop and goes on, or jobs still queued behind it, would otherwise make new resources).
+    let stopRequested = Atomic<Bool>(false)
+    /// Whether new operations are refused with `.shutdown`: asked for, or begun.
+    var isShutDown: Bool { shutDownStarted || stopRequested.load(ordering: .relaxed) }
     /// False once a graceful shutdown stopped accepting: `listen` is refused from then on.
     var accepting = true
     /// Why the loop ended (`.shutdown`, or `.poller(error)` after a failed wait): what operations that
@@ -236,7 +244,7 @@ final class LoopState {
     /// Shutdown: every waiter resumes with `reason` (`.shutdown`, or `.poller` when the poller could
     /// no longer wait), everything owned is closed once.
     func shutDown(reason: LoopError = .shutdown) {
-        isShutDown = true
+        shutDownStarted = true
         shutdownReason = reason
         for resource in slab.resources { close(resource, reason: reason) }
         timers.removeAll()
