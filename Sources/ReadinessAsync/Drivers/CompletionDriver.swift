@@ -665,6 +665,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     socket.close()
                     throw op.failure!
                 }
+                // Given up (its deadline, a cancel) and the listener closed since: the close found no
+                // operation to fail, so the late connection is not handed out from a closed listener.
+                guard loop.slab.contains(listener) else {
+                    socket.close()
+                    throw loop.isShutDown ? .shutdown : .closed
+                }
                 // The peer, asked now, as accept(2) reports it (a connection reset while it waited
                 // included; none where the kernel will not say, as above).
                 let peer = (try? SocketAddress.acceptedPeer(of: result)) ?? SocketAddress()

@@ -167,6 +167,8 @@ final class LoopState {
     /// Takes ownership of a connected socket: a stream resource of its own. When the slab is full
     /// (``LoopError/resourceExhausted``) the socket is left to the caller, who closes or releases it.
     func adopt(_ socket: StreamSocket) throws(LoopError) -> UInt64 {
+        // Shut down (or asked to): a resource made now would never be closed by the loop.
+        if isShutDown { throw .shutdown }
         let stream = try slab.insert { StreamResource(key: $0, socket: socket) }
         own(stream, socket.fd)
         return stream.key.raw
