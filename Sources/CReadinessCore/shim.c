@@ -9,6 +9,7 @@
 #include <time.h>
 #include <pthread.h>
 #include <string.h>
+#include <stdatomic.h>
 
 int rd_eventfd_nonblocking(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
@@ -33,6 +34,11 @@ int rd_kernel_can_poll(int fd) {
     errno = saved;
     return -1;
 }
+
+static _Atomic unsigned rd_forks = 0;
+static void rd_count_fork(void) { atomic_fetch_add_explicit(&rd_forks, 1, memory_order_relaxed); }
+__attribute__((constructor)) static void rd_install_fork_counter(void) { pthread_atfork(NULL, NULL, rd_count_fork); }
+unsigned rd_fork_generation(void) { return atomic_load_explicit(&rd_forks, memory_order_relaxed); }
 
 int rd_is_path_only(int fd) {
     int flags = fcntl(fd, F_GETFL);

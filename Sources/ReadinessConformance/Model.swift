@@ -104,6 +104,7 @@ extension PollerError {
         case .system(let operation, let code): "system(\(operation), \(ErrnoTable.name(code)))"
         case .resourceExhausted: "resourceExhausted"
         case .unavailable: "unavailable"
+        case .forked: "forked"
         }
     }
 }

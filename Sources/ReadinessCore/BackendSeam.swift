@@ -38,6 +38,10 @@ public protocol BackendSeam: AnyObject {
     /// io_uring ring). Registering such a number, or the waker's, is refused with
     /// ``PollerError/alreadyRegistered(_:)`` (the poller itself holds it), as on every backend.
     func ownsDescriptor(_ fd: CInt) -> Bool
+    /// ``close()`` in a child made by `fork()`: releases this process's copies (descriptors, memory)
+    /// without touching kernel state the parent still uses (no EPOLL_CTL_DEL on the shared epoll set,
+    /// nothing submitted to a shared ring).
+    func closeAfterFork()
 }
 
 @_spi(Backend)
@@ -46,6 +50,8 @@ extension BackendSeam {
     public var kernelChecksDescriptor: Bool { false }
     /// False: the backend has no descriptor of its own besides the waker.
     public func ownsDescriptor(_ fd: CInt) -> Bool { false }
+    /// ``close()``: right for a backend whose close only closes its own descriptors and frees memory.
+    public func closeAfterFork() { close() }
 }
 
 /// A ``Poller`` made of a ``BackendSeam``: every backend of this package is one, wrapped in a
@@ -66,6 +72,10 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     /// descriptors; a call that begins once closing has begun fails with `closed` before it touches
     /// anything (Docs/Contract.md, "Threads").
     @usableFromInline let waitState = Atomic<Int>(0)
+    /// ``Sys/forkGeneration`` when it was made: in a child made by `fork()` since, every call but
+    /// `close()` fails with ``PollerError/forked`` (the epoll set, the ring and the waker are shared
+    /// with the parent, whose registrations a child's change would alter).
+    @usableFromInline let forkGeneration = Sys.forkGeneration
 
     /// Counts a call in progress (``waitState``), or throws `closed` once closing has begun; each
     /// successful `enter()` is paired with one `leave()`.
@@ -74,6 +84,10 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         if before & 1 != 0 {
             waitState.subtract(2, ordering: .releasing)
             throw .closed
+        }
+        if Sys.forkGeneration != forkGeneration {
+            waitState.subtract(2, ordering: .releasing)
+            throw .forked
         }
     }
 
@@ -205,7 +219,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
 
     private func shutDown() {
         released = true
-        seam.close()
+        if Sys.forkGeneration != forkGeneration { seam.closeAfterFork() } else { seam.close() }
         waker.close()
         storedTable.removeAll()
     }

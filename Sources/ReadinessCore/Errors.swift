@@ -32,6 +32,11 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
     case resourceExhausted(operation: String, errno: CInt)
     /// The backend could not be created here.
     case unavailable(backend: String, reason: String)
+    /// The poller (or its waker) was made by the parent of this process, a child made by `fork()`: its
+    /// kernel objects (the epoll set, the io_uring ring, the waker's eventfd) are shared with the
+    /// parent, so every call but `close()` is refused, touching nothing. `close()` releases the
+    /// child's copies, leaving the parent's registrations alone; make a new poller in the child.
+    case forked
 
     /// The error for a system call that failed with `code`: ``resourceExhausted(operation:errno:)``
     /// for EMFILE, ENFILE, ENOBUFS and ENOMEM, otherwise ``system(operation:errno:)``.
@@ -61,6 +66,7 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
         case .system(let op, let e): "\(op) failed: \(ErrnoTable.name(e)) (\(e)): \(ErrnoTable.message(e))"
         case .resourceExhausted(let op, let e): "\(op) failed: out of resources: \(ErrnoTable.name(e)) (\(e)): \(ErrnoTable.message(e))"
         case .unavailable(let b, let r): "backend \(b) is unavailable: \(r)"
+        case .forked: "the poller belongs to the parent process (this is a child made by fork()): close it and make a new one"
         }
     }
 }

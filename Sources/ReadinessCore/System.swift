@@ -65,6 +65,10 @@ public enum Sys {
         rd_is_path_only(fd) == 0 ? nil : .badDescriptor(fd)
     }
 
+    /// How many `fork()` calls this process is the child of (0 in the original process): a poller
+    /// and its waker made with another value belong to an ancestor (``PollerError/forked``).
+    public static var forkGeneration: UInt32 { rd_fork_generation() }
+
     /// True when `fd` is an open descriptor that can do I/O: fcntl F_GETFL does not fail with EBADF,
     /// and it was not opened with O_PATH (a location only, which poll and select cannot watch).
     public static func isOpen(_ fd: CInt) -> Bool {

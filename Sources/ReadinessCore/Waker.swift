@@ -21,6 +21,9 @@ public final class Waker: Sendable {
     private static let oneWake = 2
     /// The eventfd, for the backend to watch for readability.
     @_spi(Backend) public let fd: CInt
+    /// ``Sys/forkGeneration`` when it was made: a wake in a child made by `fork()` since would wake the
+    /// parent's poller (the eventfd is shared), so it is refused with ``PollerError/forked``.
+    private let forkGeneration = Sys.forkGeneration
 
     /// Creates the eventfd (non-blocking, close-on-exec).
     @_spi(Backend) public init() throws(PollerError) {
@@ -34,6 +37,7 @@ public final class Waker: Sendable {
         // A closed waker is refused before it is counted, so wakes that keep coming cannot hold up
         // close(): it waits only for those that counted themselves before the closed bit was set.
         if state.load(ordering: .acquiring) & Self.closedBit != 0 { throw .closed }
+        if Sys.forkGeneration != forkGeneration { throw .forked }
         let before = state.add(Self.oneWake, ordering: .acquiring).oldValue
         defer { state.subtract(Self.oneWake, ordering: .releasing) }
         if before & Self.closedBit != 0 { throw .closed }

@@ -302,3 +302,50 @@ private final class P6Flag: Sendable {
     func set() { value.store(true, ordering: .relaxed) }
     var isSet: Bool { value.load(ordering: .relaxed) }
 }
+
+/// fork(): libevent regress test_fork, libuv test-fork.c, stop 33.
+extension PeerScenarioTests6 {
+    /// A child made by fork() shares the parent's epoll set, io_uring ring and waker eventfd. Before: a
+    /// child's deregister (which every layer makes before a close) removed the parent's registration
+    /// from the shared epoll set (epoll, libevent:epoll), so the parent never heard of its descriptor
+    /// again; a child's wake woke the parent's wait. Now every call but close() in the child is
+    /// `forked`, and close() leaves the parent's registrations alone.
+    @Test("a poller in a forked child refuses every call but close, which leaves the parent's registrations working",
+          arguments: backends)
+    func pollerAfterFork(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var pipeEnds: [CInt] = [-1, -1]
+        try #require(pipe(&pipeEnds) == 0)
+        defer { close(pipeEnds[0]); close(pipeEnds[1]) }
+        try poller.register(pipeEnds[0], token: 7, interest: .readable)
+        let events = EventBuffer(capacity: 4)
+        let child = fork()
+        if child == 0 {
+            // The child: one thread; each refusal checked, then close.
+            var code: CInt = 0
+            do { try poller.deregister(pipeEnds[0]) } catch .forked {} catch { code |= 1 }
+            do { try poller.reregister(pipeEnds[0], token: 8, interest: .writable) } catch .forked {} catch { code |= 2 }
+            do { _ = try poller.wait(into: events, timeout: .zero) } catch .forked {} catch { code |= 4 }
+            do { try poller.waker.wake() } catch .forked {} catch { code |= 8 }
+            do { try poller.close() } catch { code |= 16 }
+            _exit(code)
+        }
+        try #require(child > 0)
+        var status: CInt = 0
+        var waited: pid_t = 0
+        for _ in 0..<500 {
+            waited = waitpid(child, &status, WNOHANG)
+            if waited != 0 { break }
+            usleep(10_000)
+        }
+        if waited == 0 { kill(child, SIGKILL); _ = waitpid(child, &status, 0) }
+        #expect(waited == child && status & 0x7f == 0, "the child did not exit (status \(status))")
+        #expect(status >> 8 == 0, "the child's failed checks: \(status >> 8) (1 deregister, 2 reregister, 4 wait, 8 wake, 16 close)")
+        // The parent: no wake-up from the child, and its registration still reports.
+        #expect(try poller.wait(into: events, timeout: .zero) == 0)
+        _ = write(pipeEnds[1], "x", 1)
+        #expect(try poller.wait(into: events, timeout: .seconds(2)) == 1)
+        #expect(events.first?.token == 7)
+    }
+}

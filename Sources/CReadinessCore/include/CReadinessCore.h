@@ -20,6 +20,10 @@ int rd_kernel_can_poll(int fd);
 /// POLLNVAL, select(2) always ready, epoll_ctl EBADF): 1 yes, 0 no, -1 with errno (EBADF: not open).
 /// One fcntl(F_GETFL).
 int rd_is_path_only(int fd);
+/// How many fork() calls this process is the child of (0 in the original process): a pthread_atfork
+/// child handler installed when the library loads counts them. A poller and its waker remember the
+/// value they were made with, to refuse use in a child (Docs/Contract.md, "fork()").
+unsigned rd_fork_generation(void);
 /// Names the calling thread (as `ps -L`, `top -H`, gdb and perf show it): `name` up to its first NUL,
 /// cut to the kernel's 15 bytes on a UTF-8 character boundary. 0, or an errno.
 int rd_name_current_thread(const char *name);
