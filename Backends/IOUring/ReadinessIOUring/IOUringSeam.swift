@@ -324,7 +324,19 @@ public final class IOUringSeam: BackendSeam {
         // again there (and the old ring, closed, cancels it).
         slots[Int(fd)] = Slot()
         guard slot.inFlight, rd_uring_unqueue(ring, slot.position, Self.nopData) == 0 else { return false }
-        try cancel(Self.data(fd, slot.armID))
+        let before = ring
+        do {
+            try cancel(Self.data(fd, slot.armID))
+        } catch {
+            // Not cancelled, and still on the same ring: the request is still there, so it is kept
+            // (a failed reregister or deregister changes nothing; forgetting it lost the
+            // registration's events, and a retried deregister left the file held).
+            if ring == before {
+                slots[Int(fd)] = slot
+                if slot.isPending { pending.append(fd) }
+            }
+            throw error
+        }
         return true
     }
 
@@ -360,7 +372,16 @@ public final class IOUringSeam: BackendSeam {
     /// Replaces `fd`'s request: a cancel and a new request, queued for the next wait.
     public func modify(_ fd: CInt, from old: Registration, to new: Registration) throws(PollerError) {
         try disarm(fd)
-        if new.isActive { try arm(fd, new) }
+        guard new.isActive else { return }
+        do {
+            try arm(fd, new)
+        } catch {
+            // The old request is cancelled: one for the old registration again, so that the failed
+            // call leaves it reporting as before (if even that fails, it stays silent until it is
+            // reregistered).
+            if old.isActive { try? arm(fd, old) }
+            throw error
+        }
     }
 
     /// Cancels `fd`'s request at once, so its file is released.
