@@ -142,6 +142,8 @@ public enum Fixture: Sendable, Hashable {
     case fullUnixListener(String)
     /// A regular file (not pollable).
     case regularFile(String)
+    /// A FIFO opened with O_PATH: a location, not an open file (no I/O, not pollable).
+    case pathOnly(String)
     /// `count` socketpairs: endpoints "`name`0" ... with peers "`name`0'" ... (see ``Step/registerEach(_:count:firstToken:interest:)``).
     case socketPairs(String, count: Int)
     /// A device opened read-write by path (e.g. /dev/null, which the kernel cannot poll).

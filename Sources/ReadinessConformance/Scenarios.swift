@@ -76,8 +76,13 @@ extension Conformance {
                  requires: [Requirement("needs a backend without edge triggering") { !$0.edgeTriggered }], [
             reg("a", 1, .readable, .edge, err("unsupportedTrigger(edge)")), wait(now, .none),
         ]),
-        Scenario("misuse/use-after-close", checks: "Every call after close fails with closed, close included.", fixtures: pair, [
-            reg("a", 1, .readable), line(.closePoller), reg("a", 2, .readable, .level, err("closed")),
+        Scenario("misuse/path-only", checks: "An O_PATH descriptor (a location, not an open file) is refused with badDescriptor, as epoll_ctl refuses it.",
+                 fixtures: [.pathOnly("p")], [
+            reg("p", 1, .readable, .level, err("badDescriptor")), reg("p", 1, .writable, .level, err("badDescriptor")), wait(now, .none),
+        ]),
+        Scenario("misuse/use-after-close", checks: "Every call after close fails with closed, close included; a wait after close leaves nothing of the last wait's events in the buffer.", fixtures: pair, [
+            reg("a", 1, .readable), write("b"), wait(soon, ev((1, .readable))),
+            line(.closePoller), reg("a", 2, .readable, .level, err("closed")),
             line(.deregister("a"), err("closed")), wait(now, err("closed")),
             line(.wake(times: 1, threads: 1), err("closed")), line(.closePoller, err("closed")),
         ]),
