@@ -45,10 +45,11 @@ public struct SystemResolver: HostResolver {
         }
         defer { freeaddrinfo(list) }
         var out: [SocketAddress] = []
+        var seen = Set<SocketAddress>()   // duplicates dropped in linear time, however long the answer
         var node: UnsafeMutablePointer<addrinfo>? = list
         while let current = node {
             if let address = current.pointee.ai_addr,
-               let parsed = SocketAddress(address, length: current.pointee.ai_addrlen), !out.contains(parsed) {
+               let parsed = SocketAddress(address, length: current.pointee.ai_addrlen), seen.insert(parsed).inserted {
                 out.append(parsed)
             }
             node = current.pointee.ai_next
@@ -144,7 +145,9 @@ public final class Resolution: @unchecked Sendable {
     private init(host: String, port: UInt16, signal: Signal, resolver: any HostResolver) {
         self.host = host
         self.port = port
-        if let numeric = try? SocketAddress(ip: host, port: port) {
+        // An IPv6 literal in brackets ("[::1]", as in a URL's host) is the literal.
+        let literal = host.hasPrefix("[") && host.hasSuffix("]") && host.utf8.count > 2 ? String(host.dropFirst().dropLast()) : host
+        if let numeric = try? SocketAddress(ip: literal, port: port), literal == host || numeric.family == .ipv6 {
             state = State(answers: [Answer(family: numeric.family, result: .success([numeric]))])
             return
         }

@@ -349,3 +349,116 @@ extension PeerScenarioTests6 {
         #expect(events.first?.token == 7)
     }
 }
+
+/// Happy Eyeballs and resolution beside SwiftNIO's HappyEyeballsTest, Go's dial tests and RFC 8305, stop 33.
+extension PeerScenarioTests6 {
+    /// Go DialTimeout / SwiftNIO "all fail, the error lists each": the whole-call timeout named the
+    /// attempt started last (which had been refused) and left out the one that was still waiting.
+    @Test("a host connect's overall timeout names the attempt still running and lists it as timed out")
+    func hostDeadlineNamesTheLiveAttempt() throws {
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        let full = try fullTCPListener()
+        defer { close(full.fd); full.fillers.forEach { close($0) } }
+        let refused = try closedPort()
+        let resolver = ScriptedResolver(v6: [], v6Delay: .zero, v4: [full.address, refused], v4Delay: .zero)
+        var options = HappyEyeballs.Options()
+        options.attemptDelay = .milliseconds(50)
+        options.attemptTimeout = nil
+        do {
+            let socket = try Connector.connect(toHost: "x.test:1", on: poller, options: options, timeout: .milliseconds(400), resolver: resolver)
+            close(socket.fd)
+            Issue.record("connected")
+        } catch {
+            guard case .connect(let failure) = error else { Issue.record("\(error)"); return }
+            #expect(failure.cause == .timedOut)
+            #expect(failure.address == full.address, "\(failure)")
+            #expect(failure.attempts.map(\.cause).contains(.timedOut), "\(failure)")
+            #expect(failure.attempts.map(\.cause).contains(.refused), "\(failure)")
+        }
+    }
+
+    /// Go dialSerial (a share of the deadline per address, counted when it is dialled): an attempt's
+    /// timeout counted from its creation, so one made early and started later had less, or none.
+    @Test("an attempt's timeout counts from its start, not its creation")
+    func attemptTimeoutCountsFromStart() throws {
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        let full = try fullTCPListener()
+        defer { close(full.fd); full.fillers.forEach { close($0) } }
+        let attempt = ConnectAttempt(to: full.address, poller: poller, token: 1, timeout: .milliseconds(100))
+        defer { attempt.cancel() }
+        usleep(150_000)
+        guard case .inProgress = attempt.start() else { Issue.record("the attempt ended at its start"); return }
+        guard case .inProgress = attempt.checkDeadline() else {
+            Issue.record("timed out at once: its 100 ms were counted from its creation, 150 ms before")
+            return
+        }
+    }
+
+    /// SwiftNIO keeps both lookups' errors: the error reported depended on which lookup answered first.
+    @Test("when both lookups fail, both reasons are reported, IPv6's first, whichever came first")
+    func bothLookupsFailKeepsBoth() throws {
+        struct Failing: HostResolver {
+            let v6First: Bool
+            func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+                if (family == .ipv6) != v6First { usleep(30_000) }
+                return .failure(ResolutionError(host: host, reason: family == .ipv6 ? "no AAAA" : "temporary failure"))
+            }
+        }
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        for v6First in [true, false] {
+            do {
+                let socket = try Connector.connect(toHost: "x.test:80", on: poller, resolver: Failing(v6First: v6First))
+                close(socket.fd)
+                Issue.record("connected")
+            } catch {
+                guard case .unresolved(let failure) = error else { Issue.record("\(error)"); continue }
+                #expect(failure.reason == "IPv6: no AAAA; IPv4: temporary failure", "\(failure)")
+            }
+        }
+    }
+
+    /// RFC 8305 section 5: the connection attempt delay MUST NOT be less than 10 ms (SwiftNIO refuses
+    /// less than 100 ms). Before: a zero or negative delay started every attempt in one go.
+    @Test("an attempt delay of zero or less is taken as 10 ms: one attempt at the start, not all")
+    func attemptDelayHasAFloor() throws {
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        let full = try fullTCPListener()
+        defer { close(full.fd); full.fillers.forEach { close($0) } }
+        for delay in [Duration.zero, .seconds(-1)] {
+            var options = HappyEyeballs.Options()
+            options.attemptDelay = delay
+            let timers = Timers()
+            let connect = HappyEyeballs(addresses: [full.address, full.address, full.address], poller: poller, timers: timers,
+                                        tokenBase: 0, options: options)
+            _ = connect.start()
+            #expect(connect.attempts.count == 1, "\(delay): \(connect.attempts.count) attempts at the start")
+            connect.cancel()
+        }
+    }
+
+    /// An IPv6 literal in brackets, as a URL's host carries it. Before: looked up as a name, and the
+    /// error said to put the address in brackets, which it was.
+    @Test("a bracketed IPv6 literal host is the literal, never looked up")
+    func bracketedIPv6Host() throws {
+        struct Refusing: HostResolver {
+            func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+                .failure(ResolutionError(host: host, reason: "looked up"))
+            }
+        }
+        let poller = try Backend.poll.makePoller()
+        defer { try? poller.close() }
+        let waker = poller.waker
+        let resolution = Resolution(host: "[::1]", port: 80, waker: waker, resolver: Refusing())
+        let answers = resolution.takeAnswers()
+        #expect(resolution.isComplete)   // answered at once: nothing was queued
+        guard case .success(let addresses)? = answers.first?.result else { Issue.record("\(answers)"); return }
+        #expect(addresses == [try SocketAddress("[::1]:80")])
+        // Brackets around anything else are not a literal.
+        let named = Resolution(host: "[127.0.0.1]", port: 80, waker: waker, resolver: Refusing())
+        named.cancel()
+    }
+}

@@ -53,8 +53,10 @@ public final class ConnectAttempt {
     public let address: SocketAddress
     /// The token the socket is registered with on the poller.
     public let token: Token
-    /// When the attempt gives up, nil for never.
-    public let deadline: Deadline?
+    /// When the attempt gives up, nil for never: its timeout counted from ``start()`` (before the
+    /// start, from its creation).
+    @exclusivity(unchecked) public private(set) var deadline: Deadline?
+    private let timeout: Duration?
     // The mutable state is used by one thread at a time (the poller's) and never accessed overlapping
     // (no step calls out while it holds an access): the dynamic exclusivity check of each access
     // (swift_beginAccess, several per step) would be pure cost.
@@ -84,6 +86,7 @@ public final class ConnectAttempt {
         self.localAddress = localAddress
         tracing = trace
         machine = ConnectStateMachine(address: address)
+        self.timeout = timeout
         deadline = timeout.map { Deadline.after($0, now: .now) }
     }
 
@@ -93,6 +96,9 @@ public final class ConnectAttempt {
     /// Creates the socket and calls connect once.
     public func start() -> ConnectProgress {
         guard machine.state == .idle else { return finalProgress ?? .inProgress }
+        // Its timeout runs from now: an attempt made early and started later (Happy Eyeballs starts
+        // them an attempt delay apart) gets all of it, and never starts already expired.
+        if let timeout { deadline = Deadline.after(timeout, now: .now) }
         // An empty address is no destination: refused before a socket exists (connect would say EINVAL).
         if address.isEmpty { return feed(.setupFailed(errno: EINVAL)) }
         // A local address of another family could not be bound to this socket (the kernel's

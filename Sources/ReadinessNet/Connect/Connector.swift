@@ -88,8 +88,8 @@ public enum Connector {
             if let deadline {
                 let left = Deadline.timeout(until: deadline)
                 if left <= .zero {
-                    var error = ConnectError(.timedOut, address: connect.attempts.last?.address)
-                    error.attempts = connect.failures   // what failed before the deadline (Connect.md 11)
+                    // Named by an attempt still running, with what failed before (Connect.md 11).
+                    let error = connect.deadlineFailure()
                     connect.cancel()
                     throw error
                 }

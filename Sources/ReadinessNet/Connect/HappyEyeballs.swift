@@ -26,8 +26,11 @@
 public final class HappyEyeballs {
     /// The RFC 8305 parameters and limits.
     public struct Options: Sendable {
-        /// The connection attempt delay (RFC 8305 section 5; 250 ms recommended).
+        /// The connection attempt delay (RFC 8305 section 5; 250 ms recommended). Less than
+        /// ``minimumAttemptDelay`` (zero, negative) is taken as that floor, as the RFC requires.
         public var attemptDelay: Duration = .milliseconds(250)
+        /// 10 ms: RFC 8305 section 5's floor ("MUST NOT be less than 10 milliseconds").
+        public static let minimumAttemptDelay: Duration = .milliseconds(10)
         /// How long an A answer waits for the AAAA answer (section 3; 50 ms recommended).
         public var resolutionDelay: Duration = .milliseconds(50)
         /// Each attempt's timeout; nil for none.
@@ -89,7 +92,9 @@ public final class HappyEyeballs {
     private var nextStart: Int64 = .min
     /// While only the A answer is in: when to stop waiting for AAAA.
     private var resolutionDelayEnds: Int64?
-    private var resolutionFailure: ResolutionError?
+    /// The lookups' failures, by family: both are reported when both failed, in a fixed order
+    /// (whichever arrived first would otherwise decide the error).
+    private var resolutionFailures: [SocketAddress.Family: ResolutionError] = [:]
     private var started = false
     private var outcome: Progress? {
         // Ended: answers still to come are of no use, and no lookup thread may wake the poller after.
@@ -271,7 +276,7 @@ public final class HappyEyeballs {
                     resolutionDelayEnds = Deadline.after(options.resolutionDelay)
                 }
             case .failure(let error):
-                resolutionFailure = resolutionFailure ?? error
+                resolutionFailures[answer.family] = resolutionFailures[answer.family] ?? error
                 if answer.family == .ipv6 { resolutionDelayEnds = nil }
             }
         }
@@ -321,7 +326,8 @@ public final class HappyEyeballs {
             attempts.append(attempt)
             deadlineTimers.append(nil)
             ended.append(false)
-            nextStart = Deadline.after(options.attemptDelay, now: now)
+            // RFC 8305 section 5: the next attempt never within 10 ms of this one, whatever was asked.
+            nextStart = Deadline.after(max(options.attemptDelay, Options.minimumAttemptDelay), now: now)
             let progress = attempt.start()
             if case .inProgress = progress {
                 deadlineTimers[attempts.count - 1] = attempt.scheduleDeadline(on: timers)
@@ -360,6 +366,28 @@ public final class HappyEyeballs {
             nextFromPrimary = true
         }
         return item
+    }
+
+    /// The lookups' failure: one family's, or both (IPv6's reason, then IPv4's), nil when none failed.
+    private var resolutionFailure: ResolutionError? {
+        switch (resolutionFailures[.ipv6], resolutionFailures[.ipv4]) {
+        case (let v6?, let v4?):
+            return v6.reason == v4.reason ? v6 : ResolutionError(host: v6.host, reason: "IPv6: \(v6.reason); IPv4: \(v4.reason)")
+        case (let one?, nil), (nil, let one?):
+            return one
+        case (nil, nil):
+            return resolutionFailures.values.first
+        }
+    }
+
+    /// The failure of a connect whose overall deadline passed (``/ReadinessNet/Connector``'s
+    /// `timeout`): `timedOut`, named by the oldest attempt still running (nil when none was: the lookup
+    /// was still going), listing what failed before and each running attempt as timed out.
+    package func deadlineFailure() -> ConnectError {
+        let running = attempts.enumerated().filter { !ended[$0.offset] }.map(\.element)
+        var error = ConnectError(.timedOut, address: running.first?.address)
+        error.attempts = errors + running.map { ConnectError(.timedOut, address: $0.address) }
+        return error
     }
 
     private func finalFailure() -> Progress {
