@@ -462,3 +462,53 @@ extension PeerScenarioTests6 {
         named.cancel()
     }
 }
+
+/// Datagrams beside tokio's udp.rs and uds_datagram.rs, Go's udpsock tests and quinn-udp, stop 33.
+extension PeerScenarioTests6 {
+    /// tokio uds_datagram send_to a full receiver, from a connected socket: Linux lets a connected Unix
+    /// datagram socket name another destination, and its poll looks only at its own peer's queue, so
+    /// it stays writable while the other receiver is full. Before: the waiting send woke every
+    /// iteration (a spin until its deadline; for ever without one); only an unconnected sender got the
+    /// pause-and-retry.
+    @Test("a connected Unix datagram socket sending elsewhere to a full receiver waits without spinning", arguments: backends)
+    func connectedUnixSendToOtherFull(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let name = String(backend.name.map { $0 == ":" ? "-" : $0 })
+            let peerPath = tempPath("peer-\(name)"), otherPath = tempPath("other-\(name)")
+            defer { unlink(peerPath); unlink(otherPath) }
+            let peer = try DatagramSocket(bind: try SocketAddress(unixPath: peerPath))
+            let otherAddress = try SocketAddress(unixPath: otherPath)
+            let other = try DatagramSocket(bind: otherAddress)
+            defer { peer.close(); other.close() }
+            let sender = try await loop.connectDatagram(to: try SocketAddress(unixPath: peerPath))
+            let payload = [UInt8](repeating: 5, count: 64)
+            var queued = 0
+            while queued <= 100_000 {
+                let outcome = try await sender.withDatagramSocket { (s) throws(SocketError) in try s.send(payload, destination: otherAddress) }
+                guard case .transferred = outcome else { break }
+                queued += 1
+            }
+            #expect(queued > 0 && queued <= 100_000)
+            let before = try await loop.statistics()
+            await #expect(throws: LoopError.timedOut) { try await sender.send(payload, to: otherAddress, timeout: .milliseconds(300)) }
+            let iterations = try await loop.statistics().iterations - before.iterations
+            #expect(iterations < 60, "\(iterations) loop iterations in a 300 ms send on \(backend)")
+            await sender.close()
+        }
+    }
+
+    /// quinn-udp caps a GSO batch at the kernel's segment limit: more than UDP_MAX_SEGMENTS segments
+    /// in one send is EINVAL. Before: `.other` (EINVAL), which says nothing of why.
+    @Test("a GSO send of more segments than the kernel takes is messageTooLarge (skipped without UDP_SEGMENT)")
+    func segmentLimit() throws {
+        let offload = DatagramOffload.probe()
+        guard offload.segmentation.isAvailable else { try Test.cancel("UDP_SEGMENT unavailable: \(offload.segmentation)") }
+        let server = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let client = try DatagramSocket(connectedTo: try #require(server.localAddress))
+        defer { server.close(); client.close() }
+        try client.setSegmentSize(1)
+        #expect { _ = try client.send([UInt8](repeating: 1, count: 200)) } throws: { ($0 as? SocketError)?.kind == .messageTooLarge }
+        // Within the limit it is sent.
+        #expect(try client.send([UInt8](repeating: 1, count: 8)) == .transferred(8))
+    }
+}

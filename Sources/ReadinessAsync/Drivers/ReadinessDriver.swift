@@ -380,7 +380,8 @@ struct ReadinessDriver: IODriver {
                                              _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
         var datagram = try loop.datagram(id)
         if datagram.record[direction].isWaiting { throw .busy }
-        // A receive that would allocate first asks whether a datagram is queued (MSG_PEEK, no buffer).
+        // A receive that would allocate first asks whether a datagram is queued (poll, no buffer: a
+        // MSG_PEEK would take a pending error).
         var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
         var woke = false
         var pause = Self.retryPause
@@ -414,18 +415,16 @@ struct ReadinessDriver: IODriver {
 
     /// Whether a datagram socket the poller reported ready, whose attempt still would block, is in one
     /// of the two states where poll says ready for ever and nothing wakes a waiter when they end (asked
-    /// only then: a system call). A send: a Unix datagram socket that is not connected (it names its
-    /// destination; the kernel checks the receiver's queue in poll only for a connected sender, and
-    /// wakes no other sender when that queue drains). A receive: an error condition with nothing to
+    /// only then: a system call). A send: any Unix datagram socket (a send that names its destination,
+    /// from an unconnected socket or a connected one sending elsewhere, meets a receiver's full queue
+    /// that poll does not look at: the kernel checks only a connected sender's own peer, and wakes no
+    /// other sender when that queue drains; a connected sender's own peer, which poll does watch, only
+    /// comes here in a race, where a short pause costs little). A receive: an error condition with nothing to
     /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes),
     /// or a socket shut down for reading (`shutdown(SHUT_RD)`, which Linux applies to a datagram
     /// socket even when it answers ENOTCONN): readable for ever (POLLRDHUP), each receive EAGAIN.
     private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction) -> Bool {
-        if direction == .write {
-            guard socket.family == .unix else { return false }
-            do { _ = try SocketAddress.peer(of: socket.fd) } catch { return error.errno == ENOTCONN }
-            return false
-        }
+        if direction == .write { return socket.family == .unix }
         let readShutdown = Int16(truncatingIfNeeded: Ready.pollRDHUP)
         var entry = pollfd(fd: socket.fd, events: Int16(POLLIN) | readShutdown, revents: 0)
         guard poll(&entry, 1, 0) == 1 else { return false }

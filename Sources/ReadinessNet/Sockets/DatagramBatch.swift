@@ -14,7 +14,7 @@ import CReadinessNet
 /// For sending, `append(_:to:)` copies a payload into the next slot, and
 /// ``DatagramSocket/send(_:from:)`` sends slots from an index on. **A received batch can be sent as it
 /// is**: each datagram goes back to its source with no copy (an echo in place); a truncated slot sends
-/// the bytes it stored, and reports that count as its length from then on.
+/// the bytes it stored, and still reports its real length and its truncation afterwards.
 ///
 /// Used from one thread at a time, like the socket.
 public final class DatagramBatch {
@@ -201,7 +201,10 @@ public final class DatagramBatch {
         }
         if n < 0 {
             let code = errno
-            if code == EAGAIN || code == EWOULDBLOCK { return nil }
+            if code == EAGAIN || code == EWOULDBLOCK {
+                try DatagramSocket.checkAutobind(fd, family, "sendmmsg")
+                return nil
+            }
             throw SocketError(errno: code, operation: "sendmmsg")
         }
         return Int(n)
@@ -276,12 +279,15 @@ extension DatagramSocket {
     /// kernel into datagrams of `size` bytes (the last one shorter), one system call for them all;
     /// nil turns it off. `size` must be 1 to ``maximumUDPPayload`` (``SocketError/Kind/invalidArgument``
     /// otherwise, and for a Unix socket); a kernel without it fails with the errno it gives
-    /// (``DatagramOffload/probe()`` tells beforehand).
+    /// (``DatagramOffload/probe()`` tells beforehand). The kernel sends at most 64 segments at once
+    /// (UDP_MAX_SEGMENTS; 128 on newer kernels): a larger send fails with
+    /// ``SocketError/Kind/messageTooLarge`` and sends nothing.
     public func setSegmentSize(_ size: Int?) throws(SocketError) {
         if let size, size < 1 || size > Self.maximumUDPPayload {
             throw SocketError(.invalidArgument, operation: "UDP_SEGMENT \(size)")
         }
         guard family != .unix else { throw SocketError(.invalidArgument, operation: "UDP_SEGMENT on a Unix socket") }
         if rd_net_set_udp_segment(fd, CInt(size ?? 0)) != 0 { throw SocketError(errno: errno, operation: "setsockopt(UDP_SEGMENT)") }
+        segmentSize = size
     }
 }

@@ -35,6 +35,8 @@ public final class DatagramSocket {
     public let family: SocketAddress.Family
     /// For a socket bound to a Unix path: the path to unlink on close.
     private var boundPath: BoundPath?
+    /// The UDP GSO segment size set (``setSegmentSize(_:)``), nil when off.
+    var segmentSize: Int?
 
     /// The largest UDP payload over IPv4 (65,535 less the IPv4 and UDP headers): the most one send
     /// over IPv4 carries (more is ``SocketError/Kind/messageTooLarge``).
@@ -229,12 +231,16 @@ public final class DatagramSocket {
     public func connect(to peer: SocketAddress) throws(SocketError) {
         let peer = try destination(peer, "connect")
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
-        guard status == 0 else { throw SocketError(errno: errno, operation: "connect \(peer)") }
+        guard status == 0 else {
+            let code = errno
+            if code == EAGAIN { try Self.checkAutobind(fd, family, "connect \(peer)") }
+            throw SocketError(errno: code, operation: "connect \(peer)")
+        }
     }
 
     /// `address` as this socket sends to it: as it is when the families match; an IPv4 address from an
     /// IPv6 socket IPv4-mapped (`::ffff:A.B.C.D`, as Go does; the kernel refuses it with
-    /// ``SocketError/Kind/other`` (ENETUNREACH) when the socket is IPv6-only); any other mix refused
+    /// ``SocketError/Kind/unreachable`` (ENETUNREACH) when the socket is IPv6-only); any other mix refused
     /// with ``SocketError/Kind/invalidArgument`` before any system call.
     @usableFromInline
     func destination(_ address: SocketAddress, _ operation: String) throws(SocketError) -> SocketAddress {
@@ -313,7 +319,25 @@ public final class DatagramSocket {
         } else {
             n = Sys.retryingEINTR { rd_net_sendto(fd, buffer.baseAddress, buffer.count, nil, 0) }
         }
-        return try NetSys.result(n, operation: "sendto", isRead: false)
+        if n < 0, errno == EINVAL, let size = segmentSize, buffer.count > size {
+            // UDP GSO: more segments than the kernel sends in one call (UDP_MAX_SEGMENTS: 64, 128 on
+            // newer kernels) is EINVAL, which says nothing of why.
+            throw SocketError(.messageTooLarge, errno: EINVAL,
+                              operation: "sendto: \(buffer.count) bytes in segments of \(size) are more segments than the kernel sends at once")
+        }
+        let result = try NetSys.result(n, operation: "sendto", isRead: false)
+        if case .wouldBlock = result { try Self.checkAutobind(fd, family, "sendto") }
+        return result
+    }
+
+    /// After EAGAIN from a send or connect of an IP socket: the kernel's autobind found no free local
+    /// port (`inet_autobind`'s EAGAIN, while the socket stays writable: waiting for writability would
+    /// wait for ever). Throws ``SocketError/Kind/addressUnavailable`` then (a TCP connect's EAGAIN is
+    /// `addressUnavailable` too); returns when the socket has a port (a send buffer really full).
+    /// A system call, on the EAGAIN path only.
+    static func checkAutobind(_ fd: CInt, _ family: SocketAddress.Family, _ operation: String) throws(SocketError) {
+        guard family != .unix, let local = try? SocketAddress.local(of: fd), local.port == 0 else { return }
+        throw SocketError(.addressUnavailable, errno: EAGAIN, operation: "\(operation): no local port is free")
     }
 
     /// Receives one datagram into `buffer`: its byte count (at most `buffer.count`), its source and
