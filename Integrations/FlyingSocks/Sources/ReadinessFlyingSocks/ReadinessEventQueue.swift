@@ -113,8 +113,11 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
             let current = registered[fd]
             if interest.isEmpty {
                 guard current != nil else { return }
-                registered[fd] = nil
+                // Forgotten only once the poller has let it go: a failed deregister keeps it watched,
+                // and forgetting it then would leave its events with no waiter (a spin) and make the
+                // next add `alreadyRegistered`.
                 try poller.deregister(fd)
+                registered[fd] = nil
             } else if let current {
                 guard current != interest else { return }
                 // reregister applies the registration to whatever file the number names now (the
@@ -242,7 +245,10 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                             open.registerAnew(fd)   // the number may name another file now
                         }
                         do throws(PollerError) { try open.apply(fd, interest) } catch {
-                            let events = ReadinessEventQueue.events(open.registered[fd] ?? interest)
+                            // Every waiter of the descriptor hears of it: the directions registered
+                            // and the ones the failed change added (SocketPool resumes waiters by
+                            // direction; a waiter of a new direction would stay suspended).
+                            let events = ReadinessEventQueue.events((open.registered[fd] ?? []).union(interest))
                             failed.append(EventNotification(file: .init(rawValue: fd), events: events, errors: [.error]))
                         }
                     }

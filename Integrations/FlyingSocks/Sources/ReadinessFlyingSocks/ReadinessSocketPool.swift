@@ -207,6 +207,17 @@ public final class ReadinessSocketPool: AsyncSocketPool {
         }
     }
 
+    /// A pool prepared and never run (an `HTTPServer` whose listen failed after `prepare()`) still owns
+    /// its loops: they end with it, not with the process (each holds a thread, a poller and a waker).
+    deinit {
+        guard case .owned = source else { return }
+        let owned = state.withLock { (s: inout State) -> [EventLoop] in
+            defer { s.loops = [] }
+            return s.loops
+        }
+        for loop in owned { loop.syncShutdown() }
+    }
+
     private func finish() async {
         let owned = state.withLock { (s: inout State) -> [EventLoop] in
             s.phase = .complete

@@ -139,6 +139,40 @@ struct ReadinessSocketPoolTests {
         _ = await again.result
     }
 
+    /// FlyingFox's HTTPServer.run() prepares its pool, then listens: a listen that fails never runs
+    /// the pool. Before: the pool's own loops (a thread, a poller and a waker each) outlived it.
+    @Test("a pool prepared and dropped without run ends its loops", arguments: Backend.available)
+    func preparedPoolDropped(backend: Backend) async throws {
+        func loopThreads() -> Int {
+            guard let tasks = opendir("/proc/self/task") else { return -1 }
+            defer { closedir(tasks) }
+            var count = 0
+            while let entry = readdir(tasks) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard Int(name) != nil, let file = fopen("/proc/self/task/\(name)/comm", "r") else { continue }
+                var line = [CChar](repeating: 0, count: 64)
+                if fgets(&line, 64, file) != nil,
+                   String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("readiness-flyin") {
+                    count += 1
+                }
+                fclose(file)
+            }
+            return count
+        }
+        let before = loopThreads()
+        do {
+            let pool = ReadinessSocketPool(backend: backend)
+            try await pool.prepare()
+            #expect(loopThreads() > before)
+        }
+        var after = loopThreads()
+        for _ in 0..<100 where after != before {
+            try await Task.sleep(for: .milliseconds(10))
+            after = loopThreads()
+        }
+        #expect(after == before, "\(after - before) loop threads left on \(backend)")
+    }
+
     @Test("a descriptor that is not open gives SocketError.disconnected; two readers of one socket both return", arguments: Backend.available)
     func errorsAndSecondWaiter(backend: Backend) async throws {
         let pool = ReadinessSocketPool(backend: backend)
@@ -272,6 +306,45 @@ struct ReadinessEventQueueTests {
         try queue.stop()
         try queue.close()
         await #expect(throws: FlyingSocks.SocketError.disconnected) { try await waiting.value }
+    }
+
+    /// FlyingSocks' SocketPool resumes a waiter with the error when addEvents fails (its epoll queue
+    /// applies the change at once). Before: a change made during a wait that failed when applied (the
+    /// descriptor closed under a reader) was reported for the directions registered before it only,
+    /// so the writer whose direction it added stayed suspended.
+    @Test("a change that fails during a wait fails the new direction's waiter too", arguments: Backend.available)
+    func failedChangeReachesNewWaiter(backend: Backend) async throws {
+        let pool = SocketPool(queue: ReadinessEventQueue(backend: backend, maxEvents: 8))
+        try await pool.prepare()
+        let running = Task { try await pool.run() }
+        defer { running.cancel() }
+        let (a, b) = try socketPair()
+        defer { try? b.close() }
+        let reader = Task { try await pool.suspendSocket(a, untilReadyFor: .read) }
+        try await Task.sleep(for: .milliseconds(30))
+        Glibc.close(a.file.rawValue)   // closed under the reader (a is not closed again)
+        let writer = Task { try await pool.suspendSocket(a, untilReadyFor: .write) }
+        var ended = false
+        for _ in 0..<100 {
+            try await Task.sleep(for: .milliseconds(10))
+            if await Self.finished(writer) { ended = true; break }
+        }
+        #expect(ended, "the writer was still suspended after 1 s on \(backend)")
+        // Left suspended (the bug), the pool's queue waits with nothing registered and its actor with
+        // it: the waiters' cancellation could not end; they are left behind.
+        guard ended else { return }
+        reader.cancel()
+        _ = await reader.result
+    }
+
+    private static func finished(_ task: Task<Void, any Error>) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { _ = await task.result; return true }
+            group.addTask { try? await Task.sleep(for: .milliseconds(1)); return false }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
     }
 
     @Test("FlyingFox's HTTPServer on SocketPool<ReadinessEventQueue>", arguments: Backend.available)
