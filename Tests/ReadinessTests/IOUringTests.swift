@@ -102,6 +102,33 @@ struct IOUringTests {
         #expect(entry.revents & Int16(POLLHUP) != 0)
     }
 
+    /// liburing poll-cancel under load: on a ring that defers completions to its thread (6.13+: run 20
+    /// at a time, oldest first), a cancel's completion waits behind the wake-ups that came before it.
+    /// Before: with 100 wake-ups queued, deregister returned with the request still holding the file,
+    /// and the peer saw no hang-up after the close.
+    @Test("deregister then close releases the file at once with a hundred deferred completions queued", .enabled(if: usable))
+    func deregisterReleasesFileUnderBacklog() throws {
+        let poller = try IOUringSeam.makePoller()
+        defer { try? poller.close() }
+        var pairs: [[CInt]] = []
+        defer { for pair in pairs { close(pair[0]); if pair[1] >= 0 { close(pair[1]) } } }
+        for token in 0..<100 {
+            var fds: [CInt] = [-1, -1]
+            try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+            pairs.append(fds)
+            try poller.register(fds[1], token: Token(UInt64(token)), interest: .readable)
+        }
+        try poller.wait(into: EventBuffer(capacity: 256), timeout: .zero)   // every poll request armed
+        var byte: UInt8 = 1
+        for pair in pairs { _ = write(pair[0], &byte, 1) }                  // 100 deferred wake-ups
+        let last = pairs.count - 1
+        try poller.deregister(pairs[last][1])
+        close(pairs[last][1])
+        pairs[last][1] = -1
+        var entry = pollfd(fd: pairs[last][0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 100) == 1 && entry.revents & Int16(POLLHUP) != 0, "the peer saw no hang-up: the file is still held")
+    }
+
     @Test("closed while registered: its own events are dropped; the file is released by deregister", .enabled(if: usable))
     func closedWhileRegistered() throws {
         let poller = try IOUringSeam.makePoller()
