@@ -387,10 +387,12 @@ public final class IOUringSeam: BackendSeam {
     /// Cancels `fd`'s request at once, so its file is released.
     public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         let cancelled = try disarm(fd)
-        registered -= 1
         // Submitted now: the request holds the file, which must not outlive the registration (a
-        // descriptor deregistered then closed must look closed to its peer at once).
+        // descriptor deregistered then closed must look closed to its peer at once). A submit that
+        // fails leaves the cancel queued for the next wait, and the registration in the table: the
+        // count drops only with it (counted twice, the re-check buffer sized by it came up short).
         if cancelled { try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_submit(ring) } }
+        registered -= 1
     }
 
     /// One `io_uring_enter` (submitting what was queued, waiting up to `timeout`), then the completions, re-checked.
@@ -400,8 +402,9 @@ public final class IOUringSeam: BackendSeam {
         // had completed, look again: the requests go in with the wait, in the same system call.
         for fd in rearm {
             guard slots[Int(fd)].rearmQueued else { continue }
-            slots[Int(fd)].rearmQueued = false
+            // Cleared once armed: a re-arm that fails (the ring call) is tried again by the next wait.
             if let r = table[fd], r.isActive, !slots[Int(fd)].inFlight { try arm(fd, r) }
+            slots[Int(fd)].rearmQueued = false
         }
         rearm.removeAll(keepingCapacity: true)
         if !wakerInFlight { try armWaker() }
