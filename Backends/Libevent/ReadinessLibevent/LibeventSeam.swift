@@ -431,8 +431,6 @@ public final class LibeventSeam: BackendSeam {
         }
     }
 
-    /// Frees the events and the base, which closes libevent's own descriptors (its epoll set, timerfd,
-    /// signal pair) now, not when the seam is released. Once: the poller calls nothing after it.
     /// In a child made by `fork()`: libevent's `event_free` deletes each event from the epoll set the
     /// child shares with the parent, so the base is given a set of its own first (`event_reinit`,
     /// libevent's own answer to fork), then freed as usual. A reinit that fails leaves the base
@@ -443,6 +441,8 @@ public final class LibeventSeam: BackendSeam {
         close()
     }
 
+    /// Frees the events and the base, which closes libevent's own descriptors (its epoll set, timerfd,
+    /// signal pair) now, not when the seam is released. Once: the poller calls nothing after it.
     public func close() {
         guard !baseFreed else { return }
         baseFreed = true
