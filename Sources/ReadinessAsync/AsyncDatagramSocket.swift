@@ -36,7 +36,8 @@ public struct AsyncDatagramSocket: Sendable {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in
-            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false,
+                                     sendsTo: destination.map(SendTarget.address) ?? .peer) { (socket) throws(SocketError) -> Void? in
                 try socket.send(bytes, to: destination) == .wouldBlock ? nil : ()
             }
         }
@@ -48,7 +49,8 @@ public struct AsyncDatagramSocket: Sendable {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in
-            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false,
+                                     sendsTo: destination.map(SendTarget.address) ?? .peer) { (socket) throws(SocketError) -> Void? in
                 try socket.send(bytes, destination: destination) == .wouldBlock ? nil : ()
             }
         }
@@ -114,7 +116,8 @@ public struct AsyncDatagramSocket: Sendable {
         let id = self.id
         var sent = 0
         try await loop.onLoop { (state) async throws(LoopError) in
-            try await state.datagram(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+            try await state.datagram(id, .write, deadline: deadline, waitFirst: false,
+                                     sendsTo: batch.namesDestination ? .slots : .peer) { (socket) throws(SocketError) -> Void? in
                 while sent < batch.count {
                     guard case .transferred(let n) = try socket.send(batch, from: sent), n > 0 else { return nil }
                     sent += n

@@ -207,6 +207,12 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         guard !released else { throw .closed }
         let before = waitState.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
         guard before & 1 == 0 else { throw .closed }
+        // In a child made by fork(): the count copied from the parent may hold calls of threads that
+        // do not exist here (a loop thread in its wait), and no other thread can be in a call.
+        if Sys.forkGeneration != forkGeneration {
+            shutDown()
+            return
+        }
         // A call in progress: wake a wait (again every millisecond, in case it had not yet reached
         // the kernel's wait, or a backend re-arms its waker only at the start of a wait) until every
         // call ended.

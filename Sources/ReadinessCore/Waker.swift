@@ -61,8 +61,9 @@ public final class Waker: Sendable {
     @_spi(Backend) public func close() {
         let before = state.bitwiseOr(Self.closedBit, ordering: .acquiringAndReleasing).oldValue
         guard before & Self.closedBit == 0 else { return }
-        // A wake past its check is one write(2) from its end: yield until none is left.
-        while state.load(ordering: .acquiring) != Self.closedBit { sched_yield() }
+        // A wake past its check is one write(2) from its end: yield until none is left (not in a child
+        // made by fork(), whose count may hold a wake of a thread that does not exist there).
+        while Sys.forkGeneration == forkGeneration, state.load(ordering: .acquiring) != Self.closedBit { sched_yield() }
         Sys.close(fd)
     }
 }

@@ -669,7 +669,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 // operation to fail, so the late connection is not handed out from a closed listener.
                 guard loop.slab.contains(listener) else {
                     socket.close()
-                    throw loop.isShutDown ? .shutdown : .closed
+                    throw op.failure ?? (loop.isShutDown ? .shutdown : .closed)
                 }
                 // The peer, asked now, as accept(2) reports it (a connection reset while it waited
                 // included; none where the kernel will not say, as above).

@@ -392,7 +392,7 @@ struct ReadinessDriver: IODriver {
                 if let result { return result }
             }
             wait = false
-            if woke, Self.readinessLies(datagram.socket, direction) {
+            if woke, Self.readinessLies(datagram.socket, direction, datagram.sendTarget) {
                 // Ready by the poller, yet the attempt would block, and the kernel will report it ready
                 // again at once and wake nobody when the condition ends: level-triggered readiness would
                 // wake this wait every iteration. Pause instead, not watching the direction, doubling the
@@ -415,16 +415,25 @@ struct ReadinessDriver: IODriver {
 
     /// Whether a datagram socket the poller reported ready, whose attempt still would block, is in one
     /// of the two states where poll says ready for ever and nothing wakes a waiter when they end (asked
-    /// only then: a system call). A send: any Unix datagram socket (a send that names its destination,
-    /// from an unconnected socket or a connected one sending elsewhere, meets a receiver's full queue
-    /// that poll does not look at: the kernel checks only a connected sender's own peer, and wakes no
-    /// other sender when that queue drains; a connected sender's own peer, which poll does watch, only
-    /// comes here in a race, where a short pause costs little). A receive: an error condition with nothing to
+    /// only then: a system call). A send: a Unix datagram socket sending to a receiver other than its
+    /// connected peer (from an unconnected socket, or a connected one naming another destination, which
+    /// Linux allows): the kernel's poll checks only a connected sender's own peer's queue, and wakes no
+    /// other sender when a queue drains. A connected sender writing to its own peer is told the truth by
+    /// poll (and woken when the peer reads): it waits for readiness. A receive: an error condition with nothing to
     /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes),
     /// or a socket shut down for reading (`shutdown(SHUT_RD)`, which Linux applies to a datagram
     /// socket even when it answers ENOTCONN): readable for ever (POLLRDHUP), each receive EAGAIN.
-    private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction) -> Bool {
-        if direction == .write { return socket.family == .unix }
+    private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction, _ target: SendTarget) -> Bool {
+        if direction == .write {
+            guard socket.family == .unix else { return false }
+            let peer: SocketAddress
+            do { peer = try SocketAddress.peer(of: socket.fd) } catch { return error.errno == ENOTCONN }
+            switch target {
+            case .peer: return false
+            case .address(let destination): return destination != peer
+            case .slots: return true
+            }
+        }
         let readShutdown = Int16(truncatingIfNeeded: Ready.pollRDHUP)
         var entry = pollfd(fd: socket.fd, events: Int16(POLLIN) | readShutdown, revents: 0)
         guard poll(&entry, 1, 0) == 1 else { return false }

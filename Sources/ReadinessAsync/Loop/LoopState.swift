@@ -431,9 +431,11 @@ final class LoopState {
     }
 
     nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                             sendsTo target: SendTarget = .peer,
                                              _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
         try claim(id, direction)
         defer { release(id, direction) }
+        if direction == .write { try datagram(id).sendTarget = target }
         return try await driver.datagram(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
     }
 }

@@ -7,6 +7,9 @@ final class DatagramResource: LoopResource {
     let key: ResourceKey
     @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let socket: DatagramSocket
+    /// Where the send in progress goes (set by `LoopState.datagram` for each send): what decides whether
+    /// a Unix send's readiness can be believed (`ReadinessDriver.readinessLies`).
+    @exclusivity(unchecked) var sendTarget = SendTarget.peer
 
     init(key: ResourceKey, socket: DatagramSocket) {
         self.key = key
@@ -30,4 +33,14 @@ final class DatagramResource: LoopResource {
         record.registered = []
         loop.descriptorFreed()
     }
+}
+
+/// Where a datagram send goes, as far as readiness is concerned.
+enum SendTarget {
+    /// The connected peer (no destination named).
+    case peer
+    /// One named destination.
+    case address(SocketAddress)
+    /// A batch whose slots name destinations.
+    case slots
 }

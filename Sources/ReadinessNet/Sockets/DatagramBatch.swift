@@ -160,6 +160,9 @@ public final class DatagramBatch {
         return Int(n)
     }
 
+    /// Whether any slot names a destination (a batch for a connected socket's peer names none).
+    package var namesDestination: Bool { (0..<count).contains { addressLengths[$0] > 0 } }
+
     /// sendmmsg of slots `start..<count` from a socket of `family`: the number sent (nil: would block).
     func send(_ fd: CInt, from start: Int, family: SocketAddress.Family) throws(SocketError) -> Int? {
         guard start >= 0, start <= count else {
@@ -280,8 +283,8 @@ extension DatagramSocket {
     /// nil turns it off. `size` must be 1 to ``maximumUDPPayload`` (``SocketError/Kind/invalidArgument``
     /// otherwise, and for a Unix socket); a kernel without it fails with the errno it gives
     /// (``DatagramOffload/probe()`` tells beforehand). The kernel sends at most 64 segments at once
-    /// (UDP_MAX_SEGMENTS; 128 on newer kernels): a larger send fails with
-    /// ``SocketError/Kind/messageTooLarge`` and sends nothing.
+    /// (UDP_MAX_SEGMENTS; 128 on newer kernels): a larger single send fails with
+    /// ``SocketError/Kind/messageTooLarge`` and sends nothing (in a batch, the kernel's EINVAL).
     public func setSegmentSize(_ size: Int?) throws(SocketError) {
         if let size, size < 1 || size > Self.maximumUDPPayload {
             throw SocketError(.invalidArgument, operation: "UDP_SEGMENT \(size)")

@@ -35,6 +35,9 @@ public final class DatagramSocket {
     public let family: SocketAddress.Family
     /// For a socket bound to a Unix path: the path to unlink on close.
     private var boundPath: BoundPath?
+    /// UDP_MAX_SEGMENTS of the oldest kernels with GSO (64; 128 since 6.9): a send of more segments
+    /// than that which the kernel refuses with EINVAL is said to be too large.
+    static let fewestSegmentLimit = 64
     /// The UDP GSO segment size set (``setSegmentSize(_:)``), nil when off.
     var segmentSize: Int?
 
@@ -319,7 +322,7 @@ public final class DatagramSocket {
         } else {
             n = Sys.retryingEINTR { rd_net_sendto(fd, buffer.baseAddress, buffer.count, nil, 0) }
         }
-        if n < 0, errno == EINVAL, let size = segmentSize, buffer.count > size {
+        if n < 0, errno == EINVAL, let size = segmentSize, (buffer.count - 1) / size + 1 > Self.fewestSegmentLimit {
             // UDP GSO: more segments than the kernel sends in one call (UDP_MAX_SEGMENTS: 64, 128 on
             // newer kernels) is EINVAL, which says nothing of why.
             throw SocketError(.messageTooLarge, errno: EINVAL,

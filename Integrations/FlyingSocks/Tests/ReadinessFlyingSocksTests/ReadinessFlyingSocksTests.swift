@@ -165,12 +165,13 @@ struct ReadinessSocketPoolTests {
             try await pool.prepare()
             #expect(loopThreads() > before)
         }
+        // Threads of earlier tests' loops may still be ending: at most as many as before.
         var after = loopThreads()
-        for _ in 0..<100 where after != before {
+        for _ in 0..<100 where after > before {
             try await Task.sleep(for: .milliseconds(10))
             after = loopThreads()
         }
-        #expect(after == before, "\(after - before) loop threads left on \(backend)")
+        #expect(after <= before, "\(after - before) loop threads left on \(backend)")
     }
 
     @Test("a descriptor that is not open gives SocketError.disconnected; two readers of one socket both return", arguments: Backend.available)
