@@ -297,6 +297,20 @@ extension PeerScenarioTests6 {
     }
 }
 
+/// Waits up to `seconds` for `child` to exit: whether it did (killed otherwise), and its status.
+private func reapChild(_ child: pid_t, seconds: Int) -> (exited: Bool, status: CInt) {
+    var status: CInt = 0
+    for _ in 0..<(seconds * 100) {
+        let waited = waitpid(child, &status, WNOHANG)
+        if waited == child { return (true, status) }
+        if waited < 0 && errno != EINTR { return (false, status) }
+        usleep(10_000)
+    }
+    kill(child, SIGKILL)
+    _ = waitpid(child, &status, 0)
+    return (false, status)
+}
+
 private final class P6Box: @unchecked Sendable {
     let poller: any Poller
     var count = 0
@@ -337,15 +351,8 @@ extension PeerScenarioTests6 {
             _exit(0)
         }
         try #require(child > 0)
-        var status: CInt = 0
-        var waited: pid_t = 0
-        for _ in 0..<800 {
-            waited = waitpid(child, &status, WNOHANG)
-            if waited != 0 { break }
-            usleep(10_000)
-        }
-        if waited == 0 { kill(child, SIGKILL); _ = waitpid(child, &status, 0) }
-        #expect(waited == child && status == 0, "the child's close did not return (status \(status))")
+        let (exited, status) = reapChild(child, seconds: 8)
+        #expect(exited && status == 0, "the child's close did not return (status \(status))")
         _ = write(pipeEnds[1], "x", 1)
         waiter.join()
         #expect(box.count == 1 && box.token == 7)
@@ -378,15 +385,8 @@ extension PeerScenarioTests6 {
             _exit(code)
         }
         try #require(child > 0)
-        var status: CInt = 0
-        var waited: pid_t = 0
-        for _ in 0..<500 {
-            waited = waitpid(child, &status, WNOHANG)
-            if waited != 0 { break }
-            usleep(10_000)
-        }
-        if waited == 0 { kill(child, SIGKILL); _ = waitpid(child, &status, 0) }
-        #expect(waited == child && status & 0x7f == 0, "the child did not exit (status \(status))")
+        let (exited, status) = reapChild(child, seconds: 5)
+        #expect(exited && status & 0x7f == 0, "the child did not exit (status \(status))")
         #expect(status >> 8 == 0, "the child's failed checks: \(status >> 8) (1 deregister, 2 reregister, 4 wait, 8 wake, 16 close)")
         // The parent: no wake-up from the child, and its registration still reports.
         #expect(try poller.wait(into: events, timeout: .zero) == 0)
