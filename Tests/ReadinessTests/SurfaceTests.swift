@@ -14,7 +14,9 @@ struct SurfaceTests {
             (ENOMEM, .resourceExhausted), (EADDRINUSE, .addressInUse), (EADDRNOTAVAIL, .addressUnavailable),
             (EACCES, .permissionDenied), (EPERM, .permissionDenied), (ENOTCONN, .notConnected),
             (EBADF, .closed), (ENOENT, .noSuchPath), (ENOTDIR, .noSuchPath), (EAGAIN, .other),
-            (EINVAL, .other), (EHOSTUNREACH, .other),
+            (EINVAL, .other),
+            // Stop 33: no route is a kind of its own (ConnectError had the cause already).
+            (EHOSTUNREACH, .unreachable), (ENETUNREACH, .unreachable), (ENETDOWN, .unreachable), (EHOSTDOWN, .unreachable),
             // Issue 23 (datagrams): a connected datagram socket's refusal, and a datagram too large.
             (ECONNREFUSED, .refused), (EMSGSIZE, .messageTooLarge),
         ]
@@ -28,7 +30,7 @@ struct SurfaceTests {
             (EAGAIN, unix, .backlogFull), (EAGAIN, tcp, .addressUnavailable), (EAGAIN, nil, .addressUnavailable),
             (EADDRNOTAVAIL, tcp, .addressUnavailable), (EACCES, tcp, .permissionDenied), (EPERM, tcp, .permissionDenied),
             (EMFILE, tcp, .resourceExhausted), (ENOMEM, tcp, .resourceExhausted), (EINVAL, tcp, .invalidAddress), (EAFNOSUPPORT, unix, .invalidAddress),
-            (EADDRINUSE, tcp, .other), (EBADF, tcp, .other), (EMSGSIZE, tcp, .other),
+            (EADDRINUSE, tcp, .addressInUse), (EBADF, tcp, .other), (EMSGSIZE, tcp, .other),
         ]
         for (code, family, cause) in causes {
             #expect(ConnectError.cause(of: code, family: family) == cause, "\(ErrnoTable.name(code)) \(String(describing: family))")
