@@ -47,9 +47,10 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
         }
     }
 
-    /// A queue whose pollers `makePoller` creates (one per `open()`).
+    /// A queue whose pollers `makePoller` creates (one per `open()`); `maxEvents` is clamped to 1 ...
+    /// `EventBuffer.maximumCapacity - 1` (one more slot holds the waker's event).
     public init(maxEvents: Int = 20, makePoller: @escaping @Sendable () throws(PollerError) -> any Poller) {
-        self.shared = Shared(maxEvents: max(1, maxEvents), makePoller: makePoller)
+        self.shared = Shared(maxEvents: min(max(1, maxEvents), EventBuffer.maximumCapacity - 1), makePoller: makePoller)
     }
 
     /// The name of the open poller's backend (its capabilities' name), for tests and logs.

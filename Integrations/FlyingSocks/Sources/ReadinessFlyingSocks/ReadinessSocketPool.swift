@@ -7,6 +7,11 @@
 import FlyingSocks
 #endif
 import Readiness
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// An `AsyncSocketPool` whose waits are Readiness `EventLoop` waits, on any backend.
 ///
@@ -63,9 +68,11 @@ public final class ReadinessSocketPool: AsyncSocketPool {
         self.state = ReadinessLocked(State())
     }
 
-    /// `count` loops (at least 1) of `backend`, made by ``prepare()``.
+    /// `count` loops of `backend`, made by ``prepare()``; a count outside 1 ...
+    /// `EventLoopGroup.maximumLoops` makes ``prepare()`` throw `PollerError.system(operation:errno: EINVAL)`
+    /// before it starts any loop, as `EventLoopGroup(count:)` does.
     public init(backend: Backend, loops count: Int = 1, logger: some Logging = .disabled) {
-        self.source = .owned(backend: backend, count: max(1, count))
+        self.source = .owned(backend: backend, count: count)
         self.logger = logger
         self.state = ReadinessLocked(State())
     }
@@ -193,6 +200,10 @@ public final class ReadinessSocketPool: AsyncSocketPool {
         case .given(let loops):
             return loops
         case .owned(let backend, let count):
+            guard (1...EventLoopGroup.maximumLoops).contains(count) else {
+                throw PollerError.system(operation: "ReadinessSocketPool(loops: \(count)): 1 to \(EventLoopGroup.maximumLoops) loops",
+                                         errno: EINVAL)
+            }
             let chosen = try backend ?? Backend.default()
             var loops: [EventLoop] = []
             do {

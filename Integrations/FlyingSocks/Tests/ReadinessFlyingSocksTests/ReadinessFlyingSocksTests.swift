@@ -194,6 +194,27 @@ struct ReadinessSocketPoolTests {
         _ = try b.write(Data([1]))
         try await first.value
     }
+
+    @Test("counts out of range (review): loops outside 1 ... 1024 is EINVAL from prepare() before any loop starts, as EventLoopGroup says; maxEvents of Int.max is clamped, not a trap", arguments: Backend.available)
+    func countsOutOfRange(backend: Backend) async throws {
+        for count in [0, -1, Int.min, EventLoopGroup.maximumLoops + 1, Int.max] {
+            let pool = ReadinessSocketPool(backend: backend, loops: count)
+            do {
+                try await pool.prepare()
+                Issue.record("prepare() with \(count) loops succeeded on \(backend)")
+            } catch let error as PollerError {
+                guard case .system(_, let code) = error else { Issue.record("\(error)"); continue }
+                #expect(code == EINVAL)
+            }
+            #expect(pool.loop(for: 0) == nil)
+        }
+        for maxEvents in [Int.max, Int.min, 0] {
+            var queue = ReadinessEventQueue(backend: backend, maxEvents: maxEvents)
+            try queue.open()
+            try queue.stop()
+            try queue.close()
+        }
+    }
 }
 
 @Suite("ReadinessEventQueue under FlyingSocks' SocketPool", .serialized)
