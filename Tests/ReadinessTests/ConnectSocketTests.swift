@@ -49,6 +49,49 @@ struct ConnectSocketTests {
         #expect(openDescriptorCount() == before)
     }
 
+    @Test("Go DialTimeout (review): the timeout of Connector.connect(to: [addresses]) bounds the whole call, not each staggered attempt; what is left is closed", arguments: backends)
+    func listTimeoutBoundsTheCall(backend: Backend) throws {
+        // Three listeners with full accept queues: every attempt hangs.
+        var fulls: [(CInt, SocketAddress, [CInt])] = []
+        defer { for (fd, _, fillers) in fulls { close(fd); for filler in fillers { close(filler) } } }
+        for _ in 0..<3 { fulls.append(try fullTCPListener()) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let before = openDescriptorCount()
+        let start = ContinuousClock.now
+        do {
+            _ = try Connector.connect(to: fulls.map(\.1), on: poller, timeout: .milliseconds(300), attemptDelay: .milliseconds(250))
+            Issue.record("connected to a full listener on \(backend)")
+        } catch {
+            #expect(error.cause == .timedOut)
+            #expect(error.address == fulls[0].1, "named by the oldest attempt still running")
+        }
+        let took = ContinuousClock.now - start
+        // Before: the attempts started at 0, 250 and 300 ms each with 300 ms of its own: about 600 ms.
+        #expect(took >= .milliseconds(290) && took < .milliseconds(500), "\(took) on \(backend)")
+        #expect(openDescriptorCount() == before)
+    }
+
+    @Test("libuv pipe connect (review): a Unix path under a regular file (ENOTDIR) is noSuchPath, as for a datagram connect and a missing path", arguments: backends)
+    func unixPathUnderAFile(backend: Backend) throws {
+        let file = "/tmp/readiness-enotdir-\(getpid())"
+        let fd = open(file, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+        #expect(fd >= 0)
+        close(fd)
+        defer { unlink(file) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let before = openDescriptorCount()
+        for path in [file + "/socket", "/tmp/readiness-missing-\(getpid())/socket"] {
+            let address = try SocketAddress(unixPath: path)
+            #expect(throws: ConnectError.self) { _ = try Connector.connect(to: address, on: poller, timeout: .seconds(2)) }
+            do { _ = try Connector.connect(to: address, on: poller, timeout: .seconds(2)) } catch {
+                #expect(error.cause == .noSuchPath, "\(path): \(error)")
+            }
+        }
+        #expect(openDescriptorCount() == before)
+    }
+
     @Test("many connects in flight on one poller, half refused: each outcome right, no descriptor left", arguments: backends)
     func soak(backend: Backend) throws {
         let (listener, good) = try tcpListener(backlog: 512)

@@ -24,7 +24,7 @@ struct SurfaceTests {
         let tcp = SocketAddress.Family.ipv4, unix = SocketAddress.Family.unix
         let causes: [(CInt, SocketAddress.Family?, ConnectError.Cause)] = [
             (ECONNREFUSED, tcp, .refused), (ECONNREFUSED, unix, .noSuchPath), (ENOENT, unix, .noSuchPath),
-            (ENOTDIR, unix, .other), (ETIMEDOUT, tcp, .timedOut), (ENETUNREACH, tcp, .unreachable),
+            (ENOTDIR, unix, .noSuchPath), (ETIMEDOUT, tcp, .timedOut), (ENETUNREACH, tcp, .unreachable),
             (EHOSTUNREACH, tcp, .unreachable), (ENETDOWN, tcp, .unreachable), (EHOSTDOWN, tcp, .unreachable),
             (ECONNRESET, tcp, .reset), (ECONNABORTED, tcp, .reset), (EPIPE, tcp, .reset),
             (EAGAIN, unix, .backlogFull), (EAGAIN, tcp, .addressUnavailable), (EAGAIN, nil, .addressUnavailable),

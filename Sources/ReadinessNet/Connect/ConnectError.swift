@@ -23,7 +23,8 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         /// EADDRINUSE: the local address asked for is taken (bind), or a connection with the same
         /// local and remote address exists.
         case addressInUse
-        /// ENOENT (Unix-domain path missing) or ECONNREFUSED on a path nobody listens on.
+        /// ENOENT or ENOTDIR (a Unix-domain path or one of its directories missing), or ECONNREFUSED on a
+        /// path nobody listens on.
         case noSuchPath
         /// EACCES, EPERM: a firewall rule or file permissions forbid it.
         case permissionDenied
@@ -71,7 +72,7 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
     public static func cause(of code: CInt, family: SocketAddress.Family?) -> Cause {
         switch ErrnoTable.category(of: code) {
         case .refused: family == .unix ? .noSuchPath : .refused
-        case .noSuchPath: code == ENOENT ? .noSuchPath : .other
+        case .noSuchPath: .noSuchPath
         case .timedOut: .timedOut
         case .unreachable: .unreachable
         case .reset, .aborted: .reset

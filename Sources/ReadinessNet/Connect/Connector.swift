@@ -18,14 +18,18 @@ public enum Connector {
     /// Connects to the first address that accepts, in the Happy Eyeballs way (RFC 8305): families
     /// alternate, a new attempt starts every `attemptDelay` (or as soon as the previous one fails)
     /// while earlier ones continue; the first success wins and the others are cancelled and closed.
-    /// When every attempt fails, the error lists them all.
+    /// When every attempt fails, the error lists them all. `timeout` bounds the whole call (and so
+    /// each attempt): when it passes every attempt still running is closed and the call fails with
+    /// `timedOut`, named by the oldest of them.
     public static func connect(to addresses: [SocketAddress], on poller: any Poller, timeout: Duration?,
                                attemptDelay: Duration = .milliseconds(250),
                                syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                                trace: Bool = false) throws(ConnectError) -> ConnectedSocket {
-        let attempts = makeAttempts(to: addresses, on: poller, timeout: timeout, syscalls: syscalls, trace: trace)
+        let deadline = timeout.map { Deadline.after($0).nanoseconds }
+        // The call's deadline bounds every attempt: none needs a timer of its own.
+        let attempts = makeAttempts(to: addresses, on: poller, timeout: nil, syscalls: syscalls, trace: trace)
         guard !attempts.isEmpty else { throw ConnectError(.noAddress) }
-        return try run(attempts, on: poller, attemptDelay: attemptDelay)
+        return try run(attempts, on: poller, attemptDelay: attemptDelay, deadline: deadline)
     }
 
     /// The attempts ``connect(to:on:timeout:attemptDelay:syscalls:trace:)`` runs, in RFC 8305 order,
@@ -54,11 +58,20 @@ public enum Connector {
 
     /// Runs attempts made by ``makeAttempts(to:on:timeout:syscalls:trace:)`` to completion on a poller
     /// dedicated to the call: a wait loop around ``HappyEyeballs``, which holds the RFC 8305 logic.
+    /// Each attempt's own timeout (``makeAttempts(to:on:timeout:syscalls:trace:)``) counts from its start;
+    /// nothing bounds the call as a whole.
     public static func run(_ attempts: [ConnectAttempt], on poller: any Poller, attemptDelay: Duration) throws(ConnectError) -> ConnectedSocket {
+        try run(attempts, on: poller, attemptDelay: attemptDelay, deadline: nil)
+    }
+
+    /// `run`, ended with `timedOut` once `deadline` (monotonic nanoseconds) passes.
+    static func run(_ attempts: [ConnectAttempt], on poller: any Poller, attemptDelay: Duration,
+                    deadline: Int64?) throws(ConnectError) -> ConnectedSocket {
         let timers = Timers(capacity: attempts.count + 1)
         let connect = HappyEyeballs(attempts: attempts, poller: poller, timers: timers,
                                     timerToken: unusedToken(besides: attempts), attemptDelay: attemptDelay)
-        guard case .connected(let socket) = try drive(connect, on: poller, timers: timers, capacity: attempts.count + 1) else {
+        guard case .connected(let socket) = try drive(connect, on: poller, timers: timers, capacity: attempts.count + 1,
+                                                       deadline: deadline) else {
             throw ConnectError(.noAddress)  // no attempt: only a resolution ends otherwise
         }
         return socket
