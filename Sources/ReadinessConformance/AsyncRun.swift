@@ -103,6 +103,18 @@ final class AsyncRun {
             } catch {
                 return .error(error.caseName)
             }
+        case .listenUnix(let name):
+            let path = "/tmp/readiness-conformance-\(getpid())-\(Self.pathCounter.add(1, ordering: .relaxed).newValue)-\(name)"
+            unlink(path)
+            unixPaths.append(path)
+            let address: SocketAddress
+            do { address = try SocketAddress(unixPath: path) } catch { return .note("no address for \(path)") }
+            do throws(LoopError) {
+                loopListeners[name] = try await loop.listen(on: address)
+                return .ok
+            } catch {
+                return .error(error.caseName)
+            }
         case .listener(let name):
             let fd = try Net.listener(try SocketAddress("127.0.0.1:0"), backlog: 16)
             listeners[name] = (fd, try Net.localAddress(fd))

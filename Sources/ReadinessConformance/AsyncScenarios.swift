@@ -192,6 +192,17 @@ extension AsyncConformance {
             op(read("c2"), .error("socket(reset)")), op(read("c3"), .error("socket(reset)")),
             op(read("c1", .zero), fails(.timedOut)),
         ]),
+        AsyncScenario("async/accept/closed-with-queued-unix", checks: "The same on a Unix-domain listener, where a reset on close (SO_LINGER 0) does nothing: connections nobody accepted stay in the kernel's queue, which resets them when the listener closes; each client's read fails with socket(reset), not end of stream.", [
+            line(.listenUnix("l")),
+            op(.connect(as: "c1", to: .loopListener("l"), timeout: long), .connect("connected")),
+            op(.accept("l", as: "none", timeout: .zero), .note("accepted")),
+            op(.accept("l", as: "none", timeout: .zero), fails(.timedOut)),
+            op(.connect(as: "c2", to: .loopListener("l"), timeout: long), .connect("connected")),
+            op(.connect(as: "c3", to: .loopListener("l"), timeout: long), .connect("connected")),
+            op(.closeListener("l")),
+            op(read("c2"), .error("socket(reset)")), op(read("c3"), .error("socket(reset)")),
+            op(read("c1", .zero), fails(.timedOut)),
+        ]),
         AsyncScenario("async/accept/reset-while-queued", checks: "A connection its client resets before it is accepted is still handed out, as accept(2) does, with or without an accept already waiting (io_uring's multishot accept armed); its read fails with socket(reset), and the listener accepts the next one.", [
             line(.listen("l")),
             op(.connect(as: "c1", to: .loopListener("l"), timeout: long), .connect("connected")), op(.resetClose("c1")),

@@ -125,6 +125,8 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
     case callerPipe(read: String, write: String)
     /// A loopback TCP listener the loop owns (`loop.listen(on:)`).
     case listen(String)
+    /// A Unix-domain stream listener the loop owns, on a fresh path (removed after the scenario).
+    case listenUnix(String)
     /// A caller's loopback TCP listener that never accepts.
     case listener(String)
     /// A caller's loopback TCP listener whose accept queue is full.
@@ -177,6 +179,7 @@ public enum AsyncStep: Sendable, Hashable, CustomStringConvertible {
         case .callerPair(let a, let b): "caller's socketpair \(a)/\(b)"
         case .callerPipe(let r, let w): "caller's pipe \(r)/\(w)"
         case .listen(let name): "listen \(name) on the loop"
+        case .listenUnix(let name): "listen \(name) on the loop, on a Unix path"
         case .listener(let name): "caller's listener \(name)"
         case .fullListener(let name): "caller's listener \(name) with a full accept queue"
         case .run(let operation): "\(operation)"

@@ -137,6 +137,26 @@ struct StreamSocketTests {
         #expect(Array(buffer[0..<18]) == parts.flatMap { $0 })
     }
 
+    @Test("Go/tokio offer linger on TCP only (review): SO_LINGER reset or wait on a Unix stream socket is invalidArgument (the kernel ignores it: the peer read end of stream); off is taken")
+    func lingerOnUnix() throws {
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let a = try StreamSocket(adopting: fds[0])
+        let b = try StreamSocket(adopting: fds[1])
+        defer { a.close(); b.close() }
+        for linger in [Linger.resetOnClose, .wait(.seconds(1))] {
+            #expect(throws: SocketError.self) { try a.setLinger(linger) }
+            do { try a.setLinger(linger) } catch { #expect(error.kind == .invalidArgument, "\(error)") }
+        }
+        try a.setLinger(.off)
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        let (tcp, server) = try tcpPair(on: poller)
+        defer { tcp.close(); server.close() }
+        try tcp.setLinger(.resetOnClose)
+        try tcp.setLinger(.wait(.seconds(1)))
+    }
+
     @Test("writing to a reset peer fails with reset, never SIGPIPE", arguments: backends)
     func noSigpipe(backend: Backend) throws {
         let poller = try backend.makePoller()

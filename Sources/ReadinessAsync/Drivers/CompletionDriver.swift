@@ -598,9 +598,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
 
     /// A connection from the listener's queue, which its multishot accept fills (armed by the first
     /// `accept` that finds the queue empty, and kept armed): a connection accepted while no task waited
-    /// is handed out without a system call to the kernel's queue.
+    /// is handed out without a system call to the kernel's queue. Not on a Unix-domain listener: a
+    /// connection accepted ahead could not be reset when the listener closes (SO_LINGER does nothing
+    /// there, its client would read end of stream), so it stays in the kernel's queue, which resets it.
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
         if multishotAcceptRefused { return try await acceptOnce(id, deadline: deadline, on: loop) }
+        if try loop.listener(id).listener.address.family == .unix { return try await acceptOnce(id, deadline: deadline, on: loop) }
         while true {
             let listener = try loop.listener(id)
             if listener.record.read.isWaiting { throw .busy }

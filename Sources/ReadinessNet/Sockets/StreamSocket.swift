@@ -242,8 +242,12 @@ public final class StreamSocket {
     /// more than that never meets the socket's pending error, which recv(2) reports once and clears.
     package var bytesQueued: Int { Swift.max(0, Int(rd_net_bytes_queued(fd))) }
 
-    /// SO_LINGER.
+    /// SO_LINGER. A TCP option: on a Unix-domain socket, where the kernel takes it and ignores it (no
+    /// reset, no wait), `.resetOnClose` and `.wait` are refused with ``SocketError/Kind/invalidArgument``.
     public func setLinger(_ linger: Linger) throws(SocketError) {
+        if linger != .off, case .success(AF_UNIX) = NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
+            throw SocketError(.invalidArgument, operation: "SO_LINGER on a Unix-domain socket: it would neither reset nor wait")
+        }
         let status: CInt = switch linger {
         case .off: rd_net_set_linger(fd, 0, 0)
         case .resetOnClose: rd_net_set_linger(fd, 1, 0)
@@ -296,7 +300,7 @@ public struct KeepAlive: Hashable, Sendable {
 public enum Linger: Hashable, Sendable {
     /// The default: close returns at once, the kernel sends what is left in the background.
     case off
-    /// Close discards unsent data and sends a reset (RST) to the peer.
+    /// Close discards unsent data and sends a reset (RST) to the peer (TCP only).
     case resetOnClose
     /// Close blocks up to this long (whole seconds) to send what is left. Avoid on a loop thread.
     case wait(Duration)
