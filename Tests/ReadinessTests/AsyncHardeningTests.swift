@@ -9,6 +9,42 @@ import Testing
 /// iteration that ended early.
 @Suite("Async hardening (review)", .serialized)
 struct AsyncHardeningTests {
+    @Test("a shutdown racing connects to a Unix path, which succeed at once (review): every connected socket is closed, none left behind",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func shutdownRacingImmediateConnects(backend: Backend) async throws {
+        warmUp(backend)
+        let path = "/tmp/readiness-race-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+        unlink(path)
+        defer { unlink(path) }
+        let address = try SocketAddress(unixPath: path)
+        let listener = try Listener(bind: address)    // nobody accepts: the connections wait in its queue
+        defer { listener.close() }
+        let before = openDescriptorCount()
+        for round in 0..<6 {
+            let loop = try EventLoop(backend: backend)
+            let tasks = (0..<4).map { _ in
+                Task(executorPreference: loop) { () -> Int in
+                    var made = 0
+                    while made < 100 {
+                        do {
+                            let socket = try await loop.connect(to: address, timeout: .seconds(5))
+                            await socket.close()
+                            made += 1
+                        } catch { return made }
+                    }
+                    return made
+                }
+            }
+            usleep(UInt32(1_000 + round * 1_500))
+            await loop.shutdown()
+            for task in tasks { _ = await task.value }
+            // The queue drained for the next round: each accepted then closed.
+            while case .accepted(let server, _) = try listener.accept() { server.close() }
+        }
+        let after = await settledDescriptorCount(before)
+        #expect(after == before, "descriptors leaked on \(backend): \(before) before, \(after) after")
+    }
+
     @Test("two writers on one socket: the second is busy for the whole of the first's write, never in the middle of its bytes",
           .timeLimit(.minutes(1)), arguments: backends)
     func writersNeverInterleave(backend: Backend) async throws {

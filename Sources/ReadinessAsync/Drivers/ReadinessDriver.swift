@@ -283,6 +283,11 @@ struct ReadinessDriver: IODriver {
         }
         let id = stream.key.raw
         var progress = stream.attempt!.start()
+        if case .inProgress = progress {} else {
+            // Kept by the resource, so that the socket of a connect that succeeded at once (a Unix
+            // path) is closed with the resource if a shutdown comes first.
+            stream.outcome = progress
+        }
         if case .inProgress = progress {
             stream.attemptTimer = stream.attempt!.scheduleDeadline(on: loop.timers)
             let outcome = await loop.wait(stream, .write, deadline: deadline, interest: false)
