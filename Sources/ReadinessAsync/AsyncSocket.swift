@@ -106,9 +106,15 @@ public struct AsyncSocket: Sendable {
         }
     }
 
-    /// Shuts down one direction or both (the socket stays open).
+    /// Shuts down one direction or both (the socket stays open). A connection the peer reset, or one
+    /// shut down both ways already, has nothing left to shut down: the kernel's ENOTCONN is success
+    /// here, as in tokio (`shutdown` after a reset); a closed socket is `.closed`.
     nonisolated(nonsending) public func shutdown(_ direction: ShutdownDirection) async throws(LoopError) {
-        try await withStreamSocket { (socket) throws(SocketError) in try socket.shutdown(direction) }
+        try await withStreamSocket { (socket) throws(SocketError) in
+            do throws(SocketError) { try socket.shutdown(direction) } catch {
+                if error.errno != ENOTCONN { throw error }
+            }
+        }
     }
 
     /// Runs `body` on the loop thread with the underlying socket (for options: `setNoDelay`, ...).

@@ -9,6 +9,22 @@ import Testing
 /// iteration that ended early.
 @Suite("Async hardening (review)", .serialized)
 struct AsyncHardeningTests {
+    @Test("tokio shutdown_after_tcp_reset (review): shutdown(.write) after the peer reset succeeds, as on a Unix socket whose peer closed; the read then reports the reset or end of stream",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func shutdownAfterReset(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (listener, client, server) = try await connectedPair(loop)
+            await listener.close()
+            try await server.withStreamSocket { (s) throws(SocketError) in try s.setLinger(.resetOnClose) }
+            await server.close()
+            try await loop.sleep(for: .milliseconds(20))
+            try await client.shutdown(.write)
+            try await client.shutdown(.both)
+            await client.close()
+            await #expect(throws: LoopError.closed) { try await client.shutdown(.write) }
+        }
+    }
+
     @Test("a shutdown racing connects to a Unix path, which succeed at once (review): every connected socket is closed, none left behind",
           .timeLimit(.minutes(1)), arguments: backends)
     func shutdownRacingImmediateConnects(backend: Backend) async throws {
