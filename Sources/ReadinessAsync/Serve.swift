@@ -18,7 +18,8 @@ extension AsyncListener {
     /// the connection is closed when `handler` returns.
     ///
     /// Returns when accepting ends for one of those reasons, after every connection's task has
-    /// finished (cancelling the calling task cancels them too). Throws the accept failure that is
+    /// finished (cancelling the calling task cancels them too; so does the loop's end, also when the
+    /// listener was closed before the loop shut down). Throws the accept failure that is
     /// none of those (a listener the kernel no longer accepts on, a poller failure), after the same
     /// wait for the connections. An out-of-descriptors accept is not a failure: the listener backs off
     /// (Docs/Sockets.md) and accepting goes on; nor is a loop that holds as many resources as it can
@@ -26,6 +27,7 @@ extension AsyncListener {
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = self
         let loop = self.loop
+        let running = ServedConnections()
         let failure: LoopError? = await withDiscardingTaskGroup { connections in
             while true {
                 // Cancelled: stop at once, though connections are still queued (accept takes one
@@ -44,9 +46,15 @@ extension AsyncListener {
                         await loop.finishedUnlessCancelled()
                         connections.cancelAll()
                         return nil
-                    case .closed, .cancelled:
-                        // Closed: the connections finish. Cancelled: the group's tasks are
-                        // cancelled with it.
+                    case .closed:
+                        // Closed by its owner: the connections finish. Should the loop end first (a
+                        // shutdown after the close, Go's Close then Shutdown), those still running are
+                        // cancelled, as when the shutdown comes first: a handler waiting on something
+                        // else than the loop ends too. Cancelling `serve` ends this wait.
+                        if await running.finishedOrLoopEnded(loop) { connections.cancelAll() }
+                        return nil
+                    case .cancelled:
+                        // The group's tasks are cancelled with it.
                         return nil
                     case .shutdown:
                         // The loop is gone: a handler waiting on something else (a stream, a sleep
@@ -63,13 +71,68 @@ extension AsyncListener {
                         return error
                     }
                 }
+                running.started()
                 connections.addTask(executorPreference: loop) {
                     await handler(socket)
                     await socket.close()
+                    running.ended()
                 }
             }
         }
         if let failure { throw failure }
+    }
+}
+
+/// The connections' tasks a ``AsyncListener/serve(_:)`` runs, counted, so that a serve whose listener
+/// was closed waits for them or for its loop's end, whichever comes first.
+final class ServedConnections: @unchecked Sendable {
+    // Sendable: `count` and `waiter` are only touched with `lock` held.
+    private let lock = ConditionLock()
+    private var count = 0
+    private var waiter: UnsafeContinuation<Void, Never>?
+
+    func started() { lock.withLock { count += 1 } }
+
+    func ended() {
+        let resumed: UnsafeContinuation<Void, Never>? = lock.withLock {
+            count -= 1
+            guard count == 0 else { return nil }
+            defer { waiter = nil }
+            return waiter
+        }
+        resumed?.resume()
+    }
+
+    /// Returns when no connection's task runs, or sooner when the calling task is cancelled.
+    private func emptied() async {
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                let now = lock.withLock { () -> Bool in
+                    if count == 0 || Task.isCancelled { return true }
+                    waiter = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let resumed: UnsafeContinuation<Void, Never>? = lock.withLock {
+                defer { waiter = nil }
+                return waiter
+            }
+            resumed?.resume()
+        }
+    }
+
+    /// Waits until every connection's task has ended (false) or `loop` has finished (true), whichever
+    /// comes first; a cancelled caller returns at once.
+    func finishedOrLoopEnded(_ loop: EventLoop) async -> Bool {
+        await withTaskGroup(of: Bool.self) { race in
+            race.addTask { await self.emptied(); return false }
+            race.addTask { await loop.finishedUnlessCancelled(); return true }
+            let first = await race.next() ?? false
+            race.cancelAll()
+            return first
+        }
     }
 }
 

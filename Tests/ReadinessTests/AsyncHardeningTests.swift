@@ -9,6 +9,38 @@ import Testing
 /// iteration that ended early.
 @Suite("Async hardening (review)", .serialized)
 struct AsyncHardeningTests {
+    @Test("Go Close then Shutdown (review): a serve whose listener was closed before the loop shut down still cancels handlers waiting elsewhere and returns; with every handler done it returns at once",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func serveClosedThenShutdown(backend: Backend) async throws {
+        for plain in [false, true] {
+            let loop = try EventLoop(backend: backend)
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let cancelled = Atomic<Int>(0)
+            let server = Task { try await listener.serve { _ in
+                do { try await Task.sleep(for: .seconds(3_600)) } catch { cancelled.add(1, ordering: .relaxed) }
+            } }
+            let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            try await loop.sleep(for: .milliseconds(30))    // the handler runs
+            await listener.close()
+            try await loop.sleep(for: .milliseconds(50))    // serve saw .closed before any shutdown began
+            let start = ContinuousClock.now
+            if plain { await loop.shutdown() } else { await loop.shutdown(gracePeriod: .milliseconds(200)) }
+            _ = await client
+            try await server.value
+            let took = ContinuousClock.now - start
+            #expect(cancelled.load(ordering: .relaxed) == 1, "the handler was not cancelled on \(backend)")
+            #expect(took < .seconds(2), "serve took \(took) after the shutdown on \(backend)")
+        }
+        // Closed with no connection: serve returns at once, the loop still running.
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let server = Task(executorPreference: loop) { try await listener.serve { _ in } }
+            try await loop.sleep(for: .milliseconds(20))
+            await listener.close()
+            try await server.value
+        }
+    }
+
     @Test("tokio shutdown_after_tcp_reset (review): shutdown(.write) after the peer reset succeeds, as on a Unix socket whose peer closed; the read then reports the reset or end of stream",
           .timeLimit(.minutes(1)), arguments: backends)
     func shutdownAfterReset(backend: Backend) async throws {

@@ -165,13 +165,17 @@ enum ReadmeSnippets {
         try await socket.write(Bytes("bye\n".utf8))                   // every byte, no copy (or a [UInt8])
     }
 
-    static func secondSignal(group: EventLoopGroup) async throws {
+    /// Run by `secondSignalSnippet` with SIGUSR2 for `[.interrupt, .terminate]`.
+    static func secondSignal(group: EventLoopGroup, watching watched: [Signal] = [.interrupt, .terminate]) async throws {
         let signalLoop = try EventLoop()   // not the group's: it must outlive their drain
+        let signals = try signalLoop.signals(watched)
         var stopping: Task<Void, Never>?
-        for await signal in try signalLoop.signals([.interrupt, .terminate]) {
-            _ = signal
+        for await _ in signals {
             if let stopping { stopping.cancel(); break }          // the second signal: stop now
-            stopping = Task { await group.shutdown(gracePeriod: .seconds(10)) }
+            stopping = Task {
+                await group.shutdown(gracePeriod: .seconds(10))
+                signals.finish()                                  // drained: the loop above ends without a second signal
+            }
         }
         await stopping?.value
         await signalLoop.shutdown()

@@ -1,5 +1,6 @@
 import Glibc
 import Readiness
+import Synchronization
 import Testing
 
 /// Signals as async sequences (Sources/ReadinessAsync/Signals.swift over ReadinessNet's
@@ -7,6 +8,24 @@ import Testing
 /// SIGUSR1's and SIGUSR2's default action ends the process.
 @Suite("Signals", .serialized)
 struct SignalTests {
+    @Test("Docs/Async.md's second-signal sample (review): one signal drains the group and the sample returns, without waiting for a second")
+    func secondSignalSnippet() async throws {
+        let group = try EventLoopGroup(count: 2)
+        let sample = Task { try await ReadmeSnippets.secondSignal(group: group, watching: [.user2]) }
+        try await Task.sleep(for: .milliseconds(200))   // subscribed
+        kill(getpid(), SIGUSR2)
+        let start = ContinuousClock.now
+        let returned = Atomic<Bool>(false)
+        let watchdog = Task {
+            try? await Task.sleep(for: .seconds(5))
+            if !returned.load(ordering: .relaxed) { kill(getpid(), SIGUSR2) }   // the second signal ends a sample that hangs
+        }
+        try await sample.value
+        returned.store(true, ordering: .relaxed)
+        watchdog.cancel()
+        #expect(ContinuousClock.now - start < .seconds(3), "the sample waited for a second signal")
+    }
+
     /// Sends `signal` to the process (not `raise`, which sends it to the calling thread: a Swift
     /// concurrency thread blocks signals, so it would stay pending there).
     static func send(_ signal: CInt) { kill(getpid(), signal) }
