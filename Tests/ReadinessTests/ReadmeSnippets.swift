@@ -1,7 +1,7 @@
 import Readiness
 
 // The README's examples and the code samples of Docs/*.md, compiled with the tests so that they stay
-// true to the API (not run: the server waits for SIGINT or SIGTERM on port 8080, the others connect to
+// true to the API (not run, but for `secondSignal`, which SignalTests runs with SIGUSR2: the server waits for SIGINT or SIGTERM on port 8080, the others connect to
 // port 8080 or to example.com; Tests/ReadinessTests/ServeTests.swift, SignalTests.swift,
 // ConnectSocketTests.swift and HappyEyeballsTests.swift run the same calls). Each sample is copied as
 // the document shows it; what the document leaves out (`running`, `buffer`, a handler) is declared
