@@ -1,7 +1,10 @@
 import Glibc
 @_spi(Backend) import Readiness
 import ReadinessConformance
+import Synchronization
 import Testing
+
+private final class StopFlag: Sendable { let value = Atomic<Bool>(false) }
 
 /// io_uring only: what the shared scenarios (which run it like every backend) cannot say.
 @Suite("io_uring")
@@ -127,6 +130,60 @@ struct IOUringTests {
         pairs[last][1] = -1
         var entry = pollfd(fd: pairs[last][0], events: Int16(POLLIN), revents: 0)
         #expect(poll(&entry, 1, 100) == 1 && entry.revents & Int16(POLLHUP) != 0, "the peer saw no hang-up: the file is still held")
+    }
+
+    /// A child forked without exec holds the ring (its copy of the descriptor): before, the parent's
+    /// close() only closed its own descriptor, so the ring's poll requests went on holding the files.
+    @Test("close() with a forked child alive cancels the requests: the parent's closed socket looks closed to its peer (review)", .enabled(if: usable))
+    func closeWithForkedChild() throws {
+        let poller = try IOUringSeam.makePoller()
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]) }
+        try poller.register(fds[1], token: 1, interest: .readable)
+        try poller.wait(into: EventBuffer(capacity: 4), timeout: .zero)
+        let child = fork()
+        if child == 0 {
+            close(fds[0]); close(fds[1])   // the child lets go of the sockets, not of the ring
+            usleep(3_000_000)
+            _exit(0)
+        }
+        #expect(child > 0)
+        defer { kill(child, SIGKILL); var status: CInt = 0; waitpid(child, &status, 0) }
+        try poller.close()
+        close(fds[1])
+        var entry = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 500) == 1 && entry.revents & Int16(POLLHUP) != 0, "the ring the child holds still holds the file")
+    }
+
+    /// liburing poll-cancel: a POLL_REMOVE racing a wake-up fails with EALREADY and the poll (and its
+    /// file) stays until a later wait sends it again; an ASYNC_CANCEL marks it cancelled regardless.
+    @Test("deregister then close while a peer keeps writing: the peer sees the close at once, every time (review)", .enabled(if: usable))
+    func deregisterUnderConcurrentWrites() async throws {
+        let poller = try IOUringSeam.makePoller()
+        defer { try? poller.close() }
+        var held = 0
+        for _ in 0..<200 {
+            var fds: [CInt] = [-1, -1]
+            try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+            try poller.register(fds[1], token: 1, interest: .readable)
+            try poller.wait(into: EventBuffer(capacity: 4), timeout: .zero)
+            let writer = fds[0]
+            let stop = StopFlag()
+            let writing = Thread { () in
+                var byte: UInt8 = 1
+                while !stop.value.load(ordering: .relaxed) { _ = send(writer, &byte, 1, CInt(MSG_NOSIGNAL)) }
+            }
+            usleep(50)
+            try poller.deregister(fds[1])
+            close(fds[1])
+            var entry = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+            if !(poll(&entry, 1, 20) >= 1 && entry.revents & Int16(POLLHUP) != 0) { held += 1 }
+            stop.value.store(true, ordering: .relaxed)
+            writing.join()
+            close(fds[0])
+        }
+        #expect(held == 0, "\(held) of 200 closes not seen by the peer")
     }
 
     @Test("closed while registered: its own events are dropped; the file is released by deregister", .enabled(if: usable))

@@ -25,6 +25,23 @@ struct PollerTests {
         #expect(openDescriptorCount() == before)
     }
 
+    @Test("mio reregister then deregister then drop (review): with no wait between, the peer sees the close at once on every backend", arguments: backends)
+    func reregisterDeregisterClose(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]) }
+        try poller.register(fds[1], token: 1, interest: .readable)
+        try poller.wait(into: EventBuffer(capacity: 4), timeout: .zero)   // the request is in the kernel
+        try poller.reregister(fds[1], token: 2, interest: [.readable, .writable])
+        try poller.deregister(fds[1])
+        close(fds[1])
+        var entry = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+        // Before, on io_uring: the old request's cancel stayed queued and held the file until the next wait.
+        #expect(poll(&entry, 1, 200) == 1 && entry.revents & Int16(POLLHUP) != 0, "the file is still held on \(backend)")
+    }
+
     @Test("a waker outlives its closed poller safely", arguments: backends)
     func wakerAfterClose(backend: Backend) throws {
         let poller = try backend.makePoller()

@@ -288,17 +288,6 @@ int rd_uring_unqueue(struct rd_uring *r, uint32_t position, uint64_t user_data) 
     return 1;
 }
 
-int rd_uring_poll_remove(struct rd_uring *r, uint64_t target, uint64_t user_data) {
-    int error = 0;
-    struct io_uring_sqe *sqe = next_sqe(r, &error);
-    if (!sqe) return error;
-    sqe->opcode = IORING_OP_POLL_REMOVE;
-    sqe->fd = -1;
-    sqe->addr = target;
-    sqe->user_data = user_data;
-    return 0;
-}
-
 int rd_uring_enter(struct rd_uring *r, unsigned min_complete, int64_t timeout_ns) {
     publish(r);
     int e = enable(r);
@@ -430,6 +419,17 @@ int rd_uring_prep_cancel(struct rd_uring *r, uint64_t target, uint64_t user_data
     sqe->addr = target;
     sqe->user_data = user_data;
     return 0;
+}
+
+int rd_uring_cancel_all(struct rd_uring *r, uint64_t user_data) {
+    int error = 0;
+    struct io_uring_sqe *sqe = next_sqe(r, &error);
+    if (!sqe) return error;
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY;
+    sqe->user_data = user_data;
+    return rd_uring_submit(r);
 }
 
 struct rd_uring_buffers {

@@ -79,6 +79,9 @@ public final class IOUringSeam: BackendSeam {
     private var wakerInFlight = false
     private var registered = 0
     private var ringClosed = false
+    /// A cancel is queued and not yet submitted (a reregister's): a deregister submits it at once,
+    /// whether or not it queues one of its own.
+    private var cancelQueued = false
     /// Operation completions reaped by the waits, not yet taken (``CompletionRing``; IOUringCompletions.swift).
     var operationCompletions: [OperationCompletion] = []
     /// The provided-buffer ring, registered by the first receive that asks for one (on the loop thread,
@@ -340,8 +343,12 @@ public final class IOUringSeam: BackendSeam {
         return true
     }
 
+    /// Queues the cancel of the request tagged `target`. An ASYNC_CANCEL, not a POLL_REMOVE: the kernel
+    /// marks the poll cancelled even while a wake-up holds it, where a POLL_REMOVE then fails with
+    /// EALREADY and the request (and its file) stays until a later wait sends the cancel again.
     private func cancel(_ target: UInt64) throws(PollerError) {
-        try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_poll_remove(ring, target, target | Self.controlBit) }
+        try owned("io_uring_enter(ASYNC_CANCEL)") { rd_uring_prep_cancel(ring, target, target | Self.controlBit) }
+        cancelQueued = true
     }
 
     // MARK: BackendSeam
@@ -391,7 +398,12 @@ public final class IOUringSeam: BackendSeam {
         // descriptor deregistered then closed must look closed to its peer at once). A submit that
         // fails leaves the cancel queued for the next wait, and the registration in the table: the
         // count drops only with it (counted twice, the re-check buffer sized by it came up short).
-        if cancelled { try owned("io_uring_enter(POLL_REMOVE)") { rd_uring_submit(ring) } }
+        if cancelled || cancelQueued {
+            // A cancel queued by an earlier reregister is submitted too: the request it cancels holds
+            // the file as much as this one would (reregister then deregister before a wait).
+            try owned("io_uring_enter(ASYNC_CANCEL)") { rd_uring_submit(ring) }
+            cancelQueued = false
+        }
         registered -= 1
     }
 
@@ -420,6 +432,7 @@ public final class IOUringSeam: BackendSeam {
         var nanoseconds: Int64 = -1
         if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
         let block = pending.isEmpty && operationCompletions.isEmpty && nanoseconds != 0
+        cancelQueued = false   // submitted by this enter
         var status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         if status == -EEXIST {
             try moveToNewRing()
@@ -493,7 +506,7 @@ public final class IOUringSeam: BackendSeam {
         }
         if data & Self.controlBit != 0 {
             if data >> 32 != 0 {
-                // A POLL_REMOVE's: sent again if its request was completing (the next wait submits it).
+                // A cancel's: sent again if its request was completing (the next wait submits it).
                 if result == -EALREADY { try? cancel(data & ~Self.controlBit) }
                 return
             }
@@ -588,8 +601,20 @@ public final class IOUringSeam: BackendSeam {
     /// The ring's descriptor (the current ring's: it moves when the poller changes threads).
     public func ownsDescriptor(_ fd: CInt) -> Bool { !ringClosed && fd == rd_uring_fd(ring) }
 
-    /// Closes the ring: the kernel cancels its requests and drops their file references.
+    /// Closes the ring: the kernel cancels its requests and drops their file references. They are
+    /// cancelled first, at once: a child forked meanwhile holds the ring open (its copy of the
+    /// descriptor), and with it every file a request of ours holds.
     public func close() {
+        guard !ringClosed else { return }
+        _ = rd_uring_cancel_all(ring, Self.nopData)   // refused on another thread (EEXIST): closing does it
+        closeRing()
+    }
+
+    /// In a child made by fork(): the ring is the parent's too, so nothing of it is cancelled; only
+    /// the child's copies are let go.
+    public func closeAfterFork() { closeRing() }
+
+    private func closeRing() {
         guard !ringClosed else { return }
         ringClosed = true
         rd_uring_close(ring)

@@ -37,8 +37,6 @@ int rd_uring_poll_add(struct rd_uring *ring, int fd, uint32_t mask, uint64_t use
 /// Turns the request queued at `position` into a IORING_OP_NOP carrying `user_data` if the kernel has
 /// not taken it yet: 1 if it did, 0 if the request was already submitted.
 int rd_uring_unqueue(struct rd_uring *ring, uint32_t position, uint64_t user_data);
-/// Queues IORING_OP_POLL_REMOVE of the request `target`; its own completion carries `user_data`.
-int rd_uring_poll_remove(struct rd_uring *ring, uint64_t target, uint64_t user_data);
 /// Submits what is queued without waiting. The number submitted, or a negative errno: -EEXIST when
 /// the ring belongs to another thread (DEFER_TASKRUN rings have a single submitter: make a new one).
 int rd_uring_submit(struct rd_uring *ring);
@@ -83,6 +81,9 @@ int rd_uring_prep_sendmsg(struct rd_uring *ring, int fd, const struct msghdr *me
 int rd_uring_prep_accept(struct rd_uring *ring, int fd, uint64_t user_data, int multishot);
 /// IORING_OP_ASYNC_CANCEL of the request whose user_data is `target`.
 int rd_uring_prep_cancel(struct rd_uring *ring, uint64_t target, uint64_t user_data);
+/// Cancels every request of the ring (IORING_ASYNC_CANCEL_ANY, Linux 5.19) and submits: what the
+/// requests held is let go before this returns. The submit's count, or a negative errno.
+int rd_uring_cancel_all(struct rd_uring *ring, uint64_t user_data);
 
 /// A ring of provided buffers (IORING_REGISTER_PBUF_RING, Linux 5.19): `count` (a power of two)
 /// buffers of `size` bytes in group `group`, all given to the kernel; `incremental`: each buffer is
