@@ -29,7 +29,7 @@ public final class IOUringPoller: SpecializedPoller {
 /// seam made (finer than the registration's generation: it also changes on re-arm and reregister). A
 /// completion whose pair is not the descriptor's current request belongs to a registration that was
 /// removed or changed, or to a file that is gone, and is dropped. A removed registration's request is
-/// cancelled with `IORING_OP_POLL_REMOVE`, submitted at once: a poll request holds a reference to its
+/// cancelled with `IORING_OP_ASYNC_CANCEL`, submitted at once: a poll request holds a reference to its
 /// file, so until then a closed descriptor's file lives on (as through a dup).
 @_spi(Backend)
 public final class IOUringSeam: BackendSeam {
@@ -100,7 +100,7 @@ public final class IOUringSeam: BackendSeam {
     var operationsInFlight = 0
 
     /// Tags in the low word's top bit (a descriptor is never negative): the waker's poll, unqueued
-    /// requests (NOPs), both with armID 0, and POLL_REMOVE requests, whose `user_data` is their
+    /// requests (NOPs), both with armID 0, and cancel requests, whose `user_data` is their
     /// target's with this bit set (an armID is never 0), so a cancel that came too early (EALREADY:
     /// the request was completing) is sent again.
     ///
@@ -317,7 +317,7 @@ public final class IOUringSeam: BackendSeam {
     }
 
     /// Cancels `fd`'s request, if it has one, and forgets everything kept for it. Returns true when a
-    /// POLL_REMOVE was queued (the request had been submitted), false when there was nothing to
+    /// cancel was queued (the request had been submitted), false when there was nothing to
     /// cancel or the request was still queued here (it becomes a NOP, and the file was never held).
     @discardableResult
     private func disarm(_ fd: CInt) throws(PollerError) -> Bool {
