@@ -146,7 +146,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         guard !released else { throw .closed }
         let old = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
                                                   capabilities: seam.capabilities,
-                                                  kernelChecksDescriptor: seam.kernelChecksDescriptor)
+                                                  kernelChecksDescriptor: seam.kernelChecksDescriptor,
+                                                  heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd))
         var new = old
         new.token = token
         new.interest = interest

@@ -161,12 +161,17 @@ public struct RegistrationTable: Sendable {
     /// as `register` checks it (open, and of a kind the kernel can poll: one `fstat`), since the
     /// number may name a new file by now, unless `kernelChecksDescriptor` (the backend's call finds a
     /// closed descriptor or a regular file itself).
+    /// `heldByPoller`: the number is the poller's own descriptor now (the caller's file was closed and
+    /// the poller, making a descriptor of its own, got its number): `badDescriptor`, the caller's
+    /// file being gone, where applying the registration would watch the poller with itself.
     public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
-                                capabilities: Capabilities, kernelChecksDescriptor: Bool = false) throws(PollerError) -> Registration {
+                                capabilities: Capabilities, kernelChecksDescriptor: Bool = false,
+                                heldByPoller: Bool = false) throws(PollerError) -> Registration {
         // The same order as register: the descriptor's sign, the arguments, the table, the kernel.
         guard fd >= 0 else { throw .invalidDescriptor(fd) }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
         let current = try checkRegistered(fd)
+        if heldByPoller { throw .badDescriptor(fd) }
         // The same checks as register (one fstat; devices are asked): the number may name a new file.
         if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
         return current

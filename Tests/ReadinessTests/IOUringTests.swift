@@ -388,6 +388,47 @@ struct IOUringThreadTests {
         pthread_join(thread, nil)
     }
 
+    @Test("rule 8 (review): a registered number closed, then taken by the poller's own new ring (a wait from another thread), is badDescriptor to reregister, not watched by the ring itself",
+          .enabled(if: IOUringTests.usable))
+    func reregisterNumberTakenByTheRing() throws {
+        final class Shared: @unchecked Sendable {
+            let poller: IOUringPoller
+            var failure: String?
+            init() throws { poller = try IOUringSeam.makePoller() }
+        }
+        let shared = try Shared()
+        defer { try? shared.poller.close() }
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[1]) }
+        let number = fds[0]
+        try shared.poller.register(number, token: 1, interest: .readable)
+        try shared.poller.wait(into: EventBuffer(capacity: 4), timeout: .zero)
+        close(number)
+        // Fill every lower free number, so that the next descriptor made is `number`.
+        var fillers: [CInt] = []
+        defer { for fd in fillers { close(fd) } }
+        while true {
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if fd == number { close(fd); break }
+            guard fd >= 0, fd < number else { if fd >= 0 { close(fd) }; break }
+            fillers.append(fd)
+        }
+        // A wait from another thread moves the poller to a new ring, which gets the freed number.
+        Self.onAnotherThread {
+            do { try shared.poller.wait(into: EventBuffer(capacity: 4), timeout: .zero) } catch { shared.failure = "\(error)" }
+        }
+        #expect(shared.failure == nil)
+        guard shared.poller.seam.ownsDescriptor(number) else {
+            Issue.record("the new ring did not get \(number): the scenario did not happen")
+            return
+        }
+        #expect(throws: PollerError.badDescriptor(number)) {
+            try shared.poller.reregister(number, token: 2, interest: [.readable, .writable])
+        }
+        try shared.poller.deregister(number)
+    }
+
     @Test("a poller that changes threads keeps its registrations (the ring has one submitting thread)",
           .enabled(if: IOUringTests.usable))
     func changesThreads() throws {
