@@ -42,6 +42,34 @@ struct AsyncDatagramTests {
         }
     }
 
+    @Test("tokio uds_datagram / CPython (review): a Unix datagram send waiting for room ends when the socket is shut down for sending through the escape hatch, on every backend (its readiness never says so)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func sendWaitingEndsOnOwnShutdown(backend: Backend) async throws {
+        for how in [SHUT_WR, SHUT_RDWR] {
+            try await withLoop(backend) { loop in
+                let (a, b) = try DatagramSocket.pair()
+                defer { b.close() }
+                var filled = 0
+                while case .transferred = try a.send([UInt8](repeating: 1, count: 64)) { filled += 1 }   // the peer's queue is full
+                #expect(filled > 0)
+                let adopted = try await loop.adoptDatagram(descriptor: a.release())
+                let sending = Task(executorPreference: loop) { () -> LoopError? in
+                    do { try await adopted.send([UInt8](repeating: 2, count: 64), timeout: .seconds(3)) } catch { return error as? LoopError }
+                    return nil
+                }
+                try await loop.sleep(for: .milliseconds(50))   // the send waits for room
+                let start = ContinuousClock.now
+                try await adopted.withDatagramSocket { (socket) throws(SocketError) in _ = Glibc.shutdown(socket.fd, CInt(how)) }
+                let outcome = await sending.value
+                #expect(ContinuousClock.now - start < .seconds(2), "the send slept on \(backend) after shutdown(\(how))")
+                if case .socket(let error)? = outcome { #expect(error.kind == .reset, "\(error)") } else {
+                    Issue.record("\(String(describing: outcome)) on \(backend) after shutdown(\(how))")
+                }
+                await adopted.close()
+            }
+        }
+    }
+
     @Test("adoptDatagram: a descriptor made elsewhere served by the loop; a refusal leaves it the caller's, open",
           arguments: backends)
     func adoptDatagram(backend: Backend) async throws {

@@ -425,8 +425,13 @@ final class LoopState {
     func withDatagram<T>(_ id: UInt64, _ body: (DatagramSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let datagram = try datagram(id)
         // Closed or released by the body: the loop forgets it (its waiters end with .closed); a
-        // registration changed behind the loop's back is made right, as for a stream.
-        defer { reconcile(datagram, datagram.socket) }
+        // registration changed behind the loop's back is made right, as for a stream. A send waiting
+        // for room tries again: the body may have shut the socket down for sending, which a Unix
+        // datagram socket's readiness never tells (Contract.md, "Hang-up and error").
+        defer {
+            reconcile(datagram, datagram.socket)
+            if slab.contains(datagram) { resolve(datagram, .write, .ready) }
+        }
         do { return try body(datagram.socket) } catch { throw .socket(error) }
     }
 
