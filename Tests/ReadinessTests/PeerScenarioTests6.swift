@@ -160,6 +160,40 @@ extension PeerScenarioTests6 {
         #expect { try a.setMulticastInterface(1) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
     }
 
+    /// libuv udp-options / CPython (review): SO_BROADCAST, the last IP option a Unix socket took
+    /// silently (the kernel ignores it there), is refused as the others are.
+    @Test("SO_BROADCAST on a Unix datagram socket is invalidArgument, as every IP option there")
+    func broadcastOnUnix() throws {
+        let (a, b) = try DatagramSocket.pair()
+        defer { a.close(); b.close() }
+        #expect { try a.setBroadcast(true) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+        let udp = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { udp.close() }
+        try udp.setBroadcast(true)
+    }
+
+    /// libuv test-udp-connect (review): Linux connects a UDP socket to port 0, then denies the
+    /// association (getpeername: ENOTCONN), so `disconnect` did nothing and a send with no destination
+    /// went to port 0. Refused as a send to port 0 is.
+    @Test("connecting a UDP socket to port 0 is invalidArgument (IPv4, IPv6, and on the async layer)", arguments: backends)
+    func connectDatagramPortZero(backend: Backend) async throws {
+        for host in ["127.0.0.1:0", "[::1]:0"] {
+            let peer = try SocketAddress(host)
+            #expect { _ = try DatagramSocket(connectedTo: peer) } throws: { ($0 as? SocketError)?.kind == .invalidArgument }
+            #expect { _ = try DatagramSocket(connectedTo: peer) } throws: { ($0 as? SocketError)?.errno == nil }
+        }
+        try await withLoop(backend) { loop in
+            let before = openDescriptorCount()
+            do {
+                _ = try await loop.connectDatagram(to: try SocketAddress("127.0.0.1:0"))
+                Issue.record("connected to port 0 on \(backend)")
+            } catch {
+                if case .socket(let error)? = error as? LoopError { #expect(error.kind == .invalidArgument) } else { Issue.record("\(error)") }
+            }
+            #expect(openDescriptorCount() == before)
+        }
+    }
+
     /// Go TestUnixListenerStale with EMFILE (libuv tcp-emfile): the stale-path probe needs a second
     /// descriptor. Before: with none left, the path was reported as `.addressInUse` (a live
     /// listener), and the stale file stayed.

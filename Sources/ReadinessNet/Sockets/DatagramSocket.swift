@@ -228,11 +228,17 @@ public final class DatagramSocket {
     // MARK: Connecting
 
     /// Sets the default destination and the only accepted source (connect(2) on a datagram socket:
-    /// nothing is sent). An IPv4 peer of an IPv6 socket is IPv4-mapped (`::ffff:A.B.C.D`). Afterwards `send(_:)` needs no address, datagrams from other sources are
+    /// nothing is sent). An IP peer with port 0 is ``SocketError/Kind/invalidArgument``. An IPv4 peer of an IPv6 socket is IPv4-mapped (`::ffff:A.B.C.D`). Afterwards `send(_:)` needs no address, datagrams from other sources are
     /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
     /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
     public func connect(to peer: SocketAddress) throws(SocketError) {
         let peer = try destination(peer, "connect")
+        // Port 0 names no peer: Linux connects to it, then denies the association (getpeername's
+        // ENOTCONN: no `peerAddress`, and `disconnect` could not tell there was one), while a send to
+        // port 0 is EINVAL. Refused as that send is.
+        if peer.family != .unix, peer.port == 0 {
+            throw SocketError(.invalidArgument, operation: "connect \(peer): port 0 names no peer")
+        }
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
         guard status == 0 else {
             let code = errno
@@ -441,8 +447,11 @@ public final class DatagramSocket {
         }
     }
 
-    /// SO_BROADCAST: may send to a broadcast address (EACCES without it).
+    /// SO_BROADCAST: may send to a broadcast address (EACCES without it). An IP option: on a Unix-domain
+    /// socket (whose kernel takes it and ignores it) ``SocketError/Kind/invalidArgument``, as the other
+    /// IP options are there.
     public func setBroadcast(_ enabled: Bool) throws(SocketError) {
+        if family == .unix { throw SocketError(.invalidArgument, operation: "SO_BROADCAST on a Unix-domain socket") }
         try Self.set(fd, SOL_SOCKET, SO_BROADCAST, enabled ? 1 : 0, "SO_BROADCAST")
     }
 
