@@ -120,8 +120,10 @@ public struct Requirement: Sendable {
     public static let edgeTriggered = Requirement("needs edge-triggered registrations") { $0.edgeTriggered }
     public static let readClosed = Requirement("needs read-closed reports") { $0.reportsReadClosed }
     public static let hangupAndError = Requirement("needs hang-up and error reports") { $0.reportsHangupAndError }
-    public static let selectLimit = Requirement("needs a backend limited to FD_SETSIZE") { $0.maxDescriptor < 65_536 }
-    public static let noSmallLimit = Requirement("needs a backend that holds descriptors of 1024 and more") { $0.maxDescriptor >= 65_536 }
+    /// select's limit exactly (the scenario names it): a backend with another small limit skips it.
+    public static let selectLimit = Requirement("needs a backend limited to FD_SETSIZE (1024)") { $0.maxDescriptor == 1_023 }
+    /// Room for the descriptor the scenario makes (1,500 or more).
+    public static let noSmallLimit = Requirement("needs a backend that holds descriptors of 1500 and more") { $0.maxDescriptor >= 1_600 }
 }
 
 /// Something a scenario's steps work on, set up before the first step and torn down after the last.

@@ -136,6 +136,18 @@ final class ScenarioRun {
 
     private func fd(_ name: String) -> CInt { endpoints[name] ?? closedNumbers[name] ?? -1 }
 
+    /// The token of each descriptor number the scenario registered (and has not deregistered): a
+    /// wait reporting a token more often than registrations carry it breaks "at most one event per
+    /// registration per wait".
+    private var registeredTokens: [CInt: Token] = [:]
+
+    private func registering(_ number: CInt, _ token: Token, _ body: () throws(PollerError) -> Void) -> Observation {
+        attempt { () throws(PollerError) in
+            try body()
+            registeredTokens[number] = token
+        }
+    }
+
     private func attempt(_ body: () throws(PollerError) -> Void) -> Observation {
         do {
             try body()
@@ -155,36 +167,49 @@ final class ScenarioRun {
     }
 
     private func observeWait(_ timeout: Duration?, into events: EventBuffer) -> Observation {
+        let returned: Int
         do {
-            try livePoller().wait(into: events, timeout: timeout)
+            returned = try livePoller().wait(into: events, timeout: timeout)
         } catch {
             // A failed wait reports nothing: events left in the buffer (the last wait's) would be
             // handled twice by a caller that catches the error and goes through it.
             if !events.isEmpty { return .note("\(error.caseName), leaving \(events.count) events in the buffer") }
             return .error(error.caseName)
         }
+        if returned != events.count { return .note("wait returned \(returned) with \(events.count) events in the buffer") }
         var out: [Token: Ready] = [:]
-        for event in events { out[event.token, default: []].formUnion(event.ready) }
+        var times: [Token: Int] = [:]
+        for event in events {
+            out[event.token, default: []].formUnion(event.ready)
+            times[event.token, default: 0] += 1
+        }
+        for (token, count) in times where count > 1 {
+            let carriers = token == .waker ? 1 : max(1, registeredTokens.values.filter { $0 == token }.count)
+            if count > carriers { return .note("token \(token.rawValue) reported \(count) times in one wait (\(carriers) registrations carry it)") }
+        }
         return .events(out)
     }
 
     func run(_ step: Step) throws -> Observation {
         switch step {
         case .register(let e, let token, let interest, let trigger):
-            return attempt { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: trigger) }
+            return registering(fd(e), Token(token)) { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: trigger) }
         case .reregister(let e, let token, let interest, let trigger):
-            return attempt { () throws(PollerError) in try livePoller().reregister(fd(e), token: Token(token), interest: interest, trigger: trigger) }
+            return registering(fd(e), Token(token)) { () throws(PollerError) in try livePoller().reregister(fd(e), token: Token(token), interest: interest, trigger: trigger) }
         case .deregister(let e):
-            return attempt { () throws(PollerError) in try livePoller().deregister(fd(e)) }
+            return attempt { () throws(PollerError) in
+                try livePoller().deregister(fd(e))
+                registeredTokens[fd(e)] = nil
+            }
         case .registerNumber(let number, let token, let interest):
-            return attempt { () throws(PollerError) in try livePoller().register(number, token: Token(token), interest: interest, trigger: .level) }
+            return registering(number, Token(token)) { () throws(PollerError) in try livePoller().register(number, token: Token(token), interest: interest, trigger: .level) }
         case .registerWaker(let token):
             return attempt { () throws(PollerError) in
                 let poller = try livePoller()
                 try poller.register(poller.waker.fd, token: Token(token), interest: .readable, trigger: .level)
             }
         case .registerBadArguments(let e, let token, let interest):
-            return attempt { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: .level) }
+            return registering(fd(e), Token(token)) { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: .level) }
         // I/O goes only to open endpoints: a closed endpoint's number may name anything by now.
         case .write(let e, let bytes):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
@@ -237,7 +262,14 @@ final class ScenarioRun {
             return .events(seen)
         case .duplicate(let e, let name, let atLeast):
             let copy = fcntl(fd(e), F_DUPFD_CLOEXEC, atLeast)
-            guard copy >= 0 else { throw SetupError("fcntl(F_DUPFD)") }
+            guard copy >= 0 else {
+                // At or above the process's open-file limit (RLIMIT_NOFILE, often 1024): the scenario
+                // cannot run here, which says nothing of the backend.
+                if errno == EINVAL || errno == EMFILE {
+                    throw Unsupported(reason: "no descriptor of \(atLeast) or more under this process's open-file limit")
+                }
+                throw SetupError("fcntl(F_DUPFD)")
+            }
             endpoints[name] = copy
             return .ok
         case .wait(let timeout):
@@ -343,6 +375,7 @@ final class ScenarioRun {
             for i in 0..<count {
                 do throws(PollerError) {
                     try livePoller().register(fd("\(prefix)\(i)"), token: Token(first + UInt64(i)), interest: interest, trigger: .level)
+                    registeredTokens[fd("\(prefix)\(i)")] = Token(first + UInt64(i))
                 } catch { return .error(error.caseName) }
             }
             return .ok
@@ -355,6 +388,7 @@ final class ScenarioRun {
         case .deregisterEach(let prefix, let count):
             for i in 0..<count {
                 do throws(PollerError) { try livePoller().deregister(fd("\(prefix)\(i)")) } catch { return .error(error.caseName) }
+                registeredTokens[fd("\(prefix)\(i)")] = nil
             }
             return .ok
         case .waitCounting(let capacity, let timeout):
@@ -398,6 +432,7 @@ final class ScenarioRun {
         case .deregisterAll(let names):
             for name in names {
                 do throws(PollerError) { try livePoller().deregister(fd(name)) } catch { return .error(error.caseName) }
+                registeredTokens[fd(name)] = nil
             }
             return .ok
         }

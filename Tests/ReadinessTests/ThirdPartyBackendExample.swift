@@ -107,35 +107,95 @@ struct ThirdPartyBackendExample {
         usleep(2_500_000)   // the abandoned scenarios end before the next test counts descriptors
     }
 
+    /// A poll backend whose wait's results `mangle` changes (the events in the buffer, the count
+    /// returned): the mistakes a new backend makes.
+    final class Mangling: Poller {
+        let inner: any Poller
+        let mangle: (EventBuffer, Int) -> Int
+        init(_ mangle: @escaping (EventBuffer, Int) -> Int) throws { inner = try PollSeam.makePoller(); self.mangle = mangle }
+        var capabilities: Capabilities { inner.capabilities }
+        var waker: Waker { inner.waker }
+        func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.register(fd, token: token, interest: interest, trigger: trigger)
+        }
+        func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+        }
+        func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+        func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+            mangle(events, try inner.wait(into: events, timeout: timeout))
+        }
+        func close() throws(PollerError) { try inner.close() }
+    }
+
     @Test("a broken backend is caught, with a diff naming the step")
     func brokenBackendFails() {
-        /// Forgets to report writability: the suite must notice.
-        final class Broken: Poller {
+        // Forgets to report writability: the suite must notice.
+        let scenarios = Conformance.scenarios.filter { $0.id == "readiness/writable" }
+        let report = Conformance.run(backend: "broken", scenarios: scenarios) {
+            try Mangling { events, n in
+                let kept = events.filter { !$0.ready.contains(.writable) || $0.ready.contains(.readable) }
+                events.removeAll()
+                for event in kept { _ = events.append(event) }
+                return n
+            }
+        }
+        #expect(report.failures.count == 1)
+        guard case .failed(let diff)? = report.failures.first?.outcome else { return }
+        #expect(diff.contains("step 2"))
+    }
+
+    @Test("the limit scenarios skip, not fail, where the process may not open descriptor 1500 (RLIMIT_NOFILE 1024, systemd's default), and a backend with a small limit other than select's skips the one that names select's (review)")
+    func limitScenariosWhereTheyCannotRun() throws {
+        let scenarios = Conformance.scenarios.filter { $0.id.hasPrefix("limit/") }
+        #expect(scenarios.count >= 2)
+        var saved = rlimit()
+        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &saved)
+        var low = saved
+        low.rlim_cur = 1_024
+        #expect(setrlimit(CInt(RLIMIT_NOFILE.rawValue), &low) == 0)
+        for backend in [Backend.epoll, .select] {
+            let report = Conformance.run(backend: backend.description, scenarios: scenarios) { try backend.makePoller() }
+            #expect(report.failures.isEmpty, "\(report.failures.map(\.scenario)) on \(backend)")
+        }
+        #expect(setrlimit(CInt(RLIMIT_NOFILE.rawValue), &saved) == 0)
+        /// A backend with a table of 4,096 descriptors, which says so.
+        final class Limited: Poller {
             let inner: any Poller
             init() throws { inner = try PollSeam.makePoller() }
-            var capabilities: Capabilities { inner.capabilities }
+            var capabilities: Capabilities { var caps = inner.capabilities; caps.maxDescriptor = 4_095; return caps }
             var waker: Waker { inner.waker }
             func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+                guard fd <= 4_095 else { throw .descriptorTooLarge(fd, limit: 4_096) }
                 try inner.register(fd, token: token, interest: interest, trigger: trigger)
             }
             func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
                 try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
             }
             func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
-            func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
-                let n = try inner.wait(into: events, timeout: timeout)
-                let kept = events.filter { !$0.ready.contains(.writable) || $0.ready.contains(.readable) }
-                events.removeAll()
-                for event in kept { events.append(event) }
-                return n
-            }
+            func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int { try inner.wait(into: events, timeout: timeout) }
             func close() throws(PollerError) { try inner.close() }
         }
-        let scenarios = Conformance.scenarios.filter { $0.id == "readiness/writable" }
-        let report = Conformance.run(backend: "broken", scenarios: scenarios) { try Broken() }
-        #expect(report.failures.count == 1)
-        guard case .failed(let diff)? = report.failures.first?.outcome else { return }
-        #expect(diff.contains("step 2"))
+        let limited = Conformance.run(backend: "limited", scenarios: scenarios) { try Limited() }
+        #expect(limited.failures.isEmpty, "\(limited.failures.map(\.scenario))")
+    }
+
+    @Test("a backend reporting a registration twice in one wait (the read set, then the write set), or a count other than the buffer's, is caught (review: the suite merged events by token and ignored the count)")
+    func duplicateEventsAndWrongCountFail() {
+        let scenarios = Conformance.scenarios.filter { ["readiness/both", "wake/coalesced"].contains($0.id) }
+        #expect(scenarios.count == 2)
+        let twice = Conformance.run(backend: "twice", scenarios: scenarios) {
+            try Mangling { events, _ in
+                let all = Array(events)
+                events.removeAll()
+                for event in all where !events.isFull { _ = events.append(event) }
+                for event in all where !events.isFull { _ = events.append(event) }
+                return events.count
+            }
+        }
+        #expect(twice.failures.count == 2, "\(twice.failures.map(\.scenario))")
+        let miscounted = Conformance.run(backend: "miscounted", scenarios: scenarios) { try Mangling { _, n in n + 1 } }
+        #expect(miscounted.failures.count == 2, "\(miscounted.failures.map(\.scenario))")
     }
 }
 
