@@ -57,8 +57,14 @@ public enum AsyncConformance {
 
     /// Runs a script without expectations: the trace is the result (the async differential generator
     /// compares two backends' traces). Descriptor accounting still fails the run.
-    public static func record(_ steps: [AsyncStep], backend: String, makePoller: @escaping Factory) async -> ScenarioResult {
-        await execute("differential", steps.map { AsyncLine($0) }, requirements: [], backend: backend, makePoller: makePoller) { _ in .passed }
+    /// Under a time limit, as ``run(_:backend:timeLimit:makePoller:)``: a loop that hangs fails the
+    /// script as hung instead of hanging the differential run.
+    public static func record(_ steps: [AsyncStep], backend: String, timeLimit: Duration? = Conformance.defaultTimeLimit,
+                              makePoller: @escaping Factory) async -> ScenarioResult {
+        let outcome = await Watchdog.run(limit: timeLimit) { () async -> ScenarioResult in
+            await execute("differential", steps.map { AsyncLine($0) }, requirements: [], backend: backend, makePoller: makePoller) { _ in .passed }
+        }
+        return outcome ?? Watchdog.hung("differential", backend: backend, limit: timeLimit ?? .zero)
     }
 
     /// Whether an observed outcome is one the expectation allows.

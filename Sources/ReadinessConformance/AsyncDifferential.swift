@@ -151,20 +151,25 @@ public enum AsyncDifferential {
     }
 
     /// Runs the script of `seed` on every contender and compares each with the first. Returns nil when
-    /// all agree, otherwise the shrunk failure.
-    public static func check(seed: UInt64, length: Int, contenders: [Contender]) async -> Failure? {
+    /// all agree, otherwise the shrunk failure. A contender with no result within `timeLimit` (a loop
+    /// whose poller never returns) is a failure as hung, not shrunk.
+    public static func check(seed: UInt64, length: Int, contenders: [Contender],
+                             timeLimit: Duration? = Conformance.defaultTimeLimit) async -> Failure? {
         let generated = script(seed: seed, length: length)
         guard let reference = contenders.first else { return nil }
         for other in contenders.dropFirst() {
-            guard let diff = await differ(generated, reference, other) else { continue }
+            guard let diff = await differ(generated, reference, other, timeLimit: timeLimit) else { continue }
+            if diff.contains(Watchdog.hungMark) {
+                return Failure(seed: seed, backends: (reference.name, other.name), script: generated, diff: diff)
+            }
             // Only scripts that await a task after cancelling it, or after the shutdown, are kept: the
             // others would wait for ever.
             let shrunk = await shrink(generated) { candidate in
                 guard accepts(candidate) else { return false }
-                return await differ(candidate, reference, other) != nil
+                return await differ(candidate, reference, other, timeLimit: timeLimit) != nil
             }
             return Failure(seed: seed, backends: (reference.name, other.name), script: shrunk,
-                           diff: await differ(shrunk, reference, other) ?? diff)
+                           diff: await differ(shrunk, reference, other, timeLimit: timeLimit) ?? diff)
         }
         return nil
     }
@@ -208,9 +213,10 @@ public enum AsyncDifferential {
     static func pairOf(_ e: String) -> Int { e == "a" || e == "b" ? 0 : e == "c" || e == "d" ? 1 : 2 }
 
     /// Where two backends' runs of `steps` differ (nil when they agree).
-    static func differ(_ steps: [AsyncStep], _ a: Contender, _ b: Contender) async -> String? {
-        let x = await AsyncConformance.record(steps, backend: a.name, makePoller: a.makePoller)
-        let y = await AsyncConformance.record(steps, backend: b.name, makePoller: b.makePoller)
+    static func differ(_ steps: [AsyncStep], _ a: Contender, _ b: Contender,
+                       timeLimit: Duration? = Conformance.defaultTimeLimit) async -> String? {
+        let x = await AsyncConformance.record(steps, backend: a.name, timeLimit: timeLimit, makePoller: a.makePoller)
+        let y = await AsyncConformance.record(steps, backend: b.name, timeLimit: timeLimit, makePoller: b.makePoller)
         if case .failed(let why) = x.outcome { return "\(a.name) failed: \(why)" }
         if case .failed(let why) = y.outcome { return "\(b.name) failed: \(why)" }
         var lines: [String] = []

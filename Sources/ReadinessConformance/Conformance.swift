@@ -35,8 +35,14 @@ public enum Conformance {
 
     /// Runs a script without comparing it with expectations: the trace is the result (differential
     /// testing compares two backends' traces instead).
-    public static func record(_ scenario: Scenario, backend: String, makePoller: @escaping Factory) -> ScenarioResult {
-        execute(scenario, backend: backend, makePoller: makePoller) { _, _ in .passed }
+    /// Under the same time limit as ``run(_:backend:timeLimit:makePoller:)``: a backend that hangs fails
+    /// the script as hung instead of hanging the differential run.
+    public static func record(_ scenario: Scenario, backend: String, timeLimit: Duration? = defaultTimeLimit,
+                              makePoller: @escaping Factory) -> ScenarioResult {
+        let outcome = Watchdog.run(limit: timeLimit) {
+            execute(scenario, backend: backend, makePoller: makePoller) { _, _ in .passed }
+        }
+        return outcome ?? Watchdog.hung(scenario.id, backend: backend, limit: timeLimit ?? .zero)
     }
 
     static func execute(_ scenario: Scenario, backend: String, makePoller: @escaping Factory,

@@ -126,19 +126,24 @@ public enum Differential {
     }
 
     /// Runs the script of `seed` on every contender and compares each with the first.
-    /// Returns nil when all agree, otherwise the shrunk failure.
-    public static func check(seed: UInt64, length: Int, contenders: [Contender]) -> Failure? {
+    /// Returns nil when all agree, otherwise the shrunk failure. A contender with no result within
+    /// `timeLimit` (a wait that ignores its timeout and its waker) is a failure as hung, not shrunk.
+    public static func check(seed: UInt64, length: Int, contenders: [Contender],
+                             timeLimit: Duration? = Conformance.defaultTimeLimit) -> Failure? {
         let keepsFiles = contenders.contains { !closeReleasesFile($0) }
         // Shrinking works on the generated script and applies the same rewrite to every candidate.
         let prepare: ([Step]) -> [Step] = { keepsFiles ? deregisteringBeforeClose($0) : $0 }
         let generated = script(seed: seed, length: length)
-        guard let (a, b, diff) = firstDifference(prepare(generated), contenders) else { return nil }
+        guard let (a, b, diff) = firstDifference(prepare(generated), contenders, timeLimit: timeLimit) else { return nil }
+        if diff.contains(Watchdog.hungMark) {
+            return Failure(seed: seed, backends: (a.name, b.name), script: prepare(generated), diff: diff)
+        }
         // Removing a step can take a script outside the contract (a close without the deregister the
         // generator put after it): only scripts the model accepts are kept.
         let shrunk = prepare(shrink(generated) { candidate in
-            ScriptModel.accepts(candidate) && differ(prepare(candidate), a, b) != nil
+            ScriptModel.accepts(candidate) && differ(prepare(candidate), a, b, timeLimit: timeLimit) != nil
         })
-        return Failure(seed: seed, backends: (a.name, b.name), script: shrunk, diff: differ(shrunk, a, b) ?? diff)
+        return Failure(seed: seed, backends: (a.name, b.name), script: shrunk, diff: differ(shrunk, a, b, timeLimit: timeLimit) ?? diff)
     }
 
     /// `script` with a deregister before every close of an endpoint that may be registered: what two
@@ -168,18 +173,20 @@ public enum Differential {
         return poller.capabilities.closeReleasesFile
     }
 
-    static func firstDifference(_ steps: [Step], _ contenders: [Contender]) -> (Contender, Contender, String)? {
+    static func firstDifference(_ steps: [Step], _ contenders: [Contender],
+                                timeLimit: Duration? = Conformance.defaultTimeLimit) -> (Contender, Contender, String)? {
         guard let reference = contenders.first else { return nil }
         for other in contenders.dropFirst() {
-            if let diff = differ(steps, reference, other) { return (reference, other, diff) }
+            if let diff = differ(steps, reference, other, timeLimit: timeLimit) { return (reference, other, diff) }
         }
         return nil
     }
 
-    static func differ(_ steps: [Step], _ a: Contender, _ b: Contender) -> String? {
+    static func differ(_ steps: [Step], _ a: Contender, _ b: Contender,
+                       timeLimit: Duration? = Conformance.defaultTimeLimit) -> String? {
         let scenario = Scenario("differential", checks: "random script", fixtures: fixtures, steps.map { ScriptLine($0) })
-        let x = Conformance.record(scenario, backend: a.name, makePoller: a.makePoller)
-        let y = Conformance.record(scenario, backend: b.name, makePoller: b.makePoller)
+        let x = Conformance.record(scenario, backend: a.name, timeLimit: timeLimit, makePoller: a.makePoller)
+        let y = Conformance.record(scenario, backend: b.name, timeLimit: timeLimit, makePoller: b.makePoller)
         if case .failed(let why) = x.outcome { return "\(a.name) failed to run: \(why)" }
         if case .failed(let why) = y.outcome { return "\(b.name) failed to run: \(why)" }
         guard let visibility = visibility(a, b) else { return "a poller could not be created" }

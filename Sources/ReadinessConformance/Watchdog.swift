@@ -7,10 +7,13 @@ import Synchronization
 /// nothing. A scenario with no result within its limit fails as hung; its thread (or task) is left to
 /// finish on its own, holding what it holds, so descriptor counts of later async scenarios may be off.
 enum Watchdog {
+    /// How a hung scenario's failure begins.
+    static let hungMark = "no result within"
+
     /// The failure of a scenario that gave no result within `limit`.
     static func hung(_ scenario: String, backend: String, limit: Duration) -> ScenarioResult {
         ScenarioResult(scenario: scenario, backend: backend,
-                       outcome: .failed("no result within \(limit): the scenario hangs (its thread is left running)"),
+                       outcome: .failed("\(hungMark) \(limit): the scenario hangs (its thread is left running)"),
                        trace: [], duration: limit)
     }
 

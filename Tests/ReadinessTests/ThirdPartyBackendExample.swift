@@ -104,6 +104,22 @@ struct ThirdPartyBackendExample {
         #expect(ContinuousClock.now - asyncStart < .seconds(1.5))
         #expect(asyncReport.failures.count == 1)
         if case .failed(let reason)? = asyncReport.failures.first?.outcome { #expect(reason.contains("no result within")) }
+
+        // The differential generators too (review: they ran without a limit and hung with the backend).
+        let differentialStart = ContinuousClock.now
+        let failure = Differential.check(seed: 1, length: 30, contenders: [
+            .init(name: "poll") { () throws(PollerError) -> any Poller in try PollSeam.makePoller() },
+            .init(name: "hanging") { () throws(PollerError) -> any Poller in try Hanging() },
+        ], timeLimit: .milliseconds(300))
+        #expect(ContinuousClock.now - differentialStart < .seconds(1.5))
+        #expect(failure?.diff.contains("no result within") == true, "\(String(describing: failure))")
+        let asyncDifferentialStart = ContinuousClock.now
+        let asyncFailure = await AsyncDifferential.check(seed: 1, length: 12, contenders: [
+            .init(name: "poll") { () throws(PollerError) -> any Poller in try PollSeam.makePoller() },
+            .init(name: "hanging") { () throws(PollerError) -> any Poller in try Hanging() },
+        ], timeLimit: .milliseconds(300))
+        #expect(ContinuousClock.now - asyncDifferentialStart < .seconds(1.5))
+        #expect(asyncFailure?.diff.contains("no result within") == true, "\(String(describing: asyncFailure))")
         usleep(2_500_000)   // the abandoned scenarios end before the next test counts descriptors
     }
 
