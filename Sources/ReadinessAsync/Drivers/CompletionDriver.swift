@@ -165,6 +165,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         inFlight -= 1
     }
 
+    /// Submits the operations queued since the last wait now: each takes its file (the kernel looks
+    /// its descriptor up as it submits), before the escape hatch's body may close that descriptor and
+    /// another thread reuse its number for a file the operation would then read or write.
+    func submitQueued() {
+        try? ring.submitNow()
+    }
+
     /// The wait for `op` was given up (`LoopState.resolve`): the kernel is asked to cancel it.
     func abandon(_ op: CompletionOperation, reason: LoopError) {
         op.failure = reason

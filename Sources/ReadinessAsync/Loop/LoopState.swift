@@ -270,8 +270,18 @@ final class LoopState {
 
     func withStream<T>(_ id: UInt64, _ body: (StreamSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let (stream, socket) = try stream(id)
+        bindQueuedOperations(of: stream)
         defer { reconcile(stream, socket) }
         do { return try body(socket) } catch { throw .socket(error) }
+    }
+
+    /// Before the escape hatch's body, on the completion driver: a receive or send of `resource` still
+    /// queued in the ring (submitted with the next wait) is submitted now, so that it holds the
+    /// socket's file should the body close the descriptor (its number may be another file's by the
+    /// next wait). Costs nothing when nothing of the resource waits in the ring.
+    private func bindQueuedOperations(of resource: any LoopResource) {
+        guard let completions, resource.record.read.op != nil || resource.record.write.op != nil else { return }
+        completions.submitQueued()
     }
 
     /// After the escape hatch (`withStreamSocket`, `withDatagramSocket`), which may have closed,
@@ -424,6 +434,7 @@ final class LoopState {
 
     func withDatagram<T>(_ id: UInt64, _ body: (DatagramSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let datagram = try datagram(id)
+        bindQueuedOperations(of: datagram)
         // Closed or released by the body: the loop forgets it (its waiters end with .closed); a
         // registration changed behind the loop's back is made right, as for a stream. A send waiting
         // for room tries again: the body may have shut the socket down for sending, which a Unix
