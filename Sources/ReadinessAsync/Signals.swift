@@ -50,12 +50,13 @@ extension EventLoop {
 
     /// Closes a subscription that will not be returned. A signal that came since the handler was
     /// installed is given back to the action it had before (the process's default, a handler of its
-    /// own): raised again once that is back.
+    /// own): raised again once that is back. Not while another subscription still watches it (the
+    /// action stays the package's): that one has its own copy of the delivery already.
     private static func giveBack(_ subscription: SignalSubscription) {
         subscription.stop()
         let caught = Set(subscription.drain())
         subscription.close()
-        for signal in caught { kill(getpid(), signal.rawValue) }
+        for signal in caught where !SignalSubscription.isWatched(signal) { kill(getpid(), signal.rawValue) }
     }
 }
 

@@ -182,6 +182,9 @@ public final class SignalSubscription: @unchecked Sendable {
     /// Whether ``stop()`` (or ``close()``) was called.
     public var stopped: Bool { lock.withLock { isStopped } }
 
+    /// Whether a subscription of this process watches `signal` now (its handler is the package's).
+    package static func isWatched(_ signal: Signal) -> Bool { SignalRegistry.shared.isWatched(signal.rawValue) }
+
     /// Stops watching (``stop()``) and closes both ends of the pipe. Call it once no task waits on
     /// ``descriptor``; later calls do nothing. Deinitialisation closes it too.
     public func close() {
@@ -243,6 +246,9 @@ final class SignalRegistry: @unchecked Sendable {
         }
         return try result.get()
     }
+
+    /// Whether some subscription watches `signal`.
+    func isWatched(_ signal: CInt) -> Bool { lock.withLock { watchers[signal] != nil } }
 
     /// Frees the slot; returns the signals its full pipe refused that were not yet taken (as
     /// `rd_signal_take_overflow`), read once no handler writes to the slot and before another
