@@ -108,7 +108,7 @@ let package = Package(
                           path: "Examples/readiness-http-server", swiftSettings: strict),
         .executableTarget(name: "readiness-udp-echo", dependencies: ["Readiness", "ExampleSupport"],
                           path: "Examples/readiness-udp-echo", swiftSettings: strict),
-        .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance"],
+        .testTarget(name: "ReadinessTests", dependencies: ["Readiness", "ReadinessConformance", "ExampleSupport"],
                     path: "Tests/ReadinessTests", swiftSettings: strict),
         // The tool's command-line parser (in process) and the built tool run as a user runs it.
         .testTarget(name: "ReadinessToolTests", dependencies: ["readiness", "Readiness"],

@@ -14,6 +14,9 @@ public struct HTTPLoadArguments: Sendable {
     public var backend: Backend?
     public var timeout: Duration = .seconds(60)
 
+    /// The most `--connections` (each a socket and a task).
+    public static let maximumConnections = 100_000
+
     public init(_ args: [String]) throws(UsageError) {
         var rest = args.dropFirst().makeIterator()
         while let flag = rest.next() {
@@ -29,6 +32,9 @@ public struct HTTPLoadArguments: Sendable {
             }
         }
         guard connections > 0, requests > 0 else { throw UsageError("--connections and --requests must be positive") }
+        // Each connection is a socket and a task: more than a process may open is a mistake.
+        guard connections <= Self.maximumConnections else { throw UsageError("--connections must be 1 to \(Self.maximumConnections)") }
+        guard timeout > .zero else { throw UsageError("--timeout must be positive") }
     }
 
     public mutating func parseURL(_ url: String) throws(UsageError) {
@@ -68,6 +74,7 @@ public struct EchoArguments: Sendable {
             default: throw UsageError("unknown option \(flag)")
             }
         }
+        if let connections, connections < 1 { throw UsageError("--connections must be positive") }
     }
 }
 
@@ -116,6 +123,8 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
 
 /// The command line of readiness-udp-echo (server, or `--client` load mode).
 public struct UDPEchoArguments: Sendable {
+    /// The most `--datagrams` a client sends (it keeps a flag per datagram).
+    public static let maximumDatagrams = 1 << 26
     public var host = "127.0.0.1"
     public var port: UInt16 = 7000
     public var backend: Backend?
@@ -151,7 +160,9 @@ public struct UDPEchoArguments: Sendable {
         }
         guard size >= 8, size <= DatagramSocket.maximumUDPPayload else { throw UsageError("--size must be 8 to 65507") }
         guard window >= 1, window <= DatagramBatch.maximumCapacity else { throw UsageError("--window must be 1 to 1024") }
-        if let datagrams, datagrams < 1 { throw UsageError("--datagrams must be positive") }
+        if let datagrams, !(1...Self.maximumDatagrams).contains(datagrams) {
+            throw UsageError("--datagrams must be 1 to \(Self.maximumDatagrams)")
+        }
         if let idle, idle < 1 { throw UsageError("--idle must be positive") }
     }
 }

@@ -59,11 +59,25 @@ public struct ResponseParser {
         while lineStart < range.upperBound {
             let lineEnd = find(Self.crlfcrlf[0..<2], in: lineStart..<range.upperBound) ?? range.upperBound
             if hasPrefix(Self.contentLength, at: lineStart, end: lineEnd) {
+                // Digits only (optional whitespace around them); a value that overflows, or anything
+                // else, makes the response malformed (nil), as a missing length does.
                 var value = 0
+                var digits = 0
                 for index in (lineStart + Self.contentLength.count)..<lineEnd {
                     let byte = buffer[index]
-                    if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") { value = value * 10 + Int(byte - UInt8(ascii: "0")) }
+                    if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") {
+                        let (times, o1) = value.multipliedReportingOverflow(by: 10)
+                        let (sum, o2) = times.addingReportingOverflow(Int(byte - UInt8(ascii: "0")))
+                        guard !o1, !o2 else { return nil }
+                        value = sum
+                        digits += 1
+                    } else if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
+                        guard digits == 0 || index + 1 == lineEnd || buffer[index + 1] == UInt8(ascii: " ") || buffer[index + 1] == UInt8(ascii: "\t") else { return nil }
+                    } else {
+                        return nil
+                    }
                 }
+                guard digits > 0 else { return nil }
                 length = value
             } else if hasPrefix(Self.connection, at: lineStart, end: lineEnd) {
                 close = find(Self.closeToken[...], in: lineStart..<lineEnd, caseInsensitive: true) != nil

@@ -1,7 +1,7 @@
 // readiness-async-http-load: readiness-http-load in async form, on the public API only (no Glibc).
 //
 //   readiness-async-http-load --url http://127.0.0.1:8080/index.html [--connections 50] [--requests 20000]
-//                             [--backend epoll] [--timeout 60]
+//                             [--backend epoll] [--timeout 60]   (each read and write, and the whole run)
 //
 // Like `ab -k`: N keep-alive connections, each one a task preferring one EventLoop, sending the next
 // GET as soon as the previous response is complete, until the total is reached; the counts live in an
@@ -17,11 +17,16 @@ import Readiness
 actor Tally {
     let loop: EventLoop
     let requests: Int
+    /// The run's overall deadline (`--timeout`, as the sync client's): a server that closes or resets
+    /// every connection unanswered would otherwise have the requests given back and sent again for ever.
+    let deadline: ContinuousClock.Instant
     var issued = 0, ok = 0, failed = 0, reconnects = 0
+    private(set) var timedOut = false
 
-    init(loop: EventLoop, requests: Int) {
+    init(loop: EventLoop, requests: Int, deadline: ContinuousClock.Instant) {
         self.loop = loop
         self.requests = requests
+        self.deadline = deadline
     }
 
     nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
@@ -29,6 +34,10 @@ actor Tally {
     /// Takes the next request to send; false when all are taken.
     func take() -> Bool {
         guard issued < requests else { return false }
+        guard ContinuousClock.now < deadline else {
+            timedOut = true
+            return false
+        }
         issued += 1
         return true
     }
@@ -108,7 +117,7 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
 func load(_ arguments: HTTPLoadArguments) async throws {
     let backend = try arguments.backend ?? Backend.default()
     let loop = try EventLoop(backend: backend)
-    let tally = Tally(loop: loop, requests: arguments.requests)
+    let tally = Tally(loop: loop, requests: arguments.requests, deadline: .now + arguments.timeout)
     let request = Array("GET \(arguments.path) HTTP/1.1\r\nHost: \(arguments.hostHeader)\r\nUser-Agent: readiness-async-http-load\r\n\r\n".utf8)
     let started = ContinuousClock.now
     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -123,6 +132,10 @@ func load(_ arguments: HTTPLoadArguments) async throws {
     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     let (ok, failed, reconnects) = await tally.summary
     let completed = ok + failed
+    if await tally.timedOut {
+        await loop.shutdown()
+        throw RunFailure("timed out after \(completed) responses")
+    }
     let rate = Int((Double(completed) / seconds).rounded())
     await loop.shutdown()
     print("requests \(completed) ok \(ok) failed \(failed) reconnects \(reconnects) "

@@ -75,6 +75,9 @@ struct Request {
 enum ParseResult {
     case request(Request, consumed: Int)
     case incomplete
+    /// The head is here, its body not all: `expectsContinue` when the client waits for a
+    /// `100 Continue` before it sends the body (RFC 9110 section 10.1.1).
+    case awaitingBody(expectsContinue: Bool)
     case failed(status: String)
 }
 
@@ -188,8 +191,15 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     let firstLine = lines.next() ?? []
     guard !hasControl(firstLine, tabs: false) else { return .failed(status: "400 Bad Request") }
     let requestLine = firstLine.split(separator: space, omittingEmptySubsequences: false)
-    guard requestLine.count == 3, requestLine[2].elementsEqual("HTTP/1.1".utf8) || requestLine[2].elementsEqual("HTTP/1.0".utf8),
-          isToken(requestLine[0]), !requestLine[1].isEmpty else { return .failed(status: "400 Bad Request") }
+    guard requestLine.count == 3, isToken(requestLine[0]), !requestLine[1].isEmpty else { return .failed(status: "400 Bad Request") }
+    // HTTP/<digit>.<digit> (RFC 9112 section 2.3): a later 1.x is served as 1.1 (RFC 9110 section 2.5),
+    // another major version is 505; anything else is no HTTP version.
+    let version = Array(requestLine[2])
+    let digit = { (byte: UInt8) in byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
+    guard version.count == 8, version[0..<5].elementsEqual("HTTP/".utf8), digit(version[5]), version[6] == UInt8(ascii: "."),
+          digit(version[7]) else { return .failed(status: "400 Bad Request") }
+    guard version[5] == UInt8(ascii: "1") else { return .failed(status: "505 HTTP Version Not Supported") }
+    let versionText = version[7] == UInt8(ascii: "0") ? "HTTP/1.0" : "HTTP/1.1"
     // The target: origin-form (/path), absolute-form (http://host/path, which a server must accept:
     // RFC 9112 section 3.2.2; its path is served), or asterisk-form for OPTIONS (refused below: 405).
     var target = requestLine[1]
@@ -207,11 +217,11 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     }
     var request = Request(method: String(decoding: requestLine[0], as: UTF8.self),
                           target: String(decoding: target, as: UTF8.self),
-                          version: String(decoding: requestLine[2], as: UTF8.self))
+                          version: versionText)
     // Only GET and HEAD are served: anything else is answered at once, its body not waited for (a
     // client sending `Expect: 100-continue` learns before it sends the body).
     guard request.method == "GET" || request.method == "HEAD" else { return .failed(status: "405 Method Not Allowed") }
-    var close = false, keepAlive = false, hosts = 0
+    var close = false, keepAlive = false, hosts = 0, expectsContinue = false
     while let line = lines.next() {
         guard !hasControl(line, tabs: true), let colonIndex = line.firstIndex(of: colon), isToken(line[..<colonIndex]) else { return .failed(status: "400 Bad Request") }
         let name = line[..<colonIndex]
@@ -227,6 +237,8 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
             if let earlier = request.contentLength, earlier != length { return .failed(status: "400 Bad Request") }
             guard length <= bodyLimit else { return .failed(status: "413 Content Too Large") }
             request.contentLength = length
+        } else if matches(name, "expect") {
+            expectsContinue = matches(value, "100-continue")
         } else if matches(name, "transfer-encoding") {
             return .failed(status: "501 Not Implemented")
         }
@@ -242,7 +254,8 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
         request.keepAliveRequested = keepAlive
     }
     let total = end - bytes.startIndex + 4 + (request.contentLength ?? 0)
-    guard bytes.count >= total else { return .incomplete }
+    // A 100 Continue only to an HTTP/1.1 client (RFC 9110 section 10.1.1: never to 1.0).
+    guard bytes.count >= total else { return .awaitingBody(expectsContinue: expectsContinue && request.version == "HTTP/1.1") }
     return .request(request, consumed: total)
 }
 
@@ -262,14 +275,18 @@ let helloBody = "Hello, world!"
 let helloKeptAlive = response("200 OK", helloBody, keepAlive: true)
 
 /// The answer to one request, after the work it asks for.
-func answer(_ request: Request, on loop: EventLoop) async -> [UInt8] {
+/// The answer to `request`; a drain that began while it was made (a slow handler) turns its
+/// `keepAlive` off, so that the answer says `Connection: close` (RFC 9112 section 9.6; Go's
+/// net/http decides when it writes the head, after the handler).
+func answer(_ request: inout Request, on loop: EventLoop, connections: Connections) async -> [UInt8] {
     let head = request.method == "HEAD"
-    func reply(_ status: String, _ body: String) -> [UInt8] {
-        response(status, body, keepAlive: request.keepAlive, keepAliveRequested: request.keepAliveRequested, head: head)
-    }
     if request.target.hasPrefix("/sleep?ms="), let ms = Int(request.target.dropFirst("/sleep?ms=".count)) {
         try? await loop.sleep(for: .milliseconds(min(max(ms, 0), 60_000)))
-        return reply("200 OK", "slept \(ms) ms\n")
+        if connections.draining.load(ordering: .sequentiallyConsistent) { request.keepAlive = false }
+        return response("200 OK", "slept \(ms) ms\n", keepAlive: request.keepAlive, keepAliveRequested: request.keepAliveRequested, head: head)
+    }
+    func reply(_ status: String, _ body: String) -> [UInt8] {
+        response(status, body, keepAlive: request.keepAlive, keepAliveRequested: request.keepAliveRequested, head: head)
     }
     if request.target == "/" || request.target.hasPrefix("/?") {
         if !head, request.keepAlive, !request.keepAliveRequested { return helloKeptAlive }
@@ -305,6 +322,7 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
     _ = try? await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
     var pending: [UInt8] = []
     var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
+    var continued = false   // a 100 Continue was sent for the request whose body is awaited
     let clock = ContinuousClock()
     var requestDeadline: ContinuousClock.Instant?   // set while a request has begun and is not whole
     // When an idle connection is closed: 60 s after its last answer (or its start). Bytes that begin no
@@ -342,6 +360,14 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
             switch parse(pending[start...]) {
             case .incomplete:
                 keepGoing = false
+            case .awaitingBody(let expectsContinue):
+                // The client waits for leave to send the body: given once per request, after the
+                // answers to the requests before it.
+                if expectsContinue, !continued {
+                    out += Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+                    continued = true
+                }
+                keepGoing = false
             case .failed(let status):
                 out += response(status, "\(status)\n", keepAlive: false)
                 await refuse(socket, out)
@@ -349,9 +375,10 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
             case .request(var request, let consumed):
                 start += consumed
                 answered = true
+                continued = false
                 // During the drain the answer says the connection ends with it (RFC 9112 section 9.6).
                 if connections.draining.load(ordering: .sequentiallyConsistent) { request.keepAlive = false }
-                let reply = await answer(request, on: socket.loop)
+                let reply = await answer(&request, on: socket.loop, connections: connections)
                 if out.isEmpty { out = reply } else { out += reply }   // one answer: its bytes shared, not copied
                 if !request.keepAlive {
                     // Requests the client sent after this one, unread, would make the close a reset

@@ -1,3 +1,4 @@
+import ExampleSupport
 import Glibc
 import Readiness
 import Testing
@@ -87,6 +88,23 @@ extension ExamplesTests {
         #expect(serverStatus == 0, "\(serverOutput)")
         #expect(serverOutput.contains("datagrams \(datagrams) echoed-bytes \(datagrams * size) truncated 0 backend \(backend.name)"),
                 "\(serverOutput)")
+    }
+
+    @Test("the load clients' parser and the examples' arguments refuse what would trap or never end (review: each trapped, hung or looped before)")
+    func inputsThatTrappedBefore() {
+        func parse(_ head: String) -> ResponseParser.Outcome {
+            var parser = ResponseParser()
+            parser.buffer.append(contentsOf: Array(head.utf8))
+            return parser.next()
+        }
+        #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n") == .malformed)   // overflow trap before
+        #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n") == .malformed)                      // read as 12 before
+        #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n") == .malformed)
+        #expect(parse("HTTP/1.1 200 OK\r\nContent-Length:  0 \r\n\r\n") == .complete(status: 200, close: false))
+        #expect(throws: UsageError.self) { _ = try HTTPLoadArguments(["x", "--url", "http://127.0.0.1:1/", "--connections", "\(Int.max)"]) }
+        #expect(throws: UsageError.self) { _ = try HTTPLoadArguments(["x", "--url", "http://127.0.0.1:1/", "--timeout", "0"]) }
+        #expect(throws: UsageError.self) { _ = try EchoArguments(["x", "--connections", "0"]) }
+        #expect(throws: UsageError.self) { _ = try UDPEchoArguments(["x", "--client", "--datagrams", "\(Int.max)"]) }
     }
 
     @Test("the examples import only Readiness (and what they share, itself on Readiness only; no Glibc)")
