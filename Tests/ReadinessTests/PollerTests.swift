@@ -42,6 +42,36 @@ struct PollerTests {
         #expect(poll(&entry, 1, 200) == 1 && entry.revents & Int16(POLLHUP) != 0, "the file is still held on \(backend)")
     }
 
+    /// The CPU time of the calling thread, in nanoseconds.
+    static func threadCPU() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    @Test("libevent regress test_dup_fd (review): a one-shot reported through a dup after its number was closed, then deregistered, leaves no busy loop on any backend", arguments: backends)
+    func oneShotThroughDupThenDeregistered(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[1]) }
+        try poller.register(fds[0], token: 1, interest: [.readable, .writable], trigger: .oneShot)
+        let copy = dup(fds[0])
+        defer { close(copy) }
+        close(fds[0])
+        _ = write(fds[1], "x", 1)
+        let events = EventBuffer(capacity: 8)
+        try poller.wait(into: events, timeout: .milliseconds(100))
+        try? poller.deregister(fds[0])
+        let start = Self.threadCPU()
+        for _ in 0..<3 { try poller.wait(into: events, timeout: .milliseconds(100)) }
+        let spent = Self.threadCPU() - start
+        // Before, on libevent:epoll: each 100 ms wait spun for all of it (libevent deleted the fired
+        // event itself, ignoring the kernel's EBADF, so deregister asked nothing and saw nothing).
+        #expect(spent < 60_000_000, "\(spent / 1_000_000) ms of CPU in 300 ms of waiting on \(backend)")
+    }
+
     @Test("a waker outlives its closed poller safely", arguments: backends)
     func wakerAfterClose(backend: Backend) throws {
         let poller = try backend.makePoller()

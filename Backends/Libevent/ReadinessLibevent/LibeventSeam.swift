@@ -243,7 +243,15 @@ public final class LibeventSeam: BackendSeam {
         // shim reports the refused delete (no system call of our own); a registration already found
         // closed had its delete refused earlier.
         let refused = rd_lev_reg_remove(regs[index]) != 0
-        if usesEpoll, refused || registration.stale {
+        // A one-shot that fired is no longer pending in libevent (it deleted the event itself, and
+        // ignored the kernel's refusal when the number was closed): nothing was asked of the kernel
+        // now, so a closed number, or one that names another file, is a suspect too (one fstat).
+        var gone = false
+        if usesEpoll, registration.trigger == .oneShot, !refused, !registration.stale {
+            var st = stat()
+            gone = fstat(fd, &st) != 0 || FileIdentity(st) != files[index]
+        }
+        if usesEpoll, refused || registration.stale || gone {
             suspects += 1
             suspectNumbers.insert(fd)
         }
@@ -375,6 +383,10 @@ public final class LibeventSeam: BackendSeam {
                 if entry.revents & Int16(POLLOUT) != 0 { what |= CInt(RD_LEV_WRITE) }
                 if entry.revents & Self.pollRDHUP != 0 { what |= CInt(RD_LEV_CLOSED) }
                 if entry.revents & Int16(POLLERR | POLLHUP) != 0 { what |= CInt(RD_LEV_READ | RD_LEV_WRITE) }
+                // A one-shot reported from here is disarmed in libevent as one that fired is (a re-arm
+                // by reregister had put its event back): left armed, it would fire again, and select
+                // fail with EBADF once the caller closed it.
+                if let r = table[fd], r.isActive, r.trigger == .oneShot { _ = rd_lev_reg_remove(regs[Int(r.index)]) }
                 deliver(fd, what, &table, events)
             }
         }
@@ -414,7 +426,12 @@ public final class LibeventSeam: BackendSeam {
 
     private func markStale(_ fd: CInt, _ table: inout RegistrationTable) {
         guard let registration = table[fd] else { return }
-        _ = rd_lev_reg_remove(regs[Int(registration.index)])
+        // A refused delete (a dup keeps the closed file in the epoll set) is a suspect now, not only
+        // at the deregister: until then the file would fire in every pass.
+        if rd_lev_reg_remove(regs[Int(registration.index)]) != 0, usesEpoll {
+            suspects += 1
+            suspectNumbers.insert(fd)
+        }
         table.markStale(fd)
     }
 
