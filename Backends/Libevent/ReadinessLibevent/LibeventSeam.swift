@@ -296,7 +296,9 @@ public final class LibeventSeam: BackendSeam {
             var microseconds = events.isEmpty ? timeout.microseconds : 0
             let watching = suspects > 0 && microseconds != 0
             if watching, microseconds < 0 || microseconds > Self.spinCheckMicroseconds { microseconds = Self.spinCheckMicroseconds }
+            let began = watching ? MonotonicClock.nowNanoseconds : 0
             let fired = rd_lev_loop(lev, microseconds, watching ? 1 : 0)
+            let wall = watching ? MonotonicClock.nowNanoseconds - began : 0
             passes += 1
             if watching, fired == 0 {
                 // Nothing for us, and the pass ended by its timer: if it burned at least half of it
@@ -318,6 +320,12 @@ public final class LibeventSeam: BackendSeam {
             }
             let before = events.count
             collect(fired, &table, events)
+            // A pass that ended with real events is measured too: if it lasted a while and burned at
+            // least half of it on CPU, a lingering file spun until those events came (steady traffic
+            // would otherwise hide the spin for ever). Rebuilt once its events are collected.
+            if watching, fired > 0, wall >= Self.spinCheckMicroseconds * 200, rd_lev_last_loop_cpu_ns(lev) * 2 >= wall {
+                try reinit(&table)
+            }
             // libevent's epoll method hands out at most its array's size per pass: while passes come
             // back that full and the buffer has room, look again, so a wait fills the buffer as the
             // other backends do. Level events seen twice are reported once (stamps). poll and select
