@@ -110,10 +110,15 @@ public struct AsyncSocket: Sendable {
     /// shut down both ways already, has nothing left to shut down: the kernel's ENOTCONN is success
     /// here, as in tokio (`shutdown` after a reset); a closed socket is `.closed`.
     nonisolated(nonsending) public func shutdown(_ direction: ShutdownDirection) async throws(LoopError) {
-        try await withStreamSocket { (socket) throws(SocketError) in
-            do throws(SocketError) { try socket.shutdown(direction) } catch {
-                if error.errno != ENOTCONN { throw error }
+        let id = self.id
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try state.withStream(id) { (socket) throws(SocketError) in
+                do throws(SocketError) { try socket.shutdown(direction) } catch {
+                    if error.errno != ENOTCONN { throw error }
+                }
             }
+            // A write waiting for room ends now (EPIPE), whichever driver holds it.
+            if direction != .read { state.endWritesAfterShutdown(id) }
         }
     }
 

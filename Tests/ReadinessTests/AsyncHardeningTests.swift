@@ -9,6 +9,33 @@ import Testing
 /// iteration that ended early.
 @Suite("Async hardening (review)", .serialized)
 struct AsyncHardeningTests {
+    @Test("SwiftNIO close(mode: .output) (review): a write waiting for room on a Unix stream socket ends at once when the socket is shut down for writing, on every backend and driver (its readiness never says so)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func writeWaitingEndsOnOwnShutdown(backend: Backend) async throws {
+        for direction in [ShutdownDirection.write, .both] {
+            try await withLoop(backend) { loop in
+                let path = "/tmp/readiness-shutwr-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+                defer { unlink(path) }
+                let listener = try await loop.listen(on: try SocketAddress(unixPath: path))
+                let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                let server = try await listener.accept(timeout: .seconds(5))   // never reads
+                let writing = Task(executorPreference: loop) { () -> LoopError? in
+                    do { try await client.write([UInt8](repeating: 1, count: 8 << 20), timeout: .seconds(3)) } catch { return error as? LoopError }
+                    return nil
+                }
+                try await loop.sleep(for: .milliseconds(100))   // the write waits for room
+                let start = ContinuousClock.now
+                try await client.shutdown(direction)
+                let outcome = await writing.value
+                #expect(ContinuousClock.now - start < .seconds(2), "the write slept on \(backend) after shutdown(\(direction))")
+                if case .socket(let error)? = outcome { #expect(error.kind == .reset, "\(error)") } else {
+                    Issue.record("\(String(describing: outcome)) on \(backend) after shutdown(\(direction))")
+                }
+                await client.close(); await server.close(); await listener.close()
+            }
+        }
+    }
+
     @Test("Go Close then Shutdown (review): a serve whose listener was closed before the loop shut down still cancels handlers waiting elsewhere and returns; with every handler done it returns at once",
           .timeLimit(.minutes(1)), arguments: backends)
     func serveClosedThenShutdown(backend: Backend) async throws {

@@ -422,6 +422,15 @@ int rd_uring_prep_cancel(struct rd_uring *r, uint64_t target, uint64_t user_data
 }
 
 int rd_uring_cancel_all(struct rd_uring *r, uint64_t user_data) {
+    // What is queued and not yet submitted never runs: a receive or send whose task has ended would
+    // read or write memory freed since. Each such entry becomes a NOP before the cancel goes in.
+    unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    for (unsigned i = head; i != r->sq_local_tail; i++) {
+        struct io_uring_sqe *sqe = &r->sqes[i & r->sq_mask];
+        memset(sqe, 0, sizeof *sqe);
+        sqe->opcode = IORING_OP_NOP;
+        sqe->user_data = user_data;
+    }
     int error = 0;
     struct io_uring_sqe *sqe = next_sqe(r, &error);
     if (!sqe) return error;

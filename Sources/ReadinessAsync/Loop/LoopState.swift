@@ -271,8 +271,21 @@ final class LoopState {
     func withStream<T>(_ id: UInt64, _ body: (StreamSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let (stream, socket) = try stream(id)
         bindQueuedOperations(of: stream)
-        defer { reconcile(stream, socket) }
+        // A write waiting for room tries again: the body may have shut the socket down for sending,
+        // which a Unix stream socket's readiness never tells (select's neither for any socket once
+        // shut down both ways): the retry meets EPIPE (Contract.md, "Hang-up and error").
+        defer {
+            reconcile(stream, socket)
+            if slab.contains(stream) { resolve(stream, .write, .ready) }
+        }
         do { return try body(socket) } catch { throw .socket(error) }
+    }
+
+    /// After ``AsyncSocket/shutdown(_:)`` for sending: a send the completion driver has in the kernel
+    /// (which the socket's own shutdown does not wake either) ends with the error its retry would meet.
+    func endWritesAfterShutdown(_ id: UInt64) {
+        guard let (stream, _) = try? stream(id), stream.record.write.op != nil else { return }
+        resolve(stream, .write, .failed(.socket(SocketError(errno: EPIPE, operation: "write after shutdown(.write)"))))
     }
 
     /// Before the escape hatch's body, on the completion driver: a receive or send of `resource` still
