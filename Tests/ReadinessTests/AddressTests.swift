@@ -100,6 +100,9 @@ let refusedHostPorts = [
     RefusedHostPort(text: "[::1]80", reason: "port"),
     RefusedHostPort(text: "[::1]:", reason: "port"),
     RefusedHostPort(text: "[[::1]]:80", reason: "IPv6"),
+    // Go TestSplitHostPort (review): a bracket outside the IPv6 form ("unexpected '['").
+    RefusedHostPort(text: "foo]bar:80", reason: "brackets"),
+    RefusedHostPort(text: "a[b]:80", reason: "brackets"),
     RefusedHostPort(text: "::1:80", reason: "brackets"),
     RefusedHostPort(text: "::1", reason: "brackets"),
     RefusedHostPort(text: "127.0.0.1", reason: "HOST:PORT"),

@@ -256,6 +256,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         if name.utf8.contains(0) { return nulInName }
         if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
         if name.utf8.contains(UInt8(ascii: ":")) { return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)" }
+        // Brackets hold an IPv6 address and nothing else (Go's SplitHostPort: "unexpected '['").
+        if name.utf8.contains(UInt8(ascii: "[")) || name.utf8.contains(UInt8(ascii: "]")) {
+            return "brackets hold only an IPv6 address, as in [::1]"
+        }
         if name.unicodeScalars.contains(where: \.properties.isWhitespace) { return "the name contains whitespace" }
         if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
             return "the name contains a control character"

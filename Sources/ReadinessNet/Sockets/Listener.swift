@@ -175,7 +175,14 @@ public final class Listener {
             case .wouldBlock:
                 return .wouldBlock
             case .aborted, .protocolFailure, .unreachable:
-                continue  // that client is gone (accept(2): treat like EAGAIN and retry)
+                // That client is gone (accept(2): treat like EAGAIN and retry). EOPNOTSUPP is also
+                // what a descriptor that is no longer a listening stream socket answers, every time
+                // (the number closed underneath and reused by a datagram socket): not retried then.
+                if code == EOPNOTSUPP, case .success(let listening) = NetSys.option(fd, level: SOL_SOCKET, name: SO_ACCEPTCONN),
+                   listening == 0 {
+                    throw SocketError(.closed, errno: code, operation: "accept: the descriptor is no longer this listener")
+                }
+                continue
             case .resourceExhausted:
                 return .backingOff(until: startBackoff())
             default:

@@ -204,13 +204,17 @@ public final class StreamSocket {
         }
     }
 
-    /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). TCP only.
+    /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). TCP only: on a
+    /// Unix-domain socket ``SocketError/Kind/invalidArgument``, as every TCP option there.
     public func setNoDelay(_ enabled: Bool) throws(SocketError) {
+        try refuseOnUnix("TCP_NODELAY")
         try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_nodelay(), enabled ? 1 : 0, "TCP_NODELAY")
     }
 
-    /// SO_KEEPALIVE and its timings (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT); nil turns it off.
+    /// SO_KEEPALIVE and its timings (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT); nil turns it off. TCP
+    /// only: on a Unix-domain socket ``SocketError/Kind/invalidArgument``.
     public func setKeepAlive(_ keepAlive: KeepAlive?) throws(SocketError) {
+        try refuseOnUnix("SO_KEEPALIVE")
         guard let keepAlive else {
             try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 0, "SO_KEEPALIVE")
             return
@@ -245,15 +249,21 @@ public final class StreamSocket {
     /// SO_LINGER. A TCP option: on a Unix-domain socket, where the kernel takes it and ignores it (no
     /// reset, no wait), `.resetOnClose` and `.wait` are refused with ``SocketError/Kind/invalidArgument``.
     public func setLinger(_ linger: Linger) throws(SocketError) {
-        if linger != .off, case .success(AF_UNIX) = NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
-            throw SocketError(.invalidArgument, operation: "SO_LINGER on a Unix-domain socket: it would neither reset nor wait")
-        }
+        if linger != .off { try refuseOnUnix("SO_LINGER (it would neither reset nor wait there)") }
         let status: CInt = switch linger {
         case .off: rd_net_set_linger(fd, 0, 0)
         case .resetOnClose: rd_net_set_linger(fd, 1, 0)
         case .wait(let duration): rd_net_set_linger(fd, 1, CInt(clamping: Swift.max(1, duration.clampedSeconds)))
         }
         if status != 0 { throw SocketError(errno: errno, operation: "SO_LINGER") }
+    }
+
+    /// A TCP option on a Unix-domain socket is the caller's mistake, refused the same way whatever
+    /// the kernel would say (EOPNOTSUPP for some, silently taken and ignored for others).
+    private func refuseOnUnix(_ option: String) throws(SocketError) {
+        if case .success(AF_UNIX) = NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
+            throw SocketError(.invalidArgument, operation: "\(option) on a Unix-domain socket")
+        }
     }
 
     private func set(level: CInt, name: CInt, _ value: CInt, _ operation: String) throws(SocketError) {
