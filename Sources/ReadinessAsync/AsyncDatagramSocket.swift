@@ -110,7 +110,11 @@ public struct AsyncDatagramSocket: Sendable {
     }
 
     /// Sends every datagram of `batch` with `sendmmsg`, waiting for room as often as needed. On an
-    /// error (a deadline, cancellation, a refusal) some of them may have been sent.
+    /// error (a deadline, cancellation, a refusal) some of them may have been sent, and how many is not
+    /// said: the kernel sends the slots before a failing one and drops that slot's error, the next
+    /// call fails on it, and the slots after it are not sent. To know, or to go on past a bad slot,
+    /// use `DatagramSocket.send(_:from:)` through `withDatagramSocket` (it returns the count).
+    /// SwiftNIO fails only the bad datagram; a known difference.
     nonisolated(nonsending) public func send(_ batch: DatagramBatch, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
