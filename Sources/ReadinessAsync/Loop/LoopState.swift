@@ -271,13 +271,7 @@ final class LoopState {
     func withStream<T>(_ id: UInt64, _ body: (StreamSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let (stream, socket) = try stream(id)
         bindQueuedOperations(of: stream)
-        // A write waiting for room tries again: the body may have shut the socket down for sending,
-        // which a Unix stream socket's readiness never tells (select's neither for any socket once
-        // shut down both ways): the retry meets EPIPE (Contract.md, "Hang-up and error").
-        defer {
-            reconcile(stream, socket)
-            if slab.contains(stream) { resolve(stream, .write, .ready) }
-        }
+        defer { reconcile(stream, socket) }
         do { return try body(socket) } catch { throw .socket(error) }
     }
 
@@ -307,6 +301,10 @@ final class LoopState {
             close(stream, reason: .closed)   // closed or released by the body: the loop forgets it
             return
         }
+        // A write waiting for room tries again: the body may have shut the socket down for sending,
+        // which a Unix socket's readiness never tells (select's neither for any socket shut down both
+        // ways): the retry meets EPIPE (Contract.md, "Hang-up and error").
+        resolve(stream, .write, .ready)
         let intact: Bool
         if stream.record.registered.isEmpty {
             intact = socket.poller == nil
@@ -449,13 +447,8 @@ final class LoopState {
         let datagram = try datagram(id)
         bindQueuedOperations(of: datagram)
         // Closed or released by the body: the loop forgets it (its waiters end with .closed); a
-        // registration changed behind the loop's back is made right, as for a stream. A send waiting
-        // for room tries again: the body may have shut the socket down for sending, which a Unix
-        // datagram socket's readiness never tells (Contract.md, "Hang-up and error").
-        defer {
-            reconcile(datagram, datagram.socket)
-            if slab.contains(datagram) { resolve(datagram, .write, .ready) }
-        }
+        // registration changed behind the loop's back is made right, as for a stream.
+        defer { reconcile(datagram, datagram.socket) }
         do { return try body(datagram.socket) } catch { throw .socket(error) }
     }
 
