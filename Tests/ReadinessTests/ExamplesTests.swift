@@ -203,10 +203,20 @@ struct Nginx {
     func stop() {
         if let text = try? read(directory + "/nginx.pid"), let pid = pid_t(text.filter { $0.isNumber }) {
             kill(pid, SIGQUIT)
-            for _ in 0..<500 where kill(pid, 0) == 0 { usleep(10_000) }
-            if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+            for _ in 0..<500 where Self.running(pid) { usleep(10_000) }
+            if Self.running(pid) { kill(pid, SIGKILL) }
         }
         _ = system("rm -rf '\(directory)'")
+    }
+
+    /// Whether `pid` still runs. The daemonised master is not our child: once it exits it is a zombie
+    /// until the container's init reaps it, which took about 2 s here (so `kill(pid, 0)` alone made
+    /// every stop wait that long).
+    static func running(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return true }
+        // The state follows the command's closing parenthesis: "pid (comm) S ...".
+        return stat[stat.index(after: close)...].dropFirst().first != "Z"
     }
 }
 
