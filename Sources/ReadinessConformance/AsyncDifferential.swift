@@ -66,7 +66,7 @@ public enum AsyncDifferential {
         var steps = prelude
         func socket() -> String { sockets[random.below(sockets.count)] }
         func endpoint() -> String { datagramSockets[random.below(datagramSockets.count)] }
-        for _ in 0..<length {
+        for _ in 0..<max(0, length) {
             let free = taskNames.filter { !running.contains($0) }
             let busy = taskNames.filter { running.contains($0) }
             switch random.below(21) {

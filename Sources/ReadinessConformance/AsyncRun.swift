@@ -185,6 +185,7 @@ final class AsyncRun {
             guard let kept = callers[caller] else { return .note(closedCallers[caller] == nil ? "no descriptor \(caller)" : "closed by its owner") }
             return .note(Self.sameFile(kept) ? "open" : "closed")
         case .callerWrite(let caller, let bytes):
+            guard bytes >= 0 else { return .note("invalid step: a negative byte count (\(bytes))") }
             guard let kept = callers[caller] else { return .note("no descriptor \(caller)") }
             let data = [UInt8](repeating: 0x61, count: bytes)
             let n = data.withUnsafeBytes { Glibc.write(kept.fd, $0.baseAddress, $0.count) }
@@ -379,6 +380,7 @@ final class AsyncRun {
     private func resolve(_ operation: AsyncOperation) -> @Sendable () async -> AsyncResult {
         let loop = self.loop
         func missing(_ what: String) -> @Sendable () async -> AsyncResult { { (.note("no \(what)"), nil) } }
+        func invalid(_ what: String) -> @Sendable () async -> AsyncResult { { (.note("invalid step: \(what)"), nil) } }
         func caller(_ name: String) -> CInt? { callers[name]?.fd ?? closedCallers[name] }
         switch operation {
         case .read(let name, let maximum, let timeout):
@@ -399,6 +401,7 @@ final class AsyncRun {
                 return .note("\(count) bytes")
             } }
         case .write(let name, let bytes, let timeout):
+            guard bytes >= 0 else { return invalid("a negative byte count (\(bytes))") }
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in
                 try await socket.write([UInt8](repeating: 0x62, count: bytes), timeout: timeout)
@@ -477,6 +480,7 @@ final class AsyncRun {
             guard let listener = loopListeners[name] else { return missing("listener \(name)") }
             return { await listener.close(); return (.ok, nil) }
         case .send(let name, let bytes, let destination, let timeout):
+            guard bytes >= 0 else { return invalid("a negative byte count (\(bytes))") }
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             var address: SocketAddress?
             if let destination {

@@ -44,7 +44,7 @@ public enum Differential {
         var model = ScriptModel()
         let triggers: [Trigger] = [.level, .level, .oneShot]
         var steps: [Step] = []
-        for _ in 0..<length {
+        for _ in 0..<max(0, length) {
             let e = model.watchable[random.below(model.watchable.count)]
             let token = UInt64(1 + random.below(4))
             func interest() -> Interest {

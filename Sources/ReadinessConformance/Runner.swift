@@ -112,6 +112,7 @@ final class ScenarioRun {
             }
             throw SetupError("the Unix-domain backlog never filled", 0)
         case .socketPairs(let name, let count):
+            guard count >= 0 else { throw SetupError("socketPairs(\(name), count: \(count)): a negative count", 0) }
             for i in 0..<count { (endpoints["\(name)\(i)"], endpoints["\(name)\(i)'"]) = try Net.socketPair() }
         case .device(let name, let path):
             let fd = open(path, O_RDWR | O_CLOEXEC)
@@ -161,6 +162,19 @@ final class ScenarioRun {
     /// parisc and sparc).
     static let pathOnlyFlag: CInt = 0o10000000
 
+    /// Sleeps for `duration` (any: a negative one not at all, a long one in full, never a trap on a
+    /// conversion to `usleep`'s 32 bits).
+    static func pause(_ duration: Duration) {
+        var left = duration.clampedNanoseconds
+        while left > 0 {
+            let chunk = min(left, 1_000_000_000)
+            var request = timespec(tv_sec: 0, tv_nsec: Int(chunk))
+            if chunk == 1_000_000_000 { request = timespec(tv_sec: 1, tv_nsec: 0) }
+            nanosleep(&request, nil)   // EINTR: the chunk is cut short, the whole still bounded
+            left -= chunk
+        }
+    }
+
     private func livePoller() throws(PollerError) -> any Poller {
         guard let poller else { throw .closed }
         return poller
@@ -191,6 +205,7 @@ final class ScenarioRun {
     }
 
     func run(_ step: Step) throws -> Observation {
+        if let problem = step.invalidValue { return .note("invalid step: \(problem)") }
         switch step {
         case .register(let e, let token, let interest, let trigger):
             return registering(fd(e), Token(token)) { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: trigger) }
@@ -310,9 +325,9 @@ final class ScenarioRun {
                 observed = box.value.observeWait(timeout, into: box.value.buffer)
                 elapsed = MonotonicClock.nowNanoseconds - start
             }
-            let gap = UInt32(max(1, timeout.clampedNanoseconds / 1000 / Int64(signals + 1)))
+            let gap = Duration.nanoseconds(max(1_000, timeout.clampedNanoseconds / Int64(signals + 1)))
             for _ in 0..<signals {
-                usleep(gap)
+                Self.pause(gap)
                 worker.signal(SIGUSR1)
             }
             worker.join()
@@ -334,7 +349,7 @@ final class ScenarioRun {
         case .waitWokenByThread(let after):
             let waker = try livePoller().waker
             let worker = try Worker {
-                usleep(UInt32(after.clampedNanoseconds / 1000))
+                Self.pause(after)
                 try? waker.wake()
             }
             let observed = observeWait(nil, into: buffer)
@@ -345,7 +360,7 @@ final class ScenarioRun {
             let waker = try livePoller().waker
             let number = fd(e)
             let worker = try Worker {
-                usleep(UInt32(after.clampedNanoseconds / 1000))
+                Self.pause(after)
                 close(number)
                 usleep(5_000)
                 try? waker.wake()
@@ -402,7 +417,7 @@ final class ScenarioRun {
             var observed = Observation.ok
             let box = UnsafeSendable(self)
             let worker = try Worker { observed = box.value.observeWait(nil, into: box.value.buffer) }
-            usleep(UInt32(after.clampedNanoseconds / 1000))
+            Self.pause(after)
             worker.signal(SIGUSR2)
             worker.join()
             return observed

@@ -79,6 +79,30 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     /// `wake()` too (re-entering a wake in progress); records whether the thread finished.
     case wakeReenteredBySignalHandler(signals: Int)
 
+    /// Why the step's own values cannot be run (a negative count, more signals than a wait can be
+    /// split into), or nil. The runner records it as a note rather than trapping on it.
+    var invalidValue: String? {
+        func negative(_ values: Int...) -> Bool { values.contains { $0 < 0 } }
+        switch self {
+        case .write(_, let n) where negative(n): return "a negative byte count (\(n))"
+        case .waitRounds(_, let n) where negative(n): return "a negative number of rounds (\(n))"
+        case .wake(let times, let threads) where negative(times, threads): return "a negative count (\(times) x \(threads))"
+        case .wake(_, let threads) where threads > Self.maximumThreads: return "more than \(Self.maximumThreads) threads (\(threads))"
+        case .waitInterrupted(_, let n) where negative(n) || n > Self.maximumSignals,
+             .wakeReenteredBySignalHandler(let n) where negative(n) || n > Self.maximumSignals:
+            return "a signal count outside 0...\(Self.maximumSignals) (\(n))"
+        case .createPollersExhausted(let n) where negative(n): return "a negative descriptor count (\(n))"
+        case .registerEach(_, let n, _, _) where negative(n), .writeEach(_, let n) where negative(n),
+             .closeEach(_, let n) where negative(n), .deregisterEach(_, let n) where negative(n):
+            return "a negative count (\(n))"
+        default: return nil
+        }
+    }
+
+    /// The most threads a ``wake(times:threads:)`` step starts, and signals a step sends.
+    static let maximumThreads = 256
+    static let maximumSignals = 1_000_000
+
     public var description: String {
         switch self {
         case .register(let e, let t, let i, let tr): "register \(e) token \(t) \(i)\(tr == .level ? "" : " \(tr)")"

@@ -413,12 +413,15 @@ public protocol TokenAllocator: AnyObject {
 }
 
 /// Consecutive tokens from `first` (`first`, `first + 1`, ...): for a caller that reserves a block.
+/// ``/ReadinessCore/Token/waker`` (the largest value) is never handed out: a block that reaches it
+/// goes on at 0.
 public final class TokenBlock: TokenAllocator {
     private var next: Token
     /// Tokens from `first` upward.
     public init(first: Token) { next = first }
     /// The next token of the block.
     public func makeToken() -> Token {
+        if next == .waker { next = Token(rawValue: 0) }
         defer { next = Token(rawValue: next.rawValue &+ 1) }
         return next
     }

@@ -126,6 +126,11 @@ public final class Listener {
         // ``accept()`` would not take them: the loop would spin until then).
         if isBackingOff {
             if poller.isClosed { throw .closed }
+            // The poller's own argument checks, now: found only by ``resume()``, each would start
+            // another back-off, for ever (the same misuse fails at once outside a back-off).
+            if token == .waker { throw .reservedToken }
+            let limit = poller.capabilities.maxDescriptor
+            if fd > limit { throw .descriptorTooLarge(fd, limit: limit &+ 1) }
             registration = (poller, token)
             return
         }
