@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 
 ssize_t rd_net_send(int fd, const void *bytes, size_t count) { return send(fd, bytes, count, MSG_NOSIGNAL); }
+ssize_t rd_net_peek(int fd, void *bytes, size_t count) { return recv(fd, bytes, count, MSG_PEEK); }
 
 ssize_t rd_net_sendv(int fd, const struct iovec *buffers, int count) {
     struct msghdr message;

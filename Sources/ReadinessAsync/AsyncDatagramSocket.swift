@@ -95,6 +95,19 @@ public struct AsyncDatagramSocket: Sendable {
         }
     }
 
+    /// Copies the next datagram into the start of `buffer` as soon as one is queued, **without taking
+    /// it** (tokio's `UdpSocket::peek_from`): the next receive returns it again. The same description
+    /// as a receive into an array (its count, its source, and whether `buffer` was too short).
+    nonisolated(nonsending) public func peek(into buffer: inout [UInt8], timeout: Duration? = nil) async throws(LoopError) -> ReceivedDatagram {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram in
+            try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> ReceivedDatagram? in
+                try socket.peek(into: &buffer).datagram
+            }
+        }
+    }
+
     /// Receives the datagrams queued, as many as `batch` has slots, with one `recvmmsg` once at least
     /// one is there: their number (at least 1; ``DatagramBatch/count``). The batch's storage is
     /// reused: nothing is allocated per datagram. `batch` must not be used elsewhere until this returns.

@@ -71,6 +71,25 @@ public struct AsyncSocket: Sendable {
         }
     }
 
+    /// Copies up to `buffer.count` bytes into the start of `buffer` as soon as some are queued,
+    /// **without taking them** (tokio's `TcpStream::peek`): the next read returns them again. Returns
+    /// how many (0: the peer shut down its sending side and nothing is queued). An empty buffer is
+    /// refused with ``LoopError/invalidArgument(_:)``. It waits as a read does (one reader at a time:
+    /// a peek and a read of the same socket in two tasks are ``LoopError/busy``), with the same
+    /// deadline and cancellation; a reset is reported as a read would report it.
+    nonisolated(nonsending) public func peek(into buffer: inout [UInt8], timeout: Duration? = nil) async throws(LoopError) -> Int {
+        if buffer.isEmpty { throw .invalidArgument("peek into an empty buffer") }
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        let result = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
+            try await state.perform(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+                try socket.peek(into: &buffer)
+            }
+        }
+        if case .transferred(let n) = result { return n }
+        return 0
+    }
+
     /// The most bytes one ``read(upTo:timeout:)`` takes (1 MiB): a larger `maximum` is not allocated
     /// (the same figure as ``StreamSocket/maximumReadReservation``).
     public static let maximumReadChunk = 1 << 20

@@ -111,4 +111,146 @@ struct PeerScenarioTests7 {
         try listener.resume()
         #expect(!listener.isBackingOff)
     }
+
+    // MARK: Peeking (tokio tcp_peek.rs, udp.rs peek_from; CPython recv(MSG_PEEK))
+
+    @Test("tokio tcp_peek: an async peek waits for bytes, returns them without taking them, and the read gets them again; 0 at end of stream",
+          arguments: backends)
+    func asyncStreamPeek(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                // A peek that waits: the bytes come after it began.
+                let waiting = Task(executorPreference: loop) { () async throws(LoopError) -> [UInt8] in
+                    var buffer = [UInt8](repeating: 0, count: 16)
+                    let n = try await server.peek(into: &buffer, timeout: .seconds(5))
+                    return Array(buffer.prefix(n))
+                }
+                try await loop.sleep(for: .milliseconds(20))
+                try await client.write(Array("hello".utf8), timeout: .seconds(5))
+                #expect(try await waiting.value == Array("hello".utf8))
+                // Again: the same bytes (a shorter buffer gets their start), then the read takes them.
+                var short = [UInt8](repeating: 0, count: 3)
+                #expect(try await server.peek(into: &short) == 3 && short == Array("hel".utf8))
+                #expect(try await server.read(upTo: 64, timeout: .seconds(5)) == Array("hello".utf8))
+                // Nothing queued: a peek with a deadline times out; an empty buffer is refused.
+                var buffer = [UInt8](repeating: 0, count: 8)
+                await #expect(throws: LoopError.timedOut) { _ = try await server.peek(into: &buffer, timeout: .milliseconds(20)) }
+                var empty: [UInt8] = []
+                await #expect(throws: LoopError.invalidArgument("peek into an empty buffer")) { _ = try await server.peek(into: &empty) }
+                // A peek and a read at once: one reader at a time.
+                let peeking = Task(executorPreference: loop) { () async throws(LoopError) -> Int in
+                    var buffer = [UInt8](repeating: 0, count: 8)
+                    return try await server.peek(into: &buffer, timeout: .seconds(5))
+                }
+                try await loop.sleep(for: .milliseconds(10))
+                await #expect(throws: LoopError.busy) { _ = try await server.read(upTo: 8, timeout: .seconds(1)) }
+                try await client.shutdown(.write)
+                #expect(try await peeking.value == 0)
+                #expect(try await server.peek(into: &buffer) == 0)
+                #expect(try await server.read(upTo: 8, timeout: .seconds(5)).isEmpty)
+                await client.close(); await server.close(); await listener.close()
+            }.value
+        }
+    }
+
+    @Test("tokio udp peek_from: an async datagram peek waits, tells the source and truncation, and the receive gets the datagram again",
+          arguments: backends)
+    func asyncDatagramPeek(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let server = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                let client = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                let waiting = Task(executorPreference: loop) { () async throws -> (ReceivedDatagram, [UInt8]) in
+                    var buffer = [UInt8](repeating: 0, count: 4)
+                    let datagram = try await server.peek(into: &buffer, timeout: .seconds(5))
+                    return (datagram, buffer)
+                }
+                try await loop.sleep(for: .milliseconds(20))
+                try await client.send(Array("datagram".utf8), to: try #require(server.localAddress), timeout: .seconds(5))
+                let (peeked, start) = try await waiting.value
+                #expect(peeked.isTruncated && peeked.count == 4 && peeked.length == 8 && start == Array("data".utf8))
+                #expect(peeked.source == client.localAddress)
+                var whole = [UInt8](repeating: 0, count: 64)
+                let received = try await server.receive(into: &whole, timeout: .seconds(5))
+                #expect(!received.isTruncated && received.count == 8 && whole.prefix(8) == Array("datagram".utf8)[...])
+                var buffer = [UInt8](repeating: 0, count: 8)
+                await #expect(throws: LoopError.timedOut) { _ = try await server.peek(into: &buffer, timeout: .milliseconds(20)) }
+                await client.close(); await server.close()
+            }.value
+        }
+    }
+
+    // MARK: Destinations that name nobody (review)
+
+    /// The same misuse, the same kind: a send or a batch slot to port 0 was the kernel's EINVAL
+    /// (`.other`) while a connect to it was `.invalidArgument` (Docs/Sockets.md said "as a send to port
+    /// 0 is"); a nameless Unix address (an unbound client's, from accept) was EINVAL for all three.
+    @Test("a send, a connect and a batch slot to port 0 or to a nameless Unix address are invalidArgument, before any system call")
+    func destinationsNamingNobody() throws {
+        let udp = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { udp.close() }
+        let portZero = try SocketAddress("127.0.0.1:0")
+        let (a, b) = try socketPair()
+        defer { close(a); close(b) }
+        let nameless = try SocketAddress.peer(of: a)
+        #expect(nameless.isNamelessUnix)
+        let unix = try DatagramSocket(bind: try SocketAddress(unixPath: "/tmp/readiness-p7-\(getpid()).sock"))
+        defer { unix.close(); unlink("/tmp/readiness-p7-\(getpid()).sock") }
+        for (socket, target) in [(udp, portZero), (unix, nameless)] {
+            #expect(throws: SocketError.self) { _ = try socket.send([1], to: target) }
+            do { _ = try socket.send([1], to: target) } catch { #expect(error.kind == .invalidArgument, "\(error)") }
+            do { try socket.connect(to: target); Issue.record("connect to \(target)") } catch {
+                #expect(error.kind == .invalidArgument, "\(error)")
+            }
+            let batch = try DatagramBatch(capacity: 2, slotSize: 16)
+            do { try batch.append([1], to: target); Issue.record("append to \(target)") } catch {
+                #expect(error.kind == .invalidArgument, "\(error)")
+            }
+        }
+    }
+
+    // MARK: A Unix peer that shuts down its reading side (review: three readers)
+
+    /// Linux's poll never tells a Unix stream writer of its peer's `shutdown(SHUT_RD)` (no POLLOUT,
+    /// POLLHUP or POLLERR), while each send fails with EPIPE. Before: a write waiting for room slept
+    /// to its deadline on every readiness backend, while io_uring's completion driver failed at once.
+    @Test("a write waiting for room on a Unix stream socket ends with EPIPE soon after the peer shuts down reading, on every backend",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func unixPeerShutsDownReading(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                for form in ["raw", "array", "vectored"] {
+                    let (a, b) = try socketPair()
+                    let writer = try await loop.adopt(descriptor: a)
+                    let reader = try await loop.adopt(descriptor: b)
+                    let bytes = [UInt8](repeating: 7, count: 8 << 20)
+                    nonisolated(unsafe) let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+                    raw.copyMemory(from: UnsafeRawBufferPointer(start: bytes, count: bytes.count))
+                    defer { raw.deallocate() }
+                    let writing = Task(executorPreference: loop) { () async throws in
+                        switch form {
+                        case "raw": try await writer.write(UnsafeRawBufferPointer(raw), timeout: .seconds(20))
+                        case "array": try await writer.write(bytes, timeout: .seconds(20))
+                        default:
+                            try await writer.write(vectored: [UnsafeRawBufferPointer(rebasing: raw[..<4]), UnsafeRawBufferPointer(rebasing: raw[4...])],
+                                                   timeout: .seconds(20))
+                        }
+                    }
+                    try await loop.sleep(for: .milliseconds(50))
+                    let start = ContinuousClock.now
+                    try await reader.withStreamSocket { (socket) throws(SocketError) in try socket.shutdown(.read) }
+                    let outcome = await writing.result
+                    let elapsed = ContinuousClock.now - start
+                    guard case .failure(let failure) = outcome, case .socket(let error)? = failure as? LoopError else {
+                        Issue.record("\(form): \(outcome) after \(elapsed)")
+                        continue
+                    }
+                    #expect(error.errno == EPIPE, "\(form): \(error)")
+                    #expect(elapsed < .seconds(2), "\(form): \(elapsed)")
+                    await writer.close(); await reader.close()
+                }
+            }.value
+        }
+    }
 }

@@ -11,6 +11,8 @@
 
 /// send(2) with MSG_NOSIGNAL: a write to a reset peer fails with EPIPE instead of raising SIGPIPE.
 ssize_t rd_net_send(int fd, const void *bytes, size_t count);
+/// recv(MSG_PEEK): copies what is queued on a stream socket without taking it.
+ssize_t rd_net_peek(int fd, void *bytes, size_t count);
 /// sendmsg(2) of `count` buffers with MSG_NOSIGNAL.
 ssize_t rd_net_sendv(int fd, const struct iovec *buffers, int count);
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC, filling the peer's address.

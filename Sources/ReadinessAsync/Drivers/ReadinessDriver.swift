@@ -23,6 +23,7 @@ struct ReadinessDriver: IODriver {
         if direction == .read ? stream.record.read.isWaiting : stream.record.write.isWaiting { throw .busy }
         var wait = waitFirst && direction == .read && !Self.readWouldNotBlock(socket)
         var woken = false
+        var recheck = Self.unknownFamily
         while true {
             if !wait {
                 let result: IOResult
@@ -34,7 +35,11 @@ struct ReadinessDriver: IODriver {
             }
             wait = false
             if woken, loop.expired(deadline) { throw .timedOut }
-            if case .failed(let error) = await loop.wait(stream, direction, deadline: deadline, interest: true) { throw error }
+            if direction == .write {
+                try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
+            } else if case .failed(let error) = await loop.wait(stream, direction, deadline: deadline, interest: true) {
+                throw error
+            }
             woken = true
             (stream, socket) = try loop.stream(id)
         }
@@ -193,6 +198,7 @@ struct ReadinessDriver: IODriver {
         if stream.record.write.isWaiting { throw .busy }
         var offset = 0
         var woken = false
+        var recheck = Self.unknownFamily
         while offset < buffer.count {
             let result: IOResult
             do {
@@ -203,7 +209,7 @@ struct ReadinessDriver: IODriver {
                 continue
             }
             if woken, loop.expired(deadline) { throw .timedOut }
-            if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
             woken = true
             (stream, socket) = try loop.stream(id)
         }
@@ -215,6 +221,7 @@ struct ReadinessDriver: IODriver {
         if stream.record.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
         var woken = false
+        var recheck = Self.unknownFamily
         while !remaining.isEmpty {
             let result: IOResult
             do { result = try socket.write(vectored: remaining) } catch { throw .socket(error) }
@@ -223,7 +230,7 @@ struct ReadinessDriver: IODriver {
                 continue
             }
             if woken, loop.expired(deadline) { throw .timedOut }
-            if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
             woken = true
             (stream, socket) = try loop.stream(id)
         }
@@ -445,6 +452,36 @@ struct ReadinessDriver: IODriver {
         if entry.revents & readShutdown != 0 { return true }
         return entry.revents & Int16(POLLERR) != 0 && entry.revents & Int16(POLLIN) == 0
     }
+
+    /// A stream write's wait for room. On a Unix-domain socket the kernel's poll never reports the
+    /// peer's `shutdown(SHUT_RD)` to the writer (no POLLOUT, POLLHUP or POLLERR; each send then fails
+    /// with EPIPE), so the wait is cut into pauses (``unixWriteRecheck`` doubling up to
+    /// ``unixWriteRecheckCap``) after each of which the write tries again and meets the EPIPE. Before,
+    /// such a write slept to its deadline (for ever without one), while io_uring's completion driver,
+    /// whose send the kernel retries, failed at once. `recheck`: ``unknownFamily`` until the first
+    /// wait asks the socket's domain (one system call per write that waits), then the next pause, or
+    /// ``notUnix`` (TCP: woken by its FIN/RST as ever).
+    @inline(__always)
+    nonisolated(nonsending) private static func waitForRoom(_ stream: StreamResource, _ socket: StreamSocket, deadline: Int64?,
+                                                            recheck: inout Int64, on loop: LoopState) async throws(LoopError) {
+        if recheck == unknownFamily { recheck = socket.isUnixDomain ? unixWriteRecheck : notUnix }
+        if recheck == notUnix {
+            if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
+            return
+        }
+        let retryAt = MonotonicClock.nowNanoseconds &+ recheck
+        recheck = Swift.min(recheck &* 2, unixWriteRecheckCap)
+        let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
+        if case .failed(let error) = await loop.wait(stream, .write, deadline: until, interest: true) {
+            guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
+        }
+    }
+
+    static let unknownFamily: Int64 = 0
+    static let notUnix: Int64 = -1
+    /// A Unix stream write's first recheck while it waits for room (10 ms), and its longest (1 s).
+    static let unixWriteRecheck: Int64 = 10_000_000
+    static let unixWriteRecheckCap: Int64 = 1_000_000_000
 
     /// A datagram operation's first pause when readiness keeps waking it for nothing (1 ms), and
     /// its longest (64 ms).

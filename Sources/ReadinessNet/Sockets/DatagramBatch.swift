@@ -101,8 +101,8 @@ public final class DatagramBatch {
         guard count < capacity, bytes.count <= slotSize else {
             throw SocketError(.invalidArgument, operation: "append \(bytes.count) bytes to a batch of \(count)/\(capacity) slots of \(slotSize)")
         }
-        if let destination, destination.isEmpty {
-            throw SocketError(.invalidArgument, operation: "append to a batch: an empty address (SocketAddress()) is no destination")
+        if let destination, let problem = DatagramSocket.noDestination(destination) {
+            throw SocketError(.invalidArgument, operation: "append to a batch: \(problem)")
         }
         if let base = bytes.baseAddress, !bytes.isEmpty { (payloads + count * slotSize).copyMemory(from: base, byteCount: bytes.count) }
         lengths[count] = bytes.count

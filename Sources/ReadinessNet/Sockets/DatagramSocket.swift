@@ -232,13 +232,10 @@ public final class DatagramSocket {
     /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
     /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
     public func connect(to peer: SocketAddress) throws(SocketError) {
-        let peer = try destination(peer, "connect")
         // Port 0 names no peer: Linux connects to it, then denies the association (getpeername's
         // ENOTCONN: no `peerAddress`, and `disconnect` could not tell there was one), while a send to
-        // port 0 is EINVAL. Refused as that send is.
-        if peer.family != .unix, peer.port == 0 {
-            throw SocketError(.invalidArgument, operation: "connect \(peer): port 0 names no peer")
-        }
+        // port 0 is EINVAL. `destination` refuses it as that send is.
+        let peer = try destination(peer, "connect")
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
         guard status == 0 else {
             let code = errno
@@ -247,15 +244,24 @@ public final class DatagramSocket {
         }
     }
 
+    /// Why `address` names nobody to send to, or nil: the empty address, a nameless Unix address (an
+    /// unbound client's, as `accept` reports it: the kernel's EINVAL), an IP address with port 0 (the
+    /// kernel's EINVAL for a send; a connect it takes, then denies). Refused the same way by a send, a
+    /// connect and a batch slot.
+    static func noDestination(_ address: SocketAddress) -> String? {
+        if address.isEmpty { return "an empty address (SocketAddress()): no destination" }
+        if address.isNamelessUnix { return "a nameless Unix address: no destination" }
+        if address.family != .unix, address.port == 0 { return "\(address): port 0 names no peer" }
+        return nil
+    }
+
     /// `address` as this socket sends to it: as it is when the families match; an IPv4 address from an
     /// IPv6 socket IPv4-mapped (`::ffff:A.B.C.D`, as Go does; the kernel refuses it with
     /// ``SocketError/Kind/unreachable`` (ENETUNREACH) when the socket is IPv6-only); any other mix refused
     /// with ``SocketError/Kind/invalidArgument`` before any system call.
     @usableFromInline
     func destination(_ address: SocketAddress, _ operation: String) throws(SocketError) -> SocketAddress {
-        if address.isEmpty {
-            throw SocketError(.invalidArgument, operation: "\(operation) an empty address (SocketAddress()): no destination")
-        }
+        if let problem = Self.noDestination(address) { throw SocketError(.invalidArgument, operation: "\(operation) \(problem)") }
         if address.family == family { return address }
         if family == .ipv6, let mapped = address.ipv4Mapped { return mapped }
         throw SocketError(.invalidArgument, operation: "\(operation) \(address): not a \(family.rawValue) address")

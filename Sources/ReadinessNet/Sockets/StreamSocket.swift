@@ -105,6 +105,25 @@ public final class StreamSocket {
         return try outcome.get()
     }
 
+    /// Copies up to `buffer.count` of the bytes queued into `buffer` **without taking them**
+    /// (`recv(MSG_PEEK)`; tokio's `TcpStream::peek`, CPython's `recv(n, MSG_PEEK)`): the next read
+    /// returns them again. `.endOfStream` once the peer shut down its sending side and nothing is
+    /// queued; `.wouldBlock` when nothing is. An empty buffer is refused
+    /// (``SocketError/Kind/invalidArgument``), as for ``read(into:)-(UnsafeMutableRawBufferPointer)``.
+    /// A pending error (a reset) is reported, and taken, as a read would report it.
+    public func peek(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
+        if buffer.isEmpty { throw SocketError(.invalidArgument, operation: "peek into an empty buffer") }
+        return try NetSys.result(NetSys.peek(fd, buffer), operation: "recv(MSG_PEEK)", isRead: true)
+    }
+
+    /// ``peek(into:)-(UnsafeMutableRawBufferPointer)`` into the start of `buffer` (its count does not change).
+    public func peek(into buffer: inout [UInt8]) throws(SocketError) -> IOResult {
+        let outcome = buffer.withUnsafeMutableBytes { raw in
+            Result { () throws(SocketError) -> IOResult in try peek(into: raw) }
+        }
+        return try outcome.get()
+    }
+
     /// Writes as much of `buffer` as the socket takes now.
     @inlinable
     public func write(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> IOResult {
@@ -258,12 +277,16 @@ public final class StreamSocket {
         if status != 0 { throw SocketError(errno: errno, operation: "SO_LINGER") }
     }
 
+    /// Whether it is a Unix-domain socket (SO_DOMAIN; one system call).
+    package var isUnixDomain: Bool {
+        if case .success(AF_UNIX) = NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) { return true }
+        return false
+    }
+
     /// A TCP option on a Unix-domain socket is the caller's mistake, refused the same way whatever
     /// the kernel would say (EOPNOTSUPP for some, silently taken and ignored for others).
     private func refuseOnUnix(_ option: String) throws(SocketError) {
-        if case .success(AF_UNIX) = NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
-            throw SocketError(.invalidArgument, operation: "\(option) on a Unix-domain socket")
-        }
+        if isUnixDomain { throw SocketError(.invalidArgument, operation: "\(option) on a Unix-domain socket") }
     }
 
     private func set(level: CInt, name: CInt, _ value: CInt, _ operation: String) throws(SocketError) {

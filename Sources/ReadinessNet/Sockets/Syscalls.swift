@@ -35,6 +35,11 @@ enum NetSys {
     }
 
     @inline(__always)
+    static func peek(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        Sys.retryingEINTR { rd_net_peek(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    @inline(__always)
     static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer) -> Int {
         Sys.retryingEINTR { rd_net_send(fd, buffer.baseAddress, buffer.count) }
     }
