@@ -253,4 +253,55 @@ struct PeerScenarioTests7 {
             }.value
         }
     }
+
+    // MARK: A full buffer of level events, drained by the handler (review: libevent EVLOOP_NONBLOCK)
+
+    /// A busy loop polls with a zero timeout after handling a full buffer of level events. On
+    /// io_uring the descriptors the last wait reported were looked at again first and, found drained,
+    /// still took the buffer's room: the wait returned nothing while another descriptor was ready.
+    @Test("a zero-timeout wait after a full buffer of drained level events reports the descriptor that is ready now", arguments: backends)
+    func zeroTimeoutAfterFullBuffer(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a0, a1) = try socketPair()
+        let (b0, b1) = try socketPair()
+        defer { [a0, a1, b0, b1].forEach { close($0) } }
+        try poller.register(a0, token: 1, interest: .readable)
+        try poller.register(b0, token: 2, interest: .readable)
+        let one = EventBuffer(capacity: 1)
+        _ = write(a1, "x", 1)
+        #expect(try poller.wait(into: one, timeout: .zero) == 1 && one.first?.token == 1)
+        var byte: UInt8 = 0
+        #expect(read(a0, &byte, 1) == 1)
+        _ = write(b1, "y", 1)
+        for round in 0..<3 {
+            let n = try poller.wait(into: one, timeout: .zero)
+            #expect(n == 1 && one.first?.token == 2, "round \(round): \(n) events")
+        }
+    }
+
+    // MARK: A hang-up with a full send queue (review: libevent regress test_simpleclose_rw)
+
+    /// A Unix socket whose peer is gone while its own send queue is full: the kernel reports IN|HUP|RDHUP
+    /// without OUT. A hang-up adds every direction asked for, so a registration for both is writable
+    /// too; libevent's epoll method reported only readable and read-closed (the documented select
+    /// corner aside: select sees a hang-up only through the read set).
+    @Test("a hang-up with a full send queue wakes the writer of a registration for both directions", arguments: backends)
+    func hangupWithFullQueueWakesWriter(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (s0, s1) = try socketPair()
+        defer { close(s0); close(s1) }
+        let chunk = [UInt8](repeating: 1, count: 65_536)
+        while send(s1, chunk, chunk.count, CInt(MSG_DONTWAIT)) > 0 {}
+        shutdown(s0, CInt(SHUT_RDWR))
+        try poller.register(s1, token: 1, interest: .both)
+        let events = EventBuffer(capacity: 4)
+        #expect(try poller.wait(into: events, timeout: .seconds(1)) == 1)
+        let ready = events.first?.ready ?? []
+        #expect(ready.contains(.readable), "\(ready)")
+        if !backend.name.hasSuffix("select") {
+            #expect(ready.contains(.writable), "\(backend.name): \(ready)")
+        }
+    }
 }

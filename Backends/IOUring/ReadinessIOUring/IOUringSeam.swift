@@ -550,15 +550,17 @@ public final class IOUringSeam: BackendSeam {
     /// A completion is a snapshot of the moment the file woke the request (and only the bits of that
     /// wake-up), possibly long before this wait: the descriptor may have been drained, shut down or
     /// closed since. As epoll polls each ready item again when it reports it, one poll(2) call looks
-    /// at the kept descriptors (as many as the buffer has room for, oldest first) and reports what is
-    /// true now. Those not ready any more go back to the kernel (a level or one-shot request completed
-    /// when it fired) or stay with their multishot request (edge); a closed one (POLLNVAL) is dropped
-    /// and marked stale. The rest wait for the next wait, which does not block.
+    /// at every kept descriptor and reports what is true now, as many as the buffer has room for,
+    /// oldest first. Those not ready any more go back to the kernel (a level or one-shot request
+    /// completed when it fired) or stay with their multishot request (edge); a closed one (POLLNVAL)
+    /// is dropped and marked stale. Ready ones beyond the room wait for the next wait, which does not
+    /// block. (Before, the room bounded the descriptors looked at, not those reported: entries found
+    /// not ready took it, so a zero-timeout wait could return nothing while one was ready.)
     private func deliverPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
-        let room = events.capacity - events.count
+        guard events.count < events.capacity else { return }
         var taken = 0
         var count = 0
-        while taken < pending.count, count < room {
+        while taken < pending.count, count < recheckCapacity {
             let fd = pending[taken]
             taken += 1
             slots[Int(fd)].isPending = false
@@ -569,6 +571,7 @@ public final class IOUringSeam: BackendSeam {
         pending.removeFirst(taken)
         guard count > 0 else { return }
         _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
+        var kept = 0   // the ready ones without room, in recheck[0..<kept] (each slot already read)
         for j in 0..<count {
             let entry = recheck[j]
             let fd = entry.fd
@@ -580,6 +583,13 @@ public final class IOUringSeam: BackendSeam {
             }
             if revents == 0 {
                 if !slots[Int(fd)].inFlight { queueRearm(fd) }
+                continue
+            }
+            if events.count == events.capacity {
+                // Ready, and no room left: first in line at the next wait.
+                slots[Int(fd)].isPending = true
+                recheck[kept].fd = fd
+                kept += 1
                 continue
             }
             // The request's own follow-up; reporting (below) disarms a one-shot registration.
@@ -596,6 +606,7 @@ public final class IOUringSeam: BackendSeam {
             }
             table.report(fd, Ready(pollBits: revents), into: events)   // poll(2) bits
         }
+        if kept > 0 { pending.insert(contentsOf: UnsafeBufferPointer(start: recheck, count: kept).lazy.map(\.fd), at: 0) }
     }
 
     /// The ring's descriptor (the current ring's: it moves when the poller changes threads).

@@ -415,6 +415,17 @@ public final class LibeventSeam: BackendSeam {
         if what & CInt(RD_LEV_READ) != 0 { ready.insert(.readable) }
         if what & CInt(RD_LEV_WRITE) != 0 { ready.insert(.writable) }
         if what & CInt(RD_LEV_CLOSED) != 0 { ready.insert(.readClosed) }
+        // libevent's epoll method maps a hang-up that comes with EPOLLRDHUP to the kernel's own bits
+        // only (EV_READ|EV_WRITE only for one without), so a Unix socket hung up with a full send
+        // queue (IN|HUP|RDHUP, no OUT) woke no writer of a registration for both directions, where
+        // every other backend reports it writable (a hang-up adds every direction asked for). Asked
+        // again, one poll(2), only for that event.
+        if ready.contains(.readClosed), !ready.contains(.writable), table[fd]?.interest.contains(.writable) == true {
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if Sys.retryingEINTR({ poll(&entry, 1, 0) }) == 1, entry.revents & Int16(POLLOUT | POLLHUP | POLLERR) != 0 {
+                ready.insert(.writable)
+            }
+        }
         table.report(fd, ready, into: events)
     }
 
