@@ -127,7 +127,8 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
     ///
     /// The first probe of a backend creates and closes a poller; its verdict is cached for the life of
     /// the process, so selection costs nothing after the first call. A failure that says nothing about
-    /// the backend (out of descriptors or memory: `EMFILE`, `ENFILE`, `ENOMEM`) is not cached.
+    /// the backend (out of descriptors or memory: `EMFILE`, `ENFILE`, `ENOMEM`; a wake-up descriptor
+    /// above select's FD_SETSIZE, `descriptorTooLarge`, in a process holding over a thousand) is not cached.
     public func probe() -> String? {
         if let cached = Backend.probeCache.withLock({ $0.verdicts[self] }) { return cached }
         let verdict: String?
@@ -143,7 +144,10 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
             }
         } catch {
             verdict = error.description
+            // Out of descriptors, or a wake-up descriptor above select's FD_SETSIZE (a process holding
+            // over a thousand descriptors now): the process's state, not the backend's.
             if error.isResourceExhausted { lasting = false }
+            if case .descriptorTooLarge = error { lasting = false }
         }
         Backend.probeCache.withLock { cache in
             cache.probes += 1

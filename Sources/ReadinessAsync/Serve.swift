@@ -68,6 +68,11 @@ extension AsyncListener {
                         do { try await Task.sleep(for: Self.fullLoopPause) } catch { return nil }
                         continue
                     default:
+                        // A loop that ended otherwise (its poller failed: every operation ends with
+                        // that error) serves nothing more: its connections are cancelled, as for a
+                        // shutdown, before the failure is thrown (a handler waiting on something
+                        // else than the loop would otherwise hold `serve` for as long as it waits).
+                        if loop.isShuttingDown { connections.cancelAll() }
                         return error
                     }
                 }

@@ -1,6 +1,7 @@
 import Glibc
 import Readiness
 import ReadinessConformance
+import Synchronization
 import Testing
 
 /// Scenarios from the peers' test suites and the outside readers of stop 35.
@@ -303,5 +304,42 @@ struct PeerScenarioTests7 {
         if !backend.name.hasSuffix("select") {
             #expect(ready.contains(.writable), "\(backend.name): \(ready)")
         }
+    }
+
+    // MARK: serve when the loop's poller fails (review: SwiftNIO's channel close on selector failure)
+
+    /// A loop whose poller fails ends as a shutdown does (Docs/Async.md); `serve` cancelled its
+    /// connections' tasks only for `.shutdown`, so a handler waiting on something else than the loop
+    /// held `serve` for as long as it waited (an hour here).
+    @Test("serve: a loop that ends because its poller failed cancels the connections' tasks, then throws the failure",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func serveWhenThePollerFails(backend: Backend) async throws {
+        let failing = FailingWaitPoller.Switch()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            FailingWaitPoller(try backend.makePoller(), failing: failing)
+        }
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let handlers = Atomic<Int>(0)
+        let serving = Task { () async -> LoopError? in
+            do throws(LoopError) {
+                try await listener.serve { _ in
+                    handlers.add(1, ordering: .relaxed)
+                    try? await Task.sleep(for: .seconds(3_600))
+                }
+                return nil
+            } catch { return error }
+        }
+        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
+        for _ in 0..<500 where handlers.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        #expect(handlers.load(ordering: .relaxed) == 1)
+        failing.on.store(true, ordering: .releasing)
+        await Task(executorPreference: loop) {}.value   // wakes the loop, whose next wait fails
+        let start = ContinuousClock.now
+        let outcome = await serving.value
+        #expect(ContinuousClock.now - start < .seconds(5))
+        guard case .poller? = outcome else { Issue.record("\(String(describing: outcome))"); return }
+        await loop.shutdown()
     }
 }

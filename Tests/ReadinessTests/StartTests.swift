@@ -80,6 +80,36 @@ struct StartTests {
         #expect(probes() - before == max(index + 1, 2))
     }
 
+    /// CPython test_above_fd_setsize: a process holding over a thousand descriptors for a moment.
+    /// select's poller is refused then (its waker would sit above FD_SETSIZE), and that verdict was
+    /// cached for the life of the process: select and libevent:select stayed unavailable to
+    /// selection after the descriptors were closed, while `makePoller()` worked (review, stop 35).
+    @Test("a select poller refused for a wake-up descriptor above FD_SETSIZE is not a lasting verdict")
+    func wakerAboveSetSizeNotCached() throws {
+        let saved = Backend.probeCache.withLock { cache in
+            let saved = cache.verdicts
+            cache.verdicts = [:]
+            return saved
+        }
+        defer { Backend.probeCache.withLock { $0.verdicts.merge(saved) { current, _ in current } } }
+        var fillers: [CInt] = []
+        while let last = fillers.last ?? Optional(0), last < 1_030 {
+            let fd = dup(0)
+            guard fd >= 0 else { break }
+            fillers.append(fd)
+        }
+        do {
+            let poller = try Backend.select.makePoller()
+            try? poller.close()
+            Issue.record("a select poller with its waker above FD_SETSIZE")
+        } catch {
+            guard case .descriptorTooLarge(_, limit: 1_024) = error else { Issue.record("\(error)"); return }
+        }
+        #expect(Backend.select.probe() != nil)
+        fillers.forEach { close($0) }
+        #expect(Backend.select.probe() == nil, "the refusal while the process held 1,031 descriptors was kept")
+    }
+
     #if !Libevent
     @Test("without the Libevent trait, libevent is listed and says why it is unavailable")
     func libeventOff() {

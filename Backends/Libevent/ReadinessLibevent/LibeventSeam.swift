@@ -121,7 +121,7 @@ public final class LibeventSeam: BackendSeam {
         // select backend refuses it.
         if Method(rawValue: String(cString: rd_lev_method(made))) == .select, waker.fd >= rd_lev_fd_setsize() {
             rd_lev_free(made)
-            throw .unavailable(backend: name, reason: "its wake-up descriptor \(waker.fd) is not below FD_SETSIZE (\(rd_lev_fd_setsize()))")
+            throw .descriptorTooLarge(waker.fd, limit: rd_lev_fd_setsize())
         }
         guard let wakerReg = rd_lev_reg_new(made, waker.fd, CInt(RD_LEV_READ), CInt(RD_LEV_LEVEL), 0) else {
             let e = errno

@@ -47,7 +47,8 @@ public final class SelectSeam: BackendSeam {
     public init(waker: Waker) throws(PollerError) {
         capabilities = Self.baseCapabilities
         guard waker.fd < rd_fd_setsize() else {
-            throw .unavailable(backend: "select", reason: "its wake-up descriptor \(waker.fd) is not below FD_SETSIZE (\(rd_fd_setsize()))")
+            // The process's state, not the backend's: `descriptorTooLarge`, which a probe does not keep.
+            throw .descriptorTooLarge(waker.fd, limit: rd_fd_setsize())
         }
         self.waker = waker
         setBytes = Int(rd_fd_set_bytes())

@@ -61,9 +61,11 @@ struct OwnedDescriptor {
         registration = (token, interest, trigger)
     }
 
-    /// Stops watching the descriptor (it stays open); nothing when not registered.
+    /// Stops watching the descriptor (it stays open); `notRegistered` when it is not registered (a
+    /// second deregister, as the poller's own and a listener's: CPython's `unregister` twice, mio).
+    /// `close()` and `release()` ask only when it is.
     mutating func deregister() throws(PollerError) {
-        guard let poller else { return }
+        guard let poller else { throw .notRegistered(fd) }
         self.poller = nil
         registration = nil
         try poller.deregister(fd)
@@ -74,7 +76,7 @@ struct OwnedDescriptor {
     @discardableResult
     mutating func close() -> Bool {
         guard fd >= 0 else { return false }
-        try? deregister()
+        if poller != nil { try? deregister() }
         Sys.close(fd)
         fd = -1
         return true
@@ -82,7 +84,7 @@ struct OwnedDescriptor {
 
     /// Gives the descriptor up, deregistered: the caller owns it from now on.
     mutating func release() -> CInt {
-        try? deregister()
+        if poller != nil { try? deregister() }
         defer { fd = -1 }
         return fd
     }
