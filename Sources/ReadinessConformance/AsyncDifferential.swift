@@ -82,6 +82,7 @@ public enum AsyncDifferential {
                     .sleep(.seconds(3600)), .readable("x", timeout: nil), .writable("x", timeout: nil),
                     .receive(endpoint(), upTo: 64, timeout: nil), .send(endpoint(), bytes: 1 + random.below(3), to: nil, timeout: nil),
                     .accept("l", as: "s", timeout: nil), .readAll(socket(), bytes: 2 + random.below(4), timeout: nil),
+                    .peek(socket(), upTo: 64, timeout: nil), .peekDatagram(endpoint(), upTo: 64, timeout: nil),
                 ]
                 let operation = operations[random.below(operations.count)]
                 steps.append(random.below(6) == 0 ? .startCancelled(task, operation) : .start(task, operation))
@@ -111,6 +112,7 @@ public enum AsyncDifferential {
                 switch random.below(6) {
                 case 0: steps.append(.run(.close(socket())))
                 case 1: steps.append(.run(.closeInside(socket())))
+                case 2: steps.append(.run(.peek(socket(), upTo: 8, timeout: .zero)))
                 default: steps.append(.run(.read(socket(), upTo: 1, timeout: .zero)))
                 }
             case 15:
@@ -140,6 +142,7 @@ public enum AsyncDifferential {
                 case 1: steps.append(.run(.drain(e)))
                 case 2: steps.append(.run(.close(e)))
                 case 3: steps.append(.run(.receiveBatch(e, slots: 4, timeout: .zero)))
+                case 4: steps.append(.run(.peekDatagram(e, upTo: 64, timeout: .zero)))
                 default: steps.append(.run(.receive(e, upTo: random.below(2) == 0 ? 64 : 1, timeout: .zero)))
                 }
             }

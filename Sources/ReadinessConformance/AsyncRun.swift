@@ -389,6 +389,14 @@ final class AsyncRun {
                 let bytes = try await socket.read(upTo: maximum, timeout: timeout)
                 return .note(bytes.isEmpty ? "end of stream" : "\(bytes.count) bytes")
             } }
+        case .peek(let name, let maximum, let timeout):
+            guard maximum >= 0 else { return invalid("a negative byte count (\(maximum))") }
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var buffer = [UInt8](repeating: 0, count: maximum)
+                let n = try await socket.peek(into: &buffer, timeout: timeout)
+                return .note(n == 0 ? "end of stream" : "\(n) bytes")
+            } }
         case .readAll(let name, let total, let timeout):
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in
@@ -498,6 +506,15 @@ final class AsyncRun {
                 var buffer = Bytes()
                 let datagram = try await socket.receive(into: &buffer, maximum: maximum, timeout: timeout)
                 return Self.describe(datagram, held: buffer.count, names: names)
+            } }
+        case .peekDatagram(let name, let maximum, let timeout):
+            guard maximum >= 0 else { return invalid("a negative byte count (\(maximum))") }
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            let names = datagramAddresses
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var buffer = [UInt8](repeating: 0, count: maximum)
+                let datagram = try await socket.peek(into: &buffer, timeout: timeout)
+                return Self.describe(datagram, held: datagram.count, names: names)
             } }
         case .receiveBatch(let name, let slots, let timeout):
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }

@@ -60,6 +60,12 @@ extension AsyncConformance {
             pair, start("t1", write("a", large, brief)), op(.shutdownWrite("a")), op(.shutdownWrite("b")),
             join("t1", .error("socket(reset)")),
         ]),
+        AsyncScenario("async/io/peek", checks: "A peek waits for bytes and returns them without taking them; the read gets them again; at end of stream it returns 0.", [
+            pair, start("t1", .peek("a", upTo: 64, timeout: long)), op(write("b", 5)), join("t1", bytes(5)),
+            op(.peek("a", upTo: 2, timeout: long), bytes(2)), op(read("a"), bytes(5)),
+            op(.peek("a", upTo: 64, timeout: .zero), fails(.timedOut)), op(.peek("a", upTo: 0, timeout: long), .error("invalidArgument")),
+            op(.shutdownWrite("b")), op(.peek("a", upTo: 64, timeout: long), eof), op(read("a"), eof),
+        ]),
         AsyncScenario("async/io/write-larger-than-buffers", checks: "A write larger than both socket buffers waits for room until every byte is read.", [
             pair, start("t1", write("a", large)), op(.readAll("b", bytes: large, timeout: long), bytes(large)),
             join("t1", .ok),
@@ -253,6 +259,11 @@ extension AsyncConformance {
             unixPair, op(send("p", 3)), op(receive("q"), datagram(3, from: "p")),
             op(send("q", 2)), op(receive("p"), datagram(2, from: "q")),
             start("t1", receive("p")), op(send("q", 5)), join("t1", datagram(5, from: "q")),
+        ]),
+        AsyncScenario("async/datagram/peek", checks: "A datagram peek waits for a datagram and describes it as a receive does (its source, its truncation), without taking it: the receive gets it whole.", [
+            udp, start("t1", .peekDatagram("v", upTo: 2, timeout: long)), op(send("u", 6, to: "v")),
+            join("t1", .note("2 bytes from u, truncated from 6")), op(.peekDatagram("v", upTo: 64, timeout: long), datagram(6, from: "u")),
+            op(receive("v"), datagram(6, from: "u")), op(.peekDatagram("v", upTo: 64, timeout: .zero), fails(.timedOut)),
         ]),
         AsyncScenario("async/datagram/timed-out", checks: "A receive with nothing queued times out at its deadline (zero or not); the socket still receives after.", [
             udp, op(receive("v", 64, .zero), fails(.timedOut)), op(receive("v", 64, .milliseconds(20)), fails(.timedOut)),

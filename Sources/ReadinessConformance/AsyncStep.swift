@@ -11,6 +11,9 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     case read(String, upTo: Int, timeout: Duration?)
     /// Reads until `bytes` bytes came (or the stream ended): "n bytes" or an error.
     case readAll(String, bytes: Int, timeout: Duration?)
+    /// Peeks at up to `upTo` bytes without taking them (`AsyncSocket.peek`): "n bytes", "end of
+    /// stream" or an error.
+    case peek(String, upTo: Int, timeout: Duration?)
     /// Writes `bytes` bytes (every one, waiting for room as often as needed).
     case write(String, bytes: Int, timeout: Duration?)
     /// `shutdown(.write)`: the peer reads end of stream.
@@ -45,6 +48,9 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// Receives one datagram, at most `upTo` bytes of it: "n bytes", then "from s" naming its source when
     /// it is a socket of the script, then "truncated from m" when it was longer; or an error.
     case receive(String, upTo: Int, timeout: Duration?)
+    /// Peeks at the next datagram, at most `upTo` bytes of it, without taking it
+    /// (`AsyncDatagramSocket.peek`): described as ``receive(_:upTo:timeout:)`` is.
+    case peekDatagram(String, upTo: Int, timeout: Duration?)
     /// Receives the queued datagrams into a `DatagramBatch` of `slots` slots in one call:
     /// "k datagrams: n1 n2 ... bytes".
     case receiveBatch(String, slots: Int, timeout: Duration?)
@@ -80,6 +86,8 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .closeListener(let l): return "close listener \(l)"
         case .send(let s, let n, let to, let t): return "send a \(n)-byte datagram from \(s)\(to.map { " to \($0)" } ?? "")\(within(t))"
         case .receive(let s, let n, let t): return "receive a datagram of up to \(n) bytes on \(s)\(within(t))"
+        case .peek(let s, let n, let t): return "peek at up to \(n) bytes of \(s)\(within(t))"
+        case .peekDatagram(let s, let n, let t): return "peek at a datagram of up to \(n) bytes on \(s)\(within(t))"
         case .receiveBatch(let s, let n, let t): return "receive a batch of up to \(n) datagrams on \(s)\(within(t))"
         case .fill(let s): return "send from \(s) until the peer's queue is full"
         case .fillTo(let s, let to): return "send from \(s) to \(to) until its queue is full"
