@@ -15,7 +15,8 @@
 //   an idle keep-alive connection is closed after 60 s.
 // - Routes: `/` answers "Hello, world!"; `/sleep?ms=N` answers after N ms (at most 60 s): a request
 //   in flight for the shutdown test.
-// - Prints `listening on HOST:PORT backend NAME loops N` once it accepts. SIGTERM or SIGINT: stops
+// - Prints `listening on ADDRESS backend NAME loops N` once it accepts (ADDRESS as a URL names it:
+//   `127.0.0.1:8080`, `[::1]:8080`). SIGTERM or SIGINT: stops
 //   accepting, ends idle keep-alive connections, lets requests in flight be answered (then closes
 //   their connections) within the grace period (10 s), and exits 0; a second signal stops at once.
 // - Requests are parsed strictly where leniency lets one request mean two things (RFC 9112): a space
@@ -419,7 +420,8 @@ func run(_ arguments: HTTPServerArguments) async throws {
     // the grace period is still seen, whichever loop has finished draining.
     let control = try EventLoop(backend: backend, name: "readiness-http-server-signals")
     let signals = try control.signals([.terminate, .interrupt])
-    print("listening on \(arguments.host):\(listeners[0].address.port ?? 0) backend \(backend.name) loops \(group.loops.count)")
+    // The bound address as a URL names it: "[::1]:8080" for IPv6 (review: "::1:8080" before).
+    print("listening on \(listeners[0].address) backend \(backend.name) loops \(group.loops.count)")
     let server = Task {
         try await group.serve(listeners) { socket in
             await serveConnection(socket, connections, requestTimeout: .seconds(arguments.requestTimeout))

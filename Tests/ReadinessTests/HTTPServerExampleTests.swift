@@ -82,6 +82,19 @@ struct HTTPServerExampleTests {
         try Spawned(arguments).finish()
     }
 
+    /// An IPv6 listen address is printed as a URL names it (review: "listening on ::1:PORT" before).
+    @Test("an IPv6 listen address is printed in brackets")
+    func ipv6ListenAddressBracketed() throws {
+        guard (try? Listener(bind: try SocketAddress("[::1]:0")))?.close() != nil else {
+            throw TestFailure("no IPv6 loopback here")
+        }
+        let server = try Child(["/usr/bin/stdbuf", "-oL", try builtExecutable("readiness-http-server"), "--host", "::1", "--port", "0",
+                                "--loops", "1"])
+        #expect(server.waitForOutput("listening on [::1]:"), "\(server.output)")
+        kill(server.pid, SIGTERM)
+        #expect(server.wait(seconds: 10) == 0, "\(server.output)")
+    }
+
     /// Before: a failed start printed the error and exited 0 (scripts saw success).
     @Test("a failed start exits non-zero: 2 for a command-line mistake, 1 for a port in use")
     func failedStartExitsNonZero() throws {
