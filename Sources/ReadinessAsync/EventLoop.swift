@@ -95,6 +95,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case cancel(key: ResourceKey, direction: Direction, operation: UInt64)
         /// A name resolution's answer is in (from a lookup thread), for the connect holding the token.
         case resolved(Token)
+        /// Signals a sequence of this loop watches: the loop thread stops blocking them.
+        case unblockSignals([Signal])
     }
 
     /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
@@ -198,8 +200,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private static func handOff(_ submission: Submission) {
         switch submission {
         case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-        case .cancel, .resolved: break
+        case .cancel, .resolved, .unblockSignals: break
         }
+    }
+
+    /// Unblocks `signals` on the calling thread (the loop's). The loop thread inherits the mask of the
+    /// thread that made the loop, and Swift concurrency's threads block every asynchronous signal: a
+    /// `raise` by code on the loop would stay pending there for ever (libuv's and libevent's signal
+    /// tests raise from a callback on the loop thread).
+    static func unblock(_ signals: [Signal]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal.rawValue) }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
     private func runJob(_ job: UnownedJob, isolated: Bool) {
@@ -317,6 +330,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case .isolatedJob(let job): runJob(job, isolated: true)
         case .cancel(let key, let direction, let operation): state.cancel(key: key, direction: direction, operation: operation)
         case .resolved(let token): state.resolutionAnswered(token)
+        case .unblockSignals(let signals): Self.unblock(signals)
         }
     }
 

@@ -45,6 +45,10 @@ extension EventLoop {
             Self.giveBack(subscription)
             throw .shutdown
         }
+        // The loop thread stops blocking them (before any job queued after this call runs), so that
+        // a `raise` by code on the loop is delivered.
+        let watched = Array(subscription.signals)
+        if inLoop { Self.unblock(watched) } else { submit(.unblockSignals(watched)) }
         return SignalSequence(loop: self, subscription: subscription)
     }
 
@@ -127,6 +131,10 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                     // Another task iterates this sequence: this iteration ends, the other goes on
                     // (and the signals stay watched).
                     if case .busy = error { return nil }
+                    // The loop holds as many resources as it can: a passing state, as for `serve`;
+                    // pause (on the task's clock: a loop timer would need a slot) and wait again,
+                    // rather than put SIGTERM's default action back.
+                    if case .resourceExhausted = error, (try? await Task.sleep(for: AsyncListener.fullLoopPause)) != nil { continue }
                     // Cancelled, shut down, or the poller failed: watching ends for this sequence.
                     subscription.stop()
                     return sequence.nextDelivered()

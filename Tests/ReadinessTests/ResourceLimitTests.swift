@@ -134,4 +134,34 @@ struct ResourceLimitTests {
             }.value
         }
     }
+
+    /// A full loop is a passing state for `serve` and the graceful shutdown; a signal sequence's wait
+    /// stopped watching on it for good, putting SIGTERM's default action back (review, stop 35).
+    @Test("a signal sequence on a full loop keeps watching: the signal is delivered once a slot is free",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func signalsOnAFullLoop(backend: Backend) async throws {
+        try await Task.sleep(for: .milliseconds(1))   // the runtime's timer descriptor, before the count
+        var saved = sigaction()
+        sigaction(SIGUSR2, nil, &saved)
+        defer { sigaction(SIGUSR2, &saved, nil) }
+        try await withLoop(backend) { loop in
+            try await loop.onLoop { (state) async throws(LoopError) in
+                state.slab = Slab(capacity: 1, maximumSlots: 1)
+            }
+            let signals = try loop.signals([.user2])
+            let (x, y) = try socketPair()
+            defer { close(y) }
+            let filler = try await loop.adopt(descriptor: x)   // the one slot
+            let got = Task(executorPreference: loop) { () async -> Signal? in
+                var iterator = signals.makeAsyncIterator()
+                return await iterator.next()
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(signals.signals == [.user2])
+            await filler.close()
+            kill(getpid(), SIGUSR2)
+            #expect(await got.value == .user2)
+            signals.finish()
+        }
+    }
 }

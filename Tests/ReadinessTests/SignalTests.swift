@@ -37,6 +37,33 @@ struct SignalTests {
         return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self)
     }
 
+    /// libuv test-signal (`raise` in a timer callback), libevent test_signal_while_processing: code on
+    /// the loop raises a watched signal. The loop thread inherited the mask of the thread that made
+    /// it, a concurrency thread here, which blocks every asynchronous signal: the raise stayed pending
+    /// on the loop thread for ever (review, stop 35).
+    @Test("a watched signal raised by code on the loop thread is delivered, whoever made the loop",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func raisedOnTheLoop(backend: Backend) async throws {
+        var saved = sigaction()
+        sigaction(SIGUSR1, nil, &saved)
+        defer { sigaction(SIGUSR1, &saved, nil) }
+        try await withLoop(backend) { loop in
+            let signals = try loop.signals([.user1])
+            await Task(executorPreference: loop) { _ = raise(SIGUSR1) }.value
+            let received = Counter()
+            let got = Task(executorPreference: loop) { () async -> Signal? in
+                var iterator = signals.makeAsyncIterator()
+                let signal = await iterator.next()
+                received.increment()
+                return signal
+            }
+            // A bounded wait: an undelivered signal would leave the iteration waiting for ever.
+            for _ in 0..<300 where received.value == 0 { try await loop.sleep(for: .milliseconds(10)) }
+            signals.finish()
+            #expect(await got.value == .user1)
+        }
+    }
+
     @Test("watched signals arrive, on the loop, and their old actions are put back after finish",
           .timeLimit(.minutes(1)), arguments: backends)
     func delivered(backend: Backend) async throws {
