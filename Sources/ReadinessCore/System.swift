@@ -17,6 +17,26 @@ public enum Sys {
         }
     }
 
+    /// `poll(2)` with a zero timeout over `count` entries (their `revents` set), in calls the kernel
+    /// takes: it refuses more entries than the soft RLIMIT_NOFILE with EINVAL (a process that lowered
+    /// its limit below what it has registered), so a refused call is split in halves. False when even
+    /// that fails: nothing is known of the entries not yet looked at, which the caller keeps.
+    public static func pollNow(_ entries: UnsafeMutablePointer<pollfd>, count: Int) -> Bool {
+        var start = 0
+        var chunk = count
+        while start < count {
+            let n = Swift.min(chunk, count - start)
+            if retryingEINTR({ poll(entries + start, nfds_t(n), 0) }) >= 0 {
+                start += n
+            } else if errno == EINVAL, n > 1 {
+                chunk = n / 2
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
     /// What kind of descriptor `fd` is: `nil` when it is open and pollable in principle, otherwise the
     /// contract's error (closed, regular file or directory).
     public static func checkPollable(_ fd: CInt) -> PollerError? {

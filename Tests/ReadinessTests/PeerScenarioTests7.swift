@@ -342,4 +342,63 @@ struct PeerScenarioTests7 {
         guard case .poller? = outcome else { Issue.record("\(String(describing: outcome))"); return }
         await loop.shutdown()
     }
+
+    // MARK: More ready registrations than the soft descriptor limit (review: libuv emfile set-ups)
+
+    /// poll(2) refuses more entries than the soft RLIMIT_NOFILE (EINVAL). io_uring's re-check of its
+    /// kept completions ignored the failure and took every entry for not ready: the events were lost
+    /// (a multishot request does not fire again without a new wake-up). Backends whose own wait is a
+    /// poll(2) over every registration (poll, libevent's poll method) fail that wait loudly instead,
+    /// which is the kernel's refusal; they are not asked here.
+    @Test("300 ready registrations with the soft descriptor limit lowered to 256: every one is reported",
+          arguments: backends.filter { $0.name != "poll" && $0.name != "libevent:poll" })
+    func readyAboveSoftLimit(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        for i in 0..<300 {
+            let pair = try socketPair()
+            pairs.append(pair)
+            try poller.register(pair.0, token: Token(rawValue: UInt64(i)), interest: .readable)
+            _ = write(pair.1, "x", 1)
+        }
+        var limit = rlimit()
+        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        let saved = limit
+        limit.rlim_cur = 256
+        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        defer { var restore = saved; setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore) }
+        let events = EventBuffer(capacity: 512)
+        var seen = Set<Token>()
+        for _ in 0..<5 where seen.count < 300 {
+            _ = try poller.wait(into: events, timeout: .milliseconds(200))
+            for event in events { seen.insert(event.token) }
+        }
+        #expect(seen.count == 300, "\(backend.name): \(seen.count) of 300 reported")
+    }
+
+    /// The same scenario, an equal error on both drivers: io_uring's completion driver named the
+    /// failure "write after shutdown(.write)", the readiness driver's retry "send" (review).
+    @Test("a raw write waiting for room ends with the same error on every backend when the socket is shut down for writing",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func writeEndedByShutdownSameError(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                nonisolated(unsafe) let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 << 20, alignment: 1)
+                raw.initializeMemory(as: UInt8.self, repeating: 1)
+                defer { raw.deallocate() }
+                let writing = Task(executorPreference: loop) { () async -> LoopError? in
+                    do throws(LoopError) { try await client.write(UnsafeRawBufferPointer(raw), timeout: .seconds(20)) } catch { return error }
+                    return nil
+                }
+                try await loop.sleep(for: .milliseconds(50))
+                try await client.shutdown(.write)
+                let error = await writing.value
+                #expect(error == .socket(SocketError(errno: EPIPE, operation: "send")), "\(String(describing: error))")
+                await client.close(); await server.close(); await listener.close()
+            }.value
+        }
+    }
 }

@@ -549,29 +549,42 @@ public final class IOUringSeam: BackendSeam {
 
     /// A completion is a snapshot of the moment the file woke the request (and only the bits of that
     /// wake-up), possibly long before this wait: the descriptor may have been drained, shut down or
-    /// closed since. As epoll polls each ready item again when it reports it, one poll(2) call looks
-    /// at every kept descriptor and reports what is true now, as many as the buffer has room for,
-    /// oldest first. Those not ready any more go back to the kernel (a level or one-shot request
-    /// completed when it fired) or stay with their multishot request (edge); a closed one (POLLNVAL)
-    /// is dropped and marked stale. Ready ones beyond the room wait for the next wait, which does not
-    /// block. (Before, the room bounded the descriptors looked at, not those reported: entries found
-    /// not ready took it, so a zero-timeout wait could return nothing while one was ready.)
+    /// closed since. As epoll polls each ready item again when it reports it, poll(2) looks at the kept
+    /// descriptors, oldest first, in rounds of as many as the buffer has room left for, until it is
+    /// full or none is left, and reports what is true now. Those not ready any more go back to the
+    /// kernel (a level or one-shot request completed when it fired) or stay with their multishot
+    /// request (edge); a closed one (POLLNVAL) is dropped and marked stale. (Before, one round: entries
+    /// found not ready took the room, so a zero-timeout wait could return nothing while one was
+    /// ready.) Each wait looks at the room's worth of ready ones and at those not ready any more,
+    /// which leave the list, never at every kept one. A poll(2) the kernel refuses leaves its entries
+    /// kept for the next wait: never taken for not ready (their events would be lost).
     private func deliverPending(_ table: inout RegistrationTable, _ events: EventBuffer) {
-        guard events.count < events.capacity else { return }
-        var taken = 0
-        var count = 0
-        while taken < pending.count, count < recheckCapacity {
-            let fd = pending[taken]
-            taken += 1
-            slots[Int(fd)].isPending = false
-            guard let r = table[fd], r.isActive else { continue }
-            recheck[count] = pollfd(fd: fd, events: Int16(truncatingIfNeeded: Self.mask(r)), revents: 0)
-            count += 1
+        while events.count < events.capacity, !pending.isEmpty {
+            let room = Swift.min(events.capacity - events.count, recheckCapacity)
+            var taken = 0
+            var count = 0
+            while taken < pending.count, count < room {
+                let fd = pending[taken]
+                taken += 1
+                slots[Int(fd)].isPending = false
+                guard let r = table[fd], r.isActive else { continue }
+                recheck[count] = pollfd(fd: fd, events: Int16(truncatingIfNeeded: Self.mask(r)), revents: 0)
+                count += 1
+            }
+            pending.removeFirst(taken)
+            guard count > 0 else { continue }
+            guard Sys.pollNow(recheck, count: count) else {
+                for j in 0..<count { slots[Int(recheck[j].fd)].isPending = true }
+                pending.insert(contentsOf: UnsafeBufferPointer(start: recheck, count: count).lazy.map(\.fd), at: 0)
+                return
+            }
+            deliverRechecked(count, &table, events)
         }
-        pending.removeFirst(taken)
-        guard count > 0 else { return }
-        _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
-        var kept = 0   // the ready ones without room, in recheck[0..<kept] (each slot already read)
+    }
+
+    /// Reports the `count` entries of `recheck` that poll(2) found ready, re-arms the others.
+    private func deliverRechecked(_ count: Int, _ table: inout RegistrationTable, _ events: EventBuffer) {
+        var kept = 0   // ready without room (none expected: a round takes no more than the room), in recheck[0..<kept]
         for j in 0..<count {
             let entry = recheck[j]
             let fd = entry.fd
@@ -586,7 +599,6 @@ public final class IOUringSeam: BackendSeam {
                 continue
             }
             if events.count == events.capacity {
-                // Ready, and no room left: first in line at the next wait.
                 slots[Int(fd)].isPending = true
                 recheck[kept].fd = fd
                 kept += 1

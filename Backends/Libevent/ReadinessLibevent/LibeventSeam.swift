@@ -373,9 +373,11 @@ public final class LibeventSeam: BackendSeam {
             recheck[count] = pollfd(fd: fd, events: bits, revents: 0)
             count += 1
         }
+        // A poll(2) the kernel refuses leaves them kept for the next wait (taken for not ready, a
+        // fired edge event would be lost).
+        guard count == 0 || Sys.pollNow(recheck, count: count) else { return }
         pending.removeAll(keepingCapacity: true)
         guard count > 0 else { return }
-        _ = Sys.retryingEINTR { poll(recheck, nfds_t(count), 0) }
         for i in 0..<count {
             let entry = recheck[i]
             let fd = entry.fd

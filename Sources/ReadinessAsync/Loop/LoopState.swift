@@ -278,8 +278,10 @@ final class LoopState {
     /// After ``AsyncSocket/shutdown(_:)`` for sending: a send the completion driver has in the kernel
     /// (which the socket's own shutdown does not wake either) ends with the error its retry would meet.
     func endWritesAfterShutdown(_ id: UInt64) {
-        guard let (stream, _) = try? stream(id), stream.record.write.op != nil else { return }
-        resolve(stream, .write, .failed(.socket(SocketError(errno: EPIPE, operation: "write after shutdown(.write)"))))
+        guard let (stream, _) = try? stream(id), let op = stream.record.write.op else { return }
+        // Named as the readiness driver's retry names it (a vectored write's is sendmsg), so that the
+        // same scenario gives an equal error on both drivers.
+        resolve(stream, .write, .failed(.socket(SocketError(errno: EPIPE, operation: op.message == nil ? "send" : "sendmsg"))))
     }
 
     /// Before the escape hatch's body, on the completion driver: a receive or send of `resource` still
