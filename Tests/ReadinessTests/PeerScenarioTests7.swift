@@ -401,4 +401,123 @@ struct PeerScenarioTests7 {
             }.value
         }
     }
+
+    // MARK: Unix datagram senders poll cannot tell the truth to (review: Go CloseRead, a restarted daemon)
+
+    /// Fills `receiver`'s queue from `sender` (sending to `to`, nil: its peer) with zero-deadline sends.
+    private static func fill(_ sender: AsyncDatagramSocket, to: SocketAddress? = nil) async {
+        for _ in 0..<1_000 {
+            do throws(LoopError) { try await sender.send([1, 2, 3], to: to, timeout: .zero) } catch { return }
+        }
+    }
+
+    /// The receiver shuts down reading: poll never tells the connected sender (each send is then
+    /// EPIPE). Before: a send waiting for the full queue slept to its deadline on every backend.
+    @Test("a connected Unix datagram send waiting for a full receiver ends with EPIPE soon after the receiver shuts down reading",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func unixDatagramReceiverShutsDownReading(backend: Backend) async throws {
+        let path = "/tmp/readiness-p7-dgram-\(getpid())"
+        unlink(path)
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let receiver = try await loop.bindDatagram(to: try SocketAddress(unixPath: path))
+                let sender = try await loop.connectDatagram(to: try SocketAddress(unixPath: path))
+                await Self.fill(sender)
+                let sending = Task(executorPreference: loop) { () async -> LoopError? in
+                    do throws(LoopError) { try await sender.send([9], timeout: .seconds(20)) } catch { return error }
+                    return nil
+                }
+                try await loop.sleep(for: .milliseconds(30))
+                let start = ContinuousClock.now
+                try await receiver.withDatagramSocket { (socket) throws(SocketError) in _ = shutdown(socket.fd, CInt(SHUT_RD)) }
+                let error = await sending.value
+                #expect(ContinuousClock.now - start < .seconds(3))
+                guard case .socket(let failure)? = error else { Issue.record("\(String(describing: error))"); return }
+                #expect(failure.errno == EPIPE, "\(failure)")
+                await sender.close(); await receiver.close()
+            }.value
+        }
+    }
+
+    /// A daemon restarted on the same path: the connected sender's poll looks at the dead receiver
+    /// (its queue purged: writable for ever), while a send naming the path reaches the new one, whose
+    /// queue is full. Before: the send was woken every loop iteration until its deadline (a spin).
+    @Test("a Unix datagram send naming its peer's path, now a restarted receiver's with a full queue, waits without spinning",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func unixDatagramRestartedReceiver(backend: Backend) async throws {
+        let path = "/tmp/readiness-p7-restart-\(getpid())"
+        unlink(path)
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let address = try SocketAddress(unixPath: path)
+                let first = try await loop.bindDatagram(to: address)
+                let sender = try await loop.connectDatagram(to: address)
+                await first.close()
+                let second = try await loop.bindDatagram(to: address)
+                let filler = try await loop.bindDatagram(to: try SocketAddress(unixPath: path + "-filler"))
+                await Self.fill(filler, to: address)
+                var before = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &before)
+                await #expect(throws: LoopError.timedOut) { try await sender.send([9], to: address, timeout: .milliseconds(300)) }
+                var after = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &after)
+                let cpu = (after.ru_utime.tv_sec - before.ru_utime.tv_sec + after.ru_stime.tv_sec - before.ru_stime.tv_sec) * 1_000_000
+                    + (after.ru_utime.tv_usec - before.ru_utime.tv_usec + after.ru_stime.tv_usec - before.ru_stime.tv_usec)
+                #expect(cpu < 150_000, "\(backend.name): \(cpu) us of CPU in a 300 ms send")
+                await sender.close(); await second.close(); await filler.close()
+                unlink(path + "-filler")
+            }.value
+        }
+    }
+
+    // MARK: Options a family does not have; adopting a listener as a stream (review: libuv)
+
+    @Test("options a family does not have are invalidArgument before any system call; a listening socket is not adopted as a stream")
+    func optionsAndListeningAdoption() async throws {
+        let before = openDescriptorCount()
+        func expectInvalid(_ what: String, _ body: () throws -> Void) {
+            do { try body(); Issue.record("\(what) was taken") } catch {
+                #expect((error as? SocketError)?.kind == .invalidArgument, "\(what): \(error)")
+            }
+        }
+        let unix = try SocketAddress(unixPath: "/tmp/readiness-p7-options-\(getpid())")
+        for (name, set) in [("broadcast", { (o: inout DatagramSocket.Options) in o.broadcast = true }),
+                            ("reuseAddress", { (o: inout DatagramSocket.Options) in o.reuseAddress = true }),
+                            ("reusePort", { (o: inout DatagramSocket.Options) in o.reusePort = true })] {
+            var options = DatagramSocket.Options()
+            set(&options)
+            expectInvalid("Unix datagram \(name)") { _ = try DatagramSocket(bind: unix, options: options) }
+            expectInvalid("Unix datagram \(name), unbound") { _ = try DatagramSocket(family: .unix, options: options) }
+        }
+        var v6 = DatagramSocket.Options()
+        v6.v6Only = true
+        expectInvalid("v6Only on IPv4 datagram") { _ = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"), options: v6) }
+        var listenV6 = Listener.Options()
+        listenV6.v6Only = true
+        expectInvalid("v6Only on an IPv4 listener") { _ = try Listener(bind: try SocketAddress("127.0.0.1:0"), options: listenV6) }
+        var unixReuse = Listener.Options()
+        unixReuse.reusePort = true
+        expectInvalid("reusePort on a Unix listener") { _ = try Listener(bind: unix, options: unixReuse) }
+        // A listening socket handed over (socket activation) is not a stream to read from.
+        let listening = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        defer { close(listening) }
+        var any = sockaddr_in()
+        any.sin_family = sa_family_t(AF_INET)
+        any.sin_addr.s_addr = in_addr_t(0x0100007f)   // 127.0.0.1, network order on little-endian
+        _ = withUnsafePointer(to: &any) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listening, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(listen(listening, 4) == 0)
+        expectInvalid("adopting a listening socket") { _ = try StreamSocket(adopting: listening) }
+        #expect(fcntl(listening, F_GETFD) >= 0)   // still the caller's, open
+        let loop = try EventLoop(backend: .epoll)
+        do {
+            _ = try await loop.adopt(descriptor: listening)
+            Issue.record("the loop adopted a listening socket")
+        } catch {
+            guard case .socket(let failure) = error else { Issue.record("\(error)"); await loop.shutdown(); return }
+            #expect(failure.kind == .invalidArgument)
+        }
+        await loop.shutdown()
+        unlink("/tmp/readiness-p7-options-\(getpid())")
+        #expect(await settledDescriptorCount(before + 1) == before + 1)
+    }
 }

@@ -397,6 +397,10 @@ struct ReadinessDriver: IODriver {
         var wait = waitFirst && direction == .read && !datagram.socket.hasQueuedDatagram()
         var woke = false
         var pause = Self.retryPause
+        // A Unix send waiting for its peer: poll never tells the sender of the receiver's
+        // `shutdown(SHUT_RD)` (each send then fails with EPIPE), so its waits are cut as a Unix stream
+        // write's are (`waitForRoom`).
+        var recheck = direction == .write && datagram.socket.family == .unix ? Self.unixWriteRecheck : Self.notUnix
         while true {
             if !wait {
                 let result: R?
@@ -416,6 +420,17 @@ struct ReadinessDriver: IODriver {
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: false) {
                     guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
                 }
+            } else if recheck != Self.notUnix {
+                if woke, loop.expired(deadline) { throw .timedOut }
+                let retryAt = MonotonicClock.nowNanoseconds &+ recheck
+                recheck = Swift.min(recheck &* 2, Self.unixWriteRecheckCap)
+                let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
+                if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: true) {
+                    guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
+                    woke = false   // not woken by readiness: the next try that blocks waits again
+                } else {
+                    woke = true
+                }
             } else {
                 if woke, loop.expired(deadline) { throw .timedOut }
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
@@ -427,23 +442,27 @@ struct ReadinessDriver: IODriver {
 
     /// Whether a datagram socket the poller reported ready, whose attempt still would block, is in one
     /// of the two states where poll says ready for ever and nothing wakes a waiter when they end (asked
-    /// only then: a system call). A send: a Unix datagram socket sending to a receiver other than its
-    /// connected peer (from an unconnected socket, or a connected one naming another destination, which
-    /// Linux allows): the kernel's poll checks only a connected sender's own peer's queue, and wakes no
-    /// other sender when a queue drains. A connected sender writing to its own peer is told the truth by
-    /// poll (and woken when the peer reads): it waits for readiness. A receive: an error condition with nothing to
+    /// only then: a system call). A send: a Unix datagram socket sending to a destination it names
+    /// (from an unconnected socket, or a connected one naming a destination, which Linux allows; even
+    /// its peer's address, which a receiver restarted on the same path now holds): the kernel's poll
+    /// checks only a connected sender's own peer's queue, and wakes no other sender when a queue
+    /// drains. A connected sender writing to its peer (no destination) is told the truth by poll (and
+    /// woken when the peer reads), but for the peer's `shutdown(SHUT_RD)`, which the waits' recheck
+    /// meets. A receive: an error condition with nothing to
     /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes),
     /// or a socket shut down for reading (`shutdown(SHUT_RD)`, which Linux applies to a datagram
     /// socket even when it answers ENOTCONN): readable for ever (POLLRDHUP), each receive EAGAIN.
     private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction, _ target: SendTarget) -> Bool {
         if direction == .write {
             guard socket.family == .unix else { return false }
-            let peer: SocketAddress
-            do { peer = try SocketAddress.peer(of: socket.fd) } catch { return error.errno == ENOTCONN }
             switch target {
-            case .peer: return false
-            case .address(let destination): return destination != peer
-            case .slots: return true
+            // A named destination, even the connected peer's address: the socket bound there now may
+            // not be the one connected to (a receiver restarted on the same path), whose queue poll
+            // looks at.
+            case .address, .slots: return true
+            case .peer:
+                do { _ = try SocketAddress.peer(of: socket.fd) } catch { return error.errno == ENOTCONN }
+                return false
             }
         }
         let readShutdown = Int16(truncatingIfNeeded: Ready.pollRDHUP)

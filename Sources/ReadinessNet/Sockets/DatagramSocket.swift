@@ -79,6 +79,7 @@ public final class DatagramSocket {
         if address.isEmpty {
             throw SocketError(.invalidArgument, operation: "bind to an empty address (SocketAddress()): no address to bind")
         }
+        try Self.check(options, family: address.family)
         let fd = try Self.makeSocket(address.domain)
         do throws(SocketError) {
             try Self.apply(options, fd: fd, family: address.family)
@@ -101,6 +102,7 @@ public final class DatagramSocket {
         case .ipv6: AF_INET6
         case .unix: AF_UNIX
         }
+        try Self.check(options, family: family)
         let fd = try Self.makeSocket(domain)
         do throws(SocketError) { try Self.apply(options, fd: fd, family: family) } catch {
             Sys.close(fd)
@@ -169,6 +171,21 @@ public final class DatagramSocket {
         let fd = rd_net_datagram_socket(domain)
         guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
         return fd
+    }
+
+    /// An option asked for that the family does not have is the caller's mistake, refused before any
+    /// system call, as `setBroadcast` on a Unix socket is: IP's options (broadcast, address and port
+    /// reuse) on a Unix socket, `v6Only` on an IPv4 one (libuv's UV_EINVAL). Before, `apply` skipped
+    /// them silently.
+    static func check(_ options: Options, family: SocketAddress.Family) throws(SocketError) {
+        if family == .unix {
+            for (set, name) in [(options.broadcast, "broadcast"), (options.reuseAddress, "reuseAddress"), (options.reusePort, "reusePort")] where set {
+                throw SocketError(.invalidArgument, operation: "Options.\(name) on a Unix-domain datagram socket")
+            }
+        }
+        if family != .ipv6, options.v6Only == true {
+            throw SocketError(.invalidArgument, operation: "Options.v6Only on a \(family.rawValue) socket")
+        }
     }
 
     private static func apply(_ options: Options, fd: CInt, family: SocketAddress.Family) throws(SocketError) {

@@ -64,6 +64,14 @@ public final class Listener {
         if address.isEmpty {
             throw SocketError(.invalidArgument, operation: "listen on an empty address (SocketAddress()): no address to bind")
         }
+        // An option the family does not have, asked for: refused before any system call (libuv's
+        // UV_EINVAL for IPV6ONLY on IPv4); `reuseAddress`, on by default, means nothing on a Unix path.
+        if address.family == .unix, options.reusePort {
+            throw SocketError(.invalidArgument, operation: "Options.reusePort on a Unix-domain listener")
+        }
+        if address.family != .ipv6, options.v6Only == true {
+            throw SocketError(.invalidArgument, operation: "Options.v6Only on a \(address.family.rawValue) listener")
+        }
         let fd = rd_net_stream_socket(address.domain)
         guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
         do throws(SocketError) {

@@ -47,9 +47,16 @@ public final class StreamSocket {
         descriptor = OwnedDescriptor(fd)
     }
 
-    /// What ``init(adopting:)`` checks: an open stream socket, made non-blocking.
+    /// What ``init(adopting:)`` checks: an open stream socket, not a listening one, made non-blocking.
+    /// A listening socket (systemd's socket activation hands those over) would never read nor write:
+    /// poll reports it neither readable nor writable until a client connects, so a read waiting for
+    /// readiness waited for one, and each system call failed with a different errno by family.
     private static func checkAdoptable(_ fd: CInt) throws(SocketError) {
-        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_STREAM.rawValue), kind: "stream")
+        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_STREAM.rawValue), kind: "stream") { (fd) throws(SocketError) in
+            if case .success(1) = NetSys.option(fd, level: SOL_SOCKET, name: SO_ACCEPTCONN) {
+                throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): a listening socket, not a connected stream")
+            }
+        }
     }
 
     deinit { close() }
