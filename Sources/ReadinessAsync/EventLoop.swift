@@ -95,8 +95,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case cancel(key: ResourceKey, direction: Direction, operation: UInt64)
         /// A name resolution's answer is in (from a lookup thread), for the connect holding the token.
         case resolved(Token)
-        /// Signals a sequence of this loop watches: the loop thread stops blocking them.
-        case unblockSignals([Signal])
+        /// Signals a sequence of this loop begins (true) or stops (false) watching: the loop thread
+        /// blocks only those it blocked at its start and no sequence watches.
+        case watchSignals([Signal], Bool)
     }
 
     /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
@@ -200,19 +201,38 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private static func handOff(_ submission: Submission) {
         switch submission {
         case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-        case .cancel, .resolved, .unblockSignals: break
+        case .cancel, .resolved, .watchSignals: break
         }
     }
 
-    /// Unblocks `signals` on the calling thread (the loop's). The loop thread inherits the mask of the
-    /// thread that made the loop, and Swift concurrency's threads block every asynchronous signal: a
-    /// `raise` by code on the loop would stay pending there for ever (libuv's and libevent's signal
-    /// tests raise from a callback on the loop thread).
-    static func unblock(_ signals: [Signal]) {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in signals { sigaddset(&set, signal.rawValue) }
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    /// On the loop thread: `signals` begin (`watching`) or stop being watched by one of this loop's
+    /// sequences. The loop thread inherits the mask of the thread that made the loop, and Swift
+    /// concurrency's threads block every asynchronous signal: a `raise` by code on the loop would stay
+    /// pending there for ever (libuv's and libevent's signal tests raise from a callback on the loop
+    /// thread). So a watched signal the thread blocked at its start is unblocked while a sequence
+    /// watches it, and blocked again once none does: a program that blocks a signal on purpose (to
+    /// read it from a signalfd) gets its mask back, not a thread where the default action kills it.
+    static func watchSignals(_ signals: [Signal], _ watching: Bool, state: LoopState) {
+        var changed = sigset_t()
+        sigemptyset(&changed)
+        var any = false
+        for signal in signals {
+            let number = signal.rawValue
+            let count = state.watchedSignals[number, default: 0]
+            let next = watching ? count + 1 : Swift.max(0, count - 1)
+            state.watchedSignals[number] = next == 0 ? nil : next
+            let flips = watching ? count == 0 : (count == 1)
+            if flips, sigismember(&state.startMask, number) == 1 {
+                sigaddset(&changed, number)
+                any = true
+            }
+        }
+        if any { pthread_sigmask(watching ? SIG_UNBLOCK : SIG_BLOCK, &changed, nil) }
+    }
+
+    /// ``watchSignals(_:_:state:)`` now when on the loop thread, else as the loop's next submission.
+    func watchSignals(_ signals: [Signal], _ watching: Bool) {
+        if inLoop { Self.watchSignals(signals, watching, state: state) } else { submit(.watchSignals(signals, watching)) }
     }
 
     private func runJob(_ job: UnownedJob, isolated: Bool) {
@@ -230,6 +250,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func threadMain(_ makePoller: @Sendable () throws(PollerError) -> any Poller) {
         thread = pthread_self()
+        pthread_sigmask(SIG_SETMASK, nil, &state.startMask)
         _ = rd_name_current_thread(name)
         let poller: any Poller
         do {
@@ -330,7 +351,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case .isolatedJob(let job): runJob(job, isolated: true)
         case .cancel(let key, let direction, let operation): state.cancel(key: key, direction: direction, operation: operation)
         case .resolved(let token): state.resolutionAnswered(token)
-        case .unblockSignals(let signals): Self.unblock(signals)
+        case .watchSignals(let signals, let watching): Self.watchSignals(signals, watching, state: state)
         }
     }
 

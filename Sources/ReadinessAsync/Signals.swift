@@ -45,10 +45,9 @@ extension EventLoop {
             Self.giveBack(subscription)
             throw .shutdown
         }
-        // The loop thread stops blocking them (before any job queued after this call runs), so that
-        // a `raise` by code on the loop is delivered.
-        let watched = Array(subscription.signals)
-        if inLoop { Self.unblock(watched) } else { submit(.unblockSignals(watched)) }
+        // The loop thread stops blocking them while the sequence watches (before any job queued
+        // after this call runs), so that a `raise` by code on the loop is delivered.
+        watchSignals(Array(subscription.signals), true)
         return SignalSequence(loop: self, subscription: subscription)
     }
 
@@ -99,9 +98,25 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
     public func finish() {
         subscription.stop()
         subscription.wake()
+        releaseMask()
     }
 
-    deinit { subscription.close() }
+    deinit {
+        subscription.close()
+        releaseMask()
+    }
+
+    /// Whether the loop thread's mask was given back (`EventLoop.watchSignals`), under `lock`.
+    private var maskReleased = false
+
+    /// Once the sequence stops watching: the loop thread blocks again what it blocked at its start.
+    func releaseMask() {
+        let first = lock.withLock { () -> Bool in
+            defer { maskReleased = true }
+            return !maskReleased
+        }
+        if first { loop.watchSignals(Array(subscription.signals), false) }
+    }
 
     /// An iterator over the deliveries (one task at a time).
     public func makeAsyncIterator() -> Iterator { Iterator(sequence: self) }
@@ -137,6 +152,7 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                     if case .resourceExhausted = error, (try? await Task.sleep(for: AsyncListener.fullLoopPause)) != nil { continue }
                     // Cancelled, shut down, or the poller failed: watching ends for this sequence.
                     subscription.stop()
+                    sequence.releaseMask()
                     return sequence.nextDelivered()
                 }
             }

@@ -185,7 +185,7 @@ final class AsyncRun {
             guard let kept = callers[caller] else { return .note(closedCallers[caller] == nil ? "no descriptor \(caller)" : "closed by its owner") }
             return .note(Self.sameFile(kept) ? "open" : "closed")
         case .callerWrite(let caller, let bytes):
-            guard bytes >= 0 else { return .note("invalid step: a negative byte count (\(bytes))") }
+            guard (0...Step.maximumBytes).contains(bytes) else { return .note("invalid step: a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
             guard let kept = callers[caller] else { return .note("no descriptor \(caller)") }
             let data = [UInt8](repeating: 0x61, count: bytes)
             let n = data.withUnsafeBytes { Glibc.write(kept.fd, $0.baseAddress, $0.count) }
@@ -390,7 +390,7 @@ final class AsyncRun {
                 return .note(bytes.isEmpty ? "end of stream" : "\(bytes.count) bytes")
             } }
         case .peek(let name, let maximum, let timeout):
-            guard maximum >= 0 else { return invalid("a negative byte count (\(maximum))") }
+            guard (0...AsyncSocket.maximumReadChunk).contains(maximum) else { return invalid("a peek size outside 0...\(AsyncSocket.maximumReadChunk) (\(maximum))") }
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in
                 var buffer = [UInt8](repeating: 0, count: maximum)
@@ -409,7 +409,7 @@ final class AsyncRun {
                 return .note("\(count) bytes")
             } }
         case .write(let name, let bytes, let timeout):
-            guard bytes >= 0 else { return invalid("a negative byte count (\(bytes))") }
+            guard (0...Step.maximumBytes).contains(bytes) else { return invalid("a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in
                 try await socket.write([UInt8](repeating: 0x62, count: bytes), timeout: timeout)
@@ -488,7 +488,7 @@ final class AsyncRun {
             guard let listener = loopListeners[name] else { return missing("listener \(name)") }
             return { await listener.close(); return (.ok, nil) }
         case .send(let name, let bytes, let destination, let timeout):
-            guard bytes >= 0 else { return invalid("a negative byte count (\(bytes))") }
+            guard (0...Step.maximumBytes).contains(bytes) else { return invalid("a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             var address: SocketAddress?
             if let destination {
@@ -508,7 +508,7 @@ final class AsyncRun {
                 return Self.describe(datagram, held: buffer.count, names: names)
             } }
         case .peekDatagram(let name, let maximum, let timeout):
-            guard maximum >= 0 else { return invalid("a negative byte count (\(maximum))") }
+            guard (0...AsyncSocket.maximumReadChunk).contains(maximum) else { return invalid("a peek size outside 0...\(AsyncSocket.maximumReadChunk) (\(maximum))") }
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             let names = datagramAddresses
             return { await Self.observe { () throws(LoopError) -> Observation in

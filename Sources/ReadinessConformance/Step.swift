@@ -84,7 +84,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     var invalidValue: String? {
         func negative(_ values: Int...) -> Bool { values.contains { $0 < 0 } }
         switch self {
-        case .write(_, let n) where negative(n): return "a negative byte count (\(n))"
+        case .write(_, let n) where negative(n) || n > Self.maximumBytes: return "a byte count outside 0...\(Self.maximumBytes) (\(n))"
         case .waitRounds(_, let n) where negative(n): return "a negative number of rounds (\(n))"
         case .wake(let times, let threads) where negative(times, threads): return "a negative count (\(times) x \(threads))"
         case .wake(_, let threads) where threads > Self.maximumThreads: return "more than \(Self.maximumThreads) threads (\(threads))"
@@ -101,6 +101,8 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
 
     /// The most threads a ``wake(times:threads:)`` step starts, and signals a step sends.
     static let maximumThreads = 256
+    /// The most bytes a step writes at once (the buffer is allocated whole).
+    static let maximumBytes = 1 << 28
     static let maximumSignals = 1_000_000
 
     public var description: String {

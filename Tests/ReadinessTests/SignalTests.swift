@@ -61,6 +61,17 @@ struct SignalTests {
             for _ in 0..<300 where received.value == 0 { try await loop.sleep(for: .milliseconds(10)) }
             signals.finish()
             #expect(await got.value == .user1)
+            // Once no sequence watches it, the loop thread blocks it again as it did at its start (made
+            // from a concurrency thread, which blocks it): a program that blocks a signal on purpose
+            // (to read it from a signalfd) gets its mask back (review: it stayed unblocked).
+            var creator = sigset_t()
+            pthread_sigmask(SIG_SETMASK, nil, &creator)
+            let blockedAfter = await Task(executorPreference: loop) { () -> Bool in
+                var mask = sigset_t()
+                pthread_sigmask(SIG_SETMASK, nil, &mask)
+                return sigismember(&mask, SIGUSR1) == 1
+            }.value
+            #expect(blockedAfter == (sigismember(&creator, SIGUSR1) == 1))
         }
     }
 

@@ -373,11 +373,13 @@ public final class LibeventSeam: BackendSeam {
             recheck[count] = pollfd(fd: fd, events: bits, revents: 0)
             count += 1
         }
-        // A poll(2) the kernel refuses leaves them kept for the next wait (taken for not ready, a
-        // fired edge event would be lost).
-        guard count == 0 || Sys.pollNow(recheck, count: count) else { return }
         pending.removeAll(keepingCapacity: true)
         guard count > 0 else { return }
+        // In calls the kernel takes (more entries than the soft descriptor limit are split). Should
+        // even one entry be refused (a limit of 0, no memory), the entries not looked at count as not
+        // ready: one-shot ones are re-armed, level ones fire again in libevent's next pass. Not kept
+        // for the next wait: the next pass appends them again, and the list would outgrow `recheck`.
+        _ = Sys.pollNow(recheck, count: count)
         for i in 0..<count {
             let entry = recheck[i]
             let fd = entry.fd

@@ -21,7 +21,7 @@ final class DatagramResource: LoopResource {
         if old.isEmpty {
             try socket.register(on: poller, token: token, interest: wanted)
         } else if wanted.isEmpty {
-            if socket.registration != nil { try socket.deregister() }
+            try socket.deregister()
         } else {
             try socket.reregister(token: token, interest: wanted)
         }

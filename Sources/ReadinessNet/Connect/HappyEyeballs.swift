@@ -22,7 +22,8 @@
 /// Tokens: it takes them from a ``TokenAllocator`` (`tokens:`), one for its timer, then one per attempt
 /// as the attempt starts, with no limit but ``Options/maximumAttempts``; an event loop hands out tokens
 /// of its own (`EventLoop` allocates them in its slab). Given a `tokenBase` instead, `tokenBase` is its
-/// timer token and attempt `i` uses `tokenBase + 1 + i`.
+/// timer token and attempt `i` uses `tokenBase + 1 + i` (``TokenBlock``: a block that reaches
+/// `Token.waker` skips it and goes on at 0).
 public final class HappyEyeballs {
     /// The RFC 8305 parameters and limits.
     public struct Options: Sendable {

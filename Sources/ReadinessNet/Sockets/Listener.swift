@@ -136,9 +136,10 @@ public final class Listener {
             if poller.isClosed { throw .closed }
             // The poller's own argument checks, now: found only by ``resume()``, each would start
             // another back-off, for ever (the same misuse fails at once outside a back-off).
-            if token == .waker { throw .reservedToken }
+            // In the poller's order (Contract.md): the number's limit, then the token.
             let limit = poller.capabilities.maxDescriptor
             if fd > limit { throw .descriptorTooLarge(fd, limit: limit &+ 1) }
+            if token == .waker { throw .reservedToken }
             registration = (poller, token)
             return
         }
@@ -148,10 +149,10 @@ public final class Listener {
     }
 
     /// Stops watching (the back-off's registration included): ``register(on:token:)`` may then be
-    /// called again, on any poller. ``/ReadinessCore/PollerError/notRegistered(_:)`` if it was not
-    /// registered.
+    /// called again, on any poller. Nothing when it is not registered, as for a stream or datagram
+    /// socket (stop 35: `notRegistered` before, while theirs did nothing).
     public func deregister() throws(PollerError) {
-        guard let registration else { throw .notRegistered(fd) }
+        guard let registration else { return }
         let watched = isRegistered
         // Forgotten first, as a stream's is: a poller that fails (closed, ...) does not keep it.
         self.registration = nil

@@ -61,11 +61,13 @@ struct OwnedDescriptor {
         registration = (token, interest, trigger)
     }
 
-    /// Stops watching the descriptor (it stays open); `notRegistered` when it is not registered (a
-    /// second deregister, as the poller's own and a listener's: CPython's `unregister` twice, mio).
-    /// `close()` and `release()` ask only when it is.
+    /// Stops watching the descriptor (it stays open); nothing when it is not registered, as for a
+    /// listener: an owned socket's deregister is idempotent, as its close is (inside an escape hatch
+    /// the registration is the loop's, there or not by the driver's state: a deregister that failed
+    /// on one backend and not on another would make the same body differ). The poller's own
+    /// `deregister(fd)` is the one that says `notRegistered`.
     mutating func deregister() throws(PollerError) {
-        guard let poller else { throw .notRegistered(fd) }
+        guard let poller else { return }
         self.poller = nil
         registration = nil
         try poller.deregister(fd)
@@ -76,7 +78,7 @@ struct OwnedDescriptor {
     @discardableResult
     mutating func close() -> Bool {
         guard fd >= 0 else { return false }
-        if poller != nil { try? deregister() }
+        try? deregister()
         Sys.close(fd)
         fd = -1
         return true
@@ -84,7 +86,7 @@ struct OwnedDescriptor {
 
     /// Gives the descriptor up, deregistered: the caller owns it from now on.
     mutating func release() -> CInt {
-        if poller != nil { try? deregister() }
+        try? deregister()
         defer { fd = -1 }
         return fd
     }
