@@ -159,7 +159,13 @@ struct ReadinessSocketPoolTests {
             }
             return count
         }
-        let before = loopThreads()
+        // Threads of earlier tests' loops may still be ending: counted once they have (or after 1 s),
+        // so that one ending meanwhile does not hide the new pool's.
+        var before = loopThreads()
+        for _ in 0..<100 where before > 0 {
+            try await Task.sleep(for: .milliseconds(10))
+            before = loopThreads()
+        }
         do {
             let pool = ReadinessSocketPool(backend: backend)
             try await pool.prepare()
