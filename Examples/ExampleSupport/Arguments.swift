@@ -17,10 +17,14 @@ public struct HTTPLoadArguments: Sendable {
     /// The most `--connections` (each a socket and a task).
     public static let maximumConnections = 100_000
 
+    /// The command line after the program's name, for a mistake's message and `--help`.
+    public static let usage = "--url http://HOST:PORT/PATH [--connections 50] [--requests 20000] [--timeout SECONDS] [--backend NAME]"
+    static let flags: Set<String> = ["--url", "--connections", "--requests", "--timeout", "--backend"]
+
     public init(_ args: [String]) throws(UsageError) {
         var rest = args.dropFirst().makeIterator()
         while let flag = rest.next() {
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            let value = try UsageError.value(of: flag, known: Self.flags, from: &rest)
             switch flag {
             case "--url": try parseURL(value)
             case "--connections": connections = try UsageError.number(value, flag)
@@ -61,13 +65,17 @@ public struct EchoArguments: Sendable {
     public var backend: Backend?
     public var connections: Int?
 
+    /// The command line after the program's name, for a mistake's message and `--help`.
+    public static let usage = "--port P [--host 127.0.0.1] [--backend NAME] [--connections N]"
+    static let flags: Set<String> = ["--host", "--port", "--backend", "--connections"]
+
     public init(_ args: [String]) throws(UsageError) {
         var rest = args.dropFirst().makeIterator()
         while let flag = rest.next() {
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            let value = try UsageError.value(of: flag, known: Self.flags, from: &rest)
             switch flag {
             case "--host": host = value
-            case "--port": port = try UsageError.number(value, flag)
+            case "--port": port = try UsageError.port(value, flag)
             case "--backend":
                 do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
             case "--connections": connections = try UsageError.number(value, flag)
@@ -89,13 +97,17 @@ public struct HTTPServerArguments: Sendable {
     /// sends a byte now and then (slowloris) is answered 408 and closed.
     public var requestTimeout: Int64 = 10
 
+    /// The command line after the program's name, for a mistake's message and `--help`.
+    public static let usage = "--port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS] [--request-timeout SECONDS]"
+    static let flags: Set<String> = ["--host", "--port", "--backend", "--loops", "--grace", "--request-timeout"]
+
     public init(_ args: [String]) throws(UsageError) {
         var rest = args.dropFirst().makeIterator()
         while let flag = rest.next() {
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            let value = try UsageError.value(of: flag, known: Self.flags, from: &rest)
             switch flag {
             case "--host": host = value
-            case "--port": port = try UsageError.number(value, flag)
+            case "--port": port = try UsageError.port(value, flag)
             case "--backend":
                 do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
             case "--loops": loops = try UsageError.number(value, flag)
@@ -113,7 +125,33 @@ public struct HTTPServerArguments: Sendable {
 /// A command-line mistake, printed with the usage line.
 public struct UsageError: Error, Sendable, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// `--help` or `-h`: the usage, on standard output, and status 0 (`exitFailing`).
+    public let isHelp: Bool
+    public init(_ description: String) {
+        self.description = description
+        isHelp = false
+    }
+    private init(help: Void) {
+        description = "help"
+        isHelp = true
+    }
+    public static let help = UsageError(help: ())
+
+    /// The value of `flag`, one of `known` (each takes one): `--help` or `-h` is ``help``, a flag not
+    /// known is refused as such before any value is read (it said "--bogus needs a value" before).
+    public static func value(of flag: String, known: Set<String>, from rest: inout some IteratorProtocol<String>) throws(UsageError) -> String {
+        if flag == "--help" || flag == "-h" { throw .help }
+        guard known.contains(flag) else { throw UsageError("unknown option \(flag)") }
+        guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+        return value
+    }
+
+    /// A port: 0 to 65,535 (said so when out of range, not "not a number").
+    public static func port(_ text: String, _ flag: String) throws(UsageError) -> UInt16 {
+        if let value = UInt16(text) { return value }
+        if Int(text) != nil { throw UsageError("\(flag) must be 0 to 65535: \(text)") }
+        throw UsageError("\(flag): not a number: \(text)")
+    }
     public static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {
         guard let value = T(text) else { throw UsageError("\(flag): not a number: \(text)") }
         return value
@@ -141,14 +179,18 @@ public struct UDPEchoArguments: Sendable {
     /// waiting for echoes.
     public var idle: Int?
 
+    /// The command line after the program's name, for a mistake's message and `--help`.
+    public static let usage = "[--client] --port P [--host 127.0.0.1] [--backend NAME] [--datagrams N] [--size BYTES] [--window N] [--idle SECONDS]"
+    static let flags: Set<String> = ["--host", "--port", "--backend", "--datagrams", "--size", "--window", "--idle"]
+
     public init(_ args: [String]) throws(UsageError) {
         var rest = args.dropFirst().makeIterator()
         while let flag = rest.next() {
             if flag == "--client" { client = true; continue }
-            guard let value = rest.next() else { throw UsageError("\(flag) needs a value") }
+            let value = try UsageError.value(of: flag, known: Self.flags, from: &rest)
             switch flag {
             case "--host": host = value
-            case "--port": port = try UsageError.number(value, flag)
+            case "--port": port = try UsageError.port(value, flag)
             case "--backend":
                 do { backend = try Backend.named(value) } catch { throw UsageError("\(error)") }
             case "--datagrams": datagrams = try UsageError.number(value, flag)
@@ -160,6 +202,10 @@ public struct UDPEchoArguments: Sendable {
         }
         guard size >= 8, size <= DatagramSocket.maximumUDPPayload else { throw UsageError("--size must be 8 to 65507") }
         guard window >= 1, window <= DatagramBatch.maximumCapacity else { throw UsageError("--window must be 1 to 1024") }
+        // The client's batches hold a window of datagrams: at most DatagramBatch.maximumBytes (16 MiB).
+        guard window * size <= DatagramBatch.maximumBytes else {
+            throw UsageError("--window × --size must be at most \(DatagramBatch.maximumBytes) bytes (\(window) × \(size))")
+        }
         if let datagrams, !(1...Self.maximumDatagrams).contains(datagrams) {
             throw UsageError("--datagrams must be 1 to \(Self.maximumDatagrams)")
         }

@@ -6,11 +6,16 @@ import Glibc
 #endif
 
 /// Prints `message` (and `usage`, for a command-line mistake) to standard error and exits with
-/// status 2 for a ``UsageError``, 1 otherwise.
+/// status 2 for a ``UsageError``, 1 otherwise; `--help` prints the usage on standard output, status 0.
 public func exitFailing(_ program: String, _ error: any Error, usage: String? = nil) -> Never {
+    if let asked = error as? UsageError, asked.isHelp {
+        let bytes = Array("usage: \(program) \(usage ?? "")\n".utf8)
+        _ = bytes.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+        exit(0)
+    }
     var text = "\(program): \(error)\n"
     let mistake = error is UsageError
-    if mistake, let usage { text += "usage: \(usage)\n" }
+    if mistake, let usage { text += "usage: \(program) \(usage)\n" }
     let bytes = Array(text.utf8)
     _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
     exit(mistake ? 2 : 1)

@@ -75,5 +75,5 @@ func serve(_ arguments: EchoArguments) async throws {
 do {
     try await serve(try EchoArguments(CommandLine.arguments))
 } catch {
-    exitFailing("readiness-async-echo", error)
+    exitFailing("readiness-async-echo", error, usage: EchoArguments.usage)
 }

@@ -146,5 +146,5 @@ func load(_ arguments: HTTPLoadArguments) async throws {
 do {
     try await load(try HTTPLoadArguments(CommandLine.arguments))
 } catch {
-    exitFailing("readiness-async-http-load", error)
+    exitFailing("readiness-async-http-load", error, usage: HTTPLoadArguments.usage)
 }

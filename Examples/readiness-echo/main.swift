@@ -124,5 +124,5 @@ func serve(_ arguments: EchoArguments) throws {
 do {
     try serve(try EchoArguments(CommandLine.arguments))
 } catch {
-    exitFailing("readiness-echo", error)
+    exitFailing("readiness-echo", error, usage: EchoArguments.usage)
 }

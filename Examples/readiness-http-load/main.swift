@@ -220,5 +220,5 @@ do {
     defer { try? poller.close() }
     try Load(arguments, poller: poller, backendName: backend.name).run()
 } catch {
-    exitFailing("readiness-http-load", error)
+    exitFailing("readiness-http-load", error, usage: HTTPLoadArguments.usage)
 }

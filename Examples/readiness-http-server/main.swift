@@ -454,6 +454,5 @@ func run(_ arguments: HTTPServerArguments) async throws {
 do {
     try await run(try HTTPServerArguments(CommandLine.arguments))
 } catch {
-    exitFailing("readiness-http-server", error,
-                usage: "readiness-http-server --port P [--host 127.0.0.1] [--backend NAME] [--loops N] [--grace SECONDS] [--request-timeout SECONDS]")
+    exitFailing("readiness-http-server", error, usage: HTTPServerArguments.usage)
 }

@@ -112,5 +112,5 @@ do {
         try await serve(arguments, backend: backend)
     }
 } catch {
-    exitFailing("readiness-udp-echo", error)
+    exitFailing("readiness-udp-echo", error, usage: UDPEchoArguments.usage)
 }

@@ -64,6 +64,13 @@ struct ConnectCommand: Command {
         }
         let poller = try orFail { () throws(PollerError) in try chosen.makePoller() }
         defer { try? poller.close() }
+        // A target that does not parse is a usage mistake (exit 64, found before any I/O); one that
+        // parses and does not resolve is a failure (1).
+        if target.hasPrefix("unix:") {
+            do { _ = try SocketAddress(target) } catch { throw .usage(.invalidValue(target, option: "<target>")) }
+        } else {
+            do { _ = try SocketAddress.splitHostPort(target) } catch { throw .usage(.invalidValue(target, option: "<target>")) }
+        }
         let addresses = try orFail { () throws(SocketAddress.ParseError) in try SocketAddress.resolve(target) }
         let start = Deadline.now
         var output: Output

@@ -9,6 +9,10 @@ func printJSON<T: Encodable>(_ value: T) throws(ToolError) {
 }
 
 /// Prints a line to standard error (diagnostics, failures), keeping standard output for results.
+/// With `write(2)`, its failure ignored: Foundation's `FileHandle.write(_:)` traps on a write error
+/// (a closed or full standard error, a pipe whose reader left with SIGPIPE ignored), which crashed
+/// the tool on its way to exit status 64 or 1.
 func printError(_ line: String) {
-    FileHandle.standardError.write(Data((line + "\n").utf8))
+    let bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
 }

@@ -105,6 +105,20 @@ extension ExamplesTests {
         #expect(throws: UsageError.self) { _ = try HTTPLoadArguments(["x", "--url", "http://127.0.0.1:1/", "--timeout", "0"]) }
         #expect(throws: UsageError.self) { _ = try EchoArguments(["x", "--connections", "0"]) }
         #expect(throws: UsageError.self) { _ = try UDPEchoArguments(["x", "--client", "--datagrams", "\(Int.max)"]) }
+        // Stop 35 (review): a window of datagrams larger than a batch holds failed after the client
+        // started (exit 1); --help asked for a value; an unknown flag was "needs a value"; a port out
+        // of range was "not a number".
+        do { _ = try UDPEchoArguments(["x", "--client", "--size", "65507", "--window", "257"]); Issue.record("window × size taken") } catch {
+            #expect(error.description.contains("--window × --size"), "\(error)")
+        }
+        for help in ["--help", "-h"] {
+            do { _ = try EchoArguments(["x", help]); Issue.record("\(help) taken") } catch { #expect(error.isHelp) }
+            do { _ = try HTTPServerArguments(["x", "--port", "1", help]); Issue.record("\(help) taken") } catch { #expect(error.isHelp) }
+        }
+        do { _ = try EchoArguments(["x", "--bogus"]); Issue.record("--bogus taken") } catch { #expect(error.description == "unknown option --bogus") }
+        do { _ = try EchoArguments(["x", "--port", "70000"]); Issue.record("port taken") } catch {
+            #expect(error.description == "--port must be 0 to 65535: 70000")
+        }
     }
 
     @Test("the examples import only Readiness (and what they share, itself on Readiness only; no Glibc)")

@@ -100,6 +100,9 @@ struct HTTPServerExampleTests {
     func failedStartExitsNonZero() throws {
         let server = try builtExecutable("readiness-http-server")
         #expect(try Self.run([server, "--port", "99999"]).status == 2)
+        // --help: the usage on standard output, status 0 (review, stop 35: "--help needs a value", 2).
+        let help = try Self.run([server, "--help"])
+        #expect(help.status == 0 && help.output.hasPrefix("usage: readiness-http-server --port P"), "\(help.output)")
         let taken = try Listener(bind: try SocketAddress("127.0.0.1:0"))
         defer { taken.close() }
         let inUse = try Self.run([server, "--port", "\(taken.address.port!)", "--loops", "1"])

@@ -51,6 +51,17 @@ struct ToolTests {
         #expect(run.errors.isEmpty)
     }
 
+    /// Foundation's `FileHandle.write(_:)` traps on a write error: the tool died of SIGILL (exit 132)
+    /// on its way to 64 when standard error was closed or full (review, stop 35).
+    @Test("a usage mistake with standard error closed or full still exits 64, no crash")
+    func closedStandardError() throws {
+        let tool = try toolPath()
+        for redirect in ["2>&-", "2>/dev/full"] {
+            let status = system("'\(tool)' connect \(redirect) >/dev/null")
+            #expect(WaitStatus(status).shellStatus == usageStatus, "\(redirect): \(WaitStatus(status).shellStatus)")
+        }
+    }
+
     @Test("a failure at run time: exit status 1, the reason on standard error")
     func runtimeFailures() throws {
         let unknown = try runTool(["connect", "127.0.0.1:1", "--backend", "nosuch"])
@@ -131,6 +142,11 @@ struct UsageMistake: Sendable, CustomStringConvertible {
         UsageMistake(arguments: ["connect", "127.0.0.1:1", "--timeout", "soon"],
                      message: "The value 'soon' is invalid for '--timeout <timeout>'", command: "connect"),
         UsageMistake(arguments: ["connect"], message: "Missing expected argument '<target>'", command: "connect"),
+        // Stop 35 (review): a target that does not parse is a usage mistake found before any I/O (exit 1 before).
+        UsageMistake(arguments: ["connect", "127.0.0.1:65536"],
+                     message: "The value '127.0.0.1:65536' is invalid for '<target>'", command: "connect"),
+        UsageMistake(arguments: ["connect", "[::1]"], message: "The value '[::1]' is invalid for '<target>'", command: "connect"),
+        UsageMistake(arguments: ["connect", "unix:"], message: "The value 'unix:' is invalid for '<target>'", command: "connect"),
         UsageMistake(arguments: ["conformance", "--only", "nosuch"],
                      message: "no scenario id starts with \"nosuch\" (see --list)", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--bogus"], message: "Unknown option '--bogus'", command: "conformance"),
