@@ -202,8 +202,9 @@ public struct UDPEchoArguments: Sendable {
         }
         guard size >= 8, size <= DatagramSocket.maximumUDPPayload else { throw UsageError("--size must be 8 to 65507") }
         guard window >= 1, window <= DatagramBatch.maximumCapacity else { throw UsageError("--window must be 1 to 1024") }
-        // The client's batches hold a window of datagrams: at most DatagramBatch.maximumBytes (16 MiB).
-        guard window * size <= DatagramBatch.maximumBytes else {
+        // The client's batches hold a window of datagrams: at most DatagramBatch.maximumBytes (16 MiB)
+        // (the server's batches use neither).
+        guard !client || window * size <= DatagramBatch.maximumBytes else {
             throw UsageError("--window × --size must be at most \(DatagramBatch.maximumBytes) bytes (\(window) × \(size))")
         }
         if let datagrams, !(1...Self.maximumDatagrams).contains(datagrams) {

@@ -55,6 +55,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// The signal subscriptions of this loop's ``signals(_:)`` sequences (under `lock`): stopped when the
     /// loop shuts down, iterated or not, so that no signal stays caught by a loop that ended.
     private var signalWatchers: [WeakSubscription] = []
+    /// How many of this loop's signal sequences watch each signal (under `lock`; a signal once watched
+    /// keeps its entry, at 0): what the loop thread's mask follows (`applySignalMask`).
+    private var watchedSignals: [CInt: Int] = [:]
     /// The loop's serial executor identity (`asUnownedSerialExecutor()`): jobs enqueued there are
     /// actors' jobs, told apart from the jobs of tasks that prefer the loop as a task executor.
     private let serial: LoopSerialExecutor
@@ -95,9 +98,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case cancel(key: ResourceKey, direction: Direction, operation: UInt64)
         /// A name resolution's answer is in (from a lookup thread), for the connect holding the token.
         case resolved(Token)
-        /// Signals a sequence of this loop begins (true) or stops (false) watching: the loop thread
-        /// blocks only those it blocked at its start and no sequence watches.
-        case watchSignals([Signal], Bool)
+        /// The signals this loop's sequences watch changed: the loop thread's mask follows them.
+        case applySignalMask
     }
 
     /// Starts the loop thread, which creates its poller with `makePoller` (so the poller, which is not
@@ -201,38 +203,45 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private static func handOff(_ submission: Submission) {
         switch submission {
         case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-        case .cancel, .resolved, .watchSignals: break
+        case .cancel, .resolved, .applySignalMask: break
         }
     }
 
-    /// On the loop thread: `signals` begin (`watching`) or stop being watched by one of this loop's
-    /// sequences. The loop thread inherits the mask of the thread that made the loop, and Swift
-    /// concurrency's threads block every asynchronous signal: a `raise` by code on the loop would stay
-    /// pending there for ever (libuv's and libevent's signal tests raise from a callback on the loop
-    /// thread). So a watched signal the thread blocked at its start is unblocked while a sequence
-    /// watches it, and blocked again once none does: a program that blocks a signal on purpose (to
-    /// read it from a signalfd) gets its mask back, not a thread where the default action kills it.
-    static func watchSignals(_ signals: [Signal], _ watching: Bool, state: LoopState) {
-        var changed = sigset_t()
-        sigemptyset(&changed)
-        var any = false
-        for signal in signals {
-            let number = signal.rawValue
-            let count = state.watchedSignals[number, default: 0]
-            let next = watching ? count + 1 : Swift.max(0, count - 1)
-            state.watchedSignals[number] = next == 0 ? nil : next
-            let flips = watching ? count == 0 : (count == 1)
-            if flips, sigismember(&state.startMask, number) == 1 {
-                sigaddset(&changed, number)
-                any = true
+    /// `signals` begin (`watching`) or stop being watched by one of this loop's sequences. The loop
+    /// thread inherits the mask of the thread that made the loop, and Swift concurrency's threads
+    /// block every asynchronous signal: a `raise` by code on the loop would stay pending there for ever
+    /// (libuv's and libevent's signal tests raise from a callback on the loop thread). So a watched
+    /// signal is unblocked on the loop thread while a sequence watches it, and one the thread blocked
+    /// at its start is blocked again once none does: a program that blocks a signal on purpose (to
+    /// read it from a signalfd) gets its mask back. The counts change here, at once, under the lock;
+    /// the loop thread then sets its mask from them (`applySignalMask`), so the order in which the
+    /// changes reach it does not matter.
+    func watchSignals(_ signals: [Signal], _ watching: Bool) {
+        lock.withLock {
+            for signal in signals {
+                let count = watchedSignals[signal.rawValue, default: 0]
+                watchedSignals[signal.rawValue] = watching ? count + 1 : Swift.max(0, count - 1)
             }
         }
-        if any { pthread_sigmask(watching ? SIG_UNBLOCK : SIG_BLOCK, &changed, nil) }
+        if inLoop { applySignalMask() } else { submit(.applySignalMask) }
     }
 
-    /// ``watchSignals(_:_:state:)`` now when on the loop thread, else as the loop's next submission.
-    func watchSignals(_ signals: [Signal], _ watching: Bool) {
-        if inLoop { Self.watchSignals(signals, watching, state: state) } else { submit(.watchSignals(signals, watching)) }
+    /// On the loop thread: unblocks the signals a sequence watches; blocks again those no sequence
+    /// watches that were blocked when the thread began.
+    private func applySignalMask() {
+        let counts = lock.withLock { watchedSignals }
+        var unblock = sigset_t(), block = sigset_t()
+        sigemptyset(&unblock)
+        sigemptyset(&block)
+        for (signal, count) in counts {
+            if count > 0 {
+                sigaddset(&unblock, signal)
+            } else if sigismember(&state.startMask, signal) == 1 {
+                sigaddset(&block, signal)
+            }
+        }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+        pthread_sigmask(SIG_BLOCK, &block, nil)
     }
 
     private func runJob(_ job: UnownedJob, isolated: Bool) {
@@ -351,7 +360,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         case .isolatedJob(let job): runJob(job, isolated: true)
         case .cancel(let key, let direction, let operation): state.cancel(key: key, direction: direction, operation: operation)
         case .resolved(let token): state.resolutionAnswered(token)
-        case .watchSignals(let signals, let watching): Self.watchSignals(signals, watching, state: state)
+        case .applySignalMask: applySignalMask()
         }
     }
 
@@ -362,6 +371,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             defer { signalWatchers = [] }
             return signalWatchers
         }
+        // The thread's mask as it began, before the watched signals get their old actions back: a
+        // signal a program blocks on purpose is never met here under its default action.
+        pthread_sigmask(SIG_SETMASK, &state.startMask, nil)
         for watcher in watchers { watcher.subscription?.stop() }
         state.shutDown(reason: reason)
         state.resumeYielded()   // their operations fail with `.shutdown`

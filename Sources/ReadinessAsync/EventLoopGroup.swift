@@ -70,6 +70,8 @@ public final class EventLoopGroup: Sendable {
         if address.family == .unix, loops.count > 1 {
             throw .invalidArgument("listen on \(address): a Unix-domain address cannot be shared by the group's \(loops.count) loops (SO_REUSEPORT is for IP): listen on one loop")
         }
+        // The options' own check first, as one loop's listen makes it: the same misuse, the same error.
+        do throws(SocketError) { try Listener.checkOptions(options, for: address) } catch { throw .socket(error) }
         var options = options
         if loops.count > 1, !options.reusePort {
             do throws(SocketError) { try Listener.checkUnshared(address, options: options) } catch { throw .socket(error) }

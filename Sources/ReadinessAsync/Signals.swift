@@ -96,14 +96,16 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
     /// Stops watching at once (the signals' previous actions are put back); an iteration in progress
     /// returns what had come, then nil.
     public func finish() {
+        // The loop thread's mask first (at once on the loop thread; else the loop's next submission),
+        // then the old actions.
+        releaseMask()
         subscription.stop()
         subscription.wake()
-        releaseMask()
     }
 
     deinit {
-        subscription.close()
         releaseMask()
+        subscription.close()
     }
 
     /// Whether the loop thread's mask was given back (`EventLoop.watchSignals`), under `lock`.
@@ -151,8 +153,8 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                     // rather than put SIGTERM's default action back.
                     if case .resourceExhausted = error, (try? await Task.sleep(for: AsyncListener.fullLoopPause)) != nil { continue }
                     // Cancelled, shut down, or the poller failed: watching ends for this sequence.
-                    subscription.stop()
                     sequence.releaseMask()
+                    subscription.stop()
                     return sequence.nextDelivered()
                 }
             }

@@ -305,6 +305,14 @@ private final class LookupPool: @unchecked Sendable {
 
     private func startThread() -> Bool {
         var thread = pthread_t()
+        // Made with every signal blocked (as libuv's pool threads are): it inherits the mask of the
+        // thread that starts it, a loop thread that may have unblocked a watched signal for a while,
+        // and a signal a program blocks on purpose would then reach it, under its default action once
+        // the watch ended. The caller's mask is put back at once.
+        var all = sigset_t(), saved = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
         let status = pthread_create(&thread, nil, { _ in
             LookupPool.shared.work()
             return nil

@@ -508,6 +508,19 @@ struct PeerScenarioTests7 {
         #expect(listen(listening, 4) == 0)
         expectInvalid("adopting a listening socket") { _ = try StreamSocket(adopting: listening) }
         #expect(fcntl(listening, F_GETFD) >= 0)   // still the caller's, open
+        // A group of two loops checks the options first too (review: it tried SO_REUSEPORT sharing
+        // first, and a port in use answered addressInUse where one loop answered invalidArgument).
+        let taken = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let group = try EventLoopGroup(backend: .epoll, count: 2)
+        do {
+            _ = try await group.listen(on: taken.address, options: listenV6)
+            Issue.record("the group listened with v6Only on IPv4")
+        } catch {
+            guard case .socket(let failure) = error else { Issue.record("\(error)"); return }
+            #expect(failure.kind == .invalidArgument, "\(failure)")
+        }
+        await group.shutdown()
+        taken.close()
         let loop = try EventLoop(backend: .epoll)
         do {
             _ = try await loop.adopt(descriptor: listening)

@@ -15,11 +15,10 @@ import Synchronization
 final class LoopState {
     /// Set in the loop's init, cleared when the loop has finished (breaks the cycle).
     unowned(unsafe) var loop: EventLoop!
-    /// The loop thread's signal mask as it began (inherited from the thread that made the loop), and
-    /// how many of this loop's signal sequences watch each signal: a watched signal blocked at the
-    /// start is unblocked while any watches it, and blocked again after (`EventLoop.watchSignals`).
+    /// The loop thread's signal mask as it began (inherited from the thread that made the loop): a
+    /// watched signal blocked then is unblocked while a sequence watches it, and blocked again after
+    /// (`EventLoop.watchSignals`).
     var startMask = sigset_t()
-    var watchedSignals: [CInt: Int] = [:]
     var poller: (any Poller)?
     let timers = Timers(capacity: LoopState.initialCapacity)
     let events = EventBuffer(capacity: LoopState.eventCapacity)

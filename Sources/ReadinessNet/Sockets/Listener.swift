@@ -60,18 +60,22 @@ public final class Listener {
     /// Binds and listens. The empty address (`SocketAddress()`) is refused with
     /// ``SocketError/Kind/invalidArgument`` before any system call, as every entry that takes an
     /// address refuses it.
-    public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
-        if address.isEmpty {
-            throw SocketError(.invalidArgument, operation: "listen on an empty address (SocketAddress()): no address to bind")
-        }
-        // An option the family does not have, asked for: refused before any system call (libuv's
-        // UV_EINVAL for IPV6ONLY on IPv4); `reuseAddress`, on by default, means nothing on a Unix path.
+    /// An option the family does not have, asked for: refused before any system call (libuv's
+    /// UV_EINVAL for IPV6ONLY on IPv4); `reuseAddress`, on by default, means nothing on a Unix path.
+    package static func checkOptions(_ options: Options, for address: SocketAddress) throws(SocketError) {
         if address.family == .unix, options.reusePort {
             throw SocketError(.invalidArgument, operation: "Options.reusePort on a Unix-domain listener")
         }
         if address.family != .ipv6, options.v6Only == true {
             throw SocketError(.invalidArgument, operation: "Options.v6Only on a \(address.family.rawValue) listener")
         }
+    }
+
+    public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
+        if address.isEmpty {
+            throw SocketError(.invalidArgument, operation: "listen on an empty address (SocketAddress()): no address to bind")
+        }
+        try Self.checkOptions(options, for: address)
         let fd = rd_net_stream_socket(address.domain)
         guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
         do throws(SocketError) {
