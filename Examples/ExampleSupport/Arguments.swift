@@ -135,6 +135,7 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
         description = "help"
         isHelp = true
     }
+    /// What `--help` and `-h` throw.
     public static let help = UsageError(help: ())
 
     /// The value of `flag`, one of `known` (each takes one): `--help` or `-h` is ``help``, a flag not

@@ -57,9 +57,6 @@ public final class Listener {
         public init() {}
     }
 
-    /// Binds and listens. The empty address (`SocketAddress()`) is refused with
-    /// ``SocketError/Kind/invalidArgument`` before any system call, as every entry that takes an
-    /// address refuses it.
     /// An option the family does not have, asked for: refused before any system call (libuv's
     /// UV_EINVAL for IPV6ONLY on IPv4); `reuseAddress`, on by default, means nothing on a Unix path.
     package static func checkOptions(_ options: Options, for address: SocketAddress) throws(SocketError) {
@@ -71,6 +68,9 @@ public final class Listener {
         }
     }
 
+    /// Binds and listens. The empty address (`SocketAddress()`) is refused with
+    /// ``SocketError/Kind/invalidArgument`` before any system call, as every entry that takes an
+    /// address refuses it; so is an option the family does not have (`checkOptions`).
     public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
         if address.isEmpty {
             throw SocketError(.invalidArgument, operation: "listen on an empty address (SocketAddress()): no address to bind")
