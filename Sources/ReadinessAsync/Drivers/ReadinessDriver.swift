@@ -413,24 +413,14 @@ struct ReadinessDriver: IODriver {
                 // again at once and wake nobody when the condition ends: level-triggered readiness would
                 // wake this wait every iteration. Pause instead, not watching the direction, doubling the
                 // pause up to a cap, then try again.
-                let retryAt = MonotonicClock.nowNanoseconds &+ pause
-                pause = Swift.min(pause &* 2, Self.retryPauseCap)
-                let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
                 try? loop.updateInterest(datagram, datagram.record.registered.subtracting(direction.interest))
-                if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: false) {
-                    guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
-                }
+                _ = try await Self.pausedWait(datagram, direction, deadline: deadline, pause: &pause, cap: Self.retryPauseCap,
+                                              watching: false, on: loop)
             } else if recheck != Self.notUnix {
                 if woke, loop.expired(deadline) { throw .timedOut }
-                let retryAt = MonotonicClock.nowNanoseconds &+ recheck
-                recheck = Swift.min(recheck &* 2, Self.unixWriteRecheckCap)
-                let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
-                if case .failed(let error) = await loop.wait(datagram, direction, deadline: until, interest: true) {
-                    guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
-                    woke = false   // not woken by readiness: the next try that blocks waits again
-                } else {
-                    woke = true
-                }
+                // Not woken by readiness (the pause ended): the next try that blocks waits again.
+                woke = try await Self.pausedWait(datagram, direction, deadline: deadline, pause: &recheck,
+                                                 cap: Self.unixWriteRecheckCap, watching: true, on: loop)
             } else {
                 if woke, loop.expired(deadline) { throw .timedOut }
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
@@ -488,12 +478,24 @@ struct ReadinessDriver: IODriver {
             if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
             return
         }
-        let retryAt = MonotonicClock.nowNanoseconds &+ recheck
-        recheck = Swift.min(recheck &* 2, unixWriteRecheckCap)
+        _ = try await pausedWait(stream, .write, deadline: deadline, pause: &recheck, cap: unixWriteRecheckCap,
+                                 watching: true, on: loop)
+    }
+
+    /// A wait cut short after `pause` (which then doubles, up to `cap`), for conditions readiness does
+    /// not report (see ``readinessLies(_:_:_:)`` and ``waitForRoom(_:_:deadline:recheck:on:)``): the
+    /// caller tries its operation again after it. Returns whether readiness ended it (`false`: the
+    /// pause did); throws the wait's error, `.timedOut` only once the caller's own `deadline` passed.
+    /// `watching`: whether the direction's interest stays on during the pause.
+    nonisolated(nonsending) private static func pausedWait(_ resource: any LoopResource, _ direction: Direction,
+                                                           deadline: Int64?, pause: inout Int64, cap: Int64,
+                                                           watching: Bool, on loop: LoopState) async throws(LoopError) -> Bool {
+        let retryAt = MonotonicClock.nowNanoseconds &+ pause
+        pause = Swift.min(pause &* 2, cap)
         let until = deadline.map { Swift.min($0, retryAt) } ?? retryAt
-        if case .failed(let error) = await loop.wait(stream, .write, deadline: until, interest: true) {
-            guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
-        }
+        guard case .failed(let error) = await loop.wait(resource, direction, deadline: until, interest: watching) else { return true }
+        guard case .timedOut = error, deadline.map({ $0 > retryAt }) ?? true else { throw error }
+        return false
     }
 
     static let unknownFamily: Int64 = 0
