@@ -86,24 +86,23 @@ public struct AsyncDatagramSocket: Sendable {
     /// Receives one datagram into the start of `buffer` (its count does not change; an empty array
     /// drops a datagram and tells its length).
     nonisolated(nonsending) public func receive(into buffer: inout [UInt8], timeout: Duration? = nil) async throws(LoopError) -> ReceivedDatagram {
-        let deadline = timeout.map { Deadline.after($0) }
-        let id = self.id
-        return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram in
-            try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> ReceivedDatagram? in
-                try socket.receive(into: &buffer).datagram
-            }
-        }
+        try await receive(into: &buffer, peeking: false, timeout: timeout)
     }
 
     /// Copies the next datagram into the start of `buffer` as soon as one is queued, **without taking
     /// it** (tokio's `UdpSocket::peek_from`): the next receive returns it again. The same description
     /// as a receive into an array (its count, its source, and whether `buffer` was too short).
     nonisolated(nonsending) public func peek(into buffer: inout [UInt8], timeout: Duration? = nil) async throws(LoopError) -> ReceivedDatagram {
+        try await receive(into: &buffer, peeking: true, timeout: timeout)
+    }
+
+    nonisolated(nonsending) private func receive(into buffer: inout [UInt8], peeking: Bool,
+                                                 timeout: Duration?) async throws(LoopError) -> ReceivedDatagram {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram in
             try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> ReceivedDatagram? in
-                try socket.peek(into: &buffer).datagram
+                try (peeking ? socket.peek(into: &buffer) : socket.receive(into: &buffer)).datagram
             }
         }
     }
