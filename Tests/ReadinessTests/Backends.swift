@@ -27,6 +27,41 @@ func openDescriptorCount() -> Int {
     return count
 }
 
+/// Runs `body` with the descriptor table full: a soft RLIMIT_NOFILE just above the count open now,
+/// every number below it taken, `spare` of them left free; the limit and the numbers are given back after.
+func withDescriptorsExhausted<T>(spare: Int = 0, _ body: () throws -> T) rethrows -> T {
+    var limit = rlimit()
+    getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+    var restore = limit
+    limit.rlim_cur = rlim_t(openDescriptorCount() + 8)
+    setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+    var fillers: [CInt] = []
+    while true {
+        let fd = dup(0)
+        if fd < 0 { break }
+        fillers.append(fd)
+    }
+    for _ in 0..<min(spare, fillers.count) { close(fillers.removeLast()) }
+    defer {
+        fillers.forEach { close($0) }
+        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore)
+    }
+    return try body()
+}
+
+/// Drives `listener` into its back-off: a client connects, then `accept` finds no descriptor free.
+/// Returns the client's descriptor (the caller closes it).
+func driveIntoBackOff(_ listener: Listener) throws -> CInt {
+    let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+    _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
+    let result = try withDescriptorsExhausted { try listener.accept() }
+    guard case .backingOff = result else {
+        close(client)
+        throw TestFailure("expected a back-off, got \(result)")
+    }
+    return client
+}
+
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }

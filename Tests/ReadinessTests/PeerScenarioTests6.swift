@@ -206,28 +206,16 @@ extension PeerScenarioTests6 {
         try #require(address.withSockaddr { Glibc.bind(raw, $0, $1) } == 0)
         close(raw)   // the file stays: stale
         defer { unlink(path) }
-        var limit = rlimit()
-        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        let saved = limit
-        var fillers: [CInt] = []
-        limit.rlim_cur = rlim_t(openDescriptorCount() + 8)
-        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        while true {
-            let fd = dup(0)
-            if fd < 0 { break }
-            fillers.append(fd)
+        // Room for the listener's socket, none for the probe.
+        let outcome = withDescriptorsExhausted(spare: 1) { () -> SocketError? in
+            do throws(SocketError) {
+                let listener = try Listener(bind: address)   // removeStaleUnixSocket is on by default
+                listener.close()
+                return nil
+            } catch {
+                return error
+            }
         }
-        close(fillers.removeLast())   // room for the listener's socket, none for the probe
-        var outcome: SocketError?
-        do throws(SocketError) {
-            let listener = try Listener(bind: address)   // removeStaleUnixSocket is on by default
-            listener.close()
-        } catch {
-            outcome = error
-        }
-        fillers.forEach { close($0) }
-        var restore = saved
-        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore)
         #expect(outcome?.kind == .resourceExhausted, "\(String(describing: outcome))")
         // With descriptors again, the stale path is replaced.
         let listener = try Listener(bind: address)

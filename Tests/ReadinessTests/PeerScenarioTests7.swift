@@ -87,25 +87,8 @@ struct PeerScenarioTests7 {
         defer { try? poller.close() }
         let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
         defer { listener.close() }
-        var limit = rlimit()
-        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        let saved = limit
-        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        let client = try driveIntoBackOff(listener)
         defer { close(client) }
-        _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
-        var fillers: [CInt] = []
-        limit.rlim_cur = rlim_t(openDescriptorCount() + 8)
-        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        while true {
-            let fd = dup(0)
-            if fd < 0 { break }
-            fillers.append(fd)
-        }
-        let result = try listener.accept()
-        fillers.forEach { close($0) }
-        var restore = saved
-        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore)
-        guard case .backingOff = result else { throw TestFailure("expected a back-off, got \(result)") }
         #expect(throws: PollerError.reservedToken) { try listener.register(on: poller, token: .waker) }
         // A proper registration still works, and resume() watches it.
         try listener.register(on: poller, token: 7)
