@@ -150,6 +150,9 @@ public enum Fixture: Sendable, Hashable {
     case socketPairs(String, count: Int)
     /// A device opened read-write by path (e.g. /dev/null, which the kernel cannot poll).
     case device(String, path: String)
+    /// An anonymous-inode file with no poll method (a Landlock ruleset): neither a device, a regular
+    /// file nor a directory, which epoll refuses and poll(2) and select call always ready.
+    case anonymousUnpollable(String)
 }
 
 /// Where a connect step connects to.

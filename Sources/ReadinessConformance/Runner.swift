@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import CReadinessConformance
 #endif
 @_spi(Backend) import Readiness
 import Synchronization
@@ -117,6 +118,10 @@ final class ScenarioRun {
         case .device(let name, let path):
             let fd = open(path, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else { throw Unsupported(reason: "\(path) cannot be opened here (\(ErrnoTable.name(errno)))") }
+            endpoints[name] = fd
+        case .anonymousUnpollable(let name):
+            let fd = rd_landlock_ruleset()
+            guard fd >= 0 else { throw Unsupported(reason: "no Landlock here to make a file without poll (\(ErrnoTable.name(errno)))") }
             endpoints[name] = fd
         case .pathOnly(let name):
             // A FIFO opened with O_PATH (a location, not an open file), its path removed at once.

@@ -400,6 +400,10 @@ extension Conformance {
                  fixtures: [.device("n", path: "/dev/null")], [
             reg("n", 1, .readable, .level, err("unsupportedDescriptor")), reg("n", 1, .writable, .level, err("unsupportedDescriptor")),
         ]),
+        Scenario("misuse/anonymous-file-not-pollable", checks: "An anonymous-inode file with no poll method (a Landlock ruleset) is refused as unsupportedDescriptor everywhere, as a device the kernel cannot poll is.",
+                 fixtures: [.anonymousUnpollable("l")], [
+            reg("l", 1, .readable, .level, err("unsupportedDescriptor")), reg("l", 1, .writable, .level, err("unsupportedDescriptor")),
+        ]),
         Scenario("misuse/reregister-order", checks: "reregister checks its arguments before whether the descriptor is registered, as register does.", fixtures: pair, [
             rereg("a", .max, .readable, .level, err("reservedToken")), rereg("a", 1, [], .level, err("emptyInterest")),
             rereg("a", 1, .readable, .level, err("notRegistered")),

@@ -54,8 +54,9 @@ public enum Sys {
         if kind == S_IFREG || kind == S_IFDIR { return .unsupportedDescriptor(fd) }
         if let refusal = checkPathOnly(fd) { return refusal }
         // Devices differ one by one (a terminal polls, /dev/null does not, and poll(2) would call it
-        // always ready): ask the kernel, as epoll_ctl does for the epoll backend.
-        if kind == S_IFCHR || kind == S_IFBLK {
+        // always ready): ask the kernel, as epoll_ctl does for the epoll backend. So do anonymous-inode
+        // files (no type bits): eventfd, timerfd, signalfd, pidfd poll; a Landlock ruleset does not.
+        if kind == S_IFCHR || kind == S_IFBLK || kind == 0 {
             switch rd_kernel_can_poll(fd) {
             case 1: return nil
             case 0: return .unsupportedDescriptor(fd)

@@ -119,6 +119,11 @@ public final class EpollSeam: BackendSeam {
         // `new` carries a new generation (ContractPoller.reregister).
         do {
             try ctl(rd_EPOLL_CTL_MOD, fd, new, "epoll_ctl(MOD)")
+        } catch .badDescriptor(let refused) {
+            // The number now names an O_PATH file, which epoll_ctl refuses with EBADF before asking
+            // what it is: a regular file or a directory meets rule 9 first, as register's check and
+            // every other backend's find it.
+            throw Sys.checkKind(fd) ?? .badDescriptor(refused)
         } catch .system(_, ENOENT) {
             // Not in the kernel's set: dropped by a rebuild while disarmed, or the registered file was
             // closed and the number now names another one. reregister applies the registration to

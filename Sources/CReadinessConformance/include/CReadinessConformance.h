@@ -5,4 +5,9 @@
 /// conformance suite's isolated-network fixture. 0, or -1 with errno set.
 int rd_unshare_network(void);
 
+/// A Landlock ruleset (landlock_create_ruleset, no privilege needed): an anonymous-inode file with no
+/// poll method, the conformance suite's `anonymousUnpollable` fixture. The descriptor (close-on-exec),
+/// or -1 with errno set (ENOSYS, EOPNOTSUPP: no Landlock here).
+int rd_landlock_ruleset(void);
+
 #endif

@@ -1,0 +1,78 @@
+import CReadinessConformance
+import Glibc
+import Readiness
+import ReadinessAsync
+import Synchronization
+import Testing
+
+let landlockAvailable: Bool = {
+    let fd = rd_landlock_ruleset()
+    if fd >= 0 { close(fd) }
+    return fd >= 0
+}()
+
+/// Scenarios from the peers' test suites and the outside readers of stop 36.
+@Suite("Peer scenarios 8", .serialized)
+struct PeerScenarioTests8 {
+    // MARK: Poller (CPython test_selectors, libevent regress test_dup_fd, mio registering)
+
+    /// libevent regress (fd reuse) with an O_PATH file: rule 9 first, on every backend. Before:
+    /// epoll's EPOLL_CTL_MOD refused the O_PATH file with EBADF before looking at what it is
+    /// (`badDescriptor`), where every other backend (and epoll's own register) said
+    /// `unsupportedDescriptor`.
+    @Test("reregister of a number now naming an O_PATH regular file or directory is unsupportedDescriptor on every backend",
+          arguments: backends)
+    func reregisterPathOnlyFile(backend: Backend) throws {
+        let pathOnly: CInt = 0o10000000   // O_PATH, which Swift's Glibc does not export
+        for (path, flags) in [("/proc/self/mounts", pathOnly), ("/tmp", pathOnly | O_DIRECTORY)] {
+            let poller = try backend.makePoller()
+            defer { try? poller.close() }
+            let (a, b) = try socketPair()
+            defer { close(b) }
+            try poller.register(a, token: 1, interest: .readable)
+            close(a)
+            let file = open(path, flags | O_CLOEXEC)
+            try #require(file >= 0)
+            defer { close(file) }
+            guard file == a else { continue }   // another thread took the number: nothing to check
+            #expect(throws: PollerError.unsupportedDescriptor(file), "\(path)") {
+                try poller.reregister(file, token: 2, interest: .readable)
+            }
+            try poller.deregister(file)
+        }
+    }
+
+    /// A file with no poll method that is neither a device, a regular file nor a directory: an
+    /// anonymous-inode file such as a Landlock ruleset (no privilege needed to make one). epoll_ctl
+    /// refuses it (EPERM); poll(2) and select call it always ready. Before: epoll and libevent's
+    /// epoll method said `unsupportedDescriptor`; poll, select, libevent's poll and select methods and
+    /// io_uring took it and reported it ready on every wait (a busy loop for a level-triggered loop).
+    @Test("an anonymous-inode file with no poll method (a Landlock ruleset) is unsupportedDescriptor on every backend",
+          .enabled(if: landlockAvailable, "the kernel has no Landlock: no anonymous-inode file without poll to make"),
+          arguments: backends)
+    func anonymousInodeWithoutPoll(backend: Backend) throws {
+        let ruleset = rd_landlock_ruleset()
+        try #require(ruleset >= 0)
+        defer { close(ruleset) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        #expect(throws: PollerError.unsupportedDescriptor(ruleset)) {
+            try poller.register(ruleset, token: 1, interest: .readable)
+        }
+        // Anonymous-inode files that do poll are still taken (inotify's has no type bits either).
+        let watch = inotify_init1(CInt(IN_NONBLOCK | IN_CLOEXEC))
+        try #require(watch >= 0)
+        defer { close(watch) }
+        let path = tempPath("inotify")
+        try #require(mkdir(path, 0o700) == 0)
+        defer { rmdir(path) }
+        try #require(inotify_add_watch(watch, path, UInt32(IN_CREATE)) >= 0)
+        try poller.register(watch, token: 2, interest: .readable)
+        let events = EventBuffer(capacity: 4)
+        #expect(try poller.wait(into: events, timeout: .zero) == 0)
+        try #require(mkdir(path + "/x", 0o700) == 0)
+        defer { rmdir(path + "/x") }
+        #expect(try poller.wait(into: events, timeout: .seconds(1)) == 1)
+        try poller.deregister(watch)
+    }
+}
