@@ -17,6 +17,15 @@ public enum Sys {
         }
     }
 
+    /// Whether `count` poll(2) entries are more than the soft RLIMIT_NOFILE, which poll refuses with
+    /// EINVAL: a process that lowered its limit below what it has registered is out of descriptors for
+    /// poll's purpose (``PollerError/resourceExhausted(operation:errno:)``), not misusing it.
+    public static func exceedsPollLimit(_ count: Int) -> Bool {
+        var limit = rlimit()
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return false }   // RLIM_INFINITY
+        return UInt64(Swift.max(count, 0)) > UInt64(limit.rlim_cur)
+    }
+
     /// `poll(2)` with a zero timeout over `count` entries (their `revents` set), in calls the kernel
     /// takes: it refuses more entries than the soft RLIMIT_NOFILE with EINVAL (a process that lowered
     /// its limit below what it has registered), so a refused call is split in halves. False when even

@@ -76,3 +76,40 @@ struct PeerScenarioTests8 {
         try poller.deregister(watch)
     }
 }
+
+extension PeerScenarioTests8 {
+    /// poll(2) refuses more entries than the soft RLIMIT_NOFILE with EINVAL. A process that lowered its
+    /// limit below what it has registered got `system(poll, EINVAL)` from every wait on poll and
+    /// libevent's poll method: misuse by the name of rule 11. It is rule 10 now, out of descriptors
+    /// (`resourceExhausted`), and the other backends still report every ready registration.
+    @Test("registrations above a soft descriptor limit lowered since: every event, or resourceExhausted where the method is poll(2)",
+          arguments: backends)
+    func registrationsAboveLoweredLimit(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        for i in 0..<32 {
+            let pair = try socketPair()
+            pairs.append(pair)
+            try poller.register(pair.0, token: Token(rawValue: UInt64(i)), interest: .readable)
+            _ = write(pair.1, "x", 1)
+        }
+        var limit = rlimit()
+        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        var restore = limit
+        limit.rlim_cur = 16
+        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        defer { setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore) }
+        let events = EventBuffer(capacity: 64)
+        let pollsEverything = backend.name == "poll" || backend.name == "libevent:poll"
+        if pollsEverything {
+            #expect(throws: PollerError.resourceExhausted(operation: backend.name == "poll" ? "poll" : "event_base_loop",
+                                                          errno: EINVAL)) {
+                try poller.wait(into: events, timeout: .zero)
+            }
+        } else {
+            #expect(try poller.wait(into: events, timeout: .seconds(1)) == 32)
+        }
+    }
+}

@@ -316,6 +316,11 @@ public final class LibeventSeam: BackendSeam {
                 if !events.isEmpty { return .events(events.count) }
                 if e == EINTR { return .interrupted }
                 if e == EBADF, table.markClosedStale({ _ = rd_lev_reg_remove(regs[Int($1.index)]) }) { return .interrupted }
+                // The poll method with more entries (the registrations, the waker, libevent's own
+                // signal socket) than the soft RLIMIT_NOFILE, lowered since: rule 10, as poll's.
+                if e == EINVAL, method == "poll", Sys.exceedsPollLimit(table.count + 2) {
+                    throw .resourceExhausted(operation: "event_base_loop", errno: e)
+                }
                 throw .failed("event_base_loop", errno: e)
             }
             let before = events.count

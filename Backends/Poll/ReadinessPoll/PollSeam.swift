@@ -90,8 +90,11 @@ public final class PollSeam: BackendSeam {
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         var n = Int(poll(fds, nfds_t(used), timeout.milliseconds))
         if n < 0 {
-            if errno == EINTR { return .interrupted }
-            throw .failed("poll", errno: errno)
+            let e = errno
+            if e == EINTR { return .interrupted }
+            // More entries than the soft RLIMIT_NOFILE (lowered since they were registered): rule 10.
+            if e == EINVAL, Sys.exceedsPollLimit(used) { throw .resourceExhausted(operation: "poll", errno: e) }
+            throw .failed("poll", errno: e)
         }
         if n > 0, fds[0].revents != 0 {
             fds[0].revents = 0
