@@ -14,7 +14,7 @@ struct ConnectCommand: Command {
     static let attemptDelay: Duration = .milliseconds(250)
 
     private static let timeoutOption = OptionSpec.value(
-        Name.timeout, help: "Timeout in milliseconds (0 or more).", default: String(defaultTimeoutMilliseconds))
+        Name.timeout, help: "Timeout in milliseconds for the whole connect, every address (0 or more).", default: String(defaultTimeoutMilliseconds))
 
     private static let targetArgument = ArgumentSpec(name: Name.target, help: "HOST:PORT, [IPv6]:PORT or unix:PATH")
 
@@ -74,10 +74,11 @@ struct ConnectCommand: Command {
         let addresses = try orFail { () throws(SocketAddress.ParseError) in try SocketAddress.resolve(target) }
         let start = Deadline.now
         var output: Output
-        let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: .milliseconds(timeout), trace: true)
+        // --timeout bounds the whole command, as Go's DialTimeout does, not each address's attempt.
+        let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: nil, trace: true)
         let elapsed = { Self.milliseconds(Deadline.now - start) }
         do {
-            let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay)
+            let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay, timeout: .milliseconds(timeout))
             // The attempt reads its local name only where a self-connect is possible: ask here.
             let local = socket.local ?? (try? SocketAddress.local(of: socket.fd))
             Sys.close(socket.fd)

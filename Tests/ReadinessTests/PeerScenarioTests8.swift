@@ -113,3 +113,57 @@ extension PeerScenarioTests8 {
         }
     }
 }
+
+extension PeerScenarioTests8 {
+    // MARK: Connect (Go dial_test, Docs/Async.md "Deadlines": a first wait is not checked)
+
+    /// A connect whose deadline passed before it began still takes what one look finds. The one-address
+    /// form and the async layer did; the list and host forms threw `timedOut` before any wait, even for
+    /// a loopback handshake already over or already refused (so a refusal read as a timeout).
+    @Test("Connector's list and host forms with a zero or negative timeout look once, as the one-address form does",
+          arguments: backends)
+    func zeroTimeoutLooksOnce(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        for timeout in [Duration.zero, .seconds(-1)] {
+            var outcomes: [String] = []
+            for _ in 0..<5 {
+                do {
+                    let socket = try Connector.connect(to: [listener.address], on: poller, timeout: timeout)
+                    close(socket.fd)
+                    outcomes.append("connected")
+                } catch {
+                    outcomes.append("\(error.cause)")
+                }
+                do {
+                    let socket = try Connector.connect(toHost: listener.address.description, on: poller, timeout: timeout)
+                    close(socket.fd)
+                    outcomes.append("connected")
+                } catch {
+                    outcomes.append("\(error)")
+                }
+                while case .accepted(let socket, _) = try listener.accept() { socket.close() }
+            }
+            // A loopback handshake is over by the first look on every backend (io_uring's poll request
+            // is armed by that look's submission): allow one straggler in ten.
+            #expect(outcomes.filter { $0 == "connected" }.count >= 9, "\(timeout): \(outcomes)")
+            let refused = try closedPortAddress()
+            #expect(throws: ConnectError.self) { try Connector.connect(to: [refused], on: poller, timeout: timeout) }
+            do {
+                _ = try Connector.connect(to: [refused], on: poller, timeout: timeout)
+            } catch {
+                #expect(error.cause == .refused, "\(timeout): \(error)")
+            }
+        }
+    }
+}
+
+/// A loopback port nobody listens on.
+func closedPortAddress() throws -> SocketAddress {
+    let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+    let address = listener.address
+    listener.close()
+    return address
+}

@@ -196,7 +196,7 @@ struct ArgumentsTests {
         let message = tool.usageMessage(for: CommandLineError(command: connect, error: .missingValue(option: "--timeout <timeout>")))
         #expect(message == """
             Error: Missing value for '--timeout <timeout>'
-            Help:  --timeout <timeout>  Timeout in milliseconds (0 or more).
+            Help:  --timeout <timeout>  Timeout in milliseconds for the whole connect, every address (0 or more).
             Usage: readiness connect <target> [--backend <backend>] [--timeout <timeout>] [--json]
               See 'readiness connect --help' for more information.
             """)

@@ -18,6 +18,23 @@ struct ToolTests {
         #expect(refused.contains("\"errno\":\"ECONNREFUSED\""))
     }
 
+    /// Go's TestDialTimeout: the timeout bounds the whole dial. `localhost` names [::1] and 127.0.0.1;
+    /// with both hanging, the second attempt starts 250 ms after the first. Before, each attempt had
+    /// its own 300 ms and the command took about 550 ms.
+    @Test("connect --timeout bounds the whole command when the target has two addresses whose connects hang")
+    func timeoutBoundsTheCommand() throws {
+        let (port, fds) = try hangingLocalhost()
+        defer { fds.forEach { close($0) } }
+        let start = ContinuousClock.now
+        let output = try runTool(["connect", "localhost:\(port)", "--timeout", "300", "--json"], expectSuccess: false)
+        let elapsed = ContinuousClock.now - start
+        #expect(output.contains("\"cause\":\"timedOut\""), "\(output)")
+        #expect(output.contains("[::1]:\(port)") && output.contains("127.0.0.1:\(port)"), "both addresses attempted: \(output)")
+        let reported = output.firstRange(of: "\"elapsedMilliseconds\":").map { output[$0.upperBound...].prefix { "0123456789.".contains($0) } }
+        let milliseconds = reported.flatMap { Double($0) } ?? .infinity
+        #expect(milliseconds < 450, "the command took \(milliseconds) ms by its own report (\(elapsed) with start-up)")
+    }
+
     @Test("backends lists every backend with the reason for each")
     func backends() throws {
         let output = try runTool(["backends"], expectSuccess: true)
@@ -176,6 +193,46 @@ func tcpListener() throws -> (fd: CInt, address: SocketAddress) {
         throw TestFailure("bind/listen: \(errno)")
     }
     return (fd, try SocketAddress.local(of: fd))
+}
+
+/// Listeners on [::1]:P and 127.0.0.1:P (one port P) whose accept queues are full, so that a connect to
+/// either hangs (its SYN dropped): P and every descriptor made (the caller closes them).
+func hangingLocalhost() throws -> (port: UInt16, fds: [CInt]) {
+    let flags = CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue)
+    for _ in 0..<50 {
+        var fds: [CInt] = []
+        let v4 = socket(AF_INET, flags, 0)
+        fds.append(v4)
+        guard try SocketAddress("127.0.0.1:0").withSockaddr({ bind(v4, $0, $1) }) == 0, listen(v4, 0) == 0 else {
+            fds.forEach { close($0) }
+            throw TestFailure("bind/listen: \(errno)")
+        }
+        let port = try SocketAddress.local(of: v4).port ?? 0
+        let v6 = socket(AF_INET6, flags, 0)
+        fds.append(v6)
+        var one: CInt = 1
+        setsockopt(v6, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<CInt>.size))
+        guard try SocketAddress("[::1]:\(port)").withSockaddr({ bind(v6, $0, $1) }) == 0, listen(v6, 0) == 0 else {
+            fds.forEach { close($0) }   // the port is taken on ::1: another one
+            continue
+        }
+        for address in [try SocketAddress("127.0.0.1:\(port)"), try SocketAddress("[::1]:\(port)")] {
+            var filled = false
+            for _ in 0..<16 where !filled {
+                let client = socket(address.domain, flags, 0)
+                fds.append(client)
+                _ = address.withSockaddr { connect(client, $0, $1) }
+                var entry = pollfd(fd: client, events: Int16(POLLOUT), revents: 0)
+                filled = poll(&entry, 1, 100) == 0
+            }
+            guard filled else {
+                fds.forEach { close($0) }
+                throw TestFailure("the accept queue of \(address) never filled")
+            }
+        }
+        return (port, fds)
+    }
+    throw TestFailure("no port free on both ::1 and 127.0.0.1")
 }
 
 /// A loopback port nobody listens on.
