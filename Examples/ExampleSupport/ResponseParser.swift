@@ -20,6 +20,16 @@ public struct ResponseParser {
     /// An empty parser with its buffer.
     public init() {}
 
+    /// Forgets what was buffered and any response begun (its head read, its body not all there), for
+    /// a new connection: a response cut off by a close or a reset must not be continued by the next
+    /// connection's bytes. Keeps the buffer's storage.
+    public mutating func reset() {
+        buffer.removeAll(keepingCapacity: true)
+        bodyLeft = nil
+        status = 0
+        close = false
+    }
+
     public static let crlfcrlf: [UInt8] = Array("\r\n\r\n".utf8)
     public static let contentLength: [UInt8] = Array("content-length:".utf8)
     public static let connection: [UInt8] = Array("connection:".utf8)

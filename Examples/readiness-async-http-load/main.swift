@@ -62,7 +62,7 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                 let connected = try await loop.connect(host: arguments.host, port: arguments.port, timeout: .seconds(5))
                 try await connected.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
                 socket = connected
-                parser.buffer.removeAll(keepingCapacity: true)
+                parser.reset()
                 connections += 1
                 if connections > 1 { await tally.reconnected() }
             }

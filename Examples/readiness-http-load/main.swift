@@ -125,7 +125,7 @@ final class Load {
             try socket.setNoDelay(true)
             try socket.register(on: poller, token: client.tokenBase, interest: .readable)
             client.socket = socket
-            client.parser.buffer.removeAll(keepingCapacity: true)
+            client.parser.reset()
             try sendNext(client)
         case .failed(let error):
             throw error

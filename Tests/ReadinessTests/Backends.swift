@@ -62,6 +62,19 @@ func driveIntoBackOff(_ listener: Listener) throws -> CInt {
     return client
 }
 
+/// Runs `body` on a new thread; returns a join function.
+func spawn(_ body: @escaping @Sendable () -> Void) -> () -> Void {
+    final class Box: @unchecked Sendable { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    pthread_create(&thread, nil, { raw in
+        let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
+        box.body()
+        return nil
+    }, box)
+    return { pthread_join(thread, nil) }
+}
+
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }

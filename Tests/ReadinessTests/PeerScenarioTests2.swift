@@ -3,19 +3,6 @@ import Readiness
 import Synchronization
 import Testing
 
-/// Runs `body` on a new thread; returns a join function.
-private func spawn(_ body: @escaping @Sendable () -> Void) -> () -> Void {
-    final class Box: @unchecked Sendable { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    pthread_create(&thread, nil, { raw in
-        let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
-        box.body()
-        return nil
-    }, box)
-    return { pthread_join(thread, nil) }
-}
-
 /// A poller handed between threads by a test that knows what it does (the contract allows the waker
 /// from any thread, and close while another thread waits).
 private final class SharedPoller: @unchecked Sendable {
