@@ -148,6 +148,11 @@ int rd_net_set_multicast_loop(int fd, int domain, int enabled) {
 
 unsigned rd_net_interface_index(const char *name) { return if_nametoindex(name); }
 
+int rd_net_interface_exists(unsigned index) {
+    char name[IF_NAMESIZE];
+    return if_indextoname(index, name) != NULL;
+}
+
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif

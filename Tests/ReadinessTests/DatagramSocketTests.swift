@@ -322,9 +322,11 @@ struct DatagramSocketTests {
         #expect(try other.send(Array("from other".utf8), destination: clientAddress) == .transferred(10))
         _ = try waitFor(.readable, token: 2, on: poller)
         #expect(try client.receive(into: &buffer).datagram?.source == other.localAddress)
-        // mio reconnect_udp_socket: disconnecting a socket that is not connected changes nothing,
-        // not even the port the kernel chose (connect to AF_UNSPEC would give it up).
-        try client.disconnect()
+        // libuv test-udp-connect: disconnecting a socket that is not connected is ENOTCONN
+        // (notConnected) and changes nothing, not even the port the kernel chose (connect to
+        // AF_UNSPEC would give it up). Before: it returned as if it had disconnected.
+        #expect(throws: SocketError.self) { try client.disconnect() }
+        do { try client.disconnect() } catch { #expect(error.kind == .notConnected && error.errno == ENOTCONN, "\(error)") }
         #expect(client.localAddress == clientAddress)
         #expect(try other.send(Array("still".utf8), destination: clientAddress) == .transferred(5))
         _ = try waitFor(.readable, token: 2, on: poller)

@@ -223,3 +223,36 @@ extension PeerScenarioTests8 {
         #expect(elapsed < .seconds(4), "no wait for --timeout: \(elapsed)")
     }
 }
+
+extension PeerScenarioTests8 {
+    // MARK: Datagrams (libuv test-udp-connect, test-udp-multicast-interface)
+
+    /// An interface index that names nothing was the kernel's answer, which differed by family: IPv4's
+    /// IP_MULTICAST_IF said EADDRNOTAVAIL (`addressUnavailable`), IPv6's ENODEV and both joins ENODEV
+    /// (`other`). Now it is `invalidArgument` before any `setsockopt`, as other bad values are.
+    @Test("a multicast interface index that names no interface is invalidArgument for both families")
+    func multicastInterfaceIndexChecked() throws {
+        let v4 = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { v4.close() }
+        let v6 = try DatagramSocket(bind: try SocketAddress("[::1]:0"))
+        defer { v6.close() }
+        for (socket, group) in [(v4, try SocketAddress("239.255.0.1:0")), (v6, try SocketAddress("[ff02::1:3]:0"))] {
+            for index: UInt32 in [9_999, .max] {
+                for (name, body) in [("interface", { () throws(SocketError) in try socket.setMulticastInterface(index) }),
+                                     ("join", { () throws(SocketError) in try socket.joinMulticast(group, interface: index) }),
+                                     ("leave", { () throws(SocketError) in try socket.leaveMulticast(group, interface: index) })] {
+                    do throws(SocketError) {
+                        try body()
+                        Issue.record("\(name) \(index) on \(socket.family) taken")
+                    } catch {
+                        #expect(error.kind == .invalidArgument, "\(name) \(index) on \(socket.family): \(error)")
+                    }
+                }
+            }
+            // Index 0 (the kernel's choice) and the loopback interface's index are taken.
+            try socket.setMulticastInterface(0)
+            let lo = try #require(DatagramSocket.interfaceIndex(named: "lo"))
+            if socket.family == .ipv6 { try socket.setMulticastInterface(lo) }
+        }
+    }
+}

@@ -92,6 +92,8 @@ int rd_net_set_hops(int fd, int domain, int multicast, int value);
 int rd_net_set_multicast_loop(int fd, int domain, int enabled);
 /// The index of the interface named `name` (if_nametoindex), 0 when there is none.
 unsigned rd_net_interface_index(const char *name);
+/// 1 when a network interface has index `index` (if_indextoname), else 0.
+int rd_net_interface_exists(unsigned index);
 
 /// Batched datagram I/O. `scratch` holds the message headers: `rd_net_mmsg_scratch_size(count)` bytes,
 /// allocated once by the caller; every array has `count` elements, payload `i` is at

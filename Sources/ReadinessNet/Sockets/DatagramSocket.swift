@@ -289,10 +289,14 @@ public final class DatagramSocket {
     /// source are received. **Linux gives up a local port the kernel chose** (at the connect, or at a
     /// bind to port 0): the socket takes a new ephemeral port at its next send; bind it to a port of
     /// your choosing to keep its address.
-    /// Doing it on a socket that is not connected changes nothing: not even a port the kernel chose
-    /// (it is not asked: Linux would give that port up too).
+    /// On a socket that is not connected (never, or disconnected already) it fails with
+    /// ``SocketError/Kind/notConnected`` (ENOTCONN, as libuv's `uv_udp_connect(handle, NULL)` answers)
+    /// and changes nothing: not even a port the kernel chose (the kernel is not asked: Linux would give
+    /// that port up too).
     public func disconnect() throws(SocketError) {
-        do { _ = try SocketAddress.peer(of: fd) } catch { if error.errno == ENOTCONN { return } }
+        do { _ = try SocketAddress.peer(of: fd) } catch {
+            if error.errno == ENOTCONN { throw SocketError(errno: ENOTCONN, operation: "disconnect") }
+        }
         guard Sys.retryingEINTR({ rd_net_disconnect(fd) }) == 0 else {
             throw SocketError(errno: errno, operation: "disconnect (connect to AF_UNSPEC)")
         }
@@ -543,6 +547,7 @@ public final class DatagramSocket {
         guard family != .unix else {
             throw SocketError(.invalidArgument, operation: "multicast interface on a Unix-domain socket")
         }
+        try Self.checkInterface(index, "multicast interface")
         if rd_net_multicast_interface(fd, domain, index) != 0 {
             throw SocketError(errno: errno, operation: "setsockopt(multicast interface \(index))")
         }
@@ -564,8 +569,17 @@ public final class DatagramSocket {
         guard group.family == family, group.isMulticast else {
             throw SocketError(.invalidArgument, operation: "\(join ? "join" : "leave") \(group): not a \(family.rawValue) multicast group")
         }
+        try Self.checkInterface(index, join ? "join \(group)" : "leave \(group)")
         let status = group.withSockaddr { address, _ in rd_net_multicast_membership(fd, address, index, join ? 1 : 0) }
         if status != 0 { throw SocketError(errno: errno, operation: join ? "IP_ADD_MEMBERSHIP" : "IP_DROP_MEMBERSHIP") }
+    }
+
+    /// An interface index that names no interface is the caller's mistake, refused before the
+    /// `setsockopt` (IPv4 would say EADDRNOTAVAIL and IPv6 ENODEV, which no kind names); 0 is the
+    /// kernel's choice.
+    private static func checkInterface(_ index: UInt32, _ operation: String) throws(SocketError) {
+        guard index != 0, rd_net_interface_exists(index) == 0 else { return }
+        throw SocketError(.invalidArgument, operation: "\(operation): no network interface has index \(index)")
     }
 
     /// The index of the network interface `name` ("lo", "eth0"), nil when there is none.
