@@ -226,6 +226,30 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         if inLoop { applySignalMask() } else { submit(.applySignalMask) }
     }
 
+    /// Called on the loop thread before a new sequence's handler is installed: instances of `signals`
+    /// pending here (blocked on this thread, no sequence of this loop watching them) were raised
+    /// before the call, by code on the loop, and would reach the new sequence when its mask opens. A
+    /// sequence gets the deliveries from the call on (libuv's `we_get_signal` counts exactly across a
+    /// stop and a restart), so they are taken off first (`sigtimedwait`, no wait). Off the loop
+    /// thread another thread's pending set cannot be read: nothing is done.
+    func discardStalePending(_ signals: [Signal]) {
+        guard inLoop else { return }
+        let counts = lock.withLock { watchedSignals }
+        var mask = sigset_t(), pending = sigset_t(), stale = sigset_t()
+        pthread_sigmask(SIG_BLOCK, nil, &mask)
+        sigpending(&pending)
+        sigemptyset(&stale)
+        var found = false
+        for signal in signals where counts[signal.rawValue, default: 0] == 0
+            && sigismember(&mask, signal.rawValue) == 1 && sigismember(&pending, signal.rawValue) == 1 {
+            sigaddset(&stale, signal.rawValue)
+            found = true
+        }
+        guard found else { return }
+        var noWait = timespec()
+        while sigtimedwait(&stale, nil, &noWait) > 0 {}
+    }
+
     /// On the loop thread: unblocks the signals a sequence watches; blocks again those no sequence
     /// watches that were blocked when the thread began.
     private func applySignalMask() {

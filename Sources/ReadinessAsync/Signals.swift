@@ -25,9 +25,11 @@ extension EventLoop {
     /// poller cannot wait on (select past FD_SETSIZE) is `.poller(.descriptorTooLarge)`.
     public func signals(_ signals: some Sequence<Signal>) throws(LoopError) -> SignalSequence {
         if isShuttingDown { throw .shutdown }
+        let wanted = Array(signals)
+        discardStalePending(wanted)
         let subscription: SignalSubscription
         do {
-            subscription = try SignalSubscription(signals)
+            subscription = try SignalSubscription(wanted)
         } catch {
             throw error.kind == .invalidArgument ? .invalidArgument(error.operation) : .socket(error)
         }

@@ -75,6 +75,42 @@ struct SignalTests {
         }
     }
 
+    /// libuv test-signal.c `we_get_signal`: stop, ten raises from the loop with no watcher, start
+    /// again: the new watcher counts only what comes after it. The loop thread blocks the signal when
+    /// nothing watches it (as the concurrency thread that made it did), so the raises stayed pending
+    /// there, and the new sequence's unblock delivered one to it (11 instead of 10 in libuv's count).
+    @Test("a signal raised on the loop while nothing watched it does not reach a sequence made later on the loop",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func staleRaiseNotDelivered(backend: Backend) async throws {
+        var saved = sigaction()
+        sigaction(SIGUSR1, nil, &saved)
+        defer { sigaction(SIGUSR1, &saved, nil) }
+        signal(SIGUSR1, SIG_IGN)   // unwatched raises are dropped or stay pending, never kill the runner
+        try await withLoop(backend) { loop in
+            let first = try await Task(executorPreference: loop) { () throws -> SignalSequence in try loop.signals([.user1]) }.value
+            first.finish()
+            await Task(executorPreference: loop) { for _ in 0..<10 { _ = raise(SIGUSR1) } }.value
+            let (second, later) = try await Task(executorPreference: loop) { () throws -> (SignalSequence, Int32) in
+                let sequence = try loop.signals([.user1])
+                return (sequence, raise(SIGUSR1))   // after the call: this one counts
+            }.value
+            #expect(later == 0)
+            let received = Counter()
+            let counting = Task(executorPreference: loop) { () async -> Int in
+                var count = 0
+                for await _ in second {
+                    count += 1
+                    received.increment()
+                }
+                return count
+            }
+            for _ in 0..<100 where received.value == 0 { try await loop.sleep(for: .milliseconds(10)) }
+            try await loop.sleep(for: .milliseconds(200))
+            second.finish()
+            #expect(await counting.value == 1, "the raise after the call only")
+        }
+    }
+
     @Test("watched signals arrive, on the loop, and their old actions are put back after finish",
           .timeLimit(.minutes(1)), arguments: backends)
     func delivered(backend: Backend) async throws {
