@@ -59,9 +59,12 @@ final class AsyncRun {
     private static let pathCounter = Atomic<Int>(0)
 
     init(loop: EventLoop) {
-        signal(SIGPIPE, SIG_IGN)
+        // EPIPE, not a fatal SIGPIPE, while the run lasts; the program's own action is back at deinit.
+        BorrowedAction.brokenPipe.acquire()
         self.loop = loop
     }
+
+    deinit { BorrowedAction.brokenPipe.release() }
 
     /// Lets the loop run one round with a zero-timeout poller wait: ready waiters and due timers are
     /// resumed, and tasks run to their next suspension, before the next step. This is what makes the

@@ -142,22 +142,52 @@ final class Worker: @unchecked Sendable {
     func detach() { pthread_detach(thread) }
 }
 
-/// SIGUSR1 without SA_RESTART, so a blocked wait returns EINTR.
-enum Interrupts {
-    static let delivered = Atomic<Int>(0)
-    private static let installed = Mutex(false)
+/// A process-wide signal action the suite needs for a while, borrowed from the program that runs it:
+/// the first ``acquire()`` installs it, the last ``release()`` puts back the action that was there
+/// (runs may overlap on several threads). The suite is run inside other programs' processes: it leaves
+/// their actions as it found them (libevent's `test_signal_restore`).
+final class BorrowedAction: Sendable {
+    private let number: CInt
+    private let handler: (@convention(c) (CInt) -> Void)?
+    /// How many runs hold it, and the action it replaced.
+    private let state = Mutex<(users: Int, saved: sigaction)>((0, sigaction()))
 
-    static func install() {
-        installed.withLock { done in
-            guard !done else { return }
-            var action = sigaction()
-            action.__sigaction_handler.sa_handler = { _ in Interrupts.delivered.add(1, ordering: .relaxed) }
-            sigemptyset(&action.sa_mask)
-            action.sa_flags = 0
-            sigaction(SIGUSR1, &action, nil)
-            done = true
+    /// `handler` nil: ignore the signal (SIG_IGN). No SA_RESTART: a blocked wait returns EINTR.
+    init(_ number: CInt, handler: (@convention(c) (CInt) -> Void)?) {
+        self.number = number
+        self.handler = handler
+    }
+
+    func acquire() {
+        state.withLock { state in
+            if state.users == 0 {
+                var action = sigaction()
+                if let handler { action.__sigaction_handler.sa_handler = handler } else { action.__sigaction_handler.sa_handler = SIG_IGN }
+                sigemptyset(&action.sa_mask)
+                action.sa_flags = 0
+                sigaction(number, &action, &state.saved)
+            }
+            state.users += 1
         }
     }
+
+    func release() {
+        state.withLock { state in
+            guard state.users > 0 else { return }
+            state.users -= 1
+            if state.users == 0 { sigaction(number, &state.saved, nil) }
+        }
+    }
+
+    /// SIGPIPE ignored while a run writes to sockets and pipes whose other end is gone (EPIPE, not
+    /// the end of the process).
+    static let brokenPipe = BorrowedAction(SIGPIPE, handler: nil)
+}
+
+/// SIGUSR1 without SA_RESTART, so a blocked wait returns EINTR (borrowed for the step).
+enum Interrupts {
+    static let delivered = Atomic<Int>(0)
+    static let action = BorrowedAction(SIGUSR1) { _ in Interrupts.delivered.add(1, ordering: .relaxed) }
 }
 
 /// A socket in a new, empty network namespace: no route goes anywhere from it.
@@ -199,21 +229,20 @@ struct IsolatedSyscalls: ConnectSyscalls {
 enum SignalWake {
     nonisolated(unsafe) private static var target: Waker?
     private static let lock = Mutex(())
+    private static let action = BorrowedAction(SIGUSR2) { _ in try? SignalWake.target?.wake() }
 
     static func install(_ waker: Waker) {
         lock.withLock { _ in
             target = waker
-            var action = sigaction()
-            action.__sigaction_handler.sa_handler = { _ in try? SignalWake.target?.wake() }
-            sigemptyset(&action.sa_mask)
-            action.sa_flags = 0
-            sigaction(SIGUSR2, &action, nil)
+            action.acquire()
         }
     }
 
+    /// After the signalled thread was joined (no delivery is still on its way): the program's own
+    /// SIGUSR2 action is back.
     static func uninstall() {
         lock.withLock { _ in
-            signal(SIGUSR2, SIG_IGN)
+            action.release()
             target = nil
         }
     }

@@ -51,10 +51,14 @@ final class ScenarioRun {
     private var savedLimit: rlimit?
     /// Descriptors holding free numbers while the limit is exhausted.
     private var placeholders: [CInt] = []
+    /// Whether the tear-down gave back the SIGPIPE action borrowed at the start (it runs twice:
+    /// called, then from `deinit`).
+    private var pipeReleased = false
 
     init(poller: any Poller, makePoller: @escaping Conformance.Factory) {
-        // Scenarios write to sockets and pipes whose other end is gone: EPIPE, not a fatal SIGPIPE.
-        signal(SIGPIPE, SIG_IGN)
+        // Scenarios write to sockets and pipes whose other end is gone: EPIPE, not a fatal SIGPIPE
+        // (the program's own action is back at the tear-down).
+        BorrowedAction.brokenPipe.acquire()
         self.poller = poller
         self.makePoller = makePoller
     }
@@ -62,6 +66,12 @@ final class ScenarioRun {
     deinit { tearDown() }
 
     func tearDown() {
+        defer {
+            if !pipeReleased {
+                pipeReleased = true
+                BorrowedAction.brokenPipe.release()
+            }
+        }
         restoreLimit()
         for fd in endpoints.values { close(fd) }
         for (fd, _) in listeners.values { close(fd) }
@@ -320,7 +330,8 @@ final class ScenarioRun {
             }
             return .note("overslept: the best of \(Self.lateTries) waits of \(timeout) took \(Double(best) / 1e6) ms")
         case .waitInterrupted(let timeout, let signals):
-            Interrupts.install()
+            Interrupts.action.acquire()
+            defer { Interrupts.action.release() }   // after the join: no delivery is on its way
             let before = Interrupts.delivered.load(ordering: .relaxed)
             var observed = Observation.ok
             var elapsed: Int64 = 0

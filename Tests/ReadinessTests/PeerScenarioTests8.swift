@@ -2,6 +2,7 @@ import CReadinessConformance
 import Glibc
 import Readiness
 import ReadinessAsync
+import ReadinessConformance
 import Synchronization
 import Testing
 
@@ -254,5 +255,45 @@ extension PeerScenarioTests8 {
             let lo = try #require(DatagramSocket.interfaceIndex(named: "lo"))
             if socket.family == .ipv6 { try socket.setMulticastInterface(lo) }
         }
+    }
+}
+
+extension PeerScenarioTests8 {
+    // MARK: The conformance product in a third party's process (libevent test_signal_restore)
+
+    /// The suite runs inside other programs' processes. It installed a SIGUSR1 handler for good, left
+    /// SIGUSR2 ignored (whatever the program had) and SIGPIPE ignored; a program's own SIGUSR2
+    /// handler was gone after a run. Now each action it needs is borrowed for the step or the run and
+    /// the program's is put back.
+    @Test("a conformance run puts back the program's own SIGUSR1, SIGUSR2 and SIGPIPE actions")
+    func conformanceRestoresSignalActions() throws {
+        var saved: [CInt: sigaction] = [:]
+        for number in [SIGUSR1, SIGUSR2, SIGPIPE] {
+            var action = sigaction()
+            sigaction(number, nil, &action)
+            saved[number] = action
+        }
+        defer { for (number, action) in saved { var action = action; sigaction(number, &action, nil) } }
+        // The program's own actions: a handler for SIGUSR2, the default for SIGUSR1 and SIGPIPE.
+        var mine = sigaction()
+        mine.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&mine.sa_mask)
+        sigaction(SIGUSR2, &mine, nil)
+        signal(SIGUSR1, SIG_DFL)
+        signal(SIGPIPE, SIG_DFL)
+        func handler(_ number: CInt) -> UnsafeRawPointer? {
+            var action = sigaction()
+            sigaction(number, nil, &action)
+            return unsafeBitCast(action.__sigaction_handler.sa_handler, to: UnsafeRawPointer?.self)
+        }
+        let before = [SIGUSR1, SIGUSR2, SIGPIPE].map(handler)
+        let names: Set<String> = ["eintr/signals", "wake/signal-handler", "wake/signal-handler-reentry"]
+        let chosen = Conformance.scenarios.filter { names.contains($0.id) }
+        #expect(chosen.count == names.count, "\(chosen.map(\.id))")
+        for scenario in chosen {
+            let result = Conformance.run(scenario, backend: "epoll") { try Backend.epoll.makePoller() }
+            #expect(result.passed, "\(scenario.id): \(result.outcome)")
+        }
+        #expect([SIGUSR1, SIGUSR2, SIGPIPE].map(handler) == before)
     }
 }
