@@ -297,3 +297,35 @@ extension PeerScenarioTests8 {
         #expect([SIGUSR1, SIGUSR2, SIGPIPE].map(handler) == before)
     }
 }
+
+extension PeerScenarioTests8 {
+    // MARK: Handles dropped without close: the loop owns what it made (as a SwiftNIO event loop)
+
+    /// Docs/Async.md ("Operations"): letting every copy of a handle go does not close it (a reader
+    /// asked whether it should, as dropping a tokio `TcpStream` does; the loop owns what it made, as
+    /// SwiftNIO's loop owns its channels, and the project's own tests rely on it). It stays open and
+    /// counted until `close()` or the loop's shutdown, which closes it: the peer then reads the end.
+    @Test("a socket whose handles all went without close() stays the loop's until its shutdown closes it",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func droppedHandleStaysOwned(backend: Backend) async throws {
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let loop = try EventLoop(backend: backend)
+        let base = try await loop.entryCount()
+        do { _ = try await loop.connect(to: listener.address, timeout: .seconds(5)) }
+        var accepted: StreamSocket?
+        for _ in 0..<500 where accepted == nil {
+            if case .accepted(let socket, _) = try listener.accept() { accepted = socket } else { usleep(2_000) }
+        }
+        let server = try #require(accepted)
+        defer { server.close() }
+        try await loop.sleep(for: .milliseconds(20))
+        #expect(try await loop.entryCount() == base + 1)
+        var buffer = [UInt8](repeating: 0, count: 8)
+        #expect(try server.read(into: &buffer) == .wouldBlock, "closed without close() or shutdown")
+        await loop.shutdown()
+        var entry = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 2_000) == 1)
+        #expect(try server.read(into: &buffer) == .endOfStream)
+    }
+}
