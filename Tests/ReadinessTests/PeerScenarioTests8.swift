@@ -329,3 +329,45 @@ extension PeerScenarioTests8 {
         #expect(try server.read(into: &buffer) == .endOfStream)
     }
 }
+
+extension PeerScenarioTests8 {
+    // MARK: Listeners (libuv test-tcp-close-accept, async/accept/closed-with-queued-unix)
+
+    /// A Unix client whose connection was queued when the listener closed reads a reset, whether or not
+    /// an accept was waiting. On io_uring's completion driver a waiting accept was in the ring: the
+    /// kernel took the connection for it, the close then gave the accept up, and the connection was
+    /// closed plainly (SO_LINGER does nothing on a Unix socket): its client read an end of stream, as if
+    /// a server had accepted it and hung up.
+    @Test("closing a Unix listener while an accept waits: a connection not handed out is reset, never ended",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func unixListenerClosedWithAcceptWaiting(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var closedCount = 0
+            for round in 0..<20 {
+                let path = tempPath("accept-close-\(round)")
+                defer { unlink(path) }
+                let address = try SocketAddress(unixPath: path)
+                let listener = try await loop.listen(on: address)
+                let accepting = Task(executorPreference: loop) { () async -> Result<AsyncSocket, LoopError> in
+                    do throws(LoopError) { return .success(try await listener.accept(timeout: .seconds(5))) } catch { return .failure(error) }
+                }
+                try await loop.sleep(for: .milliseconds(2))   // the accept waits (in the ring on io_uring)
+                let client = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+                defer { close(client) }
+                try #require(address.withSockaddr { connect(client, $0, $1) } == 0)
+                await listener.close()
+                var byte: UInt8 = 0
+                switch await accepting.value {
+                case .success(let server):
+                    await server.close()   // handed out, then closed by its owner: an end of stream is right
+                case .failure(let error):
+                    #expect(error == .closed, "\(error)")
+                    closedCount += 1
+                    let n = recv(client, &byte, 1, 0)
+                    #expect(n == -1 && errno == ECONNRESET, "round \(round): the client of a connection never handed out read \(n) (errno \(errno)), not a reset")
+                }
+            }
+            print("\(backend.name): \(closedCount) of 20 accepts ended .closed")
+        }
+    }
+}

@@ -606,11 +606,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// A connection from the listener's queue, which its multishot accept fills (armed by the first
     /// `accept` that finds the queue empty, and kept armed): a connection accepted while no task waited
     /// is handed out without a system call to the kernel's queue. Not on a Unix-domain listener: a
-    /// connection accepted ahead could not be reset when the listener closes (SO_LINGER does nothing
-    /// there, its client would read end of stream), so it stays in the kernel's queue, which resets it.
+    /// connection taken from the kernel by the ring, for an accept given up since or a listener
+    /// closed meanwhile, could not be reset (SO_LINGER does nothing there, its client would read end
+    /// of stream), so a Unix listener accepts as the readiness driver does: accept(2) in the task that
+    /// returns the connection, which otherwise stays in the kernel's queue, which resets it.
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress) {
+        if try loop.listener(id).listener.address.family == .unix { return try await readinessAccept(id, deadline: deadline, on: loop) }
         if multishotAcceptRefused { return try await acceptOnce(id, deadline: deadline, on: loop) }
-        if try loop.listener(id).listener.address.family == .unix { return try await acceptOnce(id, deadline: deadline, on: loop) }
         while true {
             let listener = try loop.listener(id)
             if listener.record.read.isWaiting { throw .busy }
@@ -670,17 +672,20 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             }
             let result = op.result
             if result >= 0 {
-                let socket = StreamSocket(owning: result)
+                // A connection the ring took that no accept will return is reset (SO_LINGER 0), as the
+                // kernel resets the connections left in a closed listener's queue: its client must not
+                // read an end of stream as if a server had accepted it and hung up.
                 if !Self.keeps(op.failure) {
-                    socket.close()
+                    ListenerResource.reset(result)
                     throw op.failure!
                 }
                 // Given up (its deadline, a cancel) and the listener closed since: the close found no
                 // operation to fail, so the late connection is not handed out from a closed listener.
                 guard loop.slab.contains(listener) else {
-                    socket.close()
+                    ListenerResource.reset(result)
                     throw op.failure ?? (loop.isShutDown ? .shutdown : .closed)
                 }
+                let socket = StreamSocket(owning: result)
                 // The peer, asked now, as accept(2) reports it (a connection reset while it waited
                 // included; none where the kernel will not say, as above).
                 let peer = (try? SocketAddress.acceptedPeer(of: result)) ?? SocketAddress()
