@@ -371,3 +371,51 @@ extension PeerScenarioTests8 {
         }
     }
 }
+
+/// Whether io_uring is among the backends under test and setpriv is there to run a server as nobody.
+let canRunUringAsNobody: Bool = backends.contains { $0.name == "io_uring" } && access("/usr/bin/setpriv", X_OK) == 0
+
+extension PeerScenarioTests8 {
+    // MARK: io_uring's provided buffers out of locked memory (a user's RLIMIT_MEMLOCK)
+
+    /// A user whose locked-memory limit has room for the ring but not for its provided buffers: the
+    /// registration fails with ENOMEM at the first read that waits. Only a refusal (EINVAL, ENOSYS)
+    /// sent reads to the readiness path, so every such read failed with `.poller` and the
+    /// connection ended (the echo server said "failures 1" and echoed nothing); on epoll the same
+    /// server echoed. Now a read takes the readiness path, and the registration is tried again later.
+    @Test("io_uring: reads go on by readiness when the provided buffers cannot be registered for want of locked memory",
+          .enabled(if: canRunUringAsNobody, "needs io_uring and setpriv (util-linux)"), .timeLimit(.minutes(1)))
+    func providedBuffersOutOfLockedMemory() throws {
+        let port = try closedPort().port!
+        // 84 KiB: the ring's own pages fit, the buffer ring's do not (root is not limited: run as nobody).
+        let server = try Spawned(["sh", "-c", "ulimit -l 84 && exec setpriv --reuid=65534 --regid=65534 --clear-groups '"
+                                  + (try builtExecutable("readiness-async-echo"))
+                                  + "' --backend io_uring --port \(port) --connections 1"], limit: 30)
+        var client: CInt = -1
+        for _ in 0..<500 where client < 0 {
+            do { client = try blockingConnect(try SocketAddress(ip: "127.0.0.1", port: port)) } catch { usleep(10_000) }
+        }
+        try #require(client >= 0, "the server did not start")
+        usleep(300_000)   // the server's first read waits: a receive into a provided buffer
+        _ = send(client, "hello", 5, Int32(MSG_NOSIGNAL))
+        var entry = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let n = poll(&entry, 1, 5_000) == 1 ? recv(client, &buffer, buffer.count, 0) : -1
+        close(client)
+        let (status, output) = server.finish()
+        #expect(n == 5 && Array(buffer[..<5]) == Array("hello".utf8), "\(output)")
+        #expect(status == 0 && output.contains("echoed-bytes 5 failures 0"), "\(output)")
+    }
+}
+
+/// A blocking connect of a new TCP socket to `address`: the descriptor, or an error.
+func blockingConnect(_ address: SocketAddress) throws -> CInt {
+    let fd = socket(address.domain, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw TestFailure("socket: \(errno)") }
+    guard address.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
+        let code = errno
+        close(fd)
+        throw TestFailure("connect: \(code)")
+    }
+    return fd
+}

@@ -31,7 +31,11 @@ extension IOUringSeam {
     public var providedBufferSize: Int { Int(bufferLayout.size) }
 
     /// Which features the ring has: provided buffers unless the kernel refused their registration.
-    public var completionFeatures: CompletionFeatures { buffersRefused ? [] : .providedBuffers }
+    public var completionFeatures: CompletionFeatures {
+        if buffersRefused { return [] }
+        if buffersRetryAt != 0, providedBuffers == nil, MonotonicClock.nowNanoseconds < buffersRetryAt { return [] }
+        return .providedBuffers
+    }
 
     @inline(__always)
     private static func operationData(_ tag: UInt64) -> UInt64 { operationBit | (tag & ~(operationBit | operationCancelBit)) }
@@ -76,9 +80,17 @@ extension IOUringSeam {
             }
             if status != -EINVAL { break }
         }
-        if status == -EINVAL || status == -ENOSYS || status == -EOPNOTSUPP { buffersRefused = true }
+        if status == -EINVAL || status == -ENOSYS || status == -EOPNOTSUPP {
+            buffersRefused = true
+        } else {
+            // Out of locked memory or memory for now: the readiness path, and another try in a second.
+            buffersRetryAt = MonotonicClock.nowNanoseconds &+ Self.buffersRetryDelay
+        }
         throw .failed("io_uring_register(PBUF_RING)", errno: -status)
     }
+
+    /// How long receives take the readiness path after a registration failed for want of resources.
+    static let buffersRetryDelay: Int64 = 1_000_000_000
 
     func freeProvidedBuffers() {
         rd_uring_buffers_free(nil, providedBuffers)

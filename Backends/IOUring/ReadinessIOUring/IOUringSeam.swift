@@ -88,6 +88,10 @@ public final class IOUringSeam: BackendSeam {
     /// which owns the ring); `buffersRefused`: the kernel said no (no IORING_REGISTER_PBUF_RING).
     var providedBuffers: OpaquePointer?
     var buffersRefused = false
+    /// A registration that failed for want of resources (ENOMEM: the user's RLIMIT_MEMLOCK, shared by
+    /// all its rings) is tried again no sooner than this (monotonic nanoseconds; 0: none failed); till
+    /// then receives take the readiness path, as where the kernel has no provided buffers.
+    var buffersRetryAt: Int64 = 0
     /// The provided buffers' layout once registered: incremental (a few large buffers, each filled a
     /// receive at a time) or not (many small ones, one receive each).
     var bufferLayout = ProvidedBufferLayout.small
