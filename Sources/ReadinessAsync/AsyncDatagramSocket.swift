@@ -193,7 +193,7 @@ extension EventLoop {
     /// stays the caller's, open**, as for ``adopt(descriptor:)``.
     nonisolated(nonsending) public func adoptDatagram(descriptor fd: CInt) async throws(LoopError) -> AsyncDatagramSocket {
         let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
-            if state.isShutDown { throw .shutdown }
+            if state.isShutDown { throw state.shutdownReason }
             try state.checkForeign(fd, "adoptDatagram", adopting: true)
             if state.foreign[fd] != nil { throw .invalidArgument("adoptDatagram: descriptor \(fd) is being waited on (readable/writable)") }
             return try state.openDatagram(adopted: true) { () throws(SocketError) in try DatagramSocket(adopting: fd) }

@@ -236,7 +236,7 @@ extension EventLoop {
     /// failed stays the caller's, open**, the same rule as ``StreamSocket/init(adopting:)``.
     nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
-            if state.isShutDown { throw .shutdown }
+            if state.isShutDown { throw state.shutdownReason }
             try state.checkForeign(fd, "adopt", adopting: true)
             if state.foreign[fd] != nil { throw .invalidArgument("adopt: descriptor \(fd) is being waited on (readable/writable)") }
             try state.checkRoom()

@@ -419,3 +419,41 @@ func blockingConnect(_ address: SocketAddress) throws -> CInt {
     }
     return fd
 }
+
+extension PeerScenarioTests8 {
+    // MARK: A loop whose poller fails (Docs/Async.md: every pending operation fails with .poller)
+
+    /// An accept waiting through a back-off when the poller fails: the shutdown closed an earlier
+    /// resource first, whose freed descriptor ended the back-off and resumed the accept as ready; the
+    /// accept then looked its listener up again and met `.shutdown`, not the failure.
+    @Test("an accept backing off when the loop's poller fails ends with .poller, as every pending operation does",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func backedOffAcceptGetsPollerFailure(backend: Backend) async throws {
+        warmUp(backend)
+        let failing = FailingWaitPoller.Switch()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            FailingWaitPoller(try backend.makePoller(), failing: failing)
+        }
+        let (a, b) = try socketPair()
+        defer { close(b) }
+        _ = try await loop.adopt(descriptor: a)   // a resource before the listener in the loop's table
+        var options = Listener.Options()
+        options.backoff = AcceptBackoff(initial: .seconds(30), maximum: .seconds(30))
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(client) }
+        let accepting = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { _ = try await listener.accept(); return nil } catch { return error }
+        }
+        try await loop.sleep(for: .milliseconds(20))
+        // The connection arrives while no descriptor is free: the accept backs off (30 s).
+        withDescriptorsExhausted {
+            _ = listener.address.withSockaddr { connect(client, $0, $1) }
+            usleep(200_000)
+        }
+        failing.on.store(true, ordering: .releasing)
+        await Task(executorPreference: loop) {}.value   // wakes the loop, whose next wait fails
+        #expect(await accepting.value == LoopError.poller(PollerError.system(operation: "epoll_wait", errno: EIO)))
+        await loop.shutdown()
+    }
+}

@@ -271,7 +271,7 @@ struct ReadinessDriver: IODriver {
     /// One address (`EventLoop.connect(to:timeout:)`): the connect's resource becomes the socket's.
     nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
-        if loop.isShutDown { throw .shutdown }
+        if loop.isShutDown { throw loop.shutdownReason }
         guard let poller = loop.poller else { throw .shutdown }
         // A task cancelled already starts nothing: no socket, no SYN, no lookup (Go's DialContext).
         if Task.isCancelled { throw .cancelled }
@@ -334,7 +334,7 @@ struct ReadinessDriver: IODriver {
     nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
                                          options: HappyEyeballs.Options, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
-        if loop.isShutDown { throw .shutdown }
+        if loop.isShutDown { throw loop.shutdownReason }
         guard let poller = loop.poller else { throw .shutdown }
         if let reason = options.invalidReason { throw .invalidArgument(reason) }
         if Task.isCancelled { throw .cancelled }   // nothing started (see above)

@@ -172,7 +172,7 @@ final class LoopState {
     /// (``LoopError/resourceExhausted``) the socket is left to the caller, who closes or releases it.
     func adopt(_ socket: StreamSocket) throws(LoopError) -> UInt64 {
         // Shut down (or asked to): a resource made now would never be closed by the loop.
-        if isShutDown { throw .shutdown }
+        if isShutDown { throw shutdownReason }
         let stream = try slab.insert { StreamResource(key: $0, socket: socket) }
         own(stream, socket.fd)
         return stream.key.raw
@@ -188,7 +188,7 @@ final class LoopState {
 
     /// The live resource `id` names, or `.closed` (`.shutdown` once the loop shuts down).
     func resource(_ id: UInt64) throws(LoopError) -> any LoopResource {
-        if isShutDown { throw .shutdown }
+        if isShutDown { throw shutdownReason }
         guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { throw .closed }
         return resource
     }
@@ -419,7 +419,7 @@ final class LoopState {
     func listen(_ address: SocketAddress, options: Listener.Options) throws(LoopError) -> (UInt64, SocketAddress) {
         // A graceful shutdown stopped accepting (`stopAccepting`): a listener made now would accept
         // through the grace period, and its connections would hold the drain.
-        if isShutDown || !accepting { throw .shutdown }
+        if isShutDown || !accepting { throw shutdownReason }
         try checkRoom()
         let listener: Listener
         do { listener = try Listener(bind: address, options: options) } catch { throw .socket(error) }
@@ -436,7 +436,7 @@ final class LoopState {
     /// A datagram resource for the socket `make` makes. `adopted`: the socket's descriptor is the
     /// caller's, handed back open (released, not closed) if no resource can be made for it.
     func openDatagram(adopted: Bool = false, _ make: () throws(SocketError) -> DatagramSocket) throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) {
-        if isShutDown { throw .shutdown }
+        if isShutDown { throw shutdownReason }
         try checkRoom()
         let socket: DatagramSocket
         do { socket = try make() } catch { throw .socket(error) }

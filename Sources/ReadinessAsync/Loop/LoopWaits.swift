@@ -67,7 +67,7 @@ extension LoopState {
     @inline(never)
     private func install(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
                          _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?, interest: Bool) {
-        if isShutDown { return continuation.resume(returning: .failed(.shutdown)) }
+        if isShutDown { return continuation.resume(returning: .failed(shutdownReason)) }
         guard slab.contains(resource) else { return continuation.resume(returning: .failed(.closed)) }
         if resource.record[direction].isWaiting { return continuation.resume(returning: .failed(.busy)) }
         // A cancel submitted before this point found no waiter; the flag it set is seen here.
@@ -208,7 +208,7 @@ extension LoopState {
     private func install(_ op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,
                          _ continuation: UnsafeContinuation<Outcome, Never>, deadline: Int64?,
                          start: (CompletionOperation) throws(PollerError) -> Void) {
-        if isShutDown { return continuation.resume(returning: .failed(.shutdown)) }
+        if isShutDown { return continuation.resume(returning: .failed(shutdownReason)) }
         guard slab.contains(resource) else { return continuation.resume(returning: .failed(.closed)) }
         if resource.record[direction].isWaiting { return continuation.resume(returning: .failed(.busy)) }
         if Task.isCancelled { return continuation.resume(returning: .failed(.cancelled)) }

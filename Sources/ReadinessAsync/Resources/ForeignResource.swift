@@ -43,7 +43,7 @@ extension LoopState {
     }
 
     nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
-        if isShutDown { throw .shutdown }
+        if isShutDown { throw shutdownReason }
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }
         try checkForeign(fd, direction == .read ? "readable" : "writable")
         let resource: ForeignResource

@@ -14,7 +14,7 @@ final class SleepResource: LoopResource {
 
 extension LoopState {
     nonisolated(nonsending) func sleep(until deadline: Int64) async throws(LoopError) {
-        if isShutDown { throw .shutdown }
+        if isShutDown { throw shutdownReason }
         let sleep = try slab.insert { SleepResource(key: $0) }
         let outcome = await wait(sleep, .read, deadline: deadline, interest: false)
         close(sleep, reason: .closed)
