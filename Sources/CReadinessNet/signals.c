@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -130,3 +131,18 @@ int rd_signal_restore(int signo) {
 }
 
 int rd_signal_pipe(int ends[2]) { return pipe2(ends, O_NONBLOCK | O_CLOEXEC); }
+
+int rd_signal_thread_pending(uint64_t *mask) {
+    int fd = open("/proc/thread-self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char text[8192];
+    ssize_t n;
+    do { n = read(fd, text, sizeof text - 1); } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    const char *line = strstr(text, "\nSigPnd:");
+    if (!line) return -1;
+    *mask = (uint64_t)strtoull(line + 8, NULL, 16);
+    return 0;
+}

@@ -6,7 +6,7 @@ import ReadinessCore
 import ReadinessNet
 import Synchronization
 
-/// One thread that owns one ``Poller`` (any backend), its timers and a submission queue, and runs Swift
+/// One thread that owns one ``/ReadinessCore/Poller`` (any backend), its timers and a submission queue, and runs Swift
 /// tasks: a `SerialExecutor` (actors can be isolated to it) and a `TaskExecutor`
 /// (`Task(executorPreference: loop)`). Docs/Async.md describes the threading model.
 ///
@@ -226,28 +226,21 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         if inLoop { applySignalMask() } else { submit(.applySignalMask) }
     }
 
-    /// Called on the loop thread before a new sequence's handler is installed: instances of `signals`
-    /// pending here (blocked on this thread, no sequence of this loop watching them) were raised
-    /// before the call, by code on the loop, and would reach the new sequence when its mask opens. A
-    /// sequence gets the deliveries from the call on (libuv's `we_get_signal` counts exactly across a
-    /// stop and a restart), so they are taken off first (`sigtimedwait`, no wait). Off the loop
-    /// thread another thread's pending set cannot be read: nothing is done.
+    /// Called on the loop thread once a new sequence's subscription exists, before its mask opens:
+    /// instances of `signals` pending for this thread (blocked here, no sequence of this loop watching
+    /// them) were raised before the call, by code on the loop, and would reach the new sequence when
+    /// its mask opens. A sequence gets the deliveries from the call on (libuv's `we_get_signal` counts
+    /// exactly across a stop and a restart), so they are taken off (`sigtimedwait`, no wait). Only the
+    /// thread's own: one sent to the process while every thread blocked it (a SIGTERM during a
+    /// program's start-up) is the new sequence's. Off the loop thread another thread's pending set
+    /// cannot be taken from: nothing is done.
     func discardStalePending(_ signals: [Signal]) {
         guard inLoop else { return }
         let counts = lock.withLock { watchedSignals }
-        var mask = sigset_t(), pending = sigset_t(), stale = sigset_t()
+        var mask = sigset_t()
         pthread_sigmask(SIG_BLOCK, nil, &mask)
-        sigpending(&pending)
-        sigemptyset(&stale)
-        var found = false
-        for signal in signals where counts[signal.rawValue, default: 0] == 0
-            && sigismember(&mask, signal.rawValue) == 1 && sigismember(&pending, signal.rawValue) == 1 {
-            sigaddset(&stale, signal.rawValue)
-            found = true
-        }
-        guard found else { return }
-        var noWait = timespec()
-        while sigtimedwait(&stale, nil, &noWait) > 0 {}
+        let stale = signals.filter { counts[$0.rawValue, default: 0] == 0 && sigismember(&mask, $0.rawValue) == 1 }
+        if !stale.isEmpty { SignalSubscription.discardPendingForThisThread(stale) }
     }
 
     /// On the loop thread: unblocks the signals a sequence watches; blocks again those no sequence

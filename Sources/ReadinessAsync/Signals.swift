@@ -25,11 +25,9 @@ extension EventLoop {
     /// poller cannot wait on (select past FD_SETSIZE) is `.poller(.descriptorTooLarge)`.
     public func signals(_ signals: some Sequence<Signal>) throws(LoopError) -> SignalSequence {
         if isShuttingDown { throw .shutdown }
-        let wanted = Array(signals)
-        discardStalePending(wanted)
         let subscription: SignalSubscription
         do {
-            subscription = try SignalSubscription(wanted)
+            subscription = try SignalSubscription(signals)
         } catch {
             throw error.kind == .invalidArgument ? .invalidArgument(error.operation) : .socket(error)
         }
@@ -48,8 +46,11 @@ extension EventLoop {
             throw .shutdown
         }
         // The loop thread stops blocking them while the sequence watches (before any job queued
-        // after this call runs), so that a `raise` by code on the loop is delivered.
-        watchSignals(Array(subscription.signals), true)
+        // after this call runs), so that a `raise` by code on the loop is delivered; raises made
+        // there before the call, while nothing watched, are taken off first.
+        let watched = Array(subscription.signals)
+        discardStalePending(watched)
+        watchSignals(watched, true)
         return SignalSequence(loop: self, subscription: subscription)
     }
 

@@ -67,6 +67,9 @@ int rd_signal_install(int signo);
 int rd_signal_restore(int signo);
 /// A pipe whose both ends are non-blocking and close-on-exec (pipe2): 0, or -1 with errno.
 int rd_signal_pipe(int ends[2]);
+/// The signals pending for the calling thread itself, not the process's shared set (SigPnd in
+/// /proc/thread-self/status; bit n-1 for signal n): 0, or -1 when it cannot be read.
+int rd_signal_thread_pending(uint64_t *mask);
 
 /// Datagram sockets (DatagramSocket.swift).
 /// A datagram socket created non-blocking and close-on-exec in one call.
@@ -92,7 +95,8 @@ int rd_net_set_hops(int fd, int domain, int multicast, int value);
 int rd_net_set_multicast_loop(int fd, int domain, int enabled);
 /// The index of the interface named `name` (if_nametoindex), 0 when there is none.
 unsigned rd_net_interface_index(const char *name);
-/// 1 when a network interface has index `index` (if_indextoname), else 0.
+/// 1 when a network interface has index `index` (if_indextoname), 0 when none has (ENXIO), -1 when
+/// it cannot tell (no descriptor left for the question).
 int rd_net_interface_exists(unsigned index);
 
 /// Batched datagram I/O. `scratch` holds the message headers: `rd_net_mmsg_scratch_size(count)` bytes,

@@ -185,6 +185,28 @@ public final class SignalSubscription: @unchecked Sendable {
     /// Whether a subscription of this process watches `signal` now (its handler is the package's).
     package static func isWatched(_ signal: Signal) -> Bool { SignalRegistry.shared.isWatched(signal.rawValue) }
 
+    /// Takes off the instances of `signals` pending for the calling thread itself, never one pending
+    /// for the process (sent with kill(2) while every thread blocked it), which another thread or a
+    /// later unblock is owed: each is looked up in the thread's own pending set (SigPnd) and taken
+    /// with a `sigtimedwait` that does not wait (the kernel takes a thread's own instance before a
+    /// shared one). The signals must be blocked on this thread.
+    package static func discardPendingForThisThread(_ signals: [Signal]) {
+        var noWait = timespec()
+        // A real-time signal may have several instances queued: a few rounds, each re-read.
+        for _ in 0..<8 {
+            var mask: UInt64 = 0
+            guard rd_signal_thread_pending(&mask) == 0 else { return }
+            let pending = signals.filter { $0.rawValue >= 1 && $0.rawValue <= 64 && mask & (1 << UInt64($0.rawValue - 1)) != 0 }
+            if pending.isEmpty { return }
+            for signal in pending {
+                var one = sigset_t()
+                sigemptyset(&one)
+                sigaddset(&one, signal.rawValue)
+                _ = sigtimedwait(&one, nil, &noWait)
+            }
+        }
+    }
+
     /// Stops watching (``stop()``) and closes both ends of the pipe. Call it once no task waits on
     /// ``descriptor``; later calls do nothing. Deinitialisation closes it too.
     public func close() {
