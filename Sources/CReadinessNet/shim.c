@@ -150,7 +150,9 @@ unsigned rd_net_interface_index(const char *name) { return if_nametoindex(name);
 
 int rd_net_interface_exists(unsigned index) {
     char name[IF_NAMESIZE];
-    return if_indextoname(index, name) != NULL;
+    if (if_indextoname(index, name) != NULL) return 1;
+    /* ENXIO: no such interface. Anything else (if_indextoname opens a socket: EMFILE) says nothing. */
+    return errno == ENXIO ? 0 : -1;
 }
 
 #ifndef UDP_SEGMENT

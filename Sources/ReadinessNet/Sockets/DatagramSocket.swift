@@ -578,6 +578,8 @@ public final class DatagramSocket {
     /// `setsockopt` (IPv4 would say EADDRNOTAVAIL and IPv6 ENODEV, which no kind names); 0 is the
     /// kernel's choice.
     private static func checkInterface(_ index: UInt32, _ operation: String) throws(SocketError) {
+        // Only a sure "none" (ENXIO) refuses: out of descriptors the question cannot be asked, and the
+        // setsockopt, which needs none, decides.
         guard index != 0, rd_net_interface_exists(index) == 0 else { return }
         throw SocketError(.invalidArgument, operation: "\(operation): no network interface has index \(index)")
     }
