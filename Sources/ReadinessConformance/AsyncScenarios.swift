@@ -70,6 +70,14 @@ extension AsyncConformance {
             pair, start("t1", write("a", large)), op(.readAll("b", bytes: large, timeout: long), bytes(large)),
             join("t1", .ok),
         ]),
+        AsyncScenario("async/io/reader-and-writer-at-once", checks: "A reader and a writer suspended on one socket at once (tokio's split halves): the writer's end leaves the reader watched, and the reader's end the writer, in both orders.", [
+            pair, start("r", read("a")), start("w", write("a", large)),
+            op(.readAll("b", bytes: large, timeout: long), bytes(large)), join("w", .ok),
+            op(write("b", 3)), join("r", bytes(3)),
+            start("w2", write("a", large)), start("r2", read("a")),
+            op(write("b", 2)), join("r2", bytes(2)),
+            op(.readAll("b", bytes: large, timeout: long), bytes(large)), join("w2", .ok),
+        ]),
     ]
 
     static let caller: [AsyncScenario] = [
@@ -232,6 +240,10 @@ extension AsyncConformance {
             op(.sleepTimed(.microseconds(1)), .note("slept")), op(.sleepTimed(.microseconds(500)), .note("slept")),
             op(.sleepTimed(.milliseconds(1)), .note("slept")), op(.sleepTimed(.milliseconds(20)), .note("slept")),
             op(.sleep(.nanoseconds(-1))),
+        ]),
+        AsyncScenario("async/sleep/added-while-waiting", checks: "A short sleep begun while the loop waits for a long one ends on time (the wait's timeout follows the earliest timer), not when the long one does.", [
+            start("t1", .sleep(.seconds(5))), op(.sleepTimed(.milliseconds(20)), .note("slept")),
+            start("t2", .sleep(.seconds(4))), op(.sleepTimed(.milliseconds(50)), .note("slept")),
         ]),
     ]
 

@@ -26,7 +26,8 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     case closeInside(String)
     /// `loop.sleep(for:)`.
     case sleep(Duration)
-    /// `loop.sleep(for:)`, recorded as "slept" when it did not return before `duration`, else "early".
+    /// `loop.sleep(for:)`, recorded as "slept" when it did not return before `duration` nor more than a
+    /// second after it, else "early" or "late".
     case sleepTimed(Duration)
     /// `loop.readable(_:timeout:)` on a caller-owned descriptor.
     case readable(String, timeout: Duration?)

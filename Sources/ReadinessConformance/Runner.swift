@@ -371,6 +371,17 @@ final class ScenarioRun {
             let observed = observeWait(nil, into: buffer)
             worker.join()
             return observed
+        case .waitWhileWrittenByThread(let e, let after):
+            guard endpoints[e] != nil else { return Self.closedEndpoint }
+            let number = fd(e)
+            let worker = try Worker {
+                Self.pause(after)
+                var byte: UInt8 = 0x78
+                _ = Glibc.write(number, &byte, 1)
+            }
+            let observed = observeWait(nil, into: buffer)
+            worker.join()
+            return observed
         case .waitWhileClosedByThread(let e, let after):
             guard endpoints[e] != nil else { return Self.closedEndpoint }
             let waker = try livePoller().waker
@@ -441,7 +452,11 @@ final class ScenarioRun {
             let poller = try livePoller()
             let waker = poller.waker
             SignalWake.install(waker)
-            defer { SignalWake.uninstall() }
+            // Given back only once the signalled thread has finished: a SIGUSR2 still pending on a
+            // thread stuck in the backend's wake would otherwise meet the program's own action (the
+            // default ends the process). A deadlocked run keeps it borrowed, and says so.
+            var joined = false
+            defer { if joined { SignalWake.uninstall() } }
             let finished = Atomic<Bool>(false)
             let worker = try Worker {
                 for _ in 0..<Self.wakesUnderSignals { try? waker.wake() }
@@ -456,9 +471,10 @@ final class ScenarioRun {
             let deadline = MonotonicClock.deadline(after: 10_000_000_000)
             while !finished.load(ordering: .acquiring), MonotonicClock.nowNanoseconds < deadline { usleep(1000) }
             guard finished.load(ordering: .acquiring) else {
-                return .note("deadlock: a wake() re-entered from a signal handler never returned")
+                return .note("deadlock: a wake() re-entered from a signal handler never returned (SIGUSR2's action stays the suite's)")
             }
             worker.join()
+            joined = true
             return .ok
         case .deregisterAll(let names):
             for name in names {
@@ -556,6 +572,11 @@ final class ScenarioRun {
         if signals == 0 { return .note("no signal reached the waiting thread") }
         if elapsed < wanted { return .note("returned early, after \(ms) ms of \(timeout)") }
         if wanted == 0 && elapsed > 200_000_000 { return .note("a zero timeout blocked for \(ms) ms") }
+        // Signals must not start the timeout again: a wait that retried EINTR with the whole timeout
+        // ends near the last signal plus the timeout. Half the timeout and 50 ms are the slack.
+        if let signals, signals > 0, elapsed > wanted &+ wanted / 2 &+ 50_000_000 {
+            return .note("returned late, after \(ms) ms of \(timeout) with \(signals) signals (the timeout restarted by a signal?)")
+        }
         return .note(Self.inTime)
     }
 

@@ -53,6 +53,8 @@ extension Conformance {
         Scenario("misuse/negative-descriptor", checks: "A negative descriptor is refused before any system call.", [
             line(.registerNumber(-1, token: 1, interest: .readable), err("invalidDescriptor")),
             line(.registerNumber(-42, token: 1, interest: .both), err("invalidDescriptor")),
+            // reregister and deregister of a negative number (a name no fixture made is -1).
+            rereg("none", 1, .readable, .level, err("invalidDescriptor")), line(.deregister("none"), err("invalidDescriptor")),
         ]),
         Scenario("misuse/closed-descriptor", checks: "A descriptor that is not open is refused with badDescriptor.", fixtures: pair, [
             line(.close("a")), reg("a", 1, .readable, .level, err("badDescriptor")), wait(now, .none),
@@ -75,6 +77,9 @@ extension Conformance {
         Scenario("misuse/edge-unsupported", checks: "Edge triggering is refused where the backend has no edges.", fixtures: pair,
                  requires: [Requirement("needs a backend without edge triggering") { !$0.edgeTriggered }], [
             reg("a", 1, .readable, .edge, err("unsupportedTrigger(edge)")), wait(now, .none),
+            // reregister checks the trigger too, and leaves the registration as it was.
+            reg("a", 1, .readable), rereg("a", 1, .readable, .edge, err("unsupportedTrigger(edge)")),
+            write("b"), wait(soon, ev((1, .readable))),
         ]),
         Scenario("misuse/path-only", checks: "An O_PATH descriptor (a location, not an open file) is refused with badDescriptor, as epoll_ctl refuses it.",
                  fixtures: [.pathOnly("p")], [
@@ -83,7 +88,7 @@ extension Conformance {
         Scenario("misuse/use-after-close", checks: "Every call after close fails with closed, close included; a wait after close leaves nothing of the last wait's events in the buffer.", fixtures: pair, [
             reg("a", 1, .readable), write("b"), wait(soon, ev((1, .readable))),
             line(.closePoller), reg("a", 2, .readable, .level, err("closed")),
-            line(.deregister("a"), err("closed")), wait(now, err("closed")),
+            rereg("a", 2, .readable, .level, err("closed")), line(.deregister("a"), err("closed")), wait(now, err("closed")),
             line(.wake(times: 1, threads: 1), err("closed")), line(.closePoller, err("closed")),
         ]),
         Scenario("misuse/rollback", checks: "A failed call leaves no trace: the descriptor can be registered afresh.", fixtures: pair, [
@@ -135,6 +140,14 @@ extension Conformance {
             rereg("a", 1, .readable, .oneShot), wait(soon, ev((1, .readable))), wait(now, .none),
             rereg("a", 2, .readable), wait(soon, ev((2, .readable))), wait(now, ev((2, .readable))),
         ]),
+        Scenario("oneshot/silent-after-hangup", checks: "A disarmed one-shot registration reports nothing, not even the peer's hang-up (a poll-style backend that only clears the interest bits still gets POLLHUP: a busy loop); re-armed, it reports the hang-up.", fixtures: pair, [
+            reg("a", 1, .readable, .oneShot), write("b"), wait(soon, ev((1, .readable))),
+            line(.close("b")), wait(now, .none), line(.waitTimed(.milliseconds(30)), quiet),
+            rereg("a", 1, .readable, .oneShot), wait(soon, ev((1, [.readable, .readClosed, .hangup]))), wait(now, .none),
+        ]),
+        Scenario("deregister/silent-after-hangup", checks: "A deregistered descriptor whose peer then hangs up reports nothing, not even the hang-up.", fixtures: pair, [
+            reg("a", 1, .readable), line(.deregister("a")), line(.close("b")), wait(now, .none), line(.waitTimed(.milliseconds(30)), quiet),
+        ]),
         Scenario("oneshot/deregister-disarmed", checks: "A disarmed one-shot registration can be deregistered and registered again.", fixtures: pair, [
             reg("a", 1, .readable, .oneShot), write("b"), wait(soon, ev((1, .readable))),
             line(.deregister("a")), reg("a", 2, .readable, .oneShot), wait(soon, ev((2, .readable))),
@@ -143,6 +156,21 @@ extension Conformance {
                  requires: [.edgeTriggered], [
             reg("a", 1, .readable, .edge), write("b"), wait(soon, ev((1, .readable))), wait(now, .none),
             write("b"), wait(soon, ev((1, .readable))), wait(now, .none),
+        ]),
+        Scenario("edge/ready-at-register", checks: "Readiness already there when an edge registration is made is reported once.", fixtures: pair,
+                 requires: [.edgeTriggered], [
+            write("b"), reg("a", 1, .readable, .edge), wait(soon, ev((1, .readable))), wait(now, .none),
+        ]),
+        Scenario("edge/hangup-once", checks: "An edge registration reports the peer's hang-up once, not on every wait.", fixtures: pair,
+                 requires: [.edgeTriggered], [
+            reg("a", 1, .readable, .edge), line(.close("b")), wait(soon, ev((1, [.readable, .readClosed, .hangup]))), wait(now, .none),
+        ]),
+        Scenario("edge/overflow-not-lost", checks: "Edge events that do not fit in the buffer are reported by the next waits, each once (the change happened once: nothing would report it again).",
+                 fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .socketPair("e", "f")], requires: [.edgeTriggered], [
+            reg("a", 1, .readable, .edge), reg("c", 2, .readable, .edge), reg("e", 3, .readable, .edge),
+            write("b"), write("d"), write("f"),
+            line(.waitRounds(capacity: 1, rounds: 3), ev((1, .readable), (2, .readable), (3, .readable))),
+            wait(now, .none),
         ]),
     ]
 
@@ -179,11 +207,18 @@ extension Conformance {
         Scenario("timeout/zero", checks: "A zero timeout looks and returns at once.", fixtures: pair, [
             reg("a", 1, .readable), line(.waitTimed(.zero), quiet), write("b"), wait(now, ev((1, .readable))),
         ]),
+        Scenario("timeout/negative-nothing-ready", checks: "A negative timeout counts as zero with nothing ready too (epoll_wait and poll would block for ever on a negative count of milliseconds).", fixtures: pair, [
+            reg("a", 1, .readable), wait(.nanoseconds(-1), .none), wait(.seconds(-1), .none),
+            wait(.nanoseconds(Int64.min), .none), wait(Duration(secondsComponent: .min, attosecondsComponent: 0), .none),
+        ]),
         Scenario("timeout/sub-millisecond", checks: "A sub-millisecond timeout is not rounded down to a busy zero nor returned early.", [
             line(.waitTimed(.microseconds(300)), quiet), line(.waitTimed(.microseconds(1500)), quiet),
         ]),
         Scenario("eintr/signals", checks: "Signals during a wait neither end it early nor lose its timeout.", [
             line(.waitInterrupted(.milliseconds(150), signals: 5), quiet),
+        ]),
+        Scenario("eintr/time-left", checks: "A wait interrupted by 40 signals goes on with the time left, not the whole timeout again: it ends within half its timeout (and 50 ms) of it.", [
+            line(.waitInterrupted(.milliseconds(400), signals: 40), quiet),
         ]),
     ]
 
@@ -227,6 +262,9 @@ extension Conformance {
         Scenario("wake/coalesced", checks: "Many wakes from many threads give one wake-up event.", [
             line(.wake(times: 100, threads: 4)), wait(soon, woken), wait(now, .none),
         ]),
+        Scenario("wake/by-descriptor-while-blocked", checks: "A wait with no timeout, already blocked, is ended by a registered descriptor becoming ready (written by another thread), not only by the waker.", fixtures: pair, [
+            reg("a", 1, .readable), line(.waitWhileWrittenByThread("b", after: .milliseconds(20)), ev((1, .readable))),
+        ]),
         Scenario("wake/while-blocked", checks: "A wake from another thread ends a wait that has no timeout.", [
             line(.waitWokenByThread(after: .milliseconds(20)), woken),
         ]),
@@ -236,6 +274,15 @@ extension Conformance {
     ]
 
     static let buffers: [Scenario] = [
+        Scenario("buffer/kept-events-follow-changes", checks: "Events a backend keeps from a full buffer are not reported for registrations deregistered since, and carry the token of a reregister since.",
+                 fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .socketPair("e", "f")], [
+            reg("a", 1, .readable), reg("c", 2, .readable), reg("e", 3, .readable), write("b"), write("d"), write("f"),
+            line(.waitSmall(capacity: 1, timeout: soon), .anyOf([ev((1, .readable)), ev((2, .readable)), ev((3, .readable))])),
+            rereg("a", 11, .readable), rereg("c", 12, .readable), rereg("e", 13, .readable),
+            wait(soon, ev((11, .readable), (12, .readable), (13, .readable))),
+            line(.waitSmall(capacity: 1, timeout: soon), .anyOf([ev((11, .readable)), ev((12, .readable)), ev((13, .readable))])),
+            line(.deregisterAll(["a", "c", "e"])), wait(now, .none),
+        ]),
         Scenario("buffer/level-fair", checks: "More ready descriptors than the buffer holds: every one is reported over successive waits.",
                  fixtures: [.socketPair("a", "b"), .socketPair("c", "d"), .socketPair("e", "f")], [
             reg("a", 1, .readable), reg("c", 2, .readable), reg("e", 3, .readable), write("b"), write("d"), write("f"),

@@ -45,6 +45,9 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     /// poller a moment later (so that the kernel looks at every descriptor again while the number is
     /// closed); records the events.
     case waitWhileClosedByThread(String, after: Duration)
+    /// Waits with no timeout while another thread writes a byte to the endpoint after `after`: the
+    /// blocked wait must be woken by the descriptor becoming ready (not only by the waker).
+    case waitWhileWrittenByThread(String, after: Duration)
     /// Closes the poller.
     case closePoller
     /// Connects through the connect state machine on this poller and records the outcome.
@@ -129,6 +132,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .wake(let times, let threads): "wake \(times)x from \(threads) thread\(threads == 1 ? "" : "s")"
         case .waitWokenByThread(let after): "wait forever; another thread wakes after \(after)"
         case .waitWhileClosedByThread(let e, let after): "wait forever; another thread closes \(e) after \(after), then wakes"
+        case .waitWhileWrittenByThread(let e, let after): "wait forever; another thread writes a byte to \(e) after \(after)"
         case .closePoller: "close the poller"
         case .connect(let target, let timeout): "connect to \(target) within \(timeout)"
         case .duplicateOnto(let e, let name, let number): "dup \(e) onto \(number)'s old number as \(name)"

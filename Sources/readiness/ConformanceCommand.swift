@@ -84,6 +84,8 @@ struct ConformanceCommand: Command {
         list = arguments.flag(Name.list)
         json = arguments.flag(Name.json)
         markdown = arguments.flag(Name.markdown)
+        // One format: the pair printed JSON and ignored --markdown without a word.
+        if json && markdown { throw .invalid("--json and --markdown cannot be used together") }
     }
 
     /// Steps per differential script.

@@ -167,6 +167,9 @@ struct UsageMistake: Sendable, CustomStringConvertible {
         UsageMistake(arguments: ["conformance", "--only", "nosuch"],
                      message: "no scenario id starts with \"nosuch\" (see --list)", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--bogus"], message: "Unknown option '--bogus'", command: "conformance"),
+        // Stop 36 (review): the pair printed JSON and ignored --markdown, exit 0.
+        UsageMistake(arguments: ["conformance", "--json", "--markdown", "--only", "misuse/empty"],
+                     message: "--json and --markdown cannot be used together", command: "conformance"),
         UsageMistake(arguments: ["--bogus=1"], message: "Unknown option '--bogus'", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--seed", "-1"],
                      message: "The value '-1' is invalid for '--seed <seed>'", command: "conformance"),
