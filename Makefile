@@ -128,7 +128,7 @@ bench-idle: deps
 # first fails on any public declaration without a doc comment. swift-docc-plugin is declared only
 # with READINESS_DOCS=1 (Package.swift), so dependents never resolve it.
 # (Every backend folder's Readiness* target: a new backend is documented without editing this line.)
-DOC_TARGETS := Readiness ReadinessCore ReadinessNet $(sort $(notdir $(wildcard Backends/*/Readiness*)))
+DOC_TARGETS := Readiness ReadinessCore ReadinessNet ReadinessAsync $(sort $(notdir $(wildcard Backends/*/Readiness*)))
 DOCS_ARCHIVE := .build-docs/plugins/Swift-DocC/outputs/Readiness.doccarchive
 docs: deps
 	@for page in Docs/*.md; do \

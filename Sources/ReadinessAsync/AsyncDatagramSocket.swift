@@ -6,8 +6,8 @@ import ReadinessNet
 /// ``EventLoop/connectDatagram(to:from:options:)`` (tokio's `UdpSocket::bind` and `connect`) or
 /// ``EventLoop/adoptDatagram(descriptor:)``.
 ///
-/// - Each send and receive moves one whole datagram (``DatagramSocket``): a receive tells the source
-///   and whether the datagram was truncated (``ReceivedDatagram``), never silently.
+/// - Each send and receive moves one whole datagram (``/ReadinessNet/DatagramSocket``): a receive tells the source
+///   and whether the datagram was truncated (``/ReadinessNet/ReceivedDatagram``), never silently.
 /// - One task may wait to receive and one to send at a time; a second waiter in the same direction
 ///   fails with ``LoopError/busy``.
 /// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``, and
@@ -17,7 +17,7 @@ import ReadinessNet
 ///   wait with ``LoopError/cancelled`` (the socket stays open). A datagram ready is received, and a
 ///   send with room is made, without suspending.
 /// - A connected socket's refusal (an ICMP port-unreachable for an earlier datagram) fails the next
-///   operation with ``LoopError/socket(_:)`` of kind ``SocketError/Kind/refused``.
+///   operation with ``LoopError/socket(_:)`` of kind ``/ReadinessNet/SocketError/Kind/refused``.
 public struct AsyncDatagramSocket: Sendable {
     /// The loop that owns it.
     public let loop: EventLoop
@@ -108,7 +108,7 @@ public struct AsyncDatagramSocket: Sendable {
     }
 
     /// Receives the datagrams queued, as many as `batch` has slots, with one `recvmmsg` once at least
-    /// one is there: their number (at least 1; ``DatagramBatch/count``). The batch's storage is
+    /// one is there: their number (at least 1; ``/ReadinessNet/DatagramBatch/count``). The batch's storage is
     /// reused: nothing is allocated per datagram. `batch` must not be used elsewhere until this returns.
     nonisolated(nonsending) public func receive(into batch: DatagramBatch, timeout: Duration? = nil) async throws(LoopError) -> Int {
         let deadline = timeout.map { Deadline.after($0) }
@@ -174,7 +174,7 @@ extension EventLoop {
 
     /// A datagram socket connected to `peer` (bound to `local` when given, else an ephemeral port):
     /// sends need no address, only `peer`'s datagrams are received, and a refusal is reported
-    /// (``SocketError/Kind/refused``).
+    /// (``/ReadinessNet/SocketError/Kind/refused``).
     nonisolated(nonsending) public func connectDatagram(to peer: SocketAddress, from local: SocketAddress? = nil,
                                                         options: DatagramSocket.Options = DatagramSocket.Options()) async throws(LoopError) -> AsyncDatagramSocket {
         let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
@@ -183,11 +183,11 @@ extension EventLoop {
         return AsyncDatagramSocket(loop: self, id: id, localAddress: bound, peer: connected)
     }
 
-    /// Takes ownership of a datagram socket descriptor made elsewhere (``DatagramSocket/init(adopting:)``:
+    /// Takes ownership of a datagram socket descriptor made elsewhere (``/ReadinessNet/DatagramSocket/init(adopting:)``:
     /// made non-blocking, closed by the loop from now on).
     ///
-    /// Fails with ``LoopError/socket(_:)`` (``SocketError/Kind/invalidArgument`` for a negative
-    /// descriptor or one that is not a datagram socket, ``SocketError/Kind/closed`` for one that is not
+    /// Fails with ``LoopError/socket(_:)`` (``/ReadinessNet/SocketError/Kind/invalidArgument`` for a negative
+    /// descriptor or one that is not a datagram socket, ``/ReadinessNet/SocketError/Kind/closed`` for one that is not
     /// open), ``LoopError/invalidArgument(_:)`` for a descriptor the loop already owns or waits on, or
     /// ``LoopError/shutdown``. **Ownership passes only on success: a descriptor whose adoption failed
     /// stays the caller's, open**, as for ``adopt(descriptor:)``.

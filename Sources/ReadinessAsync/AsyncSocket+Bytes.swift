@@ -1,16 +1,16 @@
 import ReadinessCore
 import ReadinessNet
 
-/// Reading and writing owned bytes (``Bytes``, `[UInt8]`): no raw pointer crosses a suspension, no
+/// Reading and writing owned bytes (``/ReadinessNet/Bytes``, `[UInt8]`): no raw pointer crosses a suspension, no
 /// copy, and 0 allocations per read and write once a reused buffer has grown (Docs/Async.md, "Bytes").
 extension AsyncSocket {
     /// Appends up to `maximum` bytes to `buffer` as soon as some are there; returns how many (at least
     /// 1), or 0 when the peer shut down its sending side.
     ///
-    /// - **Room**: when `buffer` has fewer than `min(maximum,` ``StreamSocket/maximumReadReservation``)
+    /// - **Room**: when `buffer` has fewer than `min(maximum,` ``/ReadinessNet/StreamSocket/maximumReadReservation``)
     ///   bytes free after its readable ones, the consumed front is reclaimed first and the buffer grows
-    ///   only when that is not enough (``StreamSocket/read(into:maximum:)``). A buffer emptied
-    ///   (``Bytes/removeAll(keepingCapacity:)``, ``Bytes/removeFirst(_:)``) and read into again with the
+    ///   only when that is not enough (``/ReadinessNet/StreamSocket/read(into:maximum:)``). A buffer emptied
+    ///   (``/ReadinessNet/Bytes/removeAll(keepingCapacity:)``, ``/ReadinessNet/Bytes/removeFirst(_:)``) and read into again with the
     ///   same `maximum` allocates nothing.
     /// - **Idle reads hold no memory**: a read that would have to allocate (a `Bytes()` with no storage,
     ///   a full or shared buffer) makes room only once the socket has something to read: it asks first
@@ -22,7 +22,7 @@ extension AsyncSocket {
     ///   an error it holds what it held before (room made for the read may remain).
     /// - A `maximum` below 1 is ``LoopError/invalidArgument(_:)``; a larger one than the room is fine
     ///   (`Int.max`: the room the buffer has, or 1 MiB of new room). Memory that cannot be allocated is
-    ///   ``LoopError/socket(_:)`` with ``SocketError/Kind/resourceExhausted``.
+    ///   ``LoopError/socket(_:)`` with ``/ReadinessNet/SocketError/Kind/resourceExhausted``.
     nonisolated(nonsending) public func read(into buffer: inout Bytes, maximum: Int = StreamSocket.defaultReadSize,
                                              timeout: Duration? = nil) async throws(LoopError) -> Int {
         try await readAppending(into: &buffer, maximum: maximum, timeout: timeout)

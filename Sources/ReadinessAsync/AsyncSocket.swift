@@ -37,7 +37,7 @@ public struct AsyncSocket: Sendable {
     ///
     /// **For library authors** who manage memory themselves: `buffer` must stay allocated, and must not
     /// be touched, until the call returns (the loop writes into it after a suspension, and after a
-    /// cancellation the call returns only once it no longer does). Applications read into ``Bytes``
+    /// cancellation the call returns only once it no longer does). Applications read into ``/ReadinessNet/Bytes``
     /// (``read(into:maximum:timeout:)``) or use ``readAvailable(maximum:timeout:)``.
     nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) -> Int {
         if buffer.isEmpty { throw .invalidArgument("read into an empty buffer") }
@@ -91,13 +91,13 @@ public struct AsyncSocket: Sendable {
     }
 
     /// The most bytes one ``read(upTo:timeout:)`` takes (1 MiB): a larger `maximum` is not allocated
-    /// (the same figure as ``StreamSocket/maximumReadReservation``).
+    /// (the same figure as ``/ReadinessNet/StreamSocket/maximumReadReservation``).
     public static let maximumReadChunk = 1 << 20
 
     /// Writes every byte of `buffer`, waiting for room as often as needed.
     ///
     /// **For library authors** who manage memory themselves: `buffer` must stay allocated and unchanged
-    /// until the call returns. Applications write ``Bytes`` or `[UInt8]` (the `write(_:timeout:)` forms that take them).
+    /// until the call returns. Applications write ``/ReadinessNet/Bytes`` or `[UInt8]` (the `write(_:timeout:)` forms that take them).
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
@@ -220,7 +220,7 @@ extension EventLoop {
         return AsyncSocket(loop: self, id: id, peer: socket.peer)
     }
 
-    /// Binds and listens (``Listener/Options``: `reusePort` for one listener per loop on one port).
+    /// Binds and listens (``/ReadinessNet/Listener/Options``: `reusePort` for one listener per loop on one port).
     nonisolated(nonsending) public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> AsyncListener {
         let (id, bound) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress) in
             try state.listen(address, options: options)
@@ -230,10 +230,10 @@ extension EventLoop {
 
     /// Takes ownership of a connected stream socket descriptor (made non-blocking here).
     ///
-    /// Fails with ``LoopError/socket(_:)`` (``SocketError/Kind/invalidArgument`` for a negative
-    /// descriptor or one that is not a stream socket, ``SocketError/Kind/closed`` for one that is not
+    /// Fails with ``LoopError/socket(_:)`` (``/ReadinessNet/SocketError/Kind/invalidArgument`` for a negative
+    /// descriptor or one that is not a stream socket, ``/ReadinessNet/SocketError/Kind/closed`` for one that is not
     /// open) or ``LoopError/shutdown``. **Ownership passes only on success: a descriptor whose adoption
-    /// failed stays the caller's, open**, the same rule as ``StreamSocket/init(adopting:)``.
+    /// failed stays the caller's, open**, the same rule as ``/ReadinessNet/StreamSocket/init(adopting:)``.
     nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
             if state.isShutDown { throw state.shutdownReason }

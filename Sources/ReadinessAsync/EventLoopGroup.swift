@@ -62,7 +62,7 @@ public final class EventLoopGroup: Sendable {
     /// is for IP; a second bind of the path fails): with more than one loop it is refused
     /// (``LoopError/invalidArgument(_:)``) before anything is bound; listen on one loop instead.
     ///
-    /// A port something else is bound to fails with ``SocketError/Kind/addressInUse``, as one
+    /// A port something else is bound to fails with ``/ReadinessNet/SocketError/Kind/addressInUse``, as one
     /// loop's listen does, even when that is another group's (or process's) SO_REUSEPORT listeners,
     /// which the kernel would otherwise let this group join and split the connections with. Set
     /// `options.reusePort` to join such a group on purpose. A one-loop group does not set SO_REUSEPORT.

@@ -9,7 +9,7 @@ extension EventLoop {
     /// 1. stops accepting: every listener of the loop is closed (a task in `accept` resumes with
     ///    ``LoopError/closed``, so ``AsyncListener/serve(_:)`` stops and waits for its connections),
     ///    and a later `listen` on the loop is refused with ``LoopError/shutdown``;
-    /// 2. waits until the loop holds no connected socket (their tasks closed them, or ``serve`` did when
+    /// 2. waits until the loop holds no connected socket (their tasks closed them, or ``AsyncListener/serve(_:)`` did when
     ///    their handlers returned), at most `gracePeriod`;
     /// 3. ``shutdown()``: whatever is still pending fails with ``LoopError/shutdown`` and every socket
     ///    left is closed; ``AsyncListener/serve(_:)`` then cancels its connections' tasks, so that a

@@ -19,7 +19,7 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     case socket(SocketError)
     /// A connect failed (through the connect state machine: SO_ERROR and getpeername).
     ///
-    /// Boxed (`indirect`): a ``ConnectError`` holds an address (over 150 bytes inline), and every
+    /// Boxed (`indirect`): a ``/ReadinessNet/ConnectError`` holds an address (over 150 bytes inline), and every
     /// typed-throw slot and wait outcome in an awaited operation's frame is a `LoopError`; unboxed, it
     /// made each task waiting in a read several KiB larger (Docs/Async.md, "Memory per idle connection").
     indirect case connect(ConnectError)

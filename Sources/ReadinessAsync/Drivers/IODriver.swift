@@ -11,7 +11,7 @@ import ReadinessNet
 ///   with the completion's result, behind the same ``AsyncSocket`` API and held to the same async
 ///   conformance scenarios. It is chosen where `LoopState.driver` is set, for a loop whose poller can
 ///   complete operations; this protocol then becomes `package` (the driver's target, in that folder,
-///   depends on ReadinessAsync). The ``Poller`` seam stays readiness-only: the completion driver
+///   depends on ReadinessAsync). The ``/ReadinessCore/Poller`` seam stays readiness-only: the completion driver
 ///   reaches its ring by other means (Backends/IOUring/README.md, "Completion I/O").
 ///
 /// Every requirement runs on the loop thread (`EventLoop.onLoop` took the task there) and fails

@@ -4,7 +4,7 @@ import Glibc
 @_spi(Backend) import ReadinessCore
 import ReadinessNet
 
-/// The readiness driver over any ``Poller`` (every backend): each operation tries its syscall until
+/// The readiness driver over any ``/ReadinessCore/Poller`` (every backend): each operation tries its syscall until
 /// it would block, then waits for the poller's readiness event on the resource (`LoopState.wait`) and
 /// tries again. The only place the async retry loops live (``IODriver``).
 struct ReadinessDriver: IODriver {

@@ -468,7 +468,7 @@ final class LoopState {
     }
 }
 
-/// What the escape hatches lend (``StreamSocket``, ``DatagramSocket``): what `reconcile` looks at.
+/// What the escape hatches lend (``/ReadinessNet/StreamSocket``, ``/ReadinessNet/DatagramSocket``): what `reconcile` looks at.
 protocol HatchSocket: AnyObject {
     var isClosed: Bool { get }
     var fd: CInt { get }
