@@ -217,7 +217,7 @@ extension Conformance {
         Scenario("eintr/signals", checks: "Signals during a wait neither end it early nor lose its timeout.", [
             line(.waitInterrupted(.milliseconds(150), signals: 5), quiet),
         ]),
-        Scenario("eintr/time-left", checks: "A wait interrupted by 40 signals goes on with the time left, not the whole timeout again: it ends within half its timeout (and 50 ms) of it.", [
+        Scenario("eintr/time-left", checks: "A wait interrupted by 40 signals goes on with the time left, not the whole timeout again: it ends within half its timeout (and 100 ms) of it.", [
             line(.waitInterrupted(.milliseconds(400), signals: 40), quiet),
         ]),
     ]
