@@ -83,7 +83,13 @@ public struct AsyncSocket: Sendable {
         let id = self.id
         let result = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
             try await state.perform(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
-                try socket.peek(into: &buffer)
+                // Reported as a read reports it (the name too): a reset the completion driver's send
+                // took and hands to the waiting reader is named "read" as well.
+                do throws(SocketError) { return try socket.peek(into: &buffer) } catch {
+                    var failure = error
+                    failure.operation = "read"
+                    throw failure
+                }
             }
         }
         if case .transferred(let n) = result { return n }

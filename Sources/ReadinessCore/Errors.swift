@@ -176,6 +176,13 @@ package enum ErrnoTable {
         case EPROTOTYPE: "EPROTOTYPE"
         case ENOPROTOOPT: "ENOPROTOOPT"
         case ENOBUFS: "ENOBUFS"
+        case ENOTDIR: "ENOTDIR"
+        case EISDIR: "EISDIR"
+        case ELOOP: "ELOOP"
+        case EROFS: "EROFS"
+        case ENAMETOOLONG: "ENAMETOOLONG"
+        case ENODEV: "ENODEV"
+        case ENXIO: "ENXIO"
         default: "errno \(code)"
         }
     }

@@ -67,9 +67,9 @@ struct ConnectCommand: Command {
         // A target that does not parse is a usage mistake (exit 64, found before any I/O); one that
         // parses and does not resolve is a failure (1).
         if target.hasPrefix("unix:") {
-            do { _ = try SocketAddress(target) } catch { throw .usage(.invalidValue(target, option: "<target>")) }
+            do { _ = try SocketAddress(target) } catch { throw .usage(.invalid("The value '\(target)' is invalid for '<target>': \(error.reason)")) }
         } else {
-            do { _ = try SocketAddress.splitHostPort(target) } catch { throw .usage(.invalidValue(target, option: "<target>")) }
+            do { _ = try SocketAddress.splitHostPort(target) } catch { throw .usage(.invalid("The value '\(target)' is invalid for '<target>': \(error.reason)")) }
         }
         let addresses = try orFail { () throws(SocketAddress.ParseError) in try SocketAddress.resolve(target) }
         let start = Deadline.now
@@ -80,7 +80,8 @@ struct ConnectCommand: Command {
         do {
             let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay, timeout: .milliseconds(timeout))
             // The attempt reads its local name only where a self-connect is possible: ask here.
-            let local = socket.local ?? (try? SocketAddress.local(of: socket.fd))
+            // A nameless Unix socket has no local address (never the text "unix:").
+            let local = (socket.local ?? (try? SocketAddress.local(of: socket.fd))).flatMap { $0.isNamelessUnix ? nil : $0 }
             Sys.close(socket.fd)
             output = Output(target: target, backend: chosen.name, connected: true, local: local?.description,
                             peer: socket.peer?.description, error: nil, cause: nil, errno: nil,

@@ -462,3 +462,45 @@ extension PeerScenarioTests8 {
         await loop.shutdown()
     }
 }
+
+extension PeerScenarioTests8 {
+    // MARK: Unix paths of the other socket type (libuv UV_EPROTOTYPE, Go's named errno)
+
+    /// A datagram socket aimed at a stream listener's path (or a stream connect at a datagram socket's
+    /// path) is the kernel's EPROTOTYPE, which was `.other`: now `.invalidArgument` for sockets and
+    /// `invalidAddress` for connects, on every backend.
+    @Test("a Unix path held by the other socket type is a typed error: invalidArgument (sockets), invalidAddress (connects)",
+          arguments: backends)
+    func unixWrongSocketType(backend: Backend) throws {
+        let streamPath = tempPath("wrong-type-stream"), datagramPath = tempPath("wrong-type-datagram")
+        let listener = try Listener(bind: try SocketAddress(unixPath: streamPath))
+        defer { listener.close() }
+        let receiver = try DatagramSocket(bind: try SocketAddress(unixPath: datagramPath))
+        defer { receiver.close() }
+        let streamAddress = try SocketAddress(unixPath: streamPath)
+        do throws(SocketError) {
+            _ = try DatagramSocket(connectedTo: streamAddress)
+            Issue.record("a datagram socket connected to a stream listener's path")
+        } catch {
+            #expect(error.kind == .invalidArgument && error.errno == EPROTOTYPE, "\(error)")
+        }
+        let sender = try DatagramSocket(family: .unix)
+        defer { sender.close() }
+        do throws(SocketError) {
+            _ = try sender.send(Array("x".utf8), destination: streamAddress)
+            Issue.record("a datagram sent to a stream listener's path")
+        } catch {
+            #expect(error.kind == .invalidArgument && error.errno == EPROTOTYPE, "\(error)")
+        }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let datagramAddress = try SocketAddress(unixPath: datagramPath)
+        do throws(ConnectError) {
+            let socket = try Connector.connect(to: datagramAddress, on: poller, timeout: .seconds(2))
+            close(socket.fd)
+            Issue.record("a stream connected to a datagram socket's path")
+        } catch {
+            #expect(error.cause == .invalidAddress && error.errno == EPROTOTYPE, "\(error)")
+        }
+    }
+}

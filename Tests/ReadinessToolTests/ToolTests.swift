@@ -35,6 +35,26 @@ struct ToolTests {
         #expect(milliseconds < 450, "the command took \(milliseconds) ms by its own report (\(elapsed) with start-up)")
     }
 
+    /// A nameless Unix socket has no local address: the tool printed "unix:" for it. A datagram
+    /// socket's path is the other socket type: EPROTOTYPE, invalidAddress (it was "other").
+    @Test("connect to a Unix path: no local address for the nameless client; a datagram socket's path is invalidAddress (EPROTOTYPE)")
+    func unixTargets() throws {
+        let directory = "/tmp/readiness-tool-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { rmdir(directory) }
+        let stream = directory + "/s.sock", datagram = directory + "/d.sock"
+        let listener = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        let receiver = socket(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0)
+        defer { close(listener); close(receiver); unlink(stream); unlink(datagram) }
+        try #require(try SocketAddress(unixPath: stream).withSockaddr { bind(listener, $0, $1) } == 0 && listen(listener, 4) == 0)
+        try #require(try SocketAddress(unixPath: datagram).withSockaddr { bind(receiver, $0, $1) } == 0)
+        let connected = try runTool(["connect", "unix:" + stream, "--json"], expectSuccess: true)
+        #expect(connected.contains("\"connected\":true"))
+        #expect(!connected.contains("\"local\":\"unix:\""), "\(connected)")
+        let wrongType = try runTool(["connect", "unix:" + datagram, "--json"], expectSuccess: false)
+        #expect(wrongType.contains("\"cause\":\"invalidAddress\"") && wrongType.contains("\"errno\":\"EPROTOTYPE\""), "\(wrongType)")
+    }
+
     @Test("backends lists every backend with the reason for each")
     func backends() throws {
         let output = try runTool(["backends"], expectSuccess: true)
@@ -162,8 +182,11 @@ struct UsageMistake: Sendable, CustomStringConvertible {
         // Stop 35 (review): a target that does not parse is a usage mistake found before any I/O (exit 1 before).
         UsageMistake(arguments: ["connect", "127.0.0.1:65536"],
                      message: "The value '127.0.0.1:65536' is invalid for '<target>'", command: "connect"),
-        UsageMistake(arguments: ["connect", "[::1]"], message: "The value '[::1]' is invalid for '<target>'", command: "connect"),
-        UsageMistake(arguments: ["connect", "unix:"], message: "The value 'unix:' is invalid for '<target>'", command: "connect"),
+        // Stop 36 (review): with the parser's reason (it was dropped).
+        UsageMistake(arguments: ["connect", "[::1]"],
+                     message: "The value '[::1]' is invalid for '<target>': expected a port after the brackets: [IPv6]:PORT", command: "connect"),
+        UsageMistake(arguments: ["connect", "unix:"],
+                     message: "The value 'unix:' is invalid for '<target>': a Unix-domain path must have 1 to 107 bytes", command: "connect"),
         UsageMistake(arguments: ["conformance", "--only", "nosuch"],
                      message: "no scenario id starts with \"nosuch\" (see --list)", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--bogus"], message: "Unknown option '--bogus'", command: "conformance"),

@@ -102,8 +102,11 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             op.bufferID = completion.bufferID
             op.bufferOffset = completion.bufferOffset
             op.filledBuffer = completion.filledBuffer
-            if op.direction == .write, completion.result < 0, Self.failsConnection(-completion.result) {
-                noteSendFailure(op, -completion.result, loop: loop)
+            if op.direction == .write, completion.result < 0, Self.failsConnection(-completion.result),
+               noteSendFailure(op, -completion.result, loop: loop) {
+                // The waiting read reports the reset; the send meets what the kernel gives a send once
+                // the reset was taken, as on the readiness path (whose reader is resumed first): EPIPE.
+                op.result = -EPIPE
             }
             guard let continuation = op.continuation else { return }
             op.continuation = nil
@@ -133,11 +136,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// fell back; woken after the send, it will read 0): that read reports it
     /// (`LoopState.readFailures`). A read already completed (data, or the FIN, before the failure) is
     /// not: its end of stream stands.
+    /// True when a read takes it.
     @inline(never)
-    private func noteSendFailure(_ op: CompletionOperation, _ code: Int32, loop: LoopState) {
+    private func noteSendFailure(_ op: CompletionOperation, _ code: Int32, loop: LoopState) -> Bool {
         guard let resource = loop.slab[op.key], resource.key == op.key,
-              resource.record.read.op != nil || resource.record.read.inUse else { return }
+              resource.record.read.op != nil || resource.record.read.inUse else { return false }
         loop.readFailures[op.key] = code
+        return true
     }
 
     /// The failure a send took for this read's stream, taken (nil: none; the read's end of stream stands).

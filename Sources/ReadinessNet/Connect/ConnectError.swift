@@ -35,9 +35,9 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case cancelled
         /// There was no address to try: an empty address list.
         case noAddress
-        /// EINVAL, EAFNOSUPPORT: the address cannot be a destination (an empty ``SocketAddress/init()``,
-        /// a family the socket cannot reach), or the local address asked for is of another family than
-        /// the destination. Refused before any socket exists for an empty address and for a family
+        /// EINVAL, EAFNOSUPPORT, EPROTOTYPE: the address cannot be a destination (an empty
+        /// ``SocketAddress/init()``, a family the socket cannot reach, a Unix path held by a datagram
+        /// socket), or the local address asked for is of another family than the destination. Refused before any socket exists for an empty address and for a family
         /// mismatch.
         case invalidAddress
         /// The poller failed (see ``ConnectError/pollerError``).
@@ -80,7 +80,8 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case .addressUnavailable: .addressUnavailable
         case .permissionDenied: .permissionDenied
         case .resourceExhausted: .resourceExhausted
-        case .other where code == EINVAL || code == EAFNOSUPPORT: .invalidAddress
+        // EPROTOTYPE: a Unix path held by a socket of the other type (a datagram socket's).
+        case .other where code == EINVAL || code == EAFNOSUPPORT || code == EPROTOTYPE: .invalidAddress
         case .addressInUse: .addressInUse
         case .interrupted, .protocolFailure, .notConnected, .badDescriptor, .messageTooLarge, .other: .other
         }

@@ -37,7 +37,9 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         /// A Unix path is taken by something that is not a socket; it is never removed.
         case pathNotSocket
         /// The caller's argument is out of range (an empty read buffer, an offset outside the array, a
-        /// descriptor that is negative or not a stream socket): refused before any system call.
+        /// descriptor that is negative or not a stream socket): refused before any system call. Also
+        /// the kernel's EPROTOTYPE: a Unix path held by a socket of the other type (a datagram
+        /// socket's connect or send to a stream listener's path).
         case invalidArgument
         /// Any other errno.
         case other
@@ -64,7 +66,8 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
 
     /// The kind of `code`, from the package's one errno classification.
     public static func kind(of code: CInt) -> Kind {
-        switch ErrnoTable.category(of: code) {
+        if code == EPROTOTYPE { return .invalidArgument }   // the other socket type at a Unix path
+        return switch ErrnoTable.category(of: code) {
         case .reset: .reset
         case .aborted, .timedOut: .aborted
         case .resourceExhausted: .resourceExhausted
