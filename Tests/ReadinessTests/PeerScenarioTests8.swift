@@ -504,3 +504,37 @@ extension PeerScenarioTests8 {
         }
     }
 }
+
+extension PeerScenarioTests8 {
+    /// Go TestUnixListener / libuv pipe_bind_error_addrinuse: a path a live socket holds is in use.
+    /// The stale check's connect is refused by any stream socket that does not listen, so a client
+    /// bound to a path and connected read as stale: its file was unlinked and the new listener took
+    /// the path.
+    @Test("a Unix path bound by a live client is not stale: a listener's bind there is addressInUse")
+    func unixPathOfLiveClient() throws {
+        let serverPath = tempPath("live-server"), clientPath = tempPath("live-client")
+        let server = try Listener(bind: try SocketAddress(unixPath: serverPath))
+        defer { server.close() }
+        let client = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(client); unlink(clientPath) }
+        try #require(try SocketAddress(unixPath: clientPath).withSockaddr { bind(client, $0, $1) } == 0)
+        try #require(server.address.withSockaddr { connect(client, $0, $1) } == 0)
+        let clientAddress = try SocketAddress(unixPath: clientPath)
+        do throws(SocketError) {
+            let thief = try Listener(bind: clientAddress)
+            thief.close()
+            Issue.record("the live client's path was taken")
+        } catch {
+            #expect(error.kind == .addressInUse, "\(error)")
+        }
+        var st = stat()
+        #expect(lstat(clientPath, &st) == 0, "the live client's file was removed")
+        // A dead socket's path is still replaced.
+        let dead = tempPath("dead")
+        let gone = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        try #require(try SocketAddress(unixPath: dead).withSockaddr { bind(gone, $0, $1) } == 0)
+        close(gone)
+        let replacing = try Listener(bind: try SocketAddress(unixPath: dead))
+        replacing.close()
+    }
+}
