@@ -62,6 +62,35 @@ func driveIntoBackOff(_ listener: Listener) throws -> CInt {
     return client
 }
 
+/// `count` socketpairs, each first end registered readable on `poller` (tokens 0, 1, ...) with a
+/// byte waiting: `count` ready registrations. The caller closes both ends of each.
+func readyRegistrations(_ count: Int, on poller: any Poller) throws -> [(CInt, CInt)] {
+    var pairs: [(CInt, CInt)] = []
+    do {
+        for i in 0..<count {
+            let pair = try socketPair()
+            pairs.append(pair)
+            try poller.register(pair.0, token: Token(rawValue: UInt64(i)), interest: .readable)
+            _ = write(pair.1, "x", 1)
+        }
+    } catch {
+        for (a, b) in pairs { close(a); close(b) }
+        throw error
+    }
+    return pairs
+}
+
+/// Runs `body` with the soft RLIMIT_NOFILE lowered to `soft` (put back after).
+func withSoftDescriptorLimit<T>(_ soft: Int, _ body: () throws -> T) rethrows -> T {
+    var limit = rlimit()
+    getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+    var restore = limit
+    limit.rlim_cur = rlim_t(soft)
+    setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+    defer { setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore) }
+    return try body()
+}
+
 /// Runs `body` on a new thread; returns a join function.
 func spawn(_ body: @escaping @Sendable () -> Void) -> () -> Void {
     final class Box: @unchecked Sendable { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }

@@ -377,15 +377,7 @@ struct IOUringTests {
 struct IOUringThreadTests {
     /// Runs `body` on a new thread and waits for it.
     static func onAnotherThread(_ body: @escaping @Sendable () -> Void) {
-        final class Box: @unchecked Sendable { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
-            box.body()
-            return nil
-        }, box)
-        pthread_join(thread, nil)
+        spawn(body)()
     }
 
     @Test("rule 8 (review): a registered number closed, then taken by the poller's own new ring (a wait from another thread), is badDescriptor to reregister, not watched by the ring itself",

@@ -338,25 +338,15 @@ struct PeerScenarioTests7 {
     func readyAboveSoftLimit(backend: Backend) throws {
         let poller = try backend.makePoller()
         defer { try? poller.close() }
-        var pairs: [(CInt, CInt)] = []
+        let pairs = try readyRegistrations(300, on: poller)
         defer { for (a, b) in pairs { close(a); close(b) } }
-        for i in 0..<300 {
-            let pair = try socketPair()
-            pairs.append(pair)
-            try poller.register(pair.0, token: Token(rawValue: UInt64(i)), interest: .readable)
-            _ = write(pair.1, "x", 1)
-        }
-        var limit = rlimit()
-        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        let saved = limit
-        limit.rlim_cur = 256
-        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        defer { var restore = saved; setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore) }
         let events = EventBuffer(capacity: 512)
         var seen = Set<Token>()
-        for _ in 0..<5 where seen.count < 300 {
-            _ = try poller.wait(into: events, timeout: .milliseconds(200))
-            for event in events { seen.insert(event.token) }
+        try withSoftDescriptorLimit(256) { () throws in
+            for _ in 0..<5 where seen.count < 300 {
+                _ = try poller.wait(into: events, timeout: .milliseconds(200))
+                for event in events { seen.insert(event.token) }
+            }
         }
         #expect(seen.count == 300, "\(backend.name): \(seen.count) of 300 reported")
     }

@@ -88,29 +88,19 @@ extension PeerScenarioTests8 {
     func registrationsAboveLoweredLimit(backend: Backend) throws {
         let poller = try backend.makePoller()
         defer { try? poller.close() }
-        var pairs: [(CInt, CInt)] = []
+        let pairs = try readyRegistrations(32, on: poller)
         defer { for (a, b) in pairs { close(a); close(b) } }
-        for i in 0..<32 {
-            let pair = try socketPair()
-            pairs.append(pair)
-            try poller.register(pair.0, token: Token(rawValue: UInt64(i)), interest: .readable)
-            _ = write(pair.1, "x", 1)
-        }
-        var limit = rlimit()
-        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        var restore = limit
-        limit.rlim_cur = 16
-        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
-        defer { setrlimit(CInt(RLIMIT_NOFILE.rawValue), &restore) }
         let events = EventBuffer(capacity: 64)
         let pollsEverything = backend.name == "poll" || backend.name == "libevent:poll"
-        if pollsEverything {
-            #expect(throws: PollerError.resourceExhausted(operation: backend.name == "poll" ? "poll" : "event_base_loop",
-                                                          errno: EINVAL)) {
-                try poller.wait(into: events, timeout: .zero)
+        try withSoftDescriptorLimit(16) { () throws in
+            if pollsEverything {
+                #expect(throws: PollerError.resourceExhausted(operation: backend.name == "poll" ? "poll" : "event_base_loop",
+                                                              errno: EINVAL)) {
+                    try poller.wait(into: events, timeout: .zero)
+                }
+            } else {
+                #expect(try poller.wait(into: events, timeout: .seconds(1)) == 32)
             }
-        } else {
-            #expect(try poller.wait(into: events, timeout: .seconds(1)) == 32)
         }
     }
 }
