@@ -26,3 +26,11 @@ public struct RunFailure: Error, Sendable, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
+
+/// A program whose standard output is a pipe (`| tee log`, a log collector) must not be ended by
+/// SIGPIPE when the reader goes away mid-drain: its status lines then fail with EPIPE, ignored, and a
+/// graceful shutdown still answers what is in flight and exits 0. (The sockets never raise SIGPIPE:
+/// Readiness sends with MSG_NOSIGNAL.) Called first by every example.
+public func ignoreBrokenPipes() {
+    signal(SIGPIPE, SIG_IGN)
+}

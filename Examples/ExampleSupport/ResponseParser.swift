@@ -34,12 +34,19 @@ public struct ResponseParser {
     public static let contentLength: [UInt8] = Array("content-length:".utf8)
     public static let connection: [UInt8] = Array("connection:".utf8)
     public static let closeToken: [UInt8] = Array("close".utf8)
+    public static let keepAliveToken: [UInt8] = Array("keep-alive".utf8)
 
     /// Consumes what is buffered; returns a complete response (leaving the bytes after it buffered).
     public mutating func next() -> Outcome {
-        if bodyLeft == nil {
+        while bodyLeft == nil {
             guard let end = find(Self.crlfcrlf, in: 0..<buffer.count) else {
                 return buffer.count == Self.capacity ? .malformed : .needMore
+            }
+            // An interim response (1xx but 101: 100 Continue, 103 Early Hints) has no body and precedes
+            // the final one: skipped (RFC 9110 section 15.2: a client must parse and skip them).
+            if let interim = interimStatus(0..<end), interim != 101 {
+                consume(end + Self.crlfcrlf.count)
+                continue
             }
             guard let head = parseHead(0..<end) else { return .malformed }
             (status, bodyLeft, close) = head
@@ -53,7 +60,21 @@ public struct ResponseParser {
         return .complete(status: status, close: close)
     }
 
-    /// The status code, Content-Length and whether the server will close, from the head's bytes.
+    /// The status of a head whose status is 1xx, else nil.
+    private func interimStatus(_ range: Range<Int>) -> Int? {
+        let statusStart = "HTTP/1.1 ".utf8.count
+        guard range.count >= statusStart + 3, buffer[statusStart] == UInt8(ascii: "1") else { return nil }
+        var status = 0
+        for index in statusStart..<(statusStart + 3) {
+            let digit = Int(buffer[index]) - Int(UInt8(ascii: "0"))
+            guard (0...9).contains(digit) else { return nil }
+            status = status * 10 + digit
+        }
+        return status
+    }
+
+    /// The status code, Content-Length and whether the server will close, from the head's bytes: an
+    /// HTTP/1.0 response closes unless it says keep-alive (RFC 9112 section 9.3).
     private func parseHead(_ range: Range<Int>) -> (Int, Int, Bool)? {
         let statusStart = "HTTP/1.1 ".utf8.count
         guard range.count >= statusStart + 3 else { return nil }
@@ -64,7 +85,8 @@ public struct ResponseParser {
             status = status * 10 + digit
         }
         var length: Int?
-        var close = false
+        let http10 = range.count >= 8 && (0..<8).allSatisfy { buffer[$0] == Array("HTTP/1.0".utf8)[$0] }
+        var close = http10
         var lineStart = range.lowerBound
         while lineStart < range.upperBound {
             let lineEnd = find(Self.crlfcrlf[0..<2], in: lineStart..<range.upperBound) ?? range.upperBound
@@ -90,7 +112,11 @@ public struct ResponseParser {
                 guard digits > 0 else { return nil }
                 length = value
             } else if hasPrefix(Self.connection, at: lineStart, end: lineEnd) {
-                close = find(Self.closeToken[...], in: lineStart..<lineEnd, caseInsensitive: true) != nil
+                if find(Self.closeToken[...], in: lineStart..<lineEnd, caseInsensitive: true) != nil {
+                    close = true
+                } else if http10, find(Self.keepAliveToken[...], in: lineStart..<lineEnd, caseInsensitive: true) != nil {
+                    close = false
+                }
             }
             lineStart = lineEnd + 2
         }

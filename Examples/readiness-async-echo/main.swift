@@ -73,6 +73,7 @@ func serve(_ arguments: EchoArguments) async throws {
 }
 
 do {
+    ignoreBrokenPipes()
     try await serve(try EchoArguments(CommandLine.arguments))
 } catch {
     exitFailing("readiness-async-echo", error, usage: EchoArguments.usage)

@@ -144,6 +144,7 @@ func load(_ arguments: HTTPLoadArguments) async throws {
 }
 
 do {
+    ignoreBrokenPipes()
     try await load(try HTTPLoadArguments(CommandLine.arguments))
 } catch {
     exitFailing("readiness-async-http-load", error, usage: HTTPLoadArguments.usage)

@@ -91,9 +91,13 @@ func serve(_ arguments: EchoArguments) throws {
                             try socket.setNoDelay(true)
                             try socket.register(on: poller, token: connection.token, interest: .readable)
                         } catch {
+                            // It ends here: counted as finished (a --connections run must end), and
+                            // its descriptor is free again.
                             failures += 1
+                            finished += 1
                             print("connection \(connection.token): \(error)")
                             socket.close()
+                            try listener.resume()
                             continue accepting
                         }
                         connections[connection.token.rawValue] = connection
@@ -122,6 +126,7 @@ func serve(_ arguments: EchoArguments) throws {
 }
 
 do {
+    ignoreBrokenPipes()
     try serve(try EchoArguments(CommandLine.arguments))
 } catch {
     exitFailing("readiness-echo", error, usage: EchoArguments.usage)

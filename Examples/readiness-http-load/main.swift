@@ -214,6 +214,7 @@ final class Load {
 }
 
 do {
+    ignoreBrokenPipes()
     let arguments = try HTTPLoadArguments(CommandLine.arguments)
     let backend = try arguments.backend ?? Backend.default()
     let poller = try backend.makePoller()

@@ -8,8 +8,10 @@
 //   each connection's task on its loop (`EventLoopGroup.serve`).
 // - HTTP/1.1 keep-alive, pipelining (every complete request in a read is answered, the answers in one
 //   write), `Connection: close`, HTTP/1.0 (closes unless `Connection: keep-alive`), request bodies by
-//   Content-Length, a limit on the request head (8 KiB: 431, a longer request line 414, then close), 400
-//   on a malformed head or an HTTP/1.1 request without exactly one Host, 501 on a chunked request body,
+//   Content-Length (up to 1 MiB, skipped as they arrive: never held; the answer once all of it came), a
+//   limit on the request head (8 KiB: 431, a longer request line 414, then close), 400 on a malformed
+//   head or an HTTP/1.1 request without exactly one valid Host (`uri-host [":" port]`), 501 on a
+//   chunked request body; header values may carry obs-text (bytes 0x80-0xFF, RFC 9110 section 5.5),
 //   absolute-form targets (their path served). A request must arrive whole within 10 s of its first byte
 //   (`--request-timeout`): a client that sends a byte now and then (slowloris) gets 408 and is closed;
 //   an idle keep-alive connection is closed after 60 s.
@@ -27,7 +29,7 @@
 //   (`Connection: close`) with more requests unread behind it. During the drain answers say
 //   `Connection: close`. A failed start (a bad argument, a port in use) exits with status 2 or 1.
 //   (Its output is a file or a pipe for a script: Swift's print buffers it; `stdbuf -oL` makes each
-//   line appear when printed.)
+//   line appear when printed. A pipe whose reader is gone ends nothing: SIGPIPE is ignored.)
 import ExampleSupport
 import Readiness
 import Synchronization
@@ -74,21 +76,54 @@ struct Request {
 }
 
 enum ParseResult {
-    case request(Request, consumed: Int)
+    /// A whole head, `consumed` bytes; its body (`body` bytes, never used: only GET and HEAD are
+    /// served) follows and is skipped as it arrives, never held. `expectsContinue` when the client
+    /// waits for a `100 Continue` before it sends the body (RFC 9110 section 10.1.1).
+    case request(Request, consumed: Int, body: Int, expectsContinue: Bool)
     case incomplete
-    /// The head is here, its body not all: `expectsContinue` when the client waits for a
-    /// `100 Continue` before it sends the body (RFC 9110 section 10.1.1).
-    case awaitingBody(expectsContinue: Bool)
     case failed(status: String)
 }
 
 let headLimit = 8 * 1024
 let bodyLimit = 1 << 20
 
-// The parser works on the bytes (no String per line or per header): the request head is ASCII but for
-// header values, which it checks are UTF-8 (RFC 9110 allows no more) only when a byte is not ASCII.
+// The parser works on the bytes (no String per line or per header): the request line and the field
+// names are ASCII; header values may carry obs-text (bytes 0x80-0xFF, RFC 9110 section 5.5), opaque.
 let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), space = UInt8(ascii: " "), tab = UInt8(ascii: "\t")
 let colon = UInt8(ascii: ":"), comma = UInt8(ascii: ","), slash = UInt8(ascii: "/")
+
+/// Whether `value` is a Host header's `uri-host [":" port]` (RFC 9112 section 3.2, RFC 3986 section
+/// 3.2.2): a bracketed IP literal, or a reg-name or IPv4 address (unreserved, percent-encoded and
+/// sub-delims bytes), then an optional port of digits. Empty is allowed (RFC 9112: a request with no
+/// authority sends an empty Host).
+func isHost(_ value: ArraySlice<UInt8>) -> Bool {
+    var rest = value[...]
+    if rest.first == UInt8(ascii: "[") {
+        guard let close = rest.firstIndex(of: UInt8(ascii: "]")) else { return false }
+        let literal = rest[rest.index(after: rest.startIndex)..<close]
+        guard !literal.isEmpty, literal.allSatisfy({ isHexDigit($0) || $0 == colon || $0 == UInt8(ascii: ".")
+            || $0 == UInt8(ascii: "v") || $0 == UInt8(ascii: "V") }) else { return false }
+        rest = rest[rest.index(after: close)...]
+    } else {
+        let name = rest.prefix { $0 != colon }
+        guard name.allSatisfy(isRegNameByte) else { return false }
+        rest = rest[name.endIndex...]
+    }
+    guard let first = rest.first else { return true }
+    guard first == colon else { return false }
+    return rest.dropFirst().allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+}
+
+func isHexDigit(_ byte: UInt8) -> Bool {
+    (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || (lowercased(byte) >= UInt8(ascii: "a") && lowercased(byte) <= UInt8(ascii: "f"))
+}
+
+/// unreserved, pct-encoded's '%' and hex digits, and sub-delims (RFC 3986).
+func isRegNameByte(_ byte: UInt8) -> Bool {
+    if (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+        || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) { return true }
+    return "-._~%!$&'()*+,;=".utf8.contains(byte)
+}
 
 /// A byte in ASCII lower case.
 func lowercased(_ byte: UInt8) -> UInt8 {
@@ -187,10 +222,11 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     guard let end else { return bytes.count > headLimit ? .failed(status: "431 Request Header Fields Too Large") : .incomplete }
     if end - bytes.startIndex > headLimit { return .failed(status: "431 Request Header Fields Too Large") }
     let head = bytes[begin..<end]
-    if head.contains(where: { $0 >= 0x80 }), String(validating: head, as: UTF8.self) == nil { return .failed(status: "400 Bad Request") }
     var lines = Lines(rest: head)
     let firstLine = lines.next() ?? []
-    guard !hasControl(firstLine, tabs: false) else { return .failed(status: "400 Bad Request") }
+    // The request line is ASCII (RFC 9112 section 3); header values may carry obs-text (0x80-0xFF,
+    // RFC 9110 section 5.5: opaque bytes, as Go and nginx take them).
+    guard !hasControl(firstLine, tabs: false), !firstLine.contains(where: { $0 >= 0x80 }) else { return .failed(status: "400 Bad Request") }
     let requestLine = firstLine.split(separator: space, omittingEmptySubsequences: false)
     guard requestLine.count == 3, isToken(requestLine[0]), !requestLine[1].isEmpty else { return .failed(status: "400 Bad Request") }
     // HTTP/<digit>.<digit> (RFC 9112 section 2.3): a later 1.x is served as 1.1 (RFC 9110 section 2.5),
@@ -228,6 +264,8 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
         let name = line[..<colonIndex]
         let value = trimmed(line[(colonIndex + 1)...])
         if matches(name, "host") {
+            // uri-host [":" port] (RFC 9112 section 3.2: an invalid value is a 400).
+            guard isHost(value) else { return .failed(status: "400 Bad Request") }
             hosts += 1
         } else if matches(name, "connection") {
             for option in value.split(separator: comma, omittingEmptySubsequences: false).map(trimmed) {
@@ -254,10 +292,9 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
         request.keepAlive = keepAlive
         request.keepAliveRequested = keepAlive
     }
-    let total = end - bytes.startIndex + 4 + (request.contentLength ?? 0)
     // A 100 Continue only to an HTTP/1.1 client (RFC 9110 section 10.1.1: never to 1.0).
-    guard bytes.count >= total else { return .awaitingBody(expectsContinue: expectsContinue && request.version == "HTTP/1.1") }
-    return .request(request, consumed: total)
+    return .request(request, consumed: end - bytes.startIndex + 4, body: request.contentLength ?? 0,
+                    expectsContinue: expectsContinue && request.version == "HTTP/1.1")
 }
 
 /// A response: `Connection: close` when the connection ends after it, `Connection: keep-alive` for an
@@ -324,6 +361,10 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
     var pending: [UInt8] = []
     var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
     var continued = false   // a 100 Continue was sent for the request whose body is awaited
+    // A request whose body is still arriving: answered once all of it came. Its bytes are dropped as
+    // they arrive (`skipping` left), never held: a connection keeps at most one read and one head.
+    var held: Request?
+    var skipping = 0
     let clock = ContinuousClock()
     var requestDeadline: ContinuousClock.Instant?   // set while a request has begun and is not whole
     // When an idle connection is closed: 60 s after its last answer (or its start). Bytes that begin no
@@ -356,25 +397,42 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
         pending += bytes
         var out: [UInt8] = []
         var answered = false
-        var keepGoing = true
-        while keepGoing {
-            switch parse(pending[start...]) {
-            case .incomplete:
-                keepGoing = false
-            case .awaitingBody(let expectsContinue):
-                // The client waits for leave to send the body: given once per request, after the
-                // answers to the requests before it.
-                if expectsContinue, !continued {
-                    out += Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
-                    continued = true
+        parsing: while true {
+            if skipping > 0 {
+                let take = Swift.min(skipping, pending.count - start)
+                start += take
+                skipping -= take
+                if skipping > 0 { break parsing }
+            }
+            var request: Request
+            if let waiting = held {
+                request = waiting
+                held = nil
+            } else {
+                switch parse(pending[start...]) {
+                case .incomplete:
+                    break parsing
+                case .failed(let status):
+                    out += response(status, "\(status)\n", keepAlive: false)
+                    await refuse(socket, out)
+                    return
+                case .request(let parsed, let consumed, let body, let expectsContinue):
+                    start += consumed
+                    if body > 0 {
+                        held = parsed
+                        skipping = body
+                        // The client waits for leave to send the body: given once per request, after
+                        // the answers to the requests before it.
+                        if expectsContinue, !continued, pending.count - start < body {
+                            out += Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+                            continued = true
+                        }
+                        continue parsing
+                    }
+                    request = parsed
                 }
-                keepGoing = false
-            case .failed(let status):
-                out += response(status, "\(status)\n", keepAlive: false)
-                await refuse(socket, out)
-                return
-            case .request(var request, let consumed):
-                start += consumed
+            }
+            do {
                 answered = true
                 continued = false
                 // During the drain the answer says the connection ends with it (RFC 9112 section 9.6).
@@ -398,13 +456,19 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
         if answered { idleDeadline = clock.now + idleTimeout }
         // Part of a request is here: its clock starts with its first byte (this read's, when a request
         // ended in it), and runs across reads.
-        if start < pending.count {
+        // (A body still arriving is part of its request too.)
+        if start < pending.count || held != nil {
             if answered || requestDeadline == nil { requestDeadline = clock.now + requestTimeout }
         } else {
             requestDeadline = nil
         }
         // Between requests: idle. During the drain, a connection that was busy ends after its answer.
-        if start == pending.count {
+        if start == pending.count && held == nil {
+            // Nothing kept: a large read's storage is not kept by an idle connection.
+            if pending.capacity > 16 * 1024 {
+                pending = []
+                start = 0
+            }
             connection.busy.store(false, ordering: .sequentiallyConsistent)
             if connections.draining.load(ordering: .sequentiallyConsistent) { return }
         }
@@ -452,6 +516,7 @@ func run(_ arguments: HTTPServerArguments) async throws {
 }
 
 do {
+    ignoreBrokenPipes()
     try await run(try HTTPServerArguments(CommandLine.arguments))
 } catch {
     exitFailing("readiness-http-server", error, usage: HTTPServerArguments.usage)

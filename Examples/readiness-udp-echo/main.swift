@@ -31,7 +31,7 @@ func serve(_ arguments: UDPEchoArguments, backend: Backend) async throws {
     let socket = try await loop.bindDatagram(to: try SocketAddress(ip: arguments.host, port: arguments.port))
     let summary = try await Task(executorPreference: loop) { () async throws -> String in
         let batch = try DatagramBatch(capacity: batchCapacity, slotSize: DatagramSocket.defaultReceiveSize)
-        var datagrams = 0, bytes = 0, truncated = 0
+        var datagrams = 0, bytes = 0, truncated = 0, unanswered = 0
         let limit = arguments.datagrams ?? .max
         while datagrams < limit {
             let timeout: Duration? = datagrams > 0 ? arguments.idle.map { .seconds($0) } : nil
@@ -41,11 +41,19 @@ func serve(_ arguments: UDPEchoArguments, backend: Backend) async throws {
                 if datagram.isTruncated { truncated += 1 }
                 bytes += datagram.count
             }
-            // The received batch sent back as it is: each datagram to its source, no copy.
-            try await socket.send(batch, timeout: .seconds(5))
+            // The received batch sent back as it is: each datagram to its source, no copy. A datagram
+            // that cannot be answered (a spoofed source port 0: EINVAL; a source gone) fails the
+            // batch's send from that slot on: the rest of the batch goes unanswered, counted, and the
+            // server goes on, as a UDP server does (one datagram is not the server's end).
+            do {
+                try await socket.send(batch, timeout: .seconds(5))
+            } catch {
+                if case .shutdown = error as? LoopError { throw error }
+                unanswered += 1
+            }
             datagrams += n
         }
-        return "datagrams \(datagrams) echoed-bytes \(bytes) truncated \(truncated) backend \(backend.name)"
+        return "datagrams \(datagrams) echoed-bytes \(bytes) truncated \(truncated) unanswered-batches \(unanswered) backend \(backend.name)"
     }.value
     await socket.close()
     await loop.shutdown()
@@ -104,6 +112,7 @@ func load(_ arguments: UDPEchoArguments, backend: Backend) async throws {
 }
 
 do {
+    ignoreBrokenPipes()
     let arguments = try UDPEchoArguments(CommandLine.arguments)
     let backend = try arguments.backend ?? Backend.default()
     if arguments.client {

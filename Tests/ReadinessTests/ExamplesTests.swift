@@ -86,7 +86,7 @@ extension ExamplesTests {
         #expect(clientOutput.contains("sent \(datagrams) echoed \(datagrams) lost 0 corrupt 0 size \(size)"), "\(clientOutput)")
         let (serverStatus, serverOutput) = server.finish()
         #expect(serverStatus == 0, "\(serverOutput)")
-        #expect(serverOutput.contains("datagrams \(datagrams) echoed-bytes \(datagrams * size) truncated 0 backend \(backend.name)"),
+        #expect(serverOutput.contains("datagrams \(datagrams) echoed-bytes \(datagrams * size) truncated 0 unanswered-batches 0 backend \(backend.name)"),
                 "\(serverOutput)")
     }
 

@@ -10,13 +10,25 @@ final class Child {
     let pid: pid_t
     let outputPath: String
 
-    init(_ arguments: [String]) throws {
+    /// `brokenStdout`: standard output is a pipe nobody reads (its reader gone, as a log collector
+    /// that exited); standard error still goes to the output file.
+    init(_ arguments: [String], brokenStdout: Bool = false) throws {
         outputPath = try buildDirectory() + "/child-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var ends: [CInt] = [-1, -1]
+        if brokenStdout {
+            guard pipe(&ends) == 0 else { throw TestFailure("pipe: \(errno)") }
+            posix_spawn_file_actions_addopen(&actions, 2, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, ends[1], 1)
+            posix_spawn_file_actions_addclose(&actions, ends[0])
+            posix_spawn_file_actions_addclose(&actions, ends[1])
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        defer { if brokenStdout { close(ends[0]); close(ends[1]) } }
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0

@@ -1,4 +1,5 @@
 import CReadinessConformance
+import ExampleSupport
 import Glibc
 import Readiness
 import ReadinessAsync
@@ -526,5 +527,173 @@ extension PeerScenarioTests8 {
         close(gone)
         let replacing = try Listener(bind: try SocketAddress(unixPath: dead))
         replacing.close()
+    }
+}
+
+extension PeerScenarioTests8 {
+    // MARK: The example programs under odd clients (a reader ran them against Python, curl and wrk)
+
+    /// The server's RSS in KiB (/proc/PID/status VmRSS), or 0.
+    static func residentKiB(_ pid: pid_t) -> Int {
+        guard let text = try? read("/proc/\(pid)/status"),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
+    /// Host values (RFC 9112 section 3.2: an invalid one is a 400; Go's TestServerValidatesHostHeader),
+    /// header values with obs-text (RFC 9110 section 5.5: opaque, 200; Go's TestServerValidatesHeaders),
+    /// and bodies of GET requests skipped as they arrive, never held: 100 connections each 1 MiB - 1 byte
+    /// into a body held about 100 MiB before, with the answer still after the whole body.
+    @Test("readiness-http-server: Host values checked, obs-text taken, a GET's body skipped as it arrives (not held)",
+          .timeLimit(.minutes(2)))
+    func httpServerHostObsTextAndBodies() async throws {
+        let port = try closedPort().port!
+        let server = try Child(["/usr/bin/stdbuf", "-oL", try builtExecutable("readiness-http-server"), "--port", "\(port)",
+                                "--backend", "epoll", "--loops", "1", "--request-timeout", "20"])
+        #expect(server.waitForOutput("listening on 127.0.0.1:\(port)"), "\(server.output)")
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        let loop = try EventLoop(backend: .epoll)
+        for host in ["{", "}", "foo bar", "not\ta valid host", "[::1", "x:80a"] {
+            let answer = try await HTTPServerExampleTests.exchange(loop, address, Array("GET / HTTP/1.1\r\nHost: \(host)\r\n\r\n".utf8))
+            #expect(answer.hasPrefix("HTTP/1.1 400 "), "Host: \(host): \(answer.prefix(40))")
+        }
+        for host in ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]:80", "a-b.c_d~e"] {
+            let answer = try await HTTPServerExampleTests.exchange(loop, address, Array("GET / HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8))
+            #expect(answer.hasPrefix("HTTP/1.1 200 "), "Host: \(host): \(answer.prefix(40))")
+        }
+        let obsText = Array("GET / HTTP/1.1\r\nHost: x\r\nfoo: foo".utf8) + [0xFF] + Array("foo\r\nConnection: close\r\n\r\n".utf8)
+        let latin = try await HTTPServerExampleTests.exchange(loop, address, obsText)
+        #expect(latin.hasPrefix("HTTP/1.1 200 "), "\(latin.prefix(40))")
+        // A body in pieces, then a pipelined request: both answered, in order, the first only once its
+        // body is all there.
+        let body = 100_000
+        let client = try await loop.connect(to: address, timeout: .seconds(5))
+        try await client.write(Array("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: \(body)\r\n\r\n".utf8) + [UInt8](repeating: 0x61, count: body - 1))
+        await #expect(throws: LoopError.timedOut) { _ = try await client.read(upTo: 100, timeout: .milliseconds(200)) }
+        try await client.write(Array("a".utf8) + Array("GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        var received: [UInt8] = []
+        while true {
+            let bytes = try await client.read(upTo: 65536, timeout: .seconds(10))
+            if bytes.isEmpty { break }
+            received += bytes
+        }
+        await client.close()
+        let statuses = String(decoding: received, as: UTF8.self).split(separator: "HTTP/1.1 ").map { $0.split(separator: "\r\n").first ?? "" }
+        #expect(statuses == ["200 OK", "404 Not Found"], "\(statuses)")
+        // Memory: 100 connections each with 1 MiB - 1 byte of body sent.
+        let before = Self.residentKiB(server.pid)
+        var held: [AsyncSocket] = []
+        let chunk = [UInt8](repeating: 0x62, count: (1 << 20) - 1)
+        for _ in 0..<100 {
+            let socket = try await loop.connect(to: address, timeout: .seconds(5))
+            try await socket.write(Array("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: \(1 << 20)\r\n\r\n".utf8) + chunk, timeout: .seconds(10))
+            held.append(socket)
+        }
+        try await loop.sleep(for: .milliseconds(300))
+        let grown = Self.residentKiB(server.pid) - before
+        #expect(grown < 30 * 1024, "the server's RSS grew by \(grown) KiB for 100 connections with a 1 MiB body each arriving")
+        for socket in held { await socket.close() }
+        await loop.shutdown()
+        kill(server.pid, SIGTERM)
+        #expect(server.wait(seconds: 20) == 0, "\(server.output)")
+    }
+
+    /// A server whose standard output is a pipe nobody reads (`| head -1`, a log collector gone): its
+    /// first line was a SIGPIPE, and the process died before it served anything (a drain's status
+    /// line did the same under `| tee` at Ctrl-C: exit 141, not 0).
+    @Test("readiness-http-server with its standard output a pipe nobody reads serves, drains on SIGTERM and exits 0")
+    func httpServerBrokenStdout() async throws {
+        let port = try closedPort().port!
+        let server = try Child([try builtExecutable("readiness-http-server"), "--port", "\(port)", "--backend", "epoll", "--loops", "1"],
+                               brokenStdout: true)
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        let loop = try EventLoop(backend: .epoll)
+        var answer = ""
+        for _ in 0..<500 where answer.isEmpty {
+            do {
+                answer = try await HTTPServerExampleTests.exchange(loop, address, Array("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            } catch {
+                var status: CInt = 0
+                if waitpid(server.pid, &status, WNOHANG) == server.pid { break }
+                usleep(10_000)
+            }
+        }
+        await loop.shutdown()
+        #expect(answer.hasPrefix("HTTP/1.1 200 "), "no answer (the server died?): \(server.output)")
+        kill(server.pid, SIGTERM)
+        #expect(server.wait(seconds: 20) == 0, "\(server.output)")
+    }
+
+    /// The load clients skip interim responses (RFC 9110 section 15.2) and treat an HTTP/1.0 answer
+    /// without keep-alive as the end of the connection (RFC 9112 section 9.3): a 100 Continue was
+    /// read as the answer (then the real one as malformed), and an HTTP/1.0 connection was reused.
+    @Test("the load clients' parser skips 1xx responses and closes after an HTTP/1.0 answer")
+    func responseParserInterimAndHTTP10() {
+        var parser = ResponseParser()
+        parser.buffer.append(contentsOf: Array("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+        #expect(parser.next() == .complete(status: 200, close: false))
+        parser.reset()
+        parser.buffer.append(contentsOf: Array("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+        #expect(parser.next() == .complete(status: 200, close: true))
+        parser.reset()
+        parser.buffer.append(contentsOf: Array("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok".utf8))
+        #expect(parser.next() == .complete(status: 200, close: false))
+    }
+
+    /// One datagram the server cannot answer (a spoofed source port 0: sendmmsg's EINVAL) ended
+    /// readiness-udp-echo (exit 1) on every backend; the datagrams after it were never echoed.
+    @Test("readiness-udp-echo goes on after a datagram it cannot answer (source port 0)", .enabled(if: geteuid() == 0, "a raw socket needs root"))
+    func udpEchoSurvivesUnanswerable() throws {
+        let port = try closedPort().port!
+        let server = try Child([try builtExecutable("readiness-udp-echo"), "--port", "\(port)", "--backend", "epoll",
+                                "--datagrams", "2", "--idle", "5"])
+        usleep(300_000)
+        // A UDP header by hand: source port 0, destination `port`, length, checksum 0 (none, IPv4).
+        let raw = socket(AF_INET, CInt(SOCK_RAW.rawValue), CInt(IPPROTO_UDP))
+        try #require(raw >= 0)
+        defer { close(raw) }
+        let payload = Array("spoofed".utf8)
+        let length = 8 + payload.count
+        let header: [UInt8] = [0, 0, UInt8(port >> 8), UInt8(port & 0xff), UInt8(length >> 8), UInt8(length & 0xff), 0, 0]
+        let packet = header + payload
+        let destination = try SocketAddress(ip: "127.0.0.1", port: 0)
+        _ = packet.withUnsafeBytes { bytes in destination.withSockaddr { sendto(raw, bytes.baseAddress, bytes.count, 0, $0, $1) } }
+        usleep(100_000)
+        // A real client is still answered.
+        let client = try DatagramSocket(connectedTo: try SocketAddress(ip: "127.0.0.1", port: port))
+        defer { client.close() }
+        _ = try client.send(Array("hello".utf8))
+        var entry = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let echoed = poll(&entry, 1, 3_000) == 1 ? (try? client.receive(into: &buffer).datagram?.count) ?? nil : nil
+        #expect(echoed == 5, "\(server.output)")
+        #expect(server.wait(seconds: 10) == 0, "\(server.output)")
+    }
+}
+
+extension PeerScenarioTests8 {
+    /// readiness-echo on select with more connections than FD_SETSIZE: those it could not register
+    /// ended there but were not counted, so `--connections N` waited for connections that would never
+    /// come (it exited only after as many more).
+    @Test("readiness-echo --connections N ends after N connections even when some could not be registered (select)",
+          .enabled(if: backends.contains { $0.name == "select" }), .timeLimit(.minutes(2)))
+    func echoCountsUnregisteredConnections() throws {
+        let port = try closedPort().port!
+        let count = 1_100
+        let server = try Child([try builtExecutable("readiness-echo"), "--port", "\(port)", "--backend", "select",
+                                "--connections", "\(count)"])
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        var clients: [CInt] = []
+        defer { clients.forEach { close($0) } }
+        for _ in 0..<500 where clients.isEmpty {
+            if let fd = try? blockingConnect(address) { clients.append(fd) } else { usleep(10_000) }
+        }
+        try #require(!clients.isEmpty, "the server did not start: \(server.output)")
+        while clients.count < count { clients.append(try blockingConnect(address)) }
+        usleep(200_000)
+        clients.forEach { close($0) }
+        clients.removeAll()
+        #expect(server.wait(seconds: 30) == 0, "\(server.output)")
+        #expect(server.output.contains("connections \(count) "), "\(server.output)")
     }
 }
