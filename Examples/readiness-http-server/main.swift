@@ -92,37 +92,15 @@ let bodyLimit = 1 << 20
 let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), space = UInt8(ascii: " "), tab = UInt8(ascii: "\t")
 let colon = UInt8(ascii: ":"), comma = UInt8(ascii: ","), slash = UInt8(ascii: "/")
 
-/// Whether `value` is a Host header's `uri-host [":" port]` (RFC 9112 section 3.2, RFC 3986 section
-/// 3.2.2): a bracketed IP literal, or a reg-name or IPv4 address (unreserved, percent-encoded and
-/// sub-delims bytes), then an optional port of digits. Empty is allowed (RFC 9112: a request with no
-/// authority sends an empty Host).
+/// Whether `value` may be a Host header's value: every byte one that a `uri-host [":" port]` can hold
+/// (RFC 9112 section 3.2; the set Go's net/http checks: letters, digits and `!$%&'()*+,-.:;=[]_~`, so
+/// IPv6 literals with a zone id, IPvFuture and a bare `::1` pass), anything else a 400. Empty is
+/// allowed (a request with no authority sends an empty Host).
 func isHost(_ value: ArraySlice<UInt8>) -> Bool {
-    var rest = value[...]
-    if rest.first == UInt8(ascii: "[") {
-        guard let close = rest.firstIndex(of: UInt8(ascii: "]")) else { return false }
-        let literal = rest[rest.index(after: rest.startIndex)..<close]
-        guard !literal.isEmpty, literal.allSatisfy({ isHexDigit($0) || $0 == colon || $0 == UInt8(ascii: ".")
-            || $0 == UInt8(ascii: "v") || $0 == UInt8(ascii: "V") }) else { return false }
-        rest = rest[rest.index(after: close)...]
-    } else {
-        let name = rest.prefix { $0 != colon }
-        guard name.allSatisfy(isRegNameByte) else { return false }
-        rest = rest[name.endIndex...]
+    value.allSatisfy { byte in
+        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || "!$%&'()*+,-.:;=[]_~".utf8.contains(byte)
     }
-    guard let first = rest.first else { return true }
-    guard first == colon else { return false }
-    return rest.dropFirst().allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
-}
-
-func isHexDigit(_ byte: UInt8) -> Bool {
-    (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || (lowercased(byte) >= UInt8(ascii: "a") && lowercased(byte) <= UInt8(ascii: "f"))
-}
-
-/// unreserved, pct-encoded's '%' and hex digits, and sub-delims (RFC 3986).
-func isRegNameByte(_ byte: UInt8) -> Bool {
-    if (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
-        || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) { return true }
-    return "-._~%!$&'()*+,;=".utf8.contains(byte)
 }
 
 /// A byte in ASCII lower case.

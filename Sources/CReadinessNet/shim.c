@@ -1,6 +1,4 @@
 #define _GNU_SOURCE
-#include <stdlib.h>
-#include <stdio.h>
 #include "CReadinessNet.h"
 #include <errno.h>
 #include <limits.h>
@@ -222,30 +220,4 @@ int rd_net_set_udp_gro(int fd, int enabled) { return setsockopt(fd, SOL_UDP, UDP
 int rd_net_bytes_queued(int fd) {
     int count = 0;
     return ioctl(fd, FIONREAD, &count) == 0 ? count : -1;
-}
-
-int rd_net_unix_path_bound(const char *path) {
-    FILE *table = fopen("/proc/net/unix", "re");
-    if (!table) return -1;
-    char *line = NULL;
-    size_t room = 0;
-    int found = 0;
-    size_t length = strlen(path);
-    while (!found && getline(&line, &room, table) > 0) {
-        /* "Num RefCount Protocol Flags Type St Inode Path": the path is what follows the seventh field. */
-        char *cursor = line;
-        int field = 0;
-        while (*cursor && field < 7) {
-            while (*cursor == ' ') cursor++;
-            while (*cursor && *cursor != ' ' && *cursor != '\n') cursor++;
-            field++;
-        }
-        if (field < 7 || *cursor != ' ') continue;
-        cursor++;
-        size_t end = strcspn(cursor, "\n");
-        if (end == length && memcmp(cursor, path, length) == 0) found = 1;
-    }
-    free(line);
-    fclose(table);
-    return found;
 }

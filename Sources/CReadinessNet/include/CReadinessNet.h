@@ -98,10 +98,6 @@ unsigned rd_net_interface_index(const char *name);
 /// 1 when a network interface has index `index` (if_indextoname), 0 when none has (ENXIO), -1 when
 /// it cannot tell (no descriptor left for the question).
 int rd_net_interface_exists(unsigned index);
-/// 1 when a socket of this network namespace is bound to the filesystem path `path` (listed in
-/// /proc/net/unix: a listener, or a client or datagram socket bound there), 0 when none is, -1 when
-/// the table cannot be read.
-int rd_net_unix_path_bound(const char *path);
 
 /// Batched datagram I/O. `scratch` holds the message headers: `rd_net_mmsg_scratch_size(count)` bytes,
 /// allocated once by the caller; every array has `count` elements, payload `i` is at

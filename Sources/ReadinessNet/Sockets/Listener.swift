@@ -268,20 +268,15 @@ public final class Listener {
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind") }
     }
 
-    /// A Unix socket path is stale when a connect to it is refused (nobody listens) and no live socket
-    /// is bound there: the kernel refuses a connect to any stream socket that does not listen, so a
-    /// client bound to that path and connected (Go's `DialUnix` with a local address) would read as
-    /// stale, and its file be taken (Go, libuv, tokio answer EADDRINUSE: tested). The table of bound
-    /// sockets is read only after a refusal. Out of descriptors for the probe:
-    /// ``SocketError/Kind/resourceExhausted`` (back off), not a verdict on the path.
+    /// A Unix socket path is stale when a connect to it is refused (nobody listens).
+    /// Out of descriptors for the probe: ``SocketError/Kind/resourceExhausted`` (back off), not a
+    /// verdict on the path.
     private static func isStale(_ address: SocketAddress) throws(SocketError) -> Bool {
         let probe = rd_net_stream_socket(AF_UNIX)
         guard probe >= 0 else { throw SocketError(errno: errno, operation: "socket (probing \(address) for a listener)") }
         defer { Sys.close(probe) }
         let status = address.withSockaddr { Glibc.connect(probe, $0, $1) }
-        guard status != 0 && errno == ECONNREFUSED else { return false }
-        guard let path = address.unixPath else { return true }
-        return rd_net_unix_path_bound(path) != 1
+        return status != 0 && errno == ECONNREFUSED
     }
 }
 
