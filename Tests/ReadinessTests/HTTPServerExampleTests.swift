@@ -80,14 +80,19 @@ struct HTTPServerExampleTests {
     static func exchange(_ loop: EventLoop, _ address: SocketAddress, _ request: [UInt8]) async throws -> String {
         let socket = try await loop.connect(to: address, timeout: .seconds(5))
         try await socket.write(request, timeout: .seconds(5))
+        let received = try await readToEnd(socket)
+        await socket.close()
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    /// Every byte until the peer's end of stream (10 s for each read).
+    static func readToEnd(_ socket: AsyncSocket) async throws -> [UInt8] {
         var received: [UInt8] = []
         while true {
             let bytes = try await socket.read(upTo: 65536, timeout: .seconds(10))
-            if bytes.isEmpty { break }
+            if bytes.isEmpty { return received }
             received += bytes
         }
-        await socket.close()
-        return String(decoding: received, as: UTF8.self)
     }
 
     static func run(_ arguments: [String]) throws -> (status: CInt, output: String) {

@@ -538,12 +538,7 @@ extension PeerScenarioTests8 {
         try await client.write(Array("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: \(body)\r\n\r\n".utf8) + [UInt8](repeating: 0x61, count: body - 1))
         await #expect(throws: LoopError.timedOut) { _ = try await client.read(upTo: 100, timeout: .milliseconds(200)) }
         try await client.write(Array("a".utf8) + Array("GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
-        var received: [UInt8] = []
-        while true {
-            let bytes = try await client.read(upTo: 65536, timeout: .seconds(10))
-            if bytes.isEmpty { break }
-            received += bytes
-        }
+        let received = try await HTTPServerExampleTests.readToEnd(client)
         await client.close()
         let statuses = String(decoding: received, as: UTF8.self).split(separator: "HTTP/1.1 ").map { $0.split(separator: "\r\n").first ?? "" }
         #expect(statuses == ["200 OK", "404 Not Found"], "\(statuses)")
