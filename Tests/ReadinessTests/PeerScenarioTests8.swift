@@ -546,14 +546,18 @@ extension PeerScenarioTests8 {
         let before = Self.residentKiB(server.pid)
         var held: [AsyncSocket] = []
         let chunk = [UInt8](repeating: 0x62, count: (1 << 20) - 1)
-        for _ in 0..<100 {
+        for _ in 0..<(100 / loadDivisor) {
             let socket = try await loop.connect(to: address, timeout: .seconds(5))
             try await socket.write(Array("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: \(1 << 20)\r\n\r\n".utf8) + chunk, timeout: .seconds(10))
             held.append(socket)
         }
         try await loop.sleep(for: .milliseconds(300))
         let grown = Self.residentKiB(server.pid) - before
-        #expect(grown < 30 * 1024, "the server's RSS grew by \(grown) KiB for 100 connections with a 1 MiB body each arriving")
+        // Under the sanitizers (a tenth of the load) AddressSanitizer's quarantine keeps freed reads
+        // resident: the server's RSS says nothing of what it holds there.
+        if loadDivisor == 1 {
+            #expect(grown < 30 * 1024, "the server's RSS grew by \(grown) KiB for 100 connections with a 1 MiB body each arriving")
+        }
         for socket in held { await socket.close() }
         await loop.shutdown()
         kill(server.pid, SIGTERM)
