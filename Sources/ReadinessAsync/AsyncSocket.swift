@@ -147,6 +147,33 @@ public struct AsyncSocket: Sendable {
         }
     }
 
+    /// One attempt to write, never waiting (libuv's `uv_try_write`, tokio's `try_write`): how many
+    /// bytes the kernel took now, from the start of `bytes` (0: no room). ``LoopError/busy`` while
+    /// another task's write is in progress, so that these bytes never land in the middle of that
+    /// write's (a write through ``withStreamSocket(_:)`` would: it claims nothing).
+    nonisolated(nonsending) public func tryWrite(_ bytes: [UInt8]) async throws(LoopError) -> Int {
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Int in
+            let (stream, socket) = try state.stream(id)
+            if stream.record.write.inUse || stream.record.write.isWaiting { throw .busy }
+            if bytes.isEmpty { return 0 }
+            let result: Result<IOResult, SocketError> = bytes.withUnsafeBytes { (buffer) in
+                do throws(SocketError) { return .success(try socket.write(buffer)) } catch { return .failure(error) }
+            }
+            switch result {
+            case .success(.transferred(let n)): return n
+            case .success: return 0
+            case .failure(let error): throw .socket(error)
+            }
+        }
+    }
+
+    /// The socket's own address (getsockname; tokio's `local_addr`): the port the kernel chose for a
+    /// connect. Nil once closed, or for a Unix socket without a name.
+    nonisolated(nonsending) public func localAddress() async -> SocketAddress? {
+        (try? await withStreamSocket { (stream) throws(SocketError) in stream.localAddress }) ?? nil
+    }
+
     /// Runs `body` on the loop thread with the underlying socket (for options: `setNoDelay`, ...).
     nonisolated(nonsending) public func withStreamSocket<T: Sendable>(_ body: (StreamSocket) throws(SocketError) -> T) async throws(LoopError) -> T {
         let id = self.id
@@ -230,6 +257,23 @@ extension EventLoop {
     nonisolated(nonsending) public func listen(on address: SocketAddress, options: Listener.Options = Listener.Options()) async throws(LoopError) -> AsyncListener {
         let (id, bound) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress) in
             try state.listen(address, options: options)
+        }
+        return AsyncListener(loop: self, id: id, address: bound)
+    }
+
+    /// Takes ownership of a listening socket descriptor made elsewhere (systemd's socket activation, a
+    /// listener inherited across a restart): ``/ReadinessNet/Listener/init(adopting:backoff:)``'s checks,
+    /// then an ``AsyncListener`` of this loop, as ``listen(on:options:)`` makes, for `accept` and `serve`.
+    ///
+    /// Fails with ``LoopError/socket(_:)`` (``/ReadinessNet/SocketError/Kind/invalidArgument``: negative,
+    /// not a listening stream socket; ``/ReadinessNet/SocketError/Kind/closed``: not open),
+    /// ``LoopError/invalidArgument(_:)`` for a descriptor this loop already owns or waits on,
+    /// ``LoopError/resourceExhausted`` or ``LoopError/shutdown`` (also during a graceful shutdown, as
+    /// `listen` is). **A descriptor whose adoption failed stays the caller's, open**; a Unix path it is
+    /// bound to is never unlinked by the loop.
+    nonisolated(nonsending) public func adoptListener(descriptor fd: CInt, backoff: AcceptBackoff = AcceptBackoff()) async throws(LoopError) -> AsyncListener {
+        let (id, bound) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress) in
+            try state.adoptListener(fd, backoff: backoff)
         }
         return AsyncListener(loop: self, id: id, address: bound)
     }

@@ -36,6 +36,19 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     /// stays queued; a socket the operation had made is closed. Closing resources makes room again.
     case resourceExhausted
 
+    /// True for a shortage that can pass: ``resourceExhausted`` (the loop's), or the poller refusing a
+    /// registration for want of memory or descriptors (``PollerError/resourceExhausted(operation:errno:)``:
+    /// ENOMEM, or ENOSPC, epoll's per-user limit of watched descriptors). Nothing was changed; the same
+    /// call can succeed once something is released. ``AsyncListener/serve(_:)`` and signal sequences
+    /// pause and try again on these.
+    public var isPassingShortage: Bool {
+        switch self {
+        case .resourceExhausted: true
+        case .poller(let error): error.isResourceExhausted
+        default: false
+        }
+    }
+
     /// The error in words.
     public var description: String {
         switch self {

@@ -23,7 +23,8 @@ extension AsyncListener {
     /// none of those (a listener the kernel no longer accepts on, a poller failure), after the same
     /// wait for the connections. An out-of-descriptors accept is not a failure: the listener backs off
     /// (Docs/Sockets.md) and accepting goes on; nor is a loop that holds as many resources as it can
-    /// (``LoopError/resourceExhausted``): the connection stays queued, `serve` pauses 10 ms and accepts again.
+    /// (``LoopError/resourceExhausted``), or a poller that cannot watch the listener for want of memory
+    /// (``LoopError/isPassingShortage``): the connection stays queued, `serve` pauses 10 ms and accepts again.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = self
         let loop = self.loop
@@ -61,10 +62,12 @@ extension AsyncListener {
                         // of its own) is told to stop too, so that serve returns.
                         connections.cancelAll()
                         return nil
-                    case .resourceExhausted:
-                        // The loop holds as many resources as it can: the connection stays queued.
-                        // Pause (on the task's clock: a loop timer would need a slot) and try again once
-                        // the connections being served have had time to close; never a spin.
+                    case let shortage where shortage.isPassingShortage:
+                        // The loop holds as many resources as it can, or the poller could not watch
+                        // the listener for want of memory (ENOMEM, epoll's ENOSPC): the connection
+                        // stays queued. Pause (on the task's clock: a loop timer would need a slot)
+                        // and try again once the connections being served have had time to close;
+                        // never a spin, and never the end of serving.
                         do { try await Task.sleep(for: Self.fullLoopPause) } catch { return nil }
                         continue
                     default:

@@ -151,10 +151,11 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                     // Another task iterates this sequence: this iteration ends, the other goes on
                     // (and the signals stay watched).
                     if case .busy = error { return nil }
-                    // The loop holds as many resources as it can: a passing state, as for `serve`;
-                    // pause (on the task's clock: a loop timer would need a slot) and wait again,
-                    // rather than put SIGTERM's default action back.
-                    if case .resourceExhausted = error, (try? await Task.sleep(for: AsyncListener.fullLoopPause)) != nil { continue }
+                    // The loop holds as many resources as it can, or the poller could not watch the
+                    // pipe for want of memory: a passing state, as for `serve`; pause (on the task's
+                    // clock: a loop timer would need a slot) and wait again, rather than put SIGTERM's
+                    // default action back.
+                    if error.isPassingShortage, (try? await Task.sleep(for: AsyncListener.fullLoopPause)) != nil { continue }
                     // Cancelled, shut down, or the poller failed: watching ends for this sequence.
                     sequence.releaseMask()
                     subscription.stop()

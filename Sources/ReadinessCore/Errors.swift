@@ -27,7 +27,8 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
     case unsupportedTrigger(Trigger, backend: String)
     /// A system call failed in a way the contract does not name.
     case system(operation: String, errno: CInt)
-    /// The process or the system ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    /// The process or the system ran out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM;
+    /// ENOSPC: the kernel's limit of watched descriptors, epoll's per-user `max_user_watches`).
     /// Nothing was changed; the call can succeed once something is released.
     case resourceExhausted(operation: String, errno: CInt)
     /// The backend could not be created here.
@@ -39,9 +40,11 @@ public enum PollerError: Error, Hashable, Sendable, CustomStringConvertible {
     case forked
 
     /// The error for a system call that failed with `code`: ``resourceExhausted(operation:errno:)``
-    /// for EMFILE, ENFILE, ENOBUFS and ENOMEM, otherwise ``system(operation:errno:)``.
+    /// for EMFILE, ENFILE, ENOBUFS, ENOMEM and ENOSPC (for a poller, the kernel's limit of watched
+    /// descriptors: epoll's per-user `max_user_watches`), otherwise ``system(operation:errno:)``.
     @_spi(Backend) public static func failed(_ operation: String, errno code: CInt) -> PollerError {
-        ErrnoTable.category(of: code) == .resourceExhausted ? .resourceExhausted(operation: operation, errno: code)
+        code == ENOSPC || ErrnoTable.category(of: code) == .resourceExhausted
+            ? .resourceExhausted(operation: operation, errno: code)
             : .system(operation: operation, errno: code)
     }
 
@@ -148,6 +151,7 @@ package enum ErrnoTable {
         case EBADF: "EBADF"
         case EAGAIN: "EAGAIN"
         case ENOMEM: "ENOMEM"
+        case ENOSPC: "ENOSPC"
         case EACCES: "EACCES"
         case EFAULT: "EFAULT"
         case EEXIST: "EEXIST"

@@ -64,11 +64,12 @@ public struct Ready: OptionSet, Hashable, Sendable, CustomStringConvertible {
     /// The peer shut down its sending side (EPOLLRDHUP, POLLRDHUP, EV_CLOSED); only where
     /// ``Capabilities/reportsReadClosed``.
     public static let readClosed = Ready(rawValue: 1 << 2)
-    /// Both directions are shut down, or the other end of a pipe is gone; only where
+    /// Both directions are shut down, or (for a pipe's read end) its writer is gone; only where
     /// ``Capabilities/reportsHangupAndError``.
     public static let hangup = Ready(rawValue: 1 << 3)
-    /// An error is pending on the descriptor (read it with SO_ERROR); only where
-    /// ``Capabilities/reportsHangupAndError``.
+    /// An error is pending on the descriptor: for a socket, read it with SO_ERROR; for a pipe's write
+    /// end, its reader is gone (the next write fails with EPIPE; SO_ERROR would say ENOTSOCK). Only
+    /// where ``Capabilities/reportsHangupAndError``.
     public static let error = Ready(rawValue: 1 << 4)
 
     /// The one normalization rule every backend applies to what its kernel said (`raw`):

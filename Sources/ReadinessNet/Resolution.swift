@@ -4,14 +4,67 @@ import Glibc
 
 /// Why a name did not resolve.
 public struct ResolutionError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of failure, for a caller that decides what to do next (retry, report, back off).
+    public enum Kind: Sendable, Hashable {
+        /// The name has no address of that family (EAI_NONAME, EAI_NODATA, an empty answer).
+        case notFound
+        /// The name server could not answer now (EAI_AGAIN): asking again later may succeed.
+        case temporary
+        /// Out of descriptors or memory (EAI_MEMORY; EAI_SYSTEM with EMFILE, ENFILE, ENOBUFS or
+        /// ENOMEM in ``errno``): nothing wrong with the name; retry once something is released.
+        case resourceExhausted
+        /// Refused without a lookup: not a valid name (empty, a NUL byte, a `:`, whitespace...).
+        case invalidName
+        /// Anything else (EAI_FAIL, a resolver of the caller's that said nothing more).
+        case other
+    }
+
     /// The name that was looked up.
     public var host: String
-    /// getaddrinfo's text (gai_strerror), "no address", or why the name was refused without a lookup.
+    /// getaddrinfo's text (gai_strerror, with the errno's name for EAI_SYSTEM), "no address", or why the
+    /// name was refused without a lookup.
     public var reason: String
-    /// An error for `host`, with the resolver's text.
+    /// What kind of failure (``Kind/other`` unless the resolver said).
+    public var kind: Kind
+    /// The errno behind an EAI_SYSTEM failure (EMFILE when the process is out of descriptors); nil
+    /// otherwise.
+    public var errno: CInt?
+
+    /// An error for `host`, with the resolver's text, of kind ``Kind/other``.
     public init(host: String, reason: String) {
+        self.init(host: host, reason: reason, kind: .other)
+    }
+
+    /// An error for `host` of a given kind (a resolver of the caller's says which).
+    public init(host: String, reason: String, kind: Kind, errno: CInt? = nil) {
         self.host = host
         self.reason = reason
+        self.kind = kind
+        self.errno = errno
+    }
+
+    /// glibc's EAI_NODATA and EAI_ADDRFAMILY (behind _GNU_SOURCE, so Glibc does not export them).
+    private static let noData: CInt = -5
+    private static let noAddressInFamily: CInt = -9
+
+    /// getaddrinfo's failure `status` (with `errno` as it was, for EAI_SYSTEM), classified: libuv's
+    /// `uv__getaddrinfo_translate_error` keeps the same apart.
+    public init(host: String, gaiStatus status: CInt, errno code: CInt) {
+        let text = String(cString: gai_strerror(status))
+        switch status {
+        case EAI_NONAME, Self.noData, Self.noAddressInFamily:
+            self.init(host: host, reason: text, kind: .notFound)
+        case EAI_AGAIN:
+            self.init(host: host, reason: text, kind: .temporary)
+        case EAI_MEMORY:
+            self.init(host: host, reason: text, kind: .resourceExhausted)
+        case EAI_SYSTEM:
+            let exhausted = ErrnoTable.category(of: code) == .resourceExhausted
+            self.init(host: host, reason: "\(text): \(ErrnoTable.name(code)) (\(ErrnoTable.message(code)))",
+                      kind: exhausted ? .resourceExhausted : .other, errno: code)
+        default:
+            self.init(host: host, reason: text, kind: .other)
+        }
     }
     /// A one-line text for logs.
     public var description: String { "cannot resolve \(host): \(reason)" }
@@ -33,15 +86,17 @@ public struct SystemResolver: HostResolver {
     /// case-insensitive) never reach getaddrinfo, so never a name server: `[::1]:port` for `.ipv6`,
     /// `127.0.0.1:port` for `.ipv4`.
     public func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
-        guard !host.utf8.contains(0) else { return .failure(ResolutionError(host: host, reason: SocketAddress.nulInName)) }
+        guard !host.utf8.contains(0) else { return .failure(ResolutionError(host: host, reason: SocketAddress.nulInName, kind: .invalidName)) }
         if SocketAddress.isLocalhostName(host) { return .success([SocketAddress.loopback(family, port: port)]) }
         var hints = addrinfo()
         hints.ai_family = family == .ipv6 ? AF_INET6 : AF_INET
         hints.ai_socktype = CInt(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &list)
+        let code = Glibc.errno
         guard status == 0, let list else {
-            return .failure(ResolutionError(host: host, reason: String(cString: gai_strerror(status))))
+            return .failure(status == 0 ? ResolutionError(host: host, reason: "no address", kind: .notFound)
+                                        : ResolutionError(host: host, gaiStatus: status, errno: code))
         }
         defer { freeaddrinfo(list) }
         var out: [SocketAddress] = []
@@ -54,7 +109,7 @@ public struct SystemResolver: HostResolver {
             }
             node = current.pointee.ai_next
         }
-        return out.isEmpty ? .failure(ResolutionError(host: host, reason: "no address")) : .success(out)
+        return out.isEmpty ? .failure(ResolutionError(host: host, reason: "no address", kind: .notFound)) : .success(out)
     }
 }
 
@@ -152,7 +207,7 @@ public final class Resolution: @unchecked Sendable {
             return
         }
         if let problem = SocketAddress.nameProblem(host) {
-            state = State(answers: [Answer(family: .ipv6, result: .failure(ResolutionError(host: host, reason: problem)))])
+            state = State(answers: [Answer(family: .ipv6, result: .failure(ResolutionError(host: host, reason: problem, kind: .invalidName)))])
             return
         }
         if resolver is SystemResolver, SocketAddress.isLocalhostName(host) {
@@ -241,6 +296,16 @@ public final class Resolution: @unchecked Sendable {
             let result = resolver.lookup(host: resolution.host, port: resolution.port, family: family)
             resolution.deliver(Answer(family: family, result: result), signal: signal)
         }
+
+        /// No thread could take the job (pthread_create failed with `status`, none running): it fails
+        /// at once, never run on the submitting thread, which may be a loop's (a lookup there would
+        /// hold every connection of that loop for the resolver's timeouts).
+        func fail(_ status: CInt) {
+            guard resolution.beginLookup() else { return }
+            let error = ResolutionError(host: resolution.host, reason: "no lookup thread could be started: \(ErrnoTable.name(status))",
+                                        kind: .resourceExhausted, errno: status)
+            resolution.deliver(Answer(family: family, result: .failure(error)), signal: signal)
+        }
     }
 }
 
@@ -285,25 +350,28 @@ private final class LookupPool: @unchecked Sendable {
     }
 
     /// Queues `job`, and starts a thread if no idle one is left for it and the limit allows. If no
-    /// thread can be started and there is none at all, runs the job on this thread rather than never.
+    /// thread can be started and there is none at all, the job fails at once (`.resourceExhausted`,
+    /// the errno kept) rather than wait for ever or run on this thread, which may be a loop's.
     func submit(_ job: Resolution.Job) {
         pthread_mutex_lock(mutex)
         queue.append(job)
-        var runHere = false
+        var refused: CInt = 0
         if queue.count - head > idle, threads < Resolution.maximumLookupThreads {
-            if startThread() {
+            let status = startThread()
+            if status == 0 {
                 threads += 1
             } else if threads == 0 {
                 queue.removeLast()
-                runHere = true
+                refused = status
             }
         }
         pthread_cond_signal(jobQueued)
         pthread_mutex_unlock(mutex)
-        if runHere { job.run() }
+        if refused != 0 { job.fail(refused) }
     }
 
-    private func startThread() -> Bool {
+    /// pthread_create's status: 0 when the thread started.
+    private func startThread() -> CInt {
         var thread = pthread_t()
         // Made with every signal blocked (as libuv's pool threads are): it inherits the mask of the
         // thread that starts it, a loop thread that may have unblocked a watched signal for a while,
@@ -317,9 +385,9 @@ private final class LookupPool: @unchecked Sendable {
             LookupPool.shared.work()
             return nil
         }, nil)
-        guard status == 0 else { return false }
+        guard status == 0 else { return status }
         pthread_detach(thread)
-        return true
+        return 0
     }
 
     /// A pool thread: takes the jobs in order, for ever.

@@ -1,3 +1,4 @@
+import Synchronization
 import Glibc
 @_spi(Backend) import Readiness
 
@@ -159,3 +160,10 @@ func fullTCPListener() throws -> (fd: CInt, address: SocketAddress, fillers: [CI
 /// The load tests' sizes are divided by READINESS_TEST_SCALE (default 1): `make test` runs them at full
 /// size in its main stage and smaller under the sanitizers, whose point is races and memory, not load.
 let loadDivisor: Int = getenv("READINESS_TEST_SCALE").flatMap { Int(String(cString: $0)) }.map { max(1, $0) } ?? 1
+
+/// A flag a test sets for a plain thread or another task to see.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}

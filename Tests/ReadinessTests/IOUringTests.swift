@@ -4,8 +4,6 @@ import ReadinessConformance
 import Synchronization
 import Testing
 
-private final class StopFlag: Sendable { let value = Atomic<Bool>(false) }
-
 /// io_uring only: what the shared scenarios (which run it like every backend) cannot say.
 @Suite("io_uring")
 struct IOUringTests {
@@ -172,14 +170,14 @@ struct IOUringTests {
             let stop = StopFlag()
             let writing = Thread { () in
                 var byte: UInt8 = 1
-                while !stop.value.load(ordering: .relaxed) { _ = send(writer, &byte, 1, CInt(MSG_NOSIGNAL)) }
+                while !stop.isSet { _ = send(writer, &byte, 1, CInt(MSG_NOSIGNAL)) }
             }
             usleep(50)
             try poller.deregister(fds[1])
             close(fds[1])
             var entry = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
             if !(poll(&entry, 1, 20) >= 1 && entry.revents & Int16(POLLHUP) != 0) { held += 1 }
-            stop.value.store(true, ordering: .relaxed)
+            stop.set()
             writing.join()
             close(fds[0])
         }

@@ -17,12 +17,14 @@ enum ReadmeSnippets {
                 }
             }                                               // the socket is closed when the handler returns
         }
-        for await signal in try group.loops[0].signals([.interrupt, .terminate]) {      // no Dispatch, no handler code
+        let signalLoop = try EventLoop()                    // signals on a loop of their own: it outlives the group's drain
+        for await signal in try signalLoop.signals([.interrupt, .terminate]) {           // no Dispatch, no handler code
             print("\(signal): draining")
             await group.shutdown(gracePeriod: .seconds(10)) // stop accepting, let connections finish, then stop
             break
         }
         _ = await server.result
+        await signalLoop.shutdown()
     }
 
     static func client() async throws {

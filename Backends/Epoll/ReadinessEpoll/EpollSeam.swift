@@ -195,10 +195,23 @@ public final class EpollSeam: BackendSeam {
         }
         let fresh = spare
         spare = -1
-        _ = rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, waker.fd, rd_EPOLLIN, Self.wakerData)
-        for fd in table.descriptors {
+        var refused: CInt = 0
+        if rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, waker.fd, rd_EPOLLIN, Self.wakerData) != 0 { refused = errno }
+        for fd in table.descriptors where refused == 0 {
             guard let r = table[fd], r.isActive else { continue }
-            _ = rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, fd, Self.bits(r), Self.data(fd, r))
+            guard rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, fd, Self.bits(r), Self.data(fd, r)) != 0 else { continue }
+            let e = errno
+            // A number closed while registered (EBADF) or now naming a file epoll refuses (EPERM): its
+            // registration is stale, and the old set did not watch it either (its caller deregisters it).
+            if e == EBADF || e == EPERM { continue }
+            refused = e
+        }
+        if refused != 0 {
+            // Out of memory or of watches (ENOSPC: the old set still holds its own): a set missing a
+            // live registration would leave it silent while the table calls it armed. Keep the old set,
+            // every registration in it, and try again at the next wait.
+            Sys.close(fresh)
+            throw .failed("epoll_ctl(ADD) rebuilding the set", errno: refused)
         }
         // dup3 closes the old set (releasing its file) and puts the new one under the old number.
         let replaced = rd_epoll_replace(fresh, epfd) >= 0

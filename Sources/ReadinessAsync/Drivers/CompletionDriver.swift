@@ -553,6 +553,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     try await readiness.write(id, left, deadline: deadline, on: loop)
                 }
             }
+            // As every retry loop does before it waits again: a peer that keeps taking a little at a
+            // time cannot keep the write going past its deadline.
+            if loop.expired(deadline) { throw .timedOut }
             (stream, socket) = try loop.stream(id)
         }
     }
@@ -587,6 +590,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     try await readiness.write(id, vectored: rest, deadline: deadline, on: loop)
                 }
             }
+            if loop.expired(deadline) { throw .timedOut }
             (stream, socket) = try loop.stream(id)
         }
     }

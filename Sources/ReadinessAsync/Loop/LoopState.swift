@@ -138,6 +138,13 @@ final class LoopState {
 
     func own(_ resource: any LoopResource, _ fd: CInt) {
         guard fd >= 0 else { return }
+        // A caller's descriptor waited on with `readable`/`writable` under this number was closed
+        // during its wait (the kernel gave the number to this new socket): its registration is of a
+        // file that is gone, and would refuse the new owner's (`alreadyRegistered`). Its waiters end
+        // `.closed`, as a wait on a closed descriptor does, and the number is the new owner's.
+        if let key = foreign[fd], let stale = slab[key] as? ForeignResource, stale.fd == fd {
+            close(stale, reason: .closed)
+        }
         if Int(fd) >= owned.count { owned.append(contentsOf: repeatElement(false, count: Int(fd) + 1 - owned.count)) }
         owned[Int(fd)] = true
         resource.record.ownedFD = fd
@@ -426,6 +433,22 @@ final class LoopState {
         let resource: ListenerResource
         do { resource = try slab.insert { ListenerResource(key: $0, listener: listener) } } catch {
             listener.close()
+            throw error
+        }
+        own(resource, listener.fd)
+        return (resource.key.raw, listener.address)
+    }
+
+    func adoptListener(_ fd: CInt, backoff: AcceptBackoff) throws(LoopError) -> (UInt64, SocketAddress) {
+        if isShutDown || !accepting { throw shutdownReason }
+        try checkForeign(fd, "adoptListener", adopting: true)
+        if foreign[fd] != nil { throw .invalidArgument("adoptListener: descriptor \(fd) is being waited on (readable/writable)") }
+        try checkRoom()
+        let listener: Listener
+        do { listener = try Listener(adopting: fd, backoff: backoff) } catch { throw .socket(error) }
+        let resource: ListenerResource
+        do { resource = try slab.insert { ListenerResource(key: $0, listener: listener) } } catch {
+            _ = listener.release()   // not adopted: the descriptor stays the caller's, open
             throw error
         }
         own(resource, listener.fd)

@@ -34,8 +34,12 @@ public final class HappyEyeballs {
         public static let minimumAttemptDelay: Duration = .milliseconds(10)
         /// How long an A answer waits for the AAAA answer (section 3; 50 ms recommended).
         public var resolutionDelay: Duration = .milliseconds(50)
-        /// Each attempt's timeout; nil for none.
-        public var attemptTimeout: Duration? = .seconds(10)
+        /// Each attempt's own timeout, from its start; nil (the default) for none: each attempt is then
+        /// bounded by the connect's overall timeout, if the caller gave one, and otherwise by the
+        /// kernel's (an unanswered SYN fails with ETIMEDOUT after its retries, about two minutes on
+        /// Linux), as a connect in Go, libuv or tokio is. Set it to move on from an address that does
+        /// not answer sooner than the overall timeout would (a list of one address keeps it too).
+        public var attemptTimeout: Duration? = nil
         /// The most addresses tried; further ones are ignored. At least 1: `EventLoop` and
         /// ``Connector`` refuse a smaller value with a typed error, and this type itself tries one
         /// address then.
@@ -45,7 +49,7 @@ public final class HappyEyeballs {
         public var invalidReason: String? {
             maximumAttempts < 1 ? "HappyEyeballs.Options.maximumAttempts must be at least 1" : nil
         }
-        /// The RFC's recommended values, a 10 s attempt timeout, at most 16 attempts.
+        /// The RFC's recommended values, no attempt timeout of its own, at most 16 attempts.
         public init() {}
     }
 
@@ -373,7 +377,13 @@ public final class HappyEyeballs {
     private var resolutionFailure: ResolutionError? {
         switch (resolutionFailures[.ipv6], resolutionFailures[.ipv4]) {
         case (let v6?, let v4?):
-            return v6.reason == v4.reason ? v6 : ResolutionError(host: v6.host, reason: "IPv6: \(v6.reason); IPv4: \(v4.reason)")
+            if v6.reason == v4.reason { return v6 }
+            // The kind a caller acts on: one that may pass (temporary, out of resources) if either
+            // family's was, the shared one otherwise.
+            let kind: ResolutionError.Kind = [v6.kind, v4.kind].contains(.temporary) ? .temporary
+                : [v6.kind, v4.kind].contains(.resourceExhausted) ? .resourceExhausted
+                : v6.kind == v4.kind ? v6.kind : .other
+            return ResolutionError(host: v6.host, reason: "IPv6: \(v6.reason); IPv4: \(v4.reason)", kind: kind, errno: v6.errno ?? v4.errno)
         case (let one?, nil), (nil, let one?):
             return one
         case (nil, nil):
@@ -394,7 +404,7 @@ public final class HappyEyeballs {
     private func finalFailure() -> Progress {
         if errors.isEmpty {
             guard let resolution else { return .failed(ConnectError(.noAddress)) }   // an empty list
-            return .unresolved(resolutionFailure ?? ResolutionError(host: resolution.host, reason: "no address"))
+            return .unresolved(resolutionFailure ?? ResolutionError(host: resolution.host, reason: "no address", kind: .notFound))
         }
         if errors.count == 1 { return .failed(errors[0]) }
         var error = errors.last!

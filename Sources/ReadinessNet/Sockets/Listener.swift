@@ -102,6 +102,48 @@ public final class Listener {
         boundPath = BoundPath(address)
     }
 
+    /// Takes ownership of a listening stream socket made elsewhere: systemd's socket activation, a
+    /// listener inherited across a restart (libuv's `uv_tcp_open` then `uv_listen`, tokio's
+    /// `TcpListener::from_std`, Go's `net.FileListener`). Made non-blocking; its ``address`` is the
+    /// kernel's name for it (getsockname).
+    ///
+    /// Refused with ``SocketError/Kind/invalidArgument`` when `fd` is negative, not a socket, not a
+    /// stream socket, of a family other than IPv4, IPv6 and Unix, or not listening (SO_ACCEPTCONN: call
+    /// listen(2) first), and with ``SocketError/Kind/closed`` when it is not open. **A descriptor whose
+    /// adoption failed stays the caller's, open.** A Unix path it is bound to stays the caller's too:
+    /// ``close()`` does not unlink it.
+    public init(adopting fd: CInt, backoff: AcceptBackoff = AcceptBackoff()) throws(SocketError) {
+        try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_STREAM.rawValue), kind: "stream") { (fd) throws(SocketError) in
+            switch NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
+            case .success(AF_INET), .success(AF_INET6), .success(AF_UNIX): break
+            case .success(let domain):
+                throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): address family \(domain) is not IPv4, IPv6 or Unix")
+            case .failure(let error): throw error
+            }
+            guard case .success(1) = NetSys.option(fd, level: SOL_SOCKET, name: SO_ACCEPTCONN) else {
+                throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): not a listening socket (listen(2) it first)")
+            }
+        }
+        self.address = (try? SocketAddress.local(of: fd)) ?? SocketAddress()
+        self.fd = fd
+        self.backoff = backoff.sanitized
+        currentDelay = self.backoff.initial
+        boundPath = nil
+    }
+
+    /// Gives the descriptor back without closing it (deregistered first if registered): the listener
+    /// is closed from then on, its path left alone. For an owner that could not take it after all.
+    package func release() -> CInt {
+        let released = fd
+        guard fd >= 0 else { return -1 }
+        if let registration, isRegistered { try? registration.poller.deregister(fd) }
+        registration = nil
+        isRegistered = false
+        isBackingOff = false
+        fd = -1
+        return released
+    }
+
     /// Fails with ``SocketError/Kind/addressInUse`` when something is bound to `address` (an IP
     /// address with a port) that a listener without SO_REUSEPORT could not share: a bind of a socket
     /// that never listens, closed at once. A group of listeners that shares its port through
@@ -264,7 +306,10 @@ public final class Listener {
         guard lstat(path, &st) == 0 else { throw SocketError(errno: errno, operation: "bind") }
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw SocketError(.pathNotSocket, operation: "bind \(path)") }
         guard removeStale, try isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(path)") }
-        unlink(path)
+        // A stale path that cannot be removed (a directory this process may not write, another user's
+        // socket in a sticky /tmp) is that failure (EACCES, EPERM, EROFS...), not "address in use",
+        // which would say a listener is there.
+        if unlink(path) != 0, errno != ENOENT { throw SocketError(errno: errno, operation: "unlink stale \(path)") }
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind") }
     }
 

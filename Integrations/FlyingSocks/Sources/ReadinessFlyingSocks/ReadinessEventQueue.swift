@@ -8,7 +8,7 @@
 #if !READINESS_INSIDE_FLYINGSOCKS
 import FlyingSocks
 #endif
-import Readiness
+@_spi(Backend) import Readiness
 
 /// An `EventQueue` over a Readiness `Poller` of any backend. Sendable: every call takes one lock, and
 /// copies (SocketPool copies it for its dispatch queue) share one state.
@@ -35,16 +35,26 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
     /// made by `open()`; at most `maxEvents` notifications per `getNotifications()`.
     public init(backend: Backend? = nil, maxEvents: Int = 20) {
         self.init(maxEvents: maxEvents) { () throws(PollerError) -> any Poller in
-            if let backend { return try backend.makePoller() }
-            do throws(SelectionError) {
-                return try Backend.makeDefaultPoller()
-            } catch {
-                // The factory speaks PollerError: a poller's own failure as it is, a selection failure
-                // as the default backend's unavailability, with the selection's reason.
-                if case .creationFailed(_, let pollerError) = error { throw pollerError }
-                throw .unavailable(backend: "default", reason: error.description)
+            let chosen: Backend
+            if let backend { chosen = backend } else {
+                do throws(SelectionError) { chosen = try Backend.default() } catch {
+                    // The factory speaks PollerError: a selection failure as the default backend's
+                    // unavailability, with the selection's reason.
+                    throw .unavailable(backend: "default", reason: error.description)
+                }
             }
+            return try Self.makePoller(chosen)
         }
+    }
+
+    /// `backend`'s poller, as this queue uses it. io_uring's without deferred completions
+    /// (IORING_SETUP_DEFER_TASKRUN): `SocketPool` waits on one thread (a dispatch queue's) and removes
+    /// descriptors from another (its actor's), and a deferred-completion ring belongs to the thread
+    /// that first submitted to it, so every such removal moved the ring to a new one and the next
+    /// wait moved it back: two ring set-ups and a re-queue of every registration per resumed waiter.
+    static func makePoller(_ backend: Backend) throws(PollerError) -> any Poller {
+        if backend.kind == .ioUring { return try IOUringSeam.makePoller(allowing: IOUringSeam.Features.all.subtracting(.deferredCompletions)) }
+        return try backend.makePoller()
     }
 
     /// A queue whose pollers `makePoller` creates (one per `open()`); `maxEvents` is clamped to 1 ...

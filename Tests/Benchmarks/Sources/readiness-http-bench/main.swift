@@ -15,6 +15,12 @@
 // `make bench-http` builds everything in release and runs it; it prints a Markdown table.
 import Foundation
 
+/// A command line it cannot run: says why on standard error and exits 64 (EX_USAGE), never a trap.
+func usageFailure(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("\(CommandLine.arguments.first ?? "bench"): \(message)\n".utf8))
+    exit(64)
+}
+
 struct Options {
     var server = ""
     var nio: String?
@@ -33,7 +39,7 @@ func parse() -> Options {
             options.nginx = false
             continue
         }
-        guard let value = rest.next() else { fatalError("\(flag) needs a value") }
+        guard let value = rest.next() else { usageFailure("\(flag) needs a value") }
         switch flag {
         case "--server": options.server = value
         case "--nio": options.nio = value
@@ -42,10 +48,10 @@ func parse() -> Options {
         case "--backend": options.backends = [value]
         case "--backends": options.backends = value.split(separator: ",").map(String.init)
         case "--connections": options.connections = value.split(separator: ",").compactMap { Int($0) }
-        default: fatalError("unknown option \(flag)")
+        default: usageFailure("unknown option \(flag)")
         }
     }
-    guard !options.server.isEmpty else { fatalError("--server PATH (the readiness-http-server binary) is needed") }
+    guard !options.server.isEmpty else { usageFailure("--server PATH (the readiness-http-server binary) is needed") }
     return options
 }
 

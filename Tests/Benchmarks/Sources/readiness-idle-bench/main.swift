@@ -18,6 +18,12 @@ import EchoServers
 import Foundation
 import Readiness
 
+/// A command line it cannot run: says why on standard error and exits 64 (EX_USAGE), never a trap.
+func usageFailure(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("\(CommandLine.arguments.first ?? "bench"): \(message)\n".utf8))
+    exit(64)
+}
+
 // MARK: Child modes (the servers)
 
 /// The child modes: `nio-echo PORT`, `nio-async-echo PORT`, `flyingsocks-echo PORT`,
@@ -142,18 +148,18 @@ func parseOptions() -> Options {
     var rest = CommandLine.arguments.dropFirst().makeIterator()
     while let flag = rest.next() {
         if flag == "--no-breakdown" { options.breakdown = false; continue }
-        guard let value = rest.next() else { fatalError("\(flag) needs a value") }
+        guard let value = rest.next() else { usageFailure("\(flag) needs a value") }
         switch flag {
         case "--echo": options.echo = value
         case "--breakdown-backend": options.breakdownBackend = value
         case "--connections": options.connections = max(1, Int(value) ?? options.connections)
         case "--rounds": options.rounds = max(1, Int(value) ?? options.rounds)
         case "--backends": options.backends = value.split(separator: ",").map(String.init)
-        default: fatalError("unknown option \(flag)")
+        default: usageFailure("unknown option \(flag)")
         }
     }
     guard FileManager.default.isExecutableFile(atPath: options.echo) else {
-        fatalError("--echo PATH: the release build of readiness-async-echo (swift build -c release --product readiness-async-echo)")
+        usageFailure("--echo PATH: the release build of readiness-async-echo (swift build -c release --product readiness-async-echo)")
     }
     return options
 }

@@ -21,6 +21,12 @@ import CReadinessBench
 import Foundation
 import Readiness
 
+/// A command line it cannot run: says why on standard error and exits 64 (EX_USAGE), never a trap.
+func usageFailure(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("\(CommandLine.arguments.first ?? "bench"): \(message)\n".utf8))
+    exit(64)
+}
+
 struct Options {
     var rounds = 7
     var seconds = 0.5
@@ -39,7 +45,7 @@ func parse(_ arguments: [String]) -> Options {
     var options = Options()
     var rest = arguments.makeIterator()
     func value(_ flag: String) -> String {
-        guard let value = rest.next() else { fatalError("\(flag) needs a value") }
+        guard let value = rest.next() else { usageFailure("\(flag) needs a value") }
         return value
     }
     func integers(_ text: String) -> [Int] { text.split(separator: ",").compactMap { Int($0) } }
@@ -60,11 +66,11 @@ func parse(_ arguments: [String]) -> Options {
         case "--contenders":
             options.contenders = value(flag).split(separator: ",").map {
                 guard let contender = Contender(rawValue: String($0)) else {
-                    fatalError("unknown contender \($0); known: \(Contender.allCases.map(\.rawValue).joined(separator: ","))")
+                    usageFailure("unknown contender \($0); known: \(Contender.allCases.map(\.rawValue).joined(separator: ","))")
                 }
                 return contender
             }
-        default: fatalError("unknown option \(flag)")
+        default: usageFailure("unknown option \(flag)")
         }
     }
     return options
@@ -244,7 +250,7 @@ func perfWorks(_ perf: String) -> Bool {
 
 var arguments = Array(CommandLine.arguments.dropFirst())
 if arguments.first == "--serve" {
-    guard arguments.count >= 2, let contender = Contender(rawValue: arguments[1]) else { fatalError("--serve CONTENDER") }
+    guard arguments.count >= 2, let contender = Contender(rawValue: arguments[1]) else { usageFailure("--serve CONTENDER") }
     let options = parse(Array(arguments.dropFirst(2)))
     try await serve(contender, backend: try Backend.named(options.backend))
     exit(0)
@@ -252,7 +258,7 @@ if arguments.first == "--serve" {
 
 // For profiling a server started by hand: the load client alone.
 if arguments.first == "--load" {
-    guard arguments.count >= 2, let port = Int(arguments[1]) else { fatalError("--load PORT [options]") }
+    guard arguments.count >= 2, let port = Int(arguments[1]) else { usageFailure("--load PORT [options]") }
     let options = parse(Array(arguments.dropFirst(2)))
     for size in options.sizes {
         for window in options.windows {
