@@ -195,7 +195,7 @@ extension EventLoop {
         let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in
             if state.isShutDown { throw state.shutdownReason }
             try state.checkForeign(fd, "adoptDatagram", adopting: true)
-            if state.foreign[fd] != nil { throw .invalidArgument("adoptDatagram: descriptor \(fd) is being waited on (readable/writable)") }
+            if state.liveForeign(fd) != nil { throw .invalidArgument("adoptDatagram: descriptor \(fd) is being waited on (readable/writable)") }
             return try state.openDatagram(adopted: true) { () throws(SocketError) in try DatagramSocket(adopting: fd) }
         }
         return AsyncDatagramSocket(loop: self, id: id, localAddress: bound, peer: connected)

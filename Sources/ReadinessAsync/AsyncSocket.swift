@@ -288,7 +288,7 @@ extension EventLoop {
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
             if state.isShutDown { throw state.shutdownReason }
             try state.checkForeign(fd, "adopt", adopting: true)
-            if state.foreign[fd] != nil { throw .invalidArgument("adopt: descriptor \(fd) is being waited on (readable/writable)") }
+            if state.liveForeign(fd) != nil { throw .invalidArgument("adopt: descriptor \(fd) is being waited on (readable/writable)") }
             try state.checkRoom()
             let socket: StreamSocket
             do throws(SocketError) { socket = try StreamSocket(adopting: fd) } catch { throw .socket(error) }

@@ -12,6 +12,9 @@ extension AsyncListener {
     /// How long ``serve(_:)`` pauses when the loop holds as many resources as it can
     /// (``LoopError/resourceExhausted``) before it accepts again.
     static let fullLoopPause = Duration.milliseconds(10)
+    /// The longest pause: a shortage that lasts (epoll's per-user watch limit, shared with every process
+    /// of the user) is tried again once a second, not a hundred times (as Go's `Server.Serve` backs off).
+    static let longestShortagePause = Duration.seconds(1)
 
     /// Accepts connections until the listener is closed, its loop shuts down or the calling task is
     /// cancelled, and runs `handler` for each in a task of its own that prefers the listener's loop;
@@ -24,12 +27,15 @@ extension AsyncListener {
     /// wait for the connections. An out-of-descriptors accept is not a failure: the listener backs off
     /// (Docs/Sockets.md) and accepting goes on; nor is a loop that holds as many resources as it can
     /// (``LoopError/resourceExhausted``), or a poller that cannot watch the listener for want of memory
-    /// (``LoopError/isPassingShortage``): the connection stays queued, `serve` pauses 10 ms and accepts again.
+    /// (``LoopError/isPassingShortage``): the connection stays queued, `serve` pauses 10 ms (doubling
+    /// while it lasts, up to a second) and accepts again. A loop that ended (its waits failing for want
+    /// of resources for a second) is the poller's failure, thrown.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = self
         let loop = self.loop
         let running = ServedConnections()
         let failure: LoopError? = await withDiscardingTaskGroup { connections in
+            var pause = Self.fullLoopPause   // doubles while shortages follow one another, up to a second
             while true {
                 // Cancelled: stop at once, though connections are still queued (accept takes one
                 // before it would wait, so a flood would otherwise keep a cancelled serve going).
@@ -62,13 +68,14 @@ extension AsyncListener {
                         // of its own) is told to stop too, so that serve returns.
                         connections.cancelAll()
                         return nil
-                    case let shortage where shortage.isPassingShortage:
+                    case let shortage where shortage.isPassingShortage && !loop.isShuttingDown:
                         // The loop holds as many resources as it can, or the poller could not watch
                         // the listener for want of memory (ENOMEM, epoll's ENOSPC): the connection
                         // stays queued. Pause (on the task's clock: a loop timer would need a slot)
                         // and try again once the connections being served have had time to close;
                         // never a spin, and never the end of serving.
-                        do { try await Task.sleep(for: Self.fullLoopPause) } catch { return nil }
+                        do { try await Task.sleep(for: pause) } catch { return nil }
+                        pause = Swift.min(pause * 2, Self.longestShortagePause)
                         continue
                     default:
                         // A loop that ended otherwise (its poller failed: every operation ends with
@@ -79,6 +86,7 @@ extension AsyncListener {
                         return error
                     }
                 }
+                pause = Self.fullLoopPause
                 running.started()
                 connections.addTask(executorPreference: loop) {
                     await handler(socket)

@@ -142,11 +142,13 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
         /// down, or another task iterating it at the same time).
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async -> Signal? {
             let subscription = sequence.subscription
+            var pause = AsyncListener.fullLoopPause   // doubles while shortages follow one another, up to a second
             while true {
                 if let signal = sequence.nextDelivered() { return signal }
                 if subscription.stopped { return nil }
                 do throws(LoopError) {
                     try await sequence.loop.readable(subscription.descriptor)
+                    pause = AsyncListener.fullLoopPause
                 } catch {
                     // Another task iterates this sequence: this iteration ends, the other goes on
                     // (and the signals stay watched).
@@ -155,7 +157,10 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                     // pipe for want of memory: a passing state, as for `serve`; pause (on the task's
                     // clock: a loop timer would need a slot) and wait again, rather than put SIGTERM's
                     // default action back.
-                    if error.isPassingShortage, (try? await Task.sleep(for: AsyncListener.fullLoopPause)) != nil { continue }
+                    if error.isPassingShortage, !sequence.loop.isShuttingDown, (try? await Task.sleep(for: pause)) != nil {
+                        pause = Swift.min(pause * 2, AsyncListener.longestShortagePause)
+                        continue
+                    }
                     // Cancelled, shut down, or the poller failed: watching ends for this sequence.
                     sequence.releaseMask()
                     subscription.stop()

@@ -196,7 +196,7 @@ struct AddressTests {
         let resolution = Resolution(host: nulName, port: 80, waker: waker, resolver: resolver)
         defer { resolution.cancel() }
         let answers = resolution.takeAnswers().map(\.result)
-        #expect(answers == [.failure(ResolutionError(host: nulName, reason: "the name contains a NUL byte"))])
+        #expect(answers == [.failure(ResolutionError(host: nulName, reason: "the name contains a NUL byte", kind: .invalidName))])
         #expect(resolution.isComplete)
         usleep(1_000)
         #expect(resolver.calls.withLock { $0 }.isEmpty)

@@ -150,7 +150,7 @@ public final class EpollSeam: BackendSeam {
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
         // A rebuild that failed before is retried; failing again, the wait still delivers what the
         // old set reports (below, a foreign event with nothing else to deliver throws instead).
-        if rebuildPending { try? rebuild(table) }
+        if rebuildPending { try? rebuild(table) } else { addUnadded(table) }
         if events.capacity > nativeCapacity { try growNative(events.capacity) }
         let n = rd_epoll_wait(epfd, native, CInt(events.capacity), timeout.milliseconds)
         if n < 0 {
@@ -195,23 +195,26 @@ public final class EpollSeam: BackendSeam {
         }
         let fresh = spare
         spare = -1
-        var refused: CInt = 0
-        if rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, waker.fd, rd_EPOLLIN, Self.wakerData) != 0 { refused = errno }
-        for fd in table.descriptors where refused == 0 {
+        guard rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, waker.fd, rd_EPOLLIN, Self.wakerData) == 0 else {
+            // Out of memory or watches for the waker itself: keep the old set, every registration in
+            // it; the next wait tries again.
+            let e = errno
+            Sys.close(fresh)
+            throw .failed("epoll_ctl(ADD) rebuilding the set", errno: e)
+        }
+        // Out of memory or watches (ENOSPC: the watch limit is per user, and the old set still holds
+        // its own): tried again once the old set is released below, then at each wait until taken.
+        var refused: [CInt] = []
+        for fd in table.descriptors {
             guard let r = table[fd], r.isActive else { continue }
+            // The caller closed a registered number and it was reused by one of this poller's own sets
+            // (rule 8): not a file of the caller's any more.
+            if fd == fresh || fd == epfd || fd == waker.fd { continue }
             guard rd_epoll_ctl(fresh, rd_EPOLL_CTL_ADD, fd, Self.bits(r), Self.data(fd, r)) != 0 else { continue }
             let e = errno
-            // A number closed while registered (EBADF) or now naming a file epoll refuses (EPERM): its
-            // registration is stale, and the old set did not watch it either (its caller deregisters it).
-            if e == EBADF || e == EPERM { continue }
-            refused = e
-        }
-        if refused != 0 {
-            // Out of memory or of watches (ENOSPC: the old set still holds its own): a set missing a
-            // live registration would leave it silent while the table calls it armed. Keep the old set,
-            // every registration in it, and try again at the next wait.
-            Sys.close(fresh)
-            throw .failed("epoll_ctl(ADD) rebuilding the set", errno: refused)
+            // Anything else (EBADF, EPERM, EINVAL, ELOOP): the number no longer names a file this set
+            // can watch, and the old set did not watch it either.
+            if e == ENOMEM || e == ENOSPC { refused.append(fd) }
         }
         // dup3 closes the old set (releasing its file) and puts the new one under the old number.
         let replaced = rd_epoll_replace(fresh, epfd) >= 0
@@ -222,6 +225,26 @@ public final class EpollSeam: BackendSeam {
         spare = rd_epoll_create()
         guard replaced else { throw .failed("dup3", errno: e) }
         rebuildPending = false
+        unadded.formUnion(refused)
+        addUnadded(table)
+    }
+
+    /// Registrations a rebuild could not put in the new set for want of memory or watches: tried again
+    /// at each wait (and by a reregister, whose MOD finds the number missing and adds it), so that a
+    /// passing shortage never leaves one silent for good while the table calls it armed.
+    private var unadded: Set<CInt> = []
+
+    private func addUnadded(_ table: RegistrationTable) {
+        guard !unadded.isEmpty else { return }
+        for fd in unadded {
+            guard let r = table[fd], r.isActive else {
+                unadded.remove(fd)
+                continue
+            }
+            if rd_epoll_ctl(epfd, rd_EPOLL_CTL_ADD, fd, Self.bits(r), Self.data(fd, r)) == 0 { unadded.remove(fd); continue }
+            let e = errno
+            if e != ENOMEM && e != ENOSPC { unadded.remove(fd) }
+        }
     }
 
     private func growNative(_ capacity: Int) throws(PollerError) {

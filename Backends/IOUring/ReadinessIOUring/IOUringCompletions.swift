@@ -40,6 +40,11 @@ extension IOUringSeam {
     @inline(__always)
     private static func operationData(_ tag: UInt64) -> UInt64 { operationBit | (tag & ~(operationBit | operationCancelBit)) }
 
+    /// The most one receive or send asks for: the kernel keeps the length as a signed int and refuses
+    /// more (EINVAL), and Linux caps one read or write at INT_MAX rounded down to a page
+    /// (MAX_RW_COUNT) anyway; the drivers' loops take the rest in further calls.
+    static let maximumTransfer = UInt32(Int32.max) & ~UInt32(4095)
+
     private func queued(_ operation: String, _ call: () -> CInt) throws(PollerError) {
         try owned(operation, call)
         operationsInFlight += 1
@@ -47,7 +52,7 @@ extension IOUringSeam {
 
     /// See ``/ReadinessCore/CompletionRing/receive(_:into:tag:)``.
     public func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
-        let length = UInt32(clamping: buffer.count)
+        let length = min(UInt32(clamping: buffer.count), Self.maximumTransfer)
         try queued("io_uring_enter(RECV)") { rd_uring_prep_recv(ring, fd, buffer.baseAddress, length, Self.operationData(tag), -1) }
     }
 
@@ -99,7 +104,7 @@ extension IOUringSeam {
 
     /// See ``/ReadinessCore/CompletionRing/send(_:_:tag:)``.
     public func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) {
-        let length = UInt32(clamping: buffer.count)
+        let length = min(UInt32(clamping: buffer.count), Self.maximumTransfer)
         try queued("io_uring_enter(SEND)") { rd_uring_prep_send(ring, fd, buffer.baseAddress, length, Self.operationData(tag)) }
     }
 

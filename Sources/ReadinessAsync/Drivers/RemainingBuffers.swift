@@ -1,7 +1,9 @@
 import ReadinessNet
 
-/// The unwritten part of a vectored write, without copying the buffer list.
-struct RemainingBuffers: Collection {
+/// The unwritten part of a vectored write, without copying the buffer list. Random access, so that
+/// `count` (asked before each sendmsg) is O(1): as a plain `Collection` it walked the rest of the list,
+/// and a write of N buffers took time in N² (Go's `Buffers.WriteTo` is linear).
+struct RemainingBuffers: RandomAccessCollection {
     let buffers: [UnsafeRawBufferPointer]
     var first = 0
     var offset = 0
@@ -14,6 +16,7 @@ struct RemainingBuffers: Collection {
     var startIndex: Int { first }
     var endIndex: Int { buffers.count }
     func index(after i: Int) -> Int { i + 1 }
+    func index(before i: Int) -> Int { i - 1 }
     subscript(position: Int) -> UnsafeRawBufferPointer {
         position == first ? UnsafeRawBufferPointer(rebasing: buffers[position][offset...]) : buffers[position]
     }

@@ -442,7 +442,7 @@ final class LoopState {
     func adoptListener(_ fd: CInt, backoff: AcceptBackoff) throws(LoopError) -> (UInt64, SocketAddress) {
         if isShutDown || !accepting { throw shutdownReason }
         try checkForeign(fd, "adoptListener", adopting: true)
-        if foreign[fd] != nil { throw .invalidArgument("adoptListener: descriptor \(fd) is being waited on (readable/writable)") }
+        if liveForeign(fd) != nil { throw .invalidArgument("adoptListener: descriptor \(fd) is being waited on (readable/writable)") }
         try checkRoom()
         let listener: Listener
         do { listener = try Listener(adopting: fd, backoff: backoff) } catch { throw .socket(error) }

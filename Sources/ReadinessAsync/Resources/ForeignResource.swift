@@ -10,10 +10,27 @@ final class ForeignResource: LoopResource {
     let key: ResourceKey
     @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let fd: CInt
+    /// The file the number named when the first wait began (st_dev, st_ino; nil when fstat failed):
+    /// a number closed and reused by another file is then told apart from a second wait on the same
+    /// file.
+    private let identity: (device: UInt64, inode: UInt64)?
 
     init(key: ResourceKey, fd: CInt) {
         self.key = key
         self.fd = fd
+        identity = Self.identity(of: fd)
+    }
+
+    private static func identity(of fd: CInt) -> (device: UInt64, inode: UInt64)? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        return (UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
+    }
+
+    /// Whether the number still names the file this resource's waits began on (one fstat).
+    var namesSameFile: Bool {
+        guard let identity, let now = Self.identity(of: fd) else { return false }
+        return identity == now
     }
 
     var watchedDescriptor: CInt? { fd }
@@ -37,6 +54,19 @@ extension LoopState {
     /// before closing, could close the descriptor and reuse its number while the loop still held it:
     /// an adoption refused as "being waited on", a connect's socket refused as registered, a wait on
     /// the new file trusting a registration of the closed one (libuv test-poll-close).
+    /// The resource of the waits on caller's descriptor `fd`, nil when there is none. One whose file
+    /// the number no longer names (the caller closed it during the wait and the number was reused:
+    /// FlyingSocks' next socket, a signal pipe, a descriptor handed to `adopt`) is stale: its waiters
+    /// end `.closed`, as a wait on a closed descriptor does, and its registration goes, so the new file
+    /// is waited on or adopted as if the number were fresh (before, the new file's wait joined the
+    /// stale one and got `.busy`, and an adoption was refused as "being waited on").
+    func liveForeign(_ fd: CInt) -> ForeignResource? {
+        guard let key = foreign[fd], let existing = slab[key] as? ForeignResource, existing.fd == fd else { return nil }
+        if existing.namesSameFile { return existing }
+        close(existing, reason: .closed)
+        return nil
+    }
+
     func settleForeign(_ resource: ForeignResource) {
         guard slab.contains(resource), !resource.record.read.isWaiting, !resource.record.write.isWaiting else { return }
         close(resource, reason: .closed)
@@ -47,7 +77,7 @@ extension LoopState {
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }
         try checkForeign(fd, direction == .read ? "readable" : "writable")
         let resource: ForeignResource
-        if let key = foreign[fd], let existing = slab[key] as? ForeignResource {
+        if let existing = liveForeign(fd) {
             resource = existing
         } else {
             resource = try slab.insert { ForeignResource(key: $0, fd: fd) }

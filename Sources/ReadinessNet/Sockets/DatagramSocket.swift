@@ -554,8 +554,10 @@ public final class DatagramSocket {
     }
 
     /// Joins the IPv4 or IPv6 multicast `group` (its port is ignored) on interface `index` (0: the
-    /// kernel's choice by route). A group of the other family, or not multicast, is refused
-    /// (``SocketError/Kind/invalidArgument``).
+    /// kernel's choice by route). An IPv6 socket may join an IPv4 group (IP_ADD_MEMBERSHIP: a
+    /// dual-stack socket, not `v6Only`, then receives its datagrams, as libuv's
+    /// `uv_udp_set_membership` allows); an IPv4 socket an IPv6 group, or an address that is not
+    /// multicast, is refused (``SocketError/Kind/invalidArgument``).
     public func joinMulticast(_ group: SocketAddress, interface index: UInt32 = 0) throws(SocketError) {
         try membership(group, index, join: true)
     }
@@ -566,7 +568,7 @@ public final class DatagramSocket {
     }
 
     private func membership(_ group: SocketAddress, _ index: UInt32, join: Bool) throws(SocketError) {
-        guard group.family == family, group.isMulticast else {
+        guard group.isMulticast, group.family == family || (group.family == .ipv4 && family == .ipv6) else {
             throw SocketError(.invalidArgument, operation: "\(join ? "join" : "leave") \(group): not a \(family.rawValue) multicast group")
         }
         try Self.checkInterface(index, join ? "join \(group)" : "leave \(group)")

@@ -113,6 +113,7 @@ public final class Listener {
     /// adoption failed stays the caller's, open.** A Unix path it is bound to stays the caller's too:
     /// ``close()`` does not unlink it.
     public init(adopting fd: CInt, backoff: AcceptBackoff = AcceptBackoff()) throws(SocketError) {
+        var bound = SocketAddress()
         try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_STREAM.rawValue), kind: "stream") { (fd) throws(SocketError) in
             switch NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
             case .success(AF_INET), .success(AF_INET6), .success(AF_UNIX): break
@@ -123,8 +124,10 @@ public final class Listener {
             guard case .success(1) = NetSys.option(fd, level: SOL_SOCKET, name: SO_ACCEPTCONN) else {
                 throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): not a listening socket (listen(2) it first)")
             }
+            // Its name, as a listener made here knows its own (the family decides how it accepts).
+            bound = try SocketAddress.local(of: fd)
         }
-        self.address = (try? SocketAddress.local(of: fd)) ?? SocketAddress()
+        self.address = bound
         self.fd = fd
         self.backoff = backoff.sanitized
         currentDelay = self.backoff.initial
