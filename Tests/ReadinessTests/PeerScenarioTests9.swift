@@ -509,9 +509,13 @@ struct PeerScenarioTests9 {
     func transfersOverTwoGiB(backend: Backend) async throws {
         try await withLoop(backend) { loop in
             let (listener, a, b) = try await connectedPair(loop)
-            // Not touched: the pages are never made resident.
-            let huge = UnsafeMutableRawBufferPointer.allocate(byteCount: (3 << 30), alignment: 4096)
-            defer { huge.deallocate() }
+            // Mapped, not allocated (the sanitizers' allocators would poison 3 GiB of shadow), and not
+            // touched: the pages are never made resident.
+            let size = 3 << 30
+            let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            guard let mapped, mapped != MAP_FAILED else { throw TestFailure("mmap of 3 GiB: \(errno)") }
+            defer { munmap(mapped, size) }
+            let huge = UnsafeMutableRawBufferPointer(start: mapped, count: size)
             nonisolated(unsafe) let target = huge
             let reader = Task(executorPreference: loop) { () async throws -> Int in try await a.read(into: target, timeout: .seconds(10)) }
             try await loop.sleep(for: .milliseconds(50))   // the read waits (in the ring on io_uring)
