@@ -13,8 +13,9 @@ extension AsyncListener {
     /// (``LoopError/resourceExhausted``) before it accepts again.
     static let fullLoopPause = Duration.milliseconds(10)
     /// The longest pause: a shortage that lasts (epoll's per-user watch limit, shared with every process
-    /// of the user) is tried again once a second, not a hundred times (as Go's `Server.Serve` backs off).
-    static let longestShortagePause = Duration.seconds(1)
+    /// of the user) is tried again ten times a second, not a hundred (Go's `Server.Serve` backs off to
+    /// 1 s; shorter here because the pause is not cut short by a shutdown or a close).
+    static let longestShortagePause = Duration.milliseconds(100)
 
     /// Accepts connections until the listener is closed, its loop shuts down or the calling task is
     /// cancelled, and runs `handler` for each in a task of its own that prefers the listener's loop;
@@ -28,7 +29,7 @@ extension AsyncListener {
     /// (Docs/Sockets.md) and accepting goes on; nor is a loop that holds as many resources as it can
     /// (``LoopError/resourceExhausted``), or a poller that cannot watch the listener for want of memory
     /// (``LoopError/isPassingShortage``): the connection stays queued, `serve` pauses 10 ms (doubling
-    /// while it lasts, up to a second) and accepts again. A loop that ended (its waits failing for want
+    /// while it lasts, up to 100 ms) and accepts again. A loop that ended (its waits failing for want
     /// of resources for a second) is the poller's failure, thrown.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = self
@@ -68,7 +69,9 @@ extension AsyncListener {
                         // of its own) is told to stop too, so that serve returns.
                         connections.cancelAll()
                         return nil
-                    case let shortage where shortage.isPassingShortage && !loop.isShuttingDown:
+                    // The loop's own shortage always passes (a shutdown meanwhile makes the next
+                    // accept `.shutdown`); the poller's is the loop's end once the loop is going.
+                    case let shortage where shortage == .resourceExhausted || (shortage.isPassingShortage && !loop.isShuttingDown):
                         // The loop holds as many resources as it can, or the poller could not watch
                         // the listener for want of memory (ENOMEM, epoll's ENOSPC): the connection
                         // stays queued. Pause (on the task's clock: a loop timer would need a slot)

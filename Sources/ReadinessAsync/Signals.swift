@@ -157,7 +157,8 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                     // pipe for want of memory: a passing state, as for `serve`; pause (on the task's
                     // clock: a loop timer would need a slot) and wait again, rather than put SIGTERM's
                     // default action back.
-                    if error.isPassingShortage, !sequence.loop.isShuttingDown, (try? await Task.sleep(for: pause)) != nil {
+                    if error == .resourceExhausted || (error.isPassingShortage && !sequence.loop.isShuttingDown),
+                       (try? await Task.sleep(for: pause)) != nil {
                         pause = Swift.min(pause * 2, AsyncListener.longestShortagePause)
                         continue
                     }

@@ -225,7 +225,8 @@ public final class EpollSeam: BackendSeam {
         spare = rd_epoll_create()
         guard replaced else { throw .failed("dup3", errno: e) }
         rebuildPending = false
-        unadded.formUnion(refused)
+        // The rebuild tried every live registration: what is left unadded is what it was refused now.
+        unadded = Set(refused)
         addUnadded(table)
     }
 
@@ -237,13 +238,15 @@ public final class EpollSeam: BackendSeam {
     private func addUnadded(_ table: RegistrationTable) {
         guard !unadded.isEmpty else { return }
         for fd in unadded {
-            guard let r = table[fd], r.isActive else {
+            guard let r = table[fd], r.isActive, fd != epfd, fd != spare, fd != waker.fd else {
                 unadded.remove(fd)
                 continue
             }
             if rd_epoll_ctl(epfd, rd_EPOLL_CTL_ADD, fd, Self.bits(r), Self.data(fd, r)) == 0 { unadded.remove(fd); continue }
             let e = errno
-            if e != ENOMEM && e != ENOSPC { unadded.remove(fd) }
+            // Still short: the rest waits for the next wait (one failing call per wait, not N).
+            if e == ENOMEM || e == ENOSPC { break }
+            unadded.remove(fd)
         }
     }
 

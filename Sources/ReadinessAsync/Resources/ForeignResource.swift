@@ -10,27 +10,31 @@ final class ForeignResource: LoopResource {
     let key: ResourceKey
     @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let fd: CInt
-    /// The file the number named when the first wait began (st_dev, st_ino; nil when fstat failed):
-    /// a number closed and reused by another file is then told apart from a second wait on the same
-    /// file.
+    /// The file the number named when the first wait began (st_dev, st_ino), nil when that cannot
+    /// tell one open file from another: an anonymous-inode file (eventfd, timerfd, signalfd, epoll and
+    /// inotify share one inode), a character device opened more than once, or fstat failing. A number
+    /// closed and reused by another file is then told apart from a second wait on the same file.
     private let identity: (device: UInt64, inode: UInt64)?
 
     init(key: ResourceKey, fd: CInt) {
         self.key = key
         self.fd = fd
-        identity = Self.identity(of: fd)
-    }
-
-    private static func identity(of fd: CInt) -> (device: UInt64, inode: UInt64)? {
         var st = stat()
-        guard fstat(fd, &st) == 0 else { return nil }
-        return (UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT != 0, st.st_mode & S_IFMT != S_IFCHR {
+            identity = (UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
+        } else {
+            identity = nil
+        }
     }
 
-    /// Whether the number still names the file this resource's waits began on (one fstat).
+    /// Whether the number still names the file this resource's waits began on (one fstat). Only a
+    /// sure "no" counts: the number closed (EBADF), or another file; a file whose identity cannot be
+    /// told (above), or an fstat that fails otherwise, is taken as the same (a second wait joins).
     var namesSameFile: Bool {
-        guard let identity, let now = Self.identity(of: fd) else { return false }
-        return identity == now
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return errno != EBADF }
+        guard let identity else { return true }
+        return identity == (UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
     }
 
     var watchedDescriptor: CInt? { fd }
