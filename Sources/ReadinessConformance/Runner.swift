@@ -371,6 +371,24 @@ final class ScenarioRun {
             let observed = observeWait(nil, into: buffer)
             worker.join()
             return observed
+        case .waitWithTimeoutWokenByThread(let timeout, let after):
+            let waker = try livePoller().waker
+            let worker = try Worker {
+                Self.pause(after)
+                try? waker.wake()
+            }
+            let observed = observeWait(timeout, into: buffer)
+            worker.join()
+            return observed
+        case .waitClosedByThread(let after):
+            nonisolated(unsafe) let closing = try livePoller()
+            let worker = try Worker {
+                Self.pause(after)
+                try? closing.close()
+            }
+            let observed = observeWait(nil, into: buffer)
+            worker.join()
+            return observed
         case .waitWhileWrittenByThread(let e, let after):
             guard endpoints[e] != nil else { return Self.closedEndpoint }
             let number = fd(e)

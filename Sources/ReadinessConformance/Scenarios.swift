@@ -106,8 +106,9 @@ extension Conformance {
             reg("a", 1, .writable), wait(soon, ev((1, .writable))), line(.fill("a")), wait(now, .none),
             line(.drain("b")), wait(soon, ev((1, .writable))),
         ]),
-        Scenario("readiness/both", checks: "Interest in both directions reports each as it becomes true.", fixtures: pair, [
+        Scenario("readiness/both", checks: "Interest in both directions reports each as it becomes true, and only that one: readable alone while the socket is full.", fixtures: pair, [
             reg("a", 1, .both), wait(soon, ev((1, .writable))), write("b"), wait(soon, ev((1, [.readable, .writable]))),
+            line(.fill("a")), wait(now, ev((1, .readable))), line(.drain("b")), wait(soon, ev((1, [.readable, .writable]))),
         ]),
         Scenario("readiness/pipe", checks: "A pipe's write end is writable, its read end readable once written.", fixtures: [.pipe(read: "r", write: "w")], [
             reg("r", 1, .readable), reg("w", 2, .writable), wait(soon, ev((2, .writable))),
@@ -201,8 +202,8 @@ extension Conformance {
     ]
 
     static let timing: [Scenario] = [
-        Scenario("timeout/not-early", checks: "A wait never returns empty before its timeout.", [
-            line(.waitTimed(.milliseconds(50)), quiet), line(.waitTimed(.milliseconds(7)), quiet),
+        Scenario("timeout/not-early", checks: "A wait never returns empty before its timeout, long ones (1.2 s) included.", [
+            line(.waitTimed(.milliseconds(50)), quiet), line(.waitTimed(.milliseconds(7)), quiet), line(.waitTimed(.milliseconds(1_200)), quiet),
         ]),
         Scenario("timeout/zero", checks: "A zero timeout looks and returns at once.", fixtures: pair, [
             reg("a", 1, .readable), line(.waitTimed(.zero), quiet), write("b"), wait(now, ev((1, .readable))),
@@ -267,6 +268,17 @@ extension Conformance {
         ]),
         Scenario("wake/while-blocked", checks: "A wake from another thread ends a wait that has no timeout.", [
             line(.waitWokenByThread(after: .milliseconds(20)), woken),
+        ]),
+        Scenario("wake/long-block", checks: "A wait with no timeout blocks until woken, however long (here 300 ms): it never returns empty on its own.", [
+            line(.waitWokenByThread(after: .milliseconds(300)), woken),
+        ]),
+        Scenario("timeout/enormous-blocks", checks: "The largest timeouts block until woken, with nothing ready: none wraps to a zero wait or is cut short.", [
+            line(.waitWithTimeoutWokenByThread(.seconds(Int64.max), after: .milliseconds(50)), woken),
+            line(.waitWithTimeoutWokenByThread(Duration(secondsComponent: .max, attosecondsComponent: 999_999_999_999_999_999), after: .milliseconds(50)), woken),
+            line(.waitWithTimeoutWokenByThread(.milliseconds(Int64(Int32.max) + 1), after: .milliseconds(50)), woken),
+        ]),
+        Scenario("close/from-another-thread", checks: "Closing the poller from another thread ends a wait that has no timeout: it fails with closed.", [
+            line(.waitClosedByThread(after: .milliseconds(30)), err("closed")),
         ]),
         Scenario("wake/with-events", checks: "A wake-up and ready descriptors are reported together.", fixtures: pair, [
             reg("a", 1, .readable), write("b"), line(.wake(times: 1, threads: 1)), wait(soon, ev((1, .readable)).adding(woken)),

@@ -86,6 +86,15 @@ struct ConformanceCommand: Command {
         markdown = arguments.flag(Name.markdown)
         // One format: the pair printed JSON and ignored --markdown without a word.
         if json && markdown { throw .invalid("--json and --markdown cannot be used together") }
+        // Formats an output does not have are refused, not ignored without a word.
+        if list && json { throw .invalid("--list prints Markdown: --json cannot be used with it") }
+        if (showScript != nil || showAsyncScript != nil) && (json || markdown) {
+            throw .invalid("--show-script and --show-async-script print steps: --json and --markdown cannot be used with them")
+        }
+        // Nothing to compare with: the differential scripts need two backends or more.
+        if differentialOnly && backendNames.count == 1 {
+            throw .invalid("--differential-only compares backends: name two or more with --backend, or none for every available one")
+        }
     }
 
     /// Steps per differential script.

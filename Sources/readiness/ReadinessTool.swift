@@ -14,7 +14,16 @@ enum ReadinessTool {
     static var commands: [any Command.Type] { [ConformanceCommand.self, BackendsCommand.self, ConnectCommand.self] }
 
     static func main() {
-        exit(run(Array(CommandLine.arguments.dropFirst())))
+        exit(flushed(run(Array(CommandLine.arguments.dropFirst()))))
+    }
+
+    /// `status`, or 1 when standard output could not take what was printed (a full disk, `> /dev/full`,
+    /// a closed pipe): a report that was not written is not a success.
+    static func flushed(_ status: Int32) -> Int32 {
+        guard fflush(nil) != 0 else { return status }   // every stream; standard output is the one written
+        let code = errno
+        printError("Error: could not write to standard output: \(String(cString: strerror(code)))")
+        return status == ExitStatus.success ? ExitStatus.failure : status
     }
 
     /// Runs a command line (without the program name) and returns the exit status.

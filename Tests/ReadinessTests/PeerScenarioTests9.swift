@@ -446,15 +446,7 @@ struct PeerScenarioTests9 {
         let sender = try DatagramSocket(family: .ipv4)
         try sender.setMulticastInterface(loopback)
         try sender.setMulticastLoop(true)
-        try receiver.register(on: poller, token: 1, interest: .readable)
-        do { _ = try sender.send(Array("v4 group".utf8), destination: group) } catch {
-            try Test.cancel("sending to \(group) on lo refused here: \(error)")
-        }
-        var buffer = [UInt8](repeating: 0, count: 32)
-        guard let got = try receiveDatagram(receiver, into: &buffer, token: 1, on: poller) else {
-            try Test.cancel("no multicast delivered on lo here (the interface has no MULTICAST flag?)")
-        }
-        #expect(Array(buffer[0..<got.count]) == Array("v4 group".utf8))
+        try expectMulticastDelivery(Array("v4 group".utf8), from: sender, to: receiver, group: group, on: poller)
         try receiver.leaveMulticast(group, interface: loopback)
         // An IPv4 socket still refuses an IPv6 group.
         #expect(throws: SocketError.self) { try sender.joinMulticast(try SocketAddress(ip: "ff02::1:3", port: port)) }

@@ -99,6 +99,16 @@ struct ToolTests {
         }
     }
 
+    /// Stop 37 (reader): `print` into a full or closed standard output failed without a word, exit 0.
+    @Test("a report that cannot be written to standard output is a failure: exit 1, the reason on standard error")
+    func fullStandardOutput() throws {
+        let tool = try toolPath()
+        for command in ["conformance --list", "backends --json", "conformance --only misuse/empty --json"] {
+            let status = system("'\(tool)' \(command) >/dev/full 2>/dev/null")
+            #expect(WaitStatus(status).shellStatus == failureStatus, "\(command): \(WaitStatus(status).shellStatus)")
+        }
+    }
+
     @Test("a failure at run time: exit status 1, the reason on standard error")
     func runtimeFailures() throws {
         let unknown = try runTool(["connect", "127.0.0.1:1", "--backend", "nosuch"])
@@ -193,6 +203,13 @@ struct UsageMistake: Sendable, CustomStringConvertible {
         // Stop 36 (review): the pair printed JSON and ignored --markdown, exit 0.
         UsageMistake(arguments: ["conformance", "--json", "--markdown", "--only", "misuse/empty"],
                      message: "--json and --markdown cannot be used together", command: "conformance"),
+        // Stop 37 (reader): each ignored without a word, exit 0.
+        UsageMistake(arguments: ["conformance", "--list", "--json"],
+                     message: "--list prints Markdown: --json cannot be used with it", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--show-async-script", "3", "--json"],
+                     message: "--show-script and --show-async-script print steps: --json and --markdown cannot be used with them", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--differential", "5", "--differential-only", "--backend", "poll"],
+                     message: "--differential-only compares backends: name two or more with --backend, or none for every available one", command: "conformance"),
         UsageMistake(arguments: ["--bogus=1"], message: "Unknown option '--bogus'", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--seed", "-1"],
                      message: "The value '-1' is invalid for '--seed <seed>'", command: "conformance"),
