@@ -37,7 +37,7 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     case resourceExhausted
 
     /// True for a shortage that can pass: ``resourceExhausted`` (the loop's), or the poller refusing a
-    /// registration for want of memory or descriptors (``PollerError/resourceExhausted(operation:errno:)``:
+    /// registration for want of memory or descriptors (``/ReadinessCore/PollerError/resourceExhausted(operation:errno:)``:
     /// ENOMEM, or ENOSPC, epoll's per-user limit of watched descriptors). Nothing was changed; the same
     /// call can succeed once something is released. ``AsyncListener/serve(_:)`` and signal sequences
     /// pause and try again on these.
