@@ -36,7 +36,7 @@ extension AsyncListener {
         let loop = self.loop
         let running = ServedConnections()
         let failure: LoopError? = await withDiscardingTaskGroup { connections in
-            var pause = Self.fullLoopPause   // doubles while shortages follow one another, up to a second
+            var pause = Self.fullLoopPause   // doubles while shortages follow one another, up to 100 ms
             while true {
                 // Cancelled: stop at once, though connections are still queued (accept takes one
                 // before it would wait, so a flood would otherwise keep a cancelled serve going).

@@ -142,7 +142,7 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
         /// down, or another task iterating it at the same time).
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async -> Signal? {
             let subscription = sequence.subscription
-            var pause = AsyncListener.fullLoopPause   // doubles while shortages follow one another, up to a second
+            var pause = AsyncListener.fullLoopPause   // doubles while shortages follow one another, up to 100 ms
             while true {
                 if let signal = sequence.nextDelivered() { return signal }
                 if subscription.stopped { return nil }

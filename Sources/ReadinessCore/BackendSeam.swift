@@ -205,7 +205,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     /// `closed`, lets a registration call in progress end, and releases the descriptors only after
     /// every such call ended; a call that begins after it fails with `closed`.
     public func close() throws(PollerError) {
-        guard !released else { throw .closed }
+        // The atomic bit alone decides (a plain `released` read here raced a concurrent close's write).
         let before = waitState.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
         guard before & 1 == 0 else { throw .closed }
         // In a child made by fork(): the count copied from the parent may hold calls of threads that

@@ -88,11 +88,15 @@ struct ConformanceCommand: Command {
         if json && markdown { throw .invalid("--json and --markdown cannot be used together") }
         // Formats an output does not have are refused, not ignored without a word.
         if list && json { throw .invalid("--list prints Markdown: --json cannot be used with it") }
+        if list && differentialOnly { throw .invalid("--list lists the scenarios: --differential-only cannot be used with it") }
+        if showScript != nil && (list || showAsyncScript != nil) {
+            throw .invalid("--show-script prints one script: --list and --show-async-script cannot be used with it")
+        }
         if (showScript != nil || showAsyncScript != nil) && (json || markdown) {
             throw .invalid("--show-script and --show-async-script print steps: --json and --markdown cannot be used with them")
         }
         // Nothing to compare with: the differential scripts need two backends or more.
-        if differentialOnly && backendNames.count == 1 {
+        if differentialOnly && Set(backendNames).count == 1 {
             throw .invalid("--differential-only compares backends: name two or more with --backend, or none for every available one")
         }
     }

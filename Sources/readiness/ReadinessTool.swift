@@ -14,15 +14,24 @@ enum ReadinessTool {
     static var commands: [any Command.Type] { [ConformanceCommand.self, BackendsCommand.self, ConnectCommand.self] }
 
     static func main() {
-        exit(flushed(run(Array(CommandLine.arguments.dropFirst()))))
+        // A reader that went away is a write error (EPIPE, exit 1), not a silent death by SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        // Standard output closed (`>&-`): the next descriptor opened would take number 1 and the report
+        // would go into it. /dev/null holds the number, and the report counts as not written.
+        let outputClosed = fcntl(STDOUT_FILENO, F_GETFD) < 0
+        if outputClosed, open("/dev/null", O_WRONLY) != STDOUT_FILENO { exit(ExitStatus.failure) }
+        exit(flushed(run(Array(CommandLine.arguments.dropFirst())), outputClosed: outputClosed))
     }
 
     /// `status`, or 1 when standard output could not take what was printed (a full disk, `> /dev/full`,
-    /// a closed pipe): a report that was not written is not a success.
-    static func flushed(_ status: Int32) -> Int32 {
-        guard fflush(nil) != 0 else { return status }   // every stream; standard output is the one written
-        let code = errno
-        printError("Error: could not write to standard output: \(String(cString: strerror(code)))")
+    /// a reader that went away, a closed descriptor): a report that was not written is not a success.
+    static func flushed(_ status: Int32, outputClosed: Bool) -> Int32 {
+        var failure: String?
+        if outputClosed { failure = "standard output is closed" } else if fflush(nil) != 0 {   // every stream; standard output is the one written
+            failure = String(cString: strerror(errno))
+        }
+        guard let failure else { return status }
+        printError("Error: could not write to standard output: \(failure)")
         return status == ExitStatus.success ? ExitStatus.failure : status
     }
 

@@ -104,8 +104,17 @@ struct ToolTests {
     func fullStandardOutput() throws {
         let tool = try toolPath()
         for command in ["conformance --list", "backends --json", "conformance --only misuse/empty --json"] {
-            let status = system("'\(tool)' \(command) >/dev/full 2>/dev/null")
-            #expect(WaitStatus(status).shellStatus == failureStatus, "\(command): \(WaitStatus(status).shellStatus)")
+            for redirect in [">/dev/full", ">&-"] {
+                let status = system("'\(tool)' \(command) \(redirect) 2>/dev/null")
+                #expect(WaitStatus(status).shellStatus == failureStatus, "\(command) \(redirect): \(WaitStatus(status).shellStatus)")
+            }
+            // A reader that went away (the pipe's read end closed before the tool starts): EPIPE,
+            // exit 1, not a death by SIGPIPE (python3 reports that as 256 - 13).
+            let arguments = command.split(separator: " ").map { "'\($0)'" }.joined(separator: ", ")
+            let script = "import os, subprocess; r, w = os.pipe(); os.close(r); "
+                + "raise SystemExit(subprocess.call(['\(tool)', \(arguments)], stdout=w, stderr=subprocess.DEVNULL))"
+            let piped = system("python3 -c \"\(script)\"")
+            #expect(WaitStatus(piped).shellStatus == failureStatus, "\(command) | closed reader: \(WaitStatus(piped).shellStatus)")
         }
     }
 
@@ -210,6 +219,12 @@ struct UsageMistake: Sendable, CustomStringConvertible {
                      message: "--show-script and --show-async-script print steps: --json and --markdown cannot be used with them", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--differential", "5", "--differential-only", "--backend", "poll"],
                      message: "--differential-only compares backends: name two or more with --backend, or none for every available one", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--differential-only", "--backend", "poll", "--backend", "poll"],
+                     message: "--differential-only compares backends: name two or more with --backend, or none for every available one", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--list", "--differential-only"],
+                     message: "--list lists the scenarios: --differential-only cannot be used with it", command: "conformance"),
+        UsageMistake(arguments: ["conformance", "--show-script", "3", "--list"],
+                     message: "--show-script prints one script: --list and --show-async-script cannot be used with it", command: "conformance"),
         UsageMistake(arguments: ["--bogus=1"], message: "Unknown option '--bogus'", command: "conformance"),
         UsageMistake(arguments: ["conformance", "--seed", "-1"],
                      message: "The value '-1' is invalid for '--seed <seed>'", command: "conformance"),

@@ -10,17 +10,17 @@ final class ForeignResource: LoopResource {
     let key: ResourceKey
     @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
     let fd: CInt
-    /// The file the number named when the first wait began (st_dev, st_ino), nil when that cannot
-    /// tell one open file from another: an anonymous-inode file (eventfd, timerfd, signalfd, epoll and
-    /// inotify share one inode), a character device opened more than once, or fstat failing. A number
-    /// closed and reused by another file is then told apart from a second wait on the same file.
+    /// The file the number named when the first wait began (st_dev, st_ino; nil when fstat failed): a
+    /// number closed and reused by another file is then told apart from a second wait on the same
+    /// file. Not where two open files share an inode (eventfd, timerfd, signalfd, epoll and inotify
+    /// files share one; a device or a FIFO opened twice; a pipe's two ends): those look the same.
     private let identity: (device: UInt64, inode: UInt64)?
 
     init(key: ResourceKey, fd: CInt) {
         self.key = key
         self.fd = fd
         var st = stat()
-        if fstat(fd, &st) == 0, st.st_mode & S_IFMT != 0, st.st_mode & S_IFMT != S_IFCHR {
+        if fstat(fd, &st) == 0 {
             identity = (UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
         } else {
             identity = nil
@@ -28,8 +28,8 @@ final class ForeignResource: LoopResource {
     }
 
     /// Whether the number still names the file this resource's waits began on (one fstat). Only a
-    /// sure "no" counts: the number closed (EBADF), or another file; a file whose identity cannot be
-    /// told (above), or an fstat that fails otherwise, is taken as the same (a second wait joins).
+    /// sure "no" counts: the number closed (EBADF), or another inode; an fstat that fails otherwise,
+    /// or none at the first wait, is taken as the same (a second wait joins).
     var namesSameFile: Bool {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return errno != EBADF }
