@@ -71,14 +71,26 @@ struct ConnectCommand: Command {
         } else {
             do { _ = try SocketAddress.splitHostPort(target) } catch { throw .usage(.invalid("The value '\(target)' is invalid for '<target>': \(error.reason)")) }
         }
-        let addresses = try orFail { () throws(SocketAddress.ParseError) in try SocketAddress.resolve(target) }
         let start = Deadline.now
-        var output: Output
-        // --timeout bounds the whole command, as Go's DialTimeout does, not each address's attempt.
-        let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: nil, trace: true)
+        // --timeout bounds the whole command, as Go's DialTimeout does: the name's lookup (off this
+        // thread, on the lookup pool) included, then every address's attempt, not each one's.
+        let deadline: Deadline = Deadline.after(.milliseconds(timeout))
         let elapsed = { Self.milliseconds(Deadline.now - start) }
-        do {
-            let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay, timeout: .milliseconds(timeout))
+        let addresses: [SocketAddress]
+        switch try resolve(on: poller, until: deadline) {
+        case .success(let found): addresses = found
+        case .failure(let failure):
+            let output = Output(target: target, backend: chosen.name, connected: false, local: nil, peer: nil,
+                                error: failure.message, cause: failure.cause, errno: nil,
+                                elapsedMilliseconds: elapsed(), attempts: [], trace: [])
+            try report(output)
+            throw .failed
+        }
+        var output: Output
+        let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: nil, trace: true)
+        do throws(ConnectError) {
+            let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay,
+                                           timeout: Deadline.timeout(until: deadline.nanoseconds))
             // The attempt reads its local name only where a self-connect is possible: ask here.
             // A nameless Unix socket has no local address (never the text "unix:").
             let local = (socket.local ?? (try? SocketAddress.local(of: socket.fd))).flatMap { $0.isNamelessUnix ? nil : $0 }
@@ -93,6 +105,11 @@ struct ConnectCommand: Command {
                             elapsedMilliseconds: elapsed(), attempts: attempts.map(\.address.description),
                             trace: Self.trace(attempts, since: start))
         }
+        try report(output)
+        if !output.connected { throw .failed }
+    }
+
+    private func report(_ output: Output) throws(ToolError) {
         if json {
             try printJSON(output)
         } else {
@@ -101,7 +118,47 @@ struct ConnectCommand: Command {
             report("backend: \(output.backend), elapsed: \(String(format: "%.3f", output.elapsedMilliseconds)) ms")
             for line in output.trace { report("  \(line)") }
         }
-        if !output.connected { throw .failed }
+    }
+
+    /// Why the target gave no address: the report's text and its cause ("unresolved", or "timedOut"
+    /// when the deadline passed during the lookup).
+    struct LookupFailure: Error {
+        let message: String
+        let cause: String
+    }
+
+    /// The target's addresses (AAAA answers first): a numeric address or path at once, a name through a
+    /// `Resolution` (its lookups on the pool's threads) waited for on the poller until `deadline`.
+    private func resolve(on poller: any Poller, until deadline: Deadline) throws(ToolError) -> Result<[SocketAddress], LookupFailure> {
+        let resolution: Resolution
+        do { resolution = try Resolution(target, waker: poller.waker) } catch {
+            return .failure(LookupFailure(message: "invalid address \"\(target)\": \(error.reason)", cause: "unresolved"))
+        }
+        defer { resolution.cancel() }
+        var found: [SocketAddress.Family: [SocketAddress]] = [:]
+        var reasons: [String] = []
+        let events = EventBuffer(capacity: 4)
+        while true {
+            for answer in resolution.takeAnswers() {
+                switch answer.result {
+                case .success(let addresses): found[answer.family, default: []] += addresses
+                case .failure(let error): reasons.append(error.description)
+                }
+            }
+            if resolution.isComplete { break }
+            let left = Deadline.timeout(until: deadline.nanoseconds)
+            if left <= .zero {
+                return .failure(LookupFailure(message: "timed out resolving \"\(target)\" (--timeout \(timeout) ms)", cause: "timedOut"))
+            }
+            do { try poller.wait(into: events, timeout: left) } catch {
+                return .failure(LookupFailure(message: "poller: \(error)", cause: "poller"))
+            }
+        }
+        let addresses = (found[.ipv6] ?? []) + (found[.ipv4] ?? []) + (found[.unix] ?? [])
+        if addresses.isEmpty {
+            return .failure(LookupFailure(message: reasons.first ?? "cannot resolve \(target): no address", cause: "unresolved"))
+        }
+        return .success(addresses)
     }
 
     /// `duration` in milliseconds, for the report.

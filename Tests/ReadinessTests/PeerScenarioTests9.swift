@@ -525,5 +525,51 @@ struct PeerScenarioTests9 {
             await listener.close()
         }
     }
+
+    // MARK: No attempt after the deadline (Go's TestDialerPartialDeadline, dialSerial's ctx.Done check)
+
+    /// Before: the step timer or a refusal at the deadline started one more attempt (cancelled a turn
+    /// later): its SYN reached the live listener, which queued a connection nobody took; with a zero
+    /// timeout a refusal then failed as `timedOut`.
+    @Test("a Happy Eyeballs connect starts no attempt at or after its deadline, sync and async; a zero timeout's refusal is refused",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func noAttemptAfterDeadline(backend: Backend) async throws {
+        guard let stuck = try StuckListener() else { return }
+        defer { stuck.close() }
+        let (live, liveAddress) = try tcpListener(backlog: 16)
+        defer { close(live) }
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        // Sync: the step (250 ms) and the deadline (250 ms) fall together.
+        let attempts = Connector.makeAttempts(to: [stuck.address, liveAddress], on: poller, timeout: nil)
+        #expect(throws: ConnectError.self) {
+            _ = try Connector.run(attempts, on: poller, attemptDelay: .milliseconds(250), timeout: .milliseconds(250))
+        }
+        usleep(50_000)
+        #expect(acceptAll(live) == 0, "an attempt started at the deadline reached the live listener")
+        // A zero timeout still looks once: the first address's refusal is what it says.
+        let refused = try closedPort()
+        do {
+            _ = try Connector.connect(to: [refused, liveAddress], on: poller, timeout: .zero)
+            Issue.record("connected past a zero timeout")
+        } catch {
+            #expect(error.cause == .refused, "\(error)")
+        }
+        usleep(50_000)
+        #expect(acceptAll(live) == 0)
+        // Async: the same with the loop's step timer and deadline.
+        let stuckAddress = stuck.address
+        try await withLoop(backend) { loop in
+            var options = HappyEyeballs.Options()
+            options.attemptDelay = .milliseconds(100)
+            for _ in 0..<3 {
+                await #expect(throws: LoopError.self) {
+                    _ = try await loop.connect(to: [stuckAddress, liveAddress], timeout: .milliseconds(100), options: options)
+                }
+            }
+            try await loop.sleep(for: .milliseconds(50))
+            #expect(acceptAll(live) == 0, "an attempt started at the deadline reached the live listener")
+        }
+    }
 }
 

@@ -118,6 +118,42 @@ struct ToolTests {
         }
     }
 
+    /// Stop 37 (reader, Go's DialTimeout): the target was resolved (getaddrinfo, blocking) before
+    /// `--timeout` started, so a name server that never answers held `connect` for the resolver's
+    /// own timeouts (10 s here) whatever the timeout said. Run in a network and mount namespace of
+    /// its own, with a name server on 127.0.0.1 that never answers: nothing leaves the machine.
+    @Test("connect's --timeout bounds the name's lookup too")
+    func timeoutBoundsLookup() throws {
+        let tool = try toolPath()
+        guard system("unshare -n -m true 2>/dev/null") == 0, system("command -v python3 >/dev/null") == 0 else {
+            try Test.cancel("no unshare -n -m or python3 here")
+        }
+        let directory = "/tmp/readiness-lookup-\(getpid())"
+        defer { _ = system("rm -rf '\(directory)'") }
+        let script = """
+        set -e
+        mkdir -p '\(directory)'
+        echo 'nameserver 127.0.0.1' > '\(directory)/resolv.conf'
+        ip link set lo up
+        mount --bind '\(directory)/resolv.conf' /etc/resolv.conf
+        python3 -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 53)); time.sleep(30)' &
+        silent=$!
+        sleep 0.3
+        start=$(date +%s%N)
+        '\(tool)' connect silent.example:8080 --timeout 300 > '\(directory)/out' 2>&1 || echo "status $?" >> '\(directory)/out'
+        end=$(date +%s%N)
+        echo $(( (end - start) / 1000000 )) > '\(directory)/elapsed'
+        kill $silent
+        """
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try script.write(toFile: directory + "/script.sh", atomically: true, encoding: .utf8)
+        #expect(system("unshare -n -m sh '\(directory)/script.sh'") == 0)
+        let elapsed = Int((try String(contentsOfFile: directory + "/elapsed", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        let output = (try? String(contentsOfFile: directory + "/out", encoding: .utf8)) ?? ""
+        #expect(elapsed >= 0 && elapsed < 3_000, "took \(elapsed) ms: \(output)")
+        #expect(output.contains("timed out resolving") && output.contains("status 1"), "\(output)")
+    }
+
     @Test("a failure at run time: exit status 1, the reason on standard error")
     func runtimeFailures() throws {
         let unknown = try runTool(["connect", "127.0.0.1:1", "--backend", "nosuch"])

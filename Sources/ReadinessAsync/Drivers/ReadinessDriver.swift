@@ -348,9 +348,9 @@ struct ReadinessDriver: IODriver {
         var progress: HappyEyeballs.Progress
         if let resolution {
             progress = connect.start(host: resolution.host, port: resolution.port, resolver: resolution.resolver,
-                                     poller: poller, options: options)
+                                     poller: poller, options: options, deadline: deadline)
         } else {
-            progress = connect.start(addresses: addresses, poller: poller, options: options)
+            progress = connect.start(addresses: addresses, poller: poller, options: options, deadline: deadline)
         }
         if progress.isInProgress, !connect.isExhausted {
             let outcome = await loop.wait(connect, .write, deadline: deadline, interest: false)

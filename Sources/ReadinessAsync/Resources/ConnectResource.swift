@@ -27,14 +27,15 @@ final class ConnectResource: LoopResource, TokenAllocator {
     }
 
     /// Over known addresses.
-    func start(addresses: [SocketAddress], poller: any Poller, options: HappyEyeballs.Options) -> HappyEyeballs.Progress {
+    func start(addresses: [SocketAddress], poller: any Poller, options: HappyEyeballs.Options, deadline: Int64?) -> HappyEyeballs.Progress {
         connect = HappyEyeballs(addresses: addresses, poller: poller, timers: loop.timers, tokens: self, options: options)
+        connect.startDeadline = deadline
         return connect.start()
     }
 
     /// Over a name being resolved: each answer is submitted to the loop with the resolution's token.
     func start(host: String, port: UInt16, resolver: any HostResolver, poller: any Poller,
-               options: HappyEyeballs.Options) -> HappyEyeballs.Progress {
+               options: HappyEyeballs.Options, deadline: Int64?) -> HappyEyeballs.Progress {
         let token = makeToken()
         resolutionToken = token
         let eventLoop = loop.loop!
@@ -42,6 +43,7 @@ final class ConnectResource: LoopResource, TokenAllocator {
             eventLoop.submit(.resolved(token))
         }
         connect = HappyEyeballs(resolution: resolution, poller: poller, timers: loop.timers, tokens: self, options: options)
+        connect.startDeadline = deadline
         return connect.start()
     }
 

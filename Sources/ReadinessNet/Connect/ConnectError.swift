@@ -18,10 +18,11 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
         case selfConnect
         /// Unix-domain EAGAIN: the listener's backlog is full and nothing is in progress.
         case backlogFull
-        /// TCP EAGAIN or EADDRNOTAVAIL: no local port or address is free.
+        /// TCP EAGAIN or EADDRNOTAVAIL: no local port or address is free, the local address asked for
+        /// is not this machine's, or a connection with the same local and remote address exists (Linux
+        /// says EADDRNOTAVAIL for that).
         case addressUnavailable
-        /// EADDRINUSE: the local address asked for is taken (bind), or a connection with the same
-        /// local and remote address exists.
+        /// EADDRINUSE: the local address asked for is taken (bind).
         case addressInUse
         /// ENOENT or ENOTDIR (a Unix-domain path or one of its directories missing), or ECONNREFUSED on a
         /// path nobody listens on.

@@ -98,6 +98,7 @@ public enum Connector {
     static func drive(_ connect: HappyEyeballs, on poller: any Poller, timers: Timers,
                       capacity: Int, deadline: Int64? = nil) throws(ConnectError) -> HappyEyeballs.Progress {
         let events = EventBuffer(capacity: max(4, capacity))
+        connect.startDeadline = deadline
         var progress = connect.start()
         // A first wait is not checked (Docs/Async.md, "Deadlines"): a deadline that passed before the
         // call looked once still takes what a look without blocking finds (a loopback handshake is

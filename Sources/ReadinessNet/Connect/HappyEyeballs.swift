@@ -315,10 +315,22 @@ public final class HappyEyeballs {
     }
 
     /// Starts what is due, finishes when nothing is left, and sets the one timer it needs.
+    /// The connect's overall deadline (monotonic nanoseconds, ``/ReadinessCore/Deadline/nanoseconds``),
+    /// set before ``start()``: no attempt but the first starts at or after it (Go's dial starts nothing
+    /// once its context is done). Without it a step or a refusal at the deadline started one more
+    /// attempt, whose SYN a server then accepted for nothing. nil: no limit. The first attempt always
+    /// starts, so a deadline already passed still looks once (Docs/Sockets.md).
+    public var startDeadline: Int64?
+
+    private func mayStartMore(_ now: Int64) -> Bool {
+        guard let startDeadline, !attempts.isEmpty else { return true }
+        return now < startDeadline
+    }
+
     private func advance(now: Int64) -> Progress {
         while outcome == nil {
             let waitingForAAAA = resolutionDelayEnds.map { now < $0 } ?? false
-            let canStart = !waitingForAAAA && now >= nextStart && attempts.count < attemptLimit
+            let canStart = !waitingForAAAA && now >= nextStart && attempts.count < attemptLimit && mayStartMore(now)
             guard canStart, let next = popNext() else { break }
             let attempt: ConnectAttempt
             switch next {
@@ -342,9 +354,10 @@ public final class HappyEyeballs {
         if let outcome { return outcome }
 
         let live = ended.contains(false)
-        let queued = (!primary.isEmpty || !secondary.isEmpty) && attempts.count < attemptLimit
+        let more = attempts.count < attemptLimit && mayStartMore(now)
+        let queued = (!primary.isEmpty || !secondary.isEmpty) && more
         // An answer still to come can start nothing once the attempts allowed are all made.
-        if !live && !queued && !(resolutionPending && attempts.count < attemptLimit) {
+        if !live && !queued && !(resolutionPending && more) {
             outcome = finalFailure()
             if let stepTimer { timers.cancel(stepTimer) }
             stepTimer = nil
