@@ -89,6 +89,7 @@ struct ConformanceCommand: Command {
         // Formats an output does not have are refused, not ignored without a word.
         if list && json { throw .invalid("--list prints Markdown: --json cannot be used with it") }
         if list && differentialOnly { throw .invalid("--list lists the scenarios: --differential-only cannot be used with it") }
+        if list && showAsyncScript != nil { throw .invalid("--list lists the scenarios: --show-async-script cannot be used with it") }
         if showScript != nil && (list || showAsyncScript != nil) {
             throw .invalid("--show-script prints one script: --list and --show-async-script cannot be used with it")
         }
@@ -96,7 +97,7 @@ struct ConformanceCommand: Command {
             throw .invalid("--show-script and --show-async-script print steps: --json and --markdown cannot be used with them")
         }
         // Nothing to compare with: the differential scripts need two backends or more.
-        if differentialOnly && Set(backendNames).count == 1 {
+        if differentialOnly && Set(backendNames.map { $0.lowercased() }).count == 1 {
             throw .invalid("--differential-only compares backends: name two or more with --backend, or none for every available one")
         }
     }

@@ -136,18 +136,30 @@ struct ConnectCommand: Command {
         }
         defer { resolution.cancel() }
         var found: [SocketAddress.Family: [SocketAddress]] = [:]
-        var reasons: [String] = []
+        var reasons: [SocketAddress.Family: ResolutionError] = [:]
+        // RFC 8305 section 3, as the library's connect by name: once one family has answered with
+        // addresses, the other gets the resolution delay (50 ms) and no more (an AAAA query a name
+        // server drops must not hold an A answer in hand until the deadline).
+        var enoughAt: Int64?
         let events = EventBuffer(capacity: 4)
         while true {
             for answer in resolution.takeAnswers() {
                 switch answer.result {
-                case .success(let addresses): found[answer.family, default: []] += addresses
-                case .failure(let error): reasons.append(error.description)
+                case .success(let addresses) where !addresses.isEmpty:
+                    found[answer.family, default: []] += addresses
+                    if enoughAt == nil { enoughAt = Deadline.after(HappyEyeballs.Options().resolutionDelay).nanoseconds }
+                case .success: break
+                case .failure(let error): reasons[answer.family] = error
                 }
             }
             if resolution.isComplete { break }
-            let left = Deadline.timeout(until: deadline.nanoseconds)
-            if left <= .zero {
+            var until = deadline.nanoseconds
+            if let enoughAt {
+                if MonotonicClock.nowNanoseconds >= enoughAt { break }
+                until = min(until, enoughAt)
+            }
+            let left = Deadline.timeout(until: until)
+            if left <= .zero, enoughAt == nil {
                 return .failure(LookupFailure(message: "timed out resolving \"\(target)\" (--timeout \(timeout) ms)", cause: "timedOut"))
             }
             do { try poller.wait(into: events, timeout: left) } catch {
@@ -156,7 +168,14 @@ struct ConnectCommand: Command {
         }
         let addresses = (found[.ipv6] ?? []) + (found[.ipv4] ?? []) + (found[.unix] ?? [])
         if addresses.isEmpty {
-            return .failure(LookupFailure(message: reasons.first ?? "cannot resolve \(target): no address", cause: "unresolved"))
+            // Both families' reasons, IPv6's then IPv4's, as the library's connect by name says them.
+            let message: String
+            switch (reasons[.ipv6], reasons[.ipv4]) {
+            case (let v6?, let v4?) where v6.reason != v4.reason: message = "cannot resolve \(v6.host): IPv6: \(v6.reason); IPv4: \(v4.reason)"
+            case (let one?, _), (nil, let one?): message = one.description
+            default: message = "cannot resolve \(target): no address"
+            }
+            return .failure(LookupFailure(message: message, cause: "unresolved"))
         }
         return .success(addresses)
     }

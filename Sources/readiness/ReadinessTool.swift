@@ -16,10 +16,17 @@ enum ReadinessTool {
     static func main() {
         // A reader that went away is a write error (EPIPE, exit 1), not a silent death by SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
-        // Standard output closed (`>&-`): the next descriptor opened would take number 1 and the report
-        // would go into it. /dev/null holds the number, and the report counts as not written.
+        // A standard descriptor closed (`>&-`, `<&-`): the next descriptor opened (a poller's) would take
+        // its number and the report or a message would go into it. /dev/null holds each such number;
+        // a closed standard output means the report was not written.
         let outputClosed = fcntl(STDOUT_FILENO, F_GETFD) < 0
-        if outputClosed, open("/dev/null", O_WRONLY) != STDOUT_FILENO { exit(ExitStatus.failure) }
+        for standard in [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO] where fcntl(standard, F_GETFD) < 0 {
+            let null = open("/dev/null", O_RDWR)
+            if null >= 0, null != standard {
+                dup2(null, standard)
+                close(null)
+            }
+        }
         exit(flushed(run(Array(CommandLine.arguments.dropFirst())), outputClosed: outputClosed))
     }
 

@@ -122,7 +122,7 @@ struct ToolTests {
     /// `--timeout` started, so a name server that never answers held `connect` for the resolver's
     /// own timeouts (10 s here) whatever the timeout said. Run in a network and mount namespace of
     /// its own, with a name server on 127.0.0.1 that never answers: nothing leaves the machine.
-    @Test("connect's --timeout bounds the name's lookup too")
+    @Test("connect's --timeout bounds the name's lookup too, and an answer in hand is not held for the other family's")
     func timeoutBoundsLookup() throws {
         let tool = try toolPath()
         guard system("unshare -n -m true 2>/dev/null") == 0, system("command -v python3 >/dev/null") == 0 else {
@@ -134,8 +134,12 @@ struct ToolTests {
         set -e
         mkdir -p '\(directory)'
         echo 'nameserver 127.0.0.1' > '\(directory)/resolv.conf'
+        echo 'hosts: files dns' > '\(directory)/nsswitch.conf'
         ip link set lo up
         mount --bind '\(directory)/resolv.conf' /etc/resolv.conf
+        mount --bind '\(directory)/nsswitch.conf' /etc/nsswitch.conf
+        printf '127.0.0.1 localhost\\n127.0.0.1 hostsonly\\n' > '\(directory)/hosts'
+        mount --bind '\(directory)/hosts' /etc/hosts
         python3 -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 53)); time.sleep(30)' &
         silent=$!
         sleep 0.3
@@ -143,7 +147,14 @@ struct ToolTests {
         '\(tool)' connect silent.example:8080 --timeout 300 > '\(directory)/out' 2>&1 || echo "status $?" >> '\(directory)/out'
         end=$(date +%s%N)
         echo $(( (end - start) / 1000000 )) > '\(directory)/elapsed'
-        kill $silent
+        python3 -c 'import socket, time; s = socket.socket(); s.bind(("127.0.0.1", 18081)); s.listen(8); time.sleep(30)' &
+        listening=$!
+        sleep 0.3
+        start=$(date +%s%N)
+        '\(tool)' connect hostsonly:18081 --timeout 2000 > '\(directory)/hosts-out' 2>&1 || echo "status $?" >> '\(directory)/hosts-out'
+        end=$(date +%s%N)
+        echo $(( (end - start) / 1000000 )) > '\(directory)/hosts-elapsed'
+        kill $silent $listening
         """
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try script.write(toFile: directory + "/script.sh", atomically: true, encoding: .utf8)
@@ -152,6 +163,11 @@ struct ToolTests {
         let output = (try? String(contentsOfFile: directory + "/out", encoding: .utf8)) ?? ""
         #expect(elapsed >= 0 && elapsed < 3_000, "took \(elapsed) ms: \(output)")
         #expect(output.contains("timed out resolving") && output.contains("status 1"), "\(output)")
+        // A name /etc/hosts answers for IPv4 only, while its AAAA query goes to the silent name server:
+        // the A answer is used after the resolution delay (50 ms), not held until the timeout.
+        let hostsElapsed = Int((try String(contentsOfFile: directory + "/hosts-elapsed", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        let hostsOutput = (try? String(contentsOfFile: directory + "/hosts-out", encoding: .utf8)) ?? ""
+        #expect(hostsOutput.hasPrefix("connected") && hostsElapsed >= 0 && hostsElapsed < 1_500, "took \(hostsElapsed) ms: \(hostsOutput)")
     }
 
     @Test("a failure at run time: exit status 1, the reason on standard error")

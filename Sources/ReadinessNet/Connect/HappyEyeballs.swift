@@ -201,6 +201,8 @@ public final class HappyEyeballs {
         guard !started else { return current }
         started = true
         if resolution != nil { takeAnswers() }
+        initialPass = true
+        defer { initialPass = false }
         return advance(now: MonotonicClock.nowNanoseconds)
     }
 
@@ -314,19 +316,24 @@ public final class HappyEyeballs {
         }
     }
 
-    /// Starts what is due, finishes when nothing is left, and sets the one timer it needs.
     /// The connect's overall deadline (monotonic nanoseconds, ``/ReadinessCore/Deadline/nanoseconds``),
-    /// set before ``start()``: no attempt but the first starts at or after it (Go's dial starts nothing
-    /// once its context is done). Without it a step or a refusal at the deadline started one more
-    /// attempt, whose SYN a server then accepted for nothing. nil: no limit. The first attempt always
-    /// starts, so a deadline already passed still looks once (Docs/Sockets.md).
+    /// set before ``start()``: no attempt starts at or after it (Go's dial starts nothing once its
+    /// context is done), but those ``start()`` itself begins before anything is in flight, so that a
+    /// deadline already passed still looks once (an address failing at once there, EADDRNOTAVAIL for
+    /// `::1` without IPv6, never looked at anything: the next starts). Once it passes with addresses
+    /// still to try or a lookup still running and nothing in flight, the connect fails with `timedOut`
+    /// (``deadlineFailure()``). Without it a step or a refusal at the deadline started one more attempt,
+    /// whose SYN a server then accepted for nothing. nil: no limit.
     public var startDeadline: Int64?
+    /// Inside ``start()``'s own pass.
+    private var initialPass = false
 
     private func mayStartMore(_ now: Int64) -> Bool {
-        guard let startDeadline, !attempts.isEmpty else { return true }
-        return now < startDeadline
+        guard let startDeadline, now >= startDeadline else { return true }
+        return initialPass && !ended.contains(false)
     }
 
+    /// Starts what is due, finishes when nothing is left, and sets the one timer it needs.
     private func advance(now: Int64) -> Progress {
         while outcome == nil {
             let waitingForAAAA = resolutionDelayEnds.map { now < $0 } ?? false
@@ -355,6 +362,14 @@ public final class HappyEyeballs {
 
         let live = ended.contains(false)
         let more = attempts.count < attemptLimit && mayStartMore(now)
+        // The deadline stops what is left (addresses, a lookup's answers) with nothing in flight: the
+        // connect's deadline passed, whatever failed before (Connect.md, rule 11).
+        if !live, !more, attempts.count < attemptLimit, !primary.isEmpty || !secondary.isEmpty || resolutionPending {
+            outcome = .failed(deadlineFailure())
+            if let stepTimer { timers.cancel(stepTimer) }
+            stepTimer = nil
+            return outcome!
+        }
         let queued = (!primary.isEmpty || !secondary.isEmpty) && more
         // An answer still to come can start nothing once the attempts allowed are all made.
         if !live && !queued && !(resolutionPending && more) {
