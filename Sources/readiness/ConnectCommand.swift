@@ -155,7 +155,10 @@ struct ConnectCommand: Command {
             if resolution.isComplete { break }
             var until = deadline.nanoseconds
             if let enoughAt {
-                if MonotonicClock.nowNanoseconds >= enoughAt { break }
+                // An answer in hand: go on with it at the end of the delay or at the deadline (the
+                // attempts then look once), never waiting with a timeout already spent.
+                let now = MonotonicClock.nowNanoseconds
+                if now >= enoughAt || now >= deadline.nanoseconds { break }
                 until = min(until, enoughAt)
             }
             let left = Deadline.timeout(until: until)

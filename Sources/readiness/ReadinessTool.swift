@@ -27,6 +27,8 @@ enum ReadinessTool {
                 close(null)
             }
         }
+        // Standard output's number could not be held: a report would land in whatever takes it.
+        if fcntl(STDOUT_FILENO, F_GETFD) < 0 { exit(ExitStatus.failure) }
         exit(flushed(run(Array(CommandLine.arguments.dropFirst())), outputClosed: outputClosed))
     }
 

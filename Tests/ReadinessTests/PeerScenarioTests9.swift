@@ -583,6 +583,21 @@ struct PeerScenarioTests9 {
             }
             try await loop.sleep(for: .milliseconds(50))
             #expect(acceptAll(live) == 0, "an attempt started at the deadline reached the live listener")
+            // The deadline's own form: `.timedOut`, as the deadline timer says, never a ConnectError
+            // timedOut for the same passing of the same deadline (a reviewer's catch).
+            let refusedAddress = try closedPort()
+            do throws(LoopError) {
+                let socket = try await loop.connect(to: [refusedAddress, liveAddress], timeout: .zero)
+                await socket.close()
+            } catch {
+                switch error {
+                case .timedOut: break
+                case .connect(let failure) where failure.cause == .refused: break
+                default: Issue.record("\(error)")
+                }
+            }
+            try await loop.sleep(for: .milliseconds(50))
+            _ = acceptAll(live)
         }
     }
 }

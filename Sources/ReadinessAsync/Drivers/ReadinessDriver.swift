@@ -381,7 +381,11 @@ struct ReadinessDriver: IODriver {
                 stream.close()
                 throw error
             }
-        case .failed(let error): throw .connect(error)
+        case .failed(let error):
+            // Stopped by the connect's deadline (HappyEyeballs.startDeadline, in the same turn as the
+            // deadline's own timer, or before it): the form the deadline's timer gives.
+            if error.cause == .timedOut, loop.expired(deadline) { throw .timedOut }
+            throw .connect(error)
         case .unresolved(let error): throw .resolution(error)
         case .inProgress: throw .closed
         }

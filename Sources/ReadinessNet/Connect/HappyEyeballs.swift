@@ -316,13 +316,13 @@ public final class HappyEyeballs {
         }
     }
 
-    /// The connect's overall deadline (monotonic nanoseconds, ``/ReadinessCore/Deadline/nanoseconds``),
+    /// The connect's overall deadline (monotonic nanoseconds, ``Deadline/nanoseconds``),
     /// set before ``start()``: no attempt starts at or after it (Go's dial starts nothing once its
     /// context is done), but those ``start()`` itself begins before anything is in flight, so that a
     /// deadline already passed still looks once (an address failing at once there, EADDRNOTAVAIL for
     /// `::1` without IPv6, never looked at anything: the next starts). Once it passes with addresses
-    /// still to try or a lookup still running and nothing in flight, the connect fails with `timedOut`
-    /// (``deadlineFailure()``). Without it a step or a refusal at the deadline started one more attempt,
+    /// still to try or a lookup still running and nothing in flight, the connect fails with `timedOut`,
+    /// listing what failed before. Without it a step or a refusal at the deadline started one more attempt,
     /// whose SYN a server then accepted for nothing. nil: no limit.
     public var startDeadline: Int64?
     /// Inside ``start()``'s own pass.
