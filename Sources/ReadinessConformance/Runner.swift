@@ -363,14 +363,7 @@ final class ScenarioRun {
             for worker in workers { worker.join() }
             return failures.withLock { $0.first.map { .error($0) } ?? .ok }
         case .waitWokenByThread(let after):
-            let waker = try livePoller().waker
-            let worker = try Worker {
-                Self.pause(after)
-                try? waker.wake()
-            }
-            let observed = observeWait(nil, into: buffer)
-            worker.join()
-            return observed
+            return try run(.waitWithTimeoutWokenByThread(nil, after: after))
         case .waitWithTimeoutWokenByThread(let timeout, let after):
             let waker = try livePoller().waker
             let worker = try Worker {

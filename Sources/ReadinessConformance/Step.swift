@@ -43,7 +43,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case waitWokenByThread(after: Duration)
     /// Waits with `timeout` (a long or enormous one) while another thread wakes the poller after
     /// `after`: a timeout that wraps to "now" or is cut short returns before the wake.
-    case waitWithTimeoutWokenByThread(Duration, after: Duration)
+    case waitWithTimeoutWokenByThread(Duration?, after: Duration)
     /// Blocks with no timeout while another thread closes the poller after `after` (the contract: the
     /// wait ends, failing with `closed`).
     case waitClosedByThread(after: Duration)
@@ -137,7 +137,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .waitInterrupted(let t, let n): "wait \(t) while \(n) signals arrive"
         case .wake(let times, let threads): "wake \(times)x from \(threads) thread\(threads == 1 ? "" : "s")"
         case .waitWokenByThread(let after): "wait forever; another thread wakes after \(after)"
-        case .waitWithTimeoutWokenByThread(let timeout, let after): "wait \(timeout); another thread wakes after \(after)"
+        case .waitWithTimeoutWokenByThread(let timeout, let after): "wait \(timeout.map { "\($0)" } ?? "forever"); another thread wakes after \(after)"
         case .waitClosedByThread(let after): "wait forever; another thread closes the poller after \(after)"
         case .waitWhileClosedByThread(let e, let after): "wait forever; another thread closes \(e) after \(after), then wakes"
         case .waitWhileWrittenByThread(let e, let after): "wait forever; another thread writes a byte to \(e) after \(after)"
