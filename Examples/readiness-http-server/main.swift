@@ -92,44 +92,80 @@ let bodyLimit = 1 << 20
 let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), space = UInt8(ascii: " "), tab = UInt8(ascii: "\t")
 let colon = UInt8(ascii: ":"), comma = UInt8(ascii: ","), slash = UInt8(ascii: "/")
 
-/// Whether `value` may be a Host header's value: every byte one that a `uri-host [":" port]` can hold
+// The byte classes below are switches over ranges (a few comparisons per byte), not lookups in a
+// string: the parser runs once per request, and its cost is part of every answer's.
+
+/// Whether `byte` may be in a Host header's value: a byte that a `uri-host [":" port]` can hold
 /// (RFC 9112 section 3.2; the set Go's net/http checks: letters, digits and `!$%&'()*+,-.:;=[]_~`, so
-/// IPv6 literals with a zone id, IPvFuture and a bare `::1` pass), anything else a 400. Empty is
-/// allowed (a request with no authority sends an empty Host).
-func isHost(_ value: ArraySlice<UInt8>) -> Bool {
-    value.allSatisfy { byte in
-        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
-            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || "!$%&'()*+,-.:;=[]_~".utf8.contains(byte)
+/// IPv6 literals with a zone id, IPvFuture and a bare `::1` pass).
+@inline(__always)
+func isHostByte(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        return true
+    // ! $ % & ' ( ) * + , - . : ; = [ ] _ ~
+    case 0x21, 0x24...0x2E, 0x3A, 0x3B, 0x3D, 0x5B, 0x5D, 0x5F, 0x7E:
+        return true
+    default:
+        return false
     }
 }
 
+/// Whether `value` may be a Host header's value (anything else is a 400). Empty is allowed (a request
+/// with no authority sends an empty Host).
+func isHost(_ value: ArraySlice<UInt8>) -> Bool {
+    value.allSatisfy(isHostByte)
+}
+
+/// Whether `byte` may be in an RFC 9110 token (a method or a header name: no space, no separator).
+@inline(__always)
+func isTokenByte(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        return true
+    // ! # $ % & ' * + - . ^ _ ` | ~
+    case 0x21, 0x23...0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E...0x60, 0x7C, 0x7E:
+        return true
+    default:
+        return false
+    }
+}
+
+/// Whether `name` is an RFC 9110 token.
+func isToken(_ name: ArraySlice<UInt8>) -> Bool {
+    !name.isEmpty && name.allSatisfy(isTokenByte)
+}
+
 /// A byte in ASCII lower case.
+@inline(__always)
 func lowercased(_ byte: UInt8) -> UInt8 {
     byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
 }
 
-/// Whether `bytes` are `lowercase` (an ASCII literal in lower case), ignoring the case of `bytes`.
-func matches(_ bytes: ArraySlice<UInt8>, _ lowercase: String) -> Bool {
-    bytes.count == lowercase.utf8.count && zip(bytes, lowercase.utf8).allSatisfy { lowercased($0) == $1 }
+/// Whether `bytes` are `lowercase` (ASCII bytes in lower case), ignoring the case of `bytes`.
+func matches(_ bytes: ArraySlice<UInt8>, _ lowercase: [UInt8]) -> Bool {
+    guard bytes.count == lowercase.count else { return false }
+    var i = bytes.startIndex
+    for expected in lowercase {
+        if lowercased(bytes[i]) != expected { return false }
+        i += 1
+    }
+    return true
 }
+
+/// The header names and values the parser looks for, in lower case.
+let hostName = Array("host".utf8), connectionName = Array("connection".utf8)
+let contentLengthName = Array("content-length".utf8), expectName = Array("expect".utf8)
+let transferEncodingName = Array("transfer-encoding".utf8)
+let closeOption = Array("close".utf8), keepAliveOption = Array("keep-alive".utf8)
+let continueExpectation = Array("100-continue".utf8)
 
 /// `bytes` without spaces and tabs at either end.
 func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
-    let blank: (UInt8) -> Bool = { $0 == space || $0 == tab }
-    guard let first = bytes.firstIndex(where: { !blank($0) }), let last = bytes.lastIndex(where: { !blank($0) }) else { return [] }
-    return bytes[first...last]
-}
-
-/// Whether `name` is an RFC 9110 token (a header name: no space, no separator).
-func isToken(_ name: ArraySlice<UInt8>) -> Bool {
-    !name.isEmpty && name.allSatisfy { byte in
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
-        }
-    }
+    var first = bytes.startIndex, last = bytes.endIndex
+    while first < last, bytes[first] == space || bytes[first] == tab { first += 1 }
+    while last > first, bytes[last - 1] == space || bytes[last - 1] == tab { last -= 1 }
+    return bytes[first..<last]
 }
 
 /// Whether `line` holds a control byte (below 0x20 or DEL), a tab allowed where `tabs`: a lone CR or
@@ -153,29 +189,23 @@ func decimal(_ bytes: ArraySlice<UInt8>) -> Int? {
     return value
 }
 
-/// The lines of a request head (which holds no empty line), split at CRLF.
-struct Lines: Sequence, IteratorProtocol {
-    var rest: ArraySlice<UInt8>
-    var done = false
-    mutating func next() -> ArraySlice<UInt8>? {
-        guard !done else { return nil }
-        var i = rest.startIndex
-        while i + 1 < rest.endIndex {
-            if rest[i] == cr, rest[i + 1] == lf {
-                defer { rest = rest[(i + 2)...] }
-                return rest[..<i]
-            }
-            i += 1
-        }
-        done = true
-        return rest
+/// The end of the line that begins at `start` in `head` (the index of its CR, or the head's end: the
+/// head holds no empty line, and its last line has no CRLF).
+@inline(__always)
+func lineEnd(_ head: ArraySlice<UInt8>, from start: Int) -> Int {
+    var i = start
+    while i + 1 < head.endIndex {
+        if head[i] == cr, head[i + 1] == lf { return i }
+        i += 1
     }
+    return head.endIndex
 }
 
 /// Parses the request at the start of `bytes` (its head and its body). Strict where leniency lets a
 /// request mean two things to two parsers (RFC 9112 sections 5 and 6.3): a space before a header's
 /// colon, Content-Length given twice with different values or not a plain number, and any
-/// Transfer-Encoding (this server reads no chunked bodies) are refused.
+/// Transfer-Encoding (this server reads no chunked bodies) are refused. One pass finds the head's end;
+/// the lines are then read in place (indices into `bytes`, no array per line or per field).
 func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     // Empty lines before a request line are ignored (RFC 9112 section 2.2: a client may send a CRLF
     // after a request's body); they are consumed with the request. The head ends at the first CRLF CRLF.
@@ -185,10 +215,11 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     var firstLineEnd: Int?
     var i = begin
     while i + 1 < bytes.endIndex {
+        let next = bytes[i + 1]
         // A lone LF ends a line for a lenient parser and not for this one: refused at once (RFC 9112
         // section 2.2), not left to wait for a CRLF CRLF that never comes.
-        if bytes[i + 1] == lf, bytes[i] != cr { return .failed(status: "400 Bad Request") }
-        if bytes[i] == cr, bytes[i + 1] == lf {
+        if next == lf {
+            guard bytes[i] == cr else { return .failed(status: "400 Bad Request") }
             if firstLineEnd == nil { firstLineEnd = i }
             if i + 3 < bytes.endIndex, bytes[i + 2] == cr, bytes[i + 3] == lf { end = i; break }
         }
@@ -200,24 +231,29 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     guard let end else { return bytes.count > headLimit ? .failed(status: "431 Request Header Fields Too Large") : .incomplete }
     if end - bytes.startIndex > headLimit { return .failed(status: "431 Request Header Fields Too Large") }
     let head = bytes[begin..<end]
-    var lines = Lines(rest: head)
-    let firstLine = lines.next() ?? []
+    let firstLine = head[begin..<lineEnd(head, from: begin)]
     // The request line is ASCII (RFC 9112 section 3); header values may carry obs-text (0x80-0xFF,
-    // RFC 9110 section 5.5: opaque bytes, as Go and nginx take them).
-    guard !hasControl(firstLine, tabs: false), !firstLine.contains(where: { $0 >= 0x80 }) else { return .failed(status: "400 Bad Request") }
-    let requestLine = firstLine.split(separator: space, omittingEmptySubsequences: false)
-    guard requestLine.count == 3, isToken(requestLine[0]), !requestLine[1].isEmpty else { return .failed(status: "400 Bad Request") }
+    // RFC 9110 section 5.5: opaque bytes, as Go and nginx take them). It is three parts, split at
+    // exactly two single spaces: method, target, version.
+    guard !hasControl(firstLine, tabs: false), !firstLine.contains(where: { $0 >= 0x80 }),
+          let methodEnd = firstLine.firstIndex(of: space),
+          let targetEnd = firstLine[(methodEnd + 1)...].firstIndex(of: space),
+          !firstLine[(targetEnd + 1)...].contains(space) else { return .failed(status: "400 Bad Request") }
+    let method = firstLine[..<methodEnd]
+    var target = firstLine[(methodEnd + 1)..<targetEnd]
+    let version = firstLine[(targetEnd + 1)...]
+    guard isToken(method), !target.isEmpty else { return .failed(status: "400 Bad Request") }
     // HTTP/<digit>.<digit> (RFC 9112 section 2.3): a later 1.x is served as 1.1 (RFC 9110 section 2.5),
     // another major version is 505; anything else is no HTTP version.
-    let version = Array(requestLine[2])
     let digit = { (byte: UInt8) in byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
-    guard version.count == 8, version[0..<5].elementsEqual("HTTP/".utf8), digit(version[5]), version[6] == UInt8(ascii: "."),
-          digit(version[7]) else { return .failed(status: "400 Bad Request") }
-    guard version[5] == UInt8(ascii: "1") else { return .failed(status: "505 HTTP Version Not Supported") }
-    let versionText = version[7] == UInt8(ascii: "0") ? "HTTP/1.0" : "HTTP/1.1"
+    let v = version.startIndex
+    guard version.count == 8, version[v] == UInt8(ascii: "H"), version[v + 1] == UInt8(ascii: "T"),
+          version[v + 2] == UInt8(ascii: "T"), version[v + 3] == UInt8(ascii: "P"), version[v + 4] == slash,
+          digit(version[v + 5]), version[v + 6] == UInt8(ascii: "."), digit(version[v + 7]) else { return .failed(status: "400 Bad Request") }
+    guard version[v + 5] == UInt8(ascii: "1") else { return .failed(status: "505 HTTP Version Not Supported") }
+    let http10 = version[v + 7] == UInt8(ascii: "0")
     // The target: origin-form (/path), absolute-form (http://host/path, which a server must accept:
     // RFC 9112 section 3.2.2; its path is served), or asterisk-form for OPTIONS (refused below: 405).
-    var target = requestLine[1]
     if target.first != slash {
         let text = String(decoding: target, as: UTF8.self).lowercased()
         if text.hasPrefix("http://") || text.hasPrefix("https://") {
@@ -226,53 +262,61 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
             let rest = afterScheme.drop { $0 != slash && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "#") }
             guard rest.startIndex > afterScheme.startIndex else { return .failed(status: "400 Bad Request") }
             target = rest.first == slash ? rest : ArraySlice("/".utf8) + rest
-        } else if !(target.elementsEqual("*".utf8) && requestLine[0].elementsEqual("OPTIONS".utf8)) {
+        } else if !(target.elementsEqual("*".utf8) && method.elementsEqual("OPTIONS".utf8)) {
             return .failed(status: "400 Bad Request")
         }
     }
-    var request = Request(method: String(decoding: requestLine[0], as: UTF8.self),
-                          target: String(decoding: target, as: UTF8.self),
-                          version: versionText)
     // Only GET and HEAD are served: anything else is answered at once, its body not waited for (a
     // client sending `Expect: 100-continue` learns before it sends the body).
-    guard request.method == "GET" || request.method == "HEAD" else { return .failed(status: "405 Method Not Allowed") }
+    let isGet = method.elementsEqual("GET".utf8)
+    guard isGet || method.elementsEqual("HEAD".utf8) else { return .failed(status: "405 Method Not Allowed") }
+    var request = Request(method: isGet ? "GET" : "HEAD", target: String(decoding: target, as: UTF8.self),
+                          version: http10 ? "HTTP/1.0" : "HTTP/1.1")
     var close = false, keepAlive = false, hosts = 0, expectsContinue = false
-    while let line = lines.next() {
+    var lineStart = firstLine.endIndex + 2
+    while lineStart < head.endIndex {
+        let line = head[lineStart..<lineEnd(head, from: lineStart)]
+        lineStart = line.endIndex + 2
         guard !hasControl(line, tabs: true), let colonIndex = line.firstIndex(of: colon), isToken(line[..<colonIndex]) else { return .failed(status: "400 Bad Request") }
         let name = line[..<colonIndex]
         let value = trimmed(line[(colonIndex + 1)...])
-        if matches(name, "host") {
+        // The name's length picks the one name it can be.
+        switch name.count {
+        case 4 where matches(name, hostName):
             // uri-host [":" port] (RFC 9112 section 3.2: an invalid value is a 400).
             guard isHost(value) else { return .failed(status: "400 Bad Request") }
             hosts += 1
-        } else if matches(name, "connection") {
-            for option in value.split(separator: comma, omittingEmptySubsequences: false).map(trimmed) {
-                if matches(option, "close") { close = true } else if matches(option, "keep-alive") { keepAlive = true }
+        case 10 where matches(name, connectionName):
+            for option in value.split(separator: comma, omittingEmptySubsequences: false) {
+                let option = trimmed(option)
+                if matches(option, closeOption) { close = true } else if matches(option, keepAliveOption) { keepAlive = true }
             }
-        } else if matches(name, "content-length") {
+        case 14 where matches(name, contentLengthName):
             guard let length = decimal(value) else { return .failed(status: "400 Bad Request") }
             if let earlier = request.contentLength, earlier != length { return .failed(status: "400 Bad Request") }
             guard length <= bodyLimit else { return .failed(status: "413 Content Too Large") }
             request.contentLength = length
-        } else if matches(name, "expect") {
-            expectsContinue = matches(value, "100-continue")
-        } else if matches(name, "transfer-encoding") {
+        case 6 where matches(name, expectName):
+            expectsContinue = matches(value, continueExpectation)
+        case 17 where matches(name, transferEncodingName):
             return .failed(status: "501 Not Implemented")
+        default:
+            break
         }
     }
     // An HTTP/1.1 request names its host exactly once (RFC 9112 section 3.2).
-    if request.version == "HTTP/1.1", hosts != 1 { return .failed(status: "400 Bad Request") }
+    if !http10, hosts != 1 { return .failed(status: "400 Bad Request") }
     if hosts > 1 { return .failed(status: "400 Bad Request") }
     // close wins over keep-alive; HTTP/1.1 keeps the connection unless told, HTTP/1.0 closes unless asked.
     if close {
         request.keepAlive = false
-    } else if request.version == "HTTP/1.0" {
+    } else if http10 {
         request.keepAlive = keepAlive
         request.keepAliveRequested = keepAlive
     }
     // A 100 Continue only to an HTTP/1.1 client (RFC 9110 section 10.1.1: never to 1.0).
     return .request(request, consumed: end - bytes.startIndex + 4, body: request.contentLength ?? 0,
-                    expectsContinue: expectsContinue && request.version == "HTTP/1.1")
+                    expectsContinue: expectsContinue && !http10)
 }
 
 /// A response: `Connection: close` when the connection ends after it, `Connection: keep-alive` for an
@@ -294,7 +338,7 @@ let helloKeptAlive = response("200 OK", helloBody, keepAlive: true)
 /// The answer to `request`; a drain that began while it was made (a slow handler) turns its
 /// `keepAlive` off, so that the answer says `Connection: close` (RFC 9112 section 9.6; Go's
 /// net/http decides when it writes the head, after the handler).
-func answer(_ request: inout Request, on loop: EventLoop, connections: Connections) async -> [UInt8] {
+nonisolated(nonsending) func answer(_ request: inout Request, on loop: EventLoop, connections: Connections) async -> [UInt8] {
     let head = request.method == "HEAD"
     if request.target.hasPrefix("/sleep?ms="), let ms = Int(request.target.dropFirst("/sleep?ms=".count)) {
         try? await loop.sleep(for: .milliseconds(min(max(ms, 0), 60_000)))
@@ -313,7 +357,7 @@ func answer(_ request: inout Request, on loop: EventLoop, connections: Connectio
 
 /// Sends an error answer and closes gently: the writing side shut down, what the client still sends
 /// read and dropped (for a second at most in all, and 1 MiB), so that the answer is not lost to a reset.
-func refuse(_ socket: AsyncSocket, _ out: [UInt8]) async {
+nonisolated(nonsending) func refuse(_ socket: AsyncSocket, _ out: [UInt8]) async {
     guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
     try? await socket.shutdown(.write)
     let clock = ContinuousClock()
@@ -331,7 +375,7 @@ let idleTimeout = Duration.seconds(60)
 /// Serves one connection until the client closes it, asks to, a request is refused, or the drain.
 /// A request must be whole within `requestTimeout` of its first byte: the deadline holds across reads,
 /// so bytes dribbled in one at a time do not extend it.
-func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestTimeout: Duration) async {
+nonisolated(nonsending) func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestTimeout: Duration) async {
     let connection = Connection(socket)
     await connections.add(connection)
     defer { Task { await connections.remove(connection) } }
@@ -347,16 +391,18 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
     var requestDeadline: ContinuousClock.Instant?   // set while a request has begun and is not whole
     // When an idle connection is closed: 60 s after its last answer (or its start). Bytes that begin no
     // request (the empty lines RFC 9112 lets a client send) do not move it.
-    var idleDeadline = clock.now + idleTimeout
+    // The clock is read once per turn, after the turn's write (one read of it per request).
+    var now = clock.now
+    var idleDeadline = now + idleTimeout
     while true {
         let timeout: Duration
         if let requestDeadline {
             // A request has begun: its own clock, whatever the idle one says.
-            let left = requestDeadline - clock.now
+            let left = requestDeadline - now
             if left <= .zero { return await refuse(socket, response("408 Request Timeout", "408 Request Timeout\n", keepAlive: false)) }
             timeout = left
         } else {
-            timeout = idleDeadline - clock.now
+            timeout = idleDeadline - now
             if timeout <= .zero { return }
         }
         let bytes: [UInt8]
@@ -368,11 +414,15 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
         }
         if bytes.isEmpty { return }
         connection.busy.store(true, ordering: .sequentiallyConsistent)
-        if start > 0 {
-            pending.removeFirst(start)
-            start = 0
+        if start == pending.count {
+            // Everything before was consumed (the usual case between requests): the read's array
+            // becomes the buffer, not a copy of it.
+            pending = bytes
+        } else {
+            if start > 0 { pending.removeFirst(start) }
+            pending += bytes
         }
-        pending += bytes
+        start = 0
         var out: [UInt8] = []
         var answered = false
         parsing: while true {
@@ -431,12 +481,13 @@ func serveConnection(_ socket: AsyncSocket, _ connections: Connections, requestT
         if !out.isEmpty {
             guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
         }
-        if answered { idleDeadline = clock.now + idleTimeout }
+        now = clock.now
+        if answered { idleDeadline = now + idleTimeout }
         // Part of a request is here: its clock starts with its first byte (this read's, when a request
         // ended in it), and runs across reads.
         // (A body still arriving is part of its request too.)
         if start < pending.count || held != nil {
-            if answered || requestDeadline == nil { requestDeadline = clock.now + requestTimeout }
+            if answered || requestDeadline == nil { requestDeadline = now + requestTimeout }
         } else {
             requestDeadline = nil
         }
