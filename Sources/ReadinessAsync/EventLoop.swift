@@ -55,6 +55,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// The signal subscriptions of this loop's ``signals(_:)`` sequences (under `lock`): stopped when the
     /// loop shuts down, iterated or not, so that no signal stays caught by a loop that ended.
     private var signalWatchers: [WeakSubscription] = []
+    /// Actors' jobs enqueued after the loop stopped (under `lock`): run in order, one at a time, by a
+    /// thread the loop starts for them (`orphanThread`, while `orphanRunnerActive`), so that an actor
+    /// isolated to the loop stays serial after shutdown (its operations on the loop fail with
+    /// `.shutdown`). The global pool would run two of its jobs at once.
+    private var orphans: [UnownedJob] = []
+    private var orphanRunnerActive = false
+    private var orphanThread: pthread_t?
     /// How many of this loop's signal sequences watch each signal (under `lock`; a signal once watched
     /// keeps its entry, at 0): what the loop thread's mask follows (`applySignalMask`).
     private var watchedSignals: [CInt: Int] = [:]
@@ -173,11 +180,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Crashes unless called on the loop thread (what `assumeIsolated` relies on).
     public func checkIsolated() {
-        precondition(isLoopThread(), "not on the event loop \(name)'s thread")
+        precondition(isIsolating(), "not on the event loop \(name)'s thread")
     }
 
-    /// Whether the caller runs on the loop thread (the runtime's isolation check).
-    public func isIsolatingCurrentContext() -> Bool? { isLoopThread() }
+    /// Whether the caller runs on the loop thread (the runtime's isolation check), or, once the loop
+    /// stopped, on the thread that runs the jobs of actors isolated to it.
+    public func isIsolatingCurrentContext() -> Bool? { isIsolating() }
+
+    func isIsolating() -> Bool { isLoopThread() || isOrphanRunner() }
 
     /// Hands a submission to the loop; wakes it only if it sleeps in the poller.
     func submit(_ submission: Submission) {
@@ -191,20 +201,80 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             lock.unlock()
             if wake { try? waker?.wake() }
         case .stopped, .failed:
-            lock.unlock()
             // The thread is gone: a task still preferring this loop runs on the global pool from now
-            // on (Docs/Async.md, "After shutdown").
+            // on, an actor isolated to it on the orphan runner (Docs/Async.md, "After shutdown").
+            let startRunner = takeOrphan(submission)
+            lock.unlock()
+            if startRunner { startOrphanRunner() }
             Self.handOff(submission)
         }
     }
 
-    /// A submission the stopped loop will not run: a job goes to the global pool; a cancel or an
-    /// answered lookup has nothing left to act on.
+    /// A submission the stopped loop will not run: a task's job goes to the global pool (an actor's
+    /// went to the orphan runner: `takeOrphan`); a cancel or an answered lookup has nothing left to
+    /// act on.
     private static func handOff(_ submission: Submission) {
         switch submission {
-        case .job(let job), .isolatedJob(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
-        case .cancel, .resolved, .applySignalMask: break
+        case .job(let job): globalConcurrentExecutor.enqueue(ExecutorJob(job))
+        case .isolatedJob, .cancel, .resolved, .applySignalMask: break
         }
+    }
+
+    /// Under `lock`, once the loop stopped: queues an actor's job for the orphan runner. True when the
+    /// runner must be started (the caller does, after unlocking).
+    private func takeOrphan(_ submission: Submission) -> Bool {
+        guard case .isolatedJob(let job) = submission else { return false }
+        orphans.append(job)
+        guard !orphanRunnerActive else { return false }
+        orphanRunnerActive = true
+        return true
+    }
+
+    /// Starts the thread that runs the orphaned actors' jobs. Without a thread to be had, they go to
+    /// the global pool (not serial: what every stopped loop did before the runner existed).
+    private func startOrphanRunner() {
+        let box = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { raw in
+            Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue().runOrphans()
+            return nil
+        }, box)
+        if status == 0 {
+            pthread_detach(thread)
+            return
+        }
+        Unmanaged<EventLoop>.fromOpaque(box).release()
+        let jobs: [UnownedJob] = lock.withLock {
+            defer {
+                orphans = []
+                orphanRunnerActive = false
+            }
+            return orphans
+        }
+        for job in jobs { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+    }
+
+    /// The orphan runner: runs the queued actors' jobs in order, isolated to the loop's serial
+    /// executor, until none is left; then the thread ends (the next orphan starts another).
+    private func runOrphans() {
+        lock.withLock { orphanThread = pthread_self() }
+        while true {
+            let jobs: [UnownedJob] = lock.withLock {
+                if orphans.isEmpty {
+                    orphanRunnerActive = false
+                    orphanThread = nil
+                }
+                defer { orphans = [] }
+                return orphans
+            }
+            if jobs.isEmpty { return }
+            for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
+        }
+    }
+
+    /// Whether the caller is the orphan runner (an actor isolated to the stopped loop runs there).
+    private func isOrphanRunner() -> Bool {
+        lock.withLock { orphanThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
     }
 
     /// `signals` begin (`watching`) or stop being watched by one of this loop's sequences. The loop
@@ -401,9 +471,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             // puts the job back on the loop) would keep the queue from ever emptying: after
             // `drainRounds` rounds what is queued goes to the global pool with whatever comes later.
             if queue.isEmpty || rounds == Self.drainRounds {
-                phase = .stopped      // from now on submissions go to the global pool
+                phase = .stopped      // from now on submissions go to the global pool or the orphan runner
                 swap(&batch, &queue)
+                // Actors' jobs still queued go to the orphan runner ahead of any that come later.
+                var startRunner = false
+                for submission in batch where takeOrphan(submission) { startRunner = true }
                 lock.unlock()
+                if startRunner { startOrphanRunner() }
                 for submission in batch { Self.handOff(submission) }
                 batch.removeAll(keepingCapacity: true)
                 break
@@ -620,7 +694,7 @@ final class LoopSerialExecutor: SerialExecutor, @unchecked Sendable {
         loop.checkIsolated()
     }
 
-    func isIsolatingCurrentContext() -> Bool? { loop.isLoopThread() }
+    func isIsolatingCurrentContext() -> Bool? { loop.isIsolating() }
 }
 
 extension EventLoop {

@@ -94,7 +94,13 @@ public final class EventLoopGroup: Sendable {
 
     /// Shuts every loop down (``EventLoop/shutdown()``).
     public func shutdown() async {
-        for loop in loops { await loop.shutdown() }
+        // All at once: a loop shut down while another still runs its tasks' last jobs would fail
+        // their work on it for longer than it has to.
+        await withTaskGroup(of: Void.self) { group in
+            for loop in loops {
+                group.addTask { await loop.shutdown() }
+            }
+        }
     }
 
     /// Shuts every loop down, blocking the calling thread (never a loop thread).

@@ -19,36 +19,62 @@ extension EventLoop {
     /// negative grace period is ``shutdown()`` after step 1; a huge one waits as long as connections
     /// stay open. Returns once the loop has finished.
     public func shutdown(gracePeriod: Duration) async {
+        await Self.shutdown([self], gracePeriod: gracePeriod)
+    }
+
+    /// The graceful shutdown of `loops` together: every one stops accepting, then they wait until none
+    /// of them holds a connection (counted in one pass over all: a handler on one loop may open a
+    /// connection on another), at most `gracePeriod`, and only then are they all shut down. A loop with
+    /// nothing left keeps running meanwhile: a handler still draining elsewhere may use it (a sleep, a
+    /// connection to an upstream), and an actor isolated to it stays on its thread.
+    static func shutdown(_ loops: [EventLoop], gracePeriod: Duration) async {
         let deadline = Deadline.after(gracePeriod)   // saturates: any Duration
-        beginDraining()
-        _ = try? await onLoop { (state) async throws(LoopError) in state.stopAccepting() }
+        for loop in loops {
+            loop.beginDraining()
+            _ = try? await loop.onLoop { (state) async throws(LoopError) in state.stopAccepting() }
+        }
         var pause = Duration.milliseconds(1)
-        while !Task.isCancelled, MonotonicClock.nowNanoseconds < deadline {
-            guard let connections = try? await onLoop({ (state) async throws(LoopError) -> Int in state.connectionCount }),
-                  connections > 0 else { break }
-            // The connections' tasks close them; look again soon (1 ms, doubling to 20 ms).
+        waiting: while !Task.isCancelled, MonotonicClock.nowNanoseconds < deadline {
+            var connections = 0
+            for loop in loops {
+                // A loop that stopped (shut down meanwhile, or its poller failed) holds nothing.
+                connections += (try? await loop.onLoop { (state) async throws(LoopError) -> Int in state.connectionCount }) ?? 0
+            }
+            guard connections > 0 else { break }
+            // The connections' tasks close them; look again soon (1 ms, doubling to 20 ms), on the
+            // first loop that still runs, or on the task's clock when none has a slot for a sleep.
             let interval = min(pause, Deadline.timeout(until: deadline))
-            do throws(LoopError) { try await sleep(for: interval) } catch {
-                // A loop holding as many resources as it can has no slot for a sleep: the task's clock.
-                guard case .resourceExhausted = error else { break }
+            var slept = false
+            for loop in loops {
+                do throws(LoopError) {
+                    try await loop.sleep(for: interval)
+                    slept = true
+                    break
+                } catch {
+                    if case .cancelled = error { break waiting }
+                }
+            }
+            if !slept {
                 do { try await Task.sleep(for: interval) } catch { break }
             }
             pause = min(pause * 2, .milliseconds(20))
         }
-        await shutdown()
+        await withTaskGroup(of: Void.self) { group in
+            for loop in loops {
+                group.addTask { await loop.shutdown() }
+            }
+        }
     }
 }
 
 extension EventLoopGroup {
-    /// ``EventLoop/shutdown(gracePeriod:)`` on every loop at once: every loop stops accepting first,
-    /// then each waits for its connections within the same grace period. Cancelling the calling task
-    /// ends the waits at once.
+    /// The graceful shutdown of the whole group (``EventLoop/shutdown(gracePeriod:)`` for all of its
+    /// loops together): every loop stops accepting, then the group waits until none of its loops holds
+    /// a connection, within the grace period, and shuts every loop down only then: no loop ends while
+    /// another still drains (a handler on one loop may be using another). Cancelling the calling task
+    /// ends the wait at once.
     public func shutdown(gracePeriod: Duration) async {
-        await withTaskGroup(of: Void.self) { group in
-            for loop in loops {
-                group.addTask { await loop.shutdown(gracePeriod: gracePeriod) }
-            }
-        }
+        await EventLoop.shutdown(loops, gracePeriod: gracePeriod)
     }
 }
 

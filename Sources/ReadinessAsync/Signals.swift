@@ -137,10 +137,21 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
     /// Iterates the deliveries; holds the sequence (and so its pipe) while it exists.
     public struct Iterator: AsyncIteratorProtocol {
         let sequence: SignalSequence
+        /// Set once `next` returned nil: every later call returns nil too (`AsyncIteratorProtocol`).
+        private var ended = false
+
+        init(sequence: SignalSequence) { self.sequence = sequence }
 
         /// The next signal; nil once the sequence stopped (finished, the task cancelled, the loop shut
-        /// down, or another task iterating it at the same time).
+        /// down, or another task iterating it at the same time), and from then on.
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async -> Signal? {
+            guard !ended else { return nil }
+            let signal = await nextSignal(isolation: actor)
+            if signal == nil { ended = true }
+            return signal
+        }
+
+        private func nextSignal(isolation actor: isolated (any Actor)?) async -> Signal? {
             let subscription = sequence.subscription
             var pause = AsyncListener.fullLoopPause   // doubles while shortages follow one another, up to 100 ms
             while true {
