@@ -94,7 +94,8 @@ bench-flyingfox: deps
 	Tests/Benchmarks/.build/release/readiness-flyingfox-bench
 
 # Examples/readiness-http-server beside nginx (1 worker) and SwiftNIO's NIOHTTP1 server (1 thread) under
-# wrk -c64 and -c256: requests/s, server CPU per request, peak RSS; interleaved rounds, ratios per round.
+# wrk -c64 and -c256: requests/s, server CPU per request, p99 latency, peak RSS; interleaved rounds, ratios
+# per round.
 bench-http: deps
 	$(SWIFT) build -c release --product readiness-http-server
 	$(SWIFT) build -c release --package-path Tests/Benchmarks --scratch-path Tests/Benchmarks/.build --product readiness-http-bench

@@ -185,11 +185,20 @@ func startNginx() throws -> Server? {
                       port: port, directory: directory)
 }
 
-/// wrk's requests per second and request count, or nil when it failed.
-func wrk(_ port: Int, connections: Int, seconds: Int) -> (rate: Double, requests: Double, errors: Bool)? {
+/// A wrk latency ("812.00us", "1.23ms", "2.00s") in microseconds.
+func microseconds(_ text: Substring) -> Double? {
+    for (unit, scale) in [("us", 1.0), ("ms", 1_000.0), ("s", 1_000_000.0)] where text.hasSuffix(unit) {
+        return Double(text.dropLast(unit.count)).map { $0 * scale }
+    }
+    return nil
+}
+
+/// wrk's requests per second, request count and 99th percentile latency (microseconds, from
+/// `--latency`), or nil when it failed.
+func wrk(_ port: Int, connections: Int, seconds: Int) -> (rate: Double, requests: Double, p99: Double, errors: Bool)? {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
-    process.arguments = ["-t1", "-c\(connections)", "-d\(seconds)s", "http://127.0.0.1:\(port)/"]
+    process.arguments = ["-t1", "-c\(connections)", "-d\(seconds)s", "--latency", "http://127.0.0.1:\(port)/"]
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
@@ -200,8 +209,10 @@ func wrk(_ port: Int, connections: Int, seconds: Int) -> (rate: Double, requests
     guard let rateLine = text.split(separator: "\n").first(where: { $0.hasPrefix("Requests/sec:") }),
           let rate = Double(rateLine.split(separator: " ").last ?? ""),
           let countLine = text.split(separator: "\n").first(where: { $0.contains("requests in") }),
-          let count = Double(countLine.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") else { return nil }
-    return (rate, count, text.contains("Non-2xx") || text.contains("Socket errors"))
+          let count = Double(countLine.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? ""),
+          let p99Line = text.split(separator: "\n").first(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("99%") }),
+          let p99 = p99Line.split(separator: " ").last.flatMap(microseconds) else { return nil }
+    return (rate, count, p99, text.contains("Non-2xx") || text.contains("Socket errors"))
 }
 
 func median(_ values: [Double]) -> Double {
@@ -233,6 +244,7 @@ defer { for server in servers { server.stop() } }
 // rates[server][connections] = per-round rates; cpu likewise (µs per request).
 var rates = Array(repeating: [Int: [Double]](), count: servers.count)
 var cpu = Array(repeating: [Int: [Double]](), count: servers.count)
+var p99 = Array(repeating: [Int: [Double]](), count: servers.count)
 var errors = Array(repeating: false, count: servers.count)
 for round in 0..<options.rounds {
     for connections in options.connections {
@@ -247,17 +259,18 @@ for round in 0..<options.rounds {
             }
             let used = server.cpuSeconds - before
             rates[index][connections, default: []].append(result.rate)
+            p99[index][connections, default: []].append(result.p99)
             cpu[index][connections, default: []].append(used / result.requests * 1_000_000)
             errors[index] = errors[index] || result.errors
-            print("round \(round + 1) -c\(connections) \(server.name): \(Int(result.rate)) req/s, \(String(format: "%.1f", used / result.requests * 1_000_000)) us CPU per request")
+            print("round \(round + 1) -c\(connections) \(server.name): \(Int(result.rate)) req/s, \(String(format: "%.1f", used / result.requests * 1_000_000)) us CPU per request, p99 \(Int(result.p99)) us")
         }
     }
 }
 
 let nginxIndex = servers.firstIndex { $0.name.hasPrefix("nginx") }
 print("")
-print("| server | " + options.connections.map { "req/s -c\($0) (median; per-round ratio to nginx)" }.joined(separator: " | ") + " | CPU per request (median, -c64) | peak RSS |")
-print("|---|" + options.connections.map { _ in "---|" }.joined() + "---|---|")
+print("| server | " + options.connections.map { "req/s -c\($0) (median; per-round ratio to nginx)" }.joined(separator: " | ") + " | CPU per request (median, -c64) | " + options.connections.map { "p99 -c\($0) (median)" }.joined(separator: " | ") + " | peak RSS |")
+print("|---|" + options.connections.map { _ in "---|---|" }.joined() + "---|---|")
 for (index, server) in servers.enumerated() {
     var cells: [String] = []
     for connections in options.connections {
@@ -271,7 +284,9 @@ for (index, server) in servers.enumerated() {
     }
     let cpuCell = String(format: "%.1f us", median(cpu[index][options.connections.first ?? 64] ?? []))
     let rss = String(format: "%.1f MB", server.peakRSSMegabytes)
-    print("| \(server.name)\(errors[index] ? " (wrk saw errors)" : "") | " + cells.joined(separator: " | ") + " | \(cpuCell) | \(rss) |")
+    let latencyCells = options.connections.map { "\(Int(median(p99[index][$0] ?? []))) us" }
+    print("| \(server.name)\(errors[index] ? " (wrk saw errors)" : "") | " + cells.joined(separator: " | ") + " | \(cpuCell) | "
+          + latencyCells.joined(separator: " | ") + " | \(rss) |")
 }
 if options.backends.count > 1 {
     // Each Readiness server against the first one, per round (same round, same machine state).
