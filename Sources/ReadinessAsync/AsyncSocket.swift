@@ -168,6 +168,43 @@ public struct AsyncSocket: Sendable {
         }
     }
 
+    /// Waits until a write would not block (room in the send buffer, or a failure a write would
+    /// report: a reset, a shut-down side) and writes nothing: tokio's `writable`. With ``tryWrite(_:)``
+    /// it is a write that a cancellation or a deadline never ends in the middle of its bytes: the caller
+    /// always knows how many went. ``LoopError/busy`` while another task writes; `.timedOut`,
+    /// `.cancelled` as for a write.
+    nonisolated(nonsending) public func writable(timeout: Duration? = nil) async throws(LoopError) {
+        try await waitReady(.write, timeout: timeout)
+    }
+
+    /// Waits until a read would not block (bytes, the end of the stream, or a failure a read would
+    /// report) and reads nothing: tokio's `readable`. ``LoopError/busy`` while another task reads.
+    nonisolated(nonsending) public func readable(timeout: Duration? = nil) async throws(LoopError) {
+        try await waitReady(.read, timeout: timeout)
+    }
+
+    /// `readable`/`writable`: the direction's slot claimed, each attempt a zero-timeout `poll` (what
+    /// a read or write would meet, asked without one).
+    nonisolated(nonsending) private func waitReady(_ direction: Direction, timeout: Duration?) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        let events = Int16(direction == .read ? POLLIN : POLLOUT)
+        _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
+            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+                var entry = pollfd(fd: socket.fd, events: events, revents: 0)
+                while true {
+                    let n = poll(&entry, 1, 0)
+                    if n > 0 { return .transferred(0) }   // ready, or an error or hang-up to report
+                    if n == 0 { return .wouldBlock }
+                    if errno != EINTR { return .transferred(0) }   // the operation that follows reports it
+                }
+            }
+            // Data is there: the next read tries at once (not the short-read hint's wait first).
+            if direction == .read, let (stream, _) = try? state.stream(id) { stream.record.readDrained = false }
+            return .transferred(0)
+        }
+    }
+
     /// The socket's own address (getsockname; tokio's `local_addr`): the port the kernel chose for a
     /// connect. Nil once closed, or for a Unix socket without a name.
     nonisolated(nonsending) public func localAddress() async -> SocketAddress? {

@@ -156,6 +156,70 @@ extension PeerScenarioTests10 {
     }
 }
 
+extension PeerScenarioTests10 {
+    // MARK: Waiting for readiness on a socket (tokio's `readable`/`writable` with `try_write`)
+
+    /// A write a cancellation or a deadline never cuts in the middle: wait for room, then one attempt
+    /// that says how much went. Before, nothing waited for room without writing (a reader's probe: an
+    /// 8 MiB write cancelled after 150 ms had sent 671,744 bytes the caller could not learn of), and
+    /// `loop.writable(fd)` refuses the socket's own descriptor.
+    @Test("AsyncSocket.writable and readable wait without moving a byte; with tryWrite a cancelled write says what went",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func socketReadinessWaits(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (a, b) = try socketPair()
+            defer { close(b) }
+            let socket = try await loop.adopt(descriptor: a)
+            // Readable: nothing there, a timeout; bytes there, at once, and still all there to read.
+            await #expect(throws: LoopError.timedOut) { try await socket.readable(timeout: .milliseconds(50)) }
+            #expect(Glibc.write(b, "hello", 5) == 5)
+            try await socket.readable(timeout: .seconds(5))
+            try await socket.readable(timeout: .seconds(5))
+            #expect(try await socket.read(upTo: 100, timeout: .seconds(5)) == Array("hello".utf8))
+            // A reader waiting: a second wait on the same side is busy.
+            let reader = Task(executorPreference: loop) { try await socket.readable(timeout: .seconds(5)) }
+            try await loop.sleep(for: .milliseconds(50))
+            await #expect(throws: LoopError.busy) { try await socket.readable(timeout: .milliseconds(10)) }
+            #expect(Glibc.write(b, "x", 1) == 1)
+            try await reader.value
+            // Writable: room at first; fill the send buffer with single attempts, then no room.
+            try await socket.writable(timeout: .seconds(5))
+            let chunk = [UInt8](repeating: 7, count: 64 * 1024)
+            var sent = 0
+            while true {
+                let n = try await socket.tryWrite(chunk)
+                if n == 0 { break }
+                sent += n
+            }
+            await #expect(throws: LoopError.timedOut) { try await socket.writable(timeout: .milliseconds(50)) }
+            // Cancelled while it waits: nothing written, the count so far still exact.
+            let waiter = Task(executorPreference: loop) { try await socket.writable() }
+            try await loop.sleep(for: .milliseconds(50))
+            waiter.cancel()
+            await #expect(throws: LoopError.cancelled) { try await waiter.value }
+            // The peer reads it all: room again, and every byte that went is there, no more.
+            let expected = sent
+            let received = Atomic<Int>(0)
+            let join = spawn {
+                var total = 0
+                var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+                _ = fcntl(b, F_SETFL, fcntl(b, F_GETFL) & ~O_NONBLOCK)
+                while total < expected {
+                    let n = Glibc.read(b, &buffer, buffer.count)
+                    if n <= 0 { break }
+                    total += n
+                }
+                received.store(total, ordering: .sequentiallyConsistent)
+            }
+            try await socket.writable(timeout: .seconds(5))
+            join()
+            #expect(received.load(ordering: .sequentiallyConsistent) == expected)
+            #expect(try await socket.tryWrite([1]) == 1)
+            await socket.close()
+        }
+    }
+}
+
 /// An actor whose executor is a loop's, counting its calls and how often two were inside at once or
 /// one ran where the loop does not isolate.
 actor LoopCounter {
