@@ -37,6 +37,14 @@ final class ConditionLock: @unchecked Sendable {
 
     /// With the lock held: waits for a broadcast.
     func wait() { pthread_cond_wait(condition, mutex) }
+    /// With the lock held: waits for a broadcast, or `seconds` at most (the wall clock's: a jump of it
+    /// shortens or lengthens the wait; for idle timeouts only).
+    func wait(seconds: Int) {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        deadline.tv_sec += seconds
+        pthread_cond_timedwait(condition, mutex, &deadline)
+    }
     /// With the lock held: wakes every waiter.
     func broadcast() { pthread_cond_broadcast(condition) }
 }

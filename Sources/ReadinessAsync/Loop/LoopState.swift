@@ -373,6 +373,26 @@ final class LoopState {
         }
     }
 
+    /// A write's attempts made synchronously, as long as the socket takes bytes: true once all
+    /// `count` went, false when one would block (`offset` says how far it got; the caller waits then).
+    /// Only with the readiness driver: a completion driver's writes go through its ring. The same
+    /// claims and refusals as ``perform(_:_:deadline:waitFirst:_:)``.
+    func writeAtOnce(_ id: UInt64, count: Int, offset: inout Int,
+                     _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) throws(LoopError) -> Bool {
+        guard completions == nil else { return false }
+        try claim(id, .write)
+        defer { release(id, .write) }
+        let (stream, socket) = try stream(id)
+        if stream.record.write.isWaiting { throw .busy }
+        while offset < count {
+            let result: IOResult
+            do throws(SocketError) { result = try write(socket, offset) } catch { throw .socket(error) }
+            guard case .transferred(let n) = result, n > 0 else { return false }
+            offset += n
+        }
+        return true
+    }
+
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
         try claim(id, direction)
