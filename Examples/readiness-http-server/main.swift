@@ -216,10 +216,11 @@ func parse(_ bytes: ArraySlice<UInt8>) -> ParseResult {
     var firstLineEnd: Int?
     var i = begin
     while i + 1 < bytes.endIndex {
-        // Past the limit (and the line ends that may close it) the size decides, below: what lies
-        // beyond is not looked at, so a lone LF there cannot make the answer depend on whether it
-        // came in this read or a later one (review).
-        if i - begin > headLimit + 3 { break }
+        // Past the limit (and the line ends that may close it: a CR for the request line, CRLF CR
+        // for the head) the size decides, below, with the same thresholds: what lies beyond is not
+        // looked at, so a lone LF there cannot make the answer depend on whether it came in this read
+        // or a later one (review, twice).
+        if i - begin > (firstLineEnd == nil ? headLimit : headLimit + 2) { break }
         let next = bytes[i + 1]
         // A lone LF ends a line for a lenient parser and not for this one: refused at once (RFC 9112
         // section 2.2), not left to wait for a CRLF CRLF that never comes.

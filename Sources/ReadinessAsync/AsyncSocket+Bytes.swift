@@ -93,16 +93,19 @@ extension AsyncSocket {
     @inline(__always)
     nonisolated(nonsending) func writeAll(count: Int, timeout: Duration?,
                                           _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) async throws(LoopError) {
+        // The deadline first: the timeout bounds the whole write, the attempts made at once included.
+        let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         var offset = 0
         // On the loop thread, a write the socket takes whole at once is done here: no hop, no executor
-        // check, no deadline (it never waits). One that would block goes on below from `offset`.
-        if try loop.onLoopNow({ (state) throws(LoopError) -> Bool in try state.writeAtOnce(id, count: count, offset: &offset, write) }) == true {
-            return
+        // check. One that would block goes on below from `offset`, its claim held meanwhile.
+        var claimed = false
+        if let done = try loop.onLoopNow({ (state) throws(LoopError) -> Bool in try state.writeAtOnce(id, count: count, offset: &offset, write) }) {
+            if done { return }
+            claimed = true
         }
-        let deadline = timeout.map { Deadline.after($0) }
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
-            try await state.perform(id, .write, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+            try await state.perform(id, .write, deadline: deadline, waitFirst: false, claimed: claimed) { (socket) throws(SocketError) -> IOResult in
                 while offset < count {
                     guard case .transferred(let n) = try write(socket, offset), n > 0 else { return .wouldBlock }
                     offset += n

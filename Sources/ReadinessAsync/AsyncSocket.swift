@@ -190,14 +190,26 @@ public struct AsyncSocket: Sendable {
         let id = self.id
         let events = Int16(direction == .read ? POLLIN : POLLOUT)
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
-            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+            // A failure a send hands to the read side while this waits stays for the read that follows
+            // (io_uring: review, the read read a clean end of stream after a reset).
+            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false,
+                                        keepsReadFailure: direction == .read) { (socket) throws(SocketError) -> IOResult in
                 var entry = pollfd(fd: socket.fd, events: events, revents: 0)
                 while true {
                     let n = poll(&entry, 1, 0)
                     if n > 0 { return .transferred(0) }   // ready, or an error or hang-up to report
-                    if n == 0 { return .wouldBlock }
+                    if n == 0 { break }
                     if errno != EINTR { return .transferred(0) }   // the operation that follows reports it
                 }
+                // A Unix stream whose sending side is shut down (its own, or the peer's reading side)
+                // never reports POLLOUT, yet a write fails at once (EPIPE): an empty send asks, moving
+                // nothing (review: writable waited for ever there). The write path's re-checks bring
+                // this attempt back while it waits.
+                if direction == .write, send(socket.fd, nil, 0, CInt(MSG_NOSIGNAL) | CInt(MSG_DONTWAIT)) < 0,
+                   errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR {
+                    return .transferred(0)
+                }
+                return .wouldBlock
             }
             // Data is there: the next read tries at once (not the short-read hint's wait first).
             if direction == .read, let (stream, _) = try? state.stream(id) { stream.record.readDrained = false }

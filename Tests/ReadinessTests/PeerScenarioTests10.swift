@@ -156,6 +156,15 @@ extension PeerScenarioTests10 {
         let lateLF = Array(("GET / HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "a", count: 9_000) + "\nY: b\r\n\r\n").utf8)
         #expect(try await status(lateLF, tail: 0).hasPrefix("HTTP/1.1 431 "))
         #expect(try await status(lateLF, tail: 20).hasPrefix("HTTP/1.1 431 "))
+        // At the thresholds themselves (review, a second time): a lone LF right after the limit of the
+        // request line (offset 8,194) and of the head (8,196), whole and with the rest apart.
+        let edgeLine = Array(("GET /" + String(repeating: "a", count: 8_180) + " HTTP/1.1\nHost: a\r\n\r\n").utf8)
+        #expect(try await status(edgeLine, tail: 0).hasPrefix("HTTP/1.1 414 "))
+        #expect(try await status(edgeLine, tail: edgeLine.count - 8_194).hasPrefix("HTTP/1.1 414 "))
+        let headPrefix = "GET / HTTP/1.1\r\nHost: a\r\nX: "
+        let edgeHead = Array((headPrefix + String(repeating: "a", count: 8_196 - headPrefix.utf8.count) + "\nY: b\r\n\r\n").utf8)
+        #expect(try await status(edgeHead, tail: 0).hasPrefix("HTTP/1.1 431 "))
+        #expect(try await status(edgeHead, tail: edgeHead.count - 8_196).hasPrefix("HTTP/1.1 431 "))
         let connect = Array("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n".utf8)
         #expect(try await status(connect, tail: 0).hasPrefix("HTTP/1.1 405 "))
         // A malformed Content-Length is a 400 whatever the Transfer-Encoding before it (it was 501).
@@ -230,6 +239,142 @@ extension PeerScenarioTests10 {
             #expect(try await socket.tryWrite([1]) == 1)
             await socket.close()
         }
+    }
+}
+
+extension PeerScenarioTests10 {
+    // MARK: A write made at once on the loop thread, then waiting (the one-writer rule, Docs/Async.md)
+
+    /// A 4 MiB write from an actor isolated to the loop, called from a task that does not prefer the
+    /// loop: the part the socket takes at once is written on the spot, then the write must hop to wait,
+    /// and a task queued before it runs in that gap. Its write must be refused (`.busy`), never land in
+    /// the middle of the first one's bytes (review: with the write claim let go between the two, it did).
+    @Test("a second writer never lands inside a write that went partly at once and then waits",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func noWriterInsideAPartialWrite(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (a, b) = try socketPair()
+            let socket = try await loop.adopt(descriptor: a)
+            let received = Mutex<[UInt8]>([])
+            let join = spawn {
+                _ = fcntl(b, F_SETFL, fcntl(b, F_GETFL) & ~O_NONBLOCK)
+                var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+                while true {
+                    let n = Glibc.read(b, &buffer, buffer.count)
+                    if n <= 0 { break }
+                    received.withLock { $0 += buffer[..<n] }
+                }
+                close(b)
+            }
+            let writer = LoopWriter(loop)
+            let size = 4 << 20
+            let second = try await Task { try await writer.writeWithSecondWriter(socket, size: size) }.value
+            await socket.close()
+            join()
+            let bytes = received.withLock { $0 }
+            // The second write, if it went, is wholly before or wholly after the first one's bytes.
+            let firstA = bytes.firstIndex(of: UInt8(ascii: "A")) ?? 0
+            let lastA = bytes.lastIndex(of: UInt8(ascii: "A")) ?? -1
+            let inside = bytes[firstA...].prefix(lastA - firstA + 1).firstIndex(of: UInt8(ascii: "B"))
+            #expect(inside == nil, "a second writer's bytes at \(inside ?? 0), inside the first write's (\(firstA)...\(lastA))")
+            #expect(bytes.count(where: { $0 == UInt8(ascii: "A") }) == size)
+            switch second {
+            case .failure(.busy), .success: break
+            case .failure(let error): Issue.record("the second writer failed with \(error)")
+            }
+        }
+    }
+}
+
+extension PeerScenarioTests10 {
+    /// A Unix stream whose sending side is shut down with its buffer full: `poll` never reports
+    /// POLLOUT there, yet a write fails at once (EPIPE); `writable()` waited for ever (review).
+    @Test("writable() returns on a Unix stream shut down for writing with its buffer full; the write then fails",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func writableOnShutDownUnixStream(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (a, b) = try socketPair()
+            defer { close(b) }
+            let socket = try await loop.adopt(descriptor: a)
+            let chunk = [UInt8](repeating: 7, count: 64 * 1024)
+            while try await socket.tryWrite(chunk) > 0 {}
+            let clock = ContinuousClock()
+            let waiter = Task(executorPreference: loop) { () async throws(LoopError) -> Duration in
+                let started = clock.now
+                try await socket.writable(timeout: .seconds(10))
+                return clock.now - started
+            }
+            try await loop.sleep(for: .milliseconds(50))
+            try await socket.shutdown(.write)
+            let took = try await waiter.value
+            #expect(took < .seconds(3), "writable took \(took)")
+            await #expect(throws: LoopError.self) { _ = try await socket.tryWrite([1]) }
+            await socket.close()
+        }
+    }
+
+    /// A reset that comes while one task waits in `readable()` and another's write is in the kernel:
+    /// somebody must hear of it. On io_uring the ring's send took it and handed it to the read side,
+    /// and the end of `readable()` dropped it: the read saw a clean end of stream and the write EPIPE
+    /// (review).
+    @Test("a reset during readable() and a write in flight is reported to the read or the write",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func resetDuringReadableIsReported(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0))
+            let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            let server = try await listener.accept(timeout: .seconds(5))
+            let big = UnsafeMutableRawBufferPointer.allocate(byteCount: 32 << 20, alignment: 16)
+            defer { big.deallocate() }
+            big.initializeMemory(as: UInt8.self, repeating: 1)
+            let payload = UnsafeRawBufferPointer(big)
+            nonisolated(unsafe) let buffer = payload
+            let writer = Task(executorPreference: loop) { () async -> LoopError? in
+                do throws(LoopError) { try await client.write(buffer, timeout: .seconds(20)); return nil } catch { return error }
+            }
+            let reader = Task(executorPreference: loop) { () async -> LoopError? in
+                do throws(LoopError) {
+                    try await client.readable(timeout: .seconds(20))
+                    _ = try await client.read(upTo: 100, timeout: .seconds(5))
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            try await loop.sleep(for: .milliseconds(100))
+            try await server.withStreamSocket { (stream) throws(SocketError) in try stream.setLinger(.resetOnClose) }
+            await server.close()
+            let (written, read) = (await writer.value, await reader.value)
+            func isReset(_ error: LoopError?) -> Bool {
+                if case .socket(let failure)? = error { return failure.errno == ECONNRESET }
+                return false
+            }
+            #expect(isReset(read) || isReset(written), "read: \(String(describing: read)), write: \(String(describing: written))")
+            await client.close()
+            await listener.close()
+        }
+    }
+}
+
+/// An actor on a loop's serial executor that writes on a socket of that loop.
+actor LoopWriter {
+    let loop: EventLoop
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    init(_ loop: EventLoop) { self.loop = loop }
+
+    /// Queues a task (preferring the loop) that writes 100 bytes of B, then writes `size` bytes of A
+    /// itself; returns the second write's outcome.
+    func writeWithSecondWriter(_ socket: AsyncSocket, size: Int) async throws -> Result<Void, LoopError> {
+        let second = Task(executorPreference: loop) { () async -> Result<Void, LoopError> in
+            do throws(LoopError) {
+                try await socket.write([UInt8](repeating: UInt8(ascii: "B"), count: 100))
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try await socket.write([UInt8](repeating: UInt8(ascii: "A"), count: size), timeout: .seconds(20))
+        return await second.value
     }
 }
 

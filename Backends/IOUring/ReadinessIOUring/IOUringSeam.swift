@@ -436,6 +436,7 @@ public final class IOUringSeam: BackendSeam {
         var nanoseconds: Int64 = -1
         if case .nanoseconds(let ns) = timeout { nanoseconds = max(0, ns) }
         let block = pending.isEmpty && operationCompletions.isEmpty && nanoseconds != 0
+        let hadCancelQueued = cancelQueued
         cancelQueued = false   // submitted by this enter
         var status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         if status == -EEXIST {
@@ -443,6 +444,14 @@ public final class IOUringSeam: BackendSeam {
             status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         }
         if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
+            // Nothing was submitted: a cancel queued before is still queued (review: a deregister
+            // after this failure unqueued the new request and skipped the submit, and the old request
+            // kept the closed socket's file).
+            cancelQueued = hadCancelQueued
+            // EAGAIN: the kernel could not allocate for the request, "wait for some completions and
+            // try again" (io_uring_enter(2)): a shortage that passes, as ENOMEM (review: one EAGAIN
+            // ended the whole event loop).
+            if status == -EAGAIN { throw .resourceExhausted(operation: "io_uring_enter", errno: EAGAIN) }
             throw .failed("io_uring_enter", errno: -status)
         }
         var drained = drainCompletions(&table, events)

@@ -199,9 +199,15 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     func drain(_ poller: any Poller, loop: LoopState) {
         let deadline = MonotonicClock.nowNanoseconds + Self.drainLimit
         while inFlight > 0, MonotonicClock.nowNanoseconds < deadline {
-            // A poller that fails (the loop may be ending because of it) would fail at once on every
-            // turn: a spin for the whole limit. Its operations are given up below instead.
-            guard (try? poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))) != nil else { break }
+            // A failing wait is tried again after a pause (no spin) within the limit: a shortage
+            // passes, and an operation given up while its request is still in the kernel could have
+            // its buffer written after its task went on (review: one refused enter ended the drain).
+            do {
+                try poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))
+            } catch {
+                usleep(UInt32(Self.drainStepMilliseconds) * 1_000)
+                continue
+            }
             dispatch(loop)
         }
         // Not done in time (the ring's close, next, cancels them in the kernel): their tasks resume

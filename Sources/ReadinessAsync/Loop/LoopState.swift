@@ -361,42 +361,54 @@ final class LoopState {
         }
     }
 
-    /// Ends ``claim(_:_:)`` (nothing if the resource is gone).
-    func release(_ id: UInt64, _ direction: Direction) {
+    /// Ends ``claim(_:_:)`` (nothing if the resource is gone). `keepsReadFailure`: a connection
+    /// failure a send handed to the read side stays for the next read (the claim was a wait that reads
+    /// nothing: `AsyncSocket.readable`).
+    func release(_ id: UInt64, _ direction: Direction, keepsReadFailure: Bool = false) {
         guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return }
         if direction == .read {
             resource.record.read.inUse = false
             // A failure handed to this read and not taken by it (it ended otherwise): not the next one's.
-            if !readFailures.isEmpty { readFailures.removeValue(forKey: resource.key) }
+            if !keepsReadFailure, !readFailures.isEmpty { readFailures.removeValue(forKey: resource.key) }
         } else {
             resource.record.write.inUse = false
         }
     }
 
     /// A write's attempts made synchronously, as long as the socket takes bytes: true once all
-    /// `count` went, false when one would block (`offset` says how far it got; the caller waits then).
-    /// Only with the readiness driver: a completion driver's writes go through its ring. The same
-    /// claims and refusals as ``perform(_:_:deadline:waitFirst:_:)``.
+    /// `count` went, false when one would block (`offset` says how far it got). The same claims and
+    /// refusals as ``perform(_:_:deadline:waitFirst:claimed:keepsReadFailure:_:)``; on false the write
+    /// claim **stays held**, for the caller's `perform(..., claimed: true)` to go on with and release:
+    /// between the two the task may yield or hop, and another writer must not land in the middle of
+    /// these bytes meanwhile (review: it did, with the claim released here). Should the task never
+    /// reach that `perform`, the loop has shut down, and the claim went with the socket.
     func writeAtOnce(_ id: UInt64, count: Int, offset: inout Int,
                      _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) throws(LoopError) -> Bool {
-        guard completions == nil else { return false }
         try claim(id, .write)
-        defer { release(id, .write) }
-        let (stream, socket) = try stream(id)
-        if stream.record.write.isWaiting { throw .busy }
-        while offset < count {
-            let result: IOResult
-            do throws(SocketError) { result = try write(socket, offset) } catch { throw .socket(error) }
-            guard case .transferred(let n) = result, n > 0 else { return false }
-            offset += n
+        do throws(LoopError) {
+            let (stream, socket) = try stream(id)
+            if stream.record.write.isWaiting { throw .busy }
+            while offset < count {
+                let result: IOResult
+                do throws(SocketError) { result = try write(socket, offset) } catch { throw .socket(error) }
+                guard case .transferred(let n) = result, n > 0 else { return false }
+                offset += n
+            }
+        } catch {
+            release(id, .write)
+            throw error
         }
+        release(id, .write)
         return true
     }
 
+    /// `claimed`: the caller holds the direction's claim already (``writeAtOnce(_:count:offset:_:)``);
+    /// released here either way. `keepsReadFailure`: see ``release(_:_:keepsReadFailure:)``.
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                         claimed: Bool = false, keepsReadFailure: Bool = false,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
-        try claim(id, direction)
-        defer { release(id, direction) }
+        if !claimed { try claim(id, direction) }
+        defer { release(id, direction, keepsReadFailure: keepsReadFailure) }
         return try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
     }
 
