@@ -190,10 +190,9 @@ public struct AsyncSocket: Sendable {
         let id = self.id
         let events = Int16(direction == .read ? POLLIN : POLLOUT)
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
-            // A failure a send hands to the read side while this waits stays for the read that follows
-            // (io_uring: review, the read read a clean end of stream after a reset).
-            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false,
-                                        keepsReadFailure: direction == .read) { (socket) throws(SocketError) -> IOResult in
+            // A failure a send hands to the read side while this waits stays for the read that meets
+            // the end of the stream (io_uring; `LoopState.readFailures`).
+            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
                 var entry = pollfd(fd: socket.fd, events: events, revents: 0)
                 while true {
                     let n = poll(&entry, 1, 0)
@@ -205,7 +204,9 @@ public struct AsyncSocket: Sendable {
                 // never reports POLLOUT, yet a write fails at once (EPIPE): an empty send asks, moving
                 // nothing (review: writable waited for ever there). The write path's re-checks bring
                 // this attempt back while it waits.
-                if direction == .write, send(socket.fd, nil, 0, CInt(MSG_NOSIGNAL) | CInt(MSG_DONTWAIT)) < 0,
+                // Unix streams only: on TCP, POLLOUT comes once the side is shut down, and an empty send
+                // could take a pending error (SO_ERROR) from the call that follows (review).
+                if direction == .write, socket.isUnixDomain, send(socket.fd, nil, 0, CInt(MSG_NOSIGNAL) | CInt(MSG_DONTWAIT)) < 0,
                    errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR {
                     return .transferred(0)
                 }

@@ -450,9 +450,12 @@ public final class IOUringSeam: BackendSeam {
             cancelQueued = hadCancelQueued
             // EAGAIN: the kernel could not allocate for the request, "wait for some completions and
             // try again" (io_uring_enter(2)): a shortage that passes, as ENOMEM (review: one EAGAIN
-            // ended the whole event loop).
-            if status == -EAGAIN { throw .resourceExhausted(operation: "io_uring_enter", errno: EAGAIN) }
-            throw .failed("io_uring_enter", errno: -status)
+            // ended the whole event loop). Completions already posted are reaped first (that gives
+            // the kernel its requests back) and reported by this wait; with none, the caller pauses.
+            guard status == -EAGAIN, rd_uring_cq_ready(ring) > 0 else {
+                if status == -EAGAIN { throw .resourceExhausted(operation: "io_uring_enter", errno: EAGAIN) }
+                throw .failed("io_uring_enter", errno: -status)
+            }
         }
         var drained = drainCompletions(&table, events)
         // With deferred completions the kernel runs only a batch of them per io_uring_enter (20 on

@@ -205,6 +205,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             do {
                 try poller.wait(into: loop.events, timeout: .milliseconds(Self.drainStepMilliseconds))
             } catch {
+                // Only a shortage passes; any other failure would fail the same way for the whole limit.
+                guard error.isResourceExhausted else { break }
                 usleep(UInt32(Self.drainStepMilliseconds) * 1_000)
                 continue
             }

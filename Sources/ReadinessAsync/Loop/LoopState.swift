@@ -361,15 +361,14 @@ final class LoopState {
         }
     }
 
-    /// Ends ``claim(_:_:)`` (nothing if the resource is gone). `keepsReadFailure`: a connection
-    /// failure a send handed to the read side stays for the next read (the claim was a wait that reads
-    /// nothing: `AsyncSocket.readable`).
-    func release(_ id: UInt64, _ direction: Direction, keepsReadFailure: Bool = false) {
+    /// Ends ``claim(_:_:)`` (nothing if the resource is gone). A connection failure a send handed to
+    /// the read side (`readFailures`) stays until a read meets the end of the stream, as the kernel
+    /// returns queued data first and the error after: a read that got data, or a `readable()` wait,
+    /// does not drop it (review: dropped here, a reset read as a clean end of stream).
+    func release(_ id: UInt64, _ direction: Direction) {
         guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return }
         if direction == .read {
             resource.record.read.inUse = false
-            // A failure handed to this read and not taken by it (it ended otherwise): not the next one's.
-            if !keepsReadFailure, !readFailures.isEmpty { readFailures.removeValue(forKey: resource.key) }
         } else {
             resource.record.write.inUse = false
         }
@@ -377,7 +376,7 @@ final class LoopState {
 
     /// A write's attempts made synchronously, as long as the socket takes bytes: true once all
     /// `count` went, false when one would block (`offset` says how far it got). The same claims and
-    /// refusals as ``perform(_:_:deadline:waitFirst:claimed:keepsReadFailure:_:)``; on false the write
+    /// refusals as ``perform(_:_:deadline:waitFirst:claimed:_:)``; on false the write
     /// claim **stays held**, for the caller's `perform(..., claimed: true)` to go on with and release:
     /// between the two the task may yield or hop, and another writer must not land in the middle of
     /// these bytes meanwhile (review: it did, with the claim released here). Should the task never
@@ -403,12 +402,12 @@ final class LoopState {
     }
 
     /// `claimed`: the caller holds the direction's claim already (``writeAtOnce(_:count:offset:_:)``);
-    /// released here either way. `keepsReadFailure`: see ``release(_:_:keepsReadFailure:)``.
+    /// released here either way.
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
-                                         claimed: Bool = false, keepsReadFailure: Bool = false,
+                                         claimed: Bool = false,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
         if !claimed { try claim(id, direction) }
-        defer { release(id, direction, keepsReadFailure: keepsReadFailure) }
+        defer { release(id, direction) }
         return try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
     }
 
