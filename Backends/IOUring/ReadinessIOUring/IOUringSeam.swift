@@ -249,6 +249,9 @@ public final class IOUringSeam: BackendSeam {
     }
 
     private func check(_ status: CInt, _ operation: String) throws(PollerError) {
+        // EAGAIN from a submit: no request could be allocated now (io_uring_enter(2)), a shortage
+        // that passes, as in the wait (review: it was a `.system` failure and ended the loop).
+        if status == -EAGAIN { throw .resourceExhausted(operation: operation, errno: EAGAIN) }
         if status < 0 { throw .failed(operation, errno: -status) }
     }
 
@@ -443,6 +446,9 @@ public final class IOUringSeam: BackendSeam {
             try moveToNewRing()
             status = rd_uring_enter(ring, block ? 1 : 0, nanoseconds)
         }
+        // EBUSY (CQ overflow on older kernels) submitted nothing either: the queued cancel stays queued
+        // (a needless submit later costs nothing; a lost one keeps a closed socket's file held).
+        if status == -EBUSY { cancelQueued = hadCancelQueued }
         if status < 0, status != -ETIME, status != -EINTR, status != -EBUSY {
             // Nothing was submitted: a cancel queued before is still queued (review: a deregister
             // after this failure unqueued the new request and skipped the submit, and the old request
@@ -450,9 +456,11 @@ public final class IOUringSeam: BackendSeam {
             cancelQueued = hadCancelQueued
             // EAGAIN: the kernel could not allocate for the request, "wait for some completions and
             // try again" (io_uring_enter(2)): a shortage that passes, as ENOMEM (review: one EAGAIN
-            // ended the whole event loop). Completions already posted are reaped first (that gives
-            // the kernel its requests back) and reported by this wait; with none, the caller pauses.
-            guard status == -EAGAIN, rd_uring_cq_ready(ring) > 0 else {
+            // ended the whole event loop). With deferred completions, finished requests go back to
+            // the kernel's cache only when their deferred work runs: the extra batches below run it
+            // (and report what it and the completions already posted bring); with neither to do, the
+            // caller pauses and tries again (review, twice).
+            guard status == -EAGAIN, rd_uring_cq_ready(ring) > 0 || rd_uring_work_pending(ring) != 0 else {
                 if status == -EAGAIN { throw .resourceExhausted(operation: "io_uring_enter", errno: EAGAIN) }
                 throw .failed("io_uring_enter", errno: -status)
             }

@@ -140,9 +140,20 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     @inline(never)
     private func noteSendFailure(_ op: CompletionOperation, _ code: Int32, loop: LoopState) -> Bool {
         guard let resource = loop.slab[op.key], resource.key == op.key,
-              resource.record.read.op != nil || resource.record.read.inUse else { return false }
+              resource.record.read.op != nil || resource.record.read.inUse,
+              Self.isOver(resource) else { return false }
         loop.readFailures[op.key] = code
         return true
+    }
+
+    /// Whether the connection is over for the kernel (POLLHUP: both directions done). An ICMP error
+    /// taken with IP_RECVERR set (EHOSTUNREACH and the like) fails a send on a connection that goes
+    /// on: that one stays the send's, never kept for a read that would meet a later, graceful end
+    /// (review).
+    private static func isOver(_ resource: any LoopResource) -> Bool {
+        guard let stream = resource as? StreamResource, let socket = stream.socket else { return false }
+        var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) > 0 && entry.revents & Int16(POLLHUP) != 0
     }
 
     /// The failure a send took for this read's stream, taken (nil: none; the read's end of stream stands).
