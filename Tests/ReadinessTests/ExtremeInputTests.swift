@@ -225,7 +225,10 @@ enum Extremes {
         targetsBefore = descriptorTargets()
         // Descriptors that are not sockets: refused, and left open (the caller's).
         let file = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        let closedNumber = dup(file)
+        // A closed number far above the lowest free one: another thread of the process opening a file
+        // meanwhile (the runtime, Dispatch) takes the lowest, and took this one in a CI run
+        // (ENOTSOCK where EBADF was expected).
+        let closedNumber = fcntl(file, F_DUPFD_CLOEXEC, 1_000)
         close(closedNumber)
         for fd in descriptors + [file, closedNumber] {
             do {
