@@ -144,7 +144,9 @@ public final class LibeventSeam: BackendSeam {
             mechanism: method,
             edgeTriggered: features & CInt(RD_LEV_FEATURE_ET) != 0,
             oneShot: .native,
-            timeoutResolution: kernel == .select ? .microseconds(1) : .milliseconds(1),
+            // Microseconds go to libevent. Its epoll method waits on a timerfd (PRECISE_TIMER) and its
+            // select method takes a timeval: both keep them; its poll method (any other) rounds to ms.
+            timeoutResolution: kernel == .epoll || kernel == .select ? .microseconds(1) : .milliseconds(1),
             // libevent's select method grows its own fd_sets past FD_SETSIZE, but Debian builds it
             // with _FORTIFY_SOURCE, whose FD_SET aborts the process at FD_SETSIZE: refuse those first.
             maxDescriptor: kernel == .select ? rd_lev_fd_setsize() - 1 : CInt.max,
