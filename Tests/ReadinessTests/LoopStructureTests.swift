@@ -6,13 +6,10 @@ import Testing
 
 /// A resource kind the loop has never heard of, declared here: it needs no case in any switch of the
 /// loop (issue 21). It records what the loop hands it.
-final class RecordingResource: LoopResource {
-    let key: ResourceKey
-    var record = LoopRecord()
+final class RecordingResource: LoopResourceBase, LoopResource {
     var timers: [TimerPurpose] = []
     var events: [Token] = []
     var released = 0
-    init(key: ResourceKey) { self.key = key }
     func ready(_ ready: Ready, token: Token, loop: LoopState) { events.append(token) }
     func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState) { timers.append(purpose) }
     func release(loop: LoopState) { released += 1 }

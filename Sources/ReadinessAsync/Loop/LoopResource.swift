@@ -80,19 +80,28 @@ struct LoopRecord {
     }
 }
 
+/// What every resource holds for the loop, whatever its kind: stored in this base class, not behind
+/// protocol requirements, so that the loop reaches them as fields. Through a requirement a read of
+/// `record` was a call that copied the whole record (two wait slots, retaining the operation in one),
+/// several times per read and write (`perf`: the record's value-witness copy and its retains).
+class LoopResourceBase {
+    /// Its slot in the loop's slab (its registration token: `key.token`).
+    final let key: ResourceKey
+    /// Its waiters and registration, kept by the loop. Stored `@exclusivity(unchecked)`: only the loop
+    /// thread touches it, in short accesses that call nothing out (a continuation is resumed after its
+    /// slot was cleared), so the dynamic check of each access would be pure cost.
+    @exclusivity(unchecked) final var record = LoopRecord()
+
+    init(key: ResourceKey) { self.key = key }
+}
+
 /// What the loop owns: one type per kind, each in its own file (Resources/: stream, listener,
 /// connect, caller-owned descriptor, sleep). The loop dispatches events and timers to it by its key
 /// and closes it through this protocol alone, so that a new kind (a datagram socket, a signal) is a new
 /// file and no new case in any switch.
 ///
 /// Everything here runs on the loop thread.
-protocol LoopResource: AnyObject {
-    /// Its slot in the loop's slab (its registration token: `key.token`).
-    var key: ResourceKey { get }
-    /// Its waiters and registration, kept by the loop. Each kind stores it `@exclusivity(unchecked)`:
-    /// only the loop thread touches it, in short accesses that call nothing out (a continuation is
-    /// resumed after its slot was cleared), so the dynamic check of each access would be pure cost.
-    var record: LoopRecord { get set }
+protocol LoopResource: LoopResourceBase {
     /// The descriptor the loop registers for its waits, nil when it has none to watch (a connect
     /// registers its own sockets; a sleep watches nothing).
     var watchedDescriptor: CInt? { get }

@@ -5,9 +5,7 @@ import ReadinessNet
 /// registrations and its timers use tokens it allocates from the loop's slab (aliases of this
 /// resource: as many as it has attempts, no block, no cap), and a name resolution's answers come on a
 /// token of their own, through the loop's queue (not on the waker's event).
-final class ConnectResource: LoopResource, TokenAllocator {
-    let key: ResourceKey
-    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
+final class ConnectResource: LoopResourceBase, LoopResource, TokenAllocator {
     /// Set once, right after the resource takes its slot (it allocates the connect's tokens).
     private(set) var connect: HappyEyeballs!
     /// The connect's outcome, kept until the connecting task takes it.
@@ -22,8 +20,8 @@ final class ConnectResource: LoopResource, TokenAllocator {
     private unowned(unsafe) let loop: LoopState
 
     init(key: ResourceKey, loop: LoopState) {
-        self.key = key
         self.loop = loop
+        super.init(key: key)
     }
 
     /// Over known addresses.

@@ -3,17 +3,15 @@ import ReadinessNet
 
 /// A datagram socket the loop owns (``AsyncDatagramSocket``): one receiver waits on its read
 /// direction, one sender on its write direction.
-final class DatagramResource: LoopResource {
-    let key: ResourceKey
-    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
+final class DatagramResource: LoopResourceBase, LoopResource {
     let socket: DatagramSocket
     /// Where the send in progress goes (set by `LoopState.datagram` for each send): what decides whether
     /// a Unix send's readiness can be believed (`ReadinessDriver.readinessLies`).
     @exclusivity(unchecked) var sendTarget = SendTarget.peer
 
     init(key: ResourceKey, socket: DatagramSocket) {
-        self.key = key
         self.socket = socket
+        super.init(key: key)
     }
 
     /// Registered through the socket (`DatagramSocket.register`), so that `close` deregisters first.

@@ -6,9 +6,7 @@ import ReadinessNet
 
 /// A caller-owned descriptor (`EventLoop.readable(_:)`/`writable(_:)`), watched only while a task
 /// waits on it; never closed by the loop.
-final class ForeignResource: LoopResource {
-    let key: ResourceKey
-    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
+final class ForeignResource: LoopResourceBase, LoopResource {
     let fd: CInt
     /// The file the number named when the first wait began (st_dev, st_ino; nil when fstat failed): a
     /// number closed and reused by another file is then told apart from a second wait on the same
@@ -17,7 +15,6 @@ final class ForeignResource: LoopResource {
     private let identity: (device: UInt64, inode: UInt64)?
 
     init(key: ResourceKey, fd: CInt) {
-        self.key = key
         self.fd = fd
         var st = stat()
         if fstat(fd, &st) == 0 {
@@ -25,6 +22,7 @@ final class ForeignResource: LoopResource {
         } else {
             identity = nil
         }
+        super.init(key: key)
     }
 
     /// Whether the number still names the file this resource's waits began on (one fstat). Only a

@@ -4,9 +4,7 @@ import ReadinessNet
 /// A listening socket the loop owns (``AsyncListener``), with its out-of-descriptors back-off: while
 /// backing off it is not watched, and accepting resumes at the back-off's time or as soon as a
 /// descriptor of this loop is closed.
-final class ListenerResource: LoopResource {
-    let key: ResourceKey
-    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
+final class ListenerResource: LoopResourceBase, LoopResource {
     let listener: Listener
     private(set) var isBackingOff = false
     private var backoffTimer: TimerID?
@@ -18,8 +16,8 @@ final class ListenerResource: LoopResource {
     var acceptFailure: Int32?
 
     init(key: ResourceKey, listener: Listener) {
-        self.key = key
         self.listener = listener
+        super.init(key: key)
     }
 
     var watchedDescriptor: CInt? { listener.fd }

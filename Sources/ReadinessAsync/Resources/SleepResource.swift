@@ -3,12 +3,7 @@ import ReadinessNet
 
 /// A sleep on the loop's timers (`EventLoop.sleep(for:)`): a read wait with a deadline and nothing to
 /// watch.
-final class SleepResource: LoopResource {
-    let key: ResourceKey
-    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
-
-    init(key: ResourceKey) { self.key = key }
-
+final class SleepResource: LoopResourceBase, LoopResource {
     func release(loop: LoopState) {}
 }
 

@@ -8,9 +8,7 @@ import ReadinessNet
 /// (`EventLoop.connect(to:)`): then the ``ConnectAttempt`` drives it under the stream's own token, and
 /// the connected socket takes the attempt's place in the same resource (same key: no second slot, no
 /// second object).
-final class StreamResource: LoopResource {
-    let key: ResourceKey
-    @exclusivity(unchecked) var record = LoopRecord()   // loop thread only, never overlapping (LoopResource)
+final class StreamResource: LoopResourceBase, LoopResource {
     /// The socket, once connected (nil while the attempt runs, and for an attempt that failed).
     @exclusivity(unchecked) private(set) var socket: StreamSocket?
     /// What a connect to one address keeps while it runs, in a box of its own: nil once connected, so
@@ -43,14 +41,14 @@ final class StreamResource: LoopResource {
     }
 
     init(key: ResourceKey, socket: StreamSocket) {
-        self.key = key
         self.socket = socket
+        super.init(key: key)
     }
 
     /// Connecting: `makeAttempt` builds the attempt with this resource's token.
     init(key: ResourceKey, connecting makeAttempt: (Token) -> ConnectAttempt) {
-        self.key = key
         connecting = Connecting(makeAttempt(key.token))
+        super.init(key: key)
     }
 
     /// The connected socket takes the attempt's place. Nobody waits on it then; the attempt is
