@@ -30,11 +30,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     //   after checking that they run there; every public operation first hops onto the loop (its
     //   executor) and fails with `.shutdown` when it is not there. The loop thread creates the poller itself (through the factory).
     // - `queue`, `sleeping`, `phase`, `waker` are guarded by `lock`.
+    // - `local` and `takesLocal` are touched only on the loop thread (`submit` checks that it runs there).
     // - `thread` is written once by the loop thread before `init` returns (published through `lock`)
     //   and never again; `running` is atomic.
     private let state: LoopState
     private let lock = ConditionLock()
     private var queue: [Submission] = []
+    /// What the loop thread submits to itself (a task it resumed, a cancel it made): no lock, no
+    /// wake-up. Run with `queue`'s work in the same rounds; empty whenever the loop looks at `queue`
+    /// to decide whether to sleep or to stop.
+    @exclusivity(unchecked) private var local: [Submission] = []
+    /// The loop thread takes its own submissions into `local` (from its start until the shutdown's
+    /// drain hands what is left on; then they take the locked path, to the pool or the orphan runner).
+    @exclusivity(unchecked) private var takesLocal = false
     private var sleeping = false
     private var phase = Phase.starting
     private var waker: Waker?
@@ -192,6 +200,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Hands a submission to the loop; wakes it only if it sleeps in the poller.
     func submit(_ submission: Submission) {
+        // From the loop thread (most resumes: readiness it dispatched, a timer it fired): it is awake
+        // and runs `local` before it next polls.
+        if isLoopThread(), takesLocal {
+            local.append(submission)
+            return
+        }
         lock.lock()
         switch phase {
         case .running, .stopping, .starting:
@@ -378,6 +392,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
         var batch: [Submission] = []
         batch.reserveCapacity(256)
+        var localBatch: [Submission] = []
+        localBatch.reserveCapacity(256)
+        local.reserveCapacity(256)
+        takesLocal = true
         var waitFailures = 0
         var failure: PollerError?
         while true {
@@ -389,9 +407,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 swap(&batch, &queue)
                 if case .stopping = phase { stopping = true }
                 lock.unlock()
-                if batch.isEmpty { break }
+                swap(&localBatch, &local)
+                if batch.isEmpty && localBatch.isEmpty { break }
                 for submission in batch { handle(submission) }
                 batch.removeAll(keepingCapacity: true)
+                for submission in localBatch { handle(submission) }
+                localBatch.removeAll(keepingCapacity: true)
             }
             if stopping { break }
 
@@ -400,7 +421,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             lock.lock()
             var stopAsked = false
             if case .stopping = phase { stopAsked = true }
-            let idle = queue.isEmpty && !stopAsked && state.yielded.isEmpty
+            let idle = queue.isEmpty && local.isEmpty && !stopAsked && state.yielded.isEmpty
             sleeping = idle
             lock.unlock()
             let timeout: Duration? = idle ? state.timers.timeout() : .zero
@@ -480,9 +501,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             // A task that enqueues itself again each time it runs (`Task.yield()` in a loop, which
             // puts the job back on the loop) would keep the queue from ever emptying: after
             // `drainRounds` rounds what is queued goes to the global pool with whatever comes later.
-            if queue.isEmpty || rounds == Self.drainRounds {
+            if (queue.isEmpty && local.isEmpty) || rounds == Self.drainRounds {
                 phase = .stopped      // from now on submissions go to the global pool or the orphan runner
+                takesLocal = false
                 swap(&batch, &queue)
+                batch.append(contentsOf: local)
+                local.removeAll()
                 // Actors' jobs still queued go to the orphan runner ahead of any that come later.
                 var startRunner = false
                 for submission in batch where takeOrphan(submission) { startRunner = true }
@@ -494,6 +518,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
             swap(&batch, &queue)
             lock.unlock()
+            batch.append(contentsOf: local)
+            local.removeAll(keepingCapacity: true)
             rounds += 1
             for submission in batch { handle(submission) }
             batch.removeAll(keepingCapacity: true)
