@@ -48,23 +48,35 @@ extension AsyncSocket {
     /// Reads up to `maximum` bytes (at least 1; at most ``AsyncSocket/maximumReadChunk``) into a new
     /// buffer of exactly the bytes read, empty at the end of the stream. **An idle connection's read
     /// holds no memory**: the read goes into the loop's own buffer (one per loop) and only the bytes
-    /// read are copied out, into storage of their size, so nothing is allocated while the read waits
-    /// and the result holds no unused room. One allocation and one copy per read: a loop that streams
-    /// much and wants no copy reuses one buffer with ``read(into:maximum:timeout:)``.
+    /// read come out, in storage of their size, so nothing is allocated while the read waits and the
+    /// result holds no unused room. A read of a few bytes copies them out (one allocation, one copy);
+    /// one of at least 8 KiB of the default 64 KiB (`maximum` up to ``/ReadinessNet/StreamSocket/defaultReadSize``)
+    /// takes the loop's buffer over, shrunk to them, without a copy, and the loop allocates another.
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,
                                                       timeout: Duration? = nil) async throws(LoopError) -> Bytes {
         guard maximum > 0 else { throw .invalidArgument("read(into:maximum: \(maximum))") }
-        return try await readCopying(maximum: maximum, timeout: timeout) { (read) throws(SocketError) -> Bytes in
-            var bytes = Bytes()
-            guard bytes.makeRoom(read.count) else {
-                throw SocketError(.resourceExhausted, operation: "read: allocating \(read.count) bytes")
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Bytes in
+            try await state.readCopying(id, maximum: Swift.min(maximum, Self.maximumReadChunk), deadline: deadline) { (read) throws(SocketError) -> Bytes in
+                // Much read: the loop's buffer is handed over, not copied (`LoopState.adoptScratch`).
+                if let adopted = state.adoptScratch(read) { return adopted }
+                return try Self.copied(read)
             }
-            if let source = read.baseAddress, let target = bytes.unsafeRoom.baseAddress {
-                target.copyMemory(from: source, byteCount: read.count)
-            }
-            bytes.commit(read.count)
-            return bytes
         }
+    }
+
+    /// `read`'s bytes in a new buffer of their size.
+    private static func copied(_ read: UnsafeRawBufferPointer) throws(SocketError) -> Bytes {
+        var bytes = Bytes()
+        guard bytes.makeRoom(read.count) else {
+            throw SocketError(.resourceExhausted, operation: "read: allocating \(read.count) bytes")
+        }
+        if let source = read.baseAddress, let target = bytes.unsafeRoom.baseAddress {
+            target.copyMemory(from: source, byteCount: read.count)
+        }
+        bytes.commit(read.count)
+        return bytes
     }
 
     /// What ``readAvailable(maximum:timeout:)`` and ``read(upTo:timeout:)`` share: a read into the

@@ -161,6 +161,35 @@ struct BytesTests {
         }
     }
 
+    /// A `readAvailable` of 8 KiB or more takes the loop's 64 KiB buffer over (shrunk to the bytes) and
+    /// the loop takes a new one: every result kept alive holds exactly its own bytes, whatever the
+    /// reads after it did, with no unused room; small reads (copied) and reads above 64 KiB (the 1 MiB
+    /// buffer) in between.
+    @Test("readAvailable: results that took the loop's buffer over keep their bytes; none holds unused room", arguments: backends)
+    func readAvailableHandsOver(backend: Backend) async throws {
+        try await withPair(backend) { loop, client, server in
+            let payload = Bytes((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: ($0 &* 31) ^ ($0 >> 9)) })
+            async let sent: Void = client.write(payload, timeout: .seconds(20))
+            var chunks: [Bytes] = []
+            var total = 0
+            var turn = 0
+            while total < payload.count {
+                turn += 1
+                let maximum = turn % 5 == 0 ? 100 : (turn % 7 == 0 ? 200_000 : StreamSocket.defaultReadSize)
+                let chunk = try await server.readAvailable(maximum: maximum, timeout: .seconds(5))
+                if chunk.isEmpty { break }
+                #expect(chunk.count <= maximum)
+                #expect(chunk.capacity == chunk.count, "\(chunk.count) bytes in \(chunk.capacity)")
+                total += chunk.count
+                chunks.append(chunk)
+            }
+            try await sent
+            var joined = Bytes(capacity: payload.count)
+            for chunk in chunks { joined.append(contentsOf: chunk.bytes) }
+            #expect(joined == payload)
+        }
+    }
+
     @Test("an idle read holds no buffer: it waits for readability before it allocates", arguments: backends)
     func idle(backend: Backend) async throws {
         try await withPair(backend) { loop, client, server in

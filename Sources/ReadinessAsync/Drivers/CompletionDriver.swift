@@ -529,7 +529,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     @inline(never)
     private static func topUp<T>(_ first: UnsafeRawBufferPointer, stream: StreamResource, socket: StreamSocket, maximum: Int, loop: LoopState,
                                  _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(SocketError) -> T {
-        let scratch = try loop.readScratch()
+        let scratch = try loop.readScratch(for: maximum)
         let room = Swift.min(maximum, scratch.count)
         scratch.copyMemory(from: first)
         var count = first.count

@@ -124,7 +124,7 @@ struct ReadinessDriver: IODriver {
     static func readCopyingAttempt<T>(_ stream: StreamResource, _ socket: StreamSocket, maximum: Int, loop: LoopState,
                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         do throws(SocketError) {
-            let scratch = try loop.readScratch()
+            let scratch = try loop.readScratch(for: maximum)
             let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(Swift.max(maximum, 1), scratch.count)])
             switch try socket.read(into: room) {
             case .transferred(let n):

@@ -94,6 +94,15 @@ final class LoopState {
     private var scratch: UnsafeMutableRawBufferPointer?
     /// The scratch buffer's size: the most bytes one owned-bytes read takes (1 MiB).
     static let readScratchSize = StreamSocket.maximumReadReservation
+    /// The scratch buffer of the reads that ask for at most ``smallScratchSize`` bytes (the default
+    /// size, most reads): a heap block, which a read that filled much of it hands over whole to the
+    /// ``/ReadinessNet/Bytes`` it returns (``adoptScratch(_:)``), the loop taking a new one at its next
+    /// read, instead of copying the bytes out.
+    private var smallScratch: UnsafeMutableRawPointer?
+    static let smallScratchSize = StreamSocket.defaultReadSize
+    /// The fewest bytes a read hands over with the small scratch buffer rather than copy: below this a
+    /// copy costs less than the block's shrinking and the next block's allocation.
+    static let adoptThreshold = 8 * 1024
 
     init() {}
 
@@ -115,10 +124,22 @@ final class LoopState {
     /// Which driver the loop's async operations use: "completion" or "readiness".
     var driverName: String { completions == nil ? "readiness" : "completion" }
 
-    deinit { free(scratch?.baseAddress) }
+    deinit {
+        free(scratch?.baseAddress)
+        free(smallScratch)
+    }
 
-    /// The loop's scratch buffer for reads that copy out what they read (allocated on first use).
-    func readScratch() throws(SocketError) -> UnsafeMutableRawBufferPointer {
+    /// The loop's scratch buffer for a read of at most `maximum` bytes that copies out what it read
+    /// (allocated on first use).
+    func readScratch(for maximum: Int) throws(SocketError) -> UnsafeMutableRawBufferPointer {
+        if maximum <= Self.smallScratchSize {
+            if let smallScratch { return UnsafeMutableRawBufferPointer(start: smallScratch, count: Self.smallScratchSize) }
+            guard let base = malloc(Self.smallScratchSize) else {
+                throw SocketError(.resourceExhausted, operation: "read: allocating the loop's \(Self.smallScratchSize)-byte read buffer")
+            }
+            smallScratch = base
+            return UnsafeMutableRawBufferPointer(start: base, count: Self.smallScratchSize)
+        }
         if let scratch { return scratch }
         guard let base = malloc(Self.readScratchSize) else {
             throw SocketError(.resourceExhausted, operation: "read: allocating the loop's \(Self.readScratchSize)-byte read buffer")
@@ -126,6 +147,20 @@ final class LoopState {
         let buffer = UnsafeMutableRawBufferPointer(start: base, count: Self.readScratchSize)
         scratch = buffer
         return buffer
+    }
+
+    /// The bytes a read just put at the start of the small scratch buffer, as a buffer that takes
+    /// that memory over (shrunk to them: `realloc` to a smaller size keeps the block in place), or nil
+    /// when they are not there (another buffer: io_uring's provided ones) or too few to be worth it:
+    /// the caller copies them then. The loop allocates a new scratch buffer at its next such read.
+    func adoptScratch(_ read: UnsafeRawBufferPointer) -> Bytes? {
+        guard read.count >= Self.adoptThreshold, let base = smallScratch,
+              read.baseAddress == UnsafeRawPointer(base), read.count <= Self.smallScratchSize else { return nil }
+        smallScratch = nil
+        if read.count < Self.smallScratchSize, let shrunk = realloc(base, read.count) {
+            return Bytes(adopting: shrunk, capacity: read.count, count: read.count)
+        }
+        return Bytes(adopting: base, capacity: Self.smallScratchSize, count: read.count)
     }
 
     /// How many resources the loop holds (`EventLoop.entryCount()`).

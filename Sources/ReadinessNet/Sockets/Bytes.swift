@@ -61,6 +61,12 @@ public struct Bytes: Sendable {
             self.capacity = capacity
         }
 
+        /// Takes over `capacity` bytes at `base`, which malloc (or realloc) gave: freed with the storage.
+        init(adopting base: UnsafeMutableRawPointer, capacity: Int) {
+            self.base = base
+            self.capacity = capacity
+        }
+
         deinit { free(base) }
     }
 
@@ -69,6 +75,14 @@ public struct Bytes: Sendable {
         storage = nil
         start = 0
         end = 0
+    }
+
+    /// A buffer that takes over malloc'd memory: `capacity` bytes at `base`, of which the first `count`
+    /// are readable (a read's bytes handed over without a copy). `base` is freed with the storage.
+    package init(adopting base: UnsafeMutableRawPointer, capacity: Int, count: Int) {
+        storage = Storage(adopting: base, capacity: capacity)
+        start = 0
+        end = Swift.max(0, Swift.min(count, capacity))
     }
 
     /// An empty buffer with room for `capacity` bytes (none for a capacity of 0 or less, or one that
