@@ -36,10 +36,15 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private let state: LoopState
     private let lock = ConditionLock()
     private var queue: [Submission] = []
-    /// What the loop thread submits to itself (a task it resumed, a cancel it made): no lock, no
-    /// wake-up. Run with `queue`'s work in the same rounds; empty whenever the loop looks at `queue`
-    /// to decide whether to sleep or to stop.
+    /// What the loop thread submits to itself (a task it resumed, a cancel it made) while `queue` is
+    /// empty (`queued` clear): no lock, no wake-up. Everything in it was submitted before everything in
+    /// `queue` (a submission of the loop thread's own goes behind `queue`'s when `queue` holds any), so
+    /// each round runs it first and the order of submission holds across both (review: a job the loop
+    /// thread submitted ran after another thread's later one, an actor's jobs among them).
     @exclusivity(unchecked) private var local: [Submission] = []
+    /// `queue` holds something: set under `lock` by the thread that appends, cleared under it by the
+    /// loop when it takes `queue`'s contents.
+    private let queued = Atomic<Bool>(false)
     /// The loop thread takes its own submissions into `local` (from its start until the shutdown's
     /// drain hands what is left on; then they take the locked path, to the pool or the orphan runner).
     @exclusivity(unchecked) private var takesLocal = false
@@ -202,7 +207,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     func submit(_ submission: Submission) {
         // From the loop thread (most resumes: readiness it dispatched, a timer it fired): it is awake
         // and runs `local` before it next polls.
-        if isLoopThread(), takesLocal {
+        if isLoopThread(), takesLocal, !queued.load(ordering: .acquiring) {
             local.append(submission)
             return
         }
@@ -210,6 +215,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         switch phase {
         case .running, .stopping, .starting:
             queue.append(submission)
+            queued.store(true, ordering: .releasing)
             let wake = sleeping
             sleeping = false
             let waker = self.waker
@@ -405,14 +411,16 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             for _ in 0..<64 {
                 lock.lock()
                 swap(&batch, &queue)
+                queued.store(false, ordering: .relaxed)
                 if case .stopping = phase { stopping = true }
                 lock.unlock()
                 swap(&localBatch, &local)
                 if batch.isEmpty && localBatch.isEmpty { break }
-                for submission in batch { handle(submission) }
-                batch.removeAll(keepingCapacity: true)
+                // `local` first: it was submitted before anything now in `batch` (`local`).
                 for submission in localBatch { handle(submission) }
                 localBatch.removeAll(keepingCapacity: true)
+                for submission in batch { handle(submission) }
+                batch.removeAll(keepingCapacity: true)
             }
             if stopping { break }
 
@@ -505,7 +513,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 phase = .stopped      // from now on submissions go to the global pool or the orphan runner
                 takesLocal = false
                 swap(&batch, &queue)
-                batch.append(contentsOf: local)
+                queued.store(false, ordering: .relaxed)
+                batch.insert(contentsOf: local, at: 0)   // submitted first (`local`)
                 local.removeAll()
                 // Actors' jobs still queued go to the orphan runner ahead of any that come later.
                 var startRunner = false
@@ -517,8 +526,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 break
             }
             swap(&batch, &queue)
+            queued.store(false, ordering: .relaxed)
             lock.unlock()
-            batch.append(contentsOf: local)
+            batch.insert(contentsOf: local, at: 0)   // submitted first (`local`)
             local.removeAll(keepingCapacity: true)
             rounds += 1
             for submission in batch { handle(submission) }

@@ -529,7 +529,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     @inline(never)
     private static func topUp<T>(_ first: UnsafeRawBufferPointer, stream: StreamResource, socket: StreamSocket, maximum: Int, loop: LoopState,
                                  _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(SocketError) -> T {
-        let scratch = try loop.readScratch(for: maximum)
+        // The bytes are out of the kernel already: without memory for more, they are the read (a
+        // short one), not an error that would lose them (review: the scratch buffer is allocated
+        // again after a read that took it over).
+        guard let scratch = try? loop.readScratch(for: maximum) else {
+            stream.record.readDrained = false
+            return try take(first)
+        }
         let room = Swift.min(maximum, scratch.count)
         scratch.copyMemory(from: first)
         var count = first.count
