@@ -55,14 +55,10 @@ extension AsyncSocket {
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,
                                                       timeout: Duration? = nil) async throws(LoopError) -> Bytes {
         guard maximum > 0 else { throw .invalidArgument("read(into:maximum: \(maximum))") }
-        let deadline = timeout.map { Deadline.after($0) }
-        let id = self.id
-        return try await loop.onLoop { (state) async throws(LoopError) -> Bytes in
-            try await state.readCopying(id, maximum: Swift.min(maximum, Self.maximumReadChunk), deadline: deadline) { (read) throws(SocketError) -> Bytes in
-                // Much read: the loop's buffer is handed over, not copied (`LoopState.adoptScratch`).
-                if let adopted = state.adoptScratch(read) { return adopted }
-                return try Self.copied(read)
-            }
+        return try await readCopying(maximum: maximum, timeout: timeout) { (read, state) throws(SocketError) -> Bytes in
+            // Much read: the loop's buffer is handed over, not copied (`LoopState.adoptScratch`).
+            if let adopted = state.adoptScratch(read) { return adopted }
+            return try Self.copied(read)
         }
     }
 
@@ -80,15 +76,17 @@ extension AsyncSocket {
     }
 
     /// What ``readAvailable(maximum:timeout:)`` and ``read(upTo:timeout:)`` share: a read into the
-    /// loop's buffer whose bytes `take` copies out (`IODriver.readCopying`). Inlined, like
-    /// `readAppending`.
+    /// loop's buffer whose bytes `take` copies out, or takes over (`IODriver.readCopying`; `take` gets
+    /// the loop's state for that, on the loop thread). Inlined, like `readAppending`.
     @inline(__always)
     nonisolated(nonsending) func readCopying<T: Sendable>(maximum: Int, timeout: Duration?,
-                                                          _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
+                                                          _ take: (UnsafeRawBufferPointer, LoopState) throws(SocketError) -> T) async throws(LoopError) -> T {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> T in
-            try await state.readCopying(id, maximum: Swift.min(maximum, Self.maximumReadChunk), deadline: deadline, take)
+            try await state.readCopying(id, maximum: Swift.min(maximum, Self.maximumReadChunk), deadline: deadline) { (read) throws(SocketError) -> T in
+                try take(read, state)
+            }
         }
     }
 

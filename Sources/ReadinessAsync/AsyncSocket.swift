@@ -56,7 +56,7 @@ public struct AsyncSocket: Sendable {
     /// copies nothing).
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
         guard maximum > 0 else { throw .invalidArgument("read(upTo: \(maximum))") }
-        return try await readCopying(maximum: maximum, timeout: timeout) { (read) throws(SocketError) -> [UInt8] in
+        return try await readCopying(maximum: maximum, timeout: timeout) { (read, _) throws(SocketError) -> [UInt8] in
             let count = read.count
             // Not through the empty case: the standard library would write the count into its shared
             // empty-array storage, a race ThreadSanitizer reports.
