@@ -336,6 +336,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         } catch {
             // As in `readCopying`: one last try before a timeout, a cancellation or a poller error.
             if let n = try Self.lastTry(id, after: error, into: buffer, loop: loop) { return n }
+            Self.unwatched(id, loop: loop)
             throw error
         }
         let result = op.result
@@ -346,10 +347,16 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
         if let failure = op.failure {
             if let n = try Self.lastTry(id, after: failure, into: buffer, loop: loop) { return n }
+            Self.unwatched(id, loop: loop)
             throw failure
         }
-        return try await retryOrFail(result, operation: "read") { () async throws(LoopError) -> Int in
-            try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+        do {
+            return try await retryOrFail(result, operation: "read") { () async throws(LoopError) -> Int in
+                try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+            }
+        } catch {
+            Self.unwatched(id, loop: loop)
+            throw error
         }
     }
 
@@ -367,6 +374,17 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         default:
             return nil
         }
+    }
+
+    /// After a read that ended without its receive's bytes (a timeout, a cancellation, a failed
+    /// submission): no receive watches the socket any more, so the hint that it is empty (set when a
+    /// try would block) cannot be kept, and the next read tries recv(2) first. The readiness driver's
+    /// hint is cleared by the next readiness event; here none would come, and a read started just
+    /// before the loop's shutdown, with bytes queued meanwhile, got `.shutdown` where the readiness
+    /// backends returned the bytes (the async differential, seed 72017).
+    @inline(never)
+    private static func unwatched(_ id: UInt64, loop: LoopState) {
+        if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = false }
     }
 
     /// `read(into:)`'s first try: recv(2) into the caller's buffer unless the last read came back short
@@ -425,9 +443,18 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             // the receive (a task cancelled between the check and the submission): as the readiness
             // driver does after a hinted wait, one last recv(2) takes bytes queued all along.
             if let taken = try ReadinessDriver.readCopyingLastTry(id, after: error, maximum: maximum, loop: loop, take) { return taken }
+            Self.unwatched(id, loop: loop)
             throw error
         }
-        if let op, let taken = try takeProvided(op, id, maximum: maximum, on: loop, take) { return taken }
+        if let op {
+            do throws(LoopError) {
+                if let taken = try takeProvided(op, id, maximum: maximum, on: loop, take) { return taken }
+            } catch {
+                // The receive ended without bytes (cancelled by the deadline or the task, failed).
+                Self.unwatched(id, loop: loop)
+                throw error
+            }
+        }
         return try await readinessCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
     }
 
