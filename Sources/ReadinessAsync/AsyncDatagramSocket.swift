@@ -74,13 +74,27 @@ public struct AsyncDatagramSocket: Sendable {
         }
     }
 
-    /// Receives one datagram into a new buffer (allocated once a datagram is queued): the bytes and
-    /// the datagram's description.
+    /// Receives one datagram (up to `maximum` bytes of it; at least 1, at most
+    /// ``/ReadinessNet/StreamSocket/maximumReadReservation``) into a new buffer of exactly its bytes:
+    /// the bytes and the datagram's description. As ``AsyncSocket/readAvailable(maximum:timeout:)``
+    /// reads, it receives into the loop's own buffer, so nothing is allocated while it waits and the
+    /// result holds no unused room (a 16-byte datagram kept 16 bytes, not the 64 KiB a receive of any
+    /// UDP datagram needs room for); 8 KiB or more take the loop's buffer over, shrunk to them.
     nonisolated(nonsending) public func receive(maximum: Int = DatagramSocket.defaultReceiveSize,
                                                 timeout: Duration? = nil) async throws(LoopError) -> (bytes: Bytes, datagram: ReceivedDatagram) {
-        var bytes = Bytes()
-        let datagram = try await receive(into: &bytes, maximum: maximum, timeout: timeout)
-        return (bytes, datagram)
+        guard maximum > 0 else { throw .invalidArgument("receive(maximum: \(maximum))") }
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> (bytes: Bytes, datagram: ReceivedDatagram) in
+            try await state.datagram(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> (bytes: Bytes, datagram: ReceivedDatagram)? in
+                let scratch = try state.readScratch(for: maximum)
+                let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(maximum, scratch.count)])
+                guard let datagram = try socket.receive(into: room).datagram else { return nil }
+                let received = UnsafeRawBufferPointer(rebasing: room[..<datagram.count])
+                if let adopted = state.adoptScratch(received) { return (adopted, datagram) }
+                return (try Bytes.copying(received), datagram)
+            }
+        }
     }
 
     /// Receives one datagram into the start of `buffer` (its count does not change; an empty array

@@ -50,29 +50,17 @@ extension AsyncSocket {
     /// holds no memory**: the read goes into the loop's own buffer (one per loop) and only the bytes
     /// read come out, in storage of their size, so nothing is allocated while the read waits and the
     /// result holds no unused room. A read of a few bytes copies them out (one allocation, one copy);
-    /// one of at least 8 KiB of the default 64 KiB (`maximum` up to ``/ReadinessNet/StreamSocket/defaultReadSize``)
-    /// takes the loop's buffer over, shrunk to them, without a copy, and the loop allocates another.
+    /// one of at least 8 KiB takes the loop's buffer over, shrunk to them, without a copy, and the
+    /// loop allocates another (of 64 KiB for a `maximum` up to ``/ReadinessNet/StreamSocket/defaultReadSize``,
+    /// of `maximum` rounded up to 64 KiB for more).
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,
                                                       timeout: Duration? = nil) async throws(LoopError) -> Bytes {
         guard maximum > 0 else { throw .invalidArgument("read(into:maximum: \(maximum))") }
         return try await readCopying(maximum: maximum, timeout: timeout) { (read, state) throws(SocketError) -> Bytes in
             // Much read: the loop's buffer is handed over, not copied (`LoopState.adoptScratch`).
             if let adopted = state.adoptScratch(read) { return adopted }
-            return try Self.copied(read)
+            return try Bytes.copying(read)
         }
-    }
-
-    /// `read`'s bytes in a new buffer of their size.
-    private static func copied(_ read: UnsafeRawBufferPointer) throws(SocketError) -> Bytes {
-        var bytes = Bytes()
-        guard bytes.makeRoom(read.count) else {
-            throw SocketError(.resourceExhausted, operation: "read: allocating \(read.count) bytes")
-        }
-        if let source = read.baseAddress, let target = bytes.unsafeRoom.baseAddress {
-            target.copyMemory(from: source, byteCount: read.count)
-        }
-        bytes.commit(read.count)
-        return bytes
     }
 
     /// What ``readAvailable(maximum:timeout:)`` and ``read(upTo:timeout:)`` share: a read into the
@@ -123,5 +111,21 @@ extension AsyncSocket {
                 return .transferred(offset)
             }
         }
+    }
+}
+
+extension Bytes {
+    /// `read`'s bytes in a new buffer of their size (the owned-bytes reads' copy out of the loop's
+    /// buffer).
+    static func copying(_ read: UnsafeRawBufferPointer) throws(SocketError) -> Bytes {
+        var bytes = Bytes()
+        guard bytes.makeRoom(read.count) else {
+            throw SocketError(.resourceExhausted, operation: "read: allocating \(read.count) bytes")
+        }
+        if let source = read.baseAddress, let target = bytes.unsafeRoom.baseAddress {
+            target.copyMemory(from: source, byteCount: read.count)
+        }
+        bytes.commit(read.count)
+        return bytes
     }
 }

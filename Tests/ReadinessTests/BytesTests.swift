@@ -161,10 +161,10 @@ struct BytesTests {
         }
     }
 
-    /// A `readAvailable` of 8 KiB or more takes the loop's 64 KiB buffer over (shrunk to the bytes) and
-    /// the loop takes a new one: every result kept alive holds exactly its own bytes, whatever the
-    /// reads after it did, with no unused room; small reads (copied) and reads above 64 KiB (the 1 MiB
-    /// buffer) in between.
+    /// A `readAvailable` of 8 KiB or more takes the loop's buffer over (shrunk to the bytes: the 64 KiB
+    /// one, or the one sized for reads of more) and the loop takes a new one: every result kept alive
+    /// holds exactly its own bytes, whatever the reads after it did, with no unused room; small reads
+    /// (copied) in between.
     @Test("readAvailable: results that took the loop's buffer over keep their bytes; none holds unused room", arguments: backends)
     func readAvailableHandsOver(backend: Backend) async throws {
         try await withPair(backend) { loop, client, server in
@@ -175,7 +175,8 @@ struct BytesTests {
             var turn = 0
             while total < payload.count {
                 turn += 1
-                let maximum = turn % 5 == 0 ? 100 : (turn % 7 == 0 ? 200_000 : StreamSocket.defaultReadSize)
+                // Sizes in turn: the small buffer, a copy, the large buffer and a larger one (it grows).
+                let maximum = turn % 5 == 0 ? 100 : turn % 7 == 0 ? 200_000 : turn % 11 == 0 ? 1 << 20 : StreamSocket.defaultReadSize
                 let chunk = try await server.readAvailable(maximum: maximum, timeout: .seconds(5))
                 if chunk.isEmpty { break }
                 #expect(chunk.count <= maximum)

@@ -49,4 +49,81 @@ struct PeerScenarioTests12 {
             _ = listener
         }
     }
+
+    // MARK: Datagrams (the outside reader's datagram angle: SwiftNIO's 2 KiB datagram buffers,
+    // tokio's recv_buf_from; Docs/Sockets.md "Batches")
+
+    /// `receive(maximum:)` returns a buffer of exactly the datagram's bytes, as `readAvailable` does:
+    /// 4,000 16-byte datagrams kept alive hold 16 bytes each, not the 64 KiB room a receive of any UDP
+    /// datagram makes (failed before: capacity 65,535 each, every backend); one of 20 KiB keeps its
+    /// bytes after later receives (the loop's buffer handed over), and a zero-length one is empty.
+    @Test("a datagram received into a new buffer holds exactly its bytes, no unused room",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramReceiveHoldsNoRoom(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let receiver = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+        let sender = try DatagramSocket(family: .ipv4)
+        let destination = try #require(try await receiver.withDatagramSocket { $0.localAddress })
+        var kept: [Bytes] = []
+        for round in 0..<4_000 {
+            _ = try sender.send([UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 16), to: destination)
+            let (bytes, datagram) = try await receiver.receive(timeout: .seconds(5))
+            #expect(datagram.count == 16 && bytes.count == 16)
+            if bytes.capacity != 16 { Issue.record("\(backend.name): \(bytes.capacity) bytes of room for 16"); break }
+            kept.append(bytes)
+        }
+        #expect(kept.enumerated().allSatisfy { $0.element == Bytes([UInt8](repeating: UInt8(truncatingIfNeeded: $0.offset), count: 16)) })
+        let large = [UInt8]((0..<20_000).map { UInt8(truncatingIfNeeded: $0 * 7) })
+        _ = try sender.send(large, to: destination)
+        let (first, _) = try await receiver.receive(timeout: .seconds(5))
+        _ = try sender.send([1, 2, 3], to: destination)
+        _ = try sender.send([UInt8](), to: destination)
+        let (small, _) = try await receiver.receive(timeout: .seconds(5))
+        let (empty, emptyDatagram) = try await receiver.receive(timeout: .seconds(5))
+        #expect(first == Bytes(large) && first.capacity == large.count)
+        #expect(small == [1, 2, 3] && small.capacity == 3)
+        #expect(empty.isEmpty && emptyDatagram.count == 0)
+        await #expect(throws: LoopError.invalidArgument("receive(maximum: 0)")) { _ = try await receiver.receive(maximum: 0) }
+        sender.close()
+        await receiver.close()
+        await loop.shutdown()
+    }
+
+    /// A received batch sent back on a Unix socket that is not connected, one of whose senders is
+    /// unbound (no address to answer): the slots before it are sent, the send that starts at it is
+    /// `invalidArgument` before any system call (as a single send to a nameless address is), and the
+    /// send after it goes on (failed before: ENOTCONN, `notConnected`, as if the server socket were
+    /// at fault). On a connected socket (a socketpair) the same nameless sources are the peer, sent
+    /// back as before.
+    @Test("a received batch sent back: a slot from an unbound Unix sender is invalidArgument unless the socket is connected")
+    func batchFromUnboundSender() throws {
+        let tag = "readiness-batch-\(getpid())"
+        let serverAddress = try SocketAddress(abstractUnixName: "\(tag)-server")
+        let server = try DatagramSocket(bind: serverAddress)
+        let named = try DatagramSocket(bind: try SocketAddress(abstractUnixName: "\(tag)-client"))
+        let unbound = try DatagramSocket(family: .unix)
+        defer { server.close(); named.close(); unbound.close() }
+        _ = try named.send([1], to: serverAddress)
+        _ = try unbound.send([2], to: serverAddress)
+        _ = try named.send([3], to: serverAddress)
+        let batch = try DatagramBatch(capacity: 8, slotSize: 16)
+        #expect(try server.receive(into: batch) == .transferred(3))
+        #expect(try batch.datagram(1).source == nil)
+        #expect(try server.send(batch, from: 0) == .transferred(1))
+        #expect(throws: SocketError.self) { _ = try server.send(batch, from: 1) }
+        do { _ = try server.send(batch, from: 1) } catch { #expect(error.kind == .invalidArgument, "\(error)") }
+        #expect(try server.send(batch, from: 2) == .transferred(1))
+        var buffer = [UInt8](repeating: 0, count: 4)
+        #expect(try named.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 1)
+        #expect(try named.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 3)
+        // A socketpair: its sources are nameless, and the peer is connected.
+        let (left, right) = try DatagramSocket.pair()
+        defer { left.close(); right.close() }
+        _ = try left.send([7], to: nil)
+        _ = try left.send([8], to: nil)
+        #expect(try right.receive(into: batch) == .transferred(2))
+        #expect(try right.send(batch) == .transferred(2))
+        #expect(try left.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 7)
+        #expect(try left.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 8)
+    }
 }

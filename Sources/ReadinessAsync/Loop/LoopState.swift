@@ -87,12 +87,14 @@ final class LoopState {
     /// The most events one poller wait takes.
     static let eventCapacity = 512
 
-    /// The owned-bytes reads' buffer (`readAvailable`, `read(upTo:)`: ``IODriver/readCopying``): one
-    /// per loop, allocated by the first such read, of ``readScratchSize`` bytes. Each read copies what
-    /// it read out of it at once, so no connection holds a buffer while it waits. malloc'd (a size
-    /// this large is mapped): only the pages the largest read touched are resident.
+    /// The owned-bytes reads' buffer for reads of more than ``smallScratchSize`` bytes
+    /// (`readAvailable`, `read(upTo:)`: ``IODriver/readCopying``): one per loop, allocated by the first
+    /// such read with room for its `maximum` (rounded up to a multiple of ``smallScratchSize``, at most
+    /// ``readScratchSize``), and again with more room when a later read asks for more. Like the small
+    /// one, a read that filled much of it hands it over to the bytes it returns (``adoptScratch(_:)``),
+    /// and a smaller one copies out of it at once: no connection holds a buffer while it waits.
     private var scratch: UnsafeMutableRawBufferPointer?
-    /// The scratch buffer's size: the most bytes one owned-bytes read takes (1 MiB).
+    /// The most bytes one owned-bytes read takes (1 MiB).
     static let readScratchSize = StreamSocket.maximumReadReservation
     /// The scratch buffer of the reads that ask for at most ``smallScratchSize`` bytes (the default
     /// size, most reads): a heap block, which a read that filled much of it hands over whole to the
@@ -100,8 +102,8 @@ final class LoopState {
     /// read, instead of copying the bytes out.
     private var smallScratch: UnsafeMutableRawPointer?
     static let smallScratchSize = StreamSocket.defaultReadSize
-    /// The fewest bytes a read hands over with the small scratch buffer rather than copy: below this a
-    /// copy costs less than the block's shrinking and the next block's allocation.
+    /// The fewest bytes a read hands over with a scratch buffer rather than copy: below this a copy
+    /// costs less than the block's shrinking and the next block's allocation.
     static let adoptThreshold = 8 * 1024
 
     init() {}
@@ -140,27 +142,40 @@ final class LoopState {
             smallScratch = base
             return UnsafeMutableRawBufferPointer(start: base, count: Self.smallScratchSize)
         }
-        if let scratch { return scratch }
-        guard let base = malloc(Self.readScratchSize) else {
-            throw SocketError(.resourceExhausted, operation: "read: allocating the loop's \(Self.readScratchSize)-byte read buffer")
+        let wanted = Swift.min(maximum, Self.readScratchSize)
+        if let scratch, scratch.count >= wanted { return scratch }
+        // Room for this read, in whole small-buffer sizes (a read that asks a little more than the
+        // last one does not allocate again).
+        let size = Swift.min(Self.readScratchSize, (wanted + Self.smallScratchSize - 1) / Self.smallScratchSize * Self.smallScratchSize)
+        guard let base = malloc(size) else {
+            throw SocketError(.resourceExhausted, operation: "read: allocating the loop's \(size)-byte read buffer")
         }
-        let buffer = UnsafeMutableRawBufferPointer(start: base, count: Self.readScratchSize)
+        free(scratch?.baseAddress)
+        let buffer = UnsafeMutableRawBufferPointer(start: base, count: size)
         scratch = buffer
         return buffer
     }
 
-    /// The bytes a read just put at the start of the small scratch buffer, as a buffer that takes
+    /// The bytes a read just put at the start of one of the scratch buffers, as a buffer that takes
     /// that memory over (shrunk to them: `realloc` to a smaller size keeps the block in place), or nil
     /// when they are not there (another buffer: io_uring's provided ones) or too few to be worth it:
     /// the caller copies them then. The loop allocates a new scratch buffer at its next such read.
     func adoptScratch(_ read: UnsafeRawBufferPointer) -> Bytes? {
-        guard read.count >= Self.adoptThreshold, let base = smallScratch,
-              read.baseAddress == UnsafeRawPointer(base), read.count <= Self.smallScratchSize else { return nil }
-        smallScratch = nil
-        if read.count < Self.smallScratchSize, let shrunk = realloc(base, read.count) {
+        guard read.count >= Self.adoptThreshold, let start = read.baseAddress else { return nil }
+        let base: UnsafeMutableRawPointer, capacity: Int
+        if let small = smallScratch, start == UnsafeRawPointer(small), read.count <= Self.smallScratchSize {
+            (base, capacity) = (small, Self.smallScratchSize)
+            smallScratch = nil
+        } else if let large = scratch, let largeBase = large.baseAddress, start == UnsafeRawPointer(largeBase), read.count <= large.count {
+            (base, capacity) = (largeBase, large.count)
+            scratch = nil
+        } else {
+            return nil
+        }
+        if read.count < capacity, let shrunk = realloc(base, read.count) {
             return Bytes(adopting: shrunk, capacity: read.count, count: read.count)
         }
-        return Bytes(adopting: base, capacity: Self.smallScratchSize, count: read.count)
+        return Bytes(adopting: base, capacity: capacity, count: read.count)
     }
 
     /// How many resources the loop holds (`EventLoop.entryCount()`).

@@ -31,6 +31,9 @@ public final class DatagramBatch {
     private let addressLengths: UnsafeMutablePointer<socklen_t>
     private let lengths: UnsafeMutablePointer<Int>
     private let truncated: UnsafeMutablePointer<CInt>
+    /// Slots received from a sender with no address (an unbound Unix socket's): no destination to
+    /// send back to, unless the socket is connected (its peer is then the sender).
+    private let nameless: UnsafeMutablePointer<Bool>
     private let scratch: UnsafeMutableRawPointer
 
     /// The most slots a batch has: the most messages one `recvmmsg`/`sendmmsg` takes (UIO_MAXIOV).
@@ -55,6 +58,8 @@ public final class DatagramBatch {
         lengths.initialize(repeating: 0, count: capacity)
         truncated = .allocate(capacity: capacity)
         truncated.initialize(repeating: 0, count: capacity)
+        nameless = .allocate(capacity: capacity)
+        nameless.initialize(repeating: false, count: capacity)
         scratch = .allocate(byteCount: rd_net_mmsg_scratch_size(UInt32(capacity)), alignment: 16)
     }
 
@@ -67,6 +72,7 @@ public final class DatagramBatch {
         addressLengths.deallocate()
         lengths.deallocate()
         truncated.deallocate()
+        nameless.deallocate()
         scratch.deallocate()
     }
 
@@ -107,6 +113,7 @@ public final class DatagramBatch {
         if let base = bytes.baseAddress, !bytes.isEmpty { (payloads + count * slotSize).copyMemory(from: base, byteCount: bytes.count) }
         lengths[count] = bytes.count
         truncated[count] = 0
+        nameless[count] = false
         if let destination {
             destination.withSockaddr { pointer, length in
                 UnsafeMutableRawPointer(addresses + count).copyMemory(from: pointer, byteCount: Int(length))
@@ -154,8 +161,9 @@ public final class DatagramBatch {
         // A Unix-domain source bound to a path of all 108 bytes comes with a length past sockaddr_un,
         // which sendmmsg would refuse (an echo in place): cut as SocketAddress cuts it.
         let unixLength = socklen_t(MemoryLayout<sockaddr_un>.size)
-        for i in 0..<count where addressLengths[i] > unixLength && CInt(addresses[i].ss_family) == AF_UNIX {
-            addressLengths[i] = unixLength
+        for i in 0..<count {
+            nameless[i] = addressLengths[i] == 0
+            if addressLengths[i] > unixLength && CInt(addresses[i].ss_family) == AF_UNIX { addressLengths[i] = unixLength }
         }
         return Int(n)
     }
@@ -179,21 +187,37 @@ public final class DatagramBatch {
         case .unix: AF_UNIX
         }
         var end = count
+        var connected: Bool?
         for i in start..<count {
             // A received batch sent back (an echo in place, no copy): each slot goes to its source with
             // the bytes stored in it. A truncated slot's length is the datagram's real length, larger
             // than the slot: the bytes stored are what is sent (never bytes past the slot; the C shim
             // cuts it, so the slot still tells its truncation and real length afterwards).
-            // A destination of another family is refused as a single send refuses it (an IPv4 one of
-            // an IPv6 socket is sent, IPv4-mapped by the kernel): the slots before it are sent, and
-            // the send that starts at it fails.
-            guard addressLengths[i] > 0 else { continue }
-            let slotFamily = CInt(addresses[i].ss_family)
-            if slotFamily == domain || (domain == AF_INET6 && slotFamily == AF_INET) { continue }
-            if i == start {
-                let shown = address(i).map { "\($0)" } ?? "family \(slotFamily)"
-                throw SocketError(.invalidArgument, operation: "send slot \(i) to \(shown): not a \(family.rawValue) address")
+            // A slot no datagram can be sent to is refused as a single send refuses its destination:
+            // the slots before it are sent, and the send that starts at it fails, before sendmmsg.
+            // That is a destination of another family (an IPv4 one of an IPv6 socket is sent,
+            // IPv4-mapped by the kernel), an IP one with port 0 (a crafted source; the kernel's
+            // EINVAL otherwise), and a source with no address (an unbound Unix client's) on a socket
+            // that is not connected (the kernel's ENOTCONN otherwise, as if the socket were at fault;
+            // getpeername asked once, only for such a slot).
+            let problem: String
+            if addressLengths[i] == 0 {
+                guard nameless[i] else { continue }
+                if connected == nil { connected = (try? SocketAddress.peer(of: fd)) != nil }
+                if connected == true { continue }
+                problem = "its source has no address (an unbound Unix socket): no destination"
+            } else {
+                let slotFamily = CInt(addresses[i].ss_family)
+                if slotFamily == domain || (domain == AF_INET6 && slotFamily == AF_INET) {
+                    // sin_port and sin6_port: the same offset, and 0 in any byte order.
+                    let port = UnsafeRawPointer(addresses + i).load(fromByteOffset: MemoryLayout<sa_family_t>.size, as: UInt16.self)
+                    if slotFamily == AF_UNIX || port != 0 { continue }
+                    problem = "\(address(i).map { "\($0)" } ?? "an address with port 0"): port 0 names no peer"
+                } else {
+                    problem = "\(address(i).map { "\($0)" } ?? "family \(slotFamily)"): not a \(family.rawValue) address"
+                }
             }
+            if i == start { throw SocketError(.invalidArgument, operation: "send slot \(i) to \(problem)") }
             end = i
             break
         }
@@ -228,8 +252,10 @@ extension DatagramSocket {
     /// rest from `start + n` once writable), or ``IOResult/wouldBlock``. A `start` outside
     /// `0...count` is refused. A slot whose destination is of another family is refused with
     /// ``SocketError/Kind/invalidArgument``, as a single `send(_:to:)` refuses it: the slots before it are sent
-    /// (the count says how many) and the send that starts at it fails, before any system call. An IPv4
-    /// destination of an IPv6 socket is not refused: the kernel sends it IPv4-mapped.
+    /// (the count says how many) and the send that starts at it fails, before `sendmmsg`. So is a slot
+    /// received from port 0, or from a sender with no address (an unbound Unix socket's) when this
+    /// socket is not connected. An IPv4 destination of an IPv6 socket is not refused: the kernel sends
+    /// it IPv4-mapped.
     public func send(_ batch: DatagramBatch, from start: Int = 0) throws(SocketError) -> IOResult {
         guard let n = try batch.send(fd, from: start, family: family) else { return .wouldBlock }
         return .transferred(n)
