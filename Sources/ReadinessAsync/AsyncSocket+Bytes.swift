@@ -70,9 +70,22 @@ extension AsyncSocket {
     nonisolated(nonsending) func readCopying<T: Sendable>(maximum: Int, timeout: Duration?,
                                                           _ take: (UnsafeRawBufferPointer, LoopState) throws(SocketError) -> T) async throws(LoopError) -> T {
         let deadline = timeout.map { Deadline.after($0) }
-        let id = self.id
-        return try await loop.onLoop { (state) async throws(LoopError) -> T in
-            try await state.readCopying(id, maximum: Swift.min(maximum, Self.maximumReadChunk), deadline: deadline) { (read) throws(SocketError) -> T in
+        let maximum = Swift.min(maximum, Self.maximumReadChunk)
+        // `onLoop` by hand: its out-of-line path (a hop) in a function of its own, so that this frame,
+        // held by every idle connection's task, keeps no closure context for it.
+        if let state = loop.stateInline() {
+            return try await state.readCopying(id, maximum: maximum, deadline: deadline) { (read) throws(SocketError) -> T in
+                try take(read, state)
+            }
+        }
+        return try await Self.readCopyingHopping(loop, id, maximum: maximum, deadline: deadline, take)
+    }
+
+    @inline(never)
+    nonisolated(nonsending) private static func readCopyingHopping<T: Sendable>(_ loop: EventLoop, _ id: UInt64, maximum: Int, deadline: Int64?,
+                                                                              _ take: (UnsafeRawBufferPointer, LoopState) throws(SocketError) -> T) async throws(LoopError) -> T {
+        try await loop.onLoop { (state) async throws(LoopError) -> T in
+            try await state.readCopying(id, maximum: maximum, deadline: deadline) { (read) throws(SocketError) -> T in
                 try take(read, state)
             }
         }
