@@ -272,11 +272,17 @@ public struct AsyncListener: Sendable {
 
 extension EventLoop {
     /// Connects to one address, confirmed by SO_ERROR and getpeername (the connect state machine).
-    nonisolated(nonsending) public func connect(to address: SocketAddress, timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+    /// `local`: the address to connect from (bound before the connect, as `Connector.connect(to:localAddress:)`
+    /// binds it: an IP address with port 0 for an ephemeral port, or a Unix path, unlinked again if the
+    /// connect fails); one of another family fails with ``/ReadinessNet/ConnectError/Cause/invalidAddress``
+    /// before any socket, one this host does not have or a port in use with the bind's cause
+    /// (`addressUnavailable`, `addressInUse`). Go's `Dialer.LocalAddr`, tokio's `TcpSocket::bind`.
+    nonisolated(nonsending) public func connect(to address: SocketAddress, from local: SocketAddress? = nil,
+                                                timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
         // The ConnectAttempt driver alone (no address list, no Happy Eyeballs options).
         let deadline = timeout.map { Deadline.after($0) }
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in
-            try await state.connect(to: address, deadline: deadline)
+            try await state.connect(to: address, from: local, deadline: deadline)
         }
         return AsyncSocket(loop: self, id: id, peer: peer)
     }

@@ -126,4 +126,54 @@ struct PeerScenarioTests12 {
         #expect(try left.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 7)
         #expect(try left.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 8)
     }
+
+    // MARK: Connecting from a chosen local address on the loop (Go's Dialer.LocalAddr
+    // (TestDialerLocalAddr), tokio's TcpSocket::bind then connect, SwiftNIO's ClientBootstrap.bind)
+
+    /// `loop.connect(to:from:)`: from 127.0.0.2 (ephemeral port) the listener sees that address; from
+    /// a fixed free port, that port; the listener's own address (in use), an address this host does
+    /// not have and one of the other family are typed connect errors, and no descriptor is left (the
+    /// async connect had no local address at all before: the sync `Connector` had).
+    @Test("an async connect from a chosen local address: bound first, typed errors for addresses it cannot use, nothing leaks",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func asyncConnectFromLocalAddress(backend: Backend) async throws {
+        let before = openDescriptorCount()
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        async let accepted = listener.accept(timeout: .seconds(5))
+        let client = try await loop.connect(to: listener.address, from: try SocketAddress("127.0.0.2:0"), timeout: .seconds(5))
+        let local = try #require(try await client.withStreamSocket { $0.localAddress })
+        #expect(local.description.hasPrefix("127.0.0.2:"), "\(local)")
+        let server = try await accepted
+        #expect(try await server.withStreamSocket { $0.peerAddress } == local)
+        await client.close(); await server.close()
+        let probe = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let free = try #require(probe.localAddress?.port)
+        probe.close()
+        async let acceptedFixed = listener.accept(timeout: .seconds(5))
+        if let fixed = try? await loop.connect(to: listener.address, from: try SocketAddress(ip: "127.0.0.1", port: free), timeout: .seconds(5)) {
+            #expect(try await fixed.withStreamSocket { $0.localAddress?.port } == free)
+            await fixed.close()
+            try? await acceptedFixed.close()
+        } else {
+            _ = try? await acceptedFixed
+        }
+        let refusals: [(SocketAddress, ConnectError.Cause)] = [
+            (listener.address, .addressInUse), (try SocketAddress("192.0.2.1:0"), .addressUnavailable),
+            (try SocketAddress("[::1]:0"), .invalidAddress),
+        ]
+        for (local, cause) in refusals {
+            do {
+                let socket = try await loop.connect(to: listener.address, from: local, timeout: .seconds(5))
+                await socket.close()
+                Issue.record("\(backend.name): connected from \(local)")
+            } catch {
+                guard case .connect(let failure) = error else { Issue.record("\(local): \(error)"); continue }
+                #expect(failure.cause == cause, "\(backend.name) from \(local): \(failure)")
+            }
+        }
+        await listener.close()
+        await loop.shutdown()
+        #expect(await settledDescriptorCount(before) == before)
+    }
 }

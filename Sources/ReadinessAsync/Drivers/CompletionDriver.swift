@@ -779,9 +779,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
     }
 
-    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
+    nonisolated(nonsending) func connect(to address: SocketAddress, from local: SocketAddress?, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
-        try await readiness.connect(to: address, deadline: deadline, on: loop)
+        try await readiness.connect(to: address, from: local, deadline: deadline, on: loop)
     }
 
     nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,

@@ -42,7 +42,7 @@ protocol IODriver: Sendable {
     /// Accepts a connection: the new stream's number and its peer.
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress)
     /// Connects to one address: the stream's number and its peer.
-    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
+    nonisolated(nonsending) func connect(to address: SocketAddress, from local: SocketAddress?, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?)
     /// Connects by Happy Eyeballs steps to a list, or to a name being resolved.
     nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,

@@ -269,13 +269,13 @@ struct ReadinessDriver: IODriver {
     }
 
     /// One address (`EventLoop.connect(to:timeout:)`): the connect's resource becomes the socket's.
-    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?,
+    nonisolated(nonsending) func connect(to address: SocketAddress, from local: SocketAddress?, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
         if loop.isShutDown { throw loop.shutdownReason }
         guard let poller = loop.poller else { throw .shutdown }
         // A task cancelled already starts nothing: no socket, no SYN, no lookup (Go's DialContext).
         if Task.isCancelled { throw .cancelled }
-        let (id, socket) = try await connect(to: address, poller: poller, deadline: deadline, attemptTimeout: nil, on: loop)
+        let (id, socket) = try await connect(to: address, from: local, poller: poller, deadline: deadline, attemptTimeout: nil, on: loop)
         return (id, socket.peer)
     }
 
@@ -283,10 +283,12 @@ struct ReadinessDriver: IODriver {
     /// bookkeeping). The deadline is the wait's; `attemptTimeout` (a list's option) ends the attempt
     /// itself with `ConnectError(.timedOut)`, as it does for an attempt of several. On success the
     /// resource becomes the socket's (same key).
-    nonisolated(nonsending) private func connect(to address: SocketAddress, poller: any Poller, deadline: Int64?,
+    nonisolated(nonsending) private func connect(to address: SocketAddress, from local: SocketAddress? = nil, poller: any Poller, deadline: Int64?,
                                                  attemptTimeout: Duration?, on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
         let stream = try loop.slab.insert { key in
-            StreamResource(key: key) { token in ConnectAttempt(to: address, poller: poller, token: token, timeout: attemptTimeout) }
+            StreamResource(key: key) { token in
+                ConnectAttempt(to: address, poller: poller, token: token, timeout: attemptTimeout, localAddress: local)
+            }
         }
         let id = stream.key.raw
         var progress = stream.attempt!.start()

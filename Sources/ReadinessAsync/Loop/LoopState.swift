@@ -495,8 +495,8 @@ final class LoopState {
         return try await driver.accept(id, deadline: deadline, on: self)
     }
 
-    nonisolated(nonsending) func connect(to address: SocketAddress, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress?) {
-        try await driver.connect(to: address, deadline: deadline, on: self)
+    nonisolated(nonsending) func connect(to address: SocketAddress, from local: SocketAddress?, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress?) {
+        try await driver.connect(to: address, from: local, deadline: deadline, on: self)
     }
 
     nonisolated(nonsending) func connect(addresses: [SocketAddress], resolution: (host: String, port: UInt16, resolver: any HostResolver)?,
