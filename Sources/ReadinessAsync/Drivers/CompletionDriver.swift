@@ -557,12 +557,19 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         } catch { throw .socket(error) }
     }
 
-    /// The readiness driver's copying read, counted as a fallback.
+    /// The readiness driver's copying read, counted as a fallback. Failed (a task cancelled before
+    /// its wait was installed, which registers nothing), it forgets the hint this driver's try set:
+    /// no readiness event would clear it (review: the seed-72017 case reached by cancellation).
     @inline(never)
     nonisolated(nonsending) private func readinessCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                              _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
         fallbacks += 1
-        return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
+        do {
+            return try await readiness.readCopying(id, maximum: maximum, deadline: deadline, on: loop, take)
+        } catch {
+            Self.unwatched(id, loop: loop)
+            throw error
+        }
     }
 
     /// A provided buffer came back full and the caller asked for more: as one recv(2) of `maximum`

@@ -186,6 +186,8 @@ public final class DatagramBatch {
         case .ipv6: AF_INET6
         case .unix: AF_UNIX
         }
+        // A closed socket is closed, whatever the slots say (as the empty send above says it).
+        if fd < 0 { throw SocketError(errno: EBADF, operation: "sendmmsg") }
         var end = count
         var connected: Bool?
         for i in start..<count {
@@ -203,7 +205,10 @@ public final class DatagramBatch {
             let problem: String
             if addressLengths[i] == 0 {
                 guard nameless[i] else { continue }
-                if connected == nil { connected = (try? SocketAddress.peer(of: fd)) != nil }
+                // Only ENOTCONN refuses the slot; another getpeername failure is sendmmsg's to report.
+                if connected == nil {
+                    do { _ = try SocketAddress.peer(of: fd); connected = true } catch { connected = error.errno != ENOTCONN }
+                }
                 if connected == true { continue }
                 problem = "its source has no address (an unbound Unix socket): no destination"
             } else {
