@@ -148,9 +148,11 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
     }
 
     /// A port: 0 to 65,535 (said so when out of range, not "not a number").
+    /// Digits only, as the library's `host:port` grammar reads a port (`UInt16("+80")` is 80).
     public static func port(_ text: String, _ flag: String) throws(UsageError) -> UInt16 {
-        if let value = UInt16(text) { return value }
-        if Int(text) != nil { throw UsageError("\(flag) must be 0 to 65535: \(text)") }
+        let digits = !text.isEmpty && text.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        if digits, let value = UInt16(text) { return value }
+        if digits { throw UsageError("\(flag) must be 0 to 65535: \(text)") }
         throw UsageError("\(flag): not a number: \(text)")
     }
     public static func number<T: FixedWidthInteger>(_ text: String, _ flag: String) throws(UsageError) -> T {

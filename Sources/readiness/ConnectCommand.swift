@@ -66,7 +66,9 @@ struct ConnectCommand: Command {
         defer { try? poller.close() }
         // A target that does not parse is a usage mistake (exit 64, found before any I/O); one that
         // parses and does not resolve is a failure (1).
-        if target.hasPrefix("unix:") {
+        // Byte-wise, as the library reads it (`hasPrefix` compares characters: "unix:" followed by a
+        // combining mark was not a Unix address here, and was one for the library).
+        if target.utf8.starts(with: "unix:".utf8) {
             do { _ = try SocketAddress(target) } catch { throw .usage(.invalid("The value '\(target)' is invalid for '<target>': \(error.reason)")) }
         } else {
             do { _ = try SocketAddress.splitHostPort(target) } catch { throw .usage(.invalid("The value '\(target)' is invalid for '<target>': \(error.reason)")) }

@@ -199,4 +199,57 @@ struct PeerScenarioTests12 {
         await loop.shutdown()
         #expect(await settledDescriptorCount(before) == before)
     }
+
+    // MARK: Address texts (the outside reader's angle: Go's ParseIP/SplitHostPort tables, CPython's
+    // ipaddress, libuv's uv_ip6_addr)
+
+    /// What the address reader found, each failed before: `resolve`'s failed lookup said "invalid
+    /// address" with no kind (now `ParseError.resolution`, classified as `Resolution` classifies it;
+    /// the classification is tested here on getaddrinfo's statuses, as a test cannot reach a failing
+    /// name server without leaving the machine); a zoned IPv6 host given to a lookup got the advice
+    /// to bracket it; `unix:` texts named the path, not the text; `::a:b` printed as `::0.10.0.11`;
+    /// the examples' `--port +80` was port 80.
+    @Test("address texts: a failed lookup has a kind, zones are named as unsupported, unix: errors name the text, ::/96 prints as RFC 5952 says")
+    func addressTexts() throws {
+        let again = SocketAddress.lookupFailure("nosuch.test:80", host: "nosuch.test", status: EAI_AGAIN, errno: 0)
+        #expect(again.resolution?.kind == .temporary && again.text == "nosuch.test:80")
+        #expect(again.description.hasPrefix("cannot resolve \"nosuch.test:80\""), "\(again)")
+        let exhausted = SocketAddress.lookupFailure("a.test:80", host: "a.test", status: EAI_SYSTEM, errno: EMFILE)
+        #expect(exhausted.resolution?.kind == .resourceExhausted && exhausted.resolution?.errno == EMFILE)
+        #expect(SocketAddress.lookupFailure("a.test:80", host: "a.test", status: EAI_NONAME, errno: 0).resolution?.kind == .notFound)
+        #expect(SocketAddress.lookupFailure("a.test:80", host: "a.test", status: 0, errno: 0).resolution?.kind == .notFound)
+        // A text refused is not a lookup.
+        do { _ = try SocketAddress.resolve("1.2.3:80") } catch { #expect(error.resolution == nil && error.description.hasPrefix("invalid address")) }
+        // A zone: named as such, bracketed or not, never given to the resolver.
+        let waker = try Waker()
+        defer { waker.close() }
+        for host in ["fe80::1%lo", "[fe80::1%lo]", "[fe80::1%1]"] {
+            let resolution = Resolution(host: host, port: 80, waker: waker, resolver: NeverAskedResolver())
+            defer { resolution.cancel() }
+            let answers = resolution.takeAnswers().map(\.result)
+            guard case .failure(let failure)? = answers.first else { Issue.record("\(host): \(answers)"); continue }
+            #expect(failure.kind == .invalidName && failure.reason.contains("zone ids"), "\(host): \(failure)")
+        }
+        // unix: texts: the error names the text.
+        for text in ["unix:", "unix:/x\0y"] {
+            do { _ = try SocketAddress(text); Issue.record("parsed \(text)") } catch { #expect(error.text == text, "\(error)") }
+        }
+        // ::/96 (not :: or ::1) as groups; the mapped form and the rest as before; each parses back.
+        let shown = ["[::a:b]:80": "[::a:b]:80", "[::1:2]:80": "[::1:2]:80", "[::2]:80": "[::2]:80", "[::1]:80": "[::1]:80",
+                     "[::]:80": "[::]:80", "[::ffff:1.2.3.4]:80": "[::ffff:1.2.3.4]:80", "[2001:db8::1]:80": "[2001:db8::1]:80",
+                     "[::1.2.3.4]:80": "[::102:304]:80"]
+        for (text, expected) in shown {
+            let address = try SocketAddress(text)
+            #expect(address.description == expected, "\(text)")
+            #expect(try SocketAddress(address.description) == address, "\(text)")
+        }
+    }
+}
+
+/// A resolver a test expects never to be asked.
+private struct NeverAskedResolver: HostResolver {
+    func lookup(host: String, port: UInt16, family: SocketAddress.Family) -> Result<[SocketAddress], ResolutionError> {
+        Issue.record("asked to resolve \(host)")
+        return .failure(ResolutionError(host: host, reason: "never asked"))
+    }
 }

@@ -22,10 +22,24 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public struct ParseError: Error, Hashable, Sendable, CustomStringConvertible {
         /// The text that was parsed.
         public let text: String
-        /// Why it is invalid.
+        /// Why it is invalid, or why its name could not be resolved.
         public let reason: String
+        /// For ``SocketAddress/resolve(_:)``: the text was fine but its name's lookup failed, and how
+        /// (``ResolutionError/kind``: not found, a name server that could not answer now, out of
+        /// descriptors, with the errno); nil when the text itself was refused.
+        public let resolution: ResolutionError?
+
+        /// An error for `text`: refused for `reason`, or (with `resolution`) a failed lookup.
+        public init(text: String, reason: String, resolution: ResolutionError? = nil) {
+            self.text = text
+            self.reason = reason
+            self.resolution = resolution
+        }
+
         /// The text and the reason.
-        public var description: String { "invalid address \"\(text)\": \(reason)" }
+        public var description: String {
+            resolution == nil ? "invalid address \"\(text)\": \(reason)" : "cannot resolve \"\(text)\": \(reason)"
+        }
     }
 
     /// IPv4, IPv6 or Unix-domain.
@@ -138,7 +152,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// grammar is ``splitHostPort(_:)``'s; `unix:@x` is the filesystem path `@x`, never an abstract name.
     public init(_ text: String) throws(ParseError) {
         if let path = Self.unixPathText(text) {
-            try self.init(unixPath: path)
+            // The error names the text parsed, as for host:port texts.
+            do { try self.init(unixPath: path) } catch { throw ParseError(text: text, reason: error.reason) }
             return
         }
         let (host, port) = try Self.parseHostPort(text)
@@ -162,9 +177,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         hints.ai_socktype = CInt(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &list)
-        guard status == 0, let list else {
-            throw ParseError(text: text, reason: String(cString: gai_strerror(status)))
-        }
+        let code = Glibc.errno
+        guard status == 0, let list else { throw lookupFailure(text, host: host, status: status, errno: code) }
         defer { freeaddrinfo(list) }
         var out: [SocketAddress] = []
         var node: UnsafeMutablePointer<addrinfo>? = list
@@ -175,8 +189,29 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             }
             node = current.pointee.ai_next
         }
-        guard !out.isEmpty else { throw ParseError(text: text, reason: "no address") }
+        guard !out.isEmpty else { throw lookupFailure(text, host: host, status: 0, errno: 0) }
         return out
+    }
+
+    /// `resolve`'s failed lookup: a ``ParseError`` whose ``ParseError/resolution`` says what kind of
+    /// failure (a name not found, a name server that could not answer now, out of descriptors with
+    /// its errno), as ``Resolution`` and ``Connector`` say it. Status 0: an answer with no address.
+    package static func lookupFailure(_ text: String, host: String, status: CInt, errno code: CInt) -> ParseError {
+        let failure = status == 0 ? ResolutionError(host: host, reason: "no address", kind: .notFound)
+                                  : ResolutionError(host: host, gaiStatus: status, errno: code)
+        return ParseError(text: text, reason: failure.reason, resolution: failure)
+    }
+
+    /// An address of `::/96` other than `::` and `::1` (the deprecated IPv4-compatible range), as RFC
+    /// 5952 writes it: `::a:b`, where glibc's inet_ntop writes `::0.10.0.11` (Go and Python print the
+    /// groups). Nil for every other address (inet_ntop's text is RFC 5952's).
+    static func compatibleFormFixed(_ address: in6_addr) -> String? {
+        let bytes = withUnsafeBytes(of: address) { Array($0) }
+        guard bytes[0..<12].allSatisfy({ $0 == 0 }) else { return nil }
+        let high = UInt16(bytes[12]) << 8 | UInt16(bytes[13]), low = UInt16(bytes[14]) << 8 | UInt16(bytes[15])
+        if high == 0 && low <= 1 { return nil }   // "::" and "::1"
+        let hex = { (group: UInt16) in String(group, radix: 16) }
+        return high == 0 ? "::\(hex(low))" : "::\(hex(high)):\(hex(low))"
     }
 
     /// Splits `HOST:PORT` or `[IPv6]:PORT` without resolving anything. The grammar (Docs/Connect.md,
@@ -255,7 +290,12 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     static func nameProblem(_ name: some StringProtocol) -> String? {
         if name.utf8.contains(0) { return nulInName }
         if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
-        if name.utf8.contains(UInt8(ascii: ":")) { return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)" }
+        if name.utf8.contains(UInt8(ascii: ":")) {
+            // An IPv6 address with a zone ("fe80::1%lo", bracketed or not): the advice to bracket it
+            // would not help (Go's and libuv's users write zones).
+            if name.utf8.contains(UInt8(ascii: "%")) { return "IPv6 zone ids (%) are not supported" }
+            return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)"
+        }
         // Brackets hold an IPv6 address and nothing else (Go's SplitHostPort: "unexpected '['").
         if name.utf8.contains(UInt8(ascii: "[")) || name.utf8.contains(UInt8(ascii: "]")) {
             return "brackets hold only an IPv6 address, as in [::1]"
@@ -444,10 +484,11 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             case AF_INET6:
                 var sin6 = raw.load(as: sockaddr_in6.self)
                 inet_ntop(AF_INET6, &sin6.sin6_addr, &text, socklen_t(text.count))
+                let shown = Self.compatibleFormFixed(sin6.sin6_addr) ?? Self.string(text)
                 // A scoped address (link-local) shows its interface index, as Go and Rust show the zone:
                 // two such addresses on different interfaces are not equal and must not print alike.
                 let scope = sin6.sin6_scope_id == 0 ? "" : "%\(sin6.sin6_scope_id)"
-                return "[\(Self.string(text))\(scope)]:\(UInt16(bigEndian: sin6.sin6_port))"
+                return "[\(shown)\(scope)]:\(UInt16(bigEndian: sin6.sin6_port))"
             case AF_UNIX:
                 if let name = abstractUnixName { return "unix:@" + name }
                 return "unix:" + String(decoding: (sunPathBytes ?? []).prefix { $0 != 0 }, as: UTF8.self)
