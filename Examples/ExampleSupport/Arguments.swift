@@ -147,11 +147,13 @@ public struct UsageError: Error, Sendable, CustomStringConvertible {
         return value
     }
 
-    /// A port: 0 to 65,535 (said so when out of range, not "not a number").
-    /// Digits only, as the library's `host:port` grammar reads a port (`UInt16("+80")` is 80).
+    /// A port: 0 to 65,535 (said so when out of range, a negative one included, not "not a number"),
+    /// 1 to 5 ASCII digits as the library's `host:port` grammar reads a port (`UInt16("+80")` is 80,
+    /// and `000080` is more digits than a port has).
     public static func port(_ text: String, _ flag: String) throws(UsageError) -> UInt16 {
-        let digits = !text.isEmpty && text.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
-        if digits, let value = UInt16(text) { return value }
+        let unsigned = text.utf8.first == UInt8(ascii: "-") ? text.utf8.dropFirst() : text.utf8[...]
+        let digits = !unsigned.isEmpty && unsigned.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        if digits, unsigned.count == text.utf8.count, unsigned.count <= 5, let value = UInt16(text) { return value }
         if digits { throw UsageError("\(flag) must be 0 to 65535: \(text)") }
         throw UsageError("\(flag): not a number: \(text)")
     }

@@ -277,8 +277,19 @@ extension EventLoop {
     /// connect fails); one of another family fails with ``/ReadinessNet/ConnectError/Cause/invalidAddress``
     /// before any socket, one this host does not have or a port in use with the bind's cause
     /// (`addressUnavailable`, `addressInUse`). Go's `Dialer.LocalAddr`, tokio's `TcpSocket::bind`.
-    nonisolated(nonsending) public func connect(to address: SocketAddress, from local: SocketAddress? = nil,
+    nonisolated(nonsending) public func connect(to address: SocketAddress, from local: SocketAddress,
                                                 timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+        try await connect(to: address, local: local, timeout: timeout)
+    }
+
+    /// Connects to one address, confirmed by SO_ERROR and getpeername (the connect state machine),
+    /// from an address the kernel picks.
+    nonisolated(nonsending) public func connect(to address: SocketAddress, timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
+        try await connect(to: address, local: nil, timeout: timeout)
+    }
+
+    nonisolated(nonsending) private func connect(to address: SocketAddress, local: SocketAddress?,
+                                                 timeout: Duration?) async throws(LoopError) -> AsyncSocket {
         // The ConnectAttempt driver alone (no address list, no Happy Eyeballs options).
         let deadline = timeout.map { Deadline.after($0) }
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in

@@ -139,9 +139,14 @@ struct PeerScenarioTests12 {
         #expect(try right.send(batch) == .transferred(2))
         #expect(try left.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 7)
         #expect(try left.receive(into: &buffer).datagram?.count == 1 && buffer[0] == 8)
-        // A closed socket is closed, whatever its slots (review: a nameless slot blamed the data,
-        // invalidArgument, where a named one said EBADF).
+        // A closed socket is closed, whatever its slots or destination (review: a nameless slot, a
+        // port-0 destination, a peer of the other family blamed the data, invalidArgument, where a
+        // good one said EBADF).
         right.close()
+        for (what, attempt) in [("send to port 0", { () throws(SocketError) in _ = try right.send([1], to: try! SocketAddress("127.0.0.1:0")) }),
+                                ("connect to port 0", { () throws(SocketError) in try right.connect(to: try! SocketAddress("127.0.0.1:0")) })] {
+            do { try attempt(); Issue.record("\(what) on a closed socket") } catch { #expect(error.errno == EBADF, "\(what): \(error)") }
+        }
         do {
             _ = try right.send(batch)
             Issue.record("a closed socket sent a batch")
@@ -174,8 +179,21 @@ struct PeerScenarioTests12 {
         let free = try #require(probe.localAddress?.port)
         probe.close()
         async let acceptedFixed = listener.accept(timeout: .seconds(5))
-        if let fixed = try? await loop.connect(to: listener.address, from: try SocketAddress(ip: "127.0.0.1", port: free), timeout: .seconds(5)) {
+        let fixedLocal = try SocketAddress(ip: "127.0.0.1", port: free)
+        if let fixed = try? await loop.connect(to: listener.address, from: fixedLocal, timeout: .seconds(5)) {
             #expect(try await fixed.withStreamSocket { $0.localAddress?.port } == free)
+            // The port is held by that connection: a second connect from it is addressInUse, as Go's
+            // dialer says (review: with SO_REUSEADDR on the connecting socket it was bound again, and
+            // this connect to the same destination failed with addressUnavailable; to another one it
+            // would have shared the port).
+            do {
+                let second = try await loop.connect(to: listener.address, from: fixedLocal, timeout: .seconds(5))
+                await second.close()
+                Issue.record("\(backend.name): a second connect from a held port")
+            } catch {
+                guard case .connect(let failure) = error else { Issue.record("\(error)"); return }
+                #expect(failure.cause == .addressInUse, "\(backend.name): \(failure)")
+            }
             await fixed.close()
             try? await acceptedFixed.close()
         } else {
@@ -231,6 +249,12 @@ struct PeerScenarioTests12 {
             #expect(failure.kind == .invalidName && failure.reason.contains("zone ids"), "\(host): \(failure)")
         }
         // unix: texts: the error names the text.
+        // The zone named in the other spellings too (review: "fe80::1%lo:80" was told to use brackets,
+        // and an ip "fe80::1%lo" was "not numeric").
+        for text in ["fe80::1%lo:80", "[fe80::1%lo]:80"] {
+            do { _ = try SocketAddress(text); Issue.record("parsed \(text)") } catch { #expect(error.reason.contains("zone ids"), "\(error)") }
+        }
+        do { _ = try SocketAddress(ip: "fe80::1%lo", port: 80); Issue.record("parsed a zone") } catch { #expect(error.reason.contains("zone ids"), "\(error)") }
         for text in ["unix:", "unix:/x\0y"] {
             do { _ = try SocketAddress(text); Issue.record("parsed \(text)") } catch { #expect(error.text == text, "\(error)") }
         }

@@ -34,13 +34,12 @@ public struct SystemConnectSyscalls: ConnectSyscalls {
         return (fd, fd < 0 ? errno : 0)
     }
 
-    /// bind(2), with SO_REUSEADDR for IP addresses.
+    /// bind(2) of the connecting socket's local address, without SO_REUSEADDR (as Go's dialer and
+    /// tokio's `TcpSocket` bind it): a fixed local port another socket holds is EADDRINUSE
+    /// (`addressInUse`). With SO_REUSEADDR (before), two connects from one port shared it silently,
+    /// or the second failed with EADDRNOTAVAIL when both went to the same destination.
     public func bind(_ fd: CInt, to address: SocketAddress) -> CInt {
-        if address.family != .unix {
-            var one: CInt = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
-        }
-        return address.withSockaddr { Glibc.bind(fd, $0, $1) } == 0 ? 0 : errno
+        address.withSockaddr { Glibc.bind(fd, $0, $1) } == 0 ? 0 : errno
     }
 
     /// connect(2) once. EINTR is returned as it is: the state machine treats it as "in progress"

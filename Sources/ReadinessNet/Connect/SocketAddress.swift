@@ -95,6 +95,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             sin6.sin6_port = port.bigEndian
             sin6.sin6_addr = v6
             self.init(raw: sin6)
+        } else if ip.utf8.contains(UInt8(ascii: "%")) && ip.utf8.contains(UInt8(ascii: ":")) {
+            throw ParseError(text: ip, reason: "IPv6 zone ids (%) are not supported")
         } else {
             throw ParseError(text: ip, reason: "not a numeric IPv4 or IPv6 address")
         }
@@ -250,7 +252,11 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { throw refuse("expected HOST:PORT") }
             host = text[..<colon]
             portText = text[bytes.index(after: colon)...]
-            if portText.utf8.contains(UInt8(ascii: ":")) { throw refuse("put an IPv6 address in brackets, as in [::1]:80") }
+            if portText.utf8.contains(UInt8(ascii: ":")) {
+                // "fe80::1%lo:80": bracketing it would only meet the zone's refusal next.
+                if text.utf8.contains(UInt8(ascii: "%")) { throw refuse("IPv6 zone ids (%) are not supported") }
+                throw refuse("put an IPv6 address in brackets, as in [::1]:80")
+            }
             if let problem = nameProblem(host) { throw refuse(problem) }
         }
         guard let port = parsePort(portText) else { throw refuse("the port must be 1 to \(maximumPortDigits) ASCII digits, 0 to 65535") }

@@ -252,6 +252,8 @@ public final class DatagramSocket {
         // Port 0 names no peer: Linux connects to it, then denies the association (getpeername's
         // ENOTCONN: no `peerAddress`, and `disconnect` could not tell there was one), while a send to
         // port 0 is EINVAL. `destination` refuses it as that send is.
+        // A closed socket is closed, whatever the address (as a batch send says it).
+        if fd < 0 { throw SocketError(errno: EBADF, operation: "connect") }
         let peer = try destination(peer, "connect")
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
         guard status == 0 else {
@@ -345,6 +347,7 @@ public final class DatagramSocket {
 
     @usableFromInline
     func sendImpl(_ buffer: UnsafeRawBufferPointer, to destination: SocketAddress?) throws(SocketError) -> IOResult {
+        if fd < 0 { throw SocketError(errno: EBADF, operation: destination == nil ? "send" : "sendto") }
         let destination = try destination.map { (address) throws(SocketError) in try self.destination(address, "send to") }
         let fd = self.fd
         let n: Int
