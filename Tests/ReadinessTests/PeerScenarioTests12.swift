@@ -268,6 +268,44 @@ struct PeerScenarioTests12 {
             #expect(try SocketAddress(address.description) == address, "\(text)")
         }
     }
+
+    // MARK: Listeners (the outside reader's listener angle: libuv's test-tcp-close-accept, Go's
+    // TestListenCloseListen)
+
+    /// An adopted listener whose other holder shuts it down while a task waits in `accept`: that accept
+    /// fails (EINVAL, every backend), and the loop's other listeners still accept ahead on io_uring
+    /// (failed before: the completion driver took that EINVAL for a kernel without multishot accept
+    /// and used single accepts for every listener of the loop from then on).
+    @Test("a listener shut down by another holder fails its accept; the loop's other listeners keep accepting ahead",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func listenerShutDownElsewhere(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let original = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let held = dup(original.fd)
+        #expect(held >= 0)
+        let adopted = try await loop.adoptListener(descriptor: held)
+        let waiting = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { _ = try await adopted.accept(timeout: .seconds(5)); return nil } catch { return error }
+        }
+        try await loop.sleep(for: .milliseconds(30))
+        Glibc.shutdown(original.fd, CInt(SHUT_RDWR))
+        let failure = await waiting.value
+        if case .socket(let cause)? = failure { #expect(cause.errno == EINVAL, "\(cause)") } else { Issue.record("\(backend.name): \(String(describing: failure))") }
+        // Another listener of the same loop: accepted, and on io_uring its multishot accept stays armed.
+        let other = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        async let accepted = other.accept(timeout: .seconds(5))
+        let client = try await loop.connect(to: other.address, timeout: .seconds(5))
+        await (try await accepted).close()
+        if backend == .ioUring {
+            try await loop.sleep(for: .milliseconds(20))
+            #expect(try await loop.ioDriver().operationsInKernel >= 1, "the multishot accept is not armed")
+        }
+        await client.close()
+        await other.close()
+        await adopted.close()
+        original.close()
+        await loop.shutdown()
+    }
 }
 
 /// A resolver a test expects never to be asked.

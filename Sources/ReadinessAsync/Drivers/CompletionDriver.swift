@@ -289,14 +289,23 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 do { try ring.cancel(tag: op.tag) } catch { cancelsToRetry.append(op) }
             }
         } else if -result == EINVAL, !op.acceptedAny {
-            // Refused at once: a kernel without multishot accept (before 5.19). An EINVAL after
-            // connections came (a socket no longer listening) is this listener's error, not the kernel's.
-            multishotAcceptRefused = true
+            // Refused at once: a kernel without multishot accept (before 5.19), unless the socket no
+            // longer listens (another holder of an adopted listener shut it down): then it is this
+            // listener's error, as an EINVAL after connections came is, and the loop's other
+            // listeners keep their multishot accepts (review: one such listener turned them off).
+            if Self.stillListens(listener.listener.fd) { multishotAcceptRefused = true }
             listener.acceptFailure = result
         } else if -result != ECANCELED {
             listener.acceptFailure = result
         }
         loop.resolve(listener, .read, .ready)
+    }
+
+    /// Whether `fd` is a listening socket (SO_ACCEPTCONN).
+    private static func stillListens(_ fd: CInt) -> Bool {
+        var listening: CInt = 0
+        var size = socklen_t(MemoryLayout<CInt>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) == 0 && listening != 0
     }
 
     /// Arms `listener`'s multishot accept.
