@@ -376,6 +376,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func threadMain(_ makePoller: @Sendable () throws(PollerError) -> any Poller) {
         thread = pthread_self()
+        LoopThreads.markCurrent()
         pthread_sigmask(SIG_SETMASK, nil, &state.startMask)
         _ = rd_name_current_thread(name)
         let poller: any Poller
@@ -641,12 +642,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
     }
 
-    /// Like ``shutdown()``, blocking the calling thread until the loop has finished. Called on the loop
-    /// thread itself (which cannot wait for its own end), it asks for the shutdown and returns at once:
-    /// the loop stops when the current job returns.
+    /// Like ``shutdown()``, blocking the calling thread until the loop has finished. Called on the
+    /// thread of any event loop (this one, which cannot wait for its own end, or another: two loops
+    /// each waiting for the other would never end, SwiftNIO traps there), it asks for the shutdown and
+    /// returns at once: the loop stops when its current job returns. Use `await shutdown()` there.
     public func syncShutdown() {
         _ = requestStop()
-        if isLoopThread() { return }
+        if isLoopThread() || LoopThreads.isCurrent { return }
         lock.withLock {
             while !isFinished {
                 if case .failed = phase { return }
@@ -775,4 +777,20 @@ extension EventLoop {
             return poller.capabilities
         }
     }
+}
+
+/// Which threads are event loops' (any loop's): `syncShutdown` must not block one (a thread-specific
+/// flag, set by each loop thread as it starts).
+enum LoopThreads {
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    /// Marks the calling thread as a loop's.
+    static func markCurrent() { pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1)) }
+
+    /// Whether the calling thread is a loop's.
+    static var isCurrent: Bool { pthread_getspecific(key) != nil }
 }

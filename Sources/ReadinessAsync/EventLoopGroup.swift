@@ -103,7 +103,9 @@ public final class EventLoopGroup: Sendable {
         }
     }
 
-    /// Shuts every loop down, blocking the calling thread (never a loop thread).
+    /// Shuts every loop down, blocking the calling thread until all have finished. On a loop's thread
+    /// (any loop's) it only asks each to stop and returns at once, as ``EventLoop/syncShutdown()``
+    /// does there: use `await shutdown()` on a loop.
     public func syncShutdown() {
         for loop in loops { loop.syncShutdown() }
     }

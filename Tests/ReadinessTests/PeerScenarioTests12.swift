@@ -306,6 +306,33 @@ struct PeerScenarioTests12 {
         original.close()
         await loop.shutdown()
     }
+
+    // MARK: Several loops (the outside reader's angle: SwiftNIO's syncShutdownGracefully on a loop)
+
+    /// Two loops whose tasks each call the other's `syncShutdown()`: both calls return (each only asks
+    /// the other loop to stop), and both loops then finish. Failed before: each loop thread blocked
+    /// until the other loop ended, and neither could (a deadlock; the calls never returned).
+    @Test("syncShutdown on a loop thread, of another loop or of the group, asks and returns: no two loops wait for each other",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func syncShutdownOnLoops(backend: Backend) async throws {
+        let a = try EventLoop(backend: backend), b = try EventLoop(backend: backend)
+        let returned = Locked(0)
+        Task(executorPreference: a) { b.syncShutdown(); returned.withLock { $0 += 1 } }
+        Task(executorPreference: b) { a.syncShutdown(); returned.withLock { $0 += 1 } }
+        for _ in 0..<500 where returned.withLock({ $0 }) < 2 { usleep(10_000) }
+        #expect(returned.withLock { $0 } == 2, "\(backend.name): a loop thread is still blocked in syncShutdown")
+        guard returned.withLock({ $0 }) == 2 else { return }
+        await a.shutdown()
+        await b.shutdown()
+        // The group's form, on one of its loops: asks, returns; the group then finishes.
+        let group = try EventLoopGroup(count: 2) { () throws(PollerError) -> any Poller in try backend.makePoller() }
+        let asked = await Task(executorPreference: group.loops[0]) { () -> Bool in
+            group.syncShutdown()
+            return group.loops.allSatisfy(\.isShuttingDown)
+        }.value
+        #expect(asked)
+        await group.shutdown()
+    }
 }
 
 /// A resolver a test expects never to be asked.
