@@ -139,9 +139,12 @@ struct ConnectCommand: Command {
         defer { resolution.cancel() }
         var found: [SocketAddress.Family: [SocketAddress]] = [:]
         var reasons: [SocketAddress.Family: ResolutionError] = [:]
-        // RFC 8305 section 3, as the library's connect by name: once one family has answered with
-        // addresses, the other gets the resolution delay (50 ms) and no more (an AAAA query a name
-        // server drops must not hold an A answer in hand until the deadline).
+        // Once one family has answered with addresses, the other gets the resolution delay (50 ms)
+        // and no more (an AAAA query a name server drops must not hold an A answer in hand until the
+        // deadline). Unlike the library's connect by name (RFC 8305 section 3), which starts on an
+        // AAAA answer at once and adds a later answer to the attempts, the tool resolves, then
+        // connects: an AAAA answer waits up to 50 ms for the A answer, and an answer later than that
+        // is not tried (the trace lists what was).
         var enoughAt: Int64?
         let events = EventBuffer(capacity: 4)
         while true {

@@ -16,7 +16,7 @@ public enum Connector {
     }
 
     /// Connects to the first address that accepts, in the Happy Eyeballs way (RFC 8305): families
-    /// alternate, a new attempt starts every `attemptDelay` (or as soon as the previous one fails)
+    /// alternate, a new attempt starts every `attemptDelay` (or as soon as the newest one fails)
     /// while earlier ones continue; the first success wins and the others are cancelled and closed.
     /// When every attempt fails, the error lists them all. `timeout` bounds the whole call (and so
     /// each attempt): when it passes every attempt still running is closed and the call fails with

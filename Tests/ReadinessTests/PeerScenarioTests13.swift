@@ -1,0 +1,77 @@
+import Glibc
+@_spi(Backend) import Readiness
+import ReadinessAsync
+import Synchronization
+import Testing
+
+/// Scenarios from the peers' test suites and the outside readers of stop 41.
+@Suite("Peer scenarios 13", .serialized)
+struct PeerScenarioTests13 {
+    // MARK: Happy Eyeballs (the Happy Eyeballs reader: RFC 8305 section 5, SwiftNIO's connectFailed)
+
+    /// Addresses that never answer, a 100 ms attempt delay and a 100 ms attempt timeout: at 100 ms
+    /// the step starts the second attempt and the first one's own timeout ends it in the same turn.
+    /// Before, that failure started a third attempt 0.1 ms after the second (RFC 8305 section 5: not
+    /// within 10 ms of the previous attempt; SwiftNIO starts early only when nothing is pending).
+    @Test("an earlier attempt's timeout does not start another beside the step's", arguments: backends)
+    func earlierAttemptFailureKeepsTheStep(backend: Backend) throws {
+        let full = try fullTCPListener()
+        defer { close(full.fd); full.fillers.forEach { close($0) } }
+        let starts = try attemptStarts(backend, Array(repeating: full.address, count: 5), delay: 100, timeout: 100, for: 330)
+        let gaps = zip(starts.dropFirst(), starts).map { $0 - $1 }
+        // Attempts at about 0, 100, 200 and 300 ms: four, each gap near the 100 ms delay.
+        #expect(starts.count == 4, "\(backend): attempts at \(starts) ms")
+        #expect(gaps.allSatisfy { $0 >= 10 }, "\(backend): gaps \(gaps) ms")
+    }
+
+    /// The newest attempt refused at once while an earlier one still connects: the next starts
+    /// without waiting for the step, but 10 ms after the refused one's start (before: 0.1 ms after).
+    @Test("a refusal beside a running attempt starts the next 10 ms after its own start", arguments: backends)
+    func refusalBesideRunningAttempt(backend: Backend) throws {
+        let full = try fullTCPListener()
+        defer { close(full.fd); full.fillers.forEach { close($0) } }
+        let refused = try closedPort()
+        let starts = try attemptStarts(backend, [full.address, refused, full.address, full.address], delay: 150, timeout: nil, for: 250)
+        // 0, 150 (refused), 160: the third well before the step at 300, and not with the refusal.
+        #expect(starts.count == 3, "\(backend): attempts at \(starts) ms")
+        if starts.count >= 3 { #expect(starts[2] - starts[1] >= 9 && starts[2] - starts[1] < 100, "\(backend): attempts at \(starts) ms") }
+    }
+
+    /// Drives a Happy Eyeballs connect to `addresses` for `milliseconds` and returns when each attempt
+    /// started (milliseconds from the start).
+    private func attemptStarts(_ backend: Backend, _ addresses: [SocketAddress], delay: Int, timeout: Int?,
+                               for milliseconds: Int64) throws -> [Int64] {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var options = HappyEyeballs.Options()
+        options.attemptDelay = .milliseconds(delay)
+        options.attemptTimeout = timeout.map { .milliseconds($0) }
+        let timers = Timers()
+        let connect = HappyEyeballs(addresses: addresses, poller: poller, timers: timers, tokenBase: 0, options: options)
+        defer { connect.cancel() }
+        let start = MonotonicClock.nowNanoseconds
+        let end = start + milliseconds * 1_000_000
+        var starts: [Int64] = []
+        func note() {
+            while starts.count < connect.attempts.count { starts.append((MonotonicClock.nowNanoseconds - start) / 1_000_000) }
+        }
+        var progress = connect.start()
+        let events = EventBuffer(capacity: 8)
+        while MonotonicClock.nowNanoseconds < end, case .inProgress = progress {
+            note()
+            let left = Duration.nanoseconds(max(0, end - MonotonicClock.nowNanoseconds))
+            try poller.wait(into: events, timeout: min(timers.timeout() ?? left, left))
+            for event in events where connect.owns(event.token) {
+                progress = connect.handle(event)
+                note()
+            }
+            let now = MonotonicClock.nowNanoseconds
+            while case .inProgress = progress, let token = timers.popDue(now: now) {
+                progress = connect.handleTimer(token, now: now)
+                note()
+            }
+        }
+        note()
+        return starts
+    }
+}
