@@ -35,6 +35,26 @@ int rd_kernel_can_poll(int fd) {
     return -1;
 }
 
+int rd_kernel_can_poll_with(int *probe, int fd) {
+    if (*probe < 0) {
+        int made = epoll_create1(EPOLL_CLOEXEC);
+        if (made < 0) return -1;
+        *probe = made;
+    }
+    struct epoll_event ev = {.events = EPOLLIN};
+    if (epoll_ctl(*probe, EPOLL_CTL_ADD, fd, &ev) == 0) {
+        epoll_ctl(*probe, EPOLL_CTL_DEL, fd, NULL);
+        return 1;
+    }
+    int saved = errno;
+    /* EEXIST: the same file under this number is in the set already (a delete that could not find
+       it once its number was closed while a dup kept the file open): it was pollable then. */
+    if (saved == EEXIST) return 1;
+    if (saved == EPERM) return 0;
+    errno = saved;
+    return -1;
+}
+
 static _Atomic unsigned rd_forks = 0;
 static void rd_count_fork(void) { atomic_fetch_add_explicit(&rd_forks, 1, memory_order_relaxed); }
 __attribute__((constructor)) static void rd_install_fork_counter(void) { pthread_atfork(NULL, NULL, rd_count_fork); }

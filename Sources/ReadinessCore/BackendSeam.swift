@@ -76,6 +76,9 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     /// `close()` fails with ``PollerError/forked`` (the epoll set, the ring and the waker are shared
     /// with the parent, whose registrations a child's change would alter).
     @usableFromInline let forkGeneration = Sys.forkGeneration
+    /// The epoll set that asks the kernel whether a device or an anonymous-inode file can be polled
+    /// (backends whose own call does not): made at the first such registration, closed with the poller.
+    @usableFromInline let pollProbe = PollProbe()
 
     /// Counts a call in progress (``waitState``), or throws `closed` once closing has begun; each
     /// successful `enter()` is paired with one `leave()`.
@@ -130,7 +133,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         guard !released else { throw .closed }
         try storedTable.checkRegister(fd, token: token, interest: interest, trigger: trigger, capabilities: seam.capabilities,
                                       kernelChecksDescriptor: seam.kernelChecksDescriptor,
-                                      heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd))
+                                      heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd) || pollProbe.holds(fd),
+                                      probe: pollProbe)
         var registration = Registration(token: token, interest: interest, trigger: trigger)
         registration.generation = storedTable.upcomingGeneration
         registration.index = Int32(storedTable.count)
@@ -147,7 +151,8 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
         let old = try storedTable.checkReregister(fd, token: token, interest: interest, trigger: trigger,
                                                   capabilities: seam.capabilities,
                                                   kernelChecksDescriptor: seam.kernelChecksDescriptor,
-                                                  heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd))
+                                                  heldByPoller: fd == waker.fd || seam.ownsDescriptor(fd) || pollProbe.holds(fd),
+                                                  probe: pollProbe)
         var new = old
         new.token = token
         new.interest = interest
@@ -227,6 +232,7 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
     private func shutDown() {
         released = true
         if Sys.forkGeneration != forkGeneration { seam.closeAfterFork() } else { seam.close() }
+        pollProbe.close()
         waker.close()
         storedTable.removeAll()
     }

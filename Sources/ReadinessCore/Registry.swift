@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The state of one registered descriptor, shared by every backend.
 @_spi(Backend)
 public struct Registration: Hashable, Sendable {
@@ -147,14 +151,19 @@ public struct RegistrationTable: Sendable {
     /// (a caller's registration would take over the poller's own events).
     public func checkRegister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
                               capabilities: Capabilities, kernelChecksDescriptor: Bool = false,
-                              heldByPoller: Bool = false) throws(PollerError) {
+                              heldByPoller: Bool = false, probe: PollProbe? = nil) throws(PollerError) {
         guard fd >= 0 else { throw .invalidDescriptor(fd) }
         guard fd <= capabilities.maxDescriptor else {
             throw .descriptorTooLarge(fd, limit: capabilities.maxDescriptor &+ 1)
         }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
         guard self[fd] == nil, !heldByPoller else { throw .alreadyRegistered(fd) }
-        if let error = kernelChecksDescriptor ? Sys.checkKind(fd) : Sys.checkPollable(fd) { throw error }
+        if let error = kernelChecksDescriptor ? Sys.checkKind(fd) : Self.checkPollable(fd, probe) { throw error }
+    }
+
+    private static func checkPollable(_ fd: CInt, _ probe: PollProbe?) -> PollerError? {
+        var st = stat()
+        return Sys.checkPollable(fd, status: &st, probe: probe)
     }
 
     /// Checks a change of registration; returns the current registration. The descriptor is checked
@@ -166,14 +175,14 @@ public struct RegistrationTable: Sendable {
     /// file being gone, where applying the registration would watch the poller with itself.
     public func checkReregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger,
                                 capabilities: Capabilities, kernelChecksDescriptor: Bool = false,
-                                heldByPoller: Bool = false) throws(PollerError) -> Registration {
+                                heldByPoller: Bool = false, probe: PollProbe? = nil) throws(PollerError) -> Registration {
         // The same order as register: the descriptor's sign, the arguments, the table, the kernel.
         guard fd >= 0 else { throw .invalidDescriptor(fd) }
         try Self.checkArguments(token: token, interest: interest, trigger: trigger, capabilities: capabilities)
         let current = try checkRegistered(fd)
         if heldByPoller { throw .badDescriptor(fd) }
         // The same checks as register (one fstat; devices are asked): the number may name a new file.
-        if !kernelChecksDescriptor, let error = Sys.checkPollable(fd) { throw error }
+        if !kernelChecksDescriptor, let error = Self.checkPollable(fd, probe) { throw error }
         return current
     }
 

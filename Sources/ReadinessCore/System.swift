@@ -56,6 +56,14 @@ public enum Sys {
     /// ``checkPollable(_:)``, leaving the `fstat` it made in `st` (for a backend that needs the file's
     /// identity too, so that one system call serves both).
     public static func checkPollable(_ fd: CInt, status st: inout stat) -> PollerError? {
+        checkPollable(fd, status: &st, probe: nil)
+    }
+
+    /// ``checkPollable(_:status:)`` asking `probe`'s epoll set about devices and anonymous-inode
+    /// files (made at its first such question and kept): no descriptor is needed after that, so a
+    /// re-arm of an eventfd, timerfd or terminal still works when the process has none left, and
+    /// the question costs two system calls instead of three. nil: a throwaway set per question.
+    public static func checkPollable(_ fd: CInt, status st: inout stat, probe: PollProbe?) -> PollerError? {
         if fstat(fd, &st) != 0 {
             return errno == EBADF ? .badDescriptor(fd) : .failed("fstat", errno: errno)
         }
@@ -66,7 +74,7 @@ public enum Sys {
         // always ready): ask the kernel, as epoll_ctl does for the epoll backend. So do anonymous-inode
         // files (no type bits): eventfd, timerfd, signalfd, pidfd poll; a Landlock ruleset does not.
         if kind == S_IFCHR || kind == S_IFBLK || kind == 0 {
-            switch rd_kernel_can_poll(fd) {
+            switch probe?.canPoll(fd) ?? rd_kernel_can_poll(fd) {
             case 1: return nil
             case 0: return .unsupportedDescriptor(fd)
             default: return errno == EBADF ? .badDescriptor(fd) : .failed("epoll probe of a device", errno: errno)
@@ -255,4 +263,29 @@ public func runWait(timeout: Duration?, _ attempt: (WaitTimeout) throws(PollerEr
         if now >= deadline { return 0 }
         remaining = deadline - now
     }
+}
+
+/// A poller's epoll set for asking the kernel whether a device or an anonymous-inode file can be
+/// polled (``Sys/checkPollable(_:status:probe:)``): made at the first question, closed with the
+/// poller. Used by one thread at a time, as the poller's registration calls are.
+@_spi(Backend)
+public final class PollProbe: @unchecked Sendable {
+    private var fd: CInt = -1
+
+    /// No set yet.
+    public init() {}
+
+    /// 1: the file under `fd` has a poll method; 0: it has none (EPERM); -1 with errno otherwise.
+    func canPoll(_ fd: CInt) -> CInt { rd_kernel_can_poll_with(&self.fd, fd) }
+
+    /// Whether `fd` is this set's descriptor (the poller's own: not the caller's to register).
+    public func holds(_ fd: CInt) -> Bool { fd >= 0 && fd == self.fd }
+
+    /// Closes the set, if one was made.
+    public func close() {
+        if fd >= 0 { _ = Sys.close(fd) }
+        fd = -1
+    }
+
+    deinit { close() }
 }

@@ -74,4 +74,33 @@ struct PeerScenarioTests13 {
         note()
         return starts
     }
+
+    // MARK: Descriptor checks (the descriptor-lifecycle reader: CPython's test_selectors, libuv)
+
+    /// A terminal (a character device, asked of the kernel on every backend but epoll) registered,
+    /// then the process out of descriptors: re-arming it and registering another terminal opened
+    /// before work as on epoll. Before, each check made a throwaway epoll set: `resourceExhausted`
+    /// (EMFILE) on poll, select, io_uring and libevent, while epoll's own `epoll_ctl` needed none.
+    @Test("a device is re-armed and registered with no descriptor left, on every backend", arguments: backends)
+    func deviceCheckNeedsNoDescriptor(backend: Backend) throws {
+        let before = openDescriptorCount()
+        do {
+            let poller = try backend.makePoller()
+            defer { try? poller.close() }
+            let first = open("/dev/ptmx", O_RDWR | O_NOCTTY)
+            let second = open("/dev/ptmx", O_RDWR | O_NOCTTY)
+            defer { close(first); close(second) }
+            try #require(first >= 0 && second >= 0, "no pseudo-terminal here")
+            try poller.register(first, token: Token(rawValue: 1), interest: .readable)
+            let outcome = withDescriptorsExhausted { () -> String in
+                do {
+                    try poller.reregister(first, token: Token(rawValue: 1), interest: [.readable, .writable])
+                    try poller.register(second, token: Token(rawValue: 2), interest: .readable)
+                    return "ok"
+                } catch { return "\(error)" }
+            }
+            #expect(outcome == "ok", "\(backend)")
+        }
+        #expect(openDescriptorCount() == before, "\(backend): a descriptor left behind")
+    }
 }

@@ -42,6 +42,8 @@ public final class LibeventSeam: BackendSeam {
     public let method: String
     /// Whether that method is epoll, whose passes are capped by its event array (see `wait`).
     private let usesEpoll: Bool
+    /// The epoll method's device check (`checkedIdentity`): its set, made at the first device.
+    private let probe = PollProbe()
     private let lev: OpaquePointer
     private let waker: Waker
     private let wakerReg: OpaquePointer
@@ -225,12 +227,15 @@ public final class LibeventSeam: BackendSeam {
     /// contract's descriptor check itself, with the one `fstat` that gives both.
     public var kernelChecksDescriptor: Bool { usesEpoll }
 
+    /// See ``/ReadinessCore/BackendSeam/ownsDescriptor(_:)``: the device check's epoll set.
+    public func ownsDescriptor(_ fd: CInt) -> Bool { probe.holds(fd) }
+
     /// For the epoll method: the contract's descriptor check, and the file's identity from the same
     /// `fstat` (nil for the other methods, whose poller made the check).
     private func checkedIdentity(_ fd: CInt) throws(PollerError) -> FileIdentity? {
         guard usesEpoll else { return nil }
         var st = stat()
-        if let error = Sys.checkPollable(fd, status: &st) { throw error }
+        if let error = Sys.checkPollable(fd, status: &st, probe: probe) { throw error }
         return FileIdentity(st)
     }
 
@@ -499,6 +504,7 @@ public final class LibeventSeam: BackendSeam {
         spare.removeAll()
         rd_lev_reg_free(wakerReg)
         rd_lev_free(lev)
+        probe.close()
     }
 }
 

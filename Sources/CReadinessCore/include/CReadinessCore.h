@@ -16,6 +16,10 @@ int rd_accept_nonblocking(int listener);
 /// Asks a throwaway epoll set, so it costs three system calls: used for character and block
 /// devices only, whose support varies device by device.
 int rd_kernel_can_poll(int fd);
+/// `rd_kernel_can_poll` with a probe epoll set kept in `*probe` (made on first use, -1 before;
+/// the caller closes it): two system calls (EPOLL_CTL_ADD then DEL) and no descriptor once made, so
+/// a process out of descriptors can still re-arm a device or eventfd it registered before.
+int rd_kernel_can_poll_with(int *probe, int fd);
 /// Whether `fd` was opened with O_PATH (a location, not an open file: no I/O, and poll(2) calls it
 /// POLLNVAL, select(2) always ready, epoll_ctl EBADF): 1 yes, 0 no, -1 with errno (EBADF: not open).
 /// One fcntl(F_GETFL).
