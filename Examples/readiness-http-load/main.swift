@@ -39,6 +39,8 @@ final class Load {
     var addresses: [SocketAddress] = []
     var clients: [Client] = []
     var issued = 0, ok = 0, failed = 0, reconnects = 0
+    /// Whether any connection was made (a failure before that is the run's).
+    var connectedOnce = false
     var startedAt = Deadline.now
     let deadlineToken: Token
     let backendName: String
@@ -83,7 +85,7 @@ final class Load {
                 guard index < clients.count else { continue }
                 let client = clients[index]
                 if let connect = client.connect {
-                    try connected(client, connect.handle(event))
+                    if try !connected(client, connect.handle(event)) { try startConnect(client) }
                 } else if client.socket != nil {
                     try service(client)
                 }
@@ -92,8 +94,9 @@ final class Load {
             while let token = timers.popDue(now: now) {
                 if token == deadlineToken { throw RunFailure("timed out after \(completed) responses") }
                 let index = Int(token.rawValue / Client.tokensPerClient)
-                if index < clients.count, let connect = clients[index].connect, connect.owns(token) {
-                    try connected(clients[index], connect.handleTimer(token, now: now))
+                if index < clients.count, let connect = clients[index].connect, connect.owns(token),
+                   try !connected(clients[index], connect.handleTimer(token, now: now)) {
+                    try startConnect(clients[index])
                 }
             }
         }
@@ -109,26 +112,45 @@ final class Load {
         var options = HappyEyeballs.Options()
         options.attemptTimeout = .seconds(5)
         options.maximumAttempts = Int(Client.tokensPerClient) - 1
-        let connect = HappyEyeballs(addresses: addresses, poller: poller, timers: timers,
-                                    tokenBase: client.tokenBase, options: options)
-        client.connect = connect
-        try connected(client, connect.start())
+        // A loop, not a recursion: each failed reconnect is one failed request and the next try.
+        while true {
+            let connect = HappyEyeballs(addresses: addresses, poller: poller, timers: timers,
+                                        tokenBase: client.tokenBase, options: options)
+            client.connect = connect
+            if try connected(client, connect.start()) { return }
+        }
     }
 
-    func connected(_ client: Client, _ progress: HappyEyeballs.Progress) throws {
+    /// False when the connect failed and another should start now.
+    @discardableResult
+    func connected(_ client: Client, _ progress: HappyEyeballs.Progress) throws -> Bool {
         switch progress {
         case .inProgress:
-            return
+            return true
         case .connected(let handed):
             client.connect = nil
+            connectedOnce = true
             let socket = StreamSocket(handed)
             try socket.setNoDelay(true)
             try socket.register(on: poller, token: client.tokenBase, interest: .readable)
             client.socket = socket
             client.parser.reset()
-            try sendNext(client)
+            do { try sendNext(client) } catch let error as SocketError {
+                // The server reset the new connection before the request went: as in `service`.
+                print("client \(client.index): \(error)")
+                try reconnect(client, lostRequest: client.inFlight)
+            }
+            return true
         case .failed(let error):
-            throw error
+            client.connect = nil
+            // No server at all (no connection ever made) ends the run; a reconnect that fails (a
+            // server resetting connections under load) is a failed request, as in the async client,
+            // and the client tries again while requests are left.
+            guard connectedOnce else { throw error }
+            print("client \(client.index): \(error)")
+            issued += 1
+            failed += 1
+            return issued >= arguments.requests
         case .unresolved(let error):
             throw error
         }

@@ -103,4 +103,56 @@ struct PeerScenarioTests13 {
         }
         #expect(openDescriptorCount() == before, "\(backend): a descriptor left behind")
     }
+
+    // MARK: The load clients under resets (the write-path reader)
+
+    /// A server that closes its first connection after two responses and resets the second as soon
+    /// as it is accepted (SO_LINGER 0), then serves: the sync load client ended the whole run with
+    /// "reset (ECONNRESET) connecting to" (exit 1) when the reset reached its reconnect. Now a
+    /// reconnect that fails is a failed request, as in the async client, and the run goes on.
+    @Test("the HTTP load clients go on when a reconnect is reset",
+          arguments: ["readiness-http-load", "readiness-async-http-load"])
+    func loadClientReconnectReset(example: String) throws {
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let fd = listener.fd
+        let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8)
+        let join = spawn {
+            for accepted in 1...8 {
+                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&entry, 1, 10_000) == 1 else { return }
+                let connection = accept(fd, nil, nil)
+                guard connection >= 0 else { return }
+                if accepted == 2 {
+                    var reset = linger(l_onoff: 1, l_linger: 0)
+                    setsockopt(connection, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+                    close(connection)
+                    continue
+                }
+                defer { close(connection) }
+                var pending: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                var served = 0
+                reading: while accepted != 1 || served < 2 {
+                    var reader = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+                    guard poll(&reader, 1, 10_000) == 1 else { return }
+                    let n = recv(connection, &chunk, chunk.count, 0)
+                    if n <= 0 { break reading }
+                    pending += chunk[0..<n]
+                    while let end = pending.firstRange(of: Array("\r\n\r\n".utf8)) {
+                        pending.removeSubrange(0..<end.upperBound)
+                        _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        served += 1
+                    }
+                }
+            }
+        }
+        let client = try Spawned([try builtExecutable(example), "--url", "http://\(listener.address)/",
+                                  "--connections", "1", "--requests", "6", "--timeout", "5"])
+        let (status, output) = client.finish()
+        shutdown(fd, CInt(SHUT_RDWR))
+        join()
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("requests 6 ok"), "\(output)")
+    }
 }

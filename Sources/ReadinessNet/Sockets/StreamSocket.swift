@@ -156,8 +156,10 @@ public final class StreamSocket {
     /// ``maximumVectoredBuffers`` non-empty buffers are written by one call (empty ones are skipped, so
     /// a list that starts with IOV_MAX empty buffers still writes the bytes after them; a list with no
     /// byte at all is `.transferred(0)` without a system call, on an open socket: a closed one is
-    /// ``SocketError/Kind/closed``, as any write). The iovec array is on the stack
-    /// (inlinable, so it is specialized for the caller's collection and allocates nothing).
+    /// ``SocketError/Kind/closed``, as any write). The iovec array is on the stack for up to 64
+    /// buffers, empty ones counted (inlinable, so it is specialized for the caller's collection and
+    /// allocates nothing); more take one heap allocation per call (Swift's temporary allocations stay
+    /// on the stack up to 1 KiB).
     @inlinable
     public func write(vectored buffers: some Collection<UnsafeRawBufferPointer>) throws(SocketError) -> IOResult {
         if fd < 0 { throw SocketError(errno: EBADF, operation: "sendmsg") }
