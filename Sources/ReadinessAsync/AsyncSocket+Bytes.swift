@@ -95,7 +95,7 @@ extension AsyncSocket {
     /// operation holds the storage, shared with the caller's value, until it ends).
     nonisolated(nonsending) public func write(_ bytes: Bytes, timeout: Duration? = nil) async throws(LoopError) {
         try await writeAll(count: bytes.count, timeout: timeout) { (socket, offset) throws(SocketError) -> IOResult in
-            try socket.write(bytes, from: offset)
+            try socket.write(bytes, from: offset, to: Swift.min(bytes.count, offset &+ LoopState.sendLimit))
         }
     }
 
@@ -120,6 +120,8 @@ extension AsyncSocket {
                 while offset < count {
                     guard case .transferred(let n) = try write(socket, offset), n > 0 else { return .wouldBlock }
                     offset += n
+                    // The budget spent: wait for the next poller pass (the socket is writable: at once).
+                    if offset < count, state.chargeSend(n) { return .wouldBlock }
                 }
                 return .transferred(offset)
             }

@@ -116,7 +116,7 @@ public struct AsyncSocket: Sendable {
     /// operation holds the array's storage until it ends).
     nonisolated(nonsending) public func write(_ bytes: [UInt8], timeout: Duration? = nil) async throws(LoopError) {
         try await writeAll(count: bytes.count, timeout: timeout) { (socket, offset) throws(SocketError) -> IOResult in
-            try socket.write(bytes, from: offset)
+            try socket.write(bytes, from: offset, to: Swift.min(bytes.count, offset &+ LoopState.sendLimit))
         }
     }
 

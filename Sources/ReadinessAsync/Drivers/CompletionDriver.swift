@@ -283,6 +283,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if result >= 0 {
             op.acceptedAny = true
             listener.acceptQueue.append(result)
+            loop.noteMayHoldUnowned(listener)
             if completion.more, !op.stopping, listener.acceptQueue.count >= Self.acceptQueueLimit {
                 // Cancelled; its completions until the last still queue what it accepted.
                 op.stopping = true
@@ -614,13 +615,16 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if stream.record.write.isWaiting { throw .busy }
         var offset = 0
         // First the system call itself: a send rarely blocks, and then no suspension.
+        // (At most `LoopState.sendLimit` bytes per send, here and in the ring, whose send runs in
+        // the loop's io_uring_enter: a large write goes out a megabyte per loop pass.)
         do {
-            if case .transferred(let n) = try socket.write(buffer) { offset = n }
+            let first = UnsafeRawBufferPointer(rebasing: buffer[..<Swift.min(buffer.count, LoopState.sendLimit)])
+            if case .transferred(let n) = try socket.write(first) { offset = n }
         } catch { throw .socket(error) }
         while offset < buffer.count {
             let op = CompletionOperation()
             let fd = socket.fd
-            let rest = UnsafeRawBufferPointer(rebasing: buffer[offset...])
+            let rest = UnsafeRawBufferPointer(rebasing: buffer[offset..<Swift.min(buffer.count, offset &+ LoopState.sendLimit)])
             try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
                 try ring.send(fd, rest, tag: tag)
             }
@@ -652,14 +656,15 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             // As the readiness driver does: sendmsg until it would block (one call takes at most
             // IOV_MAX buffers), so a write that need not wait completes without the ring, even in a
             // cancelled task.
-            while !remaining.isEmpty, case .transferred(let n) = try socket.write(vectored: remaining), n > 0 {
+            while !remaining.isEmpty, case .transferred(let n) = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)), n > 0 {
                 remaining.advance(by: n)
+                if loop.chargeSend(n) { break }   // the rest through the ring: a suspension
             }
         } catch { throw .socket(error) }
         while !remaining.isEmpty {
             let op = CompletionOperation()
             let fd = socket.fd
-            let message = Self.message(for: remaining)
+            let message = Self.message(for: remaining.limited(to: LoopState.sendLimit))
             op.message = message
             try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
                 try ring.sendMessage(fd, message, tag: tag)

@@ -202,11 +202,13 @@ struct ReadinessDriver: IODriver {
         while offset < buffer.count {
             let result: IOResult
             do {
-                result = try socket.write(UnsafeRawBufferPointer(rebasing: buffer[offset...]))
+                let end = Swift.min(buffer.count, offset &+ LoopState.sendLimit)
+                result = try socket.write(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]))
             } catch { throw .socket(error) }
+            // The job's budget spent with bytes left: wait for room, which is the next poller pass.
             if case .transferred(let n) = result {
                 offset += n
-                continue
+                if offset == buffer.count || !loop.chargeSend(n) { continue }
             }
             if woken, loop.expired(deadline) { throw .timedOut }
             try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
@@ -224,10 +226,10 @@ struct ReadinessDriver: IODriver {
         var recheck = Self.unknownFamily
         while !remaining.isEmpty {
             let result: IOResult
-            do { result = try socket.write(vectored: remaining) } catch { throw .socket(error) }
+            do { result = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)) } catch { throw .socket(error) }
             if case .transferred(let n) = result {
                 remaining.advance(by: n)
-                continue
+                if remaining.isEmpty || !loop.chargeSend(n) { continue }
             }
             if woken, loop.expired(deadline) { throw .timedOut }
             try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
@@ -291,6 +293,7 @@ struct ReadinessDriver: IODriver {
             }
         }
         let id = stream.key.raw
+        loop.noteMayHoldUnowned(stream)
         var progress = stream.attempt!.start()
         if case .inProgress = progress {} else {
             // Kept by the resource, so that the socket of a connect that succeeded at once (a Unix
@@ -322,6 +325,7 @@ struct ReadinessDriver: IODriver {
                 throw .shutdown
             }
             stream.becomeStream(StreamSocket(socket))
+            loop.noteHoldsNoUnowned(stream)
             loop.own(stream, socket.fd)
             return (id, socket)
         case .failed(let error):
@@ -347,6 +351,7 @@ struct ReadinessDriver: IODriver {
                                      attemptTimeout: options.attemptTimeout, on: loop)
         }
         let connect = try loop.slab.insert { ConnectResource(key: $0, loop: loop) }
+        loop.noteMayHoldUnowned(connect)
         var progress: HappyEyeballs.Progress
         if let resolution {
             progress = connect.start(host: resolution.host, port: resolution.port, resolver: resolution.resolver,

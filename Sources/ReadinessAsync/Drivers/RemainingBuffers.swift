@@ -7,18 +7,43 @@ struct RemainingBuffers: RandomAccessCollection {
     let buffers: [UnsafeRawBufferPointer]
     var first = 0
     var offset = 0
+    /// Where the view ends: `buffers.count`, or less in a ``limited(to:)`` copy.
+    private var end: Int
+    /// In a ``limited(to:)`` copy, how many bytes of the view's last buffer are in it.
+    private var lastLength = Int.max
 
     init(buffers: [UnsafeRawBufferPointer]) {
         self.buffers = buffers
+        end = buffers.count
         skipEmpty()
     }
 
     var startIndex: Int { first }
-    var endIndex: Int { buffers.count }
+    var endIndex: Int { end }
     func index(after i: Int) -> Int { i + 1 }
     func index(before i: Int) -> Int { i - 1 }
     subscript(position: Int) -> UnsafeRawBufferPointer {
-        position == first ? UnsafeRawBufferPointer(rebasing: buffers[position][offset...]) : buffers[position]
+        let buffer = position == first ? UnsafeRawBufferPointer(rebasing: buffers[position][offset...]) : buffers[position]
+        return position == end - 1 && lastLength < buffer.count ? UnsafeRawBufferPointer(rebasing: buffer[..<lastLength]) : buffer
+    }
+
+    /// The first `limit` bytes of what remains (the last buffer cut), for one send: a walk over the
+    /// buffers that send takes, so a whole write stays linear in its buffers. Not to be advanced.
+    func limited(to limit: Int) -> RemainingBuffers {
+        var view = self
+        var total = 0
+        var index = first
+        while index < end {
+            let length = self[index].count
+            if total + length >= limit {
+                view.end = index + 1
+                view.lastLength = limit - total
+                return view
+            }
+            total += length
+            index += 1
+        }
+        return view
     }
 
     mutating func advance(by count: Int) {

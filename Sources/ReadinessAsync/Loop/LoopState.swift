@@ -71,6 +71,20 @@ final class LoopState {
     private var yieldedSpare: [UnsafeContinuation<Void, Never>] = []
     /// How many operations a job starts before it yields to the poller.
     static let operationBudget = 128
+    /// The most bytes one send system call of a stream write is given (1 MiB, as a read takes at most):
+    /// a peer that drains as fast as the loop sends could otherwise keep one call in the kernel for
+    /// the whole of a large write.
+    static let sendLimit = 1 << 20
+
+    /// Charges a send of `count` bytes that left more of its write to send against the job's budget
+    /// (one operation, and one more per 64 KiB sent): true once the budget is spent, when the write
+    /// waits for room (the loop's next poller pass, its other tasks, I/O and timers) before it goes on.
+    /// A large write then holds the loop thread for about 8 MiB at a time, not for its whole length.
+    @inline(__always)
+    func chargeSend(_ count: Int) -> Bool {
+        budget &-= 1 &+ (count >> 16)
+        return budget <= 0
+    }
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
     var jobsRun = 0
     var iterations = 0
@@ -217,12 +231,26 @@ final class LoopState {
     /// scan of the resources: asked only by the entries that take a caller's descriptor.
     func holdsUnowned(_ fd: CInt) -> Bool {
         guard fd >= 0 else { return false }
-        return slab.resources.contains { resource in
+        // Only the resources that may hold such a descriptor (`mayHoldUnowned`): an adoption costs no
+        // scan of every connection (before: O(n) per adopt, a server adopting n sockets O(n²)).
+        return mayHoldUnowned.contains { raw in
+            guard let resource = slab[ResourceKey(raw)] else { return false }
             if let stream = resource as? StreamResource { return stream.attempt?.fd == fd }
             if let connect = resource as? ConnectResource { return connect.connect?.attempts.contains { $0.fd == fd } ?? false }
             if let listener = resource as? ListenerResource { return listener.acceptQueue.contains(fd) }
             return false
         }
+    }
+
+    /// The keys of the resources that may hold a descriptor they do not own yet (``holdsUnowned(_:)``):
+    /// a stream while it connects, a Happy Eyeballs connect, a listener with connections accepted
+    /// ahead. Entered when they start to, left when they stop or close.
+    private(set) var mayHoldUnowned: Set<UInt64> = []
+
+    func noteMayHoldUnowned(_ resource: any LoopResource) { mayHoldUnowned.insert(resource.key.raw) }
+
+    func noteHoldsNoUnowned(_ resource: any LoopResource) {
+        if !mayHoldUnowned.isEmpty { mayHoldUnowned.remove(resource.key.raw) }
     }
 
     /// Takes ownership of a connected socket: a stream resource of its own. When the slab is full
@@ -296,6 +324,7 @@ final class LoopState {
         if let timer = resource.record.read.timer { timers.cancel(timer) }
         if let timer = resource.record.write.timer { timers.cancel(timer) }
         slab.remove(resource.key)
+        noteHoldsNoUnowned(resource)
         let fd = resource.record.ownedFD
         if fd >= 0 {
             owned[Int(fd)] = false
@@ -442,6 +471,7 @@ final class LoopState {
                 do throws(SocketError) { result = try write(socket, offset) } catch { throw .socket(error) }
                 guard case .transferred(let n) = result, n > 0 else { return false }
                 offset += n
+                if offset < count, chargeSend(n) { return false }
             }
         } catch {
             release(id, .write)

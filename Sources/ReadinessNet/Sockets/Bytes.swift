@@ -425,15 +425,16 @@ extension StreamSocket {
         return result
     }
 
-    /// Writes as much of `bytes` (from its readable byte `offset` on) as the socket takes now; an
-    /// `offset` outside `0...bytes.count` is refused (``SocketError/Kind/invalidArgument``).
-    public func write(_ bytes: Bytes, from offset: Int = 0) throws(SocketError) -> IOResult {
-        guard offset >= 0, offset <= bytes.count else {
-            throw SocketError(.invalidArgument, operation: "write(from: \(offset)) of \(bytes.count) bytes")
+    /// Writes as much of `bytes` (its readable bytes `offset..<end`; end: all of them) as the socket
+    /// takes now; a range outside `0...bytes.count` is refused (``SocketError/Kind/invalidArgument``).
+    public func write(_ bytes: Bytes, from offset: Int = 0, to end: Int? = nil) throws(SocketError) -> IOResult {
+        let end = end ?? bytes.count
+        guard offset >= 0, offset <= end, end <= bytes.count else {
+            throw SocketError(.invalidArgument, operation: "write(from: \(offset), to: \(end)) of \(bytes.count) bytes")
         }
-        if offset == bytes.count { return try writeImpl(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        if offset == end { return try writeImpl(UnsafeRawBufferPointer(start: nil, count: 0)) }
         return try bytes.withUnsafeBytes { (raw) throws(SocketError) -> IOResult in
-            try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset...]))
+            try writeImpl(UnsafeRawBufferPointer(rebasing: raw[offset..<end]))
         }
     }
 }
