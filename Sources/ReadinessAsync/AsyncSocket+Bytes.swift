@@ -120,7 +120,7 @@ extension AsyncSocket {
                 while offset < count {
                     guard case .transferred(let n) = try write(socket, offset), n > 0 else { return .wouldBlock }
                     offset += n
-                    // The budget spent: wait for the next poller pass (the socket is writable: at once).
+                    // The budget spent: `perform` yields to the next poller pass, then goes on.
                     if offset < count, state.chargeSend(n) { return .wouldBlock }
                 }
                 return .transferred(offset)

@@ -167,3 +167,47 @@ final class StopFlag: Sendable {
     func set() { value.store(true, ordering: .releasing) }
     var isSet: Bool { value.load(ordering: .acquiring) }
 }
+
+/// A scripted HTTP/1.1 peer's plumbing: the next connection of listener `fd` (nil after 10 s of none).
+func acceptWithin10Seconds(_ fd: CInt) -> CInt? {
+    var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    guard poll(&entry, 1, 10_000) == 1 else { return nil }
+    let connection = accept(fd, nil, nil)
+    return connection >= 0 ? connection : nil
+}
+
+/// Reads requests (each ends at an empty line) from `connection` and calls `answer` for each, with
+/// its number from 1; stops when `answer` returns false, at end of stream, or after 10 s of silence.
+func answerRequests(on connection: CInt, _ answer: (Int) -> Bool) {
+    var pending: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    var count = 0
+    while true {
+        var reader = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+        guard poll(&reader, 1, 10_000) == 1 else { return }
+        let n = recv(connection, &chunk, chunk.count, 0)
+        if n <= 0 { return }
+        pending += chunk[0..<n]
+        while let end = pending.firstRange(of: Array("\r\n\r\n".utf8)) {
+            pending.removeSubrange(0..<end.upperBound)
+            count += 1
+            if !answer(count) { return }
+        }
+    }
+}
+
+/// Sends all of `bytes` on `connection` (a blocking socket), no SIGPIPE.
+func sendAll(_ bytes: [UInt8], on connection: CInt) {
+    _ = bytes.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, for tests that hold thousands of descriptors
+/// (a soft limit of 1,024 is common on developer machines).
+func raiseDescriptorLimit() {
+    var limit = rlimit()
+    getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+    }
+}

@@ -17,7 +17,7 @@ struct PeerScenarioTests13 {
     func earlierAttemptFailureKeepsTheStep(backend: Backend) throws {
         let full = try fullTCPListener()
         defer { close(full.fd); full.fillers.forEach { close($0) } }
-        let starts = try attemptStarts(backend, Array(repeating: full.address, count: 5), delay: 100, timeout: 100, for: 330)
+        let starts = try attemptStarts(backend, Array(repeating: full.address, count: 5), delay: 100, timeout: 100, for: 370)
         let gaps = zip(starts.dropFirst(), starts).map { $0 - $1 }
         // Attempts at about 0, 100, 200 and 300 ms: four, each gap near the 100 ms delay.
         #expect(starts.count == 4, "\(backend): attempts at \(starts) ms")
@@ -119,10 +119,7 @@ struct PeerScenarioTests13 {
         let answer = Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8)
         let join = spawn {
             for accepted in 1...8 {
-                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&entry, 1, 10_000) == 1 else { return }
-                let connection = accept(fd, nil, nil)
-                guard connection >= 0 else { return }
+                guard let connection = acceptWithin10Seconds(fd) else { return }
                 if accepted == 2 {
                     var reset = linger(l_onoff: 1, l_linger: 0)
                     setsockopt(connection, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
@@ -130,20 +127,10 @@ struct PeerScenarioTests13 {
                     continue
                 }
                 defer { close(connection) }
-                var pending: [UInt8] = []
-                var chunk = [UInt8](repeating: 0, count: 4096)
-                var served = 0
-                reading: while accepted != 1 || served < 2 {
-                    var reader = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
-                    guard poll(&reader, 1, 10_000) == 1 else { return }
-                    let n = recv(connection, &chunk, chunk.count, 0)
-                    if n <= 0 { break reading }
-                    pending += chunk[0..<n]
-                    while let end = pending.firstRange(of: Array("\r\n\r\n".utf8)) {
-                        pending.removeSubrange(0..<end.upperBound)
-                        _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                        served += 1
-                    }
+                // The first connection serves two requests and closes; the others serve all.
+                answerRequests(on: connection) { served in
+                    sendAll(answer, on: connection)
+                    return accepted != 1 || served < 2
                 }
             }
         }
@@ -153,7 +140,8 @@ struct PeerScenarioTests13 {
         shutdown(fd, CInt(SHUT_RDWR))
         join()
         #expect(status == 0, "\(output)")
-        #expect(output.contains("requests 6 ok"), "\(output)")
+        // Six requests: all answered, or one counted failed (the reset met by the reconnect itself).
+        #expect(output.contains("requests 6 ok 6 failed 0") || output.contains("requests 6 ok 5 failed 1"), "\(output)")
     }
 
     // MARK: A large write shares the loop (the write-path reader: tokio's coop budget per send,
@@ -232,6 +220,7 @@ extension PeerScenarioTests13 {
     /// Now only the resources that may hold such a descriptor are asked.
     @Test("adopting many sockets costs the same for the last as for the first", .timeLimit(.minutes(2)))
     func adoptionDoesNotScan() async throws {
+        raiseDescriptorLimit()
         let loop = try EventLoop(backend: .epoll)
         var pairs: [(CInt, CInt)] = []
         for _ in 0..<3_000 { pairs.append(try socketPair()) }   // each end adopted, closed by its socket
@@ -262,6 +251,7 @@ extension PeerScenarioTests13 {
     /// behind the registrations reported before.
     @Test("every ready level registration is reported within about (ready ÷ capacity) waits", arguments: backends)
     func readyRegistrationsTakeTurns(backend: Backend) throws {
+        raiseDescriptorLimit()
         let count = backend.name.contains("select") ? 400 : 3_000
         let capacity = backend.name.contains("select") ? 64 : 512
         let poller = try backend.makePoller()
@@ -289,6 +279,7 @@ extension PeerScenarioTests13 {
     /// scale reader's release build). Now it looks at the buffer's room's worth, oldest first.
     @Test("libevent's wait with many kept events costs about what epoll's does", arguments: [Backend.libevent, .libevent(.epoll), .libevent(.poll)])
     func libeventKeptEventsCostByRoom(backend: Backend) throws {
+        raiseDescriptorLimit()
         func medianWait(_ backend: Backend, capacity: Int) throws -> Duration {
             let poller = try backend.makePoller()
             defer { try? poller.close() }
@@ -308,6 +299,54 @@ extension PeerScenarioTests13 {
             let epoll = try medianWait(.epoll, capacity: capacity)
             let this = try medianWait(backend, capacity: capacity)
             #expect(this < epoll * 8 + .microseconds(30), "\(backend), buffer of \(capacity): \(this) a wait, epoll \(epoll)")
+        }
+    }
+}
+
+extension PeerScenarioTests13 {
+    /// The budget's yield is no wait for room (the diff reviewer): a 32 MiB write that the socket
+    /// takes whole, in a task already cancelled or with a zero timeout, sends it all on every backend
+    /// and driver, as a write that need not wait does (Docs/Async.md). Before, the yield was a wait:
+    /// the cancelled write failed `.cancelled` after 8 MiB and the zero-timeout one `.timedOut`, and
+    /// io_uring's completion driver sent every megabyte after the first through the ring, with a
+    /// deadline check after each.
+    @Test("a large write that need not wait succeeds in a cancelled task and with a zero timeout",
+          .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"), .timeLimit(.minutes(1)),
+          arguments: backends)
+    func largeWriteNeedNotWait(backend: Backend) async throws {
+        let size = 32 << 20
+        let payload = [UInt8](repeating: 7, count: size)
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        storage.initializeMemory(as: UInt8.self, repeating: 7)
+        defer { storage.deallocate() }
+        nonisolated(unsafe) let raw = UnsafeRawBufferPointer(storage)
+        for form in ["[UInt8]", "Bytes", "raw", "vectored"] {
+            for mode in ["cancelled", "zero timeout"] {
+                let loop = try EventLoop(backend: backend)
+                let (a, b) = try socketPair()
+                var force = CInt(size * 2)
+                setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+                defer { close(b) }
+                let socket = try await loop.adopt(descriptor: a)
+                let outcome = await Task(executorPreference: loop) { () async -> String in
+                    if mode == "cancelled" { withUnsafeCurrentTask { $0?.cancel() } }
+                    let timeout: Duration? = mode == "cancelled" ? nil : .zero
+                    do throws(LoopError) {
+                        switch form {
+                        case "[UInt8]": try await socket.write(payload, timeout: timeout)
+                        case "Bytes": try await socket.write(Bytes(payload), timeout: timeout)
+                        case "raw": try await socket.write(raw, timeout: timeout)
+                        default:
+                            let parts = stride(from: 0, to: size, by: 4 << 20).map { UnsafeRawBufferPointer(rebasing: raw[$0..<min(size, $0 + (4 << 20))]) }
+                            try await socket.write(vectored: parts, timeout: timeout)
+                        }
+                    } catch { return "\(error)" }
+                    return "written"
+                }.value
+                #expect(outcome == "written", "\(backend), \(form), \(mode)")
+                await socket.close()
+                await loop.shutdown()
+            }
         }
     }
 }

@@ -179,26 +179,12 @@ extension PeerScenarioTests8 {
         let join = spawn {
             var answered = 0
             for _ in 0..<4 {
-                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&entry, 1, 10_000) == 1 else { return }
-                let connection = accept(fd, nil, nil)
-                guard connection >= 0 else { return }
+                guard let connection = acceptWithin10Seconds(fd) else { return }
                 defer { close(connection) }
-                var pending: [UInt8] = []
-                var chunk = [UInt8](repeating: 0, count: 4096)
-                reading: while true {
-                    var reader = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
-                    guard poll(&reader, 1, 10_000) == 1 else { return }
-                    let n = recv(connection, &chunk, chunk.count, 0)
-                    if n <= 0 { break reading }
-                    pending += chunk[0..<n]
-                    while let end = pending.firstRange(of: Array("\r\n\r\n".utf8)) {
-                        pending.removeSubrange(0..<end.upperBound)
-                        answered += 1
-                        let answer = answered == 1 ? cut : full
-                        _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                        if answered == 1 { break reading }
-                    }
+                answerRequests(on: connection) { _ in
+                    answered += 1
+                    sendAll(answered == 1 ? cut : full, on: connection)
+                    return answered != 1
                 }
                 if answered >= 6 { return }
             }

@@ -477,7 +477,8 @@ public final class IOUringSeam: BackendSeam {
         // behind it, which the flag does not always say (6.13 and later keep the rest on a retry
         // list): then one more batch is asked for as well (before, 3,000 ready with a buffer of 512
         // were reported 20 a wait once the flag had cleared: 13 waits, epoll 5).
-        var lastDrained = drained
+        // (Only on a ring with deferred completions: without them the kernel has no such batch.)
+        var lastDrained = rd_uring_defers_completions(ring) != 0 ? drained : 0
         while idleRounds < Self.maxIdleWorkRounds, rounds < cap,
               pending.count < events.capacity - events.count || lastDrained >= Self.deferredBatch,
               rd_uring_work_pending(ring) != 0 || lastDrained >= Self.deferredBatch {
@@ -486,8 +487,9 @@ public final class IOUringSeam: BackendSeam {
             // A failure here ends the extra batches, not the wait: what is left stays in the kernel
             // for the next wait, and what was read is reported now.
             let ran = rd_uring_run_work(ring)
-            lastDrained = drainCompletions(&table, events)
-            drained += lastDrained
+            let batch = drainCompletions(&table, events)
+            drained += batch
+            lastDrained = rd_uring_defers_completions(ring) != 0 ? batch : 0
             idleRounds = pending.count > before ? 0 : idleRounds + 1
             if ran < 0, ran != -EINTR { break }
         }

@@ -614,13 +614,22 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var offset = 0
-        // First the system call itself: a send rarely blocks, and then no suspension.
-        // (At most `LoopState.sendLimit` bytes per send, here and in the ring, whose send runs in
-        // the loop's io_uring_enter: a large write goes out a megabyte per loop pass.)
-        do {
-            let first = UnsafeRawBufferPointer(rebasing: buffer[..<Swift.min(buffer.count, LoopState.sendLimit)])
-            if case .transferred(let n) = try socket.write(first) { offset = n }
-        } catch { throw .socket(error) }
+        // First the system call itself, as long as each send takes all it is given: a send rarely
+        // blocks, and then no suspension (at most `LoopState.sendLimit` bytes per send, here and in
+        // the ring, whose send runs in the loop's io_uring_enter; the job's budget spent, the next
+        // poller pass and on, as on the readiness path). A short send: the rest through the ring.
+        while offset < buffer.count {
+            let end = Swift.min(buffer.count, offset &+ LoopState.sendLimit)
+            let result: IOResult
+            do { result = try socket.write(UnsafeRawBufferPointer(rebasing: buffer[offset..<end])) } catch { throw .socket(error) }
+            guard case .transferred(let n) = result, n > 0 else { break }
+            offset += n
+            if offset < end { break }
+            if offset < buffer.count, loop.chargeSend(n) {
+                try await loop.yieldToPoller()
+                (stream, socket) = try loop.stream(id)
+            }
+        }
         while offset < buffer.count {
             let op = CompletionOperation()
             let fd = socket.fd
@@ -652,15 +661,19 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
-        do {
-            // As the readiness driver does: sendmsg until it would block (one call takes at most
-            // IOV_MAX buffers), so a write that need not wait completes without the ring, even in a
-            // cancelled task.
-            while !remaining.isEmpty, case .transferred(let n) = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)), n > 0 {
-                remaining.advance(by: n)
-                if loop.chargeSend(n) { break }   // the rest through the ring: a suspension
+        // As the readiness driver does: sendmsg until it would block (one call takes at most IOV_MAX
+        // buffers and 1 MiB), so a write that need not wait completes without the ring, even in a
+        // cancelled task; the job's budget spent, the next poller pass, then on.
+        while !remaining.isEmpty {
+            let result: IOResult
+            do { result = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)) } catch { throw .socket(error) }
+            guard case .transferred(let n) = result, n > 0 else { break }
+            remaining.advance(by: n)
+            if !remaining.isEmpty, loop.chargeSend(n) {
+                try await loop.yieldToPoller()
+                (stream, socket) = try loop.stream(id)
             }
-        } catch { throw .socket(error) }
+        }
         while !remaining.isEmpty {
             let op = CompletionOperation()
             let fd = socket.fd

@@ -32,6 +32,14 @@ struct ReadinessDriver: IODriver {
                     throw failure   // io_uring: a send took the reset this read would have met
                 }
                 if result != .wouldBlock { return result }
+                if direction == .write, loop.budget <= 0 {
+                    // The attempt's sends spent the job's budget (`LoopState.chargeSend`): the next
+                    // poller pass, then on, without a wait for room (a full socket fails the next
+                    // attempt again, with a fresh budget, and waits then).
+                    try await loop.yieldToPoller()
+                    (stream, socket) = try loop.stream(id)
+                    continue
+                }
             }
             wait = false
             if woken, loop.expired(deadline) { throw .timedOut }
@@ -205,10 +213,14 @@ struct ReadinessDriver: IODriver {
                 let end = Swift.min(buffer.count, offset &+ LoopState.sendLimit)
                 result = try socket.write(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]))
             } catch { throw .socket(error) }
-            // The job's budget spent with bytes left: wait for room, which is the next poller pass.
             if case .transferred(let n) = result {
                 offset += n
-                if offset == buffer.count || !loop.chargeSend(n) { continue }
+                // The job's budget spent with bytes left: the next poller pass, then on.
+                if offset < buffer.count, loop.chargeSend(n) {
+                    try await loop.yieldToPoller()
+                    (stream, socket) = try loop.stream(id)
+                }
+                continue
             }
             if woken, loop.expired(deadline) { throw .timedOut }
             try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
@@ -229,7 +241,11 @@ struct ReadinessDriver: IODriver {
             do { result = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)) } catch { throw .socket(error) }
             if case .transferred(let n) = result {
                 remaining.advance(by: n)
-                if remaining.isEmpty || !loop.chargeSend(n) { continue }
+                if !remaining.isEmpty, loop.chargeSend(n) {
+                    try await loop.yieldToPoller()
+                    (stream, socket) = try loop.stream(id)
+                }
+                continue
             }
             if woken, loop.expired(deadline) { throw .timedOut }
             try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)

@@ -27,12 +27,14 @@ struct RemainingBuffers: RandomAccessCollection {
         return position == end - 1 && lastLength < buffer.count ? UnsafeRawBufferPointer(rebasing: buffer[..<lastLength]) : buffer
     }
 
-    /// The first `limit` bytes of what remains (the last buffer cut), for one send: a walk over the
-    /// buffers that send takes, so a whole write stays linear in its buffers. Not to be advanced.
+    /// The first `limit` bytes of what remains (the last buffer cut), and at most
+    /// `StreamSocket.maximumVectoredBuffers` non-empty buffers, for one send: a walk over the buffers
+    /// that send takes and no further, so a whole write stays linear in its buffers. Not to be advanced.
     func limited(to limit: Int) -> RemainingBuffers {
         var view = self
         var total = 0
         var index = first
+        var taken = 0
         while index < end {
             let length = self[index].count
             if total + length >= limit {
@@ -42,6 +44,13 @@ struct RemainingBuffers: RandomAccessCollection {
             }
             total += length
             index += 1
+            if length > 0 {
+                taken += 1
+                if taken == StreamSocket.maximumVectoredBuffers {
+                    view.end = index
+                    return view
+                }
+            }
         }
         return view
     }

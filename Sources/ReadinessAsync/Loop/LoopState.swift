@@ -78,12 +78,25 @@ final class LoopState {
 
     /// Charges a send of `count` bytes that left more of its write to send against the job's budget
     /// (one operation, and one more per 64 KiB sent): true once the budget is spent, when the write
-    /// waits for room (the loop's next poller pass, its other tasks, I/O and timers) before it goes on.
-    /// A large write then holds the loop thread for about 8 MiB at a time, not for its whole length.
+    /// yields (``yieldToPoller()``: the loop's next poller pass, its other tasks, I/O and timers) before
+    /// it goes on. A large write then holds the loop thread for about 8 MiB at a time, not for its
+    /// whole length.
     @inline(__always)
     func chargeSend(_ count: Int) -> Bool {
         budget &-= 1 &+ (count >> 16)
         return budget <= 0
+    }
+
+    /// Waits for the loop's next poller pass, its readiness and its timers, as a task out of budget
+    /// does in `EventLoop.onLoop`: not a wait for room (poll calls a socket writable only below a
+    /// part of its send buffer, and a task cancelled or past its deadline would fail a write that
+    /// need not wait), and neither the deadline nor cancellation is looked at. Fails with the loop's
+    /// reason when it shut down meanwhile.
+    @inline(never)
+    nonisolated(nonsending) func yieldToPoller() async throws(LoopError) {
+        await withUnsafeContinuation { yielded.append($0) }
+        guard loop.isLoopThread() else { throw .shutdown }
+        if isShutDown { throw shutdownReason }
     }
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
     var jobsRun = 0
