@@ -40,7 +40,9 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     /// registration for want of memory or descriptors (``/ReadinessCore/PollerError/resourceExhausted(operation:errno:)``:
     /// ENOMEM, or ENOSPC, epoll's per-user limit of watched descriptors). Nothing was changed; the same
     /// call can succeed once something is released. ``AsyncListener/serve(_:)`` and signal sequences
-    /// pause and try again on these.
+    /// pause and try again on these. Only the loop's and the poller's shortages: a socket the call
+    /// could not make (`.connect` or `.socket` with kind `resourceExhausted`, EMFILE) is the caller's
+    /// to retry or not.
     public var isPassingShortage: Bool {
         switch self {
         case .resourceExhausted: true

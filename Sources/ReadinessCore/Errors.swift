@@ -187,6 +187,15 @@ package enum ErrnoTable {
         case ENAMETOOLONG: "ENAMETOOLONG"
         case ENODEV: "ENODEV"
         case ENXIO: "ENXIO"
+        case EPROTO: "EPROTO"
+        case ENONET: "ENONET"
+        case EOPNOTSUPP: "EOPNOTSUPP"
+        case ESRCH: "ESRCH"
+        case ECANCELED: "ECANCELED"
+        case ETIME: "ETIME"
+        case EOVERFLOW: "EOVERFLOW"
+        case EPROTONOSUPPORT: "EPROTONOSUPPORT"
+        case ESOCKTNOSUPPORT: "ESOCKTNOSUPPORT"
         default: "errno \(code)"
         }
     }

@@ -87,7 +87,7 @@ public final class Listener {
                 }
             }
             try Self.bind(fd, to: address, removeStale: options.removeStaleUnixSocket)
-            guard Glibc.listen(fd, options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen") }
+            guard Glibc.listen(fd, options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen \(address)") }
             // The kernel's name for it: the port it chose for port 0, the abstract name Linux gave a
             // nameless Unix address (autobind); a Unix path as given (getsockname may cut it).
             let named = address.family == .unix && !address.isNamelessUnix
@@ -303,17 +303,18 @@ public final class Listener {
     private static func bind(_ fd: CInt, to address: SocketAddress, removeStale: Bool) throws(SocketError) {
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 { return }
         let code = errno
-        guard code == EADDRINUSE, let path = address.unixPath else { throw SocketError(errno: code, operation: "bind") }
+        // The address named, as DatagramSocket's bind and Go's OpError name it (the error reader).
+        guard code == EADDRINUSE, let path = address.unixPath else { throw SocketError(errno: code, operation: "bind \(address)") }
         // A Unix path is there already. Only a socket nobody listens on is removed.
         var st = stat()
-        guard lstat(path, &st) == 0 else { throw SocketError(errno: errno, operation: "bind") }
+        guard lstat(path, &st) == 0 else { throw SocketError(errno: errno, operation: "bind \(address)") }
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw SocketError(.pathNotSocket, operation: "bind \(path)") }
         guard removeStale, try isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(path)") }
         // A stale path that cannot be removed (a directory this process may not write, another user's
         // socket in a sticky /tmp) is that failure (EACCES, EPERM, EROFS...), not "address in use",
         // which would say a listener is there.
         if unlink(path) != 0, errno != ENOENT { throw SocketError(errno: errno, operation: "unlink stale \(path)") }
-        if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind") }
+        if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind \(address)") }
     }
 
     /// A Unix socket path is stale when a connect to it is refused (nobody listens).

@@ -27,8 +27,10 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         /// ENOTCONN: not connected (or already shut down).
         case notConnected
         /// ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: no route to the peer. For a connected
-        /// ``DatagramSocket``: an ICMP host- or network-unreachable came back for an earlier datagram,
-        /// reported by the next call (as ``refused`` reports a port-unreachable).
+        /// ``DatagramSocket``: an ICMP "communication administratively prohibited" came back for an
+        /// earlier datagram, reported by the next call (as ``refused`` reports a port-unreachable);
+        /// Linux reports an ICMP host- or network-unreachable to a datagram socket only with
+        /// IP_RECVERR, which this package does not set, so those go unreported there.
         case unreachable
         /// EBADF: the socket was closed (by this object or underneath it).
         case closed
