@@ -111,17 +111,24 @@ extension AsyncSocket {
         // On the loop thread, a write the socket takes whole at once is done here: no hop, no executor
         // check. One that would block goes on below from `offset`, its claim held meanwhile.
         var claimed = false
+        let start = LoopState.WriteStart(deadline: deadline)
         if let done = try loop.onLoopNow({ (state) throws(LoopError) -> Bool in try state.writeAtOnce(id, count: count, offset: &offset, write) }) {
             if done { return }
             claimed = true
         }
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
-            try await state.perform(id, .write, deadline: deadline, waitFirst: false, claimed: claimed) { (socket) throws(SocketError) -> IOResult in
+            // Went on after its first slice (its budget spent, or no room): a cancellation or the
+            // deadline that came since ends it here, as at any of its yields.
+            if claimed, let failure = start.failure(deadline: deadline) {
+                state.release(id, .write)
+                throw failure
+            }
+            return try await state.perform(id, .write, deadline: deadline, waitFirst: false, claimed: claimed) { (socket) throws(SocketError) -> IOResult in
                 while offset < count {
                     guard case .transferred(let n) = try write(socket, offset), n > 0 else { return .wouldBlock }
                     offset += n
                     // The budget spent: `perform` yields to the next poller pass, then goes on.
-                    if offset < count, state.chargeSend(n) { return .wouldBlock }
+                    if state.chargeSend(n, more: offset < count) { return .wouldBlock }
                 }
                 return .transferred(offset)
             }

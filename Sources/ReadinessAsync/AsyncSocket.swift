@@ -157,11 +157,16 @@ public struct AsyncSocket: Sendable {
             let (stream, socket) = try state.stream(id)
             if stream.record.write.inUse || stream.record.write.isWaiting { throw .busy }
             if bytes.isEmpty { return 0 }
+            // At most `LoopState.sendLimit` bytes, charged as a write's send is (the caller goes on
+            // from what went, as after any short write).
             let result: Result<IOResult, SocketError> = bytes.withUnsafeBytes { (buffer) in
-                do throws(SocketError) { return .success(try socket.write(buffer)) } catch { return .failure(error) }
+                let limited = UnsafeRawBufferPointer(rebasing: buffer[..<Swift.min(buffer.count, LoopState.sendLimit)])
+                do throws(SocketError) { return .success(try socket.write(limited)) } catch { return .failure(error) }
             }
             switch result {
-            case .success(.transferred(let n)): return n
+            case .success(.transferred(let n)):
+                _ = state.chargeSend(n, more: false)
+                return n
             case .success: return 0
             case .failure(let error): throw .socket(error)
             }

@@ -351,6 +351,49 @@ extension PeerScenarioTests13 {
     }
 }
 
+extension PeerScenarioTests13 {
+    /// A write that keeps making progress still meets a cancellation or a deadline that comes while
+    /// it runs (Docs/Async.md: a timeout bounds the whole write), at its next yield, as tokio's
+    /// `Timeout` looks at its delay once the future spent its budget (the second diff reviewer).
+    /// Before, a 32 MiB write the socket took whole succeeded though another task on the loop
+    /// cancelled it after its first slice, or its 1 ms timeout had passed.
+    @Test("a large write is ended by a cancellation or a deadline that comes while it goes on",
+          .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"), .timeLimit(.minutes(1)),
+          arguments: backends)
+    func largeWriteMeetsLaterCancellation(backend: Backend) async throws {
+        let size = 32 << 20
+        let payload = [UInt8](repeating: 7, count: size)
+        for mode in ["cancelled", "timed out"] {
+            let loop = try EventLoop(backend: backend)
+            let (a, b) = try socketPair()
+            var force = CInt(size * 2)
+            setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+            defer { close(b) }
+            let socket = try await loop.adopt(descriptor: a)
+            let flags = TurnCounter()
+            // Both on the loop thread: the writer's first slice is one job, so the parent's loop
+            // sees the writer started only at its first yield, and cancels it there.
+            let outcome = await Task(executorPreference: loop) { () async -> String in
+                let writer = Task(executorPreference: loop) { () async -> String in
+                    flags.turns.store(1, ordering: .relaxed)
+                    do throws(LoopError) {
+                        try await socket.write(payload, timeout: mode == "cancelled" ? nil : .milliseconds(1))
+                    } catch { return "\(error)" }
+                    return "written"
+                }
+                if mode == "cancelled" {
+                    while flags.turns.load(ordering: .relaxed) == 0 { await Task.yield() }
+                    writer.cancel()
+                }
+                return await writer.value
+            }.value
+            #expect(outcome == mode, "\(backend)")
+            await socket.close()
+            await loop.shutdown()
+        }
+    }
+}
+
 /// A counter a yielding task bumps, and its stop flag.
 final class TurnCounter: Sendable {
     let turns = Atomic<Int>(0)

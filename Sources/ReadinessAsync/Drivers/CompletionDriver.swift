@@ -618,6 +618,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         // blocks, and then no suspension (at most `LoopState.sendLimit` bytes per send, here and in
         // the ring, whose send runs in the loop's io_uring_enter; the job's budget spent, the next
         // poller pass and on, as on the readiness path). A short send: the rest through the ring.
+        let start = LoopState.WriteStart(deadline: deadline)
         while offset < buffer.count {
             let end = Swift.min(buffer.count, offset &+ LoopState.sendLimit)
             let result: IOResult
@@ -625,8 +626,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             guard case .transferred(let n) = result, n > 0 else { break }
             offset += n
             if offset < end { break }
-            if offset < buffer.count, loop.chargeSend(n) {
-                try await loop.yieldToPoller()
+            if loop.chargeSend(n, more: offset < buffer.count) {
+                try await loop.yieldInWrite(deadline: deadline, start)
                 (stream, socket) = try loop.stream(id)
             }
         }
@@ -664,13 +665,17 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         // As the readiness driver does: sendmsg until it would block (one call takes at most IOV_MAX
         // buffers and 1 MiB), so a write that need not wait completes without the ring, even in a
         // cancelled task; the job's budget spent, the next poller pass, then on.
+        let start = LoopState.WriteStart(deadline: deadline)
         while !remaining.isEmpty {
+            let view = remaining.limited(to: LoopState.sendLimit)
             let result: IOResult
-            do { result = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)) } catch { throw .socket(error) }
+            do { result = try socket.write(vectored: view) } catch { throw .socket(error) }
             guard case .transferred(let n) = result, n > 0 else { break }
             remaining.advance(by: n)
-            if !remaining.isEmpty, loop.chargeSend(n) {
-                try await loop.yieldToPoller()
+            // A short send: the socket is full, the rest through the ring (as the raw form does).
+            if n < view.reduce(0, { $0 + $1.count }) { break }
+            if loop.chargeSend(n, more: !remaining.isEmpty) {
+                try await loop.yieldInWrite(deadline: deadline, start)
                 (stream, socket) = try loop.stream(id)
             }
         }

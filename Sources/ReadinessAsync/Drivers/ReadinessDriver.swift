@@ -22,6 +22,7 @@ struct ReadinessDriver: IODriver {
         var (stream, socket) = try loop.stream(id)
         if direction == .read ? stream.record.read.isWaiting : stream.record.write.isWaiting { throw .busy }
         var wait = waitFirst && direction == .read && !Self.readWouldNotBlock(socket)
+        let start = direction == .write ? LoopState.WriteStart(deadline: deadline) : nil
         var woken = false
         var recheck = Self.unknownFamily
         while true {
@@ -32,11 +33,11 @@ struct ReadinessDriver: IODriver {
                     throw failure   // io_uring: a send took the reset this read would have met
                 }
                 if result != .wouldBlock { return result }
-                if direction == .write, loop.budget <= 0 {
+                if let start, loop.writeYieldDue {
                     // The attempt's sends spent the job's budget (`LoopState.chargeSend`): the next
-                    // poller pass, then on, without a wait for room (a full socket fails the next
-                    // attempt again, with a fresh budget, and waits then).
-                    try await loop.yieldToPoller()
+                    // poller pass, then on, without a wait for room.
+                    loop.writeYieldDue = false
+                    try await loop.yieldInWrite(deadline: deadline, start)
                     (stream, socket) = try loop.stream(id)
                     continue
                 }
@@ -207,6 +208,7 @@ struct ReadinessDriver: IODriver {
         var offset = 0
         var woken = false
         var recheck = Self.unknownFamily
+        let start = LoopState.WriteStart(deadline: deadline)
         while offset < buffer.count {
             let result: IOResult
             do {
@@ -216,8 +218,8 @@ struct ReadinessDriver: IODriver {
             if case .transferred(let n) = result {
                 offset += n
                 // The job's budget spent with bytes left: the next poller pass, then on.
-                if offset < buffer.count, loop.chargeSend(n) {
-                    try await loop.yieldToPoller()
+                if loop.chargeSend(n, more: offset < buffer.count) {
+                    try await loop.yieldInWrite(deadline: deadline, start)
                     (stream, socket) = try loop.stream(id)
                 }
                 continue
@@ -236,13 +238,14 @@ struct ReadinessDriver: IODriver {
         var remaining = RemainingBuffers(buffers: buffers)
         var woken = false
         var recheck = Self.unknownFamily
+        let start = LoopState.WriteStart(deadline: deadline)
         while !remaining.isEmpty {
             let result: IOResult
             do { result = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)) } catch { throw .socket(error) }
             if case .transferred(let n) = result {
                 remaining.advance(by: n)
-                if !remaining.isEmpty, loop.chargeSend(n) {
-                    try await loop.yieldToPoller()
+                if loop.chargeSend(n, more: !remaining.isEmpty) {
+                    try await loop.yieldInWrite(deadline: deadline, start)
                     (stream, socket) = try loop.stream(id)
                 }
                 continue

@@ -76,15 +76,49 @@ final class LoopState {
     /// the whole of a large write.
     static let sendLimit = 1 << 20
 
-    /// Charges a send of `count` bytes that left more of its write to send against the job's budget
-    /// (one operation, and one more per 64 KiB sent): true once the budget is spent, when the write
-    /// yields (``yieldToPoller()``: the loop's next poller pass, its other tasks, I/O and timers) before
-    /// it goes on. A large write then holds the loop thread for about 8 MiB at a time, not for its
-    /// whole length.
+    /// Charges a send of `count` bytes against the job's budget: one operation per 64 KiB sent, and
+    /// one more when it left bytes of its write to send (`more`). True when the write should yield
+    /// now (bytes left and the budget spent: ``yieldInWrite(deadline:_:)``, the loop's next poller
+    /// pass, its other tasks, I/O and timers). A large write, or many writes of a megabyte, hold the
+    /// loop thread for about 8 MiB at a time (tokio charges each send, SwiftNIO stops a flush after 16).
     @inline(__always)
-    func chargeSend(_ count: Int) -> Bool {
-        budget &-= 1 &+ (count >> 16)
-        return budget <= 0
+    func chargeSend(_ count: Int, more: Bool) -> Bool {
+        budget &-= (count >> 16) &+ (more ? 1 : 0)
+        guard more, budget <= 0 else { return false }
+        writeYieldDue = true
+        return true
+    }
+
+    /// Set by ``chargeSend(_:more:)`` when a write attempt stops to yield (`ReadinessDriver.perform`
+    /// yields instead of waiting for room, and clears it).
+    @exclusivity(unchecked) var writeYieldDue = false
+
+    /// What a write was given when it began, for its yields: a task cancelled already, a deadline
+    /// passed already, do not end a write that need not wait (it sends what the socket takes).
+    struct WriteStart {
+        let cancelled: Bool
+        let expired: Bool
+
+        init(deadline: Int64?) {
+            cancelled = Task.isCancelled
+            expired = deadline.map { $0 <= MonotonicClock.nowNanoseconds } ?? false
+        }
+
+        /// `.cancelled` or `.timedOut` when the task was cancelled, or the deadline passed, since.
+        func failure(deadline: Int64?) -> LoopError? {
+            if !cancelled, Task.isCancelled { return .cancelled }
+            if !expired, let deadline, deadline <= MonotonicClock.nowNanoseconds { return .timedOut }
+            return nil
+        }
+    }
+
+    /// A write's yield (its budget spent, bytes left): the loop's next poller pass, then `.cancelled`
+    /// or `.timedOut` if the task was cancelled, or the deadline passed, since the write began
+    /// (`start`), as tokio's `Timeout` looks at its delay once the future spent its budget; otherwise
+    /// the write goes on.
+    nonisolated(nonsending) func yieldInWrite(deadline: Int64?, _ start: WriteStart) async throws(LoopError) {
+        try await yieldToPoller()
+        if let failure = start.failure(deadline: deadline) { throw failure }
     }
 
     /// Waits for the loop's next poller pass, its readiness and its timers, as a task out of budget
@@ -94,6 +128,8 @@ final class LoopState {
     /// reason when it shut down meanwhile.
     @inline(never)
     nonisolated(nonsending) func yieldToPoller() async throws(LoopError) {
+        // Only on the loop thread (a loop that stopped resumes nothing that yields now).
+        guard loop.isLoopThread() else { throw .shutdown }
         await withUnsafeContinuation { yielded.append($0) }
         guard loop.isLoopThread() else { throw .shutdown }
         if isShutDown { throw shutdownReason }
@@ -484,7 +520,7 @@ final class LoopState {
                 do throws(SocketError) { result = try write(socket, offset) } catch { throw .socket(error) }
                 guard case .transferred(let n) = result, n > 0 else { return false }
                 offset += n
-                if offset < count, chargeSend(n) { return false }
+                if chargeSend(n, more: offset < count) { return false }
             }
         } catch {
             release(id, .write)
