@@ -156,19 +156,11 @@ struct PeerScenarioTests13 {
           .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"), .timeLimit(.minutes(1)),
           arguments: backends)
     func largeWriteSharesTheLoop(backend: Backend) async throws {
-        let size = 32 << 20
-        let payload = [UInt8](repeating: 7, count: size)
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
-        storage.initializeMemory(as: UInt8.self, repeating: 7)
-        defer { storage.deallocate() }
-        nonisolated(unsafe) let raw = UnsafeRawBufferPointer(storage)
+        let payload = LargeWritePayload()
         for form in ["[UInt8]", "Bytes", "raw", "vectored"] {
             let loop = try EventLoop(backend: backend)
-            let (a, b) = try socketPair()
-            var force = CInt(size * 2)
-            setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+            let (socket, b) = try await payload.forcedPair(on: loop)
             defer { close(b) }
-            let socket = try await loop.adopt(descriptor: a)
             let flags = TurnCounter()
             let yielder = Task(executorPreference: loop) {
                 while !flags.stop.load(ordering: .relaxed) {
@@ -179,16 +171,7 @@ struct PeerScenarioTests13 {
             while flags.turns.load(ordering: .relaxed) == 0 { usleep(1_000) }
             let outcome = await Task(executorPreference: loop) { () async -> String in
                 let before = flags.turns.load(ordering: .relaxed)
-                do throws(LoopError) {
-                    switch form {
-                    case "[UInt8]": try await socket.write(payload)
-                    case "Bytes": try await socket.write(Bytes(payload))
-                    case "raw": try await socket.write(raw)
-                    default:
-                        let parts = stride(from: 0, to: size, by: 4 << 20).map { UnsafeRawBufferPointer(rebasing: raw[$0..<min(size, $0 + (4 << 20))]) }
-                        try await socket.write(vectored: parts)
-                    }
-                } catch { return "\(error)" }
+                do throws(LoopError) { try await payload.write(form, to: socket) } catch { return "\(error)" }
                 return flags.turns.load(ordering: .relaxed) > before ? "shared" : "held the loop"
             }.value
             flags.stop.store(true, ordering: .relaxed)
@@ -198,13 +181,13 @@ struct PeerScenarioTests13 {
             var received = 0
             var chunk = [UInt8](repeating: 0, count: 1 << 20)
             var entry = pollfd(fd: b, events: Int16(POLLIN), revents: 0)
-            while received < size, poll(&entry, 1, 1_000) == 1 {
+            while received < payload.size, poll(&entry, 1, 1_000) == 1 {
                 let n = recv(b, &chunk, chunk.count, 0)
                 if n <= 0 { break }
                 if chunk[0] != 7 || chunk[n - 1] != 7 { break }
                 received += n
             }
-            #expect(received == size, "\(backend), \(form)")
+            #expect(received == payload.size, "\(backend), \(form)")
             await socket.close()
             await loop.shutdown()
         }
@@ -314,33 +297,16 @@ extension PeerScenarioTests13 {
           .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"), .timeLimit(.minutes(1)),
           arguments: backends)
     func largeWriteNeedNotWait(backend: Backend) async throws {
-        let size = 32 << 20
-        let payload = [UInt8](repeating: 7, count: size)
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
-        storage.initializeMemory(as: UInt8.self, repeating: 7)
-        defer { storage.deallocate() }
-        nonisolated(unsafe) let raw = UnsafeRawBufferPointer(storage)
+        let payload = LargeWritePayload()
         for form in ["[UInt8]", "Bytes", "raw", "vectored"] {
             for mode in ["cancelled", "zero timeout"] {
                 let loop = try EventLoop(backend: backend)
-                let (a, b) = try socketPair()
-                var force = CInt(size * 2)
-                setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+                let (socket, b) = try await payload.forcedPair(on: loop)
                 defer { close(b) }
-                let socket = try await loop.adopt(descriptor: a)
                 let outcome = await Task(executorPreference: loop) { () async -> String in
                     if mode == "cancelled" { withUnsafeCurrentTask { $0?.cancel() } }
                     let timeout: Duration? = mode == "cancelled" ? nil : .zero
-                    do throws(LoopError) {
-                        switch form {
-                        case "[UInt8]": try await socket.write(payload, timeout: timeout)
-                        case "Bytes": try await socket.write(Bytes(payload), timeout: timeout)
-                        case "raw": try await socket.write(raw, timeout: timeout)
-                        default:
-                            let parts = stride(from: 0, to: size, by: 4 << 20).map { UnsafeRawBufferPointer(rebasing: raw[$0..<min(size, $0 + (4 << 20))]) }
-                            try await socket.write(vectored: parts, timeout: timeout)
-                        }
-                    } catch { return "\(error)" }
+                    do throws(LoopError) { try await payload.write(form, to: socket, timeout: timeout) } catch { return "\(error)" }
                     return "written"
                 }.value
                 #expect(outcome == "written", "\(backend), \(form), \(mode)")
@@ -361,15 +327,11 @@ extension PeerScenarioTests13 {
           .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"), .timeLimit(.minutes(1)),
           arguments: backends)
     func largeWriteMeetsLaterCancellation(backend: Backend) async throws {
-        let size = 32 << 20
-        let payload = [UInt8](repeating: 7, count: size)
+        let payload = LargeWritePayload()
         for mode in ["cancelled", "timed out"] {
             let loop = try EventLoop(backend: backend)
-            let (a, b) = try socketPair()
-            var force = CInt(size * 2)
-            setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+            let (socket, b) = try await payload.forcedPair(on: loop)
             defer { close(b) }
-            let socket = try await loop.adopt(descriptor: a)
             let flags = TurnCounter()
             // Both on the loop thread: the writer's first slice is one job, so the parent's loop
             // sees the writer started only at its first yield, and cancels it there.
@@ -377,7 +339,7 @@ extension PeerScenarioTests13 {
                 let writer = Task(executorPreference: loop) { () async -> String in
                     flags.turns.store(1, ordering: .relaxed)
                     do throws(LoopError) {
-                        try await socket.write(payload, timeout: mode == "cancelled" ? nil : .milliseconds(1))
+                        try await payload.write("[UInt8]", to: socket, timeout: mode == "cancelled" ? nil : .milliseconds(1))
                     } catch { return "\(error)" }
                     return "written"
                 }
@@ -390,6 +352,43 @@ extension PeerScenarioTests13 {
             #expect(outcome == mode, "\(backend)")
             await socket.close()
             await loop.shutdown()
+        }
+    }
+}
+
+/// 32 MiB of sevens in the forms a stream write takes, and a socketpair whose send buffer takes it
+/// whole (SO_SNDBUFFORCE): a write that never has to wait.
+final class LargeWritePayload: @unchecked Sendable {
+    let size = 32 << 20
+    let array: [UInt8]
+    private let storage: UnsafeMutableRawBufferPointer
+
+    init() {
+        array = [UInt8](repeating: 7, count: size)
+        storage = .allocate(byteCount: size, alignment: 16)
+        storage.initializeMemory(as: UInt8.self, repeating: 7)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// The loop's end (adopted) and the peer's descriptor (the caller closes it).
+    func forcedPair(on loop: EventLoop) async throws -> (AsyncSocket, CInt) {
+        let (a, b) = try socketPair()
+        var force = CInt(size * 2)
+        setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+        return (try await loop.adopt(descriptor: a), b)
+    }
+
+    /// Writes all of it as `form`: "[UInt8]", "Bytes", "raw" or "vectored" (4 MiB buffers).
+    func write(_ form: String, to socket: AsyncSocket, timeout: Duration? = nil) async throws(LoopError) {
+        let raw = UnsafeRawBufferPointer(storage)
+        switch form {
+        case "[UInt8]": try await socket.write(array, timeout: timeout)
+        case "Bytes": try await socket.write(Bytes(array), timeout: timeout)
+        case "raw": try await socket.write(raw, timeout: timeout)
+        default:
+            let parts = stride(from: 0, to: size, by: 4 << 20).map { UnsafeRawBufferPointer(rebasing: raw[$0..<min(size, $0 + (4 << 20))]) }
+            try await socket.write(vectored: parts, timeout: timeout)
         }
     }
 }
