@@ -260,7 +260,9 @@ extension PeerScenarioTests13 {
     /// poll(2) before reporting: it looked at every kept one at every wait, so 3,000 ready with a
     /// buffer of 1 cost each wait a poll(2) of 3,000 entries (140 us a wait against epoll's 1 in the
     /// scale reader's release build). Now it looks at the buffer's room's worth, oldest first.
-    @Test("libevent's wait with many kept events costs about what epoll's does", arguments: [Backend.libevent, .libevent(.epoll), .libevent(.poll)])
+    @Test("libevent's wait with many kept events costs about what epoll's does",
+          .enabled(if: Backend.libeventBuiltIn, "libevent is not built in (trait Libevent off)"),
+          arguments: [Backend.libevent, .libevent(.epoll), .libevent(.poll)])
     func libeventKeptEventsCostByRoom(backend: Backend) throws {
         raiseDescriptorLimit()
         func medianWait(_ backend: Backend, capacity: Int) throws -> Duration {
