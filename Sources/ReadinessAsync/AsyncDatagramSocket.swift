@@ -198,7 +198,7 @@ extension EventLoop {
     }
 
     /// Takes ownership of a datagram socket descriptor made elsewhere (``/ReadinessNet/DatagramSocket/init(adopting:)``:
-    /// made non-blocking, closed by the loop from now on).
+    /// made non-blocking and close-on-exec, closed by the loop from now on).
     ///
     /// Fails with ``LoopError/socket(_:)`` (``/ReadinessNet/SocketError/Kind/invalidArgument`` for a negative
     /// descriptor or one that is not a datagram socket, ``/ReadinessNet/SocketError/Kind/closed`` for one that is not

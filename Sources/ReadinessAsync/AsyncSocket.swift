@@ -350,7 +350,7 @@ extension EventLoop {
         return AsyncListener(loop: self, id: id, address: bound)
     }
 
-    /// Takes ownership of a connected stream socket descriptor (made non-blocking here).
+    /// Takes ownership of a connected stream socket descriptor (made non-blocking and close-on-exec here).
     ///
     /// Fails with ``LoopError/socket(_:)`` (``/ReadinessNet/SocketError/Kind/invalidArgument`` for a negative
     /// descriptor or one that is not a stream socket, ``/ReadinessNet/SocketError/Kind/closed`` for one that is not

@@ -433,4 +433,11 @@ final class PThreadMutex: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         return body()
     }
+    /// For a `pthread_atfork` prepare handler: held across the fork.
+    func lockForFork() { pthread_mutex_lock(mutex) }
+    /// For the parent's `pthread_atfork` handler.
+    func unlockAfterFork() { pthread_mutex_unlock(mutex) }
+    /// For the child's `pthread_atfork` handler: a fresh mutex (the one copied is held, by a thread
+    /// the child does not have).
+    func resetInChild() { pthread_mutex_init(mutex, nil) }
 }

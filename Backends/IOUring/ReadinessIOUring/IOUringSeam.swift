@@ -39,6 +39,8 @@ public final class IOUringSeam: BackendSeam {
     private let waker: Waker
     /// What the kernel offers, for the selection report.
     public let kernelFacts: String
+    /// ``/ReadinessCore/Sys/forkGeneration`` when the ring was made (``owned(_:_:)``).
+    private let forkGeneration = Sys.forkGeneration
 
     /// Per descriptor number: the current poll request and the wait bookkeeping.
     private struct Slot {
@@ -256,8 +258,12 @@ public final class IOUringSeam: BackendSeam {
     }
 
     /// Runs a ring call; if it fails with EEXIST (a ring with deferred completions has one submitting
-    /// thread, and this is another), moves to a new ring owned by this thread and runs it again.
+    /// thread, and this is another), moves to a new ring owned by this thread and runs it again. In a
+    /// child made by `fork()` none runs (``PollerError/forked``): the submission queue is memory the
+    /// child shares with the parent, whose next submit would take a child's request as its own (the
+    /// poller's own calls are refused before they get here; the completion calls are refused here).
     func owned(_ operation: String, _ call: () -> CInt) throws(PollerError) {
+        if Sys.forkGeneration != forkGeneration { throw .forked }
         var status = call()
         if status == -EEXIST {
             try moveToNewRing()

@@ -48,6 +48,12 @@ final class LoopState {
     @exclusivity(unchecked) var nextOperation: UInt64 = 1
     /// Set by `shutDown`, on the loop thread.
     private var shutDownStarted = false
+    /// ``Sys/forkGeneration`` when the loop was made: in a child made by `fork()` since (the thread
+    /// that forked was the loop's, and its copy goes on here), the sockets are the parent's too, and
+    /// closing them must change nothing the parent sees.
+    let forkGeneration = Sys.forkGeneration
+    /// Whether this is a forked child's copy of the loop (``forkGeneration``).
+    var isForkedCopy: Bool { Sys.forkGeneration != forkGeneration }
     /// Set by `EventLoop.requestStop` (any thread) the moment a shutdown is asked for: operations are
     /// refused from then on, not only once the loop thread begins its shutdown (a job that asks for
     /// the stop and goes on, or jobs still queued behind it, would otherwise make new resources).

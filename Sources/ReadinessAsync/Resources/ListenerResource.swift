@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 @_spi(Backend) import ReadinessCore
 import ReadinessNet
 
@@ -56,7 +59,11 @@ final class ListenerResource: LoopResourceBase, LoopResource {
             self.multishot = nil
             loop.completions?.abandon(multishot, reason: .closed)
         }
-        for fd in acceptQueue { Self.reset(fd) }
+        // In a forked child's copy of the loop the parent holds these connections too (and hands
+        // them out): the child only lets its copies go, as a reset would reach the parent's.
+        for fd in acceptQueue {
+            if loop.isForkedCopy { Glibc.close(fd) } else { Self.reset(fd) }
+        }
         acceptQueue = []
         if let backoffTimer { loop.timers.cancel(backoffTimer) }
         backoffTimer = nil

@@ -96,7 +96,10 @@ public final class SignalSubscription: @unchecked Sendable {
     /// The process generation it was made in (`rd_signal_generation`): in a child made by fork the
     /// inherited subscription's slot was freed (and may be another's), its counts reset.
     private let generation: UInt
-    private let lock = PThreadMutex()
+    /// Every subscription's state is guarded by one lock, the registry's `subscriptionLock`, which a
+    /// `fork()` cannot leave held in the child (a lock of each subscription's own would be copied held
+    /// when another thread was in `drain()` at the fork, and the child's `close()` would wait for ever).
+    private var lock: PThreadMutex { SignalRegistry.shared.subscriptionLock }
     private var isClosed = false
     private var isStopped = false
     /// Signals the full pipe refused, taken from the slot when it was freed (``stop()``), for ``drain()``.
@@ -170,8 +173,8 @@ public final class SignalSubscription: @unchecked Sendable {
     /// came before can still be drained) until ``close()``. Later calls do nothing.
     public func stop() {
         // Under the lock: a `close()` racing this one finds the slot freed before it closes the pipe
-        // (the handler never writes to a number the pipe no longer holds). The registry never takes
-        // this lock, so the order is fixed.
+        // (the handler never writes to a number the pipe no longer holds). The registry takes its own
+        // lock inside this one, never this one inside its own, so the order is fixed.
         lock.withLock {
             guard !isStopped else { return }
             isStopped = true
@@ -228,6 +231,31 @@ public final class SignalSubscription: @unchecked Sendable {
 final class SignalRegistry: @unchecked Sendable {
     static let shared = SignalRegistry()
     private let lock = PThreadMutex()
+    /// Guards the state of every ``SignalSubscription`` (which takes it before `lock`, never after).
+    let subscriptionLock = PThreadMutex()
+
+    private init() {
+        // fork(2) copies both locks as they are, without the threads that may hold them: both are
+        // held across the fork (in the order the subscriptions take them) and made afresh in the child,
+        // whose first `signals()` would otherwise wait for ever (as LookupPool).
+        pthread_atfork({ SignalRegistry.shared.lockForFork() }, { SignalRegistry.shared.unlockAfterFork() },
+                       { SignalRegistry.shared.resetInChild() })
+    }
+
+    private func lockForFork() {
+        subscriptionLock.lockForFork()
+        lock.lockForFork()
+    }
+
+    private func unlockAfterFork() {
+        lock.unlockAfterFork()
+        subscriptionLock.unlockAfterFork()
+    }
+
+    private func resetInChild() {
+        lock.resetInChild()
+        subscriptionLock.resetInChild()
+    }
     private var watchers: [CInt: Int] = [:]
     /// The process generation `watchers` counts for: a child made by fork starts from none.
     private var generation: UInt = 0

@@ -18,8 +18,8 @@ struct OwnedDescriptor {
     init(_ fd: CInt) { self.fd = fd }
 
     /// What adopting a caller's descriptor checks: open, a socket of `type` (SOCK_STREAM,
-    /// SOCK_DGRAM), whatever `check` adds; only then is it made non-blocking. Failing leaves the
-    /// descriptor the caller's, open and unchanged.
+    /// SOCK_DGRAM), whatever `check` adds; only then is it made non-blocking and close-on-exec.
+    /// Failing leaves the descriptor the caller's, open and unchanged.
     static func checkAdoptable(_ fd: CInt, type: CInt, kind: String,
                                _ check: (CInt) throws(SocketError) -> Void = { _ in }) throws(SocketError) {
         guard fd >= 0 else { throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd)") }
@@ -37,6 +37,15 @@ struct OwnedDescriptor {
         try check(fd)
         if flags & O_NONBLOCK == 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 {
             throw SocketError(errno: errno, operation: "adopt descriptor \(fd): fcntl(F_SETFL, O_NONBLOCK)")
+        }
+        // Close-on-exec, as every descriptor this package makes (and Go's FileListener's dup): one
+        // inherited across an exec (socket activation, a restart) must not pass on to every program
+        // the adopter runs, which would keep a listener's port bound after the adopter exits.
+        let descriptorFlags = fcntl(fd, F_GETFD)
+        if descriptorFlags < 0 || (descriptorFlags & FD_CLOEXEC == 0 && fcntl(fd, F_SETFD, descriptorFlags | FD_CLOEXEC) != 0) {
+            let code = errno
+            if flags & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, flags) }
+            throw SocketError(errno: code, operation: "adopt descriptor \(fd): fcntl(F_SETFD, FD_CLOEXEC)")
         }
     }
 

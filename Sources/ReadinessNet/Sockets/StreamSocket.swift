@@ -47,7 +47,7 @@ public final class StreamSocket {
         descriptor = OwnedDescriptor(fd)
     }
 
-    /// What ``init(adopting:)`` checks: an open stream socket, not a listening one, made non-blocking.
+    /// What ``init(adopting:)`` checks: an open stream socket, not a listening one, made non-blocking and close-on-exec.
     /// A listening socket (systemd's socket activation hands those over) would never read nor write:
     /// poll reports it neither readable nor writable until a client connects, so a read waiting for
     /// readiness waited for one, and each system call failed with a different errno by family.

@@ -66,12 +66,16 @@ enum NetSys {
 }
 
 /// The Unix-domain path a socket bound (its file's device and inode read right after the bind): it is
-/// unlinked on close only while it is still that file. An operator's `rm`, or another process that
-/// bound the same path since, keeps what is now there (Go's UnixListener notes that race; this closes it).
+/// unlinked on close only while it is still that file, and only by the process that bound it. An
+/// operator's `rm`, or another process that bound the same path since, keeps what is now there (Go's
+/// UnixListener notes that race; this closes it); a child made by `fork()` that closes its copy of the
+/// socket (a pre-fork worker, or a loop the child inherited) leaves the parent's path where it is.
 struct BoundPath: Sendable {
     let path: String
     private let device: UInt
     private let inode: UInt
+    /// ``Sys/forkGeneration`` at the bind: a child's copy of the socket never unlinks the path.
+    private let forkGeneration = Sys.forkGeneration
 
     /// The path `fd`'s address names, if it is a filesystem path (not abstract, not nameless) and it is
     /// a socket now.
@@ -87,6 +91,7 @@ struct BoundPath: Sendable {
     /// Unlinks the path if it is still the file bound. Call it before closing the socket: while the
     /// socket holds the file, no other file can have its inode number.
     func unlinkIfOurs() {
+        guard Sys.forkGeneration == forkGeneration else { return }
         var st = stat()
         guard lstat(path, &st) == 0, UInt(truncatingIfNeeded: st.st_dev) == device, UInt(truncatingIfNeeded: st.st_ino) == inode else { return }
         unlink(path)

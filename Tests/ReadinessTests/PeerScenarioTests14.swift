@@ -1,0 +1,256 @@
+import Glibc
+@_spi(Backend) import Readiness
+import ReadinessAsync
+import Synchronization
+import Testing
+
+/// Scenarios from the peers' test suites and the outside readers of stop 42.
+@Suite("Peer scenarios 14", .serialized)
+struct PeerScenarioTests14 {
+    // MARK: fork() and exec (the processes reader: libuv test-fork.c and test-spawn.c, CPython
+    // test_asyncio's fork cases, Go's FileListener, libevent's event_reinit)
+
+    /// A pre-fork worker closes its copies of the parent's sockets. Before, the child's close unlinked
+    /// the parent's Unix paths (the file was still the one bound: it is the same socket), and new
+    /// clients of the parent's listener got "no such file".
+    @Test("a forked child's close of inherited Unix sockets leaves the parent's paths")
+    func forkedChildKeepsParentsPaths() throws {
+        let listenerPath = tempPath("fork-listener"), datagramPath = tempPath("fork-datagram")
+        defer { unlink(listenerPath); unlink(datagramPath) }
+        let listener = try Listener(bind: try SocketAddress(unixPath: listenerPath))
+        defer { listener.close() }
+        let datagram = try DatagramSocket(bind: try SocketAddress(unixPath: datagramPath))
+        defer { datagram.close() }
+        let child = fork()
+        if child == 0 {
+            listener.close()
+            datagram.close()
+            _exit(0)
+        }
+        try #require(child > 0)
+        let (exited, status) = reapForkedChild(child, seconds: 5)
+        #expect(exited && status == 0, "status \(status)")
+        #expect(access(listenerPath, F_OK) == 0, "the child unlinked the parent's listener path")
+        #expect(access(datagramPath, F_OK) == 0, "the child unlinked the parent's datagram path")
+        let client = try blockingConnect(try SocketAddress(unixPath: listenerPath))
+        close(client)
+    }
+
+    /// `fork()` called from a task on the loop thread: the child's copy of that thread goes on running
+    /// the loop, whose wait then fails with `forked` and ends it as a shutdown, closing every resource.
+    /// Before, that shutdown unlinked the parent's Unix listener path, and on io_uring it set SO_LINGER 0
+    /// on the connections accepted ahead (shared sockets), so that the parent's later close of one
+    /// reset its client instead of ending its stream.
+    @Test("a forked copy of a loop thread ends without touching the parent's paths or connections", .timeLimit(.minutes(1)),
+          arguments: backends)
+    func forkedChildLeavesParentsSockets(backend: Backend) async throws {
+        let path = tempPath("fork-loop")
+        defer { unlink(path) }
+        let loop = try EventLoop(backend: backend)
+        let unixListener = try await loop.listen(on: try SocketAddress(unixPath: path))
+        let tcpListener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        // One connection accepted (io_uring's multishot accept armed), then a second the ring may take
+        // ahead while no accept waits.
+        let first = try blockingConnect(tcpListener.address)
+        defer { close(first) }
+        let accepted = try await tcpListener.accept(timeout: .seconds(5))
+        let second = try blockingConnect(tcpListener.address)
+        defer { close(second) }
+        usleep(100_000)   // the loop took the second one's completion, where it accepts ahead
+        // Nobody awaits the forking task (in the child, an awaiter's resumption would need a thread of
+        // the global pool, which the child does not have): the parent polls for its result.
+        let forked = ForkedPid()
+        Task(executorPreference: loop) {
+            let pid = fork()
+            if pid == 0 {
+                // The child: this thread goes back to its loop copy; another ends the process without
+                // flushing the parent's buffered output once that copy had the time to shut down.
+                _ = Thread { usleep(300_000); _exit(0) }
+                return
+            }
+            forked.pid.store(pid, ordering: .releasing)
+        }
+        var child: pid_t = -2
+        while child == -2 {
+            usleep(1_000)
+            child = forked.pid.load(ordering: .acquiring)
+        }
+        try #require(child > 0)
+        let (exited, status) = reapForkedChild(child, seconds: 10)
+        #expect(exited && status == 0, "status \(status)")
+        #expect(access(path, F_OK) == 0, "the child's loop copy unlinked the parent's path")
+        // The parent's listeners go on: the second connection is handed out and closed, and its client
+        // reads the end of the stream, not a reset.
+        let client = try blockingConnect(try SocketAddress(unixPath: path))
+        close(client)
+        let later = try await tcpListener.accept(timeout: .seconds(5))
+        await later.close()
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(second, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var byte: UInt8 = 0
+        let n = recv(second, &byte, 1, 0)
+        let code = errno
+        #expect(n == 0, "the second client read \(n) (errno \(code)): \(n < 0 && code == ECONNRESET ? "reset" : "not an end of stream")")
+        await accepted.close()
+        await unixListener.close()
+        await tcpListener.close()
+        await loop.shutdown()
+    }
+
+    /// libuv's and LookupPool's fork rule: a lock another thread holds at the fork is copied held, by a
+    /// thread the child does not have. Before, a child forked while another thread made or closed a
+    /// signal subscription could hang in its first `signals()` (the reader: 24 of 150 children).
+    @Test("a child forked while another thread watches and unwatches signals can watch signals", .timeLimit(.minutes(1)))
+    func forkedChildWatchesSignalsWhileParentChurns() throws {
+        var saved = sigaction()
+        sigaction(SIGUSR2, nil, &saved)
+        defer { sigaction(SIGUSR2, &saved, nil) }
+        signal(SIGUSR2, SIG_IGN)
+        // The child runs only code the parent ran before the fork: a generic type's metadata made for
+        // the first time takes the Swift runtime's own lock, which a fork can leave held too.
+        @Sendable func watchOnce() -> Bool {
+            guard let subscription = try? SignalSubscription([.user2]) else { return false }
+            _ = subscription.drain()
+            subscription.close()
+            return true
+        }
+        try #require(watchOnce())
+        let flags = TurnCounter()
+        let churn = Thread {
+            while !flags.stop.load(ordering: .relaxed) { _ = watchOnce() }
+        }
+        defer { flags.stop.store(true, ordering: .relaxed); churn.join() }
+        var hung = 0, failed = 0
+        for _ in 0..<100 {
+            let child = fork()
+            if child == 0 {
+                ualarm(1_000_000, 0)   // a hang ends with SIGALRM
+                _exit(watchOnce() ? 0 : 1)
+            }
+            try #require(child > 0)
+            let (exited, status) = reapForkedChild(child, seconds: 5)
+            if !exited || status & 0x7f == SIGALRM { hung += 1 } else if status != 0 { failed += 1 }
+        }
+        #expect(hung == 0, "\(hung) of 100 children hung in their first signals()")
+        #expect(failed == 0)
+    }
+
+    /// Go's FileListener dups with close-on-exec, libsystemd's sd_listen_fds sets it: a descriptor
+    /// inherited across an exec comes without it. Before, adoption left it inheritable, and every
+    /// program the adopter ran kept (for a listener) its port bound after the adopter exited.
+    @Test("adopted descriptors are made close-on-exec")
+    func adoptionMakesCloseOnExec() async throws {
+        func inheritable(_ type: Int32) throws -> CInt {
+            let fd = socket(AF_INET, type, 0)
+            try #require(fd >= 0)
+            #expect(fcntl(fd, F_GETFD) & FD_CLOEXEC == 0)
+            return fd
+        }
+        func closeOnExec(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) & FD_CLOEXEC != 0 }
+        let stream = try StreamSocket(adopting: try inheritable(CInt(SOCK_STREAM.rawValue)))
+        #expect(closeOnExec(stream.fd))
+        stream.close()
+        let datagram = try DatagramSocket(adopting: try inheritable(CInt(SOCK_DGRAM.rawValue)))
+        #expect(closeOnExec(datagram.fd))
+        datagram.close()
+        let listening = try inheritable(CInt(SOCK_STREAM.rawValue))
+        var address = try SocketAddress("127.0.0.1:0")
+        try #require(address.withSockaddr { bind(listening, $0, $1) } == 0 && listen(listening, 8) == 0)
+        let listener = try Listener(adopting: listening)
+        #expect(closeOnExec(listener.fd))
+        listener.close()
+        // The loop's adoptions take the same path.
+        let loop = try EventLoop(backend: .epoll)
+        let loopListening = try inheritable(CInt(SOCK_STREAM.rawValue))
+        address = try SocketAddress("127.0.0.1:0")
+        try #require(address.withSockaddr { bind(loopListening, $0, $1) } == 0 && listen(loopListening, 8) == 0)
+        let adopted = try await loop.adoptListener(descriptor: loopListening)
+        #expect(closeOnExec(loopListening))
+        await adopted.close()
+        await loop.shutdown()
+    }
+}
+
+/// The result of a `fork()` made by a task nobody awaits.
+private final class ForkedPid: Sendable {
+    let pid = Atomic<pid_t>(-2)
+}
+
+/// Waits for a forked child for up to `seconds` (killed after that): whether it ended, and its status.
+private func reapForkedChild(_ child: pid_t, seconds: Int) -> (exited: Bool, status: CInt) {
+    var status: CInt = 0
+    for _ in 0..<(seconds * 100) {
+        let waited = waitpid(child, &status, WNOHANG)
+        if waited == child { return (true, status) }
+        if waited < 0 && errno != EINTR { return (false, status) }
+        usleep(10_000)
+    }
+    kill(child, SIGKILL)
+    _ = waitpid(child, &status, 0)
+    return (false, status)
+}
+
+extension PeerScenarioTests14 {
+    // MARK: The examples (the asyncio reader: a long-running server holds nothing for ended connections)
+
+    /// asyncio's `start_server` and the library's `serve` keep nothing of a connection that ended.
+    /// Before, readiness-async-echo kept every connection's finished task in its task group until the
+    /// accepting ended (its results were read only then): about 5 kB per connection ever served, for
+    /// ever, in a server run without --connections (the reader: 238 MB after 42,000 connections).
+    @Test("readiness-async-echo's memory stays flat over thousands of connections that ended")
+    func asyncEchoExampleHoldsNothingForEndedConnections() throws {
+        let total = 4_000, warmUp = 500, measured = 3_000
+        let port = try closedPort().port!
+        let executable = try builtExecutable("readiness-async-echo")
+        let server = try Spawned([executable, "--port", "\(port)", "--backend", "epoll", "--connections", "\(total)"])
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        func roundTrip() throws {
+            let fd = try blockingConnect(address)
+            defer { close(fd) }
+            var byte: UInt8 = 7
+            guard send(fd, &byte, 1, Int32(MSG_NOSIGNAL)) == 1, shutdown(fd, CInt(SHUT_WR)) == 0 else { throw TestFailure("send: \(errno)") }
+            while recv(fd, &byte, 1, 0) > 0 {}
+        }
+        var started = false
+        for _ in 0..<500 where !started {
+            do { try roundTrip(); started = true } catch { usleep(10_000) }
+        }
+        try #require(started, "the echo server did not start")
+        for _ in 1..<warmUp { try roundTrip() }
+        let pid = try #require(processRunning(executable, argument: "\(port)"))
+        let before = try residentKilobytes(pid)
+        for _ in 0..<measured { try roundTrip() }
+        let after = try residentKilobytes(pid)
+        for _ in 0..<(total - warmUp - measured) { try roundTrip() }
+        let (status, output) = server.finish()
+        #expect(status == 0)
+        #expect(output.contains("connections \(total) echoed-bytes \(total) failures 0"), "\(output)")
+        #expect(after - before < 4_096, "resident memory grew by \(after - before) kB over \(measured) connections that ended")
+    }
+}
+
+/// The process whose command line is `executable` with `argument` among its arguments.
+private func processRunning(_ executable: String, argument: String) -> pid_t? {
+    guard let directory = opendir("/proc") else { return nil }
+    defer { closedir(directory) }
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard let pid = pid_t(name), let file = fopen("/proc/\(pid)/cmdline", "r") else { continue }
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let n = fread(&bytes, 1, bytes.count, file)
+        fclose(file)
+        let arguments = bytes[..<n].split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        if arguments.first == executable, arguments.contains(argument) { return pid }
+    }
+    return nil
+}
+
+/// VmRSS of `pid`, in kB.
+private func residentKilobytes(_ pid: pid_t) throws -> Int {
+    let status = try read("/proc/\(pid)/status")
+    guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+          let value = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else {
+        throw TestFailure("no VmRSS for \(pid)")
+    }
+    return value
+}
