@@ -28,7 +28,7 @@ struct PeerScenarioTests14 {
             _exit(0)
         }
         try #require(child > 0)
-        let (exited, status) = reapForkedChild(child, seconds: 5)
+        let (exited, status) = reapChild(child, seconds: 5)
         #expect(exited && status == 0, "status \(status)")
         #expect(access(listenerPath, F_OK) == 0, "the child unlinked the parent's listener path")
         #expect(access(datagramPath, F_OK) == 0, "the child unlinked the parent's datagram path")
@@ -76,7 +76,7 @@ struct PeerScenarioTests14 {
             child = forked.pid.load(ordering: .acquiring)
         }
         try #require(child > 0)
-        let (exited, status) = reapForkedChild(child, seconds: 10)
+        let (exited, status) = reapChild(child, seconds: 10)
         #expect(exited && status == 0, "status \(status)")
         #expect(access(path, F_OK) == 0, "the child's loop copy unlinked the parent's path")
         // The parent's listeners go on: the second connection is handed out and closed, and its client
@@ -128,7 +128,7 @@ struct PeerScenarioTests14 {
                 _exit(watchOnce() ? 0 : 1)
             }
             try #require(child > 0)
-            let (exited, status) = reapForkedChild(child, seconds: 5)
+            let (exited, status) = reapChild(child, seconds: 5)
             if !exited || status & 0x7f == SIGALRM { hung += 1 } else if status != 0 { failed += 1 }
         }
         #expect(hung == 0, "\(hung) of 100 children hung in their first signals()")
@@ -176,19 +176,6 @@ private final class ForkedPid: Sendable {
     let pid = Atomic<pid_t>(-2)
 }
 
-/// Waits for a forked child for up to `seconds` (killed after that): whether it ended, and its status.
-private func reapForkedChild(_ child: pid_t, seconds: Int) -> (exited: Bool, status: CInt) {
-    var status: CInt = 0
-    for _ in 0..<(seconds * 100) {
-        let waited = waitpid(child, &status, WNOHANG)
-        if waited == child { return (true, status) }
-        if waited < 0 && errno != EINTR { return (false, status) }
-        usleep(10_000)
-    }
-    kill(child, SIGKILL)
-    _ = waitpid(child, &status, 0)
-    return (false, status)
-}
 
 extension PeerScenarioTests14 {
     // MARK: The examples (the asyncio reader: a long-running server holds nothing for ended connections)

@@ -320,7 +320,7 @@ extension PeerScenarioTests6 {
 }
 
 /// Waits up to `seconds` for `child` to exit: whether it did (killed otherwise), and its status.
-private func reapChild(_ child: pid_t, seconds: Int) -> (exited: Bool, status: CInt) {
+func reapChild(_ child: pid_t, seconds: Int) -> (exited: Bool, status: CInt) {
     var status: CInt = 0
     for _ in 0..<(seconds * 100) {
         let waited = waitpid(child, &status, WNOHANG)
