@@ -456,6 +456,19 @@ final class AsyncRun {
                 // iteration, not seen by its wait) ends far too late: a second of slack for a loaded machine.
                 return .note(slept > Swift.max(duration, .zero) + .seconds(1) ? "late: \(slept) for \(duration)" : "slept")
             } }
+        case .interval(let period, let ticks, let late, let missed):
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var interval = try loop.interval(every: period, missedTicks: missed)
+                let first = interval.nextTick
+                var places: [String] = []
+                for index in 0..<ticks {
+                    if index == 1 { try await loop.sleep(for: late) }
+                    let due = try await interval.tick()
+                    if Deadline.now < due { return .note("early") }
+                    places.append("\(Int(((due - first) / period).rounded()))")
+                }
+                return .note("ticks " + places.joined(separator: " "))
+            } }
         case .readable(let name, let timeout), .writable(let name, let timeout):
             guard let fd = caller(name) else { return missing("descriptor \(name)") }
             let reading = if case .readable = operation { true } else { false }

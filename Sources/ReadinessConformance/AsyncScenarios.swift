@@ -239,6 +239,10 @@ extension AsyncConformance {
             op(.sleepTimed(.milliseconds(1)), .note("slept")), op(.sleepTimed(.milliseconds(20)), .note("slept")),
             op(.sleep(.nanoseconds(-1))),
         ]),
+        AsyncScenario("async/sleep/interval", checks: "An interval ticks on its schedule, the first tick at once, none early; ticks missed while its task was busy come at once (burst) or are dropped (skip), the schedule unmoved (tokio's interval and MissedTickBehavior, libuv's repeating timer).", [
+            op(.interval(every: .milliseconds(100), ticks: 5, lateBy: .milliseconds(250), missed: .burst), .note("ticks 0 1 2 3 4")),
+            op(.interval(every: .milliseconds(100), ticks: 4, lateBy: .milliseconds(250), missed: .skip), .note("ticks 0 1 3 4")),
+        ]),
         AsyncScenario("async/sleep/added-while-waiting", checks: "A short sleep begun while the loop waits for a long one ends on time (the wait's timeout follows the earliest timer), not when the long one does.", [
             start("t1", .sleep(.seconds(5))), op(.sleepTimed(.milliseconds(20)), .note("slept")),
             start("t2", .sleep(.seconds(4))), op(.sleepTimed(.milliseconds(50)), .note("slept")),

@@ -29,6 +29,10 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// `loop.sleep(for:)`, recorded as "slept" when it did not return before `duration` nor more than a
     /// second after it, else "early" or "late".
     case sleepTimed(Duration)
+    /// `loop.interval(every:missedTicks:)`: one tick, a sleep of `lateBy` (the ticks meanwhile are
+    /// missed), then `ticks - 1` more; recorded as "ticks" and each tick's place in the schedule (its
+    /// due instant's distance from the first, in periods), or "early" when a tick returned before it was due.
+    case interval(every: Duration, ticks: Int, lateBy: Duration, missed: MissedTicks)
     /// `loop.readable(_:timeout:)` on a caller-owned descriptor.
     case readable(String, timeout: Duration?)
     /// `loop.writable(_:timeout:)` on a caller-owned descriptor.
@@ -77,6 +81,7 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .closeInside(let s): return "close \(s)'s descriptor inside withStreamSocket"
         case .sleep(let d): return "sleep \(d)"
         case .sleepTimed(let d): return "sleep \(d) (timed)"
+        case .interval(let period, let ticks, let late, let missed): return "\(ticks) ticks of an interval of \(period) (\(missed)), \(late) late after the first"
         case .readable(let c, let t): return "readable(\(c))\(within(t))"
         case .writable(let c, let t): return "writable(\(c))\(within(t))"
         case .connect(let s, let target, let t): return "connect \(s) to \(target)\(within(t))"

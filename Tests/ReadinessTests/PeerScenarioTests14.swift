@@ -241,3 +241,96 @@ private func residentKilobytes(_ pid: pid_t) throws -> Int {
     }
     return value
 }
+
+extension PeerScenarioTests14 {
+    // MARK: Repeating timers (tokio tests/time_interval.rs, libuv test-timer.c's repeat cases,
+    // SwiftNIO's scheduleRepeatedTask tests, Go's ticker tests)
+
+    /// tokio `interval_zero_duration` panics, libuv refuses a repeat it cannot honour: here a period
+    /// that is not positive is `invalidArgument`; any other Duration is taken (a schedule past the
+    /// clock's range stays at distantFuture, never traps).
+    @Test("an interval refuses a period that is not positive and saturates a huge one", arguments: backends)
+    func intervalPeriods(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            for period in [Duration.zero, .nanoseconds(-1), .seconds(Int64.min)] {
+                do throws(LoopError) {
+                    _ = try loop.interval(every: period)
+                    Issue.record("\(period) was taken")
+                } catch {
+                    guard case .invalidArgument = error else { Issue.record("\(error)"); continue }
+                }
+            }
+            var huge = try loop.interval(every: .seconds(Int64.max))
+            let first = try await huge.tick()
+            #expect(first <= .now)
+            #expect(huge.nextTick == .distantFuture)
+            // The smallest period (rounded up to 1 ns): a burst of ticks always due still suspends
+            // each time, so a task catching up never holds the loop (another task runs meanwhile).
+            var tiny = try loop.interval(every: .nanoseconds(1), startingAt: Deadline(nanoseconds: Int64.min))
+            let flags = TurnCounter()
+            let other = Task(executorPreference: loop) { while !flags.stop.load(ordering: .relaxed) { flags.turns.add(1, ordering: .relaxed); await Task.yield() } }
+            for _ in 0..<50 { _ = try await tiny.tick() }
+            flags.stop.store(true, ordering: .relaxed)
+            await other.value
+            #expect(flags.turns.load(ordering: .relaxed) > 0)
+        }
+    }
+
+    /// tokio `burst`, `delay`, `skip` (time_interval.rs): a tick 350 ms late on a 100 ms schedule.
+    @Test("an interval's late tick: burst keeps the schedule, delay moves it, skip drops the missed ticks", arguments: backends)
+    func intervalMissedTicks(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let period = Duration.milliseconds(100)
+            for missed in [MissedTicks.burst, .delay, .skip] {
+                var interval = try loop.interval(every: period, missedTicks: missed)
+                let late = Deadline(nanoseconds: Deadline.now.nanoseconds - 350_000_000)
+                interval.reset(to: late)
+                let due = try await interval.tick()
+                let taken = Deadline.now
+                #expect(due == late)
+                switch missed {
+                case .burst:
+                    #expect(interval.nextTick == Deadline.after(period, now: late))
+                case .delay:
+                    // One period after the tick was taken (inside tick(), just before `taken`).
+                    let ahead = interval.nextTick - taken
+                    #expect(ahead <= period && ahead > period - .milliseconds(50), "\(ahead)")
+                case .skip:
+                    // The first tick of the schedule after the late one was taken (400 ms after `late`
+                    // unless the tick itself took more than 50 ms).
+                    let place = (interval.nextTick - late) / period
+                    #expect(place == place.rounded() && interval.nextTick > taken && interval.nextTick - taken <= period, "\(place)")
+                }
+            }
+        }
+    }
+
+    /// tokio's `reset` and a cancelled `tick().await`: the schedule is left as it was.
+    @Test("a cancelled tick leaves the schedule; ticks come on it; sleep(until:) a passed deadline returns", arguments: backends)
+    func intervalCancelAndSchedule(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let outcome = Task(executorPreference: loop) { () async -> String in
+                var interval = try! loop.interval(every: .seconds(10), startingAt: Deadline.after(.seconds(10)))
+                let scheduled = interval.nextTick
+                do throws(LoopError) { _ = try await interval.tick(); return "ticked" } catch {
+                    guard case .cancelled = error else { return "\(error)" }
+                    return interval.nextTick == scheduled ? "unchanged" : "moved"
+                }
+            }
+            usleep(50_000)
+            outcome.cancel()
+            #expect(await outcome.value == "unchanged")
+            var interval = try loop.interval(every: .milliseconds(20))
+            let start = interval.nextTick
+            for k in 0..<4 {
+                let due = try await interval.tick()
+                #expect(due == Deadline(nanoseconds: start.nanoseconds + Int64(k) * 20_000_000))
+                #expect(Deadline.now >= due)
+            }
+            try await loop.sleep(until: Deadline(nanoseconds: Int64.min))
+            let before = Deadline.now
+            try await loop.sleep(until: Deadline.after(.milliseconds(30)))
+            #expect(Deadline.now - before >= .milliseconds(29))
+        }
+    }
+}
