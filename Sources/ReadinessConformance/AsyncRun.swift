@@ -469,6 +469,74 @@ final class AsyncRun {
                 }
                 return .note("ticks " + places.joined(separator: " "))
             } }
+        case .signals(let count):
+            guard (1...64).contains(count) else { return invalid("a signal count outside 1...64 (\(count))") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var before = sigaction()
+                sigaction(SIGUSR2, nil, &before)
+                let signals = try loop.signals([.user2])
+                for _ in 0..<count { kill(getpid(), SIGUSR2) }
+                var notes: [String] = []
+                for await signal in signals {
+                    notes.append(signal == .user2 ? "received" : "received \(signal)")
+                    break
+                }
+                signals.finish()
+                // Deliveries that came before finish() and were not returned yet are returned, then
+                // nil (how many: as the kernel coalesced them).
+                for await signal in signals where signal != .user2 { notes.append("then \(signal)") }
+                notes.append("ended")
+                var after = sigaction()
+                sigaction(SIGUSR2, nil, &after)
+                let same = unsafeBitCast(before.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(after.__sigaction_handler.sa_handler, to: Int.self)
+                notes.append(same ? "action restored" : "action not restored")
+                return .note(notes.joined(separator: ", "))
+            } }
+        case .serveEcho(let name, let clients, let bytes):
+            guard let listener = loopListeners[name] else { return missing("loop listener \(name)") }
+            guard (0...256).contains(clients), (1...Step.maximumBytes).contains(bytes) else { return invalid("clients outside 0...256 or bytes outside 1...\(Step.maximumBytes)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let serving = Task(executorPreference: loop) { () async -> String in
+                    do throws(LoopError) {
+                        try await listener.serve { socket in
+                            while let chunk = try? await socket.readAvailable(maximum: AsyncRun.readBuffer), !chunk.isEmpty {
+                                do throws(LoopError) { try await socket.write(chunk) } catch { return }
+                            }
+                        }
+                        return "returned"
+                    } catch {
+                        return error.caseName
+                    }
+                }
+                var echoed = 0
+                let payload = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+                for _ in 0..<clients {
+                    let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                    var back: [UInt8] = []
+                    do throws(LoopError) {
+                        try await client.write(payload, timeout: .seconds(5))
+                        try await client.shutdown(.write)
+                        while back.count <= bytes {
+                            let chunk = try await client.read(upTo: AsyncRun.readBuffer, timeout: .seconds(5))
+                            if chunk.isEmpty { break }
+                            back += chunk
+                        }
+                    } catch {
+                        await client.close()
+                        throw error
+                    }
+                    await client.close()
+                    if back == payload { echoed += 1 }
+                }
+                await listener.close()
+                return .note("echoed \(echoed) of \(clients), serve \(await serving.value)")
+            } }
+        case .shutdownGracefully(let grace):
+            return {
+                let start = ContinuousClock.now
+                await loop.shutdown(gracePeriod: grace)
+                return (.note(ContinuousClock.now - start < grace ? "drained" : "grace period ended"), nil)
+            }
         case .readable(let name, let timeout), .writable(let name, let timeout):
             guard let fd = caller(name) else { return missing("descriptor \(name)") }
             let reading = if case .readable = operation { true } else { false }

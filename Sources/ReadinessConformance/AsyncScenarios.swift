@@ -32,7 +32,7 @@ private let holdsFile = Requirement("needs a poller that holds a watched descrip
 
 extension AsyncConformance {
     /// Every async scenario, by area.
-    public static let scenarios: [AsyncScenario] = io + caller + cancellation + deadlines + misuse + shutdown + connects + accepts + sleeps + adoption
+    public static let scenarios: [AsyncScenario] = io + caller + cancellation + deadlines + misuse + shutdown + connects + accepts + sleeps + adoption + serving
         + datagrams
 
     static let io: [AsyncScenario] = [
@@ -246,6 +246,28 @@ extension AsyncConformance {
         AsyncScenario("async/sleep/added-while-waiting", checks: "A short sleep begun while the loop waits for a long one ends on time (the wait's timeout follows the earliest timer), not when the long one does.", [
             start("t1", .sleep(.seconds(5))), op(.sleepTimed(.milliseconds(20)), .note("slept")),
             start("t2", .sleep(.seconds(4))), op(.sleepTimed(.milliseconds(50)), .note("slept")),
+        ]),
+    ]
+
+    /// What sits around the loop: serving, signals, graceful shutdown.
+    static let serving: [AsyncScenario] = [
+        AsyncScenario("async/serve/echo", checks: "serve runs a handler per connection (20 clients in turn, 100,000 bytes each echoed whole); closing the listener ends serve, which returns once its connections' tasks have ended.", [
+            line(.listen("l")), op(.serveEcho("l", clients: 20, bytes: 100_000), .note("echoed 20 of 20, serve returned")),
+        ]),
+        AsyncScenario("async/signals/delivered", checks: "A signal sent to the process reaches the loop's signal sequence (deliveries may coalesce); finish() ends the iteration, and the signal's action is the one it had before (libuv test-signal, tokio signal tests).", [
+            op(.signals(count: 3), .note("received, ended, action restored")),
+        ]),
+        AsyncScenario("async/shutdown/graceful", checks: "A graceful shutdown closes the listeners at once (a waiting accept ends with closed), lets connections go on (a pending read gets the bytes written during the drain), returns as soon as no connected socket is left, and then fails what is left with shutdown.", [
+            line(.tcpPair(client: "c", server: "s")), line(.listen("l")),
+            start("t1", .accept("l", as: "x", timeout: long)), start("t2", read("s")),
+            start("g", .shutdownGracefully(.seconds(10))), join("t1", fails(.closed)),
+            op(write("c", 3)), join("t2", bytes(3)), op(.close("s")), op(.close("c")),
+            join("g", .note("drained")), op(.sleep(.zero), fails(.shutdown)),
+        ]),
+        AsyncScenario("async/shutdown/graceful-cut", checks: "A graceful shutdown whose connections do not end within the grace period returns at its end, and the operations still pending fail with shutdown.", [
+            line(.tcpPair(client: "c", server: "s")), start("t1", read("s")),
+            start("g", .shutdownGracefully(.milliseconds(100))), join("g", .note("grace period ended")),
+            join("t1", fails(.shutdown)), op(read("c"), fails(.shutdown)),
         ]),
     ]
 

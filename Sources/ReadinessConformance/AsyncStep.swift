@@ -67,6 +67,18 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// Receives with a zero deadline until one times out: "drained" (at least one datagram taken) or
     /// "nothing queued", or an error.
     case drain(String)
+    /// `loop.signals([.user2])`, then SIGUSR2 sent to the process `count` times: "received" once the
+    /// sequence gave it (deliveries may coalesce), then "ended" when iterating after `finish()` returns
+    /// nil (after the deliveries not returned yet, however many the kernel made of the rest), then
+    /// "action restored" when SIGUSR2's action is the one it had before.
+    case signals(count: Int)
+    /// `serve` on a loop listener with an echo handler; `clients` connects in turn each write `bytes`
+    /// bytes, shut down and read them back; then the listener is closed: "echoed k of n", then how
+    /// `serve` ended ("returned" or an error).
+    case serveEcho(String, clients: Int, bytes: Int)
+    /// `loop.shutdown(gracePeriod:)`: "drained" when it returned before the grace period ended (no
+    /// connected socket was left), "grace period ended" otherwise.
+    case shutdownGracefully(Duration)
 
     /// The operation in words.
     public var description: String {
@@ -98,6 +110,9 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .fill(let s): return "send from \(s) until the peer's queue is full"
         case .fillTo(let s, let to): return "send from \(s) to \(to) until its queue is full"
         case .drain(let s): return "receive on \(s) until nothing is queued"
+        case .signals(let n): return "watch SIGUSR2 and send it \(n) times"
+        case .serveEcho(let l, let n, let b): return "serve \(l) with an echo handler for \(n) clients of \(b) bytes, then close it"
+        case .shutdownGracefully(let grace): return "shut the loop down with a grace period of \(grace)"
         }
     }
 }
