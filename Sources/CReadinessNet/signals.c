@@ -74,13 +74,15 @@ static void rd_signal_after_fork_in_child(void) {
     }
 }
 
+// At load, not at the first subscription: that runs under the registry's lock, which a fork's prepare
+// handler takes, while pthread_atfork may wait for a fork in progress (musl, glibc before 2.36 hold their
+// atfork lock across the prepare handlers): each would wait for the other.
+__attribute__((constructor)) static void rd_signal_initialise(void) {
+    for (int i = 0; i < RD_SIGNAL_SLOTS; i++) atomic_store(&slot_fd[i], -1);
+    pthread_atfork(NULL, NULL, rd_signal_after_fork_in_child);
+}
+
 int rd_signal_subscribe(int fd, uint64_t mask) {
-    static int initialised;
-    if (!initialised) {
-        for (int i = 0; i < RD_SIGNAL_SLOTS; i++) atomic_store(&slot_fd[i], -1);
-        pthread_atfork(NULL, NULL, rd_signal_after_fork_in_child);
-        initialised = 1;
-    }
     for (int i = 0; i < RD_SIGNAL_SLOTS; i++) {
         if (atomic_load(&slot_fd[i]) >= 0) continue;
         atomic_store(&slot_overflow[i], 0);

@@ -408,8 +408,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         while true {
             // 1. What other threads (and resumed continuations) submitted, and what that work submits
             //    in turn (a task hopping back onto the loop), up to a budget: a hop costs no poller call.
-            var stopping = false
-            for _ in 0..<64 {
+            var stopping = false, forked = false
+            rounds: for _ in 0..<64 {
                 lock.lock()
                 swap(&batch, &queue)
                 queued.store(false, ordering: .relaxed)
@@ -417,11 +417,27 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 lock.unlock()
                 swap(&localBatch, &local)
                 if batch.isEmpty && localBatch.isEmpty { break }
-                // `local` first: it was submitted before anything now in `batch` (`local`).
-                for submission in localBatch { handle(submission) }
+                // `local` first: it was submitted before anything now in `batch` (`local`). A job that
+                // called fork() leaves, in the child, a copy of this thread that must run none of the
+                // parent's other jobs (a task resumed in the same turn would read the parent's bytes):
+                // the copy ends the loop at once, as its next wait would (`forked`).
+                for submission in localBatch {
+                    handle(submission)
+                    if state.isForkedCopy { forked = true; break rounds }
+                }
                 localBatch.removeAll(keepingCapacity: true)
-                for submission in batch { handle(submission) }
+                for submission in batch {
+                    handle(submission)
+                    if state.isForkedCopy { forked = true; break rounds }
+                }
                 batch.removeAll(keepingCapacity: true)
+            }
+            if forked {
+                // The parent's jobs not run are dropped with the ones run (none may run twice).
+                localBatch.removeAll()
+                batch.removeAll()
+                failure = .forked
+                break
             }
             if stopping { break }
 
@@ -465,6 +481,16 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             state.fireTimers(now: MonotonicClock.nowNanoseconds)
             // 4. Tasks that spent their operation budget go on behind that I/O and those timers.
             if !state.yielded.isEmpty { state.resumeYielded() }
+        }
+        if state.isForkedCopy {
+            // A forked child's copy of this thread (a job called fork()): it lets go of the poller's
+            // copies and ends, doing nothing else. No job runs, here or handed to another thread (the
+            // child has none: only this thread crossed the fork), no waiter is resumed (that would
+            // enqueue jobs), no lock is taken (another thread of the parent may have held one at the
+            // fork), and the sockets are not closed one by one: their copies go with the child, or at
+            // an exec (close-on-exec), and closing a Unix listener would unlink the parent's path.
+            try? poller.close()
+            return
         }
         // A failed wait ends the loop as a shutdown does, and says so from now on (`isShuttingDown`,
         // operations and `signals` refused) while it closes what it held.

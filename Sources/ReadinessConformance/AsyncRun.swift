@@ -475,7 +475,7 @@ final class AsyncRun {
                 var before = sigaction()
                 sigaction(SIGUSR2, nil, &before)
                 let signals = try loop.signals([.user2])
-                for _ in 0..<count { kill(getpid(), SIGUSR2) }
+                AsyncRun.raiseDelivered(SIGUSR2, count: count)
                 var notes: [String] = []
                 for await signal in signals {
                     notes.append(signal == .user2 ? "received" : "received \(signal)")
@@ -530,6 +530,13 @@ final class AsyncRun {
                 }
                 await listener.close()
                 return .note("echoed \(echoed) of \(clients), serve \(await serving.value)")
+            } }
+        case .idlePasses(let duration):
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let before = try await loop.statistics().iterations
+                try await loop.sleep(for: duration)
+                let passes = try await loop.statistics().iterations - before
+                return .note(passes <= 20 ? "idle" : "\(passes) poller passes in \(duration)")
             } }
         case .shutdownGracefully(let grace):
             return {
@@ -669,6 +676,26 @@ final class AsyncRun {
             }
             return .note("never full after \(fillLimit) datagrams")
         }
+    }
+
+    /// Raises `signal` `count` times on a thread of its own that does not block it, so that each is
+    /// delivered (its handler has run) before this returns: none is left pending to meet the action
+    /// put back after the scenario (a `kill` to the process from the loop thread, which blocks the
+    /// signals it watches, could be delivered later, and SIGUSR2's default action ends the process).
+    static func raiseDelivered(_ signal: CInt, count: Int) {
+        final class Job { let signal: CInt, count: Int; init(_ s: CInt, _ n: Int) { signal = s; count = n } }
+        var thread = pthread_t()
+        let job = Unmanaged.passRetained(Job(signal, count)).toOpaque()
+        let made = pthread_create(&thread, nil, { raw in
+            let job = Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue()
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, job.signal)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            for _ in 0..<job.count { raise(job.signal) }
+            return nil
+        }, job)
+        if made == 0 { pthread_join(thread, nil) } else { Unmanaged<Job>.fromOpaque(job).release() }
     }
 
     private static func observe(_ body: () async throws(LoopError) -> Observation) async -> AsyncResult {

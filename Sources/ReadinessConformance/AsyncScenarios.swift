@@ -243,6 +243,9 @@ extension AsyncConformance {
             op(.interval(every: .milliseconds(100), ticks: 5, lateBy: .milliseconds(250), missed: .burst), .note("ticks 0 1 2 3 4")),
             op(.interval(every: .milliseconds(100), ticks: 4, lateBy: .milliseconds(250), missed: .skip), .note("ticks 0 1 3 4")),
         ]),
+        AsyncScenario("async/sleep/idle-loop", checks: "A loop whose only work is a 200 ms sleep waits for it in the poller: a few passes, not a spin (a backend whose wait returns at once, or a timer computing a zero timeout, spins the loop thread).", [
+            op(.idlePasses(.milliseconds(200)), .note("idle")),
+        ]),
         AsyncScenario("async/sleep/added-while-waiting", checks: "A short sleep begun while the loop waits for a long one ends on time (the wait's timeout follows the earliest timer), not when the long one does.", [
             start("t1", .sleep(.seconds(5))), op(.sleepTimed(.milliseconds(20)), .note("slept")),
             start("t2", .sleep(.seconds(4))), op(.sleepTimed(.milliseconds(50)), .note("slept")),

@@ -79,6 +79,10 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// `loop.shutdown(gracePeriod:)`: "drained" when it returned before the grace period ended (no
     /// connected socket was left), "grace period ended" otherwise.
     case shutdownGracefully(Duration)
+    /// A sleep of `duration` on an otherwise idle loop, counting the loop's poller passes meanwhile
+    /// (`statistics()`): "idle" when they were few (at most 20), else how many (a loop, or a backend
+    /// whose waits return at once, spinning).
+    case idlePasses(Duration)
 
     /// The operation in words.
     public var description: String {
@@ -113,6 +117,7 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .signals(let n): return "watch SIGUSR2 and send it \(n) times"
         case .serveEcho(let l, let n, let b): return "serve \(l) with an echo handler for \(n) clients of \(b) bytes, then close it"
         case .shutdownGracefully(let grace): return "shut the loop down with a grace period of \(grace)"
+        case .idlePasses(let d): return "sleep \(d) on an idle loop, counting its poller passes"
         }
     }
 }

@@ -113,6 +113,13 @@ enum Net {
 }
 
 /// A joinable pthread running a closure.
+/// When a worker thread acted (monotonic nanoseconds; 0 until then).
+final class ActedAt: Sendable {
+    private let value = Atomic<Int64>(0)
+    func mark() { value.store(MonotonicClock.nowNanoseconds, ordering: .releasing) }
+    var at: Int64 { value.load(ordering: .acquiring) }
+}
+
 final class Worker: @unchecked Sendable {
     private var thread = pthread_t()
     private let body: () -> Void

@@ -133,6 +133,14 @@ extension Conformance {
         Scenario("interest/token-only", checks: "Changing only the token changes what the next events carry.", fixtures: pair, [
             reg("a", 1, .readable), write("b"), rereg("a", 99, .readable), wait(soon, ev((99, .readable))),
         ]),
+        Scenario("interest/narrowed-quiet", checks: "A registration narrowed from both directions to readable reports nothing more of writable: a timed wait with nothing to read stays quiet to its timeout (mio registering.rs reregister_different_interest_without_poll, CPython test_selectors test_modify; a kernel filter left in place woke the caller with empty events).", fixtures: pair, [
+            reg("a", 1, .both), wait(soon, ev((1, .writable))), rereg("a", 2, .readable), line(.waitTimed(.milliseconds(30)), quiet),
+            write("b"), wait(soon, ev((2, .readable))),
+        ]),
+        Scenario("interest/token-range", checks: "A token is any 64-bit value but the waker's: 0, one above 32 bits and ones near the top come back whole (mio's Token(0) and usize::MAX - 1).", fixtures: twoPairs, [
+            reg("a", 0, .writable), reg("b", 1 << 40 | 7, .writable), reg("c", .max - 1, .writable), reg("d", 1 << 63 | 5, .writable),
+            wait(soon, ev((0, .writable), (1 << 40 | 7, .writable), (.max - 1, .writable), (1 << 63 | 5, .writable))),
+        ]),
     ]
 
     static let oneShot: [Scenario] = [
@@ -196,6 +204,10 @@ extension Conformance {
         Scenario("hangup/pipe-writer-closed", checks: "A pipe whose writer is gone is readable (EOF) and hung up.", fixtures: [.pipe(read: "r", write: "w")], [
             reg("r", 1, .readable), line(.close("w")), wait(soon, ev((1, [.readable, .hangup]))),
         ]),
+        Scenario("hangup/level-persists", checks: "A level registration keeps reporting a hang-up while it lasts: every wait, not only the first (the contract's level rule; a multishot request needs its re-check for this).", fixtures: pair, [
+            reg("a", 1, .readable), line(.close("b")), wait(soon, ev((1, [.readable, .readClosed, .hangup]))),
+            wait(now, ev((1, [.readable, .readClosed, .hangup]))), wait(soon, ev((1, [.readable, .readClosed, .hangup]))),
+        ]),
         Scenario("hangup/pipe-reader-closed", checks: "A pipe whose reader is gone is writable with an error (EPIPE).", fixtures: [.pipe(read: "r", write: "w")], [
             reg("w", 1, .writable), line(.close("r")), wait(soon, ev((1, [.writable, .error]))),
         ]),
@@ -252,6 +264,12 @@ extension Conformance {
                  requires: [.selectLimit], [
             line(.duplicate("a", as: "big", atLeast: 1500)),
             reg("big", 1, .readable, .level, err("descriptorTooLarge(limit: 1024)")), write("b"), wait(now, .none),
+            line(.registerNumber(.max, token: 2, interest: .readable), err("descriptorTooLarge(limit: 1024)")),
+        ]),
+        Scenario("limit/huge-number", checks: "Numbers far above any open descriptor (2^20, CInt.max) are refused with badDescriptor before any change, as a just-closed one is.",
+                 requires: [.noSmallLimit], [
+            line(.registerNumber(1 << 20, token: 1, interest: .readable), err("badDescriptor")),
+            line(.registerNumber(.max, token: 2, interest: .both), err("badDescriptor")), wait(now, .none),
         ]),
         Scenario("limit/large-descriptor", checks: "Backends without select's limit accept and report a descriptor above 1024.", fixtures: pair,
                  requires: [.noSmallLimit], [

@@ -32,15 +32,20 @@ extension Ready {
 extension RegistrationTable {
     /// Reports that `fd` is `ready`: appends the event of its registration, normalised to the
     /// registration's interest (``Ready/normalized(_:interest:)``), and disarms a one-shot
-    /// registration. Returns the registration as it was before, or nil (nothing appended) when `fd`
-    /// has no active registration: not registered, disarmed, or found closed. The caller checks that
+    /// registration. Returns the registration as it was before, or nil (nothing appended, nothing
+    /// disarmed) when `fd` has no active registration (not registered, disarmed, or found closed) or
+    /// when nothing of `ready` concerns its interest: an event with no readiness would wake the caller
+    /// for nothing, at once and again at every wait (a kernel still watching a direction the
+    /// registration no longer asks for, as a kqueue filter left in place). The caller checks that
     /// the buffer has room (``EventBuffer/isFull``) and does what is its own afterwards (hide a fired
     /// one-shot entry, re-arm a request).
     @inlinable @discardableResult
     public mutating func report(_ fd: CInt, _ ready: Ready, into events: EventBuffer) -> Registration? {
         guard let registration = self[fd], registration.isActive else { return nil }
+        let reported = Ready.normalized(ready, interest: registration.interest)
+        if reported.isEmpty { return nil }
         if registration.trigger == .oneShot { update(fd) { $0.armed = false } }
-        events.append(Event(token: registration.token, ready: Ready.normalized(ready, interest: registration.interest)))
+        events.append(Event(token: registration.token, ready: reported))
         return registration
     }
 

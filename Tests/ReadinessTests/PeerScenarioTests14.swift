@@ -36,13 +36,13 @@ struct PeerScenarioTests14 {
         close(client)
     }
 
-    /// `fork()` called from a task on the loop thread: the child's copy of that thread goes on running
-    /// the loop, whose wait then fails with `forked` and ends it as a shutdown, closing every resource.
-    /// Before, that shutdown unlinked the parent's Unix listener path, and on io_uring it set SO_LINGER 0
-    /// on the connections accepted ahead (shared sockets), so that the parent's later close of one
-    /// reset its client instead of ending its stream.
-    @Test("a forked copy of a loop thread ends without touching the parent's paths or connections", .timeLimit(.minutes(1)),
-          arguments: backends)
+    /// `fork()` called from a task on the loop thread leaves in the child a copy of that thread. Before,
+    /// that copy ran the rest of the turn's jobs (a task resumed in the same turn ran in the child too,
+    /// and read the parent's bytes: the diff reviewer's probe), then, its wait failing with `forked`,
+    /// shut the loop down: that unlinked the parent's Unix listener path and, on io_uring, reset the
+    /// connections the parent had accepted ahead. Now the copy runs no other job and ends.
+    @Test("a forked copy of a loop thread runs none of the parent's other tasks and leaves its paths and connections",
+          .timeLimit(.minutes(1)), arguments: backends)
     func forkedChildLeavesParentsSockets(backend: Backend) async throws {
         let path = tempPath("fork-loop")
         defer { unlink(path) }
@@ -56,19 +56,39 @@ struct PeerScenarioTests14 {
         let accepted = try await tcpListener.accept(timeout: .seconds(5))
         let second = try blockingConnect(tcpListener.address)
         defer { close(second) }
-        usleep(100_000)   // the loop took the second one's completion, where it accepts ahead
-        // Nobody awaits the forking task (in the child, an awaiter's resumption would need a thread of
-        // the global pool, which the child does not have): the parent polls for its result.
-        let forked = ForkedPid()
+        // Bytes waiting for a task the same turn resumes after the forking one; and a pipe on which
+        // that task writes the number of the process it runs in.
+        var pair: [CInt] = [-1, -1], marks: [CInt] = [-1, -1]
+        try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &pair) == 0 && pipe(&marks) == 0)
+        defer { close(pair[1]); close(marks[0]); close(marks[1]) }
+        let reader = try await loop.adopt(descriptor: pair[0])
+        _ = write(pair[1], "hello", 5)
+        usleep(100_000)   // the loop took the second connection's completion, where it accepts ahead
+        // Both tasks sleep until one deadline: its timers fire in one turn, the forking task's first.
+        // Nobody awaits the forking task (in the child an awaiter would need a thread the child does
+        // not have): the parent polls for its result.
+        let turn: Deadline = .after(.milliseconds(200))
+        let forked = ForkedPid(), read = ForkedPid()
+        let markWrite = marks[1]
         Task(executorPreference: loop) {
+            try? await loop.sleep(until: turn)
             let pid = fork()
             if pid == 0 {
-                // The child: this thread goes back to its loop copy; another ends the process without
-                // flushing the parent's buffered output once that copy had the time to shut down.
-                _ = Thread { usleep(300_000); _exit(0) }
+                // The child: its loop copy ends once this job returns, and with it the child (its last
+                // thread), without flushing the parent's buffered output; a hang ends with SIGALRM.
+                atexit { _exit(0) }
+                alarm(5)
                 return
             }
             forked.pid.store(pid, ordering: .releasing)
+        }
+        usleep(20_000)   // the forking task's timer is scheduled first
+        Task(executorPreference: loop) {
+            try? await loop.sleep(until: turn)
+            var me = getpid()
+            _ = write(markWrite, &me, MemoryLayout<pid_t>.size)
+            let bytes = (try? await reader.readAvailable(maximum: 64, timeout: .seconds(5)))?.count ?? -1
+            read.pid.store(pid_t(bytes), ordering: .releasing)
         }
         var child: pid_t = -2
         while child == -2 {
@@ -78,6 +98,13 @@ struct PeerScenarioTests14 {
         try #require(child > 0)
         let (exited, status) = reapChild(child, seconds: 10)
         #expect(exited && status == 0, "status \(status)")
+        while read.pid.load(ordering: .acquiring) == -2 { usleep(1_000) }
+        #expect(read.pid.load(ordering: .acquiring) == 5, "the parent's task read \(read.pid.load(ordering: .acquiring)) bytes")
+        var pids: [pid_t] = []
+        var pid: pid_t = 0
+        _ = fcntl(marks[0], F_SETFL, O_NONBLOCK)
+        while Glibc.read(marks[0], &pid, MemoryLayout<pid_t>.size) == MemoryLayout<pid_t>.size { pids.append(pid) }
+        #expect(pids == [getpid()], "the second task ran in \(pids) (the child is \(child))")
         #expect(access(path, F_OK) == 0, "the child's loop copy unlinked the parent's path")
         // The parent's listeners go on: the second connection is handed out and closed, and its client
         // reads the end of the stream, not a reset.
@@ -91,6 +118,7 @@ struct PeerScenarioTests14 {
         let n = recv(second, &byte, 1, 0)
         let code = errno
         #expect(n == 0, "the second client read \(n) (errno \(code)): \(n < 0 && code == ECONNRESET ? "reset" : "not an end of stream")")
+        await reader.close()
         await accepted.close()
         await unixListener.close()
         await tcpListener.close()
@@ -332,5 +360,27 @@ extension PeerScenarioTests14 {
             try await loop.sleep(until: Deadline.after(.milliseconds(30)))
             #expect(Deadline.now - before >= .milliseconds(29))
         }
+    }
+}
+
+extension PeerScenarioTests14 {
+    // MARK: The backend kit (the conformance-mutants reader)
+
+    /// A seam whose kernel still watches a direction the registration no longer asks for (a kqueue
+    /// write filter left after a narrowing) hands `report` readiness that concerns nothing asked for.
+    /// Before, `report` appended an event with no readiness bits (and disarmed a one-shot): the caller
+    /// was woken for nothing at every wait (57,965 returns in 100 ms in the reader's probe), and the
+    /// conformance suite's masking took such an event for none.
+    @Test("the backend kit reports nothing, and disarms nothing, for readiness the interest does not ask for")
+    func reportDropsReadinessOutsideTheInterest() {
+        var table = RegistrationTable()
+        table.insert(5, Registration(token: 7, interest: .readable, trigger: .oneShot))
+        let events = EventBuffer(capacity: 4)
+        #expect(table.report(5, .writable, into: events) == nil)
+        #expect(events.isEmpty)
+        #expect(table[5]?.isActive == true, "a one-shot registration was disarmed by nothing it asked for")
+        #expect(table.report(5, [.writable, .readable], into: events) != nil)
+        #expect(events.count == 1 && events.first?.ready == .readable && events.first?.token == 7)
+        #expect(table[5]?.isActive == false)
     }
 }

@@ -59,6 +59,9 @@ extension IOUringSeam {
     /// See ``/ReadinessCore/CompletionRing/receiveProvided(_:maximum:tag:)``. Registers the buffers
     /// first if none are; fails with `unsupported` when the kernel refuses them.
     public func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
+        // Before the registration, which is a call on the ring the child shares with the parent
+        // (`owned` refuses the submission only after it).
+        if Sys.forkGeneration != forkGeneration { throw .forked }
         if providedBuffers == nil { try registerProvidedBuffers() }
         let length = UInt32(clamping: Swift.min(maximum, Int(bufferLayout.size)))
         try queued("io_uring_enter(RECV)") {

@@ -40,7 +40,7 @@ public final class IOUringSeam: BackendSeam {
     /// What the kernel offers, for the selection report.
     public let kernelFacts: String
     /// ``/ReadinessCore/Sys/forkGeneration`` when the ring was made (``owned(_:_:)``).
-    private let forkGeneration = Sys.forkGeneration
+    let forkGeneration = Sys.forkGeneration
 
     /// Per descriptor number: the current poll request and the wait bookkeeping.
     private struct Slot {

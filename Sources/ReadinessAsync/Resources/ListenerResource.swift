@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 @_spi(Backend) import ReadinessCore
 import ReadinessNet
 
@@ -59,11 +56,7 @@ final class ListenerResource: LoopResourceBase, LoopResource {
             self.multishot = nil
             loop.completions?.abandon(multishot, reason: .closed)
         }
-        // In a forked child's copy of the loop the parent holds these connections too (and hands
-        // them out): the child only lets its copies go, as a reset would reach the parent's.
-        for fd in acceptQueue {
-            if loop.isForkedCopy { Glibc.close(fd) } else { Self.reset(fd) }
-        }
+        for fd in acceptQueue { Self.reset(fd) }
         acceptQueue = []
         if let backoffTimer { loop.timers.cancel(backoffTimer) }
         backoffTimer = nil
