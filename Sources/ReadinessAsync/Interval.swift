@@ -13,7 +13,8 @@ public enum MissedTicks: Sendable, Hashable {
     /// never moves (tokio's default: a tick for every period that passed).
     case burst
     /// The next tick is one period after the late one was taken: the schedule moves back by the delay
-    /// (SwiftNIO's `scheduleRepeatedTask`, libuv's repeating timer).
+    /// (SwiftNIO's `scheduleRepeatedTask`, libuv's repeating timer). A tick taken within 5 ms of its
+    /// instant is on time (tokio's tolerance): the schedule does not drift by the loop's own jitter.
     case delay
     /// The ticks missed are dropped: the next is the first one of the original schedule still to come
     /// (Go's `Ticker`, which drops ticks a slow reader misses).
@@ -69,17 +70,20 @@ public struct Interval: Sendable {
     /// Starts the schedule again from `deadline`: the next tick then.
     public mutating func reset(to deadline: Deadline) { nextTick = deadline }
 
+    /// How late a tick may be taken and still count as on time for ``MissedTicks/delay`` (tokio's 5 ms).
+    static let delayTolerance = Duration.milliseconds(5)
+
     /// The tick after `due`, taken at `now` (saturating: a schedule past the clock's range stays at
     /// ``Deadline/distantFuture``).
     static func following(_ due: Deadline, period: Duration, now: Deadline, missedTicks: MissedTicks) -> Deadline {
         let next: Deadline = Deadline.after(period, now: due)
-        guard next <= now else { return next }   // on time: the schedule as it is
         switch missedTicks {
         case .burst:
             return next
         case .delay:
-            return Deadline.after(period, now: now)
+            return now - due > delayTolerance ? Deadline.after(period, now: now) : next
         case .skip:
+            guard next <= now else { return next }   // no tick missed: the schedule as it is
             // The first tick of the schedule after `now`: `next` plus whole periods.
             // In 128 bits: a start the caller put far in the past (`reset(to:)`) is no overflow.
             let step = Int128(period.clampedNanoseconds)   // at least 1

@@ -330,6 +330,12 @@ extension PeerScenarioTests14 {
                     #expect(place == place.rounded() && interval.nextTick > taken && interval.nextTick - taken <= period, "\(place)")
                 }
             }
+            // tokio's Delay: a tick 30 ms late on a 100 ms schedule (less than a period) moves it too.
+            var delayed = try loop.interval(every: period, missedTicks: .delay)
+            delayed.reset(to: Deadline(nanoseconds: Deadline.now.nanoseconds - 30_000_000))
+            _ = try await delayed.tick()
+            let ahead = delayed.nextTick - Deadline.now
+            #expect(ahead <= period && ahead > period - .milliseconds(50), "\(ahead)")
         }
     }
 
