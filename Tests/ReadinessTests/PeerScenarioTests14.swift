@@ -216,8 +216,8 @@ extension PeerScenarioTests14 {
     func asyncEchoExampleHoldsNothingForEndedConnections() throws {
         let total = 4_000, warmUp = 500, measured = 3_000
         let port = try closedPort().port!
-        let executable = try builtExecutable("readiness-async-echo")
-        let server = try Spawned([executable, "--port", "\(port)", "--backend", "epoll", "--connections", "\(total)"])
+        let server = try Child([try builtExecutable("readiness-async-echo"), "--port", "\(port)", "--backend", "epoll",
+                                "--connections", "\(total)"])
         let address = try SocketAddress(ip: "127.0.0.1", port: port)
         func roundTrip() throws {
             let fd = try blockingConnect(address)
@@ -232,43 +232,20 @@ extension PeerScenarioTests14 {
         }
         try #require(started, "the echo server did not start")
         for _ in 1..<warmUp { try roundTrip() }
-        let pid = try #require(processRunning(executable, argument: "\(port)"))
-        let before = try residentKilobytes(pid)
+        let before = PeerScenarioTests8.residentKiB(server.pid)
         for _ in 0..<measured { try roundTrip() }
-        let after = try residentKilobytes(pid)
+        let after = PeerScenarioTests8.residentKiB(server.pid)
         for _ in 0..<(total - warmUp - measured) { try roundTrip() }
-        let (status, output) = server.finish()
-        #expect(status == 0)
-        #expect(output.contains("connections \(total) echoed-bytes \(total) failures 0"), "\(output)")
-        #expect(after - before < 4_096, "resident memory grew by \(after - before) kB over \(measured) connections that ended")
+        #expect(server.wait(seconds: 20) == 0, "\(server.output)")
+        #expect(server.output.contains("connections \(total) echoed-bytes \(total) failures 0"), "\(server.output)")
+        // Under the sanitizers AddressSanitizer's quarantine keeps freed memory resident: RSS says
+        // nothing there of what the server holds.
+        if loadDivisor == 1 {
+            #expect(after - before < 4_096, "resident memory grew by \(after - before) kB over \(measured) connections that ended")
+        }
     }
 }
 
-/// The process whose command line is `executable` with `argument` among its arguments.
-private func processRunning(_ executable: String, argument: String) -> pid_t? {
-    guard let directory = opendir("/proc") else { return nil }
-    defer { closedir(directory) }
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let pid = pid_t(name), let file = fopen("/proc/\(pid)/cmdline", "r") else { continue }
-        var bytes = [UInt8](repeating: 0, count: 4096)
-        let n = fread(&bytes, 1, bytes.count, file)
-        fclose(file)
-        let arguments = bytes[..<n].split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        if arguments.first == executable, arguments.contains(argument) { return pid }
-    }
-    return nil
-}
-
-/// VmRSS of `pid`, in kB.
-private func residentKilobytes(_ pid: pid_t) throws -> Int {
-    let status = try read("/proc/\(pid)/status")
-    guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-          let value = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else {
-        throw TestFailure("no VmRSS for \(pid)")
-    }
-    return value
-}
 
 extension PeerScenarioTests14 {
     // MARK: Repeating timers (tokio tests/time_interval.rs, libuv test-timer.c's repeat cases,
