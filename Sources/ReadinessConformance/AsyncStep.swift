@@ -30,8 +30,11 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// second after it, else "early" or "late".
     case sleepTimed(Duration)
     /// `loop.interval(every:missedTicks:)`: one tick, a sleep of `lateBy` (the ticks meanwhile are
-    /// missed), then `ticks - 1` more; recorded as "ticks" and each tick's place in the schedule (its
-    /// due instant's distance from the first, in periods), or "early" when a tick returned before it was due.
+    /// missed), then `ticks - 1` more (1...64, a period up to 10 s); recorded as "ticks" and each tick's
+    /// place in the schedule (its due instant's distance from the first, in periods), or "early" when a
+    /// tick returned before it was due. Skipping, the late tick's place is followed by "then the next
+    /// after the late one" when the tick after it is the first of the schedule after it was taken (a
+    /// property, not a place: it holds whatever the machine delayed).
     case interval(every: Duration, ticks: Int, lateBy: Duration, missed: MissedTicks)
     /// `loop.readable(_:timeout:)` on a caller-owned descriptor.
     case readable(String, timeout: Duration?)

@@ -113,6 +113,16 @@ enum Net {
 }
 
 /// A joinable pthread running a closure.
+extension Observation {
+    /// How the note of a wait that returned late after a worker's action begins (``Runner/inTime``).
+    static let lateMark = "returned late: "
+    /// That note, if this is one.
+    var lateness: String? {
+        if case .note(let text) = self, text.hasPrefix(Observation.lateMark) { return text }
+        return nil
+    }
+}
+
 /// When a worker thread acted (monotonic nanoseconds; 0 until then).
 final class ActedAt: Sendable {
     private let value = Atomic<Int64>(0)

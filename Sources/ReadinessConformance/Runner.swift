@@ -368,15 +368,21 @@ final class ScenarioRun {
         case .waitWokenByThread(let after):
             return try run(.waitWithTimeoutWokenByThread(nil, after: after))
         case .waitWithTimeoutWokenByThread(let timeout, let after):
+            // The best of three when late: one stall of a loaded machine is not the backend's.
             let waker = try livePoller().waker
-            let acted = ActedAt()
-            let worker = try Worker {
-                Self.pause(after)
-                acted.mark()
-                try? waker.wake()
+            var observed = Observation.ok
+            for _ in 0..<3 {
+                let acted = ActedAt()
+                let worker = try Worker {
+                    Self.pause(after)
+                    acted.mark()
+                    try? waker.wake()
+                }
+                observed = Self.inTime(observeWait(timeout, into: buffer), returned: MonotonicClock.nowNanoseconds,
+                                       worker: worker, acted: acted, by: "the wake", limit: Self.wakeLatencyLimit)
+                if observed.lateness == nil { break }
             }
-            let observed = observeWait(timeout, into: buffer)
-            return Self.inTime(observed, returned: MonotonicClock.nowNanoseconds, worker: worker, acted: acted, by: "the wake")
+            return observed
         case .waitClosedByThread(let after):
             nonisolated(unsafe) let closing = try livePoller()
             let worker = try Worker {
@@ -397,7 +403,9 @@ final class ScenarioRun {
                 _ = Glibc.write(number, &byte, 1)
             }
             let observed = observeWait(nil, into: buffer)
-            return Self.inTime(observed, returned: MonotonicClock.nowNanoseconds, worker: worker, acted: acted, by: "the write")
+            // One try (the byte stays readable): a wider bound.
+            return Self.inTime(observed, returned: MonotonicClock.nowNanoseconds, worker: worker, acted: acted, by: "the write",
+                               limit: Self.writeLatencyLimit)
         case .waitWhileClosedByThread(let e, let after):
             guard endpoints[e] != nil else { return Self.closedEndpoint }
             let waker = try livePoller().waker
@@ -569,18 +577,21 @@ final class ScenarioRun {
 
     static let closedEndpoint = Observation.note("not done: the endpoint is closed")
 
-    /// How late after another thread's wake or write a blocked wait may return (Go's TestNetpollBreak
-    /// bounds it too): generous, for a loaded machine and the sanitizers; a backend that notices late
-    /// (a wake that waits for the next timer tick) fails.
+    /// How late after another thread's wake a blocked wait may return, the best of three (Go's
+    /// TestNetpollBreak bounds it too): generous, for a loaded machine and the sanitizers; a backend
+    /// that notices late (a wake that waits for the next timer tick) fails.
     static let wakeLatencyLimit: Int64 = 150_000_000
+    /// The same after another thread's write, tried once (the byte it wrote stays readable).
+    static let writeLatencyLimit: Int64 = 500_000_000
 
-    /// `observed`, or a note when the wait returned more than ``wakeLatencyLimit`` after the worker's
-    /// action (joined first).
-    static func inTime(_ observed: Observation, returned: Int64, worker: Worker, acted: ActedAt, by action: String) -> Observation {
+    /// `observed`, or a note when the wait returned more than `limit` after the worker's action
+    /// (joined first).
+    static func inTime(_ observed: Observation, returned: Int64, worker: Worker, acted: ActedAt, by action: String,
+                       limit: Int64) -> Observation {
         worker.join()
         let late = returned - acted.at
-        guard acted.at > 0, late > wakeLatencyLimit else { return observed }
-        return .note("returned \(Double(late) / 1e6) ms after \(action) (at most \(wakeLatencyLimit / 1_000_000) ms)")
+        guard acted.at > 0, late > limit else { return observed }
+        return .note(Observation.lateMark + "\(Double(late) / 1e6) ms after \(action) (at most \(limit / 1_000_000) ms)")
     }
     static let createdOrExhausted = "each creation succeeded or failed with resourceExhausted; nothing leaked"
     static let inTime = "no events, not before the timeout"
