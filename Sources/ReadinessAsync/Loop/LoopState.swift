@@ -227,15 +227,21 @@ final class LoopState {
 
     /// The bytes a read just put at the start of one of the scratch buffers, as a buffer that takes
     /// that memory over (shrunk to them: `realloc` to a smaller size keeps the block in place), or nil
-    /// when they are not there (another buffer: io_uring's provided ones) or too few to be worth it:
-    /// the caller copies them then. The loop allocates a new scratch buffer at its next such read.
+    /// when they are not there (another buffer: io_uring's provided ones) or too few to be worth it
+    /// (under 8 KiB; from the large buffer, under 64 KiB): the caller copies them then. The loop allocates a new scratch buffer at its next such read.
     func adoptScratch(_ read: UnsafeRawBufferPointer) -> Bytes? {
         guard read.count >= Self.adoptThreshold, let start = read.baseAddress else { return nil }
         let base: UnsafeMutableRawPointer, capacity: Int
         if let small = smallScratch, start == UnsafeRawPointer(small), read.count <= Self.smallScratchSize {
             (base, capacity) = (small, Self.smallScratchSize)
             smallScratch = nil
-        } else if let large = scratch, let largeBase = large.baseAddress, start == UnsafeRawPointer(largeBase), read.count <= large.count {
+        } else if let large = scratch, let largeBase = large.baseAddress, start == UnsafeRawPointer(largeBase), read.count <= large.count,
+                  read.count >= Self.smallScratchSize {
+            // The large buffer (128 KiB or more, which the C library maps afresh for each allocation,
+            // with system calls and a page fault per page written) only for a read of 64 KiB or more,
+            // whose copy would cost as much (its own buffer mapped too): a 16 KiB read of a 256 KiB
+            // `maximum` took it over and mapped another at every read (an echo of 16 KiB messages at
+            // 0.22x the speed it has with 64 KiB reads); a copy of such a read to the heap costs less.
             (base, capacity) = (largeBase, large.count)
             scratch = nil
         } else {
