@@ -79,7 +79,7 @@ public struct AsyncDatagramSocket: Sendable {
     /// the bytes and the datagram's description. As ``AsyncSocket/readAvailable(maximum:timeout:)``
     /// reads, it receives into the loop's own buffer, so nothing is allocated while it waits and the
     /// result holds no unused room (a 16-byte datagram kept 16 bytes, not the 64 KiB a receive of any
-    /// UDP datagram needs room for); 8 KiB or more take the loop's buffer over, shrunk to them.
+    /// UDP datagram needs room for); 8 KiB or more (64 KiB for a `maximum` above 64 KiB) take the loop's buffer over, shrunk to them.
     nonisolated(nonsending) public func receive(maximum: Int = DatagramSocket.defaultReceiveSize,
                                                 timeout: Duration? = nil) async throws(LoopError) -> (bytes: Bytes, datagram: ReceivedDatagram) {
         guard maximum > 0 else { throw .invalidArgument("receive(maximum: \(maximum))") }

@@ -50,7 +50,7 @@ extension AsyncSocket {
     /// holds no memory**: the read goes into the loop's own buffer (one per loop) and only the bytes
     /// read come out, in storage of their size, so nothing is allocated while the read waits and the
     /// result holds no unused room. A read of a few bytes copies them out (one allocation, one copy);
-    /// one of at least 8 KiB takes the loop's buffer over, shrunk to them, without a copy, and the
+    /// one of at least 8 KiB (64 KiB for a `maximum` above 64 KiB) takes the loop's buffer over, shrunk to them, without a copy, and the
     /// loop allocates another (of 64 KiB for a `maximum` up to ``/ReadinessNet/StreamSocket/defaultReadSize``,
     /// of `maximum` rounded up to 64 KiB for more).
     nonisolated(nonsending) public func readAvailable(maximum: Int = StreamSocket.defaultReadSize,

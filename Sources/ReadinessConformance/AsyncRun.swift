@@ -457,11 +457,16 @@ final class AsyncRun {
                 return .note(slept > Swift.max(duration, .zero) + .seconds(1) ? "late: \(slept) for \(duration)" : "slept")
             } }
         case .interval(let period, let ticks, let late, let missed):
-            guard (1...64).contains(ticks), period > .zero, period <= .seconds(10) else { return invalid("ticks outside 1...64 or a period outside (0, 10 s]") }
+            guard (1...64).contains(ticks), period >= .nanoseconds(1), period <= .seconds(10), late >= .zero, late <= .seconds(10) else {
+                return invalid("ticks outside 1...64, or a period or lateness outside 1 ns...10 s")
+            }
             return { await Self.observe { () throws(LoopError) -> Observation in
                 var interval = try loop.interval(every: period, missedTicks: missed)
                 let first = interval.nextTick
-                func place(_ instant: Deadline) -> Int { Int(((instant - first) / period).rounded(.down)) }
+                // In whole nanoseconds, as the interval counts (a Duration's division is a Double's).
+                let step = interval.period.clampedNanoseconds
+                func offset(_ instant: Deadline) -> Int64 { (instant - first).clampedNanoseconds }
+                func place(_ instant: Deadline) -> Int64 { offset(instant) / step }
                 var places: [String] = []
                 for index in 0..<ticks {
                     if index == 1 { try await loop.sleep(for: late) }
@@ -473,8 +478,8 @@ final class AsyncRun {
                     // late tick was taken (between `before` and `after`), whatever the machine's delays.
                     if missed == .skip, index == 1 {
                         let next = interval.nextTick
-                        let onSchedule = (next - first) / period == ((next - first) / period).rounded()
-                        guard onSchedule, next > before, next - after <= period else { return .note("skipped to \(next - first) after \(before - first)") }
+                        let onSchedule = offset(next) % step == 0
+                        guard onSchedule, next > before, (next - after).clampedNanoseconds <= step else { return .note("skipped to \(next - first) after \(before - first)") }
                         places.append("\(place(due)) then the next after the late one")
                         continue
                     }

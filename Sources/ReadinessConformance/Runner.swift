@@ -368,19 +368,22 @@ final class ScenarioRun {
         case .waitWokenByThread(let after):
             return try run(.waitWithTimeoutWokenByThread(nil, after: after))
         case .waitWithTimeoutWokenByThread(let timeout, let after):
-            // The best of three when late: one stall of a loaded machine is not the backend's.
+            // The best of three when late and otherwise right (woken, nothing else): one stall of a loaded
+            // machine is not the backend's. A late attempt that also saw something else is the outcome.
             let waker = try livePoller().waker
             var observed = Observation.ok
-            for _ in 0..<3 {
+            for attempt in 0..<3 {
+                if attempt > 0 { _ = observeWait(.zero, into: buffer) }   // no wake left over from the last try
                 let acted = ActedAt()
                 let worker = try Worker {
                     Self.pause(after)
                     acted.mark()
                     try? waker.wake()
                 }
-                observed = Self.inTime(observeWait(timeout, into: buffer), returned: MonotonicClock.nowNanoseconds,
+                let seen = observeWait(timeout, into: buffer)
+                observed = Self.inTime(seen, returned: MonotonicClock.nowNanoseconds,
                                        worker: worker, acted: acted, by: "the wake", limit: Self.wakeLatencyLimit)
-                if observed.lateness == nil { break }
+                guard observed.lateness != nil, seen == .events([.waker: .readable]) else { return observed }
             }
             return observed
         case .waitClosedByThread(let after):

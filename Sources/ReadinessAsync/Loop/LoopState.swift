@@ -237,8 +237,9 @@ final class LoopState {
             smallScratch = nil
         } else if let large = scratch, let largeBase = large.baseAddress, start == UnsafeRawPointer(largeBase), read.count <= large.count,
                   read.count >= Self.smallScratchSize {
-            // The large buffer (128 KiB or more, which the C library maps afresh for each allocation,
-            // with system calls and a page fault per page written) only for a read of 64 KiB or more,
+            // The large buffer (128 KiB or more, which glibc maps afresh for each allocation while its
+            // mapping threshold is at its default: system calls and a page fault per page written; the
+            // threshold rises at run time once such a block is freed whole) only for a read of 64 KiB or more,
             // whose copy would cost as much (its own buffer mapped too): a 16 KiB read of a 256 KiB
             // `maximum` took it over and mapped another at every read (an echo of 16 KiB messages at
             // 0.22x the speed it has with 64 KiB reads); a copy of such a read to the heap costs less.
