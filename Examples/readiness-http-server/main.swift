@@ -22,6 +22,9 @@
 //   `127.0.0.1:8080`, `[::1]:8080`). SIGTERM or SIGINT: stops
 //   accepting, ends idle keep-alive connections, lets requests in flight be answered (then closes
 //   their connections) within the grace period (10 s), and exits 0; a second signal stops at once.
+//   A connection that has sent nothing yet is left its first request for 5 s (half the grace period
+//   at most; Go's closeIdleConns): a client does not retry a request on a new connection closed under it.
+//   The answers to pipelined requests before one that waits (`/sleep`) are written before the wait.
 // - Requests are parsed strictly where leniency lets one request mean two things (RFC 9112): a space
 //   before a header's colon, two different Content-Lengths, any Transfer-Encoding, a lone CR or LF or
 //   another control byte in the head are refused (empty lines before a request line are ignored); only
@@ -35,11 +38,13 @@ import ExampleSupport
 import Readiness
 import Synchronization
 
-/// One connection, as the drain sees it: whether a request is in flight (an atomic flag: set and
-/// cleared by the connection's task on its loop, read by the drain).
+/// One connection, as the drain sees it: whether a request is in flight, and whether it is still
+/// fresh (no byte received yet: its first request may be on its way). Atomic flags, set and cleared by
+/// the connection's task on its loop, read by the drain.
 final class Connection: Sendable {
     let socket: AsyncSocket
     let busy = Atomic<Bool>(false)
+    let fresh = Atomic<Bool>(true)
     init(_ socket: AsyncSocket) { self.socket = socket }
 }
 
@@ -60,11 +65,24 @@ final class Connections: Sendable {
     func add(_ connection: Connection) async { await registry.add(connection) }
     func remove(_ connection: Connection) async { await registry.remove(connection) }
 
-    /// Begins the drain: the idle connections, whose reading side is to be shut down now.
+    /// Begins the drain: the idle connections (a request answered, none in flight), whose reading side
+    /// is to be shut down now. A fresh one is left its first request (Go's closeIdleConns leaves a new
+    /// connection 5 s: a client retries a request on a kept connection that closed, not on a new one).
     func drain() async -> [AsyncSocket] {
         draining.store(true, ordering: .sequentiallyConsistent)
-        return await registry.snapshot().filter { !$0.busy.load(ordering: .sequentiallyConsistent) }.map(\.socket)
+        return await registry.snapshot().filter {
+            !$0.busy.load(ordering: .sequentiallyConsistent) && !$0.fresh.load(ordering: .sequentiallyConsistent)
+        }.map(\.socket)
     }
+
+    /// Later in the drain (``freshWait``): every connection without a request in flight, fresh ones
+    /// included, to be shut down for reading now.
+    func sweep() async -> [AsyncSocket] {
+        await registry.snapshot().filter { !$0.busy.load(ordering: .sequentiallyConsistent) }.map(\.socket)
+    }
+
+    /// How long the drain leaves a fresh connection its first request (at most half the grace period).
+    static let freshWait = Duration.seconds(5)
 }
 
 /// One parsed request head.
@@ -356,6 +374,9 @@ let helloKeptAlive = response("200 OK", helloBody, keepAlive: true)
 /// The answer to `request`; a drain that began while it was made (a slow handler) turns its
 /// `keepAlive` off, so that the answer says `Connection: close` (RFC 9112 section 9.6; Go's
 /// net/http decides when it writes the head, after the handler).
+/// Whether `answer` suspends for `request` (the `/sleep` route).
+func answerWaits(_ request: Request) -> Bool { request.target.hasPrefix("/sleep?ms=") }
+
 nonisolated(nonsending) func answer(_ request: inout Request, on loop: EventLoop, connections: Connections) async -> [UInt8] {
     let head = request.method == "HEAD"
     if request.target.hasPrefix("/sleep?ms="), let ms = Int(request.target.dropFirst("/sleep?ms=".count)) {
@@ -397,6 +418,10 @@ nonisolated(nonsending) func serveConnection(_ socket: AsyncSocket, _ connection
     let connection = Connection(socket)
     await connections.add(connection)
     defer { Task { await connections.remove(connection) } }
+    // Registered after the drain looked (accepted before the listener closed, this task run later):
+    // the drain's sweep may have looked already too, so this connection waits for its first request
+    // no longer than the sweep would have let it.
+    let lateForDrain = connections.draining.load(ordering: .sequentiallyConsistent)
     _ = try? await socket.withStreamSocket { (stream) throws(SocketError) in try stream.setNoDelay(true) }
     var pending: [UInt8] = []
     var start = 0      // the first byte of `pending` not yet parsed (consumed bytes are dropped in bulk)
@@ -411,7 +436,7 @@ nonisolated(nonsending) func serveConnection(_ socket: AsyncSocket, _ connection
     // request (the empty lines RFC 9112 lets a client send) do not move it.
     // The clock is read once per turn, after the turn's write (one read of it per request).
     var now = clock.now
-    var idleDeadline = now + idleTimeout
+    var idleDeadline = now + (lateForDrain ? Connections.freshWait : idleTimeout)
     while true {
         let timeout: Duration
         if let requestDeadline {
@@ -432,6 +457,7 @@ nonisolated(nonsending) func serveConnection(_ socket: AsyncSocket, _ connection
         }
         if bytes.isEmpty { return }
         connection.busy.store(true, ordering: .sequentiallyConsistent)
+        connection.fresh.store(false, ordering: .relaxed)
         if start == pending.count {
             // Everything before was consumed (the usual case between requests): the read's array
             // becomes the buffer, not a copy of it.
@@ -483,6 +509,12 @@ nonisolated(nonsending) func serveConnection(_ socket: AsyncSocket, _ connection
                 continued = false
                 // During the drain the answer says the connection ends with it (RFC 9112 section 9.6).
                 if connections.draining.load(ordering: .sequentiallyConsistent) { request.keepAlive = false }
+                // The answers before one that waits go out first (Go flushes each as its handler ends):
+                // a drain whose grace period ends during the wait would otherwise lose them too.
+                if !out.isEmpty, answerWaits(request) {
+                    guard (try? await socket.write(out, timeout: .seconds(10))) != nil else { return }
+                    out = []
+                }
                 let reply = await answer(&request, on: socket.loop, connections: connections)
                 if out.isEmpty { out = reply } else { out += reply }   // one answer: its bytes shared, not copied
                 if !request.keepAlive {
@@ -550,6 +582,12 @@ func run(_ arguments: HTTPServerArguments) async throws {
         // answer it and close; the rest get the grace period.
         for listener in listeners { await listener.close() }
         for socket in await connections.drain() { try? await socket.shutdown(.read) }
+        // Then, once fresh connections had the time to send their first request, the rest that wait.
+        let freshWait = min(Connections.freshWait, .seconds(arguments.grace) / 2)
+        Task {
+            try? await control.sleep(for: freshWait)
+            for socket in await connections.sweep() { try? await socket.shutdown(.read) }
+        }
         stopping = Task {
             await group.shutdown(gracePeriod: .seconds(arguments.grace))
             signals.finish()
