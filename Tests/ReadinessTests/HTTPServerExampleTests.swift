@@ -95,6 +95,17 @@ struct HTTPServerExampleTests {
         }
     }
 
+    /// Reads one "Hello, world!" answer (5 s for each read), or what came before the end of the stream.
+    static func readAnswer(_ socket: AsyncSocket) async throws -> [UInt8] {
+        var received: [UInt8] = []
+        while !String(decoding: received, as: UTF8.self).hasSuffix("Hello, world!") {
+            let bytes = try await socket.read(upTo: 4096, timeout: .seconds(5))
+            if bytes.isEmpty { break }
+            received += bytes
+        }
+        return received
+    }
+
     static func run(_ arguments: [String]) throws -> (status: CInt, output: String) {
         try Spawned(arguments).finish()
     }
@@ -217,12 +228,7 @@ struct HTTPServerExampleTests {
         // Before: the server took it for a request begun, and sent an unasked 408 after 2 s.
         let trailing = try await loop.connect(to: address, timeout: .seconds(5))
         try await trailing.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n".utf8), timeout: .seconds(5))
-        var first: [UInt8] = []
-        while !String(decoding: first, as: UTF8.self).hasSuffix("Hello, world!") {
-            let bytes = try await trailing.read(upTo: 4096, timeout: .seconds(5))
-            if bytes.isEmpty { break }
-            first += bytes
-        }
+        let first = try await Self.readAnswer(trailing)
         // Nothing more comes within 3 s (a begun request would get its 408 after 2 s); the slowloris
         // check below runs meanwhile.
         async let quiet: LoopError? = {
@@ -277,12 +283,7 @@ struct HTTPServerExampleTests {
         // request for a while, as Go's closeIdleConns leaves it: test `drainLeavesFreshConnections`.)
         let idle = try await loop.connect(to: address, timeout: .seconds(5))
         try await idle.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: .seconds(5))
-        var served: [UInt8] = []
-        while !String(decoding: served, as: UTF8.self).hasSuffix("Hello, world!") {
-            let bytes = try await idle.read(upTo: 4096, timeout: .seconds(5))
-            if bytes.isEmpty { break }
-            served += bytes
-        }
+        _ = try await Self.readAnswer(idle)
         let inFlight = try await loop.connect(to: address, timeout: .seconds(5))
         try await inFlight.write(Array("GET /sleep?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: .seconds(5))
         try await loop.sleep(for: .milliseconds(100))
