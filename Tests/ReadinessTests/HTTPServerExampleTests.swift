@@ -228,7 +228,7 @@ struct HTTPServerExampleTests {
         // Before: the server took it for a request begun, and sent an unasked 408 after 2 s.
         let trailing = try await loop.connect(to: address, timeout: .seconds(5))
         try await trailing.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n".utf8), timeout: .seconds(5))
-        let first = try await Self.readAnswer(trailing)
+        _ = try await Self.readAnswer(trailing)
         // Nothing more comes within 3 s (a begun request would get its 408 after 2 s); the slowloris
         // check below runs meanwhile.
         async let quiet: LoopError? = {
