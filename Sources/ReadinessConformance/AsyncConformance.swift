@@ -74,7 +74,7 @@ public enum AsyncConformance {
     }
 
     /// Whether a script ran in this process yet (see ``execute(_:_:requirements:backend:makePoller:warming:verdict:)``).
-    private static let warmedUp = Mutex(false)
+    private static let warmedUp = Locked(false)
 
     static func execute(_ id: String, _ script: [AsyncLine], requirements: [Requirement], backend: String,
                         makePoller: @escaping Factory, warming: Bool = false,

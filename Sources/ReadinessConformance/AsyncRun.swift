@@ -9,8 +9,8 @@ typealias AsyncResult = (observation: Observation, socket: AsyncSocket?)
 
 /// The names of tasks in the order they finished.
 final class FinishLog: Sendable {
-    private let names = Mutex<[String]>([])
-    private let all = Mutex<Set<String>>([])
+    private let names = Locked<[String]>([])
+    private let all = Locked<Set<String>>([])
     func append(_ name: String) {
         names.withLock { $0.append(name) }
         all.withLock { _ = $0.insert(name) }

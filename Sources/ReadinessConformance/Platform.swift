@@ -123,6 +123,32 @@ extension Observation {
     }
 }
 
+/// A lock ThreadSanitizer sees: a pthread mutex around the state. Synchronization's `Mutex` locks in
+/// code the sanitizer does not instrument, so two threads' accesses under it were reported as a race
+/// (the run's finish log, touched from the global pool once a graceful shutdown ended the loop).
+final class Locked<State>: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var state: State
+
+    init(_ state: State) {
+        self.state = state
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` on the state, under the lock.
+    func withLock<R, E: Error>(_ body: (inout State) throws(E) -> R) throws(E) -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&state)
+    }
+}
+
 /// When a worker thread acted (monotonic nanoseconds; 0 until then).
 final class ActedAt: Sendable {
     private let value = Atomic<Int64>(0)
@@ -167,7 +193,7 @@ final class BorrowedAction: Sendable {
     private let number: CInt
     private let handler: (@convention(c) (CInt) -> Void)?
     /// How many runs hold it, and the action it replaced.
-    private let state = Mutex<(users: Int, saved: sigaction)>((0, sigaction()))
+    private let state = Locked<(users: Int, saved: sigaction)>((0, sigaction()))
 
     /// `handler` nil: ignore the signal (SIG_IGN). No SA_RESTART: a blocked wait returns EINTR.
     init(_ number: CInt, handler: (@convention(c) (CInt) -> Void)?) {
@@ -212,7 +238,7 @@ enum IsolatedNetwork {
     /// Creates an IPv4 stream socket inside a fresh network namespace (on a throwaway thread, so the
     /// process stays where it is). Throws when namespaces are not permitted here.
     static func socket() throws -> CInt {
-        let result = Mutex<(CInt, CInt)>((-1, 0))
+        let result = Locked<(CInt, CInt)>((-1, 0))
         let worker = try Worker {
             guard rd_unshare_network() == 0 else {  // unshare(CLONE_NEWNET), this thread only
                 result.withLock { $0 = (-1, errno) }
@@ -245,7 +271,7 @@ struct IsolatedSyscalls: ConnectSyscalls {
 /// touch from a signal handler is only the waker.
 enum SignalWake {
     nonisolated(unsafe) private static var target: Waker?
-    private static let lock = Mutex(())
+    private static let lock = Locked(())
     private static let action = BorrowedAction(SIGUSR2) { _ in try? SignalWake.target?.wake() }
 
     static func install(_ waker: Waker) {

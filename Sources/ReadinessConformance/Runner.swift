@@ -355,7 +355,7 @@ final class ScenarioRun {
         case .wake(let times, let threads):
             let poller = try livePoller()
             let waker = poller.waker
-            let failures = Mutex<[String]>([])
+            let failures = Locked<[String]>([])
             let workers = try (0..<threads).map { _ in
                 try Worker {
                     for _ in 0..<times {

@@ -55,7 +55,7 @@ enum Watchdog {
 
 /// A continuation resumed by the first of two finishers.
 final class Race<T: Sendable>: Sendable {
-    private let state = Mutex<(continuation: UnsafeContinuation<T?, Never>?, done: Bool)>((nil, false))
+    private let state = Locked<(continuation: UnsafeContinuation<T?, Never>?, done: Bool)>((nil, false))
 
     func start(_ continuation: UnsafeContinuation<T?, Never>) { state.withLock { $0.continuation = continuation } }
 
