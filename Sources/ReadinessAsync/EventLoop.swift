@@ -408,7 +408,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         while true {
             // 1. What other threads (and resumed continuations) submitted, and what that work submits
             //    in turn (a task hopping back onto the loop), up to a budget: a hop costs no poller call.
-            var stopping = false, forked = false
+            var stopping = false
             rounds: for _ in 0..<64 {
                 lock.lock()
                 swap(&batch, &queue)
@@ -420,26 +420,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 // `local` first: it was submitted before anything now in `batch` (`local`). A job that
                 // called fork() leaves, in the child, a copy of this thread that must run none of the
                 // parent's other jobs (a task resumed in the same turn would read the parent's bytes):
-                // the copy ends the loop at once, as its next wait would (`forked`).
+                // the copy leaves the loop at once, the jobs not run dropped with it (below).
                 for submission in localBatch {
                     handle(submission)
-                    if state.isForkedCopy { forked = true; break rounds }
+                    if state.isForkedCopy { break rounds }
                 }
                 localBatch.removeAll(keepingCapacity: true)
                 for submission in batch {
                     handle(submission)
-                    if state.isForkedCopy { forked = true; break rounds }
+                    if state.isForkedCopy { break rounds }
                 }
                 batch.removeAll(keepingCapacity: true)
             }
-            if forked {
-                // The parent's jobs not run are dropped with the ones run (none may run twice).
-                localBatch.removeAll()
-                batch.removeAll()
-                failure = .forked
-                break
-            }
-            if stopping { break }
+            if stopping || state.isForkedCopy { break }
 
             // 2. Wait: not at all when more work is queued or a stop was asked for since the last look
             //    (its requester saw the loop awake and did not wake it), else until the nearest deadline.
