@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <stdatomic.h>
 
@@ -67,13 +68,44 @@ int rd_is_path_only(int fd) {
 }
 
 int rd_name_current_thread(const char *name) {
-    char cut[16];
-    size_t length = strnlen(name, sizeof cut - 1);
-    // Never end inside a character: back off over continuation bytes (10xxxxxx) when cut short.
-    if (name[length] != 0) {
-        while (length > 0 && ((unsigned char)name[length] & 0xC0) == 0x80) length--;
+    enum { room = 15 };   /* the kernel's TASK_COMM_LEN, 16, with its NUL */
+    char cut[room + 1];
+    size_t full = strlen(name);
+    size_t base = full, suffix = 0;
+    if (full > room) {
+        /* A trailing "-<digits>" (a group's "name-12") is kept whole: the base name is cut instead, so
+         * that the loops of a group with a long name stay told apart. */
+        size_t digits = full;
+        while (digits > 0 && name[digits - 1] >= '0' && name[digits - 1] <= '9') digits--;
+        if (digits < full && digits > 1 && name[digits - 1] == '-' && full - (digits - 1) < room)
+            suffix = full - (digits - 1);
+        base = room - suffix;
+        /* Never end inside a character: back off over continuation bytes (10xxxxxx). */
+        while (base > 0 && ((unsigned char)name[base] & 0xC0) == 0x80) base--;
+        /* "name-" + "-12" would read "name--12". */
+        while (suffix > 0 && base > 0 && name[base - 1] == '-') base--;
     }
-    memcpy(cut, name, length);
-    cut[length] = 0;
+    memcpy(cut, name, base);
+    memcpy(cut + base, name + full - suffix, suffix);
+    cut[base + suffix] = 0;
     return pthread_setname_np(pthread_self(), cut);
+}
+
+int rd_affinity_cpu_count(void) {
+    /* Grown until the mask fits: a machine may have more CPUs than cpu_set_t's 1,024. */
+    for (int cpus = CPU_SETSIZE; cpus <= (1 << 20); cpus *= 2) {
+        cpu_set_t *set = CPU_ALLOC(cpus);
+        if (set == NULL) return -1;
+        size_t size = CPU_ALLOC_SIZE(cpus);
+        CPU_ZERO_S(size, set);
+        if (sched_getaffinity(0, size, set) == 0) {
+            int count = CPU_COUNT_S(size, set);
+            CPU_FREE(set);
+            return count;
+        }
+        int saved = errno;
+        CPU_FREE(set);
+        if (saved != EINVAL) return -1;
+    }
+    return -1;
 }

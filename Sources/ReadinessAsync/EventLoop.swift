@@ -729,18 +729,6 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         return try body(state)
     }
 
-    /// A task that started ``LoopState/operationBudget`` operations in one job without suspending
-    /// waits for the loop's next poller wait, its readiness and its timers (tokio's coop budget): the
-    /// loop's other tasks, I/O and timers are never starved by one whose I/O is always ready. Fails
-    /// with `.shutdown` when the loop stopped meanwhile.
-    @inline(never)
-    nonisolated(nonsending)
-    private func yieldToPoller() async throws(LoopError) {
-        await withUnsafeContinuation { state.yielded.append($0) }
-        guard isLoopThread() else { throw .shutdown }
-        if state.isShutDown { throw state.shutdownReason }
-    }
-
     /// Whether the current task prefers this loop as its task executor.
     private func taskPrefersLoop() -> Bool {
         let executor = asUnownedTaskExecutor()
@@ -759,8 +747,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func run<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
         guard isLoopThread() else { throw .shutdown }
+        // A task that started ``LoopState/operationBudget`` operations in one job without suspending
+        // waits for the loop's next poller wait, its readiness and its timers (tokio's coop budget):
+        // the loop's other tasks, I/O and timers are never starved by one whose I/O is always ready.
         state.budget &-= 1
-        if state.budget < 0 { try await yieldToPoller() }
+        if state.budget < 0 { try await state.yieldToPoller() }
         return try await body(state)
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CReadinessCore
 import ReadinessCore
 import ReadinessNet
 import Synchronization
@@ -14,8 +15,56 @@ public final class EventLoopGroup: Sendable {
     public let loops: [EventLoop]
     private let counter = Atomic<Int>(0)
 
-    /// The number of online cores.
-    public static var coreCount: Int { max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))) }
+    /// The number of cores this process may use, as SwiftNIO's `System.coreCount` and Rust's
+    /// `available_parallelism` count them: the CPUs in the thread's affinity mask (`taskset`, a
+    /// cpuset), at most its cgroup's CPU quota rounded up (a container's `--cpus`: cgroup v2
+    /// `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`); the online CPUs when neither can be
+    /// read. At least 1.
+    public static var coreCount: Int {
+        let affinity = Int(rd_affinity_cpu_count())
+        var count = affinity > 0 ? affinity : Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))
+        if let quota = cgroupCPUQuota() { count = min(count, quota) }
+        return max(1, count)
+    }
+
+    /// The cgroup's CPU quota in whole CPUs (rounded up), if it has one: v2 first, then v1.
+    static func cgroupCPUQuota() -> Int? {
+        if let text = smallFile("/sys/fs/cgroup/cpu.max") { return cpuQuota(cgroup2: text) }
+        if let quota = smallFile("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+           let period = smallFile("/sys/fs/cgroup/cpu/cpu.cfs_period_us") {
+            return cpuQuota(cgroup1Quota: quota, period: period)
+        }
+        return nil
+    }
+
+    /// cgroup v2's `cpu.max` ("QUOTA PERIOD", QUOTA `max` for none) in whole CPUs, rounded up.
+    static func cpuQuota(cgroup2 text: String) -> Int? {
+        let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard fields.count >= 2 else { return nil }
+        return cpuQuota(quota: Int(fields[0]), period: Int(fields[1]))
+    }
+
+    /// cgroup v1's `cpu.cfs_quota_us` (-1 for none) and `cpu.cfs_period_us` in whole CPUs, rounded up.
+    static func cpuQuota(cgroup1Quota quota: String, period: String) -> Int? {
+        func number(_ text: String) -> Int? { Int(text.split(whereSeparator: { $0 == "\n" || $0 == " " }).first ?? "") }
+        return cpuQuota(quota: number(quota), period: number(period))
+    }
+
+    private static func cpuQuota(quota: Int?, period: Int?) -> Int? {
+        guard let quota, let period, quota > 0, period > 0 else { return nil }
+        return quota / period + (quota % period == 0 ? 0 : 1)
+    }
+
+    /// The first bytes of a small file (a cgroup setting), or nil.
+    private static func smallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 128)
+        let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return String(decoding: bytes[..<count], as: UTF8.self)
+    }
 
     /// The default number of loops: one per core, at most ``maximumLoops``.
     public static var defaultCount: Int { min(coreCount, maximumLoops) }

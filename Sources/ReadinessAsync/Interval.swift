@@ -70,18 +70,23 @@ public struct Interval: Sendable {
     /// Starts the schedule again from `deadline`: the next tick then.
     public mutating func reset(to deadline: Deadline) { nextTick = deadline }
 
-    /// How late a tick may be taken and still count as on time for ``MissedTicks/delay`` (tokio's 5 ms).
+    /// How late a tick may be taken and still count as on time, whatever ``MissedTicks`` says (tokio's
+    /// 5 ms): the schedule goes on unmoved, as after a tick taken on time.
     static let delayTolerance = Duration.milliseconds(5)
 
     /// The tick after `due`, taken at `now` (saturating: a schedule past the clock's range stays at
     /// ``Deadline/distantFuture``).
     static func following(_ due: Deadline, period: Duration, now: Deadline, missedTicks: MissedTicks) -> Deadline {
         let next: Deadline = Deadline.after(period, now: due)
+        // Within the tolerance a tick is on time for every behaviour, as tokio looks at the lateness
+        // before the missed-tick behaviour (a period below 5 ms would otherwise skip ticks that a
+        // loop's ordinary jitter made a little late).
+        if now - due <= delayTolerance { return next }
         switch missedTicks {
         case .burst:
             return next
         case .delay:
-            return now - due > delayTolerance ? Deadline.after(period, now: now) : next
+            return Deadline.after(period, now: now)
         case .skip:
             guard next <= now else { return next }   // no tick missed: the schedule as it is
             // The first tick of the schedule after `now`: `next` plus whole periods.

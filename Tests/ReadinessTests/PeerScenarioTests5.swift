@@ -246,7 +246,7 @@ extension PeerScenarioTests5 {
                 return String(decoding: bytes[..<max(0, n)], as: UTF8.self).trimmingCharacters(in: "\n")
             }.value
         }
-        for (name, expected) in [("io-1", "io-1"), ("readiness-loop-12", "readiness-loop-"),
+        for (name, expected) in [("io-1", "io-1"), ("readiness-loop-12", "readiness-lo-12"),
                                  ("ααααααααα", "ααααααα"), ("a\u{0}b", "a")] {
             let loop = try EventLoop(name: name, makePoller: { () throws(PollerError) -> any Poller in try Backend.epoll.makePoller() })
             #expect(try await threadName(of: loop) == expected, "\(name)")

@@ -29,7 +29,10 @@ int rd_is_path_only(int fd);
 /// value they were made with, to refuse use in a child (Docs/Contract.md, "fork()").
 unsigned rd_fork_generation(void);
 /// Names the calling thread (as `ps -L`, `top -H`, gdb and perf show it): `name` up to its first NUL,
-/// cut to the kernel's 15 bytes on a UTF-8 character boundary. 0, or an errno.
+/// cut to the kernel's 15 bytes on a UTF-8 character boundary, a trailing `-<digits>` (a group's
+/// `name-12`) kept whole. 0, or an errno.
 int rd_name_current_thread(const char *name);
+/// The CPUs in the calling thread's affinity mask (sched_getaffinity), or -1.
+int rd_affinity_cpu_count(void);
 
 #endif

@@ -1,0 +1,107 @@
+import Glibc
+@_spi(Backend) import Readiness
+@testable import ReadinessAsync
+import Synchronization
+import Testing
+
+/// Scenarios from the peers' test suites and the outside readers of stop 43.
+@Suite("Peer scenarios 15", .serialized)
+struct PeerScenarioTests15 {
+    // MARK: Groups (the SwiftNIO reader: testEventLoopThreadName, System.coreCount)
+
+    /// The loops of a group are told apart in `ps -L`, `top -H`, gdb and perf. Before, the default
+    /// name, `readiness-loop` (14 bytes), left no room for the index in the kernel's 15 bytes: every
+    /// loop of every group was `readiness-loop-`.
+    @Test("a group's loop threads have distinct names, the index kept when the name is cut")
+    func groupThreadNames() async throws {
+        let group = try EventLoopGroup(backend: .epoll, count: 3)
+        var names: [String] = []
+        for loop in group.loops { names.append(try await threadName(of: loop)) }
+        await group.shutdown()
+        #expect(names == ["readiness-loo-0", "readiness-loo-1", "readiness-loo-2"], "\(names)")
+        for (name, expected) in [("readiness-loop-12", "readiness-lo-12"), ("a-very-long-loop-name-1023", "a-very-lon-1023"),
+                                 ("eventloop-------7", "eventloop-7"), ("ααααααααα-3", "αααααα-3"),
+                                 ("x-123456789012345", "x-1234567890123"), ("-12345678901234567", "-12345678901234"),
+                                 ("loop-1", "loop-1"), ("a\u{0}b-2", "a")] {
+            let loop = try EventLoop(name: name, makePoller: { () throws(PollerError) -> any Poller in try Backend.epoll.makePoller() })
+            #expect(try await threadName(of: loop) == expected, "\(name)")
+            await loop.shutdown()
+        }
+    }
+
+    /// The default number of loops counts the CPUs the process may run on. Before, it counted the
+    /// online CPUs: under `taskset -c 0` (or a container's cpuset) a group started a loop per CPU of
+    /// the machine.
+    @Test("the core count follows the affinity mask and the cgroup's CPU quota",
+          .enabled(if: access("/usr/bin/taskset", X_OK) == 0, "taskset (util-linux) is not installed"))
+    func coreCountFollowsAffinity() throws {
+        let online = Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))
+        #expect(EventLoopGroup.coreCount >= 1 && EventLoopGroup.coreCount <= online)
+        // On a thread of its own, whose mask `taskset` narrows to one CPU (the thread then ends).
+        let narrowed = Mutex<Result<Int, TestFailure>>(.failure(TestFailure("not run")))
+        spawn {
+            var link = [CChar](repeating: 0, count: 128)
+            let length = readlink("/proc/thread-self", &link, link.count - 1)
+            guard length > 0, let tid = String(decoding: link[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                .split(separator: "/").last.map(String.init) else { return }
+            guard let child = try? Child(["/usr/bin/taskset", "-pc", "0", tid]), child.wait(seconds: 10) == 0 else {
+                narrowed.withLock { $0 = .failure(TestFailure("taskset -pc 0 \(tid) failed")) }
+                return
+            }
+            let count = EventLoopGroup.coreCount
+            narrowed.withLock { $0 = .success(count) }
+        }()
+        #expect(try narrowed.withLock { try $0.get() } == 1)
+
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "max 100000\n") == nil)
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "150000 100000\n") == 2)
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "100000 100000") == 1)
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "50000 100000\n") == 1)
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "") == nil)
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "100000 0\n") == nil)
+        #expect(EventLoopGroup.cpuQuota(cgroup2: "\(Int.max) 1\n") == Int.max)
+        #expect(EventLoopGroup.cpuQuota(cgroup1Quota: "-1\n", period: "100000\n") == nil)
+        #expect(EventLoopGroup.cpuQuota(cgroup1Quota: "250000\n", period: "100000\n") == 3)
+        #expect(EventLoopGroup.cpuQuota(cgroup1Quota: "junk", period: "100000\n") == nil)
+    }
+
+    // MARK: Intervals (the tokio reader: interval.rs's poll_tick)
+
+    /// tokio looks at a tick's lateness before its missed-tick behaviour: a tick taken at most 5 ms late
+    /// is on time for all three. Before, `.skip` dropped the next tick of a 2 ms schedule whose tick
+    /// was taken 2.5 ms late (ordinary jitter for periods below 5 ms).
+    @Test("a tick taken within 5 ms of its time is on time for burst, delay and skip")
+    func intervalToleranceForEveryBehaviour() {
+        let due = Deadline(nanoseconds: 1_000_000_000)
+        let period = Duration.milliseconds(2)
+        for behaviour in [MissedTicks.burst, .delay, .skip] {
+            for late: Int64 in [0, 2_500_000, 5_000_000] {
+                let now = Deadline(nanoseconds: due.nanoseconds + late)
+                let next = Interval.following(due, period: period, now: now, missedTicks: behaviour)
+                #expect(next == Deadline(nanoseconds: due.nanoseconds + 2_000_000), "\(behaviour) \(late)")
+            }
+            // 6 ms late: past the tolerance, each behaviour its own way.
+            let now = Deadline(nanoseconds: due.nanoseconds + 6_000_000)
+            let next = Interval.following(due, period: period, now: now, missedTicks: behaviour)
+            switch behaviour {
+            case .burst: #expect(next == Deadline(nanoseconds: due.nanoseconds + 2_000_000))
+            case .delay: #expect(next == Deadline(nanoseconds: now.nanoseconds + 2_000_000))
+            case .skip: #expect(next == Deadline(nanoseconds: due.nanoseconds + 8_000_000))
+            }
+        }
+    }
+}
+
+/// The loop thread's name as the kernel has it.
+private func threadName(of loop: EventLoop) async throws -> String {
+    try await Task(executorPreference: loop) { () -> String in
+        let fd = open("/proc/thread-self/comm", O_RDONLY)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let n = read(fd, &bytes, bytes.count)
+        var name = Array(bytes[..<max(0, n)])
+        while name.last == UInt8(ascii: "\n") { name.removeLast() }
+        return String(decoding: name, as: UTF8.self)
+    }.value
+}
