@@ -6,8 +6,8 @@ import CReadinessNet
 
 /// A UDP (IPv4 or IPv6) or Unix-domain datagram socket over a descriptor it owns.
 ///
-/// - The descriptor is non-blocking (and close-on-exec when this package made it; an adopted one keeps
-///   its flag), and closed exactly once: by ``close()``, or when the object is released. A socket bound
+/// - The descriptor is non-blocking and close-on-exec (an adopted one is made so), and closed exactly
+///   once: by ``close()``, or when the object is released. A socket bound
 ///   to a Unix path by ``init(bind:options:)`` unlinks it on ``close()``.
 /// - Registering through ``register(on:token:interest:trigger:)`` makes ``close()`` deregister the
 ///   descriptor **before** closing it, as ``StreamSocket`` does.
