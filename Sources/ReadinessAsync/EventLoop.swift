@@ -13,7 +13,7 @@ import Synchronization
 /// The handle is Sendable; the loop state is not, and lives on the loop thread only.
 ///
 /// ```swift
-/// let loop = try EventLoop { () throws(PollerError) in try Backend.default().makePoller() }
+/// let loop = try EventLoop()                          // the default backend; EventLoop(backend: .epoll) names one
 /// Task(executorPreference: loop) {
 ///     let socket = try await loop.connect(to: address, timeout: .seconds(2))
 ///     try await socket.write(request)                  // Bytes or [UInt8]

@@ -64,7 +64,7 @@ enum ReadmeSnippets {
     }
 
     static func listenerLoop(poller: any Poller, events: EventBuffer, running: () -> Bool) throws {
-        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+        var buffer = [UInt8](repeating: 0, count: 16 * 1024) // fixed room: read(into:) fills it from the start
         let listener = try Listener(bind: try SocketAddress("127.0.0.1:8080"))   // SO_REUSEADDR; options.reusePort
         try listener.register(on: poller, token: 0)
         let timers = Timers()                               // deadlines: the nearest one is the wait timeout
@@ -84,7 +84,8 @@ enum ReadmeSnippets {
                     }
                 } else if let stream = clients[event.token.rawValue] {
                     switch try stream.read(into: &buffer) { // EINTR retried inside
-                    case .transferred(let n): _ = try stream.write(buffer, to: n)       // MSG_NOSIGNAL: never SIGPIPE
+                    case .transferred(let n): _ = try stream.write(buffer, to: n)       // MSG_NOSIGNAL: never SIGPIPE; a short
+                                                    // write drops the rest here: a server keeps it and waits for .writable
                     case .endOfStream: stream.close(); clients[event.token.rawValue] = nil
                     case .wouldBlock: break
                     }
@@ -181,5 +182,20 @@ enum ReadmeSnippets {
         }
         await stopping?.value
         await signalLoop.shutdown()
+    }
+
+    // MARK: The doc comment of `EventLoop` (Sources/ReadinessAsync/EventLoop.swift)
+
+    static func eventLoopDocComment(address: SocketAddress, request: [UInt8]) async throws {
+        let loop = try EventLoop()                          // the default backend; EventLoop(backend: .epoll) names one
+        Task(executorPreference: loop) {
+            let socket = try await loop.connect(to: address, timeout: .seconds(2))
+            try await socket.write(request)                  // Bytes or [UInt8]
+            var response = Bytes()
+            let n = try await socket.read(into: &response)    // appends; 0 at the end of the stream
+            await socket.close()
+            _ = n
+        }
+        await loop.shutdown()
     }
 }
