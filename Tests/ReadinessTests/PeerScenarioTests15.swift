@@ -92,6 +92,109 @@ struct PeerScenarioTests15 {
     }
 }
 
+extension PeerScenarioTests15 {
+    // MARK: A deregister the poller failed (the mio reader: rule 10, io_uring's ring move out of descriptors)
+
+    /// A poller whose deregister fails while it keeps the registration (out of descriptors: io_uring
+    /// moving to a new ring for another thread) is left as it was (rule 10). Before, the socket forgot
+    /// the registration first: a retry did nothing, and its close left the number registered, so the
+    /// next socket on that number was refused with `alreadyRegistered` and never reported.
+    @Test("a deregister the poller failed and kept is retried, and close finishes it: the number registers again",
+          arguments: backends)
+    func failedDeregisterIsKept(backend: Backend) throws {
+        let poller = DeregisterFailingPoller(try backend.makePoller())
+        defer { try? poller.close() }
+        let events = EventBuffer(capacity: 8)
+
+        // A stream socket: a failed deregister is kept, a retry does it.
+        var ends: [CInt] = [-1, -1]
+        try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        let stream = try StreamSocket(adopting: ends[0])
+        defer { stream.close(); close(ends[1]) }
+        try stream.register(on: poller, token: 1, interest: .readable)
+        poller.failures = 1
+        #expect(throws: PollerError.self) { try stream.deregister() }
+        try stream.deregister()
+        #expect(poller.deregistered == [ends[0]])
+        try stream.register(on: poller, token: 1, interest: .readable)   // registers again
+
+        // Then its close while the poller fails: the close finishes the deregister.
+        poller.failures = 1
+        let number = stream.fd
+        stream.close()
+        #expect(poller.deregistered.last == number)
+        var again: [CInt] = [-1, -1]
+        try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &again) == 0)
+        defer { close(again[1]) }
+        let next = try StreamSocket(adopting: again[0])
+        defer { next.close() }
+        try next.register(on: poller, token: 2, interest: .readable)
+        _ = write(again[1], "x", 1)
+        try poller.wait(into: events, timeout: .seconds(2))
+        #expect(events.count == 1 && events.first?.token == 2)
+
+        // A datagram socket and a listener, the same way.
+        let datagram = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        try datagram.register(on: poller, token: 3, interest: .readable)
+        poller.failures = 1
+        let datagramNumber = datagram.fd
+        datagram.close()
+        #expect(poller.deregistered.last == datagramNumber)
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        try listener.register(on: poller, token: 4)
+        poller.failures = 1
+        #expect(throws: PollerError.self) { try listener.deregister() }
+        try listener.deregister()
+        try listener.register(on: poller, token: 4)
+        poller.failures = 1
+        let listenerNumber = listener.fd
+        listener.close()
+        #expect(poller.deregistered.last == listenerNumber)
+        // Every registration is gone: a new socket on any of those numbers registers.
+        let fresh = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { fresh.close() }
+        try fresh.register(on: poller, token: 5, interest: .readable)
+        let closedPoller = DeregisterFailingPoller(try backend.makePoller())
+        // A poller that holds nothing any more (closed): the registration is forgotten at once.
+        let other = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { other.close() }
+        try other.register(on: closedPoller, token: 6, interest: .readable)
+        try closedPoller.close()
+        #expect(throws: PollerError.closed) { try other.deregister() }
+        try other.deregister()   // forgotten: nothing to do
+    }
+}
+
+/// A poller of any backend whose next `failures` deregisters fail as io_uring's does out of
+/// descriptors, leaving the registration in place (rule 10).
+final class DeregisterFailingPoller: Poller {
+    let inner: any Poller
+    var failures = 0
+    var deregistered: [CInt] = []
+    init(_ inner: any Poller) { self.inner = inner }
+    var capabilities: Capabilities { inner.capabilities }
+    var waker: Waker { inner.waker }
+    var isClosed: Bool { inner.isClosed }
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try inner.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func deregister(_ fd: CInt) throws(PollerError) {
+        if failures > 0, !inner.isClosed {
+            failures -= 1
+            throw .resourceExhausted(operation: "io_uring_setup", errno: EMFILE)
+        }
+        try inner.deregister(fd)
+        deregistered.append(fd)
+    }
+    func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        try inner.wait(into: events, timeout: timeout)
+    }
+    func close() throws(PollerError) { try inner.close() }
+}
+
 /// The loop thread's name as the kernel has it.
 private func threadName(of loop: EventLoop) async throws -> String {
     try await Task(executorPreference: loop) { () -> String in

@@ -202,24 +202,40 @@ public final class Listener {
     /// socket (stop 35: `notRegistered` before, while theirs did nothing).
     public func deregister() throws(PollerError) {
         guard let registration else { return }
-        let watched = isRegistered
-        // Forgotten first, as a stream's is: a poller that fails (closed, ...) does not keep it.
+        if isRegistered {
+            // As a stream's: kept when the poller kept it (out of descriptors, ...), so that a retry
+            // or the close finishes it; forgotten when the poller holds nothing (closed, forked).
+            do throws(PollerError) { try registration.poller.deregister(fd) } catch {
+                if !error.leavesRegistrationInPlace {
+                    self.registration = nil
+                    isRegistered = false
+                }
+                throw error
+            }
+        }
         self.registration = nil
         isRegistered = false
-        if watched { try registration.poller.deregister(fd) }
     }
 
     /// Deregisters (if registered) and closes; a Unix-domain listener removes its path. Later calls do
     /// nothing.
     public func close() {
         guard fd >= 0 else { return }
-        if let registration, isRegistered { try? registration.poller.deregister(fd) }
+        var kept: (any Poller)?
+        if let registration, isRegistered {
+            do throws(PollerError) { try registration.poller.deregister(fd) } catch {
+                if error.leavesRegistrationInPlace { kept = registration.poller }
+            }
+        }
         registration = nil
         isRegistered = false
         isBackingOff = false   // accept() reports the close, not a back-off of a listener that is gone
         // Unlinked while the socket still holds its file: its inode number cannot have been reused.
         boundPath?.unlinkIfOurs()
         Sys.close(fd)
+        // A deregister the poller failed and kept: once more now that the descriptor is closed (it
+        // succeeds then), so that the number can be registered again.
+        if let kept { try? kept.deregister(fd) }
         fd = -1
     }
 
@@ -281,8 +297,10 @@ public final class Listener {
         exhaustionCount += 1
         isBackingOff = true
         if let registration, isRegistered {
-            try? registration.poller.deregister(fd)
-            isRegistered = false
+            // Kept registered when the poller kept it (out of memory, ...): resume() then finds it so.
+            do throws(PollerError) { try registration.poller.deregister(fd); isRegistered = false } catch {
+                if !error.leavesRegistrationInPlace { isRegistered = false }
+            }
         }
         nextBackoffPeriod()
         return retryAt

@@ -75,11 +75,22 @@ struct OwnedDescriptor {
     /// the registration is the loop's, there or not by the driver's state: a deregister that failed
     /// on one backend and not on another would make the same body differ). The poller's own
     /// `deregister(fd)` is the one that says `notRegistered`.
+    ///
+    /// A deregister the poller failed but may do on a retry (out of descriptors or memory, another
+    /// system error: the contract's rule 10 leaves the poller unchanged) keeps the registration, so
+    /// that a retry does it and ``close()`` finishes it; any other failure (a poller closed or used in
+    /// a forked child, which holds nothing for this socket any more) forgets it.
     mutating func deregister() throws(PollerError) {
         guard let poller else { return }
+        do throws(PollerError) { try poller.deregister(fd) } catch {
+            if !error.leavesRegistrationInPlace {
+                self.poller = nil
+                registration = nil
+            }
+            throw error
+        }
         self.poller = nil
         registration = nil
-        try poller.deregister(fd)
     }
 
     /// Deregisters (the contract's order: before the close), then closes. Returns false when it was
@@ -89,6 +100,14 @@ struct OwnedDescriptor {
         guard fd >= 0 else { return false }
         try? deregister()
         Sys.close(fd)
+        if let poller {
+            // The deregister failed and the poller kept the registration: once more now that the
+            // descriptor is closed (it succeeds for a registered descriptor closed meanwhile), so that
+            // the number can be registered again. Forgotten whatever it says: the socket is gone.
+            try? poller.deregister(fd)
+            self.poller = nil
+            registration = nil
+        }
         fd = -1
         return true
     }
@@ -98,5 +117,17 @@ struct OwnedDescriptor {
         try? deregister()
         defer { fd = -1 }
         return fd
+    }
+}
+
+extension PollerError {
+    /// A failed `deregister` after which the poller still holds the registration and a retry may
+    /// succeed: out of descriptors or memory, or another system error (the contract's rule 10: a failed
+    /// call leaves the poller as it was).
+    package var leavesRegistrationInPlace: Bool {
+        switch self {
+        case .resourceExhausted, .system: true
+        default: false
+        }
     }
 }
