@@ -82,7 +82,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// actors' jobs, told apart from the jobs of tasks that prefer the loop as a task executor.
     private let serial: LoopSerialExecutor
     /// A name for diagnostics, and the loop thread's name (as `ps -L`, `top -H`, gdb and perf show it:
-    /// up to its first NUL, cut to the kernel's 15 bytes on a character boundary).
+    /// up to its first NUL, cut to the kernel's 15 bytes on a character boundary, a trailing `-N` kept
+    /// whole: `readiness-loop-12` is `readiness-lo-12`).
     public let name: String
     /// How jobs run (Docs/Async.md, "Executor semantics").
     public let jobs: JobIsolation

@@ -15,11 +15,12 @@ public final class EventLoopGroup: Sendable {
     public let loops: [EventLoop]
     private let counter = Atomic<Int>(0)
 
-    /// The number of cores this process may use, as SwiftNIO's `System.coreCount` and Rust's
-    /// `available_parallelism` count them: the CPUs in the thread's affinity mask (`taskset`, a
-    /// cpuset), at most its cgroup's CPU quota rounded up (a container's `--cpus`: cgroup v2
-    /// `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`); the online CPUs when neither can be
-    /// read. At least 1.
+    /// The number of cores this process may use, as SwiftNIO's `System.coreCount` counts them: the
+    /// CPUs in the thread's affinity mask (`taskset`, a cpuset), at most the CPU quota of the cgroup
+    /// mounted at `/sys/fs/cgroup` rounded up (a container's `--cpus`, read at its cgroup namespace's
+    /// root: cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`; a quota set on a
+    /// service's own cgroup below the root, systemd's `CPUQuota=`, is not read); the online CPUs when
+    /// the mask cannot be read. At least 1.
     public static var coreCount: Int {
         let affinity = Int(rd_affinity_cpu_count())
         var count = affinity > 0 ? affinity : Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))

@@ -17,7 +17,9 @@ public enum MissedTicks: Sendable, Hashable {
     /// instant is on time (tokio's tolerance): the schedule does not drift by the loop's own jitter.
     case delay
     /// The ticks missed are dropped: the next is the first one of the original schedule still to come
-    /// (Go's `Ticker`, which drops ticks a slow reader misses).
+    /// (Go's `Ticker`, which drops ticks a slow reader misses). A tick taken within 5 ms of its instant
+    /// is on time, as for every behaviour (tokio's tolerance): the next is then one period after it,
+    /// even if that has passed too.
     case skip
 }
 

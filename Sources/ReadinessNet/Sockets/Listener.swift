@@ -26,7 +26,8 @@ public final class Listener {
     public private(set) var fd: CInt
     /// The back-off delays used when out of descriptors.
     public let backoff: AcceptBackoff
-    /// Whether ``accept()`` is backing off (the listener is deregistered meanwhile).
+    /// Whether ``accept()`` is backing off (the listener is deregistered meanwhile, or made one-shot
+    /// when the poller failed to deregister it).
     public private(set) var isBackingOff = false
     /// How many times ``accept()`` ran out of descriptors or memory (for monitoring).
     public private(set) var exhaustionCount = 0
@@ -278,28 +279,42 @@ public final class Listener {
     /// unwatched, and a caller retrying at that time does not spin.
     public func resume() throws(PollerError) {
         guard isBackingOff else { return }
-        if let registration, !isRegistered {
+        if let registration, !isRegistered || quietedWhileBackingOff {
             do {
-                try registration.poller.register(fd, token: registration.token, interest: .readable, trigger: .level)
+                if isRegistered {
+                    try registration.poller.reregister(fd, token: registration.token, interest: .readable, trigger: .level)
+                } else {
+                    try registration.poller.register(fd, token: registration.token, interest: .readable, trigger: .level)
+                }
             } catch {
                 nextBackoffPeriod()
                 throw error
             }
             isRegistered = true
+            quietedWhileBackingOff = false
         }
         isBackingOff = false
     }
 
     /// While backing off: when to try again.
     private var retryAt = Deadline(nanoseconds: 0)
+    /// A back-off whose deregister the poller failed and kept: the registration was made one-shot.
+    private var quietedWhileBackingOff = false
 
     private func startBackoff() -> Deadline {
         exhaustionCount += 1
         isBackingOff = true
         if let registration, isRegistered {
-            // Kept registered when the poller kept it (out of memory, ...): resume() then finds it so.
             do throws(PollerError) { try registration.poller.deregister(fd); isRegistered = false } catch {
-                if !error.leavesRegistrationInPlace { isRegistered = false }
+                if error.leavesRegistrationInPlace {
+                    // The poller kept it (out of memory, ...): made one-shot instead, so that it reports
+                    // once at most while backing off (a level registration would spin the loop until
+                    // then); resume() makes it level again.
+                    if (try? registration.poller.reregister(fd, token: registration.token, interest: .readable,
+                                                            trigger: .oneShot)) != nil { quietedWhileBackingOff = true }
+                } else {
+                    isRegistered = false
+                }
             }
         }
         nextBackoffPeriod()

@@ -102,8 +102,9 @@ struct OwnedDescriptor {
         Sys.close(fd)
         if let poller {
             // The deregister failed and the poller kept the registration: once more now that the
-            // descriptor is closed (it succeeds for a registered descriptor closed meanwhile), so that
-            // the number can be registered again. Forgotten whatever it says: the socket is gone.
+            // descriptor is closed (it succeeds for a registered descriptor closed meanwhile, unless
+            // io_uring cannot submit its cancel again), so that the number can be registered again.
+            // Forgotten whatever it says: the socket is gone.
             try? poller.deregister(fd)
             self.poller = nil
             registration = nil
@@ -115,6 +116,10 @@ struct OwnedDescriptor {
     /// Gives the descriptor up, deregistered: the caller owns it from now on.
     mutating func release() -> CInt {
         try? deregister()
+        // A deregister the poller failed and kept is not this socket's to finish any more: the
+        // caller owns the descriptor (and may deregister it on the poller itself).
+        poller = nil
+        registration = nil
         defer { fd = -1 }
         return fd
     }
