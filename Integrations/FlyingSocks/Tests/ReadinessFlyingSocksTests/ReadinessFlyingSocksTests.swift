@@ -143,6 +143,7 @@ struct ReadinessSocketPoolTests {
     /// the pool. Before: the pool's own loops (a thread, a poller and a waker each) outlived it.
     @Test("a pool prepared and dropped without run ends its loops", arguments: Backend.available)
     func preparedPoolDropped(backend: Backend) async throws {
+        // The pool names its loops `readiness-flyingsocks-N`, which the kernel's 15 bytes make `readiness-fly-N`.
         func loopThreads() -> Int {
             guard let tasks = opendir("/proc/self/task") else { return -1 }
             defer { closedir(tasks) }
@@ -152,7 +153,7 @@ struct ReadinessSocketPoolTests {
                 guard Int(name) != nil, let file = fopen("/proc/self/task/\(name)/comm", "r") else { continue }
                 var line = [CChar](repeating: 0, count: 64)
                 if fgets(&line, 64, file) != nil,
-                   String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("readiness-flyin") {
+                   String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("readiness-fly-") {
                     count += 1
                 }
                 fclose(file)
