@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 import Glibc
 @_spi(Backend) import Readiness
@@ -19,8 +20,28 @@ let backends: [Backend] = {
     return chosen.isEmpty ? Backend.available : chosen
 }()
 
+/// libdispatch opens a timerfd per clock (wall, uptime, monotonic) the first time a timer on that clock
+/// is armed, and keeps it: a test's baseline count taken before a Swift Testing time limit, a
+/// `Task.sleep` or a `ContinuousClock` sleep first ran in the process blamed that descriptor on the code
+/// under test (`concurrentShutdowns` counted one more after than before when the runner's time-limit
+/// task was scheduled late, on a loaded machine). Every clock is armed once, before the first count.
+let timersWarmed: Void = {
+    let done = DispatchSemaphore(value: 0)
+    DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(1)) { done.signal() }
+    DispatchQueue.global().asyncAfter(wallDeadline: .now() + .milliseconds(1)) { done.signal() }
+    Task.detached {
+        try? await Task.sleep(for: .milliseconds(1))                     // ContinuousClock
+        try? await SuspendingClock().sleep(for: .milliseconds(1))
+        try? await Task.sleep(nanoseconds: 1_000_000)
+        done.signal()
+    }
+    // Never a hang: at most two seconds each (a cooperative pool all busy delays the task).
+    for _ in 0..<3 { _ = done.wait(timeout: .now() + .seconds(2)) }
+}()
+
 /// Descriptors open in this process (the test runner is run with --no-parallel, so counts are stable).
 func openDescriptorCount() -> Int {
+    _ = timersWarmed
     guard let dir = opendir("/proc/self/fd") else { return -1 }
     defer { closedir(dir) }
     var count = 0

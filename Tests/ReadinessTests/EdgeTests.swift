@@ -283,7 +283,7 @@ struct EdgeTests {
         }
         stop.store(true, ordering: .relaxed)
         writer.join()
-        #expect(slowest < .milliseconds(500), "a wait took \(slowest) while a descriptor kept firing")
+        #expect(slowest < .seconds(2), "a 5 ms wait took \(slowest) while a descriptor kept firing")
     }
 
     // MARK: Listener.resume keeps its back-off when it cannot register (item 13)

@@ -310,7 +310,7 @@ struct PeerScenarioTests2 {
         for timeout: Duration in [.zero, .nanoseconds(-1), .seconds(-1_000_000), .nanoseconds(1), Duration(secondsComponent: 0, attosecondsComponent: 1), Duration(secondsComponent: 0, attosecondsComponent: -1)] {
             let start = ContinuousClock.now
             #expect(try poller.wait(into: events, timeout: timeout) == 0, "\(timeout) on \(backend)")
-            #expect(ContinuousClock.now - start < .milliseconds(500), "\(timeout) on \(backend)")
+            #expect(ContinuousClock.now - start < .seconds(2), "\(timeout) on \(backend)")
         }
         // A huge timeout is a block that a wake ends.
         for timeout: Duration in [.seconds(Int64.max), Duration(secondsComponent: .max, attosecondsComponent: .max), .seconds(1 << 40)] {
@@ -434,7 +434,7 @@ struct PeerScenarioTests2 {
             try await loop.sleep(for: .zero)
             try await loop.sleep(for: .seconds(-10))
             try await loop.sleep(for: .nanoseconds(1))
-            #expect(ContinuousClock.now - start < .milliseconds(500))
+            #expect(ContinuousClock.now - start < .seconds(2))
             let forever = Task { () async -> LoopError? in
                 do throws(LoopError) { try await loop.sleep(for: Duration(secondsComponent: .max, attosecondsComponent: .max)); return nil } catch { return error }
             }

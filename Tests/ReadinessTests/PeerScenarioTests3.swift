@@ -130,7 +130,7 @@ struct PeerScenarioTests3 {
         for _ in 0..<3 {
             guard case .wouldBlock = try listener.accept() else { Issue.record("accept on an empty listener did not say wouldBlock"); return }
         }
-        #expect(ContinuousClock.now - start < .milliseconds(500))
+        #expect(ContinuousClock.now - start < .seconds(2))
         try listener.register(on: poller, token: 7)
         let events = EventBuffer(capacity: 4)
         #expect(try poller.wait(into: events, timeout: .milliseconds(20)) == 0)

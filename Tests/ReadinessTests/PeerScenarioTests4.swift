@@ -273,7 +273,7 @@ struct PeerScenarioTests4 {
         await loop.shutdown()
         await loop.shutdown(gracePeriod: .seconds(10))
         loop.syncShutdown()
-        #expect(ContinuousClock.now - again < .milliseconds(100))
+        #expect(ContinuousClock.now - again < .seconds(2), "the 10 s grace of a loop already shut down was waited")
         let after = await settledDescriptorCount(before)
         #expect(after == before, "descriptors leaked on \(backend): \(before) before, \(after) after")
     }
@@ -301,7 +301,7 @@ struct PeerScenarioTests4 {
         let start = ContinuousClock.now
         await group.shutdown(gracePeriod: .seconds(10))
         slowest = max(slowest, ContinuousClock.now - start)
-        #expect(slowest < .milliseconds(500), "an idle loop took \(slowest) to shut down on \(backend)")
+        #expect(slowest < .seconds(2), "an idle loop took \(slowest) to shut down on \(backend)")
         let after = await settledDescriptorCount(before)
         #expect(after == before, "descriptors leaked on \(backend): \(before) before, \(after) after")
     }
@@ -435,7 +435,7 @@ struct PeerScenarioTests4 {
                     let outcome = await Task(executorPreference: loop) { await p4AnyOutcome(operation) }.value
                     let elapsed = ContinuousClock.now - start
                     #expect(outcome == .timedOut, "\(name) round \(round): \(String(describing: outcome)) on \(backend)")
-                    #expect(elapsed >= timeout && elapsed < timeout + .milliseconds(400),
+                    #expect(elapsed >= timeout && elapsed < timeout + .milliseconds(900),
                             "\(name) round \(round) took \(elapsed) on \(backend)")
                     if name == "write" {
                         // Drain what the write left, so the next one waits again.

@@ -111,7 +111,8 @@ struct PollerTests {
         }
         let spent = Self.threadCPU() - start
         // Before, on libevent:epoll: about 300 ms of CPU in 300 ms (each pass spun until the next byte).
-        #expect(spent < 100_000_000, "\(spent / 1_000_000) ms of CPU in 300 ms on \(backend)")
+        // Half of it is the bound: about 150 wake-ups by the traffic, each slower under a sanitizer.
+        #expect(spent < 150_000_000, "\(spent / 1_000_000) ms of CPU in 300 ms on \(backend)")
     }
 
     @Test("a waker outlives its closed poller safely", arguments: backends)
