@@ -151,8 +151,12 @@ struct HappyEyeballsTests {
         let v6 = try SocketAddress(ip: "::1", port: try closedPort().port!)
         let resolver = ScriptedResolver(v6: [v6], v6Delay: .milliseconds(20), v4: [listener.address], v4Delay: .zero)
         let timers = Timers()
+        // A 2 s resolution delay: the AAAA answer after 20 ms stays within it on a loaded machine (a
+        // lookup thread started late); a connect that used A at once still tries IPv4 first.
+        var options = HappyEyeballs.Options()
+        options.resolutionDelay = .seconds(2)
         let connect = HappyEyeballs(resolution: Resolution(host: "example.test", port: 1, waker: poller.waker, resolver: resolver),
-                                    poller: poller, timers: timers, tokenBase: 0)
+                                    poller: poller, timers: timers, tokenBase: 0, options: options)
         let (progress, _) = try runLoop(connect, poller: poller, timers: timers)
         guard case .connected(let socket) = progress else { Issue.record("\(progress)"); return }
         #expect(connect.attempts.map(\.address.family) == [.ipv6, .ipv4])

@@ -332,16 +332,32 @@ struct PeerScenarioTests {
                 func add(_ v: Int) { pthread_mutex_lock(&mutex); values.append(v); pthread_mutex_unlock(&mutex) }
             }
             let order = Order()
+            // Deadlines from one instant taken before the tasks start (200 ms ahead): a task started
+            // late (a loaded machine, a sanitizer) cannot tie or swap them, as "now + duration" could.
+            let base: Deadline = .after(.milliseconds(200))
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for i in 0..<20 {
                     group.addTask(executorPreference: loop) {
-                        try await loop.sleep(for: .milliseconds(50 - i * 2))
+                        try await loop.sleep(until: Deadline.after(.milliseconds(50 - i * 2), now: base))
                         order.add(i)
                     }
                 }
                 try await group.waitForAll()
             }
             #expect(order.values == Array((0..<20).reversed()), "\(order.values)")
+            // One deadline for all: they resume in the order they began (tokio, libuv timer-order).
+            let equal = Order()
+            let same: Deadline = .after(.milliseconds(100))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<20 {
+                    group.addTask(executorPreference: loop) {
+                        try await loop.sleep(until: same)
+                        equal.add(i)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(equal.values == Array(0..<20), "\(equal.values)")
         }
     }
 
@@ -379,7 +395,9 @@ struct PeerScenarioTests {
         action.sa_flags = 0   // no SA_RESTART
         var old = sigaction()
         sigaction(SIGALRM, &action, &old)
-        defer { sigaction(SIGALRM, &old, nil) }
+        // A SIGALRM the timer raised just before it was turned off may still be pending when the old
+        // (default: terminate) action comes back: ignoring it first discards it (POSIX).
+        defer { signal(SIGALRM, SIG_IGN); sigaction(SIGALRM, &old, nil) }
         var timer = itimerval(it_interval: timeval(tv_sec: 0, tv_usec: 20_000), it_value: timeval(tv_sec: 0, tv_usec: 20_000))
         setitimer(Int32(ITIMER_REAL.rawValue), &timer, nil)
         defer {
@@ -784,11 +802,12 @@ struct PeerScenarioTests {
         try await withLoop(backend) { loop in
             let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
             let address = try await a.withDatagramSocket { (socket) throws(SocketError) -> SocketAddress in try SocketAddress.local(of: socket.fd) }
-            let receiver = Task { () async -> Int? in
+            // On the loop: its jobs run in order, so the first receive waits before the second asks.
+            let receiver = Task(executorPreference: loop) { () async -> Int? in
                 var buffer = [UInt8](repeating: 0, count: 8)
                 return try? await a.receive(into: &buffer, timeout: .seconds(5)).count
             }
-            usleep(20_000)
+            try await loop.sleep(for: .milliseconds(20))
             var buffer = [UInt8](repeating: 0, count: 8)
             await #expect(throws: LoopError.busy) { _ = try await a.receive(into: &buffer, timeout: .seconds(1)) }
             try await a.send(Array("self".utf8), to: address, timeout: .seconds(1))

@@ -19,8 +19,9 @@ struct PeerScenarioTests13 {
         defer { close(full.fd); full.fillers.forEach { close($0) } }
         let starts = try attemptStarts(backend, Array(repeating: full.address, count: 5), delay: 100, timeout: 100, for: 370)
         let gaps = zip(starts.dropFirst(), starts).map { $0 - $1 }
-        // Attempts at about 0, 100, 200 and 300 ms: four, each gap near the 100 ms delay.
-        #expect(starts.count == 4, "\(backend): attempts at \(starts) ms")
+        // Attempts at about 0, 100, 200 and 300 ms: four, each gap near the 100 ms delay (three when a
+        // loaded machine stalls the loop by more than 70 ms; the bug started a fifth, 0.1 ms after one).
+        #expect((3...4).contains(starts.count), "\(backend): attempts at \(starts) ms")
         #expect(gaps.allSatisfy { $0 >= 10 }, "\(backend): gaps \(gaps) ms")
     }
 
@@ -31,10 +32,11 @@ struct PeerScenarioTests13 {
         let full = try fullTCPListener()
         defer { close(full.fd); full.fillers.forEach { close($0) } }
         let refused = try closedPort()
-        let starts = try attemptStarts(backend, [full.address, refused, full.address, full.address], delay: 150, timeout: nil, for: 250)
-        // 0, 150 (refused), 160: the third well before the step at 300, and not with the refusal.
+        let starts = try attemptStarts(backend, [full.address, refused, full.address, full.address], delay: 400, timeout: nil, for: 700)
+        // 0, 400 (refused), 410: the third well before the step at 800, and not with the refusal (a
+        // 400 ms delay and a 700 ms window leave room for a loaded machine's stalls).
         #expect(starts.count == 3, "\(backend): attempts at \(starts) ms")
-        if starts.count >= 3 { #expect(starts[2] - starts[1] >= 9 && starts[2] - starts[1] < 100, "\(backend): attempts at \(starts) ms") }
+        if starts.count >= 3 { #expect(starts[2] - starts[1] >= 9 && starts[2] - starts[1] < 300, "\(backend): attempts at \(starts) ms") }
     }
 
     /// Drives a Happy Eyeballs connect to `addresses` for `milliseconds` and returns when each attempt

@@ -442,9 +442,15 @@ struct PeerScenarioTests2 {
             forever.cancel()
             #expect(await forever.value == .cancelled, "on \(backend)")
             let order = OrderBox()
+            // Deadlines from one instant 100 ms ahead, appended on the loop: a child task started or
+            // resumed late on a loaded machine cannot reorder them.
+            let base: Deadline = .after(.milliseconds(100))
             await withTaskGroup(of: Void.self) { group in
                 for i in [3, 1, 2, 0] {
-                    group.addTask { try? await loop.sleep(for: .milliseconds(15 * i)); order.list.withLock { $0.append(i) } }
+                    group.addTask(executorPreference: loop) {
+                        try? await loop.sleep(until: Deadline.after(.milliseconds(15 * i), now: base))
+                        order.list.withLock { $0.append(i) }
+                    }
                 }
             }
             #expect(order.list.withLock { $0 } == [0, 1, 2, 3], "on \(backend)")

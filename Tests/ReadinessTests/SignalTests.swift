@@ -11,8 +11,12 @@ struct SignalTests {
     @Test("Docs/Async.md's second-signal sample (review): one signal drains the group and the sample returns, without waiting for a second")
     func secondSignalSnippet() async throws {
         let group = try EventLoopGroup(count: 2)
+        let unwatched = Self.action(SIGUSR2)
         let sample = Task { try await ReadmeSnippets.secondSignal(group: group, watching: [.user2]) }
-        try await Task.sleep(for: .milliseconds(200))   // subscribed
+        // Subscribed: the handler installed (the default action would end the test process), up to 10 s.
+        for _ in 0..<1_000 where Self.action(SIGUSR2) == unwatched { try await Task.sleep(for: .milliseconds(10)) }
+        try #require(Self.action(SIGUSR2) != unwatched, "the sample never watched SIGUSR2")
+        try await Task.sleep(for: .milliseconds(50))   // and its loop's subscription made
         kill(getpid(), SIGUSR2)
         let start = ContinuousClock.now
         let returned = Atomic<Bool>(false)
