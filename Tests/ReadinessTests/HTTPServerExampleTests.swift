@@ -287,6 +287,7 @@ struct HTTPServerExampleTests {
         let inFlight = try await loop.connect(to: address, timeout: .seconds(5))
         try await inFlight.write(Array("GET /sleep?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: .seconds(5))
         try await loop.sleep(for: .milliseconds(100))
+        #expect(serverCaughtUp(port: address.port!), "the server did not read the request in 10 s")
         let clock = ContinuousClock()
         let start = clock.now
         kill(server.pid, SIGTERM)
@@ -310,4 +311,29 @@ struct HTTPServerExampleTests {
         await inFlight.close()
         await loop.shutdown()
     }
+}
+
+/// Waits (at most `seconds`) until the server on `127.0.0.1:port` in this machine's network namespace has
+/// caught up with its clients: its listener's accept queue is empty and every connection on that port
+/// has had its received bytes read (`/proc/net/tcp`: the listening row's rx_queue counts connections
+/// not yet accepted, an established row's counts bytes not yet read). Before a SIGTERM that must find
+/// the connections accepted and their requests read, on a loaded machine, instead of a fixed sleep.
+@discardableResult
+func serverCaughtUp(port: UInt16, seconds: Int = 10) -> Bool {
+    let hex = String(port, radix: 16, uppercase: true)
+    let local = "0100007F:" + String(repeating: "0", count: 4 - hex.count) + hex
+    for _ in 0..<(seconds * 100) {
+        guard let table = try? read("/proc/net/tcp") else { return false }
+        var behind = false
+        for row in table.split(separator: "\n").dropFirst() {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let fields = row.split(separator: " ")
+            guard fields.count > 4, fields[1] == local else { continue }
+            let queues = fields[4].split(separator: ":")
+            if queues.count == 2, let received = Int(queues[1], radix: 16), received > 0 { behind = true }
+        }
+        if !behind { return true }
+        usleep(10_000)
+    }
+    return false
 }
