@@ -337,3 +337,20 @@ func serverCaughtUp(port: UInt16, seconds: Int = 10) -> Bool {
     }
     return false
 }
+
+/// Waits (at most `seconds`) until a UDP socket in this network namespace is bound to `port` (on
+/// 127.0.0.1 or any address: `/proc/net/udp`), without binding the port itself, which a probe that
+/// binds and closes it could take from the server starting at that moment.
+func udpPortBound(_ port: UInt16, seconds: Int = 10) -> Bool {
+    let hex = String(port, radix: 16, uppercase: true)
+    let suffix = ":" + String(repeating: "0", count: 4 - hex.count) + hex
+    for _ in 0..<(seconds * 100) {
+        guard let table = try? read("/proc/net/udp") else { return false }
+        for row in table.split(separator: "\n").dropFirst() {
+            let fields = row.split(separator: " ")
+            if fields.count > 1, fields[1] == "0100007F" + suffix || fields[1] == "00000000" + suffix { return true }
+        }
+        usleep(10_000)
+    }
+    return false
+}

@@ -599,7 +599,7 @@ extension PeerScenarioTests8 {
         let port = try closedPort().port!
         let server = try Child([try builtExecutable("readiness-udp-echo"), "--port", "\(port)", "--backend", "epoll",
                                 "--datagrams", "2", "--idle", "5"])
-        usleep(300_000)
+        try #require(udpPortBound(port), "the UDP echo server did not start: \(server.output)")
         // A UDP header by hand: source port 0, destination `port`, length, checksum 0 (none, IPv4).
         let raw = socket(AF_INET, CInt(SOCK_RAW.rawValue), CInt(IPPROTO_UDP))
         try #require(raw >= 0)
