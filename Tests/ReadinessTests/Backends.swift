@@ -232,3 +232,10 @@ func raiseDescriptorLimit() {
         setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
     }
 }
+
+/// Waits (at most 5 s) until `fd` is readable, instead of a fixed sleep before reading bytes just sent
+/// over loopback: a loaded machine may defer their delivery to ksoftirqd.
+func awaitReadable(_ fd: CInt) {
+    var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    while poll(&entry, 1, 5_000) < 0 && errno == EINTR {}
+}

@@ -116,7 +116,7 @@ struct DatagramBatchTests {
         let client = try DatagramSocket(connectedTo: try #require(server.localAddress))
         try client.setSegmentSize(100)
         #expect(try client.send([UInt8](repeating: 9, count: 250)) == .transferred(250))
-        usleep(10_000)
+        awaitReadable(server.fd)
         let batch = try DatagramBatch(capacity: 8, slotSize: 200)
         #expect(try server.receive(into: batch) == .transferred(3))
         #expect(try (0..<3).map { try batch.datagram($0).length } == [100, 100, 50])

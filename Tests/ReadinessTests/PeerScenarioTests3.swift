@@ -280,7 +280,7 @@ struct PeerScenarioTests3 {
         #expect(try client.receiveBufferSize() > 0)
         // The connection still carries bytes.
         #expect(try client.write(Array("ok".utf8)) == .transferred(2))
-        usleep(10_000)
+        awaitReadable(server.fd)
         var buffer = [UInt8](repeating: 0, count: 8)
         #expect(try server.read(into: &buffer) == .transferred(2))
     }
@@ -872,7 +872,7 @@ struct PeerScenarioTests3 {
             #expect(try a.write(text, from: 6) == .transferred(0))
             #expect(socketErrorKind { _ = try a.write(text, from: 7) } == .invalidArgument)
             #expect(socketErrorKind { _ = try a.write(text, from: -1) } == .invalidArgument)
-            usleep(10_000)
+            awaitReadable(b.fd)
             var into = Bytes()
             #expect(try b.read(into: &into) == .transferred(4))
             #expect(into == Bytes("cdef".utf8))

@@ -46,7 +46,7 @@ struct StreamSocketTests {
         #expect(try server.read(into: &buffer) == .endOfStream)
         // The other direction still works after a half close.
         #expect(try server.write(Array("bye".utf8)) == .transferred(3))
-        usleep(10_000)
+        awaitReadable(client.fd)
         #expect(try client.read(into: &buffer) == .transferred(3))
     }
 
