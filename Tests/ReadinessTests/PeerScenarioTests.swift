@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import Readiness
 import Testing
 
@@ -386,6 +387,10 @@ struct PeerScenarioTests {
 
     // MARK: Pollers (mio registering, poll; CPython test_selectors)
 
+    /// The wait runs on a thread of its own with SIGALRM unblocked, signalled there by `pthread_kill`
+    /// every 20 ms for its first 450 ms (a concurrency thread blocks asynchronous signals: a
+    /// process-directed alarm went to the main thread, and the wait was never interrupted). A wait that
+    /// returned at EINTR ends early; one that retried with the whole timeout ends after 950 ms or later.
     @Test("a wait interrupted by signals neither returns early nor loses its timeout", arguments: backends)
     func waitInterrupted(backend: Backend) throws {
         let poller = try backend.makePoller()
@@ -395,22 +400,42 @@ struct PeerScenarioTests {
         action.sa_flags = 0   // no SA_RESTART
         var old = sigaction()
         sigaction(SIGALRM, &action, &old)
-        // A SIGALRM the timer raised just before it was turned off may still be pending when the old
-        // (default: terminate) action comes back: ignoring it first discards it (POSIX).
+        // A SIGALRM still pending when the old (default: terminate) action comes back would end the
+        // runner: ignoring it first discards it (POSIX).
         defer { signal(SIGALRM, SIG_IGN); sigaction(SIGALRM, &old, nil) }
-        var timer = itimerval(it_interval: timeval(tv_sec: 0, tv_usec: 20_000), it_value: timeval(tv_sec: 0, tv_usec: 20_000))
-        setitimer(Int32(ITIMER_REAL.rawValue), &timer, nil)
-        defer {
-            var off = itimerval()
-            setitimer(Int32(ITIMER_REAL.rawValue), &off, nil)
+        let timeout = Duration.milliseconds(500)
+        let waiter = Mutex<pthread_t?>(nil)
+        let outcome = Mutex<(count: Int, elapsed: Duration)?>(nil)
+        let release = Atomic<Bool>(false)
+        nonisolated(unsafe) let shared = poller
+        let thread = Thread {
+            var alarm = sigset_t()
+            sigemptyset(&alarm)
+            sigaddset(&alarm, SIGALRM)
+            pthread_sigmask(SIG_UNBLOCK, &alarm, nil)
+            waiter.withLock { $0 = pthread_self() }
+            let start = ContinuousClock.now
+            let count = (try? shared.wait(into: EventBuffer(capacity: 4), timeout: timeout)) ?? -1
+            outcome.withLock { $0 = (count, ContinuousClock.now - start) }
+            // Alive (its pthread_t valid for pthread_kill) until the signalling stops.
+            while !release.load(ordering: .acquiring) { usleep(1_000) }
+            pthread_sigmask(SIG_BLOCK, &alarm, nil)
         }
-        let events = EventBuffer(capacity: 4)
-        let start = ContinuousClock.now
-        let n = try poller.wait(into: events, timeout: .milliseconds(150))
-        let elapsed = ContinuousClock.now - start
-        #expect(n == 0)
-        #expect(elapsed >= .milliseconds(150), "\(elapsed)")
-        #expect(elapsed < .seconds(2), "\(elapsed)")
+        var sent = 0
+        let began = ContinuousClock.now
+        while outcome.withLock({ $0 == nil }), ContinuousClock.now - began < .seconds(10) {
+            usleep(20_000)
+            guard ContinuousClock.now - began < .milliseconds(450), let target = waiter.withLock({ $0 }),
+                  outcome.withLock({ $0 == nil }) else { continue }
+            if pthread_kill(target, SIGALRM) == 0 { sent += 1 }
+        }
+        release.store(true, ordering: .releasing)
+        thread.join()
+        let result = try #require(outcome.withLock { $0 }, "the wait did not return in 10 s on \(backend)")
+        #expect(sent >= 3, "\(sent) signals reached the waiting thread on \(backend)")
+        #expect(result.count == 0, "\(result.count) events on \(backend)")
+        #expect(result.elapsed >= timeout, "returned early after \(result.elapsed) on \(backend)")
+        #expect(result.elapsed < .milliseconds(900), "the timeout restarted at a signal? \(result.elapsed) on \(backend)")
     }
 
     @Test("a registration changed to writable in the handler of its readable event reports writable", arguments: backends)
