@@ -314,9 +314,11 @@ struct HTTPServerExampleTests {
 }
 
 /// Waits (at most `seconds`) until the server on `127.0.0.1:port` in this machine's network namespace has
-/// caught up with its clients: its listener's accept queue is empty and every connection on that port
-/// has had its received bytes read (`/proc/net/tcp`: the listening row's rx_queue counts connections
-/// not yet accepted, an established row's counts bytes not yet read). Before a SIGTERM that must find
+/// caught up with its clients: its listener's accept queue is empty, no connection to it is still in
+/// its handshake, every connection on that port has had its received bytes read and no client has
+/// bytes on the way (`/proc/net/tcp`: the listening row's rx_queue counts connections not yet
+/// accepted, a server row's counts bytes not yet read, state 03 is SYN_RECV, a client row's tx_queue
+/// counts bytes not yet acknowledged). Before a SIGTERM that must find
 /// the connections accepted and their requests read, on a loaded machine, instead of a fixed sleep.
 @discardableResult
 func serverCaughtUp(port: UInt16, seconds: Int = 10) -> Bool {
@@ -328,9 +330,11 @@ func serverCaughtUp(port: UInt16, seconds: Int = 10) -> Bool {
         for row in table.split(separator: "\n").dropFirst() {
             // sl local_address rem_address st tx_queue:rx_queue ...
             let fields = row.split(separator: " ")
-            guard fields.count > 4, fields[1] == local else { continue }
-            let queues = fields[4].split(separator: ":")
-            if queues.count == 2, let received = Int(queues[1], radix: 16), received > 0 { behind = true }
+            guard fields.count > 4 else { continue }
+            let queues = fields[4].split(separator: ":").compactMap { Int($0, radix: 16) }
+            guard queues.count == 2 else { continue }
+            if fields[1] == local, queues[1] > 0 || fields[3] == "03" { behind = true }
+            if fields[2] == local, queues[0] > 0 { behind = true }
         }
         if !behind { return true }
         usleep(10_000)
