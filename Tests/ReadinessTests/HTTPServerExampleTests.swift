@@ -287,7 +287,8 @@ struct HTTPServerExampleTests {
         let inFlight = try await loop.connect(to: address, timeout: .seconds(5))
         try await inFlight.write(Array("GET /sleep?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: .seconds(5))
         try await loop.sleep(for: .milliseconds(100))
-        #expect(serverCaughtUp(port: address.port!), "the server did not read the request in 10 s")
+        let inFlightPort = try #require(await inFlight.localAddress()?.port)
+        #expect(serverCaughtUp(port: address.port!, clients: [inFlightPort]), "the server did not read the request in 10 s")
         let clock = ContinuousClock()
         let start = clock.now
         kill(server.pid, SIGTERM)
@@ -314,27 +315,33 @@ struct HTTPServerExampleTests {
 }
 
 /// Waits (at most `seconds`) until the server on `127.0.0.1:port` in this machine's network namespace has
-/// caught up with its clients: its listener's accept queue is empty, no connection to it is still in
-/// its handshake, every connection on that port has had its received bytes read and no client has
-/// bytes on the way (`/proc/net/tcp`: the listening row's rx_queue counts connections not yet
-/// accepted, a server row's counts bytes not yet read, state 03 is SYN_RECV, a client row's tx_queue
-/// counts bytes not yet acknowledged). Before a SIGTERM that must find
-/// the connections accepted and their requests read, on a loaded machine, instead of a fixed sleep.
+/// caught up with the given clients (their local ports): its listener's accept queue is empty, none of
+/// their connections is still in its handshake, the server has read every byte they sent and none is
+/// still on the way (`/proc/net/tcp`: the listening row's rx_queue counts connections not yet accepted,
+/// state 03 is SYN_RECV, a server row's rx_queue counts bytes not yet read, a client row's tx_queue bytes
+/// not yet acknowledged). Other connections to the server (an earlier step's, lingering) are not looked
+/// at. Before a SIGTERM that must find the connections accepted and their requests read, on a loaded
+/// machine, instead of a fixed sleep.
 @discardableResult
-func serverCaughtUp(port: UInt16, seconds: Int = 10) -> Bool {
-    let hex = String(port, radix: 16, uppercase: true)
-    let local = "0100007F:" + String(repeating: "0", count: 4 - hex.count) + hex
+func serverCaughtUp(port: UInt16, clients: [UInt16], seconds: Int = 10) -> Bool {
+    func hex(_ port: UInt16) -> String {
+        let digits = String(port, radix: 16, uppercase: true)
+        return "0100007F:" + String(repeating: "0", count: 4 - digits.count) + digits
+    }
+    let server = hex(port)
+    let peers = Set(clients.map(hex))
     for _ in 0..<(seconds * 100) {
         guard let table = try? read("/proc/net/tcp") else { return false }
         var behind = false
         for row in table.split(separator: "\n").dropFirst() {
             // sl local_address rem_address st tx_queue:rx_queue ...
-            let fields = row.split(separator: " ")
+            let fields = row.split(separator: " ").map(String.init)
             guard fields.count > 4 else { continue }
             let queues = fields[4].split(separator: ":").compactMap { Int($0, radix: 16) }
             guard queues.count == 2 else { continue }
-            if fields[1] == local, queues[1] > 0 || fields[3] == "03" { behind = true }
-            if fields[2] == local, queues[0] > 0 { behind = true }
+            if fields[1] == server, fields[3] == "0A", queues[1] > 0 { behind = true }   // not yet accepted
+            if fields[1] == server, peers.contains(fields[2]), fields[3] == "03" || queues[1] > 0 { behind = true }
+            if peers.contains(fields[1]), fields[2] == server, queues[0] > 0 { behind = true }
         }
         if !behind { return true }
         usleep(10_000)
