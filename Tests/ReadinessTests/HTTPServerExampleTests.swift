@@ -286,9 +286,9 @@ struct HTTPServerExampleTests {
         _ = try await Self.readAnswer(idle)
         let inFlight = try await loop.connect(to: address, timeout: .seconds(5))
         try await inFlight.write(Array("GET /sleep?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: .seconds(5))
+        // (Not serverCaughtUp: reading /proc/net/tcp with the suite's thousands of TIME_WAIT rows takes
+        // longer, under AddressSanitizer, than the request's 500 ms.)
         try await loop.sleep(for: .milliseconds(100))
-        let inFlightPort = try #require(await inFlight.localAddress()?.port)
-        #expect(serverCaughtUp(port: address.port!, clients: [inFlightPort]), "the server did not read the request in 10 s")
         let clock = ContinuousClock()
         let start = clock.now
         kill(server.pid, SIGTERM)
