@@ -324,12 +324,8 @@ struct HTTPServerExampleTests {
 /// machine, instead of a fixed sleep.
 @discardableResult
 func serverCaughtUp(port: UInt16, clients: [UInt16], seconds: Int = 10) -> Bool {
-    func hex(_ port: UInt16) -> String {
-        let digits = String(port, radix: 16, uppercase: true)
-        return "0100007F:" + String(repeating: "0", count: 4 - digits.count) + digits
-    }
-    let server = hex(port)
-    let peers = Set(clients.map(hex))
+    let server = procNetAddress(port)
+    let peers = Set(clients.map { procNetAddress($0) })
     for _ in 0..<(seconds * 100) {
         guard let table = try? read("/proc/net/tcp") else { return false }
         var behind = false
@@ -353,15 +349,21 @@ func serverCaughtUp(port: UInt16, clients: [UInt16], seconds: Int = 10) -> Bool 
 /// 127.0.0.1 or any address: `/proc/net/udp`), without binding the port itself, which a probe that
 /// binds and closes it could take from the server starting at that moment.
 func udpPortBound(_ port: UInt16, seconds: Int = 10) -> Bool {
-    let hex = String(port, radix: 16, uppercase: true)
-    let suffix = ":" + String(repeating: "0", count: 4 - hex.count) + hex
+    let bound = [procNetAddress(port), procNetAddress(port, host: "00000000")]
     for _ in 0..<(seconds * 100) {
         guard let table = try? read("/proc/net/udp") else { return false }
         for row in table.split(separator: "\n").dropFirst() {
             let fields = row.split(separator: " ")
-            if fields.count > 1, fields[1] == "0100007F" + suffix || fields[1] == "00000000" + suffix { return true }
+            if fields.count > 1, bound.contains(String(fields[1])) { return true }
         }
         usleep(10_000)
     }
     return false
+}
+
+/// An IPv4 address and port as `/proc/net/tcp` and `/proc/net/udp` write them: the address's 4 bytes
+/// in the machine's order, in hex (127.0.0.1 on x86 is "0100007F"), a colon, the port in 4 hex digits.
+func procNetAddress(_ port: UInt16, host: String = "0100007F") -> String {
+    let digits = String(port, radix: 16, uppercase: true)
+    return host + ":" + String(repeating: "0", count: 4 - digits.count) + digits
 }
