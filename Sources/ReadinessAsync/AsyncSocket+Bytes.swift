@@ -38,7 +38,7 @@ extension AsyncSocket {
         let id = self.id
         let room = Swift.min(maximum, StreamSocket.maximumReadReservation)
         let result = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
-            try await state.perform(id, .read, deadline: deadline, waitFirst: !buffer.hasRoom(room)) { (socket) throws(SocketError) -> IOResult in
+            try await state.perform(id, .read, deadline: deadline, waitFirst: !buffer.hasRoom(room), start: nil) { (socket) throws(SocketError) -> IOResult in
                 try socket.read(into: &buffer, maximum: maximum)
             }
         }
@@ -111,7 +111,7 @@ extension AsyncSocket {
         // On the loop thread, a write the socket takes whole at once is done here: no hop, no executor
         // check. One that would block goes on below from `offset`, its claim held meanwhile.
         var claimed = false
-        let start = LoopState.WriteStart(deadline: deadline)
+        let start = LoopState.WriteStart(timeout: timeout)
         if let done = try loop.onLoopNow({ (state) throws(LoopError) -> Bool in try state.writeAtOnce(id, count: count, offset: &offset, write) }) {
             if done { return }
             claimed = true
@@ -123,7 +123,7 @@ extension AsyncSocket {
                 state.release(id, .write)
                 throw failure
             }
-            return try await state.perform(id, .write, deadline: deadline, waitFirst: false, claimed: claimed) { (socket) throws(SocketError) -> IOResult in
+            return try await state.perform(id, .write, deadline: deadline, waitFirst: false, start: start, claimed: claimed) { (socket) throws(SocketError) -> IOResult in
                 while offset < count {
                     guard case .transferred(let n) = try write(socket, offset), n > 0 else { return .wouldBlock }
                     offset += n

@@ -82,7 +82,7 @@ public struct AsyncSocket: Sendable {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id
         let result = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
-            try await state.perform(id, .read, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+            try await state.perform(id, .read, deadline: deadline, waitFirst: false, start: nil) { (socket) throws(SocketError) -> IOResult in
                 // Reported as a read reports it (the name too): a reset the completion driver's send
                 // took and hands to the waiting reader is named "read" as well.
                 do throws(SocketError) { return try socket.peek(into: &buffer) } catch {
@@ -106,9 +106,10 @@ public struct AsyncSocket: Sendable {
     /// until the call returns. Applications write ``/ReadinessNet/Bytes`` or `[UInt8]` (the `write(_:timeout:)` forms that take them).
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
+        let start = LoopState.WriteStart(timeout: timeout)
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in
-            try await state.write(id, buffer, deadline: deadline)
+            try await state.write(id, buffer, deadline: deadline, start: start)
         }
     }
 
@@ -125,9 +126,10 @@ public struct AsyncSocket: Sendable {
     /// **For library authors**: every buffer must stay allocated and unchanged until the call returns.
     nonisolated(nonsending) public func write(vectored buffers: [UnsafeRawBufferPointer], timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
+        let start = LoopState.WriteStart(timeout: timeout)
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in
-            try await state.write(id, vectored: buffers, deadline: deadline)
+            try await state.write(id, vectored: buffers, deadline: deadline, start: start)
         }
     }
 
@@ -197,7 +199,7 @@ public struct AsyncSocket: Sendable {
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
             // A failure a send hands to the read side while this waits stays for the read that meets
             // the end of the stream (io_uring; `LoopState.readFailures`).
-            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> IOResult in
+            _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false, start: nil) { (socket) throws(SocketError) -> IOResult in
                 var entry = pollfd(fd: socket.fd, events: events, revents: 0)
                 while true {
                     let n = poll(&entry, 1, 0)

@@ -365,6 +365,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private func runJob(_ job: UnownedJob, isolated: Bool) {
         state.jobsRun &+= 1
         state.budget = LoopState.operationBudget
+        state.writeYieldDue = false
         switch jobs {
         case .automatic where isolated, .serialExecutor:
             job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())

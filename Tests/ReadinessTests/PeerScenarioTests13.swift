@@ -358,7 +358,45 @@ extension PeerScenarioTests13 {
             await loop.shutdown()
         }
     }
+
+    /// A write's timeout counts from its call, not from when its task reached the loop: one called from
+    /// another thread while the loop thread is busy for 100 ms, with a 1 ms timeout, still ends with
+    /// `.timedOut` at its first yield. Before, every form took "what it was given when it began" after
+    /// the hop, saw its deadline passed already, took it for a zero timeout and wrote all 32 MiB (the
+    /// class behind a rare failure of the test above under AddressSanitizer).
+    @Test("a write whose task waited for a busy loop still meets its timeout, counted from its call",
+          .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"), .timeLimit(.minutes(1)),
+          arguments: backends)
+    func writeTimeoutCountsFromCall(backend: Backend) async throws {
+        let payload = LargeWritePayload()
+        for form in ["[UInt8]", "Bytes", "raw", "vectored"] {
+            let loop = try EventLoop(backend: backend)
+            let (socket, b) = try await payload.forcedPair(on: loop)
+            defer { close(b) }
+            let calling = TurnCounter()
+            // The loop thread, busy in one job from before the write's call until 100 ms after it.
+            let blocker = Task(executorPreference: loop) {
+                calling.turns.store(1, ordering: .releasing)
+                for _ in 0..<50_000 where !calling.stop.load(ordering: .acquiring) { usleep(100) }
+                usleep(100_000)
+            }
+            while calling.turns.load(ordering: .acquiring) == 0 { usleep(100) }
+            // Called on the global executor: the write hops onto the loop once the blocker is done.
+            let outcome = await Task.detached { () async -> String in
+                calling.stop.store(true, ordering: .releasing)
+                do throws(LoopError) { try await payload.write(form, to: socket, timeout: .milliseconds(1)) } catch { return "\(error)" }
+                return "written"
+            }.value
+            await blocker.value
+            #expect(outcome == "timed out", "\(backend), \(form)")
+            await socket.close()
+            await loop.shutdown()
+        }
+    }
 }
+
+/// SO_SNDBUFFORCE refused (`errno`).
+struct SendBufferNotForced: Error { let errno: CInt }
 
 /// 32 MiB of sevens in the forms a stream write takes, and a socketpair whose send buffer takes it
 /// whole (SO_SNDBUFFORCE): a write that never has to wait.
@@ -379,7 +417,12 @@ final class LargeWritePayload: @unchecked Sendable {
     func forcedPair(on loop: EventLoop) async throws -> (AsyncSocket, CInt) {
         let (a, b) = try socketPair()
         var force = CInt(size * 2)
-        setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size))
+        // Without it a write would wait for room, and the scenarios built on it would pin nothing.
+        guard setsockopt(a, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size)) == 0 else {
+            let error = errno
+            close(a); close(b)
+            throw SendBufferNotForced(errno: error)
+        }
         return (try await loop.adopt(descriptor: a), b)
     }
 

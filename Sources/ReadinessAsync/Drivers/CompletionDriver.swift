@@ -321,9 +321,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
 
     // MARK: IODriver
 
-    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool, on loop: LoopState,
+    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                         start: LoopState.WriteStart?, on loop: LoopState,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
-        try await readiness.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: loop, attempt)
+        try await readiness.perform(id, direction, deadline: deadline, waitFirst: waitFirst, start: start, on: loop, attempt)
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
@@ -610,7 +611,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
-                                       on loop: LoopState) async throws(LoopError) {
+                                       start: LoopState.WriteStart, on loop: LoopState) async throws(LoopError) {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var offset = 0
@@ -618,7 +619,6 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         // blocks, and then no suspension (at most `LoopState.sendLimit` bytes per send, here and in
         // the ring, whose send runs in the loop's io_uring_enter; the job's budget spent, the next
         // poller pass and on, as on the readiness path). A short send: the rest through the ring.
-        let start = LoopState.WriteStart(deadline: deadline)
         while offset < buffer.count {
             let end = Swift.min(buffer.count, offset &+ LoopState.sendLimit)
             let result: IOResult
@@ -647,7 +647,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 // EAGAIN and the like: the readiness driver writes the rest (no resubmission loop).
                 let left = UnsafeRawBufferPointer(rebasing: buffer[offset...])
                 return try await retryOrFail(op.result, operation: "send") { () async throws(LoopError) in
-                    try await readiness.write(id, left, deadline: deadline, on: loop)
+                    try await readiness.write(id, left, deadline: deadline, start: start, on: loop)
                 }
             }
             // As every retry loop does before it waits again: a peer that keeps taking a little at a
@@ -658,14 +658,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
-                                       on loop: LoopState) async throws(LoopError) {
+                                       start: LoopState.WriteStart, on loop: LoopState) async throws(LoopError) {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
         // As the readiness driver does: sendmsg until it would block (one call takes at most IOV_MAX
         // buffers and 1 MiB), so a write that need not wait completes without the ring, even in a
         // cancelled task; the job's budget spent, the next poller pass, then on.
-        let start = LoopState.WriteStart(deadline: deadline)
         while !remaining.isEmpty {
             let view = remaining.limited(to: LoopState.sendLimit)
             let result: IOResult
@@ -693,7 +692,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if op.result < 0 {
                 let rest = Array(remaining)
                 return try await retryOrFail(op.result, operation: "sendmsg") { () async throws(LoopError) in
-                    try await readiness.write(id, vectored: rest, deadline: deadline, on: loop)
+                    try await readiness.write(id, vectored: rest, deadline: deadline, start: start, on: loop)
                 }
             }
             if loop.expired(deadline) { throw .timedOut }

@@ -20,7 +20,9 @@ protocol IODriver: Sendable {
     /// Reads up to `buffer.count` bytes as soon as some are there (0: end of stream).
     /// An operation whose attempts the caller makes (the owned-bytes forms), retried until it does
     /// not return `wouldBlock`; `waitFirst`: a read that allocates waits before its first attempt.
-    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool, on loop: LoopState,
+    /// `start`: a write's, taken at its call (``LoopState/WriteStart``); nil for a read or a wait.
+    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                         start: LoopState.WriteStart?, on loop: LoopState,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?,
                                       on loop: LoopState) async throws(LoopError) -> Int
@@ -33,12 +35,12 @@ protocol IODriver: Sendable {
     /// the kernel picks when data arrives (io_uring's provided buffers) and give it back after `take`.
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?, on loop: LoopState,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T
-    /// Writes every byte.
+    /// Writes every byte (`start`: taken at the write's call, for its yields).
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
-                                       on loop: LoopState) async throws(LoopError)
+                                       start: LoopState.WriteStart, on loop: LoopState) async throws(LoopError)
     /// Writes every byte of every buffer, in order.
     nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
-                                       on loop: LoopState) async throws(LoopError)
+                                       start: LoopState.WriteStart, on loop: LoopState) async throws(LoopError)
     /// Accepts a connection: the new stream's number and its peer.
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?, on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress)
     /// Connects to one address: the stream's number and its peer.

@@ -17,12 +17,12 @@ struct ReadinessDriver: IODriver {
     /// once a read would not block, which a one-byte `recv(MSG_PEEK)` into the stack tells without a
     /// buffer, or after the wait for readability; so the read holds no memory while it waits, and a
     /// read with data ready still returns it without suspending (as in a cancelled task).
-    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool, on loop: LoopState,
+    nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
+                                         start: LoopState.WriteStart?, on loop: LoopState,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
         var (stream, socket) = try loop.stream(id)
         if direction == .read ? stream.record.read.isWaiting : stream.record.write.isWaiting { throw .busy }
         var wait = waitFirst && direction == .read && !Self.readWouldNotBlock(socket)
-        let start = direction == .write ? LoopState.WriteStart(deadline: deadline) : nil
         var woken = false
         var recheck = Self.unknownFamily
         while true {
@@ -36,7 +36,6 @@ struct ReadinessDriver: IODriver {
                 if let start, loop.writeYieldDue {
                     // The attempt's sends spent the job's budget (`LoopState.chargeSend`): the next
                     // poller pass, then on, without a wait for room.
-                    loop.writeYieldDue = false
                     try await loop.yieldInWrite(deadline: deadline, start)
                     (stream, socket) = try loop.stream(id)
                     continue
@@ -202,13 +201,12 @@ struct ReadinessDriver: IODriver {
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?,
-                                       on loop: LoopState) async throws(LoopError) {
+                                       start: LoopState.WriteStart, on loop: LoopState) async throws(LoopError) {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var offset = 0
         var woken = false
         var recheck = Self.unknownFamily
-        let start = LoopState.WriteStart(deadline: deadline)
         while offset < buffer.count {
             let result: IOResult
             do {
@@ -232,13 +230,12 @@ struct ReadinessDriver: IODriver {
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
-                                       on loop: LoopState) async throws(LoopError) {
+                                       start: LoopState.WriteStart, on loop: LoopState) async throws(LoopError) {
         var (stream, socket) = try loop.stream(id)
         if stream.record.write.isWaiting { throw .busy }
         var remaining = RemainingBuffers(buffers: buffers)
         var woken = false
         var recheck = Self.unknownFamily
-        let start = LoopState.WriteStart(deadline: deadline)
         while !remaining.isEmpty {
             let result: IOResult
             do { result = try socket.write(vectored: remaining.limited(to: LoopState.sendLimit)) } catch { throw .socket(error) }

@@ -96,18 +96,23 @@ final class LoopState {
     }
 
     /// Set by ``chargeSend(_:more:)`` when a write attempt stops to yield (`ReadinessDriver.perform`
-    /// yields instead of waiting for room, and clears it).
+    /// yields instead of waiting for room); cleared by ``yieldInWrite(deadline:_:)`` and at each job's
+    /// start, so a write that did not yield leaves no stray yield to the loop's next write.
     @exclusivity(unchecked) var writeYieldDue = false
 
-    /// What a write was given when it began, for its yields: a task cancelled already, a deadline
-    /// passed already, do not end a write that need not wait (it sends what the socket takes).
-    struct WriteStart {
+    /// What a write was given when it was called, for its yields: a task cancelled already, or a
+    /// timeout of zero or less, do not end a write that need not wait (it sends what the socket takes).
+    /// Taken at the public call, before the hop onto the loop, and from the timeout itself, not the
+    /// clock: a hop that waited (a busy loop, a loaded machine) or a preemption cannot turn a write
+    /// given 1 ms into one whose deadline "was there when it began" (a flake once: such a write ran to
+    /// its end under AddressSanitizer).
+    struct WriteStart: Sendable {
         let cancelled: Bool
         let expired: Bool
 
-        init(deadline: Int64?) {
+        init(timeout: Duration?) {
             cancelled = Task.isCancelled
-            expired = deadline.map { $0 <= MonotonicClock.nowNanoseconds } ?? false
+            expired = timeout.map { $0 <= .zero } ?? false
         }
 
         /// `.cancelled` or `.timedOut` when the task was cancelled, or the deadline passed, since.
@@ -119,10 +124,11 @@ final class LoopState {
     }
 
     /// A write's yield (its budget spent, bytes left): the loop's next poller pass, then `.cancelled`
-    /// or `.timedOut` if the task was cancelled, or the deadline passed, since the write began
+    /// or `.timedOut` if the task was cancelled, or the deadline passed, since the write was called
     /// (`start`), as tokio's `Timeout` looks at its delay once the future spent its budget; otherwise
     /// the write goes on.
     nonisolated(nonsending) func yieldInWrite(deadline: Int64?, _ start: WriteStart) async throws(LoopError) {
+        writeYieldDue = false   // this is the yield it asked for
         try await yieldToPoller()
         if let failure = start.failure(deadline: deadline) { throw failure }
     }
@@ -545,12 +551,13 @@ final class LoopState {
 
     /// `claimed`: the caller holds the direction's claim already (``writeAtOnce(_:count:offset:_:)``);
     /// released here either way.
+    /// `start`: a write's (its yields); nil for a read or a wait.
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
-                                         claimed: Bool = false,
+                                         start: WriteStart?, claimed: Bool = false,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
         if !claimed { try claim(id, direction) }
         defer { release(id, direction) }
-        return try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)
+        return try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, start: start, on: self, attempt)
     }
 
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?,
@@ -569,16 +576,17 @@ final class LoopState {
         return try await driver.read(id, into: buffer, deadline: deadline, on: self)
     }
 
-    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?) async throws(LoopError) {
+    nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?, start: WriteStart) async throws(LoopError) {
         try claim(id, .write)
         defer { release(id, .write) }
-        try await driver.write(id, buffer, deadline: deadline, on: self)
+        try await driver.write(id, buffer, deadline: deadline, start: start, on: self)
     }
 
-    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?) async throws(LoopError) {
+    nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
+                                       start: WriteStart) async throws(LoopError) {
         try claim(id, .write)
         defer { release(id, .write) }
-        try await driver.write(id, vectored: buffers, deadline: deadline, on: self)
+        try await driver.write(id, vectored: buffers, deadline: deadline, start: start, on: self)
     }
 
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress) {
