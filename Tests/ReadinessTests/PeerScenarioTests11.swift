@@ -21,19 +21,26 @@ struct PeerScenarioTests11 {
         defer { try? poller.close() }
         let events = EventBuffer(capacity: 4)
         let resolution = poller.capabilities.timeoutResolution
-        // Load only makes a wait longer: eight tries judge "never shorter than the resolution"; for
+        // Load only makes a wait longer: eight tries judge "not shorter than the resolution"; for
         // "well under a millisecond" up to 200 tries, stopping at the first (review: under the
-        // sanitizers one preempted stretch could spoil eight back-to-back tries).
+        // sanitizers one preempted stretch could spoil eight back-to-back tries). A signal can make
+        // one try shorter: the kernel's 1 ms wait interrupted after the 100 µs asked for ends the
+        // wait (the contract: never before the deadline asked for; CI once saw 0.94 ms on epoll
+        // under AddressSanitizer), so most of the eight, not all, must keep the resolution; a
+        // backend that does not round waits 0.1-0.2 ms every time.
         var best = Duration.seconds(1)
+        var kept = 0
         for attempt in 0..<200 {
             let start = ContinuousClock.now
             _ = try poller.wait(into: events, timeout: .microseconds(100))
-            best = min(best, ContinuousClock.now - start)
+            let took = ContinuousClock.now - start
+            best = min(best, took)
+            if attempt < 8, took >= resolution { kept += 1 }
             if attempt >= 7, resolution >= .milliseconds(1) || best < .milliseconds(1) { break }
         }
         #expect(best >= .microseconds(100), "\(backend.name): returned early (\(best))")
         if resolution >= .milliseconds(1) {
-            #expect(best >= resolution, "\(backend.name): says \(resolution), waited \(best)")
+            #expect(kept >= 6, "\(backend.name): says \(resolution), \(kept) of 8 waits kept it (shortest \(best))")
         } else {
             #expect(best < .milliseconds(1), "\(backend.name): says \(resolution), waited \(best)")
         }
