@@ -55,7 +55,7 @@ struct rd_uring {
     unsigned sq_local_tail;  // SQEs written but not yet published
     unsigned sq_published;   // published but not yet submitted
     // Completion ring: head (ours), tail (kernel), mask, and the CQE array.
-    unsigned *cq_head, *cq_tail, cq_mask;
+    unsigned *cq_head, *cq_tail, cq_mask, cq_entries;
     struct io_uring_cqe *cqes;
     void *ring_map;
     size_t ring_map_size;
@@ -166,6 +166,7 @@ int rd_uring_open(struct rd_uring **out, unsigned entries, unsigned cq_entries, 
     r->cq_head = (unsigned *)(base + p.cq_off.head);
     r->cq_tail = (unsigned *)(base + p.cq_off.tail);
     r->cq_mask = *(unsigned *)(base + p.cq_off.ring_mask);
+    r->cq_entries = p.cq_entries;
     r->cqes = (struct io_uring_cqe *)(base + p.cq_off.cqes);
     *out = r;
     return 0;
@@ -286,6 +287,39 @@ int rd_uring_unqueue(struct rd_uring *r, uint32_t position, uint64_t user_data) 
     sqe->fd = -1;
     sqe->user_data = user_data;
     return 1;
+}
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int rd_uring_await_final(struct rd_uring *r, uint64_t target, uint64_t cancel, int64_t deadline_ns) {
+    // A cancel not yet submitted (a batch cut short) would be waited for in vain.
+    if (r->sq_published != 0 || r->sq_local_tail != *r->sq_tail) return 0;
+    unsigned seen = *r->cq_head;  // only we consume
+    for (;;) {
+        unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+        for (; seen != tail; seen++) {
+            const struct io_uring_cqe *cqe = &r->cqes[seen & r->cq_mask];
+            if (cqe->user_data == target && !(cqe->flags & IORING_CQE_F_MORE)) return 1;
+            if (cqe->user_data == cancel && cqe->res < 0) return cqe->res == -ENOENT ? 1 : 0;
+        }
+        unsigned ready = tail - *r->cq_head;
+        if (ready > r->cq_entries / 2 || (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW)) return 0;
+        int64_t left = deadline_ns - monotonic_ns();
+        if (left <= 0) return 0;
+        struct __kernel_timespec ts = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+        struct io_uring_getevents_arg arg;
+        memset(&arg, 0, sizeof arg);
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+        // One more completion than are there: the first new one (or the timeout) ends the wait.
+        if (sys_enter(r->fd, 0, ready + 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg) < 0 &&
+            errno != ETIME && errno != EINTR) {
+            return -errno;
+        }
+    }
 }
 
 int rd_uring_enter(struct rd_uring *r, unsigned min_complete, int64_t timeout_ns) {

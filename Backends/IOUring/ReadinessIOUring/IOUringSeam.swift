@@ -84,6 +84,13 @@ public final class IOUringSeam: BackendSeam {
     /// A cancel is queued and not yet submitted (a reregister's): a deregister submits it at once,
     /// whether or not it queues one of its own.
     private var cancelQueued = false
+    /// The requests whose cancels `disarm` queued since the last wait (a reregister's, a
+    /// deregister's; the wait consumes their completions): a deregister waits for those of its
+    /// descriptor to end (``awaitCancelled(_:)``).
+    private var cancelTargets: [UInt64] = []
+    /// The most a deregister waits for its descriptor's cancelled requests to end (they end in
+    /// microseconds; the bound is for a kernel that behaves otherwise).
+    private static let cancelAwaitBudget: Int64 = 50_000_000
     /// Operation completions reaped by the waits, not yet taken (``CompletionRing``; IOUringCompletions.swift).
     var operationCompletions: [OperationCompletion] = []
     /// The provided-buffer ring, registered by the first receive that asks for one (on the loop thread,
@@ -293,6 +300,7 @@ public final class IOUringSeam: BackendSeam {
         }
         rd_uring_close(ring)
         ring = made
+        cancelTargets.removeAll(keepingCapacity: true)   // the old ring's, cancelled by its close
         wakerInFlight = false
         try armWaker()
         for i in slots.indices where slots[i].inFlight {
@@ -343,6 +351,8 @@ public final class IOUringSeam: BackendSeam {
         let before = ring
         do {
             try cancel(Self.data(fd, slot.armID))
+            // (A cancel queued after a move to a new ring has nothing there to wait for.)
+            if ring == before { cancelTargets.append(Self.data(fd, slot.armID)) }
         } catch {
             // Not cancelled, and still on the same ring: the request is still there, so it is kept
             // (a failed reregister or deregister changes nothing; forgetting it lost the
@@ -375,6 +385,7 @@ public final class IOUringSeam: BackendSeam {
         rearm.reserveCapacity(registered + 1)
         carry.reserveCapacity(registered + 1)
         pending.reserveCapacity(registered + 1)
+        cancelTargets.reserveCapacity(registered + 1)
         if registered > recheckCapacity {
             recheck.deallocate()
             recheckCapacity = max(registered, recheckCapacity * 2)
@@ -416,8 +427,25 @@ public final class IOUringSeam: BackendSeam {
             // the file as much as this one would (reregister then deregister before a wait).
             try owned("io_uring_enter(ASYNC_CANCEL)") { rd_uring_submit(ring) }
             cancelQueued = false
+            awaitCancelled(fd)
         }
         registered -= 1
+    }
+
+    /// Waits until each of `fd`'s requests cancelled since the last wait has ended (its last
+    /// completion posted, not consumed: the next wait reads it), so it has let go of the file. A cancel
+    /// only marks a poll that a wake-up on another CPU had claimed; with DEFER_TASKRUN the wake-up
+    /// queues the poll's last step to this thread, possibly after the submit has returned, and nothing
+    /// ran it before this thread's next wait: a descriptor deregistered then closed stayed open to its
+    /// peer until then (test "deregister then close while a peer keeps writing", 1 of 200 under load).
+    /// Gives up (as before) when that cannot be known (``rd_uring_await_final``), and after
+    /// ``cancelAwaitBudget`` for all of them together.
+    private func awaitCancelled(_ fd: CInt) {
+        let deadline = MonotonicClock.nowNanoseconds &+ Self.cancelAwaitBudget
+        for target in cancelTargets where CInt(bitPattern: UInt32(truncatingIfNeeded: target)) == fd {
+            guard rd_uring_await_final(ring, target, target | Self.controlBit, deadline) == 1 else { break }
+        }
+        cancelTargets.removeAll { CInt(bitPattern: UInt32(truncatingIfNeeded: $0)) == fd }
     }
 
     /// One `io_uring_enter` (submitting what was queued, waiting up to `timeout`), then the completions, re-checked.
@@ -465,6 +493,8 @@ public final class IOUringSeam: BackendSeam {
                 throw .failed("io_uring_enter", errno: -status)
             }
         }
+        // Submitted: their completions are read below, so a later deregister does not wait for them.
+        if !cancelQueued { cancelTargets.removeAll(keepingCapacity: true) }
         var drained = drainCompletions(&table, events)
         // With deferred completions the kernel runs only a batch of them per io_uring_enter (20 on
         // Linux 6.13 and later, two batches when the enter also submitted) and raises

@@ -40,6 +40,18 @@ int rd_uring_unqueue(struct rd_uring *ring, uint32_t position, uint64_t user_dat
 /// Submits what is queued without waiting. The number submitted, or a negative errno: -EEXIST when
 /// the ring belongs to another thread (DEFER_TASKRUN rings have a single submitter: make a new one).
 int rd_uring_submit(struct rd_uring *ring);
+/// Waits, until `deadline_ns` (CLOCK_MONOTONIC) at the latest, for the request tagged `target`, whose
+/// cancel (tagged `cancel`) was submitted, to end: its final completion (no IORING_CQE_F_MORE) in the
+/// completion queue, or the cancel's own completion saying it found nothing (-ENOENT: the request had
+/// ended already). Nothing is consumed: each round looks at the completions not yet consumed, then
+/// enters with GETEVENTS for one more than are there (which also runs the completion work deferred to
+/// this thread, DEFER_TASKRUN). For a cancelled poll whose wake-up on another CPU had claimed it: the
+/// cancel only marks it, and its last step, which lets go of its file, is queued to this thread by
+/// that wake-up, possibly after the submit that sent the cancel has returned. 1 ended; 0 not known to
+/// have ended: the deadline passed, the cancel failed otherwise (-EALREADY), a submission is still
+/// queued here, or the queue is half full (its completions are the next wait's to consume; waiting
+/// here could overflow it); or a negative errno.
+int rd_uring_await_final(struct rd_uring *ring, uint64_t target, uint64_t cancel, int64_t deadline_ns);
 /// Submits what is queued and waits in the same io_uring_enter for at least `min_complete`
 /// completions or `timeout_ns` (negative: no timeout; ignored when `min_complete` is 0).
 /// 0, or a negative errno (-EINTR, -ETIME, -EEXIST as for rd_uring_submit, ...).
