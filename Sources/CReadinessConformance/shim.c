@@ -3,6 +3,11 @@
 #include <stdint.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include "CReadinessConformance.h"
 
 int rd_unshare_network(void) { return unshare(CLONE_NEWNET); }
@@ -16,4 +21,42 @@ int rd_unshare_network(void) { return unshare(CLONE_NEWNET); }
 int rd_landlock_ruleset(void) {
     struct { uint64_t handled_access_fs; } attribute = { RD_LANDLOCK_ACCESS_FS_EXECUTE };
     return (int)syscall(SYS_landlock_create_ruleset, &attribute, sizeof attribute, 0);
+}
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+extern char **environ;
+
+int rd_spawn_pidfd_child(int *release, int *pid) {
+    int ends[2];
+    if (pipe2(ends, O_CLOEXEC) != 0) return -1;
+    posix_spawn_file_actions_t actions;
+    int status = posix_spawn_file_actions_init(&actions);
+    if (status == 0) {
+        status = posix_spawn_file_actions_adddup2(&actions, ends[0], STDIN_FILENO);
+        char *argv[] = { "head", "-c", "1", NULL };
+        pid_t child = -1;
+        if (status == 0) status = posix_spawn(&child, "/usr/bin/head", &actions, NULL, argv, environ);
+        posix_spawn_file_actions_destroy(&actions);
+        if (status == 0) {
+            close(ends[0]);
+            int pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+            if (pidfd >= 0) {
+                *release = ends[1];
+                *pid = child;
+                return pidfd;
+            }
+            int saved = errno;
+            kill(child, SIGKILL);
+            while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {}
+            close(ends[1]);
+            errno = saved;
+            return -1;
+        }
+    }
+    close(ends[0]);
+    close(ends[1]);
+    errno = status;
+    return -1;
 }

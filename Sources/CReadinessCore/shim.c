@@ -5,6 +5,7 @@
 #include "CReadinessCore.h"
 #include <errno.h>
 #include <sys/epoll.h>
+#include <sys/vfs.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <pthread.h>
@@ -108,4 +109,15 @@ int rd_affinity_cpu_count(void) {
         if (saved != EINVAL) return -1;
     }
     return -1;
+}
+
+/* pidfs's magic number (linux/magic.h has it from Linux 6.9 on; Debian 12's headers are older). */
+#ifndef PID_FS_MAGIC
+#define PID_FS_MAGIC 0x50494446
+#endif
+
+int rd_is_pidfs_file(int fd) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -1;
+    return fs.f_type == PID_FS_MAGIC ? 1 : 0;
 }

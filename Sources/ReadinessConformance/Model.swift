@@ -153,6 +153,9 @@ public enum Fixture: Sendable, Hashable {
     /// An anonymous-inode file with no poll method (a Landlock ruleset): neither a device, a regular
     /// file nor a directory, which epoll refuses and poll(2) and select call always ready.
     case anonymousUnpollable(String)
+    /// A pidfd `name` for a child process that exits once a byte is written to `release` (a pipe's
+    /// write end): a file the kernel reports readable when the process has exited.
+    case childProcess(String, release: String)
 }
 
 /// Where a connect step connects to.

@@ -46,6 +46,8 @@ final class ScenarioRun {
     /// Numbers of endpoints closed by a step: misuse steps still name them.
     private var closedNumbers: [String: CInt] = [:]
     private var paths: [String] = []
+    /// Child processes of `childProcess` fixtures: ended and reaped at the tear-down.
+    private var children: [pid_t] = []
     private let buffer = EventBuffer(capacity: 64)
     /// The descriptor limit before ``Step/exhaustDescriptors``, restored by the next step or tear-down.
     private var savedLimit: rlimit?
@@ -77,6 +79,11 @@ final class ScenarioRun {
         for (fd, _) in listeners.values { close(fd) }
         for fd in extras { close(fd) }
         for path in paths { unlink(path) }
+        for child in children {
+            kill(child, SIGKILL)
+            while waitpid(child, nil, 0) < 0 && errno == EINTR {}
+        }
+        children.removeAll()
         endpoints.removeAll()
         listeners.removeAll()
         extras.removeAll()
@@ -133,6 +140,14 @@ final class ScenarioRun {
             let fd = rd_landlock_ruleset()
             guard fd >= 0 else { throw Unsupported(reason: "no Landlock here to make a file without poll (\(ErrnoTable.name(errno)))") }
             endpoints[name] = fd
+        case .childProcess(let name, let release):
+            var releaseEnd: CInt = -1
+            var child: CInt = 0
+            let fd = rd_spawn_pidfd_child(&releaseEnd, &child)
+            guard fd >= 0 else { throw Unsupported(reason: "no child process with a pidfd here (\(ErrnoTable.name(errno)))") }
+            endpoints[name] = fd
+            endpoints[release] = releaseEnd
+            children.append(pid_t(child))
         case .pathOnly(let name):
             // A FIFO opened with O_PATH (a location, not an open file), its path removed at once.
             let path = Net.uniquePath + ".fifo"

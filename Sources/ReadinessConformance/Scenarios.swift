@@ -483,6 +483,11 @@ extension Conformance {
                  fixtures: [.anonymousUnpollable("l")], [
             reg("l", 1, .readable, .level, err("unsupportedDescriptor")), reg("l", 1, .writable, .level, err("unsupportedDescriptor")),
         ]),
+        Scenario("readiness/pidfd-process-exit", checks: "A pidfd (pidfd_open) registers on every backend and is readable once its process has exited, not before.",
+                 fixtures: [.childProcess("p", release: "x")], [
+            reg("p", 1, .readable), wait(now, .none), write("x"), wait(soon, ev((1, .readable))), wait(now, ev((1, .readable))),
+            line(.deregister("p")), wait(now, .none),
+        ]),
         Scenario("misuse/reregister-order", checks: "reregister checks its arguments before whether the descriptor is registered, as register does.", fixtures: pair, [
             rereg("a", .max, .readable, .level, err("reservedToken")), rereg("a", 1, [], .level, err("emptyInterest")),
             rereg("a", 1, .readable, .level, err("notRegistered")),

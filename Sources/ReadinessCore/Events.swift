@@ -158,4 +158,10 @@ public final class EventBuffer: RandomAccessCollection {
         storedCount += 1
         return true
     }
+    /// For backend implementations: adds `ready` to the event at `position` (one this wait put in:
+    /// a registration seen again later in the same wait with more ready). Out of range: nothing.
+    @_spi(Backend) public func merge(_ ready: Ready, at position: Int) {
+        guard position >= 0, position < storedCount else { return }
+        storage[position].ready.formUnion(ready)
+    }
 }

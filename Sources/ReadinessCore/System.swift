@@ -68,12 +68,13 @@ public enum Sys {
             return errno == EBADF ? .badDescriptor(fd) : .failed("fstat", errno: errno)
         }
         let kind = st.st_mode & S_IFMT
-        if kind == S_IFREG || kind == S_IFDIR { return .unsupportedDescriptor(fd) }
+        if kind == S_IFDIR || (kind == S_IFREG && !isPidfd(fd)) { return .unsupportedDescriptor(fd) }
         if let refusal = checkPathOnly(fd) { return refusal }
         // Devices differ one by one (a terminal polls, /dev/null does not, and poll(2) would call it
         // always ready): ask the kernel, as epoll_ctl does for the epoll backend. So do anonymous-inode
         // files (no type bits): eventfd, timerfd, signalfd, pidfd poll; a Landlock ruleset does not.
-        if kind == S_IFCHR || kind == S_IFBLK || kind == 0 {
+        // A pidfd some kernels call a regular file (below) is asked too.
+        if kind == S_IFCHR || kind == S_IFBLK || kind == 0 || kind == S_IFREG {
             switch probe?.canPoll(fd) ?? rd_kernel_can_poll(fd) {
             case 1: return nil
             case 0: return .unsupportedDescriptor(fd)
@@ -93,8 +94,15 @@ public enum Sys {
         }
         let kind = st.st_mode & S_IFMT
         // (An O_PATH descriptor: epoll_ctl itself refuses it with EBADF.)
-        return kind == S_IFREG || kind == S_IFDIR ? .unsupportedDescriptor(fd) : nil
+        return kind == S_IFDIR || (kind == S_IFREG && !isPidfd(fd)) ? .unsupportedDescriptor(fd) : nil
     }
+
+    /// A pidfd whose file the kernel reports as regular: from Linux 6.9 pidfds live on their own
+    /// file system (pidfs), and some releases give its files S_IFREG (others, this contract's
+    /// anonymous-inode kind, no type bits). A pidfd polls (readable once the process has exited), so
+    /// it is not refused as the regular files of disks, procfs and sysfs are. One fstatfs, and only
+    /// for a file that would otherwise be refused.
+    private static func isPidfd(_ fd: CInt) -> Bool { rd_is_pidfs_file(fd) == 1 }
 
     /// An O_PATH descriptor is a location, not an open file (fstat works on it, I/O does not): the
     /// kernel's poll calls it POLLNVAL, select always ready, epoll_ctl EBADF. Every backend refuses it

@@ -84,6 +84,9 @@ let acceptedHostPorts = [
     AcceptedHostPort(text: "example.com:65535", host: "example.com", port: 65535),
     AcceptedHostPort(text: "my_host-1.example:22", host: "my_host-1.example", port: 22),
     AcceptedHostPort(text: "\(longestName):1", host: longestName, port: 1),
+    AcceptedHostPort(text: "[fe80::1%1]:80", host: "fe80::1%1", port: 80),
+    AcceptedHostPort(text: "[fe80::1%lo]:80", host: "fe80::1%lo", port: 80),
+    AcceptedHostPort(text: "[::1%4294967295]:80", host: "::1%4294967295", port: 80),
     // The root's trailing dot is not counted (Go isDomainName): refused as too long before stop 32.
     AcceptedHostPort(text: "\(longestName).:1", host: longestName + ".", port: 1),
 ]
@@ -94,7 +97,13 @@ let refusedHostPorts = [
     RefusedHostPort(text: "[]:80", reason: "empty"),
     RefusedHostPort(text: "[127.0.0.1]:80", reason: "IPv6"),
     RefusedHostPort(text: "[localhost]:80", reason: "IPv6"),
-    RefusedHostPort(text: "[fe80::1%eth0]:80", reason: "zone"),
+    // A zone names an interface this machine has, or is an index (Go, Rust, CPython, libuv).
+    RefusedHostPort(text: "[fe80::1%nosuch0]:80", reason: "no network interface"),
+    RefusedHostPort(text: "[fe80::1%]:80", reason: "empty"),
+    RefusedHostPort(text: "[fe80::1%4294967296]:80", reason: "over"),
+    RefusedHostPort(text: "[fe80::1%a/b]:80", reason: "neither"),
+    RefusedHostPort(text: "[127.0.0.1%1]:80", reason: "IPv4"),
+    RefusedHostPort(text: "fe80::1%1:80", reason: "brackets"),
     RefusedHostPort(text: "[::1", reason: "]"),
     RefusedHostPort(text: "[::1]", reason: "port"),
     RefusedHostPort(text: "[::1]80", reason: "port"),

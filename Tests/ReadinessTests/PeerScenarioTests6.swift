@@ -262,6 +262,9 @@ extension PeerScenarioTests6 {
         #expect(scoped(1) != scoped(2))
         #expect(scoped(1).description == "[fe80::1%1]:80")
         #expect(scoped(0).description == "[fe80::1]:80")
+        // The printed form parses back (stop 46; before, a zone was refused).
+        #expect(try SocketAddress(scoped(1).description) == scoped(1))
+        #expect(try SocketAddress(scoped(UInt32.max).description) == scoped(UInt32.max))
     }
 }
 

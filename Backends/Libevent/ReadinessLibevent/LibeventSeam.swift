@@ -66,6 +66,9 @@ public final class LibeventSeam: BackendSeam {
     /// Per descriptor, the last wait that reported it (no token twice in one wait). 64 bits: at a
     /// billion waits a second the epoch would wrap after 584 years, so a stamp is never mistaken.
     private var stamps: [UInt64] = []
+    /// Per descriptor, where its event of this wait is in the caller's buffer (-1: none), valid while
+    /// its stamp is this wait's: a later pass of the same wait that fires it again adds to that event.
+    private var positions: [Int] = []
     private var epoch: UInt64 = 0
     private let checkOpen: Bool
     /// The epoll method cannot remove a file whose number was closed (or now names another file):
@@ -143,6 +146,7 @@ public final class LibeventSeam: BackendSeam {
         usesEpoll = method == "epoll"
         checkOpen = method == "poll" || method == "select"
         stamps = Array(repeating: 0, count: Int(waker.fd) + 1)
+        positions = Array(repeating: -1, count: Int(waker.fd) + 1)
         let features = rd_lev_features(made)
         earlyClose = features & CInt(RD_LEV_FEATURE_EARLY_CLOSE) != 0 ? 1 : 0
         let kernel = Method(rawValue: method)
@@ -210,6 +214,7 @@ public final class LibeventSeam: BackendSeam {
             recheck = .allocate(capacity: recheckCapacity)
         }
         if Int(fd) >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: Int(fd) + 1 - stamps.count)) }
+        if Int(fd) >= positions.count { positions.append(contentsOf: repeatElement(-1, count: Int(fd) + 1 - positions.count)) }
         if Int(fd) >= inPending.count { inPending.append(contentsOf: repeatElement(false, count: Int(fd) + 1 - inPending.count)) }
     }
 
@@ -457,7 +462,7 @@ public final class LibeventSeam: BackendSeam {
             markStale(fd, &table)
             return
         }
-        guard stamp(fd) else { return }
+        let first = stamp(fd)
         var ready = Ready()
         if what & CInt(RD_LEV_READ) != 0 { ready.insert(.readable) }
         if what & CInt(RD_LEV_WRITE) != 0 { ready.insert(.writable) }
@@ -473,15 +478,28 @@ public final class LibeventSeam: BackendSeam {
                 ready.insert(.writable)
             }
         }
+        // Fired again by a later pass of this wait (libevent's epoll method hands out at most its
+        // array's size a pass; `recheckPending` reports before the first pass): one event per
+        // registration, so the new bits join the event already reported. Dropped, an edge that came
+        // between the passes (a writable edge while the readable one was being reported) would be
+        // reported by no wait at all: epoll and io_uring look at the file again when they report it.
+        if !first, positions[Int(fd)] >= 0, let r = table[fd] {
+            events.merge(Ready.normalized(ready, interest: r.interest), at: positions[Int(fd)])
+            return
+        }
+        let before = events.count
         table.report(fd, ready, into: events)
+        if events.count > before { positions[Int(fd)] = before }
     }
 
     /// Marks `fd` as reported in this wait; false if it already was.
     private func stamp(_ fd: CInt) -> Bool {
         let i = Int(fd)
         if i >= stamps.count { stamps.append(contentsOf: repeatElement(0, count: i + 1 - stamps.count)) }
+        if i >= positions.count { positions.append(contentsOf: repeatElement(-1, count: i + 1 - positions.count)) }
         if stamps[i] == epoch { return false }
         stamps[i] = epoch
+        positions[i] = -1
         return true
     }
 

@@ -10,4 +10,11 @@ int rd_unshare_network(void);
 /// or -1 with errno set (ENOSYS, EOPNOTSUPP: no Landlock here).
 int rd_landlock_ruleset(void);
 
+/// A child process (`/usr/bin/head -c 1`, made with posix_spawn) that exits once a byte is written
+/// to `*release` (a blocking pipe's write end, close-on-exec; closing it ends the child too), and a
+/// pidfd for it (pidfd_open): the conformance suite's `childProcess` fixture. The pidfd, with the
+/// child's process id in `*pid`, or -1 with errno set (ENOSYS: no pidfd_open here) and nothing left
+/// open or running.
+int rd_spawn_pidfd_child(int *release, int *pid);
+
 #endif

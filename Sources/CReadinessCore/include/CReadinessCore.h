@@ -20,6 +20,10 @@ int rd_kernel_can_poll(int fd);
 /// the caller closes it): two system calls (EPOLL_CTL_ADD then DEL) and no descriptor once made, so
 /// a process out of descriptors can still re-arm a device or eventfd it registered before.
 int rd_kernel_can_poll_with(int *probe, int fd);
+/// Whether `fd` is a pidfd whose file the kernel calls regular (S_IFREG): Linux 6.9 moved pidfds to
+/// their own file system (pidfs) and some releases since report its files as regular ones, which the
+/// contract otherwise refuses. 1 yes, 0 no, -1 with errno. One fstatfs.
+int rd_is_pidfs_file(int fd);
 /// Whether `fd` was opened with O_PATH (a location, not an open file: no I/O, and poll(2) calls it
 /// POLLNVAL, select(2) always ready, epoll_ctl EBADF): 1 yes, 0 no, -1 with errno (EBADF: not open).
 /// One fcntl(F_GETFL).

@@ -78,9 +78,22 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return family == AF_UNIX ? min(stored, socklen_t(MemoryLayout<sockaddr_un>.size)) : stored
     }
 
-    /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets, no zone id) and a port.
+    /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets) and a port. An IPv6 address may carry
+    /// a zone (RFC 4007): `fe80::1%2` (an interface index) or `fe80::1%eth0` (an interface name,
+    /// looked up with `if_nametoindex`, which asks the kernel, never a name server); the index becomes
+    /// the address's `sin6_scope_id`, as Go, Rust, CPython and libuv read it.
     public init(ip: String, port: UInt16) throws(ParseError) {
         guard !ip.utf8.contains(0) else { throw ParseError(text: ip, reason: "the address contains a NUL byte") }
+        if let percent = ip.utf8.firstIndex(of: UInt8(ascii: "%")) {
+            let (address, scope) = try Self.zoned(ip, at: percent)
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            sin6.sin6_addr = address
+            sin6.sin6_scope_id = scope
+            self.init(raw: sin6)
+            return
+        }
         var v4 = in_addr()
         var v6 = in6_addr()
         if inet_pton(AF_INET, ip, &v4) == 1 {
@@ -95,12 +108,47 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             sin6.sin6_port = port.bigEndian
             sin6.sin6_addr = v6
             self.init(raw: sin6)
-        } else if ip.utf8.contains(UInt8(ascii: "%")) && ip.utf8.contains(UInt8(ascii: ":")) {
-            throw ParseError(text: ip, reason: "IPv6 zone ids (%) are not supported")
         } else {
             throw ParseError(text: ip, reason: "not a numeric IPv4 or IPv6 address")
         }
     }
+
+    /// The IPv6 address and interface index of `text`, whose zone starts at `percent`: the part before
+    /// it must be an IPv6 address (an IPv4 address has no zone), the zone an index of 1 to 10 ASCII
+    /// digits (at most 4,294,967,295) or the name of an interface this machine has (1 to 15 bytes).
+    static func zoned(_ text: String, at percent: String.UTF8View.Index) throws(ParseError) -> (in6_addr, UInt32) {
+        let refuse = { (reason: String) in ParseError(text: text, reason: reason) }
+        var address = in6_addr()
+        let before = String(decoding: text.utf8[..<percent], as: UTF8.self)
+        guard inet_pton(AF_INET6, before, &address) == 1 else {
+            var v4 = in_addr()
+            if inet_pton(AF_INET, before, &v4) == 1 { throw refuse("a zone (%) belongs to an IPv6 address, not an IPv4 one") }
+            throw refuse("not a numeric IPv6 address before the zone (%)")
+        }
+        let zone = text.utf8[text.utf8.index(after: percent)...]
+        guard !zone.isEmpty else { throw refuse("the zone after % is empty (write an interface index or name, as in fe80::1%1)") }
+        if zone.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
+            var index: UInt64 = 0
+            for digit in zone.prefix(11) { index = index * 10 + UInt64(digit - UInt8(ascii: "0")) }
+            guard zone.count <= 10, index <= UInt64(UInt32.max) else { throw refuse("the zone's interface index is over 4294967295") }
+            return (address, UInt32(index))
+        }
+        let name = String(decoding: zone, as: UTF8.self)
+        guard zone.count < Self.interfaceNameCapacity, !zone.contains(UInt8(ascii: "/")), !zone.contains(UInt8(ascii: "%")),
+              !name.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control }) else {
+            throw refuse("the zone is neither an interface index nor an interface name (1 to \(Self.interfaceNameCapacity - 1) bytes, no '/', '%' or whitespace)")
+        }
+        let index = if_nametoindex(name)
+        guard index != 0 else {
+            let code = Glibc.errno
+            if code == ENODEV || code == ENXIO || code == 0 { throw refuse("no network interface is named \(name)") }
+            throw refuse("the interface \(name) could not be looked up: \(ErrnoTable.name(code)) (\(ErrnoTable.message(code)))")
+        }
+        return (address, index)
+    }
+
+    /// IFNAMSIZ: an interface's name has at most 15 bytes.
+    private static let interfaceNameCapacity = 16
 
     /// A Unix-domain path in the filesystem: 1 to 107 bytes, no NUL byte (a path starting with NUL
     /// would be a Linux abstract name: use ``init(abstractUnixName:)`` for that).
@@ -217,7 +265,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Splits `HOST:PORT` or `[IPv6]:PORT` without resolving anything. The grammar (Docs/Connect.md,
-    /// "Addresses and names"): brackets hold exactly an IPv6 address (no zone id); an unbracketed host is
+    /// "Addresses and names"): brackets hold exactly an IPv6 address, with or without a zone (`%1`, `%eth0`); an unbracketed host is
     /// 1 to 253 bytes with no `:`, NUL, whitespace or control character, and a dotted-decimal IPv4
     /// address if it ends in a number; the port is 1 to 5 ASCII digits, 0 to 65535.
     /// `unix:PATH` is refused (it names a Unix-domain address, as ``init(_:)``, ``resolve(_:)`` and
@@ -253,8 +301,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             host = text[..<colon]
             portText = text[bytes.index(after: colon)...]
             if portText.utf8.contains(UInt8(ascii: ":")) {
-                // "fe80::1%lo:80": bracketing it would only meet the zone's refusal next.
-                if text.utf8.contains(UInt8(ascii: "%")) { throw refuse("IPv6 zone ids (%) are not supported") }
+                if text.utf8.contains(UInt8(ascii: "%")) { throw refuse("put an IPv6 address and its zone in brackets, as in [fe80::1%1]:80") }
                 throw refuse("put an IPv6 address in brackets, as in [::1]:80")
             }
             if let problem = nameProblem(host) { throw refuse(problem) }
@@ -283,7 +330,11 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// Why the inside of brackets is not an IPv6 address, nil when it is one.
     private static func ipv6LiteralProblem(_ host: Substring) -> String? {
         if host.isEmpty { return "the brackets are empty: write an IPv6 address in them, as in [::1]:80" }
-        if host.utf8.contains(UInt8(ascii: "%")) { return "IPv6 zone ids (%) are not supported" }
+        let literal = String(host)
+        if let percent = literal.utf8.firstIndex(of: UInt8(ascii: "%")) {
+            do { _ = try zoned(literal, at: percent) } catch { return error.reason }
+            return nil
+        }
         var v6 = in6_addr()
         guard inet_pton(AF_INET6, String(host), &v6) == 1 else {
             return "brackets hold only an IPv6 address, as in [::1]:80; write an IPv4 address or a name without them"
@@ -297,9 +348,13 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         if name.utf8.contains(0) { return nulInName }
         if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
         if name.utf8.contains(UInt8(ascii: ":")) {
-            // An IPv6 address with a zone ("fe80::1%lo", bracketed or not): the advice to bracket it
-            // would not help (Go's and libuv's users write zones).
-            if name.utf8.contains(UInt8(ascii: "%")) { return "IPv6 zone ids (%) are not supported" }
+            // An IPv6 address with a zone ("fe80::1%lo") that did not parse: the zone's own problem
+            // (no such interface), not the advice to bracket it; in brackets too (a host alone).
+            var text = String(name)
+            if text.hasPrefix("["), text.hasSuffix("]"), text.utf8.count > 2 { text = String(text.dropFirst().dropLast()) }
+            if let percent = text.utf8.firstIndex(of: UInt8(ascii: "%")) {
+                do { _ = try zoned(text, at: percent) } catch { return error.reason }
+            }
             return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)"
         }
         // Brackets hold an IPv6 address and nothing else (Go's SplitHostPort: "unexpected '['").
@@ -476,9 +531,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// "1.2.3.4:80", "[::1]:80", "[fe80::1%2]:80" for a scoped IPv6 address (its interface index),
-    /// "unix:/path", or "unix:@name" for an abstract name (a display form: ``init(_:)`` reads
-    /// "unix:@name" back as the path "@name", and refuses a zone).
+    /// "1.2.3.4:80", "[::1]:80", "[fe80::1%2]:80" for a scoped IPv6 address (its interface index,
+    /// which ``init(_:)`` reads back), "unix:/path", or "unix:@name" for an abstract name (a display
+    /// form: ``init(_:)`` reads "unix:@name" back as the path "@name").
     public var description: String {
         withUnsafeBytes(of: storage) { raw -> String in
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)

@@ -79,6 +79,8 @@ public final class Listener {
         try Self.checkOptions(options, for: address)
         let fd = rd_net_stream_socket(address.domain)
         guard fd >= 0 else { throw SocketError(errno: errno, operation: "socket") }
+        // The socket file a Unix path's bind made: removed again should anything after it fail.
+        var bound: BoundPath?
         do throws(SocketError) {
             if address.family != .unix {
                 if options.reuseAddress { try Self.set(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") }
@@ -88,19 +90,21 @@ public final class Listener {
                 }
             }
             try Self.bind(fd, to: address, removeStale: options.removeStaleUnixSocket)
+            bound = BoundPath(address)
             guard Glibc.listen(fd, options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen \(address)") }
             // The kernel's name for it: the port it chose for port 0, the abstract name Linux gave a
             // nameless Unix address (autobind); a Unix path as given (getsockname may cut it).
             let named = address.family == .unix && !address.isNamelessUnix
             self.address = named ? address : ((try? SocketAddress.local(of: fd)) ?? address)
         } catch {
+            bound?.unlinkIfOurs()   // before the close, as close() does: while the socket holds the file, it is ours
             Sys.close(fd)
             throw error
         }
         self.fd = fd
         backoff = options.backoff.sanitized
         currentDelay = backoff.initial
-        boundPath = BoundPath(address)
+        boundPath = bound
     }
 
     /// Takes ownership of a listening stream socket made elsewhere: systemd's socket activation, a
