@@ -35,9 +35,11 @@ int rd_spawn_pidfd_child(int *release, int *pid) {
     int status = posix_spawn_file_actions_init(&actions);
     if (status == 0) {
         status = posix_spawn_file_actions_adddup2(&actions, ends[0], STDIN_FILENO);
+        /* What it copies goes nowhere: the parent's standard output may be a JSON report. */
+        if (status == 0) status = posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
         char *argv[] = { "head", "-c", "1", NULL };
         pid_t child = -1;
-        if (status == 0) status = posix_spawn(&child, "/usr/bin/head", &actions, NULL, argv, environ);
+        if (status == 0) status = posix_spawnp(&child, "head", &actions, NULL, argv, environ);
         posix_spawn_file_actions_destroy(&actions);
         if (status == 0) {
             close(ends[0]);
@@ -48,7 +50,7 @@ int rd_spawn_pidfd_child(int *release, int *pid) {
                 return pidfd;
             }
             int saved = errno;
-            kill(child, SIGKILL);
+            kill(child, SIGKILL);   /* not reaped yet: the number is still the child's */
             while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {}
             close(ends[1]);
             errno = saved;
@@ -59,4 +61,24 @@ int rd_spawn_pidfd_child(int *release, int *pid) {
     close(ends[1]);
     errno = status;
     return -1;
+}
+
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+void rd_end_pidfd_child(int pidfd, int pid) {
+    /* Through the pidfd, not the number: a child already reaped (SIGCHLD ignored) may have given
+       its number to another process. */
+    syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    siginfo_t info;
+    int status;
+    while ((status = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED)) < 0 && errno == EINTR) {}
+    if (status < 0 && errno == EINVAL) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    }
+    close(pidfd);
 }

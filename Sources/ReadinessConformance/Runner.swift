@@ -46,8 +46,9 @@ final class ScenarioRun {
     /// Numbers of endpoints closed by a step: misuse steps still name them.
     private var closedNumbers: [String: CInt] = [:]
     private var paths: [String] = []
-    /// Child processes of `childProcess` fixtures: ended and reaped at the tear-down.
-    private var children: [pid_t] = []
+    /// Child processes of `childProcess` fixtures, with a pidfd of the run's own (the scenario may
+    /// close its endpoint): ended and reaped through it at the tear-down.
+    private var children: [(pidfd: CInt, pid: CInt)] = []
     private let buffer = EventBuffer(capacity: 64)
     /// The descriptor limit before ``Step/exhaustDescriptors``, restored by the next step or tear-down.
     private var savedLimit: rlimit?
@@ -79,10 +80,7 @@ final class ScenarioRun {
         for (fd, _) in listeners.values { close(fd) }
         for fd in extras { close(fd) }
         for path in paths { unlink(path) }
-        for child in children {
-            kill(child, SIGKILL)
-            while waitpid(child, nil, 0) < 0 && errno == EINTR {}
-        }
+        for child in children { rd_end_pidfd_child(child.pidfd, child.pid) }
         children.removeAll()
         endpoints.removeAll()
         listeners.removeAll()
@@ -147,7 +145,14 @@ final class ScenarioRun {
             guard fd >= 0 else { throw Unsupported(reason: "no child process with a pidfd here (\(ErrnoTable.name(errno)))") }
             endpoints[name] = fd
             endpoints[release] = releaseEnd
-            children.append(pid_t(child))
+            let own = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+            guard own >= 0 else {
+                let code = errno
+                kill(child, SIGKILL)   // not reaped yet: the number is still the child's
+                while waitpid(child, nil, 0) < 0 && errno == EINTR {}
+                throw SetupError("fcntl(F_DUPFD_CLOEXEC) of a pidfd", code)
+            }
+            children.append((own, child))
         case .pathOnly(let name):
             // A FIFO opened with O_PATH (a location, not an open file), its path removed at once.
             let path = Net.uniquePath + ".fifo"

@@ -87,6 +87,7 @@ let acceptedHostPorts = [
     AcceptedHostPort(text: "[fe80::1%1]:80", host: "fe80::1%1", port: 80),
     AcceptedHostPort(text: "[fe80::1%lo]:80", host: "fe80::1%lo", port: 80),
     AcceptedHostPort(text: "[::1%4294967295]:80", host: "::1%4294967295", port: 80),
+    AcceptedHostPort(text: "[fe80::1%000000000001]:80", host: "fe80::1%000000000001", port: 80),
     // The root's trailing dot is not counted (Go isDomainName): refused as too long before stop 32.
     AcceptedHostPort(text: "\(longestName).:1", host: longestName + ".", port: 1),
 ]
@@ -104,6 +105,11 @@ let refusedHostPorts = [
     RefusedHostPort(text: "[fe80::1%a/b]:80", reason: "neither"),
     RefusedHostPort(text: "[127.0.0.1%1]:80", reason: "IPv4"),
     RefusedHostPort(text: "fe80::1%1:80", reason: "brackets"),
+    // The kernel would cut a name at ':' ("lo:80" is lo): the port meant would be lost (review).
+    RefusedHostPort(text: "[fe80::1%lo:80]:443", reason: "neither"),
+    // A zone on IPv4 is refused unbracketed too, never looked up (review: it reached getaddrinfo).
+    RefusedHostPort(text: "127.0.0.1%1:80", reason: "IPv4"),
+    RefusedHostPort(text: "name%1:80", reason: "zone"),
     RefusedHostPort(text: "[::1", reason: "]"),
     RefusedHostPort(text: "[::1]", reason: "port"),
     RefusedHostPort(text: "[::1]80", reason: "port"),

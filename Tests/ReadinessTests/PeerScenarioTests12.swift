@@ -251,6 +251,14 @@ struct PeerScenarioTests12 {
             guard case .success(let addresses)? = answers.first, let address = addresses.first else { Issue.record("\(host): \(answers)"); continue }
             #expect(address.description == "[fe80::1%\(scope)]:80", "\(host): \(address)")
         }
+        // A zone cut by the kernel at ':' would lose what follows ("fe80::1%lo:80" was lo, review).
+        for host in ["fe80::1%lo:80", "127.0.0.1%1"] {
+            let resolution = Resolution(host: host, port: 443, waker: waker, resolver: NeverAskedResolver())
+            defer { resolution.cancel() }
+            let answers = resolution.takeAnswers().map(\.result)
+            guard case .failure(let failure)? = answers.first else { Issue.record("\(host): \(answers)"); continue }
+            #expect(failure.kind == .invalidName, "\(host): \(failure)")
+        }
         for host in ["fe80::1%nosuch0", "[fe80::1%nosuch0]"] {
             let resolution = Resolution(host: host, port: 80, waker: waker, resolver: NeverAskedResolver())
             defer { resolution.cancel() }

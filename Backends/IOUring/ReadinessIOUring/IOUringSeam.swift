@@ -419,15 +419,21 @@ public final class IOUringSeam: BackendSeam {
     public func remove(_ fd: CInt, _ registration: Registration) throws(PollerError) {
         let cancelled = try disarm(fd)
         // Submitted now: the request holds the file, which must not outlive the registration (a
-        // descriptor deregistered then closed must look closed to its peer at once). A submit that
-        // fails leaves the cancel queued for the next wait, and the registration in the table: the
-        // count drops only with it (counted twice, the re-check buffer sized by it came up short).
+        // descriptor deregistered then closed must look closed to its peer at once).
         if cancelled || cancelQueued {
             // A cancel queued by an earlier reregister is submitted too: the request it cancels holds
             // the file as much as this one would (reregister then deregister before a wait).
-            try owned("io_uring_enter(ASYNC_CANCEL)") { rd_uring_submit(ring) }
-            cancelQueued = false
-            awaitCancelled(fd)
+            do {
+                try owned("io_uring_enter(ASYNC_CANCEL)") { rd_uring_submit(ring) }
+                cancelQueued = false
+                awaitCancelled(fd)
+            } catch {
+                // The kernel took nothing (EAGAIN, EBUSY: no memory, a full completion queue): the
+                // cancel stays queued and the next wait submits it, so the file is let go then. The
+                // deregister still succeeds: its request is already disarmed here (the slot is
+                // forgotten), and a failure would have left the table calling the descriptor
+                // registered while nothing would ever report it (a registration made silent).
+            }
         }
         registered -= 1
     }

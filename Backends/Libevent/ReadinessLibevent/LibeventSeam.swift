@@ -375,7 +375,7 @@ public final class LibeventSeam: BackendSeam {
         for i in 0..<fired {
             let fd = rd_lev_fired_fd(lev, i)
             if fd == waker.fd { continue }
-            if events.isFull {
+            if events.isFull, !reportedThisWait(fd) {
                 if table[fd]?.isActive == true { keepPending(fd) }
             } else {
                 deliver(fd, rd_lev_fired_what(lev, i), &table, events)
@@ -452,8 +452,8 @@ public final class LibeventSeam: BackendSeam {
         pending.append(fd)
     }
 
-    /// Turns one fired (descriptor, bits) into an event, unless it belongs to no live registration or
-    /// was already reported by this wait.
+    /// Turns one fired (descriptor, bits) into an event, unless it belongs to no live registration; a
+    /// descriptor this wait already reported has the bits added to that event.
     private func deliver(_ fd: CInt, _ what: CInt, _ table: inout RegistrationTable, _ events: EventBuffer) {
         guard table[fd]?.isActive == true else { return }
         // libevent's poll method turns POLLNVAL into read|write, and select(2) reports a descriptor
@@ -490,6 +490,12 @@ public final class LibeventSeam: BackendSeam {
         let before = events.count
         table.report(fd, ready, into: events)
         if events.count > before { positions[Int(fd)] = before }
+    }
+
+    /// Whether this wait put an event of `fd`'s in the buffer (a later pass adds to it: no room needed).
+    private func reportedThisWait(_ fd: CInt) -> Bool {
+        let i = Int(fd)
+        return i < stamps.count && stamps[i] == epoch && positions[i] >= 0
     }
 
     /// Marks `fd` as reported in this wait; false if it already was.

@@ -17,4 +17,8 @@ int rd_landlock_ruleset(void);
 /// open or running.
 int rd_spawn_pidfd_child(int *release, int *pid);
 
+/// Ends and reaps a child of `rd_spawn_pidfd_child` through `pidfd` (pidfd_send_signal, waitid
+/// P_PIDFD; `pid` only where the kernel lacks waitid on a pidfd), then closes `pidfd`.
+void rd_end_pidfd_child(int pidfd, int pid);
+
 #endif

@@ -128,15 +128,20 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         let zone = text.utf8[text.utf8.index(after: percent)...]
         guard !zone.isEmpty else { throw refuse("the zone after % is empty (write an interface index or name, as in fe80::1%1)") }
         if zone.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
+            // An index (leading zeros allowed, as glibc takes them); digits first, so that the printed
+            // form parses back (glibc and Go look an all-digit zone up as a name first).
+            let significant = zone.drop { $0 == UInt8(ascii: "0") }
             var index: UInt64 = 0
-            for digit in zone.prefix(11) { index = index * 10 + UInt64(digit - UInt8(ascii: "0")) }
-            guard zone.count <= 10, index <= UInt64(UInt32.max) else { throw refuse("the zone's interface index is over 4294967295") }
+            for digit in significant.prefix(11) { index = index * 10 + UInt64(digit - UInt8(ascii: "0")) }
+            guard significant.count <= 10, index <= UInt64(UInt32.max) else { throw refuse("the zone's interface index is over 4294967295") }
             return (address, UInt32(index))
         }
         let name = String(decoding: zone, as: UTF8.self)
-        guard zone.count < Self.interfaceNameCapacity, !zone.contains(UInt8(ascii: "/")), !zone.contains(UInt8(ascii: "%")),
+        // Linux's names have no '/', ':' (the kernel would cut the name there: "lo:80" is lo),
+        // '%' or whitespace.
+        guard zone.count < Self.interfaceNameCapacity, !zone.contains(where: { Self.refusedInInterfaceName.contains($0) }),
               !name.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control }) else {
-            throw refuse("the zone is neither an interface index nor an interface name (1 to \(Self.interfaceNameCapacity - 1) bytes, no '/', '%' or whitespace)")
+            throw refuse("the zone is neither an interface index nor an interface name (1 to \(Self.interfaceNameCapacity - 1) bytes, no '/', ':', '%' or whitespace)")
         }
         let index = if_nametoindex(name)
         guard index != 0 else {
@@ -149,6 +154,8 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// IFNAMSIZ: an interface's name has at most 15 bytes.
     private static let interfaceNameCapacity = 16
+    /// Bytes no Linux interface name has.
+    private static let refusedInInterfaceName: [UInt8] = [UInt8(ascii: "/"), UInt8(ascii: ":"), UInt8(ascii: "%")]
 
     /// A Unix-domain path in the filesystem: 1 to 107 bytes, no NUL byte (a path starting with NUL
     /// would be a Linux abstract name: use ``init(abstractUnixName:)`` for that).
@@ -347,14 +354,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     static func nameProblem(_ name: some StringProtocol) -> String? {
         if name.utf8.contains(0) { return nulInName }
         if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
+        // A '%' is a zone's (no name has one): its reason, whether the address before it is IPv4
+        // ("127.0.0.1%1"), not an address, or a zone that names no interface; never a lookup.
+        var text = String(name)
+        if text.hasPrefix("["), text.hasSuffix("]"), text.utf8.count > 2 { text = String(text.dropFirst().dropLast()) }
+        if let percent = text.utf8.firstIndex(of: UInt8(ascii: "%")) {
+            do { _ = try zoned(text, at: percent) } catch { return error.reason }
+        }
         if name.utf8.contains(UInt8(ascii: ":")) {
-            // An IPv6 address with a zone ("fe80::1%lo") that did not parse: the zone's own problem
-            // (no such interface), not the advice to bracket it; in brackets too (a host alone).
-            var text = String(name)
-            if text.hasPrefix("["), text.hasSuffix("]"), text.utf8.count > 2 { text = String(text.dropFirst().dropLast()) }
-            if let percent = text.utf8.firstIndex(of: UInt8(ascii: "%")) {
-                do { _ = try zoned(text, at: percent) } catch { return error.reason }
-            }
             return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)"
         }
         // Brackets hold an IPv6 address and nothing else (Go's SplitHostPort: "unexpected '['").

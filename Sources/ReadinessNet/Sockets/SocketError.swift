@@ -27,10 +27,13 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         /// ENOTCONN: not connected (or already shut down).
         case notConnected
         /// ENETUNREACH, EHOSTUNREACH, ENETDOWN, EHOSTDOWN: no route to the peer. For a connected
-        /// ``DatagramSocket``: an ICMP "communication administratively prohibited" came back for an
-        /// earlier datagram, reported by the next call (as ``refused`` reports a port-unreachable);
-        /// Linux reports an ICMP host- or network-unreachable to a datagram socket only with
-        /// IP_RECVERR, which this package does not set, so those go unreported there.
+        /// ``DatagramSocket``: an ICMP error Linux counts as hard came back for an earlier datagram,
+        /// reported by the next call (as ``refused`` reports a port-unreachable): on IPv4
+        /// "communication administratively prohibited", a host or network unknown or prohibited.
+        /// Without IP_RECVERR (not set here) Linux does not report the soft ones (a plain host- or
+        /// network-unreachable) to a datagram socket; ICMPv6's administratively prohibited, policy
+        /// failure and reject route come as EACCES (``permissionDenied``), a protocol unreachable or
+        /// parameter problem as ENOPROTOOPT or EPROTO (``other``).
         case unreachable
         /// EBADF: the socket was closed (by this object or underneath it).
         case closed
