@@ -327,37 +327,37 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         if inLoop { applySignalMask() } else { submit(.applySignalMask) }
     }
 
-    /// Called on the loop thread once a new sequence's subscription exists, before its mask opens:
-    /// instances of `signals` pending for this thread (blocked here, no sequence of this loop watching
-    /// them) were raised before the call, by code on the loop, and would reach the new sequence when
-    /// its mask opens. A sequence gets the deliveries from the call on (libuv's `we_get_signal` counts
-    /// exactly across a stop and a restart), so they are taken off (`sigtimedwait`, no wait). Only the
-    /// thread's own: one sent to the process while every thread blocked it (a SIGTERM during a
-    /// program's start-up) is the new sequence's. Off the loop thread another thread's pending set
-    /// cannot be taken from: nothing is done.
-    func discardStalePending(_ signals: [Signal]) {
-        guard inLoop else { return }
-        let counts = lock.withLock { watchedSignals }
-        var mask = sigset_t()
-        pthread_sigmask(SIG_BLOCK, nil, &mask)
-        let stale = signals.filter { counts[$0.rawValue, default: 0] == 0 && sigismember(&mask, $0.rawValue) == 1 }
-        if !stale.isEmpty { SignalSubscription.discardPendingForThisThread(stale) }
-    }
-
     /// On the loop thread: unblocks the signals a sequence watches; blocks again those no sequence
-    /// watches that were blocked when the thread began.
+    /// watches that were blocked when the thread began. A signal it unblocks that was blocked here
+    /// first has the instances pending for this thread taken off (`sigtimedwait`, no wait): they were
+    /// raised by code on the loop while no sequence of it watched, before the call that made the new
+    /// sequence (the change reaches the loop as a job, after the jobs submitted before that call and
+    /// before those submitted after it), and a sequence gets the deliveries from the call on (libuv's
+    /// `we_get_signal` counts exactly across a stop and a restart). Only the thread's own: one sent to
+    /// the process while every thread blocked it (a SIGTERM during a program's start-up) is the new
+    /// sequence's. Before, this was done only when `signals` was called on the loop thread: called
+    /// elsewhere, the stale raise reached the new sequence.
     private func applySignalMask() {
         let counts = lock.withLock { watchedSignals }
-        var unblock = sigset_t(), block = sigset_t()
+        var unblock = sigset_t(), block = sigset_t(), current = sigset_t()
         sigemptyset(&unblock)
         sigemptyset(&block)
+        pthread_sigmask(SIG_BLOCK, nil, &current)
+        var stale: [Signal] = []
+        var unblocked: Set<CInt> = []
         for (signal, count) in counts {
             if count > 0 {
                 sigaddset(&unblock, signal)
+                unblocked.insert(signal)
+                if !state.unblockedForSequences.contains(signal), sigismember(&current, signal) == 1 {
+                    stale.append(Signal(rawValue: signal))
+                }
             } else if sigismember(&state.startMask, signal) == 1 {
                 sigaddset(&block, signal)
             }
         }
+        if !stale.isEmpty { SignalSubscription.discardPendingForThisThread(stale) }
+        state.unblockedForSequences = unblocked
         pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         pthread_sigmask(SIG_BLOCK, &block, nil)
     }

@@ -47,10 +47,8 @@ extension EventLoop {
         }
         // The loop thread stops blocking them while the sequence watches (before any job queued
         // after this call runs), so that a `raise` by code on the loop is delivered; raises made
-        // there before the call, while nothing watched, are taken off first.
-        let watched = Array(subscription.signals)
-        discardStalePending(watched)
-        watchSignals(watched, true)
+        // there before the call, while nothing watched, are taken off first (applySignalMask).
+        watchSignals(Array(subscription.signals), true)
         return SignalSequence(loop: self, subscription: subscription)
     }
 

@@ -19,6 +19,9 @@ final class LoopState {
     /// watched signal blocked then is unblocked while a sequence watches it, and blocked again after
     /// (`EventLoop.watchSignals`).
     var startMask = sigset_t()
+    /// The signals the loop thread unblocked because a sequence of this loop watches them
+    /// (`EventLoop.applySignalMask`): one newly unblocked has its stale instances taken off first.
+    var unblockedForSequences: Set<CInt> = []
     var poller: (any Poller)?
     let timers = Timers(capacity: LoopState.initialCapacity)
     let events = EventBuffer(capacity: LoopState.eventCapacity)
