@@ -338,6 +338,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// sequence's. Before, this was done only when `signals` was called on the loop thread: called
     /// elsewhere, the stale raise reached the new sequence.
     private func applySignalMask() {
+        if state.signalMaskFinal { return }
         let counts = lock.withLock { watchedSignals }
         var unblock = sigset_t(), block = sigset_t(), current = sigset_t()
         sigemptyset(&unblock)
@@ -522,6 +523,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // The thread's mask as it began, before the watched signals get their old actions back: a
         // signal a program blocks on purpose is never met here under its default action.
         pthread_sigmask(SIG_SETMASK, &state.startMask, nil)
+        state.signalMaskFinal = true   // (review: a sequence released during the drain reopened it)
         for watcher in watchers { watcher.subscription?.stop() }
         state.shutDown(reason: reason)
         state.resumeYielded()   // their operations fail with `.shutdown`

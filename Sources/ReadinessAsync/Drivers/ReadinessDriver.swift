@@ -395,6 +395,7 @@ struct ReadinessDriver: IODriver {
             loop.close(connect, reason: .resourceExhausted)
             throw .resourceExhausted
         }
+        let endedByDeadline = connect.connect?.endedByDeadline == true
         connect.outcome = nil                      // taken: `close` must not close the winner's socket
         loop.close(connect, reason: .closed)       // the winner was handed over; the rest are cancelled
         switch progress {
@@ -406,13 +407,11 @@ struct ReadinessDriver: IODriver {
             }
         case .failed(let error):
             // Stopped by the connect's deadline (HappyEyeballs.startDeadline, in the same turn as the
-            // deadline's own timer, or before it): the form the deadline's timer gives. Asked of the
-            // clock too: the state machine reads it, and a lookup's answer handled before this turn's
-            // timers (a busy loop) stopped it past a deadline the loop had not seen yet (review: that
-            // connect ended as .connect(timedOut) where its timer gives .timedOut).
-            if error.cause == .timedOut, loop.expired(deadline) || deadline.map({ $0 <= MonotonicClock.nowNanoseconds }) == true {
-                throw .timedOut
-            }
+            // deadline's own timer, or before it): the form the deadline's timer gives. The state
+            // machine says so itself: it reads the clock, and a lookup's answer handled before this
+            // turn's timers (a busy loop) stopped it past a deadline the loop had not seen yet (review:
+            // that connect ended as .connect(timedOut) where its timer gives .timedOut).
+            if error.cause == .timedOut, endedByDeadline || loop.expired(deadline) { throw .timedOut }
             throw .connect(error)
         case .unresolved(let error): throw .resolution(error)
         case .inProgress: throw .closed

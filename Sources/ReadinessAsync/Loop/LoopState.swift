@@ -22,6 +22,9 @@ final class LoopState {
     /// The signals the loop thread unblocked because a sequence of this loop watches them
     /// (`EventLoop.applySignalMask`): one newly unblocked has its stale instances taken off first.
     var unblockedForSequences: Set<CInt> = []
+    /// Set once the loop's shutdown has put the thread's start mask back: no later mask change (a
+    /// sequence's release during the drain, a queued `.applySignalMask`) opens it again.
+    var signalMaskFinal = false
     var poller: (any Poller)?
     let timers = Timers(capacity: LoopState.initialCapacity)
     let events = EventBuffer(capacity: LoopState.eventCapacity)

@@ -337,6 +337,11 @@ public final class HappyEyeballs {
     public var startDeadline: Int64?
     /// Inside ``start()``'s own pass.
     private var initialPass = false
+    /// Whether the connect ended because ``startDeadline`` passed with addresses or a lookup left
+    /// (its failure is ``deadlineFailure()``), as decided then: a caller that classifies the failure
+    /// later asks this, not its clock (an attempt's own kernel time-out that came just before the
+    /// deadline is not the deadline's).
+    package private(set) var endedByDeadline = false
 
     private func mayStartMore(_ now: Int64) -> Bool {
         guard let startDeadline, now >= startDeadline else { return true }
@@ -377,6 +382,7 @@ public final class HappyEyeballs {
         // connect's deadline passed, whatever failed before (Connect.md, rule 11).
         if !live, !more, attempts.count < attemptLimit, !primary.isEmpty || !secondary.isEmpty || resolutionPending {
             outcome = .failed(deadlineFailure())
+            endedByDeadline = true
             if let stepTimer { timers.cancel(stepTimer) }
             stepTimer = nil
             return outcome!

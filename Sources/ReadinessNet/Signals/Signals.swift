@@ -195,8 +195,10 @@ public final class SignalSubscription: @unchecked Sendable {
     /// shared one). The signals must be blocked on this thread.
     package static func discardPendingForThisThread(_ signals: [Signal]) {
         var noWait = timespec()
-        // A real-time signal may have several instances queued: a few rounds, each re-read.
-        for _ in 0..<8 {
+        // A real-time signal may have many instances queued (one taken a round): rounds until none is
+        // left, each re-reading the thread's own set (review: 20 queued outlasted the 8 rounds there
+        // were); bounded all the same.
+        for _ in 0..<Self.discardRounds {
             var mask: UInt64 = 0
             guard rd_signal_thread_pending(&mask) == 0 else { return }
             let pending = signals.filter { $0.rawValue >= 1 && $0.rawValue <= 64 && mask & (1 << UInt64($0.rawValue - 1)) != 0 }
@@ -209,6 +211,10 @@ public final class SignalSubscription: @unchecked Sendable {
             }
         }
     }
+
+    /// The most rounds ``discardPendingForThisThread(_:)`` makes: more than the instances a thread
+    /// can have queued under a usual RLIMIT_SIGPENDING share.
+    private static let discardRounds = 4096
 
     /// Stops watching (``stop()``) and closes both ends of the pipe. Call it once no task waits on
     /// ``descriptor``; later calls do nothing. Deinitialisation closes it too.
