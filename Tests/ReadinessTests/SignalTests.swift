@@ -99,20 +99,26 @@ struct SignalTests {
                 return (sequence, raise(SIGUSR1))   // after the call: this one counts
             }.value
             #expect(later == 0)
-            let received = Counter()
-            let counting = Task(executorPreference: loop) { () async -> Int in
-                var count = 0
-                for await _ in second {
-                    count += 1
-                    received.increment()
-                }
-                return count
-            }
-            for _ in 0..<100 where received.value == 0 { try await loop.sleep(for: .milliseconds(10)) }
-            try await loop.sleep(for: .milliseconds(200))
-            second.finish()
-            #expect(await counting.value == 1, "the raise after the call only")
+            #expect(try await Self.deliveries(of: second, on: loop) == 1, "the raise after the call only")
         }
+    }
+
+    /// How many deliveries `sequence` gets, counted on the loop: up to 1 s for the first, then 200 ms
+    /// more for any other, then the sequence is finished.
+    static func deliveries(of sequence: SignalSequence, on loop: EventLoop) async throws -> Int {
+        let received = Counter()
+        let counting = Task(executorPreference: loop) { () async -> Int in
+            var count = 0
+            for await _ in sequence {
+                count += 1
+                received.increment()
+            }
+            return count
+        }
+        for _ in 0..<100 where received.value == 0 { try await loop.sleep(for: .milliseconds(10)) }
+        try await loop.sleep(for: .milliseconds(200))
+        sequence.finish()
+        return await counting.value
     }
 
     /// The same with the new sequence asked for off the loop thread (review, stop 46): the stale
@@ -136,19 +142,7 @@ struct SignalTests {
                 let second = try loop.signals([Signal(rawValue: number)])   // off the loop thread
                 let later = await Task(executorPreference: loop) { raise(number) }.value   // after the call: this one counts
                 #expect(later == 0)
-                let received = Counter()
-                let counting = Task(executorPreference: loop) { () async -> Int in
-                    var count = 0
-                    for await _ in second {
-                        count += 1
-                        received.increment()
-                    }
-                    return count
-                }
-                for _ in 0..<100 where received.value == 0 { try await loop.sleep(for: .milliseconds(10)) }
-                try await loop.sleep(for: .milliseconds(200))
-                second.finish()
-                #expect(await counting.value == 1, "signal \(number): the raise after the call only")
+                #expect(try await Self.deliveries(of: second, on: loop) == 1, "signal \(number): the raise after the call only")
             }
         }
     }
