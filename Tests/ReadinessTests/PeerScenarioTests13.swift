@@ -398,6 +398,29 @@ extension PeerScenarioTests13 {
 /// SO_SNDBUFFORCE refused (`errno`).
 struct SendBufferNotForced: Error { let errno: CInt }
 
+/// tokio's and SwiftNIO's datagram tests receive whole datagrams into a buffer that holds them.
+extension PeerScenarioTests13 {
+    /// A receive into `Bytes` was cut at the 1 MiB reservation cap though the buffer and `maximum`
+    /// held more (review, stop 46): a 2 MiB Unix datagram came back as 1 MiB, truncated, and a
+    /// datagram cut short cannot be read again. The stream read already read into the room there was.
+    @Test("a datagram receive into Bytes takes all the room the buffer has, up to maximum, past the reservation cap",
+          .enabled(if: canForceSendBuffer(), "SO_SNDBUFFORCE needs CAP_NET_ADMIN"))
+    func datagramReceiveUsesTheRoom() throws {
+        let (sender, receiver) = try DatagramSocket.pair()
+        defer { sender.close(); receiver.close() }
+        var force = CInt(8 << 20)
+        #expect(setsockopt(sender.fd, SOL_SOCKET, SO_SNDBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size)) == 0)
+        #expect(setsockopt(receiver.fd, SOL_SOCKET, SO_RCVBUFFORCE, &force, socklen_t(MemoryLayout<CInt>.size)) == 0)
+        let size = 2 << 20
+        let datagram = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        guard case .transferred(size) = try sender.send(Bytes(datagram)) else { Issue.record("not sent whole"); return }
+        var bytes = Bytes(capacity: 4 << 20)
+        let received = try receiver.receive(into: &bytes, maximum: 4 << 20).datagram
+        #expect(received?.count == size && received?.isTruncated == false, "\(String(describing: received))")
+        #expect(bytes.count == size && Array(bytes) == datagram)
+    }
+}
+
 /// 32 MiB of sevens in the forms a stream write takes, and a socketpair whose send buffer takes it
 /// whole (SO_SNDBUFFORCE): a write that never has to wait.
 final class LargeWritePayload: @unchecked Sendable {

@@ -738,6 +738,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             try loop.checkRoom()
             if !listener.acceptQueue.isEmpty {
                 let fd = listener.acceptQueue.removeFirst()
+                listener.listener.noteAccepted()   // (review: the back-off stayed at its last delay)
                 let socket = StreamSocket(owning: fd)
                 // The peer, asked now, as accept(2) reports it: a connection its client reset while it
                 // waited is still handed out (its reads and writes then fail with `reset`). Never
@@ -799,6 +800,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                     ListenerResource.reset(result)
                     throw op.failure ?? (loop.isShutDown ? .shutdown : .closed)
                 }
+                listener.listener.noteAccepted()
                 let socket = StreamSocket(owning: result)
                 // The peer, asked now, as accept(2) reports it (a connection reset while it waited
                 // included; none where the kernel will not say, as above).

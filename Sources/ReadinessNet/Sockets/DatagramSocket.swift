@@ -407,7 +407,10 @@ public final class DatagramSocket {
             throw SocketError(.resourceExhausted, operation: "receive: allocating room for \(wanted) bytes")
         }
         let room = bytes.unsafeRoom
-        let result = try receiveImpl(UnsafeMutableRawBufferPointer(rebasing: room[..<Swift.min(wanted, room.count)]))
+        // Into all the room the buffer has, up to `maximum`: the cap bounds what is reserved, not what
+        // is received, as for the stream read (a datagram cut short cannot be read again: a Unix
+        // datagram over 1 MiB was cut to it though the buffer held it whole).
+        let result = try receiveImpl(UnsafeMutableRawBufferPointer(rebasing: room[..<Swift.min(maximum, room.count)]))
         if case .received(let datagram) = result { bytes.commit(datagram.count) }
         return result
     }

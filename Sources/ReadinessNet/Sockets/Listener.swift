@@ -251,7 +251,7 @@ public final class Listener {
         while true {
             let client = NetSys.accept(fd, &peer)
             if client >= 0 {
-                currentDelay = backoff.initial
+                noteAccepted()
                 return .accepted(StreamSocket(owning: client), peer: peer)
             }
             let code = errno
@@ -324,6 +324,11 @@ public final class Listener {
         nextBackoffPeriod()
         return retryAt
     }
+
+    /// A connection was accepted for this listener elsewhere (io_uring's accepts, which do not go
+    /// through ``accept()``): the back-off starts again from its initial delay, as an accepted
+    /// connection resets it here.
+    package func noteAccepted() { currentDelay = backoff.initial }
 
     /// Sets the time to try again and doubles the delay, up to the maximum.
     private func nextBackoffPeriod() {
