@@ -376,7 +376,12 @@ extension EventLoop {
         return AsyncSocket(loop: self, id: id, peer: peer)
     }
 
-    /// Suspends for `duration` on the loop's timers (cancellable: ``LoopError/cancelled``).
+    /// Suspends for `duration` on the loop's timers (cancellable: ``LoopError/cancelled``). Any
+    /// `Duration` is taken: a negative one is zero (a pass of the loop; sleeps due at once wake in the
+    /// order they were asked for, as Go's timers do), a huge one saturates. Fails also with
+    /// ``LoopError/shutdown`` (``LoopError/poller(_:)`` when the loop ended because its poller failed)
+    /// and ``LoopError/resourceExhausted`` (the loop holds as many resources as it can; a sleep takes a
+    /// slot while it waits).
     nonisolated(nonsending) public func sleep(for duration: Duration) async throws(LoopError) {
         let deadline = Deadline.after(duration)
         try await onLoop { (state) async throws(LoopError) in try await state.sleep(until: deadline) }

@@ -463,6 +463,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 if failure?.isResourceExhausted == true, waitFailures < Self.waitRetries {
                     waitFailures += 1
                     usleep(Self.waitRetryPauseMicroseconds)
+                    // Timers go on meanwhile (no event is read: the buffer of a failed wait holds
+                    // none): a sleep ends, a deadline fails its operation, and a read's timeout that
+                    // closes an idle connection is what ends a shortage of descriptors. Tasks that
+                    // spent their budget go on too. (Before, both stopped until a wait succeeded.)
+                    state.fireTimers(now: MonotonicClock.nowNanoseconds)
+                    if !state.yielded.isEmpty { state.resumeYielded() }
                     continue
                 }
                 break

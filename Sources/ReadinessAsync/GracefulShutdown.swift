@@ -9,8 +9,10 @@ extension EventLoop {
     /// 1. stops accepting: every listener of the loop is closed (a task in `accept` resumes with
     ///    ``LoopError/closed``, so ``AsyncListener/serve(_:)`` stops and waits for its connections),
     ///    and a later `listen` on the loop is refused with ``LoopError/shutdown``;
-    /// 2. waits until the loop holds no connected socket (their tasks closed them, or ``AsyncListener/serve(_:)`` did when
-    ///    their handlers returned), at most `gracePeriod`;
+    /// 2. waits until the loop holds no connection it accepted or adopted (their tasks closed them, or
+    ///    ``AsyncListener/serve(_:)`` did when their handlers returned), at most `gracePeriod`; the
+    ///    connections the loop made itself (``connect(to:timeout:)``: a pool to an upstream) are not
+    ///    waited for: their owner closes them, and ``shutdown()`` closes what is left;
     /// 3. ``shutdown()``: whatever is still pending fails with ``LoopError/shutdown`` and every socket
     ///    left is closed; ``AsyncListener/serve(_:)`` then cancels its connections' tasks, so that a
     ///    handler waiting on something else than this loop (a `Task.sleep`, another loop) ends too.
@@ -23,8 +25,8 @@ extension EventLoop {
     }
 
     /// The graceful shutdown of `loops` together: every one stops accepting, then they wait until none
-    /// of them holds a connection (counted in one pass over all: a handler on one loop may open a
-    /// connection on another), at most `gracePeriod`, and only then are they all shut down. A loop with
+    /// of them holds a connection it accepted (counted in one pass over all), at most `gracePeriod`,
+    /// and only then are they all shut down (a handler still answering on one loop may use another). A loop with
     /// nothing left keeps running meanwhile: a handler still draining elsewhere may use it (a sleep, a
     /// connection to an upstream), and an actor isolated to it stays on its thread.
     static func shutdown(_ loops: [EventLoop], gracePeriod: Duration) async {
@@ -87,10 +89,15 @@ extension LoopState {
         }
     }
 
-    /// How many connected sockets the loop holds (a connect still in progress is not one).
+    /// How many connections the loop serves: sockets it accepted or adopted, open still. Not the
+    /// connections it made itself (a connect's, a Happy Eyeballs connect's): a client of an upstream
+    /// (an idle pooled connection) would hold every drain for the whole grace period, as Go's
+    /// `Server.Shutdown` waits for the server's connections only; a handler that uses an upstream is
+    /// waited for through its accepted connection, open while the handler runs.
     var connectionCount: Int {
         slab.resources.reduce(0) { count, resource in
-            (resource as? StreamResource)?.socket != nil ? count + 1 : count
+            guard let stream = resource as? StreamResource, stream.socket != nil, !stream.isOutbound else { return count }
+            return count + 1
         }
     }
 }

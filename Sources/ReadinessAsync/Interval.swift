@@ -57,8 +57,10 @@ public struct Interval: Sendable {
     /// loop, even for a tick already due, so that a task catching up a burst never holds the loop),
     /// then schedules the one after it (``missedTicks``) and returns the instant this one was due.
     ///
-    /// Fails with ``LoopError/cancelled`` (the task was cancelled: the schedule is unchanged) and
-    /// ``LoopError/shutdown``.
+    /// Fails with ``LoopError/cancelled`` (the task was cancelled: the schedule is unchanged),
+    /// ``LoopError/shutdown`` (``LoopError/poller(_:)`` when the loop ended because its poller failed)
+    /// and ``LoopError/resourceExhausted`` (the loop holds as many resources as it can: a tick takes a
+    /// slot while it waits; the schedule is unchanged, the next call tries again).
     public mutating func tick() async throws(LoopError) -> Deadline {
         let due = nextTick
         try await loop.sleep(until: due)
@@ -104,7 +106,7 @@ public struct Interval: Sendable {
 extension EventLoop {
     /// Suspends until `deadline` on the loop's timers (cancellable: ``LoopError/cancelled``); a deadline
     /// that has passed still suspends, for a pass of the loop (tokio's `sleep_until`, SwiftNIO's
-    /// `scheduleTask(deadline:)`).
+    /// `scheduleTask(deadline:)`). Also fails as ``EventLoop/sleep(for:)`` does.
     nonisolated(nonsending) public func sleep(until deadline: Deadline) async throws(LoopError) {
         try await onLoop { (state) async throws(LoopError) in try await state.sleep(until: deadline.nanoseconds) }
     }

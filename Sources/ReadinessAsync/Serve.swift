@@ -1,5 +1,6 @@
 import ReadinessCore
 import ReadinessNet
+import Synchronization
 
 // Serving: the accept loop every server writes, with each connection's task on its socket's loop.
 //
@@ -32,6 +33,13 @@ extension AsyncListener {
     /// while it lasts, up to 100 ms) and accepts again. A loop that ended (its waits failing for want
     /// of resources for a second) is the poller's failure, thrown.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
+        try await serve(handler, accepted: nil)
+    }
+
+    /// ``serve(_:)``, marking `accepted` at its first accepted connection (for the group's serve,
+    /// which leaves a listener another task accepts on alone only when this one accepted nothing).
+    nonisolated(nonsending) func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void,
+                                       accepted: ServedAny?) async throws(LoopError) {
         let listener = self
         let loop = self.loop
         let running = ServedConnections()
@@ -90,6 +98,7 @@ extension AsyncListener {
                     }
                 }
                 pause = Self.fullLoopPause
+                accepted?.mark()
                 running.started()
                 connections.addTask(executorPreference: loop) {
                     await handler(socket)
@@ -196,19 +205,22 @@ extension EventLoopGroup {
     /// it bound, for one). Returns when every listener stopped accepting (closed, its loop shut down,
     /// or the calling task cancelled) and every connection's task finished; the first accept failure
     /// is thrown then. It closes a listener whose accepting failed at once (the kernel would queue
-    /// connections on it), and no other.
+    /// connections on it), and no other: a listener another task accepts on already fails with
+    /// ``LoopError/busy`` and is left to that task.
     nonisolated(nonsending) public func serve(_ listeners: [AsyncListener],
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let failures: [LoopError] = await withTaskGroup(of: LoopError?.self) { group in
             for listener in listeners {
                 group.addTask(executorPreference: listener.loop) {
+                    let served = ServedAny()
                     do throws(LoopError) {
-                        try await listener.serve(handler)
+                        try await listener.serve(handler, accepted: served)
                         return nil
                     } catch {
                         // Closed at once: with SO_REUSEPORT the kernel would go on queueing a share of
-                        // the new connections on a listener nobody accepts from.
-                        await listener.close()
+                        // the new connections on a listener nobody accepts from. Not when another task
+                        // accepted on it already at the first accept (`.busy`): that one serves it.
+                        if error != .busy || served.any { await listener.close() }
                         return error
                     }
                 }
@@ -219,4 +231,11 @@ extension EventLoopGroup {
         }
         if let first = failures.first { throw first }
     }
+}
+
+/// Whether a serve accepted a connection (set by its accepting task).
+final class ServedAny: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func mark() { if !flag.load(ordering: .relaxed) { flag.store(true, ordering: .relaxed) } }
+    var any: Bool { flag.load(ordering: .relaxed) }
 }

@@ -260,12 +260,17 @@ extension AsyncConformance {
         AsyncScenario("async/signals/delivered", checks: "A signal sent to the process reaches the loop's signal sequence (deliveries may coalesce); finish() ends the iteration, and the signal's action is the one it had before (libuv test-signal, tokio signal tests).", [
             op(.signals(count: 3), .note("received, ended, action restored")),
         ]),
-        AsyncScenario("async/shutdown/graceful", checks: "A graceful shutdown closes the listeners at once (a waiting accept ends with closed), lets connections go on (a pending read gets the bytes written during the drain), returns as soon as no connected socket is left, and then fails what is left with shutdown.", [
+        AsyncScenario("async/shutdown/graceful", checks: "A graceful shutdown closes the listeners at once (a waiting accept ends with closed), lets connections go on (a pending read gets the bytes written during the drain), returns as soon as no connection it accepted is left, and then fails what is left with shutdown.", [
             line(.tcpPair(client: "c", server: "s")), line(.listen("l")),
             start("t1", .accept("l", as: "x", timeout: long)), start("t2", read("s")),
             start("g", .shutdownGracefully(.seconds(10))), join("t1", fails(.closed)),
             op(write("c", 3)), join("t2", bytes(3)), op(.close("s")), op(.close("c")),
             join("g", .note("drained")), op(.sleep(.zero), fails(.shutdown)),
+        ]),
+        AsyncScenario("async/shutdown/graceful-outbound", checks: "A graceful shutdown does not wait for a connection the loop made itself (an idle client of an upstream, its read waiting): it returns at once, and the read fails with shutdown (Go's Server.Shutdown waits for the server's own connections; before, such a connection held the drain for the whole grace period).", [
+            line(.listener("u")), op(.connect(as: "c", to: .listener("u"), timeout: long), .connect("connected")),
+            start("t1", read("c")), start("g", .shutdownGracefully(.seconds(3))), join("g", .note("drained")),
+            join("t1", fails(.shutdown)),
         ]),
         AsyncScenario("async/shutdown/graceful-cut", checks: "A graceful shutdown whose connections do not end within the grace period returns at its end, and the operations still pending fail with shutdown.", [
             line(.tcpPair(client: "c", server: "s")), start("t1", read("s")),

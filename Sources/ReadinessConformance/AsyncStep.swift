@@ -80,7 +80,7 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// `serve` ended ("returned" or an error).
     case serveEcho(String, clients: Int, bytes: Int)
     /// `loop.shutdown(gracePeriod:)`: "drained" when it returned before the grace period ended (no
-    /// connected socket was left), "grace period ended" otherwise.
+    /// accepted or adopted connection was left), "grace period ended" otherwise.
     case shutdownGracefully(Duration)
     /// A sleep of `duration` on an otherwise idle loop, counting the loop's poller passes meanwhile
     /// (`statistics()`): "idle" when they were few (at most 20), else how many (a loop, or a backend

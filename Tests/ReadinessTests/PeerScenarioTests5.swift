@@ -677,7 +677,8 @@ extension PeerScenarioTests5 {
         let loop = try EventLoop(backend: backend)
         let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
         let other = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
-        let held = try await loop.connect(to: other.address, timeout: .seconds(5))   // keeps the drain waiting
+        let client = try await loop.connect(to: other.address, timeout: .seconds(5))
+        let held = try await other.accept(timeout: .seconds(5))   // accepted: keeps the drain waiting
         let serving = Task { () async -> Void in try? await listener.serve { _ in } }
         try await Task.sleep(for: .milliseconds(50))
         let draining = Task { await loop.shutdown(gracePeriod: .seconds(60)) }
@@ -690,6 +691,6 @@ extension PeerScenarioTests5 {
         #expect(took < .seconds(2), "serve returned after \(took) on \(backend)")
         draining.cancel()   // the second signal: stop now
         await draining.value
-        _ = held
+        _ = (held, client)
     }
 }

@@ -29,6 +29,9 @@ struct rd_lev_reg {
     rd_lev *lev;
     struct event *ev;
     int fd;
+    /* The last change's delete was refused by the kernel (the epoll method: the number was closed, or
+     * names another file now), read by rd_lev_reg_change_refused_delete. */
+    int delete_refused;
 };
 
 static void rd_lev_quiet(int severity, const char *msg) { (void)severity; (void)msg; }
@@ -185,8 +188,13 @@ int rd_lev_reserve(rd_lev *lev, int count) {
 static void rd_lev_fired(evutil_socket_t fd, short what, void *arg) {
     rd_lev_reg *reg = arg;
     rd_lev *lev = reg->lev;
+    /* libevent deletes a fired event that is not persistent (a one-shot) just before this call, and
+     * ignores the kernel's refusal (the epoll method: the number was closed, a dup keeping the file in
+     * the set); errno, cleared before the loop and after every call here, is what that delete left. */
+    int refused = !(event_get_events(reg->ev) & EV_PERSIST) && (errno == ENOENT || errno == EBADF || errno == EPERM);
+    errno = 0;
     if (lev->fired >= lev->capacity) return; /* cannot happen: capacity covers every registration */
-    short bits = 0;
+    short bits = refused ? RD_LEV_DELETE_REFUSED : 0;
     if (what & EV_READ) bits |= RD_LEV_READ;
     if (what & EV_WRITE) bits |= RD_LEV_WRITE;
     if (what & EV_CLOSED) bits |= RD_LEV_CLOSED;
@@ -228,7 +236,10 @@ int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_clos
      * leaves the registration watched as before (the contract's rollback). */
     short old_what = event_get_events(reg->ev);
     int was_pending = event_pending(reg->ev, EV_READ | EV_WRITE, NULL) != 0;   /* a fired one-shot is not */
+    /* As in rd_lev_reg_remove: errno is what the kernel said to the epoll method's delete. */
+    errno = 0;
     event_del(reg->ev);
+    reg->delete_refused = was_pending && (errno == ENOENT || errno == EBADF || errno == EPERM);
     if (event_assign(reg->ev, reg->lev->base, reg->fd, rd_lev_what(interest, trigger, early_close), rd_lev_fired, reg) == 0
         && event_add(reg->ev, NULL) == 0)
         return 0;
@@ -260,6 +271,9 @@ int rd_lev_reinit(rd_lev *lev) {
     }
     return result;
 }
+
+int rd_lev_reg_change_refused_delete(const rd_lev_reg *reg) { return reg->delete_refused; }
+
 
 int rd_lev_reg_reuse(rd_lev_reg *reg, int fd, int interest, int trigger, int early_close) {
     reg->fd = fd;

@@ -42,6 +42,8 @@ public final class LibeventSeam: BackendSeam {
     public let method: String
     /// Whether that method is epoll, whose passes are capped by its event array (see `wait`).
     private let usesEpoll: Bool
+    /// Whether that method is select, whose kernel reports a hang-up in the read set only.
+    private let usesSelect: Bool
     /// The epoll method's device check (`checkedIdentity`): its set, made at the first device.
     private let probe = PollProbe()
     private let lev: OpaquePointer
@@ -144,6 +146,7 @@ public final class LibeventSeam: BackendSeam {
         self.wakerReg = wakerReg
         method = String(cString: rd_lev_method(made))
         usesEpoll = method == "epoll"
+        usesSelect = method == "select"
         checkOpen = method == "poll" || method == "select"
         stamps = Array(repeating: 0, count: Int(waker.fd) + 1)
         positions = Array(repeating: -1, count: Int(waker.fd) + 1)
@@ -227,11 +230,13 @@ public final class LibeventSeam: BackendSeam {
         }
         if let now {
             // A revived registration (its file closed, the number reused): the old file may linger in
-            // libevent's epoll set through a dup, as at deregistration.
-            if files[Int(old.index)] != now {
-                files[Int(old.index)] = now
+            // libevent's epoll set through a dup, as at deregistration. The kernel's refusal of the old
+            // event's delete says so too where the identities cannot (two anonymous-inode files, an
+            // eventfd and another, share one inode).
+            if files[Int(old.index)] != now || rd_lev_reg_change_refused_delete(reg) != 0 || suspectNumbers.contains(fd) {
                 reinitBeforeNextPass = true
             }
+            files[Int(old.index)] = now
         }
     }
 
@@ -375,6 +380,13 @@ public final class LibeventSeam: BackendSeam {
         for i in 0..<fired {
             let fd = rd_lev_fired_fd(lev, i)
             if fd == waker.fd { continue }
+            // A one-shot fired on a number closed meanwhile: libevent's delete was refused, and a dup
+            // keeps the file in the epoll set, armed. A suspect now, whatever the number names at its
+            // deregistration (another eventfd has the same device and inode as the first).
+            if usesEpoll, rd_lev_fired_what(lev, i) & CInt(RD_LEV_DELETE_REFUSED) != 0, !suspectNumbers.contains(fd) {
+                suspects += 1
+                suspectNumbers.insert(fd)
+            }
             if events.isFull, !reportedThisWait(fd) {
                 if table[fd]?.isActive == true { keepPending(fd) }
             } else {
@@ -427,7 +439,11 @@ public final class LibeventSeam: BackendSeam {
                     if entry.revents & Int16(POLLIN) != 0 { what |= CInt(RD_LEV_READ) }
                     if entry.revents & Int16(POLLOUT) != 0 { what |= CInt(RD_LEV_WRITE) }
                     if entry.revents & Self.pollRDHUP != 0 { what |= CInt(RD_LEV_CLOSED) }
-                    if entry.revents & Int16(POLLERR | POLLHUP) != 0 { what |= CInt(RD_LEV_READ | RD_LEV_WRITE) }
+                    // As the method itself reports them: an error in both directions; a hang-up in
+                    // both, except on the select method, whose kernel marks the read set only (the
+                    // same registration got writable or not by whether it waited for room here).
+                    if entry.revents & Int16(POLLERR) != 0 { what |= CInt(RD_LEV_READ | RD_LEV_WRITE) }
+                    if entry.revents & Int16(POLLHUP) != 0 { what |= CInt(RD_LEV_READ) | (usesSelect ? 0 : CInt(RD_LEV_WRITE)) }
                     // A one-shot reported from here is disarmed in libevent as one that fired is (a
                     // re-arm by reregister had put its event back): left armed, it would fire again,
                     // and select fail with EBADF once the caller closed it.

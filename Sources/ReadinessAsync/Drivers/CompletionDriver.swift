@@ -352,8 +352,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         }
         let result = op.result
         if result >= 0, Self.keeps(op.failure) {
+            // Closed (or the loop stopped) after the kernel finished the receive, before this task
+            // ran: `.closed` (`.shutdown`), as the readiness driver's woken task finds when it looks
+            // the socket up again; the bytes go with the socket there too.
+            let (stream, _) = try loop.stream(id)
             if result == 0, let failure = Self.takeReadFailure(id, loop: loop) { throw failure }
-            if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = result > 0 && Int(result) < buffer.count }
+            stream.record.readDrained = result > 0 && Int(result) < buffer.count
             return Int(result)
         }
         if let failure = op.failure {
@@ -547,10 +551,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let buffer = op.bufferID
         defer { if let buffer { ring.giveBack(buffer) } }
         if !Self.keeps(op.failure) { throw op.failure! }
+        // Closed (or the loop stopped) after the receive completed, before this task ran: as in `read`.
+        let (stream, socket) = try loop.stream(id)
         guard result > 0, let buffer else {
             if let failure = Self.takeReadFailure(id, loop: loop) { throw failure }
             // The end of the stream: later reads try recv(2) first and meet it at once.
-            if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = false }
+            stream.record.readDrained = false
             do { return try take(UnsafeRawBufferPointer(start: nil, count: 0)) } catch { throw .socket(error) }
         }
         guard let base = ring.providedBuffer(buffer) else { throw .shutdown }
@@ -558,7 +564,6 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let room = Swift.max(maximum, 1)
         do {
             // Cut short by the buffer's end: read on, as one recv(2) of `maximum` would have.
-            guard let (stream, socket) = try? loop.stream(id) else { return try take(bytes) }
             if Int(result) < room, op.filledBuffer {
                 return try Self.topUp(bytes, stream: stream, socket: socket, maximum: room, loop: loop, take)
             }
@@ -642,6 +647,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             // cancellation): a write whose every byte went out succeeds, as on the readiness path.
             if op.result > 0, Self.keeps(op.failure) { offset += Int(op.result) }
             if offset == buffer.count { return }
+            // Bytes left, and the socket closed (or the loop stopped) after the send completed, before
+            // this task ran: `.closed` (`.shutdown`), as the readiness driver's woken writer finds.
+            if Self.keeps(op.failure) { (stream, socket) = try loop.stream(id) }
             if let failure = op.failure { throw failure }
             if op.result < 0 {
                 // EAGAIN and the like: the readiness driver writes the rest (no resubmission loop).
@@ -688,6 +696,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             }
             if op.result > 0, Self.keeps(op.failure) { remaining.advance(by: Int(op.result)) }
             if remaining.isEmpty { return }   // every byte went out, whatever became of the wait
+            if Self.keeps(op.failure) { (stream, socket) = try loop.stream(id) }   // closed since: as above
             if let failure = op.failure { throw failure }
             if op.result < 0 {
                 let rest = Array(remaining)

@@ -401,7 +401,7 @@ struct ReadinessDriver: IODriver {
         switch progress {
         case .connected(let socket):
             let stream = StreamSocket(socket)
-            do throws(LoopError) { return (try loop.adopt(stream), socket) } catch {
+            do throws(LoopError) { return (try loop.adopt(stream, outbound: true), socket) } catch {
                 stream.close()
                 throw error
             }

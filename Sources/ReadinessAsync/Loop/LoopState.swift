@@ -327,12 +327,13 @@ final class LoopState {
         if !mayHoldUnowned.isEmpty { mayHoldUnowned.remove(resource.key.raw) }
     }
 
-    /// Takes ownership of a connected socket: a stream resource of its own. When the slab is full
+    /// Takes ownership of a connected socket: a stream resource of its own (`outbound`: one the loop
+    /// connected, which a graceful shutdown does not wait for). When the slab is full
     /// (``LoopError/resourceExhausted``) the socket is left to the caller, who closes or releases it.
-    func adopt(_ socket: StreamSocket) throws(LoopError) -> UInt64 {
+    func adopt(_ socket: StreamSocket, outbound: Bool = false) throws(LoopError) -> UInt64 {
         // Shut down (or asked to): a resource made now would never be closed by the loop.
         if isShutDown { throw shutdownReason }
-        let stream = try slab.insert { StreamResource(key: $0, socket: socket) }
+        let stream = try slab.insert { StreamResource(key: $0, socket: socket, outbound: outbound) }
         own(stream, socket.fd)
         return stream.key.raw
     }

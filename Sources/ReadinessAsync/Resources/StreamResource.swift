@@ -9,6 +9,11 @@ import ReadinessNet
 /// the connected socket takes the attempt's place in the same resource (same key: no second slot, no
 /// second object).
 final class StreamResource: LoopResourceBase, LoopResource {
+    /// A connection this loop made (``EventLoop/connect(to:timeout:)`` and the other connects), not
+    /// one it accepted or adopted: a graceful shutdown does not wait for it (an idle pooled connection
+    /// to an upstream would hold every drain for the whole grace period). Declared first: it takes
+    /// padding after the base class's fields, so the object stays 144 bytes.
+    @exclusivity(unchecked) private(set) var isOutbound = false
     /// The socket, once connected (nil while the attempt runs, and for an attempt that failed).
     @exclusivity(unchecked) private(set) var socket: StreamSocket?
     /// What a connect to one address keeps while it runs, in a box of its own: nil once connected, so
@@ -40,8 +45,9 @@ final class StreamResource: LoopResourceBase, LoopResource {
         set { connecting?.timer = newValue }
     }
 
-    init(key: ResourceKey, socket: StreamSocket) {
+    init(key: ResourceKey, socket: StreamSocket, outbound: Bool = false) {
         self.socket = socket
+        isOutbound = outbound
         super.init(key: key)
     }
 
@@ -56,6 +62,7 @@ final class StreamResource: LoopResourceBase, LoopResource {
     func becomeStream(_ socket: StreamSocket) {
         connecting = nil
         self.socket = socket
+        isOutbound = true
         record.read = WaitSlot(timer: record.read.timer)     // a deadline timer stays the resource's
         record.write = WaitSlot(timer: record.write.timer)
         record.registered = []

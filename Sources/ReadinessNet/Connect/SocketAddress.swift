@@ -81,7 +81,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets) and a port. An IPv6 address may carry
     /// a zone (RFC 4007): `fe80::1%2` (an interface index) or `fe80::1%eth0` (an interface name,
     /// looked up with `if_nametoindex`, which asks the kernel, never a name server); the index becomes
-    /// the address's `sin6_scope_id`, as Go, Rust, CPython and libuv read it.
+    /// the address's `sin6_scope_id` (an all-digit zone is always an index: see `zoned`).
     public init(ip: String, port: UInt16) throws(ParseError) {
         guard !ip.utf8.contains(0) else { throw ParseError(text: ip, reason: "the address contains a NUL byte") }
         if let percent = ip.utf8.firstIndex(of: UInt8(ascii: "%")) {
@@ -114,8 +114,9 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The IPv6 address and interface index of `text`, whose zone starts at `percent`: the part before
-    /// it must be an IPv6 address (an IPv4 address has no zone), the zone an index of 1 to 10 ASCII
-    /// digits (at most 4,294,967,295) or the name of an interface this machine has (1 to 15 bytes).
+    /// it must be an IPv6 address (an IPv4 address has no zone), the zone an index in ASCII digits
+    /// (leading zeros allowed, at most 4,294,967,295) or the name of an interface this machine has
+    /// (1 to 15 bytes).
     static func zoned(_ text: String, at percent: String.UTF8View.Index) throws(ParseError) -> (in6_addr, UInt32) {
         let refuse = { (reason: String) in ParseError(text: text, reason: reason) }
         var address = in6_addr()
@@ -197,6 +198,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         let start = MemoryLayout<sa_family_t>.size
         let end = min(Int(length), MemoryLayout<sockaddr_un>.size)
         return end > start ? withUnsafeBytes(of: storage) { Array($0[start..<end]) } : []
+    }
+
+    /// The filesystem path of a Unix-domain address as the kernel takes it: its bytes up to the first
+    /// NUL, with a NUL after them (for lstat and unlink), whether or not they are UTF-8; nil for any
+    /// other address, an abstract name and a nameless socket.
+    var filesystemPath: [CChar]? {
+        guard let bytes = sunPathBytes, let first = bytes.first, first != 0 else { return nil }
+        return bytes.prefix { $0 != 0 }.map { CChar(bitPattern: $0) } + [0]
     }
 
     /// The name of a Linux abstract Unix-domain address (without the leading NUL), nil otherwise.
@@ -356,10 +365,13 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         if name.isEmpty { return "the host is empty (write 127.0.0.1, [::1] or localhost)" }
         // A '%' is a zone's (no name has one): its reason, whether the address before it is IPv4
         // ("127.0.0.1%1"), not an address, or a zone that names no interface; never a lookup.
-        var text = String(name)
-        if text.hasPrefix("["), text.hasSuffix("]"), text.utf8.count > 2 { text = String(text.dropFirst().dropLast()) }
-        if let percent = text.utf8.firstIndex(of: UInt8(ascii: "%")) {
-            do { _ = try zoned(text, at: percent) } catch { return error.reason }
+        // (Only a name with a '%' is copied: the check runs for every host a caller passes.)
+        if name.utf8.contains(UInt8(ascii: "%")) {
+            var text = String(name)
+            if text.hasPrefix("["), text.hasSuffix("]"), text.utf8.count > 2 { text = String(text.dropFirst().dropLast()) }
+            if let percent = text.utf8.firstIndex(of: UInt8(ascii: "%")) {
+                do { _ = try zoned(text, at: percent) } catch { return error.reason }
+            }
         }
         if name.utf8.contains(UInt8(ascii: ":")) {
             return "a name contains no ':' (put an IPv6 address in brackets, as in [::1]:80)"

@@ -248,6 +248,12 @@ public final class DatagramSocket {
     /// nothing is sent). An IP peer with port 0 is ``SocketError/Kind/invalidArgument``. An IPv4 peer of an IPv6 socket is IPv4-mapped (`::ffff:A.B.C.D`). Afterwards `send(_:)` needs no address, datagrams from other sources are
     /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
     /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
+    /// A refusal still pending from an association with another peer is dropped by the connect (it was
+    /// the old peer's: Linux keeps it across a new connect(2), and the first send to the new peer
+    /// failed with it); connected again to the same peer, the refusal stays.
+    /// A **Unix-domain** socket connected elsewhere before loses the datagrams queued for it (Linux
+    /// purges its receive queue), and an old peer connected back to it fails its next operation with
+    /// ``SocketError/Kind/reset``.
     public func connect(to peer: SocketAddress) throws(SocketError) {
         // Port 0 names no peer: Linux connects to it, then denies the association (getpeername's
         // ENOTCONN: no `peerAddress`, and `disconnect` could not tell there was one), while a send to
@@ -255,12 +261,19 @@ public final class DatagramSocket {
         // A closed socket is closed, whatever the address (as a batch send says it).
         if fd < 0 { throw SocketError(errno: EBADF, operation: "connect") }
         let peer = try destination(peer, "connect")
+        let previous = try? SocketAddress.peer(of: fd)
         let status = Sys.retryingEINTR { peer.withSockaddr { Glibc.connect(fd, $0, $1) } }
         guard status == 0 else {
             let code = errno
             if code == EAGAIN { try Self.checkAutobind(fd, family, "connect \(peer)") }
             throw SocketError(errno: code, operation: "connect \(peer)")
         }
+        if let previous, previous != peer { dropPendingError() }
+    }
+
+    /// Reads and clears SO_ERROR: a refusal an ICMP error left for the association just replaced.
+    private func dropPendingError() {
+        _ = NetSys.option(fd, level: SOL_SOCKET, name: SO_ERROR)
     }
 
     /// Why `address` names nobody to send to, or nil: the empty address, a nameless Unix address (an
@@ -295,6 +308,10 @@ public final class DatagramSocket {
     /// ``SocketError/Kind/notConnected`` (ENOTCONN, as libuv's `uv_udp_connect(handle, NULL)` answers)
     /// and changes nothing: not even a port the kernel chose (the kernel is not asked: Linux would give
     /// that port up too).
+    /// A refusal still pending from the dissolved association is dropped (Linux keeps it, and the next
+    /// send to any destination failed with it). A **Unix-domain** socket loses the datagrams queued
+    /// for it (Linux purges its receive queue at the disconnect), and a peer connected back to it fails
+    /// its next operation with ``SocketError/Kind/reset``.
     public func disconnect() throws(SocketError) {
         do { _ = try SocketAddress.peer(of: fd) } catch {
             if error.errno == ENOTCONN { throw SocketError(errno: ENOTCONN, operation: "disconnect") }
@@ -302,6 +319,7 @@ public final class DatagramSocket {
         guard Sys.retryingEINTR({ rd_net_disconnect(fd) }) == 0 else {
             throw SocketError(errno: errno, operation: "disconnect (connect to AF_UNSPEC)")
         }
+        dropPendingError()
     }
 
     // MARK: Sending and receiving

@@ -346,16 +346,18 @@ public final class Listener {
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 { return }
         let code = errno
         // The address named, as DatagramSocket's bind and Go's OpError name it (the error reader).
-        guard code == EADDRINUSE, let path = address.unixPath else { throw SocketError(errno: code, operation: "bind \(address)") }
+        // (The path as bytes: one that is not UTF-8 is a path the kernel took all the same.)
+        guard code == EADDRINUSE, let path = address.filesystemPath else { throw SocketError(errno: code, operation: "bind \(address)") }
+        let shown = address.unixPath ?? "\(address)"
         // A Unix path is there already. Only a socket nobody listens on is removed.
         var st = stat()
         guard lstat(path, &st) == 0 else { throw SocketError(errno: errno, operation: "bind \(address)") }
-        guard st.st_mode & S_IFMT == S_IFSOCK else { throw SocketError(.pathNotSocket, operation: "bind \(path)") }
-        guard removeStale, try isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(path)") }
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw SocketError(.pathNotSocket, operation: "bind \(shown)") }
+        guard removeStale, try isStale(address) else { throw SocketError(errno: EADDRINUSE, operation: "bind \(shown)") }
         // A stale path that cannot be removed (a directory this process may not write, another user's
         // socket in a sticky /tmp) is that failure (EACCES, EPERM, EROFS...), not "address in use",
         // which would say a listener is there.
-        if unlink(path) != 0, errno != ENOENT { throw SocketError(errno: errno, operation: "unlink stale \(path)") }
+        if unlink(path) != 0, errno != ENOENT { throw SocketError(errno: errno, operation: "unlink stale \(shown)") }
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind \(address)") }
     }
 

@@ -71,7 +71,8 @@ enum NetSys {
 /// UnixListener notes that race; this closes it); a child made by `fork()` that closes its copy of the
 /// socket (a pre-fork worker, or a loop the child inherited) leaves the parent's path where it is.
 struct BoundPath: Sendable {
-    let path: String
+    /// The path's bytes with a NUL after them (a path need not be UTF-8).
+    private let path: [CChar]
     private let device: UInt
     private let inode: UInt
     /// ``Sys/forkGeneration`` at the bind: a child's copy of the socket never unlinks the path.
@@ -80,7 +81,7 @@ struct BoundPath: Sendable {
     /// The path `fd`'s address names, if it is a filesystem path (not abstract, not nameless) and it is
     /// a socket now.
     init?(_ address: SocketAddress) {
-        guard let path = address.unixPath else { return nil }
+        guard let path = address.filesystemPath else { return nil }
         var st = stat()
         guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
         self.path = path

@@ -119,7 +119,9 @@ public final class Timers {
         return TimerID(slot: slot, generation: slots[Int(slot)].generation)
     }
 
-    /// Schedules `token` after `delay` from now (saturating).
+    /// Schedules `token` after `delay` from now (saturating). A negative delay is zero: timers due at
+    /// once fire in the order they were scheduled (as Go's do; asyncio and SwiftNIO would order two
+    /// negative delays by their value).
     @discardableResult
     public func schedule(after delay: Duration, token: Token, now: Deadline = .now) -> TimerID {
         schedule(at: Deadline.after(delay, now: now.nanoseconds), token: token)

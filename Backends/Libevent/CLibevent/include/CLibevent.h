@@ -8,6 +8,8 @@ typedef struct rd_lev_reg rd_lev_reg;
 
 /// Readiness bits of a fired event.
 enum { RD_LEV_READ = 1, RD_LEV_WRITE = 2, RD_LEV_CLOSED = 4 };
+/// In a fired event's bits: libevent's delete of the fired one-shot was refused by the kernel.
+enum { RD_LEV_DELETE_REFUSED = 8 };
 /// Triggers.
 enum { RD_LEV_LEVEL = 0, RD_LEV_EDGE = 1, RD_LEV_ONESHOT = 2 };
 /// Features (event_base_get_features).
@@ -37,6 +39,9 @@ rd_lev_reg *rd_lev_reg_new(rd_lev *lev, int fd, int interest, int trigger, int e
 int rd_lev_reg_reuse(rd_lev_reg *reg, int fd, int interest, int trigger, int early_close);
 /// Replaces interest and trigger (re-arming a one-shot event). 0 or -1.
 int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_close);
+/// 1 when the last change's delete of the old event was refused by the kernel (the epoll method: the
+/// number was closed, or names another file now; libevent ignores that).
+int rd_lev_reg_change_refused_delete(const rd_lev_reg *reg);
 /// Removes from the base (if added) and frees.
 void rd_lev_reg_free(rd_lev_reg *reg);
 /// event_reinit: rebuilds the method's kernel state (its epoll set) from the registered events.

@@ -1,0 +1,366 @@
+import Glibc
+import CReadinessCore
+@_spi(Backend) import Readiness
+@testable import ReadinessAsync
+import Synchronization
+import Testing
+
+/// Scenarios from the peers' test suites and the outside readers of stop 47.
+@Suite("Peer scenarios 16", .serialized)
+struct PeerScenarioTests16 {
+    // MARK: Graceful shutdown (Go's Server.Shutdown, swift-service-lifecycle's ServiceGroup)
+
+    /// A loop that serves and also holds a connection it made itself (a pool's idle connection to an
+    /// upstream, its read waiting). Before, the drain counted every connected socket: it waited out the
+    /// whole grace period for the pooled connection.
+    @Test("a graceful shutdown does not wait for a connection the loop made itself",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func drainIgnoresOutbound(backend: Backend) async throws {
+        warmUp(backend)
+        let before = openDescriptorCount()
+        let upstream = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let server = Task { try await listener.serve { socket in _ = try? await socket.read(upTo: 8) } }
+        let pooled = try await loop.connect(to: upstream.address, timeout: .seconds(5))
+        let reader = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { _ = try await pooled.read(upTo: 8); return nil } catch { return error }
+        }
+        try await loop.sleep(for: .milliseconds(30))
+        let clock = ContinuousClock()
+        let started = clock.now
+        await loop.shutdown(gracePeriod: .seconds(3))
+        let took = clock.now - started
+        #expect(took < .seconds(1), "the drain took \(took) on \(backend)")
+        #expect(await reader.value == .shutdown)
+        _ = try? await server.value
+        upstream.close()
+        #expect(await settledDescriptorCount(before) == before)
+    }
+
+    /// A connection accepted on the loop still holds the drain while its handler runs (the handler's
+    /// own upstream connection is waited for through it).
+    @Test("a graceful shutdown waits for an accepted connection whose handler uses an upstream",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func drainWaitsForServedHandler(backend: Backend) async throws {
+        let upstream = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        let upstreamAddress = upstream.address
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let answered = Locked(false), entered = Locked(false)
+        let server = Task {
+            try await listener.serve { socket in
+                entered.withLock { $0 = true }
+                guard let pooled = try? await loop.connect(to: upstreamAddress, timeout: .seconds(5)) else { return }
+                try? await loop.sleep(for: .milliseconds(300))     // the upstream's answer, slowly
+                if (try? await socket.write(Array("ok".utf8))) != nil { answered.withLock { $0 = true } }
+                await pooled.close()
+            }
+        }
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        for _ in 0..<500 where !entered.withLock({ $0 }) { try await loop.sleep(for: .milliseconds(2)) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        await loop.shutdown(gracePeriod: .seconds(10))
+        let took = clock.now - started
+        #expect(answered.withLock { $0 }, "the handler's answer was cut on \(backend)")
+        #expect(took >= .milliseconds(100) && took < .seconds(5), "\(took)")
+        _ = try? await server.value
+        _ = client
+        upstream.close()
+    }
+
+    // MARK: Serving (tokio tcp_accept: a refused second accepter leaves the first one working)
+
+    /// Before, `EventLoopGroup.serve(listeners)` closed a listener whose accepting failed at once, `.busy`
+    /// included: the listener another task served was closed under it, and later clients were refused.
+    @Test("group.serve on a listener another task serves fails with busy and leaves it serving",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func serveBusyLeavesListener(backend: Backend) async throws {
+        let group = try EventLoopGroup(backend: backend, count: 1)
+        let loop = group.loops[0]
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let first = Task { try await listener.serve { socket in _ = try? await socket.write(Array("hi".utf8)) } }
+        // A client the first serve answers: it accepted, and went back to accept at once.
+        func greeting() async throws -> [UInt8] {
+            let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+            var bytes: [UInt8] = []
+            while bytes.count < 2 {
+                let chunk = try await client.read(upTo: 2, timeout: .seconds(5))
+                if chunk.isEmpty { break }
+                bytes += chunk
+            }
+            await client.close()
+            return bytes
+        }
+        #expect(try await greeting() == Array("hi".utf8))
+        try await loop.sleep(for: .milliseconds(100))
+        let second = Task { () async -> LoopError? in
+            do throws(LoopError) { try await group.serve([listener]) { _ in }; return nil } catch { return error }
+        }
+        let watchdog = Task { try? await Task.sleep(for: .seconds(5)); second.cancel() }
+        #expect(await second.value == .busy)
+        watchdog.cancel()
+        #expect(try await greeting() == Array("hi".utf8), "the first serve was closed under it on \(backend)")
+        await listener.close()
+        _ = try? await first.value
+        await group.shutdown()
+    }
+
+    // MARK: Datagrams (libuv test-udp-connect, tokio udp.rs: a refusal belongs to its association)
+
+    /// A socket connected to a dead port draws an ICMP port-unreachable; it is then connected to a live
+    /// peer (or disconnected). Linux keeps the refusal across the new connect(2): the first send to
+    /// the new peer failed with `.refused` and sent nothing.
+    @Test("a refusal drawn under one peer does not fail the next peer's send (connect, disconnect)")
+    func refusalDoesNotOutliveAssociation() throws {
+        for disconnecting in [false, true] {
+            let gone = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+            let dead = gone.localAddress!
+            gone.close()
+            let live = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+            let socket = try DatagramSocket(connectedTo: dead)
+            defer { socket.close(); live.close() }
+            _ = try socket.send(Array("a".utf8), destination: nil)
+            // The ICMP error arrives at once on loopback: the socket turns readable (POLLERR).
+            var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&entry, 1, 2_000) == 1)
+            if disconnecting {
+                try socket.disconnect()
+                #expect(throws: Never.self) { _ = try socket.send(Array("b".utf8), to: live.localAddress!) }
+            } else {
+                try socket.connect(to: live.localAddress!)
+                #expect(throws: Never.self) { _ = try socket.send(Array("b".utf8), destination: nil) }
+            }
+            var buffer = [UInt8](repeating: 0, count: 4)
+            var arrived = pollfd(fd: live.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&arrived, 1, 2_000) == 1)
+            #expect(try live.receive(into: &buffer).datagram?.count == 1, "disconnecting: \(disconnecting)")
+        }
+        // Connected again to the same peer, the refusal is that peer's: it stays.
+        let gone = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        let dead = gone.localAddress!
+        gone.close()
+        let socket = try DatagramSocket(connectedTo: dead)
+        defer { socket.close() }
+        _ = try socket.send(Array("a".utf8), destination: nil)
+        var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 2_000) == 1)
+        try socket.connect(to: dead)
+        #expect(socket.takePendingError()?.kind == .refused)
+    }
+
+    // MARK: Timers while the poller's waits fail (libuv: timers run whatever the I/O does)
+
+    /// A wait that fails for want of resources (poll's EINVAL past RLIMIT_NOFILE, ENOMEM, io_uring's
+    /// EAGAIN) is retried after 10 ms, for up to a second. Before, the timers stopped meanwhile: a
+    /// sleep of 30 ms took as long as the shortage (400 ms here), and a read's deadline that would
+    /// close an idle connection, ending the shortage, never fired.
+    @Test("timers keep firing while the poller's waits fail for want of resources",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func timersDuringWaitShortage(backend: Backend) async throws {
+        let made = Locked<PeerScenarioTests9.ShortPoller?>(nil)
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            let poller = PeerScenarioTests9.ShortPoller(try backend.makePoller(), failures: Locked(0))
+            made.withLock { $0 = poller }
+            return poller
+        }
+        let sleeper = Task(executorPreference: loop) { () async -> (LoopError?, Duration) in
+            let clock = ContinuousClock()
+            let started = clock.now
+            do throws(LoopError) { try await loop.sleep(for: .milliseconds(30)) } catch { return (error, clock.now - started) }
+            return (nil, clock.now - started)
+        }
+        try await Task.sleep(for: .milliseconds(5))
+        made.withLock { $0 }!.waitsFail.withLock { $0 = true }
+        Task(executorPreference: loop) {}   // wakes the loop: every later wait fails
+        try await Task.sleep(for: .milliseconds(400))
+        made.withLock { $0 }!.waitsFail.withLock { $0 = false }
+        Task(executorPreference: loop) {}
+        let (error, took) = await sleeper.value
+        #expect(error == nil)
+        #expect(took < .milliseconds(250), "the sleep took \(took) on \(backend)")
+        await loop.shutdown()
+    }
+
+    // MARK: Closed between the kernel's answer and the task (Go TestCloseUnblocksRead, tokio drop)
+
+    /// Two tasks woken in the same loop turn: the first closes the second's socket, which the second
+    /// reads. Whichever runs first (libevent's poll and select methods start their scan at a random
+    /// descriptor), a read never returns bytes from a socket closed before it returned: on the
+    /// readiness path the woken reader looks its socket up again (`.closed`, the bytes left in the
+    /// closed socket); io_uring's completion driver returned the bytes its receive had taken (there
+    /// the closer, woken by a poll event, always ran first: readiness is dispatched before completions).
+    @Test("a read woken by data whose socket another task closed before it ran ends closed on every backend",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func closedAfterWake(backend: Backend) async throws {
+        for form in 0..<3 {
+            try await withLoop(backend) { loop in
+                let (l2, b, peerB) = try await connectedPair(loop)   // the closer's pair first: lower descriptors
+                let (l1, a, peerA) = try await connectedPair(loop)
+                let closed = Locked(false)
+                let closer = Task(executorPreference: loop) { () async throws in
+                    try await b.readable(timeout: .seconds(5))
+                    await a.close()
+                    closed.withLock { $0 = true }
+                }
+                let reader = Task(executorPreference: loop) { () async -> (LoopError?, closedFirst: Bool) in
+                    do throws(LoopError) {
+                        switch form {
+                        case 0: _ = try await a.readAvailable(timeout: .seconds(5))
+                        case 1: _ = try await a.read(upTo: 16, timeout: .seconds(5))
+                        default:
+                            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+                            defer { buffer.deallocate() }
+                            _ = try await a.read(into: buffer, timeout: .seconds(5))
+                        }
+                        return (nil, closed.withLock { $0 })
+                    } catch { return (error, closed.withLock { $0 }) }
+                }
+                try await loop.sleep(for: .milliseconds(50))   // both wait (on io_uring: a's receive in the ring)
+                try await Task(executorPreference: loop) {      // one job, no suspension: both ready in one turn
+                    try await peerB.write([1])
+                    try await peerA.write([2])
+                }.value
+                try await closer.value
+                let (error, closedFirst) = await reader.value
+                if closedFirst {
+                    #expect(error == .closed, "form \(form) on \(backend): the read returned after its socket was closed")
+                } else {
+                    #expect(error == nil, "form \(form) on \(backend)")
+                }
+                for socket in [peerA, peerB, b] { await socket.close() }
+                await l1.close()
+                await l2.close()
+            }
+        }
+    }
+
+    // MARK: The poller (mio unix_pipe, CPython test_selectors: a hang-up's bits)
+
+    /// A pipe's read end watched for both directions, its writer closed (a hang-up), beside a ready
+    /// socket, with room for one event per wait: the pipe's bits are the same at every wait, whether
+    /// the backend reported it at once or held it over the full buffer. On libevent's select method the
+    /// held-over path added writable (POLLHUP read as both directions) where the direct one, as
+    /// select's kernel, gave readable only.
+    @Test("a hang-up's bits do not depend on whether the event waited for room in the buffer", arguments: backends)
+    func hangupBitsStable(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var pair: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        var ends: [CInt] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
+        defer { close(pair[0]); close(pair[1]); close(ends[0]) }
+        _ = write(pair[1], [UInt8(1)], 1)
+        try poller.register(pair[0], token: 1, interest: .readable)
+        try poller.register(ends[0], token: 2, interest: .both)
+        close(ends[1])
+        let events = EventBuffer(capacity: 1)
+        var seen: Set<Ready> = []
+        for _ in 0..<6 {
+            _ = try poller.wait(into: events, timeout: .seconds(1))
+            for i in 0..<events.count where events[i].token == 2 {
+                seen.insert(events[i].ready.intersection([.readable, .writable]))
+            }
+        }
+        #expect(seen.count == 1, "\(backend): \(seen)")
+        // Every backend but select's kernel adds writable (hang-up implies what was asked for).
+        let selectLike = backend == .select || backend.description == "libevent:select"
+        #expect(seen.first == (selectLike ? [.readable] : [.readable, .writable]), "\(backend): \(seen)")
+    }
+
+    // MARK: libevent regress test_dup_fd with anonymous-inode files (an outside reader)
+
+    /// An eventfd registered one-shot, reported through a dup after its number was closed, the number
+    /// then taken by another eventfd, deregistered: libevent's epoll method kept the first file in its
+    /// set (its delete was refused and ignored), and the seam, comparing device and inode, took the
+    /// second eventfd for the first (every anonymous-inode file shares one inode): no rebuild, and
+    /// every later pass spun.
+    @Test("a fired one-shot eventfd whose number another eventfd took, deregistered: no busy loop", arguments: backends)
+    func oneShotEventfdNumberReused(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let first = rd_eventfd_nonblocking()
+        try poller.register(first, token: 1, interest: .readable, trigger: .oneShot)
+        let copy = dup(first)
+        defer { close(copy) }
+        close(first)
+        var one: UInt64 = 1
+        _ = write(copy, &one, 8)   // readable from now on
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .milliseconds(100))
+        let made = rd_eventfd_nonblocking()   // another eventfd on the number, at once (dup2: no race)
+        let second = dup2(made, first)
+        close(made)
+        defer { close(second) }
+        try #require(second == first)
+        try? poller.deregister(first)
+        let start = PollerTests.threadCPU()
+        for _ in 0..<3 { _ = try poller.wait(into: events, timeout: .milliseconds(100)) }
+        let spent = PollerTests.threadCPU() - start
+        #expect(spent < 60_000_000, "\(spent / 1_000_000) ms of CPU in 300 ms of waiting on \(backend)")
+    }
+
+    /// The same with a level registration revived by reregister on the new eventfd: the first file,
+    /// readable through its dup, was reported under the new token (the identities matched; the
+    /// kernel's refusal of the old event's delete went unread).
+    @Test("a level eventfd registration revived on another eventfd reports only the new file", arguments: backends)
+    func levelEventfdRevived(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let first = rd_eventfd_nonblocking()
+        try poller.register(first, token: 1, interest: .readable)
+        let copy = dup(first)
+        defer { close(copy) }
+        let made = rd_eventfd_nonblocking()   // another eventfd on the number (dup2 closes the first)
+        let second = dup2(made, first)
+        close(made)
+        defer { close(second) }
+        try #require(second == first)
+        try poller.reregister(second, token: 2, interest: .readable)
+        var one: UInt64 = 1
+        _ = write(copy, &one, 8)   // the old file readable; the new one not
+        let events = EventBuffer(capacity: 8)
+        _ = try poller.wait(into: events, timeout: .milliseconds(100))
+        let reported = (0..<events.count).map { "\(events[$0].token):\(events[$0].ready)" }
+        #expect(reported.isEmpty, "\(backend): \(reported)")
+        try poller.deregister(second)
+    }
+
+    // MARK: Unix paths that are not UTF-8 (CPython test_socket testSurrogateescapeBind)
+
+    /// A Unix-domain address whose path bytes are not UTF-8 (from raw `sockaddr_un` bytes): the kernel
+    /// binds it. Before, the path was read as a String (nil for such bytes): a closed socket left its
+    /// file behind, and a listener on a stale one failed with addressInUse instead of replacing it.
+    @Test("a Unix path that is not UTF-8 is unlinked at close and replaced when stale")
+    func nonUTF8UnixPath() throws {
+        var path = Array("/tmp/readiness-\(getpid())-".utf8) + [0xFF, 0xFE] + Array(".sock".utf8)
+        var sun = sockaddr_un()
+        sun.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &sun.sun_path) { $0.copyBytes(from: path) }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + path.count + 1)
+        let address = try #require(withUnsafePointer(to: &sun) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress($0, length: length) }
+        })
+        path.append(0)
+        let cPath = path.map { CChar(bitPattern: $0) }
+        unlink(cPath)
+        defer { unlink(cPath) }
+        var st = stat()
+
+        let datagram = try DatagramSocket(bind: address)
+        #expect(lstat(cPath, &st) == 0)
+        datagram.close()
+        #expect(lstat(cPath, &st) != 0, "the datagram socket's file was left behind")
+
+        let first = try Listener(bind: address)
+        let fd = first.release()   // a listener gone without cleaning up: its file stays, stale
+        close(fd)
+        #expect(lstat(cPath, &st) == 0)
+        let second = try Listener(bind: address)
+        second.close()
+        #expect(lstat(cPath, &st) != 0, "the listener's file was left behind")
+    }
+}
