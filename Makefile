@@ -9,14 +9,15 @@ TEST_FLAGS := --no-parallel --disable-xctest
 
 deps:
 	@if pkg-config --exists libevent 2>/dev/null && { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 \
-	    && command -v curl >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1; then :; \
+	    && command -v curl >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 \
+	    && command -v python3 >/dev/null 2>&1 && { command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-	  echo "Installing libevent-dev, pkg-config, nginx-light, curl and wrk (the HTTP examples' peers) with apt (log: .build/apt.log)..."; \
+	  echo "Installing libevent-dev, pkg-config, nginx-light, curl and wrk (the HTTP examples' peers), python3 and iproute2 (the FlyingFox stage) with apt (log: .build/apt.log)..."; \
 	  mkdir -p .build; \
-	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light curl wrk; } > .build/apt.log 2>&1 \
-	    || { tail -20 .build/apt.log >&2; echo "error: could not install libevent-dev and nginx-light (need root or sudo; log: .build/apt.log). Install them by hand: apt-get install libevent-dev pkg-config nginx-light curl wrk" >&2; exit 1; }; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libevent-dev pkg-config nginx-light curl wrk python3 iproute2; } > .build/apt.log 2>&1 \
+	    || { tail -20 .build/apt.log >&2; echo "error: could not install libevent-dev and nginx-light (need root or sudo; log: .build/apt.log). Install them by hand: apt-get install libevent-dev pkg-config nginx-light curl wrk python3 iproute2" >&2; exit 1; }; \
 	else \
-	  echo "error: libevent-dev is missing and apt-get is not available; install libevent 2.1 development files and pkg-config" >&2; exit 1; \
+	  echo "error: a dependency is missing (libevent-dev, nginx, curl, wrk, python3 or iproute2) and apt-get is not available; install them by hand" >&2; exit 1; \
 	fi
 	@command -v $(SWIFT) >/dev/null || { echo "error: swift is not on PATH (Swift 6.2 or newer is needed: the async layer uses nonisolated(nonsending))" >&2; exit 1; }
 

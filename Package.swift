@@ -21,12 +21,12 @@ let package = Package(
         .executable(name: "readiness", targets: ["readiness"]),
     ],
     traits: [
-        // On by default so that the four backends are there out of the box. A dependent that does not
-        // want libevent (no libevent-dev, no pkg-config, nothing linked) turns it off:
+        // On by default so that the five backends are there out of the box. A dependent that does not
+        // want libevent (no libevent-dev, nothing linked) turns it off:
         //   .package(url: ..., from: ..., traits: [])
         // The libevent backends then probe as "not built in (trait Libevent off)".
         .default(enabledTraits: ["Libevent"]),
-        .trait(name: "Libevent", description: "The libevent backend (links the system's libevent 2.1; needs libevent-dev and pkg-config to build)."),
+        .trait(name: "Libevent", description: "The libevent backend (links the system's libevent 2.1; needs libevent-dev to build)."),
     ],
     // No package dependencies: what a dependent resolves is this package alone. The command-line tool
     // parses its command line itself (Sources/readiness/Arguments.swift) rather than depending on

@@ -24,7 +24,7 @@ public struct Backend: Hashable, Sendable, CustomStringConvertible, Codable {
         case poll
         /// POSIX select (descriptors below `FD_SETSIZE` only).
         case select
-        /// io_uring poll requests (Backends/IOUring); last in ``all``: never the default.
+        /// io_uring poll requests (Backends/IOUring); last in ``all``: the default only where no other backend works.
         case ioUring
         /// libevent; nil lets libevent choose its method.
         case libevent(method: String?)

@@ -363,4 +363,60 @@ struct PeerScenarioTests16 {
         second.close()
         #expect(lstat(cPath, &st) != 0, "the listener's file was left behind")
     }
+
+    // MARK: Happy Eyeballs in the caller's loop (Go TestDialTimeout: a lookup that never answers)
+
+    /// A connect whose lookups hang, nothing in flight, its start deadline 100 ms ahead: the caller's
+    /// loop waits on `timers.timeout()`. Before, no timer was armed at the deadline: the wait lasted
+    /// until a lookup answered (3 s here).
+    @Test("a start deadline ends a Happy Eyeballs connect whose lookup still runs, by its own timer", arguments: backends)
+    func startDeadlineWhileResolving(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let release = LookupRelease()
+        defer { release.release() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let resolver = ScriptedResolver(v6: [], v6Delay: .seconds(3), v4: [listener.address], v4Delay: .seconds(3), release: release)
+        let timers = Timers()
+        let connect = HappyEyeballs(resolution: Resolution(host: "slow.test", port: 1, waker: poller.waker, resolver: resolver),
+                                    poller: poller, timers: timers, tokenBase: 0)
+        connect.startDeadline = MonotonicClock.nowNanoseconds + 100_000_000
+        let clock = ContinuousClock()
+        let started = clock.now
+        let (progress, _) = try runLoop(connect, poller: poller, timers: timers)
+        let took = clock.now - started
+        guard case .failed(let error) = progress else { Issue.record("\(progress)"); return }
+        #expect(error.cause == .timedOut)
+        #expect(took < .seconds(1), "\(took) on \(backend)")
+    }
+
+    /// A list of 17 refused addresses then a listener: the loop's list connect stops at its 16 attempts
+    /// (HappyEyeballs.Options.maximumAttempts); the synchronous `Connector` tried all 18 and connected.
+    @Test("the synchronous and the loop's list connect try the same addresses (at most 16)", arguments: backends)
+    func listConnectCap(backend: Backend) async throws {
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        var addresses: [SocketAddress] = []
+        for _ in 0..<17 { addresses.append(try closedPort()) }
+        addresses.append(listener.address)
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var synchronous: ConnectError?
+        do throws(ConnectError) {
+            let socket = try Connector.connect(to: addresses, on: poller, timeout: .seconds(5), attemptDelay: .milliseconds(10))
+            close(socket.fd)
+        } catch { synchronous = error }
+        #expect(synchronous?.cause == .refused && synchronous?.attempts.count == 16, "\(String(describing: synchronous))")
+        try await withLoop(backend) { loop in
+            do throws(LoopError) {
+                let socket = try await loop.connect(to: addresses, timeout: .seconds(5))
+                await socket.close()
+                Issue.record("the loop's list connect tried past its cap on \(backend)")
+            } catch {
+                guard case .connect(let failure) = error else { Issue.record("\(error)"); return }
+                #expect(failure.cause == .refused && failure.attempts.count == 16, "\(failure)")
+            }
+        }
+    }
 }

@@ -55,7 +55,7 @@ public struct ConnectError: Error, Hashable, Sendable, CustomStringConvertible {
     public var address: SocketAddress?
     /// The poller's error, for ``Cause/poller``.
     public var pollerError: PollerError?
-    /// For a connect over several addresses: every attempt's error, in order.
+    /// For a connect over several addresses: every attempt's error, in the order they failed.
     public var attempts: [ConnectError]
 
     /// An error with its cause and whatever else is known.

@@ -20,14 +20,18 @@ public enum Connector {
     /// while earlier ones continue; the first success wins and the others are cancelled and closed.
     /// When every attempt fails, the error lists them all. `timeout` bounds the whole call (and so
     /// each attempt): when it passes every attempt still running is closed and the call fails with
-    /// `timedOut`, named by the oldest of them.
+    /// `timedOut`, named by the oldest of them. At most ``HappyEyeballs/Options/maximumAttempts``'s
+    /// default (16) addresses are tried, in that order, as the event loop's list connect tries them.
     public static func connect(to addresses: [SocketAddress], on poller: any Poller, timeout: Duration?,
                                attemptDelay: Duration = .milliseconds(250),
                                syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                                trace: Bool = false) throws(ConnectError) -> ConnectedSocket {
         let deadline = timeout.map { Deadline.after($0).nanoseconds }
         // The call's deadline bounds every attempt: none needs a timer of its own.
-        let attempts = makeAttempts(to: addresses, on: poller, timeout: nil, syscalls: syscalls, trace: trace)
+        // The loop's list connect stops at its options' cap: the same list ends the same way here.
+        let cap = HappyEyeballs.Options().maximumAttempts
+        let attempts = makeAttempts(to: Array(Connector.interleaveFamilies(addresses).prefix(cap)), on: poller, timeout: nil,
+                                    syscalls: syscalls, trace: trace)
         guard !attempts.isEmpty else { throw ConnectError(.noAddress) }
         return try run(attempts, on: poller, attemptDelay: attemptDelay, deadline: deadline)
     }

@@ -395,10 +395,13 @@ public final class HappyEyeballs {
             stepTimer = nil
             return outcome!
         }
-        // The one step timer: the next start (if something is queued), or the end of the resolution delay.
+        // The one step timer: the next start (if something is queued), or the end of the resolution delay;
+        // with nothing in flight, at the latest the start deadline, which ends the connect by itself
+        // (before, a lookup that never answered held a caller's loop with no timer past the deadline).
         var wake: Int64?
         if queued { wake = nextStart }
         if let ends = resolutionDelayEnds, queued { wake = max(wake ?? ends, ends) }
+        if let startDeadline, !live, queued || resolutionPending { wake = min(wake ?? startDeadline, startDeadline) }
         if let stepTimer { timers.cancel(stepTimer) }
         stepTimer = wake.map { timers.schedule(at: $0, token: tokenBase) }
         return .inProgress
