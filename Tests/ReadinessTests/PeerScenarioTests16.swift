@@ -419,4 +419,158 @@ struct PeerScenarioTests16 {
             }
         }
     }
+
+    // MARK: io_uring's multishot accept (liburing accept-mshot-stress: one issue drains the backlog)
+
+    /// 200 connections wait in a listener's backlog; one accept. How many descriptors the loop holds
+    /// afterwards, beyond the one it returned: on the readiness path none (the rest stay in the
+    /// kernel's queue); io_uring's multishot accept takes what the queue holds when it is issued
+    /// (Linux 6.10 and later go on while the queue is not empty), then is cancelled at 16 queued.
+    @Test("connections a listener's accept takes ahead of the calls: none on the readiness path, at most the backlog on io_uring",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func acceptAhead(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            var clients: [CInt] = []
+            for _ in 0..<200 {
+                let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+                _ = listener.address.withSockaddr { Glibc.connect(fd, $0, $1) }
+                clients.append(fd)
+            }
+            let before = openDescriptorCount()
+            let first = try await listener.accept(timeout: .seconds(5))
+            try await loop.sleep(for: .milliseconds(50))
+            let ahead = openDescriptorCount() - before - 1
+            // The readiness path leaves the rest in the kernel's queue; io_uring's multishot accept
+            // takes at most what was queued (Docs/Async.md, "I/O drivers").
+            if backend == .ioUring {
+                #expect(ahead >= 0 && ahead <= 199, "\(ahead)")
+            } else {
+                #expect(ahead == 0, "\(ahead) descriptors ahead on \(backend)")
+            }
+            await first.close()
+            await listener.close()
+            for fd in clients { close(fd) }
+        }
+    }
+
+    // MARK: io_uring: a submission the ring cannot take for now (io_uring_enter's EAGAIN)
+
+    /// An io_uring poller whose ring refuses its next `failures` operation submissions as a full
+    /// submission queue whose inline submit failed does (`resourceExhausted`).
+    final class ShortRing: Poller, CompletionRing {
+        let inner: any Poller & CompletionRing
+        let failures = Locked(0)
+        init(_ inner: any Poller & CompletionRing) { self.inner = inner }
+        private func refuse(_ operation: String) throws(PollerError) {
+            let refused = failures.withLock { (left: inout Int) -> Bool in
+                if left == 0 { return false }
+                left -= 1
+                return true
+            }
+            if refused { throw PollerError.resourceExhausted(operation: operation, errno: EAGAIN) }
+        }
+        var capabilities: Capabilities { inner.capabilities }
+        var waker: Waker { inner.waker }
+        func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.register(fd, token: token, interest: interest, trigger: trigger)
+        }
+        func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+        }
+        func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+        func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int { try inner.wait(into: events, timeout: timeout) }
+        func close() throws(PollerError) { try inner.close() }
+        var completionFeatures: CompletionFeatures { inner.completionFeatures }
+        var providedBufferSize: Int { inner.providedBufferSize }
+        func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
+            try refuse("io_uring_enter (recv)")
+            try inner.receive(fd, into: buffer, tag: tag)
+        }
+        func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
+            try refuse("io_uring_enter (recv)")
+            try inner.receiveProvided(fd, maximum: maximum, tag: tag)
+        }
+        func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) {
+            try refuse("io_uring_enter (send)")
+            try inner.send(fd, buffer, tag: tag)
+        }
+        func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
+            try refuse("io_uring_enter (sendmsg)")
+            try inner.sendMessage(fd, message, tag: tag)
+        }
+        func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) {
+            try refuse("io_uring_enter (accept)")
+            try inner.accept(fd, tag: tag, multishot: multishot)
+        }
+        func cancel(tag: UInt64) throws(PollerError) { try inner.cancel(tag: tag) }
+        func submitNow() throws(PollerError) { try inner.submitNow() }
+        func takeCompletions(_ body: (OperationCompletion) -> Void) { inner.takeCompletions(body) }
+        func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? { inner.providedBuffer(id) }
+        func giveBack(_ id: UInt16) { inner.giveBack(id) }
+    }
+
+    /// Before, the completion driver failed the caller's read, write or accept with
+    /// `.poller(resourceExhausted)` when the ring could not take its submission for now, where epoll's
+    /// loop would wait: now the readiness driver takes the operation.
+    @Test("an operation the ring cannot take for now waits as on epoll: read, provided read, write, accept",
+          .timeLimit(.minutes(1)), .enabled(if: Backend.ioUring.probe() == nil, "io_uring is not available here"))
+    func ringSubmissionShortage() async throws {
+        let made = Locked<ShortRing?>(nil)
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            guard let ring = try Backend.ioUring.makePoller() as? any Poller & CompletionRing else {
+                throw PollerError.failed("not a completion ring", errno: EINVAL)
+            }
+            let short = ShortRing(ring)
+            made.withLock { $0 = short }
+            return short
+        }
+        func refuseNext() { made.withLock { $0 }!.failures.withLock { $0 = 1 } }
+        func refusalTaken() -> Bool { made.withLock { $0 }!.failures.withLock { $0 } == 0 }
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        refuseNext()   // the accept's multishot arming
+        let accepting = Task { () async -> Result<AsyncSocket, LoopError> in
+            do throws(LoopError) { return .success(try await listener.accept(timeout: .seconds(5))) } catch { return .failure(error) }
+        }
+        try await loop.sleep(for: .milliseconds(30))
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        let server = try await accepting.value.get()
+        #expect(refusalTaken(), "the accept never reached the ring")
+        // Reads that must wait (nothing queued), each refused once by the ring.
+        for form in 0..<2 {
+            refuseNext()
+            let reader = Task { () async -> Result<[UInt8], LoopError> in
+                do throws(LoopError) {
+                    if form == 0 { return .success(try await server.read(upTo: 16, timeout: .seconds(5))) }
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+                    defer { buffer.deallocate() }
+                    let n = try await server.read(into: buffer, timeout: .seconds(5))
+                    return .success(Array(buffer[..<n]))
+                } catch { return .failure(error) }
+            }
+            try await loop.sleep(for: .milliseconds(30))
+            try await client.write([UInt8(form)])
+            #expect(try await reader.value.get() == [UInt8(form)], "form \(form)")
+            #expect(refusalTaken(), "form \(form) never reached the ring")
+        }
+        // A write larger than the socket takes at once: its rest goes to the ring, refused once.
+        let big = [UInt8](repeating: 7, count: 8 << 20)
+        refuseNext()
+        let writer = Task { () async -> LoopError? in
+            do throws(LoopError) { try await client.write(big, timeout: .seconds(10)); return nil } catch { return error }
+        }
+        var got = 0
+        while got < big.count {
+            let chunk = try await server.read(upTo: 1 << 20, timeout: .seconds(10))
+            if chunk.isEmpty { break }
+            got += chunk.count
+        }
+        #expect(await writer.value == nil)
+        #expect(got == big.count)
+        #expect(refusalTaken(), "the write never reached the ring")
+        await client.close()
+        await server.close()
+        await listener.close()
+        await loop.shutdown()
+    }
 }

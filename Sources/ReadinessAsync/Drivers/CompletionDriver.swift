@@ -251,6 +251,14 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if case .failed(let error) = outcome { throw error }
     }
 
+    /// A submission the ring could not take for now (io_uring_enter's EAGAIN or EBUSY, the submission
+    /// queue full): the operation goes to the readiness driver, which waits as epoll's loop would,
+    /// instead of failing the caller's read, write or accept.
+    private static func submissionShortage(_ error: LoopError) -> Bool {
+        if case .poller(let failure) = error { return failure.isResourceExhausted }
+        return false
+    }
+
     /// Whether a result that came in although the wait was given up is kept: yes after a deadline or a
     /// cancellation (the data or connection is the caller's; the cancel lost the race), no once the
     /// resource was closed or the loop shuts down.
@@ -263,8 +271,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
 
     // MARK: Multishot accept
 
-    /// The most connections a listener's multishot accept takes ahead of its `accept` calls: then it is
-    /// cancelled, and the rest wait in the kernel's backlog as they would for the readiness driver.
+    /// The most connections a listener's multishot accept queues ahead of its `accept` calls before it
+    /// is cancelled, the rest then waiting in the kernel's backlog as they would for the readiness
+    /// driver. Not a bound on a burst: each run of the accept in the kernel goes on while the backlog
+    /// is not empty (Linux 6.10+), so a backlog that filled meanwhile is taken whole (Docs/Async.md).
     static let acceptQueueLimit = 16
     /// The kernel refused a multishot accept (before 5.19): single accepts from then on.
     private var multishotAcceptRefused = false
@@ -345,6 +355,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 try ring.receive(fd, into: buffer, tag: tag)
             }
         } catch {
+            if Self.submissionShortage(error) {
+                fallbacks += 1
+                return try await readiness.read(id, into: buffer, deadline: deadline, on: loop)
+            }
             // As in `readCopying`: one last try before a timeout, a cancellation or a poller error.
             if let n = try Self.lastTry(id, after: error, into: buffer, loop: loop) { return n }
             Self.unwatched(id, loop: loop)
@@ -508,6 +522,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         if case .failed(let error) = await loop.waitInFrame(receiving: op, on: stream, deadline: deadline) {
             // The kernel refused the provided buffers: the readiness path from now on.
             if case .poller = error, !ring.completionFeatures.contains(.providedBuffers) { return nil }
+            // The ring could not take it for now: the readiness path reads instead.
+            if Self.submissionShortage(error) { return nil }
             throw error
         }
         return op
@@ -640,8 +656,15 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             let op = CompletionOperation()
             let fd = socket.fd
             let rest = UnsafeRawBufferPointer(rebasing: buffer[offset..<Swift.min(buffer.count, offset &+ LoopState.sendLimit)])
-            try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
-                try ring.send(fd, rest, tag: tag)
+            do {
+                try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                    try ring.send(fd, rest, tag: tag)
+                }
+            } catch {
+                guard Self.submissionShortage(error) else { throw error }
+                fallbacks += 1
+                let left = UnsafeRawBufferPointer(rebasing: buffer[offset...])
+                return try await readiness.write(id, left, deadline: deadline, start: start, on: loop)
             }
             // Bytes the kernel sent count even when the wait was given up meanwhile (a deadline, a
             // cancellation): a write whose every byte went out succeeds, as on the readiness path.
@@ -691,8 +714,14 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             let fd = socket.fd
             let message = Self.message(for: remaining.limited(to: LoopState.sendLimit))
             op.message = message
-            try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
-                try ring.sendMessage(fd, message, tag: tag)
+            do {
+                try await run(op, stream, .write, deadline: deadline, on: loop) { (ring, tag) throws(PollerError) in
+                    try ring.sendMessage(fd, message, tag: tag)
+                }
+            } catch {
+                guard Self.submissionShortage(error) else { throw error }
+                fallbacks += 1
+                return try await readiness.write(id, vectored: Array(remaining), deadline: deadline, start: start, on: loop)
             }
             if op.result > 0, Self.keeps(op.failure) { remaining.advance(by: Int(op.result)) }
             if remaining.isEmpty { return }   // every byte went out, whatever became of the wait
@@ -765,7 +794,13 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 listener.acceptFailure = nil
                 return try await readinessAccept(id, deadline: deadline, on: loop)
             }
-            if listener.multishot == nil { try armMultishotAccept(listener) }
+            if listener.multishot == nil {
+                do { try armMultishotAccept(listener) } catch {
+                    // The ring could not take it for now: this accept as the readiness driver makes it.
+                    if Self.submissionShortage(error) { return try await readinessAccept(id, deadline: deadline, on: loop) }
+                    throw error
+                }
+            }
             if case .failed(let error) = await loop.wait(listener, .read, deadline: deadline, interest: false) { throw error }
         }
     }
