@@ -732,7 +732,7 @@ final class StuckListener {
 
 /// A poller of any backend whose waits start failing once told to (a kernel error the loop cannot
 /// mend), for the loop's handling of a failed wait.
-final class FailingWaitPoller: Poller {
+final class FailingWaitPoller: ForwardingPoller {
     /// Shared between the test and the loop thread.
     final class Switch: Sendable {
         let on = Atomic<Bool>(false)
@@ -743,20 +743,11 @@ final class FailingWaitPoller: Poller {
         self.inner = inner
         self.failing = failing
     }
-    var capabilities: Capabilities { inner.capabilities }
-    var waker: Waker { inner.waker }
-    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
-        try inner.register(fd, token: token, interest: interest, trigger: trigger)
-    }
-    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
-        try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
-    }
-    func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+    var forwarded: any Poller { inner }
     func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
         if failing.on.load(ordering: .acquiring) { throw .system(operation: "epoll_wait", errno: EIO) }
         return try inner.wait(into: events, timeout: timeout)
     }
-    func close() throws(PollerError) { try inner.close() }
 }
 
 extension AsyncTests {

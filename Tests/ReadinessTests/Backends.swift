@@ -239,3 +239,25 @@ func awaitReadable(_ fd: CInt) {
     var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
     while poll(&entry, 1, 5_000) < 0 && errno == EINTR {}
 }
+
+/// A test poller around another: every call goes to `forwarded` unless the type says otherwise (the
+/// wrappers that fail one kind of call on demand override that call alone).
+protocol ForwardingPoller: Poller {
+    var forwarded: any Poller { get }
+}
+
+extension ForwardingPoller {
+    var capabilities: Capabilities { forwarded.capabilities }
+    var waker: Waker { forwarded.waker }
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try forwarded.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try forwarded.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func deregister(_ fd: CInt) throws(PollerError) { try forwarded.deregister(fd) }
+    func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        try forwarded.wait(into: events, timeout: timeout)
+    }
+    func close() throws(PollerError) { try forwarded.close() }
+}

@@ -458,7 +458,7 @@ struct PeerScenarioTests16 {
 
     /// An io_uring poller whose ring refuses its next `failures` operation submissions as a full
     /// submission queue whose inline submit failed does (`resourceExhausted`).
-    final class ShortRing: Poller, CompletionRing {
+    final class ShortRing: ForwardingPoller, CompletionRing {
         let inner: any Poller & CompletionRing
         let failures = Locked(0)
         init(_ inner: any Poller & CompletionRing) { self.inner = inner }
@@ -470,17 +470,7 @@ struct PeerScenarioTests16 {
             }
             if refused { throw PollerError.resourceExhausted(operation: operation, errno: EAGAIN) }
         }
-        var capabilities: Capabilities { inner.capabilities }
-        var waker: Waker { inner.waker }
-        func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
-            try inner.register(fd, token: token, interest: interest, trigger: trigger)
-        }
-        func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
-            try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
-        }
-        func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
-        func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int { try inner.wait(into: events, timeout: timeout) }
-        func close() throws(PollerError) { try inner.close() }
+        var forwarded: any Poller { inner }
         var completionFeatures: CompletionFeatures { inner.completionFeatures }
         var providedBufferSize: Int { inner.providedBufferSize }
         func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
