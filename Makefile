@@ -1,5 +1,6 @@
 # Readiness: `make run` (the main job: the conformance suite on every backend) and `make test`.
-# Both install what is missing first (libevent-dev, pkg-config, and nginx-light, curl and wrk for the HTTP examples' tests) through apt.
+# Both install what is missing first (libevent-dev, pkg-config, and nginx-light, curl and wrk for the HTTP examples' tests, python3 and
+# iproute2 for the FlyingFox stage) through apt.
 
 SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -206,7 +206,9 @@ extension EventLoopGroup {
     /// or the calling task cancelled) and every connection's task finished; the first accept failure
     /// is thrown then. It closes a listener whose accepting failed at once (the kernel would queue
     /// connections on it), and no other: a listener another task accepts on already fails with
-    /// ``LoopError/busy`` and is left to that task.
+    /// ``LoopError/busy`` and is left to that task. (A serve that accepted, then met `.busy`, another
+    /// task's accept having taken the listener between two of its own, does close it: one accepter per
+    /// listener is the rule, and which one goes on serving cannot be known.)
     nonisolated(nonsending) public func serve(_ listeners: [AsyncListener],
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let failures: [LoopError] = await withTaskGroup(of: LoopError?.self) { group in

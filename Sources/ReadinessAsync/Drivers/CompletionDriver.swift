@@ -239,23 +239,48 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     static let drainLimit: Int64 = 1_000_000_000
     static let drainStepMilliseconds = 10
 
-    /// Submits one operation (`start` queues it under `op.tag`) and waits for its last completion.
+    /// Submits one operation (`start` queues it under `op.tag`) and waits for its last completion. A
+    /// submission the ring cannot take for now (`submissionShortage`) is tried again after the loop's
+    /// next poller pass, which submits the queue and reaps completions (what io_uring_enter(2) asks of
+    /// an EAGAIN), at most `shortageRetries` times.
     nonisolated(nonsending) private func run(_ op: CompletionOperation, _ resource: any LoopResource, _ direction: Direction,
                                              deadline: Int64?, on loop: LoopState,
                                              _ start: (any CompletionRing, UInt64) throws(PollerError) -> Void) async throws(LoopError) {
         let ring = self.ring
-        let outcome = await loop.wait(for: op, resource, direction, deadline: deadline) { (op) throws(PollerError) in
-            try start(ring, op.tag)
-            self.link(op)
+        var shortages = 0
+        while true {
+            let outcome = await loop.wait(for: op, resource, direction, deadline: deadline) { (op) throws(PollerError) in
+                try start(ring, op.tag)
+                self.link(op)
+            }
+            guard case .failed(let error) = outcome else { return }
+            guard Self.submissionShortage(error), shortages < Self.shortageRetries else { throw error }
+            shortages += 1
+            try await Self.afterNextPass(resource, deadline: deadline, on: loop)
         }
-        if case .failed(let error) = outcome { throw error }
     }
 
-    /// A submission the ring could not take for now (io_uring_enter's EAGAIN or EBUSY, the submission
-    /// queue full): the operation goes to the readiness driver, which waits as epoll's loop would,
-    /// instead of failing the caller's read, write or accept.
+    /// How often a submission the ring could not take is tried again, a poller pass apart, before its
+    /// operation goes to the readiness driver.
+    static let shortageRetries = 64
+
+    /// The loop's next poller pass, then the operation's state: `.cancelled`, `.timedOut`, or the
+    /// resource's end (`.closed`, or the loop's reason once it stops).
+    nonisolated(nonsending) private static func afterNextPass(_ resource: any LoopResource, deadline: Int64?,
+                                                              on loop: LoopState) async throws(LoopError) {
+        try await loop.yieldToPoller()
+        if Task.isCancelled { throw .cancelled }
+        if loop.expired(deadline) { throw .timedOut }
+        guard loop.slab.contains(resource) else { throw loop.isShutDown ? loop.shutdownReason : .closed }
+    }
+
+    /// A submission the ring could not take for now (io_uring_enter's EAGAIN, or EBUSY: the submission
+    /// queue still full, or an older kernel's completion queue overflowed): tried again after the next
+    /// poller pass (`run`), then the readiness driver's, never at once the caller's failure.
     private static func submissionShortage(_ error: LoopError) -> Bool {
-        if case .poller(let failure) = error { return failure.isResourceExhausted }
+        guard case .poller(let failure) = error else { return false }
+        if failure.isResourceExhausted { return true }
+        if case .system(_, let code) = failure { return code == EBUSY }
         return false
     }
 
@@ -519,12 +544,18 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         op.bufferOffset = Swift.max(maximum, 1)
         // The submission (`submitReceive`) and the wait in this frame, not `run`'s: one frame fewer in
         // every idle task, and nothing but `op` and the stream held across the suspension.
-        if case .failed(let error) = await loop.waitInFrame(receiving: op, on: stream, deadline: deadline) {
+        var shortages = 0
+        while case .failed(let error) = await loop.waitInFrame(receiving: op, on: stream, deadline: deadline) {
             // The kernel refused the provided buffers: the readiness path from now on.
             if case .poller = error, !ring.completionFeatures.contains(.providedBuffers) { return nil }
-            // The ring could not take it for now: the readiness path reads instead.
-            if Self.submissionShortage(error) { return nil }
-            throw error
+            guard Self.submissionShortage(error) else { throw error }
+            // The ring could not take it for now: again after the next poller pass (as `run`), then
+            // the readiness path.
+            if shortages == Self.shortageRetries { return nil }
+            shortages += 1
+            try await Self.afterNextPass(stream, deadline: deadline, on: loop)
+            op.result = socket.fd
+            op.bufferOffset = Swift.max(maximum, 1)
         }
         return op
     }
