@@ -68,12 +68,20 @@ func serve(_ arguments: EchoArguments) throws {
     var nextToken: UInt64 = 2
     var finished = 0, echoed = 0, failures = 0
 
+    /// Accepting again. A re-registration refused for want of memory leaves the listener backing off
+    /// for a new period (Listener.resume): a timer tries again then, and the server goes on.
+    func resumeOrReschedule() throws {
+        do { try listener.resume() } catch {
+            if case .backingOff(let until) = try listener.accept() { timers.schedule(at: until, token: resumeToken) }
+        }
+    }
+
     func end(_ connection: Connection) throws {
         connection.socket.close()   // deregisters, then closes
         connections[connection.token.rawValue] = nil
         finished += 1
         echoed += connection.echoed
-        try listener.resume()       // a descriptor is free: stop backing off now
+        try resumeOrReschedule()    // a descriptor is free: stop backing off now
     }
 
     while arguments.connections.map({ finished < $0 }) ?? true {
@@ -97,7 +105,7 @@ func serve(_ arguments: EchoArguments) throws {
                             finished += 1
                             print("connection \(connection.token): \(error)")
                             socket.close()
-                            try listener.resume()
+                            try resumeOrReschedule()
                             continue accepting
                         }
                         connections[connection.token.rawValue] = connection
@@ -119,7 +127,7 @@ func serve(_ arguments: EchoArguments) throws {
             }
         }
         while let token = timers.popDue() {
-            if token == resumeToken { try listener.resume() }
+            if token == resumeToken { try resumeOrReschedule() }
         }
     }
     print("connections \(finished) echoed-bytes \(echoed) failures \(failures) backend \(backend.name) accept-backoffs \(listener.exhaustionCount)")

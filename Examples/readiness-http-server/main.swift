@@ -570,6 +570,11 @@ func run(_ arguments: HTTPServerArguments) async throws {
             await serveConnection(socket, connections, requestTimeout: .seconds(arguments.requestTimeout))
         }
     }
+    // Serving that fails (every listener's accepting failed) ends the wait for a signal too (a
+    // drain's end does not: a second signal during it still stops at once).
+    Task {
+        if case .failure = await server.result { signals.finish() }
+    }
     var stopping: Task<Void, Never>?
     for await signal in signals {
         if let stopping {
@@ -595,8 +600,14 @@ func run(_ arguments: HTTPServerArguments) async throws {
     }
     await stopping?.value
     signals.finish()
-    _ = try? await server.value
+    let failure: LoopError?
+    do { try await server.value; failure = nil } catch { failure = error as? LoopError ?? .shutdown }
     await control.shutdown()
+    if let failure, stopping == nil {
+        // Not a drain: serving failed on its own (a listener's accepting), and the program says so.
+        await group.shutdown()
+        throw failure
+    }
     print("stopped")
 }
 

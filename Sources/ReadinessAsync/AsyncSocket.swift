@@ -208,7 +208,8 @@ public struct AsyncSocket: Sendable {
                     if errno != EINTR { return .transferred(0) }   // the operation that follows reports it
                 }
                 // A Unix stream whose sending side is shut down (its own, or the peer's reading side)
-                // never reports POLLOUT, yet a write fails at once (EPIPE): an empty send asks, moving
+                // reports no POLLOUT while its send buffer is full (the kernel's unix_writable looks
+                // only at the buffer), yet a write fails at once (EPIPE): an empty send asks, moving
                 // nothing (review: writable waited for ever there). The write path's re-checks bring
                 // this attempt back while it waits.
                 // Unix streams only: on TCP, POLLOUT comes once the side is shut down, and an empty send
@@ -356,7 +357,9 @@ extension EventLoop {
     ///
     /// Fails with ``LoopError/socket(_:)`` (``/ReadinessNet/SocketError/Kind/invalidArgument`` for a negative
     /// descriptor or one that is not a stream socket, ``/ReadinessNet/SocketError/Kind/closed`` for one that is not
-    /// open) or ``LoopError/shutdown``. **Ownership passes only on success: a descriptor whose adoption
+    /// open), ``LoopError/invalidArgument(_:)`` for a descriptor this loop already owns, holds (a
+    /// connect in progress, a connection accepted ahead) or waits on, ``LoopError/resourceExhausted``
+    /// or ``LoopError/shutdown``. **Ownership passes only on success: a descriptor whose adoption
     /// failed stays the caller's, open**, the same rule as ``/ReadinessNet/StreamSocket/init(adopting:)``.
     nonisolated(nonsending) public func adopt(descriptor fd: CInt) async throws(LoopError) -> AsyncSocket {
         let (id, peer) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?) in

@@ -38,8 +38,10 @@ extension AsyncListener {
 
     /// ``serve(_:)``, marking `accepted` at its first accepted connection (for the group's serve,
     /// which leaves a listener another task accepts on alone only when this one accepted nothing).
+    /// `closesOnFailure` (the group's serve): a listener whose accepting failed is closed before the
+    /// connections are waited for, so that the kernel stops queueing connections on it.
     nonisolated(nonsending) func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void,
-                                       accepted: ServedAny?) async throws(LoopError) {
+                                       accepted: ServedAny?, closesOnFailure: Bool = false) async throws(LoopError) {
         let listener = self
         let loop = self.loop
         let running = ServedConnections()
@@ -94,6 +96,11 @@ extension AsyncListener {
                         // shutdown, before the failure is thrown (a handler waiting on something
                         // else than the loop would otherwise hold `serve` for as long as it waits).
                         if loop.isShuttingDown { connections.cancelAll() }
+                        // The group's serve closes it now, not once its connections ended (the oldest
+                        // may last hours): with SO_REUSEPORT the kernel queues a share of the new
+                        // connections on a listener nobody accepts from (review). The busy rule of
+                        // `EventLoopGroup.serve` holds here too.
+                        if closesOnFailure, error != .busy || accepted?.any == true { await listener.close() }
                         return error
                     }
                 }
@@ -216,7 +223,7 @@ extension EventLoopGroup {
                 group.addTask(executorPreference: listener.loop) {
                     let served = ServedAny()
                     do throws(LoopError) {
-                        try await listener.serve(handler, accepted: served)
+                        try await listener.serve(handler, accepted: served, closesOnFailure: true)
                         return nil
                     } catch {
                         // Closed at once: with SO_REUSEPORT the kernel would go on queueing a share of

@@ -157,22 +157,38 @@ public enum AsyncDifferential {
                              timeLimit: Duration? = Conformance.defaultTimeLimit) async -> Failure? {
         let generated = script(seed: seed, length: length)
         guard let reference = contenders.first else { return nil }
+        // A contender that cannot make a poller here fails every script alike: said at once, not shrunk.
+        for contender in contenders {
+            do throws(PollerError) {
+                try contender.makePoller().close()
+            } catch {
+                return Failure(seed: seed, backends: (reference.name, contender.name), script: generated,
+                               diff: "\(contender.name) could not make a poller: \(error)")
+            }
+        }
         for other in contenders.dropFirst() {
             guard let diff = await differ(generated, reference, other, timeLimit: timeLimit) else { continue }
             if diff.contains(Watchdog.hungMark) {
                 return Failure(seed: seed, backends: (reference.name, other.name), script: generated, diff: diff)
             }
             // Only scripts that await a task after cancelling it, or after the shutdown, are kept: the
-            // others would wait for ever.
+            // others would wait for ever. A difference stays of its kind: one of results is not
+            // shrunk into a script that fails to run (descriptors left open, say), nor the other way.
+            let ranBoth = !diff.contains(failedToRun)
             let shrunk = await shrink(generated) { candidate in
-                guard accepts(candidate) else { return false }
-                return await differ(candidate, reference, other, timeLimit: timeLimit) != nil
+                guard accepts(candidate), let found = await differ(candidate, reference, other, timeLimit: timeLimit) else {
+                    return false
+                }
+                return found.contains(failedToRun) == !ranBoth
             }
             return Failure(seed: seed, backends: (reference.name, other.name), script: shrunk,
                            diff: await differ(shrunk, reference, other, timeLimit: timeLimit) ?? diff)
         }
         return nil
     }
+
+    /// How ``differ`` says that a contender's run failed (as the poller differential says it).
+    static let failedToRun = " failed to run: "
 
     /// Whether every await of `steps` is of a task that was cancelled or ended by the loop's shutdown
     /// (what the generator writes; a shrunk script must keep it).
@@ -197,8 +213,8 @@ public enum AsyncDifferential {
                        timeLimit: Duration? = Conformance.defaultTimeLimit) async -> String? {
         let x = await AsyncConformance.record(steps, backend: a.name, timeLimit: timeLimit, makePoller: a.makePoller)
         let y = await AsyncConformance.record(steps, backend: b.name, timeLimit: timeLimit, makePoller: b.makePoller)
-        if case .failed(let why) = x.outcome { return "\(a.name) failed: \(why)" }
-        if case .failed(let why) = y.outcome { return "\(b.name) failed: \(why)" }
+        if case .failed(let why) = x.outcome { return "\(a.name)\(failedToRun)\(why)" }
+        if case .failed(let why) = y.outcome { return "\(b.name)\(failedToRun)\(why)" }
         var lines: [String] = []
         for (p, q) in zip(x.trace, y.trace) where p.observed != q.observed {
             lines.append("step \(p.index) (\(p.step)): \(a.name) observed \(p.observed), \(b.name) observed \(q.observed)")

@@ -130,18 +130,34 @@ public enum Differential {
     /// `timeLimit` (a wait that ignores its timeout and its waker) is a failure as hung, not shrunk.
     public static func check(seed: UInt64, length: Int, contenders: [Contender],
                              timeLimit: Duration? = Conformance.defaultTimeLimit) -> Failure? {
-        let keepsFiles = contenders.contains { !closeReleasesFile($0) }
+        let generated = script(seed: seed, length: length)
+        // A contender that cannot make a poller here fails every script alike: said at once, not
+        // shrunk (every candidate would "still fail", the shrinking a minute of the other's runs).
+        var keepsFiles = false
+        for contender in contenders {
+            do {
+                let poller = try contender.makePoller()
+                if !poller.capabilities.closeReleasesFile { keepsFiles = true }
+                try? poller.close()
+            } catch {
+                return Failure(seed: seed, backends: (contenders[0].name, contender.name), script: generated,
+                               diff: "\(contender.name) could not make a poller: \(error)")
+            }
+        }
         // Shrinking works on the generated script and applies the same rewrite to every candidate.
         let prepare: ([Step]) -> [Step] = { keepsFiles ? deregisteringBeforeClose($0) : $0 }
-        let generated = script(seed: seed, length: length)
         guard let (a, b, diff) = firstDifference(prepare(generated), contenders, timeLimit: timeLimit) else { return nil }
         if diff.contains(Watchdog.hungMark) {
             return Failure(seed: seed, backends: (a.name, b.name), script: prepare(generated), diff: diff)
         }
         // Removing a step can take a script outside the contract (a close without the deregister the
-        // generator put after it): only scripts the model accepts are kept.
+        // generator put after it): only scripts the model accepts are kept. A difference stays of its
+        // kind: one of results is not kept as a script that fails to run, nor the other way round.
+        let ranBoth = !diff.contains(Self.failedToRun)
         let shrunk = prepare(shrink(generated) { candidate in
-            ScriptModel.accepts(candidate) && differ(prepare(candidate), a, b, timeLimit: timeLimit) != nil
+            guard ScriptModel.accepts(candidate),
+                  let found = differ(prepare(candidate), a, b, timeLimit: timeLimit) else { return false }
+            return found.contains(Self.failedToRun) == !ranBoth
         })
         return Failure(seed: seed, backends: (a.name, b.name), script: shrunk, diff: differ(shrunk, a, b, timeLimit: timeLimit) ?? diff)
     }
@@ -167,11 +183,8 @@ public enum Differential {
         return out
     }
 
-    static func closeReleasesFile(_ contender: Contender) -> Bool {
-        guard let poller = try? contender.makePoller() else { return true }
-        defer { try? poller.close() }
-        return poller.capabilities.closeReleasesFile
-    }
+    /// How ``differ`` says that a contender could not run a script.
+    static let failedToRun = " failed to run: "
 
     static func firstDifference(_ steps: [Step], _ contenders: [Contender],
                                 timeLimit: Duration? = Conformance.defaultTimeLimit) -> (Contender, Contender, String)? {
@@ -187,8 +200,8 @@ public enum Differential {
         let scenario = Scenario("differential", checks: "random script", fixtures: fixtures, steps.map { ScriptLine($0) })
         let x = Conformance.record(scenario, backend: a.name, timeLimit: timeLimit, makePoller: a.makePoller)
         let y = Conformance.record(scenario, backend: b.name, timeLimit: timeLimit, makePoller: b.makePoller)
-        if case .failed(let why) = x.outcome { return "\(a.name) failed to run: \(why)" }
-        if case .failed(let why) = y.outcome { return "\(b.name) failed to run: \(why)" }
+        if case .failed(let why) = x.outcome { return "\(a.name)\(failedToRun)\(why)" }
+        if case .failed(let why) = y.outcome { return "\(b.name)\(failedToRun)\(why)" }
         guard let visibility = visibility(a, b) else { return "a poller could not be created" }
         return Conformance.compare(x, y, visible: visibility)
     }
@@ -262,16 +275,18 @@ struct ScriptModel {
                 guard model.open.contains(e) else { return false }
                 model.open.remove(e)
                 model.closed.insert(e)
+            // Nothing opens a descriptor while the limit is exhausted (the generator's rule): such a
+            // candidate fails to set up on every backend, which is no difference between them.
             case .duplicate(let e, let name, _):
-                guard model.open.contains(e), !model.open.contains(name), !model.closed.contains(name) else { return false }
+                guard !model.exhausted, model.open.contains(e), !model.open.contains(name), !model.closed.contains(name) else { return false }
                 model.open.insert(name)
             case .duplicateOnto(let e, let name, let number):
-                guard model.open.contains(e), model.closed.contains(number), name == number,
+                guard !model.exhausted, model.open.contains(e), model.closed.contains(number), name == number,
                       !model.registered.contains(number) else { return false }
                 model.closed.remove(number)
                 model.open.insert(name)
             case .reopenOnNumber(let e, let peer, let old):
-                guard model.closed.contains(old), lingering.isEmpty, !model.open.contains(e),
+                guard !model.exhausted, model.closed.contains(old), lingering.isEmpty, !model.open.contains(e),
                       !(old == "a" && model.open.contains("a2")) else { return false }
                 model.closed.remove(old)
                 model.open.formUnion([e, peer])

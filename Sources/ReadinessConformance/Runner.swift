@@ -308,8 +308,11 @@ final class ScenarioRun {
         case .waitRounds(let capacity, let rounds):
             let small = EventBuffer(capacity: capacity)
             var seen: [Token: Ready] = [:]
-            for _ in 0..<rounds {
-                guard case .events(let events) = observeWait(.zero, into: small) else { continue }
+            for round in 0..<rounds {
+                // A round's own checks (a count that is not the buffer's, an empty event, an error)
+                // fail the step as they fail a single wait: dropped, a miscount read as "no events".
+                let observed = observeWait(.zero, into: small)
+                guard case .events(let events) = observed else { return .note("round \(round + 1): \(observed)") }
                 for (token, ready) in events { seen[token, default: []].formUnion(ready) }
             }
             return .events(seen)

@@ -96,6 +96,16 @@ public final class ContractPoller<Seam: BackendSeam>: Poller {
 
     @inlinable func leave() { waitState.subtract(2, ordering: .releasing) }
 
+    /// Runs a backend call that is not one of the ``Poller`` calls (a ``CompletionRing``'s) under
+    /// their rules: refused with `closed` once the poller is closed or closing (`forked` in a child),
+    /// and counted while it runs, so that a `close()` from another thread releases nothing under it.
+    @inlinable public func call<T>(_ body: () throws(PollerError) -> T) throws(PollerError) -> T {
+        try enter()
+        defer { leave() }
+        guard !released else { throw .closed }
+        return try body()
+    }
+
     /// The registrations.
     public var table: RegistrationTable { storedTable }
 

@@ -203,7 +203,11 @@ public final class Resolution: @unchecked Sendable {
         // An IPv6 literal in brackets ("[::1]", as in a URL's host) is the literal.
         let literal = host.hasPrefix("[") && host.hasSuffix("]") && host.utf8.count > 2 ? String(host.dropFirst().dropLast()) : host
         if let numeric = try? SocketAddress(ip: literal, port: port), literal == host || numeric.family == .ipv6 {
-            state = State(answers: [Answer(family: numeric.family, result: .success([numeric]))])
+            var answers = [Answer(family: numeric.family, result: .success([numeric]))]
+            // `::` is also tried as 0.0.0.0 (see `unspecifiedIPv4`): Happy Eyeballs moves on to it when
+            // the IPv6 attempt fails.
+            if let fallback = numeric.unspecifiedIPv4 { answers.append(Answer(family: .ipv4, result: .success([fallback]))) }
+            state = State(answers: answers)
             return
         }
         if let problem = SocketAddress.nameProblem(host) {

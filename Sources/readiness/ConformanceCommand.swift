@@ -153,6 +153,12 @@ struct ConformanceCommand: Command {
         let chosen = backendNames.isEmpty ? Backend.available : named.enumerated().filter { index, backend in
             !named[..<index].contains { $0.name == backend.name }
         }.map(\.element)
+        // A backend named that cannot run here (not built, refused by the kernel) is said at once, as
+        // `connect --backend` says it: its matrix would be all failures, and each differential script
+        // would run the others only to find it missing.
+        for backend in chosen where !backendNames.isEmpty {
+            if let problem = backend.probe() { throw .failure("backend \(backend.name) is unavailable here: \(problem)") }
+        }
         if let showAsyncScript, let backend = chosen.first {
             let steps = AsyncDifferential.script(seed: showAsyncScript, length: Self.asyncScriptLength)
             let result = Self.blocking { () async -> ScenarioResult in

@@ -89,7 +89,10 @@ struct ConnectCommand: Command {
             throw .failed
         }
         var output: Output
-        let attempts = Connector.makeAttempts(to: addresses, on: poller, timeout: nil, trace: true)
+        // At most as many addresses as the library's connects try (a name with hundreds of answers).
+        let cap = HappyEyeballs.Options().maximumAttempts
+        let attempts = Connector.makeAttempts(to: Array(Connector.interleaveFamilies(addresses).prefix(cap)), on: poller,
+                                              timeout: nil, trace: true)
         do throws(ConnectError) {
             let socket = try Connector.run(attempts, on: poller, attemptDelay: Self.attemptDelay,
                                            timeout: Deadline.timeout(until: deadline.nanoseconds))

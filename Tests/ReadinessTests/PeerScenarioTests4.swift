@@ -94,6 +94,11 @@ final class P4Exhaustion {
         }
     }
 
+    /// Frees one descriptor behind the loop's back (as another thread or process would).
+    func freeOne() {
+        if let fd = fillers.popLast() { close(fd) }
+    }
+
     func restore() {
         guard !restored else { return }
         restored = true

@@ -166,7 +166,7 @@ extension PeerScenarioTests5 {
 
 /// A connect that never completes: socket() hands out a pipe's read end (never writable) and connect
 /// says EINPROGRESS, so the attempt waits until its deadline.
-private final class P5HangingSyscalls: ConnectSyscalls, @unchecked Sendable {
+final class P5HangingSyscalls: ConnectSyscalls, @unchecked Sendable {
     private var writeEnds: [CInt] = []
     private let base = SystemConnectSyscalls()
     func socket(domain: CInt) -> (fd: CInt, errno: CInt) {

@@ -224,14 +224,21 @@ extension PeerScenarioTests6 {
 
     /// A caller's `withMutableSockaddr` body that writes a length past the storage. Before: the length
     /// was kept, and `==` and `hash` read past the 128 bytes (a trap in a debug build).
-    @Test("a length written past sockaddr_storage is cut to it")
+    @Test("a length written past sockaddr_storage is cut to it (an IPv6 address's, to sockaddr_in6)")
     func oversizedLength() {
         var address = SocketAddress()
         address.withMutableSockaddr { raw, length in
             raw.pointee.sa_family = sa_family_t(AF_INET6)
             length.pointee = 4096
         }
-        #expect(Int(address.length) == MemoryLayout<sockaddr_storage>.size)
+        #expect(Int(address.length) == MemoryLayout<sockaddr_in6>.size)
+        var other = SocketAddress()
+        other.withMutableSockaddr { raw, length in
+            raw.pointee.sa_family = sa_family_t(AF_PACKET)
+            length.pointee = 4096
+        }
+        #expect(Int(other.length) == MemoryLayout<sockaddr_storage>.size)
+        _ = other.hashValue
         _ = address.hashValue
         #expect(address == address)
     }

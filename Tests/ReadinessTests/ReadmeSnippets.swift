@@ -9,8 +9,9 @@ import Readiness
 enum ReadmeSnippets {
     static func server() async throws {
         let group = try EventLoopGroup()                    // one loop per core; READINESS_BACKEND=poll overrides
+        let listeners = try await group.listen(on: try SocketAddress("127.0.0.1:8080"))  // a port in use fails here, at once
         let server = Task {
-            try await group.serve(on: try SocketAddress("127.0.0.1:8080")) { socket in   // each connection's task, on its loop
+            try await group.serve(listeners) { socket in    // each connection's task, on its loop
                 // readAvailable reads into the loop's buffer and returns exactly the bytes read: an idle connection holds no buffer.
                 while let bytes = try? await socket.readAvailable(timeout: .seconds(30)), !bytes.isEmpty {
                     try? await socket.write(bytes)          // every byte, no copy
@@ -18,13 +19,15 @@ enum ReadmeSnippets {
             }                                               // the socket is closed when the handler returns
         }
         let signalLoop = try EventLoop()                    // signals on a loop of their own: it outlives the group's drain
-        for await signal in try signalLoop.signals([.interrupt, .terminate]) {           // no Dispatch, no handler code
+        let signals = try signalLoop.signals([.interrupt, .terminate])                   // no Dispatch, no handler code
+        Task { if case .failure = await server.result { signals.finish() } }   // serving that fails ends the wait too
+        for await signal in signals {
             print("\(signal): draining")
             await group.shutdown(gracePeriod: .seconds(10)) // stop accepting, let connections finish, then stop
             break
         }
-        _ = await server.result
         await signalLoop.shutdown()
+        try await server.value                              // a failure that ended serving ends the program with it
     }
 
     static func client() async throws {

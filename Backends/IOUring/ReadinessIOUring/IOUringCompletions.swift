@@ -62,6 +62,7 @@ extension IOUringSeam {
         // Before the registration, which is a call on the ring the child shares with the parent
         // (`owned` refuses the submission only after it).
         if Sys.forkGeneration != forkGeneration { throw .forked }
+        if ringClosed { throw .closed }
         if providedBuffers == nil { try registerProvidedBuffers() }
         let length = UInt32(clamping: Swift.min(maximum, Int(bufferLayout.size)))
         try queued("io_uring_enter(RECV)") {
@@ -190,7 +191,9 @@ extension IOUringSeam {
     }
 }
 
-/// The io_uring poller completes operations too (the async layer's completion driver).
+/// The io_uring poller completes operations too (the async layer's completion driver). Each call that
+/// touches the ring goes through the poller's `call`: after `close()` it fails with `closed`, and a
+/// `close()` from another thread waits for it to end, as for the poller's own calls.
 @_spi(Backend)
 extension IOUringPoller: CompletionRing {
     /// See ``/ReadinessCore/CompletionRing/completionFeatures``.
@@ -199,32 +202,37 @@ extension IOUringPoller: CompletionRing {
     public var providedBufferSize: Int { seam.providedBufferSize }
     /// See ``/ReadinessCore/CompletionRing/receive(_:into:tag:)``.
     public func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
-        try seam.receive(fd, into: buffer, tag: tag)
+        try base.call { () throws(PollerError) in try seam.receive(fd, into: buffer, tag: tag) }
     }
     /// See ``/ReadinessCore/CompletionRing/receiveProvided(_:maximum:tag:)``.
     public func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
-        try seam.receiveProvided(fd, maximum: maximum, tag: tag)
+        try base.call { () throws(PollerError) in try seam.receiveProvided(fd, maximum: maximum, tag: tag) }
     }
     /// See ``/ReadinessCore/CompletionRing/send(_:_:tag:)``.
     public func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) {
-        try seam.send(fd, buffer, tag: tag)
+        try base.call { () throws(PollerError) in try seam.send(fd, buffer, tag: tag) }
     }
     /// See ``/ReadinessCore/CompletionRing/sendMessage(_:_:tag:)``.
     public func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
-        try seam.sendMessage(fd, message, tag: tag)
+        try base.call { () throws(PollerError) in try seam.sendMessage(fd, message, tag: tag) }
     }
     /// See ``/ReadinessCore/CompletionRing/accept(_:tag:multishot:)``.
     public func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) {
-        try seam.accept(fd, tag: tag, multishot: multishot)
+        try base.call { () throws(PollerError) in try seam.accept(fd, tag: tag, multishot: multishot) }
     }
     /// See ``/ReadinessCore/CompletionRing/cancel(tag:)``.
-    public func cancel(tag: UInt64) throws(PollerError) { try seam.cancel(tag: tag) }
+    public func cancel(tag: UInt64) throws(PollerError) {
+        try base.call { () throws(PollerError) in try seam.cancel(tag: tag) }
+    }
     /// See ``/ReadinessCore/CompletionRing/submitNow()``.
-    public func submitNow() throws(PollerError) { try seam.submitNow() }
+    public func submitNow() throws(PollerError) { try base.call { () throws(PollerError) in try seam.submitNow() } }
     /// See ``/ReadinessCore/CompletionRing/takeCompletions(_:)``.
     public func takeCompletions(_ body: (OperationCompletion) -> Void) { seam.takeCompletions(body) }
     /// See ``/ReadinessCore/CompletionRing/providedBuffer(_:)``.
-    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? { seam.providedBuffer(id) }
-    /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``.
-    public func giveBack(_ id: UInt16) { seam.giveBack(id) }
+    /// Nil once the poller is closed (the buffers are unmapped with the ring).
+    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? {
+        (try? base.call { () throws(PollerError) in seam.providedBuffer(id) }) ?? nil
+    }
+    /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``. Nothing once the poller is closed.
+    public func giveBack(_ id: UInt16) { try? base.call { () throws(PollerError) in seam.giveBack(id) } }
 }

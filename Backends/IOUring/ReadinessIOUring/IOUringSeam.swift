@@ -80,7 +80,7 @@ public final class IOUringSeam: BackendSeam {
     private var recheckCapacity = 16
     private var wakerInFlight = false
     private var registered = 0
-    private var ringClosed = false
+    private(set) var ringClosed = false
     /// A cancel is queued and not yet submitted (a reregister's): a deregister submits it at once,
     /// whether or not it queues one of its own.
     private var cancelQueued = false
@@ -271,6 +271,9 @@ public final class IOUringSeam: BackendSeam {
     /// poller's own calls are refused before they get here; the completion calls are refused here).
     func owned(_ operation: String, _ call: () -> CInt) throws(PollerError) {
         if Sys.forkGeneration != forkGeneration { throw .forked }
+        // A closed ring's memory is unmapped and its handle freed: a completion call after `close()`
+        // fails as every poller call does then (it read freed memory before).
+        if ringClosed { throw .closed }
         var status = call()
         if status == -EEXIST {
             try moveToNewRing()
@@ -301,17 +304,38 @@ public final class IOUringSeam: BackendSeam {
         rd_uring_close(ring)
         ring = made
         cancelTargets.removeAll(keepingCapacity: true)   // the old ring's, cancelled by its close
-        wakerInFlight = false
-        try armWaker()
+        // Every request goes again on the new ring. All are marked as not in flight first (their
+        // queue positions were the old ring's), so that a failure part way (the waker's, or a full
+        // submission queue the kernel would not take) leaves the rest queued for the next wait's
+        // re-arm: before, the ones after the failure stayed "in flight" with no request anywhere
+        // (silent for good), and a deregister unqueued an old-ring position on the new ring.
+        var again: [CInt] = []
         for i in slots.indices where slots[i].inFlight {
             slots[i].inFlight = false
-            try queueAdd(CInt(i), mask: slots[i].mask, multishot: slots[i].multishot)
+            slots[i].position = 0
+            again.append(CInt(i))
         }
+        wakerInFlight = false
+        for (n, fd) in again.enumerated() {
+            do {
+                if n == 0 { try armWaker() }
+                try queueAdd(fd, mask: slots[Int(fd)].mask, multishot: slots[Int(fd)].multishot)
+            } catch {
+                for rest in again[n...] { queueRearm(rest) }
+                throw error
+            }
+        }
+        if again.isEmpty { try armWaker() }
     }
 
     private func armWaker() throws(PollerError) {
         var position: UInt32 = 0
-        try owned("io_uring_enter(waker)") { rd_uring_poll_add(ring, waker.fd, rd_uring_POLLIN, Self.wakerData, 0, &position) }
+        // Nothing when armed already: a full queue's submit that found another thread (EEXIST) moves
+        // to a new ring, which arms the waker, and then `owned` runs this again (two polls: two
+        // waker events for one wake-up).
+        try owned("io_uring_enter(waker)") {
+            wakerInFlight ? 0 : rd_uring_poll_add(ring, waker.fd, rd_uring_POLLIN, Self.wakerData, 0, &position)
+        }
         wakerInFlight = true
     }
 

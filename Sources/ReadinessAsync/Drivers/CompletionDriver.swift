@@ -223,8 +223,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             }
             dispatch(loop)
         }
-        // Not done in time (the ring's close, next, cancels them in the kernel): their tasks resume
-        // anyway, with their failure, rather than never.
+        // Not done in time: the ring is closed first (everything queued becomes a NOP, everything in
+        // the kernel is cancelled), then their tasks resume with their failure rather than never.
+        // Before, the tasks resumed first and the loop's close of the ring came after their jobs ran:
+        // that close's submission ran a receive's deferred completion into a buffer its task had
+        // already taken back (review). The loop's own close of the poller later finds it closed.
+        if newest != nil { try? poller.close() }
         while let op = newest {
             unlink(op)
             Unmanaged.passUnretained(op).release()
@@ -287,6 +291,16 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// Whether a result that came in although the wait was given up is kept: yes after a deadline or a
     /// cancellation (the data or connection is the caller's; the cancel lost the race), no once the
     /// resource was closed or the loop shuts down.
+    /// An operation given up (a deadline, a cancellation) after its receive or send had already
+    /// ended in the kernel with the connection's failure (a reset that came as the cancel was
+    /// submitted: the submit runs the deferred completions first). That failure is reported, not the
+    /// giving up: the kernel took it from the socket (SO_ERROR is cleared), so the last try, or the
+    /// next call, would find a plain end of stream, where on the readiness path the failure waits in
+    /// the socket for them (review: a reset read as end of stream on io_uring only).
+    private static func tookConnectionFailure(_ op: CompletionOperation) -> Bool {
+        op.failure != nil && op.result < 0 && keeps(op.failure) && failsConnection(-op.result)
+    }
+
     private static func keeps(_ failure: LoopError?) -> Bool {
         switch failure {
         case nil, .timedOut?, .cancelled?: true
@@ -399,6 +413,8 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             stream.record.readDrained = result > 0 && Int(result) < buffer.count
             return Int(result)
         }
+        // (Only while the socket is there: closed since, the read ends as the readiness driver's.)
+        if Self.tookConnectionFailure(op), (try? loop.stream(id)) != nil { op.failure = nil }
         if let failure = op.failure {
             if let n = try Self.lastTry(id, after: failure, into: buffer, loop: loop) { return n }
             Self.unwatched(id, loop: loop)
@@ -589,7 +605,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                                       _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         let result = op.result
         guard result >= 0 else {
-            if let failure = op.failure { throw failure }
+            if let failure = op.failure, !(Self.tookConnectionFailure(op) && (try? loop.stream(id)) != nil) { throw failure }
             let code = -result
             if code == EAGAIN || code == ENOBUFS || code == EINTR { return nil }
             if code == ECANCELED { throw .cancelled }
@@ -704,7 +720,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             // Bytes left, and the socket closed (or the loop stopped) after the send completed, before
             // this task ran: `.closed` (`.shutdown`), as the readiness driver's woken writer finds.
             if Self.keeps(op.failure) { (stream, socket) = try loop.stream(id) }
-            if let failure = op.failure { throw failure }
+            if let failure = op.failure, !Self.tookConnectionFailure(op) { throw failure }
             if op.result < 0 {
                 // EAGAIN and the like: the readiness driver writes the rest (no resubmission loop).
                 let left = UnsafeRawBufferPointer(rebasing: buffer[offset...])
@@ -757,7 +773,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             if op.result > 0, Self.keeps(op.failure) { remaining.advance(by: Int(op.result)) }
             if remaining.isEmpty { return }   // every byte went out, whatever became of the wait
             if Self.keeps(op.failure) { (stream, socket) = try loop.stream(id) }   // closed since: as above
-            if let failure = op.failure { throw failure }
+            if let failure = op.failure, !Self.tookConnectionFailure(op) { throw failure }
             if op.result < 0 {
                 let rest = Array(remaining)
                 return try await retryOrFail(op.result, operation: "sendmsg") { () async throws(LoopError) in

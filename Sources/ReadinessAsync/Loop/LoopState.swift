@@ -436,7 +436,8 @@ final class LoopState {
     func withStream<T>(_ id: UInt64, _ body: (StreamSocket) throws(SocketError) -> T) throws(LoopError) -> T {
         let (stream, socket) = try stream(id)
         bindQueuedOperations(of: stream)
-        defer { reconcile(stream, socket) }
+        let fd = socket.fd
+        defer { reconcile(stream, socket, fd: fd) }
         do { return try body(socket) } catch { throw .socket(error) }
     }
 
@@ -461,11 +462,15 @@ final class LoopState {
     /// After the escape hatch (`withStreamSocket`, `withDatagramSocket`), which may have closed,
     /// released, deregistered or re-registered the socket behind the loop's back: the loop's record of
     /// the registration is made true again, so that no wait trusts a registration that is gone.
-    private func reconcile(_ stream: any LoopResource, _ socket: some HatchSocket) {
+    /// `fd` is the socket's descriptor before the body ran.
+    private func reconcile(_ stream: any LoopResource, _ socket: some HatchSocket, fd: CInt) {
         guard slab.contains(stream) else { return }
         stream.record.readDrained = false   // the body may have read: the next read tries first
         if socket.isClosed {
             close(stream, reason: .closed)   // closed or released by the body: the loop forgets it
+            // Closed, a descriptor is free (a listener out of them tries again); released, the
+            // descriptor is the caller's and still open: nothing was freed.
+            if fd >= 0, fcntl(fd, F_GETFD) < 0 { descriptorFreed() }
             return
         }
         // A write waiting for room tries again: the body may have shut the socket down for sending,
@@ -665,7 +670,8 @@ final class LoopState {
         bindQueuedOperations(of: datagram)
         // Closed or released by the body: the loop forgets it (its waiters end with .closed); a
         // registration changed behind the loop's back is made right, as for a stream.
-        defer { reconcile(datagram, datagram.socket) }
+        let fd = datagram.socket.fd
+        defer { reconcile(datagram, datagram.socket, fd: fd) }
         do { return try body(datagram.socket) } catch { throw .socket(error) }
     }
 

@@ -82,14 +82,17 @@ final class ConnectResource: LoopResourceBase, LoopResource, TokenAllocator {
 
     func release(loop: LoopState) {
         // A winner handed over after its waiter gave up: nobody will take the socket.
+        var freed = false        // only a descriptor closed here lets a backing-off listener retry
         if case .connected(let socket)? = outcome {
             outcome = nil
             Sys.close(socket.fd)
+            freed = true
         }
+        if let connect, connect.attempts.contains(where: { $0.fd >= 0 || $0.closedSocket }) { freed = true }
         connect?.cancel()        // deregisters and closes every attempt's socket, drops the resolution
         connect = nil            // it holds this resource (its token allocator): the cycle ends here
         for alias in aliases { loop.slab.remove(alias: alias) }
         aliases.removeAll()
-        loop.descriptorFreed()   // its attempts' sockets: a listener out of descriptors tries again now
+        if freed { loop.descriptorFreed() }   // a listener out of descriptors tries again now
     }
 }

@@ -27,9 +27,10 @@ final class DatagramResource: LoopResourceBase, LoopResource {
     }
 
     func release(loop: LoopState) {
+        let freed = !socket.isClosed   // released by the escape hatch's body: nothing was freed
         socket.close()           // deregisters first; unlinks a bound Unix path
         record.registered = []
-        loop.descriptorFreed()
+        if freed { loop.descriptorFreed() }
     }
 }
 

@@ -113,15 +113,23 @@ final class StreamResource: LoopResourceBase, LoopResource {
         attemptTimer = nil
         // A connect whose socket was handed over after its waiter gave up (cancelled, or it had not
         // installed yet): nobody will take the socket, so it is closed here, once.
+        // Whether a descriptor was freed (closed here, or by the connect attempt when it failed):
+        // only then may a listener out of descriptors try again (a connect whose socket() failed for
+        // want of one, or a socket the escape hatch's body released, frees none: a retry would fail
+        // again and double its back-off; one the body closed is counted by the hatch).
+        var freed = false
         if case .connected(let connected)? = outcome {
             outcome = nil
             Sys.close(connected.fd)
+            freed = true
         }
+        if let attempt, attempt.fd >= 0 || attempt.closedSocket { freed = true }
         attempt?.cancel()        // deregisters and closes its socket (nothing once it was handed over)
         if let socket {
+            if !socket.isClosed { freed = true }
             socket.close()       // deregisters first (registered through StreamSocket.register)
             record.registered = []
         }
-        loop.descriptorFreed()   // the socket or the connect's: a listener out of descriptors tries again now
+        if freed { loop.descriptorFreed() }   // a listener out of descriptors tries again now
     }
 }

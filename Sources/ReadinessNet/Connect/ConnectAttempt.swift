@@ -54,9 +54,12 @@ public final class ConnectAttempt {
     /// The token the socket is registered with on the poller.
     public let token: Token
     /// When the attempt gives up, nil for never: its timeout counted from ``start()`` (before the
-    /// start, from its creation).
+    /// start, from its creation). Once ``scheduleDeadline(on:)`` has put it on a timer heap it no
+    /// longer moves: an attempt whose timer was armed before its start keeps the deadline it armed.
     @exclusivity(unchecked) public private(set) var deadline: Deadline?
     private let timeout: Duration?
+    /// Whether ``deadline`` is on a caller's timer heap (set by `scheduleDeadline(on:)`).
+    @exclusivity(unchecked) var deadlineScheduled = false
     // The mutable state is used by one thread at a time (the poller's) and never accessed overlapping
     // (no step calls out while it holds an access): the dynamic exclusivity check of each access
     // (swift_beginAccess, several per step) would be pure cost.
@@ -64,6 +67,9 @@ public final class ConnectAttempt {
     @exclusivity(unchecked) public private(set) var machine: ConnectStateMachine
     /// The socket, or -1 before it is created and after it is handed over or closed.
     @exclusivity(unchecked) public private(set) var fd: CInt = -1
+    /// Whether the attempt closed a socket it made (failed, timed out or cancelled after `socket()`
+    /// succeeded): a descriptor was freed (the async loop's listeners out of descriptors retry then).
+    @exclusivity(unchecked) package private(set) var closedSocket = false
     /// The machine's steps, when tracing was asked for.
     public private(set) var trace: [ConnectTraceEntry] = []
     private let poller: any Poller
@@ -97,8 +103,10 @@ public final class ConnectAttempt {
     public func start() -> ConnectProgress {
         guard machine.state == .idle else { return finalProgress ?? .inProgress }
         // Its timeout runs from now: an attempt made early and started later (Happy Eyeballs starts
-        // them an attempt delay apart) gets all of it, and never starts already expired.
-        if let timeout { deadline = Deadline.after(timeout, now: .now) }
+        // them an attempt delay apart) gets all of it, and never starts already expired. Unless a
+        // timer for it is armed already: that timer pops at the deadline it was given, and a deadline
+        // moved past it would never be checked again.
+        if let timeout, !deadlineScheduled { deadline = Deadline.after(timeout, now: .now) }
         // An empty address is no destination: refused before a socket exists (connect would say EINVAL).
         if address.isEmpty { return feed(.setupFailed(errno: EINVAL)) }
         // A local address of another family could not be bound to this socket (the kernel's
@@ -113,6 +121,7 @@ public final class ConnectAttempt {
             if e != 0 {
                 syscalls.close(fd)
                 fd = -1
+                closedSocket = true
                 return feed(.setupFailed(errno: e))
             }
             // A Unix path the bind made: removed again if the attempt fails or is cancelled (a
@@ -196,6 +205,7 @@ public final class ConnectAttempt {
         boundPath = nil
         syscalls.close(fd)
         fd = -1
+        closedSocket = true
     }
 
     private func finish(_ progress: ConnectProgress) -> ConnectProgress {

@@ -38,6 +38,8 @@ public enum Connector {
 
     /// The attempts ``connect(to:on:timeout:attemptDelay:syscalls:trace:)`` runs, in RFC 8305 order,
     /// with tokens 0, 1, ...: for a caller that wants them afterwards (their traces), via ``run(_:on:attemptDelay:)``.
+    /// One per address given: the connect's cap (``HappyEyeballs/Options/maximumAttempts``, 16) is
+    /// the caller's to apply here.
     public static func makeAttempts(to addresses: [SocketAddress], on poller: any Poller, timeout: Duration?,
                                     syscalls: any ConnectSyscalls = SystemConnectSyscalls(),
                                     trace: Bool = false) -> [ConnectAttempt] {

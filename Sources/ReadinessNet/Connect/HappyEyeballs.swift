@@ -8,9 +8,11 @@
 /// 2. **Order**: families alternate, starting with IPv6 after a resolution, or with the first
 ///    address's family for a given list (section 4).
 /// 3. **Attempts**: one starts every ``Options/attemptDelay`` (250 ms) while earlier ones go on; a
-///    failure starts the next at once (section 5).
+///    failure with nothing else in flight starts the next at once, and the newest attempt's failure
+///    brings the next to 10 ms after that attempt's start (section 5; Docs/Connect.md, rule 11).
 /// 4. **The first success wins**; every other attempt is cancelled (deregistered, then closed).
-///    When all fail, the error lists every attempt (``ConnectError/attempts``).
+///    When all fail, the error is the last to fail, and lists every attempt
+///    (``ConnectError/attempts``) when there was more than one.
 ///
 /// The loop gives it what concerns it, and it never waits or consumes other events:
 /// ```swift

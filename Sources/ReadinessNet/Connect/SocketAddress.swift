@@ -60,22 +60,62 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// not bind; ``StreamSocket/peerAddress`` and ``DatagramSocket/localAddress`` answer nil instead.)
     public var isNamelessUnix: Bool { domain == AF_UNIX && Int(length) <= MemoryLayout<sa_family_t>.size }
 
-    /// Copies a kernel-provided address.
+    /// Copies a kernel-provided address: nil for a length that holds no such address, or a family
+    /// other than IPv4, IPv6 and Unix (AF_UNSPEC, AF_VSOCK...: this type names no other, and read as
+    /// IPv4 they were wrong answers). The length kept is the address's own (SwiftNIO's rule: bytes
+    /// past a Unix path's NUL, or past a `sockaddr_in` given with a larger length, are not part of
+    /// it, so two copies of one address are equal and hash alike however long the caller said).
     public init?(_ address: UnsafePointer<sockaddr>, length: socklen_t) {
-        guard length > 0, Int(length) <= MemoryLayout<sockaddr_storage>.size else { return nil }
-        withUnsafeMutableBytes(of: &storage) { dst in
-            dst.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length)))
+        guard Int(length) >= MemoryLayout<sa_family_t>.size, Int(length) <= MemoryLayout<sockaddr_storage>.size else { return nil }
+        // At most the family's own size is read (a Unix length the kernel reported past the caller's
+        // `sockaddr_un`, unix(7) BUGS, is not read past it).
+        let size: Int
+        switch CInt(address.pointee.sa_family) {
+        case AF_INET:
+            guard Int(length) >= MemoryLayout<sockaddr_in>.size else { return nil }
+            size = MemoryLayout<sockaddr_in>.size
+        case AF_INET6:
+            guard Int(length) >= MemoryLayout<sockaddr_in6>.size - MemoryLayout<UInt32>.size else { return nil }
+            size = MemoryLayout<sockaddr_in6>.size
+        case AF_UNIX: size = MemoryLayout<sockaddr_un>.size
+        default: return nil
         }
-        self.length = Self.kernelLength(length, family: CInt(storage.ss_family))
+        let copied = Swift.min(Int(length), size)
+        withUnsafeMutableBytes(of: &storage) { dst in
+            dst.copyMemory(from: UnsafeRawBufferPointer(start: address, count: copied))
+        }
+        self.length = Self.kernelLength(socklen_t(copied), family: CInt(storage.ss_family), storage: storage)
     }
 
     /// A length the kernel reported, as the kernel takes it back: a Unix-domain peer bound to a path of
     /// all 108 bytes (no NUL) is reported with a length past `sizeof(sockaddr_un)` (unix(7), BUGS),
     /// which sendto and connect refuse with EINVAL; cut to `sockaddr_un`, it names the same socket.
-    /// Any length past `sockaddr_storage` (a caller's `withMutableSockaddr` body) is cut to it.
-    private static func kernelLength(_ length: socklen_t, family: CInt) -> socklen_t {
+    /// Any length past `sockaddr_storage` (a caller's `withMutableSockaddr` body) is cut to it. An IP
+    /// address is its structure's size, and a Unix path ends at its NUL (the bytes after it name nothing).
+    private static func kernelLength(_ length: socklen_t, family: CInt, storage: sockaddr_storage) -> socklen_t {
         let stored = min(length, socklen_t(MemoryLayout<sockaddr_storage>.size))
-        return family == AF_UNIX ? min(stored, socklen_t(MemoryLayout<sockaddr_un>.size)) : stored
+        switch family {
+        case AF_INET: return min(stored, socklen_t(MemoryLayout<sockaddr_in>.size))
+        case AF_INET6: return min(stored, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        case AF_UNIX:
+            let unix = min(stored, socklen_t(MemoryLayout<sockaddr_un>.size))
+            let pathStart = MemoryLayout<sa_family_t>.size
+            guard Int(unix) > pathStart else { return unix }
+            return withUnsafeBytes(of: storage) { raw in
+                // An abstract name (a NUL first) is all its bytes; a path ends at its NUL, kept.
+                guard raw[pathStart] != 0 else { return unix }
+                let path = raw[pathStart..<Int(unix)]
+                // A path given without its NUL (C's SUN_LEN, CPython's length) names the same file as
+                // the kernel's report, which counts the NUL: counted here too when the byte after it
+                // is the NUL (always, in a fresh copy: the storage starts zeroed).
+                guard let nul = path.firstIndex(of: 0) else {
+                    let end = Int(unix)
+                    return end < MemoryLayout<sockaddr_un>.size && raw[end] == 0 ? unix + 1 : unix
+                }
+                return socklen_t(nul + 1)
+            }
+        default: return stored
+        }
     }
 
     /// A numeric IPv4 (`A.B.C.D`) or IPv6 address (no brackets) and a port. An IPv6 address may carry
@@ -447,6 +487,21 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return SocketAddress(raw: sin6)
     }
 
+    /// For the IPv6 unspecified address with no zone (`[::]:PORT`, a wildcard listener's own
+    /// address): `0.0.0.0:PORT`, which a connect's lookup of it answers too (Go's rule, its issue
+    /// 18806: the kernel dials `::` as `::1`, and where IPv6 does not work the IPv4 wildcard still
+    /// reaches a dual-stack or IPv4 listener); nil for any other address. Not `resolve`'s: an address
+    /// to bind stays one.
+    package var unspecifiedIPv4: SocketAddress? {
+        guard family == .ipv6 else { return nil }
+        let sin6 = withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in6.self) }
+        guard sin6.sin6_scope_id == 0, withUnsafeBytes(of: sin6.sin6_addr, { $0.allSatisfy { $0 == 0 } }) else { return nil }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = sin6.sin6_port
+        return SocketAddress(raw: sin)
+    }
+
     /// `[::1]:port` (`.ipv6`) or `127.0.0.1:port` (otherwise), built without parsing.
     static func loopback(_ family: Family, port: UInt16) -> SocketAddress {
         if family == .ipv6 {
@@ -535,7 +590,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         let result = try withUnsafeMutableBytes(of: &storage) { raw in
             try body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &size)
         }
-        length = Self.kernelLength(size, family: CInt(storage.ss_family))
+        length = Self.kernelLength(size, family: CInt(storage.ss_family), storage: storage)
         return result
     }
 

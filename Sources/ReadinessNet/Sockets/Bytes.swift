@@ -16,12 +16,14 @@ import Glibc
 ///   unconsumed bytes are moved to the front before it grows. A buffer reused for a connection's reads
 ///   and writes therefore allocates only while it grows: **0 allocations per read and write in steady
 ///   state**.
-/// - **No storage until it is needed.** `Bytes()` holds no memory (``capacity`` 0); a read into a
-///   buffer without room allocates only once the socket has something to read, so an idle
-///   connection's read holds no memory.
-/// - Never traps on a caller's number (but for the subscript, which traps outside `0..<count` like
-///   every collection's): a negative count is taken as 0, a count past the end as the end, and a
-///   capacity that cannot be allocated is reported (``reserveCapacity(_:)`` returns false).
+/// - **No storage until it is needed.** `Bytes()` holds no memory (``capacity`` 0). The async
+///   layer's read into a buffer without room allocates only once the socket has something to read,
+///   so an idle connection's read holds no memory; the synchronous `read(into:maximum:)` makes its
+///   room before its system call (a read that would block leaves the room made).
+/// - Its own calls never trap on a caller's number: a negative count is taken as 0, a count past the
+///   end as the end, and a capacity that cannot be allocated is reported (``reserveCapacity(_:)``
+///   returns false). What it inherits as a collection traps as on every collection: the subscript
+///   outside `0..<count`, and `prefix`, `suffix`, `dropFirst`, `dropLast` given a negative count.
 ///
 /// Named `Bytes` so that it does not clash with SwiftNIO's `ByteBuffer` in a file that imports both.
 ///
@@ -398,8 +400,9 @@ extension StreamSocket {
     /// The `maximum` of a read into ``Bytes`` when none is given (64 KiB).
     public static let defaultReadSize = 64 * 1024
 
-    /// The most room one read into ``Bytes`` makes (1 MiB): a larger `maximum` reads into the room the
-    /// buffer has, or grows it by this much at most.
+    /// The most room one read into ``Bytes`` asks for (1 MiB): a larger `maximum` reads into the room
+    /// the buffer has, or asks for this much more (growing, the buffer at least doubles its capacity,
+    /// as it does for any growth).
     public static let maximumReadReservation = 1 << 20
 
     /// Appends up to `maximum` bytes read now to `buffer`: ``IOResult/transferred(_:)`` with the count,

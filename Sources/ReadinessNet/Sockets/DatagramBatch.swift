@@ -201,13 +201,17 @@ public final class DatagramBatch {
             // IPv4-mapped by the kernel), an IP one with port 0 (a crafted source; the kernel's
             // EINVAL otherwise), and a source with no address (an unbound Unix client's) on a socket
             // that is not connected (the kernel's ENOTCONN otherwise, as if the socket were at fault;
-            // getpeername asked once, only for such a slot).
+            // getpeername asked once, only for such a slot) or is connected to a named peer (sendmmsg
+            // would send a stranger's datagram to that peer).
             let problem: String
             if addressLengths[i] == 0 {
                 guard nameless[i] else { continue }
                 // Only ENOTCONN refuses the slot; another getpeername failure is sendmmsg's to report.
+                // A nameless source is the peer only when the peer is nameless (a socketpair's end): a
+                // socket connected to a named peer receives nothing from a nameless one (the kernel's
+                // EPERM for its sends), so such a slot was queued before the connect and is a stranger's.
                 if connected == nil {
-                    do { _ = try SocketAddress.peer(of: fd); connected = true } catch { connected = error.errno != ENOTCONN }
+                    do { connected = try SocketAddress.peer(of: fd).isNamelessUnix } catch { connected = error.errno != ENOTCONN }
                 }
                 if connected == true { continue }
                 problem = "its source has no address (an unbound Unix socket): no destination"

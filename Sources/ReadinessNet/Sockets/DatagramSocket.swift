@@ -252,8 +252,9 @@ public final class DatagramSocket {
     /// the old peer's: Linux keeps it across a new connect(2), and the first send to the new peer
     /// failed with it); connected again to the same peer, the refusal stays.
     /// A **Unix-domain** socket connected elsewhere before loses the datagrams queued for it (Linux
-    /// purges its receive queue), and an old peer connected back to it fails its next operation with
-    /// ``SocketError/Kind/reset``.
+    /// purges its receive queue); if there were any, an old peer connected back to it fails its next
+    /// operation with ``SocketError/Kind/reset``, once. Either way the old peer's sends to it fail with
+    /// ``SocketError/Kind/permissionDenied`` (EPERM) from then on: it accepts only its new peer's.
     public func connect(to peer: SocketAddress) throws(SocketError) {
         // Port 0 names no peer: Linux connects to it, then denies the association (getpeername's
         // ENOTCONN: no `peerAddress`, and `disconnect` could not tell there was one), while a send to
@@ -268,7 +269,9 @@ public final class DatagramSocket {
             if code == EAGAIN { try Self.checkAutobind(fd, family, "connect \(peer)") }
             throw SocketError(errno: code, operation: "connect \(peer)")
         }
-        if let previous, previous != peer { dropPendingError() }
+        // Compared as the kernel names them (a connect to 0.0.0.0 or :: is to the loopback address):
+        // a reconnect to the same peer, however the caller spells it, keeps its refusal.
+        if let previous, previous != (try? SocketAddress.peer(of: fd)) { dropPendingError() }
     }
 
     /// Reads and clears SO_ERROR: a refusal an ICMP error left for the association just replaced.
@@ -310,8 +313,9 @@ public final class DatagramSocket {
     /// that port up too).
     /// A refusal still pending from the dissolved association is dropped (Linux keeps it, and the next
     /// send to any destination failed with it). A **Unix-domain** socket loses the datagrams queued
-    /// for it (Linux purges its receive queue at the disconnect), and a peer connected back to it fails
-    /// its next operation with ``SocketError/Kind/reset``.
+    /// for it (Linux purges its receive queue at the disconnect); if there were any, a peer connected
+    /// back to it fails its next operation with ``SocketError/Kind/reset``, once. That peer's sends are
+    /// accepted again afterwards (the socket takes datagrams from any source).
     public func disconnect() throws(SocketError) {
         do { _ = try SocketAddress.peer(of: fd) } catch {
             if error.errno == ENOTCONN { throw SocketError(errno: ENOTCONN, operation: "disconnect") }

@@ -234,10 +234,13 @@ public final class Timers {
 
 extension ConnectAttempt {
     /// Schedules the attempt's deadline (if it has one) on `timers` with the attempt's token: when the
-    /// token fires, call ``checkDeadline(now:)``.
+    /// token fires, call ``checkDeadline(now:)``. Scheduled before ``start()``, the deadline stays
+    /// counted from the attempt's creation (the timer and the check agree on when it is).
     @discardableResult
     public func scheduleDeadline(on timers: Timers) -> TimerID? {
-        deadline.map { timers.schedule(at: $0, token: token) }
+        guard let deadline else { return nil }
+        deadlineScheduled = true
+        return timers.schedule(at: deadline, token: token)
     }
 }
 

@@ -57,6 +57,39 @@ struct ReadinessServiceLifecycleTests {
         await clientLoop.shutdown()
     }
 
+    /// Docs/Integrations.md's idle keep-alive pattern: a handler waiting for its next request ends
+    /// its wait when the graceful shutdown begins (the connection's task inherits the group's
+    /// task-local), so the drain does not take the whole grace period.
+    @Test("an idle keep-alive handler with withGracefulShutdownHandler ends at the graceful shutdown",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func idleKeepAliveEndsAtShutdown(backend: Backend) async throws {
+        let group = try EventLoopGroup(backend: backend, count: 1)
+        let clientLoop = try EventLoop(backend: backend)
+        let address = try await Self.freeAddress(clientLoop)
+        let server = ServerService(group: group, address: address, gracePeriod: .seconds(10)) { socket in
+            await withGracefulShutdownHandler {
+                while let request = try? await socket.readAvailable(timeout: .seconds(60)), !request.isEmpty {
+                    try? await socket.write(request)
+                }
+            } onGracefulShutdown: {
+                Task { try? await socket.shutdown(.read) }
+            }
+        }
+        let services = ServiceGroup(services: [EventLoopGroupService(group: group), server], logger: Self.logger)
+        let running = Task { try await services.run() }
+        let client = try await Self.connect(clientLoop, address)
+        try await client.write(Array("ping".utf8))
+        #expect(try await client.read(upTo: 64, timeout: .seconds(5)) == Array("ping".utf8))
+        let clock = ContinuousClock()
+        let started = clock.now
+        await services.triggerGracefulShutdown()
+        try await running.value
+        let took = clock.now - started
+        #expect(took < .seconds(3), "the drain took \(took) on \(backend)")
+        await client.close()
+        await clientLoop.shutdown()
+    }
+
     @Test("cancelling the service group stops at once: a connection that would never finish is cancelled",
           .timeLimit(.minutes(1)), arguments: backends)
     func cancelled(backend: Backend) async throws {
