@@ -141,7 +141,11 @@ struct PeerScenarioTests17 {
           arguments: ["0.0.0.0", "::"])
     func refusalStaysForSamePeerAnyAddress(any: String) throws {
         let loopback = any == "::" ? "[::1]:0" : "127.0.0.1:0"
-        let gone = try DatagramSocket(bind: try SocketAddress(loopback))
+        let gone: DatagramSocket
+        do { gone = try DatagramSocket(bind: try SocketAddress(loopback)) } catch {
+            if any == "::" { try Test.cancel("no IPv6 loopback here: \(error)") }
+            throw error
+        }
         let port = try #require(gone.localAddress?.port)
         gone.close()
         let peer = try SocketAddress(any == "::" ? "[::]:\(port)" : "0.0.0.0:\(port)")
@@ -289,7 +293,7 @@ struct PeerScenarioTests17 {
                     calls.add(1, ordering: .relaxed)
                 }
             }
-            while calls.load(ordering: .relaxed) < 10 { usleep(100) }
+            while calls.load(ordering: .relaxed) < 10, ended.withLock({ $0 }) == nil { usleep(100) }
             try shared.value.close()
             join()
             #expect(ended.withLock { $0 } == .closed)
@@ -591,12 +595,15 @@ struct PeerScenarioTests17 {
                 return error
             }
         }
-        try await Task.sleep(for: .milliseconds(300))
-        let probe = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
-        defer { close(probe) }
-        let status = listener.address.withSockaddr { Glibc.connect(probe, $0, $1) }
-        let code = errno
-        #expect(status == -1 && code == ECONNREFUSED, "the failed listener still took a connection on \(backend)")
+        // Refused once the listener is closed (a probe that got in before sits in a backlog about to go).
+        var refused = false
+        for _ in 0..<100 where !refused {
+            let probe = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+            refused = listener.address.withSockaddr { Glibc.connect(probe, $0, $1) } == -1 && errno == ECONNREFUSED
+            close(probe)
+            if !refused { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(refused, "the failed listener still took connections after 5 s on \(backend)")
         release.store(true, ordering: .releasing)
         #expect(await serving.value != nil)
         made.withLock { $0 }!.refusing.store(false, ordering: .releasing)
@@ -642,13 +649,14 @@ struct PeerScenarioTests17 {
         #expect(none == nil)
     }
 
-    /// CPython's sock_listen makes a negative backlog 0. Before, Readiness passed it on and the
-    /// kernel, reading it unsigned, took net.core.somaxconn: every client queued.
-    @Test("a negative backlog is the shortest queue, not somaxconn")
-    func negativeBacklogIsShortest() throws {
+    /// A negative backlog asks for the longest queue (as Linux and the BSDs read `listen(fd, -1)`;
+    /// CPython makes it 0), and a backlog of 0 is the shortest. Pins the documented rule (the kernel
+    /// read -1 the same way before; the doc said nothing).
+    @Test("a negative backlog is the longest queue; 0 the shortest", arguments: [CInt(-1), 0])
+    func backlogBounds(backlog: CInt) throws {
         let path = "/tmp/readiness-backlog-\(getpid())"
         var options = Listener.Options()
-        options.backlog = -1
+        options.backlog = backlog
         let listener = try Listener(bind: try SocketAddress(unixPath: path), options: options)
         defer { listener.close() }
         var clients: [CInt] = []
@@ -663,7 +671,7 @@ struct PeerScenarioTests17 {
                 break
             }
         }
-        #expect(refusedAt == 1, "clients queued with a backlog of -1: \(String(describing: refusedAt))")
+        #expect(refusedAt == (backlog < 0 ? nil : 1), "backlog \(backlog): refused at \(String(describing: refusedAt))")
     }
 }
 

@@ -192,8 +192,9 @@ extension IOUringSeam {
 }
 
 /// The io_uring poller completes operations too (the async layer's completion driver). Each call that
-/// touches the ring goes through the poller's `call`: after `close()` it fails with `closed`, and a
-/// `close()` from another thread waits for it to end, as for the poller's own calls.
+/// submits to the ring or writes into its buffer ring goes through the poller's `call`: after
+/// `close()` it fails with `closed` (or does nothing), and a `close()` from another thread waits for
+/// it to end, as for the poller's own calls.
 @_spi(Backend)
 extension IOUringPoller: CompletionRing {
     /// See ``/ReadinessCore/CompletionRing/completionFeatures``.
@@ -229,10 +230,9 @@ extension IOUringPoller: CompletionRing {
     /// See ``/ReadinessCore/CompletionRing/takeCompletions(_:)``.
     public func takeCompletions(_ body: (OperationCompletion) -> Void) { seam.takeCompletions(body) }
     /// See ``/ReadinessCore/CompletionRing/providedBuffer(_:)``.
-    /// Nil once the poller is closed (the buffers are unmapped with the ring).
-    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? {
-        (try? base.call { () throws(PollerError) in seam.providedBuffer(id) }) ?? nil
-    }
+    /// Nil once the poller is closed (the buffers are unmapped with the ring); the pointer is valid
+    /// until then, so the thread that uses it is the one that closes the poller.
+    public func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? { seam.providedBuffer(id) }
     /// See ``/ReadinessCore/CompletionRing/giveBack(_:)``. Nothing once the poller is closed.
     public func giveBack(_ id: UInt16) { try? base.call { () throws(PollerError) in seam.giveBack(id) } }
 }

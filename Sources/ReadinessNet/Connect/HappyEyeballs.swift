@@ -11,7 +11,8 @@
 ///    failure with nothing else in flight starts the next at once, and the newest attempt's failure
 ///    brings the next to 10 ms after that attempt's start (section 5; Docs/Connect.md, rule 11).
 /// 4. **The first success wins**; every other attempt is cancelled (deregistered, then closed).
-///    When all fail, the error is the last to fail, and lists every attempt
+///    When all fail, the error is the last to fail (``ConnectError/Cause/timedOut``, named after
+///    the last attempt that timed out, if any did), and lists every attempt
 ///    (``ConnectError/attempts``) when there was more than one.
 ///
 /// The loop gives it what concerns it, and it never waits or consumes other events:

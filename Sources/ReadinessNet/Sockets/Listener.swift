@@ -39,9 +39,9 @@ public final class Listener {
 
     /// Listener options.
     public struct Options: Sendable {
-        /// The accept queue's length: 0 or more (a negative backlog is 0, as CPython makes it; the
-        /// kernel, reading it unsigned, would take net.core.somaxconn, the longest), capped by the
-        /// kernel at net.core.somaxconn.
+        /// The accept queue's length, capped by the kernel at net.core.somaxconn. A negative backlog
+        /// asks for the longest (SOMAXCONN, as Linux and the BSDs read `listen(fd, -1)`; CPython
+        /// makes it 0 instead): said here, not left to the kernel's unsigned reading.
         public var backlog: CInt = SOMAXCONN
         /// SO_REUSEADDR (TCP): rebind a port whose old connections are in TIME_WAIT. On by default.
         public var reuseAddress = true
@@ -93,7 +93,7 @@ public final class Listener {
             }
             try Self.bind(fd, to: address, removeStale: options.removeStaleUnixSocket)
             bound = BoundPath(address)
-            guard Glibc.listen(fd, Swift.max(0, options.backlog)) == 0 else { throw SocketError(errno: errno, operation: "listen \(address)") }
+            guard Glibc.listen(fd, options.backlog < 0 ? SOMAXCONN : options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen \(address)") }
             // The kernel's name for it: the port it chose for port 0, the abstract name Linux gave a
             // nameless Unix address (autobind); a Unix path as given (getsockname may cut it).
             let named = address.family == .unix && !address.isNamelessUnix
