@@ -72,9 +72,12 @@ private func p4SetLingerReset(_ fd: CInt) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
 }
 
-/// Every descriptor taken (test plumbing): the soft limit lowered to the highest open descriptor and
-/// every hole below it filled with /dev/null. `restore()` (once; later calls do nothing) gives all
-/// back. Not Task.sleep meanwhile: its first use opens descriptors.
+/// Every descriptor taken (test plumbing): the soft limit lowered to one past the highest open
+/// descriptor and every hole below it filled with /dev/null, so at least one descriptor is the
+/// helper's own for `freeOne()` even when the table had no holes (stop 48's CI: with the limit at the
+/// highest open descriptor a dense table left none, and `freeOne()` freed nothing). `restore()`
+/// (once; later calls do nothing) gives all back. Not Task.sleep meanwhile: its first use opens
+/// descriptors.
 final class P4Exhaustion {
     private var saved = rlimit()
     private var fillers: [CInt] = []
@@ -85,7 +88,7 @@ final class P4Exhaustion {
         var highest: CInt = 0
         for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
         var lowered = saved
-        lowered.rlim_cur = rlim_t(highest + 1)
+        lowered.rlim_cur = rlim_t(highest + 2)
         guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
         while true {
             let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -94,9 +97,13 @@ final class P4Exhaustion {
         }
     }
 
-    /// Frees one descriptor behind the loop's back (as another thread or process would).
-    func freeOne() {
-        if let fd = fillers.popLast() { close(fd) }
+    /// Frees one descriptor behind the loop's back (as another thread or process would); false when
+    /// the helper holds none (it always holds one after `init`, until `restore()`).
+    @discardableResult
+    func freeOne() -> Bool {
+        guard let fd = fillers.popLast() else { return false }
+        close(fd)
+        return true
     }
 
     func restore() {
