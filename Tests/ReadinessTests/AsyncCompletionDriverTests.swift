@@ -174,9 +174,10 @@ struct AsyncCompletionDriverTests {
         try await withLoop(backend) { loop in
             for form in ReadForm.allCases {
                 let (listener, a, b) = try await connectedPair(loop)
+                let aFD = try await descriptor(of: a)   // before the hint is set (the hatch clears it)
                 try await Self.setDrainedHint(a, b, loop, form)
                 try await b.write(Self.payload)
-                try await loop.sleep(for: .milliseconds(20))
+                awaitReadable(aFD)   // queued at a (not a fixed sleep: a loaded host delivers later)
                 let got: [UInt8]
                 switch chance {
                 case .zeroTimeout:

@@ -105,14 +105,11 @@ struct ListenerTests {
             clients.append(StreamSocket(try Connector.connect(to: listener.address, on: connectPoller, timeout: .seconds(2))))
         }
 
-        // Exhaust the descriptor table: the soft limit at what is open now.
-        var saved = rlimit()
-        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
-        var limited = saved
-        limited.rlim_cur = rlim_t(openDescriptorCount() - 1)  // opendir's own descriptor is counted too
-        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limited)
+        // Exhaust the descriptor table: every number below the limit taken, holes included (a
+        // limit set from the count of open descriptors left a table with holes room for the clients).
+        let exhaustion = try P4Exhaustion()
+        defer { exhaustion.restore() }
         var restored = false
-        defer { if !restored { setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved) } }
 
         let timers = Timers()
         let events = EventBuffer(capacity: 16)
@@ -123,7 +120,7 @@ struct ListenerTests {
         while accepted.count < clientCount && ContinuousClock.now < giveUp {
             let now = MonotonicClock.nowNanoseconds
             if !restored && now >= exhaustedUntil {
-                setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved)
+                exhaustion.restore()
                 restored = true
             }
             let limit: Duration? = restored ? nil : .milliseconds(50)

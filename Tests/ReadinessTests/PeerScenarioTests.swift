@@ -109,7 +109,7 @@ struct PeerScenarioTests {
             }
             // A read that need not wait succeeds with any deadline (a zero one included).
             try await client.write(Array("abcdef".utf8), timeout: .seconds(5))
-            usleep(20_000)
+            awaitReadable(try await descriptor(of: server))
             for timeout: Duration in [.zero, .seconds(-5), .nanoseconds(1), .seconds(Int64.max)] {
                 #expect(try await server.read(upTo: 1, timeout: timeout) != [], "\(timeout)")
             }
@@ -1182,7 +1182,7 @@ struct PeerScenarioTests {
         defer { try? poller.close() }
         let (client, server) = try tcpPair(on: poller)
         #expect(try client.write(Array("z".utf8)) == .transferred(1))
-        usleep(10_000)
+        awaitReadable(server.fd)   // not a fixed sleep: a loaded host may deliver later
         try server.register(on: poller, token: 3, interest: .readable)
         let events = EventBuffer(capacity: 8)
         _ = try poller.wait(into: events, timeout: .zero)

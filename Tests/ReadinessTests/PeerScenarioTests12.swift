@@ -23,6 +23,7 @@ struct PeerScenarioTests12 {
                               ("read(into:)", "cancelled"), ("readAvailable", "cancelled")] {
             let loop = try EventLoop(backend: backend)
             let (listener, client, server) = try await connectedPair(loop)
+            let clientFD = try await descriptor(of: client)   // before the scenario (the hatch clears the hint)
             func read() async throws(LoopError) -> Int {
                 if form == "read(into:)" { return try await readOnce(client, timeout: .zero) }
                 return try await client.readAvailable(maximum: 1, timeout: .zero).count
@@ -43,7 +44,7 @@ struct PeerScenarioTests12 {
             }
             try await server.write([9])
             try await server.shutdown(.write)
-            try await loop.sleep(for: .milliseconds(20))   // the byte and the end are queued at the client
+            awaitReadable(clientFD)   // the byte is queued at the client (a poll of the test's own)
             // Started from the loop: the yield lets the reader's first job run (submission order),
             // and the shutdown comes before the loop's next poller wait.
             let result = await Task(executorPreference: loop) { () async -> Result<Int, LoopError> in

@@ -89,11 +89,23 @@ final class P4Exhaustion {
         for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { highest = fd }
         var lowered = saved
         lowered.rlim_cur = rlim_t(highest + 2)
-        guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else { throw TestFailure("setrlimit: \(errno)") }
-        while true {
-            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            if fd < 0 { break }
-            fillers.append(fd)
+        // Another thread may take a number between the scan and the fill: then the limit goes up one
+        // at a time until the helper holds one of its own.
+        while fillers.isEmpty {
+            guard lowered.rlim_cur <= rlim_t(highest + 64), lowered.rlim_cur <= saved.rlim_cur else {
+                restore()
+                throw TestFailure("no descriptor left for the exhaustion helper to hold")
+            }
+            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0 else {
+                restore()
+                throw TestFailure("setrlimit: \(errno)")
+            }
+            while true {
+                let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                if fd < 0 { break }
+                fillers.append(fd)
+            }
+            lowered.rlim_cur += 1
         }
     }
 
@@ -710,14 +722,16 @@ struct PeerScenarioTests4 {
                 let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
                 let spare = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
                 // A connect in flight (its SYN dropped by a full accept queue) whose deadline passes
-                // during the exhaustion: closing its socket frees a descriptor.
+                // during the exhaustion: closing its socket frees a descriptor. 1.5 s: the exhaustion
+                // and the listener's first try come before it even on a loaded host (700 ms could
+                // pass first there), and the back-off's 10 s stays far.
                 let stuck = freeing == "connect" ? try StuckListener() : nil
                 defer { stuck?.close() }
                 if freeing == "connect", stuck == nil { await spare.close(); await listener.close(); return }
                 let stuckAddress = stuck?.address
                 let connecting = Task(executorPreference: loop) { () async -> LoopError? in
                     guard let target = stuckAddress else { return nil }
-                    return await p4Outcome { () throws(LoopError) in _ = try await loop.connect(to: target, timeout: .milliseconds(700)) }
+                    return await p4Outcome { () throws(LoopError) in _ = try await loop.connect(to: target, timeout: .milliseconds(1_500)) }
                 }
                 if stuckAddress != nil {   // its socket made before the exhaustion
                     while try await loop.entryCount() < 3 { p4Pause(1) }

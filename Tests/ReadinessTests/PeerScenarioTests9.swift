@@ -69,6 +69,8 @@ struct PeerScenarioTests9 {
         let failures: Locked<Int>
         /// Every wait fails as poll(2)'s EINVAL past the soft RLIMIT_NOFILE does, while set.
         let waitsFail = Locked(false)
+        /// The waits failed so far (the loop retries a failed wait after 10 ms).
+        let failedWaits = Locked(0)
         init(_ inner: any Poller, failures: Locked<Int>) { self.inner = inner; self.failures = failures }
         var capabilities: Capabilities { inner.capabilities }
         var waker: Waker { inner.waker }
@@ -86,7 +88,10 @@ struct PeerScenarioTests9 {
         }
         func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
         func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
-            if waitsFail.withLock({ $0 }) { throw PollerError.resourceExhausted(operation: "poll", errno: EINVAL) }
+            if waitsFail.withLock({ $0 }) {
+                failedWaits.withLock { $0 += 1 }
+                throw PollerError.resourceExhausted(operation: "poll", errno: EINVAL)
+            }
             return try inner.wait(into: events, timeout: timeout)
         }
         func close() throws(PollerError) { try inner.close() }

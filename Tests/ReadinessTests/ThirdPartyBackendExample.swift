@@ -5,6 +5,7 @@
 import Glibc
 @_spi(Backend) import Readiness
 import ReadinessConformance
+import Synchronization
 import Testing
 
 /// A third-party backend: a poller that counts system-facing calls and delegates the work to an
@@ -41,6 +42,9 @@ final class CountingPoller: Poller {
     func close() throws(PollerError) { try inner.close() }
 }
 
+/// The `Hanging` pollers alive (the abandoned scenarios still hold theirs).
+private let hangingPollers = Atomic<Int>(0)
+
 @Suite("Third-party backend example")
 struct ThirdPartyBackendExample {
     @Test("a wrapped backend passes the whole conformance suite")
@@ -67,7 +71,11 @@ struct ThirdPartyBackendExample {
         final class Hanging: Poller, @unchecked Sendable {
             let inner: any Poller
             private var hung = false
-            init() throws(PollerError) { inner = try PollSeam.makePoller() }
+            init() throws(PollerError) {
+                inner = try PollSeam.makePoller()
+                hangingPollers.add(1, ordering: .relaxed)
+            }
+            deinit { hangingPollers.subtract(1, ordering: .relaxed) }
             var capabilities: Capabilities { inner.capabilities }
             var waker: Waker { inner.waker }
             func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
@@ -120,7 +128,11 @@ struct ThirdPartyBackendExample {
         ], timeLimit: .milliseconds(300))
         #expect(ContinuousClock.now - asyncDifferentialStart < .seconds(1.5))
         #expect(asyncFailure?.diff.contains("no result within") == true, "\(String(describing: asyncFailure))")
-        usleep(2_500_000)   // the abandoned scenarios end before the next test counts descriptors
+        // The abandoned scenarios end (their pollers gone) before the next test counts descriptors:
+        // waited for, not a fixed sleep (a loaded host runs their last steps late).
+        for _ in 0..<1_500 where hangingPollers.load(ordering: .relaxed) > 0 { usleep(10_000) }
+        #expect(hangingPollers.load(ordering: .relaxed) == 0, "abandoned scenarios still running after 15 s")
+        usleep(100_000)   // their threads' last steps after the poller is released
     }
 
     /// A poll backend whose wait's results `mangle` changes (the events in the buffer, the count

@@ -339,9 +339,16 @@ public final class IOUringSeam: BackendSeam {
         wakerInFlight = true
     }
 
-    /// Queues a fresh poll request for `fd` as `r` asks (submitted by the next wait).
+    /// Queues a fresh poll request for `fd` as `r` asks (submitted by the next wait). Multishot wherever
+    /// the kernel has it, one-shot registrations included: io_uring adds POLLRDHUP (with POLLERR and
+    /// POLLHUP) to every poll's mask, so a single-shot request for writable on a socket whose
+    /// receiving side is shut down completes as it is armed, every time; the re-check finding no room
+    /// armed it again, and the wait spun (outside reader, mio tcp_stream's shutdown_read: a core
+    /// busy for the whole wait). A multishot request stays in the kernel instead, and completes only
+    /// when the file wakes it; a one-shot registration's is cancelled once it fires (below). Without
+    /// multishot poll (before Linux 5.13) that spin is still there (Docs/Contract.md, io_uring).
     private func arm(_ fd: CInt, _ r: Registration) throws(PollerError) {
-        let multishot = r.trigger == .edge || (r.trigger == .level && levelMultishot)
+        let multishot = r.trigger == .edge || levelMultishot
         try queueAdd(fd, mask: Self.mask(r), multishot: multishot)
     }
 
@@ -720,7 +727,11 @@ public final class IOUringSeam: BackendSeam {
                 } else {
                     queueRearm(fd)
                 }
-            case .oneShot: break
+            case .oneShot:
+                // Fired: disarmed by the report below, so its multishot request goes (it would hold
+                // the file until the registration is renewed or removed). Its later completions are
+                // another request's tag by then, and dropped.
+                if slots[Int(fd)].inFlight { _ = try? disarm(fd) }
             case .edge: if !slots[Int(fd)].inFlight { queueRearm(fd) }
             }
             table.report(fd, Ready(pollBits: revents), into: events)   // poll(2) bits

@@ -276,16 +276,28 @@ final class LoopState {
 
     func own(_ resource: any LoopResource, _ fd: CInt) {
         guard fd >= 0 else { return }
-        // A caller's descriptor waited on with `readable`/`writable` under this number was closed
-        // during its wait (the kernel gave the number to this new socket): its registration is of a
-        // file that is gone, and would refuse the new owner's (`alreadyRegistered`). Its waiters end
-        // `.closed`, as a wait on a closed descriptor does, and the number is the new owner's.
-        if let key = foreign[fd], let stale = slab[key] as? ForeignResource, stale.fd == fd {
-            close(stale, reason: .closed)
-        }
+        endStaleWait(on: fd)
         if Int(fd) >= owned.count { owned.append(contentsOf: repeatElement(false, count: Int(fd) + 1 - owned.count)) }
         owned[Int(fd)] = true
         resource.record.ownedFD = fd
+    }
+
+    /// Before a socket of the loop's own is registered under number `fd`: a caller's descriptor
+    /// waited on with `readable`/`writable` under this number was closed during its wait (the kernel
+    /// gave the number to the new socket): its registration is of a file that is gone, and would
+    /// refuse the new owner's (`alreadyRegistered`). Its waiters end `.closed`, as a wait on a closed
+    /// descriptor does, and the number is the new owner's. (Accepted, listening, adopted and datagram
+    /// sockets reach it through ``own(_:_:)``; a connect's attempt just before it registers, through
+    /// ``ConnectAttempt/willRegister``: it registers long before the loop owns the socket.)
+    func endStaleWait(on fd: CInt) {
+        if let key = foreign[fd], let stale = slab[key] as? ForeignResource, stale.fd == fd {
+            close(stale, reason: .closed)
+        }
+    }
+
+    /// The hook a connect's attempts call before registering their socket (``endStaleWait(on:)``).
+    var connectWillRegister: (CInt) -> Void {
+        { [weak self] fd in self?.endStaleWait(on: fd) }
     }
 
     /// A descriptor a caller may hand over or wait on: not one this loop owns or already watches.

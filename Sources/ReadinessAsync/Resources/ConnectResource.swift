@@ -28,6 +28,7 @@ final class ConnectResource: LoopResourceBase, LoopResource, TokenAllocator {
     func start(addresses: [SocketAddress], poller: any Poller, options: HappyEyeballs.Options, deadline: Int64?) -> HappyEyeballs.Progress {
         connect = HappyEyeballs(addresses: addresses, poller: poller, timers: loop.timers, tokens: self, options: options)
         connect.startDeadline = deadline
+        connect.willRegister = loop.connectWillRegister
         return connect.start()
     }
 
@@ -42,6 +43,7 @@ final class ConnectResource: LoopResourceBase, LoopResource, TokenAllocator {
         }
         connect = HappyEyeballs(resolution: resolution, poller: poller, timers: loop.timers, tokens: self, options: options)
         connect.startDeadline = deadline
+        connect.willRegister = loop.connectWillRegister
         return connect.start()
     }
 

@@ -70,6 +70,10 @@ public final class ConnectAttempt {
     /// Whether the attempt closed a socket it made (failed, timed out or cancelled after `socket()`
     /// succeeded): a descriptor was freed (the async loop's listeners out of descriptors retry then).
     @exclusivity(unchecked) package private(set) var closedSocket = false
+    /// Called with the socket's number just before the attempt registers it (the async loop ends a
+    /// stale wait on a caller's descriptor closed under that number first, as it does for the sockets
+    /// it accepts: the poller's table still holds the number and would refuse the registration).
+    package var willRegister: ((CInt) -> Void)?
     /// The machine's steps, when tracing was asked for.
     public private(set) var trace: [ConnectTraceEntry] = []
     private let poller: any Poller
@@ -160,6 +164,7 @@ public final class ConnectAttempt {
                 return .inProgress
             case .registerForWritable:
                 do {
+                    willRegister?(fd)
                     try poller.register(fd, token: token, interest: .writable, trigger: .level)
                     machine.didRegister()
                     return .inProgress

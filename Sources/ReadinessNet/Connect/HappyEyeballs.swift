@@ -338,6 +338,9 @@ public final class HappyEyeballs {
     /// listing what failed before. Without it a step or a refusal at the deadline started one more attempt,
     /// whose SYN a server then accepted for nothing. nil: no limit.
     public var startDeadline: Int64?
+    /// Given to each attempt this connect starts that has none of its own
+    /// (``ConnectAttempt/willRegister``).
+    package var willRegister: ((CInt) -> Void)?
     /// Inside ``start()``'s own pass.
     private var initialPass = false
     /// Whether the connect ended because ``startDeadline`` passed with addresses or a lookup left
@@ -365,6 +368,7 @@ public final class HappyEyeballs {
                 attempt = ConnectAttempt(to: address, poller: poller, token: tokens.makeToken(),
                                          timeout: options.attemptTimeout)
             }
+            if attempt.willRegister == nil { attempt.willRegister = willRegister }
             attempts.append(attempt)
             deadlineTimers.append(nil)
             ended.append(false)

@@ -1,0 +1,121 @@
+import Glibc
+@_spi(Backend) import Readiness
+@testable import ReadinessAsync
+import Testing
+
+/// Scenarios from the peers' test suites and the outside readers of stop 49.
+@Suite("Peer scenarios 18", .serialized)
+struct PeerScenarioTests18 {
+    // MARK: A writable one-shot on a read-closed socket (mio tcp_stream shutdown_read, libuv test-poll.c)
+
+    /// io_uring adds POLLRDHUP to every poll request's mask: a single-shot request for writable on a
+    /// socket whose receiving side is shut down completes as it is armed. Before, each wait armed
+    /// it, found no room in the re-check, and armed it again: the wait spun for its whole timeout
+    /// (about 200 ms of CPU in a 200 ms wait). The other backends sleep.
+    @Test("a writable one-shot registration on a read-closed socket with a full send buffer waits without spinning",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func oneShotWritableReadClosed(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var fds: [CInt] = [-1, -1]
+        try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let chunk = [UInt8](repeating: 7, count: 65_536)
+        while send(fds[0], chunk, chunk.count, CInt(MSG_DONTWAIT)) > 0 {}   // fds[0]'s send buffer full
+        #expect(shutdown(fds[1], CInt(SHUT_WR)) == 0)                     // fds[0] read-closed from now on
+        try poller.register(fds[0], token: 1, interest: .writable, trigger: .oneShot)
+        let events = EventBuffer(capacity: 8)
+        let start = PollerTests.threadCPU()
+        let count = try poller.wait(into: events, timeout: .milliseconds(200))
+        let spent = PollerTests.threadCPU() - start
+        #expect(count == 0, "\(backend): \(Array(events))")
+        #expect(spent < 60_000_000, "\(spent / 1_000_000) ms of CPU in a 200 ms wait on \(backend)")
+        // Room again: the one-shot fires once, writable, then stays disarmed.
+        var sink = [UInt8](repeating: 0, count: 65_536)
+        while read(fds[1], &sink, sink.count) > 0 {}
+        #expect(try poller.wait(into: events, timeout: .seconds(2)) == 1)
+        #expect(events.first?.ready.contains(.writable) == true, "\(backend): \(Array(events))")
+        #expect(try poller.wait(into: events, timeout: .milliseconds(50)) == 0, "\(backend): \(Array(events))")
+        // Re-armed, it fires again; deregistered, nothing is left of it.
+        try poller.reregister(fds[0], token: 2, interest: .writable, trigger: .oneShot)
+        #expect(try poller.wait(into: events, timeout: .seconds(2)) == 1)
+        #expect(events.first?.token == 2, "\(backend): \(Array(events))")
+        try poller.deregister(fds[0])
+        #expect(try poller.wait(into: events, timeout: .milliseconds(50)) == 0)
+    }
+
+    /// The file of a one-shot registration that fired is not held by the poller once the next wait
+    /// has run (io_uring cancels the multishot request that served it): a close then looks closed
+    /// to the peer, as with a single-shot request before.
+    @Test("a fired one-shot registration holds no file after the next wait: closing the descriptor ends the peer's stream",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func firedOneShotHoldsNoFile(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a, b) = try socketPair()
+        defer { close(b) }
+        try poller.register(a, token: 1, interest: .writable, trigger: .oneShot)
+        let events = EventBuffer(capacity: 8)
+        #expect(try poller.wait(into: events, timeout: .seconds(2)) == 1)
+        #expect(try poller.wait(into: events, timeout: .milliseconds(20)) == 0)
+        close(a)   // not deregistered: the registration is stale from now on
+        var entry = pollfd(fd: b, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 1_000) == 1 && entry.revents & Int16(POLLHUP) != 0, "the file is still held on \(backend)")
+        try? poller.deregister(a)
+    }
+
+    // MARK: A connect's socket takes the number of a stale wait (CPython test_events
+    // test_add_fds_after_closing, tokio tcp_connect beside an AsyncFd wait)
+
+    /// A caller's descriptor closed while `readable` waits on it, and a loop connect whose socket gets
+    /// its number. Before, the connect's registration met the stale one in the poller's table and
+    /// failed (`.poller(alreadyRegistered)`), on every backend, and the stale wait went on until its
+    /// deadline; a Happy Eyeballs connect failed every attempt the same way (each reused the number
+    /// the last one freed). Accepted sockets were already handled (`foreignNumberTakenByAccept`).
+    @Test("a descriptor closed during readable() whose number a loop connect takes: the connect works, the stale wait ends .closed",
+          .timeLimit(.minutes(1)), arguments: backends, ["one address", "Happy Eyeballs"])
+    func foreignNumberTakenByConnect(backend: Backend, form: String) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let (x, y) = try socketPair()
+            let waiter = Task(executorPreference: loop) { () async -> LoopError? in
+                do throws(LoopError) { try await loop.readable(x, timeout: .seconds(8)) } catch { return error }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(50))
+            close(x)
+            close(y)
+            let client: AsyncSocket
+            do {
+                if form == "one address" {
+                    client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+                } else {
+                    client = try await loop.connect(to: [listener.address, listener.address], timeout: .seconds(5))
+                }
+            } catch {
+                Issue.record("connect (\(form)) failed on \(backend): \(error)")
+                waiter.cancel()
+                _ = await waiter.value
+                await listener.close()
+                return
+            }
+            let number = try await client.withStreamSocket { (stream) throws(SocketError) in stream.fd }
+            let server = try await listener.accept(timeout: .seconds(5))
+            try await server.write([7], timeout: .seconds(5))
+            #expect(try await client.read(upTo: 4, timeout: .seconds(5)) == [7])
+            if number == x {
+                let clock = ContinuousClock()
+                let started = clock.now
+                #expect(await waiter.value == .closed)
+                #expect(clock.now - started < .seconds(5))
+            } else {
+                waiter.cancel()
+                _ = await waiter.value
+            }
+            await client.close()
+            await server.close()
+            await listener.close()
+            if number != x { try Test.cancel("another thread took descriptor \(x) first: the scenario did not happen") }
+        }
+    }
+}
