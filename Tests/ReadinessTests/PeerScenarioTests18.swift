@@ -1,6 +1,7 @@
 import Glibc
 @_spi(Backend) import Readiness
 @testable import ReadinessAsync
+import Synchronization
 import Testing
 
 /// Scenarios from the peers' test suites and the outside readers of stop 49.
@@ -117,5 +118,75 @@ struct PeerScenarioTests18 {
             await listener.close()
             if number != x { try Test.cancel("another thread took descriptor \(x) first: the scenario did not happen") }
         }
+    }
+
+    // MARK: A deregister the poller refuses as the loop lets a number go (CPython test_selector_events
+    // test_remove_reader, test_events test_remove_fds_after_closing)
+
+    /// The poller refuses the deregister once (a shortage: io_uring's full submission queue) as the
+    /// loop lets go of a caller's descriptor after its wait, and as a listener is closed. Before, the
+    /// loop dropped the failure: the level registration, whose token named nothing, woke every wait
+    /// while the descriptor stayed readable (a spin), and the number stayed taken in the poller's
+    /// table (the next `readable` on it, or the next listener on the number, failed with
+    /// `alreadyRegistered`). Now the deregister is asked again after the next wait.
+    @Test("a deregister the poller refuses as the loop lets a caller's descriptor or a listener go is asked again: no spin, the number is free",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func refusedDeregisterRetried(backend: Backend) async throws {
+        let made = Locked<RefusingDeregisterPoller?>(nil)
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            let poller = RefusingDeregisterPoller(try backend.makePoller())
+            made.withLock { $0 = poller }
+            return poller
+        }
+        let poller = try #require(made.withLock { $0 })
+        let (x, y) = try socketPair()
+        defer { close(x); close(y) }
+        var byte: UInt8 = 1
+        #expect(write(y, &byte, 1) == 1)   // x readable from now on, never read
+        poller.failures.store(1, ordering: .relaxed)
+        try await loop.readable(x, timeout: .seconds(2))   // ready; letting it go is refused once
+        let before = try await loop.statistics().iterations
+        try await loop.sleep(for: .milliseconds(100))
+        let passes = try await loop.statistics().iterations - before
+        #expect(passes < 30, "\(passes) loop passes in 100 ms on \(backend)")
+        try await loop.readable(x, timeout: .seconds(2))   // the number is free for a new wait
+        #expect(poller.failures.load(ordering: .relaxed) == 0)
+
+        // A listener closed while the poller refuses: a new listener (or any socket) on its number.
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let accepting = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { _ = try await listener.accept(timeout: .seconds(5)) } catch { return error }
+            return nil
+        }
+        try await loop.sleep(for: .milliseconds(20))   // the accept waits: registered
+        poller.failures.store(1, ordering: .relaxed)
+        await listener.close()
+        #expect(await accepting.value == .closed)
+        let next = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(client) }
+        #expect(next.address.withSockaddr { Glibc.connect(client, $0, $1) } == 0)
+        do {
+            let accepted = try await next.accept(timeout: .seconds(5))
+            await accepted.close()
+        } catch {
+            Issue.record("accept on the next listener: \(error) on \(backend)")
+        }
+        await next.close()
+        await loop.shutdown()
+    }
+}
+
+/// A poller whose deregister fails `failures` times (shared with the test), as a shortage would.
+final class RefusingDeregisterPoller: ForwardingPoller, @unchecked Sendable {
+    let forwarded: any Poller
+    let failures = Atomic<Int>(0)
+    init(_ forwarded: any Poller) { self.forwarded = forwarded }
+    func deregister(_ fd: CInt) throws(PollerError) {
+        if failures.load(ordering: .relaxed) > 0 {
+            failures.subtract(1, ordering: .relaxed)
+            throw .resourceExhausted(operation: "io_uring_enter(ASYNC_CANCEL)", errno: EAGAIN)
+        }
+        try forwarded.deregister(fd)
     }
 }

@@ -713,9 +713,12 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 let left = UnsafeRawBufferPointer(rebasing: buffer[offset...])
                 return try await readiness.write(id, left, deadline: deadline, start: start, on: loop)
             }
-            // Bytes the kernel sent count even when the wait was given up meanwhile (a deadline, a
-            // cancellation): a write whose every byte went out succeeds, as on the readiness path.
-            if op.result > 0, Self.keeps(op.failure) { offset += Int(op.result) }
+            // Bytes the kernel sent count whatever became of the wait meanwhile (a deadline, a
+            // cancellation, a `shutdown(.write)` that ended it with EPIPE while its completion was on
+            // its way, a close): a write whose every byte went out succeeds, as on the readiness path,
+            // where such a write has returned before any of them could happen (outside reader, tokio
+            // tcp_shutdown: EPIPE for a write the peer received whole).
+            if op.result > 0 { offset += Int(op.result) }
             if offset == buffer.count { return }
             // Bytes left, and the socket closed (or the loop stopped) after the send completed, before
             // this task ran: `.closed` (`.shutdown`), as the readiness driver's woken writer finds.
@@ -770,7 +773,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
                 fallbacks += 1
                 return try await readiness.write(id, vectored: Array(remaining), deadline: deadline, start: start, on: loop)
             }
-            if op.result > 0, Self.keeps(op.failure) { remaining.advance(by: Int(op.result)) }
+            if op.result > 0 { remaining.advance(by: Int(op.result)) }   // counted whatever the wait's end: as above
             if remaining.isEmpty { return }   // every byte went out, whatever became of the wait
             if Self.keeps(op.failure) { (stream, socket) = try loop.stream(id) }   // closed since: as above
             if let failure = op.failure, !Self.tookConnectionFailure(op) { throw failure }

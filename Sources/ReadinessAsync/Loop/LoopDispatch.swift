@@ -5,6 +5,7 @@ import ReadinessNet
 /// stale token (its resource closed, the slot perhaps reused) finds nothing and is ignored.
 extension LoopState {
     func dispatchEvents() {
+        retryDeregisters()
         for event in events where !event.isWakeup {
             // The waker's event only woke the loop: submissions (and resolution answers) are taken
             // from the loop's queue.

@@ -39,6 +39,11 @@ final class LoopState {
     private(set) var completions: CompletionDriver?
     /// Caller-owned descriptors being waited on, by number.
     var foreign: [CInt: ResourceKey] = [:]
+    /// Numbers the poller refused to let go when the loop released them (a caller's descriptor no
+    /// longer waited on, a listener closed; a shortage such as io_uring's full submission queue):
+    /// their registrations name no resource, so the poller is asked again after each wait, and before
+    /// the loop registers the number again (the poller's table would refuse it as registered).
+    private var deregisterLater: [CInt] = []
     /// By descriptor number: whether a stream or listener of this loop owns it (so that a descriptor
     /// is never adopted twice, nor waited on as a caller's while the loop owns it).
     private var owned: [Bool] = []
@@ -292,6 +297,37 @@ final class LoopState {
     func endStaleWait(on fd: CInt) {
         if let key = foreign[fd], let stale = slab[key] as? ForeignResource, stale.fd == fd {
             close(stale, reason: .closed)
+        }
+        if !deregisterLater.isEmpty { retryDeregisters(only: fd) }
+    }
+
+    /// Lets go of `resource`'s registration as it is released (the descriptor `fd` closed by
+    /// `closing` afterwards, if any). A deregister the poller refuses is kept, not forgotten: asked
+    /// again once the descriptor is closed, then after each wait (``retryDeregisters(only:)``). Before,
+    /// it was dropped: a level registration whose token named nothing woke every wait (a spin while
+    /// the caller's descriptor stayed readable), and the number stayed taken in the poller's table.
+    func dropRegistration(_ resource: any LoopResource, fd: CInt, closing: (() -> Void)? = nil) {
+        let dropped = (try? updateInterest(resource, [])) != nil
+        closing?()
+        guard !dropped, fd >= 0, let poller else { return }
+        resource.record.registered = []
+        do { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch {
+            if !deregisterLater.contains(fd) { deregisterLater.append(fd) }
+        }
+    }
+
+    /// The deregisters kept by ``dropRegistration(_:fd:closing:)``, asked again (all of them, or the
+    /// one of number `only`); done or not registered any more, they leave the list.
+    func retryDeregisters(only: CInt? = nil) {
+        guard !deregisterLater.isEmpty else { return }
+        guard let poller else {
+            deregisterLater.removeAll()
+            return
+        }
+        deregisterLater.removeAll { fd in
+            if let only, fd != only { return false }
+            do throws(PollerError) { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch { return false }
+            return true
         }
     }
 

@@ -44,7 +44,7 @@ final class ForeignResource: LoopResourceBase, LoopResource {
     }
 
     func release(loop: LoopState) {
-        try? loop.updateInterest(self, [])
+        loop.dropRegistration(self, fd: fd)
         loop.foreign.removeValue(forKey: fd)
     }
 }
@@ -78,6 +78,7 @@ extension LoopState {
         if isShutDown { throw shutdownReason }
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }
         try checkForeign(fd, direction == .read ? "readable" : "writable")
+        retryDeregisters(only: fd)   // a registration of this number the poller refused to let go
         let resource: ForeignResource
         if let existing = liveForeign(fd) {
             resource = existing

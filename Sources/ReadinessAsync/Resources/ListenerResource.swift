@@ -61,8 +61,8 @@ final class ListenerResource: LoopResourceBase, LoopResource {
         if let backoffTimer { loop.timers.cancel(backoffTimer) }
         backoffTimer = nil
         if isBackingOff { loop.backingOff.remove(key) }
-        try? loop.updateInterest(self, [])
-        listener.close()
+        let listener = self.listener
+        loop.dropRegistration(self, fd: listener.fd) { listener.close() }
         loop.descriptorFreed()   // another listener out of descriptors tries again now
     }
 
