@@ -22,6 +22,10 @@ actor Tally {
     let deadline: ContinuousClock.Instant
     var issued = 0, ok = 0, failed = 0, reconnects = 0
     private(set) var timedOut = false
+    /// Whether any connection was ever made: without one, a failed connect ends the run (a server
+    /// that is not there, a misspelled name), as readiness-http-load and ab do, instead of a connect
+    /// (and a lookup) per request and a summary of failures with status 0.
+    private(set) var connectedOnce = false
 
     init(loop: EventLoop, requests: Int, deadline: ContinuousClock.Instant) {
         self.loop = loop
@@ -48,6 +52,7 @@ actor Tally {
     /// A request that failed for good (timed out, or its connection could not be made): counted, not retried.
     func recordFailure() { failed += 1 }
     func reconnected() { reconnects += 1 }
+    func connected() { connectedOnce = true }
     var summary: (ok: Int, failed: Int, reconnects: Int) { (ok, failed, reconnects) }
 }
 
@@ -64,7 +69,7 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                 socket = connected
                 parser.reset()
                 connections += 1
-                if connections > 1 { await tally.reconnected() }
+                if connections > 1 { await tally.reconnected() } else { await tally.connected() }
             }
             guard let current = socket else { continue }
             try await current.write(request, timeout: arguments.timeout)
@@ -101,7 +106,13 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                 print("client \(index): \(socketError)")
                 await tally.giveBack()
             case .timedOut, .connect, .resolution:
-                // No answer in time, or no connection: a failed request, counted (never an abort of the run).
+                if case .timedOut = error {} else if !(await tally.connectedOnce) {
+                    // No connection was ever made: nothing is there to load (readiness-http-load's rule).
+                    await tally.giveBack()
+                    throw error
+                }
+                // No answer in time, or no connection once the server answered before: a failed
+                // request, counted (never an abort of the run).
                 print("client \(index): \(error)")
                 await tally.recordFailure()
             default:

@@ -21,6 +21,13 @@ final class Connection {
     var written = 0        // of those, already written
     var peerDone = false   // the client shut down its side
     var echoed = 0
+    /// What the socket is registered for now (changed only when it must be).
+    var interest: Interest = .readable
+    /// Reads per readiness event: a client that sends as fast as the server echoes would otherwise
+    /// keep `service` going for ever, and every other client, the listener and the timers wait
+    /// (libuv's uv__read stops after 32 reads, SwiftNIO after 4). The registration is level-triggered:
+    /// the next wait reports the socket again.
+    static let readsPerEvent = 16
 
     init(socket: StreamSocket, token: Token) {
         self.socket = socket
@@ -29,29 +36,41 @@ final class Connection {
 
     enum Next { case keep, close }
 
-    /// Reads and echoes until the socket would block. Interest: readable while there is room,
-    /// writable while something is left to write.
+    /// Reads and echoes until the socket would block, or `readsPerEvent` reads. Interest: readable
+    /// while there is room, writable while something is left to write.
     func service(ready: Ready) throws -> Next {
+        var reads = 0
         while true {
             if written < pending {
                 switch try socket.write(buffer, from: written, to: pending) {
                 case .transferred(let n): written += n; echoed += n; continue
                 case .wouldBlock, .endOfStream:
-                    try socket.reregister(token: token, interest: .writable)
+                    try want(.writable)
                     return .keep
                 }
             }
             pending = 0
             written = 0
             if peerDone { return .close }
+            if reads == Self.readsPerEvent {
+                try want(.readable)   // the others' turn; reported again by the next wait
+                return .keep
+            }
+            reads += 1
             switch try socket.read(into: &buffer) {
             case .transferred(let n): pending = n
             case .endOfStream: peerDone = true
             case .wouldBlock:
-                try socket.reregister(token: token, interest: .readable)
+                try want(.readable)
                 return .keep
             }
         }
+    }
+
+    private func want(_ wanted: Interest) throws {
+        guard wanted != interest else { return }
+        try socket.reregister(token: token, interest: wanted)
+        interest = wanted
     }
 }
 

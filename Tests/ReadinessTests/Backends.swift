@@ -184,11 +184,12 @@ func acceptQueueFull(_ fd: CInt) -> Bool {
     return info.tcpi_unacked > info.tcpi_sacked
 }
 
-/// Connects to loopback listener `listener` (bound to `address`) until the kernel says its accept
-/// queue is full, so that a further connect hangs: the fillers (connected, or waiting in SYN-SENT), to
-/// close; nil (none left open) when the queue did not fill within 5 s. Each filler is given until it
-/// connects or the queue fills, not a fixed 100 ms: on a loaded host a handshake may take longer, and a
-/// filler still in its handshake is not a full queue.
+/// Connects to loopback listener `listener` (bound to `address`) until its accept queue is full, so
+/// that a further connect hangs: the fillers (connected, or waiting in SYN-SENT), to close; nil (none
+/// left open) when it did not fill within 5 s. Full: the kernel says so (TCP_INFO), or a filler is
+/// still in its handshake after a second (its SYN dropped: a kernel before 6.14 with syncookies off
+/// drops every SYN to a listener of backlog 0, whose queue then never fills). Not "a filler that took
+/// 100 ms" (before): on a loaded host a handshake may take that long, and its connect then went through.
 func fillAcceptQueue(_ listener: CInt, _ address: SocketAddress) -> [CInt]? {
     var fillers: [CInt] = []
     let deadline = ContinuousClock.now + .seconds(5)
@@ -198,7 +199,10 @@ func fillAcceptQueue(_ listener: CInt, _ address: SocketAddress) -> [CInt]? {
         fillers.append(fd)
         _ = address.withSockaddr { Glibc.connect(fd, $0, $1) }
         var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-        while !acceptQueueFull(listener), ContinuousClock.now < deadline, poll(&entry, 1, 10) == 0 {}
+        let patience = ContinuousClock.now + .seconds(1)
+        while !acceptQueueFull(listener), poll(&entry, 1, 10) == 0 {
+            if ContinuousClock.now >= patience { return fillers }   // its SYN dropped: the queue takes no more
+        }
     }
     guard acceptQueueFull(listener) else {
         fillers.forEach { close($0) }

@@ -27,8 +27,8 @@ struct PeerScenarioTests10 {
             defer { Task { await client.close(); await server.close() } }
             do {
                 try await busy.sleep(for: .milliseconds(300))
-                let slept = ContinuousClock.now
                 try await idle.sleep(for: .milliseconds(10))   // the other loop, mid-answer
+                let slept = ContinuousClock.now   // the answer's last step begins
                 await server.close()
                 await client.close()
                 return ("answered", slept)
@@ -45,7 +45,7 @@ struct PeerScenarioTests10 {
         #expect(outcome == "answered")
         // The shutdown waited for the handler's whole answer (its end is measured, not assumed: a
         // late wake-up of this task on a loaded host shortened the wait it saw).
-        #expect(slept.map { ended > $0 } == true, "the shutdown returned before the handler's sleep ended")
+        #expect(slept.map { ended > $0 } == true, "the shutdown returned before the handler's answer")
         #expect(ended - started < .seconds(5))
         #expect(openDescriptorCount() == before)
     }

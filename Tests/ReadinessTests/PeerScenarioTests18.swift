@@ -30,7 +30,11 @@ struct PeerScenarioTests18 {
         let count = try poller.wait(into: events, timeout: .milliseconds(200))
         let spent = PollerTests.threadCPU() - start
         #expect(count == 0, "\(backend): \(Array(events))")
-        #expect(spent < 60_000_000, "\(spent / 1_000_000) ms of CPU in a 200 ms wait on \(backend)")
+        // Without multishot poll (io_uring before Linux 5.13: no edge trigger either) the spin is
+        // still there, as Docs/Contract.md says.
+        if backend != .ioUring || poller.capabilities.edgeTriggered {
+            #expect(spent < 60_000_000, "\(spent / 1_000_000) ms of CPU in a 200 ms wait on \(backend)")
+        }
         // Room again: the one-shot fires once, writable, then stays disarmed.
         var sink = [UInt8](repeating: 0, count: 65_536)
         while read(fds[1], &sink, sink.count) > 0 {}
@@ -177,6 +181,60 @@ struct PeerScenarioTests18 {
     }
 }
 
+extension PeerScenarioTests18 {
+    // MARK: The examples as programs (libuv uv__read's 32 reads per event, SwiftNIO maxMessagesPerRead)
+
+    /// A client that streams as fast as it reads its echo back keeps the server's socket readable and
+    /// writable for ever. Before, readiness-echo's `service` looped until a read would block: it never
+    /// returned to the poller, and another client's "ping" was never echoed (nor a connection accepted).
+    @Test("readiness-echo: a client streaming flat out does not starve another", .timeLimit(.minutes(1)),
+          arguments: [Backend.epoll, Backend.poll])
+    func echoFairness(backend: Backend) throws {
+        let port = try closedPort().port!
+        let server = try Child([try builtExecutable("readiness-echo"), "--port", "\(port)", "--backend", backend.name])
+        let address = try SocketAddress(ip: "127.0.0.1", port: port)
+        func connected() throws -> CInt {
+            for _ in 0..<500 {
+                let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+                if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) == 0 { return fd }
+                close(fd)
+                usleep(10_000)
+            }
+            throw TestFailure("the echo server did not start: \(server.output)")
+        }
+        let hog = try connected()
+        defer { close(hog) }
+        let stop = StopFlag()
+        let joinWriter = spawn {
+            let chunk = [UInt8](repeating: 7, count: 1 << 20)
+            while !stop.isSet, send(hog, chunk, chunk.count, CInt(MSG_NOSIGNAL)) > 0 {}
+        }
+        let joinReader = spawn {
+            var sink = [UInt8](repeating: 0, count: 1 << 20)
+            while !stop.isSet, recv(hog, &sink, sink.count, 0) > 0 {}
+        }
+        usleep(300_000)   // the hog is streaming
+        let other = try connected()
+        defer { close(other) }
+        var limit = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(other, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        var ping: [UInt8] = Array("ping".utf8)
+        #expect(send(other, &ping, 4, CInt(MSG_NOSIGNAL)) == 4)
+        var echo = [UInt8](repeating: 0, count: 4)
+        var got = 0
+        while got < 4 {
+            let n = echo.withUnsafeMutableBytes { recv(other, $0.baseAddress! + got, 4 - got, 0) }
+            if n <= 0 { break }
+            got += n
+        }
+        stop.set()
+        shutdown(hog, CInt(SHUT_RDWR))   // the hog's threads end (a blocked send or recv returns)
+        joinWriter()
+        joinReader()
+        #expect(got == 4 && echo == ping, "the second client's echo on \(backend): \(got) bytes; \(server.output)")
+    }
+}
+
 /// A poller whose deregister fails `failures` times (shared with the test), as a shortage would.
 final class RefusingDeregisterPoller: ForwardingPoller, @unchecked Sendable {
     let forwarded: any Poller
@@ -188,5 +246,59 @@ final class RefusingDeregisterPoller: ForwardingPoller, @unchecked Sendable {
             throw .resourceExhausted(operation: "io_uring_enter(ASYNC_CANCEL)", errno: EAGAIN)
         }
         try forwarded.deregister(fd)
+    }
+}
+
+extension PeerScenarioTests18 {
+    // MARK: Fairness with a buffer smaller than the ready set (libevent regress test_many_events)
+
+    /// Three descriptors always ready, room for two per wait. Before, libevent (its own choice and its
+    /// epoll method) looked at each pass's fired list from the start: the first took every contested
+    /// slot, 6, 3 and 3 reports in six waits; every other backend gave 4 each.
+    @Test("three always ready, room for two: each gets the same share over six waits", arguments: backends)
+    func partialBufferShare(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        var pairs: [(CInt, CInt)] = []
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        for token in 0..<3 {
+            let pair = try socketPair()
+            pairs.append(pair)
+            var byte: UInt8 = 1
+            #expect(write(pair.1, &byte, 1) == 1)
+            awaitReadable(pair.0)
+            try poller.register(pair.0, token: Token(UInt64(token)), interest: .readable)
+        }
+        let events = EventBuffer(capacity: 2)
+        var seen: [UInt64: Int] = [:]
+        for _ in 0..<6 {
+            #expect(try poller.wait(into: events, timeout: .seconds(1)) == 2)
+            for event in events { seen[event.token.rawValue, default: 0] += 1 }
+        }
+        let shares = seen.values.sorted()
+        if backend.name == "libevent:poll" || backend.name == "libevent:select" {
+            // libevent's poll and select methods start each scan at a random descriptor: shares vary,
+            // but the overflow kept from a wait is reported by the next, so none waits more than one.
+            #expect(shares.count == 3 && shares.first! >= 3, "\(seen) on \(backend)")
+        } else {
+            #expect(shares.count == 3 && shares.last! - shares.first! <= 1, "\(seen) on \(backend)")
+        }
+    }
+}
+
+extension PeerScenarioTests18 {
+    /// ab and wrk end at once, failing, when nothing answers. Before, readiness-async-http-load counted
+    /// each refused connect as one failed request and tried again: 2,000 connects, 2,000 lines, and
+    /// exit status 0 (readiness-http-load already ended with status 1).
+    @Test("both load clients end at once with status 1 when no server answers")
+    func loadNoServer() throws {
+        let port = try closedPort().port!
+        for example in ["readiness-http-load", "readiness-async-http-load"] {
+            let (status, output) = try Spawned([try builtExecutable(example), "--url", "http://127.0.0.1:\(port)/",
+                                                "--requests", "2000", "--connections", "4"]).finish()
+            #expect(status == 1, "\(example): \(output.suffix(300))")
+            #expect(output.split(separator: "\n").count < 10, "\(example): \(output.suffix(300))")
+            #expect(output.contains("refused"), "\(example): \(output.suffix(300))")
+        }
     }
 }

@@ -337,17 +337,23 @@ func hangingLocalhost() throws -> (port: UInt16, fds: [CInt]) {
             continue
         }
         for (listener, address) in [(v4, try SocketAddress("127.0.0.1:\(port)")), (v6, try SocketAddress("[::1]:\(port)"))] {
-            // Filled until the kernel says so (TCP_INFO: a listener's queue length past its backlog),
-            // not "a connect that took 100 ms": a loaded host's handshake can take that long.
+            // Filled until the kernel says so (TCP_INFO: a listener's queue length past its backlog)
+            // or a filler's SYN goes unanswered for a second (a kernel before 6.14 with syncookies
+            // off drops every SYN to a listener of backlog 0), not "a connect that took 100 ms": a
+            // loaded host's handshake can take that long.
             let deadline = ContinuousClock.now + .seconds(5)
-            while !queueFull(listener), ContinuousClock.now < deadline {
+            var hanging = false
+            while !hanging, !queueFull(listener), ContinuousClock.now < deadline {
                 let client = socket(address.domain, flags, 0)
                 fds.append(client)
                 _ = address.withSockaddr { connect(client, $0, $1) }
                 var entry = pollfd(fd: client, events: Int16(POLLOUT), revents: 0)
-                while !queueFull(listener), ContinuousClock.now < deadline, poll(&entry, 1, 10) == 0 {}
+                let patience = ContinuousClock.now + .seconds(1)
+                while !queueFull(listener), poll(&entry, 1, 10) == 0 {
+                    if ContinuousClock.now >= patience { hanging = true; break }
+                }
             }
-            guard queueFull(listener) else {
+            guard hanging || queueFull(listener) else {
                 fds.forEach { close($0) }
                 throw TestFailure("the accept queue of \(address) never filled")
             }

@@ -22,7 +22,10 @@ public final class IOUringPoller: SpecializedPoller {
 /// - level: a multishot poll (kept armed); a registration it reported is looked at again by the next
 ///   wait, as epoll's level mode puts a reported item back on its ready list. On a kernel without
 ///   multishot poll: a one-shot poll re-armed by the next wait (whose arm looks at the descriptor at once);
-/// - one-shot: a one-shot poll, not re-armed until `reregister`;
+/// - one-shot: a multishot poll, cancelled once the registration fires, a fresh one armed by
+///   `reregister` (a single-shot poll would complete at every arming on a socket whose receiving side
+///   is shut down: the kernel adds POLLRDHUP to every poll's mask); a one-shot poll on a kernel without
+///   multishot poll;
 /// - edge: a multishot poll (a completion per wake-up of the file, as EPOLLET), where the kernel has it.
 ///
 /// Every poll request carries `user_data = armID << 32 | fd`, where `armID` is unique per request this
@@ -638,7 +641,13 @@ public final class IOUringSeam: BackendSeam {
         let i = Int(fd)
         guard i < slots.count, slots[i].armID == UInt32(data >> 32) else { return }
         if flags & rd_uring_CQE_F_MORE == 0 { slots[i].inFlight = false }
-        guard let registration = table[fd], registration.isActive else { return }
+        guard let registration = table[fd], registration.isActive else {
+            // A fired one-shot whose multishot request is still there: its cancel failed when it
+            // fired (a full submission queue refused it); asked again now (it would hold the file,
+            // and each wake-up of the file would end a wait with nothing to report).
+            if slots[i].inFlight, table[fd]?.trigger == .oneShot { _ = try? disarm(fd) }
+            return
+        }
         if result < 0 {
             // EBADF: the descriptor was closed before the request was submitted. ECANCELED and the
             // rest: the request ended without an event (a multishot poll the kernel stopped).
