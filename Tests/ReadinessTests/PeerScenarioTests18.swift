@@ -302,3 +302,59 @@ extension PeerScenarioTests18 {
         }
     }
 }
+
+extension PeerScenarioTests18 {
+    // MARK: Error kinds and names (Go's error_test.go, unixsock_test TestUnixConnLocalAndRemoteNames)
+
+    /// Before, `getsockname` of a socket of another family (netlink here) was returned as an "IPv4"
+    /// address, and a vsock stream was adopted; now both are refused, as `SocketAddress(_:length:)`,
+    /// `Listener(adopting:)` and `DatagramSocket(adopting:)` already refused them.
+    @Test("an address of a family the type does not name is refused, never reported as IPv4; such a stream is not adopted")
+    func foreignFamilyRefused() throws {
+        let netlink = socket(AF_NETLINK, CInt(SOCK_RAW.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        try #require(netlink >= 0)
+        defer { close(netlink) }
+        do {
+            let address = try SocketAddress.local(of: netlink)
+            Issue.record("netlink's name read as \(address.family): \(address)")
+        } catch {
+            #expect(error.kind == .invalidArgument, "\(error)")
+        }
+        let vsock = socket(AF_VSOCK, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        guard vsock >= 0 else { return }   // no vsock module here: the adoption check is not reached
+        defer { close(vsock) }
+        do {
+            let adopted = try StreamSocket(adopting: vsock)
+            adopted.release()
+            Issue.record("an AF_VSOCK stream was adopted")
+        } catch {
+            #expect(error.kind == .invalidArgument, "\(error)")
+            #expect(fcntl(vsock, F_GETFD) >= 0, "a refused descriptor stays the caller's, open")
+        }
+    }
+
+    /// A Unix stream socket never connected: the kernel answers a read with EINVAL, where TCP answers
+    /// ENOTCONN. Before, the read and peek were `.other` on the Unix socket; now `.notConnected` for
+    /// both families, synchronous and async.
+    @Test("a never-connected Unix stream's read and peek are notConnected, as TCP's are", arguments: backends)
+    func unconnectedUnixStream(backend: Backend) async throws {
+        for domain in [AF_UNIX, AF_INET] {
+            let stream = try StreamSocket(adopting: socket(domain, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0))
+            defer { stream.close() }
+            var buffer = [UInt8](repeating: 0, count: 4)
+            do { _ = try stream.read(into: &buffer); Issue.record("read (\(domain))") } catch { #expect(error.kind == .notConnected, "read (\(domain)): \(error)") }
+            do { _ = try stream.peek(into: &buffer); Issue.record("peek (\(domain))") } catch { #expect(error.kind == .notConnected, "peek (\(domain)): \(error)") }
+            // (A write is ENOTCONN on the Unix socket, EPIPE on TCP: the kernel's answers, kept.)
+        }
+        let loop = try EventLoop(backend: backend)
+        let adopted = try await loop.adopt(descriptor: socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0))
+        do {
+            _ = try await adopted.read(upTo: 4, timeout: .seconds(1))
+            Issue.record("async read on \(backend)")
+        } catch {
+            if case .socket(let cause) = error { #expect(cause.kind == .notConnected, "\(backend): \(cause)") } else { Issue.record("\(backend): \(error)") }
+        }
+        await adopted.close()
+        await loop.shutdown()
+    }
+}

@@ -567,7 +567,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             peer ? getpeername(fd, address, length) : getsockname(fd, address, length)
         }
         guard status == 0 else { throw SocketError(errno: errno, operation: peer ? "getpeername" : "getsockname") }
-        return out
+        // A family this type does not name (AF_NETLINK, AF_VSOCK, ...) is refused, as
+        // `init?(_:length:)` refuses it: read as IPv4 it was a wrong answer, and a destination no
+        // check caught (outside reader, Go's TestUnixConnLocalAndRemoteNames).
+        switch out.domain {
+        case AF_INET, AF_INET6, AF_UNIX, AF_UNSPEC: return out
+        default:
+            throw SocketError(.invalidArgument, operation: "\(peer ? "getpeername" : "getsockname"): address family \(out.domain) is not IPv4, IPv6 or Unix")
+        }
     }
 
     /// An empty address (family unspecified), for the kernel to fill.

@@ -28,8 +28,9 @@ public final class StreamSocket {
 
     /// Takes ownership of a stream socket descriptor, and makes it non-blocking.
     ///
-    /// Refused with ``SocketError/Kind/invalidArgument`` when `fd` is negative or not a stream socket,
-    /// and with ``SocketError/Kind/closed`` when it is not open. **A descriptor whose adoption failed
+    /// Refused with ``SocketError/Kind/invalidArgument`` when `fd` is negative, not a stream socket, a
+    /// listening one, or of a family other than IPv4, IPv6 and Unix, and with
+    /// ``SocketError/Kind/closed`` when it is not open. **A descriptor whose adoption failed
     /// stays the caller's, open** (as fdopen(3) leaves it): only a socket that was made owns it.
     public init(adopting fd: CInt) throws(SocketError) {
         try Self.checkAdoptable(fd)
@@ -53,6 +54,14 @@ public final class StreamSocket {
     /// readiness waited for one, and each system call failed with a different errno by family.
     private static func checkAdoptable(_ fd: CInt) throws(SocketError) {
         try OwnedDescriptor.checkAdoptable(fd, type: CInt(SOCK_STREAM.rawValue), kind: "stream") { (fd) throws(SocketError) in
+            // Of a family it can name (as a listener's and a datagram socket's adoption check): an
+            // AF_VSOCK stream's addresses read as IPv4 before (outside reader).
+            switch NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) {
+            case .success(AF_INET), .success(AF_INET6), .success(AF_UNIX): break
+            case .success(let domain):
+                throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): address family \(domain) is not IPv4, IPv6 or Unix")
+            case .failure(let error): throw error
+            }
             if case .success(1) = NetSys.option(fd, level: SOL_SOCKET, name: SO_ACCEPTCONN) {
                 throw SocketError(.invalidArgument, operation: "adopt descriptor \(fd): a listening socket, not a connected stream")
             }
@@ -120,7 +129,9 @@ public final class StreamSocket {
     /// A pending error (a reset) is reported, and taken, as a read would report it.
     public func peek(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
         if buffer.isEmpty { throw SocketError(.invalidArgument, operation: "peek into an empty buffer") }
-        return try NetSys.result(NetSys.peek(fd, buffer), operation: "recv(MSG_PEEK)", isRead: true)
+        do { return try NetSys.result(NetSys.peek(fd, buffer), operation: "recv(MSG_PEEK)", isRead: true) } catch {
+            throw notConnectedIfUnconnected(error)
+        }
     }
 
     /// ``peek(into:)-(UnsafeMutableRawBufferPointer)`` into the start of `buffer` (its count does not change).
@@ -191,7 +202,21 @@ public final class StreamSocket {
     @usableFromInline
     func readImpl(_ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> IOResult {
         if buffer.isEmpty { throw SocketError(.invalidArgument, operation: "read into an empty buffer") }
-        return try NetSys.result(NetSys.read(fd, buffer), operation: "read", isRead: true)
+        do { return try NetSys.result(NetSys.read(fd, buffer), operation: "read", isRead: true) } catch {
+            throw notConnectedIfUnconnected(error)
+        }
+    }
+
+    /// A Unix stream socket never connected answers a read with EINVAL (the kernel's
+    /// unix_stream_recvmsg), where TCP and a write answer ENOTCONN: told apart by getpeername (on the
+    /// failure path only), it is ``SocketError/Kind/notConnected`` on every family (Go's error_test:
+    /// one kind per failure; outside reader).
+    private func notConnectedIfUnconnected(_ error: SocketError) -> SocketError {
+        guard error.errno == EINVAL else { return error }
+        var peer = SocketAddress()
+        let status = peer.withMutableSockaddr { getpeername(fd, $0, $1) }
+        guard status != 0, errno == ENOTCONN else { return error }
+        return SocketError(errno: ENOTCONN, operation: error.operation)
     }
 
     @usableFromInline
