@@ -106,7 +106,9 @@ func runClient(index: Int, loop: EventLoop, tally: Tally, arguments: HTTPLoadArg
                 print("client \(index): \(socketError)")
                 await tally.giveBack()
             case .timedOut, .connect, .resolution:
-                if case .timedOut = error {} else if !(await tally.connectedOnce) {
+                // The connect failed (refused, no such name, or its own timeout: a server that drops
+                // the SYNs) and none was ever made.
+                if socket == nil, !(await tally.connectedOnce) {
                     // No connection was ever made: nothing is there to load (readiness-http-load's rule).
                     await tally.giveBack()
                     throw error

@@ -445,7 +445,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             let idle = queue.isEmpty && local.isEmpty && !stopAsked && state.yielded.isEmpty
             sleeping = idle
             lock.unlock()
-            let timeout: Duration? = idle ? state.timers.timeout() : .zero
+            // A deregister the poller refused is asked again before the wait, and the wait is kept
+            // short while one is still refused (its registration may hold a closed socket's file,
+            // which only the next try lets go: an idle loop would keep it for ever).
+            let refused = state.retryDeregisters()
+            var timeout: Duration? = idle ? state.timers.timeout() : .zero
+            if refused, timeout.map({ $0 > Self.deregisterRetryPause }) ?? true { timeout = Self.deregisterRetryPause }
             var waited = true
             do {
                 try poller.wait(into: state.events, timeout: timeout)
@@ -508,6 +513,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// How long a loop whose waits fail for want of descriptors or memory keeps trying (100 × 10 ms).
     private static let waitRetries = 100
     private static let waitRetryPauseMicroseconds: UInt32 = 10_000
+    /// The longest wait while a deregister the poller refused is still to be asked again.
+    private static let deregisterRetryPause = Duration.milliseconds(10)
 
     private func handle(_ submission: Submission) {
         switch submission {

@@ -63,9 +63,12 @@ public struct RegistrationTable: Sendable {
         body(&slots[i]!)
     }
 
-    /// Adds `registration` for `fd` at the end of the dense list; returns it as stored.
+    /// Adds `registration` for `fd` at the end of the dense list; returns it as stored. A negative
+    /// number names no descriptor and is not stored (the registration is returned as given): the
+    /// contract's checks refuse it before (rule 1), a backend that skips them does not trap here.
     @discardableResult
     public mutating func insert(_ fd: CInt, _ registration: Registration) -> Registration {
+        guard fd >= 0 else { return registration }
         let i = Int(fd)
         if i >= slots.count {
             slots.append(contentsOf: repeatElement(nil, count: max(i + 1, slots.count * 2) - slots.count))

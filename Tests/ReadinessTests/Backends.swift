@@ -273,6 +273,18 @@ func awaitReadable(_ fd: CInt) {
     while poll(&entry, 1, 5_000) < 0 && errno == EINTR {}
 }
 
+/// A caller's socket pair whose first end a task of `loop` waits on with `readable` (8 s): both ends
+/// and the waiter (nil, or the wait's error). The wait has begun when this returns.
+func waitingOnForeign(_ loop: EventLoop) async throws -> (CInt, CInt, Task<LoopError?, Never>) {
+    let (x, y) = try socketPair()
+    let waiter = Task(executorPreference: loop) { () async -> LoopError? in
+        do throws(LoopError) { try await loop.readable(x, timeout: .seconds(8)) } catch { return error }
+        return nil
+    }
+    try await loop.sleep(for: .milliseconds(50))
+    return (x, y, waiter)
+}
+
 /// An async socket's descriptor, for the test's own `awaitReadable` (a poll(2) of its own: the loop's
 /// poller and its hints are not touched). Taken before the scenario begins: the escape hatch clears
 /// the short-read hint, which some scenarios set on purpose.

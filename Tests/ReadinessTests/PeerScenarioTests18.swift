@@ -82,12 +82,7 @@ struct PeerScenarioTests18 {
     func foreignNumberTakenByConnect(backend: Backend, form: String) async throws {
         try await withLoop(backend) { loop in
             let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
-            let (x, y) = try socketPair()
-            let waiter = Task(executorPreference: loop) { () async -> LoopError? in
-                do throws(LoopError) { try await loop.readable(x, timeout: .seconds(8)) } catch { return error }
-                return nil
-            }
-            try await loop.sleep(for: .milliseconds(50))
+            let (x, y, waiter) = try await waitingOnForeign(loop)
             close(x)
             close(y)
             let client: AsyncSocket
@@ -147,8 +142,10 @@ struct PeerScenarioTests18 {
         defer { close(x); close(y) }
         var byte: UInt8 = 1
         #expect(write(y, &byte, 1) == 1)   // x readable from now on, never read
-        poller.failures.store(1, ordering: .relaxed)
-        try await loop.readable(x, timeout: .seconds(2))   // ready; letting it go is refused once
+        // Refused twice: as the loop lets it go, and its immediate second try; the retry after the
+        // next wait does it.
+        poller.failures.store(2, ordering: .relaxed)
+        try await loop.readable(x, timeout: .seconds(2))   // ready; letting it go is refused
         let before = try await loop.statistics().iterations
         try await loop.sleep(for: .milliseconds(100))
         let passes = try await loop.statistics().iterations - before
@@ -158,12 +155,16 @@ struct PeerScenarioTests18 {
 
         // A listener closed while the poller refuses: a new listener (or any socket) on its number.
         let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let registered = poller.registrations.load(ordering: .relaxed)
         let accepting = Task(executorPreference: loop) { () async -> LoopError? in
             do throws(LoopError) { _ = try await listener.accept(timeout: .seconds(5)) } catch { return error }
             return nil
         }
-        try await loop.sleep(for: .milliseconds(20))   // the accept waits: registered
-        poller.failures.store(1, ordering: .relaxed)
+        for _ in 0..<500 where poller.registrations.load(ordering: .relaxed) == registered {
+            try await loop.sleep(for: .milliseconds(10))   // until the accept waits: registered
+        }
+        try #require(poller.registrations.load(ordering: .relaxed) > registered, "the accept never registered")
+        poller.failures.store(2, ordering: .relaxed)
         await listener.close()
         #expect(await accepting.value == .closed)
         let next = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
@@ -239,7 +240,13 @@ extension PeerScenarioTests18 {
 final class RefusingDeregisterPoller: ForwardingPoller, @unchecked Sendable {
     let forwarded: any Poller
     let failures = Atomic<Int>(0)
+    /// Registrations made through it.
+    let registrations = Atomic<Int>(0)
     init(_ forwarded: any Poller) { self.forwarded = forwarded }
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try forwarded.register(fd, token: token, interest: interest, trigger: trigger)
+        registrations.add(1, ordering: .relaxed)
+    }
     func deregister(_ fd: CInt) throws(PollerError) {
         if failures.load(ordering: .relaxed) > 0 {
             failures.subtract(1, ordering: .relaxed)
@@ -356,5 +363,40 @@ extension PeerScenarioTests18 {
         }
         await adopted.close()
         await loop.shutdown()
+    }
+}
+
+extension PeerScenarioTests18 {
+    // MARK: Connector.run with attempts it cannot run (outside reader's trap hunt)
+
+    /// Before, an attempt already run was replayed: the second call returned the first call's socket
+    /// (one descriptor handed out twice, perhaps closed and reused meanwhile); an attempt made on
+    /// another poller registered there, and the call waited on its own poller until the attempt's
+    /// timeout (for ever without one).
+    @Test("Connector.run refuses an attempt already run, or made on another poller")
+    func connectorRefusesUnusableAttempts() throws {
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let poller = try Backend.epoll.makePoller()
+        defer { try? poller.close() }
+        let other = try Backend.poll.makePoller()
+        defer { try? other.close() }
+        let attempt = ConnectAttempt(to: listener.address, poller: poller, token: 1, timeout: .seconds(2))
+        let first = try Connector.run([attempt], on: poller, attemptDelay: .zero)
+        defer { close(first.fd) }
+        do {
+            let again = try Connector.run([attempt], on: poller, attemptDelay: .zero)
+            Issue.record("the attempt ran twice: descriptor \(again.fd), first \(first.fd)")
+        } catch {
+            #expect(error.cause == .other && error.errno == EINVAL, "\(error)")
+        }
+        let elsewhere = ConnectAttempt(to: listener.address, poller: other, token: 1, timeout: .milliseconds(300))
+        do {
+            let socket = try Connector.run([elsewhere], on: poller, attemptDelay: .zero)
+            close(socket.fd)
+            Issue.record("an attempt of another poller connected")
+        } catch {
+            #expect(error.cause == .other && error.errno == EINVAL, "\(error)")
+        }
     }
 }

@@ -230,12 +230,7 @@ struct PeerScenarioTests9 {
     func foreignNumberTakenByAccept(backend: Backend) async throws {
         try await withLoop(backend) { loop in
             let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
-            let (x, y) = try socketPair()
-            let waiter = Task(executorPreference: loop) { () async -> LoopError? in
-                do throws(LoopError) { try await loop.readable(x, timeout: .seconds(8)) } catch { return error }
-                return nil
-            }
-            try await loop.sleep(for: .milliseconds(50))
+            let (x, y, waiter) = try await waitingOnForeign(loop)
             let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
             defer { close(client) }
             close(x)

@@ -530,6 +530,9 @@ int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count
 }
 
 void rd_uring_buffers_give_back(struct rd_uring_buffers *b, uint16_t id) {
+    // An id this ring never handed out would publish an address past its memory (a caller's
+    // mistake through the SPI): ignored.
+    if (id >= b->count) return;
     struct io_uring_buf *entry = &b->ring->bufs[b->tail & b->mask];
     entry->addr = (uint64_t)(uintptr_t)(b->memory + (size_t)id * b->size);
     entry->len = b->size;
@@ -540,6 +543,7 @@ void rd_uring_buffers_give_back(struct rd_uring_buffers *b, uint16_t id) {
 }
 
 void *rd_uring_buffers_address(const struct rd_uring_buffers *b, uint16_t id) {
+    if (id >= b->count) return NULL;
     return b->memory + (size_t)id * b->size;
 }
 

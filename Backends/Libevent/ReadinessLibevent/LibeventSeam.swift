@@ -46,6 +46,13 @@ public final class LibeventSeam: BackendSeam {
     private let usesSelect: Bool
     /// The epoll method's device check (`checkedIdentity`): its set, made at the first device.
     private let probe = PollProbe()
+    /// libevent's own descriptors (its epoll method's set and, with the precise timer this package
+    /// asks for, its timerfd; its notification pipe): by number and file, refused as the poller's own
+    /// (Contract rule 7).
+    /// Before, a caller could register the timerfd: libevent's epoll_ctl ADD met EEXIST and became a
+    /// MOD to the caller's mask (writable: the timer never woke epoll_wait again), and a deregister
+    /// removed it from libevent's set: every later wait with a timeout hung (outside reader).
+    private var ownFiles: [(fd: CInt, device: UInt64, inode: UInt64)] = []
     private let lev: OpaquePointer
     private let waker: Waker
     private let wakerReg: OpaquePointer
@@ -123,6 +130,7 @@ public final class LibeventSeam: BackendSeam {
         let name = requested.map { "libevent:\($0.rawValue)" } ?? "libevent"
         var message = [CChar](repeating: 0, count: 256)
         var code: CInt = 0
+        let candidates = Self.lowestFreeDescriptors()
         let made: OpaquePointer? = message.withUnsafeMutableBufferPointer { buffer in
             if let requested {
                 return rd_lev_new(requested.rawValue, buffer.baseAddress, CInt(buffer.count), &code)
@@ -146,6 +154,7 @@ public final class LibeventSeam: BackendSeam {
             throw .failed("event_add(waker)", errno: e)
         }
         lev = made
+        ownFiles = Self.libeventFiles(among: candidates)
         recheck = .allocate(capacity: recheckCapacity)
         self.waker = waker
         self.wakerReg = wakerReg
@@ -250,7 +259,13 @@ public final class LibeventSeam: BackendSeam {
     public var kernelChecksDescriptor: Bool { usesEpoll }
 
     /// See ``/ReadinessCore/BackendSeam/ownsDescriptor(_:)``: the device check's epoll set.
-    public func ownsDescriptor(_ fd: CInt) -> Bool { probe.holds(fd) }
+    public func ownsDescriptor(_ fd: CInt) -> Bool {
+        if probe.holds(fd) { return true }
+        guard let own = ownFiles.first(where: { $0.fd == fd }) else { return false }
+        var st = stat()
+        return fstat(fd, &st) == 0 && UInt64(truncatingIfNeeded: st.st_dev) == own.device
+            && UInt64(truncatingIfNeeded: st.st_ino) == own.inode
+    }
 
     /// For the epoll method: the contract's descriptor check, and the file's identity from the same
     /// `fstat` (nil for the other methods, whose poller made the check).
@@ -306,7 +321,35 @@ public final class LibeventSeam: BackendSeam {
         // reused by an unpollable file: the caller's error, Docs/Contract.md); the others are back, so
         // only a base left unusable is an error.
         epollBatch = Self.epollFirstBatch  // the reinit makes libevent's epoll array anew
-        if rd_lev_reinit(lev) != 0, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: errno) }
+        // ... and its epoll set and timerfd: their numbers are learnt again.
+        let candidates = Self.lowestFreeDescriptors(after: ownFiles.map(\.fd))
+        let failed = rd_lev_reinit(lev) != 0
+        let e = errno
+        ownFiles = Self.libeventFiles(among: candidates)
+        if failed, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: e) }
+    }
+
+    /// The numbers a new libevent base's descriptors will get: the lowest free ones (the kernel gives
+    /// the lowest), and `closing`, the numbers a reinit frees before it makes its new ones. Eight: the
+    /// epoll method makes four (its set, its timerfd, a notification pipe), poll and select two.
+    private static func lowestFreeDescriptors(after closing: [CInt] = []) -> [CInt] {
+        var free = closing
+        var fd: CInt = 0
+        while free.count < closing.count + 8, fd < CInt.max {
+            if fcntl(fd, F_GETFD) < 0, errno == EBADF, !free.contains(fd) { free.append(fd) }
+            fd += 1
+        }
+        return free
+    }
+
+    /// Which of `candidates` (free before the base was made) are open now: libevent's (a file another
+    /// thread opened meanwhile would be taken for one, and refused to register: no harm beyond that).
+    private static func libeventFiles(among candidates: [CInt]) -> [(fd: CInt, device: UInt64, inode: UInt64)] {
+        candidates.compactMap { fd in
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { return nil }
+            return (fd, UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
+        }
     }
 
     /// One libevent loop pass of at most `timeout` (see `BackendSeam`).

@@ -317,18 +317,21 @@ final class LoopState {
     }
 
     /// The deregisters kept by ``dropRegistration(_:fd:closing:)``, asked again (all of them, or the
-    /// one of number `only`); done or not registered any more, they leave the list.
-    func retryDeregisters(only: CInt? = nil) {
-        guard !deregisterLater.isEmpty else { return }
+    /// one of number `only`); done or not registered any more, they leave the list. Whether any is
+    /// still refused.
+    @discardableResult
+    func retryDeregisters(only: CInt? = nil) -> Bool {
+        guard !deregisterLater.isEmpty else { return false }
         guard let poller else {
             deregisterLater.removeAll()
-            return
+            return false
         }
         deregisterLater.removeAll { fd in
             if let only, fd != only { return false }
             do throws(PollerError) { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch { return false }
             return true
         }
+        return !deregisterLater.isEmpty
     }
 
     /// The hook a connect's attempts call before registering their socket (``endStaleWait(on:)``).

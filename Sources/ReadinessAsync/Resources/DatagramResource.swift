@@ -28,7 +28,13 @@ final class DatagramResource: LoopResourceBase, LoopResource {
 
     func release(loop: LoopState) {
         let freed = !socket.isClosed   // released by the escape hatch's body: nothing was freed
-        socket.close()           // deregisters first; unlinks a bound Unix path
+        // Deregisters first (a refusal kept and asked again, as for streams); unlinks a bound Unix path.
+        if socket.isClosed || record.registered.isEmpty {
+            socket.close()
+        } else {
+            let socket = self.socket
+            loop.dropRegistration(self, fd: socket.fd) { socket.close() }
+        }
         record.registered = []
         if freed { loop.descriptorFreed() }
     }

@@ -127,7 +127,13 @@ final class StreamResource: LoopResourceBase, LoopResource {
         attempt?.cancel()        // deregisters and closes its socket (nothing once it was handed over)
         if let socket {
             if !socket.isClosed { freed = true }
-            socket.close()       // deregisters first (registered through StreamSocket.register)
+            // Deregistered first (registered through StreamSocket.register); a deregister the
+            // poller refuses even after the close is kept and asked again (``LoopState/dropRegistration``).
+            if socket.isClosed || record.registered.isEmpty {
+                socket.close()
+            } else {
+                loop.dropRegistration(self, fd: socket.fd) { socket.close() }
+            }
             record.registered = []
         }
         if freed { loop.descriptorFreed() }   // a listener out of descriptors tries again now

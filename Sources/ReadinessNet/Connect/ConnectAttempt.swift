@@ -100,6 +100,9 @@ public final class ConnectAttempt {
         deadline = timeout.map { Deadline.after($0, now: .now) }
     }
 
+    /// Whether the attempt registers with `poller` (the one it was made on).
+    package func uses(_ poller: any Poller) -> Bool { self.poller === poller }
+
     /// Whether the attempt has finished (connected, failed or cancelled).
     public var isFinished: Bool { machine.state.isFinal }
 

@@ -65,7 +65,10 @@ public enum Connector {
     /// Runs attempts made by ``makeAttempts(to:on:timeout:syscalls:trace:)`` to completion on a poller
     /// dedicated to the call: a wait loop around ``HappyEyeballs``, which holds the RFC 8305 logic.
     /// Each attempt's own timeout (``makeAttempts(to:on:timeout:syscalls:trace:)``) counts from its start;
-    /// nothing bounds the call as a whole.
+    /// nothing bounds the call as a whole. An attempt already started (run before: a finished one would
+    /// hand out its socket a second time), or made on another poller (its events would never come
+    /// here: the call would wait for ever), is refused before anything starts: `ConnectError(.other)`
+    /// with EINVAL and the attempt's address.
     public static func run(_ attempts: [ConnectAttempt], on poller: any Poller, attemptDelay: Duration) throws(ConnectError) -> ConnectedSocket {
         try run(attempts, on: poller, attemptDelay: attemptDelay, deadline: nil)
     }
@@ -81,6 +84,9 @@ public enum Connector {
     /// `run`, ended with `timedOut` once `deadline` (monotonic nanoseconds) passes.
     static func run(_ attempts: [ConnectAttempt], on poller: any Poller, attemptDelay: Duration,
                     deadline: Int64?) throws(ConnectError) -> ConnectedSocket {
+        if let unusable = attempts.first(where: { $0.machine.state != .idle || !$0.uses(poller) }) {
+            throw ConnectError(.other, errno: EINVAL, address: unusable.address)
+        }
         let timers = Timers(capacity: attempts.count + 1)
         let connect = HappyEyeballs(attempts: attempts, poller: poller, timers: timers,
                                     timerToken: unusedToken(besides: attempts), attemptDelay: attemptDelay)
