@@ -342,12 +342,13 @@ public final class LibeventSeam: BackendSeam {
         return free
     }
 
-    /// Which of `candidates` (free before the base was made) are open now: libevent's (a file another
-    /// thread opened meanwhile would be taken for one, and refused to register: no harm beyond that).
+    /// Which of `candidates` (free before the base was made) are open now and not sockets: libevent's
+    /// (its epoll set, timerfd and pipe; a socket another thread opened meanwhile, the file a caller
+    /// is most likely to register here, is never taken for one).
     private static func libeventFiles(among candidates: [CInt]) -> [(fd: CInt, device: UInt64, inode: UInt64)] {
         candidates.compactMap { fd in
             var st = stat()
-            guard fstat(fd, &st) == 0 else { return nil }
+            guard fstat(fd, &st) == 0, st.st_mode & S_IFMT != S_IFSOCK else { return nil }
             return (fd, UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
         }
     }

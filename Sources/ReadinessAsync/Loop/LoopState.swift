@@ -311,7 +311,7 @@ final class LoopState {
         closing?()
         guard !dropped, fd >= 0, let poller else { return }
         resource.record.registered = []
-        do { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch {
+        do { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch .forked { } catch {
             if !deregisterLater.contains(fd) { deregisterLater.append(fd) }
         }
     }
@@ -328,7 +328,7 @@ final class LoopState {
         }
         deregisterLater.removeAll { fd in
             if let only, fd != only { return false }
-            do throws(PollerError) { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch { return false }
+            do throws(PollerError) { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch .forked { } catch { return false }
             return true
         }
         return !deregisterLater.isEmpty
