@@ -177,12 +177,13 @@ struct PeerScenarioTests17 {
         let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
         _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
         let id = listener.id
-        let count = { () async throws -> Int in
-            try await loop.onLoop { (state) throws(LoopError) in try state.listener(id).listener.exhaustionCount }
-        }
-        var released: CInt = -1
-        var counts: [Int] = []
-        do {
+        // On the loop's executor while descriptors are exhausted (P4Exhaustion: the global executor
+        // kept idle).
+        let (counts, released) = try await Task(executorPreference: loop) { () async throws -> ([Int], CInt) in
+            let count = { () async throws -> Int in
+                try await loop.onLoop { (state) throws(LoopError) in try state.listener(id).listener.exhaustionCount }
+            }
+            var counts: [Int] = []
             let exhaustion = try P4Exhaustion()
             defer { exhaustion.restore() }
             let accepting = Task(executorPreference: loop) { try? await listener.accept(timeout: .seconds(4)) }
@@ -192,10 +193,11 @@ struct PeerScenarioTests17 {
             for _ in 0..<5 { _ = try? await loop.connect(to: listener.address, timeout: .seconds(1)) }
             try await loop.sleep(for: .milliseconds(30))
             counts.append(try await count())
-            released = try await adopted.withStreamSocket { (socket) throws(SocketError) in socket.release() }
+            let released = try await adopted.withStreamSocket { (socket) throws(SocketError) in socket.release() }
             try await loop.sleep(for: .milliseconds(30))
             counts.append(try await count())
-        }
+            return (counts, released)
+        }.value
         #expect(counts.first == 1, "the listener did not back off at first on \(backend): \(counts)")
         #expect(counts == [1, 1, 1], "exhaustions counted on \(backend): \(counts)")
         #expect(released == pair[0])
@@ -220,12 +222,7 @@ struct PeerScenarioTests17 {
         defer { close(client) }
         _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
         let id = listener.id
-        let count = { () async throws -> Int in
-            try await loop.onLoop { (state) throws(LoopError) in try state.listener(id).listener.exhaustionCount }
-        }
         let nowhere = try SocketAddress(unixPath: "/tmp/readiness-nowhere-\(getpid())")
-        var accepted = false
-        var took = Duration.zero
         // The descriptor table without holes, as stop 48's CI had it: the helper must still hold
         // one to free (it held none there, and this test failed on that host only).
         var holes: [CInt] = []
@@ -233,7 +230,12 @@ struct PeerScenarioTests17 {
         for fd in 0..<CInt(4096) where fcntl(fd, F_GETFD) >= 0 { top = fd }
         for fd in 0..<top where fcntl(fd, F_GETFD) < 0 { holes.append(open("/dev/null", O_RDONLY | O_CLOEXEC)) }
         defer { for fd in holes where fd >= 0 { close(fd) } }
-        do {
+        // On the loop's executor while descriptors are exhausted (P4Exhaustion: the global executor
+        // kept idle).
+        let (accepted, took) = try await Task(executorPreference: loop) { () async throws -> (Bool, Duration) in
+            let count = { () async throws -> Int in
+                try await loop.onLoop { (state) throws(LoopError) in try state.listener(id).listener.exhaustionCount }
+            }
             let exhaustion = try P4Exhaustion()
             defer { exhaustion.restore() }
             let accepting = Task(executorPreference: loop) { try? await listener.accept(timeout: .seconds(8)) }
@@ -243,12 +245,13 @@ struct PeerScenarioTests17 {
             let clock = ContinuousClock()
             let started = clock.now
             _ = try? await loop.connect(to: nowhere, timeout: .seconds(1))
+            var accepted = false
             if let socket = await accepting.value {
                 accepted = true
                 await socket.close()
             }
-            took = clock.now - started
-        }
+            return (accepted, clock.now - started)
+        }.value
         #expect(accepted, "no accept after a failed connect freed a descriptor on \(backend)")
         #expect(took < .seconds(5), "accepted after \(took) on \(backend)")
         await loop.shutdown()

@@ -77,7 +77,11 @@ private func p4SetLingerReset(_ fd: CInt) {
 /// helper's own for `freeOne()` even when the table had no holes (stop 48's CI: with the limit at the
 /// highest open descriptor a dense table left none, and `freeOne()` freed nothing). `restore()`
 /// (once; later calls do nothing) gives all back. Not Task.sleep meanwhile: its first use opens
-/// descriptors.
+/// descriptors. Keep the global executor idle meanwhile (run the exhausted part as a task preferring
+/// the loop): libdispatch's pool monitor, finding a job waiting on a global queue at its tick, opens
+/// /proc/TID/stat for each worker and crashes the process when that open fails (SIGILL in
+/// `_dispatch_workq_monitor_pools`, stop 49's CI: the test's own resumptions after each await
+/// were such jobs).
 final class P4Exhaustion {
     private var saved = rlimit()
     private var fillers: [CInt] = []
