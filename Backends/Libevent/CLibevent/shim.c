@@ -96,7 +96,9 @@ int rd_lev_supports_method(const char *method) {
 
 static void rd_lev_timer_fired(evutil_socket_t fd, short what, void *arg) { (void)fd; (void)what; (void)arg; }
 
-rd_lev *rd_lev_new(const char *method, char *error, int error_length, int *code) {
+/* A base of `method` (NULL: libevent's choice) with this package's flags, or NULL with *code (an errno, or
+ * 0 for a method that is not there) and a message in `error`. */
+static struct event_base *rd_lev_make_base(const char *method, char *error, int error_length, int *code) {
     pthread_once(&rd_lev_once, rd_lev_setup);
     *code = 0;
     if (method && !rd_lev_supports_method(method)) {
@@ -136,6 +138,12 @@ rd_lev *rd_lev_new(const char *method, char *error, int error_length, int *code)
         snprintf(error, (size_t)error_length, "event_base_new_with_config failed for method %s", method ? method : "(default)");
         return NULL;
     }
+    return base;
+}
+
+rd_lev *rd_lev_new(const char *method, char *error, int error_length, int *code) {
+    struct event_base *base = rd_lev_make_base(method, error, error_length, code);
+    if (!base) return NULL;
     rd_lev *lev = calloc(1, sizeof *lev);
     if (lev) lev->timer = evtimer_new(base, rd_lev_timer_fired, lev);
     if (!lev || !lev->timer || rd_lev_reserve(lev, 64) != 0) {
@@ -270,6 +278,41 @@ int rd_lev_reinit(rd_lev *lev) {
         return -1;
     }
     return result;
+}
+
+/* libevent 2.1's event_reinit closes the signal pipe twice: once itself, then again in the epoll
+ * method's dealloc (evsig_dealloc_), the numbers not reset in between. In a process with other threads,
+ * a descriptor one of them opened between the two closes got that number and was closed by libevent
+ * (outside reader). So event_reinit serves only a forked child, which has one thread; a running
+ * process's rebuild makes a new base (its own epoll set, timerfd and pipe), moves every event to it
+ * (those that were pending are added there, the others only assigned), and frees the old base, which
+ * closes each of its descriptors once. Returns 0; -2 with errno when the new base could not be made
+ * (nothing changed then); -1 with errno when an event could not be added to it (that one is left
+ * unadded, as event_reinit leaves a re-add that fails; the others are moved). */
+int rd_lev_rebuild(rd_lev *lev, rd_lev_reg *const *regs, int count) {
+    if (lev->broken) { errno = EBADFD; return -1; }
+    char error[256];
+    int code = 0;
+    struct event_base *fresh = rd_lev_make_base(event_base_get_method(lev->base), error, (int)sizeof error, &code);
+    if (!fresh) { errno = code ? code : EIO; return -2; }
+    struct event *timer = evtimer_new(fresh, rd_lev_timer_fired, lev);
+    if (!timer) { event_base_free(fresh); errno = ENOMEM; return -2; }
+    int failure = 0;
+    for (int i = 0; i < count; i++) {
+        struct event *ev = regs[i]->ev;
+        short what = event_get_events(ev);
+        int pending = event_pending(ev, EV_READ | EV_WRITE | EV_CLOSED, NULL) != 0;
+        event_del(ev);   /* from the old base (a kernel refusal is why the rebuild is made) */
+        if (event_assign(ev, fresh, regs[i]->fd, what, rd_lev_fired, regs[i]) != 0) { failure = EINVAL; continue; }
+        errno = 0;
+        if (pending && event_add(ev, NULL) != 0 && !failure) failure = errno ? errno : EINVAL;
+    }
+    event_free(lev->timer);
+    event_base_free(lev->base);
+    lev->base = fresh;
+    lev->timer = timer;
+    if (failure) { errno = failure; return -1; }
+    return 0;
 }
 
 int rd_lev_reg_change_refused_delete(const rd_lev_reg *reg) { return reg->delete_refused; }

@@ -47,12 +47,12 @@ public final class LibeventSeam: BackendSeam {
     /// The epoll method's device check (`checkedIdentity`): its set, made at the first device.
     private let probe = PollProbe()
     /// libevent's own descriptors (its epoll method's set and, with the precise timer this package
-    /// asks for, its timerfd; its notification pipe): by number and file, refused as the poller's own
-    /// (Contract rule 7).
+    /// asks for, its timerfd; its signal pipe): by number and file, refused as the poller's own
+    /// (Contract rule 7). Found by ``LibeventFiles``.
     /// Before, a caller could register the timerfd: libevent's epoll_ctl ADD met EEXIST and became a
     /// MOD to the caller's mask (writable: the timer never woke epoll_wait again), and a deregister
     /// removed it from libevent's set: every later wait with a timeout hung (outside reader).
-    private var ownFiles: [(fd: CInt, device: UInt64, inode: UInt64)] = []
+    private var ownFiles: [LibeventFiles.File] = []
     private let lev: OpaquePointer
     private let waker: Waker
     private let wakerReg: OpaquePointer
@@ -130,7 +130,7 @@ public final class LibeventSeam: BackendSeam {
         let name = requested.map { "libevent:\($0.rawValue)" } ?? "libevent"
         var message = [CChar](repeating: 0, count: 256)
         var code: CInt = 0
-        let candidates = Self.lowestFreeDescriptors()
+        let candidates = LibeventFiles.lowestFree()
         let made: OpaquePointer? = message.withUnsafeMutableBufferPointer { buffer in
             if let requested {
                 return rd_lev_new(requested.rawValue, buffer.baseAddress, CInt(buffer.count), &code)
@@ -154,7 +154,7 @@ public final class LibeventSeam: BackendSeam {
             throw .failed("event_add(waker)", errno: e)
         }
         lev = made
-        ownFiles = Self.libeventFiles(among: candidates)
+        ownFiles = LibeventFiles.find(among: candidates, waker: waker.fd)
         recheck = .allocate(capacity: recheckCapacity)
         self.waker = waker
         self.wakerReg = wakerReg
@@ -309,48 +309,35 @@ public final class LibeventSeam: BackendSeam {
         dropPending(fd)
     }
 
-    /// The deferred `event_reinit`. Registered descriptors found closed are dropped first (marked
-    /// stale), since libevent could not re-add them.
+    /// The deferred rebuild of the base (its epoll set). Registered descriptors found closed are
+    /// dropped first (marked stale), since libevent could not re-add them.
     private func reinit(_ table: inout RegistrationTable) throws(PollerError) {
         _ = table.markClosedStale { _, registration in _ = rd_lev_reg_remove(regs[Int(registration.index)]) }
         suspects = 0
         suspectNumbers.removeAll(keepingCapacity: true)
         cleanPasses = 0
         reinitBeforeNextPass = false
-        // libevent re-adds every event and reports a failure if any re-add failed (a number closed and
+        // Every event is re-added, and a failure reported if any re-add failed (a number closed and
         // reused by an unpollable file: the caller's error, Docs/Contract.md); the others are back, so
         // only a base left unusable is an error.
         epollBatch = Self.epollFirstBatch  // the reinit makes libevent's epoll array anew
-        // ... and its epoll set and timerfd: their numbers are learnt again.
-        let candidates = Self.lowestFreeDescriptors(after: ownFiles.map(\.fd))
-        let failed = rd_lev_reinit(lev) != 0
-        let e = errno
-        ownFiles = Self.libeventFiles(among: candidates)
+        // A new base with every event moved to it (``rd_lev_rebuild``: libevent's own `event_reinit`
+        // closes its signal pipe twice, which in a process with other threads can close a
+        // descriptor one of them just opened). Its descriptors are made while the old base's are
+        // still open, so they are among the lowest numbers free now. With no descriptor left for a
+        // new base, `event_reinit` all the same (it closes before it makes, so it needs none).
+        var candidates = LibeventFiles.lowestFree()
+        let events: [OpaquePointer?] = [wakerReg] + regs + spare
+        var result = events.withUnsafeBufferPointer { rd_lev_rebuild(lev, $0.baseAddress, CInt($0.count)) }
+        var e = errno
+        if result == -2 {
+            candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd))
+            result = rd_lev_reinit(lev)
+            e = errno
+        }
+        let failed = result != 0
+        ownFiles = LibeventFiles.find(among: candidates, waker: waker.fd)
         if failed, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: e) }
-    }
-
-    /// The numbers a new libevent base's descriptors will get: the lowest free ones (the kernel gives
-    /// the lowest), and `closing`, the numbers a reinit frees before it makes its new ones. Eight: the
-    /// epoll method makes four (its set, its timerfd, a notification pipe), poll and select two.
-    private static func lowestFreeDescriptors(after closing: [CInt] = []) -> [CInt] {
-        var free = closing
-        var fd: CInt = 0
-        while free.count < closing.count + 8, fd < CInt.max {
-            if fcntl(fd, F_GETFD) < 0, errno == EBADF, !free.contains(fd) { free.append(fd) }
-            fd += 1
-        }
-        return free
-    }
-
-    /// Which of `candidates` (free before the base was made) are open now and not sockets: libevent's
-    /// (its epoll set, timerfd and pipe; a socket another thread opened meanwhile, the file a caller
-    /// is most likely to register here, is never taken for one).
-    private static func libeventFiles(among candidates: [CInt]) -> [(fd: CInt, device: UInt64, inode: UInt64)] {
-        candidates.compactMap { fd in
-            var st = stat()
-            guard fstat(fd, &st) == 0, st.st_mode & S_IFMT != S_IFSOCK else { return nil }
-            return (fd, UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
-        }
     }
 
     /// One libevent loop pass of at most `timeout` (see `BackendSeam`).

@@ -44,8 +44,13 @@ int rd_lev_reg_change(rd_lev_reg *reg, int interest, int trigger, int early_clos
 int rd_lev_reg_change_refused_delete(const rd_lev_reg *reg);
 /// Removes from the base (if added) and frees.
 void rd_lev_reg_free(rd_lev_reg *reg);
-/// event_reinit: rebuilds the method's kernel state (its epoll set) from the registered events.
+/// event_reinit: rebuilds the method's kernel state (its epoll set) from the registered events. Only in a
+/// forked child: it closes the signal pipe twice (see rd_lev_rebuild).
 int rd_lev_reinit(rd_lev *lev);
+/// A new base of the same method with `regs` (every event of the base: registered, spare, the waker's)
+/// moved to it, then the old base freed. -2 with errno: no new base (nothing changed); -1 with errno: an
+/// event whose add failed (the others moved).
+int rd_lev_rebuild(rd_lev *lev, rd_lev_reg *const *regs, int count);
 /// 1 when a reinit hit a fatal error and the base can no longer be used.
 int rd_lev_is_broken(const rd_lev *lev);
 /// Removes from the base without freeing. Returns 1 when the method's kernel call refused the
