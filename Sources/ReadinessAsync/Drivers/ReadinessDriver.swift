@@ -311,6 +311,7 @@ struct ReadinessDriver: IODriver {
         let id = stream.key.raw
         loop.noteMayHoldUnowned(stream)
         stream.attempt!.willRegister = loop.connectWillRegister
+        stream.attempt!.deregisterRefused = loop.connectDeregisterRefused
         var progress = stream.attempt!.start()
         if case .inProgress = progress {} else {
             // Kept by the resource, so that the socket of a connect that succeeded at once (a Unix

@@ -309,10 +309,17 @@ final class LoopState {
     func dropRegistration(_ resource: any LoopResource, fd: CInt, closing: (() -> Void)? = nil) {
         let dropped = (try? updateInterest(resource, [])) != nil
         closing?()
-        guard !dropped, fd >= 0, let poller else { return }
+        guard !dropped, fd >= 0 else { return }
         resource.record.registered = []
+        deregisterOrKeep(fd)
+    }
+
+    /// Deregisters number `fd` from the loop's poller; a refusal that leaves the registration in place
+    /// is kept (``keepDeregister(_:)``), one that says it is gone is not.
+    private func deregisterOrKeep(_ fd: CInt) {
+        guard let poller else { return }
         do { try poller.deregister(fd) } catch .notRegistered { } catch .closed { } catch .forked { } catch {
-            if !deregisterLater.contains(fd) { deregisterLater.append(fd) }
+            keepDeregister(fd)
         }
     }
 
@@ -332,6 +339,19 @@ final class LoopState {
             return true
         }
         return !deregisterLater.isEmpty
+    }
+
+    /// A deregister of number `fd` the poller refused and kept, to be asked again with the others
+    /// (``retryDeregisters(only:)``): after each wait, and before the number is registered again.
+    func keepDeregister(_ fd: CInt) {
+        guard fd >= 0, poller != nil, !deregisterLater.contains(fd) else { return }
+        deregisterLater.append(fd)
+    }
+
+    /// The hook a connect's attempts call when the poller refused to let their socket's registration go
+    /// (``keepDeregister(_:)``).
+    var connectDeregisterRefused: (CInt) -> Void {
+        { [weak self] fd in self?.keepDeregister(fd) }
     }
 
     /// The hook a connect's attempts call before registering their socket (``endStaleWait(on:)``).
@@ -429,6 +449,12 @@ final class LoopState {
         let old = resource.record.registered
         guard wanted != old else { return }
         guard let poller else { throw .closed }
+        // A refused deregister of this number kept since (a connect's attempt handing its socket over,
+        // asked again as the loop took the socket and refused once more): asked again before the
+        // number is registered, or the registration would meet it (`alreadyRegistered`).
+        if old.isEmpty, !deregisterLater.isEmpty, resource.record.ownedFD >= 0 {
+            retryDeregisters(only: resource.record.ownedFD)
+        }
         guard try resource.applyInterest(wanted, old: old, token: resource.key.token, poller: poller) else { return }
         resource.record.registered = wanted
     }
@@ -518,7 +544,16 @@ final class LoopState {
         guard slab.contains(stream) else { return }
         stream.record.readDrained = false   // the body may have read: the next read tries first
         if socket.isClosed {
-            close(stream, reason: .closed)   // closed or released by the body: the loop forgets it
+            // Closed or released by the body, whose deregister the poller may have refused (the
+            // socket forgets a refusal it meets twice, and a released socket's is the caller's): the
+            // registration is the loop's, which makes sure it goes, and keeps a refusal as for its own
+            // closes. Before, the number stayed watched for good: a spin while the released descriptor
+            // was readable, and `alreadyRegistered` for the next socket or wait on it.
+            if fd >= 0, !stream.record.registered.isEmpty {
+                stream.record.registered = []
+                deregisterOrKeep(fd)
+            }
+            close(stream, reason: .closed)   // the loop forgets it
             // Closed, a descriptor is free (a listener out of them tries again); released, the
             // descriptor is the caller's and still open: nothing was freed.
             if fd >= 0, fcntl(fd, F_GETFD) < 0 { descriptorFreed() }

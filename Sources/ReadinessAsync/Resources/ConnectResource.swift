@@ -29,6 +29,7 @@ final class ConnectResource: LoopResourceBase, LoopResource, TokenAllocator {
         connect = HappyEyeballs(addresses: addresses, poller: poller, timers: loop.timers, tokens: self, options: options)
         connect.startDeadline = deadline
         connect.willRegister = loop.connectWillRegister
+        connect.deregisterRefused = loop.connectDeregisterRefused
         return connect.start()
     }
 
@@ -44,6 +45,7 @@ final class ConnectResource: LoopResourceBase, LoopResource, TokenAllocator {
         connect = HappyEyeballs(resolution: resolution, poller: poller, timers: loop.timers, tokens: self, options: options)
         connect.startDeadline = deadline
         connect.willRegister = loop.connectWillRegister
+        connect.deregisterRefused = loop.connectDeregisterRefused
         return connect.start()
     }
 

@@ -7,7 +7,9 @@ import Glibc
 public enum ConnectProgress: Sendable, Hashable {
     /// Still connecting: wait for the socket's token on the poller, or the deadline.
     case inProgress
-    /// Connected: the caller now owns `fd` (non-blocking, close-on-exec, no longer registered).
+    /// Connected: the caller now owns `fd` (non-blocking, close-on-exec, no longer registered, unless
+    /// the poller refused the deregister twice: then it still holds the registration, and the
+    /// caller's own `deregister` of `fd` on it finishes it; the async loop does that itself).
     case connected(ConnectedSocket)
     /// Failed: the socket is closed; why.
     case failed(ConnectError)
@@ -74,6 +76,13 @@ public final class ConnectAttempt {
     /// stale wait on a caller's descriptor closed under that number first, as it does for the sockets
     /// it accepts: the poller's table still holds the number and would refuse the registration).
     package var willRegister: ((CInt) -> Void)?
+    /// Called with the socket's number when the poller refused to let its registration go twice
+    /// (before and after the close, or before the socket is handed over and once more): the async loop
+    /// keeps asking (``/ReadinessAsync``'s refused deregisters), as for its own sockets. Before, the
+    /// refusal was forgotten: a connected socket's level registration woke every wait (a spin), and the
+    /// number stayed taken in the poller's table (the next socket on it: `alreadyRegistered`). nil: the
+    /// caller of a synchronous connect learns it when it registers the socket itself.
+    package var deregisterRefused: ((CInt) -> Void)?
     /// The machine's steps, when tracing was asked for.
     public private(set) var trace: [ConnectTraceEntry] = []
     private let poller: any Poller
@@ -182,7 +191,7 @@ public final class ConnectAttempt {
                 names = (local, peer.address)
                 input = .addresses(peerErrno: peer.errno, local: local, peer: peer.address)
             case .succeed(let deregister):
-                if deregister { try? poller.deregister(fd) }
+                if deregister, !letRegistrationGo(), !letRegistrationGo() { deregisterRefused?(fd) }
                 let socket = ConnectedSocket(fd: fd, local: names.local, peer: names.peer)
                 fd = -1
                 return finish(.connected(socket))
@@ -208,12 +217,20 @@ public final class ConnectAttempt {
     /// Rule 10: deregister before close, close exactly once.
     private func release(deregister: Bool) {
         guard fd >= 0 else { return }
-        if deregister { try? poller.deregister(fd) }
+        let kept = deregister && !letRegistrationGo()
         boundPath?.unlinkIfOurs()   // before the close: while the socket holds the file, it is ours
         boundPath = nil
         syscalls.close(fd)
+        // Refused and kept: once more now that the descriptor is closed (as `OwnedDescriptor.close`).
+        if kept, !letRegistrationGo() { deregisterRefused?(fd) }
         fd = -1
         closedSocket = true
+    }
+
+    /// Deregisters the socket; false when the poller refused and kept the registration (rule 10).
+    private func letRegistrationGo() -> Bool {
+        do throws(PollerError) { try poller.deregister(fd) } catch { return !error.leavesRegistrationInPlace }
+        return true
     }
 
     private func finish(_ progress: ConnectProgress) -> ConnectProgress {

@@ -341,6 +341,9 @@ public final class HappyEyeballs {
     /// Given to each attempt this connect starts that has none of its own
     /// (``ConnectAttempt/willRegister``).
     package var willRegister: ((CInt) -> Void)?
+    /// Given to each attempt this connect starts that has none of its own
+    /// (``ConnectAttempt/deregisterRefused``).
+    package var deregisterRefused: ((CInt) -> Void)?
     /// Inside ``start()``'s own pass.
     private var initialPass = false
     /// Whether the connect ended because ``startDeadline`` passed with addresses or a lookup left
@@ -369,6 +372,7 @@ public final class HappyEyeballs {
                                          timeout: options.attemptTimeout)
             }
             if attempt.willRegister == nil { attempt.willRegister = willRegister }
+            if attempt.deregisterRefused == nil { attempt.deregisterRefused = deregisterRefused }
             attempts.append(attempt)
             deadlineTimers.append(nil)
             ended.append(false)
