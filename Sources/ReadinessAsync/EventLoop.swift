@@ -50,6 +50,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     @exclusivity(unchecked) private var takesLocal = false
     private var sleeping = false
     private var phase = Phase.starting
+    /// What the shutdown reports (under `lock`): `.shutdown`, or the failure of the poller's wait that
+    /// ended the loop (`.poller(error)`), as its operations report it.
+    private var stopReason = LoopError.shutdown
     private var waker: Waker?
     /// The poller's highest descriptor (`Capabilities.maxDescriptor`), set before `init` returns.
     private var descriptorLimit: CInt = .max
@@ -501,7 +504,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
         // A failed wait ends the loop as a shutdown does, and says so from now on (`isShuttingDown`,
         // operations and `signals` refused) while it closes what it held.
-        lock.withLock { if case .running = phase { phase = .stopping } }
+        lock.withLock {
+            if case .running = phase { phase = .stopping }
+            if let failure { stopReason = .poller(failure) }
+        }
         finish(poller, batch: &batch, reason: failure.map { .poller($0) } ?? .shutdown)
     }
 
@@ -693,6 +699,17 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
     }
 
+    /// nil while the loop runs; once a shutdown was asked for (or the poller failed), what operations
+    /// report: `.shutdown`, or `.poller(error)` for a loop whose poller's wait failed.
+    var stopError: LoopError? {
+        lock.withLock {
+            switch phase {
+            case .starting, .running: nil
+            default: stopReason
+            }
+        }
+    }
+
     /// Whether ``shutdown()`` has been asked for (or has finished).
     public var isShuttingDown: Bool {
         lock.withLock {
@@ -800,7 +817,7 @@ extension EventLoop {
     /// can report (Docs/Contract.md). Fails with ``LoopError/shutdown`` once the loop stopped.
     nonisolated(nonsending) public func capabilities() async throws(LoopError) -> Capabilities {
         try await onLoop { (state) async throws(LoopError) -> Capabilities in
-            guard let poller = state.poller else { throw .shutdown }
+            guard let poller = state.poller, !state.isShutDown else { throw state.shutdownReason }
             return poller.capabilities
         }
     }

@@ -21,10 +21,11 @@ extension EventLoop {
     /// repeats of one signal may merge, as the kernel merges them (``/ReadinessNet/SignalSubscription``).
     /// One task iterates a sequence at a time: ask for one sequence per task. An empty set, or a signal
     /// that cannot be watched (``/ReadinessNet/Signal/invalidReason``), is
-    /// ``LoopError/invalidArgument(_:)``; a shut-down loop is ``LoopError/shutdown``; a pipe the loop's
+    /// ``LoopError/invalidArgument(_:)``; a shut-down loop is ``LoopError/shutdown`` (or the poller's
+    /// failure, `.poller(error)`, that ended it); a pipe the loop's
     /// poller cannot wait on (select past FD_SETSIZE) is `.poller(.descriptorTooLarge)`.
     public func signals(_ signals: some Sequence<Signal>) throws(LoopError) -> SignalSequence {
-        if isShuttingDown { throw .shutdown }
+        if let stopped = stopError { throw stopped }   // `.poller(error)` when the poller ended the loop
         let subscription: SignalSubscription
         do {
             subscription = try SignalSubscription(signals)

@@ -40,8 +40,9 @@ public final class Listener {
     /// Listener options.
     public struct Options: Sendable {
         /// The accept queue's length, capped by the kernel at net.core.somaxconn. A negative backlog
-        /// asks for the longest (SOMAXCONN, as Linux and the BSDs read `listen(fd, -1)`; CPython
-        /// makes it 0 instead): said here, not left to the kernel's unsigned reading.
+        /// asks for the longest the kernel allows: net.core.somaxconn itself, as Linux reads
+        /// `listen(fd, -1)` (CPython makes it 0 instead). Before, it was the header's SOMAXCONN (4096),
+        /// shorter than a raised sysctl gives.
         public var backlog: CInt = SOMAXCONN
         /// SO_REUSEADDR (TCP): rebind a port whose old connections are in TIME_WAIT. On by default.
         public var reuseAddress = true
@@ -93,7 +94,7 @@ public final class Listener {
             }
             try Self.bind(fd, to: address, removeStale: options.removeStaleUnixSocket)
             bound = BoundPath(address)
-            guard Glibc.listen(fd, options.backlog < 0 ? SOMAXCONN : options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen \(address)") }
+            guard Glibc.listen(fd, options.backlog < 0 ? -1 : options.backlog) == 0 else { throw SocketError(errno: errno, operation: "listen \(address)") }
             // The kernel's name for it: the port it chose for port 0, the abstract name Linux gave a
             // nameless Unix address (autobind); a Unix path as given (getsockname may cut it).
             let named = address.family == .unix && !address.isNamelessUnix
