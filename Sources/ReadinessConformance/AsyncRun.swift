@@ -255,8 +255,12 @@ final class AsyncRun {
         for (_, running) in tasks { _ = await running.task.value }
         tasks.removeAll()
         for (name, kept) in callers.sorted(by: { $0.key < $1.key }) {
-            if !Self.sameFile(kept) { problems.append("the caller's descriptor \(name) (\(kept.fd)) was closed or replaced behind its owner") }
-            close(kept.fd)
+            // Closed only if the number still names the caller's file: another's is not ours to close.
+            if Self.sameFile(kept) {
+                close(kept.fd)
+            } else {
+                problems.append("the caller's descriptor \(name) (\(kept.fd)) was closed or replaced behind its owner")
+            }
         }
         callers.removeAll()
         for (fd, _) in listeners.values { close(fd) }

@@ -298,8 +298,14 @@ final class ScenarioRun {
             guard let number = closedNumbers[closed] else { throw SetupError("\(closed) was not closed", 0) }
             let (first, second) = try Net.socketPair()
             if first != number {
-                guard dup2(first, number) == number else { throw SetupError("dup2") }
+                // Onto the number only while it is still free: dup2 would close whatever another
+                // thread opened on it meanwhile (scenarios may run in parallel).
+                let moved = Self.duplicate(first, ontoFree: number)
                 close(first)
+                guard moved else {
+                    close(second)
+                    throw SetupError("number \(number) was taken by another thread", EBUSY)
+                }
             }
             closedNumbers[closed] = nil
             endpoints[e] = number
@@ -452,7 +458,7 @@ final class ScenarioRun {
             return try connect(target, timeout: timeout)
         case .duplicateOnto(let e, let name, let closed):
             guard let number = closedNumbers[closed] else { throw SetupError("\(closed) was not closed", 0) }
-            guard dup2(fd(e), number) == number else { throw SetupError("dup2") }
+            guard Self.duplicate(fd(e), ontoFree: number) else { throw SetupError("number \(number) was taken by another thread", EBUSY) }
             closedNumbers[closed] = nil
             endpoints[name] = number
             return .ok
@@ -729,4 +735,15 @@ final class ScenarioRun {
 struct UnsafeSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+extension ScenarioRun {
+    /// Duplicates `fd` onto `number` if that number is free, and only then (`F_DUPFD_CLOEXEC` gives
+    /// the lowest free number at or above it); never replaces a file another thread opened there.
+    static func duplicate(_ fd: CInt, ontoFree number: CInt) -> Bool {
+        let got = fcntl(fd, F_DUPFD_CLOEXEC, number)
+        if got == number { return true }
+        if got >= 0 { close(got) }
+        return false
+    }
 }

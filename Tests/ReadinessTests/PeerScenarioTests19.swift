@@ -6,6 +6,7 @@ import Glibc
 import Synchronization
 import Testing
 #if Libevent
+import CLibevent
 @testable import ReadinessLibevent
 #endif
 
@@ -21,14 +22,14 @@ struct PeerScenarioTests19 {
     /// any eventfd, timerfd or epoll set a caller later got on that number was refused
     /// (`alreadyRegistered`) by that poller (CPython test_selectors
     /// `test_unregister_after_fd_close_and_reuse`: a reused number registers normally).
-    @Test("libevent's own files are its signal pipe and the epoll set watching its waker with that set's timerfd; another thread's eventfd or epoll set is not")
+    @Test("libevent's own files are the epoll set watching its waker and that set's timerfd; another thread's eventfd, epoll set or pipe is not")
     func libeventOwnFilesAreExact() throws {
         let waker = rd_eventfd_nonblocking()
         let strangerEventfd = rd_eventfd_nonblocking()
         let strangerEpoll = rd_epoll_create()
         var pipeEnds: [CInt] = [-1, -1]
         try #require(pipe(&pipeEnds) == 0)
-        for end in pipeEnds {   // as libevent makes its signal pipe
+        for end in pipeEnds {   // as libevent makes its signal pipe, which is not recorded (nothing of libevent's is on it)
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
         }
@@ -46,12 +47,12 @@ struct PeerScenarioTests19 {
         #expect(rd_epoll_ctl(set, rd_EPOLL_CTL_ADD, timer, readable, 0) == 0)
         let found = LibeventFiles.find(among: [strangerEventfd, strangerEpoll, strangerPipe[0], strangerPipe[1],
                                                pipeEnds[0], pipeEnds[1], set, timer], waker: waker)
-        #expect(Set(found.map(\.fd)) == [pipeEnds[0], pipeEnds[1], set, timer])
-        // One end of a pipe alone (another thread's) is not libevent's pipe.
-        #expect(LibeventFiles.find(among: [pipeEnds[0], strangerEventfd], waker: waker).isEmpty)
-        // The set's watched numbers are read from /proc, however many it watches.
-        #expect(LibeventFiles.epollWatches(set) == [waker, timer])
-        #expect(LibeventFiles.epollWatches(strangerEventfd) == nil)
+        #expect(Set(found.map(\.fd)) == [set, timer])
+        // Without the set among them, nothing (the stranger epoll set does not watch the waker).
+        #expect(LibeventFiles.find(among: [strangerEventfd, strangerEpoll, timer, pipeEnds[0]], waker: waker).isEmpty)
+        // The probe changed nothing: the set still watches both, the stranger only its eventfd.
+        #expect(rd_lev_epoll_watches(set, waker) == 1 && rd_lev_epoll_watches(set, timer) == 1)
+        #expect(rd_lev_epoll_watches(strangerEpoll, waker) == 0 && rd_lev_epoll_watches(strangerEpoll, strangerEventfd) == 1)
     }
     #endif
 
@@ -341,6 +342,41 @@ extension PeerScenarioTests19 {
             stop.increment()
             join()
             #expect(lost.value == 0, "\(backend): \(lost.value) of another thread's descriptors closed under it")
+        }
+    }
+}
+
+extension PeerScenarioTests19 {
+    // MARK: Duration to nanoseconds, one division
+
+    /// `clampedNanoseconds` divides with one 128-by-64-bit division now; the same answers as the
+    /// 128-bit division it replaces, at every boundary and for random durations of every size.
+    @Test("clampedNanoseconds: rounded up, saturated, negative as zero, as the 128-bit division gave")
+    func clampedNanosecondsMatchesReference() {
+        func reference(_ duration: Duration) -> Int64 {
+            let total = duration.attoseconds
+            if total <= 0 { return 0 }
+            let (whole, part) = total.quotientAndRemainder(dividingBy: 1_000_000_000)
+            let rounded = part > 0 ? whole + 1 : whole
+            return rounded > Int128(Int64.max) ? .max : Int64(rounded)
+        }
+        let perNanosecond = Int128(1_000_000_000)
+        var samples: [Int128] = [0, 1, -1, perNanosecond - 1, perNanosecond, perNanosecond + 1,
+                                 Int128(UInt64.max), Int128(UInt64.max) + 1, Int128(UInt64.max) * perNanosecond,
+                                 Int128(Int64.max) * perNanosecond, Int128(Int64.max) * perNanosecond - 1,
+                                 Int128(Int64.max) * perNanosecond + 1, (Int128(Int64.max) - 1) * perNanosecond + 1,
+                                 Int128(UInt64.max) * perNanosecond - 1, Int128.max, Int128.min]
+        var generator = SystemRandomNumberGenerator()
+        for bits in 1...127 {
+            for _ in 0..<20 {
+                let value = Int128(truncatingIfNeeded: UInt128(generator.next() as UInt64) << 64 | UInt128(generator.next() as UInt64))
+                samples.append(value >> (127 - bits))
+            }
+        }
+        for attoseconds in samples {
+            let duration = Duration(secondsComponent: Int64(truncatingIfNeeded: attoseconds / 1_000_000_000_000_000_000),
+                                    attosecondsComponent: Int64(truncatingIfNeeded: attoseconds % 1_000_000_000_000_000_000))
+            #expect(duration.clampedNanoseconds == reference(duration), "\(attoseconds) attoseconds")
         }
     }
 }

@@ -274,10 +274,12 @@ extension PeerScenarioTests5 {
             FailingWaitPoller(try backend.makePoller(), failing: failing)
         }
         let sleeper = Task(executorPreference: loop) { () async -> (LoopError?, Bool) in
-            do throws(LoopError) { try await loop.sleep(for: .seconds(30)) } catch {
+            do throws(LoopError) { try await loop.sleep(for: .seconds(30)) } catch let ended {
+                // Refused with what ended the loop: the poller's failure (PeerScenarioTests19
+                // failureReasonEverywhere; it said .shutdown before).
                 var refused = false
-                do throws(LoopError) { _ = try loop.signals([.user1]) } catch { refused = error == .shutdown }
-                return (error, loop.isShuttingDown && refused)
+                do throws(LoopError) { _ = try loop.signals([.user1]) } catch { refused = error == ended }
+                return (ended, loop.isShuttingDown && refused)
             }
             return (nil, false)
         }

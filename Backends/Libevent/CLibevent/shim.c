@@ -2,6 +2,7 @@
 #ifdef READINESS_LIBEVENT
 #include <sys/select.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include "CLibevent.h"
 #include <errno.h>
 #include <pthread.h>
@@ -314,6 +315,34 @@ int rd_lev_rebuild(rd_lev *lev, rd_lev_reg *const *regs, int count) {
     if (failure) { errno = failure; return -1; }
     return 0;
 }
+
+/* 1 when `fd` is in the epoll set `epfd` (0 for another set, a file that is not one, a closed number).
+ * Asked with EPOLL_CTL_MOD to the very event libevent's epoll method adds for its waker and its timerfd
+ * (EPOLLIN, data.fd = fd): where it is watched, the change changes nothing; elsewhere it fails (ENOENT,
+ * EINVAL, EBADF) and touches nothing. Used only on the poller's own waker and on numbers that were free
+ * before libevent's base was made, none of them a caller's registration. */
+int rd_lev_epoll_watches(int epfd, int fd) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof event);
+    event.events = EPOLLIN;
+    event.data.fd = fd;
+    return epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) == 0;
+}
+
+/* 1 when the process has one thread (/proc/self/status), 0 otherwise or when it cannot be told. */
+int rd_lev_single_threaded(void) {
+    FILE *status = fopen("/proc/self/status", "re");
+    if (!status) return 0;
+    char line[128];
+    int threads = 0;
+    while (fgets(line, sizeof line, status))
+        if (strncmp(line, "Threads:", 8) == 0) { threads = atoi(line + 8); break; }
+    fclose(status);
+    return threads == 1;
+}
+
+/* Marks the base unusable without freeing anything of libevent's (the frees then skip libevent). */
+void rd_lev_abandon(rd_lev *lev) { lev->broken = 1; }
 
 int rd_lev_reg_change_refused_delete(const rd_lev_reg *reg) { return reg->delete_refused; }
 

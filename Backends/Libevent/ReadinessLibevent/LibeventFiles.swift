@@ -2,24 +2,25 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CLibevent
 
-/// The descriptors a libevent base opened for itself, told apart from whatever another thread opened
-/// at the same moment (Contract rule 7: the poller's own descriptors are refused).
+/// The descriptors a libevent base opened for itself that a registration could disturb, told apart
+/// from whatever another thread opened at the same moment (Contract rule 7: the poller's own
+/// descriptors are refused): its epoll method's epoll set and the timerfd that set waits on (this
+/// package asks for the precise timer). Registering the timerfd made libevent's ADD meet EEXIST and
+/// become a MOD to the caller's mask, and every later timed wait hung.
 ///
-/// libevent does not hand its descriptors out, so they are found among the numbers that were free just
-/// before the base was made (the kernel gives the lowest free number) and are open after:
-/// - its signal pipe (every method): both ends of one pipe, both among those numbers, non-blocking and
-///   close-on-exec as libevent makes them. A pipe's inode names that pipe alone, so a number reused
-///   later by another file is never taken for it;
-/// - its epoll set (the epoll method): the epoll file among them that watches this poller's waker, which
-///   libevent registered at once; and its timerfd: the other number among them that set watches.
+/// libevent does not hand them out, so they are found among the numbers that were free just before the
+/// base was made (the kernel gives the lowest free number) and are open after: the epoll set is the
+/// one that watches this poller's waker, which libevent registered at once, and the timerfd the other
+/// of those numbers it watches (``/CLibevent/rd_lev_epoll_watches``: an `EPOLL_CTL_MOD` to the event
+/// libevent gave them, which changes nothing where it is watched and touches nothing elsewhere).
 ///
-/// An eventfd, timerfd, epoll set or signalfd that another thread opened meanwhile is not taken for
-/// libevent's: those files share one inode (the anonymous inode), so recording one would refuse every
-/// such file a caller later opens on that number (outside reader, after CPython's test_selectors
-/// `test_unregister_after_fd_close_and_reuse`). Without /proc (or with no descriptor left to read it)
-/// the epoll set and its timerfd are not found and are not refused: a caller's mistake is then not
-/// caught, rather than a caller's file refused.
+/// An eventfd, timerfd, epoll set or pipe another thread opened meanwhile is not taken for libevent's
+/// (outside readers: an eventfd was, and since those files share one inode, every such file a caller
+/// later got on that number was refused). libevent's signal pipe is not recorded: libevent never adds
+/// an event of its own on it (only a signal event would), so a registration of its number disturbs
+/// nothing, and a pipe another thread made at that moment could not be told from it.
 enum LibeventFiles {
     /// One of libevent's files: its number, and the file that number named (device and inode).
     struct File: Equatable {
@@ -41,75 +42,19 @@ enum LibeventFiles {
         return free
     }
 
-    /// libevent's files among `candidates` (free before the base was made or reinitialised), for a base
-    /// whose waker is `waker`.
+    /// libevent's epoll set and timerfd among `candidates` (free before the base was made or rebuilt),
+    /// for a base whose waker is `waker`; none for the poll and select methods.
     static func find(among candidates: [CInt], waker: CInt) -> [File] {
         var open: [(file: File, kind: mode_t)] = []
-        for fd in candidates {
+        for fd in candidates where fd != waker {
             var st = stat()
             guard fstat(fd, &st) == 0 else { continue }
             open.append((File(fd: fd, device: UInt64(truncatingIfNeeded: st.st_dev),
                               inode: UInt64(truncatingIfNeeded: st.st_ino)), st.st_mode & S_IFMT))
         }
-        var own: [File] = []
-        // The signal pipe: two numbers naming the same pipe, both non-blocking and close-on-exec, as
-        // libevent makes it (pipe2 with O_NONBLOCK | O_CLOEXEC, or pipe then both flags set).
-        for entry in open where entry.kind == S_IFIFO {
-            let pairs = open.filter { $0.kind == S_IFIFO && $0.file.device == entry.file.device && $0.file.inode == entry.file.inode }
-            if pairs.count == 2, pairs.allSatisfy({ fcntl($0.file.fd, F_GETFL) & O_NONBLOCK != 0 && fcntl($0.file.fd, F_GETFD) & FD_CLOEXEC != 0 }) {
-                own.append(entry.file)
-            }
-        }
-        // The epoll set that watches the waker, and what else of the candidates it watches (the timerfd).
-        for entry in open where entry.kind != S_IFIFO && entry.kind != S_IFSOCK && entry.file.fd != waker {
-            guard let watched = epollWatches(entry.file.fd), watched.contains(waker) else { continue }
-            own.append(entry.file)
-            for other in open where other.file.fd != waker && other.file.fd != entry.file.fd
-                && other.kind != S_IFSOCK && watched.contains(other.file.fd) {
-                own.append(other.file)
-            }
-            break
-        }
-        return own
-    }
-
-    /// The numbers the epoll set `fd` watches (its `tfd:` lines in /proc/self/fdinfo), or nil when `fd`
-    /// is no epoll set or they cannot be read.
-    static func epollWatches(_ fd: CInt) -> Set<CInt>? {
-        let path = "/proc/self/fdinfo/\(fd)"
-        let file = open(path, O_RDONLY | O_CLOEXEC)
-        guard file >= 0 else { return nil }
-        defer { close(file) }
-        var watched = Set<CInt>()
-        var isEpoll = false
-        var line: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        let tag = Array("tfd:".utf8)
-        func take(_ line: [UInt8]) {
-            guard line.starts(with: tag) else { return }
-            isEpoll = true
-            var value: CInt = 0
-            var digits = 0
-            for byte in line.dropFirst(tag.count) {
-                if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
-                    if digits > 0 { break } else { continue }
-                }
-                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), digits < 10 else { return }
-                value = value &* 10 &+ CInt(byte - UInt8(ascii: "0"))
-                digits += 1
-            }
-            if digits > 0 { watched.insert(value) }
-        }
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(file, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            for byte in chunk[..<count] {
-                if byte == UInt8(ascii: "\n") { take(line); line.removeAll(keepingCapacity: true) } else { line.append(byte) }
-            }
-        }
-        take(line)
-        return isEpoll ? watched : nil
+        let files = open.filter { $0.kind != S_IFSOCK && $0.kind != S_IFIFO && $0.kind != S_IFREG && $0.kind != S_IFDIR }
+        guard let set = files.first(where: { rd_lev_epoll_watches($0.file.fd, waker) != 0 }) else { return [] }
+        return [set.file] + files.filter { $0.file.fd != set.file.fd && rd_lev_epoll_watches(set.file.fd, $0.file.fd) != 0 }.map(\.file)
     }
 }
 #endif

@@ -47,8 +47,8 @@ public final class LibeventSeam: BackendSeam {
     /// The epoll method's device check (`checkedIdentity`): its set, made at the first device.
     private let probe = PollProbe()
     /// libevent's own descriptors (its epoll method's set and, with the precise timer this package
-    /// asks for, its timerfd; its signal pipe): by number and file, refused as the poller's own
-    /// (Contract rule 7). Found by ``LibeventFiles``.
+    /// asks for, its timerfd): by number and file, refused as the poller's own (Contract rule 7).
+    /// Found by ``LibeventFiles``.
     /// Before, a caller could register the timerfd: libevent's epoll_ctl ADD met EEXIST and became a
     /// MOD to the caller's mask (writable: the timer never woke epoll_wait again), and a deregister
     /// removed it from libevent's set: every later wait with a timeout hung (outside reader).
@@ -82,7 +82,7 @@ public final class LibeventSeam: BackendSeam {
     private let checkOpen: Bool
     /// The epoll method cannot remove a file whose number was closed (or now names another file):
     /// if a dup keeps that file open, it fires for ever under a number libevent no longer maps, and
-    /// every loop pass spins. Such deregistrations are suspects; one `event_reinit` (O(n)) clears
+    /// every loop pass spins. Such deregistrations are suspects; one rebuild of the base (O(n)) clears
     /// them all. It runs when suspects reach an eighth of the registrations (so closing n connections
     /// costs O(n) in all), when a loop pass is seen spinning, or after 20 clean passes (0.1 s).
     private var suspects = 0
@@ -283,7 +283,7 @@ public final class LibeventSeam: BackendSeam {
         // libevent's epoll method cannot delete a file whose number was closed first (EBADF) or now
         // names another file (ENOENT), and ignores both; if a dup keeps the old file open it stays in
         // the kernel set and fires for ever, making every later loop pass spin. Rebuilding the epoll
-        // set (event_reinit) removes it: once, at the next wait, however many were deregistered. The
+        // set (a rebuild of the base) removes it: once, at the next wait, however many were deregistered. The
         // shim reports the refused delete (no system call of our own); a registration already found
         // closed had its delete refused earlier.
         let refused = rd_lev_reg_remove(regs[index]) != 0
@@ -324,13 +324,19 @@ public final class LibeventSeam: BackendSeam {
         // A new base with every event moved to it (``rd_lev_rebuild``: libevent's own `event_reinit`
         // closes its signal pipe twice, which in a process with other threads can close a
         // descriptor one of them just opened). Its descriptors are made while the old base's are
-        // still open, so they are among the lowest numbers free now. With no descriptor left for a
-        // new base, `event_reinit` all the same (it closes before it makes, so it needs none).
+        // still open, so they are among the lowest numbers free now.
         var candidates = LibeventFiles.lowestFree()
         let events: [OpaquePointer?] = [wakerReg] + regs + spare
         var result = events.withUnsafeBufferPointer { rd_lev_rebuild(lev, $0.baseAddress, CInt($0.count)) }
         var e = errno
         if result == -2 {
+            // No descriptor for a new base. `event_reinit` needs none, but is safe only with no other
+            // thread to take a number between its two closes; otherwise the rebuild waits for the
+            // next wait (the old base works; a lingering file spins it meanwhile, a pass at a time).
+            guard rd_lev_single_threaded() != 0 else {
+                reinitBeforeNextPass = true
+                return
+            }
             candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd))
             result = rd_lev_reinit(lev)
             e = errno
@@ -602,10 +608,18 @@ public final class LibeventSeam: BackendSeam {
     /// In a child made by `fork()`: libevent's `event_free` deletes each event from the epoll set the
     /// child shares with the parent, so the base is given a set of its own first (`event_reinit`,
     /// libevent's own answer to fork), then freed as usual. A reinit that fails leaves the base
-    /// marked broken, and the frees then skip libevent's deletes.
+    /// marked broken, and the frees then skip libevent's deletes. `event_reinit` closes libevent's
+    /// signal pipe twice, so only a child with one thread reinitialises; a child that started threads
+    /// abandons the base (its memory and signal pipe kept, libevent's epoll set and timerfd closed
+    /// once here) rather than risk closing a descriptor one of them just opened.
     public func closeAfterFork() {
         guard !baseFreed else { return }
-        _ = rd_lev_reinit(lev)
+        if rd_lev_single_threaded() != 0 {
+            _ = rd_lev_reinit(lev)
+        } else {
+            rd_lev_abandon(lev)
+            for own in ownFiles where ownsDescriptor(own.fd) { Glibc.close(own.fd) }
+        }
         close()
     }
 

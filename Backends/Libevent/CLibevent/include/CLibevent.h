@@ -51,6 +51,13 @@ int rd_lev_reinit(rd_lev *lev);
 /// moved to it, then the old base freed. -2 with errno: no new base (nothing changed); -1 with errno: an
 /// event whose add failed (the others moved).
 int rd_lev_rebuild(rd_lev *lev, rd_lev_reg *const *regs, int count);
+/// 1 when `fd` is watched by the epoll set `epfd` as libevent watches its waker and timerfd (a MOD to
+/// that same event: nothing changes where it is watched, nothing is touched elsewhere).
+int rd_lev_epoll_watches(int epfd, int fd);
+/// 1 when the process has one thread (/proc/self/status); 0 otherwise or when it cannot be told.
+int rd_lev_single_threaded(void);
+/// Marks the base unusable without freeing libevent's state (a forked child with threads).
+void rd_lev_abandon(rd_lev *lev);
 /// 1 when a reinit hit a fatal error and the base can no longer be used.
 int rd_lev_is_broken(const rd_lev *lev);
 /// Removes from the base without freeing. Returns 1 when the method's kernel call refused the
