@@ -380,3 +380,67 @@ extension PeerScenarioTests19 {
         }
     }
 }
+
+extension PeerScenarioTests19 {
+    /// Happy Eyeballs passes the loop's hook to each attempt it starts: the winner's refused
+    /// deregister (twice, as it hands its socket over) is kept and asked again by the loop, as a
+    /// single address's is (the attempt to the full listener loses and is cancelled).
+    @Test("Happy Eyeballs: a winner whose deregister the poller refuses does not spin and its connection waits",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func refusedDeregisterOfHappyEyeballsWinner(backend: Backend) async throws {
+        let (loop, poller) = try refusingLoop(backend)
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let (full, fullAddress, fillers) = try fullTCPListener()
+        defer { close(full); for fd in fillers { close(fd) } }
+        var options = HappyEyeballs.Options()
+        options.attemptDelay = .milliseconds(10)
+        poller.failures.store(2, ordering: .relaxed)
+        let client = try await loop.connect(to: [fullAddress, listener.address], timeout: .seconds(5), options: options)
+        let before = try await loop.statistics().iterations
+        try await loop.sleep(for: .milliseconds(100))
+        let passes = try await loop.statistics().iterations - before
+        #expect(passes < 30, "\(passes) loop passes in 100 ms on \(backend)")
+        #expect(poller.failures.load(ordering: .relaxed) == 0)
+        do {
+            _ = try await client.read(upTo: 1, timeout: .milliseconds(50))
+            Issue.record("a read on \(backend) returned with nothing sent")
+        } catch {
+            #expect(error == .timedOut, "\(backend)")
+        }
+        await client.close()
+        await loop.shutdown()
+    }
+
+    /// The escape hatch's body closes the socket while the poller refuses both of the socket's own
+    /// deregisters (before and after the close): the loop's own deregister clears the number, which
+    /// the next descriptor takes and can wait on.
+    @Test("a socket closed in the escape hatch while the poller refuses its deregisters leaves its number free",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func hatchCloseWithRefusedDeregister(backend: Backend) async throws {
+        let (loop, poller) = try refusingLoop(backend)
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(2))
+        do {
+            _ = try await client.read(upTo: 1, timeout: .milliseconds(20))   // registered readable, and left so
+        } catch {
+            #expect(error == .timedOut)
+        }
+        poller.failures.store(2, ordering: .relaxed)
+        let number = try await client.withStreamSocket { (socket) throws(SocketError) -> CInt in
+            let fd = socket.fd
+            socket.close()
+            return fd
+        }
+        #expect(poller.failures.load(ordering: .relaxed) == 0)
+        let (x, y) = try socketPair()   // the lowest free number: the closed socket's
+        defer { close(x); close(y) }
+        var byte: UInt8 = 1
+        #expect(write(y, &byte, 1) == 1)
+        if x == number {
+            try await loop.readable(x, timeout: .seconds(2))   // before: alreadyRegistered
+        }
+        await loop.shutdown()
+    }
+}
