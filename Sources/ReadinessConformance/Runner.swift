@@ -296,7 +296,8 @@ final class ScenarioRun {
             return .ok
         case .reopenOnNumber(let e, let peer, let closed):
             guard let number = closedNumbers[closed] else { throw SetupError("\(closed) was not closed", 0) }
-            let (first, second) = try Net.socketPair()
+            var (first, second) = try Net.socketPair()
+            if second == number { swap(&first, &second) }   // a Unix socket pair is symmetric
             if first != number {
                 // Onto the number only while it is still free: dup2 would close whatever another
                 // thread opened on it meanwhile (scenarios may run in parallel).

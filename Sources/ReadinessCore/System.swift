@@ -226,21 +226,12 @@ extension Duration {
     ///
     /// It reads the 128-bit attosecond count, never `components`, whose `Int64` seconds trap for a
     /// duration longer than `Int64.max` seconds (`.seconds(Int64.max) * 2` is a valid `Duration`).
-    ///
-    /// One 128-by-64-bit division (`dividingFullWidth`, a single `div`), not the 128-bit division
-    /// routine (`__udivti3`), which a deadline on every read and write called twice per request.
     @inlinable package var clampedNanoseconds: Int64 {
         let total = attoseconds
         if total <= 0 { return 0 }
-        let magnitude = UInt128(total)
-        let high = UInt64(truncatingIfNeeded: magnitude >> 64)
-        let low = UInt64(truncatingIfNeeded: magnitude)
-        let perNanosecond: UInt64 = 1_000_000_000
-        // A high word of 10^9 or more: 2^64 nanoseconds or more, past Int64.max.
-        guard high < perNanosecond else { return .max }
-        let (whole, part) = perNanosecond.dividingFullWidth((high: high, low: low))
-        guard whole < UInt64(Int64.max) else { return .max }
-        return Int64(part > 0 ? whole + 1 : whole)
+        let (whole, part) = total.quotientAndRemainder(dividingBy: 1_000_000_000)
+        let rounded = part > 0 ? whole + 1 : whole
+        return rounded > Int128(Int64.max) ? .max : Int64(rounded)
     }
 
     /// Whole seconds, rounded down, saturating at `Int64.min ... Int64.max` (never traps).

@@ -347,41 +347,6 @@ extension PeerScenarioTests19 {
 }
 
 extension PeerScenarioTests19 {
-    // MARK: Duration to nanoseconds, one division
-
-    /// `clampedNanoseconds` divides with one 128-by-64-bit division now; the same answers as the
-    /// 128-bit division it replaces, at every boundary and for random durations of every size.
-    @Test("clampedNanoseconds: rounded up, saturated, negative as zero, as the 128-bit division gave")
-    func clampedNanosecondsMatchesReference() {
-        func reference(_ duration: Duration) -> Int64 {
-            let total = duration.attoseconds
-            if total <= 0 { return 0 }
-            let (whole, part) = total.quotientAndRemainder(dividingBy: 1_000_000_000)
-            let rounded = part > 0 ? whole + 1 : whole
-            return rounded > Int128(Int64.max) ? .max : Int64(rounded)
-        }
-        let perNanosecond = Int128(1_000_000_000)
-        var samples: [Int128] = [0, 1, -1, perNanosecond - 1, perNanosecond, perNanosecond + 1,
-                                 Int128(UInt64.max), Int128(UInt64.max) + 1, Int128(UInt64.max) * perNanosecond,
-                                 Int128(Int64.max) * perNanosecond, Int128(Int64.max) * perNanosecond - 1,
-                                 Int128(Int64.max) * perNanosecond + 1, (Int128(Int64.max) - 1) * perNanosecond + 1,
-                                 Int128(UInt64.max) * perNanosecond - 1, Int128.max, Int128.min]
-        var generator = SystemRandomNumberGenerator()
-        for bits in 1...127 {
-            for _ in 0..<20 {
-                let value = Int128(truncatingIfNeeded: UInt128(generator.next() as UInt64) << 64 | UInt128(generator.next() as UInt64))
-                samples.append(value >> (127 - bits))
-            }
-        }
-        for attoseconds in samples {
-            let duration = Duration(secondsComponent: Int64(truncatingIfNeeded: attoseconds / 1_000_000_000_000_000_000),
-                                    attosecondsComponent: Int64(truncatingIfNeeded: attoseconds % 1_000_000_000_000_000_000))
-            #expect(duration.clampedNanoseconds == reference(duration), "\(attoseconds) attoseconds")
-        }
-    }
-}
-
-extension PeerScenarioTests19 {
     /// Happy Eyeballs passes the loop's hook to each attempt it starts: the winner's refused
     /// deregister (twice, as it hands its socket over) is kept and asked again by the loop, as a
     /// single address's is (the attempt to the full listener loses and is cancelled).

@@ -313,10 +313,6 @@ public final class LibeventSeam: BackendSeam {
     /// dropped first (marked stale), since libevent could not re-add them.
     private func reinit(_ table: inout RegistrationTable) throws(PollerError) {
         _ = table.markClosedStale { _, registration in _ = rd_lev_reg_remove(regs[Int(registration.index)]) }
-        suspects = 0
-        suspectNumbers.removeAll(keepingCapacity: true)
-        cleanPasses = 0
-        reinitBeforeNextPass = false
         // Every event is re-added, and a failure reported if any re-add failed (a number closed and
         // reused by an unpollable file: the caller's error, Docs/Contract.md); the others are back, so
         // only a base left unusable is an error.
@@ -325,22 +321,30 @@ public final class LibeventSeam: BackendSeam {
         // closes its signal pipe twice, which in a process with other threads can close a
         // descriptor one of them just opened). Its descriptors are made while the old base's are
         // still open, so they are among the lowest numbers free now.
-        var candidates = LibeventFiles.lowestFree()
+        // (A registered number is never a candidate: the probe must not touch a caller's event.)
+        var candidates = LibeventFiles.lowestFree().filter { table[$0] == nil }
         let events: [OpaquePointer?] = [wakerReg] + regs + spare
         var result = events.withUnsafeBufferPointer { rd_lev_rebuild(lev, $0.baseAddress, CInt($0.count)) }
         var e = errno
         if result == -2 {
-            // No descriptor for a new base. `event_reinit` needs none, but is safe only with no other
-            // thread to take a number between its two closes; otherwise the rebuild waits for the
-            // next wait (the old base works; a lingering file spins it meanwhile, a pass at a time).
+            // No descriptor for a new base. `event_reinit` needs none but one to tell the thread count,
+            // and is safe only with no other thread to take a number between its two closes;
+            // otherwise the rebuild is asked again at the next wait, the suspects kept, so that each
+            // pass stays capped and measured (the old base works; a lingering file spins at most a
+            // pass at a time).
             guard rd_lev_single_threaded() != 0 else {
+                suspects = max(suspects, 1)
                 reinitBeforeNextPass = true
                 return
             }
-            candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd))
+            candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd)).filter { table[$0] == nil }
             result = rd_lev_reinit(lev)
             e = errno
         }
+        suspects = 0
+        suspectNumbers.removeAll(keepingCapacity: true)
+        cleanPasses = 0
+        reinitBeforeNextPass = false
         let failed = result != 0
         ownFiles = LibeventFiles.find(among: candidates, waker: waker.fd)
         if failed, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: e) }
@@ -614,9 +618,10 @@ public final class LibeventSeam: BackendSeam {
     /// once here) rather than risk closing a descriptor one of them just opened.
     public func closeAfterFork() {
         guard !baseFreed else { return }
-        if rd_lev_single_threaded() != 0 {
+        // The poll and select methods share no kernel object with the parent: freed as usual.
+        if usesEpoll, rd_lev_single_threaded() != 0 {
             _ = rd_lev_reinit(lev)
-        } else {
+        } else if usesEpoll {
             rd_lev_abandon(lev)
             for own in ownFiles where ownsDescriptor(own.fd) { Glibc.close(own.fd) }
         }
