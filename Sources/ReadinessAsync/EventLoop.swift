@@ -450,8 +450,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             lock.unlock()
             // A deregister the poller refused is asked again before the wait, and the wait is kept
             // short while one is still refused (its registration may hold a closed socket's file,
-            // which only the next try lets go: an idle loop would keep it for ever).
-            let refused = state.retryDeregisters()
+            // which only the next try lets go: an idle loop would keep it for ever); so is the wait
+            // while an io_uring cancel could not be submitted (a timed-out read waited for the peer).
+            let refused = state.retryDeregisters() || state.completions?.hasCancelsToRetry == true
             var timeout: Duration? = idle ? state.timers.timeout() : .zero
             if refused, timeout.map({ $0 > Self.deregisterRetryPause }) ?? true { timeout = Self.deregisterRetryPause }
             var waited = true

@@ -409,3 +409,123 @@ extension PeerScenarioTests19 {
         await loop.shutdown()
     }
 }
+
+extension PeerScenarioTests19 {
+    // MARK: A deadline whose cancel could not be submitted (Go net TestReadTimeout)
+
+    /// An io_uring ring whose next `refuse` cancels fail as a full submission queue would.
+    final class CancelRefusingRing: ForwardingPoller, CompletionRing {
+        let inner: any Poller & CompletionRing
+        let refuse = Atomic<Int>(0)
+        init(_ inner: any Poller & CompletionRing) { self.inner = inner }
+        var forwarded: any Poller { inner }
+        var completionFeatures: CompletionFeatures { inner.completionFeatures }
+        var providedBufferSize: Int { inner.providedBufferSize }
+        func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
+            try inner.receive(fd, into: buffer, tag: tag)
+        }
+        func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
+            try inner.receiveProvided(fd, maximum: maximum, tag: tag)
+        }
+        func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) { try inner.send(fd, buffer, tag: tag) }
+        func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
+            try inner.sendMessage(fd, message, tag: tag)
+        }
+        func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) { try inner.accept(fd, tag: tag, multishot: multishot) }
+        func cancel(tag: UInt64) throws(PollerError) {
+            if refuse.load(ordering: .acquiring) > 0 {
+                refuse.subtract(1, ordering: .relaxed)
+                throw PollerError.resourceExhausted(operation: "io_uring_enter", errno: EAGAIN)
+            }
+            try inner.cancel(tag: tag)
+        }
+        func submitNow() throws(PollerError) { try inner.submitNow() }
+        func takeCompletions(_ body: (OperationCompletion) -> Void) { inner.takeCompletions(body) }
+        func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? { inner.providedBuffer(id) }
+        func giveBack(_ id: UInt16) { inner.giveBack(id) }
+    }
+
+    /// A read's deadline gives the receive up; its cancel could not be submitted and is asked again
+    /// after each wait. Before, an idle loop (no timer left) waited with no timeout, so the read, due
+    /// to end at 100 ms, waited for the peer (here, 3 s) and returned its byte instead of `.timedOut`.
+    @Test("io_uring: a read's deadline ends it although its first cancel could not be submitted",
+          .timeLimit(.minutes(1)), .enabled(if: IOUringTests.usable))
+    func deadlineWithRefusedCancel() async throws {
+        let made = Locked<CancelRefusingRing?>(nil)
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            guard let ring = try Backend.ioUring.makePoller() as? any Poller & CompletionRing else {
+                throw PollerError.failed("not a completion ring", errno: EINVAL)
+            }
+            let refusing = CancelRefusingRing(ring)
+            made.withLock { $0 = refusing }
+            return refusing
+        }
+        let ring = try #require(made.withLock { $0 })
+        guard try await loop.ioDriver().kind == .completion else {
+            print("deadlineWithRefusedCancel: the loop did not take the completion driver; nothing measured")
+            await loop.shutdown()
+            return
+        }
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let client = try AsyncCompletionDriverTests.client(listener.address)
+        defer { close(client) }
+        let server = try await listener.accept()
+        ring.refuse.store(1, ordering: .releasing)
+        let began = ContinuousClock.now
+        let reader = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) {
+                _ = try await server.read(upTo: 16, timeout: .milliseconds(100))
+                return nil
+            } catch {
+                return error
+            }
+        }
+        let late = spawn { sleep(3); var byte: UInt8 = 1; _ = write(client, &byte, 1) }   // ends the old code's wait
+        let failure = await reader.value
+        let took = ContinuousClock.now - began
+        late()
+        #expect(failure == .timedOut)
+        #expect(took < .seconds(2), "the read ended \(took) after a 100 ms deadline")
+        await server.close()
+        await listener.close()
+        await loop.shutdown()
+    }
+}
+
+extension PeerScenarioTests19 {
+    // MARK: A zero timeout behind a full pass (Go net timeout tests: a deadline never hides data)
+
+    /// More descriptors ready at once than the loop takes in one wait (512), a caller's descriptor
+    /// registered last: its event did not fit in the pass, and its zero-timeout wait timed out though
+    /// the descriptor was ready. The deadline now looks once more.
+    @Test("a zero-timeout readable(fd) on a ready descriptor succeeds behind more ready events than one pass takes",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func zeroTimeoutForeignBehindFullPass(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let count = LoopState.eventCapacity + 8
+        // eventfds, one number each: every number stays below select's FD_SETSIZE.
+        let watched = (0..<count).map { _ in rd_eventfd_nonblocking() }
+        defer { for fd in watched where fd >= 0 { close(fd) } }
+        try #require(watched.allSatisfy { $0 >= 0 })
+        let waiters = watched.map { fd in
+            Task(executorPreference: loop) { () async -> Void in try? await loop.readable(fd, timeout: .seconds(5)) }
+        }
+        try await loop.sleep(for: .milliseconds(100))   // every waiter registered
+        let (p, q) = try socketPair()
+        defer { close(p); close(q) }
+        var byte: UInt8 = 7
+        #expect(write(q, &byte, 1) == 1)   // p readable from now on
+        let outcome = await Task(executorPreference: loop) { () async -> LoopError? in
+            for fd in watched { var one: UInt64 = 1; _ = write(fd, &one, 8) }   // 520 ready, in this job
+            do throws(LoopError) {
+                try await loop.readable(p, timeout: .zero)
+                return nil
+            } catch {
+                return error
+            }
+        }.value
+        #expect(outcome == nil, "\(String(describing: outcome)) for a ready descriptor on \(backend)")
+        for waiter in waiters { await waiter.value }
+        await loop.shutdown()
+    }
+}

@@ -73,6 +73,10 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
     /// Given-up operations whose cancel could not be submitted (a full submission queue, a failed
     /// `io_uring_enter`): asked again after each wait until it goes in or they complete.
     private var cancelsToRetry: [CompletionOperation] = []
+    /// Whether a cancel waits to be asked again: the loop keeps its wait short meanwhile (an idle
+    /// loop's wait would otherwise block, and a timed-out operation's task wait, until some other
+    /// event: Go's TestReadTimeout, the deadline alone ends a blocked read).
+    var hasCancelsToRetry: Bool { !cancelsToRetry.isEmpty }
 
     init(ring: any CompletionRing) {
         self.ring = ring

@@ -115,8 +115,12 @@ extension LoopState {
         let slot = resource.record[direction]
         guard slot.isWaiting, slot.deadline != WaitSlot.noDeadline else { return }
         if slot.deadline <= now {
+            if let foreign = resource as? ForeignResource {
+                resolve(resource, direction, foreign.readyNow(direction) ? .ready : .failed(.timedOut))
+                settleForeign(foreign)
+                return
+            }
             resolve(resource, direction, .failed(.timedOut))
-            if let foreign = resource as? ForeignResource { settleForeign(foreign) }
             return
         }
         resource.record[direction].timer = timers.schedule(at: slot.deadline, token: token)

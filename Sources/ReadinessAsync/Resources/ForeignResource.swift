@@ -37,6 +37,19 @@ final class ForeignResource: LoopResourceBase, LoopResource {
 
     var watchedDescriptor: CInt? { fd }
 
+    /// The deadline's last look: whether the descriptor is ready for `direction` now (one `poll(2)`
+    /// that does not wait), the number still naming the file the waits began on. A wait whose event
+    /// did not fit in the pass's buffer (more descriptors ready than the loop takes in one wait, the
+    /// caller's registered last) timed out before, though its descriptor was ready: a zero timeout,
+    /// which asks "ready now?", answered no (Go's net timeout tests: a deadline never hides data).
+    func readyNow(_ direction: Direction) -> Bool {
+        guard namesSameFile else { return false }
+        let wanted = Int16(direction == .read ? POLLIN : POLLOUT)
+        var entry = pollfd(fd: fd, events: wanted, revents: 0)
+        guard poll(&entry, 1, 0) == 1, entry.revents & Int16(POLLNVAL) == 0 else { return false }
+        return entry.revents & (wanted | Int16(POLLERR) | Int16(POLLHUP)) != 0
+    }
+
     /// Readiness resumes the waiter, and the descriptor is let go at once (`settleForeign`).
     func ready(_ ready: Ready, token: Token, loop: LoopState) {
         loop.deliver(self, ready)
