@@ -529,3 +529,97 @@ extension PeerScenarioTests19 {
         await loop.shutdown()
     }
 }
+
+extension PeerScenarioTests19 {
+    // MARK: Reviews of the last commits
+
+    /// libevent's rebuild put its new epoll set on the lowest free number, which a registration closed
+    /// while registered (stale, still in the table) had left. The candidates left out every number in
+    /// the table, so the set was missed, and with it the timerfd: a caller could then register the
+    /// timerfd's number (libevent's ADD meets EEXIST and becomes a MOD; timed waits hang).
+    @Test("a libevent rebuild finds its new epoll set and timerfd even on the number of a registration closed while registered",
+          .timeLimit(.minutes(1)))
+    func libeventRebuildOnStaleNumber() throws {
+        for backend in Backend.available where backend == .libevent || backend == .libevent(.epoll) {
+            let poller = try backend.makePoller()
+            defer { try? poller.close() }
+            let (x, xPeer) = try socketPair()          // x: a low number, closed while registered below
+            defer { close(xPeer) }
+            try poller.register(x, token: 100, interest: .readable)
+            var kept: [CInt] = []
+            defer { for fd in kept { close(fd) } }
+            for i in 0..<8 {                            // eight suspects: a rebuild at the next wait
+                let (a, b) = try socketPair()
+                try poller.register(a, token: Token(UInt64(i)), interest: .readable)
+                kept.append(dup(a))
+                kept.append(b)
+                close(a)
+                try poller.deregister(a)
+            }
+            close(x)                                    // closed while registered: stale at the rebuild
+            let before = Set(Self.timerfds())
+            let events = EventBuffer(capacity: 8)
+            _ = try poller.wait(into: events, timeout: .zero)
+            try? poller.deregister(x)
+            let made = Set(Self.timerfds()).subtracting(before)
+            try #require(made.count == 1, "\(backend): the rebuild's timerfd not seen (\(made))")
+            let timerfd = made.first!
+            var refused = false
+            do { try poller.register(timerfd, token: 7, interest: .writable) } catch { refused = error == .alreadyRegistered(timerfd) }
+            #expect(refused, "\(backend): libevent's timerfd \(timerfd) was taken as a caller's")
+            // Taken, the timerfd would hang the timed wait below (before: the test hung there).
+            guard refused else { continue }
+            // And a timed wait still ends at its time.
+            let began = ContinuousClock.now
+            _ = try poller.wait(into: events, timeout: .milliseconds(20))
+            #expect(ContinuousClock.now - began < .seconds(2), "\(backend)")
+        }
+    }
+
+    /// The open timerfds of this process, by number.
+    static func timerfds() -> [CInt] {
+        guard let dir = opendir("/proc/self/fd") else { return [] }
+        defer { closedir(dir) }
+        var found: [CInt] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let fd = CInt(name) else { continue }
+            var link = [CChar](repeating: 0, count: 64)
+            let length = readlink("/proc/self/fd/\(fd)", &link, link.count - 1)
+            guard length > 0 else { continue }
+            if String(decoding: link.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self) == "anon_inode:[timerfd]" { found.append(fd) }
+        }
+        return found
+    }
+
+    /// An eventfd waited on, closed during the wait, its number reused by another eventfd that is
+    /// readable: the wait ends at its deadline, `.timedOut` (Docs/Async.md), on the backends whose
+    /// kernel forgets a closed file (epoll, io_uring, libevent's epoll method). The deadline's last
+    /// look is not trusted for eventfds (they share one inode: the new one looks like the old).
+    @Test("a caller's eventfd closed during its wait and its number reused by a readable eventfd: the wait times out",
+          .timeLimit(.minutes(1)), arguments: backends.filter { [.epoll, .ioUring, .libevent, .libevent(.epoll)].contains($0) })
+    func reusedEventfdTimesOut(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let efd = rd_eventfd_nonblocking()
+        try #require(efd >= 0)
+        let waiter = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { try await loop.readable(efd, timeout: .milliseconds(300)); return nil } catch { return error }
+        }
+        try await loop.sleep(for: .milliseconds(50))   // waiting
+        close(efd)
+        var extra: [CInt] = []
+        defer { for fd in extra { close(fd) } }
+        var reused = false
+        for _ in 0..<8 {
+            let fd = rd_eventfd_nonblocking()
+            extra.append(fd)
+            if fd == efd { reused = true; break }
+        }
+        try #require(reused, "the number was not reused")
+        var one: UInt64 = 1
+        _ = write(efd, &one, 8)   // the new eventfd on the old number is readable
+        let outcome = await waiter.value
+        #expect(outcome == .timedOut, "\(String(describing: outcome)) on \(backend)")
+        await loop.shutdown()
+    }
+}

@@ -321,8 +321,10 @@ public final class LibeventSeam: BackendSeam {
         // closes its signal pipe twice, which in a process with other threads can close a
         // descriptor one of them just opened). Its descriptors are made while the old base's are
         // still open, so they are among the lowest numbers free now.
-        // (A registered number is never a candidate: the probe must not touch a caller's event.)
-        var candidates = LibeventFiles.lowestFree().filter { table[$0] == nil }
+        // (A number with an active registration is never a candidate: the probe must not touch a
+        // caller's event. A stale one's number, closed and free, is: the new base's files may be
+        // there, and its event is out of libevent.)
+        var candidates = LibeventFiles.lowestFree().filter { table[$0]?.isActive != true }
         let events: [OpaquePointer?] = [wakerReg] + regs + spare
         var result = events.withUnsafeBufferPointer { rd_lev_rebuild(lev, $0.baseAddress, CInt($0.count)) }
         var e = errno
@@ -333,11 +335,14 @@ public final class LibeventSeam: BackendSeam {
             // pass stays capped and measured (the old base works; a lingering file spins at most a
             // pass at a time).
             guard rd_lev_single_threaded() != 0 else {
+                // Asked again by the spin check or after 20 quiet passes, not before every pass (each
+                // try costs a scan of the table and of the low numbers).
                 suspects = max(suspects, 1)
-                reinitBeforeNextPass = true
+                cleanPasses = 0
+                reinitBeforeNextPass = false
                 return
             }
-            candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd)).filter { table[$0] == nil }
+            candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd)).filter { table[$0]?.isActive != true }
             result = rd_lev_reinit(lev)
             e = errno
         }

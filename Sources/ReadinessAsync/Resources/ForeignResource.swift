@@ -13,14 +13,21 @@ final class ForeignResource: LoopResourceBase, LoopResource {
     /// file. Not where two open files share an inode (eventfd, timerfd, signalfd, epoll and inotify
     /// files share one; a device or a FIFO opened twice; a pipe's two ends): those look the same.
     private let identity: (device: UInt64, inode: UInt64)?
+    /// Whether that identity names one file alone: a socket, a pipe or FIFO, a device. Anonymous-inode
+    /// files (eventfd, timerfd, signalfd, epoll) share one inode: a number reused by another of them
+    /// looks the same, so the deadline's last look (``readyNow(_:)``) is not trusted for them.
+    private let identityIsUnique: Bool
 
     init(key: ResourceKey, fd: CInt) {
         self.fd = fd
         var st = stat()
         if fstat(fd, &st) == 0 {
             identity = (UInt64(truncatingIfNeeded: st.st_dev), UInt64(truncatingIfNeeded: st.st_ino))
+            let kind = st.st_mode & S_IFMT
+            identityIsUnique = kind == S_IFSOCK || kind == S_IFIFO || kind == S_IFCHR
         } else {
             identity = nil
+            identityIsUnique = false
         }
         super.init(key: key)
     }
@@ -42,8 +49,10 @@ final class ForeignResource: LoopResourceBase, LoopResource {
     /// did not fit in the pass's buffer (more descriptors ready than the loop takes in one wait, the
     /// caller's registered last) timed out before, though its descriptor was ready: a zero timeout,
     /// which asks "ready now?", answered no (Go's net timeout tests: a deadline never hides data).
+    /// Only for files whose identity is their own (a socket, a pipe, a device): an eventfd closed
+    /// during the wait and its number reused by another eventfd must still time out.
     func readyNow(_ direction: Direction) -> Bool {
-        guard namesSameFile else { return false }
+        guard identityIsUnique, namesSameFile else { return false }
         let wanted = Int16(direction == .read ? POLLIN : POLLOUT)
         var entry = pollfd(fd: fd, events: wanted, revents: 0)
         guard poll(&entry, 1, 0) == 1, entry.revents & Int16(POLLNVAL) == 0 else { return false }
