@@ -492,6 +492,8 @@ struct PeerScenarioTests17 {
     final class StuckRing: ForwardingPoller, CompletionRing {
         let inner: any Poller & CompletionRing
         let stuck = Atomic<Bool>(false)
+        /// Cancels to refuse (as a full submission queue would), stuck or not.
+        let refusedCancels = Atomic<Int>(0)
         init(_ inner: any Poller & CompletionRing) { self.inner = inner }
         var forwarded: any Poller { inner }
         func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
@@ -513,6 +515,10 @@ struct PeerScenarioTests17 {
         func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) { try inner.accept(fd, tag: tag, multishot: multishot) }
         func cancel(tag: UInt64) throws(PollerError) {
             if stuck.load(ordering: .acquiring) { throw PollerError.resourceExhausted(operation: "io_uring_enter", errno: EAGAIN) }
+            if refusedCancels.load(ordering: .acquiring) > 0 {
+                refusedCancels.subtract(1, ordering: .relaxed)
+                throw PollerError.resourceExhausted(operation: "io_uring_enter", errno: EAGAIN)
+            }
             try inner.cancel(tag: tag)
         }
         func submitNow() throws(PollerError) { try inner.submitNow() }

@@ -95,6 +95,13 @@ struct PeerScenarioTests19 {
 extension PeerScenarioTests19 {
     // MARK: A connect attempt's refused deregister (libuv test-tcp-connect-error, test-tcp-close-while-connecting)
 
+    /// How many passes `loop` makes while the caller sleeps `duration` on it (a spin makes thousands).
+    private func loopPasses(_ loop: EventLoop, during duration: Duration) async throws -> Int {
+        let before = try await loop.statistics().iterations
+        try await loop.sleep(for: duration)
+        return try await loop.statistics().iterations - before
+    }
+
     /// A loop whose poller refuses the next `count` deregisters.
     private func refusingLoop(_ backend: Backend) throws -> (EventLoop, RefusingDeregisterPoller) {
         let made = Locked<RefusingDeregisterPoller?>(nil)
@@ -121,9 +128,7 @@ extension PeerScenarioTests19 {
         // Connected: refused as the attempt hands the socket over, once more, and as the loop owns it.
         poller.failures.store(3, ordering: .relaxed)
         let client = try await loop.connect(to: listener.address, timeout: .seconds(2))
-        let before = try await loop.statistics().iterations
-        try await loop.sleep(for: .milliseconds(100))
-        let passes = try await loop.statistics().iterations - before
+        let passes = try await loopPasses(loop, during: .milliseconds(100))
         #expect(passes < 30, "\(passes) loop passes in 100 ms on \(backend)")
         #expect(poller.failures.load(ordering: .relaxed) == 0)
         do {
@@ -199,9 +204,7 @@ extension PeerScenarioTests19 {
         #expect(poller.failures.load(ordering: .relaxed) == 0)
         var bytes: [UInt8] = [1, 2, 3]
         #expect(send(peer.fd, &bytes, 3, CInt(MSG_NOSIGNAL)) == 3)   // the released descriptor is readable from now on
-        let before = try await loop.statistics().iterations
-        try await loop.sleep(for: .milliseconds(100))
-        let passes = try await loop.statistics().iterations - before
+        let passes = try await loopPasses(loop, during: .milliseconds(100))
         #expect(passes < 30, "\(passes) loop passes in 100 ms on \(backend)")
         try await loop.readable(fd, timeout: .seconds(2))   // the number can be waited on again
         await loop.shutdown()
@@ -362,9 +365,7 @@ extension PeerScenarioTests19 {
         options.attemptDelay = .milliseconds(10)
         poller.failures.store(2, ordering: .relaxed)
         let client = try await loop.connect(to: [fullAddress, listener.address], timeout: .seconds(5), options: options)
-        let before = try await loop.statistics().iterations
-        try await loop.sleep(for: .milliseconds(100))
-        let passes = try await loop.statistics().iterations - before
+        let passes = try await loopPasses(loop, during: .milliseconds(100))
         #expect(passes < 30, "\(passes) loop passes in 100 ms on \(backend)")
         #expect(poller.failures.load(ordering: .relaxed) == 0)
         do {
@@ -413,50 +414,18 @@ extension PeerScenarioTests19 {
 extension PeerScenarioTests19 {
     // MARK: A deadline whose cancel could not be submitted (Go net TestReadTimeout)
 
-    /// An io_uring ring whose next `refuse` cancels fail as a full submission queue would.
-    final class CancelRefusingRing: ForwardingPoller, CompletionRing {
-        let inner: any Poller & CompletionRing
-        let refuse = Atomic<Int>(0)
-        init(_ inner: any Poller & CompletionRing) { self.inner = inner }
-        var forwarded: any Poller { inner }
-        var completionFeatures: CompletionFeatures { inner.completionFeatures }
-        var providedBufferSize: Int { inner.providedBufferSize }
-        func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws(PollerError) {
-            try inner.receive(fd, into: buffer, tag: tag)
-        }
-        func receiveProvided(_ fd: CInt, maximum: Int, tag: UInt64) throws(PollerError) {
-            try inner.receiveProvided(fd, maximum: maximum, tag: tag)
-        }
-        func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, tag: UInt64) throws(PollerError) { try inner.send(fd, buffer, tag: tag) }
-        func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, tag: UInt64) throws(PollerError) {
-            try inner.sendMessage(fd, message, tag: tag)
-        }
-        func accept(_ fd: CInt, tag: UInt64, multishot: Bool) throws(PollerError) { try inner.accept(fd, tag: tag, multishot: multishot) }
-        func cancel(tag: UInt64) throws(PollerError) {
-            if refuse.load(ordering: .acquiring) > 0 {
-                refuse.subtract(1, ordering: .relaxed)
-                throw PollerError.resourceExhausted(operation: "io_uring_enter", errno: EAGAIN)
-            }
-            try inner.cancel(tag: tag)
-        }
-        func submitNow() throws(PollerError) { try inner.submitNow() }
-        func takeCompletions(_ body: (OperationCompletion) -> Void) { inner.takeCompletions(body) }
-        func providedBuffer(_ id: UInt16) -> UnsafeMutableRawPointer? { inner.providedBuffer(id) }
-        func giveBack(_ id: UInt16) { inner.giveBack(id) }
-    }
-
     /// A read's deadline gives the receive up; its cancel could not be submitted and is asked again
     /// after each wait. Before, an idle loop (no timer left) waited with no timeout, so the read, due
     /// to end at 100 ms, waited for the peer (here, 3 s) and returned its byte instead of `.timedOut`.
     @Test("io_uring: a read's deadline ends it although its first cancel could not be submitted",
           .timeLimit(.minutes(1)), .enabled(if: IOUringTests.usable))
     func deadlineWithRefusedCancel() async throws {
-        let made = Locked<CancelRefusingRing?>(nil)
+        let made = Locked<PeerScenarioTests17.StuckRing?>(nil)
         let loop = try EventLoop { () throws(PollerError) -> any Poller in
             guard let ring = try Backend.ioUring.makePoller() as? any Poller & CompletionRing else {
                 throw PollerError.failed("not a completion ring", errno: EINVAL)
             }
-            let refusing = CancelRefusingRing(ring)
+            let refusing = PeerScenarioTests17.StuckRing(ring)
             made.withLock { $0 = refusing }
             return refusing
         }
@@ -470,7 +439,7 @@ extension PeerScenarioTests19 {
         let client = try AsyncCompletionDriverTests.client(listener.address)
         defer { close(client) }
         let server = try await listener.accept()
-        ring.refuse.store(1, ordering: .releasing)
+        ring.refusedCancels.store(1, ordering: .releasing)
         let began = ContinuousClock.now
         let reader = Task(executorPreference: loop) { () async -> LoopError? in
             do throws(LoopError) {
