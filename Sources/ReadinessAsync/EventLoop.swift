@@ -455,21 +455,22 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             let refused = state.retryDeregisters() || state.completions?.hasCancelsToRetry == true
             var timeout: Duration? = idle ? state.timers.timeout() : .zero
             if refused, timeout.map({ $0 > Self.deregisterRetryPause }) ?? true { timeout = Self.deregisterRetryPause }
-            var waited = true
+            var waitError: PollerError?
             do {
                 try poller.wait(into: state.events, timeout: timeout)
             } catch {
-                waited = false
-                failure = error
+                waitError = error
             }
             lock.lock()
             sleeping = false
             lock.unlock()
-            if !waited {
+            if let waitError {
                 // Out of descriptors or memory may pass: pause (no busy loop) and wait again. Any
                 // other failure, or exhaustion that lasts, ends the loop as a shutdown does, every
                 // pending operation failing with `.poller(error)`; the process goes on.
-                if failure?.isResourceExhausted == true, waitFailures < Self.waitRetries {
+                // (`failure`, the loop's end, is set only when it ends here: a shutdown asked for
+                // during a pause is a shutdown, not the shortage that a later wait may not meet.)
+                if waitError.isResourceExhausted, waitFailures < Self.waitRetries {
                     waitFailures += 1
                     usleep(Self.waitRetryPauseMicroseconds)
                     // Timers go on meanwhile (no event is read: the buffer of a failed wait holds
@@ -480,10 +481,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                     if !state.yielded.isEmpty { state.resumeYielded() }
                     continue
                 }
+                failure = waitError
                 break
             }
             waitFailures = 0
-            failure = nil
 
             state.iterations &+= 1
             // 3. Readiness, then timers.
@@ -781,7 +782,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     }
 
     private func run<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
-        guard isLoopThread() else { throw .shutdown }
+        guard isLoopThread() else { throw stopError ?? .shutdown }   // the loop ended: why
         // A task that started ``LoopState/operationBudget`` operations in one job without suspending
         // waits for the loop's next poller wait, its readiness and its timers (tokio's coop budget):
         // the loop's other tasks, I/O and timers are never starved by one whose I/O is always ready.

@@ -42,7 +42,9 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     /// call can succeed once something is released. ``AsyncListener/serve(_:)`` and signal sequences
     /// pause and try again on these. Only the loop's and the poller's shortages: a socket the call
     /// could not make (`.connect` or `.socket` with kind `resourceExhausted`, EMFILE) is the caller's
-    /// to retry or not.
+    /// to retry or not. A loop whose waits failed for want of resources for a second ended for good
+    /// and reports that shortage to every later call: a retry loop checks
+    /// ``EventLoop/isShuttingDown`` too, as `serve` does.
     public var isPassingShortage: Bool {
         switch self {
         case .resourceExhausted: true

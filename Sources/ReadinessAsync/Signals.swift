@@ -23,7 +23,11 @@ extension EventLoop {
     /// that cannot be watched (``/ReadinessNet/Signal/invalidReason``), is
     /// ``LoopError/invalidArgument(_:)``; a shut-down loop is ``LoopError/shutdown`` (or the poller's
     /// failure, `.poller(error)`, that ended it); a pipe the loop's
-    /// poller cannot wait on (select past FD_SETSIZE) is `.poller(.descriptorTooLarge)`.
+    /// poller cannot wait on (select past FD_SETSIZE) is `.poller(.descriptorTooLarge)`. The process
+    /// holds at most 256 subscriptions at once (every loop's sequences and the
+    /// ``/ReadinessNet/SignalSubscription``s made directly): the next, or one for which no descriptor
+    /// is left for its pipe, is `.socket(error)` (kind ``/ReadinessNet/SocketError/Kind/resourceExhausted``,
+    /// or the `pipe2` errno's).
     public func signals(_ signals: some Sequence<Signal>) throws(LoopError) -> SignalSequence {
         if let stopped = stopError { throw stopped }   // `.poller(error)` when the poller ended the loop
         let subscription: SignalSubscription
@@ -44,7 +48,7 @@ extension EventLoop {
         // check above takes none.
         guard watch(subscription) else {
             Self.giveBack(subscription)
-            throw .shutdown
+            throw stopError ?? .shutdown   // the poller's failure, if that is what ended the loop
         }
         // The loop thread stops blocking them while the sequence watches (before any job queued
         // after this call runs), so that a `raise` by code on the loop is delivered; raises made

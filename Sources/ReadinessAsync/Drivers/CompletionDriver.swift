@@ -238,7 +238,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
             Unmanaged.passUnretained(op).release()
             op.result = -ECANCELED
             op.bufferID = nil
-            if op.failure == nil { op.failure = .shutdown }
+            if op.failure == nil { op.failure = loop.shutdownReason }
             op.continuation.take()?.resume(returning: .ready)
         }
     }

@@ -290,7 +290,7 @@ struct ReadinessDriver: IODriver {
     nonisolated(nonsending) func connect(to address: SocketAddress, from local: SocketAddress?, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, SocketAddress?) {
         if loop.isShutDown { throw loop.shutdownReason }
-        guard let poller = loop.poller else { throw .shutdown }
+        guard let poller = loop.poller else { throw loop.shutdownReason }
         // A task cancelled already starts nothing: no socket, no SYN, no lookup (Go's DialContext).
         if Task.isCancelled { throw .cancelled }
         let (id, socket) = try await connect(to: address, from: local, poller: poller, deadline: deadline, attemptTimeout: nil, on: loop)
@@ -328,8 +328,8 @@ struct ReadinessDriver: IODriver {
             // Ended, but the loop shut down before this task ran again: the socket (if any) was
             // closed with the resource.
             guard loop.slab.contains(stream), !loop.isShutDown else {
-                loop.close(stream, reason: .shutdown)
-                throw .shutdown
+                loop.close(stream, reason: loop.shutdownReason)
+                throw loop.shutdownReason
             }
             progress = stream.outcome ?? .failed(ConnectError(.cancelled, address: address))
         }
@@ -339,8 +339,8 @@ struct ReadinessDriver: IODriver {
             // now. Closed meanwhile (shutdown ran while the task was queued)? Then `close` closed the
             // socket it found; a resource still there is closed now, which closes it.
             guard loop.slab.contains(stream), !loop.isShutDown else {
-                loop.close(stream, reason: .shutdown)
-                throw .shutdown
+                loop.close(stream, reason: loop.shutdownReason)
+                throw loop.shutdownReason
             }
             stream.becomeStream(StreamSocket(socket))
             loop.noteHoldsNoUnowned(stream)
@@ -359,7 +359,7 @@ struct ReadinessDriver: IODriver {
                                          options: HappyEyeballs.Options, deadline: Int64?,
                                          on loop: LoopState) async throws(LoopError) -> (UInt64, ConnectedSocket) {
         if loop.isShutDown { throw loop.shutdownReason }
-        guard let poller = loop.poller else { throw .shutdown }
+        guard let poller = loop.poller else { throw loop.shutdownReason }
         if let reason = options.invalidReason { throw .invalidArgument(reason) }
         if Task.isCancelled { throw .cancelled }   // nothing started (see above)
         if resolution == nil, addresses.isEmpty { throw .connect(ConnectError(.noAddress)) }
@@ -386,8 +386,8 @@ struct ReadinessDriver: IODriver {
             // Ended, but the loop shut down before this task ran again: the winner (if any) was closed
             // with the resource.
             guard loop.slab.contains(connect), !loop.isShutDown else {
-                loop.close(connect, reason: .shutdown)
-                throw .shutdown
+                loop.close(connect, reason: loop.shutdownReason)
+                throw loop.shutdownReason
             }
             progress = connect.outcome ?? .failed(ConnectError(.cancelled))
         }

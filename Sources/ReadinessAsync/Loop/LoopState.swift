@@ -152,9 +152,9 @@ final class LoopState {
     @inline(never)
     nonisolated(nonsending) func yieldToPoller() async throws(LoopError) {
         // Only on the loop thread (a loop that stopped resumes nothing that yields now).
-        guard loop.isLoopThread() else { throw .shutdown }
+        guard loop.isLoopThread() else { throw loop.stopError ?? .shutdown }
         await withUnsafeContinuation { yielded.append($0) }
-        guard loop.isLoopThread() else { throw .shutdown }
+        guard loop.isLoopThread() else { throw loop.stopError ?? .shutdown }
         if isShutDown { throw shutdownReason }
     }
     /// Counters (loop-only): jobs run, loop iterations (poller waits).
