@@ -16,8 +16,11 @@ import ReadinessNet
 /// - A deadline (`timeout`) bounds the operation (``LoopError/timedOut``); cancelling the task ends a
 ///   wait with ``LoopError/cancelled`` (the socket stays open). A datagram ready is received, and a
 ///   send with room is made, without suspending.
-/// - A connected socket's refusal (an ICMP port-unreachable for an earlier datagram) fails the next
-///   operation with ``LoopError/socket(_:)`` of kind ``/ReadinessNet/SocketError/Kind/refused``.
+/// - A connected UDP socket's refusal (an ICMP port-unreachable for an earlier datagram) fails the
+///   next operation with ``LoopError/socket(_:)`` of kind ``/ReadinessNet/SocketError/Kind/refused``.
+///   A Unix datagram socket's send to a peer socket that is gone fails itself with `refused`, and the
+///   kernel disconnects a connected one then (``peer`` still names the old peer; the next send without
+///   a destination is `notConnected`): connect again.
 public struct AsyncDatagramSocket: Sendable {
     /// The loop that owns it.
     public let loop: EventLoop
@@ -187,8 +190,10 @@ extension EventLoop {
     }
 
     /// A datagram socket connected to `peer` (bound to `local` when given, else an ephemeral port):
-    /// sends need no address, only `peer`'s datagrams are received, and a refusal is reported
-    /// (``/ReadinessNet/SocketError/Kind/refused``).
+    /// sends need no address, only `peer`'s datagrams arrive from then on, and a refusal is reported
+    /// (``/ReadinessNet/SocketError/Kind/refused``). Datagrams queued for `local` between its bind and
+    /// the connect are still received, whoever sent them: a client that trusts only its peer checks
+    /// each datagram's `source` (``/ReadinessNet/DatagramSocket/connect(to:)``).
     nonisolated(nonsending) public func connectDatagram(to peer: SocketAddress, from local: SocketAddress? = nil,
                                                         options: DatagramSocket.Options = DatagramSocket.Options()) async throws(LoopError) -> AsyncDatagramSocket {
         let (id, bound, connected) = try await onLoop { (state) async throws(LoopError) -> (UInt64, SocketAddress?, SocketAddress?) in

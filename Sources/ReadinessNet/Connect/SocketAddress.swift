@@ -487,6 +487,13 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return SocketAddress(raw: sin6)
     }
 
+    /// An IPv6 address's zone as an interface index (`sin6_scope_id`, `%eth1` or `%2` in the text); 0
+    /// for none, and for every other family.
+    package var zoneIndex: UInt32 {
+        guard family == .ipv6 else { return 0 }
+        return withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in6.self) }.sin6_scope_id
+    }
+
     /// For the IPv6 unspecified address with no zone (`[::]:PORT`, a wildcard listener's own
     /// address): `0.0.0.0:PORT`, which a connect's lookup of it answers too (Go's rule, its issue
     /// 18806: the kernel dials `::` as `::1`, and where IPv6 does not work the IPv4 wildcard still

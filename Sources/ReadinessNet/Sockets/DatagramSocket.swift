@@ -17,7 +17,8 @@ import CReadinessNet
 ///   its source and whether it was **truncated** (`MSG_TRUNC`: it did not fit the buffer; the rest is
 ///   gone, and the result says so, never silently).
 /// - EINTR is retried inside (`Sys.retryingEINTR`, the one place); EAGAIN is ``IOResult/wouldBlock``;
-///   ECONNREFUSED (a connected socket's earlier datagram drew an ICMP port-unreachable) is
+///   ECONNREFUSED (a connected UDP socket's earlier datagram drew an ICMP port-unreachable; a Unix
+///   datagram socket's peer socket is gone) is
 ///   ``SocketError/Kind/refused``, EMSGSIZE ``SocketError/Kind/messageTooLarge``, ENOBUFS
 ///   ``SocketError/Kind/resourceExhausted``.
 ///
@@ -62,9 +63,9 @@ public final class DatagramSocket {
         public var v6Only: Bool? = nil
         /// SO_BROADCAST: may send to a broadcast address.
         public var broadcast = false
-        /// SO_RCVBUF, when given (the kernel doubles it and clamps it to net.core.rmem_max).
+        /// SO_RCVBUF, when given (the kernel caps it at net.core.rmem_max, then doubles it).
         public var receiveBufferSize: Int? = nil
-        /// SO_SNDBUF, when given (doubled and clamped like the receive buffer).
+        /// SO_SNDBUF, when given (capped at net.core.wmem_max, then doubled).
         public var sendBufferSize: Int? = nil
         /// The defaults: no reuse, system dual-stack default, no broadcast, system buffer sizes.
         public init() {}
@@ -72,8 +73,10 @@ public final class DatagramSocket {
 
     /// A socket bound to `address` (port 0: the kernel chooses; ``localAddress`` tells which).
     ///
-    /// A Unix path that exists already fails with ``SocketError/Kind/addressInUse`` and is not
-    /// touched; the socket unlinks its own path on ``close()``. The empty address (`SocketAddress()`)
+    /// A Unix path that holds a socket file already fails with ``SocketError/Kind/addressInUse``, and
+    /// one that holds another kind of file with ``SocketError/Kind/pathNotSocket``; neither is
+    /// touched. The socket unlinks its own path on ``close()`` (a relative path where it was bound,
+    /// whatever the working directory is by then). The empty address (`SocketAddress()`)
     /// is refused with ``SocketError/Kind/invalidArgument`` before any system call.
     public init(bind address: SocketAddress, options: Options = Options()) throws(SocketError) {
         if address.isEmpty {
@@ -84,7 +87,7 @@ public final class DatagramSocket {
         do throws(SocketError) {
             try Self.apply(options, fd: fd, family: address.family)
             let status = address.withSockaddr { Glibc.bind(fd, $0, $1) }
-            guard status == 0 else { throw SocketError(errno: errno, operation: "bind \(address)") }
+            guard status == 0 else { throw SocketError.bindFailure(errno, address) }
         } catch {
             Sys.close(fd)
             throw error
@@ -245,9 +248,15 @@ public final class DatagramSocket {
     // MARK: Connecting
 
     /// Sets the default destination and the only accepted source (connect(2) on a datagram socket:
-    /// nothing is sent). An IP peer with port 0 is ``SocketError/Kind/invalidArgument``. An IPv4 peer of an IPv6 socket is IPv4-mapped (`::ffff:A.B.C.D`). Afterwards `send(_:)` needs no address, datagrams from other sources are
-    /// dropped by the kernel, and an ICMP port-unreachable for a datagram sent fails the **next** send
-    /// or receive with ``SocketError/Kind/refused`` (an unconnected socket never hears of it).
+    /// nothing is sent). An IP peer with port 0 is ``SocketError/Kind/invalidArgument``. An IPv4 peer of an IPv6 socket is IPv4-mapped (`::ffff:A.B.C.D`). Afterwards `send(_:)` needs no address, datagrams from other sources that
+    /// arrive are dropped by the kernel (those already queued when it connects are still received,
+    /// whoever sent them: check the source where that matters), and an ICMP port-unreachable for a UDP
+    /// datagram sent fails the **next** send or receive with ``SocketError/Kind/refused`` (an
+    /// unconnected socket never hears of it), as "fragmentation needed" does with
+    /// ``SocketError/Kind/messageTooLarge``. A **Unix-domain** send to a peer socket that is gone fails
+    /// itself with `refused`; the kernel then disconnects a connected socket (``peerAddress`` is nil,
+    /// the next send without a destination is ``SocketError/Kind/notConnected``) and drops what was
+    /// queued for it.
     /// A refusal still pending from an association with another peer is dropped by the connect (it was
     /// the old peer's: Linux keeps it across a new connect(2), and the first send to the new peer
     /// failed with it); connected again to the same peer, the refusal stays.
@@ -510,13 +519,14 @@ public final class DatagramSocket {
         try Self.set(fd, SOL_SOCKET, SO_BROADCAST, enabled ? 1 : 0, "SO_BROADCAST")
     }
 
-    /// SO_RCVBUF (the kernel doubles the value and clamps it to net.core.rmem_max). Datagrams that
+    /// SO_RCVBUF (the kernel caps the value at net.core.rmem_max, then doubles it for its
+    /// bookkeeping: ``receiveBufferSize()`` reads back up to twice rmem_max). Datagrams that
     /// arrive while it is full are dropped by the kernel.
     public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
         try Self.set(fd, SOL_SOCKET, SO_RCVBUF, NetSys.bufferSize(bytes), "SO_RCVBUF")
     }
 
-    /// SO_SNDBUF (doubled and clamped like ``setReceiveBufferSize(_:)``).
+    /// SO_SNDBUF (capped at net.core.wmem_max, then doubled, like ``setReceiveBufferSize(_:)``).
     public func setSendBufferSize(_ bytes: Int) throws(SocketError) {
         try Self.set(fd, SOL_SOCKET, SO_SNDBUF, NetSys.bufferSize(bytes), "SO_SNDBUF")
     }
@@ -582,7 +592,8 @@ public final class DatagramSocket {
     }
 
     /// Joins the IPv4 or IPv6 multicast `group` (its port is ignored) on interface `index` (0: the
-    /// kernel's choice by route). An IPv6 socket may join an IPv4 group (IP_ADD_MEMBERSHIP: a
+    /// zone of a scoped IPv6 group such as `[ff02::fb%eth1]`, else the kernel's choice by route; an
+    /// index other than the group's zone is ``SocketError/Kind/invalidArgument``). An IPv6 socket may join an IPv4 group (IP_ADD_MEMBERSHIP: a
     /// dual-stack socket, not `v6Only`, then receives its datagrams, as libuv's
     /// `uv_udp_set_membership` allows); an IPv4 socket an IPv6 group, or an address that is not
     /// multicast, is refused (``SocketError/Kind/invalidArgument``).
@@ -599,6 +610,14 @@ public final class DatagramSocket {
         guard group.isMulticast, group.family == family || (group.family == .ipv4 && family == .ipv6) else {
             throw SocketError(.invalidArgument, operation: "\(join ? "join" : "leave") \(group): not a \(family.rawValue) multicast group")
         }
+        // A scoped group (`ff02::fb%eth1`) names its interface: taken when no index is given (the
+        // kernel's choice by route would be another interface on a host with several, where a send
+        // to the same address honours the zone); an index that names another one is a contradiction.
+        let zone = group.zoneIndex
+        if zone != 0, index != 0, zone != index {
+            throw SocketError(.invalidArgument, operation: "\(join ? "join" : "leave") \(group): its zone is interface \(zone), not interface \(index)")
+        }
+        let index = index != 0 ? index : zone
         try Self.checkInterface(index, join ? "join \(group)" : "leave \(group)")
         let status = group.withSockaddr { address, _ in rd_net_multicast_membership(fd, address, index, join ? 1 : 0) }
         if status != 0 { throw SocketError(errno: errno, operation: join ? "IP_ADD_MEMBERSHIP" : "IP_DROP_MEMBERSHIP") }

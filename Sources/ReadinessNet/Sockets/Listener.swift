@@ -364,15 +364,24 @@ public final class Listener {
         if address.withSockaddr({ Glibc.bind(fd, $0, $1) }) != 0 { throw SocketError(errno: errno, operation: "bind \(address)") }
     }
 
-    /// A Unix socket path is stale when a connect to it is refused (nobody listens).
-    /// Out of descriptors for the probe: ``SocketError/Kind/resourceExhausted`` (back off), not a
-    /// verdict on the path.
+    /// A Unix socket path is stale when a connect to it is refused (nobody listens) or finds nothing
+    /// (the file went away meanwhile); it is in use when the connect succeeds, meets a full backlog
+    /// (EAGAIN) or a live socket of another type (EPROTOTYPE). Any other failure is the probe's own
+    /// and is thrown as it is: out of descriptors or memory is
+    /// ``SocketError/Kind/resourceExhausted`` (back off), a socket file this process may not connect
+    /// to (no write permission on it: another user's, left in a sticky /tmp) is
+    /// ``SocketError/Kind/permissionDenied``. Neither is a verdict on the path; before, both were
+    /// reported as "address in use", which says a listener is there (libuv's test-pipe-bind-error).
     private static func isStale(_ address: SocketAddress) throws(SocketError) -> Bool {
         let probe = rd_net_stream_socket(AF_UNIX)
         guard probe >= 0 else { throw SocketError(errno: errno, operation: "socket (probing \(address) for a listener)") }
         defer { Sys.close(probe) }
-        let status = address.withSockaddr { Glibc.connect(probe, $0, $1) }
-        return status != 0 && errno == ECONNREFUSED
+        if address.withSockaddr({ Glibc.connect(probe, $0, $1) }) == 0 { return false }
+        switch errno {
+        case ECONNREFUSED, ENOENT: return true
+        case EAGAIN, EPROTOTYPE: return false
+        case let code: throw SocketError(errno: code, operation: "connect (probing \(address.unixPath ?? "\(address)") for a listener)")
+        }
     }
 }
 

@@ -8,17 +8,25 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Kind: String, Hashable, Sendable, Codable {
         /// ECONNRESET, EPIPE: the peer reset the connection, or it is closed for writing.
         case reset
-        /// ECONNREFUSED: nothing listens there. For a connected ``DatagramSocket``: an ICMP
-        /// port-unreachable came back for an earlier datagram, reported by the next call.
+        /// ECONNREFUSED: nothing listens there. For a connected UDP ``DatagramSocket``: an ICMP
+        /// port-unreachable came back for an earlier datagram, reported by the next call. For a Unix
+        /// datagram socket: the peer socket is gone (closed), reported by this very send; a connected
+        /// one is disconnected by the kernel then (the next send without a destination is
+        /// ``notConnected``): connect it again once the peer is back.
         case refused
         /// EMSGSIZE: a datagram larger than the protocol allows (65,507 bytes of UDP over IPv4) or than
-        /// the socket's send buffer; nothing was sent.
+        /// the socket's send buffer; nothing was sent. For a connected UDP ``DatagramSocket`` it can
+        /// also be an ICMP "fragmentation needed" (ICMPv6 "packet too big") for an earlier datagram
+        /// sent with don't-fragment, Linux's default: reported once by the next call, as ``refused``
+        /// is; the kernel has lowered the path MTU, and smaller datagrams go through.
         case messageTooLarge
         /// ECONNABORTED, ETIMEDOUT: the connection was aborted (by keep-alive, or before accept).
         case aborted
         /// EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or kernel memory. Back off; retry later.
         case resourceExhausted
-        /// EADDRINUSE: the address is taken (for a Unix path: a live listener is there).
+        /// EADDRINUSE: the address is taken. For a Unix path: a socket is there, live (a listener's bind
+        /// removes a stale one first), or any socket file for a datagram socket's bind, which removes
+        /// nothing; a file that is not a socket is ``pathNotSocket``.
         case addressInUse
         /// EADDRNOTAVAIL: the address is not local.
         case addressUnavailable

@@ -65,6 +65,21 @@ enum NetSys {
     }
 }
 
+extension SocketError {
+    /// A failed bind(2) of `address`: EADDRINUSE on a Unix path that holds a file which is not a
+    /// socket (a regular file, a directory, a symbolic link) is ``Kind/pathNotSocket``, for every
+    /// kind of socket, as a listener's bind says; otherwise the errno's kind.
+    static func bindFailure(_ code: CInt, _ address: SocketAddress) -> SocketError {
+        if code == EADDRINUSE, let path = address.filesystemPath {
+            var st = stat()
+            if lstat(path, &st) == 0, st.st_mode & S_IFMT != S_IFSOCK {
+                return SocketError(.pathNotSocket, operation: "bind \(address.unixPath ?? "\(address)")")
+            }
+        }
+        return SocketError(errno: code, operation: "bind \(address)")
+    }
+}
+
 /// The Unix-domain path a socket bound (its file's device and inode read right after the bind): it is
 /// unlinked on close only while it is still that file, and only by the process that bound it. An
 /// operator's `rm`, or another process that bound the same path since, keeps what is now there (Go's
@@ -80,10 +95,22 @@ struct BoundPath: Sendable {
 
     /// The path `fd`'s address names, if it is a filesystem path (not abstract, not nameless) and it is
     /// a socket now.
+    ///
+    /// A relative path is kept with the working directory of the bind before it (the directory the
+    /// kernel resolved it in): a `chdir` between the bind and the close (a daemon's `chdir("/")`)
+    /// would otherwise look for it elsewhere, find nothing, and leave the socket file behind (Go's
+    /// TestUnixUnlink; the inode check below still guards another file on that path).
     init?(_ address: SocketAddress) {
-        guard let path = address.filesystemPath else { return nil }
+        guard let given = address.filesystemPath else { return nil }
         var st = stat()
-        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        guard lstat(given, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        var path = given
+        if given.first != CChar(UInt8(ascii: "/")) {
+            var directory = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            if getcwd(&directory, directory.count) != nil {
+                path = Array(directory.prefix { $0 != 0 }) + [CChar(UInt8(ascii: "/"))] + given
+            }
+        }
         self.path = path
         device = UInt(truncatingIfNeeded: st.st_dev)
         inode = UInt(truncatingIfNeeded: st.st_ino)
