@@ -81,9 +81,21 @@ public struct ServerService: Service {
         }
         // Stop accepting; the connections get the grace period, then their tasks are cancelled.
         for listener in listeners { await listener.close() }
-        // A loop's sleep takes any Duration (saturated); a shut-down loop ends it at once.
+        // Timed on the first loop that still runs, to one end (`Deadline.after` saturates any
+        // Duration): a loop whose poller failed ended by itself while the others went on serving,
+        // and its sleep fails at once, which took the other loops' connections their whole grace
+        // period; a loop that ends during the grace period leaves the next one only what is left of
+        // it. Only the deadline task's cancellation (serving ended) ends the wait early.
+        let end = Deadline.after(gracePeriod)
         let deadline = Task {
-            try? await group.loops[0].sleep(for: gracePeriod)
+            for loop in group.loops {
+                do throws(LoopError) {
+                    try await loop.sleep(until: end)
+                    break
+                } catch {
+                    if case .cancelled = error { return }
+                }
+            }
             serving.cancel()
         }
         _ = await withTaskCancellationHandler {

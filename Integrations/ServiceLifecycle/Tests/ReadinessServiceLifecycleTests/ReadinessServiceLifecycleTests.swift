@@ -128,4 +128,73 @@ struct ReadinessServiceLifecycleTests {
         await #expect(throws: LoopError.self) { try await services.run() }
         await group.shutdown()
     }
+
+    /// A poller whose waits fail once told to: its loop ends by itself, as a loop whose kernel wait
+    /// fails for good does, while the group's other loops go on.
+    final class FailingPoller: Poller {
+        /// Shared between the test and the loop thread.
+        final class Switch: Sendable {
+            let on = Atomic<Bool>(false)
+        }
+        let inner: any Poller
+        let failing: Switch
+        init(_ inner: any Poller, failing: Switch) {
+            self.inner = inner
+            self.failing = failing
+        }
+        var capabilities: Capabilities { inner.capabilities }
+        var waker: Waker { inner.waker }
+        func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.register(fd, token: token, interest: interest, trigger: trigger)
+        }
+        func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+        }
+        func deregister(_ fd: CInt) throws(PollerError) { try inner.deregister(fd) }
+        func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+            if failing.on.load(ordering: .acquiring) { throw .system(operation: "epoll_wait", errno: 5) }
+            return try inner.wait(into: events, timeout: timeout)
+        }
+        func close() throws(PollerError) { try inner.close() }
+    }
+
+    /// The grace period was timed on the group's first loop: when that loop had ended on its own
+    /// (its poller failed) while the other loops served on, its sleep failed at once and every
+    /// connection of the other loops was cancelled at the graceful shutdown, with no grace at all.
+    @Test("a first loop ended by its poller leaves the other loops' connections their grace period",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func graceSurvivesEndedFirstLoop(backend: Backend) async throws {
+        let made = Atomic<Int>(0)
+        let failing = FailingPoller.Switch(), never = FailingPoller.Switch()
+        let group = try EventLoopGroup(count: 2) { () throws(PollerError) -> any Poller in
+            // The first loop's poller is the one that fails.
+            FailingPoller(try backend.makePoller(), failing: made.wrappingAdd(1, ordering: .relaxed).oldValue == 0 ? failing : never)
+        }
+        let clientLoop = try EventLoop(backend: backend)
+        let address = try await Self.freeAddress(clientLoop)
+        let answered = Atomic<Int>(0)
+        let server = ServerService(group: group, address: address, gracePeriod: .seconds(10)) { socket in
+            guard let bytes = try? await socket.read(upTo: 64, timeout: .seconds(5)), !bytes.isEmpty else { return }
+            // The request in flight: a cancelled task stops here and answers nothing.
+            guard (try? await socket.loop.sleep(for: .milliseconds(300))) != nil else { return }
+            if (try? await socket.write(bytes, timeout: .seconds(5))) != nil { answered.add(1, ordering: .relaxed) }
+        }
+        let services = ServiceGroup(services: [EventLoopGroupService(group: group), server], logger: Self.logger)
+        let running = Task { try await services.run() }
+        let probe = try await Self.connect(clientLoop, address)   // serving has begun
+        await probe.close()
+        failing.on.store(true, ordering: .releasing)
+        await Task(executorPreference: group.loops[0]) {}.value   // wakes loop 0, whose next wait fails
+        await group.loops[0].shutdown()   // returns once it ended and closed what it held
+        // Loop 0's listener went with it: the kernel hands new connections to loop 1's.
+        let client = try await Self.connect(clientLoop, address)
+        try await client.write(Array("ping".utf8))
+        try await clientLoop.sleep(for: .milliseconds(50))
+        await services.triggerGracefulShutdown()
+        #expect(try await client.read(upTo: 64, timeout: .seconds(5)) == Array("ping".utf8), "\(backend)")
+        #expect(answered.load(ordering: .relaxed) == 1, "\(backend)")
+        await client.close()
+        _ = try? await running.value
+        await clientLoop.shutdown()
+    }
 }
