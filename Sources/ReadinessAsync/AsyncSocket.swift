@@ -8,8 +8,9 @@ import ReadinessNet
 ///
 /// - One task may wait to read and one to write at a time; a second waiter in the same direction
 ///   fails with ``LoopError/busy``.
-/// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``,
-///   and every later operation fails with ``LoopError/closed``. ``EventLoop/shutdown()`` closes it too.
+/// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``
+///   (on io_uring's completion driver a write whose every byte the kernel had sent by then returns
+///   normally), and every later operation fails with ``LoopError/closed``. ``EventLoop/shutdown()`` closes it too.
 /// - A deadline (`timeout`) bounds the whole operation; cancelling the task ends a wait with
 ///   ``LoopError/cancelled`` (the socket stays open: it is not the operation's).
 ///

@@ -1,0 +1,277 @@
+import Glibc
+@_spi(Backend) import Readiness
+@testable import ReadinessAsync
+import Synchronization
+import Testing
+
+/// Scenarios from the peers' test suites and the outside readers of stop 51.
+@Suite("Peer scenarios 20", .serialized)
+struct PeerScenarioTests20 {
+    // MARK: the poller's failure, reported by every late caller (SwiftNIO EventLoopTest)
+
+    /// A loop ended by its poller's failure reports that failure to operations that reach it later
+    /// from another task, not `.shutdown`: the job of an operation from off the loop runs where the
+    /// ended loop's jobs run, and that path said `.shutdown` (as did a `signals()` call that met the
+    /// loop's end between its first check and its registration).
+    @Test("operations arriving after a poller failure ended the loop report that failure", .timeLimit(.minutes(1)),
+          arguments: Backend.available)
+    func lateOperationsReportPollerFailure(backend: Backend) async throws {
+        let failing = FailingWaitPoller.Switch()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            FailingWaitPoller(try backend.makePoller(), failing: failing)
+        }
+        try await loop.sleep(for: .milliseconds(5))
+        failing.on.store(true, ordering: .releasing)
+        await Task(executorPreference: loop) {}.value   // wakes the loop, whose next wait fails
+        while loop.stopError == nil { try await Task.sleep(for: .milliseconds(1)) }
+        await loop.shutdown()
+        let expected = LoopError.poller(.system(operation: "epoll_wait", errno: EIO))
+        var errors: [LoopError?] = []
+        do throws(LoopError) { try await loop.sleep(for: .milliseconds(1)); errors.append(nil) } catch { errors.append(error) }
+        do throws(LoopError) { _ = try await loop.capabilities(); errors.append(nil) } catch { errors.append(error) }
+        let address = try SocketAddress(ip: "127.0.0.1", port: 9)
+        do throws(LoopError) {
+            let socket = try await loop.connect(to: address, timeout: .seconds(1))
+            await socket.close()
+            errors.append(nil)
+        } catch {
+            errors.append(error)
+        }
+        #expect(errors == [expected, expected, expected], "\(backend)")
+    }
+}
+
+extension PeerScenarioTests20 {
+    // MARK: Unix-domain paths (libuv test-pipe-bind-error, Go TestUnixUnlink, CPython AF_UNIX tests)
+
+    /// A stale socket file this process may not connect to (another user's: connect(2) needs write
+    /// permission on the file, and the kernel checks it before it looks for a listener) was reported
+    /// as `addressInUse`, which says a listener is there. The probe's own failure is thrown as it is.
+    @Test("a stale Unix socket file the probe may not connect to is permissionDenied, not addressInUse; it is left in place")
+    func staleProbeWithoutPermission() throws {
+        guard geteuid() == 0, let symbol = dlsym(nil, "setfsuid") else {
+            print("staleProbeWithoutPermission: measured nothing (needs root to play another user with setfsuid)")
+            return
+        }
+        typealias SetFSUID = @convention(c) (UInt32) -> CInt
+        let setfsuid = unsafeBitCast(symbol, to: SetFSUID.self)
+        // A directory anyone may search (a checkout under /root may not be): the bind reaches the
+        // file, and the probe's connect is what meets the permission.
+        let directory = try Self.temporaryDirectory()
+        chmod(directory, 0o755)
+        let path = directory + "/noperm.sock"
+        defer { unlink(path); rmdir(directory) }
+        let address = try SocketAddress(unixPath: path)
+        let old = try Listener(bind: address)
+        Glibc.close(old.release())   // nobody listens; the file stays, root's
+        #expect(chmod(path, 0o755) == 0)
+        enum Outcome: Equatable { case bound, failed(SocketError.Kind), notAnotherUser }
+        let outcome = Mutex<Outcome?>(nil)
+        // setfsuid is per thread (glibc does not broadcast it): this thread alone plays "nobody".
+        let join = spawn {
+            _ = setfsuid(65_534)
+            defer { _ = setfsuid(0) }
+            // setfsuid says nothing when it fails (no CAP_SETUID, an unmapped uid): asked again with
+            // an invalid id, it returns the one in force.
+            guard setfsuid(UInt32.max) == 65_534 else { return outcome.withLock { $0 = .notAnotherUser } }
+            do throws(SocketError) {
+                let listener = try Listener(bind: address)
+                listener.close()
+                outcome.withLock { $0 = .bound }
+            } catch {
+                outcome.withLock { $0 = .failed(error.kind) }
+            }
+        }
+        join()
+        if outcome.withLock({ $0 }) == .notAnotherUser {
+            print("staleProbeWithoutPermission: measured nothing (setfsuid could not play another user here)")
+            return
+        }
+        #expect(outcome.withLock { $0 } == .failed(.permissionDenied))   // before: .addressInUse
+        var st = stat()
+        #expect(lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK)   // not removed
+    }
+
+    /// A new directory under /tmp.
+    static func temporaryDirectory() throws -> String {
+        var template = Array("/tmp/readiness-test-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        try #require(made != nil)
+        return String(cString: template)
+    }
+
+    /// A socket bound to a relative path, closed after the working directory changed, looked for its
+    /// file in the new directory, found nothing and left it behind; a datagram socket (which removes
+    /// no stale file) could not bind that path again. The directory changes on a thread of the test's
+    /// own with a working directory of its own (`unshare(CLONE_FS)`): the process's stays where it is
+    /// for tests running beside it.
+    @Test("close unlinks a relative Unix path bound before a chdir (listener and datagram socket)",
+          arguments: [false, true])
+    func relativePathUnlinkedAfterChdir(datagram: Bool) throws {
+        guard let symbol = dlsym(nil, "unshare") else {   // RTLD_DEFAULT (glibc: NULL)
+            print("relativePathUnlinkedAfterChdir: measured nothing (no unshare)")
+            return
+        }
+        typealias Unshare = @convention(c) (CInt) -> CInt
+        let unshare = unsafeBitCast(symbol, to: Unshare.self)
+        let directory = try Self.temporaryDirectory()
+        defer {
+            unlink(directory + "/rel.sock")
+            rmdir(directory)
+        }
+        let address = try SocketAddress(unixPath: "rel.sock")
+        let report = Mutex<[String]>([])
+        let join = spawn {
+            let cloneFS: CInt = 0x0000_0200   // CLONE_FS: this thread's working directory is its own
+            guard unshare(cloneFS) == 0, chdir(directory) == 0 else {
+                return report.withLock { $0.append("setup: errno \(errno)") }
+            }
+            do throws(SocketError) {
+                let close: () -> Void
+                if datagram {
+                    let socket = try DatagramSocket(bind: address)
+                    close = { socket.close() }
+                } else {
+                    let listener = try Listener(bind: address)
+                    close = { listener.close() }
+                }
+                _ = chdir("/")
+                close()
+                var st = stat()
+                if lstat(directory + "/rel.sock", &st) == 0 { report.withLock { $0.append("left behind") } }
+                _ = chdir(directory)
+                if datagram { try DatagramSocket(bind: address).close() }   // before: addressInUse
+            } catch {
+                report.withLock { $0.append("\(error)") }
+            }
+        }
+        join()
+        #expect(report.withLock { $0 }.isEmpty, "datagram: \(datagram)")
+    }
+
+    /// A datagram socket's bind over a path that holds a regular file said `addressInUse`, a
+    /// listener's `pathNotSocket`: the same mistake, two kinds, one contradicting its own doc.
+    @Test("a Unix bind over a file that is not a socket is pathNotSocket for datagram sockets as for listeners")
+    func datagramBindOverFile() throws {
+        let path = tempPath("file")
+        let fd = open(path, O_CREAT | O_WRONLY, 0o600)
+        try #require(fd >= 0)
+        Glibc.close(fd)
+        defer { unlink(path) }
+        let address = try SocketAddress(unixPath: path)
+        for datagram in [true, false] {
+            do throws(SocketError) {
+                if datagram { try DatagramSocket(bind: address).close() } else { try Listener(bind: address).close() }
+                Issue.record("bound over a regular file (datagram: \(datagram))")
+            } catch {
+                #expect(error.kind == .pathNotSocket, "datagram: \(datagram)")   // datagram before: .addressInUse
+            }
+        }
+        var st = stat()
+        #expect(lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFREG)   // untouched
+    }
+
+    /// What Docs/Sockets.md now says of a Unix datagram socket whose peer socket is gone: the send
+    /// itself is refused, the kernel disconnects it, and what was queued for it is gone (tokio's
+    /// uds_datagram tests; the docs said the refusal came with the next call and kept the peer).
+    @Test("a connected Unix datagram socket whose peer closed: refused at once, then not connected, its queue dropped")
+    func unixDatagramPeerGone() throws {
+        let serverPath = tempPath("dgram-srv"), clientPath = tempPath("dgram-cli")
+        defer { unlink(serverPath); unlink(clientPath) }
+        let server = try DatagramSocket(bind: try SocketAddress(unixPath: serverPath))
+        let client = try DatagramSocket(connectedTo: try SocketAddress(unixPath: serverPath),
+                                        from: try SocketAddress(unixPath: clientPath))
+        defer { client.close() }
+        #expect(try server.send([7], to: try SocketAddress(unixPath: clientPath)) == .transferred(1))
+        server.close()
+        #expect(throws: SocketError.self) { _ = try client.send([1], from: 0) }
+        do throws(SocketError) { _ = try client.send([1], from: 0) } catch { #expect(error.kind == .notConnected) }
+        #expect(client.peerAddress == nil)
+        var buffer = [UInt8](repeating: 0, count: 8)
+        #expect(try client.receive(into: &buffer) == .wouldBlock)   // the byte the server sent is gone
+    }
+
+    // MARK: multicast (mio udp_socket multicast, libuv udp-multicast-join6)
+
+    /// A scoped IPv6 group's zone was ignored by joinMulticast with no index: the kernel joined on the
+    /// interface its route picks (here eth0 for ff02::/16), not the zone's, though a send to the same
+    /// address goes out on the zone's interface.
+    @Test("joinMulticast with no index joins a scoped IPv6 group on its zone's interface; another index is refused")
+    func joinUsesZone() throws {
+        let lo = try #require(DatagramSocket.interfaceIndex(named: "lo"))
+        let receiver = try DatagramSocket(bind: try SocketAddress("[::]:0"))
+        defer { receiver.close() }
+        let group = try SocketAddress("[ff02::1:3%\(lo)]:0")
+        do {
+            try receiver.joinMulticast(try SocketAddress("[ff02::1:3]:0"), interface: lo)
+            try receiver.leaveMulticast(try SocketAddress("[ff02::1:3]:0"), interface: lo)
+        } catch {
+            print("joinUsesZone: measured nothing (lo takes no IPv6 multicast here: \(error))")
+            return
+        }
+        try receiver.joinMulticast(group)
+        let rows = try read("/proc/self/net/igmp6").split(separator: "\n")
+        let joined = rows.filter { $0.contains("ff020000000000000000000000010003") }
+            .compactMap { $0.split(separator: " ").first.flatMap { UInt32($0) } }
+        #expect(joined.contains(lo), "joined on interfaces \(joined)")
+        try receiver.leaveMulticast(group)
+        // Another interface than the zone's (one that exists: a missing index is refused anyway).
+        var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        guard let other = (1...64).map(UInt32.init).first(where: { $0 != lo && if_indextoname($0, &name) != nil }) else { return }
+        do throws(SocketError) {
+            try receiver.joinMulticast(group, interface: other)
+            try receiver.leaveMulticast(group, interface: other)
+            Issue.record("a zone and another interface index were both taken")
+        } catch {
+            #expect(error.kind == .invalidArgument && error.operation.contains("zone"), "\(error)")
+        }
+    }
+}
+
+extension PeerScenarioTests20 {
+    /// A poller whose waits fail for want of memory while told to, counting them.
+    final class ShortPoller: ForwardingPoller {
+        /// Shared between the test and the loop thread.
+        final class Switch: Sendable {
+            let short = Atomic<Bool>(false)
+            let failures = Atomic<Int>(0)
+        }
+        let inner: any Poller
+        let control: Switch
+        init(_ inner: any Poller, _ control: Switch) {
+            self.inner = inner
+            self.control = control
+        }
+        var forwarded: any Poller { inner }
+        func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+            if control.short.load(ordering: .acquiring) {
+                control.failures.add(1, ordering: .relaxed)
+                throw .resourceExhausted(operation: "epoll_wait", errno: ENOMEM)
+            }
+            return try inner.wait(into: events, timeout: timeout)
+        }
+    }
+
+    /// A shutdown asked for while the loop paused after a wait failed for want of memory (a shortage
+    /// it waits out for up to a second) was recorded as that shortage: every pending and later
+    /// operation said `.poller(.resourceExhausted)`, a retryable shortage, for a shutdown the user
+    /// asked for (a SIGTERM under memory pressure).
+    @Test("a shutdown during a shortage's pause is a shutdown, not the shortage", .timeLimit(.minutes(1)),
+          arguments: Backend.available)
+    func shutdownDuringShortagePause(backend: Backend) async throws {
+        let poller = ShortPoller.Switch()
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            ShortPoller(try backend.makePoller(), poller)
+        }
+        let pending = Task(executorPreference: loop) { () async -> LoopError? in
+            do throws(LoopError) { try await loop.sleep(for: .seconds(30)); return nil } catch { return error }
+        }
+        try await loop.sleep(for: .milliseconds(5))
+        poller.short.store(true, ordering: .releasing)
+        await Task(executorPreference: loop) {}.value   // wakes the loop, whose next wait fails
+        while poller.failures.load(ordering: .relaxed) < 2 { try await Task.sleep(for: .milliseconds(1)) }
+        await loop.shutdown()   // during the pauses (10 ms each, for a second)
+        #expect(await pending.value == .shutdown, "\(backend)")
+        do throws(LoopError) { try await loop.sleep(for: .milliseconds(1)) } catch { #expect(error == .shutdown, "\(backend)") }
+    }
+}
