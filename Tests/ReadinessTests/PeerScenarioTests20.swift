@@ -275,3 +275,84 @@ extension PeerScenarioTests20 {
         do throws(LoopError) { try await loop.sleep(for: .milliseconds(1)) } catch { #expect(error == .shutdown, "\(backend)") }
     }
 }
+
+extension PeerScenarioTests20 {
+    // MARK: a UDP send with IP_RECVERR and no room (libuv udp-send-unreachable with UV_UDP_LINUX_RECVERR)
+
+    /// On the calling thread: a network namespace of its own with a veth pair (10.9.0.1/24 on one
+    /// end; nobody answers ARP for 10.9.0.77, so datagrams sent there wait in the neighbour's queue,
+    /// holding the socket's send buffer), and in it a UDP socket with a 4 KiB send buffer and
+    /// IP_RECVERR, an ICMP port-unreachable already in its error queue. Its descriptor, or "skip: why".
+    private static func recvErrSocketInOwnNamespace() -> Result<CInt, TestFailure> {
+        typealias Unshare = @convention(c) (CInt) -> CInt
+        let newNetworkNamespace: CInt = 0x4000_0000   // CLONE_NEWNET
+        guard let symbol = dlsym(nil, "unshare") else { return .failure(TestFailure("skip: no unshare")) }
+        let unshare = unsafeBitCast(symbol, to: Unshare.self)
+        guard unshare(newNetworkNamespace) == 0 else { return .failure(TestFailure("skip: unshare(CLONE_NEWNET): errno \(errno)")) }
+        let candidates: [String] = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"]
+        guard let ip = candidates.first(where: { access($0, X_OK) == 0 }) else {
+            return .failure(TestFailure("skip: no ip(8)"))
+        }
+        // A child spawned from this thread is in its namespace.
+        for command in [["link", "set", "lo", "up"], ["link", "add", "rdv0", "type", "veth", "peer", "name", "rdv1"],
+                        ["link", "set", "rdv0", "up"], ["link", "set", "rdv1", "up"], ["addr", "add", "10.9.0.1/24", "dev", "rdv0"]] {
+            guard let child = try? Child([ip] + command), child.wait(seconds: 10) == 0 else {
+                return .failure(TestFailure("skip: ip \(command.joined(separator: " ")) failed"))
+            }
+        }
+        do {
+            var options = DatagramSocket.Options()
+            options.sendBufferSize = 4096
+            let socket = try DatagramSocket(bind: try SocketAddress(ip: "0.0.0.0", port: 0), options: options)
+            var on: CInt = 1
+            guard setsockopt(socket.fd, CInt(IPPROTO_IP), IP_RECVERR, &on, socklen_t(MemoryLayout<CInt>.size)) == 0 else {
+                socket.close()
+                return .failure(TestFailure("skip: IP_RECVERR: errno \(errno)"))
+            }
+            _ = try socket.send([1], to: try SocketAddress(ip: "127.0.0.1", port: 9))   // nobody there: ICMP
+            usleep(50_000)
+            return .success(socket.release())
+        } catch {
+            return .failure(TestFailure("socket: \(error)"))
+        }
+    }
+
+    /// With an ICMP error in its error queue (IP_RECVERR) and its send buffer full, a UDP socket is
+    /// reported POLLERR and not POLLOUT until the buffer drains below half: a send waiting for room
+    /// was woken at once for the error, again and again (each try EAGAIN), for seconds. It pauses now.
+    @Test("a UDP send with an ICMP error queued and no room pauses instead of spinning the loop",
+          .timeLimit(.minutes(1)), arguments: Backend.available)
+    func recvErrSendDoesNotSpin(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let made = Locked<Result<CInt, TestFailure>?>(nil)
+            let join = spawn { made.withLock { $0 = Self.recvErrSocketInOwnNamespace() } }
+            join()
+            let fd: CInt
+            switch try #require(made.withLock { $0 }) {
+            case .success(let descriptor): fd = descriptor
+            case .failure(let why):
+                print("recvErrSendDoesNotSpin: measured nothing (\(why))")
+                return
+            }
+            let socket = try await loop.adoptDatagram(descriptor: fd)
+            let target = try SocketAddress(ip: "10.9.0.77", port: 9)
+            let payload = [UInt8](repeating: 7, count: 1000)
+            var outcome: LoopError?
+            var iterations = 0
+            for _ in 0..<100 {
+                let before = try await loop.statistics().iterations
+                do throws(LoopError) {
+                    try await socket.send(payload, to: target, timeout: .milliseconds(300))
+                } catch {
+                    if case .socket(let refusal) = error, refusal.kind == .refused { continue }   // the ICMP, reported once
+                    outcome = error
+                    iterations = try await loop.statistics().iterations - before
+                    break
+                }
+            }
+            #expect(outcome == .timedOut, "\(backend): \(String(describing: outcome))")
+            #expect(iterations < 500, "\(backend): \(iterations) loop iterations in a 300 ms send")   // before: 6,600 to 9,300
+            await socket.close()
+        }
+    }
+}

@@ -464,8 +464,9 @@ struct ReadinessDriver: IODriver {
     }
 
     /// Whether a datagram socket the poller reported ready, whose attempt still would block, is in one
-    /// of the two states where poll says ready for ever and nothing wakes a waiter when they end (asked
-    /// only then: a system call). A send: a Unix datagram socket sending to a destination it names
+    /// of the states where poll says ready for ever and nothing wakes a waiter when they end (asked
+    /// only then: a system call). A send: an IP socket with an error in its error queue (IP_RECVERR)
+    /// and no room (POLLERR without POLLOUT); a Unix datagram socket sending to a destination it names
     /// (from an unconnected socket, or a connected one naming a destination, which Linux allows; even
     /// its peer's address, which a receiver restarted on the same path now holds): the kernel's poll
     /// checks only a connected sender's own peer's queue, and wakes no other sender when a queue
@@ -477,7 +478,16 @@ struct ReadinessDriver: IODriver {
     /// socket even when it answers ENOTCONN): readable for ever (POLLRDHUP), each receive EAGAIN.
     private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction, _ target: SendTarget) -> Bool {
         if direction == .write {
-            guard socket.family == .unix else { return false }
+            guard socket.family == .unix else {
+                // IP: an ICMP error left in the error queue (IP_RECVERR, which a send never takes)
+                // makes poll report POLLERR, and POLLOUT only once the send buffer drained below half
+                // of it (datagrams held by a neighbour not yet resolved): the wait would wake at once
+                // for the error, again and again, until the buffer drains (libuv's
+                // UV_UDP_LINUX_RECVERR sends; a spin of seconds before).
+                var entry = pollfd(fd: socket.fd, events: Int16(POLLOUT), revents: 0)
+                guard poll(&entry, 1, 0) == 1 else { return false }
+                return entry.revents & Int16(POLLERR) != 0 && entry.revents & Int16(POLLOUT) == 0
+            }
             switch target {
             // A named destination, even the connected peer's address: the socket bound there now may
             // not be the one connected to (a receiver restarted on the same path), whose queue poll
