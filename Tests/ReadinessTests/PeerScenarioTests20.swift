@@ -356,3 +356,31 @@ extension PeerScenarioTests20 {
         }
     }
 }
+
+extension PeerScenarioTests20 {
+    // MARK: a registration found closed lets its file go (mio add_then_drop, CPython test_unregister_after_fd_close)
+
+    /// io_uring kept the poll request of a registration whose number a wait had found closed: the
+    /// request held the socket's file (its peer never saw the close) and each wake-up of the file
+    /// ended a wait with nothing to report, until the deregister. The other backends let it go.
+    @Test("a registration a wait found closed lets its file go: the peer sees the close", .timeLimit(.minutes(1)),
+          arguments: Backend.available)
+    func staleRegistrationReleasesFile(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let (a, b) = try socketPair()
+        defer { close(b) }
+        try poller.register(a, token: 1, interest: .readable)
+        let events = EventBuffer(capacity: 8)
+        #expect(try poller.wait(into: events, timeout: .zero) == 0)   // io_uring: the request is submitted
+        close(a)   // not deregistered
+        var one: UInt8 = 1
+        // Wakes the file where a request still holds it (io_uring); EPIPE where it is gone already.
+        _ = send(b, &one, 1, CInt(MSG_NOSIGNAL))
+        #expect(try poller.wait(into: events, timeout: .milliseconds(50)) == 0)   // the re-check: closed
+        _ = try poller.wait(into: events, timeout: .milliseconds(20))
+        var entry = pollfd(fd: b, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 1_000) == 1 && entry.revents & Int16(POLLHUP) != 0, "the file is still held on \(backend)")
+        try? poller.deregister(a)
+    }
+}

@@ -642,10 +642,11 @@ public final class IOUringSeam: BackendSeam {
         guard i < slots.count, slots[i].armID == UInt32(data >> 32) else { return }
         if flags & rd_uring_CQE_F_MORE == 0 { slots[i].inFlight = false }
         guard let registration = table[fd], registration.isActive else {
-            // A fired one-shot whose multishot request is still there: its cancel failed when it
-            // fired (a full submission queue refused it); asked again now (it would hold the file,
-            // and each wake-up of the file would end a wait with nothing to report).
-            if slots[i].inFlight, table[fd]?.trigger == .oneShot { _ = try? disarm(fd) }
+            // A fired one-shot whose multishot request is still there (its cancel failed when it
+            // fired: a full submission queue refused it), or a registration a wait found closed
+            // whose cancel failed then: asked again now (the request would hold the file, and each
+            // wake-up of the file would end a wait with nothing to report).
+            if slots[i].inFlight { _ = try? disarm(fd) }
             return
         }
         if result < 0 {
@@ -714,7 +715,13 @@ public final class IOUringSeam: BackendSeam {
             guard let registration = table[fd] else { continue }
             let revents = UInt32(UInt16(bitPattern: entry.revents))
             if revents & rd_uring_POLLNVAL != 0 {
+                // Closed while registered: the request is cancelled, as the other backends let the
+                // file go (epoll's kernel drops it, poll and select skip the number). Kept, it held the
+                // closed socket's file (its peer never saw the close) and every wake-up of that file
+                // ended a wait with nothing to report (mio's add_then_drop, CPython's
+                // test_unregister_after_fd_close).
                 table.markStale(fd)
+                if slots[Int(fd)].inFlight { _ = try? disarm(fd) }
                 continue
             }
             if revents == 0 {
