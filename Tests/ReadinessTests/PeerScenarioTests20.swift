@@ -384,3 +384,49 @@ extension PeerScenarioTests20 {
         try? poller.deregister(a)
     }
 }
+
+extension PeerScenarioTests20 {
+    // MARK: the io_uring shim against other kernel headers (libuv and liburing carry their own ABI)
+
+    /// The shim took the provided-buffer ring's types and flags from the system's <linux/io_uring.h>:
+    /// headers before Linux 5.19 (Ubuntu 22.04's 5.15) lack them, and since 6.4 (Ubuntu 24.04's 6.8)
+    /// the registration's `pad` is named `flags`, so the package did not build there. This machine's
+    /// header is rewritten both ways and the shim compiled against each.
+    @Test("the io_uring shim compiles against kernel headers of before 5.19 and of 6.4 and later")
+    func shimCompilesAgainstOtherHeaders() throws {
+        let compilers: [String] = ["/usr/bin/cc", "/usr/bin/clang", "/usr/bin/gcc"]
+        guard let compiler = compilers.first(where: { access($0, X_OK) == 0 }),
+              let header = try? read("/usr/include/linux/io_uring.h") else {
+            print("shimCompilesAgainstOtherHeaders: measured nothing (no C compiler or no <linux/io_uring.h>)")
+            return
+        }
+        let root = "/" + String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
+        // 6.4 and later: the registration's `__u16 pad` is `__u16 flags`.
+        let newer = header.split(separator: "\n", omittingEmptySubsequences: false)
+            .map { String($0.contains("__u16") && $0.contains("pad;") ? $0.replacing("pad;", with: "flags;") : $0) }
+            .joined(separator: "\n")
+        // Before 5.19: no provided-buffer ring types, no multishot accept, no CANCEL_ANY.
+        var older = header
+        for type in ["io_uring_buf_ring", "io_uring_buf_reg", "io_uring_buf"] {
+            older = older.replacing(try Regex("struct \(type) \\{.*?\\n\\};\\n").dotMatchesNewlines(), with: "")
+        }
+        for name in ["IORING_ACCEPT_MULTISHOT", "IORING_ASYNC_CANCEL_ANY", "IORING_REGISTER_PBUF_RING", "IORING_UNREGISTER_PBUF_RING"] {
+            older = older.replacing(try Regex(".*\\b\(name)\\b.*\\n"), with: "")
+        }
+        #expect(older.contains("struct io_uring_sqe") && !older.contains("IORING_ACCEPT_MULTISHOT") && newer.contains("flags;"))
+        for (name, text) in [("newer", newer), ("older", older)] {
+            let directory = try Self.temporaryDirectory()
+            defer { unlink(directory + "/linux/io_uring.h"); rmdir(directory + "/linux"); rmdir(directory) }
+            mkdir(directory + "/linux", 0o755)
+            let fd = open(directory + "/linux/io_uring.h", O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+            try #require(fd >= 0)
+            let bytes = Array(text.utf8)
+            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+            let child = try Child([compiler, "-fsyntax-only", "-isystem", directory, "-I", root + "/Backends/IOUring/CIOUring/include",
+                                   root + "/Backends/IOUring/CIOUring/shim.c"])
+            let status = child.wait(seconds: 60)
+            #expect(status == 0, "\(name) headers: \(child.output)")
+        }
+    }
+}

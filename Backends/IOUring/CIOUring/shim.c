@@ -15,6 +15,12 @@
 
 const uint32_t rd_uring_POLLIN = POLLIN, rd_uring_POLLOUT = POLLOUT, rd_uring_POLLRDHUP = POLLRDHUP,
     rd_uring_POLLHUP = POLLHUP, rd_uring_POLLERR = POLLERR, rd_uring_POLLNVAL = POLLNVAL;
+#ifndef IORING_CQE_F_MORE
+#define IORING_CQE_F_MORE (1U << 1)
+#endif
+#ifndef IORING_POLL_ADD_MULTI
+#define IORING_POLL_ADD_MULTI (1U << 0)
+#endif
 const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
 #ifndef IORING_CQE_F_BUF_MORE
 #define IORING_CQE_F_BUF_MORE (1U << 4)
@@ -44,6 +50,34 @@ const uint32_t rd_uring_CQE_F_BUF_MORE = IORING_CQE_F_BUF_MORE;
 #ifndef IORING_FEAT_RSRC_TAGS
 #define IORING_FEAT_RSRC_TAGS (1U << 10)
 #endif
+#ifndef IORING_ACCEPT_MULTISHOT
+#define IORING_ACCEPT_MULTISHOT (1U << 0)
+#endif
+#ifndef IORING_ASYNC_CANCEL_ANY
+#define IORING_ASYNC_CANCEL_ANY (1U << 2)
+#endif
+#define RD_IORING_REGISTER_PBUF_RING 22
+#define RD_IORING_UNREGISTER_PBUF_RING 23
+
+// The provided-buffer ring's ABI (Linux 5.19), declared here rather than taken from the system's
+// <linux/io_uring.h>: headers before 5.19 lack these types, and since 6.4 the registration's `pad`
+// is named `flags` (a field name either header would refuse to the other). The layout is the
+// kernel's stable uapi: a ring of 16-byte entries whose first entry's last two bytes are the tail.
+struct rd_uring_buf {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t bid;
+    uint16_t resv;   // the ring's tail, in the first entry
+};
+struct rd_uring_buf_reg {
+    uint64_t ring_addr;
+    uint32_t ring_entries;
+    uint16_t bgid;
+    uint16_t flags;   // `pad` before Linux 6.4; IOU_PBUF_RING_INC since 6.12
+    uint64_t resv[3];
+};
+_Static_assert(sizeof(struct rd_uring_buf) == 16, "io_uring_buf is 16 bytes");
+_Static_assert(sizeof(struct rd_uring_buf_reg) == 40, "io_uring_buf_reg is 40 bytes");
 
 struct rd_uring {
     int fd;
@@ -476,7 +510,7 @@ int rd_uring_cancel_all(struct rd_uring *r, uint64_t user_data) {
 }
 
 struct rd_uring_buffers {
-    struct io_uring_buf_ring *ring;
+    struct rd_uring_buf *ring;   // `count` entries; the tail is the first entry's `resv`
     size_t ring_size;
     unsigned char *memory;
     size_t memory_size;
@@ -490,7 +524,7 @@ int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count
     if (count == 0 || (count & (count - 1)) != 0 || count > 32768) return -EINVAL;
     struct rd_uring_buffers *b = calloc(1, sizeof *b);
     if (!b) return -ENOMEM;
-    b->ring_size = count * sizeof(struct io_uring_buf);
+    b->ring_size = count * sizeof(struct rd_uring_buf);
     void *ring = mmap(NULL, b->ring_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (ring == MAP_FAILED) {
         free(b);
@@ -511,13 +545,13 @@ int rd_uring_buffers_register(struct rd_uring *r, uint16_t group, uint32_t count
     b->mask = count - 1;
     b->group = group;
     int e = enable(r);
-    struct io_uring_buf_reg reg;
+    struct rd_uring_buf_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)ring;
     reg.ring_entries = count;
     reg.bgid = group;
-    reg.pad = incremental ? IOU_PBUF_RING_INC : 0;  // `flags` in newer headers
-    if (e == 0 && syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) != 0) e = -errno;
+    reg.flags = incremental ? IOU_PBUF_RING_INC : 0;
+    if (e == 0 && syscall(__NR_io_uring_register, r->fd, RD_IORING_REGISTER_PBUF_RING, &reg, 1) != 0) e = -errno;
     if (e < 0) {
         munmap(memory, b->memory_size);
         munmap(ring, b->ring_size);
@@ -533,13 +567,13 @@ void rd_uring_buffers_give_back(struct rd_uring_buffers *b, uint16_t id) {
     // An id this ring never handed out would publish an address past its memory (a caller's
     // mistake through the SPI): ignored.
     if (id >= b->count) return;
-    struct io_uring_buf *entry = &b->ring->bufs[b->tail & b->mask];
+    struct rd_uring_buf *entry = &b->ring[b->tail & b->mask];
     entry->addr = (uint64_t)(uintptr_t)(b->memory + (size_t)id * b->size);
     entry->len = b->size;
     entry->bid = id;
     b->tail++;
     // Release: the entry before the tail that publishes it.
-    __atomic_store_n(&b->ring->tail, b->tail, __ATOMIC_RELEASE);
+    __atomic_store_n(&b->ring[0].resv, b->tail, __ATOMIC_RELEASE);
 }
 
 void *rd_uring_buffers_address(const struct rd_uring_buffers *b, uint16_t id) {
@@ -550,10 +584,10 @@ void *rd_uring_buffers_address(const struct rd_uring_buffers *b, uint16_t id) {
 void rd_uring_buffers_free(struct rd_uring *r, struct rd_uring_buffers *b) {
     if (!b) return;
     if (r) {
-        struct io_uring_buf_reg reg;
+        struct rd_uring_buf_reg reg;
         memset(&reg, 0, sizeof reg);
         reg.bgid = b->group;
-        syscall(__NR_io_uring_register, r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+        syscall(__NR_io_uring_register, r->fd, RD_IORING_UNREGISTER_PBUF_RING, &reg, 1);
     }
     munmap(b->memory, b->memory_size);
     munmap(b->ring, b->ring_size);
