@@ -94,6 +94,11 @@ public final class LibeventSeam: BackendSeam {
     /// A registration was revived on a number that names another file now: the old file, if it
     /// lingers, would be reported under the revived registration, so the next wait rebuilds first.
     private var reinitBeforeNextPass = false
+    /// A rebuild found no descriptor for a new base (a multithreaded process out of descriptors): it
+    /// is asked again by the spin check (a pass of at least a millisecond) or after 20 quiet passes,
+    /// not by the suspects' count before every wait, each try costing a scan of the registrations
+    /// and of the low numbers.
+    private var rebuildDeferred = false
     /// While there are suspects, a pass lasts at most this long and its CPU time is measured: a pass
     /// that burned most of it spun on a lingering file.
     private static let spinCheckMicroseconds: Int64 = 5_000
@@ -340,6 +345,7 @@ public final class LibeventSeam: BackendSeam {
                 suspects = max(suspects, 1)
                 cleanPasses = 0
                 reinitBeforeNextPass = false
+                rebuildDeferred = true
                 return
             }
             candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd)).filter { table[$0]?.isActive != true }
@@ -350,6 +356,7 @@ public final class LibeventSeam: BackendSeam {
         suspectNumbers.removeAll(keepingCapacity: true)
         cleanPasses = 0
         reinitBeforeNextPass = false
+        rebuildDeferred = false
         let failed = result != 0
         ownFiles = LibeventFiles.find(among: candidates, waker: waker.fd)
         if failed, rd_lev_is_broken(lev) != 0 { throw .failed("event_reinit", errno: e) }
@@ -358,7 +365,7 @@ public final class LibeventSeam: BackendSeam {
     /// One libevent loop pass of at most `timeout` (see `BackendSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
-        if reinitBeforeNextPass || (suspects > 0 && suspects >= max(Self.minimumSuspectsBeforeReinit, regs.count / 8)) {
+        if reinitBeforeNextPass || (!rebuildDeferred && suspects > 0 && suspects >= max(Self.minimumSuspectsBeforeReinit, regs.count / 8)) {
             try reinit(&table)
         }
         epoch &+= 1
@@ -379,7 +386,9 @@ public final class LibeventSeam: BackendSeam {
                 // Nothing for us, and the pass ended by its timer: if it burned at least half of it
                 // on CPU, a lingering file made it spin. Rebuild and let the wait loop go on with the
                 // time left; a quiet pass counts towards the rebuild that clears the suspects anyway.
-                if rd_lev_last_loop_cpu_ns(lev) * 2 >= microseconds * 1000 {
+                // (While a rebuild is deferred, only a pass long enough to tell: a pass of a few
+                // microseconds is mostly the call's own CPU.)
+                if rd_lev_last_loop_cpu_ns(lev) * 2 >= microseconds * 1000, !rebuildDeferred || microseconds >= 1_000 {
                     try reinit(&table)
                     return .interrupted
                 }
