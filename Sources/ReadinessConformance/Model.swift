@@ -124,6 +124,10 @@ public struct Requirement: Sendable {
     public static let selectLimit = Requirement("needs a backend limited to FD_SETSIZE (1024)") { $0.maxDescriptor == 1_023 }
     /// Room for the descriptor the scenario makes (1,500 or more).
     public static let noSmallLimit = Requirement("needs a backend that holds descriptors of 1500 and more") { $0.maxDescriptor >= 1_600 }
+    /// No declared limit at all (`maxDescriptor == CInt.max`): any number is checked as a descriptor.
+    public static let noDescriptorLimit = Requirement("needs a backend without a descriptor limit (maxDescriptor CInt.max)") { $0.maxDescriptor == CInt.max }
+    /// A finite declared limit, which the backend must enforce (rule 3).
+    public static let declaredLimit = Requirement("needs a backend with a declared descriptor limit") { $0.maxDescriptor < CInt.max }
 }
 
 /// Something a scenario's steps work on, set up before the first step and torn down after the last.

@@ -263,6 +263,21 @@ final class ScenarioRun {
             }
         case .registerBadArguments(let e, let token, let interest):
             return registering(fd(e), Token(token)) { () throws(PollerError) in try livePoller().register(fd(e), token: Token(token), interest: interest, trigger: .level) }
+        case .registerAboveLimit(let token):
+            let limit: CInt
+            do { limit = try livePoller().capabilities.maxDescriptor } catch { return .error(error.caseName) }
+            guard limit < CInt.max else { return .note("no declared limit to go above") }
+            let number = limit &+ 1
+            do {
+                try livePoller().register(number, token: Token(token), interest: .readable, trigger: .level)
+                registeredTokens[number] = Token(token)
+                return .ok
+            } catch {
+                if case .descriptorTooLarge(let fd, let said) = error, fd == number, said == number {
+                    return .error("descriptorTooLarge(declared limit)")
+                }
+                return .error(error.caseName)
+            }
         // I/O goes only to open endpoints: a closed endpoint's number may name anything by now.
         case .write(let e, let bytes):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
@@ -275,6 +290,11 @@ final class ScenarioRun {
             var rounds = 0
             while write(fd, chunk, chunk.count) > 0 && rounds < 4096 { rounds += 1 }
             return .ok
+        case .writeUrgent(let e):
+            guard let fd = endpoints[e] else { return Self.closedEndpoint }
+            var byte: UInt8 = 0x21
+            let n = send(fd, &byte, 1, CInt(MSG_OOB) | CInt(MSG_NOSIGNAL))
+            return n == 1 ? .ok : .note("send(MSG_OOB) returned \(n) (\(ErrnoTable.name(errno)))")
         case .drain(let e):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
             var chunk = [UInt8](repeating: 0, count: 65536)

@@ -170,6 +170,11 @@ extension Conformance {
                  requires: [.edgeTriggered], [
             write("b"), reg("a", 1, .readable, .edge), wait(soon, ev((1, .readable))), wait(now, .none),
         ]),
+        Scenario("edge/writable-once-per-change", checks: "An edge registration for writing reports room once, not while it lasts, and once more when the buffer that filled has drained.", fixtures: pair,
+                 requires: [.edgeTriggered], [
+            reg("a", 1, .writable, .edge), wait(soon, ev((1, .writable))), wait(now, .none),
+            line(.fill("a")), wait(now, .none), line(.drain("b")), wait(soon, ev((1, .writable))), wait(now, .none),
+        ]),
         Scenario("edge/hangup-once", checks: "An edge registration reports the peer's hang-up once, not on every wait.", fixtures: pair,
                  requires: [.edgeTriggered], [
             reg("a", 1, .readable, .edge), line(.close("b")), wait(soon, ev((1, [.readable, .readClosed, .hangup]))), wait(now, .none),
@@ -210,6 +215,13 @@ extension Conformance {
         ]),
         Scenario("hangup/pipe-reader-closed", checks: "A pipe whose reader is gone is writable with an error (EPIPE).", fixtures: [.pipe(read: "r", write: "w")], [
             reg("w", 1, .writable), line(.close("r")), wait(soon, ev((1, [.writable, .error]))),
+        ]),
+        Scenario("hangup/pipe-reader-closed-full", checks: "A full pipe whose reader is gone wakes its writer: the kernel says error without room (POLLERR, no POLLOUT), and an error always wakes the direction asked for (a backend that gives errors to readers only leaves the writer asleep).", fixtures: [.pipe(read: "r", write: "w")], [
+            reg("w", 1, .writable), line(.fill("w")), wait(now, .none), line(.close("r")), wait(soon, ev((1, [.writable, .error]))),
+        ]),
+        Scenario("readiness/urgent-alone-quiet", checks: "TCP urgent data alone wakes no registration (Contract: no priority interest; Linux does not count an urgent byte at the read position as readable), and without spinning; ordinary data after it does.", fixtures: [.tcpPair(client: "c", server: "s")], [
+            reg("s", 1, .readable), line(.writeUrgent("c")), line(.waitTimed(.milliseconds(30)), quiet),
+            write("c"), wait(soon, ev((1, .readable))),
         ]),
     ]
 
@@ -266,10 +278,15 @@ extension Conformance {
             reg("big", 1, .readable, .level, err("descriptorTooLarge(limit: 1024)")), write("b"), wait(now, .none),
             line(.registerNumber(.max, token: 2, interest: .readable), err("descriptorTooLarge(limit: 1024)")),
         ]),
-        Scenario("limit/huge-number", checks: "Numbers far above any open descriptor (2^20, CInt.max) are refused with badDescriptor before any change, as a just-closed one is.",
-                 requires: [.noSmallLimit], [
+        Scenario("limit/huge-number", checks: "Numbers far above any open descriptor (2^20, CInt.max) are refused with badDescriptor before any change, as a just-closed one is (a backend with no declared limit; one with a limit refuses them as too large: limit/declared-limit).",
+                 requires: [.noDescriptorLimit], [
             line(.registerNumber(1 << 20, token: 1, interest: .readable), err("badDescriptor")),
             line(.registerNumber(.max, token: 2, interest: .both), err("badDescriptor")), wait(now, .none),
+        ]),
+        Scenario("limit/declared-limit", checks: "A backend with a declared descriptor limit enforces it: the number just above it is descriptorTooLarge naming the limit, before anything else is looked at (rule 3; nothing is open there), and the poller goes on.",
+                 fixtures: pair, requires: [.declaredLimit], [
+            line(.registerAboveLimit(token: 1), err("descriptorTooLarge(declared limit)")), wait(now, .none),
+            reg("a", 2, .readable), write("b"), wait(soon, ev((2, .readable))),
         ]),
         Scenario("limit/large-descriptor", checks: "Backends without select's limit accept and report a descriptor above 1024.", fixtures: pair,
                  requires: [.noSmallLimit], [
@@ -487,6 +504,15 @@ extension Conformance {
                  fixtures: [.childProcess("p", release: "x")], [
             reg("p", 1, .readable), wait(now, .none), write("x"), wait(soon, ev((1, .readable))), wait(now, ev((1, .readable))),
             line(.deregister("p")), wait(now, .none),
+        ]),
+        Scenario("misuse/register-order", checks: "register checks in the contract's order (Contract.md, Misuse), before any backend call: a negative number before the token, the token before the interest, the interest (bits other than readable and writable too) before whether the descriptor is registered.", fixtures: pair, [
+            reg("a", 1, .readable),
+            line(.registerNumber(-1, token: .max, interest: []), err("invalidDescriptor")),
+            line(.registerBadArguments("a", token: .max, interest: []), err("reservedToken")),
+            line(.registerBadArguments("a", token: 2, interest: []), err("emptyInterest")),
+            line(.registerBadArguments("a", token: 2, interest: Interest(rawValue: 5)), err("emptyInterest")),
+            line(.registerBadArguments("a", token: 2, interest: .readable), err("alreadyRegistered")),
+            write("b"), wait(soon, ev((1, .readable))),
         ]),
         Scenario("misuse/reregister-order", checks: "reregister checks its arguments before whether the descriptor is registered, as register does.", fixtures: pair, [
             rereg("a", .max, .readable, .level, err("reservedToken")), rereg("a", 1, [], .level, err("emptyInterest")),

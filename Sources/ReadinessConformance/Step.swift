@@ -9,6 +9,12 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case registerNumber(CInt, token: UInt64, interest: Interest)
     /// register() with a reserved token or an empty interest.
     case registerBadArguments(String, token: UInt64, interest: Interest)
+    /// register() of the number just above the backend's declared `maxDescriptor` (a backend with a
+    /// finite limit; nothing need be open there: the limit is checked before the descriptor). A
+    /// refusal naming that limit is recorded as `descriptorTooLarge(declared limit)`.
+    case registerAboveLimit(token: UInt64)
+    /// Sends one byte of TCP urgent data (`send(MSG_OOB)`).
+    case writeUrgent(String)
     /// register() of the poller's own waker descriptor (refused: the poller holds it).
     case registerWaker(token: UInt64)
     /// Writes `bytes` bytes.
@@ -122,6 +128,8 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .registerNumber(let fd, let t, let i): "register fd \(fd) token \(t) \(i)"
         case .registerBadArguments(let e, let t, let i): "register \(e) token \(t) interest \(i)"
         case .registerWaker(let t): "register the poller's waker descriptor token \(t)"
+        case .registerAboveLimit(let t): "register the number above the declared limit, token \(t)"
+        case .writeUrgent(let e): "send one byte of urgent data (MSG_OOB) from \(e)"
         case .write(let e, let n): "write \(n) byte\(n == 1 ? "" : "s") to \(e)"
         case .fill(let e): "fill \(e)'s send buffer"
         case .drain(let e): "drain \(e)"

@@ -247,3 +247,123 @@ func readRepositoryFile(_ path: String) throws -> String {
     }
     return text
 }
+
+/// Backends that break one rule of the contract each, as a third party's might: the conformance suite
+/// must fail each on the scenario that checks that rule (an outside reader's mutations: each passed
+/// the whole suite before its scenario was added).
+@Suite("Conformance mutants")
+struct ConformanceMutantTests {
+    /// A poll backend that breaks one rule.
+    final class Mutant: Poller {
+        enum Flaw {
+            /// Says writable only when poll(2) says POLLOUT: an error alone wakes readers only.
+            case errorWakesReadersOnly
+            /// Takes an edge registration for writing as a level one (kqueue's EV_CLEAR on reads only).
+            case edgeWritableIsLevel
+            /// Reports urgent data (POLLPRI) as readable.
+            case urgentIsReadable
+            /// Looks for an earlier registration before checking the arguments.
+            case checksRegisteredFirst
+            /// Declares a limit of 4,095 and does not enforce it.
+            case unenforcedLimit
+        }
+        let inner: any Poller
+        let flaw: Flaw
+        var numbers: [Token: CInt] = [:]
+        var interests: [CInt: Interest] = [:]
+        var closed = false
+        init(_ flaw: Flaw) throws {
+            inner = try flaw == .edgeWritableIsLevel ? EpollSeam.makePoller() : PollSeam.makePoller()
+            self.flaw = flaw
+        }
+        var capabilities: Capabilities {
+            var caps = inner.capabilities
+            if flaw == .unenforcedLimit { caps.maxDescriptor = 4_095 }
+            return caps
+        }
+        var waker: Waker { inner.waker }
+        func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            if flaw == .checksRegisteredFirst, !closed, interests[fd] != nil { throw .alreadyRegistered(fd) }
+            let trigger = flaw == .edgeWritableIsLevel && interest == .writable ? .level : trigger
+            try inner.register(fd, token: token, interest: interest, trigger: trigger)
+            numbers[token] = fd
+            interests[fd] = interest
+        }
+        func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+            try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+            numbers[token] = fd
+            interests[fd] = interest
+        }
+        func deregister(_ fd: CInt) throws(PollerError) {
+            try inner.deregister(fd)
+            interests[fd] = nil
+        }
+        func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+            let n = try inner.wait(into: events, timeout: timeout)
+            switch flaw {
+            case .errorWakesReadersOnly:
+                let kept = events.compactMap { event -> Event? in
+                    guard event.ready.contains(.writable), let fd = numbers[event.token] else { return event }
+                    var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    guard poll(&entry, 1, 0) == 1, entry.revents & Int16(POLLOUT) == 0 else { return event }
+                    let ready = event.ready.subtracting(.writable)
+                    return ready.intersection([.readable, .writable]).isEmpty ? nil : Event(token: event.token, ready: ready)
+                }
+                events.removeAll()
+                for event in kept { _ = events.append(event) }
+                return events.count
+            case .urgentIsReadable:
+                guard n == 0 else { return n }
+                for (token, fd) in numbers where interests[fd]?.contains(.readable) == true {
+                    var entry = pollfd(fd: fd, events: Int16(POLLPRI), revents: 0)
+                    if poll(&entry, 1, 0) == 1, entry.revents & Int16(POLLPRI) != 0 {
+                        _ = events.append(Event(token: token, ready: .readable))
+                    }
+                }
+                return events.count
+            default:
+                return n
+            }
+        }
+        func close() throws(PollerError) {
+            closed = true
+            try inner.close()
+        }
+    }
+
+    /// The scenarios with `prefix` run on a mutant: which failed.
+    static func failures(_ flaw: Mutant.Flaw, _ prefix: String) -> [String] {
+        let scenarios = Conformance.scenarios.filter { $0.id.hasPrefix(prefix) }
+        return Conformance.run(backend: "\(flaw)", scenarios: scenarios) { try Mutant(flaw) }.failures.map(\.scenario)
+    }
+
+    @Test("an error that wakes only readers is caught (hangup/pipe-reader-closed-full)")
+    func errorWakesReadersOnly() {
+        #expect(Self.failures(.errorWakesReadersOnly, "hangup/") == ["hangup/pipe-reader-closed-full"])   // the other hang-up scenarios pass it
+    }
+
+    @Test("edge triggering for reads only is caught (edge/writable-once-per-change)")
+    func edgeWritableIsLevel() {
+        #expect(Self.failures(.edgeWritableIsLevel, "edge/") == ["edge/writable-once-per-change"])
+    }
+
+    @Test("urgent data reported as readable is caught (readiness/urgent-alone-quiet)")
+    func urgentIsReadable() {
+        #expect(Self.failures(.urgentIsReadable, "readiness/urgent").contains("readiness/urgent-alone-quiet"))
+    }
+
+    @Test("a backend's own check before the contract's argument checks is caught (misuse/register-order)")
+    func checksRegisteredFirst() {
+        #expect(Self.failures(.checksRegisteredFirst, "misuse/") == ["misuse/register-order"])   // every other misuse scenario passes it
+    }
+
+    @Test("a declared descriptor limit not enforced is caught (limit/declared-limit); one enforced passes every limit scenario")
+    func declaredLimit() {
+        #expect(Self.failures(.unenforcedLimit, "limit/") == ["limit/declared-limit"])
+        let scenarios = Conformance.scenarios.filter { $0.id.hasPrefix("limit/") }
+        let honest = Conformance.run(backend: "limited", scenarios: scenarios) {
+            try ThirdPartyBackendExample.Mangling(maxDescriptor: 4_095) { _, n in n }
+        }
+        #expect(honest.failures.isEmpty, "\(honest.failures.map(\.scenario))")   // before: limit/huge-number
+    }
+}
