@@ -310,7 +310,14 @@ extension PeerScenarioTests20 {
                 return .failure(TestFailure("skip: IP_RECVERR: errno \(errno)"))
             }
             _ = try socket.send([1], to: try SocketAddress(ip: "127.0.0.1", port: 9))   // nobody there: ICMP
-            usleep(50_000)
+            // The ICMP error must be there (the kernel rate-limits port-unreachables): else nothing
+            // is tested.
+            var entry = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+            for _ in 0..<100 where !(poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLERR) != 0) { usleep(10_000) }
+            guard entry.revents & Int16(POLLERR) != 0 else {
+                socket.close()
+                return .failure(TestFailure("skip: no ICMP error came back (rate-limited?)"))
+            }
             return .success(socket.release())
         } catch {
             return .failure(TestFailure("socket: \(error)"))
@@ -410,7 +417,14 @@ extension PeerScenarioTests20 {
         for type in ["io_uring_buf_ring", "io_uring_buf_reg", "io_uring_buf"] {
             older = older.replacing(try Regex("struct \(type) \\{.*?\\n\\};\\n").dotMatchesNewlines(), with: "")
         }
-        for name in ["IORING_ACCEPT_MULTISHOT", "IORING_ASYNC_CANCEL_ANY", "IORING_REGISTER_PBUF_RING", "IORING_UNREGISTER_PBUF_RING"] {
+        // Every name the shim defines itself where headers lack it (its `#ifndef` lines), and the
+        // buffer-ring registration opcodes: a header of 5.11 lacks them all.
+        let shim = try read(root + "/Backends/IOUring/CIOUring/shim.c")
+        let guarded = shim.split(separator: "\n").compactMap { line -> String? in
+            line.hasPrefix("#ifndef ") ? String(line.dropFirst("#ifndef ".count).prefix { !$0.isWhitespace }) : nil
+        }
+        #expect(guarded.contains("IORING_ACCEPT_MULTISHOT") && guarded.contains("IORING_CQE_F_MORE"))
+        for name in guarded + ["IORING_REGISTER_PBUF_RING", "IORING_UNREGISTER_PBUF_RING"] {
             older = older.replacing(try Regex(".*\\b\(name)\\b.*\\n"), with: "")
         }
         #expect(older.contains("struct io_uring_sqe") && !older.contains("IORING_ACCEPT_MULTISHOT") && newer.contains("flags;"))
@@ -465,26 +479,26 @@ extension PeerScenarioTests20 {
                 try suspect.deregister(number)
             }
             let events = EventBuffer(capacity: 64)
-            // No descriptor left: the soft limit at the lowest free number.
-            var limit = rlimit()
-            try #require(getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0)
+            // No descriptor left: the soft limit at the lowest free number (put back however this ends).
             let lowest = dup(0)
             try #require(lowest >= 0)
             close(lowest)
-            var lowered = limit
-            lowered.rlim_cur = rlim_t(lowest)
-            try #require(setrlimit(CInt(RLIMIT_NOFILE.rawValue), &lowered) == 0)
             let clock = ContinuousClock()
-            var times: [Duration] = []
-            for poller in [suspect, quiet] {
-                _ = try poller.wait(into: events, timeout: .zero)   // the suspect poller's rebuild is put off here
-                let start = clock.now
-                for _ in 0..<200 { _ = try poller.wait(into: events, timeout: .zero) }
-                times.append(clock.now - start)
+            var best: [Duration] = [.seconds(3600), .seconds(3600)]
+            try withSoftDescriptorLimit(Int(lowest)) {
+                _ = try suspect.wait(into: events, timeout: .zero)   // its rebuild is put off here
+                // Alternating rounds, the fastest of each kept: a preemption does not decide.
+                for _ in 0..<3 {
+                    for (index, poller) in [suspect, quiet].enumerated() {
+                        let start = clock.now
+                        for _ in 0..<100 { _ = try poller.wait(into: events, timeout: .zero) }
+                        best[index] = min(best[index], clock.now - start)
+                    }
+                }
             }
-            #expect(setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0)
-            // Before: 0.48 s for the 200 waits, 2.4 ms each (a scan of 2,000 registrations and more per wait).
-            #expect(times[0] < times[1] * 5 + .milliseconds(5), "\(backend): \(times[0]) against \(times[1])")
+            // Before: 0.27 s for 100 waits, 2.7 ms each (a scan of 2,000 registrations and more per wait),
+            // against about a millisecond; a retry each 100 ms at most now.
+            #expect(best[0] < best[1] * 5 + .milliseconds(20), "\(backend): \(best[0]) against \(best[1])")
         }
     }
 }

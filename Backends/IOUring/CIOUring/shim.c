@@ -25,6 +25,8 @@ const uint32_t rd_uring_CQE_F_MORE = IORING_CQE_F_MORE;
 #ifndef IORING_CQE_F_BUF_MORE
 #define IORING_CQE_F_BUF_MORE (1U << 4)
 #endif
+// (An enum constant in headers of 6.12 and later, which `#ifndef` cannot see: the macro, defined
+// after the header, then stands for it with the same value.)
 #ifndef IOU_PBUF_RING_INC
 #define IOU_PBUF_RING_INC 2
 #endif

@@ -95,10 +95,14 @@ public final class LibeventSeam: BackendSeam {
     /// lingers, would be reported under the revived registration, so the next wait rebuilds first.
     private var reinitBeforeNextPass = false
     /// A rebuild found no descriptor for a new base (a multithreaded process out of descriptors): it
-    /// is asked again by the spin check (a pass of at least a millisecond) or after 20 quiet passes,
-    /// not by the suspects' count before every wait, each try costing a scan of the registrations
-    /// and of the low numbers.
+    /// is asked again by the spin check (a pass of at least a millisecond), after 20 quiet passes, or
+    /// by the suspects' count no sooner than ``deferredRebuildPause`` later (a loop always busy, or
+    /// waiting with zero timeouts, has neither quiet nor measured passes), not before every wait,
+    /// each try costing a scan of the registrations and of the low numbers.
     private var rebuildDeferred = false
+    /// When the suspects' count may ask a deferred rebuild again (monotonic nanoseconds).
+    private var deferredRetryAt: Int64 = 0
+    static let deferredRebuildPause: Int64 = 100_000_000
     /// While there are suspects, a pass lasts at most this long and its CPU time is measured: a pass
     /// that burned most of it spun on a lingering file.
     private static let spinCheckMicroseconds: Int64 = 5_000
@@ -346,6 +350,7 @@ public final class LibeventSeam: BackendSeam {
                 cleanPasses = 0
                 reinitBeforeNextPass = false
                 rebuildDeferred = true
+                deferredRetryAt = MonotonicClock.nowNanoseconds &+ Self.deferredRebuildPause
                 return
             }
             candidates = LibeventFiles.lowestFree(after: ownFiles.map(\.fd)).filter { table[$0]?.isActive != true }
@@ -365,7 +370,8 @@ public final class LibeventSeam: BackendSeam {
     /// One libevent loop pass of at most `timeout` (see `BackendSeam`).
     public func wait(_ timeout: WaitTimeout, table: inout RegistrationTable,
                      into events: EventBuffer) throws(PollerError) -> WaitStep {
-        if reinitBeforeNextPass || (!rebuildDeferred && suspects > 0 && suspects >= max(Self.minimumSuspectsBeforeReinit, regs.count / 8)) {
+        if reinitBeforeNextPass || (suspects > 0 && suspects >= max(Self.minimumSuspectsBeforeReinit, regs.count / 8)
+                                    && (!rebuildDeferred || MonotonicClock.nowNanoseconds >= deferredRetryAt)) {
             try reinit(&table)
         }
         epoch &+= 1
