@@ -290,6 +290,9 @@ final class ScenarioRun {
             var rounds = 0
             while write(fd, chunk, chunk.count) > 0 && rounds < 4096 { rounds += 1 }
             return .ok
+        case .isOpen(let e):
+            guard let fd = endpoints[e] else { return Self.closedEndpoint }
+            return fcntl(fd, F_GETFD) >= 0 ? .ok : .note("\(e) was closed by the poller (\(ErrnoTable.name(errno)))")
         case .writeUrgent(let e):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
             var byte: UInt8 = 0x21

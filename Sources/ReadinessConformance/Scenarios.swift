@@ -91,6 +91,10 @@ extension Conformance {
             rereg("a", 2, .readable, .level, err("closed")), line(.deregister("a"), err("closed")), wait(now, err("closed")),
             line(.wake(times: 1, threads: 1), err("closed")), line(.closePoller, err("closed")),
         ]),
+        Scenario("misuse/close-keeps-caller-descriptors", checks: "Closing the poller closes none of the caller's descriptors, registered or not (CPython test_selectors test_close: the file objects stay usable).", fixtures: [.socketPair("a", "b"), .pipe(read: "r", write: "w")], [
+            reg("a", 1, .readable), reg("w", 2, .writable), write("b"), wait(soon, ev((1, .readable), (2, .writable))),
+            line(.closePoller), line(.isOpen("a")), line(.isOpen("b")), line(.isOpen("r")), line(.isOpen("w")),
+        ]),
         Scenario("misuse/rollback", checks: "A failed call leaves no trace: the descriptor can be registered afresh.", fixtures: pair, [
             reg("a", 1, .readable), reg("a", 2, .readable, .level, err("alreadyRegistered")),
             line(.deregister("a")), reg("a", 3, .readable), write("b"), wait(soon, ev((3, .readable))),

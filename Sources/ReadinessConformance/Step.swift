@@ -15,6 +15,8 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case registerAboveLimit(token: UInt64)
     /// Sends one byte of TCP urgent data (`send(MSG_OOB)`).
     case writeUrgent(String)
+    /// Whether the endpoint's descriptor is still open (a poller never closes a caller's descriptor).
+    case isOpen(String)
     /// register() of the poller's own waker descriptor (refused: the poller holds it).
     case registerWaker(token: UInt64)
     /// Writes `bytes` bytes.
@@ -130,6 +132,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .registerWaker(let t): "register the poller's waker descriptor token \(t)"
         case .registerAboveLimit(let t): "register the number above the declared limit, token \(t)"
         case .writeUrgent(let e): "send one byte of urgent data (MSG_OOB) from \(e)"
+        case .isOpen(let e): "\(e) is still open"
         case .write(let e, let n): "write \(n) byte\(n == 1 ? "" : "s") to \(e)"
         case .fill(let e): "fill \(e)'s send buffer"
         case .drain(let e): "drain \(e)"

@@ -266,6 +266,8 @@ struct ConformanceMutantTests {
             case checksRegisteredFirst
             /// Declares a limit of 4,095 and does not enforce it.
             case unenforcedLimit
+            /// Closes the descriptors still registered when it is closed (libevent's LEV_OPT_CLOSE_ON_FREE).
+            case closesRegisteredOnClose
         }
         let inner: any Poller
         let flaw: Flaw
@@ -326,6 +328,7 @@ struct ConformanceMutantTests {
             }
         }
         func close() throws(PollerError) {
+            if flaw == .closesRegisteredOnClose, !closed { for fd in interests.keys { Glibc.close(fd) } }
             closed = true
             try inner.close()
         }
@@ -355,6 +358,11 @@ struct ConformanceMutantTests {
     @Test("a backend's own check before the contract's argument checks is caught (misuse/register-order)")
     func checksRegisteredFirst() {
         #expect(Self.failures(.checksRegisteredFirst, "misuse/") == ["misuse/register-order"])   // every other misuse scenario passes it
+    }
+
+    @Test("a poller that closes the caller's registered descriptors when it is closed is caught (misuse/close-keeps-caller-descriptors)")
+    func closesRegisteredOnClose() {
+        #expect(Self.failures(.closesRegisteredOnClose, "misuse/") == ["misuse/close-keeps-caller-descriptors"])
     }
 
     @Test("a declared descriptor limit not enforced is caught (limit/declared-limit); one enforced passes every limit scenario")
