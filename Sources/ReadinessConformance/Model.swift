@@ -128,6 +128,11 @@ public struct Requirement: Sendable {
     public static let noDescriptorLimit = Requirement("needs a backend without a descriptor limit (maxDescriptor CInt.max)") { $0.maxDescriptor == CInt.max }
     /// A finite declared limit, which the backend must enforce (rule 3).
     public static let declaredLimit = Requirement("needs a backend with a declared descriptor limit") { $0.maxDescriptor < CInt.max }
+    /// A process that may fork with other threads running and have the child go on (not one under
+    /// ThreadSanitizer, whose runtime does not follow such a child): the process's, not the backend's.
+    public static let fork = Requirement("needs fork() with a child that runs on (not under ThreadSanitizer)") { _ in
+        Net.underThreadSanitizer == false
+    }
 }
 
 /// Something a scenario's steps work on, set up before the first step and torn down after the last.

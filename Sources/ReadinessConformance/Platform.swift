@@ -12,6 +12,9 @@ struct SetupError: Error, CustomStringConvertible {
 }
 
 enum Net {
+    /// Whether ThreadSanitizer's runtime is in the process (it exports `__tsan_init`).
+    static let underThreadSanitizer = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
+
     static let streamFlags = CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue)
 
     static func socketPair() throws -> (CInt, CInt) {

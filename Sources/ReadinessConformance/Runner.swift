@@ -293,6 +293,11 @@ final class ScenarioRun {
         case .isOpen(let e):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
             return fcntl(fd, F_GETFD) >= 0 ? .ok : .note("\(e) was closed by the poller (\(ErrnoTable.name(errno)))")
+        case .forkedCalls(let e, let token):
+            guard let fd = endpoints[e] else { return Self.closedEndpoint }
+            let poller: any Poller
+            do { poller = try livePoller() } catch { return .error(error.caseName) }
+            return Self.forkedCalls(poller, fd, Token(token))
         case .writeUrgent(let e):
             guard let fd = endpoints[e] else { return Self.closedEndpoint }
             var byte: UInt8 = 0x21
@@ -632,6 +637,62 @@ final class ScenarioRun {
     }
 
     static let closedEndpoint = Observation.note("not done: the endpoint is closed")
+
+    /// ``Step/forkedCalls(_:token:)``: the child answers each call with one byte (0 succeeded, 1
+    /// `forked`, 2 another error) on a pipe and exits. It runs no code that may wait for a lock another
+    /// thread of the parent held at the fork (no allocation of its own, no cast, no printing); a child
+    /// stuck anyway is killed after 10 s and reported.
+    static func forkedCalls(_ poller: any Poller, _ fd: CInt, _ token: Token) -> Observation {
+        let names = ["register", "reregister", "deregister", "wait", "wake", "close"]
+        let expected: [UInt8] = [1, 1, 1, 1, 1, 0]
+        let buffer = EventBuffer(capacity: 4)
+        guard let (reading, writing) = Sys.pipe() else { return .note("pipe2 failed: \(ErrnoTable.name(errno))") }
+        let pid = fork()
+        if pid == 0 {
+            alarm(10)
+            func answer(_ body: () throws(PollerError) -> Void) -> UInt8 {
+                do throws(PollerError) {
+                    try body()
+                    return 0
+                } catch {
+                    if case .forked = error { return 1 }
+                    return 2
+                }
+            }
+            var answers: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
+                answer { () throws(PollerError) in try poller.register(fd, token: token, interest: .readable, trigger: .level) },
+                answer { () throws(PollerError) in try poller.reregister(fd, token: token, interest: .writable, trigger: .level) },
+                answer { () throws(PollerError) in try poller.deregister(fd) },
+                answer { () throws(PollerError) in _ = try poller.wait(into: buffer, timeout: .zero) },
+                answer { () throws(PollerError) in try poller.waker.wake() },
+                answer { () throws(PollerError) in try poller.close() })
+            _ = withUnsafeBytes(of: &answers) { write(writing, $0.baseAddress, $0.count) }
+            _exit(0)
+        }
+        close(writing)
+        defer { close(reading) }
+        guard pid > 0 else { return .note("fork failed: \(ErrnoTable.name(errno))") }
+        var answers: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: names.count)
+        let deadline = MonotonicClock.nowNanoseconds &+ 10_000_000_000
+        while answers.count < names.count {
+            let left = deadline &- MonotonicClock.nowNanoseconds
+            guard left > 0 else { break }
+            var entry = pollfd(fd: reading, events: Int16(POLLIN), revents: 0)
+            if poll(&entry, 1, CInt(min(left / 1_000_000 + 1, 1_000))) < 0, errno != EINTR { break }
+            let n = read(reading, &chunk, names.count - answers.count)
+            if n > 0 { answers += chunk[..<n] } else if n == 0 || (errno != EINTR && errno != EAGAIN) { break }
+        }
+        var status: CInt = 0
+        if answers.count < names.count { kill(pid, SIGKILL) }
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard answers.count == names.count else {
+            return .note("the forked child answered \(answers.count) of \(names.count) calls (wait status \(status))")
+        }
+        if answers == expected { return .ok }
+        let said = zip(names, answers).map { name, code in "\(name) " + (code == 0 ? "succeeded" : code == 1 ? "forked" : "another error") }
+        return .note("in a forked child: " + said.joined(separator: ", ") + " (every call but close must fail with forked)")
+    }
 
     /// How late after another thread's wake a blocked wait may return, the best of three (Go's
     /// TestNetpollBreak bounds it too): generous, for a loaded machine and the sanitizers; a backend

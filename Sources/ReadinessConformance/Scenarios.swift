@@ -95,6 +95,10 @@ extension Conformance {
             reg("a", 1, .readable), reg("w", 2, .writable), write("b"), wait(soon, ev((1, .readable), (2, .writable))),
             line(.closePoller), line(.isOpen("a")), line(.isOpen("b")), line(.isOpen("r")), line(.isOpen("w")),
         ]),
+        Scenario("misuse/forked-child", checks: "In a child made by fork(), every call on the parent's poller but close fails with forked and changes nothing (the kernel's set is the parent's too); close succeeds; the parent's registration goes on (libevent's event_reinit, libuv's uv_loop_fork tests).", fixtures: pair, requires: [.fork], [
+            reg("a", 1, .readable), line(.forkedCalls("a", token: 2)), write("b"), wait(soon, ev((1, .readable))),
+            line(.drain("a")), wait(now, .none),
+        ]),
         Scenario("misuse/rollback", checks: "A failed call leaves no trace: the descriptor can be registered afresh.", fixtures: pair, [
             reg("a", 1, .readable), reg("a", 2, .readable, .level, err("alreadyRegistered")),
             line(.deregister("a")), reg("a", 3, .readable), write("b"), wait(soon, ev((3, .readable))),

@@ -17,6 +17,11 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
     case writeUrgent(String)
     /// Whether the endpoint's descriptor is still open (a poller never closes a caller's descriptor).
     case isOpen(String)
+    /// Forks; the child calls register, reregister (token `token`) and deregister with the endpoint,
+    /// a wait, the waker's wake and close on its copy of the poller, then exits. The contract: every
+    /// call but close fails with `forked` and touches nothing (the epoll set, ring or base it would
+    /// change is the parent's too); close succeeds. Records `ok` when the child's answers are those.
+    case forkedCalls(String, token: UInt64)
     /// register() of the poller's own waker descriptor (refused: the poller holds it).
     case registerWaker(token: UInt64)
     /// Writes `bytes` bytes.
@@ -133,6 +138,7 @@ public enum Step: Sendable, Hashable, CustomStringConvertible {
         case .registerAboveLimit(let t): "register the number above the declared limit, token \(t)"
         case .writeUrgent(let e): "send one byte of urgent data (MSG_OOB) from \(e)"
         case .isOpen(let e): "\(e) is still open"
+        case .forkedCalls(let e, let t): "fork: the child's register, reregister (token \(t)) and deregister of \(e), wait and wake fail with forked, its close succeeds"
         case .write(let e, let n): "write \(n) byte\(n == 1 ? "" : "s") to \(e)"
         case .fill(let e): "fill \(e)'s send buffer"
         case .drain(let e): "drain \(e)"

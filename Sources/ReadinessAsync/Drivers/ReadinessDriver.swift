@@ -175,7 +175,9 @@ struct ReadinessDriver: IODriver {
                 // or an unwatchable socket still takes bytes that were queued all along (`readCopyingLastTry`).
                 guard wait, Self.triesLast(after: error), let (_, socket) = try? loop.stream(id) else { throw error }
                 switch try Self.lastTry(socket, into: buffer) {
-                case .transferred(let n): return n
+                case .transferred(let n):
+                    if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = n < buffer.count }
+                    return n
                 case .endOfStream:
                     if let failure = CompletionDriver.takeReadFailure(id, loop: loop) { throw failure }
                     return 0
