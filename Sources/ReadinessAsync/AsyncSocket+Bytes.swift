@@ -73,7 +73,7 @@ extension AsyncSocket {
         let maximum = Swift.min(maximum, Self.maximumReadChunk)
         // `onLoop` by hand: its out-of-line path (a hop) in a function of its own, so that this frame,
         // held by every idle connection's task, keeps no closure context for it.
-        if let state = loop.stateInline() {
+        if let state = loop.stateInline(#isolation) {
             return try await state.readCopying(id, maximum: maximum, deadline: deadline) { (read) throws(SocketError) -> T in
                 try take(read, state)
             }

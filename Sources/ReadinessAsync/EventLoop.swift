@@ -725,32 +725,45 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     // MARK: Running on the loop
 
     /// Runs `body` on the loop thread with its state. On the loop already, in a task preferring it,
-    /// `body` runs at once, with no hop; otherwise the task takes this loop's executor preference for
-    /// `body` (and hops there if it is elsewhere), so that every resumption inside `body` runs on the
+    /// from nonisolated code or an actor isolated to the loop, `body` runs at once, with no hop;
+    /// otherwise the task takes this loop's executor preference for `body` (and hops there if it is
+    /// elsewhere), `body` running nonisolated, so that every resumption inside `body` runs on the
     /// loop too. On the loop thread, a task that does not prefer the loop (`Task.immediate` started
     /// there, or an actor isolated to the loop in such a task) takes the preference as well: nonisolated
     /// code would otherwise resume on the global pool after its first wait and touch the loop's state
-    /// from there. (`#isolation` would spare an actor that preference, but compiling it here crashes
-    /// the 6.3 compiler.) Fails with `.shutdown` when the loop no longer runs.
+    /// from there. So does code isolated to another actor (`isolatesHere`): a plain actor runs on the
+    /// loop thread when a task preferring the loop enters it while it is free, but a resumption queued
+    /// on it runs wherever the actor runs then, on another thread when one holds it (test
+    /// `plainActorWaitResumesOnLoop`). Fails with `.shutdown` when the loop no longer runs.
     nonisolated(nonsending)
     func onLoop<T>(_ body: nonisolated(nonsending) (LoopState) async throws(LoopError) -> T) async throws(LoopError) -> T {
         // One call of `body` and nothing else that suspends: this is inlined into every operation,
         // whose frame is in every idle connection's task. A job out of budget takes the out-of-line
         // path, which yields (`run`); a yield here, before the body, kept the body's captures in the
         // frame across it (3 task-allocator slabs per idle connection instead of 2).
-        if isLoopThread(), state.budget > 0, taskPrefersLoop() {
+        if isLoopThread(), state.budget > 0, taskPrefersLoop(), isolatesHere(#isolation) {
             state.budget &-= 1
             return try await body(state)
         }
         return try await hopOnLoop(body)
     }
 
+    /// Whether code isolated to `isolation` resumes on the loop thread after a wait: nonisolated code
+    /// in a task preferring the loop does, and so does an actor isolated to the loop. Another actor's
+    /// code resumes where that actor runs: on whatever thread holds it then (a task of another loop,
+    /// of the global pool), the loop's state touched from there.
+    @inline(__always)
+    func isolatesHere(_ isolation: (any Actor)?) -> Bool {
+        guard let isolation else { return true }
+        return isolation.unownedExecutor.asSerialExecutor().map { ObjectIdentifier($0 as AnyObject) == ObjectIdentifier(serial) } ?? false
+    }
+
     /// The loop's state for an operation that is to run inline (`onLoop`'s fast path, taking one unit
     /// of the job's budget): on the loop thread, in a task preferring the loop, with budget left; nil
     /// otherwise (the operation then goes through ``onLoop(_:)``, out of line).
     @inline(__always)
-    func stateInline() -> LoopState? {
-        guard isLoopThread(), state.budget > 0, taskPrefersLoop() else { return nil }
+    func stateInline(_ isolation: (any Actor)?) -> LoopState? {
+        guard isLoopThread(), state.budget > 0, taskPrefersLoop(), isolatesHere(isolation) else { return nil }
         state.budget &-= 1
         return state
     }

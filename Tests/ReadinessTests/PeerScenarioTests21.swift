@@ -54,3 +54,81 @@ struct PeerScenarioTests21 {
         }
     }
 }
+
+final class P21Flag: Sendable {
+    let on = Atomic<Bool>(false)
+}
+
+// MARK: an operation awaited inside a plain actor (tokio's split halves shared through an actor)
+
+/// A plain actor (no custom executor): its code runs wherever the actor runs, on the loop thread when a
+/// task preferring the loop enters it while it is free, on another thread when that thread holds it.
+actor P21PlainPeer {
+    /// Waits for `id`'s readability through `onLoop`, as every operation does, and answers whether the
+    /// operation's code after the wait ran on the loop thread, and the wait's outcome.
+    func waitReadable(_ loop: EventLoop, _ id: UInt64) async -> (onLoop: Bool, ready: Bool) {
+        do throws(LoopError) {
+            return try await loop.onLoop { (state) async throws(LoopError) -> (onLoop: Bool, ready: Bool) in
+                let (stream, _) = try state.stream(id)
+                let outcome = await state.wait(stream, .read, deadline: nil, interest: true)
+                if case .ready = outcome { return (loop.isLoopThread(), true) }
+                return (loop.isLoopThread(), false)
+            }
+        } catch {
+            return (false, false)
+        }
+    }
+
+    func read(_ socket: AsyncSocket) async -> Int {
+        (try? await socket.read(upTo: 64, timeout: .seconds(10)).count) ?? -1
+    }
+
+    /// Holds the actor on the calling thread for `microseconds`.
+    func hold(_ entered: P21Flag, _ microseconds: UInt32) {
+        entered.on.store(true, ordering: .releasing)
+        usleep(microseconds)
+    }
+}
+
+extension PeerScenarioTests21 {
+    /// A task preferring the loop that enters a plain actor while it is free runs there on the loop
+    /// thread, and an operation took its fast path (no hop): its code ran isolated to the actor, so
+    /// the wait's resumption was queued on the actor. Held meanwhile by a task on another thread,
+    /// the actor ran the resumption on that thread: the operation went on there with the loop's state
+    /// (its slab, timers, scratch buffer and poller) while the loop thread ran too. (tokio's
+    /// tcp_into_split halves shared by tasks, here through an actor; an outside reader of the code.)
+    /// Now an operation whose caller is isolated to an actor other than the loop hops: its code runs
+    /// nonisolated on the loop, and returns to the actor at the end.
+    @Test("an operation awaited inside a plain actor goes on on the loop thread after its wait, even when another thread holds the actor then",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func plainActorWaitResumesOnLoop(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+        let client = try await loop.connect(to: listener.address, timeout: .seconds(5))
+        let server = try await listener.accept(timeout: .seconds(5))
+        let peer = P21PlainPeer()
+        let id = client.id
+        for round in 0..<2 {
+            let waiter = Task(executorPreference: loop) { () async -> (onLoop: Bool, ready: Bool, read: Int) in
+                if round == 0 {
+                    let (onLoop, ready) = await peer.waitReadable(loop, id)
+                    return (onLoop, ready, 0)
+                }
+                return (true, true, await peer.read(client))
+            }
+            try await Task.sleep(for: .milliseconds(100))   // the waiter waits; the actor is free
+            let entered = P21Flag()
+            let holder = Task.detached { await peer.hold(entered, 300_000) }
+            while !entered.on.load(ordering: .acquiring) { usleep(1_000) }
+            try await server.write(Array("x".utf8), timeout: .seconds(5))   // the wait resolves while the actor is held
+            await holder.value
+            let outcome = await waiter.value
+            #expect(outcome.onLoop && outcome.ready, "\(backend), round \(round): the wait's code went on off the loop thread")
+            if round == 0 { _ = try await client.read(upTo: 64, timeout: .seconds(5)) } else { #expect(outcome.read == 1, "\(backend)") }
+        }
+        await client.close()
+        await server.close()
+        await listener.close()
+        await loop.shutdown()
+    }
+}
