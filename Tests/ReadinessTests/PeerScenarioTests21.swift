@@ -132,3 +132,29 @@ extension PeerScenarioTests21 {
         await loop.shutdown()
     }
 }
+
+extension PeerScenarioTests21 {
+    // MARK: a slot's generation that would wrap (SwiftNIO EventLoopTest testInEventLoopABAProblem)
+
+    /// A handle (`AsyncSocket`, `AsyncListener`) is a number: the slot's index and generation. The
+    /// most recently freed slot is taken first, so one slot takes a loop's churn (every sleep, wait
+    /// on a caller's descriptor, connect); its 32-bit generation wrapped in hours to days, and a
+    /// handle kept from a connection closed long before named whatever then held the slot at that
+    /// generation: its write went to another client's connection. The slot is retired instead.
+    @Test("slab: a slot whose generation would wrap is retired, so a key kept from its first resource never names a later one")
+    func slabGenerationNeverWraps() throws {
+        var slab = Slab(capacity: 2, lastGeneration: 3)
+        let stale = try slab.insert { RecordingResource(key: $0) }.key   // generation 0
+        slab.remove(stale)
+        for _ in 0..<3 {                                                  // generations 1, 2, 3
+            let next = try slab.insert { RecordingResource(key: $0) }
+            #expect(next.key.index == stale.index)
+            slab.remove(next.key)
+        }
+        let later = try slab.insert { RecordingResource(key: $0) }       // before: index 0, generation 0 again
+        #expect(slab[stale] == nil, "the first resource's key names \(later.key)")
+        #expect(later.key.index != stale.index)
+        #expect(slab[ResourceKey(index: stale.index, generation: 3)] == nil)
+        #expect(slab.count == 1)
+    }
+}

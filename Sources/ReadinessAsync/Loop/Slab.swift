@@ -68,7 +68,8 @@ struct TimerPurpose: RawRepresentable, Hashable {
 /// The loop's resources by index (mio's and tokio's slab): an event's or timer's token names a slot,
 /// found by array index (no hashing), and its generation tells a stale token (of a resource closed
 /// since, its slot perhaps reused) from a live one. Freed slots are reused, the most recently freed
-/// first; nothing is allocated once the array has grown to the most resources held at once.
+/// first; nothing is allocated once the array has grown to the most resources held at once. A slot
+/// whose generation would wrap is retired instead (``lastGeneration``).
 ///
 /// A resource may take extra slots, aliases of itself, for tokens of its own (a Happy Eyeballs
 /// connect's attempts and timers): they dispatch to it like its own key, are not counted in
@@ -88,9 +89,16 @@ struct Slab {
     /// The most slots it holds, aliases included: ``ResourceKey/maximumSlots`` (what a key can number);
     /// a test lowers it to reach the limit.
     let maximumSlots: Int
+    /// The last generation a slot is given: freed at it, the slot is retired (never reused), since the
+    /// next would wrap to 0 and a key kept from the slot's first resource, an `AsyncSocket` closed long
+    /// ago, would name the new one (its reads, writes and close would reach another connection). At
+    /// `UInt32.max` a slot is retired after 2^32 resources, one slot's worth of memory lost each time;
+    /// a test lowers it to reach the wrap.
+    let lastGeneration: UInt32
 
-    init(capacity: Int, maximumSlots: Int = ResourceKey.maximumSlots) {
+    init(capacity: Int, maximumSlots: Int = ResourceKey.maximumSlots, lastGeneration: UInt32 = .max) {
         self.maximumSlots = Swift.min(Swift.max(1, maximumSlots), ResourceKey.maximumSlots)
+        self.lastGeneration = lastGeneration
         slots.reserveCapacity(Swift.min(capacity, self.maximumSlots))
     }
 
@@ -161,7 +169,8 @@ struct Slab {
     private mutating func free(_ index: Int) {
         slots[index].resource = nil
         slots[index].isAlias = false
-        slots[index].generation &+= 1
+        guard slots[index].generation < lastGeneration else { return }   // retired: every key of it stays stale
+        slots[index].generation += 1
         slots[index].nextFree = freeHead
         freeHead = Int32(index)
     }
