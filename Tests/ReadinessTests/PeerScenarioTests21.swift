@@ -158,3 +158,56 @@ extension PeerScenarioTests21 {
         #expect(slab.count == 1)
     }
 }
+
+extension PeerScenarioTests21 {
+    // MARK: a back-off whose deregister the poller refuses (SwiftNIO AcceptBackoffHandlerTest)
+
+    /// An accept waits (the listener registered, level), a connection comes, accept fails with EMFILE:
+    /// the listener backs off and lets its registration go. The poller refuses (it keeps it: an io_uring
+    /// cancel that could not be submitted, no memory). Before, the refusal was dropped: the queued
+    /// connection woke every wait, each woke the accept, which backed off again, for as long as the
+    /// refusal lasted (thousands of loop passes in 100 ms). Now the registration is made one-shot, as
+    /// the sync `Listener`'s back-off does, and readiness does not resume an accept that backs off.
+    @Test("a listener backing off whose deregister the poller refuses does not spin the loop",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func backoffRefusedDeregisterDoesNotSpin(backend: Backend) async throws {
+        let made = Locked<RefusingDeregisterPoller?>(nil)
+        let loop = try EventLoop { () throws(PollerError) -> any Poller in
+            let poller = RefusingDeregisterPoller(try backend.makePoller())
+            made.withLock { $0 = poller }
+            return poller
+        }
+        let poller = try #require(made.withLock { $0 })
+        var options = Listener.Options()
+        options.backoff = AcceptBackoff(initial: .seconds(5), maximum: .seconds(5))
+        let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"), options: options)
+        let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        let id = listener.id
+        // On the loop's executor while descriptors are exhausted (P4Exhaustion: the global executor
+        // kept idle).
+        let (exhaustions, passes) = try await Task(executorPreference: loop) { () async throws -> (Int, Int) in
+            let count = { () async throws -> Int in
+                try await loop.onLoop { (state) throws(LoopError) in try state.listener(id).listener.exhaustionCount }
+            }
+            let accepting = Task(executorPreference: loop) { try? await listener.accept(timeout: .seconds(4)) }
+            defer { accepting.cancel() }
+            try await loop.sleep(for: .milliseconds(50))   // the accept waits: registered
+            let exhaustion = try P4Exhaustion()
+            defer { exhaustion.restore() }
+            poller.failures.store(1_000_000, ordering: .relaxed)   // a refusal that lasts
+            _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
+            for _ in 0..<200 where (try? await count()) ?? 0 == 0 { try await loop.sleep(for: .milliseconds(10)) }
+            let before = try await loop.statistics().iterations
+            try await loop.sleep(for: .milliseconds(100))
+            let passes = try await loop.statistics().iterations - before
+            let exhaustions = try await count()
+            poller.failures.store(0, ordering: .relaxed)
+            return (exhaustions, passes)
+        }.value
+        #expect(exhaustions >= 1, "the listener did not back off on \(backend)")
+        #expect(exhaustions <= 2, "the accept was resumed and backed off again \(exhaustions) times on \(backend)")
+        #expect(passes < 50, "\(passes) loop passes in 100 ms while backing off on \(backend)")
+        await loop.shutdown()
+    }
+}

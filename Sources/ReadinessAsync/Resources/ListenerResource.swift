@@ -22,10 +22,27 @@ final class ListenerResource: LoopResourceBase, LoopResource {
 
     var watchedDescriptor: CInt? { listener.fd }
 
+    /// The poller would not let the registration go when a back-off began: it was made one-shot instead
+    /// (one report at most while backing off), and is made level again when the back-off ends.
+    private var quieted = false
+
     /// Out of descriptors: stop watching (a readable listener would wake the loop in a spin), try
-    /// again at `until` or when this loop closes a descriptor.
+    /// again at `until` or when this loop closes a descriptor. A deregister the poller refuses (it keeps
+    /// the registration: out of memory, an io_uring cancel that could not be submitted) makes the
+    /// registration one-shot instead, as `Listener`'s own back-off does (Docs/Sockets.md); before, the
+    /// refusal was dropped, the level registration stayed, and the queued connection woke every wait
+    /// and resumed the accept, which backed off again: a spin for as long as the refusal lasted.
     func beginBackoff(until: Int64, loop: LoopState) {
-        try? loop.updateInterest(self, [])
+        if !record.registered.isEmpty, !quieted {
+            do throws(PollerError) { try loop.updateInterest(self, []) } catch {
+                if !error.leavesRegistrationInPlace {
+                    record.registered = []
+                } else if let poller = loop.poller,
+                          (try? poller.reregister(listener.fd, token: key.token, interest: .readable, trigger: .oneShot)) != nil {
+                    quieted = true
+                }
+            }
+        }
         isBackingOff = true
         loop.backingOff.insert(key)
         if backoffTimer == nil {
@@ -40,7 +57,24 @@ final class ListenerResource: LoopResourceBase, LoopResource {
         if let backoffTimer { loop.timers.cancel(backoffTimer) }
         backoffTimer = nil
         try? listener.resume()   // never registered through the Listener: this only ends its back-off
+        if quieted {
+            quieted = false
+            // Level again; refused, the registration (one-shot, perhaps spent) is let go through the
+            // loop's kept deregisters, and the next wait registers afresh.
+            if let poller = loop.poller,
+               (try? poller.reregister(listener.fd, token: key.token, interest: record.registered, trigger: .level)) == nil {
+                record.registered = []
+                loop.keepDeregister(listener.fd)
+            }
+        }
         loop.resolve(self, .read, .ready)
+    }
+
+    /// While backing off, only the back-off's end (its timer, a descriptor freed) resumes the accept:
+    /// a readiness event then is a registration the poller would not let go, not the listener's cue.
+    func ready(_ ready: Ready, token: Token, loop: LoopState) {
+        if isBackingOff { return }
+        loop.deliver(self, ready)
     }
 
     func timerFired(_ purpose: TimerPurpose, token: Token, now: Int64, loop: LoopState) {
