@@ -211,3 +211,36 @@ extension PeerScenarioTests21 {
         await loop.shutdown()
     }
 }
+
+extension PeerScenarioTests21 {
+    // MARK: Happy Eyeballs: an answer in before its wake-up is handled (SwiftNIO HappyEyeballsTest)
+
+    /// The A answer first: the connect waits the resolution delay for AAAA. The AAAA answer comes
+    /// within it, but the caller's loop handles the delay's timer before the wake-up that says so (the
+    /// event loop fires timers before it runs submissions). Before, the step found no IPv6 address
+    /// and started IPv4, IPv6 waiting a whole attempt delay after it.
+    @Test("an AAAA answer delivered within the resolution delay goes first even when the delay's timer is handled before its wake-up",
+          arguments: backends)
+    func aaaaBeforeDelayTimerHandled(backend: Backend) throws {
+        let poller = try backend.makePoller()
+        defer { try? poller.close() }
+        let release = LookupRelease()
+        defer { release.release() }
+        let v4 = try closedPort()
+        let v6 = try SocketAddress(ip: "::1", port: v4.port!)
+        let resolver = ScriptedResolver(v6: [v6], v6Delay: .milliseconds(400), v4: [v4], v4Delay: .zero, release: release)
+        let timers = Timers()
+        var options = HappyEyeballs.Options()
+        options.resolutionDelay = .seconds(1)
+        let connect = HappyEyeballs(resolution: Resolution(host: "dual.test", port: v4.port!, waker: poller.waker, resolver: resolver),
+                                    poller: poller, timers: timers, tokenBase: 0, options: options)
+        defer { connect.cancel() }
+        usleep(100_000)                                   // the A answer is in
+        #expect(connect.start().isInProgress)
+        #expect(connect.attempts.isEmpty, "the A answer started an attempt at once: \(connect.attempts.map(\.address))")
+        usleep(1_150_000)                                 // AAAA came at 400 ms; the delay ended at 1 s
+        let now = MonotonicClock.nowNanoseconds
+        while let token = timers.popDue(now: now) { _ = connect.handleTimer(token, now: now) }
+        #expect(connect.attempts.first?.address.family == .ipv6, "first attempts: \(connect.attempts.map(\.address))")
+    }
+}

@@ -214,9 +214,11 @@ public final class HappyEyeballs {
     /// A poller event: an attempt's readiness, or the waker's event (a resolution answer may be in).
     public func handle(_ event: Event) -> Progress {
         guard outcome == nil, started else { return current }
-        if event.isWakeup {
-            if resolution != nil { takeAnswers() }
-        } else {
+        // Answers already delivered count whatever woke this call: an attempt's event or a timer may be
+        // handled before the waker's event that says an answer came (the caller's loop handles its
+        // events, timers and wake-ups in its own order).
+        if resolution != nil { takeAnswers() }
+        if !event.isWakeup {
             // Every live attempt under the token (tokens should differ; if they do not, none of them
             // may be left without its events).
             for index in attempts.indices where attempts[index].token == event.token && !ended[index] {
@@ -230,6 +232,11 @@ public final class HappyEyeballs {
     /// A timer popped from ``Timers`` whose token it owns.
     package func handleTimer(_ token: Token, now: Int64 = MonotonicClock.nowNanoseconds) -> Progress {
         guard outcome == nil, started else { return current }
+        // An AAAA answer delivered within the resolution delay goes first even when the delay's timer
+        // is handled before the answer's wake-up (the loop fires timers before it runs submissions,
+        // a caller's loop may too): before, the step found no IPv6 address yet and started IPv4, and
+        // IPv6 then waited a whole attempt delay (SwiftNIO HappyEyeballsTest, RFC 8305 section 3).
+        if resolution != nil { takeAnswers() }
         if token == tokenBase { stepTimer = nil }
         // Also when the token is the step timer's: a timer token equal to an attempt's (the caller's
         // choice in `init(attempts:...)`) must not swallow that attempt's deadline.
