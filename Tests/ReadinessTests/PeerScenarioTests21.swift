@@ -1,6 +1,7 @@
 import Glibc
 @_spi(Backend) import Readiness
 @testable import ReadinessAsync
+@testable import ReadinessNet
 import Synchronization
 import Testing
 
@@ -242,5 +243,43 @@ extension PeerScenarioTests21 {
         let now = MonotonicClock.nowNanoseconds
         while let token = timers.popDue(now: now) { _ = connect.handleTimer(token, now: now) }
         #expect(connect.attempts.first?.address.family == .ipv6, "first attempts: \(connect.attempts.map(\.address))")
+    }
+}
+
+extension PeerScenarioTests21 {
+    // MARK: a connect's winner, handed over, not yet taken (Go TestDialParallelSpuriousConnection)
+
+    /// A Happy Eyeballs connect's winner is handed over by its attempt (which forgets the number) and
+    /// kept in the connect's outcome until the connecting task runs again and adopts it. An
+    /// `adopt(descriptor:)` of that number in between (a job queued ahead of the task) found it
+    /// neither owned nor held, and took it: two owners, each closing it. Now it is held.
+    @Test("a connect's winner handed over but not yet taken by its task is held by the loop: adopting its number is refused",
+          arguments: backends)
+    func handedOverWinnerIsHeld(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        let held = try await Task(executorPreference: loop) { () async throws -> [Bool] in
+            try await loop.onLoop { (state) throws(LoopError) -> [Bool] in
+                let connect = try state.slab.insert { ConnectResource(key: $0, loop: state) }
+                state.noteMayHoldUnowned(connect)
+                connect.outcome = .connected(ConnectedSocket(fd: fd, local: nil, peer: nil))
+                let byConnect = state.holdsUnowned(fd)
+                connect.outcome = nil    // not closed by the release below: the test's
+                state.close(connect, reason: .closed)
+                let stream = try state.slab.insert { key in
+                    StreamResource(key: key) { token in ConnectAttempt(to: try! SocketAddress("127.0.0.1:9"), poller: state.poller!, token: token, timeout: .seconds(1)) }
+                }
+                state.noteMayHoldUnowned(stream)
+                stream.attempt?.cancel()
+                stream.outcome = .connected(ConnectedSocket(fd: fd, local: nil, peer: nil))
+                let byStream = state.holdsUnowned(fd)
+                stream.outcome = nil
+                state.close(stream, reason: .closed)
+                return [byConnect, byStream]
+            }
+        }.value
+        #expect(held == [true, true], "\(backend)")
+        await loop.shutdown()
     }
 }

@@ -371,7 +371,9 @@ final class LoopState {
     }
 
     /// Whether `fd` is a socket the loop holds before it owns it: a connect attempt's (one address, or
-    /// Happy Eyeballs; `own` takes it once connected) or a connection the completion driver accepted
+    /// Happy Eyeballs; `own` takes it once connected, and a winner handed over is held until its
+    /// task takes it: an adoption between the two made it two owners' before, test
+    /// `handedOverWinnerIsHeld`) or a connection the completion driver accepted
     /// ahead of the calls. The loop closes those itself, so a second owner would close them twice. A
     /// scan of the resources: asked only by the entries that take a caller's descriptor.
     func holdsUnowned(_ fd: CInt) -> Bool {
@@ -380,8 +382,16 @@ final class LoopState {
         // scan of every connection (before: O(n) per adopt, a server adopting n sockets O(n²)).
         return mayHoldUnowned.contains { raw in
             guard let resource = slab[ResourceKey(raw)] else { return false }
-            if let stream = resource as? StreamResource { return stream.attempt?.fd == fd }
-            if let connect = resource as? ConnectResource { return connect.connect?.attempts.contains { $0.fd == fd } ?? false }
+            // A winner handed over by its attempt (which forgot its number) is held in the outcome
+            // until the connecting task takes it: the loop's too (the task then owns it).
+            if let stream = resource as? StreamResource {
+                if case .connected(let socket)? = stream.outcome, socket.fd == fd { return true }
+                return stream.attempt?.fd == fd
+            }
+            if let connect = resource as? ConnectResource {
+                if case .connected(let socket)? = connect.outcome, socket.fd == fd { return true }
+                return connect.connect?.attempts.contains { $0.fd == fd } ?? false
+            }
             if let listener = resource as? ListenerResource { return listener.acceptQueue.contains(fd) }
             return false
         }
