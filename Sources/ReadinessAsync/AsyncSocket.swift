@@ -23,8 +23,17 @@ public struct AsyncSocket: Sendable {
     /// The peer's address, compact (``PeerAddress``).
     private let peerAddress: PeerAddress
 
-    /// The peer's address when connected or accepted.
+    /// The peer's address as it was when this handle was made: a connect's or an accept's peer; for an
+    /// adopted socket, what getpeername said at the adoption (nil for one whose connect was still in
+    /// progress then: ``peerAddress()`` asks the kernel now).
     public var peer: SocketAddress? { peerAddress.address }
+
+    /// The peer's address now (getpeername; tokio's `peer_addr`): also for a socket adopted while its
+    /// connect was in progress, once connected. Nil once closed, while not connected, or for a Unix
+    /// peer without a name.
+    nonisolated(nonsending) public func peerAddress() async -> SocketAddress? {
+        (try? await withStreamSocket { (stream) throws(SocketError) in stream.peerAddress }) ?? nil
+    }
 
     init(loop: EventLoop, id: UInt64, peer: SocketAddress?) {
         self.loop = loop
@@ -136,7 +145,8 @@ public struct AsyncSocket: Sendable {
 
     /// Shuts down one direction or both (the socket stays open). A connection the peer reset, or one
     /// shut down both ways already, has nothing left to shut down: the kernel's ENOTCONN is success
-    /// here, as in tokio (`shutdown` after a reset); a closed socket is `.closed`.
+    /// here, as in tokio (`shutdown` after a reset); a closed socket is `.closed`. The kernel answers
+    /// an adopted socket that was never connected the same way, so that too succeeds, doing nothing.
     nonisolated(nonsending) public func shutdown(_ direction: ShutdownDirection) async throws(LoopError) {
         let id = self.id
         try await loop.onLoop { (state) async throws(LoopError) in

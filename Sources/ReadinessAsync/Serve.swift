@@ -31,7 +31,10 @@ extension AsyncListener {
     /// (``LoopError/resourceExhausted``), or a poller that cannot watch the listener for want of memory
     /// (``LoopError/isPassingShortage``): the connection stays queued, `serve` pauses 10 ms (doubling
     /// while it lasts, up to 100 ms) and accepts again. A loop that ended (its waits failing for want
-    /// of resources for a second) is the poller's failure, thrown.
+    /// of resources for a second) is the poller's failure, thrown. The listener is the caller's: it stays
+    /// open (the kernel queueing connections on it) until the caller closes it, also while the
+    /// connections are waited for after a failure; ``EventLoop/serve(on:options:_:)``, whose listener
+    /// is its own, closes it as soon as accepting fails.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         try await serve(handler, accepted: nil)
     }
@@ -173,12 +176,14 @@ final class ServedConnections: @unchecked Sendable {
 
 extension EventLoop {
     /// Listens on `address` and serves it (``AsyncListener/serve(_:)``) until the listener fails,
-    /// the loop shuts down or the calling task is cancelled; the listener is closed on return.
+    /// the loop shuts down or the calling task is cancelled; the listener is closed on return, and at
+    /// once when accepting failed (the wait for the connections may be long: meanwhile the kernel
+    /// would queue new connections nobody accepts, where a closed listener refuses them).
     nonisolated(nonsending) public func serve(on address: SocketAddress, options: Listener.Options = Listener.Options(),
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = try await listen(on: address, options: options)
         do {
-            try await listener.serve(handler)
+            try await listener.serve(handler, accepted: nil, closesOnFailure: true)
         } catch {
             await listener.close()
             throw error

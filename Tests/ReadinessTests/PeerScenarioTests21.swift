@@ -283,3 +283,57 @@ extension PeerScenarioTests21 {
         await loop.shutdown()
     }
 }
+
+
+extension PeerScenarioTests21 {
+    // MARK: an adopted socket whose connect was in progress (libuv test-tcp-open tcp_write_ready)
+
+    /// `peer` is what getpeername said when the handle was made: nil for a socket adopted while its
+    /// connect was in progress. `peerAddress()` asks the kernel now (tokio's `peer_addr`). Before,
+    /// nothing named the peer of such a socket once connected but `withStreamSocket`.
+    @Test("a socket adopted while connecting names its peer once connected (peerAddress())",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func adoptedConnectingSocketNamesPeer(backend: Backend) async throws {
+        let loop = try EventLoop(backend: backend)
+        // A listener whose accept queue is full: the next SYN is dropped, its connect stays in
+        // progress until the queue drains and the SYN is sent again (about 1 s).
+        let server = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(server) }
+        var any = try SocketAddress("127.0.0.1:0")
+        try #require(any.withSockaddr { bind(server, $0, $1) } == 0 && listen(server, 0) == 0)
+        any = try SocketAddress.local(of: server)
+        let filler = try blockingConnect(any)
+        defer { close(filler) }
+        usleep(50_000)
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        let started = any.withSockaddr { Glibc.connect(fd, $0, $1) }
+        try #require(started == -1 && errno == EINPROGRESS)
+        let client = try await loop.adopt(descriptor: fd)
+        let early = client.peer
+        let queued = accept(server, nil, nil)   // the queue drains; the client's SYN comes again
+        defer { close(queued) }
+        try await client.write(Array("x".utf8), timeout: .seconds(10))   // waits for the connect
+        #expect(await client.peerAddress() == any, "\(backend)")
+        if early != nil { #expect(early == any) }   // connected before the adoption after all
+        await client.close()
+        #expect(await client.peerAddress() == nil)
+        await loop.shutdown()
+    }
+}
+
+extension PeerScenarioTests21 {
+    /// Every deadline in a public signature is a `Deadline` (Docs/API.md): Happy Eyeballs' overall one
+    /// too (`deadline`, the typed form of `startDeadline`; Go's `Dialer.Deadline`).
+    @Test("HappyEyeballs.deadline is startDeadline as a Deadline")
+    func happyEyeballsTypedDeadline() throws {
+        let poller = try Backend.poll.makePoller()
+        defer { try? poller.close() }
+        let connect = HappyEyeballs(addresses: [try closedPort()], poller: poller, timers: Timers(), tokens: TokenBlock(first: 1))
+        let when = Deadline(nanoseconds: MonotonicClock.nowNanoseconds + 3_000_000_000)
+        connect.deadline = when
+        #expect(connect.startDeadline == when.nanoseconds)
+        connect.startDeadline = nil
+        #expect(connect.deadline == nil)
+        connect.cancel()
+    }
+}

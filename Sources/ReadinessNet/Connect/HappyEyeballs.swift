@@ -343,8 +343,13 @@ public final class HappyEyeballs {
     /// `::1` without IPv6, never looked at anything: the next starts). Once it passes with addresses
     /// still to try or a lookup still running and nothing in flight, the connect fails with `timedOut`,
     /// listing what failed before. Without it a step or a refusal at the deadline started one more attempt,
-    /// whose SYN a server then accepted for nothing. nil: no limit.
+    /// whose SYN a server then accepted for nothing. nil: no limit. (``deadline`` is the same, typed.)
     public var startDeadline: Int64?
+    /// ``startDeadline`` as a ``Deadline``: the connect's overall deadline, set before ``start()``.
+    public var deadline: Deadline? {
+        get { startDeadline.map { Deadline(nanoseconds: $0) } }
+        set { startDeadline = newValue?.nanoseconds }
+    }
     /// Given to each attempt this connect starts that has none of its own
     /// (``ConnectAttempt/willRegister``).
     package var willRegister: ((CInt) -> Void)?
