@@ -32,7 +32,10 @@ public struct AsyncSocket: Sendable {
     /// connect was in progress, once connected. Nil once closed, while not connected, or for a Unix
     /// peer without a name.
     nonisolated(nonsending) public func peerAddress() async -> SocketAddress? {
-        (try? await withStreamSocket { (stream) throws(SocketError) in stream.peerAddress }) ?? nil
+        let id = self.id
+        // Not through `withStreamSocket`, whose body may change the socket (its waiters are looked at
+        // again after it): a query changes nothing.
+        return (try? await loop.onLoop { (state) async throws(LoopError) -> SocketAddress? in try state.stream(id).1.peerAddress }) ?? nil
     }
 
     init(loop: EventLoop, id: UInt64, peer: SocketAddress?) {
@@ -240,7 +243,8 @@ public struct AsyncSocket: Sendable {
     /// The socket's own address (getsockname; tokio's `local_addr`): the port the kernel chose for a
     /// connect. Nil once closed, or for a Unix socket without a name.
     nonisolated(nonsending) public func localAddress() async -> SocketAddress? {
-        (try? await withStreamSocket { (stream) throws(SocketError) in stream.localAddress }) ?? nil
+        let id = self.id
+        return (try? await loop.onLoop { (state) async throws(LoopError) -> SocketAddress? in try state.stream(id).1.localAddress }) ?? nil
     }
 
     /// Runs `body` on the loop thread with the underlying socket (for options: `setNoDelay`, ...).

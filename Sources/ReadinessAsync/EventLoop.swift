@@ -755,7 +755,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     @inline(__always)
     func isolatesHere(_ isolation: (any Actor)?) -> Bool {
         guard let isolation else { return true }
-        return isolation.unownedExecutor.asSerialExecutor().map { ObjectIdentifier($0 as AnyObject) == ObjectIdentifier(serial) } ?? false
+        // The loop's serial executor identity, or the loop itself (an executor built by hand as
+        // `UnownedSerialExecutor(ordinary: loop)`: its jobs run on the loop thread too).
+        guard let executor = isolation.unownedExecutor.asSerialExecutor() else { return false }
+        let identity = ObjectIdentifier(executor as AnyObject)
+        return identity == ObjectIdentifier(serial) || identity == ObjectIdentifier(self)
     }
 
     /// The loop's state for an operation that is to run inline (`onLoop`'s fast path, taking one unit

@@ -40,6 +40,12 @@ final class ListenerResource: LoopResourceBase, LoopResource {
                 } else if let poller = loop.poller,
                           (try? poller.reregister(listener.fd, token: key.token, interest: .readable, trigger: .oneShot)) != nil {
                     quieted = true
+                } else {
+                    // Refused too (io_uring: both are a cancel that could not be submitted): let go
+                    // through the loop's kept deregisters, asked again after every wait (the wait
+                    // kept short meanwhile); the next accept's wait registers afresh.
+                    record.registered = []
+                    loop.keepDeregister(listener.fd)
                 }
             }
         }
