@@ -374,3 +374,40 @@ extension PeerScenarioTests21 {
         connect.cancel()
     }
 }
+
+extension PeerScenarioTests21 {
+    // MARK: a caller's wait whose number another file took outside the loop (FlyingFox HTTPServerTests)
+
+    /// FlyingFox's `stop()` closes its listener while its accept waits (`readable(fd)` through the
+    /// adapter). Another file outside the loop takes the number (another server, a plain socket). A
+    /// backend that watches numbers (poll, select, libevent's poll and select methods, io_uring's
+    /// re-check) reported the new file's readiness under the stale registration: the wait ended
+    /// ready, and the stopped server accepted on someone else's socket; epoll reported nothing. The
+    /// wait now checks the file before it ends ready: `.closed` (or, on epoll, its timeout).
+    @Test("a caller's wait whose number is taken by a file outside the loop never ends ready",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func staleForeignWaitNotReadyOnOtherFile(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let (x, y) = try socketPair()
+            defer { close(y) }
+            let stale = Task(executorPreference: loop) { () async -> LoopError? in
+                do throws(LoopError) { try await loop.readable(x, timeout: .milliseconds(700)) } catch { return error }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(50))
+            close(x)
+            let (p, q) = try socketPair()   // taken outside the loop: nothing of the loop waits on p
+            defer { close(p); close(q) }
+            guard p == x else {
+                stale.cancel()
+                _ = await stale.value
+                try Test.cancel("another thread took descriptor \(x) first: the scenario did not happen")
+            }
+            var byte: UInt8 = 1
+            #expect(write(q, &byte, 1) == 1)
+            try await loop.sleep(for: .milliseconds(20))   // a loop pass that polls the number
+            let outcome = await stale.value
+            #expect(outcome == .closed || outcome == .timedOut, "ended \(String(describing: outcome)) on another file (\(backend))")
+        }
+    }
+}

@@ -59,8 +59,19 @@ final class ForeignResource: LoopResourceBase, LoopResource {
         return entry.revents & (wanted | Int16(POLLERR) | Int16(POLLHUP)) != 0
     }
 
-    /// Readiness resumes the waiter, and the descriptor is let go at once (`settleForeign`).
+    /// Readiness resumes the waiter, and the descriptor is let go at once (`settleForeign`). Unless the
+    /// number names another file now (one fstat, for a socket, pipe or device): the caller closed it
+    /// during the wait and the number was taken outside the loop (another loop, another pool, a plain
+    /// socket), and a backend that watches numbers (poll, select, libevent's poll and select methods,
+    /// io_uring's re-check) reported the new file's readiness under the stale token: the wait ended
+    /// ready, and FlyingFox's stopped server accepted on someone else's socket (test
+    /// `staleForeignWaitNotReadyOnOtherFile`). It ends `.closed` now, as a wait on a closed
+    /// descriptor does; epoll, which watches the file, reports nothing for it.
     func ready(_ ready: Ready, token: Token, loop: LoopState) {
+        if identityIsUnique, !namesSameFile {
+            loop.close(self, reason: .closed)
+            return
+        }
         loop.deliver(self, ready)
         loop.settleForeign(self)
     }
