@@ -118,7 +118,10 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
             self.buffer = EventBuffer(capacity: maxEvents + 1)   // + the waker's event
         }
 
-        /// Makes the poller's registration of `fd` be `interest` (nothing: deregistered).
+        /// Makes the poller's registration of `fd` be `interest` (nothing: deregistered). A registration
+        /// already as wanted is applied again (reregister): the number may name another file since it
+        /// was made (the old one closed under its waiter, the number reused by the next socket), which
+        /// epoll never watched; the contract's reregister applies it to the file the number names now.
         func apply(_ fd: Int32, _ interest: Interest) throws(PollerError) {
             guard fd >= 0 else { throw .invalidDescriptor(fd) }
             let current = registered[fd]
@@ -129,8 +132,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 // next add `alreadyRegistered`.
                 try poller.deregister(fd)
                 registered[fd] = nil
-            } else if let current {
-                guard current != interest else { return }
+            } else if current != nil {
                 // reregister applies the registration to whatever file the number names now (the
                 // contract); on failure the registration stays as it was, for the other direction's waiter.
                 try poller.reregister(fd, token: Token(UInt64(fd)), interest: interest)
@@ -139,6 +141,28 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 try poller.register(fd, token: Token(UInt64(fd)), interest: interest)
                 registered[fd] = interest
             }
+        }
+
+        /// Applies the changes recorded during a wait; the failures as notifications for their waiters.
+        func applyPending() -> [EventNotification] {
+            var failed: [EventNotification] = []
+            let pending = self.pending
+            let removed = removedDuringWait
+            removedDuringWait = []
+            self.pending = [:]
+            for (fd, interest) in pending {
+                if removed.contains(fd), !interest.isEmpty, registered[fd] != nil {
+                    registerAnew(fd)   // the number may name another file now
+                }
+                do throws(PollerError) { try apply(fd, interest) } catch {
+                    // Every waiter of the descriptor hears of it: the directions registered and the
+                    // ones the failed change added (SocketPool resumes waiters by direction; a waiter
+                    // of a new direction would stay suspended).
+                    let events = ReadinessEventQueue.events((registered[fd] ?? []).union(interest))
+                    failed.append(EventNotification(file: .init(rawValue: fd), events: events, errors: [.error]))
+                }
+            }
+            return failed
         }
 
         /// Drops `fd`'s registration so that the next `apply` registers it anew (the number may name
@@ -222,6 +246,14 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 guard let open = session, !open.stopped else { throw FlyingSocks.SocketError.disconnected }
                 let wanted = transform(open.pending[fd] ?? open.registered[fd] ?? [])
                 if open.waiting {
+                    // What the poller would refuse without looking at the descriptor is refused now,
+                    // as a change applied at once is (FlyingSocks' epoll queue fails addEvents at
+                    // once): applied by the waiting thread, any failure reaches the waiter as
+                    // `.disconnected`, which FlyingFox takes for a clean end (a connection above
+                    // select's FD_SETSIZE closed with nothing said).
+                    if fd < 0 { throw Shared.socketError(.invalidDescriptor(fd), fd: fd) }
+                    let limit = open.poller.capabilities.maxDescriptor
+                    if fd > limit, !wanted.isEmpty { throw Shared.socketError(.descriptorTooLarge(fd, limit: limit &+ 1), fd: fd) }
                     open.pending[fd] = wanted
                     if wanted.isEmpty { open.removedDuringWait.insert(fd) }
                     return open.poller.waker
@@ -246,23 +278,7 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                 // Apply what changed while nobody waited, and start waiting.
                 let (session, failed) = try lock.withLock { (current: inout Session?) throws -> (Session, [EventNotification]) in
                     guard let open = current, !open.stopped else { throw FlyingSocks.SocketError.disconnected }
-                    var failed: [EventNotification] = []
-                    let pending = open.pending
-                    let removed = open.removedDuringWait
-                    open.removedDuringWait = []
-                    open.pending = [:]
-                    for (fd, interest) in pending {
-                        if removed.contains(fd), !interest.isEmpty, open.registered[fd] != nil {
-                            open.registerAnew(fd)   // the number may name another file now
-                        }
-                        do throws(PollerError) { try open.apply(fd, interest) } catch {
-                            // Every waiter of the descriptor hears of it: the directions registered
-                            // and the ones the failed change added (SocketPool resumes waiters by
-                            // direction; a waiter of a new direction would stay suspended).
-                            let events = ReadinessEventQueue.events((open.registered[fd] ?? []).union(interest))
-                            failed.append(EventNotification(file: .init(rawValue: fd), events: events, errors: [.error]))
-                        }
-                    }
+                    let failed = open.applyPending()
                     if failed.isEmpty { open.waiting = true }
                     return (open, failed)
                 }
@@ -288,6 +304,11 @@ public struct ReadinessEventQueue: EventQueue, Sendable {
                         let fd = Int32(truncatingIfNeeded: event.token.rawValue)
                         notifications.append(Shared.notification(fd: fd, ready: event.ready, registered: session.registered[fd]))
                     }
+                    // The changes made during the wait, applied now, not only before the next wait:
+                    // SocketPool waits again only once a task waits, and until then a removal would
+                    // keep watching a descriptor its owner may close (on io_uring the poll request
+                    // holds the file: the peer saw no end of stream).
+                    if !notifications.isEmpty { notifications += session.applyPending() }
                     return notifications
                 }
                 if !notifications.isEmpty { return notifications }

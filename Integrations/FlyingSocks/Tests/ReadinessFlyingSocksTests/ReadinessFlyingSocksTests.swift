@@ -387,4 +387,129 @@ struct ReadinessEventQueueTests {
         #expect(response.hasPrefix("HTTP/1.1 200"), "\(backend): \(response)")
         #expect(response.hasSuffix("hello /readiness"), "\(backend): \(response)")
     }
+
+    /// A change made while a wait runs is applied by the waiting thread; a descriptor above select's
+    /// FD_SETSIZE was refused there and its waiter got `.disconnected`, which FlyingFox takes for a
+    /// clean end (every connection above 1023 closed with nothing said). It fails at once now, with
+    /// `.failed`, as a change applied at once does (review of the adapter).
+    @Test("a descriptor above the backend's limit, added during a wait, fails at once with .failed (select)",
+          arguments: Backend.available.filter { $0.name.hasSuffix("select") })
+    func tooLargeDuringWait(backend: Backend) async throws {
+        var queue = ReadinessEventQueue(backend: backend)
+        try queue.open()
+        let (a, b) = try socketPair()
+        defer { try? a.close(); try? b.close() }
+        try queue.addEvents([.read], for: a.file)
+        let waiter = queue
+        let waiting = Task.detached { try waiter.getNotifications() }
+        try await Task.sleep(for: .milliseconds(30))   // the queue waits
+        let big = fcntl(b.file.rawValue, F_DUPFD_CLOEXEC, 1_100)
+        try #require(big >= 1_100, "no descriptor at 1100 or above (limit \(big))")
+        defer { Glibc.close(big) }
+        do {
+            try queue.addEvents([.read], for: .init(rawValue: big))
+            Issue.record("added a descriptor above FD_SETSIZE on \(backend)")
+        } catch let error as FlyingSocks.SocketError {
+            guard case .failed = error else { Issue.record("\(error) on \(backend)"); return }
+        }
+        try queue.stop()
+        try queue.close()
+        _ = try? await waiting.value
+    }
+
+    /// SocketPool waits again only once a task waits. A removal made while the wait ran, which
+    /// returned other events, was applied only before the next wait: the descriptor stayed watched
+    /// (io_uring's poll request holding its file after its owner closed it). Applied as the wait
+    /// returns now (review of the adapter).
+    @Test("a removal made during a wait that returns events is applied when it returns", arguments: Backend.available)
+    func removalAppliedAfterWait(backend: Backend) async throws {
+        let deregistered = ReadinessLockedSet()
+        var queue = ReadinessEventQueue(maxEvents: 8) { () throws(PollerError) -> any Poller in
+            RecordingPoller(try backend.makePoller(), deregistered: deregistered)
+        }
+        try queue.open()
+        let (a, b) = try socketPair()
+        let (c, d) = try socketPair()
+        defer { for socket in [a, b, c, d] { try? socket.close() } }
+        try queue.addEvents([.read], for: a.file)
+        try queue.addEvents([.read], for: c.file)
+        let waiter = queue
+        let first = Task.detached { try waiter.getNotifications() }
+        try await Task.sleep(for: .milliseconds(30))
+        _ = try d.write(Data([1]))
+        try queue.removeEvents([.read], for: a.file)   // recorded: the wait is running
+        let files = try await first.value.map(\.file)
+        #expect(files.contains(c.file))
+        // If the wait returned the waker alone first, it waited again after applying: either way the
+        // removal is done by the time the wait returned c's event.
+        #expect(deregistered.contains(a.file.rawValue), "a's registration was still there on \(backend)")
+        try queue.stop()
+        try queue.close()
+    }
+
+    /// A socket closed while its read waits (its registration stays: SocketPool removes it only when
+    /// the waiter resumes), and the next socket gets its number and waits for reading: the add found
+    /// the same interest registered and did nothing; epoll, which had dropped the closed file, never
+    /// watched the new one (a hang). An add that changes nothing applies the registration again.
+    @Test("a new socket on a closed socket's number, waiting in the same direction, is watched", arguments: Backend.available)
+    func reusedNumberWatched(backend: Backend) async throws {
+        var queue = ReadinessEventQueue(backend: backend)
+        try queue.open()
+        let (a, b) = try socketPair()
+        defer { try? b.close() }
+        try queue.addEvents([.read], for: a.file)
+        let number = a.file.rawValue
+        Glibc.close(number)
+        let (p, q) = try socketPair()
+        defer { try? p.close(); try? q.close() }
+        guard p.file.rawValue == number else { try? queue.stop(); try? queue.close(); return }
+        try queue.addEvents([.read], for: p.file)
+        _ = try q.write(Data([1]))
+        let waiter = queue
+        let stopper = Task.detached {
+            try await Task.sleep(for: .seconds(2))
+            var stopping = waiter
+            try? stopping.stop()
+        }
+        let files = (try? queue.getNotifications())?.map(\.file) ?? []
+        stopper.cancel()
+        #expect(files.contains(p.file), "the new socket was not watched on \(backend)")
+        try? queue.stop()
+        try? queue.close()
+    }
+}
+
+/// Records the numbers deregistered through it.
+private final class RecordingPoller: Poller, @unchecked Sendable {
+    let inner: any Poller
+    let deregistered: ReadinessLockedSet
+    init(_ inner: any Poller, deregistered: ReadinessLockedSet) {
+        self.inner = inner
+        self.deregistered = deregistered
+    }
+    var capabilities: Capabilities { inner.capabilities }
+    var waker: Waker { inner.waker }
+    var isClosed: Bool { inner.isClosed }
+    func register(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try inner.register(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func reregister(_ fd: CInt, token: Token, interest: Interest, trigger: Trigger) throws(PollerError) {
+        try inner.reregister(fd, token: token, interest: interest, trigger: trigger)
+    }
+    func deregister(_ fd: CInt) throws(PollerError) {
+        try inner.deregister(fd)
+        deregistered.insert(fd)
+    }
+    func wait(into events: EventBuffer, timeout: Duration?) throws(PollerError) -> Int {
+        try inner.wait(into: events, timeout: timeout)
+    }
+    func close() throws(PollerError) { try inner.close() }
+}
+
+/// A set of numbers behind a lock.
+private final class ReadinessLockedSet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var numbers: Set<CInt> = []
+    func insert(_ fd: CInt) { lock.lock(); numbers.insert(fd); lock.unlock() }
+    func contains(_ fd: CInt) -> Bool { lock.lock(); defer { lock.unlock() }; return numbers.contains(fd) }
 }
