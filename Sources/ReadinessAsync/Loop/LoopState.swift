@@ -463,7 +463,16 @@ final class LoopState {
         // asked again as the loop took the socket and refused once more): asked again before the
         // number is registered, or the registration would meet it (`alreadyRegistered`).
         if old.isEmpty, !deregisterLater.isEmpty, resource.record.ownedFD >= 0 {
-            retryDeregisters(only: resource.record.ownedFD)
+            let fd = resource.record.ownedFD
+            // Still refused, a listener's own registration (its back-off let it go this way) is
+            // changed in place: a register would meet it (`alreadyRegistered`, which ends `serve`),
+            // and the kept deregister, asked again later, would remove the new one.
+            if retryDeregisters(only: fd), resource is ListenerResource, deregisterLater.contains(fd) {
+                try poller.reregister(fd, token: resource.key.token, interest: wanted)
+                deregisterLater.removeAll { $0 == fd }
+                resource.record.registered = wanted
+                return
+            }
         }
         guard try resource.applyInterest(wanted, old: old, token: resource.key.token, poller: poller) else { return }
         resource.record.registered = wanted

@@ -393,19 +393,20 @@ struct ReadinessEventQueueTests {
     /// clean end (every connection above 1023 closed with nothing said). It fails at once now, with
     /// `.failed`, as a change applied at once does (review of the adapter).
     @Test("a descriptor above the backend's limit, added during a wait, fails at once with .failed (select)",
-          arguments: Backend.available.filter { $0.name.hasSuffix("select") })
+          .timeLimit(.minutes(1)), arguments: Backend.available.filter { $0.name.hasSuffix("select") })
     func tooLargeDuringWait(backend: Backend) async throws {
-        var queue = ReadinessEventQueue(backend: backend)
-        try queue.open()
         let (a, b) = try socketPair()
         defer { try? a.close(); try? b.close() }
-        try queue.addEvents([.read], for: a.file)
-        let waiter = queue
-        let waiting = Task.detached { try waiter.getNotifications() }
-        try await Task.sleep(for: .milliseconds(30))   // the queue waits
+        // The number first: nothing waits yet if the process may not open one at 1100.
         let big = fcntl(b.file.rawValue, F_DUPFD_CLOEXEC, 1_100)
-        try #require(big >= 1_100, "no descriptor at 1100 or above (limit \(big))")
+        guard big >= 1_100 else { try Test.cancel("no descriptor at 1100 or above (RLIMIT_NOFILE)") }
         defer { Glibc.close(big) }
+        var queue = ReadinessEventQueue(backend: backend)
+        try queue.open()
+        defer { try? queue.stop(); try? queue.close() }
+        try queue.addEvents([.read], for: a.file)
+        let waiting = queue.startWaiting()
+        try await waiting.started()
         do {
             try queue.addEvents([.read], for: .init(rawValue: big))
             Issue.record("added a descriptor above FD_SETSIZE on \(backend)")
@@ -413,48 +414,46 @@ struct ReadinessEventQueueTests {
             guard case .failed = error else { Issue.record("\(error) on \(backend)"); return }
         }
         try queue.stop()
-        try queue.close()
-        _ = try? await waiting.value
+        _ = try? await waiting.result()
     }
 
     /// SocketPool waits again only once a task waits. A removal made while the wait ran, which
     /// returned other events, was applied only before the next wait: the descriptor stayed watched
     /// (io_uring's poll request holding its file after its owner closed it). Applied as the wait
     /// returns now (review of the adapter).
-    @Test("a removal made during a wait that returns events is applied when it returns", arguments: Backend.available)
+    @Test("a removal made during a wait that returns events is applied when it returns", .timeLimit(.minutes(1)), arguments: Backend.available)
     func removalAppliedAfterWait(backend: Backend) async throws {
         let deregistered = ReadinessLockedSet()
         var queue = ReadinessEventQueue(maxEvents: 8) { () throws(PollerError) -> any Poller in
             RecordingPoller(try backend.makePoller(), deregistered: deregistered)
         }
         try queue.open()
+        defer { try? queue.stop(); try? queue.close() }
         let (a, b) = try socketPair()
         let (c, d) = try socketPair()
         defer { for socket in [a, b, c, d] { try? socket.close() } }
         try queue.addEvents([.read], for: a.file)
         try queue.addEvents([.read], for: c.file)
-        let waiter = queue
-        let first = Task.detached { try waiter.getNotifications() }
-        try await Task.sleep(for: .milliseconds(30))
+        let first = queue.startWaiting()
+        try await first.started()
         _ = try d.write(Data([1]))
         try queue.removeEvents([.read], for: a.file)   // recorded: the wait is running
-        let files = try await first.value.map(\.file)
+        let files = try await first.result().map(\.file)
         #expect(files.contains(c.file))
         // If the wait returned the waker alone first, it waited again after applying: either way the
         // removal is done by the time the wait returned c's event.
         #expect(deregistered.contains(a.file.rawValue), "a's registration was still there on \(backend)")
-        try queue.stop()
-        try queue.close()
     }
 
     /// A socket closed while its read waits (its registration stays: SocketPool removes it only when
     /// the waiter resumes), and the next socket gets its number and waits for reading: the add found
     /// the same interest registered and did nothing; epoll, which had dropped the closed file, never
     /// watched the new one (a hang). An add that changes nothing applies the registration again.
-    @Test("a new socket on a closed socket's number, waiting in the same direction, is watched", arguments: Backend.available)
+    @Test("a new socket on a closed socket's number, waiting in the same direction, is watched", .timeLimit(.minutes(1)), arguments: Backend.available)
     func reusedNumberWatched(backend: Backend) async throws {
         var queue = ReadinessEventQueue(backend: backend)
         try queue.open()
+        defer { try? queue.stop(); try? queue.close() }
         let (a, b) = try socketPair()
         defer { try? b.close() }
         try queue.addEvents([.read], for: a.file)
@@ -462,21 +461,53 @@ struct ReadinessEventQueueTests {
         Glibc.close(number)
         let (p, q) = try socketPair()
         defer { try? p.close(); try? q.close() }
-        guard p.file.rawValue == number else { try? queue.stop(); try? queue.close(); return }
+        guard p.file.rawValue == number else { try Test.cancel("another thread took descriptor \(number) first") }
         try queue.addEvents([.read], for: p.file)
         _ = try q.write(Data([1]))
-        let waiter = queue
-        let stopper = Task.detached {
+        let waiting = queue.startWaiting()
+        let stopper = Task.detached { [queue] in
             try await Task.sleep(for: .seconds(2))
-            var stopping = waiter
+            var stopping = queue
             try? stopping.stop()
         }
-        let files = (try? queue.getNotifications())?.map(\.file) ?? []
+        let files = (try? await waiting.result())?.map(\.file) ?? []
         stopper.cancel()
         #expect(files.contains(p.file), "the new socket was not watched on \(backend)")
-        try? queue.stop()
-        try? queue.close()
     }
+}
+
+/// `getNotifications()` on a thread of its own (it blocks; the tests run in parallel on a small
+/// cooperative pool), as SocketPool calls it on a dispatch queue of its own.
+private final class WaitingThread: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var begun = false
+    private var outcome: Result<[EventNotification], any Error>?
+
+    init(_ queue: ReadinessEventQueue) {
+        let thread = Thread { [self] in
+            lock.lock(); begun = true; lock.broadcast(); lock.unlock()
+            let result = Result { try queue.getNotifications() }
+            lock.lock(); outcome = result; lock.broadcast(); lock.unlock()
+        }
+        thread.start()
+    }
+
+    /// Returns once the thread has begun, and a moment for it to reach the poller's wait.
+    func started() async throws {
+        while !(lock.withLock { begun }) { try await Task.sleep(for: .milliseconds(1)) }
+        try await Task.sleep(for: .milliseconds(30))
+    }
+
+    func result() async throws -> [EventNotification] {
+        while true {
+            if let outcome = lock.withLock({ outcome }) { return try outcome.get() }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+    }
+}
+
+extension ReadinessEventQueue {
+    fileprivate func startWaiting() -> WaitingThread { WaitingThread(self) }
 }
 
 /// Records the numbers deregistered through it.
