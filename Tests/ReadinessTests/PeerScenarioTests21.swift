@@ -201,7 +201,11 @@ extension PeerScenarioTests21 {
             defer { exhaustion.restore() }
             poller.failures.store(reregisterToo ? 3 : 1_000_000, ordering: .relaxed)
             _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
-            for _ in 0..<200 where (try? await count()) ?? 0 == 0 { try await loop.sleep(for: .milliseconds(10)) }
+            var tries = 0
+            while tries < 200, (try? await count()) ?? 0 == 0 {
+                tries += 1
+                try await loop.sleep(for: .milliseconds(10))
+            }
             try await loop.sleep(for: .milliseconds(20))
             let before = try await loop.statistics().iterations
             try await loop.sleep(for: .milliseconds(100))
@@ -269,7 +273,7 @@ extension PeerScenarioTests21 {
         let client = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
         defer { close(client) }
         let id = listener.id
-        let outcome = try await Task(executorPreference: loop) { () async throws -> LoopError? in
+        let result = await Task(executorPreference: loop) { () async throws -> LoopError? in
             let count = { () async throws -> Int in
                 try await loop.onLoop { (state) throws(LoopError) in try state.listener(id).listener.exhaustionCount }
             }
@@ -281,7 +285,11 @@ extension PeerScenarioTests21 {
                 poller.failures.store(1_000_000, ordering: .relaxed)   // every deregister refused
                 poller.reregisterFailures.store(1, ordering: .relaxed)  // and the one-shot re-arm
                 _ = listener.address.withSockaddr { Glibc.connect(client, $0, $1) }
-                for _ in 0..<200 where (try? await count()) ?? 0 == 0 { try await loop.sleep(for: .milliseconds(10)) }
+                var tries = 0
+                while tries < 200, (try? await count()) ?? 0 == 0 {
+                    tries += 1
+                    try await loop.sleep(for: .milliseconds(10))
+                }
             }
             // Descriptors back: the back-off ends (its timer) and the queued connection is accepted.
             let first = try await accepting.value
@@ -292,11 +300,12 @@ extension PeerScenarioTests21 {
             } catch {
                 return error
             }
-        }.value
+        }.result
         poller.failures.store(0, ordering: .relaxed)
-        #expect(outcome == .timedOut, "the next accept ended \(String(describing: outcome)) on \(backend)")
         await listener.close()
-        await loop.shutdown()
+        await loop.shutdown()   // on every path: a loop left running would keep refusing its deregisters
+        let outcome = try result.get()
+        #expect(outcome == .timedOut, "the next accept ended \(String(describing: outcome)) on \(backend)")
     }
 }
 
@@ -459,7 +468,9 @@ extension PeerScenarioTests21 {
                 return nil
             }
             // The loop holds the wait before the close (a late task would wait on the new file).
-            for _ in 0..<500 where try await loop.onLoop({ (state) throws(LoopError) in state.foreign[x] == nil }) {
+            var tries = 0
+            while tries < 500, try await loop.onLoop({ (state) throws(LoopError) in state.foreign[x] == nil }) {
+                tries += 1
                 try await loop.sleep(for: .milliseconds(2))
             }
             try await loop.sleep(for: .milliseconds(20))
