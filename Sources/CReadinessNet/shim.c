@@ -58,6 +58,10 @@ int rd_net_datagram_pair(int ends[2]) {
     return socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, ends);
 }
 
+int rd_net_stream_pair(int ends[2]) {
+    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, ends);
+}
+
 ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sockaddr *address, socklen_t length) {
     return sendto(fd, bytes, count, MSG_NOSIGNAL, address, address ? length : 0);
 }

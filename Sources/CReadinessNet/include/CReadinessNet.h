@@ -76,6 +76,8 @@ int rd_signal_thread_pending(uint64_t *mask);
 int rd_net_datagram_socket(int domain);
 /// A connected pair of Unix datagram sockets, non-blocking and close-on-exec: 0, or -1 with errno.
 int rd_net_datagram_pair(int ends[2]);
+/// A connected pair of Unix stream sockets, non-blocking and close-on-exec.
+int rd_net_stream_pair(int ends[2]);
 /// sendto(2) with MSG_NOSIGNAL; `address` NULL sends to the connected peer.
 ssize_t rd_net_sendto(int fd, const void *bytes, size_t count, const struct sockaddr *address, socklen_t length);
 /// recvmsg(2) of one datagram with MSG_TRUNC: returns the datagram's real length (which may exceed

@@ -346,6 +346,20 @@ public final class DatagramSocket {
         try sendImpl(buffer, to: destination)
     }
 
+    /// Shuts down one direction or both (shutdown(2); mio's `UnixDatagram::shutdown`), the descriptor
+    /// staying open: after `.write` a send fails (EPIPE on a Unix socket); after `.read` pollers report
+    /// the socket readable, yet a receive that finds nothing queued still says `.wouldBlock` (Linux
+    /// gives an end of file to SOCK_SEQPACKET only). An unconnected UDP socket has nothing to shut
+    /// down: `notConnected`.
+    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
+        let how: CInt = switch direction {
+        case .read: rd_net_shut_rd()
+        case .write: rd_net_shut_wr()
+        case .both: rd_net_shut_rdwr()
+        }
+        if Glibc.shutdown(fd, how) != 0 { throw SocketError(errno: errno, operation: "shutdown") }
+    }
+
     /// Sends `bytes` as one datagram to `destination`: `send(array, to: address)`, as the `Bytes`,
     /// raw-buffer and async forms read (the ranged form's `to:` is an end index).
     public func send(_ bytes: [UInt8], to destination: SocketAddress) throws(SocketError) -> IOResult {

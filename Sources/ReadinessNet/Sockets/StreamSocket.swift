@@ -113,6 +113,28 @@ public final class StreamSocket {
         try readImpl(buffer)
     }
 
+    /// Reads into several buffers in one system call (readv; mio's and tokio's `read_vectored`), filling
+    /// each before the next, as much as is queued now: `.transferred(n)` for the `n` bytes read across
+    /// them. At most ``maximumVectoredBuffers`` non-empty buffers are filled by one call; empty ones are
+    /// skipped. A list with no room at all is refused (``SocketError/Kind/invalidArgument``), as a read
+    /// into an empty buffer is: a read of 0 bytes would look like the end of the stream.
+    public func read(vectored buffers: some Collection<UnsafeMutableRawBufferPointer>) throws(SocketError) -> IOResult {
+        let count = Swift.min(buffers.count(where: { !$0.isEmpty }), Self.maximumVectoredBuffers)
+        if count == 0 { throw SocketError(.invalidArgument, operation: "read into empty buffers") }
+        let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { iov -> Int in
+            var index = 0
+            for buffer in buffers where !buffer.isEmpty {
+                if index == count { break }
+                iov[index] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+                index += 1
+            }
+            return NetSys.readv(fd, iov.baseAddress!, index)
+        }
+        do { return try NetSys.result(n, operation: "readv", isRead: true) } catch {
+            throw notConnectedIfUnconnected(error)
+        }
+    }
+
     /// Reads up to `buffer.count` bytes into the start of `buffer` (its count does not change).
     public func read(into buffer: inout [UInt8]) throws(SocketError) -> IOResult {
         let outcome = buffer.withUnsafeMutableBytes { raw in
@@ -228,6 +250,17 @@ public final class StreamSocket {
             return .transferred(0)
         }
         return try NetSys.result(NetSys.send(fd, buffer), operation: "send", isRead: false)
+    }
+
+    /// A connected pair of Unix stream sockets (socketpair(2); mio's and tokio's `UnixStream::pair`),
+    /// each non-blocking and close-on-exec, owned by the socket made of it.
+    public static func pair() throws(SocketError) -> (StreamSocket, StreamSocket) {
+        var ends: (CInt, CInt) = (-1, -1)
+        let status = withUnsafeMutablePointer(to: &ends) {
+            $0.withMemoryRebound(to: CInt.self, capacity: 2) { rd_net_stream_pair($0) }
+        }
+        guard status == 0 else { throw SocketError(errno: errno, operation: "socketpair") }
+        return (StreamSocket(owning: ends.0), StreamSocket(owning: ends.1))
     }
 
     /// Shuts down one direction or both; the descriptor stays open.

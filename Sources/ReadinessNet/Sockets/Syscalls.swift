@@ -35,6 +35,11 @@ enum NetSys {
     }
 
     @inline(__always)
+    static func readv(_ fd: CInt, _ buffers: UnsafePointer<iovec>, _ count: Int) -> Int {
+        Sys.retryingEINTR { Glibc.readv(fd, buffers, CInt(count)) }
+    }
+
+    @inline(__always)
     static func peek(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
         Sys.retryingEINTR { rd_net_peek(fd, buffer.baseAddress, buffer.count) }
     }
