@@ -8,8 +8,9 @@ import ReadinessNet
 ///
 /// - Each send and receive moves one whole datagram (``/ReadinessNet/DatagramSocket``): a receive tells the source
 ///   and whether the datagram was truncated (``/ReadinessNet/ReceivedDatagram``), never silently.
-/// - One task may wait to receive and one to send at a time; a second waiter in the same direction
-///   fails with ``LoopError/busy``.
+/// - Receives take turns, as do sends: one runs at a time per direction, and a task that asks while
+///   another's runs waits for its turn, in the order the calls reach the loop, its deadline and cancellation
+///   counting from its call.
 /// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``, and
 ///   every later operation fails with ``LoopError/closed``. ``EventLoop/shutdown()`` closes it too
 ///   (``LoopError/shutdown``).

@@ -112,9 +112,14 @@ extension AsyncSocket {
         // check. One that would block goes on below from `offset`, its claim held meanwhile.
         var claimed = false
         let start = LoopState.WriteStart(timeout: timeout)
-        if let done = try loop.onLoopNow({ (state) throws(LoopError) -> Bool in try state.writeAtOnce(id, count: count, offset: &offset, write) }) {
-            if done { return }
-            claimed = true
+        if let outcome = try loop.onLoopNow({ (state) throws(LoopError) -> LoopState.WriteAtOnce in
+            try state.writeAtOnce(id, count: count, offset: &offset, write)
+        }) {
+            switch outcome {
+            case .done: return
+            case .blocked: claimed = true
+            case .notItsTurn: break   // `perform` waits for its turn
+            }
         }
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
             // Went on after its first slice (its budget spent, or no room): a cancellation or the

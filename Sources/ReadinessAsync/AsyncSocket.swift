@@ -6,8 +6,11 @@ import ReadinessNet
 
 /// A connected stream socket owned by an ``EventLoop``: a Sendable handle (the loop and a number).
 ///
-/// - One task may wait to read and one to write at a time; a second waiter in the same direction
-///   fails with ``LoopError/busy``.
+/// - Reads (peeks, `readable()` waits) take turns, as do writes: one runs at a time per direction, and
+///   a task that asks while another's runs waits for its turn, in the order the calls reach the loop (Go serialises
+///   a connection's reads and writes the same way), its deadline and cancellation counting from its
+///   call. A write's bytes are never cut by another write's. ``tryWrite(_:)``, which never waits, is
+///   ``LoopError/busy`` while another write runs.
 /// - ``close()`` closes it exactly once; a task suspended on it resumes with ``LoopError/closed``
 ///   (on io_uring's completion driver a write whose every byte the kernel had sent by then returns
 ///   normally), and every later operation fails with ``LoopError/closed``. ``EventLoop/shutdown()`` closes it too.
@@ -87,9 +90,8 @@ public struct AsyncSocket: Sendable {
     /// Copies up to `buffer.count` bytes into the start of `buffer` as soon as some are queued,
     /// **without taking them** (tokio's `TcpStream::peek`): the next read returns them again. Returns
     /// how many (0: the peer shut down its sending side and nothing is queued). An empty buffer is
-    /// refused with ``LoopError/invalidArgument(_:)``. It waits as a read does (one reader at a time:
-    /// a peek and a read of the same socket in two tasks are ``LoopError/busy``), with the same
-    /// deadline and cancellation; a reset is reported as a read would report it.
+    /// refused with ``LoopError/invalidArgument(_:)``. It waits as a read does (reads and peeks take turns), with
+    /// the same deadline and cancellation; a reset is reported as a read would report it.
     nonisolated(nonsending) public func peek(into buffer: inout [UInt8], timeout: Duration? = nil) async throws(LoopError) -> Int {
         if buffer.isEmpty { throw .invalidArgument("peek into an empty buffer") }
         let deadline = timeout.map { Deadline.after($0) }
@@ -192,14 +194,14 @@ public struct AsyncSocket: Sendable {
     /// Waits until a write would not block (room in the send buffer, or a failure a write would
     /// report: a reset, a shut-down side) and writes nothing: tokio's `writable`. With ``tryWrite(_:)``
     /// it is a write that a cancellation or a deadline never ends in the middle of its bytes: the caller
-    /// always knows how many went. ``LoopError/busy`` while another task writes; `.timedOut`,
+    /// always knows how many went. Waits for its turn while another task writes; `.timedOut`,
     /// `.cancelled` as for a write.
     nonisolated(nonsending) public func writable(timeout: Duration? = nil) async throws(LoopError) {
         try await waitReady(.write, timeout: timeout)
     }
 
     /// Waits until a read would not block (bytes, the end of the stream, or a failure a read would
-    /// report) and reads nothing: tokio's `readable`. ``LoopError/busy`` while another task reads.
+    /// report) and reads nothing: tokio's `readable`. Waits for its turn while another task reads.
     nonisolated(nonsending) public func readable(timeout: Duration? = nil) async throws(LoopError) {
         try await waitReady(.read, timeout: timeout)
     }
@@ -275,7 +277,8 @@ public struct AsyncListener: Sendable {
     /// The bound address (with the port the kernel chose for port 0).
     public let address: SocketAddress
 
-    /// Waits for a connection; one accepting task at a time (``LoopError/busy``).
+    /// Waits for a connection. Tasks accepting at once take turns (tokio's and Go's many accepters):
+    /// each waits, in the order the calls reach the loop, and each connection goes to one of them.
     nonisolated(nonsending) public func accept(timeout: Duration? = nil) async throws(LoopError) -> AsyncSocket {
         let deadline = timeout.map { Deadline.after($0) }
         let id = self.id

@@ -10,8 +10,10 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
     case timedOut
     /// The socket or listener is closed, or was closed by another task while this one waited.
     case closed
-    /// Another task is already waiting in this direction on this socket (one reader and one writer at a
-    /// time; one accepter per listener).
+    /// Another task's operation holds the direction and this one cannot wait for its turn:
+    /// ``AsyncSocket/tryWrite(_:)`` during another write, a second wait on a caller's descriptor in
+    /// the same direction (``EventLoop/readable(_:timeout:)``). (Reads, writes, accepts, sends and
+    /// receives take turns instead: Docs/Async.md, "Taking turns".)
     case busy
     /// The loop is shut down (or shut down while this operation waited).
     case shutdown
@@ -59,7 +61,7 @@ public enum LoopError: Error, Hashable, Sendable, CustomStringConvertible {
         case .cancelled: "cancelled"
         case .timedOut: "timed out"
         case .closed: "the socket is closed"
-        case .busy: "another task is already waiting in this direction"
+        case .busy: "another task's operation holds this direction, and this call cannot wait for its turn"
         case .shutdown: "the event loop is shut down"
         case .socket(let error): "\(error)"
         case .connect(let error): "connect: \(error)"

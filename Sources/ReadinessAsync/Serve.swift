@@ -36,15 +36,14 @@ extension AsyncListener {
     /// connections are waited for after a failure; ``EventLoop/serve(on:options:_:)``, whose listener
     /// is its own, closes it as soon as accepting fails.
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
-        try await serve(handler, accepted: nil)
+        try await serve(handler, closesOnFailure: false)
     }
 
-    /// ``serve(_:)``, marking `accepted` at its first accepted connection (for the group's serve,
-    /// which leaves a listener another task accepts on alone only when this one accepted nothing).
-    /// `closesOnFailure` (the group's serve): a listener whose accepting failed is closed before the
-    /// connections are waited for, so that the kernel stops queueing connections on it.
+    /// ``serve(_:)``. `closesOnFailure` (the group's serve, the loop's): a listener whose accepting
+    /// failed is closed before the connections are waited for, so that the kernel stops queueing
+    /// connections on it.
     nonisolated(nonsending) func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void,
-                                       accepted: ServedAny?, closesOnFailure: Bool = false) async throws(LoopError) {
+                                       closesOnFailure: Bool) async throws(LoopError) {
         let listener = self
         let loop = self.loop
         let running = ServedConnections()
@@ -101,14 +100,12 @@ extension AsyncListener {
                         if loop.isShuttingDown { connections.cancelAll() }
                         // The group's serve closes it now, not once its connections ended (the oldest
                         // may last hours): with SO_REUSEPORT the kernel queues a share of the new
-                        // connections on a listener nobody accepts from (review). The busy rule of
-                        // `EventLoopGroup.serve` holds here too.
-                        if closesOnFailure, error != .busy || accepted?.any == true { await listener.close() }
+                        // connections on a listener nobody accepts from (review).
+                        if closesOnFailure { await listener.close() }
                         return error
                     }
                 }
                 pause = Self.fullLoopPause
-                accepted?.mark()
                 running.started()
                 connections.addTask(executorPreference: loop) {
                     await handler(socket)
@@ -183,7 +180,7 @@ extension EventLoop {
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let listener = try await listen(on: address, options: options)
         do {
-            try await listener.serve(handler, accepted: nil, closesOnFailure: true)
+            try await listener.serve(handler, closesOnFailure: true)
         } catch {
             await listener.close()
             throw error
@@ -217,24 +214,19 @@ extension EventLoopGroup {
     /// it bound, for one). Returns when every listener stopped accepting (closed, its loop shut down,
     /// or the calling task cancelled) and every connection's task finished; the first accept failure
     /// is thrown then. It closes a listener whose accepting failed at once (the kernel would queue
-    /// connections on it), and no other: a listener another task accepts on already fails with
-    /// ``LoopError/busy`` and is left to that task. (A serve that accepted, then met `.busy`, another
-    /// task's accept having taken the listener between two of its own, does close it: one accepter per
-    /// listener is the rule, and which one goes on serving cannot be known.)
+    /// connections on it), and no other. A listener another task accepts on too is shared: the
+    /// accepts take turns (``AsyncListener/accept(timeout:)``).
     nonisolated(nonsending) public func serve(_ listeners: [AsyncListener],
                                               _ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
         let failures: [LoopError] = await withTaskGroup(of: LoopError?.self) { group in
             for listener in listeners {
                 group.addTask(executorPreference: listener.loop) {
-                    let served = ServedAny()
                     do throws(LoopError) {
-                        try await listener.serve(handler, accepted: served, closesOnFailure: true)
+                        // Closed at once on failure: with SO_REUSEPORT the kernel would go on queueing
+                        // a share of the new connections on a listener nobody accepts from.
+                        try await listener.serve(handler, closesOnFailure: true)
                         return nil
                     } catch {
-                        // Closed at once: with SO_REUSEPORT the kernel would go on queueing a share of
-                        // the new connections on a listener nobody accepts from. Not when another task
-                        // accepted on it already at the first accept (`.busy`): that one serves it.
-                        if error != .busy || served.any { await listener.close() }
                         return error
                     }
                 }
@@ -245,11 +237,4 @@ extension EventLoopGroup {
         }
         if let first = failures.first { throw first }
     }
-}
-
-/// Whether a serve accepted a connection (set by its accepting task).
-final class ServedAny: Sendable {
-    private let flag = Atomic<Bool>(false)
-    func mark() { if !flag.load(ordering: .relaxed) { flag.store(true, ordering: .relaxed) } }
-    var any: Bool { flag.load(ordering: .relaxed) }
 }

@@ -136,10 +136,11 @@ extension AsyncConformance {
             pair, start("t1", read("a")), op(.close("a")), join("t1", fails(.closed)),
             op(read("a"), fails(.closed)), op(write("a"), fails(.closed)), op(.close("a")), op(read("b"), eof),
         ]),
-        AsyncScenario("async/misuse/two-waiters", checks: "A second task waiting in the same direction gets busy; the first is unaffected.", [
-            pair, start("t1", read("a")), op(read("a"), fails(.busy)), start("t2", read("a")), join("t2", fails(.busy)),
-            op(write("b", 1)), join("t1", bytes(1)),
-            start("t3", write("a", large)), op(write("a", 1), fails(.busy)), line(.cancel("t3")), join("t3", fails(.cancelled)),
+        AsyncScenario("async/misuse/two-waiters", checks: "Tasks reading (or writing) on one socket at once take turns in the order they began: each waits, none fails; one waiting for its turn ends at its own deadline or cancellation, and the one holding the side is unaffected.", [
+            pair, start("t1", read("a")), start("t2", read("a")), start("t3", read("a")), op(read("a", brief), fails(.timedOut)),
+            line(.cancel("t2")), join("t2", fails(.cancelled)),
+            op(write("b", 1)), join("t1", bytes(1)), op(write("b", 2)), join("t3", bytes(2)),
+            start("t4", write("a", large)), op(write("a", 1, brief), fails(.timedOut)), line(.cancel("t4")), join("t4", fails(.cancelled)),
         ]),
         AsyncScenario("async/misuse/empty-read", checks: "A read into an empty buffer is refused with invalidArgument, not reported as end of stream.", [
             pair, op(.readEmpty("a"), fails(.invalidArgument(""))), op(write("b", 1)), op(read("a"), bytes(1)),
@@ -181,12 +182,14 @@ extension AsyncConformance {
     ]
 
     static let accepts: [AsyncScenario] = [
-        AsyncScenario("async/accept/busy-and-closed", checks: "One accepting task at a time (busy for a second); the accepted socket carries bytes; closing the listener ends a suspended accept with closed.", [
-            line(.listen("l")), start("t1", .accept("l", as: "s", timeout: long)), op(.accept("l", as: "s2", timeout: long), fails(.busy)),
+        AsyncScenario("async/accept/busy-and-closed", checks: "Tasks accepting on one listener at once take turns: each connection goes to one of them, in the order they began; the accepted socket carries bytes; closing the listener ends every suspended accept with closed.", [
+            line(.listen("l")), start("t1", .accept("l", as: "s", timeout: long)), start("t2", .accept("l", as: "s2", timeout: long)),
             op(.connect(as: "c", to: .loopListener("l"), timeout: long), .connect("connected")), join("t1", .note("accepted")),
+            op(.connect(as: "c2", to: .loopListener("l"), timeout: long), .connect("connected")), join("t2", .note("accepted")),
             op(write("c", 3)), op(read("s"), bytes(3)),
-            start("t2", .accept("l", as: "s3", timeout: long)), op(.closeListener("l")), join("t2", fails(.closed)),
-            op(.accept("l", as: "s4", timeout: .zero), fails(.closed)),
+            start("t3", .accept("l", as: "s3", timeout: long)), start("t4", .accept("l", as: "s4", timeout: long)), op(.closeListener("l")),
+            join("t3", fails(.closed)), join("t4", fails(.closed)),
+            op(.accept("l", as: "s5", timeout: .zero), fails(.closed)),
         ]),
         AsyncScenario("async/accept/timed-out", checks: "An accept with nobody connecting times out at its deadline; the listener still accepts after.", [
             line(.listen("l")), op(.accept("l", as: "s", timeout: .milliseconds(20)), fails(.timedOut)),
@@ -313,11 +316,12 @@ extension AsyncConformance {
             udp, op(receive("v", 64, .zero), fails(.timedOut)), op(receive("v", 64, .milliseconds(20)), fails(.timedOut)),
             op(send("u", 4, to: "v")), op(receive("v"), datagram(4, from: "u")),
         ]),
-        AsyncScenario("async/datagram/two-waiters", checks: "A second receiver, or a second sender while the peer's queue is full, gets busy; the first is unaffected: the receiver gets the next datagram, the sender sends once the peer's queue is drained.", [
-            udp, start("t1", receive("v")), op(receive("v"), fails(.busy)), start("t2", receive("v")), join("t2", fails(.busy)),
-            op(send("u", 1, to: "v")), join("t1", datagram(1, from: "u")),
-            unixPair, op(.fill("p"), .note("filled")), start("t3", send("p", 7)), op(send("p", 1), fails(.busy)),
-            op(.drain("q"), .note("drained")), join("t3", .ok), op(receive("q"), datagram(7, from: "p")),
+        AsyncScenario("async/datagram/two-waiters", checks: "Two receivers, or two senders while the peer's queue is full, take turns in the order they began; a third waiting for its turn ends at its deadline: the receivers get the next datagrams in order, the senders send in order once the peer's queue is drained.", [
+            udp, start("t1", receive("v")), start("t2", receive("v")), op(receive("v", 64, brief), fails(.timedOut)),
+            op(send("u", 1, to: "v")), join("t1", datagram(1, from: "u")), op(send("u", 2, to: "v")), join("t2", datagram(2, from: "u")),
+            unixPair, op(.fill("p"), .note("filled")), start("t3", send("p", 7)), start("t4", send("p", 3)), op(send("p", 1, brief), fails(.timedOut)),
+            op(.drain("q"), .note("drained")), join("t3", .ok), join("t4", .ok),
+            op(receive("q"), datagram(7, from: "p")), op(receive("q"), datagram(3, from: "p")),
         ]),
         AsyncScenario("async/datagram/unconnected-full-receiver", checks: "Nameless, unconnected Unix datagram senders f and s; f fills the receiver's queue (10 datagrams with Linux's default net.unix.max_dgram_qlen), and poll reports s writable all along: s's send times out at its deadline (it waited for ever when readiness woke it every iteration for nothing), and a send of s waiting when the receiver drains the queue goes out though nothing wakes s (the kernel wakes f, whose datagrams were taken) and arrives.", [
             line(.unixDatagramUnconnected(senders: ["f", "s"], receiver: "r")), op(.fillTo("f", to: "r"), .note("filled")),

@@ -120,7 +120,7 @@ struct AsyncHardeningTests {
         #expect(after == before, "descriptors leaked on \(backend): \(before) before, \(after) after")
     }
 
-    @Test("two writers on one socket: the second is busy for the whole of the first's write, never in the middle of its bytes",
+    @Test("two writers on one socket: the second waits for its turn for the whole of the first's write, never in the middle of its bytes",
           .timeLimit(.minutes(1)), arguments: backends)
     func writersNeverInterleave(backend: Backend) async throws {
         try await withLoop(backend) { loop in

@@ -677,7 +677,7 @@ struct PeerScenarioTests3 {
 
     // MARK: Write ordering (libuv tcp-write-queue-order)
 
-    @Test("libuv test-tcp-write-queue-order: 200 writes back to back into a full buffer arrive in order; a concurrent second writer is .busy and never lands in the middle", arguments: backends)
+    @Test("libuv test-tcp-write-queue-order: 200 writes back to back into a full buffer arrive in order; a concurrent second writer waits for its turn and never lands in the middle", arguments: backends)
     func writeQueueOrder(backend: Backend) async throws {
         try await withLoop(backend) { loop in
             let (listener, client, server) = try await connectedPair(loop)
@@ -692,31 +692,43 @@ struct PeerScenarioTests3 {
                 return nil
             }
             try await loop.sleep(for: .milliseconds(30))
-            // The first writer waits for room: a second one is refused, sending nothing.
-            await #expect(throws: LoopError.busy) { try await client.write(Array("intruder".utf8), timeout: .seconds(1)) }
-            var received = 0
-            var inOrder = true
-            var buffer = Bytes()
-            while received < 200 * chunk {
-                let n = try await server.read(into: &buffer, maximum: 1 << 20, timeout: .seconds(30))
-                if n == 0 { break }
-                // Runs of one byte per write: compared a run at a time (memcmp), not byte by byte.
-                var offset = 0
-                while offset < buffer.count {
-                    let write = (received + offset) / chunk
-                    let run = min(buffer.count - offset, (write + 1) * chunk - received - offset)
-                    let expected = [UInt8](repeating: UInt8(truncatingIfNeeded: write), count: run)
-                    let same = buffer.withUnsafeBytes { got in
-                        expected.withUnsafeBytes { memcmp(got.baseAddress! + offset, $0.baseAddress!, run) == 0 }
-                    }
-                    if !same { inOrder = false }
-                    offset += run
-                }
-                received += buffer.count
-                buffer.removeAll(keepingCapacity: true)
+            // The first writer waits for room: a second one waits for its turn. It may get one between two of
+            // the first's writes (its 8 bytes then lie between two whole chunks) or time out waiting,
+            // sending nothing; it never lands inside a chunk.
+            let intruder = Array("intruder".utf8)
+            var intruded = false
+            do throws(LoopError) {
+                try await client.write(intruder, timeout: .milliseconds(100))
+                intruded = true
+            } catch {
+                #expect(error == .timedOut)
+            }
+            var all = Bytes()
+            let total = 200 * chunk + (intruded ? intruder.count : 0)
+            while all.count < total {
+                if try await server.read(into: &all, maximum: 1 << 20, timeout: .seconds(30)) == 0 { break }
             }
             #expect(await writer.value == nil)
-            #expect(received == 200 * chunk)
+            #expect(all.count == total)
+            var bytes = Array(all)
+            if intruded {
+                // Where it landed: at a chunk boundary (memcmp a chunk at a time: byte by byte takes seconds).
+                let at = (0...200).map { $0 * chunk }.first { at in
+                    at + intruder.count <= bytes.count && Array(bytes[at..<(at + intruder.count)]) == intruder
+                }
+                #expect(at != nil, "the second write's bytes are not between two whole chunks")
+                if let at { bytes.removeSubrange(at..<(at + intruder.count)) }
+            }
+            var inOrder = bytes.count == 200 * chunk
+            if inOrder {
+                for write in 0..<200 {
+                    let expected = [UInt8](repeating: UInt8(truncatingIfNeeded: write), count: chunk)
+                    let same = bytes.withUnsafeBytes { got in
+                        expected.withUnsafeBytes { memcmp(got.baseAddress! + write * chunk, $0.baseAddress!, chunk) == 0 }
+                    }
+                    if !same { inOrder = false; break }
+                }
+            }
             #expect(inOrder)
             await client.close(); await server.close(); await listener.close()
         }

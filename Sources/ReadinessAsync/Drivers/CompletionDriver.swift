@@ -444,6 +444,7 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         case .timedOut, .cancelled, .poller:
             guard let (stream, socket) = try? loop.stream(id) else { return nil }
             stream.record.readDrained = false
+            if loop.leavesBytesToNextReader(id, after: error) { return nil }
             return try tryFirst(stream, socket, into: buffer, loop: loop)
         default:
             return nil

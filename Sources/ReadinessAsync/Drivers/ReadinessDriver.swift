@@ -118,7 +118,7 @@ struct ReadinessDriver: IODriver {
                                               _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) throws(LoopError) -> T? {
         switch error {
         case .timedOut, .cancelled, .poller:
-            guard let (stream, socket) = try? loop.stream(id) else { return nil }
+            guard !loop.leavesBytesToNextReader(id, after: error), let (stream, socket) = try? loop.stream(id) else { return nil }
             return try readCopyingAttempt(stream, socket, maximum: maximum, loop: loop, take)
         default:
             return nil
@@ -173,7 +173,8 @@ struct ReadinessDriver: IODriver {
             if case .failed(let error) = await loop.wait(stream, .read, deadline: deadline, interest: true) {
                 // Waited without trying first (the hint): a deadline already passed, a cancelled task
                 // or an unwatchable socket still takes bytes that were queued all along (`readCopyingLastTry`).
-                guard wait, Self.triesLast(after: error), let (_, socket) = try? loop.stream(id) else { throw error }
+                guard wait, Self.triesLast(after: error), !loop.leavesBytesToNextReader(id, after: error),
+                      let (_, socket) = try? loop.stream(id) else { throw error }
                 switch try Self.lastTry(socket, into: buffer) {
                 case .transferred(let n):
                     if let (stream, _) = try? loop.stream(id) { stream.record.readDrained = n < buffer.count }

@@ -52,6 +52,10 @@ extension LoopState {
                 deadlineFired(resource, .read, token: token, now: now)
             case .writeDeadline:
                 deadlineFired(resource, .write, token: token, now: now)
+            case .readTurnDeadline:
+                turnDeadlineFired(resource, .read, now: now)
+            case .writeTurnDeadline:
+                turnDeadlineFired(resource, .write, now: now)
             default:
                 resource.timerFired(purpose, token: token, now: now, loop: self)
             }

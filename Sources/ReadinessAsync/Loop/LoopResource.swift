@@ -38,8 +38,8 @@ struct WaitSlot {
     /// resumed task has probably not read yet), the one after drops it.
     var lingering = false
     /// An operation of this direction is running (waiting, or resumed and not yet run again): a
-    /// second one is ``LoopError/busy`` for the whole of the first, not only while it waits
-    /// (`LoopState.claim`).
+    /// second one waits for its turn for the whole of the first, not only while it waits
+    /// (`LoopState.claim`); it stays set while the turn is handed over (LoopClaims.swift).
     var inUse = false
     /// Somebody waits: a task for readiness, or an operation in the kernel (a second one is `busy`).
     var isWaiting: Bool { continuation != nil || op != nil }

@@ -76,6 +76,9 @@ final class LoopState {
     /// Why the loop ended (`.shutdown`, or `.poller(error)` after a failed wait): what operations that
     /// were waiting to go on are told.
     var shutdownReason: LoopError = .shutdown
+    /// The operations waiting for their turn in a direction another operation holds, in order of
+    /// arrival (LoopClaims.swift). Empty but for tasks that use one socket side at once.
+    var turnLines: [TurnLine.Key: TurnLine] = [:]
     /// When the loop last fired its due timers (monotonic nanoseconds): see `expired(_:)`.
     var timersCheckedAt: Int64 = .min
     /// The operations the running job may still start before it yields (`EventLoop.onLoop`): reset to
@@ -491,6 +494,7 @@ final class LoopState {
         guard slab.contains(resource) else { return }
         resolve(resource, .read, .failed(reason))
         resolve(resource, .write, .failed(reason))
+        endLines(of: resource, reason)
         // The deadline timers outlive their waits (armed lazily): they go with the resource.
         if let timer = resource.record.read.timer { timers.cancel(timer) }
         if let timer = resource.record.write.timer { timers.cancel(timer) }
@@ -610,27 +614,32 @@ final class LoopState {
 
     // MARK: The async operations (each runs on the loop thread; `EventLoop.onLoop` took it there)
 
-    /// Marks `direction` of resource `id` in use for one operation (whatever the driver), or throws
-    /// ``LoopError/busy`` if an operation of that direction runs: between the event that resumes a
-    /// waiting write and the write's next attempt, a second writer would otherwise find no waiter and
-    /// put its bytes in the middle of the first's. Ended by ``release(_:_:)`` (a `defer`).
-    func claim(_ id: UInt64, _ direction: Direction) throws(LoopError) {
+    /// Marks `direction` of resource `id` in use for one operation (whatever the driver). When an
+    /// operation of that direction runs already, this one waits for its turn (``waitForTurn``), as
+    /// Go serialises a descriptor's reads and writes and tokio lets many tasks accept: between the
+    /// event that resumes a waiting write and the write's next attempt, a second writer must not put
+    /// its bytes in the middle of the first's. Ended by ``release(_:_:)`` (a `defer`), which hands the
+    /// claim to the next in line.
+    @inline(__always)
+    nonisolated(nonsending) func claim(_ id: UInt64, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
         let resource = try resource(id)
         if direction == .read {
-            if resource.record.read.inUse { throw .busy }
-            resource.record.read.inUse = true
+            if !resource.record.read.inUse { resource.record.read.inUse = true; return }
         } else {
-            if resource.record.write.inUse { throw .busy }
-            resource.record.write.inUse = true
+            if !resource.record.write.inUse { resource.record.write.inUse = true; return }
         }
+        try await waitForTurn(resource, direction, deadline: deadline)
     }
 
-    /// Ends ``claim(_:_:)`` (nothing if the resource is gone). A connection failure a send handed to
-    /// the read side (`readFailures`) stays until a read meets the end of the stream, as the kernel
-    /// returns queued data first and the error after: a read that got data, or a `readable()` wait,
-    /// does not drop it (review: dropped here, a reset read as a clean end of stream).
+    /// Ends ``claim(_:_:deadline:)``: the next operation waiting for its turn takes the claim over (it
+    /// stays set), else the direction is free. Nothing if the resource is gone (its line ended with it).
+    /// A connection failure a send handed to the read side (`readFailures`) stays until a read meets
+    /// the end of the stream, as the kernel returns queued data first and the error after: a read that
+    /// got data, or a `readable()` wait, does not drop it (review: dropped here, a reset read as a
+    /// clean end of stream).
     func release(_ id: UInt64, _ direction: Direction) {
         guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return }
+        if !turnLines.isEmpty, handOver(resource, direction) { return }
         if direction == .read {
             resource.record.read.inUse = false
         } else {
@@ -638,32 +647,43 @@ final class LoopState {
         }
     }
 
-    /// A write's attempts made synchronously, as long as the socket takes bytes: true once all
-    /// `count` went, false when one would block (`offset` says how far it got). The same claims and
-    /// refusals as ``perform(_:_:deadline:waitFirst:claimed:_:)``; on false the write
-    /// claim **stays held**, for the caller's `perform(..., claimed: true)` to go on with and release:
-    /// between the two the task may yield or hop, and another writer must not land in the middle of
-    /// these bytes meanwhile (review: it did, with the claim released here). Should the task never
-    /// reach that `perform`, the loop has shut down, and the claim went with the socket.
+    /// How ``writeAtOnce(_:count:offset:_:)`` ended.
+    enum WriteAtOnce {
+        /// Every byte went.
+        case done
+        /// An attempt would block (`offset` says how far it got): the write claim **stays held**.
+        case blocked
+        /// Another operation holds the write claim: nothing was tried, nothing is held (the caller's
+        /// `perform` waits for its turn).
+        case notItsTurn
+    }
+
+    /// A write's attempts made synchronously, as long as the socket takes bytes. The same refusals as
+    /// ``perform(_:_:deadline:waitFirst:start:claimed:_:)``; on `.blocked` the write claim **stays
+    /// held**, for the caller's `perform(..., claimed: true)` to go on with and release: between the
+    /// two the task may yield or hop, and another writer must not land in the middle of these bytes
+    /// meanwhile (review: it did, with the claim released here). Should the task never reach that
+    /// `perform`, the loop has shut down, and the claim went with the socket.
     func writeAtOnce(_ id: UInt64, count: Int, offset: inout Int,
-                     _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) throws(LoopError) -> Bool {
-        try claim(id, .write)
+                     _ write: (StreamSocket, Int) throws(SocketError) -> IOResult) throws(LoopError) -> WriteAtOnce {
+        let (stream, socket) = try stream(id)
+        if stream.record.write.inUse { return .notItsTurn }
+        stream.record.write.inUse = true
         do throws(LoopError) {
-            let (stream, socket) = try stream(id)
             if stream.record.write.isWaiting { throw .busy }
             while offset < count {
                 let result: IOResult
                 do throws(SocketError) { result = try write(socket, offset) } catch { throw .socket(error) }
-                guard case .transferred(let n) = result, n > 0 else { return false }
+                guard case .transferred(let n) = result, n > 0 else { return .blocked }
                 offset += n
-                if chargeSend(n, more: offset < count) { return false }
+                if chargeSend(n, more: offset < count) { return .blocked }
             }
         } catch {
             release(id, .write)
             throw error
         }
         release(id, .write)
-        return true
+        return .done
     }
 
     /// `claimed`: the caller holds the direction's claim already (``writeAtOnce(_:count:offset:_:)``);
@@ -672,14 +692,14 @@ final class LoopState {
     nonisolated(nonsending) func perform(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                          start: WriteStart?, claimed: Bool = false,
                                          _ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> IOResult {
-        if !claimed { try claim(id, direction) }
+        if !claimed { try await claim(id, direction, deadline: deadline) }
         defer { release(id, direction) }
         return try await driver.perform(id, direction, deadline: deadline, waitFirst: waitFirst, start: start, on: self, attempt)
     }
 
     nonisolated(nonsending) func readCopying<T>(_ id: UInt64, maximum: Int, deadline: Int64?,
                                                 _ take: (UnsafeRawBufferPointer) throws(SocketError) -> T) async throws(LoopError) -> T {
-        try claim(id, .read)
+        try await claim(id, .read, deadline: deadline)
         defer { release(id, .read) }
         // The concrete drivers, not `driver`: a call through the existential is not inlined, and its
         // frame would stay in every idle connection's task (Docs/Async.md, "Memory per idle connection").
@@ -688,26 +708,26 @@ final class LoopState {
     }
 
     nonisolated(nonsending) func read(_ id: UInt64, into buffer: UnsafeMutableRawBufferPointer, deadline: Int64?) async throws(LoopError) -> Int {
-        try claim(id, .read)
+        try await claim(id, .read, deadline: deadline)
         defer { release(id, .read) }
         return try await driver.read(id, into: buffer, deadline: deadline, on: self)
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, _ buffer: UnsafeRawBufferPointer, deadline: Int64?, start: WriteStart) async throws(LoopError) {
-        try claim(id, .write)
+        try await claim(id, .write, deadline: deadline)
         defer { release(id, .write) }
         try await driver.write(id, buffer, deadline: deadline, start: start, on: self)
     }
 
     nonisolated(nonsending) func write(_ id: UInt64, vectored buffers: [UnsafeRawBufferPointer], deadline: Int64?,
                                        start: WriteStart) async throws(LoopError) {
-        try claim(id, .write)
+        try await claim(id, .write, deadline: deadline)
         defer { release(id, .write) }
         try await driver.write(id, vectored: buffers, deadline: deadline, start: start, on: self)
     }
 
     nonisolated(nonsending) func accept(_ id: UInt64, deadline: Int64?) async throws(LoopError) -> (UInt64, SocketAddress) {
-        try claim(id, .read)
+        try await claim(id, .read, deadline: deadline)
         defer { release(id, .read) }
         return try await driver.accept(id, deadline: deadline, on: self)
     }
@@ -783,7 +803,7 @@ final class LoopState {
     nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
                                              sendsTo target: SendTarget = .peer,
                                              _ attempt: (DatagramSocket) throws(SocketError) -> R?) async throws(LoopError) -> R {
-        try claim(id, direction)
+        try await claim(id, direction, deadline: deadline)
         defer { release(id, direction) }
         if direction == .write { try datagram(id).sendTarget = target }
         return try await driver.datagram(id, direction, deadline: deadline, waitFirst: waitFirst, on: self, attempt)

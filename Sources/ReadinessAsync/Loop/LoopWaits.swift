@@ -233,7 +233,11 @@ extension LoopState {
     func cancel(key: ResourceKey, direction: Direction, operation: UInt64) {
         guard let resource = slab[key], resource.key == key else { return }
         let slot = resource.record[direction]
-        guard slot.isWaiting, slot.operation == operation else { return }
+        guard slot.isWaiting, slot.operation == operation else {
+            // Perhaps an operation waiting for its turn (LoopClaims.swift).
+            if !turnLines.isEmpty { _ = leaveLine(key, direction, operation: operation, .cancelled) }
+            return
+        }
         resolve(resource, direction, .failed(.cancelled))
         if let foreign = resource as? ForeignResource { settleForeign(foreign) }
     }

@@ -58,6 +58,10 @@ struct TimerPurpose: RawRepresentable, Hashable {
     static let readDeadline = TimerPurpose(rawValue: 1)
     /// A write wait's deadline.
     static let writeDeadline = TimerPurpose(rawValue: 2)
+    /// The deadline of a read (or accept) waiting for its turn (LoopClaims.swift).
+    static let readTurnDeadline = TimerPurpose(rawValue: 4)
+    /// The deadline of a write waiting for its turn.
+    static let writeTurnDeadline = TimerPurpose(rawValue: 5)
 
     /// The purpose a token carries.
     init(of token: Token) {
