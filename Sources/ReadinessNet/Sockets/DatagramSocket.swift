@@ -352,12 +352,7 @@ public final class DatagramSocket {
     /// gives an end of file to SOCK_SEQPACKET only). An unconnected UDP socket has nothing to shut
     /// down: `notConnected`.
     public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
-        let how: CInt = switch direction {
-        case .read: rd_net_shut_rd()
-        case .write: rd_net_shut_wr()
-        case .both: rd_net_shut_rdwr()
-        }
-        if Glibc.shutdown(fd, how) != 0 { throw SocketError(errno: errno, operation: "shutdown") }
+        try NetSys.shutdown(fd, direction)
     }
 
     /// Sends `bytes` as one datagram to `destination`: `send(array, to: address)`, as the `Bytes`,

@@ -265,12 +265,7 @@ public final class StreamSocket {
 
     /// Shuts down one direction or both; the descriptor stays open.
     public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
-        let how: CInt = switch direction {
-        case .read: rd_net_shut_rd()
-        case .write: rd_net_shut_wr()
-        case .both: rd_net_shut_rdwr()
-        }
-        if Glibc.shutdown(fd, how) != 0 { throw SocketError(errno: errno, operation: "shutdown") }
+        try NetSys.shutdown(fd, direction)
     }
 
     // MARK: Addresses and options

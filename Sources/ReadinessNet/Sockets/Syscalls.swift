@@ -34,6 +34,16 @@ enum NetSys {
         Sys.retryingEINTR { Glibc.read(fd, buffer.baseAddress, buffer.count) }
     }
 
+    /// shutdown(2) of one direction or both, for a stream or a datagram socket.
+    static func shutdown(_ fd: CInt, _ direction: ShutdownDirection) throws(SocketError) {
+        let how: CInt = switch direction {
+        case .read: rd_net_shut_rd()
+        case .write: rd_net_shut_wr()
+        case .both: rd_net_shut_rdwr()
+        }
+        if Glibc.shutdown(fd, how) != 0 { throw SocketError(errno: errno, operation: "shutdown") }
+    }
+
     @inline(__always)
     static func readv(_ fd: CInt, _ buffers: UnsafePointer<iovec>, _ count: Int) -> Int {
         Sys.retryingEINTR { Glibc.readv(fd, buffers, CInt(count)) }
