@@ -632,7 +632,9 @@ final class CompletionDriver: IODriver, @unchecked Sendable {
         let room = Swift.max(maximum, 1)
         do {
             // Cut short by the buffer's end: read on, as one recv(2) of `maximum` would have.
-            if Int(result) < room, op.filledBuffer {
+            // Not for a read that gave up while another waits for its turn: what is queued now is the
+            // next read's (`LoopState.leavesBytesToNextReader`).
+            if Int(result) < room, op.filledBuffer, !(op.failure.map { loop.leavesBytesToNextReader(id, after: $0) } ?? false) {
                 return try Self.topUp(bytes, stream: stream, socket: socket, maximum: room, loop: loop, take)
             }
             // A short receive: the next read waits in the ring without trying first.

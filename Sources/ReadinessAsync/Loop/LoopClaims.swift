@@ -31,12 +31,14 @@ extension Direction {
 }
 
 extension LoopState {
-    /// Waits until the operation holding `direction`'s claim releases it to this one (it is then this
-    /// one's), the deadline passes (`.timedOut`), the task is cancelled (`.cancelled`), the resource is
-    /// closed (`.closed`) or the loop shuts down. Not inlined: only a task that finds the direction
-    /// taken comes here, and its frame would otherwise grow every operation's.
+    /// Waits until the operation holding `direction`'s claim on resource `id` releases it to this one
+    /// (it is then this one's), the deadline passes (`.timedOut`), the task is cancelled
+    /// (`.cancelled`), the resource is closed (`.closed`) or the loop shuts down. Not inlined: only a
+    /// task that finds the direction taken comes here, and its frame would otherwise grow every
+    /// operation's.
     @inline(never)
-    nonisolated(nonsending) func waitForTurn(_ resource: any LoopResource, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
+    nonisolated(nonsending) func waitForTurn(_ id: UInt64, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
+        let resource = try resource(id)
         let operation = nextOperation
         nextOperation &+= 1
         let loop = self.loop!
@@ -50,6 +52,12 @@ extension LoopState {
             loop.submit(.cancel(key: key, direction: direction, operation: operation))
         }
         if let failure { throw failure }
+        // Cancelled as the turn came (the cancel found it no longer in the line): the turn goes on to
+        // the next, and nothing is taken that the next would get (review).
+        if Task.isCancelled {
+            release(id, direction)
+            throw .cancelled
+        }
     }
 
     private func enterLine(_ resource: any LoopResource, _ direction: Direction, _ operation: UInt64,

@@ -349,8 +349,8 @@ public final class DatagramSocket {
     /// Shuts down one direction or both (shutdown(2); mio's `UnixDatagram::shutdown`), the descriptor
     /// staying open: after `.write` a send fails (EPIPE on a Unix socket); after `.read` pollers report
     /// the socket readable, yet a receive that finds nothing queued still says `.wouldBlock` (Linux
-    /// gives an end of file to SOCK_SEQPACKET only). An unconnected UDP socket has nothing to shut
-    /// down: `notConnected`.
+    /// gives an end of file to SOCK_SEQPACKET only). On an unconnected UDP socket Linux answers
+    /// ENOTCONN (`notConnected`) yet applies the shutdown all the same.
     public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
         try NetSys.shutdown(fd, direction)
     }
