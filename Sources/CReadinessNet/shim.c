@@ -42,6 +42,15 @@ int rd_net_set_linger(int fd, int enabled, int seconds) {
     return setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, sizeof value);
 }
 
+int rd_net_get_linger(int fd, int *enabled, int *seconds) {
+    struct linger value = { 0 };
+    socklen_t length = sizeof value;
+    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &value, &length) != 0) return -1;
+    *enabled = value.l_onoff != 0;
+    *seconds = value.l_linger;
+    return 0;
+}
+
 #ifndef IOV_MAX
 #define IOV_MAX 1024
 #endif
@@ -135,6 +144,42 @@ int rd_net_set_hops(int fd, int domain, int multicast, int value) {
         return setsockopt(fd, IPPROTO_IPV6, multicast ? IPV6_MULTICAST_HOPS : IPV6_UNICAST_HOPS, &value, sizeof value);
     errno = EAFNOSUPPORT;
     return -1;
+}
+
+int rd_net_get_hops(int fd, int domain, int multicast, int *value) {
+    /* An int for every one of them: Linux answers IP_MULTICAST_TTL with an int when the buffer
+       holds one (a byte only for a smaller buffer). */
+    int result = 0;
+    socklen_t length = sizeof result;
+    int status;
+    if (domain == AF_INET)
+        status = getsockopt(fd, IPPROTO_IP, multicast ? IP_MULTICAST_TTL : IP_TTL, &result, &length);
+    else if (domain == AF_INET6)
+        status = getsockopt(fd, IPPROTO_IPV6, multicast ? IPV6_MULTICAST_HOPS : IPV6_UNICAST_HOPS, &result, &length);
+    else {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    if (status != 0) return -1;
+    *value = length == 1 ? (int)*(unsigned char *)&result : result;
+    return 0;
+}
+
+int rd_net_get_multicast_loop(int fd, int domain, int *enabled) {
+    int result = 0;
+    socklen_t length = sizeof result;
+    int status;
+    if (domain == AF_INET)
+        status = getsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &result, &length);
+    else if (domain == AF_INET6)
+        status = getsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &result, &length);
+    else {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    if (status != 0) return -1;
+    *enabled = (length == 1 ? *(unsigned char *)&result : result) != 0;
+    return 0;
 }
 
 int rd_net_set_multicast_loop(int fd, int domain, int enabled) {

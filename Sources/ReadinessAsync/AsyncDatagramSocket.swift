@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ReadinessCore
 import ReadinessNet
 
@@ -157,6 +160,62 @@ public struct AsyncDatagramSocket: Sendable {
                     sent += n
                 }
                 return ()
+            }
+        }
+    }
+
+    /// One attempt to receive, never waiting (tokio's `try_recv_from`): a datagram into the start of
+    /// `buffer`, as ``receive(into:timeout:)-([UInt8],_)`` receives it, or nil when none is queued.
+    /// ``LoopError/busy`` while another task's receive is in progress (the datagram is owed to it).
+    nonisolated(nonsending) public func tryReceive(into buffer: inout [UInt8]) async throws(LoopError) -> ReceivedDatagram? {
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram? in
+            try state.tryDatagram(id, .read) { (socket) throws(SocketError) -> ReceivedDatagram? in
+                try socket.receive(into: &buffer).datagram
+            }
+        }
+    }
+
+    /// One attempt to send `bytes` as one datagram to `destination` (nil: the connected peer), never
+    /// waiting (tokio's `try_send_to`): whether it was sent (false: no room in the send buffer now).
+    /// ``LoopError/busy`` while another task's send is in progress; refusals and bad destinations as
+    /// for ``send(_:to:timeout:)-([UInt8],_,_)``.
+    nonisolated(nonsending) public func trySend(_ bytes: [UInt8], to destination: SocketAddress? = nil) async throws(LoopError) -> Bool {
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Bool in
+            try state.tryDatagram(id, .write) { (socket) throws(SocketError) -> Bool? in
+                try socket.send(bytes, destination: destination) == .wouldBlock ? nil : true
+            } ?? false
+        }
+    }
+
+    /// Waits until a receive would not block (a datagram queued, or an error or a shut-down side a
+    /// receive would meet) and receives nothing: tokio's `UdpSocket::readable`. Waits for its turn
+    /// while another task receives; `.timedOut`, `.cancelled` as for a receive.
+    nonisolated(nonsending) public func readable(timeout: Duration? = nil) async throws(LoopError) {
+        try await waitReady(.read, timeout: timeout)
+    }
+
+    /// Waits until a send would not block (room in the send buffer) and sends nothing: tokio's
+    /// `UdpSocket::writable`. Waits for its turn while another task sends.
+    nonisolated(nonsending) public func writable(timeout: Duration? = nil) async throws(LoopError) {
+        try await waitReady(.write, timeout: timeout)
+    }
+
+    /// `readable`/`writable`: the direction taken, each attempt a zero-timeout `poll`.
+    nonisolated(nonsending) private func waitReady(_ direction: Direction, timeout: Duration?) async throws(LoopError) {
+        let deadline = timeout.map { Deadline.after($0) }
+        let id = self.id
+        let events = Int16(direction == .read ? POLLIN : POLLOUT)
+        try await loop.onLoop { (state) async throws(LoopError) in
+            try await state.datagram(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
+                var entry = pollfd(fd: socket.fd, events: events, revents: 0)
+                while true {
+                    let n = poll(&entry, 1, 0)
+                    if n > 0 { return () }   // ready, or an error or hang-up to report
+                    if n == 0 { return nil }
+                    if errno != EINTR { return () }   // the operation that follows reports it
+                }
             }
         }
     }

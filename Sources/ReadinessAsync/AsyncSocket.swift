@@ -73,17 +73,22 @@ public struct AsyncSocket: Sendable {
     nonisolated(nonsending) public func read(upTo maximum: Int, timeout: Duration? = nil) async throws(LoopError) -> [UInt8] {
         guard maximum > 0 else { throw .invalidArgument("read(upTo: \(maximum))") }
         return try await readCopying(maximum: maximum, timeout: timeout) { (read, _) throws(SocketError) -> [UInt8] in
-            let count = read.count
-            // Not through the empty case: the standard library would write the count into its shared
-            // empty-array storage, a race ThreadSanitizer reports.
-            if count == 0 { return [] }
-            // One memcpy (`Array(read)` would copy element by element: seconds per 4 MiB in a debug build).
-            return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-                if let source = read.baseAddress, let target = buffer.baseAddress {
-                    target.initialize(from: source.assumingMemoryBound(to: UInt8.self), count: count)
-                }
-                initialized = count
+            Self.array(copying: read)
+        }
+    }
+
+    /// A new array of `bytes`, copied with one memcpy (`Array(bytes)` copies element by element:
+    /// seconds per 4 MiB in a debug build).
+    static func array(copying bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        let count = bytes.count
+        // Not through the empty case: the standard library would write the count into its shared
+        // empty-array storage, a race ThreadSanitizer reports.
+        if count == 0 { return [] }
+        return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if let source = bytes.baseAddress, let target = buffer.baseAddress {
+                target.initialize(from: source.assumingMemoryBound(to: UInt8.self), count: count)
             }
+            initialized = count
         }
     }
 
@@ -188,6 +193,38 @@ public struct AsyncSocket: Sendable {
             case .success: return 0
             case .failure(let error): throw .socket(error)
             }
+        }
+    }
+
+    /// One attempt to read, never waiting (tokio's `try_read`): up to `buffer.count` bytes (at least 1)
+    /// of what is queued now; nil when nothing is, 0 at the end of the stream. With ``readable(timeout:)``
+    /// it is a read that a cancellation or a deadline never ends after taking bytes.
+    /// ``LoopError/busy`` while another task's read is in progress (it would take bytes that read is
+    /// owed); an empty buffer is ``LoopError/invalidArgument(_:)``, as for ``read(into:timeout:)``.
+    ///
+    /// **For library authors**: `buffer` is written before the call returns, and not after.
+    nonisolated(nonsending) public func tryRead(into buffer: UnsafeMutableRawBufferPointer) async throws(LoopError) -> Int? {
+        if buffer.isEmpty { throw .invalidArgument("tryRead into an empty buffer") }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Int? in
+            try state.tryRead(id) { (socket) throws(SocketError) -> IOResult in try socket.read(into: buffer) }
+        }
+    }
+
+    /// ``tryRead(into:)`` into a new array of exactly the bytes read (at most `maximum`, at least 1,
+    /// at most ``maximumReadChunk``): nil when nothing is queued, empty at the end of the stream. It
+    /// reads into the loop's own buffer and copies out only the bytes read.
+    nonisolated(nonsending) public func tryRead(upTo maximum: Int) async throws(LoopError) -> [UInt8]? {
+        guard maximum > 0 else { throw .invalidArgument("tryRead(upTo: \(maximum))") }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> [UInt8]? in
+            let scratch: UnsafeMutableRawBufferPointer
+            do throws(SocketError) { scratch = try state.readScratch(for: Swift.min(maximum, Self.maximumReadChunk)) } catch { throw .socket(error) }
+            let room = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Swift.min(maximum, Self.maximumReadChunk, scratch.count)])
+            guard let count = try state.tryRead(id, { (socket) throws(SocketError) -> IOResult in try socket.read(into: room) }) else {
+                return nil
+            }
+            return Self.array(copying: UnsafeRawBufferPointer(rebasing: room[..<count]))
         }
     }
 

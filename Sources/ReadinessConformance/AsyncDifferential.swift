@@ -83,6 +83,7 @@ public enum AsyncDifferential {
                     .receive(endpoint(), upTo: 64, timeout: nil), .send(endpoint(), bytes: 1 + random.below(3), to: nil, timeout: nil),
                     .accept("l", as: "s", timeout: nil), .readAll(socket(), bytes: 2 + random.below(4), timeout: nil),
                     .peek(socket(), upTo: 64, timeout: nil), .peekDatagram(endpoint(), upTo: 64, timeout: nil),
+                    .ready(socket(), reading: true, timeout: nil), .ready(endpoint(), reading: true, timeout: nil),
                 ]
                 let operation = operations[random.below(operations.count)]
                 steps.append(random.below(6) == 0 ? .startCancelled(task, operation) : .start(task, operation))
@@ -106,10 +107,12 @@ public enum AsyncDifferential {
             case 13:
                 steps.append(.run(.shutdownWrite(socket())))
             case 14:
-                switch random.below(6) {
+                switch random.below(8) {
                 case 0: steps.append(.run(.close(socket())))
                 case 1: steps.append(.run(.closeInside(socket())))
                 case 2: steps.append(.run(.peek(socket(), upTo: 8, timeout: .zero)))
+                case 3: steps.append(.run(.tryRead(socket(), upTo: random.below(2) == 0 ? 64 : 1)))
+                case 4: steps.append(.run(.tryWrite(socket(), bytes: 1 + random.below(3))))
                 default: steps.append(.run(.read(socket(), upTo: 1, timeout: .zero)))
                 }
             case 15:
@@ -134,7 +137,9 @@ public enum AsyncDifferential {
                 }
             default:
                 let e = endpoint()
-                switch random.below(8) {
+                switch random.below(10) {
+                case 5: steps.append(.run(.tryReceive(e, upTo: random.below(2) == 0 ? 64 : 1)))
+                case 6: steps.append(.run(.trySend(e, bytes: random.below(datagramBytes), to: nil)))
                 case 0: steps.append(.run(.fill(e)))
                 case 1: steps.append(.run(.drain(e)))
                 case 2: steps.append(.run(.close(e)))

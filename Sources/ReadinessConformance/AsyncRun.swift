@@ -634,6 +634,50 @@ final class AsyncRun {
                 let datagram = try await socket.peek(into: &buffer, timeout: timeout)
                 return Self.describe(datagram, held: datagram.count, names: names)
             } }
+        case .ready(let name, let reading, let timeout):
+            if let socket = datagrams[name] {
+                return { await Self.observe { () throws(LoopError) -> Observation in
+                    if reading { try await socket.readable(timeout: timeout) } else { try await socket.writable(timeout: timeout) }
+                    return .ok
+                } }
+            }
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                if reading { try await socket.readable(timeout: timeout) } else { try await socket.writable(timeout: timeout) }
+                return .ok
+            } }
+        case .tryRead(let name, let maximum):
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                guard let bytes = try await socket.tryRead(upTo: maximum) else { return .note("nothing queued") }
+                return .note(bytes.isEmpty ? "end of stream" : "\(bytes.count) bytes")
+            } }
+        case .tryWrite(let name, let bytes):
+            guard (0...Step.maximumBytes).contains(bytes) else { return invalid("a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                .note("\(try await socket.tryWrite([UInt8](repeating: 0x62, count: bytes))) bytes")
+            } }
+        case .tryReceive(let name, let maximum):
+            guard (0...AsyncSocket.maximumReadChunk).contains(maximum) else { return invalid("a receive size outside 0...\(AsyncSocket.maximumReadChunk) (\(maximum))") }
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            let names = datagramAddresses
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var buffer = [UInt8](repeating: 0, count: maximum)
+                guard let datagram = try await socket.tryReceive(into: &buffer) else { return .note("nothing queued") }
+                return Self.describe(datagram, held: datagram.count, names: names)
+            } }
+        case .trySend(let name, let bytes, let destination):
+            guard (0...Step.maximumBytes).contains(bytes) else { return invalid("a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
+            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
+            var address: SocketAddress?
+            if let destination {
+                guard let found = datagramAddresses[destination] else { return missing("address of \(destination)") }
+                address = found
+            }
+            return { [address] in await Self.observe { () throws(LoopError) -> Observation in
+                .note(try await socket.trySend([UInt8](repeating: 0x63, count: bytes), to: address) ? "sent" : "no room")
+            } }
         case .receiveBatch(let name, let slots, let timeout):
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in

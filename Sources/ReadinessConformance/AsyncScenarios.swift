@@ -64,6 +64,14 @@ extension AsyncConformance {
             op(.peek("a", upTo: 64, timeout: .zero), fails(.timedOut)), op(.peek("a", upTo: 0, timeout: long), .error("invalidArgument")),
             op(.shutdownWrite("b")), op(.peek("a", upTo: 64, timeout: long), eof), op(read("a"), eof),
         ]),
+        AsyncScenario("async/io/try-read-write", checks: "tryRead and tryWrite never wait: tryRead takes what is queued (nothing queued: it says so; the end of stream: it says that), readable and writable wait without moving a byte, and a try while another task's read waits is busy, that read still getting the bytes.", [
+            pair, op(.tryRead("a", upTo: 64), .note("nothing queued")), op(.ready("a", reading: true, timeout: .zero), fails(.timedOut)),
+            start("t1", .ready("a", reading: true, timeout: long)), op(write("b", 3)), join("t1", .ok),
+            op(.tryRead("a", upTo: 2), bytes(2)), op(.tryRead("a", upTo: 64), bytes(1)), op(.tryRead("a", upTo: 64), .note("nothing queued")),
+            start("t2", read("a")), op(.tryRead("a", upTo: 64), fails(.busy)), op(write("b", 1)), join("t2", bytes(1)),
+            op(.ready("a", reading: false, timeout: .zero)), op(.tryWrite("a", bytes: 3), bytes(3)), op(read("b"), bytes(3)),
+            op(.shutdownWrite("b")), op(.ready("a", reading: true, timeout: long)), op(.tryRead("a", upTo: 64), eof), op(read("a"), eof),
+        ]),
         AsyncScenario("async/io/write-larger-than-buffers", checks: "A write larger than both socket buffers waits for room until every byte is read.", [
             pair, start("t1", write("a", large)), op(.readAll("b", bytes: large, timeout: long), bytes(large)),
             join("t1", .ok),
@@ -375,6 +383,16 @@ extension AsyncConformance {
             op(send("u", 0, to: "v")), op(.receiveBatch("v", slots: 4, timeout: long), .note("1 datagrams: 0 bytes")),
             op(send("u", 1, to: "v")), op(receive("v"), datagram(1, from: "u")),
             unixPair, op(send("p", 0)), op(receive("q"), datagram(0, from: "p")),
+        ]),
+        AsyncScenario("async/datagram/try-and-ready", checks: "tryReceive and trySend never wait (nothing queued, no room in a full peer's queue: they say so); a datagram socket's readable waits for a datagram without taking it; a tryReceive while another task's receive waits is busy, that receive still getting the datagram.", [
+            udp, op(.tryReceive("v", upTo: 64), .note("nothing queued")), op(.ready("v", reading: true, timeout: .zero), fails(.timedOut)),
+            start("t1", .ready("v", reading: true, timeout: long)), op(.trySend("u", bytes: 3, to: "v"), .note("sent")), join("t1", .ok),
+            op(.tryReceive("v", upTo: 64), datagram(3, from: "u")), op(.tryReceive("v", upTo: 64), .note("nothing queued")),
+            op(.ready("u", reading: false, timeout: .zero)),
+            start("t2", receive("v")), op(.tryReceive("v", upTo: 64), fails(.busy)), op(.trySend("u", bytes: 1, to: "v"), .note("sent")),
+            join("t2", datagram(1, from: "u")),
+            unixPair, op(.fill("p"), .note("filled")), op(.trySend("p", bytes: 1, to: nil), .note("no room")),
+            op(.drain("q"), .note("drained")), op(.trySend("p", bytes: 2, to: nil), .note("sent")), op(receive("q"), datagram(2, from: "p")),
         ]),
     ]
 }

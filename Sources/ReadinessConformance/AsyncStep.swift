@@ -79,6 +79,19 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// bytes, shut down and read them back; then the listener is closed: "echoed k of n", then how
     /// `serve` ended ("returned" or an error).
     case serveEcho(String, clients: Int, bytes: Int)
+    /// `readable()` (`reading`) or `writable()` of a loop socket, stream or datagram: "ok" once a read
+    /// (a receive) or a write (a send) would not block, or an error.
+    case ready(String, reading: Bool, timeout: Duration?)
+    /// `AsyncSocket.tryRead(upTo:)`: "n bytes", "end of stream", "nothing queued" or an error.
+    case tryRead(String, upTo: Int)
+    /// `AsyncSocket.tryWrite` of `bytes` bytes: "n bytes" (0: no room) or an error.
+    case tryWrite(String, bytes: Int)
+    /// `AsyncDatagramSocket.tryReceive(into:)` with a buffer of `upTo` bytes: described as
+    /// ``receive(_:upTo:timeout:)`` is, "nothing queued", or an error.
+    case tryReceive(String, upTo: Int)
+    /// `AsyncDatagramSocket.trySend` of one `bytes`-byte datagram to the socket named `to` (nil: the
+    /// connected peer): "sent", "no room" or an error.
+    case trySend(String, bytes: Int, to: String?)
     /// `loop.shutdown(gracePeriod:)`: "drained" when it returned before the grace period ended (no
     /// accepted or adopted connection was left), "grace period ended" otherwise.
     case shutdownGracefully(Duration)
@@ -119,6 +132,11 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .drain(let s): return "receive on \(s) until nothing is queued"
         case .signals(let n): return "watch SIGUSR2 and send it \(n) times"
         case .serveEcho(let l, let n, let b): return "serve \(l) with an echo handler for \(n) clients of \(b) bytes, then close it"
+        case .ready(let s, let reading, let t): return "\(reading ? "readable" : "writable")(\(s))\(within(t))"
+        case .tryRead(let s, let n): return "try to read up to \(n) from \(s)"
+        case .tryWrite(let s, let n): return "try to write \(n) bytes to \(s)"
+        case .tryReceive(let s, let n): return "try to receive a datagram of up to \(n) bytes on \(s)"
+        case .trySend(let s, let n, let to): return "try to send a \(n)-byte datagram from \(s)\(to.map { " to \($0)" } ?? "")"
         case .shutdownGracefully(let grace): return "shut the loop down with a grace period of \(grace)"
         case .idlePasses(let d): return "sleep \(d) on an idle loop, counting its poller passes"
         }

@@ -31,6 +31,8 @@ int rd_net_ipv6_v6only(void);
 int rd_net_ipproto_ipv6(void);
 /// SO_LINGER: `enabled` 0 turns it off; otherwise close waits up to `seconds` (0: reset at once).
 int rd_net_set_linger(int fd, int enabled, int seconds);
+/// SO_LINGER read back: 0 with `*enabled` and `*seconds` set, or -1 with errno.
+int rd_net_get_linger(int fd, int *enabled, int *seconds);
 /// Bytes queued to read on a socket (ioctl FIONREAD), or -1 with errno.
 int rd_net_bytes_queued(int fd);
 /// The most buffers one sendmsg takes (IOV_MAX).
@@ -93,8 +95,13 @@ int rd_net_multicast_membership(int fd, const struct sockaddr *group, unsigned i
 int rd_net_multicast_interface(int fd, int domain, unsigned interface);
 /// IP_TTL or IPV6_UNICAST_HOPS (`multicast` 0), IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS (1).
 int rd_net_set_hops(int fd, int domain, int multicast, int value);
+/// The value ``rd_net_set_hops`` sets, read back into `*value` (IPv6's -1 reads back as the
+/// route's default); 0 or -1 with errno.
+int rd_net_get_hops(int fd, int domain, int multicast, int *value);
 /// IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP.
 int rd_net_set_multicast_loop(int fd, int domain, int enabled);
+/// IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP read back into `*enabled` (0 or 1); 0 or -1 with errno.
+int rd_net_get_multicast_loop(int fd, int domain, int *enabled);
 /// The index of the interface named `name` (if_nametoindex), 0 when there is none.
 unsigned rd_net_interface_index(const char *name);
 /// 1 when a network interface has index `index` (if_indextoname), 0 when none has (ENXIO), -1 when

@@ -541,6 +541,27 @@ final class LoopState {
         do { return try body(socket) } catch { throw .socket(error) }
     }
 
+    /// ``AsyncSocket/tryRead(into:)``: one attempt, on the socket itself, never waiting; nil when it
+    /// would block, 0 at the end of the stream (or the connection failure a send handed to the read
+    /// side: io_uring's `readFailures`, which a read would meet there). `.busy` while a read is in
+    /// progress or waits for its turn: the bytes are that read's.
+    func tryRead(_ id: UInt64, _ attempt: (StreamSocket) throws(SocketError) -> IOResult) throws(LoopError) -> Int? {
+        let (stream, socket) = try stream(id)
+        if stream.record.read.inUse || stream.record.read.isWaiting { throw .busy }
+        let result: IOResult
+        do { result = try attempt(socket) } catch { throw .socket(error) }
+        // No hint kept: the next read tries the socket first (the readiness event that would clear a
+        // "drained" hint may have been consumed already).
+        stream.record.readDrained = false
+        switch result {
+        case .transferred(let n): return n
+        case .endOfStream:
+            if let failure = CompletionDriver.takeReadFailure(id, loop: self) { throw failure }
+            return 0
+        case .wouldBlock: return nil
+        }
+    }
+
     /// After ``AsyncSocket/shutdown(_:)`` for sending: a send the completion driver has in the kernel
     /// (which the socket's own shutdown does not wake either) ends with the error its retry would meet.
     func endWritesAfterShutdown(_ id: UInt64) {
@@ -823,6 +844,17 @@ final class LoopState {
         let fd = datagram.socket.fd
         defer { reconcile(datagram, datagram.socket, fd: fd) }
         do { return try body(datagram.socket) } catch { throw .socket(error) }
+    }
+
+    /// ``AsyncDatagramSocket/tryReceive(into:)`` and `trySend`: one attempt on the socket itself, never
+    /// waiting (nil: it would block). `.busy` while an operation of that direction is in progress or
+    /// waits for its turn.
+    func tryDatagram<R>(_ id: UInt64, _ direction: Direction,
+                        _ attempt: (DatagramSocket) throws(SocketError) -> R?) throws(LoopError) -> R? {
+        let datagram = try datagram(id)
+        let slot = direction == .read ? datagram.record.read : datagram.record.write
+        if slot.inUse || slot.isWaiting { throw .busy }
+        do { return try attempt(datagram.socket) } catch { throw .socket(error) }
     }
 
     nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,

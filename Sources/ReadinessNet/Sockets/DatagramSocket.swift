@@ -100,13 +100,8 @@ public final class DatagramSocket {
     /// An unbound socket of `family` (the kernel binds an IP socket to an ephemeral port on its first
     /// send; a Unix one stays nameless, so nobody can answer it: bind it to receive replies).
     public init(family: SocketAddress.Family, options: Options = Options()) throws(SocketError) {
-        let domain: CInt = switch family {
-        case .ipv4: AF_INET
-        case .ipv6: AF_INET6
-        case .unix: AF_UNIX
-        }
         try Self.check(options, family: family)
-        let fd = try Self.makeSocket(domain)
+        let fd = try Self.makeSocket(IPOptions.domain(family))
         do throws(SocketError) { try Self.apply(options, fd: fd, family: family) } catch {
             Sys.close(fd)
             throw error
@@ -513,11 +508,7 @@ public final class DatagramSocket {
     /// The pending error (SO_ERROR), read and cleared: for a connected socket, a refusal not yet
     /// reported by a send or receive; nil when there is none.
     public func takePendingError() -> SocketError? {
-        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_ERROR) {
-        case .success(0): return nil
-        case .success(let code): return SocketError(errno: code, operation: "SO_ERROR")
-        case .failure(let error): return error
-        }
+        NetSys.takePendingError(fd)
     }
 
     /// SO_BROADCAST: may send to a broadcast address (EACCES without it). An IP option: on a Unix-domain
@@ -526,6 +517,13 @@ public final class DatagramSocket {
     public func setBroadcast(_ enabled: Bool) throws(SocketError) {
         if family == .unix { throw SocketError(.invalidArgument, operation: "SO_BROADCAST on a Unix-domain socket") }
         try Self.set(fd, SOL_SOCKET, SO_BROADCAST, enabled ? 1 : 0, "SO_BROADCAST")
+    }
+
+    /// Whether SO_BROADCAST is set (off unless set). On a Unix-domain socket
+    /// ``SocketError/Kind/invalidArgument``, as ``setBroadcast(_:)``.
+    public func broadcast() throws(SocketError) -> Bool {
+        if family == .unix { throw SocketError(.invalidArgument, operation: "SO_BROADCAST on a Unix-domain socket") }
+        return try NetSys.option(fd, level: SOL_SOCKET, name: SO_BROADCAST).get() != 0
     }
 
     /// SO_RCVBUF (the kernel caps the value at net.core.rmem_max, then doubles it for its
@@ -562,16 +560,19 @@ public final class DatagramSocket {
         try setHops(hops, multicast: true)
     }
 
+    /// The unicast TTL or hop limit in effect (64 unless set; an IPv6 socket's -1 reads back as the
+    /// route's default). On a Unix-domain socket ``SocketError/Kind/invalidArgument``.
+    public func hopLimit() throws(SocketError) -> Int {
+        try IPOptions.hops(fd, family, multicast: false)
+    }
+
+    /// The multicast TTL or hop limit in effect (1 unless set).
+    public func multicastHopLimit() throws(SocketError) -> Int {
+        try IPOptions.hops(fd, family, multicast: true)
+    }
+
     private func setHops(_ hops: Int, multicast: Bool) throws(SocketError) {
-        let lowest = multicast ? 0 : (family == .ipv6 ? -1 : 1)
-        // Unicast 0 is refused on both families (the kernel takes 0 on IPv6: a hop limit no
-        // packet could leave with).
-        guard family != .unix, hops >= lowest, hops <= Self.maximumHops, multicast || hops != 0 else {
-            throw SocketError(.invalidArgument, operation: "\(multicast ? "multicast " : "")hop limit \(hops) on \(family.rawValue)")
-        }
-        if rd_net_set_hops(fd, domain, multicast ? 1 : 0, CInt(hops)) != 0 {
-            throw SocketError(errno: errno, operation: multicast ? "setsockopt(multicast hops)" : "setsockopt(hops)")
-        }
+        try IPOptions.setHops(fd, family, hops, multicast: multicast)
     }
 
     /// The largest TTL or hop limit.
@@ -586,6 +587,19 @@ public final class DatagramSocket {
         if rd_net_set_multicast_loop(fd, domain, enabled ? 1 : 0) != 0 {
             throw SocketError(errno: errno, operation: "setsockopt(multicast loop)")
         }
+    }
+
+    /// Whether this host receives its own multicast datagrams (IP_MULTICAST_LOOP for IPv4,
+    /// IPV6_MULTICAST_LOOP for IPv6).
+    public func multicastLoop() throws(SocketError) -> Bool {
+        guard family != .unix else {
+            throw SocketError(.invalidArgument, operation: "multicast loop on a Unix-domain socket")
+        }
+        var enabled: CInt = 0
+        if rd_net_get_multicast_loop(fd, domain, &enabled) != 0 {
+            throw SocketError(errno: errno, operation: "getsockopt(multicast loop)")
+        }
+        return enabled != 0
     }
 
     /// The interface outgoing multicast leaves by (IP_MULTICAST_IF, IPV6_MULTICAST_IF), by index
@@ -649,13 +663,7 @@ public final class DatagramSocket {
         return index == 0 ? nil : index
     }
 
-    private var domain: CInt {
-        switch family {
-        case .ipv4: AF_INET
-        case .ipv6: AF_INET6
-        case .unix: AF_UNIX
-        }
-    }
+    private var domain: CInt { IPOptions.domain(family) }
 
     private static func set(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt, _ operation: String) throws(SocketError) {
         let code = NetSys.setOption(fd, level: level, name: name, value: value)

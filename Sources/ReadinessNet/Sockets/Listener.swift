@@ -247,6 +247,23 @@ public final class Listener {
         fd = -1
     }
 
+    /// The pending error (SO_ERROR), read and cleared; nil when there is none.
+    public func takePendingError() -> SocketError? {
+        NetSys.takePendingError(fd)
+    }
+
+    /// The TTL (IP_TTL) or hop limit (IPV6_UNICAST_HOPS) accepted connections start with: 1 to 255,
+    /// -1 on IPv6 for the route's default; outside that range, or on a Unix-domain listener,
+    /// ``SocketError/Kind/invalidArgument``.
+    public func setHopLimit(_ hops: Int) throws(SocketError) {
+        try IPOptions.setHops(fd, address.family, hops, multicast: false)
+    }
+
+    /// The TTL or hop limit in effect (64 unless set).
+    public func hopLimit() throws(SocketError) -> Int {
+        try IPOptions.hops(fd, address.family, multicast: false)
+    }
+
     /// Accepts one queued connection.
     public func accept() throws(SocketError) -> AcceptResult {
         if isBackingOff { return .backingOff(until: retryAt) }

@@ -278,11 +278,7 @@ public final class StreamSocket {
 
     /// The pending error (SO_ERROR), read and cleared; nil when there is none.
     public func takePendingError() -> SocketError? {
-        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_ERROR) {
-        case .success(0): return nil
-        case .success(let code): return SocketError(errno: code, operation: "SO_ERROR")
-        case .failure(let error): return error
-        }
+        NetSys.takePendingError(fd)
     }
 
     /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). TCP only: on a
@@ -290,6 +286,13 @@ public final class StreamSocket {
     public func setNoDelay(_ enabled: Bool) throws(SocketError) {
         try refuseOnUnix("TCP_NODELAY")
         try set(level: rd_net_ipproto_tcp(), name: rd_net_tcp_nodelay(), enabled ? 1 : 0, "TCP_NODELAY")
+    }
+
+    /// Whether TCP_NODELAY is set (off unless set: ``Connector`` and the async layer's connect and
+    /// accept leave it as the kernel made it). On a Unix-domain socket ``SocketError/Kind/invalidArgument``.
+    public func noDelay() throws(SocketError) -> Bool {
+        try refuseOnUnix("TCP_NODELAY")
+        return try NetSys.option(fd, level: rd_net_ipproto_tcp(), name: rd_net_tcp_nodelay()).get() != 0
     }
 
     /// SO_KEEPALIVE and its timings (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT); nil turns it off. TCP
@@ -308,6 +311,18 @@ public final class StreamSocket {
         try set(level: SOL_SOCKET, name: SO_KEEPALIVE, 1, "SO_KEEPALIVE")
     }
 
+    /// The keep-alive in effect: nil when SO_KEEPALIVE is off, else its timings as the kernel holds
+    /// them (whole seconds). On a Unix-domain socket ``SocketError/Kind/invalidArgument``.
+    public func keepAlive() throws(SocketError) -> KeepAlive? {
+        try refuseOnUnix("SO_KEEPALIVE")
+        guard try NetSys.option(fd, level: SOL_SOCKET, name: SO_KEEPALIVE).get() != 0 else { return nil }
+        let tcp = rd_net_ipproto_tcp()
+        let idle = try NetSys.option(fd, level: tcp, name: rd_net_tcp_keepidle()).get()
+        let interval = try NetSys.option(fd, level: tcp, name: rd_net_tcp_keepintvl()).get()
+        let probes = try NetSys.option(fd, level: tcp, name: rd_net_tcp_keepcnt()).get()
+        return KeepAlive(idle: .seconds(idle), interval: .seconds(interval), probes: Int(probes))
+    }
+
     /// SO_RCVBUF (the kernel doubles the value it is given, and clamps it to net.core.rmem_max).
     public func setReceiveBufferSize(_ bytes: Int) throws(SocketError) {
         try set(level: SOL_SOCKET, name: SO_RCVBUF, NetSys.bufferSize(bytes), "SO_RCVBUF")
@@ -321,6 +336,23 @@ public final class StreamSocket {
     /// The receive buffer size the kernel uses.
     public func receiveBufferSize() throws(SocketError) -> Int {
         try Int(NetSys.option(fd, level: SOL_SOCKET, name: SO_RCVBUF).get())
+    }
+
+    /// The send buffer size the kernel uses.
+    public func sendBufferSize() throws(SocketError) -> Int {
+        try Int(NetSys.option(fd, level: SOL_SOCKET, name: SO_SNDBUF).get())
+    }
+
+    /// The TTL (IP_TTL) or hop limit (IPV6_UNICAST_HOPS) of what it sends: 1 to 255, -1 on IPv6 for
+    /// the route's default; outside that range, or on a Unix-domain socket,
+    /// ``SocketError/Kind/invalidArgument``.
+    public func setHopLimit(_ hops: Int) throws(SocketError) {
+        try IPOptions.setHops(fd, IPOptions.family(of: fd), hops, multicast: false)
+    }
+
+    /// The TTL or hop limit in effect (64 unless set).
+    public func hopLimit() throws(SocketError) -> Int {
+        try IPOptions.hops(fd, IPOptions.family(of: fd), multicast: false)
     }
 
     /// How many bytes are queued to read now (FIONREAD), 0 when the kernel will not say. Reading no
@@ -337,6 +369,15 @@ public final class StreamSocket {
         case .wait(let duration): rd_net_set_linger(fd, 1, CInt(clamping: Swift.max(1, duration.clampedSeconds)))
         }
         if status != 0 { throw SocketError(errno: errno, operation: "SO_LINGER") }
+    }
+
+    /// SO_LINGER as the kernel holds it (a `.wait` in whole seconds).
+    public func linger() throws(SocketError) -> Linger {
+        var enabled: CInt = 0
+        var seconds: CInt = 0
+        if rd_net_get_linger(fd, &enabled, &seconds) != 0 { throw SocketError(errno: errno, operation: "getsockopt(SO_LINGER)") }
+        if enabled == 0 { return .off }
+        return seconds == 0 ? .resetOnClose : .wait(.seconds(seconds))
     }
 
     /// Whether it is a Unix-domain socket (SO_DOMAIN; one system call).

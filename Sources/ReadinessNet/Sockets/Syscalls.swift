@@ -29,6 +29,15 @@ enum NetSys {
         return .success(value)
     }
 
+    /// SO_ERROR read and cleared: nil when there is none.
+    static func takePendingError(_ fd: CInt) -> SocketError? {
+        switch NetSys.option(fd, level: SOL_SOCKET, name: SO_ERROR) {
+        case .success(0): return nil
+        case .success(let code): return SocketError(errno: code, operation: "SO_ERROR")
+        case .failure(let error): return error
+        }
+    }
+
     @inline(__always)
     static func read(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
         Sys.retryingEINTR { Glibc.read(fd, buffer.baseAddress, buffer.count) }

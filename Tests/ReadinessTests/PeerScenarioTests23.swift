@@ -1,0 +1,248 @@
+import Glibc
+@_spi(Backend) import Readiness
+@testable import ReadinessAsync
+@testable import ReadinessNet
+import Testing
+
+/// Scenarios from tokio's and mio's socket tests that the sockets could not express before stop 54:
+/// options read back, tries that never wait (`try_read`, `try_recv_from`, `try_send_to`) and
+/// readiness waits on datagram sockets.
+@Suite("Peer scenarios 23", .serialized)
+struct PeerScenarioTests23 {
+    // MARK: options read back (mio tcp_stream/udp_socket `set_ttl`/`ttl`, `set_nodelay`/`nodelay`,
+    // tokio tcp_socket `set_linger`/`linger`, udp `broadcast`, `multicast_loop_v4`, `multicast_ttl_v4`)
+
+    @Test("stream options read back what was set: no-delay, keep-alive, linger, TTL, buffer sizes")
+    func streamOptionsReadBack() throws {
+        let poller = try backends[0].makePoller()
+        let (socket, server) = try tcpPair(on: poller)
+        defer { socket.close(); server.close() }
+        #expect(try socket.noDelay() == false)
+        try socket.setNoDelay(true)
+        #expect(try socket.noDelay() == true)
+        #expect(try socket.keepAlive() == nil)
+        try socket.setKeepAlive(KeepAlive(idle: .seconds(30), interval: .seconds(5), probes: 4))
+        #expect(try socket.keepAlive() == KeepAlive(idle: .seconds(30), interval: .seconds(5), probes: 4))
+        try socket.setKeepAlive(nil)
+        #expect(try socket.keepAlive() == nil)
+        #expect(try socket.linger() == .off)
+        try socket.setLinger(.resetOnClose)
+        #expect(try socket.linger() == .resetOnClose)
+        try socket.setLinger(.wait(.seconds(3)))
+        #expect(try socket.linger() == .wait(.seconds(3)))
+        try socket.setLinger(.off)
+        #expect(try socket.linger() == .off)
+        #expect(try socket.hopLimit() == 64)
+        try socket.setHopLimit(10)
+        #expect(try socket.hopLimit() == 10)
+        for bad in [0, -1, 256, Int.max, Int.min] {
+            #expect(throws: SocketError(.invalidArgument, operation: "hop limit \(bad) on ipv4")) { try socket.setHopLimit(bad) }
+        }
+        #expect(try socket.hopLimit() == 10)
+        try socket.setSendBufferSize(65536)
+        #expect(try socket.sendBufferSize() >= 65536)
+
+        // Unix: the TCP and IP options are refused, read or set; linger reads back off.
+        let (a, b) = try StreamSocket.pair()
+        defer { a.close(); b.close() }
+        #expect(throws: SocketError.self) { _ = try a.noDelay() }
+        #expect(throws: SocketError.self) { _ = try a.keepAlive() }
+        #expect(throws: SocketError(.invalidArgument, operation: "hop limit on a Unix-domain socket")) { _ = try a.hopLimit() }
+        #expect(throws: SocketError(.invalidArgument, operation: "hop limit 10 on unix")) { try a.setHopLimit(10) }
+        #expect(try a.linger() == .off)
+    }
+
+    @Test("IPv6 stream and listener hop limits: -1 is the route's default, read back as 64")
+    func ipv6StreamHopLimit() throws {
+        let listener = try Listener(bind: try SocketAddress("[::1]:0"))
+        defer { listener.close() }
+        #expect(try listener.hopLimit() == 64)
+        try listener.setHopLimit(7)
+        #expect(try listener.hopLimit() == 7)
+        try listener.setHopLimit(-1)
+        #expect(try listener.hopLimit() == 64)
+        #expect(throws: SocketError(.invalidArgument, operation: "hop limit 0 on ipv6")) { try listener.setHopLimit(0) }
+        #expect(listener.takePendingError() == nil)
+        let poller = try backends[0].makePoller()
+        let (client, server) = try tcpPair(on: poller, listener: listener)
+        defer { client.close(); server.close() }
+        #expect(try server.hopLimit() == 64)   // set to the route's default before the connection came
+        try client.setHopLimit(-1)
+        #expect(try client.hopLimit() == 64)
+        try client.setHopLimit(3)
+        #expect(try client.hopLimit() == 3)
+    }
+
+    @Test("datagram options read back: broadcast, hop limits, multicast loop; Unix refuses them")
+    func datagramOptionsReadBack() throws {
+        let v4 = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        defer { v4.close() }
+        #expect(try v4.broadcast() == false)
+        try v4.setBroadcast(true)
+        #expect(try v4.broadcast() == true)
+        #expect(try v4.hopLimit() == 64)
+        try v4.setHopLimit(20)
+        #expect(try v4.hopLimit() == 20)
+        #expect(try v4.multicastHopLimit() == 1)
+        try v4.setMulticastHopLimit(0)
+        #expect(try v4.multicastHopLimit() == 0)
+        try v4.setMulticastHopLimit(255)
+        #expect(try v4.multicastHopLimit() == 255)
+        #expect(try v4.multicastLoop() == true)
+        try v4.setMulticastLoop(false)
+        #expect(try v4.multicastLoop() == false)
+        if let v6 = try? DatagramSocket(bind: try SocketAddress("[::1]:0")) {
+            defer { v6.close() }
+            #expect(try v6.multicastLoop() == true)
+            try v6.setMulticastLoop(false)
+            #expect(try v6.multicastLoop() == false)
+            try v6.setMulticastHopLimit(9)
+            #expect(try v6.multicastHopLimit() == 9)
+            try v6.setHopLimit(-1)
+            #expect(try v6.hopLimit() == 64)
+        }
+        let (a, b) = try DatagramSocket.pair()
+        defer { a.close(); b.close() }
+        #expect(throws: SocketError(.invalidArgument, operation: "SO_BROADCAST on a Unix-domain socket")) { _ = try a.broadcast() }
+        #expect(throws: SocketError(.invalidArgument, operation: "multicast loop on a Unix-domain socket")) { _ = try a.multicastLoop() }
+        #expect(throws: SocketError(.invalidArgument, operation: "multicast hop limit on a Unix-domain socket")) { _ = try a.multicastHopLimit() }
+    }
+
+    @Test("a closed socket's option getters fail with a typed error")
+    func closedSocketGetters() throws {
+        let socket = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+        socket.close()
+        #expect(throws: SocketError.self) { _ = try socket.hopLimit() }
+        #expect(throws: SocketError.self) { _ = try socket.broadcast() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        listener.close()
+        #expect(throws: SocketError.self) { _ = try listener.hopLimit() }
+        #expect(listener.takePendingError() != nil)
+    }
+
+    // MARK: tries that never wait (tokio tcp_stream `try_read_write`, udp `try_send_recv`,
+    // `try_send_to_recv_from`)
+
+    @Test("tokio try_read_write: readable then tryRead takes what is queued, nil when nothing is, 0 at the end",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func tryReadAfterReadable(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                #expect(try await server.tryRead(upTo: 16) == nil)
+                let message = Array("hello tokio".utf8)
+                try await client.write(message, timeout: .seconds(5))
+                var received: [UInt8] = []
+                while received.count < message.count {
+                    try await server.readable(timeout: .seconds(5))
+                    if let bytes = try await server.tryRead(upTo: 4) { received += bytes }
+                }
+                #expect(received == message)
+                #expect(try await server.tryRead(upTo: 16) == nil)
+                // A raw buffer, then the end of the stream.
+                try await client.write([7, 8, 9], timeout: .seconds(5))
+                try await client.shutdown(.write)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 1)
+                defer { buffer.deallocate() }
+                var total = 0
+                while true {
+                    try await server.readable(timeout: .seconds(5))
+                    guard let n = try await server.tryRead(into: buffer) else { continue }
+                    if n == 0 { break }
+                    total += n
+                }
+                #expect(total == 3)
+                #expect(try await server.tryRead(upTo: 4) == [])
+                await #expect(throws: LoopError.invalidArgument("tryRead(upTo: 0)")) { _ = try await server.tryRead(upTo: 0) }
+                // The next read after tries meets the end at once (no hint left behind).
+                #expect(try await server.read(upTo: 4, timeout: .seconds(5)) == [])
+                await client.close(); await server.close(); await listener.close()
+                await #expect(throws: LoopError.closed) { _ = try await server.tryRead(upTo: 4) }
+            }.value
+        }
+    }
+
+    @Test("tryRead while another task's read waits is .busy, and that read still gets the bytes",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func tryReadDuringRead(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                let reader = Task(executorPreference: loop) { () async throws -> [UInt8] in
+                    try await server.read(upTo: 64, timeout: .seconds(5))
+                }
+                try await loop.sleep(for: .milliseconds(10))   // the read waits now
+                await #expect(throws: LoopError.busy) { _ = try await server.tryRead(upTo: 4) }
+                try await client.write([1, 2, 3], timeout: .seconds(5))
+                #expect(try await reader.value == [1, 2, 3])
+                await client.close(); await server.close(); await listener.close()
+            }.value
+        }
+    }
+
+    @Test("tokio try_send_recv: datagram writable then trySend, readable then tryReceive; nil when none is queued",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramTries(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let server = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                let client = try await loop.connectDatagram(to: server.localAddress!)
+                var buffer = [UInt8](repeating: 0, count: 64)
+                #expect(try await server.tryReceive(into: &buffer) == nil)
+                for round in 0..<3 {
+                    let message = Array("hello \(round)".utf8)
+                    while true {
+                        try await client.writable(timeout: .seconds(5))
+                        if try await client.trySend(message) { break }
+                    }
+                    var datagram: ReceivedDatagram?
+                    while datagram == nil {
+                        try await server.readable(timeout: .seconds(5))
+                        datagram = try await server.tryReceive(into: &buffer)
+                    }
+                    #expect(datagram?.count == message.count)
+                    #expect(datagram?.source == client.localAddress)
+                    #expect(Array(buffer[..<message.count]) == message)
+                    // try_send_to back to the source.
+                    #expect(try await server.trySend(message, to: datagram!.source!))
+                    try await client.readable(timeout: .seconds(5))
+                    #expect(try await client.tryReceive(into: &buffer)?.count == message.count)
+                }
+                // An unconnected socket's send without a destination: the send's own error.
+                await #expect(throws: LoopError.self) { _ = try await server.trySend([1]) }
+                // Nothing queued: readable waits until its deadline.
+                await #expect(throws: LoopError.timedOut) { try await server.readable(timeout: .milliseconds(20)) }
+                // A receive in progress makes a try .busy.
+                let receiver = Task(executorPreference: loop) { () async throws -> Int in
+                    var bytes = [UInt8](repeating: 0, count: 8)
+                    return try await server.receive(into: &bytes, timeout: .seconds(5)).count
+                }
+                try await loop.sleep(for: .milliseconds(10))
+                await #expect(throws: LoopError.busy) { _ = try await server.tryReceive(into: &buffer) }
+                try await client.send([1, 2], timeout: .seconds(5))
+                #expect(try await receiver.value == 2)
+                await client.close(); await server.close()
+                await #expect(throws: LoopError.closed) { try await server.readable() }
+                await #expect(throws: LoopError.closed) { _ = try await server.trySend([1], to: client.localAddress) }
+            }.value
+        }
+    }
+
+    @Test("a datagram socket's readable wait ends with close (.closed) and with cancellation (.cancelled)",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramReadableEnds(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let socket = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                let waiter = Task(executorPreference: loop) { () async throws in try await socket.readable() }
+                try await loop.sleep(for: .milliseconds(10))
+                waiter.cancel()
+                await #expect(throws: LoopError.cancelled) { try await waiter.value }
+                let second = Task(executorPreference: loop) { () async throws in try await socket.readable() }
+                try await loop.sleep(for: .milliseconds(10))
+                await socket.close()
+                await #expect(throws: LoopError.closed) { try await second.value }
+            }.value
+        }
+    }
+}
