@@ -446,12 +446,21 @@ extension EventLoop {
     }
 
     /// Waits until a descriptor the caller owns is readable (it is watched only during the wait).
+    /// Tasks waiting on one descriptor take turns: a second waits until the first's wait ends, then
+    /// returns at once if the descriptor is still readable (tokio's `AsyncFd` wakes every waiter).
     nonisolated(nonsending) public func readable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .read, deadline: deadline) }
     }
 
-    /// Waits until a descriptor the caller owns is writable (it is watched only during the wait).
+    /// `readable(fd)` for a descriptor only one task may wait on: a second waiter fails with
+    /// ``LoopError/busy`` (the signal sequence's pipe: a second iteration ends).
+    nonisolated(nonsending) func readableAlone(_ fd: CInt) async throws(LoopError) {
+        try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .read, deadline: nil, exclusive: true) }
+    }
+
+    /// Waits until a descriptor the caller owns is writable (it is watched only during the wait);
+    /// waiters take turns, as for ``readable(_:timeout:)``.
     nonisolated(nonsending) public func writable(_ fd: CInt, timeout: Duration? = nil) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
         try await onLoop { (state) async throws(LoopError) in try await state.waitForeign(fd, .write, deadline: deadline) }

@@ -161,7 +161,7 @@ public final class SignalSequence: AsyncSequence, @unchecked Sendable {
                 if let signal = sequence.nextDelivered() { return signal }
                 if subscription.stopped { return nil }
                 do throws(LoopError) {
-                    try await sequence.loop.readable(subscription.descriptor)
+                    try await sequence.loop.readableAlone(subscription.descriptor)
                     pause = AsyncListener.fullLoopPause
                 } catch {
                     // Another task iterates this sequence: this iteration ends, the other goes on

@@ -92,6 +92,11 @@ extension AsyncConformance {
             start("t1", .readable("x", timeout: long)), line(.callerWrite("y", bytes: 1)), join("t1", .ok),
             line(.isOpen("x"), open),
         ]),
+        AsyncScenario("async/caller/two-waiters", checks: "Tasks waiting on one caller's descriptor in one direction take turns: a third ends at its own deadline in line; one byte ends the first two, one after the other, and the descriptor stays the caller's, open.", [
+            line(.callerPair("x", "y")), start("t1", .readable("x", timeout: long)), start("t2", .readable("x", timeout: long)),
+            op(.readable("x", timeout: brief), fails(.timedOut)), line(.callerWrite("y", bytes: 1)),
+            join("t1", .ok), join("t2", .ok), line(.isOpen("x"), open),
+        ]),
         AsyncScenario("async/caller/closed-during-wait", checks: "A caller's descriptor closed by its owner during a wait does not end it: it times out at its deadline.", [
             line(.callerPair("x", "y")), start("t1", .readable("x", timeout: brief)), line(.callerClose("x")),
             join("t1", fails(.timedOut)), line(.isOpen("y"), open),

@@ -245,4 +245,112 @@ struct PeerScenarioTests23 {
             }.value
         }
     }
+
+    // MARK: waits on a caller's descriptor take turns (tokio io_async_fd `multiple_waiters`)
+
+    @Test("tokio AsyncFd multiple_waiters: ten tasks wait readable on one caller descriptor; one byte ends all ten; the descriptor is let go after the last",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func foreignWaitersTakeTurns(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var fds: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+            defer { close(fds[0]); close(fds[1]) }
+            let fd = fds[0]
+            let waiters = (0..<10).map { _ in
+                Task(executorPreference: loop) { () async -> LoopError? in
+                    do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                    return nil
+                }
+            }
+            try await loop.sleep(for: .milliseconds(30))
+            #expect(try await loop.entryCount() == 1)
+            var byte: UInt8 = 1
+            #expect(Glibc.write(fds[1], &byte, 1) == 1)
+            for waiter in waiters { #expect(await waiter.value == nil, "\(backend)") }
+            #expect(try await loop.entryCount() == 0)
+            // The byte is still there: a new wait ends at once.
+            try await loop.readable(fd, timeout: .seconds(1))
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
+
+    @Test("waits in line on a caller descriptor end on their own: a deadline, a cancellation; the one ahead is unaffected; the writer direction does not wait behind readers",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func foreignTurnWaitersEnd(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var fds: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+            defer { close(fds[0]); close(fds[1]) }
+            let fd = fds[0]
+            let first = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            // In line behind `first`: its deadline passes there.
+            await #expect(throws: LoopError.timedOut) { try await loop.readable(fd, timeout: .milliseconds(30)) }
+            // In line, cancelled.
+            let cancelled = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            cancelled.cancel()
+            #expect(await cancelled.value == .cancelled)
+            // The other direction is not in that line.
+            try await loop.writable(fd, timeout: .seconds(1))
+            #expect(try await loop.entryCount() == 1)
+            // Cancelling the one ahead lets the descriptor go.
+            first.cancel()
+            #expect(await first.value == .cancelled)
+            #expect(try await loop.entryCount() == 0)
+            // A waiter handed its turn and cancelled at once passes it on: the last lets the descriptor go.
+            let ahead = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            let behind = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            ahead.cancel()
+            behind.cancel()
+            #expect(await ahead.value == .cancelled)
+            #expect(await behind.value == .cancelled)
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
+
+    @Test("a wait in line on a caller descriptor whose number was closed and taken by another file meanwhile ends .closed when its turn comes",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func foreignTurnAfterReuse(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            var fds: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+            defer { close(fds[1]) }
+            let fd = fds[0]
+            let first = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .milliseconds(200)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            let second = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            // The caller closes the number during the waits (misuse) and another file takes it.
+            close(fd)
+            var again: [CInt] = [-1, -1]
+            #expect(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &again) == 0)
+            defer { close(again[0]); close(again[1]) }
+            #expect(again[0] == fd)
+            let firstEnd = await first.value
+            #expect(firstEnd == .timedOut || firstEnd == .closed, "\(String(describing: firstEnd))")
+            #expect(await second.value == .closed)
+            #expect(try await loop.entryCount() == 0)
+        }
+    }
 }

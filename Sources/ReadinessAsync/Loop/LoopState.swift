@@ -674,6 +674,10 @@ final class LoopState {
         } else {
             resource.record.write.inUse = false
         }
+        // A caller's descriptor whose last waiter gave up its turn (cancelled as it came) is let go.
+        if !foreign.isEmpty, let waited = resource as? ForeignResource, !waited.record.read.inUse, !waited.record.write.inUse {
+            settleForeign(waited)
+        }
     }
 
     /// How ``writeAtOnce(_:count:offset:_:)`` ended.

@@ -102,12 +102,23 @@ extension LoopState {
         return nil
     }
 
+    /// Lets the descriptor go once nobody waits on it: no task waiting for readiness in either
+    /// direction, and none waiting for its turn (a waiter in line keeps it watched and its number
+    /// held until its own wait ends).
     func settleForeign(_ resource: ForeignResource) {
         guard slab.contains(resource), !resource.record.read.isWaiting, !resource.record.write.isWaiting else { return }
+        if !turnLines.isEmpty, hasLine(resource) { return }
         close(resource, reason: .closed)
     }
 
-    nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?) async throws(LoopError) {
+    /// A wait on a caller's descriptor. Two tasks waiting on one descriptor in one direction take
+    /// turns, as the socket's own operations do (tokio's `AsyncFd` lets any number wait, Go's
+    /// `RawConn.Read` serialises them): the second waits until the first's wait ends, then waits for
+    /// readiness itself, which a level-triggered registration reports at once while it holds (tokio's
+    /// `multiple_waiters`: one byte wakes ten readers). `exclusive` (the signal sequence's pipe) fails
+    /// a second waiter with `.busy` instead.
+    nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?,
+                                             exclusive: Bool = false) async throws(LoopError) {
         if isShutDown { throw shutdownReason }
         guard fd >= 0 else { throw .poller(.invalidDescriptor(fd)) }
         try checkForeign(fd, direction == .read ? "readable" : "writable")
@@ -119,15 +130,35 @@ extension LoopState {
             resource = try slab.insert { ForeignResource(key: $0, fd: fd) }
             foreign[fd] = resource.key
         }
+        if resource.record[direction].inUse {
+            if exclusive { throw .busy }
+            try await waitForTurn(resource.key.raw, direction, deadline: deadline)
+            // The turn came: the number may have been closed and taken by another file meanwhile.
+            if !resource.namesSameFile {
+                release(resource.key.raw, direction)
+                close(resource, reason: .closed)
+                throw .closed
+            }
+        } else {
+            resource.record[direction].inUse = true
+        }
         let outcome = await wait(resource, direction, deadline: deadline, interest: true)
+        // The next waiter in line takes the turn (the direction stays claimed for it).
+        release(resource.key.raw, direction)
         // Watched only while waited on: the caller may close the descriptor as soon as this returns.
         if slab.contains(resource) {
             var still: Interest = []
             if resource.record.read.isWaiting { still.insert(.readable) }
             if resource.record.write.isWaiting { still.insert(.writable) }
             try? updateInterest(resource, resource.record.registered.intersection(still))
-            if still.isEmpty { close(resource, reason: .closed) }
+            if still.isEmpty, !resource.record.read.inUse, !resource.record.write.inUse { close(resource, reason: .closed) }
         }
         if case .failed(let error) = outcome { throw error }
+    }
+
+    /// Whether a task waits for its turn on `resource`, in either direction.
+    func hasLine(_ resource: any LoopResource) -> Bool {
+        turnLines[TurnLine.Key(id: resource.key.raw, direction: .read)] != nil
+            || turnLines[TurnLine.Key(id: resource.key.raw, direction: .write)] != nil
     }
 }

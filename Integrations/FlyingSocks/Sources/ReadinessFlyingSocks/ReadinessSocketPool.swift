@@ -30,9 +30,10 @@ import Musl
 ///   FlyingSocks': a cancelled task or a pool that stopped gives `CancellationError`; a descriptor
 ///   the poller refuses (closed, negative) gives `SocketError.disconnected`; another failure of the
 ///   poller gives `SocketError.failed`.
-/// - Readiness allows one waiter per direction per descriptor (`LoopError.busy` for the second);
-///   FlyingSocks allows any number. A second waiter here sleeps 1 ms and returns as a spurious
-///   wake-up, so its caller retries; ``busyFallbacks`` counts them.
+/// - FlyingSocks allows any number of waiters per descriptor; Readiness's waits on one descriptor
+///   take turns (the second returns once the first's wait ended and the descriptor is still ready).
+///   Should a wait still meet `LoopError.busy`, it sleeps 1 ms and returns as a spurious wake-up, so
+///   its caller retries; ``busyFallbacks`` counts them (0 since waits take turns).
 /// - A descriptor its owner closes while a task waits on it does not end the wait (on any backend,
 ///   Docs/Async.md): the wait ends when the task is cancelled or the pool stops. FlyingFox's
 ///   `HTTPServer.stop()` closes its listener and then cancels the server task, so it ends as with
