@@ -208,11 +208,20 @@ public struct AsyncDatagramSocket: Sendable {
         let id = self.id
         let events = Int16(direction == .read ? POLLIN : POLLOUT)
         try await loop.onLoop { (state) async throws(LoopError) in
+            // A try moved a datagram since the last that would block: ready as far as the caller can tell.
+            if state.isKnownReady(id, direction) { return }
             try await state.datagram(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
                 var entry = pollfd(fd: socket.fd, events: events, revents: 0)
                 while true {
                     let n = poll(&entry, 1, 0)
-                    if n > 0 { return () }   // ready, or an error or hang-up to report
+                    if n > 0 {
+                        // Where poll says ready for ever though a receive (an IP send) would block (a
+                        // socket shut down for reading, an ICMP error left in the error queue), the
+                        // wait goes on as a receive's or a send's does (paused, not spinning). A Unix
+                        // send is believed: its readiness depends on a destination this wait lacks.
+                        if direction == .write, socket.family == .unix { return () }
+                        return ReadinessDriver.readinessLies(socket, direction, .peer) ? nil : ()
+                    }
                     if n == 0 { return nil }
                     if errno != EINTR { return () }   // the operation that follows reports it
                 }

@@ -189,8 +189,11 @@ public struct AsyncSocket: Sendable {
             switch result {
             case .success(.transferred(let n)):
                 _ = state.chargeSend(n, more: false)
+                stream.record.write.knownReady = n > 0
                 return n
-            case .success: return 0
+            case .success:
+                stream.record.write.knownReady = false
+                return 0
             case .failure(let error): throw .socket(error)
             }
         }
@@ -250,6 +253,8 @@ public struct AsyncSocket: Sendable {
         let id = self.id
         let events = Int16(direction == .read ? POLLIN : POLLOUT)
         _ = try await loop.onLoop { (state) async throws(LoopError) -> IOResult in
+            // A try moved bytes since the last that would block: ready as far as the caller can tell.
+            if state.isKnownReady(id, direction) { return .transferred(0) }
             // A failure a send hands to the read side while this waits stays for the read that meets
             // the end of the stream (io_uring; `LoopState.readFailures`).
             _ = try await state.perform(id, direction, deadline: deadline, waitFirst: false, start: nil) { (socket) throws(SocketError) -> IOResult in

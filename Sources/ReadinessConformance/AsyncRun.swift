@@ -715,6 +715,49 @@ final class AsyncRun {
                 }
                 return .note("still datagrams after \(Self.fillLimit)")
             } }
+        case .tryFill(let name):
+            if let socket = datagrams[name] {
+                return { await Self.observe { () throws(LoopError) -> Observation in
+                    let datagram = [UInt8](repeating: 0x63, count: 8)
+                    for _ in 0..<Self.fillLimit {
+                        try await socket.writable(timeout: .seconds(5))
+                        if try await !socket.trySend(datagram) { return .note("filled") }
+                    }
+                    return .note("never full after \(Self.fillLimit) datagrams")
+                } }
+            }
+            guard let socket = sockets[name] else { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                let chunk = [UInt8](repeating: 0x62, count: 1024)
+                for _ in 0..<Self.fillLimit {
+                    try await socket.writable(timeout: .seconds(5))
+                    if try await socket.tryWrite(chunk) == 0 { return .note("filled") }
+                }
+                return .note("never full after \(Self.fillLimit) writes")
+            } }
+        case .tryDrain(let name):
+            let datagram = datagrams[name]
+            let socket = sockets[name]
+            if datagram == nil, socket == nil { return missing("socket \(name)") }
+            return { await Self.observe { () throws(LoopError) -> Observation in
+                var buffer = [UInt8](repeating: 0, count: 64)
+                var taken = 0
+                for _ in 0..<Self.fillLimit {
+                    do throws(LoopError) {
+                        if let datagram { try await datagram.readable(timeout: .zero) } else { try await socket!.readable(timeout: .zero) }
+                    } catch {
+                        if error == .timedOut { return .note(taken > 0 ? "drained" : "nothing queued") }
+                        throw error
+                    }
+                    if let datagram {
+                        if try await datagram.tryReceive(into: &buffer) != nil { taken += 1 }
+                    } else if let bytes = try await socket!.tryRead(upTo: 65536) {
+                        if bytes.isEmpty { return .note("end of stream") }
+                        taken += bytes.count
+                    }
+                }
+                return .note("still queued after \(Self.fillLimit) tries")
+            } }
         case .readEmpty(let name):
             guard let socket = sockets[name] else { return missing("socket \(name)") }
             return { await Self.observe { () throws(LoopError) -> Observation in

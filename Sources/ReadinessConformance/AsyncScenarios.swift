@@ -72,6 +72,11 @@ extension AsyncConformance {
             op(.ready("a", reading: false, timeout: .zero)), op(.tryWrite("a", bytes: 3), bytes(3)), op(read("b"), bytes(3)),
             op(.shutdownWrite("b")), op(.ready("a", reading: true, timeout: long)), op(.tryRead("a", upTo: 64), eof), op(read("a"), eof),
         ]),
+        AsyncScenario("async/io/try-until-blocked", checks: "tokio's try loop: writable before every tryWrite holds as long as a try succeeds (the kernel's POLLOUT needs three quarters of a Unix send buffer free), and waits once one would block; readable before every tryRead takes every byte; the writer is writable again.", [
+            pair, op(.tryFill("a"), .note("filled")), op(.ready("a", reading: false, timeout: .zero), fails(.timedOut)),
+            op(.tryDrain("b"), .note("drained")), op(.ready("a", reading: false, timeout: long)),
+            op(.tryWrite("a", bytes: 3), bytes(3)), op(read("b"), bytes(3)),
+        ]),
         AsyncScenario("async/io/write-larger-than-buffers", checks: "A write larger than both socket buffers waits for room until every byte is read.", [
             pair, start("t1", write("a", large)), op(.readAll("b", bytes: large, timeout: long), bytes(large)),
             join("t1", .ok),
@@ -388,6 +393,10 @@ extension AsyncConformance {
             op(send("u", 0, to: "v")), op(.receiveBatch("v", slots: 4, timeout: long), .note("1 datagrams: 0 bytes")),
             op(send("u", 1, to: "v")), op(receive("v"), datagram(1, from: "u")),
             unixPair, op(send("p", 0)), op(receive("q"), datagram(0, from: "p")),
+        ]),
+        AsyncScenario("async/datagram/try-until-full", checks: "tokio's try loop on a Unix datagram pair: writable before every trySend holds until the peer's queue is full, readable before every tryReceive drains it, and the next trySend is sent.", [
+            unixPair, op(.tryFill("p"), .note("filled")), op(.tryDrain("q"), .note("drained")),
+            op(.trySend("p", bytes: 2, to: nil), .note("sent")), op(receive("q"), datagram(2, from: "p")),
         ]),
         AsyncScenario("async/datagram/try-and-ready", checks: "tryReceive and trySend never wait (nothing queued, no room in a full peer's queue: they say so); a datagram socket's readable waits for a datagram without taking it; a tryReceive while another task's receive waits is busy, that receive still getting the datagram.", [
             udp, op(.tryReceive("v", upTo: 64), .note("nothing queued")), op(.ready("v", reading: true, timeout: .zero), fails(.timedOut)),

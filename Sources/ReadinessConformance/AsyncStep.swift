@@ -92,6 +92,14 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
     /// `AsyncDatagramSocket.trySend` of one `bytes`-byte datagram to the socket named `to` (nil: the
     /// connected peer): "sent", "no room" or an error.
     case trySend(String, bytes: Int, to: String?)
+    /// tokio's try loop: `writable()` (a deadline of 5 s) before every `tryWrite` (`trySend` of a small
+    /// datagram for a datagram socket) until one would block: "filled", or an error (`writable` must
+    /// hold as long as tries succeed).
+    case tryFill(String)
+    /// `readable(timeout: .zero)` before every `tryRead` (`tryReceive`) until it times out (what a
+    /// socketpair's peer wrote is queued already): "drained" (something taken), "nothing queued",
+    /// "end of stream", or an error.
+    case tryDrain(String)
     /// `loop.shutdown(gracePeriod:)`: "drained" when it returned before the grace period ended (no
     /// accepted or adopted connection was left), "grace period ended" otherwise.
     case shutdownGracefully(Duration)
@@ -133,6 +141,8 @@ public enum AsyncOperation: Sendable, Hashable, CustomStringConvertible {
         case .signals(let n): return "watch SIGUSR2 and send it \(n) times"
         case .serveEcho(let l, let n, let b): return "serve \(l) with an echo handler for \(n) clients of \(b) bytes, then close it"
         case .ready(let s, let reading, let t): return "\(reading ? "readable" : "writable")(\(s))\(within(t))"
+        case .tryFill(let s): return "writable then try to write (send) on \(s) until it would block"
+        case .tryDrain(let s): return "readable then try to read (receive) on \(s) until nothing is queued"
         case .tryRead(let s, let n): return "try to read up to \(n) from \(s)"
         case .tryWrite(let s, let n): return "try to write \(n) bytes to \(s)"
         case .tryReceive(let s, let n): return "try to receive a datagram of up to \(n) bytes on \(s)"

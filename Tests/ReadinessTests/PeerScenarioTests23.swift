@@ -210,7 +210,10 @@ struct PeerScenarioTests23 {
                 }
                 // An unconnected socket's send without a destination: the send's own error.
                 await #expect(throws: LoopError.self) { _ = try await server.trySend([1]) }
-                // Nothing queued: readable waits until its deadline.
+                // The last try received: readable holds (tokio's cached readiness) until a try would block;
+                // then, nothing queued, it waits until its deadline.
+                try await server.readable(timeout: .zero)
+                #expect(try await server.tryReceive(into: &buffer) == nil)
                 await #expect(throws: LoopError.timedOut) { try await server.readable(timeout: .milliseconds(20)) }
                 // A receive in progress makes a try .busy.
                 let receiver = Task(executorPreference: loop) { () async throws -> Int in
@@ -351,6 +354,103 @@ struct PeerScenarioTests23 {
             #expect(firstEnd == .timedOut || firstEnd == .closed, "\(String(describing: firstEnd))")
             #expect(await second.value == .closed)
             #expect(try await loop.entryCount() == 0)
+        }
+    }
+
+    // MARK: readiness a try established holds until a try would block (tokio's cached readiness)
+
+    /// tokio tcp_stream `try_read_write` (and uds_stream's): `writable()` before every `try_write`
+    /// until one would block. The kernel's POLLOUT needs a third of a TCP send buffer free (three
+    /// quarters of a Unix one), so a poll-only `writable()` stopped while `tryWrite` still took bytes
+    /// (review: it timed out on every backend).
+    @Test("tokio try_read_write: writable before every tryWrite until one would block; then writable waits; readable and tryRead drain it all",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func writableUntilTryWriteBlocks(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                for unix in [false, true] {
+                    let client: AsyncSocket, server: AsyncSocket
+                    var listener: AsyncListener?
+                    if unix {
+                        let (a, b) = try StreamSocket.pair()
+                        client = try await loop.adopt(descriptor: a.release())
+                        server = try await loop.adopt(descriptor: b.release())
+                    } else {
+                        let pair = try await connectedPair(loop)
+                        (listener, client, server) = (pair.0, pair.1, pair.2)
+                    }
+                    let message = Array("hello world".utf8)
+                    var written = 0
+                    while true {
+                        try await client.writable(timeout: .seconds(2))
+                        let n = try await client.tryWrite(message)
+                        if n == 0 { break }
+                        written += n
+                    }
+                    #expect(written > 0)
+                    await #expect(throws: LoopError.timedOut) { try await client.writable(timeout: .milliseconds(30)) }
+                    var read = 0
+                    while read < written {
+                        try await server.readable(timeout: .seconds(2))
+                        if let bytes = try await server.tryRead(upTo: 65536) { read += bytes.count }
+                    }
+                    #expect(read == written, "\(backend), unix \(unix)")
+                    #expect(try await server.tryRead(upTo: 16) == nil)
+                    await #expect(throws: LoopError.timedOut) { try await server.readable(timeout: .milliseconds(30)) }
+                    await client.close(); await server.close()
+                    if let listener { await listener.close() }
+                }
+            }.value
+        }
+    }
+
+    /// tokio uds_datagram `try_send_recv_never_block`: send until the queue is full with `writable()`
+    /// before each `try_send`, then receive every one with `readable()` before each `try_recv`.
+    @Test("tokio try_send_recv_never_block: a Unix datagram pair filled with writable and trySend, drained with readable and tryReceive",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramTriesUntilFull(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (a, b) = try DatagramSocket.pair()
+                let sender = try await loop.adoptDatagram(descriptor: a.release())
+                let receiver = try await loop.adoptDatagram(descriptor: b.release())
+                let payload = Array("PAYLOAD".utf8)
+                var count = 0
+                while true {
+                    try await sender.writable(timeout: .seconds(2))
+                    if try await !sender.trySend(payload) { break }
+                    count += 1
+                }
+                #expect(count > 0)
+                var buffer = [UInt8](repeating: 0, count: 16)
+                while count > 0 {
+                    try await receiver.readable(timeout: .seconds(2))
+                    guard let datagram = try await receiver.tryReceive(into: &buffer) else { continue }
+                    #expect(datagram.count == payload.count)
+                    count -= 1
+                }
+                #expect(try await receiver.tryReceive(into: &buffer) == nil)
+                await sender.close(); await receiver.close()
+            }.value
+        }
+    }
+
+    /// A datagram socket shut down for reading is readable for ever by poll (POLLRDHUP), each receive
+    /// would block: `readable()` waits (paused, as a receive does) until its deadline rather than
+    /// returning at once for a wait-then-try loop to spin on (review).
+    @Test("a datagram socket shut down for reading: readable() waits until its deadline without spinning the loop",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramReadableAfterReadShutdown(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let socket = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                _ = try? await socket.withDatagramSocket { (raw) throws(SocketError) in try raw.shutdown(.read) }
+                let before = try await loop.statistics().iterations
+                await #expect(throws: LoopError.timedOut) { try await socket.readable(timeout: .milliseconds(300)) }
+                let passes = try await loop.statistics().iterations - before
+                #expect(passes < 100, "\(passes) poller passes in 300 ms on \(backend)")
+                await socket.close()
+            }.value
         }
     }
 }

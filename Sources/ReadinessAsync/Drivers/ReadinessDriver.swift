@@ -479,7 +479,7 @@ struct ReadinessDriver: IODriver {
     /// read (an ICMP error in the error queue of a socket with IP_RECVERR, which a receive never takes),
     /// or a socket shut down for reading (`shutdown(SHUT_RD)`, which Linux applies to a datagram
     /// socket even when it answers ENOTCONN): readable for ever (POLLRDHUP), each receive EAGAIN.
-    private static func readinessLies(_ socket: DatagramSocket, _ direction: Direction, _ target: SendTarget) -> Bool {
+    static func readinessLies(_ socket: DatagramSocket, _ direction: Direction, _ target: SendTarget) -> Bool {
         if direction == .write {
             guard socket.family == .unix else {
                 // IP: an ICMP error left in the error queue (IP_RECVERR, which a send never takes)

@@ -41,6 +41,13 @@ struct WaitSlot {
     /// second one waits for its turn for the whole of the first, not only while it waits
     /// (`LoopState.claim`); it stays set while the turn is handed over (LoopClaims.swift).
     var inUse = false
+    /// A try of this direction (`tryRead`, `tryWrite`, `tryReceive`, `trySend`) moved something, and
+    /// none would block since (tokio's cached readiness, cleared only by a "would block"): `readable()`
+    /// and `writable()` return at once while it is set, where the kernel's poll may already say "not
+    /// ready" (POLLOUT needs a third of a TCP send buffer free, three quarters of a Unix one) though a
+    /// try would still succeed. Any wait of the direction clears it (`install` makes a new slot): a
+    /// stale one costs one try that would block, never a spin.
+    var knownReady = false
     /// Somebody waits: a task for readiness, or an operation in the kernel (a second one is `busy`).
     var isWaiting: Bool { continuation != nil || op != nil }
     /// A task waits for readiness (an operation in the kernel wants no readiness events).

@@ -554,12 +554,26 @@ final class LoopState {
         // "drained" hint may have been consumed already).
         stream.record.readDrained = false
         switch result {
-        case .transferred(let n): return n
+        case .transferred(let n):
+            stream.record.read.knownReady = true
+            return n
         case .endOfStream:
+            stream.record.read.knownReady = true
             if let failure = CompletionDriver.takeReadFailure(id, loop: self) { throw failure }
             return 0
-        case .wouldBlock: return nil
+        case .wouldBlock:
+            stream.record.read.knownReady = false
+            return nil
         }
+    }
+
+    /// Whether `readable()`/`writable()` of resource `id` may return at once: a try of `direction` moved
+    /// something and none would block since (``WaitSlot/knownReady``), and no other operation of the
+    /// direction runs (that one's turn comes first).
+    func isKnownReady(_ id: UInt64, _ direction: Direction) -> Bool {
+        guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return false }
+        let slot = resource.record[direction]
+        return slot.knownReady && !slot.inUse
     }
 
     /// After ``AsyncSocket/shutdown(_:)`` for sending: a send the completion driver has in the kernel
@@ -858,7 +872,10 @@ final class LoopState {
         let datagram = try datagram(id)
         let slot = direction == .read ? datagram.record.read : datagram.record.write
         if slot.inUse || slot.isWaiting { throw .busy }
-        do { return try attempt(datagram.socket) } catch { throw .socket(error) }
+        let result: R?
+        do { result = try attempt(datagram.socket) } catch { throw .socket(error) }
+        datagram.record[direction].knownReady = result != nil
+        return result
     }
 
     nonisolated(nonsending) func datagram<R>(_ id: UInt64, _ direction: Direction, deadline: Int64?, waitFirst: Bool,
