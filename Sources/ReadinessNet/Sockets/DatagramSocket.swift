@@ -224,8 +224,9 @@ public final class DatagramSocket {
         try descriptor.deregister()
     }
 
-    /// Deregisters (if registered), then closes the descriptor, and unlinks a bound Unix path. Later
-    /// calls do nothing.
+    /// Deregisters (if registered), then closes the descriptor, and unlinks a bound Unix path (even
+    /// while a `dup` of the descriptor lives on: give such a socket up with ``release()``, which
+    /// keeps the path). Later calls do nothing.
     public func close() {
         guard !descriptor.isClosed else { return }
         // Unlinked while the socket still holds its file: its inode number cannot have been reused.
