@@ -168,10 +168,22 @@ public struct AsyncDatagramSocket: Sendable {
     /// `buffer`, as ``receive(into:timeout:)-([UInt8],_)`` receives it, or nil when none is queued.
     /// ``LoopError/busy`` while another task's receive is in progress (the datagram is owed to it).
     nonisolated(nonsending) public func tryReceive(into buffer: inout [UInt8]) async throws(LoopError) -> ReceivedDatagram? {
+        try await tryReceive(into: &buffer, peeking: false)
+    }
+
+    /// One attempt to peek, never waiting (tokio's `try_peek_from`, `try_peek_sender`): the next
+    /// datagram copied into the start of `buffer` **without taking it** (described as a receive
+    /// describes it: its source, its length, its truncation), or nil when none is queued.
+    /// ``LoopError/busy`` while another task's receive is in progress.
+    nonisolated(nonsending) public func tryPeek(into buffer: inout [UInt8]) async throws(LoopError) -> ReceivedDatagram? {
+        try await tryReceive(into: &buffer, peeking: true)
+    }
+
+    nonisolated(nonsending) private func tryReceive(into buffer: inout [UInt8], peeking: Bool) async throws(LoopError) -> ReceivedDatagram? {
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> ReceivedDatagram? in
             try state.tryDatagram(id, .read) { (socket) throws(SocketError) -> ReceivedDatagram? in
-                try socket.receive(into: &buffer).datagram
+                try (peeking ? socket.peek(into: &buffer) : socket.receive(into: &buffer)).datagram
             }
         }
     }

@@ -175,26 +175,57 @@ public struct AsyncSocket: Sendable {
     /// another task's write is in progress, so that these bytes never land in the middle of that
     /// write's (a write through ``withStreamSocket(_:)`` would: it claims nothing).
     nonisolated(nonsending) public func tryWrite(_ bytes: [UInt8]) async throws(LoopError) -> Int {
+        if bytes.isEmpty {
+            try await tryWriting { (_) throws(SocketError) -> IOResult in .transferred(0) }
+            return 0
+        }
+        return try await tryWriting { (socket) throws(SocketError) -> IOResult in
+            // At most `LoopState.sendLimit` bytes (the caller goes on from what went, as after any
+            // short write).
+            try socket.write(bytes, from: 0, to: Swift.min(bytes.count, LoopState.sendLimit))
+        }
+    }
+
+    /// ``tryWrite(_:)`` of several buffers, in order, with one sendmsg (tokio's `try_write_vectored`):
+    /// how many bytes the kernel took now, counted across the buffers from the first (0: no room). At
+    /// most ``/ReadinessNet/StreamSocket/maximumVectoredBuffers`` buffers and `LoopState.sendLimit`
+    /// (1 MiB) bytes go in one call.
+    ///
+    /// **For library authors**: every buffer is read before the call returns, and not after.
+    nonisolated(nonsending) public func tryWrite(vectored buffers: [UnsafeRawBufferPointer]) async throws(LoopError) -> Int {
+        var limited: [UnsafeRawBufferPointer] = []
+        var total = 0
+        for buffer in buffers where !buffer.isEmpty {
+            if total == LoopState.sendLimit || limited.count == StreamSocket.maximumVectoredBuffers { break }
+            let take = Swift.min(buffer.count, LoopState.sendLimit - total)
+            limited.append(UnsafeRawBufferPointer(rebasing: buffer[..<take]))
+            total += take
+        }
+        if limited.isEmpty {
+            try await tryWriting { (_) throws(SocketError) -> IOResult in .transferred(0) }
+            return 0
+        }
+        return try await tryWriting { (socket) throws(SocketError) -> IOResult in try socket.write(vectored: limited) }
+    }
+
+    /// One write attempt with the write side free (`.busy` otherwise), charged as a write's send is,
+    /// keeping the direction's readiness a try established (``writable(timeout:)``).
+    nonisolated(nonsending) private func tryWriting(_ attempt: (StreamSocket) throws(SocketError) -> IOResult) async throws(LoopError) -> Int {
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> Int in
             let (stream, socket) = try state.stream(id)
             if stream.record.write.inUse || stream.record.write.isWaiting { throw .busy }
-            if bytes.isEmpty { return 0 }
-            // At most `LoopState.sendLimit` bytes, charged as a write's send is (the caller goes on
-            // from what went, as after any short write).
-            let result: Result<IOResult, SocketError> = bytes.withUnsafeBytes { (buffer) in
-                let limited = UnsafeRawBufferPointer(rebasing: buffer[..<Swift.min(buffer.count, LoopState.sendLimit)])
-                do throws(SocketError) { return .success(try socket.write(limited)) } catch { return .failure(error) }
-            }
+            let result: IOResult
+            do throws(SocketError) { result = try attempt(socket) } catch { throw .socket(error) }
             switch result {
-            case .success(.transferred(let n)):
+            case .transferred(let n):
+                if n == 0 { return 0 }   // nothing was asked for: readiness unknown
                 _ = state.chargeSend(n, more: false)
-                stream.record.write.knownReady = n > 0
+                stream.record.write.knownReady = true
                 return n
-            case .success:
+            default:
                 stream.record.write.knownReady = false
                 return 0
-            case .failure(let error): throw .socket(error)
             }
         }
     }
@@ -211,6 +242,20 @@ public struct AsyncSocket: Sendable {
         let id = self.id
         return try await loop.onLoop { (state) async throws(LoopError) -> Int? in
             try state.tryRead(id) { (socket) throws(SocketError) -> IOResult in try socket.read(into: buffer) }
+        }
+    }
+
+    /// ``tryRead(into:)`` into several buffers with one readv (tokio's `try_read_vectored`), each filled
+    /// before the next: how many bytes across them, nil when nothing is queued, 0 at the end of the
+    /// stream. A list with no room at all is ``LoopError/invalidArgument(_:)``; at most
+    /// ``/ReadinessNet/StreamSocket/maximumVectoredBuffers`` non-empty buffers are filled.
+    ///
+    /// **For library authors**: the buffers are written before the call returns, and not after.
+    nonisolated(nonsending) public func tryRead(vectored buffers: [UnsafeMutableRawBufferPointer]) async throws(LoopError) -> Int? {
+        guard buffers.contains(where: { !$0.isEmpty }) else { throw .invalidArgument("tryRead into empty buffers") }
+        let id = self.id
+        return try await loop.onLoop { (state) async throws(LoopError) -> Int? in
+            try state.tryRead(id) { (socket) throws(SocketError) -> IOResult in try socket.read(vectored: buffers) }
         }
     }
 

@@ -453,4 +453,67 @@ struct PeerScenarioTests23 {
             }.value
         }
     }
+
+    /// tokio tcp_stream `try_read_write`'s vectored half: `try_write_vectored` until it would block,
+    /// `try_read_vectored` into 64 KiB pieces until every byte came back, in order.
+    @Test("tokio try_write_vectored / try_read_vectored: vectored tries fill and drain a connection, bytes in order",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func vectoredTries(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                let data = (0..<100).map { UInt8($0) }
+                var written: [UInt8] = []
+                let source = UnsafeMutableRawBufferPointer.allocate(byteCount: data.count, alignment: 1)
+                defer { source.deallocate() }
+                source.copyBytes(from: data)
+                let raw = UnsafeRawBufferPointer(source)
+                let pieces = stride(from: 0, to: raw.count, by: 10).map { UnsafeRawBufferPointer(rebasing: raw[$0..<Swift.min($0 + 10, raw.count)]) }
+                while true {
+                    try await client.writable(timeout: .seconds(2))
+                    let n = try await client.tryWrite(vectored: pieces)
+                    if n == 0 { break }
+                    written += data[..<n]
+                }
+                #expect(!written.isEmpty)
+                #expect(try await client.tryWrite(vectored: []) == 0)
+                let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: written.count, alignment: 1)
+                defer { storage.deallocate() }
+                var i = 0
+                while i < written.count {
+                    try await server.readable(timeout: .seconds(2))
+                    let rest = UnsafeMutableRawBufferPointer(rebasing: storage[i...])
+                    let pieces = stride(from: 0, to: rest.count, by: 0x10000).map { UnsafeMutableRawBufferPointer(rebasing: rest[$0..<Swift.min($0 + 0x10000, rest.count)]) }
+                    if let n = try await server.tryRead(vectored: pieces) { i += n }
+                }
+                #expect(Array(storage) == written, "\(backend)")
+                await #expect(throws: LoopError.invalidArgument("tryRead into empty buffers")) { _ = try await server.tryRead(vectored: []) }
+                await client.close(); await server.close(); await listener.close()
+            }.value
+        }
+    }
+
+    /// tokio udp `try_peek_sender` / `send_to_try_peek_from`: a try peek describes the next datagram
+    /// and leaves it; the receive then takes it.
+    @Test("tokio try_peek_from: tryPeek describes the next datagram without taking it; nil when none is queued",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramTryPeek(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let a = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                let b = try await loop.bindDatagram(to: try SocketAddress("127.0.0.1:0"))
+                var buffer = [UInt8](repeating: 0, count: 4)
+                #expect(try await b.tryPeek(into: &buffer) == nil)
+                try await a.send(Array("hello".utf8), to: b.localAddress, timeout: .seconds(5))
+                try await b.readable(timeout: .seconds(5))
+                let peeked = try await b.tryPeek(into: &buffer)
+                #expect(peeked?.source == a.localAddress && peeked?.isTruncated == true && peeked?.length == 5)
+                #expect(buffer == Array("hell".utf8))
+                var whole = [UInt8](repeating: 0, count: 16)
+                #expect(try await b.tryReceive(into: &whole)?.count == 5)
+                #expect(try await b.tryPeek(into: &buffer) == nil)
+                await a.close(); await b.close()
+            }.value
+        }
+    }
 }
