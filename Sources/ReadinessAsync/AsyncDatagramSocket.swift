@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ReadinessCore
+@_spi(Backend) import ReadinessCore
 import ReadinessNet
 
 /// A UDP (IPv4, IPv6) or Unix datagram socket owned by an ``EventLoop``: a Sendable handle (the loop
@@ -214,6 +214,8 @@ public struct AsyncDatagramSocket: Sendable {
         try await waitReady(.write, timeout: timeout)
     }
 
+    private static let readShutdown = Int16(truncatingIfNeeded: Ready.pollRDHUP)
+
     /// `readable`/`writable`: the direction taken, each attempt a zero-timeout `poll`.
     nonisolated(nonsending) private func waitReady(_ direction: Direction, timeout: Duration?) async throws(LoopError) {
         let deadline = timeout.map { Deadline.after($0) }
@@ -222,17 +224,24 @@ public struct AsyncDatagramSocket: Sendable {
         try await loop.onLoop { (state) async throws(LoopError) in
             // A try moved a datagram since the last that would block: ready as far as the caller can tell.
             if state.isKnownReady(id, direction) { return }
+            // After a try that would block, an error poll keeps reporting is one no try takes.
+            let blocked = state.isKnownBlocked(id, direction)
+            let wanted = events | Int16(POLLERR)
             try await state.datagram(id, direction, deadline: deadline, waitFirst: false) { (socket) throws(SocketError) -> Void? in
-                var entry = pollfd(fd: socket.fd, events: events, revents: 0)
+                var entry = pollfd(fd: socket.fd, events: events | Self.readShutdown, revents: 0)
                 while true {
                     let n = poll(&entry, 1, 0)
                     if n > 0 {
-                        // Where poll says ready for ever though a receive (an IP send) would block (a
-                        // socket shut down for reading, an ICMP error left in the error queue), the
-                        // wait goes on as a receive's or a send's does (paused, not spinning). A Unix
-                        // send is believed: its readiness depends on a destination this wait lacks.
+                        // Where poll says ready for ever though a receive (an IP send) would block,
+                        // the wait goes on as a receive's or a send's does (paused, not spinning): a
+                        // socket shut down for reading, and, once a try would block, an error alone
+                        // (an ICMP error left in an IP_RECVERR error queue; before any try, a pending
+                        // error is what the receive would report). A Unix send is believed: its
+                        // readiness depends on a destination this wait lacks.
+                        if direction == .read, entry.revents & Self.readShutdown != 0 { return nil }
+                        if entry.revents & events != 0 || !blocked { return () }
                         if direction == .write, socket.family == .unix { return () }
-                        return ReadinessDriver.readinessLies(socket, direction, .peer) ? nil : ()
+                        return entry.revents & wanted != 0 ? nil : ()
                     }
                     if n == 0 { return nil }
                     if errno != EINTR { return () }   // the operation that follows reports it

@@ -222,9 +222,11 @@ public struct AsyncSocket: Sendable {
                 if n == 0 { return 0 }   // nothing was asked for: readiness unknown
                 _ = state.chargeSend(n, more: false)
                 stream.record.write.knownReady = true
+                stream.record.write.knownBlocked = false
                 return n
             default:
                 stream.record.write.knownReady = false
+                stream.record.write.knownBlocked = true
                 return 0
             }
         }

@@ -1,4 +1,5 @@
 import Glibc
+import CReadinessCore
 @_spi(Backend) import Readiness
 @testable import ReadinessAsync
 @testable import ReadinessNet
@@ -514,6 +515,108 @@ struct PeerScenarioTests23 {
                 #expect(try await b.tryPeek(into: &buffer) == nil)
                 await a.close(); await b.close()
             }.value
+        }
+    }
+
+    /// mio tcp_listener `reregister`: a listener's token changes on the poller it is registered on;
+    /// connections are reported under the new one; not registered, `notRegistered`.
+    @Test("mio TcpListener reregister: a new token, connections reported under it; reregister unregistered is notRegistered; the waker token is refused",
+          arguments: backends)
+    func listenerReregister(backend: Backend) throws {
+        let poller = try backend.makePoller(), connectPoller = try backend.makePoller()
+        defer { try? poller.close(); try? connectPoller.close() }
+        let listener = try Listener(bind: try SocketAddress("127.0.0.1:0"))
+        defer { listener.close() }
+        #expect(throws: PollerError.notRegistered(listener.fd)) { try listener.reregister(token: 3) }
+        try listener.register(on: poller, token: 1)
+        try listener.reregister(token: 2)
+        #expect(throws: PollerError.reservedToken) { try listener.reregister(token: .waker) }
+        let client = StreamSocket(try Connector.connect(to: listener.address, on: connectPoller, timeout: .seconds(2)))
+        defer { client.close() }
+        #expect(try waitFor(.readable, token: 2, on: poller).contains(.readable))
+        guard case .accepted(let server, _) = try listener.accept() else {
+            Issue.record("nothing accepted on \(backend)")
+            return
+        }
+        server.close()
+        try listener.deregister()
+        #expect(throws: PollerError.notRegistered(listener.fd)) { try listener.reregister(token: 4) }
+    }
+
+    /// A connected UDP socket whose peer's port is closed: the ICMP refusal is a pending error poll
+    /// reports (POLLERR, no POLLIN). `readable()` returns at once, as the receive would report it
+    /// (review: the first version treated it as a lie before any try and waited until its deadline).
+    @Test("a datagram socket's pending refusal: readable() returns, and the receive reports it",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func datagramReadableOnRefusal(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let closed = try DatagramSocket(bind: try SocketAddress("127.0.0.1:0"))
+                let port = try #require(closed.localAddress)
+                closed.close()
+                let socket = try await loop.connectDatagram(to: port)
+                #expect(try await socket.trySend([1, 2, 3]))
+                try await socket.readable(timeout: .seconds(2))
+                var buffer = [UInt8](repeating: 0, count: 8)
+                do throws(LoopError) {
+                    _ = try await socket.tryReceive(into: &buffer)
+                    Issue.record("no refusal on \(backend)")
+                } catch {
+                    guard case .socket(let failure) = error else { throw error }
+                    #expect(failure.kind == .refused, "\(failure)")
+                }
+                // Reported once: nothing is ready after it.
+                #expect(try await socket.tryReceive(into: &buffer) == nil)
+                await #expect(throws: LoopError.timedOut) { try await socket.readable(timeout: .milliseconds(30)) }
+                await socket.close()
+            }.value
+        }
+    }
+
+    /// A try's readiness is forgotten by the escape hatch, whose body may read: a `readable()` after
+    /// a `withStreamSocket` read that drained the socket waits (review: it returned at once for ever,
+    /// a loop of the two spun).
+    @Test("readiness a try established is forgotten after withStreamSocket: readable() waits again",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func escapeHatchForgetsTries(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                let (listener, client, server) = try await connectedPair(loop)
+                try await client.write([1, 2, 3, 4], timeout: .seconds(5))
+                try await server.readable(timeout: .seconds(5))
+                #expect(try await server.tryRead(upTo: 1) == [1])
+                let drained = try await server.withStreamSocket { (socket) throws(SocketError) -> Int in
+                    var buffer = [UInt8](repeating: 0, count: 16)
+                    guard case .transferred(let n) = try socket.read(into: &buffer) else { return 0 }
+                    return n
+                }
+                #expect(drained == 3)
+                await #expect(throws: LoopError.timedOut) { try await server.readable(timeout: .milliseconds(30)) }
+                await client.close(); await server.close(); await listener.close()
+            }.value
+        }
+    }
+
+    /// A second waiter on an eventfd (whose number's reuse by another eventfd the loop cannot tell):
+    /// `.busy` on every backend, as before turns (review: it joined the line, and a stale wait's line
+    /// ended differently per backend).
+    @Test("a second wait on an eventfd in one direction is .busy on every backend",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func eventfdSecondWaiterBusy(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let fd = rd_eventfd_nonblocking()
+            try #require(fd >= 0)
+            defer { close(fd) }
+            let first = Task(executorPreference: loop) { () async -> LoopError? in
+                do { try await loop.readable(fd, timeout: .seconds(10)) } catch { return error as? LoopError }
+                return nil
+            }
+            try await loop.sleep(for: .milliseconds(20))
+            await #expect(throws: LoopError.busy) { try await loop.readable(fd, timeout: .seconds(1)) }
+            var one: UInt64 = 1
+            #expect(write(fd, &one, 8) == 8)
+            #expect(await first.value == nil)
+            #expect(try await loop.entryCount() == 0)
         }
     }
 }

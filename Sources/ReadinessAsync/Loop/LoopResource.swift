@@ -48,6 +48,11 @@ struct WaitSlot {
     /// try would still succeed. Any wait of the direction clears it (`install` makes a new slot): a
     /// stale one costs one try that would block, never a spin.
     var knownReady = false
+    /// The last try of this direction would block (cleared as ``knownReady`` is): where poll reports
+    /// only an error that no try takes (an ICMP error in an IP_RECVERR error queue), a datagram
+    /// socket's `readable()`/`writable()` then waits, paused, rather than return for a wait-then-try
+    /// loop to spin on; before any try, the error is believed (a receive would report it).
+    var knownBlocked = false
     /// Somebody waits: a task for readiness, or an operation in the kernel (a second one is `busy`).
     var isWaiting: Bool { continuation != nil || op != nil }
     /// A task waits for readiness (an operation in the kernel wants no readiness events).

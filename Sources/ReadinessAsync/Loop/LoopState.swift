@@ -538,6 +538,7 @@ final class LoopState {
         bindQueuedOperations(of: stream)
         let fd = socket.fd
         defer { reconcile(stream, socket, fd: fd) }
+        forgetTries(stream)
         do { return try body(socket) } catch { throw .socket(error) }
     }
 
@@ -556,13 +557,16 @@ final class LoopState {
         switch result {
         case .transferred(let n):
             stream.record.read.knownReady = true
+            stream.record.read.knownBlocked = false
             return n
         case .endOfStream:
             stream.record.read.knownReady = true
+            stream.record.read.knownBlocked = false
             if let failure = CompletionDriver.takeReadFailure(id, loop: self) { throw failure }
             return 0
         case .wouldBlock:
             stream.record.read.knownReady = false
+            stream.record.read.knownBlocked = true
             return nil
         }
     }
@@ -574,6 +578,22 @@ final class LoopState {
         guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return false }
         let slot = resource.record[direction]
         return slot.knownReady && !slot.inUse
+    }
+
+    /// Whether the last try of `direction` on resource `id` would block (``WaitSlot/knownBlocked``).
+    func isKnownBlocked(_ id: UInt64, _ direction: Direction) -> Bool {
+        guard let resource = slab[ResourceKey(id)], resource.key.raw == id else { return false }
+        return resource.record[direction].knownBlocked
+    }
+
+    /// What a try established is forgotten: an operation through the escape hatch (`withStreamSocket`,
+    /// `withDatagramSocket`) may have read or written, and a stale "ready" would let a
+    /// `readable()`-then-read loop spin (review).
+    func forgetTries(_ resource: any LoopResource) {
+        resource.record.read.knownReady = false
+        resource.record.read.knownBlocked = false
+        resource.record.write.knownReady = false
+        resource.record.write.knownBlocked = false
     }
 
     /// After ``AsyncSocket/shutdown(_:)`` for sending: a send the completion driver has in the kernel
@@ -861,6 +881,7 @@ final class LoopState {
         // registration changed behind the loop's back is made right, as for a stream.
         let fd = datagram.socket.fd
         defer { reconcile(datagram, datagram.socket, fd: fd) }
+        forgetTries(datagram)
         do { return try body(datagram.socket) } catch { throw .socket(error) }
     }
 
@@ -875,6 +896,7 @@ final class LoopState {
         let result: R?
         do { result = try attempt(datagram.socket) } catch { throw .socket(error) }
         datagram.record[direction].knownReady = result != nil
+        datagram.record[direction].knownBlocked = result == nil
         return result
     }
 

@@ -16,7 +16,7 @@ final class ForeignResource: LoopResourceBase, LoopResource {
     /// Whether that identity names one file alone: a socket, a pipe or FIFO, a device. Anonymous-inode
     /// files (eventfd, timerfd, signalfd, epoll) share one inode: a number reused by another of them
     /// looks the same, so the deadline's last look (``readyNow(_:)``) is not trusted for them.
-    private let identityIsUnique: Bool
+    let identityIsUnique: Bool
 
     init(key: ResourceKey, fd: CInt) {
         self.fd = fd
@@ -111,12 +111,14 @@ extension LoopState {
         close(resource, reason: .closed)
     }
 
-    /// A wait on a caller's descriptor. Two tasks waiting on one descriptor in one direction take
-    /// turns, as the socket's own operations do (tokio's `AsyncFd` lets any number wait, Go's
-    /// `RawConn.Read` serialises them): the second waits until the first's wait ends, then waits for
-    /// readiness itself, which a level-triggered registration reports at once while it holds (tokio's
-    /// `multiple_waiters`: one byte wakes ten readers). `exclusive` (the signal sequence's pipe) fails
-    /// a second waiter with `.busy` instead.
+    /// A wait on a caller's descriptor. Two tasks waiting on one socket, pipe or device in one
+    /// direction take turns, as the socket's own operations do (tokio's `AsyncFd` lets any number
+    /// wait, Go's `RawConn.Read` serialises them): the second waits until the first's wait ends, then
+    /// waits for readiness itself, which a level-triggered registration reports at once while it holds
+    /// (tokio's `multiple_waiters`: one byte wakes ten readers; turns, not a wake-up of all: if the
+    /// first's caller reads the byte before the second's turn, the second waits for more). On an
+    /// anonymous-inode file (eventfd, timerfd, signalfd, epoll), and with `exclusive` (the signal
+    /// sequence's pipe), a second waiter fails with `.busy` instead.
     nonisolated(nonsending) func waitForeign(_ fd: CInt, _ direction: Direction, deadline: Int64?,
                                              exclusive: Bool = false) async throws(LoopError) {
         if isShutDown { throw shutdownReason }
@@ -131,7 +133,11 @@ extension LoopState {
             foreign[fd] = resource.key
         }
         if resource.record[direction].inUse {
-            if exclusive { throw .busy }
+            // Turns only where a number closed and reused by another file is told apart (a socket, a
+            // pipe, a device): an eventfd, timerfd or signalfd taken by a reused number would join
+            // a stale wait's line, which epoll and io_uring never end and poll and select do (the
+            // same misuse, different outcomes; review): a second waiter there is `.busy`, as before.
+            if exclusive || !resource.identityIsUnique { throw .busy }
             try await waitForTurn(resource.key.raw, direction, deadline: deadline)
             // The turn came: the number may have been closed and taken by another file meanwhile.
             if !resource.namesSameFile {

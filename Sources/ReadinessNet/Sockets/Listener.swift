@@ -205,6 +205,23 @@ public final class Listener {
         isRegistered = true
     }
 
+    /// Changes the token the listener is reported under (mio's `reregister`), on the poller it is
+    /// registered on; ``/ReadinessCore/PollerError/notRegistered(_:)`` when it is not (as a stream's).
+    /// While backing off, the token ``resume()`` registers it with. The poller's own refusals (a
+    /// reserved token, a closed poller) leave the old token in place.
+    public func reregister(token: Token) throws(PollerError) {
+        guard let registration else { throw .notRegistered(fd) }
+        if isRegistered {
+            // Made one-shot by a back-off whose deregister the poller kept: it stays so until resume().
+            try registration.poller.reregister(fd, token: token, interest: .readable,
+                                               trigger: quietedWhileBackingOff ? .oneShot : .level)
+        } else {
+            if registration.poller.isClosed { throw .closed }
+            if token == .waker { throw .reservedToken }
+        }
+        self.registration = (registration.poller, token)
+    }
+
     /// Stops watching (the back-off's registration included): ``register(on:token:)`` may then be
     /// called again, on any poller. Nothing when it is not registered, as for a stream or datagram
     /// socket (stop 35: `notRegistered` before, while theirs did nothing).
