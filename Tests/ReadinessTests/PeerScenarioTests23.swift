@@ -619,4 +619,30 @@ struct PeerScenarioTests23 {
             #expect(try await loop.entryCount() == 0)
         }
     }
+
+    /// Go's TestAtomicStop: a signal raised as the sequence is finished is caught or its default
+    /// action runs, never lost. An iteration that found the pipe empty, then the sequence stopped,
+    /// returned nil while the handler's byte sat in the pipe (review). SIGWINCH: its default action
+    /// is to ignore it, so a signal that reached the default action ends nothing. A race: each round
+    /// may or may not meet the window.
+    @Test("Go TestAtomicStop: a signal raised while the sequence is finished is returned, or nothing of it is left in the pipe",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func signalRaisedAtFinishNotLost(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            for _ in 0..<200 {
+                let sequence = try loop.signals([.windowChange])
+                let iteration = Task(executorPreference: loop) { () async -> Signal? in
+                    var iterator = sequence.makeAsyncIterator()
+                    return await iterator.next()
+                }
+                await Task.yield()
+                kill(getpid(), SIGWINCH)
+                sequence.finish()
+                let got = await iteration.value
+                if got == nil {
+                    #expect(sequence.subscription.drain().isEmpty, "a delivery left in the pipe after nil on \(backend)")
+                }
+            }
+        }
+    }
 }
