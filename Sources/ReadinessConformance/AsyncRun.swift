@@ -605,7 +605,7 @@ final class AsyncRun {
         case .closeListener(let name):
             guard let listener = loopListeners[name] else { return missing("listener \(name)") }
             return { await listener.close(); return (.ok, nil) }
-        case .send(let name, let bytes, let destination, let timeout):
+        case .send(let name, let bytes, let destination, _), .trySend(let name, let bytes, let destination):
             guard (0...Step.maximumBytes).contains(bytes) else { return invalid("a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
             var address: SocketAddress?
@@ -613,8 +613,14 @@ final class AsyncRun {
                 guard let found = datagramAddresses[destination] else { return missing("address of \(destination)") }
                 address = found
             }
+            let datagram = [UInt8](repeating: 0x63, count: bytes)
+            guard case .send(_, _, _, let timeout) = operation else {
+                return { [address] in await Self.observe { () throws(LoopError) -> Observation in
+                    .note(try await socket.trySend(datagram, to: address) ? "sent" : "no room")
+                } }
+            }
             return { [address] in await Self.observe { () throws(LoopError) -> Observation in
-                try await socket.send([UInt8](repeating: 0x63, count: bytes), to: address, timeout: timeout)
+                try await socket.send(datagram, to: address, timeout: timeout)
                 return .ok
             } }
         case .receive(let name, let maximum, let timeout):
@@ -666,17 +672,6 @@ final class AsyncRun {
                 var buffer = [UInt8](repeating: 0, count: maximum)
                 guard let datagram = try await socket.tryReceive(into: &buffer) else { return .note("nothing queued") }
                 return Self.describe(datagram, held: datagram.count, names: names)
-            } }
-        case .trySend(let name, let bytes, let destination):
-            guard (0...Step.maximumBytes).contains(bytes) else { return invalid("a byte count outside 0...\(Step.maximumBytes) (\(bytes))") }
-            guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
-            var address: SocketAddress?
-            if let destination {
-                guard let found = datagramAddresses[destination] else { return missing("address of \(destination)") }
-                address = found
-            }
-            return { [address] in await Self.observe { () throws(LoopError) -> Observation in
-                .note(try await socket.trySend([UInt8](repeating: 0x63, count: bytes), to: address) ? "sent" : "no room")
             } }
         case .receiveBatch(let name, let slots, let timeout):
             guard let socket = datagrams[name] else { return missing("datagram socket \(name)") }
