@@ -686,6 +686,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
     }
 
+    /// Asks the loop to stop, without waiting (``EventLoopGroup/syncShutdown()`` asks every loop first).
+    func requestShutdown() {
+        _ = requestStop()
+    }
+
     /// Like ``shutdown()``, blocking the calling thread until the loop has finished. Called on the
     /// thread of any event loop (this one, which cannot wait for its own end, or another: two loops
     /// each waiting for the other would never end, SwiftNIO traps there), it asks for the shutdown and

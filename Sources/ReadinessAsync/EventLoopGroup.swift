@@ -157,6 +157,9 @@ public final class EventLoopGroup: Sendable {
     /// (any loop's) it only asks each to stop and returns at once, as ``EventLoop/syncShutdown()``
     /// does there: use `await shutdown()` on a loop.
     public func syncShutdown() {
+        // Every loop asked first, then each waited for: they stop at once, not one after another
+        // (as `shutdown()` does; review).
+        for loop in loops { loop.requestShutdown() }
         for loop in loops { loop.syncShutdown() }
     }
 }

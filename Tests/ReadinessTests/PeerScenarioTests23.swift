@@ -645,4 +645,23 @@ struct PeerScenarioTests23 {
             }
         }
     }
+
+    /// CPython test_server `test_start_server_1`: `serve_forever` on a closed server raises; Go's
+    /// `Serve` after `Close` returns `ErrServerClosed`. `serve` on a listener its owner closed before
+    /// returned normally, as if it had served (review); a close during serving still ends it normally.
+    @Test("serve on a listener closed beforehand is .closed, as accept is; a close during serve ends it normally",
+          .timeLimit(.minutes(1)), arguments: backends)
+    func serveClosedListener(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            let listener = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            await listener.close()
+            await #expect(throws: LoopError.closed) { _ = try await listener.accept(timeout: .seconds(1)) }
+            await #expect(throws: LoopError.closed) { try await listener.serve { _ in } }
+            let second = try await loop.listen(on: try SocketAddress("127.0.0.1:0"))
+            let serving = Task { () async throws in try await second.serve { _ in } }
+            try await loop.sleep(for: .milliseconds(30))
+            await second.close()
+            try await serving.value
+        }
+    }
 }
