@@ -36,16 +36,11 @@ extension AsyncListener {
     /// connections are waited for after a failure; ``EventLoop/serve(on:options:_:)``, whose listener
     /// is its own, closes it as soon as accepting fails.
     ///
-    /// A listener its owner closed **before** `serve` was called is ``LoopError/closed``, as for
-    /// ``accept(timeout:)`` (CPython's `serve_forever` on a closed server, Go's `ErrServerClosed`);
-    /// one a graceful shutdown closed, or whose loop is shutting down, returns as above.
+    /// A listener already closed when `serve` begins ends it the same way, at once, with nothing
+    /// served: whether a close came just before the serving task's first accept or just after it is
+    /// a matter of scheduling, and both give one answer (Go's `Serve` returns `ErrServerClosed` in
+    /// both orders; `accept` itself says ``LoopError/closed``).
     nonisolated(nonsending) public func serve(_ handler: @escaping @Sendable (AsyncSocket) async -> Void) async throws(LoopError) {
-        let id = self.id
-        let loop = self.loop
-        let open = (try? await loop.onLoop { (state) async throws(LoopError) -> Bool in
-            (try? state.listener(id)) != nil
-        }) ?? true
-        if !open, !loop.isDraining, !loop.isShuttingDown { throw .closed }
         try await serve(handler, closesOnFailure: false)
     }
 
