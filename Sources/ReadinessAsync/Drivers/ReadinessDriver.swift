@@ -44,7 +44,7 @@ struct ReadinessDriver: IODriver {
             wait = false
             if woken, loop.expired(deadline) { throw .timedOut }
             if direction == .write {
-                try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
+                try await Self.waitForRoom(id, stream, socket, deadline: deadline, recheck: &recheck, on: loop)
             } else if case .failed(let error) = await loop.wait(stream, direction, deadline: deadline, interest: true) {
                 throw error
             }
@@ -226,7 +226,7 @@ struct ReadinessDriver: IODriver {
                 continue
             }
             if woken, loop.expired(deadline) { throw .timedOut }
-            try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
+            try await Self.waitForRoom(id, stream, socket, deadline: deadline, recheck: &recheck, on: loop)
             woken = true
             (stream, socket) = try loop.stream(id)
         }
@@ -251,7 +251,7 @@ struct ReadinessDriver: IODriver {
                 continue
             }
             if woken, loop.expired(deadline) { throw .timedOut }
-            try await Self.waitForRoom(stream, socket, deadline: deadline, recheck: &recheck, on: loop)
+            try await Self.waitForRoom(id, stream, socket, deadline: deadline, recheck: &recheck, on: loop)
             woken = true
             (stream, socket) = try loop.stream(id)
         }
@@ -511,25 +511,36 @@ struct ReadinessDriver: IODriver {
     /// A stream write's wait for room. On a Unix-domain socket the kernel's poll never reports the
     /// peer's `shutdown(SHUT_RD)` to the writer (no POLLOUT, POLLHUP or POLLERR; each send then fails
     /// with EPIPE), so the wait is cut into pauses (``unixWriteRecheck`` doubling up to
-    /// ``unixWriteRecheckCap``) after each of which the write tries again and meets the EPIPE. Before,
-    /// such a write slept to its deadline (for ever without one), while io_uring's completion driver,
-    /// whose send the kernel retries, failed at once. `recheck`: ``unknownFamily`` until the first
-    /// wait asks the socket's domain (one system call per write that waits), then the next pause, or
-    /// ``notUnix`` (TCP: woken by its FIN/RST as ever).
+    /// ``unixWriteRecheckCap``) after each of which a send of nothing asks whether sending is over
+    /// (``StreamSocket/sendFailsNow``): if it is, the write tries again and meets the EPIPE; if not, it
+    /// waits again. Only readiness lets bytes go, as with io_uring's completion driver, whose send the
+    /// kernel retries when poll reports room (and fails at once on EPIPE): a write retried after a
+    /// pause moved bytes where poll reported no room yet (a Unix socket takes more than poll's quarter
+    /// of its buffer), at a moment that depended on the clock (the async differential under
+    /// ThreadSanitizer found it). Before the pauses, such a write slept to its deadline (for ever
+    /// without one). `recheck`: ``unknownFamily`` until the first wait asks the socket's domain (one
+    /// system call per write that waits), then the next pause, or ``notUnix`` (TCP: woken by its
+    /// FIN/RST as ever).
     @inline(__always)
-    nonisolated(nonsending) private static func waitForRoom(_ stream: StreamResource, _ socket: StreamSocket, deadline: Int64?,
-                                                            recheck: inout Int64, on loop: LoopState) async throws(LoopError) {
+    nonisolated(nonsending) private static func waitForRoom(_ id: UInt64, _ stream: StreamResource, _ socket: StreamSocket,
+                                                            deadline: Int64?, recheck: inout Int64,
+                                                            on loop: LoopState) async throws(LoopError) {
         if recheck == unknownFamily { recheck = socket.isUnixDomain ? unixWriteRecheck : notUnix }
         if recheck == notUnix {
             if case .failed(let error) = await loop.wait(stream, .write, deadline: deadline, interest: true) { throw error }
             return
         }
-        _ = try await pausedWait(stream, .write, deadline: deadline, pause: &recheck, cap: unixWriteRecheckCap,
-                                 watching: true, on: loop)
+        var stream = stream
+        while try await !pausedWait(stream, .write, deadline: deadline, pause: &recheck, cap: unixWriteRecheckCap,
+                                    watching: true, on: loop) {
+            let (current, socket) = try loop.stream(id)   // closed during the pause: .closed
+            if socket.sendFailsNow { return }
+            stream = current
+        }
     }
 
     /// A wait cut short after `pause` (which then doubles, up to `cap`), for conditions readiness does
-    /// not report (see ``readinessLies(_:_:_:)`` and ``waitForRoom(_:_:deadline:recheck:on:)``): the
+    /// not report (see ``readinessLies(_:_:_:)`` and ``waitForRoom(_:_:_:deadline:recheck:on:)``): the
     /// caller tries its operation again after it. Returns whether readiness ended it (`false`: the
     /// pause did); throws the wait's error, `.timedOut` only once the caller's own `deadline` passed.
     /// `watching`: whether the direction's interest stays on during the pause.

@@ -380,6 +380,16 @@ public final class StreamSocket {
         return seconds == 0 ? .resetOnClose : .wait(.seconds(seconds))
     }
 
+    /// Whether a write would fail now for a reason other than want of room, asked without moving a
+    /// byte: a send of nothing (one system call) fails on a Unix stream socket shut down for sending,
+    /// by its peer's `shutdown(SHUT_RD)` or by its own `shutdown(SHUT_WR)` through any descriptor,
+    /// which the kernel's poll never reports to a writer (EPIPE), and on a socket not connected.
+    package var sendFailsNow: Bool {
+        if fd < 0 { return true }
+        guard NetSys.send(fd, UnsafeRawBufferPointer(start: nil, count: 0)) < 0 else { return false }
+        return errno != EAGAIN && errno != EWOULDBLOCK
+    }
+
     /// Whether it is a Unix-domain socket (SO_DOMAIN; one system call).
     package var isUnixDomain: Bool {
         if case .success(AF_UNIX) = NetSys.option(fd, level: SOL_SOCKET, name: SO_DOMAIN) { return true }
