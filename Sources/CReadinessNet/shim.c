@@ -10,6 +10,12 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 
 ssize_t rd_net_send(int fd, const void *bytes, size_t count) { return send(fd, bytes, count, MSG_NOSIGNAL); }
 ssize_t rd_net_peek(int fd, void *bytes, size_t count) { return recv(fd, bytes, count, MSG_PEEK); }
@@ -269,4 +275,76 @@ int rd_net_set_udp_gro(int fd, int enabled) { return setsockopt(fd, SOL_UDP, UDP
 int rd_net_bytes_queued(int fd) {
     int count = 0;
     return ioctl(fd, FIONREAD, &count) == 0 ? count : -1;
+}
+
+/* The kernel's sk_shutdown bit for a side that reads no more (include/net/sock.h). */
+enum { rd_receive_shut_down = 1 };
+/* A diagnostics request's cookie that matches any socket (INET_DIAG_NOCOOKIE). */
+static const unsigned int rd_any_cookie = ~0U;
+
+/* One exact UNIX_DIAG lookup of the socket whose inode is `inode`: its shutdown bits and its peer's
+   inode (0: none). 0, or -1 with errno. */
+static int rd_unix_diag(int netlink, unsigned int inode, unsigned int *peer, int *shutdown_bits) {
+    struct { struct nlmsghdr header; struct unix_diag_req request; } message;
+    memset(&message, 0, sizeof message);
+    message.header.nlmsg_len = sizeof message;
+    message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    message.header.nlmsg_flags = NLM_F_REQUEST;
+    message.request.sdiag_family = AF_UNIX;
+    message.request.udiag_states = ~0U;
+    message.request.udiag_ino = inode;
+    message.request.udiag_show = UDIAG_SHOW_PEER;
+    message.request.udiag_cookie[0] = rd_any_cookie;
+    message.request.udiag_cookie[1] = rd_any_cookie;
+    struct sockaddr_nl kernel;
+    memset(&kernel, 0, sizeof kernel);
+    kernel.nl_family = AF_NETLINK;
+    ssize_t sent;
+    do { sent = sendto(netlink, &message, sizeof message, 0, (struct sockaddr *)&kernel, sizeof kernel); } while (sent < 0 && errno == EINTR);
+    if (sent < 0) return -1;
+    long reply[1024];
+    ssize_t n;
+    do { n = recv(netlink, reply, sizeof reply, 0); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    struct nlmsghdr *header = (struct nlmsghdr *)reply;
+    if (!NLMSG_OK(header, (size_t)n)) { errno = EPROTO; return -1; }
+    if (header->nlmsg_type == NLMSG_ERROR) {
+        const struct nlmsgerr *failure = NLMSG_DATA(header);
+        errno = failure->error < 0 ? -failure->error : EPROTO;
+        return -1;
+    }
+    if (header->nlmsg_type != SOCK_DIAG_BY_FAMILY || header->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) {
+        errno = EPROTO;
+        return -1;
+    }
+    const struct unix_diag_msg *found = NLMSG_DATA(header);
+    int left = (int)(header->nlmsg_len - NLMSG_LENGTH(sizeof *found));
+    *peer = 0;
+    *shutdown_bits = -1;
+    for (const struct rtattr *attribute = (const struct rtattr *)(found + 1); RTA_OK(attribute, left); attribute = RTA_NEXT(attribute, left)) {
+        if (attribute->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(attribute) >= sizeof(unsigned int)) {
+            memcpy(peer, RTA_DATA(attribute), sizeof(unsigned int));
+        } else if (attribute->rta_type == UNIX_DIAG_SHUTDOWN && RTA_PAYLOAD(attribute) >= 1) {
+            *shutdown_bits = *(const unsigned char *)RTA_DATA(attribute);
+        }
+    }
+    if (*shutdown_bits < 0) { errno = EPROTO; return -1; }
+    return 0;
+}
+
+int rd_net_unix_peer_reading_shut(int fd) {
+    struct stat status;
+    if (fstat(fd, &status) != 0) return -1;
+    int netlink = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (netlink < 0) return -1;
+    unsigned int peer = 0;
+    int bits = 0, result = -1;
+    if (rd_unix_diag(netlink, (unsigned int)status.st_ino, &peer, &bits) == 0) {
+        if (peer == 0) errno = ENOTCONN;
+        else if (rd_unix_diag(netlink, peer, &peer, &bits) == 0) result = (bits & rd_receive_shut_down) != 0;
+    }
+    int saved = errno;
+    close(netlink);
+    errno = saved;
+    return result;
 }

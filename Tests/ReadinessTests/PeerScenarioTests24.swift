@@ -3,6 +3,7 @@ import CReadinessNet
 @_spi(Backend) import Readiness
 @testable import ReadinessAsync
 @testable import ReadinessNet
+import Synchronization
 import Testing
 
 /// Scenarios of stop 55: outcomes that depended on the clock (found by the async differential under
@@ -68,4 +69,65 @@ struct PeerScenarioTests24 {
             }.value
         }
     }
+
+    /// The same for a datagram: between a pair's ends (each connected to the other) the kernel takes
+    /// a datagram while less than the whole send buffer is held, poll reports room at a quarter. A
+    /// send waiting for room sent again at each pause's end (which met a receiver's `shutdown(SHUT_RD)`)
+    /// and so went 10 ms after one datagram was taken, by the clock. Now the pause asks the kernel's
+    /// socket diagnostics whether the peer reads no more, and sends again only then.
+    @Test("a Unix datagram send waiting for room sends nothing at a pause's end, on every backend",
+          .timeLimit(.minutes(1)), .enabled(if: unixDiagnostics(), "no Unix socket diagnostics (NETLINK_SOCK_DIAG) in this kernel"),
+          arguments: backends)
+    func unixDatagramWaitsForPollRoom(backend: Backend) async throws {
+        try await withLoop(backend) { loop in
+            try await Task(executorPreference: loop) {
+                var fds: [CInt] = [-1, -1]
+                #expect(socketpair(AF_UNIX, CInt(SOCK_DGRAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0, &fds) == 0)
+                let b = fds[1]
+                defer { close(b) }
+                let datagram = [UInt8](repeating: 5, count: 1024)
+                var filled = 0
+                while send(fds[0], datagram, datagram.count, 0) == datagram.count { filled += 1 }
+                #expect(filled > 8)
+                let sender = try await loop.adoptDatagram(descriptor: fds[0])
+                let sent = Flag()
+                let sending = Task(executorPreference: loop) { () async throws in
+                    try await sender.send([9], timeout: .seconds(30))
+                    sent.set()
+                }
+                try await loop.sleep(for: .milliseconds(30))
+                #expect(!sent.isSet)
+                var buffer = [UInt8](repeating: 0, count: 2048)
+                #expect(recv(b, &buffer, buffer.count, 0) == datagram.count)
+                // Pauses end 10, 30, 70 and 150 ms after the wait began.
+                try await loop.sleep(for: .milliseconds(200))
+                #expect(!sent.isSet, "a datagram went while poll reported no room")
+                // Poll's room (three quarters free) lets it go: every datagram arrives, the last one 1 byte.
+                var received = 1
+                var last = 0
+                while !(sent.isSet && last == 1) {
+                    let n = recv(b, &buffer, buffer.count, 0)
+                    if n > 0 { received += 1; last = n } else { try await loop.sleep(for: .milliseconds(1)) }
+                }
+                #expect(received == filled + 1)
+                try await sending.value
+                await sender.close()
+            }.value
+        }
+    }
+}
+
+/// A flag one task sets and another reads.
+private final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
+}
+
+/// Whether this kernel answers Unix socket diagnostics (a connected pair's peer asked).
+private func unixDiagnostics() -> Bool {
+    var fds: [CInt] = [-1, -1]
+    guard socketpair(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0, &fds) == 0 else { return false }
+    defer { close(fds[0]); close(fds[1]) }
+    return rd_net_unix_peer_reading_shut(fds[0]) == 0
 }

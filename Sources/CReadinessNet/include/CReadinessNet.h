@@ -35,6 +35,10 @@ int rd_net_set_linger(int fd, int enabled, int seconds);
 int rd_net_get_linger(int fd, int *enabled, int *seconds);
 /// Bytes queued to read on a socket (ioctl FIONREAD), or -1 with errno.
 int rd_net_bytes_queued(int fd);
+/// Whether the peer of the connected Unix socket `fd` is shut down for reading, asked of the kernel's
+/// socket diagnostics (NETLINK_SOCK_DIAG, UNIX_DIAG_SHUTDOWN) without sending anything: 1 yes, 0 no,
+/// -1 with errno when it cannot be told (no peer, no diagnostics in this kernel, another namespace).
+int rd_net_unix_peer_reading_shut(int fd);
 /// The most buffers one sendmsg takes (IOV_MAX).
 int rd_net_iov_max(void);
 

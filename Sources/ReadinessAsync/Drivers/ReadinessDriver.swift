@@ -435,8 +435,12 @@ struct ReadinessDriver: IODriver {
         var pause = Self.retryPause
         // A Unix send waiting for its peer: poll never tells the sender of the receiver's
         // `shutdown(SHUT_RD)` (each send then fails with EPIPE), so its waits are cut as a Unix stream
-        // write's are (`waitForRoom`).
+        // write's are (`waitForRoom`). At a pause's end a send to the connected peer asks the kernel's
+        // socket diagnostics first and sends again only if the peer reads no more (or that cannot be
+        // told): a datagram goes when poll reports room, never at a moment the clock sets (the kernel
+        // takes one while up to the whole send buffer is held, poll reports room at a quarter).
         var recheck = direction == .write && datagram.socket.family == .unix ? Self.unixWriteRecheck : Self.notUnix
+        var pauseEnded = false
         while true {
             if !wait {
                 let result: R?
@@ -457,12 +461,17 @@ struct ReadinessDriver: IODriver {
                 // Not woken by readiness (the pause ended): the next try that blocks waits again.
                 woke = try await Self.pausedWait(datagram, direction, deadline: deadline, pause: &recheck,
                                                  cap: Self.unixWriteRecheckCap, watching: true, on: loop)
+                pauseEnded = !woke
             } else {
                 if woke, loop.expired(deadline) { throw .timedOut }
                 if case .failed(let error) = await loop.wait(datagram, direction, deadline: deadline, interest: true) { throw error }
                 woke = true
             }
             datagram = try loop.datagram(id)
+            if pauseEnded {
+                pauseEnded = false
+                if case .peer = datagram.sendTarget, datagram.socket.peerReadingShutDown == false { wait = true }
+            }
         }
     }
 

@@ -497,6 +497,20 @@ public final class DatagramSocket {
         return n != 0   // ready, an error pending, or poll failed: the receive reports it
     }
 
+    /// Whether the peer this connected Unix datagram socket sends to is shut down for reading, which
+    /// poll never reports to a sender (each send then fails with EPIPE, or EAGAIN while the buffer
+    /// is full), asked of the kernel's socket diagnostics without sending a datagram (a send of no
+    /// bytes would be one): nil when it cannot be told (not connected, a kernel without Unix socket
+    /// diagnostics, a socket of another network namespace). Two netlink round trips.
+    package var peerReadingShutDown: Bool? {
+        guard fd >= 0 else { return nil }
+        switch rd_net_unix_peer_reading_shut(fd) {
+        case 0: return false
+        case 1: return true
+        default: return nil
+        }
+    }
+
     // MARK: Addresses and options
 
     /// The local address (getsockname), nil once closed, and for a nameless Unix-domain socket (as
