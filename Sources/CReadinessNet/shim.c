@@ -304,11 +304,13 @@ static int rd_unix_diag(int netlink, unsigned int inode, unsigned int *peer, int
     if (sent < 0) return -1;
     long reply[1024];
     ssize_t n;
-    do { n = recv(netlink, reply, sizeof reply, 0); } while (n < 0 && errno == EINTR);
+    /* The kernel answers within sendto: the reply is queued, a receive never waits for it. */
+    do { n = recv(netlink, reply, sizeof reply, MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
     if (n < 0) return -1;
     struct nlmsghdr *header = (struct nlmsghdr *)reply;
     if (!NLMSG_OK(header, (size_t)n)) { errno = EPROTO; return -1; }
     if (header->nlmsg_type == NLMSG_ERROR) {
+        if (header->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr))) { errno = EPROTO; return -1; }
         const struct nlmsgerr *failure = NLMSG_DATA(header);
         errno = failure->error < 0 ? -failure->error : EPROTO;
         return -1;
@@ -332,7 +334,7 @@ static int rd_unix_diag(int netlink, unsigned int inode, unsigned int *peer, int
     return 0;
 }
 
-int rd_net_unix_peer_reading_shut(int fd) {
+static int rd_peer_reading_shut(int fd) {
     struct stat status;
     if (fstat(fd, &status) != 0) return -1;
     int netlink = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
@@ -347,4 +349,25 @@ int rd_net_unix_peer_reading_shut(int fd) {
     close(netlink);
     errno = saved;
     return result;
+}
+
+/* Whether this process can ask Unix socket diagnostics (0: not yet known, 1: yes, -1: no), learnt
+   once with a pair of its own: a kernel without them, or a policy refusing them, costs no more than
+   that one question (the first may load the kernel's unix_diag module). */
+static int rd_unix_diagnostics;
+
+int rd_net_unix_peer_reading_shut(int fd) {
+    int known = __atomic_load_n(&rd_unix_diagnostics, __ATOMIC_RELAXED);
+    if (known == 0) {
+        int pair[2];
+        known = -1;
+        if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair) == 0) {
+            if (rd_peer_reading_shut(pair[0]) == 0) known = 1;
+            close(pair[0]);
+            close(pair[1]);
+        }
+        __atomic_store_n(&rd_unix_diagnostics, known, __ATOMIC_RELAXED);
+    }
+    if (known < 0) { errno = EOPNOTSUPP; return -1; }
+    return rd_peer_reading_shut(fd);
 }

@@ -37,7 +37,9 @@ int rd_net_get_linger(int fd, int *enabled, int *seconds);
 int rd_net_bytes_queued(int fd);
 /// Whether the peer of the connected Unix socket `fd` is shut down for reading, asked of the kernel's
 /// socket diagnostics (NETLINK_SOCK_DIAG, UNIX_DIAG_SHUTDOWN) without sending anything: 1 yes, 0 no,
-/// -1 with errno when it cannot be told (no peer, no diagnostics in this kernel, another namespace).
+/// -1 with errno when it cannot be told (no peer, a peer closing, no diagnostics in this kernel or a
+/// policy refusing them, a socket of another network namespace). Whether diagnostics answer at all is
+/// learnt once per process (EOPNOTSUPP after that when they do not).
 int rd_net_unix_peer_reading_shut(int fd);
 /// The most buffers one sendmsg takes (IOV_MAX).
 int rd_net_iov_max(void);
