@@ -116,6 +116,26 @@ struct PeerScenarioTests24 {
             }.value
         }
     }
+
+    /// The diagnostics question itself: a pair's peer reads (0), then no more after `SHUT_RD` (1); an
+    /// unconnected socket and a TCP socket cannot be told (-1).
+    @Test("Unix socket diagnostics tell whether a connected datagram socket's peer reads",
+          .enabled(if: unixDiagnostics(), "no Unix socket diagnostics (NETLINK_SOCK_DIAG) in this kernel"))
+    func unixPeerReadingShutQuestion() {
+        var fds: [CInt] = [-1, -1]
+        #expect(socketpair(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        #expect(rd_net_unix_peer_reading_shut(fds[0]) == 0)
+        #expect(Glibc.shutdown(fds[1], CInt(Glibc.SHUT_RD)) == 0)
+        #expect(rd_net_unix_peer_reading_shut(fds[0]) == 1)
+        #expect(rd_net_unix_peer_reading_shut(fds[1]) == 0)
+        let lone = socket(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0)
+        defer { close(lone) }
+        #expect(rd_net_unix_peer_reading_shut(lone) == -1)
+        let tcp = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        defer { close(tcp) }
+        #expect(rd_net_unix_peer_reading_shut(tcp) == -1)
+    }
 }
 
 /// A flag one task sets and another reads.
@@ -123,26 +143,6 @@ private final class Flag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }
     var isSet: Bool { value.withLock { $0 } }
-}
-
-/// The diagnostics question itself: a pair's peer reads (0), then no more after `SHUT_RD` (1); an
-/// unconnected socket and a TCP socket cannot be told (-1).
-@Test("Unix socket diagnostics tell whether a connected datagram socket's peer reads",
-      .enabled(if: unixDiagnostics(), "no Unix socket diagnostics (NETLINK_SOCK_DIAG) in this kernel"))
-func unixPeerReadingShutQuestion() throws {
-    var fds: [CInt] = [-1, -1]
-    #expect(socketpair(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0, &fds) == 0)
-    defer { close(fds[0]); close(fds[1]) }
-    #expect(rd_net_unix_peer_reading_shut(fds[0]) == 0)
-    #expect(shutdown(fds[1], CInt(SHUT_RD)) == 0)
-    #expect(rd_net_unix_peer_reading_shut(fds[0]) == 1)
-    #expect(rd_net_unix_peer_reading_shut(fds[1]) == 0)
-    let lone = socket(AF_UNIX, CInt(SOCK_DGRAM.rawValue), 0)
-    defer { close(lone) }
-    #expect(rd_net_unix_peer_reading_shut(lone) == -1)
-    let tcp = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
-    defer { close(tcp) }
-    #expect(rd_net_unix_peer_reading_shut(tcp) == -1)
 }
 
 /// Whether this kernel answers Unix socket diagnostics (a connected pair's peer asked).
